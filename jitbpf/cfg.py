@@ -1,0 +1,126 @@
+"""Program structure shared by every engine: functions, basic blocks and the structural checks
+(jump targets, lddw boundaries, function ends) that must hold before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jitbpf.errors import VerifierError
+from jitbpf.isa import Instruction, Kind, OpInfo, Program
+
+DEFAULT_MAX_INSNS = 1_000_000  # the kernel's program size limit, in slots
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A bpf-to-bpf function: the slots [entry, end) of the program."""
+
+    entry: int  # first slot (0 for the main program)
+    end: int  # one past its last slot
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A basic block: straight-line slots [start, end); control enters only at ``start``.
+
+    Every engine charges ``cost`` instructions to the budget when it enters the block, so that
+    the interpreter and the JIT stop a runaway program at the same point.
+    """
+
+    start: int  # first slot
+    end: int  # one past the last slot
+    cost: int  # number of instructions (an lddw counts once)
+    last: int  # slot of the last instruction
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFlow:
+    """The structure of a program: functions, blocks, and where every jump and call goes."""
+
+    program: Program  # the decoded program
+    functions: tuple[Function, ...]  # main program first, then local functions by address
+    blocks: tuple[Block, ...]  # in address order
+    block_at: dict[int, Block]  # block starting at each leader slot
+    targets: dict[int, int]  # slot of each jump / local call -> target slot
+
+    def function_of(self, pc: int) -> Function:
+        for fn in reversed(self.functions):
+            if fn.entry <= pc:
+                return fn
+        return self.functions[0]
+
+    @property
+    def entries(self) -> frozenset[int]:
+        return frozenset(fn.entry for fn in self.functions)
+
+
+def jump_target(pc: int, insn: Instruction, info: OpInfo) -> int:
+    """Slot a jump or local call at ``pc`` goes to (offsets count from the next slot)."""
+    if info.kind is Kind.JA and not info.is64:
+        return pc + 1 + insn.imm  # ja32 (gotol) keeps its offset in imm
+    if info.kind is Kind.CALL_LOCAL:
+        return pc + 1 + insn.imm
+    return pc + 1 + insn.off
+
+
+def _reject(program: Program, pc: int, message: str) -> VerifierError:
+    from jitbpf.disasm import format_instruction  # the disassembler imports this module's users
+
+    insn = program.slots[pc]
+    return VerifierError(message, pc=pc, insn=format_instruction(insn, pc) if insn is not None else "")
+
+
+def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlFlow:
+    """Split ``program`` into functions and blocks; raise VerifierError on a structural fault."""
+    n = len(program)
+    if n == 0:
+        raise VerifierError("empty program")
+    if n > max_insns:
+        raise VerifierError(f"too many instructions ({n} > max {max_insns})")
+    targets: dict[int, int] = {}
+    entries = {0}
+    for pc, insn, info in program:
+        if info.kind in (Kind.JA, Kind.JCOND, Kind.CALL_LOCAL):
+            target = jump_target(pc, insn, info)
+            if not 0 <= target < n:
+                raise _reject(program, pc, "jump out of bounds" if info.kind is not Kind.CALL_LOCAL
+                              else "call to an address outside the program")
+            if program.slots[target] is None:
+                raise _reject(program, pc, "jump to middle of lddw")
+            targets[pc] = target
+            if info.kind is Kind.CALL_LOCAL:
+                entries.add(target)
+    starts = sorted(entries)
+    functions = tuple(Function(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True))
+    fn_index = 0
+    for pc, _insn, info in program:
+        while fn_index + 1 < len(functions) and pc >= functions[fn_index + 1].entry:
+            fn_index += 1
+        fn = functions[fn_index]
+        if info.kind in (Kind.JA, Kind.JCOND):
+            target = targets[pc]
+            if not fn.entry <= target < fn.end:
+                raise _reject(program, pc, "jump out of bounds (into another function)")
+    for fn in functions:
+        last = fn.end - 1
+        if program.slots[last] is None:
+            last -= 1
+        info = program.infos[last]
+        assert info is not None
+        if info.kind not in (Kind.EXIT, Kind.JA):
+            raise _reject(program, last, "function does not end with exit or an unconditional jump"
+                          if fn.entry else "program does not end with exit or an unconditional jump")
+    leaders = set(entries)
+    for pc, insn, info in program:
+        if info.kind in (Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL):
+            leaders.add(pc + insn.width)
+        if pc in targets and info.kind is not Kind.CALL_LOCAL:
+            leaders.add(targets[pc])
+    leaders.discard(n)
+    ordered = sorted(leaders)
+    blocks: list[Block] = []
+    for start, end in zip(ordered, [*ordered[1:], n], strict=True):
+        cost = sum(1 for pc in range(start, end) if program.slots[pc] is not None)
+        last = end - 1 if program.slots[end - 1] is not None else end - 2
+        blocks.append(Block(start, end, cost, last))
+    return ControlFlow(program, functions, tuple(blocks), {b.start: b for b in blocks}, targets)

@@ -1,0 +1,115 @@
+"""The memory a program may touch during one run: a list of regions at real addresses.
+
+Both engines use real host addresses (the JIT has to), so a pointer is the same number in the
+interpreter and in JIT code, and helpers written in Python read and write program memory
+through the same bounds-checked ``MemoryMap`` whichever engine called them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from jitbpf._ffi import address_of, ffi
+from jitbpf.errors import ExecutionError
+
+_UNSIGNED = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+
+
+@dataclass(slots=True)
+class Region:
+    """A span of host memory a program may access: [base, base + size)."""
+
+    base: int  # host address of the first byte
+    size: int  # length in bytes
+    view: memoryview  # the bytes, as a (possibly read-only) memoryview
+    writable: bool  # stores allowed
+    name: str  # shown in errors: "mem", "stack", "map NAME", "ctx", "packet"
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+def region_of(buf: Any, name: str, *, writable: bool = True) -> tuple[Region, Any]:
+    """A Region over a writable Python buffer or cffi buffer; also returns the object that keeps
+    its address pinned (hold it for as long as the region is in use)."""
+    if isinstance(buf, ffi.CData):
+        size = ffi.sizeof(buf)
+        pin = buf
+        view = memoryview(ffi.buffer(buf)).cast("B")
+    else:
+        view = memoryview(buf).cast("B")
+        size = view.nbytes
+        if size == 0:
+            return Region(0, 0, view, writable, name), None
+        pin = ffi.from_buffer("uint8_t[]", view, require_writable=not view.readonly)
+        writable = writable and not view.readonly
+    return Region(address_of(pin), size, view, writable, name), pin
+
+
+class MemoryMap:
+    """The regions of one run, with bounds-checked reads and writes by address.
+
+    Helpers written in Python use ``read``/``write``/``read_cstring`` to follow pointers the
+    program passes them; an address outside every region raises ``ExecutionError``.
+    """
+
+    __slots__ = ("regions",)
+
+    def __init__(self, regions: list[Region]) -> None:
+        self.regions = [r for r in regions if r.size]
+
+    def find(self, addr: int, size: int) -> Region | None:
+        """The region holding all of [addr, addr + size), or None."""
+        for r in self.regions:
+            if r.base <= addr and addr + size <= r.base + r.size:
+                return r
+        return None
+
+    def _region(self, addr: int, size: int, what: str, pc: int | None, write: bool) -> Region:
+        r = self.find(addr, size)
+        if r is None or (write and not r.writable):
+            kind = "read-only memory" if r is not None else "out of bounds memory"
+            raise ExecutionError(f"{kind} {what} at address {addr:#x}, size {size}", pc=pc, address=addr)
+        return r
+
+    def load(self, addr: int, size: int, pc: int | None = None) -> int:
+        """Load an unsigned little-endian integer of ``size`` bytes."""
+        r = self._region(addr, size, "load", pc, False)
+        return int(_UNSIGNED[size].unpack_from(r.view, addr - r.base)[0])
+
+    def store(self, addr: int, size: int, value: int, pc: int | None = None) -> None:
+        """Store the low ``size`` bytes of ``value``, little-endian."""
+        r = self._region(addr, size, "store", pc, True)
+        _UNSIGNED[size].pack_into(r.view, addr - r.base, value & ((1 << (8 * size)) - 1))
+
+    def read(self, addr: int, size: int) -> bytes:
+        """Copy ``size`` bytes starting at ``addr``."""
+        if size == 0:
+            return b""
+        r = self._region(addr, size, "read", None, False)
+        return bytes(r.view[addr - r.base : addr - r.base + size])
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Overwrite program memory at ``addr`` with ``data``."""
+        if not len(data):
+            return
+        r = self._region(addr, len(data), "write", None, True)
+        r.view[addr - r.base : addr - r.base + len(data)] = data
+
+    def view(self, addr: int, size: int, *, writable: bool = False) -> memoryview:
+        """A memoryview of program memory (valid only during the helper call)."""
+        r = self._region(addr, size, "access", None, writable)
+        return r.view[addr - r.base : addr - r.base + size]
+
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
+        """Read a NUL-terminated string (without the NUL), at most ``limit`` bytes."""
+        r = self._region(addr, 1, "read", None, False)
+        start = addr - r.base
+        chunk = bytes(r.view[start : min(r.size, start + limit)])
+        nul = chunk.find(b"\0")
+        if nul < 0:
+            raise ExecutionError(f"unterminated string at address {addr:#x}", address=addr)
+        return chunk[:nul]
