@@ -17,7 +17,7 @@ vpy="$venv/bin/python"
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$vpy" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-    "$vpy" -m pip install --quiet --disable-pip-version-check -e "$root[test,dev]"
+    "$vpy" -m pip install --quiet --disable-pip-version-check -e "$root[test,dev]" 2> >(grep -v "^WARNING: Location" >&2)
     echo "$want" > "$stamp"
 fi
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up the virtualenv if needed, then run the whole test suite plus the lint and type gates.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "$root/tools/bootstrap.sh"
+cd "$root"
+.venv/bin/ruff check jitbpf tests benchmarks tools
+.venv/bin/python -m mypy jitbpf
+.venv/bin/python -m pytest -q "$@"
