@@ -11,9 +11,18 @@ from jitbpf.errors import (
     MapError,
     VerifierError,
 )
+from jitbpf.asm import assemble
+from jitbpf.disasm import disassemble
+from jitbpf.helpers import Helper, HelperExit
 from jitbpf.isa import Instruction, Program
+from jitbpf.vm import VM
 
 __all__ = [
+    "VM",
+    "Helper",
+    "HelperExit",
+    "assemble",
+    "disassemble",
     "AssemblerError",
     "BpfError",
     "BudgetExceeded",

@@ -272,12 +272,12 @@ def _build_table() -> tuple[OpInfo, ...]:
                                variant_field="off", variant=1, fields=flds | o, version=4,
                                py=_render(_SIGNED_ALU_PY[aop], width), width=width)
                     )
-            for bits in (8, 16, 32) if is64 else (8, 16):
-                rows.append(
-                    OpInfo(cls | Source.X | AluOp.MOV, f"movsx{bits}{width}", Kind.MOVSX, bits, is64,
-                           reg_src=True, signed=True, variant_field="off", variant=bits, fields=d | s | o,
-                           version=4, width=width)
-                )
+        for bits in (8, 16, 32) if is64 else (8, 16):
+            rows.append(
+                OpInfo(cls | Source.X | AluOp.MOV, f"movsx{bits}{width}", Kind.MOVSX, bits, is64,
+                       reg_src=True, signed=True, variant_field="off", variant=bits, fields=d | s | o,
+                       version=4, width=width)
+            )
     for bits in (16, 32, 64):
         rows.append(OpInfo(InsnClass.ALU | Source.K | AluOp.END, f"le{bits}", Kind.END, bits, False,
                            variant_field="imm", variant=bits, fields=d | i, width=bits))
@@ -303,15 +303,15 @@ def _build_table() -> tuple[OpInfo, ...]:
     for size, suffix in ((Size.DW, ""), (Size.W, "32")):
         opcode = InsnClass.STX | Mode.ATOMIC | size
         nbytes = SIZE_BYTES[size]
-        for aop, name in _ATOMIC_NAMES.items():
+        for atom, name in _ATOMIC_NAMES.items():
             for fetch in (0, ATOMIC_FETCH):
                 mnem = f"lock {'fetch ' if fetch else ''}{name}{suffix}"
-                rows.append(OpInfo(opcode, mnem, Kind.ATOMIC, aop | fetch, size == Size.DW, nbytes, True,
-                                   variant_field="imm", variant=aop | fetch, fields=d | s | o | i,
+                rows.append(OpInfo(opcode, mnem, Kind.ATOMIC, atom | fetch, size == Size.DW, nbytes, True,
+                                   variant_field="imm", variant=atom | fetch, fields=d | s | o | i,
                                    version=3, width=nbytes * 8))
-        for aop, name in ((AtomicOp.XCHG, "xchg"), (AtomicOp.CMPXCHG, "cmpxchg")):
-            rows.append(OpInfo(opcode, f"lock {name}{suffix}", Kind.ATOMIC, aop, size == Size.DW, nbytes, True,
-                               variant_field="imm", variant=aop, fields=d | s | o | i, version=3,
+        for atom, name in ((AtomicOp.XCHG, "xchg"), (AtomicOp.CMPXCHG, "cmpxchg")):
+            rows.append(OpInfo(opcode, f"lock {name}{suffix}", Kind.ATOMIC, atom, size == Size.DW, nbytes, True,
+                               variant_field="imm", variant=atom, fields=d | s | o | i, version=3,
                                width=nbytes * 8))
     rows.append(OpInfo(InsnClass.JMP | JmpOp.JA, "ja", Kind.JA, JmpOp.JA, fields=o))
     rows.append(OpInfo(InsnClass.JMP32 | JmpOp.JA, "ja32", Kind.JA, JmpOp.JA, False, fields=i, version=4,
