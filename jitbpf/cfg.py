@@ -105,9 +105,9 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
         last = fn.end - 1
         if program.slots[last] is None:
             last -= 1
-        info = program.infos[last]
-        assert info is not None
-        if info.kind not in (Kind.EXIT, Kind.JA):
+        last_info = program.infos[last]
+        assert last_info is not None
+        if last_info.kind not in (Kind.EXIT, Kind.JA):
             raise _reject(program, last, "function does not end with exit or an unconditional jump"
                           if fn.entry else "program does not end with exit or an unconditional jump")
     leaders = set(entries)

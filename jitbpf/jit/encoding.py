@@ -1,0 +1,191 @@
+"""Copy-and-patch encoding: PeachPy encodes each x86-64 instruction shape once, its holes are
+located, and code is then stamped out of the cached templates with ``struct.pack_into``."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+Shape = tuple[str, ...]
+"""An instruction shape: mnemonic, then operands ("rax", "i32", "q[r12+d8]", "rel32", ...)."""
+
+
+class HoleKind(enum.Enum):
+    """What a hole in a template holds; the value determines its width."""
+
+    IMM8 = "i8"  # 8-bit immediate
+    IMM16 = "i16"  # 16-bit immediate
+    IMM32 = "i32"  # 32-bit immediate (sign-extended by 64-bit instructions)
+    IMM64 = "i64"  # 64-bit immediate (movabs)
+    DISP8 = "d8"  # 8-bit signed displacement of a memory operand
+    DISP32 = "d32"  # 32-bit signed displacement of a memory operand
+    REL32 = "rel32"  # branch offset from the end of the instruction
+
+
+_WIDTH = {
+    HoleKind.IMM8: 1,
+    HoleKind.IMM16: 2,
+    HoleKind.IMM32: 4,
+    HoleKind.IMM64: 8,
+    HoleKind.DISP8: 1,
+    HoleKind.DISP32: 4,
+    HoleKind.REL32: 4,
+}
+_PACKERS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+# Two sentinel sets per hole width: every byte differs between the sets, and the values are large
+# enough that PeachPy picks the encoding of that width (imm32, disp32) rather than a shorter one.
+_SENTINEL_A = {1: 0x31, 2: 0x1131, 4: 0x1122_3344, 8: 0x1122_3344_5566_7788}
+_SENTINEL_B = {1: 0x52, 2: 0x2252, 4: 0x2233_4455, 8: 0x2233_4455_6677_8899}
+_SENTINEL_STEP = {1: 0x01, 2: 0x0101, 4: 0x0101_0101, 8: 0x0101_0101_0101_0101}
+_MEMORY = re.compile(r"^([bwdqo]?)\[(\w+)(?:\+(\w+)\*([1248]))?(?:\+(d8|d32))?\]$")
+_SIZES = {"b": "byte", "w": "word", "d": "dword", "q": "qword", "o": "oword"}
+_LOCK = 0xF0  # the LOCK prefix byte
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """A field of a template patched at instantiation (like a relocation in an object file)."""
+
+    offset: int  # byte offset in the template
+    kind: HoleKind  # what goes there
+    width: int  # bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """One encoded instruction shape: its bytes (holes hold sentinels) and where the holes are."""
+
+    shape: Shape  # what was encoded
+    code: bytes  # machine code with sentinels in the holes
+    holes: tuple[Hole, ...]  # in operand order
+
+    def emit(self, buf: bytearray, *values: int) -> int:
+        """Append the instruction to ``buf`` with ``values`` in the holes; return its offset.
+
+        Values are truncated to the hole width (two's complement for negative values)."""
+        start = len(buf)
+        buf += self.code
+        for hole, value in zip(self.holes, values, strict=True):
+            packer = _PACKERS[hole.width]
+            packer.pack_into(buf, start + hole.offset, value & ((1 << (8 * hole.width)) - 1))
+        return start
+
+
+class Assembler:
+    """The template cache: encodes a shape with PeachPy on first use, then serves it from memory.
+
+    One instance can serve any number of compilers (see ``default_cache``); templates depend only
+    on the shape, so the cache never needs invalidating.
+    """
+
+    def __init__(self) -> None:
+        self._templates: dict[Shape, Template] = {}
+        self.derived: dict[Any, Any] = {}  # caches built on templates by the emitters (by their own keys)
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def template(self, shape: Shape) -> Template:
+        """The template of ``shape``, encoding it on first use."""
+        tpl = self._templates.get(shape)
+        if tpl is None:
+            tpl = _build(shape)
+            self._templates[shape] = tpl
+        return tpl
+
+    def emit(self, buf: bytearray, shape: Shape, *values: int) -> int:
+        """Append one instruction of ``shape`` with ``values`` in its holes; return its offset."""
+        return self.template(shape).emit(buf, *values)
+
+    def encode(self, shape: Shape, *values: int) -> bytes:
+        """The bytes of one instruction (for tests and listings)."""
+        buf = bytearray()
+        self.template(shape).emit(buf, *values)
+        return bytes(buf)
+
+
+@functools.cache
+def default_cache() -> Assembler:
+    """The process-wide template cache, created on first use (its state lives on the object)."""
+    return Assembler()
+
+
+def _operand(x86: Any, token: str, table: dict[int, int], kinds: list[HoleKind]) -> Any:
+    """PeachPy operand for one token; each hole gets the next sentinel of ``table``."""
+
+    def hole(kind: HoleKind) -> int:
+        width = _WIDTH[kind]
+        value = table[width] + len(kinds) * _SENTINEL_STEP[width]
+        kinds.append(kind)
+        return value
+
+    if token in ("i8", "i16", "i32", "i64"):
+        return hole(HoleKind(token))
+    if token == "rel32":
+        from peachpy.x86_64.operand import RIPRelativeOffset
+
+        return RIPRelativeOffset(hole(HoleKind.REL32))
+    m = _MEMORY.match(token)
+    if m is not None:
+        size, base, idx, scale, disp = m.groups()
+        address = _register(x86, base)
+        if idx is not None:
+            address = address + _register(x86, idx) * int(scale)
+        if disp is not None:
+            address = address + hole(HoleKind(disp))
+        return getattr(x86, _SIZES[size])[address] if size else [address]
+    return _register(x86, token)
+
+
+def _register(x86: Any, name: str) -> Any:
+    reg = getattr(x86.registers, name, None)  # the package does not re-export rsp and friends
+    if reg is None or not hasattr(reg, "lcode"):
+        raise ValueError(f"unknown operand {name!r}")
+    return reg
+
+
+def _encode(shape: Shape, table: dict[int, int], kinds: list[HoleKind]) -> bytes:
+    import peachpy.stream
+    import peachpy.x86_64 as x86
+
+    mnemonic = shape[0]
+    lock = mnemonic.startswith("lock ")
+    cls = getattr(x86, mnemonic.removeprefix("lock ").upper(), None)
+    if cls is None:
+        raise ValueError(f"unknown mnemonic {mnemonic!r}")
+    with peachpy.stream.NullStream():  # never let an instruction register itself in a Function
+        operands = [_operand(x86, tok, table, kinds) for tok in shape[1:]]
+        code = bytes(cls(*operands).encode())
+    return bytes([_LOCK]) + code if lock else code
+
+
+def _build(shape: Shape) -> Template:
+    # Two encodings with different sentinels in every hole show where each hole is.
+    kinds: list[HoleKind] = []
+    try:
+        a = _encode(shape, _SENTINEL_A, kinds)
+        b = _encode(shape, _SENTINEL_B, [])
+    except (TypeError, ValueError, SyntaxError, AttributeError) as exc:
+        raise ValueError(f"cannot encode {shape}: {exc}") from exc
+    if len(a) != len(b):
+        raise ValueError(f"encoding of {shape} depends on its hole values")
+    holes: list[Hole] = []
+    for n, kind in enumerate(kinds):
+        width = _WIDTH[kind]
+        packer = _PACKERS[width]
+        pa = packer.pack(_SENTINEL_A[width] + n * _SENTINEL_STEP[width])
+        off = a.find(pa)
+        pb = packer.pack(_SENTINEL_B[width] + n * _SENTINEL_STEP[width])
+        if off < 0 or a.find(pa, off + 1) >= 0 or b[off : off + width] != pb:
+            raise ValueError(f"cannot locate hole {n} ({kind.value}) of {shape}")
+        holes.append(Hole(off, kind, width))
+    covered = {h.offset + i for h in holes for i in range(h.width)}
+    if any(a[i] != b[i] for i in range(len(a)) if i not in covered):
+        raise ValueError(f"encoding of {shape} changes outside its holes")
+    if any(h.kind is HoleKind.REL32 and h.offset + 4 != len(a) for h in holes):
+        raise ValueError(f"branch offset of {shape} is not at the end of the instruction")
+    return Template(shape, a, tuple(holes))

@@ -1,0 +1,76 @@
+"""Executable memory: map pages read-write, copy the code in, then flip them to read-execute."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from jitbpf._ffi import ffi, libc
+from jitbpf.errors import JitError
+
+PROT_READ = 0x1  # pages may be read
+PROT_WRITE = 0x2  # pages may be written
+PROT_EXEC = 0x4  # pages may be executed
+MAP_PRIVATE = 0x02  # copy-on-write mapping, not shared with other processes
+MAP_ANONYMOUS = 0x20  # not backed by a file
+_SC_PAGESIZE = 30  # sysconf name of the page size on Linux
+_MAP_FAILED = 2**64 - 1  # (void *) -1
+
+
+def _errno() -> int:
+    return int(libc.__errno_location()[0])
+
+
+def _unmap(address: int, size: int) -> None:
+    libc.munmap(ffi.cast("void *", address), size)
+
+
+class ExecutableMemory:
+    """Machine code in its own pages, which are never writable and executable at the same time.
+
+    The pages are mapped read-write, filled, then made read-execute; ``close()`` (or leaving the
+    ``with`` block) unmaps them. A finalizer unmaps them too if the owner forgets, as a backstop.
+    """
+
+    def __init__(self, code: bytes | bytearray) -> None:
+        page = int(libc.sysconf(_SC_PAGESIZE)) or 4096
+        size = max(page, (len(code) + page - 1) // page * page)
+        ptr = libc.mmap(ffi.NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        address = int(ffi.cast("uintptr_t", ptr))
+        if address == _MAP_FAILED or address == 0:
+            raise JitError(f"mmap of {size} bytes failed (errno {_errno()})")
+        ffi.memmove(ptr, bytes(code), len(code))
+        if libc.mprotect(ptr, size, PROT_READ | PROT_EXEC) != 0:
+            err = _errno()
+            _unmap(address, size)
+            raise JitError(f"mprotect to read-execute failed (errno {err})")
+        self.address = address  # host address of the first byte of code
+        self.size = size  # bytes mapped (whole pages)
+        self.length = len(code)  # bytes of code
+        self._finalizer = weakref.finalize(self, _unmap, address, size)
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def function(self, offset: int, ctype: str) -> Any:
+        """A cffi function pointer of type ``ctype`` to the code at ``offset``."""
+        if self.closed:
+            raise JitError("the executable memory is closed")
+        return ffi.cast(ctype, self.address + offset)
+
+    def read(self) -> bytes:
+        """The code bytes (for disassembly)."""
+        if self.closed:
+            raise JitError("the executable memory is closed")
+        return bytes(ffi.buffer(ffi.cast("char *", self.address), self.length))
+
+    def close(self) -> None:
+        """Unmap the pages (idempotent). Code must not be running in them."""
+        self._finalizer()
+
+    def __enter__(self) -> ExecutableMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

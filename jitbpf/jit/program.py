@@ -1,0 +1,262 @@
+"""JitProgram: compiles one program to host machine code, owns that code and its helper table,
+and runs it with one native call per run (a native run context per thread)."""
+
+from __future__ import annotations
+
+import inspect
+import platform
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from jitbpf._ffi import ffi
+from jitbpf.cfg import ControlFlow
+from jitbpf.errors import JitError
+from jitbpf.helpers import Helper
+from jitbpf.isa import MASK64, Instruction, Kind, PseudoSrc, sign_extend
+from jitbpf.jit.encoding import Assembler, default_cache
+from jitbpf.jit.execmem import ExecutableMemory
+from jitbpf.jit.runtime import (
+    DISPATCH_TYPE,
+    ENTRY_TYPE,
+    ERROR_RESULT,
+    Dispatcher,
+    RunContext,
+    Status,
+    clamp_budget,
+    run_error,
+)
+from jitbpf.jit.target import CompiledCode, HelperTable, Options
+from jitbpf.jit.x86_64 import X86_64
+
+if TYPE_CHECKING:
+    from jitbpf.memory import Region
+    from jitbpf.vm import RunState
+
+RegionsRunner = Callable[..., int]
+"""Runs a program over explicit regions: (mem, extra, r1, r2, *, packet) -> r0."""
+MIN_TABLE = 16  # helper table entries at least (ids below are looked up without Python)
+MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
+
+
+def _closed(*_args: Any) -> int:
+    raise JitError("the JIT program is closed")
+
+
+def _weak(fn: Callable[..., Any] | None) -> Callable[[], Callable[..., Any] | None]:
+    """A weak reference to a bound method (a strong one to anything else)."""
+    if inspect.ismethod(fn):
+        return weakref.WeakMethod(fn)
+    return lambda: fn
+
+
+def _check_host() -> None:
+    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        raise JitError(f"the JIT generates x86-64 code for Linux; this host is {sys.platform}/{platform.machine()}")
+
+
+class JitProgram:
+    """A program compiled to x86-64.
+
+    ``helpers`` is the VM's live helper dict (Python helpers are looked up at call time);
+    ``set_helper`` also updates the in-memory table the code calls through, so helpers may be
+    (re)registered after compilation. ``state`` returns the calling thread's RunState, whose
+    stack the program uses. Several threads may run one JitProgram at once.
+    """
+
+    def __init__(
+        self,
+        flow: ControlFlow,
+        *,
+        resolve_lddw: Callable[[int, Instruction], int],
+        helpers: Mapping[int, Helper],
+        proven: frozenset[int],
+        state: Callable[[], RunState],
+        budget: int,
+        runner: RegionsRunner | None = None,
+        assembler: Assembler | None = None,
+    ) -> None:
+        _check_host()
+        self._flow = flow
+        self._helpers = helpers
+        self._state = _weak(state)  # the VM's: held weakly, the VM owns this object
+        self._budget = budget
+        self._tls = threading.local()  # .rc: this thread's RunContext
+        # The VM's execute_jit_regions, which adds map regions and follows tail calls; run()
+        # takes it for programs that may need either.
+        self._runner = _weak(runner)
+        program = flow.program
+        call_ids = [insn.imm for _pc, insn, info in program if info.kind is Kind.CALL]
+        self._call_pcs = frozenset(pc for pc, _insn, info in program if info.kind is Kind.CALL)
+        self._has_calls = any(info.kind in (Kind.CALL, Kind.CALLX) for _pc, _insn, info in program)
+        # Without helper calls or map pseudo-loads a program cannot reach memory beyond mem and
+        # the stack, so run() may skip region bookkeeping altogether.
+        self.simple = not self._has_calls and not any(
+            info.kind is Kind.LDDW and insn.src != PseudoSrc.IMM64 for _pc, insn, info in program)
+        wanted = max([i for i in (*call_ids, *helpers) if 0 <= i < MAX_TABLE], default=0) + 1
+        self._capacity = max(MIN_TABLE, wanted)
+        # The dispatcher runs Python helpers (and reports unknown ids); the table holds it or a
+        # helper's native address per id.
+        self._dispatch_cb = ffi.callback(DISPATCH_TYPE, Dispatcher(helpers, self._tls))
+        self._dispatch_addr = int(ffi.cast("uintptr_t", self._dispatch_cb))
+        self._table = ffi.new("uint64_t[]", self._capacity)
+        for i in range(self._capacity):
+            self._table[i] = self._dispatch_addr
+        self._natives: dict[int, Helper] = {}  # helpers whose native code the table points at
+        for helper in helpers.values():
+            self.set_helper(helper)
+        table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
+        options = Options(resolve_lddw, proven, table)
+        self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
+        self._code = ExecutableMemory(self.compiled.code)
+        entries = self.compiled.entries
+        self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
+        self._entry_mem: Callable[[Any], int] = self._code.function(entries["mem"], ENTRY_TYPE)
+        self._entry_regions: Callable[[Any], int] = self._code.function(entries["regions"], ENTRY_TYPE)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def set_helper(self, helper: Helper) -> None:
+        """Make the code call ``helper`` for its id (natively when it has a native address)."""
+        if 0 <= helper.id < self._capacity:
+            if helper.native:
+                self._natives[helper.id] = helper  # keeps the native code's owner alive
+            else:
+                self._natives.pop(helper.id, None)
+            self._table[helper.id] = helper.native or self._dispatch_addr
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _context(self) -> RunContext:
+        state = self._state()
+        if state is None:
+            raise JitError("the VM of this JIT program is gone")
+        rc = RunContext(state(), self._budget)
+        self._tls.rc = rc
+        return rc
+
+    def run(self, mem: Any = None) -> int:
+        """Run with ``mem`` as r1/r2 and as the packet; return r0."""
+        if not self.simple:
+            return self._run_tracked(mem)
+        try:
+            rc: RunContext = self._tls.rc
+        except AttributeError:
+            rc = self._context()
+        if mem is None:
+            result: int = self._entry_none(rc.ctx)
+        else:
+            try:
+                buf = ffi.from_buffer(mem, require_writable=True)
+            except (TypeError, BufferError):
+                return self._run_tracked(mem)  # read-only or odd buffers: copied like the interpreter
+            size = len(buf)
+            if size:
+                ctx = rc.ctx
+                ctx.mem = buf
+                ctx.mem_size = size
+                result = self._entry_mem(ctx)
+            else:
+                result = self._entry_none(rc.ctx)
+        if result == ERROR_RESULT:
+            return self._finish(rc, result)
+        return result
+
+    def _run_tracked(self, mem: Any) -> int:
+        """Run with a Region for mem through the VM's runner (map regions, tail calls), so that
+        Python helpers also see the run's memory."""
+        from jitbpf.vm import _mem_region
+
+        region, pin = _mem_region(mem)
+        runner = self._runner() or self.run_regions
+        try:
+            return runner(region, (), region.base, region.size, packet=region)
+        finally:
+            # The buffer stays pinned until the run is over; then no traceback may keep the pin
+            # (the garbage collector cannot safely break cycles through pinned memoryviews).
+            del region, pin
+
+    def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
+                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0) -> int:
+        """Run with explicit regions (searched in order: mem, the stack, then ``extra``).
+
+        ``budget`` overrides the program's for this run (a tail call continues with what its
+        caller left); ``tail_calls_left`` is published to helpers through the RunState."""
+        try:
+            rc: RunContext = self._tls.rc
+        except AttributeError:
+            rc = self._context()
+        ctx = rc.ctx
+        ctx.mem = ffi.cast("char *", mem.base) if mem.size else ffi.NULL
+        ctx.mem_size = mem.size
+        ctx.mem_writable = 1 if mem.writable else 0
+        ctx.r1 = r1 & MASK64
+        ctx.r2 = r2 & MASK64
+        if packet is not None:
+            ctx.pkt_base, ctx.pkt_size = packet.base, packet.size
+        else:
+            ctx.pkt_base = ctx.pkt_size = 0
+        key = tuple((r.base, r.size, r.writable) for r in extra if r.size)
+        if key != rc.extra_key:
+            table = ffi.new("struct jitbpf_region[]", max(1, len(key)))
+            for i, (base, size, writable) in enumerate(key):
+                table[i].base, table[i].size, table[i].writable = base, size, int(writable)
+            rc.extra_regions, rc.extra_key = table, key
+        regions = rc.extra_regions  # held here: a nested run may replace rc's
+        ctx.extra = regions
+        ctx.nextra = len(key)
+        if self._has_calls:
+            rc.state.begin(mem if mem.size else None, extra)
+            rc.state.tail_calls_left = tail_calls_left
+        if budget is None or budget == self._budget:
+            result: int = self._entry_regions(ctx)
+        else:
+            ctx.budget = clamp_budget(budget)
+            try:
+                result = self._entry_regions(ctx)
+            finally:
+                ctx.budget = clamp_budget(self._budget)
+        del regions
+        if result == ERROR_RESULT:
+            return self._finish(rc, result)
+        return result
+
+    def _finish(self, rc: RunContext, result: int) -> int:
+        status = int(rc.ctx.status)
+        if not status:
+            return result  # the program really returned ERROR_RESULT
+        if status == Status.HELPER and int(rc.ctx.err_info) in self._call_pcs:
+            rc.helper_id = sign_extend(rc.helper_id, 64)  # `call imm` names the id as written
+        outcome = run_error(rc, status)
+        if isinstance(outcome, int):
+            return outcome
+        try:
+            raise outcome
+        finally:
+            del outcome  # the traceback's frame must not refer back to the exception (a cycle)
+
+    # -- listing and lifetime ---------------------------------------------------------------------
+
+    def dump(self) -> str:
+        """The machine code disassembled, each group of lines under the eBPF instruction (or the
+        prologue, stub or runtime routine) it came from."""
+        from jitbpf.jit.listing import listing
+
+        return listing(self.compiled, self._flow.program, X86_64.capstone_arch)
+
+    @property
+    def closed(self) -> bool:
+        return self._code.closed
+
+    def close(self) -> None:
+        """Unmap the machine code. No thread may be running it."""
+        self._entry_none = self._entry_mem = self._entry_regions = _closed
+        self._code.close()
+
+    def __enter__(self) -> JitProgram:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,229 @@
+"""The contract between generated code and Python: the run-context and frame layouts (from
+the cffi declarations), the status codes a run ends with, and the errors they turn into."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jitbpf._ffi import ffi
+from jitbpf.errors import BpfError, BudgetExceeded, ExecutionError
+from jitbpf.helpers import Helper, HelperExit
+from jitbpf.interpreter import MAX_CALL_DEPTH, TailCall
+from jitbpf.isa import MASK64
+
+ENTRY_TYPE = "uint64_t (*)(struct jitbpf_ctx *)"  # every entry point takes the run context
+DISPATCH_TYPE = "uint64_t (uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t)"  # r1-r5, id
+ERROR_RESULT = 0xBADC_0FFE_E0DD_F00D  # returned when a run stops early; then ``status`` tells why
+
+
+class Status(enum.IntEnum):
+    """Why a run ended, as stored in ``jitbpf_ctx.status``."""
+
+    OK = 0  # EXIT from the main function (or a packet load out of range)
+    BUDGET = 1  # instruction budget exhausted; err_info = block pc
+    OOB_LOAD = 2  # access outside every region (loads and atomics); err_info = access info
+    OOB_STORE = 3  # store outside every region; err_info = access info
+    RO_STORE = 4  # store to a read-only region; err_info = access info
+    HELPER = 5  # a helper raised (or asked to stop); err_info = pc, exception kept in Python
+    DEPTH = 6  # local calls nested too deep; err_info = block pc
+    KFUNC = 7  # kernel function call; err_info = pc
+
+
+class Access(enum.IntEnum):
+    """Kind of a memory access, in bits 4-7 of the access info the bounds walker gets."""
+
+    LOAD = 0  # needs any region
+    STORE = 1  # needs a writable region
+    ATOMIC = 2  # read-modify-write: a load first, then needs a writable region
+    CMPXCHG = 3  # like ATOMIC, but stores only if the comparison succeeds
+
+
+def access_info(pc: int, kind: Access, size: int) -> int:
+    """Pack what the walker needs to report a failed access (pc, kind, size)."""
+    return pc << 8 | kind << 4 | size
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Byte offsets of the fields generated code touches, from the cffi struct declarations."""
+
+    ctx_mem: int  # jitbpf_ctx.mem
+    ctx_mem_size: int  # jitbpf_ctx.mem_size
+    ctx_mem_writable: int  # jitbpf_ctx.mem_writable
+    ctx_r1: int  # jitbpf_ctx.r1
+    ctx_r2: int  # jitbpf_ctx.r2
+    ctx_pkt_base: int  # jitbpf_ctx.pkt_base
+    ctx_pkt_size: int  # jitbpf_ctx.pkt_size
+    ctx_extra: int  # jitbpf_ctx.extra
+    ctx_nextra: int  # jitbpf_ctx.nextra
+    ctx_stack_base: int  # jitbpf_ctx.stack_base
+    ctx_frame_pointer: int  # jitbpf_ctx.frame_pointer
+    ctx_budget: int  # jitbpf_ctx.budget
+    ctx_budget_left: int  # jitbpf_ctx.budget_left
+    ctx_status: int  # jitbpf_ctx.status
+    ctx_err_info: int  # jitbpf_ctx.err_info
+    ctx_err_addr: int  # jitbpf_ctx.err_addr
+    ctx_pending: int  # jitbpf_ctx.pending
+    region_size: int  # sizeof(struct jitbpf_region)
+    region_base: int  # jitbpf_region.base
+    region_len: int  # jitbpf_region.size
+    region_writable: int  # jitbpf_region.writable
+    frame_size: int  # bytes the prologue reserves for jitbpf_frame (keeps rsp 16-byte aligned)
+    frame_ctx: int  # jitbpf_frame.ctx
+    frame_regions: int  # jitbpf_frame.regions (mem, then the stack area)
+    frame_lim_load: int  # jitbpf_frame.lim_load[0]
+    frame_lim_store: int  # jitbpf_frame.lim_store[0]
+    frame_pkt_base: int  # jitbpf_frame.pkt_base
+    frame_pkt_size: int  # jitbpf_frame.pkt_size
+    frame_extra: int  # jitbpf_frame.extra
+    frame_nextra: int  # jitbpf_frame.nextra
+    frame_zero_base: int  # jitbpf_frame.zero_base
+
+
+def layout() -> Layout:
+    """Field offsets of the native structures (cheap; computed from the cffi declarations)."""
+    ctx, region, frame = "struct jitbpf_ctx", "struct jitbpf_region", "struct jitbpf_frame"
+    size = ffi.sizeof(frame)
+    # The prologue pushes six registers after the return address: reserving 8 mod 16 bytes
+    # leaves rsp 16-byte aligned for helper calls.
+    frame_size = (size + 8 + 15) // 16 * 16 - 8
+    return Layout(
+        ctx_mem=ffi.offsetof(ctx, "mem"),
+        ctx_mem_size=ffi.offsetof(ctx, "mem_size"),
+        ctx_mem_writable=ffi.offsetof(ctx, "mem_writable"),
+        ctx_r1=ffi.offsetof(ctx, "r1"),
+        ctx_r2=ffi.offsetof(ctx, "r2"),
+        ctx_pkt_base=ffi.offsetof(ctx, "pkt_base"),
+        ctx_pkt_size=ffi.offsetof(ctx, "pkt_size"),
+        ctx_extra=ffi.offsetof(ctx, "extra"),
+        ctx_nextra=ffi.offsetof(ctx, "nextra"),
+        ctx_stack_base=ffi.offsetof(ctx, "stack_base"),
+        ctx_frame_pointer=ffi.offsetof(ctx, "frame_pointer"),
+        ctx_budget=ffi.offsetof(ctx, "budget"),
+        ctx_budget_left=ffi.offsetof(ctx, "budget_left"),
+        ctx_status=ffi.offsetof(ctx, "status"),
+        ctx_err_info=ffi.offsetof(ctx, "err_info"),
+        ctx_err_addr=ffi.offsetof(ctx, "err_addr"),
+        ctx_pending=ffi.offsetof(ctx, "pending"),
+        region_size=ffi.sizeof(region),
+        region_base=ffi.offsetof(region, "base"),
+        region_len=ffi.offsetof(region, "size"),
+        region_writable=ffi.offsetof(region, "writable"),
+        frame_size=frame_size,
+        frame_ctx=ffi.offsetof(frame, "ctx"),
+        frame_regions=ffi.offsetof(frame, "regions"),
+        frame_lim_load=ffi.offsetof(frame, "lim_load"),
+        frame_lim_store=ffi.offsetof(frame, "lim_store"),
+        frame_pkt_base=ffi.offsetof(frame, "pkt_base"),
+        frame_pkt_size=ffi.offsetof(frame, "pkt_size"),
+        frame_extra=ffi.offsetof(frame, "extra"),
+        frame_nextra=ffi.offsetof(frame, "nextra"),
+        frame_zero_base=ffi.offsetof(frame, "zero_base"),
+    )
+
+
+class RunContext:
+    """One thread's native run context for one JitProgram, and what a helper left behind."""
+
+    __slots__ = ("ctx", "exc", "extra_key", "extra_regions", "helper", "helper_id", "state")
+
+    def __init__(self, state: Any, budget: int) -> None:
+        self.ctx: Any = ffi.new("struct jitbpf_ctx *")  # the struct generated code reads and writes
+        self.ctx.stack_base = state.stack_base
+        self.ctx.frame_pointer = state.frame_pointer()
+        self.ctx.budget = clamp_budget(budget)
+        self.state = state  # the VM's RunState of this thread (stack, memory map for helpers)
+        self.exc: BaseException | None = None  # what the last failing helper raised
+        self.helper: Helper | None = None  # that helper (None: the id was unknown)
+        self.helper_id = 0  # the id it was called with
+        self.extra_key: tuple[tuple[int, int, bool], ...] = ()  # regions in extra_regions
+        self.extra_regions: Any = ffi.NULL  # cffi array of jitbpf_region for run_regions
+
+
+class Dispatcher:
+    """Runs Python helpers for generated code (through a cffi callback) and parks their failures
+    on the calling thread's run context: nothing may propagate into native frames.
+
+    Kept apart from the JitProgram so that the callback does not make a reference cycle through
+    the program (and, via the VM, through the stack buffers, which the garbage collector must
+    never have to break).
+    """
+
+    __slots__ = ("helpers", "tls")
+
+    def __init__(self, helpers: Mapping[int, Helper], tls: threading.local) -> None:
+        self.helpers = helpers  # the VM's live helper dict
+        self.tls = tls  # .rc: the calling thread's RunContext
+
+    def __call__(self, a: int, b: int, c: int, d: int, e: int, helper_id: int) -> int:
+        helper = self.helpers.get(helper_id)
+        failure: BaseException | None = None
+        if helper is not None:
+            try:
+                return int(helper.fn(a, b, c, d, e)) & MASK64
+            except BaseException as exc:
+                failure = exc
+        rc: RunContext = self.tls.rc
+        rc.exc, rc.helper, rc.helper_id = failure, helper, helper_id
+        rc.ctx.pending = 1
+        del failure  # the exception's traceback holds this frame: no cycle back to it
+        return 0
+
+
+def clamp_budget(budget: int) -> int:
+    """The budget as the unsigned register holds it (negative: nothing may run)."""
+    return min(max(budget, 0), MASK64)
+
+
+def run_error(rc: RunContext, status: int) -> BaseException | int:
+    """The exception a run that ended with ``status`` raises (or r0, for HelperExit)."""
+    ctx = rc.ctx
+    info = int(ctx.err_info)
+    match Status(status):
+        case Status.BUDGET:
+            return BudgetExceeded("instruction budget exhausted", pc=info)
+        case Status.OOB_LOAD | Status.OOB_STORE | Status.RO_STORE:
+            addr = int(ctx.err_addr)
+            what = "store" if status != Status.OOB_LOAD else "load"
+            kind = "read-only memory" if status == Status.RO_STORE else "out of bounds memory"
+            return ExecutionError(f"{kind} {what} at address {addr:#x}, size {info & 15}", pc=info >> 8,
+                                  address=addr)
+        case Status.HELPER:
+            exc, helper, hid = rc.exc, rc.helper, rc.helper_id
+            rc.exc = rc.helper = None
+            return helper_error(exc, helper, hid, info, int(ctx.budget_left))
+        case Status.DEPTH:
+            return ExecutionError(f"call depth exceeds {MAX_CALL_DEPTH} frames", pc=info)
+        case Status.KFUNC:
+            return ExecutionError("kernel function calls are not supported", pc=info)
+        case _:
+            raise NotImplementedError(f"run status {status}")
+
+
+def helper_error(exc: BaseException | None, helper: Helper | None, helper_id: int, pc: int,
+                 budget_left: int) -> BaseException | int:
+    """What a failed helper call becomes, exactly as the interpreter's ``Env.call`` and ``run``
+    make it: HelperExit ends the run with its value, a tail call leaves with the budget left."""
+    if helper is None:
+        return ExecutionError(f"call to unknown helper {helper_id}", pc=pc)
+    if isinstance(exc, HelperExit):
+        return exc.value
+    if isinstance(exc, TailCall):
+        exc.budget = budget_left
+        return exc
+    if isinstance(exc, BpfError):
+        if isinstance(exc, ExecutionError) and exc.pc is None:
+            err = ExecutionError(f"helper {helper.name} failed: {exc.message}", pc=pc, address=exc.address)
+            err.__cause__ = exc
+            return err
+        return exc
+    if isinstance(exc, Exception):
+        err = ExecutionError(f"helper {helper.name} raised {type(exc).__name__}: {exc}", pc=pc)
+        err.__cause__ = exc
+        return err
+    assert exc is not None
+    return exc  # KeyboardInterrupt and friends pass through untouched

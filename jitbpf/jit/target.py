@@ -1,0 +1,255 @@
+"""The architecture-independent half of the JIT: walks the blocks of a program, hands each
+instruction to the target's emitter, keeps labels and branch fixups, links, and lists the code."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from jitbpf.cfg import Block, ControlFlow
+from jitbpf.isa import Instruction, Kind, OpInfo
+from jitbpf.jit.encoding import Assembler
+
+_REL32 = struct.Struct("<i")
+_TAG = 40  # bits of a section offset; the section (or label kind) sits above them
+_OFFSET_MASK = (1 << _TAG) - 1
+
+
+class Section(enum.IntEnum):
+    """Where a position or label lives; encoded above the offset bits of a location."""
+
+    HOT = 0  # straight-line code of the blocks, in program order
+    COLD = 1  # out-of-line stubs and the shared runtime routines, after the hot code
+    PC = 2  # not a section: the code of the eBPF instruction at this slot (a jump target)
+
+
+def location(section: Section, offset: int) -> int:
+    """Encode a position as one int (section above bit 40), cheap to store in fixup lists."""
+    return section << _TAG | offset
+
+
+@dataclass(frozen=True, slots=True)
+class HelperTable:
+    """Where generated code finds helpers at run time (memory owned by the JitProgram)."""
+
+    address: int  # host address of the uint64 table: helper id -> function address
+    capacity: int  # ids below this are in the table; others go to the dispatcher
+    dispatcher: int  # address of the Python dispatcher callback (6th argument = helper id)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledCode:
+    """The linked machine code of a program and what its listing needs."""
+
+    code: bytes  # position-independent machine code
+    entries: dict[str, int]  # entry point name -> offset
+    pcs: tuple[tuple[int, int], ...]  # (offset, eBPF pc) for every instruction, ascending
+    marks: tuple[tuple[int, str, int], ...]  # (offset, label, pc or -1) of prologue, stubs, routines
+
+
+@dataclass(slots=True)
+class Options:
+    """Everything the target needs to know besides the program itself."""
+
+    resolve_lddw: Callable[[int, Instruction], int]  # value an lddw loads
+    proven: frozenset[int]  # slots whose memory access the verifier proved in bounds
+    helpers: HelperTable  # the helper table
+
+
+class Target:
+    """Drives code generation for one program. A subclass supplies the machine: the ``emit_*``
+    methods for each instruction kind, block entry (budget), entry/runtime code and the branch
+    encodings; everything else (iteration, labels, fixups, linking, listing) lives here."""
+
+    name: ClassVar[str] = "generic"  # architecture name, for messages
+    capstone_arch: ClassVar[tuple[int, int]] = (0, 0)  # capstone (arch, mode) of the listing
+
+    def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
+        self.asm = asm  # the template cache
+        self.flow = flow  # the program's structure
+        self.options = options
+        self.hot = bytearray()  # code of the blocks
+        self.cold = bytearray()  # stubs and runtime routines
+        self.pc_off = [-1] * len(flow.program)  # hot offset of each instruction (block entry included)
+        self.fixups: list[tuple[int, int]] = []  # (location of a rel32 field, target location)
+        self.named_fixups: list[tuple[int, str]] = []  # (location of a rel32 field, label name)
+        self.labels: dict[str, int] = {}  # named label -> location
+        self.marks: list[tuple[int, str, int]] = []  # (location, listing label, pc or -1)
+        self.entries: dict[str, int] = {}  # entry point name -> hot offset
+
+    # -- hooks a target implements ---------------------------------------------------------------
+
+    def emit_entries(self) -> None:
+        """Entry points and the prologue that sets up registers; falls through to slot 0."""
+        raise NotImplementedError(f"{self.name}: entries")
+
+    def emit_block_entry(self, block: Block) -> None:
+        """Code run on entry to every block (the budget charge)."""
+        raise NotImplementedError(f"{self.name}: block entry")
+
+    def emit_runtime(self) -> None:
+        """The shared routines stubs jump to (exit, aborts, bounds walker, frame zeroing)."""
+        raise NotImplementedError(f"{self.name}: runtime")
+
+    def patch_branch(self, buf: bytearray, pos: int, displacement: int) -> None:
+        """Store a branch displacement, relative to the end of the 4-byte field at ``pos``."""
+        _REL32.pack_into(buf, pos, displacement)
+
+    # -- driver ----------------------------------------------------------------------------------
+
+    def compile(self) -> CompiledCode:
+        flow = self.flow
+        program = flow.program
+        slots, infos = program.slots, program.infos
+        block_at = flow.block_at
+        pc_off = self.pc_off
+        hot = self.hot
+        emit = self.emit
+        self.emit_entries()
+        for pc in range(len(program)):
+            insn = slots[pc]
+            if insn is None:
+                continue
+            pc_off[pc] = len(hot)
+            block = block_at.get(pc)
+            if block is not None:
+                self.emit_block_entry(block)
+            info = infos[pc]
+            assert info is not None
+            emit(pc, insn, info)
+        self.emit_runtime()
+        return self.link()
+
+    def emit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """Emit one instruction (dispatch over the opcode table's kinds)."""
+        match info.kind:
+            case Kind.ALU:
+                self.emit_alu(pc, insn, info)
+            case Kind.JCOND:
+                self.emit_jcond(pc, insn, info)
+            case Kind.LDX | Kind.LDXSX:
+                self.emit_load(pc, insn, info)
+            case Kind.ST | Kind.STX:
+                self.emit_store(pc, insn, info)
+            case Kind.JA:
+                self.emit_ja(pc, insn, info)
+            case Kind.LDDW:
+                self.emit_lddw(pc, insn, info)
+            case Kind.NEG:
+                self.emit_neg(pc, insn, info)
+            case Kind.MOVSX:
+                self.emit_movsx(pc, insn, info)
+            case Kind.END | Kind.BSWAP:
+                self.emit_endian(pc, insn, info)
+            case Kind.ATOMIC:
+                self.emit_atomic(pc, insn, info)
+            case Kind.CALL | Kind.CALLX:
+                self.emit_call(pc, insn, info)
+            case Kind.CALL_LOCAL:
+                self.emit_call_local(pc, insn, info)
+            case Kind.EXIT:
+                self.emit_exit(pc, insn, info)
+            case Kind.LD_ABS | Kind.LD_IND:
+                self.emit_packet_load(pc, insn, info)
+            case Kind.CALL_KFUNC:
+                self.emit_kfunc(pc, insn, info)
+            case _:
+                raise NotImplementedError(f"{self.name}: no code for {info.kind}")
+
+    def emit_alu(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_jcond(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_ja(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_lddw(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_neg(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_movsx(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_endian(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_atomic(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_call(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_call_local(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_exit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_packet_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+
+    # -- labels, fixups, linking -----------------------------------------------------------------
+
+    def here(self, section: Section = Section.HOT) -> int:
+        """Location of the next byte emitted into ``section``."""
+        return location(section, len(self.hot if section is Section.HOT else self.cold))
+
+    def define(self, name: str, section: Section = Section.COLD) -> None:
+        """Bind the named label to the current end of ``section`` (and mark it in the listing)."""
+        loc = self.here(section)
+        self.labels[name] = loc
+        self.marks.append((loc, name, -1))
+
+    def mark(self, text: str, section: Section = Section.COLD) -> None:
+        self.marks.append((self.here(section), text, -1))
+
+    def refer(self, field_loc: int, target: int) -> None:
+        """The rel32 field at ``field_loc`` must reach ``target`` (a location or PC location)."""
+        self.fixups.append((field_loc, target))
+
+    def refer_named(self, field_loc: int, name: str) -> None:
+        self.named_fixups.append((field_loc, name))
+
+    def section_base(self, section: int) -> int:
+        return len(self.hot) if section == Section.COLD else 0
+
+    def link(self) -> CompiledCode:
+        hot_len = len(self.hot)
+        code = self.hot + self.cold
+        pc_off = self.pc_off
+
+        def absolute(loc: int) -> int:
+            section, offset = loc >> _TAG, loc & _OFFSET_MASK
+            if section == Section.PC:
+                target = pc_off[offset]
+                if target < 0:
+                    raise AssertionError(f"branch to pc {offset}, which has no code")
+                return target
+            return offset + hot_len if section == Section.COLD else offset
+
+        fixups: Sequence[tuple[int, int]] = self.fixups
+        for field_loc, target in fixups:
+            pos = absolute(field_loc)
+            self.patch_branch(code, pos, absolute(target) - (pos + 4))
+        for field_loc, name in self.named_fixups:
+            pos = absolute(field_loc)
+            self.patch_branch(code, pos, absolute(self.labels[name]) - (pos + 4))
+        pcs = tuple((off, pc) for pc, off in enumerate(pc_off) if off >= 0)
+        marks = tuple(sorted((absolute(loc), text, pc) for loc, text, pc in self.marks))
+        return CompiledCode(bytes(code), dict(self.entries), pcs, marks)

@@ -1,0 +1,795 @@
+"""The x86-64 target: register map, ``emit_*`` helpers for each instruction kind, and the code
+generated once per program (entry points, bounds walker, frame zeroing, exits and aborts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from jitbpf.cfg import Block, ControlFlow
+from jitbpf.interpreter import MAX_CALL_DEPTH
+from jitbpf.isa import ATOMIC_FETCH, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
+from jitbpf.jit.encoding import Assembler, Shape
+from jitbpf.jit.runtime import ERROR_RESULT, Access, Layout, Status, access_info, layout
+from jitbpf.jit.target import Options, Section, Target, location
+
+STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # the stack area of a run (all frames), as RunState has it
+
+
+@dataclass(frozen=True, slots=True)
+class HostReg:
+    """The x86-64 register that holds one eBPF register, named at each operand width."""
+
+    q: str  # 64-bit name
+    d: str  # 32-bit name (writing it zero-extends, which is what 32-bit eBPF ops need)
+    w: str  # 16-bit name
+    b: str  # 8-bit name
+
+
+REGS: tuple[HostReg, ...] = (
+    HostReg("rax", "eax", "ax", "al"),  # r0: return value, where the C ABI returns helpers' results
+    HostReg("rdi", "edi", "di", "dil"),  # r1: 1st C argument register, so helper calls need no moves
+    HostReg("rsi", "esi", "si", "sil"),  # r2: 2nd C argument register
+    HostReg("rdx", "edx", "dx", "dl"),  # r3: 3rd C argument register
+    HostReg("rcx", "ecx", "cx", "cl"),  # r4: 4th C argument register (and the shift count register)
+    HostReg("r8", "r8d", "r8w", "r8b"),  # r5: 5th C argument register
+    HostReg("rbx", "ebx", "bx", "bl"),  # r6: callee-saved, so it survives helper calls for free
+    HostReg("r13", "r13d", "r13w", "r13b"),  # r7: callee-saved
+    HostReg("r14", "r14d", "r14w", "r14b"),  # r8: callee-saved
+    HostReg("r15", "r15d", "r15w", "r15b"),  # r9: callee-saved
+    HostReg("rbp", "ebp", "bp", "bpl"),  # r10: frame pointer, callee-saved
+)
+FRAME = "r12"  # the run's jitbpf_frame on the machine stack (callee-saved: survives helpers)
+BUDGET = "r9"  # remaining instruction budget (caller-saved: pushed around helper calls)
+ADDR = "r10"  # scratch: the address of a checked memory access
+TMP = "r11"  # scratch: bounds arithmetic, stub arguments, call targets
+
+Q = tuple(r.q for r in REGS)
+D = tuple(r.d for r in REGS)
+W = tuple(r.w for r in REGS)
+B = tuple(r.b for r in REGS)
+_SIZE_PREFIX = {1: "b", 2: "w", 4: "d", 8: "q"}
+_SIZE_INDEX = {1: 0, 2: 1, 4: 2, 8: 3}
+_BY_SIZE = {1: B, 2: W, 4: D, 8: Q}
+_SIMPLE_ALU = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or", AluOp.AND: "and", AluOp.XOR: "xor"}
+_SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
+_ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
+_CALL_SAVED = ("rdi", "rsi", "rdx", "rcx", "r8", BUDGET)  # pushed around helper calls (r1-r5, budget)
+_LOCAL_SAVED = ("rbx", "r13", "r14", "r15", "rbp")  # r6-r9 and r10, restored when a local call returns
+_LOCAL_PAD = 16  # keeps a local-call frame at 64 bytes (5 saves + pad + return address)
+LOCAL_FRAME = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD + 8  # machine stack per local call
+_ZERO_STORE = 16  # bytes cleared per SSE store when zeroing a frame
+# eBPF frames are STACK_SIZE bytes and machine frames LOCAL_FRAME: the frame to zero at a local
+# call is a linear function of rsp, scaled by this shift.
+_ZERO_SHIFT = (STACK_SIZE // LOCAL_FRAME).bit_length() - 1
+assert STACK_SIZE == LOCAL_FRAME << _ZERO_SHIFT
+
+
+def mem(size: int | str, base: str, disp: int) -> tuple[str, tuple[int, ...]]:
+    """A memory operand token and its hole values: ``[base]``, ``[base+d8]`` or ``[base+d32]``."""
+    prefix = _SIZE_PREFIX[size] if isinstance(size, int) else size
+    if disp == 0:
+        return f"{prefix}[{base}]", ()
+    if -128 <= disp < 128:
+        return f"{prefix}[{base}+d8]", (disp,)
+    return f"{prefix}[{base}+d32]", (disp,)
+
+
+def imm_form(value: int) -> str:
+    """Hole kind for a sign-extended immediate: the short form when it fits."""
+    return "i8" if -128 <= value < 128 else "i32"
+
+
+class X86_64(Target):
+    """Generates x86-64 code following the System V ABI (Linux)."""
+
+    name: ClassVar[str] = "x86-64"
+    capstone_arch: ClassVar[tuple[int, int]] = (3, 8)  # CS_ARCH_X86, CS_MODE_64
+
+    def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
+        super().__init__(asm, flow, options)
+        self.lay: Layout = layout()
+        self._templates = asm.template
+        self._block_start = 0  # start of the block being emitted (budget and depth errors name it)
+        program = flow.program
+        self._called = {flow.targets[pc] for pc, _i, info in program if info.kind is Kind.CALL_LOCAL}
+        self._fn_entry = [0] * len(program)  # function entry of each slot
+        for fn in flow.functions:
+            for pc in range(fn.entry, fn.end):
+                self._fn_entry[pc] = fn.entry
+
+    # -- emission primitives ----------------------------------------------------------------------
+
+    def op(self, shape: Shape, *values: int) -> None:
+        """One instruction into the hot section."""
+        self._templates(shape).emit(self.hot, *values)
+
+    def cop(self, shape: Shape, *values: int) -> None:
+        """One instruction into the cold section."""
+        self._templates(shape).emit(self.cold, *values)
+
+    def _buf(self, section: Section) -> bytearray:
+        return self.hot if section is Section.HOT else self.cold
+
+    def branch(self, mnemonic: str, target: int, section: Section = Section.HOT) -> None:
+        """A rel32 jump or call to ``target`` (a location), resolved at link time."""
+        buf = self._buf(section)
+        self._templates((mnemonic, "rel32")).emit(buf, 0)
+        self.refer(location(section, len(buf) - 4), target)
+
+    def branch_named(self, mnemonic: str, name: str, section: Section = Section.HOT) -> None:
+        """A rel32 jump or call to a runtime routine."""
+        buf = self._buf(section)
+        self._templates((mnemonic, "rel32")).emit(buf, 0)
+        self.refer_named(location(section, len(buf) - 4), name)
+
+    def forward(self, mnemonic: str, section: Section = Section.HOT) -> int:
+        """A rel32 jump to a label later in the same section; returns the field to ``bind``."""
+        buf = self._buf(section)
+        self._templates((mnemonic, "rel32")).emit(buf, 0)
+        return len(buf) - 4
+
+    def bind(self, field: int, section: Section = Section.HOT) -> None:
+        """Point a ``forward`` jump at the current end of its section."""
+        buf = self._buf(section)
+        self.patch_branch(buf, field, len(buf) - (field + 4))
+
+    def stub(self, info: int, abort: str, what: str, pc: int) -> int:
+        """An out-of-line stub that reports ``info`` to the ``abort`` routine; returns its location."""
+        loc = self.here(Section.COLD)
+        self.marks.append((loc, f"stub: {what}", pc))
+        self.load_tmp(info, Section.COLD)
+        self.branch_named("jmp", abort, Section.COLD)
+        return loc
+
+    def load_tmp(self, value: int, section: Section) -> None:
+        """TMP = value (an unsigned constant)."""
+        buf = self._buf(section)
+        if value < 1 << 31:
+            self._templates(("mov", "r11d", "i32")).emit(buf, value)
+        else:
+            self._templates(("mov", TMP, "i64")).emit(buf, value)
+
+    def load_const(self, reg: int, value: int) -> None:
+        """eBPF register ``reg`` = the unsigned 64-bit ``value``, in the shortest form."""
+        if value == 0:
+            self.op(("xor", D[reg], D[reg]))
+        elif value < 1 << 32:
+            self.op(("mov", D[reg], "i32"), value)
+        elif value >= (1 << 64) - (1 << 31):
+            self.op(("mov", Q[reg], "i32"), value)
+        else:
+            self.op(("mov", Q[reg], "i64"), value)
+
+    # -- program structure ----------------------------------------------------------------------
+
+    def emit_entries(self) -> None:
+        L = self.lay
+        self.entries["none"] = len(self.hot)
+        self.mark("entry: no memory", Section.HOT)
+        self._store_imm("rdi", L.ctx_mem, 0)
+        self._store_imm("rdi", L.ctx_mem_size, 0)
+        self.entries["mem"] = len(self.hot)
+        self.mark("entry: mem", Section.HOT)
+        self._load("rax", "rdi", L.ctx_mem)
+        self._store("rdi", L.ctx_r1, "rax")
+        self._store("rdi", L.ctx_pkt_base, "rax")
+        self._load("rax", "rdi", L.ctx_mem_size)
+        self._store("rdi", L.ctx_r2, "rax")
+        self._store("rdi", L.ctx_pkt_size, "rax")
+        self._store_imm("rdi", L.ctx_mem_writable, 1)
+        self._store_imm("rdi", L.ctx_nextra, 0)
+        self.entries["regions"] = len(self.hot)
+        self.mark("entry: regions, prologue", Section.HOT)
+        for reg in ("rbx", "rbp", "r12", "r13", "r14", "r15"):
+            self.op(("push", reg))
+        self.op(("sub", "rsp", imm_form(L.frame_size)), L.frame_size)
+        self.op(("mov", FRAME, "rsp"))
+        self._store(FRAME, L.frame_ctx, "rdi")
+        self.op(("xor", "eax", "eax"))
+        self._store("rdi", L.ctx_status, "rax")
+        self._store("rdi", L.ctx_pending, "rax")
+        mem_region = L.frame_regions
+        stack_region = L.frame_regions + L.region_size
+        self._load("rax", "rdi", L.ctx_mem)
+        self._store(FRAME, mem_region + L.region_base, "rax")
+        self._load("rdx", "rdi", L.ctx_mem_size)
+        self._store(FRAME, mem_region + L.region_len, "rdx")
+        self._load("rcx", "rdi", L.ctx_mem_writable)
+        self._store(FRAME, mem_region + L.region_writable, "rcx")
+        # Valid mem offsets for an access of k bytes are those below size - k + 1 (none when the
+        # region is smaller); stores see none when mem is read-only, so they take the slow path.
+        self.op(("xor", "r11d", "r11d"))
+        for k, index in _SIZE_INDEX.items():
+            self.op(("mov", ADDR, "rdx"))
+            if k > 1:
+                self.op(("sub", ADDR, "i8"), k - 1)
+                self.op(("cmovb", ADDR, TMP))
+            self._store(FRAME, L.frame_lim_load + 8 * index, ADDR)
+            self.op(("test", "rcx", "rcx"))
+            self.op(("cmovz", ADDR, TMP))
+            self._store(FRAME, L.frame_lim_store + 8 * index, ADDR)
+        self._load("rax", "rdi", L.ctx_stack_base)
+        self._store(FRAME, stack_region + L.region_base, "rax")
+        self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
+        self._store_imm(FRAME, stack_region + L.region_writable, 1)
+        self._load("rcx", "rdi", L.ctx_pkt_base)
+        self._store(FRAME, L.frame_pkt_base, "rcx")
+        self._load("rcx", "rdi", L.ctx_pkt_size)
+        self._store(FRAME, L.frame_pkt_size, "rcx")
+        self._load("rcx", "rdi", L.ctx_extra)
+        self._store(FRAME, L.frame_extra, "rcx")
+        self._load("rcx", "rdi", L.ctx_nextra)
+        self._store(FRAME, L.frame_nextra, "rcx")
+        # Frame f of the stack area starts at top - 512 (f + 1); a local call at depth f (rsp =
+        # FRAME - 64 f) enters frame f + 1, so its start is zero_base + 8 rsp.
+        self.op(("lea", "rcx", "[rax+d32]"), STACK_BYTES - 2 * STACK_SIZE)
+        self.op(("mov", "rdx", FRAME))
+        self.op(("shl", "rdx", "i8"), _ZERO_SHIFT)
+        self.op(("sub", "rcx", "rdx"))
+        self._store(FRAME, L.frame_zero_base, "rcx")
+        self.op(("lea", TMP, "[rax+d32]"), STACK_BYTES - STACK_SIZE)
+        self.branch_named("call", "zero")
+        self._load("rbp", "rdi", L.ctx_frame_pointer)
+        self._load(BUDGET, "rdi", L.ctx_budget)
+        self._load("rsi", "rdi", L.ctx_r2)
+        self._load("rdi", "rdi", L.ctx_r1)
+        for reg in ("eax", "edx", "ecx", "r8d", "ebx", "r13d", "r14d", "r15d"):
+            self.op(("xor", reg, reg))
+
+    def emit_block_entry(self, block: Block) -> None:
+        self._block_start = block.start
+        cost = block.cost
+        self.op(("sub", BUDGET, imm_form(cost)), cost)
+        self.branch("jb", self.stub(block.start, "abort_budget", "budget exhausted", block.start))
+
+    # -- arithmetic -------------------------------------------------------------------------------
+
+    def emit_alu(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        d, s, imm = insn.dst, insn.src, insn.imm
+        wide = info.width == 64
+        R = Q if wide else D
+        aop = info.op
+        simple = _SIMPLE_ALU.get(AluOp(aop))
+        if simple is not None:
+            if info.reg_src:
+                self.op((simple, R[d], R[s]))
+            else:
+                self.op((simple, R[d], imm_form(imm)), imm)
+            return
+        match aop:
+            case AluOp.MOV:
+                if info.reg_src:
+                    if d != s or not wide:  # a 32-bit move to itself still clears the upper half
+                        self.op(("mov", R[d], R[s]))
+                else:
+                    self.load_const(d, imm & (MASK64 if wide else 0xFFFF_FFFF))
+            case AluOp.MUL:
+                if info.reg_src:
+                    self.op(("imul", R[d], R[s]))
+                else:
+                    self.op(("imul", R[d], R[d], imm_form(imm)), imm)
+            case AluOp.DIV | AluOp.MOD:
+                self._divmod(insn, info)
+            case AluOp.LSH | AluOp.RSH | AluOp.ARSH:
+                self._shift(insn, info)
+            case _:
+                raise NotImplementedError(f"{self.name}: ALU op {aop:#x}")
+
+    def _shift(self, insn: Instruction, info: OpInfo) -> None:
+        d, s = insn.dst, insn.src
+        wide = info.width == 64
+        R = Q if wide else D
+        mnemonic = _SHIFTS[AluOp(info.op)]
+        if not info.reg_src:
+            count = insn.imm & (info.width - 1)  # the interpreter masks the count the same way
+            if count:
+                self.op((mnemonic, R[d], "i8"), count)
+            elif not wide:
+                self.op(("mov", D[d], D[d]))
+            return
+        rcx = 4  # eBPF r4 lives in rcx, whose low byte is the only variable shift count
+        if s == rcx:
+            self.op((mnemonic, R[d], "cl"))
+        elif d == rcx:
+            self.op(("mov", ADDR, "rcx"))
+            self.op(("mov", "ecx", D[s]))
+            self.op((mnemonic, ADDR if wide else "r10d", "cl"))
+            self.op(("mov", "rcx", ADDR) if wide else ("mov", "ecx", "r10d"))
+        else:
+            self.op(("mov", TMP, "rcx"))
+            self.op(("mov", "ecx", D[s]))
+            self.op((mnemonic, R[d], "cl"))
+            self.op(("mov", "rcx", TMP))
+
+    def _divmod(self, insn: Instruction, info: OpInfo) -> None:
+        """dst = dst / src or dst % src: x / 0 = 0 and x % 0 = x; signed INT_MIN / -1 = INT_MIN and
+        INT_MIN % -1 = 0, both handled before idiv, which would trap."""
+        d, s = insn.dst, insn.src
+        wide = info.width == 64
+        R = Q if wide else D
+        tmp = TMP if wide else "r11d"
+        is_mod = info.op == AluOp.MOD
+        signed = info.signed
+        if not info.reg_src:
+            divisor = insn.imm & (MASK64 if wide else 0xFFFF_FFFF)
+            if divisor == 0:
+                self._by_zero(d, wide, is_mod)
+                return
+            if signed and insn.imm == -1:
+                self._by_minus_one(d, wide, is_mod)
+                return
+            self.op(("mov", tmp, "i32"), insn.imm)
+            self._divide(d, wide, is_mod, signed)
+            return
+        self.op(("mov", tmp, R[s]))
+        self.op(("test", tmp, tmp))
+        to_zero = self.forward("jz")
+        to_minus_one = -1
+        if signed:
+            self.op(("cmp", tmp, "i8"), -1)
+            to_minus_one = self.forward("je")
+        self._divide(d, wide, is_mod, signed)
+        to_done = [self.forward("jmp")]
+        self.bind(to_zero)
+        self._by_zero(d, wide, is_mod)
+        if signed:
+            to_done.append(self.forward("jmp"))
+            self.bind(to_minus_one)
+            self._by_minus_one(d, wide, is_mod)
+        for field in to_done:
+            self.bind(field)
+
+    def _by_zero(self, d: int, wide: bool, is_mod: bool) -> None:
+        if not is_mod:
+            self.op(("xor", D[d], D[d]))
+        elif not wide:
+            self.op(("mov", D[d], D[d]))
+
+    def _by_minus_one(self, d: int, wide: bool, is_mod: bool) -> None:
+        if is_mod:
+            self.op(("xor", D[d], D[d]))
+        else:
+            self.op(("neg", Q[d] if wide else D[d]))
+
+    def _divide(self, d: int, wide: bool, is_mod: bool, signed: bool) -> None:
+        """dst = dst (/ or %) TMP with rdx:rax, saving r0 (in xmm1) and r3 (in r10) around it."""
+        R = Q if wide else D
+        rax, rdx = 0, 3
+        if d != rdx:
+            self.op(("mov", ADDR, "rdx"))
+        if d != rax:
+            self.op(("movq", "xmm1", "rax"))
+            self.op(("mov", R[rax], R[d]))
+        if signed:
+            self.op(("cqo",) if wide else ("cdq",))
+            self.op(("idiv", TMP if wide else "r11d"))
+        else:
+            self.op(("xor", "edx", "edx"))
+            self.op(("div", TMP if wide else "r11d"))
+        result = rdx if is_mod else rax
+        if d != result:
+            self.op(("mov", R[d], R[result]))
+        if d != rdx:
+            self.op(("mov", "rdx", ADDR))
+        if d != rax:
+            self.op(("movq", "rax", "xmm1"))
+
+    def emit_neg(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        self.op(("neg", (Q if info.width == 64 else D)[insn.dst]))
+
+    def emit_movsx(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        d, s = insn.dst, insn.src
+        R = Q if info.width == 64 else D
+        match info.op:
+            case 8:
+                self.op(("movsx", R[d], B[s]))
+            case 16:
+                self.op(("movsx", R[d], W[s]))
+            case 32:
+                self.op(("movsxd", Q[d], D[s]))
+            case _:
+                raise NotImplementedError(f"{self.name}: movsx from {info.op} bits")
+
+    def emit_endian(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        d, bits = insn.dst, info.op
+        swap = info.kind is Kind.BSWAP or info.reg_src  # be* swaps on a little-endian host, le* truncates
+        match bits:
+            case 16:
+                if swap:
+                    self.op(("ror", W[d], "i8"), 8)
+                self.op(("movzx", D[d], W[d]))
+            case 32:
+                self.op(("bswap", D[d]) if swap else ("mov", D[d], D[d]))
+            case 64:
+                if swap:
+                    self.op(("bswap", Q[d]))
+            case _:
+                raise NotImplementedError(f"{self.name}: byte swap of {bits} bits")
+
+    def emit_lddw(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        self.load_const(insn.dst, self.options.resolve_lddw(pc, insn) & MASK64)
+
+    # -- memory -----------------------------------------------------------------------------------
+
+    def _address(self, pc: int, base: int, off: int, size: int, kind: Access,
+                 into_addr: bool = False) -> tuple[str, int, int]:
+        """Where an access goes: (base register, displacement, pending check).
+
+        Proven accesses use the eBPF register directly (or ADDR, when ``into_addr``). Others get
+        ADDR = base + off (wrapping, as the interpreter) and an inline check against mem; the
+        out-of-line part of the check is emitted by ``_close_check`` once the access is."""
+        L = self.lay
+        if pc in self.options.proven:
+            if not into_addr:
+                return Q[base], off, -1
+            if off:
+                token, vals = mem("", Q[base], off)
+                self.op(("lea", ADDR, token), *vals)
+            else:
+                self.op(("mov", ADDR, Q[base]))
+            return ADDR, 0, -1
+        if off:
+            token, vals = mem("", Q[base], off)
+            self.op(("lea", ADDR, token), *vals)
+        else:
+            self.op(("mov", ADDR, Q[base]))
+        self.op(("mov", TMP, ADDR))
+        token, vals = mem("q", FRAME, L.frame_regions + L.region_base)
+        self.op(("sub", TMP, token), *vals)
+        limit = (L.frame_lim_load if kind is Access.LOAD else L.frame_lim_store) + 8 * _SIZE_INDEX[size]
+        token, vals = mem("q", FRAME, limit)
+        self.op(("cmp", TMP, token), *vals)
+        return ADDR, 0, self.forward("jae")
+
+    def _close_check(self, pending: int, pc: int, size: int, kind: Access, ok: int,
+                     done: int = -1) -> None:
+        """The slow path of a bounds check: the stack area inline, then the region walker."""
+        if pending < 0:
+            return
+        L = self.lay
+        stub = self.here(Section.COLD)
+        self.marks.append((stub, "stub: bounds check", pc))
+        self.refer(location(Section.HOT, pending), stub)
+        self.cop(("mov", TMP, ADDR))
+        token, vals = mem("q", FRAME, L.frame_regions + L.region_size + L.region_base)
+        self.cop(("sub", TMP, token), *vals)
+        self.cop(("cmp", TMP, "i32"), STACK_BYTES - size + 1)
+        self.branch("jb", ok, Section.COLD)
+        info = access_info(pc, kind, size)
+        self.load_tmp(info, Section.COLD)
+        self.branch_named("call", "walk", Section.COLD)
+        if kind is Access.CMPXCHG:
+            # A read-only region: compare without storing; equal means the store would happen.
+            self.cop(("test", TMP, TMP))
+            self.branch("jz", ok, Section.COLD)
+            wide = size == 8
+            tmp, acc = (TMP, "rax") if wide else ("r11d", "eax")
+            self.cop(("mov", tmp, f"{_SIZE_PREFIX[size]}[{ADDR}]"))
+            self.cop(("cmp", tmp, acc))
+            differ = self.forward("jne", Section.COLD)
+            self.load_tmp(info, Section.COLD)
+            self.branch_named("jmp", "abort_ro_store", Section.COLD)
+            self.bind(differ, Section.COLD)
+            self.cop(("mov", acc, tmp))
+            self.branch("jmp", done, Section.COLD)
+            return
+        self.branch("jmp", ok, Section.COLD)
+
+    def emit_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        d, size = insn.dst, info.size
+        base, disp, pending = self._address(pc, insn.src, insn.off, size, Access.LOAD)
+        ok = self.here()
+        token, vals = mem(size, base, disp)
+        if info.kind is Kind.LDX:
+            if size < 4:
+                self.op(("movzx", D[d], token), *vals)
+            else:
+                self.op(("mov", _BY_SIZE[size][d], token), *vals)
+        elif size < 4:
+            self.op(("movsx", Q[d], token), *vals)
+        else:
+            self.op(("movsxd", Q[d], token), *vals)
+        self._close_check(pending, pc, size, Access.LOAD, ok)
+
+    def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        size = info.size
+        base, disp, pending = self._address(pc, insn.dst, insn.off, size, Access.STORE)
+        ok = self.here()
+        token, vals = mem(size, base, disp)
+        if info.kind is Kind.STX:
+            self.op(("mov", token, _BY_SIZE[size][insn.src]), *vals)
+        else:
+            hole = {1: "i8", 2: "i16", 4: "i32", 8: "i32"}[size]  # qword stores sign-extend imm32
+            self.op(("mov", token, hole), *vals, insn.imm)
+        self._close_check(pending, pc, size, Access.STORE, ok)
+
+    def emit_atomic(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        s, size = insn.src, info.size
+        wide = size == 8
+        aop = info.op
+        kind = Access.CMPXCHG if aop == AtomicOp.CMPXCHG else Access.ATOMIC
+        _base, _disp, pending = self._address(pc, insn.dst, insn.off, size, kind, into_addr=True)
+        ok = self.here()
+        target = f"{_SIZE_PREFIX[size]}[{ADDR}]"
+        S = Q[s] if wide else D[s]
+        acc, tmp = ("rax", TMP) if wide else ("eax", "r11d")
+        base_op = aop & ~ATOMIC_FETCH
+        if aop == AtomicOp.CMPXCHG:
+            self.op(("lock cmpxchg", target, S))
+            if not wide:
+                self.op(("mov", "eax", "eax"))  # cmpxchg leaves rax's upper half alone on success
+        elif aop == AtomicOp.XCHG:
+            self.op(("xchg", target, S))
+        elif not aop & ATOMIC_FETCH:
+            self.op((f"lock {_ATOMIC_ALU[AtomicOp(base_op)]}", target, S))
+        elif base_op == AtomicOp.ADD:
+            self.op(("lock xadd", target, S))
+        else:
+            # fetch-or/and/xor: a compare-exchange loop in rax, whose r0 waits in xmm1.
+            mnemonic = _ATOMIC_ALU[AtomicOp(base_op)]
+            self.op(("movq", "xmm1", "rax"))
+            self.op(("mov", acc, target))
+            loop = self.here()
+            if s == 0:
+                self.op(("movq", TMP, "xmm1"))
+                self.op((mnemonic, tmp, acc))
+            else:
+                self.op(("mov", tmp, acc))
+                self.op((mnemonic, tmp, S))
+            self.op(("lock cmpxchg", target, tmp))
+            self.branch("jne", loop)
+            if s != 0:
+                self.op(("mov", S, acc))
+                self.op(("movq", "rax", "xmm1"))
+        self._close_check(pending, pc, size, kind, ok, self.here())
+
+    def emit_packet_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """Legacy LD_ABS/LD_IND: r0 = big-endian load from the packet; out of range ends the
+        program with r0 = 0."""
+        L = self.lay
+        size = info.size
+        size_tok, size_vals = mem("q", FRAME, L.frame_pkt_size)
+        base_tok, base_vals = mem("q", FRAME, L.frame_pkt_base)
+        if info.kind is Kind.LD_ABS:
+            offset = insn.imm
+            if offset < 0 or offset + size >= 1 << 31:
+                self.branch_named("jmp", "packet_exit")
+                return
+            self.op(("cmp", size_tok, "i32"), *size_vals, offset + size)
+            self.branch_named("jb", "packet_exit")
+            self.op(("mov", TMP, base_tok), *base_vals)
+            token, vals = mem(size, TMP, offset)
+        else:
+            self.op(("mov", "r11d", D[insn.src]))
+            self.op(("add", "r11d", "i32"), insn.imm)
+            self.op(("movsxd", TMP, "r11d"))
+            self.op(("test", TMP, TMP))
+            self.branch_named("js", "packet_exit")
+            self.op(("lea", ADDR, f"[{TMP}+d8]"), size)
+            self.op(("cmp", ADDR, size_tok), *size_vals)
+            self.branch_named("ja", "packet_exit")
+            self.op(("add", TMP, base_tok), *base_vals)
+            token, vals = mem(size, TMP, 0)
+        match size:
+            case 1:
+                self.op(("movzx", "eax", token), *vals)
+            case 2:
+                self.op(("movzx", "eax", token), *vals)
+                self.op(("ror", "ax", "i8"), 8)
+            case 4:
+                self.op(("mov", "eax", token), *vals)
+                self.op(("bswap", "eax"))
+            case _:
+                raise NotImplementedError(f"{self.name}: packet load of {size} bytes")
+
+    # -- control flow -----------------------------------------------------------------------------
+
+    def emit_ja(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        target = self.flow.targets[pc]
+        if target != pc + 1:
+            self.branch("jmp", location(Section.PC, target))
+
+    def emit_jcond(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        d = insn.dst
+        R = Q if info.width == 64 else D
+        compare = "test" if info.op == JmpOp.JSET else "cmp"
+        if info.reg_src:
+            self.op((compare, R[d], R[insn.src]))
+        elif compare == "cmp":
+            self.op(("cmp", R[d], imm_form(insn.imm)), insn.imm)
+        else:
+            self.op(("test", R[d], "i32"), insn.imm)
+        self.branch("j" + info.cc, location(Section.PC, self.flow.targets[pc]))
+
+    def emit_call(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """Helper call: r1-r5 are already the C argument registers; they and the budget are
+        pushed (the interpreter preserves r1-r5), the helper id goes in the 6th argument."""
+        L = self.lay
+        table = self.options.helpers
+        for reg in _CALL_SAVED:
+            self.op(("push", reg))
+        if info.kind is Kind.CALL:
+            hid = insn.imm
+            if 0 <= hid < table.capacity:
+                self.op(("mov", "r9d", "i32"), hid)
+                self.op(("mov", TMP, "i64"), table.address + 8 * hid)
+                self.op(("call", "q[r11]"))
+            else:
+                self.op(("mov", BUDGET, "i32"), hid)
+                self.op(("mov", TMP, "i64"), table.dispatcher)
+                self.op(("call", TMP))
+        else:
+            self.op(("mov", BUDGET, Q[insn.dst]))
+            self.op(("cmp", BUDGET, "i32"), table.capacity)
+            to_dispatcher = self.forward("jae")
+            self.op(("mov", TMP, "i64"), table.address)
+            self.op(("call", f"q[{TMP}+{BUDGET}*8]"))
+            to_done = self.forward("jmp")
+            self.bind(to_dispatcher)
+            self.op(("mov", TMP, "i64"), table.dispatcher)
+            self.op(("call", TMP))
+            self.bind(to_done)
+        for reg in reversed(_CALL_SAVED):
+            self.op(("pop", reg))
+        token, vals = mem("q", FRAME, L.frame_ctx)
+        self.op(("mov", TMP, token), *vals)
+        token, vals = mem("q", TMP, L.ctx_pending)
+        self.op(("cmp", token, "i8"), *vals, 0)
+        self.branch("jne", self.stub(pc, "abort_helper", "helper failed", pc))
+
+    def emit_call_local(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """bpf-to-bpf call: a 64-byte machine frame holds r6-r9 and r10; the callee's eBPF frame
+        is zeroed and r10 moves down one frame. Depth comes from rsp, so errors need no unwinding."""
+        L = self.lay
+        block_start = self._block_start
+        self.op(("lea", TMP, "[r12+d32]"), -LOCAL_FRAME * (MAX_CALL_DEPTH - 1))
+        self.op(("cmp", "rsp", TMP))
+        self.branch("jbe", self.stub(block_start, "abort_depth", "call depth exceeded", pc))
+        self.op(("mov", TMP, "rsp"))
+        self.op(("shl", TMP, "i8"), _ZERO_SHIFT)
+        token, vals = mem("q", FRAME, L.frame_zero_base)
+        self.op(("add", TMP, token), *vals)
+        self.branch_named("call", "zero")
+        for reg in _LOCAL_SAVED:
+            self.op(("push", reg))
+        self.op(("sub", "rsp", "i8"), _LOCAL_PAD)
+        self.op(("sub", "rbp", "i32"), STACK_SIZE)
+        self.branch("call", location(Section.PC, self.flow.targets[pc]))
+        self.op(("add", "rsp", "i8"), _LOCAL_PAD)
+        for reg in reversed(_LOCAL_SAVED):
+            self.op(("pop", reg))
+
+    def emit_exit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        if self._fn_entry[pc] != 0:
+            self.op(("ret",))
+        elif 0 in self._called:
+            # The main function is also called locally: only the outermost frame leaves the run.
+            self.op(("cmp", "rsp", FRAME))
+            self.branch_named("je", "exit")
+            self.op(("ret",))
+        else:
+            self.branch_named("jmp", "exit")
+
+    def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        self.branch("jmp", self.stub(pc, "abort_kfunc", "kernel function call", pc))
+
+    # -- runtime routines -------------------------------------------------------------------------
+
+    def emit_runtime(self) -> None:
+        L = self.lay
+        self.define("exit")  # rax = r0
+        self.cop(("lea", "rsp", "[r12+d32]"), L.frame_size)
+        for reg in ("r15", "r14", "r13", "r12", "rbp", "rbx"):
+            self.cop(("pop", reg))
+        self.cop(("ret",))
+        self.define("packet_exit")
+        self.cop(("xor", "eax", "eax"))
+        self.branch_named("jmp", "exit", Section.COLD)
+        for status in Status:
+            if status is not Status.OK:
+                self.define(f"abort_{status.name.lower()}")
+                self.cop(("mov", "eax", "i32"), status)
+                self.branch_named("jmp", "abort", Section.COLD)
+        self.define("abort")  # eax = status, r11 = info, r10 = address
+        token, vals = mem("q", FRAME, L.frame_ctx)
+        self.cop(("mov", "rdx", token), *vals)
+        for field, reg in ((L.ctx_status, "rax"), (L.ctx_err_info, TMP), (L.ctx_err_addr, ADDR),
+                           (L.ctx_budget_left, BUDGET)):
+            token, vals = mem("q", "rdx", field)
+            self.cop(("mov", token, reg), *vals)
+        self.cop(("mov", "rax", "i64"), ERROR_RESULT)
+        self.branch_named("jmp", "exit", Section.COLD)
+        self.define("zero")  # clear STACK_SIZE bytes at r11
+        self.cop(("pxor", "xmm0", "xmm0"))
+        for offset in range(0, STACK_SIZE, _ZERO_STORE):
+            token, vals = mem("o", TMP, offset)
+            self.cop(("movups", token, "xmm0"), *vals)
+        self.cop(("ret",))
+        self._emit_walker()
+
+    def _emit_walker(self) -> None:
+        """Find the region holding [r10, r10 + size) like MemoryMap.find: mem, the stack area,
+        then ctx->extra, in order. r11 = access info. Returns r11 = 0 if the access may proceed,
+        1 for a compare-exchange on a read-only region; otherwise aborts with the interpreter's
+        error."""
+        L = self.lay
+        cold = Section.COLD
+        self.define("walk")
+        for reg in ("rax", "rcx", "rdx", "rsi"):
+            self.cop(("push", reg))
+        self.cop(("mov", "ecx", "r11d"))
+        self.cop(("and", "ecx", "i8"), 15)
+        token, vals = mem("", FRAME, L.frame_regions)
+        self.cop(("lea", "rsi", token), *vals)
+        self.cop(("mov", "edx", "i32"), 2)
+        found: list[int] = []
+        for table in range(2):
+            if table:
+                token, vals = mem("q", FRAME, L.frame_nextra)
+                self.cop(("mov", "rdx", token), *vals)
+                token, vals = mem("q", FRAME, L.frame_extra)
+                self.cop(("mov", "rsi", token), *vals)
+            loop = self.here(cold)
+            self.cop(("test", "rdx", "rdx"))
+            to_end = self.forward("jz", cold)
+            self.cop(("mov", "rax", ADDR))
+            token, vals = mem("q", "rsi", L.region_base)
+            self.cop(("sub", "rax", token), *vals)
+            next_fields = [self.forward("jb", cold)]  # below the region
+            self.cop(("add", "rax", "rcx"))
+            next_fields.append(self.forward("jc", cold))  # the access wraps around
+            token, vals = mem("q", "rsi", L.region_len)
+            self.cop(("cmp", "rax", token), *vals)
+            next_fields.append(self.forward("ja", cold))  # past the end
+            found.append(self.forward("jmp", cold))
+            for field in next_fields:
+                self.bind(field, cold)
+            self.cop(("add", "rsi", "i8"), L.region_size)
+            self.cop(("dec", "rdx"))
+            self.branch("jmp", loop, cold)
+            self.bind(to_end, cold)
+        # Nowhere: a load (atomics load first) or a store out of bounds.
+        self.cop(("mov", "eax", "r11d"))
+        self.cop(("shr", "eax", "i8"), 4)
+        self.cop(("and", "eax", "i8"), 15)
+        self.cop(("cmp", "eax", "i8"), Access.STORE)
+        self.branch_named("je", "abort_oob_store", cold)
+        self.branch_named("jmp", "abort_oob_load", cold)
+        for field in found:
+            self.bind(field, cold)
+        token, vals = mem("q", "rsi", L.region_writable)
+        self.cop(("cmp", token, "i8"), *vals, 0)
+        to_ok = self.forward("jne", cold)
+        self.cop(("mov", "eax", "r11d"))
+        self.cop(("shr", "eax", "i8"), 4)
+        self.cop(("and", "eax", "i8"), 15)
+        self.cop(("cmp", "eax", "i8"), Access.LOAD)
+        to_ok_load = self.forward("je", cold)
+        self.cop(("cmp", "eax", "i8"), Access.CMPXCHG)
+        self.branch_named("jne", "abort_ro_store", cold)
+        for reg in ("rsi", "rdx", "rcx", "rax"):
+            self.cop(("pop", reg))
+        self.cop(("mov", "r11d", "i32"), 1)
+        self.cop(("ret",))
+        self.bind(to_ok, cold)
+        self.bind(to_ok_load, cold)
+        for reg in ("rsi", "rdx", "rcx", "rax"):
+            self.cop(("pop", reg))
+        self.cop(("xor", "r11d", "r11d"))
+        self.cop(("ret",))
+
+    # -- small helpers for the prologue ----------------------------------------------------------
+
+    def _load(self, reg: str, base: str, disp: int) -> None:
+        token, vals = mem("q", base, disp)
+        self.op(("mov", reg, token), *vals)
+
+    def _store(self, base: str, disp: int, reg: str) -> None:
+        token, vals = mem("q", base, disp)
+        self.op(("mov", token, reg), *vals)
+
+    def _store_imm(self, base: str, disp: int, value: int) -> None:
+        token, vals = mem("q", base, disp)
+        self.op(("mov", token, "i32"), *vals, value)
+

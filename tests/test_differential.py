@@ -1,0 +1,240 @@
+"""The JIT against the interpreter on random programs: same r0, same memory, same error (type,
+pc and message); random bytes never crash the process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jitbpf.errors import BpfError
+from jitbpf.helpers import Helper, HelperExit
+from jitbpf.isa import (
+    LDDW_OPCODE,
+    OPCODES,
+    CallSrc,
+    InsnClass,
+    Instruction,
+    JmpOp,
+    Kind,
+    OpInfo,
+)
+from jitbpf.vm import VM
+
+MEM_SIZE = 64  # bytes of mem given to every run
+BUDGET = 3000  # small, so that random loops end quickly (with the same error in both engines)
+HELPER_ID = 7  # the registered Python helper
+EXIT_HELPER_ID = 9  # a helper that ends the program (HelperExit)
+INT32 = st.integers(-(2**31), 2**31 - 1)
+INTERESTING = st.sampled_from([0, 1, -1, 2, 7, 8, 31, 32, 33, 63, 64, 65, 255, 0x7FFF_FFFF, -(2**31), 0x1234_5678])
+IMM = st.one_of(INTERESTING, st.integers(-70, 70), INT32)
+
+ALU_ROWS = [r for r in OPCODES if r.kind in (Kind.ALU, Kind.NEG, Kind.MOVSX, Kind.END, Kind.BSWAP)]
+JCOND_ROWS = [r for r in OPCODES if r.kind is Kind.JCOND]
+MEM_ROWS = [r for r in OPCODES if r.kind in (Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX)]
+ATOMIC_ROWS = [r for r in OPCODES if r.kind is Kind.ATOMIC]
+PACKET_ROWS = [r for r in OPCODES if r.kind in (Kind.LD_ABS, Kind.LD_IND)]
+JA = InsnClass.JMP | JmpOp.JA
+JA32 = InsnClass.JMP32 | JmpOp.JA
+CALL = InsnClass.JMP | JmpOp.CALL
+EXIT = InsnClass.JMP | JmpOp.EXIT
+
+
+def helper(a: int, b: int, c: int, d: int, e: int) -> int:
+    if a % 13 == 5:
+        raise ValueError(f"bad argument {a}")
+    return (a * 31 + b * 7 + c - d) ^ e
+
+
+def exit_helper(a: int, _b: int, _c: int, _d: int, _e: int) -> int:
+    if a & 1:
+        raise HelperExit(a * 3)
+    return a + 1
+
+
+HELPERS = [Helper(HELPER_ID, "mix", helper), Helper(EXIT_HELPER_ID, "maybe_exit", exit_helper)]
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A jump in a function under construction; the target is an item index in that function."""
+
+    insn: Instruction  # with the offset still to fill in
+    target: int  # item index
+
+
+@dataclass(frozen=True)
+class LocalCall:
+    """A bpf-to-bpf call to function ``fn``."""
+
+    fn: int  # function index
+
+
+Item = Instruction | Jump | LocalCall
+
+
+def row_insn(draw: st.DrawFn, row: OpInfo, **fields: int) -> Instruction:
+    values = {"dst": 0, "src": 0, "off": 0, "imm": 0}
+    values.update(fields)
+    if row.variant_field:
+        values[row.variant_field] = row.variant
+    return Instruction(row.opcode, **values)
+
+
+@st.composite
+def items(draw: st.DrawFn, nfuncs: int, length: int) -> Item:
+    dst = draw(st.integers(0, 9))
+    src = draw(st.integers(0, 10))
+    choice = draw(st.sampled_from(["alu"] * 8 + ["lddw", "mem", "mem", "mem", "atomic", "jump", "jump", "call",
+                                                  "callx", "local", "packet", "exit"]))
+    match choice:
+        case "alu":
+            row = draw(st.sampled_from(ALU_ROWS))
+            return row_insn(draw, row, dst=dst, src=src if row.reg_src else 0, imm=0 if row.reg_src else draw(IMM))
+        case "lddw":
+            return Instruction(LDDW_OPCODE, dst, 0, 0, draw(INT32), draw(INT32))
+        case "mem":
+            row = draw(st.sampled_from(MEM_ROWS))
+            base, off = draw(st.one_of(
+                st.tuples(st.just(10), st.integers(-516, 4)),  # the stack (and just past it)
+                st.tuples(st.just(1), st.integers(-4, MEM_SIZE + 4)),  # mem (and just past it)
+                st.tuples(st.integers(0, 10), st.integers(-40, 40)),  # wherever a register points
+            ))
+            if row.kind in (Kind.LDX, Kind.LDXSX):
+                return row_insn(draw, row, dst=dst, src=base, off=off)
+            if row.kind is Kind.ST:
+                return row_insn(draw, row, dst=base, off=off, imm=draw(IMM))
+            return row_insn(draw, row, dst=base, src=src, off=off)
+        case "atomic":
+            row = draw(st.sampled_from(ATOMIC_ROWS))
+            base, off = draw(st.one_of(
+                st.tuples(st.just(10), st.integers(-64, 0).map(lambda x: x * row.size)),
+                st.tuples(st.just(1), st.integers(0, MEM_SIZE // row.size).map(lambda x: x * row.size)),
+                st.tuples(st.integers(0, 10), st.integers(-16, 16)),
+            ))
+            return Instruction(row.opcode, base, src, off, row.op)
+        case "jump":
+            target = draw(st.integers(0, length))
+            if draw(st.booleans()):
+                return Jump(Instruction(draw(st.sampled_from([JA, JA, JA32]))), target)
+            row = draw(st.sampled_from(JCOND_ROWS))
+            return Jump(row_insn(draw, row, dst=dst, src=src if row.reg_src else 0,
+                                 imm=0 if row.reg_src else draw(IMM)), target)
+        case "call":
+            return Instruction(CALL, imm=draw(st.sampled_from([HELPER_ID, EXIT_HELPER_ID])))
+        case "callx":
+            return Instruction(CALL | 0x08, dst=dst)
+        case "local":
+            return LocalCall(draw(st.integers(0, nfuncs - 1)))
+        case "packet":
+            row = draw(st.sampled_from(PACKET_ROWS))
+            if row.kind is Kind.LD_ABS:
+                return row_insn(draw, row, imm=draw(st.integers(-4, MEM_SIZE + 4)))
+            return row_insn(draw, row, src=src, imm=draw(st.integers(-8, MEM_SIZE + 4)))
+        case "exit":
+            return Instruction(EXIT)
+        case _:
+            raise NotImplementedError(choice)
+
+
+def layout(functions: list[list[Item]]) -> list[Instruction]:
+    """Place the functions one after the other and resolve jump and call offsets."""
+    starts: list[list[int]] = []  # slot of each item, per function, plus the end
+    entries: list[int] = []
+    pc = 0
+    for body in functions:
+        entries.append(pc)
+        slots = []
+        for item in body:
+            slots.append(pc)
+            pc += item.width if isinstance(item, Instruction) else 1
+        slots.append(pc)
+        starts.append(slots)
+    out: list[Instruction] = []
+    for fn, body in enumerate(functions):
+        for i, item in enumerate(body):
+            here = starts[fn][i]
+            if isinstance(item, Jump):
+                target = starts[fn][min(item.target, len(body) - 1)]
+                rel = target - here - 1
+                insn = item.insn
+                if insn.opcode == JA32:
+                    out.append(Instruction(insn.opcode, imm=rel))
+                else:
+                    out.append(Instruction(insn.opcode, insn.dst, insn.src, rel, insn.imm))
+            elif isinstance(item, LocalCall):
+                out.append(Instruction(CALL, src=CallSrc.LOCAL, imm=entries[item.fn] - here - 1))
+            else:
+                out.append(item)
+    return out
+
+
+@st.composite
+def programs(draw: st.DrawFn) -> list[Instruction]:
+    nfuncs = draw(st.integers(1, 3))
+    functions = []
+    for _ in range(nfuncs):
+        length = draw(st.integers(1, 24))
+        body = [draw(items(nfuncs, length)) for _ in range(length)]
+        functions.append([*body, Instruction(EXIT)])
+    return layout(functions)
+
+
+def outcome(vm: VM, engine: str, mem: bytearray, initial: bytes) -> tuple[object, ...]:
+    mem[:] = initial
+    state = vm._state()
+    state.stack_view[:] = bytes(len(state.stack_view))  # both engines start from the same stack
+    try:
+        result: object = vm.execute(mem) if engine == "interp" else vm.execute_jit(mem)
+    except BpfError as exc:
+        result = (type(exc).__name__, exc.pc, str(exc))
+    return result, bytes(mem), bytes(state.stack_view)
+
+
+def compare(insns: list[Instruction], initial: bytes) -> None:
+    vm = VM(insns, verify=False, budget=BUDGET, helpers=HELPERS)
+    mem = bytearray(initial)
+    try:
+        expected = outcome(vm, "interp", mem, initial)
+        got = outcome(vm, "jit", mem, initial)
+        assert got[0] == expected[0]
+        assert got[1] == expected[1], "mem differs"
+        assert got[2] == expected[2], "stack differs"
+    finally:
+        vm.close()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(programs(), st.binary(min_size=MEM_SIZE, max_size=MEM_SIZE))
+def test_random_programs_agree(insns: list[Instruction], initial: bytes) -> None:
+    compare(insns, initial)
+
+
+def test_atomic_fetch_ops_agree() -> None:
+    """Every atomic op, with every source register (r0 included), on the stack."""
+    for row in ATOMIC_ROWS:
+        for src in (0, 2):
+            insns = [
+                Instruction(LDDW_OPCODE, 0, 0, 0, 0x1357_9BDF, 0x0246_8ACE),
+                Instruction(LDDW_OPCODE, 2, 0, 0, 0x1111_2222, 0x3333_4444),
+                Instruction(InsnClass.STX | 0x60 | 0x18, 10, 0, -8),  # *(u64 *)(r10 - 8) = r0
+                Instruction(row.opcode, 10, src, -8, row.op),
+                Instruction(InsnClass.LDX | 0x60 | 0x18, 3, 10, -8),
+                Instruction(InsnClass.ALU64 | 0xA0 | 0x08, 0, 3),  # r0 ^= r3
+                Instruction(InsnClass.ALU64 | 0xA0 | 0x08, 0, 2),  # r0 ^= r2
+                Instruction(EXIT),
+            ]
+            compare(insns, bytes(MEM_SIZE))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=8, max_size=160).map(lambda b: b[: len(b) // 8 * 8]))
+def test_random_bytes_never_crash(code: bytes) -> None:
+    try:
+        vm = VM(code, verify=False, budget=BUDGET, helpers=HELPERS)
+    except BpfError:
+        return
+    vm.close()
+    compare(list(vm.program.insns), bytes(MEM_SIZE))
+
