@@ -1,0 +1,1203 @@
+"""The data-flow analysis: abstract interpretation of every path, kernel style, with state pruning."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import NoReturn
+
+from jitbpf.cfg import ControlFlow
+from jitbpf.helpers import Helper
+from jitbpf.isa import FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
+from jitbpf.verifier import _scalar as sc
+from jitbpf.verifier._control import CALLEE_SAVED, Control, analyze_control
+from jitbpf.verifier._state import (
+    INVALID,
+    MISC,
+    SLOTS,
+    Frame,
+    History,
+    Slot,
+    State,
+    join_states,
+    shared_ids,
+    state_within,
+)
+from jitbpf.verifier._types import (
+    NOT_INIT,
+    UNKNOWN_SCALAR,
+    ArgType,
+    ContextSpec,
+    MapLike,
+    Reg,
+    RegType,
+    RetType,
+    VerifyResult,
+)
+
+COMPLEXITY_LIMIT = 1_000_000  # instructions processed before a program is "too complex" (the kernel's)
+MAX_VISITS = 32  # states remembered per prune point (the oldest are forgotten first)
+CHECKPOINT_GAP = 8  # instructions along a path between two states remembered inside a loop
+MERGE_AFTER = 4  # remembered states at a join point outside loops before new arrivals are merged
+MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
+MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
+LOG_LINES = 400  # lines of path kept for the error log
+
+Pt = RegType
+POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL,)
+PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
+FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
+STACK_BOTTOM = -STACK_SIZE
+ALL_REGS = (1 << 11) - 1
+ALL_SLOTS = (1 << SLOTS) - 1
+ARG_REGS = 0b111110  # r1-r5
+RET_REGS = 0b111111  # r0-r5: what a callee hands back in this VM
+
+
+def _slot_mask(start: int, size: int) -> int:
+    """Stack slots overlapping bytes [start, start + size) of a frame (bytes counted from r10-512)."""
+    first, last = start // 8, (start + size - 1) // 8
+    return ((1 << (last - first + 1)) - 1) << first
+
+
+class Access(enum.Enum):
+    """How an instruction touches memory."""
+
+    READ = "read"  # load
+    WRITE = "write"  # store
+    ATOMIC = "atomic"  # read-modify-write
+
+
+class Rejected(Exception):  # an internal signal, turned into a VerifierError by the caller
+    """A program fault found at ``pc``."""
+
+    def __init__(self, pc: int, message: str) -> None:
+        super().__init__(message)
+        self.pc = pc
+        self.message = message
+
+
+class _Visit:
+    """A state remembered at a prune point, linked to the previous one on its path.
+
+    ``branches`` counts the paths through it still being explored; at zero every continuation
+    was verified, and any later state within it can be pruned.
+    """
+
+    __slots__ = ("branches", "hist", "hits", "misses", "parent", "precise", "precise_slots", "reads", "shared",
+                 "state")
+
+    def __init__(self, state: State | None, parent: _Visit | None, shared: frozenset[int]) -> None:
+        self.state = state  # registers not live here are cleared
+        self.parent = parent  # previous visit on the same path
+        self.branches = 1  # unfinished paths through this visit
+        self.shared = shared  # ids linking two or more values in ``state``
+        self.hits = 0  # later states pruned by this one
+        self.misses = 0  # later states compared in vain (inside loops)
+        # Per frame, a bit per stack slot that some continuation read: the other slots' contents
+        # never mattered, so they are ignored when later states are compared with this one.
+        nframes = len(state.frames) if state is not None else 0
+        self.reads = [0] * nframes
+        # Per frame, the registers and spilled scalars whose exact value some check after this
+        # point depended on (found by backtracking from the check): only those must match.
+        self.precise = [0] * nframes
+        self.precise_slots = [0] * nframes
+        self.hist: History = state.hist if state is not None else None  # where the path was
+
+
+LogNode = tuple[str, "LogNode"] | None  # the path's log, newest line first, shared between branches
+
+
+def _parse_helper(helper: Helper) -> tuple[tuple[ArgType, ...], RetType]:
+    try:
+        args = tuple(ArgType(a) for a in helper.args[:5]) if helper.args else (ArgType.ANYTHING,) * 5
+        ret = RetType(helper.ret)
+    except ValueError as exc:
+        raise ValueError(f"helper {helper.id} ({helper.name}): {exc}") from None
+    return args, ret
+
+
+class Checker:
+    """One verification run over a program (holds all of the run's mutable state)."""
+
+    def __init__(self, flow: ControlFlow, *, helpers: Mapping[int, Helper], maps: Mapping[int, MapLike] | None,
+                 context: ContextSpec, allow_loops: bool, budget: int, log: bool, max_call_depth: int,
+                 stack_limit: int) -> None:
+        self.flow = flow
+        self.slots = flow.program.slots
+        self.infos = flow.program.infos
+        self.targets = flow.targets
+        self.maps = maps
+        self.context = context
+        self.allow_loops = allow_loops
+        self.budget = budget
+        self.log = log
+        self.max_call_depth = max_call_depth
+        self.stack_limit = stack_limit
+        self.signatures = {hid: _parse_helper(h) for hid, h in helpers.items()}
+        self.limit = max(budget, COMPLEXITY_LIMIT)
+        self.next_id = 0
+        self.processed = 0
+        self.pruned = 0
+        self.visits: dict[int, list[_Visit]] = {}
+        self.stack_depth: dict[int, int] = {}  # function entry -> bytes of stack it uses
+        self.mem_insns: set[int] = set()
+        self.unproven: set[int] = set()
+        self.work: list[tuple[int, State, _Visit, LogNode]] = []
+        self.pc = 0
+        self.path_log: LogNode = None
+        self.disasm_cache: dict[int, str] = {}
+        self.control: Control | None = None
+        self.visit: _Visit | None = None  # the current path's latest visit
+        self.st: State | None = None  # the current path's state
+        self.aux = -1  # stack location the current instruction accessed at a fixed offset, or -1
+
+    # -- driver --------------------------------------------------------------------------------
+
+    def run(self) -> VerifyResult:
+        arg_masks = {hid: sum(1 << (i + 1) for i, a in enumerate(args) if a is not ArgType.ANYTHING)
+                     for hid, (args, _ret) in self.signatures.items()}
+        self.control = analyze_control(self.flow, helper_ids=frozenset(self.signatures), arg_masks=arg_masks,
+                                       allow_loops=self.allow_loops, max_call_depth=self.max_call_depth,
+                                       reject=Rejected)
+        root = _Visit(None, None, frozenset())
+        self.work.append((0, self._initial_state(), root, None))
+        while self.work:
+            pc, st, parent, lognode = self.work.pop()
+            self.path_log = lognode
+            if self.log:
+                self._log_line(f"from a branch to {pc}: {self._describe(st)}")
+            self._walk(pc, st, parent)
+        depth = self._check_stack_depth()
+        return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth)
+
+    def _initial_state(self) -> State:
+        regs = [NOT_INIT] * 11
+        regs[FP] = Reg(Pt.PTR_TO_STACK)
+        if self.context.size is None:
+            regs[1] = Reg(Pt.PTR_TO_MEM)
+            regs[2] = UNKNOWN_SCALAR
+        else:
+            regs[1] = Reg(Pt.PTR_TO_CTX)
+        return State([Frame(regs, [None] * SLOTS, -1)])
+
+    def fresh_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def reject(self, message: str) -> NoReturn:
+        raise Rejected(self.pc, message)
+
+    def _finish(self, visit: _Visit | None) -> None:
+        """A path ended: the visits it went through have one unfinished path less."""
+        while visit is not None:
+            visit.branches -= 1
+            if visit.branches > 0:
+                return
+            visit = visit.parent
+
+    # -- the walk along one path ---------------------------------------------------------------
+
+    def _walk(self, pc: int, st: State, parent: _Visit) -> None:
+        control = self.control
+        assert control is not None
+        prune_points = control.prune_points
+        back_edges = control.back_edges
+        slots, infos, targets = self.slots, self.infos, self.targets
+        logging = self.log
+        while True:
+            self.pc = pc
+            if pc in prune_points:
+                got = self._prune_point(pc, st, parent)
+                if got is None:
+                    self._finish(parent)
+                    return
+                st, parent = got
+            self.visit = parent
+            self.st = st
+            self.aux = -1
+            insn, info = slots[pc], infos[pc]
+            assert insn is not None and info is not None
+            self.processed += 1
+            st.depth += 1
+            if self.processed > self.limit:
+                if control.back_edges:
+                    self.reject(f"loop may not terminate within the budget: processed {self.processed} "
+                                f"instructions (limit {self.limit})")
+                self.reject(f"program is too complex: processed {self.processed} instructions "
+                            f"(limit {self.limit})")
+            if control.back_edges and st.depth > self.budget:
+                if st.loop >= 0:
+                    self.pc = st.loop
+                self.reject(f"loop may not terminate within the budget of {self.budget} instructions")
+            before = list(st.frames[-1].regs) if logging else None
+            nframes = len(st.frames)
+            regs = st.frames[-1].regs
+            nxt = pc + insn.width
+            match info.kind:
+                case Kind.ALU:
+                    self._alu(regs, insn, info)
+                case Kind.NEG:
+                    self._neg(regs, insn, info)
+                case Kind.MOVSX:
+                    self._movsx(regs, insn, info)
+                case Kind.END | Kind.BSWAP:
+                    self._endian(regs, insn, info)
+                case Kind.LDDW:
+                    self._lddw(regs, insn)
+                case Kind.LDX | Kind.LDXSX:
+                    self._load(st, regs, insn, info)
+                case Kind.ST | Kind.STX:
+                    self._store(st, regs, insn, info)
+                case Kind.ATOMIC:
+                    self._atomic(st, regs, insn, info)
+                case Kind.LD_ABS | Kind.LD_IND:
+                    if info.kind is Kind.LD_IND:
+                        self._scalar_arg(regs, insn.src, "legacy packet load offset")
+                    regs[0] = Reg(Pt.SCALAR, sc.urange(0, (1 << (8 * info.size)) - 1))
+                case Kind.JA:
+                    nxt = targets[pc]
+                    if (pc, nxt) in back_edges:
+                        st.loop = pc
+                case Kind.JCOND:
+                    taken, fall = self._branch(st, regs, insn, info)
+                    target = targets[pc]
+                    node = (pc, self.aux, st.hist)
+                    for out in (taken, fall):
+                        if out is not None:
+                            out.hist = node
+                    if taken is not None and (pc, target) in back_edges:
+                        taken.loop = pc
+                    if taken is not None and fall is not None:
+                        if logging:
+                            self._log_step(pc, st, before, nframes)
+                            before = None
+                        parent.branches += 1
+                        self.work.append((target, taken, parent, self.path_log))
+                        st = fall
+                    elif taken is not None:
+                        st, nxt = taken, target
+                    elif fall is not None:
+                        st = fall
+                    else:
+                        self._finish(parent)
+                        return
+                case Kind.CALL:
+                    self._call_helper(st, regs, insn.imm)
+                case Kind.CALLX:
+                    target_reg = self._read(regs, insn.dst)
+                    if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
+                        self.reject(f"callx through r{insn.dst}, which does not hold a known helper id")
+                    hid = target_reg.var.value
+                    self._precise(insn.dst)
+                    if hid not in self.signatures:
+                        self.reject(f"call to nonexistent function {hid}")
+                    self._call_helper(st, regs, hid)
+                case Kind.CALL_LOCAL:
+                    self._call_local(st, pc)
+                    nxt = targets[pc]
+                case Kind.EXIT:
+                    if len(st.frames) == 1:
+                        self._exit_main(regs)
+                        if logging:
+                            self._log_line(f"{pc}: {self._disasm(pc)}")
+                        self._finish(parent)
+                        return
+                    nxt = self._return(st)
+                case Kind.CALL_KFUNC:
+                    self.reject("kernel function calls are not supported")
+                case _:
+                    raise NotImplementedError(info.kind)
+            if info.kind is not Kind.JCOND:
+                st.hist = (pc, self.aux, st.hist)
+            if logging:
+                self._log_step(pc, st, before, nframes)
+            pc = nxt
+
+    # -- pruning -------------------------------------------------------------------------------
+
+    def _live_masks(self, st: State, pc: int) -> list[int]:
+        control = self.control
+        assert control is not None
+        live = control.live_in
+        masks = [live[f.callsite + 1] & CALLEE_SAVED for f in st.frames[1:]]
+        masks.append(live[pc])
+        return masks
+
+    def _snapshot(self, st: State, masks: list[int]) -> State:
+        frames = []
+        for f, mask in zip(st.frames, masks, strict=True):
+            regs = [r if mask >> i & 1 else NOT_INIT for i, r in enumerate(f.regs)]
+            frames.append(Frame(regs, f.stack.copy(), f.callsite))
+        return State(frames, st.depth, st.checkpoint, st.hist, st.loop)
+
+    def _prune_point(self, pc: int, st: State, parent: _Visit) -> tuple[State, _Visit] | None:
+        control = self.control
+        assert control is not None
+        visits = self.visits.get(pc)
+        if visits is None:
+            visits = self.visits[pc] = []
+        in_loop = pc not in control.merge_points
+        complete = 0
+        i = 0
+        while i < len(visits):
+            v = visits[i]
+            assert v.state is not None
+            done = v.branches == 0
+            if (state_within(v.state, v.shared, st, v.reads, v.precise, v.precise_slots) if done
+                    else state_within(v.state, v.shared, st)):
+                if done:
+                    self.pruned += 1
+                    v.hits += 1
+                    # What the verified continuation read, and the values its checks depended
+                    # on, this path's past must provide too.
+                    for fi, mask in enumerate(v.reads):
+                        if mask:
+                            self._mark_read(parent, fi, mask)
+                    self._backtrack(st.hist, parent, list(v.precise), list(v.precise_slots))
+                    return None
+                # An unfinished visit at the same place is an ancestor on this very path: the
+                # path came back to a state it was already in, and could go round forever.
+                self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
+            if done:
+                complete += 1
+            if in_loop:
+                # Inside a loop most remembered states are earlier iterations that will never
+                # match again: forget the ones that keep missing (as the kernel does).
+                v.misses += 1
+                if v.misses > 3 * v.hits + 3:
+                    del visits[i]
+                    v.state = None  # only the path bookkeeping still needs the visit
+                    continue
+            i += 1
+        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP:
+            return st, parent  # a tight loop: remember a state only every few instructions
+        masks = self._live_masks(st, pc)
+        if complete >= MERGE_AFTER and not in_loop:
+            # Too many different states meet here: continue with one covering all of them (those
+            # this domain can merge), which later arrivals will most likely fall within.
+            kept: list[_Visit] = []
+            for v in visits:
+                merged = None
+                if not v.branches:
+                    assert v.state is not None
+                    merged = join_states(st, v.state, masks)
+                if merged is None:
+                    kept.append(v)
+                else:
+                    st = merged
+                    v.state = None
+                    # Checks after the merge may need values from v's path that were never
+                    # marked precise there: be safe and treat all of them as precise.
+                    self._mark_all(v)
+            visits[:] = kept
+        snap = self._snapshot(st, masks)
+        visit = _Visit(snap, parent, shared_ids(snap))
+        if len(visits) >= MAX_VISITS:
+            visits.pop(0).state = None
+        visits.append(visit)
+        st.checkpoint = st.depth
+        return st, visit
+
+    # -- precision: which scalars' exact values a check depended on ------------------------------
+
+    def _precise(self, *regs: int) -> None:
+        """The check at the current instruction depends on the exact values of scalar ``regs``:
+        find, walking the path backwards, which earlier registers and spilled values they came
+        from, and mark those precise in the visits passed on the way."""
+        st = self.st
+        assert st is not None
+        n = len(st.frames)
+        masks = [0] * n
+        for r in regs:
+            masks[-1] |= 1 << r
+        self._backtrack(st.hist, self.visit, masks, [0] * n)
+
+    @staticmethod
+    def _mark_all(visit: _Visit | None) -> None:
+        """Fallback when data flow cannot be followed: everything before is precise."""
+        while visit is not None:
+            if all(p == ALL_REGS for p in visit.precise) and all(p == ALL_SLOTS for p in visit.precise_slots):
+                return
+            visit.precise = [ALL_REGS] * len(visit.precise)
+            visit.precise_slots = [ALL_SLOTS] * len(visit.precise_slots)
+            visit = visit.parent
+
+    @staticmethod
+    def _mark_visit(visit: _Visit, regs: list[int], slots: list[int]) -> bool:
+        """Mark ``regs``/``slots`` precise at ``visit``; what was marked already was followed
+        further back before, so it is dropped. Return whether anything is left to follow."""
+        left = 0
+        vp, vs = visit.precise, visit.precise_slots
+        for f in range(min(len(vp), len(regs))):
+            r = regs[f] & ~vp[f]
+            vp[f] |= r
+            regs[f] = r
+            m = slots[f] & ~vs[f]
+            vs[f] |= m
+            slots[f] = m
+            left |= r | m
+        return bool(left)
+
+    def _backtrack(self, node: History, visit: _Visit | None, regs: list[int], slots: list[int]) -> None:
+        """Follow ``regs``/``slots`` (per frame; what is needed after the newest entry of
+        ``node``) back through the path's history, marking the visits of ``visit``'s chain."""
+        if not any(regs) and not any(slots):
+            return
+        prog_slots, infos = self.slots, self.infos
+        d = len(regs) - 1
+        while True:
+            while visit is not None and visit.hist is node:
+                if not self._mark_visit(visit, regs, slots):
+                    return
+                visit = visit.parent
+            if node is None or visit is None:
+                return
+            pc, aux, node = node
+            insn, info = prog_slots[pc], infos[pc]
+            assert insn is not None and info is not None
+            dbit, sbit = 1 << insn.dst, 1 << insn.src
+            live = regs[d]
+            match info.kind:
+                case Kind.ALU:
+                    if info.op == AluOp.MOV:
+                        if live & dbit:
+                            live &= ~dbit
+                            if info.reg_src:
+                                live |= sbit
+                    elif info.reg_src and live & dbit:
+                        live |= sbit
+                case Kind.MOVSX:
+                    if live & dbit:
+                        live = live & ~dbit | sbit
+                case Kind.LDDW:
+                    live &= ~dbit
+                case Kind.LDX | Kind.LDXSX:
+                    if live & dbit:
+                        live &= ~dbit
+                        if aux >= 0:
+                            slots[aux >> 16] |= _slot_mask(aux & 0xFFFF, info.size)
+                case Kind.ST | Kind.STX:
+                    if aux >= 0:
+                        f, start = aux >> 16, aux & 0xFFFF
+                        m = _slot_mask(start, info.size)
+                        if slots[f] & m:
+                            if info.size == 8 and start % 8 == 0:
+                                slots[f] &= ~m  # the whole slot was written here
+                            if info.kind is Kind.STX:
+                                live |= sbit
+                case Kind.ATOMIC:
+                    live &= ~(1 if info.op == AtomicOp.CMPXCHG else sbit if info.op & 1 else 0)
+                case Kind.JCOND:
+                    # The branch narrowed its operands (and, through links, their copies) using
+                    # each other's ranges.
+                    if live & (dbit | sbit) or (aux > 0 and (live or any(slots))):
+                        live |= dbit | (sbit if info.reg_src else 0)
+                case Kind.CALL | Kind.CALLX | Kind.LD_ABS | Kind.LD_IND:
+                    live &= ~1
+                case Kind.CALL_LOCAL:
+                    # Going back out of the callee: its r1-r5 were the caller's.
+                    regs.pop()
+                    slots.pop()
+                    d -= 1
+                    regs[d] |= live & ARG_REGS
+                    continue
+                case Kind.EXIT:
+                    # Going back into a callee that returned here: r0-r5 were its registers.
+                    regs[d] = live & ~RET_REGS
+                    regs.append(live & RET_REGS)
+                    slots.append(0)
+                    d += 1
+                    continue
+                case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.CALL_KFUNC:
+                    pass
+                case _:
+                    raise NotImplementedError(info.kind)
+            regs[d] = live
+
+    @staticmethod
+    def _mark_read(visit: _Visit | None, frame: int, mask: int) -> None:
+        """Record that stack slots ``mask`` of ``frame`` are read after ``visit`` and its ancestors
+        (up to where that frame did not exist yet, or the slots were already marked)."""
+        while visit is not None:
+            reads = visit.reads
+            if frame >= len(reads):
+                return
+            old = reads[frame]
+            if old & mask == mask:
+                return
+            reads[frame] = old | mask
+            visit = visit.parent
+
+    def _stack_read(self, frame: int, start: int, n: int) -> None:
+        if n > 0:
+            self._mark_read(self.visit, frame, _slot_mask(start, n))
+
+    # -- registers -----------------------------------------------------------------------------
+
+    def _read(self, regs: list[Reg], r: int) -> Reg:
+        reg = regs[r]
+        if reg.type is Pt.NOT_INIT:
+            self.reject(f"read of uninitialised register r{r}")
+        return reg
+
+    def _dst(self, r: int) -> None:
+        if r == FP:
+            self.reject("frame pointer r10 is read only")
+
+    def _scalar_arg(self, regs: list[Reg], r: int, what: str) -> Reg:
+        reg = self._read(regs, r)
+        if reg.type is not Pt.SCALAR:
+            self.reject(f"r{r} holds a pointer ({reg}) where {what} must be a scalar")
+        return reg
+
+    def _operand(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> Reg:
+        if info.reg_src:
+            return self._read(regs, insn.src)
+        return Reg(Pt.SCALAR, sc.const(insn.imm if info.width == 64 else insn.imm & MASK32))
+
+    @staticmethod
+    def _scalar_op(op: int, a: sc.Scalar, b: sc.Scalar, bits: int, signed: bool = False) -> sc.Scalar:
+        if bits == 64:
+            return sc.alu(op, a, b, 64, signed)
+        return sc.zero_extend(sc.alu(op, sc.project(a, 32), sc.project(b, 32), 32, signed))
+
+    def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        d = insn.dst
+        self._dst(d)
+        src = self._operand(regs, insn, info)
+        op = info.op
+        if op == AluOp.MOV:
+            if info.width == 64:
+                if info.reg_src and src.type is Pt.SCALAR and not src.var.is_const and not src.id:
+                    # Link the copies: what a branch learns about one holds for the other.
+                    src = src._replace(id=self.fresh_id())
+                    regs[insn.src] = src
+                regs[d] = src
+            elif src.type is Pt.SCALAR:
+                regs[d] = Reg(Pt.SCALAR, sc.zero_extend(sc.project(src.var, 32)))
+            else:
+                regs[d] = Reg(Pt.SCALAR, sc.urange(0, MASK32))  # the low half of an address
+            return
+        dst = self._read(regs, d)
+        if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
+            regs[d] = Reg(Pt.SCALAR, self._scalar_op(op, dst.var, src.var, info.width, info.signed))
+            return
+        regs[d] = self._pointer_alu(insn, info, dst, src)
+
+    def _pointer_alu(self, insn: Instruction, info: OpInfo, dst: Reg, src: Reg) -> Reg:
+        """Arithmetic involving a pointer: only pointer +/- scalar (and pointer - pointer)."""
+        op = info.op
+        name = AluOp(op).name.lower()
+        if info.width != 64:
+            self.reject(f"32-bit arithmetic ({name}32) on a pointer is prohibited")
+        if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
+            if dst.type is not src.type or dst.aux != src.aux:
+                self.reject(f"subtraction of pointers of different kinds ({dst} - {src}) is prohibited")
+            if dst.var.is_const and src.var.is_const and dst.type is not Pt.PTR_TO_MEM:
+                return Reg(Pt.SCALAR, sc.const(dst.off - src.off))
+            return UNKNOWN_SCALAR
+        if op == AluOp.ADD and dst.is_pointer and src.is_pointer:
+            self.reject("addition of two pointers makes an unknown pointer")
+        if op == AluOp.ADD and src.is_pointer:
+            if src.type is not Pt.PTR_TO_MEM:
+                self._precise(insn.dst)  # the pointer's offset depends on the exact value
+            return self._pointer_add(src, dst.var, False, insn.src)
+        if op in (AluOp.ADD, AluOp.SUB) and dst.is_pointer:
+            if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
+                self._precise(insn.src)
+            return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
+        if src.is_pointer and not dst.is_pointer:
+            self.reject(f"pointer arithmetic ({name}) with a pointer operand r{insn.src} makes an unknown pointer")
+        self.reject(f"pointer arithmetic ({name}) on r{insn.dst} ({dst}) makes an unknown pointer")
+
+    def _pointer_add(self, ptr: Reg, s: sc.Scalar, sub: bool, r: int) -> Reg:
+        t = ptr.type
+        if t in (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
+            hint = " (compare it against 0 first)" if t is Pt.PTR_TO_MAP_VALUE_OR_NULL else ""
+            self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
+        if t is Pt.PTR_TO_MEM:
+            return ptr  # memory of unknown size: every access keeps its runtime check anyway
+        if s.is_const:
+            off = ptr.off + (-sc.to_signed(s.value) if sub else sc.to_signed(s.value))
+            if not -MAX_OFFSET < off < MAX_OFFSET:
+                self.reject(f"pointer offset {off} of r{r} is out of range")
+            return ptr._replace(off=off)
+        if s.smin <= -MAX_OFFSET or s.smax >= MAX_OFFSET:
+            self.reject(f"math between a {t.value} pointer and a register with an unbounded value "
+                        f"({s}) is prohibited")
+        if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META):
+            if sub:
+                self.reject(f"subtracting a variable from a packet pointer (r{r}) is prohibited")
+            var = sc.alu(AluOp.ADD, ptr.var, s, 64)
+            if var.smin < 0 or var.umax > MAX_PACKET_OFF:
+                self.reject(f"packet pointer r{r} offset {var} is out of range")
+            # A new variable part: nothing is known yet about how far it is from the packet end.
+            return ptr._replace(var=var, id=self.fresh_id(), range=0)
+        var = sc.alu(AluOp.SUB if sub else AluOp.ADD, ptr.var, s, 64)
+        return ptr._replace(var=var)
+
+    def _neg(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        self._dst(insn.dst)
+        dst = self._read(regs, insn.dst)
+        if dst.is_pointer:
+            self.reject(f"negation of pointer r{insn.dst} is prohibited")
+        regs[insn.dst] = Reg(Pt.SCALAR, self._scalar_op(AluOp.NEG, dst.var, dst.var, info.width))
+
+    def _movsx(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        self._dst(insn.dst)
+        src = self._read(regs, insn.src)
+        value = sc.UNKNOWN if src.is_pointer else sc.sign_extend(sc.project(src.var, info.op), info.op)
+        if info.width == 32:
+            value = sc.zero_extend(sc.project(value, 32))
+        regs[insn.dst] = Reg(Pt.SCALAR, value)
+
+    def _endian(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        self._dst(insn.dst)
+        dst = self._read(regs, insn.dst)
+        if dst.is_pointer:
+            self.reject(f"byte swap of pointer r{insn.dst} is prohibited")
+        bits = info.op
+        if info.kind is Kind.END and not info.reg_src:  # to little-endian: a truncation on this host
+            value = dst.var if bits == 64 else sc.zero_extend(sc.project(dst.var, bits))
+        else:
+            value = sc.swap_bytes(sc.project(dst.var, bits), bits)
+        regs[insn.dst] = Reg(Pt.SCALAR, value)
+
+    def _lddw(self, regs: list[Reg], insn: Instruction) -> None:
+        self._dst(insn.dst)
+        src = insn.src
+        if src == PseudoSrc.IMM64:
+            regs[insn.dst] = Reg(Pt.SCALAR, sc.const(insn.imm64))
+            return
+        if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE):
+            if self.maps is not None and insn.imm not in self.maps:
+                self.reject(f"lddw refers to map {insn.imm}, which does not exist")
+            if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX):
+                regs[insn.dst] = Reg(Pt.CONST_PTR_TO_MAP, aux=insn.imm)
+                return
+            m = self.maps.get(insn.imm) if self.maps is not None else None
+            if m is not None and not 0 <= insn.next_imm < m.value_size:
+                self.reject(f"lddw map value offset {insn.next_imm} is outside the value (size {m.value_size})")
+            regs[insn.dst] = Reg(Pt.PTR_TO_MAP_VALUE, off=insn.next_imm, aux=insn.imm)
+            return
+        self.reject(f"lddw with pseudo source {src} is not supported")
+
+    # -- memory --------------------------------------------------------------------------------
+
+    def _frame_entry(self, st: State, index: int) -> int:
+        callsite = st.frames[index].callsite
+        return 0 if callsite < 0 else self.targets[callsite]
+
+    def _load(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        self._dst(insn.dst)
+        base = self._read(regs, insn.src)
+        value = self._access(st, base, insn.src, insn.off, info.size, Access.READ, None,
+                             info.kind is Kind.LDXSX)
+        assert value is not None
+        regs[insn.dst] = value
+
+    def _store(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        base = self._read(regs, insn.dst)
+        value = self._read(regs, insn.src) if info.kind is Kind.STX else Reg(Pt.SCALAR, sc.const(insn.imm))
+        self._access(st, base, insn.dst, insn.off, info.size, Access.WRITE, value, False)
+
+    def _atomic(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        base = self._read(regs, insn.dst)
+        self._read(regs, insn.src)
+        if info.op == AtomicOp.CMPXCHG:
+            self._read(regs, 0)
+        self._access(st, base, insn.dst, insn.off, info.size, Access.ATOMIC, None, False)
+        old = Reg(Pt.SCALAR, sc.urange(0, (1 << (8 * info.size)) - 1))
+        if info.op == AtomicOp.CMPXCHG:
+            regs[0] = old
+        elif info.op & 1:  # fetch variants and xchg return the old value in src
+            self._dst(insn.src)
+            regs[insn.src] = old
+
+    def _note(self, proven: bool) -> None:
+        self.mem_insns.add(self.pc)
+        if not proven:
+            self.unproven.add(self.pc)
+
+    @staticmethod
+    def _loaded(size: int, signed: bool) -> Reg:
+        bits = 8 * size
+        if signed:
+            return Reg(Pt.SCALAR, sc.srange(-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
+        return Reg(Pt.SCALAR, sc.urange(0, (1 << bits) - 1))
+
+    def _access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
+                signed: bool) -> Reg | None:
+        """Check one memory access through register ``r``; return the loaded value for reads."""
+        t = ptr.type
+        match t:
+            case Pt.PTR_TO_STACK:
+                return self._stack_access(st, ptr, r, off, size, mode, value, signed)
+            case Pt.PTR_TO_CTX:
+                return self._ctx_access(ptr, r, off, size, mode, signed)
+            case Pt.PTR_TO_PACKET | Pt.PTR_TO_PACKET_META:
+                if mode is Access.ATOMIC:
+                    self.reject(f"atomic operation on packet memory through r{r} is not allowed")
+                lo = ptr.off + off
+                if lo + ptr.var.umin < 0 or lo + size > ptr.range:
+                    self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range} "
+                                f"(compare it against the packet end first)")
+                self._note(True)
+            case Pt.PTR_TO_MAP_VALUE:
+                m = self.maps.get(ptr.aux) if self.maps is not None else None
+                lo, hi = self._var_bounds(ptr, r, off, size)
+                if m is not None and (lo < 0 or hi > m.value_size):
+                    self.reject(f"invalid access to map value, value_size={m.value_size} off={lo} size={size}")
+                self._note(m is not None)
+            case Pt.PTR_TO_MEM:
+                self._note(False)  # size unknown here: the runtime check stays
+            case Pt.PTR_TO_MAP_VALUE_OR_NULL:
+                self.reject(f"possible null pointer dereference: r{r} is {t.value} (compare it against 0 first)")
+            case Pt.PTR_TO_PACKET_END:
+                self.reject(f"cannot access memory through r{r}, the packet end pointer")
+            case Pt.CONST_PTR_TO_MAP:
+                self.reject(f"cannot access memory through r{r}, a map pointer")
+            case Pt.SCALAR:
+                self.reject(f"invalid memory access through r{r}: it holds a scalar, not a pointer")
+            case Pt.NOT_INIT:
+                self.reject(f"read of uninitialised register r{r}")
+            case _:
+                raise NotImplementedError(t)
+        if mode is Access.READ:
+            return self._loaded(size, signed)
+        return None
+
+    def _var_bounds(self, ptr: Reg, r: int, off: int, size: int) -> tuple[int, int]:
+        var = ptr.var
+        if var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET:
+            self.reject(f"r{r} has an unbounded variable offset ({var})")
+        return ptr.off + off + var.smin, ptr.off + off + var.smax + size
+
+    def _stack_access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
+                      signed: bool) -> Reg | None:
+        lo, hi = self._var_bounds(ptr, r, off, size)
+        if lo < STACK_BOTTOM or hi > 0:
+            self.reject(f"invalid stack access off={lo} size={size} through r{r} (outside [r10-512, r10))")
+        self._note(True)
+        entry = self._frame_entry(st, ptr.aux)
+        if -lo > self.stack_depth.get(entry, 0):
+            self.stack_depth[entry] = -lo
+        frame = st.frames[ptr.aux]
+        start = lo - STACK_BOTTOM
+        n = hi - lo
+        if ptr.var.is_const:
+            self.aux = ptr.aux << 16 | start
+        if not ptr.var.is_const:
+            if mode is not Access.WRITE:
+                self._stack_read(ptr.aux, start, n)
+                if INVALID in frame.read_bytes(start, n):
+                    self.reject(f"invalid read from stack off={lo}..{hi} through r{r}: uninitialised bytes")
+                if mode is Access.ATOMIC and any(frame.pointer_spills(start, n)):
+                    self.reject(f"atomic operation on a spilled pointer through r{r}")
+            if mode is not Access.READ:
+                frame.smudge(start, n)
+            return self._loaded(size, signed) if mode is Access.READ else None
+        if mode is Access.WRITE:
+            assert value is not None
+            if size == 8 and start % 8 == 0:
+                frame.stack[start // 8] = value  # spill: the register's full state is kept
+            elif value.type is Pt.SCALAR and value.var.is_const:
+                frame.write_bytes(start, tuple((value.var.value >> (8 * i)) & 0xFF for i in range(size)))
+            else:
+                frame.write_bytes(start, (MISC,) * size)
+            return None
+        self._stack_read(ptr.aux, start, size)
+        data = frame.read_bytes(start, size)
+        if INVALID in data:
+            self.reject(f"invalid read from stack off={lo} size={size} through r{r}: uninitialised bytes")
+        slot: Slot = frame.stack[start // 8]
+        if mode is Access.ATOMIC:
+            if any(frame.pointer_spills(start, size)):
+                self.reject(f"atomic operation on a spilled pointer through r{r}")
+            frame.smudge(start, size)
+            return None
+        if start % 8 == 0 and type(slot) is Reg:
+            if size == 8:
+                return slot
+            if slot.type is Pt.SCALAR:  # the low bytes of a spilled scalar
+                low = sc.project(slot.var, 8 * size)
+                return Reg(Pt.SCALAR, sc.sign_extend(low, 8 * size) if signed else sc.zero_extend(low))
+        if all(b >= 0 for b in data):
+            v = int.from_bytes(bytes(data), "little")
+            return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
+        return self._loaded(size, signed)
+
+    def _ctx_access(self, ptr: Reg, r: int, off: int, size: int, mode: Access, signed: bool) -> Reg | None:
+        ctx = self.context
+        if not ptr.var.is_const:
+            self.reject(f"variable-offset access to the context through r{r} is not allowed")
+        lo = ptr.off + off
+        hi = lo + size
+        assert ctx.size is not None
+        if mode is Access.ATOMIC:
+            self.reject(f"atomic operation on the context through r{r} is not allowed")
+        ranges = ctx.writable if mode is Access.WRITE else (ctx.readable or ((0, ctx.size),))
+        if not any(o <= lo and hi <= o + s for o, s in ranges) or lo < 0 or hi > ctx.size:
+            what = "write to" if mode is Access.WRITE else "read from"
+            self.reject(f"invalid {what} context off={lo} size={size}")
+        for foff, kind in ctx.fields.items():
+            if lo < foff + 4 and foff < hi:
+                if mode is Access.WRITE:
+                    self.reject(f"cannot write to context field at off={foff}: it holds a {kind} pointer")
+                if lo != foff or size != 4 or signed:  # the fields are 32 bits wide
+                    self.reject(f"invalid narrow or misaligned load of the {kind} pointer at context off={foff}")
+                self._note(True)
+                return Reg(FIELD_KINDS[kind])
+        self._note(True)
+        if mode is Access.READ:
+            return self._loaded(size, signed)
+        return None
+
+    # -- branches ------------------------------------------------------------------------------
+
+    def _branch(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> tuple[State | None, State | None]:
+        a = self._read(regs, insn.dst)
+        if info.reg_src:
+            b = self._read(regs, insn.src)
+        else:
+            b = Reg(Pt.SCALAR, sc.const(insn.imm if info.width == 64 else insn.imm & MASK32))
+        op = info.op
+        if a.type is Pt.SCALAR and b.type is Pt.SCALAR:
+            taken, fall = (sc.refine if info.width == 64 else sc.refine32)(op, a.var, b.var)
+            if a.id or b.id:
+                self.aux = 1  # linked copies are narrowed too: backtracking must know
+            if (taken is None) != (fall is None):
+                # Decided by the operands' ranges: a state where they differ may go the other way.
+                if info.reg_src:
+                    self._precise(insn.dst, insn.src)
+                else:
+                    self._precise(insn.dst)
+            if taken is not None and fall is not None:
+                other = st.copy()
+                self._refine_scalars(other, insn, info, a, b, taken)
+                self._refine_scalars(st, insn, info, a, b, fall)
+                return other, st
+            if taken is not None:
+                self._refine_scalars(st, insn, info, a, b, taken)
+                return st, None
+            if fall is not None:
+                self._refine_scalars(st, insn, info, a, b, fall)
+                return None, st
+            return None, None
+        if info.width == 64:
+            special = self._pointer_branch(st, insn, op, a, b, info.reg_src)
+            if special is not None:
+                return special
+        return st.copy(), st
+
+    def _set_scalar(self, st: State, r: int, old: Reg, value: sc.Scalar) -> None:
+        if value == old.var:
+            return
+        st.frames[-1].regs[r] = old._replace(var=value)
+        if old.id:
+            st.replace_linked(old.id, (Pt.SCALAR,), lambda reg: reg._replace(var=value))
+
+    def _refine_scalars(self, st: State, insn: Instruction, info: OpInfo, a: Reg, b: Reg,
+                        pair: tuple[sc.Scalar, sc.Scalar]) -> None:
+        self._set_scalar(st, insn.dst, a, pair[0])
+        if info.reg_src and insn.src != insn.dst:
+            self._set_scalar(st, insn.src, b, pair[1])
+
+    def _pointer_branch(self, st: State, insn: Instruction, op: int, a: Reg, b: Reg, reg_src: bool
+                        ) -> tuple[State | None, State | None] | None:
+        """Null checks of map values and packet bounds checks; None when neither applies."""
+        # Null check: `if rX == 0` / `if rX != 0` on a possibly-null map value (either side).
+        if op in (JmpOp.JEQ, JmpOp.JNE):
+            for p, z in ((a, b), (b, a)):
+                if p.type is Pt.PTR_TO_MAP_VALUE_OR_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
+                    if z is a:
+                        self._precise(insn.dst)  # a register that happened to hold 0
+                    elif reg_src:
+                        self._precise(insn.src)
+                    null, nonnull = st.copy(), st
+                    self._mark_null(null, p, True)
+                    self._mark_null(nonnull, p, False)
+                    return (null, nonnull) if op == JmpOp.JEQ else (nonnull, null)
+        if op not in (JmpOp.JGT, JmpOp.JGE, JmpOp.JLT, JmpOp.JLE):
+            return None
+        # Packet bounds: a packet pointer compared with the packet end (or metadata with the
+        # start of the packet) proves, on one edge, how many bytes past it are inside.
+        pkt: Reg | None = None
+        swapped = False
+        if a.type is Pt.PTR_TO_PACKET and b.type is Pt.PTR_TO_PACKET_END:
+            pkt = a
+        elif b.type is Pt.PTR_TO_PACKET and a.type is Pt.PTR_TO_PACKET_END:
+            pkt, swapped = b, True
+        elif a.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(b):
+            pkt = a
+        elif b.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(a):
+            pkt, swapped = b, True
+        if pkt is None or pkt.off < 0:
+            return None
+        # For `pkt OP end`: which edge proves pkt + off <= end (closed) or < end (open).
+        if swapped:
+            op = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}[JmpOp(op)]
+        k = pkt.off
+        proof = {JmpOp.JGT: (False, k), JmpOp.JGE: (False, k + 1), JmpOp.JLT: (True, k + 1), JmpOp.JLE: (True, k)}
+        on_taken, new_range = proof[JmpOp(op)]
+        new_range = min(new_range, MAX_PACKET_OFF)
+        other = st.copy()
+        proven = other if on_taken else st
+        proven.replace_linked(pkt.id, (pkt.type,), lambda reg: reg._replace(range=max(reg.range, new_range)))
+        return other, st
+
+    @staticmethod
+    def _is_packet_start(r: Reg) -> bool:
+        return r.type is Pt.PTR_TO_PACKET and r.off == 0 and r.var == sc.ZERO
+
+    def _mark_null(self, st: State, p: Reg, null: bool) -> None:
+        assert p.id
+        zero = Reg(Pt.SCALAR, sc.ZERO)
+        st.replace_linked(p.id, POINTER_OR_NULL,
+                          (lambda _reg: zero) if null else (lambda reg: reg._replace(type=Pt.PTR_TO_MAP_VALUE, id=0)))
+
+    # -- calls and exits -----------------------------------------------------------------------
+
+    def _mem_arg(self, st: State, regs: list[Reg], r: int, lo_size: int, hi_size: int, kind: ArgType) -> None:
+        """Check a helper's pointer argument ``r`` to ``lo_size``..``hi_size`` bytes."""
+        ptr = self._read(regs, r)
+        write = kind is ArgType.UNINIT_MEM
+        if hi_size == 0:
+            return
+        t = ptr.type
+        match t:
+            case Pt.PTR_TO_STACK:
+                lo, hi = self._var_bounds(ptr, r, 0, hi_size)
+                if lo < STACK_BOTTOM or hi > 0:
+                    self.reject(f"r{r} ({kind.value} argument) points outside the stack: off={lo} size={hi - lo}")
+                entry = self._frame_entry(st, ptr.aux)
+                self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)
+                frame = st.frames[ptr.aux]
+                start = lo - STACK_BOTTOM
+                if write:
+                    if ptr.var.is_const:
+                        frame.fill(start, lo_size)
+                    frame.smudge(start, hi - lo)
+                    return
+                self._stack_read(ptr.aux, start, hi - lo)
+                if INVALID in frame.read_bytes(start, hi - lo):
+                    self.reject(f"r{r} ({kind.value} argument) points to uninitialised stack off={lo} size={hi - lo}")
+                if kind is ArgType.MEM:
+                    frame.smudge(start, hi - lo)  # helpers may write what they are given; spills are gone
+            case Pt.PTR_TO_MAP_VALUE:
+                m = self.maps.get(ptr.aux) if self.maps is not None else None
+                lo, hi = self._var_bounds(ptr, r, 0, hi_size)
+                if m is not None and (lo < 0 or hi > m.value_size):
+                    self.reject(f"r{r} ({kind.value} argument) exceeds the map value: off={lo} size={hi - lo}, "
+                                f"value_size={m.value_size}")
+            case Pt.PTR_TO_PACKET | Pt.PTR_TO_PACKET_META:
+                if ptr.off + ptr.var.umin < 0 or ptr.off + hi_size > ptr.range:
+                    self.reject(f"r{r} ({kind.value} argument) exceeds the proven packet range {ptr.range}: "
+                                f"off={ptr.off} size={hi_size}")
+            case Pt.PTR_TO_CTX:
+                ctx = self.context
+                assert ctx.size is not None
+                lo = ptr.off
+                ranges = ctx.writable if write else (ctx.readable or ((0, ctx.size),))
+                if not ptr.var.is_const or not any(o <= lo and lo + hi_size <= o + s for o, s in ranges):
+                    self.reject(f"r{r} ({kind.value} argument) is an invalid context range off={lo} size={hi_size}")
+            case Pt.PTR_TO_MEM:
+                pass  # unknown size: helpers reach program memory through bounds-checked accessors
+            case _:
+                self.reject(f"r{r} ({kind.value} argument) must point to memory, not {ptr}")
+
+    def _call_helper(self, st: State, regs: list[Reg], hid: int) -> None:
+        args, ret = self.signatures[hid]
+        map_reg: Reg | None = None
+        pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
+        for i, kind in enumerate(args):
+            r = i + 1
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            match kind:
+                case ArgType.ANYTHING:
+                    pass
+                case ArgType.SCALAR:
+                    self._scalar_arg(regs, r, f"argument {r} of helper {hid}")
+                case ArgType.MAP:
+                    reg = self._read(regs, r)
+                    if reg.type is not Pt.CONST_PTR_TO_MAP:
+                        self.reject(f"r{r} must be a map pointer (argument {r} of helper {hid}), not {reg}")
+                    map_reg = reg
+                case ArgType.KEY | ArgType.VALUE:
+                    if map_reg is None:
+                        self.reject(f"helper {hid} takes a map {kind.value} without a map argument before it")
+                    m = self.maps.get(map_reg.aux) if self.maps is not None else None
+                    size = 1 if m is None else m.key_size if kind is ArgType.KEY else m.value_size
+                    self._mem_arg(st, regs, r, size, size, kind)
+                case ArgType.MEM | ArgType.UNINIT_MEM:
+                    if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
+                        pending = (r, kind)
+                    else:
+                        self._mem_arg(st, regs, r, 1, 1, kind)
+                case ArgType.SIZE | ArgType.SIZE_OR_ZERO:
+                    length = self._scalar_arg(regs, r, f"size argument {r} of helper {hid}").var
+                    self._precise(r)
+                    if length.umax >= MAX_OFFSET:
+                        self.reject(f"r{r} is an unbounded size argument ({length}) of helper {hid}")
+                    if kind is ArgType.SIZE and length.umin == 0:
+                        self.reject(f"r{r} (size argument of helper {hid}) may be zero")
+                    if pending is not None:
+                        self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
+                        pending = None
+                case ArgType.CTX:
+                    reg = self._read(regs, r)
+                    if reg.type is not Pt.PTR_TO_CTX or reg.off or not reg.var.is_const:
+                        self.reject(f"r{r} must be the unmodified context pointer, not {reg}")
+                case _:
+                    raise NotImplementedError(kind)
+        match ret:
+            case RetType.SCALAR:
+                regs[0] = UNKNOWN_SCALAR
+            case RetType.VOID:
+                regs[0] = NOT_INIT
+            case RetType.MAP_VALUE_OR_NULL:
+                if map_reg is None:
+                    self.reject(f"helper {hid} returns a map value but takes no map argument")
+                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
+            case _:
+                raise NotImplementedError(ret)
+        if ArgType.CTX in args:
+            # Helpers given the context may move the packet (adjust_head, store_bytes...): as
+            # in the kernel, packet pointers must be loaded and checked again afterwards.
+            for frame, i, reg in list(st.all_regs()):
+                if reg.type in PACKET_KINDS:
+                    if i >= 0:
+                        frame.regs[i] = UNKNOWN_SCALAR
+                    else:
+                        frame.stack[-i - 1] = (MISC,) * 8
+        # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
+
+    def _call_local(self, st: State, pc: int) -> None:
+        if len(st.frames) >= self.max_call_depth:
+            self.reject(f"call stack is too deep: {len(st.frames) + 1} frames (max {self.max_call_depth})")
+        caller = st.frames[-1].regs
+        regs = [NOT_INIT] * 11
+        regs[1:6] = caller[1:6]
+        regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
+        st.frames.append(Frame(regs, [None] * SLOTS, pc))
+
+    def _return(self, st: State) -> int:
+        callee = st.frames.pop()
+        gone = len(st.frames)
+        caller = st.frames[-1].regs
+        r0 = callee.regs[0]
+        if r0.type is Pt.PTR_TO_STACK and r0.aux >= gone:
+            self.reject("cannot return a pointer to the callee's stack")
+
+        def dangling(reg: Reg) -> bool:
+            return reg.type is Pt.PTR_TO_STACK and reg.aux >= gone
+
+        # r0-r5 come back from the callee (this VM shares them); r6-r9 are the caller's own.
+        for i in range(6):
+            reg = callee.regs[i]
+            caller[i] = NOT_INIT if dangling(reg) else reg
+        for frame in st.frames:
+            for i, slot in enumerate(frame.stack):
+                if type(slot) is Reg and dangling(slot):
+                    frame.stack[i] = (MISC,) * 8
+        return callee.callsite + 1
+
+    def _exit_main(self, regs: list[Reg]) -> None:
+        r0 = regs[0]
+        if r0.type is Pt.NOT_INIT:
+            self.reject("r0 is not initialised at program exit")
+        ctx = self.context
+        if r0.is_pointer and not ctx.ret_pointer_ok:
+            self.reject(f"returning a pointer in r0 ({r0}) is not allowed for this program type")
+        if ctx.ret_range is not None and not r0.is_pointer:
+            self._precise(0)
+            lo, hi = ctx.ret_range
+            if r0.var.smin < lo or r0.var.smax > hi:
+                self.reject(f"at program exit r0 is {r0}, which is not within [{lo}, {hi}]")
+
+    def _check_stack_depth(self) -> int:
+        """Reject call chains whose frames together use more than ``stack_limit`` bytes."""
+        control = self.control
+        assert control is not None
+        best: dict[int, int] = {}
+
+        def deepest(fn: int) -> int:
+            if fn in best:
+                return best[fn]
+            own = (self.stack_depth.get(fn, 0) + 7) // 8 * 8
+            total = own
+            for pc, callee in control.calls.get(fn, ()):
+                sub = own + deepest(callee)
+                if sub > self.stack_limit:
+                    self.pc = pc
+                    self.reject(f"combined stack size of the call chain through insn {pc} is {sub} bytes "
+                                f"(max {self.stack_limit})")
+                total = max(total, sub)
+            best[fn] = total
+            return total
+
+        total = deepest(0)
+        if total > self.stack_limit:
+            self.pc = 0
+            self.reject(f"stack size {total} bytes exceeds the limit of {self.stack_limit}")
+        return total
+
+    # -- log -----------------------------------------------------------------------------------
+
+    def _disasm(self, pc: int) -> str:
+        text = self.disasm_cache.get(pc)
+        if text is None:
+            text = describe_instruction(self.flow, pc)
+            self.disasm_cache[pc] = text
+        return text
+
+    def _log_line(self, line: str) -> None:
+        self.path_log = (line, self.path_log)
+
+    @staticmethod
+    def _describe(st: State) -> str:
+        parts = []
+        for depth, frame in enumerate(st.frames):
+            prefix = f"frame{depth}:" if len(st.frames) > 1 else ""
+            regs = " ".join(f"r{i}={r}" for i, r in enumerate(frame.regs) if r.type is not Pt.NOT_INIT)
+            stack = " ".join(f"fp{i * 8 - STACK_SIZE}={s if type(s) is Reg else 'bytes'}"
+                             for i, s in enumerate(frame.stack) if s is not None)
+            parts.append(prefix + regs + (" " + stack if stack else ""))
+        return " | ".join(parts)
+
+    def _log_step(self, pc: int, st: State, before: list[Reg] | None, nframes: int) -> None:
+        if before is None:
+            return
+        if len(st.frames) != nframes:
+            self._log_line(f"{pc}: {self._disasm(pc)} ; {self._describe(st)}")
+            return
+        regs = st.frames[-1].regs
+        changed = " ".join(f"r{i}={r}" for i, (r, b) in enumerate(zip(regs, before, strict=True)) if r is not b)
+        self._log_line(f"{pc}: {self._disasm(pc)}" + (f" ; {changed}" if changed else ""))
+
+    def log_text(self) -> str:
+        lines: list[str] = []
+        node = self.path_log
+        while node is not None and len(lines) < LOG_LINES:
+            lines.append(node[0])
+            node = node[1]
+        if node is not None:
+            lines.append("...")
+        return "\n".join(reversed(lines))
+
+
+def describe_instruction(flow: ControlFlow, pc: int) -> str:
+    """The instruction at ``pc`` as assembler text (or its fields, without a disassembler)."""
+    insn = flow.program.slots[pc] if 0 <= pc < len(flow.program) else None
+    if insn is None:
+        return ""
+    try:
+        from jitbpf.disasm import format_instruction  # optional: the disassembler may be absent
+
+        return format_instruction(insn, pc)
+    except Exception:  # a listing problem must not hide the verifier's message
+        pass
+    info = flow.program.infos[pc]
+    name = info.mnemonic if info is not None else f"op {insn.opcode:#04x}"
+    return f"{name} dst=r{insn.dst} src=r{insn.src} off={insn.off} imm={insn.imm}"

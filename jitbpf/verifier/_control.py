@@ -1,0 +1,285 @@
+"""Control-flow analysis: reachability, back-edges, the call graph, loops, prune points and liveness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from jitbpf.cfg import Block, ControlFlow
+from jitbpf.isa import FP, AluOp, AtomicOp, Instruction, Kind, OpInfo
+
+ALL_ARGS = 0b111110  # r1-r5
+CALLEE_SAVED = 0b11111000000  # r6-r10
+
+
+@dataclass(frozen=True)
+class Control:
+    """What the data-flow analysis needs to know about the program's structure."""
+
+    prune_points: frozenset[int]  # slots where states are remembered and compared
+    merge_points: frozenset[int]  # prune points outside every loop, where states may be merged
+    back_edges: frozenset[tuple[int, int]]  # (jump slot, target slot) closing a loop
+    live_in: tuple[int, ...]  # per slot: bit mask of registers that may be read from there on
+    calls: Mapping[int, frozenset[tuple[int, int]]]  # function entry -> {(call slot, callee entry)}
+    function_entry: tuple[int, ...]  # per slot: entry slot of its function
+
+
+Reject = Callable[[int, str], Exception]
+
+
+def _successors(flow: ControlFlow, block: Block) -> list[int]:
+    program = flow.program
+    info = program.infos[block.last]
+    assert info is not None
+    match info.kind:
+        case Kind.JA:
+            return [flow.targets[block.last]]
+        case Kind.JCOND:
+            return [block.end, flow.targets[block.last]]
+        case Kind.EXIT:
+            return []
+        case _:
+            return [block.end]
+
+
+def _use_def(insn: Instruction, info: OpInfo, arg_masks: Mapping[int, int], main: bool) -> tuple[int, int]:
+    """Registers an instruction reads (as far as the verifier checks them) and writes."""
+    d, s = 1 << insn.dst, 1 << insn.src
+    match info.kind:
+        case Kind.ALU:
+            src = s if info.reg_src else 0
+            return (src if info.op == AluOp.MOV else src | d), d
+        case Kind.NEG | Kind.END | Kind.BSWAP:
+            return d, d
+        case Kind.MOVSX:
+            return s, d
+        case Kind.LDDW:
+            return 0, d
+        case Kind.LDX | Kind.LDXSX:
+            return s, d
+        case Kind.ST:
+            return d, 0
+        case Kind.STX:
+            return d | s, 0
+        case Kind.ATOMIC:
+            if info.op == AtomicOp.CMPXCHG:
+                return d | s | 1, 1
+            return d | s, s if info.op & 1 else 0
+        case Kind.JA:
+            return 0, 0
+        case Kind.JCOND:
+            return d | (s if info.reg_src else 0), 0
+        case Kind.CALL:
+            return arg_masks.get(insn.imm, ALL_ARGS), 1
+        case Kind.CALLX:
+            return d | ALL_ARGS, 1
+        case Kind.CALL_LOCAL:
+            return ALL_ARGS, 1
+        case Kind.EXIT:
+            return (1 if main else 1 | ALL_ARGS), 0
+        case Kind.LD_ABS:
+            return 0, 1
+        case Kind.LD_IND:
+            return s, 1
+        case Kind.CALL_KFUNC:
+            return 0, 1
+        case _:
+            raise NotImplementedError(info.kind)
+
+
+def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks: Mapping[int, int],
+                    allow_loops: bool, max_call_depth: int, reject: Reject) -> Control:
+    """Check the program's structure and derive what the data-flow analysis needs.
+
+    Rejects calls to unknown helpers and kernel functions, unreachable code, back-edges (unless
+    ``allow_loops``), recursion and call chains deeper than ``max_call_depth`` frames.
+    """
+    program = flow.program
+    n = len(program)
+    for pc, insn, info in program:
+        if info.kind is Kind.CALL and insn.imm not in helper_ids:
+            raise reject(pc, f"call to nonexistent function {insn.imm}")
+        if info.kind is Kind.CALL_KFUNC:
+            raise reject(pc, "kernel function calls are not supported")
+
+    fn_entry = [0] * n
+    for fn in flow.functions:
+        for pc in range(fn.entry, fn.end):
+            fn_entry[pc] = fn.entry
+
+    # Depth-first search over blocks: finds what is reachable and the edges that close a cycle.
+    succ: dict[int, list[int]] = {b.start: _successors(flow, b) for b in flow.blocks}
+    preds: dict[int, int] = {}
+    seen: set[int] = set()
+    back_edges: set[tuple[int, int]] = set()
+    calls: dict[int, set[tuple[int, int]]] = {}
+    roots = [0]
+    done_roots: set[int] = set()
+    while roots:
+        root = roots.pop()
+        if root in done_roots:
+            continue
+        done_roots.add(root)
+        calls.setdefault(root, set())
+        on_path: set[int] = {root}
+        seen.add(root)
+        stack: list[tuple[int, int]] = [(root, 0)]
+        while stack:
+            start, i = stack[-1]
+            block = flow.block_at[start]
+            nxt = succ[start]
+            if i == 0:
+                last_info = program.infos[block.last]
+                assert last_info is not None
+                if last_info.kind is Kind.CALL_LOCAL:
+                    callee = flow.targets[block.last]
+                    calls[fn_entry[start]].add((block.last, callee))
+                    preds[callee] = preds.get(callee, 0) + 1
+                    roots.append(callee)
+            if i < len(nxt):
+                stack[-1] = (start, i + 1)
+                t = nxt[i]
+                preds[t] = preds.get(t, 0) + 1
+                if t in on_path:
+                    if not allow_loops:
+                        raise reject(block.last, f"back-edge from insn {block.last} to {t}")
+                    back_edges.add((block.last, t))
+                elif t not in seen:
+                    seen.add(t)
+                    on_path.add(t)
+                    stack.append((t, 0))
+            else:
+                stack.pop()
+                on_path.discard(start)
+    for block in flow.blocks:
+        if block.start not in seen:
+            raise reject(block.start, "unreachable instruction")
+
+    _check_call_graph(calls, max_call_depth, reject)
+
+    in_loop = _blocks_in_cycles(flow, succ) if back_edges else set()
+    prune = {start for start, count in preds.items() if count > 1}
+    prune.update(t for _pc, t in back_edges)
+    prune.update(fn.entry for fn in flow.functions)
+    merge = {pc for pc in prune if pc not in in_loop}
+
+    live = _liveness(flow, succ, arg_masks)
+    return Control(frozenset(prune), frozenset(merge), frozenset(back_edges), live,
+                   {k: frozenset(v) for k, v in calls.items()}, tuple(fn_entry))
+
+
+def _check_call_graph(calls: Mapping[int, set[tuple[int, int]]], max_depth: int, reject: Reject) -> None:
+    """Reject recursion, and call chains of more than ``max_depth`` frames (the main one included)
+    at the call that would push the frame too many."""
+    deepest: dict[int, int] = {}  # function entry -> most frames it was entered with so far
+    on_chain: set[int] = set()
+
+    def visit(fn: int, frames: int) -> None:
+        # The depth limit bounds this recursion (a chain longer than it is rejected first).
+        if deepest.get(fn, 0) >= frames:
+            return  # already explored from at least as deep: nothing new below
+        deepest[fn] = frames
+        on_chain.add(fn)
+        for pc, callee in sorted(calls.get(fn, ())):
+            if callee in on_chain:
+                raise reject(pc, f"recursive call from insn {pc} to function at {callee}")
+            if frames + 1 > max_depth:
+                raise reject(pc, f"call stack is too deep: {frames + 1} frames (max {max_depth})")
+            visit(callee, frames + 1)
+        on_chain.discard(fn)
+
+    visit(0, 1)
+
+
+def _blocks_in_cycles(flow: ControlFlow, succ: Mapping[int, list[int]]) -> set[int]:
+    """Starts of blocks that lie on a cycle (Tarjan's strongly connected components, iteratively)."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    on_stack: set[int] = set()
+    comp_stack: list[int] = []
+    out: set[int] = set()
+    counter = 0
+    for b in flow.blocks:
+        if b.start in index:
+            continue
+        work: list[tuple[int, int]] = [(b.start, 0)]
+        while work:
+            v, i = work[-1]
+            if i == 0:
+                index[v] = low[v] = counter
+                counter += 1
+                comp_stack.append(v)
+                on_stack.add(v)
+            nxt = succ[v]
+            if i < len(nxt):
+                work[-1] = (v, i + 1)
+                w = nxt[i]
+                if w not in index:
+                    work.append((w, 0))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[v])
+            if low[v] == index[v]:
+                comp: list[int] = []
+                while True:
+                    w = comp_stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1 or v in succ[v]:
+                    out.update(comp)
+    return out
+
+
+def _liveness(flow: ControlFlow, succ: Mapping[int, list[int]], arg_masks: Mapping[int, int]) -> tuple[int, ...]:
+    """Per slot, the registers that may be read (by an instruction the verifier checks) before
+    being overwritten, within the slot's function; r10 is always live."""
+    program = flow.program
+    main_end = flow.functions[0].end
+    use_def: dict[int, tuple[int, int]] = {}
+    for pc, insn, info in program:
+        use_def[pc] = _use_def(insn, info, arg_masks, pc < main_end)
+
+    block_io: dict[int, tuple[int, int]] = {}  # block -> (gen, kill)
+    for b in flow.blocks:
+        gen = kill = 0
+        for pc in range(b.start, b.end):
+            ud = use_def.get(pc)
+            if ud is None:
+                continue
+            u, d = ud
+            gen |= u & ~kill
+            kill |= d
+        block_io[b.start] = (gen, kill)
+    live_in: dict[int, int] = {b.start: 0 for b in flow.blocks}
+    changed = True
+    order = [b.start for b in reversed(flow.blocks)]
+    while changed:
+        changed = False
+        for start in order:
+            out = 0
+            for t in succ[start]:
+                out |= live_in[t]
+            gen, kill = block_io[start]
+            new = gen | (out & ~kill)
+            if new != live_in[start]:
+                live_in[start] = new
+                changed = True
+    per_pc = [0] * len(program)
+    for b in flow.blocks:
+        cur = 0
+        for t in succ[b.start]:
+            cur |= live_in[t]
+        for pc in range(b.end - 1, b.start - 1, -1):
+            ud = use_def.get(pc)
+            if ud is None:
+                continue
+            u, d = ud
+            cur = u | (cur & ~d)
+            per_pc[pc] = cur | (1 << FP)
+    return tuple(per_pc)

@@ -1,0 +1,332 @@
+"""Abstract machine states: frames of registers and stack slots, and how two states compare and merge."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from jitbpf.isa import STACK_SIZE
+from jitbpf.verifier import _scalar as sc
+from jitbpf.verifier._types import NOT_INIT, Reg, RegType
+
+INVALID = -1  # stack byte never written: reading it is an error
+MISC = -2  # stack byte written with something unknown
+SLOTS = STACK_SIZE // 8
+ALL_SLOTS = (1 << SLOTS) - 1
+
+# A stack slot (8 bytes at an 8-aligned offset) is None when no byte was written, a Reg when a
+# whole register was spilled there by an aligned 8-byte store, or else a tuple of 8 byte states
+# (INVALID, MISC, or the known byte value 0-255).
+Slot = Reg | tuple[int, ...] | None
+EMPTY_BYTES = (INVALID,) * 8
+MISC_BYTES = (MISC,) * 8
+
+
+def slot_bytes(slot: Slot) -> tuple[int, ...]:
+    """The byte states of a slot (a spilled constant reads as its bytes, anything else as MISC)."""
+    if slot is None:
+        return EMPTY_BYTES
+    if isinstance(slot, Reg):
+        if slot.type is RegType.SCALAR and slot.var.mask == 0:
+            return tuple(slot.var.value.to_bytes(8, "little"))
+        return MISC_BYTES
+    return slot
+
+
+class Frame:
+    """One function activation: registers r0-r10 and the 512-byte stack below its r10."""
+
+    __slots__ = ("callsite", "regs", "stack")
+
+    def __init__(self, regs: list[Reg], stack: list[Slot], callsite: int) -> None:
+        self.regs = regs  # r0..r10
+        self.stack = stack  # SLOTS slots; slot i covers [r10 - 512 + 8i, r10 - 512 + 8i + 8)
+        self.callsite = callsite  # slot of the call that created the frame (-1 for the main program)
+
+    def copy(self) -> Frame:
+        return Frame(self.regs.copy(), self.stack.copy(), self.callsite)
+
+    # -- stack ---------------------------------------------------------------------------------
+
+    def write_bytes(self, start: int, data: Sequence[int]) -> None:
+        """Overwrite stack bytes from ``start`` (an index into the 512 bytes) with byte states."""
+        stack = self.stack
+        i = 0
+        n = len(data)
+        while i < n:
+            pos = start + i
+            idx, within = divmod(pos, 8)
+            take = min(8 - within, n - i)
+            cur = list(slot_bytes(stack[idx]))
+            cur[within : within + take] = data[i : i + take]
+            t = tuple(cur)
+            stack[idx] = None if t == EMPTY_BYTES else t
+            i += take
+
+    def read_bytes(self, start: int, n: int) -> list[int]:
+        out: list[int] = []
+        stack = self.stack
+        i = 0
+        while i < n:
+            pos = start + i
+            idx, within = divmod(pos, 8)
+            take = min(8 - within, n - i)
+            out.extend(slot_bytes(stack[idx])[within : within + take])
+            i += take
+        return out
+
+    def smudge(self, start: int, n: int) -> None:
+        """Bytes that may have been written with unknown data: spills there are lost, written
+        bytes become MISC, never-written bytes stay unreadable (they may not have been written)."""
+        cur = self.read_bytes(start, n)
+        self.write_bytes(start, [MISC if b != INVALID else INVALID for b in cur])
+
+    def fill(self, start: int, n: int) -> None:
+        """Bytes certainly written with unknown data (by a helper)."""
+        self.write_bytes(start, [MISC] * n)
+
+    def pointer_spills(self, start: int, n: int) -> Iterator[int]:
+        """Slots overlapping [start, start + n) that hold a spilled pointer."""
+        for idx in range(max(start, 0) // 8, min((start + n + 7) // 8, SLOTS)):
+            slot = self.stack[idx]
+            if type(slot) is Reg and slot.type is not RegType.SCALAR:
+                yield idx
+
+
+# The instructions a path executed, newest first, shared between the paths of a branch: (slot,
+# stack location it accessed at a fixed offset as ``frame << 16 | byte`` or -1, older entries).
+History = tuple[int, int, "History"] | None
+
+
+class State:
+    """The abstract state of one path: the call stack of frames, and the path so far."""
+
+    __slots__ = ("checkpoint", "depth", "frames", "hist", "loop")
+
+    def __init__(self, frames: list[Frame], depth: int = 0, checkpoint: int = 0, hist: History = None,
+                 loop: int = -1) -> None:
+        self.frames = frames  # outermost first
+        self.depth = depth  # instructions executed along this path
+        self.checkpoint = checkpoint  # ``depth`` when the path last remembered its state in a loop
+        self.hist = hist  # what the path executed, for precision backtracking
+        self.loop = loop  # slot of the last jump back to a loop's start on this path, or -1
+
+    def copy(self) -> State:
+        return State([f.copy() for f in self.frames], self.depth, self.checkpoint, self.hist, self.loop)
+
+    def all_regs(self) -> Iterator[tuple[Frame, int, Reg]]:
+        """Every register and spilled register of every frame, with where it lives (index < 0:
+        stack slot -index - 1)."""
+        for frame in self.frames:
+            for i, r in enumerate(frame.regs):
+                yield frame, i, r
+            for i, s in enumerate(frame.stack):
+                if type(s) is Reg:
+                    yield frame, -i - 1, s
+
+    def replace_linked(self, rid: int, types: tuple[RegType, ...], fn: Callable[[Reg], Reg]) -> None:
+        """Apply ``fn`` to every register and spill of one of ``types`` whose id is ``rid``."""
+        for frame in self.frames:
+            regs = frame.regs
+            for i, r in enumerate(regs):
+                if r.id == rid and r.type in types:
+                    regs[i] = fn(r)
+            stack = frame.stack
+            for i, s in enumerate(stack):
+                if type(s) is Reg and s.id == rid and s.type in types:
+                    stack[i] = fn(s)
+
+
+def shared_ids(state: State) -> frozenset[int]:
+    """Ids held by at least two registers or spills: only those links carry information."""
+    ids = [r.id for f in state.frames for r in f.regs if r.id]
+    ids.extend(s.id for f in state.frames for s in f.stack if type(s) is Reg and s.id)
+    if len(ids) < 2:
+        return frozenset()
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for i in ids:
+        if i in seen:
+            shared.add(i)
+        seen.add(i)
+    return frozenset(shared)
+
+
+class _IdMap:
+    """A consistent renaming of the old state's ids to the new state's (both ways one-to-one)."""
+
+    __slots__ = ("back", "fwd", "shared")
+
+    def __init__(self, shared: frozenset[int]) -> None:
+        self.shared = shared
+        self.fwd: dict[int, int] = {}
+        self.back: dict[int, int] = {}
+
+    def ok(self, old: int, new: int) -> bool:
+        if old not in self.shared:
+            return True
+        if not new:
+            return False
+        got = self.fwd.get(old)
+        if got is None:
+            if new in self.back:
+                return False
+            self.fwd[old] = new
+            self.back[new] = old
+            return True
+        return got == new
+
+
+def reg_within(old: Reg, new: Reg, ids: _IdMap | None, precise: bool = True) -> bool:
+    """Whether every concrete value ``new`` may hold is one ``old`` was verified with.
+
+    An imprecise scalar (one whose value no check after ``old`` depended on) matches any scalar.
+    """
+    t = old.type
+    if t is RegType.NOT_INIT:
+        return True
+    if old is new:
+        return not old.id or ids is None or ids.ok(old.id, new.id)
+    if new.type is not t:
+        return False
+    if t is RegType.SCALAR:
+        return ((not precise or sc.within(new.var, old.var))
+                and (not old.id or ids is None or ids.ok(old.id, new.id)))
+    if old.off != new.off or old.aux != new.aux or new.range < old.range:
+        return False
+    if not sc.within(new.var, old.var):
+        return False
+    if t is RegType.PTR_TO_PACKET or t is RegType.PTR_TO_PACKET_META:
+        return old.id == new.id == 0 or ids is None or ids.ok(old.id, new.id)
+    return not old.id or ids is None or ids.ok(old.id, new.id)
+
+
+def _slot_within(old: Slot, new: Slot, ids: _IdMap | None, precise: bool) -> bool:
+    if old is None:
+        return True
+    if type(old) is Reg:
+        if type(new) is Reg:
+            return reg_within(old, new, ids, precise)
+        if old.type is not RegType.SCALAR or (ids is not None and old.id in ids.shared):
+            return False
+        nb = slot_bytes(new)
+        if INVALID in nb:
+            return False
+        if not precise or old.var == sc.UNKNOWN:
+            return True
+        return all(b >= 0 for b in nb) and sc.within(sc.const(int.from_bytes(bytes(nb), "little")), old.var)
+    assert isinstance(old, tuple)
+    if type(new) is Reg and new.type is not RegType.SCALAR:
+        return all(b == INVALID for b in old)  # a pointer is not interchangeable with bytes
+    nb = slot_bytes(new)
+    for o, n in zip(old, nb, strict=True):
+        if o == INVALID:
+            continue
+        if o == MISC or not precise:
+            if n == INVALID:
+                return False
+        elif o != n:
+            return False
+    return True
+
+
+def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence[int] | None = None,
+                 precise: Sequence[int] | None = None, precise_slots: Sequence[int] | None = None) -> bool:
+    """Whether ``new`` is covered by ``old``: same call stack, and each register and stack slot of
+    ``new`` within the old one (with the same links between copies).
+
+    The optional masks (per frame, a bit per register or stack slot) say what the continuations
+    of ``old`` depended on: slots outside ``reads`` were never read, and scalars outside
+    ``precise``/``precise_slots`` never decided anything, so only their kind is compared.
+    Without them everything is compared exactly.
+    """
+    ofr, nfr = old.frames, new.frames
+    if len(ofr) != len(nfr):
+        return False
+    ids = _IdMap(shared) if shared else None
+    # Registers first, innermost frame first: that is where states usually differ.
+    for fi in range(len(ofr) - 1, -1, -1):
+        of, nf = ofr[fi], nfr[fi]
+        if of.callsite != nf.callsite:
+            return False
+        oregs, nregs = of.regs, nf.regs
+        if ids is None and oregs == nregs:
+            continue
+        pmask = -1 if precise is None else precise[fi]
+        for r, (o, n) in enumerate(zip(oregs, nregs, strict=True)):
+            if o is n:
+                if ids is not None and o.id and not ids.ok(o.id, n.id):
+                    return False
+            elif o.type is not RegType.NOT_INIT and not reg_within(o, n, ids, bool(pmask >> r & 1)):
+                return False
+    for fi, (of, nf) in enumerate(zip(ofr, nfr, strict=True)):
+        ostack, nstack = of.stack, nf.stack
+        if ids is None and ostack == nstack:
+            continue
+        read = -1 if reads is None else reads[fi]
+        if not read:
+            continue
+        smask = -1 if precise_slots is None else precise_slots[fi]
+        read &= ALL_SLOTS
+        while read:
+            low = read & -read
+            i = low.bit_length() - 1
+            read ^= low
+            so, sn = ostack[i], nstack[i]
+            if so is None or (so is sn and (type(so) is not Reg or not so.id)):
+                continue
+            if not _slot_within(so, sn, ids, bool(smask >> i & 1)):
+                return False
+    return True
+
+
+# -- merging (widening at join points outside loops) ----------------------------------------------
+
+def _join_reg(a: Reg, b: Reg) -> Reg | None:
+    if a is b or a == b:
+        return a
+    if a.type is not b.type:
+        return None
+    if a.type is RegType.SCALAR:
+        return Reg(RegType.SCALAR, sc.join(a.var, b.var))
+    if a.off != b.off or a.aux != b.aux or a.id != b.id:
+        return None
+    return a._replace(var=sc.join(a.var, b.var), range=min(a.range, b.range))
+
+
+def _join_slot(a: Slot, b: Slot) -> Slot:
+    if a is b or a == b:
+        return a
+    if type(a) is Reg and type(b) is Reg:
+        r = _join_reg(a, b)
+        if r is not None:
+            return r
+    ab, bb = slot_bytes(a), slot_bytes(b)
+    out = tuple(x if x == y else INVALID if INVALID in (x, y) else MISC for x, y in zip(ab, bb, strict=True))
+    return None if out == EMPTY_BYTES else out
+
+
+def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
+    """A state covering both ``a`` and ``b``, or None when they differ in a way this domain
+    cannot merge without losing what later code needs (a live register of different types).
+
+    ``live[i]`` is the bit mask of registers of frame i that may still be read.
+    """
+    if len(a.frames) != len(b.frames):
+        return None
+    frames: list[Frame] = []
+    for i, (fa, fb) in enumerate(zip(a.frames, b.frames, strict=True)):
+        if fa.callsite != fb.callsite:
+            return None
+        regs: list[Reg] = []
+        mask = live[i]
+        for r, (x, y) in enumerate(zip(fa.regs, fb.regs, strict=True)):
+            if not mask >> r & 1:
+                regs.append(NOT_INIT)
+                continue
+            j = _join_reg(x, y)
+            if j is None:
+                return None
+            regs.append(j)
+        stack = [_join_slot(x, y) for x, y in zip(fa.stack, fb.stack, strict=True)]
+        frames.append(Frame(regs, stack, fa.callsite))
+    return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop)

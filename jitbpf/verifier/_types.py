@@ -1,0 +1,153 @@
+"""The verifier's public data model (helper signatures, context, maps, result) and register values."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple, Protocol
+
+from jitbpf.verifier._scalar import UNKNOWN, ZERO, Scalar
+
+
+class ArgType(enum.Enum):
+    """What a helper expects in one argument register (the strings of ``Helper.args``)."""
+
+    SCALAR = "scalar"  # an initialised number
+    ANYTHING = "anything"  # not checked at all; the helper gets whatever the register holds
+    MAP = "map"  # a map pointer loaded by lddw (MAP_FD / MAP_IDX)
+    KEY = "key"  # pointer to key_size initialised readable bytes of the previous MAP argument's map
+    VALUE = "value"  # pointer to value_size initialised readable bytes of that map
+    MEM = "mem"  # pointer to initialised readable memory; its length is the next SIZE argument
+    SIZE = "size"  # bounded length of the previous MEM/UNINIT_MEM argument, never zero
+    SIZE_OR_ZERO = "size_or_zero"  # as SIZE, but zero is allowed
+    CTX = "ctx"  # the program's context pointer, unmodified
+    UNINIT_MEM = "uninit_mem"  # pointer to writable memory the helper fills; length is the next size
+
+
+class RetType(enum.Enum):
+    """What a helper leaves in r0 (the strings of ``Helper.ret``)."""
+
+    SCALAR = "scalar"  # a number
+    MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0
+    VOID = "void"  # nothing usable: r0 is unreadable afterwards
+
+
+class MapLike(Protocol):
+    """What the verifier needs to know about a map (``jitbpf.maps`` objects have these)."""
+
+    @property
+    def key_size(self) -> int: ...
+
+    @property
+    def value_size(self) -> int: ...
+
+    @property
+    def max_entries(self) -> int: ...
+
+    @property
+    def map_type(self) -> str | int: ...
+
+
+CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta")
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """What r1 points to when a program starts, for one program type.
+
+    With ``size`` None the program runs in the generic "raw memory" mode: r1 points to the
+    caller's buffer of unknown size (accesses are allowed but keep their runtime check) and r2
+    holds its length. With a size, r1 is a context of that many bytes: loads must fall inside
+    ``readable`` (all of it when empty) and stores inside ``writable``; a 32-bit load of one of
+    ``fields`` (32-bit fields holding addresses) yields a packet pointer of the given kind; those
+    fields are read-only and cannot be read any other way.
+    """
+
+    size: int | None = None  # bytes of context, or None for raw memory of unknown size
+    readable: tuple[tuple[int, int], ...] = ()  # (offset, size) ranges loads may touch; empty = all
+    writable: tuple[tuple[int, int], ...] = ()  # (offset, size) ranges stores may touch
+    fields: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # pointer fields
+    ret_range: tuple[int, int] | None = None  # allowed values of r0 at exit (inclusive), if restricted
+    ret_pointer_ok: bool = False  # whether r0 may hold a pointer at exit
+
+    def __post_init__(self) -> None:
+        for off, kind in self.fields.items():
+            if kind not in CONTEXT_POINTER_KINDS:
+                raise ValueError(f"context field {off}: unknown pointer kind {kind!r}")
+
+
+RAW_MEMORY = ContextSpec(ret_pointer_ok=True)
+"""The default context: r1 = the caller's buffer (unknown size), r2 = its length."""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What an accepted program was proven to do."""
+
+    proven: frozenset[int]  # slots of memory instructions whose access is in bounds on every path
+    insns_processed: int  # instructions the data-flow analysis stepped through
+    states_pruned: int  # paths cut short because an equivalent state was already verified
+    max_stack_depth: int  # bytes of stack of the deepest call chain
+
+
+class RegType(enum.Enum):
+    """The kind of value a register (or spilled stack slot) holds."""
+
+    NOT_INIT = "?"  # never written: reading it is an error
+    SCALAR = "scalar"  # a number (possibly a leaked address: it cannot be dereferenced)
+    PTR_TO_CTX = "ctx"  # the program's context
+    PTR_TO_STACK = "fp"  # a stack frame (aux = frame index, 0 = the main program's)
+    PTR_TO_MAP_VALUE = "map_value"  # a map value (aux = map handle)
+    PTR_TO_MAP_VALUE_OR_NULL = "map_value_or_null"  # a map value or 0 (aux = map handle, id = lookup)
+    CONST_PTR_TO_MAP = "map_ptr"  # a map itself, for helper calls (aux = map handle)
+    PTR_TO_PACKET = "pkt"  # packet data (range = bytes proven inside the packet)
+    PTR_TO_PACKET_END = "pkt_end"  # one past the packet's last byte: compare only
+    PTR_TO_PACKET_META = "pkt_meta"  # packet metadata, which ends where packet data starts
+    PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
+
+
+class Reg(NamedTuple):
+    """The abstract value of one register: a type plus, for pointers, where it points.
+
+    A pointer's offset is ``off`` (exact) plus ``var`` (a range, constant 0 when exact); for a
+    scalar ``var`` is the value itself. Copies share a non-zero ``id`` so that what a branch
+    learns about one (a bound, a null check, a packet range) applies to all of them.
+    """
+
+    type: RegType  # what kind of value
+    var: Scalar = ZERO  # the scalar value, or the variable part of a pointer's offset
+    off: int = 0  # exact part of a pointer's offset
+    id: int = 0  # link between copies (0 = none)
+    range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet
+    aux: int = 0  # frame index (stack pointers) or map handle (map pointers)
+
+    def __str__(self) -> str:
+        t = self.type
+        if t is RegType.SCALAR:
+            s = str(self.var)
+            return s + (f"#{self.id}" if self.id else "")
+        if t is RegType.NOT_INIT:
+            return "?"
+        parts = []
+        if t in (RegType.PTR_TO_STACK, RegType.PTR_TO_MAP_VALUE, RegType.PTR_TO_MAP_VALUE_OR_NULL,
+                 RegType.CONST_PTR_TO_MAP):
+            parts.append(f"{'frame' if t is RegType.PTR_TO_STACK else 'map'}={self.aux}")
+        if self.off:
+            parts.append(f"off={self.off}")
+        if not self.var.is_const:
+            parts.append(f"var={self.var}")
+        if t in (RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META):
+            parts.append(f"r={self.range}")
+        if self.id:
+            parts.append(f"id={self.id}")
+        return f"{t.value}({', '.join(parts)})" if parts else t.value
+
+    @property
+    def is_pointer(self) -> bool:
+        return self.type is not RegType.SCALAR and self.type is not RegType.NOT_INIT
+
+
+NOT_INIT = Reg(RegType.NOT_INIT)
+UNKNOWN_SCALAR = Reg(RegType.SCALAR, UNKNOWN)

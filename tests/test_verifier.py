@@ -1,0 +1,786 @@
+"""Verifier tests: a minimal program per rejection rule, real-world shapes that must pass, the
+conformance programs, and a soundness property (accepted programs never fault on memory)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jitbpf.cfg import analyze
+from jitbpf.conformance import data_files, parse_data_file
+from jitbpf.errors import BpfError, ExecutionError, VerifierError
+from jitbpf.helpers import Helper, conformance_helpers
+from jitbpf.interpreter import Env, Translator, run
+from jitbpf.isa import STACK_SIZE, Instruction, Program
+from jitbpf.memory import MemoryMap, region_of
+from jitbpf.verifier import ArgType, ContextSpec, RetType, VerifyResult, verify
+from jitbpf.vm import VM
+
+from .conftest import conformance_root
+
+asm = pytest.importorskip("jitbpf.asm", reason="the assembler (jitbpf.asm) is not available")
+
+
+def prog(text: str, maps: Mapping[str, int] | None = None) -> bytes:
+    return asm.assemble(text, maps=maps)
+
+
+# --- fixtures of the tests -----------------------------------------------------------------------
+
+XDP = ContextSpec(size=24, readable=((0, 24),), fields={0: "packet", 4: "packet_end", 8: "packet_meta"},
+                  ret_range=(0, 4))
+XDP_RW = ContextSpec(size=24, readable=((0, 24),), writable=((0, 24),),
+                     fields={0: "packet", 4: "packet_end", 8: "packet_meta"}, ret_range=(0, 4))
+CTX16 = ContextSpec(size=16, readable=((0, 16),), writable=((0, 16),))
+
+
+class FakeMap:
+    """Just what the verifier reads of a map."""
+
+    key_size = 4
+    value_size = 16
+    max_entries = 8
+    map_type = "array"
+
+
+def _never(*_args: int) -> int:
+    raise AssertionError("not called by these tests")
+
+
+MAPS = {3: FakeMap()}
+LOOKUP = Helper(1, "map_lookup_elem", _never, args=("map", "key"), ret="map_value_or_null")
+MEMFROB = Helper(2, "memfrob", _never, args=("mem", "size"))
+TAKES_SCALAR = Helper(3, "takes_scalar", _never, args=("scalar",))
+TAKES_CTX = Helper(4, "takes_ctx", _never, args=("ctx", "scalar"))
+FILL = Helper(5, "fill", _never, args=("uninit_mem", "size_or_zero"), ret="void")
+HELPERS = {h.id: h for h in (LOOKUP, MEMFROB, TAKES_SCALAR, TAKES_CTX, FILL)}
+
+LOOKUP_KEY = """
+    stw [r10-4], 0
+    mov r2, r10
+    add r2, -4
+    lddw r1, map:m
+    call 1
+"""
+
+
+def nested_calls(frames: int) -> str:
+    """A main program and ``frames - 1`` functions, each calling the next."""
+    lines = [f"f{i}: call local f{i + 1}\nexit" for i in range(frames - 1)]
+    lines.append(f"f{frames - 1}: mov r0, 0\nexit")
+    return "\n".join(lines)
+
+
+def raw(*insns: Instruction) -> bytes:
+    return b"".join(i.encode() for i in insns)
+
+
+# --- one minimal program per rejection rule --------------------------------------------------------
+
+# (id, program, verify() keyword arguments, fragment of the message, pc of the fault)
+REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
+    # control flow
+    ("jump-out-of-range", "ja +5\nexit", {}, "jump out of bounds", 0),
+    ("jump-into-lddw", "ja +1\nlddw r0, 0x100000000\nexit", {}, "jump to middle of lddw", 0),
+    ("unreachable", "mov r0, 3\nexit\nmov r0, 4\nexit", {}, "unreachable instruction", 2),
+    ("falls-off-the-end", "mov r0, 1", {}, "does not end with exit", 0),
+    ("unknown-helper", "mov r0, 0\ncall 99\nexit", {}, "call to nonexistent function 99", 1),
+    ("unknown-local-call-target", raw(Instruction(0x85, src=1, imm=10), Instruction(0x95)), {},
+     "call to an address outside the program", 0),
+    ("kernel-function-call", "mov r0, 0\ncall runtime 9\nexit", {}, "kernel function calls are not supported", 1),
+    ("recursion", "call local f\nexit\nf: call local f\nexit", {}, "recursive call", 2),
+    ("call-depth", nested_calls(9), {}, "call stack is too deep: 9 frames (max 8)", 14),
+    ("too-many-instructions", "mov r0, 0\nexit", {"max_insns": 1}, "too many instructions", None),
+    ("back-edge", "mov r0, 0\nja -1", {}, "back-edge from insn 1 to 1", 1),
+    ("loop-without-exit", "mov r0, 0\nja -1", {"allow_loops": True}, "infinite loop detected", 1),
+    ("loop-over-budget", "ldxw r1, [r1]\nmov r0, 0\nadd r0, 1\nsub r1, 1\njne r1, 0, -3\nexit",
+     {"allow_loops": True, "budget": 2000}, "loop may not terminate within the budget", 4),
+    # registers and stack
+    ("uninitialised-register", "mov r0, r5\nexit", {}, "read of uninitialised register r5", 0),
+    ("uninitialised-stack", "ldxdw r0, [r10-8]\nexit", {}, "uninitialised bytes", 0),
+    ("partly-initialised-stack", "stw [r10-8], 1\nldxdw r0, [r10-8]\nexit", {}, "uninitialised bytes", 1),
+    ("write-to-r10", "mov r10, 0\nmov r0, 0\nexit", {}, "frame pointer r10 is read only", 0),
+    ("r0-not-set-at-exit", "exit", {}, "r0 is not initialised at program exit", 0),
+    ("stack-below-512", "stb [r10-513], 1\nmov r0, 0\nexit", {}, "invalid stack access off=-513", 0),
+    ("stack-at-r10", "stdw [r10-4], 1\nmov r0, 0\nexit", {}, "invalid stack access off=-4 size=8", 0),
+    ("stack-variable-offset-out-of-range",
+     "ldxdw r3, [r1]\nand r3, 0x3ff\nmov r2, r10\nsub r2, r3\nstb [r2-1], 0\nmov r0, 0\nexit", {},
+     "invalid stack access off=-1024", 4),
+    ("stack-unbounded-offset", "ldxdw r3, [r1]\nmov r2, r10\nadd r2, r3\nmov r0, 0\nexit", {},
+     "unbounded value", 2),
+    # pointers
+    ("scalar-dereference", "mov r2, 0\nldxw r0, [r2]\nexit", {}, "it holds a scalar, not a pointer", 1),
+    ("pointer-plus-pointer", "mov r2, r10\nadd r2, r10\nmov r0, 0\nexit", {}, "addition of two pointers", 1),
+    ("pointer-multiply", "mov r2, r10\nmul r2, 2\nmov r0, 0\nexit", {}, "pointer arithmetic (mul)", 1),
+    ("pointer-alu32", "mov r2, r10\nadd32 r2, 8\nmov r0, 0\nexit", {}, "32-bit arithmetic (add32)", 1),
+    ("scalar-minus-pointer", "mov r2, 8\nsub r2, r10\nmov r0, 0\nexit", {}, "makes an unknown pointer", 1),
+    ("pointer-negate", "mov r2, r10\nneg r2\nmov r0, 0\nexit", {}, "negation of pointer r2", 1),
+    # context and packets (an XDP-like context)
+    ("packet-unchecked", "ldxw r2, [r1]\nldxb r0, [r2]\nexit", {"context": XDP}, "invalid access to packet", 1),
+    ("packet-past-the-check",
+     "ldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 14\njgt r4, r3, +1\nldxh r5, [r2+14]\nmov r0, 1\nexit",
+     {"context": XDP}, "invalid access to packet, off=14 size=2, r2 has range 14", 5),
+    ("packet-checked-on-the-wrong-edge",
+     "ldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 14\njle r4, r3, +2\nldxb r0, [r2]\nexit\nmov r0, 1\nexit",
+     {"context": XDP}, "invalid access to packet", 5),
+    ("packet-end-dereference", "ldxw r2, [r1+4]\nldxb r0, [r2]\nexit", {"context": XDP},
+     "the packet end pointer", 1),
+    ("packet-end-arithmetic", "ldxw r2, [r1+4]\nadd r2, 1\nmov r0, 0\nexit", {"context": XDP},
+     "arithmetic on r2 of type pkt_end", 1),
+    ("context-out-of-range", "ldxw r0, [r1+24]\nexit", {"context": XDP}, "invalid read from context off=24", 0),
+    ("context-read-only", "stw [r1+12], 0\nmov r0, 0\nexit", {"context": XDP}, "invalid write to context", 0),
+    ("context-pointer-field-write", "stw [r1+4], 0\nmov r0, 0\nexit", {"context": XDP_RW},
+     "cannot write to context field at off=4", 0),
+    ("context-pointer-field-narrow", "ldxh r2, [r1]\nmov r0, 0\nexit", {"context": XDP}, "narrow", 0),
+    ("context-pointer-field-wide", "ldxdw r2, [r1]\nmov r0, 0\nexit", {"context": XDP}, "narrow", 0),
+    ("context-variable-offset", "ldxw r2, [r1+16]\nand r2, 4\nadd r1, r2\nldxw r0, [r1]\nexit", {"context": XDP},
+     "variable-offset access to the context", 3),
+    ("context-atomic", "mov r2, 1\nlock add32 [r1+12], r2\nmov r0, 0\nexit", {"context": XDP_RW},
+     "atomic operation on the context", 1),
+    ("return-pointer", "mov r0, r1\nexit", {"context": XDP}, "returning a pointer in r0", 1),
+    ("return-out-of-range", "mov r0, 7\nexit", {"context": XDP}, "not within [0, 4]", 1),
+    ("return-maybe-out-of-range", "ldxw r0, [r1+16]\nand r0, 7\nexit", {"context": XDP}, "not within [0, 4]", 2),
+    # maps
+    ("map-value-maybe-null", LOOKUP_KEY + "ldxdw r1, [r0+8]\nmov r0, 1\nexit", {},
+     "possible null pointer dereference: r0 is map_value_or_null", 6),
+    ("map-value-null-on-the-wrong-edge", LOOKUP_KEY + "jne r0, 0, +2\nldxb r1, [r0]\nmov r0, 1\nexit", {},
+     "invalid memory access through r0: it holds a scalar", 7),
+    ("map-value-arithmetic-before-check", LOOKUP_KEY + "add r0, 4\nmov r0, 1\nexit", {},
+     "compare it against 0 first", 6),
+    ("map-value-out-of-bounds", LOOKUP_KEY + "jeq r0, 0, +1\nldxdw r1, [r0+12]\nmov r0, 0\nexit", {},
+     "invalid access to map value, value_size=16 off=12 size=8", 7),
+    ("map-pointer-dereference", "lddw r1, map:m\nldxw r0, [r1]\nexit", {}, "a map pointer", 2),
+    ("map-unknown", "lddw r1, map:n\nmov r0, 0\nexit", {}, "lddw refers to map 4, which does not exist", 0),
+    # helper arguments
+    ("helper-map-argument-not-a-map",
+     "stw [r10-4], 0\nmov r2, r10\nadd r2, -4\nmov r1, 0\ncall 1\nmov r0, 0\nexit", {},
+     "r1 must be a map pointer", 4),
+    ("helper-key-uninitialised", "mov r2, r10\nadd r2, -4\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit", {},
+     "points to uninitialised stack", 4),
+    ("helper-key-too-short", "stw [r10-4], 0\nmov r2, r10\nadd r2, -2\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit",
+     {}, "points outside the stack", 5),
+    ("helper-key-not-a-pointer", "mov r2, 0\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit", {},
+     "must point to memory", 3),
+    ("helper-size-zero", "mov r1, r10\nadd r1, -8\nstdw [r10-8], 0\nmov r2, 0\ncall 2\nmov r0, 0\nexit", {},
+     "may be zero", 4),
+    ("helper-size-unbounded", "ldxdw r2, [r1]\ncall 2\nmov r0, 0\nexit", {}, "unbounded size argument", 1),
+    ("helper-mem-beyond-stack", "stdw [r10-8], 0\nmov r1, r10\nadd r1, -8\nmov r2, 16\ncall 2\nmov r0, 0\nexit", {},
+     "points outside the stack", 4),
+    ("helper-scalar-argument-pointer", "call 3\nmov r0, 0\nexit", {}, "r1 holds a pointer", 0),
+    ("helper-ctx-argument", "mov r1, r10\nmov r2, 0\ncall 4\nmov r0, 0\nexit", {"context": XDP},
+     "must be the unmodified context pointer", 2),
+    ("packet-pointer-after-ctx-helper",
+     "mov r6, r1\nldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 8\njgt r4, r3, +5\nmov r1, r6\nmov r7, r2\n"
+     "mov r2, 0\ncall 4\nldxb r0, [r7]\nmov r0, 1\nexit", {"context": XDP}, "it holds a scalar", 10),
+    ("callx-unknown-target", "ldxdw r2, [r1]\ncall r2\nmov r0, 0\nexit", {}, "callx through r2", 1),
+    # local calls
+    ("combined-stack-too-large", "stb [r10-400], 0\ncall local f\nmov r0, 0\nexit\nf: stb [r10-200], 0\nexit", {},
+     "combined stack size of the call chain through insn 1 is 600 bytes (max 512)", 1),
+    ("return-callee-stack", "call local f\nexit\nf: mov r0, r10\nexit", {},
+     "cannot return a pointer to the callee's stack", 3),
+    ("callee-stack-pointer-in-r1-after-return",
+     "call local f\nldxb r0, [r1]\nexit\nf: mov r1, r10\nadd r1, -8\nstdw [r10-8], 0\nmov r0, 0\nexit", {},
+     "read of uninitialised register r1", 1),
+    ("callee-reads-caller-registers", "mov r6, 1\ncall local f\nexit\nf: mov r0, r6\nexit", {},
+     "read of uninitialised register r6", 3),
+    # precision: pruning must not hide a path whose value differs where it matters
+    ("precision-pointer-offset",
+     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 200\nmov r2, r10\nadd r2, -128\nadd r2, r7\n"
+     "stb [r2], 1\nmov r0, 0\nexit", {}, "invalid stack access off=72", 8),
+    ("precision-decided-branch",
+     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 100\njgt r7, 50, +2\nmov r0, 0\nexit\n"
+     "ldxdw r0, [r10-8]\nexit", {}, "uninitialised bytes", 8),
+    ("precision-through-a-spill",
+     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 200\nstxdw [r10-8], r7\nmov r7, 0\n"
+     "ldxdw r3, [r10-8]\nmov r2, r10\nadd r2, -128\nadd r2, r3\nstb [r2], 1\nmov r0, 0\nexit", {},
+     "invalid stack access off=72", 11),
+    ("precision-through-a-call",
+     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r1, 0\nja +1\nmov r1, 200\ncall local f\nmov r0, 0\nexit\n"
+     "f: mov r2, r10\nadd r2, -128\nadd r2, r1\nstb [r2], 1\nexit", {}, "invalid stack access off=72", 11),
+]
+
+
+@pytest.mark.parametrize(("source", "kwargs", "fragment", "pc"), [r[1:] for r in REJECTIONS],
+                         ids=[r[0] for r in REJECTIONS])
+def test_rejection(source: str | bytes, kwargs: dict[str, Any], fragment: str, pc: int | None) -> None:
+    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4})
+    options: dict[str, Any] = {"helpers": HELPERS, "maps": MAPS, **kwargs}
+    with pytest.raises(VerifierError) as info:
+        verify(code, **options)
+    err = info.value
+    assert fragment in err.message
+    assert err.pc == pc
+    if pc is not None:
+        assert err.insn, "the instruction is disassembled"
+        assert f"at PC {pc}" in str(err)
+
+
+def test_every_rule_has_a_distinct_program() -> None:
+    names = [r[0] for r in REJECTIONS]
+    assert len(names) == len(set(names))
+    assert len({r[1] if isinstance(r[1], bytes) else r[1].strip() for r in REJECTIONS}) >= len(names) - 2
+
+
+# --- acceptance ---------------------------------------------------------------------------------------
+
+def fib(r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+    """The seed book's helper: the r1-th Fibonacci number (r1 >= 2)."""
+    i, j = 1, 1
+    for _ in range(r1 - 2):
+        i, j = j, i + j
+    return j
+
+
+BOOK = [
+    ("add", "mov32 r0, 1\nmov32 r1, 2\nadd r0, r1\nexit", b"", 3),
+    ("add-context", "ldxw r0, [r1]\nldxw r1, [r1+4]\nadd r0, r1\nbe32 r0\nexit",
+     bytes([0, 0x22, 0, 0, 0, 0, 0x33, 0]), 0x00223300),
+    ("fibonacci", "mov r2, r1\nldxw r1, [r1]\ncall 0\nstxw [r2+4], r0\nexit", bytes([10, 0, 0, 0, 0, 0, 0, 0]), 0x37),
+]
+
+
+@pytest.mark.parametrize(("source", "mem", "expected"), [b[1:] for b in BOOK], ids=[b[0] for b in BOOK])
+def test_book_examples_verify_and_run(source: str, mem: bytes, expected: int) -> None:
+    code = prog(source)
+    result = verify(code, helpers=[Helper(0, "fib", fib)])
+    assert isinstance(result, VerifyResult)
+    assert result.proven == frozenset()  # raw memory of unknown size: the runtime checks stay
+    vm = VM(code, helpers=[Helper(0, "fib", fib)])  # verifies by default
+    buf = bytearray(mem)
+    assert vm.execute(buf if mem else None) == expected
+
+
+def test_book_fibonacci_keeps_r1_to_r5_across_helper_calls() -> None:
+    # r2 is read after the call: in this VM helpers leave r1-r5 alone (rbpf semantics).
+    verify(prog("mov r2, r1\nldxw r1, [r1]\ncall 0\nstxw [r2+4], r0\nexit"), helpers=[Helper(0, "fib", fib)])
+
+
+PARSER = """
+    ldxw r2, [r1+0]          ; data
+    ldxw r3, [r1+4]          ; data_end
+    mov r4, r2
+    add r4, 14
+    jgt r4, r3, drop         ; Ethernet header in the packet?
+    ldxh r5, [r2+12]
+    jne r5, 0x8, pass        ; IPv4 (0x0800, big-endian)
+    mov r4, r2
+    add r4, 34
+    jgt r4, r3, drop         ; IPv4 header in the packet?
+    ldxb r6, [r2+23]
+    jeq r6, 17, drop         ; UDP
+    ldxb r6, [r2+14]
+    and r6, 0xf
+    lsh r6, 2                ; IHL in bytes: 0..60
+    mov r4, r2
+    add r4, r6               ; variable offset: the transport header
+    mov r7, r4
+    add r7, 18
+    jgt r7, r3, drop
+    ldxh r0, [r4+16]         ; after the bounds check through the copy
+pass:
+    mov r0, 2
+    exit
+drop:
+    mov r0, 1
+    exit
+"""
+
+PARSER_REVERSED = """
+    ldxw r2, [r1]
+    ldxw r3, [r1+4]
+    mov r4, r2
+    add r4, 14
+    jle r4, r3, ok           ; the bounds check the other way round
+    mov r0, 1
+    exit
+ok:
+    ldxh r0, [r2+12]
+    and r0, 3
+    exit
+"""
+
+PARSER_END_FIRST = """
+    ldxw r2, [r1]
+    ldxw r3, [r1+4]
+    mov r4, r2
+    add r4, 20
+    jlt r3, r4, out          ; end < pkt + 20 ?
+    ldxw r0, [r2+16]
+    jge r3, r4, keep         ; end >= pkt + 20 (always, here)
+out:
+    mov r0, 0
+    exit
+keep:
+    ldxb r0, [r2+19]
+    and r0, 3
+    exit
+"""
+
+META = """
+    ldxw r2, [r1+8]          ; data_meta
+    ldxw r3, [r1]            ; data
+    mov r4, r2
+    add r4, 4
+    jgt r4, r3, out
+    ldxw r0, [r2]
+    and r0, 3
+    exit
+out:
+    mov r0, 0
+    exit
+"""
+
+
+@pytest.mark.parametrize("source", [PARSER, PARSER_REVERSED, PARSER_END_FIRST, META],
+                         ids=["parser", "reversed-check", "end-first", "metadata"])
+def test_header_parsers_with_data_end_checks(source: str) -> None:
+    code = prog(source.replace(";", "#"))
+    result = verify(code, context=XDP)
+    program = Program.from_bytes(code)
+    loads = {pc for pc, _insn, info in program if info.mnemonic.startswith("ldx")}
+    assert loads <= result.proven  # every load, of the context or the packet, is proven in bounds
+
+
+def test_map_lookup_with_null_check() -> None:
+    source = LOOKUP_KEY + "jeq r0, 0, out\nldxdw r1, [r0+8]\nstw [r0], 1\nmov r0, 1\nexit\nout:\nmov r0, 0\nexit"
+    code = prog(source, maps={"m": 3})
+    result = verify(code, helpers=HELPERS, maps=MAPS)
+    assert {7, 8} <= result.proven
+    assert {0} <= result.proven  # the key's store on the stack
+    unknown = verify(code, helpers=HELPERS)  # maps unknown: allowed, but not proven
+    assert not {7, 8} & unknown.proven
+
+
+def test_map_null_check_applies_to_copies() -> None:
+    source = LOOKUP_KEY + "mov r6, r0\njne r0, 0, +2\nmov r0, 0\nexit\nldxb r0, [r6+15]\nexit"
+    verify(prog(source, maps={"m": 3}), helpers=HELPERS, maps=MAPS)
+
+
+def test_helper_fills_uninitialised_memory() -> None:
+    source = "mov r1, r10\nadd r1, -16\nmov r2, 16\ncall 5\nldxdw r0, [r10-16]\nldxdw r1, [r10-8]\nexit"
+    verify(prog(source), helpers=HELPERS)
+
+
+LOOP = "mov r0, 0\nmov r1, 10\nloop:\nadd r0, r1\nsub r1, 1\njne r1, 0, loop\nexit"
+STACK_LOOP = """
+    stdw [r10-8], 0          ; i = 0 (on the stack)
+    mov r0, 0
+loop:
+    ldxdw r1, [r10-8]
+    mov r2, r10
+    add r2, -64
+    add r2, r1               ; a variable stack offset, bounded by the loop
+    stb [r2], 1
+    add r0, r1
+    add r1, 1
+    stxdw [r10-8], r1
+    jlt r1, 32, loop
+    exit
+"""
+
+
+def test_bounded_loop_needs_allow_loops() -> None:
+    code = prog(LOOP)
+    with pytest.raises(VerifierError, match="back-edge from insn 4 to 2"):
+        verify(code)
+    result = verify(code, allow_loops=True)
+    assert result.insns_processed > 30  # ten iterations, followed one by one
+    assert VM(code, allow_loops=True).execute() == 55
+    with pytest.raises(VerifierError, match="back-edge"):
+        VM(code).execute()
+
+
+def test_bounded_loop_with_a_stack_counter_and_variable_offsets() -> None:
+    code = prog(STACK_LOOP.replace(";", "#"))
+    result = verify(code, allow_loops=True)
+    assert 6 in result.proven  # stb [r2] with r2 in [r10-64, r10-33]
+    assert VM(code, allow_loops=True).execute() == sum(range(32))
+
+
+def test_loop_budget_follows_the_runtime_budget() -> None:
+    code = prog("mov r0, 0\nmov r1, 1000\nloop:\nadd r0, 1\nsub r1, 1\njne r1, 0, loop\nexit")
+    verify(code, allow_loops=True, budget=4000)
+    with pytest.raises(VerifierError, match="loop may not terminate within the budget"):
+        verify(code, allow_loops=True, budget=2000)
+
+
+LOCAL_CALLS = """
+    mov r1, r10
+    add r1, -8
+    stdw [r10-8], 5
+    stdw [r10-16], 7
+    call local double        ; doubles *r1 in the caller's frame
+    ldxdw r0, [r10-8]
+    ldxdw r1, [r10-16]
+    add r0, r1
+    exit
+double:
+    ldxdw r2, [r1]
+    stxdw [r10-8], r2        ; its own stack
+    ldxdw r3, [r10-8]
+    add r2, r3
+    stxdw [r1], r2
+    mov r0, 0
+    exit
+"""
+
+
+def test_local_calls() -> None:
+    code = prog(LOCAL_CALLS.replace(";", "#"))
+    result = verify(code)
+    assert result.max_stack_depth == 24  # 16 bytes in main, 8 in the callee
+    program = Program.from_bytes(code)
+    memory = {pc for pc, _insn, info in program if info.mnemonic.startswith(("ldx", "st"))}
+    assert memory <= result.proven
+    assert VM(code).execute() == 17
+
+
+def test_callee_result_registers_flow_back() -> None:
+    # This VM shares r0-r5 with the callee: what it leaves in them is what the caller sees.
+    verify(prog("call local f\nmov r0, r2\nexit\nf: mov r2, 3\nmov r0, 0\nexit"))
+
+
+def test_proven_only_when_proven_on_every_path() -> None:
+    head = "ldxb r3, [r1]\nmov r2, r10\nadd r2, -8\njgt r3, 5, +1\n"
+    tail = "stb [r2], 1\nmov r0, 0\nexit"
+    result = verify(prog(head + "mov r2, r1\n" + tail))
+    assert 5 not in result.proven  # the stack on one path, the raw memory (unknown size) on the other
+    assert 0 not in result.proven
+    only_stack = verify(prog(head + "add r2, -16\n" + tail))
+    assert 5 in only_stack.proven
+
+
+def test_scalar_ranges_refined_on_both_edges() -> None:
+    source = """
+        ldxdw r3, [r1]
+        jgt r3, 63, out
+        mov r2, r10
+        add r2, -64
+        add r2, r3           ; r3 <= 63 on this edge
+        stb [r2], 0
+        jslt r3, 0, out      ; never taken: r3 is unsigned-bounded
+        jset r3, 0x40, out   ; never taken either
+        mov r0, 0
+        exit
+    out:
+        mov r0, 1
+        exit
+    """
+    result = verify(prog(source.replace(";", "#")))
+    assert 5 in result.proven
+
+
+def test_alu32_zero_extends() -> None:
+    source = """
+        ldxdw r3, [r1]
+        mov32 r3, r3         ; upper half cleared
+        rsh r3, 26           ; 0..63
+        mov r2, r10
+        add r2, -64
+        add r2, r3
+        stb [r2], 0
+        mov r0, 0
+        exit
+    """
+    assert 6 in verify(prog(source.replace(";", "#"))).proven
+
+
+def test_jmp32_refines_values_that_fit_in_32_bits() -> None:
+    source = """
+        ldxw r3, [r1]
+        jgt32 r3, 40, out
+        mov r2, r10
+        add r2, -64
+        add r2, r3
+        stb [r2], 0
+    out:
+        mov r0, 0
+        exit
+    """
+    assert 5 in verify(prog(source)).proven
+
+
+def test_spilled_pointers_survive_aligned_stores_only() -> None:
+    ok = "mov r2, r10\nstxdw [r10-8], r2\nldxdw r3, [r10-8]\nstb [r3-16], 0\nmov r0, 0\nexit"
+    verify(prog(ok))
+    broken = "mov r2, r10\nstxdw [r10-8], r2\nstb [r10-8], 0\nldxdw r3, [r10-8]\nstb [r3-16], 0\nmov r0, 0\nexit"
+    with pytest.raises(VerifierError, match="it holds a scalar"):
+        verify(prog(broken))
+
+
+def diamonds(n: int) -> str:
+    lines = ["mov r6, 0", "mov r7, 0", "stdw [r10-8], 0"]
+    for i in range(n):
+        lines += [f"ldxb r3, [r1+{i % 64}]", f"jgt r3, {i % 200 + 20}, +4", "add r6, r3",
+                  f"stxdw [r10-{16 + 8 * (i % 4)}], r6", "ldxdw r4, [r10-8]", "ja +3", "xor r7, r3",
+                  f"stb [r10-{40 + i % 8}], 1", "and r7, 0xffff"]
+    return "\n".join([*lines, "mov r0, r6", "add r0, r7", "exit"])
+
+
+def test_pruning_keeps_branching_programs_linear() -> None:
+    code = prog(diamonds(400))  # 2**400 paths
+    start = time.process_time()
+    result = verify(code)
+    elapsed = time.process_time() - start
+    assert result.states_pruned >= 400
+    assert result.insns_processed <= 2 * len(Program.from_bytes(code))
+    assert elapsed < 5
+
+
+def test_merging_bounds_paths_that_differ_where_it_matters() -> None:
+    # Every diamond sets a different bit of r6, which later becomes a stack offset: precise
+    # values, 2**20 combinations; states are merged at the joins instead of followed apart.
+    lines = ["mov r6, 0"]
+    for i in range(20):
+        lines += [f"ldxb r3, [r1+{i}]", "jgt r3, 100, +1", f"or r6, {1 << (i % 9)}"]
+    lines += ["and r6, 0x1ff", "mov r2, r10", "add r2, -512", "add r2, r6", "stb [r2], 0", "mov r0, 0", "exit"]
+    result = verify(prog("\n".join(lines)))
+    assert result.insns_processed < 5000
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_error_log_holds_the_path_to_the_fault() -> None:
+    source = "mov r6, 1\nldxb r3, [r1]\njgt r3, 5, +2\nmov r0, 0\nexit\nldxdw r0, [r10-8]\nexit"
+    with pytest.raises(VerifierError) as info:
+        verify(prog(source), log=True)
+    log = info.value.log
+    assert "0: mov r6, 1 ; r6=0x1" in log
+    assert "2: jgt r3, 5, +2" in log
+    assert log.count("\n") < 500
+    with pytest.raises(VerifierError) as quiet:
+        verify(prog(source))
+    assert quiet.value.log == ""
+
+
+def test_error_carries_pc_and_disassembly() -> None:
+    with pytest.raises(VerifierError) as info:
+        verify(prog("mov r0, 0\nldxw r0, [r10-4]\nexit"))
+    err = info.value
+    assert err.pc == 1
+    assert err.insn == "ldxw r0, [r10-4]"
+    assert str(err) == ("invalid read from stack off=-4 size=4 through r10: uninitialised bytes "
+                        "at PC 1: ldxw r0, [r10-4]")
+
+
+def test_vm_verifies_by_default() -> None:
+    code = prog("ldxdw r0, [r10-8]\nexit")
+    with pytest.raises(VerifierError):
+        VM(code).execute()
+    assert VM(code, verify=False).execute() == 0  # the stack starts zeroed
+
+
+def test_api_inputs() -> None:
+    text = "mov r0, 1\nexit"
+    code = prog(text)
+    program = Program.from_bytes(code)
+    for form in (code, bytearray(code), program, list(program.insns)):
+        assert verify(form).insns_processed == 2
+    assert verify(code, helpers=[LOOKUP]) == verify(code, helpers={1: LOOKUP})
+
+
+def test_declarations_are_checked() -> None:
+    assert [a.value for a in ArgType] == ["scalar", "anything", "map", "key", "value", "mem", "size",
+                                         "size_or_zero", "ctx", "uninit_mem"]
+    assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "void"}
+    with pytest.raises(ValueError, match="unknown pointer kind"):
+        ContextSpec(size=8, fields={0: "pointer"})
+    with pytest.raises(ValueError, match="helper 9"):
+        verify(prog("mov r0, 0\nexit"), helpers=[Helper(9, "bad", _never, args=("pointer",))])
+
+
+def test_helpers_without_declarations_take_anything() -> None:
+    # Conformance helpers declare nothing: any register, even an unwritten one, may be passed.
+    verify(prog("mov r1, 1\ncall 3\nexit"), helpers=conformance_helpers(lambda: MemoryMap([])))
+
+
+# --- the conformance programs ----------------------------------------------------------------
+
+# Runnable programs without an expected error that the verifier rejects, and why.
+KNOWN_REJECTIONS = {
+    "ubpf/early-exit.data": "unreachable instruction",  # dead code after the first exit
+    "ubpf/mul-loop.data": "pointer arithmetic (lsh)",  # turns the memory pointer into a loop bound
+    "ubpf/mul-loop-memory-iterations.data": "loop may not terminate",  # loop bound read from memory
+}
+CONFORMANCE_BUDGET = 20_000  # enough for every loop in the suites; keeps the memory-bound loop quick
+
+
+def _conformance_files(config: pytest.Config) -> list[tuple[Path, Path]]:
+    root = conformance_root(config)
+    return [] if root is None else [(root, p) for p in data_files(root)]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "conformance_file" in metafunc.fixturenames:
+        files = _conformance_files(metafunc.config)
+        metafunc.parametrize("conformance_file", files or [None],
+                             ids=[str(p.relative_to(r)) for r, p in files] or ["missing"])
+
+
+def test_conformance_program(conformance_file: tuple[Path, Path] | None) -> None:
+    if conformance_file is None:
+        pytest.skip("conformance suites not found: set JITBPF_CONFORMANCE_DIR")
+    root, path = conformance_file
+    rel = str(path.relative_to(root))
+    data = parse_data_file(path)
+    if not data.runnable or data.expects_error:
+        pytest.skip("not a runnable program expected to succeed")
+    try:
+        code = data.raw if data.raw is not None else prog(data.asm or "")
+    except BpfError as exc:
+        pytest.skip(f"does not assemble: {exc}")
+    helpers = conformance_helpers(lambda: MemoryMap([]))
+    try:
+        verify(code, helpers=helpers, allow_loops=True, budget=CONFORMANCE_BUDGET)
+    except VerifierError as exc:
+        reason = KNOWN_REJECTIONS.get(rel)
+        assert reason is not None, f"rejected: {exc}"
+        assert reason in exc.message
+    else:
+        assert rel not in KNOWN_REJECTIONS, "accepted now: remove it from KNOWN_REJECTIONS"
+
+
+def test_conformance_programs_expected_to_fail_are_rejected(request: pytest.FixtureRequest) -> None:
+    files = _conformance_files(request.config)
+    if not files:
+        pytest.skip("conformance suites not found: set JITBPF_CONFORMANCE_DIR")
+    accepted = []
+    helpers = conformance_helpers(lambda: MemoryMap([]))
+    for root, path in files:
+        data = parse_data_file(path)
+        if not data.runnable or not data.expects_error:
+            continue
+        try:
+            code = data.raw if data.raw is not None else prog(data.asm or "")
+            verify(code, helpers=helpers, allow_loops=True, budget=CONFORMANCE_BUDGET)
+        except BpfError:
+            continue
+        accepted.append(str(path.relative_to(root)))
+    # err-unknown-opcode is stale upstream (0x06 is ja32); call_unwind_fail fails at run time.
+    assert set(accepted) <= {"ubpf/errors/err-unknown-opcode.data", "bpf_conformance/call_unwind_fail.data"}
+
+
+# --- soundness: accepted programs never fault on memory ---------------------------------------
+
+REGS = st.integers(0, 9)
+SIZES = ("b", "h", "w", "dw")
+ALU = ("add", "sub", "mul", "div", "mod", "or", "and", "xor", "lsh", "rsh", "arsh")
+JUMPS = ("jeq", "jne", "jgt", "jge", "jlt", "jle", "jsgt", "jsge", "jslt", "jsle", "jset")
+
+
+@st.composite
+def programs(draw: st.DrawFn) -> str:
+    """Code with forward branches: stack and context accesses at offsets around the edges,
+    arithmetic (some of it on pointers), and variable offsets. One line is one instruction."""
+    lines: list[str] = []
+    for _ in range(draw(st.integers(1, 24))):
+        kind = draw(st.sampled_from(("mov", "alu", "ptr", "store", "load", "ctx", "var", "jump")))
+        d, s = draw(REGS), draw(REGS)
+        imm = draw(st.integers(-70, 70))
+        off = draw(st.integers(-520, 8))
+        size = draw(st.sampled_from(SIZES))
+        base = draw(st.sampled_from(("r10", f"r{s}")))
+        operand = f"r{s}" if draw(st.booleans()) else str(imm)
+        match kind:
+            case "mov":
+                lines.append(f"mov{draw(st.sampled_from(('', '32')))} r{d}, {imm}")
+            case "alu":
+                lines.append(f"{draw(st.sampled_from(ALU))}{draw(st.sampled_from(('', '32')))} r{d}, {operand}")
+            case "ptr":
+                lines.append(f"mov r{d}, {draw(st.sampled_from(('r10', 'r1')))}")
+            case "store":
+                if draw(st.booleans()):
+                    lines.append(f"stx{size} [{base}{off:+d}], r{s}")
+                else:
+                    lines.append(f"st{size} [{base}{off:+d}], {imm}")
+            case "load":
+                lines.append(f"ldx{size} r{d}, [{base}{off:+d}]")
+            case "ctx":
+                ctx_off = draw(st.integers(-4, 20))
+                if draw(st.booleans()):
+                    lines.append(f"ldx{size} r{d}, [r1{ctx_off:+d}]")
+                else:
+                    lines.append(f"stx{size} [r1{ctx_off:+d}], r{s}")
+            case "var":
+                lines += [f"and r{s}, {draw(st.sampled_from((0x7, 0x1F, 0xFF)))}", f"mov r{d}, r10",
+                          f"add r{d}, {draw(st.integers(-300, -1))}", f"add r{d}, r{s}"]
+            case "jump":
+                lines.append(f"{draw(st.sampled_from(JUMPS))} r{d}, {operand}, @{draw(st.integers(0, 8))}")
+            case _:
+                raise NotImplementedError(kind)
+    lines += ["mov r0, 0", "exit"]
+    out = []
+    for idx, line in enumerate(lines):
+        if "@" in line:  # forward, landing at most on the final exit
+            head, skip = line.rsplit("@", 1)
+            line = f"{head}+{min(int(skip), len(lines) - idx - 2)}"
+        out.append(line)
+    return "\n".join(out)
+
+
+def _run_frame_limited(code: bytes, ctx: bytearray) -> int:
+    """Interpret with memory limited to the context and ONE 512-byte stack frame, so that any
+    access outside what the verifier allows (even inside the VM's larger stack area) faults."""
+    flow = analyze(Program.from_bytes(code))
+    blocks = Translator(lambda _pc, insn: insn.imm64).translate(flow)
+    stack = bytearray(STACK_SIZE)
+    stack_region, stack_pin = region_of(stack, "stack")
+    ctx_region, ctx_pin = region_of(ctx, "ctx")
+    regs = [0] * 11
+    regs[1] = ctx_region.base
+    regs[10] = stack_region.base + STACK_SIZE
+
+    def zero(_frame: int) -> None:
+        stack_region.view[:] = bytes(STACK_SIZE)
+
+    env = Env(MemoryMap([ctx_region, stack_region]), {}, (0, 0))
+    result = run(blocks, regs, env, budget=10_000, stack_zero=zero)
+    del stack_pin, ctx_pin
+    return result
+
+
+@pytest.fixture(scope="module")
+def jit_works() -> bool:
+    try:
+        return VM(prog("mov r0, 7\nexit")).execute_jit() == 7
+    except Exception:  # the JIT is optional for this test
+        return False
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_accepted_programs_never_fault_on_memory(source: str) -> None:
+    code = prog(source)
+    try:
+        verify(code, context=CTX16)
+    except VerifierError:
+        return
+    _run_frame_limited(code, bytearray(16))  # raises ExecutionError on any bounds fault
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(source=programs())
+def test_proven_accesses_never_fault_in_either_engine(jit_works: bool, source: str) -> None:
+    code = prog(source)
+    try:
+        result = verify(code)  # the VM's own mode: r1 is raw memory, its accesses keep their check
+    except VerifierError:
+        return
+    engines: list[Callable[[VM, bytearray], int]] = [VM.execute]
+    if jit_works:
+        engines.append(VM.execute_jit)
+    for engine in engines:
+        vm = VM(code)
+        try:
+            engine(vm, bytearray(16))
+        except ExecutionError as exc:
+            assert exc.pc not in result.proven, f"proven access faulted: {exc}"
+        finally:
+            vm.close()
+
