@@ -8,7 +8,6 @@ bounds-checked); the budget is charged per block on entry, exactly as the JIT do
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,16 @@ from jitbpf.memory import MemoryMap
 EXIT = -1  # block result: the function returns
 CALL = -2  # block result: a local call (target in the block table)
 MAX_CALL_DEPTH = 8  # frames, as the kernel
+
+
+class TailCall(Exception):
+    """Raised by the tail-call helper: end the running program at once and run ``target`` (a VM)
+    with the same context. The engine that unwinds fills in ``budget`` (instructions left)."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        self.target = target
+        self.budget = 0
 
 
 def _sdiv(a: int, b: int) -> int:
@@ -88,6 +97,8 @@ class Env:
             raise ExecutionError(f"call to unknown helper {helper_id}", pc=pc)
         try:
             return int(helper.fn(a, b, c, d, e)) & MASK64
+        except TailCall:
+            raise
         except (HelperExit, BpfError) as exc:
             if isinstance(exc, ExecutionError) and exc.pc is None:
                 raise ExecutionError(f"helper {helper.name} failed: {exc.message}", pc=pc,
@@ -235,7 +246,7 @@ class Translator:
         lines.append("    return blocks")
         source = "\n".join(lines)
         namespace = dict(_NAMESPACE, ExecutionError=ExecutionError)
-        exec(compile(source, "<jitbpf-interpreter>", "exec"), namespace)  # noqa: S102 - our own generated code
+        exec(compile(source, "<jitbpf-interpreter>", "exec"), namespace)
         blocks = namespace["make"]()
         fns: list[Callable[[list[int], Env], int] | None] = [None] * n
         for start, fn in blocks.items():
@@ -298,3 +309,6 @@ def run(
                 pc = blocks.call_targets[pc]
     except HelperExit as stop:
         return stop.value
+    except TailCall as tail:
+        tail.budget = budget  # the target continues with what this program left
+        raise

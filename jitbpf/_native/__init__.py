@@ -1,0 +1,30 @@
+"""The native (C) map library: built on first use, then loaded once per process."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Native:
+    """The loaded library and its cffi FFI (pointers to maps are cdata of this FFI)."""
+
+    ffi: Any  # the library's own cffi FFI
+    lib: Any  # its functions: jb_map_*, jb_helper_*, ...
+    num_cpus: int  # per-CPU maps hold this many values per element
+
+    def address(self, name: str) -> int:
+        """Address of one of the library's functions (what the JIT calls)."""
+        return int(self.ffi.cast("uintptr_t", self.ffi.addressof(self.lib, name)))
+
+
+@functools.cache
+def native() -> Native:
+    """Build (if needed) and load the library; the CPU count is fixed here, at first use."""
+    from jitbpf._native.build import load
+
+    ffi, lib = load()
+    return Native(ffi, lib, int(lib.jb_init(os.cpu_count() or 1)))

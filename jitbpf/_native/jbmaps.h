@@ -1,0 +1,70 @@
+/* Public interface of the native map library (also fed to cffi's cdef: declarations only). */
+#ifndef JITBPF_JBMAPS_H
+#define JITBPF_JBMAPS_H
+
+#include <stdint.h>
+
+struct jb_map;
+
+/* CPU ids: a fixed count chosen once per process; each thread gets an id (see maps.c). */
+int jb_init(int num_cpus);
+int jb_num_cpus(void);
+uint32_t jb_current_cpu(void);
+int jb_set_current_cpu(int cpu);
+
+/* Lifetime and layout. */
+struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_size, uint32_t max_entries,
+                             uint32_t flags, uint64_t aux, int *err);
+void jb_map_free(struct jb_map *m);
+uint8_t *jb_map_values(struct jb_map *m, uint64_t *size);
+uint32_t jb_map_count(struct jb_map *m);
+uint32_t jb_map_num_cpus(struct jb_map *m);
+
+/* Element operations; negative returns are -errno. */
+void *jb_map_lookup(struct jb_map *m, const void *key);
+int jb_map_lookup_all(struct jb_map *m, const void *key, void *out);
+int jb_map_update(struct jb_map *m, const void *key, const void *value, uint64_t flags);
+int jb_map_update_all(struct jb_map *m, const void *key, const void *values, uint64_t flags);
+int jb_map_delete(struct jb_map *m, const void *key);
+int jb_map_get_next_key(struct jb_map *m, const void *key, void *next_key);
+int jb_map_push(struct jb_map *m, const void *value, uint64_t flags);
+int jb_map_pop(struct jb_map *m, void *value);
+int jb_map_peek(struct jb_map *m, void *value);
+int jb_slot_get(struct jb_map *m, uint32_t index, uint64_t *value);
+
+/* Perf event arrays and ring buffers: producers (programs) and the consumer (Python). */
+int jb_perf_output(struct jb_map *m, uint64_t flags, const void *data, uint64_t size);
+int jb_perf_read(struct jb_map *m, uint32_t ring, void *buf, uint32_t cap, uint32_t *len);
+uint64_t jb_perf_lost(struct jb_map *m, uint32_t ring);
+uint32_t jb_perf_rings(struct jb_map *m);
+void *jb_ringbuf_reserve(struct jb_map *m, uint64_t size, uint64_t flags);
+void jb_ringbuf_submit(void *sample, uint64_t flags);
+void jb_ringbuf_discard(void *sample, uint64_t flags);
+int jb_ringbuf_output(struct jb_map *m, const void *data, uint64_t size, uint64_t flags);
+uint64_t jb_ringbuf_query(struct jb_map *m, uint64_t flags);
+int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len);
+int jb_ringbuf_reserved(struct jb_map *m, uint64_t sample);
+
+/* Helpers with the eBPF calling convention: r0 = f(r1, ..., r5). The JIT calls these directly. */
+uint64_t jb_helper_map_lookup_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_map_update_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_map_delete_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_map_push_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_map_pop_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_map_peek_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_perf_event_output(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ringbuf_output(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ringbuf_reserve(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ringbuf_submit(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ringbuf_discard(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ringbuf_query(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ktime_get_ns(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ktime_get_boot_ns(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_jiffies64(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_get_prandom_u32(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_get_smp_processor_id(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_get_current_pid_tgid(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_get_current_uid_gid(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+
+#endif

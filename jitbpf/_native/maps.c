@@ -1,0 +1,1621 @@
+/* eBPF maps in C memory, shared by Python, the interpreter, JIT code and the native helpers.
+ *
+ * Every map keeps its values in one preallocated slab (per-CPU maps: one block per CPU, CPU-major),
+ * so the memory a program can reach through a returned pointer is a fixed set of regions.
+ *
+ * Concurrency: arrays and per-CPU arrays take no lock at all. Hash maps and LPM tries have a
+ * writers' spinlock plus a sequence counter, so lookups (the hot path) never lock: a reader
+ * retries when a writer changed the structure meanwhile. All links are element indices into
+ * preallocated arrays, so a reader racing a writer can read stale links but never wild memory.
+ * Queues, stacks, perf rings and ring buffers serialise producers with a spinlock, as the kernel.
+ *
+ * Per-CPU storage is indexed by the calling thread's CPU id: a thread-local number in
+ * [0, num_cpus) that a thread gets round-robin on first use, or sets with jb_set_current_cpu.
+ * Threads sharing an id share per-CPU values (as two tasks preempting each other on a CPU would).
+ */
+#define _GNU_SOURCE
+#include "jbmaps.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+enum map_type {
+    T_HASH = 1,
+    T_ARRAY = 2,
+    T_PROG_ARRAY = 3,
+    T_PERF_EVENT_ARRAY = 4,
+    T_PERCPU_HASH = 5,
+    T_PERCPU_ARRAY = 6,
+    T_LPM_TRIE = 11,
+    T_DEVMAP = 14,
+    T_SOCKMAP = 15,
+    T_SOCKHASH = 18,
+    T_QUEUE = 22,
+    T_STACK = 23,
+    T_RINGBUF = 27,
+};
+
+#define F_ANY 0
+#define F_NOEXIST 1
+#define F_EXIST 2
+#define F_INDEX_MASK 0xffffffffULL
+#define F_CURRENT_CPU 0xffffffffULL
+#define RB_NO_WAKEUP 1
+#define RB_FORCE_WAKEUP 2
+
+#define NONE (-1)
+#define MAX_KEY_SIZE 512      /* the kernel's limit: a key lives on the 512-byte stack */
+#define MAX_VALUE_SIZE (1u << 24)
+#define MAX_CPUS 4096
+#define LPM_DATA_MAX 256
+#define LPM_USED 1u           /* node allocated */
+#define LPM_IM 2u             /* intermediate node: a branch point without a value */
+#define RB_DATA_OFFSET 4096   /* ring buffer control block, then the data area */
+#define RB_HDR 8u
+#define RB_BUSY (1u << 31)
+#define RB_DISCARD (1u << 30)
+#define RB_LEN_MASK (RB_DISCARD - 1)
+#define RB_MAGIC 0x6a6272696e676275ULL
+#define PERF_SAMPLE 9u        /* PERF_RECORD_SAMPLE */
+#define PERF_PAD 0u           /* filler up to the end of the ring */
+#define HZ 250                /* jiffies rate: the common distribution kernel setting */
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define UNUSED __attribute__((unused))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+struct lpm_node {
+    int32_t child[2];
+    uint32_t prefixlen;
+    uint32_t flags;
+};
+
+struct perf_ring {
+    uint32_t lock;
+    uint64_t head;  /* producer position (bytes, monotonic) */
+    uint64_t tail;  /* consumer position */
+    uint64_t lost;  /* records dropped because the ring was full */
+    uint64_t mask;
+    uint8_t *data;
+} __attribute__((aligned(64)));
+
+struct rb_hdr {
+    uint32_t len;     /* sample length | RB_BUSY | RB_DISCARD */
+    uint32_t pg_off;  /* distance to the control block in 8-byte units: submit finds its ring */
+};
+
+struct jb_ringbuf {
+    uint64_t magic;
+    uint64_t mask;
+    uint32_t lock;
+    uint64_t cons_pos __attribute__((aligned(64)));
+    uint64_t prod_pos __attribute__((aligned(64)));
+};
+
+struct jb_map {
+    uint32_t type, key_size, value_size, max_entries, flags;
+    uint32_t stride;    /* bytes per value: value_size rounded up to 8, as the kernel */
+    uint32_t num_cpus;  /* value copies per element: 1, or the CPU count for per-CPU maps */
+    uint8_t *values;    /* the slab programs may point into */
+    uint64_t values_size;
+    uint32_t lock;      /* writers' spinlock */
+    uint32_t seq;       /* odd while a writer changes links: lock-free readers retry */
+    uint32_t count;     /* live elements */
+    /* hash maps */
+    uint32_t n_buckets;
+    int32_t *buckets, *next;
+    uint32_t *hashes;
+    uint8_t *keys;
+    uint8_t *used;      /* also presence of slot-array entries */
+    int32_t free_head;
+    /* queue / stack */
+    uint32_t head;      /* index of the oldest element */
+    /* LPM trie */
+    struct lpm_node *nodes;
+    uint8_t *node_data;
+    uint32_t n_nodes, data_size, max_prefixlen;
+    int32_t root;
+    /* perf event array */
+    struct perf_ring *rings;
+    uint32_t n_rings;
+    /* ring buffer */
+    struct jb_ringbuf *rb;
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* CPU ids                                                                                    */
+
+static int g_num_cpus;        /* fixed once by jb_init */
+static uint32_t g_next_cpu;   /* round-robin id for threads that did not choose one */
+static __thread int t_cpu __attribute__((tls_model("initial-exec"))) = -1;
+
+int jb_init(int num_cpus)
+{
+    int expected = 0;
+    if (num_cpus < 1)
+        num_cpus = 1;
+    if (num_cpus > MAX_CPUS)
+        num_cpus = MAX_CPUS;
+    __atomic_compare_exchange_n(&g_num_cpus, &expected, num_cpus, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    return LOAD(&g_num_cpus);
+}
+
+int jb_num_cpus(void)
+{
+    int n = LOAD_ACQ(&g_num_cpus);
+    return n ? n : jb_init(1);
+}
+
+static __attribute__((noinline)) uint32_t assign_cpu(void)
+{
+    t_cpu = (int)(__atomic_fetch_add(&g_next_cpu, 1, __ATOMIC_RELAXED) % (uint32_t)jb_num_cpus());
+    return (uint32_t)t_cpu;
+}
+
+/* Used inside the library: a direct TLS read, not a call through the PLT. */
+static inline uint32_t current_cpu(void)
+{
+    int c = t_cpu;
+    return LIKELY(c >= 0) ? (uint32_t)c : assign_cpu();
+}
+
+uint32_t jb_current_cpu(void) { return current_cpu(); }
+
+int jb_set_current_cpu(int cpu)
+{
+    if (cpu >= jb_num_cpus())
+        return -EINVAL;
+    t_cpu = cpu < 0 ? -1 : cpu;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Synchronisation                                                                            */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static inline void spin_lock(uint32_t *l)
+{
+    unsigned spins = 0;
+    while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
+        while (LOAD(l)) {
+            /* The holder may be a descheduled thread (Python's GIL makes that likely). */
+            if (++spins > 256)
+                sched_yield();
+            else
+                cpu_relax();
+        }
+    }
+}
+
+static inline void spin_unlock(uint32_t *l) { STORE_REL(l, 0); }
+
+static inline uint32_t read_begin(const struct jb_map *m)
+{
+    uint32_t s;
+    unsigned spins = 0;
+    while ((s = LOAD_ACQ(&m->seq)) & 1) {
+        if (++spins > 256)
+            sched_yield();
+        else
+            cpu_relax();
+    }
+    return s;
+}
+
+static inline int read_retry(const struct jb_map *m, uint32_t s)
+{
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return LOAD(&m->seq) != s;
+}
+
+static inline void write_begin(struct jb_map *m)
+{
+    STORE(&m->seq, m->seq + 1);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static inline void write_end(struct jb_map *m)
+{
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    STORE(&m->seq, m->seq + 1);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Allocation                                                                                 */
+
+static void *slab(uint64_t size, uint64_t align)
+{
+    void *p = NULL;
+    if (size == 0)
+        size = align;
+    if (size > SIZE_MAX || posix_memalign(&p, (size_t)align, (size_t)size) != 0)
+        return NULL;
+    memset(p, 0, (size_t)size);
+    return p;
+}
+
+static int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
+
+static int is_percpu(const struct jb_map *m) { return m->type == T_PERCPU_HASH || m->type == T_PERCPU_ARRAY; }
+
+static int is_hash(const struct jb_map *m)
+{
+    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH;
+}
+
+static int is_slots(const struct jb_map *m)
+{
+    return m->type == T_PROG_ARRAY || m->type == T_SOCKMAP || m->type == T_DEVMAP;
+}
+
+void jb_map_free(struct jb_map *m)
+{
+    uint32_t i;
+    if (!m)
+        return;
+    if (m->rb)
+        free(m->rb);
+    else
+        free(m->values);
+    free(m->buckets);
+    free(m->next);
+    free(m->hashes);
+    free(m->keys);
+    free(m->used);
+    free(m->nodes);
+    free(m->node_data);
+    if (m->rings) {
+        for (i = 0; i < m->n_rings; i++)
+            free(m->rings[i].data);
+        free(m->rings);
+    }
+    free(m);
+}
+
+static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, uint64_t aux)
+{
+    switch (type) {
+    case T_HASH:
+    case T_PERCPU_HASH:
+        if (ks == 0 || vs == 0 || max == 0)
+            return -EINVAL;
+        if (ks > MAX_KEY_SIZE || vs > MAX_VALUE_SIZE || max > (1u << 30))
+            return -E2BIG;
+        return 0;
+    case T_SOCKHASH:
+        if (ks == 0 || (vs != 4 && vs != 8) || max == 0)
+            return -EINVAL;
+        return ks > MAX_KEY_SIZE || max > (1u << 30) ? -E2BIG : 0;
+    case T_ARRAY:
+    case T_PERCPU_ARRAY:
+        if (ks != 4 || vs == 0 || max == 0)
+            return -EINVAL;
+        return vs > MAX_VALUE_SIZE ? -E2BIG : 0;
+    case T_PROG_ARRAY:
+        return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
+    case T_SOCKMAP:
+    case T_DEVMAP:
+        return ks == 4 && (vs == 4 || vs == 8) && max ? 0 : -EINVAL;
+    case T_PERF_EVENT_ARRAY:
+        return ks == 4 && vs == 4 && max && is_pow2(aux) && aux >= 4096 && aux <= (1ull << 30) ? 0 : -EINVAL;
+    case T_QUEUE:
+    case T_STACK:
+        if (ks != 0 || vs == 0 || max == 0)
+            return -EINVAL;
+        return vs > MAX_VALUE_SIZE ? -E2BIG : 0;
+    case T_LPM_TRIE:
+        if (ks <= 4 || ks > 4 + LPM_DATA_MAX || vs == 0 || max == 0)
+            return -EINVAL;
+        return vs > MAX_VALUE_SIZE || max > (1u << 29) ? -E2BIG : 0;
+    case T_RINGBUF:
+        if (ks != 0 || vs != 0 || !is_pow2(max) || max < 4096)
+            return -EINVAL;
+        return 0;
+    default:
+        return -EINVAL;
+    }
+}
+
+static int alloc_hash(struct jb_map *m)
+{
+    uint32_t i, nb = 1;
+    while (nb < m->max_entries)
+        nb <<= 1;
+    m->n_buckets = nb;
+    m->buckets = malloc(sizeof(int32_t) * nb);
+    m->next = malloc(sizeof(int32_t) * m->max_entries);
+    m->hashes = calloc(m->max_entries, sizeof(uint32_t));
+    m->keys = calloc(m->max_entries, m->key_size);
+    m->used = calloc(m->max_entries, 1);
+    if (!m->buckets || !m->next || !m->hashes || !m->keys || !m->used)
+        return -ENOMEM;
+    for (i = 0; i < nb; i++)
+        m->buckets[i] = NONE;
+    for (i = 0; i < m->max_entries; i++)
+        m->next[i] = i + 1 < m->max_entries ? (int32_t)(i + 1) : NONE;
+    m->free_head = 0;
+    return 0;
+}
+
+static int alloc_lpm(struct jb_map *m)
+{
+    uint32_t i;
+    /* Real nodes <= max_entries and intermediate nodes (two children each) < real nodes. */
+    m->n_nodes = 2 * m->max_entries;
+    m->data_size = m->key_size - 4;
+    m->max_prefixlen = 8 * m->data_size;
+    m->nodes = calloc(m->n_nodes, sizeof(struct lpm_node));
+    m->node_data = calloc(m->n_nodes, m->data_size);
+    if (!m->nodes || !m->node_data)
+        return -ENOMEM;
+    for (i = 0; i < m->n_nodes; i++) {
+        m->nodes[i].child[0] = i + 1 < m->n_nodes ? (int32_t)(i + 1) : NONE;
+        m->nodes[i].child[1] = NONE;
+    }
+    m->free_head = 0;
+    m->root = NONE;
+    return 0;
+}
+
+static int alloc_perf(struct jb_map *m, uint64_t ring_size)
+{
+    uint32_t i;
+    uint32_t cpus = (uint32_t)jb_num_cpus();
+    m->n_rings = m->max_entries < cpus ? m->max_entries : cpus;
+    m->rings = slab(sizeof(struct perf_ring) * (uint64_t)m->n_rings, 64);
+    if (!m->rings)
+        return -ENOMEM;
+    for (i = 0; i < m->n_rings; i++) {
+        m->rings[i].mask = ring_size - 1;
+        m->rings[i].data = slab(ring_size, 64);
+        if (!m->rings[i].data)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_size, uint32_t max_entries,
+                             uint32_t flags, uint64_t aux, int *err)
+{
+    struct jb_map *m;
+    uint64_t n, size;
+    int rc = check_shape(type, key_size, value_size, max_entries, aux);
+    if (rc) {
+        *err = rc;
+        return NULL;
+    }
+    m = calloc(1, sizeof(*m));
+    if (!m) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    m->type = type;
+    m->key_size = key_size;
+    m->value_size = value_size;
+    m->max_entries = max_entries;
+    m->flags = flags;
+    m->num_cpus = (type == T_PERCPU_HASH || type == T_PERCPU_ARRAY) ? (uint32_t)jb_num_cpus() : 1;
+    m->stride = (value_size + 7u) & ~7u;
+    m->free_head = NONE;
+    m->root = NONE;
+    rc = 0;
+    switch (type) {
+    case T_SOCKHASH:
+        m->value_size = 8;  /* a socket id */
+        m->stride = 8;
+        /* fall through */
+    case T_HASH:
+    case T_PERCPU_HASH:
+        rc = alloc_hash(m);
+        n = max_entries;
+        break;
+    case T_PROG_ARRAY:
+    case T_SOCKMAP:
+    case T_DEVMAP:
+        m->stride = 8;  /* program flag, socket id or ifindex, held as u64 */
+        m->used = calloc(max_entries, 1);
+        rc = m->used ? 0 : -ENOMEM;
+        n = max_entries;
+        break;
+    case T_LPM_TRIE:
+        rc = alloc_lpm(m);
+        n = 2ull * max_entries;
+        break;
+    case T_PERF_EVENT_ARRAY:
+        rc = alloc_perf(m, aux);
+        n = 0;
+        break;
+    case T_RINGBUF:
+        n = 0;
+        m->rb = slab(RB_DATA_OFFSET + (uint64_t)max_entries, 4096);
+        if (!m->rb) {
+            rc = -ENOMEM;
+            break;
+        }
+        m->rb->magic = RB_MAGIC;
+        m->rb->mask = max_entries - 1;
+        m->values = (uint8_t *)m->rb + RB_DATA_OFFSET;
+        m->values_size = max_entries;
+        break;
+    default: /* arrays, queues, stacks */
+        n = max_entries;
+        break;
+    }
+    if (rc == 0 && n) {
+        if (__builtin_mul_overflow(n, (uint64_t)m->stride, &size) ||
+            __builtin_mul_overflow(size, (uint64_t)m->num_cpus, &size) || size > (1ull << 40)) {
+            rc = -E2BIG;
+        } else {
+            m->values = slab(size, 64);
+            m->values_size = size;
+            if (!m->values)
+                rc = -ENOMEM;
+        }
+    }
+    if (rc) {
+        jb_map_free(m);
+        *err = rc;
+        return NULL;
+    }
+    *err = 0;
+    return m;
+}
+
+uint8_t *jb_map_values(struct jb_map *m, uint64_t *size)
+{
+    *size = m->values_size;
+    return m->values;
+}
+
+uint32_t jb_map_count(struct jb_map *m)
+{
+    uint64_t prod, cons;
+    switch (m->type) {
+    case T_ARRAY:
+    case T_PERCPU_ARRAY:
+        return m->max_entries;
+    case T_RINGBUF:
+        prod = LOAD_ACQ(&m->rb->prod_pos);
+        cons = LOAD_ACQ(&m->rb->cons_pos);
+        return (uint32_t)(prod - cons);
+    default:
+        return LOAD(&m->count);
+    }
+}
+
+uint32_t jb_map_num_cpus(struct jb_map *m) { return m->num_cpus; }
+
+static inline uint8_t *value_at(const struct jb_map *m, uint32_t index, uint32_t cpu)
+{
+    return m->values + ((uint64_t)cpu * m->max_entries + index) * m->stride;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Hash maps                                                                                  */
+
+/* The last n < 8 bytes of a key as one word, loaded in register-sized pieces (a variable-length
+ * memcpy into a stack word would stall on store forwarding: it tripled the lookup time). */
+static inline uint64_t load_tail(const uint8_t *k, uint32_t n)
+{
+    uint64_t v = 0;
+    uint32_t x;
+    uint16_t y;
+    unsigned shift = 0;
+    if (n & 4) {
+        memcpy(&x, k, 4);
+        v = x;
+        k += 4;
+        shift = 32;
+    }
+    if (n & 2) {
+        memcpy(&y, k, 2);
+        v |= (uint64_t)y << shift;
+        k += 2;
+        shift += 16;
+    }
+    if (n & 1)
+        v |= (uint64_t)*k << shift;
+    return v;
+}
+
+static inline uint32_t hash_key(const uint8_t *k, uint32_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n, v;
+    while (n >= 8) {
+        memcpy(&v, k, 8);
+        h = (h ^ v) * 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+        k += 8;
+        n -= 8;
+    }
+    if (n)
+        h = (h ^ load_tail(k, n)) * 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return (uint32_t)h;
+}
+
+static inline int key_eq(const uint8_t *a, const uint8_t *b, uint32_t n)
+{
+    uint32_t x, y;
+    uint64_t p, q;
+    if (n == 4) {
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        return x == y;
+    }
+    if (n == 8) {
+        memcpy(&p, a, 8);
+        memcpy(&q, b, 8);
+        return p == q;
+    }
+    return memcmp(a, b, n) == 0;
+}
+
+/* The element holding key, or NONE. Bounded walk: safe while a writer relinks elements. */
+static int32_t htab_find(const struct jb_map *m, const void *key, uint32_t h, int32_t *prev)
+{
+    int32_t i = LOAD(&m->buckets[h & (m->n_buckets - 1)]), p = NONE;
+    uint32_t steps = 0;
+    while (i >= 0 && steps++ < m->max_entries) {
+        if (LOAD(&m->hashes[i]) == h && key_eq(m->keys + (uint64_t)i * m->key_size, key, m->key_size)) {
+            if (prev)
+                *prev = p;
+            return i;
+        }
+        p = i;
+        i = LOAD(&m->next[i]);
+    }
+    return NONE;
+}
+
+static int32_t htab_lookup(const struct jb_map *m, const void *key)
+{
+    uint32_t h = hash_key(key, m->key_size), s;
+    int32_t i;
+    do {
+        s = read_begin(m);
+        i = htab_find(m, key, h, NULL);
+    } while (read_retry(m, s));
+    return i;
+}
+
+/* values: one value (cpu >= 0: that CPU's copy, the others zeroed on insert) or all CPUs. */
+static int htab_update(struct jb_map *m, const void *key, const uint8_t *values, uint64_t flags, int cpu)
+{
+    uint32_t h, c;
+    int32_t i;
+    if (flags > F_EXIST)
+        return -EINVAL;
+    h = hash_key(key, m->key_size);
+    spin_lock(&m->lock);
+    i = htab_find(m, key, h, NULL);
+    if (i >= 0) {
+        if (flags == F_NOEXIST) {
+            spin_unlock(&m->lock);
+            return -EEXIST;
+        }
+    } else {
+        if (flags == F_EXIST) {
+            spin_unlock(&m->lock);
+            return -ENOENT;
+        }
+        i = m->free_head;
+        if (i < 0) {
+            spin_unlock(&m->lock);
+            return -E2BIG;
+        }
+        m->free_head = m->next[i];
+        memcpy(m->keys + (uint64_t)i * m->key_size, key, m->key_size);
+        if (cpu >= 0)
+            for (c = 0; c < m->num_cpus; c++)
+                memset(value_at(m, (uint32_t)i, c), 0, m->stride);
+    }
+    if (cpu >= 0)
+        memcpy(value_at(m, (uint32_t)i, (uint32_t)cpu), values, m->value_size);
+    else
+        for (c = 0; c < m->num_cpus; c++)
+            memcpy(value_at(m, (uint32_t)i, c), values + (uint64_t)c * m->stride, m->value_size);
+    if (!m->used[i]) {
+        /* Publish only a complete element. */
+        write_begin(m);
+        m->used[i] = 1;
+        STORE(&m->hashes[i], h);
+        STORE(&m->next[i], LOAD(&m->buckets[h & (m->n_buckets - 1)]));
+        STORE(&m->buckets[h & (m->n_buckets - 1)], i);
+        m->count++;
+        write_end(m);
+    }
+    spin_unlock(&m->lock);
+    return 0;
+}
+
+static int htab_delete(struct jb_map *m, const void *key)
+{
+    uint32_t h = hash_key(key, m->key_size);
+    int32_t i, prev = NONE;
+    spin_lock(&m->lock);
+    i = htab_find(m, key, h, &prev);
+    if (i < 0) {
+        spin_unlock(&m->lock);
+        return -ENOENT;
+    }
+    write_begin(m);
+    if (prev < 0)
+        STORE(&m->buckets[h & (m->n_buckets - 1)], LOAD(&m->next[i]));
+    else
+        STORE(&m->next[prev], LOAD(&m->next[i]));
+    m->used[i] = 0;
+    m->count--;
+    write_end(m);
+    /* The element (and its value) is reused by a later insert, as the kernel's preallocated maps. */
+    m->next[i] = m->free_head;
+    m->free_head = i;
+    spin_unlock(&m->lock);
+    return 0;
+}
+
+static int htab_next_key(struct jb_map *m, const void *key, void *next)
+{
+    int32_t i = NONE;
+    uint32_t j;
+    spin_lock(&m->lock);
+    if (key)
+        i = htab_find(m, key, hash_key(key, m->key_size), NULL);
+    for (j = (uint32_t)(i + 1); j < m->max_entries; j++) {
+        if (m->used[j]) {
+            memcpy(next, m->keys + (uint64_t)j * m->key_size, m->key_size);
+            spin_unlock(&m->lock);
+            return 0;
+        }
+    }
+    spin_unlock(&m->lock);
+    return -ENOENT;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* LPM trie (the kernel's algorithm; values are updated in place)                            */
+
+static inline int lpm_bit(const uint8_t *data, uint32_t index)
+{
+    return !!(data[index / 8] & (1u << (7 - (index % 8))));
+}
+
+static uint32_t lpm_match(const struct jb_map *m, int32_t node, const uint8_t *key)
+{
+    uint32_t pkey, limit, prefixlen = 0, i;
+    const uint8_t *nd = m->node_data + (uint64_t)node * m->data_size, *kd = key + 4;
+    memcpy(&pkey, key, 4);
+    limit = LOAD(&m->nodes[node].prefixlen);
+    if (pkey < limit)
+        limit = pkey;
+    for (i = 0; i < m->data_size; i++) {
+        uint8_t x = (uint8_t)(nd[i] ^ kd[i]);
+        uint32_t b = x ? (uint32_t)__builtin_clz((unsigned)x) - 24 : 8;
+        prefixlen += b;
+        if (prefixlen >= limit)
+            return limit;
+        if (b < 8)
+            break;
+    }
+    return prefixlen;
+}
+
+static int32_t lpm_lookup(const struct jb_map *m, const void *key)
+{
+    const uint8_t *k = key;
+    int32_t node, found;
+    uint32_t s, steps;
+    do {
+        s = read_begin(m);
+        found = NONE;
+        node = LOAD(&m->root);
+        for (steps = 0; node >= 0 && steps <= m->max_prefixlen + 1; steps++) {
+            uint32_t ml = lpm_match(m, node, k), plen = LOAD(&m->nodes[node].prefixlen);
+            uint32_t nflags = LOAD(&m->nodes[node].flags);
+            if (ml == m->max_prefixlen) {
+                if (!(nflags & LPM_IM))
+                    found = node;
+                break;
+            }
+            if (ml < plen)
+                break;
+            if (!(nflags & LPM_IM))
+                found = node;
+            if (plen >= m->max_prefixlen)
+                break;
+            node = LOAD(&m->nodes[node].child[lpm_bit(k + 4, plen)]);
+        }
+    } while (read_retry(m, s));
+    return found;
+}
+
+static int32_t lpm_alloc(struct jb_map *m, const uint8_t *data, uint32_t prefixlen, uint32_t flags)
+{
+    int32_t i = m->free_head;
+    if (i < 0)
+        return NONE;
+    m->free_head = m->nodes[i].child[0];
+    m->nodes[i].child[0] = m->nodes[i].child[1] = NONE;
+    m->nodes[i].prefixlen = prefixlen;
+    m->nodes[i].flags = LPM_USED | flags;
+    memcpy(m->node_data + (uint64_t)i * m->data_size, data, m->data_size);
+    return i;
+}
+
+static void lpm_release(struct jb_map *m, int32_t i)
+{
+    m->nodes[i].flags = 0;
+    m->nodes[i].child[0] = m->free_head;
+    m->nodes[i].child[1] = NONE;
+    m->free_head = i;
+}
+
+static int lpm_update(struct jb_map *m, const void *key, const void *value, uint64_t flags)
+{
+    const uint8_t *k = key;
+    uint32_t pkey, ml = 0;
+    int32_t *slot, node, nn, im;
+    int rc = 0;
+    memcpy(&pkey, k, 4);
+    if (flags > F_EXIST || pkey > m->max_prefixlen)
+        return -EINVAL;
+    spin_lock(&m->lock);
+    slot = &m->root;
+    while ((node = *slot) >= 0) {
+        ml = lpm_match(m, node, k);
+        if (m->nodes[node].prefixlen != ml || m->nodes[node].prefixlen == pkey ||
+            m->nodes[node].prefixlen == m->max_prefixlen)
+            break;
+        slot = &m->nodes[node].child[lpm_bit(k + 4, m->nodes[node].prefixlen)];
+    }
+    if (node >= 0 && m->nodes[node].prefixlen == ml && ml == pkey) {
+        /* The exact prefix exists: update in place (pointers from lookups stay valid). */
+        if (!(m->nodes[node].flags & LPM_IM)) {
+            if (flags == F_NOEXIST)
+                rc = -EEXIST;
+            else
+                memcpy(value_at(m, (uint32_t)node, 0), value, m->value_size);
+            goto out;
+        }
+        if (flags == F_EXIST) {
+            rc = -ENOENT;
+            goto out;
+        }
+        if (m->count >= m->max_entries) {
+            rc = -ENOSPC;
+            goto out;
+        }
+        memcpy(value_at(m, (uint32_t)node, 0), value, m->value_size);
+        write_begin(m);
+        m->nodes[node].flags &= ~LPM_IM;
+        write_end(m);
+        m->count++;
+        goto out;
+    }
+    if (flags == F_EXIST) {
+        rc = -ENOENT;
+        goto out;
+    }
+    if (m->count >= m->max_entries) {
+        rc = -ENOSPC;  /* the kernel's error for a full trie */
+        goto out;
+    }
+    nn = lpm_alloc(m, k + 4, pkey, 0);
+    if (nn < 0) {
+        rc = -ENOSPC;
+        goto out;
+    }
+    memcpy(value_at(m, (uint32_t)nn, 0), value, m->value_size);
+    write_begin(m);
+    if (node < 0) {
+        STORE(slot, nn);
+    } else if (ml == pkey) {
+        /* The new prefix is an ancestor of node. */
+        m->nodes[nn].child[lpm_bit(m->node_data + (uint64_t)node * m->data_size, ml)] = node;
+        STORE(slot, nn);
+    } else {
+        im = lpm_alloc(m, m->node_data + (uint64_t)node * m->data_size, ml, LPM_IM);
+        if (im < 0) {
+            write_end(m);
+            lpm_release(m, nn);
+            rc = -ENOSPC;
+            goto out;
+        }
+        if (lpm_bit(k + 4, ml)) {
+            m->nodes[im].child[0] = node;
+            m->nodes[im].child[1] = nn;
+        } else {
+            m->nodes[im].child[0] = nn;
+            m->nodes[im].child[1] = node;
+        }
+        STORE(slot, im);
+    }
+    m->count++;
+    write_end(m);
+out:
+    spin_unlock(&m->lock);
+    return rc;
+}
+
+static int lpm_delete(struct jb_map *m, const void *key)
+{
+    const uint8_t *k = key;
+    uint32_t pkey, ml = 0;
+    int32_t *trim, *trim2, node, parent = NONE;
+    int rc = 0;
+    memcpy(&pkey, k, 4);
+    if (pkey > m->max_prefixlen)
+        return -EINVAL;
+    spin_lock(&m->lock);
+    trim = trim2 = &m->root;
+    while ((node = *trim) >= 0) {
+        ml = lpm_match(m, node, k);
+        if (m->nodes[node].prefixlen != ml || m->nodes[node].prefixlen == pkey)
+            break;
+        parent = node;
+        trim2 = trim;
+        trim = &m->nodes[node].child[lpm_bit(k + 4, m->nodes[node].prefixlen)];
+    }
+    if (node < 0 || m->nodes[node].prefixlen != pkey || m->nodes[node].prefixlen != ml ||
+        (m->nodes[node].flags & LPM_IM)) {
+        rc = -ENOENT;
+        goto out;
+    }
+    write_begin(m);
+    m->count--;
+    if (m->nodes[node].child[0] >= 0 && m->nodes[node].child[1] >= 0) {
+        m->nodes[node].flags |= LPM_IM;
+    } else if (parent >= 0 && (m->nodes[parent].flags & LPM_IM) && m->nodes[node].child[0] < 0 &&
+               m->nodes[node].child[1] < 0) {
+        /* Node is a leaf under a branch point: promote its sibling, drop both. */
+        STORE(trim2, m->nodes[parent].child[m->nodes[parent].child[0] == node ? 1 : 0]);
+        lpm_release(m, parent);
+        lpm_release(m, node);
+    } else {
+        STORE(trim, m->nodes[node].child[0] >= 0 ? m->nodes[node].child[0] : m->nodes[node].child[1]);
+        lpm_release(m, node);
+    }
+    write_end(m);
+out:
+    spin_unlock(&m->lock);
+    return rc;
+}
+
+static int32_t lpm_find_exact(const struct jb_map *m, const uint8_t *k)
+{
+    uint32_t pkey, ml, plen;
+    int32_t node = m->root;
+    memcpy(&pkey, k, 4);
+    while (node >= 0) {
+        ml = lpm_match(m, node, k);
+        plen = m->nodes[node].prefixlen;
+        if (ml != plen)
+            return NONE;
+        if (plen == pkey)
+            return (m->nodes[node].flags & LPM_IM) ? NONE : node;
+        if (plen >= m->max_prefixlen)
+            return NONE;
+        node = m->nodes[node].child[lpm_bit(k + 4, plen)];
+    }
+    return NONE;
+}
+
+static int lpm_next_key(struct jb_map *m, const void *key, void *next)
+{
+    int32_t i = NONE;
+    uint32_t j;
+    uint8_t *out = next;
+    spin_lock(&m->lock);
+    if (key)
+        i = lpm_find_exact(m, key);
+    for (j = (uint32_t)(i + 1); j < m->n_nodes; j++) {
+        if ((m->nodes[j].flags & (LPM_USED | LPM_IM)) == LPM_USED) {
+            memcpy(out, &m->nodes[j].prefixlen, 4);
+            memcpy(out + 4, m->node_data + (uint64_t)j * m->data_size, m->data_size);
+            spin_unlock(&m->lock);
+            return 0;
+        }
+    }
+    spin_unlock(&m->lock);
+    return -ENOENT;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Generic element operations                                                                 */
+
+void *jb_map_lookup(struct jb_map *m, const void *key)
+{
+    uint32_t idx;
+    int32_t i;
+    switch (m->type) {
+    case T_ARRAY:
+        memcpy(&idx, key, 4);
+        return LIKELY(idx < m->max_entries) ? m->values + (uint64_t)idx * m->stride : NULL;
+    case T_PERCPU_ARRAY:
+        memcpy(&idx, key, 4);
+        return LIKELY(idx < m->max_entries) ? value_at(m, idx, current_cpu()) : NULL;
+    case T_HASH:
+        i = htab_lookup(m, key);
+        return i >= 0 ? m->values + (uint64_t)i * m->stride : NULL;
+    case T_PERCPU_HASH:
+        i = htab_lookup(m, key);
+        return i >= 0 ? value_at(m, (uint32_t)i, current_cpu()) : NULL;
+    case T_LPM_TRIE:
+        i = lpm_lookup(m, key);
+        return i >= 0 ? value_at(m, (uint32_t)i, 0) : NULL;
+    default:
+        /* Programs get no pointer into queues, rings, or socket/program/device slots. */
+        return NULL;
+    }
+}
+
+int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
+{
+    uint32_t idx, c;
+    int32_t i;
+    uint8_t *o = out;
+    switch (m->type) {
+    case T_ARRAY:
+    case T_PERCPU_ARRAY:
+        memcpy(&idx, key, 4);
+        if (idx >= m->max_entries)
+            return -ENOENT;
+        i = (int32_t)idx;
+        break;
+    case T_HASH:
+    case T_PERCPU_HASH:
+    case T_SOCKHASH:
+        i = htab_lookup(m, key);
+        break;
+    case T_LPM_TRIE:
+        i = lpm_lookup(m, key);
+        break;
+    case T_QUEUE:
+    case T_STACK:
+        return jb_map_peek(m, out);
+    case T_PROG_ARRAY:
+    case T_SOCKMAP:
+    case T_DEVMAP:
+        memcpy(&idx, key, 4);
+        return jb_slot_get(m, idx, out);
+    default:
+        return -EINVAL;
+    }
+    if (i < 0)
+        return -ENOENT;
+    for (c = 0; c < m->num_cpus; c++)
+        memcpy(o + (uint64_t)c * m->stride, value_at(m, (uint32_t)i, c), m->value_size);
+    return 0;
+}
+
+static int array_update(struct jb_map *m, const void *key, const uint8_t *values, uint64_t flags, int cpu)
+{
+    uint32_t idx, c;
+    memcpy(&idx, key, 4);
+    if (flags > F_EXIST)
+        return -EINVAL;
+    if (idx >= m->max_entries)
+        return -E2BIG;
+    if (flags == F_NOEXIST)
+        return -EEXIST;  /* every index of an array exists */
+    if (cpu >= 0)
+        memcpy(value_at(m, idx, (uint32_t)cpu), values, m->value_size);
+    else
+        for (c = 0; c < m->num_cpus; c++)
+            memcpy(value_at(m, idx, c), values + (uint64_t)c * m->stride, m->value_size);
+    return 0;
+}
+
+static int slot_update(struct jb_map *m, const void *key, const void *value, uint64_t flags)
+{
+    uint32_t idx;
+    uint64_t v = 0;
+    memcpy(&idx, key, 4);
+    memcpy(&v, value, 8);
+    if (m->type == T_PROG_ARRAY ? flags != F_ANY : flags > F_EXIST)
+        return -EINVAL;
+    if (idx >= m->max_entries)
+        return -E2BIG;
+    spin_lock(&m->lock);
+    if (m->type == T_DEVMAP && flags == F_NOEXIST) {
+        spin_unlock(&m->lock);
+        return -EEXIST;  /* a device map is an array: every index exists */
+    }
+    if (flags == F_NOEXIST && m->used[idx]) {
+        spin_unlock(&m->lock);
+        return -EEXIST;
+    }
+    if (flags == F_EXIST && !m->used[idx]) {
+        spin_unlock(&m->lock);
+        return -ENOENT;
+    }
+    STORE((uint64_t *)value_at(m, idx, 0), v);
+    if (!m->used[idx])
+        m->count++;
+    STORE_REL(&m->used[idx], 1);
+    spin_unlock(&m->lock);
+    return 0;
+}
+
+static int slot_delete(struct jb_map *m, const void *key)
+{
+    uint32_t idx;
+    int was;
+    memcpy(&idx, key, 4);
+    if (idx >= m->max_entries)
+        return m->type == T_SOCKMAP ? -EINVAL : -E2BIG;
+    spin_lock(&m->lock);
+    was = m->used[idx];
+    STORE_REL(&m->used[idx], 0);
+    if (was)
+        m->count--;
+    spin_unlock(&m->lock);
+    if (!was && m->type != T_DEVMAP)
+        return m->type == T_SOCKMAP ? -EINVAL : -ENOENT;
+    return 0;
+}
+
+int jb_slot_get(struct jb_map *m, uint32_t index, uint64_t *value)
+{
+    if (!is_slots(m))
+        return -EINVAL;
+    if (index >= m->max_entries || !LOAD_ACQ(&m->used[index]))
+        return -ENOENT;
+    *value = LOAD((uint64_t *)value_at(m, index, 0));
+    return 0;
+}
+
+static int map_update(struct jb_map *m, const void *key, const void *value, uint64_t flags, int cpu)
+{
+    switch (m->type) {
+    case T_ARRAY:
+        return array_update(m, key, value, flags, 0);
+    case T_PERCPU_ARRAY:
+        return array_update(m, key, value, flags, cpu);
+    case T_HASH:
+    case T_SOCKHASH:
+        return htab_update(m, key, value, flags, 0);
+    case T_PERCPU_HASH:
+        return htab_update(m, key, value, flags, cpu);
+    case T_LPM_TRIE:
+        return lpm_update(m, key, value, flags);
+    case T_PROG_ARRAY:
+    case T_SOCKMAP:
+    case T_DEVMAP:
+        return slot_update(m, key, value, flags);
+    default:
+        return -EINVAL;
+    }
+}
+
+int jb_map_update(struct jb_map *m, const void *key, const void *value, uint64_t flags)
+{
+    return map_update(m, key, value, flags, (int)current_cpu());
+}
+
+int jb_map_update_all(struct jb_map *m, const void *key, const void *values, uint64_t flags)
+{
+    return map_update(m, key, values, flags, is_percpu(m) ? -1 : 0);
+}
+
+int jb_map_delete(struct jb_map *m, const void *key)
+{
+    switch (m->type) {
+    case T_HASH:
+    case T_PERCPU_HASH:
+    case T_SOCKHASH:
+        return htab_delete(m, key);
+    case T_LPM_TRIE:
+        return lpm_delete(m, key);
+    case T_PROG_ARRAY:
+    case T_SOCKMAP:
+    case T_DEVMAP:
+        return slot_delete(m, key);
+    default:
+        return -EINVAL;  /* array elements cannot be deleted */
+    }
+}
+
+int jb_map_get_next_key(struct jb_map *m, const void *key, void *next_key)
+{
+    uint32_t idx, nxt;
+    if (is_hash(m))
+        return htab_next_key(m, key, next_key);
+    if (m->type == T_LPM_TRIE)
+        return lpm_next_key(m, key, next_key);
+    if (m->type == T_ARRAY || m->type == T_PERCPU_ARRAY || is_slots(m)) {
+        if (key)
+            memcpy(&idx, key, 4);
+        if (!key || idx >= m->max_entries) {
+            nxt = 0;
+        } else {
+            if (idx == m->max_entries - 1)
+                return -ENOENT;
+            nxt = idx + 1;
+        }
+        memcpy(next_key, &nxt, 4);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Queues and stacks                                                                          */
+
+int jb_map_push(struct jb_map *m, const void *value, uint64_t flags)
+{
+    uint32_t pos;
+    if (m->type != T_QUEUE && m->type != T_STACK)
+        return -EINVAL;
+    if (flags & ~(uint64_t)F_EXIST)
+        return -EINVAL;
+    spin_lock(&m->lock);
+    if (m->count == m->max_entries) {
+        if (!(flags & F_EXIST)) {
+            spin_unlock(&m->lock);
+            return -E2BIG;
+        }
+        /* BPF_EXIST on a full map overwrites the oldest element, for both kinds. */
+        m->head = (m->head + 1) % m->max_entries;
+        m->count--;
+    }
+    pos = (uint32_t)(((uint64_t)m->head + m->count) % m->max_entries);
+    memcpy(value_at(m, pos, 0), value, m->value_size);
+    m->count++;
+    spin_unlock(&m->lock);
+    return 0;
+}
+
+static int queue_take(struct jb_map *m, void *value, int remove)
+{
+    uint32_t pos;
+    if (m->type != T_QUEUE && m->type != T_STACK)
+        return -EINVAL;
+    spin_lock(&m->lock);
+    if (m->count == 0) {
+        spin_unlock(&m->lock);
+        return -ENOENT;
+    }
+    if (m->type == T_QUEUE) {
+        pos = m->head;
+        if (remove)
+            m->head = (m->head + 1) % m->max_entries;
+    } else {
+        pos = (uint32_t)(((uint64_t)m->head + m->count - 1) % m->max_entries);
+    }
+    memcpy(value, value_at(m, pos, 0), m->value_size);
+    if (remove)
+        m->count--;
+    spin_unlock(&m->lock);
+    return 0;
+}
+
+int jb_map_pop(struct jb_map *m, void *value) { return queue_take(m, value, 1); }
+
+int jb_map_peek(struct jb_map *m, void *value) { return queue_take(m, value, 0); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Perf event arrays: one ring per CPU slot; records are {u32 size, u32 type} + data, 8-aligned */
+
+int jb_perf_output(struct jb_map *m, uint64_t flags, const void *data, uint64_t size)
+{
+    uint64_t index = flags & F_INDEX_MASK, total, off, pad, cap;
+    struct perf_ring *r;
+    uint32_t hdr[2];
+    if (m->type != T_PERF_EVENT_ARRAY || (flags & ~F_INDEX_MASK))
+        return -EINVAL;  /* BPF_F_CTXLEN_MASK (appending ctx bytes) is not supported */
+    if (index == F_CURRENT_CPU)
+        index = current_cpu();
+    if (index >= m->max_entries)
+        return -E2BIG;
+    if (index >= m->n_rings)
+        return -ENOENT;  /* no event opened at that index */
+    r = &m->rings[index];
+    cap = r->mask + 1;
+    total = (size + 8 + 7) & ~7ull;
+    if (total > cap / 2)
+        return -E2BIG;
+    spin_lock(&r->lock);
+    off = r->head & r->mask;
+    pad = off + total > cap ? cap - off : 0;
+    if (r->head + pad + total - r->tail > cap) {
+        r->lost++;
+        spin_unlock(&r->lock);
+        return -ENOSPC;
+    }
+    if (pad) {
+        hdr[0] = (uint32_t)(pad - 8);
+        hdr[1] = PERF_PAD;
+        memcpy(r->data + off, hdr, 8);
+        r->head += pad;
+        off = 0;
+    }
+    hdr[0] = (uint32_t)size;
+    hdr[1] = PERF_SAMPLE;
+    memcpy(r->data + off, hdr, 8);
+    memcpy(r->data + off + 8, data, size);
+    r->head += total;
+    spin_unlock(&r->lock);
+    return 0;
+}
+
+int jb_perf_read(struct jb_map *m, uint32_t ring, void *buf, uint32_t cap, uint32_t *len)
+{
+    struct perf_ring *r;
+    uint32_t hdr[2];
+    if (m->type != T_PERF_EVENT_ARRAY || ring >= m->n_rings)
+        return -EINVAL;
+    r = &m->rings[ring];
+    spin_lock(&r->lock);
+    while (r->tail < r->head) {
+        memcpy(hdr, r->data + (r->tail & r->mask), 8);
+        if (hdr[1] == PERF_SAMPLE) {
+            if (hdr[0] > cap) {
+                spin_unlock(&r->lock);
+                *len = hdr[0];
+                return -ENOSPC;
+            }
+            memcpy(buf, r->data + (r->tail & r->mask) + 8, hdr[0]);
+            *len = hdr[0];
+            r->tail += (hdr[0] + 8 + 7) & ~7ull;
+            spin_unlock(&r->lock);
+            return 1;
+        }
+        r->tail += (hdr[0] + 8 + 7) & ~7ull;
+    }
+    spin_unlock(&r->lock);
+    return 0;
+}
+
+uint64_t jb_perf_lost(struct jb_map *m, uint32_t ring)
+{
+    uint64_t lost;
+    if (m->type != T_PERF_EVENT_ARRAY || ring >= m->n_rings)
+        return 0;
+    spin_lock(&m->rings[ring].lock);
+    lost = m->rings[ring].lost;
+    spin_unlock(&m->rings[ring].lock);
+    return lost;
+}
+
+uint32_t jb_perf_rings(struct jb_map *m) { return m->type == T_PERF_EVENT_ARRAY ? m->n_rings : 0; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ring buffers (BPF_MAP_TYPE_RINGBUF): the kernel's record format, without the double mapping:
+ * a record that would cross the end is preceded by a discarded filler up to the end.        */
+
+static inline uint8_t *rb_data(struct jb_ringbuf *rb) { return (uint8_t *)rb + RB_DATA_OFFSET; }
+
+static inline uint32_t rb_pg_off(struct jb_ringbuf *rb, struct rb_hdr *h)
+{
+    return (uint32_t)(((uint8_t *)h - (uint8_t *)rb) / 8);
+}
+
+void *jb_ringbuf_reserve(struct jb_map *m, uint64_t size, uint64_t flags)
+{
+    struct jb_ringbuf *rb;
+    struct rb_hdr *h;
+    uint64_t cap, total, cons, prod, off, pad;
+    if (m->type != T_RINGBUF || flags)
+        return NULL;
+    rb = m->rb;
+    cap = rb->mask + 1;
+    if (size > cap - RB_HDR || size > RB_LEN_MASK)
+        return NULL;
+    total = (size + RB_HDR + 7) & ~7ull;
+    spin_lock(&rb->lock);
+    cons = LOAD_ACQ(&rb->cons_pos);
+    prod = rb->prod_pos;
+    off = prod & rb->mask;
+    pad = off + total > cap ? cap - off : 0;
+    if (prod + pad + total - cons > cap) {
+        spin_unlock(&rb->lock);
+        return NULL;
+    }
+    if (pad) {
+        h = (struct rb_hdr *)(rb_data(rb) + off);
+        h->pg_off = rb_pg_off(rb, h);
+        STORE(&h->len, (uint32_t)(pad - RB_HDR) | RB_DISCARD);
+    }
+    h = (struct rb_hdr *)(rb_data(rb) + ((prod + pad) & rb->mask));
+    h->pg_off = rb_pg_off(rb, h);
+    STORE(&h->len, (uint32_t)size | RB_BUSY);
+    STORE_REL(&rb->prod_pos, prod + pad + total);
+    spin_unlock(&rb->lock);
+    return h + 1;
+}
+
+static void rb_commit(void *sample, int discard)
+{
+    struct rb_hdr *h;
+    struct jb_ringbuf *rb;
+    uint32_t len;
+    if (!sample)
+        return;
+    h = (struct rb_hdr *)sample - 1;
+    rb = (struct jb_ringbuf *)((uint8_t *)h - (uint64_t)h->pg_off * 8);
+    if (rb->magic != RB_MAGIC)
+        return;
+    len = LOAD(&h->len);
+    if (!(len & RB_BUSY))
+        return;
+    len &= ~RB_BUSY;
+    if (discard)
+        len |= RB_DISCARD;
+    STORE_REL(&h->len, len);
+}
+
+void jb_ringbuf_submit(void *sample, uint64_t flags UNUSED) { rb_commit(sample, 0); }
+
+void jb_ringbuf_discard(void *sample, uint64_t flags UNUSED) { rb_commit(sample, 1); }
+
+int jb_ringbuf_output(struct jb_map *m, const void *data, uint64_t size, uint64_t flags)
+{
+    void *sample;
+    if (m->type != T_RINGBUF || (flags & ~(uint64_t)(RB_NO_WAKEUP | RB_FORCE_WAKEUP)))
+        return -EINVAL;
+    sample = jb_ringbuf_reserve(m, size, 0);
+    if (!sample)
+        return -EAGAIN;
+    memcpy(sample, data, size);
+    rb_commit(sample, 0);
+    return 0;
+}
+
+uint64_t jb_ringbuf_query(struct jb_map *m, uint64_t flags)
+{
+    if (m->type != T_RINGBUF)
+        return 0;
+    switch (flags) {
+    case 0: /* BPF_RB_AVAIL_DATA */
+        return LOAD_ACQ(&m->rb->prod_pos) - LOAD_ACQ(&m->rb->cons_pos);
+    case 1: /* BPF_RB_RING_SIZE */
+        return m->rb->mask + 1;
+    case 2: /* BPF_RB_CONS_POS */
+        return LOAD_ACQ(&m->rb->cons_pos);
+    case 3: /* BPF_RB_PROD_POS */
+        return LOAD_ACQ(&m->rb->prod_pos);
+    default:
+        return 0;
+    }
+}
+
+int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len)
+{
+    struct jb_ringbuf *rb;
+    struct rb_hdr *h;
+    uint64_t cons, prod, total;
+    uint32_t l, n;
+    if (m->type != T_RINGBUF)
+        return -EINVAL;
+    rb = m->rb;
+    cons = LOAD(&rb->cons_pos);
+    for (;;) {
+        prod = LOAD_ACQ(&rb->prod_pos);
+        if (cons >= prod)
+            return 0;
+        h = (struct rb_hdr *)(rb_data(rb) + (cons & rb->mask));
+        l = LOAD_ACQ(&h->len);
+        if (l & RB_BUSY)
+            return 0;  /* reserved, not yet submitted: records are consumed in order */
+        n = l & RB_LEN_MASK;
+        total = ((uint64_t)n + RB_HDR + 7) & ~7ull;
+        if (!(l & RB_DISCARD)) {
+            if (n > cap) {
+                *len = n;
+                return -ENOSPC;
+            }
+            memcpy(buf, h + 1, n);
+            *len = n;
+            STORE_REL(&rb->cons_pos, cons + total);
+            return 1;
+        }
+        cons += total;
+        STORE_REL(&rb->cons_pos, cons);
+    }
+}
+
+int jb_ringbuf_reserved(struct jb_map *m, uint64_t sample)
+{
+    /* Is sample the data of a reserved, not yet committed record? Walks the records in flight,
+     * reading only inside the data area, so corrupted headers cannot lead astray. */
+    struct jb_ringbuf *rb;
+    struct rb_hdr *h;
+    uint64_t cons, prod;
+    uint32_t l;
+    if (m->type != T_RINGBUF)
+        return 0;
+    rb = m->rb;
+    cons = LOAD_ACQ(&rb->cons_pos);
+    prod = LOAD_ACQ(&rb->prod_pos);
+    while (cons < prod) {
+        h = (struct rb_hdr *)(rb_data(rb) + (cons & rb->mask));
+        l = LOAD_ACQ(&h->len);
+        if ((uint64_t)(uintptr_t)(h + 1) == sample)
+            return (l & RB_BUSY) && h->pg_off == rb_pg_off(rb, h);
+        cons += ((uint64_t)(l & RB_LEN_MASK) + RB_HDR + 7) & ~7ull;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Helpers, with the eBPF calling convention. Map helpers trust their arguments: the verifier  */
+/* (or the Python wrappers, in the interpreter) checked that r1 is a map and pointers are valid. */
+
+#define MAP(x) ((struct jb_map *)(uintptr_t)(x))
+#define PTR(x) ((void *)(uintptr_t)(x))
+#define RET(x) ((uint64_t)(int64_t)(x))
+
+static int prog_updatable(const struct jb_map *m)
+{
+    return m->type == T_HASH || m->type == T_ARRAY || m->type == T_PERCPU_HASH ||
+           m->type == T_PERCPU_ARRAY || m->type == T_LPM_TRIE;
+}
+
+uint64_t jb_helper_map_lookup_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    return (uint64_t)(uintptr_t)jb_map_lookup(MAP(r1), PTR(r2));
+}
+
+uint64_t jb_helper_map_update_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5 UNUSED)
+{
+    struct jb_map *m = MAP(r1);
+    if (!prog_updatable(m))
+        return RET(-EINVAL);
+    return RET(map_update(m, PTR(r2), PTR(r3), r4, (int)current_cpu()));
+}
+
+uint64_t jb_helper_map_delete_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    struct jb_map *m = MAP(r1);
+    if (m->type == T_PROG_ARRAY)
+        return RET(-EINVAL);
+    return RET(jb_map_delete(m, PTR(r2)));
+}
+
+uint64_t jb_helper_map_push_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return RET(jb_map_push(MAP(r1), PTR(r2), r3));
+}
+
+uint64_t jb_helper_map_pop_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                uint64_t r5 UNUSED)
+{
+    return RET(jb_map_pop(MAP(r1), PTR(r2)));
+}
+
+uint64_t jb_helper_map_peek_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                 uint64_t r5 UNUSED)
+{
+    return RET(jb_map_peek(MAP(r1), PTR(r2)));
+}
+
+uint64_t jb_helper_perf_event_output(uint64_t r1 UNUSED, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5)
+{
+    return RET(jb_perf_output(MAP(r2), r3, PTR(r4), r5));
+}
+
+uint64_t jb_helper_ringbuf_output(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5 UNUSED)
+{
+    return RET(jb_ringbuf_output(MAP(r1), PTR(r2), r3, r4));
+}
+
+uint64_t jb_helper_ringbuf_reserve(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return (uint64_t)(uintptr_t)jb_ringbuf_reserve(MAP(r1), r2, r3);
+}
+
+uint64_t jb_helper_ringbuf_submit(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                  uint64_t r5 UNUSED)
+{
+    jb_ringbuf_submit(PTR(r1), r2);
+    return 0;
+}
+
+uint64_t jb_helper_ringbuf_discard(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    jb_ringbuf_discard(PTR(r1), r2);
+    return 0;
+}
+
+uint64_t jb_helper_ringbuf_query(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                 uint64_t r5 UNUSED)
+{
+    return jb_ringbuf_query(MAP(r1), r2);
+}
+
+static uint64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t jb_helper_ktime_get_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                uint64_t r5 UNUSED)
+{
+    return clock_ns(CLOCK_MONOTONIC);
+}
+
+uint64_t jb_helper_ktime_get_boot_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
+                                     uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return clock_ns(CLOCK_BOOTTIME);
+}
+
+uint64_t jb_helper_jiffies64(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                             uint64_t r5 UNUSED)
+{
+    return clock_ns(CLOCK_BOOTTIME) / (1000000000ull / HZ);
+}
+
+uint64_t jb_helper_get_prandom_u32(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
+                                   uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    /* xorshift64*, one state per thread, seeded from the clock and the state's address. */
+    static __thread uint64_t state __attribute__((tls_model("initial-exec")));
+    uint64_t x = state;
+    if (UNLIKELY(x == 0))
+        x = clock_ns(CLOCK_MONOTONIC) ^ (uint64_t)(uintptr_t)&state ^ 0x9e3779b97f4a7c15ull;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    state = x;
+    return (uint32_t)((x * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+uint64_t jb_helper_get_smp_processor_id(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
+                                        uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return current_cpu();
+}
+
+uint64_t jb_helper_get_current_pid_tgid(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
+                                        uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return (uint64_t)(uint32_t)getpid() << 32 | (uint32_t)syscall(SYS_gettid);
+}
+
+uint64_t jb_helper_get_current_uid_gid(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
+                                       uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return (uint64_t)(uint32_t)getgid() << 32 | (uint32_t)getuid();
+}
+
+uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                    uint64_t r5 UNUSED)
+{
+    char comm[17] = {0};
+    uint8_t *buf = PTR(r1);
+    size_t n;
+    if (r2 == 0)
+        return RET(-EINVAL);
+    prctl(PR_GET_NAME, comm, 0, 0, 0);
+    n = strnlen(comm, 16);
+    if (n > r2 - 1)
+        n = (size_t)(r2 - 1);
+    memcpy(buf, comm, n);
+    memset(buf + n, 0, (size_t)(r2 - n));  /* NUL-terminated and padded, as strscpy_pad */
+    return 0;
+}

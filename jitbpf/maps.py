@@ -1,0 +1,1040 @@
+"""eBPF maps with storage in C memory, shared by Python, both engines and the native helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import enum
+import errno
+import ipaddress
+import os
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from jitbpf._native import Native, native
+from jitbpf.errors import MapError
+from jitbpf.memory import Region
+
+if TYPE_CHECKING:
+    from jitbpf.vm import VM
+
+__all__ = [
+    "BPF_ANY",
+    "BPF_EXIST",
+    "BPF_F_CURRENT_CPU",
+    "BPF_F_NO_PREALLOC",
+    "BPF_F_RDONLY_PROG",
+    "BPF_NOEXIST",
+    "Array",
+    "BpfMap",
+    "Converter",
+    "DevMap",
+    "HashMap",
+    "LpmKey",
+    "LpmTrie",
+    "MapKeyError",
+    "MapType",
+    "PerCpuArray",
+    "PerCpuHashMap",
+    "PerfEventArray",
+    "ProgramArray",
+    "Queue",
+    "RingBuf",
+    "SockHash",
+    "SockMap",
+    "Stack",
+    "UpdateFlag",
+    "create_map",
+    "current_cpu",
+    "num_cpus",
+    "set_current_cpu",
+]
+
+
+class MapType(enum.IntEnum):
+    """Map types, numbered as the kernel's ``enum bpf_map_type``."""
+
+    HASH = 1  # hash table of fixed-size keys and values
+    ARRAY = 2  # u32 index -> value, preallocated and zeroed
+    PROG_ARRAY = 3  # u32 index -> program, the targets of bpf_tail_call
+    PERF_EVENT_ARRAY = 4  # per-CPU event buffers filled by bpf_perf_event_output
+    PERCPU_HASH = 5  # hash table with one value per CPU
+    PERCPU_ARRAY = 6  # array with one value per CPU
+    LPM_TRIE = 11  # longest-prefix-match trie (routing tables)
+    DEVMAP = 14  # u32 index -> network device (ifindex), for bpf_redirect_map
+    SOCKMAP = 15  # u32 index -> socket
+    SOCKHASH = 18  # key -> socket
+    QUEUE = 22  # FIFO of values
+    STACK = 23  # LIFO of values
+    RINGBUF = 27  # multi-producer ring buffer of variable-size records
+
+
+class UpdateFlag(enum.IntEnum):
+    """The ``flags`` of an update: when it may create or replace an element."""
+
+    ANY = 0  # create or replace
+    NOEXIST = 1  # create only (EEXIST if the key exists)
+    EXIST = 2  # replace only (ENOENT if the key is missing)
+
+
+BPF_ANY = UpdateFlag.ANY
+BPF_NOEXIST = UpdateFlag.NOEXIST
+BPF_EXIST = UpdateFlag.EXIST
+BPF_F_NO_PREALLOC = 1 << 0  # accepted (storage is always preallocated here)
+BPF_F_RDONLY_PROG = 1 << 7  # programs may read the values but not write them
+BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CPU
+
+# Types whose values programs reach through pointers: they contribute a memory region.
+_POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
+                            MapType.LPM_TRIE, MapType.RINGBUF})
+
+Converter = Any  # None, int, bytes, a ctypes type, a struct format string, or a callable (events)
+
+
+class MapKeyError(MapError, KeyError):
+    """A missing key (ENOENT): a ``MapError`` that ``dict``-style code can catch as ``KeyError``."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# What each error means for a map operation (the kernel's codes).
+_MEANING = {
+    errno.ENOENT: "no such element",
+    errno.E2BIG: "map full or index out of range",
+    errno.EEXIST: "element exists",
+    errno.EINVAL: "invalid argument (flags, sizes or operation)",
+    errno.ENOSPC: "no space left",
+    errno.ENOMEM: "out of memory",
+}
+
+
+def _fail(rc: int, what: str) -> MapError:
+    code = -rc
+    cls = MapKeyError if code == errno.ENOENT else MapError
+    name = errno.errorcode.get(code, str(code))
+    return cls(f"{what}: {_MEANING.get(code, os.strerror(code))} ({name})", errno=code)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        raise _fail(rc, what)
+
+
+def _u32(value: int, what: str) -> int:
+    if not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
+        raise MapError(f"{what} must be an unsigned 32-bit integer, not {value!r}", errno=errno.EINVAL)
+    return int(value)
+
+
+def num_cpus() -> int:
+    """The CPU count per-CPU maps use (``os.cpu_count()``, fixed at the first map's creation)."""
+    return native().num_cpus
+
+
+def current_cpu() -> int:
+    """The calling thread's CPU id (threads get ids round-robin on first use)."""
+    return int(native().lib.jb_current_cpu())
+
+
+def set_current_cpu(cpu: int | None) -> None:
+    """Pin the calling thread's CPU id (``None``: get a round-robin id again on next use)."""
+    if native().lib.jb_set_current_cpu(-1 if cpu is None else int(cpu)) < 0:
+        raise MapError(f"CPU id {cpu} out of range (num_cpus = {num_cpus()})", errno=errno.EINVAL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversions
+
+
+def _size_of(kind: Converter) -> int | None:
+    if isinstance(kind, str):
+        return struct.calcsize(kind)
+    if isinstance(kind, type) and issubclass(kind, ctypes.Structure | ctypes.Union | ctypes.Array):
+        return ctypes.sizeof(kind)
+    if isinstance(kind, type) and hasattr(kind, "_type_") and hasattr(kind, "from_buffer_copy"):
+        return ctypes.sizeof(kind)  # simple ctypes types: c_uint32, ...
+    return None
+
+
+def _buffer_bytes(obj: Any) -> bytes | None:
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        return None
+    return view.tobytes()
+
+
+class Codec:
+    """Converts keys or values to and from their fixed-size bytes.
+
+    Accepted on input: ints (little-endian, the size of the field), bytes-like objects and ctypes
+    instances of exactly that size, and tuples for struct formats. Output is ``kind``: int (the
+    default for 1, 2, 4 and 8 bytes), bytes (the default otherwise), a ctypes type, or a struct
+    format (a tuple, or the single value of one-field formats).
+    """
+
+    __slots__ = ("_struct", "kind", "size", "what")
+
+    def __init__(self, size: int, kind: Converter, what: str) -> None:
+        self.size, self.kind, self.what = size, kind, what
+        self._struct = struct.Struct(kind) if isinstance(kind, str) else None
+        expected = _size_of(kind)
+        if expected is not None and expected != size:
+            raise MapError(f"{what} type {kind!r} has {expected} bytes, the map's {what}s have {size}",
+                           errno=errno.EINVAL)
+
+    def encode(self, obj: Any) -> bytes:
+        if self._struct is not None and isinstance(obj, tuple):
+            return self._struct.pack(*obj)
+        if isinstance(obj, int):
+            if self._struct is not None:
+                return self._struct.pack(obj)
+            try:
+                return obj.to_bytes(self.size, "little", signed=obj < 0)
+            except OverflowError:
+                raise MapError(f"{self.what} {obj} does not fit in {self.size} bytes", errno=errno.E2BIG) from None
+        data = _buffer_bytes(obj)
+        if data is None:
+            raise TypeError(f"cannot use {type(obj).__name__} as a map {self.what}")
+        if len(data) != self.size:
+            raise MapError(f"{self.what} has {len(data)} bytes, the map's {self.what}s have {self.size}",
+                           errno=errno.EINVAL)
+        return data
+
+    def decode(self, data: bytes) -> Any:
+        kind = self.kind
+        if kind is None:
+            return int.from_bytes(data, "little") if self.size in (1, 2, 4, 8) else bytes(data)
+        if kind is int:
+            return int.from_bytes(data, "little")
+        if kind is bytes:
+            return bytes(data)
+        if self._struct is not None:
+            fields = self._struct.unpack(data)
+            return fields[0] if len(fields) == 1 else fields
+        if hasattr(kind, "from_buffer_copy"):
+            value = kind.from_buffer_copy(data)
+            return value.value if hasattr(kind, "_type_") and isinstance(kind._type_, str) else value
+        return kind(data)
+
+
+def _decode_event(kind: Converter, data: bytes) -> Any:
+    """An event record as ``kind``: bytes by default, a ctypes structure, a struct tuple, a callable."""
+    if kind is None or kind is bytes:
+        return data
+    if isinstance(kind, str):
+        size = struct.calcsize(kind)
+        fields = struct.unpack(kind, data[:size].ljust(size, b"\0"))
+        return fields[0] if len(fields) == 1 else fields
+    if hasattr(kind, "from_buffer_copy"):
+        size = ctypes.sizeof(kind)
+        return kind.from_buffer_copy(data[:size].ljust(size, b"\0"))
+    return kind(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The base class
+
+
+class BpfMap:
+    """One map: its C storage, its shape, its name and the handle bytecode refers to it by.
+
+    ``address`` is the address of the C map structure: what ``lddw rX, map:NAME`` loads and what
+    helpers receive. Values live in one preallocated slab; ``regions()`` lists the memory programs
+    may reach through pointers that helpers return (lookups, ring buffer reservations).
+    """
+
+    map_type: MapType  # the kernel's type number
+    _TYPE: ClassVar[MapType]
+
+    def __init__(self, map_type: MapType, key_size: int, value_size: int, max_entries: int, flags: int = 0,
+                 name: str = "", *, aux: int = 0) -> None:
+        self._nat: Native = native()
+        ffi, lib = self._nat.ffi, self._nat.lib
+        err = ffi.new("int *")
+        ptr = lib.jb_map_create(int(map_type), _u32(key_size, "key_size"), _u32(value_size, "value_size"),
+                                _u32(max_entries, "max_entries"), _u32(flags, "flags"), aux, err)
+        if ptr == ffi.NULL:
+            raise _fail(err[0], f"cannot create {map_type.name} map {name!r} (key_size={key_size}, "
+                                f"value_size={value_size}, max_entries={max_entries})")
+        self._ptr: Any = ffi.gc(ptr, lib.jb_map_free)
+        self.map_type = map_type
+        self.name = name
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.flags = flags
+        self.handle: int | None = None  # set by the first VM.add_map, kept by later ones
+        self.address = int(ffi.cast("uintptr_t", ptr))
+        self.num_cpus = int(lib.jb_map_num_cpus(ptr))  # values per element: 1, or num_cpus()
+        self._stride = (value_size + 7) & ~7
+        self._closed = False
+        self._regions = self._make_regions()
+
+    def _make_regions(self) -> list[Region]:
+        ffi = self._nat.ffi
+        size = ffi.new("uint64_t *")
+        base = self._nat.lib.jb_map_values(self._ptr, size)
+        if self.map_type not in _POINTER_TYPES or size[0] == 0:
+            return []
+        view = memoryview(ffi.buffer(base, size[0])).cast("B")
+        writable = not self.flags & BPF_F_RDONLY_PROG
+        return [Region(int(ffi.cast("uintptr_t", base)), int(size[0]), view, writable, f"map {self.name}")]
+
+    # -- identity: two maps are equal only if they are the same map ----------------------------
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name!r} {self.map_type.name} key_size={self.key_size} "
+                f"value_size={self.value_size} max_entries={self.max_entries}>")
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def regions(self) -> list[Region]:
+        """The memory programs may access through pointers into this map (fixed for its life)."""
+        return list(self._regions)
+
+    def value_address(self, offset: int = 0) -> int:
+        """Address of value 0 plus ``offset``: global data (``.data``, ``.bss``, ``.rodata``) lives in
+        single-element arrays, and ``lddw`` with MAP_VALUE loads this."""
+        if self.map_type is not MapType.ARRAY:
+            raise MapError(f"direct value access needs an ARRAY map, {self.name!r} is {self.map_type.name}",
+                           errno=errno.EINVAL)
+        if not 0 <= offset < self.value_size:
+            raise MapError(f"offset {offset} outside the {self.value_size}-byte value of {self.name!r}",
+                           errno=errno.EINVAL)
+        return self._regions[0].base + offset
+
+    @property
+    def ptr(self) -> Any:
+        """The C map (a cffi pointer of the native library's FFI)."""
+        if self._closed:
+            raise MapError(f"map {self.name!r} is closed", errno=errno.EBADF)
+        return self._ptr
+
+    def close(self) -> None:
+        """Free the C storage now (no program may use the map afterwards)."""
+        if not self._closed:
+            self._closed = True
+            self._regions = []
+            self._nat.ffi.release(self._ptr)
+
+    def __len__(self) -> int:
+        return int(self._nat.lib.jb_map_count(self.ptr))
+
+    # -- byte-level operations -----------------------------------------------------------------
+
+    def _out(self) -> Any:
+        return self._nat.ffi.new("uint8_t[]", max(8, self._stride * self.num_cpus))
+
+    def _lookup_raw(self, key: bytes, what: str) -> bytes:
+        ffi = self._nat.ffi
+        out = self._out()
+        _check(self._nat.lib.jb_map_lookup_all(self.ptr, ffi.from_buffer(key), out), what)
+        return bytes(ffi.buffer(out))
+
+    def _has_raw(self, key: bytes) -> bool:
+        out = self._out()
+        return bool(self._nat.lib.jb_map_lookup_all(self.ptr, self._nat.ffi.from_buffer(key), out) == 0)
+
+    def _update_raw(self, key: bytes, value: bytes, flags: int, what: str) -> None:
+        ffi = self._nat.ffi
+        _check(self._nat.lib.jb_map_update_all(self.ptr, ffi.from_buffer(key), ffi.from_buffer(value),
+                                               _u32(int(flags), "flags")), what)
+
+    def _delete_raw(self, key: bytes, what: str) -> None:
+        _check(self._nat.lib.jb_map_delete(self.ptr, self._nat.ffi.from_buffer(key)), what)
+
+    def _keys_raw(self) -> list[bytes]:
+        """Every key, collected first (so deleting while iterating is safe)."""
+        ffi, lib = self._nat.ffi, self._nat.lib
+        keys: list[bytes] = []
+        nxt = ffi.new("uint8_t[]", max(self.key_size, 4))
+        prev: Any = ffi.NULL
+        while lib.jb_map_get_next_key(self.ptr, prev, nxt) == 0:
+            key = bytes(ffi.buffer(nxt, self.key_size))
+            keys.append(key)
+            prev = ffi.from_buffer(key)
+        return keys
+
+
+# ---------------------------------------------------------------------------------------------
+# Hash maps and arrays
+
+
+class HashMap(BpfMap, MutableMapping[Any, Any]):
+    """``BPF_MAP_TYPE_HASH`` as a Python mapping (aya's ``HashMap``).
+
+    >>> blocked = HashMap(key_size=4, value_size=1, max_entries=1024, name="BLOCKED_IPS")
+    >>> blocked.insert(0xC0A80001, 1)
+    >>> 0xC0A80001 in blocked
+    True
+    """
+
+    _TYPE = MapType.HASH
+
+    def __init__(self, *, key_size: int | None = None, value_size: int | None = None, max_entries: int = 1024,
+                 flags: int = 0, name: str = "", key_type: Converter = None, value_type: Converter = None) -> None:
+        ks = key_size if key_size is not None else _size_of(key_type) or 4
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, ks, vs, max_entries, flags, name)
+        self._keys = Codec(ks, key_type, "key")
+        self._values = Codec(vs, value_type, "value")
+
+    def _encode_value(self, value: Any) -> bytes:
+        return self._values.encode(value)
+
+    def _decode_value(self, raw: bytes) -> Any:
+        return self._values.decode(raw[: self.value_size])
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._decode_value(self._lookup_raw(self._keys.encode(key), f"lookup of {key!r} in {self.name!r}"))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.insert(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._delete_raw(self._keys.encode(key), f"delete of {key!r} from {self.name!r}")
+
+    def __contains__(self, key: object) -> bool:
+        return self._has_raw(self._keys.encode(key))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([self._keys.decode(k) for k in self._keys_raw()])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
+
+    def insert(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
+        """Create or replace as ``flags`` says (BPF_ANY, BPF_NOEXIST, BPF_EXIST)."""
+        self._update_raw(self._keys.encode(key), self._encode_value(value), flags,
+                         f"update of {key!r} in {self.name!r}")
+
+    def remove(self, key: Any) -> None:
+        """Delete ``key`` (MapKeyError if it is missing)."""
+        del self[key]
+
+
+class PerCpuHashMap(HashMap):
+    """``BPF_MAP_TYPE_PERCPU_HASH``: ``m[key]`` is a list with one value per CPU.
+
+    Assign a list (one value per CPU) or a single value (stored for every CPU).
+    """
+
+    _TYPE = MapType.PERCPU_HASH
+
+    def _encode_value(self, value: Any) -> bytes:
+        return _encode_percpu(self, self._values, value)
+
+    def _decode_value(self, raw: bytes) -> list[Any]:
+        return _decode_percpu(self, self._values, raw)
+
+
+def _encode_percpu(m: BpfMap, codec: Codec, value: Any) -> bytes:
+    values = value if isinstance(value, list) else [value] * m.num_cpus
+    if len(values) != m.num_cpus:
+        raise MapError(f"a per-CPU value needs {m.num_cpus} values, got {len(values)}", errno=errno.EINVAL)
+    pad = bytes(m._stride - m.value_size)
+    return b"".join(codec.encode(v) + pad for v in values)
+
+
+def _decode_percpu(m: BpfMap, codec: Codec, raw: bytes) -> list[Any]:
+    stride = m._stride
+    return [codec.decode(raw[c * stride : c * stride + m.value_size]) for c in range(m.num_cpus)]
+
+
+class Array(BpfMap):
+    """``BPF_MAP_TYPE_ARRAY``: ``max_entries`` preallocated, zeroed values indexed by u32.
+
+    ``a[i]``/``a.get(i)`` read, ``a[i] = v``/``a.set(i, v)`` write; ``view(i)`` is a live
+    memoryview of value ``i`` (the same bytes programs change through lookup pointers).
+    """
+
+    _TYPE = MapType.ARRAY
+
+    def __init__(self, *, value_size: int | None = None, max_entries: int = 1024, flags: int = 0, name: str = "",
+                 value_type: Converter = None, key_size: int = 4) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, key_size, vs, max_entries, flags, name)
+        self._values = Codec(vs, value_type, "value")
+
+    @staticmethod
+    def _key(index: int) -> bytes:
+        return _u32(index, "index").to_bytes(4, "little")
+
+    def _decode_value(self, raw: bytes) -> Any:
+        return self._values.decode(raw[: self.value_size])
+
+    def _encode_value(self, value: Any) -> bytes:
+        return self._values.encode(value)
+
+    def get(self, index: int) -> Any:
+        """Value at ``index`` (MapKeyError beyond ``max_entries``)."""
+        return self._decode_value(self._lookup_raw(self._key(index), f"lookup of index {index} in {self.name!r}"))
+
+    def set(self, index: int, value: Any, flags: int = BPF_ANY) -> None:
+        """Store ``value`` at ``index`` (E2BIG beyond ``max_entries``; BPF_NOEXIST gives EEXIST)."""
+        self._update_raw(self._key(index), self._encode_value(value), flags,
+                         f"update of index {index} in {self.name!r}")
+
+    def __getitem__(self, index: int) -> Any:
+        return self.get(index)
+
+    def __setitem__(self, index: int, value: Any) -> None:
+        self.set(index, value)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.get(i) for i in range(self.max_entries))
+
+    def __len__(self) -> int:
+        return self.max_entries
+
+    def view(self, index: int, cpu: int = 0) -> memoryview:
+        """The live bytes of value ``index`` (of CPU ``cpu`` for per-CPU arrays)."""
+        if not 0 <= index < self.max_entries or not 0 <= cpu < self.num_cpus:
+            raise MapError(f"index {index} (cpu {cpu}) out of range", errno=errno.E2BIG)
+        start = (cpu * self.max_entries + index) * self._stride
+        return self._regions[0].view[start : start + self.value_size]
+
+
+class PerCpuArray(Array):
+    """``BPF_MAP_TYPE_PERCPU_ARRAY``: each element is a list with one value per CPU."""
+
+    _TYPE = MapType.PERCPU_ARRAY
+
+    def _encode_value(self, value: Any) -> bytes:
+        return _encode_percpu(self, self._values, value)
+
+    def _decode_value(self, raw: bytes) -> list[Any]:
+        return _decode_percpu(self, self._values, raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# LPM trie
+
+
+@dataclass(frozen=True)
+class LpmKey:
+    """A key of an LPM trie: the first ``prefix_len`` bits of ``data``, most significant first.
+
+    ``data`` is bytes (network order), an int (written big-endian, so ``0x0A000000`` is 10.0.0.0),
+    an ``ipaddress`` address or an address string.
+    """
+
+    prefix_len: int  # significant leading bits
+    data: Any  # bytes, int, IPv4Address/IPv6Address or str
+
+    @classmethod
+    def from_network(cls, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> LpmKey:
+        """The key of a network such as ``"10.11.0.0/16"``."""
+        net = ipaddress.ip_network(network) if isinstance(network, str) else network
+        return cls(net.prefixlen, net.network_address.packed)
+
+    def data_bytes(self, size: int) -> bytes:
+        data = self.data
+        if isinstance(data, str):
+            data = ipaddress.ip_address(data)
+        if isinstance(data, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            data = data.packed
+        if isinstance(data, int):
+            try:
+                return data.to_bytes(size, "big")
+            except OverflowError:
+                raise MapError(f"LPM data {data:#x} does not fit in {size} bytes", errno=errno.EINVAL) from None
+        raw = _buffer_bytes(data)
+        if raw is None or len(raw) != size:
+            raise MapError(f"LPM data must be {size} bytes, got {data!r}", errno=errno.EINVAL)
+        return raw
+
+
+class LpmTrie(BpfMap, MutableMapping[Any, Any]):
+    """``BPF_MAP_TYPE_LPM_TRIE``: keys are ``LpmKey`` (or networks, ``"10.0.0.0/8"``).
+
+    ``t[key]`` is the kernel's lookup: the value of the longest stored prefix matching the first
+    ``key.prefix_len`` bits; a bare address means all its bits. Deletion is by exact prefix.
+    A full trie fails inserts with ENOSPC, as the kernel.
+    """
+
+    _TYPE = MapType.LPM_TRIE
+
+    def __init__(self, *, key_size: int = 8, value_size: int | None = None, max_entries: int = 1024,
+                 flags: int = BPF_F_NO_PREALLOC, name: str = "", value_type: Converter = None) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, key_size, vs, max_entries, flags, name)
+        self.data_size = key_size - 4
+        self._values = Codec(vs, value_type, "value")
+
+    def _key(self, key: Any) -> bytes:
+        if isinstance(key, ipaddress.IPv4Network | ipaddress.IPv6Network) or (isinstance(key, str) and "/" in key):
+            key = LpmKey.from_network(key)
+        lpm: LpmKey = key if isinstance(key, LpmKey) else LpmKey(8 * self.data_size, key)
+        return _u32(lpm.prefix_len, "prefix_len").to_bytes(4, "little") + lpm.data_bytes(self.data_size)
+
+    def __getitem__(self, key: Any) -> Any:
+        raw = self._lookup_raw(self._key(key), f"lookup of {key!r} in {self.name!r}")
+        return self._values.decode(raw[: self.value_size])
+
+    def lookup(self, address: Any) -> Any:
+        """The value of the longest prefix containing ``address`` (MapKeyError if none)."""
+        return self[address]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.insert(key, value)
+
+    def insert(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
+        """Store ``value`` for the prefix ``key`` as ``flags`` says."""
+        self._update_raw(self._key(key), self._values.encode(value), flags, f"update of {key!r} in {self.name!r}")
+
+    def __delitem__(self, key: Any) -> None:
+        self._delete_raw(self._key(key), f"delete of {key!r} from {self.name!r}")
+
+    def __contains__(self, key: object) -> bool:
+        return self._has_raw(self._key(key))
+
+    def __iter__(self) -> Iterator[LpmKey]:
+        return iter([LpmKey(int.from_bytes(k[:4], "little"), k[4:]) for k in self._keys_raw()])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queue and stack
+
+
+class _QueueStack(BpfMap):
+    _TYPE: ClassVar[MapType]
+
+    def __init__(self, *, value_size: int | None = None, max_entries: int = 1024, flags: int = 0, name: str = "",
+                 value_type: Converter = None, key_size: int = 0) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, key_size, vs, max_entries, flags, name)
+        self._values = Codec(vs, value_type, "value")
+
+    def push(self, value: Any, flags: int = BPF_ANY) -> None:
+        """Add ``value``; on a full map, E2BIG, or with BPF_EXIST the oldest value is dropped."""
+        data = self._values.encode(value)
+        _check(self._nat.lib.jb_map_push(self.ptr, self._nat.ffi.from_buffer(data), _u32(int(flags), "flags")),
+               f"push to {self.name!r}")
+
+    def _take(self, remove: bool) -> Any:
+        ffi, lib = self._nat.ffi, self._nat.lib
+        out = ffi.new("uint8_t[]", self.value_size)
+        rc = lib.jb_map_pop(self.ptr, out) if remove else lib.jb_map_peek(self.ptr, out)
+        if rc < 0:
+            code = -rc
+            meaning = "empty" if code == errno.ENOENT else _MEANING.get(code, os.strerror(code))
+            raise MapError(f"{'pop' if remove else 'peek'} from {self.name!r}: {meaning}", errno=code)
+        return self._values.decode(bytes(ffi.buffer(out)))
+
+    def pop(self) -> Any:
+        """Remove and return the next value (MapError with errno ENOENT when empty)."""
+        return self._take(True)
+
+    def peek(self) -> Any:
+        """The next value, left in place."""
+        return self._take(False)
+
+
+class Stack(_QueueStack):
+    """``BPF_MAP_TYPE_STACK``: ``pop`` returns the value pushed last."""
+
+    _TYPE = MapType.STACK
+
+
+class Queue(_QueueStack):
+    """``BPF_MAP_TYPE_QUEUE``: ``pop`` returns the value pushed first."""
+
+    _TYPE = MapType.QUEUE
+
+
+# ---------------------------------------------------------------------------------------------
+# Event streams
+
+
+class _EventSource(BpfMap):
+    """Reading records out of a perf event array or a ring buffer: at once, blocking, or async."""
+
+    poll_interval = 0.001  # seconds between checks while waiting (the producers never wake us)
+    event_type: Converter
+
+    def read_events(self) -> list[Any]:
+        raise NotImplementedError
+
+    def poll(self, timeout: float | None = None) -> list[Any]:
+        """Wait up to ``timeout`` seconds (forever if None) for events; return them (maybe [])."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = self.poll_interval / 8
+        while True:
+            events = self.read_events()
+            if events:
+                return events
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                delay = min(delay, left)
+            time.sleep(delay)
+            delay = min(delay * 2, self.poll_interval)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The events available now."""
+        return iter(self.read_events())
+
+    async def events_async(self, interval: float | None = None) -> AsyncIterator[Any]:
+        """Every event, as it arrives (``async for event in ...``); never ends by itself."""
+        while True:
+            events = self.read_events()
+            if not events:
+                await asyncio.sleep(self.poll_interval if interval is None else interval)
+                continue
+            for event in events:
+                yield event
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self.events_async()
+
+
+class PerfEventArray(_EventSource):
+    """``BPF_MAP_TYPE_PERF_EVENT_ARRAY``: one event ring per CPU (``buffer_size`` bytes each).
+
+    Programs write with ``bpf_perf_event_output(ctx, map, BPF_F_CURRENT_CPU, data, size)``;
+    ``read_events()`` drains every ring (events of one ring stay in order). Records that do not
+    fit are dropped and counted in ``lost``. ``event_type`` decodes records (e.g. a ctypes struct).
+    """
+
+    _TYPE = MapType.PERF_EVENT_ARRAY
+
+    def __init__(self, *, max_entries: int | None = None, name: str = "", buffer_size: int = 1 << 16,
+                 event_type: Converter = None, key_size: int = 4, value_size: int = 4, flags: int = 0) -> None:
+        entries = max_entries if max_entries is not None else native().num_cpus
+        super().__init__(self._TYPE, key_size, value_size, entries, flags, name, aux=buffer_size)
+        self.buffer_size = buffer_size
+        self.event_type = event_type
+        self._buf = self._nat.ffi.new("uint8_t[]", buffer_size)
+        self._read_lock = threading.Lock()
+
+    @property
+    def rings(self) -> int:
+        """Rings that exist (one per CPU, at most ``max_entries``)."""
+        return int(self._nat.lib.jb_perf_rings(self.ptr))
+
+    @property
+    def lost(self) -> int:
+        """Records dropped so far because a ring was full."""
+        return sum(int(self._nat.lib.jb_perf_lost(self.ptr, r)) for r in range(self.rings))
+
+    def read_events(self, cpu: int | None = None) -> list[Any]:
+        """Take the events waiting in ring ``cpu`` (all rings if None)."""
+        ffi, lib = self._nat.ffi, self._nat.lib
+        length = ffi.new("uint32_t *")
+        events: list[Any] = []
+        with self._read_lock:
+            for ring in range(self.rings) if cpu is None else (cpu,):
+                while lib.jb_perf_read(self.ptr, ring, self._buf, self.buffer_size, length) == 1:
+                    events.append(_decode_event(self.event_type, bytes(ffi.buffer(self._buf, length[0]))))
+        return events
+
+
+class RingBuf(_EventSource):
+    """``BPF_MAP_TYPE_RINGBUF``: ``max_entries`` bytes (a power of two, at least 4096) shared by
+    every producer; records come out in reservation order once submitted."""
+
+    _TYPE = MapType.RINGBUF
+
+    def __init__(self, *, max_entries: int = 1 << 16, name: str = "", event_type: Converter = None,
+                 key_size: int = 0, value_size: int = 0, flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+        self.event_type = event_type
+        self._buf = self._nat.ffi.new("uint8_t[]", max_entries)
+        self._read_lock = threading.Lock()
+
+    @property
+    def avail_data(self) -> int:
+        """Bytes reserved or written and not yet consumed."""
+        return int(self._nat.lib.jb_ringbuf_query(self.ptr, 0))
+
+    def read_events(self) -> list[Any]:
+        """Take every submitted record (discarded ones are skipped)."""
+        ffi, lib = self._nat.ffi, self._nat.lib
+        length = ffi.new("uint32_t *")
+        events: list[Any] = []
+        with self._read_lock:
+            while lib.jb_ringbuf_consume(self.ptr, self._buf, self.max_entries, length) == 1:
+                events.append(_decode_event(self.event_type, bytes(ffi.buffer(self._buf, length[0]))))
+        return events
+
+    def is_reserved(self, address: int) -> bool:
+        """Whether ``address`` is the data of a record reserved and not yet submitted."""
+        return bool(self._nat.lib.jb_ringbuf_reserved(self.ptr, address))
+
+
+# ---------------------------------------------------------------------------------------------
+# Slot arrays: programs, sockets, devices
+
+
+class _Slots(BpfMap):
+    """An array of optional entries; C keeps a u64 per slot (flag, socket id, ifindex)."""
+
+    def _index(self, index: int) -> bytes:
+        return _u32(index, "index").to_bytes(4, "little")
+
+    def _slot(self, index: int) -> int | None:
+        out = self._nat.ffi.new("uint64_t *")
+        if self._nat.lib.jb_slot_get(self.ptr, _u32(index, "index"), out) < 0:
+            return None
+        return int(out[0])
+
+    def _store(self, index: int, value: int, flags: int, what: str) -> None:
+        self._update_raw(self._index(index), value.to_bytes(8, "little"), flags, what)
+
+    def indices(self) -> list[int]:
+        """The indices that hold an entry."""
+        return [i for i in range(self.max_entries) if self._slot(i) is not None]
+
+
+class ProgramArray(_Slots):
+    """``BPF_MAP_TYPE_PROG_ARRAY``: index -> VM, the targets of ``bpf_tail_call``."""
+
+    _TYPE = MapType.PROG_ARRAY
+
+    def __init__(self, *, max_entries: int = 32, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+        self._programs: dict[int, VM] = {}
+
+    def set(self, index: int, program: VM) -> None:
+        """Install ``program`` at ``index`` (E2BIG beyond ``max_entries``)."""
+        self._store(index, 1, BPF_ANY, f"update of index {index} in {self.name!r}")
+        self._programs[index] = program
+
+    def __setitem__(self, index: int, program: VM) -> None:
+        self.set(index, program)
+
+    def __getitem__(self, index: int) -> VM:
+        program = self._programs.get(index)
+        if program is None:
+            raise MapKeyError(f"no program at index {index} of {self.name!r}", errno=errno.ENOENT)
+        return program
+
+    def __delitem__(self, index: int) -> None:
+        self._delete_raw(self._index(index), f"delete of index {index} from {self.name!r}")
+        self._programs.pop(index, None)
+
+    def get(self, index: int) -> VM | None:
+        """The program at ``index``, or None (what a tail call to it would run)."""
+        return self._programs.get(index)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._programs))
+
+
+class _SocketIds:
+    """Socket objects (any Python object) <-> the ids C stores, with reference counts."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, object] = {}
+        self.ids: dict[int, int] = {}  # id(obj) -> socket id
+        self.refs: dict[int, int] = {}  # socket id -> slots holding it
+        self.next_id = 1
+
+    def acquire(self, sock: object) -> int:
+        sid = self.ids.get(id(sock))
+        if sid is None:
+            sid, self.next_id = self.next_id, self.next_id + 1
+            self.ids[id(sock)], self.by_id[sid] = sid, sock
+        self.refs[sid] = self.refs.get(sid, 0) + 1
+        return sid
+
+    def release(self, sid: int | None) -> None:
+        if sid is None or sid not in self.refs:
+            return
+        self.refs[sid] -= 1
+        if self.refs[sid] <= 0:
+            del self.refs[sid]
+            sock = self.by_id.pop(sid)
+            self.ids.pop(id(sock), None)
+
+
+class SockMap(_Slots):
+    """``BPF_MAP_TYPE_SOCKMAP``: index -> socket. A socket is any Python object the application
+    uses as a handle; redirect helpers report it back."""
+
+    _TYPE = MapType.SOCKMAP
+
+    def __init__(self, *, max_entries: int = 1024, name: str = "", key_size: int = 4, value_size: int = 8,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+        self._socks = _SocketIds()
+        self._lock = threading.Lock()
+
+    def insert(self, index: int, sock: object, flags: int = BPF_ANY) -> None:
+        """Store ``sock`` at ``index`` as ``flags`` says."""
+        with self._lock:
+            old = self._slot(index) if 0 <= index < self.max_entries else None
+            sid = self._socks.acquire(sock)
+            try:
+                self._store(index, sid, flags, f"update of index {index} in {self.name!r}")
+            except MapError:
+                self._socks.release(sid)
+                raise
+            self._socks.release(old)
+
+    def __setitem__(self, index: int, sock: object) -> None:
+        self.insert(index, sock)
+
+    def get(self, index: int) -> object | None:
+        """The socket at ``index``, or None."""
+        sid = self._slot(index) if 0 <= index < self.max_entries else None
+        return None if sid is None else self._socks.by_id.get(sid)
+
+    def __getitem__(self, index: int) -> object:
+        sock = self.get(index)
+        if sock is None:
+            raise MapKeyError(f"no socket at index {index} of {self.name!r}", errno=errno.ENOENT)
+        return sock
+
+    def __delitem__(self, index: int) -> None:
+        with self._lock:
+            old = self._slot(index) if 0 <= index < self.max_entries else None
+            self._delete_raw(self._index(index), f"delete of index {index} from {self.name!r}")
+            self._socks.release(old)
+
+
+class SockHash(BpfMap, MutableMapping[Any, Any]):
+    """``BPF_MAP_TYPE_SOCKHASH``: key (e.g. a 5-tuple) -> socket (any Python object)."""
+
+    _TYPE = MapType.SOCKHASH
+
+    def __init__(self, *, key_size: int | None = None, max_entries: int = 1024, name: str = "",
+                 key_type: Converter = None, value_size: int = 8, flags: int = 0) -> None:
+        ks = key_size if key_size is not None else _size_of(key_type) or 4
+        super().__init__(self._TYPE, ks, value_size, max_entries, flags, name)
+        self._keys = Codec(ks, key_type, "key")
+        self._socks = _SocketIds()
+        self._lock = threading.Lock()
+
+    def _sid(self, key: bytes) -> int | None:
+        if not self._has_raw(key):
+            return None
+        return int.from_bytes(self._lookup_raw(key, "lookup")[:8], "little")
+
+    def socket_for(self, key_bytes: bytes) -> object | None:
+        """The socket stored under the raw key bytes, or None (used by the redirect helpers)."""
+        sid = self._sid(key_bytes)
+        return None if sid is None else self._socks.by_id.get(sid)
+
+    def insert(self, key: Any, sock: object, flags: int = BPF_ANY) -> None:
+        """Store ``sock`` under ``key`` as ``flags`` says."""
+        kb = self._keys.encode(key)
+        with self._lock:
+            old = self._sid(kb)
+            sid = self._socks.acquire(sock)
+            try:
+                self._update_raw(kb, sid.to_bytes(8, "little"), flags, f"update of {key!r} in {self.name!r}")
+            except MapError:
+                self._socks.release(sid)
+                raise
+            self._socks.release(old)
+
+    def __setitem__(self, key: Any, sock: object) -> None:
+        self.insert(key, sock)
+
+    def __getitem__(self, key: Any) -> object:
+        sock = self.socket_for(self._keys.encode(key))
+        if sock is None:
+            raise MapKeyError(f"no socket for {key!r} in {self.name!r}", errno=errno.ENOENT)
+        return sock
+
+    def __delitem__(self, key: Any) -> None:
+        kb = self._keys.encode(key)
+        with self._lock:
+            old = self._sid(kb)
+            self._delete_raw(kb, f"delete of {key!r} from {self.name!r}")
+            self._socks.release(old)
+
+    def __contains__(self, key: object) -> bool:
+        return self._has_raw(self._keys.encode(key))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([self._keys.decode(k) for k in self._keys_raw()])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
+
+
+class DevMap(_Slots):
+    """``BPF_MAP_TYPE_DEVMAP``: index -> interface index, the targets of ``bpf_redirect_map``.
+    Storing ifindex 0 empties the slot, as the kernel."""
+
+    _TYPE = MapType.DEVMAP
+
+    def __init__(self, *, max_entries: int = 64, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+
+    def __setitem__(self, index: int, ifindex: int) -> None:
+        if ifindex == 0:
+            self._delete_raw(self._index(index), f"delete of index {index} from {self.name!r}")
+        else:
+            self._store(index, _u32(ifindex, "ifindex"), BPF_ANY, f"update of index {index} in {self.name!r}")
+
+    def __getitem__(self, index: int) -> int:
+        ifindex = self._slot(index)
+        if ifindex is None:
+            raise MapKeyError(f"no device at index {index} of {self.name!r}", errno=errno.ENOENT)
+        return ifindex
+
+    def __delitem__(self, index: int) -> None:
+        self._delete_raw(self._index(index), f"delete of index {index} from {self.name!r}")
+
+    def get(self, index: int) -> int | None:
+        """The ifindex at ``index``, or None."""
+        return self._slot(index) if 0 <= index < self.max_entries else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Factory
+
+
+_CLASSES: dict[MapType, type[BpfMap]] = {
+    MapType.HASH: HashMap,
+    MapType.ARRAY: Array,
+    MapType.PROG_ARRAY: ProgramArray,
+    MapType.PERF_EVENT_ARRAY: PerfEventArray,
+    MapType.PERCPU_HASH: PerCpuHashMap,
+    MapType.PERCPU_ARRAY: PerCpuArray,
+    MapType.LPM_TRIE: LpmTrie,
+    MapType.DEVMAP: DevMap,
+    MapType.SOCKMAP: SockMap,
+    MapType.SOCKHASH: SockHash,
+    MapType.QUEUE: Queue,
+    MapType.STACK: Stack,
+    MapType.RINGBUF: RingBuf,
+}
+
+
+def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
+               name: str = "", **options: Any) -> BpfMap:
+    """A map of any supported type from its kernel description (as an ELF loader finds it).
+
+    ``options`` go to the class: ``key_type``/``value_type``, ``event_type``, ``buffer_size``.
+    """
+    try:
+        kind = MapType(map_type)
+    except ValueError:
+        raise MapError(f"unsupported map type {map_type}", errno=errno.EINVAL) from None
+    cls: Any = _CLASSES[kind]
+    made: BpfMap = cls(key_size=key_size, value_size=value_size, max_entries=max_entries, flags=flags, name=name,
+                       **options)
+    return made

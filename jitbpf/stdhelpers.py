@@ -1,0 +1,422 @@
+"""The standard Linux helpers by kernel id, over jitbpf's maps: Python functions plus C twins."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from jitbpf._native import native
+from jitbpf.errors import ExecutionError, MapError
+from jitbpf.helpers import Helper
+from jitbpf.isa import MASK32, MASK64
+from jitbpf.maps import BpfMap, DevMap, MapType, RingBuf, SockHash, SockMap
+
+if TYPE_CHECKING:
+    from jitbpf.memory import MemoryMap
+    from jitbpf.vm import VM
+
+__all__ = ["HelperId", "Redirect", "StdContext", "format_printk", "standard_helpers"]
+
+
+class HelperId(enum.IntEnum):
+    """Kernel helper ids (``enum bpf_func_id``) of the helpers this module provides."""
+
+    MAP_LOOKUP_ELEM = 1  # bpf_map_lookup_elem(map, key) -> value pointer or NULL
+    MAP_UPDATE_ELEM = 2  # bpf_map_update_elem(map, key, value, flags)
+    MAP_DELETE_ELEM = 3  # bpf_map_delete_elem(map, key)
+    PROBE_READ = 4  # bpf_probe_read(dst, size, src): copy, -EFAULT outside program memory
+    KTIME_GET_NS = 5  # monotonic clock, nanoseconds
+    TRACE_PRINTK = 6  # bpf_trace_printk(fmt, fmt_size, a, b, c)
+    GET_PRANDOM_U32 = 7  # pseudo-random u32
+    GET_SMP_PROCESSOR_ID = 8  # the calling thread's CPU id
+    TAIL_CALL = 12  # bpf_tail_call(ctx, prog_array, index)
+    GET_CURRENT_PID_TGID = 14  # tgid << 32 | thread id
+    GET_CURRENT_UID_GID = 15  # gid << 32 | uid
+    GET_CURRENT_COMM = 16  # bpf_get_current_comm(buf, size): the thread's name
+    PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output(ctx, map, flags, data, size)
+    REDIRECT_MAP = 51  # bpf_redirect_map(map, key, flags) -> XDP action
+    SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map(skb, map, key, flags) -> SK_PASS / SK_DROP
+    SOCK_MAP_UPDATE = 53  # bpf_sock_map_update(skops, map, key, flags)
+    MSG_REDIRECT_MAP = 60  # bpf_msg_redirect_map(msg, map, key, flags) -> SK_PASS / SK_DROP
+    MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
+    MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
+    MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
+    PROBE_READ_USER = 112  # as PROBE_READ
+    PROBE_READ_KERNEL = 113  # as PROBE_READ
+    JIFFIES64 = 118  # boot time in ticks of 250 Hz
+    KTIME_GET_BOOT_NS = 125  # boot-time clock (counts suspend), nanoseconds
+    RINGBUF_OUTPUT = 130  # bpf_ringbuf_output(map, data, size, flags)
+    RINGBUF_RESERVE = 131  # bpf_ringbuf_reserve(map, size, flags) -> record pointer or NULL
+    RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit(data, flags)
+    RINGBUF_DISCARD = 133  # bpf_ringbuf_discard(data, flags)
+    RINGBUF_QUERY = 134  # bpf_ringbuf_query(map, flags)
+
+
+XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
+SK_DROP, SK_PASS = 0, 1  # socket verdicts of the sk/msg redirect helpers
+BPF_F_INGRESS = 1  # redirect into the target socket's receive path
+_XDP_REDIRECT_FLAGS = 0x3 | 0x8 | 0x10  # failure action (low bits), BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Where the latest redirect helper of a run sent its packet or message."""
+
+    helper: str  # the helper's kernel name
+    map: BpfMap  # the map it looked up
+    key: int  # the index in that map
+    target: Any  # an interface index (DEVMAP) or the socket object (SOCKMAP / SOCKHASH)
+    flags: int  # the helper's flags argument
+
+
+class StdContext:
+    """The standard helpers' state for one VM: the trace log, and per-thread run effects.
+
+    ``redirect`` is the calling thread's latest redirect (reset with ``clear_redirect``);
+    ``socket`` is the socket that the thread's sock_ops context stands for, which
+    ``bpf_sock_map_update`` inserts (set it before running).
+    """
+
+    def __init__(self, trace_stream: TextIO | None = None) -> None:
+        self.trace_log: list[str] = []  # bpf_trace_printk output, in order
+        self.trace_stream = trace_stream  # also written here (e.g. sys.stderr) when set
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def emit(self, text: str) -> None:
+        with self._lock:
+            self.trace_log.append(text)
+            if self.trace_stream is not None:
+                self.trace_stream.write(text)
+
+    @property
+    def redirect(self) -> Redirect | None:
+        return getattr(self._local, "redirect", None)
+
+    @redirect.setter
+    def redirect(self, value: Redirect | None) -> None:
+        self._local.redirect = value
+
+    def clear_redirect(self) -> None:
+        self._local.redirect = None
+
+    @property
+    def socket(self) -> object | None:
+        return getattr(self._local, "socket", None)
+
+    @socket.setter
+    def socket(self, sock: object | None) -> None:
+        self._local.socket = sock
+
+
+# ---------------------------------------------------------------------------------------------
+# trace_printk formatting
+
+_SPEC = re.compile(r"%([-+ #0]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|z)?([diuxXcsp%])")
+_MAX_PRINTK_ARGS = 3  # as the kernel
+
+
+def format_printk(fmt: str, args: Sequence[int], read_string: Callable[[int], str]) -> str | None:
+    """``fmt`` with the kernel's printk conversions (%d %i %u %x %X %c %s %p %%, with l/ll/h/hh,
+    flags, width and precision) applied to ``args``; None if the format is invalid."""
+    out: list[str] = []
+    pos, used = 0, 0
+    while True:
+        pct = fmt.find("%", pos)
+        if pct < 0:
+            out.append(fmt[pos:])
+            return "".join(out)
+        out.append(fmt[pos:pct])
+        m = _SPEC.match(fmt, pct)
+        if m is None:
+            return None
+        pos = m.end()
+        flags, width, precision, length, conv = m.groups()
+        if conv == "%":
+            out.append("%")
+            continue
+        if used >= min(len(args), _MAX_PRINTK_ARGS):
+            return None
+        raw = args[used] & MASK64
+        used += 1
+        bits = {"hh": 8, "h": 16, "l": 64, "ll": 64, "z": 64}.get(length or "", 32)
+        spec = "%" + flags + width + (f".{precision}" if precision is not None else "")
+        value: Any
+        if conv in "di":
+            value = raw & ((1 << bits) - 1)
+            value -= (value >> (bits - 1)) << bits
+            out.append((spec + "d") % value)
+        elif conv in "uxX":
+            out.append((spec + ("d" if conv == "u" else conv)) % (raw & ((1 << bits) - 1)))
+        elif conv == "c":
+            out.append((spec + "c") % chr(raw & 0xFF))
+        elif conv == "s":
+            out.append((spec + "s") % read_string(raw))
+        else:
+            out.append((spec + "s") % f"{raw:#x}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The helper set
+
+
+def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Helper]:
+    """The standard helpers for ``vm`` (which they read maps and memory from).
+
+    Sets ``vm.std`` to their ``StdContext``. Helpers with a C twin carry its address in
+    ``Helper.native`` (the JIT calls it without entering Python); their Python function checks
+    the map and pointer arguments, then calls the same C code, so both engines agree. Pointers
+    the C helpers take are trusted: the verifier proves them, as in the kernel.
+    """
+    nat = native()
+    lib = nat.lib
+    ctx = StdContext(trace_stream)
+    vm.std = ctx
+    keep = (nat.ffi, lib)
+
+    def memory() -> MemoryMap:
+        return vm.memory
+
+    def map_at(addr: int, helper: str, *types: MapType) -> BpfMap:
+        for m in vm.maps.values():
+            if m.address == addr:
+                if types and m.map_type not in types:
+                    names = "/".join(t.name for t in types)
+                    raise ExecutionError(f"{helper}: map {m.name!r} is a {m.map_type.name}, not {names}")
+                return m  # type: ignore[no-any-return]
+        raise ExecutionError(f"{helper}: {addr:#x} is not a map of this program", address=addr)
+
+    def need(addr: int, size: int, helper: str, what: str, *, write: bool = False) -> None:
+        if size == 0:
+            return
+        region = memory().find(addr, size)
+        if region is None or (write and not region.writable):
+            kind = "read-only" if region is not None else "out of bounds"
+            raise ExecutionError(f"{helper}: {what} at {addr:#x} ({size} bytes) is {kind} memory", address=addr)
+
+    def native_helper(hid: HelperId, name: str, cname: str, fn: Callable[[int, int, int, int, int], int],
+                      args: tuple[str, ...] = (), ret: str = "scalar") -> Helper:
+        return Helper(int(hid), name, fn, args, ret, nat.address(cname), keep)
+
+    # -- maps ----------------------------------------------------------------------------------
+
+    def map_lookup_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_map_lookup_elem")
+        need(r2, m.key_size, "bpf_map_lookup_elem", "key")
+        return int(lib.jb_helper_map_lookup_elem(r1, r2, 0, 0, 0))
+
+    def map_update_elem(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_map_update_elem")
+        need(r2, m.key_size, "bpf_map_update_elem", "key")
+        need(r3, m.value_size, "bpf_map_update_elem", "value")
+        return int(lib.jb_helper_map_update_elem(r1, r2, r3, r4, 0))
+
+    def map_delete_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_map_delete_elem")
+        need(r2, m.key_size, "bpf_map_delete_elem", "key")
+        return int(lib.jb_helper_map_delete_elem(r1, r2, 0, 0, 0))
+
+    def map_push_elem(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_map_push_elem")
+        need(r2, m.value_size, "bpf_map_push_elem", "value")
+        return int(lib.jb_helper_map_push_elem(r1, r2, r3, 0, 0))
+
+    def map_pop_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_map_pop_elem")
+        need(r2, m.value_size, "bpf_map_pop_elem", "value", write=True)
+        return int(lib.jb_helper_map_pop_elem(r1, r2, 0, 0, 0))
+
+    def map_peek_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_map_peek_elem")
+        need(r2, m.value_size, "bpf_map_peek_elem", "value", write=True)
+        return int(lib.jb_helper_map_peek_elem(r1, r2, 0, 0, 0))
+
+    # -- events --------------------------------------------------------------------------------
+
+    def perf_event_output(r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        map_at(r2, "bpf_perf_event_output", MapType.PERF_EVENT_ARRAY)
+        need(r4, r5, "bpf_perf_event_output", "data")
+        return int(lib.jb_helper_perf_event_output(r1, r2, r3, r4, r5))
+
+    def ringbuf_output(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        map_at(r1, "bpf_ringbuf_output", MapType.RINGBUF)
+        need(r2, r3, "bpf_ringbuf_output", "data")
+        return int(lib.jb_helper_ringbuf_output(r1, r2, r3, r4, 0))
+
+    def ringbuf_reserve(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        map_at(r1, "bpf_ringbuf_reserve", MapType.RINGBUF)
+        return int(lib.jb_helper_ringbuf_reserve(r1, r2, r3, 0, 0))
+
+    def reserved_record(addr: int, helper: str) -> None:
+        for m in vm.maps.values():
+            if isinstance(m, RingBuf) and m.is_reserved(addr):
+                return
+        raise ExecutionError(f"{helper}: {addr:#x} is not a reserved ring buffer record", address=addr)
+
+    def ringbuf_submit(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        reserved_record(r1, "bpf_ringbuf_submit")
+        return int(lib.jb_helper_ringbuf_submit(r1, r2, 0, 0, 0))
+
+    def ringbuf_discard(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        reserved_record(r1, "bpf_ringbuf_discard")
+        return int(lib.jb_helper_ringbuf_discard(r1, r2, 0, 0, 0))
+
+    def ringbuf_query(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        map_at(r1, "bpf_ringbuf_query", MapType.RINGBUF)
+        return int(lib.jb_helper_ringbuf_query(r1, r2, 0, 0, 0))
+
+    # -- memory, tracing, identity -------------------------------------------------------------
+
+    def probe_read(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        size = r2 & MASK32
+        need(r1, size, "bpf_probe_read", "destination", write=True)
+        mm = memory()
+        if size and mm.find(r3, size) is None:
+            mm.write(r1, bytes(size))  # the kernel zeroes the destination on a fault
+            return -errno.EFAULT
+        mm.write(r1, mm.read(r3, size))
+        return 0
+
+    def trace_printk(r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        if r2 == 0:
+            return -errno.EINVAL
+        mm = memory()
+        raw = mm.read(r1, r2)
+        nul = raw.find(b"\0")
+        if nul < 0:
+            return -errno.EINVAL
+
+        def read_string(addr: int) -> str:
+            try:
+                return mm.read_cstring(addr).decode("utf-8", "replace")
+            except ExecutionError:
+                return ""  # the kernel prints an empty string for an unreadable pointer
+
+        text = format_printk(raw[:nul].decode("utf-8", "replace"), (r3, r4, r5), read_string)
+        if text is None:
+            return -errno.EINVAL
+        ctx.emit(text)
+        return len(text.encode())
+
+    def get_current_comm(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        need(r1, r2, "bpf_get_current_comm", "buffer", write=True)
+        return int(lib.jb_helper_get_current_comm(r1, r2, 0, 0, 0))
+
+    def no_args(cname: str) -> Callable[[int, int, int, int, int], int]:
+        call = getattr(lib, cname)
+
+        def fn(_r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+            return int(call(0, 0, 0, 0, 0))
+
+        fn.__name__ = cname
+        return fn
+
+    # -- tail calls and redirects --------------------------------------------------------------
+
+    def tail_call(_r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r2, "bpf_tail_call", MapType.PROG_ARRAY)
+        return vm.request_tail_call(m, r3 & MASK32)
+
+    def redirect_map(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP)
+        if r3 & ~_XDP_REDIRECT_FLAGS:
+            return XDP_ABORTED
+        assert isinstance(m, DevMap)
+        ifindex = m.get(r2 & MASK32)
+        if ifindex is None:
+            return r3 & 0x3  # the action the caller chose for a missing entry
+        ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, ifindex, r3)
+        return XDP_REDIRECT
+
+    def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
+        m = map_at(r2, name, MapType.SOCKMAP)
+        assert isinstance(m, SockMap)
+        if r4 & ~BPF_F_INGRESS:
+            return SK_DROP
+        sock = m.get(r3 & MASK32)
+        if sock is None:
+            return SK_DROP
+        ctx.redirect = Redirect(name, m, r3 & MASK32, sock, r4)
+        return SK_PASS
+
+    def sk_redirect_map(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        return sock_redirect("bpf_sk_redirect_map", r2, r3, r4)
+
+    def msg_redirect_map(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        return sock_redirect("bpf_msg_redirect_map", r2, r3, r4)
+
+    def sock_map_update(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        m = map_at(r2, "bpf_sock_map_update", MapType.SOCKMAP, MapType.SOCKHASH)
+        need(r3, m.key_size, "bpf_sock_map_update", "key")
+        sock = ctx.socket
+        if sock is None:
+            return -errno.EOPNOTSUPP  # the context stands for no socket: set StdContext.socket
+        key = memory().read(r3, m.key_size)
+        try:
+            if isinstance(m, SockMap):
+                m.insert(int.from_bytes(key, "little"), sock, r4)
+            else:
+                assert isinstance(m, SockHash)
+                m.insert(key, sock, r4)
+        except MapError as exc:
+            return -exc.errno
+        return 0
+
+    h = HelperId
+    probe_args = ("uninit_mem", "size_or_zero", "anything")
+    # These helpers never dereference their ctx argument, so it is "anything": programs in the
+    # raw-memory mode (r1 = plain memory, no context type) may call them too.
+    ctx_arg = "anything"
+    return [
+        native_helper(h.MAP_LOOKUP_ELEM, "bpf_map_lookup_elem", "jb_helper_map_lookup_elem", map_lookup_elem,
+                      ("map", "key"), "map_value_or_null"),
+        native_helper(h.MAP_UPDATE_ELEM, "bpf_map_update_elem", "jb_helper_map_update_elem", map_update_elem,
+                      ("map", "key", "value", "scalar")),
+        native_helper(h.MAP_DELETE_ELEM, "bpf_map_delete_elem", "jb_helper_map_delete_elem", map_delete_elem,
+                      ("map", "key")),
+        Helper(h.PROBE_READ, "bpf_probe_read", probe_read, probe_args),
+        native_helper(h.KTIME_GET_NS, "bpf_ktime_get_ns", "jb_helper_ktime_get_ns", no_args("jb_helper_ktime_get_ns")),
+        Helper(h.TRACE_PRINTK, "bpf_trace_printk", trace_printk, ("mem", "size", "anything", "anything", "anything")),
+        native_helper(h.GET_PRANDOM_U32, "bpf_get_prandom_u32", "jb_helper_get_prandom_u32",
+                      no_args("jb_helper_get_prandom_u32")),
+        native_helper(h.GET_SMP_PROCESSOR_ID, "bpf_get_smp_processor_id", "jb_helper_get_smp_processor_id",
+                      no_args("jb_helper_get_smp_processor_id")),
+        Helper(h.TAIL_CALL, "bpf_tail_call", tail_call, (ctx_arg, "map", "scalar")),
+        native_helper(h.GET_CURRENT_PID_TGID, "bpf_get_current_pid_tgid", "jb_helper_get_current_pid_tgid",
+                      no_args("jb_helper_get_current_pid_tgid")),
+        native_helper(h.GET_CURRENT_UID_GID, "bpf_get_current_uid_gid", "jb_helper_get_current_uid_gid",
+                      no_args("jb_helper_get_current_uid_gid")),
+        native_helper(h.GET_CURRENT_COMM, "bpf_get_current_comm", "jb_helper_get_current_comm", get_current_comm,
+                      ("uninit_mem", "size")),
+        native_helper(h.PERF_EVENT_OUTPUT, "bpf_perf_event_output", "jb_helper_perf_event_output",
+                      perf_event_output, (ctx_arg, "map", "scalar", "mem", "size")),
+        Helper(h.REDIRECT_MAP, "bpf_redirect_map", redirect_map, ("map", "scalar", "scalar")),
+        Helper(h.SK_REDIRECT_MAP, "bpf_sk_redirect_map", sk_redirect_map, (ctx_arg, "map", "scalar", "scalar")),
+        Helper(h.SOCK_MAP_UPDATE, "bpf_sock_map_update", sock_map_update, (ctx_arg, "map", "key", "scalar")),
+        Helper(h.MSG_REDIRECT_MAP, "bpf_msg_redirect_map", msg_redirect_map, (ctx_arg, "map", "scalar", "scalar")),
+        native_helper(h.MAP_PUSH_ELEM, "bpf_map_push_elem", "jb_helper_map_push_elem", map_push_elem,
+                      ("map", "value", "scalar")),
+        native_helper(h.MAP_POP_ELEM, "bpf_map_pop_elem", "jb_helper_map_pop_elem", map_pop_elem, ("map", "value")),
+        native_helper(h.MAP_PEEK_ELEM, "bpf_map_peek_elem", "jb_helper_map_peek_elem", map_peek_elem,
+                      ("map", "value")),
+        Helper(h.PROBE_READ_USER, "bpf_probe_read_user", probe_read, probe_args),
+        Helper(h.PROBE_READ_KERNEL, "bpf_probe_read_kernel", probe_read, probe_args),
+        native_helper(h.JIFFIES64, "bpf_jiffies64", "jb_helper_jiffies64", no_args("jb_helper_jiffies64")),
+        native_helper(h.KTIME_GET_BOOT_NS, "bpf_ktime_get_boot_ns", "jb_helper_ktime_get_boot_ns",
+                      no_args("jb_helper_ktime_get_boot_ns")),
+        native_helper(h.RINGBUF_OUTPUT, "bpf_ringbuf_output", "jb_helper_ringbuf_output", ringbuf_output,
+                      ("map", "mem", "size", "scalar")),
+        native_helper(h.RINGBUF_RESERVE, "bpf_ringbuf_reserve", "jb_helper_ringbuf_reserve", ringbuf_reserve,
+                      ("map", "scalar", "scalar"), "map_value_or_null"),
+        native_helper(h.RINGBUF_SUBMIT, "bpf_ringbuf_submit", "jb_helper_ringbuf_submit", ringbuf_submit,
+                      ("anything", "scalar"), "void"),
+        native_helper(h.RINGBUF_DISCARD, "bpf_ringbuf_discard", "jb_helper_ringbuf_discard", ringbuf_discard,
+                      ("anything", "scalar"), "void"),
+        native_helper(h.RINGBUF_QUERY, "bpf_ringbuf_query", "jb_helper_ringbuf_query", ringbuf_query,
+                      ("map", "scalar")),
+    ]
