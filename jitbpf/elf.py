@@ -1,0 +1,828 @@
+"""Loading eBPF ELF objects built by clang ``-target bpf``: programs, maps, global data and relocations."""
+
+from __future__ import annotations
+
+import enum
+import io
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
+
+from jitbpf.errors import BpfError, ElfError
+from jitbpf.isa import SLOT_SIZE, CallSrc, PseudoSrc
+from jitbpf.programs import PROGRAM_TYPES, ProgType, section_program_type
+
+if TYPE_CHECKING:
+    from jitbpf.vm import VM
+
+EM_BPF = 247  # e_machine of eBPF objects
+LDDW = 0x18  # opcode of the 16-byte load of a 64-bit immediate
+CALL = 0x85  # opcode of call
+BPF_F_RDONLY_PROG = 0x80  # map flag: the program may not write the map (.rodata)
+DATA_SECTIONS = (".data", ".rodata", ".bss")  # global data sections (and their ".name.*" variants)
+MAX_GLOBAL_DATA = 1 << 24  # bytes of one global data section
+
+
+class Reloc(enum.IntEnum):
+    """eBPF relocation types (``R_BPF_*``)."""
+
+    NONE = 0  # nothing to do
+    R_BPF_64_64 = 1  # lddw: 64-bit address of a map or of global data
+    R_BPF_64_ABS64 = 2  # 64-bit data address (debug info, BTF)
+    R_BPF_64_ABS32 = 3  # 32-bit data address (debug info)
+    R_BPF_64_NODYLD32 = 4  # 32-bit address ignored by dynamic loaders (.BTF.ext)
+    R_BPF_64_32 = 10  # call: pc-relative offset of a bpf-to-bpf callee
+
+
+class BtfKind(enum.IntEnum):
+    """BTF type kinds (``BTF_KIND_*``)."""
+
+    UNKN = 0  # void
+    INT = 1  # integer
+    PTR = 2  # pointer
+    ARRAY = 3  # array
+    STRUCT = 4  # struct
+    UNION = 5  # union
+    ENUM = 6  # 32-bit enum
+    FWD = 7  # forward declaration
+    TYPEDEF = 8  # typedef
+    VOLATILE = 9  # volatile qualifier
+    CONST = 10  # const qualifier
+    RESTRICT = 11  # restrict qualifier
+    FUNC = 12  # function
+    FUNC_PROTO = 13  # function prototype
+    VAR = 14  # variable
+    DATASEC = 15  # section of variables
+    FLOAT = 16  # floating point
+    DECL_TAG = 17  # declaration tag
+    TYPE_TAG = 18  # type tag
+    ENUM64 = 19  # 64-bit enum
+
+
+@dataclass(frozen=True)
+class BtfType:
+    """One BTF type record: its kind, name, size-or-type word and kind-specific members."""
+
+    kind: BtfKind  # BTF_KIND_*
+    name: str  # name, "" when anonymous
+    size_or_type: int  # size for INT/STRUCT/UNION/ENUM/DATASEC/FLOAT, referenced type id otherwise
+    members: tuple[tuple[str, int, int], ...] = ()  # STRUCT/UNION (name, type, bit offset); DATASEC (,type,off)
+    array: tuple[int, int] = (0, 0)  # ARRAY: (element type, number of elements)
+
+
+_MODIFIERS = (BtfKind.TYPEDEF, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_TAG)
+
+
+class Btf:
+    """The types of a ``.BTF`` section, read far enough for BTF-defined maps."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 24:
+            raise ElfError("BTF header is truncated", section=".BTF")
+        magic, version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != 0xEB9F:
+            raise ElfError(f"bad BTF magic {magic:#x}", section=".BTF")
+        if version != 1:
+            raise ElfError(f"unsupported BTF version {version}", section=".BTF")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        types_at, strs_at = hdr_len + type_off, hdr_len + str_off
+        if types_at + type_len > len(data) or strs_at + str_len > len(data):
+            raise ElfError("BTF type or string data extends past the section", section=".BTF")
+        self._strings = data[strs_at : strs_at + str_len]
+        self.types: list[BtfType] = [BtfType(BtfKind.UNKN, "", 0)]
+        self._parse(data[types_at : types_at + type_len])
+
+    def _str(self, off: int) -> str:
+        if off >= len(self._strings) and off:
+            raise ElfError(f"BTF string offset {off} out of range", section=".BTF")
+        end = self._strings.find(b"\0", off)
+        return self._strings[off : end if end >= 0 else len(self._strings)].decode("utf-8", "replace")
+
+    def _parse(self, blob: bytes) -> None:
+        pos = 0
+        while pos < len(blob):
+            if pos + 12 > len(blob):
+                raise ElfError("BTF type record is truncated", section=".BTF")
+            name_off, info, size_or_type = struct.unpack_from("<III", blob, pos)
+            pos += 12
+            vlen, raw_kind = info & 0xFFFF, (info >> 24) & 0x1F
+            try:
+                kind = BtfKind(raw_kind)
+            except ValueError:
+                raise ElfError(f"unknown BTF kind {raw_kind}", section=".BTF") from None
+            members: tuple[tuple[str, int, int], ...] = ()
+            array = (0, 0)
+            extra = {BtfKind.INT: 4, BtfKind.ARRAY: 12, BtfKind.STRUCT: 12 * vlen, BtfKind.UNION: 12 * vlen,
+                     BtfKind.ENUM: 8 * vlen, BtfKind.FUNC_PROTO: 8 * vlen, BtfKind.VAR: 4,
+                     BtfKind.DATASEC: 12 * vlen, BtfKind.DECL_TAG: 4, BtfKind.ENUM64: 12 * vlen}.get(kind, 0)
+            if pos + extra > len(blob):
+                raise ElfError(f"BTF type {len(self.types)} is truncated", section=".BTF")
+            if kind is BtfKind.ARRAY:
+                elem, _index, nelems = struct.unpack_from("<III", blob, pos)
+                array = (elem, nelems)
+            elif kind in (BtfKind.STRUCT, BtfKind.UNION, BtfKind.DATASEC):
+                rows = [struct.unpack_from("<III", blob, pos + 12 * i) for i in range(vlen)]
+                if kind is BtfKind.DATASEC:
+                    members = tuple(("", t, off) for t, off, _size in rows)
+                else:
+                    members = tuple((self._str(n), t, off) for n, t, off in rows)
+            pos += extra
+            self.types.append(BtfType(kind, self._str(name_off), size_or_type, members, array))
+
+    def get(self, type_id: int) -> BtfType:
+        """The type with this id (ElfError when it does not exist)."""
+        if not 0 <= type_id < len(self.types):
+            raise ElfError(f"BTF type id {type_id} does not exist", section=".BTF")
+        return self.types[type_id]
+
+    def resolve(self, type_id: int) -> tuple[int, BtfType]:
+        """Follow typedefs and qualifiers to the underlying type."""
+        for _ in range(64):
+            t = self.get(type_id)
+            if t.kind not in _MODIFIERS:
+                return type_id, t
+            type_id = t.size_or_type
+        raise ElfError("BTF typedef chain too long (a loop?)", section=".BTF")
+
+    def size_of(self, type_id: int, depth: int = 0) -> int:
+        """Byte size of a type, as the C compiler laid it out."""
+        if depth > 32:
+            raise ElfError("BTF type nesting too deep", section=".BTF")
+        _, t = self.resolve(type_id)
+        if t.kind in (BtfKind.INT, BtfKind.STRUCT, BtfKind.UNION, BtfKind.ENUM, BtfKind.ENUM64, BtfKind.FLOAT,
+                      BtfKind.DATASEC):
+            return t.size_or_type
+        if t.kind is BtfKind.PTR:
+            return 8
+        if t.kind is BtfKind.ARRAY:
+            return t.array[1] * self.size_of(t.array[0], depth + 1)
+        raise ElfError(f"BTF type {t.kind.name} {t.name!r} has no size", section=".BTF")
+
+    def find(self, kind: BtfKind, name: str) -> BtfType | None:
+        """The first type of this kind and name."""
+        for t in self.types:
+            if t.kind is kind and t.name == name:
+                return t
+        return None
+
+
+@dataclass(frozen=True)
+class MapDef:
+    """A map as the object declares it (before it is created)."""
+
+    name: str  # the map's symbol name, or the data section's name
+    map_type: int  # BPF_MAP_TYPE_*
+    key_size: int  # bytes per key
+    value_size: int  # bytes per value
+    max_entries: int  # capacity
+    flags: int  # BPF_F_* creation flags
+    section: str  # where it was declared: ".maps", "maps", ".data", ".rodata", ".bss", ...
+    origin: str  # "btf", "legacy" or "data"
+    initial: bytes | None = None  # contents of a global-data map (its single value)
+
+
+@dataclass(frozen=True)
+class _Symbol:
+    index: int  # position in the symbol table
+    name: str  # symbol name ("" for section symbols)
+    value: int  # st_value: offset in its section
+    size: int  # st_size
+    kind: str  # STT_* type
+    shndx: int | None  # section index, None when undefined or special (ABS, COMMON)
+
+
+@dataclass(frozen=True)
+class _Section:
+    index: int  # section header index
+    name: str  # section name
+    kind: str  # SHT_* type
+    flags: int  # SHF_* flags
+    size: int  # sh_size
+    link: int  # sh_link
+    info: int  # sh_info
+    data: bytes  # contents (zeros for NOBITS)
+
+    @property
+    def executable(self) -> bool:
+        return self.kind == "SHT_PROGBITS" and bool(self.flags & 0x4) and self.size > 0
+
+
+@dataclass(frozen=True)
+class _Func:
+    section: int  # index of its section
+    start: int  # first instruction slot in the section
+    count: int  # number of slots
+    name: str  # symbol name
+
+
+@dataclass(frozen=True)
+class _Rel:
+    offset: int  # byte offset in the code section
+    symbol: int  # symbol table index
+    kind: int  # R_BPF_* type
+
+
+class ElfProgram:
+    """One program of an ELF object: its code (relocated and linked) and program type.
+
+    ``vm()`` builds a VM for it that shares the object's maps; ``run(...)`` runs it with the
+    runner of its program type (``run_xdp`` for XDP, ...) in a VM kept for that purpose.
+    """
+
+    def __init__(self, obj: ElfObject, name: str, section: str, prog_type: ProgType, code: bytes) -> None:
+        self.obj = obj
+        self.name = name
+        self.section = section
+        self.prog_type = prog_type
+        self.code = code
+        self._default: dict[str, VM] = {}
+
+    def __repr__(self) -> str:
+        return (f"ElfProgram({self.name!r}, section={self.section!r}, prog_type={self.prog_type.name}, "
+                f"insns={len(self.code) // SLOT_SIZE})")
+
+    @property
+    def program_type_name(self) -> str:
+        """The short name of the program type ("xdp", "socket_filter", ...; "" when none)."""
+        info = PROGRAM_TYPES.get(self.prog_type)
+        return info.name if info is not None else ""
+
+    def vm(self, **kwargs: Any) -> VM:
+        """A new VM running this program, with the object's maps and the type's helpers."""
+        from jitbpf.vm import VM
+
+        if self.prog_type is not ProgType.UNSPEC:
+            kwargs.setdefault("prog_type", self.prog_type)
+        vm = VM(self.code, **kwargs)
+        use_standard = getattr(vm, "use_standard_helpers", None)
+        if kwargs.get("prog_type") is None and use_standard is not None:
+            use_standard()
+        self.obj.attach(vm)
+        return vm
+
+    def run(self, *args: Any, engine: str = "interp", **kwargs: Any) -> Any:
+        """Run with the runner of the program type: ``run(packet)`` for XDP returns (action, packet), ...
+
+        A program without a type runs as ``execute(mem)``; see ``VM.run_*`` for each type's arguments.
+        """
+        vm = self._default.get("vm")
+        if vm is None:
+            vm = self._default["vm"] = self.vm()
+        runner = RUNNERS.get(self.prog_type)
+        if runner is None:
+            if engine == "jit":
+                return vm.execute_jit(*args, **kwargs)
+            return vm.execute(*args, **kwargs)
+        return getattr(vm, runner)(*args, engine=engine, **kwargs)
+
+
+RUNNERS: Mapping[ProgType, str] = MappingProxyType({
+    ProgType.SOCKET_FILTER: "run_socket_filter",
+    ProgType.KPROBE: "run_kprobe",
+    ProgType.SCHED_CLS: "run_tc",
+    ProgType.SCHED_ACT: "run_tc",
+    ProgType.TRACEPOINT: "run_tracepoint",
+    ProgType.RAW_TRACEPOINT: "run_tracepoint",
+    ProgType.XDP: "run_xdp",
+    ProgType.PERF_EVENT: "run_perf_event",
+    ProgType.CGROUP_SKB: "run_cgroup_skb",
+    ProgType.CGROUP_SOCK: "run_cgroup_sock",
+    ProgType.SOCK_OPS: "run_sock_ops",
+    ProgType.SK_SKB: "run_sk_skb",
+    ProgType.CGROUP_DEVICE: "run_cgroup_device",
+    ProgType.SK_MSG: "run_sk_msg",
+    ProgType.CGROUP_SOCK_ADDR: "run_sock_addr",
+})  # the VM method that runs each program type
+
+
+@dataclass
+class ElfObject:
+    """A loaded ELF object: its programs (by function name), maps (by name) and license."""
+
+    name: str  # file name, or "<bytes>"
+    programs: dict[str, ElfProgram] = field(default_factory=dict)  # function name -> program
+    maps: dict[str, Any] = field(default_factory=dict)  # map name -> jitbpf.maps map object
+    map_defs: dict[str, MapDef] = field(default_factory=dict)  # map name -> its declaration
+    map_handles: dict[str, int] = field(default_factory=dict)  # map name -> handle used in the code
+    license: str = ""  # the "license" section
+    kern_version: int = 0  # the "version" section, when present
+    btf: Btf | None = None  # the object's BTF, when it has some
+    variables: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # global -> (map, offset, size)
+
+    def variable(self, name: str) -> memoryview:
+        """The live bytes of a global variable (in ``.data``, ``.rodata``, ``.bss``), to read or set
+        (set ``.rodata`` before the programs run, as libbpf's skeletons do)."""
+        if name not in self.variables:
+            known = ", ".join(self.variables) or "none"
+            raise ElfError(f"no global variable {name!r} in {self.name} (globals: {known})")
+        map_name, offset, size = self.variables[name]
+        view: memoryview = self.maps[map_name].view(0)
+        return view[offset : offset + size]
+
+    def program(self, key: str) -> ElfProgram:
+        """A program by function name, or by section name when that section holds exactly one."""
+        if key in self.programs:
+            return self.programs[key]
+        matches = [p for p in self.programs.values() if p.section == key]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            names = ", ".join(p.name for p in matches)
+            raise ElfError(f"section {key} holds several programs ({names}): choose one by name", section=key)
+        known = ", ".join(f"{p.name} ({p.section})" for p in self.programs.values()) or "none"
+        raise ElfError(f"no program or section named {key!r} in {self.name} (programs: {known})")
+
+    def sections(self) -> dict[str, list[ElfProgram]]:
+        """Programs grouped by section name."""
+        out: dict[str, list[ElfProgram]] = {}
+        for p in self.programs.values():
+            out.setdefault(p.section, []).append(p)
+        return out
+
+    def attach(self, vm: VM) -> None:
+        """Give ``vm`` this object's maps under the handles its programs' code uses."""
+        for name, m in self.maps.items():
+            vm.add_map(m, handle=self.map_handles[name])
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
+             create_maps: bool = True) -> ElfObject:
+    """Load an eBPF ELF object (a path or its bytes): programs, maps, global data, relocations.
+
+    Every problem with the object raises ``ElfError`` naming the section or relocation at fault.
+    With ``create_maps`` off, maps are described (``map_defs``) but not created.
+    """
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        label = name or "<bytes>"
+    else:
+        path = os.fspath(source)
+        label = name or os.path.basename(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ElfError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return _Loader(data, label, create_maps).load()
+
+
+class _Loader:
+    def __init__(self, data: bytes, label: str, create_maps: bool) -> None:
+        self.data = data
+        self.obj = ElfObject(label)
+        self.create_maps = create_maps
+        self.where: str | None = None  # section being read, for errors from pyelftools
+        self.sections: list[_Section] = []
+        self.symbols: list[_Symbol] = []
+        self.funcs: dict[int, list[_Func]] = {}  # section index -> functions, by start
+        self.relocs: dict[int, dict[int, _Rel]] = {}  # code section index -> offset -> relocation
+        self.map_at: dict[tuple[int, int], str] = {}  # (section index, offset) -> map name
+        self.data_maps: dict[int, str] = {}  # data section index -> map name
+        self.map_extent: dict[str, tuple[int, int]] = {}  # BTF map name -> (offset, size) in .maps
+        self.values_off: dict[str, int] = {}  # BTF map name -> byte offset of its ".values" initialiser
+        self.maps_relocs: list[tuple[int, int]] = []  # (offset in .maps, symbol) of .values entries
+
+    @contextmanager
+    def _guard(self, section: str | None) -> Iterator[None]:
+        """Turn whatever pyelftools or struct raise on a malformed object into an ElfError."""
+        previous, self.where = self.where, section
+        try:
+            yield
+        except BpfError:
+            raise
+        except Exception as exc:  # pyelftools raises many kinds on corrupt input
+            detail = str(exc) or type(exc).__name__
+            raise ElfError(f"malformed ELF object: {detail}", section=section) from exc
+        finally:
+            self.where = previous
+
+    def load(self) -> ElfObject:
+        self._check_header()
+        with self._guard(None):
+            elf = ELFFile(io.BytesIO(self.data))
+            machine = elf.header["e_machine"]
+            if machine != "EM_BPF" and machine != EM_BPF:
+                raise ElfError(f"wrong machine {machine}: not an eBPF object (expected EM_BPF)")
+            if elf.header["e_type"] not in ("ET_REL", "ET_EXEC", "ET_DYN"):
+                raise ElfError(f"unsupported ELF type {elf.header['e_type']}")
+            self._read_sections(elf)
+        self._read_license()
+        self._split_functions()
+        self._read_relocations(elf)
+        self._declare_maps()
+        if self.create_maps:
+            self._create_maps()
+        self._build_programs()
+        if self.create_maps:
+            self._fill_program_arrays()
+        return self.obj
+
+    # -- the file ----------------------------------------------------------------------------------
+
+    def _check_header(self) -> None:
+        data = self.data
+        if len(data) < 4 or data[:4] != b"\x7fELF":
+            raise ElfError("not an ELF object (bad magic)")
+        if len(data) < 64:
+            raise ElfError(f"truncated ELF header ({len(data)} bytes)")
+        if data[4] != 2:
+            raise ElfError("not a 64-bit ELF object (eBPF objects are ELFCLASS64)")
+        if data[5] != 1:
+            raise ElfError("big-endian eBPF objects (bpfeb) are not supported: compile with -target bpfel or bpf")
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+        if shnum and (shentsize != 64 or shoff + shnum * 64 > len(data)):
+            raise ElfError(f"section header table at {shoff:#x} ({shnum} entries) lies past the end of the file"
+                           " (truncated?)")
+
+    def _read_sections(self, elf: ELFFile) -> None:
+        for index, sec in enumerate(elf.iter_sections()):
+            with self._guard(f"#{index}"):
+                name = sec.name
+            with self._guard(name or f"#{index}"):
+                hdr = sec.header
+                kind, offset, size = hdr["sh_type"], int(hdr["sh_offset"]), int(hdr["sh_size"])
+                if kind == "SHT_NOBITS":
+                    body = b""  # no bytes in the file: zeros when used (.bss)
+                else:
+                    if offset + size > len(self.data):
+                        raise ElfError(f"section data ({size} bytes at {offset:#x}) extends past the end of the"
+                                       " file (truncated?)", section=name or f"#{index}")
+                    body = self.data[offset : offset + size]
+                self.sections.append(_Section(index, name, str(kind), int(hdr["sh_flags"]), size,
+                                              int(hdr["sh_link"]), int(hdr["sh_info"]), body))
+                if isinstance(sec, SymbolTableSection) and not self.symbols:
+                    self._read_symbols(sec)
+
+    def _read_symbols(self, sec: SymbolTableSection) -> None:
+        for i, sym in enumerate(sec.iter_symbols()):
+            shndx = sym["st_shndx"]
+            self.symbols.append(_Symbol(i, sym.name, int(sym["st_value"]), int(sym["st_size"]),
+                                        str(sym["st_info"]["type"]),
+                                        shndx if isinstance(shndx, int) and shndx > 0 else None))
+
+    def _section(self, index: int | None, what: str) -> _Section:
+        if index is None or not 0 <= index < len(self.sections):
+            raise ElfError(f"{what} refers to section {index}, which does not exist")
+        return self.sections[index]
+
+    def _by_name(self, name: str) -> _Section | None:
+        for s in self.sections:
+            if s.name == name:
+                return s
+        return None
+
+    def _read_license(self) -> None:
+        lic = self._by_name("license")
+        if lic is not None:
+            self.obj.license = lic.data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        ver = self._by_name("version")
+        if ver is not None and len(ver.data) >= 4:
+            self.obj.kern_version = struct.unpack_from("<I", ver.data)[0]
+
+    # -- code --------------------------------------------------------------------------------------
+
+    def _split_functions(self) -> None:
+        for sec in self.sections:
+            if not sec.executable:
+                continue
+            if sec.size % SLOT_SIZE:
+                raise ElfError(f"code size {sec.size} is not a multiple of {SLOT_SIZE}", section=sec.name)
+            syms = sorted((s for s in self.symbols if s.shndx == sec.index and s.kind == "STT_FUNC"),
+                          key=lambda s: s.value)
+            funcs: list[_Func] = []
+            for i, s in enumerate(syms):
+                if s.value % SLOT_SIZE or s.value >= sec.size:
+                    raise ElfError(f"function {s.name} at offset {s.value:#x} is not at an instruction of the"
+                                   " section", section=sec.name)
+                end = s.value + s.size if s.size else (syms[i + 1].value if i + 1 < len(syms) else sec.size)
+                if end > sec.size or end % SLOT_SIZE or end <= s.value:
+                    raise ElfError(f"function {s.name} ({s.size} bytes at {s.value:#x}) does not fit its section",
+                                   section=sec.name)
+                funcs.append(_Func(sec.index, s.value // SLOT_SIZE, (end - s.value) // SLOT_SIZE, s.name))
+            if not funcs:
+                funcs.append(_Func(sec.index, 0, sec.size // SLOT_SIZE, sec.name))
+            self.funcs[sec.index] = funcs
+
+    def _read_relocations(self, elf: ELFFile) -> None:
+        for sec in self.sections:
+            if sec.kind not in ("SHT_REL", "SHT_RELA"):
+                continue
+            target = self.sections[sec.info] if 0 <= sec.info < len(self.sections) else None
+            if target is not None and target.name == ".maps" and sec.kind == "SHT_REL":
+                with self._guard(sec.name):
+                    relsec = elf.get_section(sec.index)
+                    if isinstance(relsec, RelocationSection):
+                        self.maps_relocs += [(int(r["r_offset"]), int(r["r_info_sym"]))
+                                             for r in relsec.iter_relocations()]
+                continue
+            if target is None or target.index not in self.funcs:
+                continue  # debug info and BTF need no relocation here
+            if sec.kind == "SHT_RELA":
+                raise ElfError("RELA relocations are not supported in code (clang emits REL)", section=sec.name)
+            table: dict[int, _Rel] = {}
+            with self._guard(sec.name):
+                relsec = elf.get_section(sec.index)
+                if not isinstance(relsec, RelocationSection):
+                    raise ElfError("relocation section cannot be read", section=sec.name)
+                rows = [(int(r["r_offset"]), int(r["r_info_sym"]), int(r["r_info_type"]))
+                        for r in relsec.iter_relocations()]
+            for offset, sym, kind in rows:
+                where = f"{sec.name} offset {offset:#x}"
+                if kind == Reloc.NONE:
+                    continue
+                if kind not in (Reloc.R_BPF_64_64, Reloc.R_BPF_64_32):
+                    name = Reloc(kind).name if kind in Reloc._value2member_map_ else str(kind)
+                    raise ElfError(f"unsupported relocation type {name} in code at {where}", section=target.name)
+                width = 16 if kind == Reloc.R_BPF_64_64 else 8
+                if offset % SLOT_SIZE or offset + width > target.size:
+                    raise ElfError(f"relocation at {where} is out of bounds of its {target.size}-byte section",
+                                   section=target.name)
+                if not 0 <= sym < len(self.symbols):
+                    raise ElfError(f"relocation at {where} refers to symbol {sym}, which does not exist",
+                                   section=target.name)
+                table[offset] = _Rel(offset, sym, kind)
+            self.relocs[target.index] = table
+
+    # -- maps --------------------------------------------------------------------------------------
+
+    def _declare_maps(self) -> None:
+        legacy = self._by_name("maps")
+        if legacy is not None:
+            self._legacy_maps(legacy)
+        btf_maps = self._by_name(".maps")
+        btf_sec = self._by_name(".BTF")
+        if btf_sec is not None:
+            try:
+                self.obj.btf = Btf(btf_sec.data)
+            except ElfError:
+                if btf_maps is not None:
+                    raise
+                self.obj.btf = None  # BTF only matters for .maps; a program without them loads anyway
+        if btf_maps is not None and btf_maps.size:
+            self._btf_maps(btf_maps)
+        for sec in self.sections:
+            is_data = any(sec.name == d or sec.name.startswith(d + ".") for d in DATA_SECTIONS)
+            if not is_data or sec.size == 0 or not sec.flags & 0x2 or sec.executable:  # SHF_ALLOC
+                continue
+            if sec.size > MAX_GLOBAL_DATA:
+                raise ElfError(f"global data of {sec.size} bytes is too large (at most {MAX_GLOBAL_DATA})",
+                               section=sec.name)
+            readonly = sec.name.startswith(".rodata")
+            body = sec.data if sec.kind != "SHT_NOBITS" else bytes(sec.size)
+            self._add_map(MapDef(sec.name, 2, 4, sec.size, 1, BPF_F_RDONLY_PROG if readonly else 0, sec.name,
+                                 "data", body))
+            self.data_maps[sec.index] = sec.name
+            for sym in self.symbols:
+                if sym.shndx == sec.index and sym.kind == "STT_OBJECT" and sym.name:
+                    if sym.value + sym.size > sec.size:
+                        raise ElfError(f"variable {sym.name} lies outside its section", section=sec.name)
+                    self.obj.variables[sym.name] = (sec.name, sym.value, sym.size)
+
+    def _map_symbols(self, sec: _Section) -> list[_Symbol]:
+        syms = sorted((s for s in self.symbols if s.shndx == sec.index and s.kind in ("STT_OBJECT", "STT_NOTYPE")
+                       and s.name), key=lambda s: s.value)
+        if not syms:
+            raise ElfError("map section has no map symbols", section=sec.name)
+        return syms
+
+    def _legacy_maps(self, sec: _Section) -> None:
+        syms = self._map_symbols(sec)
+        for s in syms:
+            if s.value + 16 > sec.size:
+                raise ElfError(f"map {s.name} at offset {s.value:#x} is truncated (struct bpf_map_def needs at least"
+                               " 16 bytes)", section=sec.name)
+            raw = sec.data[s.value : s.value + 20].ljust(20, b"\0")
+            map_type, key_size, value_size, max_entries, flags = struct.unpack("<5I", raw)
+            self._add_map(MapDef(s.name, map_type, key_size, value_size, max_entries, flags, sec.name, "legacy"))
+            self.map_at[(sec.index, s.value)] = s.name
+
+    def _btf_maps(self, sec: _Section) -> None:
+        btf = self.obj.btf
+        if btf is None:
+            raise ElfError("BTF-defined maps need the object's .BTF section (compile with -g)", section=sec.name)
+        datasec = btf.find(BtfKind.DATASEC, ".maps")
+        if datasec is None:
+            raise ElfError("no BTF description of the .maps section", section=sec.name)
+        described: dict[str, int] = {}
+        for _, var_id, _ in datasec.members:
+            var = btf.get(var_id)
+            if var.kind is not BtfKind.VAR:
+                raise ElfError(f"BTF .maps entry {var_id} is a {var.kind.name}, not a variable", section=".BTF")
+            described[var.name] = var.size_or_type
+        for s in self._map_symbols(sec):
+            type_id = described.get(s.name)
+            if type_id is None:
+                raise ElfError(f"map {s.name} has no BTF description", section=sec.name)
+            self._add_map(self._btf_map_def(btf, s.name, type_id, sec.name))
+            self.map_at[(sec.index, s.value)] = s.name
+            self.map_extent[s.name] = (s.value, s.size)
+
+    def _btf_map_def(self, btf: Btf, name: str, type_id: int, section: str) -> MapDef:
+        _, t = btf.resolve(type_id)
+        if t.kind is not BtfKind.STRUCT:
+            raise ElfError(f"map {name} is declared as a {t.kind.name}, not a struct", section=section)
+        attrs: dict[str, int] = {}
+        for member, member_type, bit_offset in t.members:
+            _, ptr = btf.resolve(member_type)
+            if member == "values":
+                self.values_off[name] = (bit_offset & 0xFFFFFF) // 8  # initial contents: see .rel.maps
+                continue
+            if ptr.kind is not BtfKind.PTR:
+                raise ElfError(f"map {name}: attribute {member} is not declared with __uint/__type", section=section)
+            target_id, target = btf.resolve(ptr.size_or_type)
+            if member in ("key", "value"):
+                attrs[f"{member}_size"] = btf.size_of(target_id)
+            elif target.kind is BtfKind.ARRAY:
+                attrs[member] = target.array[1]
+            else:
+                raise ElfError(f"map {name}: attribute {member} is not an __uint(...)", section=section)
+        for required in ("type",):
+            if required not in attrs:
+                raise ElfError(f"map {name} has no {required}", section=section)
+        if name in self.values_off:
+            attrs.setdefault("value_size", 4)  # program and map ids, as libbpf sets for .values
+        return MapDef(name, attrs["type"], attrs.get("key_size", 0), attrs.get("value_size", 0),
+                      attrs.get("max_entries", 0), attrs.get("map_flags", 0), section, "btf")
+
+    def _add_map(self, spec: MapDef) -> None:
+        if spec.name in self.obj.map_defs:
+            raise ElfError(f"map {spec.name} is declared twice", section=spec.section)
+        self.obj.map_defs[spec.name] = spec
+        self.obj.map_handles[spec.name] = len(self.obj.map_handles) + 1
+
+    def _create_maps(self) -> None:
+        from jitbpf.maps import Array, create_map
+
+        for name, spec in self.obj.map_defs.items():
+            try:
+                m = create_map(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
+                               name=name)
+            except BpfError as exc:
+                raise ElfError(f"cannot create map {name}: {exc.message}", section=spec.section) from exc
+            if spec.initial is not None and any(spec.initial) and isinstance(m, Array):
+                m.view(0)[:] = spec.initial
+            self.obj.maps[name] = m
+
+    def _fill_program_arrays(self) -> None:
+        """Install the programs a program array's ``.values`` initialiser names (tail call targets)."""
+        for offset, sym_index in self.maps_relocs:
+            where = f"relocation at .maps offset {offset:#x}"
+            owner = next((n for n, (start, size) in self.map_extent.items() if start <= offset < start + size), None)
+            if owner is None or owner not in self.values_off:
+                raise ElfError(f"{where} is not inside a map's .values initialiser", section=".maps")
+            rel = offset - self.map_extent[owner][0] - self.values_off[owner]
+            if rel < 0 or rel % 8:
+                raise ElfError(f"{where} is not at a slot of {owner}.values", section=".maps")
+            if not 0 <= sym_index < len(self.symbols):
+                raise ElfError(f"{where} refers to symbol {sym_index}, which does not exist", section=".maps")
+            sym = self.symbols[sym_index]
+            if self.obj.map_defs[owner].map_type != 3:  # BPF_MAP_TYPE_PROG_ARRAY
+                raise ElfError(f"map {owner}: .values initialisers are supported for program arrays only",
+                               section=".maps")
+            prog = self.obj.programs.get(sym.name)
+            if prog is None:
+                raise ElfError(f"map {owner}: slot {rel // 8} names {sym.name!r}, which is not a program",
+                               section=".maps")
+            try:
+                self.obj.maps[owner].set(rel // 8, prog.vm())
+            except BpfError as exc:
+                raise ElfError(f"map {owner}: cannot install {sym.name} at slot {rel // 8}: {exc.message}",
+                               section=".maps") from exc
+
+    # -- programs ----------------------------------------------------------------------------------
+
+    def _build_programs(self) -> None:
+        code_sections = [s for s in self.sections if s.index in self.funcs]
+        entry_sections = [s for s in code_sections if s.name != ".text"] or code_sections
+        for sec in entry_sections:
+            prog_type = section_program_type(sec.name)
+            for func in self.funcs[sec.index]:
+                name = func.name if func.name not in self.obj.programs else f"{sec.name}/{func.name}"
+                self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, self._link(func))
+
+    def _function_at(self, section: int, slot: int, where: str) -> _Func:
+        sec = self.sections[section]
+        if not sec.executable:
+            raise ElfError(f"{where}: target section {sec.name} holds no code", section=sec.name)
+        for f in self.funcs[section]:
+            if f.start <= slot < f.start + f.count:
+                return f
+        raise ElfError(f"{where}: target instruction {slot} is outside every function of {sec.name}",
+                       section=sec.name)
+
+    def _link(self, entry: _Func) -> bytes:
+        """The entry function followed by every function it calls (transitively), calls patched."""
+        out = bytearray()
+        placed: dict[tuple[int, int], int] = {}
+        work: list[_Func] = []
+
+        def place(f: _Func) -> int:
+            key = (f.section, f.start)
+            if key not in placed:
+                placed[key] = len(out) // SLOT_SIZE
+                sec = self.sections[f.section]
+                out.extend(sec.data[f.start * SLOT_SIZE : (f.start + f.count) * SLOT_SIZE])
+                work.append(f)
+            return placed[key]
+
+        place(entry)
+        while work:
+            f = work.pop(0)
+            sec = self.sections[f.section]
+            base = placed[(f.section, f.start)]
+            relocs = self.relocs.get(f.section, {})
+            i = 0
+            while i < f.count:
+                pc, slot = base + i, f.start + i
+                opcode, regs = out[pc * 8], out[pc * 8 + 1]
+                imm = struct.unpack_from("<i", out, pc * 8 + 4)[0]
+                rel = relocs.get(slot * SLOT_SIZE)
+                where = f"relocation at {sec.name} offset {slot * SLOT_SIZE:#x}"
+                if opcode == LDDW and i + 1 >= f.count:
+                    raise ElfError(f"lddw at offset {slot * SLOT_SIZE:#x} is cut off by the end of {f.name}",
+                                   section=sec.name)
+                if rel is not None:
+                    self._apply(out, pc, rel, sec, where, place, imm)
+                elif opcode == CALL and regs >> 4 == CallSrc.LOCAL:
+                    target = self._function_at(f.section, slot + imm + 1, f"call at {sec.name} offset "
+                                               f"{slot * SLOT_SIZE:#x}")
+                    start = place(target)
+                    struct.pack_into("<i", out, pc * 8 + 4, start + (slot + imm + 1 - target.start) - pc - 1)
+                elif opcode == LDDW and regs >> 4 == PseudoSrc.FUNC:
+                    target = self._function_at(f.section, slot + imm + 1, f"lddw at {sec.name} offset "
+                                               f"{slot * SLOT_SIZE:#x}")
+                    start = place(target)
+                    struct.pack_into("<i", out, pc * 8 + 4, start + (slot + imm + 1 - target.start) - pc - 1)
+                i += 2 if opcode == LDDW else 1
+        return bytes(out)
+
+    def _apply(self, out: bytearray, pc: int, rel: _Rel, sec: _Section, where: str, place: Any, imm: int) -> None:
+        sym = self.symbols[rel.symbol]
+        label = sym.name or (self.sections[sym.shndx].name if sym.shndx is not None and sym.shndx < len(
+            self.sections) else f"#{rel.symbol}")
+        opcode, regs = out[pc * 8], out[pc * 8 + 1]
+        if sym.shndx is None:
+            raise ElfError(f"{where}: symbol {label!r} is undefined (extern variables and kernel functions are not"
+                           " supported)", section=sec.name)
+        target_sec = self._section(sym.shndx, where)
+        offset = sym.value + (imm if sym.kind == "STT_SECTION" else 0)
+        if rel.kind == Reloc.R_BPF_64_32:
+            if opcode != CALL or regs >> 4 != CallSrc.LOCAL:
+                raise ElfError(f"{where}: R_BPF_64_32 must be on a bpf-to-bpf call instruction (opcode {opcode:#x})",
+                               section=sec.name)
+            if sym.value % SLOT_SIZE:
+                raise ElfError(f"{where}: call target {label} is not at an instruction", section=sec.name)
+            if target_sec.index not in self.funcs:
+                raise ElfError(f"{where}: call target {label} is in {target_sec.name}, which holds no code",
+                               section=sec.name)
+            slot = sym.value // SLOT_SIZE + imm + 1
+            target = self._function_at(target_sec.index, slot, where)
+            start = place(target)
+            struct.pack_into("<i", out, pc * 8 + 4, start + (slot - target.start) - pc - 1)
+            return
+        if opcode != LDDW:
+            raise ElfError(f"{where}: R_BPF_64_64 must be on an lddw instruction (opcode {opcode:#x})",
+                           section=sec.name)
+        dst = regs & 0xF
+        if target_sec.index in self.funcs:  # address of a function (callbacks)
+            if offset % SLOT_SIZE:
+                raise ElfError(f"{where}: function address {label}+{offset} is not at an instruction",
+                               section=sec.name)
+            slot = offset // SLOT_SIZE
+            target = self._function_at(target_sec.index, slot, where)
+            start = place(target)
+            out[pc * 8 + 1] = dst | PseudoSrc.FUNC << 4
+            struct.pack_into("<i", out, pc * 8 + 4, start + (slot - target.start) - pc - 1)
+            return
+        if target_sec.index in self.data_maps:
+            name = self.data_maps[target_sec.index]
+            if not 0 <= offset < max(target_sec.size, 1):
+                raise ElfError(f"{where}: offset {offset} is outside {target_sec.name} ({target_sec.size} bytes)",
+                               section=sec.name)
+            self._patch_map(out, pc, dst, PseudoSrc.MAP_VALUE, name, offset)
+            return
+        map_name = self.map_at.get((target_sec.index, offset))
+        if map_name is None:
+            if target_sec.name in (".maps", "maps"):
+                raise ElfError(f"{where}: unknown map {label!r} (no map at offset {offset:#x} of {target_sec.name})",
+                               section=sec.name)
+            raise ElfError(f"{where}: symbol {label!r} is in section {target_sec.name}, which is neither a map nor"
+                           " global data", section=sec.name)
+        self._patch_map(out, pc, dst, PseudoSrc.MAP_FD, map_name, 0)
+
+    def _patch_map(self, out: bytearray, pc: int, dst: int, src: int, name: str, offset: int) -> None:
+        out[pc * 8 + 1] = dst | src << 4
+        struct.pack_into("<i", out, pc * 8 + 4, self.obj.map_handles[name])
+        struct.pack_into("<i", out, pc * 8 + 12, offset)

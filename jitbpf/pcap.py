@@ -1,0 +1,344 @@
+"""Running a packet program over a pcap capture: verdict counts, a progress bar and a report with the maps."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+import dpkt
+
+from jitbpf.errors import BpfError, ExecutionError
+from jitbpf.programs import PROGRAM_TYPES, ProgType, SkAction, TcAction, XdpAction
+
+if TYPE_CHECKING:
+    from jitbpf.elf import ElfProgram
+    from jitbpf.vm import VM
+
+PACKET_TYPES = (ProgType.XDP, ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.CGROUP_SKB,
+                ProgType.SK_SKB, ProgType.SK_MSG)  # the program types run_pcap can feed
+MAP_ENTRIES_SHOWN = 16  # entries of each map printed in the report
+_ETH_IPV4 = b"\x00" * 12 + b"\x08\x00"  # synthetic Ethernet header for captures without one
+_ETH_IPV6 = b"\x00" * 12 + b"\x86\xdd"
+
+
+class PcapError(BpfError):
+    """A capture that cannot be read (not pcap/pcapng, unsupported link type, corrupt)."""
+
+
+@dataclass
+class Summary:
+    """What a run over a capture produced: packets, verdicts, errors, timing and the maps after it."""
+
+    program: str  # program name
+    prog_type: str  # program type name
+    capture: str  # capture path
+    engine: str  # "interp" or "jit"
+    packets: int = 0  # packets run
+    bytes: int = 0  # their total length
+    verdicts: Counter[str] = field(default_factory=Counter)  # verdict name -> packets
+    errors: int = 0  # packets whose run failed (counted under verdict "error")
+    first_error: str = ""  # the first failure's message
+    elapsed: float = 0.0  # seconds spent running
+    maps: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)  # map name -> entries after the run
+    map_info: dict[str, str] = field(default_factory=dict)  # map name -> "HASH, 2/1024 entries"
+
+    def report(self) -> str:
+        """A printable report: counts and shares of each verdict, rate, and the maps' contents."""
+        rate = self.packets / self.elapsed if self.elapsed > 0 else 0.0
+        lines = [f"{self.program} ({self.prog_type}) over {self.capture} [{self.engine}]",
+                 f"  packets: {self.packets} ({self.bytes} bytes) in {self.elapsed:.3f} s ({rate:,.0f} packets/s)"]
+        lines.append("  verdicts:")
+        width = max((len(v) for v in self.verdicts), default=0)
+        for verdict, count in self.verdicts.most_common():
+            share = 100.0 * count / self.packets if self.packets else 0.0
+            lines.append(f"    {verdict:<{width}}  {count:>8}  {share:5.1f}%")
+        if not self.verdicts:
+            lines.append("    (no packets)")
+        if self.errors:
+            lines.append(f"  errors: {self.errors} (first: {self.first_error})")
+        if self.maps:
+            lines.append("  maps:")
+            for name, entries in self.maps.items():
+                lines.append(f"    {name} ({self.map_info.get(name, '')})")
+                for key, value in entries[:MAP_ENTRIES_SHOWN]:
+                    lines.append(f"      {_show(key)} -> {_show(value)}")
+                if len(entries) > MAP_ENTRIES_SHOWN:
+                    lines.append(f"      ... {len(entries) - MAP_ENTRIES_SHOWN} more")
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value} ({value:#x})" if value > 9 else str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex() or "''"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
+
+
+# -- reading captures ----------------------------------------------------------------------------
+
+
+def read_packets(path: str | os.PathLike[str], *, frames: bool = True) -> Iterator[tuple[bytes, float]]:
+    """The packets of a pcap or pcapng file as ``(bytes, fraction of the file read)``.
+
+    With ``frames`` every packet is an Ethernet frame: captures of raw IP, Linux cooked (SLL) or
+    loopback get a synthetic Ethernet header in front of the IP packet.
+    """
+    try:
+        f: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in the finally below, after iteration
+    except OSError as exc:
+        raise PcapError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from exc
+    try:
+        size = max(os.fstat(f.fileno()).st_size, 1)
+        magic = f.read(4)
+        f.seek(0)
+        try:
+            reader: Any = dpkt.pcapng.Reader(f) if magic == b"\x0a\x0d\x0d\x0a" else dpkt.pcap.Reader(f)
+        except (ValueError, dpkt.dpkt.Error) as exc:
+            raise PcapError(f"{os.fspath(path)}: not a pcap or pcapng capture ({exc})") from exc
+        convert = _link_converter(int(reader.datalink()), frames, os.fspath(path))
+        try:
+            for _ts, buf in reader:
+                yield convert(bytes(buf)), min(f.tell() / size, 1.0)
+        except (ValueError, dpkt.dpkt.Error, EOFError) as exc:
+            raise PcapError(f"{os.fspath(path)}: corrupt capture ({exc})") from exc
+    finally:
+        f.close()
+
+
+def _link_converter(link: int, frames: bool, path: str) -> Callable[[bytes], bytes]:
+    def ethernet(buf: bytes) -> bytes:
+        return buf
+
+    def raw_ip(buf: bytes) -> bytes:
+        return (_ETH_IPV6 if buf[:1] and buf[0] >> 4 == 6 else _ETH_IPV4) + buf
+
+    def sll(buf: bytes) -> bytes:  # Linux cooked capture: 16-byte header, protocol at 14
+        return b"\x00" * 12 + buf[14:16] + buf[16:]
+
+    def loopback(buf: bytes) -> bytes:  # BSD loopback: 4-byte address family
+        return raw_ip(buf[4:])
+
+    if not frames:
+        return ethernet
+    table: dict[int, Callable[[bytes], bytes]] = {1: ethernet, 101: raw_ip, 12: raw_ip, 14: raw_ip, 228: raw_ip,
+                                                  229: raw_ip, 113: sll, 0: loopback, 108: loopback}
+    if link not in table:
+        raise PcapError(f"{path}: unsupported link type {link} (Ethernet, raw IP, Linux SLL and loopback are)")
+    return table[link]
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _verdict_name(prog_type: ProgType, value: int) -> str:
+    enum_of: dict[ProgType, Any] = {ProgType.XDP: XdpAction, ProgType.SCHED_CLS: TcAction,
+                                    ProgType.SCHED_ACT: TcAction, ProgType.SK_SKB: SkAction,
+                                    ProgType.SK_MSG: SkAction}
+    if prog_type is ProgType.SOCKET_FILTER:
+        return "keep" if value else "drop"
+    if prog_type is ProgType.CGROUP_SKB:
+        return {0: "deny", 1: "allow"}.get(value, f"r0={value}")
+    kind = enum_of.get(prog_type)
+    if kind is not None and isinstance(value, kind):
+        return f"{prog_type.name}_{value.name}" if prog_type is not ProgType.XDP else f"XDP_{value.name}"
+    return f"r0={value}"
+
+
+def _l4_payload(frame: bytes) -> bytes:
+    """The TCP or UDP payload of an Ethernet frame (sk_skb and sk_msg see stream data), else the frame."""
+    try:
+        eth = dpkt.ethernet.Ethernet(frame)
+        ip = eth.data
+        if isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6) and isinstance(ip.data, dpkt.tcp.TCP | dpkt.udp.UDP):
+            return bytes(ip.data.data)
+    except (dpkt.dpkt.Error, ValueError, IndexError):
+        pass
+    return frame
+
+
+def _runner(vm: VM, prog_type: ProgType, engine: str) -> Callable[[bytes], int]:
+    if prog_type is ProgType.XDP:
+        return lambda pkt: int(vm.run_xdp(pkt, engine=engine)[0])
+    if prog_type is ProgType.SOCKET_FILTER:
+        return lambda pkt: vm.run_socket_filter(pkt, engine=engine)
+    if prog_type in (ProgType.SCHED_CLS, ProgType.SCHED_ACT):
+        return lambda pkt: int(vm.run_tc(pkt, engine=engine)[0])
+    if prog_type is ProgType.CGROUP_SKB:
+        return lambda pkt: vm.run_cgroup_skb(pkt[14:], engine=engine)
+    if prog_type is ProgType.SK_SKB:
+        return lambda pkt: int(vm.run_sk_skb(_l4_payload(pkt), engine=engine)[0])
+    if prog_type is ProgType.SK_MSG:
+        return lambda pkt: int(vm.run_sk_msg(_l4_payload(pkt), engine=engine))
+    info = PROGRAM_TYPES.get(prog_type)
+    raise BpfError(f"{info.name if info else prog_type.name} programs do not take packets: run_pcap needs one of "
+                   + ", ".join(PROGRAM_TYPES[t].name for t in PACKET_TYPES))
+
+
+def _typed(value: int, prog_type: ProgType) -> int:
+    if prog_type is ProgType.XDP and 0 <= value <= XdpAction.REDIRECT:
+        return XdpAction(value)
+    if prog_type in (ProgType.SCHED_CLS, ProgType.SCHED_ACT) and TcAction.UNSPEC <= value <= TcAction.REDIRECT:
+        return TcAction(value)
+    if prog_type in (ProgType.SK_SKB, ProgType.SK_MSG) and 0 <= value <= SkAction.PASS:
+        return SkAction(value)
+    return value
+
+
+class _Progress:
+    """A one-line progress bar on a terminal (stderr), redrawn at most ten times a second."""
+
+    def __init__(self, stream: IO[str] | None, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.last = 0.0
+
+    def update(self, fraction: float, packets: int, started: float, *, force: bool = False) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        done = int(fraction * 30)
+        rate = packets / (now - started) if now > started else 0.0
+        self.stream.write(f"\r{self.label} [{'#' * done}{'.' * (30 - done)}] {fraction * 100:5.1f}% "
+                          f"{packets} packets {rate:,.0f}/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _snapshot(m: Any) -> tuple[list[tuple[Any, Any]], str]:
+    """The entries of a map for the report (non-zero values only for arrays) and a description."""
+    from jitbpf.maps import Array, HashMap, LpmTrie
+
+    kind = getattr(getattr(m, "map_type", None), "name", type(m).__name__)
+    entries: list[tuple[Any, Any]] = []
+    if isinstance(m, Array):
+        for i in range(m.max_entries):
+            value = m[i]
+            if any(m.view(i)) if m.num_cpus == 1 else any(value):
+                entries.append((i, value))
+        return entries, f"{kind}, {len(entries)}/{m.max_entries} non-zero"
+    if isinstance(m, HashMap | LpmTrie):
+        entries = [(k, m[k]) for k in m]
+        return entries, f"{kind}, {len(entries)}/{m.max_entries} entries"
+    return entries, kind
+
+
+def run_pcap(
+    program: ElfProgram | VM,
+    pcap_path: str | os.PathLike[str],
+    *,
+    engine: str = "interp",
+    progress: bool = True,
+    limit: int | None = None,
+    stream: IO[str] | None = None,
+    on_packet: Callable[[int, bytes, int], None] | None = None,
+) -> Summary:
+    """Run a packet program (XDP, socket filter, tc, cgroup_skb, sk_skb, sk_msg) on every packet of
+    a pcap/pcapng capture and count its verdicts.
+
+    ``program`` is an ELF program (``obj.programs[...]``: a fresh VM sharing the object's maps) or
+    a VM made with a ``prog_type``. A progress bar goes to ``stream`` (stderr by default) when
+    ``progress`` is on and the stream is a terminal. A packet whose run fails counts as verdict
+    "error". ``on_packet(index, packet, verdict)`` is called after each run.
+    """
+    from jitbpf.vm import VM
+
+    if isinstance(program, VM):
+        vm, name = program, "program"
+        maps = {getattr(m, "name", "") or f"map {h}": m for h, m in program.maps.items()}
+    else:
+        vm, name = program.vm(), program.name
+        maps = dict(program.obj.maps)
+    prog_type = vm.prog_type if vm.prog_type is not None else ProgType.UNSPEC
+    run_one = _runner(vm, prog_type, engine)
+    if engine == "jit":
+        vm.jit_compile()
+    else:
+        vm.check()
+    info = PROGRAM_TYPES[prog_type]
+    summary = Summary(name, info.name, os.fspath(pcap_path), engine)
+    out = stream if stream is not None else sys.stderr
+    bar = _Progress(out if progress and out.isatty() else None, name)
+    started = time.monotonic()
+    try:
+        for index, (packet, fraction) in enumerate(read_packets(pcap_path)):
+            if limit is not None and index >= limit:
+                break
+            summary.packets += 1
+            summary.bytes += len(packet)
+            try:
+                value = run_one(packet)
+            except ExecutionError as exc:
+                summary.errors += 1
+                summary.first_error = summary.first_error or f"packet {index}: {exc}"
+                summary.verdicts["error"] += 1
+                continue
+            summary.verdicts[_verdict_name(prog_type, _typed(value, prog_type))] += 1
+            if on_packet is not None:
+                on_packet(index, packet, value)
+            bar.update(fraction, summary.packets, started)
+    finally:
+        summary.elapsed = time.monotonic() - started
+        bar.close()
+    for map_name, m in maps.items():
+        summary.maps[map_name], summary.map_info[map_name] = _snapshot(m)
+    return summary
+
+
+def cli_run_pcap(
+    object_path: str,
+    pcap_path: str,
+    *,
+    section: str | None = None,
+    engine: str = "interp",
+    progress: bool = True,
+    limit: int | None = None,
+    map_values: Sequence[tuple[str, Any, Any]] = (),
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """``jitbpf run OBJ --section SEC --pcap FILE [--jit|--interp]``: load, run, print the report.
+
+    ``section`` is a section or function name (optional when the object has one program);
+    ``map_values`` are ``(map, key, value)`` to store before the run. Returns the exit status:
+    0 done, 1 every packet failed, 2 the object, program or capture could not be used.
+    """
+    from jitbpf.elf import load_elf
+
+    stdout = out if out is not None else sys.stdout
+    stderr = err if err is not None else sys.stderr
+    try:
+        obj = load_elf(object_path)
+        if section is None:
+            if len(obj.programs) != 1:
+                names = ", ".join(f"{p.name} ({p.section})" for p in obj.programs.values())
+                raise BpfError(f"{object_path}: choose a program with --section: {names or 'none'}")
+            program = next(iter(obj.programs.values()))
+        else:
+            program = obj.program(section)
+        for map_name, key, value in map_values:
+            if map_name not in obj.maps:
+                raise BpfError(f"{object_path}: no map named {map_name!r} (maps: {', '.join(obj.maps) or 'none'})")
+            obj.maps[map_name][key] = value
+        summary = run_pcap(program, pcap_path, engine=engine, progress=progress, limit=limit, stream=stderr)
+    except BpfError as exc:
+        stderr.write(f"jitbpf: {exc}\n")
+        return 2
+    stdout.write(summary.report() + "\n")
+    return 1 if summary.packets and summary.errors == summary.packets else 0

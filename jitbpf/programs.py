@@ -1,0 +1,1070 @@
+"""Program types: each one's context layout, how its context is built, the helpers it may call, and runners."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
+
+from jitbpf._ffi import ffi, libc
+from jitbpf.errors import ExecutionError, VerifierError
+from jitbpf.helpers import Helper
+from jitbpf.isa import MASK32, MASK64, Kind
+from jitbpf.memory import Region
+
+if TYPE_CHECKING:
+    from jitbpf.verifier import ContextSpec
+    from jitbpf.vm import VM
+
+# -- the kernel's numbers ------------------------------------------------------------------------
+
+
+class ProgType(enum.IntEnum):
+    """The kernel's ``enum bpf_prog_type`` (the types jitbpf knows)."""
+
+    UNSPEC = 0  # no program type: a plain program run with ``execute``
+    SOCKET_FILTER = 1  # SEC("socket"): packet filter on a socket, returns bytes to keep
+    KPROBE = 2  # SEC("kprobe/..."): probe on a kernel function, context = struct pt_regs
+    SCHED_CLS = 3  # SEC("tc"), SEC("classifier"): traffic-control classifier, returns TC_ACT_*
+    SCHED_ACT = 4  # SEC("action"): traffic-control action, same context as SCHED_CLS
+    TRACEPOINT = 5  # SEC("tracepoint/..."): the tracepoint's raw record as context
+    XDP = 6  # SEC("xdp"): driver receive path, context = struct xdp_md, returns XDP_*
+    PERF_EVENT = 7  # SEC("perf_event"): perf sample, context = struct bpf_perf_event_data
+    CGROUP_SKB = 8  # SEC("cgroup_skb/..."): cgroup ingress/egress packet filter, returns 0/1
+    CGROUP_SOCK = 9  # SEC("cgroup/sock"): socket creation in a cgroup, context = struct bpf_sock
+    SOCK_OPS = 13  # SEC("sockops"): TCP events, context = struct bpf_sock_ops
+    SK_SKB = 14  # SEC("sk_skb/..."): stream parser/verdict on sockmap sockets
+    CGROUP_DEVICE = 15  # SEC("cgroup/dev"): device access control, context = bpf_cgroup_dev_ctx
+    SK_MSG = 16  # SEC("sk_msg"): sendmsg verdict on sockmap sockets, context = struct sk_msg_md
+    RAW_TRACEPOINT = 17  # SEC("raw_tracepoint/..."): context = the tracepoint's u64 arguments
+    CGROUP_SOCK_ADDR = 18  # SEC("cgroup/connect4"), ...: bind/connect/sendmsg address rewriting
+
+
+class XdpAction(enum.IntEnum):
+    """What an XDP program decides for a packet (``enum xdp_action``)."""
+
+    ABORTED = 0  # program error: drop and raise a trace event
+    DROP = 1  # drop the packet
+    PASS = 2  # hand it on to the network stack
+    TX = 3  # send it back out of the interface it came in on
+    REDIRECT = 4  # send it to another interface, CPU or socket (bpf_redirect*)
+
+
+class TcAction(enum.IntEnum):
+    """Traffic-control verdicts (``TC_ACT_*``) returned by SCHED_CLS/SCHED_ACT programs."""
+
+    UNSPEC = -1  # use the default action
+    OK = 0  # pass the packet on
+    RECLASSIFY = 1  # restart classification
+    SHOT = 2  # drop the packet
+    PIPE = 3  # go on with the next action
+    STOLEN = 4  # consumed by the program
+    QUEUED = 5  # queued for later
+    REPEAT = 6  # run the action again
+    REDIRECT = 7  # redirected (bpf_redirect)
+
+
+class SkAction(enum.IntEnum):
+    """Verdicts of SK_SKB and SK_MSG programs (``enum sk_action``)."""
+
+    DROP = 0  # drop the data
+    PASS = 1  # let it through
+
+
+class Helpers(enum.IntEnum):
+    """Helper ids (``enum bpf_func_id``) that the program types here mention."""
+
+    MAP_LOOKUP_ELEM = 1  # bpf_map_lookup_elem
+    MAP_UPDATE_ELEM = 2  # bpf_map_update_elem
+    MAP_DELETE_ELEM = 3  # bpf_map_delete_elem
+    PROBE_READ = 4  # bpf_probe_read
+    KTIME_GET_NS = 5  # bpf_ktime_get_ns
+    TRACE_PRINTK = 6  # bpf_trace_printk
+    GET_PRANDOM_U32 = 7  # bpf_get_prandom_u32
+    GET_SMP_PROCESSOR_ID = 8  # bpf_get_smp_processor_id
+    SKB_STORE_BYTES = 9  # bpf_skb_store_bytes
+    L3_CSUM_REPLACE = 10  # bpf_l3_csum_replace
+    L4_CSUM_REPLACE = 11  # bpf_l4_csum_replace
+    TAIL_CALL = 12  # bpf_tail_call
+    CLONE_REDIRECT = 13  # bpf_clone_redirect
+    GET_CURRENT_PID_TGID = 14  # bpf_get_current_pid_tgid
+    GET_CURRENT_UID_GID = 15  # bpf_get_current_uid_gid
+    GET_CURRENT_COMM = 16  # bpf_get_current_comm
+    GET_CGROUP_CLASSID = 17  # bpf_get_cgroup_classid
+    PERF_EVENT_READ = 22  # bpf_perf_event_read
+    REDIRECT = 23  # bpf_redirect
+    PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output
+    SKB_LOAD_BYTES = 26  # bpf_skb_load_bytes
+    GET_STACKID = 27  # bpf_get_stackid
+    CSUM_DIFF = 28  # bpf_csum_diff
+    GET_HASH_RECALC = 34  # bpf_get_hash_recalc
+    GET_CURRENT_TASK = 35  # bpf_get_current_task
+    SKB_CHANGE_TAIL = 38  # bpf_skb_change_tail
+    SKB_PULL_DATA = 39  # bpf_skb_pull_data
+    GET_NUMA_NODE_ID = 42  # bpf_get_numa_node_id
+    XDP_ADJUST_HEAD = 44  # bpf_xdp_adjust_head
+    PROBE_READ_STR = 45  # bpf_probe_read_str
+    GET_SOCKET_COOKIE = 46  # bpf_get_socket_cookie
+    GET_SOCKET_UID = 47  # bpf_get_socket_uid
+    SETSOCKOPT = 49  # bpf_setsockopt
+    REDIRECT_MAP = 51  # bpf_redirect_map
+    SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map
+    SOCK_MAP_UPDATE = 53  # bpf_sock_map_update
+    XDP_ADJUST_META = 54  # bpf_xdp_adjust_meta
+    PERF_PROG_READ_VALUE = 56  # bpf_perf_prog_read_value
+    GETSOCKOPT = 57  # bpf_getsockopt
+    SOCK_OPS_CB_FLAGS_SET = 59  # bpf_sock_ops_cb_flags_set
+    MSG_REDIRECT_MAP = 60  # bpf_msg_redirect_map
+    MSG_APPLY_BYTES = 61  # bpf_msg_apply_bytes
+    MSG_CORK_BYTES = 62  # bpf_msg_cork_bytes
+    MSG_PULL_DATA = 63  # bpf_msg_pull_data
+    BIND = 64  # bpf_bind
+    XDP_ADJUST_TAIL = 65  # bpf_xdp_adjust_tail
+    GET_STACK = 67  # bpf_get_stack
+    SKB_LOAD_BYTES_RELATIVE = 68  # bpf_skb_load_bytes_relative
+    SOCK_HASH_UPDATE = 70  # bpf_sock_hash_update
+    MSG_REDIRECT_HASH = 71  # bpf_msg_redirect_hash
+    SK_REDIRECT_HASH = 72  # bpf_sk_redirect_hash
+    SKB_CGROUP_ID = 79  # bpf_skb_cgroup_id
+    GET_CURRENT_CGROUP_ID = 80  # bpf_get_current_cgroup_id
+    GET_LOCAL_STORAGE = 81  # bpf_get_local_storage
+    MAP_PUSH_ELEM = 87  # bpf_map_push_elem
+    MAP_POP_ELEM = 88  # bpf_map_pop_elem
+    MAP_PEEK_ELEM = 89  # bpf_map_peek_elem
+    MSG_PUSH_DATA = 90  # bpf_msg_push_data
+    MSG_POP_DATA = 91  # bpf_msg_pop_data
+    SPIN_LOCK = 93  # bpf_spin_lock
+    SPIN_UNLOCK = 94  # bpf_spin_unlock
+    STRTOL = 105  # bpf_strtol
+    STRTOUL = 106  # bpf_strtoul
+    PROBE_READ_USER = 112  # bpf_probe_read_user
+    PROBE_READ_KERNEL = 113  # bpf_probe_read_kernel
+    PROBE_READ_USER_STR = 114  # bpf_probe_read_user_str
+    PROBE_READ_KERNEL_STR = 115  # bpf_probe_read_kernel_str
+    JIFFIES64 = 118  # bpf_jiffies64
+    GET_NETNS_COOKIE = 122  # bpf_get_netns_cookie
+    KTIME_GET_BOOT_NS = 125  # bpf_ktime_get_boot_ns
+    RINGBUF_OUTPUT = 130  # bpf_ringbuf_output
+    RINGBUF_RESERVE = 131  # bpf_ringbuf_reserve
+    RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit
+    RINGBUF_DISCARD = 133  # bpf_ringbuf_discard
+    RINGBUF_QUERY = 134  # bpf_ringbuf_query
+    KTIME_GET_COARSE_NS = 160  # bpf_ktime_get_coarse_ns
+    CHECK_MTU = 163  # bpf_check_mtu
+    FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem
+    SNPRINTF = 165  # bpf_snprintf
+    GET_FUNC_IP = 173  # bpf_get_func_ip
+    LOOP = 181  # bpf_loop
+    STRNCMP = 182  # bpf_strncmp
+    XDP_GET_BUFF_LEN = 188  # bpf_xdp_get_buff_len
+    XDP_LOAD_BYTES = 189  # bpf_xdp_load_bytes
+    XDP_STORE_BYTES = 190  # bpf_xdp_store_bytes
+    MAP_LOOKUP_PERCPU_ELEM = 195  # bpf_map_lookup_percpu_elem
+    KTIME_GET_TAI_NS = 208  # bpf_ktime_get_tai_ns
+
+
+KERNEL_HELPER_IDS = range(1, 212)  # ids the kernel defines: a program type restricts these only
+EINVAL = 22  # the kernel's error numbers, returned negated by helpers
+EFAULT = 14
+ENOTSUPP = 524
+XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
+XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
+XDP_METADATA_MAX = 32  # bytes of metadata before the packet (bpf_xdp_adjust_meta)
+ETH_HLEN = 14  # an Ethernet header: the least a packet keeps after adjust_head/adjust_tail
+CTX_AREA = 512  # bytes reserved for the context at the start of the run arena
+LOW_LIMIT = 1 << 32  # packet memory lies below this address, so 32-bit fields can point to it
+
+# -- context layouts (the kernel's uapi structs) ---------------------------------------------------
+
+u32, u64, s32 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
+
+
+class XdpMd(ctypes.LittleEndianStructure):
+    """``struct xdp_md``: the XDP context; data/data_end/data_meta are 32-bit packet addresses."""
+
+    _fields_ = (("data", u32), ("data_end", u32), ("data_meta", u32), ("ingress_ifindex", u32),
+                ("rx_queue_index", u32), ("egress_ifindex", u32))
+
+
+class SkBuff(ctypes.LittleEndianStructure):
+    """``struct __sk_buff``: the context of socket filters, tc, cgroup_skb and sk_skb programs."""
+
+    _fields_ = (("len", u32), ("pkt_type", u32), ("mark", u32), ("queue_mapping", u32), ("protocol", u32),
+                ("vlan_present", u32), ("vlan_tci", u32), ("vlan_proto", u32), ("priority", u32),
+                ("ingress_ifindex", u32), ("ifindex", u32), ("tc_index", u32), ("cb", u32 * 5), ("hash", u32),
+                ("tc_classid", u32), ("data", u32), ("data_end", u32), ("napi_id", u32), ("family", u32),
+                ("remote_ip4", u32), ("local_ip4", u32), ("remote_ip6", u32 * 4), ("local_ip6", u32 * 4),
+                ("remote_port", u32), ("local_port", u32), ("data_meta", u32), ("flow_keys", u64),
+                ("tstamp", u64), ("wire_len", u32), ("gso_segs", u32), ("sk", u64), ("gso_size", u32),
+                ("tstamp_type", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 3), ("hwtstamp", u64))
+
+
+PT_REGS_NAMES = ("r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
+                 "orig_ax", "ip", "cs", "flags", "sp", "ss")
+PT_REGS_ARGS = ("di", "si", "dx", "cx", "r8")  # PT_REGS_PARM1..5 on x86-64
+
+
+class PtRegs(ctypes.LittleEndianStructure):
+    """x86-64 ``struct pt_regs``: the context of kprobe programs (fields named as in the kernel)."""
+
+    _fields_ = tuple((name, u64) for name in PT_REGS_NAMES)
+
+
+class PerfEventData(ctypes.LittleEndianStructure):
+    """``struct bpf_perf_event_data``: the sampled registers, period and address."""
+
+    _fields_ = (("regs", PtRegs), ("sample_period", u64), ("addr", u64))
+
+
+class BpfSock(ctypes.LittleEndianStructure):
+    """``struct bpf_sock``: the context of cgroup/sock programs."""
+
+    _fields_ = (("bound_dev_if", u32), ("family", u32), ("type", u32), ("protocol", u32), ("mark", u32),
+                ("priority", u32), ("src_ip4", u32), ("src_ip6", u32 * 4), ("src_port", u32),
+                ("dst_port", ctypes.c_uint16), ("_pad", ctypes.c_uint16), ("dst_ip4", u32), ("dst_ip6", u32 * 4),
+                ("state", u32), ("rx_queue_mapping", s32))
+
+
+class CgroupDevCtx(ctypes.LittleEndianStructure):
+    """``struct bpf_cgroup_dev_ctx``: access_type = (access << 16) | device type."""
+
+    _fields_ = (("access_type", u32), ("major", u32), ("minor", u32))
+
+
+class SockAddr(ctypes.LittleEndianStructure):
+    """``struct bpf_sock_addr``: the context of cgroup bind/connect/sendmsg programs."""
+
+    _fields_ = (("user_family", u32), ("user_ip4", u32), ("user_ip6", u32 * 4), ("user_port", u32),
+                ("family", u32), ("type", u32), ("protocol", u32), ("msg_src_ip4", u32),
+                ("msg_src_ip6", u32 * 4), ("sk", u64))
+
+
+class SockOps(ctypes.LittleEndianStructure):
+    """``struct bpf_sock_ops`` (``args``/``reply``/``replylong`` share offset 4)."""
+
+    _fields_ = (("op", u32), ("args", u32 * 4), ("family", u32), ("remote_ip4", u32), ("local_ip4", u32),
+                ("remote_ip6", u32 * 4), ("local_ip6", u32 * 4), ("remote_port", u32), ("local_port", u32),
+                ("is_fullsock", u32), ("snd_cwnd", u32), ("srtt_us", u32), ("bpf_sock_ops_cb_flags", u32),
+                ("state", u32), ("rtt_min", u32), ("snd_ssthresh", u32), ("rcv_nxt", u32), ("snd_nxt", u32),
+                ("snd_una", u32), ("mss_cache", u32), ("ecn_flags", u32), ("rate_delivered", u32),
+                ("rate_interval_us", u32), ("packets_out", u32), ("retrans_out", u32), ("total_retrans", u32),
+                ("segs_in", u32), ("data_segs_in", u32), ("segs_out", u32), ("data_segs_out", u32),
+                ("lost_out", u32), ("sacked_out", u32), ("sk_txhash", u32), ("bytes_received", u64),
+                ("bytes_acked", u64), ("sk", u64), ("skb_data", u64), ("skb_data_end", u64), ("skb_len", u32),
+                ("skb_tcp_flags", u32), ("skb_hwtstamp", u64))
+
+
+class SkMsgMd(ctypes.LittleEndianStructure):
+    """``struct sk_msg_md``: data/data_end are 64-bit pointers here."""
+
+    _fields_ = (("data", u64), ("data_end", u64), ("family", u32), ("remote_ip4", u32), ("local_ip4", u32),
+                ("remote_ip6", u32 * 4), ("local_ip6", u32 * 4), ("remote_port", u32), ("local_port", u32),
+                ("size", u32), ("sk", u64))
+
+
+class RawContext(ctypes.LittleEndianStructure):
+    """A context given as raw bytes by the caller (tracepoint records): 512 bytes, all readable."""
+
+    _fields_ = (("raw", ctypes.c_uint8 * CTX_AREA),)
+
+
+Struct = type[ctypes.LittleEndianStructure]
+Span = tuple[int, int]  # [start, end) byte offsets in a context
+
+
+def _spans(ctx: Struct, names: Iterable[str]) -> tuple[Span, ...]:
+    out = []
+    for name in names:
+        desc = getattr(ctx, name)
+        out.append((int(desc.offset), int(desc.offset) + int(desc.size)))
+    return tuple(sorted(out))
+
+
+def _all_but(ctx: Struct, excluded: Iterable[str]) -> tuple[Span, ...]:
+    skip = set(excluded) | {"_pad"}
+    return _spans(ctx, (f[0] for f in ctx._fields_ if f[0] not in skip))
+
+
+# -- the helpers each program type may call --------------------------------------------------------
+
+H = Helpers
+_BASE = frozenset({
+    H.MAP_LOOKUP_ELEM, H.MAP_UPDATE_ELEM, H.MAP_DELETE_ELEM, H.MAP_PUSH_ELEM, H.MAP_POP_ELEM, H.MAP_PEEK_ELEM,
+    H.MAP_LOOKUP_PERCPU_ELEM, H.GET_PRANDOM_U32, H.GET_SMP_PROCESSOR_ID, H.GET_NUMA_NODE_ID, H.TAIL_CALL,
+    H.KTIME_GET_NS, H.KTIME_GET_BOOT_NS, H.KTIME_GET_COARSE_NS, H.KTIME_GET_TAI_NS, H.JIFFIES64,
+    H.RINGBUF_OUTPUT, H.RINGBUF_RESERVE, H.RINGBUF_SUBMIT, H.RINGBUF_DISCARD, H.RINGBUF_QUERY, H.SPIN_LOCK,
+    H.SPIN_UNLOCK, H.TRACE_PRINTK, H.SNPRINTF, H.LOOP, H.FOR_EACH_MAP_ELEM, H.STRNCMP, H.STRTOL, H.STRTOUL,
+    H.PROBE_READ_KERNEL, H.PROBE_READ_KERNEL_STR, H.PROBE_READ_USER, H.PROBE_READ_USER_STR,
+})
+_TRACING = _BASE | {
+    H.PROBE_READ, H.PROBE_READ_STR, H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM,
+    H.GET_CURRENT_TASK, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.PERF_EVENT_READ, H.GET_STACKID,
+    H.GET_STACK, H.GET_FUNC_IP,
+}
+_SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
+_CGROUP = frozenset({H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM, H.GET_CURRENT_CGROUP_ID,
+                     H.GET_LOCAL_STORAGE})
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgramType:
+    """Everything jitbpf knows about one program type."""
+
+    prog_type: ProgType  # the kernel's number
+    name: str  # short name used in messages and by the CLI ("xdp", "socket_filter", ...)
+    ctx: Struct  # the context layout
+    sections: tuple[str, ...]  # libbpf section names (exact, or prefixes ending in "/")
+    helpers: frozenset[int]  # kernel helper ids the program may call
+    readable: tuple[Span, ...]  # context bytes the program may read
+    writable: tuple[Span, ...] = ()  # context bytes the program may write
+    pointer_fields: Mapping[int, str] = field(default_factory=dict)  # ctx offset -> packet/packet_end/packet_meta
+    ret_range: tuple[int, int] | None = None  # values r0 must lie in at exit, when the kernel checks it
+    packet: bool = False  # the input is a packet (or message) placed in packet memory
+    packet_writable: bool = False  # the program may write the packet (direct access or helpers)
+    headroom: int = 0  # bytes in front of the packet that helpers may grow into
+    tailroom: int = 0  # bytes after the packet that helpers may grow into
+    ld_abs: bool = False  # legacy LD_ABS/LD_IND packet loads are allowed
+
+    def context_spec(self) -> ContextSpec:
+        """The verifier's description of this context."""
+        from jitbpf.verifier import ContextSpec
+
+        return ContextSpec(size=ctypes.sizeof(self.ctx), readable=tuple((a, b - a) for a, b in self.readable),
+                           writable=tuple((a, b - a) for a, b in self.writable),
+                           fields=MappingProxyType(dict(self.pointer_fields)), ret_range=self.ret_range,
+                           ret_pointer_ok=False)
+
+
+def _build_registry() -> Mapping[ProgType, ProgramType]:
+    sk = SkBuff
+    skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end"}
+    sk_common = ("family", "remote_ip4", "local_ip4", "remote_ip6", "local_ip6", "remote_port", "local_port")
+    types = [
+        ProgramType(
+            ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _BASE | _SKB_READ,
+            readable=_all_but(sk, ("tc_classid", "data", "data_end", "data_meta", *sk_common, "tstamp", "wire_len",
+                                   "hwtstamp", "flow_keys", "sk", "tstamp_type")),
+            writable=_spans(sk, ("cb",)), packet=True, ld_abs=True,
+        ),
+        ProgramType(
+            ProgType.SCHED_CLS, "sched_cls", sk, ("tc", "tc/", "classifier", "classifier/", "tcx/"),
+            _BASE | _SKB_READ | {
+                H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
+                H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
+                H.SKB_CGROUP_ID, H.CHECK_MTU,
+            },
+            readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
+            writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
+            pointer_fields={**skb_ptrs, SkBuff.data_meta.offset: "packet_meta"}, packet=True,
+            packet_writable=True, ld_abs=True,
+        ),
+        ProgramType(
+            ProgType.KPROBE, "kprobe", PtRegs,
+            ("kprobe/", "kretprobe/", "uprobe/", "uretprobe/", "ksyscall/", "kretsyscall/", "kprobe", "uprobe",
+             "kretprobe", "uretprobe"),
+            _TRACING | {H.GET_STACKID}, readable=_all_but(PtRegs, ()),
+        ),
+        ProgramType(
+            ProgType.TRACEPOINT, "tracepoint", RawContext, ("tracepoint/", "tp/"), _TRACING,
+            readable=((0, CTX_AREA),),
+        ),
+        ProgramType(
+            ProgType.RAW_TRACEPOINT, "raw_tracepoint", RawContext, ("raw_tracepoint/", "raw_tp/"), _TRACING,
+            readable=((0, CTX_AREA),),
+        ),
+        ProgramType(
+            ProgType.XDP, "xdp", XdpMd, ("xdp", "xdp/", "xdp.frags", "xdp.frags/"),
+            _BASE | {
+                H.XDP_ADJUST_HEAD, H.XDP_ADJUST_META, H.XDP_ADJUST_TAIL, H.REDIRECT, H.REDIRECT_MAP, H.CSUM_DIFF,
+                H.PERF_EVENT_OUTPUT, H.CHECK_MTU, H.XDP_GET_BUFF_LEN, H.XDP_LOAD_BYTES, H.XDP_STORE_BYTES,
+            },
+            readable=_all_but(XdpMd, ()),
+            pointer_fields={XdpMd.data.offset: "packet", XdpMd.data_end.offset: "packet_end",
+                            XdpMd.data_meta.offset: "packet_meta"},
+            packet=True, packet_writable=True, headroom=XDP_PACKET_HEADROOM, tailroom=XDP_TAILROOM,
+        ),
+        ProgramType(
+            ProgType.PERF_EVENT, "perf_event", PerfEventData, ("perf_event",),
+            _TRACING | {H.PERF_PROG_READ_VALUE}, readable=_all_but(PerfEventData, ()),
+        ),
+        ProgramType(
+            ProgType.CGROUP_SKB, "cgroup_skb", sk, ("cgroup_skb/", "cgroup/skb"),
+            _BASE | _SKB_READ | _CGROUP | {H.SKB_CGROUP_ID, H.PERF_EVENT_OUTPUT},
+            readable=_all_but(sk, ("tc_classid", "data_meta", "wire_len", "flow_keys", "sk", "tstamp_type")),
+            writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, ret_range=(0, 1),
+            packet=True,
+        ),
+        ProgramType(
+            ProgType.CGROUP_SOCK, "cgroup_sock", BpfSock,
+            ("cgroup/sock", "cgroup/sock_create", "cgroup/sock_release", "cgroup/post_bind4", "cgroup/post_bind6"),
+            _BASE | _CGROUP | {H.GET_SOCKET_COOKIE, H.GET_NETNS_COOKIE},
+            readable=_all_but(BpfSock, ()), writable=_spans(BpfSock, ("bound_dev_if", "mark", "priority")),
+            ret_range=(0, 1),
+        ),
+        ProgramType(
+            ProgType.SOCK_OPS, "sock_ops", SockOps, ("sockops",),
+            _BASE | {H.SETSOCKOPT, H.GETSOCKOPT, H.SOCK_OPS_CB_FLAGS_SET, H.SOCK_MAP_UPDATE, H.SOCK_HASH_UPDATE,
+                     H.GET_SOCKET_COOKIE, H.GET_LOCAL_STORAGE, H.PERF_EVENT_OUTPUT, H.GET_NETNS_COOKIE},
+            readable=_all_but(SockOps, ("sk", "skb_data", "skb_data_end")),
+            writable=_spans(SockOps, ("args", "sk_txhash")), ret_range=(0, 1),
+        ),
+        ProgramType(
+            ProgType.SK_SKB, "sk_skb", sk, ("sk_skb", "sk_skb/"),
+            _BASE | _SKB_READ | {H.SKB_STORE_BYTES, H.SKB_PULL_DATA, H.SKB_CHANGE_TAIL, H.SK_REDIRECT_MAP,
+                                 H.SK_REDIRECT_HASH},
+            readable=_all_but(sk, ("tc_classid", "data_meta", "tstamp", "wire_len", "hwtstamp", "mark", "flow_keys",
+                                   "sk", "tstamp_type")),
+            writable=_spans(sk, ("tc_index", "priority")), pointer_fields=skb_ptrs, packet=True,
+            packet_writable=True,
+        ),
+        ProgramType(
+            ProgType.CGROUP_DEVICE, "cgroup_device", CgroupDevCtx, ("cgroup/dev",), _BASE | _CGROUP,
+            readable=_all_but(CgroupDevCtx, ()), ret_range=(0, 1),
+        ),
+        ProgramType(
+            ProgType.SK_MSG, "sk_msg", SkMsgMd, ("sk_msg",),
+            _BASE | {H.MSG_REDIRECT_MAP, H.MSG_REDIRECT_HASH, H.MSG_APPLY_BYTES, H.MSG_CORK_BYTES,
+                     H.MSG_PULL_DATA, H.MSG_PUSH_DATA, H.MSG_POP_DATA, H.GET_CURRENT_PID_TGID,
+                     H.GET_CURRENT_UID_GID, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT},
+            readable=_all_but(SkMsgMd, ("sk",)),
+            pointer_fields={SkMsgMd.data.offset: "packet", SkMsgMd.data_end.offset: "packet_end"}, packet=True,
+        ),
+        ProgramType(
+            ProgType.CGROUP_SOCK_ADDR, "cgroup_sock_addr", SockAddr,
+            (*(f"cgroup/{op}{v}" for op in ("bind", "connect", "sendmsg", "recvmsg", "getpeername", "getsockname")
+               for v in ("4", "6")), "cgroup/sendmsg_unix", "cgroup/connect_unix"),
+            _BASE | _CGROUP | {H.BIND, H.GET_SOCKET_COOKIE, H.GET_NETNS_COOKIE, H.SETSOCKOPT, H.GETSOCKOPT},
+            readable=_all_but(SockAddr, ("sk",)),
+            writable=_spans(SockAddr, ("user_ip4", "user_ip6", "user_port", "msg_src_ip4", "msg_src_ip6")),
+            ret_range=(0, 1),
+        ),
+    ]
+    sched_act = types[1]
+    types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), sched_act.helpers,
+                             readable=sched_act.readable, writable=sched_act.writable,
+                             pointer_fields=sched_act.pointer_fields, packet=True, packet_writable=True,
+                             ld_abs=True))
+    return MappingProxyType({t.prog_type: t for t in types})
+
+
+PROGRAM_TYPES: Mapping[ProgType, ProgramType] = _build_registry()  # immutable, built once
+_BY_NAME: Mapping[str, ProgType] = MappingProxyType(
+    {**{t.name: t.prog_type for t in PROGRAM_TYPES.values()}, **{p.name.lower(): p for p in ProgType},
+     "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS, "classifier": ProgType.SCHED_CLS,
+     "sockops": ProgType.SOCK_OPS, "cgroup_dev": ProgType.CGROUP_DEVICE, "sock_addr": ProgType.CGROUP_SOCK_ADDR}
+)
+
+
+def program_type(value: ProgType | int | str) -> ProgType:
+    """A program type from its enum, number or name ("xdp", "socket_filter", "tc", ...)."""
+    if isinstance(value, str):
+        key = value.lower().removeprefix("bpf_prog_type_")
+        if key not in _BY_NAME:
+            raise ValueError(f"unknown program type {value!r}")
+        return _BY_NAME[key]
+    try:
+        return ProgType(int(value))
+    except ValueError:
+        raise ValueError(f"unknown program type {value}") from None
+
+
+def section_program_type(section: str) -> ProgType:
+    """The program type libbpf gives a section name (``UNSPEC`` when it names none)."""
+    best, best_len = ProgType.UNSPEC, -1
+    for info in PROGRAM_TYPES.values():
+        for name in info.sections:
+            matches = section.startswith(name) if name.endswith("/") else section == name
+            if matches and len(name) > best_len:
+                best, best_len = info.prog_type, len(name)
+    return best
+
+
+def check_program_helpers(vm: VM, info: ProgramType) -> None:
+    """Reject calls to kernel helpers the program type may not call (as the kernel's verifier does)."""
+    for pc, insn, decoded in vm.program:
+        if decoded.kind is Kind.CALL and insn.imm in KERNEL_HELPER_IDS and insn.imm not in info.helpers:
+            helper = vm.helpers.get(insn.imm)
+            name = helper.name if helper is not None else _helper_name(insn.imm)
+            raise VerifierError(f"program type {info.name} may not call helper {name}#{insn.imm}", pc=pc)
+
+
+def _helper_name(helper_id: int) -> str:
+    try:
+        return "bpf_" + Helpers(helper_id).name.lower()
+    except ValueError:
+        return "helper"
+
+
+# -- packet memory below 4 GiB ---------------------------------------------------------------------
+
+_PROT_RW = 0x1 | 0x2  # PROT_READ | PROT_WRITE
+_MAP_PRIVATE_ANON = 0x02 | 0x20  # MAP_PRIVATE | MAP_ANONYMOUS
+_MAP_32BIT = 0x40  # x86-64: place the mapping in the first 2 GiB
+_MAP_FAILED = (1 << 64) - 1
+_PAGE = 4096
+
+
+class LowMemory:
+    """Anonymous memory mapped below 4 GiB.
+
+    Context fields such as ``xdp_md.data`` or ``__sk_buff.data`` are 32 bits wide: the kernel
+    rewrites the program's loads of them to load real 64-bit pointers. jitbpf does not rewrite:
+    it keeps each run's context and packet in memory whose addresses fit in 32 bits, so the
+    32-bit fields hold the real addresses and both engines use them as pointers unchanged.
+    On x86-64 the memory comes from ``mmap(MAP_32BIT)``; elsewhere from mmap with low address hints.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = (size + _PAGE - 1) // _PAGE * _PAGE
+        self.address = self._map(self.size)
+        self.pointer = ffi.cast("uint8_t *", self.address)
+        self.view = memoryview(ffi.buffer(self.pointer, self.size)).cast("B")
+
+    @staticmethod
+    def _map(size: int) -> int:
+        tries: list[tuple[int, int]] = [(0, _MAP_32BIT)] if os.uname().machine in ("x86_64", "amd64") else []
+        tries += [(hint, 0) for hint in range(0x1000_0000, 0xF000_0000, 0x1000_0000)]
+        for hint, flags in tries:
+            ptr = libc.mmap(ffi.cast("void *", hint), size, _PROT_RW, _MAP_PRIVATE_ANON | flags, -1, 0)
+            addr = int(ffi.cast("uintptr_t", ptr))
+            if addr == _MAP_FAILED:
+                continue
+            if addr + size <= LOW_LIMIT:
+                return addr
+            libc.munmap(ptr, size)
+        raise ExecutionError(f"cannot map {size} bytes of packet memory below 4 GiB")
+
+    def close(self) -> None:
+        """Unmap the memory (the views become invalid)."""
+        if self.address:
+            self.view.release()
+            libc.munmap(ffi.cast("void *", self.address), self.size)
+            self.address = 0
+
+    def __del__(self) -> None:
+        if getattr(self, "address", 0):
+            self.close()
+
+
+@dataclass
+class RunContext:
+    """The memory and state of one program run: context, packet frame, and what helpers changed."""
+
+    info: ProgramType  # the program type
+    arena: LowMemory  # context at offset 0, packet frame at CTX_AREA
+    ctx_addr: int  # address of the context
+    frame_start: int  # first byte of the packet frame (headroom start)
+    frame_end: int  # one past its last byte (tailroom end)
+    data: int  # packet start
+    data_end: int  # packet end
+    data_meta: int  # metadata start (== data when there is none)
+    redirect: int | None = None  # interface index given to bpf_redirect
+    msg_apply: int | None = None  # bytes given to bpf_msg_apply_bytes
+    msg_cork: int | None = None  # bytes given to bpf_msg_cork_bytes
+
+    def packet_bytes(self) -> bytes:
+        """The packet as it is now."""
+        base = self.arena.address
+        return bytes(self.arena.view[self.data - base : self.data_end - base])
+
+    def sync_ctx(self) -> None:
+        """Write the packet pointers (and ``__sk_buff.len``) into the context: at the start of a
+        run, and after a helper moved them."""
+        view, at = self.arena.view, self.ctx_addr - self.arena.address
+        fmt = "<Q" if self.info.ctx is SkMsgMd else "<I"
+        values = {"packet": self.data, "packet_end": self.data_end, "packet_meta": self.data_meta}
+        for off, kind in self.info.pointer_fields.items():
+            struct.pack_into(fmt, view, at + off, values[kind])
+        if self.info.ctx is SkBuff:
+            struct.pack_into("<I", view, at + SkBuff.len.offset, self.data_end - self.data)
+
+
+class ProgramState:
+    """Per-VM state of the program type: the type, and each thread's arena and current run."""
+
+    def __init__(self, info: ProgramType) -> None:
+        self.info = info
+        self.local = threading.local()
+
+    def current(self) -> RunContext:
+        run: RunContext | None = getattr(self.local, "run", None)
+        if run is None:
+            raise ExecutionError(f"{self.info.name} helper called outside a {self.info.name} run")
+        return run
+
+    def arena(self, size: int) -> tuple[LowMemory, Region, Region]:
+        """This thread's run memory (at least ``size`` bytes) with its context and packet regions.
+
+        The packet region spans the whole frame area (headroom, packet, tailroom): keeping the
+        program within [data, data_end) is the verifier's job, as in the kernel.
+        """
+        cached: tuple[LowMemory, Region, Region] | None = getattr(self.local, "arena", None)
+        if cached is None or cached[0].size < size:
+            if cached is not None:
+                cached[0].close()
+            arena = LowMemory(max(size, 64 * 1024))
+            ctx_size = ctypes.sizeof(self.info.ctx)
+            ctx_region = Region(arena.address, ctx_size, arena.view[0:ctx_size], True, "ctx")
+            frame = Region(arena.address + CTX_AREA, arena.size - CTX_AREA, arena.view[CTX_AREA:],
+                           self.info.packet_writable, "packet")
+            cached = (arena, ctx_region, frame)
+            self.local.arena = cached
+        return cached
+
+
+# -- helpers that belong to program types ----------------------------------------------------------
+
+
+def _s32(value: int) -> int:
+    value &= MASK32
+    return value - (1 << 32) if value & 0x8000_0000 else value
+
+
+def _err(errno: int) -> int:
+    return -errno & MASK64
+
+
+def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
+    """The helpers that work on a program type's context: packet access, xdp_adjust_*, redirect, ..."""
+    info = state.info
+
+    def skb_load_bytes(ctx: int, offset: int, to: int, length: int, _e: int) -> int:
+        run = state.current()
+        offset, length = offset & MASK32, length & MASK32
+        size = run.data_end - run.data
+        if ctx != run.ctx_addr or length == 0 or offset + length > size:
+            if length:
+                vm.memory.write(to, bytes(min(length, 1 << 16)))
+            return _err(EFAULT)
+        vm.memory.write(to, run.arena.view[run.data - run.arena.address + offset :][:length])
+        return 0
+
+    def skb_store_bytes(ctx: int, offset: int, src: int, length: int, _flags: int) -> int:
+        run = state.current()
+        offset, length = offset & MASK32, length & MASK32
+        if ctx != run.ctx_addr or offset + length > run.data_end - run.data:
+            return _err(EFAULT)
+        start = run.data - run.arena.address + offset
+        run.arena.view[start : start + length] = vm.memory.read(src, length)
+        return 0
+
+    def xdp_adjust_head(ctx: int, delta: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        delta = _s32(delta)
+        metalen = run.data - run.data_meta
+        data = run.data + delta
+        if ctx != run.ctx_addr or data < run.frame_start + metalen or data > run.data_end - ETH_HLEN:
+            return _err(EINVAL)
+        if metalen:
+            base = run.arena.address
+            meta = bytes(run.arena.view[run.data_meta - base : run.data - base])
+            run.arena.view[run.data_meta + delta - base : data - base] = meta
+        run.data_meta += delta
+        run.data = data
+        run.sync_ctx()
+        return 0
+
+    def xdp_adjust_meta(ctx: int, delta: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        meta = run.data_meta + _s32(delta)
+        if ctx != run.ctx_addr or meta < run.frame_start or meta > run.data:
+            return _err(EINVAL)
+        metalen = run.data - meta
+        if metalen % 4 or metalen > XDP_METADATA_MAX:
+            return _err(13)  # EACCES
+        run.data_meta = meta
+        run.sync_ctx()
+        return 0
+
+    def xdp_adjust_tail(ctx: int, delta: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        delta = _s32(delta)
+        end = run.data_end + delta
+        if ctx != run.ctx_addr or end > run.frame_end or end < run.data + ETH_HLEN:
+            return _err(EINVAL)
+        if delta > 0:
+            base = run.arena.address
+            run.arena.view[run.data_end - base : end - base] = bytes(delta)
+        run.data_end = end
+        run.sync_ctx()
+        return 0
+
+    def redirect(ifindex: int, flags: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        run.redirect = ifindex & MASK32
+        if info.prog_type is ProgType.XDP:
+            return int(XdpAction.REDIRECT if flags == 0 else XdpAction.ABORTED)
+        return int(TcAction.REDIRECT if flags & ~1 == 0 else TcAction.SHOT)
+
+    def msg_apply_bytes(_msg: int, nbytes: int, _c: int, _d: int, _e: int) -> int:
+        state.current().msg_apply = nbytes & MASK32
+        return 0
+
+    def msg_cork_bytes(_msg: int, nbytes: int, _c: int, _d: int, _e: int) -> int:
+        state.current().msg_cork = nbytes & MASK32
+        return 0
+
+    def sock_ops_cb_flags_set(ctx: int, flags: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        if ctx != run.ctx_addr:
+            return _err(EINVAL)
+        off = ctx - run.arena.address + SockOps.bpf_sock_ops_cb_flags.offset
+        run.arena.view[off : off + 4] = (flags & 0x7F).to_bytes(4, "little")
+        return _err(EINVAL) if flags & ~0x7F else 0
+
+    candidates = [
+        Helper(H.SKB_LOAD_BYTES, "bpf_skb_load_bytes", skb_load_bytes,
+               args=("ctx", "scalar", "uninit_mem", "size")),
+        Helper(H.SKB_STORE_BYTES, "bpf_skb_store_bytes", skb_store_bytes,
+               args=("ctx", "scalar", "mem", "size", "scalar")),
+        Helper(H.XDP_ADJUST_HEAD, "bpf_xdp_adjust_head", xdp_adjust_head, args=("ctx", "scalar")),
+        Helper(H.XDP_ADJUST_META, "bpf_xdp_adjust_meta", xdp_adjust_meta, args=("ctx", "scalar")),
+        Helper(H.XDP_ADJUST_TAIL, "bpf_xdp_adjust_tail", xdp_adjust_tail, args=("ctx", "scalar")),
+        Helper(H.REDIRECT, "bpf_redirect", redirect),
+        Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
+        Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
+        Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
+    ]
+    return [h for h in candidates if h.id in info.helpers]
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+Engine = str  # "interp" or "jit"
+ENGINES = ("interp", "jit")
+
+
+@dataclass
+class RunResult:
+    """What one run of a typed program produced."""
+
+    retval: int  # r0, unsigned 64-bit
+    ctx: ctypes.LittleEndianStructure  # the context after the run
+    packet: bytes | None  # the packet after the run (packet types), else None
+    redirect: int | None = None  # interface index given to bpf_redirect, if called
+    extras: dict[str, int] = field(default_factory=dict)  # other helper effects (msg_apply_bytes, ...)
+
+    def fields(self) -> dict[str, Any]:
+        """The context's fields after the run, by name."""
+        return struct_fields(self.ctx)
+
+
+def struct_fields(value: ctypes.LittleEndianStructure) -> dict[str, Any]:
+    """The fields of a context structure as plain Python values (arrays become lists)."""
+    out: dict[str, Any] = {}
+    for name, *_ in value._fields_:
+        if name.startswith("_"):
+            continue
+        item = getattr(value, name)
+        if isinstance(item, ctypes.Array):
+            out[name] = list(item)
+        elif isinstance(item, ctypes.Structure):
+            out[name] = struct_fields(cast(ctypes.LittleEndianStructure, item))
+        else:
+            out[name] = int(item)
+    return out
+
+
+def make_context(info: ProgramType, values: Mapping[str, Any] | None = None) -> ctypes.LittleEndianStructure:
+    """A zeroed context of ``info``'s layout with the named fields set (arrays from sequences)."""
+    ctx = info.ctx()
+    for name, value in (values or {}).items():
+        if name.startswith("_") or not hasattr(info.ctx, name):
+            raise ValueError(f"{info.name} context has no field {name!r}")
+        current = getattr(ctx, name)
+        if isinstance(current, ctypes.Array):
+            items = list(value)
+            if len(items) > len(current):
+                raise ValueError(f"{info.name} context field {name!r} holds {len(current)} values")
+            for i, item in enumerate(items):
+                current[i] = item
+        elif isinstance(current, ctypes.Structure):
+            setattr(ctx, name, value)
+        else:
+            setattr(ctx, name, int(value))
+    return ctx
+
+
+def _program_state(vm: VM) -> ProgramState:
+    state: ProgramState | None = getattr(vm, "program_state", None)
+    if state is None:
+        raise ExecutionError("this VM has no program type: create it with VM(code, prog_type=...)")
+    return state
+
+
+def run_context(
+    vm: VM,
+    ctx: ctypes.LittleEndianStructure | Mapping[str, Any] | None = None,
+    *,
+    packet: bytes | bytearray | memoryview | None = None,
+    engine: Engine = "interp",
+) -> RunResult:
+    """Run ``vm``'s program once on a context of its type (and a packet, for the packet types).
+
+    Pointer fields of the context (``data``, ``data_end``, ...) are filled in; the others come
+    from ``ctx`` (a structure of the type's layout, or a mapping of field names to values).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    state = _program_state(vm)
+    info = state.info
+    context = ctx if isinstance(ctx, ctypes.Structure) else make_context(info, ctx)
+    if not isinstance(context, info.ctx):
+        raise ValueError(f"{info.name} programs take a {info.ctx.__name__} context, not {type(context).__name__}")
+    data = bytes(packet) if packet is not None else b""
+    if packet is not None and not info.packet:
+        raise ValueError(f"{info.name} programs take no packet")
+    ctx_size = ctypes.sizeof(info.ctx)
+    arena, ctx_region, pkt_region = state.arena(CTX_AREA + info.headroom + len(data) + info.tailroom)
+    base = arena.address
+    frame_start = base + CTX_AREA
+    start = frame_start + info.headroom
+    end = start + len(data)
+    run = RunContext(info, arena, base, frame_start, end + info.tailroom, start, end, start)
+    view = arena.view
+    view[start - base : end - base] = data
+    view[0:ctx_size] = bytes(context)
+    if info.packet:
+        run.sync_ctx()
+    extra = [pkt_region] if info.packet else []
+    legacy = Region(start, len(data), view[start - base : end - base], False, "packet")
+    states = [state, *_tail_call_states(vm)]
+    for s in states:
+        s.local.run = run
+    try:
+        if engine == "jit":
+            retval = vm.execute_jit_regions(ctx_region, extra, base, 0, packet=legacy)
+        else:
+            retval = vm.execute_regions(ctx_region, extra, base, 0, packet=legacy)
+    finally:
+        for s in states:
+            s.local.run = None
+    after = info.ctx.from_buffer_copy(arena.view[0:ctx_size])
+    extras = {k: v for k, v in (("msg_apply_bytes", run.msg_apply), ("msg_cork_bytes", run.msg_cork))
+              if v is not None}
+    return RunResult(retval, after, run.packet_bytes() if info.packet else None, run.redirect, extras)
+
+
+def _tail_call_states(vm: VM) -> list[ProgramState]:
+    """The program-type states of every VM a tail call from ``vm`` may reach: the run is theirs too."""
+    found: list[ProgramState] = []
+    seen = {id(vm)}
+    todo = [vm]
+    while todo:
+        current = todo.pop()
+        for m in current.maps.values():
+            if int(getattr(m, "map_type", 0)) != 3:  # BPF_MAP_TYPE_PROG_ARRAY
+                continue
+            for index in m:
+                target = m.get(index)
+                if target is not None and id(target) not in seen:
+                    seen.add(id(target))
+                    todo.append(target)
+                    if target.program_state is not None:
+                        found.append(target.program_state)
+    return found
+
+
+def _xdp_action(retval: int) -> int:
+    value = retval & MASK32
+    return XdpAction(value) if value <= XdpAction.REDIRECT else value
+
+
+def _tc_action(retval: int) -> int:
+    value = _s32(retval)
+    return TcAction(value) if TcAction.UNSPEC <= value <= TcAction.REDIRECT else value
+
+
+def _sk_action(retval: int) -> int:
+    value = retval & MASK32
+    return SkAction(value) if value <= SkAction.PASS else value
+
+
+def _ethertype(packet: bytes) -> int:
+    """``skb->protocol``: the Ethernet type as the kernel stores it (network order in a u32)."""
+    return int.from_bytes(packet[12:14], "little") if len(packet) >= ETH_HLEN else 0
+
+
+def _skb_fields(packet: bytes, fields: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {"len": len(packet), "protocol": _ethertype(packet), "ifindex": 1,
+                              "ingress_ifindex": 1, "wire_len": len(packet)}
+    values.update(fields)
+    return values
+
+
+def _regs_context(regs: Mapping[str, int] | Sequence[int]) -> PtRegs:
+    ctx = PtRegs()
+    if isinstance(regs, Mapping):
+        for name, value in regs.items():
+            if name not in PT_REGS_NAMES:
+                raise ValueError(f"pt_regs has no register {name!r} (registers: {', '.join(PT_REGS_NAMES)})")
+            setattr(ctx, name, value & MASK64)
+    else:
+        if len(regs) > len(PT_REGS_ARGS):
+            raise ValueError(f"at most {len(PT_REGS_ARGS)} arguments (PT_REGS_PARM1..5)")
+        for name, value in zip(PT_REGS_ARGS, regs, strict=False):
+            setattr(ctx, name, value & MASK64)
+    return ctx
+
+
+def _setup(vm: Any, prog_type: ProgType | int | str | None) -> None:
+    """Give ``vm`` a program type: its state, and the helpers that belong to the type."""
+    if prog_type is None:
+        vm.prog_type = None
+        vm.program_state = None
+        return
+    kind = program_type(prog_type)
+    vm.prog_type = kind
+    if kind is ProgType.UNSPEC:
+        vm.program_state = None
+        return
+    state = ProgramState(PROGRAM_TYPES[kind])
+    vm.program_state = state
+    use_standard: Callable[[], object] | None = getattr(vm, "use_standard_helpers", None)
+    if use_standard is not None:
+        use_standard()
+    for helper in program_helpers(vm, state):
+        vm.register_helper(helper)
+
+
+class ProgramRunners:
+    """The per-type ``run_*`` methods of ``VM`` (mixed into it): see each method.
+
+    Every method takes ``engine="interp"`` (the reference interpreter) or ``"jit"``.
+    """
+
+    prog_type: ProgType | None  # the program type, when the VM was given one
+    program_state: ProgramState | None  # per-thread run memory of the program type
+
+    def _init_program_type(self, prog_type: ProgType | int | str | None) -> None:
+        _setup(self, prog_type)
+
+    def _vm(self) -> VM:
+        return cast("VM", self)
+
+    def context_spec(self) -> ContextSpec | None:
+        """The verifier's description of this program type's context (None without a type)."""
+        state = self.program_state
+        return state.info.context_spec() if state is not None else None
+
+    def _check_program_type(self) -> None:
+        if self.program_state is not None:
+            check_program_helpers(self._vm(), self.program_state.info)
+
+    def _expect(self, *kinds: ProgType) -> None:
+        if self.prog_type not in kinds:
+            names = " or ".join(PROGRAM_TYPES[k].name for k in kinds)
+            info = PROGRAM_TYPES.get(self.prog_type) if self.prog_type is not None else None
+            have = info.name if info is not None else "no program type"
+            raise ExecutionError(f"this is not a {names} program ({have})")
+
+    def run_context(self, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] | None = None, *,
+                    packet: bytes | bytearray | memoryview | None = None, engine: Engine = "interp") -> RunResult:
+        """Run once on a context of the VM's program type; the full result (r0, context, packet)."""
+        return run_context(self._vm(), ctx, packet=packet, engine=engine)
+
+    def run_xdp(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
+                ingress_ifindex: int = 1, rx_queue_index: int = 0) -> tuple[int, bytes]:
+        """XDP: ``(action, packet after the run)``; action is an ``XdpAction`` when r0 is one."""
+        self._expect(ProgType.XDP)
+        res = run_context(self._vm(), XdpMd(ingress_ifindex=ingress_ifindex, rx_queue_index=rx_queue_index),
+                          packet=packet, engine=engine)
+        assert res.packet is not None
+        return _xdp_action(res.retval), res.packet
+
+    def run_socket_filter(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
+                          **skb: Any) -> int:
+        """Socket filter: how many bytes of the packet to keep (0 drops it)."""
+        self._expect(ProgType.SOCKET_FILTER)
+        data = bytes(packet)
+        return run_context(self._vm(), _skb_fields(data, skb), packet=data, engine=engine).retval & MASK32
+
+    def run_tc(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
+               **skb: Any) -> tuple[int, bytes]:
+        """tc classifier/action: ``(verdict, packet after)``; verdict is a ``TcAction`` when r0 is one."""
+        self._expect(ProgType.SCHED_CLS, ProgType.SCHED_ACT)
+        data = bytes(packet)
+        res = run_context(self._vm(), _skb_fields(data, skb), packet=data, engine=engine)
+        assert res.packet is not None
+        return _tc_action(res.retval), res.packet
+
+    def run_cgroup_skb(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
+                       **skb: Any) -> int:
+        """cgroup_skb: 1 lets the packet through, 0 drops it. The packet starts at the IP header."""
+        self._expect(ProgType.CGROUP_SKB)
+        data = bytes(packet)
+        ethertype = 0x0800 if data[:1] and data[0] >> 4 == 4 else 0x86DD
+        fields = {"protocol": int.from_bytes(ethertype.to_bytes(2, "big"), "little"), **skb}
+        return run_context(self._vm(), _skb_fields(data, fields), packet=data, engine=engine).retval & MASK32
+
+    def run_sk_skb(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
+                   **skb: Any) -> tuple[int, bytes]:
+        """sk_skb: ``(verdict or parsed length, data after)``; a verdict is an ``SkAction``."""
+        self._expect(ProgType.SK_SKB)
+        data = bytes(packet)
+        res = run_context(self._vm(), _skb_fields(data, skb), packet=data, engine=engine)
+        assert res.packet is not None
+        return _sk_action(res.retval), res.packet
+
+    def run_sk_msg(self, message: bytes | bytearray | memoryview, *, engine: Engine = "interp",
+                   **fields: Any) -> int:
+        """sk_msg: ``SkAction.PASS`` or ``SkAction.DROP`` for one sendmsg payload."""
+        self._expect(ProgType.SK_MSG)
+        data = bytes(message)
+        res = run_context(self._vm(), {"size": len(data), **fields}, packet=data, engine=engine)
+        return _sk_action(res.retval)
+
+    def run_kprobe(self, regs: Mapping[str, int] | Sequence[int] = (), *, engine: Engine = "interp") -> int:
+        """kprobe: r0 for registers given by name (``{"di": 1}``) or as the probed function's arguments."""
+        self._expect(ProgType.KPROBE)
+        return run_context(self._vm(), _regs_context(regs), engine=engine).retval
+
+    def run_perf_event(self, regs: Mapping[str, int] | Sequence[int] = (), *, sample_period: int = 0,
+                       addr: int = 0, engine: Engine = "interp") -> int:
+        """perf_event: r0 for one sample (registers as ``run_kprobe``, plus period and address)."""
+        self._expect(ProgType.PERF_EVENT)
+        ctx = PerfEventData(regs=_regs_context(regs), sample_period=sample_period, addr=addr)
+        return run_context(self._vm(), ctx, engine=engine).retval
+
+    def run_tracepoint(self, record: bytes | Sequence[int] = b"", *, engine: Engine = "interp") -> int:
+        """tracepoint (raw bytes of the record) or raw_tracepoint (u64 arguments): r0."""
+        self._expect(ProgType.TRACEPOINT, ProgType.RAW_TRACEPOINT)
+        raw = record if isinstance(record, bytes) else b"".join((v & MASK64).to_bytes(8, "little") for v in record)
+        if len(raw) > CTX_AREA:
+            raise ValueError(f"a tracepoint record holds at most {CTX_AREA} bytes")
+        return run_context(self._vm(), RawContext.from_buffer_copy(raw.ljust(CTX_AREA, b"\0")), engine=engine).retval
+
+    def run_cgroup_sock(self, *, engine: Engine = "interp", **sock: Any) -> tuple[int, dict[str, Any]]:
+        """cgroup/sock: ``(verdict 1 allow / 0 deny, bpf_sock fields after)``."""
+        self._expect(ProgType.CGROUP_SOCK)
+        res = run_context(self._vm(), sock, engine=engine)
+        return res.retval & MASK32, res.fields()
+
+    def run_cgroup_device(self, major: int, minor: int, *, access: int = 2, dev_type: int = 2,
+                          engine: Engine = "interp") -> int:
+        """cgroup/dev: 1 allows the access, 0 denies it. ``access`` is BPF_DEVCG_ACC_* (read = 2),
+        ``dev_type`` BPF_DEVCG_DEV_* (char = 2, block = 1)."""
+        self._expect(ProgType.CGROUP_DEVICE)
+        ctx = {"access_type": (access << 16) | dev_type, "major": major, "minor": minor}
+        return run_context(self._vm(), ctx, engine=engine).retval & MASK32
+
+    def run_sock_addr(self, *, engine: Engine = "interp", **addr: Any) -> tuple[int, dict[str, Any]]:
+        """cgroup bind/connect/sendmsg: ``(verdict, bpf_sock_addr fields after)`` (rewritten address)."""
+        self._expect(ProgType.CGROUP_SOCK_ADDR)
+        res = run_context(self._vm(), addr, engine=engine)
+        return res.retval & MASK32, res.fields()
+
+    def run_sock_ops(self, op: int, *, engine: Engine = "interp", **fields: Any) -> tuple[int, dict[str, Any]]:
+        """sockops: ``(r0, bpf_sock_ops fields after)``; ``args[0]`` holds the reply."""
+        self._expect(ProgType.SOCK_OPS)
+        res = run_context(self._vm(), {"op": op, **fields}, engine=engine)
+        return res.retval & MASK32, res.fields()

@@ -1,0 +1,137 @@
+"""The packet runner: the book's XDP firewall over a generated capture, in both engines, and the CLI entry."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from jitbpf import ElfProgram, load_elf, run_pcap
+from jitbpf.errors import BpfError
+from jitbpf.pcap import PcapError, cli_run_pcap, read_packets
+from jitbpf.programs import XdpAction
+from tests.test_elf import ENGINES, Compiler, example_compiler
+from tests.test_programs import tcp_frame, udp_frame
+
+BLOCKED = ("192.168.0.1", "192.168.0.2")  # the seed's BLOCKED_IPS
+SOURCES = ["192.168.0.1", "192.168.0.3", "10.0.0.7", "192.168.0.2", "192.168.0.1", "172.16.5.4", "192.168.0.2"]
+
+
+@pytest.fixture(scope="session")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Compiler:
+    return example_compiler(tmp_path_factory)
+
+
+def arp_frame() -> bytes:
+    arp = dpkt.arp.ARP(sha=b"\x02" * 6, spa=b"\x0a\x00\x00\x02", tha=b"\x00" * 6, tpa=b"\x0a\x00\x00\x01")
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\xff" * 6, type=dpkt.ethernet.ETH_TYPE_ARP, data=arp))
+
+
+def write_pcap(path: Path, frames: list[bytes], *, linktype: int = dpkt.pcap.DLT_EN10MB, ng: bool = False) -> Path:
+    with path.open("wb") as f:
+        writer = dpkt.pcapng.Writer(f, linktype=linktype) if ng else dpkt.pcap.Writer(f, linktype=linktype)
+        for i, frame in enumerate(frames):
+            writer.writepkt(frame, ts=1_700_000_000 + i / 1000)
+    return path
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Path:
+    frames = [udp_frame(src) for src in SOURCES] + [arp_frame(), tcp_frame("192.168.0.1")]
+    return write_pcap(tmp_path / "capture.pcap", frames)
+
+
+def firewall(example: Compiler) -> ElfProgram:
+    obj = load_elf(example("xdp_firewall"))
+    for ip in BLOCKED:
+        obj.maps["BLOCKED_IPS"].insert(int(ipaddress.IPv4Address(ip)), 1)
+    return obj.programs["xdp_firewall"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_seed_firewall_over_a_capture(example: Compiler, capture: Path, engine: str) -> None:
+    seen: list[tuple[int, int]] = []
+    summary = run_pcap(firewall(example), capture, engine=engine, progress=False,
+                       on_packet=lambda i, _pkt, verdict: seen.append((i, verdict)))
+    blocked = sum(src in BLOCKED for src in SOURCES) + 1  # and the TCP packet from 192.168.0.1
+    assert summary.packets == len(SOURCES) + 2
+    assert summary.verdicts == {"XDP_DROP": blocked, "XDP_PASS": summary.packets - blocked}
+    assert summary.errors == 0
+    expected = [XdpAction.DROP if src in BLOCKED else XdpAction.PASS for src in SOURCES]
+    expected += [XdpAction.PASS, XdpAction.DROP]
+    assert [v for _, v in seen] == expected
+    report = summary.report()
+    assert "XDP_DROP" in report and "XDP_PASS" in report and f"[{engine}]" in report
+    assert "BLOCKED_IPS (HASH, 2/1024 entries)" in report
+    assert f"{int(ipaddress.IPv4Address('192.168.0.1'))} (0xc0a80001) -> 1" in report
+
+
+def test_both_engines_agree_and_a_vm_can_be_given(example: Compiler, capture: Path) -> None:
+    obj = load_elf(example("socket_filter"))
+    vm = obj.programs["udp_only"].vm()
+    interp = run_pcap(vm, capture, engine="interp", progress=False)
+    assert interp.verdicts == {"keep": len(SOURCES), "drop": 2}
+    jit = run_pcap(obj.programs["udp_only"], capture, engine="jit", progress=False)
+    assert jit.verdicts == interp.verdicts
+    assert "proto_count" in interp.report()
+
+
+def test_tc_and_cgroup_skb_over_a_capture(example: Compiler, capture: Path) -> None:
+    tc = run_pcap(load_elf(example("tc_classifier")).programs["tc_filter"], capture, progress=False)
+    assert tc.verdicts == {"SCHED_CLS_OK": len(SOURCES) + 2}
+    cg = run_pcap(load_elf(example("cgroup_skb")).programs["ingress"], capture, progress=False)
+    assert cg.verdicts == {"allow": len(SOURCES) + 2}
+
+
+def test_non_packet_programs_are_refused(example: Compiler, capture: Path) -> None:
+    with pytest.raises(BpfError, match="do not take packets"):
+        run_pcap(load_elf(example("kprobe")).programs["trace_openat"], capture, progress=False)
+
+
+def test_progress_bar_only_on_a_terminal(example: Compiler, capture: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    prog = firewall(example)
+    tty = Terminal()
+    run_pcap(prog, capture, stream=tty)
+    assert "xdp_firewall [" in tty.getvalue() and "%" in tty.getvalue()
+    pipe = io.StringIO()
+    run_pcap(prog, capture, stream=pipe)
+    assert pipe.getvalue() == ""
+
+
+def test_pcapng_raw_ip_and_sll_captures(tmp_path: Path) -> None:
+    frame = udp_frame("192.168.0.1")
+    ng = write_pcap(tmp_path / "a.pcapng", [frame], ng=True)
+    assert [p for p, _ in read_packets(ng)] == [frame]
+    raw = write_pcap(tmp_path / "raw.pcap", [frame[14:]], linktype=101)
+    assert [p[12:] for p, _ in read_packets(raw)] == [frame[12:]]
+    sll = write_pcap(tmp_path / "sll.pcap", [b"\x00" * 14 + b"\x08\x00" + frame[14:]], linktype=113)
+    assert [p[12:] for p, _ in read_packets(sll)] == [frame[12:]]
+    odd = write_pcap(tmp_path / "odd.pcap", [frame], linktype=147)
+    with pytest.raises(PcapError, match="unsupported link type 147"):
+        list(read_packets(odd))
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"not a capture at all")
+    with pytest.raises(PcapError, match="not a pcap"):
+        list(read_packets(junk))
+
+
+def test_cli_entry(example: Compiler, capture: Path, tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    blocked = [("BLOCKED_IPS", int(ipaddress.IPv4Address(ip)), 1) for ip in BLOCKED]
+    status = cli_run_pcap(str(example("xdp_firewall")), str(capture), section="xdp", map_values=blocked,
+                          progress=False, out=out, err=err)
+    assert status == 0, err.getvalue()
+    assert "XDP_DROP" in out.getvalue() and "XDP_PASS" in out.getvalue()
+    status = cli_run_pcap(str(example("xdp_firewall")), str(capture), section="tc", out=out, err=err)
+    assert status == 2 and "no program or section named 'tc'" in err.getvalue()
+    status = cli_run_pcap(str(example("xdp_firewall")), str(tmp_path / "missing.pcap"), out=out, err=err)
+    assert status == 2 and "cannot read" in err.getvalue()
+    status = cli_run_pcap(str(example("xdp_firewall")), str(capture), map_values=[("NOPE", 1, 1)], out=out, err=err)
+    assert status == 2 and "no map named 'NOPE'" in err.getvalue()

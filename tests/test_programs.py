@@ -1,0 +1,372 @@
+"""Program types: one C example per type run through its runner in both engines, contexts, helpers, verifier hookup."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import struct
+import threading
+
+import dpkt
+import pytest
+
+from jitbpf import load_elf
+from jitbpf.errors import ExecutionError, VerifierError
+from jitbpf.programs import (
+    LOW_LIMIT,
+    PROGRAM_TYPES,
+    BpfSock,
+    CgroupDevCtx,
+    LowMemory,
+    PerfEventData,
+    ProgType,
+    PtRegs,
+    SkAction,
+    SkBuff,
+    SkMsgMd,
+    SockAddr,
+    SockOps,
+    TcAction,
+    XdpAction,
+    XdpMd,
+    program_type,
+    section_program_type,
+)
+from jitbpf.vm import VM
+from tests.test_elf import ENGINES, Compiler, example_compiler, needs_packet_length, needs_wide_packet_fields
+
+
+@pytest.fixture(scope="session")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Compiler:
+    return example_compiler(tmp_path_factory)
+
+
+def udp_frame(src: str, dst: str = "10.0.0.1", dport: int = 5353, payload: bytes = b"hello") -> bytes:
+    udp = dpkt.udp.UDP(sport=40000, dport=dport, data=payload)
+    udp.ulen = 8 + len(payload)
+    ip = dpkt.ip.IP(src=ipaddress.IPv4Address(src).packed, dst=ipaddress.IPv4Address(dst).packed,
+                    p=dpkt.ip.IP_PROTO_UDP, data=udp)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip))
+
+
+def tcp_frame(src: str = "10.0.0.2", dst: str = "10.0.0.1") -> bytes:
+    tcp = dpkt.tcp.TCP(sport=1234, dport=80, flags=dpkt.tcp.TH_SYN)
+    ip = dpkt.ip.IP(src=ipaddress.IPv4Address(src).packed, dst=ipaddress.IPv4Address(dst).packed,
+                    p=dpkt.ip.IP_PROTO_TCP, data=tcp)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip))
+
+
+def icmp_packet() -> bytes:
+    icmp = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=1, seq=1, data=b"ping"))
+    return bytes(dpkt.ip.IP(src=b"\x0a\x00\x00\x02", dst=b"\x0a\x00\x00\x01", p=dpkt.ip.IP_PROTO_ICMP, data=icmp))
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+
+def test_context_layouts_match_the_kernel() -> None:
+    sizes = {XdpMd: 24, SkBuff: 192, PtRegs: 168, PerfEventData: 184, BpfSock: 80, CgroupDevCtx: 12, SockAddr: 72,
+             SockOps: 224, SkMsgMd: 80}
+    for struct_type, size in sizes.items():
+        assert ctypes.sizeof(struct_type) == size, struct_type.__name__
+    assert (SkBuff.data.offset, SkBuff.data_end.offset, SkBuff.data_meta.offset, SkBuff.hwtstamp.offset) == (
+        76, 80, 140, 184)
+    assert (PtRegs.di.offset, PtRegs.ip.offset, SockOps.sk_txhash.offset, SockOps.skb_data.offset) == (
+        112, 128, 164, 192)
+
+
+def test_section_names_give_program_types() -> None:
+    table = {
+        "xdp": ProgType.XDP, "xdp.frags": ProgType.XDP, "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS,
+        "classifier": ProgType.SCHED_CLS, "tc/ingress": ProgType.SCHED_CLS, "kprobe/do_sys_open": ProgType.KPROBE,
+        "kretprobe/x": ProgType.KPROBE, "uprobe/lib:fn": ProgType.KPROBE, "perf_event": ProgType.PERF_EVENT,
+        "cgroup_skb/ingress": ProgType.CGROUP_SKB, "cgroup_skb/egress": ProgType.CGROUP_SKB,
+        "cgroup/sock": ProgType.CGROUP_SOCK, "cgroup/post_bind4": ProgType.CGROUP_SOCK,
+        "cgroup/dev": ProgType.CGROUP_DEVICE, "cgroup/connect4": ProgType.CGROUP_SOCK_ADDR,
+        "cgroup/sendmsg6": ProgType.CGROUP_SOCK_ADDR, "sockops": ProgType.SOCK_OPS,
+        "sk_skb/stream_verdict": ProgType.SK_SKB, "sk_skb": ProgType.SK_SKB, "sk_msg": ProgType.SK_MSG,
+        "tracepoint/syscalls/sys_enter_openat": ProgType.TRACEPOINT, "raw_tp/sched_switch": ProgType.RAW_TRACEPOINT,
+        ".text": ProgType.UNSPEC, "xdpfoo": ProgType.UNSPEC, "license": ProgType.UNSPEC,
+    }
+    assert {s: section_program_type(s) for s in table} == table
+
+
+def test_program_type_names() -> None:
+    assert program_type("xdp") is ProgType.XDP
+    assert program_type("BPF_PROG_TYPE_SCHED_CLS") is ProgType.SCHED_CLS
+    assert program_type("tc") is ProgType.SCHED_CLS
+    assert program_type(15) is ProgType.CGROUP_DEVICE
+    with pytest.raises(ValueError, match="unknown program type"):
+        program_type("nope")
+
+
+def test_context_specs_for_the_verifier() -> None:
+    xdp = PROGRAM_TYPES[ProgType.XDP].context_spec()
+    assert xdp.size == 24 and dict(xdp.fields) == {0: "packet", 4: "packet_end", 8: "packet_meta"}
+    assert xdp.writable == ()
+    tc = PROGRAM_TYPES[ProgType.SCHED_CLS].context_spec()
+    assert tc.fields[76] == "packet" and (8, 4) in tc.writable  # mark
+    sock = PROGRAM_TYPES[ProgType.SOCKET_FILTER].context_spec()
+    assert not sock.fields and all(not (off <= 76 < off + size) for off, size in sock.readable)
+    assert PROGRAM_TYPES[ProgType.CGROUP_DEVICE].context_spec().ret_range == (0, 1)
+
+
+def test_low_memory_is_below_4_gib() -> None:
+    mem = LowMemory(100_000)
+    try:
+        assert mem.address + mem.size <= LOW_LIMIT
+        mem.view[0:4] = b"abcd"
+        assert bytes(mem.view[0:4]) == b"abcd"
+    finally:
+        mem.close()
+
+
+# -- one example per program type ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_xdp_firewall(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("xdp_firewall"))
+    blocked = obj.maps["BLOCKED_IPS"]
+    for ip in ("192.168.0.1", "192.168.0.2"):
+        blocked.insert(int(ipaddress.IPv4Address(ip)), 1)
+    vm = obj.programs["xdp_firewall"].vm()
+    for src, want in (("192.168.0.1", XdpAction.DROP), ("192.168.0.2", XdpAction.DROP),
+                      ("192.168.0.3", XdpAction.PASS), ("10.1.2.3", XdpAction.PASS)):
+        frame = udp_frame(src)
+        action, after = vm.run_xdp(frame, engine=engine)
+        assert action is want, src
+        assert after == frame
+    assert vm.run_xdp(b"\x00" * 10, engine=engine)[0] is XdpAction.PASS  # too short for Ethernet
+
+
+@needs_packet_length
+@pytest.mark.parametrize("engine", ENGINES)
+def test_xdp_adjust_head_and_tail(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("xdp_adjust"))
+    frame = udp_frame("10.9.9.9", payload=b"x" * 100)
+    action, pushed = obj.programs["xdp_vlan_push"].vm().run_xdp(frame, engine=engine)
+    assert action is XdpAction.TX
+    assert pushed == frame[:12] + b"\x81\x00\x00\x2a" + frame[12:]
+    action, cut = obj.programs["xdp_truncate"].vm().run_xdp(frame, engine=engine)
+    assert action is XdpAction.PASS and cut == frame[:64]
+    action, same = obj.programs["xdp_truncate"].vm().run_xdp(frame[:50], engine=engine)
+    assert action is XdpAction.PASS and same == frame[:50]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_socket_filter_with_ld_abs_and_legacy_map(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("socket_filter"))
+    vm = obj.programs["udp_only"].vm()
+    udp, tcp = udp_frame("10.0.0.2"), tcp_frame()
+    assert vm.run_socket_filter(udp, engine=engine) == len(udp)
+    assert vm.run_socket_filter(tcp, engine=engine) == 0
+    assert vm.run_socket_filter(udp, engine=engine) == len(udp)
+    assert vm.run_socket_filter(b"\x01\x02", engine=engine) == 0  # LD_ABS beyond the packet ends with 0
+    counts = obj.maps["proto_count"]
+    assert (counts[17], counts[6], counts[1]) == (2, 1, 0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tc_classifier_with_global_data(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("tc_classifier"))
+    vm = obj.programs["tc_filter"].vm()
+    dns = udp_frame("10.0.0.2", dport=53)
+    verdict, after = vm.run_tc(dns, engine=engine)
+    assert verdict is TcAction.SHOT and after == dns
+    other = udp_frame("10.0.0.2", dport=5353)
+    res = vm.run_context(dict(len=len(other), protocol=8), packet=other, engine=engine)
+    assert TcAction(res.retval) is TcAction.OK
+    assert res.fields()["mark"] == 0x42  # from .data
+    assert res.packet is not None and res.packet[15] == 0x10 and res.packet[:15] == other[:15]  # TOS stamped
+    dropped, passed = (int.from_bytes(obj.variable(n), "little") for n in ("dropped", "passed"))
+    assert (dropped, passed) == (1, 1)
+    obj.variable("blocked_port")[:] = struct.pack("<H", 5353)  # configure before loading, as with libbpf
+    vm2 = obj.programs["tc_filter"].vm()
+    assert vm2.run_tc(other, engine=engine)[0] is TcAction.SHOT
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_kprobe(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("kprobe"))
+    vm = obj.programs["trace_openat"].vm()
+    assert vm.run_kprobe([-100 & (2**64 - 1), 0x1000, 0o101], engine=engine) == 0
+    assert vm.run_kprobe({"di": 3, "dx": 0o101}, engine=engine) == 0
+    assert vm.run_kprobe([5, 0, 0], engine=engine) == 0
+    assert obj.maps["open_flags"][0o101] == 2 and obj.maps["open_flags"][0] == 1
+    assert obj.maps["last_dfd"][os.getpid()] == 5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_perf_event(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("perf_event"))
+    vm = obj.programs["on_sample"].vm()
+    vm.run_perf_event({"ip": 0xFFFF_FFFF_8100_0000}, sample_period=1000, engine=engine)
+    vm.run_perf_event({"ip": 0x4000}, sample_period=500, addr=7, engine=engine)
+    samples = obj.maps["samples"]
+    assert (samples[0], samples[1], samples[2]) == (1500, 0x4000, 2)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cgroup_skb(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("cgroup_skb"))
+    vm = obj.programs["ingress"].vm()
+    ip_udp = udp_frame("10.0.0.2")[14:]
+    assert vm.run_cgroup_skb(icmp_packet(), engine=engine) == 0
+    assert vm.run_cgroup_skb(ip_udp, engine=engine) == 1
+    allowed, denied = (int.from_bytes(obj.variable(n), "little") for n in ("allowed_bytes", "denied_packets"))
+    assert (allowed, denied) == (len(ip_udp), 1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cgroup_sock(example: Compiler, engine: str) -> None:
+    vm = load_elf(example("cgroup_sock")).programs["sock_create"].vm()
+    assert vm.run_cgroup_sock(family=2, type=3, protocol=1, engine=engine)[0] == 0
+    verdict, sock = vm.run_cgroup_sock(family=2, type=1, protocol=6, engine=engine)
+    assert verdict == 1 and sock["mark"] == 0x77
+    verdict, sock = vm.run_cgroup_sock(family=2, type=2, protocol=17, engine=engine)
+    assert verdict == 1 and sock["mark"] == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cgroup_device(example: Compiler, engine: str) -> None:
+    vm = load_elf(example("cgroup_dev")).programs["dev_policy"].vm()
+    run = vm.run_cgroup_device
+    assert [run(1, m, engine=engine) for m in (3, 5, 9, 1)] == [1, 1, 1, 0]
+    assert run(4, 1, access=2, engine=engine) == 1  # read a tty
+    assert run(4, 1, access=4, engine=engine) == 0  # write it
+    assert run(8, 0, dev_type=1, engine=engine) == 0  # block device
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cgroup_sock_addr(example: Compiler, engine: str) -> None:
+    vm = load_elf(example("sock_addr")).programs["connect_redirect"].vm()
+
+    def be32(ip: str) -> int:
+        return int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+
+    def be16(port: int) -> int:
+        return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+    verdict, addr = vm.run_sock_addr(user_family=2, user_ip4=be32("10.0.0.1"), user_port=be16(80), engine=engine)
+    assert verdict == 1 and (addr["user_ip4"], addr["user_port"]) == (be32("127.0.0.1"), be16(8080))
+    verdict, addr = vm.run_sock_addr(user_family=2, user_ip4=be32("10.0.0.7"), user_port=be16(80), engine=engine)
+    assert verdict == 1 and addr["user_ip4"] == be32("10.0.0.7")
+    assert vm.run_sock_addr(user_family=2, user_ip4=be32("10.0.0.1"), user_port=be16(23), engine=engine)[0] == 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sock_ops(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("sockops"))
+    vm = obj.programs["tune"].vm()
+    verdict, ops = vm.run_sock_ops(1, engine=engine)  # BPF_SOCK_OPS_TIMEOUT_INIT
+    assert verdict == 1 and ops["args"][0] == 10
+    assert vm.run_sock_ops(2, engine=engine)[1]["args"][0] == 40  # RWND_INIT
+    _, ops = vm.run_sock_ops(4, engine=engine)  # ACTIVE_ESTABLISHED_CB
+    assert ops["bpf_sock_ops_cb_flags"] == 1
+    assert (obj.maps["op_count"][1], obj.maps["op_count"][2], obj.maps["op_count"][4]) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sk_skb(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("sk_skb"))
+    parser, verdict = obj.programs["parser"].vm(), obj.programs["verdict"].vm()
+    assert parser.run_sk_skb(b"0123456789", engine=engine)[0] == 10
+    assert verdict.run_sk_skb(b"DROP this", engine=engine)[0] is SkAction.DROP
+    assert verdict.run_sk_skb(b"keep this", engine=engine) == (SkAction.PASS, b"keep this")
+    assert verdict.run_sk_skb(b"DR", engine=engine)[0] is SkAction.PASS
+
+
+@needs_wide_packet_fields
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sk_msg(example: Compiler, engine: str) -> None:
+    vm = load_elf(example("sk_msg")).programs["msg_verdict"].vm()
+    assert vm.run_sk_msg(b"BLOCKED message", engine=engine) is SkAction.DROP
+    assert vm.run_sk_msg(b"fine message", engine=engine) is SkAction.PASS
+    res = vm.run_context({"size": 4}, packet=b"data", engine=engine)
+    assert res.extras == {"msg_apply_bytes": 4}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tail_calls_keep_the_program_types_context(example: Compiler, engine: str) -> None:
+    obj = load_elf(example("xdp_tail_call"))
+    vm = obj.programs["xdp_dispatch"].vm()
+    udp = udp_frame("10.0.0.2")
+    assert vm.run_xdp(udp, engine=engine) == (XdpAction.TX, udp[:-4])  # the stage's adjust_tail saw the packet
+    assert vm.run_xdp(bytes(12) + b"\x08\x00" + icmp_packet(), engine=engine)[0] is XdpAction.DROP
+    assert vm.run_xdp(tcp_frame(), engine=engine)[0] is XdpAction.PASS  # empty slot: falls through
+
+
+# -- the verifier sees each type's context ------------------------------------------------------
+
+
+def test_unchecked_packet_access_is_rejected(example: Compiler) -> None:
+    source = """
+#include "jitbpf_helpers.h"
+SEC("xdp") int prog(struct xdp_md *ctx) { unsigned char *p = (void *)(long)ctx->data; return p[20]; }
+"""
+    vm = load_elf(example(source)).programs["prog"].vm()
+    with pytest.raises(VerifierError):
+        vm.check()
+
+
+def test_writing_a_read_only_context_field_is_rejected(example: Compiler) -> None:
+    source = """
+#include "jitbpf_helpers.h"
+SEC("cgroup/dev") int prog(struct bpf_cgroup_dev_ctx *ctx) { ctx->major = 1; return 1; }
+"""
+    with pytest.raises(VerifierError):
+        load_elf(example(source)).programs["prog"].vm().check()
+
+
+def test_helpers_of_other_program_types_are_rejected(example: Compiler) -> None:
+    source = """
+#include "jitbpf_helpers.h"
+SEC("xdp") int prog(struct xdp_md *ctx) { char b[4]; return bpf_skb_load_bytes(ctx, 0, b, 4) ? 1 : 2; }
+"""
+    vm = load_elf(example(source)).programs["prog"].vm()
+    with pytest.raises(VerifierError, match="program type xdp may not call helper bpf_skb_load_bytes#26"):
+        vm.check()
+
+
+def test_adjust_head_stays_within_the_headroom(example: Compiler) -> None:
+    source = """
+#include "jitbpf_helpers.h"
+SEC("xdp") int prog(struct xdp_md *ctx) { return bpf_xdp_adjust_head(ctx, -(int)ctx->rx_queue_index) ? 0 : 2; }
+"""
+    vm = load_elf(example(source)).programs["prog"].vm()
+    frame = bytes(64)
+    assert vm.run_xdp(frame, rx_queue_index=256) == (XdpAction.PASS, bytes(256) + frame)
+    assert vm.run_xdp(frame, rx_queue_index=257)[0] is XdpAction.ABORTED  # beyond the 256-byte headroom
+
+
+def test_runner_of_the_wrong_type(example: Compiler) -> None:
+    vm = load_elf(example("cgroup_dev")).programs["dev_policy"].vm()
+    with pytest.raises(ExecutionError, match="not a xdp program"):
+        vm.run_xdp(b"")
+    with pytest.raises(ExecutionError, match="no program type"):
+        VM(b"\xb7\x00\x00\x00\x00\x00\x00\x00\x95\x00\x00\x00\x00\x00\x00\x00").run_context()
+    with pytest.raises(ValueError, match="no field"):
+        vm.run_context({"nope": 1})
+
+
+def test_threads_have_their_own_packet_memory(example: Compiler) -> None:
+    obj = load_elf(example("xdp_firewall"))
+    obj.maps["BLOCKED_IPS"].insert(int(ipaddress.IPv4Address("192.168.0.1")), 1)
+    vm = obj.programs["xdp_firewall"].vm()
+    failures: list[str] = []
+
+    def worker(src: str, want: XdpAction) -> None:
+        for _ in range(200):
+            action, _ = vm.run_xdp(udp_frame(src))
+            if action is not want:
+                failures.append(src)
+
+    threads = [threading.Thread(target=worker, args=a)
+               for a in (("192.168.0.1", XdpAction.DROP), ("192.168.0.9", XdpAction.PASS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
