@@ -1,0 +1,703 @@
+"""The ``jitbpf`` command: assemble, disassemble, verify, run and JIT-dump eBPF programs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from jitbpf import plugin
+from jitbpf.errors import AssemblerError, BpfError, VerifierError
+from jitbpf.isa import SLOT_SIZE, Program
+
+PROG = "jitbpf"
+EXIT_OK = 0
+EXIT_FAILED = 1  # the program ran and failed, or a check failed
+EXIT_USAGE = 2  # bad input or bad usage
+ELF_MAGIC = b"\x7fELF"
+STDIN_NAME = "<stdin>"
+_HEX_TEXT = re.compile(r"[0-9a-fA-F\s]*")
+
+DESCRIPTION = """\
+A user-space eBPF virtual machine: assemble, disassemble, verify, interpret or JIT-compile
+eBPF programs.
+
+Every command that takes a program FILE accepts raw bytecode (8-byte instructions,
+little-endian), a hex dump of it (hex digits and white space only), assembly text (uBPF or LLVM
+syntax) or an ELF object from clang -target bpf (choose the program with --section). The kind
+is detected from the content; "-" reads standard input.
+
+Exit status: 0 success, 1 the program failed at run time (or a check failed), 2 bad input or
+usage (missing file, malformed bytecode, assembler or verifier error).
+"""
+
+EPILOG = """\
+examples:
+  jitbpf asm prog.s                      # writes prog.bin
+  jitbpf disasm prog.bin --syntax llvm
+  jitbpf verify prog.o --section xdp --log
+  jitbpf run prog.s --mem "01 02 03 04" --jit
+  jitbpf jit-dump prog.s
+  jitbpf bench --quick
+  echo "b7 00 00 00 2a 00 00 00 95 00 00 00 00 00 00 00" | jitbpf conformance-plugin --jit
+
+Run "jitbpf COMMAND --help" for the options of a command.
+"""
+
+HELPER_LIB_HELP = """\
+load helpers from Python: MODULE:FUNC (or path/to/file.py:FUNC). FUNC is called with the VM
+before the program runs; it either registers helpers itself (vm.register_helper(id, fn)) and
+returns None, or returns a list of jitbpf.helpers.Helper to register. FUNC may also be a list of
+Helper. The current directory is searched for MODULE. May be given several times."""
+
+
+class CliError(Exception):
+    """A failure reported on one line of stderr, with the exit status to use."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors and exit status 2, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- input -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """A program read from a FILE argument, and where it came from (for messages)."""
+
+    where: str  # shown before error messages: the path, plus the section of an ELF object
+    code: bytes  # bytecode
+    kind: str  # "raw", "hex", "asm" or "elf"
+    elf_object: Any = None  # the loaded ELF object (its maps are attached to the VM)
+    elf_program: Any = None  # the ELF loader's program object
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def describe(exc: BpfError) -> str:
+    """An error without its location prefix, with the PC first as the messages put it."""
+    message = exc.message
+    if isinstance(exc, VerifierError) and exc.insn:
+        message = f"{message}: {exc.insn}"
+    if exc.pc is not None:
+        message = f"at PC {exc.pc}: {message}"
+    return one_line(message)
+
+
+@contextmanager
+def reporting(where: str, *, running: bool = False) -> Iterator[None]:
+    """Turn jitbpf errors into one-line CliErrors located at ``where``.
+
+    While ``running``, failures are the program's own (exit status 1); before that they are
+    problems with the input (exit status 2).
+    """
+    try:
+        yield
+    except AssemblerError as exc:
+        raise CliError(f"{where}:{exc.line}:{exc.column}: {one_line(exc.message)}") from exc
+    except BpfError as exc:
+        raise CliError(f"{where}: {describe(exc)}", EXIT_FAILED if running else EXIT_USAGE) from exc
+
+
+def read_bytes(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def as_text(data: bytes) -> str | None:
+    """The content as text, or None when it is binary (bytecode always holds NUL bytes)."""
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def parse_hex_arg(text: str, what: str) -> bytes:
+    try:
+        return plugin.parse_hex(text)
+    except plugin.HexError as exc:
+        raise CliError(f"{what}: {exc}") from exc
+
+
+def load_elf_source(path: str, data: bytes, section: str | None) -> Source:
+    try:
+        from jitbpf.elf import load_elf
+    except ImportError as exc:
+        raise CliError(f"{path}: ELF objects are not supported in this installation ({exc})") from exc
+    with reporting(path):
+        obj = load_elf(data, name=Path(path).name)
+    programs = list(obj.programs.values())
+    listing = ", ".join(f"{p.name} (section {p.section})" for p in programs)
+    if not programs:
+        raise CliError(f"{path}: no programs in this ELF object")
+    if section is None:
+        if len(programs) > 1:
+            raise CliError(f"{path}: {len(programs)} programs; choose one with --section: {listing}")
+        program = programs[0]
+    else:
+        if not any(section in (p.name, p.section) for p in programs):
+            raise CliError(f"{path}: no program or section named '{section}' (programs: {listing})")
+        with reporting(path):
+            program = obj.program(section)  # by name, or the only program of a section
+    return Source(f"{path} ({program.section}: {program.name})", bytes(program.code), "elf", obj, program)
+
+
+def load_source(path: str, section: str | None = None) -> Source:
+    """Read a program FILE, whichever of the accepted forms it is in."""
+    data = read_bytes(path)
+    if path == "-":
+        path = STDIN_NAME  # how messages name it
+    if data.startswith(ELF_MAGIC):
+        return load_elf_source(path, data, section)
+    if section is not None:
+        raise CliError(f"{path}: --section applies to ELF objects only, and this is not one")
+    text = as_text(data)
+    if text is not None and _HEX_TEXT.fullmatch(text):
+        code = parse_hex_arg(text, f"{path}: hex bytecode")
+        kind = "hex"
+    elif text is not None:
+        from jitbpf.asm import assemble
+
+        with reporting(path):
+            code = assemble(text)
+        kind = "asm"
+    else:
+        code, kind = data, "raw"
+    if not code:
+        raise CliError(f"{path}: no instructions")
+    if len(code) % SLOT_SIZE:
+        raise CliError(f"{path}: bytecode length {len(code)} is not a multiple of {SLOT_SIZE}"
+                       " (and the file is neither an ELF object nor assembly text)")
+    return Source(path, code, kind)
+
+
+# -- helpers and VMs ---------------------------------------------------------------------------
+
+
+def _import_helper_lib(spec: str) -> Any:
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"--helper-lib {spec}: expected MODULE:FUNC")
+    try:
+        if module_name.endswith(".py") or os.sep in module_name:
+            file = Path(module_name)
+            mod_spec = importlib.util.spec_from_file_location(file.stem, file)
+            if mod_spec is None or mod_spec.loader is None or not file.is_file():
+                raise CliError(f"--helper-lib {spec}: no such file: {module_name}")
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            # A console script's sys.path starts at its own directory, not the user's: helper
+            # modules are looked up where the command runs, as "python -m" would.
+            if os.getcwd() not in sys.path and "" not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+    except CliError:
+        raise
+    except Exception as exc:  # the user's module may fail in any way while it is imported
+        raise CliError(f"--helper-lib {spec}: cannot import {module_name}: {type(exc).__name__}: "
+                       f"{one_line(str(exc))}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise CliError(f"--helper-lib {spec}: module {module_name} has no attribute '{attr}'") from exc
+
+
+def apply_helper_lib(vm: Any, spec: str) -> None:
+    """Register the helpers of one --helper-lib MODULE:FUNC on ``vm``."""
+    from jitbpf.helpers import Helper
+
+    target = _import_helper_lib(spec)
+    try:
+        helpers = target(vm) if callable(target) else target
+    except Exception as exc:  # user code
+        raise CliError(f"--helper-lib {spec}: {type(exc).__name__}: {one_line(str(exc))}") from exc
+    if helpers is None:
+        return
+    try:
+        items = list(helpers)
+    except TypeError as exc:
+        raise CliError(f"--helper-lib {spec}: expected None or a list of Helper, got {type(helpers).__name__}") from exc
+    for item in items:
+        if not isinstance(item, Helper):
+            raise CliError(f"--helper-lib {spec}: expected Helper objects, got {type(item).__name__}")
+        vm.register_helper(item)
+
+
+def make_vm(source: Source, args: argparse.Namespace, *, verify: bool) -> Any:
+    """A VM for ``source`` with the program type and helpers the command line asks for.
+
+    An ELF program gets its object's maps, the program type of its section and the standard
+    helpers, as ``ElfProgram.vm()`` gives them.
+    """
+    from jitbpf.helpers import conformance_helpers
+    from jitbpf.vm import DEFAULT_BUDGET, VM
+
+    kwargs: dict[str, Any] = {"verify": verify, "budget": getattr(args, "budget", None) or DEFAULT_BUDGET,
+                              "allow_loops": getattr(args, "allow_loops", False)}
+    prog_type = getattr(args, "prog_type", None)
+    if prog_type is not None:
+        kwargs["prog_type"] = prog_type
+    with reporting(source.where):
+        vm = source.elf_program.vm(**kwargs) if source.elf_program is not None else VM(source.code, **kwargs)
+        if getattr(args, "std_helpers", False):
+            vm.use_standard_helpers()
+        if getattr(args, "conformance_helpers", False):
+            for helper in conformance_helpers(lambda: vm.memory):
+                vm.register_helper(helper)
+        for spec in getattr(args, "helper_lib", None) or ():
+            apply_helper_lib(vm, spec)
+    return vm
+
+
+def _prog_type(text: str) -> str:
+    try:
+        from jitbpf.programs import program_type
+    except ImportError:
+        raise argparse.ArgumentTypeError("program types are not supported in this installation") from None
+    try:
+        program_type(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_asm(args: argparse.Namespace, out: TextIO) -> int:
+    from jitbpf.asm import assemble
+
+    data = read_bytes(args.file)
+    name = STDIN_NAME if args.file == "-" else args.file
+    text = as_text(data)
+    if text is None:
+        raise CliError(f"{name}: not a text file (assembly source is expected)")
+    with reporting(name):
+        code = assemble(text)
+    if args.hex:
+        rendered = "".join(code[i : i + SLOT_SIZE].hex(" ") + "\n" for i in range(0, len(code), SLOT_SIZE))
+        if args.output in (None, "-"):
+            out.write(rendered)
+        else:
+            _write_file(args.output, rendered.encode())
+        return EXIT_OK
+    if args.output == "-" or (args.output is None and args.file == "-"):
+        out.flush()
+        sys.stdout.buffer.write(code)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    target = args.output or str(Path(args.file).with_suffix(".bin"))
+    if Path(target).resolve() == Path(args.file).resolve():
+        raise CliError(f"{args.file}: the output would overwrite the input; name it with -o")
+    _write_file(target, code)
+    return EXIT_OK
+
+
+def _write_file(path: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def cmd_disasm(args: argparse.Namespace, out: TextIO) -> int:
+    from jitbpf.disasm import disassemble, format_instruction
+
+    source = load_source(args.file, args.section)
+    with reporting(source.where):
+        program = Program.from_bytes(source.code)
+        if args.json:
+            rows = []
+            for pc, insn, _info in program:
+                row: dict[str, Any] = {
+                    "pc": pc,
+                    "opcode": insn.opcode,
+                    "dst": insn.dst,
+                    "src": insn.src,
+                    "off": insn.off,
+                    "imm": insn.imm,
+                }
+                if insn.width == 2:
+                    row["imm64"] = insn.imm64
+                row["hex"] = insn.encode().hex()
+                row["text"] = format_instruction(insn, pc, syntax=args.syntax)
+                rows.append(row)
+            _dump_json({"file": args.file, "kind": source.kind, "instructions": rows}, out)
+            return EXIT_OK
+        text = disassemble(source.code, syntax=args.syntax, show_pc=not args.no_pc)
+    out.write(text + "\n")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    from jitbpf.verifier import verify
+
+    source = load_source(args.file, args.section)
+    vm = make_vm(source, args, verify=False)
+    try:
+        with reporting(source.where):
+            vm.check()  # helper ids, map references and the program type's rules
+            context_spec = getattr(vm, "context_spec", None)
+            result = verify(vm.program, helpers=vm.helpers, allow_loops=args.allow_loops, log=args.log,
+                            budget=vm.budget, maps=vm.maps,
+                            context=context_spec() if context_spec is not None else None)
+    except CliError as exc:
+        cause = exc.__cause__
+        if args.json:
+            report: dict[str, Any] = {"ok": False, "file": args.file, "error": exc.message}
+            if isinstance(cause, BpfError):
+                report["message"] = cause.message
+                report["pc"] = cause.pc
+            if isinstance(cause, VerifierError):
+                report["insn"] = cause.insn
+                if args.log:
+                    report["log"] = cause.log
+            _dump_json(report, out)
+        elif args.log and isinstance(cause, VerifierError) and cause.log:
+            out.write(cause.log.rstrip("\n") + "\n")
+        raise
+    finally:
+        vm.close()
+    count = len(vm.program.insns)
+    log = str(getattr(result, "log", "") or "")
+    if args.json:
+        report = {"ok": True, "file": args.file, "instructions": count}
+        if args.log:
+            report["log"] = log
+        _dump_json(report, out)
+    else:
+        if args.log and log:
+            out.write(log.rstrip("\n") + "\n")
+        out.write(f"OK: {count} instructions verified\n")
+    return EXIT_OK
+
+
+def _dump_json(data: Any, out: TextIO) -> None:
+    json.dump(data, out, indent=2)
+    out.write("\n")
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.mem is not None:
+        mem = parse_hex_arg(args.mem, "--mem")
+    elif args.mem_file is not None:
+        mem = read_bytes(args.mem_file)
+    else:
+        mem = b""
+    source = load_source(args.file, args.section)
+    vm = make_vm(source, args, verify=not args.no_verify)
+    engine = "jit" if args.jit else "interp"
+    state = getattr(vm, "program_state", None)  # set for a program type (XDP, socket filter, ...)
+    try:
+        with reporting(source.where):
+            vm.check()
+            if args.jit:
+                vm.jit_compile()
+            if state is not None and mem and not state.info.packet:
+                raise CliError(f"{source.where}: {state.info.name} programs take no packet (--mem/--mem-file)")
+        with reporting(source.where, running=True):
+            if state is not None:
+                # A typed program gets its context in r1, and the input memory as its packet.
+                result = vm.run_context(packet=mem if state.info.packet else None, engine=engine)
+                r0, after = result.retval, bytes(result.packet) if result.packet is not None else mem
+            else:
+                buf = bytearray(mem)
+                r0 = vm.execute_jit(buf) if args.jit else vm.execute(buf)
+                after = bytes(buf)
+    finally:
+        vm.close()
+    changed = after != mem
+    signed = r0 - (1 << 64) if r0 >> 63 else r0
+    if args.json:
+        report: dict[str, Any] = {"r0": r0, "r0_hex": f"{r0:#x}", "r0_signed": signed, "engine": engine}
+        if state is not None:
+            report["prog_type"] = state.info.name
+        if changed:
+            report["mem"] = after.hex()
+        _dump_json(report, out)
+        return EXIT_OK
+    extra = f", signed {signed}" if signed < 0 else ""
+    out.write(f"r0 = {r0:#x} ({r0}{extra})\n")
+    if changed:
+        out.write(f"{'packet' if state is not None else 'mem'} = {after.hex(' ')}\n")
+    return EXIT_OK
+
+
+def cmd_jit_dump(args: argparse.Namespace, out: TextIO) -> int:
+    source = load_source(args.file, args.section)
+    vm = make_vm(source, args, verify=not args.no_verify)
+    try:
+        with reporting(source.where):
+            text = vm.jit_dump()
+    finally:
+        vm.close()
+    out.write(text.rstrip("\n") + "\n")
+    return EXIT_OK
+
+
+def _checkout_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    rest = list(args.args)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    root = _checkout_root()
+    # The suite lives beside the package in a checkout, outside what gets installed; prefer it
+    # to any other "benchmarks" module on the path.
+    if (root / "benchmarks" / "__main__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module("benchmarks.__main__")
+    except ImportError as exc:
+        raise CliError(f"bench: the benchmark suite is not available ({exc}); it ships with a source checkout") from exc
+    bench_main = getattr(module, "main", None)
+    if not callable(bench_main):
+        raise CliError("bench: benchmarks.__main__ has no main(argv) function")
+    out.flush()
+    status = bench_main(rest)
+    return int(status or 0)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def _budget(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: expected a positive integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid budget {text!r}: expected a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    # SUPPRESS: a subcommand must not reset a --debug given before it.
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show Python tracebacks instead of one-line errors")
+
+    def file_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", metavar="FILE", help="program: bytecode, hex, assembly or ELF object ('-' = stdin)")
+        p.add_argument("--section", "-s", metavar="S", help="the program's section in an ELF object")
+
+    def vm_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--prog-type", type=_prog_type, metavar="TYPE",
+                       help="program type (xdp, socket_filter, tc, kprobe, ...): r1 points to its context and "
+                            "the input memory is the packet; an ELF program takes it from its section")
+        p.add_argument("--std-helpers", action="store_true",
+                       help="provide the standard Linux helpers (map access, time, trace_printk, ...); "
+                            "ELF programs and typed programs have them already")
+        p.add_argument("--conformance-helpers", action="store_true",
+                       help="provide uBPF's test helpers 0-5 (gather_bytes, memfrob, no_op, sqrti, strcmp_ext, "
+                            "unwind), which the conformance suites call (they replace standard helpers 0-5)")
+        p.add_argument("--helper-lib", metavar="MODULE:FUNC", action="append", default=[], help=HELPER_LIB_HELP)
+
+    def sub(name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=description, epilog=epilog,
+                                   parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show Python tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    p = sub("asm", "assemble a program", "Assemble uBPF- or LLVM-syntax assembly into bytecode.",
+            "examples:\n  jitbpf asm prog.s              # writes prog.bin\n"
+            "  jitbpf asm prog.s -o - | xxd\n  jitbpf asm prog.s --hex")
+    p.add_argument("file", metavar="FILE", help="assembly source ('-' = stdin)")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file (default: FILE with suffix .bin; '-' = stdout)")
+    p.add_argument("--hex", action="store_true", help="write hex text, one instruction per line (to stdout unless -o)")
+    p.set_defaults(func=cmd_asm)
+
+    p = sub("disasm", "disassemble a program", "Print a program as assembly text.",
+            "examples:\n  jitbpf disasm prog.bin\n  jitbpf disasm prog.o --section xdp --syntax llvm\n"
+            "  jitbpf disasm prog.bin --json")
+    file_args(p)
+    p.add_argument("--syntax", choices=("ubpf", "llvm"), default="ubpf", help="assembly dialect (default: ubpf)")
+    p.add_argument("--no-pc", action="store_true", help="leave out the instruction numbers")
+    p.add_argument("--json", action="store_true", help="print the instructions as JSON")
+    p.set_defaults(func=cmd_disasm)
+
+    p = sub("verify", "check a program without running it",
+            "Run the verifier: the program is accepted if every path is safe to run.",
+            "examples:\n  jitbpf verify prog.s\n  jitbpf verify prog.o --section xdp --log\n"
+            "  jitbpf verify loop.s --allow-loops --json\n\nexit status: 0 accepted, 2 rejected")
+    file_args(p)
+    p.add_argument("--allow-loops", action="store_true", help="accept bounded loops (back edges)")
+    p.add_argument("--log", action="store_true", help="print the verifier's log (the states along the paths)")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    vm_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub("run", "run a program and print r0",
+            "Run a program on input memory (r1 = its address, r2 = its length) and print r0 in hex and\n"
+            "decimal, and the memory if the program changed it.",
+            "examples:\n  jitbpf run prog.s\n  jitbpf run prog.bin --mem '01 02 03 04' --jit\n"
+            "  jitbpf run packet_filter.o --section xdp --mem-file packet.bin --json\n"
+            "  jitbpf run prog.s --helper-lib myhelpers:register\n\n"
+            "exit status: 0 the program returned, 1 it failed at run time, 2 it could not be loaded")
+    file_args(p)
+    mem = p.add_mutually_exclusive_group()
+    mem.add_argument("--mem", metavar="HEX", help="input memory as hex bytes (white space allowed)")
+    mem.add_argument("--mem-file", metavar="F", help="input memory from a file (raw bytes)")
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--jit", action="store_true", help="run the x86-64 JIT")
+    engine.add_argument("--interp", action="store_true", help="run the reference interpreter (the default)")
+    p.add_argument("--no-verify", action="store_true", help="skip the verifier (structural checks still apply)")
+    p.add_argument("--allow-loops", action="store_true", help="let the verifier accept bounded loops")
+    p.add_argument("--budget", type=_budget, metavar="N", help="instructions allowed per run (default: 1000000)")
+    vm_args(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub("jit-dump", "show the x86-64 code the JIT generates",
+            "Compile a program with the JIT and print the x86-64 code beside each eBPF instruction.",
+            "example:\n  jitbpf jit-dump prog.s")
+    file_args(p)
+    p.add_argument("--no-verify", action="store_true", help="skip the verifier (structural checks still apply)")
+    p.add_argument("--allow-loops", action="store_true", help="let the verifier accept bounded loops")
+    vm_args(p)
+    p.set_defaults(func=cmd_jit_dump)
+
+    p = sub("bench", "run the benchmark suite",
+            "Run the benchmark suite (the benchmarks/ directory of a source checkout); the arguments\n"
+            "are passed on to it.",
+            "examples:\n  jitbpf bench\n  jitbpf bench --quick\n"
+            "  jitbpf bench -- --help      # the suite's own options")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the suite")
+    p.set_defaults(func=cmd_bench)
+
+    # Dispatched before argparse (its options are the runner's, unknown ones ignored); listed
+    # here so that "jitbpf --help" shows it.
+    sub("conformance-plugin", "act as a bpf_conformance plugin",
+        "Speak bpf_conformance_runner's plugin protocol (see 'jitbpf conformance-plugin --help').", "")
+    return parser
+
+
+class _VersionAction(argparse.Action):
+    """--version, looking the version up only when asked (importlib.metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        try:
+            from importlib.metadata import version
+
+            text = version("jitbpf")
+        except Exception:  # not installed: running from a bare checkout
+            text = "unknown"
+        sys.stdout.write(f"{PROG} {text}\n")
+        parser.exit(0)
+
+
+def plugin_argv(argv: list[str]) -> list[str] | None:
+    """The plugin's arguments when ``argv`` runs ``conformance-plugin``, else None.
+
+    The plugin takes the runner's options, which argparse would reject, so it is dispatched by
+    hand. The runner puts MEM_HEX before the plugin options, so with ``--plugin_path jitbpf
+    --plugin_options conformance-plugin`` the subcommand comes after the memory.
+    """
+    for i, arg in enumerate(argv):
+        if arg == "conformance-plugin":
+            return [a for a in argv[:i] if a != "--debug"] + argv[i + 1 :]
+        if arg != "--debug" and not _HEX_TEXT.fullmatch(arg):
+            return None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jitbpf`` console script and ``python -m jitbpf``."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    plugin_args = plugin_argv(args_list)
+    if plugin_args is not None:
+        return plugin.main(plugin_args)
+    first = next((i for i, a in enumerate(args_list) if a != "--debug"), len(args_list))
+    rest = args_list[first + 1 :]
+    if args_list[first : first + 1] == ["bench"] and rest[:1] not in (["-h"], ["--help"]):
+        # The suite's own options pass through untouched (argparse would claim the ones it
+        # does not know); only "jitbpf bench --help" is ours.
+        args = argparse.Namespace(command="bench", args=rest, func=cmd_bench, debug=first > 0)
+    else:
+        args = build_parser().parse_args(args_list)
+    debug = bool(getattr(args, "debug", False))
+    out = sys.stdout
+    try:
+        status: int = args.func(args, out)
+        out.flush()
+        return status
+    except CliError as exc:
+        if debug:
+            raise
+        _error(exc.message)
+        return exc.status
+    except BpfError as exc:  # one that no command located: still one line
+        if debug:
+            raise
+        _error(describe(exc))
+        return EXIT_USAGE
+    except ImportError as exc:  # a part of jitbpf (or a dependency) missing from this installation
+        if debug:
+            raise
+        _error(f"not available in this installation: {one_line(str(exc))}")
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return _broken_pipe()
+        if debug:
+            raise
+        _error(one_line(str(exc)) or type(exc).__name__)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        _error(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback)")
+        return EXIT_FAILED
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _broken_pipe() -> int:
+    # The reader went away ("jitbpf disasm x | head"); silence the flush at exit, as the docs advise.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
