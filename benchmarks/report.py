@@ -1,0 +1,274 @@
+"""Presents the figures: the targets they are held to, the text table, the JSON file and the bar chart."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOOP_RATIO = 1.3  # long loops: JIT time / native time
+CALL_RATIO = 1.5  # empty program: execute_jit / bare cffi call
+INTERP_RATE = 3e6  # interpreter, tight ALU loop: executed instructions per second
+COMPILE_RATE = 5e5  # warm compile: eBPF instructions per second
+FRESH_NS = 2e9  # first compile in a fresh process, from the spawn
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal the figures are held to; ``met`` is None when the figure could not be measured."""
+
+    key: str  # the row it belongs to: a workload's key, "compile" or "fresh_compile"
+    what: str  # the figure
+    goal: str  # the goal, as text
+    value: float | None  # the measured figure
+    met: bool | None
+
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "n/a"}[self.met]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "what": self.what, "goal": self.goal, "value": self.value, "met": self.met}
+
+
+def _target(key: str, what: str, goal: str, value: float | None, ok: Callable[[float], bool]) -> Target:
+    return Target(key, what, goal, value, None if value is None else ok(value))
+
+
+def targets(results: dict[str, Any]) -> list[Target]:
+    """Every target of the suite, evaluated on ``results`` (the JSON-ready dict of a run)."""
+    w = results["workloads"]
+    out = []
+    for key in ("bytesum", "fnv1a"):
+        if key in w:
+            out.append(_target(key, f"{w[key]['title']}: JIT/native", f"<= {LOOP_RATIO}x", w[key]["jit_native_ratio"],
+                               lambda v: v <= LOOP_RATIO))
+    if "alu" in w:
+        rate = w["alu"]["interp"]["insns_per_s"]
+        out.append(_target("alu", "interpreter, ALU loop", f">= {INTERP_RATE / 1e6:g} M insn/s", rate,
+                           lambda v: v >= INTERP_RATE))
+    if "call_overhead" in w:
+        out.append(_target("call_overhead", "call overhead: execute_jit/cffi", f"<= {CALL_RATIO}x",
+                           w["call_overhead"]["jit_native_ratio"], lambda v: v <= CALL_RATIO))
+    comp = results.get("compile") or {}
+    out.append(_target("compile", "compile, warm cache", f">= {COMPILE_RATE / 1e3:g} k insn/s", comp.get("insns_per_s"),
+                       lambda v: v >= COMPILE_RATE))
+    fresh = results.get("fresh_compile")
+    if fresh is not None:
+        out.append(_target("fresh_compile", "first compile, fresh process", f"< {FRESH_NS / 1e9:g} s", fresh.get("ns"),
+                           lambda v: v < FRESH_NS))
+    return out
+
+
+# --- text --------------------------------------------------------------------------------------------
+
+
+def fmt_ns(ns: float | None) -> str:
+    """A duration with three significant digits and a unit that keeps the number readable."""
+    if ns is None:
+        return "n/a"
+    for scale, unit in ((1e9, "s"), (1e6, "ms"), (1e3, "us")):
+        if ns >= scale:
+            return f"{_sig3(ns / scale)} {unit}"
+    return f"{_sig3(ns)} ns"
+
+
+def fmt_rate(per_s: float | None, what: str = "insn/s") -> str:
+    if per_s is None:
+        return "n/a"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_s >= scale:
+            return f"{_sig3(per_s / scale)} {unit} {what}"
+    return f"{_sig3(per_s)} {what}"
+
+
+def _sig3(x: float) -> str:
+    return f"{x:.3g}" if x < 1000 else f"{x:.0f}"
+
+
+def _ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+COLUMNS = ("benchmark", "unit", "interpreter", "JIT", "native", "JIT/native", "target")
+
+
+def _engine_cell(fig: dict[str, float] | None, rate: bool) -> str:
+    if fig is None:
+        return "n/a"
+    cell = fmt_ns(fig["ns_per_unit"])
+    if rate and "insns_per_s" in fig:
+        cell += f"  {fmt_rate(fig['insns_per_s'])}"
+    return cell
+
+
+Row = tuple[str, ...] | str | None  # cells; a str is a line of its own; None draws a rule between sections
+
+
+def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
+    """The table's rows."""
+    by_key = {t.key: t for t in goals}
+
+    def verdict(key: str) -> str:
+        t = by_key.get(key)
+        return "" if t is None else f"{t.goal}: {t.verdict()}"
+
+    rows: list[Row] = []
+    for key, w in results["workloads"].items():
+        title = w["title"] + ("" if w.get("agree") is not False else " [RESULTS DIFFER]")
+        rows.append((title, w["unit"], _engine_cell(w["interp"], True), _engine_cell(w["jit"], True),
+                     _engine_cell(w["native"], False), _ratio(w["jit_native_ratio"]), verdict(key)))
+    rows.append(None)
+    comp = results.get("compile") or {}
+    n = comp.get("insns", 0)
+    cell = "n/a" if "error" in comp else f"{fmt_ns(comp.get('ns'))}  {fmt_rate(comp.get('insns_per_s'))}"
+    rows.append((f"compile, warm cache ({n:,} insns)", "program", "", cell, "", "", verdict("compile")))
+    fresh = results.get("fresh_compile")
+    if fresh is not None:
+        cell = "n/a" if "error" in fresh else fmt_ns(fresh.get("ns"))
+        rows.append((f"first compile, fresh process ({fresh['insns']:,} insns)", "program", "", cell, "", "",
+                     verdict("fresh_compile")))
+    verifier = results.get("verifier")
+    if verifier is not None:
+        rows.append(None)
+        rows.append("verifier (benchmarks/bench_verifier.py): "
+                    + "; ".join(f"{key} {_value(key, value)}" for key, value in _flatten(verifier)))
+    return rows
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _value(key: str, value: Any) -> str:
+    """A verifier figure; durations and rates are recognized by their names (``_ns``, ``seconds``, ``per_s``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    name = key.rsplit(".", 1)[-1]
+    if name == "ns" or name.endswith("_ns"):
+        return fmt_ns(float(value))
+    if name in ("s", "seconds") or name.endswith("_seconds"):
+        return fmt_ns(float(value) * 1e9)
+    if name.endswith("per_s") or name.endswith("per_second"):
+        return fmt_rate(float(value), "/s")
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The header, one table with every figure, and the footnotes that say how they were taken."""
+    goals = targets(results)
+    m = results["machine"]
+    lines = [
+        f"jitbpf benchmarks  commit {m['commit']}  {m['date']}" + ("  (--quick)" if results["quick"] else ""),
+        f"machine: {m['cpu']}, {m['cores']} cores; {m['python']}; {m['platform']}; {results['native']['compiler']}",
+        "",
+    ]
+    rows = _rows(results, goals)
+    widths = [max(len(c), *(len(r[i]) for r in rows if isinstance(r, tuple))) for i, c in enumerate(COLUMNS)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(wd) for c, wd in zip(cells, widths, strict=True)).rstrip()
+
+    lines.append(line(COLUMNS))
+    rule = "  ".join("-" * wd for wd in widths)
+    lines.append(rule)
+    for row in rows:
+        lines.append(rule if row is None else row if isinstance(row, str) else line(row))
+    lines.append("")
+    lines.extend(footnotes(results))
+    return "\n".join(lines)
+
+
+def footnotes(results: dict[str, Any]) -> list[str]:
+    plan = results["plan"]
+    work = results["workloads"]
+    scales = ", ".join(f"{w['title']} {w['units_per_call']['interp']:,} vs {w['units_per_call']['jit']:,}"
+                       for w in work.values() if w["units_per_call"]["interp"] != w["units_per_call"]["jit"])
+    checks: dict[str, list[str]] = {}
+    for w in work.values():
+        checks.setdefault(w["verified"], []).append(w["title"])
+    notes = [
+        f"Times are per unit of work: the median of {plan['samples']} batches of at least "
+        f"{fmt_ns(plan['batch_ns'])}, after warm-up, the engines' batches taken in turn in one process.",
+        "Interpreter and JIT run the same program, with the loop count an immediate; units per call "
+        f"(interpreter vs JIT and C): {scales}.",
+        f"JIT: vm.execute_jit(bytearray); native: gcc -O2 -shared -fPIC, a bare cffi call (ABI mode) with a prebuilt "
+        f"pointer; budget {results['budget']:,} instructions per call; insn/s counts executed eBPF instructions.",
+    ]
+    notes += [f"{how}: {', '.join(titles)}." for how, titles in checks.items()]
+    differ = [w["title"] for w in work.values() if w.get("agree") is False]
+    notes.append("Results differ between engines: " + ", ".join(differ) + "!" if differ
+                 else "Every workload returned the same r0 in the interpreter, the JIT and C.")
+    jit_errors: dict[str, list[str]] = {}
+    for key, w in work.items():
+        if w.get("jit_error"):
+            jit_errors.setdefault(w["jit_error"], []).append(key)
+    for what in ("compile", "fresh_compile"):
+        if "error" in (results.get(what) or {}):
+            jit_errors.setdefault(results[what]["error"], []).append(what)
+    notes += [f"JIT n/a for {', '.join(keys)}: {error}" for error, keys in jit_errors.items()]
+    fresh = results.get("fresh_compile")
+    if fresh is not None and "error" not in fresh:
+        phases = (f"Python start-up {fmt_ns(fresh['startup_ns'])}, import jitbpf {fmt_ns(fresh['import_ns'])}, "
+                  f"VM {fmt_ns(fresh['vm_ns'])}, jit_compile {fmt_ns(fresh['compile_ns'])}")
+        notes.append(f"First compile in a fresh process, from the spawn: {phases} "
+                     "(PeachPy imported and encodings made on first use).")
+    return [textwrap.fill(n, width=120, initial_indent="* ", subsequent_indent="  ") for n in notes]
+
+
+# --- files -------------------------------------------------------------------------------------------
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = dict(results, targets=[t.as_dict() for t in targets(results)])
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    """Two panels: time per unit of each engine (log scale), and the JIT's time relative to C."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    work = [w for w in results["workloads"].values() if w["native"] is not None]
+    labels = [f"{w['title']}\n(per {w['unit']})" for w in work]
+    engines = (("interp", "interpreter", "#c44e52"), ("jit", "JIT", "#4c72b0"), ("native", "native C", "#55a868"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.75 * len(work) + 2),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    height = 0.26
+    for i, (key, name, color) in enumerate(engines):
+        ys = [j + (i - 1) * height for j in range(len(work))]
+        xs = [w[key]["ns_per_unit"] if w[key] else 0 for w in work]
+        left.barh(ys, xs, height=height, label=name, color=color)
+    left.set_xscale("log")
+    left.set_yticks(range(len(work)), labels, fontsize=8)
+    left.invert_yaxis()
+    left.set_xlabel("ns per unit (log scale, shorter is faster)")
+    left.legend(loc="lower right", fontsize=8)
+    ratios = [w["jit_native_ratio"] or 0 for w in work]
+    bars = right.barh(range(len(work)), ratios, color="#4c72b0")
+    right.bar_label(bars, labels=[f"{r:.2f}x" if r else "n/a" for r in ratios], fontsize=7, padding=2)
+    right.axvline(1.0, color="#55a868", linestyle="-", linewidth=1)
+    right.axvline(LOOP_RATIO, color="#c44e52", linestyle="--", linewidth=1, label=f"{LOOP_RATIO}x (loop target)")
+    right.set_xscale("log")
+    right.set_yticks(range(len(work)), [""] * len(work))
+    right.invert_yaxis()
+    right.set_xlabel("JIT time / native C time (log scale)")
+    right.legend(loc="lower right", fontsize=8)
+    m = results["machine"]
+    fig.suptitle(f"jitbpf: interpreter, JIT and native C ({m['cpu']}, {m['python']}, commit {m['commit']})",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

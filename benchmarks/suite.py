@@ -1,0 +1,306 @@
+"""Runs the workloads in the interpreter, the JIT and native C side by side, and collects the figures."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.measure import REPO_ROOT, Contender, Plan, Progress, measure, median_ns
+from benchmarks.workloads import MAP_HANDLES, Context, Workload
+from jitbpf.asm import assemble
+from jitbpf.errors import BudgetExceeded, VerifierError
+from jitbpf.vm import VM
+
+BUDGET = 10**9  # instructions per call: the long loops run millions in one call
+COMPILE_INSNS = 100_000  # size of the generated straight-line program
+COMPILE_INSNS_QUICK = 1_000
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A workload's program loaded into a VM, and how it was checked."""
+
+    vm: VM
+    verified: str  # "verified" or why it runs with verify=False
+
+
+def load_vm(ctx: Context, w: Workload, units: int, *, verify: bool = True) -> Loaded:
+    """The program of ``w`` for ``units`` units per call, in a VM with its helpers and maps.
+
+    Loop-free programs are verified. Programs with loops run with ``allow_loops`` and without the
+    verifier, which walks a loop iteration by iteration up to the budget (10**9 here); so does a
+    program the verifier rejects (or a checkout without one), and the table says which.
+    """
+    code = assemble(w.source(units), maps=MAP_HANDLES)
+    reason = ("verify=False, allow_loops=True (the verifier walks loops iteration by iteration, up to the budget)"
+              if w.loops else "verify=False")
+    if verify and not w.loops:
+        vm = VM(code, budget=BUDGET, helpers=w.helpers(ctx))
+        w.configure(ctx, vm)
+        try:
+            vm.check()
+            return Loaded(vm, "verified")
+        except (VerifierError, ImportError) as exc:
+            reason = f"verify=False (verifier: {type(exc).__name__}: {exc})"
+            vm.close()
+    vm = VM(code, budget=BUDGET, allow_loops=w.loops, helpers=w.helpers(ctx), verify=False)
+    w.configure(ctx, vm)
+    vm.check()
+    return Loaded(vm, reason)
+
+
+def executed_insns(vm: VM, args: tuple[Any, ...]) -> int:
+    """Instructions the interpreter executes in one call: the smallest budget that lets it finish.
+
+    Both engines charge the budget per block on entry, so that smallest budget is exactly the count
+    of executed instructions (an lddw counts once).
+    """
+    saved = vm.budget
+
+    def finishes(budget: int) -> bool:
+        vm.budget = budget
+        try:
+            vm.execute(*args)
+        except BudgetExceeded:
+            return False
+        return True
+
+    try:
+        lo, hi = 0, 256
+        while not finishes(hi):
+            lo, hi = hi, hi * 4
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if finishes(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+    finally:
+        vm.budget = saved
+
+
+def _mean_insns(ctx: Context, w: Workload, units: int, calls: Sequence[tuple[Any, ...]]) -> float:
+    loaded = load_vm(ctx, w, units, verify=False)
+    with loaded.vm as vm:
+        return sum(executed_insns(vm, args) for args in calls) / len(calls)
+
+
+def insns_per_unit(ctx: Context, w: Workload, calls: Sequence[tuple[Any, ...]]) -> float:
+    """Executed eBPF instructions per unit of work, without the fixed cost of a call (prologue, exit)."""
+    if not w.scales:
+        return _mean_insns(ctx, w, 1, calls)
+    return _mean_insns(ctx, w, 2, calls) - _mean_insns(ctx, w, 1, calls)
+
+
+def _try_jit(vm: VM) -> str:
+    """Compile; "" on success, else why not (the JIT may be missing or unfinished in this checkout)."""
+    try:
+        vm.jit_compile()
+    except Exception as exc:  # any failure of the JIT makes its column "n/a", not the suite fail
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def _run_calls(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[int]:
+    return [int(fn(*args)) for args in calls]
+
+
+def run_workload(ctx: Context, w: Workload, quick: bool, plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Check that the three engines agree on ``w``, then time them; the figures as a JSON-ready dict."""
+    scale = w.scale(quick)
+    inputs = w.inputs()
+    calls: list[tuple[Any, ...]] = [(b,) for b in inputs] or [()]
+    out: dict[str, Any] = {"title": w.title, "unit": w.unit, "units_per_call": {"interp": scale.interp,
+                                                                              "jit": scale.jit, "native": scale.jit}}
+    progress.step(f"{w.title}: checking")
+
+    # Correctness first, at the interpreter's scale: the same program, the same inputs, three engines.
+    small = load_vm(ctx, w, scale.interp)
+    out["verified"] = small.verified
+    native_small = w.native(ctx, inputs, scale.interp)
+    results: dict[str, list[int] | None] = {
+        "interp": _run_calls(small.vm.execute, calls),
+        "native": _run_calls(native_small.fn, native_small.args),
+    }
+    jit_error = _try_jit(small.vm)
+    results["jit"] = None if jit_error else _run_calls(small.vm.execute_jit, calls)
+    small.vm.close()
+    out["results"] = results
+    out["jit_error"] = jit_error
+    out["insns_per_unit"] = insns_per_unit(ctx, w, calls)
+
+    # The timed contenders: the interpreter at its scale, the JIT and C at theirs.
+    interp = load_vm(ctx, w, scale.interp)
+    big = load_vm(ctx, w, scale.jit) if not jit_error else None
+    native = w.native(ctx, inputs, scale.jit)
+    contenders = [Contender("interp", interp.vm.execute, calls, scale.interp),
+                  Contender("native", native.fn, native.args, scale.jit)]
+    if big is not None:
+        jit_error = _try_jit(big.vm)
+        if not jit_error:
+            contenders.insert(1, Contender("jit", big.vm.execute_jit, calls, scale.jit))
+            # The long runs of the JIT and of C must agree too (the interpreter would take too long).
+            results["jit_full"] = _run_calls(big.vm.execute_jit, calls)
+            results["native_full"] = _run_calls(native.fn, native.args)
+        out["jit_error"] = jit_error
+    progress.step(f"{w.title}: timing")
+    measure(contenders, plan, tick=lambda: progress.step())
+    for c in contenders:
+        figures: dict[str, float] = {"ns_per_unit": c.median}
+        if c.name != "native":
+            figures["insns_per_s"] = out["insns_per_unit"] * 1e9 / c.median
+        out[c.name] = figures
+    for name in ("jit", "native"):
+        out.setdefault(name, None)
+    out["jit_native_ratio"] = out["jit"]["ns_per_unit"] / out["native"]["ns_per_unit"] if out["jit"] else None
+    out["agree"] = agree(results)
+    interp.vm.close()
+    if big is not None:
+        big.vm.close()
+    return out
+
+
+def agree(results: dict[str, list[int] | None]) -> bool:
+    """All engines returned the same r0 for every input."""
+    same = results["interp"] == results["native"] and results["jit"] in (None, results["native"])
+    if "jit_full" in results:
+        same = same and results["jit_full"] == results["native_full"]
+    return same
+
+
+# --- compile speed -----------------------------------------------------------------------------------
+
+_ALU_OPS = ("add", "sub", "mul", "or", "and", "xor", "mov", "add32", "sub32", "xor32", "mov32", "mul32")
+_SHIFT_OPS = ("lsh", "rsh", "arsh", "lsh32", "rsh32")
+_CONDITIONS = ("jeq", "jne", "jgt", "jge", "jlt", "jsgt", "jset", "jeq32", "jlt32")
+STACK_SLOTS = 64  # 8-byte slots of the 512-byte frame
+
+
+def straight_line_source(n: int, seed: int = 2024) -> str:
+    """A generated program of exactly ``n`` instructions: ALU, stack stores and loads, forward branches.
+
+    No loops and no helpers, so its size alone sets the compile time; it is deterministic (seeded)
+    so that runs compare.
+    """
+    if n < 100:
+        raise ValueError("the generated program needs at least 100 instructions")
+    rng = random.Random(seed)
+    lines = [f"mov r{r}, {r + 1}" for r in range(10)]
+    lines += [f"stxdw [r10-{8 * k}], r{k % 10}" for k in range(1, STACK_SLOTS + 1)]  # loads read initialized slots
+    last = n - 2  # the final `mov r0, ...; exit` stay reachable
+    while len(lines) < last:
+        dst, src = rng.randrange(10), rng.randrange(10)
+        roll = rng.random()
+        if roll < 0.45:
+            op = rng.choice(_ALU_OPS)
+            operand = f"r{src}" if rng.random() < 0.5 else str(rng.randrange(-1000, 1000))
+            lines.append(f"{op} r{dst}, {operand}")
+        elif roll < 0.55:
+            op = rng.choice(_SHIFT_OPS)
+            lines.append(f"{op} r{dst}, {rng.randrange(32 if op.endswith('32') else 64)}")
+        elif roll < 0.70:
+            lines.append(f"stxdw [r10-{8 * rng.randrange(1, STACK_SLOTS + 1)}], r{src}")
+        elif roll < 0.85:
+            lines.append(f"ldxdw r{dst}, [r10-{8 * rng.randrange(1, STACK_SLOTS + 1)}]")
+        else:
+            skip = min(rng.randrange(1, 9), last - len(lines) - 1)
+            lines.append(f"{rng.choice(_CONDITIONS)} r{dst}, {rng.randrange(256)}, +{skip}")
+    lines += ["mov r0, r3", "exit"]
+    return "\n".join(lines)
+
+
+def compile_speed(code: bytes, quick: bool, progress: Progress) -> dict[str, Any]:
+    """Median time of ``jit_compile`` for ``code``, with the encoding cache already warm."""
+    n = len(code) // 8
+    repeats = 1 if quick else 5
+    vms = [VM(code, verify=False, allow_loops=False) for _ in range(repeats + 1)]
+    for vm in vms:
+        vm.check()  # structural checks out of the timing: the figure is the JIT's alone
+    out: dict[str, Any] = {"insns": n}
+    progress.step("compile: warm-up")
+    error = _try_jit(vms[0])  # warms the encoding cache (and every import the JIT makes)
+    if error:
+        out["error"] = error
+    else:
+        pending = iter(vms[1:])
+        ns = median_ns(lambda: next(pending).jit_compile(), repeats)
+        out["ns"] = ns
+        out["insns_per_s"] = n * 1e9 / ns
+    for vm in vms:
+        vm.close()
+    return out
+
+
+# The child runs this; its perf_counter and the parent's read the same CLOCK_MONOTONIC, so the parent
+# can subtract the instant it spawned the child from the child's readings.
+_FRESH_SCRIPT = """
+import json, sys, time
+t_start = time.perf_counter_ns()
+code = sys.stdin.buffer.read()
+from jitbpf.vm import VM
+t_import = time.perf_counter_ns()
+vm = VM(code, verify=False)
+vm.check()
+t_vm = time.perf_counter_ns()
+vm.jit_compile()
+t_compiled = time.perf_counter_ns()
+result = vm.execute_jit()
+print(json.dumps({"start": t_start, "import": t_import, "vm": t_vm, "compiled": t_compiled, "result": result}))
+"""
+
+
+def fresh_process_compile(code: bytes, progress: Progress) -> dict[str, Any]:
+    """The first compile in a new Python process, from the spawn to the end of ``jit_compile``.
+
+    That includes the interpreter's start-up, importing jitbpf and PeachPy, and a cold encoding cache.
+    """
+    progress.step("compile: fresh process")
+    n = len(code) // 8
+    spawned = time.perf_counter_ns()
+    proc = subprocess.run([sys.executable, "-c", _FRESH_SCRIPT], input=code, capture_output=True,
+                          cwd=REPO_ROOT, timeout=600)
+    if proc.returncode != 0:
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        return {"insns": n, "error": lines[-1] if lines else f"exit status {proc.returncode}"}
+    t = json.loads(proc.stdout)
+    return {
+        "insns": n,
+        "ns": t["compiled"] - spawned,  # the figure the target is about
+        "startup_ns": t["start"] - spawned,
+        "import_ns": t["import"] - t["start"],
+        "vm_ns": t["vm"] - t["import"],
+        "compile_ns": t["compiled"] - t["vm"],
+    }
+
+
+# --- the verifier's own benchmark ------------------------------------------------------------------
+
+
+def verifier_figures(quick: bool) -> dict[str, Any] | None:
+    """``benchmarks.bench_verifier.run()``, when the verifier's benchmark exists (it has its own author)."""
+    try:
+        module = importlib.import_module("benchmarks.bench_verifier")
+    except ModuleNotFoundError as exc:
+        if exc.name == "benchmarks.bench_verifier":
+            return None
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    run: Callable[..., dict[str, Any]] = module.run
+    params = inspect.signature(run).parameters
+    kwargs: dict[str, Any] = {}
+    if "quick" in params:
+        kwargs["quick"] = quick
+    elif quick:  # its full run takes seconds: too long for a smoke run
+        return {"skipped": "with --quick (its run() takes no quick flag)"}
+    try:
+        return dict(run(**kwargs))
+    except Exception as exc:  # another component's failure is reported, not fatal here
+        return {"error": f"{type(exc).__name__}: {exc}"}

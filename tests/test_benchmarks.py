@@ -1,0 +1,83 @@
+"""Smoke test of the benchmark suite: a --quick run reports every figure, and the engines agree on every result."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.native import load
+from benchmarks.packets import packet_mix
+from benchmarks.suite import insns_per_unit, load_vm, straight_line_source
+from benchmarks.workloads import BUFFER_BYTES, BYTESUM, FILTER, Context, all_workloads, payload
+from jitbpf.asm import assemble
+from jitbpf.vm import VM
+
+ENGINES = ("interp", "jit", "native")
+
+
+def jit_available() -> bool:
+    try:
+        from jitbpf.jit import JitProgram  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def ctx() -> Context:
+    return Context(load())
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert main(["--quick", "--json", str(path)]) == 0
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def test_every_workload_has_figures(quick_run: dict[str, Any], ctx: Context) -> None:
+    assert quick_run["machine"]["cpu"] and quick_run["machine"]["commit"]
+    engines = ENGINES if jit_available() else ("interp", "native")
+    for w in all_workloads(ctx):
+        figures = quick_run["workloads"][w.key]
+        assert figures["jit_error"] == "" or not jit_available(), figures["jit_error"]
+        for engine in engines:
+            assert figures[engine]["ns_per_unit"] > 0, (w.key, engine)
+        assert figures["interp"]["insns_per_s"] > 0
+        if jit_available():
+            assert figures["jit_native_ratio"] > 0
+    assert {t["key"] for t in quick_run["targets"]} >= {"bytesum", "fnv1a", "alu", "call_overhead", "compile"}
+    if not jit_available():
+        pytest.skip("jitbpf.jit has no JitProgram yet: JIT figures not checked")
+
+
+def test_engines_return_the_same_results(quick_run: dict[str, Any], ctx: Context) -> None:
+    for w in all_workloads(ctx):
+        results = quick_run["workloads"][w.key]["results"]
+        assert results["interp"] == results["native"], w.key
+        if jit_available():
+            assert results["jit"] == results["native"], w.key
+            assert results["jit_full"] == results["native_full"], w.key
+        assert quick_run["workloads"][w.key]["agree"] is True, w.key
+
+
+def test_filter_accepts_exactly_the_port_80_packets(ctx: Context) -> None:
+    loaded = load_vm(ctx, FILTER, 1, verify=False)
+    with loaded.vm as vm:
+        assert [vm.execute(bytearray(p.frame)) for p in packet_mix()] == [p.accept for p in packet_mix()]
+
+
+def test_instruction_count_matches_the_program(ctx: Context) -> None:
+    # Per pass: 4 instructions to set up, 4 per byte, 2 to count the pass.
+    assert insns_per_unit(ctx, BYTESUM, [(b,) for b in payload()]) == 4 + 4 * BUFFER_BYTES + 2
+
+
+def test_generated_compile_program_is_valid_and_sized() -> None:
+    code = assemble(straight_line_source(1000))
+    assert len(code) == 1000 * 8
+    with VM(code, verify=False) as vm:
+        vm.execute()
