@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 HelperFn = Callable[[int, int, int, int, int], int]
 
 
-class HelperExit(Exception):  # noqa: N818 - a control-flow signal, not an error
+class HelperExit(Exception):
     """Raised by a helper to end the program at once with ``r0 = value`` (uBPF's "unwind")."""
 
     def __init__(self, value: int = 0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,14 +11,16 @@ from jitbpf import cfg
 from jitbpf._ffi import ffi
 from jitbpf.errors import ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
-from jitbpf.interpreter import MAX_CALL_DEPTH, CompiledBlocks, Env, Translator, run
+from jitbpf.interpreter import MAX_CALL_DEPTH, CompiledBlocks, Env, TailCall, Translator, run
 from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.memory import MemoryMap, Region, region_of
+from jitbpf.programs import ProgramRunners, ProgType
 
 if TYPE_CHECKING:
     from jitbpf.jit import JitProgram
 
 DEFAULT_BUDGET = 1_000_000  # executed instructions per run
+MAX_TAIL_CALLS = 32  # chained tail calls per run, as the kernel
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # all frames of one thread
 
 
@@ -27,7 +30,7 @@ class RunState:
     ``memory`` is built on first use, so runs that call no Python helper never pay for it.
     """
 
-    __slots__ = ("_mm", "extra", "mem", "stack", "stack_base", "stack_view")
+    __slots__ = ("_mm", "extra", "mem", "stack", "stack_base", "stack_view", "tail_calls_left")
 
     def __init__(self) -> None:
         self.stack = ffi.new("uint8_t[]", STACK_BYTES)
@@ -36,6 +39,7 @@ class RunState:
         self.mem: Region | None = None
         self.extra: Sequence[Region] = ()
         self._mm: MemoryMap | None = None
+        self.tail_calls_left = 0  # set by the run loop that supports tail calls (0: they fail)
 
     def begin(self, mem: Region | None, extra: Sequence[Region]) -> None:
         self.mem, self.extra, self._mm = mem, extra, None
@@ -59,7 +63,7 @@ class RunState:
         return self.stack_base + STACK_BYTES
 
 
-class VM:
+class VM(ProgramRunners):
     """An eBPF program ready to run.
 
     >>> vm = VM(assemble("mov32 r0, 1\\nexit"))
@@ -79,6 +83,8 @@ class VM:
         max_insns: int = cfg.DEFAULT_MAX_INSNS,
         helpers: Iterable[Helper] = (),
         allow_loops: bool = False,
+        prog_type: ProgType | int | str | None = None,
+        max_tail_calls: int = MAX_TAIL_CALLS,
     ) -> None:
         if isinstance(program, Program):
             self.program = program
@@ -92,12 +98,15 @@ class VM:
         self.budget = budget
         self.helpers: dict[int, Helper] = {h.id: h for h in helpers}
         self.maps: dict[int, Any] = {}  # map handle -> map object (see jitbpf.maps)
+        self.max_tail_calls = max_tail_calls
+        self.std: Any = None  # the standard helpers' context (jitbpf.stdhelpers), once enabled
         self._local = threading.local()
         self._blocks: CompiledBlocks | None = None
         self._checked = False
         self._proven: frozenset[int] = frozenset()
         self._jit: JitProgram | None = None
         self._closed = False
+        self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.programs)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -108,7 +117,7 @@ class VM:
         else:
             if fn is None:
                 raise TypeError("register_helper(id, fn): fn is required")
-            h = Helper(int(helper), name or getattr(fn, "__name__", f"helper_{helper}"), fn)
+            h = Helper(int(helper), name or str(getattr(fn, "__name__", f"helper_{helper}")), fn)
         if not 0 <= h.id < 1 << 31:
             raise ValueError(f"helper id {h.id} out of range")
         self.helpers[h.id] = h
@@ -120,6 +129,80 @@ class VM:
     def memory(self) -> MemoryMap:
         """The memory of this thread's current (or last) run, for helpers that follow pointers."""
         return self._state().memory
+
+    # -- maps and standard helpers (jitbpf.maps, jitbpf.stdhelpers) ------------------------------
+
+    def add_map(self, bpf_map: Any, handle: int | None = None) -> int:
+        """Make ``bpf_map`` available under ``handle`` (what ``lddw rX, map:NAME`` holds).
+
+        Without a handle: the map's own (from an earlier ``add_map``) if free here, else the next
+        free number from 1. Returns the handle.
+        """
+        if handle is None:
+            for h, m in self.maps.items():
+                if m is bpf_map:
+                    return h
+            own = getattr(bpf_map, "handle", None)
+            handle = own if own is not None and own not in self.maps else max(self.maps, default=0) + 1
+        if not 0 <= handle < 1 << 31:
+            raise ValueError(f"map handle {handle} out of range")
+        old = self.maps.get(handle)
+        if old is not None and old is not bpf_map and (self._blocks is not None or self._jit is not None):
+            from jitbpf.errors import MapError
+
+            raise MapError(f"map handle {handle} is already compiled into the program", errno=errno.EBUSY)
+        self.maps[handle] = bpf_map
+        if getattr(bpf_map, "handle", None) is None:
+            bpf_map.handle = handle
+        self._checked = False
+        return handle
+
+    def map_by_name(self, name: str) -> Any:
+        """The map called ``name`` (KeyError if there is none)."""
+        for m in self.maps.values():
+            if m.name == name:
+                return m
+        raise KeyError(f"no map named {name!r}")
+
+    def map_handles(self) -> dict[str, int]:
+        """``{name: handle}`` of the named maps: what ``assemble(..., maps=...)`` takes."""
+        return {m.name: h for h, m in self.maps.items() if m.name}
+
+    def map_regions(self) -> list[Region]:
+        """The memory of every map (values, ring buffers): both engines must accept accesses there."""
+        seen: set[int] = set()
+        regions: list[Region] = []
+        for m in self.maps.values():
+            if id(m) not in seen:
+                seen.add(id(m))
+                regions.extend(m.regions())
+        return regions
+
+    def use_standard_helpers(self, **options: Any) -> Any:
+        """Register the standard Linux helpers (``jitbpf.stdhelpers``); returns their context
+        (trace log, redirect targets). Not the default: ids 1-5 differ from the conformance set."""
+        from jitbpf.stdhelpers import standard_helpers
+
+        for h in standard_helpers(self, **options):
+            self.register_helper(h)
+        return self.std
+
+    @property
+    def trace_log(self) -> list[str]:
+        """What ``bpf_trace_printk`` printed, in order (empty without the standard helpers)."""
+        return self.std.trace_log if self.std is not None else []
+
+    def request_tail_call(self, prog_array: Any, index: int) -> int:
+        """The core of ``bpf_tail_call``: raise ``TailCall`` for the program at ``index``, or return
+        a negative errno and let the program fall through (empty slot, bad index, limit reached)."""
+        if index >= prog_array.max_entries:
+            return -errno.E2BIG
+        target = prog_array.get(index)
+        if target is None:
+            return -errno.ENOENT
+        if self._state().tail_calls_left <= 0:
+            return -errno.ELOOP
+        raise TailCall(target)
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -149,6 +232,7 @@ class VM:
         """Load-time checks that depend on helpers and maps; with ``verify`` on, the verifier too."""
         if self._checked:
             return
+        self._check_program_type()  # helpers the program type may not call
         for pc, insn, info in self.program:
             if info.kind is Kind.CALL and insn.imm not in self.helpers:
                 raise VerifierError(f"call to nonexistent function {insn.imm}", pc=pc)
@@ -160,7 +244,7 @@ class VM:
             from jitbpf.verifier import verify_flow
 
             result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
-                                 budget=self.budget)
+                                 budget=self.budget, context=self.context_spec())
             self._proven = result.proven
         self._checked = True
 
@@ -174,20 +258,40 @@ class VM:
 
     def execute(self, mem: Any = None) -> int:
         """Run the program in the reference interpreter; return r0 (unsigned 64-bit)."""
-        region, pin = _mem_region(mem)
+        region, _pin = _mem_region(mem)  # _pin keeps a copied buffer alive for the run
         return self.execute_regions(region, (), region.base, region.size, packet=region)
 
     def execute_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
                         packet: Region | None = None) -> int:
-        """Interpret with an explicit set of regions (used by the program types)."""
+        """Interpret with an explicit set of regions (used by the program types); every map's
+        regions are added.
+
+        Tail calls: after a tail-call request (a helper raised ``TailCall``, which ends the
+        running program), this loop runs ``target`` with the same ctx (r1, r2), regions and
+        remaining budget and a fresh stack, at most ``max_tail_calls`` times per run. The JIT can
+        reuse the contract: unwind as for HelperExit, then run the target the same way.
+        """
+        regions = [*extra, *self.map_regions()]
+        vm, budget, left = self, self.budget, self.max_tail_calls
+        while True:
+            try:
+                return vm._interpret(mem, regions, r1, r2, packet, budget, left)
+            except TailCall as tail:
+                vm, budget, left = tail.target, tail.budget, left - 1
+                known = {r.base for r in regions}
+                regions += [r for r in vm.map_regions() if r.base not in known]
+
+    def _interpret(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
+                   budget: int, tail_calls_left: int) -> int:
         self._ensure_open()
         self.check()
         if self._blocks is None:
             self._blocks = Translator(self.resolve_lddw).translate(self.flow)
         state = self._state()
         state.begin(mem if mem.size else None, extra)
+        state.tail_calls_left = tail_calls_left
         env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))
-        return run(self._blocks, self._registers(state, r1, r2), env, budget=self.budget,
+        return run(self._blocks, self._registers(state, r1, r2), env, budget=budget,
                    stack_zero=state.zero_frame)
 
     def jit_compile(self) -> None:
@@ -198,16 +302,37 @@ class VM:
             from jitbpf.jit import JitProgram
 
             self._jit = JitProgram(self.flow, resolve_lddw=self.resolve_lddw, helpers=self.helpers,
-                                   proven=self._proven, state=self._state, budget=self.budget)
+                                   proven=self._proven, state=self._state, budget=self.budget,
+                                   runner=self.execute_jit_regions)
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""
+        # Programs with calls or lddw run through execute_jit_regions (the JitProgram's runner),
+        # which adds self.map_regions() for the JIT's bounds checks and handles tail calls.
         jit = self._jit
         if jit is None:
             self.jit_compile()
             jit = self._jit
             assert jit is not None
         return jit.run(mem)
+
+    def execute_jit_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
+                            packet: Region | None = None) -> int:
+        """The JIT's execute_regions: the same regions (every map's added) and tail calls."""
+        regions = [*extra, *self.map_regions()]
+        vm, budget, left = self, self.budget, self.max_tail_calls
+        while True:
+            jit = vm._jit
+            if jit is None:
+                vm.jit_compile()
+                jit = vm._jit
+                assert jit is not None
+            try:
+                return jit.run_regions(mem, regions, r1, r2, packet=packet, budget=budget, tail_calls_left=left)
+            except TailCall as tail:
+                vm, budget, left = tail.target, tail.budget, left - 1
+                known = {r.base for r in regions}
+                regions += [r for r in vm.map_regions() if r.base not in known]
 
     def jit_dump(self) -> str:
         """The generated x86-64, disassembled, under the eBPF instruction each block came from."""

@@ -13,7 +13,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--conformance-dir",
         default=None,
-        help=f"directory holding the bpf_conformance and uBPF .data files (default: ${ENV_VAR} or ../shared/conformance)",
+        help=f"directory holding the bpf_conformance and uBPF .data files "
+        f"(default: ${ENV_VAR} or ../shared/conformance)",
     )
 
 
