@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jitbpf.errors import VerifierError
-from jitbpf.isa import Instruction, Kind, OpInfo, Program
+from jitbpf.isa import ATOMIC_FETCH, FP, AtomicOp, Instruction, Kind, OpInfo, Program
 
 DEFAULT_MAX_INSNS = 1_000_000  # the kernel's program size limit, in slots
 
@@ -52,6 +52,35 @@ class ControlFlow:
     @property
     def entries(self) -> frozenset[int]:
         return frozenset(fn.entry for fn in self.functions)
+
+    @property
+    def has_back_edges(self) -> bool:
+        """Whether some jump goes backwards (or to itself): only then can a function loop."""
+        infos = self.program.infos
+        return any(target <= pc for pc, target in self.targets.items()
+                   if (info := infos[pc]) is not None and info.kind is not Kind.CALL_LOCAL)
+
+    @property
+    def max_insns(self) -> int:
+        """Instructions one run executes at most when nothing loops or calls: each once."""
+        return sum(b.cost for b in self.blocks)
+
+
+def writes_fp(program: Program) -> bool:
+    """Whether an instruction may change r10 (a verified program never does; unchecked ones can),
+    so that engines know if ``[r10+off]`` always lies in the current stack frame."""
+    for insn, info in zip(program.slots, program.infos, strict=True):
+        if insn is None or info is None:
+            continue
+        if info.kind in _WRITES_DST:
+            if insn.dst == FP:
+                return True
+        elif info.kind is Kind.ATOMIC and insn.src == FP and info.op & ATOMIC_FETCH and info.op != AtomicOp.CMPXCHG:
+            return True  # the fetching atomics load the old value into src, except cmpxchg (into r0)
+    return False
+
+
+_WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})
 
 
 def jump_target(pc: int, insn: Instruction, info: OpInfo) -> int:

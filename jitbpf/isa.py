@@ -158,6 +158,10 @@ class Kind(enum.Enum):
     LD_ABS = "ld_abs"  # legacy packet load, absolute offset
     LD_IND = "ld_ind"  # legacy packet load, offset from a register
 
+    # Members are singletons compared by identity, so the identity hash is consistent and, being
+    # native, keeps the engines' per-instruction dispatch tables off Enum's Python-level hash.
+    __hash__ = object.__hash__
+
 
 class Field(enum.Flag):
     """Instruction fields an opcode uses (the others must be zero)."""

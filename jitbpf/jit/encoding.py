@@ -7,6 +7,7 @@ import enum
 import functools
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class Template:
     shape: Shape  # what was encoded
     code: bytes  # machine code with sentinels in the holes
     holes: tuple[Hole, ...]  # in operand order
+    patches: tuple[tuple[int, struct.Struct, int], ...] = ()  # per hole: offset, packer, value mask
 
     def emit(self, buf: bytearray, *values: int) -> int:
         """Append the instruction to ``buf`` with ``values`` in the holes; return its offset.
@@ -69,9 +71,9 @@ class Template:
         Values are truncated to the hole width (two's complement for negative values)."""
         start = len(buf)
         buf += self.code
-        for hole, value in zip(self.holes, values, strict=True):
-            packer = _PACKERS[hole.width]
-            packer.pack_into(buf, start + hole.offset, value & ((1 << (8 * hole.width)) - 1))
+        if self.patches or values:
+            for (offset, packer, mask), value in zip(self.patches, values, strict=True):
+                packer.pack_into(buf, start + offset, value & mask)
         return start
 
 
@@ -84,6 +86,9 @@ class Assembler:
 
     def __init__(self) -> None:
         self._templates: dict[Shape, Template] = {}
+        # The template of a shape encoded before, else None: the compile loop's fast path (the
+        # dict's own method, so a cache hit costs no Python frame).
+        self.cached: Callable[[Shape], Template | None] = self._templates.get
         self.derived: dict[Any, Any] = {}  # caches built on templates by the emitters (by their own keys)
 
     def __len__(self) -> int:
@@ -188,4 +193,5 @@ def _build(shape: Shape) -> Template:
         raise ValueError(f"encoding of {shape} changes outside its holes")
     if any(h.kind is HoleKind.REL32 and h.offset + 4 != len(a) for h in holes):
         raise ValueError(f"branch offset of {shape} is not at the end of the instruction")
-    return Template(shape, a, tuple(holes))
+    patches = tuple((h.offset, _PACKERS[h.width], (1 << (8 * h.width)) - 1) for h in holes)
+    return Template(shape, a, tuple(holes), patches)

@@ -39,6 +39,7 @@ RegionsRunner = Callable[..., int]
 """Runs a program over explicit regions: (mem, extra, r1, r2, *, packet) -> r0."""
 MIN_TABLE = 16  # helper table entries at least (ids below are looked up without Python)
 MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
+_NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
 
 def _closed(*_args: Any) -> int:
@@ -77,9 +78,13 @@ class JitProgram:
         budget: int,
         runner: RegionsRunner | None = None,
         assembler: Assembler | None = None,
+        count_budget: bool | None = None,
     ) -> None:
         _check_host()
         self._flow = flow
+        self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
+                                          budget=budget, runner=runner, assembler=assembler)
+        self._counting: JitProgram | None = None  # the budget-counting twin (see run_regions)
         self._helpers = helpers
         self._state = _weak(state)  # the VM's: held weakly, the VM owns this object
         self._budget = budget
@@ -87,14 +92,26 @@ class JitProgram:
         # The VM's execute_jit_regions, which adds map regions and follows tail calls; run()
         # takes it for programs that may need either.
         self._runner = _weak(runner)
-        program = flow.program
-        call_ids = [insn.imm for _pc, insn, info in program if info.kind is Kind.CALL]
-        self._call_pcs = frozenset(pc for pc, _insn, info in program if info.kind is Kind.CALL)
-        self._has_calls = any(info.kind in (Kind.CALL, Kind.CALLX) for _pc, _insn, info in program)
+        # One pass over the program gathers what the runner needs to know about it.
+        by_kind: dict[Kind, list[tuple[int, Instruction]]] = {}
+        for pc, insn, info in flow.program:
+            if info.kind in _NOTABLE:
+                by_kind.setdefault(info.kind, []).append((pc, insn))
+        helper_calls = by_kind.get(Kind.CALL, [])
+        call_ids = [insn.imm for _pc, insn in helper_calls]
+        self._call_pcs = frozenset(pc for pc, _insn in helper_calls)
+        self._has_calls = bool(helper_calls or by_kind.get(Kind.CALLX))
+        # Without loops or calls of any kind each instruction runs at most once, so a budget of
+        # at least the program's length cannot run out: the code then skips counting.
+        loops_or_calls = flow.has_back_edges or self._has_calls or Kind.CALL_LOCAL in by_kind
+        self._max_insns = flow.max_insns
+        if count_budget is None:
+            count_budget = loops_or_calls or self._max_insns > budget
+        self.counts_budget = count_budget
         # Without helper calls or map pseudo-loads a program cannot reach memory beyond mem and
         # the stack, so run() may skip region bookkeeping altogether.
         self.simple = not self._has_calls and not any(
-            info.kind is Kind.LDDW and insn.src != PseudoSrc.IMM64 for _pc, insn, info in program)
+            insn.src != PseudoSrc.IMM64 for _pc, insn in by_kind.get(Kind.LDDW, ()))
         wanted = max([i for i in (*call_ids, *helpers) if 0 <= i < MAX_TABLE], default=0) + 1
         self._capacity = max(MIN_TABLE, wanted)
         # The dispatcher runs Python helpers (and reports unknown ids); the table holds it or a
@@ -108,7 +125,7 @@ class JitProgram:
         for helper in helpers.values():
             self.set_helper(helper)
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
-        options = Options(resolve_lddw, proven, table)
+        options = Options(resolve_lddw, proven, table, count_budget)
         self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
         self._code = ExecutableMemory(self.compiled.code)
         entries = self.compiled.entries
@@ -184,6 +201,13 @@ class JitProgram:
 
         ``budget`` overrides the program's for this run (a tail call continues with what its
         caller left); ``tail_calls_left`` is published to helpers through the RunState."""
+        if budget is not None and budget < self._max_insns and not self.counts_budget:
+            # This code does not count; a run that may exhaust a smaller budget takes the twin
+            # that does, so both engines stop at the same instruction.
+            if self._counting is None:
+                self._counting = JitProgram(self._flow, count_budget=True, **self._args)
+            return self._counting.run_regions(mem, extra, r1, r2, packet=packet, budget=budget,
+                                              tail_calls_left=tail_calls_left)
         try:
             rc: RunContext = self._tls.rc
         except AttributeError:
@@ -254,6 +278,8 @@ class JitProgram:
         """Unmap the machine code. No thread may be running it."""
         self._entry_none = self._entry_mem = self._entry_regions = _closed
         self._code.close()
+        if self._counting is not None:
+            self._counting.close()
 
     def __enter__(self) -> JitProgram:
         return self

@@ -14,6 +14,9 @@ from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
 
 _REL32 = struct.Struct("<i")
+# Kinds whose code may depend only on the instruction and on whether its access is proven (not
+# on its pc): candidates for the compile loop's memo.
+_LOCAL = frozenset({Kind.ALU, Kind.NEG, Kind.MOVSX, Kind.END, Kind.BSWAP, Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})
 _TAG = 40  # bits of a section offset; the section (or label kind) sits above them
 _OFFSET_MASK = (1 << _TAG) - 1
 
@@ -57,6 +60,7 @@ class Options:
     resolve_lddw: Callable[[int, Instruction], int]  # value an lddw loads
     proven: frozenset[int]  # slots whose memory access the verifier proved in bounds
     helpers: HelperTable  # the helper table
+    count_budget: bool = True  # charge blocks to the budget (off only when it cannot run out)
 
 
 class Target:
@@ -79,6 +83,17 @@ class Target:
         self.labels: dict[str, int] = {}  # named label -> location
         self.marks: list[tuple[int, str, int]] = []  # (location, listing label, pc or -1)
         self.entries: dict[str, int] = {}  # entry point name -> hot offset
+        # The emitter of each instruction kind, looked up once per instruction.
+        self._emitters: dict[Kind, Callable[[int, Instruction, OpInfo], None]] = {
+            Kind.ALU: self.emit_alu, Kind.JCOND: self.emit_jcond, Kind.LDX: self.emit_load,
+            Kind.LDXSX: self.emit_load, Kind.ST: self.emit_store, Kind.STX: self.emit_store,
+            Kind.JA: self.emit_ja, Kind.LDDW: self.emit_lddw, Kind.NEG: self.emit_neg,
+            Kind.MOVSX: self.emit_movsx, Kind.END: self.emit_endian, Kind.BSWAP: self.emit_endian,
+            Kind.ATOMIC: self.emit_atomic, Kind.CALL: self.emit_call, Kind.CALLX: self.emit_call,
+            Kind.CALL_LOCAL: self.emit_call_local, Kind.EXIT: self.emit_exit,
+            Kind.LD_ABS: self.emit_packet_load, Kind.LD_IND: self.emit_packet_load,
+            Kind.CALL_KFUNC: self.emit_kfunc,
+        }
 
     # -- hooks a target implements ---------------------------------------------------------------
 
@@ -106,58 +121,44 @@ class Target:
         slots, infos = program.slots, program.infos
         block_at = flow.block_at
         pc_off = self.pc_off
-        hot = self.hot
-        emit = self.emit
+        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
+        emitters = self._emitters
+        block_entry = self.emit_block_entry
+        proven = self.options.proven
+        # Code of instructions seen before in this program: an instruction of a kind in _LOCAL
+        # whose emission wrote nothing but hot bytes (no stub, branch or mark) is the same bytes
+        # wherever it appears, so repeats are copied instead of emitted again.
+        memo: dict[tuple[int, int, int, int, int, bool], bytes] = {}
         self.emit_entries()
-        for pc in range(len(program)):
-            insn = slots[pc]
-            if insn is None:
+        for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
+            if insn is None or info is None:
                 continue
             pc_off[pc] = len(hot)
             block = block_at.get(pc)
             if block is not None:
-                self.emit_block_entry(block)
-            info = infos[pc]
-            assert info is not None
-            emit(pc, insn, info)
+                block_entry(block)
+            kind = info.kind
+            if kind not in _LOCAL:
+                emitters[kind](pc, insn, info)
+                continue
+            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven)
+            code = memo.get(key)
+            if code is not None:
+                hot += code
+                continue
+            start, sizes = len(hot), (len(cold), len(fixups), len(named), len(marks))
+            emitters[kind](pc, insn, info)
+            if sizes == (len(cold), len(fixups), len(named), len(marks)):
+                memo[key] = bytes(hot[start:])
         self.emit_runtime()
         return self.link()
 
     def emit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        """Emit one instruction (dispatch over the opcode table's kinds)."""
-        match info.kind:
-            case Kind.ALU:
-                self.emit_alu(pc, insn, info)
-            case Kind.JCOND:
-                self.emit_jcond(pc, insn, info)
-            case Kind.LDX | Kind.LDXSX:
-                self.emit_load(pc, insn, info)
-            case Kind.ST | Kind.STX:
-                self.emit_store(pc, insn, info)
-            case Kind.JA:
-                self.emit_ja(pc, insn, info)
-            case Kind.LDDW:
-                self.emit_lddw(pc, insn, info)
-            case Kind.NEG:
-                self.emit_neg(pc, insn, info)
-            case Kind.MOVSX:
-                self.emit_movsx(pc, insn, info)
-            case Kind.END | Kind.BSWAP:
-                self.emit_endian(pc, insn, info)
-            case Kind.ATOMIC:
-                self.emit_atomic(pc, insn, info)
-            case Kind.CALL | Kind.CALLX:
-                self.emit_call(pc, insn, info)
-            case Kind.CALL_LOCAL:
-                self.emit_call_local(pc, insn, info)
-            case Kind.EXIT:
-                self.emit_exit(pc, insn, info)
-            case Kind.LD_ABS | Kind.LD_IND:
-                self.emit_packet_load(pc, insn, info)
-            case Kind.CALL_KFUNC:
-                self.emit_kfunc(pc, insn, info)
-            case _:
-                raise NotImplementedError(f"{self.name}: no code for {info.kind}")
+        """Emit one instruction (the dispatch ``compile`` does through its table)."""
+        emitter = self._emitters.get(info.kind)
+        if emitter is None:
+            raise NotImplementedError(f"{self.name}: no code for {info.kind}")
+        emitter(pc, insn, info)
 
     def emit_alu(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         raise NotImplementedError(f"{self.name}: {info.mnemonic}")
@@ -250,6 +251,6 @@ class Target:
         for field_loc, name in self.named_fixups:
             pos = absolute(field_loc)
             self.patch_branch(code, pos, absolute(self.labels[name]) - (pos + 4))
-        pcs = tuple((off, pc) for pc, off in enumerate(pc_off) if off >= 0)
+        pcs = tuple([(off, pc) for pc, off in enumerate(pc_off) if off >= 0])
         marks = tuple(sorted((absolute(loc), text, pc) for loc, text, pc in self.marks))
         return CompiledCode(bytes(code), dict(self.entries), pcs, marks)

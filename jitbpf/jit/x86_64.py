@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jitbpf.cfg import Block, ControlFlow
+from jitbpf.cfg import Block, ControlFlow, writes_fp
 from jitbpf.interpreter import MAX_CALL_DEPTH
-from jitbpf.isa import ATOMIC_FETCH, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
+from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.runtime import ERROR_RESULT, Access, Layout, Status, access_info, layout
 from jitbpf.jit.target import Options, Section, Target, location
@@ -51,7 +51,7 @@ B = tuple(r.b for r in REGS)
 _SIZE_PREFIX = {1: "b", 2: "w", 4: "d", 8: "q"}
 _SIZE_INDEX = {1: 0, 2: 1, 4: 2, 8: 3}
 _BY_SIZE = {1: B, 2: W, 4: D, 8: Q}
-_SIMPLE_ALU = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or", AluOp.AND: "and", AluOp.XOR: "xor"}
+_SIMPLE_ALU: dict[int, str] = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or", AluOp.AND: "and", AluOp.XOR: "xor"}
 _SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
 _ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
 _CALL_SAVED = ("rdi", "rsi", "rdx", "rcx", "r8", BUDGET)  # pushed around helper calls (r1-r5, budget)
@@ -90,10 +90,16 @@ class X86_64(Target):
         super().__init__(asm, flow, options)
         self.lay: Layout = layout()
         self._templates = asm.template
+        self._cached = asm.cached  # the cache's lookup alone (None until a shape is first encoded)
         self._block_start = 0  # start of the block being emitted (budget and depth errors name it)
         program = flow.program
-        self._called = {flow.targets[pc] for pc, _i, info in program if info.kind is Kind.CALL_LOCAL}
+        infos = program.infos
+        self._called = {target for pc, target in flow.targets.items()
+                        if (info := infos[pc]) is not None and info.kind is Kind.CALL_LOCAL}
         self._fn_entry = [0] * len(program)  # function entry of each slot
+        # While r10 is never written, [r10+off] with the whole access in [-512, 0) lies in the
+        # current frame of the stack area: no bounds check needed, verified or not.
+        self._fp_fixed = not writes_fp(program)
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
                 self._fn_entry[pc] = fn.entry
@@ -102,7 +108,7 @@ class X86_64(Target):
 
     def op(self, shape: Shape, *values: int) -> None:
         """One instruction into the hot section."""
-        self._templates(shape).emit(self.hot, *values)
+        (self._cached(shape) or self._templates(shape)).emit(self.hot, *values)
 
     def cop(self, shape: Shape, *values: int) -> None:
         """One instruction into the cold section."""
@@ -239,6 +245,8 @@ class X86_64(Target):
 
     def emit_block_entry(self, block: Block) -> None:
         self._block_start = block.start
+        if not self.options.count_budget:
+            return
         cost = block.cost
         self.op(("sub", BUDGET, imm_form(cost)), cost)
         self.branch("jb", self.stub(block.start, "abort_budget", "budget exhausted", block.start))
@@ -250,7 +258,7 @@ class X86_64(Target):
         wide = info.width == 64
         R = Q if wide else D
         aop = info.op
-        simple = _SIMPLE_ALU.get(AluOp(aop))
+        simple = _SIMPLE_ALU.get(aop)  # IntEnum keys: a plain int finds them
         if simple is not None:
             if info.reg_src:
                 self.op((simple, R[d], R[s]))
@@ -420,7 +428,7 @@ class X86_64(Target):
         ADDR = base + off (wrapping, as the interpreter) and an inline check against mem; the
         out-of-line part of the check is emitted by ``_close_check`` once the access is."""
         L = self.lay
-        if pc in self.options.proven:
+        if pc in self.options.proven or (base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size):
             if not into_addr:
                 return Q[base], off, -1
             if off:
