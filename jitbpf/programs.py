@@ -338,10 +338,22 @@ class ProgramType:
         """The verifier's description of this context."""
         from jitbpf.verifier import ContextSpec
 
+        # Each pointer field is loaded with the width its struct declares: a __u32 in __sk_buff
+        # and xdp_md, a 64-bit __bpf_md_ptr in sk_msg_md.
+        sizes = {off: _field_size(self.ctx, off) for off in self.pointer_fields}
         return ContextSpec(size=ctypes.sizeof(self.ctx), readable=tuple((a, b - a) for a, b in self.readable),
                            writable=tuple((a, b - a) for a, b in self.writable),
-                           fields=MappingProxyType(dict(self.pointer_fields)), ret_range=self.ret_range,
-                           ret_pointer_ok=False)
+                           fields=MappingProxyType(dict(self.pointer_fields)), field_sizes=MappingProxyType(sizes),
+                           ret_range=self.ret_range, ret_pointer_ok=False)
+
+
+def _field_size(ctx: Struct, off: int) -> int:
+    """Bytes of the field of ``ctx`` that starts at ``off``."""
+    for name, *_ in ctx._fields_:
+        desc = getattr(ctx, name)
+        if desc.offset == off:
+            return int(desc.size)
+    raise ValueError(f"{ctx.__name__} has no field at offset {off}")
 
 
 def _build_registry() -> Mapping[ProgType, ProgramType]:

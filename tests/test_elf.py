@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from jitbpf import load_elf
 from jitbpf.elf import ElfObject, Reloc
-from jitbpf.errors import BpfError, ElfError, VerifierError
+from jitbpf.errors import BpfError, ElfError
 from jitbpf.isa import Program, PseudoSrc
 from jitbpf.programs import ProgType
 from jitbpf.vm import VM
@@ -32,26 +32,6 @@ ENGINES = [
                                                  reason="the JIT engine is not available")),
 ]
 Compiler = Callable[[str], Path]
-
-
-def _verifies(code_hex: str, prog_type: str) -> bool:
-    try:
-        VM(bytes.fromhex(code_hex), prog_type=prog_type).check()
-    except VerifierError:
-        return False
-    return True
-
-
-# Known verifier gaps (the kernel accepts both): tests that meet them are expected to fail until fixed.
-needs_packet_length = pytest.mark.xfail(  # r2 = data_end; r1 = data; r2 -= r1
-    not _verifies("6112040000000000" "6111000000000000" "1f12000000000000" "b700000002000000" "9500000000000000",
-                  "xdp"),
-    strict=True, reason="the verifier rejects data_end - data, which the kernel allows to privileged programs",
-)
-needs_wide_packet_fields = pytest.mark.xfail(  # r2 = *(u64 *)(r1 + 0), sk_msg_md.data is a 64-bit pointer
-    not _verifies("7912000000000000" "b700000001000000" "9500000000000000", "sk_msg"),
-    strict=True, reason="the verifier takes every packet pointer field as 32 bits (sk_msg_md has 64-bit ones)",
-)
 
 
 def compile_c(source: Path, out_dir: Path) -> Path:
@@ -112,9 +92,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_packet_length) if n == "xdp_adjust" else
-                                  pytest.param(n, marks=needs_wide_packet_fields) if n == "sk_msg" else n
-                                  for n in sorted(EXPECTED)])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_example_loads_with_its_programs_and_types(example: Compiler, name: str) -> None:
     obj = load_elf(example(name))
     got = {p.name: (p.section, p.prog_type) for p in obj.programs.values()}
@@ -202,7 +180,6 @@ def test_loads_from_bytes_like_from_a_path(example: Compiler) -> None:
     assert a.maps[".bss"] is not b.maps[".bss"]  # every load creates its own maps
 
 
-@needs_packet_length
 @pytest.mark.parametrize("engine", ENGINES)
 def test_programs_of_one_object_share_its_maps(example: Compiler, engine: str) -> None:
     obj = load_elf(example("xdp_adjust"))

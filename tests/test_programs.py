@@ -34,7 +34,7 @@ from jitbpf.programs import (
     section_program_type,
 )
 from jitbpf.vm import VM
-from tests.test_elf import ENGINES, Compiler, example_compiler, needs_packet_length, needs_wide_packet_fields
+from tests.test_elf import ENGINES, Compiler, example_compiler
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +110,30 @@ def test_context_specs_for_the_verifier() -> None:
     sock = PROGRAM_TYPES[ProgType.SOCKET_FILTER].context_spec()
     assert not sock.fields and all(not (off <= 76 < off + size) for off, size in sock.readable)
     assert PROGRAM_TYPES[ProgType.CGROUP_DEVICE].context_spec().ret_range == (0, 1)
+    assert {off: xdp.field_size(off) for off in xdp.fields} == {0: 4, 4: 4, 8: 4}
+    assert {off: tc.field_size(off) for off in tc.fields} == {76: 4, 80: 4, 140: 4}
+    msg = PROGRAM_TYPES[ProgType.SK_MSG].context_spec()
+    assert dict(msg.fields) == {0: "packet", 8: "packet_end"} and dict(msg.field_sizes) == {0: 8, 8: 8}
+
+
+def test_packet_fields_are_loaded_with_their_declared_width() -> None:
+    wide = "7912000000000000" "b700000001000000" "9500000000000000"  # r2 = *(u64 *)(r1 + 0); r0 = 1
+    narrow = "6112000000000000" "b700000001000000" "9500000000000000"  # r2 = *(u32 *)(r1 + 0); r0 = 1
+    VM(bytes.fromhex(wide), prog_type="sk_msg").check()
+    VM(bytes.fromhex(narrow), prog_type="xdp").check()
+    with pytest.raises(VerifierError, match="narrow"):
+        VM(bytes.fromhex(narrow), prog_type="sk_msg").check()
+    with pytest.raises(VerifierError, match="invalid read from context off=0 size=8"):  # xdp_md fields are u32
+        VM(bytes.fromhex(wide), prog_type="xdp").check()
+    skb_wide = "79124c0000000000" "b700000001000000" "9500000000000000"  # r2 = *(u64 *)(r1 + 76): data, data_end
+    with pytest.raises(VerifierError, match="invalid read from context off=76 size=8"):
+        VM(bytes.fromhex(skb_wide), prog_type="tc").check()
+
+
+def test_packet_length_is_a_pointer_difference() -> None:
+    # r2 = data_end; r1 = data; r2 -= r1; r0 = 2
+    code = "6112040000000000" "6111000000000000" "1f12000000000000" "b700000002000000" "9500000000000000"
+    VM(bytes.fromhex(code), prog_type="xdp").check()
 
 
 def test_low_memory_is_below_4_gib() -> None:
@@ -141,7 +165,6 @@ def test_xdp_firewall(example: Compiler, engine: str) -> None:
     assert vm.run_xdp(b"\x00" * 10, engine=engine)[0] is XdpAction.PASS  # too short for Ethernet
 
 
-@needs_packet_length
 @pytest.mark.parametrize("engine", ENGINES)
 def test_xdp_adjust_head_and_tail(example: Compiler, engine: str) -> None:
     obj = load_elf(example("xdp_adjust"))
@@ -278,7 +301,6 @@ def test_sk_skb(example: Compiler, engine: str) -> None:
     assert verdict.run_sk_skb(b"DR", engine=engine)[0] is SkAction.PASS
 
 
-@needs_wide_packet_fields
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sk_msg(example: Compiler, engine: str) -> None:
     vm = load_elf(example("sk_msg")).programs["msg_verdict"].vm()

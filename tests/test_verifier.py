@@ -38,6 +38,8 @@ XDP = ContextSpec(size=24, readable=((0, 24),), fields={0: "packet", 4: "packet_
 XDP_RW = ContextSpec(size=24, readable=((0, 24),), writable=((0, 24),),
                      fields={0: "packet", 4: "packet_end", 8: "packet_meta"}, ret_range=(0, 4))
 CTX16 = ContextSpec(size=16, readable=((0, 16),), writable=((0, 16),))
+SK_MSG = ContextSpec(size=80, readable=((0, 72),), fields={0: "packet", 8: "packet_end"},
+                     field_sizes={0: 8, 8: 8})  # sk_msg_md: data and data_end are 64-bit pointers
 
 
 class FakeMap:
@@ -139,10 +141,26 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      "cannot write to context field at off=4", 0),
     ("context-pointer-field-narrow", "ldxh r2, [r1]\nmov r0, 0\nexit", {"context": XDP}, "narrow", 0),
     ("context-pointer-field-wide", "ldxdw r2, [r1]\nmov r0, 0\nexit", {"context": XDP}, "narrow", 0),
+    ("context-pointer-field-64-bit-narrow", "ldxw r2, [r1]\nmov r0, 0\nexit", {"context": SK_MSG},
+     "it is 8 bytes", 0),
+    ("context-pointer-field-64-bit-upper-half", "ldxw r2, [r1+12]\nmov r0, 0\nexit", {"context": SK_MSG},
+     "misaligned load of the packet_end pointer at context off=8", 0),
     ("context-variable-offset", "ldxw r2, [r1+16]\nand r2, 4\nadd r1, r2\nldxw r0, [r1]\nexit", {"context": XDP},
      "variable-offset access to the context", 3),
     ("context-atomic", "mov r2, 1\nlock add32 [r1+12], r2\nmov r0, 0\nexit", {"context": XDP_RW},
      "atomic operation on the context", 1),
+    ("packet-pointer-plus-packet-end", "ldxw r2, [r1]\nldxw r3, [r1+4]\nadd r3, r2\nmov r0, 0\nexit",
+     {"context": XDP}, "addition of two pointers", 2),
+    ("context-minus-packet", "ldxw r2, [r1]\nmov r3, r1\nsub r3, r2\nmov r0, 0\nexit", {"context": XDP},
+     "subtraction of pointers of different kinds", 2),
+    ("packet-minus-stack", "ldxw r2, [r1]\nsub r2, r10\nmov r0, 0\nexit", {"context": XDP},
+     "subtraction of pointers of different kinds", 1),
+    ("packet-length-alu32", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub32 r3, r2\nmov r0, 0\nexit", {"context": XDP},
+     "32-bit arithmetic (sub32)", 2),
+    ("packet-length-is-unbounded", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub r3, r2\nadd r2, r3\nmov r0, 0\nexit",
+     {"context": XDP}, "math between a pkt pointer and a register with an unbounded value", 3),
+    ("packet-length-dereference", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub r3, r2\nldxb r0, [r3]\nexit",
+     {"context": XDP}, "it holds a scalar, not a pointer", 3),
     ("return-pointer", "mov r0, r1\nexit", {"context": XDP}, "returning a pointer in r0", 1),
     ("return-out-of-range", "mov r0, 7\nexit", {"context": XDP}, "not within [0, 4]", 1),
     ("return-maybe-out-of-range", "ldxw r0, [r1+16]\nand r0, 7\nexit", {"context": XDP}, "not within [0, 4]", 2),
@@ -155,6 +173,9 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      "compare it against 0 first", 6),
     ("map-value-out-of-bounds", LOOKUP_KEY + "jeq r0, 0, +1\nldxdw r1, [r0+12]\nmov r0, 0\nexit", {},
      "invalid access to map value, value_size=16 off=12 size=8", 7),
+    ("map-values-difference-is-unknown",  # two lookups may give values anywhere: not 0 apart
+     LOOKUP_KEY + "jeq r0, 0, +10\nmov r6, r0\n" + LOOKUP_KEY + "jeq r0, 0, +2\nsub r0, r6\nadd r6, r0\n"
+     "mov r0, 0\nexit", {}, "math between a map_value pointer and a register with an unbounded value", 16),
     ("map-pointer-dereference", "lddw r1, map:m\nldxw r0, [r1]\nexit", {}, "a map pointer", 2),
     ("map-unknown", "lddw r1, map:n\nmov r0, 0\nexit", {}, "lddw refers to map 4, which does not exist", 0),
     # helper arguments
@@ -345,6 +366,76 @@ def test_header_parsers_with_data_end_checks(source: str) -> None:
     program = Program.from_bytes(code)
     loads = {pc for pc, _insn, info in program if info.mnemonic.startswith("ldx")}
     assert loads <= result.proven  # every load, of the context or the packet, is proven in bounds
+
+
+PACKET_LENGTH = """
+    ldxw r2, [r1]            ; data
+    ldxw r3, [r1+4]          ; data_end
+    ldxw r4, [r1+8]          ; data_meta
+    mov r5, r3
+    sub r5, r2               ; the packet's length: an unknown scalar
+    mov r6, r2
+    sub r6, r4               ; the metadata's length
+    mov r0, r5
+    add r0, r6
+    and r0, 3
+    exit
+"""
+
+PACKET_OFFSETS = """
+    ldxw r2, [r1]
+    ldxw r6, [r1+16]
+    and r6, 0x3c             ; 0..60
+    mov r4, r2
+    add r4, 14
+    add r4, r6
+    sub r4, r2               ; exactly r6 + 14: both point into the packet
+    mov r5, r10
+    add r5, -80
+    add r5, r4               ; r10-80 + [14, 74]
+    stb [r5], 0
+    mov r7, r2
+    add r7, 20
+    sub r7, r2               ; the constant 20
+    mov r5, r10
+    sub r5, r7
+    stb [r5], 0
+    mov r0, 0
+    exit
+"""
+
+
+def test_pointer_differences_within_the_packet_are_scalars() -> None:
+    verify(prog(PACKET_LENGTH.replace(";", "#")), context=XDP)
+    result = verify(prog(PACKET_OFFSETS.replace(";", "#")), context=XDP)
+    assert {10, 16} <= result.proven  # the stack stores at offsets computed from packet differences
+
+
+def test_stack_pointer_difference_is_exact() -> None:
+    code = prog("mov r2, r10\nadd r2, -24\nmov r3, r10\nadd r3, -8\nsub r3, r2\nmov r4, r10\nsub r4, r3\n"
+                "stb [r4], 0\nmov r0, 0\nexit")
+    assert 7 in verify(code).proven  # r3 is the constant 16
+
+
+SK_MSG_PARSER = """
+    ldxdw r2, [r1]           ; data, a 64-bit field
+    ldxdw r3, [r1+8]         ; data_end
+    ldxw r0, [r1+16]         ; family, a 32-bit field
+    mov r4, r2
+    add r4, 5
+    jgt r4, r3, out
+    ldxb r0, [r2+4]
+out:
+    exit
+"""
+
+
+def test_64_bit_packet_fields_load_with_64_bit_loads() -> None:
+    code = prog(SK_MSG_PARSER.replace(";", "#"))
+    result = verify(code, context=SK_MSG)
+    assert {0, 1, 2, 6} <= result.proven
+    with pytest.raises(VerifierError, match="it is 4 bytes"):  # the same load of a 32-bit field
+        verify(code, context=XDP)
 
 
 def test_map_lookup_with_null_check() -> None:
@@ -591,6 +682,10 @@ def test_declarations_are_checked() -> None:
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "void"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})
+    with pytest.raises(ValueError, match="4 or 8 bytes, not 2"):
+        ContextSpec(size=8, fields={0: "packet"}, field_sizes={0: 2})
+    with pytest.raises(ValueError, match="no pointer kind"):
+        ContextSpec(size=8, fields={0: "packet"}, field_sizes={4: 4})
     with pytest.raises(ValueError, match="helper 9"):
         verify(prog("mov r0, 0\nexit"), helpers=[Helper(9, "bad", _never, args=("pointer",))])
 

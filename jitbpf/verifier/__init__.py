@@ -9,7 +9,8 @@ path, so that the JIT can drop their runtime check.
 What is tracked: each register's type (uninitialised, scalar with known bits and signed and
 unsigned ranges, pointer to the context, a stack frame, a map value or null, a map, packet data
 with the number of bytes proven inside the packet, packet end, memory of unknown size) and each
-stack byte (uninitialised, unknown, known value, or part of a spilled register). States are
+stack byte (uninitialised, unknown, known value, or part of a spilled register). Subtracting two
+pointers into one object (a stack frame, the context, the packet) gives a scalar. States are
 remembered at join points and a path is pruned when its state lies within one already verified;
 outside loops, many different states at one join point are merged. With ``allow_loops`` loops
 are followed iteration by iteration, and rejected when they may not end within the budget.

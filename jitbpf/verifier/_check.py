@@ -46,6 +46,9 @@ LOG_LINES = 400  # lines of path kept for the error log
 Pt = RegType
 POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL,)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
+# Pointers of one type and aux that need not share a base: two lookups in one map give two
+# values anywhere in memory, and memory of unknown size may be any buffer.
+UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
 STACK_BOTTOM = -STACK_SIZE
 ALL_REGS = (1 << 11) - 1
@@ -592,11 +595,7 @@ class Checker:
         if info.width != 64:
             self.reject(f"32-bit arithmetic ({name}32) on a pointer is prohibited")
         if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
-            if dst.type is not src.type or dst.aux != src.aux:
-                self.reject(f"subtraction of pointers of different kinds ({dst} - {src}) is prohibited")
-            if dst.var.is_const and src.var.is_const and dst.type is not Pt.PTR_TO_MEM:
-                return Reg(Pt.SCALAR, sc.const(dst.off - src.off))
-            return UNKNOWN_SCALAR
+            return self._pointer_difference(dst, src)
         if op == AluOp.ADD and dst.is_pointer and src.is_pointer:
             self.reject("addition of two pointers makes an unknown pointer")
         if op == AluOp.ADD and src.is_pointer:
@@ -610,6 +609,21 @@ class Checker:
         if src.is_pointer and not dst.is_pointer:
             self.reject(f"pointer arithmetic ({name}) with a pointer operand r{insn.src} makes an unknown pointer")
         self.reject(f"pointer arithmetic ({name}) on r{insn.dst} ({dst}) makes an unknown pointer")
+
+    def _pointer_difference(self, dst: Reg, src: Reg) -> Reg:
+        """``dst - src`` of two pointers into the same object: a scalar (the kernel allows it to
+        privileged programs). The packet's start, end and metadata pointers count as one object,
+        so ``data_end - data`` gives the packet's length."""
+        if dst.type in PACKET_KINDS and src.type in PACKET_KINDS:
+            if dst.type is not src.type:
+                return UNKNOWN_SCALAR  # the packet's length (or the metadata's) is not known here
+        elif dst.type is not src.type or dst.aux != src.aux:
+            self.reject(f"subtraction of pointers of different kinds ({dst} - {src}) is prohibited")
+        if dst.type in UNRELATED_BASES:
+            return UNKNOWN_SCALAR
+        # Same base: the difference of the offsets, exact as the offsets are.
+        var = sc.alu(AluOp.SUB, dst.var, src.var, 64)
+        return Reg(Pt.SCALAR, sc.alu(AluOp.ADD, var, sc.const(dst.off - src.off), 64))
 
     def _pointer_add(self, ptr: Reg, s: sc.Scalar, sub: bool, r: int) -> Reg:
         t = ptr.type
@@ -842,11 +856,15 @@ class Checker:
             what = "write to" if mode is Access.WRITE else "read from"
             self.reject(f"invalid {what} context off={lo} size={size}")
         for foff, kind in ctx.fields.items():
-            if lo < foff + 4 and foff < hi:
+            width = ctx.field_size(foff)
+            if lo < foff + width and foff < hi:
                 if mode is Access.WRITE:
                     self.reject(f"cannot write to context field at off={foff}: it holds a {kind} pointer")
-                if lo != foff or size != 4 or signed:  # the fields are 32 bits wide
-                    self.reject(f"invalid narrow or misaligned load of the {kind} pointer at context off={foff}")
+                # Only a load of the whole field gives the whole address (as in the kernel,
+                # whose *_is_valid_access wants exactly the field's declared size).
+                if lo != foff or size != width or signed:
+                    self.reject(f"invalid narrow, wide or misaligned load of the {kind} pointer at context "
+                                f"off={foff}: it is {width} bytes")
                 self._note(True)
                 return Reg(FIELD_KINDS[kind])
         self._note(True)

@@ -51,6 +51,7 @@ class MapLike(Protocol):
 
 
 CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta")
+CONTEXT_POINTER_SIZES = (4, 8)  # a __u32 (__sk_buff, xdp_md) or a 64-bit __bpf_md_ptr (sk_msg_md)
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,10 @@ class ContextSpec:
     With ``size`` None the program runs in the generic "raw memory" mode: r1 points to the
     caller's buffer of unknown size (accesses are allowed but keep their runtime check) and r2
     holds its length. With a size, r1 is a context of that many bytes: loads must fall inside
-    ``readable`` (all of it when empty) and stores inside ``writable``; a 32-bit load of one of
-    ``fields`` (32-bit fields holding addresses) yields a packet pointer of the given kind; those
-    fields are read-only and cannot be read any other way.
+    ``readable`` (all of it when empty) and stores inside ``writable``; a load of one of
+    ``fields`` (fields holding addresses) yields a packet pointer of the given kind. Such a load
+    must cover exactly the field, whose width is given by ``field_sizes`` (4 bytes unless given);
+    the fields are read-only and cannot be read any other way.
     """
 
     size: int | None = None  # bytes of context, or None for raw memory of unknown size
@@ -71,11 +73,21 @@ class ContextSpec:
     fields: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # pointer fields
     ret_range: tuple[int, int] | None = None  # allowed values of r0 at exit (inclusive), if restricted
     ret_pointer_ok: bool = False  # whether r0 may hold a pointer at exit
+    field_sizes: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # their widths
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():
             if kind not in CONTEXT_POINTER_KINDS:
                 raise ValueError(f"context field {off}: unknown pointer kind {kind!r}")
+        for off, size in self.field_sizes.items():
+            if off not in self.fields:
+                raise ValueError(f"context field {off}: a size is given but no pointer kind")
+            if size not in CONTEXT_POINTER_SIZES:
+                raise ValueError(f"context field {off}: a pointer field is 4 or 8 bytes, not {size}")
+
+    def field_size(self, off: int) -> int:
+        """Bytes of the pointer field at ``off``."""
+        return self.field_sizes.get(off, 4)
 
 
 RAW_MEMORY = ContextSpec(ret_pointer_ok=True)
