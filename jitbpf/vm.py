@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
@@ -13,6 +13,7 @@ from jitbpf.errors import ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import MAX_CALL_DEPTH, CompiledBlocks, Env, TailCall, Translator, run
 from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
+from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.memory import MemoryMap, Region, region_of
 from jitbpf.programs import ProgramRunners, ProgType
 
@@ -105,6 +106,9 @@ class VM(ProgramRunners):
         self._checked = False
         self._proven: frozenset[int] = frozenset()
         self._jit: JitProgram | None = None
+        # execute_jit()'s native fast path (see JitProgram.bind_bare), once the JIT has run.
+        self._bare_run: Callable[[int], int] = _unbound
+        self._bare_token = 0
         self._closed = False
         self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.programs)
 
@@ -307,6 +311,15 @@ class VM(ProgramRunners):
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""
+        if mem is None:
+            # After the first run on a thread, a run without memory is one native call.
+            result = self._bare_run(self._bare_token)
+            if result != ERROR_RESULT:
+                return result
+            return self._execute_jit_bare(result)
+        return self._jit_program().run(mem)
+
+    def _jit_program(self) -> JitProgram:
         # Programs with calls or lddw run through execute_jit_regions (the JitProgram's runner),
         # which adds self.map_regions() for the JIT's bounds checks and handles tail calls.
         jit = self._jit
@@ -314,7 +327,52 @@ class VM(ProgramRunners):
             self.jit_compile()
             jit = self._jit
             assert jit is not None
-        return jit.run(mem)
+        return jit
+
+    def _execute_jit_bare(self, result: int) -> int:
+        """A bare run returned ERROR_RESULT: the run stopped early, or nothing is bound yet on
+        this thread (then run the ordinary way and bind for the next time)."""
+        jit = self._jit
+        if jit is not None and self._bare_token == jit.token and jit.bare_bound():
+            return jit.finish(result)
+        jit = self._jit_program()
+        result = jit.run(None)
+        bare_run = jit.bind_bare()
+        if bare_run is not None:
+            self._bare_run, self._bare_token = bare_run, jit.token
+        return result
+
+    def execute_batch(self, buffers: Sequence[Any], *, threads: int = 1) -> list[int]:
+        """Run the JIT-compiled program once per buffer, as ``execute_jit`` would, and return
+        every r0, in order. Programs that call no Python helper run the whole batch in one
+        native call (per thread); others fall back to one call per buffer. ``threads`` > 1 splits
+        the batch over that many threads, each with its own CPU id for per-CPU maps; the GIL is
+        released while native code runs. Read-only buffers are copied (their writes are lost).
+        An input that fails raises its error, with a note naming the input's index."""
+        items = buffers if all(type(b) is bytearray for b in buffers) else [
+            b if _writable(b) else bytearray(b) for b in buffers]
+        jit = self._jit_program()
+        if not jit.batchable:
+            return [self.execute_jit(b) for b in items]
+        regions = self.map_regions()
+        return _split(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
+
+    def execute_records(self, data: Any, record_size: int, *, threads: int = 1) -> list[int]:
+        """Run the JIT-compiled program over each ``record_size``-byte record of the writable
+        buffer ``data`` (one contiguous array of fixed-size inputs, e.g. a numpy array's bytes),
+        each as its own mem; return every r0. Like ``execute_batch`` otherwise."""
+        if record_size <= 0:
+            raise ValueError(f"record size {record_size} must be positive")
+        jit = self._jit_program()
+        view = memoryview(data).cast("B")
+        if view.readonly:
+            raise TypeError("execute_records needs a writable buffer (records are run in place)")
+        count = len(view) // record_size
+        if not jit.batchable:
+            return [self.execute_jit(view[i * record_size:(i + 1) * record_size]) for i in range(count)]
+        regions = self.map_regions()
+        return _split(count, threads, lambda lo, hi: jit.run_records(
+            view[lo * record_size:hi * record_size], record_size, regions))
 
     def execute_jit_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
                             packet: Region | None = None) -> int:
@@ -349,6 +407,7 @@ class VM(ProgramRunners):
     def close(self) -> None:
         """Release the machine code (unmaps the executable pages)."""
         self._closed = True
+        self._bare_run, self._bare_token = _unbound, 0
         if self._jit is not None:
             self._jit.close()
             self._jit = None
@@ -363,6 +422,44 @@ class VM(ProgramRunners):
         jit = getattr(self, "_jit", None)
         if jit is not None:
             jit.close()
+
+
+def _unbound(_token: int) -> int:
+    """The bare-run function of a VM whose JIT code has not run yet: always "not bound"."""
+    return ERROR_RESULT
+
+
+def _writable(buf: Any) -> bool:
+    try:
+        return not memoryview(buf).readonly
+    except TypeError:
+        return False
+
+
+def _split(n: int, threads: int, run: Callable[[int, int], list[int]]) -> list[int]:
+    """``run(lo, hi)`` over [0, n) in ``threads`` contiguous slices, one thread each (thread i
+    takes CPU id i modulo the CPU count, so per-CPU map values do not collide), concatenated."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    threads = min(threads, max(n, 1))
+    if threads == 1:
+        return run(0, n)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jitbpf.maps import num_cpus, set_current_cpu
+
+    bounds = [n * i // threads for i in range(threads + 1)]
+
+    def slice_of(i: int) -> list[int]:
+        set_current_cpu(i % num_cpus())
+        try:
+            return run(bounds[i], bounds[i + 1])
+        finally:
+            set_current_cpu(None)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = list(pool.map(slice_of, range(threads)))
+    return [r for part in parts for r in part]
 
 
 def _mem_region(mem: Any) -> tuple[Region, Any]:

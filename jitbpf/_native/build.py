@@ -21,7 +21,7 @@ from jitbpf.errors import MapError
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "jbmaps.h"
-SOURCES = (HERE / "maps.c",)
+SOURCES = (HERE / "maps.c", HERE / "run.c")
 CFLAGS = ("-O2", "-std=gnu11", "-pthread", "-fno-strict-aliasing")
 LDFLAGS = ("-pthread",)
 CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory

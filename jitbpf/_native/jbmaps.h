@@ -1,4 +1,5 @@
-/* Public interface of the native map library (also fed to cffi's cdef: declarations only). */
+/* Public interface of the native library: maps, helpers and JIT run loops (also fed to cffi's
+   cdef: declarations only). */
 #ifndef JITBPF_JBMAPS_H
 #define JITBPF_JBMAPS_H
 
@@ -66,5 +67,16 @@ uint64_t jb_helper_get_smp_processor_id(uint64_t r1, uint64_t r2, uint64_t r3, u
 uint64_t jb_helper_get_current_pid_tgid(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_get_current_uid_gid(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+
+/* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns
+   of the batch loops: how many inputs ran to completion (the next one, if any, stopped early). */
+void jb_jit_init(uint64_t error_result);
+void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t ctx);
+int jb_bare_bound(uint64_t token);
+uint64_t jb_bare_run(uint64_t token);
+uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+                       const uint64_t *lens, uint64_t n, uint64_t *results);
+uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+                        uint64_t record_size, uint64_t n, uint64_t *results);
 
 #endif

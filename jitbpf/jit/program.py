@@ -3,7 +3,9 @@ and runs it with one native call per run (a native run context per thread)."""
 
 from __future__ import annotations
 
+import functools
 import inspect
+import itertools
 import platform
 import sys
 import threading
@@ -12,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf._ffi import ffi
-from jitbpf.cfg import ControlFlow
-from jitbpf.errors import JitError
+from jitbpf.cfg import ControlFlow, writes_fp
+from jitbpf.errors import BpfError, JitError
 from jitbpf.helpers import Helper
-from jitbpf.isa import MASK64, Instruction, Kind, PseudoSrc, sign_extend
+from jitbpf.isa import FP, MASK64, Instruction, Kind, PseudoSrc, sign_extend
 from jitbpf.jit.encoding import Assembler, default_cache
 from jitbpf.jit.execmem import ExecutableMemory
 from jitbpf.jit.runtime import (
@@ -39,6 +41,9 @@ RegionsRunner = Callable[..., int]
 """Runs a program over explicit regions: (mem, extra, r1, r2, *, packet) -> r0."""
 MIN_TABLE = 16  # helper table entries at least (ids below are looked up without Python)
 MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
+# Bare-run tokens (see jitbpf/_native/run.c): unique for the life of the process, never reused,
+# so that a thread's binding for a program that is gone can never match a live one.
+_TOKENS = itertools.count(1)
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
 
@@ -51,6 +56,20 @@ def _weak(fn: Callable[..., Any] | None) -> Callable[[], Callable[..., Any] | No
     if inspect.ismethod(fn):
         return weakref.WeakMethod(fn)
     return lambda: fn
+
+
+@functools.cache
+def runner_lib() -> Any | None:
+    """The native run loops (``jitbpf._native``: bare runs, batches), or None when the native
+    library cannot be built here (no C compiler): callers then take the Python paths."""
+    try:
+        from jitbpf._native import native
+
+        nat = native()
+    except BpfError:
+        return None
+    nat.lib.jb_jit_init(ERROR_RESULT)
+    return nat
 
 
 def _check_host() -> None:
@@ -98,7 +117,13 @@ class JitProgram:
             if info.kind in _NOTABLE:
                 by_kind.setdefault(info.kind, []).append((pc, insn))
         helper_calls = by_kind.get(Kind.CALL, [])
+        self._kinds = frozenset(by_kind)
+        fp_fixed = not writes_fp(flow.program)
+        self._writes_memory = bool(helper_calls) or any(
+            info.kind in (Kind.ST, Kind.STX, Kind.ATOMIC) and not (fp_fixed and insn.dst == FP)
+            for _pc, insn, info in flow.program) or Kind.CALLX in by_kind
         call_ids = [insn.imm for _pc, insn in helper_calls]
+        self._call_ids = frozenset(call_ids)
         self._call_pcs = frozenset(pc for pc, _insn in helper_calls)
         self._has_calls = bool(helper_calls or by_kind.get(Kind.CALLX))
         # Without loops or calls of any kind each instruction runs at most once, so a budget of
@@ -128,6 +153,7 @@ class JitProgram:
         options = Options(resolve_lddw, proven, table, count_budget)
         self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
         self._code = ExecutableMemory(self.compiled.code)
+        self.token = next(_TOKENS)  # names this program to the native bare-run table
         entries = self.compiled.entries
         self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
         self._entry_mem: Callable[[Any], int] = self._code.function(entries["mem"], ENTRY_TYPE)
@@ -153,6 +179,141 @@ class JitProgram:
         rc = RunContext(state(), self._budget)
         self._tls.rc = rc
         return rc
+
+    def bind_bare(self) -> Callable[[int], int] | None:
+        """Bind this thread's run context to ``token`` in the native bare-run table; return the
+        function that then runs the program without memory as ``fn(token)`` (what
+        ``VM.execute_jit()`` calls), or None when runs need run()'s bookkeeping. A result of
+        ``ERROR_RESULT`` goes to ``finish`` for its error."""
+        nat = runner_lib()
+        if not self.simple or nat is None or self.closed:
+            return None
+        rc = self._thread_context()
+        entry = self._code.address + self.compiled.entries["none"]
+        nat.lib.jb_bare_bind(self.token, entry, int(ffi.cast("uintptr_t", rc.ctx)))
+        fn: Callable[[int], int] = nat.lib.jb_bare_run
+        return fn
+
+    def bare_bound(self) -> bool:
+        """Whether this thread's bare entry is bound (so a bare run really ran)."""
+        nat = runner_lib()
+        return nat is not None and bool(nat.lib.jb_bare_bound(self.token))
+
+    def finish(self, result: int) -> int:
+        """The outcome of this thread's bare run that returned ``ERROR_RESULT``."""
+        return self._finish(self._tls.rc, result)
+
+    def _thread_context(self) -> RunContext:
+        try:
+            rc: RunContext = self._tls.rc
+        except AttributeError:
+            rc = self._context()
+        return rc
+
+    @property
+    def writes_memory(self) -> bool:
+        """Whether a run may write memory other than its own stack frames: stores and atomics
+        not relative to an unchanging r10, and helper calls (a helper may write through a
+        pointer it is given)."""
+        return self._writes_memory
+
+    @property
+    def batchable(self) -> bool:
+        """Whether batches run in one native loop: the program calls no Python helper (those need
+        each run's memory map) and makes no tail call, and the native library is there."""
+        if runner_lib() is None or Kind.CALLX in self._kinds:
+            return False
+        return all(self._helpers[i].native for i in self._call_ids if i in self._helpers)
+
+    def run_batch(self, buffers: Sequence[Any], extra: Sequence[Region] = ()) -> list[int]:
+        """Run once per buffer (each as r1/r2 and the packet) in one native loop; ``extra`` are
+        further regions (maps). The buffers are packed back to back first (one copy, far cheaper
+        than pinning each one) and, if the program may write memory, copied back after. Requires
+        ``batchable``."""
+        nat = runner_lib()
+        assert nat is not None
+        nffi = nat.ffi  # the native library's FFI: its functions take its own cdata
+        packed = bytearray().join(buffers)
+        sizes = list(map(len, buffers))
+        n = len(sizes)
+        pin = nffi.from_buffer(packed, require_writable=True)
+        base = int(nffi.cast("uintptr_t", pin))
+        lens = nffi.new("uint64_t[]", sizes)
+        results = nffi.new("uint64_t[]", n)
+
+        def loop(start: int, status: int, table: Any) -> int:
+            return int(nat.lib.jb_run_packed(self._args_entry(), table, status, base + offsets[start],
+                                             lens + start, n - start, results + start))
+
+        offsets = list(itertools.accumulate(sizes, initial=0))
+        try:
+            self._batch(loop, n, results, extra)
+        finally:
+            if self.writes_memory:
+                view = memoryview(packed)
+                for buf, lo, hi in zip(buffers, offsets, offsets[1:], strict=False):
+                    buf[:] = view[lo:hi]
+                del view
+            del pin
+        return nffi.unpack(results, n)  # type: ignore[no-any-return]
+
+    def run_records(self, data: Any, record_size: int, extra: Sequence[Region] = ()) -> list[int]:
+        """Run once per ``record_size``-byte record of the writable buffer ``data``, in one native
+        loop (trailing bytes short of a record are not run). Requires ``batchable``."""
+        if record_size <= 0:
+            raise ValueError(f"record size {record_size} must be positive")
+        nat = runner_lib()
+        assert nat is not None
+        nffi = nat.ffi
+        pin = nffi.from_buffer(data, require_writable=True)
+        n = len(pin) // record_size
+        base = int(nffi.cast("uintptr_t", pin))
+        results = nffi.new("uint64_t[]", n)
+
+        def loop(start: int, status: int, table: Any) -> int:
+            return int(nat.lib.jb_run_records(self._args_entry(), table, status, base + start * record_size,
+                                              record_size, n - start, results + start))
+
+        self._batch(loop, n, results, extra)
+        del pin
+        return nffi.unpack(results, n)  # type: ignore[no-any-return]
+
+    def _args_entry(self) -> int:
+        if self.closed:
+            raise JitError("the JIT program is closed")
+        return self._code.address + self.compiled.entries["args"]
+
+    def _batch(self, loop: Callable[[int, int, Any], int], n: int, results: Any, extra: Sequence[Region]) -> None:
+        """Run ``loop`` from the first input until all have run; an input that stopped early
+        raises its error (noted with its index), or records what a stopping helper returned."""
+        rc = self._thread_context()
+        ctx = rc.ctx
+        ctx.mem_writable = 1
+        table = self._extra_table(rc, extra)
+        ctx.extra, ctx.nextra = table, len(rc.extra_key)
+        status = ffi.offsetof("struct jitbpf_ctx", "status")
+        ctx_addr = int(ffi.cast("uintptr_t", ctx))
+        start = 0
+        while start < n:
+            start += loop(start, status, ctx_addr)
+            if start < n:
+                try:
+                    results[start] = self._finish(rc, results[start])
+                except BpfError as err:
+                    err.add_note(f"in input {start} of the batch")
+                    raise
+                start += 1
+        del table
+
+    def _extra_table(self, rc: RunContext, extra: Sequence[Region]) -> Any:
+        """The native region table for ``extra`` (cached on the thread's context)."""
+        key = tuple((r.base, r.size, r.writable) for r in extra if r.size)
+        if key != rc.extra_key:
+            table = ffi.new("struct jitbpf_region[]", max(1, len(key)))
+            for i, (base, size, writable) in enumerate(key):
+                table[i].base, table[i].size, table[i].writable = base, size, int(writable)
+            rc.extra_regions, rc.extra_key = table, key
+        return rc.extra_regions
 
     def run(self, mem: Any = None) -> int:
         """Run with ``mem`` as r1/r2 and as the packet; return r0."""
@@ -222,15 +383,9 @@ class JitProgram:
             ctx.pkt_base, ctx.pkt_size = packet.base, packet.size
         else:
             ctx.pkt_base = ctx.pkt_size = 0
-        key = tuple((r.base, r.size, r.writable) for r in extra if r.size)
-        if key != rc.extra_key:
-            table = ffi.new("struct jitbpf_region[]", max(1, len(key)))
-            for i, (base, size, writable) in enumerate(key):
-                table[i].base, table[i].size, table[i].writable = base, size, int(writable)
-            rc.extra_regions, rc.extra_key = table, key
-        regions = rc.extra_regions  # held here: a nested run may replace rc's
+        regions = self._extra_table(rc, extra)  # held here: a nested run may replace rc's
         ctx.extra = regions
-        ctx.nextra = len(key)
+        ctx.nextra = len(rc.extra_key)
         if self._has_calls:
             rc.state.begin(mem if mem.size else None, extra)
             rc.state.tail_calls_left = tail_calls_left

@@ -171,12 +171,21 @@ class X86_64(Target):
 
     def emit_entries(self) -> None:
         L = self.lay
+        # (ctx, mem, size), for the native batch loops: mem as r1/r2 and the packet, the caller's
+        # extra regions kept.
+        self.entries["args"] = len(self.hot)
+        self.mark("entry: arguments", Section.HOT)
+        self._store("rdi", L.ctx_mem, "rsi")
+        self._store("rdi", L.ctx_mem_size, "rdx")
+        to_mem = self.forward("jmp")
         self.entries["none"] = len(self.hot)
         self.mark("entry: no memory", Section.HOT)
         self._store_imm("rdi", L.ctx_mem, 0)
         self._store_imm("rdi", L.ctx_mem_size, 0)
         self.entries["mem"] = len(self.hot)
         self.mark("entry: mem", Section.HOT)
+        self._store_imm("rdi", L.ctx_nextra, 0)
+        self.bind(to_mem)
         self._load("rax", "rdi", L.ctx_mem)
         self._store("rdi", L.ctx_r1, "rax")
         self._store("rdi", L.ctx_pkt_base, "rax")
@@ -184,7 +193,6 @@ class X86_64(Target):
         self._store("rdi", L.ctx_r2, "rax")
         self._store("rdi", L.ctx_pkt_size, "rax")
         self._store_imm("rdi", L.ctx_mem_writable, 1)
-        self._store_imm("rdi", L.ctx_nextra, 0)
         self.entries["regions"] = len(self.hot)
         self.mark("entry: regions, prologue", Section.HOT)
         for reg in ("rbx", "rbp", "r12", "r13", "r14", "r15"):

@@ -1,0 +1,108 @@
+/* Native loops around JIT-compiled entry points, so that Python pays one call for many runs.
+ *
+ * Bare runs: a thread binds (token, entry, ctx) once; afterwards jb_bare_run(token) runs the
+ * program with no argument conversion but the token. Tokens are never reused, so a binding left
+ * behind by a closed program can never match a live one. Each thread has its own small table.
+ *
+ * Batches (inputs back to back, or fixed-size records): the "args" entry takes (ctx, mem, size) and leaves the rest of the run context (budget,
+ * extra regions) as Python set it; a run that stops early (result == error_result and a non-zero
+ * status word in ctx) ends the loop so that Python can raise its error.
+ */
+#include "jbmaps.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#define BARE_SLOTS 256 /* bindings per thread; programs alternating on one slot just rebind */
+
+typedef uint64_t (*entry_fn)(void *ctx);
+typedef uint64_t (*args_fn)(void *ctx, const void *mem, uint64_t size);
+
+struct bare {
+    uint64_t token; /* 0: empty */
+    entry_fn entry;
+    void *ctx;
+};
+
+static uint64_t g_error_result; /* what entries return when a run stops early (fixed by jb_jit_init) */
+/* The thread's table, allocated at its first binding: only a pointer lives in TLS, because the
+   library's TLS must fit the small static block of a dlopen'ed object. */
+static __thread struct bare *t_bare __attribute__((tls_model("initial-exec")));
+static pthread_key_t g_bare_key;           /* frees a thread's table when the thread exits */
+static pthread_once_t g_bare_once = PTHREAD_ONCE_INIT;
+
+static void make_key(void)
+{
+    pthread_key_create(&g_bare_key, free);
+}
+
+void jb_jit_init(uint64_t error_result)
+{
+    __atomic_store_n(&g_error_result, error_result, __ATOMIC_RELEASE);
+    pthread_once(&g_bare_once, make_key);
+}
+
+void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t ctx)
+{
+    if (t_bare == NULL) {
+        struct bare *table = calloc(BARE_SLOTS, sizeof *table);
+        if (table == NULL)
+            return; /* unbound: the caller keeps taking its ordinary path */
+        pthread_setspecific(g_bare_key, table);
+        t_bare = table;
+    }
+    struct bare *b = &t_bare[token % BARE_SLOTS];
+    b->token = token;
+    b->entry = (entry_fn)(uintptr_t)entry;
+    b->ctx = (void *)(uintptr_t)ctx;
+}
+
+int jb_bare_bound(uint64_t token)
+{
+    return token != 0 && t_bare != NULL && t_bare[token % BARE_SLOTS].token == token;
+}
+
+uint64_t jb_bare_run(uint64_t token)
+{
+    struct bare *table = t_bare;
+    if (table != NULL) {
+        struct bare *b = &table[token % BARE_SLOTS];
+        if (token != 0 && b->token == token)
+            return b->entry(b->ctx);
+    }
+    return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+}
+
+static inline int stopped(uint64_t result, const void *ctx, uint64_t status_offset)
+{
+    return result == g_error_result && *(const uint64_t *)((const char *)ctx + status_offset) != 0;
+}
+
+uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+                       const uint64_t *lens, uint64_t n, uint64_t *results)
+{
+    args_fn fn = (args_fn)(uintptr_t)entry;
+    void *c = (void *)(uintptr_t)ctx;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t r = fn(c, (const void *)(uintptr_t)base, lens[i]);
+        results[i] = r;
+        if (stopped(r, c, status_offset))
+            return i;
+        base += lens[i];
+    }
+    return n;
+}
+
+uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+                        uint64_t record_size, uint64_t n, uint64_t *results)
+{
+    args_fn fn = (args_fn)(uintptr_t)entry;
+    void *c = (void *)(uintptr_t)ctx;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t r = fn(c, (const void *)(uintptr_t)(base + i * record_size), record_size);
+        results[i] = r;
+        if (stopped(r, c, status_offset))
+            return i;
+    }
+    return n;
+}

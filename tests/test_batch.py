@@ -1,0 +1,162 @@
+"""Runs that cost one native call: execute_jit() without memory (bound per thread), and batches
+over many inputs (execute_batch, execute_records), single- and multi-threaded."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from jitbpf.asm import assemble
+from jitbpf.errors import BudgetExceeded, ExecutionError, JitError
+from jitbpf.jit.runtime import ERROR_RESULT
+from jitbpf.maps import PerCpuArray, num_cpus
+from jitbpf.vm import VM
+
+SUM_FIRST_BYTES = """
+    mov r0, 0
+    jlt r2, 2, out
+    ldxb r0, [r1]
+    ldxb r3, [r1+1]
+    add r0, r3
+out:
+    exit
+"""
+MARK = """
+    stb [r1], 0x5a          ; every input is written: the caller must see it
+    mov r0, r2
+    exit
+"""
+READ_EIGHT = """
+    ldxdw r0, [r1]          ; faults on inputs shorter than 8 bytes
+    exit
+"""
+
+
+def inputs() -> list[bytearray]:
+    return [bytearray([i, 2 * i, 7]) if i % 3 else bytearray([i]) for i in range(40)]
+
+
+def test_batch_matches_one_run_per_input() -> None:
+    with VM(assemble(SUM_FIRST_BYTES)) as vm:
+        expected = [vm.execute(b) for b in inputs()]
+        assert vm.execute_batch(inputs()) == expected
+        assert vm.execute_batch([]) == []
+        assert vm.execute_batch([bytes(b) for b in inputs()]) == expected  # read-only: copied
+
+
+def test_batch_writes_reach_the_callers_buffers() -> None:
+    with VM(assemble(MARK)) as vm:
+        bufs = inputs()
+        assert vm.execute_batch(bufs) == [len(b) for b in inputs()]
+        assert all(b[0] == 0x5A and b[1:] == orig[1:] for b, orig in zip(bufs, inputs(), strict=True))
+
+
+def test_records_run_in_place() -> None:
+    data = bytearray(range(64)) * 4
+    with VM(assemble(MARK)) as vm:
+        assert vm.execute_records(data, 16) == [16] * 16
+    assert data[::16] == bytes([0x5A]) * 16
+    with VM(assemble(SUM_FIRST_BYTES)) as vm:
+        records = bytearray(range(100))
+        assert vm.execute_records(records, 10) == [records[i] + records[i + 1] for i in range(0, 100, 10)]
+        assert vm.execute_records(records, 33) == [0 + 1, 33 + 34, 66 + 67]  # the last byte is no record
+        with pytest.raises(TypeError):
+            vm.execute_records(bytes(10), 5)
+        with pytest.raises(ValueError):
+            vm.execute_records(records, 0)
+
+
+def test_failing_input_raises_with_its_index() -> None:
+    bufs = [bytearray(8), bytearray(8), bytearray(3), bytearray(8)]
+    with VM(assemble(READ_EIGHT), verify=False) as vm:
+        with pytest.raises(ExecutionError) as err:
+            vm.execute_batch(bufs)
+        assert err.value.pc == 0
+        assert "in input 2 of the batch" in (err.value.__notes__ or [])
+        with pytest.raises(ExecutionError) as err:
+            vm.execute_records(bytearray(20), 5)
+        assert "in input 0 of the batch" in (err.value.__notes__ or [])
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_threads_split_the_batch(threads: int) -> None:
+    with VM(assemble(SUM_FIRST_BYTES)) as vm:
+        expected = [vm.execute(b) for b in inputs()]
+        assert vm.execute_batch(inputs(), threads=threads) == expected
+        data = bytearray(range(250))
+        assert vm.execute_records(data, 5, threads=threads) == vm.execute_records(bytearray(range(250)), 5)
+        with pytest.raises(ValueError):
+            vm.execute_batch(inputs(), threads=0)
+
+
+PERCPU_COUNT = """
+    mov r1, 0
+    stxw [r10-4], r1
+    mov r2, r10
+    add r2, -4
+    lddw r1, map:COUNTS
+    call 1
+    jeq r0, 0, out
+    mov r1, 1
+    lock add [r0], r1
+out:
+    mov r0, 0
+    exit
+"""
+
+
+def test_threads_count_in_their_own_per_cpu_slots() -> None:
+    counts = PerCpuArray(value_size=8, max_entries=1, name="COUNTS")
+    with VM(assemble(PERCPU_COUNT, maps={"COUNTS": 1})) as vm:
+        vm.add_map(counts, 1)
+        vm.use_standard_helpers()
+        threads = min(2, num_cpus())
+        assert vm.execute_records(bytearray(100 * 8), 8, threads=threads) == [0] * 100
+        per_cpu = counts[0]
+        assert sum(per_cpu) == 100
+        if threads == 2:
+            assert per_cpu[:2] == [50, 50]
+
+
+def test_python_helpers_fall_back_to_one_call_per_input() -> None:
+    seen: list[int] = []
+
+    def record(r1: int, *_: int) -> int:
+        seen.append(r1)
+        return r1 * 2
+
+    with VM(assemble("ldxb r1, [r1]\ncall 0\nexit")) as vm:
+        vm.register_helper(0, record)
+        assert vm.execute_batch([bytearray([i]) for i in range(5)]) == [0, 2, 4, 6, 8]
+        assert seen == [0, 1, 2, 3, 4]
+
+
+def test_bare_runs_on_every_thread() -> None:
+    with VM(assemble("mov r0, 41\nadd r0, 1\nexit")) as vm:
+        results: list[int] = []
+
+        def work() -> None:
+            results.extend(vm.execute_jit() for _ in range(50))
+
+        pool = [threading.Thread(target=work) for _ in range(4)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        assert results == [42] * 200
+
+
+def test_bare_runs_report_errors_and_real_error_results() -> None:
+    with VM(assemble("mov r0, 0\nja -1\nexit"), verify=False, budget=1000) as vm:
+        for _ in range(3):  # first run (binding), then bare runs
+            with pytest.raises(BudgetExceeded):
+                vm.execute_jit()
+    with VM(assemble(f"lddw r0, {ERROR_RESULT:#x}\nexit")) as vm:
+        assert [vm.execute_jit() for _ in range(3)] == [ERROR_RESULT] * 3
+    two = [VM(assemble(f"mov r0, {i}\nexit")) for i in range(2)]
+    assert [vm.execute_jit() for vm in two * 3] == [0, 1] * 3  # bindings of two programs coexist
+    for vm in two:
+        vm.close()
+        with pytest.raises(JitError):
+            vm.execute_jit()
