@@ -17,6 +17,7 @@ from benchmarks.suite import (
     BUDGET,
     COMPILE_INSNS,
     COMPILE_INSNS_QUICK,
+    batch_figures,
     compile_speed,
     fresh_process_compile,
     run_workload,
@@ -93,7 +94,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
     ctx = Context(lib)
     work = [w for w in all_workloads(ctx) if only is None or w.key in only]
     contenders = 3
-    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (2 if quick else 3))
+    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (4 if quick else 5))
     print(f"running {len(work)} workloads{' (--quick)' if quick else ''}...", file=out, flush=True)
     results: dict[str, Any] = {
         "machine": machine(),
@@ -109,6 +110,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
         code = assemble(straight_line_source(COMPILE_INSNS_QUICK if quick else COMPILE_INSNS))
         results["compile"] = compile_speed(code, quick, progress)
         results["fresh_compile"] = None if quick else fresh_process_compile(code, progress)
+        results["batch"] = batch_figures(ctx, quick, progress)
         results["verifier"] = verifier_figures(quick)
     finally:
         progress.close()

@@ -14,6 +14,7 @@ CALL_RATIO = 1.5  # empty program: execute_jit / bare cffi call
 INTERP_RATE = 3e6  # interpreter, tight ALU loop: executed instructions per second
 COMPILE_RATE = 5e5  # warm compile: eBPF instructions per second
 FRESH_NS = 2e9  # first compile in a fresh process, from the spawn
+BATCH_OVERHEAD_NS = 10.0  # batch of records: per-input time beyond C's loop over the same records
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
     comp = results.get("compile") or {}
     out.append(_target("compile", "compile, warm cache", f">= {COMPILE_RATE / 1e3:g} k insn/s", comp.get("insns_per_s"),
                        lambda v: v >= COMPILE_RATE))
+    batch = results.get("batch") or {}
+    if "overhead_ns" in batch:
+        out.append(_target("batch", "batch: per-input overhead", f"<= {BATCH_OVERHEAD_NS:g} ns",
+                           batch["overhead_ns"], lambda v: v <= BATCH_OVERHEAD_NS))
     fresh = results.get("fresh_compile")
     if fresh is not None:
         out.append(_target("fresh_compile", "first compile, fresh process", f"< {FRESH_NS / 1e9:g} s", fresh.get("ns"),
@@ -130,11 +135,35 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
         cell = "n/a" if "error" in fresh else fmt_ns(fresh.get("ns"))
         rows.append((f"first compile, fresh process ({fresh['insns']:,} insns)", "program", "", cell, "", "",
                      verdict("fresh_compile")))
+    batch = results.get("batch")
+    if batch is not None:
+        rows.append(None)
+        rows.extend(_batch_rows(batch, verdict("batch")))
     verifier = results.get("verifier")
     if verifier is not None:
         rows.append(None)
         rows.append("verifier (benchmarks/bench_verifier.py): "
                     + "; ".join(f"{key} {_value(key, value)}" for key, value in _flatten(verifier)))
+    return rows
+
+
+def _batch_rows(batch: dict[str, Any], verdict: str) -> list[Row]:
+    """The packet filter over many inputs: records vs C's loop, a list of frames, one call per
+    frame, and the records split over threads."""
+    if "error" in batch:
+        return [f"batch execution: n/a ({batch['error']})"]
+    n, size = batch["records"], batch["record_size"]
+    differ = "" if batch.get("agree") else " [RESULTS DIFFER]"
+    rows: list[Row] = [
+        (f"batch: filter, {n:,} records of {size} B{differ}", "input", "", fmt_ns(batch["records_ns"]),
+         fmt_ns(batch["native_ns"]), _ratio(batch["records_ns"] / batch["native_ns"]),
+         f"{verdict} (+{batch['overhead_ns']:.1f} ns)"),
+        ("batch: filter, list of frames (copied)", "input", "", fmt_ns(batch["list_ns"]), "", "", ""),
+        ("one execute_jit(frame) per input", "input", "", fmt_ns(batch["call_ns"]), "", "", ""),
+    ]
+    for threads, ns in batch["threads_ns"].items():
+        rows.append((f"batch: FNV-1a per record, {threads} thread{'s' if threads != '1' else ''}", "input", "",
+                     fmt_ns(ns), "", "", f"speed-up {batch['speedup'][threads]:.2f}x"))
     return rows
 
 

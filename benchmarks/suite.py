@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
+import os
 import random
 import subprocess
 import sys
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.measure import REPO_ROOT, Contender, Plan, Progress, measure, median_ns
-from benchmarks.workloads import MAP_HANDLES, Context, Workload
+from benchmarks.packets import packet_mix
+from benchmarks.workloads import FILTER_SOURCE, MAP_HANDLES, Context, Workload, fnv1a_source
 from jitbpf.asm import assemble
 from jitbpf.errors import BudgetExceeded, VerifierError
 from jitbpf.vm import VM
@@ -304,3 +307,69 @@ def verifier_figures(quick: bool) -> dict[str, Any] | None:
         return dict(run(**kwargs))
     except Exception as exc:  # another component's failure is reported, not fatal here
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# --- batch execution ---------------------------------------------------------------------------------
+
+RECORD_SIZE = 128  # bytes per fixed-size record (frames truncated or zero-padded to it)
+
+
+def filter_records(count: int) -> bytearray:
+    """``count`` records of the packet mix, back to back, each truncated or padded to RECORD_SIZE."""
+    frames = [p.frame[:RECORD_SIZE].ljust(RECORD_SIZE, b"\0") for p in packet_mix()]
+    return bytearray(b"".join(frames[i % len(frames)] for i in range(count)))
+
+
+def batch_figures(ctx: Context, quick: bool, progress: Progress) -> dict[str, Any]:
+    """The packet filter over many inputs in one call: execute_records (fixed-size records, in place)
+    against C's loop over the same records, execute_batch over a list of frames, one execute_jit per
+    frame; then a compute-bound batch (FNV-1a of each record) split over 1..cores threads (the GIL
+    is released in native code, per-CPU ids per thread)."""
+    count = 2_000  # records that stay in cache, so that the figure is the per-input cost, not DRAM's
+    repeats = 5 if quick else 15
+    reps = 20 if quick else 200  # calls per sample
+    records = filter_records(count)
+    frames = [bytearray(p.frame) for p in packet_mix()] * (count // 8)
+    lib = ctx.native
+    out: dict[str, Any] = {"records": count, "record_size": RECORD_SIZE}
+    vm = VM(assemble(FILTER_SOURCE), budget=BUDGET)
+    hasher = VM(assemble(fnv1a_source(1)), budget=BUDGET, verify=False, allow_loops=True)
+    try:
+        vm.jit_compile()
+        hasher.jit_compile()
+        progress.step("batch: checking")
+        c_results = lib.ffi.new("uint64_t[]", count)
+        c_base = lib.pointer(records)
+        accepted = lib.lib.bench_filter_records(c_base, RECORD_SIZE, count, c_results)
+        jit_results = list(vm.execute_records(records, RECORD_SIZE))
+        out["agree"] = (jit_results == list(lib.ffi.unpack(c_results, count)) and sum(jit_results) == accepted
+                        and list(vm.execute_batch(frames[:64])) == [vm.execute(f) for f in frames[:64]])
+
+        def per_input(fn: Callable[[], Any], n: int, calls: int = reps) -> float:
+            def many() -> None:
+                for _ in range(calls):
+                    fn()
+            return median_ns(many, repeats) / (n * calls)
+
+        progress.step("batch: timing")
+        out["native_ns"] = per_input(lambda: lib.lib.bench_filter_records(c_base, RECORD_SIZE, count, c_results),
+                                     count)
+        out["records_ns"] = per_input(lambda: vm.execute_records(records, RECORD_SIZE), count)
+        out["list_ns"] = per_input(lambda: vm.execute_batch(frames), len(frames), max(1, reps // 10))
+        out["call_ns"] = per_input(lambda: [vm.execute_jit(f) for f in frames], len(frames), max(1, reps // 20))
+        out["overhead_ns"] = out["records_ns"] - out["native_ns"]
+        big = filter_records(20_000 if quick else 200_000)
+        cores = os.cpu_count() or 1
+        scaling: dict[str, float] = {}
+        for threads in sorted({1, 2, cores}):
+            if threads <= cores:
+                run = functools.partial(hasher.execute_records, big, RECORD_SIZE, threads=threads)
+                scaling[str(threads)] = per_input(run, len(big) // RECORD_SIZE, 1)
+        out["threads_ns"] = scaling
+        out["speedup"] = {t: scaling["1"] / ns for t, ns in scaling.items()}
+    except Exception as exc:  # a JIT missing or failing here is reported in the table, not fatal
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        vm.close()
+        hasher.close()
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import errno
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -106,6 +107,7 @@ class VM(ProgramRunners):
         self._checked = False
         self._proven: frozenset[int] = frozenset()
         self._jit: JitProgram | None = None
+        self._compile_lock = threading.Lock()  # one JitProgram per VM, whichever thread runs first
         # execute_jit()'s native fast path (see JitProgram.bind_bare), once the JIT has run.
         self._bare_run: Callable[[int], int] = _unbound
         self._bare_token = 0
@@ -302,12 +304,16 @@ class VM(ProgramRunners):
         """Translate the (verified) program to x86-64 machine code."""
         self._ensure_open()
         self.check()
-        if self._jit is None:
-            from jitbpf.jit import JitProgram
+        with self._compile_lock:  # threads racing to the first run must not compile twice
+            if self._jit is None:
+                self._jit = self._new_jit_program()
 
-            self._jit = JitProgram(self.flow, resolve_lddw=self.resolve_lddw, helpers=self.helpers,
-                                   proven=self._proven, state=self._state, budget=self.budget,
-                                   runner=self.execute_jit_regions)
+    def _new_jit_program(self) -> JitProgram:
+        from jitbpf.jit import JitProgram
+
+        return JitProgram(self.flow, resolve_lddw=self.resolve_lddw, helpers=self.helpers,
+                          proven=self._proven, state=self._state, budget=self.budget,
+                          runner=self.execute_jit_regions, verified=self.verify_enabled)
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""
@@ -342,9 +348,10 @@ class VM(ProgramRunners):
             self._bare_run, self._bare_token = bare_run, jit.token
         return result
 
-    def execute_batch(self, buffers: Sequence[Any], *, threads: int = 1) -> list[int]:
+    def execute_batch(self, buffers: Sequence[Any], *, threads: int = 1) -> array.array[int]:
         """Run the JIT-compiled program once per buffer, as ``execute_jit`` would, and return
-        every r0, in order. Programs that call no Python helper run the whole batch in one
+        every r0, in order, as an ``array.array("Q")`` (compact; any buffer-protocol consumer
+        such as numpy can wrap it without a copy). Programs that call no Python helper run the whole batch in one
         native call (per thread); others fall back to one call per buffer. ``threads`` > 1 splits
         the batch over that many threads, each with its own CPU id for per-CPU maps; the GIL is
         released while native code runs. Read-only buffers are copied (their writes are lost).
@@ -353,11 +360,11 @@ class VM(ProgramRunners):
             b if _writable(b) else bytearray(b) for b in buffers]
         jit = self._jit_program()
         if not jit.batchable:
-            return [self.execute_jit(b) for b in items]
+            return array.array("Q", [self.execute_jit(b) for b in items])
         regions = self.map_regions()
         return _split(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
 
-    def execute_records(self, data: Any, record_size: int, *, threads: int = 1) -> list[int]:
+    def execute_records(self, data: Any, record_size: int, *, threads: int = 1) -> array.array[int]:
         """Run the JIT-compiled program over each ``record_size``-byte record of the writable
         buffer ``data`` (one contiguous array of fixed-size inputs, e.g. a numpy array's bytes),
         each as its own mem; return every r0. Like ``execute_batch`` otherwise."""
@@ -369,7 +376,8 @@ class VM(ProgramRunners):
             raise TypeError("execute_records needs a writable buffer (records are run in place)")
         count = len(view) // record_size
         if not jit.batchable:
-            return [self.execute_jit(view[i * record_size:(i + 1) * record_size]) for i in range(count)]
+            return array.array("Q", [self.execute_jit(view[i * record_size:(i + 1) * record_size])
+                                     for i in range(count)])
         regions = self.map_regions()
         return _split(count, threads, lambda lo, hi: jit.run_records(
             view[lo * record_size:hi * record_size], record_size, regions))
@@ -436,7 +444,7 @@ def _writable(buf: Any) -> bool:
         return False
 
 
-def _split(n: int, threads: int, run: Callable[[int, int], list[int]]) -> list[int]:
+def _split(n: int, threads: int, run: Callable[[int, int], array.array[int]]) -> array.array[int]:
     """``run(lo, hi)`` over [0, n) in ``threads`` contiguous slices, one thread each (thread i
     takes CPU id i modulo the CPU count, so per-CPU map values do not collide), concatenated."""
     if threads < 1:
@@ -450,7 +458,7 @@ def _split(n: int, threads: int, run: Callable[[int, int], list[int]]) -> list[i
 
     bounds = [n * i // threads for i in range(threads + 1)]
 
-    def slice_of(i: int) -> list[int]:
+    def slice_of(i: int) -> array.array[int]:
         set_current_cpu(i % num_cpus())
         try:
             return run(bounds[i], bounds[i + 1])
@@ -459,7 +467,10 @@ def _split(n: int, threads: int, run: Callable[[int, int], list[int]]) -> list[i
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         parts = list(pool.map(slice_of, range(threads)))
-    return [r for part in parts for r in part]
+    out = array.array("Q")
+    for part in parts:
+        out.extend(part)
+    return out
 
 
 def _mem_region(mem: Any) -> tuple[Region, Any]:

@@ -37,30 +37,37 @@ def inputs() -> list[bytearray]:
     return [bytearray([i, 2 * i, 7]) if i % 3 else bytearray([i]) for i in range(40)]
 
 
+def test_results_are_a_compact_array() -> None:
+    with VM(assemble(SUM_FIRST_BYTES)) as vm:
+        out = vm.execute_records(bytearray(range(16)), 4)
+        assert out.typecode == "Q" and out.itemsize == 8
+        assert memoryview(out).tolist() == [1, 9, 17, 25]
+
+
 def test_batch_matches_one_run_per_input() -> None:
     with VM(assemble(SUM_FIRST_BYTES)) as vm:
         expected = [vm.execute(b) for b in inputs()]
-        assert vm.execute_batch(inputs()) == expected
-        assert vm.execute_batch([]) == []
-        assert vm.execute_batch([bytes(b) for b in inputs()]) == expected  # read-only: copied
+        assert list(vm.execute_batch(inputs())) == expected
+        assert list(vm.execute_batch([])) == []
+        assert list(vm.execute_batch([bytes(b) for b in inputs()])) == expected  # read-only: copied
 
 
 def test_batch_writes_reach_the_callers_buffers() -> None:
     with VM(assemble(MARK)) as vm:
         bufs = inputs()
-        assert vm.execute_batch(bufs) == [len(b) for b in inputs()]
+        assert list(vm.execute_batch(bufs)) == [len(b) for b in inputs()]
         assert all(b[0] == 0x5A and b[1:] == orig[1:] for b, orig in zip(bufs, inputs(), strict=True))
 
 
 def test_records_run_in_place() -> None:
     data = bytearray(range(64)) * 4
     with VM(assemble(MARK)) as vm:
-        assert vm.execute_records(data, 16) == [16] * 16
+        assert list(vm.execute_records(data, 16)) == [16] * 16
     assert data[::16] == bytes([0x5A]) * 16
     with VM(assemble(SUM_FIRST_BYTES)) as vm:
         records = bytearray(range(100))
-        assert vm.execute_records(records, 10) == [records[i] + records[i + 1] for i in range(0, 100, 10)]
-        assert vm.execute_records(records, 33) == [0 + 1, 33 + 34, 66 + 67]  # the last byte is no record
+        assert list(vm.execute_records(records, 10)) == [records[i] + records[i + 1] for i in range(0, 100, 10)]
+        assert list(vm.execute_records(records, 33)) == [0 + 1, 33 + 34, 66 + 67]  # the last byte is no record
         with pytest.raises(TypeError):
             vm.execute_records(bytes(10), 5)
         with pytest.raises(ValueError):
@@ -83,9 +90,9 @@ def test_failing_input_raises_with_its_index() -> None:
 def test_threads_split_the_batch(threads: int) -> None:
     with VM(assemble(SUM_FIRST_BYTES)) as vm:
         expected = [vm.execute(b) for b in inputs()]
-        assert vm.execute_batch(inputs(), threads=threads) == expected
+        assert list(vm.execute_batch(inputs(), threads=threads)) == expected
         data = bytearray(range(250))
-        assert vm.execute_records(data, 5, threads=threads) == vm.execute_records(bytearray(range(250)), 5)
+        assert list(vm.execute_records(data, 5, threads=threads)) == list(vm.execute_records(bytearray(range(250)), 5))
         with pytest.raises(ValueError):
             vm.execute_batch(inputs(), threads=0)
 
@@ -112,7 +119,7 @@ def test_threads_count_in_their_own_per_cpu_slots() -> None:
         vm.add_map(counts, 1)
         vm.use_standard_helpers()
         threads = min(2, num_cpus())
-        assert vm.execute_records(bytearray(100 * 8), 8, threads=threads) == [0] * 100
+        assert list(vm.execute_records(bytearray(100 * 8), 8, threads=threads)) == [0] * 100
         per_cpu = counts[0]
         assert sum(per_cpu) == 100
         if threads == 2:
@@ -128,23 +135,30 @@ def test_python_helpers_fall_back_to_one_call_per_input() -> None:
 
     with VM(assemble("ldxb r1, [r1]\ncall 0\nexit")) as vm:
         vm.register_helper(0, record)
-        assert vm.execute_batch([bytearray([i]) for i in range(5)]) == [0, 2, 4, 6, 8]
+        assert list(vm.execute_batch([bytearray([i]) for i in range(5)])) == [0, 2, 4, 6, 8]
         assert seen == [0, 1, 2, 3, 4]
 
 
-def test_bare_runs_on_every_thread() -> None:
-    with VM(assemble("mov r0, 41\nadd r0, 1\nexit")) as vm:
-        results: list[int] = []
+@pytest.mark.parametrize("first", ["execute_jit", "execute_records"])
+def test_threads_racing_to_the_first_run(first: str) -> None:
+    """Four threads start together on fresh VMs: one compile per VM, and every thread's bare
+    entry bound to it (two compiles would unmap the loser's code under a running thread)."""
+    def work(vm: VM, start: threading.Barrier, results: list[int]) -> None:
+        start.wait()
+        if first == "execute_records":
+            results.extend(vm.execute_records(bytearray(8), 8))
+        results.extend(vm.execute_jit() for _ in range(20))
 
-        def work() -> None:
-            results.extend(vm.execute_jit() for _ in range(50))
-
-        pool = [threading.Thread(target=work) for _ in range(4)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        assert results == [42] * 200
+    for _ in range(10):
+        with VM(assemble("mov r0, 41\nadd r0, 1\nexit")) as vm:
+            results: list[int] = []
+            start = threading.Barrier(4)
+            pool = [threading.Thread(target=work, args=(vm, start, results)) for _ in range(4)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            assert results == [42] * (84 if first == "execute_records" else 80)
 
 
 def test_bare_runs_report_errors_and_real_error_results() -> None:

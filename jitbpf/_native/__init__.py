@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,17 @@ class Native:
         return int(self.ffi.cast("uintptr_t", self.ffi.addressof(self.lib, name)))
 
 
+# Threads that need the library at once must not build it at once: cffi's compiler driver
+# changes the process's working directory while it runs, so concurrent builds break each other
+# (and could leave a truncated library to load). The lock is taken only until the first load.
+_LOAD_LOCK = threading.Lock()
+
+
 @functools.cache
 def native() -> Native:
     """Build (if needed) and load the library; the CPU count is fixed here, at first use."""
     from jitbpf._native.build import load
 
-    ffi, lib = load()
+    with _LOAD_LOCK:
+        ffi, lib = load()
     return Native(ffi, lib, int(lib.jb_init(os.cpu_count() or 1)))

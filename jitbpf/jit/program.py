@@ -3,6 +3,7 @@ and runs it with one native call per run (a native run context per thread)."""
 
 from __future__ import annotations
 
+import array
 import functools
 import inspect
 import itertools
@@ -98,12 +99,14 @@ class JitProgram:
         runner: RegionsRunner | None = None,
         assembler: Assembler | None = None,
         count_budget: bool | None = None,
+        verified: bool = False,
     ) -> None:
         _check_host()
         self._flow = flow
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
-                                          budget=budget, runner=runner, assembler=assembler)
+                                          budget=budget, runner=runner, assembler=assembler, verified=verified)
         self._counting: JitProgram | None = None  # the budget-counting twin (see run_regions)
+        self._twin_lock = threading.Lock()
         self._helpers = helpers
         self._state = _weak(state)  # the VM's: held weakly, the VM owns this object
         self._budget = budget
@@ -150,7 +153,7 @@ class JitProgram:
         for helper in helpers.values():
             self.set_helper(helper)
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
-        options = Options(resolve_lddw, proven, table, count_budget)
+        options = Options(resolve_lddw, proven, table, count_budget, verified)
         self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
         self._code = ExecutableMemory(self.compiled.code)
         self.token = next(_TOKENS)  # names this program to the native bare-run table
@@ -225,7 +228,7 @@ class JitProgram:
             return False
         return all(self._helpers[i].native for i in self._call_ids if i in self._helpers)
 
-    def run_batch(self, buffers: Sequence[Any], extra: Sequence[Region] = ()) -> list[int]:
+    def run_batch(self, buffers: Sequence[Any], extra: Sequence[Region] = ()) -> array.array[int]:
         """Run once per buffer (each as r1/r2 and the packet) in one native loop; ``extra`` are
         further regions (maps). The buffers are packed back to back first (one copy, far cheaper
         than pinning each one) and, if the program may write memory, copied back after. Requires
@@ -239,7 +242,8 @@ class JitProgram:
         pin = nffi.from_buffer(packed, require_writable=True)
         base = int(nffi.cast("uintptr_t", pin))
         lens = nffi.new("uint64_t[]", sizes)
-        results = nffi.new("uint64_t[]", n)
+        out = array.array("Q", bytes(8 * n))
+        results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
 
         def loop(start: int, status: int, table: Any) -> int:
             return int(nat.lib.jb_run_packed(self._args_entry(), table, status, base + offsets[start],
@@ -255,9 +259,9 @@ class JitProgram:
                     buf[:] = view[lo:hi]
                 del view
             del pin
-        return nffi.unpack(results, n)  # type: ignore[no-any-return]
+        return out
 
-    def run_records(self, data: Any, record_size: int, extra: Sequence[Region] = ()) -> list[int]:
+    def run_records(self, data: Any, record_size: int, extra: Sequence[Region] = ()) -> array.array[int]:
         """Run once per ``record_size``-byte record of the writable buffer ``data``, in one native
         loop (trailing bytes short of a record are not run). Requires ``batchable``."""
         if record_size <= 0:
@@ -268,7 +272,8 @@ class JitProgram:
         pin = nffi.from_buffer(data, require_writable=True)
         n = len(pin) // record_size
         base = int(nffi.cast("uintptr_t", pin))
-        results = nffi.new("uint64_t[]", n)
+        out = array.array("Q", bytes(8 * n))
+        results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
 
         def loop(start: int, status: int, table: Any) -> int:
             return int(nat.lib.jb_run_records(self._args_entry(), table, status, base + start * record_size,
@@ -276,7 +281,7 @@ class JitProgram:
 
         self._batch(loop, n, results, extra)
         del pin
-        return nffi.unpack(results, n)  # type: ignore[no-any-return]
+        return out
 
     def _args_entry(self) -> int:
         if self.closed:
@@ -365,8 +370,9 @@ class JitProgram:
         if budget is not None and budget < self._max_insns and not self.counts_budget:
             # This code does not count; a run that may exhaust a smaller budget takes the twin
             # that does, so both engines stop at the same instruction.
-            if self._counting is None:
-                self._counting = JitProgram(self._flow, count_budget=True, **self._args)
+            with self._twin_lock:  # threads must not make two (the loser's code would be unmapped)
+                if self._counting is None:
+                    self._counting = JitProgram(self._flow, count_budget=True, **self._args)
             return self._counting.run_regions(mem, extra, r1, r2, packet=packet, budget=budget,
                                               tail_calls_left=tail_calls_left)
         try:

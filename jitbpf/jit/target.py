@@ -61,6 +61,9 @@ class Options:
     proven: frozenset[int]  # slots whose memory access the verifier proved in bounds
     helpers: HelperTable  # the helper table
     count_budget: bool = True  # charge blocks to the budget (off only when it cannot run out)
+    # The verifier accepted the program: it never reads a register or stack byte it did not
+    # write, so the code need not clear them (unverified programs see zeros, as in the interpreter).
+    verified: bool = False
 
 
 class Target:

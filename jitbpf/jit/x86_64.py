@@ -100,6 +100,7 @@ class X86_64(Target):
         # While r10 is never written, [r10+off] with the whole access in [-512, 0) lies in the
         # current frame of the stack area: no bounds check needed, verified or not.
         self._fp_fixed = not writes_fp(program)
+        self._limits_used: set[tuple[bool, int]] = set()  # (load?, size) of the inline mem checks
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
                 self._fn_entry[pc] = fn.entry
@@ -211,18 +212,7 @@ class X86_64(Target):
         self._store(FRAME, mem_region + L.region_len, "rdx")
         self._load("rcx", "rdi", L.ctx_mem_writable)
         self._store(FRAME, mem_region + L.region_writable, "rcx")
-        # Valid mem offsets for an access of k bytes are those below size - k + 1 (none when the
-        # region is smaller); stores see none when mem is read-only, so they take the slow path.
-        self.op(("xor", "r11d", "r11d"))
-        for k, index in _SIZE_INDEX.items():
-            self.op(("mov", ADDR, "rdx"))
-            if k > 1:
-                self.op(("sub", ADDR, "i8"), k - 1)
-                self.op(("cmovb", ADDR, TMP))
-            self._store(FRAME, L.frame_lim_load + 8 * index, ADDR)
-            self.op(("test", "rcx", "rcx"))
-            self.op(("cmovz", ADDR, TMP))
-            self._store(FRAME, L.frame_lim_store + 8 * index, ADDR)
+        self.branch_named("call", "limits")  # rdx = mem size, rcx = writable
         self._load("rax", "rdi", L.ctx_stack_base)
         self._store(FRAME, stack_region + L.region_base, "rax")
         self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
@@ -235,21 +225,23 @@ class X86_64(Target):
         self._store(FRAME, L.frame_extra, "rcx")
         self._load("rcx", "rdi", L.ctx_nextra)
         self._store(FRAME, L.frame_nextra, "rcx")
-        # Frame f of the stack area starts at top - 512 (f + 1); a local call at depth f (rsp =
-        # FRAME - 64 f) enters frame f + 1, so its start is zero_base + 8 rsp.
-        self.op(("lea", "rcx", "[rax+d32]"), STACK_BYTES - 2 * STACK_SIZE)
-        self.op(("mov", "rdx", FRAME))
-        self.op(("shl", "rdx", "i8"), _ZERO_SHIFT)
-        self.op(("sub", "rcx", "rdx"))
-        self._store(FRAME, L.frame_zero_base, "rcx")
-        self.op(("lea", TMP, "[rax+d32]"), STACK_BYTES - STACK_SIZE)
-        self.branch_named("call", "zero")
+        if not self.options.verified:
+            # Frame f of the stack area starts at top - 512 (f + 1); a local call at depth f (rsp =
+            # FRAME - 64 f) enters frame f + 1, so its start is zero_base + 8 rsp.
+            self.op(("lea", "rcx", "[rax+d32]"), STACK_BYTES - 2 * STACK_SIZE)
+            self.op(("mov", "rdx", FRAME))
+            self.op(("shl", "rdx", "i8"), _ZERO_SHIFT)
+            self.op(("sub", "rcx", "rdx"))
+            self._store(FRAME, L.frame_zero_base, "rcx")
+            self.op(("lea", TMP, "[rax+d32]"), STACK_BYTES - STACK_SIZE)
+            self.branch_named("call", "zero")
         self._load("rbp", "rdi", L.ctx_frame_pointer)
         self._load(BUDGET, "rdi", L.ctx_budget)
         self._load("rsi", "rdi", L.ctx_r2)
         self._load("rdi", "rdi", L.ctx_r1)
-        for reg in ("eax", "edx", "ecx", "r8d", "ebx", "r13d", "r14d", "r15d"):
-            self.op(("xor", reg, reg))
+        if not self.options.verified:
+            for reg in ("eax", "edx", "ecx", "r8d", "ebx", "r13d", "r14d", "r15d"):
+                self.op(("xor", reg, reg))
 
     def emit_block_entry(self, block: Block) -> None:
         self._block_start = block.start
@@ -453,6 +445,7 @@ class X86_64(Target):
         self.op(("mov", TMP, ADDR))
         token, vals = mem("q", FRAME, L.frame_regions + L.region_base)
         self.op(("sub", TMP, token), *vals)
+        self._limits_used.add((kind is Access.LOAD, size))
         limit = (L.frame_lim_load if kind is Access.LOAD else L.frame_lim_store) + 8 * _SIZE_INDEX[size]
         token, vals = mem("q", FRAME, limit)
         self.op(("cmp", TMP, token), *vals)
@@ -656,17 +649,19 @@ class X86_64(Target):
 
     def emit_call_local(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """bpf-to-bpf call: a 64-byte machine frame holds r6-r9 and r10; the callee's eBPF frame
-        is zeroed and r10 moves down one frame. Depth comes from rsp, so errors need no unwinding."""
+        is zeroed (unless verified) and r10 moves down one frame. Depth comes from rsp, so errors
+        need no unwinding."""
         L = self.lay
         block_start = self._block_start
         self.op(("lea", TMP, "[r12+d32]"), -LOCAL_FRAME * (MAX_CALL_DEPTH - 1))
         self.op(("cmp", "rsp", TMP))
         self.branch("jbe", self.stub(block_start, "abort_depth", "call depth exceeded", pc))
-        self.op(("mov", TMP, "rsp"))
-        self.op(("shl", TMP, "i8"), _ZERO_SHIFT)
-        token, vals = mem("q", FRAME, L.frame_zero_base)
-        self.op(("add", TMP, token), *vals)
-        self.branch_named("call", "zero")
+        if not self.options.verified:
+            self.op(("mov", TMP, "rsp"))
+            self.op(("shl", TMP, "i8"), _ZERO_SHIFT)
+            token, vals = mem("q", FRAME, L.frame_zero_base)
+            self.op(("add", TMP, token), *vals)
+            self.branch_named("call", "zero")
         for reg in _LOCAL_SAVED:
             self.op(("push", reg))
         self.op(("sub", "rsp", "i8"), _LOCAL_PAD)
@@ -716,6 +711,7 @@ class X86_64(Target):
             self.cop(("mov", token, reg), *vals)
         self.cop(("mov", "rax", "i64"), ERROR_RESULT)
         self.branch_named("jmp", "exit", Section.COLD)
+        self._emit_limits()
         self.define("zero")  # clear STACK_SIZE bytes at r11
         self.cop(("pxor", "xmm0", "xmm0"))
         for offset in range(0, STACK_SIZE, _ZERO_STORE):
@@ -723,6 +719,29 @@ class X86_64(Target):
             self.cop(("movups", token, "xmm0"), *vals)
         self.cop(("ret",))
         self._emit_walker()
+
+    def _emit_limits(self) -> None:
+        """The frame's mem limits, for the access sizes the inline checks use: valid mem offsets
+        for an access of k bytes are those below size - k + 1 (none when the region is smaller);
+        stores see none when mem is read-only, so they take the slow path. rdx = mem size, rcx =
+        writable."""
+        L = self.lay
+        self.define("limits")
+        self.cop(("xor", "r11d", "r11d"))
+        for is_load, k in sorted(self._limits_used):
+            self.cop(("mov", ADDR, "rdx"))
+            if k > 1:
+                self.cop(("sub", ADDR, "i8"), k - 1)
+                self.cop(("cmovb", ADDR, TMP))
+            index = 8 * _SIZE_INDEX[k]
+            if is_load:
+                token, vals = mem("q", FRAME, L.frame_lim_load + index)
+            else:
+                self.cop(("test", "rcx", "rcx"))
+                self.cop(("cmovz", ADDR, TMP))
+                token, vals = mem("q", FRAME, L.frame_lim_store + index)
+            self.cop(("mov", token, ADDR), *vals)
+        self.cop(("ret",))
 
     def _emit_walker(self) -> None:
         """Find the region holding [r10, r10 + size) like MemoryMap.find: mem, the stack area,
