@@ -425,8 +425,9 @@ class X86_64(Target):
         """Where an access goes: (base register, displacement, pending check).
 
         Proven accesses use the eBPF register directly (or ADDR, when ``into_addr``). Others get
-        ADDR = base + off (wrapping, as the interpreter) and an inline check against mem; the
-        out-of-line part of the check is emitted by ``_close_check`` once the access is."""
+        an inline check of base + off (wrapping, as the interpreter) against mem, and still use
+        the register (ADDR for atomics); the out-of-line part of the check, which sets ADDR for
+        the region walker, is emitted by ``_close_check`` once the access is."""
         L = self.lay
         if pc in self.options.proven or (base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size):
             if not into_addr:
@@ -437,29 +438,40 @@ class X86_64(Target):
             else:
                 self.op(("mov", ADDR, Q[base]))
             return ADDR, 0, -1
+        # Offset from mem's start in TMP: base + off - mem.base.
+        target = ADDR if into_addr else TMP
         if off:
             token, vals = mem("", Q[base], off)
-            self.op(("lea", ADDR, token), *vals)
+            self.op(("lea", target, token), *vals)
         else:
-            self.op(("mov", ADDR, Q[base]))
-        self.op(("mov", TMP, ADDR))
+            self.op(("mov", target, Q[base]))
+        if into_addr:
+            self.op(("mov", TMP, ADDR))
         token, vals = mem("q", FRAME, L.frame_regions + L.region_base)
         self.op(("sub", TMP, token), *vals)
         self._limits_used.add((kind is Access.LOAD, size))
         limit = (L.frame_lim_load if kind is Access.LOAD else L.frame_lim_store) + 8 * _SIZE_INDEX[size]
         token, vals = mem("q", FRAME, limit)
         self.op(("cmp", TMP, token), *vals)
-        return ADDR, 0, self.forward("jae")
+        pending = self.forward("jae")
+        return (ADDR, 0, pending) if into_addr else (Q[base], off, pending)
 
     def _close_check(self, pending: int, pc: int, size: int, kind: Access, ok: int,
-                     done: int = -1) -> None:
-        """The slow path of a bounds check: the stack area inline, then the region walker."""
+                     done: int = -1, base: str = ADDR, off: int = 0) -> None:
+        """The slow path of a bounds check: ADDR = base + off (unless the access computed it),
+        the stack area inline, then the region walker."""
         if pending < 0:
             return
         L = self.lay
         stub = self.here(Section.COLD)
         self.marks.append((stub, "stub: bounds check", pc))
         self.refer(location(Section.HOT, pending), stub)
+        if base != ADDR:
+            if off:
+                token, vals = mem("", base, off)
+                self.cop(("lea", ADDR, token), *vals)
+            else:
+                self.cop(("mov", ADDR, base))
         self.cop(("mov", TMP, ADDR))
         token, vals = mem("q", FRAME, L.frame_regions + L.region_size + L.region_base)
         self.cop(("sub", TMP, token), *vals)
@@ -499,7 +511,7 @@ class X86_64(Target):
             self.op(("movsx", Q[d], token), *vals)
         else:
             self.op(("movsxd", Q[d], token), *vals)
-        self._close_check(pending, pc, size, Access.LOAD, ok)
+        self._close_check(pending, pc, size, Access.LOAD, ok, base=base, off=disp)
 
     def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         size = info.size
@@ -511,7 +523,7 @@ class X86_64(Target):
         else:
             hole = {1: "i8", 2: "i16", 4: "i32", 8: "i32"}[size]  # qword stores sign-extend imm32
             self.op(("mov", token, hole), *vals, insn.imm)
-        self._close_check(pending, pc, size, Access.STORE, ok)
+        self._close_check(pending, pc, size, Access.STORE, ok, base=base, off=disp)
 
     def emit_atomic(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         s, size = insn.src, info.size
