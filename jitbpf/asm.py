@@ -1,4 +1,5 @@
-"""Assembler: eBPF text in the rbpf/uBPF dialect or the LLVM/kernel syntax (auto-detected per line) to bytecode."""
+"""Assembler: eBPF text in the rbpf/uBPF dialect or the LLVM/kernel syntax (auto-detected per line) to bytecode,
+pasted llvm-objdump listings, kernel verifier logs and bpftool dumps included."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Final
 
-from jitbpf.errors import AssemblerError
+from jitbpf.errors import AssemblerError, DecodeError
 from jitbpf.isa import (
     BY_MNEMONIC,
     MASK32,
@@ -19,6 +20,7 @@ from jitbpf.isa import (
     Kind,
     OpInfo,
     PseudoSrc,
+    decode,
     encode,
     sign_extend,
 )
@@ -92,15 +94,33 @@ _NUMBER_RE: Final = re.compile(r"0[xX](?P<hex>[0-9a-fA-F]+)|(?P<dec>[0-9]+)", re
 _REG_RE: Final = re.compile(r"%?(?P<kind>[rw])(?P<num>[0-9]+)", re.ASCII)
 # A comment starts at `;` or `#`, except the `#` of a kernel helper name such as `bpf_trace_printk#6`.
 _COMMENT_RE: Final = re.compile(r";|#(?![0-9])|(?<![0-9A-Za-z_])#", re.ASCII)
-# llvm-objdump / verifier-log decoration: slot number, raw bytes (8 or 16), kernel's `(op)`.
+# llvm-objdump / verifier-log decoration: slot number, raw bytes (8 or 16, each two hex digits), kernel's `(op)`.
 _PREFIX_RE: Final = re.compile(
-    r"\s*[0-9]+:(?:(?:\s+[0-9a-fA-F]{2}){8}(?:(?:\s+[0-9a-fA-F]{2}){8})?(?=\s|$))?(?:\s*\((?P<op>[0-9a-fA-F]{2})\))?",
+    r"\s*(?:(?P<slot>[0-9]+):)?"
+    r"(?P<raw>\s*[0-9a-fA-F]{2}(?:\s+[0-9a-fA-F]{2}){7}(?:(?:\s+[0-9a-fA-F]{2}){8})?(?=\s|$))?"
+    r"(?:\s*\((?P<op>[0-9a-fA-F]{2})\))?",
     re.ASCII,
 )
 _HEADER_RE: Final = re.compile(r"\s*(?:[0-9a-fA-F]+\s+)?<(?P<name>[^<>]+)>:\s*$", re.ASCII)
 _ANNOTATION_RE: Final = re.compile(r"\s<[^<>\s]*>\s*$", re.ASCII)  # objdump's `goto +3 <LBB0_2>`
-_IGNORED_RE: Final = re.compile(r"\s*(?:Disassembly of section\s|\S+:\s+file format\s)", re.ASCII)
+_UNKNOWN_RE: Final = re.compile(r"\s*(?P<unknown><unknown>)\s*$", re.ASCII)  # llvm-objdump: cannot decode it
+# Lines of a listing that hold no instruction: objdump's headers and relocations (`-r`), the kernel
+# verifier log's register states, path and statistics lines, bpftool's function prototypes.
+_IGNORED_RE: Final = re.compile(
+    r"\s*(?:Disassembly of section\s|\S+:\s+file format\s|[0-9a-fA-F]+:\s+R_BPF_\w+\b"
+    r"|(?:[0-9]+:\s*)?(?:frame[0-9]+:\s*)?R[0-9]+(?:_[a-zA-Z]+)?(?:=|\s+type=)"
+    r"|from [0-9]+ to [0-9]+:|[0-9]+:\s*safe\s*$|func#[0-9]+ @[0-9]+|processed [0-9]+ insns|Func#[0-9]"
+    r"|mark_precise: frame|last_idx [0-9]|regs=|parent didn't have|propagating [rf]|verification time [0-9]"
+    r"|stack depth [0-9]|returning from callee:|to caller at [0-9]|Validating \S+ func#|Live regs before"
+    r"|[A-Za-z_][\w\s*]*\s[\w*]+\([^()]*\):\s*$)",  # and bpftool's `int prog(struct xdp_md * ctx):`
+    re.ASCII,
+)
+# The verifier log's call markers, ignored only in a log: elsewhere they would be labels.
+_LOG_ONLY_RE: Final = re.compile(r"\s*(?:caller|callee):\s*$", re.ASCII)
+_SECTION_RE: Final = re.compile(r"\s*Disassembly of section\s", re.ASCII)
 _LDDW_OPCODE: Final = 0x18
+_CALL_OPCODE: Final = 0x85
+_CALL_KINDS: Final[Mapping[int, str]] = MappingProxyType({1: "call local", 2: "call runtime"})  # by src
 _MAX_DIGITS: Final = 100
 
 
@@ -407,7 +427,10 @@ def _call_statement(cur: _Cursor, head: _Tok) -> _Statement:
         return _Statement("callx", head, (reg,))
     cur.pos -= 1
     if tok.kind == "num" or tok.text in ("+", "-"):
-        return _Statement("call", head, (cur.number(),))
+        num = cur.number()
+        # Helper ids are never signed: `call -1` is pc-relative, as llvm-objdump prints an unlinked
+        # bpf-to-bpf call.
+        return _Statement("call local" if num.signed else "call", head, (num,))
     if tok.kind == "name":
         nxt = cur.peek(1)
         if nxt is not None and nxt.text == "#":  # kernel log: `call bpf_map_lookup_elem#1`
@@ -551,6 +574,8 @@ def _llvm_assignment(cur: _Cursor, dst: _Reg, op: _Tok, suffix: str, lddw_hint: 
         cur.pos += 1
         _same_reg(cur, dst, cur.register(allow_w=True), "byte swap operand")
         return _Statement(tok.text, op, (dst,))
+    if tok.text == "map" and nxt is not None and nxt.text == "[":
+        return _Statement("lddw", op, (dst, _bpftool_map(cur)))
     if tok.kind == "name" and tok.text in PSEUDO_NAMES and nxt is not None and nxt.text == ":":
         pseudo = cur.pseudo()
         cur.accept("ll")
@@ -568,6 +593,22 @@ def _llvm_assignment(cur: _Cursor, dst: _Reg, op: _Tok, suffix: str, lddw_hint: 
     if dst.wide and not INT32_MIN <= value.value <= INT32_MAX:
         return _Statement("lddw", op, (dst, value))
     return _Statement("mov" + suffix, op, (dst, value))
+
+
+def _bpftool_map(cur: _Cursor) -> _Pseudo:
+    """bpftool's `map[id:5]` and `map[id:5][0]+8`: a map, or an address in its value, by map id."""
+    kind_tok = cur.take()
+    cur.expect("[")
+    cur.expect("id")
+    cur.expect(":")
+    map_id = cur.number()
+    cur.expect("]")
+    if cur.accept("[") is None:
+        return _Pseudo(PseudoSrc.MAP_FD, map_id, 0, kind_tok)
+    cur.expect("0")
+    cur.expect("]")
+    offset = cur.imm32(cur.number(), "offset") if not cur.at_end() else 0
+    return _Pseudo(PseudoSrc.MAP_VALUE, map_id, offset, kind_tok)
 
 
 def _skb_load(cur: _Cursor, dst: _Reg, op: _Tok, size: int, type_tok: _Tok) -> _Statement:
@@ -671,6 +712,13 @@ class _Assembler:
         self.slot = 0
         self.labels: dict[str, int] = {}
         self.fixups: list[_Fixup] = []
+        # A verifier log (`N: (op) text`) shows an instruction once per visit and follows paths
+        # out of order: its numbers place each instruction. `log_base` is the slot of number 0.
+        self.in_log = False
+        self.log_base: int | None = None
+        self.log_seen: dict[int, str] = {}  # number -> text of the instructions placed
+        self.pending: dict[int, tuple[int, str, str]] = {}  # number -> (line, text, body) ahead of its turn
+        self.after_log_insn = False  # the previous line was a `N: (op) text` instruction
 
     def define(self, cur: _Cursor, name: str, tok: _Tok) -> None:
         if name in self.labels:
@@ -678,7 +726,11 @@ class _Assembler:
         self.labels[name] = self.slot
 
     def line(self, lineno: int, text: str) -> None:
-        if _IGNORED_RE.match(text):
+        after_log_insn, self.after_log_insn = self.after_log_insn, False
+        if _SECTION_RE.match(text):  # objdump numbers each section from 0
+            self.check_pending()
+            self.log_base = None
+        if _IGNORED_RE.match(text) or (self.in_log and _LOG_ONLY_RE.match(text)):
             return
         stop = len(text)
         if (m := _COMMENT_RE.search(text)) is not None:
@@ -688,9 +740,24 @@ class _Assembler:
         if (m := _HEADER_RE.match(code)) is not None:
             self.define(empty, m["name"], _Tok("name", m["name"], m.start("name") + 1))
             return
-        start, lddw_hint = 0, False
-        if (m := _PREFIX_RE.match(code)) is not None:
-            start, lddw_hint = m.end(), m["op"] is not None and int(m["op"], 16) == _LDDW_OPCODE
+        prefix = _PREFIX_RE.match(code)
+        assert prefix is not None  # every part of it is optional
+        start = prefix.end()
+        lddw_hint = prefix["op"] is not None and int(prefix["op"], 16) == _LDDW_OPCODE
+        raw = bytes.fromhex("".join(prefix["raw"].split())) if prefix["raw"] else None
+        raw_col = prefix.start("raw") + len(prefix["raw"] or "") - len((prefix["raw"] or "").lstrip()) + 1
+        if prefix["op"] is not None and prefix["slot"] is not None:
+            self.in_log = True
+            if not self.in_turn(empty, int(prefix["slot"]), code[start:], lineno, text):
+                self.after_log_insn = True
+                return
+        if (m := _UNKNOWN_RE.match(code, start)) is not None:
+            if raw is None:
+                raise AssemblerError("llvm-objdump could not decode this instruction; keep the raw bytes in the"
+                                     " listing (leave out --no-show-raw-insn)", line=lineno,
+                                     column=m.start("unknown") + 1, text=text)
+            self.emit_raw(empty, raw, raw_col)
+            return
         if (m := _ANNOTATION_RE.search(code, start)) is not None:
             stop = m.start()
         cur = _Cursor(_tokenize(text, start, stop, lineno), lineno, text, stop + 1)
@@ -704,10 +771,62 @@ class _Assembler:
             self.define(cur, tok.text, tok)
             cur.pos += 2
         if cur.at_end():
+            # Bytes alone are an instruction, unless they are bpftool's `opcodes` line for the one above.
+            if raw is not None and not after_log_insn:
+                self.emit_raw(cur, raw, raw_col)
             return
         stmt = _llvm_statement(cur, lddw_hint) if _is_llvm(cur) else _rbpf_statement(cur)
         cur.expect_end()
+        if raw is not None and stmt.mnemonic == "call" and raw[0] == _CALL_OPCODE:
+            # objdump prints helper and bpf-to-bpf calls alike (`call -1`); the bytes tell them apart.
+            stmt = replace(stmt, mnemonic=_CALL_KINDS.get(raw[1] >> 4, "call"))
         self.emit(cur, stmt)
+        self.after_log_insn = prefix["op"] is not None
+
+    def in_turn(self, cur: _Cursor, number: int, body: str, lineno: int, text: str) -> bool:
+        """Whether instruction ``number`` of a verifier log goes next; a revisit is checked and
+        dropped, an instruction ahead of its turn waits in ``pending``."""
+        if self.log_base is None:
+            self.log_base = self.slot - number  # a listing may start anywhere
+        want = self.slot - self.log_base
+        key = " ".join(body.split())
+        if number == want:
+            self.log_seen[number] = key
+            return True
+        if number < want:
+            seen = self.log_seen.get(number)
+            if seen is None:
+                where = "before the first one" if number < min(self.log_seen, default=0) else "inside an lddw"
+                raise cur.error(f"instruction {number} is {where} of the listing")
+        else:
+            waiting = self.pending.setdefault(number, (lineno, text, key))
+            seen = waiting[2]
+        if seen != key:
+            raise cur.error(f"instruction {number} was given before as '{seen}'")
+        return False
+
+    def drain(self) -> None:
+        """Place the verifier-log instructions that waited for the ones before them."""
+        while self.pending and self.log_base is not None and (self.slot - self.log_base) in self.pending:
+            lineno, text, _ = self.pending.pop(self.slot - self.log_base)
+            self.line(lineno, text)
+
+    def check_pending(self) -> None:
+        if self.pending and self.log_base is not None:
+            number = min(self.pending)
+            lineno, text, _ = self.pending[number]
+            raise AssemblerError(f"instruction {self.slot - self.log_base} is missing from the listing (it goes on"
+                                 f" with instruction {number})", line=lineno, column=1, text=text)
+
+    def emit_raw(self, cur: _Cursor, raw: bytes, col: int) -> None:
+        """Instructions given only as their bytes (objdump's `<unknown>`, a hex line)."""
+        try:
+            insns = decode(raw)
+        except DecodeError as exc:
+            raise cur.error(f"the bytes are no valid instruction: {exc.message}", _Tok("num", "", col)) from None
+        for insn in insns:
+            self.insns.append(insn)
+            self.slot += insn.width
 
     def emit(self, cur: _Cursor, stmt: _Statement) -> None:
         rows = BY_MNEMONIC.get(stmt.mnemonic)
@@ -860,6 +979,8 @@ def assemble_instructions(text: str, *, maps: Mapping[str, int] | None = None) -
     asm = _Assembler(maps)
     for lineno, line in enumerate(text.split("\n"), 1):
         asm.line(lineno, line)
+        asm.drain()
+    asm.check_pending()
     return asm.finish()
 
 

@@ -33,8 +33,9 @@ eBPF programs.
 
 Every command that takes a program FILE accepts raw bytecode (8-byte instructions,
 little-endian), a hex dump of it (hex digits and white space only), assembly text (uBPF or LLVM
-syntax) or an ELF object from clang -target bpf (choose the program with --section). The kind
-is detected from the content; "-" reads standard input.
+syntax, including pasted "llvm-objdump -d" listings and kernel verifier logs) or an ELF object
+from clang -target bpf (choose the program with --section). The kind is detected from the
+content; "-" reads standard input.
 
 Exit status: 0 success, 1 the program failed at run time (or a check failed), 2 bad input or
 usage (missing file, malformed bytecode, assembler or verifier error).
@@ -46,6 +47,7 @@ examples:
   jitbpf disasm prog.bin --syntax llvm
   jitbpf verify prog.o --section xdp --log
   jitbpf run prog.s --mem "01 02 03 04" --jit
+  jitbpf run prog.o --section xdp --pcap capture.pcap
   jitbpf jit-dump prog.s
   jitbpf bench --quick
   echo "b7 00 00 00 2a 00 00 00 95 00 00 00 00 00 00 00" | jitbpf conformance-plugin --jit
@@ -132,10 +134,8 @@ def as_text(data: bytes) -> str | None:
     """The content as text, or None when it is binary (bytecode always holds NUL bytes)."""
     if b"\0" in data:
         return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    # Not UTF-8 (a Latin-1 comment, say) is still text: the assembler points at what it cannot read.
+    return data.decode("utf-8", errors="replace")
 
 
 def parse_hex_arg(text: str, what: str) -> bytes:
@@ -145,17 +145,27 @@ def parse_hex_arg(text: str, what: str) -> bytes:
         raise CliError(f"{what}: {exc}") from exc
 
 
-def load_elf_source(path: str, data: bytes, section: str | None) -> Source:
+def load_elf_object(path: str, data: bytes) -> Any:
+    """The ElfObject of an ELF file, with at least one program."""
     try:
         from jitbpf.elf import load_elf
     except ImportError as exc:
         raise CliError(f"{path}: ELF objects are not supported in this installation ({exc})") from exc
     with reporting(path):
         obj = load_elf(data, name=Path(path).name)
+    if not obj.programs:
+        raise CliError(f"{path}: no programs in this ELF object")
+    return obj
+
+
+def elf_source(path: str, obj: Any, program: Any) -> Source:
+    return Source(f"{path} ({program.section}: {program.name})", bytes(program.code), "elf", obj, program)
+
+
+def load_elf_source(path: str, data: bytes, section: str | None) -> Source:
+    obj = load_elf_object(path, data)
     programs = list(obj.programs.values())
     listing = ", ".join(f"{p.name} (section {p.section})" for p in programs)
-    if not programs:
-        raise CliError(f"{path}: no programs in this ELF object")
     if section is None:
         if len(programs) > 1:
             raise CliError(f"{path}: {len(programs)} programs; choose one with --section: {listing}")
@@ -165,12 +175,32 @@ def load_elf_source(path: str, data: bytes, section: str | None) -> Source:
             raise CliError(f"{path}: no program or section named '{section}' (programs: {listing})")
         with reporting(path):
             program = obj.program(section)  # by name, or the only program of a section
-    return Source(f"{path} ({program.section}: {program.name})", bytes(program.code), "elf", obj, program)
+    return elf_source(path, obj, program)
 
 
-def load_source(path: str, section: str | None = None) -> Source:
-    """Read a program FILE, whichever of the accepted forms it is in."""
-    data = read_bytes(path)
+_HEX_TOKEN = re.compile(r"(?:0[xX])?[0-9a-fA-F]+")
+
+
+def hex_mistake(text: str) -> str | None:
+    """Where text that is nearly all hex bytes (a hex dump with a typo) goes wrong: "LINE:COL: what".
+
+    Such text is no assembly, and the assembler's complaint about it would mislead.
+    """
+    tokens = [(lineno, m.start() + 1, m.group()) for lineno, line in enumerate(text.split("\n"), 1)
+              for m in re.finditer(r"\S+", re.split(r"[;#]", line, maxsplit=1)[0])]
+    bad = [t for t in tokens if not _HEX_TOKEN.fullmatch(t[2])]
+    if len(tokens) < SLOT_SIZE or not bad or bad[0] is tokens[0] or len(bad) > max(1, len(tokens) // 10):
+        return None
+    lineno, col, token = bad[0]
+    skip = 2 if token[:2] in ("0x", "0X") else 0
+    index = next(i for i, ch in enumerate(token) if i >= skip and ch not in "0123456789abcdefABCDEF")
+    return f"{lineno}:{col + index}: hex bytecode: invalid hex digit {token[index]!r} in '{token}'"
+
+
+def load_source(path: str, section: str | None = None, *, data: bytes | None = None) -> Source:
+    """Read a program FILE (unless its ``data`` was read already), whichever of the accepted forms it is in."""
+    if data is None:
+        data = read_bytes(path)
     if path == "-":
         path = STDIN_NAME  # how messages name it
     if data.startswith(ELF_MAGIC):
@@ -184,8 +214,14 @@ def load_source(path: str, section: str | None = None) -> Source:
     elif text is not None:
         from jitbpf.asm import assemble
 
-        with reporting(path):
-            code = assemble(text)
+        try:
+            with reporting(path):
+                code = assemble(text)
+        except CliError as exc:
+            mistake = hex_mistake(text)
+            if mistake is None:
+                raise
+            raise CliError(f"{path}:{mistake}") from exc
         kind = "asm"
     else:
         code, kind = data, "raw"
@@ -327,32 +363,50 @@ def _write_file(path: str, data: bytes) -> None:
         raise CliError(f"{path}: {exc.strerror or exc}") from exc
 
 
-def cmd_disasm(args: argparse.Namespace, out: TextIO) -> int:
-    from jitbpf.disasm import disassemble, format_instruction
+def _disasm_rows(code: bytes, syntax: str) -> list[dict[str, Any]]:
+    from jitbpf.disasm import format_instruction
 
-    source = load_source(args.file, args.section)
-    with reporting(source.where):
-        program = Program.from_bytes(source.code)
-        if args.json:
-            rows = []
-            for pc, insn, _info in program:
-                row: dict[str, Any] = {
-                    "pc": pc,
-                    "opcode": insn.opcode,
-                    "dst": insn.dst,
-                    "src": insn.src,
-                    "off": insn.off,
-                    "imm": insn.imm,
-                }
-                if insn.width == 2:
-                    row["imm64"] = insn.imm64
-                row["hex"] = insn.encode().hex()
-                row["text"] = format_instruction(insn, pc, syntax=args.syntax)
-                rows.append(row)
-            _dump_json({"file": args.file, "kind": source.kind, "instructions": rows}, out)
-            return EXIT_OK
-        text = disassemble(source.code, syntax=args.syntax, show_pc=not args.no_pc)
-    out.write(text + "\n")
+    rows = []
+    for pc, insn, _info in Program.from_bytes(code):
+        row: dict[str, Any] = {"pc": pc, "opcode": insn.opcode, "dst": insn.dst, "src": insn.src, "off": insn.off,
+                               "imm": insn.imm}
+        if insn.width == 2:
+            row["imm64"] = insn.imm64
+        row["hex"] = insn.encode().hex()
+        row["text"] = format_instruction(insn, pc, syntax=syntax)
+        rows.append(row)
+    return rows
+
+
+def cmd_disasm(args: argparse.Namespace, out: TextIO) -> int:
+    from jitbpf.disasm import disassemble
+
+    data = read_bytes(args.file)
+    if data.startswith(ELF_MAGIC) and args.section is None:
+        # The whole object, as llvm-objdump -d shows it: every program under a `<name>:` header.
+        path = STDIN_NAME if args.file == "-" else args.file
+        obj = load_elf_object(path, data)
+        sources = [elf_source(path, obj, program) for program in obj.programs.values()]
+    else:
+        sources = [load_source(args.file, args.section, data=data)]
+    texts: list[str] = []
+    programs: list[dict[str, Any]] = []
+    for source in sources:
+        prog = source.elf_program
+        with reporting(source.where):
+            if args.json:
+                entry = {"name": prog.name, "section": prog.section} if prog is not None else {}
+                programs.append(entry | {"instructions": _disasm_rows(source.code, args.syntax)})
+                continue
+            text = disassemble(source.code, syntax=args.syntax, show_pc=not args.no_pc)
+        if len(sources) > 1:
+            text = f"; section {prog.section}\n<{prog.name}>:\n{text}"
+        texts.append(text)
+    if args.json:
+        report: dict[str, Any] = {"file": args.file, "kind": sources[0].kind}
+        _dump_json(report | (programs[0] if len(programs) == 1 else {"programs": programs}), out)
+    else:
+        out.write("\n\n".join(texts) + "\n")
     return EXIT_OK
 
 
@@ -365,7 +419,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         with reporting(source.where):
             vm.check()  # helper ids, map references and the program type's rules
             context_spec = getattr(vm, "context_spec", None)
-            result = verify(vm.program, helpers=vm.helpers, allow_loops=args.allow_loops, log=args.log,
+            # The log is always kept: a rejection shows the path that led there, as the kernel's does.
+            result = verify(vm.program, helpers=vm.helpers, allow_loops=args.allow_loops, log=True,
                             budget=vm.budget, maps=vm.maps,
                             context=context_spec() if context_spec is not None else None)
     except CliError as exc:
@@ -377,10 +432,9 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
                 report["pc"] = cause.pc
             if isinstance(cause, VerifierError):
                 report["insn"] = cause.insn
-                if args.log:
-                    report["log"] = cause.log
+                report["log"] = cause.log
             _dump_json(report, out)
-        elif args.log and isinstance(cause, VerifierError) and cause.log:
+        elif isinstance(cause, VerifierError) and cause.log:
             out.write(cause.log.rstrip("\n") + "\n")
         raise
     finally:
@@ -404,6 +458,70 @@ def _dump_json(data: Any, out: TextIO) -> None:
     out.write("\n")
 
 
+def _map_number(text: str, what: str) -> int | bytes:
+    if text.startswith("hex:"):
+        return parse_hex_arg(text[4:], what)
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise CliError(f"{what}: expected an integer (42, 0x2a) or hex:BYTES, got {text!r}") from None
+
+
+def set_map_entries(source: Source, vm: Any, entries: Sequence[Sequence[str]]) -> None:
+    """--map-set MAP KEY VALUE: store entries before the program runs."""
+    maps: dict[str, Any] = dict(source.elf_object.maps) if source.elf_object is not None else {
+        str(getattr(m, "name", "")): m for m in vm.maps.values()}
+    for name, key_text, value_text in entries:
+        what = f"--map-set {name} {key_text} {value_text}"
+        if name not in maps:
+            raise CliError(f"{what}: {source.where} has no map named '{name}' (maps: {', '.join(maps) or 'none'})")
+        key, value = _map_number(key_text, what), _map_number(value_text, what)
+        try:
+            maps[name][key] = value
+        except (BpfError, TypeError, ValueError, OverflowError) as exc:
+            message = exc.message if isinstance(exc, BpfError) else str(exc)
+            raise CliError(f"{what}: {one_line(message)}") from exc
+
+
+def _verdict(vm: Any, r0: int) -> str | None:
+    try:
+        from jitbpf.pcap import verdict_name
+    except ImportError:  # dpkt missing: the number alone
+        return None
+    return verdict_name(getattr(vm, "prog_type", None), r0)
+
+
+def run_capture(source: Source, vm: Any, args: argparse.Namespace, out: TextIO) -> int:
+    """``run --pcap``: every packet of a capture through a packet program; verdict counts and maps."""
+    from jitbpf.pcap import PcapError, run_pcap
+
+    engine = "jit" if args.jit else "interp"
+    if getattr(vm, "prog_type", None) is None:
+        raise CliError(f"{source.where}: --pcap needs a packet program: an ELF program of a packet section "
+                       "(xdp, tc, socket, ...) or --prog-type xdp|socket_filter|tc|cgroup_skb|sk_skb|sk_msg")
+    with reporting(source.where):
+        vm.check()
+        if args.jit:
+            vm.jit_compile()
+    name = source.elf_program.name if source.elf_program is not None else Path(source.where).name
+    try:
+        summary = run_pcap(vm, args.pcap, engine=engine, progress=not args.no_progress, limit=args.limit,
+                           stream=sys.stderr, name=name)
+    except PcapError as exc:
+        raise CliError(one_line(exc.message)) from exc
+    except BpfError as exc:
+        raise CliError(f"{source.where}: {describe(exc)}") from exc
+    if args.json:
+        _dump_json(summary.to_json(), out)
+    else:
+        out.write(summary.report() + "\n")
+    if summary.errors:
+        out.flush()
+        raise CliError(f"{source.where}: {summary.errors} of {summary.packets} packets failed at run time (first: "
+                       f"{one_line(summary.first_error)})", EXIT_FAILED)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if args.mem is not None:
         mem = parse_hex_arg(args.mem, "--mem")
@@ -411,11 +529,16 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         mem = read_bytes(args.mem_file)
     else:
         mem = b""
+    if args.pcap is None and (args.limit is not None or args.no_progress):
+        raise CliError("--limit and --no-progress apply to --pcap runs only")
     source = load_source(args.file, args.section)
     vm = make_vm(source, args, verify=not args.no_verify)
     engine = "jit" if args.jit else "interp"
     state = getattr(vm, "program_state", None)  # set for a program type (XDP, socket filter, ...)
     try:
+        set_map_entries(source, vm, args.map_set)
+        if args.pcap is not None:
+            return run_capture(source, vm, args, out)
         with reporting(source.where):
             vm.check()
             if args.jit:
@@ -431,6 +554,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                 buf = bytearray(mem)
                 r0 = vm.execute_jit(buf) if args.jit else vm.execute(buf)
                 after = bytes(buf)
+        verdict = _verdict(vm, r0) if state is not None else None
     finally:
         vm.close()
     changed = after != mem
@@ -439,12 +563,14 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         report: dict[str, Any] = {"r0": r0, "r0_hex": f"{r0:#x}", "r0_signed": signed, "engine": engine}
         if state is not None:
             report["prog_type"] = state.info.name
+        if verdict is not None:
+            report["verdict"] = verdict
         if changed:
             report["mem"] = after.hex()
         _dump_json(report, out)
         return EXIT_OK
     extra = f", signed {signed}" if signed < 0 else ""
-    out.write(f"r0 = {r0:#x} ({r0}{extra})\n")
+    out.write(f"r0 = {r0:#x} ({r0}{extra}){' ' + verdict if verdict else ''}\n")
     if changed:
         out.write(f"{'packet' if state is not None else 'mem'} = {after.hex(' ')}\n")
     return EXIT_OK
@@ -458,8 +584,32 @@ def cmd_jit_dump(args: argparse.Namespace, out: TextIO) -> int:
             text = vm.jit_dump()
     finally:
         vm.close()
-    out.write(text.rstrip("\n") + "\n")
+    if args.json:
+        _dump_json({"file": args.file, "blocks": jit_blocks(text)}, out)
+    else:
+        out.write(text.rstrip("\n") + "\n")
     return EXIT_OK
+
+
+_X86_LINE = re.compile(r"\s+(?P<offset>[0-9a-f]+)  (?P<bytes>[0-9a-f]{2}(?=\s)(?: [0-9a-f]{2}(?=\s))*)\s+(?P<asm>.*)")
+_EBPF_LINE = re.compile(r"\s*(?P<pc>[0-9]+): (?P<insn>.*)")
+
+
+def jit_blocks(listing: str) -> list[dict[str, Any]]:
+    """The JIT listing as data: blocks headed by an eBPF instruction (pc, insn) or a routine's
+    label (mark), each with its x86-64 instructions (offset, bytes, asm)."""
+    blocks: list[dict[str, Any]] = []
+    for line in listing.splitlines():
+        if (m := _X86_LINE.fullmatch(line)) is not None:
+            if not blocks:
+                blocks.append({"mark": "", "x86": []})
+            blocks[-1]["x86"].append({"offset": int(m["offset"], 16), "bytes": m["bytes"].replace(" ", ""),
+                                      "asm": m["asm"].strip()})
+        elif (m := _EBPF_LINE.fullmatch(line)) is not None:
+            blocks.append({"pc": int(m["pc"]), "insn": m["insn"], "x86": []})
+        elif line.strip():
+            blocks.append({"mark": line.strip().removeprefix("; "), "x86": []})
+    return blocks
 
 
 def _checkout_root() -> Path:
@@ -500,6 +650,16 @@ def _budget(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a positive integer")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     # SUPPRESS: a subcommand must not reset a --debug given before it.
@@ -533,7 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show Python tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    p = sub("asm", "assemble a program", "Assemble uBPF- or LLVM-syntax assembly into bytecode.",
+    p = sub("asm", "assemble a program",
+            "Assemble uBPF- or LLVM-syntax assembly into bytecode. LLVM syntax may be a pasted listing:\n"
+            "\"llvm-objdump -d\" output (with or without addresses and raw bytes; the bytes decide what\n"
+            "the text leaves open, such as a bpf-to-bpf call) or a kernel verifier log / bpftool dump\n"
+            "(each instruction placed by its number, revisits dropped, register states ignored).",
             "examples:\n  jitbpf asm prog.s              # writes prog.bin\n"
             "  jitbpf asm prog.s -o - | xxd\n  jitbpf asm prog.s --hex")
     p.add_argument("file", metavar="FILE", help="assembly source ('-' = stdin)")
@@ -541,7 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hex", action="store_true", help="write hex text, one instruction per line (to stdout unless -o)")
     p.set_defaults(func=cmd_asm)
 
-    p = sub("disasm", "disassemble a program", "Print a program as assembly text.",
+    p = sub("disasm", "disassemble a program",
+            "Print a program as assembly text (every program of an ELF object unless --section picks one).\n"
+            "Both syntaxes assemble back to the same bytes.",
             "examples:\n  jitbpf disasm prog.bin\n  jitbpf disasm prog.o --section xdp --syntax llvm\n"
             "  jitbpf disasm prog.bin --json")
     file_args(p)
@@ -553,25 +719,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub("verify", "check a program without running it",
             "Run the verifier: the program is accepted if every path is safe to run.",
             "examples:\n  jitbpf verify prog.s\n  jitbpf verify prog.o --section xdp --log\n"
-            "  jitbpf verify loop.s --allow-loops --json\n\nexit status: 0 accepted, 2 rejected")
+            "  jitbpf verify loop.s --allow-loops --json\n\n"
+            "A rejection prints the verifier log (stdout) and the error with its instruction (stderr).\n"
+            "exit status: 0 accepted, 2 rejected")
     file_args(p)
     p.add_argument("--allow-loops", action="store_true", help="accept bounded loops (back edges)")
-    p.add_argument("--log", action="store_true", help="print the verifier's log (the states along the paths)")
+    p.add_argument("--log", action="store_true",
+                   help="print the verifier's log (the states along the paths) for an accepted program too; "
+                        "a rejected one always gets it, on stdout before the error")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     vm_args(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub("run", "run a program and print r0",
             "Run a program on input memory (r1 = its address, r2 = its length) and print r0 in hex and\n"
-            "decimal, and the memory if the program changed it.",
+            "decimal (with its verdict name for a packet program), and the memory if the program changed\n"
+            "it. A typed program (ELF section or --prog-type) gets its context in r1 and the memory as its\n"
+            "packet. With --pcap it runs on every packet of a capture and prints the verdict counts and\n"
+            "the maps (a progress bar shows on a terminal).",
             "examples:\n  jitbpf run prog.s\n  jitbpf run prog.bin --mem '01 02 03 04' --jit\n"
             "  jitbpf run packet_filter.o --section xdp --mem-file packet.bin --json\n"
-            "  jitbpf run prog.s --helper-lib myhelpers:register\n\n"
-            "exit status: 0 the program returned, 1 it failed at run time, 2 it could not be loaded")
+            "  jitbpf run prog.s --helper-lib myhelpers:register\n"
+            "  jitbpf run xdp_firewall.o --section xdp --pcap capture.pcap --map-set BLOCKED_IPS 0xc0a80001 1\n\n"
+            "exit status: 0 the program returned, 1 it failed at run time (with --pcap: on some packet),\n"
+            "2 it could not be loaded")
     file_args(p)
     mem = p.add_mutually_exclusive_group()
     mem.add_argument("--mem", metavar="HEX", help="input memory as hex bytes (white space allowed)")
     mem.add_argument("--mem-file", metavar="F", help="input memory from a file (raw bytes)")
+    mem.add_argument("--pcap", metavar="CAPTURE",
+                     help="run a packet program (XDP, tc, socket filter, cgroup_skb, sk_skb, sk_msg) on every packet "
+                          "of a pcap/pcapng capture; print the verdict counts and the maps' contents")
+    p.add_argument("--limit", type=_positive, metavar="N", help="with --pcap: stop after N packets")
+    p.add_argument("--no-progress", action="store_true",
+                   help="with --pcap: no progress bar (it is shown only when stderr is a terminal)")
+    p.add_argument("--map-set", nargs=3, action="append", default=[], metavar=("MAP", "KEY", "VALUE"),
+                   help="store an entry in a map before the run; KEY and VALUE are integers (stored in the map's "
+                        "key and value sizes, little-endian) or hex:BYTES. May be given several times")
     engine = p.add_mutually_exclusive_group()
     engine.add_argument("--jit", action="store_true", help="run the x86-64 JIT")
     engine.add_argument("--interp", action="store_true", help="run the reference interpreter (the default)")
@@ -584,11 +768,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub("jit-dump", "show the x86-64 code the JIT generates",
             "Compile a program with the JIT and print the x86-64 code beside each eBPF instruction.",
-            "example:\n  jitbpf jit-dump prog.s")
+            "examples:\n  jitbpf jit-dump prog.s\n  jitbpf jit-dump prog.o --section xdp --json")
     file_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip the verifier (structural checks still apply)")
     p.add_argument("--allow-loops", action="store_true", help="let the verifier accept bounded loops")
     vm_args(p)
+    p.add_argument("--json", action="store_true", help="print the listing as JSON blocks")
     p.set_defaults(func=cmd_jit_dump)
 
     p = sub("bench", "run the benchmark suite",
@@ -688,7 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    # One line whatever the input held: names from a corrupt file may carry control characters.
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in one_line(message))
+    sys.stderr.write(f"{PROG}: error: {text}\n")
     sys.stderr.flush()
 
 

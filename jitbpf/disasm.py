@@ -38,6 +38,11 @@ def _addr(reg: int, off: int, *, llvm: bool) -> str:
     return f"[r{reg}{off:+d}]"
 
 
+def _helper_id(imm: int) -> str:
+    # A signed `call -1` reads as a pc-relative call (llvm-objdump's unlinked bpf-to-bpf calls).
+    return str(imm) if imm >= 0 else f"{imm & 0xFFFF_FFFF:#x}"
+
+
 def _lddw_value(insn: Instruction, pc: int | None, labels: Mapping[int, str] | None) -> str:
     if insn.src == PseudoSrc.IMM64:
         return f"0x{insn.imm64:x}"
@@ -79,7 +84,7 @@ def _ubpf(insn: Instruction, info: OpInfo, pc: int | None, labels: Mapping[int, 
         case Kind.JCOND:
             return f"{m} {d}, {s if info.reg_src else insn.imm}, {_target(insn.off, pc, labels)}"
         case Kind.CALL:
-            return f"call {insn.imm}"
+            return f"call {_helper_id(insn.imm)}"
         case Kind.CALL_LOCAL:
             return f"call local {_target(insn.imm, pc, labels)}"
         case Kind.CALL_KFUNC:
@@ -128,7 +133,7 @@ def _llvm(insn: Instruction, info: OpInfo, pc: int | None, labels: Mapping[int, 
             rhs = s if info.reg_src else insn.imm
             return f"if {d} {_COND_SYMBOLS[_base(info)]} {rhs} goto {_target(insn.off, pc, labels)}"
         case Kind.CALL:
-            return f"call {insn.imm}"
+            return f"call {_helper_id(insn.imm)}"
         case Kind.CALL_LOCAL:
             target = _target(insn.imm, pc, labels)
             return f"call {target}" if target[0] not in "+-" else f"call pc{target}"

@@ -336,7 +336,7 @@ class ElfObject:
             return matches[0]
         if matches:
             names = ", ".join(p.name for p in matches)
-            raise ElfError(f"section {key} holds several programs ({names}): choose one by name", section=key)
+            raise ElfError(f"several programs ({names}): choose one by name", section=key)
         known = ", ".join(f"{p.name} ({p.section})" for p in self.programs.values()) or "none"
         raise ElfError(f"no program or section named {key!r} in {self.name} (programs: {known})")
 

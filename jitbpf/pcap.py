@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import os
+import struct
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ class Summary:
     elapsed: float = 0.0  # seconds spent running
     maps: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)  # map name -> entries after the run
     map_info: dict[str, str] = field(default_factory=dict)  # map name -> "HASH, 2/1024 entries"
+    warnings: list[str] = field(default_factory=list)  # problems with the capture (a cut-off last packet)
 
     def report(self) -> str:
         """A printable report: counts and shares of each verdict, rate, and the maps' contents."""
@@ -61,6 +65,7 @@ class Summary:
             lines.append("    (no packets)")
         if self.errors:
             lines.append(f"  errors: {self.errors} (first: {self.first_error})")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
         if self.maps:
             lines.append("  maps:")
             for name, entries in self.maps.items():
@@ -70,6 +75,27 @@ class Summary:
                 if len(entries) > MAP_ENTRIES_SHOWN:
                     lines.append(f"      ... {len(entries) - MAP_ENTRIES_SHOWN} more")
         return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (bytes as hex strings)."""
+        return {"program": self.program, "prog_type": self.prog_type, "capture": self.capture, "engine": self.engine,
+                "packets": self.packets, "bytes": self.bytes, "verdicts": dict(self.verdicts.most_common()),
+                "errors": self.errors, "first_error": self.first_error or None, "warnings": self.warnings,
+                "elapsed": round(self.elapsed, 6),
+                "maps": {name: {"info": self.map_info.get(name, ""),
+                                "entries": [[_plain(k), _plain(v)] for k, v in entries]}
+                         for name, entries in self.maps.items()}}
+
+
+def _plain(value: Any) -> Any:
+    """A map key or value as JSON: numbers stay numbers, bytes become hex."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return repr(value)
 
 
 def _show(value: Any) -> str:
@@ -87,16 +113,20 @@ def _show(value: Any) -> str:
 # -- reading captures ----------------------------------------------------------------------------
 
 
-def read_packets(path: str | os.PathLike[str], *, frames: bool = True) -> Iterator[tuple[bytes, float]]:
+def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
+                 warn: Callable[[str], None] | None = None) -> Iterator[tuple[bytes, float]]:
     """The packets of a pcap or pcapng file as ``(bytes, fraction of the file read)``.
 
     With ``frames`` every packet is an Ethernet frame: captures of raw IP, Linux cooked (SLL) or
-    loopback get a synthetic Ethernet header in front of the IP packet.
+    loopback get a synthetic Ethernet header in front of the IP packet. A capture cut short in
+    the middle of a packet (tcpdump killed) gives the packets before it, and ``warn`` (default:
+    ``warnings.warn``) hears about the one left out.
     """
+    name = os.fspath(path)
     try:
         f: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in the finally below, after iteration
     except OSError as exc:
-        raise PcapError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from exc
+        raise PcapError(f"{name}: {exc.strerror or exc}") from exc
     try:
         size = max(os.fstat(f.fileno()).st_size, 1)
         magic = f.read(4)
@@ -104,15 +134,55 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True) -> Iterat
         try:
             reader: Any = dpkt.pcapng.Reader(f) if magic == b"\x0a\x0d\x0d\x0a" else dpkt.pcap.Reader(f)
         except (ValueError, dpkt.dpkt.Error) as exc:
-            raise PcapError(f"{os.fspath(path)}: not a pcap or pcapng capture ({exc})") from exc
-        convert = _link_converter(int(reader.datalink()), frames, os.fspath(path))
+            raise PcapError(f"{name}: not a pcap or pcapng capture ({exc})") from exc
+        convert = _link_converter(int(reader.datalink()), frames, name)
+        endian = _CLASSIC_MAGICS.get(magic)
+        # dpkt hands out a cut-off last packet as if it were whole: classic captures are read here.
+        packets = _classic_packets(f, endian, name, warn) if endian else (bytes(buf) for _ts, buf in reader)
+        count = 0
         try:
-            for _ts, buf in reader:
-                yield convert(bytes(buf)), min(f.tell() / size, 1.0)
+            for buf in packets:
+                yield convert(buf), min(f.tell() / size, 1.0)
+                count += 1
+        except dpkt.dpkt.NeedData:  # pcapng cut short: keep what came before, as for classic pcap
+            _warn(warn, f"{name}: the capture ends in the middle of a block, after {count} packets; the rest was"
+                        " left out")
         except (ValueError, dpkt.dpkt.Error, EOFError) as exc:
-            raise PcapError(f"{os.fspath(path)}: corrupt capture ({exc})") from exc
+            raise PcapError(f"{name}: corrupt capture ({exc or type(exc).__name__})") from exc
     finally:
         f.close()
+
+
+# Byte order of classic pcap files by magic (micro- and nanosecond timestamps).
+_CLASSIC_MAGICS = {bytes.fromhex("d4c3b2a1"): "<", bytes.fromhex("4d3cb2a1"): "<", bytes.fromhex("a1b2c3d4"): ">",
+                   bytes.fromhex("a1b23c4d"): ">"}
+_MAX_PACKET = 1 << 24  # a larger record length means a corrupt capture
+
+
+def _warn(warn: Callable[[str], None] | None, message: str) -> None:
+    if warn is None:
+        warnings.warn(message, stacklevel=3)
+    else:
+        warn(message)
+
+
+def _classic_packets(f: BinaryIO, endian: str, name: str, warn: Callable[[str], None] | None) -> Iterator[bytes]:
+    """The packet records of a classic pcap file, positioned after its 24-byte file header."""
+    record = struct.Struct(endian + "IIII")  # seconds, fraction, captured length, original length
+    f.seek(24)
+    index = 0
+    while header := f.read(record.size):
+        offset = f.tell() - len(header)
+        caplen = record.unpack(header)[2] if len(header) == record.size else -1
+        if caplen > _MAX_PACKET:
+            raise PcapError(f"{name}: packet {index} at offset {offset:#x} claims {caplen} bytes (corrupt capture)")
+        buf = f.read(caplen) if caplen >= 0 else b""
+        if len(buf) < caplen or caplen < 0:
+            got = f"{len(buf)} of its {caplen} bytes" if caplen >= 0 else "part of its header"
+            _warn(warn, f"{name}: the capture ends in the middle of packet {index} ({got}); it was left out")
+            return
+        yield buf
+        index += 1
 
 
 def _link_converter(link: int, frames: bool, path: str) -> Callable[[bytes], bytes]:
@@ -140,18 +210,24 @@ def _link_converter(link: int, frames: bool, path: str) -> Callable[[bytes], byt
 # -- running ---------------------------------------------------------------------------------------
 
 
-def _verdict_name(prog_type: ProgType, value: int) -> str:
-    enum_of: dict[ProgType, Any] = {ProgType.XDP: XdpAction, ProgType.SCHED_CLS: TcAction,
-                                    ProgType.SCHED_ACT: TcAction, ProgType.SK_SKB: SkAction,
-                                    ProgType.SK_MSG: SkAction}
+_VERDICTS: dict[ProgType, tuple[type[enum.IntEnum], str]] = {
+    ProgType.XDP: (XdpAction, "XDP_"), ProgType.SCHED_CLS: (TcAction, "TC_ACT_"),
+    ProgType.SCHED_ACT: (TcAction, "TC_ACT_"), ProgType.SK_SKB: (SkAction, "SK_"), ProgType.SK_MSG: (SkAction, "SK_"),
+}  # the kernel's names of each program type's return values
+
+
+def verdict_name(prog_type: ProgType | None, r0: int) -> str | None:
+    """The kernel's name of a packet program's result (XDP_PASS, TC_ACT_SHOT, SK_DROP, keep, allow),
+    None for other program types and for values without a name."""
+    value = ((r0 & 0xFFFF_FFFF) ^ 0x8000_0000) - 0x8000_0000  # the kernel reads r0 as a 32-bit int
     if prog_type is ProgType.SOCKET_FILTER:
         return "keep" if value else "drop"
     if prog_type is ProgType.CGROUP_SKB:
-        return {0: "deny", 1: "allow"}.get(value, f"r0={value}")
-    kind = enum_of.get(prog_type)
-    if kind is not None and isinstance(value, kind):
-        return f"{prog_type.name}_{value.name}" if prog_type is not ProgType.XDP else f"XDP_{value.name}"
-    return f"r0={value}"
+        return {0: "deny", 1: "allow"}.get(value)
+    kind, prefix = _VERDICTS.get(prog_type, (None, "")) if prog_type is not None else (None, "")
+    if kind is None or value not in kind._value2member_map_:
+        return None
+    return prefix + kind(value).name
 
 
 def _l4_payload(frame: bytes) -> bytes:
@@ -184,16 +260,6 @@ def _runner(vm: VM, prog_type: ProgType, engine: str) -> Callable[[bytes], int]:
                    + ", ".join(PROGRAM_TYPES[t].name for t in PACKET_TYPES))
 
 
-def _typed(value: int, prog_type: ProgType) -> int:
-    if prog_type is ProgType.XDP and 0 <= value <= XdpAction.REDIRECT:
-        return XdpAction(value)
-    if prog_type in (ProgType.SCHED_CLS, ProgType.SCHED_ACT) and TcAction.UNSPEC <= value <= TcAction.REDIRECT:
-        return TcAction(value)
-    if prog_type in (ProgType.SK_SKB, ProgType.SK_MSG) and 0 <= value <= SkAction.PASS:
-        return SkAction(value)
-    return value
-
-
 class _Progress:
     """A one-line progress bar on a terminal (stderr), redrawn at most ten times a second."""
 
@@ -212,12 +278,14 @@ class _Progress:
         done = int(fraction * 30)
         rate = packets / (now - started) if now > started else 0.0
         self.stream.write(f"\r{self.label} [{'#' * done}{'.' * (30 - done)}] {fraction * 100:5.1f}% "
-                          f"{packets} packets {rate:,.0f}/s")
+                          f"{packets} packets {rate:,.0f}/s\x1b[K")
         self.stream.flush()
 
-    def close(self) -> None:
+    def close(self, fraction: float, packets: int, started: float) -> None:
+        """Draw the bar once more as the run ended (the last redraw may be 0.1 s old) and leave it."""
         if self.stream is not None:
-            self.stream.write("\r\x1b[K")
+            self.update(fraction, packets, started, force=True)
+            self.stream.write("\n")
             self.stream.flush()
 
 
@@ -248,6 +316,7 @@ def run_pcap(
     limit: int | None = None,
     stream: IO[str] | None = None,
     on_packet: Callable[[int, bytes, int], None] | None = None,
+    name: str | None = None,
 ) -> Summary:
     """Run a packet program (XDP, socket filter, tc, cgroup_skb, sk_skb, sk_msg) on every packet of
     a pcap/pcapng capture and count its verdicts.
@@ -255,16 +324,18 @@ def run_pcap(
     ``program`` is an ELF program (``obj.programs[...]``: a fresh VM sharing the object's maps) or
     a VM made with a ``prog_type``. A progress bar goes to ``stream`` (stderr by default) when
     ``progress`` is on and the stream is a terminal. A packet whose run fails counts as verdict
-    "error". ``on_packet(index, packet, verdict)`` is called after each run.
+    "error". ``on_packet(index, packet, verdict)`` is called after each run. ``name`` names the
+    program in the report (default: the ELF program's name, "program" for a VM).
     """
     from jitbpf.vm import VM
 
     if isinstance(program, VM):
-        vm, name = program, "program"
+        vm, default_name = program, "program"
         maps = {getattr(m, "name", "") or f"map {h}": m for h, m in program.maps.items()}
     else:
-        vm, name = program.vm(), program.name
+        vm, default_name = program.vm(), program.name
         maps = dict(program.obj.maps)
+    name = name or default_name
     prog_type = vm.prog_type if vm.prog_type is not None else ProgType.UNSPEC
     run_one = _runner(vm, prog_type, engine)
     if engine == "jit":
@@ -276,12 +347,15 @@ def run_pcap(
     out = stream if stream is not None else sys.stderr
     bar = _Progress(out if progress and out.isatty() else None, name)
     started = time.monotonic()
+    read = 0.0  # fraction of the capture read
     try:
-        for index, (packet, fraction) in enumerate(read_packets(pcap_path)):
+        for index, (packet, fraction) in enumerate(read_packets(pcap_path, warn=summary.warnings.append)):
             if limit is not None and index >= limit:
                 break
+            read = fraction
             summary.packets += 1
             summary.bytes += len(packet)
+            bar.update(fraction, summary.packets, started)
             try:
                 value = run_one(packet)
             except ExecutionError as exc:
@@ -289,13 +363,14 @@ def run_pcap(
                 summary.first_error = summary.first_error or f"packet {index}: {exc}"
                 summary.verdicts["error"] += 1
                 continue
-            summary.verdicts[_verdict_name(prog_type, _typed(value, prog_type))] += 1
+            summary.verdicts[verdict_name(prog_type, value) or f"r0={value}"] += 1
             if on_packet is not None:
                 on_packet(index, packet, value)
-            bar.update(fraction, summary.packets, started)
+        else:
+            read = 1.0
     finally:
         summary.elapsed = time.monotonic() - started
-        bar.close()
+        bar.close(read, summary.packets, started)
     for map_name, m in maps.items():
         summary.maps[map_name], summary.map_info[map_name] = _snapshot(m)
     return summary
@@ -317,7 +392,7 @@ def cli_run_pcap(
 
     ``section`` is a section or function name (optional when the object has one program);
     ``map_values`` are ``(map, key, value)`` to store before the run. Returns the exit status:
-    0 done, 1 every packet failed, 2 the object, program or capture could not be used.
+    0 done, 1 some packet failed at run time, 2 the object, program or capture could not be used.
     """
     from jitbpf.elf import load_elf
 
@@ -341,4 +416,4 @@ def cli_run_pcap(
         stderr.write(f"jitbpf: {exc}\n")
         return 2
     stdout.write(summary.report() + "\n")
-    return 1 if summary.packets and summary.errors == summary.packets else 0
+    return 1 if summary.errors else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,12 +48,13 @@ class HexError(ValueError):
 def parse_hex(text: str) -> bytes:
     """Bytes written as hex digits, with any whitespace between them (and optional ``0x`` prefixes)."""
     digits: list[str] = []
-    for token in text.split():
+    for m in re.finditer(r"\S+", text):
+        token, start = m.group(), m.start()
         if token[:2] in ("0x", "0X"):
-            token = token[2:]
-        for ch in token:
+            token, start = token[2:], start + 2
+        for i, ch in enumerate(token):
             if ch not in "0123456789abcdefABCDEF":
-                raise HexError(f"invalid hex digit {ch!r}")
+                raise HexError(f"invalid hex digit {ch!r} at character {start + i + 1}")
         digits.append(token)
     joined = "".join(digits)
     if len(joined) % 2:

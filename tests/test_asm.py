@@ -399,6 +399,112 @@ def test_mixed_syntax_program() -> None:
     assert assemble(text) == assemble("mov r0, 0\nadd r0, 1\njlt r0, 3, -2\nexit")
 
 
+# llvm-objdump 14 -dr of two XDP functions: a bpf-to-bpf call it prints as a helper call (`call -1`,
+# told apart by the src nibble of its bytes), relocation lines, and an atomic it cannot decode.
+OBJDUMP_CALLS = """
+0000000000000000 <xdp_vlan_push>:
+      44:\tb7 01 00 00 00 00 00 00\tr1 = 0
+      45:\t85 10 00 00 ff ff ff ff\tcall -1
+\t\t0000000000000168:  R_BPF_64_32\t.text
+      46:\t18 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00\tr1 = 0 ll
+\t\t0000000000000170:  R_BPF_64_64\txdp_stats
+      48:\tc3 41 38 00 a1 00 00 00\t<unknown>
+      49:\t85 00 00 00 06 00 00 00\tcall 6
+"""
+OBJDUMP_CALLS_CODE = slots("b7 01 0000 00000000", "85 10 0000 ffffffff", "18 01 0000 00000000", "00 00 0000 00000000",
+                           "c3 41 3800 a1000000", "85 00 0000 06000000")
+
+
+def test_objdump_bytes_settle_calls_and_unknown_instructions() -> None:
+    assert assemble(OBJDUMP_CALLS) == OBJDUMP_CALLS_CODE
+    no_addresses = re.sub(r"(?m)^ +[0-9]+:", "", OBJDUMP_CALLS)  # llvm-objdump --no-leading-addr
+    assert assemble(no_addresses) == OBJDUMP_CALLS_CODE
+    # A linked call (positive offset): only the bytes tell it from a helper call.
+    assert assemble_instructions("  3:\t85 10 00 00 02 00 00 00\tcall 2") == [Instruction(0x85, 0, 1, 0, 2)]
+    assert assemble_instructions("  3:\t85 20 00 00 02 00 00 00\tcall 2") == [Instruction(0x85, 0, 2, 0, 2)]
+
+
+def test_signed_call_targets_are_relative() -> None:
+    # Without the bytes (--no-show-raw-insn): helper ids are never negative.
+    assert assemble_instructions("  45:\tcall -1") == [Instruction(0x85, 0, 1, 0, -1)]
+    assert assemble_instructions("call 0xffffffff") == [Instruction(0x85, 0, 0, 0, -1)]  # helper id 2**32-1
+
+
+def test_unknown_without_bytes_is_an_error() -> None:
+    with pytest.raises(AssemblerError, match="could not decode this instruction") as info:
+        assemble("r0 = 0\n      48:\t<unknown>\nexit")
+    assert (info.value.line, info.value.column) == (2, 11)
+
+
+def test_hex_lines_with_comments() -> None:
+    text = "b7 00 00 00 2a 00 00 00  ; r0 = 42\n95 00 00 00 00 00 00 00  # exit\n"
+    assert assemble(text) == slots("b7 00 0000 2a000000", "95 00 0000 00000000")
+    with pytest.raises(AssemblerError, match="no valid instruction: unknown opcode 0xff") as info:
+        assemble("exit\n  ff 00 00 00 00 00 00 00\n")
+    assert (info.value.line, info.value.column) == (2, 3)
+
+
+# A kernel verifier log (log_level 2): state lines, the fall-through path first, then the branch,
+# which revisits instruction 7 and places 4-6 before it.
+VERIFIER_PATHS = """
+func#0 @0
+0: R1=ctx(off=0,imm=0) R10=fp0
+; int prog(struct xdp_md *ctx) @ prog.c:10
+0: (b7) r0 = 2                        ; R0_w=2
+1: (15) if r1 == 0x0 goto pc+2
+ R0_w=2 R1=ctx(off=0,imm=0) R10=fp0
+2: (b7) r0 = 1                        ; R0_w=1
+3: (05) goto pc+3
+7: (95) exit
+from 1 to 4: R0_w=2 R1=ctx(off=0,imm=0) R10=fp0
+4: (18) r0 = 0x1122334455667788
+6: (05) goto pc+0
+7: (95) exit
+caller:
+ R6=ctx() R10=fp0
+callee:
+ frame1: R1=ctx() R10=fp0
+7: safe
+mark_precise: frame0: last_idx 6 first_idx 0 subseq_idx -1
+regs=1 stack=0 before 4: (18) r0 = 0x1122334455667788
+verification time 31 usec
+stack depth 0
+processed 9 insns (limit 1000000) max_states_per_insn 0 total_states 1 peak_states 1 mark_read 0
+"""
+
+
+def test_verifier_log_places_instructions_by_number() -> None:
+    assert assemble(VERIFIER_PATHS) == assemble("r0 = 2\nif r1 == 0 goto +2\nr0 = 1\ngoto +3\n"
+                                                "r0 = 0x1122334455667788 ll\ngoto +0\nexit")
+
+
+@pytest.mark.parametrize(("log", "line", "fragment"), [
+    ("0: (b7) r0 = 2\n2: (95) exit", 2, "instruction 1 is missing from the listing (it goes on with instruction 2)"),
+    ("0: (b7) r0 = 2\n1: (95) exit\n0: (b7) r0 = 3", 3, "instruction 0 was given before as 'r0 = 2'"),
+    ("0: (18) r0 = 0x1\n1: (95) exit", 2, "instruction 1 is inside an lddw of the listing"),
+    ("5: (b7) r0 = 2\n3: (95) exit", 2, "instruction 3 is before the first one of the listing"),
+    ("0: (b7) r0 = 2\n3: (95) exit\n3: (95) exit\n3: (b7) r0 = 1", 4, "instruction 3 was given before as 'exit'"),
+])
+def test_verifier_log_inconsistencies(log: str, line: int, fragment: str) -> None:
+    with pytest.raises(AssemblerError) as info:
+        assemble(log)
+    assert info.value.message == fragment and info.value.line == line
+
+
+def test_bpftool_dump() -> None:
+    dump = ("int xdp_prog(struct xdp_md * ctx):\n; int xdp_prog(struct xdp_md *ctx)\n   0: (b7) r0 = 2\n"
+            "       b7 00 00 00 02 00 00 00\n   1: (18) r1 = map[id:5]\n"
+            "       18 11 00 00 07 00 00 00 00 00 00 00 00 00 00 00\n   3: (18) r2 = map[id:5][0]+8\n   5: (95) exit\n")
+    assert assemble_instructions(dump) == [Instruction(0xB7, 0, 0, 0, 2), Instruction(0x18, 1, 1, 0, 5, 0),
+                                           Instruction(0x18, 2, 2, 0, 5, 8), Instruction(0x95)]
+
+
+def test_objdump_sections_restart_numbering() -> None:
+    listing = ("Disassembly of section .text:\n\n0000000000000000 <f>:\n   0:\t(b7) r0 = 1\n   1:\t(95) exit\n\n"
+               "Disassembly of section xdp:\n\n0000000000000000 <g>:\n   0:\t(b7) r0 = 2\n   1:\t(95) exit\n")
+    assert assemble(listing) == assemble("r0 = 1\nexit\nr0 = 2\nexit")
+
+
 # --- errors -----------------------------------------------------------------------------------------
 
 ERRORS = [

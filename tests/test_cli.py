@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import ipaddress
 import json
 import os
+import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -14,10 +17,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dpkt
 import pytest
+from elftools.elf.elffile import ELFFile
 
-from jitbpf import cli
+from jitbpf import cli, load_elf
 from jitbpf.asm import assemble
+from tests.test_elf import Compiler, example_compiler
+from tests.test_programs import udp_frame
 
 PROG_S = "mov r0, 42\nexit\n"
 STORE_S = "ldxw r0, [r1]\nstw [r1+4], 7\nexit\n"  # reads mem[0:4], writes mem[4:8]
@@ -246,7 +253,8 @@ def test_verify_rejections(files: Path) -> None:
     loop = in_process("verify", str(files / "loop.s"))
     helper = in_process("verify", str(files / "helper.s"))
     assert error(uninit).startswith(f"{files / 'uninit.s'}: at PC 0: ")
-    assert uninit.stdout == b""
+    assert uninit.stdout and uninit.stdout == logged.stdout  # the log comes with a rejection, --log or not
+    assert json.loads(as_json.stdout)["log"] == uninit.stdout.decode().rstrip("\n")
     report = json.loads(as_json.stdout)
     assert report["ok"] is False and report["pc"] == 0 and report["insn"]
     assert error(as_json) == error(uninit)
@@ -308,7 +316,7 @@ def test_run_bad_inputs(files: Path) -> None:
         in_process("run", str(files / "empty.s")),
         in_process("run", str(files / "helper.s"), "--no-verify"),
     ]
-    assert error(procs[0]) == "--mem: invalid hex digit 'g'"
+    assert error(procs[0]) == "--mem: invalid hex digit 'g' at character 5"
     assert error(procs[1]) == "--mem: odd number of hex digits (3)"
     assert error(procs[2]) == f"{files / 'missing.bin'}: No such file or directory"
     assert error(procs[3]) == f"{files / 'missing.s'}: No such file or directory"
@@ -410,7 +418,7 @@ def test_elf(elf_file: Path) -> None:
     malformed = in_process("disasm", str(elf_file.parent / "bad.o"))
     assert error(several) == (f"{elf_file}: 2 programs; choose one with --section: pass_all (section xdp), "
                               "keep_none (section socket)")
-    assert ok(xdp) == "r0 = 0x2 (2)\n"
+    assert ok(xdp) == "r0 = 0x2 (2) XDP_PASS\n"
     report = json.loads(ok(socket))
     assert report["r0"] == 0 and report["prog_type"] == "socket_filter"
     assert ok(disasm) == "   0: mov r0, 0\n   1: exit\n"
@@ -443,3 +451,201 @@ def test_bench_and_plugin_entry() -> None:
     assert (options.result().returncode, options.result().stdout) == (0, b"2a\n")
     assert broken.result().returncode == 1
     assert broken.result().stdout.startswith(b"Failed to load code: invalid program hex")
+
+
+# -- pasted listings, whole objects and captures ------------------------------------------------
+
+OBJDUMP = shutil.which("llvm-objdump") or next(
+    (found for v in range(30, 10, -1) if (found := shutil.which(f"llvm-objdump-{v}"))), None)
+needs_objdump = pytest.mark.skipif(OBJDUMP is None, reason="llvm-objdump is not installed (it comes with llvm)")
+
+
+@pytest.fixture(scope="session")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Compiler:
+    if not provides("jitbpf.elf", "load_elf"):
+        pytest.skip("needs jitbpf.elf")
+    return example_compiler(tmp_path_factory)
+
+
+def section_bytes(obj: Path, name: str) -> bytes:
+    with obj.open("rb") as f:
+        section = ELFFile(f).get_section_by_name(name)
+        assert section is not None
+        return bytes(section.data())
+
+
+@needs_objdump
+def test_asm_reads_pasted_objdump_listings(example: Compiler, tmp_path: Path) -> None:
+    # xdp_adjust calls a .text function (llvm-objdump prints it as `call -1`, only the bytes say
+    # it is local); every column layout objdump offers must give the section's bytes back.
+    assert OBJDUMP is not None
+    obj = example("xdp_adjust")
+    layouts = {"plain": [], "relocs": ["-r"], "source": ["-S"], "no-addr": ["--no-leading-addr"],
+               "no-bytes": ["--no-show-raw-insn"], "bare": ["--no-show-raw-insn", "--no-leading-addr"],
+               "hex-imm": ["--print-imm-hex"]}
+    for name, flags in layouts.items():
+        listing = subprocess.run([OBJDUMP, "-d", *flags, "-j", "xdp", str(obj)], capture_output=True, check=True,
+                                 timeout=120).stdout
+        (tmp_path / f"{name}.txt").write_bytes(listing)
+    procs = jitbpf_all(*(["asm", f"{name}.txt", "-o", f"{name}.bin"] for name in layouts), cwd=tmp_path)
+    expected = section_bytes(obj, "xdp")
+    for name, proc in zip(layouts, procs, strict=True):
+        ok(proc)
+        assert (tmp_path / f"{name}.bin").read_bytes() == expected, name
+
+
+def test_disasm_llvm_output_reassembles(example: Compiler, tmp_path: Path) -> None:
+    obj = str(example("xdp_adjust"))
+    for syntax in ("llvm", "ubpf"):
+        listing = ok(in_process("disasm", obj, "-s", "xdp_vlan_push", "--syntax", syntax))
+        (tmp_path / f"{syntax}.s").write_text(listing)
+    run_llvm, run_ubpf = jitbpf_all(["asm", "llvm.s", "-o", "-"], ["asm", "ubpf.s", "-o", "-"], cwd=tmp_path)
+    code = load_elf(obj).programs["xdp_vlan_push"].code
+    assert run_llvm.returncode == 0 and run_llvm.stdout == code
+    assert run_ubpf.returncode == 0 and run_ubpf.stdout == code
+
+
+def test_asm_and_run_a_pasted_verifier_log(tmp_path: Path) -> None:
+    log = ("func#0 @0\n0: R1=ctx() R10=fp0\n0: (b7) r0 = 7                 ; R0_w=7\n"
+           "1: (15) if r1 == 0x0 goto pc+1\n2: (07) r0 += 1\n3: (95) exit\nfrom 1 to 3: R0_w=7\n3: (95) exit\n"
+           "processed 5 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n")
+    (tmp_path / "log.txt").write_text(log)
+    (tmp_path / "gap.txt").write_text("0: (b7) r0 = 7\n2: (95) exit\n")
+    run, gap = jitbpf_all(["run", "log.txt", "--no-verify", "--mem", "00"], ["asm", "gap.txt"], cwd=tmp_path)
+    assert ok(run) == "r0 = 0x8 (8)\n"
+    assert error(gap) == "gap.txt:2:1: instruction 1 is missing from the listing (it goes on with instruction 2)"
+
+
+def test_hex_dump_typo_is_located(tmp_path: Path) -> None:
+    (tmp_path / "typo.hex").write_text("b7 00 00 00 2a 00 00 00\n95 00 00 00 00 00 00 0g\n")
+    (tmp_path / "commented.hex").write_text("b7 00 00 00 2a 00 00 00  ; r0 = 42\n95 00 00 00 00 00 00 00  ; exit\n")
+    typo, commented = jitbpf_all(["run", "typo.hex", "--no-verify"], ["run", "commented.hex", "--no-verify"],
+                                 cwd=tmp_path)
+    assert error(typo) == "typo.hex:2:23: hex bytecode: invalid hex digit 'g' in '0g'"
+    assert ok(commented) == "r0 = 0x2a (42)\n"
+
+
+def test_disasm_whole_object(elf_file: Path) -> None:
+    text = ok(jitbpf("disasm", str(elf_file), "--syntax", "llvm"))
+    assert text == ("; section xdp\n<pass_all>:\n   0: r0 = 2\n   1: exit\n\n"
+                    "; section socket\n<keep_none>:\n   0: r0 = 0\n   1: exit\n")
+    report = json.loads(ok(in_process("disasm", str(elf_file), "--json")))
+    assert [(p["name"], p["section"], len(p["instructions"])) for p in report["programs"]] == [
+        ("pass_all", "xdp", 2), ("keep_none", "socket", 2)]
+    assert assemble(text) == assemble("r0 = 2\nexit\nr0 = 0\nexit")  # the headers are labels
+
+
+def test_error_names_are_one_line(elf_file: Path, tmp_path: Path) -> None:
+    # A corrupt object may name its sections with anything, line breaks included.
+    data = elf_file.read_bytes()
+    assert data.count(b"\0socket\0") == 1
+    (tmp_path / "odd.o").write_bytes(data.replace(b"\0socket\0", b"\0so\nk\x01t\0"))
+    message = error(jitbpf("run", str(tmp_path / "odd.o")))
+    assert message.endswith("keep_none (section so k\\x01t)")
+
+
+BLOCKED_IP = "192.168.0.1"
+
+
+def firewall_capture(path: Path, *, cut: int = 0) -> Path:
+    sources = [BLOCKED_IP, "10.0.0.7", BLOCKED_IP, "172.16.5.4", "10.0.0.8"]
+    with path.open("wb") as f:
+        writer = dpkt.pcap.Writer(f)
+        for i, src in enumerate(sources):
+            writer.writepkt(udp_frame(src), ts=1_700_000_000 + i)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+    return path
+
+
+def test_run_pcap(example: Compiler, tmp_path: Path) -> None:
+    obj = str(example("xdp_firewall"))
+    capture = str(firewall_capture(tmp_path / "capture.pcap"))
+    blocked = ["--map-set", "BLOCKED_IPS", str(int(ipaddress.IPv4Address(BLOCKED_IP))), "1"]
+    text, as_json = jitbpf_all(["run", obj, "--pcap", capture, *blocked],
+                               ["run", obj, "-s", "xdp", "--pcap", capture, "--jit", "--json", "--limit", "4"])
+    report = ok(text)
+    assert report.startswith(f"xdp_firewall (xdp) over {capture} [interp]\n  packets: 5 (")
+    assert re.search(r"XDP_DROP +2 +40\.0%", report) and re.search(r"XDP_PASS +3 +60\.0%", report)
+    assert "BLOCKED_IPS (HASH, 1/1024 entries)\n      3232235521 (0xc0a80001) -> 1" in report
+    summary = json.loads(ok(as_json))
+    assert (summary["engine"], summary["packets"], summary["verdicts"]) == ("jit", 4, {"XDP_PASS": 4})
+    assert summary["maps"] == {"BLOCKED_IPS": {"info": "HASH, 0/1024 entries", "entries": []}}
+    # An assembled program runs over a capture once it has a packet program type.
+    (tmp_path / "pass.s").write_text("r0 = 2\nexit\n")
+    typed = ok(in_process("run", str(tmp_path / "pass.s"), "--prog-type", "xdp", "--pcap", capture))
+    assert re.search(r"XDP_PASS +5 +100\.0%", typed)
+
+
+def test_run_pcap_problems(example: Compiler, tmp_path: Path) -> None:
+    obj = str(example("xdp_firewall"))
+    capture = str(firewall_capture(tmp_path / "capture.pcap"))
+    cut = str(firewall_capture(tmp_path / "cut.pcap", cut=10))
+    (tmp_path / "junk.pcap").write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(20) + b"\xff" * 16)
+    (tmp_path / "prog.s").write_text("r0 = 2\nexit\n")
+    (tmp_path / "loop.s").write_text(LOOP_S)
+    missing, kprobe = jitbpf_all(["run", obj, "--pcap", str(tmp_path / "none.pcap")],
+                                 ["run", str(example("kprobe")), "--pcap", capture])
+    assert error(missing) == f"{tmp_path / 'none.pcap'}: No such file or directory"
+    assert "kprobe programs do not take packets" in error(kprobe)
+    truncated = ok(in_process("run", obj, "--pcap", cut))
+    assert "packets: 4 (" in truncated
+    assert f"warning: {cut}: the capture ends in the middle of packet 4 (37 of its 47 bytes); it was left out" in (
+        truncated)
+    assert error(in_process("run", obj, "--pcap", str(tmp_path / "junk.pcap"))) == (
+        f"{tmp_path / 'junk.pcap'}: packet 0 at offset 0x18 claims 4294967295 bytes (corrupt capture)")
+    assert error(in_process("run", str(tmp_path / "prog.s"), "--pcap", capture)).startswith(
+        f"{tmp_path / 'prog.s'}: --pcap needs a packet program")
+    assert error(in_process("run", obj, "--limit", "3")) == "--limit and --no-progress apply to --pcap runs only"
+    assert error(in_process("run", obj, "--pcap", capture, "--map-set", "NOPE", "1", "1")) == (
+        f"--map-set NOPE 1 1: {obj} (xdp: xdp_firewall) has no map named 'NOPE' (maps: BLOCKED_IPS)")
+    assert error(in_process("run", obj, "--map-set", "BLOCKED_IPS", "0x1ffffffff", "1")) == (
+        "--map-set BLOCKED_IPS 0x1ffffffff 1: key 8589934591 does not fit in 4 bytes")
+    # Packets whose run fails (here: the budget) are counted, and the exit status says so.
+    failing = in_process("run", str(tmp_path / "loop.s"), "--prog-type", "xdp", "--no-verify", "--budget", "100",
+                         "--pcap", capture)
+    assert error(failing, status=1) == (f"{tmp_path / 'loop.s'}: 5 of 5 packets failed at run time (first: packet 0: "
+                                        "instruction budget exhausted at PC 1)")
+    assert re.search(r"error +5 +100\.0%", failing.stdout.decode())
+
+
+def test_run_pcap_progress_bar_on_a_terminal(example: Compiler, tmp_path: Path) -> None:
+    capture = str(firewall_capture(tmp_path / "capture.pcap"))
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "jitbpf", "run", str(example("xdp_firewall")), "--pcap", capture],
+                              stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False)
+        os.close(follower)
+        follower = -1
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal has nothing more
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0 and b"XDP_PASS" in proc.stdout
+    assert b"xdp_firewall [" in shown and b"100.0%" in shown and b"5 packets" in shown
+
+
+def test_run_prints_packet_verdicts(example: Compiler) -> None:
+    text = ok(jitbpf("run", str(example("tc_classifier")), "--mem", "00" * 64))
+    assert text.startswith("r0 = ") and " TC_ACT_" in text
+
+
+@needs_jit
+def test_jit_dump_json(files: Path) -> None:
+    report = json.loads(ok(jitbpf("jit-dump", str(files / "prog.s"), "--json")))
+    ebpf = [b for b in report["blocks"] if "pc" in b]
+    assert [(b["pc"], b["insn"]) for b in ebpf] == [(0, "mov r0, 42"), (1, "exit")]
+    assert any(x["asm"] == "mov eax, 0x2a" and x["bytes"] == "b82a000000" for x in ebpf[0]["x86"])
+    assert all(x["x86"] for x in report["blocks"] if "pc" in x)
+
+
+def test_text_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "latin1.s").write_bytes(b"mov r0, 1 ; caf\xe9\nexit\n")
+    (tmp_path / "stray.s").write_bytes(b"mov r0, 1\xe9\nexit\n")
+    latin1, stray = jitbpf_all(["run", "latin1.s", "--no-verify"], ["run", "stray.s"], cwd=tmp_path)
+    assert ok(latin1) == "r0 = 0x1 (1)\n"
+    assert error(stray) == "stray.s:1:10: unexpected character '\ufffd'"

@@ -57,6 +57,7 @@ GOLDEN = [
     (Instruction(0xCE, 1, 2, -1), "jslt32 r1, r2, -1", "if w1 s< w2 goto -1"),
     (Instruction(0x45, 1, 0, 0, 4), "jset r1, 4, +0", "if r1 & 4 goto +0"),
     (Instruction(0x85, 0, 0, 0, 1), "call 1", "call 1"),
+    (Instruction(0x85, 0, 0, 0, -1), "call 0xffffffff", "call 0xffffffff"),  # `call -1` is a local call
     (Instruction(0x85, 0, 1, 0, 3), "call local +3", "call pc+3"),
     (Instruction(0x85, 0, 2, 0, 9), "call runtime 9", "call runtime 9"),
     (Instruction(0x8D, 2), "call r2", "callx r2"),

@@ -11,8 +11,8 @@ import pytest
 
 from jitbpf import ElfProgram, load_elf, run_pcap
 from jitbpf.errors import BpfError
-from jitbpf.pcap import PcapError, cli_run_pcap, read_packets
-from jitbpf.programs import XdpAction
+from jitbpf.pcap import PcapError, cli_run_pcap, read_packets, verdict_name
+from jitbpf.programs import ProgType, XdpAction
 from tests.test_elf import ENGINES, Compiler, example_compiler
 from tests.test_programs import tcp_frame, udp_frame
 
@@ -81,7 +81,7 @@ def test_both_engines_agree_and_a_vm_can_be_given(example: Compiler, capture: Pa
 
 def test_tc_and_cgroup_skb_over_a_capture(example: Compiler, capture: Path) -> None:
     tc = run_pcap(load_elf(example("tc_classifier")).programs["tc_filter"], capture, progress=False)
-    assert tc.verdicts == {"SCHED_CLS_OK": len(SOURCES) + 2}
+    assert tc.verdicts == {"TC_ACT_OK": len(SOURCES) + 2}
     cg = run_pcap(load_elf(example("cgroup_skb")).programs["ingress"], capture, progress=False)
     assert cg.verdicts == {"allow": len(SOURCES) + 2}
 
@@ -132,6 +132,58 @@ def test_cli_entry(example: Compiler, capture: Path, tmp_path: Path) -> None:
     status = cli_run_pcap(str(example("xdp_firewall")), str(capture), section="tc", out=out, err=err)
     assert status == 2 and "no program or section named 'tc'" in err.getvalue()
     status = cli_run_pcap(str(example("xdp_firewall")), str(tmp_path / "missing.pcap"), out=out, err=err)
-    assert status == 2 and "cannot read" in err.getvalue()
+    assert status == 2 and "missing.pcap: No such file or directory" in err.getvalue()
     status = cli_run_pcap(str(example("xdp_firewall")), str(capture), map_values=[("NOPE", 1, 1)], out=out, err=err)
     assert status == 2 and "no map named 'NOPE'" in err.getvalue()
+
+
+def test_verdict_names_are_the_kernels() -> None:
+    assert verdict_name(ProgType.XDP, 2) == "XDP_PASS"
+    assert verdict_name(ProgType.SCHED_CLS, 0xFFFF_FFFF) == "TC_ACT_UNSPEC"  # r0 is read as a 32-bit int
+    assert verdict_name(ProgType.SCHED_CLS, 2) == "TC_ACT_SHOT"
+    assert verdict_name(ProgType.SK_SKB, 0) == "SK_DROP"
+    assert verdict_name(ProgType.SOCKET_FILTER, 60) == "keep"
+    assert verdict_name(ProgType.XDP, 9) is None and verdict_name(ProgType.KPROBE, 0) is None
+
+
+def test_cut_off_and_corrupt_captures(tmp_path: Path) -> None:
+    frames = [udp_frame(src) for src in SOURCES[:3]]
+    whole = write_pcap(tmp_path / "whole.pcap", frames).read_bytes()
+    (tmp_path / "cut.pcap").write_bytes(whole[:-5])
+    heard: list[str] = []
+    assert [p for p, _ in read_packets(tmp_path / "cut.pcap", warn=heard.append)] == frames[:2]
+    assert heard == [f"{tmp_path / 'cut.pcap'}: the capture ends in the middle of packet 2 "
+                     f"({len(frames[2]) - 5} of its {len(frames[2])} bytes); it was left out"]
+    (tmp_path / "header.pcap").write_bytes(whole[:24 + 16 + len(frames[0]) + 7])
+    with pytest.warns(UserWarning, match="middle of packet 1 \\(part of its header\\)"):
+        assert len(list(read_packets(tmp_path / "header.pcap"))) == 1
+    huge = bytearray(whole)
+    huge[24 + 8 : 24 + 12] = (1 << 30).to_bytes(4, "little")
+    (tmp_path / "huge.pcap").write_bytes(huge)
+    with pytest.raises(PcapError, match="packet 0 at offset 0x18 claims 1073741824 bytes"):
+        list(read_packets(tmp_path / "huge.pcap"))
+
+
+def test_summary_json_and_final_progress(example: Compiler, capture: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Terminal()
+    summary = run_pcap(firewall(example), capture, stream=tty, name="fw")
+    last = tty.getvalue().rsplit("\r", 1)[-1]  # the bar as it stays: the whole capture read
+    assert last.startswith("fw [" + "#" * 30 + "] 100.0% 9 packets") and last.endswith("\n")
+    data = summary.to_json()
+    assert data["program"] == "fw" and data["packets"] == 9 and data["verdicts"] == dict(summary.verdicts)
+    entries = sorted(tuple(e) for e in data["maps"]["BLOCKED_IPS"]["entries"])
+    assert entries == sorted((int(ipaddress.IPv4Address(ip)), 1) for ip in BLOCKED)
+
+
+def test_cut_off_pcapng(tmp_path: Path) -> None:
+    frames = [udp_frame(src) for src in SOURCES[:3]]
+    whole = write_pcap(tmp_path / "whole.pcapng", frames, ng=True).read_bytes()
+    (tmp_path / "cut.pcapng").write_bytes(whole[:-10])
+    heard: list[str] = []
+    assert [p for p, _ in read_packets(tmp_path / "cut.pcapng", warn=heard.append)] == frames[:2]
+    assert heard == [f"{tmp_path / 'cut.pcapng'}: the capture ends in the middle of a block, after 2 packets; the rest"
+                     " was left out"]

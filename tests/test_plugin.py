@@ -213,7 +213,7 @@ def test_no_memory_means_r1_is_zero() -> None:
 def test_bad_memory_hex_is_a_usage_error() -> None:
     status, out, err = plugin.run(["01  zz  "], hex_bytes(PROGRAM))
     assert status == 2 and not out
-    assert err.count("\n") == 1 and "invalid memory argument" in err
+    assert err.count("\n") == 1 and "invalid memory argument: invalid hex digit 'z' at character 5" in err
 
 
 def test_bad_program_hex_is_a_load_error() -> None:
