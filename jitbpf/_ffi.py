@@ -50,6 +50,8 @@ ffi.cdef(
         struct jitbpf_region regions[2];  /* mem and the stack area, searched before ctx->extra */
         uint64_t lim_load[4];       /* per access size 1/2/4/8: valid mem offsets are below this */
         uint64_t lim_store[4];      /* the same for stores (0 when mem is read-only) */
+        uint64_t mem_end;           /* mem base + size: the range checks of versioned loops */
+        uint64_t mem_wend;          /* the same for writes: mem base when mem is read-only */
         uint64_t pkt_base;          /* packet of this call */
         uint64_t pkt_size;
         struct jitbpf_region *extra;/* ctx->extra and ctx->nextra of this call (a nested run */

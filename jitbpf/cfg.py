@@ -66,21 +66,36 @@ class ControlFlow:
         return sum(b.cost for b in self.blocks)
 
 
+def register_writes(insn: Instruction, info: OpInfo) -> int:
+    """Bit mask of the registers an instruction may write (bit n: rn). Helper calls write r0 (the
+    VM keeps r1-r5); a local call's callee may write r0-r5."""
+    kind = info.kind
+    if kind in _WRITES_DST:
+        return 1 << insn.dst
+    if kind is Kind.ATOMIC:
+        if info.op == AtomicOp.CMPXCHG:
+            return 1  # the old value goes to r0
+        return 1 << insn.src if info.op & ATOMIC_FETCH else 0  # fetching atomics load into src
+    if kind is Kind.CALL_LOCAL:
+        return 0b111111
+    if kind in _WRITES_R0:
+        return 1
+    return 0
+
+
 def writes_fp(program: Program) -> bool:
     """Whether an instruction may change r10 (a verified program never does; unchecked ones can),
     so that engines know if ``[r10+off]`` always lies in the current stack frame."""
     for insn, info in zip(program.slots, program.infos, strict=True):
-        if insn is None or info is None:
-            continue
-        if info.kind in _WRITES_DST:
-            if insn.dst == FP:
-                return True
-        elif info.kind is Kind.ATOMIC and insn.src == FP and info.op & ATOMIC_FETCH and info.op != AtomicOp.CMPXCHG:
-            return True  # the fetching atomics load the old value into src, except cmpxchg (into r0)
+        # Only an instruction naming r10 can write it: most are ruled out without the call.
+        if (insn is not None and info is not None and FP in (insn.dst, insn.src)
+                and register_writes(insn, info) >> FP & 1):
+            return True
     return False
 
 
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})
+_WRITES_R0 = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_KFUNC, Kind.LD_ABS, Kind.LD_IND})
 
 
 def jump_target(pc: int, insn: Instruction, info: OpInfo) -> int:

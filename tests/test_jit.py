@@ -1,10 +1,16 @@
-"""What the JIT leaves out, and when it must not: bounds checks on frame-pointer accesses, budget
-counting in programs that cannot loop, and the per-instruction memo of the compile loop."""
+"""What the JIT leaves out, and when it must not: bounds checks on frame-pointer accesses and in
+versioned loops, budget counting in programs that cannot loop, and the per-instruction memo of
+the compile loop."""
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jitbpf._ffi import ffi
 from jitbpf.asm import assemble
 from jitbpf.errors import BudgetExceeded, ExecutionError
 from jitbpf.maps import ProgramArray
@@ -111,3 +117,103 @@ def test_memo_copies_repeated_instructions_exactly() -> None:
     first = [line.split(None, 1)[1] for line in blocks[0].splitlines()[1:2]]
     for block in blocks[1:]:
         assert [line.split(None, 1)[1] for line in block.splitlines()[1:2]] == first
+
+
+# --- loop versioning ---------------------------------------------------------------------------
+
+def _outcome(run: Callable[[bytearray], int], mem: bytearray) -> tuple[str, int | None, int | None]:
+    """r0, or the error's kind, pc and address (relative to mem: the engines run on copies)."""
+    base = int(ffi.cast("uintptr_t", ffi.from_buffer(mem)))
+    try:
+        return ("ok", run(mem), None)
+    except ExecutionError as exc:
+        return (type(exc).__name__, exc.pc, None if exc.address is None else exc.address - base)
+
+
+def _both(source: str, mem: bytes) -> tuple[tuple[str, int | None, int | None], bytes, str]:
+    """Interpreter and JIT outcomes (which must agree) and memory afterwards; the listing."""
+    with VM(assemble(source), verify=False, allow_loops=True, budget=100_000) as vm:
+        a, b = bytearray(mem), bytearray(mem)
+        interp = _outcome(vm.execute, a)
+        jit = _outcome(vm.execute_jit, b)
+        assert jit == interp
+        assert a == b
+        return jit, bytes(b), _listing(vm)
+
+
+BYTE_SUM = """
+    mov r0, 0
+    mov r3, r1
+    mov r4, r1
+    add r4, r2
+    {start}
+    {bound}
+loop:
+    ldxb r5, [r3]
+    add r0, r5
+    add r3, 1
+    jlt r3, r4, loop
+    exit
+"""
+
+
+@pytest.mark.parametrize("back_edge", ["jlt r3, r4, loop", "jgt r4, r3, loop"])
+def test_a_walking_loop_runs_unchecked_inside_mem(back_edge: str) -> None:
+    source = BYTE_SUM.format(start="", bound="").replace("jlt r3, r4, loop", back_edge)
+    outcome, _mem, dump = _both(source, bytes(range(1, 101)))
+    assert outcome == ("ok", sum(range(1, 101)), None)
+    assert "loop: unchecked copy" in dump and "loop: checked copy" in dump
+    for out_of_mem in ("add r4, 1", "sub r3, 1"):
+        _both(source.replace("mov r0, 0", f"mov r0, 0\n{out_of_mem}", 1), bytes(range(1, 101)))
+
+
+@pytest.mark.parametrize("body", [
+    "ldxb r5, [r3]\nadd r3, r6\njlt r3, r4, loop",             # the step is not a constant
+    "ldxb r5, [r3]\nadd r3, 1\nadd r4, 0\njlt r3, r4, loop",  # the bound is written in the loop
+    "ldxb r5, [r3]\nadd r3, 1\njslt r3, r4, loop",             # a signed compare
+    "ldxb r5, [r3-1]\nadd r3, 1\njlt r3, r4, loop",            # an access below the pointer
+])
+def test_loops_of_other_shapes_are_not_versioned(body: str) -> None:
+    source = f"mov r0, 0\nmov r6, 1\nmov r3, r1\nadd r3, 1\nmov r4, r1\nadd r4, r2\nloop:\n{body}\nexit"
+    *_, dump = _both(source, bytes(range(1, 101)))
+    assert "loop: unchecked copy" not in dump
+
+
+AFTER_STEP = """
+    mov r0, 0
+    mov r3, r1
+    mov r4, r1
+    add r4, r2
+loop:
+    add r3, 2
+    ldxh r5, [r3]           ; reads the next pair: past the end on the last pass
+    add r0, r5
+    stb [r3+1], 7
+    jlt r3, r4, loop
+    exit
+"""
+
+
+def test_accesses_after_the_step_count_the_step() -> None:
+    outcome, _mem, _dump = _both(AFTER_STEP, bytes(64))
+    assert outcome[0] == "ExecutionError"  # the final pass reads at mem + 64
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=st.integers(-12, 40), bound=st.integers(-12, 72), step=st.integers(1, 9),
+       accesses=st.lists(st.tuples(st.booleans(), st.sampled_from([1, 2, 4, 8]), st.integers(0, 12),
+                                   st.booleans()), min_size=1, max_size=4))
+def test_versioned_loops_agree_with_the_interpreter(start: int, bound: int, step: int,
+                                                    accesses: list[tuple[bool, int, int, bool]]) -> None:
+    """Random walks (start and bound around mem's 64 bytes, any stride, loads and stores before
+    and after the step) give the interpreter's result, error and memory."""
+    suffix = {1: "b", 2: "h", 4: "w", 8: "dw"}
+    before, after = [], []
+    for is_store, size, off, late in accesses:
+        line = f"stx{suffix[size]} [r3+{off}], r0" if is_store else f"ldx{suffix[size]} r5, [r3+{off}]\nadd r0, r5"
+        (after if late else before).append(line)
+    source = "\n".join([
+        "mov r0, 1", "mov r3, r1", f"add r3, {start}", "mov r4, r1", f"add r4, {bound}", "loop:",
+        *before, f"add r3, {step}", *after, "jlt r3, r4, loop", "exit",
+    ])
+    _both(source, bytes(range(64)))

@@ -77,6 +77,8 @@ class Layout:
     frame_regions: int  # jitbpf_frame.regions (mem, then the stack area)
     frame_lim_load: int  # jitbpf_frame.lim_load[0]
     frame_lim_store: int  # jitbpf_frame.lim_store[0]
+    frame_mem_end: int  # jitbpf_frame.mem_end
+    frame_mem_wend: int  # jitbpf_frame.mem_wend
     frame_pkt_base: int  # jitbpf_frame.pkt_base
     frame_pkt_size: int  # jitbpf_frame.pkt_size
     frame_extra: int  # jitbpf_frame.extra
@@ -118,6 +120,8 @@ def layout() -> Layout:
         frame_regions=ffi.offsetof(frame, "regions"),
         frame_lim_load=ffi.offsetof(frame, "lim_load"),
         frame_lim_store=ffi.offsetof(frame, "lim_store"),
+        frame_mem_end=ffi.offsetof(frame, "mem_end"),
+        frame_mem_wend=ffi.offsetof(frame, "mem_wend"),
         frame_pkt_base=ffi.offsetof(frame, "pkt_base"),
         frame_pkt_size=ffi.offsetof(frame, "pkt_size"),
         frame_extra=ffi.offsetof(frame, "extra"),

@@ -12,6 +12,7 @@ from typing import ClassVar
 from jitbpf.cfg import Block, ControlFlow
 from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
+from jitbpf.jit.loops import LoopPlan, plan_loops
 
 _REL32 = struct.Struct("<i")
 # Kinds whose code may depend only on the instruction and on whether its access is proven (not
@@ -72,6 +73,7 @@ class Target:
     encodings; everything else (iteration, labels, fixups, linking, listing) lives here."""
 
     name: ClassVar[str] = "generic"  # architecture name, for messages
+    versions_loops: ClassVar[bool] = False  # emit_loop makes an unchecked copy behind a range check
     capstone_arch: ClassVar[tuple[int, int]] = (0, 0)  # capstone (arch, mode) of the listing
 
     def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
@@ -86,6 +88,12 @@ class Target:
         self.labels: dict[str, int] = {}  # named label -> location
         self.marks: list[tuple[int, str, int]] = []  # (location, listing label, pc or -1)
         self.entries: dict[str, int] = {}  # entry point name -> hot offset
+        # Code of instructions seen before in this program: an instruction of a kind in _LOCAL
+        # whose emission wrote nothing but hot bytes (no stub, branch or mark) is the same bytes
+        # wherever it appears, so repeats are copied instead of emitted again.
+        self._memo: dict[tuple[int, int, int, int, int, bool], bytes] = {}
+        self.unchecked: frozenset[int] = frozenset()  # accesses proven by the loop being emitted
+        self.retarget: dict[int, int] = {}  # slot of a jump -> location it goes to instead (loop copies)
         # The emitter of each instruction kind, looked up once per instruction.
         self._emitters: dict[Kind, Callable[[int, Instruction, OpInfo], None]] = {
             Kind.ALU: self.emit_alu, Kind.JCOND: self.emit_jcond, Kind.LDX: self.emit_load,
@@ -128,17 +136,21 @@ class Target:
         emitters = self._emitters
         block_entry = self.emit_block_entry
         proven = self.options.proven
-        # Code of instructions seen before in this program: an instruction of a kind in _LOCAL
-        # whose emission wrote nothing but hot bytes (no stub, branch or mark) is the same bytes
-        # wherever it appears, so repeats are copied instead of emitted again.
-        memo: dict[tuple[int, int, int, int, int, bool], bytes] = {}
+        memo = self._memo
+        loops = plan_loops(flow) if self.versions_loops else {}
+        after_loop = -1  # end of the versioned loop just emitted: its slots are done
         self.emit_entries()
         for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
-            if insn is None or info is None:
+            if insn is None or info is None or pc < after_loop:
                 continue
             pc_off[pc] = len(hot)
             block = block_at.get(pc)
             if block is not None:
+                plan = loops.get(pc)
+                if plan is not None:
+                    self.emit_loop(plan)
+                    after_loop = block.end
+                    continue
                 block_entry(block)
             kind = info.kind
             if kind not in _LOCAL:
@@ -155,6 +167,37 @@ class Target:
                 memo[key] = bytes(hot[start:])
         self.emit_runtime()
         return self.link()
+
+    def emit_block(self, block: Block, *, record: bool) -> None:
+        """A block's budget charge and instructions (the compile loop's work, for one block that
+        a target emits more than once); ``record``: this copy is the one the pcs map to."""
+        program = self.flow.program
+        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
+        proven, unchecked, memo = self.options.proven, self.unchecked, self._memo
+        self.emit_block_entry(block)
+        for pc in range(block.start, block.end):
+            insn, info = program.slots[pc], program.infos[pc]
+            if insn is None or info is None:
+                continue
+            if record and pc != block.start:
+                self.pc_off[pc] = len(hot)
+            if info.kind not in _LOCAL:
+                self._emitters[info.kind](pc, insn, info)
+                continue
+            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven or pc in unchecked)
+            code = memo.get(key)
+            if code is not None:
+                hot += code
+                continue
+            start, sizes = len(hot), (len(cold), len(fixups), len(named), len(marks))
+            self._emitters[info.kind](pc, insn, info)
+            if sizes == (len(cold), len(fixups), len(named), len(marks)):
+                memo[key] = bytes(hot[start:])
+
+    def emit_loop(self, plan: LoopPlan) -> None:
+        """A versioned loop (see jitbpf.jit.loops); the slot of its block start is already placed.
+        Targets that do not version loops emit the block once."""
+        self.emit_block(plan.block, record=True)
 
     def emit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Emit one instruction (the dispatch ``compile`` does through its table)."""

@@ -10,6 +10,7 @@ from jitbpf.cfg import Block, ControlFlow, writes_fp
 from jitbpf.interpreter import MAX_CALL_DEPTH
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
+from jitbpf.jit.loops import LoopPlan
 from jitbpf.jit.runtime import ERROR_RESULT, Access, Layout, Status, access_info, layout
 from jitbpf.jit.target import Options, Section, Target, location
 
@@ -84,6 +85,7 @@ class X86_64(Target):
     """Generates x86-64 code following the System V ABI (Linux)."""
 
     name: ClassVar[str] = "x86-64"
+    versions_loops: ClassVar[bool] = True
     capstone_arch: ClassVar[tuple[int, int]] = (3, 8)  # CS_ARCH_X86, CS_MODE_64
 
     def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
@@ -101,6 +103,7 @@ class X86_64(Target):
         # current frame of the stack area: no bounds check needed, verified or not.
         self._fp_fixed = not writes_fp(program)
         self._limits_used: set[tuple[bool, int]] = set()  # (load?, size) of the inline mem checks
+        self._needs_end = False  # a versioned loop checks its range against mem_end / mem_wend
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
                 self._fn_entry[pc] = fn.entry
@@ -212,7 +215,7 @@ class X86_64(Target):
         self._store(FRAME, mem_region + L.region_len, "rdx")
         self._load("rcx", "rdi", L.ctx_mem_writable)
         self._store(FRAME, mem_region + L.region_writable, "rcx")
-        self.branch_named("call", "limits")  # rdx = mem size, rcx = writable
+        self.branch_named("call", "limits")  # rax = mem base, rdx = mem size, rcx = writable
         self._load("rax", "rdi", L.ctx_stack_base)
         self._store(FRAME, stack_region + L.region_base, "rax")
         self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
@@ -429,7 +432,8 @@ class X86_64(Target):
         the register (ADDR for atomics); the out-of-line part of the check, which sets ADDR for
         the region walker, is emitted by ``_close_check`` once the access is."""
         L = self.lay
-        if pc in self.options.proven or (base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size):
+        if (pc in self.options.proven or pc in self.unchecked
+                or (base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size)):
             if not into_addr:
                 return Q[base], off, -1
             if off:
@@ -621,7 +625,43 @@ class X86_64(Target):
             self.op(("cmp", R[d], imm_form(insn.imm)), insn.imm)
         else:
             self.op(("test", R[d], "i32"), insn.imm)
-        self.branch("j" + info.cc, location(Section.PC, self.flow.targets[pc]))
+        self.branch("j" + info.cc, self.retarget.get(pc) or location(Section.PC, self.flow.targets[pc]))
+
+    def emit_loop(self, plan: LoopPlan) -> None:
+        """The range check, the unchecked copy (entered when every access of the loop is proven
+        in mem), then the ordinary copy; each copy's back-edge stays in that copy."""
+        L = self.lay
+        block = plan.block
+        self.mark(f"loop: range check of r{plan.index} up to r{plan.bound}", Section.HOT)
+        X, Y = Q[plan.index], Q[plan.bound]
+        end = L.frame_mem_wend if plan.stores else L.frame_mem_end
+        self._needs_end = True
+        to_checked = []
+        self.op(("lea", TMP, f"[{Y}+d8]"), -1)  # TMP = max(rX, rY - 1): the last index a pass may use
+        self.op(("cmp", TMP, X))
+        self.op(("cmovb", TMP, X))
+        token, vals = mem("q", FRAME, L.frame_regions + L.region_base)
+        self.op(("cmp", X, token), *vals)
+        to_checked.append(self.forward("jb"))
+        token, vals = mem("q", FRAME, end)
+        self.op(("cmp", TMP, token), *vals)
+        to_checked.append(self.forward("jae"))  # also catches rY = 0 (TMP wrapped)
+        ltok, lvals = mem("", TMP, plan.hi)
+        self.op(("lea", ADDR, ltok), *lvals)
+        self.op(("cmp", ADDR, token), *vals)
+        to_checked.append(self.forward("ja"))
+        unchecked = self.here()
+        self.mark("loop: unchecked copy", Section.HOT)
+        self.unchecked, self.retarget[block.last] = plan.accesses, unchecked
+        self.emit_block(block, record=True)
+        self.unchecked = frozenset()
+        self.branch("jmp", location(Section.PC, block.end))
+        for field in to_checked:
+            self.bind(field)
+        self.mark("loop: checked copy", Section.HOT)
+        self.retarget[block.last] = self.here()
+        self.emit_block(block, record=False)
+        del self.retarget[block.last]
 
     def emit_call(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Helper call: r1-r5 are already the C argument registers; they and the budget are
@@ -735,8 +775,8 @@ class X86_64(Target):
     def _emit_limits(self) -> None:
         """The frame's mem limits, for the access sizes the inline checks use: valid mem offsets
         for an access of k bytes are those below size - k + 1 (none when the region is smaller);
-        stores see none when mem is read-only, so they take the slow path. rdx = mem size, rcx =
-        writable."""
+        stores see none when mem is read-only, so they take the slow path; then mem's ends for
+        versioned loops. rax = mem base, rdx = mem size, rcx = writable."""
         L = self.lay
         self.define("limits")
         self.cop(("xor", "r11d", "r11d"))
@@ -752,6 +792,14 @@ class X86_64(Target):
                 self.cop(("test", "rcx", "rcx"))
                 self.cop(("cmovz", ADDR, TMP))
                 token, vals = mem("q", FRAME, L.frame_lim_store + index)
+            self.cop(("mov", token, ADDR), *vals)
+        if self._needs_end:
+            self.cop(("lea", ADDR, "[rax+rdx*1]"))
+            token, vals = mem("q", FRAME, L.frame_mem_end)
+            self.cop(("mov", token, ADDR), *vals)
+            self.cop(("test", "rcx", "rcx"))
+            self.cop(("cmovz", ADDR, "rax"))
+            token, vals = mem("q", FRAME, L.frame_mem_wend)
             self.cop(("mov", token, ADDR), *vals)
         self.cop(("ret",))
 
