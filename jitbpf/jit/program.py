@@ -121,10 +121,7 @@ class JitProgram:
                 by_kind.setdefault(info.kind, []).append((pc, insn))
         helper_calls = by_kind.get(Kind.CALL, [])
         self._kinds = frozenset(by_kind)
-        fp_fixed = not writes_fp(flow.program)
-        self._writes_memory = bool(helper_calls) or any(
-            info.kind in (Kind.ST, Kind.STX, Kind.ATOMIC) and not (fp_fixed and insn.dst == FP)
-            for _pc, insn, info in flow.program) or Kind.CALLX in by_kind
+        self._writes_memory: bool | None = None  # found out on first use (batches only)
         call_ids = [insn.imm for _pc, insn in helper_calls]
         self._call_ids = frozenset(call_ids)
         self._call_pcs = frozenset(pc for pc, _insn in helper_calls)
@@ -218,6 +215,11 @@ class JitProgram:
         """Whether a run may write memory other than its own stack frames: stores and atomics
         not relative to an unchanging r10, and helper calls (a helper may write through a
         pointer it is given)."""
+        if self._writes_memory is None:
+            fp_fixed = not writes_fp(self._flow.program)
+            self._writes_memory = bool(self._call_ids) or Kind.CALLX in self._kinds or any(
+                info.kind in (Kind.ST, Kind.STX, Kind.ATOMIC) and not (fp_fixed and insn.dst == FP)
+                for _pc, insn, info in self._flow.program)
         return self._writes_memory
 
     @property
