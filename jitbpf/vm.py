@@ -109,8 +109,9 @@ class VM(ProgramRunners):
         self._jit: JitProgram | None = None
         self._compile_lock = threading.Lock()  # one JitProgram per VM, whichever thread runs first
         # execute_jit()'s native fast path (see JitProgram.bind_bare), once the JIT has run.
-        self._bare_run: Callable[[int], int] = _unbound
-        self._bare_token = 0
+        # (run, token) and (run with memory, the native library's ffi.from_buffer, token).
+        self._bare: tuple[Callable[[int], int], int] = _UNBOUND
+        self._bare_mem: tuple[Callable[[int, Any, int], int], Callable[..., Any], int] = _UNBOUND_MEM
         self._closed = False
         self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.programs)
 
@@ -317,13 +318,24 @@ class VM(ProgramRunners):
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""
+        # After the first run on a thread, a run is one native call (see JitProgram.bind_bare).
         if mem is None:
-            # After the first run on a thread, a run without memory is one native call.
-            result = self._bare_run(self._bare_token)
-            if result != ERROR_RESULT:
-                return result
-            return self._execute_jit_bare(result)
-        return self._jit_program().run(mem)
+            run, token = self._bare
+            result = run(token)
+        else:
+            run_mem, pin_of, token = self._bare_mem
+            try:
+                # A bytearray is writable; asking cffi to check costs more than the run itself.
+                pin = pin_of(mem) if type(mem) is bytearray else pin_of(mem, require_writable=True)
+            except (TypeError, BufferError):  # read-only or odd buffers: copied on the tracked path
+                return self._jit_program().run(mem)
+            size = len(pin)
+            if not size:
+                return self._jit_program().run(mem)
+            result = run_mem(token, pin, size)
+        if result != ERROR_RESULT:
+            return result
+        return self._execute_jit_bare(result, mem)
 
     def _jit_program(self) -> JitProgram:
         # Programs with calls or lddw run through execute_jit_regions (the JitProgram's runner),
@@ -335,17 +347,18 @@ class VM(ProgramRunners):
             assert jit is not None
         return jit
 
-    def _execute_jit_bare(self, result: int) -> int:
+    def _execute_jit_bare(self, result: int, mem: Any) -> int:
         """A bare run returned ERROR_RESULT: the run stopped early, or nothing is bound yet on
         this thread (then run the ordinary way and bind for the next time)."""
         jit = self._jit
-        if jit is not None and self._bare_token == jit.token and jit.bare_bound():
+        if jit is not None and self._bare[1] == jit.token and jit.bare_bound():
             return jit.finish(result)
         jit = self._jit_program()
-        result = jit.run(None)
-        bare_run = jit.bind_bare()
-        if bare_run is not None:
-            self._bare_run, self._bare_token = bare_run, jit.token
+        result = jit.run(mem)
+        nat = jit.bind_bare()
+        if nat is not None:
+            self._bare = (nat.lib.jb_bare_run, jit.token)
+            self._bare_mem = (nat.lib.jb_bare_run_mem, nat.ffi.from_buffer, jit.token)
         return result
 
     def execute_batch(self, buffers: Sequence[Any], *, threads: int = 1) -> array.array[int]:
@@ -415,7 +428,7 @@ class VM(ProgramRunners):
     def close(self) -> None:
         """Release the machine code (unmaps the executable pages)."""
         self._closed = True
-        self._bare_run, self._bare_token = _unbound, 0
+        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM
         if self._jit is not None:
             self._jit.close()
             self._jit = None
@@ -435,6 +448,19 @@ class VM(ProgramRunners):
 def _unbound(_token: int) -> int:
     """The bare-run function of a VM whose JIT code has not run yet: always "not bound"."""
     return ERROR_RESULT
+
+
+def _unbound_mem(_token: int, _pin: Any, _size: int) -> int:
+    return ERROR_RESULT
+
+
+def _view(mem: Any, require_writable: bool = False) -> memoryview:
+    """A stand-in pin before binding: the unbound run never reads it."""
+    return memoryview(mem)
+
+
+_UNBOUND = (_unbound, 0)
+_UNBOUND_MEM = (_unbound_mem, _view, 0)
 
 
 def _writable(buf: Any) -> bool:

@@ -161,6 +161,14 @@ def test_threads_racing_to_the_first_run(first: str) -> None:
             assert results == [42] * (84 if first == "execute_records" else 80)
 
 
+def test_bare_runs_write_the_callers_memory() -> None:
+    with VM(assemble("ldxb r0, [r1]\nadd r0, 1\nstxb [r1], r0\nexit")) as vm:
+        buf = bytearray(1)
+        assert [vm.execute_jit(buf) for _ in range(5)] == [1, 2, 3, 4, 5]
+        assert buf == bytearray([5])
+        assert vm.execute_jit(memoryview(buf)) == 6 and buf == bytearray([6])
+
+
 def test_bare_runs_report_errors_and_real_error_results() -> None:
     with VM(assemble("mov r0, 0\nja -1\nexit"), verify=False, budget=1000) as vm:
         for _ in range(3):  # first run (binding), then bare runs
@@ -168,6 +176,14 @@ def test_bare_runs_report_errors_and_real_error_results() -> None:
                 vm.execute_jit()
     with VM(assemble(f"lddw r0, {ERROR_RESULT:#x}\nexit")) as vm:
         assert [vm.execute_jit() for _ in range(3)] == [ERROR_RESULT] * 3
+        assert [vm.execute_jit(bytearray(4)) for _ in range(3)] == [ERROR_RESULT] * 3
+    with VM(assemble("ldxdw r0, [r1+8]\nexit"), verify=False) as vm:
+        for _ in range(3):  # the bare run with memory reports the interpreter's error
+            with pytest.raises(ExecutionError) as err:
+                vm.execute_jit(bytearray(8))
+            assert err.value.pc == 0
+        assert vm.execute_jit(bytearray(range(16))) == int.from_bytes(bytes(range(8, 16)), "little")
+        assert vm.execute_jit(bytes(range(16))) == int.from_bytes(bytes(range(8, 16)), "little")  # copied
     two = [VM(assemble(f"mov r0, {i}\nexit")) for i in range(2)]
     assert [vm.execute_jit() for vm in two * 3] == [0, 1] * 3  # bindings of two programs coexist
     for vm in two:

@@ -71,9 +71,10 @@ uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3, uint6
 /* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns
    of the batch loops: how many inputs ran to completion (the next one, if any, stopped early). */
 void jb_jit_init(uint64_t error_result);
-void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t ctx);
+void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t args, uint64_t ctx);
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
+uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
 uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
                        const uint64_t *lens, uint64_t n, uint64_t *results);
 uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,

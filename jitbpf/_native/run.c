@@ -1,7 +1,8 @@
 /* Native loops around JIT-compiled entry points, so that Python pays one call for many runs.
  *
- * Bare runs: a thread binds (token, entry, ctx) once; afterwards jb_bare_run(token) runs the
- * program with no argument conversion but the token. Tokens are never reused, so a binding left
+ * Bare runs: a thread binds (token, entries, ctx) once; afterwards jb_bare_run(token) runs the
+ * program with no argument conversion but the token, and jb_bare_run_mem(token, mem, size) with
+ * mem as r1/r2 through the "args" entry. Tokens are never reused, so a binding left
  * behind by a closed program can never match a live one. Each thread has its own small table.
  *
  * Batches (inputs back to back, or fixed-size records): the "args" entry takes (ctx, mem, size) and leaves the rest of the run context (budget,
@@ -20,7 +21,8 @@ typedef uint64_t (*args_fn)(void *ctx, const void *mem, uint64_t size);
 
 struct bare {
     uint64_t token; /* 0: empty */
-    entry_fn entry;
+    entry_fn entry; /* runs without memory */
+    args_fn args;   /* runs with (mem, size) */
     void *ctx;
 };
 
@@ -42,7 +44,7 @@ void jb_jit_init(uint64_t error_result)
     pthread_once(&g_bare_once, make_key);
 }
 
-void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t ctx)
+void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t args, uint64_t ctx)
 {
     if (t_bare == NULL) {
         struct bare *table = calloc(BARE_SLOTS, sizeof *table);
@@ -54,6 +56,7 @@ void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t ctx)
     struct bare *b = &t_bare[token % BARE_SLOTS];
     b->token = token;
     b->entry = (entry_fn)(uintptr_t)entry;
+    b->args = (args_fn)(uintptr_t)args;
     b->ctx = (void *)(uintptr_t)ctx;
 }
 
@@ -69,6 +72,17 @@ uint64_t jb_bare_run(uint64_t token)
         struct bare *b = &table[token % BARE_SLOTS];
         if (token != 0 && b->token == token)
             return b->entry(b->ctx);
+    }
+    return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+}
+
+uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
+{
+    struct bare *table = t_bare;
+    if (table != NULL) {
+        struct bare *b = &table[token % BARE_SLOTS];
+        if (token != 0 && b->token == token)
+            return b->args(b->ctx, mem, size);
     }
     return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
 }

@@ -180,19 +180,20 @@ class JitProgram:
         self._tls.rc = rc
         return rc
 
-    def bind_bare(self) -> Callable[[int], int] | None:
+    def bind_bare(self) -> Any | None:
         """Bind this thread's run context to ``token`` in the native bare-run table; return the
-        function that then runs the program without memory as ``fn(token)`` (what
-        ``VM.execute_jit()`` calls), or None when runs need run()'s bookkeeping. A result of
-        ``ERROR_RESULT`` goes to ``finish`` for its error."""
+        native library (``Native``) whose ``jb_bare_run(token)`` and ``jb_bare_run_mem(token,
+        pin, size)`` then run the program (what ``VM.execute_jit`` calls), or None when runs
+        need run()'s bookkeeping. A result of ``ERROR_RESULT`` goes to ``finish``."""
         nat = runner_lib()
         if not self.simple or nat is None or self.closed:
             return None
         rc = self._thread_context()
-        entry = self._code.address + self.compiled.entries["none"]
-        nat.lib.jb_bare_bind(self.token, entry, int(ffi.cast("uintptr_t", rc.ctx)))
-        fn: Callable[[int], int] = nat.lib.jb_bare_run
-        return fn
+        rc.ctx.nextra = 0  # the "args" entry keeps the extra regions: a bare run has none
+        entries, base = self.compiled.entries, self._code.address
+        nat.lib.jb_bare_bind(self.token, base + entries["none"], base + entries["args"],
+                             int(ffi.cast("uintptr_t", rc.ctx)))
+        return nat
 
     def bare_bound(self) -> bool:
         """Whether this thread's bare entry is bound (so a bare run really ran)."""
