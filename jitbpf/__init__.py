@@ -38,6 +38,7 @@ from jitbpf.maps import (
 from jitbpf.pcap import Summary, run_pcap
 from jitbpf.programs import ProgType, SkAction, TcAction, XdpAction
 from jitbpf.stdhelpers import standard_helpers
+from jitbpf.verifier import VerifyResult, verify
 from jitbpf.vm import VM
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "Summary",
     "TcAction",
     "VerifierError",
+    "VerifyResult",
     "XdpAction",
     "assemble",
     "create_map",
@@ -84,4 +86,5 @@ __all__ = [
     "load_elf",
     "run_pcap",
     "standard_helpers",
+    "verify",
 ]
