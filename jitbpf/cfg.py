@@ -94,6 +94,8 @@ def writes_fp(program: Program) -> bool:
     return False
 
 
+_BRANCHES = frozenset({Kind.JA, Kind.JCOND, Kind.CALL_LOCAL})  # kinds with a target slot
+_ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL})  # the next slot starts a block
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})
 _WRITES_R0 = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_KFUNC, Kind.LD_ABS, Kind.LD_IND})
 
@@ -123,8 +125,15 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
         raise VerifierError(f"too many instructions ({n} > max {max_insns})")
     targets: dict[int, int] = {}
     entries = {0}
-    for pc, insn, info in program:
-        if info.kind in (Kind.JA, Kind.JCOND, Kind.CALL_LOCAL):
+    leaders: set[int] = set()  # starts of blocks: entries, jump targets, slots after a branch
+    slots, infos = program.slots, program.infos
+    for pc, insn, info in zip(range(n), slots, infos, strict=True):
+        if insn is None or info is None:
+            continue
+        kind = info.kind
+        if kind in _ENDS_BLOCK:
+            leaders.add(pc + insn.width)
+        if kind in _BRANCHES:
             target = jump_target(pc, insn, info)
             if not 0 <= target < n:
                 raise _reject(program, pc, "jump out of bounds" if info.kind is not Kind.CALL_LOCAL
@@ -132,18 +141,20 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
             if program.slots[target] is None:
                 raise _reject(program, pc, "jump to middle of lddw")
             targets[pc] = target
-            if info.kind is Kind.CALL_LOCAL:
+            if kind is Kind.CALL_LOCAL:
                 entries.add(target)
+            else:
+                leaders.add(target)
     starts = sorted(entries)
     functions = tuple(Function(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True))
-    fn_index = 0
-    for pc, _insn, info in program:
-        while fn_index + 1 < len(functions) and pc >= functions[fn_index + 1].entry:
-            fn_index += 1
-        fn = functions[fn_index]
-        if info.kind in (Kind.JA, Kind.JCOND):
-            target = targets[pc]
-            if not fn.entry <= target < fn.end:
+    if len(functions) > 1:
+        fn_index = 0
+        for pc, target in sorted(targets.items()):
+            while fn_index + 1 < len(functions) and pc >= functions[fn_index + 1].entry:
+                fn_index += 1
+            fn = functions[fn_index]
+            info = infos[pc]
+            if info is not None and info.kind is not Kind.CALL_LOCAL and not fn.entry <= target < fn.end:
                 raise _reject(program, pc, "jump out of bounds (into another function)")
     for fn in functions:
         last = fn.end - 1
@@ -154,17 +165,19 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
         if last_info.kind not in (Kind.EXIT, Kind.JA):
             raise _reject(program, last, "function does not end with exit or an unconditional jump"
                           if fn.entry else "program does not end with exit or an unconditional jump")
-    leaders = set(entries)
-    for pc, insn, info in program:
-        if info.kind in (Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL):
-            leaders.add(pc + insn.width)
-        if pc in targets and info.kind is not Kind.CALL_LOCAL:
-            leaders.add(targets[pc])
+    leaders |= entries
     leaders.discard(n)
     ordered = sorted(leaders)
+    # Instructions before each slot (an lddw counts once): block costs by subtraction.
+    seen = [0] * (n + 1)
+    count = 0
+    for pc, insn in enumerate(slots):
+        seen[pc] = count
+        if insn is not None:
+            count += 1
+    seen[n] = count
     blocks: list[Block] = []
     for start, end in zip(ordered, [*ordered[1:], n], strict=True):
-        cost = sum(1 for pc in range(start, end) if program.slots[pc] is not None)
-        last = end - 1 if program.slots[end - 1] is not None else end - 2
-        blocks.append(Block(start, end, cost, last))
+        last = end - 1 if slots[end - 1] is not None else end - 2
+        blocks.append(Block(start, end, seen[end] - seen[start], last))
     return ControlFlow(program, functions, tuple(blocks), {b.start: b for b in blocks}, targets)

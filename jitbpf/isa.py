@@ -417,31 +417,40 @@ def lookup(insn: Instruction, pc: int | None = None) -> OpInfo:
     raise DecodeError(f"invalid {what} {value} for opcode 0x{insn.opcode:02x}", pc=pc)
 
 
+_DST, _SRC, _OFF, _IMM = (f.value for f in (Field.DST, Field.SRC, Field.OFF, Field.IMM))  # as plain ints
+_MAX_PSEUDO = max(PseudoSrc)
+
+
 def _check_fields(insn: Instruction, info: OpInfo, pc: int) -> None:
-    used = info.fields
+    used = info.fields.value  # int bit tests: Flag's own ``in`` is far slower, once per instruction
     if insn.dst > FP:
         raise DecodeError("invalid destination register", pc=pc)
-    if insn.src > FP and Field.SRC in used:
+    if insn.src > FP and used & _SRC:
         raise DecodeError("invalid source register", pc=pc)
-    if Field.DST not in used and insn.dst:
+    if not used & _DST and insn.dst:
         raise DecodeError(f"non-zero unused destination register in {info.mnemonic}", pc=pc)
-    if Field.SRC not in used and insn.src and info.variant_field != "src":
+    if not used & _SRC and insn.src and info.variant_field != "src":
         raise DecodeError(f"non-zero unused source register in {info.mnemonic}", pc=pc)
-    if Field.OFF not in used and insn.off and info.variant_field != "off":
+    if not used & _OFF and insn.off and info.variant_field != "off":
         raise DecodeError(f"non-zero unused offset in {info.mnemonic}", pc=pc)
-    if Field.IMM not in used and insn.imm and info.variant_field != "imm":
+    if not used & _IMM and insn.imm and info.variant_field != "imm":
         raise DecodeError(f"non-zero unused immediate in {info.mnemonic}", pc=pc)
-    if info.kind is Kind.LDDW and insn.src > max(PseudoSrc):
+    if info.kind is Kind.LDDW and insn.src > _MAX_PSEUDO:
         raise DecodeError("invalid source register for LDDW", pc=pc)
 
 
 def decode(code: bytes | bytearray | memoryview) -> list[Instruction]:
     """Decode and validate bytecode; raise DecodeError naming the instruction index on bad input."""
+    return [insn for insn, _info in _decode(code)]
+
+
+def _decode(code: bytes | bytearray | memoryview) -> list[tuple[Instruction, OpInfo]]:
+    """Each instruction with its opcode-table row, validated (see ``decode``)."""
     data = bytes(code)
     if len(data) % SLOT_SIZE:
         raise DecodeError(f"program length {len(data)} is not a multiple of {SLOT_SIZE}")
     nslots = len(data) // SLOT_SIZE
-    out: list[Instruction] = []
+    out: list[tuple[Instruction, OpInfo]] = []
     pc = 0
     while pc < nslots:
         opcode, regs, off, imm = SLOT.unpack_from(data, pc * SLOT_SIZE)
@@ -459,8 +468,8 @@ def decode(code: bytes | bytearray | memoryview) -> list[Instruction]:
             insn = Instruction(opcode, dst, src, off, imm)
         info = lookup(insn, pc)
         _check_fields(insn, info, pc)
-        out.append(insn)
-        pc += insn.width
+        out.append((insn, info))
+        pc += 2 if opcode == LDDW_OPCODE else 1
     return out
 
 
@@ -483,7 +492,17 @@ class Program:
 
     @classmethod
     def from_bytes(cls, code: bytes | bytearray | memoryview) -> Program:
-        return cls.from_instructions(decode(code))
+        insns: list[Instruction] = []
+        slots: list[Instruction | None] = []
+        infos: list[OpInfo | None] = []
+        for insn, info in _decode(code):  # the rows found while validating: no second lookup
+            insns.append(insn)
+            slots.append(insn)
+            infos.append(info)
+            if info.kind is Kind.LDDW:
+                slots.append(None)
+                infos.append(None)
+        return cls(tuple(insns), tuple(slots), tuple(infos))
 
     @classmethod
     def from_instructions(cls, insns: Sequence[Instruction]) -> Program:
