@@ -25,7 +25,9 @@ from jitbpf.jit.runtime import (
     DISPATCH_TYPE,
     ENTRY_TYPE,
     ERROR_RESULT,
+    HELPER_TYPE,
     Dispatcher,
+    HelperThunk,
     RunContext,
     Status,
     clamp_budget,
@@ -147,6 +149,7 @@ class JitProgram:
         for i in range(self._capacity):
             self._table[i] = self._dispatch_addr
         self._natives: dict[int, Helper] = {}  # helpers whose native code the table points at
+        self._thunks: dict[int, Any] = {}  # cffi callbacks of the Python helpers the table points at
         for helper in helpers.values():
             self.set_helper(helper)
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
@@ -166,9 +169,13 @@ class JitProgram:
         if 0 <= helper.id < self._capacity:
             if helper.native:
                 self._natives[helper.id] = helper  # keeps the native code's owner alive
+                self._thunks.pop(helper.id, None)
+                self._table[helper.id] = helper.native
             else:
                 self._natives.pop(helper.id, None)
-            self._table[helper.id] = helper.native or self._dispatch_addr
+                thunk = ffi.callback(HELPER_TYPE, HelperThunk(helper, self._tls))
+                self._thunks[helper.id] = thunk
+                self._table[helper.id] = int(ffi.cast("uintptr_t", thunk))
 
     # -- running ----------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from jitbpf.isa import MASK64
 
 ENTRY_TYPE = "uint64_t (*)(struct jitbpf_ctx *)"  # every entry point takes the run context
 DISPATCH_TYPE = "uint64_t (uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t)"  # r1-r5, id
+HELPER_TYPE = "uint64_t (uint64_t, uint64_t, uint64_t, uint64_t, uint64_t)"  # r1-r5 (the id, 6th, unread)
 ERROR_RESULT = 0xBADC_0FFE_E0DD_F00D  # returned when a run stops early; then ``status`` tells why
 
 
@@ -173,6 +174,29 @@ class Dispatcher:
                 failure = exc
         rc: RunContext = self.tls.rc
         rc.exc, rc.helper, rc.helper_id = failure, helper, helper_id
+        rc.ctx.pending = 1
+        del failure  # the exception's traceback holds this frame: no cycle back to it
+        return 0
+
+
+class HelperThunk:
+    """Runs one Python helper for generated code, as its own cffi callback that the helper table
+    points at (no lookup by id on the way); failures are parked as the Dispatcher parks them."""
+
+    __slots__ = ("fn", "helper", "tls")
+
+    def __init__(self, helper: Helper, tls: threading.local) -> None:
+        self.helper = helper
+        self.fn = helper.fn
+        self.tls = tls  # .rc: the calling thread's RunContext
+
+    def __call__(self, a: int, b: int, c: int, d: int, e: int) -> int:
+        try:
+            return int(self.fn(a, b, c, d, e)) & MASK64
+        except BaseException as exc:  # reported after the native code returns
+            failure: BaseException = exc
+        rc: RunContext = self.tls.rc
+        rc.exc, rc.helper, rc.helper_id = failure, self.helper, self.helper.id
         rc.ctx.pending = 1
         del failure  # the exception's traceback holds this frame: no cycle back to it
         return 0
