@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from jitbpf.errors import VerifierError
-from jitbpf.isa import ATOMIC_FETCH, FP, AtomicOp, Instruction, Kind, OpInfo, Program
+from jitbpf.isa import ATOMIC_FETCH, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo, Program
 
 DEFAULT_MAX_INSNS = 1_000_000  # the kernel's program size limit, in slots
 
@@ -83,6 +84,93 @@ def register_writes(insn: Instruction, info: OpInfo) -> int:
     return 0
 
 
+def register_reads(insn: Instruction, info: OpInfo, *, main: bool = True) -> int:
+    """Bit mask of the registers an instruction may read. Calls read r1-r5 (whatever the helper's
+    signature: engines pass all five); ``exit`` of a local function hands r0-r5 back."""
+    kind = info.kind
+    dst, src = 1 << insn.dst, 1 << insn.src
+    match kind:
+        case Kind.ALU:
+            return (src if info.reg_src else 0) | (0 if info.op == AluOp.MOV else dst)
+        case Kind.NEG | Kind.END | Kind.BSWAP | Kind.ST:
+            return dst
+        case Kind.MOVSX | Kind.LDX | Kind.LDXSX | Kind.LD_IND:
+            return src
+        case Kind.STX:
+            return dst | src
+        case Kind.ATOMIC:
+            return dst | src | (1 if info.op == AtomicOp.CMPXCHG else 0)
+        case Kind.JCOND:
+            return dst | (src if info.reg_src else 0)
+        case Kind.CALL | Kind.CALL_LOCAL | Kind.CALL_KFUNC:
+            return _ARGS
+        case Kind.CALLX:
+            return dst | _ARGS
+        case Kind.EXIT:
+            return 1 if main else 1 | _ARGS
+        case Kind.LDDW | Kind.JA | Kind.LD_ABS:
+            return 0
+        case _:
+            raise NotImplementedError(f"registers read by {kind}")
+
+
+def live_after(flow: ControlFlow, pcs: Iterable[int]) -> dict[int, int]:
+    """For each slot in ``pcs``: the registers that may be read after it before being written
+    (a backward data-flow over the blocks of each function)."""
+    program = flow.program
+    main_end = flow.functions[0].end
+    gen_kill: dict[int, tuple[int, int]] = {}
+    succ: dict[int, list[int]] = {}
+    for b in flow.blocks:
+        gen = kill = 0
+        for pc in range(b.start, b.end):
+            insn, info = program.slots[pc], program.infos[pc]
+            if insn is None or info is None:
+                continue
+            gen |= register_reads(insn, info, main=pc < main_end) & ~kill
+            kill |= register_writes(insn, info)
+        gen_kill[b.start] = (gen, kill)
+        last, last_insn = program.infos[b.last], program.slots[b.last]
+        assert last is not None and last_insn is not None
+        match last.kind:
+            case Kind.EXIT:
+                succ[b.start] = []
+            case Kind.JA:
+                succ[b.start] = [flow.targets[b.last]]
+            case Kind.JCOND:
+                succ[b.start] = [flow.targets[b.last], b.end]
+            case _:
+                succ[b.start] = [b.end]
+    live_in = {b.start: 0 for b in flow.blocks}
+    changed = True
+    while changed:
+        changed = False
+        for b in reversed(flow.blocks):
+            out = 0
+            for t in succ[b.start]:
+                out |= live_in.get(t, 0)
+            gen, kill = gen_kill[b.start]
+            new = gen | (out & ~kill)
+            if new != live_in[b.start]:
+                live_in[b.start], changed = new, True
+    wanted = set(pcs)
+    result: dict[int, int] = {}
+    for b in flow.blocks:
+        if not any(b.start <= pc < b.end for pc in wanted):
+            continue
+        cur = 0
+        for t in succ[b.start]:
+            cur |= live_in.get(t, 0)
+        for pc in range(b.end - 1, b.start - 1, -1):
+            insn, info = program.slots[pc], program.infos[pc]
+            if insn is None or info is None:
+                continue
+            if pc in wanted:
+                result[pc] = cur
+            cur = register_reads(insn, info, main=pc < main_end) | (cur & ~register_writes(insn, info))
+    return result
+
+
 def writes_fp(program: Program) -> bool:
     """Whether an instruction may change r10 (a verified program never does; unchecked ones can),
     so that engines know if ``[r10+off]`` always lies in the current stack frame."""
@@ -94,6 +182,7 @@ def writes_fp(program: Program) -> bool:
     return False
 
 
+_ARGS = 0b111110  # r1-r5
 _BRANCHES = frozenset({Kind.JA, Kind.JCOND, Kind.CALL_LOCAL})  # kinds with a target slot
 _ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL})  # the next slot starts a block
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})

@@ -217,3 +217,49 @@ def test_versioned_loops_agree_with_the_interpreter(start: int, bound: int, step
         *before, f"add r3, {step}", *after, "jlt r3, r4, loop", "exit",
     ])
     _both(source, bytes(range(64)))
+
+
+# --- registers kept across helper calls --------------------------------------------------------
+
+def _pushes_at(vm: VM, pc: int) -> int:
+    """push instructions in the listing of the eBPF instruction at ``pc``."""
+    lines = _listing(vm).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{pc}:"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    0"))
+    return sum(1 for line in lines[start + 1:end] if "push " in line)
+
+
+KEEPS = """
+    mov r1, 1
+    mov r2, 2
+    mov r3, 3
+    mov r4, 4
+    mov r5, 5
+    call 0
+    {after}
+    exit
+"""
+
+
+@pytest.mark.parametrize(("after", "expected"), [
+    ("add r0, r1\nadd r0, r2\nadd r0, r3\nadd r0, r4\nadd r0, r5", 15 + 7),  # all five read again
+    ("mov r1, 0\nadd r0, r3", 3 + 7),  # r3 read; r1 written first; the rest dead
+    ("jeq r0, 7, +1\nmov r0, r5\nadd r0, r2", 2 + 7),  # read on one path only: still kept
+])
+def test_registers_read_after_a_helper_call_survive_it(after: str, expected: int) -> None:
+    def clobbering(*_: int) -> int:
+        return 7
+
+    source = KEEPS.format(after=after)
+    with VM(assemble(source), verify=False) as vm:
+        vm.register_helper(0, clobbering)
+        assert vm.execute_jit() == vm.execute() == expected
+
+
+def test_dead_registers_are_not_saved_around_calls() -> None:
+    counts = []
+    for after in ("add r0, r1\nadd r0, r2\nadd r0, r3\nadd r0, r4\nadd r0, r5", "add r0, 1"):
+        with VM(assemble(KEEPS.format(after=after)), verify=False) as vm:
+            vm.register_helper(0, lambda *_: 7)
+            counts.append(_pushes_at(vm, 5))
+    assert counts[0] == 6 and counts[1] == 2  # five arguments and the budget; the budget twice (alignment)

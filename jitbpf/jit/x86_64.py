@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jitbpf.cfg import Block, ControlFlow, writes_fp
+from jitbpf.cfg import Block, ControlFlow, live_after, writes_fp
 from jitbpf.interpreter import MAX_CALL_DEPTH
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
@@ -55,7 +55,6 @@ _BY_SIZE = {1: B, 2: W, 4: D, 8: Q}
 _SIMPLE_ALU: dict[int, str] = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or", AluOp.AND: "and", AluOp.XOR: "xor"}
 _SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
 _ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
-_CALL_SAVED = ("rdi", "rsi", "rdx", "rcx", "r8", BUDGET)  # pushed around helper calls (r1-r5, budget)
 _LOCAL_SAVED = ("rbx", "r13", "r14", "r15", "rbp")  # r6-r9 and r10, restored when a local call returns
 _LOCAL_PAD = 16  # keeps a local-call frame at 64 bytes (5 saves + pad + return address)
 LOCAL_FRAME = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD + 8  # machine stack per local call
@@ -103,6 +102,7 @@ class X86_64(Target):
         # current frame of the stack area: no bounds check needed, verified or not.
         self._fp_fixed = not writes_fp(program)
         self._limits_used: set[tuple[bool, int]] = set()  # (load?, size) of the inline mem checks
+        self._live_after_calls: dict[int, int] | None = None  # per helper call, registers read later
         self._needs_end = False  # a versioned loop checks its range against mem_end / mem_wend
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
@@ -663,12 +663,25 @@ class X86_64(Target):
         self.emit_block(block, record=False)
         del self.retarget[block.last]
 
+    def _saved_around(self, pc: int) -> list[str]:
+        """Host registers to keep across the helper call at ``pc``: the budget, and those of r1-r5
+        read later before being written (the interpreter keeps them all; a dead one needs no
+        saving), padded to an even count so that rsp stays 16-byte aligned for the call."""
+        if self._live_after_calls is None:
+            program = self.flow.program
+            pcs = [p for p, _i, inf in program if inf.kind in (Kind.CALL, Kind.CALLX)]
+            self._live_after_calls = live_after(self.flow, pcs)
+        live = self._live_after_calls.get(pc, 0b111110)
+        saved = [Q[r] for r in range(1, 6) if live >> r & 1] + [BUDGET]
+        return saved if len(saved) % 2 == 0 else [*saved, BUDGET]
+
     def emit_call(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        """Helper call: r1-r5 are already the C argument registers; they and the budget are
-        pushed (the interpreter preserves r1-r5), the helper id goes in the 6th argument."""
+        """Helper call: r1-r5 are already the C argument registers; those still needed afterwards
+        and the budget are pushed, the helper id goes in the 6th argument."""
         L = self.lay
         table = self.options.helpers
-        for reg in _CALL_SAVED:
+        saved = self._saved_around(pc)
+        for reg in saved:
             self.op(("push", reg))
         if info.kind is Kind.CALL:
             hid = insn.imm
@@ -691,7 +704,7 @@ class X86_64(Target):
             self.op(("mov", TMP, "i64"), table.dispatcher)
             self.op(("call", TMP))
             self.bind(to_done)
-        for reg in reversed(_CALL_SAVED):
+        for reg in reversed(saved):
             self.op(("pop", reg))
         token, vals = mem("q", FRAME, L.frame_ctx)
         self.op(("mov", TMP, token), *vals)
