@@ -20,13 +20,13 @@ from jitbpf.isa import (
     FP,
     MASK32,
     MASK64,
+    PY_NAMESPACE,
     STACK_SIZE,
     AluOp,
     AtomicOp,
     Instruction,
     Kind,
     OpInfo,
-    sign_extend,
 )
 from jitbpf.memory import MemoryMap
 
@@ -45,36 +45,6 @@ class TailCall(Exception):
         self.budget = 0
 
 
-def _sdiv(a: int, b: int) -> int:
-    if b == 0:
-        return 0
-    q = abs(a) // abs(b)
-    return -q if (a < 0) != (b < 0) else q
-
-
-def _smod(a: int, b: int) -> int:
-    if b == 0:
-        return a
-    r = abs(a) % abs(b)
-    return -r if a < 0 else r
-
-
-def _bswap(value: int, bits: int) -> int:
-    n = bits // 8
-    return int.from_bytes((value & ((1 << bits) - 1)).to_bytes(n, "little"), "big")
-
-
-_NAMESPACE: dict[str, Any] = {
-    "sx8": lambda x: sign_extend(x, 8),
-    "sx16": lambda x: sign_extend(x, 16),
-    "sx32": lambda x: sign_extend(x, 32),
-    "sx64": lambda x: sign_extend(x, 64),
-    "sdiv": _sdiv,
-    "smod": _smod,
-    "bswap": _bswap,
-    "M32": MASK32,
-    "M64": MASK64,
-}
 _A = re.compile(r"\ba\b")
 _B = re.compile(r"\bb\b")
 
@@ -245,7 +215,7 @@ class Translator:
                 returns[block.start] = block.end
         lines.append("    return blocks")
         source = "\n".join(lines)
-        namespace = dict(_NAMESPACE, ExecutionError=ExecutionError)
+        namespace = dict(PY_NAMESPACE, ExecutionError=ExecutionError)
         exec(compile(source, "<jitbpf-interpreter>", "exec"), namespace)
         blocks = namespace["make"]()
         fns: list[Callable[[list[int], Env], int] | None] = [None] * n

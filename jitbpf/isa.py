@@ -4,9 +4,12 @@ one opcode table that the assembler, disassembler, interpreter, verifier and JIT
 from __future__ import annotations
 
 import enum
+import functools
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
 
 from jitbpf.errors import DecodeError
 
@@ -245,6 +248,51 @@ _ATOMIC_NAMES = {
 
 def _render(template: str, width: int) -> str:
     return template.format(sx=f"sx{width}", sh=width - 1)
+
+
+def sdiv(a: int, b: int) -> int:
+    """Signed division as RFC 9669 defines it: truncates toward zero, x / 0 = 0."""
+    if b == 0:
+        return 0
+    q = abs(a) // abs(b)
+    return -q if (a < 0) != (b < 0) else q
+
+
+def smod(a: int, b: int) -> int:
+    """Signed remainder: takes the dividend's sign, x % 0 = x."""
+    if b == 0:
+        return a
+    r = abs(a) % abs(b)
+    return -r if a < 0 else r
+
+
+def bswap(value: int, bits: int) -> int:
+    """The low ``bits`` bits of ``value`` with their bytes reversed."""
+    n = bits // 8
+    return int.from_bytes((value & ((1 << bits) - 1)).to_bytes(n, "little"), "big")
+
+
+# What the opcode table's Python expressions (``OpInfo.py``) refer to.
+PY_NAMESPACE: Final[Mapping[str, Any]] = MappingProxyType({
+    "sx8": lambda x: sign_extend(x, 8),
+    "sx16": lambda x: sign_extend(x, 16),
+    "sx32": lambda x: sign_extend(x, 32),
+    "sx64": lambda x: sign_extend(x, 64),
+    "sdiv": sdiv,
+    "smod": smod,
+    "bswap": bswap,
+    "M32": MASK32,
+    "M64": MASK64,
+})
+
+
+@functools.cache
+def alu_function(op: int, width: int, signed: bool = False) -> Callable[[int, int], int]:
+    """A binary ALU operation as a function of unsigned ``width``-bit operands (result not masked),
+    from the same expression the opcode table gives the engines."""
+    template = _SIGNED_ALU_PY[AluOp(op)] if signed else _ALU_PY[AluOp(op)]
+    fn: Callable[[int, int], int] = eval(f"lambda a, b: {_render(template, width)}", dict(PY_NAMESPACE))
+    return fn
 
 
 def _build_table() -> tuple[OpInfo, ...]:

@@ -19,7 +19,6 @@ from jitbpf.maps import (
     BPF_EXIST,
     BPF_NOEXIST,
     Array,
-    BpfMap,
     DevMap,
     HashMap,
     PerfEventArray,
@@ -32,37 +31,11 @@ from jitbpf.maps import (
 )
 from jitbpf.stdhelpers import HelperId, StdContext, format_printk, standard_helpers
 from jitbpf.vm import VM
+from tests.support import ENGINES, load, run, s64
 
-
-def _jit_available() -> bool:
-    try:
-        from jitbpf.jit import JitProgram  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-ENGINES = ["interp", pytest.param("jit", marks=pytest.mark.skipif(not _jit_available(), reason="no JIT yet"))]
 MAP_HELPERS = {HelperId.MAP_LOOKUP_ELEM, HelperId.MAP_UPDATE_ELEM, HelperId.MAP_DELETE_ELEM, HelperId.MAP_PUSH_ELEM,
                HelperId.MAP_POP_ELEM, HelperId.MAP_PEEK_ELEM, HelperId.PERF_EVENT_OUTPUT, HelperId.RINGBUF_OUTPUT,
                HelperId.RINGBUF_RESERVE, HelperId.RINGBUF_SUBMIT, HelperId.RINGBUF_DISCARD, HelperId.RINGBUF_QUERY}
-
-
-def load(text: str, *maps: BpfMap, **options: object) -> VM:
-    handles = {m.name: i + 1 for i, m in enumerate(maps)}
-    vm = VM(assemble(text, maps=handles), **options)  # type: ignore[arg-type]
-    for m in maps:
-        vm.add_map(m, handles[m.name])
-    vm.use_standard_helpers()
-    return vm
-
-
-def run(vm: VM, engine: str, mem: bytes | bytearray | None = None) -> int:
-    return vm.execute(mem) if engine == "interp" else vm.execute_jit(mem)
-
-
-def s64(x: int) -> int:
-    return x - (1 << 64) if x >> 63 else x
 
 
 @pytest.fixture(autouse=True)

@@ -9,37 +9,9 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import BudgetExceeded
-from jitbpf.maps import Array, BpfMap, ProgramArray
+from jitbpf.maps import Array, ProgramArray
 from jitbpf.vm import MAX_TAIL_CALLS, VM
-
-
-def _jit_available() -> bool:
-    try:
-        from jitbpf.jit import JitProgram  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-ENGINES = ["interp", pytest.param("jit", marks=pytest.mark.skipif(not _jit_available(), reason="no JIT yet"))]
-
-
-def load(text: str, *maps: BpfMap, **options: object) -> VM:
-    handles = {m.name: i + 1 for i, m in enumerate(maps)}
-    vm = VM(assemble(text, maps=handles), **options)  # type: ignore[arg-type]
-    for m in maps:
-        vm.add_map(m, handles[m.name])
-    vm.use_standard_helpers()
-    return vm
-
-
-def run(vm: VM, engine: str, mem: bytes | bytearray | None = None) -> int:
-    return vm.execute(mem) if engine == "interp" else vm.execute_jit(mem)
-
-
-def s64(x: int) -> int:
-    return x - (1 << 64) if x >> 63 else x
-
+from tests.support import ENGINES, load, run, s64
 
 STAGE = """
     stb [r1+{i}], {mark}    ; leave a mark in ctx

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from jitbpf.isa import AluOp, JmpOp
+from jitbpf.isa import AluOp, JmpOp, alu_function
 
 M64 = (1 << 64) - 1
 M32 = (1 << 32) - 1
@@ -267,56 +267,12 @@ def sign_extend(a: Scalar, bits: int) -> Scalar:
     return s
 
 
-def _sdiv(a: int, b: int) -> int:
-    if b == 0:
-        return 0
-    q = abs(a) // abs(b)
-    return -q if (a < 0) != (b < 0) else q
-
-
-def _smod(a: int, b: int) -> int:
-    if b == 0:
-        return a
-    r = abs(a) % abs(b)
-    return -r if a < 0 else r
-
-
 def _exact(op: int, a: int, b: int, bits: int, signed: bool) -> int:
-    """The result of one ALU operation on constants (unsigned operands, RFC 9669 semantics)."""
-    sh = bits - 1
-    match op:
-        case AluOp.ADD:
-            return a + b
-        case AluOp.SUB:
-            return a - b
-        case AluOp.MUL:
-            return a * b
-        case AluOp.DIV:
-            if signed:
-                return _sdiv(to_signed(a, bits), to_signed(b, bits))
-            return a // b if b else 0
-        case AluOp.MOD:
-            if signed:
-                return _smod(to_signed(a, bits), to_signed(b, bits))
-            return a % b if b else a
-        case AluOp.OR:
-            return a | b
-        case AluOp.AND:
-            return a & b
-        case AluOp.XOR:
-            return a ^ b
-        case AluOp.LSH:
-            return a << (b & sh)
-        case AluOp.RSH:
-            return a >> (b & sh)
-        case AluOp.ARSH:
-            return to_signed(a, bits) >> (b & sh)
-        case AluOp.MOV:
-            return b
-        case AluOp.NEG:
-            return -a
-        case _:
-            raise NotImplementedError(f"ALU operation {op:#x}")
+    """The result of one ALU operation on constants (unsigned operands, RFC 9669 semantics): the
+    opcode table's own expression, so that the verifier folds constants as the engines compute."""
+    if op == AluOp.NEG:
+        return -a
+    return alu_function(op, bits, signed and op in (AluOp.DIV, AluOp.MOD))(a, b)
 
 
 def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scalar:
