@@ -45,14 +45,14 @@ def load_vm(ctx: Context, w: Workload, units: int, *, verify: bool = True) -> Lo
     code = assemble(w.source(units), maps=MAP_HANDLES)
     reason = ("verify=False, allow_loops=True (the verifier walks loops iteration by iteration, up to the budget)"
               if w.loops else "verify=False")
-    if verify and not w.loops:
-        vm = VM(code, budget=BUDGET, helpers=w.helpers(ctx))
+    if verify and (not w.loops or w.bounded):
+        vm = VM(code, budget=BUDGET, helpers=w.helpers(ctx), allow_loops=w.loops)
         w.configure(ctx, vm)
         try:
             vm.check()
             return Loaded(vm, "verified")
         except (VerifierError, ImportError) as exc:
-            reason = f"verify=False (verifier: {type(exc).__name__}: {exc})"
+            reason = f"verify=False (verifier: {type(exc).__name__}: {exc})"[:300]
             vm.close()
     vm = VM(code, budget=BUDGET, allow_loops=w.loops, helpers=w.helpers(ctx), verify=False)
     w.configure(ctx, vm)

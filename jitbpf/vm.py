@@ -129,6 +129,7 @@ class VM(ProgramRunners):
             raise ValueError(f"helper id {h.id} out of range")
         self.helpers[h.id] = h
         self._checked = False
+        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind: the helper may need Python
         if self._jit is not None:
             self._jit.set_helper(h)
 
@@ -162,6 +163,7 @@ class VM(ProgramRunners):
         if getattr(bpf_map, "handle", None) is None:
             bpf_map.handle = handle
         self._checked = False
+        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind with this map's regions
         return handle
 
     def map_by_name(self, name: str) -> Any:
@@ -355,7 +357,7 @@ class VM(ProgramRunners):
             return jit.finish(result)
         jit = self._jit_program()
         result = jit.run(mem)
-        nat = jit.bind_bare()
+        nat = jit.bind_bare(self.map_regions())
         if nat is not None:
             self._bare = (nat.lib.jb_bare_run, jit.token)
             self._bare_mem = (nat.lib.jb_bare_run_mem, nat.ffi.from_buffer, jit.token)

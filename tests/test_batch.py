@@ -190,3 +190,45 @@ def test_bare_runs_report_errors_and_real_error_results() -> None:
         vm.close()
         with pytest.raises(JitError):
             vm.execute_jit()
+
+
+def test_bare_runs_see_only_their_own_regions() -> None:
+    """A run with further regions (as program types give their context) leaves them in the
+    thread's run context; a later bare run must not reach them."""
+    from jitbpf.memory import region_of
+
+    reader = "ldxdw r2, [r1]\nldxb r0, [r2]\nexit"  # reads the byte at the address mem holds
+    other = bytearray(b"\x2a" * 16)
+    region, pin = region_of(other, "ctx")
+    address = bytearray(region.base.to_bytes(8, "little"))
+    with VM(assemble(reader), verify=False) as vm:
+        for _ in range(2):  # binding, then a bare run
+            with pytest.raises(ExecutionError):
+                vm.execute_jit(bytearray(address))
+        mem, mem_pin = region_of(bytearray(address), "mem")
+        assert vm.execute_jit_regions(mem, [region], mem.base, mem.size) == 0x2A  # reachable here
+        for _ in range(2):
+            with pytest.raises(ExecutionError):
+                vm.execute_jit(bytearray(address))
+    del pin, mem_pin
+
+
+def test_registering_a_helper_rebinds() -> None:
+    from jitbpf.maps import Array
+
+    source = ("stw [r10-4], 0\nlddw r1, map:A\nmov r2, r10\nadd r2, -4\ncall 1\n"
+              "jeq r0, 0, out\nldxdw r0, [r0]\nout:\nexit")
+    first = Array(value_size=8, max_entries=1, name="A")
+    first.set(0, 11)
+    with VM(assemble(source, maps={"A": 1})) as vm:
+        vm.add_map(first, 1)
+        vm.use_standard_helpers()
+        assert [vm.execute_jit() for _ in range(3)] == [11] * 3
+        seen: list[int] = []
+
+        def lookup(*args: int) -> int:  # a Python helper replaces the native one: no bare runs
+            seen.append(args[0])
+            return 0
+
+        vm.register_helper(1, lookup)
+        assert vm.execute_jit() == 0 and len(seen) == 1

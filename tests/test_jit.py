@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jitbpf._ffi import ffi
 from jitbpf.asm import assemble
 from jitbpf.errors import BudgetExceeded, ExecutionError
-from jitbpf.maps import ProgramArray
+from jitbpf.maps import HashMap, ProgramArray
 from jitbpf.vm import VM
 
 STACK_TRAFFIC = """
@@ -263,3 +263,43 @@ def test_dead_registers_are_not_saved_around_calls() -> None:
             vm.register_helper(0, lambda *_: 7)
             counts.append(_pushes_at(vm, 5))
     assert counts[0] == 6 and counts[1] == 2  # five arguments and the budget; the budget twice (alignment)
+
+
+# --- native helpers and unverified programs ----------------------------------------------------
+
+HOSTILE = [
+    "mov r2, 0\nlddw r1, map:M\ncall 1\nexit",                      # NULL key
+    "mov r2, 1234\nlddw r1, map:M\ncall 1\nexit",                   # wild key
+    "mov r1, 77\nmov r2, r10\nadd r2, -4\ncall 1\nexit",            # not a map
+    "stw [r10-4], 1\nlddw r1, map:M\nmov r2, r10\nadd r2, -4\nmov r3, 99\nmov r4, 0\ncall 2\nexit",  # wild value
+    "mov r1, 4096\nmov r2, 0\ncall 132\nmov r0, 0\nexit",            # wild ring buffer sample
+    "mov r1, 0\nmov r2, 64\ncall 16\nexit",                          # NULL output buffer
+]
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_unverified_pointers_to_native_helpers_are_checked(source: str) -> None:
+    """C helpers trust their pointers; an unverified program reaches them through the checked
+    Python side instead: the interpreter's error, not a crash."""
+    m = HashMap(key_size=4, value_size=4, max_entries=4, name="M")
+    with VM(assemble(source, maps={"M": 1}), verify=False) as vm:
+        vm.add_map(m, 1)
+        vm.use_standard_helpers()
+        errors = []
+        for run in (vm.execute, vm.execute_jit):
+            with pytest.raises(ExecutionError) as err:
+                run(bytearray(8))
+            errors.append((err.value.pc, str(err.value)))
+        assert errors[0] == errors[1]
+
+
+def test_verified_programs_call_native_helpers() -> None:
+    m = HashMap(key_size=4, value_size=4, max_entries=4, name="M")
+    source = "stw [r10-4], 1\nlddw r1, map:M\nmov r2, r10\nadd r2, -4\ncall 1\nmov r0, 0\nexit"
+    for verify in (True, False):
+        with VM(assemble(source, maps={"M": 1}), verify=verify) as vm:
+            vm.add_map(m, 1)
+            vm.use_standard_helpers()
+            vm.jit_compile()
+            assert vm.execute_jit() == 0
+            assert vm._jit is not None and vm._jit.batchable is verify

@@ -70,8 +70,8 @@ uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3, uint6
 
 /* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns
    of the batch loops: how many inputs ran to completion (the next one, if any, stopped early). */
-void jb_jit_init(uint64_t error_result);
-void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t args, uint64_t ctx);
+void jb_jit_init(uint64_t error_result, uint64_t extra_offset, uint64_t nextra_offset);
+void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra);
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);

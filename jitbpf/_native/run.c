@@ -1,13 +1,16 @@
 /* Native loops around JIT-compiled entry points, so that Python pays one call for many runs.
  *
- * Bare runs: a thread binds (token, entries, ctx) once; afterwards jb_bare_run(token) runs the
- * program with no argument conversion but the token, and jb_bare_run_mem(token, mem, size) with
- * mem as r1/r2 through the "args" entry. Tokens are never reused, so a binding left
- * behind by a closed program can never match a live one. Each thread has its own small table.
+ * Bare runs: a thread binds (token, "args" entry, ctx, extra regions) once; afterwards
+ * jb_bare_run(token) runs the program without memory and jb_bare_run_mem(token, mem, size) with
+ * mem as r1/r2, converting no argument but those. The binding's extra regions (the maps' memory)
+ * are stored into ctx before each run: ctx is shared with other runs of the thread, which set
+ * their own. Tokens are never reused, so a binding left behind by a closed program can never
+ * match a live one. Each thread has its own small table.
  *
- * Batches (inputs back to back, or fixed-size records): the "args" entry takes (ctx, mem, size) and leaves the rest of the run context (budget,
- * extra regions) as Python set it; a run that stops early (result == error_result and a non-zero
- * status word in ctx) ends the loop so that Python can raise its error.
+ * Batches (inputs back to back, or fixed-size records): the "args" entry takes (ctx, mem, size)
+ * and leaves the rest of the run context (budget, extra regions) as Python set it; a run that
+ * stops early (result == error_result and a non-zero status word in ctx) ends the loop so that
+ * Python can raise its error.
  */
 #include "jbmaps.h"
 
@@ -16,17 +19,19 @@
 
 #define BARE_SLOTS 256 /* bindings per thread; programs alternating on one slot just rebind */
 
-typedef uint64_t (*entry_fn)(void *ctx);
 typedef uint64_t (*args_fn)(void *ctx, const void *mem, uint64_t size);
 
 struct bare {
-    uint64_t token; /* 0: empty */
-    entry_fn entry; /* runs without memory */
-    args_fn args;   /* runs with (mem, size) */
-    void *ctx;
+    uint64_t token;  /* 0: empty */
+    args_fn args;    /* the "args" entry: runs with (mem, size) */
+    char *ctx;       /* the thread's run context for the program */
+    uint64_t extra;  /* its extra region table and count, stored into ctx before each run */
+    uint64_t nextra;
 };
 
-static uint64_t g_error_result; /* what entries return when a run stops early (fixed by jb_jit_init) */
+/* Fixed once by jb_jit_init: what entries return when a run stops early, and where ctx keeps its
+   extra regions (offsets from the Python side's declaration of the struct). */
+static uint64_t g_error_result, g_extra_offset, g_nextra_offset;
 /* The thread's table, allocated at its first binding: only a pointer lives in TLS, because the
    library's TLS must fit the small static block of a dlopen'ed object. */
 static __thread struct bare *t_bare __attribute__((tls_model("initial-exec")));
@@ -38,13 +43,15 @@ static void make_key(void)
     pthread_key_create(&g_bare_key, free);
 }
 
-void jb_jit_init(uint64_t error_result)
+void jb_jit_init(uint64_t error_result, uint64_t extra_offset, uint64_t nextra_offset)
 {
+    g_extra_offset = extra_offset;
+    g_nextra_offset = nextra_offset;
     __atomic_store_n(&g_error_result, error_result, __ATOMIC_RELEASE);
     pthread_once(&g_bare_once, make_key);
 }
 
-void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t args, uint64_t ctx)
+void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra)
 {
     if (t_bare == NULL) {
         struct bare *table = calloc(BARE_SLOTS, sizeof *table);
@@ -55,9 +62,10 @@ void jb_bare_bind(uint64_t token, uint64_t entry, uint64_t args, uint64_t ctx)
     }
     struct bare *b = &t_bare[token % BARE_SLOTS];
     b->token = token;
-    b->entry = (entry_fn)(uintptr_t)entry;
     b->args = (args_fn)(uintptr_t)args;
-    b->ctx = (void *)(uintptr_t)ctx;
+    b->ctx = (char *)(uintptr_t)ctx;
+    b->extra = extra;
+    b->nextra = nextra;
 }
 
 int jb_bare_bound(uint64_t token)
@@ -65,26 +73,29 @@ int jb_bare_bound(uint64_t token)
     return token != 0 && t_bare != NULL && t_bare[token % BARE_SLOTS].token == token;
 }
 
-uint64_t jb_bare_run(uint64_t token)
+static inline struct bare *bound(uint64_t token)
 {
     struct bare *table = t_bare;
-    if (table != NULL) {
-        struct bare *b = &table[token % BARE_SLOTS];
-        if (token != 0 && b->token == token)
-            return b->entry(b->ctx);
-    }
-    return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    if (table == NULL || token == 0)
+        return NULL;
+    struct bare *b = &table[token % BARE_SLOTS];
+    if (b->token != token)
+        return NULL;
+    *(uint64_t *)(b->ctx + g_extra_offset) = b->extra;
+    *(uint64_t *)(b->ctx + g_nextra_offset) = b->nextra;
+    return b;
+}
+
+uint64_t jb_bare_run(uint64_t token)
+{
+    struct bare *b = bound(token);
+    return b ? b->args(b->ctx, NULL, 0) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
 }
 
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
 {
-    struct bare *table = t_bare;
-    if (table != NULL) {
-        struct bare *b = &table[token % BARE_SLOTS];
-        if (token != 0 && b->token == token)
-            return b->args(b->ctx, mem, size);
-    }
-    return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    struct bare *b = bound(token);
+    return b ? b->args(b->ctx, mem, size) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
 }
 
 static inline int stopped(uint64_t result, const void *ctx, uint64_t status_offset)

@@ -47,6 +47,8 @@ MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
 # Bare-run tokens (see jitbpf/_native/run.c): unique for the life of the process, never reused,
 # so that a thread's binding for a program that is gone can never match a live one.
 _TOKENS = itertools.count(1)
+# Helper argument kinds that are (or may be) pointers the helper follows: see _native_for.
+_POINTER_ARGS = frozenset({"map", "key", "value", "mem", "uninit_mem", "ctx", "anything"})
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
 
@@ -71,7 +73,8 @@ def runner_lib() -> Any | None:
         nat = native()
     except BpfError:
         return None
-    nat.lib.jb_jit_init(ERROR_RESULT)
+    ctx = "struct jitbpf_ctx"
+    nat.lib.jb_jit_init(ERROR_RESULT, ffi.offsetof(ctx, "extra"), ffi.offsetof(ctx, "nextra"))
     return nat
 
 
@@ -104,6 +107,7 @@ class JitProgram:
         verified: bool = False,
     ) -> None:
         _check_host()
+        self._verified = verified
         self._flow = flow
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
                                           budget=budget, runner=runner, assembler=assembler, verified=verified)
@@ -167,15 +171,26 @@ class JitProgram:
     def set_helper(self, helper: Helper) -> None:
         """Make the code call ``helper`` for its id (natively when it has a native address)."""
         if 0 <= helper.id < self._capacity:
-            if helper.native:
+            native = self._native_for(helper)
+            if native:
                 self._natives[helper.id] = helper  # keeps the native code's owner alive
                 self._thunks.pop(helper.id, None)
-                self._table[helper.id] = helper.native
+                self._table[helper.id] = native
             else:
                 self._natives.pop(helper.id, None)
                 thunk = ffi.callback(HELPER_TYPE, HelperThunk(helper, self._tls))
                 self._thunks[helper.id] = thunk
                 self._table[helper.id] = int(ffi.cast("uintptr_t", thunk))
+
+    def _native_for(self, helper: Helper) -> int:
+        """The C function to call for ``helper``, or 0 for its Python one. C helpers trust their
+        pointer arguments, which the verifier checks against their declared kinds; an unverified
+        program calls those through the Python functions, which check every pointer at run time."""
+        if not helper.native:
+            return 0
+        if self._verified or not _POINTER_ARGS.intersection(helper.args):
+            return helper.native
+        return 0
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -187,19 +202,24 @@ class JitProgram:
         self._tls.rc = rc
         return rc
 
-    def bind_bare(self) -> Any | None:
-        """Bind this thread's run context to ``token`` in the native bare-run table; return the
-        native library (``Native``) whose ``jb_bare_run(token)`` and ``jb_bare_run_mem(token,
-        pin, size)`` then run the program (what ``VM.execute_jit`` calls), or None when runs
-        need run()'s bookkeeping. A result of ``ERROR_RESULT`` goes to ``finish``."""
+    def bind_bare(self, extra: Sequence[Region] = ()) -> Any | None:
+        """Bind this thread's run context to ``token`` in the native bare-run table, with
+        ``extra`` (the maps' regions) as its further regions; return the native library
+        (``Native``) whose ``jb_bare_run(token)`` and ``jb_bare_run_mem(token, pin, size)`` then
+        run the program (what ``VM.execute_jit`` calls), or None when runs need run()'s
+        bookkeeping (Python helpers, tail calls). A result of ``ERROR_RESULT`` goes to ``finish``."""
         nat = runner_lib()
-        if not self.simple or nat is None or self.closed:
+        if nat is None or self.closed or not (self.simple or self.batchable):
             return None
         rc = self._thread_context()
-        rc.ctx.nextra = 0  # the "args" entry keeps the extra regions: a bare run has none
-        entries, base = self.compiled.entries, self._code.address
-        nat.lib.jb_bare_bind(self.token, base + entries["none"], base + entries["args"],
-                             int(ffi.cast("uintptr_t", rc.ctx)))
+        regions = [r for r in extra if r.size]
+        table = ffi.new("struct jitbpf_region[]", max(1, len(regions)))
+        for i, r in enumerate(regions):
+            table[i].base, table[i].size, table[i].writable = r.base, r.size, int(r.writable)
+        rc.bare_extra = table  # the binding's own: run_regions may replace the context's
+        args = self._code.address + self.compiled.entries["args"]
+        nat.lib.jb_bare_bind(self.token, args, int(ffi.cast("uintptr_t", rc.ctx)),
+                             int(ffi.cast("uintptr_t", table)), len(regions))
         return nat
 
     def bare_bound(self) -> bool:
@@ -236,7 +256,7 @@ class JitProgram:
         each run's memory map) and makes no tail call, and the native library is there."""
         if runner_lib() is None or Kind.CALLX in self._kinds:
             return False
-        return all(self._helpers[i].native for i in self._call_ids if i in self._helpers)
+        return all(self._native_for(self._helpers[i]) for i in self._call_ids if i in self._helpers)
 
     def run_batch(self, buffers: Sequence[Any], extra: Sequence[Region] = ()) -> array.array[int]:
         """Run once per buffer (each as r1/r2 and the packet) in one native loop; ``extra`` are

@@ -134,7 +134,7 @@ def layout() -> Layout:
 class RunContext:
     """One thread's native run context for one JitProgram, and what a helper left behind."""
 
-    __slots__ = ("ctx", "exc", "extra_key", "extra_regions", "helper", "helper_id", "state")
+    __slots__ = ("bare_extra", "ctx", "exc", "extra_key", "extra_regions", "helper", "helper_id", "state")
 
     def __init__(self, state: Any, budget: int) -> None:
         self.ctx: Any = ffi.new("struct jitbpf_ctx *")  # the struct generated code reads and writes
@@ -147,6 +147,7 @@ class RunContext:
         self.helper_id = 0  # the id it was called with
         self.extra_key: tuple[tuple[int, int, bool], ...] = ()  # regions in extra_regions
         self.extra_regions: Any = ffi.NULL  # cffi array of jitbpf_region for run_regions
+        self.bare_extra: Any = ffi.NULL  # the bare-run binding's region table (kept alive here)
 
 
 class Dispatcher:
