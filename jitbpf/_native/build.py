@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -108,7 +109,17 @@ def build(*, force: bool = False, verbose: bool = False) -> Path:
         except Exception as exc:  # setuptools reports compiler failures with several types
             raise MapError(f"building the native map library failed: {exc}") from exc
         os.replace(out, target)
+    _remove_stale(directory, target)
     return target
+
+
+def _remove_stale(directory: Path, current: Path) -> None:
+    """Drop builds of earlier sources from the cache (each source change makes a new name); a
+    process that still has one loaded keeps its mapping."""
+    for stale in directory.glob("_jitbpf_native_*"):
+        if stale != current and stale.is_file():
+            with contextlib.suppress(OSError):  # another user's file, or already gone: harmless
+                stale.unlink()
 
 
 def load(path: Path | None = None) -> tuple[Any, Any]:
