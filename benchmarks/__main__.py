@@ -20,6 +20,7 @@ from benchmarks.suite import (
     batch_figures,
     compile_speed,
     fresh_process_compile,
+    proof_figures,
     run_workload,
     straight_line_source,
     verifier_figures,
@@ -94,7 +95,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
     ctx = Context(lib)
     work = [w for w in all_workloads(ctx) if only is None or w.key in only]
     contenders = 3
-    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (4 if quick else 5))
+    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (5 if quick else 6))
     print(f"running {len(work)} workloads{' (--quick)' if quick else ''}...", file=out, flush=True)
     results: dict[str, Any] = {
         "machine": machine(),
@@ -111,6 +112,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
         results["compile"] = compile_speed(code, quick, progress)
         results["fresh_compile"] = None if quick else fresh_process_compile(code, progress)
         results["batch"] = batch_figures(ctx, quick, progress)
+        results["proofs"] = proof_figures(quick, progress)
         results["verifier"] = verifier_figures(quick)
     finally:
         progress.close()

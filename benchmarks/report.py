@@ -139,6 +139,16 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
     if batch is not None:
         rows.append(None)
         rows.extend(_batch_rows(batch, verdict("batch")))
+    proofs = results.get("proofs")
+    if proofs is not None:
+        rows.append(None)
+        if "error" in proofs:
+            rows.append(f"verifier's proofs: n/a ({proofs['error']})")
+        else:
+            differ = "" if proofs.get("agree") else " [RESULTS DIFFER]"
+            rows.append((f"map value scan, proven loads{differ}", "byte", "", fmt_ns(proofs["proven_ns"]), "", "",
+                         f"speed-up {proofs['speedup']:.1f}x"))
+            rows.append(("map value scan, every load checked", "byte", "", fmt_ns(proofs["checked_ns"]), "", "", ""))
     verifier = results.get("verifier")
     if verifier is not None:
         rows.append(None)

@@ -87,6 +87,7 @@ class VM(ProgramRunners):
         allow_loops: bool = False,
         prog_type: ProgType | int | str | None = None,
         max_tail_calls: int = MAX_TAIL_CALLS,
+        elide_checks: bool = True,
     ) -> None:
         if isinstance(program, Program):
             self.program = program
@@ -97,6 +98,9 @@ class VM(ProgramRunners):
         self.flow = cfg.analyze(self.program, max_insns=max_insns)
         self.verify_enabled = verify
         self.allow_loops = allow_loops
+        # The JIT drops the runtime bounds check of every access the verifier proved in bounds;
+        # off, it checks them all the same (to measure what the proofs save, or to distrust them).
+        self.elide_checks = elide_checks
         self.budget = budget
         self.helpers: dict[int, Helper] = {h.id: h for h in helpers}
         self.maps: dict[int, Any] = {}  # map handle -> map object (see jitbpf.maps)
@@ -252,8 +256,10 @@ class VM(ProgramRunners):
         if self.verify_enabled:
             from jitbpf.verifier import verify_flow
 
+            # The maps give key and value sizes: helper arguments are checked for their whole
+            # size (C helpers read all of it), and accesses to map values can be proven.
             result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
-                                 budget=self.budget, context=self.context_spec())
+                                 budget=self.budget, context=self.context_spec(), maps=self.maps)
             self._proven = result.proven
         self._checked = True
 
@@ -315,7 +321,8 @@ class VM(ProgramRunners):
         from jitbpf.jit import JitProgram
 
         return JitProgram(self.flow, resolve_lddw=self.resolve_lddw, helpers=self.helpers,
-                          proven=self._proven, state=self._state, budget=self.budget,
+                          proven=self._proven if self.elide_checks else frozenset(),
+                          state=self._state, budget=self.budget,
                           runner=self.execute_jit_regions, verified=self.verify_enabled)
 
     def execute_jit(self, mem: Any = None) -> int:

@@ -410,3 +410,21 @@ def test_add_map_handles() -> None:
     other = VM(assemble("mov r0, 0\nexit"))
     assert other.add_map(b) == 2  # a map keeps its handle across VMs when it can
     assert a.handle == 1 and b.handle == 2
+
+
+def test_the_verifier_checks_whole_keys_and_proves_map_value_accesses() -> None:
+    """The VM gives the verifier its maps: a key pointer must cover key_size bytes (the C
+    helpers read them all), and loads from a value within value_size need no runtime check."""
+    from jitbpf.errors import VerifierError
+
+    m = HashMap(key_size=4, value_size=8, max_entries=4, name="H")
+    short_key = "stb [r10-1], 0\nlddw r1, map:H\nmov r2, r10\nadd r2, -1\ncall 1\nmov r0, 0\nexit"
+    with pytest.raises(VerifierError, match="key"):
+        load(short_key, m).check()
+    value_load = ("stw [r10-4], 0\nlddw r1, map:H\nmov r2, r10\nadd r2, -4\ncall 1\n"
+                  "jeq r0, 0, out\nldxdw r0, [r0+0]\nout:\nexit")
+    vm = load(value_load, m)
+    vm.check()
+    assert 7 in vm._proven  # the ldxdw from the value (lddw takes two slots)
+    m[0] = 77
+    assert run(vm, "jit") == run(vm, "interp") == 77
