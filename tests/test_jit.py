@@ -303,3 +303,18 @@ def test_verified_programs_call_native_helpers() -> None:
             vm.jit_compile()
             assert vm.execute_jit() == 0
             assert vm._jit is not None and vm._jit.batchable is verify
+
+
+def test_verified_programs_reach_unchecked_arguments_through_python() -> None:
+    """bpf_ringbuf_submit's sample is an argument the verifier does not check: even a verified
+    program calls the checked Python side with it."""
+    from jitbpf.maps import RingBuf
+
+    rb = RingBuf(max_entries=4096, name="RB")
+    source = "lddw r1, map:RB\nmov r1, 4096\nmov r2, 0\ncall 132\nmov r0, 0\nexit"
+    with VM(assemble(source, maps={"RB": 1})) as vm:
+        vm.add_map(rb, 1)
+        vm.use_standard_helpers()
+        for run in (vm.execute, vm.execute_jit):
+            with pytest.raises(ExecutionError):
+                run()

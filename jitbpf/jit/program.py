@@ -49,6 +49,7 @@ MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
 _TOKENS = itertools.count(1)
 # Helper argument kinds that are (or may be) pointers the helper follows: see _native_for.
 _POINTER_ARGS = frozenset({"map", "key", "value", "mem", "uninit_mem", "ctx", "anything"})
+_UNCHECKED_ARGS = frozenset({"anything"})  # even the verifier does not check these (a ring buffer sample)
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
 
@@ -185,10 +186,13 @@ class JitProgram:
     def _native_for(self, helper: Helper) -> int:
         """The C function to call for ``helper``, or 0 for its Python one. C helpers trust their
         pointer arguments, which the verifier checks against their declared kinds; an unverified
-        program calls those through the Python functions, which check every pointer at run time."""
+        program (or a verified one, for arguments of no checked kind) calls those through the
+        Python functions, which check every pointer at run time."""
         if not helper.native:
             return 0
-        if self._verified or not _POINTER_ARGS.intersection(helper.args):
+        if self._verified and not _UNCHECKED_ARGS.intersection(helper.args):
+            return helper.native
+        if not _POINTER_ARGS.intersection(helper.args):
             return helper.native
         return 0
 
