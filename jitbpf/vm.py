@@ -110,6 +110,7 @@ class VM(ProgramRunners):
         self._blocks: CompiledBlocks | None = None
         self._checked = False
         self._proven: frozenset[int] = frozenset()
+        self._python_calls: frozenset[int] = frozenset()  # helper calls the JIT must make through Python
         self._jit: JitProgram | None = None
         self._compile_lock = threading.Lock()  # one JitProgram per VM, whichever thread runs first
         # execute_jit()'s native fast path (see JitProgram.bind_bare), once the JIT has run.
@@ -261,6 +262,7 @@ class VM(ProgramRunners):
             result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
                                  budget=self.budget, context=self.context_spec(), maps=self.maps)
             self._proven = result.proven
+            self._python_calls = result.unchecked_calls
         self._checked = True
 
     # -- running -------------------------------------------------------------------------------
@@ -323,7 +325,8 @@ class VM(ProgramRunners):
         return JitProgram(self.flow, resolve_lddw=self.resolve_lddw, helpers=self.helpers,
                           proven=self._proven if self.elide_checks else frozenset(),
                           state=self._state, budget=self.budget,
-                          runner=self.execute_jit_regions, verified=self.verify_enabled)
+                          runner=self.execute_jit_regions, verified=self.verify_enabled,
+                          python_calls=self._python_calls)
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""

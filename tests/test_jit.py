@@ -4,6 +4,7 @@ the compile loop."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -318,3 +319,34 @@ def test_verified_programs_reach_unchecked_arguments_through_python() -> None:
         for run in (vm.execute, vm.execute_jit):
             with pytest.raises(ExecutionError):
                 run()
+
+
+@pytest.mark.parametrize("source", [
+    "mov r2, 4096\ncall 16\nmov r0, 0\nexit",                  # comm into mem, far past its 16 bytes
+    "lddw r1, map:M\nmov r2, r1\nmov r1, 0\nmov r4, 5\ncallx r4\nmov r0, 0\nexit",  # callx: id at run time
+])
+def test_verified_calls_with_unproven_pointers_go_through_python(source: str) -> None:
+    """The verifier cannot bound a plain program's mem (nor check a callx's target): those calls
+    reach the helper's checked Python side, never a C helper that would write past the buffer."""
+    m = HashMap(key_size=4, value_size=4, max_entries=4, name="M")
+    with VM(assemble(source, maps={"M": 1})) as vm:
+        vm.add_map(m, 1)
+        vm.use_standard_helpers()
+        for run in (vm.execute, vm.execute_jit):
+            mem = bytearray(16)
+            with contextlib.suppress(ExecutionError):
+                run(mem)
+            assert len(mem) == 16
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hostile_helper_calls_never_crash(seed: int) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "tests.hostile_helpers", str(seed), "600"], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "600 programs" in done.stdout

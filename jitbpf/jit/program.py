@@ -106,12 +106,14 @@ class JitProgram:
         assembler: Assembler | None = None,
         count_budget: bool | None = None,
         verified: bool = False,
+        python_calls: frozenset[int] = frozenset(),
     ) -> None:
         _check_host()
         self._verified = verified
         self._flow = flow
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
-                                          budget=budget, runner=runner, assembler=assembler, verified=verified)
+                                          budget=budget, runner=runner, assembler=assembler, verified=verified,
+                                          python_calls=python_calls)
         self._counting: JitProgram | None = None  # the budget-counting twin (see run_regions)
         self._twin_lock = threading.Lock()
         self._helpers = helpers
@@ -128,6 +130,9 @@ class JitProgram:
                 by_kind.setdefault(info.kind, []).append((pc, insn))
         helper_calls = by_kind.get(Kind.CALL, [])
         self._kinds = frozenset(by_kind)
+        # callx picks its helper at run time: the verifier cannot have checked the arguments for
+        # the one it reaches, so such programs get no trusting C helpers.
+        self._verified = verified and Kind.CALLX not in self._kinds
         self._writes_memory: bool | None = None  # found out on first use (batches only)
         call_ids = [insn.imm for _pc, insn in helper_calls]
         self._call_ids = frozenset(call_ids)
@@ -158,7 +163,7 @@ class JitProgram:
         for helper in helpers.values():
             self.set_helper(helper)
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
-        options = Options(resolve_lddw, proven, table, count_budget, verified)
+        options = Options(resolve_lddw, proven, table, count_budget, verified, python_calls)
         self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
         self._code = ExecutableMemory(self.compiled.code)
         self.token = next(_TOKENS)  # names this program to the native bare-run table
@@ -258,7 +263,7 @@ class JitProgram:
     def batchable(self) -> bool:
         """Whether batches run in one native loop: the program calls no Python helper (those need
         each run's memory map) and makes no tail call, and the native library is there."""
-        if runner_lib() is None or Kind.CALLX in self._kinds:
+        if runner_lib() is None or Kind.CALLX in self._kinds or self._args["python_calls"]:
             return False
         return all(self._native_for(self._helpers[i]) for i in self._call_ids if i in self._helpers)
 

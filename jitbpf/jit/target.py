@@ -65,6 +65,7 @@ class Options:
     # The verifier accepted the program: it never reads a register or stack byte it did not
     # write, so the code need not clear them (unverified programs see zeros, as in the interpreter).
     verified: bool = False
+    python_calls: frozenset[int] = frozenset()  # helper calls to make through Python (unproven pointers)
 
 
 class Target:

@@ -685,7 +685,7 @@ class X86_64(Target):
             self.op(("push", reg))
         if info.kind is Kind.CALL:
             hid = insn.imm
-            if 0 <= hid < table.capacity:
+            if 0 <= hid < table.capacity and pc not in self.options.python_calls:
                 self.op(("mov", "r9d", "i32"), hid)
                 self.op(("mov", TMP, "i64"), table.address + 8 * hid)
                 self.op(("call", "q[r11]"))

@@ -144,6 +144,7 @@ class Checker:
         self.pruned = 0
         self.visits: dict[int, list[_Visit]] = {}
         self.stack_depth: dict[int, int] = {}  # function entry -> bytes of stack it uses
+        self.unchecked_calls: set[int] = set()  # helper calls given memory of unproven extent
         self.mem_insns: set[int] = set()
         self.unproven: set[int] = set()
         self.work: list[tuple[int, State, _Visit, LogNode]] = []
@@ -172,7 +173,8 @@ class Checker:
                 self._log_line(f"from a branch to {pc}: {self._describe(st)}")
             self._walk(pc, st, parent)
         depth = self._check_stack_depth()
-        return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth)
+        return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth,
+                            frozenset(self.unchecked_calls))
 
     def _initial_state(self) -> State:
         regs = [NOT_INIT] * 11
@@ -1006,7 +1008,9 @@ class Checker:
             case Pt.PTR_TO_MAP_VALUE:
                 m = self.maps.get(ptr.aux) if self.maps is not None else None
                 lo, hi = self._var_bounds(ptr, r, 0, hi_size)
-                if m is not None and (lo < 0 or hi > m.value_size):
+                if m is None:
+                    self.unchecked_calls.add(self.pc)  # the value's size is unknown here
+                elif lo < 0 or hi > m.value_size:
                     self.reject(f"r{r} ({kind.value} argument) exceeds the map value: off={lo} size={hi - lo}, "
                                 f"value_size={m.value_size}")
             case Pt.PTR_TO_PACKET | Pt.PTR_TO_PACKET_META:
@@ -1021,7 +1025,9 @@ class Checker:
                 if not ptr.var.is_const or not any(o <= lo and lo + hi_size <= o + s for o, s in ranges):
                     self.reject(f"r{r} ({kind.value} argument) is an invalid context range off={lo} size={hi_size}")
             case Pt.PTR_TO_MEM:
-                pass  # unknown size: helpers reach program memory through bounds-checked accessors
+                # Unknown size: only a helper that checks at run time (through the memory map)
+                # may be given it; the JIT calls such call sites' helpers through Python.
+                self.unchecked_calls.add(self.pc)
             case _:
                 self.reject(f"r{r} ({kind.value} argument) must point to memory, not {ptr}")
 

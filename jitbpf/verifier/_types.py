@@ -102,6 +102,9 @@ class VerifyResult:
     insns_processed: int  # instructions the data-flow analysis stepped through
     states_pruned: int  # paths cut short because an equivalent state was already verified
     max_stack_depth: int  # bytes of stack of the deepest call chain
+    # Helper calls given a pointer to memory of unknown extent (a plain program's mem): a C
+    # helper would trust it, so these calls must reach a helper that checks at run time.
+    unchecked_calls: frozenset[int] = frozenset()
 
 
 class RegType(enum.Enum):
