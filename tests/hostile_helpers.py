@@ -30,10 +30,14 @@ def program(rng: random.Random, maps: int) -> bytes:
             insns.append(Instruction(0xB7, rng.randrange(10), 0, 0, rng.choice(VALUES)))  # mov rX, imm
         elif roll < 0.8:
             insns.append(Instruction(0xBF, rng.randrange(10), rng.choice((10, 0, 1, 6)), 0, 0))  # mov rX, rY
-        elif roll < 0.9:
+        elif roll < 0.85:
             insns.append(Instruction(0x07, rng.randrange(10), 0, 0, rng.choice((-4, -8, 4, 1, -512))))  # add
-        else:
+        elif roll < 0.9:
             insns.append(Instruction(0x62, 10, 0, rng.choice((-4, -8)), rng.randrange(10)))  # stw [r10-N]
+        elif roll < 0.95:  # through what a helper returned (a map value, a ring buffer sample), or not
+            insns.append(Instruction(0x7B, 0, rng.randrange(10), rng.choice((0, 4, 8, 4096, -8)), 0))  # stxdw [r0+N]
+        else:
+            insns.append(Instruction(0x79, rng.randrange(10), 0, rng.choice((0, 8, 64, -16)), 0))  # ldxdw rX, [r0+N]
     insns.append(Instruction(0x95, 0, 0, 0, 0))
     return encode(insns)
 
