@@ -350,3 +350,18 @@ def test_hostile_helper_calls_never_crash(seed: int) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "600 programs" in done.stdout
+
+
+def test_helpers_registered_after_compiling_are_not_trusted() -> None:
+    """The verification covered the helpers of its time: a C helper that takes pointers and is
+    registered later runs through its checked Python side."""
+    m = HashMap(key_size=4, value_size=4, max_entries=4, name="M")
+    source = "stw [r10-4], 1\nlddw r1, map:M\nmov r2, r10\nadd r2, -4\ncall 1\nmov r0, 0\nexit"
+    with VM(assemble(source, maps={"M": 1})) as vm:
+        vm.add_map(m, 1)
+        vm.use_standard_helpers()
+        vm.jit_compile()
+        assert vm._jit is not None and vm._jit.batchable
+        vm.register_helper(vm.helpers[1])
+        assert not vm._jit.batchable
+        assert vm.execute_jit() == vm.execute() == 0

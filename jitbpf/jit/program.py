@@ -160,8 +160,10 @@ class JitProgram:
             self._table[i] = self._dispatch_addr
         self._natives: dict[int, Helper] = {}  # helpers whose native code the table points at
         self._thunks: dict[int, Any] = {}  # cffi callbacks of the Python helpers the table points at
+        self._table_done = False  # set_helper calls from here on are registrations after compiling
         for helper in helpers.values():
             self.set_helper(helper)
+        self._table_done = True
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
         options = Options(resolve_lddw, proven, table, count_budget, verified, python_calls)
         self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
@@ -195,7 +197,9 @@ class JitProgram:
         Python functions, which check every pointer at run time."""
         if not helper.native:
             return 0
-        if self._verified and not _UNCHECKED_ARGS.intersection(helper.args):
+        # The verification covered the helpers there were then: one registered later was not
+        # checked against the program, so only pointer-free ones of those run as C.
+        if self._verified and not self._table_done and not _UNCHECKED_ARGS.intersection(helper.args):
             return helper.native
         if not _POINTER_ARGS.intersection(helper.args):
             return helper.native
@@ -265,7 +269,7 @@ class JitProgram:
         each run's memory map) and makes no tail call, and the native library is there."""
         if runner_lib() is None or Kind.CALLX in self._kinds or self._args["python_calls"]:
             return False
-        return all(self._native_for(self._helpers[i]) for i in self._call_ids if i in self._helpers)
+        return all(i in self._natives for i in self._call_ids if i in self._helpers)
 
     def run_batch(self, buffers: Sequence[Any], extra: Sequence[Region] = ()) -> array.array[int]:
         """Run once per buffer (each as r1/r2 and the packet) in one native loop; ``extra`` are
