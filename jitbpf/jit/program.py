@@ -79,6 +79,21 @@ def runner_lib() -> Any | None:
     return nat
 
 
+RegionKey = tuple[tuple[int, int, bool], ...]  # (base, size, writable) of each non-empty region
+
+
+def _region_key(regions: Sequence[Region]) -> RegionKey:
+    return tuple((r.base, r.size, r.writable) for r in regions if r.size)
+
+
+def _region_table(key: RegionKey) -> Any:
+    """The native ``jitbpf_region`` array of ``key`` (never empty: cffi arrays need a size)."""
+    table = ffi.new("struct jitbpf_region[]", max(1, len(key)))
+    for i, (base, size, writable) in enumerate(key):
+        table[i].base, table[i].size, table[i].writable = base, size, int(writable)
+    return table
+
+
 def _check_host() -> None:
     if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         raise JitError(f"the JIT generates x86-64 code for Linux; this host is {sys.platform}/{platform.machine()}")
@@ -225,14 +240,11 @@ class JitProgram:
         if nat is None or self.closed or not (self.simple or self.batchable):
             return None
         rc = self._thread_context()
-        regions = [r for r in extra if r.size]
-        table = ffi.new("struct jitbpf_region[]", max(1, len(regions)))
-        for i, r in enumerate(regions):
-            table[i].base, table[i].size, table[i].writable = r.base, r.size, int(r.writable)
-        rc.bare_extra = table  # the binding's own: run_regions may replace the context's
+        key = _region_key(extra)
+        table = rc.bare_extra = _region_table(key)  # the binding's own: run_regions may replace the context's
         args = self._code.address + self.compiled.entries["args"]
         nat.lib.jb_bare_bind(self.token, args, int(ffi.cast("uintptr_t", rc.ctx)),
-                             int(ffi.cast("uintptr_t", table)), len(regions))
+                             int(ffi.cast("uintptr_t", table)), len(key))
         return nat
 
     def bare_bound(self) -> bool:
@@ -355,12 +367,9 @@ class JitProgram:
 
     def _extra_table(self, rc: RunContext, extra: Sequence[Region]) -> Any:
         """The native region table for ``extra`` (cached on the thread's context)."""
-        key = tuple((r.base, r.size, r.writable) for r in extra if r.size)
+        key = _region_key(extra)
         if key != rc.extra_key:
-            table = ffi.new("struct jitbpf_region[]", max(1, len(key)))
-            for i, (base, size, writable) in enumerate(key):
-                table[i].base, table[i].size, table[i].writable = base, size, int(writable)
-            rc.extra_regions, rc.extra_key = table, key
+            rc.extra_regions, rc.extra_key = _region_table(key), key
         return rc.extra_regions
 
     def run(self, mem: Any = None) -> int:
