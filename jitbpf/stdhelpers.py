@@ -369,9 +369,10 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
 
     h = HelperId
     probe_args = ("uninit_mem", "size_or_zero", "anything")
-    # These helpers never dereference their ctx argument, so it is "anything": programs in the
-    # raw-memory mode (r1 = plain memory, no context type) may call them too.
-    ctx_arg = "anything"
+    # These helpers never read their ctx argument, so it is "ignored": programs in the raw-memory
+    # mode (r1 = plain memory, no context type) may call them too, and their C twins need not
+    # distrust it.
+    ctx_arg = "ignored"
     return [
         native_helper(h.MAP_LOOKUP_ELEM, "bpf_map_lookup_elem", "jb_helper_map_lookup_elem", map_lookup_elem,
                       ("map", "key"), "map_value_or_null"),

@@ -365,3 +365,19 @@ def test_helpers_registered_after_compiling_are_not_trusted() -> None:
         vm.register_helper(vm.helpers[1])
         assert not vm._jit.batchable
         assert vm.execute_jit() == vm.execute() == 0
+
+
+def test_perf_event_output_runs_as_c_for_verified_programs() -> None:
+    """Its ctx argument is "ignored" (never read), so the verified call needs no distrust."""
+    from jitbpf.maps import PerfEventArray
+
+    events = PerfEventArray(name="EV")
+    source = ("stdw [r10-8], 42\nlddw r2, map:EV\nlddw r3, 0xffffffff\nmov r4, r10\nadd r4, -8\nmov r5, 8\n"
+              "call 25\nmov r0, 0\nexit")
+    with VM(assemble(source, maps={"EV": 1})) as vm:
+        vm.add_map(events, 1)
+        vm.use_standard_helpers()
+        vm.jit_compile()
+        assert vm._jit is not None and vm._jit.batchable
+        assert vm.execute_jit(bytearray(4)) == 0
+        assert len(events.read_events()) == 1

@@ -677,7 +677,7 @@ def test_api_inputs() -> None:
 
 
 def test_declarations_are_checked() -> None:
-    assert [a.value for a in ArgType] == ["scalar", "anything", "map", "key", "value", "mem", "size",
+    assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
                                          "size_or_zero", "ctx", "uninit_mem"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "void"}
     with pytest.raises(ValueError, match="unknown pointer kind"):

@@ -159,7 +159,7 @@ class Checker:
     # -- driver --------------------------------------------------------------------------------
 
     def run(self) -> VerifyResult:
-        arg_masks = {hid: sum(1 << (i + 1) for i, a in enumerate(args) if a is not ArgType.ANYTHING)
+        arg_masks = {hid: sum(1 << (i + 1) for i, a in enumerate(args) if a not in (ArgType.ANYTHING, ArgType.IGNORED))
                      for hid, (args, _ret) in self.signatures.items()}
         self.control = analyze_control(self.flow, helper_ids=frozenset(self.signatures), arg_masks=arg_masks,
                                        allow_loops=self.allow_loops, max_call_depth=self.max_call_depth,
@@ -1039,7 +1039,7 @@ class Checker:
             r = i + 1
             nxt = args[i + 1] if i + 1 < len(args) else None
             match kind:
-                case ArgType.ANYTHING:
+                case ArgType.ANYTHING | ArgType.IGNORED:
                     pass
                 case ArgType.SCALAR:
                     self._scalar_arg(regs, r, f"argument {r} of helper {hid}")

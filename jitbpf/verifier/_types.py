@@ -16,6 +16,7 @@ class ArgType(enum.Enum):
 
     SCALAR = "scalar"  # an initialised number
     ANYTHING = "anything"  # not checked at all; the helper gets whatever the register holds
+    IGNORED = "ignored"  # not checked, and never read by the helper (a ctx some helpers take and drop)
     MAP = "map"  # a map pointer loaded by lddw (MAP_FD / MAP_IDX)
     KEY = "key"  # pointer to key_size initialised readable bytes of the previous MAP argument's map
     VALUE = "value"  # pointer to value_size initialised readable bytes of that map
