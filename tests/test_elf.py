@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -140,8 +141,9 @@ def test_bpf_to_bpf_callee_from_text_is_appended_to_each_program(example: Compil
     obj = load_elf(example("xdp_adjust"))
     with open(example("xdp_adjust"), "rb") as f:
         elf = ELFFile(f)
-        text_size = elf.get_section_by_name(".text").data_size
-        xdp_size = elf.get_section_by_name("xdp").data_size
+        text, xdp = elf.get_section_by_name(".text"), elf.get_section_by_name("xdp")
+        assert text is not None and xdp is not None
+        text_size, xdp_size = text.data_size, xdp.data_size
     push, trunc = obj.programs["xdp_vlan_push"], obj.programs["xdp_truncate"]
     assert len(push.code) + len(trunc.code) == xdp_size + 2 * text_size  # each got its own copy of count()
     for prog in (push, trunc):
@@ -212,12 +214,14 @@ def _section_header(data: bytes, name: str) -> tuple[int, int]:
     """(offset, size) of a section's contents."""
     elf = ELFFile(io.BytesIO(data))
     sec = elf.get_section_by_name(name)
+    assert sec is not None
     return int(sec["sh_offset"]), int(sec["sh_size"])
 
 
 def _symbol_index(data: bytes, name: str) -> int:
     elf = ELFFile(io.BytesIO(data))
     symtab = elf.get_section_by_name(".symtab")
+    assert isinstance(symtab, SymbolTableSection)
     return next(i for i, s in enumerate(symtab.iter_symbols()) if s.name == name)
 
 

@@ -209,7 +209,8 @@ def test_versioned_loops_agree_with_the_interpreter(start: int, bound: int, step
     """Random walks (start and bound around mem's 64 bytes, any stride, loads and stores before
     and after the step) give the interpreter's result, error and memory."""
     suffix = {1: "b", 2: "h", 4: "w", 8: "dw"}
-    before, after = [], []
+    before: list[str] = []
+    after: list[str] = []
     for is_store, size, off, late in accesses:
         line = f"stx{suffix[size]} [r3+{off}], r0" if is_store else f"ldx{suffix[size]} r5, [r3+{off}]\nadd r0, r5"
         (after if late else before).append(line)

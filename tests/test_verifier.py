@@ -28,7 +28,8 @@ asm = pytest.importorskip("jitbpf.asm", reason="the assembler (jitbpf.asm) is no
 
 
 def prog(text: str, maps: Mapping[str, int] | None = None) -> bytes:
-    return asm.assemble(text, maps=maps)
+    code: bytes = asm.assemble(text, maps=maps)
+    return code
 
 
 # --- fixtures of the tests -----------------------------------------------------------------------

@@ -5,5 +5,5 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/tools/bootstrap.sh"
 cd "$root"
 .venv/bin/ruff check jitbpf tests benchmarks tools
-.venv/bin/python -m mypy jitbpf
+.venv/bin/python -m mypy jitbpf benchmarks tests
 .venv/bin/python -m pytest -q "$@"
