@@ -199,28 +199,27 @@ class Translator:
     def translate(self, flow: ControlFlow) -> CompiledBlocks:
         program = flow.program
         n = len(program)
-        lines: list[str] = ["def make():", "    blocks = {}"]
+        # One module-level function per block: nested in one enclosing function, their names
+        # would be that function's locals, which CPython's compiler handles in quadratic time.
+        lines: list[str] = []
         call_targets: dict[int, int] = {}
         returns: dict[int, int] = {}
         costs = [0] * n
         for block in flow.blocks:
             costs[block.start] = block.cost
-            lines.append(f"    def b{block.start}(R, E):")
+            lines.append(f"def b{block.start}(R, E):")
             body = self._block_body(flow, block)
-            lines.extend("        " + stmt for stmt in body)
-            lines.append(f"    blocks[{block.start}] = b{block.start}")
+            lines.extend("    " + stmt for stmt in body)
             last = program.infos[block.last]
             if last is not None and last.kind is Kind.CALL_LOCAL:
                 call_targets[block.start] = flow.targets[block.last]
                 returns[block.start] = block.end
-        lines.append("    return blocks")
         source = "\n".join(lines)
         namespace = dict(PY_NAMESPACE, ExecutionError=ExecutionError)
         exec(compile(source, "<jitbpf-interpreter>", "exec"), namespace)
-        blocks = namespace["make"]()
         fns: list[Callable[[list[int], Env], int] | None] = [None] * n
-        for start, fn in blocks.items():
-            fns[start] = fn
+        for block in flow.blocks:
+            fns[block.start] = namespace[f"b{block.start}"]
         return CompiledBlocks(fns, costs, call_targets, returns, source)
 
     def _block_body(self, flow: ControlFlow, block: Block) -> list[str]:
