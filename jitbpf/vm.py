@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
 from jitbpf._ffi import ffi
-from jitbpf.errors import ExecutionError, JitError, VerifierError
+from jitbpf.errors import BpfError, ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import MAX_CALL_DEPTH, CompiledBlocks, Env, TailCall, Translator, run
 from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
@@ -385,7 +385,7 @@ class VM(ProgramRunners):
             b if _writable(b) else bytearray(b) for b in buffers]
         jit = self._jit_program()
         if not jit.batchable:
-            return array.array("Q", [self.execute_jit(b) for b in items])
+            return self._one_by_one(items)
         regions = self.map_regions()
         return _split(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
 
@@ -401,11 +401,22 @@ class VM(ProgramRunners):
             raise TypeError("execute_records needs a writable buffer (records are run in place)")
         count = len(view) // record_size
         if not jit.batchable:
-            return array.array("Q", [self.execute_jit(view[i * record_size:(i + 1) * record_size])
-                                     for i in range(count)])
+            return self._one_by_one([view[i * record_size:(i + 1) * record_size] for i in range(count)])
         regions = self.map_regions()
         return _split(count, threads, lambda lo, hi: jit.run_records(
             view[lo * record_size:hi * record_size], record_size, regions))
+
+    def _one_by_one(self, inputs: Sequence[Any]) -> array.array[int]:
+        """A batch as one execute_jit per input (programs with Python helpers), with the same
+        error note as the native loop's."""
+        out = array.array("Q")
+        for i, mem in enumerate(inputs):
+            try:
+                out.append(self.execute_jit(mem))
+            except BpfError as err:
+                err.add_note(f"in input {i} of the batch")
+                raise
+        return out
 
     def execute_jit_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
                             packet: Region | None = None) -> int:

@@ -238,3 +238,33 @@ def test_random_bytes_never_crash(code: bytes) -> None:
     vm.close()
     compare(list(vm.program.insns), bytes(MEM_SIZE))
 
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(programs(), st.lists(st.binary(min_size=MEM_SIZE, max_size=MEM_SIZE), min_size=1, max_size=4))
+def test_batches_agree_with_one_interpreter_run_per_input(insns: list[Instruction], inputs: list[bytes]) -> None:
+    """execute_records (one native loop when the program calls no Python helper) gives each
+    input's r0 and memory as the interpreter does, and stops with the first input's error."""
+    vm = VM(insns, verify=False, budget=BUDGET, helpers=HELPERS)
+    records = bytearray(b"".join(inputs))  # both engines run on it: the same addresses for each input
+    view = memoryview(records)
+    try:
+        expected: list[object] = []
+        for i in range(len(inputs)):
+            try:
+                expected.append(vm.execute(view[i * MEM_SIZE:(i + 1) * MEM_SIZE]))
+            except BpfError as exc:
+                expected.append((type(exc).__name__, exc.pc))
+                break
+        after = bytes(records[:MEM_SIZE * (len(expected) - isinstance(expected[-1], tuple))])
+        records[:] = b"".join(inputs)
+        try:
+            got: list[object] = list(vm.execute_records(records, MEM_SIZE))
+        except BpfError as exc:
+            assert f"in input {len(expected) - 1} of the batch" in (exc.__notes__ or [])
+            got = [*expected[:-1], (type(exc).__name__, exc.pc)]
+        assert got == expected
+        assert records[:len(after)] == after
+    finally:
+        view.release()
+        vm.close()
