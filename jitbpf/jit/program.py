@@ -125,6 +125,7 @@ class JitProgram:
     ) -> None:
         _check_host()
         self._verified = verified
+        self._python_calls = python_calls  # helper calls made through Python whatever the helper
         self._flow = flow
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
                                           budget=budget, runner=runner, assembler=assembler, verified=verified,
@@ -279,7 +280,7 @@ class JitProgram:
     def batchable(self) -> bool:
         """Whether batches run in one native loop: the program calls no Python helper (those need
         each run's memory map) and makes no tail call, and the native library is there."""
-        if runner_lib() is None or Kind.CALLX in self._kinds or self._args["python_calls"]:
+        if runner_lib() is None or Kind.CALLX in self._kinds or self._python_calls:
             return False
         return all(i in self._natives for i in self._call_ids if i in self._helpers)
 
