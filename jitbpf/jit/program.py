@@ -25,12 +25,11 @@ from jitbpf.jit.runtime import (
     DISPATCH_TYPE,
     ENTRY_TYPE,
     ERROR_RESULT,
-    HELPER_TYPE,
     Dispatcher,
-    HelperThunk,
     RunContext,
     Status,
     clamp_budget,
+    helper_callback,
     run_error,
 )
 from jitbpf.jit.target import CompiledCode, HelperTable, Options
@@ -202,7 +201,7 @@ class JitProgram:
                 self._table[helper.id] = native
             else:
                 self._natives.pop(helper.id, None)
-                thunk = ffi.callback(HELPER_TYPE, HelperThunk(helper, self._tls))
+                thunk = helper_callback(helper, self._tls)
                 self._thunks[helper.id] = thunk
                 self._table[helper.id] = int(ffi.cast("uintptr_t", thunk))
 

@@ -180,27 +180,22 @@ class Dispatcher:
         return 0
 
 
-class HelperThunk:
-    """Runs one Python helper for generated code, as its own cffi callback that the helper table
-    points at (no lookup by id on the way); failures are parked as the Dispatcher parks them."""
+def helper_callback(helper: Helper, tls: threading.local) -> Any:
+    """One Python helper as its own cffi callback, which the helper table points at (no lookup by
+    id on the way). cffi hands an exception the helper raises to ``onerror``, which parks it on the
+    calling thread's run context as the Dispatcher does; the call then returns 0 and the generated
+    code sees ``pending``."""
+    fn = helper.fn
 
-    __slots__ = ("fn", "helper", "tls")
+    def call(a: int, b: int, c: int, d: int, e: int) -> int:
+        return int(fn(a, b, c, d, e)) & MASK64
 
-    def __init__(self, helper: Helper, tls: threading.local) -> None:
-        self.helper = helper
-        self.fn = helper.fn
-        self.tls = tls  # .rc: the calling thread's RunContext
-
-    def __call__(self, a: int, b: int, c: int, d: int, e: int) -> int:
-        try:
-            return int(self.fn(a, b, c, d, e)) & MASK64
-        except BaseException as exc:  # reported after the native code returns
-            failure: BaseException = exc
-        rc: RunContext = self.tls.rc
-        rc.exc, rc.helper, rc.helper_id = failure, self.helper, self.helper.id
+    def onerror(_kind: type[BaseException], exc: BaseException, _tb: object) -> None:
+        rc: RunContext = tls.rc
+        rc.exc, rc.helper, rc.helper_id = exc, helper, helper.id
         rc.ctx.pending = 1
-        del failure  # the exception's traceback holds this frame: no cycle back to it
-        return 0
+
+    return ffi.callback(HELPER_TYPE, call, onerror=onerror)
 
 
 def clamp_budget(budget: int) -> int:
