@@ -669,7 +669,8 @@ class _EventSource(BpfMap):
     event_type: Converter
 
     def read_events(self) -> list[Any]:
-        raise NotImplementedError
+        """Take the events waiting now (each subclass reads its own storage)."""
+        raise TypeError(f"{type(self).__name__} does not say how to read its events")
 
     def poll(self, timeout: float | None = None) -> list[Any]:
         """Wait up to ``timeout`` seconds (forever if None) for events; return them (maybe [])."""

@@ -3,6 +3,7 @@ instruction to the target's emitter, keeps labels and branch fixups, links, and 
 
 from __future__ import annotations
 
+import abc
 import enum
 import struct
 from collections.abc import Callable, Sequence
@@ -68,7 +69,7 @@ class Options:
     python_calls: frozenset[int] = frozenset()  # helper calls to make through Python (unproven pointers)
 
 
-class Target:
+class Target(abc.ABC):
     """Drives code generation for one program. A subclass supplies the machine: the ``emit_*``
     methods for each instruction kind, block entry (budget), entry/runtime code and the branch
     encodings; everything else (iteration, labels, fixups, linking, listing) lives here."""
@@ -109,17 +110,17 @@ class Target:
 
     # -- hooks a target implements ---------------------------------------------------------------
 
+    @abc.abstractmethod
     def emit_entries(self) -> None:
         """Entry points and the prologue that sets up registers; falls through to slot 0."""
-        raise NotImplementedError(f"{self.name}: entries")
 
+    @abc.abstractmethod
     def emit_block_entry(self, block: Block) -> None:
         """Code run on entry to every block (the budget charge)."""
-        raise NotImplementedError(f"{self.name}: block entry")
 
+    @abc.abstractmethod
     def emit_runtime(self) -> None:
         """The shared routines stubs jump to (exit, aborts, bounds walker, frame zeroing)."""
-        raise NotImplementedError(f"{self.name}: runtime")
 
     def patch_branch(self, buf: bytearray, pos: int, displacement: int) -> None:
         """Store a branch displacement, relative to the end of the 4-byte field at ``pos``."""
@@ -207,50 +208,65 @@ class Target:
             raise NotImplementedError(f"{self.name}: no code for {info.kind}")
         emitter(pc, insn, info)
 
+    @abc.abstractmethod
     def emit_alu(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Binary ALU operations, mov included."""
 
+    @abc.abstractmethod
     def emit_jcond(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Conditional jumps."""
 
+    @abc.abstractmethod
     def emit_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Loads (zero- and sign-extending)."""
 
+    @abc.abstractmethod
     def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Stores of a register or an immediate."""
 
+    @abc.abstractmethod
     def emit_ja(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Unconditional jumps."""
 
+    @abc.abstractmethod
     def emit_lddw(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """64-bit constants and map references."""
 
+    @abc.abstractmethod
     def emit_neg(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Negation."""
 
+    @abc.abstractmethod
     def emit_movsx(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Sign-extending moves."""
 
+    @abc.abstractmethod
     def emit_endian(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Byte swaps (le/be/bswap)."""
 
+    @abc.abstractmethod
     def emit_atomic(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Atomic read-modify-writes."""
 
+    @abc.abstractmethod
     def emit_call(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Helper calls (by id, or callx)."""
 
+    @abc.abstractmethod
     def emit_call_local(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """bpf-to-bpf calls."""
 
+    @abc.abstractmethod
     def emit_exit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Returns from a function or the program."""
 
+    @abc.abstractmethod
     def emit_packet_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Legacy LD_ABS/LD_IND packet loads."""
 
+    @abc.abstractmethod
     def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        raise NotImplementedError(f"{self.name}: {info.mnemonic}")
+        """Kernel function calls."""
 
     # -- labels, fixups, linking -----------------------------------------------------------------
 
