@@ -428,3 +428,66 @@ def test_the_verifier_checks_whole_keys_and_proves_map_value_accesses() -> None:
     assert 7 in vm._proven  # the ldxdw from the value (lddw takes two slots)
     m[0] = 77
     assert run(vm, "jit") == run(vm, "interp") == 77
+
+
+@st.composite
+def _map_value_programs(draw: st.DrawFn) -> str:
+    """Look a value up in a one-element array map, maybe check it against NULL, then move and
+    dereference the pointer in random ways (constant and bounded variable offsets)."""
+    lines = ["stw [r10-4], 0", "lddw r1, map:A", "mov r2, r10", "add r2, -4", "call 1"]
+    if draw(st.integers(0, 9)):
+        lines.append("jeq r0, 0, @end")
+    lines += ["mov r3, r0", "mov r4, 1"]
+    sizes = ("b", "h", "w", "dw")
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(("add", "load", "store", "var", "jump", "copy")))
+        off = draw(st.integers(-8, 40))
+        reg = draw(st.sampled_from(("r0", "r3")))
+        match kind:
+            case "add":
+                lines.append(f"add {reg}, {draw(st.integers(-16, 24))}")
+            case "load":
+                lines.append(f"ldx{draw(st.sampled_from(sizes))} r4, [{reg}{off:+d}]")
+            case "store":
+                lines.append(f"stx{draw(st.sampled_from(sizes))} [{reg}{off:+d}], r4")
+            case "var":
+                lines += ["ldxb r5, [r10-4]", f"and r5, {draw(st.sampled_from((1, 7, 15, 31)))}", f"add {reg}, r5"]
+            case "jump":
+                lines.append(f"jgt r4, {draw(st.integers(0, 3))}, @{draw(st.integers(0, 4))}")
+            case "copy":
+                lines.append("mov r3, r0")
+    lines += ["mov r4, 0", "mov r3, r0", "mov r0, 0", "exit"]
+    out = []
+    for idx, line in enumerate(lines):
+        if "@end" in line:
+            line = line.replace("@end", f"+{len(lines) - idx - 2}")
+        elif "@" in line:
+            head, skip = line.rsplit("@", 1)
+            line = f"{head}+{min(int(skip), len(lines) - idx - 2)}"
+        out.append(line)
+    return "\n".join(out)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_map_value_programs(), st.sampled_from([8, 16, 24]))
+def test_proven_map_value_accesses_never_fault(source: str, value_size: int) -> None:
+    """The verifier proves accesses to map values from the VM's maps (and the JIT then checks
+    them no more): every access it proves stays inside the value, in both engines. The array has
+    one element of a multiple of 8 bytes, so the map's memory ends where the value does."""
+    from jitbpf.errors import ExecutionError, VerifierError
+
+    a = Array(value_size=value_size, max_entries=1, name="A")
+    vm = load(source, a, allow_loops=False)
+    try:
+        vm.check()
+    except VerifierError:
+        vm.close()
+        return
+    try:
+        for engine in ("interp", "jit"):
+            try:
+                run(vm, engine, bytearray(8))
+            except ExecutionError as exc:
+                assert exc.pc not in vm._proven, f"proven access faulted ({engine}): {exc}"
+    finally:
+        vm.close()
