@@ -880,3 +880,71 @@ def test_proven_accesses_never_fault_in_either_engine(jit_works: bool, source: s
         finally:
             vm.close()
 
+
+
+@st.composite
+def _packet_programs(draw: st.DrawFn) -> str:
+    """XDP-style parsers: data and data_end from the context, bounds checks of random reach
+    (some too short), then loads and stores at random offsets from data or a moved pointer."""
+    lines = ["ldxw r2, [r1+0]", "ldxw r3, [r1+4]", "mov r4, r2", "mov r6, 0",
+             "mov r5, r2", f"add r5, {draw(st.integers(0, 48))}", "jgt r5, r3, @out"]
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(("check", "load", "store", "move", "var")))
+        off = draw(st.integers(-4, 40))
+        base = draw(st.sampled_from(("r2", "r4")))
+        size = draw(st.sampled_from(("b", "h", "w", "dw")))
+        match kind:
+            case "check":  # if (base + reach > data_end) goto out
+                lines += ["mov r5, " + base, f"add r5, {draw(st.integers(0, 40))}", "jgt r5, r3, @out"]
+            case "load":
+                lines.append(f"ldx{size} r6, [{base}{off:+d}]")
+            case "store":
+                lines.append(f"stx{size} [{base}{off:+d}], r6")
+            case "move":
+                lines.append(f"add r4, {draw(st.integers(-8, 16))}")
+            case "var":
+                lines += [f"and r6, {draw(st.sampled_from((1, 3, 7, 15)))}", "add r4, r6"]
+    lines += ["mov r0, 2", "exit"]
+    out = []
+    for idx, line in enumerate(lines):
+        if "@out" in line:  # to the final "mov r0, 2"
+            line = line.replace("@out", f"+{len(lines) - idx - 3}")
+        out.append(line)
+    return "\n".join(out)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_packet_programs(), st.integers(0, 64))
+def test_proven_packet_accesses_stay_within_data_end(source: str, length: int) -> None:
+    """Accesses the verifier proves against data_end (which the JIT then leaves unchecked) never
+    leave [data, data_end): run in the interpreter with memory cut to exactly the packet, the
+    context and one stack frame, a proven access that strays faults."""
+    from jitbpf.memory import Region
+    from jitbpf.programs import LowMemory
+
+    code = prog(source)
+    vm = VM(code, prog_type="xdp")
+    try:
+        vm.check()
+    except VerifierError:
+        return
+    arena = LowMemory(4096)
+    try:
+        ctx_addr, data = arena.address, arena.address + 256
+        arena.view[0:8] = data.to_bytes(4, "little") + (data + length).to_bytes(4, "little")
+        regions = [Region(ctx_addr, 24, arena.view[0:24], True, "ctx"),
+                   Region(data, length, arena.view[256:256 + length], True, "packet")]
+        stack = bytearray(STACK_SIZE)
+        stack_region, stack_pin = region_of(stack, "stack")
+        blocks = Translator(vm.resolve_lddw).translate(vm.flow)
+        regs = [0] * 11
+        regs[1], regs[10] = ctx_addr, stack_region.base + STACK_SIZE
+        env = Env(MemoryMap([*regions, stack_region]), {}, (0, 0))
+        try:
+            run(blocks, regs, env, budget=10_000, stack_zero=lambda _f: None)
+        except ExecutionError as exc:
+            assert exc.pc not in vm._proven, f"proven packet access faulted: {exc}"
+        del stack_pin
+    finally:
+        arena.close()
+        vm.close()
