@@ -771,8 +771,12 @@ class RingBuf(_EventSource):
         length = ffi.new("uint32_t *")
         events: list[Any] = []
         with self._read_lock:
-            while lib.jb_ringbuf_consume(self.ptr, self._buf, self.max_entries, length) == 1:
+            while (rc := lib.jb_ringbuf_consume(self.ptr, self._buf, self.max_entries, length)) == 1:
                 events.append(_decode_event(self.event_type, bytes(ffi.buffer(self._buf, length[0]))))
+        if rc == -errno.EBADMSG:
+            # Record headers lie in memory programs can write: a forged one is never followed.
+            raise MapError(f"ring buffer {self.name}: corrupted record header at consumer position "
+                           f"{int(lib.jb_ringbuf_query(self.ptr, 2))} (overwritten by a program?)")
         return events
 
     def is_reserved(self, address: int) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import enum
-import os
 import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,11 +11,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
-from jitbpf._ffi import ffi, libc
 from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64, Kind
 from jitbpf.memory import Region
+from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
     from jitbpf.verifier import ContextSpec
@@ -178,7 +177,6 @@ XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
 XDP_METADATA_MAX = 32  # bytes of metadata before the packet (bpf_xdp_adjust_meta)
 ETH_HLEN = 14  # an Ethernet header: the least a packet keeps after adjust_head/adjust_tail
 CTX_AREA = 512  # bytes reserved for the context at the start of the run arena
-LOW_LIMIT = 1 << 32  # packet memory lies below this address, so 32-bit fields can point to it
 
 # -- context layouts (the kernel's uapi structs) ---------------------------------------------------
 
@@ -516,63 +514,12 @@ def _helper_name(helper_id: int) -> str:
         return "helper"
 
 
-# -- packet memory below 4 GiB ---------------------------------------------------------------------
-
-_PROT_RW = 0x1 | 0x2  # PROT_READ | PROT_WRITE
-_MAP_PRIVATE_ANON = 0x02 | 0x20  # MAP_PRIVATE | MAP_ANONYMOUS
-_MAP_32BIT = 0x40  # x86-64: place the mapping in the first 2 GiB
-_MAP_FAILED = (1 << 64) - 1
-_PAGE = 4096
-
-
-class LowMemory:
-    """Anonymous memory mapped below 4 GiB.
-
-    Context fields such as ``xdp_md.data`` or ``__sk_buff.data`` are 32 bits wide: the kernel
-    rewrites the program's loads of them to load real 64-bit pointers. jitbpf does not rewrite:
-    it keeps each run's context and packet in memory whose addresses fit in 32 bits, so the
-    32-bit fields hold the real addresses and both engines use them as pointers unchanged.
-    On x86-64 the memory comes from ``mmap(MAP_32BIT)``; elsewhere from mmap with low address hints.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = (size + _PAGE - 1) // _PAGE * _PAGE
-        self.address = self._map(self.size)
-        self.pointer = ffi.cast("uint8_t *", self.address)
-        self.view = memoryview(ffi.buffer(self.pointer, self.size)).cast("B")
-
-    @staticmethod
-    def _map(size: int) -> int:
-        tries: list[tuple[int, int]] = [(0, _MAP_32BIT)] if os.uname().machine in ("x86_64", "amd64") else []
-        tries += [(hint, 0) for hint in range(0x1000_0000, 0xF000_0000, 0x1000_0000)]
-        for hint, flags in tries:
-            ptr = libc.mmap(ffi.cast("void *", hint), size, _PROT_RW, _MAP_PRIVATE_ANON | flags, -1, 0)
-            addr = int(ffi.cast("uintptr_t", ptr))
-            if addr == _MAP_FAILED:
-                continue
-            if addr + size <= LOW_LIMIT:
-                return addr
-            libc.munmap(ptr, size)
-        raise ExecutionError(f"cannot map {size} bytes of packet memory below 4 GiB")
-
-    def close(self) -> None:
-        """Unmap the memory (the views become invalid)."""
-        if self.address:
-            self.view.release()
-            libc.munmap(ffi.cast("void *", self.address), self.size)
-            self.address = 0
-
-    def __del__(self) -> None:
-        if getattr(self, "address", 0):
-            self.close()
-
-
 @dataclass
 class RunContext:
     """The memory and state of one program run: context, packet frame, and what helpers changed."""
 
     info: ProgramType  # the program type
-    arena: LowMemory  # context at offset 0, packet frame at CTX_AREA
+    arena: Pages  # context at offset 0, packet frame at CTX_AREA
     ctx_addr: int  # address of the context
     frame_start: int  # first byte of the packet frame (headroom start)
     frame_end: int  # one past its last byte (tailroom end)
@@ -613,17 +560,17 @@ class ProgramState:
             raise ExecutionError(f"{self.info.name} helper called outside a {self.info.name} run")
         return run
 
-    def arena(self, size: int) -> tuple[LowMemory, Region, Region]:
+    def arena(self, size: int) -> tuple[Pages, Region, Region]:
         """This thread's run memory (at least ``size`` bytes) with its context and packet regions.
 
         The packet region spans the whole frame area (headroom, packet, tailroom): keeping the
         program within [data, data_end) is the verifier's job, as in the kernel.
         """
-        cached: tuple[LowMemory, Region, Region] | None = getattr(self.local, "arena", None)
+        cached: tuple[Pages, Region, Region] | None = getattr(self.local, "arena", None)
         if cached is None or cached[0].size < size:
             if cached is not None:
                 cached[0].close()
-            arena = LowMemory(max(size, 64 * 1024))
+            arena = Pages(max(size, 64 * 1024))
             ctx_size = ctypes.sizeof(self.info.ctx)
             ctx_region = Region(arena.address, ctx_size, arena.view[0:ctx_size], True, "ctx")
             frame = Region(arena.address + CTX_AREA, arena.size - CTX_AREA, arena.view[CTX_AREA:],

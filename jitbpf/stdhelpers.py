@@ -208,45 +208,45 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
     def map_lookup_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_lookup_elem")
         need(r2, m.key_size, "bpf_map_lookup_elem", "key")
-        return int(lib.jb_helper_map_lookup_elem(r1, r2, 0, 0, 0))
+        return int(lib.jb_direct_map_lookup_elem(r1, r2))
 
     def map_update_elem(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_update_elem")
         need(r2, m.key_size, "bpf_map_update_elem", "key")
         need(r3, m.value_size, "bpf_map_update_elem", "value")
-        return int(lib.jb_helper_map_update_elem(r1, r2, r3, r4, 0))
+        return int(lib.jb_direct_map_update_elem(r1, r2, r3, r4))
 
     def map_delete_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_delete_elem")
         need(r2, m.key_size, "bpf_map_delete_elem", "key")
-        return int(lib.jb_helper_map_delete_elem(r1, r2, 0, 0, 0))
+        return int(lib.jb_direct_map_delete_elem(r1, r2))
 
     def map_push_elem(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_push_elem")
         need(r2, m.value_size, "bpf_map_push_elem", "value")
-        return int(lib.jb_helper_map_push_elem(r1, r2, r3, 0, 0))
+        return int(lib.jb_direct_map_push_elem(r1, r2, r3))
 
     def map_pop_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_pop_elem")
         need(r2, m.value_size, "bpf_map_pop_elem", "value", write=True)
-        return int(lib.jb_helper_map_pop_elem(r1, r2, 0, 0, 0))
+        return int(lib.jb_direct_map_take_elem(r1, r2, 1))
 
     def map_peek_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_peek_elem")
         need(r2, m.value_size, "bpf_map_peek_elem", "value", write=True)
-        return int(lib.jb_helper_map_peek_elem(r1, r2, 0, 0, 0))
+        return int(lib.jb_direct_map_take_elem(r1, r2, 0))
 
     # -- events --------------------------------------------------------------------------------
 
     def perf_event_output(r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
         map_at(r2, "bpf_perf_event_output", MapType.PERF_EVENT_ARRAY)
         need(r4, r5, "bpf_perf_event_output", "data")
-        return int(lib.jb_helper_perf_event_output(r1, r2, r3, r4, r5))
+        return int(lib.jb_direct_perf_event_output(r2, r3, r4, r5))
 
     def ringbuf_output(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         map_at(r1, "bpf_ringbuf_output", MapType.RINGBUF)
         need(r2, r3, "bpf_ringbuf_output", "data")
-        return int(lib.jb_helper_ringbuf_output(r1, r2, r3, r4, 0))
+        return int(lib.jb_direct_ringbuf_output(r1, r2, r3, r4))
 
     def ringbuf_reserve(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
         map_at(r1, "bpf_ringbuf_reserve", MapType.RINGBUF)
@@ -305,7 +305,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
 
     def get_current_comm(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         need(r1, r2, "bpf_get_current_comm", "buffer", write=True)
-        return int(lib.jb_helper_get_current_comm(r1, r2, 0, 0, 0))
+        return int(lib.jb_direct_get_current_comm(r1, r2))
 
     def no_args(cname: str) -> Callable[[int, int, int, int, int], int]:
         call = getattr(lib, cname)

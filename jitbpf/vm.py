@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
-from jitbpf._ffi import ffi
 from jitbpf.errors import BpfError, ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import MAX_CALL_DEPTH, CompiledBlocks, Env, TailCall, Translator, run
@@ -17,6 +16,7 @@ from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, Pseud
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.memory import MemoryMap, Region, region_of
 from jitbpf.programs import ProgramRunners, ProgType
+from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
     from jitbpf.jit import JitProgram
@@ -35,9 +35,9 @@ class RunState:
     __slots__ = ("_mm", "extra", "mem", "stack", "stack_base", "stack_view", "tail_calls_left")
 
     def __init__(self) -> None:
-        self.stack = ffi.new("uint8_t[]", STACK_BYTES)
-        self.stack_base = int(ffi.cast("uintptr_t", self.stack))
-        self.stack_view = memoryview(ffi.buffer(self.stack)).cast("B")
+        self.stack = Pages(STACK_BYTES)  # in the sandbox: the JIT may access it unchecked
+        self.stack_base = self.stack.address
+        self.stack_view = self.stack.view[:STACK_BYTES]
         self.mem: Region | None = None
         self.extra: Sequence[Region] = ()
         self._mm: MemoryMap | None = None

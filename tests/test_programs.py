@@ -14,11 +14,9 @@ import pytest
 from jitbpf import load_elf
 from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.programs import (
-    LOW_LIMIT,
     PROGRAM_TYPES,
     BpfSock,
     CgroupDevCtx,
-    LowMemory,
     PerfEventData,
     ProgType,
     PtRegs,
@@ -33,6 +31,7 @@ from jitbpf.programs import (
     program_type,
     section_program_type,
 )
+from jitbpf.sandbox import LOW_LIMIT, Pages
 from jitbpf.vm import VM
 from tests.test_elf import ENGINES, Compiler, example_compiler
 
@@ -137,7 +136,7 @@ def test_packet_length_is_a_pointer_difference() -> None:
 
 
 def test_low_memory_is_below_4_gib() -> None:
-    mem = LowMemory(100_000)
+    mem = Pages(100_000)
     try:
         assert mem.address + mem.size <= LOW_LIMIT
         mem.view[0:4] = b"abcd"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import os
 import struct
@@ -29,6 +30,7 @@ from jitbpf.maps import (
     num_cpus,
     set_current_cpu,
 )
+from jitbpf.sandbox import Pages, contained
 from jitbpf.stdhelpers import HelperId, StdContext, format_printk, standard_helpers
 from jitbpf.vm import VM
 from tests.support import ENGINES, load, run, s64
@@ -81,21 +83,59 @@ def test_native_entry_points_are_callable_c_functions() -> None:
     update = ffi.cast(sig, by_id[HelperId.MAP_UPDATE_ELEM].native)
     delete = ffi.cast(sig, by_id[HelperId.MAP_DELETE_ELEM].native)
     array = Array(value_size=4, max_entries=4, name="A")
-    key = ffi.new("uint32_t *", 1)
-    kaddr = int(ffi.cast("uintptr_t", key))
+    pages = Pages(4096)  # program memory: what the JIT's helpers accept pointers into
+    pages.view[0:8] = (1).to_bytes(4, "little") + (77).to_bytes(4, "little")
+    kaddr, vaddr = pages.address, pages.address + 4
     assert lookup(array.address, kaddr, 0, 0, 0) == array.value_address() + 8  # 8-byte value stride
-    value = ffi.new("uint32_t *", 77)
-    assert update(array.address, kaddr, int(ffi.cast("uintptr_t", value)), 0, 0) == 0
+    assert update(array.address, kaddr, vaddr, 0, 0) == 0
     assert array[1] == 77
     assert s64(delete(array.address, kaddr, 0, 0, 0)) == -errno.EINVAL
     h = HashMap(key_size=4, value_size=4, max_entries=4, name="H")
     assert lookup(h.address, kaddr, 0, 0, 0) == 0
-    assert update(h.address, kaddr, int(ffi.cast("uintptr_t", value)), 0, 0) == 0
+    assert update(h.address, kaddr, vaddr, 0, 0) == 0
     ptr = lookup(h.address, kaddr, 0, 0, 0)
     assert h.regions()[0].base <= ptr < h.regions()[0].end
     assert ffi.cast("uint32_t *", ptr)[0] == 77
     assert delete(h.address, kaddr, 0, 0, 0) == 0
     assert s64(delete(h.address, kaddr, 0, 0, 0)) == -errno.ENOENT
+
+
+@pytest.mark.skipif(not contained(), reason="no sandbox on this host: C helpers then take no pointers from JIT code")
+def test_native_helpers_refuse_what_is_not_live_program_memory() -> None:
+    """Called as JIT code calls them, C helpers take nothing on trust: a forged map pointer or a key,
+    value or buffer outside live sandbox memory (host memory, a guard page, a freed page) fails the
+    call as the kernel's helpers fail on a bad argument, and nothing there is read or written."""
+    nat = native()
+    ffi = nat.ffi
+    vm = VM(assemble("mov r0, 0\nexit"))
+    by_id = {h.id: h for h in standard_helpers(vm)}
+    sig = "uint64_t(*)(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t)"
+
+    def call(hid: HelperId, *args: int) -> int:
+        fn = ffi.cast(sig, by_id[hid].native)
+        return s64(fn(*args, *[0] * (5 - len(args))))
+
+    h = HashMap(key_size=4, value_size=4, max_entries=4, name="H")
+    pages = Pages(4096)
+    host = bytearray(b"\x01\0\0\0" * 4)
+    host_addr = int(ffi.cast("uintptr_t", ffi.from_buffer(host)))
+    freed = Pages(4096)
+    freed_addr = freed.address
+    del freed
+    gc.collect()
+    bad_pointers = [host_addr, pages.address + 4094, pages.address + 4096, freed_addr, 0, 1 << 40]
+    for bad in bad_pointers:
+        assert call(HelperId.MAP_LOOKUP_ELEM, h.address, bad) == 0
+        assert call(HelperId.MAP_UPDATE_ELEM, h.address, pages.address, bad) == -errno.EFAULT
+        assert call(HelperId.MAP_UPDATE_ELEM, h.address, bad, pages.address) == -errno.EFAULT
+        assert call(HelperId.MAP_DELETE_ELEM, h.address, bad) == -errno.EFAULT
+        assert call(HelperId.GET_CURRENT_COMM, bad, 16) == -errno.EFAULT
+    assert len(h) == 0 and host == bytearray(b"\x01\0\0\0" * 4)
+    for forged in (pages.address, host_addr, h.address + 8, 0):
+        assert call(HelperId.MAP_LOOKUP_ELEM, forged, pages.address) == 0
+        assert call(HelperId.MAP_UPDATE_ELEM, forged, pages.address, pages.address) == -errno.EINVAL
+    assert call(HelperId.MAP_UPDATE_ELEM, h.address, pages.address, pages.address) == 0
+    assert len(h) == 1
 
 
 def test_map_helpers_check_their_arguments_in_the_interpreter() -> None:

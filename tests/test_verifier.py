@@ -920,7 +920,7 @@ def test_proven_packet_accesses_stay_within_data_end(source: str, length: int) -
     leave [data, data_end): run in the interpreter with memory cut to exactly the packet, the
     context and one stack frame, a proven access that strays faults."""
     from jitbpf.memory import Region
-    from jitbpf.programs import LowMemory
+    from jitbpf.sandbox import Pages
 
     code = prog(source)
     vm = VM(code, prog_type="xdp")
@@ -928,7 +928,7 @@ def test_proven_packet_accesses_stay_within_data_end(source: str, length: int) -
         vm.check()
     except VerifierError:
         return
-    arena = LowMemory(4096)
+    arena = Pages(4096)
     try:
         ctx_addr, data = arena.address, arena.address + 256
         arena.view[0:8] = data.to_bytes(4, "little") + (data + length).to_bytes(4, "little")

@@ -16,6 +16,10 @@ class Native:
     ffi: Any  # the library's own cffi FFI
     lib: Any  # its functions: jb_map_*, jb_helper_*, ...
     num_cpus: int  # per-CPU maps hold this many values per element
+    # The sandbox is reserved (see sandbox.c): memory programs may reach unchecked is allocated
+    # there, and JIT code confines unchecked accesses to it. When the address range is taken (or
+    # the host is not x86-64 Linux), it is not, and the JIT checks every access instead.
+    sandboxed: bool
 
     def address(self, name: str) -> int:
         """Address of one of the library's functions (what the JIT calls)."""
@@ -35,4 +39,6 @@ def native() -> Native:
 
     with _LOAD_LOCK:
         ffi, lib = load()
-    return Native(ffi, lib, int(lib.jb_init(os.cpu_count() or 1)))
+    cpus = int(lib.jb_init(os.cpu_count() or 1))
+    sandboxed = lib.jb_sbx_init() == 0 and lib.jb_fault_install() == 0
+    return Native(ffi, lib, cpus, sandboxed)

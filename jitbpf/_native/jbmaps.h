@@ -46,7 +46,8 @@ uint64_t jb_ringbuf_query(struct jb_map *m, uint64_t flags);
 int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len);
 int jb_ringbuf_reserved(struct jb_map *m, uint64_t sample);
 
-/* Helpers with the eBPF calling convention: r0 = f(r1, ..., r5). The JIT calls these directly. */
+/* Helpers with the eBPF calling convention: r0 = f(r1, ..., r5). The JIT calls these directly;
+   they check every map and pointer argument (see maps.c). */
 uint64_t jb_helper_map_lookup_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_map_update_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_map_delete_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
@@ -67,6 +68,31 @@ uint64_t jb_helper_get_smp_processor_id(uint64_t r1, uint64_t r2, uint64_t r3, u
 uint64_t jb_helper_get_current_pid_tgid(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_get_current_uid_gid(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+
+/* The same helpers for callers that checked the arguments against the run's memory. */
+uint64_t jb_direct_map_lookup_elem(uint64_t map, uint64_t key);
+uint64_t jb_direct_map_update_elem(uint64_t map, uint64_t key, uint64_t value, uint64_t flags);
+uint64_t jb_direct_map_delete_elem(uint64_t map, uint64_t key);
+uint64_t jb_direct_map_push_elem(uint64_t map, uint64_t value, uint64_t flags);
+uint64_t jb_direct_map_take_elem(uint64_t map, uint64_t value, int remove);
+uint64_t jb_direct_perf_event_output(uint64_t map, uint64_t flags, uint64_t data, uint64_t size);
+uint64_t jb_direct_ringbuf_output(uint64_t map, uint64_t data, uint64_t size, uint64_t flags);
+uint64_t jb_direct_get_current_comm(uint64_t buf, uint64_t size);
+
+/* The sandbox (sandbox.c): where all memory that JIT code may reach unchecked lives. */
+int jb_sbx_init(void);
+int jb_sbx_active(void);
+uint64_t jb_sbx_base(void);
+uint64_t jb_sbx_limit(void);
+uint64_t jb_sbx_used(void);
+uint64_t jb_sbx_alloc(uint64_t size);
+void jb_sbx_free(uint64_t addr);
+int jb_sbx_contains(uint64_t addr);
+int jb_sbx_check(uint64_t addr, uint64_t size);
+/* Faults inside registered JIT code end the run with an error instead of the process. */
+int jb_fault_install(void);
+int jb_fault_register(uint64_t start, uint64_t end, uint64_t landing);
+void jb_code_release(int slot, uint64_t address, uint64_t size);
 
 /* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns
    of the batch loops: how many inputs ran to completion (the next one, if any, stopped early). */

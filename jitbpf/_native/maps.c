@@ -56,7 +56,6 @@ enum map_type {
 #define LPM_DATA_MAX 256
 #define LPM_USED 1u           /* node allocated */
 #define LPM_IM 2u             /* intermediate node: a branch point without a value */
-#define RB_DATA_OFFSET 4096   /* ring buffer control block, then the data area */
 #define RB_HDR 8u
 #define RB_BUSY (1u << 31)
 #define RB_DISCARD (1u << 30)
@@ -91,12 +90,15 @@ struct perf_ring {
 
 struct rb_hdr {
     uint32_t len;     /* sample length | RB_BUSY | RB_DISCARD */
-    uint32_t pg_off;  /* distance to the control block in 8-byte units: submit finds its ring */
+    uint32_t pg_off;  /* offset from the data area in 8-byte units (informational: never trusted) */
 };
 
 struct jb_ringbuf {
     uint64_t magic;
     uint64_t mask;
+    uint8_t *data;      /* the record area (sandbox memory, which programs may write) */
+    struct jb_map *map;
+    struct jb_ringbuf *next_live;  /* the list of live ring buffers, for submit and discard */
     uint32_t lock;
     uint64_t cons_pos __attribute__((aligned(64)));
     uint64_t prod_pos __attribute__((aligned(64)));
@@ -239,7 +241,10 @@ static inline void write_end(struct jb_map *m)
 /* ------------------------------------------------------------------------------------------ */
 /* Allocation                                                                                 */
 
-static void *slab(uint64_t size, uint64_t align)
+/* Memory that programs may be given pointers to (values, ring records): in the sandbox when it
+   is active (the JIT confines unchecked accesses to it), else ordinary zeroed memory. Nothing the
+   library follows (links, locks, positions) is ever allocated here. */
+static void *host_zalloc(uint64_t size, uint64_t align)
 {
     void *p = NULL;
     if (size == 0)
@@ -248,6 +253,79 @@ static void *slab(uint64_t size, uint64_t align)
         return NULL;
     memset(p, 0, (size_t)size);
     return p;
+}
+
+static void *slab(uint64_t size, uint64_t align)
+{
+    if (jb_sbx_active())
+        return (void *)(uintptr_t)jb_sbx_alloc(size ? size : align);
+    return host_zalloc(size, align);
+}
+
+static void slab_free(void *p)
+{
+    if (jb_sbx_contains((uint64_t)(uintptr_t)p))
+        jb_sbx_free((uint64_t)(uintptr_t)p);
+    else
+        free(p);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Live maps: helpers called by JIT code check that their map argument is one (a wrong proof     */
+/* must not make them follow a forged map pointer). Open addressing; readers take no lock.      */
+
+#define LIVE_SLOTS (1u << 16)
+#define LIVE_TOMB ((struct jb_map *)(uintptr_t)1)
+static struct jb_map *g_live_maps[LIVE_SLOTS];
+static uint32_t g_live_lock;
+static struct jb_ringbuf *g_rings;  /* live ring buffers, under g_live_lock */
+
+static inline uint32_t ptr_slot(const void *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    return (uint32_t)((x >> 4) * 0x9e3779b97f4a7c15ull >> 48) & (LIVE_SLOTS - 1);
+}
+
+static int live_add(struct jb_map *m)
+{
+    uint32_t i = ptr_slot(m);
+    for (uint32_t n = 0; n < LIVE_SLOTS; n++, i = (i + 1) & (LIVE_SLOTS - 1)) {
+        struct jb_map *cur = g_live_maps[i];
+        if (cur == NULL || cur == LIVE_TOMB) {
+            __atomic_store_n(&g_live_maps[i], m, __ATOMIC_RELEASE);
+            return 0;
+        }
+    }
+    return -ENOSPC;
+}
+
+static void live_remove(struct jb_map *m)
+{
+    uint32_t i = ptr_slot(m);
+    for (uint32_t n = 0; n < LIVE_SLOTS; n++, i = (i + 1) & (LIVE_SLOTS - 1)) {
+        struct jb_map *cur = g_live_maps[i];
+        if (cur == NULL)
+            return;
+        if (cur == m) {
+            __atomic_store_n(&g_live_maps[i], LIVE_TOMB, __ATOMIC_RELEASE);
+            return;
+        }
+    }
+}
+
+static int map_live(const struct jb_map *m)
+{
+    uint32_t i = ptr_slot(m);
+    if (m == NULL)
+        return 0;
+    for (uint32_t n = 0; n < LIVE_SLOTS; n++, i = (i + 1) & (LIVE_SLOTS - 1)) {
+        struct jb_map *cur = __atomic_load_n(&g_live_maps[i], __ATOMIC_ACQUIRE);
+        if (cur == m)
+            return 1;
+        if (cur == NULL)
+            return 0;
+    }
+    return 0;
 }
 
 static int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
@@ -269,10 +347,18 @@ void jb_map_free(struct jb_map *m)
     uint32_t i;
     if (!m)
         return;
-    if (m->rb)
-        free(m->rb);
-    else
-        free(m->values);
+    spin_lock(&g_live_lock);
+    live_remove(m);
+    if (m->rb) {
+        struct jb_ringbuf **link = &g_rings;
+        while (*link && *link != m->rb)
+            link = &(*link)->next_live;
+        if (*link)
+            *link = m->rb->next_live;
+    }
+    spin_unlock(&g_live_lock);
+    slab_free(m->values);
+    free(m->rb);
     free(m->buckets);
     free(m->next);
     free(m->hashes);
@@ -378,12 +464,13 @@ static int alloc_perf(struct jb_map *m, uint64_t ring_size)
     uint32_t i;
     uint32_t cpus = (uint32_t)jb_num_cpus();
     m->n_rings = m->max_entries < cpus ? m->max_entries : cpus;
-    m->rings = slab(sizeof(struct perf_ring) * (uint64_t)m->n_rings, 64);
+    /* Programs never get pointers into perf rings: control blocks and data stay host memory. */
+    m->rings = host_zalloc(sizeof(struct perf_ring) * (uint64_t)m->n_rings, 64);
     if (!m->rings)
         return -ENOMEM;
     for (i = 0; i < m->n_rings; i++) {
         m->rings[i].mask = ring_size - 1;
-        m->rings[i].data = slab(ring_size, 64);
+        m->rings[i].data = host_zalloc(ring_size, 64);
         if (!m->rings[i].data)
             return -ENOMEM;
     }
@@ -443,14 +530,20 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         break;
     case T_RINGBUF:
         n = 0;
-        m->rb = slab(RB_DATA_OFFSET + (uint64_t)max_entries, 4096);
+        m->rb = host_zalloc(sizeof *m->rb, 64);
         if (!m->rb) {
+            rc = -ENOMEM;
+            break;
+        }
+        m->rb->data = slab(max_entries, 4096);
+        if (!m->rb->data) {
             rc = -ENOMEM;
             break;
         }
         m->rb->magic = RB_MAGIC;
         m->rb->mask = max_entries - 1;
-        m->values = (uint8_t *)m->rb + RB_DATA_OFFSET;
+        m->rb->map = m;
+        m->values = m->rb->data;
         m->values_size = max_entries;
         break;
     default: /* arrays, queues, stacks */
@@ -467,6 +560,15 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
             if (!m->values)
                 rc = -ENOMEM;
         }
+    }
+    if (rc == 0) {
+        spin_lock(&g_live_lock);
+        rc = live_add(m);
+        if (rc == 0 && m->rb) {
+            m->rb->next_live = g_rings;
+            g_rings = m->rb;
+        }
+        spin_unlock(&g_live_lock);
     }
     if (rc) {
         jb_map_free(m);
@@ -1302,12 +1404,15 @@ uint32_t jb_perf_rings(struct jb_map *m) { return m->type == T_PERF_EVENT_ARRAY 
 /* Ring buffers (BPF_MAP_TYPE_RINGBUF): the kernel's record format, without the double mapping:
  * a record that would cross the end is preceded by a discarded filler up to the end.        */
 
-static inline uint8_t *rb_data(struct jb_ringbuf *rb) { return (uint8_t *)rb + RB_DATA_OFFSET; }
+static inline uint8_t *rb_data(struct jb_ringbuf *rb) { return rb->data; }
 
 static inline uint32_t rb_pg_off(struct jb_ringbuf *rb, struct rb_hdr *h)
 {
-    return (uint32_t)(((uint8_t *)h - (uint8_t *)rb) / 8);
+    return (uint32_t)(((uint8_t *)h - rb->data) / 8);
 }
+
+/* Bytes a record of header word l takes, header and padding included. */
+static inline uint64_t rb_total(uint32_t l) { return ((uint64_t)(l & RB_LEN_MASK) + RB_HDR + 7) & ~7ull; }
 
 void *jb_ringbuf_reserve(struct jb_map *m, uint64_t size, uint64_t flags)
 {
@@ -1343,24 +1448,53 @@ void *jb_ringbuf_reserve(struct jb_map *m, uint64_t size, uint64_t flags)
     return h + 1;
 }
 
+/* The position of the reserved record whose data is at sample, or -1. Records in flight are
+ * walked from the consumer position with the ring's own positions, and reads stay inside the data
+ * area: headers are program-writable memory, so none is trusted to point anywhere. A header that
+ * was overwritten can only make the walk miss the record (which is then refused). */
+static int64_t rb_find_reserved(struct jb_ringbuf *rb, uint64_t sample)
+{
+    uint64_t cons = LOAD_ACQ(&rb->cons_pos), prod = LOAD_ACQ(&rb->prod_pos);
+    while (cons < prod) {
+        struct rb_hdr *h = (struct rb_hdr *)(rb_data(rb) + (cons & rb->mask));
+        uint32_t l = LOAD_ACQ(&h->len);
+        if ((uint64_t)(uintptr_t)(h + 1) == sample)
+            return (l & RB_BUSY) ? (int64_t)cons : -1;
+        cons += rb_total(l);
+    }
+    return -1;
+}
+
+/* The live ring buffer whose data area holds the record of sample (never from its header). */
+static struct jb_ringbuf *rb_owner(uint64_t sample)
+{
+    struct jb_ringbuf *rb;
+    spin_lock(&g_live_lock);
+    for (rb = g_rings; rb; rb = rb->next_live) {
+        uint64_t lo = (uint64_t)(uintptr_t)rb->data;
+        if (sample >= lo + RB_HDR && sample < lo + rb->mask + 1)
+            break;
+    }
+    spin_unlock(&g_live_lock);
+    return rb;
+}
+
 static void rb_commit(void *sample, int discard)
 {
-    struct rb_hdr *h;
     struct jb_ringbuf *rb;
+    struct rb_hdr *h;
     uint32_t len;
-    if (!sample)
+    if (!sample || !(rb = rb_owner((uint64_t)(uintptr_t)sample)))
         return;
-    h = (struct rb_hdr *)sample - 1;
-    rb = (struct jb_ringbuf *)((uint8_t *)h - (uint64_t)h->pg_off * 8);
-    if (rb->magic != RB_MAGIC)
-        return;
-    len = LOAD(&h->len);
-    if (!(len & RB_BUSY))
-        return;
-    len &= ~RB_BUSY;
-    if (discard)
-        len |= RB_DISCARD;
-    STORE_REL(&h->len, len);
+    spin_lock(&rb->lock);
+    if (rb_find_reserved(rb, (uint64_t)(uintptr_t)sample) >= 0) {
+        h = (struct rb_hdr *)sample - 1;
+        len = LOAD(&h->len) & ~RB_BUSY;
+        if (discard)
+            len |= RB_DISCARD;
+        STORE_REL(&h->len, len);
+    }
+    spin_unlock(&rb->lock);
 }
 
 void jb_ringbuf_submit(void *sample, uint64_t flags UNUSED) { rb_commit(sample, 0); }
@@ -1398,15 +1532,19 @@ uint64_t jb_ringbuf_query(struct jb_map *m, uint64_t flags)
     }
 }
 
+/* Take the oldest record. Each header is checked against the positions before it is used: a
+ * record never wraps (a filler precedes one that would) and never reaches past the producer, so a
+ * forged length is reported (-EBADMSG) instead of read from. */
 int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len)
 {
     struct jb_ringbuf *rb;
     struct rb_hdr *h;
-    uint64_t cons, prod, total;
+    uint64_t cons, prod, total, size;
     uint32_t l, n;
     if (m->type != T_RINGBUF)
         return -EINVAL;
     rb = m->rb;
+    size = rb->mask + 1;
     cons = LOAD(&rb->cons_pos);
     for (;;) {
         prod = LOAD_ACQ(&rb->prod_pos);
@@ -1417,7 +1555,9 @@ int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len)
         if (l & RB_BUSY)
             return 0;  /* reserved, not yet submitted: records are consumed in order */
         n = l & RB_LEN_MASK;
-        total = ((uint64_t)n + RB_HDR + 7) & ~7ull;
+        total = rb_total(l);
+        if (total > prod - cons || (cons & rb->mask) + total > size)
+            return -EBADMSG;
         if (!(l & RB_DISCARD)) {
             if (n > cap) {
                 *len = n;
@@ -1435,34 +1575,27 @@ int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len)
 
 int jb_ringbuf_reserved(struct jb_map *m, uint64_t sample)
 {
-    /* Is sample the data of a reserved, not yet committed record? Walks the records in flight,
-     * reading only inside the data area, so corrupted headers cannot lead astray. */
-    struct jb_ringbuf *rb;
-    struct rb_hdr *h;
-    uint64_t cons, prod;
-    uint32_t l;
     if (m->type != T_RINGBUF)
         return 0;
-    rb = m->rb;
-    cons = LOAD_ACQ(&rb->cons_pos);
-    prod = LOAD_ACQ(&rb->prod_pos);
-    while (cons < prod) {
-        h = (struct rb_hdr *)(rb_data(rb) + (cons & rb->mask));
-        l = LOAD_ACQ(&h->len);
-        if ((uint64_t)(uintptr_t)(h + 1) == sample)
-            return (l & RB_BUSY) && h->pg_off == rb_pg_off(rb, h);
-        cons += ((uint64_t)(l & RB_LEN_MASK) + RB_HDR + 7) & ~7ull;
-    }
-    return 0;
+    return rb_find_reserved(m->rb, sample) >= 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Helpers, with the eBPF calling convention. Map helpers trust their arguments: the verifier  */
-/* (or the Python wrappers, in the interpreter) checked that r1 is a map and pointers are valid. */
+/* Helpers, with the eBPF calling convention. JIT code calls these only for verified call sites, */
+/* and still nothing they are given is taken on trust: a map argument must be a live map and    */
+/* every pointer must lie in live sandbox memory for the whole size, or the call fails as the    */
+/* kernel's helpers fail on a bad argument (-EFAULT / -EINVAL, NULL from a lookup).               */
 
-#define MAP(x) ((struct jb_map *)(uintptr_t)(x))
 #define PTR(x) ((void *)(uintptr_t)(x))
 #define RET(x) ((uint64_t)(int64_t)(x))
+
+static inline struct jb_map *arg_map(uint64_t x)
+{
+    struct jb_map *m = (struct jb_map *)(uintptr_t)x;
+    return map_live(m) ? m : NULL;
+}
+
+static inline int arg_mem(uint64_t p, uint64_t size) { return jb_sbx_check(p, size); }
 
 static int prog_updatable(const struct jb_map *m)
 {
@@ -1470,65 +1603,140 @@ static int prog_updatable(const struct jb_map *m)
            m->type == T_PERCPU_ARRAY || m->type == T_LPM_TRIE;
 }
 
+/* The direct forms: for callers that checked the arguments against the run's memory themselves
+   (the Python side of each helper). */
+uint64_t jb_direct_map_lookup_elem(uint64_t map, uint64_t key)
+{
+    return (uint64_t)(uintptr_t)jb_map_lookup(PTR(map), PTR(key));
+}
+
+uint64_t jb_direct_map_update_elem(uint64_t map, uint64_t key, uint64_t value, uint64_t flags)
+{
+    struct jb_map *m = PTR(map);
+    if (!prog_updatable(m))
+        return RET(-EINVAL);
+    return RET(map_update(m, PTR(key), PTR(value), flags, (int)current_cpu()));
+}
+
+uint64_t jb_direct_map_delete_elem(uint64_t map, uint64_t key)
+{
+    struct jb_map *m = PTR(map);
+    if (m->type == T_PROG_ARRAY)
+        return RET(-EINVAL);
+    return RET(jb_map_delete(m, PTR(key)));
+}
+
+uint64_t jb_direct_map_push_elem(uint64_t map, uint64_t value, uint64_t flags)
+{
+    return RET(jb_map_push(PTR(map), PTR(value), flags));
+}
+
+uint64_t jb_direct_map_take_elem(uint64_t map, uint64_t value, int remove)
+{
+    return RET(remove ? jb_map_pop(PTR(map), PTR(value)) : jb_map_peek(PTR(map), PTR(value)));
+}
+
+uint64_t jb_direct_perf_event_output(uint64_t map, uint64_t flags, uint64_t data, uint64_t size)
+{
+    return RET(jb_perf_output(PTR(map), flags, PTR(data), size));
+}
+
+uint64_t jb_direct_ringbuf_output(uint64_t map, uint64_t data, uint64_t size, uint64_t flags)
+{
+    return RET(jb_ringbuf_output(PTR(map), PTR(data), size, flags));
+}
+
+/* The forms JIT code calls: nothing taken on trust. */
 uint64_t jb_helper_map_lookup_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                    uint64_t r5 UNUSED)
 {
-    return (uint64_t)(uintptr_t)jb_map_lookup(MAP(r1), PTR(r2));
+    struct jb_map *m = arg_map(r1);
+    if (!m || !arg_mem(r2, m->key_size))
+        return 0;
+    return jb_direct_map_lookup_elem(r1, r2);
 }
 
 uint64_t jb_helper_map_update_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5 UNUSED)
 {
-    struct jb_map *m = MAP(r1);
-    if (!prog_updatable(m))
+    struct jb_map *m = arg_map(r1);
+    if (!m)
         return RET(-EINVAL);
-    return RET(map_update(m, PTR(r2), PTR(r3), r4, (int)current_cpu()));
+    if (!arg_mem(r2, m->key_size) || !arg_mem(r3, m->value_size))
+        return RET(-EFAULT);
+    return jb_direct_map_update_elem(r1, r2, r3, r4);
 }
 
 uint64_t jb_helper_map_delete_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                    uint64_t r5 UNUSED)
 {
-    struct jb_map *m = MAP(r1);
-    if (m->type == T_PROG_ARRAY)
+    struct jb_map *m = arg_map(r1);
+    if (!m)
         return RET(-EINVAL);
-    return RET(jb_map_delete(m, PTR(r2)));
+    if (!arg_mem(r2, m->key_size))
+        return RET(-EFAULT);
+    return jb_direct_map_delete_elem(r1, r2);
 }
 
 uint64_t jb_helper_map_push_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4 UNUSED, uint64_t r5 UNUSED)
 {
-    return RET(jb_map_push(MAP(r1), PTR(r2), r3));
+    struct jb_map *m = arg_map(r1);
+    if (!m)
+        return RET(-EINVAL);
+    if (!arg_mem(r2, m->value_size))
+        return RET(-EFAULT);
+    return jb_direct_map_push_elem(r1, r2, r3);
+}
+
+static uint64_t take(uint64_t r1, uint64_t r2, int remove)
+{
+    struct jb_map *m = arg_map(r1);
+    if (!m)
+        return RET(-EINVAL);
+    if (!arg_mem(r2, m->value_size))
+        return RET(-EFAULT);
+    return jb_direct_map_take_elem(r1, r2, remove);
 }
 
 uint64_t jb_helper_map_pop_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                 uint64_t r5 UNUSED)
 {
-    return RET(jb_map_pop(MAP(r1), PTR(r2)));
+    return take(r1, r2, 1);
 }
 
 uint64_t jb_helper_map_peek_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                  uint64_t r5 UNUSED)
 {
-    return RET(jb_map_peek(MAP(r1), PTR(r2)));
+    return take(r1, r2, 0);
 }
 
 uint64_t jb_helper_perf_event_output(uint64_t r1 UNUSED, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5)
 {
-    return RET(jb_perf_output(MAP(r2), r3, PTR(r4), r5));
+    if (!arg_map(r2))
+        return RET(-EINVAL);
+    if (!arg_mem(r4, r5))
+        return RET(-EFAULT);
+    return jb_direct_perf_event_output(r2, r3, r4, r5);
 }
 
 uint64_t jb_helper_ringbuf_output(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5 UNUSED)
 {
-    return RET(jb_ringbuf_output(MAP(r1), PTR(r2), r3, r4));
+    if (!arg_map(r1))
+        return RET(-EINVAL);
+    if (!arg_mem(r2, r3))
+        return RET(-EFAULT);
+    return jb_direct_ringbuf_output(r1, r2, r3, r4);
 }
 
 uint64_t jb_helper_ringbuf_reserve(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4 UNUSED, uint64_t r5 UNUSED)
 {
-    return (uint64_t)(uintptr_t)jb_ringbuf_reserve(MAP(r1), r2, r3);
+    struct jb_map *m = arg_map(r1);
+    return m ? (uint64_t)(uintptr_t)jb_ringbuf_reserve(m, r2, r3) : 0;
 }
 
 uint64_t jb_helper_ringbuf_submit(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                   uint64_t r5 UNUSED)
 {
-    jb_ringbuf_submit(PTR(r1), r2);
+    jb_ringbuf_submit(PTR(r1), r2);  /* finds its ring by address and checks the reservation */
     return 0;
 }
 
@@ -1542,7 +1750,8 @@ uint64_t jb_helper_ringbuf_discard(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED,
 uint64_t jb_helper_ringbuf_query(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                  uint64_t r5 UNUSED)
 {
-    return jb_ringbuf_query(MAP(r1), r2);
+    struct jb_map *m = arg_map(r1);
+    return m ? jb_ringbuf_query(m, r2) : 0;
 }
 
 static uint64_t clock_ns(clockid_t id)
@@ -1605,6 +1814,13 @@ uint64_t jb_helper_get_current_uid_gid(uint64_t r1 UNUSED, uint64_t r2 UNUSED, u
 
 uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                     uint64_t r5 UNUSED)
+{
+    if (r2 != 0 && !arg_mem(r1, r2))
+        return RET(-EFAULT);
+    return jb_direct_get_current_comm(r1, r2);
+}
+
+uint64_t jb_direct_get_current_comm(uint64_t r1, uint64_t r2)
 {
     char comm[17] = {0};
     uint8_t *buf = PTR(r1);

@@ -21,6 +21,19 @@ def _errno() -> int:
     return int(libc.__errno_location()[0])
 
 
+def _fault_library() -> Any | None:
+    """The native library when its sandbox and fault handler are in place, else None."""
+    from jitbpf.sandbox import contained
+
+    if not contained():
+        return None
+    from jitbpf._native import native
+
+    nat = native()
+    nat.lib.jb_fault_install()  # again: a handler installed since (faulthandler, say) displaced ours
+    return nat
+
+
 def _unmap(address: int, size: int) -> None:
     libc.munmap(ffi.cast("void *", address), size)
 
@@ -32,7 +45,7 @@ class ExecutableMemory:
     ``with`` block) unmaps them. A finalizer unmaps them too if the owner forgets, as a backstop.
     """
 
-    def __init__(self, code: bytes | bytearray) -> None:
+    def __init__(self, code: bytes | bytearray, fault_landing: int | None = None) -> None:
         page = int(libc.sysconf(_SC_PAGESIZE)) or 4096
         size = max(page, (len(code) + page - 1) // page * page)
         ptr = libc.mmap(ffi.NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
@@ -47,7 +60,19 @@ class ExecutableMemory:
         self.address = address  # host address of the first byte of code
         self.size = size  # bytes mapped (whole pages)
         self.length = len(code)  # bytes of code
-        self._finalizer = weakref.finalize(self, _unmap, address, size)
+        self._finalizer: weakref.finalize[..., Any]
+        nat = _fault_library() if fault_landing is not None else None
+        if nat is not None and fault_landing is not None:
+            # Faults in this code end its run with an error (the landing takes over); the release
+            # forgets the range, then unmaps, in one call of the library's, resolved beforehand:
+            # a finalizer must not enter cffi's type parser (which may hold its lock already).
+            slot = int(nat.lib.jb_fault_register(address, address + size, address + fault_landing))
+            self.fault_handled = slot >= 0
+            release: Any = nat.lib.jb_code_release
+            self._finalizer = weakref.finalize(self, release, slot, address, size)
+        else:
+            self.fault_handled = False
+            self._finalizer = weakref.finalize(self, _unmap, address, size)
 
     @property
     def closed(self) -> bool:

@@ -4,6 +4,7 @@ and runs it with one native call per run (a native run context per thread)."""
 from __future__ import annotations
 
 import array
+import bisect
 import functools
 import inspect
 import itertools
@@ -34,6 +35,7 @@ from jitbpf.jit.runtime import (
 )
 from jitbpf.jit.target import CompiledCode, HelperTable, Options
 from jitbpf.jit.x86_64 import X86_64
+from jitbpf.sandbox import contained
 
 if TYPE_CHECKING:
     from jitbpf.memory import Region
@@ -121,14 +123,21 @@ class JitProgram:
         count_budget: bool | None = None,
         verified: bool = False,
         python_calls: frozenset[int] = frozenset(),
+        confine: bool = True,
     ) -> None:
         _check_host()
+        # Without the sandbox nothing may be left unchecked on the verifier's word, and the C
+        # helpers (which accept only sandbox memory) take no pointers from JIT code.
+        # ``confine=False`` trusts the proofs outright: only for measuring what confinement costs.
+        self.contained = contained()
+        if not self.contained and confine:
+            proven = frozenset()
         self._verified = verified
         self._python_calls = python_calls  # helper calls made through Python whatever the helper
         self._flow = flow
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
                                           budget=budget, runner=runner, assembler=assembler, verified=verified,
-                                          python_calls=python_calls)
+                                          python_calls=python_calls, confine=confine)
         self._counting: JitProgram | None = None  # the budget-counting twin (see run_regions)
         self._twin_lock = threading.Lock()
         self._helpers = helpers
@@ -147,7 +156,7 @@ class JitProgram:
         self._kinds = frozenset(by_kind)
         # callx picks its helper at run time: the verifier cannot have checked the arguments for
         # the one it reaches, so such programs get no trusting C helpers.
-        self._verified = verified and Kind.CALLX not in self._kinds
+        self._verified = verified and Kind.CALLX not in self._kinds and self.contained
         self._writes_memory: bool | None = None  # found out on first use (batches only)
         call_ids = [insn.imm for _pc, insn in helper_calls]
         self._call_ids = frozenset(call_ids)
@@ -180,9 +189,11 @@ class JitProgram:
             self.set_helper(helper)
         self._table_done = True
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
-        options = Options(resolve_lddw, proven, table, count_budget, verified, python_calls)
+        options = Options(resolve_lddw, proven, table, count_budget, verified, python_calls,
+                          self.contained and confine)
         self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
-        self._code = ExecutableMemory(self.compiled.code)
+        self._code = ExecutableMemory(self.compiled.code, self.compiled.entries["abort_fault"])
+        self._pc_offsets: list[int] | None = None  # ascending code offsets of instructions (faults)
         self.token = next(_TOKENS)  # names this program to the native bare-run table
         entries = self.compiled.entries
         self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
@@ -466,13 +477,21 @@ class JitProgram:
             return result  # the program really returned ERROR_RESULT
         if status == Status.HELPER and int(rc.ctx.err_info) in self._call_pcs:
             rc.helper_id = sign_extend(rc.helper_id, 64)  # `call imm` names the id as written
-        outcome = run_error(rc, status)
+        outcome = run_error(rc, status, self._pc_at)
         if isinstance(outcome, int):
             return outcome
         try:
             raise outcome
         finally:
             del outcome  # the traceback's frame must not refer back to the exception (a cycle)
+
+    def _pc_at(self, address: int) -> int | None:
+        """The eBPF pc whose code holds the host ``address`` (None outside the hot code)."""
+        pcs = sorted(self.compiled.pcs)
+        if self._pc_offsets is None:
+            self._pc_offsets = [off for off, _pc in pcs]
+        i = bisect.bisect_right(self._pc_offsets, address - self._code.address) - 1
+        return pcs[i][1] if i >= 0 else None
 
     # -- listing and lifetime ---------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,8 @@ class Status(enum.IntEnum):
     HELPER = 5  # a helper raised (or asked to stop); err_info = pc, exception kept in Python
     DEPTH = 6  # local calls nested too deep; err_info = block pc
     KFUNC = 7  # kernel function call; err_info = pc
+    FAULT = 8  # the code faulted (a confined access outside live sandbox memory); err_info = the
+    # faulting instruction's host address, err_addr = the address (set by the fault handler)
 
 
 class Access(enum.IntEnum):
@@ -203,11 +205,16 @@ def clamp_budget(budget: int) -> int:
     return min(max(budget, 0), MASK64)
 
 
-def run_error(rc: RunContext, status: int) -> BaseException | int:
-    """The exception a run that ended with ``status`` raises (or r0, for HelperExit)."""
+def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None]) -> BaseException | int:
+    """The exception a run that ended with ``status`` raises (or r0, for HelperExit);
+    ``pc_at`` maps a host address in the program's code to the eBPF pc it came from."""
     ctx = rc.ctx
     info = int(ctx.err_info)
     match Status(status):
+        case Status.FAULT:
+            addr = int(ctx.err_addr)
+            return ExecutionError(f"memory fault at address {addr:#x}: an access the verifier proved in "
+                                  "bounds is not (it was confined to the sandbox)", pc=pc_at(info), address=addr)
         case Status.BUDGET:
             return BudgetExceeded("instruction budget exhausted", pc=info)
         case Status.OOB_LOAD | Status.OOB_STORE | Status.RO_STORE:

@@ -67,6 +67,10 @@ class Options:
     # write, so the code need not clear them (unverified programs see zeros, as in the interpreter).
     verified: bool = False
     python_calls: frozenset[int] = frozenset()  # helper calls to make through Python (unproven pointers)
+    # Proven accesses are confined to the sandbox by construction (jitbpf/_native/sandbox.c),
+    # so that a wrong proof cannot reach host memory. Without it, ``proven`` is empty (except
+    # when measuring what confinement costs).
+    contained: bool = False
 
 
 class Target(abc.ABC):
@@ -77,6 +81,9 @@ class Target(abc.ABC):
     name: ClassVar[str] = "generic"  # architecture name, for messages
     versions_loops: ClassVar[bool] = False  # emit_loop makes an unchecked copy behind a range check
     capstone_arch: ClassVar[tuple[int, int]] = (0, 0)  # capstone (arch, mode) of the listing
+    # Runtime routines whose offsets CompiledCode.entries also gives ("fault": where a run whose
+    # code faulted continues, faulting address in hand).
+    exported: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
         self.asm = asm  # the template cache
@@ -315,5 +322,8 @@ class Target(abc.ABC):
             pos = absolute(field_loc)
             self.patch_branch(code, pos, absolute(self.labels[name]) - (pos + 4))
         pcs = tuple([(off, pc) for pc, off in enumerate(pc_off) if off >= 0])
+        entries = dict(self.entries)
+        for name in self.exported:
+            entries[name] = absolute(self.labels[name])
         marks = tuple(sorted((absolute(loc), text, pc) for loc, text, pc in self.marks))
-        return CompiledCode(bytes(code), dict(self.entries), pcs, marks)
+        return CompiledCode(bytes(code), entries, pcs, marks)

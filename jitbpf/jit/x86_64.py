@@ -15,6 +15,9 @@ from jitbpf.jit.runtime import ERROR_RESULT, Access, Layout, Status, access_info
 from jitbpf.jit.target import Options, Section, Target, location
 
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # the stack area of a run (all frames), as RunState has it
+# Set in the 32-bit address of a confined access: the sandbox is [2 GiB, 4 GiB) (see sandbox.c),
+# as a signed imm32 (or sign-extends it, which a 32-bit destination then drops).
+SANDBOX_BIT = -(1 << 31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class X86_64(Target):
 
     name: ClassVar[str] = "x86-64"
     versions_loops: ClassVar[bool] = True
+    exported: ClassVar[tuple[str, ...]] = ("abort_fault",)
     capstone_arch: ClassVar[tuple[int, int]] = (3, 8)  # CS_ARCH_X86, CS_MODE_64
 
     def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
@@ -432,8 +436,22 @@ class X86_64(Target):
         the register (ADDR for atomics); the out-of-line part of the check, which sets ADDR for
         the region walker, is emitted by ``_close_check`` once the access is."""
         L = self.lay
-        if (pc in self.options.proven or pc in self.unchecked
-                or (base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size)):
+        # Unchecked by construction: a versioned loop checked its range on entry, and the frame
+        # of an unchanging r10 is always the current one.
+        direct = pc in self.unchecked or (base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size)
+        if not direct and pc in self.options.proven and self.options.contained:
+            # Unchecked on the verifier's word: confined to the sandbox whatever the register
+            # holds (its low 31 bits within the window's base), so a wrong proof stays inside.
+            reg = ADDR if into_addr else TMP
+            self.op(("mov", f"{reg}d", D[base]))
+            self.op(("or", f"{reg}d", "i32"), SANDBOX_BIT)
+            if not into_addr:
+                return TMP, off, -1
+            if off:
+                token, vals = mem("", ADDR, off)
+                self.op(("lea", ADDR, token), *vals)
+            return ADDR, 0, -1
+        if direct or pc in self.options.proven:  # (proven without the sandbox: measurements only)
             if not into_addr:
                 return Q[base], off, -1
             if off:
