@@ -149,6 +149,10 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
             rows.append((f"map value scan, proven loads{differ}", "byte", "", fmt_ns(proofs["proven_ns"]), "", "",
                          f"speed-up {proofs['speedup']:.1f}x"))
             rows.append(("map value scan, every load checked", "byte", "", fmt_ns(proofs["checked_ns"]), "", "", ""))
+            if "unconfined_ns" in proofs:
+                rows.append(("map value scan, proven loads not confined (unsafe)", "byte", "",
+                             fmt_ns(proofs["unconfined_ns"]), "", "",
+                             f"confinement costs {100 * proofs['containment_cost']:+.1f}%"))
     verifier = results.get("verifier")
     if verifier is not None:
         rows.append(None)

@@ -12,6 +12,7 @@ from jitbpf.asm import assemble
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK64
 from jitbpf.maps import Array, HashMap
+from jitbpf.sandbox import Pages
 from jitbpf.vm import VM
 
 BUFFER_BYTES = 1500  # an Ethernet MTU's worth of payload
@@ -47,6 +48,13 @@ class Context:
     native: NativeLib
     _maps: dict[str, Any] = field(default_factory=dict)  # map name -> map, made on first use
     _std: dict[int, Helper] = field(default_factory=dict)  # the standard helpers, by id
+    _pages: list[Pages] = field(default_factory=list)  # program memory handed to C references
+
+    def program_memory(self, size: int) -> int:
+        """The address of ``size`` zeroed bytes of program memory (sandbox pages, kept for the run)."""
+        pages = Pages(size)
+        self._pages.append(pages)
+        return pages.address
 
     def maps(self) -> dict[str, Any]:
         """The two maps of the map workloads, filled with ``value(key) = key * 7 + 1``."""
@@ -321,7 +329,9 @@ def _prandom_call(ctx: Context, inputs: Sequence[bytearray], units: int) -> Nati
 def _map_call(map_name: str) -> Callable[[Context, Sequence[bytearray], int], NativeCall]:
     def make(ctx: Context, inputs: Sequence[bytearray], units: int) -> NativeCall:
         lookup = ctx.std_helper(MAP_LOOKUP_ID).native
-        return NativeCall(ctx.native.lib.bench_map_loop, [(lookup, ctx.maps()[map_name].address, units, MAP_ENTRIES)])
+        key = ctx.program_memory(4)  # where the JIT's key lives too: the stack, in the sandbox
+        return NativeCall(ctx.native.lib.bench_map_loop,
+                          [(lookup, ctx.maps()[map_name].address, units, MAP_ENTRIES, key)])
 
     return make
 

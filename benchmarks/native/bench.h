@@ -8,4 +8,4 @@ uint64_t bench_filter_records(const uint8_t *base, uint64_t record_size, uint64_
 uint64_t bench_mix(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e);
 uint64_t bench_helper_loop(uint64_t helper, uint64_t calls);
 uint64_t bench_u32_helper_loop(uint64_t helper, uint64_t calls);
-uint64_t bench_map_loop(uint64_t lookup, uint64_t map, uint64_t lookups, uint64_t entries);
+uint64_t bench_map_loop(uint64_t lookup, uint64_t map, uint64_t lookups, uint64_t entries, uint64_t key);

@@ -27,12 +27,14 @@ uint64_t bench_u32_helper_loop(uint64_t helper, uint64_t calls) {
     return fits;
 }
 
-uint64_t bench_map_loop(uint64_t lookup, uint64_t map, uint64_t lookups, uint64_t entries) {
+/* key: 4 bytes of program memory (the helpers JIT code calls take pointers into nothing else). */
+uint64_t bench_map_loop(uint64_t lookup, uint64_t map, uint64_t lookups, uint64_t entries, uint64_t key) {
     helper_fn fn = (helper_fn)(uintptr_t)lookup;
+    volatile uint32_t *k = (volatile uint32_t *)(uintptr_t)key;
     uint64_t acc = 0;
     for (uint64_t i = lookups; i != 0; i--) {
-        uint32_t key = (uint32_t)(i % entries);
-        uint64_t value = fn(map, (uint64_t)(uintptr_t)&key, 0, 0, 0);
+        *k = (uint32_t)(i % entries);
+        uint64_t value = fn(map, key, 0, 0, 0);
         if (value != 0)
             acc += *(const uint64_t *)(uintptr_t)value;
     }
