@@ -79,3 +79,23 @@ def test_a_step_near_2_to_31_runs_checked() -> None:
                         raise AssertionError("no error")
     """)
     assert out.split("\n").count("stopped at 5") == 12
+
+
+# --- item 10: finalizers never wait for cffi's lock ------------------------------------------------
+
+def test_dropping_a_compiled_vm_inside_cffi_does_not_deadlock() -> None:
+    """cffi holds its FFI's non-reentrant lock while it parses a type; a garbage collection there
+    runs finalizers on the same thread. The code-page finalizer used to resolve ``munmap`` under
+    that lock, and hung the process (seen after a threaded batch, at a new VM's first run)."""
+    out = isolated("""
+        import gc
+        from jitbpf import VM, assemble
+        from jitbpf._ffi import ffi
+        vm = VM(assemble("mov r0, 1\\nexit"))
+        assert vm.execute_jit() == 1
+        with ffi._lock:  # as cffi's parser holds it when a collection starts
+            del vm
+            gc.collect()
+        print("freed")
+    """, timeout=60)
+    assert out == "freed\n"
