@@ -61,6 +61,11 @@ ffi.cdef(
     """
 )
 libc: Any = ffi.dlopen(None)
+# Finalizers unmap memory, and may run inside cffi while this thread holds the FFI's lock (which
+# is not reentrant): resolving a dlopen'ed function or parsing a type name takes that lock. So
+# what they call is resolved here, once, and they cast with a type object rather than a name.
+munmap: Any = libc.munmap
+VOID_P: Any = ffi.typeof("void *")
 
 
 def address_of(buf: Any) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from jitbpf._ffi import ffi, libc
+from jitbpf._ffi import VOID_P, ffi, libc, munmap
 from jitbpf.errors import JitError
 
 PROT_READ = 0x1  # pages may be read
@@ -35,7 +35,8 @@ def _fault_library() -> Any | None:
 
 
 def _unmap(address: int, size: int) -> None:
-    libc.munmap(ffi.cast("void *", address), size)
+    """Also the finalizer: enters no cffi type machinery (see jitbpf._ffi)."""
+    munmap(ffi.cast(VOID_P, address), size)
 
 
 class ExecutableMemory:

@@ -38,8 +38,10 @@ class LoopPlan:
     accesses: frozenset[int]  # slots of the accesses the range check covers
 
 
-def plan_loops(flow: ControlFlow) -> dict[int, LoopPlan]:
-    """The versionable loops of ``flow``, by block start."""
+def plan_loops(flow: ControlFlow, reach: int) -> dict[int, LoopPlan]:
+    """The versionable loops of ``flow``, by block start: those whose every access lies below
+    ``rX + reach`` (``hi <= reach``), so that the target's range check computes ``rX + hi``
+    without wrapping or truncation."""
     plans: dict[int, LoopPlan] = {}
     program = flow.program
     for block in flow.blocks:
@@ -55,7 +57,7 @@ def plan_loops(flow: ControlFlow) -> dict[int, LoopPlan]:
         else:
             continue
         plan = _plan(flow, block, index, bound)
-        if plan is not None:
+        if plan is not None and plan.hi <= reach:
             plans[block.start] = plan
     return plans
 

@@ -80,6 +80,7 @@ class Target(abc.ABC):
 
     name: ClassVar[str] = "generic"  # architecture name, for messages
     versions_loops: ClassVar[bool] = False  # emit_loop makes an unchecked copy behind a range check
+    loop_reach: ClassVar[int] = 0  # largest offset emit_loop's range check adds to an address exactly
     capstone_arch: ClassVar[tuple[int, int]] = (0, 0)  # capstone (arch, mode) of the listing
     # Runtime routines whose offsets CompiledCode.entries also gives ("fault": where a run whose
     # code faulted continues, faulting address in hand).
@@ -146,7 +147,7 @@ class Target(abc.ABC):
         block_entry = self.emit_block_entry
         proven = self.options.proven
         memo = self._memo
-        loops = plan_loops(flow) if self.versions_loops else {}
+        loops = plan_loops(flow, self.loop_reach) if self.versions_loops else {}
         after_loop = -1  # end of the versioned loop just emitted: its slots are done
         self.emit_entries()
         for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):

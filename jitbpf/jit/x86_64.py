@@ -89,6 +89,7 @@ class X86_64(Target):
     name: ClassVar[str] = "x86-64"
     versions_loops: ClassVar[bool] = True
     exported: ClassVar[tuple[str, ...]] = ("abort_fault",)
+    loop_reach: ClassVar[int] = 2**31 - 1  # lea's displacement is a signed 32-bit field
     capstone_arch: ClassVar[tuple[int, int]] = (3, 8)  # CS_ARCH_X86, CS_MODE_64
 
     def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:

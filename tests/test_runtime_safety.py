@@ -1,0 +1,101 @@
+"""Run-time containment: what no program or API misuse may do to the process (crash, hang, touch
+freed or foreign memory), each case where the old behaviour killed the process run in a child
+Python so that the suite survives a regression."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jitbpf import cfg
+from jitbpf.asm import assemble
+from jitbpf.isa import Program
+from jitbpf.jit.loops import plan_loops
+from jitbpf.jit.x86_64 import X86_64
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def isolated(script: str, *, timeout: float = 120) -> str:
+    """Run ``script`` in a fresh Python (the project importable); it must exit normally (a signal
+    or a hang fails the test, not the suite). Returns its standard output."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"exit status {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+# --- item 5: loop versioning checks exactly what the loop reaches --------------------------------
+
+SUFFIX = {1: "b", 2: "h", 4: "w", 8: "dw"}
+
+
+def _walk(step: int, off: int, size: int, late: bool) -> str:
+    access = f"ldx{SUFFIX[size]} r5, [r3{off:+d}]"
+    body = ["add r3, " + str(step), access] if late else [access, "add r3, " + str(step)]
+    return "\n".join(["mov r0, 0", "mov r3, r1", "mov r4, r1", "add r4, r2", "loop:", *body,
+                      "jlt r3, r4, loop", "exit"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(step=st.one_of(st.integers(1, 64), st.integers(2**31 - 2**17, 2**31 - 1)),
+       off=st.one_of(st.integers(0, 64), st.integers(2**15 - 64, 2**15 - 1), st.integers(-2**15, -2**15 + 64)),
+       size=st.sampled_from([1, 2, 4, 8]), late=st.booleans())
+def test_a_versioned_loop_range_is_exact(step: int, off: int, size: int, late: bool) -> None:
+    """For any step and offset, a loop is versioned only if the target's range check can add the
+    loop's exact reach to an address; that reach covers every byte an iteration touches."""
+    flow = cfg.analyze(Program.from_bytes(assemble(_walk(step, off, size, late))))
+    plans = plan_loops(flow, X86_64.loop_reach)
+    reach = off + (step if late else 0) + size  # one past the last byte, from rX before the step
+    if off + (step if late else 0) < 0 or reach > X86_64.loop_reach:
+        assert not plans
+        return
+    (plan,) = plans.values()
+    assert plan.hi == reach and plan.lo == reach - size
+    assert plan.hi <= X86_64.loop_reach
+
+
+def test_a_step_near_2_to_31_runs_checked() -> None:
+    """The reviewer's shape: with a step of 2**31 - 1 and an access after it, the entry check's
+    32-bit displacement used to wrap and the unchecked copy read 2 GiB past mem (SIGSEGV), even
+    unverified and with elide_checks off. Every engine must now stop at the access."""
+    out = isolated("""
+        from jitbpf import VM, ExecutionError, assemble
+        from tests.test_runtime_safety import _walk
+        for off in (0x7fff, 8, 0):
+            for elide in (True, False):
+                vm = VM(assemble(_walk(2**31 - 1, off, 8, True)), verify=False, elide_checks=elide)
+                for run in (vm.execute, vm.execute_jit):
+                    try:
+                        run(bytearray(64))
+                    except ExecutionError as err:
+                        print("stopped at", err.pc)
+                    else:
+                        raise AssertionError("no error")
+    """)
+    assert out.split("\n").count("stopped at 5") == 12
+
+
+# --- item 10: finalizers never wait for cffi's lock ------------------------------------------------
+
+def test_dropping_a_compiled_vm_inside_cffi_does_not_deadlock() -> None:
+    """cffi holds its FFI's non-reentrant lock while it parses a type; a garbage collection there
+    runs finalizers on the same thread. The code-page finalizer used to resolve ``munmap`` under
+    that lock, and hung the process (seen after a threaded batch, at a new VM's first run)."""
+    out = isolated("""
+        import gc
+        from jitbpf import VM, assemble
+        from jitbpf._ffi import ffi
+        vm = VM(assemble("mov r0, 1\\nexit"))
+        assert vm.execute_jit() == 1
+        with ffi._lock:  # as cffi's parser holds it when a collection starts
+            del vm
+            gc.collect()
+        print("freed")
+    """, timeout=60)
+    assert out == "freed\n"
