@@ -792,17 +792,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _VersionAction(argparse.Action):
-    """--version, looking the version up only when asked (importlib.metadata is slow to import)."""
+    """--version: the package's own ``__version__`` (the one the installed metadata is built from)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        try:
-            from importlib.metadata import version
+        from jitbpf import __version__
 
-            text = version("jitbpf")
-        except Exception:  # not installed: running from a bare checkout
-            text = "unknown"
-        sys.stdout.write(f"{PROG} {text}\n")
+        sys.stdout.write(f"{PROG} {__version__}\n")
         parser.exit(0)
 
 
