@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from benchmarks import native
 from benchmarks.measure import Plan, Progress, machine
 from benchmarks.packets import packet_mix
-from benchmarks.report import fmt_ns, render, write_chart, write_json
+from benchmarks.report import fmt_ns, json_text, render, write_chart, write_json
 from benchmarks.suite import (
     BUDGET,
     COMPILE_INSNS,
@@ -22,6 +22,7 @@ from benchmarks.suite import (
     fresh_process_compile,
     proof_figures,
     run_workload,
+    startup_figures,
     straight_line_source,
     verifier_figures,
 )
@@ -32,7 +33,8 @@ from jitbpf.vm import VM
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "latest.json"
-DEFAULT_CHART = HERE / "chart.png"
+DEFAULT_CHART = HERE / "results" / "chart.png"  # untracked: the README's chart is replaced on purpose only
+STDOUT = "-"  # --json without a path: the figures alone on stdout
 DUMP_LINES = 14  # lines of the JIT listing shown by the demo
 
 
@@ -41,8 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="small doses and few samples, no fresh-process compile (a smoke run, not figures)")
     default_json = DEFAULT_JSON.relative_to(HERE.parent)
-    parser.add_argument("--json", metavar="PATH", type=Path,
-                        help=f"write the figures as JSON (default for full runs: {default_json})")
+    parser.add_argument("--json", metavar="PATH", nargs="?", const=STDOUT,
+                        help=f"write the figures as JSON to PATH; without PATH print them alone on stdout (no demo, "
+                             f"no table). Full runs always write {default_json}")
     parser.add_argument("--chart", metavar="PATH.png", type=Path, nargs="?", const=DEFAULT_CHART,
                         help=f"write a bar chart (default path: {DEFAULT_CHART.relative_to(HERE.parent)})")
     parser.add_argument("--only", metavar="KEY[,KEY]", help="run only these workloads (keys as in the JSON)")
@@ -95,7 +98,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
     ctx = Context(lib)
     work = [w for w in all_workloads(ctx) if only is None or w.key in only]
     contenders = 3
-    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (5 if quick else 6))
+    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (6 if quick else 7))
     print(f"running {len(work)} workloads{' (--quick)' if quick else ''}...", file=out, flush=True)
     results: dict[str, Any] = {
         "machine": machine(),
@@ -111,6 +114,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
         code = assemble(straight_line_source(COMPILE_INSNS_QUICK if quick else COMPILE_INSNS))
         results["compile"] = compile_speed(code, quick, progress)
         results["fresh_compile"] = None if quick else fresh_process_compile(code, progress)
+        results["startup"] = startup_figures(quick, progress)
         results["batch"] = batch_figures(ctx, quick, progress)
         results["proofs"] = proof_figures(quick, progress)
         results["verifier"] = verifier_figures(quick)
@@ -122,16 +126,23 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     """Run the demo and the suite; 1 when engines disagree on a result, else 0 (missed targets included)."""
     args = parse_args(argv)
-    out = sys.stdout
-    if not args.no_demo:
+    to_stdout = args.json == STDOUT
+    # With the JSON on stdout, the words go to stderr so that the output stays one document.
+    out = sys.stderr if to_stdout else sys.stdout
+    if not args.no_demo and not to_stdout:
         demo(out)
     only = set(args.only.split(",")) if args.only else None
     results = run_suite(args.quick, only, out)
-    print(render(results), file=out)
-    json_path = args.json or (None if args.quick else DEFAULT_JSON)
-    if json_path is not None:
-        write_json(results, json_path)
-        print(f"\nfigures written to {json_path}", file=out)
+    if to_stdout:
+        sys.stdout.write(json_text(results))
+    else:
+        print(render(results), file=out)
+    json_paths = [Path(args.json)] if args.json not in (None, STDOUT) else []
+    if not args.quick and DEFAULT_JSON not in json_paths:
+        json_paths.append(DEFAULT_JSON)
+    for path in json_paths:
+        write_json(results, path)
+        print(f"\nfigures written to {path}", file=out)
     if args.chart is not None:
         write_chart(results, args.chart)
         print(f"chart written to {args.chart}", file=out)

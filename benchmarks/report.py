@@ -15,6 +15,8 @@ INTERP_RATE = 3e6  # interpreter, tight ALU loop: executed instructions per seco
 COMPILE_RATE = 5e5  # warm compile: eBPF instructions per second
 FRESH_NS = 2e9  # first compile in a fresh process, from the spawn
 BATCH_OVERHEAD_NS = 10.0  # batch of records: per-input time beyond C's loop over the same records
+IMPORT_NS = 100e6  # "import jitbpf", beyond a bare interpreter's start-up
+PLUGIN_NS = 150e6  # one whole "jitbpf conformance-plugin" process, per engine
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,13 @@ def targets(results: dict[str, Any]) -> list[Target]:
     if "overhead_ns" in batch:
         out.append(_target("batch", "batch: per-input overhead", f"<= {BATCH_OVERHEAD_NS:g} ns",
                            batch["overhead_ns"], lambda v: v <= BATCH_OVERHEAD_NS))
+    startup = results.get("startup") or {}
+    if "import_ns" in startup:
+        out.append(_target("import", "import jitbpf", f"< {IMPORT_NS / 1e6:g} ms", startup["import_ns"],
+                           lambda v: v < IMPORT_NS))
+        for engine, ns in startup["plugin_ns"].items():
+            out.append(_target(f"plugin_{engine}", f"conformance-plugin run, {engine}", f"< {PLUGIN_NS / 1e6:g} ms",
+                               ns, lambda v: v < PLUGIN_NS))
     fresh = results.get("fresh_compile")
     if fresh is not None:
         out.append(_target("fresh_compile", "first compile, fresh process", f"< {FRESH_NS / 1e9:g} s", fresh.get("ns"),
@@ -135,6 +144,10 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
         cell = "n/a" if "error" in fresh else fmt_ns(fresh.get("ns"))
         rows.append((f"first compile, fresh process ({fresh['insns']:,} insns)", "program", "", cell, "", "",
                      verdict("fresh_compile")))
+    startup = results.get("startup")
+    if startup is not None:
+        rows.append(None)
+        rows.extend(_startup_rows(startup, verdict))
     batch = results.get("batch")
     if batch is not None:
         rows.append(None)
@@ -159,6 +172,19 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
         rows.append("verifier (benchmarks/bench_verifier.py): "
                     + "; ".join(f"{key} {_value(key, value)}" for key, value in _flatten(verifier)))
     return rows
+
+
+def _startup_rows(startup: dict[str, Any], verdict: Callable[[str], str]) -> list[Row]:
+    """A new process: importing the package, and one conformance-plugin run per engine."""
+    if "error" in startup:
+        return [f"start-up: n/a ({startup['error']})"]
+    plugin = startup["plugin_ns"]
+    return [
+        ("import jitbpf (beyond Python's own start-up)", "process", "", fmt_ns(startup["import_ns"]), "", "",
+         verdict("import")),
+        ("conformance-plugin run, whole process", "process", fmt_ns(plugin["interp"]), fmt_ns(plugin["jit"]), "",
+         "", f"{verdict('plugin_interp')}; JIT {verdict('plugin_jit').rpartition(': ')[2]}"),
+    ]
 
 
 def _batch_rows(batch: dict[str, Any], verdict: str) -> list[Row]:
@@ -264,16 +290,26 @@ def footnotes(results: dict[str, Any]) -> list[str]:
                   f"VM {fmt_ns(fresh['vm_ns'])}, jit_compile {fmt_ns(fresh['compile_ns'])}")
         notes.append(f"First compile in a fresh process, from the spawn: {phases} "
                      "(PeachPy imported and encodings made on first use).")
+    startup = results.get("startup")
+    if startup is not None and "error" not in startup:
+        notes.append(f"Start-up: medians of {startup['repeats']} new processes with bytecode cached, as an installed "
+                     f"package has it (Python itself starts in {fmt_ns(startup['python_ns'])}); the plugin runs "
+                     "a two-instruction program given as hex on stdin, as the conformance runner does for each test.")
     return [textwrap.fill(n, width=120, initial_indent="* ", subsequent_indent="  ") for n in notes]
 
 
 # --- files -------------------------------------------------------------------------------------------
 
 
+def json_text(results: dict[str, Any]) -> str:
+    """The figures and the targets they are held to, as one JSON document."""
+    doc = dict(results, targets=[t.as_dict() for t in targets(results)])
+    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = dict(results, targets=[t.as_dict() for t in targets(results)])
-    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    path.write_text(json_text(results))
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:

@@ -8,11 +8,14 @@ import inspect
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import REPO_ROOT, Contender, Plan, Progress, measure, median_ns
@@ -446,3 +449,52 @@ def proof_figures(quick: bool, progress: Progress) -> dict[str, Any]:
         for vm in vms:
             vm.close()
     return out
+
+
+# --- start-up: what a new process pays before its first result --------------------------------------
+
+STARTUP_PROGRAM = "b7 00 00 00 2a 00 00 00 95 00 00 00 00 00 00 00\n"  # mov r0, 42; exit, as the runner sends it
+
+
+def _startup_env(cache: Path) -> dict[str, str]:
+    """The environment of an installed package: bytecode cached (outside the tree, in ``cache``),
+    as pip's install compiles it; where the caller forbids caching every start would compile
+    jitbpf from source, which no user's installation does."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
+def _process_ns(args: Sequence[str], env: dict[str, str], repeats: int, stdin: str = "") -> float:
+    """Median wall time of a new process running ``args``, from the spawn to its exit (one warm-up run)."""
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter_ns()
+        proc = subprocess.run(list(args), input=stdin, capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                              timeout=120, check=False)
+        elapsed = time.perf_counter_ns() - start
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+            raise RuntimeError(f"{' '.join(args)}: {lines[-1]}")
+        if i:
+            times.append(elapsed)
+    return float(statistics.median(times))
+
+
+def startup_figures(quick: bool, progress: Progress) -> dict[str, Any]:
+    """``import jitbpf`` beyond a bare interpreter's start, and whole ``jitbpf conformance-plugin``
+    runs (one per test in the public conformance runner) in both engines."""
+    progress.step("start-up: import and plugin")
+    repeats = 3 if quick else 15
+    script = Path(sys.executable).with_name("jitbpf")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "jitbpf"]
+    with tempfile.TemporaryDirectory(prefix="jitbpf-bench-pyc-") as cache:
+        env = _startup_env(Path(cache))
+        try:
+            bare = _process_ns([sys.executable, "-c", "pass"], env, repeats)
+            imported = _process_ns([sys.executable, "-c", "import jitbpf"], env, repeats)
+            plugin = {engine: _process_ns([*command, "conformance-plugin", f"--{engine}"], env, repeats,
+                                          STARTUP_PROGRAM) for engine in ("interp", "jit")}
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"python_ns": bare, "import_ns": imported - bare, "plugin_ns": plugin, "repeats": repeats}

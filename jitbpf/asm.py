@@ -14,6 +14,7 @@ from jitbpf.isa import (
     BY_MNEMONIC,
     MASK32,
     MASK64,
+    NUM_REGS,
     OPCODES,
     Field,
     Instruction,
@@ -193,8 +194,9 @@ class _Fixup:
 class _Cursor:
     """Tokens of one line with a read position; builds errors that point into the line."""
 
-    def __init__(self, tokens: list[_Tok], line: int, text: str, end_col: int) -> None:
+    def __init__(self, tokens: list[_Tok], line: int, text: str, end_col: int, *, any_register: bool = False) -> None:
         self.tokens = tokens
+        self.any_register = any_register  # r11..r15 accepted (bytecode the decoder must reject)
         self.pos = 0
         self.line = line
         self.text = text
@@ -278,6 +280,8 @@ class _Cursor:
         num = int(m["num"]) if len(m["num"]) < _MAX_DIGITS else MAX_ENCODABLE_REG + 1
         if num > MAX_ENCODABLE_REG:
             raise self.error(f"bad register '{tok.text}'", tok)
+        if num >= NUM_REGS and not self.any_register:
+            raise self.error(f"'{tok.text}' is not a register: eBPF has r0-r{NUM_REGS - 1} (w0-w{NUM_REGS - 1})", tok)
         return _Reg(num, m["kind"] == "r", tok)
 
     def memory(self, open_: str, close: str) -> _Mem:
@@ -706,8 +710,9 @@ def _build(info: OpInfo, *, dst: int = 0, src: int = 0, off: int = 0, imm: int =
 class _Assembler:
     """State of one assembly run: instructions, labels and the label references to patch."""
 
-    def __init__(self, maps: Mapping[str, int] | None) -> None:
+    def __init__(self, maps: Mapping[str, int] | None, *, any_register: bool = False) -> None:
         self.maps = maps
+        self.any_register = any_register
         self.insns: list[Instruction] = []
         self.slot = 0
         self.labels: dict[str, int] = {}
@@ -760,7 +765,7 @@ class _Assembler:
             return
         if (m := _ANNOTATION_RE.search(code, start)) is not None:
             stop = m.start()
-        cur = _Cursor(_tokenize(text, start, stop, lineno), lineno, text, stop + 1)
+        cur = _Cursor(_tokenize(text, start, stop, lineno), lineno, text, stop + 1, any_register=self.any_register)
         while (
             (tok := cur.peek()) is not None
             and tok.kind == "name"
@@ -971,12 +976,15 @@ def _fits(code: str, operand: _Operand) -> bool:
     return isinstance(operand, _Num | _Pseudo)
 
 
-def assemble_instructions(text: str, *, maps: Mapping[str, int] | None = None) -> list[Instruction]:
+def assemble_instructions(text: str, *, maps: Mapping[str, int] | None = None,
+                          any_register: bool = False) -> list[Instruction]:
     """Assemble ``text`` into instructions; ``maps`` resolves `map:NAME` references to handles.
 
-    Raises AssemblerError (with 1-based line and column) for anything that cannot be assembled.
+    Raises AssemblerError (with 1-based line and column) for anything that cannot be assembled,
+    r11-r15 included unless ``any_register`` (they fit the register field, and tests of decoders
+    need such bytecode, but no program can use them).
     """
-    asm = _Assembler(maps)
+    asm = _Assembler(maps, any_register=any_register)
     for lineno, line in enumerate(text.split("\n"), 1):
         asm.line(lineno, line)
         asm.drain()
@@ -984,6 +992,6 @@ def assemble_instructions(text: str, *, maps: Mapping[str, int] | None = None) -
     return asm.finish()
 
 
-def assemble(text: str, *, maps: Mapping[str, int] | None = None) -> bytes:
-    """Assemble ``text`` into bytecode (8-byte slots, little-endian)."""
-    return encode(assemble_instructions(text, maps=maps))
+def assemble(text: str, *, maps: Mapping[str, int] | None = None, any_register: bool = False) -> bytes:
+    """Assemble ``text`` into bytecode (8-byte slots, little-endian); see ``assemble_instructions``."""
+    return encode(assemble_instructions(text, maps=maps, any_register=any_register))

@@ -511,10 +511,12 @@ def run_capture(source: Source, vm: Any, args: argparse.Namespace, out: TextIO) 
         raise CliError(one_line(exc.message)) from exc
     except BpfError as exc:
         raise CliError(f"{source.where}: {describe(exc)}") from exc
+    output = run_output(vm)
     if args.json:
-        _dump_json(summary.to_json(), out)
+        _dump_json(summary.to_json() | (output.to_json() if output else {}), out)
     else:
         out.write(summary.report() + "\n")
+        out.writelines(line + "\n" for line in output.lines())
     if summary.errors:
         out.flush()
         raise CliError(f"{source.where}: {summary.errors} of {summary.packets} packets failed at run time (first: "
@@ -555,6 +557,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                 r0 = vm.execute_jit(buf) if args.jit else vm.execute(buf)
                 after = bytes(buf)
         verdict = _verdict(vm, r0) if state is not None else None
+        output = run_output(vm)
     finally:
         vm.close()
     changed = after != mem
@@ -567,13 +570,21 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             report["verdict"] = verdict
         if changed:
             report["mem"] = after.hex()
-        _dump_json(report, out)
+        _dump_json(report | (output.to_json() if output else {}), out)
         return EXIT_OK
     extra = f", signed {signed}" if signed < 0 else ""
     out.write(f"r0 = {r0:#x} ({r0}{extra}){' ' + verdict if verdict else ''}\n")
     if changed:
         out.write(f"{'packet' if state is not None else 'mem'} = {after.hex(' ')}\n")
+    out.writelines(line + "\n" for line in output.lines())
     return EXIT_OK
+
+
+def run_output(vm: Any) -> Any:
+    """The trace lines and event records the runs of ``vm`` left (see ``jitbpf.output``)."""
+    from jitbpf.output import collect
+
+    return collect(vm)
 
 
 def cmd_jit_dump(args: argparse.Namespace, out: TextIO) -> int:
@@ -792,17 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _VersionAction(argparse.Action):
-    """--version, looking the version up only when asked (importlib.metadata is slow to import)."""
+    """--version: the package's own ``__version__`` (the one the installed metadata is built from)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        try:
-            from importlib.metadata import version
+        from jitbpf import __version__
 
-            text = version("jitbpf")
-        except Exception:  # not installed: running from a bare checkout
-            text = "unknown"
-        sys.stdout.write(f"{PROG} {text}\n")
+        sys.stdout.write(f"{PROG} {__version__}\n")
         parser.exit(0)
 
 

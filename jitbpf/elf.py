@@ -352,6 +352,13 @@ class ElfObject:
         for name, m in self.maps.items():
             vm.add_map(m, handle=self.map_handles[name])
 
+    def __getitem__(self, map_name: str) -> Any:
+        """A map by name, as bcc's ``b["MAP"]``; the KeyError lists the object's maps."""
+        try:
+            return self.maps[map_name]
+        except KeyError:
+            raise KeyError(f"no map {map_name!r} in {self.name} (maps: {', '.join(self.maps) or 'none'})") from None
+
 
 # -- loading ---------------------------------------------------------------------------------------
 

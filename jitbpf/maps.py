@@ -178,10 +178,11 @@ class Codec:
     format (a tuple, or the single value of one-field formats).
     """
 
-    __slots__ = ("_struct", "kind", "size", "what")
+    __slots__ = ("_struct", "kind", "signed", "size", "what")
 
-    def __init__(self, size: int, kind: Converter, what: str) -> None:
+    def __init__(self, size: int, kind: Converter, what: str, *, signed: bool = True) -> None:
         self.size, self.kind, self.what = size, kind, what
+        self.signed = signed  # negative ints accepted (two's complement); keys of hash maps are not
         self._struct = struct.Struct(kind) if isinstance(kind, str) else None
         expected = _size_of(kind)
         if expected is not None and expected != size:
@@ -194,6 +195,10 @@ class Codec:
         if isinstance(obj, int):
             if self._struct is not None:
                 return self._struct.pack(obj)
+            if obj < 0 and not self.signed:
+                raise MapError(f"{self.what} {obj} is negative: the map's {self.what}s are unsigned {self.size}-byte "
+                               "numbers (give bytes, or a struct format such as '<i', for signed keys)",
+                               errno=errno.E2BIG)
             try:
                 return obj.to_bytes(self.size, "little", signed=obj < 0)
             except OverflowError:
@@ -388,7 +393,7 @@ class HashMap(BpfMap, MutableMapping[Any, Any]):
         ks = key_size if key_size is not None else _size_of(key_type) or 4
         vs = value_size if value_size is not None else _size_of(value_type) or 4
         super().__init__(self._TYPE, ks, vs, max_entries, flags, name)
-        self._keys = Codec(ks, key_type, "key")
+        self._keys = Codec(ks, key_type, "key", signed=False)  # -1 must not quietly become 0xffffffff
         self._values = Codec(vs, value_type, "value")
 
     def _encode_value(self, value: Any) -> bytes:
@@ -498,6 +503,15 @@ class Array(BpfMap):
 
     def __len__(self) -> int:
         return self.max_entries
+
+    def __contains__(self, index: object) -> bool:
+        """Whether ``index`` is an index of the array (every one always holds a value)."""
+        return isinstance(index, int) and 0 <= index < self.max_entries
+
+    def __delitem__(self, index: int) -> None:
+        """Zero value ``index``: array elements cannot be removed (the kernel refuses the delete
+        with EINVAL), so ``del``, as in bcc, resets the element to its initial zeroes."""
+        self.set(index, bytes(self.value_size))
 
     def view(self, index: int, cpu: int = 0) -> memoryview:
         """The live bytes of value ``index`` (of CPU ``cpu`` for per-CPU arrays)."""

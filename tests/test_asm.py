@@ -86,7 +86,7 @@ def test_conformance_asm(asm_file: Path) -> None:
         assert info.value.line >= 1
         assert info.value.column >= 1
         return
-    code = assemble(df.asm)
+    code = assemble(df.asm, any_register=True)  # uBPF's error tests write r11 on purpose
     if df.raw is not None:
         assert code.hex() == df.raw.hex()
 
@@ -154,7 +154,7 @@ def test_rbpf_instructions(text: str, insn: Instruction) -> None:
 
 
 def test_unchecked_registers_assemble_but_do_not_decode() -> None:
-    code = assemble("mov r11, r15\nexit")
+    code = assemble("mov r11, r15\nexit", any_register=True)
     assert code[1] == 0xFB
     with pytest.raises(DecodeError):
         decode(code)

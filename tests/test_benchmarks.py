@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.__main__ import main
+from benchmarks.__main__ import DEFAULT_CHART, main, parse_args
 from benchmarks.native import load
 from benchmarks.packets import packet_mix
 from benchmarks.suite import insns_per_unit, load_vm, straight_line_source
@@ -81,3 +82,30 @@ def test_generated_compile_program_is_valid_and_sized() -> None:
     assert len(code) == 1000 * 8
     with VM(code, verify=False) as vm:
         vm.execute()
+
+
+def test_startup_figures(quick_run: dict[str, Any]) -> None:
+    """Import and plugin start-up times are rows of the table, held to their targets."""
+    startup = quick_run["startup"]
+    assert "error" not in startup, startup.get("error")
+    assert startup["python_ns"] > 0 and startup["import_ns"] > 0
+    assert set(startup["plugin_ns"]) == {"interp", "jit"} and min(startup["plugin_ns"].values()) > 0
+    assert {t["key"] for t in quick_run["targets"]} >= {"import", "plugin_interp", "plugin_jit"}
+
+
+def test_json_alone_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """``demo.sh --json``: stdout is one JSON document; the words go to stderr."""
+    assert main(["--quick", "--only", "call_overhead", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert set(doc["workloads"]) == {"call_overhead"} and doc["targets"]
+    assert "running 1 workloads" in captured.err
+
+
+def test_chart_default_is_not_the_tracked_one() -> None:
+    """``--chart`` without a path writes under the ignored results folder, never over the README's chart."""
+    root = Path(__file__).resolve().parent.parent
+    chart = parse_args(["--chart"]).chart
+    assert chart == DEFAULT_CHART and chart.is_relative_to(root / "benchmarks" / "results")
+    assert "benchmarks/results/" in (root / ".gitignore").read_text().split()
+    assert parse_args(["--chart", "here.png"]).chart == Path("here.png")

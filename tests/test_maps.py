@@ -185,8 +185,10 @@ def test_conversions() -> None:
     with pytest.raises(MapError):
         raw[b"abc"] = bytes(15)
     ints = HashMap(key_size=2, value_size=8, max_entries=8)
-    ints[-1] = -2  # negative ints are two's complement
+    ints[0xFFFF] = -2  # negative values are two's complement
     assert ints[0xFFFF] == (1 << 64) - 2
+    with pytest.raises(MapError, match="key -1 is negative"):  # a key never wraps around
+        ints[-1] = 0
     with pytest.raises(MapError):
         ints[1 << 16] = 0
     with pytest.raises(MapError):

@@ -4,6 +4,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/tools/bootstrap.sh"
 cd "$root"
-.venv/bin/ruff check jitbpf tests benchmarks tools
-.venv/bin/python -m mypy jitbpf benchmarks tests
+.venv/bin/ruff check jitbpf tests benchmarks tools examples
+.venv/bin/python -m mypy jitbpf benchmarks tests examples
 .venv/bin/python -m pytest -q "$@"

@@ -11,6 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jitbpf.errors import JitError
+
+# Debian and Ubuntu package PeachPy; PyPI's "peachpy" is an unrelated Python 2 release.
+PEACHPY_MISSING = ("the JIT needs PeachPy, which is not installed ({reason}): on Debian or Ubuntu install "
+                   "python3-peachpy (apt-get install python3-peachpy), elsewhere install it from its repository "
+                   "(pip install git+https://github.com/Maratyszcza/PeachPy); the interpreter works without it")
+
 Shape = tuple[str, ...]
 """An instruction shape: mnemonic, then operands ("rax", "i32", "q[r12+d8]", "rel32", ...)."""
 
@@ -153,16 +160,25 @@ def _register(x86: Any, name: str) -> Any:
     return reg
 
 
-def _encode(shape: Shape, table: dict[int, int], kinds: list[HoleKind]) -> bytes:
-    import peachpy.stream
-    import peachpy.x86_64 as x86
+def peachpy_modules() -> tuple[Any, Any]:
+    """PeachPy's ``x86_64`` package and its ``stream`` module; a ``JitError`` saying how to get
+    PeachPy when it cannot be imported (one error, not an import traceback from deep inside)."""
+    try:
+        import peachpy.stream
+        import peachpy.x86_64
+    except ImportError as exc:
+        raise JitError(PEACHPY_MISSING.format(reason=exc)) from None
+    return peachpy.x86_64, peachpy.stream
 
+
+def _encode(shape: Shape, table: dict[int, int], kinds: list[HoleKind]) -> bytes:
+    x86, stream = peachpy_modules()
     mnemonic = shape[0]
     lock = mnemonic.startswith("lock ")
     cls = getattr(x86, mnemonic.removeprefix("lock ").upper(), None)
     if cls is None:
         raise ValueError(f"unknown mnemonic {mnemonic!r}")
-    with peachpy.stream.NullStream():  # never let an instruction register itself in a Function
+    with stream.NullStream():  # never let an instruction register itself in a Function
         operands = [_operand(x86, tok, table, kinds) for tok in shape[1:]]
         code = bytes(cls(*operands).encode())
     return bytes([_LOCK]) + code if lock else code
