@@ -92,6 +92,8 @@ BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CP
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
                             MapType.LPM_TRIE, MapType.RINGBUF})
 
+_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY})  # one value per CPU
+
 Converter = Any  # None, int, bytes, a ctypes type, a struct format string, or a callable (events)
 
 
@@ -354,6 +356,17 @@ class BpfMap:
 
     def _delete_raw(self, key: bytes, what: str) -> None:
         _check(self._nat.lib.jb_map_delete(self.ptr, self._nat.ffi.from_buffer(key)), what)
+
+    def raw_items(self) -> dict[bytes, bytes]:
+        """Every element as raw bytes: key -> value (per-CPU maps: each CPU's value, padded to 8
+        bytes, CPU after CPU), for comparing maps byte for byte."""
+        found: dict[bytes, bytes] = {}
+        for key in self._keys_raw():
+            out = self._out()
+            if self._nat.lib.jb_map_lookup_all(self.ptr, self._nat.ffi.from_buffer(key), out) == 0:
+                size = self._stride * self.num_cpus if self.map_type in _PERCPU_TYPES else self.value_size
+                found[key] = bytes(self._nat.ffi.buffer(out, size))
+        return found
 
     def _keys_raw(self) -> list[bytes]:
         """Every key, collected first (so deleting while iterating is safe)."""
