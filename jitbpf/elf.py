@@ -8,7 +8,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -386,6 +386,17 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
     return _Loader(data, label, create_maps, default).load()
 
 
+def _libbpf_defaults(spec: MapDef) -> MapDef:
+    """What libbpf fills in before creating a map: a perf event array declared without sizes gets
+    4-byte keys and values and one slot per CPU."""
+    from jitbpf.maps import MapType, num_cpus
+
+    if spec.map_type != MapType.PERF_EVENT_ARRAY:
+        return spec
+    return replace(spec, key_size=spec.key_size or 4, value_size=spec.value_size or 4,
+                   max_entries=spec.max_entries or num_cpus())
+
+
 class _Loader:
     def __init__(self, data: bytes, label: str, create_maps: bool, default_type: ProgType) -> None:
         self.data = data
@@ -667,6 +678,7 @@ class _Loader:
                       attrs.get("max_entries", 0), attrs.get("map_flags", 0), section, "btf")
 
     def _add_map(self, spec: MapDef) -> None:
+        spec = _libbpf_defaults(spec)
         if spec.name in self.obj.map_defs:
             raise ElfError(f"map {spec.name} is declared twice", section=spec.section)
         self.obj.map_defs[spec.name] = spec

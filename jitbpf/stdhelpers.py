@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from jitbpf._native import native
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
+from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
 from jitbpf.maps import BpfMap, DevMap, MapType, RingBuf, SockHash, SockMap
 
@@ -85,6 +86,7 @@ class StdContext:
     def __init__(self, trace_stream: TextIO | None = None) -> None:
         self.trace_log: list[str] = []  # bpf_trace_printk output, in order
         self.trace_stream = trace_stream  # also written here (e.g. sys.stderr) when set
+        self.host = Host()  # what the helpers that ask the host answer (jitbpf.host)
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -367,6 +369,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
             return -exc.errno
         return 0
 
+    extra = [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in {int(i) for i in HelperId}]
     h = HelperId
     probe_args = ("uninit_mem", "size_or_zero", "anything")
     # These helpers never read their ctx argument, so it is "ignored": programs in the raw-memory
@@ -420,4 +423,5 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
                       ("anything", "scalar"), "void"),
         native_helper(h.RINGBUF_QUERY, "bpf_ringbuf_query", "jb_helper_ringbuf_query", ringbuf_query,
                       ("map", "scalar")),
+        *extra,
     ]
