@@ -71,7 +71,7 @@ class Redirect:
     helper: str  # the helper's kernel name
     map: BpfMap  # the map it looked up
     key: int  # the index in that map
-    target: Any  # an interface index (DEVMAP) or the socket object (SOCKMAP / SOCKHASH)
+    target: Any  # an interface index (DEVMAP), a queue size (CPUMAP) or the socket object (SOCKMAP, XSKMAP, ...)
     flags: int  # the helper's flags argument
 
 
@@ -325,14 +325,14 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         return vm.request_tail_call(m, r3 & MASK32)
 
     def redirect_map(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
-        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP)
+        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP, MapType.CPUMAP, MapType.XSKMAP)
         if r3 & ~_XDP_REDIRECT_FLAGS:
             return XDP_ABORTED
-        assert isinstance(m, DevMap)
-        ifindex = m.get(r2 & MASK32)
-        if ifindex is None:
+        assert isinstance(m, DevMap | SockMap)
+        target = m.get(r2 & MASK32)
+        if target is None:
             return r3 & 0x3  # the action the caller chose for a missing entry
-        ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, ifindex, r3)
+        ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, target, r3)
         return XDP_REDIRECT
 
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
