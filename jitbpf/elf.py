@@ -8,7 +8,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from jitbpf.errors import BpfError, ElfError
 from jitbpf.isa import SLOT_SIZE, CallSrc, PseudoSrc
-from jitbpf.programs import PROGRAM_TYPES, ProgType, section_program_type
+from jitbpf.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
 
 if TYPE_CHECKING:
     from jitbpf.vm import VM
@@ -261,6 +261,12 @@ class ElfProgram:
 
         if self.prog_type is not ProgType.UNSPEC:
             kwargs.setdefault("prog_type", self.prog_type)
+        elif self.section != ".text" and kwargs.get("prog_type") is None and kwargs.get("verify", True):
+            # A section libbpf does not know: verified as plain memory, an accept would mean
+            # nothing about the hook it was written for. (.text-only objects are plain programs.)
+            raise ElfError(f"program {self.name!r}: section {self.section!r} names no program type; "
+                           "give one (load_elf(..., prog_type=...) or vm(prog_type=...)) or "
+                           "run it unverified (vm(verify=False))", section=self.section)
         vm = VM(self.code, **kwargs)
         use_standard = getattr(vm, "use_standard_helpers", None)
         if kwargs.get("prog_type") is None and use_standard is not None:
@@ -364,11 +370,13 @@ class ElfObject:
 
 
 def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
-             create_maps: bool = True) -> ElfObject:
+             create_maps: bool = True, prog_type: ProgType | int | str | None = None) -> ElfObject:
     """Load an eBPF ELF object (a path or its bytes): programs, maps, global data, relocations.
 
     Every problem with the object raises ``ElfError`` naming the section or relocation at fault.
-    With ``create_maps`` off, maps are described (``map_defs``) but not created.
+    With ``create_maps`` off, maps are described (``map_defs``) but not created. ``prog_type``
+    types the programs whose section names no program type (as libbpf's
+    ``bpf_program__set_type``); without it such programs have none, and ``vm()`` refuses them.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -381,12 +389,25 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
                 data = f.read()
         except OSError as exc:
             raise ElfError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return _Loader(data, label, create_maps).load()
+    default = program_type(prog_type) if prog_type is not None else ProgType.UNSPEC
+    return _Loader(data, label, create_maps, default).load()
+
+
+def _libbpf_defaults(spec: MapDef) -> MapDef:
+    """What libbpf fills in before creating a map: a perf event array declared without sizes gets
+    4-byte keys and values and one slot per CPU."""
+    from jitbpf.maps import MapType, num_cpus
+
+    if spec.map_type != MapType.PERF_EVENT_ARRAY:
+        return spec
+    return replace(spec, key_size=spec.key_size or 4, value_size=spec.value_size or 4,
+                   max_entries=spec.max_entries or num_cpus())
 
 
 class _Loader:
-    def __init__(self, data: bytes, label: str, create_maps: bool) -> None:
+    def __init__(self, data: bytes, label: str, create_maps: bool, default_type: ProgType) -> None:
         self.data = data
+        self.default_type = default_type  # the type of programs whose section names none
         self.obj = ElfObject(label)
         self.create_maps = create_maps
         self.where: str | None = None  # section being read, for errors from pyelftools
@@ -664,6 +685,7 @@ class _Loader:
                       attrs.get("max_entries", 0), attrs.get("map_flags", 0), section, "btf")
 
     def _add_map(self, spec: MapDef) -> None:
+        spec = _libbpf_defaults(spec)
         if spec.name in self.obj.map_defs:
             raise ElfError(f"map {spec.name} is declared twice", section=spec.section)
         self.obj.map_defs[spec.name] = spec
@@ -715,6 +737,8 @@ class _Loader:
         entry_sections = [s for s in code_sections if s.name != ".text"] or code_sections
         for sec in entry_sections:
             prog_type = section_program_type(sec.name)
+            if prog_type is ProgType.UNSPEC:
+                prog_type = self.default_type
             for func in self.funcs[sec.index]:
                 name = func.name if func.name not in self.obj.programs else f"{sec.name}/{func.name}"
                 self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, self._link(func))

@@ -32,6 +32,7 @@ __all__ = [
     "Array",
     "BpfMap",
     "Converter",
+    "CpuMap",
     "DevMap",
     "HashMap",
     "LpmKey",
@@ -48,6 +49,7 @@ __all__ = [
     "SockMap",
     "Stack",
     "UpdateFlag",
+    "XskMap",
     "create_map",
     "current_cpu",
     "num_cpus",
@@ -67,6 +69,8 @@ class MapType(enum.IntEnum):
     LPM_TRIE = 11  # longest-prefix-match trie (routing tables)
     DEVMAP = 14  # u32 index -> network device (ifindex), for bpf_redirect_map
     SOCKMAP = 15  # u32 index -> socket
+    CPUMAP = 16  # u32 index -> CPU queue (queue size), for bpf_redirect_map
+    XSKMAP = 17  # u32 index -> AF_XDP socket, for bpf_redirect_map
     SOCKHASH = 18  # key -> socket
     QUEUE = 22  # FIFO of values
     STACK = 23  # LIFO of values
@@ -91,6 +95,8 @@ BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CP
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
                             MapType.LPM_TRIE, MapType.RINGBUF})
+
+_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY})  # one value per CPU
 
 Converter = Any  # None, int, bytes, a ctypes type, a struct format string, or a callable (events)
 
@@ -359,6 +365,17 @@ class BpfMap:
 
     def _delete_raw(self, key: bytes, what: str) -> None:
         _check(self._nat.lib.jb_map_delete(self.ptr, self._nat.ffi.from_buffer(key)), what)
+
+    def raw_items(self) -> dict[bytes, bytes]:
+        """Every element as raw bytes: key -> value (per-CPU maps: each CPU's value, padded to 8
+        bytes, CPU after CPU), for comparing maps byte for byte."""
+        found: dict[bytes, bytes] = {}
+        for key in self._keys_raw():
+            out = self._out()
+            if self._nat.lib.jb_map_lookup_all(self.ptr, self._nat.ffi.from_buffer(key), out) == 0:
+                size = self._stride * self.num_cpus if self.map_type in _PERCPU_TYPES else self.value_size
+                found[key] = bytes(self._nat.ffi.buffer(out, size))
+        return found
 
     def _keys_raw(self) -> list[bytes]:
         """Every key, collected first (so deleting while iterating is safe)."""
@@ -1022,6 +1039,29 @@ class DevMap(_Slots):
         return self._slot(index) if 0 <= index < self.max_entries else None
 
 
+class XskMap(SockMap):
+    """``BPF_MAP_TYPE_XSKMAP``: index (usually the receive queue) -> AF_XDP socket, any Python
+    object standing for it; ``bpf_redirect_map`` reports it back. A program's lookup finds no
+    socket here (NULL), so programs fall back to their ``bpf_redirect_map`` default."""
+
+    _TYPE = MapType.XSKMAP
+
+    def __init__(self, *, max_entries: int = 64, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(max_entries=max_entries, name=name, key_size=key_size, value_size=value_size, flags=flags)
+
+
+class CpuMap(DevMap):
+    """``BPF_MAP_TYPE_CPUMAP``: CPU index -> queue size; a set entry is a CPU packets may be
+    redirected to. Storing 0 empties the slot."""
+
+    _TYPE = MapType.CPUMAP
+
+    def __init__(self, *, max_entries: int = 64, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(max_entries=max_entries, name=name, key_size=key_size, value_size=value_size, flags=flags)
+
+
 # ---------------------------------------------------------------------------------------------
 # Factory
 
@@ -1037,6 +1077,8 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.DEVMAP: DevMap,
     MapType.SOCKMAP: SockMap,
     MapType.SOCKHASH: SockHash,
+    MapType.CPUMAP: CpuMap,
+    MapType.XSKMAP: XskMap,
     MapType.QUEUE: Queue,
     MapType.STACK: Stack,
     MapType.RINGBUF: RingBuf,

@@ -126,6 +126,7 @@ class Helpers(enum.IntEnum):
     BIND = 64  # bpf_bind
     XDP_ADJUST_TAIL = 65  # bpf_xdp_adjust_tail
     GET_STACK = 67  # bpf_get_stack
+    FIB_LOOKUP = 69  # bpf_fib_lookup
     SKB_LOAD_BYTES_RELATIVE = 68  # bpf_skb_load_bytes_relative
     SOCK_HASH_UPDATE = 70  # bpf_sock_hash_update
     MSG_REDIRECT_HASH = 71  # bpf_msg_redirect_hash
@@ -142,11 +143,13 @@ class Helpers(enum.IntEnum):
     SPIN_UNLOCK = 94  # bpf_spin_unlock
     STRTOL = 105  # bpf_strtol
     STRTOUL = 106  # bpf_strtoul
+    SEND_SIGNAL = 109  # bpf_send_signal
     PROBE_READ_USER = 112  # bpf_probe_read_user
     PROBE_READ_KERNEL = 113  # bpf_probe_read_kernel
     PROBE_READ_USER_STR = 114  # bpf_probe_read_user_str
     PROBE_READ_KERNEL_STR = 115  # bpf_probe_read_kernel_str
     JIFFIES64 = 118  # bpf_jiffies64
+    GET_NS_CURRENT_PID_TGID = 120  # bpf_get_ns_current_pid_tgid
     GET_NETNS_COOKIE = 122  # bpf_get_netns_cookie
     KTIME_GET_BOOT_NS = 125  # bpf_ktime_get_boot_ns
     RINGBUF_OUTPUT = 130  # bpf_ringbuf_output
@@ -154,6 +157,7 @@ class Helpers(enum.IntEnum):
     RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit
     RINGBUF_DISCARD = 133  # bpf_ringbuf_discard
     RINGBUF_QUERY = 134  # bpf_ringbuf_query
+    GET_CURRENT_TASK_BTF = 158  # bpf_get_current_task_btf
     KTIME_GET_COARSE_NS = 160  # bpf_ktime_get_coarse_ns
     CHECK_MTU = 163  # bpf_check_mtu
     FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem
@@ -303,7 +307,7 @@ _BASE = frozenset({
 _TRACING = _BASE | {
     H.PROBE_READ, H.PROBE_READ_STR, H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM,
     H.GET_CURRENT_TASK, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.PERF_EVENT_READ, H.GET_STACKID,
-    H.GET_STACK, H.GET_FUNC_IP,
+    H.GET_STACK, H.GET_FUNC_IP, H.GET_CURRENT_TASK_BTF, H.GET_NS_CURRENT_PID_TGID, H.SEND_SIGNAL,
 }
 _SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
 _CGROUP = frozenset({H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM, H.GET_CURRENT_CGROUP_ID,
@@ -370,7 +374,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             _BASE | _SKB_READ | {
                 H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
                 H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
-                H.SKB_CGROUP_ID, H.CHECK_MTU,
+                H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP,
             },
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
@@ -396,6 +400,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             _BASE | {
                 H.XDP_ADJUST_HEAD, H.XDP_ADJUST_META, H.XDP_ADJUST_TAIL, H.REDIRECT, H.REDIRECT_MAP, H.CSUM_DIFF,
                 H.PERF_EVENT_OUTPUT, H.CHECK_MTU, H.XDP_GET_BUFF_LEN, H.XDP_LOAD_BYTES, H.XDP_STORE_BYTES,
+                H.FIB_LOOKUP,
             },
             readable=_all_but(XdpMd, ()),
             pointer_fields={XdpMd.data.offset: "packet", XdpMd.data_end.offset: "packet_end",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from jitbpf._native import native
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
+from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
 from jitbpf.maps import BpfMap, DevMap, MapType, RingBuf, SockHash, SockMap
 
@@ -70,7 +71,7 @@ class Redirect:
     helper: str  # the helper's kernel name
     map: BpfMap  # the map it looked up
     key: int  # the index in that map
-    target: Any  # an interface index (DEVMAP) or the socket object (SOCKMAP / SOCKHASH)
+    target: Any  # an interface index (DEVMAP), a queue size (CPUMAP) or the socket object (SOCKMAP, XSKMAP, ...)
     flags: int  # the helper's flags argument
 
 
@@ -85,6 +86,7 @@ class StdContext:
     def __init__(self, trace_stream: TextIO | None = None) -> None:
         self.trace_log: list[str] = []  # bpf_trace_printk output, in order
         self.trace_stream = trace_stream  # also written here (e.g. sys.stderr) when set
+        self.host = Host()  # what the helpers that ask the host answer (jitbpf.host)
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -323,14 +325,14 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         return vm.request_tail_call(m, r3 & MASK32)
 
     def redirect_map(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
-        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP)
+        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP, MapType.CPUMAP, MapType.XSKMAP)
         if r3 & ~_XDP_REDIRECT_FLAGS:
             return XDP_ABORTED
-        assert isinstance(m, DevMap)
-        ifindex = m.get(r2 & MASK32)
-        if ifindex is None:
+        assert isinstance(m, DevMap | SockMap)
+        target = m.get(r2 & MASK32)
+        if target is None:
             return r3 & 0x3  # the action the caller chose for a missing entry
-        ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, ifindex, r3)
+        ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, target, r3)
         return XDP_REDIRECT
 
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
@@ -367,6 +369,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
             return -exc.errno
         return 0
 
+    extra = [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in {int(i) for i in HelperId}]
     h = HelperId
     probe_args = ("uninit_mem", "size_or_zero", "anything")
     # These helpers never read their ctx argument, so it is "ignored": programs in the raw-memory
@@ -420,4 +423,5 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
                       ("anything", "scalar"), "void"),
         native_helper(h.RINGBUF_QUERY, "bpf_ringbuf_query", "jb_helper_ringbuf_query", ringbuf_query,
                       ("map", "scalar")),
+        *extra,
     ]

@@ -35,6 +35,8 @@ enum map_type {
     T_LPM_TRIE = 11,
     T_DEVMAP = 14,
     T_SOCKMAP = 15,
+    T_CPUMAP = 16,
+    T_XSKMAP = 17,
     T_SOCKHASH = 18,
     T_QUEUE = 22,
     T_STACK = 23,
@@ -339,7 +341,8 @@ static int is_hash(const struct jb_map *m)
 
 static int is_slots(const struct jb_map *m)
 {
-    return m->type == T_PROG_ARRAY || m->type == T_SOCKMAP || m->type == T_DEVMAP;
+    return m->type == T_PROG_ARRAY || m->type == T_SOCKMAP || m->type == T_DEVMAP || m->type == T_CPUMAP ||
+           m->type == T_XSKMAP;
 }
 
 void jb_map_free(struct jb_map *m)
@@ -397,7 +400,10 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_SOCKMAP:
     case T_DEVMAP:
+    case T_CPUMAP:
         return ks == 4 && (vs == 4 || vs == 8) && max ? 0 : -EINVAL;
+    case T_XSKMAP:
+        return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_PERF_EVENT_ARRAY:
         return ks == 4 && vs == 4 && max && is_pow2(aux) && aux >= 4096 && aux <= (1ull << 30) ? 0 : -EINVAL;
     case T_QUEUE:
@@ -515,6 +521,8 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     case T_PROG_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
+    case T_CPUMAP:
+    case T_XSKMAP:
         m->stride = 8;  /* program flag, socket id or ifindex, held as u64 */
         m->used = calloc(max_entries, 1);
         rc = m->used ? 0 : -ENOMEM;
@@ -1096,6 +1104,8 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_PROG_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
+    case T_CPUMAP:
+    case T_XSKMAP:
         memcpy(&idx, key, 4);
         return jb_slot_get(m, idx, out);
     default:
@@ -1137,7 +1147,7 @@ static int slot_update(struct jb_map *m, const void *key, const void *value, uin
     if (idx >= m->max_entries)
         return -E2BIG;
     spin_lock(&m->lock);
-    if (m->type == T_DEVMAP && flags == F_NOEXIST) {
+    if ((m->type == T_DEVMAP || m->type == T_CPUMAP) && flags == F_NOEXIST) {
         spin_unlock(&m->lock);
         return -EEXIST;  /* a device map is an array: every index exists */
     }
@@ -1163,14 +1173,14 @@ static int slot_delete(struct jb_map *m, const void *key)
     int was;
     memcpy(&idx, key, 4);
     if (idx >= m->max_entries)
-        return m->type == T_SOCKMAP ? -EINVAL : -E2BIG;
+        return m->type == T_SOCKMAP || m->type == T_CPUMAP || m->type == T_XSKMAP ? -EINVAL : -E2BIG;
     spin_lock(&m->lock);
     was = m->used[idx];
     STORE_REL(&m->used[idx], 0);
     if (was)
         m->count--;
     spin_unlock(&m->lock);
-    if (!was && m->type != T_DEVMAP)
+    if (!was && m->type != T_DEVMAP && m->type != T_CPUMAP && m->type != T_XSKMAP)
         return m->type == T_SOCKMAP ? -EINVAL : -ENOENT;
     return 0;
 }
@@ -1202,6 +1212,8 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_PROG_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
+    case T_CPUMAP:
+    case T_XSKMAP:
         return slot_update(m, key, value, flags);
     default:
         return -EINVAL;
@@ -1230,6 +1242,8 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_PROG_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
+    case T_CPUMAP:
+    case T_XSKMAP:
         return slot_delete(m, key);
     default:
         return -EINVAL;  /* array elements cannot be deleted */

@@ -1,0 +1,230 @@
+"""The host a program believes it runs in: the current task, network namespace, routing table, and
+the helpers that ask the host (``bpf_fib_lookup``, ``bpf_get_current_task``, ``bpf_csum_diff``, ...).
+
+Nothing here reads the real machine: every answer comes from a ``Host`` the caller fills
+(``vm.std.host``), and its defaults are those of an idle kernel: no task (NULL), no routes,
+forwarding off on every interface (so ``bpf_fib_lookup`` answers ``FWD_DISABLED``, as the kernel
+does for a packet arriving on an interface that does not forward).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import ipaddress
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from jitbpf.helpers import Helper
+from jitbpf.isa import MASK32, MASK64
+from jitbpf.programs import Helpers as H
+
+if TYPE_CHECKING:
+    from jitbpf.memory import MemoryMap
+
+__all__ = ["FibResult", "FibRoute", "Host", "Interface", "host_helpers"]
+
+AF_INET, AF_INET6 = 2, 10
+CSUM_DIFF_MAX = 512  # bytes of from + to that bpf_csum_diff accepts (the kernel's scratch buffer)
+FIB_LOOKUP_SIZE = 64  # sizeof(struct bpf_fib_lookup)
+FIB_FLAGS = 0x3F  # DIRECT | OUTPUT | SKIP_NEIGH | TBID | SRC | MARK: every flag the kernel defines
+# struct bpf_fib_lookup: family u8, l4_protocol u8, sport, dport (be16), tot_len/mtu_result u16,
+# ifindex u32, tos/flowinfo/rt_metric u32, src[16], dst[16], vlan proto+TCI / tbid u32, smac[6], dmac[6].
+_FIB = struct.Struct("<BBHHHII16s16sI6s6s")
+
+
+class FibResult(enum.IntEnum):
+    """``bpf_fib_lookup``'s answers (``BPF_FIB_LKUP_RET_*``)."""
+
+    SUCCESS = 0  # forwardable: ifindex, smac, dmac and mtu_result are filled in
+    BLACKHOLE = 1  # the route drops silently
+    UNREACHABLE = 2  # the route answers "destination unreachable"
+    PROHIBIT = 3  # the route answers "administratively prohibited"
+    NOT_FWDED = 4  # no route forwards it (local delivery, or no route at all)
+    FWD_DISABLED = 5  # the input interface does not forward
+    UNSUPP_LWT = 6  # the route needs an encapsulation
+    NO_NEIGH = 7  # no neighbour entry for the next hop
+    FRAG_NEEDED = 8  # the packet is larger than the route's MTU
+
+
+@dataclass(frozen=True)
+class FibRoute:
+    """One route: where packets to ``network`` go (the kernel's FIB entry plus its neighbour)."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network  # destination prefix
+    ifindex: int  # output interface
+    smac: bytes = bytes(6)  # the output interface's address
+    dmac: bytes | None = bytes(6)  # the next hop's address (None: no neighbour entry, NO_NEIGH)
+    mtu: int = 1500  # the route's MTU
+    result: FibResult = FibResult.SUCCESS  # BLACKHOLE / UNREACHABLE / PROHIBIT for such routes
+
+
+@dataclass
+class Interface:
+    """An interface as routing sees it."""
+
+    forwarding: bool = False  # net.ipv4/ipv6.conf.IF.forwarding (off, as the kernel's default)
+
+
+@dataclass
+class Host:
+    """The answers of the helpers that ask the host. Fill it before running (``vm.std.host``).
+
+    Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
+    device and inode 0, cookies 0, hash 0, interface 1 (loopback) only, forwarding off, no routes.
+    """
+
+    task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
+    pid: int = 0  # thread id in the namespace (bpf_get_ns_current_pid_tgid)
+    tgid: int = 0  # process id in the namespace
+    pidns_dev: int = 0  # device number of the pid namespace's nsfs
+    pidns_ino: int = 0  # inode number of the pid namespace
+    socket_cookie: int = 0  # bpf_get_socket_cookie
+    netns_cookie: int = 0  # bpf_get_netns_cookie
+    skb_hash: int = 0  # bpf_get_hash_recalc
+    interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface()})
+    routes: list[FibRoute] = field(default_factory=list)
+    signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order
+
+    def add_route(self, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network, ifindex: int,
+                  **details: object) -> FibRoute:
+        """Add a route (``details``: ``FibRoute``'s smac, dmac, mtu, result) and return it."""
+        route = FibRoute(ipaddress.ip_network(network), ifindex, **details)  # type: ignore[arg-type]
+        self.routes.append(route)
+        self.interfaces.setdefault(ifindex, Interface())
+        return route
+
+    def fib_lookup(self, family: int, dst: bytes, ifindex: int) -> tuple[int, FibRoute | None]:
+        """What the kernel's FIB answers for a packet to ``dst`` arriving on ``ifindex``: a
+        ``FibResult`` (or a negative errno) and the route that decided it."""
+        iface = self.interfaces.get(ifindex)
+        if iface is None:
+            return -errno.ENODEV, None
+        if not iface.forwarding:
+            return FibResult.FWD_DISABLED, None
+        address = ipaddress.ip_address(dst[:4] if family == AF_INET else dst)
+        matches = [r for r in self.routes if r.network.version == address.version and address in r.network]
+        if not matches:
+            return FibResult.NOT_FWDED, None
+        route = max(matches, key=lambda r: r.network.prefixlen)  # longest prefix wins
+        if route.result is not FibResult.SUCCESS:
+            return route.result, route
+        if route.dmac is None:
+            return FibResult.NO_NEIGH, route
+        return FibResult.SUCCESS, route
+
+
+def csum_diff(old: bytes, new: bytes, seed: int) -> int:
+    """``bpf_csum_diff``: the 32-bit one's complement sum of ``seed``, the complement of each
+    32-bit word of ``old`` and each word of ``new`` (native-endian words, as the kernel)."""
+    total = seed & MASK32
+    for i in range(0, len(old), 4):
+        total += ~int.from_bytes(old[i : i + 4], "little") & MASK32
+    for i in range(0, len(new), 4):
+        total += int.from_bytes(new[i : i + 4], "little")
+    while total >> 32:
+        total = (total & MASK32) + (total >> 32)
+    return total
+
+
+def _err(code: int) -> int:
+    return -code & MASK64
+
+
+def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> list[Helper]:
+    """The helpers answered by ``host()`` (read at each call, so the caller may replace it),
+    reading and writing program memory through ``memory()``."""
+
+    def csum_diff_helper(src: int, src_size: int, dst: int, dst_size: int, seed: int) -> int:
+        src_size, dst_size = src_size & MASK32, dst_size & MASK32
+        if (src_size | dst_size) & 3 or src_size + dst_size > CSUM_DIFF_MAX:
+            return _err(errno.EINVAL)
+        mm = memory()
+        return csum_diff(mm.read(src, src_size), mm.read(dst, dst_size), seed)
+
+    def fib_lookup(_ctx: int, params: int, plen: int, flags: int, _r5: int) -> int:
+        if flags & ~FIB_FLAGS or plen & MASK32 < FIB_LOOKUP_SIZE:
+            return _err(errno.EINVAL)
+        mm = memory()
+        raw = bytearray(mm.read(params, FIB_LOOKUP_SIZE))
+        family, ifindex, dst = raw[0], int.from_bytes(raw[8:12], "little"), bytes(raw[32:48])
+        if family not in (AF_INET, AF_INET6):
+            return _err(errno.EAFNOSUPPORT)
+        rc, route = host().fib_lookup(family, dst, ifindex)
+        if rc == FibResult.SUCCESS and route is not None:
+            tot_len = int.from_bytes(raw[6:8], "little")
+            if tot_len > route.mtu:
+                struct.pack_into("<H", raw, 6, route.mtu)  # mtu_result
+                mm.write(params, raw)
+                return int(FibResult.FRAG_NEEDED)
+            assert route.dmac is not None
+            struct.pack_into("<I", raw, 8, route.ifindex)
+            struct.pack_into("<H", raw, 6, route.mtu)
+            raw[52:58], raw[58:64] = route.smac, route.dmac
+            mm.write(params, raw)
+        return rc & MASK64
+
+    def current_task(_r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        return host().task & MASK64
+
+    def ns_current_pid_tgid(dev: int, ino: int, nsdata: int, size: int, _r5: int) -> int:
+        h = host()
+        if size & MASK32 != 8:
+            return _err(errno.EINVAL)
+        if (dev, ino) != (h.pidns_dev, h.pidns_ino):
+            memory().write(nsdata, bytes(8))
+            return _err(errno.ENOENT)
+        memory().write(nsdata, struct.pack("<II", h.pid & MASK32, h.tgid & MASK32))
+        return 0
+
+    def probe_read_str(dst: int, size: int, src: int, _r4: int, _r5: int) -> int:
+        size &= MASK32
+        mm = memory()
+        if size == 0:
+            return 0
+        mm.write(dst, bytes(size))  # checks dst; the kernel leaves zeroes behind a fault too
+        region = mm.find(src, 1)
+        if region is None:
+            return _err(errno.EFAULT)
+        text = mm.read(src, min(size - 1, region.base + region.size - src))
+        text = text.split(b"\0", 1)[0]  # truncated to size - 1 bytes, always terminated
+        mm.write(dst, text + b"\0")
+        return len(text) + 1
+
+    def constant(attr: str) -> Callable[[int, int, int, int, int], int]:
+        def fn(_r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+            value: int = getattr(host(), attr)
+            return value & MASK64
+
+        return fn
+
+    def send_signal(sig: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        sig &= MASK32
+        if not 0 < sig < 65:
+            return _err(errno.EINVAL)
+        if host().task == 0:
+            return _err(errno.EPERM)  # no task to signal (a kernel thread, or none)
+        host().signals.append(sig)
+        return 0
+
+    return [
+        Helper(H.CSUM_DIFF, "bpf_csum_diff", csum_diff_helper,
+               ("mem", "size_or_zero", "mem", "size_or_zero", "scalar")),
+        # The ctx is "ignored" (never read): a "ctx" argument would make the verifier drop packet
+        # pointers, as for helpers that move the packet, which bpf_fib_lookup does not.
+        Helper(H.FIB_LOOKUP, "bpf_fib_lookup", fib_lookup, ("ignored", "mem", "size", "scalar")),
+        Helper(H.GET_CURRENT_TASK, "bpf_get_current_task", current_task),
+        Helper(H.GET_CURRENT_TASK_BTF, "bpf_get_current_task_btf", current_task),
+        Helper(H.GET_NS_CURRENT_PID_TGID, "bpf_get_ns_current_pid_tgid", ns_current_pid_tgid,
+               ("scalar", "scalar", "uninit_mem", "size")),
+        Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", constant("skb_hash"), ("ignored",)),
+        Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", constant("socket_cookie"), ("ignored",)),
+        Helper(H.GET_NETNS_COOKIE, "bpf_get_netns_cookie", constant("netns_cookie"), ("ignored",)),
+        *(Helper(hid, name, probe_read_str, ("uninit_mem", "size_or_zero", "anything"))
+          for hid, name in ((H.PROBE_READ_STR, "bpf_probe_read_str"),
+                            (H.PROBE_READ_KERNEL_STR, "bpf_probe_read_kernel_str"),
+                            (H.PROBE_READ_USER_STR, "bpf_probe_read_user_str"))),
+        Helper(H.SEND_SIGNAL, "bpf_send_signal", send_signal),
+    ]

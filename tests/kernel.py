@@ -1,0 +1,192 @@
+"""The running kernel as a reference: load one program of an object with the system's libbpf and
+test-run it (``BPF_PROG_TEST_RUN``), then read its maps back. Needs root, BPF and ``libbpf.so.1``;
+``Kernel.open()`` says why not when one is missing."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# Program types the kernel can test-run with a packet (enum bpf_prog_type).
+PACKET_TYPES = {"socket_filter": 1, "sched_cls": 3, "sched_act": 4, "xdp": 6, "cgroup_skb": 8}
+PROG_TYPE_NUMBERS = {**PACKET_TYPES, "kprobe": 2, "tracepoint": 5, "perf_event": 7}
+L3_TYPES = frozenset({1, 8})  # the test run hands these the packet from the network header on
+PERCPU_MAP_TYPES = frozenset({5, 6, 10})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+XDP_OUT_SLACK = 4096  # room in the output buffer for programs that grow the packet
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    vp, cp, i32, u32 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
+    signatures: dict[str, tuple[object, list[object]]] = {
+        "bpf_object__open_file": (vp, [cp, vp]),
+        "bpf_object__load": (i32, [vp]),
+        "bpf_object__close": (None, [vp]),
+        "bpf_object__next_program": (vp, [vp, vp]),
+        "bpf_object__next_map": (vp, [vp, vp]),
+        "bpf_program__name": (cp, [vp]),
+        "bpf_program__set_autoload": (i32, [vp, ctypes.c_bool]),
+        "bpf_program__set_type": (i32, [vp, i32]),
+        "bpf_program__type": (i32, [vp]),
+        "bpf_program__fd": (i32, [vp]),
+        "bpf_map__name": (cp, [vp]),
+        "bpf_map__fd": (i32, [vp]),
+        "bpf_map__type": (i32, [vp]),
+        "bpf_map__key_size": (u32, [vp]),
+        "bpf_map__value_size": (u32, [vp]),
+        "bpf_map__set_pin_path": (i32, [vp, cp]),
+        "bpf_map_get_next_key": (i32, [i32, vp, vp]),
+        "bpf_map_lookup_elem": (i32, [i32, vp, vp]),
+        "bpf_prog_test_run_opts": (i32, [i32, ctypes.POINTER(_TestRunOpts)]),
+        "libbpf_set_print": (vp, [_PRINT_FN]),
+        "libbpf_num_possible_cpus": (i32, []),
+    }
+    for name, (res, args) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype = res
+        fn.argtypes = args
+
+
+@dataclass(frozen=True)
+class KernelRun:
+    """One test run: r0 (32 bits, as the kernel reports it) and the packet after."""
+
+    retval: int
+    packet: bytes
+
+
+class KernelProgram:
+    """One program loaded into the kernel with its own maps."""
+
+    def __init__(self, kernel: Kernel, obj: int, prog: int, prog_type: int) -> None:
+        self._k = kernel
+        self._obj = obj
+        self.fd = kernel.lib.bpf_program__fd(prog)
+        self.prog_type = prog_type
+
+    def run(self, frame: bytes) -> KernelRun | None:
+        """Test-run on ``frame`` (an Ethernet frame); None when the kernel refuses the input."""
+        data_in = ctypes.create_string_buffer(frame, len(frame))
+        out = ctypes.create_string_buffer(len(frame) + XDP_OUT_SLACK)
+        opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.addressof(data_in),
+                            data_out=ctypes.addressof(out), data_size_in=len(frame), data_size_out=len(out),
+                            repeat=1)
+        if self._k.lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)) != 0:
+            return None
+        return KernelRun(opts.retval, out.raw[: opts.data_size_out])
+
+    def maps(self) -> dict[str, dict[bytes, bytes]]:
+        """Every map's contents (per-CPU maps: CPU 0's value), by name."""
+        lib = self._k.lib
+        out: dict[str, dict[bytes, bytes]] = {}
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m:
+            name = (lib.bpf_map__name(m) or b"").decode()
+            out[name] = self._dump(lib.bpf_map__fd(m), lib.bpf_map__key_size(m), lib.bpf_map__value_size(m),
+                                   lib.bpf_map__type(m) in PERCPU_MAP_TYPES)
+            m = lib.bpf_object__next_map(self._obj, m)
+        return out
+
+    def _dump(self, fd: int, key_size: int, value_size: int, percpu: bool) -> dict[bytes, bytes]:
+        lib = self._k.lib
+        stride = (value_size + 7) & ~7
+        cpus = self._k.num_cpus if percpu else 1
+        key = ctypes.create_string_buffer(max(key_size, 1))
+        value = ctypes.create_string_buffer(max(stride * cpus, 8))
+        found: dict[bytes, bytes] = {}
+        prev: ctypes.c_void_p | None = None
+        while key_size and lib.bpf_map_get_next_key(fd, prev, key) == 0 and len(found) < 1 << 16:
+            k = key.raw[:key_size]
+            if lib.bpf_map_lookup_elem(fd, key, value) == 0:
+                found[k] = value.raw[:value_size]
+            saved = ctypes.create_string_buffer(k, key_size)
+            prev = ctypes.c_void_p(ctypes.addressof(saved))
+        return found
+
+    def close(self) -> None:
+        if self._obj:
+            self._k.lib.bpf_object__close(self._obj)
+            self._obj = 0
+
+
+class Kernel:
+    """The system's libbpf, bound with ctypes, quiet."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self._quiet = _PRINT_FN(lambda _level, _fmt, _args: 0)  # kept alive: libbpf holds the pointer
+        lib.libbpf_set_print(self._quiet)
+        self.num_cpus = max(1, lib.libbpf_num_possible_cpus())
+
+    @classmethod
+    def open(cls) -> Kernel | str:
+        """The kernel oracle, or the reason it is unavailable."""
+        if os.geteuid() != 0:
+            return "the kernel reference needs root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN)"
+        path = ctypes.util.find_library("bpf")
+        if path is None:
+            return "the kernel reference needs libbpf.so (Debian: libbpf1)"
+        try:
+            lib = ctypes.CDLL(path, use_errno=True)
+            _declare(lib)
+        except (OSError, AttributeError) as exc:
+            return f"cannot use {path}: {exc}"
+        return cls(lib)
+
+    def load(self, path: Path, program: str, prog_type: str | None) -> KernelProgram | str:
+        """``program`` of the object at ``path`` (alone: the others are not loaded), or why the
+        kernel refused it."""
+        lib = self.lib
+        obj = lib.bpf_object__open_file(str(path).encode(), None)
+        if not obj:
+            return f"libbpf cannot open the object ({errno.errorcode.get(ctypes.get_errno(), '?')})"
+        chosen = 0
+        p = lib.bpf_object__next_program(obj, None)
+        while p:
+            mine = lib.bpf_program__name(p).decode() == program
+            lib.bpf_program__set_autoload(p, mine)
+            if mine:
+                chosen = p
+                if prog_type is not None:
+                    lib.bpf_program__set_type(p, PROG_TYPE_NUMBERS[prog_type])
+            p = lib.bpf_object__next_program(obj, p)
+        m = lib.bpf_object__next_map(obj, None)
+        while m:
+            lib.bpf_map__set_pin_path(m, None)  # never pin: each load gets maps of its own
+            m = lib.bpf_object__next_map(obj, m)
+        if not chosen:
+            lib.bpf_object__close(obj)
+            return f"libbpf does not list a program {program!r}"
+        rc = lib.bpf_object__load(obj)
+        if rc != 0:
+            lib.bpf_object__close(obj)
+            return f"the kernel refuses it ({errno.errorcode.get(-rc, str(rc))})"
+        return KernelProgram(self, obj, chosen, lib.bpf_program__type(chosen))
+
+
+@contextmanager
+def on_cpu0() -> Iterator[None]:
+    """Run on CPU 0, so that per-CPU map values land where the comparison reads them."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
