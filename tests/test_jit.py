@@ -1,11 +1,16 @@
 """What the JIT leaves out, and when it must not: bounds checks on frame-pointer accesses and in
 versioned loops, budget counting in programs that cannot loop, and the per-instruction memo of
-the compile loop."""
+the compile loop; the template store that spares later processes PeachPy."""
 
 from __future__ import annotations
 
 import contextlib
+import marshal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -382,3 +387,47 @@ def test_perf_event_output_runs_as_c_for_verified_programs() -> None:
         assert vm._jit is not None and vm._jit.batchable
         assert vm.execute_jit(bytearray(4)) == 0
         assert len(events.read_events()) == 1
+
+
+# -- the template store ------------------------------------------------------------------------------
+
+
+def test_stored_templates_are_the_ones_encoded(tmp_path: Path) -> None:
+    from jitbpf.jit.encoding import Assembler, TemplateStore
+
+    store = TemplateStore(tmp_path)
+    first = Assembler(store)
+    shapes = [("mov", "rax", "i64"), ("mov", "d[r11+d8]", "eax"), ("jne", "rel32"), ("lock add", "q[r10]", "rdi")]
+    holes = [1, 1, 1, 0]
+    encoded = [first.encode(shape, *[0x12] * n) for shape, n in zip(shapes, holes, strict=True)]
+    first.persist()
+    second = Assembler(TemplateStore(tmp_path))
+    assert len(second) == len(shapes)
+    assert [second.cached(s) is not None for s in shapes] == [True] * len(shapes)
+    assert [second.encode(shape, *[0x12] * n) for shape, n in zip(shapes, holes, strict=True)] == encoded
+
+
+_GARBAGE = [b"", b"\x00\x01", b"not marshal", marshal.dumps([1, 2]),
+            marshal.dumps({("mov",): (b"\x90", ((9, "i8", 1),))}),  # a hole past the code
+            marshal.dumps({("mov", "eax", "i32"): (b"\xb8", ((1, "i32", 4),))})]
+
+
+@pytest.mark.parametrize("garbage", _GARBAGE)
+def test_a_store_that_does_not_check_out_is_ignored(tmp_path: Path, garbage: bytes) -> None:
+    from jitbpf.jit.encoding import Assembler, TemplateStore
+
+    store = TemplateStore(tmp_path)
+    store.path.write_bytes(garbage)
+    assert len(Assembler(store)) == 0
+
+
+def test_a_fresh_process_with_stored_templates_does_not_import_peachpy() -> None:
+    code = textwrap.dedent("""
+        import sys, jitbpf
+        vm = jitbpf.VM(jitbpf.assemble("ldxw r0, [r1]\\nadd r0, 1\\nexit"))
+        assert vm.execute_jit(bytearray(4)) == 1
+        print("peachpy" in sys.modules)
+    """)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert runs[1].stdout.strip() == "False"

@@ -113,13 +113,18 @@ def build(*, force: bool = False, verbose: bool = False) -> Path:
     return target
 
 
+KEEP_BUILDS = 6  # builds kept in the cache: several installed versions must not evict each other
+
+
 def _remove_stale(directory: Path, current: Path) -> None:
-    """Drop builds of earlier sources from the cache (each source change makes a new name); a
-    process that still has one loaded keeps its mapping."""
-    for stale in directory.glob("_jitbpf_native_*"):
-        if stale != current and stale.is_file():
-            with contextlib.suppress(OSError):  # another user's file, or already gone: harmless
-                stale.unlink()
+    """Drop all but the most recently built few of earlier sources' builds (each source change
+    makes a new name); a process that still has one loaded keeps its mapping."""
+    builds = [p for p in directory.glob("_jitbpf_native_*") if p != current and p.is_file()]
+    with contextlib.suppress(OSError):
+        builds.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in builds[KEEP_BUILDS - 1:]:
+        with contextlib.suppress(OSError):  # another user's file, or already gone: harmless
+            stale.unlink()
 
 
 def load(path: Path | None = None) -> tuple[Any, Any]:

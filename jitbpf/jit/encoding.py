@@ -3,12 +3,19 @@ located, and code is then stamped out of the cached templates with ``struct.pack
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
+import hashlib
+import importlib.util
+import marshal
+import os
 import re
 import struct
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jitbpf.errors import JitError
@@ -84,15 +91,95 @@ class Template:
         return start
 
 
+class TemplateStore:
+    """Templates kept on disk between processes, so that a process whose programs need no new
+    shape never imports PeachPy (which costs most of a first compile) nor encodes anything.
+
+    The file's name carries a hash of this module and of the installed PeachPy's files (found
+    without importing it): any change of either starts a new file. It lives in the per-user cache
+    beside the native library, which is trusted the same way; its contents are checked anyway
+    (types, hole positions) and a file that does not pass is ignored.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / f"templates-{_store_key()}.bin"
+
+    def load(self) -> dict[Shape, Template]:
+        try:
+            raw = marshal.loads(self.path.read_bytes())
+        except (OSError, EOFError, ValueError, TypeError):
+            return {}
+        out: dict[Shape, Template] = {}
+        if not isinstance(raw, dict):
+            return out
+        for shape, entry in raw.items():
+            tpl = _decode_template(shape, entry)
+            if tpl is None:
+                return {}  # not a file this module wrote: trust none of it
+            out[shape] = tpl
+        return out
+
+    def save(self, templates: dict[Shape, Template]) -> None:
+        """Write ``templates`` merged with what other processes saved meanwhile (atomically)."""
+        merged = {**self.load(), **templates}
+        data = marshal.dumps({shape: (tpl.code, tuple((h.offset, h.kind.value, h.width) for h in tpl.holes))
+                              for shape, tpl in merged.items()})
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".templates-", delete=False) as tmp:
+                tmp.write(data)
+            os.replace(tmp.name, self.path)
+        except OSError:
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(tmp.name)  # a cache we cannot write only costs encoding time
+
+
+def _decode_template(shape: Any, entry: Any) -> Template | None:
+    if not (isinstance(shape, tuple) and shape and all(isinstance(t, str) for t in shape)):
+        return None
+    if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], bytes)
+            and isinstance(entry[1], tuple)):
+        return None
+    code, raw_holes = entry
+    holes = []
+    for h in raw_holes:
+        if not (isinstance(h, tuple) and len(h) == 3 and all(isinstance(v, int | str) for v in h)):
+            return None
+        offset, kind, width = h
+        try:
+            hole = Hole(int(offset), HoleKind(kind), int(width))
+        except ValueError:
+            return None
+        if hole.width != _WIDTH[hole.kind] or not 0 <= hole.offset <= len(code) - hole.width:
+            return None
+        holes.append(hole)
+    return _template(tuple(shape), code, holes)
+
+
+def _store_key() -> str:
+    """A hash of this module's source and of PeachPy's files (names, sizes, times)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    spec = importlib.util.find_spec("peachpy")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        for path in sorted(Path(location).rglob("*.py")):
+            st = path.stat()
+            digest.update(f"{path.relative_to(location)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 class Assembler:
-    """The template cache: encodes a shape with PeachPy on first use, then serves it from memory.
+    """The template cache: encodes a shape with PeachPy on first use, then serves it from memory
+    (and, with a ``store``, from disk: see ``TemplateStore``).
 
     One instance can serve any number of compilers (see ``default_cache``); templates depend only
     on the shape, so the cache never needs invalidating.
     """
 
-    def __init__(self) -> None:
-        self._templates: dict[Shape, Template] = {}
+    def __init__(self, store: TemplateStore | None = None) -> None:
+        self._store = store
+        self._templates: dict[Shape, Template] = store.load() if store is not None else {}
+        self._unsaved = False  # templates encoded since the store was last written
         # The template of a shape encoded before, else None: the compile loop's fast path (the
         # dict's own method, so a cache hit costs no Python frame).
         self.cached: Callable[[Shape], Template | None] = self._templates.get
@@ -107,7 +194,14 @@ class Assembler:
         if tpl is None:
             tpl = _build(shape)
             self._templates[shape] = tpl
+            self._unsaved = True
         return tpl
+
+    def persist(self) -> None:
+        """Write newly encoded templates to the store (nothing when there are none)."""
+        if self._unsaved and self._store is not None:
+            self._unsaved = False
+            self._store.save(dict(self._templates))
 
     def emit(self, buf: bytearray, shape: Shape, *values: int) -> int:
         """Append one instruction of ``shape`` with ``values`` in its holes; return its offset."""
@@ -122,8 +216,11 @@ class Assembler:
 
 @functools.cache
 def default_cache() -> Assembler:
-    """The process-wide template cache, created on first use (its state lives on the object)."""
-    return Assembler()
+    """The process-wide template cache, created on first use (its state lives on the object),
+    backed by the per-user template store."""
+    from jitbpf._native.build import cache_dir
+
+    return Assembler(TemplateStore(cache_dir()))
 
 
 def _operand(x86: Any, token: str, table: dict[int, int], kinds: list[HoleKind]) -> Any:
@@ -209,5 +306,9 @@ def _build(shape: Shape) -> Template:
         raise ValueError(f"encoding of {shape} changes outside its holes")
     if any(h.kind is HoleKind.REL32 and h.offset + 4 != len(a) for h in holes):
         raise ValueError(f"branch offset of {shape} is not at the end of the instruction")
+    return _template(shape, a, holes)
+
+
+def _template(shape: Shape, code: bytes, holes: list[Hole]) -> Template:
     patches = tuple((h.offset, _PACKERS[h.width], (1 << (8 * h.width)) - 1) for h in holes)
-    return Template(shape, a, tuple(holes), patches)
+    return Template(shape, code, tuple(holes), patches)

@@ -191,7 +191,9 @@ class JitProgram:
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
         options = Options(resolve_lddw, proven, table, count_budget, verified, python_calls,
                           self.contained and confine)
-        self.compiled: CompiledCode = X86_64(assembler or default_cache(), flow, options).compile()
+        assembler = assembler or default_cache()
+        self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
+        assembler.persist()
         self._code = ExecutableMemory(self.compiled.code, self.compiled.entries["abort_fault"])
         self._pc_offsets: list[int] | None = None  # ascending code offsets of instructions (faults)
         self.token = next(_TOKENS)  # names this program to the native bare-run table
