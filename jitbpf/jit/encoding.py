@@ -158,9 +158,13 @@ def _decode_template(shape: Any, entry: Any) -> Template | None:
 
 
 def _store_key() -> str:
-    """A hash of this module's source and of PeachPy's files (names, sizes, times)."""
+    """A hash of this module's source and of PeachPy's files (names, sizes, times), found without
+    importing it."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    spec = importlib.util.find_spec("peachpy")
+    try:
+        spec = importlib.util.find_spec("peachpy")
+    except (ImportError, ValueError):
+        spec = None  # no PeachPy: a store of its own, empty, so encoding says what is missing
     for location in (spec.submodule_search_locations or []) if spec is not None else []:
         for path in sorted(Path(location).rglob("*.py")):
             st = path.stat()
