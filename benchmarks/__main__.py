@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from benchmarks import native
 from benchmarks.measure import Plan, Progress, machine
+from benchmarks.micro import PROGRAMS, micro_figures
 from benchmarks.packets import packet_mix
 from benchmarks.report import fmt_ns, json_text, render, write_chart, write_json
 from benchmarks.suite import (
@@ -98,7 +99,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
     ctx = Context(lib)
     work = [w for w in all_workloads(ctx) if only is None or w.key in only]
     contenders = 3
-    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (6 if quick else 7))
+    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (6 if quick else 7) + len(PROGRAMS))
     print(f"running {len(work)} workloads{' (--quick)' if quick else ''}...", file=out, flush=True)
     results: dict[str, Any] = {
         "machine": machine(),
@@ -117,6 +118,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
         results["startup"] = startup_figures(quick, progress)
         results["batch"] = batch_figures(ctx, quick, progress)
         results["proofs"] = proof_figures(quick, progress)
+        results["micro"] = micro_figures(lib, quick, progress)
         results["verifier"] = verifier_figures(quick)
     finally:
         progress.close()

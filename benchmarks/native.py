@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,27 @@ def _fingerprint(sources: list[Path], compiler: str) -> str:
     h = hashlib.sha256()
     h.update(compiler.encode())
     h.update(" ".join(CFLAGS).encode())
-    for path in [HEADER, *sources]:
+    for path in [HEADER, *sources, *sorted((SOURCE_DIR.parent / "micro").glob("*.h"))]:  # headers they include
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def build_into(target: Path, command: Callable[[str], list[str]], what: str) -> None:
+    """Run ``command(out)`` to make ``target``: into a private name, then renamed, so that two
+    runs building at once never load a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = command(tmp)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"building {what} failed:\n{' '.join(cmd)}\n{result.stderr}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def build(build_dir: Path = BUILD_DIR, compiler: str | None = None) -> Path:
@@ -60,19 +78,7 @@ def build(build_dir: Path = BUILD_DIR, compiler: str | None = None) -> Path:
     target = build_dir / f"bench-{_fingerprint(sources, compiler)}.so"
     if target.exists():
         return target
-    build_dir.mkdir(parents=True, exist_ok=True)
-    # Compile to a private name and rename: two runs building at once never load a half-written file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=build_dir)
-    os.close(fd)
-    try:
-        cmd = [CC, *CFLAGS, "-o", tmp, *map(str, sources)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"building the native references failed:\n{' '.join(cmd)}\n{result.stderr}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    build_into(target, lambda out: [CC, *CFLAGS, "-o", out, *map(str, sources)], "the native references")
     for stale in build_dir.glob("bench-*.so"):
         if stale != target:
             stale.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,11 +167,40 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
                 rows.append(("map value scan, proven loads not confined (unsafe)", "byte", "",
                              fmt_ns(proofs["unconfined_ns"]), "", "",
                              f"confinement costs {100 * proofs['containment_cost']:+.1f}%"))
+    micro = results.get("micro")
+    if micro is not None:
+        rows.append(None)
+        rows.extend(_micro_rows(micro))
     verifier = results.get("verifier")
     if verifier is not None:
         rows.append(None)
         rows.append("verifier (benchmarks/bench_verifier.py): "
                     + "; ".join(f"{key} {_value(key, value)}" for key, value in _flatten(verifier)))
+    return rows
+
+
+def _micro_rows(micro: dict[str, Any]) -> list[Row]:
+    """clang's bytecode of the same C in each engine; the kernel's JIT where it can test-run."""
+    if "error" in micro:
+        return [f"microbenchmarks: n/a ({micro['error']})"]
+    rows: list[Row] = []
+    to_kernel, to_c = [], []
+    for name, fig in micro["programs"].items():
+        title = f"micro {name} ({fig['insns']} insns{'' if fig.get('verified') else ', unverified'})"
+        title += "" if fig.get("agree") else " [RESULTS DIFFER]"
+        kernel = fig.get("kernel_ns")
+        note = ""
+        if kernel:
+            to_kernel.append(fig["jit_ns"] / kernel)
+            note = f"kernel JIT {fmt_ns(kernel)}: JIT/kernel {_ratio(to_kernel[-1])}"
+        to_c.append(fig["jit_ns"] / fig["c_ns"])
+        rows.append((title, "run", "", fmt_ns(fig["jit_ns"]), fmt_ns(fig["c_ns"]), _ratio(to_c[-1]), note))
+    summary = f"microbenchmarks, geomean: JIT/C {_ratio(statistics.geometric_mean(to_c))}"
+    if to_kernel:
+        summary += f", JIT/kernel JIT {_ratio(statistics.geometric_mean(to_kernel))}"
+    else:
+        summary += f"; kernel JIT {micro.get('kernel', 'n/a')}"
+    rows.append(summary)
     return rows
 
 

@@ -109,3 +109,17 @@ def test_chart_default_is_not_the_tracked_one() -> None:
     assert chart == DEFAULT_CHART and chart.is_relative_to(root / "benchmarks" / "results")
     assert "benchmarks/results/" in (root / ".gitignore").read_text().split()
     assert parse_args(["--chart", "here.png"]).chart == Path("here.png")
+
+
+def test_microbenchmarks_agree_in_every_engine(quick_run: dict[str, Any]) -> None:
+    """clang's bytecode for the same C in each engine: one result (the kernel's too, where it can
+    test-run), and a time for each."""
+    micro = quick_run["micro"]
+    if "error" in micro:
+        pytest.skip(f"microbenchmarks not built: {micro['error']}")
+    assert set(micro["programs"]) == {"alu_mix", "branchy", "bytes", "bitcount", "calls"}
+    for name, fig in micro["programs"].items():
+        assert fig["agree"] is True, (name, fig["results"])
+        assert {"jit", "interpreter", "c"} <= set(fig["results"])
+        assert fig["jit_ns"] > 0 and fig["c_ns"] > 0
+        assert ("kernel_ns" in fig) == ("kernel" in fig["results"])

@@ -9,3 +9,8 @@ uint64_t bench_mix(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e);
 uint64_t bench_helper_loop(uint64_t helper, uint64_t calls);
 uint64_t bench_u32_helper_loop(uint64_t helper, uint64_t calls);
 uint64_t bench_map_loop(uint64_t lookup, uint64_t map, uint64_t lookups, uint64_t entries, uint64_t key);
+unsigned int micro_native_alu_mix(void);
+unsigned int micro_native_branchy(void);
+unsigned int micro_native_bytes(void);
+unsigned int micro_native_bitcount(void);
+unsigned int micro_native_calls(void);
