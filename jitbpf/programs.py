@@ -346,7 +346,8 @@ class ProgramType:
         return ContextSpec(size=ctypes.sizeof(self.ctx), readable=tuple((a, b - a) for a, b in self.readable),
                            writable=tuple((a, b - a) for a, b in self.writable),
                            fields=MappingProxyType(dict(self.pointer_fields)), field_sizes=MappingProxyType(sizes),
-                           ret_range=self.ret_range, ret_pointer_ok=False)
+                           ret_range=self.ret_range, ret_pointer_ok=False, packet_writable=self.packet_writable,
+                           ld_abs=self.ld_abs)
 
 
 def _field_size(ctx: Struct, off: int) -> int:
@@ -451,7 +452,9 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
                      H.MSG_PULL_DATA, H.MSG_PUSH_DATA, H.MSG_POP_DATA, H.GET_CURRENT_PID_TGID,
                      H.GET_CURRENT_UID_GID, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT},
             readable=_all_but(SkMsgMd, ("sk",)),
+            # The kernel lets sk_msg programs write their message directly (may_access_direct_pkt_data).
             pointer_fields={SkMsgMd.data.offset: "packet", SkMsgMd.data_end.offset: "packet_end"}, packet=True,
+            packet_writable=True,
         ),
         ProgramType(
             ProgType.CGROUP_SOCK_ADDR, "cgroup_sock_addr", SockAddr,

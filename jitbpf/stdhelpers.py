@@ -405,9 +405,11 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         Helper(h.MSG_REDIRECT_MAP, "bpf_msg_redirect_map", msg_redirect_map, (ctx_arg, "map", "scalar", "scalar")),
         native_helper(h.MAP_PUSH_ELEM, "bpf_map_push_elem", "jb_helper_map_push_elem", map_push_elem,
                       ("map", "value", "scalar")),
-        native_helper(h.MAP_POP_ELEM, "bpf_map_pop_elem", "jb_helper_map_pop_elem", map_pop_elem, ("map", "value")),
+        # pop/peek write the element into their buffer: to the verifier it is filled, not read.
+        native_helper(h.MAP_POP_ELEM, "bpf_map_pop_elem", "jb_helper_map_pop_elem", map_pop_elem,
+                      ("map", "uninit_value")),
         native_helper(h.MAP_PEEK_ELEM, "bpf_map_peek_elem", "jb_helper_map_peek_elem", map_peek_elem,
-                      ("map", "value")),
+                      ("map", "uninit_value")),
         Helper(h.PROBE_READ_USER, "bpf_probe_read_user", probe_read, probe_args),
         Helper(h.PROBE_READ_KERNEL, "bpf_probe_read_kernel", probe_read, probe_args),
         native_helper(h.JIFFIES64, "bpf_jiffies64", "jb_helper_jiffies64", no_args("jb_helper_jiffies64")),

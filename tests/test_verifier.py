@@ -50,6 +50,7 @@ class FakeMap:
     value_size = 16
     max_entries = 8
     map_type = "array"
+    flags = 0
 
 
 def _never(*_args: int) -> int:
@@ -147,7 +148,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("context-pointer-field-64-bit-upper-half", "ldxw r2, [r1+12]\nmov r0, 0\nexit", {"context": SK_MSG},
      "misaligned load of the packet_end pointer at context off=8", 0),
     ("context-variable-offset", "ldxw r2, [r1+16]\nand r2, 4\nadd r1, r2\nldxw r0, [r1]\nexit", {"context": XDP},
-     "variable-offset access to the context", 3),
+     "variable ctx access var_off=", 3),
     ("context-atomic", "mov r2, 1\nlock add32 [r1+12], r2\nmov r0, 0\nexit", {"context": XDP_RW},
      "atomic operation on the context", 1),
     ("packet-pointer-plus-packet-end", "ldxw r2, [r1]\nldxw r3, [r1+4]\nadd r3, r2\nmov r0, 0\nexit",
@@ -679,7 +680,7 @@ def test_api_inputs() -> None:
 
 def test_declarations_are_checked() -> None:
     assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
-                                         "size_or_zero", "ctx", "uninit_mem"]
+                                         "size_or_zero", "ctx", "uninit_mem", "uninit_value"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "void"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})

@@ -9,6 +9,7 @@ from typing import NoReturn
 from jitbpf.cfg import ControlFlow
 from jitbpf.helpers import Helper
 from jitbpf.isa import FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
+from jitbpf.maps import BPF_F_RDONLY_PROG
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import CALLEE_SAVED, Control, analyze_control
 from jitbpf.verifier._state import (
@@ -257,9 +258,7 @@ class Checker:
                 case Kind.ATOMIC:
                     self._atomic(st, regs, insn, info)
                 case Kind.LD_ABS | Kind.LD_IND:
-                    if info.kind is Kind.LD_IND:
-                        self._scalar_arg(regs, insn.src, "legacy packet load offset")
-                    regs[0] = Reg(Pt.SCALAR, sc.urange(0, (1 << (8 * info.size)) - 1))
+                    self._legacy_load(regs, insn, info)
                 case Kind.JA:
                     nxt = targets[pc]
                     if (pc, nxt) in back_edges:
@@ -561,12 +560,6 @@ class Checker:
             return self._read(regs, insn.src)
         return Reg(Pt.SCALAR, sc.const(insn.imm if info.width == 64 else insn.imm & MASK32))
 
-    @staticmethod
-    def _scalar_op(op: int, a: sc.Scalar, b: sc.Scalar, bits: int, signed: bool = False) -> sc.Scalar:
-        if bits == 64:
-            return sc.alu(op, a, b, 64, signed)
-        return sc.zero_extend(sc.alu(op, sc.project(a, 32), sc.project(b, 32), 32, signed))
-
     def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         d = insn.dst
         self._dst(d)
@@ -586,7 +579,7 @@ class Checker:
             return
         dst = self._read(regs, d)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
-            regs[d] = Reg(Pt.SCALAR, self._scalar_op(op, dst.var, src.var, info.width, info.signed))
+            regs[d] = Reg(Pt.SCALAR, sc.alu_width(op, dst.var, src.var, info.width, info.signed))
             return
         regs[d] = self._pointer_alu(insn, info, dst, src)
 
@@ -658,7 +651,7 @@ class Checker:
         dst = self._read(regs, insn.dst)
         if dst.is_pointer:
             self.reject(f"negation of pointer r{insn.dst} is prohibited")
-        regs[insn.dst] = Reg(Pt.SCALAR, self._scalar_op(AluOp.NEG, dst.var, dst.var, info.width))
+        regs[insn.dst] = Reg(Pt.SCALAR, sc.alu_width(AluOp.NEG, dst.var, dst.var, info.width))
 
     def _movsx(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
@@ -679,6 +672,24 @@ class Checker:
         else:
             value = sc.swap_bytes(sc.project(dst.var, bits), bits)
         regs[insn.dst] = Reg(Pt.SCALAR, value)
+
+    def _legacy_load(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+        """LD_ABS/LD_IND: only for the program types the kernel allows them to, with r6 holding the
+        context; like a helper call they leave r1-r5 unreadable."""
+        ctx = self.context
+        if not ctx.ld_abs:
+            self.reject("BPF_LD_[ABS|IND] instructions not allowed for this program type")
+        typed = ctx.size is not None
+        if typed:
+            r6 = self._read(regs, 6)
+            if r6.type is not Pt.PTR_TO_CTX or r6.off or r6.var != sc.ZERO:
+                self.reject("at the time of BPF_LD_ABS|IND R6 != pointer to skb")
+        if info.kind is Kind.LD_IND:
+            self._scalar_arg(regs, insn.src, "legacy packet load offset")
+        if typed:
+            for r in range(1, 6):
+                regs[r] = NOT_INIT
+        regs[0] = Reg(Pt.SCALAR, sc.urange(0, (1 << (8 * info.size)) - 1))
 
     def _lddw(self, regs: list[Reg], insn: Instruction) -> None:
         self._dst(insn.dst)
@@ -755,14 +766,15 @@ class Checker:
             case Pt.PTR_TO_PACKET | Pt.PTR_TO_PACKET_META:
                 if mode is Access.ATOMIC:
                     self.reject(f"atomic operation on packet memory through r{r} is not allowed")
-                lo = ptr.off + off
-                if lo + ptr.var.umin < 0 or lo + size > ptr.range:
-                    self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range} "
-                                f"(compare it against the packet end first)")
+                if mode is Access.WRITE and not self.context.packet_writable:
+                    self.reject("cannot write into packet")
+                self._packet_bounds(ptr, r, ptr.off + off, size)
                 self._note(True)
             case Pt.PTR_TO_MAP_VALUE:
                 m = self.maps.get(ptr.aux) if self.maps is not None else None
                 lo, hi = self._var_bounds(ptr, r, off, size)
+                if m is not None and mode is not Access.READ:
+                    self._map_writable(m, lo, size)
                 if m is not None and (lo < 0 or hi > m.value_size):
                     self.reject(f"invalid access to map value, value_size={m.value_size} off={lo} size={size}")
                 self._note(m is not None)
@@ -783,6 +795,18 @@ class Checker:
         if mode is Access.READ:
             return self._loaded(size, signed)
         return None
+
+    def _packet_bounds(self, ptr: Reg, r: int, lo: int, size: int) -> None:
+        """The kernel's packet rule: ``range`` bytes are proven from the pointer's variable base
+        (packet start + var), whatever value var takes, so the fixed offset must lie in [0, range)."""
+        if lo < 0 or lo + size > ptr.range:
+            hint = " (compare it against the packet end first)" if lo >= 0 else ""
+            self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range}: "
+                        f"r{r} offset is outside of the packet{hint}")
+
+    def _map_writable(self, m: MapLike, lo: int, size: int) -> None:
+        if m.flags & BPF_F_RDONLY_PROG:
+            self.reject(f"write into map forbidden, value_size={m.value_size} off={lo} size={size}")
 
     def _var_bounds(self, ptr: Reg, r: int, off: int, size: int) -> tuple[int, int]:
         var = ptr.var
@@ -846,8 +870,8 @@ class Checker:
 
     def _ctx_access(self, ptr: Reg, r: int, off: int, size: int, mode: Access, signed: bool) -> Reg | None:
         ctx = self.context
-        if not ptr.var.is_const:
-            self.reject(f"variable-offset access to the context through r{r} is not allowed")
+        if ptr.var != sc.ZERO:
+            self.reject(f"variable ctx access var_off={ptr.var} disallowed (r{r})")
         lo = ptr.off + off
         hi = lo + size
         assert ctx.size is not None
@@ -982,7 +1006,7 @@ class Checker:
     def _mem_arg(self, st: State, regs: list[Reg], r: int, lo_size: int, hi_size: int, kind: ArgType) -> None:
         """Check a helper's pointer argument ``r`` to ``lo_size``..``hi_size`` bytes."""
         ptr = self._read(regs, r)
-        write = kind is ArgType.UNINIT_MEM
+        write = kind in (ArgType.UNINIT_MEM, ArgType.UNINIT_VALUE)
         if hi_size == 0:
             return
         t = ptr.type
@@ -1010,19 +1034,24 @@ class Checker:
                 lo, hi = self._var_bounds(ptr, r, 0, hi_size)
                 if m is None:
                     self.unchecked_calls.add(self.pc)  # the value's size is unknown here
-                elif lo < 0 or hi > m.value_size:
+                    return
+                if write:
+                    self._map_writable(m, lo, hi - lo)
+                if lo < 0 or hi > m.value_size:
                     self.reject(f"r{r} ({kind.value} argument) exceeds the map value: off={lo} size={hi - lo}, "
                                 f"value_size={m.value_size}")
             case Pt.PTR_TO_PACKET | Pt.PTR_TO_PACKET_META:
-                if ptr.off + ptr.var.umin < 0 or ptr.off + hi_size > ptr.range:
+                if write and not self.context.packet_writable:
+                    self.reject(f"r{r} ({kind.value} argument): cannot write into packet")
+                if ptr.off < 0 or ptr.off + hi_size > ptr.range:
                     self.reject(f"r{r} ({kind.value} argument) exceeds the proven packet range {ptr.range}: "
-                                f"off={ptr.off} size={hi_size}")
+                                f"off={ptr.off} size={hi_size}: r{r} offset is outside of the packet")
             case Pt.PTR_TO_CTX:
                 ctx = self.context
                 assert ctx.size is not None
                 lo = ptr.off
                 ranges = ctx.writable if write else (ctx.readable or ((0, ctx.size),))
-                if not ptr.var.is_const or not any(o <= lo and lo + hi_size <= o + s for o, s in ranges):
+                if ptr.var != sc.ZERO or not any(o <= lo and lo + hi_size <= o + s for o, s in ranges):
                     self.reject(f"r{r} ({kind.value} argument) is an invalid context range off={lo} size={hi_size}")
             case Pt.PTR_TO_MEM:
                 # Unknown size: only a helper that checks at run time (through the memory map)
@@ -1048,7 +1077,7 @@ class Checker:
                     if reg.type is not Pt.CONST_PTR_TO_MAP:
                         self.reject(f"r{r} must be a map pointer (argument {r} of helper {hid}), not {reg}")
                     map_reg = reg
-                case ArgType.KEY | ArgType.VALUE:
+                case ArgType.KEY | ArgType.VALUE | ArgType.UNINIT_VALUE:
                     if map_reg is None:
                         self.reject(f"helper {hid} takes a map {kind.value} without a map argument before it")
                     m = self.maps.get(map_reg.aux) if self.maps is not None else None

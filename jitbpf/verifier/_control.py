@@ -78,9 +78,9 @@ def _use_def(insn: Instruction, info: OpInfo, arg_masks: Mapping[int, int], main
         case Kind.EXIT:
             return (1 if main else 1 | ALL_ARGS), 0
         case Kind.LD_ABS:
-            return 0, 1
+            return 1 << 6, 1  # the context must be in r6
         case Kind.LD_IND:
-            return s, 1
+            return s | 1 << 6, 1
         case Kind.CALL_KFUNC:
             return 0, 1
         case _:

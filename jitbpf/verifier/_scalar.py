@@ -352,6 +352,14 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
     return s if s is not None else top
 
 
+def alu_width(op: int, a: Scalar, b: Scalar, width: int, signed: bool = False) -> Scalar:
+    """An ALU instruction of ``width`` bits on 64-bit register values: a 32-bit operation works on
+    the low halves and zero-extends its result."""
+    if width == 64:
+        return alu(op, a, b, 64, signed)
+    return zero_extend(alu(op, project(a, 32), project(b, 32), 32, signed))
+
+
 def swap_bytes(a: Scalar, bits: int) -> Scalar:
     """Byte-reverse the low ``bits`` bits (the result is zero-extended)."""
     n = bits // 8
@@ -379,24 +387,25 @@ def within(new: Scalar, old: Scalar) -> bool:
     )
 
 
-def join(a: Scalar, b: Scalar) -> Scalar:
-    """The smallest set of this domain holding both ``a`` and ``b``."""
+def join(a: Scalar, b: Scalar, bits: int = 64) -> Scalar:
+    """The smallest set of this domain holding both ``a`` and ``b`` (``bits``-bit sets)."""
     if a == b:
         return a
     mu = a.mask | b.mask | (a.value ^ b.value)
     s = make(a.value & ~mu, mu, min(a.umin, b.umin), max(a.umax, b.umax), min(a.smin, b.smin),
-             max(a.smax, b.smax))
+             max(a.smax, b.smax), bits)
     assert s is not None
     return s
 
 
-def meet(a: Scalar, b: Scalar) -> Scalar | None:
-    """The members common to ``a`` and ``b`` (None when there are none)."""
+def meet(a: Scalar, b: Scalar, bits: int = 64) -> Scalar | None:
+    """The members common to ``a`` and ``b`` (None when there are none), both ``bits``-bit sets:
+    the width decides which values are negative, so it must be the operands' own."""
     if (a.value ^ b.value) & ~a.mask & ~b.mask:
         return None
     mu = a.mask & b.mask
     return make((a.value | b.value) & ~mu, mu, max(a.umin, b.umin), min(a.umax, b.umax),
-                max(a.smin, b.smin), min(a.smax, b.smax))
+                max(a.smin, b.smin), min(a.smax, b.smax), bits)
 
 
 # -- branch refinement -----------------------------------------------------------------------------
@@ -484,7 +493,7 @@ def refine(op: int, a: Scalar, b: Scalar, bits: int = 64) -> tuple[Pair, Pair]:
     """The operands narrowed by the outcome of ``if a OP b``: (when taken, when not taken)."""
     match op:
         case JmpOp.JEQ | JmpOp.JNE:
-            m = meet(a, b)
+            m = meet(a, b, bits)
             eq: Pair = None if m is None else (m, m)
             ne = _ne(a, b, bits)
             return (eq, ne) if op == JmpOp.JEQ else (ne, eq)

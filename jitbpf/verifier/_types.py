@@ -25,6 +25,7 @@ class ArgType(enum.Enum):
     SIZE_OR_ZERO = "size_or_zero"  # as SIZE, but zero is allowed
     CTX = "ctx"  # the program's context pointer, unmodified
     UNINIT_MEM = "uninit_mem"  # pointer to writable memory the helper fills; length is the next size
+    UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
 
 
 class RetType(enum.Enum):
@@ -50,6 +51,9 @@ class MapLike(Protocol):
     @property
     def map_type(self) -> str | int: ...
 
+    @property
+    def flags(self) -> int: ...  # BPF_F_* creation flags (BPF_F_RDONLY_PROG: programs may not write values)
+
 
 CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta")
 CONTEXT_POINTER_SIZES = (4, 8)  # a __u32 (__sk_buff, xdp_md) or a 64-bit __bpf_md_ptr (sk_msg_md)
@@ -65,7 +69,8 @@ class ContextSpec:
     ``readable`` (all of it when empty) and stores inside ``writable``; a load of one of
     ``fields`` (fields holding addresses) yields a packet pointer of the given kind. Such a load
     must cover exactly the field, whose width is given by ``field_sizes`` (4 bytes unless given);
-    the fields are read-only and cannot be read any other way.
+    the fields are read-only and cannot be read any other way. ``packet_writable`` and ``ld_abs``
+    follow the kernel's rules for the program type (direct packet writes, legacy packet loads).
     """
 
     size: int | None = None  # bytes of context, or None for raw memory of unknown size
@@ -75,6 +80,8 @@ class ContextSpec:
     ret_range: tuple[int, int] | None = None  # allowed values of r0 at exit (inclusive), if restricted
     ret_pointer_ok: bool = False  # whether r0 may hold a pointer at exit
     field_sizes: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # their widths
+    packet_writable: bool = True  # whether stores into the packet (and helpers writing it) are allowed
+    ld_abs: bool = True  # whether the legacy LD_ABS/LD_IND loads are allowed (with r6 = the context)
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():

@@ -1,0 +1,123 @@
+"""The running kernel's verifier as an oracle: the same bytecode loaded with BPF_PROG_LOAD (root only).
+
+Maps are created for real (BPF_MAP_CREATE) and closed afterwards; lddw map references of the
+program (by jitbpf handle) are rewritten to the kernel's file descriptors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+
+from jitbpf.isa import LDDW_OPCODE, Instruction, PseudoSrc, decode, encode
+
+SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
+BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
+LOG_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class KernelMap:
+    """A map to create for the kernel's run: its kernel type number, sizes and flags."""
+
+    map_type: int  # enum bpf_map_type (1 hash, 2 array, 22 queue, 23 stack, 27 ringbuf)
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the kernel's verifier said."""
+
+    accepted: bool
+    log: str  # the verifier log (the reason when rejected)
+    errno: int = 0
+
+
+class _MapAttr(ctypes.Structure):
+    _fields_ = (("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 108))
+
+
+class _ProgAttr(ctypes.Structure):
+    _fields_ = (("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 64))
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> tuple[int, int]:
+    assert SYS_BPF is not None
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    ret = int(libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(cmd), ctypes.byref(attr),
+                           ctypes.c_uint(ctypes.sizeof(attr))))
+    return ret, ctypes.get_errno() if ret < 0 else 0
+
+
+def available() -> bool:
+    """Whether this process may load programs into the kernel (root, a known architecture)."""
+    if SYS_BPF is None or os.geteuid() != 0:
+        return False
+    fd, _err = _bpf(BPF_MAP_CREATE, _MapAttr(2, 4, 8, 1, 0))
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
+@contextlib.contextmanager
+def _maps(specs: Mapping[int, KernelMap]) -> Iterator[dict[int, int]]:
+    fds: dict[int, int] = {}
+    try:
+        for handle, m in specs.items():
+            fd, err = _bpf(BPF_MAP_CREATE, _MapAttr(m.map_type, m.key_size, m.value_size, m.max_entries, m.flags))
+            if fd < 0:
+                raise OSError(err, f"BPF_MAP_CREATE {m}: {os.strerror(err)}")
+            fds[handle] = fd
+        yield fds
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _relocate(code: bytes, fds: Mapping[int, int]) -> bytes:
+    insns = decode(code)
+    out: list[Instruction] = []
+    for insn in insns:
+        if insn.opcode == LDDW_OPCODE and insn.src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE,
+                                                PseudoSrc.MAP_IDX_VALUE):
+            src = PseudoSrc.MAP_FD if insn.src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX) else PseudoSrc.MAP_VALUE
+            insn = replace(insn, src=src, imm=fds[insn.imm])
+        out.append(insn)
+    return encode(out)
+
+
+def kernel_verify(code: bytes, prog_type: int, maps: Mapping[int, KernelMap] | None = None,
+                  expected_attach_type: int = 0) -> Verdict:
+    """Load ``code`` as a program of ``prog_type`` (enum bpf_prog_type) and unload it again."""
+    with _maps(maps or {}) as fds:
+        text = _relocate(code, fds)
+        insns = ctypes.create_string_buffer(text, len(text))
+        license = ctypes.create_string_buffer(b"GPL")
+        log = ctypes.create_string_buffer(LOG_SIZE)
+        attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(text) // 8, insns=ctypes.addressof(insns),
+                         license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE,
+                         log_buf=ctypes.addressof(log), expected_attach_type=expected_attach_type)
+        fd, err = _bpf(BPF_PROG_LOAD, attr)
+        message = log.value.decode(errors="replace")
+        if fd >= 0:
+            os.close(fd)
+            return Verdict(True, message)
+        return Verdict(False, message or os.strerror(err), err)

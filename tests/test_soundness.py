@@ -1,0 +1,285 @@
+"""Verifier soundness: one minimal program per rule whose wrong proof would let the JIT drop a
+needed check, each checked against the running kernel's verifier where this process may load
+programs (root); and the closest programs that must still be accepted.
+
+A case names its program type and maps, and either the fragment of jitbpf's message (rejected)
+or None (accepted); the kernel, when asked, must agree on accepting and, for rejections, say the
+given fragment of its own log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from jitbpf.asm import assemble
+from jitbpf.errors import VerifierError
+from jitbpf.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue
+from jitbpf.programs import ProgType
+from jitbpf.vm import VM
+
+from . import kernel_oracle
+
+MapMaker = Callable[[], BpfMap]
+
+
+def rodata() -> BpfMap:
+    return Array(value_size=8, max_entries=1, flags=BPF_F_RDONLY_PROG, name="RO")
+
+
+def queue() -> BpfMap:
+    return Queue(value_size=8, max_entries=4, name="Q")
+
+
+def array() -> BpfMap:
+    return Array(value_size=8, max_entries=4, name="A")
+
+
+@dataclass(frozen=True)
+class Case:
+    """A program, where it runs, and what both verifiers must say."""
+
+    name: str
+    source: str
+    prog_type: ProgType
+    jitbpf: str | None  # fragment of jitbpf's rejection, or None: accepted
+    kernel: str = ""  # fragment of the kernel's log when it rejects
+    maps: tuple[MapMaker, ...] = ()
+
+
+# XDP: r2 = data, r3 = data_end, r4 = a variable in [1, 256] (ingress_ifindex & 0xff, plus 1).
+XDP_VAR = """
+    ldxw r2, [r1]
+    ldxw r3, [r1+4]
+    ldxw r4, [r1+12]
+    and r4, 0xff
+    add r4, 1
+    add r2, r4
+"""
+# __sk_buff: r2 = data, r3 = data_end, and r2 + 1 <= r3 proven on the fall-through edge.
+SKB_ONE_BYTE = """
+    ldxw r2, [r1+76]
+    ldxw r3, [r1+80]
+    mov r4, r2
+    add r4, 1
+    jgt r4, r3, +1
+    stb [r2], 1
+"""
+SPILL_THEN_POP = """
+    stxdw [r10-8], r10
+    lddw r1, map:Q
+    mov r2, r10
+    add r2, -8
+    call {helper}
+    ldxdw r3, [r10-8]
+    stb [r3], 0
+    mov r0, 0
+    exit
+"""
+
+CASES = [
+    # 1. 32-bit branches: a value compared with itself keeps bit 31; a constant with bit 31 set
+    # takes its branch.
+    Case("jeq32-self-keeps-bit-31", """
+        call 7
+        mov32 r0, r0
+        jeq32 r0, r0, +2
+        mov r0, 0
+        exit
+        rsh r0, 31
+        mov r2, r10
+        add r2, -1
+        add r2, r0
+        stb [r2], 0
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "invalid stack access", "invalid variable-offset write to stack"),
+    Case("jeq32-all-ones-is-taken", """
+        mov r2, -1
+        mov32 r2, r2
+        jeq32 r2, -1, +2
+        mov r0, 0
+        exit
+        stb [r10+8], 0
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "invalid stack access off=8", "invalid write to stack"),
+    Case("jne32-all-ones-falls-through", """
+        mov r2, -1
+        mov32 r2, r2
+        jne32 r2, -1, +1
+        stb [r10+8], 0
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "invalid stack access off=8", "invalid write to stack"),
+    Case("jslt32-negative-is-taken", """
+        mov32 r2, -5
+        jslt32 r2, 0, +2
+        mov r0, 0
+        exit
+        stb [r10+8], 0
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "invalid stack access off=8", "invalid write to stack"),
+    Case("jeq32-bounds-a-32-bit-value", """
+        call 7
+        mov32 r0, r0
+        jgt32 r0, 7, +5
+        mov r2, r10
+        add r2, -8
+        add r2, r0
+        stb [r2], 0
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, None),
+    # 2. Helpers that write their buffer: a pointer spilled there is gone, and the buffer is
+    # initialised afterwards.
+    Case("pop-overwrites-a-spilled-pointer", SPILL_THEN_POP.format(helper=88), ProgType.SOCKET_FILTER,
+         "holds a scalar", "invalid mem access 'scalar'", (queue,)),
+    Case("peek-overwrites-a-spilled-pointer", SPILL_THEN_POP.format(helper=89), ProgType.SOCKET_FILTER,
+         "holds a scalar", "invalid mem access 'scalar'", (queue,)),
+    Case("pop-fills-uninitialised-stack", """
+        lddw r1, map:Q
+        mov r2, r10
+        add r2, -8
+        call 88
+        ldxdw r0, [r10-8]
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, None, maps=(queue,)),
+    # 3. Packet pointers: the proven range starts at the variable base, whatever the variable's
+    # minimum, so a negative offset is outside the packet.
+    Case("packet-negative-offset-after-variable", XDP_VAR + """
+        ldxb r0, [r2-1]
+        mov r0, 2
+        exit""", ProgType.XDP, "offset is outside of the packet", "offset is outside of the packet"),
+    Case("packet-negative-offset-after-check", XDP_VAR + """
+        mov r5, r2
+        add r5, 4
+        jgt r5, r3, +1
+        ldxb r0, [r2-1]
+        mov r0, 2
+        exit""", ProgType.XDP, "offset is outside of the packet", "offset is outside of the packet"),
+    Case("packet-negative-offset-helper-argument", XDP_VAR + """
+        add r2, -1
+        lddw r1, map:A
+        call 1
+        mov r0, 2
+        exit""", ProgType.XDP, "offset is outside of the packet", "offset is outside of the packet", (array,)),
+    Case("packet-variable-offset-checked", XDP_VAR + """
+        mov r5, r2
+        add r5, 2
+        jgt r5, r3, +1
+        ldxh r0, [r2]
+        mov r0, 2
+        exit""", ProgType.XDP, None),
+    # 4. Writability: read-only maps, packets of program types that may only read them,
+    # read-only context fields.
+    Case("rodata-store", """
+        lddw r1, map_value:RO+0
+        stb [r1], 1
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "write into map forbidden", "write into map forbidden", (rodata,)),
+    Case("rodata-lookup-store", """
+        stw [r10-4], 0
+        mov r2, r10
+        add r2, -4
+        lddw r1, map:RO
+        call 1
+        jeq r0, 0, +1
+        stdw [r0], 1
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "write into map forbidden", "write into map forbidden", (rodata,)),
+    Case("rodata-atomic", """
+        lddw r1, map_value:RO+0
+        mov r2, 1
+        lock add [r1], r2
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "write into map forbidden", "write into map forbidden", (rodata,)),
+    Case("rodata-helper-fills-it", """
+        lddw r2, map_value:RO+0
+        lddw r1, map:Q
+        call 88
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "write into map forbidden", "write into map forbidden", (queue, rodata)),
+    Case("rodata-load", """
+        lddw r1, map_value:RO+0
+        ldxdw r0, [r1]
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, None, maps=(rodata,)),
+    Case("cgroup-skb-packet-store", SKB_ONE_BYTE + "mov r0, 1\nexit", ProgType.CGROUP_SKB, "cannot write into packet",
+         "cannot write into packet"),
+    Case("sched-cls-packet-store", SKB_ONE_BYTE + "mov r0, 0\nexit", ProgType.SCHED_CLS, None),
+    Case("sk-msg-packet-store", """
+        ldxdw r2, [r1]
+        ldxdw r3, [r1+8]
+        mov r4, r2
+        add r4, 1
+        jgt r4, r3, +1
+        stb [r2], 1
+        mov r0, 1
+        exit""", ProgType.SK_MSG, None),
+    Case("cgroup-skb-read-only-field", "stw [r1], 0\nmov r0, 1\nexit", ProgType.CGROUP_SKB, "invalid write to context",
+         "invalid bpf_context access off=0 size=4"),
+    Case("cgroup-skb-writable-field", "stw [r1+8], 0\nmov r0, 1\nexit", ProgType.CGROUP_SKB, None),
+    # 5. Legacy packet loads: only socket filters and tc programs, with the context in r6; they
+    # clobber r1-r5 as a helper call does.
+    Case("ld-abs-in-xdp", "mov r6, r1\nldabsb 0\nmov r0, 2\nexit", ProgType.XDP,
+         "BPF_LD_[ABS|IND] instructions not allowed for this program type",
+         "BPF_LD_[ABS|IND] instructions not allowed for this program type"),
+    Case("ld-abs-in-cgroup-skb", "mov r6, r1\nldabsb 0\nmov r0, 1\nexit", ProgType.CGROUP_SKB,
+         "BPF_LD_[ABS|IND] instructions not allowed", "BPF_LD_[ABS|IND] instructions not allowed"),
+    Case("ld-abs-without-ctx-in-r6", "mov r6, 0\nldabsb 0\nmov r0, 0\nexit", ProgType.SOCKET_FILTER,
+         "R6 != pointer to skb", "R6 != pointer to skb"),
+    Case("ld-abs-with-moved-ctx-in-r6", "mov r6, r1\nadd r6, 4\nldabsb 0\nmov r0, 0\nexit", ProgType.SOCKET_FILTER,
+         "R6 != pointer to skb", ""),
+    Case("ld-abs-clobbers-r1", "mov r6, r1\nldabsb 0\nmov r0, r1\nexit", ProgType.SOCKET_FILTER,
+         "read of uninitialised register r1", "R1 !read_ok"),
+    Case("ld-ind-in-a-socket-filter", "mov r6, r1\nmov r7, 2\nldindh r7, 0\nmov r0, 0\nexit",
+         ProgType.SOCKET_FILTER, None),
+    Case("ld-abs-in-sched-cls", "mov r6, r1\nldabsw 12\nexit", ProgType.SCHED_CLS, None),
+]
+
+
+def _vm(case: Case) -> tuple[VM, list[BpfMap]]:
+    maps = [make() for make in case.maps]
+    handles = {m.name: i + 1 for i, m in enumerate(maps)}
+    vm = VM(assemble(case.source, maps=handles), prog_type=case.prog_type)
+    for m in maps:
+        vm.add_map(m, handles[m.name])
+    vm.use_standard_helpers()
+    return vm, maps
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_jitbpf_verdict(case: Case) -> None:
+    vm, maps = _vm(case)
+    try:
+        if case.jitbpf is None:
+            vm.check()
+            return
+        with pytest.raises(VerifierError) as info:
+            vm.check()
+        assert case.jitbpf in info.value.message
+    finally:
+        vm.close()
+        for m in maps:
+            m.close()
+
+
+@pytest.mark.skipif(not kernel_oracle.available(), reason="loading programs into the kernel needs root")
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_kernel_agrees(case: Case) -> None:
+    maps = [make() for make in case.maps]
+    try:
+        specs = {i + 1: kernel_oracle.KernelMap(int(m.map_type), m.key_size, m.value_size, m.max_entries, m.flags)
+                 for i, m in enumerate(maps)}
+        code = assemble(case.source, maps={m.name: i + 1 for i, m in enumerate(maps)})
+    finally:
+        for m in maps:
+            m.close()
+    verdict = kernel_oracle.kernel_verify(code, int(case.prog_type), specs)
+    assert verdict.accepted == (case.jitbpf is None), verdict.log
+    if not verdict.accepted:
+        assert case.kernel in verdict.log, verdict.log
+
+
+def test_every_case_is_distinct() -> None:
+    assert len({c.name for c in CASES}) == len(CASES)
+    assert len({(c.source, c.prog_type) for c in CASES}) == len(CASES)
