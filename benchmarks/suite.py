@@ -267,7 +267,8 @@ print(json.dumps({"start": t_start, "import": t_import, "vm": t_vm, "compiled": 
 def fresh_process_compile(code: bytes, progress: Progress) -> dict[str, Any]:
     """The first compile in a new Python process, from the spawn to the end of ``jit_compile``.
 
-    That includes the interpreter's start-up, importing jitbpf and PeachPy, and a cold encoding cache.
+    That includes the interpreter's start-up and importing jitbpf; the encodings come from the cache
+    on disk an earlier process saved (else PeachPy is imported and they are made afresh).
     """
     progress.step("compile: fresh process")
     n = len(code) // 8

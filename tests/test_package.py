@@ -80,6 +80,21 @@ def test_version_and_type_marker() -> None:
     assert native and all(any(Path(n).match(glob) for glob in shipped) for n in native)
 
 
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty jitbpf cache directory for the child processes, but for the native library (copied:
+    building it again takes seconds)."""
+    from jitbpf._native.build import build
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    library = build()
+    (cache / library.name).write_bytes(library.read_bytes())
+    monkeypatch.setenv("JITBPF_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.mark.usefixtures("fresh_cache")
 def test_missing_peachpy_is_one_jit_error() -> None:
     """Without PeachPy the JIT fails with one JitError saying how to get it; the interpreter still runs."""
     code = _NO_PEACHPY + """
@@ -101,6 +116,7 @@ print("interpreter", vm.execute())
     assert lines[2] == "interpreter 7"
 
 
+@pytest.mark.usefixtures("fresh_cache")
 def test_missing_peachpy_through_the_command() -> None:
     code = _NO_PEACHPY + "import sys\nfrom jitbpf.cli import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, "run", "-", "--jit"], input="mov r0, 1\nexit\n",
@@ -117,3 +133,33 @@ def test_runs_from_the_checkouts_parent(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "r0 = 0x5 (5)\n"
+
+
+_LISTING = """
+import json, sys
+import jitbpf
+vm = jitbpf.VM(jitbpf.assemble("mov r0, 5\\nadd r0, r1\\nexit"))
+vm.jit_compile()
+print(json.dumps({"listing": vm.jit_dump(), "r0": vm.execute_jit(), "peachpy": "peachpy" in sys.modules}))
+"""
+
+
+def test_encodings_kept_for_the_next_process(fresh_cache: Path) -> None:
+    """A second process compiles from the templates the first one saved: no PeachPy import, same code;
+    a damaged file is ignored and written again."""
+    pytest.importorskip("peachpy.x86_64")
+
+    def compile_once() -> dict[str, object]:
+        proc = child(_LISTING)
+        assert proc.returncode == 0, proc.stderr
+        result: dict[str, object] = json.loads(proc.stdout)
+        return result
+
+    first = compile_once()
+    saved = list(fresh_cache.glob("encodings-*.json"))
+    assert first["peachpy"] is True and len(saved) == 1
+    second = compile_once()
+    assert second == first | {"peachpy": False}
+    saved[0].write_text('{"templates": [[["mov", "rax", "i32"], "zz", []]]}')
+    assert compile_once() == first  # encoded afresh
+    assert compile_once() == second
