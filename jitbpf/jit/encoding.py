@@ -3,19 +3,12 @@ located, and code is then stamped out of the cached templates with ``struct.pack
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import enum
 import functools
-import hashlib
-import importlib.util
-import json
-import os
 import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from jitbpf.errors import JitError
@@ -100,7 +93,6 @@ class Assembler:
 
     def __init__(self) -> None:
         self._templates: dict[Shape, Template] = {}
-        self._saved = 0  # templates already on disk (see load and save)
         # The template of a shape encoded before, else None: the compile loop's fast path (the
         # dict's own method, so a cache hit costs no Python frame).
         self.cached: Callable[[Shape], Template | None] = self._templates.get
@@ -117,33 +109,6 @@ class Assembler:
             self._templates[shape] = tpl
         return tpl
 
-    # -- the templates on disk: a new process needs neither PeachPy's import nor the encoding --
-
-    def load(self, path: Path) -> None:
-        """Add the templates saved in ``path``; a missing, damaged or foreign file is ignored."""
-        try:
-            records = json.loads(path.read_text())["templates"]
-            loaded = [_template(tuple(shape), bytes.fromhex(code), [(off, HoleKind(kind)) for off, kind in holes])
-                      for shape, code, holes in records]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        for tpl in loaded:
-            self._templates.setdefault(tpl.shape, tpl)
-        self._saved = len(self._templates)
-
-    def save(self, path: Path) -> None:
-        """Write every template to ``path`` (atomically) when some were made since the last load or save."""
-        if len(self._templates) == self._saved:
-            return
-        records = [[list(t.shape), t.code.hex(), [[h.offset, h.kind.value] for h in t.holes]]
-                   for t in self._templates.values()]
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(OSError):  # a read-only cache only costs the next process the encoding
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"templates": records}))
-            os.replace(tmp, path)
-            self._saved = len(self._templates)
-
     def emit(self, buf: bytearray, shape: Shape, *values: int) -> int:
         """Append one instruction of ``shape`` with ``values`` in its holes; return its offset."""
         return self.template(shape).emit(buf, *values)
@@ -157,33 +122,8 @@ class Assembler:
 
 @functools.cache
 def default_cache() -> Assembler:
-    """The process-wide template cache, created on first use (its state lives on the object),
-    filled from the templates an earlier process saved, and saved again when this one exits."""
-    cache = Assembler()
-    path = disk_cache_path()
-    if path is not None:
-        cache.load(path)
-        atexit.register(cache.save, path)
-    return cache
-
-
-def disk_cache_path() -> Path | None:
-    """Where the templates of this PeachPy and this encoder are kept: in jitbpf's cache directory,
-    under a name that changes with PeachPy's files and this module's source (None without PeachPy)."""
-    from jitbpf._native.build import cache_dir
-
-    try:
-        spec = importlib.util.find_spec("peachpy")  # found, not imported
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    for name in ("__init__.py", "x86_64/encoding.py", "x86_64/generic.py", "x86_64/operand.py"):
-        with contextlib.suppress(OSError):
-            st = os.stat(Path(spec.origin).parent / name)
-            digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return cache_dir() / f"encodings-{digest.hexdigest()[:16]}.json"
+    """The process-wide template cache, created on first use (its state lives on the object)."""
+    return Assembler()
 
 
 def _operand(x86: Any, token: str, table: dict[int, int], kinds: list[HoleKind]) -> Any:
@@ -269,15 +209,5 @@ def _build(shape: Shape) -> Template:
         raise ValueError(f"encoding of {shape} changes outside its holes")
     if any(h.kind is HoleKind.REL32 and h.offset + 4 != len(a) for h in holes):
         raise ValueError(f"branch offset of {shape} is not at the end of the instruction")
-    return _template(shape, a, [(h.offset, h.kind) for h in holes])
-
-
-def _template(shape: Shape, code: bytes, holes: list[tuple[int, HoleKind]]) -> Template:
-    """A template with its patch table; raises ValueError for holes outside the code (a damaged record)."""
-    made = tuple(Hole(offset, kind, _WIDTH[kind]) for offset, kind in holes)
-    if any(not isinstance(h.offset, int) or h.offset < 0 or h.offset + h.width > len(code) for h in made):
-        raise ValueError(f"hole outside the {len(code)}-byte encoding of {shape}")
-    if not code or not all(isinstance(part, str) for part in shape):
-        raise ValueError(f"bad template record for {shape}")
-    patches = tuple((h.offset, _PACKERS[h.width], (1 << (8 * h.width)) - 1) for h in made)
-    return Template(shape, code, made, patches)
+    patches = tuple((h.offset, _PACKERS[h.width], (1 << (8 * h.width)) - 1) for h in holes)
+    return Template(shape, a, tuple(holes), patches)
