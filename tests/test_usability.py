@@ -190,3 +190,26 @@ def test_loop_rejection_note_in_python() -> None:
     assert info.value.__notes__ == ["a loop: VM(..., allow_loops=True) accepts it if it is bounded, "
                                     "VM(..., verify=False) skips the verifier"]
     assert VM(assemble(LOOP_S), allow_loops=True).execute() == 10
+
+
+# A child that starts a long run (or a long verification), is sent SIGINT once it is under way,
+# and reports how it ended. The timeout only keeps a broken child from hanging the suite.
+_INTERRUPTED = """
+import os, signal, sys, threading
+import jitbpf
+what = sys.argv[1]
+long_loop = jitbpf.assemble("mov r0, 0\\nadd r0, 1\\njlt r0, 0x7fffffff, -2\\nexit")
+vm = jitbpf.VM(long_loop, verify=what == "verify", allow_loops=True, budget=10**12)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    vm.check() if what == "verify" else vm.execute()
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+
+
+@pytest.mark.parametrize("what", ["interp", "verify"])
+def test_ctrl_c_stops_a_long_run(what: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED, what], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "KeyboardInterrupt\n", "")
