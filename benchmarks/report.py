@@ -319,12 +319,14 @@ def footnotes(results: dict[str, Any]) -> list[str]:
         phases = (f"Python start-up {fmt_ns(fresh['startup_ns'])}, import jitbpf {fmt_ns(fresh['import_ns'])}, "
                   f"VM {fmt_ns(fresh['vm_ns'])}, jit_compile {fmt_ns(fresh['compile_ns'])}")
         notes.append(f"First compile in a fresh process, from the spawn: {phases} "
-                     "(PeachPy imported and encodings made on first use).")
+                     "(encodings read from the cache on disk that an earlier process saved; without it PeachPy is "
+                     "imported and they are made on first use).")
     startup = results.get("startup")
     if startup is not None and "error" not in startup:
-        notes.append(f"Start-up: medians of {startup['repeats']} new processes with bytecode cached, as an installed "
-                     f"package has it (Python itself starts in {fmt_ns(startup['python_ns'])}); the plugin runs "
-                     "a two-instruction program given as hex on stdin, as the conformance runner does for each test.")
+        notes.append(f"Start-up: the fastest of {startup['repeats']} new processes with bytecode cached, as an "
+                     f"installed package has it (Python itself starts in {fmt_ns(startup['python_ns'])}); the "
+                     "plugin runs a two-instruction program given as hex on stdin, as the conformance runner does "
+                     "for each test.")
     return [textwrap.fill(n, width=120, initial_indent="* ", subsequent_indent="  ") for n in notes]
 
 

@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -267,7 +266,8 @@ print(json.dumps({"start": t_start, "import": t_import, "vm": t_vm, "compiled": 
 def fresh_process_compile(code: bytes, progress: Progress) -> dict[str, Any]:
     """The first compile in a new Python process, from the spawn to the end of ``jit_compile``.
 
-    That includes the interpreter's start-up, importing jitbpf and PeachPy, and a cold encoding cache.
+    That includes the interpreter's start-up and importing jitbpf; the encodings come from the cache
+    on disk an earlier process saved (else PeachPy is imported and they are made afresh).
     """
     progress.step("compile: fresh process")
     n = len(code) // 8
@@ -466,7 +466,8 @@ def _startup_env(cache: Path) -> dict[str, str]:
 
 
 def _process_ns(args: Sequence[str], env: dict[str, str], repeats: int, stdin: str = "") -> float:
-    """Median wall time of a new process running ``args``, from the spawn to its exit (one warm-up run)."""
+    """Wall time of a new process running ``args``, from the spawn to its exit: the fastest of
+    ``repeats`` runs after a warm-up (other processes on the machine only ever add to it)."""
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter_ns()
@@ -478,7 +479,7 @@ def _process_ns(args: Sequence[str], env: dict[str, str], repeats: int, stdin: s
             raise RuntimeError(f"{' '.join(args)}: {lines[-1]}")
         if i:
             times.append(elapsed)
-    return float(statistics.median(times))
+    return float(min(times))
 
 
 def startup_figures(quick: bool, progress: Progress) -> dict[str, Any]:

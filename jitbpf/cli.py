@@ -512,11 +512,21 @@ def run_capture(source: Source, vm: Any, args: argparse.Namespace, out: TextIO) 
     except BpfError as exc:
         raise CliError(f"{source.where}: {describe(exc)}") from exc
     output = run_output(vm)
+    typed = object_contents(source)  # the same maps, decoded through the object's BTF
+    for name, entries in typed.get("maps", {}).items():
+        if name in summary.maps:
+            summary.maps[name] = [(k, v) for k, v in entries]
     if args.json:
-        _dump_json(summary.to_json() | (output.to_json() if output else {}), out)
+        report = summary.to_json()
+        for name, entries in typed.get("maps", {}).items():
+            if name in report["maps"]:
+                report["maps"][name]["entries"] = entries
+        globals_ = {"globals": typed["globals"]} if "globals" in typed else {}
+        _dump_json(report | (output.to_json() if output else {}) | globals_, out)
     else:
         out.write(summary.report() + "\n")
         out.writelines(line + "\n" for line in output.lines())
+        out.writelines(line + "\n" for line in contents_lines({"globals": typed.get("globals", {})}))
     if summary.errors:
         out.flush()
         raise CliError(f"{source.where}: {summary.errors} of {summary.packets} packets failed at run time (first: "
@@ -558,6 +568,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                 after = bytes(buf)
         verdict = _verdict(vm, r0) if state is not None else None
         output = run_output(vm)
+        found = object_contents(source)
     finally:
         vm.close()
     changed = after != mem
@@ -570,14 +581,32 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             report["verdict"] = verdict
         if changed:
             report["mem"] = after.hex()
-        _dump_json(report | (output.to_json() if output else {}), out)
+        _dump_json(report | (output.to_json() if output else {}) | found, out)
         return EXIT_OK
     extra = f", signed {signed}" if signed < 0 else ""
     out.write(f"r0 = {r0:#x} ({r0}{extra}){' ' + verdict if verdict else ''}\n")
     if changed:
         out.write(f"{'packet' if state is not None else 'mem'} = {after.hex(' ')}\n")
     out.writelines(line + "\n" for line in output.lines())
+    out.writelines(line + "\n" for line in contents_lines(found))
     return EXIT_OK
+
+
+def object_contents(source: Source) -> dict[str, Any]:
+    """An ELF program's maps and globals, decoded through the object's BTF (nothing for other inputs)."""
+    if source.elf_object is None:
+        return {}
+    from jitbpf.btfvalues import contents
+
+    return contents(source.elf_object)
+
+
+def contents_lines(found: dict[str, Any]) -> list[str]:
+    if not found:
+        return []
+    from jitbpf.btfvalues import contents_lines as lines
+
+    return lines(found)
 
 
 def run_output(vm: Any) -> Any:
@@ -851,7 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         if debug:
             raise
-        _error(exc.message)
+        _error(exc.message + loop_hint(exc, args))
         return exc.status
     except BpfError as exc:  # one that no command located: still one line
         if debug:
@@ -877,6 +906,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback)")
         return EXIT_FAILED
+
+
+LOOP_REJECTION = "back-edge"  # how the verifier's rejection of a loop begins
+
+
+def loop_hint(exc: CliError, args: argparse.Namespace) -> str:
+    """For a verifier rejecting a loop: the options of this command that would let it through."""
+    cause = exc.__cause__
+    if not isinstance(cause, VerifierError) or not cause.message.startswith(LOOP_REJECTION):
+        return ""
+    options = []
+    if getattr(args, "allow_loops", True) is False:
+        options.append("--allow-loops accepts it if it is bounded")
+    if getattr(args, "no_verify", True) is False:
+        options.append("--no-verify skips the verifier")
+    return f" (a loop: {'; '.join(options)})" if options else ""
 
 
 def _error(message: str) -> None:

@@ -76,6 +76,8 @@ class BtfType:
     size_or_type: int  # size for INT/STRUCT/UNION/ENUM/DATASEC/FLOAT, referenced type id otherwise
     members: tuple[tuple[str, int, int], ...] = ()  # STRUCT/UNION (name, type, bit offset); DATASEC (,type,off)
     array: tuple[int, int] = (0, 0)  # ARRAY: (element type, number of elements)
+    encoding: int = 0  # INT: BTF_INT_SIGNED (1), BTF_INT_CHAR (2), BTF_INT_BOOL (4); ENUM/ENUM64: 1 if signed
+    enumerators: tuple[tuple[str, int], ...] = ()  # ENUM/ENUM64: (name, value), values as declared
 
 
 _MODIFIERS = (BtfKind.TYPEDEF, BtfKind.VOLATILE, BtfKind.CONST, BtfKind.RESTRICT, BtfKind.TYPE_TAG)
@@ -125,6 +127,13 @@ class Btf:
                      BtfKind.DATASEC: 12 * vlen, BtfKind.DECL_TAG: 4, BtfKind.ENUM64: 12 * vlen}.get(kind, 0)
             if pos + extra > len(blob):
                 raise ElfError(f"BTF type {len(self.types)} is truncated", section=".BTF")
+            encoding = 0
+            enumerators: tuple[tuple[str, int], ...] = ()
+            if kind is BtfKind.INT:
+                encoding = struct.unpack_from("<I", blob, pos)[0] >> 24
+            elif kind in (BtfKind.ENUM, BtfKind.ENUM64):
+                encoding = info >> 31  # kind_flag: the enum is signed
+                enumerators = tuple(self._enumerator(kind, blob, pos, i, encoding) for i in range(vlen))
             if kind is BtfKind.ARRAY:
                 elem, _index, nelems = struct.unpack_from("<III", blob, pos)
                 array = (elem, nelems)
@@ -135,7 +144,15 @@ class Btf:
                 else:
                     members = tuple((self._str(n), t, off) for n, t, off in rows)
             pos += extra
-            self.types.append(BtfType(kind, self._str(name_off), size_or_type, members, array))
+            self.types.append(BtfType(kind, self._str(name_off), size_or_type, members, array, encoding, enumerators))
+
+    def _enumerator(self, kind: BtfKind, blob: bytes, pos: int, index: int, signed: int) -> tuple[str, int]:
+        if kind is BtfKind.ENUM:
+            name_off, value = struct.unpack_from("<Ii" if signed else "<II", blob, pos + 8 * index)
+            return self._str(name_off), value
+        name_off, lo, hi = struct.unpack_from("<III", blob, pos + 12 * index)
+        value = hi << 32 | lo
+        return self._str(name_off), value - (1 << 64) if signed and value >> 63 else value
 
     def get(self, type_id: int) -> BtfType:
         """The type with this id (ElfError when it does not exist)."""

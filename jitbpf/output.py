@@ -26,7 +26,7 @@ class Events:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": len(self.records), "lost": self.lost,
-                "records": [_plain(r) for r in self.records]}
+                "records": [plain(r) for r in self.records]}
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,14 @@ def collect(vm: VM, *, trace_from: int = 0) -> Output:
     return Output(trace_lines(vm.trace_log[trace_from:]), drain_events(vm.maps.values()))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A decoded value as JSON: bytes as hex, sequences as lists, dicts of plain values."""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, str):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value if isinstance(value, int | float | str | bool) or value is None else repr(value)
 
 

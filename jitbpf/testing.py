@@ -25,6 +25,7 @@ from jitbpf.isa import Kind
 from jitbpf.output import Events, Output, collect
 
 if TYPE_CHECKING:
+    from jitbpf.btfvalues import TypedMap
     from jitbpf.elf import ElfObject, ElfProgram
     from jitbpf.programs import ProgType
     from jitbpf.vm import VM
@@ -266,7 +267,19 @@ class Harness:
         return self.program.obj.maps
 
     def __getitem__(self, map_name: str) -> Any:
-        return self.program.obj.maps[map_name]
+        return self.program.obj[map_name]
+
+    def typed(self, map_name: str) -> TypedMap:
+        """A map read through the object's BTF: keys and values as their C types (dicts for structs)."""
+        from jitbpf.btfvalues import TypedMap
+
+        return TypedMap(self.program.obj, map_name)
+
+    def globals(self) -> dict[str, Any]:
+        """The object's global variables by C name, decoded from their current bytes."""
+        from jitbpf.btfvalues import global_variables
+
+        return global_variables(self.program.obj)
 
     def _run(self, packet: bytes | None, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] | None) -> Any:
         self.vm.check()

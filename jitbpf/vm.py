@@ -259,8 +259,14 @@ class VM(ProgramRunners):
 
             # The maps give key and value sizes: helper arguments are checked for their whole
             # size (C helpers read all of it), and accesses to map values can be proven.
-            result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
-                                 budget=self.budget, context=self.context_spec(), maps=self.maps)
+            try:
+                result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
+                                     budget=self.budget, context=self.context_spec(), maps=self.maps)
+            except VerifierError as exc:
+                if not self.allow_loops and exc.message.startswith("back-edge"):
+                    exc.add_note("a loop: VM(..., allow_loops=True) accepts it if it is bounded, "
+                                 "VM(..., verify=False) skips the verifier")
+                raise
             self._proven = result.proven
             self._python_calls = result.unchecked_calls
         self._checked = True

@@ -165,3 +165,51 @@ def test_cli_names_the_bad_register(tmp_path: Path) -> None:
     assert proc.returncode == 2
     message = "'r11' is not a register: eBPF has r0-r10 (w0-w10)"
     assert proc.stderr == f"jitbpf: error: {tmp_path / 'bad.s'}:2:5: {message}\n"
+
+
+LOOP_S = "mov r0, 0\nadd r0, 1\njlt r0, 10, -2\nexit\n"
+
+
+def test_loop_rejection_names_the_options(tmp_path: Path) -> None:
+    (tmp_path / "loop.s").write_text(LOOP_S)
+    loop = str(tmp_path / "loop.s")
+    rejected = f"jitbpf: error: {loop}: at PC 2: back-edge from insn 2 to 1: jlt r0, 10, -2"
+    both = " (a loop: --allow-loops accepts it if it is bounded; --no-verify skips the verifier)"
+    assert jitbpf("run", loop).stderr == rejected + both + "\n"
+    only_loops = " (a loop: --allow-loops accepts it if it is bounded)"  # verify has no --no-verify
+    assert jitbpf("verify", loop).stderr.splitlines()[-1] == rejected + only_loops
+    assert jitbpf("run", loop, "--allow-loops").stdout == "r0 = 0xa (10)\n"
+
+
+def test_loop_rejection_note_in_python() -> None:
+    from jitbpf.errors import VerifierError
+    from jitbpf.vm import VM
+
+    with pytest.raises(VerifierError) as info:
+        VM(assemble(LOOP_S)).check()
+    assert info.value.__notes__ == ["a loop: VM(..., allow_loops=True) accepts it if it is bounded, "
+                                    "VM(..., verify=False) skips the verifier"]
+    assert VM(assemble(LOOP_S), allow_loops=True).execute() == 10
+
+
+# A child that starts a long run (or a long verification), is sent SIGINT once it is under way,
+# and reports how it ended. The timeout only keeps a broken child from hanging the suite.
+_INTERRUPTED = """
+import os, signal, sys, threading
+import jitbpf
+what = sys.argv[1]
+long_loop = jitbpf.assemble("mov r0, 0\\nadd r0, 1\\njlt r0, 0x7fffffff, -2\\nexit")
+vm = jitbpf.VM(long_loop, verify=what == "verify", allow_loops=True, budget=10**12)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    vm.check() if what == "verify" else vm.execute()
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+
+
+@pytest.mark.parametrize("what", ["interp", "verify"])
+def test_ctrl_c_stops_a_long_run(what: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED, what], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "KeyboardInterrupt\n", "")
