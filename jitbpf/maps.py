@@ -11,6 +11,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -285,6 +286,10 @@ class BpfMap:
         self.num_cpus = int(lib.jb_map_num_cpus(ptr))  # values per element: 1, or num_cpus()
         self._stride = (value_size + 7) & ~7
         self._closed = False
+        self._freed = False
+        # The VMs this map was added to: its storage is freed only once none of them is open
+        # (their code holds its address, their runs its values).
+        self._users: weakref.WeakSet[VM] = weakref.WeakSet()
         self._regions = self._make_regions()
 
     def _make_regions(self) -> list[Region]:
@@ -334,9 +339,25 @@ class BpfMap:
         return self._ptr
 
     def close(self) -> None:
-        """Free the C storage now (no program may use the map afterwards)."""
-        if not self._closed:
-            self._closed = True
+        """Close the map for Python, and free its C storage once no open VM uses it (as the
+        kernel keeps a map its loaded programs hold: they keep running with it until then)."""
+        self._closed = True
+        self._free_if_unused()
+
+    def use_by(self, vm: VM) -> None:
+        """Note that ``vm`` uses the map (``VM.add_map``)."""
+        if self._closed:
+            raise MapError(f"map {self.name!r} is closed", errno=errno.EBADF)
+        self._users.add(vm)
+
+    def unuse_by(self, vm: VM) -> None:
+        """``vm`` is closed: it no longer holds the map."""
+        self._users.discard(vm)
+        self._free_if_unused()
+
+    def _free_if_unused(self) -> None:
+        if self._closed and not self._freed and all(vm.closed for vm in list(self._users)):
+            self._freed = True
             self._regions = []
             self._nat.ffi.release(self._ptr)
 

@@ -782,6 +782,15 @@ def run_context(
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    outer = vm.enter_setup()  # the run's context memory is this thread's: one run of the VM at a time
+    try:
+        return _run_context(vm, ctx, packet, engine)
+    finally:
+        vm._leave(outer)
+
+
+def _run_context(vm: VM, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] | None,
+                 packet: bytes | bytearray | memoryview | None, engine: Engine) -> RunResult:
     state = _program_state(vm)
     info = state.info
     context = ctx if isinstance(ctx, ctypes.Structure) else make_context(info, ctx)

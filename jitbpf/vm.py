@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 DEFAULT_BUDGET = 1_000_000  # executed instructions per run
 MAX_TAIL_CALLS = 32  # chained tail calls per run, as the kernel
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # all frames of one thread
+# What a thread is doing with a VM (VM._enter): nested runs of one VM on one thread would share
+# its stack, its context memory and its run state, so a run may not start inside another.
+IDLE = 0  # no run of the VM on this thread
+PREPARING = 1  # a runner is setting up a run (a program type's context, a batch)
+RUNNING = 2  # the program is running (its helpers may call anything)
 
 
 class RunState:
@@ -118,6 +123,11 @@ class VM(ProgramRunners):
         self._bare: tuple[Callable[[int], int], int] = _UNBOUND
         self._bare_mem: tuple[Callable[[int, Any, int], int], Callable[..., Any], int] = _UNBOUND_MEM
         self._closed = False
+        # Runs in progress on every thread, and a close() waiting for them to end: nothing a run
+        # uses (code pages, maps) is freed under it.
+        self._lifetime = threading.Lock()
+        self._active = 0
+        self._close_pending = False
         self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.programs)
 
     # -- configuration -------------------------------------------------------------------------
@@ -151,6 +161,10 @@ class VM(ProgramRunners):
         Without a handle: the map's own (from an earlier ``add_map``) if free here, else the next
         free number from 1. Returns the handle.
         """
+        from jitbpf.maps import BpfMap
+
+        if not isinstance(bpf_map, BpfMap):
+            raise TypeError(f"add_map takes a jitbpf map (HashMap, Array, RingBuf, ...), not {type(bpf_map).__name__}")
         if handle is None:
             for h, m in self.maps.items():
                 if m is bpf_map:
@@ -165,6 +179,7 @@ class VM(ProgramRunners):
 
             raise MapError(f"map handle {handle} is already compiled into the program", errno=errno.EBUSY)
         self.maps[handle] = bpf_map
+        bpf_map.use_by(self)  # the map's storage lives while this VM is open
         if getattr(bpf_map, "handle", None) is None:
             bpf_map.handle = handle
         self._checked = False
@@ -214,6 +229,11 @@ class VM(ProgramRunners):
         target = prog_array.get(index)
         if target is None:
             return -errno.ENOENT
+        if _type_name(target) != _type_name(self):
+            # The kernel keeps a program array to one program type: the target would take this
+            # run's context (r1, the regions) for one of another layout.
+            raise ExecutionError(f"bpf_tail_call: the program at index {index} of {prog_array.name!r} is of type "
+                                 f"{_type_name(target)}, this one of type {_type_name(self)}")
         if self._state().tail_calls_left <= 0:
             return -errno.ELOOP
         raise TailCall(target)
@@ -279,8 +299,17 @@ class VM(ProgramRunners):
         regs[FP] = state.frame_pointer()
         return regs
 
+    def _raw_only(self, method: str) -> None:
+        """Refuse to run a typed program on a raw buffer: it was verified (and compiled) for its
+        type's context, whose fields it reads and writes at their offsets."""
+        if self.program_state is not None:
+            raise ExecutionError(f"{method}() runs a program on a raw buffer, but this is a "
+                                 f"{self.program_state.info.name} program: run it on its context with "
+                                 "run_context() or the run_* method of its type")
+
     def execute(self, mem: Any = None) -> int:
         """Run the program in the reference interpreter; return r0 (unsigned 64-bit)."""
+        self._raw_only("execute")
         region, _pin = _mem_region(mem)  # _pin keeps a copied buffer alive for the run
         return self.execute_regions(region, (), region.base, region.size, packet=region)
 
@@ -306,7 +335,14 @@ class VM(ProgramRunners):
 
     def _interpret(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
                    budget: int, tail_calls_left: int) -> int:
-        self._ensure_open()
+        outer = self._enter(RUNNING)
+        try:
+            return self._interpret_entered(mem, extra, r1, r2, packet, budget, tail_calls_left)
+        finally:
+            self._leave(outer)
+
+    def _interpret_entered(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
+                           budget: int, tail_calls_left: int) -> int:
         self.check()
         if self._blocks is None:
             self._blocks = Translator(self.resolve_lddw).translate(self.flow)
@@ -371,6 +407,7 @@ class VM(ProgramRunners):
         jit = self._jit
         if jit is not None and self._bare[1] == jit.token and jit.bare_bound():
             return jit.finish(result)
+        self._raw_only("execute_jit")  # typed VMs never bind: every raw run of one comes here
         jit = self._jit_program()
         result = jit.run(mem)
         nat = jit.bind_bare(self.map_regions())
@@ -387,30 +424,48 @@ class VM(ProgramRunners):
         the batch over that many threads, each with its own CPU id for per-CPU maps; the GIL is
         released while native code runs. Read-only buffers are copied (their writes are lost).
         An input that fails raises its error, with a note naming the input's index."""
+        self._raw_only("execute_batch")
         items = buffers if all(type(b) is bytearray for b in buffers) else [
-            b if _writable(b) else bytearray(b) for b in buffers]
-        jit = self._jit_program()
-        if not jit.batchable:
-            return self._one_by_one(items)
-        regions = self.map_regions()
-        return _split(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
+            b if _writable(b) else bytearray(_batch_input(i, b)) for i, b in enumerate(buffers)]
+        outer = self._enter(PREPARING)  # the code and maps stay while the native loop runs
+        try:
+            jit = self._jit_program()
+            if not jit.batchable:
+                return self._one_by_one(items)
+            regions = self.map_regions()
+            return _split(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
+        finally:
+            self._leave(outer)
 
     def execute_records(self, data: Any, record_size: int, *, threads: int = 1) -> array.array[int]:
         """Run the JIT-compiled program over each ``record_size``-byte record of the writable
         buffer ``data`` (one contiguous array of fixed-size inputs, e.g. a numpy array's bytes),
         each as its own mem; return every r0. Like ``execute_batch`` otherwise."""
+        self._raw_only("execute_records")
+        if isinstance(record_size, bool) or not isinstance(record_size, int):
+            raise TypeError(f"record_size must be an int, not {type(record_size).__name__}")
         if record_size <= 0:
             raise ValueError(f"record size {record_size} must be positive")
-        jit = self._jit_program()
-        view = memoryview(data).cast("B")
-        if view.readonly:
-            raise TypeError("execute_records needs a writable buffer (records are run in place)")
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise TypeError(f"execute_records needs a buffer (bytearray, numpy array, ...), "
+                            f"not {type(data).__name__}") from None
+        if view.readonly or not view.c_contiguous:
+            raise TypeError("execute_records needs a writable, C-contiguous buffer (records are run in place); "
+                            "copy a strided view first (bytearray(view), numpy.ascontiguousarray)")
+        view = view.cast("B")
         count = len(view) // record_size
-        if not jit.batchable:
-            return self._one_by_one([view[i * record_size:(i + 1) * record_size] for i in range(count)])
-        regions = self.map_regions()
-        return _split(count, threads, lambda lo, hi: jit.run_records(
-            view[lo * record_size:hi * record_size], record_size, regions))
+        outer = self._enter(PREPARING)
+        try:
+            jit = self._jit_program()
+            if not jit.batchable:
+                return self._one_by_one([view[i * record_size:(i + 1) * record_size] for i in range(count)])
+            regions = self.map_regions()
+            return _split(count, threads, lambda lo, hi: jit.run_records(
+                view[lo * record_size:hi * record_size], record_size, regions))
+        finally:
+            self._leave(outer)
 
     def _one_by_one(self, inputs: Sequence[Any]) -> array.array[int]:
         """A batch as one execute_jit per input (programs with Python helpers), with the same
@@ -435,12 +490,16 @@ class VM(ProgramRunners):
                 vm.jit_compile()
                 jit = vm._jit
                 assert jit is not None
+            outer = vm._enter(RUNNING)
             try:
                 return jit.run_regions(mem, regions, r1, r2, packet=packet, budget=budget, tail_calls_left=left)
             except TailCall as tail:
-                vm, budget, left = tail.target, tail.budget, left - 1
-                known = {r.base for r in regions}
-                regions += [r for r in vm.map_regions() if r.base not in known]
+                request = tail
+            finally:
+                vm._leave(outer)
+            vm, budget, left = request.target, request.budget, left - 1
+            known = {r.base for r in regions}
+            regions += [r for r in vm.map_regions() if r.base not in known]
 
     def jit_dump(self) -> str:
         """The generated x86-64, disassembled, under the eBPF instruction each block came from."""
@@ -454,13 +513,60 @@ class VM(ProgramRunners):
         if self._closed:
             raise JitError("the VM is closed")
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (the VM runs no more)."""
+        return self._closed
+
+    def _enter(self, level: int) -> int:
+        """Start a run (or its set-up, ``PREPARING``) on this thread; returns what the thread
+        was doing with this VM, for ``_leave``. Refuses a run inside a run of the same VM (a
+        helper running it again), which would share the running one's stack and context."""
+        local = self._local
+        outer: int = getattr(local, "running", IDLE)
+        if outer >= level:
+            raise ExecutionError("this VM is already running on this thread (a helper ran it again): nested runs "
+                                 "of one VM would share its stack and context; run another VM of the program")
+        if outer == IDLE:
+            with self._lifetime:
+                self._ensure_open()
+                self._active += 1
+        local.running = level
+        return outer
+
+    def enter_setup(self) -> int:
+        """``_enter(PREPARING)``, for the runners that build a run's memory (jitbpf.programs);
+        pair with ``_leave``."""
+        return self._enter(PREPARING)
+
+    def _leave(self, outer: int) -> None:
+        self._local.running = outer
+        if outer == IDLE:
+            with self._lifetime:
+                self._active -= 1
+                release = self._close_pending and not self._active
+                self._close_pending = self._close_pending and not release
+            if release:
+                self._release()
+
     def close(self) -> None:
-        """Release the machine code (unmaps the executable pages)."""
-        self._closed = True
+        """Release the machine code (unmaps the executable pages) and this VM's hold on its maps.
+        Called while runs are in progress (from a helper, or another thread), the release waits
+        for the last of them to end; no new run starts."""
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM
-        if self._jit is not None:
-            self._jit.close()
-            self._jit = None
+        with self._lifetime:
+            self._closed = True
+            if self._active:
+                self._close_pending = True
+                return
+        self._release()
+
+    def _release(self) -> None:
+        jit, self._jit = self._jit, None
+        if jit is not None:
+            jit.close()
+        for m in list(self.maps.values()):
+            m.unuse_by(self)
 
     def __enter__(self) -> VM:
         return self
@@ -469,9 +575,10 @@ class VM(ProgramRunners):
         self.close()
 
     def __del__(self) -> None:
-        jit = getattr(self, "_jit", None)
-        if jit is not None:
-            jit.close()
+        # No run can be in progress: a run holds a reference to its VM.
+        if getattr(self, "_lifetime", None) is not None:
+            self._closed = True
+            self._release()
 
 
 def _unbound(_token: int) -> int:
@@ -490,6 +597,26 @@ def _view(mem: Any, require_writable: bool = False) -> memoryview:
 
 _UNBOUND = (_unbound, 0)
 _UNBOUND_MEM = (_unbound_mem, _view, 0)
+
+
+def _type_name(vm: VM) -> str:
+    return vm.program_state.info.name if vm.program_state is not None else "none"
+
+
+def _batch_input(index: int, buf: Any) -> Any:
+    """``buf`` if it is a buffer (an int would make a zero-filled one of that size)."""
+    if not _is_buffer(buf):
+        raise TypeError(f"execute_batch takes buffers (bytearray, bytes, memoryview, ...); input {index} is "
+                        f"{type(buf).__name__}")
+    return buf
+
+
+def _is_buffer(buf: Any) -> bool:
+    try:
+        memoryview(buf)
+    except TypeError:
+        return False
+    return True
 
 
 def _writable(buf: Any) -> bool:

@@ -9,14 +9,19 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitbpf import cfg
 from jitbpf.asm import assemble
+from jitbpf.errors import ExecutionError
 from jitbpf.isa import Program
 from jitbpf.jit.loops import plan_loops
 from jitbpf.jit.x86_64 import X86_64
+from jitbpf.maps import ProgramArray
+from jitbpf.vm import VM
+from tests.support import ENGINES, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,3 +104,80 @@ def test_dropping_a_compiled_vm_inside_cffi_does_not_deadlock() -> None:
         print("freed")
     """, timeout=60)
     assert out == "freed\n"
+
+
+# --- item 11: no page writable and executable ----------------------------------------------------
+
+def test_no_page_is_writable_and_executable() -> None:
+    """Compiling and running programs with Python helpers (JIT, one by one and batched, verified
+    and not; the interpreter) leaves no mapping with both write and execute permission: Python
+    helpers are reached through the native library's compiled callback, not a cffi trampoline."""
+    out = isolated("""
+        from jitbpf import VM, assemble
+        code = assemble("mov r6, r1\\nmov r1, 3\\ncall 7\\nldxb r1, [r6]\\nadd r0, r1\\ncall 7\\nexit")
+        for verify in (True, False):
+            vm = VM(code, verify=verify)
+            vm.register_helper(7, lambda a, *_: a + 1)
+            assert vm.execute(bytearray(b"\\x05")) == vm.execute_jit(bytearray(b"\\x05")) == 6
+            assert list(vm.execute_batch([bytearray([i]) for i in range(4)], threads=2)) == [1, 2, 3, 4]
+            vm.register_helper(8, lambda *_: 0)  # registered after compiling
+            assert vm.execute_jit(bytearray(1)) == 1
+        with open("/proc/self/maps") as maps:
+            both = [line for line in maps if "w" in line.split()[1] and "x" in line.split()[1]]
+        print(both)
+    """)
+    assert out == "[]\n"
+
+
+# --- item 6: program-type confusion --------------------------------------------------------------
+
+TAIL = "lddw r2, map:JMP\nmov r3, 0\ncall 12\nmov r0, 2\nexit"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("caller", "target"), [("xdp", "tc"), ("tc", "xdp"), ("xdp", None), ("socket_filter", "tc")])
+def test_a_tail_call_needs_the_callers_program_type(engine: str, caller: str, target: str | None) -> None:
+    """As in the kernel, a program array holds programs of one type: a tail call into another
+    type (whose code would read and write this context at its own type's offsets) is refused."""
+    jmp = ProgramArray(max_entries=1, name="JMP")
+    vm = load(TAIL, jmp, prog_type=caller)
+    jmp[0] = load("mov r0, 0\nexit", prog_type=target) if target else VM(assemble("mov r0, 0\nexit"))
+    with pytest.raises(ExecutionError, match="bpf_tail_call: the program at index 0 of 'JMP' is of type") as err:
+        vm.run_context(packet=bytes(64) if vm.program_state and vm.program_state.info.packet else None,
+                       engine=engine)  # type: ignore[arg-type]
+    assert err.value.pc == 3
+    jmp[0] = load("mov r0, 5\nexit", prog_type=caller)  # the same type is fine
+    assert vm.run_context(packet=bytes(64), engine=engine).retval == 5  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["execute", "execute_jit", "execute_batch", "execute_records"])
+def test_a_typed_vm_refuses_a_raw_buffer(method: str) -> None:
+    vm = VM(assemble("mov r0, 1\nexit"), prog_type="tc")
+    runs = {"execute": lambda: vm.execute(bytearray(16)), "execute_jit": lambda: vm.execute_jit(bytearray(16)),
+            "execute_batch": lambda: vm.execute_batch([bytearray(16)]),
+            "execute_records": lambda: vm.execute_records(bytearray(16), 16)}
+    with pytest.raises(ExecutionError, match=rf"{method}\(\) runs a program on a raw buffer, but this is a "
+                                             r"sched_cls program: run it on its context with run_context\(\)"):
+        runs[method]()
+    assert vm.run_tc(bytes(14))[0] == 1
+
+
+def test_a_tc_program_never_stores_past_a_raw_buffer() -> None:
+    """The reviewer's case: a verified sched_cls program stores into its context (proven, so not
+    checked); given a 16-byte buffer it wrote past it into the heap. Now it is refused."""
+    out = isolated("""
+        import gc
+        from jitbpf import VM, ExecutionError, assemble
+        vm = VM(assemble("mov r2, 7\\nstxw [r1+144], r2\\nstxw [r1+8], r2\\nmov r0, 0\\nexit"), prog_type="tc")
+        for run in (vm.execute_jit, vm.execute):
+            for _ in range(100):
+                try:
+                    run(bytearray(16))
+                except ExecutionError:
+                    pass
+                else:
+                    raise AssertionError("ran")
+        gc.collect()
+        print("refused")
+    """)
+    assert out == "refused\n"

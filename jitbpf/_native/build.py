@@ -28,9 +28,14 @@ LDFLAGS = ("-pthread",)
 CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory
 
 
+EXTERN_PYTHON = "JB_EXTERN_PYTHON"  # the header's mark of functions written in Python
+
+
 def cdef_text() -> str:
-    """The header's declarations, without preprocessor lines (cffi's cdef does not take them)."""
-    return "\n".join(line for line in HEADER.read_text().splitlines() if not line.lstrip().startswith("#"))
+    """The header's declarations, without preprocessor lines (cffi's cdef does not take them),
+    the functions marked ``JB_EXTERN_PYTHON`` declared as cffi's compiled Python callbacks."""
+    lines = (line for line in HEADER.read_text().splitlines() if not line.lstrip().startswith("#"))
+    return "\n".join(lines).replace(EXTERN_PYTHON, 'extern "Python+C"')
 
 
 def source_key() -> str:

@@ -5,6 +5,12 @@
 
 #include <stdint.h>
 
+/* Marks the functions Python implements: cffi's cdef reads it as extern "Python+C" (see
+   build.py), C as an ordinary declaration of the function cffi generates. */
+#ifndef JB_EXTERN_PYTHON
+#define JB_EXTERN_PYTHON
+#endif
+
 struct jb_map;
 
 /* CPU ids: a fixed count chosen once per process; each thread gets an id (see maps.c). */
@@ -95,15 +101,30 @@ int jb_fault_register(uint64_t start, uint64_t end, uint64_t landing);
 void jb_code_release(int slot, uint64_t address, uint64_t size);
 
 /* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns
-   of the batch loops: how many inputs ran to completion (the next one, if any, stopped early). */
+   of the batch loops: how many inputs ran to completion (the next one, if any, stopped early).
+   Each run gets the handle of its program's Python dispatcher (``python``, a cffi handle): the
+   Python helpers it calls are given that handle. */
 void jb_jit_init(uint64_t error_result, uint64_t extra_offset, uint64_t nextra_offset);
-void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra);
+void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python);
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
 uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
-                       const uint64_t *lens, uint64_t n, uint64_t *results);
+                       const uint64_t *lens, uint64_t n, uint64_t *results, void *python);
 uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
-                        uint64_t record_size, uint64_t n, uint64_t *results);
+                        uint64_t record_size, uint64_t n, uint64_t *results, void *python);
+/* One run of a (ctx) entry point: the regions entry of run_regions. The _gil form holds the GIL
+   while the code runs (cffi releases it around every call), for programs that call Python
+   helpers: each of those calls then finds the GIL held instead of taking it and giving it back. */
+uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python);
+uint64_t jb_run_entry_gil(uint64_t entry, uint64_t ctx, void *python);
+
+/* Python helpers. The helper table of JIT code points at jb_helper_python for every id without
+   a C helper; it passes the id (6th argument) and the running program's handle to
+   jb_python_call, a compiled cffi callback (extern "Python": its code is part of this library,
+   so calling Python needs no writable and executable trampoline page). */
+uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5, uint64_t id);
+JB_EXTERN_PYTHON uint64_t jb_python_call(void *python, uint64_t id, uint64_t r1, uint64_t r2, uint64_t r3,
+                                         uint64_t r4, uint64_t r5);
 
 #endif

@@ -12,6 +12,8 @@
  * stops early (result == error_result and a non-zero status word in ctx) ends the loop so that
  * Python can raise its error.
  */
+#include <Python.h> /* first, as Python requires */
+
 #include "jbmaps.h"
 
 #include <pthread.h>
@@ -27,6 +29,7 @@ struct bare {
     char *ctx;       /* the thread's run context for the program */
     uint64_t extra;  /* its extra region table and count, stored into ctx before each run */
     uint64_t nextra;
+    void *python;    /* the program's Python dispatcher handle */
 };
 
 /* Fixed once by jb_jit_init: what entries return when a run stops early, and where ctx keeps its
@@ -37,6 +40,42 @@ static uint64_t g_error_result, g_extra_offset, g_nextra_offset;
 static __thread struct bare *t_bare __attribute__((tls_model("initial-exec")));
 static pthread_key_t g_bare_key;           /* frees a thread's table when the thread exits */
 static pthread_once_t g_bare_once = PTHREAD_ONCE_INIT;
+/* The dispatcher handle of the program this thread runs now (a helper may run another program:
+   each run restores its caller's). */
+static __thread void *t_python __attribute__((tls_model("initial-exec")));
+
+typedef uint64_t (*entry_fn)(void *ctx);
+
+static inline uint64_t run_args(args_fn fn, void *ctx, const void *mem, uint64_t size, void *python)
+{
+    void *outer = t_python;
+    t_python = python;
+    uint64_t r = fn(ctx, mem, size);
+    t_python = outer;
+    return r;
+}
+
+uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python)
+{
+    void *outer = t_python;
+    t_python = python;
+    uint64_t r = ((entry_fn)(uintptr_t)entry)((void *)(uintptr_t)ctx);
+    t_python = outer;
+    return r;
+}
+
+uint64_t jb_run_entry_gil(uint64_t entry, uint64_t ctx, void *python)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    uint64_t r = jb_run_entry(entry, ctx, python);
+    PyGILState_Release(gil);
+    return r;
+}
+
+uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5, uint64_t id)
+{
+    return jb_python_call(t_python, id, r1, r2, r3, r4, r5);
+}
 
 static void make_key(void)
 {
@@ -51,7 +90,7 @@ void jb_jit_init(uint64_t error_result, uint64_t extra_offset, uint64_t nextra_o
     pthread_once(&g_bare_once, make_key);
 }
 
-void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra)
+void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python)
 {
     if (t_bare == NULL) {
         struct bare *table = calloc(BARE_SLOTS, sizeof *table);
@@ -66,6 +105,7 @@ void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, u
     b->ctx = (char *)(uintptr_t)ctx;
     b->extra = extra;
     b->nextra = nextra;
+    b->python = python;
 }
 
 int jb_bare_bound(uint64_t token)
@@ -89,13 +129,13 @@ static inline struct bare *bound(uint64_t token)
 uint64_t jb_bare_run(uint64_t token)
 {
     struct bare *b = bound(token);
-    return b ? b->args(b->ctx, NULL, 0) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    return b ? run_args(b->args, b->ctx, NULL, 0, b->python) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
 }
 
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
 {
     struct bare *b = bound(token);
-    return b ? b->args(b->ctx, mem, size) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    return b ? run_args(b->args, b->ctx, mem, size, b->python) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
 }
 
 static inline int stopped(uint64_t result, const void *ctx, uint64_t status_offset)
@@ -104,12 +144,12 @@ static inline int stopped(uint64_t result, const void *ctx, uint64_t status_offs
 }
 
 uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
-                       const uint64_t *lens, uint64_t n, uint64_t *results)
+                       const uint64_t *lens, uint64_t n, uint64_t *results, void *python)
 {
     args_fn fn = (args_fn)(uintptr_t)entry;
     void *c = (void *)(uintptr_t)ctx;
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = fn(c, (const void *)(uintptr_t)base, lens[i]);
+        uint64_t r = run_args(fn, c, (const void *)(uintptr_t)base, lens[i], python);
         results[i] = r;
         if (stopped(r, c, status_offset))
             return i;
@@ -119,12 +159,12 @@ uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uin
 }
 
 uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
-                        uint64_t record_size, uint64_t n, uint64_t *results)
+                        uint64_t record_size, uint64_t n, uint64_t *results, void *python)
 {
     args_fn fn = (args_fn)(uintptr_t)entry;
     void *c = (void *)(uintptr_t)ctx;
     for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = fn(c, (const void *)(uintptr_t)(base + i * record_size), record_size);
+        uint64_t r = run_args(fn, c, (const void *)(uintptr_t)(base + i * record_size), record_size, python);
         results[i] = r;
         if (stopped(r, c, status_offset))
             return i;

@@ -23,14 +23,13 @@ from jitbpf.isa import FP, MASK64, Instruction, Kind, PseudoSrc, sign_extend
 from jitbpf.jit.encoding import Assembler, default_cache
 from jitbpf.jit.execmem import ExecutableMemory
 from jitbpf.jit.runtime import (
-    DISPATCH_TYPE,
     ENTRY_TYPE,
     ERROR_RESULT,
     Dispatcher,
     RunContext,
     Status,
     clamp_budget,
-    helper_callback,
+    install_python_calls,
     run_error,
 )
 from jitbpf.jit.target import CompiledCode, HelperTable, Options
@@ -77,6 +76,7 @@ def runner_lib() -> Any | None:
         return None
     ctx = "struct jitbpf_ctx"
     nat.lib.jb_jit_init(ERROR_RESULT, ffi.offsetof(ctx, "extra"), ffi.offsetof(ctx, "nextra"))
+    install_python_calls(nat.ffi)
     return nat
 
 
@@ -175,18 +175,24 @@ class JitProgram:
             insn.src != PseudoSrc.IMM64 for _pc, insn in by_kind.get(Kind.LDDW, ()))
         wanted = max([i for i in (*call_ids, *helpers) if 0 <= i < MAX_TABLE], default=0) + 1
         self._capacity = max(MIN_TABLE, wanted)
-        # The dispatcher runs Python helpers (and reports unknown ids); the table holds it or a
-        # helper's native address per id.
-        self._dispatch_cb = ffi.callback(DISPATCH_TYPE, Dispatcher(helpers, self._tls))
-        self._dispatch_addr = int(ffi.cast("uintptr_t", self._dispatch_cb))
+        # Helper calls go through a table: a helper's native address per id, or the entry of the
+        # native library's compiled Python callback, which each run hands its dispatcher's handle
+        # (Python helpers, unknown ids). No cffi callback: libffi maps its trampolines writable
+        # and executable.
+        nat = runner_lib()
+        if nat is None and self._has_calls:
+            raise JitError("JIT code calls helpers through jitbpf's native library, which needs a C compiler "
+                           "to build (install gcc, or set CC); the interpreter (execute) needs none")
+        self._python: Any = None if nat is None else nat.ffi.new_handle(Dispatcher(helpers, self._tls))
+        self._dispatch_addr = 0 if nat is None else nat.address("jb_helper_python")
         self._table = ffi.new("uint64_t[]", self._capacity)
         for i in range(self._capacity):
             self._table[i] = self._dispatch_addr
         self._natives: dict[int, Helper] = {}  # helpers whose native code the table points at
-        self._thunks: dict[int, Any] = {}  # cffi callbacks of the Python helpers the table points at
         self._table_done = False  # set_helper calls from here on are registrations after compiling
         for helper in helpers.values():
             self.set_helper(helper)
+        self._note_python_calls()
         self._table_done = True
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
         options = Options(resolve_lddw, proven, table, count_budget, verified, python_calls,
@@ -201,6 +207,11 @@ class JitProgram:
         self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
         self._entry_mem: Callable[[Any], int] = self._code.function(entries["mem"], ENTRY_TYPE)
         self._entry_regions: Callable[[Any], int] = self._code.function(entries["regions"], ENTRY_TYPE)
+        # With the native library, the regions entry runs through it (see _run_code), which makes
+        # this program's dispatcher the one its Python helper calls reach: (without GIL, with).
+        self._native_entry: tuple[Callable[..., int], Callable[..., int]] | None = (
+            None if nat is None else (nat.lib.jb_run_entry, nat.lib.jb_run_entry_gil))
+        self._regions_address = self._code.address + entries["regions"]
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -210,13 +221,16 @@ class JitProgram:
             native = self._native_for(helper)
             if native:
                 self._natives[helper.id] = helper  # keeps the native code's owner alive
-                self._thunks.pop(helper.id, None)
                 self._table[helper.id] = native
             else:
                 self._natives.pop(helper.id, None)
-                thunk = helper_callback(helper, self._tls)
-                self._thunks[helper.id] = thunk
-                self._table[helper.id] = int(ffi.cast("uintptr_t", thunk))
+                self._table[helper.id] = self._dispatch_addr
+        self._note_python_calls()
+
+    def _note_python_calls(self) -> None:
+        # Whether a run may call Python (then it keeps the GIL: see _run_code).
+        self._calls_python = (Kind.CALLX in self._kinds or bool(self._python_calls)
+                              or any(i not in self._natives for i in self._call_ids))
 
     def _native_for(self, helper: Helper) -> int:
         """The C function to call for ``helper``, or 0 for its Python one. C helpers trust their
@@ -232,6 +246,14 @@ class JitProgram:
         if not _POINTER_ARGS.intersection(helper.args):
             return helper.native
         return 0
+
+    def _run_code(self, rc: RunContext) -> int:
+        """Run the regions entry on ``rc``. Programs that may call Python keep the GIL while
+        their code runs: each helper call then costs no GIL hand-over."""
+        native = self._native_entry
+        if native is None:
+            return self._entry_regions(rc.ctx)
+        return int(native[self._calls_python](self._regions_address, rc.ctx_addr, self._python))
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -256,8 +278,8 @@ class JitProgram:
         key = _region_key(extra)
         table = rc.bare_extra = _region_table(key)  # the binding's own: run_regions may replace the context's
         args = self._code.address + self.compiled.entries["args"]
-        nat.lib.jb_bare_bind(self.token, args, int(ffi.cast("uintptr_t", rc.ctx)),
-                             int(ffi.cast("uintptr_t", table)), len(key))
+        nat.lib.jb_bare_bind(self.token, args, rc.ctx_addr, int(ffi.cast("uintptr_t", table)), len(key),
+                             self._python)
         return nat
 
     def bare_bound(self) -> bool:
@@ -315,7 +337,7 @@ class JitProgram:
 
         def loop(start: int, status: int, table: Any) -> int:
             return int(nat.lib.jb_run_packed(self._args_entry(), table, status, base + offsets[start],
-                                             lens + start, n - start, results + start))
+                                             lens + start, n - start, results + start, self._python))
 
         offsets = list(itertools.accumulate(sizes, initial=0))
         try:
@@ -345,7 +367,7 @@ class JitProgram:
 
         def loop(start: int, status: int, table: Any) -> int:
             return int(nat.lib.jb_run_records(self._args_entry(), table, status, base + start * record_size,
-                                              record_size, n - start, results + start))
+                                              record_size, n - start, results + start, self._python))
 
         self._batch(loop, n, results, extra)
         del pin
@@ -365,10 +387,9 @@ class JitProgram:
         table = self._extra_table(rc, extra)
         ctx.extra, ctx.nextra = table, len(rc.extra_key)
         status = ffi.offsetof("struct jitbpf_ctx", "status")
-        ctx_addr = int(ffi.cast("uintptr_t", ctx))
         start = 0
         while start < n:
-            start += loop(start, status, ctx_addr)
+            start += loop(start, status, rc.ctx_addr)
             if start < n:
                 try:
                     results[start] = self._finish(rc, results[start])
@@ -461,11 +482,11 @@ class JitProgram:
             rc.state.begin(mem if mem.size else None, extra)
             rc.state.tail_calls_left = tail_calls_left
         if budget is None or budget == self._budget:
-            result: int = self._entry_regions(ctx)
+            result: int = self._run_code(rc)
         else:
             ctx.budget = clamp_budget(budget)
             try:
-                result = self._entry_regions(ctx)
+                result = self._run_code(rc)
             finally:
                 ctx.budget = clamp_budget(self._budget)
         del regions
@@ -511,6 +532,7 @@ class JitProgram:
     def close(self) -> None:
         """Unmap the machine code. No thread may be running it."""
         self._entry_none = self._entry_mem = self._entry_regions = _closed
+        self._native_entry = None
         self._code.close()
         if self._counting is not None:
             self._counting.close()

@@ -16,8 +16,6 @@ from jitbpf.interpreter import MAX_CALL_DEPTH, TailCall
 from jitbpf.isa import MASK64
 
 ENTRY_TYPE = "uint64_t (*)(struct jitbpf_ctx *)"  # every entry point takes the run context
-DISPATCH_TYPE = "uint64_t (uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t)"  # r1-r5, id
-HELPER_TYPE = "uint64_t (uint64_t, uint64_t, uint64_t, uint64_t, uint64_t)"  # r1-r5 (the id, 6th, unread)
 ERROR_RESULT = 0xBADC_0FFE_E0DD_F00D  # returned when a run stops early; then ``status`` tells why
 
 
@@ -136,10 +134,12 @@ def layout() -> Layout:
 class RunContext:
     """One thread's native run context for one JitProgram, and what a helper left behind."""
 
-    __slots__ = ("bare_extra", "ctx", "exc", "extra_key", "extra_regions", "helper", "helper_id", "state")
+    __slots__ = ("bare_extra", "ctx", "ctx_addr", "exc", "extra_key", "extra_regions", "helper", "helper_id",
+                 "state")
 
     def __init__(self, state: Any, budget: int) -> None:
         self.ctx: Any = ffi.new("struct jitbpf_ctx *")  # the struct generated code reads and writes
+        self.ctx_addr = int(ffi.cast("uintptr_t", self.ctx))  # its address, as native calls take it
         self.ctx.stack_base = state.stack_base
         self.ctx.frame_pointer = state.frame_pointer()
         self.ctx.budget = clamp_budget(budget)
@@ -153,12 +153,13 @@ class RunContext:
 
 
 class Dispatcher:
-    """Runs Python helpers for generated code (through a cffi callback) and parks their failures
-    on the calling thread's run context: nothing may propagate into native frames.
+    """What a program's Python helper calls need: the helpers, and where to park a failure.
 
-    Kept apart from the JitProgram so that the callback does not make a reference cycle through
-    the program (and, via the VM, through the stack buffers, which the garbage collector must
-    never have to break).
+    Generated code reaches Python through the native library's compiled callback
+    (``install_python_calls``), which each run hands this object's handle; nothing may propagate
+    into native frames, so failures are parked on the calling thread's run context. Kept apart
+    from the JitProgram so that neither makes a reference cycle through the program (and, via the
+    VM, through the stack buffers, which the garbage collector must never have to break).
     """
 
     __slots__ = ("helpers", "tls")
@@ -167,37 +168,30 @@ class Dispatcher:
         self.helpers = helpers  # the VM's live helper dict
         self.tls = tls  # .rc: the calling thread's RunContext
 
-    def __call__(self, a: int, b: int, c: int, d: int, e: int, helper_id: int) -> int:
-        helper = self.helpers.get(helper_id)
+
+def install_python_calls(nffi: Any) -> None:
+    """Implement the native library's ``jb_python_call`` (once per process): one Python helper
+    call from generated code, whose run passed its program's Dispatcher handle. It returns r0,
+    or 0 with the failure parked (the code then sees ``pending``). The callback is compiled into
+    the library: calling Python needs no trampoline page, none writable and executable."""
+    from_handle = nffi.from_handle
+
+    def python_call(handle: Any, helper_id: int, a: int, b: int, c: int, d: int, e: int) -> int:
+        dispatcher: Dispatcher = from_handle(handle)
+        helper = dispatcher.helpers.get(helper_id)
         failure: BaseException | None = None
         if helper is not None:
             try:
                 return int(helper.fn(a, b, c, d, e)) & MASK64
             except BaseException as exc:
                 failure = exc
-        rc: RunContext = self.tls.rc
+        rc: RunContext = dispatcher.tls.rc
         rc.exc, rc.helper, rc.helper_id = failure, helper, helper_id
         rc.ctx.pending = 1
         del failure  # the exception's traceback holds this frame: no cycle back to it
         return 0
 
-
-def helper_callback(helper: Helper, tls: threading.local) -> Any:
-    """One Python helper as its own cffi callback, which the helper table points at (no lookup by
-    id on the way). cffi hands an exception the helper raises to ``onerror``, which parks it on the
-    calling thread's run context as the Dispatcher does; the call then returns 0 and the generated
-    code sees ``pending``."""
-    fn = helper.fn
-
-    def call(a: int, b: int, c: int, d: int, e: int) -> int:
-        return int(fn(a, b, c, d, e)) & MASK64
-
-    def onerror(_kind: type[BaseException], exc: BaseException, _tb: object) -> None:
-        rc: RunContext = tls.rc
-        rc.exc, rc.helper, rc.helper_id = exc, helper, helper.id
-        rc.ctx.pending = 1
-
-    return ffi.callback(HELPER_TYPE, call, onerror=onerror)
+    nffi.def_extern(name="jb_python_call")(python_call)
 
 
 def clamp_budget(budget: int) -> int:
