@@ -135,6 +135,7 @@ class VM(ProgramRunners):
         self.helpers[h.id] = h
         self._checked = False
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind: the helper may need Python
+        self._config_changed()  # native typed-run bindings are redone (jitbpf.pktrun)
         if self._jit is not None:
             self._jit.set_helper(h)
 
@@ -169,6 +170,7 @@ class VM(ProgramRunners):
             bpf_map.handle = handle
         self._checked = False
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind with this map's regions
+        self._config_changed()  # native typed-run bindings are redone (jitbpf.pktrun)
         return handle
 
     def map_by_name(self, name: str) -> Any:
@@ -452,6 +454,7 @@ class VM(ProgramRunners):
         """Release the machine code (unmaps the executable pages)."""
         self._closed = True
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM
+        self._config_changed()
         if self._jit is not None:
             self._jit.close()
             self._jit = None
