@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import array
 import ctypes
 import enum
-import struct
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
+from jitbpf import pktrun
+from jitbpf._native import native
 from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64, Kind
+from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.memory import Region
+from jitbpf.pktrun import NO_FIELD, FrameLayout
 from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
@@ -173,13 +177,10 @@ class Helpers(enum.IntEnum):
 
 
 KERNEL_HELPER_IDS = range(1, 212)  # ids the kernel defines: a program type restricts these only
-EINVAL = 22  # the kernel's error numbers, returned negated by helpers
-EFAULT = 14
+EINVAL = 22  # the kernel's error number, returned negated by helpers
 ENOTSUPP = 524
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
 XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
-XDP_METADATA_MAX = 32  # bytes of metadata before the packet (bpf_xdp_adjust_meta)
-ETH_HLEN = 14  # an Ethernet header: the least a packet keeps after adjust_head/adjust_tail
 CTX_AREA = 512  # bytes reserved for the context at the start of the run arena
 
 # -- context layouts (the kernel's uapi structs) ---------------------------------------------------
@@ -524,19 +525,52 @@ def _helper_name(helper_id: int) -> str:
 
 @dataclass
 class RunContext:
-    """The memory and state of one program run: context, packet frame, and what helpers changed."""
+    """The memory and state of one program run: context, packet frame, and what helpers changed.
+
+    The packet pointers and the redirect target live in the run's native frame (``struct
+    jb_pkt``, outside the sandbox), where the C helpers of JIT code change them too.
+    """
 
     info: ProgramType  # the program type
     arena: Pages  # context at offset 0, packet frame at CTX_AREA
-    ctx_addr: int  # address of the context
-    frame_start: int  # first byte of the packet frame (headroom start)
-    frame_end: int  # one past its last byte (tailroom end)
-    data: int  # packet start
-    data_end: int  # packet end
-    data_meta: int  # metadata start (== data when there is none)
-    redirect: int | None = None  # interface index given to bpf_redirect
+    frame: Any  # struct jb_pkt_prog * of the run (see jitbpf.pktrun)
     msg_apply: int | None = None  # bytes given to bpf_msg_apply_bytes
     msg_cork: int | None = None  # bytes given to bpf_msg_cork_bytes
+
+    @property
+    def ctx_addr(self) -> int:
+        """Address of the context."""
+        return int(self.frame.pkt.ctx)
+
+    @property
+    def frame_start(self) -> int:
+        """First byte of the packet frame (headroom start)."""
+        return int(self.frame.pkt.frame_start)
+
+    @property
+    def frame_end(self) -> int:
+        """One past the frame's last byte (tailroom end)."""
+        return int(self.frame.pkt.frame_end)
+
+    @property
+    def data(self) -> int:
+        """Packet start."""
+        return int(self.frame.pkt.data)
+
+    @property
+    def data_end(self) -> int:
+        """Packet end."""
+        return int(self.frame.pkt.data_end)
+
+    @property
+    def data_meta(self) -> int:
+        """Metadata start (== data when there is none)."""
+        return int(self.frame.pkt.data_meta)
+
+    @property
+    def redirect(self) -> int | None:
+        """Interface index given to bpf_redirect, if it was called."""
+        return _redirect_of(self.frame)
 
     def packet_bytes(self) -> bytes:
         """The packet as it is now."""
@@ -544,15 +578,30 @@ class RunContext:
         return bytes(self.arena.view[self.data - base : self.data_end - base])
 
     def sync_ctx(self) -> None:
-        """Write the packet pointers (and ``__sk_buff.len``) into the context: at the start of a
-        run, and after a helper moved them."""
-        view, at = self.arena.view, self.ctx_addr - self.arena.address
-        fmt = "<Q" if self.info.ctx is SkMsgMd else "<I"
-        values = {"packet": self.data, "packet_end": self.data_end, "packet_meta": self.data_meta}
-        for off, kind in self.info.pointer_fields.items():
-            struct.pack_into(fmt, view, at + off, values[kind])
-        if self.info.ctx is SkBuff:
-            struct.pack_into("<I", view, at + SkBuff.len.offset, self.data_end - self.data)
+        """Write the packet pointers (and ``__sk_buff.len``) into the context again."""
+        nat = native()
+        nat.lib.jb_pkt_sync(nat.ffi.addressof(self.frame, "pkt"))
+
+
+def _redirect_of(frame: Any) -> int | None:
+    pkt = frame.pkt
+    return int(pkt.redirect) if pkt.redirected else None
+
+
+def frame_layout(info: ProgramType) -> FrameLayout:
+    """What the native frame builder needs to know of ``info``'s context."""
+    where = {kind: off for off, kind in info.pointer_fields.items()}
+    skb = info.ctx is SkBuff
+    return FrameLayout(
+        ctx_size=ctypes.sizeof(info.ctx), frame_off=CTX_AREA, data=where.get("packet", NO_FIELD),
+        data_end=where.get("packet_end", NO_FIELD), data_meta=where.get("packet_meta", NO_FIELD),
+        ptr_size=8 if info.ctx is SkMsgMd else 4, length=SkBuff.len.offset if skb else NO_FIELD,
+        protocol=SkBuff.protocol.offset if skb else NO_FIELD, wire_len=SkBuff.wire_len.offset if skb else NO_FIELD,
+        headroom=info.headroom, tailroom=info.tailroom, xdp=info.prog_type is ProgType.XDP,
+    )
+
+
+TEMPLATES_KEPT = 256  # initial contexts each program state keeps built, by the fields given
 
 
 class ProgramState:
@@ -560,7 +609,23 @@ class ProgramState:
 
     def __init__(self, info: ProgramType) -> None:
         self.info = info
-        self.local = threading.local()
+        self.layout = frame_layout(info)
+        self.local = threading.local()  # .arena and .run of each thread
+        self.native = threading.local()  # .binding: each thread's jitbpf.pktrun.Binding (see config_changed)
+        self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
+
+    def add_template(self, key: Hashable, values: Mapping[str, Any]) -> bytes:
+        """The initial context (bytes) with the fields ``values`` gives, kept in ``templates``
+        under ``key`` (which stands for those values)."""
+        built = bytes(make_context(self.info, values))
+        if len(self.templates) >= TEMPLATES_KEPT:
+            self.templates.clear()
+        self.templates[key] = built
+        return built
+
+    def config_changed(self) -> None:
+        """The VM's helpers, maps or code changed: every thread's native binding is to be redone."""
+        self.native = threading.local()
 
     def current(self) -> RunContext:
         run: RunContext | None = getattr(self.local, "run", None)
@@ -604,73 +669,29 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
     """The helpers that work on a program type's context: packet access, xdp_adjust_*, redirect, ..."""
     info = state.info
 
+    # The packet helpers are C (jitbpf/_native/pkt.c), called directly by JIT code; these
+    # Python sides, for the interpreter, check the run and the pointers first.
+    nat = native()
+    lib = nat.lib
+
     def skb_load_bytes(ctx: int, offset: int, to: int, length: int, _e: int) -> int:
-        run = state.current()
-        offset, length = offset & MASK32, length & MASK32
-        size = run.data_end - run.data
-        if ctx != run.ctx_addr or length == 0 or offset + length > size:
-            if length:
-                vm.memory.write(to, bytes(min(length, 1 << 16)))
-            return _err(EFAULT)
-        vm.memory.write(to, run.arena.view[run.data - run.arena.address + offset :][:length])
-        return 0
+        state.current()
+        vm.memory.view(to, length & MASK32, writable=True)  # raises for a bad buffer
+        return int(lib.jb_direct_skb_load_bytes(ctx, offset, to, length))
 
     def skb_store_bytes(ctx: int, offset: int, src: int, length: int, _flags: int) -> int:
-        run = state.current()
-        offset, length = offset & MASK32, length & MASK32
-        if ctx != run.ctx_addr or offset + length > run.data_end - run.data:
-            return _err(EFAULT)
-        start = run.data - run.arena.address + offset
-        run.arena.view[start : start + length] = vm.memory.read(src, length)
-        return 0
+        state.current()
+        vm.memory.view(src, length & MASK32)
+        return int(lib.jb_direct_skb_store_bytes(ctx, offset, src, length))
 
-    def xdp_adjust_head(ctx: int, delta: int, _c: int, _d: int, _e: int) -> int:
-        run = state.current()
-        delta = _s32(delta)
-        metalen = run.data - run.data_meta
-        data = run.data + delta
-        if ctx != run.ctx_addr or data < run.frame_start + metalen or data > run.data_end - ETH_HLEN:
-            return _err(EINVAL)
-        if metalen:
-            base = run.arena.address
-            meta = bytes(run.arena.view[run.data_meta - base : run.data - base])
-            run.arena.view[run.data_meta + delta - base : data - base] = meta
-        run.data_meta += delta
-        run.data = data
-        run.sync_ctx()
-        return 0
+    def in_run(cname: str) -> Callable[[int, int, int, int, int], int]:
+        fn = getattr(lib, cname)
 
-    def xdp_adjust_meta(ctx: int, delta: int, _c: int, _d: int, _e: int) -> int:
-        run = state.current()
-        meta = run.data_meta + _s32(delta)
-        if ctx != run.ctx_addr or meta < run.frame_start or meta > run.data:
-            return _err(EINVAL)
-        metalen = run.data - meta
-        if metalen % 4 or metalen > XDP_METADATA_MAX:
-            return _err(13)  # EACCES
-        run.data_meta = meta
-        run.sync_ctx()
-        return 0
+        def call(a: int, b: int, c: int, d: int, e: int) -> int:
+            state.current()
+            return int(fn(a, b, c, d, e))
 
-    def xdp_adjust_tail(ctx: int, delta: int, _c: int, _d: int, _e: int) -> int:
-        run = state.current()
-        delta = _s32(delta)
-        end = run.data_end + delta
-        if ctx != run.ctx_addr or end > run.frame_end or end < run.data + ETH_HLEN:
-            return _err(EINVAL)
-        if delta > 0:
-            base = run.arena.address
-            run.arena.view[run.data_end - base : end - base] = bytes(delta)
-        run.data_end = end
-        run.sync_ctx()
-        return 0
-
-    def redirect(ifindex: int, flags: int, _c: int, _d: int, _e: int) -> int:
-        run = state.current()
-        run.redirect = ifindex & MASK32
-        if info.prog_type is ProgType.XDP:
-            return int(XdpAction.REDIRECT if flags == 0 else XdpAction.ABORTED)
-        return int(TcAction.REDIRECT if flags & ~1 == 0 else TcAction.SHOT)
+        return call
 
     def msg_apply_bytes(_msg: int, nbytes: int, _c: int, _d: int, _e: int) -> int:
         state.current().msg_apply = nbytes & MASK32
@@ -688,15 +709,19 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         run.arena.view[off : off + 4] = (flags & 0x7F).to_bytes(4, "little")
         return _err(EINVAL) if flags & ~0x7F else 0
 
+    keep = (nat.ffi, lib)
+
+    def c_helper(hid: Helpers, name: str, fn: Callable[[int, int, int, int, int], int], *args: str) -> Helper:
+        return Helper(hid, name, fn, args=args, native=nat.address(f"jb_helper_{name.removeprefix('bpf_')}"),
+                      keepalive=keep)
+
     candidates = [
-        Helper(H.SKB_LOAD_BYTES, "bpf_skb_load_bytes", skb_load_bytes,
-               args=("ctx", "scalar", "uninit_mem", "size")),
-        Helper(H.SKB_STORE_BYTES, "bpf_skb_store_bytes", skb_store_bytes,
-               args=("ctx", "scalar", "mem", "size", "scalar")),
-        Helper(H.XDP_ADJUST_HEAD, "bpf_xdp_adjust_head", xdp_adjust_head, args=("ctx", "scalar")),
-        Helper(H.XDP_ADJUST_META, "bpf_xdp_adjust_meta", xdp_adjust_meta, args=("ctx", "scalar")),
-        Helper(H.XDP_ADJUST_TAIL, "bpf_xdp_adjust_tail", xdp_adjust_tail, args=("ctx", "scalar")),
-        Helper(H.REDIRECT, "bpf_redirect", redirect),
+        c_helper(H.SKB_LOAD_BYTES, "bpf_skb_load_bytes", skb_load_bytes, "ctx", "scalar", "uninit_mem", "size"),
+        c_helper(H.SKB_STORE_BYTES, "bpf_skb_store_bytes", skb_store_bytes, "ctx", "scalar", "mem", "size", "scalar"),
+        c_helper(H.XDP_ADJUST_HEAD, "bpf_xdp_adjust_head", in_run("jb_helper_xdp_adjust_head"), "ctx", "scalar"),
+        c_helper(H.XDP_ADJUST_META, "bpf_xdp_adjust_meta", in_run("jb_helper_xdp_adjust_meta"), "ctx", "scalar"),
+        c_helper(H.XDP_ADJUST_TAIL, "bpf_xdp_adjust_tail", in_run("jb_helper_xdp_adjust_tail"), "ctx", "scalar"),
+        c_helper(H.REDIRECT, "bpf_redirect", in_run("jb_helper_redirect")),
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
@@ -796,38 +821,108 @@ def _run_context(vm: VM, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] |
     context = ctx if isinstance(ctx, ctypes.Structure) else make_context(info, ctx)
     if not isinstance(context, info.ctx):
         raise ValueError(f"{info.name} programs take a {info.ctx.__name__} context, not {type(context).__name__}")
-    data = bytes(packet) if packet is not None else b""
     if packet is not None and not info.packet:
         raise ValueError(f"{info.name} programs take no packet")
-    ctx_size = ctypes.sizeof(info.ctx)
+    return _run(vm, state, bytes(context), 0, bytes(packet) if packet is not None else b"", engine)
+
+
+def _run(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes, engine: Engine) -> RunResult:
+    """One run on the context ``template`` (with the ``derive`` fields from the packet): in one
+    native call when the program can run so (JIT, no Python helper), else through Python."""
+    info = state.info
+    if engine == "jit":
+        b = pktrun.binding(vm, state.native, state.layout, state.arena, len(data))
+        done = pktrun.run_fast(state.native, template, data, derive)
+        if done is not None:
+            retval, out = done
+            assert b.view is not None
+            after = info.ctx.from_buffer_copy(b.view[0 : state.layout.ctx_size])
+            return RunResult(retval, after, out if info.packet else None, _redirect_of(b.frame))
+    elif engine != "interp":
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    return _run_python(vm, state, template, derive, data, engine)
+
+
+def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes, engine: Engine) -> RunResult:
+    """A run through the VM's region runners (the interpreter, or the JIT with Python helpers
+    and tail calls), on memory the native frame builder laid out."""
+    info = state.info
     arena, ctx_region, pkt_region = state.arena(CTX_AREA + info.headroom + len(data) + info.tailroom)
-    base = arena.address
-    frame_start = base + CTX_AREA
-    start = frame_start + info.headroom
-    end = start + len(data)
-    run = RunContext(info, arena, base, frame_start, end + info.tailroom, start, end, start)
-    view = arena.view
-    view[start - base : end - base] = data
-    view[0:ctx_size] = bytes(context)
-    if info.packet:
-        run.sync_ctx()
+    frame = pktrun.new_frame(state.layout, arena)
+    pktrun.build_frame(frame, template, data, derive)
+    run = RunContext(info, arena, frame)
+    base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
-    legacy = Region(start, len(data), view[start - base : end - base], False, "packet")
+    legacy = Region(start, len(data), arena.view[start - base : start - base + len(data)], False, "packet")
     states = [state, *_tail_call_states(vm)]
     for s in states:
         s.local.run = run
+    nat = native()
+    previous = nat.lib.jb_pkt_enter(nat.ffi.addressof(frame, "pkt"))  # what the C helpers act on
     try:
         if engine == "jit":
             retval = vm.execute_jit_regions(ctx_region, extra, base, 0, packet=legacy)
         else:
             retval = vm.execute_regions(ctx_region, extra, base, 0, packet=legacy)
     finally:
+        nat.lib.jb_pkt_enter(previous)
         for s in states:
             s.local.run = None
-    after = info.ctx.from_buffer_copy(arena.view[0:ctx_size])
+    after = info.ctx.from_buffer_copy(arena.view[0 : state.layout.ctx_size])
     extras = {k: v for k, v in (("msg_apply_bytes", run.msg_apply), ("msg_cork_bytes", run.msg_cork))
               if v is not None}
     return RunResult(retval, after, run.packet_bytes() if info.packet else None, run.redirect, extras)
+
+
+def _run_packet(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes, engine: Engine
+                ) -> tuple[int, bytes]:
+    """r0 and the packet after one run: the single native call when it can be, without building
+    the rest of a RunResult (what run_xdp and the other packet runners return)."""
+    done = pktrun.run_fast(state.native, template, data, derive) if engine == "jit" else None
+    if done is not None:
+        return done
+    res = _run(vm, state, template, derive, data, engine)
+    assert res.packet is not None
+    return res.retval, res.packet
+
+
+def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int, packets: pktrun.Batch, *,
+              engine: Engine = "jit", threads: int = 1, keep_packets: bool = False,
+              keep_errors: bool = False) -> pktrun.BatchOutcome:
+    """Every packet of ``packets`` run on the context ``template``: with the JIT (and no Python
+    helper) in native loops, over ``threads`` threads; else one run at a time."""
+    from jitbpf.vm import _split
+
+    n = len(packets.lens)
+    outcome = pktrun.BatchOutcome(array.array("Q"), [b""] * n if keep_packets else None, {} if keep_errors else None)
+    longest = max(packets.lens, default=0)
+    probe = None
+    if engine == "jit":
+        probe = pktrun.binding(vm, state.native, state.layout, state.arena, longest)
+    elif engine != "interp":
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if probe is not None and probe.frame is not None:
+        def run(lo: int, hi: int) -> array.array[int]:
+            b = pktrun.binding(vm, state.native, state.layout, state.arena, longest)
+            return pktrun.run_slice(b, template, derive, packets, lo, hi, outcome, outcome.packets)
+
+        outcome.results = _split(n, threads, run)
+        return outcome
+    view = memoryview(packets.data)
+    for i, (off, ln) in enumerate(zip(packets.offsets, packets.lens, strict=True)):
+        try:
+            res = _run(vm, state, template, derive, bytes(view[off : off + ln]), engine)
+        except ExecutionError as err:
+            if outcome.errors is None:
+                err.add_note(f"in packet {i} of the batch")
+                raise
+            outcome.errors[i] = err
+            outcome.results.append(ERROR_RESULT)
+            continue
+        outcome.results.append(res.retval)
+        if outcome.packets is not None and res.packet is not None:
+            outcome.packets[i] = res.packet
+    return outcome
 
 
 def _tail_call_states(vm: VM) -> list[ProgramState]:
@@ -850,31 +945,50 @@ def _tail_call_states(vm: VM) -> list[ProgramState]:
     return found
 
 
+BATCH_TYPES = (ProgType.XDP, ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.CGROUP_SKB,
+               ProgType.SK_SKB)  # the program types run_batch takes
+_XDP = ProgType.XDP  # a global: cheaper than the enum's attribute on every run
+_XDP_ACTIONS = tuple(XdpAction)  # by value: cheaper than calling the enum on every run
+_TC_ACTIONS = {int(a): a for a in TcAction}
+_SK_ACTIONS = tuple(SkAction)
+
+
 def _xdp_action(retval: int) -> int:
     value = retval & MASK32
-    return XdpAction(value) if value <= XdpAction.REDIRECT else value
+    return _XDP_ACTIONS[value] if value < len(_XDP_ACTIONS) else value
 
 
 def _tc_action(retval: int) -> int:
     value = _s32(retval)
-    return TcAction(value) if TcAction.UNSPEC <= value <= TcAction.REDIRECT else value
+    return _TC_ACTIONS.get(value, value)
 
 
 def _sk_action(retval: int) -> int:
     value = retval & MASK32
-    return SkAction(value) if value <= SkAction.PASS else value
+    return _SK_ACTIONS[value] if value < len(_SK_ACTIONS) else value
 
 
-def _ethertype(packet: bytes) -> int:
-    """``skb->protocol``: the Ethernet type as the kernel stores it (network order in a u32)."""
-    return int.from_bytes(packet[12:14], "little") if len(packet) >= ETH_HLEN else 0
+_DERIVE_WIRE_LEN = 4  # enum jb_derive: wire_len from the packet (the other members are read from the library)
 
 
-def _skb_fields(packet: bytes, fields: Mapping[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {"len": len(packet), "protocol": _ethertype(packet), "ifindex": 1,
-                              "ingress_ifindex": 1, "wire_len": len(packet)}
-    values.update(fields)
-    return values
+def _skb_template(state: ProgramState, fields: Mapping[str, Any], protocol: int) -> tuple[bytes, int]:
+    """The initial ``__sk_buff`` of a packet run, and what the frame builder derives from each
+    packet: ``protocol`` (the jb_derive way to find it) and ``wire_len``, unless ``fields``
+    give them; ``len`` always follows the packet."""
+    if not fields:
+        key: Hashable = protocol
+        derive = protocol | _DERIVE_WIRE_LEN
+    else:
+        key = (protocol, *sorted(fields.items()))
+        derive = (0 if "protocol" in fields else protocol) | (0 if "wire_len" in fields else _DERIVE_WIRE_LEN)
+    values = {"ifindex": 1, "ingress_ifindex": 1, **fields}
+    try:
+        template = state.templates.get(key)
+    except TypeError:  # unhashable field values (lists): built each time
+        return bytes(make_context(state.info, values)), derive
+    return template or state.add_template(key, values), derive
+
+
 
 
 def _regs_context(regs: Mapping[str, int] | Sequence[int]) -> PtRegs:
@@ -924,6 +1038,11 @@ class ProgramRunners:
     def _init_program_type(self, prog_type: ProgType | int | str | None) -> None:
         _setup(self, prog_type)
 
+    def _config_changed(self) -> None:
+        state = getattr(self, "program_state", None)
+        if state is not None:
+            state.config_changed()
+
     def _vm(self) -> VM:
         return cast("VM", self)
 
@@ -951,45 +1070,86 @@ class ProgramRunners:
     def run_xdp(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                 ingress_ifindex: int = 1, rx_queue_index: int = 0) -> tuple[int, bytes]:
         """XDP: ``(action, packet after the run)``; action is an ``XdpAction`` when r0 is one."""
-        self._expect(ProgType.XDP)
-        res = run_context(self._vm(), XdpMd(ingress_ifindex=ingress_ifindex, rx_queue_index=rx_queue_index),
-                          packet=packet, engine=engine)
-        assert res.packet is not None
-        return _xdp_action(res.retval), res.packet
+        state = self.program_state
+        if state is None or self.prog_type is not _XDP:
+            self._expect(ProgType.XDP)
+        assert state is not None
+        key = (ingress_ifindex, rx_queue_index)
+        template = state.templates.get(key) or state.add_template(
+            key, {"ingress_ifindex": ingress_ifindex, "rx_queue_index": rx_queue_index})
+        data = packet if type(packet) is bytes else bytes(packet)
+        # The per-packet path: one native call when this thread's binding is good for the run.
+        done = pktrun.run_fast(state.native, template, data, 0) if engine == "jit" else None
+        retval, after = done or _run_packet(self._vm(), state, template, 0, data, engine)
+        value = retval & MASK32  # _xdp_action, inline
+        return _XDP_ACTIONS[value] if value < len(_XDP_ACTIONS) else value, after
 
     def run_socket_filter(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                           **skb: Any) -> int:
         """Socket filter: how many bytes of the packet to keep (0 drops it)."""
-        self._expect(ProgType.SOCKET_FILTER)
-        data = bytes(packet)
-        return run_context(self._vm(), _skb_fields(data, skb), packet=data, engine=engine).retval & MASK32
+        return self._run_skb((ProgType.SOCKET_FILTER,), packet, engine, skb)[0] & MASK32
 
     def run_tc(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                **skb: Any) -> tuple[int, bytes]:
         """tc classifier/action: ``(verdict, packet after)``; verdict is a ``TcAction`` when r0 is one."""
-        self._expect(ProgType.SCHED_CLS, ProgType.SCHED_ACT)
-        data = bytes(packet)
-        res = run_context(self._vm(), _skb_fields(data, skb), packet=data, engine=engine)
-        assert res.packet is not None
-        return _tc_action(res.retval), res.packet
+        retval, after = self._run_skb((ProgType.SCHED_CLS, ProgType.SCHED_ACT), packet, engine, skb)
+        return _tc_action(retval), after
 
     def run_cgroup_skb(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                        **skb: Any) -> int:
         """cgroup_skb: 1 lets the packet through, 0 drops it. The packet starts at the IP header."""
-        self._expect(ProgType.CGROUP_SKB)
-        data = bytes(packet)
-        ethertype = 0x0800 if data[:1] and data[0] >> 4 == 4 else 0x86DD
-        fields = {"protocol": int.from_bytes(ethertype.to_bytes(2, "big"), "little"), **skb}
-        return run_context(self._vm(), _skb_fields(data, fields), packet=data, engine=engine).retval & MASK32
+        return self._run_skb((ProgType.CGROUP_SKB,), packet, engine, skb)[0] & MASK32
 
     def run_sk_skb(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                    **skb: Any) -> tuple[int, bytes]:
         """sk_skb: ``(verdict or parsed length, data after)``; a verdict is an ``SkAction``."""
-        self._expect(ProgType.SK_SKB)
-        data = bytes(packet)
-        res = run_context(self._vm(), _skb_fields(data, skb), packet=data, engine=engine)
-        assert res.packet is not None
-        return _sk_action(res.retval), res.packet
+        retval, after = self._run_skb((ProgType.SK_SKB,), packet, engine, skb)
+        return _sk_action(retval), after
+
+    def _run_skb(self, kinds: tuple[ProgType, ...], packet: bytes | bytearray | memoryview, engine: Engine,
+                 skb: Mapping[str, Any]) -> tuple[int, bytes]:
+        state = self.program_state
+        if state is None or self.prog_type not in kinds:
+            self._expect(*kinds)
+        state, template, derive = self._packet_context(skb)
+        data = packet if type(packet) is bytes else bytes(packet)
+        return _run_packet(self._vm(), state, template, derive, data, engine)
+
+    def _packet_context(self, fields: Mapping[str, Any]) -> tuple[ProgramState, bytes, int]:
+        """The program state, initial context and derived fields of a packet run with ``fields``."""
+        state = self.program_state
+        lib = native().lib
+        match self.prog_type:
+            case ProgType.XDP:
+                assert state is not None
+                key = ("xdp", *sorted(fields.items()))
+                return state, state.templates.get(key) or state.add_template(key, {"ingress_ifindex": 1, **fields}), 0
+            case ProgType.SOCKET_FILTER | ProgType.SCHED_CLS | ProgType.SCHED_ACT | ProgType.SK_SKB:
+                assert state is not None
+                return (state, *_skb_template(state, fields, lib.JB_DERIVE_ETH_PROTOCOL))
+            case ProgType.CGROUP_SKB:
+                assert state is not None
+                return (state, *_skb_template(state, fields, lib.JB_DERIVE_IP_PROTOCOL))
+            case _:
+                self._expect(*BATCH_TYPES)
+                raise AssertionError("unreachable")
+
+    def run_batch(self, packets: Sequence[bytes | bytearray | memoryview] | pktrun.Batch, *,
+                  engine: Engine = "jit", threads: int = 1, keep_packets: bool = False,
+                  **fields: Any) -> pktrun.BatchOutcome:
+        """Run an XDP, tc, socket filter, cgroup_skb or sk_skb program on every packet, with the
+        context fields given by name: ``outcome.results`` holds each r0 (``array("Q")``), and
+        with ``keep_packets`` ``outcome.packets`` each packet after its run.
+
+        With the JIT, programs that call no Python helper run the whole batch in native loops,
+        ``threads`` of them (the GIL released, each thread with its own CPU id for per-CPU
+        maps); others run one packet at a time. A failing packet raises its error, with a note
+        naming its index.
+        """
+        state, template, derive = self._packet_context(fields)
+        batch = packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
+        return run_batch(self._vm(), state, template, derive, batch, engine=engine, threads=threads,
+                         keep_packets=keep_packets)
 
     def run_sk_msg(self, message: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                    **fields: Any) -> int:

@@ -145,6 +145,7 @@ class VM(ProgramRunners):
         self.helpers[h.id] = h
         self._checked = False
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind: the helper may need Python
+        self._config_changed()  # native typed-run bindings are redone (jitbpf.pktrun)
         if self._jit is not None:
             self._jit.set_helper(h)
 
@@ -184,6 +185,7 @@ class VM(ProgramRunners):
             bpf_map.handle = handle
         self._checked = False
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind with this map's regions
+        self._config_changed()  # native typed-run bindings are redone (jitbpf.pktrun)
         return handle
 
     def map_by_name(self, name: str) -> Any:
@@ -562,6 +564,7 @@ class VM(ProgramRunners):
         self._release()
 
     def _release(self) -> None:
+        self._config_changed()
         jit, self._jit = self._jit, None
         if jit is not None:
             jit.close()

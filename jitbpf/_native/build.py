@@ -22,7 +22,7 @@ from jitbpf.errors import MapError
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "jbmaps.h"
-SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c")
+SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c", HERE / "pkt.c")
 CFLAGS = ("-O2", "-std=gnu11", "-pthread", "-fno-strict-aliasing")
 LDFLAGS = ("-pthread",)
 CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory

@@ -127,4 +127,65 @@ uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, ui
 JB_EXTERN_PYTHON uint64_t jb_python_call(void *python, uint64_t id, uint64_t r1, uint64_t r2, uint64_t r3,
                                          uint64_t r4, uint64_t r5);
 
+/* Program-type runs (pkt.c): a run's packet state, outside the sandbox; the binding of one
+   thread to one typed program (its arena, run context and entry); where the run context keeps
+   the fields the "regions" entry reads (offsets from the Python side's declaration). */
+struct jb_pkt {
+    uint64_t ctx;            /* the context's address (arena offset 0) */
+    uint64_t frame_start;    /* first byte of the frame: the headroom */
+    uint64_t frame_end;      /* one past the tailroom */
+    uint64_t data;           /* packet start, end and metadata start, as helpers move them */
+    uint64_t data_end;
+    uint64_t data_meta;
+    uint64_t redirect;       /* ifindex given to bpf_redirect */
+    uint32_t redirected;     /* 1 once bpf_redirect was called */
+    uint32_t xdp;            /* bpf_redirect returns XDP verdicts (else tc's) */
+    int32_t off_data;        /* context offsets of the fields kept in step with the above (-1: none) */
+    int32_t off_data_end;
+    int32_t off_data_meta;
+    int32_t off_len;         /* __sk_buff.len */
+    uint32_t ptr_size;       /* width of the pointer fields: 4, or 8 (sk_msg_md) */
+    uint32_t ctx_size;       /* bytes of the context */
+};
+struct jb_pkt_prog {
+    struct jb_pkt pkt;       /* the program type's layout, and the current run */
+    uint64_t entry;          /* the program's "regions" entry */
+    uint64_t jctx;           /* the thread's jitbpf_ctx for it */
+    uint64_t extra;          /* its region table (the frame area, the maps) and count */
+    uint64_t nextra;
+    uint64_t arena;          /* sandbox memory: the context at 0, the frame at frame_off */
+    uint64_t arena_size;
+    uint64_t frame_off;
+    uint64_t headroom;       /* bytes before the packet, and after it, that helpers may claim */
+    uint64_t tailroom;
+    int32_t off_protocol;    /* __sk_buff.protocol and wire_len, for fields derived per packet */
+    int32_t off_wire_len;
+    uint64_t tmpl;           /* the initial context (ctx_size bytes), and the fields derived from */
+    uint64_t derive;         /* each packet (enum jb_derive) */
+    uint64_t out[3];         /* after jb_pkt_run: the packet's arena offset, length, and 1 if unchanged */
+};
+struct jb_ctx_offsets {
+    uint64_t mem, mem_size, mem_writable, r1, r2, pkt_base, pkt_size, extra, nextra, status;
+};
+enum jb_derive {             /* context fields jb_pkt_frame derives from each packet */
+    JB_DERIVE_ETH_PROTOCOL = 1,  /* protocol: the Ethernet type */
+    JB_DERIVE_IP_PROTOCOL = 2,   /* protocol: IPv4 or IPv6 by the version nibble */
+    JB_DERIVE_WIRE_LEN = 4       /* wire_len: the packet's length */
+};
+void jb_pkt_init(uint64_t error_result, const struct jb_ctx_offsets *offsets);
+struct jb_pkt *jb_pkt_enter(struct jb_pkt *run);
+void jb_pkt_sync(struct jb_pkt *run);
+int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
+uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
+uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t *offsets, const uint64_t *lens,
+                      uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens);
+uint64_t jb_helper_xdp_adjust_head(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_xdp_adjust_meta(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_xdp_adjust_tail(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_redirect(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_skb_load_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_skb_store_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len);
+uint64_t jb_direct_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t len);
+
 #endif

@@ -291,6 +291,14 @@ class JitProgram:
         """The outcome of this thread's bare run that returned ``ERROR_RESULT``."""
         return self._finish(self._tls.rc, result)
 
+    def regions_binding(self) -> tuple[int, RunContext] | None:
+        """The "regions" entry's address and this thread's run context, for native runners that
+        fill the context's inputs themselves (``jitbpf.pktrun``); None when runs need Python
+        (``batchable`` is false) or the code is gone. Results of ``ERROR_RESULT`` go to ``finish``."""
+        if runner_lib() is None or self.closed or not self.batchable:
+            return None
+        return self._code.address + self.compiled.entries["regions"], self._thread_context()
+
     def _thread_context(self) -> RunContext:
         try:
             rc: RunContext = self._tls.rc

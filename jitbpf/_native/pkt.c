@@ -1,0 +1,299 @@
+/* Program-type runs in native code: the context and packet frame built in sandbox memory, the
+ * program run, and the helpers that read, write or move the packet.
+ *
+ * The arena (sandbox memory, one per thread and program) holds the context at offset 0 and the
+ * frame at frame_off: headroom, packet, tailroom. Building it here is the one definition of a
+ * typed run's memory: the Python runners (both engines) call jb_pkt_frame, the native runners
+ * call it and then the program's "regions" entry, one native call per packet or per batch.
+ *
+ * The state helpers change (data, data_end, data_meta, redirect) lives in struct jb_pkt, outside
+ * the sandbox, so a program cannot forge it; the context's pointer fields are written from it
+ * after each change. Helpers find the run of their thread through t_pkt, set around each run.
+ * Called outside a typed run (no t_pkt), they fail with -EINVAL.
+ */
+#include "jbmaps.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define UNUSED __attribute__((unused))
+#define PTR(x) ((void *)(uintptr_t)(x))
+#define RET(x) ((uint64_t)(int64_t)(x))
+#define ETH_HLEN 14          /* the least a packet keeps after xdp_adjust_head/tail */
+#define XDP_METADATA_MAX 32  /* bytes of metadata before the packet (xdp_adjust_meta) */
+#define XDP_ABORTED 0
+#define XDP_REDIRECT 4
+#define TC_ACT_SHOT 2
+#define TC_ACT_REDIRECT 7
+
+typedef uint64_t (*entry_fn)(void *ctx);
+
+/* Where the run context keeps what the "regions" entry reads (from jb_pkt_init). */
+static struct jb_ctx_offsets g_off;
+static uint64_t g_error_result;
+static __thread struct jb_pkt *t_pkt __attribute__((tls_model("initial-exec")));
+
+void jb_pkt_init(uint64_t error_result, const struct jb_ctx_offsets *offsets)
+{
+    g_off = *offsets;
+    __atomic_store_n(&g_error_result, error_result, __ATOMIC_RELEASE);
+}
+
+struct jb_pkt *jb_pkt_enter(struct jb_pkt *run)
+{
+    struct jb_pkt *prev = t_pkt;
+    t_pkt = run;
+    return prev;
+}
+
+static inline void put32(uint64_t ctx, int32_t off, uint64_t value)
+{
+    if (off >= 0) {
+        uint32_t v = (uint32_t)value;
+        memcpy((char *)PTR(ctx) + off, &v, 4);
+    }
+}
+
+void jb_pkt_sync(struct jb_pkt *run)
+{
+    if (run->ptr_size == 8) {
+        int32_t offs[3] = {run->off_data, run->off_data_end, run->off_data_meta};
+        uint64_t vals[3] = {run->data, run->data_end, run->data_meta};
+        for (int i = 0; i < 3; i++)
+            if (offs[i] >= 0)
+                memcpy((char *)PTR(run->ctx) + offs[i], &vals[i], 8);
+    } else {
+        put32(run->ctx, run->off_data, run->data);
+        put32(run->ctx, run->off_data_end, run->data_end);
+        put32(run->ctx, run->off_data_meta, run->data_meta);
+    }
+    put32(run->ctx, run->off_len, run->data_end - run->data);
+}
+
+/* skb->protocol as the kernel stores it: the Ethernet type in network order, in a u32. */
+static uint32_t eth_protocol(const uint8_t *data, uint64_t len)
+{
+    return len >= ETH_HLEN ? (uint32_t)data[12] | (uint32_t)data[13] << 8 : 0;
+}
+
+/* cgroup_skb sees the packet from its IP header: IPv4 by its version nibble, else IPv6. */
+static uint32_t ip_protocol(const uint8_t *data, uint64_t len)
+{
+    return len >= 1 && data[0] >> 4 == 4 ? 0x0008 : 0xDD86;
+}
+
+int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
+{
+    if (len > p->arena_size || p->frame_off + p->headroom + p->tailroom > p->arena_size - len)
+        return -EMSGSIZE;
+    struct jb_pkt *run = &p->pkt;
+    uint64_t frame = p->arena + p->frame_off;
+    uint64_t start = frame + p->headroom;
+    memset(PTR(frame), 0, p->headroom); /* as fresh as the kernel's test-run buffer */
+    memcpy(PTR(start), data, len);
+    memcpy(PTR(p->arena), PTR(p->tmpl), run->ctx_size);
+    run->ctx = p->arena;
+    run->frame_start = frame;
+    run->data = run->data_meta = start;
+    run->data_end = start + len;
+    run->frame_end = start + len + p->tailroom;
+    run->redirect = 0;
+    run->redirected = 0;
+    if (p->derive & JB_DERIVE_ETH_PROTOCOL)
+        put32(run->ctx, p->off_protocol, eth_protocol(data, len));
+    if (p->derive & JB_DERIVE_IP_PROTOCOL)
+        put32(run->ctx, p->off_protocol, ip_protocol(data, len));
+    if (p->derive & JB_DERIVE_WIRE_LEN)
+        put32(run->ctx, p->off_wire_len, len);
+    jb_pkt_sync(run);
+    return 0;
+}
+
+static inline void set(char *ctx, uint64_t off, uint64_t value) { memcpy(ctx + off, &value, 8); }
+
+static inline uint64_t get(const char *ctx, uint64_t off)
+{
+    uint64_t v;
+    memcpy(&v, ctx + off, 8);
+    return v;
+}
+
+/* Run the program on the frame jb_pkt_frame built: r1 = the context, which is also the checked
+   "mem" region; the frame area and the maps are the extra regions; the packet as first built is
+   what LD_ABS/LD_IND read. */
+static uint64_t run_built(struct jb_pkt_prog *p, uint64_t len)
+{
+    char *c = PTR(p->jctx);
+    set(c, g_off.mem, p->arena);
+    set(c, g_off.mem_size, p->pkt.ctx_size);
+    set(c, g_off.mem_writable, 1);
+    set(c, g_off.r1, p->arena);
+    set(c, g_off.r2, 0);
+    set(c, g_off.pkt_base, p->pkt.data);
+    set(c, g_off.pkt_size, len);
+    set(c, g_off.extra, p->extra);
+    set(c, g_off.nextra, p->nextra);
+    struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
+    uint64_t r = ((entry_fn)(uintptr_t)p->entry)(c);
+    t_pkt = prev;
+    return r;
+}
+
+static inline int stopped(const struct jb_pkt_prog *p, uint64_t r)
+{
+    return r == g_error_result && get(PTR(p->jctx), g_off.status) != 0;
+}
+
+uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
+{
+    uint64_t *out = p->out;
+    if (jb_pkt_frame(p, data, len) != 0) {
+        out[0] = out[1] = out[2] = 0;
+        return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    }
+    uint64_t start = p->pkt.data;
+    uint64_t r = run_built(p, len);
+    const struct jb_pkt *run = &p->pkt;
+    out[0] = run->data - p->arena;
+    out[1] = run->data_end - run->data;
+    out[2] = run->data == start && out[1] == len && memcmp(PTR(start), data, len) == 0;
+    return r;
+}
+
+uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t *offsets, const uint64_t *lens,
+                      uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens)
+{
+    uint64_t grow = p->headroom + p->tailroom;
+    for (uint64_t i = 0; i < n; i++) {
+        if (jb_pkt_frame(p, base + offsets[i], lens[i]) != 0) {
+            results[i] = g_error_result;
+            return i;
+        }
+        uint64_t r = run_built(p, lens[i]);
+        results[i] = r;
+        if (stopped(p, r))
+            return i;
+        if (out != NULL) {
+            uint64_t size = p->pkt.data_end - p->pkt.data;
+            memcpy(out, PTR(p->pkt.data), size);
+            out_lens[i] = size;
+            out += lens[i] + grow;
+        }
+    }
+    return n;
+}
+
+/* -- helpers (eBPF calling convention; the direct forms trust their pointer arguments) -------- */
+
+static inline struct jb_pkt *run_of(uint64_t ctx)
+{
+    struct jb_pkt *run = t_pkt;
+    return run != NULL && run->ctx == ctx ? run : NULL;
+}
+
+static inline int64_t s32(uint64_t x) { return (int32_t)(uint32_t)x; }
+
+uint64_t jb_helper_xdp_adjust_head(uint64_t ctx, uint64_t delta, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return RET(-EINVAL);
+    int64_t d = s32(delta);
+    uint64_t metalen = run->data - run->data_meta;
+    int64_t data = (int64_t)run->data + d;
+    if (data < (int64_t)(run->frame_start + metalen) || data > (int64_t)run->data_end - ETH_HLEN)
+        return RET(-EINVAL);
+    if (metalen)
+        memmove(PTR(run->data_meta + d), PTR(run->data_meta), metalen);
+    run->data_meta += d;
+    run->data = (uint64_t)data;
+    jb_pkt_sync(run);
+    return 0;
+}
+
+uint64_t jb_helper_xdp_adjust_meta(uint64_t ctx, uint64_t delta, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return RET(-EINVAL);
+    int64_t meta = (int64_t)run->data_meta + s32(delta);
+    if (meta < (int64_t)run->frame_start || meta > (int64_t)run->data)
+        return RET(-EINVAL);
+    uint64_t metalen = run->data - (uint64_t)meta;
+    if (metalen % 4 || metalen > XDP_METADATA_MAX)
+        return RET(-EACCES);
+    run->data_meta = (uint64_t)meta;
+    jb_pkt_sync(run);
+    return 0;
+}
+
+uint64_t jb_helper_xdp_adjust_tail(uint64_t ctx, uint64_t delta, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return RET(-EINVAL);
+    int64_t d = s32(delta);
+    int64_t end = (int64_t)run->data_end + d;
+    if (end > (int64_t)run->frame_end || end < (int64_t)run->data + ETH_HLEN)
+        return RET(-EINVAL);
+    if (d > 0)
+        memset(PTR(run->data_end), 0, (uint64_t)d);
+    run->data_end = (uint64_t)end;
+    jb_pkt_sync(run);
+    return 0;
+}
+
+uint64_t jb_helper_redirect(uint64_t ifindex, uint64_t flags, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                            uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = t_pkt;
+    if (run == NULL)
+        return RET(-EINVAL);
+    run->redirect = (uint32_t)ifindex;
+    run->redirected = 1;
+    if (run->xdp)
+        return flags == 0 ? XDP_REDIRECT : XDP_ABORTED;
+    return (flags & ~(uint64_t)1) == 0 ? TC_ACT_REDIRECT : TC_ACT_SHOT;
+}
+
+uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len)
+{
+    struct jb_pkt *run = run_of(ctx);
+    offset = (uint32_t)offset;
+    len = (uint32_t)len;
+    if (run == NULL || len == 0 || offset + len > run->data_end - run->data) {
+        memset(PTR(to), 0, len); /* as the kernel: the buffer is cleared on failure */
+        return RET(-EFAULT);
+    }
+    memcpy(PTR(to), PTR(run->data + offset), len);
+    return 0;
+}
+
+uint64_t jb_helper_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len, uint64_t r5 UNUSED)
+{
+    if (!jb_sbx_check(to, (uint32_t)len))
+        return RET(-EFAULT);
+    return jb_direct_skb_load_bytes(ctx, offset, to, len);
+}
+
+uint64_t jb_direct_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t len)
+{
+    struct jb_pkt *run = run_of(ctx);
+    offset = (uint32_t)offset;
+    len = (uint32_t)len;
+    if (run == NULL || offset + len > run->data_end - run->data)
+        return RET(-EFAULT);
+    memmove(PTR(run->data + offset), PTR(from), len);
+    return 0;
+}
+
+uint64_t jb_helper_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t len,
+                                   uint64_t flags UNUSED)
+{
+    if (!jb_sbx_check(from, (uint32_t)len))
+        return RET(-EFAULT);
+    return jb_direct_skb_store_bytes(ctx, offset, from, len);
+}

@@ -1,0 +1,273 @@
+"""Program-type runs in native code: the run memory that C builds for both engines
+(``jitbpf/_native/pkt.c``), and JIT runs of typed programs as one native call per packet or
+per batch, through a per-thread binding of the program to its arena and run context."""
+
+from __future__ import annotations
+
+import array
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jitbpf._ffi import ffi
+from jitbpf._native import Native, native
+from jitbpf.errors import BpfError, ExecutionError
+from jitbpf.jit.runtime import ERROR_RESULT
+from jitbpf.memory import Region
+
+if TYPE_CHECKING:
+    from jitbpf.jit import JitProgram
+    from jitbpf.sandbox import Pages
+    from jitbpf.vm import VM
+
+NO_FIELD = -1  # a field the context does not have
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """What the C frame builder needs to know of a program type (``struct jb_pkt_prog``)."""
+
+    ctx_size: int  # bytes of the context, copied from the template at offset 0 of the arena
+    frame_off: int  # where the frame (headroom, packet, tailroom) starts in the arena
+    data: int  # context offsets of the packet pointers (NO_FIELD: not in the context)
+    data_end: int
+    data_meta: int
+    ptr_size: int  # their width: 4, or 8 (sk_msg_md)
+    length: int  # offset of __sk_buff.len (kept equal to data_end - data)
+    protocol: int  # offsets of fields derived from each packet when asked (see jb_derive)
+    wire_len: int
+    headroom: int  # bytes before the packet that helpers may claim
+    tailroom: int  # bytes after it
+    xdp: bool  # bpf_redirect returns XDP verdicts (else tc's)
+
+    def grow(self) -> int:
+        """How much longer than the input a packet may come out."""
+        return self.headroom + self.tailroom
+
+
+def new_frame(layout: FrameLayout, arena: Pages) -> Any:
+    """A ``struct jb_pkt_prog`` for one run over ``arena`` (native memory, outside the sandbox)."""
+    nat = native()
+    p = nat.ffi.new("struct jb_pkt_prog *")
+    pkt = p.pkt
+    pkt.off_data, pkt.off_data_end, pkt.off_data_meta = layout.data, layout.data_end, layout.data_meta
+    pkt.off_len, pkt.ptr_size, pkt.ctx_size, pkt.xdp = layout.length, layout.ptr_size, layout.ctx_size, layout.xdp
+    p.arena, p.arena_size, p.frame_off = arena.address, arena.size, layout.frame_off
+    p.headroom, p.tailroom = layout.headroom, layout.tailroom
+    p.off_protocol, p.off_wire_len = layout.protocol, layout.wire_len
+    return p
+
+
+def build_frame(frame: Any, template: bytes, packet: bytes, derive: int) -> None:
+    """Lay out a run in the frame's arena: the context from ``template`` (with the fields
+    ``derive`` names taken from the packet, and the packet pointers), the packet after the
+    zeroed headroom."""
+    nat = native()
+    pin = nat.ffi.from_buffer(template)
+    frame.tmpl, frame.derive = int(nat.ffi.cast("uintptr_t", pin)), derive
+    failed = nat.lib.jb_pkt_frame(frame, packet, len(packet))
+    frame.tmpl = 0  # the pin goes now
+    if failed:
+        raise ExecutionError(f"a packet of {len(packet)} bytes does not fit the run's memory")
+
+
+@functools.cache
+def _runner_lib() -> Native | None:
+    """The native library with the packet runners told where the run context keeps its inputs
+    (None when there is no native library: typed runs then take the Python path)."""
+    from jitbpf.jit.program import runner_lib
+
+    nat: Native | None = runner_lib()
+    if nat is None:
+        return None
+    offsets = nat.ffi.new("struct jb_ctx_offsets *")
+    for name, _field in nat.ffi.typeof("struct jb_ctx_offsets").fields:
+        setattr(offsets, name, ffi.offsetof("struct jitbpf_ctx", name))
+    nat.lib.jb_pkt_init(ERROR_RESULT, offsets)
+    return nat
+
+
+class Binding:
+    """One thread's native runner for one typed program: its frame (arena, entry, run context,
+    region table, current template). ``frame`` is None when the program needs the Python path
+    (a Python helper, a tail call); then ``capacity`` is -1, so no packet takes the fast path.
+
+    Bindings live in a ``threading.local`` that the VM replaces whenever its helpers, maps or
+    code change, so a binding found there is always good for the VM as it is.
+    """
+
+    __slots__ = ("arena", "capacity", "frame", "jit", "out", "run", "table", "template", "template_pin", "view")
+
+    def __init__(self, jit: JitProgram | None) -> None:
+        self.jit = jit
+        self.frame: Any = None
+        self.capacity = -1  # longest packet the arena takes
+        self.arena: Pages | None = None
+        self.table: Any = None  # the region table the frame points at (kept alive here)
+        # The context the frame points at, and its pin. A template object always comes with
+        # the same derive flags (both are kept by the fields they stand for), so its identity
+        # tells whether the frame must be pointed elsewhere.
+        self.template: bytes | None = None
+        self.template_pin: Any = None
+        self.out = _NO_WORDS  # frame.out as 64-bit words
+        self.view = _NO_BYTES  # the arena's bytes
+        self.run: Callable[[Any, bytes, int], int] = _no_run  # jb_pkt_run
+
+    def use(self, template: bytes, derive: int) -> None:
+        """Make ``template`` (with ``derive``) the context of the following runs."""
+        nffi = native().ffi
+        self.template_pin = nffi.from_buffer(template)
+        self.frame.tmpl, self.frame.derive = int(nffi.cast("uintptr_t", self.template_pin)), derive
+        self.template = template
+
+
+_NO_WORDS = memoryview(b"").cast("Q")  # what a binding without a frame holds
+_NO_BYTES = memoryview(b"")
+
+
+def _no_run(_frame: Any, _data: bytes, _size: int) -> int:
+    raise AssertionError("a binding without a frame never runs")
+
+
+ArenaFn = Callable[[int], tuple["Pages", Region, Region]]  # ProgramState.arena
+
+
+def binding(vm: VM, local: Any, layout: FrameLayout, arena_of: ArenaFn, size: int) -> Binding:
+    """This thread's binding of ``vm``'s program in ``local`` (the VM's bindings), made now if
+    there is none yet or its arena is too small for packets of ``size`` bytes."""
+    b: Binding | None = getattr(local, "binding", None)
+    if b is None or (b.frame is not None and size > b.capacity):
+        b = bind(vm, local, layout, arena_of, size)
+    return b
+
+
+def bind(vm: VM, local: Any, layout: FrameLayout, arena_of: ArenaFn, size: int) -> Binding:
+    """This thread's binding of ``vm``'s program (compiled here if need be), with an arena for
+    packets of ``size`` bytes, kept in ``local.binding``."""
+    nat = _runner_lib()
+    vm.jit_compile()
+    jit = vm._jit
+    found = None if nat is None or jit is None else jit.regions_binding()
+    b = Binding(jit)
+    local.binding = b
+    if nat is None or found is None:
+        return b
+    entry, rc = found
+    arena, _ctx, frame_region = arena_of(layout.frame_off + layout.grow() + size)
+    from jitbpf.jit.program import _region_key, _region_table
+
+    key = _region_key([frame_region, *vm.map_regions()])
+    b.table = _region_table(key)
+    frame = new_frame(layout, arena)
+    frame.entry = entry
+    frame.jctx = int(ffi.cast("uintptr_t", rc.ctx))
+    frame.extra, frame.nextra = int(ffi.cast("uintptr_t", b.table)), len(key)
+    b.arena, b.view, b.run = arena, arena.view, nat.lib.jb_pkt_run
+    b.capacity = arena.size - layout.frame_off - layout.grow()
+    b.out = memoryview(nat.ffi.buffer(frame.out)).cast("B").cast("Q")
+    b.frame = frame
+    return b
+
+
+def run_fast(local: Any, template: bytes, packet: bytes, derive: int) -> tuple[int, bytes] | None:
+    """One run through this thread's binding in ``local`` (the VM's bindings): r0 (a failed run
+    raises its error) and the packet after it (``packet`` itself when the run left it as it
+    was); None when there is no binding fit for it yet, or the program needs the Python path."""
+    b: Binding | None = getattr(local, "binding", None)
+    size = len(packet)
+    if b is None or size > b.capacity:
+        return None
+    if template is not b.template:
+        b.use(template, derive)
+    result = b.run(b.frame, packet, size)
+    if result == ERROR_RESULT:
+        result = finish(b, result)
+    out = b.out
+    if out[2]:
+        return result, packet
+    start = out[0]
+    return result, b.view[start : start + out[1]].tobytes()
+
+
+def finish(b: Binding, result: int) -> int:
+    """What a run that returned ``ERROR_RESULT`` comes to (its error raised)."""
+    assert b.jit is not None
+    return b.jit.finish(result)
+
+
+@dataclass
+class Batch:
+    """Packets to run, in one buffer: packet i is ``data[offsets[i] : offsets[i] + lens[i]]``."""
+
+    data: Any  # a bytes-like object (bytes, bytearray, mmap, ...)
+    offsets: Sequence[int]
+    lens: Sequence[int]
+
+    @classmethod
+    def of(cls, packets: Sequence[bytes | bytearray | memoryview]) -> Batch:
+        """Packets from a list, packed back to back (one copy)."""
+        lens = [len(p) for p in packets]
+        return cls(b"".join(packets), list(itertools.accumulate(lens, initial=0))[:-1], lens)
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch run produced: r0 of every packet, and where asked, the packets after each
+    run and the errors of failed runs (by index; their r0 is ERROR_RESULT)."""
+
+    results: array.array[int]
+    packets: list[bytes] | None = None
+    errors: dict[int, ExecutionError] | None = None
+
+
+def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, hi: int, outcome: BatchOutcome,
+              packets_out: list[bytes] | None) -> array.array[int]:
+    """Packets ``lo`` to ``hi`` of ``batch`` through ``b`` (on this thread): one native call
+    per stretch of runs that end normally. A run that fails raises its error noted with the
+    packet's index, or is recorded in ``outcome.errors`` when that is a dict."""
+    nat = native()
+    nffi, lib = nat.ffi, nat.lib
+    assert b.jit is not None and b.frame is not None
+    n = hi - lo
+    grow = b.frame.headroom + b.frame.tailroom
+    offsets = nffi.new("uint64_t[]", batch.offsets[lo:hi])
+    lens_list = batch.lens[lo:hi]
+    lens = nffi.new("uint64_t[]", lens_list)
+    results = array.array("Q", bytes(8 * n))
+    res = nffi.cast("uint64_t *", nffi.from_buffer(results, require_writable=True))
+    base = nffi.from_buffer(batch.data)
+    out: Any = nffi.NULL
+    out_lens: Any = nffi.NULL
+    slots: list[int] = []
+    if packets_out is not None:
+        slots = list(itertools.accumulate((ln + grow for ln in lens_list), initial=0))
+        out = nffi.new("uint8_t[]", max(1, slots[-1]))
+        out_lens = nffi.new("uint64_t[]", max(1, n))
+    start = 0
+    if template is not b.template:
+        b.use(template, derive)
+    while start < n:
+        done = int(lib.jb_pkt_batch(b.frame, base, offsets + start, lens + start, n - start, res + start,
+                                    out + slots[start] if slots else out, out_lens + start if slots else out_lens))
+        start += done
+        if start < n:
+            try:
+                results[start] = finish(b, results[start])
+            except ExecutionError as err:
+                if outcome.errors is None:
+                    err.add_note(f"in packet {lo + start} of the batch")
+                    raise
+                outcome.errors[lo + start] = err
+            except BpfError as err:
+                err.add_note(f"in packet {lo + start} of the batch")
+                raise
+            start += 1
+    if packets_out is not None:
+        buf = nffi.buffer(out)
+        for i in range(n):
+            packets_out[lo + i] = buf[slots[i] : slots[i] + out_lens[i]] if outcome.errors is None or (
+                lo + i) not in outcome.errors else b""
+    del base, res
+    return results
