@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,8 @@ def test_a_tail_call_needs_the_callers_program_type(engine: str, caller: str, ta
 @pytest.mark.parametrize("method", ["execute", "execute_jit", "execute_batch", "execute_records"])
 def test_a_typed_vm_refuses_a_raw_buffer(method: str) -> None:
     vm = VM(assemble("mov r0, 1\nexit"), prog_type="tc")
-    runs = {"execute": lambda: vm.execute(bytearray(16)), "execute_jit": lambda: vm.execute_jit(bytearray(16)),
+    runs: dict[str, Callable[[], object]] = {
+            "execute": lambda: vm.execute(bytearray(16)), "execute_jit": lambda: vm.execute_jit(bytearray(16)),
             "execute_batch": lambda: vm.execute_batch([bytearray(16)]),
             "execute_records": lambda: vm.execute_records(bytearray(16), 16)}
     with pytest.raises(ExecutionError, match=rf"{method}\(\) runs a program on a raw buffer, but this is a "

@@ -26,7 +26,8 @@ from jitbpf.interpreter import Env, Translator, run
 from jitbpf.isa import MASK32, STACK_SIZE, Kind
 from jitbpf.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue
 from jitbpf.memory import MemoryMap, Region, region_of
-from jitbpf.programs import PROGRAM_TYPES, LowMemory, ProgType
+from jitbpf.programs import PROGRAM_TYPES, ProgType
+from jitbpf.sandbox import Pages
 from jitbpf.vm import VM
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -176,7 +177,7 @@ def _helpers(vm: VM, maps: list[BpfMap], mm: Callable[[], MemoryMap]) -> dict[in
     return {hid: dataclasses.replace(vm.helpers[hid], fn=fn) for hid, fn in fns.items()}
 
 
-def _regions(layout: Layout, arena: LowMemory, length: int, maps: list[BpfMap]) -> list[Region]:
+def _regions(layout: Layout, arena: Pages, length: int, maps: list[BpfMap]) -> list[Region]:
     info = PROGRAM_TYPES[layout.prog_type]
     size = info.context_spec().size
     assert size is not None
@@ -205,7 +206,7 @@ def _check_one(layout: Layout, source: str, length: int, number: int) -> None:
     maps = _maps()
     handles = {m.name: i + 1 for i, m in enumerate(maps)}
     vm = VM(assemble(source, maps=handles), prog_type=layout.prog_type)
-    arena = LowMemory(PACKET_AT + 4096)
+    arena = Pages(PACKET_AT + 4096)
     try:
         for m in maps:
             vm.add_map(m, handles[m.name])
