@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import os
+import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -61,15 +62,36 @@ def read_manifest(root: Path) -> list[Entry]:
     return entries
 
 
+# What compile.sh needs besides clang: libbpf's headers and the 32-bit libc stubs some sources include.
+BUILD_HEADERS = (Path("/usr/include/bpf/bpf_helpers.h"), Path("/usr/include/x86_64-linux-gnu/gnu/stubs-32.h"))
+
+
+def missing_build_tools() -> str | None:
+    """Why the objects cannot be compiled here (with the Debian packages to install), or None."""
+    missing = [] if shutil.which("clang") else ["clang"]
+    missing += [str(h) for h in BUILD_HEADERS if not h.is_file()]
+    if not missing:
+        return None
+    return (f"cannot compile the realworld objects, missing {', '.join(missing)} "
+            "(apt-get install clang libbpf-dev libc6-dev-i386)")
+
+
 def build(root: Path, out: Path | None = None) -> Path:
-    """Compile every object into ``out`` (default: a cache directory) unless all are up to date."""
+    """Compile every object into ``out`` (default: a cache directory) unless all are up to date; a
+    failed compile is retried once the compiler or the headers are newer than its error file."""
     out = out or cache_dir() / "realworld"
     out.mkdir(parents=True, exist_ok=True)
     newest = max(p.stat().st_mtime for p in (root / "compile.sh", root / "manifest.txt"))
-    stale = [e for e in read_manifest(root)
-             if (not (out / f"{e.id}.o").is_file() and not (out / f"{e.id}.err").is_file())
-             or ((out / f"{e.id}.o").is_file() and (out / f"{e.id}.o").stat().st_mtime < newest)]
-    if stale:
+    tools = max([p.stat().st_mtime for p in BUILD_HEADERS if p.is_file()] + [newest])
+
+    def stale(e: Entry) -> bool:
+        obj, err = out / f"{e.id}.o", out / f"{e.id}.err"
+        if obj.is_file():
+            return obj.stat().st_mtime < newest
+        return not err.is_file() or err.stat().st_mtime < tools
+
+    stale_entries = [e for e in read_manifest(root) if stale(e)]
+    if stale_entries:
         subprocess.run(["bash", str(root / "compile.sh")], env={**os.environ, "OUT": str(out)},
                        check=False, capture_output=True, timeout=900)
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import Kernel
-from tests.realworld import Entry, Outcome, Status, build, evaluate_entry, find_root, frames, read_manifest
+from tests.realworld import Entry, Outcome, Status, build, evaluate_entry, find_root, frames, missing_build_tools, read_manifest
 
 ROOT = find_root()
 KNOWN_FILE = Path(__file__).parent / "realworld_known.txt"
@@ -38,6 +38,8 @@ def _entries() -> list[Entry]:
 def objdir() -> Path:
     if ROOT is None:
         pytest.skip("no realworld test data (../shared/realworld or $JITBPF_REALWORLD_DIR)")
+    if (why := missing_build_tools()) is not None:
+        pytest.skip(why)
     return build(ROOT)
 
 

@@ -43,13 +43,18 @@ if ! "$vpy" -c "import peachpy.x86_64" >/dev/null 2>&1; then
     "$vpy" -c "import peachpy.x86_64" || { echo "bootstrap: PeachPy does not import" >&2; exit 1; }
 fi
 
-# clang (for the ELF examples) and gcc (for the native benchmark references), from Debian.
+# From Debian: clang (the ELF examples), gcc (the native benchmark references), and what the
+# real-world and kernel-selftest corpora compile with (libbpf's headers, 32-bit libc stubs, clang-19).
 need=""
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
 command -v clang >/dev/null 2>&1 || need="$need clang"
+for pkg in clang-19 libbpf-dev libc6-dev-i386 linux-libc-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need="$need $pkg"
+done
 if [ -n "$need" ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+        { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null; } ||
+            echo "bootstrap: could not install:$need (the tests that need them skip)" >&2
     else
         echo "bootstrap: please install:$need (sudo apt-get install$need)" >&2
     fi

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.kernel import Kernel
-from tests.realworld import build, evaluate, find_root
+from tests.realworld import build, evaluate, find_root, missing_build_tools
 
 
 def main() -> int:
@@ -22,6 +22,9 @@ def main() -> int:
     root = args.data or find_root()
     if root is None:
         print("no realworld test data found (set JITBPF_REALWORLD_DIR)", file=sys.stderr)
+        return 2
+    if (why := missing_build_tools()) is not None:
+        print(why, file=sys.stderr)
         return 2
     kernel = Kernel.open()
     ev = evaluate(root, build(root), kernel if isinstance(kernel, Kernel) else None,
