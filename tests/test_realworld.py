@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import Kernel
-from tests.realworld import Entry, Outcome, Status, build, evaluate_entry, find_root, frames, missing_build_tools, read_manifest
+from tests.realworld import (
+    Entry,
+    Outcome,
+    Status,
+    build,
+    evaluate_entry,
+    find_root,
+    frames,
+    missing_build_tools,
+    read_manifest,
+)
 
 ROOT = find_root()
 KNOWN_FILE = Path(__file__).parent / "realworld_known.txt"
