@@ -412,13 +412,14 @@ def proof_figures(quick: bool, progress: Progress) -> dict[str, Any]:
     from jitbpf.jit import JitProgram
     from jitbpf.maps import Array
 
-    repeats = 5 if quick else 15
     buf = Array(value_size=SCAN_BYTES, max_entries=1, name="BUF")
     buf.set(0, bytes(i & 0xFF for i in range(SCAN_BYTES)))
     out: dict[str, Any] = {"bytes": SCAN_BYTES}
     vms = []
     try:
         progress.step("proofs: timing")
+        expected = sum(i & 0xFF for i in range(SCAN_BYTES))
+        contenders = []
         for key, elide in (("proven_ns", True), ("checked_ns", False), ("unconfined_ns", True)):
             vm = VM(assemble(SCAN_SOURCE, maps={"BUF": 1}), allow_loops=True, budget=BUDGET, elide_checks=elide)
             vms.append(vm)
@@ -430,16 +431,12 @@ def proof_figures(quick: bool, progress: Progress) -> dict[str, Any]:
                                      proven=vm._proven, state=vm._state, budget=vm.budget,
                                      runner=vm.execute_jit_regions, verified=True, confine=False)
             vm.jit_compile()
-            expected = sum(i & 0xFF for i in range(SCAN_BYTES))
             if vm.execute_jit() != expected or vm.execute() != expected:
                 out["agree"] = False
-            calls = 20 if quick else 200
-
-            def many(run: Callable[[], int] = vm.execute_jit, calls: int = calls) -> None:
-                for _ in range(calls):
-                    run()
-
-            out[key] = median_ns(many, repeats) / (calls * SCAN_BYTES)
+            contenders.append(Contender(key, vm.execute_jit, [()], SCAN_BYTES))
+        # In turn, batch by batch, so that the machine's drift (clock, load) affects all three alike.
+        measure(contenders, Plan.for_mode(quick))
+        out.update({c.name: c.median for c in contenders})
         out.setdefault("agree", True)
         out["speedup"] = out["checked_ns"] / out["proven_ns"]
         out["containment_cost"] = out["proven_ns"] / out["unconfined_ns"] - 1

@@ -443,11 +443,22 @@ class X86_64(Target):
         if not direct and pc in self.options.proven and self.options.contained:
             # Unchecked on the verifier's word: confined to the sandbox whatever the register
             # holds (its low 31 bits within the window's base), so a wrong proof stays inside.
-            reg = ADDR if into_addr else TMP
-            self.op(("mov", f"{reg}d", D[base]))
-            self.op(("or", f"{reg}d", "i32"), SANDBOX_BIT)
+            # In place: a 32-bit `or` leaves a pointer that really is in the sandbox unchanged
+            # (upper half zero, bit 31 set), so only a wrong proof sees the register change; r10
+            # is the JIT's own, and is masked in a copy.
+            if base != FP:
+                self.op(("or", D[base], "i32"), SANDBOX_BIT)
+                reg = Q[base]
+            else:
+                reg = ADDR if into_addr else TMP
+                self.op(("mov", f"{reg}d", D[base]))
+                self.op(("or", f"{reg}d", "i32"), SANDBOX_BIT)
             if not into_addr:
-                return TMP, off, -1
+                return reg, off, -1
+            if reg == Q[base]:
+                token, vals = mem("", reg, off)
+                self.op(("lea", ADDR, token), *vals)
+                return ADDR, 0, -1
             if off:
                 token, vals = mem("", ADDR, off)
                 self.op(("lea", ADDR, token), *vals)
