@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import enum
 import errno
@@ -746,6 +745,8 @@ class _EventSource(BpfMap):
 
     async def events_async(self, interval: float | None = None) -> AsyncIterator[Any]:
         """Every event, as it arrives (``async for event in ...``); never ends by itself."""
+        import asyncio  # here: importing it costs a third of the package's start-up
+
         while True:
             events = self.read_events()
             if not events:
