@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -71,6 +71,48 @@ class Options:
     # so that a wrong proof cannot reach host memory. Without it, ``proven`` is empty (except
     # when measuring what confinement costs).
     contained: bool = False
+
+
+def _moved(loc: int, hot: int, cold: int) -> int:
+    """``loc`` shifted by the given section bases (pc locations stay)."""
+    section = loc >> _TAG
+    if section == Section.HOT:
+        return loc + hot
+    return loc + cold if section == Section.COLD else loc
+
+
+@dataclass(frozen=True, slots=True)
+class _Recording:
+    """What one run of an emitter added to a Target, with locations relative to where it started."""
+
+    hot: bytes
+    cold: bytes
+    fixups: tuple[tuple[int, int], ...]
+    named: tuple[tuple[int, str], ...]
+    marks: tuple[tuple[int, str, int], ...]
+    labels: tuple[tuple[str, int], ...]
+    entries: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, t: Target, hot0: int, cold0: int,
+           before: tuple[int, int, int, dict[str, int], dict[str, int]]) -> _Recording:
+        nfix, nnamed, nmarks, labels, entries = before
+        back = (-hot0, -cold0)
+        return cls(bytes(t.hot[hot0:]), bytes(t.cold[cold0:]),
+                   tuple((_moved(f, *back), _moved(g, *back)) for f, g in t.fixups[nfix:]),
+                   tuple((_moved(f, *back), name) for f, name in t.named_fixups[nnamed:]),
+                   tuple((_moved(loc, *back), text, pc) for loc, text, pc in t.marks[nmarks:]),
+                   tuple((k, _moved(v, *back)) for k, v in t.labels.items() if labels.get(k) != v),
+                   tuple((k, v - hot0) for k, v in t.entries.items() if entries.get(k) != v))
+
+    def replay(self, t: Target, hot0: int, cold0: int) -> None:
+        t.hot += self.hot
+        t.cold += self.cold
+        t.fixups.extend((_moved(f, hot0, cold0), _moved(g, hot0, cold0)) for f, g in self.fixups)
+        t.named_fixups.extend((_moved(f, hot0, cold0), name) for f, name in self.named)
+        t.marks.extend((_moved(loc, hot0, cold0), text, pc) for loc, text, pc in self.marks)
+        t.labels.update((k, _moved(v, hot0, cold0)) for k, v in self.labels)
+        t.entries.update((k, v + hot0) for k, v in self.entries)
 
 
 class Target(abc.ABC):
@@ -275,6 +317,23 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Kernel function calls."""
+
+    # -- replayed emission ------------------------------------------------------------------------
+
+    def replayed(self, key: Hashable, emit: Callable[[], None]) -> None:
+        """Run ``emit``, or replay what it emitted the last time it ran with the same ``key`` in
+        any program: the bytes of both sections, fixups, labels, marks and entries, moved to the
+        current ends of the sections. For code that depends on ``key`` alone (entry points,
+        runtime routines), whose emission would otherwise cost every compile the same time."""
+        cache: dict[Hashable, _Recording] = self.asm.derived.setdefault(("replayed", type(self).__name__), {})
+        hot0, cold0 = len(self.hot), len(self.cold)
+        recording = cache.get(key)
+        if recording is None:
+            before = (len(self.fixups), len(self.named_fixups), len(self.marks), dict(self.labels), dict(self.entries))
+            emit()
+            cache[key] = _Recording.of(self, hot0, cold0, before)
+            return
+        recording.replay(self, hot0, cold0)
 
     # -- labels, fixups, linking -----------------------------------------------------------------
 

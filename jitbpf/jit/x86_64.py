@@ -179,6 +179,9 @@ class X86_64(Target):
     # -- program structure ----------------------------------------------------------------------
 
     def emit_entries(self) -> None:
+        self.replayed(("entries", self.options.verified), self._emit_entries)
+
+    def _emit_entries(self) -> None:
         L = self.lay
         # (ctx, mem, size), for the native batch loops: mem as r1/r2 and the packet, the caller's
         # extra regions kept.
@@ -772,6 +775,9 @@ class X86_64(Target):
     # -- runtime routines -------------------------------------------------------------------------
 
     def emit_runtime(self) -> None:
+        self.replayed(("runtime", frozenset(self._limits_used), self._needs_end), self._emit_runtime)
+
+    def _emit_runtime(self) -> None:
         L = self.lay
         self.define("exit")  # rax = r0
         self.cop(("lea", "rsp", "[r12+d32]"), L.frame_size)
