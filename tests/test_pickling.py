@@ -3,10 +3,15 @@ running alike in this process and in others."""
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
+import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -147,3 +152,38 @@ def test_elf_object_round_trip() -> None:
     assert program.obj is copy and program.code == obj.program("xdp_firewall").code
     with program.vm() as vm:
         assert vm.map_by_name("BLOCKED_IPS") is copy["BLOCKED_IPS"]
+
+
+@pytest.fixture(scope="module")
+def scaleout(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, VM, list[str]]:
+    """The scale-out example, its firewall VM and three small captures."""
+    if shutil.which("clang") is None:
+        pytest.skip("clang is needed to build xdp_firewall.c (apt-get install clang)")
+    sys.path.insert(0, str(EXAMPLES))  # spawned workers import the example by name, as its own run does
+    try:
+        module = importlib.import_module("pcap_scaleout")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    captures = module.make_captures(tmp_path_factory.mktemp("captures"), 3, 200)
+    return module, module.firewall(), captures
+
+
+def _check_scaleout(results: list[Any]) -> None:
+    assert [r.packets for r in results] == [200, 200, 200]
+    assert all(r.verdicts == {"XDP_DROP": 25, "XDP_PASS": 175} for r in results)  # the map contents travelled
+
+
+def test_scaleout_example_with_multiprocessing(scaleout: tuple[ModuleType, VM, list[str]],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    module, vm, captures = scaleout
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    _check_scaleout(module.with_multiprocessing(vm, captures, 2))
+
+
+def test_scaleout_example_with_dask(scaleout: tuple[ModuleType, VM, list[str]],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("dask.distributed", reason="Dask is an optional extra (pip install jitbpf[dask])")
+    module, vm, captures = scaleout
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")]))
+    _check_scaleout(module.with_dask(vm, captures, 2))
