@@ -108,6 +108,13 @@ class _Recording:
     def replay(self, t: Target, hot0: int, cold0: int) -> None:
         t.hot += self.hot
         t.cold += self.cold
+        if hot0 == cold0 == 0:  # the first code of a program (its entry points): nothing moves
+            t.fixups.extend(self.fixups)
+            t.named_fixups.extend(self.named)
+            t.marks.extend(self.marks)
+            t.labels.update(self.labels)
+            t.entries.update(self.entries)
+            return
         t.fixups.extend((_moved(f, hot0, cold0), _moved(g, hot0, cold0)) for f, g in self.fixups)
         t.named_fixups.extend((_moved(f, hot0, cold0), name) for f, name in self.named)
         t.marks.extend((_moved(loc, hot0, cold0), text, pc) for loc, text, pc in self.marks)

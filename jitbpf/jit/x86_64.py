@@ -55,6 +55,7 @@ B = tuple(r.b for r in REGS)
 _SIZE_PREFIX = {1: "b", 2: "w", 4: "d", 8: "q"}
 _SIZE_INDEX = {1: 0, 2: 1, 4: 2, 8: 3}
 _BY_SIZE = {1: B, 2: W, 4: D, 8: Q}
+_STORE_IMM = {1: "i8", 2: "i16", 4: "i32", 8: "i32"}  # immediate of a store (qword stores sign-extend imm32)
 _SIMPLE_ALU: dict[int, str] = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or", AluOp.AND: "and", AluOp.XOR: "xor"}
 _SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
 _ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
@@ -526,7 +527,7 @@ class X86_64(Target):
     def emit_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         d, size = insn.dst, info.size
         base, disp, pending = self._address(pc, insn.src, insn.off, size, Access.LOAD)
-        ok = self.here()
+        ok = len(self.hot)  # here(): a hot location is its offset
         token, vals = mem(size, base, disp)
         if info.kind is Kind.LDX:
             if size < 4:
@@ -537,19 +538,20 @@ class X86_64(Target):
             self.op(("movsx", Q[d], token), *vals)
         else:
             self.op(("movsxd", Q[d], token), *vals)
-        self._close_check(pending, pc, size, Access.LOAD, ok, base=base, off=disp)
+        if pending >= 0:
+            self._close_check(pending, pc, size, Access.LOAD, ok, base=base, off=disp)
 
     def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         size = info.size
         base, disp, pending = self._address(pc, insn.dst, insn.off, size, Access.STORE)
-        ok = self.here()
+        ok = len(self.hot)  # here(): a hot location is its offset
         token, vals = mem(size, base, disp)
         if info.kind is Kind.STX:
             self.op(("mov", token, _BY_SIZE[size][insn.src]), *vals)
         else:
-            hole = {1: "i8", 2: "i16", 4: "i32", 8: "i32"}[size]  # qword stores sign-extend imm32
-            self.op(("mov", token, hole), *vals, insn.imm)
-        self._close_check(pending, pc, size, Access.STORE, ok, base=base, off=disp)
+            self.op(("mov", token, _STORE_IMM[size]), *vals, insn.imm)
+        if pending >= 0:
+            self._close_check(pending, pc, size, Access.STORE, ok, base=base, off=disp)
 
     def emit_atomic(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         s, size = insn.src, info.size
