@@ -119,6 +119,8 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
         results["compile"] = compile_speed(code, quick, progress)
         results["compile_small"] = compile_speed(assemble(straight_line_source(COMPILE_INSNS_SMALL)), quick, progress)
         results["fresh_compile"] = None if quick else fresh_process_compile(code, progress)
+        results["fresh_compile_small"] = None if quick else fresh_process_compile(
+            assemble(straight_line_source(COMPILE_INSNS_SMALL)), progress)
         results["startup"] = startup_figures(quick, progress)
         results["helpers"] = helper_figures(quick, progress)
         results["packet_runs"] = packet_run_figures(quick, progress)
