@@ -169,7 +169,8 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def emit_entries(self) -> None:
-        """Entry points and the prologue that sets up registers; falls through to slot 0."""
+        """Entry points and the prologue that sets up registers; falls through to slot 0. Emitted
+        after the program's code (and put before it), so it may depend on what that code uses."""
 
     @abc.abstractmethod
     def emit_block_entry(self, block: Block) -> None:
@@ -198,7 +199,6 @@ class Target(abc.ABC):
         memo = self._memo
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops else {}
         after_loop = -1  # end of the versioned loop just emitted: its slots are done
-        self.emit_entries()
         for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
             if insn is None or info is None or pc < after_loop:
                 continue
@@ -225,7 +225,27 @@ class Target(abc.ABC):
             if sizes == (len(cold), len(fixups), len(named), len(marks)):
                 memo[key] = bytes(hot[start:])
         self.emit_runtime()
+        self.prepend(self.emit_entries)
         return self.link()
+
+    def prepend(self, emit: Callable[[], None]) -> None:
+        """Run ``emit`` to put code in front of all the hot code emitted so far, moving what
+        refers to that code: the entry points go first (they fall through to slot 0) but are
+        emitted last, once the program has shown what they need to set up."""
+        body, self.hot = self.hot, bytearray()
+        counts = (len(self.fixups), len(self.named_fixups), len(self.marks))
+        labels = dict(self.labels)
+        emit()
+        shift = len(self.hot)
+        self.hot += body
+        if not shift:
+            return
+        nfix, nnamed, nmarks = counts
+        self.fixups[:nfix] = [(_moved(f, shift, 0), _moved(g, shift, 0)) for f, g in self.fixups[:nfix]]
+        self.named_fixups[:nnamed] = [(_moved(f, shift, 0), name) for f, name in self.named_fixups[:nnamed]]
+        self.marks[:nmarks] = [(_moved(loc, shift, 0), text, pc) for loc, text, pc in self.marks[:nmarks]]
+        self.labels.update((k, _moved(v, shift, 0)) for k, v in labels.items())
+        self.pc_off[:] = [off + shift if off >= 0 else off for off in self.pc_off]
 
     def emit_block(self, block: Block, *, record: bool) -> None:
         """A block's budget charge and instructions (the compile loop's work, for one block that

@@ -110,6 +110,8 @@ class X86_64(Target):
         self._limits_used: set[tuple[bool, int]] = set()  # (load?, size) of the inline mem checks
         self._live_after_calls: dict[int, int] | None = None  # per helper call, registers read later
         self._needs_end = False  # a versioned loop checks its range against mem_end / mem_wend
+        self._needs_packet = False  # a legacy packet load reads the frame's packet fields
+        self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
                 self._fn_entry[pc] = fn.entry
@@ -180,7 +182,10 @@ class X86_64(Target):
     # -- program structure ----------------------------------------------------------------------
 
     def emit_entries(self) -> None:
-        self.replayed(("entries", self.options.verified), self._emit_entries)
+        # The frame's regions and limits serve the inline checks, the walker their slow paths
+        # reach and versioned loops; its packet fields the legacy packet loads.
+        self._frame_regions = bool(self._limits_used) or self._needs_end
+        self.replayed(("entries", self.options.verified, self._frame_regions, self._needs_packet), self._emit_entries)
 
     def _emit_entries(self) -> None:
         L = self.lay
@@ -218,25 +223,30 @@ class X86_64(Target):
         self._store("rdi", L.ctx_pending, "rax")
         mem_region = L.frame_regions
         stack_region = L.frame_regions + L.region_size
-        self._load("rax", "rdi", L.ctx_mem)
-        self._store(FRAME, mem_region + L.region_base, "rax")
-        self._load("rdx", "rdi", L.ctx_mem_size)
-        self._store(FRAME, mem_region + L.region_len, "rdx")
-        self._load("rcx", "rdi", L.ctx_mem_writable)
-        self._store(FRAME, mem_region + L.region_writable, "rcx")
-        self.branch_named("call", "limits")  # rax = mem base, rdx = mem size, rcx = writable
-        self._load("rax", "rdi", L.ctx_stack_base)
-        self._store(FRAME, stack_region + L.region_base, "rax")
-        self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
-        self._store_imm(FRAME, stack_region + L.region_writable, 1)
-        self._load("rcx", "rdi", L.ctx_pkt_base)
-        self._store(FRAME, L.frame_pkt_base, "rcx")
-        self._load("rcx", "rdi", L.ctx_pkt_size)
-        self._store(FRAME, L.frame_pkt_size, "rcx")
-        self._load("rcx", "rdi", L.ctx_extra)
-        self._store(FRAME, L.frame_extra, "rcx")
-        self._load("rcx", "rdi", L.ctx_nextra)
-        self._store(FRAME, L.frame_nextra, "rcx")
+        if self._frame_regions:
+            self._load("rax", "rdi", L.ctx_mem)
+            self._store(FRAME, mem_region + L.region_base, "rax")
+            self._load("rdx", "rdi", L.ctx_mem_size)
+            self._store(FRAME, mem_region + L.region_len, "rdx")
+            self._load("rcx", "rdi", L.ctx_mem_writable)
+            self._store(FRAME, mem_region + L.region_writable, "rcx")
+            self.branch_named("call", "limits")  # rax = mem base, rdx = mem size, rcx = writable
+        if self._frame_regions or not self.options.verified:
+            self._load("rax", "rdi", L.ctx_stack_base)  # (the frame zeroing below starts from it)
+        if self._frame_regions:
+            self._store(FRAME, stack_region + L.region_base, "rax")
+            self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
+            self._store_imm(FRAME, stack_region + L.region_writable, 1)
+        if self._needs_packet:
+            self._load("rcx", "rdi", L.ctx_pkt_base)
+            self._store(FRAME, L.frame_pkt_base, "rcx")
+            self._load("rcx", "rdi", L.ctx_pkt_size)
+            self._store(FRAME, L.frame_pkt_size, "rcx")
+        if self._frame_regions:
+            self._load("rcx", "rdi", L.ctx_extra)
+            self._store(FRAME, L.frame_extra, "rcx")
+            self._load("rcx", "rdi", L.ctx_nextra)
+            self._store(FRAME, L.frame_nextra, "rcx")
         if not self.options.verified:
             # Frame f of the stack area starts at top - 512 (f + 1); a local call at depth f (rsp =
             # FRAME - 64 f) enters frame f + 1, so its start is zero_base + 8 rsp.
@@ -598,6 +608,7 @@ class X86_64(Target):
         program with r0 = 0."""
         L = self.lay
         size = info.size
+        self._needs_packet = True
         size_tok, size_vals = mem("q", FRAME, L.frame_pkt_size)
         base_tok, base_vals = mem("q", FRAME, L.frame_pkt_base)
         if info.kind is Kind.LD_ABS:
