@@ -326,3 +326,38 @@ def test_prologue_sets_up_only_what_the_code_uses() -> None:
     packet = _prologue_length("ldabsb 0\nexit", verify=False) - _prologue_length("mov r0, 1\nexit", verify=False)
     assert plain <= 16
     assert checked > 0 and packet > 0
+
+
+# Local calls save only the registers the callee writes itself: the caller's r6-r9 (and r10)
+# must come back whatever subset the callee, or a function it calls, clobbers.
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(6, 9), max_size=4), st.lists(st.integers(6, 9), max_size=4), st.booleans(),
+       st.lists(st.integers(0, 2**31 - 1), min_size=4, max_size=4))
+def test_local_calls_restore_the_callers_registers(inner: list[int], nested: list[int], moves_fp: bool,
+                                                  values: list[int]) -> None:
+    from jitbpf.asm import assemble
+
+    caller = [f"mov r{6 + i}, {v}" for i, v in enumerate(values)]
+    caller += ["stdw [r10-8], 5", "call f", "ldxdw r0, [r10-8]"]  # r10 must be the caller's frame again
+    caller += [f"{op} r0, r{r}" for op, r in zip(("add", "xor", "add", "xor"), range(6, 10), strict=True)]
+    callee = [f"mov r{r}, {r * 11}" for r in inner] + ["stdw [r10-8], 9"]
+    if moves_fp:  # unverified code may move r10; the interpreter restores it on return as well
+        callee += ["mov r10, r10"]
+    callee += ["call g", "mov r0, r6", "exit"]
+    innermost = [f"mov r{r}, {r * 13}" for r in nested] + ["exit"]
+    source = "\n".join([*caller, "exit", "f:", *callee, "g:", *innermost])
+    for verify in (False,) if moves_fp else (True, False):
+        with VM(assemble(source), verify=verify, budget=BUDGET) as vm:
+            mem = bytearray(MEM_SIZE)
+            expected = outcome(vm, "interp", mem, bytes(MEM_SIZE))
+            for _ in range(2):
+                assert outcome(vm, "jit", mem, bytes(MEM_SIZE))[:2] == expected[:2]
+
+
+def test_a_callee_that_writes_no_saved_register_costs_no_pushes() -> None:
+    from jitbpf.asm import assemble
+
+    with VM(assemble("call f\nexit\nf:\nmov r0, 1\nexit")) as vm:
+        vm.jit_compile()
+        dump = vm.jit_dump()
+    assert "push" not in dump.split("0: call")[1].split("1: exit")[0]

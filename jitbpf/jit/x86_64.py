@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jitbpf.cfg import Block, ControlFlow, live_after, writes_fp
+from jitbpf.cfg import Block, ControlFlow, live_after, register_writes, writes_fp
 from jitbpf.interpreter import MAX_CALL_DEPTH
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
@@ -111,6 +111,7 @@ class X86_64(Target):
         self._live_after_calls: dict[int, int] | None = None  # per helper call, registers read later
         self._needs_end = False  # a versioned loop checks its range against mem_end / mem_wend
         self._needs_packet = False  # a legacy packet load reads the frame's packet fields
+        self._fn_writes: dict[int, int] | None = None  # per function entry, registers it writes itself
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
@@ -762,14 +763,35 @@ class X86_64(Target):
             token, vals = mem("q", FRAME, L.frame_zero_base)
             self.op(("add", TMP, token), *vals)
             self.branch_named("call", "zero")
-        for reg in _LOCAL_SAVED:
+        # Only what the callee itself may write needs saving (its own calls restore what theirs
+        # write); the machine frame keeps its size, which the depth check and zeroing rely on.
+        written = self._written_by(self.flow.targets[pc])
+        saved = [Q[r] for r in range(6, FP + 1) if written >> r & 1]
+        pad = LOCAL_FRAME - 8 - 8 * len(saved)
+        for reg in saved:
             self.op(("push", reg))
-        self.op(("sub", "rsp", "i8"), _LOCAL_PAD)
+        self.op(("sub", "rsp", "i8"), pad)
         self.op(("sub", "rbp", "i32"), STACK_SIZE)
         self.branch("call", location(Section.PC, self.flow.targets[pc]))
-        self.op(("add", "rsp", "i8"), _LOCAL_PAD)
-        for reg in reversed(_LOCAL_SAVED):
+        self.op(("add", "rsp", "i8"), pad)
+        for reg in reversed(saved):
             self.op(("pop", reg))
+        if not written >> FP & 1:
+            self.op(("add", "rbp", "i32"), STACK_SIZE)
+
+    def _written_by(self, entry: int) -> int:
+        """Mask of the registers the function at ``entry`` may write with its own instructions."""
+        if self._fn_writes is None:
+            program = self.flow.program
+            self._fn_writes = {}
+            for fn in self.flow.functions:
+                mask = 0
+                for pc in range(fn.entry, fn.end):
+                    insn, info = program.slots[pc], program.infos[pc]
+                    if insn is not None and info is not None and info.kind is not Kind.CALL_LOCAL:
+                        mask |= register_writes(insn, info)
+                self._fn_writes[fn.entry] = mask
+        return self._fn_writes.get(entry, -1)
 
     def emit_exit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         if self._fn_entry[pc] != 0:
