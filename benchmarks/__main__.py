@@ -18,9 +18,12 @@ from benchmarks.suite import (
     BUDGET,
     COMPILE_INSNS,
     COMPILE_INSNS_QUICK,
+    COMPILE_INSNS_SMALL,
     batch_figures,
     compile_speed,
     fresh_process_compile,
+    helper_figures,
+    packet_run_figures,
     proof_figures,
     run_workload,
     startup_figures,
@@ -99,7 +102,7 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
     ctx = Context(lib)
     work = [w for w in all_workloads(ctx) if only is None or w.key in only]
     contenders = 3
-    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (6 if quick else 7) + len(PROGRAMS))
+    progress = Progress(sum(2 + plan.samples * contenders for _ in work) + (9 if quick else 10) + len(PROGRAMS))
     print(f"running {len(work)} workloads{' (--quick)' if quick else ''}...", file=out, flush=True)
     results: dict[str, Any] = {
         "machine": machine(),
@@ -114,8 +117,13 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
             results["workloads"][w.key] = run_workload(ctx, w, quick, plan, progress)
         code = assemble(straight_line_source(COMPILE_INSNS_QUICK if quick else COMPILE_INSNS))
         results["compile"] = compile_speed(code, quick, progress)
+        results["compile_small"] = compile_speed(assemble(straight_line_source(COMPILE_INSNS_SMALL)), quick, progress)
         results["fresh_compile"] = None if quick else fresh_process_compile(code, progress)
+        results["fresh_compile_small"] = None if quick else fresh_process_compile(
+            assemble(straight_line_source(COMPILE_INSNS_SMALL)), progress)
         results["startup"] = startup_figures(quick, progress)
+        results["helpers"] = helper_figures(quick, progress)
+        results["packet_runs"] = packet_run_figures(quick, progress)
         results["batch"] = batch_figures(ctx, quick, progress)
         results["proofs"] = proof_figures(quick, progress)
         results["micro"] = micro_figures(lib, quick, progress)

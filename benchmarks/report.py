@@ -13,8 +13,15 @@ from typing import Any
 LOOP_RATIO = 1.3  # long loops: JIT time / native time
 CALL_RATIO = 1.5  # empty program: execute_jit / bare cffi call
 INTERP_RATE = 3e6  # interpreter, tight ALU loop: executed instructions per second
-COMPILE_RATE = 5e5  # warm compile: eBPF instructions per second
-FRESH_NS = 2e9  # first compile in a fresh process, from the spawn
+COMPILE_RATE = 1e6  # warm compile: eBPF instructions per second
+COMPILE_SMALL_NS = 200e3  # warm compile of a 100-instruction program
+FRESH_NS = 300e6  # first compile of a 100-instruction program in a fresh process, from the spawn
+FRESH_LARGE_NS = 2e9  # the same for the 100,000-instruction program
+HELPER_NS = 250.0  # one Python helper call from JIT code
+HELPER_RATIO = 1.0  # a program calling a Python helper: JIT time / interpreter time
+RUN_XDP_NS = 500.0  # run_xdp(packet) from Python, per call
+RUN_BATCH_NS = 30.0  # run_batch(packets), per packet beyond the program (which does nothing here)
+FLOOR_NS = 3.0  # batch of records: per-run cost of an empty program
 BATCH_OVERHEAD_NS = 10.0  # batch of records: per-input time beyond C's loop over the same records
 IMPORT_NS = 100e6  # "import jitbpf", beyond a bare interpreter's start-up
 PLUGIN_NS = 150e6  # one whole "jitbpf conformance-plugin" process, per engine
@@ -59,6 +66,24 @@ def targets(results: dict[str, Any]) -> list[Target]:
     comp = results.get("compile") or {}
     out.append(_target("compile", "compile, warm cache", f">= {COMPILE_RATE / 1e3:g} k insn/s", comp.get("insns_per_s"),
                        lambda v: v >= COMPILE_RATE))
+    small = results.get("compile_small") or {}
+    if small:
+        out.append(_target("compile_small", f"compile, warm, {small.get('insns', 0)} insns",
+                           f"< {COMPILE_SMALL_NS / 1e3:g} us", small.get("ns"), lambda v: v < COMPILE_SMALL_NS))
+    helpers = results.get("helpers") or {}
+    if helpers:
+        out.append(_target("helper_call", "Python helper call from JIT code", f"<= {HELPER_NS:g} ns",
+                           helpers.get("jit_ns"), lambda v: v <= HELPER_NS))
+        out.append(_target("helper_ratio", "Python-helper program: JIT/interpreter", f"<= {HELPER_RATIO:g}x",
+                           helpers.get("jit_interp_ratio"), lambda v: v <= HELPER_RATIO))
+    runs = results.get("packet_runs") or {}
+    if runs:
+        out.append(_target("run_xdp", "run_xdp(packet) from Python", f"<= {RUN_XDP_NS:g} ns", runs.get("run_xdp_ns"),
+                           lambda v: v <= RUN_XDP_NS))
+        out.append(_target("run_batch", "run_batch(packets), per packet", f"<= {RUN_BATCH_NS:g} ns",
+                           runs.get("run_batch_ns"), lambda v: v <= RUN_BATCH_NS))
+        out.append(_target("floor", "batch of records: per-run floor", f"<= {FLOOR_NS:g} ns",
+                           runs.get("records_floor_ns"), lambda v: v <= FLOOR_NS))
     batch = results.get("batch") or {}
     if "overhead_ns" in batch:
         out.append(_target("batch", "batch: per-input overhead", f"<= {BATCH_OVERHEAD_NS:g} ns",
@@ -72,8 +97,12 @@ def targets(results: dict[str, Any]) -> list[Target]:
                                ns, lambda v: v < PLUGIN_NS))
     fresh = results.get("fresh_compile")
     if fresh is not None:
-        out.append(_target("fresh_compile", "first compile, fresh process", f"< {FRESH_NS / 1e9:g} s", fresh.get("ns"),
-                           lambda v: v < FRESH_NS))
+        out.append(_target("fresh_compile", "first compile, fresh process", f"< {FRESH_LARGE_NS / 1e9:g} s",
+                           fresh.get("ns"), lambda v: v < FRESH_LARGE_NS))
+    fresh_small = results.get("fresh_compile_small")
+    if fresh_small is not None:
+        out.append(_target("fresh_compile_small", "first compile of a small program, fresh process",
+                           f"<= {FRESH_NS / 1e6:g} ms", fresh_small.get("ns"), lambda v: v <= FRESH_NS))
     return out
 
 
@@ -140,15 +169,29 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
     n = comp.get("insns", 0)
     cell = "n/a" if "error" in comp else f"{fmt_ns(comp.get('ns'))}  {fmt_rate(comp.get('insns_per_s'))}"
     rows.append((f"compile, warm cache ({n:,} insns)", "program", "", cell, "", "", verdict("compile")))
-    fresh = results.get("fresh_compile")
-    if fresh is not None:
-        cell = "n/a" if "error" in fresh else fmt_ns(fresh.get("ns"))
-        rows.append((f"first compile, fresh process ({fresh['insns']:,} insns)", "program", "", cell, "", "",
-                     verdict("fresh_compile")))
+    small = results.get("compile_small")
+    if small is not None:
+        cell = "n/a" if "error" in small else f"{fmt_ns(small.get('ns'))}  {fmt_rate(small.get('insns_per_s'))}"
+        rows.append((f"compile, warm cache ({small.get('insns', 0):,} insns)", "program", "", cell, "", "",
+                     verdict("compile_small")))
+    for key in ("fresh_compile", "fresh_compile_small"):
+        fresh = results.get(key)
+        if fresh is not None:
+            cell = "n/a" if "error" in fresh else fmt_ns(fresh.get("ns"))
+            rows.append((f"first compile, fresh process ({fresh['insns']:,} insns)", "program", "", cell, "", "",
+                         verdict(key)))
     startup = results.get("startup")
     if startup is not None:
         rows.append(None)
         rows.extend(_startup_rows(startup, verdict))
+    helpers = results.get("helpers")
+    if helpers is not None:
+        rows.append(None)
+        rows.extend(_helper_rows(helpers, verdict))
+    runs = results.get("packet_runs")
+    if runs is not None:
+        rows.append(None)
+        rows.extend(_packet_run_rows(runs, verdict))
     batch = results.get("batch")
     if batch is not None:
         rows.append(None)
@@ -214,6 +257,31 @@ def _startup_rows(startup: dict[str, Any], verdict: Callable[[str], str]) -> lis
          verdict("import")),
         ("conformance-plugin run, whole process", "process", fmt_ns(plugin["interp"]), fmt_ns(plugin["jit"]), "",
          "", f"{verdict('plugin_interp')}; JIT {verdict('plugin_jit').rpartition(': ')[2]}"),
+    ]
+
+
+def _helper_rows(helpers: dict[str, Any], verdict: Callable[[str], str]) -> list[Row]:
+    """A loop calling a Python helper, per call, in both engines."""
+    if "error" in helpers:
+        return [f"Python helpers: n/a ({helpers['error']})"]
+    differ = "" if helpers.get("agree") else " [RESULTS DIFFER]"
+    return [(f"Python helper call ({helpers['calls']:,} per run){differ}", "call", fmt_ns(helpers["interp_ns"]),
+             fmt_ns(helpers["jit_ns"]), "", "", f"{verdict('helper_call')}; JIT/interpreter "
+             f"{_ratio(helpers['jit_interp_ratio'])}: {verdict('helper_ratio').rpartition(': ')[2]}")]
+
+
+def _packet_run_rows(runs: dict[str, Any], verdict: Callable[[str], str]) -> list[Row]:
+    """XDP runs from Python, one by one and in a batch, and the per-run floor of a batch."""
+    if "error" in runs:
+        return [f"packet runs: n/a ({runs['error']})"]
+    differ = "" if runs.get("agree") else " [RESULTS DIFFER]"
+    return [
+        (f"run_xdp(packet), XDP_PASS program{differ}", "call", "", fmt_ns(runs["run_xdp_ns"]), "", "",
+         verdict("run_xdp")),
+        (f"run_batch({runs['packets']:,} packets), XDP_PASS program", "packet", "", fmt_ns(runs["run_batch_ns"]), "",
+         "", verdict("run_batch")),
+        ("execute_records, empty program (per-run floor)", "input", "", fmt_ns(runs["records_floor_ns"]), "", "",
+         verdict("floor")),
     ]
 
 
@@ -314,11 +382,11 @@ def footnotes(results: dict[str, Any]) -> list[str]:
         if "error" in (results.get(what) or {}):
             jit_errors.setdefault(results[what]["error"], []).append(what)
     notes += [f"JIT n/a for {', '.join(keys)}: {error}" for error, keys in jit_errors.items()]
-    fresh = results.get("fresh_compile")
+    fresh = results.get("fresh_compile_small") or results.get("fresh_compile")
     if fresh is not None and "error" not in fresh:
         phases = (f"Python start-up {fmt_ns(fresh['startup_ns'])}, import jitbpf {fmt_ns(fresh['import_ns'])}, "
                   f"VM {fmt_ns(fresh['vm_ns'])}, jit_compile {fmt_ns(fresh['compile_ns'])}")
-        notes.append(f"First compile in a fresh process, from the spawn: {phases} "
+        notes.append(f"First compile in a fresh process ({fresh['insns']:,} insns), from the spawn: {phases} "
                      "(encodings read from the cache on disk that an earlier process saved; without it PeachPy is "
                      "imported and they are made on first use).")
     startup = results.get("startup")

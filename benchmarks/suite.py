@@ -27,6 +27,7 @@ from jitbpf.vm import VM
 BUDGET = 10**9  # instructions per call: the long loops run millions in one call
 COMPILE_INSNS = 100_000  # size of the generated straight-line program
 COMPILE_INSNS_QUICK = 1_000
+COMPILE_INSNS_SMALL = 100  # a small program: what a compile costs beyond its size
 
 
 @dataclass(frozen=True)
@@ -496,3 +497,84 @@ def startup_figures(quick: bool, progress: Progress) -> dict[str, Any]:
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
     return {"python_ns": bare, "import_ns": imported - bare, "plugin_ns": plugin, "repeats": repeats}
+
+
+# --- what users meet first: per-packet runs, Python helpers, small compiles --------------------------
+
+HELPER_CALLS = 1_000  # Python helper calls per run
+HELPER_ID = 77
+HELPER_SOURCE = f"""
+    mov r6, {HELPER_CALLS}
+    mov r7, 0
+loop:
+    mov r1, r6
+    call {HELPER_ID}            ; a helper written in Python
+    add r7, r0
+    sub r6, 1
+    jne r6, 0, loop
+    mov r0, r7
+    exit
+"""
+XDP_PASS_SOURCE = "mov r0, 2\nexit"  # the per-run floor: a program that does nothing
+FLOOR_SOURCE = "mov r0, 0\nexit"
+
+
+def _python_helper(r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+    return r1 & 1
+
+
+def helper_figures(quick: bool, progress: Progress) -> dict[str, Any]:
+    """A loop calling a Python helper: ns per call from JIT code and from the interpreter (the
+    whole loop, divided by the calls; its four other instructions cost the JIT next to nothing)."""
+    progress.step("helpers: timing")
+    repeats = 5 if quick else 15
+    out: dict[str, Any] = {"calls": HELPER_CALLS}
+    vm = VM(assemble(HELPER_SOURCE), budget=BUDGET, verify=False, allow_loops=True)
+    vm.register_helper(HELPER_ID, _python_helper, name="python_helper")
+    try:
+        vm.jit_compile()
+        expected = sum(i & 1 for i in range(1, HELPER_CALLS + 1))
+        out["agree"] = vm.execute() == vm.execute_jit() == expected
+        out["jit_ns"] = median_ns(vm.execute_jit, repeats) / HELPER_CALLS
+        out["interp_ns"] = median_ns(vm.execute, repeats) / HELPER_CALLS
+        out["jit_interp_ratio"] = out["jit_ns"] / out["interp_ns"]
+    except Exception as exc:  # reported in the table, not fatal
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        vm.close()
+    return out
+
+
+def packet_run_figures(quick: bool, progress: Progress) -> dict[str, Any]:
+    """XDP from Python: ``run_xdp(packet)`` per call, ``run_batch(packets)`` per packet (both with
+    the JIT, a program returning XDP_PASS, so that the figures are the runner's cost); and the
+    per-run floor of a batch of fixed-size records (``execute_records``, an empty program)."""
+    from jitbpf.programs import ProgType
+
+    progress.step("packet runs: timing")
+    repeats = 5 if quick else 15
+    calls = 200 if quick else 2_000
+    frames = [bytes(p.frame) for p in packet_mix()] * (calls // 8)
+    records = filter_records(calls)
+    out: dict[str, Any] = {"packets": len(frames)}
+    vm = VM(assemble(XDP_PASS_SOURCE), prog_type=ProgType.XDP)
+    floor = VM(assemble(FLOOR_SOURCE))
+    try:
+        vm.jit_compile()
+        floor.jit_compile()
+        out["agree"] = (vm.run_xdp(frames[0], engine="jit")[0] == 2
+                        and list(vm.run_batch(frames, engine="jit").results) == [2] * len(frames))
+
+        def each() -> None:
+            for f in frames:
+                vm.run_xdp(f, engine="jit")
+
+        out["run_xdp_ns"] = median_ns(each, repeats) / len(frames)
+        out["run_batch_ns"] = median_ns(lambda: vm.run_batch(frames, engine="jit"), repeats) / len(frames)
+        out["records_floor_ns"] = median_ns(lambda: floor.execute_records(records, RECORD_SIZE), repeats) / calls
+    except Exception as exc:  # reported in the table, not fatal
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        vm.close()
+        floor.close()
+    return out

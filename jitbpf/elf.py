@@ -262,6 +262,10 @@ class ElfProgram:
         self.code = code
         self._default: dict[str, VM] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The VM ``run`` keeps is remade on first use in the receiving process.
+        return {**vars(self), "_default": {}}
+
     def __repr__(self) -> str:
         return (f"ElfProgram({self.name!r}, section={self.section!r}, prog_type={self.prog_type.name}, "
                 f"insns={len(self.code) // SLOT_SIZE})")

@@ -195,6 +195,9 @@ class Codec:
             raise MapError(f"{what} type {kind!r} has {expected} bytes, the map's {what}s have {size}",
                            errno=errno.EINVAL)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _codec, (self.size, self.kind, self.what, self.signed)
+
     def encode(self, obj: Any) -> bytes:
         if self._struct is not None and isinstance(obj, tuple):
             return self._struct.pack(*obj)
@@ -252,6 +255,11 @@ def _decode_event(kind: Converter, data: bytes) -> Any:
 # The base class
 
 
+def _codec(size: int, kind: Converter, what: str, signed: bool) -> Codec:
+    """A Codec rebuilt from its arguments (its struct is not picklable)."""
+    return Codec(size, kind, what, signed=signed)
+
+
 class BpfMap:
     """One map: its C storage, its shape, its name and the handle bytecode refers to it by.
 
@@ -300,6 +308,12 @@ class BpfMap:
         view = memoryview(ffi.buffer(base, size[0])).cast("B")
         writable = not self.flags & BPF_F_RDONLY_PROG
         return [Region(int(ffi.cast("uintptr_t", base)), int(size[0]), view, writable, f"map {self.name}")]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its shape and elements (see ``jitbpf.pickling``)."""
+        from jitbpf.pickling import reduce_map
+
+        return reduce_map(self)
 
     # -- identity: two maps are equal only if they are the same map ----------------------------
 

@@ -577,6 +577,13 @@ class VM(ProgramRunners):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its bytecode, options, program type, maps and helpers, so that other
+        processes can run it (see ``jitbpf.pickling``)."""
+        from jitbpf.pickling import reduce_vm
+
+        return reduce_vm(self)
+
     def __del__(self) -> None:
         # No run can be in progress: a run holds a reference to its VM.
         if getattr(self, "_lifetime", None) is not None:

@@ -269,3 +269,95 @@ def test_batches_agree_with_one_interpreter_run_per_input(insns: list[Instructio
     finally:
         view.release()
         vm.close()
+
+
+# Verified programs: their prologue leaves out the frame's regions and limits when no access is
+# checked (and its packet fields without legacy packet loads); both engines must still agree.
+VERIFIED_ALU = ["add", "sub", "mul", "or", "and", "xor", "mov", "lsh", "rsh", "arsh", "add32", "xor32", "mov32"]
+
+
+@st.composite
+def verified_programs(draw: st.DrawFn) -> str:
+    lines = [f"mov r{r}, {draw(IMM)}" for r in range(10)]
+    for _ in range(draw(st.integers(1, 30))):
+        op, dst, src = draw(st.sampled_from(VERIFIED_ALU)), draw(st.integers(0, 9)), draw(st.integers(0, 9))
+        kind = draw(st.integers(0, 3))
+        if kind == 0 and op not in ("lsh", "rsh", "arsh"):
+            lines.append(f"{op} r{dst}, r{src}")
+        elif kind <= 1:
+            lines.append(f"{op} r{dst}, {draw(st.integers(0, 31))}")
+        elif kind == 2:
+            lines.append(f"stxdw [r10-{8 * draw(st.integers(1, 8))}], r{src}")
+        else:
+            lines.append(f"stxdw [r10-8], r{src}")
+            lines.append(f"ldxdw r{dst}, [r10-8]")
+    lines.append("exit")
+    return "\n".join(lines)
+
+
+@settings(max_examples=150, deadline=None)
+@given(verified_programs(), st.binary(min_size=MEM_SIZE, max_size=MEM_SIZE))
+def test_verified_programs_with_a_short_prologue_agree(source: str, initial: bytes) -> None:
+    from jitbpf.asm import assemble
+
+    with VM(assemble(source), budget=BUDGET) as vm:
+        vm.check()
+        mem = bytearray(initial)
+        expected = outcome(vm, "interp", mem, initial)
+        for _ in range(2):
+            assert outcome(vm, "jit", mem, initial)[:2] == expected[:2]
+
+
+def _prologue_length(source: str, verify: bool) -> int:
+    """x86 instructions from the regions entry to the code of slot 0."""
+    from jitbpf.asm import assemble
+
+    with VM(assemble(source), verify=verify) as vm:
+        vm.jit_compile()
+        lines = vm.jit_dump().splitlines()
+    start = next(i for i, ln in enumerate(lines) if "regions, prologue" in ln)
+    first = next(i for i, ln in enumerate(lines) if ln.strip().startswith("0:"))
+    return sum(1 for ln in lines[start + 1 : first] if not ln.startswith(";"))
+
+
+def test_prologue_sets_up_only_what_the_code_uses() -> None:
+    plain = _prologue_length("mov r0, 1\nexit", verify=True)
+    checked = _prologue_length("ldxb r0, [r1]\nexit", verify=False) - _prologue_length("mov r0, 1\nexit", verify=False)
+    packet = _prologue_length("ldabsb 0\nexit", verify=False) - _prologue_length("mov r0, 1\nexit", verify=False)
+    assert plain <= 16
+    assert checked > 0 and packet > 0
+
+
+# Local calls save only the registers the callee writes itself: the caller's r6-r9 (and r10)
+# must come back whatever subset the callee, or a function it calls, clobbers.
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(6, 9), max_size=4), st.lists(st.integers(6, 9), max_size=4), st.booleans(),
+       st.lists(st.integers(0, 2**31 - 1), min_size=4, max_size=4))
+def test_local_calls_restore_the_callers_registers(inner: list[int], nested: list[int], moves_fp: bool,
+                                                  values: list[int]) -> None:
+    from jitbpf.asm import assemble
+
+    caller = [f"mov r{6 + i}, {v}" for i, v in enumerate(values)]
+    caller += ["stdw [r10-8], 5", "call f", "ldxdw r0, [r10-8]"]  # r10 must be the caller's frame again
+    caller += [f"{op} r0, r{r}" for op, r in zip(("add", "xor", "add", "xor"), range(6, 10), strict=True)]
+    callee = [f"mov r{r}, {r * 11}" for r in inner] + ["stdw [r10-8], 9"]
+    if moves_fp:  # unverified code may move r10; the interpreter restores it on return as well
+        callee += ["mov r10, r10"]
+    callee += ["call g", "mov r0, r6", "exit"]
+    innermost = [f"mov r{r}, {r * 13}" for r in nested] + ["exit"]
+    source = "\n".join([*caller, "exit", "f:", *callee, "g:", *innermost])
+    for verify in (False,) if moves_fp else (True, False):
+        with VM(assemble(source), verify=verify, budget=BUDGET) as vm:
+            mem = bytearray(MEM_SIZE)
+            expected = outcome(vm, "interp", mem, bytes(MEM_SIZE))
+            for _ in range(2):
+                assert outcome(vm, "jit", mem, bytes(MEM_SIZE))[:2] == expected[:2]
+
+
+def test_a_callee_that_writes_no_saved_register_costs_no_pushes() -> None:
+    from jitbpf.asm import assemble
+
+    with VM(assemble("call f\nexit\nf:\nmov r0, 1\nexit")) as vm:
+        vm.jit_compile()
+        dump = vm.jit_dump()
+    assert "push" not in dump.split("0: call")[1].split("1: exit")[0]

@@ -4,6 +4,7 @@ the cffi declarations), the status codes a run ends with, and the errors they tu
 from __future__ import annotations
 
 import enum
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -87,8 +88,9 @@ class Layout:
     frame_zero_base: int  # jitbpf_frame.zero_base
 
 
+@functools.cache
 def layout() -> Layout:
-    """Field offsets of the native structures (cheap; computed from the cffi declarations)."""
+    """Field offsets of the native structures (computed once from the cffi declarations)."""
     ctx, region, frame = "struct jitbpf_ctx", "struct jitbpf_region", "struct jitbpf_frame"
     size = ffi.sizeof(frame)
     # The prologue pushes six registers after the return address: reserving 8 mod 16 bytes

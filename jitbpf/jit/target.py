@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -73,6 +73,55 @@ class Options:
     contained: bool = False
 
 
+def _moved(loc: int, hot: int, cold: int) -> int:
+    """``loc`` shifted by the given section bases (pc locations stay)."""
+    section = loc >> _TAG
+    if section == Section.HOT:
+        return loc + hot
+    return loc + cold if section == Section.COLD else loc
+
+
+@dataclass(frozen=True, slots=True)
+class _Recording:
+    """What one run of an emitter added to a Target, with locations relative to where it started."""
+
+    hot: bytes
+    cold: bytes
+    fixups: tuple[tuple[int, int], ...]
+    named: tuple[tuple[int, str], ...]
+    marks: tuple[tuple[int, str, int], ...]
+    labels: tuple[tuple[str, int], ...]
+    entries: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, t: Target, hot0: int, cold0: int,
+           before: tuple[int, int, int, dict[str, int], dict[str, int]]) -> _Recording:
+        nfix, nnamed, nmarks, labels, entries = before
+        back = (-hot0, -cold0)
+        return cls(bytes(t.hot[hot0:]), bytes(t.cold[cold0:]),
+                   tuple((_moved(f, *back), _moved(g, *back)) for f, g in t.fixups[nfix:]),
+                   tuple((_moved(f, *back), name) for f, name in t.named_fixups[nnamed:]),
+                   tuple((_moved(loc, *back), text, pc) for loc, text, pc in t.marks[nmarks:]),
+                   tuple((k, _moved(v, *back)) for k, v in t.labels.items() if labels.get(k) != v),
+                   tuple((k, v - hot0) for k, v in t.entries.items() if entries.get(k) != v))
+
+    def replay(self, t: Target, hot0: int, cold0: int) -> None:
+        t.hot += self.hot
+        t.cold += self.cold
+        if hot0 == cold0 == 0:  # the first code of a program (its entry points): nothing moves
+            t.fixups.extend(self.fixups)
+            t.named_fixups.extend(self.named)
+            t.marks.extend(self.marks)
+            t.labels.update(self.labels)
+            t.entries.update(self.entries)
+            return
+        t.fixups.extend((_moved(f, hot0, cold0), _moved(g, hot0, cold0)) for f, g in self.fixups)
+        t.named_fixups.extend((_moved(f, hot0, cold0), name) for f, name in self.named)
+        t.marks.extend((_moved(loc, hot0, cold0), text, pc) for loc, text, pc in self.marks)
+        t.labels.update((k, _moved(v, hot0, cold0)) for k, v in self.labels)
+        t.entries.update((k, v + hot0) for k, v in self.entries)
+
+
 class Target(abc.ABC):
     """Drives code generation for one program. A subclass supplies the machine: the ``emit_*``
     methods for each instruction kind, block entry (budget), entry/runtime code and the branch
@@ -120,7 +169,8 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def emit_entries(self) -> None:
-        """Entry points and the prologue that sets up registers; falls through to slot 0."""
+        """Entry points and the prologue that sets up registers; falls through to slot 0. Emitted
+        after the program's code (and put before it), so it may depend on what that code uses."""
 
     @abc.abstractmethod
     def emit_block_entry(self, block: Block) -> None:
@@ -149,7 +199,6 @@ class Target(abc.ABC):
         memo = self._memo
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops else {}
         after_loop = -1  # end of the versioned loop just emitted: its slots are done
-        self.emit_entries()
         for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
             if insn is None or info is None or pc < after_loop:
                 continue
@@ -176,7 +225,27 @@ class Target(abc.ABC):
             if sizes == (len(cold), len(fixups), len(named), len(marks)):
                 memo[key] = bytes(hot[start:])
         self.emit_runtime()
+        self.prepend(self.emit_entries)
         return self.link()
+
+    def prepend(self, emit: Callable[[], None]) -> None:
+        """Run ``emit`` to put code in front of all the hot code emitted so far, moving what
+        refers to that code: the entry points go first (they fall through to slot 0) but are
+        emitted last, once the program has shown what they need to set up."""
+        body, self.hot = self.hot, bytearray()
+        counts = (len(self.fixups), len(self.named_fixups), len(self.marks))
+        labels = dict(self.labels)
+        emit()
+        shift = len(self.hot)
+        self.hot += body
+        if not shift:
+            return
+        nfix, nnamed, nmarks = counts
+        self.fixups[:nfix] = [(_moved(f, shift, 0), _moved(g, shift, 0)) for f, g in self.fixups[:nfix]]
+        self.named_fixups[:nnamed] = [(_moved(f, shift, 0), name) for f, name in self.named_fixups[:nnamed]]
+        self.marks[:nmarks] = [(_moved(loc, shift, 0), text, pc) for loc, text, pc in self.marks[:nmarks]]
+        self.labels.update((k, _moved(v, shift, 0)) for k, v in labels.items())
+        self.pc_off[:] = [off + shift if off >= 0 else off for off in self.pc_off]
 
     def emit_block(self, block: Block, *, record: bool) -> None:
         """A block's budget charge and instructions (the compile loop's work, for one block that
@@ -275,6 +344,23 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Kernel function calls."""
+
+    # -- replayed emission ------------------------------------------------------------------------
+
+    def replayed(self, key: Hashable, emit: Callable[[], None]) -> None:
+        """Run ``emit``, or replay what it emitted the last time it ran with the same ``key`` in
+        any program: the bytes of both sections, fixups, labels, marks and entries, moved to the
+        current ends of the sections. For code that depends on ``key`` alone (entry points,
+        runtime routines), whose emission would otherwise cost every compile the same time."""
+        cache: dict[Hashable, _Recording] = self.asm.derived.setdefault(("replayed", type(self).__name__), {})
+        hot0, cold0 = len(self.hot), len(self.cold)
+        recording = cache.get(key)
+        if recording is None:
+            before = (len(self.fixups), len(self.named_fixups), len(self.marks), dict(self.labels), dict(self.entries))
+            emit()
+            cache[key] = _Recording.of(self, hot0, cold0, before)
+            return
+        recording.replay(self, hot0, cold0)
 
     # -- labels, fixups, linking -----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jitbpf.cfg import Block, ControlFlow, live_after, writes_fp
+from jitbpf.cfg import Block, ControlFlow, live_after, register_writes, writes_fp
 from jitbpf.interpreter import MAX_CALL_DEPTH
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
@@ -55,6 +55,7 @@ B = tuple(r.b for r in REGS)
 _SIZE_PREFIX = {1: "b", 2: "w", 4: "d", 8: "q"}
 _SIZE_INDEX = {1: 0, 2: 1, 4: 2, 8: 3}
 _BY_SIZE = {1: B, 2: W, 4: D, 8: Q}
+_STORE_IMM = {1: "i8", 2: "i16", 4: "i32", 8: "i32"}  # immediate of a store (qword stores sign-extend imm32)
 _SIMPLE_ALU: dict[int, str] = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or", AluOp.AND: "and", AluOp.XOR: "xor"}
 _SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
 _ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
@@ -109,6 +110,9 @@ class X86_64(Target):
         self._limits_used: set[tuple[bool, int]] = set()  # (load?, size) of the inline mem checks
         self._live_after_calls: dict[int, int] | None = None  # per helper call, registers read later
         self._needs_end = False  # a versioned loop checks its range against mem_end / mem_wend
+        self._needs_packet = False  # a legacy packet load reads the frame's packet fields
+        self._fn_writes: dict[int, int] | None = None  # per function entry, registers it writes itself
+        self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
                 self._fn_entry[pc] = fn.entry
@@ -179,6 +183,12 @@ class X86_64(Target):
     # -- program structure ----------------------------------------------------------------------
 
     def emit_entries(self) -> None:
+        # The frame's regions and limits serve the inline checks, the walker their slow paths
+        # reach and versioned loops; its packet fields the legacy packet loads.
+        self._frame_regions = bool(self._limits_used) or self._needs_end
+        self.replayed(("entries", self.options.verified, self._frame_regions, self._needs_packet), self._emit_entries)
+
+    def _emit_entries(self) -> None:
         L = self.lay
         # (ctx, mem, size), for the native batch loops: mem as r1/r2 and the packet, the caller's
         # extra regions kept.
@@ -214,25 +224,30 @@ class X86_64(Target):
         self._store("rdi", L.ctx_pending, "rax")
         mem_region = L.frame_regions
         stack_region = L.frame_regions + L.region_size
-        self._load("rax", "rdi", L.ctx_mem)
-        self._store(FRAME, mem_region + L.region_base, "rax")
-        self._load("rdx", "rdi", L.ctx_mem_size)
-        self._store(FRAME, mem_region + L.region_len, "rdx")
-        self._load("rcx", "rdi", L.ctx_mem_writable)
-        self._store(FRAME, mem_region + L.region_writable, "rcx")
-        self.branch_named("call", "limits")  # rax = mem base, rdx = mem size, rcx = writable
-        self._load("rax", "rdi", L.ctx_stack_base)
-        self._store(FRAME, stack_region + L.region_base, "rax")
-        self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
-        self._store_imm(FRAME, stack_region + L.region_writable, 1)
-        self._load("rcx", "rdi", L.ctx_pkt_base)
-        self._store(FRAME, L.frame_pkt_base, "rcx")
-        self._load("rcx", "rdi", L.ctx_pkt_size)
-        self._store(FRAME, L.frame_pkt_size, "rcx")
-        self._load("rcx", "rdi", L.ctx_extra)
-        self._store(FRAME, L.frame_extra, "rcx")
-        self._load("rcx", "rdi", L.ctx_nextra)
-        self._store(FRAME, L.frame_nextra, "rcx")
+        if self._frame_regions:
+            self._load("rax", "rdi", L.ctx_mem)
+            self._store(FRAME, mem_region + L.region_base, "rax")
+            self._load("rdx", "rdi", L.ctx_mem_size)
+            self._store(FRAME, mem_region + L.region_len, "rdx")
+            self._load("rcx", "rdi", L.ctx_mem_writable)
+            self._store(FRAME, mem_region + L.region_writable, "rcx")
+            self.branch_named("call", "limits")  # rax = mem base, rdx = mem size, rcx = writable
+        if self._frame_regions or not self.options.verified:
+            self._load("rax", "rdi", L.ctx_stack_base)  # (the frame zeroing below starts from it)
+        if self._frame_regions:
+            self._store(FRAME, stack_region + L.region_base, "rax")
+            self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
+            self._store_imm(FRAME, stack_region + L.region_writable, 1)
+        if self._needs_packet:
+            self._load("rcx", "rdi", L.ctx_pkt_base)
+            self._store(FRAME, L.frame_pkt_base, "rcx")
+            self._load("rcx", "rdi", L.ctx_pkt_size)
+            self._store(FRAME, L.frame_pkt_size, "rcx")
+        if self._frame_regions:
+            self._load("rcx", "rdi", L.ctx_extra)
+            self._store(FRAME, L.frame_extra, "rcx")
+            self._load("rcx", "rdi", L.ctx_nextra)
+            self._store(FRAME, L.frame_nextra, "rcx")
         if not self.options.verified:
             # Frame f of the stack area starts at top - 512 (f + 1); a local call at depth f (rsp =
             # FRAME - 64 f) enters frame f + 1, so its start is zero_base + 8 rsp.
@@ -534,7 +549,7 @@ class X86_64(Target):
     def emit_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         d, size = insn.dst, info.size
         base, disp, pending = self._address(pc, insn.src, insn.off, size, Access.LOAD)
-        ok = self.here()
+        ok = len(self.hot)  # here(): a hot location is its offset
         token, vals = mem(size, base, disp)
         if info.kind is Kind.LDX:
             if size < 4:
@@ -545,19 +560,20 @@ class X86_64(Target):
             self.op(("movsx", Q[d], token), *vals)
         else:
             self.op(("movsxd", Q[d], token), *vals)
-        self._close_check(pending, pc, size, Access.LOAD, ok, base=base, off=disp)
+        if pending >= 0:
+            self._close_check(pending, pc, size, Access.LOAD, ok, base=base, off=disp)
 
     def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         size = info.size
         base, disp, pending = self._address(pc, insn.dst, insn.off, size, Access.STORE)
-        ok = self.here()
+        ok = len(self.hot)  # here(): a hot location is its offset
         token, vals = mem(size, base, disp)
         if info.kind is Kind.STX:
             self.op(("mov", token, _BY_SIZE[size][insn.src]), *vals)
         else:
-            hole = {1: "i8", 2: "i16", 4: "i32", 8: "i32"}[size]  # qword stores sign-extend imm32
-            self.op(("mov", token, hole), *vals, insn.imm)
-        self._close_check(pending, pc, size, Access.STORE, ok, base=base, off=disp)
+            self.op(("mov", token, _STORE_IMM[size]), *vals, insn.imm)
+        if pending >= 0:
+            self._close_check(pending, pc, size, Access.STORE, ok, base=base, off=disp)
 
     def emit_atomic(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         s, size = insn.src, info.size
@@ -604,6 +620,7 @@ class X86_64(Target):
         program with r0 = 0."""
         L = self.lay
         size = info.size
+        self._needs_packet = True
         size_tok, size_vals = mem("q", FRAME, L.frame_pkt_size)
         base_tok, base_vals = mem("q", FRAME, L.frame_pkt_base)
         if info.kind is Kind.LD_ABS:
@@ -757,14 +774,35 @@ class X86_64(Target):
             token, vals = mem("q", FRAME, L.frame_zero_base)
             self.op(("add", TMP, token), *vals)
             self.branch_named("call", "zero")
-        for reg in _LOCAL_SAVED:
+        # Only what the callee itself may write needs saving (its own calls restore what theirs
+        # write); the machine frame keeps its size, which the depth check and zeroing rely on.
+        written = self._written_by(self.flow.targets[pc])
+        saved = [Q[r] for r in range(6, FP + 1) if written >> r & 1]
+        pad = LOCAL_FRAME - 8 - 8 * len(saved)
+        for reg in saved:
             self.op(("push", reg))
-        self.op(("sub", "rsp", "i8"), _LOCAL_PAD)
+        self.op(("sub", "rsp", "i8"), pad)
         self.op(("sub", "rbp", "i32"), STACK_SIZE)
         self.branch("call", location(Section.PC, self.flow.targets[pc]))
-        self.op(("add", "rsp", "i8"), _LOCAL_PAD)
-        for reg in reversed(_LOCAL_SAVED):
+        self.op(("add", "rsp", "i8"), pad)
+        for reg in reversed(saved):
             self.op(("pop", reg))
+        if not written >> FP & 1:
+            self.op(("add", "rbp", "i32"), STACK_SIZE)
+
+    def _written_by(self, entry: int) -> int:
+        """Mask of the registers the function at ``entry`` may write with its own instructions."""
+        if self._fn_writes is None:
+            program = self.flow.program
+            self._fn_writes = {}
+            for fn in self.flow.functions:
+                mask = 0
+                for pc in range(fn.entry, fn.end):
+                    insn, info = program.slots[pc], program.infos[pc]
+                    if insn is not None and info is not None and info.kind is not Kind.CALL_LOCAL:
+                        mask |= register_writes(insn, info)
+                self._fn_writes[fn.entry] = mask
+        return self._fn_writes.get(entry, -1)
 
     def emit_exit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         if self._fn_entry[pc] != 0:
@@ -783,6 +821,9 @@ class X86_64(Target):
     # -- runtime routines -------------------------------------------------------------------------
 
     def emit_runtime(self) -> None:
+        self.replayed(("runtime", frozenset(self._limits_used), self._needs_end), self._emit_runtime)
+
+    def _emit_runtime(self) -> None:
         L = self.lay
         self.define("exit")  # rax = r0
         self.cop(("lea", "rsp", "[r12+d32]"), L.frame_size)
