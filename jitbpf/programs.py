@@ -390,11 +390,12 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             _TRACING | {H.GET_STACKID}, readable=_all_but(PtRegs, ()),
         ),
         ProgramType(
-            ProgType.TRACEPOINT, "tracepoint", RawContext, ("tracepoint/", "tp/"), _TRACING,
+            ProgType.TRACEPOINT, "tracepoint", RawContext, ("tracepoint", "tracepoint/", "tp", "tp/"), _TRACING,
             readable=((0, CTX_AREA),),
         ),
         ProgramType(
-            ProgType.RAW_TRACEPOINT, "raw_tracepoint", RawContext, ("raw_tracepoint/", "raw_tp/"), _TRACING,
+            ProgType.RAW_TRACEPOINT, "raw_tracepoint", RawContext,
+            ("raw_tracepoint", "raw_tracepoint/", "raw_tp", "raw_tp/"), _TRACING,
             readable=((0, CTX_AREA),),
         ),
         ProgramType(
@@ -498,6 +499,7 @@ def program_type(value: ProgType | int | str) -> ProgType:
 
 def section_program_type(section: str) -> ProgType:
     """The program type libbpf gives a section name (``UNSPEC`` when it names none)."""
+    section = section.removeprefix("?")  # "?": a program libbpf does not load unless asked; same type
     best, best_len = ProgType.UNSPEC, -1
     for info in PROGRAM_TYPES.values():
         for name in info.sections:

@@ -93,6 +93,7 @@ class VM(ProgramRunners):
         prog_type: ProgType | int | str | None = None,
         max_tail_calls: int = MAX_TAIL_CALLS,
         elide_checks: bool = True,
+        privileged: bool = True,
     ) -> None:
         if isinstance(program, Program):
             self.program = program
@@ -103,6 +104,8 @@ class VM(ProgramRunners):
         self.flow = cfg.analyze(self.program, max_insns=max_insns)
         self.verify_enabled = verify
         self.allow_loops = allow_loops
+        self.privileged = privileged  # the kernel's rules for a privileged loader (see verify_flow)
+        self._reads_uninit_stack = False
         # The JIT drops the runtime bounds check of every access the verifier proved in bounds;
         # off, it checks them all the same (to measure what the proofs save, or to distrust them).
         self.elide_checks = elide_checks
@@ -283,7 +286,8 @@ class VM(ProgramRunners):
             # size (C helpers read all of it), and accesses to map values can be proven.
             try:
                 result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
-                                     budget=self.budget, context=self.context_spec(), maps=self.maps)
+                                     budget=self.budget, context=self.context_spec(), maps=self.maps,
+                                     privileged=self.privileged)
             except VerifierError as exc:
                 if not self.allow_loops and exc.message.startswith("back-edge"):
                     exc.add_note("a loop: VM(..., allow_loops=True) accepts it if it is bounded, "
@@ -291,6 +295,7 @@ class VM(ProgramRunners):
                 raise
             self._proven = result.proven
             self._python_calls = result.unchecked_calls
+            self._reads_uninit_stack = result.reads_uninit_stack
         self._checked = True
 
     # -- running -------------------------------------------------------------------------------
@@ -369,7 +374,10 @@ class VM(ProgramRunners):
         return JitProgram(self.flow, resolve_lddw=self.resolve_lddw, helpers=self.helpers,
                           proven=self._proven if self.elide_checks else frozenset(),
                           state=self._state, budget=self.budget,
-                          runner=self.execute_jit_regions, verified=self.verify_enabled,
+                          # Code for unverified programs clears the stack frames, as the interpreter does:
+                          # a program that reads stack it never wrote needs that as well.
+                          runner=self.execute_jit_regions,
+                          verified=self.verify_enabled and not self._reads_uninit_stack,
                           python_calls=self._python_calls)
 
     def execute_jit(self, mem: Any = None) -> int:

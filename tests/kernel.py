@@ -8,7 +8,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_program__name": (cp, [vp]),
         "bpf_program__set_autoload": (i32, [vp, ctypes.c_bool]),
         "bpf_program__set_type": (i32, [vp, i32]),
+        "bpf_program__set_flags": (i32, [vp, u32]),
         "bpf_program__type": (i32, [vp]),
         "bpf_program__fd": (i32, [vp]),
         "bpf_map__name": (cp, [vp]),
@@ -150,9 +151,10 @@ class Kernel:
             return f"cannot use {path}: {exc}"
         return cls(lib)
 
-    def load(self, path: Path, program: str, prog_type: str | None) -> KernelProgram | str:
-        """``program`` of the object at ``path`` (alone: the others are not loaded), or why the
-        kernel refused it."""
+    def load(self, path: Path, program: str, prog_type: str | None, flags: int = 0,
+             also: Collection[str] = ()) -> KernelProgram | str:
+        """``program`` of the object at ``path`` (alone but for the programs named in ``also``,
+        which its maps refer to; ``flags``: its BPF_F_* load flags), or why the kernel refused it."""
         lib = self.lib
         obj = lib.bpf_object__open_file(str(path).encode(), None)
         if not obj:
@@ -160,12 +162,15 @@ class Kernel:
         chosen = 0
         p = lib.bpf_object__next_program(obj, None)
         while p:
-            mine = lib.bpf_program__name(p).decode() == program
-            lib.bpf_program__set_autoload(p, mine)
+            name = lib.bpf_program__name(p).decode()
+            mine = name == program
+            lib.bpf_program__set_autoload(p, mine or name in also)
             if mine:
                 chosen = p
                 if prog_type is not None:
                     lib.bpf_program__set_type(p, PROG_TYPE_NUMBERS[prog_type])
+                if flags:
+                    lib.bpf_program__set_flags(p, flags)
             p = lib.bpf_object__next_program(obj, p)
         m = lib.bpf_object__next_map(obj, None)
         while m:

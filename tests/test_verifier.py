@@ -88,6 +88,7 @@ def raw(*insns: Instruction) -> bytes:
 # --- one minimal program per rejection rule --------------------------------------------------------
 
 # (id, program, verify() keyword arguments, fragment of the message, pc of the fault)
+UNPRIV: dict[str, Any] = {"privileged": False}  # the rules of an unprivileged loader
 REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     # control flow
     ("jump-out-of-range", "ja +5\nexit", {}, "jump out of bounds", 0),
@@ -107,8 +108,8 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      {"allow_loops": True, "budget": 2000}, "loop may not terminate within the budget", 4),
     # registers and stack
     ("uninitialised-register", "mov r0, r5\nexit", {}, "read of uninitialised register r5", 0),
-    ("uninitialised-stack", "ldxdw r0, [r10-8]\nexit", {}, "uninitialised bytes", 0),
-    ("partly-initialised-stack", "stw [r10-8], 1\nldxdw r0, [r10-8]\nexit", {}, "uninitialised bytes", 1),
+    ("uninitialised-stack", "ldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 0),
+    ("partly-initialised-stack", "stw [r10-8], 1\nldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 1),
     ("write-to-r10", "mov r10, 0\nmov r0, 0\nexit", {}, "frame pointer r10 is read only", 0),
     ("r0-not-set-at-exit", "exit", {}, "r0 is not initialised at program exit", 0),
     ("stack-below-512", "stb [r10-513], 1\nmov r0, 0\nexit", {}, "invalid stack access off=-513", 0),
@@ -124,7 +125,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("pointer-multiply", "mov r2, r10\nmul r2, 2\nmov r0, 0\nexit", {}, "pointer arithmetic (mul)", 1),
     ("pointer-alu32", "mov r2, r10\nadd32 r2, 8\nmov r0, 0\nexit", {}, "32-bit arithmetic (add32)", 1),
     ("scalar-minus-pointer", "mov r2, 8\nsub r2, r10\nmov r0, 0\nexit", {}, "makes an unknown pointer", 1),
-    ("pointer-negate", "mov r2, r10\nneg r2\nmov r0, 0\nexit", {}, "negation of pointer r2", 1),
+    ("pointer-negate", "mov r2, r10\nneg r2\nmov r0, 0\nexit", UNPRIV, "negation of pointer r2", 1),
     # context and packets (an XDP-like context)
     ("packet-unchecked", "ldxw r2, [r1]\nldxb r0, [r2]\nexit", {"context": XDP}, "invalid access to packet", 1),
     ("packet-past-the-check",
@@ -153,11 +154,11 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      "atomic operation on the context", 1),
     ("packet-pointer-plus-packet-end", "ldxw r2, [r1]\nldxw r3, [r1+4]\nadd r3, r2\nmov r0, 0\nexit",
      {"context": XDP}, "addition of two pointers", 2),
-    ("context-minus-packet", "ldxw r2, [r1]\nmov r3, r1\nsub r3, r2\nmov r0, 0\nexit", {"context": XDP},
+    ("context-minus-packet", "ldxw r2, [r1]\nmov r3, r1\nsub r3, r2\nmov r0, 0\nexit", {"context": XDP, **UNPRIV},
      "subtraction of pointers of different kinds", 2),
-    ("packet-minus-stack", "ldxw r2, [r1]\nsub r2, r10\nmov r0, 0\nexit", {"context": XDP},
+    ("packet-minus-stack", "ldxw r2, [r1]\nsub r2, r10\nmov r0, 0\nexit", {"context": XDP, **UNPRIV},
      "subtraction of pointers of different kinds", 1),
-    ("packet-length-alu32", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub32 r3, r2\nmov r0, 0\nexit", {"context": XDP},
+    ("packet-length-alu32", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub32 r3, r2\nmov r0, 0\nexit", {"context": XDP, **UNPRIV},
      "32-bit arithmetic (sub32)", 2),
     ("packet-length-is-unbounded", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub r3, r2\nadd r2, r3\nmov r0, 0\nexit",
      {"context": XDP}, "math between a pkt pointer and a register with an unbounded value", 3),
@@ -184,7 +185,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("helper-map-argument-not-a-map",
      "stw [r10-4], 0\nmov r2, r10\nadd r2, -4\nmov r1, 0\ncall 1\nmov r0, 0\nexit", {},
      "r1 must be a map pointer", 4),
-    ("helper-key-uninitialised", "mov r2, r10\nadd r2, -4\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit", {},
+    ("helper-key-uninitialised", "mov r2, r10\nadd r2, -4\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit", UNPRIV,
      "points to uninitialised stack", 4),
     ("helper-key-too-short", "stw [r10-4], 0\nmov r2, r10\nadd r2, -2\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit",
      {}, "points outside the stack", 5),
@@ -195,7 +196,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("helper-size-unbounded", "ldxdw r2, [r1]\ncall 2\nmov r0, 0\nexit", {}, "unbounded size argument", 1),
     ("helper-mem-beyond-stack", "stdw [r10-8], 0\nmov r1, r10\nadd r1, -8\nmov r2, 16\ncall 2\nmov r0, 0\nexit", {},
      "points outside the stack", 4),
-    ("helper-scalar-argument-pointer", "call 3\nmov r0, 0\nexit", {}, "r1 holds a pointer", 0),
+    ("helper-scalar-argument-pointer", "call 3\nmov r0, 0\nexit", UNPRIV, "r1 holds a pointer", 0),
     ("helper-ctx-argument", "mov r1, r10\nmov r2, 0\ncall 4\nmov r0, 0\nexit", {"context": XDP},
      "must be the unmodified context pointer", 2),
     ("packet-pointer-after-ctx-helper",
@@ -218,7 +219,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      "stb [r2], 1\nmov r0, 0\nexit", {}, "invalid stack access off=72", 8),
     ("precision-decided-branch",
      "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 100\njgt r7, 50, +2\nmov r0, 0\nexit\n"
-     "ldxdw r0, [r10-8]\nexit", {}, "uninitialised bytes", 8),
+     "ldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 8),
     ("precision-through-a-spill",
      "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 200\nstxdw [r10-8], r7\nmov r7, 0\n"
      "ldxdw r3, [r10-8]\nmov r2, r10\nadd r2, -128\nadd r2, r3\nstb [r2], 1\nmov r0, 0\nexit", {},
@@ -642,19 +643,19 @@ def test_merging_bounds_paths_that_differ_where_it_matters() -> None:
 def test_error_log_holds_the_path_to_the_fault() -> None:
     source = "mov r6, 1\nldxb r3, [r1]\njgt r3, 5, +2\nmov r0, 0\nexit\nldxdw r0, [r10-8]\nexit"
     with pytest.raises(VerifierError) as info:
-        verify(prog(source), log=True)
+        verify(prog(source), log=True, privileged=False)
     log = info.value.log
     assert "0: mov r6, 1 ; r6=0x1" in log
     assert "2: jgt r3, 5, +2" in log
     assert log.count("\n") < 500
     with pytest.raises(VerifierError) as quiet:
-        verify(prog(source))
+        verify(prog(source), privileged=False)
     assert quiet.value.log == ""
 
 
 def test_error_carries_pc_and_disassembly() -> None:
     with pytest.raises(VerifierError) as info:
-        verify(prog("mov r0, 0\nldxw r0, [r10-4]\nexit"))
+        verify(prog("mov r0, 0\nldxw r0, [r10-4]\nexit"), privileged=False)
     err = info.value
     assert err.pc == 1
     assert err.insn == "ldxw r0, [r10-4]"
@@ -665,8 +666,26 @@ def test_error_carries_pc_and_disassembly() -> None:
 def test_vm_verifies_by_default() -> None:
     code = prog("ldxdw r0, [r10-8]\nexit")
     with pytest.raises(VerifierError):
-        VM(code).execute()
+        VM(code, privileged=False).execute()
     assert VM(code, verify=False).execute() == 0  # the stack starts zeroed
+
+
+PRIVILEGED_ONLY = [r for r in REJECTIONS if r[2].get("privileged") is False]
+
+
+@pytest.mark.parametrize(("source", "kwargs"), [r[1:3] for r in PRIVILEGED_ONLY], ids=[r[0] for r in PRIVILEGED_ONLY])
+def test_privileged_loader_accepts(source: str | bytes, kwargs: dict[str, Any]) -> None:
+    """What only an unprivileged loader rejects (as the kernel: pointer leaks, never-written stack)."""
+    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4})
+    verify(code, **{"helpers": HELPERS, "maps": MAPS, **kwargs, "privileged": True})
+
+
+def test_never_written_stack_reads_as_zero_in_both_engines() -> None:
+    """A privileged program may read stack it never wrote: both engines clear it first, every run."""
+    vm = VM(prog("ldxdw r0, [r10-8]\nstdw [r10-8], 7\nldxw r1, [r10-16]\nadd r0, r1\nexit"))
+    for _ in range(2):
+        assert vm.execute() == 0
+        assert vm.execute_jit() == 0
 
 
 def test_api_inputs() -> None:

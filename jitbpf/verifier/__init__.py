@@ -55,19 +55,23 @@ def verify_flow(
     max_call_depth: int = 8,
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
+    privileged: bool = True,
 ) -> VerifyResult:
     """Verify an analysed program; raise VerifierError if it is not provably safe.
 
     ``helpers`` are the callable helpers by id (their ``args``/``ret`` declare the types checked
     at each call); ``maps`` the maps that lddw may reference by handle (None: unknown, so map
     value accesses are allowed but not proven); ``context`` what r1 points to (None: the generic
-    raw-memory mode). ``budget`` bounds how long a loop may run (and, with the kernel's one
+    raw-memory mode). ``privileged`` applies the kernel's rules for a loader with CAP_BPF and
+    CAP_PERFMON (pointers may leak into scalars, never-written stack may be read); off, those of
+    an unprivileged one. ``budget`` bounds how long a loop may run (and, with the kernel's one
     million instructions as a floor, how much work the analysis may do).
     """
     if len(flow.program) > max_insns:
         raise VerifierError(f"too many instructions ({len(flow.program)} > max {max_insns})")
     checker = Checker(flow, helpers=helpers, maps=maps, context=context or RAW_MEMORY, allow_loops=allow_loops,
-                      budget=budget, log=log, max_call_depth=max_call_depth, stack_limit=stack_limit)
+                      budget=budget, log=log, max_call_depth=max_call_depth, stack_limit=stack_limit,
+                      privileged=privileged)
     try:
         return checker.run()
     except Rejected as exc:
@@ -87,6 +91,7 @@ def verify(
     max_call_depth: int = 8,
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
+    privileged: bool = True,
 ) -> VerifyResult:
     """Decode, analyse and verify ``program`` (bytecode, a Program, or instructions).
 
@@ -102,4 +107,5 @@ def verify(
     table = helpers if isinstance(helpers, Mapping) else {h.id: h for h in helpers}
     flow = cfg.analyze(prog, max_insns=max_insns)
     return verify_flow(flow, helpers=table, allow_loops=allow_loops, budget=budget, maps=maps, context=context,
-                       log=log, max_call_depth=max_call_depth, stack_limit=stack_limit, max_insns=max_insns)
+                       log=log, max_call_depth=max_call_depth, stack_limit=stack_limit, max_insns=max_insns,
+                       privileged=privileged)

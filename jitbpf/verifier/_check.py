@@ -126,7 +126,7 @@ class Checker:
 
     def __init__(self, flow: ControlFlow, *, helpers: Mapping[int, Helper], maps: Mapping[int, MapLike] | None,
                  context: ContextSpec, allow_loops: bool, budget: int, log: bool, max_call_depth: int,
-                 stack_limit: int) -> None:
+                 stack_limit: int, privileged: bool = True) -> None:
         self.flow = flow
         self.slots = flow.program.slots
         self.infos = flow.program.infos
@@ -134,6 +134,11 @@ class Checker:
         self.maps = maps
         self.context = context
         self.allow_loops = allow_loops
+        # A privileged loader's relaxations (the kernel's with CAP_BPF/CAP_PERFMON): pointers may
+        # become scalars (leak), never-written stack may be read (it reads as zero: both engines
+        # clear the frames of such a program).
+        self.privileged = privileged
+        self.reads_uninit_stack = False
         self.budget = budget
         self.log = log
         self.max_call_depth = max_call_depth
@@ -175,7 +180,7 @@ class Checker:
             self._walk(pc, st, parent)
         depth = self._check_stack_depth()
         return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth,
-                            frozenset(self.unchecked_calls))
+                            frozenset(self.unchecked_calls), self.reads_uninit_stack)
 
     def _initial_state(self) -> State:
         regs = [NOT_INIT] * 11
@@ -552,6 +557,8 @@ class Checker:
     def _scalar_arg(self, regs: list[Reg], r: int, what: str) -> Reg:
         reg = self._read(regs, r)
         if reg.type is not Pt.SCALAR:
+            if self.privileged:
+                return Reg(Pt.SCALAR, sc.UNKNOWN)  # its address, as a number
             self.reject(f"r{r} holds a pointer ({reg}) where {what} must be a scalar")
         return reg
 
@@ -588,6 +595,8 @@ class Checker:
         op = info.op
         name = AluOp(op).name.lower()
         if info.width != 64:
+            if self.privileged and op == AluOp.SUB:
+                return Reg(Pt.SCALAR, sc.alu_width(AluOp.MOV, sc.UNKNOWN, sc.UNKNOWN, 32, False))
             self.reject(f"32-bit arithmetic ({name}32) on a pointer is prohibited")
         if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
             return self._pointer_difference(dst, src)
@@ -613,6 +622,8 @@ class Checker:
             if dst.type is not src.type:
                 return UNKNOWN_SCALAR  # the packet's length (or the metadata's) is not known here
         elif dst.type is not src.type or dst.aux != src.aux:
+            if self.privileged:
+                return UNKNOWN_SCALAR
             self.reject(f"subtraction of pointers of different kinds ({dst} - {src}) is prohibited")
         if dst.type in UNRELATED_BASES:
             return UNKNOWN_SCALAR
@@ -646,11 +657,20 @@ class Checker:
         var = sc.alu(AluOp.SUB if sub else AluOp.ADD, ptr.var, s, 64)
         return ptr._replace(var=var)
 
+    def _uninit_stack(self, why: str) -> None:
+        """A read of never-written stack: rejected, unless the loader is privileged."""
+        if not self.privileged:
+            self.reject(why)
+        self.reads_uninit_stack = True
+
     def _neg(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
         dst = self._read(regs, insn.dst)
-        if dst.is_pointer:
+        if dst.is_pointer and not self.privileged:
             self.reject(f"negation of pointer r{insn.dst} is prohibited")
+        if dst.is_pointer:
+            regs[insn.dst] = UNKNOWN_SCALAR
+            return
         regs[insn.dst] = Reg(Pt.SCALAR, sc.alu_width(AluOp.NEG, dst.var, dst.var, info.width))
 
     def _movsx(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
@@ -664,8 +684,11 @@ class Checker:
     def _endian(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
         dst = self._read(regs, insn.dst)
-        if dst.is_pointer:
+        if dst.is_pointer and not self.privileged:
             self.reject(f"byte swap of pointer r{insn.dst} is prohibited")
+        if dst.is_pointer:
+            regs[insn.dst] = UNKNOWN_SCALAR
+            return
         bits = info.op
         if info.kind is Kind.END and not info.reg_src:  # to little-endian: a truncation on this host
             value = dst.var if bits == 64 else sc.zero_extend(sc.project(dst.var, bits))
@@ -832,8 +855,8 @@ class Checker:
             if mode is not Access.WRITE:
                 self._stack_read(ptr.aux, start, n)
                 if INVALID in frame.read_bytes(start, n):
-                    self.reject(f"invalid read from stack off={lo}..{hi} through r{r}: uninitialised bytes")
-                if mode is Access.ATOMIC and any(frame.pointer_spills(start, n)):
+                    self._uninit_stack(f"invalid read from stack off={lo}..{hi} through r{r}: uninitialised bytes")
+                if mode is Access.ATOMIC and any(frame.pointer_spills(start, n)) and not self.privileged:
                     self.reject(f"atomic operation on a spilled pointer through r{r}")
             if mode is not Access.READ:
                 frame.smudge(start, n)
@@ -850,10 +873,12 @@ class Checker:
         self._stack_read(ptr.aux, start, size)
         data = frame.read_bytes(start, size)
         if INVALID in data:
-            self.reject(f"invalid read from stack off={lo} size={size} through r{r}: uninitialised bytes")
+            self._uninit_stack(f"invalid read from stack off={lo} size={size} through r{r}: uninitialised bytes")
+            frame.fill(start, size)  # it reads as zero at run time, as some unknown value to the proof
+            data = frame.read_bytes(start, size)
         slot: Slot = frame.stack[start // 8]
         if mode is Access.ATOMIC:
-            if any(frame.pointer_spills(start, size)):
+            if any(frame.pointer_spills(start, size)) and not self.privileged:
                 self.reject(f"atomic operation on a spilled pointer through r{r}")
             frame.smudge(start, size)
             return None
@@ -1026,7 +1051,8 @@ class Checker:
                     return
                 self._stack_read(ptr.aux, start, hi - lo)
                 if INVALID in frame.read_bytes(start, hi - lo):
-                    self.reject(f"r{r} ({kind.value} argument) points to uninitialised stack off={lo} size={hi - lo}")
+                    self._uninit_stack(f"r{r} ({kind.value} argument) points to uninitialised stack "
+                                       f"off={lo} size={hi - lo}")
                 if kind is ArgType.MEM:
                     frame.smudge(start, hi - lo)  # helpers may write what they are given; spills are gone
             case Pt.PTR_TO_MAP_VALUE:
@@ -1161,7 +1187,7 @@ class Checker:
         if r0.type is Pt.NOT_INIT:
             self.reject("r0 is not initialised at program exit")
         ctx = self.context
-        if r0.is_pointer and not ctx.ret_pointer_ok:
+        if r0.is_pointer and not ctx.ret_pointer_ok and not (self.privileged and ctx.ret_range is None):
             self.reject(f"returning a pointer in r0 ({r0}) is not allowed for this program type")
         if ctx.ret_range is not None and not r0.is_pointer:
             self._precise(0)

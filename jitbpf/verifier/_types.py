@@ -113,6 +113,8 @@ class VerifyResult:
     # Helper calls given a pointer to memory of unknown extent (a plain program's mem): a C
     # helper would trust it, so these calls must reach a helper that checks at run time.
     unchecked_calls: frozenset[int] = frozenset()
+    # A privileged program may read stack it never wrote: the engines must clear its frames.
+    reads_uninit_stack: bool = False
 
 
 class RegType(enum.Enum):
