@@ -131,8 +131,10 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
         size = max(os.fstat(f.fileno()).st_size, 1)
         magic = f.read(4)
         f.seek(0)
+        if magic == _PCAPNG_SHB:
+            _check_pcapng_blocks(f, name, size)
         try:
-            reader: Any = dpkt.pcapng.Reader(f) if magic == b"\x0a\x0d\x0d\x0a" else dpkt.pcap.Reader(f)
+            reader: Any = dpkt.pcapng.Reader(f) if magic == _PCAPNG_SHB else dpkt.pcap.Reader(f)
         except (ValueError, dpkt.dpkt.Error) as exc:
             raise PcapError(f"{name}: not a pcap or pcapng capture ({exc})") from exc
         convert = _link_converter(int(reader.datalink()), frames, name)
@@ -157,6 +159,40 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
 _CLASSIC_MAGICS = {bytes.fromhex("d4c3b2a1"): "<", bytes.fromhex("4d3cb2a1"): "<", bytes.fromhex("a1b2c3d4"): ">",
                    bytes.fromhex("a1b23c4d"): ">"}
 _MAX_PACKET = 1 << 24  # a larger record length means a corrupt capture
+_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"  # section header block type: the same in both byte orders
+_PCAPNG_BYTE_ORDERS = {bytes.fromhex("4d3c2b1a"): "<", bytes.fromhex("1a2b3c4d"): ">"}
+_MAX_BLOCK = _MAX_PACKET + (1 << 16)  # a packet, its block header and room for options
+
+
+def _check_pcapng_blocks(f: BinaryIO, name: str, size: int) -> None:
+    """Walk the block lengths of a pcapng file before dpkt reads it, which would allocate whatever
+    a length claims: a length smaller than a block header, not a multiple of 4, implausibly large
+    or not repeated at the block's end is a corrupt capture, reported with the block's offset. A
+    plausible length past the end of the file is a capture cut short, which the reader reports."""
+    offset, endian = 0, "<"
+    while offset + 8 <= size:
+        f.seek(offset)
+        head = f.read(12)
+        if head[:4] == _PCAPNG_SHB:  # each section header gives the byte order of its section
+            order = _PCAPNG_BYTE_ORDERS.get(head[8:12])
+            if order is None:
+                if len(head) < 12:
+                    break
+                raise PcapError(f"{name}: section header at offset {offset:#x} has no byte-order magic"
+                                " (corrupt capture)")
+            endian = order
+        length = struct.unpack(endian + "I", head[4:8])[0]
+        if length < 12 or length % 4 or length > _MAX_BLOCK:
+            why = "not a multiple of 4" if 12 <= length <= _MAX_BLOCK else "corrupt capture"
+            raise PcapError(f"{name}: block at offset {offset:#x} claims {length} bytes ({why})")
+        if offset + length > size:
+            break
+        f.seek(offset + length - 4)
+        if f.read(4) != head[4:8]:
+            raise PcapError(f"{name}: block at offset {offset:#x} ends with a length other than its {length} bytes"
+                            " (corrupt capture)")
+        offset += length
+    f.seek(0)
 
 
 def _warn(warn: Callable[[str], None] | None, message: str) -> None:

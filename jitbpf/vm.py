@@ -342,10 +342,18 @@ class VM(ProgramRunners):
 
     def _interpret(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
                    budget: int, tail_calls_left: int) -> int:
+        from jitbpf.jit.program import runner_lib
+
         outer = self._enter(RUNNING)
+        nat = runner_lib()
+        reserved = nat.lib.jb_ringbuf_pending() if nat is not None else 0
         try:
             return self._interpret_entered(mem, extra, r1, r2, packet, budget, tail_calls_left)
         finally:
+            # Ring buffer records the run reserved and neither submitted nor discarded are discarded
+            # (the JIT's run loops do the same): the verifier refuses such programs, as the kernel's.
+            if nat is not None and nat.lib.jb_ringbuf_pending() > reserved:
+                nat.lib.jb_ringbuf_release_since(reserved)
             self._leave(outer)
 
     def _interpret_entered(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,

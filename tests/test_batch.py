@@ -4,6 +4,7 @@ over many inputs (execute_batch, execute_records), single- and multi-threaded.""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -232,3 +233,13 @@ def test_registering_a_helper_rebinds() -> None:
 
         vm.register_helper(1, lookup)
         assert vm.execute_jit() == 0 and len(seen) == 1
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda vm: vm.execute_records(memoryview(bytearray(20))[::2], 5), "needs a writable, C-contiguous buffer"),
+    (lambda vm: vm.execute_batch([4]), "execute_batch takes buffers .*; input 0 is int"),
+    (lambda vm: vm.add_map(object()), "add_map takes a jitbpf map .*, not object"),
+])
+def test_wrong_argument_types_are_named(call: Callable[[VM], object], message: str) -> None:
+    with VM(assemble(SUM_FIRST_BYTES)) as vm, pytest.raises(TypeError, match=message):
+        call(vm)

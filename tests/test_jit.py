@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from jitbpf._ffi import ffi
 from jitbpf.asm import assemble
-from jitbpf.errors import BudgetExceeded, ExecutionError
+from jitbpf.errors import BudgetExceeded, ExecutionError, VerifierError
 from jitbpf.maps import HashMap, ProgramArray
 from jitbpf.vm import VM
 
@@ -312,19 +312,21 @@ def test_verified_programs_call_native_helpers() -> None:
             assert vm._jit is not None and vm._jit.batchable is verify
 
 
-def test_verified_programs_reach_unchecked_arguments_through_python() -> None:
-    """bpf_ringbuf_submit's sample is an argument the verifier does not check: even a verified
-    program calls the checked Python side with it."""
+def test_ring_buffer_samples_are_checked_by_the_verifier_or_at_run_time() -> None:
+    """bpf_ringbuf_submit's sample must be a record the program reserved: the verifier refuses any
+    other pointer, and an unverified program calls the checked Python side with it."""
     from jitbpf.maps import RingBuf
 
     rb = RingBuf(max_entries=4096, name="RB")
     source = "lddw r1, map:RB\nmov r1, 4096\nmov r2, 0\ncall 132\nmov r0, 0\nexit"
-    with VM(assemble(source, maps={"RB": 1})) as vm:
-        vm.add_map(rb, 1)
-        vm.use_standard_helpers()
-        for run in (vm.execute, vm.execute_jit):
-            with pytest.raises(ExecutionError):
-                run()
+    for verify in (True, False):
+        with VM(assemble(source, maps={"RB": 1}), verify=verify) as vm:
+            vm.add_map(rb, 1)
+            vm.use_standard_helpers()
+            for run in (vm.execute, vm.execute_jit):
+                with pytest.raises(VerifierError if verify else ExecutionError,
+                                   match="must be a reference acquired earlier" if verify else "not a reserved"):
+                    run()
 
 
 @pytest.mark.parametrize("source", [

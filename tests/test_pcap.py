@@ -187,3 +187,34 @@ def test_cut_off_pcapng(tmp_path: Path) -> None:
     assert [p for p, _ in read_packets(tmp_path / "cut.pcapng", warn=heard.append)] == frames[:2]
     assert heard == [f"{tmp_path / 'cut.pcapng'}: the capture ends in the middle of a block, after 2 packets; the rest"
                      " was left out"]
+
+
+@pytest.mark.parametrize(("length", "why"), [
+    (0xFFFF_FFFF, "corrupt capture"), (1 << 30, "corrupt capture"), (8, "corrupt capture"), (0, "corrupt capture"),
+    (30, "not a multiple of 4"),
+])
+def test_corrupt_pcapng_block_lengths(tmp_path: Path, length: int, why: str) -> None:
+    whole = bytearray(write_pcap(tmp_path / "whole.pcapng", [udp_frame(SOURCES[0])], ng=True).read_bytes())
+    shb = int.from_bytes(whole[4:8], "little")  # the section header, then the interface description
+    for at in (4, shb + 4):
+        bad = bytearray(whole)
+        bad[at : at + 4] = length.to_bytes(4, "little")
+        path = tmp_path / "bad.pcapng"
+        path.write_bytes(bad)
+        with pytest.raises(PcapError, match=f"block at offset {at - 4:#x} claims {length} bytes \\({why}\\)"):
+            list(read_packets(path))
+
+
+def test_pcapng_block_trailer_and_byte_order(tmp_path: Path) -> None:
+    whole = bytearray(write_pcap(tmp_path / "whole.pcapng", [udp_frame(SOURCES[0])], ng=True).read_bytes())
+    shb = int.from_bytes(whole[4:8], "little")
+    bad = bytearray(whole)
+    bad[shb - 4 : shb] = (shb + 4).to_bytes(4, "little")
+    (tmp_path / "trailer.pcapng").write_bytes(bad)
+    with pytest.raises(PcapError, match="block at offset 0x0 ends with a length other than its"):
+        list(read_packets(tmp_path / "trailer.pcapng"))
+    bad = bytearray(whole)
+    bad[8:12] = b"\0\0\0\0"
+    (tmp_path / "order.pcapng").write_bytes(bad)
+    with pytest.raises(PcapError, match="section header at offset 0x0 has no byte-order magic"):
+        list(read_packets(tmp_path / "order.pcapng"))

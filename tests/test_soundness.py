@@ -16,7 +16,7 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import VerifierError
-from jitbpf.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue
+from jitbpf.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue, RingBuf
 from jitbpf.programs import ProgType
 from jitbpf.vm import VM
 
@@ -35,6 +35,24 @@ def queue() -> BpfMap:
 
 def array() -> BpfMap:
     return Array(value_size=8, max_entries=4, name="A")
+
+
+def ring() -> BpfMap:
+    return RingBuf(max_entries=4096, name="RB")
+
+
+# Reserve 16 bytes of the ring RB (r0: the record or NULL); r6 = skb->len, a variable.
+RESERVE = """
+    ldxw r6, [r1]
+    lddw r1, map:RB
+    mov r2, 16
+    mov r3, 0
+    call 131
+"""
+
+
+def reserved(rest: str) -> str:
+    return RESERVE + rest
 
 
 @dataclass(frozen=True)
@@ -234,6 +252,69 @@ CASES = [
     Case("ld-ind-in-a-socket-filter", "mov r6, r1\nmov r7, 2\nldindh r7, 0\nmov r0, 0\nexit",
          ProgType.SOCKET_FILTER, None),
     Case("ld-abs-in-sched-cls", "mov r6, r1\nldabsw 12\nexit", ProgType.SCHED_CLS, None),
+    # Ring buffer reservations are references: every path must submit or discard the record.
+    Case("ringbuf-record-never-released", reserved("mov r0, 0\nexit"), ProgType.SOCKET_FILTER,
+         "Unreleased reference", "Unreleased reference", (ring,)),
+    Case("ringbuf-record-released-on-one-path", reserved("""
+        jeq r0, 0, out
+        jgt r6, 60, out
+        mov r1, r0
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, "Unreleased reference", "Unreleased reference", (ring,)),
+    Case("ringbuf-submit-unchecked-null", reserved("mov r1, r0\nmov r2, 0\ncall 132\nmov r0, 0\nexit"),
+         ProgType.SOCKET_FILTER, "checked against NULL", "expected=ringbuf_mem", (ring,)),
+    Case("ringbuf-submit-moved-pointer", reserved("""
+        jeq r0, 0, out
+        mov r1, r0
+        add r1, 8
+        mov r2, 0
+        call 133
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, "must have zero offset when passed to release func",
+         "must have zero offset when passed to release func", (ring,)),
+    Case("ringbuf-record-used-after-submit", reserved("""
+        jeq r0, 0, out
+        mov r7, r0
+        mov r1, r0
+        mov r2, 0
+        call 132
+        mov r1, r7
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, "must be a reference acquired earlier", "R1 type=scalar expected=ringbuf_mem",
+         (ring,)),
+    Case("ringbuf-submit-of-a-map-value", """
+        stdw [r10-8], 0
+        lddw r1, map:A
+        mov r2, r10
+        add r2, -8
+        call 1
+        jeq r0, 0, out
+        mov r1, r0
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "must be a reference acquired earlier", "expected=ringbuf_mem", (array,)),
+    Case("ringbuf-record-submitted-or-discarded", reserved("""
+        jeq r0, 0, out
+        mov r1, r0
+        mov r2, 0
+        jgt r6, 60, drop
+        call 132
+        ja out
+    drop:
+        call 133
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, None, maps=(ring,)),
+
 ]
 
 

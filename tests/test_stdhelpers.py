@@ -15,7 +15,7 @@ import pytest
 
 from jitbpf._native import native
 from jitbpf.asm import assemble
-from jitbpf.errors import ExecutionError
+from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.host import Host, host_helpers
 from jitbpf.maps import (
     BPF_EXIST,
@@ -67,7 +67,7 @@ def test_helper_table() -> None:
     by_id = {h.id: h for h in helpers}
     assert by_id[HelperId.MAP_LOOKUP_ELEM].args == ("map", "key")
     assert by_id[HelperId.MAP_LOOKUP_ELEM].ret == "map_value_or_null"
-    assert by_id[HelperId.RINGBUF_RESERVE].ret == "map_value_or_null"
+    assert by_id[HelperId.RINGBUF_RESERVE].ret == "acquired_value_or_null"
 
 
 def test_standard_helpers_are_not_the_default() -> None:
@@ -522,6 +522,34 @@ def test_ringbuf_full_and_wraparound(engine: str) -> None:
         assert run(vm, engine, record) == 0
         (event,) = rb.read_events()
         assert len(event) == 1000 and event[0] == 1000 % 256 and event[8] == i
+
+
+RING_LEAK = """
+    lddw r1, map:RB
+    mov r2, 16
+    mov r3, 0
+    call 131                ; reserve 16, never submitted
+    mov r0, 0
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "batch"])
+def test_ringbuf_record_left_reserved_is_discarded_when_the_run_ends(engine: str) -> None:
+    rb = RingBuf(max_entries=4096, name="RB")
+    with pytest.raises(VerifierError, match=r"Unreleased reference id=[0-9]+ alloc_insn=4"):
+        load(RING_LEAK, rb).check()
+    leak = load(RING_LEAK, rb, verify=False)
+    for _ in range(3):  # in memory, every time (the bare JIT path after the first run)
+        if engine == "batch":
+            assert list(leak.execute_batch([bytearray(8)] * 2)) == [0, 0]
+        else:
+            assert run(leak, engine, bytearray(8)) == 0
+        assert rb.read_events() == []
+    fill = load(RING_FILL, rb)
+    record = bytearray(struct.pack("<Q", 1000) + bytes(992))
+    assert run(fill, engine if engine != "batch" else "jit", record) == 0  # the ring is not blocked
+    assert [len(e) for e in rb.read_events()] == [1000] and rb.avail_data == 0
 
 
 def test_ringbuf_submit_of_a_bad_pointer_is_an_error() -> None:

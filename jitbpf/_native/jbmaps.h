@@ -51,6 +51,10 @@ int jb_ringbuf_output(struct jb_map *m, const void *data, uint64_t size, uint64_
 uint64_t jb_ringbuf_query(struct jb_map *m, uint64_t flags);
 int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len);
 int jb_ringbuf_reserved(struct jb_map *m, uint64_t sample);
+/* Reservations made by programs on this thread and not yet committed: a run takes the count when
+   it starts and discards the ones above it when it ends. */
+uint32_t jb_ringbuf_pending(void);
+void jb_ringbuf_release_since(uint32_t mark);
 
 /* Helpers with the eBPF calling convention: r0 = f(r1, ..., r5). The JIT calls these directly;
    they check every map and pointer argument (see maps.c). */

@@ -17,6 +17,7 @@
 #include "jbmaps.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1493,7 +1494,60 @@ static struct jb_ringbuf *rb_owner(uint64_t sample)
     return rb;
 }
 
+/* The reservations programs on this thread made and have not yet submitted or discarded, oldest
+ * first. A run discards those it leaves behind when it ends (jb_ringbuf_release_since): the
+ * verifier refuses programs that could leave one, and an unverified program must not block the
+ * ring for good. */
+#define RB_PENDING_MAX 256u   /* reservations a thread's runs may hold at once; more fail (NULL) */
+static __thread void **t_rb_pending;  /* RB_PENDING_MAX entries, allocated by the first reservation */
+static __thread uint32_t t_rb_npending;
+static pthread_key_t g_rb_pending_key;  /* frees a thread's list when the thread exits */
+static pthread_once_t g_rb_pending_once = PTHREAD_ONCE_INIT;
+
+static void rb_pending_key(void) { pthread_key_create(&g_rb_pending_key, free); }
+
+/* Room for one more reservation on this thread's list. */
+static int rb_pending_room(void)
+{
+    if (!t_rb_pending) {
+        pthread_once(&g_rb_pending_once, rb_pending_key);
+        t_rb_pending = calloc(RB_PENDING_MAX, sizeof *t_rb_pending);
+        if (!t_rb_pending)
+            return 0;
+        pthread_setspecific(g_rb_pending_key, t_rb_pending);
+    }
+    return t_rb_npending < RB_PENDING_MAX;
+}
+
+static void rb_commit_sample(void *sample, int discard);
+
+static void rb_forget(void *sample)
+{
+    uint32_t i = t_rb_npending;
+    while (i-- > 0) {
+        if (t_rb_pending[i] == sample) {
+            memmove(&t_rb_pending[i], &t_rb_pending[i + 1], (t_rb_npending - i - 1) * sizeof t_rb_pending[0]);
+            t_rb_npending--;
+            return;
+        }
+    }
+}
+
+uint32_t jb_ringbuf_pending(void) { return t_rb_npending; }
+
+void jb_ringbuf_release_since(uint32_t mark)
+{
+    while (t_rb_npending > mark)
+        rb_commit_sample(t_rb_pending[--t_rb_npending], 1);
+}
+
 static void rb_commit(void *sample, int discard)
+{
+    rb_forget(sample);
+    rb_commit_sample(sample, discard);
+}
+
+static void rb_commit_sample(void *sample, int discard)
 {
     struct jb_ringbuf *rb;
     struct rb_hdr *h;
@@ -1744,7 +1798,13 @@ uint64_t jb_helper_ringbuf_output(uint64_t r1, uint64_t r2, uint64_t r3, uint64_
 uint64_t jb_helper_ringbuf_reserve(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4 UNUSED, uint64_t r5 UNUSED)
 {
     struct jb_map *m = arg_map(r1);
-    return m ? (uint64_t)(uintptr_t)jb_ringbuf_reserve(m, r2, r3) : 0;
+    void *sample;
+    if (!m || !rb_pending_room())
+        return 0;
+    sample = jb_ringbuf_reserve(m, r2, r3);
+    if (sample)
+        t_rb_pending[t_rb_npending++] = sample;
+    return (uint64_t)(uintptr_t)sample;
 }
 
 uint64_t jb_helper_ringbuf_submit(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,

@@ -49,18 +49,24 @@ typedef uint64_t (*entry_fn)(void *ctx);
 static inline uint64_t run_args(args_fn fn, void *ctx, const void *mem, uint64_t size, void *python)
 {
     void *outer = t_python;
+    uint32_t reserved = jb_ringbuf_pending();
     t_python = python;
     uint64_t r = fn(ctx, mem, size);
     t_python = outer;
+    if (__builtin_expect(jb_ringbuf_pending() > reserved, 0))  /* a reservation left behind */
+        jb_ringbuf_release_since(reserved);
     return r;
 }
 
 uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python)
 {
     void *outer = t_python;
+    uint32_t reserved = jb_ringbuf_pending();
     t_python = python;
     uint64_t r = ((entry_fn)(uintptr_t)entry)((void *)(uintptr_t)ctx);
     t_python = outer;
+    if (__builtin_expect(jb_ringbuf_pending() > reserved, 0))  /* a reservation left behind */
+        jb_ringbuf_release_since(reserved);
     return r;
 }
 

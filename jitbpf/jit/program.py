@@ -48,8 +48,8 @@ MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
 # so that a thread's binding for a program that is gone can never match a live one.
 _TOKENS = itertools.count(1)
 # Helper argument kinds that are (or may be) pointers the helper follows: see _native_for.
-_POINTER_ARGS = frozenset({"map", "key", "value", "mem", "uninit_mem", "ctx", "anything"})
-_UNCHECKED_ARGS = frozenset({"anything"})  # even the verifier does not check these (a ring buffer sample)
+_POINTER_ARGS = frozenset({"map", "key", "value", "mem", "uninit_mem", "ctx", "anything", "released"})
+_UNCHECKED_ARGS = frozenset({"anything"})  # even the verifier does not check these
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
 

@@ -307,7 +307,7 @@ class Checker:
                     nxt = targets[pc]
                 case Kind.EXIT:
                     if len(st.frames) == 1:
-                        self._exit_main(regs)
+                        self._exit_main(st, regs)
                         if logging:
                             self._log_line(f"{pc}: {self._disasm(pc)}")
                         self._finish(parent)
@@ -338,7 +338,7 @@ class Checker:
         for f, mask in zip(st.frames, masks, strict=True):
             regs = [r if mask >> i & 1 else NOT_INIT for i, r in enumerate(f.regs)]
             frames.append(Frame(regs, f.stack.copy(), f.callsite))
-        return State(frames, st.depth, st.checkpoint, st.hist, st.loop)
+        return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
     def _prune_point(self, pc: int, st: State, parent: _Visit) -> tuple[State, _Visit] | None:
         control = self.control
@@ -1023,6 +1023,8 @@ class Checker:
     def _mark_null(self, st: State, p: Reg, null: bool) -> None:
         assert p.id
         zero = Reg(Pt.SCALAR, sc.ZERO)
+        if null and p.ref:  # no record was reserved: there is nothing to release
+            st.refs = tuple(r for r in st.refs if r[0] != p.ref)
         st.replace_linked(p.id, POINTER_OR_NULL,
                           (lambda _reg: zero) if null else (lambda reg: reg._replace(type=Pt.PTR_TO_MAP_VALUE, id=0)))
 
@@ -1090,6 +1092,7 @@ class Checker:
         args, ret = self.signatures[hid]
         map_reg: Reg | None = None
         pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
+        released = 0
         for i, kind in enumerate(args):
             r = i + 1
             nxt = args[i + 1] if i + 1 < len(args) else None
@@ -1128,6 +1131,14 @@ class Checker:
                     reg = self._read(regs, r)
                     if reg.type is not Pt.PTR_TO_CTX or reg.off or not reg.var.is_const:
                         self.reject(f"r{r} must be the unmodified context pointer, not {reg}")
+                case ArgType.RELEASED:
+                    reg = self._read(regs, r)
+                    if not reg.ref or reg.type is not Pt.PTR_TO_MAP_VALUE:
+                        self.reject(f"r{r} (argument {r} of helper {hid}) must be a reference acquired earlier "
+                                    f"and checked against NULL, not {reg}")
+                    if reg.off or reg.var != sc.ZERO:
+                        self.reject(f"r{r} must have zero offset when passed to release func (helper {hid})")
+                    released = reg.ref
                 case _:
                     raise NotImplementedError(kind)
         match ret:
@@ -1139,8 +1150,16 @@ class Checker:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
                 regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
+            case RetType.ACQUIRED_VALUE_OR_NULL:
+                if map_reg is None:
+                    self.reject(f"helper {hid} returns a map value but takes no map argument")
+                ref = self.fresh_id()
+                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=ref, ref=ref)
+                st.refs = (*st.refs, (ref, self.pc))
             case _:
                 raise NotImplementedError(ret)
+        if released:
+            self._release(st, released)
         if ArgType.CTX in args:
             # Helpers given the context may move the packet (adjust_head, store_bytes...): as
             # in the kernel, packet pointers must be loaded and checked again afterwards.
@@ -1151,6 +1170,18 @@ class Checker:
                     else:
                         frame.stack[-i - 1] = (MISC,) * 8
         # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
+
+    @staticmethod
+    def _release(st: State, ref: int) -> None:
+        """The reference ``ref`` is given back: every copy of its pointer becomes an unknown number
+        (as in the kernel for privileged programs), which no access or release accepts."""
+        st.refs = tuple(r for r in st.refs if r[0] != ref)
+        for frame, i, reg in list(st.all_regs()):
+            if reg.ref == ref:
+                if i >= 0:
+                    frame.regs[i] = UNKNOWN_SCALAR
+                else:
+                    frame.stack[-i - 1] = (MISC,) * 8
 
     def _call_local(self, st: State, pc: int) -> None:
         if len(st.frames) >= self.max_call_depth:
@@ -1182,7 +1213,11 @@ class Checker:
                     frame.stack[i] = (MISC,) * 8
         return callee.callsite + 1
 
-    def _exit_main(self, regs: list[Reg]) -> None:
+    def _exit_main(self, st: State, regs: list[Reg]) -> None:
+        if st.refs:
+            ref, at = st.refs[0]
+            self.reject(f"Unreleased reference id={ref} alloc_insn={at}: a ring buffer record reserved there is "
+                        "neither submitted nor discarded on this path")
         r0 = regs[0]
         if r0.type is Pt.NOT_INIT:
             self.reject("r0 is not initialised at program exit")

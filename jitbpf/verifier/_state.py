@@ -100,18 +100,19 @@ History = tuple[int, int, "History"] | None
 class State:
     """The abstract state of one path: the call stack of frames, and the path so far."""
 
-    __slots__ = ("checkpoint", "depth", "frames", "hist", "loop")
+    __slots__ = ("checkpoint", "depth", "frames", "hist", "loop", "refs")
 
     def __init__(self, frames: list[Frame], depth: int = 0, checkpoint: int = 0, hist: History = None,
-                 loop: int = -1) -> None:
+                 loop: int = -1, refs: tuple[tuple[int, int], ...] = ()) -> None:
         self.frames = frames  # outermost first
         self.depth = depth  # instructions executed along this path
         self.checkpoint = checkpoint  # ``depth`` when the path last remembered its state in a loop
         self.hist = hist  # what the path executed, for precision backtracking
         self.loop = loop  # slot of the last jump back to a loop's start on this path, or -1
+        self.refs = refs  # references held: (id, slot of the call that acquired it), oldest first
 
     def copy(self) -> State:
-        return State([f.copy() for f in self.frames], self.depth, self.checkpoint, self.hist, self.loop)
+        return State([f.copy() for f in self.frames], self.depth, self.checkpoint, self.hist, self.loop, self.refs)
 
     def all_regs(self) -> Iterator[tuple[Frame, int, Reg]]:
         """Every register and spilled register of every frame, with where it lives (index < 0:
@@ -191,7 +192,7 @@ def reg_within(old: Reg, new: Reg, ids: _IdMap | None, precise: bool = True) -> 
     if t is RegType.SCALAR:
         return ((not precise or sc.within(new.var, old.var))
                 and (not old.id or ids is None or ids.ok(old.id, new.id)))
-    if old.off != new.off or old.aux != new.aux or new.range < old.range:
+    if old.off != new.off or old.aux != new.aux or new.range < old.range or old.ref != new.ref:
         return False
     if not sc.within(new.var, old.var):
         return False
@@ -240,7 +241,7 @@ def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence
     Without them everything is compared exactly.
     """
     ofr, nfr = old.frames, new.frames
-    if len(ofr) != len(nfr):
+    if len(ofr) != len(nfr) or old.refs != new.refs:  # the same references held (by the same pointers)
         return False
     ids = _IdMap(shared) if shared else None
     # Registers first, innermost frame first: that is where states usually differ.
@@ -288,7 +289,7 @@ def _join_reg(a: Reg, b: Reg) -> Reg | None:
         return None
     if a.type is RegType.SCALAR:
         return Reg(RegType.SCALAR, sc.join(a.var, b.var))
-    if a.off != b.off or a.aux != b.aux or a.id != b.id:
+    if a.off != b.off or a.aux != b.aux or a.id != b.id or a.ref != b.ref:
         return None
     return a._replace(var=sc.join(a.var, b.var), range=min(a.range, b.range))
 
@@ -311,7 +312,7 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
 
     ``live[i]`` is the bit mask of registers of frame i that may still be read.
     """
-    if len(a.frames) != len(b.frames):
+    if len(a.frames) != len(b.frames) or a.refs != b.refs:
         return None
     frames: list[Frame] = []
     for i, (fa, fb) in enumerate(zip(a.frames, b.frames, strict=True)):
@@ -329,4 +330,4 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
             regs.append(j)
         stack = [_join_slot(x, y) for x, y in zip(fa.stack, fb.stack, strict=True)]
         frames.append(Frame(regs, stack, fa.callsite))
-    return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop)
+    return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop, a.refs)

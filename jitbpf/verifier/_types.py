@@ -26,6 +26,7 @@ class ArgType(enum.Enum):
     CTX = "ctx"  # the program's context pointer, unmodified
     UNINIT_MEM = "uninit_mem"  # pointer to writable memory the helper fills; length is the next size
     UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
+    RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
 
 
 class RetType(enum.Enum):
@@ -33,6 +34,8 @@ class RetType(enum.Enum):
 
     SCALAR = "scalar"  # a number
     MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0
+    # as MAP_VALUE_OR_NULL, but acquired: the program must pass it to a RELEASED argument before it exits
+    ACQUIRED_VALUE_OR_NULL = "acquired_value_or_null"
     VOID = "void"  # nothing usable: r0 is unreadable afterwards
 
 
@@ -147,6 +150,7 @@ class Reg(NamedTuple):
     id: int = 0  # link between copies (0 = none)
     range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet
     aux: int = 0  # frame index (stack pointers) or map handle (map pointers)
+    ref: int = 0  # the reference a pointer holds (an acquired ring buffer record; 0 = none)
 
     def __str__(self) -> str:
         t = self.type
