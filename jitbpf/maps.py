@@ -26,6 +26,7 @@ __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_F_CURRENT_CPU",
+    "BPF_F_NO_COMMON_LRU",
     "BPF_F_NO_PREALLOC",
     "BPF_F_RDONLY_PROG",
     "BPF_NOEXIST",
@@ -37,6 +38,8 @@ __all__ = [
     "HashMap",
     "LpmKey",
     "LpmTrie",
+    "LruHashMap",
+    "LruPerCpuHashMap",
     "MapKeyError",
     "MapType",
     "PerCpuArray",
@@ -66,6 +69,8 @@ class MapType(enum.IntEnum):
     PERF_EVENT_ARRAY = 4  # per-CPU event buffers filled by bpf_perf_event_output
     PERCPU_HASH = 5  # hash table with one value per CPU
     PERCPU_ARRAY = 6  # array with one value per CPU
+    LRU_HASH = 9  # hash table that evicts its least recently used element when full
+    LRU_PERCPU_HASH = 10  # LRU hash table with one value per CPU
     LPM_TRIE = 11  # longest-prefix-match trie (routing tables)
     DEVMAP = 14  # u32 index -> network device (ifindex), for bpf_redirect_map
     SOCKMAP = 15  # u32 index -> socket
@@ -89,14 +94,15 @@ BPF_ANY = UpdateFlag.ANY
 BPF_NOEXIST = UpdateFlag.NOEXIST
 BPF_EXIST = UpdateFlag.EXIST
 BPF_F_NO_PREALLOC = 1 << 0  # accepted (storage is always preallocated here)
+BPF_F_NO_COMMON_LRU = 1 << 1  # LRU maps: accepted (one exact LRU order either way)
 BPF_F_RDONLY_PROG = 1 << 7  # programs may read the values but not write them
 BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CPU
 
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
-                            MapType.LPM_TRIE, MapType.RINGBUF})
+                            MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF})
 
-_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY})  # one value per CPU
+_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH})  # one value per CPU
 
 Converter = Any  # None, int, bytes, a ctypes type, a struct format string, or a callable (events)
 
@@ -480,6 +486,25 @@ class PerCpuHashMap(HashMap):
 
     def _decode_value(self, raw: bytes) -> list[Any]:
         return _decode_percpu(self, self._values, raw)
+
+
+class LruHashMap(HashMap):
+    """``BPF_MAP_TYPE_LRU_HASH``: a ``HashMap`` that, when full, makes room for a new key by
+    evicting the least recently used element instead of failing with E2BIG.
+
+    A use is an update (from Python or a program) or a program's lookup; Python's reads are not
+    uses, as the kernel's syscall lookups are not. jitbpf keeps the exact order; the kernel's is
+    approximate (reference bits and per-CPU free lists), so it may evict another old element, or
+    evict before ``max_entries`` elements are stored. ``BPF_F_NO_COMMON_LRU`` is accepted.
+    """
+
+    _TYPE = MapType.LRU_HASH
+
+
+class LruPerCpuHashMap(PerCpuHashMap):
+    """``BPF_MAP_TYPE_LRU_PERCPU_HASH``: a ``PerCpuHashMap`` with ``LruHashMap``'s eviction."""
+
+    _TYPE = MapType.LRU_PERCPU_HASH
 
 
 def _encode_percpu(m: BpfMap, codec: Codec, value: Any) -> bytes:
@@ -1095,6 +1120,8 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.PERF_EVENT_ARRAY: PerfEventArray,
     MapType.PERCPU_HASH: PerCpuHashMap,
     MapType.PERCPU_ARRAY: PerCpuArray,
+    MapType.LRU_HASH: LruHashMap,
+    MapType.LRU_PERCPU_HASH: LruPerCpuHashMap,
     MapType.LPM_TRIE: LpmTrie,
     MapType.DEVMAP: DevMap,
     MapType.SOCKMAP: SockMap,
