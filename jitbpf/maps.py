@@ -32,6 +32,7 @@ __all__ = [
     "BPF_NOEXIST",
     "Array",
     "BpfMap",
+    "CgroupArray",
     "Converter",
     "CpuMap",
     "DevMap",
@@ -69,6 +70,7 @@ class MapType(enum.IntEnum):
     PERF_EVENT_ARRAY = 4  # per-CPU event buffers filled by bpf_perf_event_output
     PERCPU_HASH = 5  # hash table with one value per CPU
     PERCPU_ARRAY = 6  # array with one value per CPU
+    CGROUP_ARRAY = 8  # u32 index -> cgroup, for bpf_current_task_under_cgroup / bpf_skb_under_cgroup
     LRU_HASH = 9  # hash table that evicts its least recently used element when full
     LRU_PERCPU_HASH = 10  # LRU hash table with one value per CPU
     LPM_TRIE = 11  # longest-prefix-match trie (routing tables)
@@ -922,6 +924,45 @@ class ProgramArray(_Slots):
         return iter(sorted(self._programs))
 
 
+class CgroupArray(_Slots):
+    """``BPF_MAP_TYPE_CGROUP_ARRAY``: index -> cgroup, which programs test the current task or the
+    packet's socket against (``bpf_current_task_under_cgroup``, ``bpf_skb_under_cgroup``).
+
+    A cgroup is its id (the kernel's ``cgroup_id``, the inode number of its directory), where the
+    kernel's user space stores a cgroup file descriptor; ``Host.cgroups`` says which cgroups the
+    current task is under. Updates take BPF_ANY only (EINVAL otherwise), as every array of file
+    descriptors; indices past ``max_entries`` are E2BIG, deleting an empty slot ENOENT.
+    """
+
+    _TYPE = MapType.CGROUP_ARRAY
+
+    def __init__(self, *, max_entries: int = 1, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+
+    def insert(self, index: int, cgroup_id: int, flags: int = BPF_ANY) -> None:
+        """Store the cgroup ``cgroup_id`` at ``index`` as ``flags`` says."""
+        if not isinstance(cgroup_id, int) or not 0 < cgroup_id < 1 << 64:
+            raise MapError(f"a cgroup id is a positive 64-bit integer, not {cgroup_id!r}", errno=errno.EBADF)
+        self._store(index, cgroup_id, flags, f"update of index {index} in {self.name!r}")
+
+    def __setitem__(self, index: int, cgroup_id: int) -> None:
+        self.insert(index, cgroup_id)
+
+    def get(self, index: int) -> int | None:
+        """The cgroup id at ``index``, or None."""
+        return self._slot(index) if 0 <= index < self.max_entries else None
+
+    def __getitem__(self, index: int) -> int:
+        cgroup_id = self.get(index)
+        if cgroup_id is None:
+            raise MapKeyError(f"no cgroup at index {index} of {self.name!r}", errno=errno.ENOENT)
+        return cgroup_id
+
+    def __delitem__(self, index: int) -> None:
+        self._delete_raw(self._index(index), f"delete of index {index} from {self.name!r}")
+
+
 class _SocketIds:
     """Socket objects (any Python object) <-> the ids C stores, with reference counts."""
 
@@ -1120,6 +1161,7 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.PERF_EVENT_ARRAY: PerfEventArray,
     MapType.PERCPU_HASH: PerCpuHashMap,
     MapType.PERCPU_ARRAY: PerCpuArray,
+    MapType.CGROUP_ARRAY: CgroupArray,
     MapType.LRU_HASH: LruHashMap,
     MapType.LRU_PERCPU_HASH: LruPerCpuHashMap,
     MapType.LPM_TRIE: LpmTrie,

@@ -32,6 +32,7 @@ enum map_type {
     T_PERF_EVENT_ARRAY = 4,
     T_PERCPU_HASH = 5,
     T_PERCPU_ARRAY = 6,
+    T_CGROUP_ARRAY = 8,
     T_LRU_HASH = 9,
     T_LRU_PERCPU_HASH = 10,
     T_LPM_TRIE = 11,
@@ -351,7 +352,7 @@ static int is_hash(const struct jb_map *m)
 static int is_slots(const struct jb_map *m)
 {
     return m->type == T_PROG_ARRAY || m->type == T_SOCKMAP || m->type == T_DEVMAP || m->type == T_CPUMAP ||
-           m->type == T_XSKMAP;
+           m->type == T_XSKMAP || m->type == T_CGROUP_ARRAY;
 }
 
 void jb_map_free(struct jb_map *m)
@@ -409,6 +410,7 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
             return -EINVAL;
         return vs > MAX_VALUE_SIZE ? -E2BIG : 0;
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
         return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_SOCKMAP:
     case T_DEVMAP:
@@ -539,11 +541,12 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         n = max_entries;
         break;
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
     case T_XSKMAP:
-        m->stride = 8;  /* program flag, socket id or ifindex, held as u64 */
+        m->stride = 8;  /* program flag, socket id, ifindex or cgroup id, held as u64 */
         m->used = calloc(max_entries, 1);
         rc = m->used ? 0 : -ENOMEM;
         n = max_entries;
@@ -1172,6 +1175,7 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_STACK:
         return jb_map_peek(m, out);
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1212,7 +1216,8 @@ static int slot_update(struct jb_map *m, const void *key, const void *value, uin
     uint64_t v = 0;
     memcpy(&idx, key, 4);
     memcpy(&v, value, 8);
-    if (m->type == T_PROG_ARRAY ? flags != F_ANY : flags > F_EXIST)
+    /* Arrays of file descriptors (programs, cgroups) take BPF_ANY only. */
+    if (m->type == T_PROG_ARRAY || m->type == T_CGROUP_ARRAY ? flags != F_ANY : flags > F_EXIST)
         return -EINVAL;
     if (idx >= m->max_entries)
         return -E2BIG;
@@ -1283,6 +1288,7 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_LPM_TRIE:
         return lpm_update(m, key, value, flags);
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1315,6 +1321,7 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_LPM_TRIE:
         return lpm_delete(m, key);
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
