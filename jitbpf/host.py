@@ -73,7 +73,9 @@ class Host:
     """The answers of the helpers that ask the host. Fill it before running (``vm.std.host``).
 
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
-    device and inode 0, cookies 0, hash 0, interface 1 (loopback) only, forwarding off, no routes.
+    device and inode 0, cookies 0, hash 0, interface 1 (loopback) only, forwarding off, no routes,
+    the task in the root cgroup (id 1) only, and a packet's socket in the task's cgroups (as the
+    socket the kernel's test runs give a packet).
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
@@ -87,6 +89,12 @@ class Host:
     interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface()})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order
+    # The ids of the cgroups the current task is under: its own and every ancestor up to the root.
+    cgroups: frozenset[int] = frozenset({1})
+    # The same for the packet's socket (None: the task's cgroups); packet_socket False: the packet
+    # has no full socket, so bpf_skb_under_cgroup answers ENOENT.
+    socket_cgroups: frozenset[int] | None = None
+    packet_socket: bool = True
 
     def add_route(self, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network, ifindex: int,
                   **details: object) -> FibRoute:
@@ -95,6 +103,14 @@ class Host:
         self.routes.append(route)
         self.interfaces.setdefault(ifindex, Interface())
         return route
+
+    def under_cgroup(self, cgroup_id: int, *, socket: bool = False) -> int:
+        """1 if the current task (``socket``: the packet's socket) is under ``cgroup_id``, else 0;
+        -ENOENT for a packet without a socket."""
+        if socket and not self.packet_socket:
+            return -errno.ENOENT
+        within = self.socket_cgroups if socket and self.socket_cgroups is not None else self.cgroups
+        return int(cgroup_id in within)
 
     def fib_lookup(self, family: int, dst: bytes, ifindex: int) -> tuple[int, FibRoute | None]:
         """What the kernel's FIB answers for a packet to ``dst`` arriving on ``ifindex``: a

@@ -26,17 +26,21 @@ __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_F_CURRENT_CPU",
+    "BPF_F_NO_COMMON_LRU",
     "BPF_F_NO_PREALLOC",
     "BPF_F_RDONLY_PROG",
     "BPF_NOEXIST",
     "Array",
     "BpfMap",
+    "CgroupArray",
     "Converter",
     "CpuMap",
     "DevMap",
     "HashMap",
     "LpmKey",
     "LpmTrie",
+    "LruHashMap",
+    "LruPerCpuHashMap",
     "MapKeyError",
     "MapType",
     "PerCpuArray",
@@ -66,6 +70,9 @@ class MapType(enum.IntEnum):
     PERF_EVENT_ARRAY = 4  # per-CPU event buffers filled by bpf_perf_event_output
     PERCPU_HASH = 5  # hash table with one value per CPU
     PERCPU_ARRAY = 6  # array with one value per CPU
+    CGROUP_ARRAY = 8  # u32 index -> cgroup, for bpf_current_task_under_cgroup / bpf_skb_under_cgroup
+    LRU_HASH = 9  # hash table that evicts its least recently used element when full
+    LRU_PERCPU_HASH = 10  # LRU hash table with one value per CPU
     LPM_TRIE = 11  # longest-prefix-match trie (routing tables)
     DEVMAP = 14  # u32 index -> network device (ifindex), for bpf_redirect_map
     SOCKMAP = 15  # u32 index -> socket
@@ -89,14 +96,15 @@ BPF_ANY = UpdateFlag.ANY
 BPF_NOEXIST = UpdateFlag.NOEXIST
 BPF_EXIST = UpdateFlag.EXIST
 BPF_F_NO_PREALLOC = 1 << 0  # accepted (storage is always preallocated here)
+BPF_F_NO_COMMON_LRU = 1 << 1  # LRU maps: accepted (one exact LRU order either way)
 BPF_F_RDONLY_PROG = 1 << 7  # programs may read the values but not write them
 BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CPU
 
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
-                            MapType.LPM_TRIE, MapType.RINGBUF})
+                            MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF})
 
-_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY})  # one value per CPU
+_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH})  # one value per CPU
 
 Converter = Any  # None, int, bytes, a ctypes type, a struct format string, or a callable (events)
 
@@ -494,6 +502,25 @@ class PerCpuHashMap(HashMap):
 
     def _decode_value(self, raw: bytes) -> list[Any]:
         return _decode_percpu(self, self._values, raw)
+
+
+class LruHashMap(HashMap):
+    """``BPF_MAP_TYPE_LRU_HASH``: a ``HashMap`` that, when full, makes room for a new key by
+    evicting the least recently used element instead of failing with E2BIG.
+
+    A use is an update (from Python or a program) or a program's lookup; Python's reads are not
+    uses, as the kernel's syscall lookups are not. jitbpf keeps the exact order; the kernel's is
+    approximate (reference bits and per-CPU free lists), so it may evict another old element, or
+    evict before ``max_entries`` elements are stored. ``BPF_F_NO_COMMON_LRU`` is accepted.
+    """
+
+    _TYPE = MapType.LRU_HASH
+
+
+class LruPerCpuHashMap(PerCpuHashMap):
+    """``BPF_MAP_TYPE_LRU_PERCPU_HASH``: a ``PerCpuHashMap`` with ``LruHashMap``'s eviction."""
+
+    _TYPE = MapType.LRU_PERCPU_HASH
 
 
 def _encode_percpu(m: BpfMap, codec: Codec, value: Any) -> bytes:
@@ -911,6 +938,45 @@ class ProgramArray(_Slots):
         return iter(sorted(self._programs))
 
 
+class CgroupArray(_Slots):
+    """``BPF_MAP_TYPE_CGROUP_ARRAY``: index -> cgroup, which programs test the current task or the
+    packet's socket against (``bpf_current_task_under_cgroup``, ``bpf_skb_under_cgroup``).
+
+    A cgroup is its id (the kernel's ``cgroup_id``, the inode number of its directory), where the
+    kernel's user space stores a cgroup file descriptor; ``Host.cgroups`` says which cgroups the
+    current task is under. Updates take BPF_ANY only (EINVAL otherwise), as every array of file
+    descriptors; indices past ``max_entries`` are E2BIG, deleting an empty slot ENOENT.
+    """
+
+    _TYPE = MapType.CGROUP_ARRAY
+
+    def __init__(self, *, max_entries: int = 1, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+
+    def insert(self, index: int, cgroup_id: int, flags: int = BPF_ANY) -> None:
+        """Store the cgroup ``cgroup_id`` at ``index`` as ``flags`` says."""
+        if not isinstance(cgroup_id, int) or not 0 < cgroup_id < 1 << 64:
+            raise MapError(f"a cgroup id is a positive 64-bit integer, not {cgroup_id!r}", errno=errno.EBADF)
+        self._store(index, cgroup_id, flags, f"update of index {index} in {self.name!r}")
+
+    def __setitem__(self, index: int, cgroup_id: int) -> None:
+        self.insert(index, cgroup_id)
+
+    def get(self, index: int) -> int | None:
+        """The cgroup id at ``index``, or None."""
+        return self._slot(index) if 0 <= index < self.max_entries else None
+
+    def __getitem__(self, index: int) -> int:
+        cgroup_id = self.get(index)
+        if cgroup_id is None:
+            raise MapKeyError(f"no cgroup at index {index} of {self.name!r}", errno=errno.ENOENT)
+        return cgroup_id
+
+    def __delitem__(self, index: int) -> None:
+        self._delete_raw(self._index(index), f"delete of index {index} from {self.name!r}")
+
+
 class _SocketIds:
     """Socket objects (any Python object) <-> the ids C stores, with reference counts."""
 
@@ -1109,6 +1175,9 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.PERF_EVENT_ARRAY: PerfEventArray,
     MapType.PERCPU_HASH: PerCpuHashMap,
     MapType.PERCPU_ARRAY: PerCpuArray,
+    MapType.CGROUP_ARRAY: CgroupArray,
+    MapType.LRU_HASH: LruHashMap,
+    MapType.LRU_PERCPU_HASH: LruPerCpuHashMap,
     MapType.LPM_TRIE: LpmTrie,
     MapType.DEVMAP: DevMap,
     MapType.SOCKMAP: SockMap,

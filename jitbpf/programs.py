@@ -106,8 +106,10 @@ class Helpers(enum.IntEnum):
     SKB_LOAD_BYTES = 26  # bpf_skb_load_bytes
     GET_STACKID = 27  # bpf_get_stackid
     CSUM_DIFF = 28  # bpf_csum_diff
+    SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup
     GET_HASH_RECALC = 34  # bpf_get_hash_recalc
     GET_CURRENT_TASK = 35  # bpf_get_current_task
+    CURRENT_TASK_UNDER_CGROUP = 37  # bpf_current_task_under_cgroup
     SKB_CHANGE_TAIL = 38  # bpf_skb_change_tail
     SKB_PULL_DATA = 39  # bpf_skb_pull_data
     GET_NUMA_NODE_ID = 42  # bpf_get_numa_node_id
@@ -309,6 +311,7 @@ _TRACING = _BASE | {
     H.PROBE_READ, H.PROBE_READ_STR, H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM,
     H.GET_CURRENT_TASK, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.PERF_EVENT_READ, H.GET_STACKID,
     H.GET_STACK, H.GET_FUNC_IP, H.GET_CURRENT_TASK_BTF, H.GET_NS_CURRENT_PID_TGID, H.SEND_SIGNAL,
+    H.CURRENT_TASK_UNDER_CGROUP,
 }
 _SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
 _CGROUP = frozenset({H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM, H.GET_CURRENT_CGROUP_ID,
@@ -376,7 +379,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             _BASE | _SKB_READ | {
                 H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
                 H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
-                H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP,
+                H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP, H.SKB_UNDER_CGROUP,
             },
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),

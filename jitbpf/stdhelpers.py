@@ -15,7 +15,7 @@ from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
-from jitbpf.maps import BpfMap, DevMap, MapType, RingBuf, SockHash, SockMap
+from jitbpf.maps import BpfMap, CgroupArray, DevMap, MapType, RingBuf, SockHash, SockMap
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
@@ -40,6 +40,8 @@ class HelperId(enum.IntEnum):
     GET_CURRENT_UID_GID = 15  # gid << 32 | uid
     GET_CURRENT_COMM = 16  # bpf_get_current_comm(buf, size): the thread's name
     PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output(ctx, map, flags, data, size)
+    SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup(skb, cgroup_array, index) -> 1, 0 or -errno
+    CURRENT_TASK_UNDER_CGROUP = 37  # bpf_current_task_under_cgroup(cgroup_array, index) -> 1, 0 or -errno
     REDIRECT_MAP = 51  # bpf_redirect_map(map, key, flags) -> XDP action
     SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map(skb, map, key, flags) -> SK_PASS / SK_DROP
     SOCK_MAP_UPDATE = 53  # bpf_sock_map_update(skops, map, key, flags)
@@ -335,6 +337,25 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, target, r3)
         return XDP_REDIRECT
 
+    def under_cgroup(name: str, r_map: int, r_index: int, *, socket: bool) -> int:
+        m = map_at(r_map, name, MapType.CGROUP_ARRAY)
+        assert isinstance(m, CgroupArray)
+        index = r_index & MASK32
+        if socket and not ctx.host.packet_socket:
+            return -errno.ENOENT & MASK64  # checked first, as the kernel
+        if index >= m.max_entries:
+            return -errno.E2BIG & MASK64
+        cgroup_id = m.get(index)
+        if cgroup_id is None:
+            return -errno.EAGAIN & MASK64
+        return ctx.host.under_cgroup(cgroup_id, socket=socket) & MASK64
+
+    def current_task_under_cgroup(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        return under_cgroup("bpf_current_task_under_cgroup", r1, r2, socket=False)
+
+    def skb_under_cgroup(_r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        return under_cgroup("bpf_skb_under_cgroup", r2, r3, socket=True)
+
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
         m = map_at(r2, name, MapType.SOCKMAP)
         assert isinstance(m, SockMap)
@@ -425,5 +446,8 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
                       ("released", "scalar"), "void"),
         native_helper(h.RINGBUF_QUERY, "bpf_ringbuf_query", "jb_helper_ringbuf_query", ringbuf_query,
                       ("map", "scalar")),
+        Helper(h.CURRENT_TASK_UNDER_CGROUP, "bpf_current_task_under_cgroup", current_task_under_cgroup,
+               ("map", "scalar")),
+        Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
         *extra,
     ]

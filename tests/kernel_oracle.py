@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from jitbpf.isa import LDDW_OPCODE, Instruction, PseudoSrc, decode, encode
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
-BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 3, 5
 LOG_SIZE = 1 << 20
 
 
@@ -90,6 +90,41 @@ def _maps(specs: Mapping[int, KernelMap]) -> Iterator[dict[int, int]]:
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+class _ElemAttr(ctypes.Structure):
+    _fields_ = (("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64))
+
+
+class KernelMapFd:
+    """One kernel map for element-level comparisons: each operation returns the kernel's errno (0: done)."""
+
+    def __init__(self, fd: int, spec: KernelMap) -> None:
+        self.fd, self.spec = fd, spec
+
+    def _elem(self, cmd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None, flags: int = 0) -> int:
+        kbuf = ctypes.create_string_buffer(key, len(key))
+        attr = _ElemAttr(self.fd, 0, ctypes.addressof(kbuf), 0 if value is None else ctypes.addressof(value), flags)
+        return _bpf(cmd, attr)[1]
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> int:
+        return self._elem(BPF_MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, len(value)), flags)
+
+    def lookup(self, key: bytes, size: int) -> tuple[int, bytes]:
+        out = ctypes.create_string_buffer(max(size, 8))
+        err = self._elem(BPF_MAP_LOOKUP_ELEM, key, out)
+        return err, out.raw[:size]
+
+    def delete(self, key: bytes) -> int:
+        return self._elem(BPF_MAP_DELETE_ELEM, key, None)
+
+
+@contextlib.contextmanager
+def kernel_map(spec: KernelMap) -> Iterator[KernelMapFd]:
+    """A kernel map made from ``spec`` for the block's duration."""
+    with _maps({0: spec}) as fds:
+        yield KernelMapFd(fds[0], spec)
 
 
 def _relocate(code: bytes, fds: Mapping[int, int]) -> bytes:

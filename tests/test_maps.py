@@ -155,6 +155,7 @@ def test_factory_builds_each_type() -> None:
         MapType.LPM_TRIE: (8, 4, 8), MapType.DEVMAP: (4, 4, 8), MapType.SOCKMAP: (4, 8, 8),
         MapType.SOCKHASH: (12, 8, 8), MapType.QUEUE: (0, 4, 8), MapType.STACK: (0, 4, 8),
         MapType.RINGBUF: (0, 0, 4096), MapType.CPUMAP: (4, 4, 8), MapType.XSKMAP: (4, 4, 8),
+        MapType.LRU_HASH: (4, 4, 8), MapType.LRU_PERCPU_HASH: (4, 4, 8), MapType.CGROUP_ARRAY: (4, 4, 8),
     }
     assert set(shapes) == set(MapType)
     for kind, (ks, vs, n) in shapes.items():
@@ -162,7 +163,7 @@ def test_factory_builds_each_type() -> None:
         assert (m.map_type, m.key_size, m.value_size, m.max_entries, m.name) == (kind, ks, vs, n, kind.name.lower())
         assert m.address != 0
         pointer_types = {MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
-                         MapType.LPM_TRIE, MapType.RINGBUF}
+                         MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF}
         assert bool(m.regions()) == (kind in pointer_types)
 
 

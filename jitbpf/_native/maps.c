@@ -33,6 +33,9 @@ enum map_type {
     T_PERF_EVENT_ARRAY = 4,
     T_PERCPU_HASH = 5,
     T_PERCPU_ARRAY = 6,
+    T_CGROUP_ARRAY = 8,
+    T_LRU_HASH = 9,
+    T_LRU_PERCPU_HASH = 10,
     T_LPM_TRIE = 11,
     T_DEVMAP = 14,
     T_SOCKMAP = 15,
@@ -123,6 +126,8 @@ struct jb_map {
     uint8_t *keys;
     uint8_t *used;      /* also presence of slot-array entries */
     int32_t free_head;
+    uint64_t *stamps;   /* LRU hash maps: each element's last use (a tick of clock) */
+    uint64_t clock;
     /* queue / stack */
     uint32_t head;      /* index of the oldest element */
     /* LPM trie */
@@ -333,17 +338,22 @@ static int map_live(const struct jb_map *m)
 
 static int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 
-static int is_percpu(const struct jb_map *m) { return m->type == T_PERCPU_HASH || m->type == T_PERCPU_ARRAY; }
+static int is_percpu(const struct jb_map *m)
+{
+    return m->type == T_PERCPU_HASH || m->type == T_PERCPU_ARRAY || m->type == T_LRU_PERCPU_HASH;
+}
+
+static int is_lru(const struct jb_map *m) { return m->type == T_LRU_HASH || m->type == T_LRU_PERCPU_HASH; }
 
 static int is_hash(const struct jb_map *m)
 {
-    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH;
+    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || is_lru(m);
 }
 
 static int is_slots(const struct jb_map *m)
 {
     return m->type == T_PROG_ARRAY || m->type == T_SOCKMAP || m->type == T_DEVMAP || m->type == T_CPUMAP ||
-           m->type == T_XSKMAP;
+           m->type == T_XSKMAP || m->type == T_CGROUP_ARRAY;
 }
 
 void jb_map_free(struct jb_map *m)
@@ -368,6 +378,7 @@ void jb_map_free(struct jb_map *m)
     free(m->hashes);
     free(m->keys);
     free(m->used);
+    free(m->stamps);
     free(m->nodes);
     free(m->node_data);
     if (m->rings) {
@@ -383,6 +394,8 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
     switch (type) {
     case T_HASH:
     case T_PERCPU_HASH:
+    case T_LRU_HASH:
+    case T_LRU_PERCPU_HASH:
         if (ks == 0 || vs == 0 || max == 0)
             return -EINVAL;
         if (ks > MAX_KEY_SIZE || vs > MAX_VALUE_SIZE || max > (1u << 30))
@@ -398,6 +411,7 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
             return -EINVAL;
         return vs > MAX_VALUE_SIZE ? -E2BIG : 0;
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
         return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_SOCKMAP:
     case T_DEVMAP:
@@ -504,7 +518,7 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     m->value_size = value_size;
     m->max_entries = max_entries;
     m->flags = flags;
-    m->num_cpus = (type == T_PERCPU_HASH || type == T_PERCPU_ARRAY) ? (uint32_t)jb_num_cpus() : 1;
+    m->num_cpus = is_percpu(m) ? (uint32_t)jb_num_cpus() : 1;
     m->stride = (value_size + 7u) & ~7u;
     m->free_head = NONE;
     m->root = NONE;
@@ -514,17 +528,26 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         m->value_size = 8;  /* a socket id */
         m->stride = 8;
         /* fall through */
+    case T_LRU_HASH:
+    case T_LRU_PERCPU_HASH:
+        m->stamps = calloc(max_entries, sizeof(uint64_t));
+        if (!m->stamps) {
+            rc = -ENOMEM;
+            break;
+        }
+        /* fall through */
     case T_HASH:
     case T_PERCPU_HASH:
         rc = alloc_hash(m);
         n = max_entries;
         break;
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
     case T_XSKMAP:
-        m->stride = 8;  /* program flag, socket id or ifindex, held as u64 */
+        m->stride = 8;  /* program flag, socket id, ifindex or cgroup id, held as u64 */
         m->used = calloc(max_entries, 1);
         rc = m->used ? 0 : -ENOMEM;
         n = max_entries;
@@ -708,6 +731,9 @@ static int32_t htab_lookup(const struct jb_map *m, const void *key)
     return i;
 }
 
+static void lru_touch(struct jb_map *m, int32_t i);
+static void lru_evict(struct jb_map *m);
+
 /* values: one value (cpu >= 0: that CPU's copy, the others zeroed on insert) or all CPUs. */
 static int htab_update(struct jb_map *m, const void *key, const uint8_t *values, uint64_t flags, int cpu)
 {
@@ -728,6 +754,8 @@ static int htab_update(struct jb_map *m, const void *key, const uint8_t *values,
             spin_unlock(&m->lock);
             return -ENOENT;
         }
+        if (m->free_head < 0 && is_lru(m))
+            lru_evict(m);
         i = m->free_head;
         if (i < 0) {
             spin_unlock(&m->lock);
@@ -744,6 +772,8 @@ static int htab_update(struct jb_map *m, const void *key, const uint8_t *values,
     else
         for (c = 0; c < m->num_cpus; c++)
             memcpy(value_at(m, (uint32_t)i, c), values + (uint64_t)c * m->stride, m->value_size);
+    if (is_lru(m))
+        lru_touch(m, i);
     if (!m->used[i]) {
         /* Publish only a complete element. */
         write_begin(m);
@@ -758,16 +788,9 @@ static int htab_update(struct jb_map *m, const void *key, const uint8_t *values,
     return 0;
 }
 
-static int htab_delete(struct jb_map *m, const void *key)
+/* Unlinks element i (found with prev) and returns it to the free list; the lock is held. */
+static void htab_unlink(struct jb_map *m, int32_t i, int32_t prev, uint32_t h)
 {
-    uint32_t h = hash_key(key, m->key_size);
-    int32_t i, prev = NONE;
-    spin_lock(&m->lock);
-    i = htab_find(m, key, h, &prev);
-    if (i < 0) {
-        spin_unlock(&m->lock);
-        return -ENOENT;
-    }
     write_begin(m);
     if (prev < 0)
         STORE(&m->buckets[h & (m->n_buckets - 1)], LOAD(&m->next[i]));
@@ -779,8 +802,47 @@ static int htab_delete(struct jb_map *m, const void *key)
     /* The element (and its value) is reused by a later insert, as the kernel's preallocated maps. */
     m->next[i] = m->free_head;
     m->free_head = i;
+}
+
+static int htab_delete(struct jb_map *m, const void *key)
+{
+    uint32_t h = hash_key(key, m->key_size);
+    int32_t i, prev = NONE;
+    spin_lock(&m->lock);
+    i = htab_find(m, key, h, &prev);
+    if (i < 0) {
+        spin_unlock(&m->lock);
+        return -ENOENT;
+    }
+    htab_unlink(m, i, prev, h);
     spin_unlock(&m->lock);
     return 0;
+}
+
+/* LRU hash maps keep exact recency: every update and every program lookup stamps the element with
+   the map's next tick, and a full map evicts the element with the oldest stamp (a scan, done only
+   when the map is full). The kernel approximates this order (reference bits, per-CPU free lists),
+   so it may evict another old element, or evict before the map is full. */
+static void lru_touch(struct jb_map *m, int32_t i)
+{
+    STORE(&m->stamps[i], __atomic_add_fetch(&m->clock, 1, __ATOMIC_RELAXED));
+}
+
+static void lru_evict(struct jb_map *m)
+{
+    uint32_t j, h;
+    int32_t victim = NONE, prev = NONE;
+    uint64_t oldest = UINT64_MAX;
+    for (j = 0; j < m->max_entries; j++)
+        if (m->used[j] && LOAD(&m->stamps[j]) < oldest) {
+            oldest = LOAD(&m->stamps[j]);
+            victim = (int32_t)j;
+        }
+    if (victim < 0)
+        return;
+    h = m->hashes[victim];
+    if (htab_find(m, m->keys + (uint64_t)victim * m->key_size, h, &prev) == victim)
+        htab_unlink(m, victim, prev, h);
 }
 
 static int htab_next_key(struct jb_map *m, const void *key, void *next)
@@ -1069,6 +1131,15 @@ void *jb_map_lookup(struct jb_map *m, const void *key)
     case T_PERCPU_HASH:
         i = htab_lookup(m, key);
         return i >= 0 ? value_at(m, (uint32_t)i, current_cpu()) : NULL;
+    case T_LRU_HASH:
+    case T_LRU_PERCPU_HASH:
+        /* A program's lookup is a use (the kernel sets the element's reference bit); Python's
+           lookups, like the syscall's, are not. */
+        i = htab_lookup(m, key);
+        if (i < 0)
+            return NULL;
+        lru_touch(m, i);
+        return value_at(m, (uint32_t)i, m->type == T_LRU_HASH ? 0 : current_cpu());
     case T_LPM_TRIE:
         i = lpm_lookup(m, key);
         return i >= 0 ? value_at(m, (uint32_t)i, 0) : NULL;
@@ -1093,6 +1164,8 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
         break;
     case T_HASH:
     case T_PERCPU_HASH:
+    case T_LRU_HASH:
+    case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
         i = htab_lookup(m, key);
         break;
@@ -1103,6 +1176,7 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_STACK:
         return jb_map_peek(m, out);
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1143,7 +1217,8 @@ static int slot_update(struct jb_map *m, const void *key, const void *value, uin
     uint64_t v = 0;
     memcpy(&idx, key, 4);
     memcpy(&v, value, 8);
-    if (m->type == T_PROG_ARRAY ? flags != F_ANY : flags > F_EXIST)
+    /* Arrays of file descriptors (programs, cgroups) take BPF_ANY only. */
+    if (m->type == T_PROG_ARRAY || m->type == T_CGROUP_ARRAY ? flags != F_ANY : flags > F_EXIST)
         return -EINVAL;
     if (idx >= m->max_entries)
         return -E2BIG;
@@ -1206,11 +1281,15 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_HASH:
     case T_SOCKHASH:
         return htab_update(m, key, value, flags, 0);
+    case T_LRU_HASH:
+        return htab_update(m, key, value, flags, 0);
     case T_PERCPU_HASH:
+    case T_LRU_PERCPU_HASH:
         return htab_update(m, key, value, flags, cpu);
     case T_LPM_TRIE:
         return lpm_update(m, key, value, flags);
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1236,11 +1315,14 @@ int jb_map_delete(struct jb_map *m, const void *key)
     switch (m->type) {
     case T_HASH:
     case T_PERCPU_HASH:
+    case T_LRU_HASH:
+    case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
         return htab_delete(m, key);
     case T_LPM_TRIE:
         return lpm_delete(m, key);
     case T_PROG_ARRAY:
+    case T_CGROUP_ARRAY:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1668,7 +1750,7 @@ static inline int arg_mem(uint64_t p, uint64_t size) { return jb_sbx_check(p, si
 static int prog_updatable(const struct jb_map *m)
 {
     return m->type == T_HASH || m->type == T_ARRAY || m->type == T_PERCPU_HASH ||
-           m->type == T_PERCPU_ARRAY || m->type == T_LPM_TRIE;
+           m->type == T_PERCPU_ARRAY || m->type == T_LPM_TRIE || is_lru(m);
 }
 
 /* The direct forms: for callers that checked the arguments against the run's memory themselves
