@@ -214,6 +214,7 @@ class _Symbol:
     size: int  # st_size
     kind: str  # STT_* type
     shndx: int | None  # section index, None when undefined or special (ABS, COMMON)
+    weak: bool = False  # STB_WEAK: an extern that may stay unresolved (it reads 0)
 
 
 @dataclass(frozen=True)
@@ -387,13 +388,19 @@ class ElfObject:
 
 
 def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
-             create_maps: bool = True, prog_type: ProgType | int | str | None = None) -> ElfObject:
+             create_maps: bool = True, prog_type: ProgType | int | str | None = None,
+             kconfig: Mapping[str, int | bool | str] | None = None) -> ElfObject:
     """Load an eBPF ELF object (a path or its bytes): programs, maps, global data, relocations.
 
     Every problem with the object raises ``ElfError`` naming the section or relocation at fault.
     With ``create_maps`` off, maps are described (``map_defs``) but not created. ``prog_type``
     types the programs whose section names no program type (as libbpf's
     ``bpf_program__set_type``); without it such programs have none, and ``vm()`` refuses them.
+
+    ``__kconfig`` externs take their values from ``kconfig`` (``CONFIG_*`` names: ``True``/``"y"``,
+    ``"m"``, ``False``/``"n"``, an integer, or a string for a char array), then from libbpf's
+    defaults (see ``kconfig_defaults``); a weak extern found in neither reads 0, a strong one is
+    an ElfError naming it. They live, as with libbpf, in a read-only ``.kconfig`` map.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -407,7 +414,44 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
         except OSError as exc:
             raise ElfError(f"cannot read {path}: {exc.strerror or exc}") from exc
     default = program_type(prog_type) if prog_type is not None else ProgType.UNSPEC
-    return _Loader(data, label, create_maps, default).load()
+    values = {**kconfig_defaults(), **(kconfig or {})}
+    return _Loader(data, label, create_maps, default, values).load()
+
+
+def kconfig_defaults() -> dict[str, int | bool | str]:
+    """The ``__kconfig`` values libbpf supplies itself: ``LINUX_KERNEL_VERSION`` as
+    ``KERNEL_VERSION(a, b, c)`` of the running kernel's release (0 when it cannot be parsed),
+    ``LINUX_HAS_SYSCALL_WRAPPER`` 1 (x86-64 kernels since 4.17 wrap system calls) and
+    ``LINUX_HAS_BPF_COOKIE`` 1."""
+    parts = [int(p) if p.isdigit() else 0 for p in os.uname().release.split("-", 1)[0].split(".")[:3]]
+    a, b, c = [*parts, 0, 0, 0][:3]
+    return {"LINUX_KERNEL_VERSION": a << 16 | b << 8 | min(c, 255), "LINUX_HAS_SYSCALL_WRAPPER": 1,
+            "LINUX_HAS_BPF_COOKIE": 1}
+
+
+_TRISTATE = {"n": 0, "y": 1, "m": 2}  # libbpf's enum libbpf_tristate
+
+
+def _kconfig_bytes(name: str, value: int | bool | str, btf: Btf, type_id: int, size: int) -> bytes:
+    """The bytes of one ``__kconfig`` extern of this BTF type, as libbpf encodes them."""
+    _, t = btf.resolve(type_id)
+    if t.kind is BtfKind.ARRAY:
+        if not isinstance(value, str):
+            raise ElfError(f"__kconfig extern {name} is a char array: give it a string, not {value!r}",
+                           section=".kconfig")
+        raw = value.encode()
+        return raw[: size - 1].ljust(size, b"\0")
+    if isinstance(value, str):
+        if value not in _TRISTATE and not value.lstrip("-").isdigit():
+            raise ElfError(f"__kconfig extern {name}: value {value!r} is not y, m, n or a number",
+                           section=".kconfig")
+        number = _TRISTATE[value] if value in _TRISTATE else int(value)
+    else:
+        number = int(value)
+    if t.kind not in (BtfKind.INT, BtfKind.ENUM, BtfKind.ENUM64) or size not in (1, 2, 4, 8):
+        raise ElfError(f"__kconfig extern {name} has an unsupported type ({t.kind.name}, {size} bytes)",
+                       section=".kconfig")
+    return (number & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
 
 def _libbpf_defaults(spec: MapDef) -> MapDef:
@@ -422,8 +466,11 @@ def _libbpf_defaults(spec: MapDef) -> MapDef:
 
 
 class _Loader:
-    def __init__(self, data: bytes, label: str, create_maps: bool, default_type: ProgType) -> None:
+    def __init__(self, data: bytes, label: str, create_maps: bool, default_type: ProgType,
+                 kconfig: Mapping[str, int | bool | str]) -> None:
         self.data = data
+        self.kconfig = kconfig  # values of __kconfig externs
+        self.externs: dict[str, int] = {}  # __kconfig extern -> its offset in the .kconfig map
         self.default_type = default_type  # the type of programs whose section names none
         self.obj = ElfObject(label)
         self.create_maps = create_maps
@@ -515,7 +562,8 @@ class _Loader:
             shndx = sym["st_shndx"]
             self.symbols.append(_Symbol(i, sym.name, int(sym["st_value"]), int(sym["st_size"]),
                                         str(sym["st_info"]["type"]),
-                                        shndx if isinstance(shndx, int) and shndx > 0 else None))
+                                        shndx if isinstance(shndx, int) and shndx > 0 else None,
+                                        sym["st_info"]["bind"] == "STB_WEAK"))
 
     def _section(self, index: int | None, what: str) -> _Section:
         if index is None or not 0 <= index < len(self.sections):
@@ -617,6 +665,7 @@ class _Loader:
                 self.obj.btf = None  # BTF only matters for .maps; a program without them loads anyway
         if btf_maps is not None and btf_maps.size:
             self._btf_maps(btf_maps)
+        self._kconfig_map()
         for sec in self.sections:
             is_data = any(sec.name == d or sec.name.startswith(d + ".") for d in DATA_SECTIONS)
             if not is_data or sec.size == 0 or not sec.flags & 0x2 or sec.executable:  # SHF_ALLOC
@@ -634,6 +683,33 @@ class _Loader:
                     if sym.value + sym.size > sec.size:
                         raise ElfError(f"variable {sym.name} lies outside its section", section=sec.name)
                     self.obj.variables[sym.name] = (sec.name, sym.value, sym.size)
+
+    def _kconfig_map(self) -> None:
+        """Lay out the ``__kconfig`` externs in a read-only ``.kconfig`` map, as libbpf does."""
+        btf = self.obj.btf
+        datasec = btf.find(BtfKind.DATASEC, ".kconfig") if btf is not None else None
+        if btf is None or datasec is None:
+            return
+        weak = {s.name for s in self.symbols if s.shndx is None and s.weak}
+        body = bytearray()
+        for _, var_id, _ in datasec.members:
+            var = btf.get(var_id)
+            size = btf.size_of(var.size_or_type)
+            align = min(size, 8) if btf.resolve(var.size_or_type)[1].kind is not BtfKind.ARRAY else 1
+            body.extend(bytes(-len(body) % max(align, 1)))
+            self.externs[var.name] = len(body)
+            value = self.kconfig.get(var.name)
+            if value is None:
+                if var.name not in weak:
+                    what = ("is not one libbpf knows" if var.name.startswith("LINUX_")
+                            else "has no value: give it in load_elf(kconfig={...})")
+                    raise ElfError(f"__kconfig extern {var.name} {what}", section=".kconfig")
+                body.extend(bytes(size))
+            else:
+                body.extend(_kconfig_bytes(var.name, value, btf, var.size_or_type, size))
+        if body:
+            self._add_map(MapDef(".kconfig", 2, 4, len(body), 1, BPF_F_RDONLY_PROG, ".kconfig", "data",
+                                 bytes(body)))
 
     def _map_symbols(self, sec: _Section) -> list[_Symbol]:
         syms = sorted((s for s in self.symbols if s.shndx == sec.index and s.kind in ("STT_OBJECT", "STT_NOTYPE")
@@ -822,7 +898,13 @@ class _Loader:
             self.sections) else f"#{rel.symbol}")
         opcode, regs = out[pc * 8], out[pc * 8 + 1]
         if sym.shndx is None:
-            raise ElfError(f"{where}: symbol {label!r} is undefined (extern variables and kernel functions are not"
+            if sym.name in self.externs and opcode == LDDW:
+                self._patch_map(out, pc, regs & 0xF, PseudoSrc.MAP_VALUE, ".kconfig", self.externs[sym.name])
+                return
+            if self._is_ksym(sym.name):
+                raise ElfError(f"{where}: {label!r} is a kernel symbol (__ksym): kernel functions and variables"
+                               " do not exist outside the kernel", section=sec.name)
+            raise ElfError(f"{where}: symbol {label!r} is undefined (extern variables other than __kconfig are not"
                            " supported)", section=sec.name)
         target_sec = self._section(sym.shndx, where)
         offset = sym.value + (imm if sym.kind == "STT_SECTION" else 0)
@@ -869,6 +951,13 @@ class _Loader:
             raise ElfError(f"{where}: symbol {label!r} is in section {target_sec.name}, which is neither a map nor"
                            " global data", section=sec.name)
         self._patch_map(out, pc, dst, PseudoSrc.MAP_FD, map_name, 0)
+
+    def _is_ksym(self, name: str) -> bool:
+        btf = self.obj.btf
+        datasec = btf.find(BtfKind.DATASEC, ".ksyms") if btf is not None else None
+        if btf is not None and datasec is not None and any(btf.get(v).name == name for _, v, _ in datasec.members):
+            return True
+        return btf is not None and any(t.kind is BtfKind.FUNC and t.name == name for t in btf.types)
 
     def _patch_map(self, out: bytearray, pc: int, dst: int, src: int, name: str, offset: int) -> None:
         out[pc * 8 + 1] = dst | src << 4
