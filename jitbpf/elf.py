@@ -16,7 +16,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from jitbpf.errors import BpfError, ElfError
+from jitbpf.errors import BpfError, ElfError, VerifierError
 from jitbpf.isa import SLOT_SIZE, CallSrc, PseudoSrc
 from jitbpf.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
 
@@ -76,7 +76,7 @@ class BtfType:
     size_or_type: int  # size for INT/STRUCT/UNION/ENUM/DATASEC/FLOAT, referenced type id otherwise
     members: tuple[tuple[str, int, int], ...] = ()  # STRUCT/UNION (name, type, bit offset); DATASEC (,type,off)
     array: tuple[int, int] = (0, 0)  # ARRAY: (element type, number of elements)
-    encoding: int = 0  # INT: BTF_INT_SIGNED (1), BTF_INT_CHAR (2), BTF_INT_BOOL (4); ENUM/ENUM64: 1 if signed
+    encoding: int = 0  # INT: BTF_INT_SIGNED (1), CHAR (2), BOOL (4); ENUM/ENUM64: 1 if signed; STRUCT/UNION: kind_flag
     enumerators: tuple[tuple[str, int], ...] = ()  # ENUM/ENUM64: (name, value), values as declared
 
 
@@ -101,6 +101,10 @@ class Btf:
         self._strings = data[strs_at : strs_at + str_len]
         self.types: list[BtfType] = [BtfType(BtfKind.UNKN, "", 0)]
         self._parse(data[types_at : types_at + type_len])
+
+    def string(self, off: int) -> str:
+        """The string at this offset of the string table (also names ``.BTF.ext`` records)."""
+        return self._str(off)
 
     def _str(self, off: int) -> str:
         if off >= len(self._strings) and off:
@@ -131,8 +135,9 @@ class Btf:
             enumerators: tuple[tuple[str, int], ...] = ()
             if kind is BtfKind.INT:
                 encoding = struct.unpack_from("<I", blob, pos)[0] >> 24
-            elif kind in (BtfKind.ENUM, BtfKind.ENUM64):
-                encoding = info >> 31  # kind_flag: the enum is signed
+            elif kind in (BtfKind.ENUM, BtfKind.ENUM64, BtfKind.STRUCT, BtfKind.UNION):
+                encoding = info >> 31  # kind_flag: the enum is signed, the members' offsets hold bitfield sizes
+            if kind in (BtfKind.ENUM, BtfKind.ENUM64):
                 enumerators = tuple(self._enumerator(kind, blob, pos, i, encoding) for i in range(vlen))
             if kind is BtfKind.ARRAY:
                 elem, _index, nelems = struct.unpack_from("<III", blob, pos)
@@ -255,8 +260,10 @@ class ElfProgram:
     runner of its program type (``run_xdp`` for XDP, ...) in a VM kept for that purpose.
     """
 
-    def __init__(self, obj: ElfObject, name: str, section: str, prog_type: ProgType, code: bytes) -> None:
+    def __init__(self, obj: ElfObject, name: str, section: str, prog_type: ProgType, code: bytes,
+                 core_failures: Mapping[int, str] | None = None) -> None:
         self.obj = obj
+        self.core_failures = dict(core_failures or {})  # pc -> the CO-RE relocation that poisoned it
         self.name = name
         self.section = section
         self.prog_type = prog_type
@@ -290,6 +297,15 @@ class ElfProgram:
         if kwargs.get("prog_type") is None and use_standard is not None:
             use_standard()
         self.obj.attach(vm)
+        try:
+            if self.core_failures:
+                vm.check()  # now, so that a failed CO-RE relocation is named where the program is loaded
+        except VerifierError as exc:
+            why = self.core_failures.get(exc.pc) if exc.pc is not None else None
+            if why is None:
+                raise
+            raise VerifierError(f"{why} (the instruction can run, so the program cannot load)", pc=exc.pc,
+                                insn=exc.insn, log=exc.log) from exc
         return vm
 
     def run(self, *args: Any, engine: str = "interp", **kwargs: Any) -> Any:
@@ -389,7 +405,8 @@ class ElfObject:
 
 def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
              create_maps: bool = True, prog_type: ProgType | int | str | None = None,
-             kconfig: Mapping[str, int | bool | str] | None = None) -> ElfObject:
+             kconfig: Mapping[str, int | bool | str] | None = None,
+             btf: Btf | str | os.PathLike[str] | bytes | None = None) -> ElfObject:
     """Load an eBPF ELF object (a path or its bytes): programs, maps, global data, relocations.
 
     Every problem with the object raises ``ElfError`` naming the section or relocation at fault.
@@ -401,6 +418,11 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
     ``"m"``, ``False``/``"n"``, an integer, or a string for a char array), then from libbpf's
     defaults (see ``kconfig_defaults``); a weak extern found in neither reads 0, a strong one is
     an ElfError naming it. They live, as with libbpf, in a read-only ``.kconfig`` map.
+
+    CO-RE relocations (``.BTF.ext``) are resolved against ``btf`` (a ``Btf``, a raw BTF file's
+    path or bytes), else the running kernel's ``/sys/kernel/btf/vmlinux`` when readable, else the
+    object's own BTF (the layout it was compiled against). One that cannot be resolved poisons
+    its instruction (see ``jitbpf.core``); ``ElfProgram.core_failures`` lists them.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -415,7 +437,27 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
             raise ElfError(f"cannot read {path}: {exc.strerror or exc}") from exc
     default = program_type(prog_type) if prog_type is not None else ProgType.UNSPEC
     values = {**kconfig_defaults(), **(kconfig or {})}
-    return _Loader(data, label, create_maps, default, values).load()
+    return _Loader(data, label, create_maps, default, values, btf).load()
+
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"  # the running kernel's BTF
+
+
+def _target_btf(btf: Btf | str | os.PathLike[str] | bytes | None) -> Btf | None:
+    """The BTF CO-RE relocations are resolved against (None: the object's own)."""
+    if isinstance(btf, Btf):
+        return btf
+    if isinstance(btf, bytes):
+        return Btf(btf)
+    path = os.fspath(btf) if btf is not None else VMLINUX_BTF
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        if btf is None:
+            return None
+        raise ElfError(f"cannot read the target BTF {path}: {exc.strerror or exc}") from exc
+    return Btf(raw)
 
 
 def kconfig_defaults() -> dict[str, int | bool | str]:
@@ -467,8 +509,11 @@ def _libbpf_defaults(spec: MapDef) -> MapDef:
 
 class _Loader:
     def __init__(self, data: bytes, label: str, create_maps: bool, default_type: ProgType,
-                 kconfig: Mapping[str, int | bool | str]) -> None:
+                 kconfig: Mapping[str, int | bool | str], target_btf: Btf | str | os.PathLike[str] | bytes | None
+                 ) -> None:
         self.data = data
+        self.target_btf = target_btf  # what CO-RE relocations resolve against (see load_elf)
+        self.poisoned: dict[tuple[int, int], str] = {}  # (code section, slot) -> failed CO-RE relocation
         self.kconfig = kconfig  # values of __kconfig externs
         self.externs: dict[str, int] = {}  # __kconfig extern -> its offset in the .kconfig map
         self.default_type = default_type  # the type of programs whose section names none
@@ -513,6 +558,7 @@ class _Loader:
         self._split_functions()
         self._read_relocations(elf)
         self._declare_maps()
+        self._core_relocate()
         if self.create_maps:
             self._create_maps()
         self._build_programs()
@@ -647,6 +693,32 @@ class _Loader:
                                    section=target.name)
                 table[offset] = _Rel(offset, sym, kind)
             self.relocs[target.index] = table
+
+    def _core_relocate(self) -> None:
+        """Apply the CO-RE relocations of ``.BTF.ext`` to the code sections, as libbpf does."""
+        from jitbpf import core
+
+        ext = self._by_name(core.SECTION)
+        if ext is None or self.obj.btf is None:
+            return
+        local = self.obj.btf
+        relocs = core.read_relocations(ext.data, local)
+        if not relocs:
+            return
+        needs_target = any(r.kind is not core.CoreKind.TYPE_ID_LOCAL for r in relocs)
+        target = _target_btf(self.target_btf) if needs_target else None
+        resolver = core.Resolver(local, target or local)
+        patched: dict[int, bytearray] = {}
+        for relo in relocs:
+            sec = self._by_name(relo.section)
+            if sec is None or sec.index not in self.funcs:
+                raise ElfError(f"{relo.describe(local)}: no code section {relo.section!r}", section=core.SECTION)
+            code = patched.setdefault(sec.index, bytearray(sec.data))
+            failure = core.patch(code, relo, resolver)
+            if failure is not None:
+                self.poisoned[(sec.index, relo.insn_off // SLOT_SIZE)] = f"{relo.describe(local)}: {failure}"
+        for index, code in patched.items():
+            self.sections[index] = replace(self.sections[index], data=bytes(code))
 
     # -- maps --------------------------------------------------------------------------------------
 
@@ -834,7 +906,9 @@ class _Loader:
                 prog_type = self.default_type
             for func in self.funcs[sec.index]:
                 name = func.name if func.name not in self.obj.programs else f"{sec.name}/{func.name}"
-                self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, self._link(func))
+                failures: dict[int, str] = {}
+                code = self._link(func, failures)
+                self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, code, failures)
 
     def _function_at(self, section: int, slot: int, where: str) -> _Func:
         sec = self.sections[section]
@@ -846,8 +920,9 @@ class _Loader:
         raise ElfError(f"{where}: target instruction {slot} is outside every function of {sec.name}",
                        section=sec.name)
 
-    def _link(self, entry: _Func) -> bytes:
-        """The entry function followed by every function it calls (transitively), calls patched."""
+    def _link(self, entry: _Func, failures: dict[int, str]) -> bytes:
+        """The entry function followed by every function it calls (transitively), calls patched;
+        ``failures`` gets the linked pc of each instruction a failed CO-RE relocation poisoned."""
         out = bytearray()
         placed: dict[tuple[int, int], int] = {}
         work: list[_Func] = []
@@ -859,6 +934,9 @@ class _Loader:
                 sec = self.sections[f.section]
                 out.extend(sec.data[f.start * SLOT_SIZE : (f.start + f.count) * SLOT_SIZE])
                 work.append(f)
+                for (index, slot), why in self.poisoned.items():
+                    if index == f.section and f.start <= slot < f.start + f.count:
+                        failures[placed[key] + slot - f.start] = why
             return placed[key]
 
         place(entry)
