@@ -16,7 +16,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from jitbpf.errors import BpfError, ElfError
+from jitbpf.errors import BpfError, ElfError, VerifierError
 from jitbpf.isa import SLOT_SIZE, CallSrc, PseudoSrc
 from jitbpf.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
 
@@ -76,7 +76,7 @@ class BtfType:
     size_or_type: int  # size for INT/STRUCT/UNION/ENUM/DATASEC/FLOAT, referenced type id otherwise
     members: tuple[tuple[str, int, int], ...] = ()  # STRUCT/UNION (name, type, bit offset); DATASEC (,type,off)
     array: tuple[int, int] = (0, 0)  # ARRAY: (element type, number of elements)
-    encoding: int = 0  # INT: BTF_INT_SIGNED (1), BTF_INT_CHAR (2), BTF_INT_BOOL (4); ENUM/ENUM64: 1 if signed
+    encoding: int = 0  # INT: BTF_INT_SIGNED (1), CHAR (2), BOOL (4); ENUM/ENUM64: 1 if signed; STRUCT/UNION: kind_flag
     enumerators: tuple[tuple[str, int], ...] = ()  # ENUM/ENUM64: (name, value), values as declared
 
 
@@ -101,6 +101,10 @@ class Btf:
         self._strings = data[strs_at : strs_at + str_len]
         self.types: list[BtfType] = [BtfType(BtfKind.UNKN, "", 0)]
         self._parse(data[types_at : types_at + type_len])
+
+    def string(self, off: int) -> str:
+        """The string at this offset of the string table (also names ``.BTF.ext`` records)."""
+        return self._str(off)
 
     def _str(self, off: int) -> str:
         if off >= len(self._strings) and off:
@@ -131,8 +135,9 @@ class Btf:
             enumerators: tuple[tuple[str, int], ...] = ()
             if kind is BtfKind.INT:
                 encoding = struct.unpack_from("<I", blob, pos)[0] >> 24
-            elif kind in (BtfKind.ENUM, BtfKind.ENUM64):
-                encoding = info >> 31  # kind_flag: the enum is signed
+            elif kind in (BtfKind.ENUM, BtfKind.ENUM64, BtfKind.STRUCT, BtfKind.UNION):
+                encoding = info >> 31  # kind_flag: the enum is signed, the members' offsets hold bitfield sizes
+            if kind in (BtfKind.ENUM, BtfKind.ENUM64):
                 enumerators = tuple(self._enumerator(kind, blob, pos, i, encoding) for i in range(vlen))
             if kind is BtfKind.ARRAY:
                 elem, _index, nelems = struct.unpack_from("<III", blob, pos)
@@ -214,6 +219,7 @@ class _Symbol:
     size: int  # st_size
     kind: str  # STT_* type
     shndx: int | None  # section index, None when undefined or special (ABS, COMMON)
+    weak: bool = False  # STB_WEAK: an extern that may stay unresolved (it reads 0)
 
 
 @dataclass(frozen=True)
@@ -254,8 +260,10 @@ class ElfProgram:
     runner of its program type (``run_xdp`` for XDP, ...) in a VM kept for that purpose.
     """
 
-    def __init__(self, obj: ElfObject, name: str, section: str, prog_type: ProgType, code: bytes) -> None:
+    def __init__(self, obj: ElfObject, name: str, section: str, prog_type: ProgType, code: bytes,
+                 core_failures: Mapping[int, str] | None = None) -> None:
         self.obj = obj
+        self.core_failures = dict(core_failures or {})  # pc -> the CO-RE relocation that poisoned it
         self.name = name
         self.section = section
         self.prog_type = prog_type
@@ -293,6 +301,15 @@ class ElfProgram:
         if kwargs.get("prog_type") is None and use_standard is not None:
             use_standard()
         self.obj.attach(vm)
+        try:
+            if self.core_failures:
+                vm.check()  # now, so that a failed CO-RE relocation is named where the program is loaded
+        except VerifierError as exc:
+            why = self.core_failures.get(exc.pc) if exc.pc is not None else None
+            if why is None:
+                raise
+            raise VerifierError(f"{why} (the instruction can run, so the program cannot load)", pc=exc.pc,
+                                insn=exc.insn, log=exc.log) from exc
         return vm
 
     def run(self, *args: Any, engine: str = "interp", **kwargs: Any) -> Any:
@@ -391,13 +408,25 @@ class ElfObject:
 
 
 def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
-             create_maps: bool = True, prog_type: ProgType | int | str | None = None) -> ElfObject:
+             create_maps: bool = True, prog_type: ProgType | int | str | None = None,
+             kconfig: Mapping[str, int | bool | str] | None = None,
+             btf: Btf | str | os.PathLike[str] | bytes | None = None) -> ElfObject:
     """Load an eBPF ELF object (a path or its bytes): programs, maps, global data, relocations.
 
     Every problem with the object raises ``ElfError`` naming the section or relocation at fault.
     With ``create_maps`` off, maps are described (``map_defs``) but not created. ``prog_type``
     types the programs whose section names no program type (as libbpf's
     ``bpf_program__set_type``); without it such programs have none, and ``vm()`` refuses them.
+
+    ``__kconfig`` externs take their values from ``kconfig`` (``CONFIG_*`` names: ``True``/``"y"``,
+    ``"m"``, ``False``/``"n"``, an integer, or a string for a char array), then from libbpf's
+    defaults (see ``kconfig_defaults``); a weak extern found in neither reads 0, a strong one is
+    an ElfError naming it. They live, as with libbpf, in a read-only ``.kconfig`` map.
+
+    CO-RE relocations (``.BTF.ext``) are resolved against ``btf`` (a ``Btf``, a raw BTF file's
+    path or bytes), else the running kernel's ``/sys/kernel/btf/vmlinux`` when readable, else the
+    object's own BTF (the layout it was compiled against). One that cannot be resolved poisons
+    its instruction (see ``jitbpf.core``); ``ElfProgram.core_failures`` lists them.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -411,7 +440,64 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
         except OSError as exc:
             raise ElfError(f"cannot read {path}: {exc.strerror or exc}") from exc
     default = program_type(prog_type) if prog_type is not None else ProgType.UNSPEC
-    return _Loader(data, label, create_maps, default).load()
+    values = {**kconfig_defaults(), **(kconfig or {})}
+    return _Loader(data, label, create_maps, default, values, btf).load()
+
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"  # the running kernel's BTF
+
+
+def _target_btf(btf: Btf | str | os.PathLike[str] | bytes | None) -> Btf | None:
+    """The BTF CO-RE relocations are resolved against (None: the object's own)."""
+    if isinstance(btf, Btf):
+        return btf
+    if isinstance(btf, bytes):
+        return Btf(btf)
+    path = os.fspath(btf) if btf is not None else VMLINUX_BTF
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        if btf is None:
+            return None
+        raise ElfError(f"cannot read the target BTF {path}: {exc.strerror or exc}") from exc
+    return Btf(raw)
+
+
+def kconfig_defaults() -> dict[str, int | bool | str]:
+    """The ``__kconfig`` values libbpf supplies itself: ``LINUX_KERNEL_VERSION`` as
+    ``KERNEL_VERSION(a, b, c)`` of the running kernel's release (0 when it cannot be parsed),
+    ``LINUX_HAS_SYSCALL_WRAPPER`` 1 (x86-64 kernels since 4.17 wrap system calls) and
+    ``LINUX_HAS_BPF_COOKIE`` 1."""
+    parts = [int(p) if p.isdigit() else 0 for p in os.uname().release.split("-", 1)[0].split(".")[:3]]
+    a, b, c = [*parts, 0, 0, 0][:3]
+    return {"LINUX_KERNEL_VERSION": a << 16 | b << 8 | min(c, 255), "LINUX_HAS_SYSCALL_WRAPPER": 1,
+            "LINUX_HAS_BPF_COOKIE": 1}
+
+
+_TRISTATE = {"n": 0, "y": 1, "m": 2}  # libbpf's enum libbpf_tristate
+
+
+def _kconfig_bytes(name: str, value: int | bool | str, btf: Btf, type_id: int, size: int) -> bytes:
+    """The bytes of one ``__kconfig`` extern of this BTF type, as libbpf encodes them."""
+    _, t = btf.resolve(type_id)
+    if t.kind is BtfKind.ARRAY:
+        if not isinstance(value, str):
+            raise ElfError(f"__kconfig extern {name} is a char array: give it a string, not {value!r}",
+                           section=".kconfig")
+        raw = value.encode()
+        return raw[: size - 1].ljust(size, b"\0")
+    if isinstance(value, str):
+        if value not in _TRISTATE and not value.lstrip("-").isdigit():
+            raise ElfError(f"__kconfig extern {name}: value {value!r} is not y, m, n or a number",
+                           section=".kconfig")
+        number = _TRISTATE[value] if value in _TRISTATE else int(value)
+    else:
+        number = int(value)
+    if t.kind not in (BtfKind.INT, BtfKind.ENUM, BtfKind.ENUM64) or size not in (1, 2, 4, 8):
+        raise ElfError(f"__kconfig extern {name} has an unsupported type ({t.kind.name}, {size} bytes)",
+                       section=".kconfig")
+    return (number & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
 
 def _libbpf_defaults(spec: MapDef) -> MapDef:
@@ -426,8 +512,14 @@ def _libbpf_defaults(spec: MapDef) -> MapDef:
 
 
 class _Loader:
-    def __init__(self, data: bytes, label: str, create_maps: bool, default_type: ProgType) -> None:
+    def __init__(self, data: bytes, label: str, create_maps: bool, default_type: ProgType,
+                 kconfig: Mapping[str, int | bool | str], target_btf: Btf | str | os.PathLike[str] | bytes | None
+                 ) -> None:
         self.data = data
+        self.target_btf = target_btf  # what CO-RE relocations resolve against (see load_elf)
+        self.poisoned: dict[tuple[int, int], str] = {}  # (code section, slot) -> failed CO-RE relocation
+        self.kconfig = kconfig  # values of __kconfig externs
+        self.externs: dict[str, int] = {}  # __kconfig extern -> its offset in the .kconfig map
         self.default_type = default_type  # the type of programs whose section names none
         self.obj = ElfObject(label)
         self.create_maps = create_maps
@@ -470,6 +562,7 @@ class _Loader:
         self._split_functions()
         self._read_relocations(elf)
         self._declare_maps()
+        self._core_relocate()
         if self.create_maps:
             self._create_maps()
         self._build_programs()
@@ -519,7 +612,8 @@ class _Loader:
             shndx = sym["st_shndx"]
             self.symbols.append(_Symbol(i, sym.name, int(sym["st_value"]), int(sym["st_size"]),
                                         str(sym["st_info"]["type"]),
-                                        shndx if isinstance(shndx, int) and shndx > 0 else None))
+                                        shndx if isinstance(shndx, int) and shndx > 0 else None,
+                                        sym["st_info"]["bind"] == "STB_WEAK"))
 
     def _section(self, index: int | None, what: str) -> _Section:
         if index is None or not 0 <= index < len(self.sections):
@@ -604,6 +698,32 @@ class _Loader:
                 table[offset] = _Rel(offset, sym, kind)
             self.relocs[target.index] = table
 
+    def _core_relocate(self) -> None:
+        """Apply the CO-RE relocations of ``.BTF.ext`` to the code sections, as libbpf does."""
+        from jitbpf import core
+
+        ext = self._by_name(core.SECTION)
+        if ext is None or self.obj.btf is None:
+            return
+        local = self.obj.btf
+        relocs = core.read_relocations(ext.data, local)
+        if not relocs:
+            return
+        needs_target = any(r.kind is not core.CoreKind.TYPE_ID_LOCAL for r in relocs)
+        target = _target_btf(self.target_btf) if needs_target else None
+        resolver = core.Resolver(local, target or local)
+        patched: dict[int, bytearray] = {}
+        for relo in relocs:
+            sec = self._by_name(relo.section)
+            if sec is None or sec.index not in self.funcs:
+                raise ElfError(f"{relo.describe(local)}: no code section {relo.section!r}", section=core.SECTION)
+            code = patched.setdefault(sec.index, bytearray(sec.data))
+            failure = core.patch(code, relo, resolver)
+            if failure is not None:
+                self.poisoned[(sec.index, relo.insn_off // SLOT_SIZE)] = f"{relo.describe(local)}: {failure}"
+        for index, code in patched.items():
+            self.sections[index] = replace(self.sections[index], data=bytes(code))
+
     # -- maps --------------------------------------------------------------------------------------
 
     def _declare_maps(self) -> None:
@@ -621,6 +741,7 @@ class _Loader:
                 self.obj.btf = None  # BTF only matters for .maps; a program without them loads anyway
         if btf_maps is not None and btf_maps.size:
             self._btf_maps(btf_maps)
+        self._kconfig_map()
         for sec in self.sections:
             is_data = any(sec.name == d or sec.name.startswith(d + ".") for d in DATA_SECTIONS)
             if not is_data or sec.size == 0 or not sec.flags & 0x2 or sec.executable:  # SHF_ALLOC
@@ -638,6 +759,33 @@ class _Loader:
                     if sym.value + sym.size > sec.size:
                         raise ElfError(f"variable {sym.name} lies outside its section", section=sec.name)
                     self.obj.variables[sym.name] = (sec.name, sym.value, sym.size)
+
+    def _kconfig_map(self) -> None:
+        """Lay out the ``__kconfig`` externs in a read-only ``.kconfig`` map, as libbpf does."""
+        btf = self.obj.btf
+        datasec = btf.find(BtfKind.DATASEC, ".kconfig") if btf is not None else None
+        if btf is None or datasec is None:
+            return
+        weak = {s.name for s in self.symbols if s.shndx is None and s.weak}
+        body = bytearray()
+        for _, var_id, _ in datasec.members:
+            var = btf.get(var_id)
+            size = btf.size_of(var.size_or_type)
+            align = min(size, 8) if btf.resolve(var.size_or_type)[1].kind is not BtfKind.ARRAY else 1
+            body.extend(bytes(-len(body) % max(align, 1)))
+            self.externs[var.name] = len(body)
+            value = self.kconfig.get(var.name)
+            if value is None:
+                if var.name not in weak:
+                    what = ("is not one libbpf knows" if var.name.startswith("LINUX_")
+                            else "has no value: give it in load_elf(kconfig={...})")
+                    raise ElfError(f"__kconfig extern {var.name} {what}", section=".kconfig")
+                body.extend(bytes(size))
+            else:
+                body.extend(_kconfig_bytes(var.name, value, btf, var.size_or_type, size))
+        if body:
+            self._add_map(MapDef(".kconfig", 2, 4, len(body), 1, BPF_F_RDONLY_PROG, ".kconfig", "data",
+                                 bytes(body)))
 
     def _map_symbols(self, sec: _Section) -> list[_Symbol]:
         syms = sorted((s for s in self.symbols if s.shndx == sec.index and s.kind in ("STT_OBJECT", "STT_NOTYPE")
@@ -762,7 +910,9 @@ class _Loader:
                 prog_type = self.default_type
             for func in self.funcs[sec.index]:
                 name = func.name if func.name not in self.obj.programs else f"{sec.name}/{func.name}"
-                self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, self._link(func))
+                failures: dict[int, str] = {}
+                code = self._link(func, failures)
+                self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, code, failures)
 
     def _function_at(self, section: int, slot: int, where: str) -> _Func:
         sec = self.sections[section]
@@ -774,8 +924,9 @@ class _Loader:
         raise ElfError(f"{where}: target instruction {slot} is outside every function of {sec.name}",
                        section=sec.name)
 
-    def _link(self, entry: _Func) -> bytes:
-        """The entry function followed by every function it calls (transitively), calls patched."""
+    def _link(self, entry: _Func, failures: dict[int, str]) -> bytes:
+        """The entry function followed by every function it calls (transitively), calls patched;
+        ``failures`` gets the linked pc of each instruction a failed CO-RE relocation poisoned."""
         out = bytearray()
         placed: dict[tuple[int, int], int] = {}
         work: list[_Func] = []
@@ -787,6 +938,9 @@ class _Loader:
                 sec = self.sections[f.section]
                 out.extend(sec.data[f.start * SLOT_SIZE : (f.start + f.count) * SLOT_SIZE])
                 work.append(f)
+                for (index, slot), why in self.poisoned.items():
+                    if index == f.section and f.start <= slot < f.start + f.count:
+                        failures[placed[key] + slot - f.start] = why
             return placed[key]
 
         place(entry)
@@ -826,7 +980,13 @@ class _Loader:
             self.sections) else f"#{rel.symbol}")
         opcode, regs = out[pc * 8], out[pc * 8 + 1]
         if sym.shndx is None:
-            raise ElfError(f"{where}: symbol {label!r} is undefined (extern variables and kernel functions are not"
+            if sym.name in self.externs and opcode == LDDW:
+                self._patch_map(out, pc, regs & 0xF, PseudoSrc.MAP_VALUE, ".kconfig", self.externs[sym.name])
+                return
+            if self._is_ksym(sym.name):
+                raise ElfError(f"{where}: {label!r} is a kernel symbol (__ksym): kernel functions and variables"
+                               " do not exist outside the kernel", section=sec.name)
+            raise ElfError(f"{where}: symbol {label!r} is undefined (extern variables other than __kconfig are not"
                            " supported)", section=sec.name)
         target_sec = self._section(sym.shndx, where)
         offset = sym.value + (imm if sym.kind == "STT_SECTION" else 0)
@@ -873,6 +1033,13 @@ class _Loader:
             raise ElfError(f"{where}: symbol {label!r} is in section {target_sec.name}, which is neither a map nor"
                            " global data", section=sec.name)
         self._patch_map(out, pc, dst, PseudoSrc.MAP_FD, map_name, 0)
+
+    def _is_ksym(self, name: str) -> bool:
+        btf = self.obj.btf
+        datasec = btf.find(BtfKind.DATASEC, ".ksyms") if btf is not None else None
+        if btf is not None and datasec is not None and any(btf.get(v).name == name for _, v, _ in datasec.members):
+            return True
+        return btf is not None and any(t.kind is BtfKind.FUNC and t.name == name for t in btf.types)
 
     def _patch_map(self, out: bytearray, pc: int, dst: int, src: int, name: str, offset: int) -> None:
         out[pc * 8 + 1] = dst | src << 4

@@ -19,6 +19,7 @@ NUM_REGS = 11  # r0..r10
 FP = 10  # r10, the read-only frame pointer
 STACK_SIZE = 512  # bytes of stack per frame
 MASK32 = 0xFFFF_FFFF
+CORE_POISON = 0xBAD2310  # helper id of an instruction whose CO-RE relocation failed (libbpf's mark)
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 

@@ -12,7 +12,7 @@ from jitbpf import cfg
 from jitbpf.errors import BpfError, ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import MAX_CALL_DEPTH, CompiledBlocks, Env, TailCall, Translator, run
-from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
+from jitbpf.isa import CORE_POISON, FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.memory import MemoryMap, Region, region_of
 from jitbpf.programs import ProgramRunners, ProgType
@@ -273,7 +273,8 @@ class VM(ProgramRunners):
             return
         self._check_program_type()  # helpers the program type may not call
         for pc, insn, info in self.program:
-            if info.kind is Kind.CALL and insn.imm not in self.helpers:
+            if info.kind is Kind.CALL and insn.imm not in self.helpers and not (
+                    insn.imm == CORE_POISON and self.verify_enabled):  # the verifier proves it cannot run
                 raise VerifierError(f"call to nonexistent function {insn.imm}", pc=pc)
             if info.kind is Kind.LDDW:
                 self.resolve_lddw(pc, insn)

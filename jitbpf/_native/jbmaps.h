@@ -190,6 +190,8 @@ uint64_t jb_helper_redirect(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, 
 uint64_t jb_helper_skb_load_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_store_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len);
+uint64_t jb_helper_l3_csum_replace(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_l4_csum_replace(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_direct_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t len);
 
 #endif

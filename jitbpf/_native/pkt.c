@@ -297,3 +297,97 @@ uint64_t jb_helper_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from,
         return RET(-EFAULT);
     return jb_direct_skb_store_bytes(ctx, offset, from, len);
 }
+
+/* -- checksum helpers (tc). A test-run skb has no checksum offload state (CHECKSUM_NONE), so
+ * the pseudo-header flag changes nothing in the packet, and bpf_csum_update has no sum to add to.
+ * Sums are read and written as the host stores them: one's complement arithmetic does not care
+ * about byte order as long as every operand is taken the same way. ----------------------------- */
+
+#define BPF_F_HDR_FIELD_MASK 0xfULL
+#define BPF_F_PSEUDO_HDR (1ULL << 4)
+#define BPF_F_MARK_MANGLED_0 (1ULL << 5)
+#define BPF_F_MARK_ENFORCE (1ULL << 6)
+#define BPF_F_IPV6 (1ULL << 7)
+#define CSUM_MANGLED_0 0xffff
+
+static inline uint32_t csum_add32(uint32_t a, uint32_t b)
+{
+    uint32_t r = a + b;
+    return r + (r < b);
+}
+
+static inline uint16_t csum_fold32(uint32_t c)
+{
+    c = (c & 0xffff) + (c >> 16);
+    c = (c & 0xffff) + (c >> 16);
+    return (uint16_t)~c;
+}
+
+/* The checksum at `sum` after the field it covers changed from `from` to `to` (size 2 or 4), or
+ * by the 32-bit difference `to` (size 0, as bpf_csum_diff returns). */
+static void csum_replace(uint8_t *sum, uint64_t from, uint64_t to, uint64_t size)
+{
+    uint16_t old;
+    memcpy(&old, sum, 2);
+    uint32_t acc = (uint16_t)~old;
+    if (size == 0) {
+        acc = csum_add32(acc, (uint32_t)to);
+    } else if (size == 2) {
+        acc = csum_add32(acc, (uint16_t)~(uint16_t)from);
+        acc = csum_add32(acc, (uint16_t)to);
+    } else {
+        acc = csum_add32(acc, ~(uint32_t)from);
+        acc = csum_add32(acc, (uint32_t)to);
+    }
+    uint16_t res = csum_fold32(acc);
+    memcpy(sum, &res, 2);
+}
+
+static int64_t csum_field(struct jb_pkt *run, uint64_t offset, uint8_t **at)
+{
+    if (offset > 0xffff || offset & 1 || offset + 2 > run->data_end - run->data)
+        return -EFAULT;
+    *at = PTR(run->data + offset);
+    return 0;
+}
+
+uint64_t jb_helper_l3_csum_replace(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t to, uint64_t flags)
+{
+    struct jb_pkt *run = run_of(ctx);
+    uint8_t *sum;
+    if (run == NULL || flags & ~BPF_F_HDR_FIELD_MASK)
+        return RET(-EINVAL);
+    if (csum_field(run, offset, &sum))
+        return RET(-EFAULT);
+    uint64_t size = flags & BPF_F_HDR_FIELD_MASK;
+    if ((size != 0 && size != 2 && size != 4) || (size == 0 && from != 0))
+        return RET(-EINVAL);
+    csum_replace(sum, from, to, size);
+    return 0;
+}
+
+uint64_t jb_helper_l4_csum_replace(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t to, uint64_t flags)
+{
+    struct jb_pkt *run = run_of(ctx);
+    uint8_t *sum;
+    if (run == NULL || flags & ~(BPF_F_MARK_MANGLED_0 | BPF_F_MARK_ENFORCE | BPF_F_PSEUDO_HDR | BPF_F_HDR_FIELD_MASK |
+                                 BPF_F_IPV6))
+        return RET(-EINVAL);
+    if (csum_field(run, offset, &sum))
+        return RET(-EFAULT);
+    int mangled0 = (flags & BPF_F_MARK_MANGLED_0) != 0;
+    uint16_t cur;
+    memcpy(&cur, sum, 2);
+    if (mangled0 && !(flags & BPF_F_MARK_ENFORCE) && cur == 0)
+        return 0; /* UDP without a checksum stays without one */
+    uint64_t size = flags & BPF_F_HDR_FIELD_MASK;
+    if ((size != 0 && size != 2 && size != 4) || (size == 0 && from != 0))
+        return RET(-EINVAL);
+    csum_replace(sum, from, to, size);
+    memcpy(&cur, sum, 2);
+    if (mangled0 && cur == 0) {
+        cur = CSUM_MANGLED_0;
+        memcpy(sum, &cur, 2);
+    }
+    return 0;
+}

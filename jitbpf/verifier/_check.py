@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
 from jitbpf.helpers import Helper
-from jitbpf.isa import FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
+from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.maps import BPF_F_RDONLY_PROG
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import CALLEE_SAVED, Control, analyze_control
@@ -292,6 +292,8 @@ class Checker:
                         self._finish(parent)
                         return
                 case Kind.CALL:
+                    if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
+                        self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
                     self._call_helper(st, regs, insn.imm)
                 case Kind.CALLX:
                     target_reg = self._read(regs, insn.dst)

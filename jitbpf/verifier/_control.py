@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from jitbpf.cfg import Block, ControlFlow
-from jitbpf.isa import FP, AluOp, AtomicOp, Instruction, Kind, OpInfo
+from jitbpf.isa import CORE_POISON, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo
 
 ALL_ARGS = 0b111110  # r1-r5
 CALLEE_SAVED = 0b11111000000  # r6-r10
@@ -97,7 +97,7 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     program = flow.program
     n = len(program)
     for pc, insn, info in program:
-        if info.kind is Kind.CALL and insn.imm not in helper_ids:
+        if info.kind is Kind.CALL and insn.imm not in helper_ids and insn.imm != CORE_POISON:
             raise reject(pc, f"call to nonexistent function {insn.imm}")
         if info.kind is Kind.CALL_KFUNC:
             raise reject(pc, "kernel function calls are not supported")

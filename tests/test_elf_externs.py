@@ -1,0 +1,94 @@
+"""ELF externs as libbpf resolves them: ``__kconfig`` values in a read-only map, ``__ksym`` refused."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jitbpf.elf import kconfig_defaults, load_elf
+from jitbpf.errors import ElfError
+from jitbpf.maps import BPF_F_RDONLY_PROG
+
+CLANG = shutil.which("clang")
+LIBBPF_HEADERS = Path("/usr/include/bpf/bpf_helpers.h")
+HEADER = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+"""
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    if CLANG is None or not LIBBPF_HEADERS.exists():
+        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
+    out_dir = tmp_path_factory.mktemp("externs")
+
+    def compile_source(body: str) -> Path:
+        src = out_dir / f"p{len(list(out_dir.iterdir()))}.c"
+        src.write_text(HEADER + body + '\nchar LICENSE[] SEC("license") = "GPL";\n')
+        out = src.with_suffix(".o")
+        assert CLANG is not None
+        done = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return out
+
+    return compile_source
+
+
+KCONFIG = """
+extern int LINUX_KERNEL_VERSION __kconfig;
+extern _Bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
+extern int CONFIG_HZ __kconfig __weak;
+extern char CONFIG_TRI __kconfig;
+SEC("xdp") int prog(struct xdp_md *ctx)
+{ return LINUX_KERNEL_VERSION + LINUX_HAS_SYSCALL_WRAPPER + CONFIG_HZ + CONFIG_TRI; }
+"""
+
+
+@pytest.mark.parametrize("engine", ["interp", "jit"])
+@pytest.mark.parametrize(("given", "extra"), [({"CONFIG_TRI": "m"}, 2), ({"CONFIG_TRI": "y", "CONFIG_HZ": 250}, 251),
+                                              ({"CONFIG_TRI": False, "LINUX_KERNEL_VERSION": 7}, 0)])
+def test_kconfig_values(build: Callable[[str], Path], engine: str, given: dict[str, int | bool | str],
+                        extra: int) -> None:
+    obj = load_elf(build(KCONFIG), kconfig=given)
+    version = given.get("LINUX_KERNEL_VERSION", kconfig_defaults()["LINUX_KERNEL_VERSION"])
+    assert obj.map_defs[".kconfig"].flags & BPF_F_RDONLY_PROG
+    action, _ = obj.programs["prog"].run(bytes(64), engine=engine)
+    assert action == int(version) + 1 + extra
+
+
+def test_kernel_version_default_is_the_running_kernel() -> None:
+    import os
+
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    assert int(kconfig_defaults()["LINUX_KERNEL_VERSION"]) >> 8 == major << 8 | minor
+
+
+@pytest.mark.parametrize(("source", "given", "message"), [
+    (KCONFIG, {}, "__kconfig extern CONFIG_TRI has no value"),
+    (KCONFIG, {"CONFIG_TRI": "maybe"}, "CONFIG_TRI: value 'maybe' is not y, m, n"),
+    ("extern int LINUX_NO_SUCH __kconfig;\nSEC(\"xdp\") int p(struct xdp_md *c) { return LINUX_NO_SUCH; }", {},
+     "LINUX_NO_SUCH is not one libbpf knows"),
+    ("extern char CONFIG_S[8] __kconfig;\nSEC(\"xdp\") int p(struct xdp_md *c) { return CONFIG_S[0]; }",
+     {"CONFIG_S": 3}, "char array: give it a string"),
+    ("extern const int some_kernel_var __ksym;\nSEC(\"xdp\") int p(struct xdp_md *c) { return some_kernel_var; }",
+     {}, "'some_kernel_var' is a kernel symbol"),
+    ("extern int bpf_kfunc_x(int) __ksym;\nSEC(\"xdp\") int p(struct xdp_md *c) { return bpf_kfunc_x(1); }",
+     {}, "'bpf_kfunc_x' is a kernel symbol"),
+])
+def test_extern_errors(build: Callable[[str], Path], source: str, given: dict[str, int | bool | str],
+                       message: str) -> None:
+    with pytest.raises(ElfError, match=message):
+        load_elf(build(source), kconfig=given)
+
+
+def test_kconfig_string(build: Callable[[str], Path]) -> None:
+    obj = load_elf(build("extern char CONFIG_S[4] __kconfig;\n"
+                         "SEC(\"xdp\") int p(struct xdp_md *c) { return CONFIG_S[1] + CONFIG_S[3]; }"),
+                   kconfig={"CONFIG_S": "abcdef"})
+    assert obj.programs["p"].run(bytes(64))[0] == ord("b")
