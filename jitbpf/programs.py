@@ -108,11 +108,11 @@ class Helpers(enum.IntEnum):
     CSUM_DIFF = 28  # bpf_csum_diff
     SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup
     GET_HASH_RECALC = 34  # bpf_get_hash_recalc
-    CSUM_UPDATE = 40  # bpf_csum_update
     GET_CURRENT_TASK = 35  # bpf_get_current_task
     CURRENT_TASK_UNDER_CGROUP = 37  # bpf_current_task_under_cgroup
     SKB_CHANGE_TAIL = 38  # bpf_skb_change_tail
     SKB_PULL_DATA = 39  # bpf_skb_pull_data
+    CSUM_UPDATE = 40  # bpf_csum_update
     GET_NUMA_NODE_ID = 42  # bpf_get_numa_node_id
     XDP_ADJUST_HEAD = 44  # bpf_xdp_adjust_head
     PROBE_READ_STR = 45  # bpf_probe_read_str
