@@ -361,3 +361,22 @@ def test_a_callee_that_writes_no_saved_register_costs_no_pushes() -> None:
         vm.jit_compile()
         dump = vm.jit_dump()
     assert "push" not in dump.split("0: call")[1].split("1: exit")[0]
+
+
+# jeq/jne rX, 0 right after an ALU instruction into rX branch on that instruction's flags.
+FLAG_OPS = ["add", "sub", "and", "or", "xor", "add32", "sub32", "and32", "or32", "xor32", "mul", "lsh", "mov32"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(FLAG_OPS), st.sampled_from(["jeq", "jne", "jeq32", "jne32"]), st.integers(0, 3),
+       st.one_of(st.integers(0, 3).map(lambda r: f"r{r}"), IMM.map(str)), st.lists(IMM, min_size=4, max_size=4))
+def test_branches_on_alu_flags_agree(op: str, jump: str, dst: int, operand: str, values: list[int]) -> None:
+    from jitbpf.asm import assemble
+
+    if op == "lsh" and not operand.startswith("r"):
+        operand = str(int(operand) & 63)
+    setup = [f"lddw r{r}, {v & 0xFFFF_FFFF_FFFF_FFFF}" for r, v in enumerate(values)]
+    source = "\n".join([*setup, f"{op} r{dst}, {operand}", f"{jump} r{dst}, 0, +2", "mov r0, 1", "exit",
+                        "mov r0, 2", "exit"])
+    with VM(assemble(source)) as vm:
+        assert vm.execute() == vm.execute_jit()

@@ -666,13 +666,28 @@ class X86_64(Target):
         d = insn.dst
         R = Q if info.width == 64 else D
         compare = "test" if info.op == JmpOp.JSET else "cmp"
-        if info.reg_src:
+        if self._flags_hold(pc, insn, info):
+            pass  # the ALU instruction just before left ZF as the comparison with 0 would
+        elif info.reg_src:
             self.op((compare, R[d], R[insn.src]))
         elif compare == "cmp":
             self.op(("cmp", R[d], imm_form(insn.imm)), insn.imm)
         else:
             self.op(("test", R[d], "i32"), insn.imm)
         self.branch("j" + info.cc, self.retarget.get(pc) or location(Section.PC, self.flow.targets[pc]))
+
+    def _flags_hold(self, pc: int, insn: Instruction, info: OpInfo) -> bool:
+        """Whether ``jeq/jne rX, 0`` at ``pc`` can branch on the flags of the instruction before
+        it: an add, sub, and, or or xor into rX in the same block (emitted as that one x86
+        instruction, which sets ZF from its result); a 32-bit one also decides a 64-bit test,
+        its result being zero-extended, but not the other way round."""
+        if insn.imm or info.reg_src or info.op not in (JmpOp.JEQ, JmpOp.JNE) or pc in self.flow.block_at or pc == 0:
+            return False
+        program = self.flow.program
+        prev, prev_info = program.slots[pc - 1], program.infos[pc - 1]
+        return (prev is not None and prev_info is not None and prev_info.kind is Kind.ALU
+                and prev.dst == insn.dst and prev_info.op in _SIMPLE_ALU
+                and (prev_info.width == 32 or info.width == 64))
 
     def emit_loop(self, plan: LoopPlan) -> None:
         """The range check, the unchecked copy (entered when every access of the loop is proven
