@@ -49,6 +49,7 @@ __all__ = [
     "ProgramArray",
     "Queue",
     "RingBuf",
+    "SkStorage",
     "SockHash",
     "SockMap",
     "Stack",
@@ -80,6 +81,7 @@ class MapType(enum.IntEnum):
     XSKMAP = 17  # u32 index -> AF_XDP socket, for bpf_redirect_map
     SOCKHASH = 18  # key -> socket
     QUEUE = 22  # FIFO of values
+    SK_STORAGE = 24  # socket -> value, created by bpf_sk_storage_get
     STACK = 23  # LIFO of values
     RINGBUF = 27  # multi-producer ring buffer of variable-size records
 
@@ -102,7 +104,8 @@ BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CP
 
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
-                            MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF})
+                            MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
+                            MapType.SK_STORAGE})
 
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH})  # one value per CPU
 
@@ -1097,6 +1100,96 @@ class SockHash(BpfMap, MutableMapping[Any, Any]):
         return BpfMap.__len__(self)
 
 
+class SkStorage(BpfMap, MutableMapping[Any, Any]):
+    """``BPF_MAP_TYPE_SK_STORAGE``: one value per socket (any Python object standing for it, as in
+    ``SockMap``), which programs create and reach with ``bpf_sk_storage_get``.
+
+    As in the kernel, ``max_entries`` is 0 and ``BPF_F_NO_PREALLOC`` is required (EINVAL
+    otherwise); jitbpf preallocates room for ``capacity`` sockets, and a program's create fails
+    (NULL) beyond it. A program's socket argument names the socket of its context
+    (``vm.std.socket``): a NULL socket, or none in the context, gets NULL.
+    """
+
+    _TYPE = MapType.SK_STORAGE
+
+    def __init__(self, *, value_size: int | None = None, name: str = "", value_type: Converter = None,
+                 key_size: int = 4, max_entries: int = 0, flags: int = BPF_F_NO_PREALLOC,
+                 capacity: int = 1024) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, key_size, vs, max_entries, flags, name, aux=capacity)
+        self.capacity = capacity
+        self._values = Codec(vs, value_type, "value")
+        self._socks = _SocketIds()
+        self._lock = threading.Lock()
+
+    def owner_id(self, sock: object, *, create: bool = False) -> int | None:
+        """The id C keys ``sock``'s value by (``create``: give it one if it has none)."""
+        sid = self._socks.ids.get(id(sock))
+        if sid is None and create:
+            sid = self._socks.acquire(sock)
+        return sid
+
+    def _key(self, sid: int) -> bytes:
+        return sid.to_bytes(4, "little")
+
+    def program_get(self, sock: object, init: int, flags: int) -> int:
+        """``bpf_sk_storage_get``: the address of ``sock``'s value, created from the value at
+        address ``init`` (0: zeroed) if missing and ``flags`` has BPF_SK_STORAGE_GET_F_CREATE;
+        0 when missing or full. The caller checked ``init`` against the program's memory."""
+        ffi, lib = self._nat.ffi, self._nat.lib
+        with self._lock:
+            known = self.owner_id(sock)
+            create = bool(flags & 1) and not flags >> 1
+            sid = self.owner_id(sock, create=create)
+            if sid is None:
+                return 0
+            ptr = lib.jb_storage_get(self.ptr, sid, ffi.cast("void *", init), flags)
+            if ptr == ffi.NULL and known is None:
+                self._socks.release(sid)
+            return int(ffi.cast("uintptr_t", ptr))
+
+    def insert(self, sock: object, value: Any, flags: int = BPF_ANY) -> None:
+        """Store ``value`` for ``sock`` as ``flags`` says."""
+        with self._lock:
+            known = self.owner_id(sock)
+            sid = self.owner_id(sock, create=True)
+            assert sid is not None
+            try:
+                self._update_raw(self._key(sid), self._values.encode(value), flags, f"update in {self.name!r}")
+            except MapError:
+                if known is None:
+                    self._socks.release(sid)
+                raise
+
+    def __setitem__(self, sock: object, value: Any) -> None:
+        self.insert(sock, value)
+
+    def __getitem__(self, sock: object) -> Any:
+        sid = self.owner_id(sock)
+        if sid is None or not self._has_raw(self._key(sid)):
+            raise MapKeyError(f"no value for socket {sock!r} in {self.name!r}", errno=errno.ENOENT)
+        return self._values.decode(self._lookup_raw(self._key(sid), "lookup")[: self.value_size])
+
+    def __delitem__(self, sock: object) -> None:
+        with self._lock:
+            sid = self.owner_id(sock)
+            if sid is None:
+                raise MapKeyError(f"no value for socket {sock!r} in {self.name!r}", errno=errno.ENOENT)
+            self._delete_raw(self._key(sid), f"delete from {self.name!r}")
+            self._socks.release(sid)
+
+    def __contains__(self, sock: object) -> bool:
+        sid = self.owner_id(sock)
+        return sid is not None and self._has_raw(self._key(sid))
+
+    def __iter__(self) -> Iterator[object]:
+        ids = [int.from_bytes(k, "little") for k in self._keys_raw()]
+        return iter([self._socks.by_id[i] for i in ids if i in self._socks.by_id])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
+
+
 class DevMap(_Slots):
     """``BPF_MAP_TYPE_DEVMAP``: index -> interface index, the targets of ``bpf_redirect_map``.
     Storing ifindex 0 empties the slot, as the kernel."""
@@ -1170,6 +1263,7 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.SOCKHASH: SockHash,
     MapType.CPUMAP: CpuMap,
     MapType.XSKMAP: XskMap,
+    MapType.SK_STORAGE: SkStorage,
     MapType.QUEUE: Queue,
     MapType.STACK: Stack,
     MapType.RINGBUF: RingBuf,

@@ -15,7 +15,7 @@ from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
-from jitbpf.maps import BpfMap, CgroupArray, DevMap, MapType, RingBuf, SockHash, SockMap
+from jitbpf.maps import BpfMap, CgroupArray, DevMap, MapType, RingBuf, SkStorage, SockHash, SockMap
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
@@ -49,6 +49,8 @@ class HelperId(enum.IntEnum):
     MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
     MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
     MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
+    SK_STORAGE_GET = 107  # bpf_sk_storage_get(map, sk, value, flags) -> the socket's value or NULL
+    SK_STORAGE_DELETE = 108  # bpf_sk_storage_delete(map, sk)
     PROBE_READ_USER = 112  # as PROBE_READ
     PROBE_READ_KERNEL = 113  # as PROBE_READ
     JIFFIES64 = 118  # boot time in ticks of 250 Hz
@@ -356,6 +358,26 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
     def skb_under_cgroup(_r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
         return under_cgroup("bpf_skb_under_cgroup", r2, r3, socket=True)
 
+    # A program's socket argument names the socket of its context (StdContext.socket).
+    def sk_storage_get(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_sk_storage_get", MapType.SK_STORAGE)
+        assert isinstance(m, SkStorage)
+        if r2 == 0 or ctx.socket is None:
+            return 0
+        need(r3, m.value_size if r3 else 0, "bpf_sk_storage_get", "value")
+        return m.program_get(ctx.socket, r3, r4)
+
+    def sk_storage_delete(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_sk_storage_delete", MapType.SK_STORAGE)
+        assert isinstance(m, SkStorage)
+        if r2 == 0:
+            return -errno.EINVAL & MASK64
+        try:
+            del m[ctx.socket]
+        except MapError as exc:
+            return -exc.errno & MASK64
+        return 0
+
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
         m = map_at(r2, name, MapType.SOCKMAP)
         assert isinstance(m, SockMap)
@@ -449,5 +471,8 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         Helper(h.CURRENT_TASK_UNDER_CGROUP, "bpf_current_task_under_cgroup", current_task_under_cgroup,
                ("map", "scalar")),
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
+        Helper(h.SK_STORAGE_GET, "bpf_sk_storage_get", sk_storage_get, ("map", "anything", "anything", "scalar"),
+               "map_value_or_null"),
+        Helper(h.SK_STORAGE_DELETE, "bpf_sk_storage_delete", sk_storage_delete, ("map", "anything")),
         *extra,
     ]

@@ -42,6 +42,7 @@ enum map_type {
     T_XSKMAP = 17,
     T_SOCKHASH = 18,
     T_QUEUE = 22,
+    T_SK_STORAGE = 24,
     T_STACK = 23,
     T_RINGBUF = 27,
 };
@@ -49,6 +50,9 @@ enum map_type {
 #define F_ANY 0
 #define F_NOEXIST 1
 #define F_EXIST 2
+#define F_NO_PREALLOC 1
+#define STORAGE_F_CREATE 1
+#define STORAGE_VALUE_MAX 65535  /* about the kernel's limit (a u16 offset within its storage) */
 #define F_INDEX_MASK 0xffffffffULL
 #define F_CURRENT_CPU 0xffffffffULL
 #define RB_NO_WAKEUP 1
@@ -346,7 +350,8 @@ static int is_lru(const struct jb_map *m) { return m->type == T_LRU_HASH || m->t
 
 static int is_hash(const struct jb_map *m)
 {
-    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || is_lru(m);
+    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || m->type == T_SK_STORAGE ||
+           is_lru(m);
 }
 
 static int is_slots(const struct jb_map *m)
@@ -400,6 +405,11 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         if (ks > MAX_KEY_SIZE || vs > MAX_VALUE_SIZE || max > (1u << 30))
             return -E2BIG;
         return 0;
+    case T_SK_STORAGE:
+        /* max_entries is 0 (storage grows with its owners); aux is the capacity jitbpf preallocates. */
+        if (ks != 4 || vs == 0 || max != 0 || aux == 0)
+            return -EINVAL;
+        return vs > STORAGE_VALUE_MAX || aux > (1u << 24) ? -E2BIG : 0;
     case T_SOCKHASH:
         if (ks == 0 || (vs != 4 && vs != 8) || max == 0)
             return -EINVAL;
@@ -503,6 +513,8 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     struct jb_map *m;
     uint64_t n, size;
     int rc = check_shape(type, key_size, value_size, max_entries, aux);
+    if (!rc && type == T_SK_STORAGE && !(flags & F_NO_PREALLOC))
+        rc = -EINVAL;  /* the kernel never preallocates local storage, and insists on the flag */
     if (rc) {
         *err = rc;
         return NULL;
@@ -523,10 +535,18 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     m->root = NONE;
     rc = 0;
     switch (type) {
+    case T_SK_STORAGE:
+        /* Keyed by owner (socket) ids Python hands out; the capacity is preallocated. */
+        m->max_entries = (uint32_t)aux;
+        rc = alloc_hash(m);
+        n = m->max_entries;
+        break;
     case T_SOCKHASH:
         m->value_size = 8;  /* a socket id */
         m->stride = 8;
-        /* fall through */
+        rc = alloc_hash(m);
+        n = max_entries;
+        break;
     case T_LRU_HASH:
     case T_LRU_PERCPU_HASH:
         m->stamps = calloc(max_entries, sizeof(uint64_t));
@@ -1166,6 +1186,7 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_LRU_HASH:
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
+    case T_SK_STORAGE:
         i = htab_lookup(m, key);
         break;
     case T_LPM_TRIE:
@@ -1260,6 +1281,25 @@ static int slot_delete(struct jb_map *m, const void *key)
     return 0;
 }
 
+/* bpf_sk_storage_get for the owner with this id: its value, created (from init, or zeroed) if
+   missing and flags ask; NULL if missing, full, or the flags are unknown. */
+void *jb_storage_get(struct jb_map *m, uint32_t owner, const void *init, uint64_t flags)
+{
+    int32_t i;
+    if (m->type != T_SK_STORAGE || flags & ~(uint64_t)STORAGE_F_CREATE)
+        return NULL;
+    i = htab_lookup(m, &owner);
+    if (i < 0 && flags & STORAGE_F_CREATE) {
+        uint8_t *zero = init ? NULL : calloc(1, m->value_size);
+        if (!init && !zero)
+            return NULL;
+        htab_update(m, &owner, init ? init : zero, F_NOEXIST, 0);
+        free(zero);
+        i = htab_lookup(m, &owner);
+    }
+    return i >= 0 ? m->values + (uint64_t)i * m->stride : NULL;
+}
+
 int jb_slot_get(struct jb_map *m, uint32_t index, uint64_t *value)
 {
     if (!is_slots(m))
@@ -1279,6 +1319,7 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
         return array_update(m, key, value, flags, cpu);
     case T_HASH:
     case T_SOCKHASH:
+    case T_SK_STORAGE:
         return htab_update(m, key, value, flags, 0);
     case T_LRU_HASH:
         return htab_update(m, key, value, flags, 0);
@@ -1317,6 +1358,7 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_LRU_HASH:
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
+    case T_SK_STORAGE:
         return htab_delete(m, key);
     case T_LPM_TRIE:
         return lpm_delete(m, key);
