@@ -36,6 +36,7 @@ __all__ = [
     "Converter",
     "CpuMap",
     "DevMap",
+    "DevMapHash",
     "HashMap",
     "LpmKey",
     "LpmTrie",
@@ -82,6 +83,7 @@ class MapType(enum.IntEnum):
     SOCKHASH = 18  # key -> socket
     QUEUE = 22  # FIFO of values
     SK_STORAGE = 24  # socket -> value, created by bpf_sk_storage_get
+    DEVMAP_HASH = 25  # u32 key -> network device (ifindex), for bpf_redirect_map
     STACK = 23  # LIFO of values
     RINGBUF = 27  # multi-producer ring buffer of variable-size records
 
@@ -1220,6 +1222,54 @@ class DevMap(_Slots):
         return self._slot(index) if 0 <= index < self.max_entries else None
 
 
+class DevMapHash(BpfMap, MutableMapping[int, int]):
+    """``BPF_MAP_TYPE_DEVMAP_HASH``: u32 key (any, not an index) -> interface index, the targets
+    of ``bpf_redirect_map``. Keys are created and deleted as in a hash map (E2BIG when full,
+    EEXIST under BPF_NOEXIST) except that BPF_EXIST creates a missing key too, as in the kernel;
+    ifindex 0 names no device (EINVAL)."""
+
+    _TYPE = MapType.DEVMAP_HASH
+
+    def __init__(self, *, max_entries: int = 64, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+
+    def _key(self, key: int) -> bytes:
+        return _u32(key, "key").to_bytes(4, "little")
+
+    def insert(self, key: int, ifindex: int, flags: int = BPF_ANY) -> None:
+        """Map ``key`` to the device ``ifindex`` as ``flags`` says."""
+        if _u32(ifindex, "ifindex") == 0:
+            raise MapError(f"update of {key} in {self.name!r}: ifindex 0 names no device", errno=errno.EINVAL)
+        value = ifindex.to_bytes(4, "little") + bytes(self.value_size - 4)
+        self._update_raw(self._key(key), value, flags, f"update of {key} in {self.name!r}")
+
+    def __setitem__(self, key: int, ifindex: int) -> None:
+        self.insert(key, ifindex)
+
+    def get(self, key: int, default: Any = None) -> Any:
+        """The ifindex under ``key``, or ``default`` (what a redirect to it would use)."""
+        kb = self._key(key)
+        if not self._has_raw(kb):
+            return default
+        return int.from_bytes(self._lookup_raw(kb, "lookup")[:4], "little")
+
+    def __getitem__(self, key: int) -> int:
+        ifindex: int | None = self.get(key)
+        if ifindex is None:
+            raise MapKeyError(f"no device under {key} in {self.name!r}", errno=errno.ENOENT)
+        return ifindex
+
+    def __delitem__(self, key: int) -> None:
+        self._delete_raw(self._key(key), f"delete of {key} from {self.name!r}")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([int.from_bytes(k, "little") for k in self._keys_raw()])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
+
+
 class XskMap(SockMap):
     """``BPF_MAP_TYPE_XSKMAP``: index (usually the receive queue) -> AF_XDP socket, any Python
     object standing for it; ``bpf_redirect_map`` reports it back. A program's lookup finds no
@@ -1259,6 +1309,7 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.LRU_PERCPU_HASH: LruPerCpuHashMap,
     MapType.LPM_TRIE: LpmTrie,
     MapType.DEVMAP: DevMap,
+    MapType.DEVMAP_HASH: DevMapHash,
     MapType.SOCKMAP: SockMap,
     MapType.SOCKHASH: SockHash,
     MapType.CPUMAP: CpuMap,

@@ -15,7 +15,7 @@ from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
-from jitbpf.maps import BpfMap, CgroupArray, DevMap, MapType, RingBuf, SkStorage, SockHash, SockMap
+from jitbpf.maps import BpfMap, CgroupArray, DevMap, DevMapHash, MapType, RingBuf, SkStorage, SockHash, SockMap
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
@@ -65,7 +65,8 @@ class HelperId(enum.IntEnum):
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
 SK_DROP, SK_PASS = 0, 1  # socket verdicts of the sk/msg redirect helpers
 BPF_F_INGRESS = 1  # redirect into the target socket's receive path
-_XDP_REDIRECT_FLAGS = 0x3 | 0x8 | 0x10  # failure action (low bits), BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS
+_XDP_ACTION_BITS = 0x3  # the low bits of bpf_redirect_map's flags: the action when the key is missing
+BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS = 0x8, 0x10  # device maps only: every device of the map
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class Redirect:
     helper: str  # the helper's kernel name
     map: BpfMap  # the map it looked up
     key: int  # the index in that map
-    target: Any  # an interface index (DEVMAP), a queue size (CPUMAP) or the socket object (SOCKMAP, XSKMAP, ...)
+    # an interface index (DEVMAP, DEVMAP_HASH; with BPF_F_BROADCAST, the list of every one), a queue
+    # size (CPUMAP) or the socket object (SOCKMAP, XSKMAP, ...)
+    target: Any
     flags: int  # the helper's flags argument
 
 
@@ -329,13 +332,19 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         return vm.request_tail_call(m, r3 & MASK32)
 
     def redirect_map(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
-        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP, MapType.CPUMAP, MapType.XSKMAP)
-        if r3 & ~_XDP_REDIRECT_FLAGS:
+        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP, MapType.DEVMAP_HASH, MapType.CPUMAP, MapType.XSKMAP)
+        devices = m.map_type in (MapType.DEVMAP, MapType.DEVMAP_HASH)
+        allowed = _XDP_ACTION_BITS | (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS if devices else 0)
+        if r3 & ~allowed:
             return XDP_ABORTED
-        assert isinstance(m, DevMap | SockMap)
-        target = m.get(r2 & MASK32)
-        if target is None:
-            return r3 & 0x3  # the action the caller chose for a missing entry
+        assert isinstance(m, DevMap | DevMapHash | SockMap)
+        if r3 & BPF_F_BROADCAST:  # the key is not looked up: the target is every device of the map
+            assert isinstance(m, DevMap | DevMapHash)
+            target: Any = [m[k] for k in (m.indices() if isinstance(m, DevMap) else list(m))]
+        else:
+            target = m.get(r2 & MASK32)
+            if target is None:
+                return r3 & _XDP_ACTION_BITS  # the action the caller chose for a missing entry
         ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, target, r3)
         return XDP_REDIRECT
 

@@ -43,6 +43,7 @@ enum map_type {
     T_SOCKHASH = 18,
     T_QUEUE = 22,
     T_SK_STORAGE = 24,
+    T_DEVMAP_HASH = 25,
     T_STACK = 23,
     T_RINGBUF = 27,
 };
@@ -351,7 +352,7 @@ static int is_lru(const struct jb_map *m) { return m->type == T_LRU_HASH || m->t
 static int is_hash(const struct jb_map *m)
 {
     return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || m->type == T_SK_STORAGE ||
-           is_lru(m);
+           m->type == T_DEVMAP_HASH || is_lru(m);
 }
 
 static int is_slots(const struct jb_map *m)
@@ -410,6 +411,9 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         if (ks != 4 || vs == 0 || max != 0 || aux == 0)
             return -EINVAL;
         return vs > STORAGE_VALUE_MAX || aux > (1u << 24) ? -E2BIG : 0;
+    case T_DEVMAP_HASH:
+        /* u32 key -> struct bpf_devmap_val: an ifindex, and optionally a program's fd */
+        return ks == 4 && (vs == 4 || vs == 8) && max ? 0 : -EINVAL;
     case T_SOCKHASH:
         if (ks == 0 || (vs != 4 && vs != 8) || max == 0)
             return -EINVAL;
@@ -557,6 +561,7 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         /* fall through */
     case T_HASH:
     case T_PERCPU_HASH:
+    case T_DEVMAP_HASH:
         rc = alloc_hash(m);
         n = max_entries;
         break;
@@ -760,6 +765,8 @@ static int htab_update(struct jb_map *m, const void *key, const uint8_t *values,
     int32_t i;
     if (flags > F_EXIST)
         return -EINVAL;
+    if (m->type == T_DEVMAP_HASH && flags == F_EXIST)
+        flags = F_ANY;  /* the kernel's device hash creates a missing key under BPF_EXIST too */
     h = hash_key(key, m->key_size);
     spin_lock(&m->lock);
     i = htab_find(m, key, h, NULL);
@@ -1187,6 +1194,7 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
     case T_SK_STORAGE:
+    case T_DEVMAP_HASH:
         i = htab_lookup(m, key);
         break;
     case T_LPM_TRIE:
@@ -1320,6 +1328,7 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_HASH:
     case T_SOCKHASH:
     case T_SK_STORAGE:
+    case T_DEVMAP_HASH:
         return htab_update(m, key, value, flags, 0);
     case T_LRU_HASH:
         return htab_update(m, key, value, flags, 0);
@@ -1359,6 +1368,7 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
     case T_SK_STORAGE:
+    case T_DEVMAP_HASH:
         return htab_delete(m, key);
     case T_LPM_TRIE:
         return lpm_delete(m, key);
