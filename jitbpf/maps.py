@@ -31,6 +31,7 @@ __all__ = [
     "BPF_F_RDONLY_PROG",
     "BPF_NOEXIST",
     "Array",
+    "BloomFilter",
     "BpfMap",
     "CgroupArray",
     "Converter",
@@ -86,6 +87,7 @@ class MapType(enum.IntEnum):
     DEVMAP_HASH = 25  # u32 key -> network device (ifindex), for bpf_redirect_map
     STACK = 23  # LIFO of values
     RINGBUF = 27  # multi-producer ring buffer of variable-size records
+    BLOOM_FILTER = 30  # set membership with false positives: push adds, peek tests
 
 
 class UpdateFlag(enum.IntEnum):
@@ -729,6 +731,35 @@ class _QueueStack(BpfMap):
         return self._take(False)
 
 
+class BloomFilter(BpfMap):
+    """``BPF_MAP_TYPE_BLOOM_FILTER``: values are added (``bpf_map_push_elem``, ``add``) and tested
+    (``bpf_map_peek_elem``: 0 if maybe present, -ENOENT if surely absent; ``in``), never listed,
+    read back or removed (pop: EOPNOTSUPP). ``map_extra`` is the number of hash functions (1 to
+    15; 0: 5); the bit array is sized as the kernel's (max_entries * hashes / ln 2, a power of
+    two). jitbpf's hash functions are its own, so which absent values test positive (rarely)
+    differs from the kernel's.
+    """
+
+    _TYPE = MapType.BLOOM_FILTER
+
+    def __init__(self, *, value_size: int | None = None, max_entries: int = 1024, flags: int = 0, name: str = "",
+                 value_type: Converter = None, key_size: int = 0, map_extra: int = 0) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, key_size, vs, max_entries, flags, name, aux=_u32(map_extra, "map_extra"))
+        self.map_extra = map_extra
+        self._values = Codec(vs, value_type, "value")
+
+    def add(self, value: Any, flags: int = BPF_ANY) -> None:
+        """Add ``value`` (flags other than BPF_ANY: EINVAL)."""
+        data = self._values.encode(value)
+        _check(self._nat.lib.jb_map_push(self.ptr, self._nat.ffi.from_buffer(data), _u32(int(flags), "flags")),
+               f"add to {self.name!r}")
+
+    def __contains__(self, value: object) -> bool:
+        data = bytearray(self._values.encode(value))
+        return bool(self._nat.lib.jb_map_peek(self.ptr, self._nat.ffi.from_buffer(data)) == 0)
+
+
 class Stack(_QueueStack):
     """``BPF_MAP_TYPE_STACK``: ``pop`` returns the value pushed last."""
 
@@ -1318,11 +1349,12 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.QUEUE: Queue,
     MapType.STACK: Stack,
     MapType.RINGBUF: RingBuf,
+    MapType.BLOOM_FILTER: BloomFilter,
 }
 
 
 def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
-               name: str = "", **options: Any) -> BpfMap:
+               name: str = "", *, map_extra: int = 0, **options: Any) -> BpfMap:
     """A map of any supported type from its kernel description (as an ELF loader finds it).
 
     ``options`` go to the class: ``key_type``/``value_type``, ``event_type``, ``buffer_size``.
@@ -1331,6 +1363,10 @@ def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entr
         kind = MapType(map_type)
     except ValueError:
         raise MapError(f"unsupported map type {map_type}", errno=errno.EINVAL) from None
+    if kind is MapType.BLOOM_FILTER:
+        options["map_extra"] = map_extra
+    elif map_extra:
+        raise MapError(f"map_extra is for bloom filters, not {kind.name} maps", errno=errno.EINVAL)
     cls: Any = _CLASSES[kind]
     made: BpfMap = cls(key_size=key_size, value_size=value_size, max_entries=max_entries, flags=flags, name=name,
                        **options)

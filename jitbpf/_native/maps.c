@@ -46,12 +46,15 @@ enum map_type {
     T_DEVMAP_HASH = 25,
     T_STACK = 23,
     T_RINGBUF = 27,
+    T_BLOOM_FILTER = 30,
 };
 
 #define F_ANY 0
 #define F_NOEXIST 1
 #define F_EXIST 2
 #define F_NO_PREALLOC 1
+#define BLOOM_HASHES_MASK 0xfu  /* map_extra: the number of hash functions (0: 5) */
+#define BLOOM_HASHES_DEFAULT 5
 #define STORAGE_F_CREATE 1
 #define STORAGE_VALUE_MAX 65535  /* about the kernel's limit (a u16 offset within its storage) */
 #define F_INDEX_MASK 0xffffffffULL
@@ -144,6 +147,9 @@ struct jb_map {
     uint32_t n_rings;
     /* ring buffer */
     struct jb_ringbuf *rb;
+    /* bloom filter */
+    uint64_t *bits;
+    uint32_t n_bits, n_hashes;
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -384,6 +390,7 @@ void jb_map_free(struct jb_map *m)
     free(m->keys);
     free(m->used);
     free(m->stamps);
+    free(m->bits);
     free(m->nodes);
     free(m->node_data);
     if (m->rings) {
@@ -434,6 +441,10 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_PERF_EVENT_ARRAY:
         return ks == 4 && vs == 4 && max && is_pow2(aux) && aux >= 4096 && aux <= (1ull << 30) ? 0 : -EINVAL;
+    case T_BLOOM_FILTER:
+        if (ks != 0 || vs == 0 || max == 0 || aux & ~(uint64_t)BLOOM_HASHES_MASK)
+            return -EINVAL;
+        return vs > MAX_VALUE_SIZE ? -E2BIG : 0;
     case T_QUEUE:
     case T_STACK:
         if (ks != 0 || vs == 0 || max == 0)
@@ -491,6 +502,23 @@ static int alloc_lpm(struct jb_map *m)
     m->free_head = 0;
     m->root = NONE;
     return 0;
+}
+
+/* As the kernel sizes it: max_entries * hashes / ln 2 bits, a power of two, at least 64. */
+static int alloc_bloom(struct jb_map *m, uint64_t map_extra)
+{
+    uint64_t bits;
+    m->n_hashes = (uint32_t)(map_extra & BLOOM_HASHES_MASK);
+    if (!m->n_hashes)
+        m->n_hashes = BLOOM_HASHES_DEFAULT;
+    bits = (uint64_t)m->max_entries * m->n_hashes / 5 * 7;
+    if (bits > (1ull << 31))
+        bits = 1ull << 31;
+    m->n_bits = 64;
+    while (m->n_bits < bits)
+        m->n_bits <<= 1;
+    m->bits = calloc(m->n_bits / 64, sizeof(uint64_t));
+    return m->bits ? 0 : -ENOMEM;
 }
 
 static int alloc_perf(struct jb_map *m, uint64_t ring_size)
@@ -579,6 +607,10 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     case T_LPM_TRIE:
         rc = alloc_lpm(m);
         n = 2ull * max_entries;
+        break;
+    case T_BLOOM_FILTER:
+        rc = alloc_bloom(m, aux);
+        n = 0;
         break;
     case T_PERF_EVENT_ARRAY:
         rc = alloc_perf(m, aux);
@@ -1410,9 +1442,40 @@ int jb_map_get_next_key(struct jb_map *m, const void *key, void *next_key)
 /* ------------------------------------------------------------------------------------------ */
 /* Queues and stacks                                                                          */
 
+/* Bit i of value's n_hashes bits (double hashing over the map's key hash). */
+static inline uint32_t bloom_bit(const struct jb_map *m, uint32_t h1, uint32_t h2, uint32_t i)
+{
+    return (h1 + i * h2) & (m->n_bits - 1);
+}
+
+static int bloom_push(struct jb_map *m, const void *value, uint64_t flags)
+{
+    uint32_t h1 = hash_key(value, m->value_size), h2 = ((h1 >> 16) | (h1 << 16)) * 0x9e3779b1u | 1u, i, b;
+    if (flags != F_ANY)
+        return -EINVAL;
+    for (i = 0; i < m->n_hashes; i++) {
+        b = bloom_bit(m, h1, h2, i);
+        __atomic_fetch_or(&m->bits[b / 64], 1ull << (b % 64), __ATOMIC_RELAXED);
+    }
+    return 0;
+}
+
+static int bloom_peek(struct jb_map *m, const void *value)
+{
+    uint32_t h1 = hash_key(value, m->value_size), h2 = ((h1 >> 16) | (h1 << 16)) * 0x9e3779b1u | 1u, i, b;
+    for (i = 0; i < m->n_hashes; i++) {
+        b = bloom_bit(m, h1, h2, i);
+        if (!(LOAD(&m->bits[b / 64]) >> (b % 64) & 1))
+            return -ENOENT;
+    }
+    return 0;  /* maybe present: a bloom filter has false positives, never false negatives */
+}
+
 int jb_map_push(struct jb_map *m, const void *value, uint64_t flags)
 {
     uint32_t pos;
+    if (m->type == T_BLOOM_FILTER)
+        return bloom_push(m, value, flags);
     if (m->type != T_QUEUE && m->type != T_STACK)
         return -EINVAL;
     if (flags & ~(uint64_t)F_EXIST)
@@ -1458,9 +1521,16 @@ static int queue_take(struct jb_map *m, void *value, int remove)
     return 0;
 }
 
-int jb_map_pop(struct jb_map *m, void *value) { return queue_take(m, value, 1); }
+int jb_map_pop(struct jb_map *m, void *value)
+{
+    return m->type == T_BLOOM_FILTER ? -EOPNOTSUPP : queue_take(m, value, 1);
+}
 
-int jb_map_peek(struct jb_map *m, void *value) { return queue_take(m, value, 0); }
+/* For a bloom filter, value is the element to test (read, not written). */
+int jb_map_peek(struct jb_map *m, void *value)
+{
+    return m->type == T_BLOOM_FILTER ? bloom_peek(m, value) : queue_take(m, value, 0);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Perf event arrays: one ring per CPU slot; records are {u32 size, u32 type} + data, 8-aligned */
