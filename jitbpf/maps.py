@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,6 +30,8 @@ __all__ = [
     "BPF_F_NO_COMMON_LRU",
     "BPF_F_NO_PREALLOC",
     "BPF_F_RDONLY_PROG",
+    "BPF_F_REUSE_STACKID",
+    "BPF_F_USER_STACK",
     "BPF_NOEXIST",
     "Array",
     "BloomFilter",
@@ -55,6 +58,7 @@ __all__ = [
     "SockHash",
     "SockMap",
     "Stack",
+    "StackTraceMap",
     "UpdateFlag",
     "XskMap",
     "create_map",
@@ -73,6 +77,7 @@ class MapType(enum.IntEnum):
     PERF_EVENT_ARRAY = 4  # per-CPU event buffers filled by bpf_perf_event_output
     PERCPU_HASH = 5  # hash table with one value per CPU
     PERCPU_ARRAY = 6  # array with one value per CPU
+    STACK_TRACE = 7  # stack id -> call stack addresses, recorded by bpf_get_stackid
     CGROUP_ARRAY = 8  # u32 index -> cgroup, for bpf_current_task_under_cgroup / bpf_skb_under_cgroup
     LRU_HASH = 9  # hash table that evicts its least recently used element when full
     LRU_PERCPU_HASH = 10  # LRU hash table with one value per CPU
@@ -695,6 +700,73 @@ class LpmTrie(BpfMap, MutableMapping[Any, Any]):
 
 # ---------------------------------------------------------------------------------------------
 # Queue and stack
+
+
+BPF_F_SKIP_FIELD_MASK = 0xFF  # bpf_get_stackid: frames to skip
+BPF_F_USER_STACK = 1 << 8  # the user stack instead of the kernel's
+BPF_F_FAST_STACK_CMP = 1 << 9  # accepted: stacks are always compared in full here
+BPF_F_REUSE_STACKID = 1 << 10  # a different stack with the same id replaces the old one (else EEXIST)
+_STACKID_FLAGS = BPF_F_SKIP_FIELD_MASK | BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP | BPF_F_REUSE_STACKID
+
+
+class StackTraceMap(BpfMap):
+    """``BPF_MAP_TYPE_STACK_TRACE``: stack id -> the call stack's addresses (innermost first), as
+    ``bpf_get_stackid`` recorded them from the host's stacks (``Host.kernel_stack``,
+    ``Host.user_stack``). Python reads and deletes; it cannot store (EINVAL), as the kernel's
+    syscall. Ids are a hash of the stack (jitbpf's, not the kernel's) modulo ``max_entries``
+    rounded up to a power of two; BPF_F_STACK_BUILD_ID is refused (EINVAL).
+    """
+
+    _TYPE = MapType.STACK_TRACE
+
+    def __init__(self, *, max_entries: int = 1024, value_size: int = 127 * 8, name: str = "", key_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+        self.max_depth = value_size // 8
+        self.buckets = 1 << (max_entries - 1).bit_length()
+
+    def _key(self, stack_id: int) -> bytes:
+        return _u32(stack_id, "stack id").to_bytes(4, "little")
+
+    def __getitem__(self, stack_id: int) -> tuple[int, ...]:
+        raw = self._lookup_raw(self._key(stack_id), f"lookup of stack {stack_id} in {self.name!r}")
+        ips = struct.unpack(f"<{self.max_depth}Q", raw[: self.value_size])
+        depth = len(ips)
+        while depth and ips[depth - 1] == 0:  # the kernel pads a short stack with zeroes
+            depth -= 1
+        return ips[:depth]
+
+    def get(self, stack_id: int) -> tuple[int, ...] | None:
+        """The stack recorded under ``stack_id``, or None."""
+        return self[stack_id] if self._has_raw(self._key(stack_id)) else None
+
+    def __delitem__(self, stack_id: int) -> None:
+        self._delete_raw(self._key(stack_id), f"delete of stack {stack_id} from {self.name!r}")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([int.from_bytes(k, "little") for k in self._keys_raw()])
+
+    def __setitem__(self, stack_id: int, value: object) -> None:
+        raise MapError(f"update of stack {stack_id} in {self.name!r}: stacks are recorded by bpf_get_stackid only",
+                       errno=errno.EINVAL)
+
+    def record(self, stack: list[int], flags: int) -> int:
+        """``bpf_get_stackid`` over ``stack`` (innermost first): its id, or a negative errno."""
+        if flags & ~_STACKID_FLAGS:
+            return -errno.EINVAL
+        ips = stack[flags & BPF_F_SKIP_FIELD_MASK :][: self.max_depth]
+        if not ips:
+            return -errno.EFAULT  # no stack, or every frame skipped
+        raw = struct.pack(f"<{len(ips)}Q", *(ip & 0xFFFF_FFFF_FFFF_FFFF for ip in ips)).ljust(self.value_size, b"\0")
+        stack_id = zlib.crc32(raw) & (self.buckets - 1)
+        key = self._key(stack_id)
+        if self._has_raw(key):
+            if self._lookup_raw(key, "lookup")[: self.value_size] == raw:
+                return stack_id
+            if not flags & BPF_F_REUSE_STACKID:
+                return -errno.EEXIST  # another stack holds the id
+        self._update_raw(key, raw, BPF_ANY, f"record of stack {stack_id} in {self.name!r}")
+        return stack_id
 
 
 class _QueueStack(BpfMap):
@@ -1335,6 +1407,7 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.PERF_EVENT_ARRAY: PerfEventArray,
     MapType.PERCPU_HASH: PerCpuHashMap,
     MapType.PERCPU_ARRAY: PerCpuArray,
+    MapType.STACK_TRACE: StackTraceMap,
     MapType.CGROUP_ARRAY: CgroupArray,
     MapType.LRU_HASH: LruHashMap,
     MapType.LRU_PERCPU_HASH: LruPerCpuHashMap,

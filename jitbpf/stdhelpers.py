@@ -15,7 +15,19 @@ from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
-from jitbpf.maps import BpfMap, CgroupArray, DevMap, DevMapHash, MapType, RingBuf, SkStorage, SockHash, SockMap
+from jitbpf.maps import (
+    BPF_F_USER_STACK,
+    BpfMap,
+    CgroupArray,
+    DevMap,
+    DevMapHash,
+    MapType,
+    RingBuf,
+    SkStorage,
+    SockHash,
+    SockMap,
+    StackTraceMap,
+)
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
@@ -40,6 +52,7 @@ class HelperId(enum.IntEnum):
     GET_CURRENT_UID_GID = 15  # gid << 32 | uid
     GET_CURRENT_COMM = 16  # bpf_get_current_comm(buf, size): the thread's name
     PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output(ctx, map, flags, data, size)
+    GET_STACKID = 27  # bpf_get_stackid(ctx, stack_trace_map, flags) -> stack id or -errno
     SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup(skb, cgroup_array, index) -> 1, 0 or -errno
     CURRENT_TASK_UNDER_CGROUP = 37  # bpf_current_task_under_cgroup(cgroup_array, index) -> 1, 0 or -errno
     REDIRECT_MAP = 51  # bpf_redirect_map(map, key, flags) -> XDP action
@@ -367,6 +380,12 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
     def skb_under_cgroup(_r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
         return under_cgroup("bpf_skb_under_cgroup", r2, r3, socket=True)
 
+    def get_stackid(_r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r2, "bpf_get_stackid", MapType.STACK_TRACE)
+        assert isinstance(m, StackTraceMap)
+        host = ctx.host
+        return m.record(host.user_stack if r3 & BPF_F_USER_STACK else host.kernel_stack, r3) & MASK64
+
     # A program's socket argument names the socket of its context (StdContext.socket).
     def sk_storage_get(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_sk_storage_get", MapType.SK_STORAGE)
@@ -480,6 +499,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         Helper(h.CURRENT_TASK_UNDER_CGROUP, "bpf_current_task_under_cgroup", current_task_under_cgroup,
                ("map", "scalar")),
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
+        Helper(h.GET_STACKID, "bpf_get_stackid", get_stackid, (ctx_arg, "map", "scalar")),
         Helper(h.SK_STORAGE_GET, "bpf_sk_storage_get", sk_storage_get, ("map", "anything", "anything", "scalar"),
                "map_value_or_null"),
         Helper(h.SK_STORAGE_DELETE, "bpf_sk_storage_delete", sk_storage_delete, ("map", "anything")),

@@ -157,6 +157,7 @@ def test_factory_builds_each_type() -> None:
         MapType.RINGBUF: (0, 0, 4096), MapType.CPUMAP: (4, 4, 8), MapType.XSKMAP: (4, 4, 8),
         MapType.LRU_HASH: (4, 4, 8), MapType.LRU_PERCPU_HASH: (4, 4, 8), MapType.CGROUP_ARRAY: (4, 4, 8),
         MapType.SK_STORAGE: (4, 4, 0), MapType.DEVMAP_HASH: (4, 4, 8), MapType.BLOOM_FILTER: (0, 4, 8),
+        MapType.STACK_TRACE: (4, 8, 8),
     }
     assert set(shapes) == set(MapType)
     for kind, (ks, vs, n) in shapes.items():

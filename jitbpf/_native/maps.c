@@ -32,6 +32,7 @@ enum map_type {
     T_PERF_EVENT_ARRAY = 4,
     T_PERCPU_HASH = 5,
     T_PERCPU_ARRAY = 6,
+    T_STACK_TRACE = 7,
     T_CGROUP_ARRAY = 8,
     T_LRU_HASH = 9,
     T_LRU_PERCPU_HASH = 10,
@@ -53,6 +54,8 @@ enum map_type {
 #define F_NOEXIST 1
 #define F_EXIST 2
 #define F_NO_PREALLOC 1
+#define F_STACK_BUILD_ID (1u << 5)
+#define MAX_STACK_DEPTH 127  /* the kernel's default kernel.perf_event_max_stack */
 #define BLOOM_HASHES_MASK 0xfu  /* map_extra: the number of hash functions (0: 5) */
 #define BLOOM_HASHES_DEFAULT 5
 #define STORAGE_F_CREATE 1
@@ -358,7 +361,7 @@ static int is_lru(const struct jb_map *m) { return m->type == T_LRU_HASH || m->t
 static int is_hash(const struct jb_map *m)
 {
     return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || m->type == T_SK_STORAGE ||
-           m->type == T_DEVMAP_HASH || is_lru(m);
+           m->type == T_DEVMAP_HASH || m->type == T_STACK_TRACE || is_lru(m);
 }
 
 static int is_slots(const struct jb_map *m)
@@ -418,6 +421,12 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         if (ks != 4 || vs == 0 || max != 0 || aux == 0)
             return -EINVAL;
         return vs > STORAGE_VALUE_MAX || aux > (1u << 24) ? -E2BIG : 0;
+    case T_STACK_TRACE:
+        /* u32 stack id -> max_depth u64 addresses; the ids index max_entries rounded up to a power
+           of two buckets (aux is that count). */
+        if (ks != 4 || vs < 8 || vs % 8 || vs / 8 > MAX_STACK_DEPTH || max == 0)
+            return -EINVAL;
+        return max > (1u << 31) ? -E2BIG : 0;
     case T_DEVMAP_HASH:
         /* u32 key -> struct bpf_devmap_val: an ifindex, and optionally a program's fd */
         return ks == 4 && (vs == 4 || vs == 8) && max ? 0 : -EINVAL;
@@ -545,6 +554,8 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     struct jb_map *m;
     uint64_t n, size;
     int rc = check_shape(type, key_size, value_size, max_entries, aux);
+    if (!rc && type == T_STACK_TRACE && flags & F_STACK_BUILD_ID)
+        rc = -EINVAL;  /* build ids need the binaries' notes, which jitbpf has not */
     if (!rc && type == T_SK_STORAGE && !(flags & F_NO_PREALLOC))
         rc = -EINVAL;  /* the kernel never preallocates local storage, and insists on the flag */
     if (rc) {
@@ -567,6 +578,12 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     m->root = NONE;
     rc = 0;
     switch (type) {
+    case T_STACK_TRACE:
+        while (m->max_entries & (m->max_entries - 1))
+            m->max_entries += m->max_entries & -m->max_entries;  /* round up to a power of two */
+        rc = alloc_hash(m);
+        n = m->max_entries;
+        break;
     case T_SK_STORAGE:
         /* Keyed by owner (socket) ids Python hands out; the capacity is preallocated. */
         m->max_entries = (uint32_t)aux;
@@ -1227,6 +1244,7 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_SOCKHASH:
     case T_SK_STORAGE:
     case T_DEVMAP_HASH:
+    case T_STACK_TRACE:
         i = htab_lookup(m, key);
         break;
     case T_LPM_TRIE:
@@ -1361,6 +1379,7 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_SOCKHASH:
     case T_SK_STORAGE:
     case T_DEVMAP_HASH:
+    case T_STACK_TRACE:  /* by bpf_get_stackid only: the Python API refuses updates, as the kernel */
         return htab_update(m, key, value, flags, 0);
     case T_LRU_HASH:
         return htab_update(m, key, value, flags, 0);
@@ -1401,6 +1420,7 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_SOCKHASH:
     case T_SK_STORAGE:
     case T_DEVMAP_HASH:
+    case T_STACK_TRACE:
         return htab_delete(m, key);
     case T_LPM_TRIE:
         return lpm_delete(m, key);
