@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -42,6 +42,7 @@ __all__ = [
     "DevMap",
     "DevMapHash",
     "HashMap",
+    "InodeStorage",
     "LpmKey",
     "LpmTrie",
     "LruHashMap",
@@ -59,6 +60,7 @@ __all__ = [
     "SockMap",
     "Stack",
     "StackTraceMap",
+    "TaskStorage",
     "UpdateFlag",
     "XskMap",
     "create_map",
@@ -92,6 +94,8 @@ class MapType(enum.IntEnum):
     DEVMAP_HASH = 25  # u32 key -> network device (ifindex), for bpf_redirect_map
     STACK = 23  # LIFO of values
     RINGBUF = 27  # multi-producer ring buffer of variable-size records
+    INODE_STORAGE = 28  # inode -> value, created by bpf_inode_storage_get
+    TASK_STORAGE = 29  # task -> value, created by bpf_task_storage_get
     BLOOM_FILTER = 30  # set membership with false positives: push adds, peek tests
 
 
@@ -114,7 +118,7 @@ BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CP
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
                             MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
-                            MapType.SK_STORAGE})
+                            MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE})
 
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH})  # one value per CPU
 
@@ -1072,19 +1076,21 @@ class CgroupArray(_Slots):
 
 
 class _SocketIds:
-    """Socket objects (any Python object) <-> the ids C stores, with reference counts."""
+    """Socket objects (any Python object) <-> the ids C stores, with reference counts; ``key``
+    says which objects are the same owner (identity by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: Callable[[object], Hashable] = id) -> None:
+        self.key = key
         self.by_id: dict[int, object] = {}
-        self.ids: dict[int, int] = {}  # id(obj) -> socket id
+        self.ids: dict[Hashable, int] = {}  # key(obj) -> socket id
         self.refs: dict[int, int] = {}  # socket id -> slots holding it
         self.next_id = 1
 
     def acquire(self, sock: object) -> int:
-        sid = self.ids.get(id(sock))
+        sid = self.ids.get(self.key(sock))
         if sid is None:
             sid, self.next_id = self.next_id, self.next_id + 1
-            self.ids[id(sock)], self.by_id[sid] = sid, sock
+            self.ids[self.key(sock)], self.by_id[sid] = sid, sock
         self.refs[sid] = self.refs.get(sid, 0) + 1
         return sid
 
@@ -1095,7 +1101,7 @@ class _SocketIds:
         if self.refs[sid] <= 0:
             del self.refs[sid]
             sock = self.by_id.pop(sid)
-            self.ids.pop(id(sock), None)
+            self.ids.pop(self.key(sock), None)
 
 
 class SockMap(_Slots):
@@ -1224,12 +1230,16 @@ class SkStorage(BpfMap, MutableMapping[Any, Any]):
         super().__init__(self._TYPE, key_size, vs, max_entries, flags, name, aux=capacity)
         self.capacity = capacity
         self._values = Codec(vs, value_type, "value")
-        self._socks = _SocketIds()
+        self._socks = _SocketIds(self._owner_key)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _owner_key(owner: object) -> Hashable:
+        return id(owner)  # a socket is the object itself
 
     def owner_id(self, sock: object, *, create: bool = False) -> int | None:
         """The id C keys ``sock``'s value by (``create``: give it one if it has none)."""
-        sid = self._socks.ids.get(id(sock))
+        sid = self._socks.ids.get(self._owner_key(sock))
         if sid is None and create:
             sid = self._socks.acquire(sock)
         return sid
@@ -1323,6 +1333,26 @@ class DevMap(_Slots):
     def get(self, index: int) -> int | None:
         """The ifindex at ``index``, or None."""
         return self._slot(index) if 0 <= index < self.max_entries else None
+
+
+class TaskStorage(SkStorage):
+    """``BPF_MAP_TYPE_TASK_STORAGE``: one value per task, as ``SkStorage`` per socket; a task is
+    the address a program's task pointer holds (``Host.task``, which ``bpf_get_current_task_btf``
+    returns), an int in Python too."""
+
+    _TYPE = MapType.TASK_STORAGE
+
+    @staticmethod
+    def _owner_key(owner: object) -> Hashable:
+        if not isinstance(owner, int):
+            raise MapError(f"a task or inode is its address, an int, not {owner!r}", errno=errno.EINVAL)
+        return owner
+
+
+class InodeStorage(TaskStorage):
+    """``BPF_MAP_TYPE_INODE_STORAGE``: one value per inode, an address as for ``TaskStorage``."""
+
+    _TYPE = MapType.INODE_STORAGE
 
 
 class DevMapHash(BpfMap, MutableMapping[int, int]):
@@ -1419,6 +1449,8 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.CPUMAP: CpuMap,
     MapType.XSKMAP: XskMap,
     MapType.SK_STORAGE: SkStorage,
+    MapType.INODE_STORAGE: InodeStorage,
+    MapType.TASK_STORAGE: TaskStorage,
     MapType.QUEUE: Queue,
     MapType.STACK: Stack,
     MapType.RINGBUF: RingBuf,

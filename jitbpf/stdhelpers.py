@@ -73,6 +73,10 @@ class HelperId(enum.IntEnum):
     RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit(data, flags)
     RINGBUF_DISCARD = 133  # bpf_ringbuf_discard(data, flags)
     RINGBUF_QUERY = 134  # bpf_ringbuf_query(map, flags)
+    INODE_STORAGE_GET = 145  # bpf_inode_storage_get(map, inode, value, flags) -> the inode's value or NULL
+    INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete(map, inode)
+    TASK_STORAGE_GET = 156  # bpf_task_storage_get(map, task, value, flags) -> the task's value or NULL
+    TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete(map, task)
 
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
@@ -386,25 +390,37 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         host = ctx.host
         return m.record(host.user_stack if r3 & BPF_F_USER_STACK else host.kernel_stack, r3) & MASK64
 
-    # A program's socket argument names the socket of its context (StdContext.socket).
-    def sk_storage_get(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
-        m = map_at(r1, "bpf_sk_storage_get", MapType.SK_STORAGE)
-        assert isinstance(m, SkStorage)
-        if r2 == 0 or ctx.socket is None:
-            return 0
-        need(r3, m.value_size if r3 else 0, "bpf_sk_storage_get", "value")
-        return m.program_get(ctx.socket, r3, r4)
+    # A program's socket argument names the socket of its context (StdContext.socket); a task or
+    # inode argument is its address, which TaskStorage and InodeStorage key by.
+    def storage_get(kind: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
+        name = f"bpf_{kind}_storage_get"
 
-    def sk_storage_delete(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
-        m = map_at(r1, "bpf_sk_storage_delete", MapType.SK_STORAGE)
-        assert isinstance(m, SkStorage)
-        if r2 == 0:
-            return -errno.EINVAL & MASK64
-        try:
-            del m[ctx.socket]
-        except MapError as exc:
-            return -exc.errno & MASK64
-        return 0
+        def get(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+            m = map_at(r1, name, mtype)
+            assert isinstance(m, SkStorage)
+            owner = ctx.socket if mtype is MapType.SK_STORAGE else r2
+            if r2 == 0 or owner is None:
+                return 0
+            need(r3, m.value_size if r3 else 0, name, "value")
+            return m.program_get(owner, r3, r4)
+
+        return get
+
+    def storage_delete(kind: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
+        name = f"bpf_{kind}_storage_delete"
+
+        def delete(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+            m = map_at(r1, name, mtype)
+            assert isinstance(m, SkStorage)
+            if r2 == 0:
+                return -errno.EINVAL & MASK64
+            try:
+                del m[ctx.socket if mtype is MapType.SK_STORAGE else r2]
+            except MapError as exc:
+                return -exc.errno & MASK64
+            return 0
+
+        return delete
 
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
         m = map_at(r2, name, MapType.SOCKMAP)
@@ -500,8 +516,14 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
                ("map", "scalar")),
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
         Helper(h.GET_STACKID, "bpf_get_stackid", get_stackid, (ctx_arg, "map", "scalar")),
-        Helper(h.SK_STORAGE_GET, "bpf_sk_storage_get", sk_storage_get, ("map", "anything", "anything", "scalar"),
-               "map_value_or_null"),
-        Helper(h.SK_STORAGE_DELETE, "bpf_sk_storage_delete", sk_storage_delete, ("map", "anything")),
+        *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", "anything", "anything", "scalar"),
+                 "map_value_or_null")
+          for kind, mtype, get_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET),
+                                      ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_GET),
+                                      ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_GET))),
+        *(Helper(delete_id, f"bpf_{kind}_storage_delete", storage_delete(kind, mtype), ("map", "anything"))
+          for kind, mtype, delete_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_DELETE),
+                                         ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_DELETE),
+                                         ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_DELETE))),
         *extra,
     ]

@@ -1,6 +1,7 @@
 """SK_STORAGE: a value per socket, created by programs with ``bpf_sk_storage_get`` (and
-BPF_SK_STORAGE_GET_F_CREATE) and removed with ``bpf_sk_storage_delete``; the Python API against a
-model (errors included) and the helpers in both engines."""
+BPF_SK_STORAGE_GET_F_CREATE) and removed with ``bpf_sk_storage_delete``; TASK_STORAGE and
+INODE_STORAGE, the same per task or inode address; the Python API against a model (errors
+included) and the helpers in both engines."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitbpf.errors import MapError
-from jitbpf.maps import BPF_ANY, BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, MapType, SkStorage, create_map
+from jitbpf.maps import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_F_NO_PREALLOC,
+    BPF_NOEXIST,
+    InodeStorage,
+    MapType,
+    SkStorage,
+    TaskStorage,
+    create_map,
+)
 from jitbpf.programs import ProgType
 from jitbpf.vm import VM
 from tests.support import ENGINES, load, s64
@@ -145,3 +156,41 @@ def test_delete(engine: str) -> None:
     assert _run(vm, engine, sock) == 0 and sock not in m
     assert _run(vm, engine, sock) == -errno.ENOENT
     assert _run(load(DELETE.format(sk=0), m, prog_type=ProgType.KPROBE), engine, sock) == -errno.EINVAL
+
+
+TASK_COUNT = """
+    lddw r1, map:TASKS
+    mov r2, {task}
+    mov r3, 0
+    mov r4, 1
+    call {helper}
+    jeq r0, 0, +5
+    ldxw r1, [r0+0]
+    add r1, 1
+    stxw [r0+0], r1
+    mov r0, r1
+    exit
+    mov r0, -1
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("cls", "get_id", "delete_id"), [(TaskStorage, 156, 157), (InodeStorage, 145, 146)])
+def test_task_and_inode_storage_key_by_address(engine: str, cls: type[TaskStorage], get_id: int,
+                                               delete_id: int) -> None:
+    m = cls(value_size=4, name="TASKS")
+    task = 0xFFFF_8880_0123_4000
+    text = TASK_COUNT.replace("mov r2, {task}", f"lddw r2, {task:#x}").format(helper=get_id)
+    vm = load(text, m)
+    assert [_run_raw(vm, engine) for _ in range(3)] == [1, 2, 3]
+    assert m[task] == 3 and list(m) == [task]
+    null = load(TASK_COUNT.format(task=0, helper=get_id), m)
+    assert _run_raw(null, engine) == -1
+    delete = load(f"lddw r1, map:TASKS\nlddw r2, {task:#x}\ncall {delete_id}\nexit", m)
+    assert _run_raw(delete, engine) == 0 and len(m) == 0
+    assert _run_raw(delete, engine) == -errno.ENOENT
+
+
+def _run_raw(vm: VM, engine: str) -> int:
+    return s64(vm.execute(bytes(8)) if engine == "interp" else vm.execute_jit(bytes(8)))

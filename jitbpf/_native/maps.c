@@ -47,6 +47,8 @@ enum map_type {
     T_DEVMAP_HASH = 25,
     T_STACK = 23,
     T_RINGBUF = 27,
+    T_INODE_STORAGE = 28,
+    T_TASK_STORAGE = 29,
     T_BLOOM_FILTER = 30,
 };
 
@@ -358,9 +360,15 @@ static int is_percpu(const struct jb_map *m)
 
 static int is_lru(const struct jb_map *m) { return m->type == T_LRU_HASH || m->type == T_LRU_PERCPU_HASH; }
 
+/* Local storage: a value per owner (socket, inode, task), keyed by owner ids Python hands out. */
+static int is_storage(const struct jb_map *m)
+{
+    return m->type == T_SK_STORAGE || m->type == T_INODE_STORAGE || m->type == T_TASK_STORAGE;
+}
+
 static int is_hash(const struct jb_map *m)
 {
-    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || m->type == T_SK_STORAGE ||
+    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || is_storage(m) ||
            m->type == T_DEVMAP_HASH || m->type == T_STACK_TRACE || is_lru(m);
 }
 
@@ -417,6 +425,8 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
             return -E2BIG;
         return 0;
     case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
         /* max_entries is 0 (storage grows with its owners); aux is the capacity jitbpf preallocates. */
         if (ks != 4 || vs == 0 || max != 0 || aux == 0)
             return -EINVAL;
@@ -556,7 +566,8 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     int rc = check_shape(type, key_size, value_size, max_entries, aux);
     if (!rc && type == T_STACK_TRACE && flags & F_STACK_BUILD_ID)
         rc = -EINVAL;  /* build ids need the binaries' notes, which jitbpf has not */
-    if (!rc && type == T_SK_STORAGE && !(flags & F_NO_PREALLOC))
+    if (!rc && (type == T_SK_STORAGE || type == T_INODE_STORAGE || type == T_TASK_STORAGE) &&
+        !(flags & F_NO_PREALLOC))
         rc = -EINVAL;  /* the kernel never preallocates local storage, and insists on the flag */
     if (rc) {
         *err = rc;
@@ -585,6 +596,8 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         n = m->max_entries;
         break;
     case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
         /* Keyed by owner (socket) ids Python hands out; the capacity is preallocated. */
         m->max_entries = (uint32_t)aux;
         rc = alloc_hash(m);
@@ -1243,6 +1256,8 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
     case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
     case T_DEVMAP_HASH:
     case T_STACK_TRACE:
         i = htab_lookup(m, key);
@@ -1339,12 +1354,12 @@ static int slot_delete(struct jb_map *m, const void *key)
     return 0;
 }
 
-/* bpf_sk_storage_get for the owner with this id: its value, created (from init, or zeroed) if
+/* bpf_{sk,inode,task}_storage_get for the owner with this id: its value, created (from init, or zeroed) if
    missing and flags ask; NULL if missing, full, or the flags are unknown. */
 void *jb_storage_get(struct jb_map *m, uint32_t owner, const void *init, uint64_t flags)
 {
     int32_t i;
-    if (m->type != T_SK_STORAGE || flags & ~(uint64_t)STORAGE_F_CREATE)
+    if (!is_storage(m) || flags & ~(uint64_t)STORAGE_F_CREATE)
         return NULL;
     i = htab_lookup(m, &owner);
     if (i < 0 && flags & STORAGE_F_CREATE) {
@@ -1378,6 +1393,8 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_HASH:
     case T_SOCKHASH:
     case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
     case T_DEVMAP_HASH:
     case T_STACK_TRACE:  /* by bpf_get_stackid only: the Python API refuses updates, as the kernel */
         return htab_update(m, key, value, flags, 0);
@@ -1419,6 +1436,8 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
     case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
     case T_DEVMAP_HASH:
     case T_STACK_TRACE:
         return htab_delete(m, key);
