@@ -209,6 +209,7 @@ class MapDef:
     section: str  # where it was declared: ".maps", "maps", ".data", ".rodata", ".bss", ...
     origin: str  # "btf", "legacy" or "data"
     initial: bytes | None = None  # contents of a global-data map (its single value)
+    extra: int = 0  # map_extra (a bloom filter's number of hash functions)
 
 
 @dataclass(frozen=True)
@@ -851,7 +852,8 @@ class _Loader:
         if name in self.values_off:
             attrs.setdefault("value_size", 4)  # program and map ids, as libbpf sets for .values
         return MapDef(name, attrs["type"], attrs.get("key_size", 0), attrs.get("value_size", 0),
-                      attrs.get("max_entries", 0), attrs.get("map_flags", 0), section, "btf")
+                      attrs.get("max_entries", 0), attrs.get("map_flags", 0), section, "btf",
+                      extra=attrs.get("map_extra", 0))
 
     def _add_map(self, spec: MapDef) -> None:
         spec = _libbpf_defaults(spec)
@@ -866,7 +868,7 @@ class _Loader:
         for name, spec in self.obj.map_defs.items():
             try:
                 m = create_map(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
-                               name=name)
+                               name=name, map_extra=spec.extra)
             except BpfError as exc:
                 raise ElfError(f"cannot create map {name}: {exc.message}", section=spec.section) from exc
             if spec.initial is not None and any(spec.initial) and isinstance(m, Array):

@@ -74,8 +74,8 @@ class Host:
 
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
     device and inode 0, cookies 0, hash 0, interface 1 (loopback) only, forwarding off, no routes,
-    the task in the root cgroup (id 1) only, and a packet's socket in the task's cgroups (as the
-    socket the kernel's test runs give a packet).
+    the task in the root cgroup (id 1) only, a packet's socket in the task's cgroups (as the
+    socket the kernel's test runs give a packet), and empty call stacks.
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
@@ -95,6 +95,9 @@ class Host:
     # has no full socket, so bpf_skb_under_cgroup answers ENOENT.
     socket_cgroups: frozenset[int] | None = None
     packet_socket: bool = True
+    # The call stacks bpf_get_stackid records: return addresses, innermost first (empty: EFAULT).
+    kernel_stack: list[int] = field(default_factory=list)
+    user_stack: list[int] = field(default_factory=list)
 
     def add_route(self, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network, ifindex: int,
                   **details: object) -> FibRoute:

@@ -11,7 +11,8 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+import zlib
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,14 +30,19 @@ __all__ = [
     "BPF_F_NO_COMMON_LRU",
     "BPF_F_NO_PREALLOC",
     "BPF_F_RDONLY_PROG",
+    "BPF_F_REUSE_STACKID",
+    "BPF_F_USER_STACK",
     "BPF_NOEXIST",
     "Array",
+    "BloomFilter",
     "BpfMap",
     "CgroupArray",
     "Converter",
     "CpuMap",
     "DevMap",
+    "DevMapHash",
     "HashMap",
+    "InodeStorage",
     "LpmKey",
     "LpmTrie",
     "LruHashMap",
@@ -49,9 +55,12 @@ __all__ = [
     "ProgramArray",
     "Queue",
     "RingBuf",
+    "SkStorage",
     "SockHash",
     "SockMap",
     "Stack",
+    "StackTraceMap",
+    "TaskStorage",
     "UpdateFlag",
     "XskMap",
     "create_map",
@@ -70,6 +79,7 @@ class MapType(enum.IntEnum):
     PERF_EVENT_ARRAY = 4  # per-CPU event buffers filled by bpf_perf_event_output
     PERCPU_HASH = 5  # hash table with one value per CPU
     PERCPU_ARRAY = 6  # array with one value per CPU
+    STACK_TRACE = 7  # stack id -> call stack addresses, recorded by bpf_get_stackid
     CGROUP_ARRAY = 8  # u32 index -> cgroup, for bpf_current_task_under_cgroup / bpf_skb_under_cgroup
     LRU_HASH = 9  # hash table that evicts its least recently used element when full
     LRU_PERCPU_HASH = 10  # LRU hash table with one value per CPU
@@ -80,8 +90,13 @@ class MapType(enum.IntEnum):
     XSKMAP = 17  # u32 index -> AF_XDP socket, for bpf_redirect_map
     SOCKHASH = 18  # key -> socket
     QUEUE = 22  # FIFO of values
+    SK_STORAGE = 24  # socket -> value, created by bpf_sk_storage_get
+    DEVMAP_HASH = 25  # u32 key -> network device (ifindex), for bpf_redirect_map
     STACK = 23  # LIFO of values
     RINGBUF = 27  # multi-producer ring buffer of variable-size records
+    INODE_STORAGE = 28  # inode -> value, created by bpf_inode_storage_get
+    TASK_STORAGE = 29  # task -> value, created by bpf_task_storage_get
+    BLOOM_FILTER = 30  # set membership with false positives: push adds, peek tests
 
 
 class UpdateFlag(enum.IntEnum):
@@ -102,7 +117,8 @@ BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CP
 
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
-                            MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF})
+                            MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
+                            MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE})
 
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH})  # one value per CPU
 
@@ -704,6 +720,73 @@ class LpmTrie(BpfMap, MutableMapping[Any, Any]):
 # Queue and stack
 
 
+BPF_F_SKIP_FIELD_MASK = 0xFF  # bpf_get_stackid: frames to skip
+BPF_F_USER_STACK = 1 << 8  # the user stack instead of the kernel's
+BPF_F_FAST_STACK_CMP = 1 << 9  # accepted: stacks are always compared in full here
+BPF_F_REUSE_STACKID = 1 << 10  # a different stack with the same id replaces the old one (else EEXIST)
+_STACKID_FLAGS = BPF_F_SKIP_FIELD_MASK | BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP | BPF_F_REUSE_STACKID
+
+
+class StackTraceMap(BpfMap):
+    """``BPF_MAP_TYPE_STACK_TRACE``: stack id -> the call stack's addresses (innermost first), as
+    ``bpf_get_stackid`` recorded them from the host's stacks (``Host.kernel_stack``,
+    ``Host.user_stack``). Python reads and deletes; it cannot store (EINVAL), as the kernel's
+    syscall. Ids are a hash of the stack (jitbpf's, not the kernel's) modulo ``max_entries``
+    rounded up to a power of two; BPF_F_STACK_BUILD_ID is refused (EINVAL).
+    """
+
+    _TYPE = MapType.STACK_TRACE
+
+    def __init__(self, *, max_entries: int = 1024, value_size: int = 127 * 8, name: str = "", key_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+        self.max_depth = value_size // 8
+        self.buckets = 1 << (max_entries - 1).bit_length()
+
+    def _key(self, stack_id: int) -> bytes:
+        return _u32(stack_id, "stack id").to_bytes(4, "little")
+
+    def __getitem__(self, stack_id: int) -> tuple[int, ...]:
+        raw = self._lookup_raw(self._key(stack_id), f"lookup of stack {stack_id} in {self.name!r}")
+        ips = struct.unpack(f"<{self.max_depth}Q", raw[: self.value_size])
+        depth = len(ips)
+        while depth and ips[depth - 1] == 0:  # the kernel pads a short stack with zeroes
+            depth -= 1
+        return ips[:depth]
+
+    def get(self, stack_id: int) -> tuple[int, ...] | None:
+        """The stack recorded under ``stack_id``, or None."""
+        return self[stack_id] if self._has_raw(self._key(stack_id)) else None
+
+    def __delitem__(self, stack_id: int) -> None:
+        self._delete_raw(self._key(stack_id), f"delete of stack {stack_id} from {self.name!r}")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([int.from_bytes(k, "little") for k in self._keys_raw()])
+
+    def __setitem__(self, stack_id: int, value: object) -> None:
+        raise MapError(f"update of stack {stack_id} in {self.name!r}: stacks are recorded by bpf_get_stackid only",
+                       errno=errno.EINVAL)
+
+    def record(self, stack: list[int], flags: int) -> int:
+        """``bpf_get_stackid`` over ``stack`` (innermost first): its id, or a negative errno."""
+        if flags & ~_STACKID_FLAGS:
+            return -errno.EINVAL
+        ips = stack[flags & BPF_F_SKIP_FIELD_MASK :][: self.max_depth]
+        if not ips:
+            return -errno.EFAULT  # no stack, or every frame skipped
+        raw = struct.pack(f"<{len(ips)}Q", *(ip & 0xFFFF_FFFF_FFFF_FFFF for ip in ips)).ljust(self.value_size, b"\0")
+        stack_id = zlib.crc32(raw) & (self.buckets - 1)
+        key = self._key(stack_id)
+        if self._has_raw(key):
+            if self._lookup_raw(key, "lookup")[: self.value_size] == raw:
+                return stack_id
+            if not flags & BPF_F_REUSE_STACKID:
+                return -errno.EEXIST  # another stack holds the id
+        self._update_raw(key, raw, BPF_ANY, f"record of stack {stack_id} in {self.name!r}")
+        return stack_id
+
+
 class _QueueStack(BpfMap):
     _TYPE: ClassVar[MapType]
 
@@ -736,6 +819,35 @@ class _QueueStack(BpfMap):
     def peek(self) -> Any:
         """The next value, left in place."""
         return self._take(False)
+
+
+class BloomFilter(BpfMap):
+    """``BPF_MAP_TYPE_BLOOM_FILTER``: values are added (``bpf_map_push_elem``, ``add``) and tested
+    (``bpf_map_peek_elem``: 0 if maybe present, -ENOENT if surely absent; ``in``), never listed,
+    read back or removed (pop: EOPNOTSUPP). ``map_extra`` is the number of hash functions (1 to
+    15; 0: 5); the bit array is sized as the kernel's (max_entries * hashes / ln 2, a power of
+    two). jitbpf's hash functions are its own, so which absent values test positive (rarely)
+    differs from the kernel's.
+    """
+
+    _TYPE = MapType.BLOOM_FILTER
+
+    def __init__(self, *, value_size: int | None = None, max_entries: int = 1024, flags: int = 0, name: str = "",
+                 value_type: Converter = None, key_size: int = 0, map_extra: int = 0) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, key_size, vs, max_entries, flags, name, aux=_u32(map_extra, "map_extra"))
+        self.map_extra = map_extra
+        self._values = Codec(vs, value_type, "value")
+
+    def add(self, value: Any, flags: int = BPF_ANY) -> None:
+        """Add ``value`` (flags other than BPF_ANY: EINVAL)."""
+        data = self._values.encode(value)
+        _check(self._nat.lib.jb_map_push(self.ptr, self._nat.ffi.from_buffer(data), _u32(int(flags), "flags")),
+               f"add to {self.name!r}")
+
+    def __contains__(self, value: object) -> bool:
+        data = bytearray(self._values.encode(value))
+        return bool(self._nat.lib.jb_map_peek(self.ptr, self._nat.ffi.from_buffer(data)) == 0)
 
 
 class Stack(_QueueStack):
@@ -978,19 +1090,21 @@ class CgroupArray(_Slots):
 
 
 class _SocketIds:
-    """Socket objects (any Python object) <-> the ids C stores, with reference counts."""
+    """Socket objects (any Python object) <-> the ids C stores, with reference counts; ``key``
+    says which objects are the same owner (identity by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: Callable[[object], Hashable] = id) -> None:
+        self.key = key
         self.by_id: dict[int, object] = {}
-        self.ids: dict[int, int] = {}  # id(obj) -> socket id
+        self.ids: dict[Hashable, int] = {}  # key(obj) -> socket id
         self.refs: dict[int, int] = {}  # socket id -> slots holding it
         self.next_id = 1
 
     def acquire(self, sock: object) -> int:
-        sid = self.ids.get(id(sock))
+        sid = self.ids.get(self.key(sock))
         if sid is None:
             sid, self.next_id = self.next_id, self.next_id + 1
-            self.ids[id(sock)], self.by_id[sid] = sid, sock
+            self.ids[self.key(sock)], self.by_id[sid] = sid, sock
         self.refs[sid] = self.refs.get(sid, 0) + 1
         return sid
 
@@ -1001,7 +1115,7 @@ class _SocketIds:
         if self.refs[sid] <= 0:
             del self.refs[sid]
             sock = self.by_id.pop(sid)
-            self.ids.pop(id(sock), None)
+            self.ids.pop(self.key(sock), None)
 
 
 class SockMap(_Slots):
@@ -1111,6 +1225,100 @@ class SockHash(BpfMap, MutableMapping[Any, Any]):
         return BpfMap.__len__(self)
 
 
+class SkStorage(BpfMap, MutableMapping[Any, Any]):
+    """``BPF_MAP_TYPE_SK_STORAGE``: one value per socket (any Python object standing for it, as in
+    ``SockMap``), which programs create and reach with ``bpf_sk_storage_get``.
+
+    As in the kernel, ``max_entries`` is 0 and ``BPF_F_NO_PREALLOC`` is required (EINVAL
+    otherwise); jitbpf preallocates room for ``capacity`` sockets, and a program's create fails
+    (NULL) beyond it. A program's socket argument names the socket of its context
+    (``vm.std.socket``): a NULL socket, or none in the context, gets NULL.
+    """
+
+    _TYPE = MapType.SK_STORAGE
+
+    def __init__(self, *, value_size: int | None = None, name: str = "", value_type: Converter = None,
+                 key_size: int = 4, max_entries: int = 0, flags: int = BPF_F_NO_PREALLOC,
+                 capacity: int = 1024) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        super().__init__(self._TYPE, key_size, vs, max_entries, flags, name, aux=capacity)
+        self.capacity = capacity
+        self._values = Codec(vs, value_type, "value")
+        self._socks = _SocketIds(self._owner_key)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _owner_key(owner: object) -> Hashable:
+        return id(owner)  # a socket is the object itself
+
+    def owner_id(self, sock: object, *, create: bool = False) -> int | None:
+        """The id C keys ``sock``'s value by (``create``: give it one if it has none)."""
+        sid = self._socks.ids.get(self._owner_key(sock))
+        if sid is None and create:
+            sid = self._socks.acquire(sock)
+        return sid
+
+    def _key(self, sid: int) -> bytes:
+        return sid.to_bytes(4, "little")
+
+    def program_get(self, sock: object, init: int, flags: int) -> int:
+        """``bpf_sk_storage_get``: the address of ``sock``'s value, created from the value at
+        address ``init`` (0: zeroed) if missing and ``flags`` has BPF_SK_STORAGE_GET_F_CREATE;
+        0 when missing or full. The caller checked ``init`` against the program's memory."""
+        ffi, lib = self._nat.ffi, self._nat.lib
+        with self._lock:
+            known = self.owner_id(sock)
+            create = bool(flags & 1) and not flags >> 1
+            sid = self.owner_id(sock, create=create)
+            if sid is None:
+                return 0
+            ptr = lib.jb_storage_get(self.ptr, sid, ffi.cast("void *", init), flags)
+            if ptr == ffi.NULL and known is None:
+                self._socks.release(sid)
+            return int(ffi.cast("uintptr_t", ptr))
+
+    def insert(self, sock: object, value: Any, flags: int = BPF_ANY) -> None:
+        """Store ``value`` for ``sock`` as ``flags`` says."""
+        with self._lock:
+            known = self.owner_id(sock)
+            sid = self.owner_id(sock, create=True)
+            assert sid is not None
+            try:
+                self._update_raw(self._key(sid), self._values.encode(value), flags, f"update in {self.name!r}")
+            except MapError:
+                if known is None:
+                    self._socks.release(sid)
+                raise
+
+    def __setitem__(self, sock: object, value: Any) -> None:
+        self.insert(sock, value)
+
+    def __getitem__(self, sock: object) -> Any:
+        sid = self.owner_id(sock)
+        if sid is None or not self._has_raw(self._key(sid)):
+            raise MapKeyError(f"no value for socket {sock!r} in {self.name!r}", errno=errno.ENOENT)
+        return self._values.decode(self._lookup_raw(self._key(sid), "lookup")[: self.value_size])
+
+    def __delitem__(self, sock: object) -> None:
+        with self._lock:
+            sid = self.owner_id(sock)
+            if sid is None:
+                raise MapKeyError(f"no value for socket {sock!r} in {self.name!r}", errno=errno.ENOENT)
+            self._delete_raw(self._key(sid), f"delete from {self.name!r}")
+            self._socks.release(sid)
+
+    def __contains__(self, sock: object) -> bool:
+        sid = self.owner_id(sock)
+        return sid is not None and self._has_raw(self._key(sid))
+
+    def __iter__(self) -> Iterator[object]:
+        ids = [int.from_bytes(k, "little") for k in self._keys_raw()]
+        return iter([self._socks.by_id[i] for i in ids if i in self._socks.by_id])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
+
+
 class DevMap(_Slots):
     """``BPF_MAP_TYPE_DEVMAP``: index -> interface index, the targets of ``bpf_redirect_map``.
     Storing ifindex 0 empties the slot, as the kernel."""
@@ -1139,6 +1347,74 @@ class DevMap(_Slots):
     def get(self, index: int) -> int | None:
         """The ifindex at ``index``, or None."""
         return self._slot(index) if 0 <= index < self.max_entries else None
+
+
+class TaskStorage(SkStorage):
+    """``BPF_MAP_TYPE_TASK_STORAGE``: one value per task, as ``SkStorage`` per socket; a task is
+    the address a program's task pointer holds (``Host.task``, which ``bpf_get_current_task_btf``
+    returns), an int in Python too."""
+
+    _TYPE = MapType.TASK_STORAGE
+
+    @staticmethod
+    def _owner_key(owner: object) -> Hashable:
+        if not isinstance(owner, int):
+            raise MapError(f"a task or inode is its address, an int, not {owner!r}", errno=errno.EINVAL)
+        return owner
+
+
+class InodeStorage(TaskStorage):
+    """``BPF_MAP_TYPE_INODE_STORAGE``: one value per inode, an address as for ``TaskStorage``."""
+
+    _TYPE = MapType.INODE_STORAGE
+
+
+class DevMapHash(BpfMap, MutableMapping[int, int]):
+    """``BPF_MAP_TYPE_DEVMAP_HASH``: u32 key (any, not an index) -> interface index, the targets
+    of ``bpf_redirect_map``. Keys are created and deleted as in a hash map (E2BIG when full,
+    EEXIST under BPF_NOEXIST) except that BPF_EXIST creates a missing key too, as in the kernel;
+    ifindex 0 names no device (EINVAL)."""
+
+    _TYPE = MapType.DEVMAP_HASH
+
+    def __init__(self, *, max_entries: int = 64, name: str = "", key_size: int = 4, value_size: int = 4,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+
+    def _key(self, key: int) -> bytes:
+        return _u32(key, "key").to_bytes(4, "little")
+
+    def insert(self, key: int, ifindex: int, flags: int = BPF_ANY) -> None:
+        """Map ``key`` to the device ``ifindex`` as ``flags`` says."""
+        if _u32(ifindex, "ifindex") == 0:
+            raise MapError(f"update of {key} in {self.name!r}: ifindex 0 names no device", errno=errno.EINVAL)
+        value = ifindex.to_bytes(4, "little") + bytes(self.value_size - 4)
+        self._update_raw(self._key(key), value, flags, f"update of {key} in {self.name!r}")
+
+    def __setitem__(self, key: int, ifindex: int) -> None:
+        self.insert(key, ifindex)
+
+    def get(self, key: int, default: Any = None) -> Any:
+        """The ifindex under ``key``, or ``default`` (what a redirect to it would use)."""
+        kb = self._key(key)
+        if not self._has_raw(kb):
+            return default
+        return int.from_bytes(self._lookup_raw(kb, "lookup")[:4], "little")
+
+    def __getitem__(self, key: int) -> int:
+        ifindex: int | None = self.get(key)
+        if ifindex is None:
+            raise MapKeyError(f"no device under {key} in {self.name!r}", errno=errno.ENOENT)
+        return ifindex
+
+    def __delitem__(self, key: int) -> None:
+        self._delete_raw(self._key(key), f"delete of {key} from {self.name!r}")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([int.from_bytes(k, "little") for k in self._keys_raw()])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
 
 
 class XskMap(SockMap):
@@ -1175,23 +1451,29 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.PERF_EVENT_ARRAY: PerfEventArray,
     MapType.PERCPU_HASH: PerCpuHashMap,
     MapType.PERCPU_ARRAY: PerCpuArray,
+    MapType.STACK_TRACE: StackTraceMap,
     MapType.CGROUP_ARRAY: CgroupArray,
     MapType.LRU_HASH: LruHashMap,
     MapType.LRU_PERCPU_HASH: LruPerCpuHashMap,
     MapType.LPM_TRIE: LpmTrie,
     MapType.DEVMAP: DevMap,
+    MapType.DEVMAP_HASH: DevMapHash,
     MapType.SOCKMAP: SockMap,
     MapType.SOCKHASH: SockHash,
     MapType.CPUMAP: CpuMap,
     MapType.XSKMAP: XskMap,
+    MapType.SK_STORAGE: SkStorage,
+    MapType.INODE_STORAGE: InodeStorage,
+    MapType.TASK_STORAGE: TaskStorage,
     MapType.QUEUE: Queue,
     MapType.STACK: Stack,
     MapType.RINGBUF: RingBuf,
+    MapType.BLOOM_FILTER: BloomFilter,
 }
 
 
 def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
-               name: str = "", **options: Any) -> BpfMap:
+               name: str = "", *, map_extra: int = 0, **options: Any) -> BpfMap:
     """A map of any supported type from its kernel description (as an ELF loader finds it).
 
     ``options`` go to the class: ``key_type``/``value_type``, ``event_type``, ``buffer_size``.
@@ -1200,6 +1482,10 @@ def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entr
         kind = MapType(map_type)
     except ValueError:
         raise MapError(f"unsupported map type {map_type}", errno=errno.EINVAL) from None
+    if kind is MapType.BLOOM_FILTER:
+        options["map_extra"] = map_extra
+    elif map_extra:
+        raise MapError(f"map_extra is for bloom filters, not {kind.name} maps", errno=errno.EINVAL)
     cls: Any = _CLASSES[kind]
     made: BpfMap = cls(key_size=key_size, value_size=value_size, max_entries=max_entries, flags=flags, name=name,
                        **options)

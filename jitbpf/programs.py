@@ -149,6 +149,8 @@ class Helpers(enum.IntEnum):
     SPIN_LOCK = 93  # bpf_spin_lock
     SPIN_UNLOCK = 94  # bpf_spin_unlock
     STRTOL = 105  # bpf_strtol
+    SK_STORAGE_GET = 107  # bpf_sk_storage_get
+    SK_STORAGE_DELETE = 108  # bpf_sk_storage_delete
     STRTOUL = 106  # bpf_strtoul
     SEND_SIGNAL = 109  # bpf_send_signal
     PROBE_READ_USER = 112  # bpf_probe_read_user
@@ -164,6 +166,10 @@ class Helpers(enum.IntEnum):
     RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit
     RINGBUF_DISCARD = 133  # bpf_ringbuf_discard
     RINGBUF_QUERY = 134  # bpf_ringbuf_query
+    INODE_STORAGE_GET = 145  # bpf_inode_storage_get
+    INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete
+    TASK_STORAGE_GET = 156  # bpf_task_storage_get
+    TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete
     GET_CURRENT_TASK_BTF = 158  # bpf_get_current_task_btf
     KTIME_GET_COARSE_NS = 160  # bpf_ktime_get_coarse_ns
     CHECK_MTU = 163  # bpf_check_mtu
@@ -312,7 +318,7 @@ _TRACING = _BASE | {
     H.PROBE_READ, H.PROBE_READ_STR, H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM,
     H.GET_CURRENT_TASK, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.PERF_EVENT_READ, H.GET_STACKID,
     H.GET_STACK, H.GET_FUNC_IP, H.GET_CURRENT_TASK_BTF, H.GET_NS_CURRENT_PID_TGID, H.SEND_SIGNAL,
-    H.CURRENT_TASK_UNDER_CGROUP,
+    H.CURRENT_TASK_UNDER_CGROUP, H.SK_STORAGE_GET, H.SK_STORAGE_DELETE, H.TASK_STORAGE_GET, H.TASK_STORAGE_DELETE,
 }
 _SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
 _CGROUP = frozenset({H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM, H.GET_CURRENT_CGROUP_ID,
@@ -420,7 +426,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ),
         ProgramType(
             ProgType.CGROUP_SKB, "cgroup_skb", sk, ("cgroup_skb/", "cgroup/skb"),
-            _BASE | _SKB_READ | _CGROUP | {H.SKB_CGROUP_ID, H.PERF_EVENT_OUTPUT},
+            _BASE | _SKB_READ | _CGROUP | {H.SKB_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.SK_STORAGE_GET,
+                                           H.SK_STORAGE_DELETE},
             readable=_all_but(sk, ("tc_classid", "data_meta", "wire_len", "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, ret_range=(0, 1),
             packet=True,
@@ -435,7 +442,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(
             ProgType.SOCK_OPS, "sock_ops", SockOps, ("sockops",),
             _BASE | {H.SETSOCKOPT, H.GETSOCKOPT, H.SOCK_OPS_CB_FLAGS_SET, H.SOCK_MAP_UPDATE, H.SOCK_HASH_UPDATE,
-                     H.GET_SOCKET_COOKIE, H.GET_LOCAL_STORAGE, H.PERF_EVENT_OUTPUT, H.GET_NETNS_COOKIE},
+                     H.GET_SOCKET_COOKIE, H.GET_LOCAL_STORAGE, H.PERF_EVENT_OUTPUT, H.GET_NETNS_COOKIE,
+                     H.SK_STORAGE_GET, H.SK_STORAGE_DELETE},
             readable=_all_but(SockOps, ("sk", "skb_data", "skb_data_end")),
             writable=_spans(SockOps, ("args", "sk_txhash")), ret_range=(0, 1),
         ),

@@ -15,7 +15,19 @@ from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
-from jitbpf.maps import BpfMap, CgroupArray, DevMap, MapType, RingBuf, SockHash, SockMap
+from jitbpf.maps import (
+    BPF_F_USER_STACK,
+    BpfMap,
+    CgroupArray,
+    DevMap,
+    DevMapHash,
+    MapType,
+    RingBuf,
+    SkStorage,
+    SockHash,
+    SockMap,
+    StackTraceMap,
+)
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
@@ -40,6 +52,7 @@ class HelperId(enum.IntEnum):
     GET_CURRENT_UID_GID = 15  # gid << 32 | uid
     GET_CURRENT_COMM = 16  # bpf_get_current_comm(buf, size): the thread's name
     PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output(ctx, map, flags, data, size)
+    GET_STACKID = 27  # bpf_get_stackid(ctx, stack_trace_map, flags) -> stack id or -errno
     SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup(skb, cgroup_array, index) -> 1, 0 or -errno
     CURRENT_TASK_UNDER_CGROUP = 37  # bpf_current_task_under_cgroup(cgroup_array, index) -> 1, 0 or -errno
     REDIRECT_MAP = 51  # bpf_redirect_map(map, key, flags) -> XDP action
@@ -49,6 +62,8 @@ class HelperId(enum.IntEnum):
     MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
     MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
     MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
+    SK_STORAGE_GET = 107  # bpf_sk_storage_get(map, sk, value, flags) -> the socket's value or NULL
+    SK_STORAGE_DELETE = 108  # bpf_sk_storage_delete(map, sk)
     PROBE_READ_USER = 112  # as PROBE_READ
     PROBE_READ_KERNEL = 113  # as PROBE_READ
     JIFFIES64 = 118  # boot time in ticks of 250 Hz
@@ -58,12 +73,17 @@ class HelperId(enum.IntEnum):
     RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit(data, flags)
     RINGBUF_DISCARD = 133  # bpf_ringbuf_discard(data, flags)
     RINGBUF_QUERY = 134  # bpf_ringbuf_query(map, flags)
+    INODE_STORAGE_GET = 145  # bpf_inode_storage_get(map, inode, value, flags) -> the inode's value or NULL
+    INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete(map, inode)
+    TASK_STORAGE_GET = 156  # bpf_task_storage_get(map, task, value, flags) -> the task's value or NULL
+    TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete(map, task)
 
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
 SK_DROP, SK_PASS = 0, 1  # socket verdicts of the sk/msg redirect helpers
 BPF_F_INGRESS = 1  # redirect into the target socket's receive path
-_XDP_REDIRECT_FLAGS = 0x3 | 0x8 | 0x10  # failure action (low bits), BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS
+_XDP_ACTION_BITS = 0x3  # the low bits of bpf_redirect_map's flags: the action when the key is missing
+BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS = 0x8, 0x10  # device maps only: every device of the map
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,9 @@ class Redirect:
     helper: str  # the helper's kernel name
     map: BpfMap  # the map it looked up
     key: int  # the index in that map
-    target: Any  # an interface index (DEVMAP), a queue size (CPUMAP) or the socket object (SOCKMAP, XSKMAP, ...)
+    # an interface index (DEVMAP, DEVMAP_HASH; with BPF_F_BROADCAST, the list of every one), a queue
+    # size (CPUMAP) or the socket object (SOCKMAP, XSKMAP, ...)
+    target: Any
     flags: int  # the helper's flags argument
 
 
@@ -327,13 +349,19 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         return vm.request_tail_call(m, r3 & MASK32)
 
     def redirect_map(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
-        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP, MapType.CPUMAP, MapType.XSKMAP)
-        if r3 & ~_XDP_REDIRECT_FLAGS:
+        m = map_at(r1, "bpf_redirect_map", MapType.DEVMAP, MapType.DEVMAP_HASH, MapType.CPUMAP, MapType.XSKMAP)
+        devices = m.map_type in (MapType.DEVMAP, MapType.DEVMAP_HASH)
+        allowed = _XDP_ACTION_BITS | (BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS if devices else 0)
+        if r3 & ~allowed:
             return XDP_ABORTED
-        assert isinstance(m, DevMap | SockMap)
-        target = m.get(r2 & MASK32)
-        if target is None:
-            return r3 & 0x3  # the action the caller chose for a missing entry
+        assert isinstance(m, DevMap | DevMapHash | SockMap)
+        if r3 & BPF_F_BROADCAST:  # the key is not looked up: the target is every device of the map
+            assert isinstance(m, DevMap | DevMapHash)
+            target: Any = [m[k] for k in (m.indices() if isinstance(m, DevMap) else list(m))]
+        else:
+            target = m.get(r2 & MASK32)
+            if target is None:
+                return r3 & _XDP_ACTION_BITS  # the action the caller chose for a missing entry
         ctx.redirect = Redirect("bpf_redirect_map", m, r2 & MASK32, target, r3)
         return XDP_REDIRECT
 
@@ -355,6 +383,44 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
 
     def skb_under_cgroup(_r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
         return under_cgroup("bpf_skb_under_cgroup", r2, r3, socket=True)
+
+    def get_stackid(_r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r2, "bpf_get_stackid", MapType.STACK_TRACE)
+        assert isinstance(m, StackTraceMap)
+        host = ctx.host
+        return m.record(host.user_stack if r3 & BPF_F_USER_STACK else host.kernel_stack, r3) & MASK64
+
+    # A program's socket argument names the socket of its context (StdContext.socket); a task or
+    # inode argument is its address, which TaskStorage and InodeStorage key by.
+    def storage_get(kind: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
+        name = f"bpf_{kind}_storage_get"
+
+        def get(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+            m = map_at(r1, name, mtype)
+            assert isinstance(m, SkStorage)
+            owner = ctx.socket if mtype is MapType.SK_STORAGE else r2
+            if r2 == 0 or owner is None:
+                return 0
+            need(r3, m.value_size if r3 else 0, name, "value")
+            return m.program_get(owner, r3, r4)
+
+        return get
+
+    def storage_delete(kind: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
+        name = f"bpf_{kind}_storage_delete"
+
+        def delete(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+            m = map_at(r1, name, mtype)
+            assert isinstance(m, SkStorage)
+            if r2 == 0:
+                return -errno.EINVAL & MASK64
+            try:
+                del m[ctx.socket if mtype is MapType.SK_STORAGE else r2]
+            except MapError as exc:
+                return -exc.errno & MASK64
+            return 0
+
+        return delete
 
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
         m = map_at(r2, name, MapType.SOCKMAP)
@@ -449,5 +515,15 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         Helper(h.CURRENT_TASK_UNDER_CGROUP, "bpf_current_task_under_cgroup", current_task_under_cgroup,
                ("map", "scalar")),
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
+        Helper(h.GET_STACKID, "bpf_get_stackid", get_stackid, (ctx_arg, "map", "scalar")),
+        *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", "anything", "anything", "scalar"),
+                 "map_value_or_null")
+          for kind, mtype, get_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET),
+                                      ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_GET),
+                                      ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_GET))),
+        *(Helper(delete_id, f"bpf_{kind}_storage_delete", storage_delete(kind, mtype), ("map", "anything"))
+          for kind, mtype, delete_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_DELETE),
+                                         ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_DELETE),
+                                         ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_DELETE))),
         *extra,
     ]

@@ -105,14 +105,16 @@ class KernelMapFd:
 
     def _elem(self, cmd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None, flags: int = 0) -> int:
         kbuf = ctypes.create_string_buffer(key, len(key))
-        attr = _ElemAttr(self.fd, 0, ctypes.addressof(kbuf), 0 if value is None else ctypes.addressof(value), flags)
+        kaddr = ctypes.addressof(kbuf) if key else 0  # keyless maps (bloom filters) take a NULL key
+        attr = _ElemAttr(self.fd, 0, kaddr, 0 if value is None else ctypes.addressof(value), flags)
         return _bpf(cmd, attr)[1]
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> int:
         return self._elem(BPF_MAP_UPDATE_ELEM, key, ctypes.create_string_buffer(value, len(value)), flags)
 
-    def lookup(self, key: bytes, size: int) -> tuple[int, bytes]:
-        out = ctypes.create_string_buffer(max(size, 8))
+    def lookup(self, key: bytes, size: int, initial: bytes = b"") -> tuple[int, bytes]:
+        """``initial``: the value buffer's contents before the call (what a bloom filter tests)."""
+        out = ctypes.create_string_buffer(initial.ljust(max(size, 8), b"\0"), max(size, 8))
         err = self._elem(BPF_MAP_LOOKUP_ELEM, key, out)
         return err, out.raw[:size]
 

@@ -156,14 +156,19 @@ def test_factory_builds_each_type() -> None:
         MapType.SOCKHASH: (12, 8, 8), MapType.QUEUE: (0, 4, 8), MapType.STACK: (0, 4, 8),
         MapType.RINGBUF: (0, 0, 4096), MapType.CPUMAP: (4, 4, 8), MapType.XSKMAP: (4, 4, 8),
         MapType.LRU_HASH: (4, 4, 8), MapType.LRU_PERCPU_HASH: (4, 4, 8), MapType.CGROUP_ARRAY: (4, 4, 8),
+        MapType.SK_STORAGE: (4, 4, 0), MapType.DEVMAP_HASH: (4, 4, 8), MapType.BLOOM_FILTER: (0, 4, 8),
+        MapType.STACK_TRACE: (4, 8, 8), MapType.TASK_STORAGE: (4, 4, 0), MapType.INODE_STORAGE: (4, 4, 0),
     }
     assert set(shapes) == set(MapType)
     for kind, (ks, vs, n) in shapes.items():
-        m = create_map(kind, ks, vs, n, name=kind.name.lower())
+        storage = {MapType.SK_STORAGE, MapType.TASK_STORAGE, MapType.INODE_STORAGE}
+        flags = 1 if kind in storage else 0  # BPF_F_NO_PREALLOC, which local storage requires
+        m = create_map(kind, ks, vs, n, flags, name=kind.name.lower())
         assert (m.map_type, m.key_size, m.value_size, m.max_entries, m.name) == (kind, ks, vs, n, kind.name.lower())
         assert m.address != 0
         pointer_types = {MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
-                         MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF}
+                         MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
+                         MapType.SK_STORAGE, MapType.TASK_STORAGE, MapType.INODE_STORAGE}
         assert bool(m.regions()) == (kind in pointer_types)
 
 

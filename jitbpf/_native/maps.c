@@ -33,6 +33,7 @@ enum map_type {
     T_PERF_EVENT_ARRAY = 4,
     T_PERCPU_HASH = 5,
     T_PERCPU_ARRAY = 6,
+    T_STACK_TRACE = 7,
     T_CGROUP_ARRAY = 8,
     T_LRU_HASH = 9,
     T_LRU_PERCPU_HASH = 10,
@@ -43,13 +44,25 @@ enum map_type {
     T_XSKMAP = 17,
     T_SOCKHASH = 18,
     T_QUEUE = 22,
+    T_SK_STORAGE = 24,
+    T_DEVMAP_HASH = 25,
     T_STACK = 23,
     T_RINGBUF = 27,
+    T_INODE_STORAGE = 28,
+    T_TASK_STORAGE = 29,
+    T_BLOOM_FILTER = 30,
 };
 
 #define F_ANY 0
 #define F_NOEXIST 1
 #define F_EXIST 2
+#define F_NO_PREALLOC 1
+#define F_STACK_BUILD_ID (1u << 5)
+#define MAX_STACK_DEPTH 127  /* the kernel's default kernel.perf_event_max_stack */
+#define BLOOM_HASHES_MASK 0xfu  /* map_extra: the number of hash functions (0: 5) */
+#define BLOOM_HASHES_DEFAULT 5
+#define STORAGE_F_CREATE 1
+#define STORAGE_VALUE_MAX 65535  /* about the kernel's limit (a u16 offset within its storage) */
 #define F_INDEX_MASK 0xffffffffULL
 #define F_CURRENT_CPU 0xffffffffULL
 #define RB_NO_WAKEUP 1
@@ -140,6 +153,9 @@ struct jb_map {
     uint32_t n_rings;
     /* ring buffer */
     struct jb_ringbuf *rb;
+    /* bloom filter */
+    uint64_t *bits;
+    uint32_t n_bits, n_hashes;
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -345,9 +361,16 @@ static int is_percpu(const struct jb_map *m)
 
 static int is_lru(const struct jb_map *m) { return m->type == T_LRU_HASH || m->type == T_LRU_PERCPU_HASH; }
 
+/* Local storage: a value per owner (socket, inode, task), keyed by owner ids Python hands out. */
+static int is_storage(const struct jb_map *m)
+{
+    return m->type == T_SK_STORAGE || m->type == T_INODE_STORAGE || m->type == T_TASK_STORAGE;
+}
+
 static int is_hash(const struct jb_map *m)
 {
-    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || is_lru(m);
+    return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || is_storage(m) ||
+           m->type == T_DEVMAP_HASH || m->type == T_STACK_TRACE || is_lru(m);
 }
 
 static int is_slots(const struct jb_map *m)
@@ -379,6 +402,7 @@ void jb_map_free(struct jb_map *m)
     free(m->keys);
     free(m->used);
     free(m->stamps);
+    free(m->bits);
     free(m->nodes);
     free(m->node_data);
     if (m->rings) {
@@ -401,6 +425,22 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         if (ks > MAX_KEY_SIZE || vs > MAX_VALUE_SIZE || max > (1u << 30))
             return -E2BIG;
         return 0;
+    case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
+        /* max_entries is 0 (storage grows with its owners); aux is the capacity jitbpf preallocates. */
+        if (ks != 4 || vs == 0 || max != 0 || aux == 0)
+            return -EINVAL;
+        return vs > STORAGE_VALUE_MAX || aux > (1u << 24) ? -E2BIG : 0;
+    case T_STACK_TRACE:
+        /* u32 stack id -> max_depth u64 addresses; the ids index max_entries rounded up to a power
+           of two buckets (aux is that count). */
+        if (ks != 4 || vs < 8 || vs % 8 || vs / 8 > MAX_STACK_DEPTH || max == 0)
+            return -EINVAL;
+        return max > (1u << 31) ? -E2BIG : 0;
+    case T_DEVMAP_HASH:
+        /* u32 key -> struct bpf_devmap_val: an ifindex, and optionally a program's fd */
+        return ks == 4 && (vs == 4 || vs == 8) && max ? 0 : -EINVAL;
     case T_SOCKHASH:
         if (ks == 0 || (vs != 4 && vs != 8) || max == 0)
             return -EINVAL;
@@ -421,6 +461,10 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_PERF_EVENT_ARRAY:
         return ks == 4 && vs == 4 && max && is_pow2(aux) && aux >= 4096 && aux <= (1ull << 30) ? 0 : -EINVAL;
+    case T_BLOOM_FILTER:
+        if (ks != 0 || vs == 0 || max == 0 || aux & ~(uint64_t)BLOOM_HASHES_MASK)
+            return -EINVAL;
+        return vs > MAX_VALUE_SIZE ? -E2BIG : 0;
     case T_QUEUE:
     case T_STACK:
         if (ks != 0 || vs == 0 || max == 0)
@@ -480,6 +524,23 @@ static int alloc_lpm(struct jb_map *m)
     return 0;
 }
 
+/* As the kernel sizes it: max_entries * hashes / ln 2 bits, a power of two, at least 64. */
+static int alloc_bloom(struct jb_map *m, uint64_t map_extra)
+{
+    uint64_t bits;
+    m->n_hashes = (uint32_t)(map_extra & BLOOM_HASHES_MASK);
+    if (!m->n_hashes)
+        m->n_hashes = BLOOM_HASHES_DEFAULT;
+    bits = (uint64_t)m->max_entries * m->n_hashes / 5 * 7;
+    if (bits > (1ull << 31))
+        bits = 1ull << 31;
+    m->n_bits = 64;
+    while (m->n_bits < bits)
+        m->n_bits <<= 1;
+    m->bits = calloc(m->n_bits / 64, sizeof(uint64_t));
+    return m->bits ? 0 : -ENOMEM;
+}
+
 static int alloc_perf(struct jb_map *m, uint64_t ring_size)
 {
     uint32_t i;
@@ -504,6 +565,11 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     struct jb_map *m;
     uint64_t n, size;
     int rc = check_shape(type, key_size, value_size, max_entries, aux);
+    if (!rc && type == T_STACK_TRACE && flags & F_STACK_BUILD_ID)
+        rc = -EINVAL;  /* build ids need the binaries' notes, which jitbpf has not */
+    if (!rc && (type == T_SK_STORAGE || type == T_INODE_STORAGE || type == T_TASK_STORAGE) &&
+        !(flags & F_NO_PREALLOC))
+        rc = -EINVAL;  /* the kernel never preallocates local storage, and insists on the flag */
     if (rc) {
         *err = rc;
         return NULL;
@@ -524,10 +590,26 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     m->root = NONE;
     rc = 0;
     switch (type) {
+    case T_STACK_TRACE:
+        while (m->max_entries & (m->max_entries - 1))
+            m->max_entries += m->max_entries & -m->max_entries;  /* round up to a power of two */
+        rc = alloc_hash(m);
+        n = m->max_entries;
+        break;
+    case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
+        /* Keyed by owner (socket) ids Python hands out; the capacity is preallocated. */
+        m->max_entries = (uint32_t)aux;
+        rc = alloc_hash(m);
+        n = m->max_entries;
+        break;
     case T_SOCKHASH:
         m->value_size = 8;  /* a socket id */
         m->stride = 8;
-        /* fall through */
+        rc = alloc_hash(m);
+        n = max_entries;
+        break;
     case T_LRU_HASH:
     case T_LRU_PERCPU_HASH:
         m->stamps = calloc(max_entries, sizeof(uint64_t));
@@ -538,6 +620,7 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         /* fall through */
     case T_HASH:
     case T_PERCPU_HASH:
+    case T_DEVMAP_HASH:
         rc = alloc_hash(m);
         n = max_entries;
         break;
@@ -555,6 +638,10 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     case T_LPM_TRIE:
         rc = alloc_lpm(m);
         n = 2ull * max_entries;
+        break;
+    case T_BLOOM_FILTER:
+        rc = alloc_bloom(m, aux);
+        n = 0;
         break;
     case T_PERF_EVENT_ARRAY:
         rc = alloc_perf(m, aux);
@@ -741,6 +828,8 @@ static int htab_update(struct jb_map *m, const void *key, const uint8_t *values,
     int32_t i;
     if (flags > F_EXIST)
         return -EINVAL;
+    if (m->type == T_DEVMAP_HASH && flags == F_EXIST)
+        flags = F_ANY;  /* the kernel's device hash creates a missing key under BPF_EXIST too */
     h = hash_key(key, m->key_size);
     spin_lock(&m->lock);
     i = htab_find(m, key, h, NULL);
@@ -1167,6 +1256,11 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_LRU_HASH:
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
+    case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
+    case T_DEVMAP_HASH:
+    case T_STACK_TRACE:
         i = htab_lookup(m, key);
         break;
     case T_LPM_TRIE:
@@ -1261,6 +1355,25 @@ static int slot_delete(struct jb_map *m, const void *key)
     return 0;
 }
 
+/* bpf_{sk,inode,task}_storage_get for the owner with this id: its value, created (from init, or zeroed) if
+   missing and flags ask; NULL if missing, full, or the flags are unknown. */
+void *jb_storage_get(struct jb_map *m, uint32_t owner, const void *init, uint64_t flags)
+{
+    int32_t i;
+    if (!is_storage(m) || flags & ~(uint64_t)STORAGE_F_CREATE)
+        return NULL;
+    i = htab_lookup(m, &owner);
+    if (i < 0 && flags & STORAGE_F_CREATE) {
+        uint8_t *zero = init ? NULL : calloc(1, m->value_size);
+        if (!init && !zero)
+            return NULL;
+        htab_update(m, &owner, init ? init : zero, F_NOEXIST, 0);
+        free(zero);
+        i = htab_lookup(m, &owner);
+    }
+    return i >= 0 ? m->values + (uint64_t)i * m->stride : NULL;
+}
+
 int jb_slot_get(struct jb_map *m, uint32_t index, uint64_t *value)
 {
     if (!is_slots(m))
@@ -1280,6 +1393,11 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
         return array_update(m, key, value, flags, cpu);
     case T_HASH:
     case T_SOCKHASH:
+    case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
+    case T_DEVMAP_HASH:
+    case T_STACK_TRACE:  /* by bpf_get_stackid only: the Python API refuses updates, as the kernel */
         return htab_update(m, key, value, flags, 0);
     case T_LRU_HASH:
         return htab_update(m, key, value, flags, 0);
@@ -1318,6 +1436,11 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_LRU_HASH:
     case T_LRU_PERCPU_HASH:
     case T_SOCKHASH:
+    case T_SK_STORAGE:
+    case T_INODE_STORAGE:
+    case T_TASK_STORAGE:
+    case T_DEVMAP_HASH:
+    case T_STACK_TRACE:
         return htab_delete(m, key);
     case T_LPM_TRIE:
         return lpm_delete(m, key);
@@ -1359,9 +1482,40 @@ int jb_map_get_next_key(struct jb_map *m, const void *key, void *next_key)
 /* ------------------------------------------------------------------------------------------ */
 /* Queues and stacks                                                                          */
 
+/* Bit i of value's n_hashes bits (double hashing over the map's key hash). */
+static inline uint32_t bloom_bit(const struct jb_map *m, uint32_t h1, uint32_t h2, uint32_t i)
+{
+    return (h1 + i * h2) & (m->n_bits - 1);
+}
+
+static int bloom_push(struct jb_map *m, const void *value, uint64_t flags)
+{
+    uint32_t h1 = hash_key(value, m->value_size), h2 = ((h1 >> 16) | (h1 << 16)) * 0x9e3779b1u | 1u, i, b;
+    if (flags != F_ANY)
+        return -EINVAL;
+    for (i = 0; i < m->n_hashes; i++) {
+        b = bloom_bit(m, h1, h2, i);
+        __atomic_fetch_or(&m->bits[b / 64], 1ull << (b % 64), __ATOMIC_RELAXED);
+    }
+    return 0;
+}
+
+static int bloom_peek(struct jb_map *m, const void *value)
+{
+    uint32_t h1 = hash_key(value, m->value_size), h2 = ((h1 >> 16) | (h1 << 16)) * 0x9e3779b1u | 1u, i, b;
+    for (i = 0; i < m->n_hashes; i++) {
+        b = bloom_bit(m, h1, h2, i);
+        if (!(LOAD(&m->bits[b / 64]) >> (b % 64) & 1))
+            return -ENOENT;
+    }
+    return 0;  /* maybe present: a bloom filter has false positives, never false negatives */
+}
+
 int jb_map_push(struct jb_map *m, const void *value, uint64_t flags)
 {
     uint32_t pos;
+    if (m->type == T_BLOOM_FILTER)
+        return bloom_push(m, value, flags);
     if (m->type != T_QUEUE && m->type != T_STACK)
         return -EINVAL;
     if (flags & ~(uint64_t)F_EXIST)
@@ -1407,9 +1561,16 @@ static int queue_take(struct jb_map *m, void *value, int remove)
     return 0;
 }
 
-int jb_map_pop(struct jb_map *m, void *value) { return queue_take(m, value, 1); }
+int jb_map_pop(struct jb_map *m, void *value)
+{
+    return m->type == T_BLOOM_FILTER ? -EOPNOTSUPP : queue_take(m, value, 1);
+}
 
-int jb_map_peek(struct jb_map *m, void *value) { return queue_take(m, value, 0); }
+/* For a bloom filter, value is the element to test (read, not written). */
+int jb_map_peek(struct jb_map *m, void *value)
+{
+    return m->type == T_BLOOM_FILTER ? bloom_peek(m, value) : queue_take(m, value, 0);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Perf event arrays: one ring per CPU slot; records are {u32 size, u32 type} + data, 8-aligned */
