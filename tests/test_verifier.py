@@ -128,6 +128,8 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("pointer-negate", "mov r2, r10\nneg r2\nmov r0, 0\nexit", UNPRIV, "negation of pointer r2", 1),
     # context and packets (an XDP-like context)
     ("packet-unchecked", "ldxw r2, [r1]\nldxb r0, [r2]\nexit", {"context": XDP}, "invalid access to packet", 1),
+    ("context-pointer-moved", "add r1, 4\nldxw r0, [r1]\nexit", {"context": XDP},
+     "dereference of modified ctx ptr r1 off=4", 1),
     ("packet-past-the-check",
      "ldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 14\njgt r4, r3, +1\nldxh r5, [r2+14]\nmov r0, 1\nexit",
      {"context": XDP}, "invalid access to packet, off=14 size=2, r2 has range 14", 5),
@@ -678,6 +680,12 @@ def test_privileged_loader_accepts(source: str | bytes, kwargs: dict[str, Any]) 
     """What only an unprivileged loader rejects (as the kernel: pointer leaks, never-written stack)."""
     code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4})
     verify(code, **{"helpers": HELPERS, "maps": MAPS, **kwargs, "privileged": True})
+
+
+def test_non_null_map_value_compared_with_zero_is_decided() -> None:
+    """After its null check a map value is never 0: the kernel does not walk the dead branch."""
+    verify(prog("stdw [r10-8], 0\nmov r2, r10\nadd r2, -8\nlddw r1, map:m\ncall 1\njeq r0, 0, +2\n"
+                "jne r0, 0, +1\nmov r10, 0\nmov r0, 0\nexit", maps={"m": 3}), helpers=HELPERS, maps=MAPS)
 
 
 def test_never_written_stack_reads_as_zero_in_both_engines() -> None:

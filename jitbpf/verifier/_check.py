@@ -49,6 +49,7 @@ POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL,)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
+NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP)  # compared with 0, the branch is known
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
 STACK_BOTTOM = -STACK_SIZE
@@ -897,6 +898,8 @@ class Checker:
         ctx = self.context
         if ptr.var != sc.ZERO:
             self.reject(f"variable ctx access var_off={ptr.var} disallowed (r{r})")
+        if ptr.off:  # the kernel rewrites context accesses by the instruction's offset alone
+            self.reject(f"dereference of modified ctx ptr r{r} off={ptr.off} disallowed")
         lo = ptr.off + off
         hi = lo + size
         assert ctx.size is not None
@@ -988,6 +991,12 @@ class Checker:
                     self._mark_null(null, p, True)
                     self._mark_null(nonnull, p, False)
                     return (null, nonnull) if op == JmpOp.JEQ else (nonnull, null)
+                if p.type in NEVER_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
+                    if z is a:
+                        self._precise(insn.dst)
+                    elif reg_src:
+                        self._precise(insn.src)
+                    return (None, st) if op == JmpOp.JEQ else (st, None)  # decided, as the kernel does
         if op not in (JmpOp.JGT, JmpOp.JGE, JmpOp.JLT, JmpOp.JLE):
             return None
         # Packet bounds: a packet pointer compared with the packet end (or metadata with the
