@@ -36,7 +36,7 @@ TAG = "comment:"
 PRIV_TAGS = frozenset({"test_expect_failure", "test_expect_success", "test_expect_msg", "test_retval",
                        "test_expect_xlated"})
 PACKET_TYPES = frozenset({ProgType.XDP, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.SOCKET_FILTER,
-                          ProgType.CGROUP_SKB})
+                          ProgType.CGROUP_SKB, ProgType.LWT_IN, ProgType.LWT_OUT, ProgType.LWT_XMIT})
 
 
 def find_root() -> Path | None:
