@@ -571,6 +571,8 @@ class Checker:
     def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         d = insn.dst
         self._dst(d)
+        if info.op in (AluOp.DIV, AluOp.MOD) and not info.reg_src and insn.imm == 0:
+            self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
         src = self._operand(regs, insn, info)
         op = info.op
         if op == AluOp.MOV:
@@ -607,12 +609,15 @@ class Checker:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
             return self._pointer_add(src, dst.var, False, insn.src)
+        if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src.is_pointer:
+            self.reject(f"r{insn.dst} subtraction from stack pointer prohibited")  # the kernel's rule
         if op in (AluOp.ADD, AluOp.SUB) and dst.is_pointer:
             if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.src)
             return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
         if src.is_pointer and not dst.is_pointer:
-            self.reject(f"pointer arithmetic ({name}) with a pointer operand r{insn.src} makes an unknown pointer")
+            what = "tried to subtract pointer from scalar" if op == AluOp.SUB else f"pointer arithmetic ({name})"
+            self.reject(f"r{insn.dst} {what}: r{insn.src} is a pointer, the result an unknown pointer")
         self.reject(f"pointer arithmetic ({name}) on r{insn.dst} ({dst}) makes an unknown pointer")
 
     def _pointer_difference(self, dst: Reg, src: Reg) -> Reg:
@@ -634,6 +639,8 @@ class Checker:
 
     def _pointer_add(self, ptr: Reg, s: sc.Scalar, sub: bool, r: int) -> Reg:
         t = ptr.type
+        if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
+            return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
         if t in (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
             hint = " (compare it against 0 first)" if t is Pt.PTR_TO_MAP_VALUE_OR_NULL else ""
             self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
@@ -883,6 +890,8 @@ class Checker:
                 self.reject(f"atomic operation on a spilled pointer through r{r}")
             frame.smudge(start, size)
             return None
+        if (size != 8 or start % 8) and any(frame.pointer_spills(start, size)):
+            self.reject(f"invalid size of register fill: {size} bytes of a spilled pointer through r{r}")
         if start % 8 == 0 and type(slot) is Reg:
             if size == 8:
                 return slot
@@ -1011,8 +1020,8 @@ class Checker:
             pkt = a
         elif b.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(a):
             pkt, swapped = b, True
-        if pkt is None or pkt.off < 0:
-            return None
+        if pkt is None or pkt.off < 0 or pkt.off + pkt.var.umax > MAX_PACKET_OFF:
+            return None  # as the kernel: a pointer that far proves nothing about the packet
         # For `pkt OP end`: which edge proves pkt + off <= end (closed) or < end (open).
         if swapped:
             op = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}[JmpOp(op)]
