@@ -698,6 +698,12 @@ def test_non_null_map_value_compared_with_zero_is_decided() -> None:
                 "jne r0, 0, +1\nmov r10, 0\nmov r0, 0\nexit", maps={"m": 3}), helpers=HELPERS, maps=MAPS)
 
 
+def test_32_bit_copy_of_a_32_bit_value_stays_linked() -> None:
+    """``w3 = w2`` with r2's upper half zero: what a compare learns of r2 holds for r3 (dead branch)."""
+    verify(prog("ldxw r2, [r1+12]\nmov32 r3, r2\njlt32 r2, 9, +2\nmov r0, 0\nexit\njlt r3, 9, +1\nmov r10, 0\n"
+                "mov r0, 0\nexit"), context=XDP)
+
+
 def test_never_written_stack_reads_as_zero_in_both_engines() -> None:
     """A privileged program may read stack it never wrote: both engines clear it first, every run."""
     vm = VM(prog("ldxdw r0, [r10-8]\nstdw [r10-8], 7\nldxw r1, [r10-16]\nadd r0, r1\nexit"))

@@ -582,6 +582,12 @@ class Checker:
                     src = src._replace(id=self.fresh_id())
                     regs[insn.src] = src
                 regs[d] = src
+            elif src.type is Pt.SCALAR and info.reg_src and src.var.umax <= MASK32 and not src.var.is_const:
+                # The upper half is known zero: the copy is the same value, linked as a 64-bit move.
+                if not src.id:
+                    src = src._replace(id=self.fresh_id())
+                    regs[insn.src] = src
+                regs[d] = src
             elif src.type is Pt.SCALAR:
                 regs[d] = Reg(Pt.SCALAR, sc.zero_extend(sc.project(src.var, 32)))
             else:
