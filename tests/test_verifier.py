@@ -112,11 +112,11 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("partly-initialised-stack", "stw [r10-8], 1\nldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 1),
     ("write-to-r10", "mov r10, 0\nmov r0, 0\nexit", {}, "frame pointer r10 is read only", 0),
     ("r0-not-set-at-exit", "exit", {}, "r0 is not initialised at program exit", 0),
-    ("stack-below-512", "stb [r10-513], 1\nmov r0, 0\nexit", {}, "invalid stack access off=-513", 0),
-    ("stack-at-r10", "stdw [r10-4], 1\nmov r0, 0\nexit", {}, "invalid stack access off=-4 size=8", 0),
+    ("stack-below-512", "stb [r10-513], 1\nmov r0, 0\nexit", {}, "invalid write to stack r10 off=-513", 0),
+    ("stack-at-r10", "stdw [r10-4], 1\nmov r0, 0\nexit", {}, "invalid write to stack r10 off=-4 size=8", 0),
     ("stack-variable-offset-out-of-range",
      "ldxdw r3, [r1]\nand r3, 0x3ff\nneg r3\nmov r2, r10\nadd r2, r3\nstb [r2-1], 0\nmov r0, 0\nexit", {},
-     "invalid stack access off=-1024", 5),
+     "invalid write to stack r2 off=-1024", 5),
     ("stack-pointer-subtraction", "mov r1, r10\nsub r1, 8\nstdw [r1], 0\nmov r0, 0\nexit", {},
      "r1 subtraction from stack pointer prohibited", 1),
     ("division-by-constant-zero", "mov r0, 1\ndiv r0, 0\nexit", {}, "div by zero", 1),
@@ -126,7 +126,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("packet-pointer-too-far-to-check", "ldxw r2, [r1+8]\nldxw r3, [r1]\nmov r4, r2\nadd r4, 0xffff\n"
      "add r4, 1\njgt r4, r3, +1\nldxb r0, [r2]\nmov r0, 0\nexit", {"context": XDP}, "invalid access to packet", 6),
     ("stack-unbounded-offset", "ldxdw r3, [r1]\nmov r2, r10\nadd r2, r3\nmov r0, 0\nexit", {},
-     "unbounded value", 2),
+     "unbounded min value", 2),
     # pointers
     ("scalar-dereference", "mov r2, 0\nldxw r0, [r2]\nexit", {}, "it holds a scalar, not a pointer", 1),
     ("pointer-plus-pointer", "mov r2, r10\nadd r2, r10\nmov r0, 0\nexit", {}, "addition of two pointers", 1),
@@ -149,8 +149,8 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      "the packet end pointer", 1),
     ("packet-end-arithmetic", "ldxw r2, [r1+4]\nadd r2, 1\nmov r0, 0\nexit", {"context": XDP},
      "arithmetic on r2 of type pkt_end", 1),
-    ("context-out-of-range", "ldxw r0, [r1+24]\nexit", {"context": XDP}, "invalid read from context off=24", 0),
-    ("context-read-only", "stw [r1+12], 0\nmov r0, 0\nexit", {"context": XDP}, "invalid write to context", 0),
+    ("context-out-of-range", "ldxw r0, [r1+24]\nexit", {"context": XDP}, "invalid bpf_context access off=24", 0),
+    ("context-read-only", "stw [r1+12], 0\nmov r0, 0\nexit", {"context": XDP}, "write to the context", 0),
     ("context-pointer-field-write", "stw [r1+4], 0\nmov r0, 0\nexit", {"context": XDP_RW},
      "cannot write to context field at off=4", 0),
     ("context-pointer-field-narrow", "ldxh r2, [r1]\nmov r0, 0\nexit", {"context": XDP}, "narrow", 0),
@@ -172,7 +172,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     ("packet-length-alu32", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub32 r3, r2\nmov r0, 0\nexit", {"context": XDP, **UNPRIV},
      "32-bit arithmetic (sub32)", 2),
     ("packet-length-is-unbounded", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub r3, r2\nadd r2, r3\nmov r0, 0\nexit",
-     {"context": XDP}, "math between a pkt pointer and a register with an unbounded value", 3),
+     {"context": XDP}, "math between pkt pointer and register with unbounded", 3),
     ("packet-length-dereference", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub r3, r2\nldxb r0, [r3]\nexit",
      {"context": XDP}, "it holds a scalar, not a pointer", 3),
     ("return-pointer", "mov r0, r1\nexit", {"context": XDP}, "returning a pointer in r0", 1),
@@ -189,7 +189,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      "invalid access to map value, value_size=16 off=12 size=8", 7),
     ("map-values-difference-is-unknown",  # two lookups may give values anywhere: not 0 apart
      LOOKUP_KEY + "jeq r0, 0, +10\nmov r6, r0\n" + LOOKUP_KEY + "jeq r0, 0, +2\nsub r0, r6\nadd r6, r0\n"
-     "mov r0, 0\nexit", {}, "math between a map_value pointer and a register with an unbounded value", 16),
+     "mov r0, 0\nexit", {}, "math between map_value pointer and register with unbounded", 16),
     ("map-pointer-dereference", "lddw r1, map:m\nldxw r0, [r1]\nexit", {}, "a map pointer", 2),
     ("map-unknown", "lddw r1, map:n\nmov r0, 0\nexit", {}, "lddw refers to map 4, which does not exist", 0),
     # helper arguments
@@ -227,17 +227,17 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
     # precision: pruning must not hide a path whose value differs where it matters
     ("precision-pointer-offset",
      "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 200\nmov r2, r10\nadd r2, -128\nadd r2, r7\n"
-     "stb [r2], 1\nmov r0, 0\nexit", {}, "invalid stack access off=72", 8),
+     "stb [r2], 1\nmov r0, 0\nexit", {}, "invalid write to stack r2 off=72", 8),
     ("precision-decided-branch",
      "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 100\njgt r7, 50, +2\nmov r0, 0\nexit\n"
      "ldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 8),
     ("precision-through-a-spill",
      "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 200\nstxdw [r10-8], r7\nmov r7, 0\n"
      "ldxdw r3, [r10-8]\nmov r2, r10\nadd r2, -128\nadd r2, r3\nstb [r2], 1\nmov r0, 0\nexit", {},
-     "invalid stack access off=72", 11),
+     "invalid write to stack r2 off=72", 11),
     ("precision-through-a-call",
      "ldxb r6, [r1]\njgt r6, 10, +2\nmov r1, 0\nja +1\nmov r1, 200\ncall local f\nmov r0, 0\nexit\n"
-     "f: mov r2, r10\nadd r2, -128\nadd r2, r1\nstb [r2], 1\nexit", {}, "invalid stack access off=72", 11),
+     "f: mov r2, r10\nadd r2, -128\nadd r2, r1\nstb [r2], 1\nexit", {}, "invalid write to stack r2 off=72", 11),
 ]
 
 

@@ -658,8 +658,9 @@ class Checker:
                 self.reject(f"pointer offset {off} of r{r} is out of range")
             return ptr._replace(off=off)
         if s.smin <= -MAX_OFFSET or s.smax >= MAX_OFFSET:
-            self.reject(f"math between a {t.value} pointer and a register with an unbounded value "
-                        f"({s}) is prohibited")
+            bound = "min" if s.smin <= -MAX_OFFSET else "max"
+            self.reject(f"math between {t.value} pointer and register with unbounded {bound} value is not "
+                        f"allowed (r{r} is {t.value}, the other {s})")
         if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META):
             if sub:
                 self.reject(f"subtracting a variable from a packet pointer (r{r}) is prohibited")
@@ -855,7 +856,9 @@ class Checker:
                       signed: bool) -> Reg | None:
         lo, hi = self._var_bounds(ptr, r, off, size)
         if lo < STACK_BOTTOM or hi > 0:
-            self.reject(f"invalid stack access off={lo} size={size} through r{r} (outside [r10-512, r10))")
+            what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
+            self.reject(f"invalid {what} stack r{r} off={lo} size={size}: invalid stack access, "
+                        "outside [r10-512, r10)")
         self._note(True)
         entry = self._frame_entry(st, ptr.aux)
         if -lo > self.stack_depth.get(entry, 0):
@@ -923,7 +926,7 @@ class Checker:
         ranges = ctx.writable if mode is Access.WRITE else (ctx.readable or ((0, ctx.size),))
         if not any(o <= lo and hi <= o + s for o, s in ranges) or lo < 0 or hi > ctx.size:
             what = "write to" if mode is Access.WRITE else "read from"
-            self.reject(f"invalid {what} context off={lo} size={size}")
+            self.reject(f"invalid bpf_context access off={lo} size={size}: {what} the context")
         for foff, kind in ctx.fields.items():
             width = ctx.field_size(foff)
             if lo < foff + width and foff < hi:
@@ -1094,7 +1097,8 @@ class Checker:
                 if write and not self.context.packet_writable:
                     self.reject(f"r{r} ({kind.value} argument): cannot write into packet")
                 if ptr.off < 0 or ptr.off + hi_size > ptr.range:
-                    self.reject(f"r{r} ({kind.value} argument) exceeds the proven packet range {ptr.range}: "
+                    self.reject(f"invalid access to packet: r{r} ({kind.value} argument) exceeds the proven "
+                                f"packet range {ptr.range}: "
                                 f"off={ptr.off} size={hi_size}: r{r} offset is outside of the packet")
             case Pt.PTR_TO_CTX:
                 ctx = self.context
@@ -1142,9 +1146,10 @@ class Checker:
                     length = self._scalar_arg(regs, r, f"size argument {r} of helper {hid}").var
                     self._precise(r)
                     if length.umax >= MAX_OFFSET:
-                        self.reject(f"r{r} is an unbounded size argument ({length}) of helper {hid}")
+                        rule = "min value is negative" if length.smin < 0 else "unbounded memory access"
+                        self.reject(f"r{r} {rule}: an unbounded size argument ({length}) of helper {hid}")
                     if kind is ArgType.SIZE and length.umin == 0:
-                        self.reject(f"r{r} (size argument of helper {hid}) may be zero")
+                        self.reject(f"invalid zero-sized read: r{r} (size argument of helper {hid}) may be zero")
                     if pending is not None:
                         self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
                         pending = None
