@@ -41,6 +41,9 @@ class ProgType(enum.IntEnum):
     PERF_EVENT = 7  # SEC("perf_event"): perf sample, context = struct bpf_perf_event_data
     CGROUP_SKB = 8  # SEC("cgroup_skb/..."): cgroup ingress/egress packet filter, returns 0/1
     CGROUP_SOCK = 9  # SEC("cgroup/sock"): socket creation in a cgroup, context = struct bpf_sock
+    LWT_IN = 10  # SEC("lwt_in"): lightweight tunnel ingress, packet from the network header, read only
+    LWT_OUT = 11  # SEC("lwt_out"): lightweight tunnel egress, packet read only
+    LWT_XMIT = 12  # SEC("lwt_xmit"): lightweight tunnel transmit, packet writable
     SOCK_OPS = 13  # SEC("sockops"): TCP events, context = struct bpf_sock_ops
     SK_SKB = 14  # SEC("sk_skb/..."): stream parser/verdict on sockmap sockets
     CGROUP_DEVICE = 15  # SEC("cgroup/dev"): device access control, context = bpf_cgroup_dev_ctx
@@ -374,6 +377,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
     sk = SkBuff
     skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end"}
     sk_common = ("family", "remote_ip4", "local_ip4", "remote_ip6", "local_ip6", "remote_port", "local_port")
+    lwt_xmit_helpers = {H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CLONE_REDIRECT, H.REDIRECT,
+                        H.SKB_CHANGE_TAIL}
     types = [
         ProgramType(
             ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _BASE | _SKB_READ,
@@ -432,6 +437,16 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, ret_range=(0, 1),
             packet=True,
         ),
+        *(ProgramType(
+            kind, name, sk, (name, name + "/"),
+            _BASE | _SKB_READ | {H.SKB_PULL_DATA, H.CSUM_DIFF, H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC,
+                                 H.PERF_EVENT_OUTPUT} | (lwt_xmit_helpers if kind is ProgType.LWT_XMIT else set()),
+            readable=_all_but(sk, ("tc_classid", *sk_common, "data_meta", "tstamp", "wire_len", "hwtstamp",
+                                   "flow_keys", "sk", "tstamp_type")),
+            writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, packet=True,
+            packet_writable=kind is ProgType.LWT_XMIT,
+        ) for kind, name in ((ProgType.LWT_IN, "lwt_in"), (ProgType.LWT_OUT, "lwt_out"),
+                             (ProgType.LWT_XMIT, "lwt_xmit"))),
         ProgramType(
             ProgType.CGROUP_SOCK, "cgroup_sock", BpfSock,
             ("cgroup/sock", "cgroup/sock_create", "cgroup/sock_release", "cgroup/post_bind4", "cgroup/post_bind6"),
@@ -1123,6 +1138,12 @@ class ProgramRunners:
         """cgroup_skb: 1 lets the packet through, 0 drops it. The packet starts at the IP header."""
         return self._run_skb((ProgType.CGROUP_SKB,), packet, engine, skb)[0] & MASK32
 
+    def run_lwt(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
+                **skb: Any) -> tuple[int, bytes]:
+        """Lightweight tunnel (lwt_in, lwt_out, lwt_xmit): ``(r0, packet after)``; the packet starts
+        at the network header, as for cgroup_skb."""
+        return self._run_skb((ProgType.LWT_IN, ProgType.LWT_OUT, ProgType.LWT_XMIT), packet, engine, skb)
+
     def run_sk_skb(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                    **skb: Any) -> tuple[int, bytes]:
         """sk_skb: ``(verdict or parsed length, data after)``; a verdict is an ``SkAction``."""
@@ -1150,7 +1171,7 @@ class ProgramRunners:
             case ProgType.SOCKET_FILTER | ProgType.SCHED_CLS | ProgType.SCHED_ACT | ProgType.SK_SKB:
                 assert state is not None
                 return (state, *_skb_template(state, fields, lib.JB_DERIVE_ETH_PROTOCOL))
-            case ProgType.CGROUP_SKB:
+            case ProgType.CGROUP_SKB | ProgType.LWT_IN | ProgType.LWT_OUT | ProgType.LWT_XMIT:
                 assert state is not None
                 return (state, *_skb_template(state, fields, lib.JB_DERIVE_IP_PROTOCOL))
             case _:

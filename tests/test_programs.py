@@ -122,10 +122,10 @@ def test_packet_fields_are_loaded_with_their_declared_width() -> None:
     VM(bytes.fromhex(narrow), prog_type="xdp").check()
     with pytest.raises(VerifierError, match="narrow"):
         VM(bytes.fromhex(narrow), prog_type="sk_msg").check()
-    with pytest.raises(VerifierError, match="invalid read from context off=0 size=8"):  # xdp_md fields are u32
+    with pytest.raises(VerifierError, match="invalid bpf_context access off=0 size=8"):  # xdp_md fields are u32
         VM(bytes.fromhex(wide), prog_type="xdp").check()
     skb_wide = "79124c0000000000" "b700000001000000" "9500000000000000"  # r2 = *(u64 *)(r1 + 76): data, data_end
-    with pytest.raises(VerifierError, match="invalid read from context off=76 size=8"):
+    with pytest.raises(VerifierError, match="invalid bpf_context access off=76 size=8"):
         VM(bytes.fromhex(skb_wide), prog_type="tc").check()
 
 

@@ -121,14 +121,14 @@ CASES = [
         exit
         stb [r10+8], 0
         mov r0, 0
-        exit""", ProgType.SOCKET_FILTER, "invalid stack access off=8", "invalid write to stack"),
+        exit""", ProgType.SOCKET_FILTER, "invalid stack access", "invalid write to stack"),
     Case("jne32-all-ones-falls-through", """
         mov r2, -1
         mov32 r2, r2
         jne32 r2, -1, +1
         stb [r10+8], 0
         mov r0, 0
-        exit""", ProgType.SOCKET_FILTER, "invalid stack access off=8", "invalid write to stack"),
+        exit""", ProgType.SOCKET_FILTER, "invalid stack access", "invalid write to stack"),
     Case("jslt32-negative-is-taken", """
         mov32 r2, -5
         jslt32 r2, 0, +2
@@ -136,7 +136,7 @@ CASES = [
         exit
         stb [r10+8], 0
         mov r0, 0
-        exit""", ProgType.SOCKET_FILTER, "invalid stack access off=8", "invalid write to stack"),
+        exit""", ProgType.SOCKET_FILTER, "invalid stack access", "invalid write to stack"),
     Case("jeq32-bounds-a-32-bit-value", """
         call 7
         mov32 r0, r0
@@ -233,7 +233,7 @@ CASES = [
         stb [r2], 1
         mov r0, 1
         exit""", ProgType.SK_MSG, None),
-    Case("cgroup-skb-read-only-field", "stw [r1], 0\nmov r0, 1\nexit", ProgType.CGROUP_SKB, "invalid write to context",
+    Case("cgroup-skb-read-only-field", "stw [r1], 0\nmov r0, 1\nexit", ProgType.CGROUP_SKB, "write to the context",
          "invalid bpf_context access off=0 size=4"),
     Case("cgroup-skb-writable-field", "stw [r1+8], 0\nmov r0, 1\nexit", ProgType.CGROUP_SKB, None),
     # 5. Legacy packet loads: only socket filters and tc programs, with the context in r6; they

@@ -49,6 +49,7 @@ POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL,)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
+NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP)  # compared with 0, the branch is known
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
 STACK_BOTTOM = -STACK_SIZE
@@ -572,12 +573,20 @@ class Checker:
     def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         d = insn.dst
         self._dst(d)
+        if info.op in (AluOp.DIV, AluOp.MOD) and not info.reg_src and insn.imm == 0:
+            self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
         src = self._operand(regs, insn, info)
         op = info.op
         if op == AluOp.MOV:
             if info.width == 64:
                 if info.reg_src and src.type is Pt.SCALAR and not src.var.is_const and not src.id:
                     # Link the copies: what a branch learns about one holds for the other.
+                    src = src._replace(id=self.fresh_id())
+                    regs[insn.src] = src
+                regs[d] = src
+            elif src.type is Pt.SCALAR and info.reg_src and src.var.umax <= MASK32 and not src.var.is_const:
+                # The upper half is known zero: the copy is the same value, linked as a 64-bit move.
+                if not src.id:
                     src = src._replace(id=self.fresh_id())
                     regs[insn.src] = src
                 regs[d] = src
@@ -608,12 +617,15 @@ class Checker:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
             return self._pointer_add(src, dst.var, False, insn.src)
+        if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src.is_pointer:
+            self.reject(f"r{insn.dst} subtraction from stack pointer prohibited")  # the kernel's rule
         if op in (AluOp.ADD, AluOp.SUB) and dst.is_pointer:
             if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.src)
             return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
         if src.is_pointer and not dst.is_pointer:
-            self.reject(f"pointer arithmetic ({name}) with a pointer operand r{insn.src} makes an unknown pointer")
+            what = "tried to subtract pointer from scalar" if op == AluOp.SUB else f"pointer arithmetic ({name})"
+            self.reject(f"r{insn.dst} {what}: r{insn.src} is a pointer, the result an unknown pointer")
         self.reject(f"pointer arithmetic ({name}) on r{insn.dst} ({dst}) makes an unknown pointer")
 
     def _pointer_difference(self, dst: Reg, src: Reg) -> Reg:
@@ -635,6 +647,8 @@ class Checker:
 
     def _pointer_add(self, ptr: Reg, s: sc.Scalar, sub: bool, r: int) -> Reg:
         t = ptr.type
+        if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
+            return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
         if t in (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
             hint = " (compare it against 0 first)" if t is Pt.PTR_TO_MAP_VALUE_OR_NULL else ""
             self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
@@ -646,8 +660,9 @@ class Checker:
                 self.reject(f"pointer offset {off} of r{r} is out of range")
             return ptr._replace(off=off)
         if s.smin <= -MAX_OFFSET or s.smax >= MAX_OFFSET:
-            self.reject(f"math between a {t.value} pointer and a register with an unbounded value "
-                        f"({s}) is prohibited")
+            bound = "min" if s.smin <= -MAX_OFFSET else "max"
+            self.reject(f"math between {t.value} pointer and register with unbounded {bound} value is not "
+                        f"allowed (r{r} is {t.value}, the other {s})")
         if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META):
             if sub:
                 self.reject(f"subtracting a variable from a packet pointer (r{r}) is prohibited")
@@ -843,7 +858,9 @@ class Checker:
                       signed: bool) -> Reg | None:
         lo, hi = self._var_bounds(ptr, r, off, size)
         if lo < STACK_BOTTOM or hi > 0:
-            self.reject(f"invalid stack access off={lo} size={size} through r{r} (outside [r10-512, r10))")
+            what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
+            self.reject(f"invalid {what} stack r{r} off={lo} size={size}: invalid stack access, "
+                        "outside [r10-512, r10)")
         self._note(True)
         entry = self._frame_entry(st, ptr.aux)
         if -lo > self.stack_depth.get(entry, 0):
@@ -884,6 +901,8 @@ class Checker:
                 self.reject(f"atomic operation on a spilled pointer through r{r}")
             frame.smudge(start, size)
             return None
+        if (size != 8 or start % 8) and any(frame.pointer_spills(start, size)):
+            self.reject(f"invalid size of register fill: {size} bytes of a spilled pointer through r{r}")
         if start % 8 == 0 and type(slot) is Reg:
             if size == 8:
                 return slot
@@ -899,6 +918,8 @@ class Checker:
         ctx = self.context
         if ptr.var != sc.ZERO:
             self.reject(f"variable ctx access var_off={ptr.var} disallowed (r{r})")
+        if ptr.off:  # the kernel rewrites context accesses by the instruction's offset alone
+            self.reject(f"dereference of modified ctx ptr r{r} off={ptr.off} disallowed")
         lo = ptr.off + off
         hi = lo + size
         assert ctx.size is not None
@@ -907,7 +928,7 @@ class Checker:
         ranges = ctx.writable if mode is Access.WRITE else (ctx.readable or ((0, ctx.size),))
         if not any(o <= lo and hi <= o + s for o, s in ranges) or lo < 0 or hi > ctx.size:
             what = "write to" if mode is Access.WRITE else "read from"
-            self.reject(f"invalid {what} context off={lo} size={size}")
+            self.reject(f"invalid bpf_context access off={lo} size={size}: {what} the context")
         for foff, kind in ctx.fields.items():
             width = ctx.field_size(foff)
             if lo < foff + width and foff < hi:
@@ -990,6 +1011,12 @@ class Checker:
                     self._mark_null(null, p, True)
                     self._mark_null(nonnull, p, False)
                     return (null, nonnull) if op == JmpOp.JEQ else (nonnull, null)
+                if p.type in NEVER_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
+                    if z is a:
+                        self._precise(insn.dst)
+                    elif reg_src:
+                        self._precise(insn.src)
+                    return (None, st) if op == JmpOp.JEQ else (st, None)  # decided, as the kernel does
         if op not in (JmpOp.JGT, JmpOp.JGE, JmpOp.JLT, JmpOp.JLE):
             return None
         # Packet bounds: a packet pointer compared with the packet end (or metadata with the
@@ -1004,8 +1031,8 @@ class Checker:
             pkt = a
         elif b.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(a):
             pkt, swapped = b, True
-        if pkt is None or pkt.off < 0:
-            return None
+        if pkt is None or pkt.off < 0 or pkt.off + pkt.var.umax > MAX_PACKET_OFF:
+            return None  # as the kernel: a pointer that far proves nothing about the packet
         # For `pkt OP end`: which edge proves pkt + off <= end (closed) or < end (open).
         if swapped:
             op = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}[JmpOp(op)]
@@ -1074,7 +1101,8 @@ class Checker:
                 if write and not self.context.packet_writable:
                     self.reject(f"r{r} ({kind.value} argument): cannot write into packet")
                 if ptr.off < 0 or ptr.off + hi_size > ptr.range:
-                    self.reject(f"r{r} ({kind.value} argument) exceeds the proven packet range {ptr.range}: "
+                    self.reject(f"invalid access to packet: r{r} ({kind.value} argument) exceeds the proven "
+                                f"packet range {ptr.range}: "
                                 f"off={ptr.off} size={hi_size}: r{r} offset is outside of the packet")
             case Pt.PTR_TO_CTX:
                 ctx = self.context
@@ -1123,9 +1151,10 @@ class Checker:
                     length = self._scalar_arg(regs, r, f"size argument {r} of helper {hid}").var
                     self._precise(r)
                     if length.umax >= MAX_OFFSET:
-                        self.reject(f"r{r} is an unbounded size argument ({length}) of helper {hid}")
+                        rule = "min value is negative" if length.smin < 0 else "unbounded memory access"
+                        self.reject(f"r{r} {rule}: an unbounded size argument ({length}) of helper {hid}")
                     if kind is ArgType.SIZE and length.umin == 0:
-                        self.reject(f"r{r} (size argument of helper {hid}) may be zero")
+                        self.reject(f"invalid zero-sized read: r{r} (size argument of helper {hid}) may be zero")
                     if pending is not None:
                         self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
                         pending = None
