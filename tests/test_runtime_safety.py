@@ -220,3 +220,42 @@ def test_store_into_read_only_memory_names_it(engine: str) -> None:
     vm = load(source, Array(value_size=8, max_entries=1, flags=BPF_F_RDONLY_PROG, name="RO"), verify=False)
     with pytest.raises(AccessError, match=r"^r0\+3: 1-byte store into the read-only 8-byte map RO at offset 3 "):
         vm.execute() if engine == "interp" else vm.execute_jit()
+
+
+INTERRUPTED = """
+import sys
+from jitbpf.asm import assemble
+from jitbpf.vm import VM
+
+vm = VM(assemble("mov r0, 0\\nlddw r1, 10000000000\\nloop:\\nadd r0, 1\\njlt r0, r1, loop\\nexit"),
+        verify=False, allow_loops=True, budget=1 << 62)
+vm.jit_compile()
+try:
+    print("running", flush=True)
+    vm.execute_jit() if sys.argv[1] == "execute_jit" else vm.execute_batch([bytearray(8)] * 4)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    print(VM(assemble("mov r0, 7\\nexit")).execute_jit(), flush=True)  # the JIT still works
+"""
+
+
+@pytest.mark.parametrize("method", ["execute_jit", "execute_batch"])
+def test_ctrl_c_stops_a_long_jit_run(method: str) -> None:
+    import signal
+
+    args = [sys.executable, "-c", INTERRUPTED, method]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "running\n"
+        out = ""
+        for _ in range(50):  # the signal may land before the run starts: send it again
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            proc.kill()
+            pytest.fail("SIGINT did not stop the JIT run")
+    assert out == "interrupted\n7\n", err

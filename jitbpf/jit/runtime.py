@@ -218,6 +218,14 @@ def run_spans(rc: RunContext, names: Mapping[int, str]) -> list[_Span]:
     return spans
 
 
+def interrupted() -> bool:
+    """Whether this thread's last JIT run was ended by SIGINT (and forget it)."""
+    from jitbpf.jit.program import runner_lib
+
+    nat = runner_lib()
+    return nat is not None and bool(nat.lib.jb_interrupt_take())
+
+
 def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None], operand_at: Callable[[int], str],
               names: Mapping[int, str]) -> BaseException | int:
     """The exception a run that ended with ``status`` raises (or r0, for HelperExit);
@@ -228,6 +236,8 @@ def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None], o
     info = int(ctx.err_info)
     match Status(status):
         case Status.FAULT:
+            if interrupted():
+                return KeyboardInterrupt()
             addr = int(ctx.err_addr)
             return ExecutionError(f"memory fault at address {addr:#x}: an access the verifier proved in "
                                   "bounds is not (it was confined to the sandbox)", pc=pc_at(info), address=addr)
