@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only names: this module's classes are the package's errors
+    from collections.abc import Iterable
+
+    from jitbpf.memory import Span
 
 
 class BpfError(Exception):
@@ -74,19 +78,6 @@ class AccessError(ExecutionError):
         """The same failure, located at the instruction ``pc`` whose base operand is ``operand``."""
         assert self.address is not None
         return AccessError(self.kind, self.size, self.address, self.where, pc=pc, operand=operand)
-
-
-class Span(Protocol):
-    """A region of a run, as the access errors name it (``jitbpf.memory.Region``)."""
-
-    @property
-    def base(self) -> int: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def name(self) -> str: ...
 
 
 NEAR_REGION = 1 << 16  # an address this close to a region is described relative to it

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from jitbpf._ffi import address_of, ffi
 from jitbpf.errors import ExecutionError, operand_text, out_of_bounds
 from jitbpf.isa import Kind, Program
 
 _UNSIGNED = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+
+
+class Span(Protocol):
+    """A region of a run as the access errors describe it (a Region, or the JIT's view of one)."""
+
+    @property
+    def base(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
 
 
 @dataclass(slots=True)
