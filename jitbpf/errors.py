@@ -126,6 +126,18 @@ class BudgetExceeded(ExecutionError):
     """The program executed more instructions than its budget allows."""
 
 
+def budget_exhausted(pc: int) -> BudgetExceeded:
+    """The run executed its whole instruction budget; ``pc`` is the block it stopped at."""
+    return BudgetExceeded("instruction budget exhausted", pc=pc)
+
+
+def call_too_deep(pc: int) -> ExecutionError:
+    """A bpf-to-bpf call at (the block of) ``pc`` would exceed the frames a run may have."""
+    from jitbpf.contract import MAX_CALL_DEPTH
+
+    return ExecutionError(f"call depth exceeds {MAX_CALL_DEPTH} frames", pc=pc)
+
+
 class JitError(BpfError):
     """The JIT compiler cannot translate a program (or the platform does not support it)."""
 

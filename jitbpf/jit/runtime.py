@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from jitbpf._ffi import ffi
-from jitbpf.errors import BpfError, BudgetExceeded, ExecutionError, out_of_bounds
-from jitbpf.helpers import Helper, HelperExit
-from jitbpf.interpreter import MAX_CALL_DEPTH, TailCall
+from jitbpf.contract import HelperExit, TailCall
+from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep, out_of_bounds
+from jitbpf.helpers import Helper
 from jitbpf.isa import MASK64
 
 ENTRY_TYPE = "uint64_t (*)(struct jitbpf_ctx *)"  # every entry point takes the run context
@@ -242,7 +242,7 @@ def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None], o
             return ExecutionError(f"memory fault at address {addr:#x}: an access the verifier proved in "
                                   "bounds is not (it was confined to the sandbox)", pc=pc_at(info), address=addr)
         case Status.BUDGET:
-            return BudgetExceeded("instruction budget exhausted", pc=info)
+            return budget_exhausted(info)
         case Status.OOB_LOAD | Status.OOB_STORE | Status.RO_STORE:
             pc = info >> 8
             return out_of_bounds("store" if status != Status.OOB_LOAD else "load", info & 15, int(ctx.err_addr),
@@ -253,7 +253,7 @@ def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None], o
             rc.exc = rc.helper = None
             return helper_error(exc, helper, hid, info, int(ctx.budget_left))
         case Status.DEPTH:
-            return ExecutionError(f"call depth exceeds {MAX_CALL_DEPTH} frames", pc=info)
+            return call_too_deep(info)
         case Status.KFUNC:
             return ExecutionError("kernel function calls are not supported", pc=info)
         case _:
