@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from jitbpf.errors import (
+    AccessError,
     AssemblerError,
     BpfError,
     BudgetExceeded,
@@ -86,6 +87,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "VM",
+    "AccessError",
     "Array",
     "AssemblerError",
     "BpfError",

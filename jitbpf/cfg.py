@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from jitbpf.contract import ARG_REGS
 from jitbpf.errors import VerifierError
 from jitbpf.isa import ATOMIC_FETCH, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo, Program
 
@@ -103,11 +104,11 @@ def register_reads(insn: Instruction, info: OpInfo, *, main: bool = True) -> int
         case Kind.JCOND:
             return dst | (src if info.reg_src else 0)
         case Kind.CALL | Kind.CALL_LOCAL | Kind.CALL_KFUNC:
-            return _ARGS
+            return ARG_REGS
         case Kind.CALLX:
-            return dst | _ARGS
+            return dst | ARG_REGS
         case Kind.EXIT:
-            return 1 if main else 1 | _ARGS
+            return 1 if main else 1 | ARG_REGS
         case Kind.LDDW | Kind.JA | Kind.LD_ABS:
             return 0
         case _:
@@ -182,7 +183,6 @@ def writes_fp(program: Program) -> bool:
     return False
 
 
-_ARGS = 0b111110  # r1-r5
 _BRANCHES = frozenset({Kind.JA, Kind.JCOND, Kind.CALL_LOCAL})  # kinds with a target slot
 _ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL})  # the next slot starts a block
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})

@@ -292,8 +292,9 @@ def make_vm(source: Source, args: argparse.Namespace, *, verify: bool) -> Any:
     An ELF program gets its object's maps, the program type of its section and the standard
     helpers, as ``ElfProgram.vm()`` gives them.
     """
+    from jitbpf.contract import DEFAULT_BUDGET
     from jitbpf.helpers import conformance_helpers
-    from jitbpf.vm import DEFAULT_BUDGET, VM
+    from jitbpf.vm import VM
 
     kwargs: dict[str, Any] = {"verify": verify, "budget": getattr(args, "budget", None) or DEFAULT_BUDGET,
                               "allow_loops": getattr(args, "allow_loops", False)}

@@ -8,20 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from jitbpf.contract import HelperExit as HelperExit  # re-exported: helpers raise it
 from jitbpf.isa import MASK64
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
 
 HelperFn = Callable[[int, int, int, int, int], int]
-
-
-class HelperExit(Exception):
-    """Raised by a helper to end the program at once with ``r0 = value`` (uBPF's "unwind")."""
-
-    def __init__(self, value: int = 0) -> None:
-        super().__init__(value)
-        self.value = value & MASK64
 
 
 @dataclass(frozen=True)

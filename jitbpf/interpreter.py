@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from jitbpf.cfg import Block, ControlFlow
-from jitbpf.errors import BpfError, BudgetExceeded, ExecutionError
-from jitbpf.helpers import Helper, HelperExit
+from jitbpf.contract import MAX_CALL_DEPTH, HelperExit, TailCall
+from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep
+from jitbpf.helpers import Helper
 from jitbpf.isa import (
     ATOMIC_FETCH,
     FP,
@@ -32,17 +32,6 @@ from jitbpf.memory import MemoryMap
 
 EXIT = -1  # block result: the function returns
 CALL = -2  # block result: a local call (target in the block table)
-MAX_CALL_DEPTH = 8  # frames, as the kernel
-
-
-class TailCall(Exception):
-    """Raised by the tail-call helper: end the running program at once and run ``target`` (a VM)
-    with the same context. The engine that unwinds fills in ``budget`` (instructions left)."""
-
-    def __init__(self, target: Any) -> None:
-        super().__init__(target)
-        self.target = target
-        self.budget = 0
 
 
 _A = re.compile(r"\ba\b")
@@ -259,7 +248,7 @@ def run(
         while True:
             budget -= costs[pc]
             if budget < 0:
-                raise BudgetExceeded("instruction budget exhausted", pc=pc)
+                raise budget_exhausted(pc)
             fn = fns[pc]
             assert fn is not None
             nxt = fn(R, env)
@@ -271,7 +260,7 @@ def run(
                 pc, R[6], R[7], R[8], R[9], R[FP] = frames.pop()
             else:
                 if len(frames) + 1 >= MAX_CALL_DEPTH:
-                    raise ExecutionError(f"call depth exceeds {MAX_CALL_DEPTH} frames", pc=pc)
+                    raise call_too_deep(pc)
                 frames.append((blocks.returns[pc], R[6], R[7], R[8], R[9], R[FP]))
                 R[FP] -= STACK_SIZE
                 stack_zero(len(frames))

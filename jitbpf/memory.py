@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from jitbpf._ffi import address_of, ffi
-from jitbpf.errors import ExecutionError
+from jitbpf.errors import ExecutionError, operand_text, out_of_bounds
+from jitbpf.isa import Kind, Program
 
 _UNSIGNED = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+
+
+class Span(Protocol):
+    """A region of a run as the access errors describe it (a Region, or the JIT's view of one)."""
+
+    @property
+    def base(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -71,8 +85,7 @@ class MemoryMap:
     def _region(self, addr: int, size: int, what: str, pc: int | None, write: bool) -> Region:
         r = self.find(addr, size)
         if r is None or (write and not r.writable):
-            kind = "read-only memory" if r is not None else "out of bounds memory"
-            raise ExecutionError(f"{kind} {what} at address {addr:#x}, size {size}", pc=pc, address=addr)
+            raise out_of_bounds(what, size, addr, self.regions, pc=pc, read_only=r is not None)
         return r
 
     def load(self, addr: int, size: int, pc: int | None = None) -> int:
@@ -113,3 +126,15 @@ class MemoryMap:
         if nul < 0:
             raise ExecutionError(f"unterminated string at address {addr:#x}", address=addr)
         return chunk[:nul]
+
+
+def access_operand(program: Program, pc: int) -> str:
+    """The base register and offset of the memory access at ``pc`` ("r1+4"), or "" if none."""
+    insn, info = program.slots[pc], program.infos[pc]
+    if insn is None or info is None:
+        return ""
+    if info.kind in (Kind.LDX, Kind.LDXSX):
+        return operand_text(insn.src, insn.off)
+    if info.kind in (Kind.ST, Kind.STX, Kind.ATOMIC):
+        return operand_text(insn.dst, insn.off)
+    return ""

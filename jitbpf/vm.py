@@ -9,21 +9,19 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
-from jitbpf.errors import BpfError, ExecutionError, JitError, VerifierError
+from jitbpf.contract import DEFAULT_BUDGET, MAX_TAIL_CALLS, STACK_BYTES, TailCall
+from jitbpf.errors import AccessError, BpfError, ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
-from jitbpf.interpreter import MAX_CALL_DEPTH, CompiledBlocks, Env, TailCall, Translator, run
+from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
 from jitbpf.isa import CORE_POISON, FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
-from jitbpf.memory import MemoryMap, Region, region_of
+from jitbpf.memory import MemoryMap, Region, access_operand, region_of
 from jitbpf.programs import ProgramRunners, ProgType
 from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
     from jitbpf.jit import JitProgram
 
-DEFAULT_BUDGET = 1_000_000  # executed instructions per run
-MAX_TAIL_CALLS = 32  # chained tail calls per run, as the kernel
-STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # all frames of one thread
 # What a thread is doing with a VM (VM._enter): nested runs of one VM on one thread would share
 # its stack, its context memory and its run state, so a run may not start inside another.
 IDLE = 0  # no run of the VM on this thread
@@ -366,8 +364,13 @@ class VM(ProgramRunners):
         state.begin(mem if mem.size else None, extra)
         state.tail_calls_left = tail_calls_left
         env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))
-        return run(self._blocks, self._registers(state, r1, r2), env, budget=budget,
-                   stack_zero=state.zero_frame)
+        try:
+            return run(self._blocks, self._registers(state, r1, r2), env, budget=budget,
+                       stack_zero=state.zero_frame)
+        except AccessError as err:
+            if err.pc is None or err.operand:
+                raise
+            raise err.at(err.pc, access_operand(self.program, err.pc)) from None
 
     def jit_compile(self) -> None:
         """Translate the (verified) program to x86-64 machine code."""

@@ -183,3 +183,79 @@ def test_a_tc_program_never_stores_past_a_raw_buffer() -> None:
         print("refused")
     """)
     assert out == "refused\n"
+
+
+# Out-of-bounds accesses name the operand, the access and where it went, the same in both engines.
+ACCESS_ERRORS = [
+    ("stw [r1+4], 1\nmov r0, 0\nexit", "r1+4: 4-byte store 4 bytes past the end of the 4-byte input", 0),
+    ("ldxh r0, [r1+3]\nexit", "r1+3: 2-byte load 1 bytes past the end of the 4-byte input", 0),
+    ("ldxdw r0, [r1-16]\nexit", "r1-16: 8-byte load 16 bytes before the 4-byte input", 0),
+    ("ldxdw r0, [r10-5000]\nexit", "fp-5000: 8-byte load 904 bytes below the stack", 0),
+    ("mov r1, 0x1000\nldxdw r0, [r1]\nexit", "r1: 8-byte load at an address in no region of the run", 1),
+    ("mov r0, 1\nlock add [r1+2], r0\nexit", "r1+2: 8-byte load 6 bytes past the end of the 4-byte input", 1),
+    ("stdw [r10-8], 0\nlddw r1, map:A\nmov r2, r10\nadd r2, -8\ncall 1\njeq r0, 0, +1\nldxdw r0, [r0-16]\nexit",
+     "r0-16: 8-byte load 16 bytes before the 8-byte map A", 7),
+]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("source", "message", "pc"), ACCESS_ERRORS)
+def test_access_errors_name_the_region_and_offset(engine: str, source: str, message: str, pc: int) -> None:
+    from jitbpf.errors import AccessError
+    from jitbpf.maps import Array
+
+    vm = load(source, Array(value_size=8, max_entries=1, name="A"), verify=False)
+    with pytest.raises(AccessError) as info:
+        vm.execute(bytearray(4)) if engine == "interp" else vm.execute_jit(bytearray(4))
+    assert info.value.pc == pc
+    assert str(info.value).startswith(message + " (address 0x") and str(info.value).endswith(f") at PC {pc}")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_store_into_read_only_memory_names_it(engine: str) -> None:
+    from jitbpf.errors import AccessError
+    from jitbpf.maps import BPF_F_RDONLY_PROG, Array
+
+    source = "stdw [r10-8], 0\nlddw r1, map:RO\nmov r2, r10\nadd r2, -8\ncall 1\njeq r0, 0, +1\nstb [r0+3], 1\nexit"
+    vm = load(source, Array(value_size=8, max_entries=1, flags=BPF_F_RDONLY_PROG, name="RO"), verify=False)
+    with pytest.raises(AccessError, match=r"^r0\+3: 1-byte store into the read-only 8-byte map RO at offset 3 "):
+        vm.execute() if engine == "interp" else vm.execute_jit()
+
+
+INTERRUPTED = """
+import sys
+from jitbpf.asm import assemble
+from jitbpf.vm import VM
+
+vm = VM(assemble("mov r0, 0\\nlddw r1, 10000000000\\nloop:\\nadd r0, 1\\njlt r0, r1, loop\\nexit"),
+        verify=False, allow_loops=True, budget=1 << 62)
+vm.jit_compile()
+try:
+    print("running", flush=True)
+    vm.execute_jit() if sys.argv[1] == "execute_jit" else vm.execute_batch([bytearray(8)] * 4)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    print(VM(assemble("mov r0, 7\\nexit")).execute_jit(), flush=True)  # the JIT still works
+"""
+
+
+@pytest.mark.parametrize("method", ["execute_jit", "execute_batch"])
+def test_ctrl_c_stops_a_long_jit_run(method: str) -> None:
+    import signal
+
+    args = [sys.executable, "-c", INTERRUPTED, method]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "running\n"
+        out = ""
+        for _ in range(50):  # the signal may land before the run starts: send it again
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            proc.kill()
+            pytest.fail("SIGINT did not stop the JIT run")
+    assert out == "interrupted\n7\n", err

@@ -8,9 +8,10 @@ import errno
 import pytest
 
 from jitbpf.asm import assemble
+from jitbpf.contract import MAX_TAIL_CALLS
 from jitbpf.errors import BudgetExceeded
 from jitbpf.maps import Array, ProgramArray
-from jitbpf.vm import MAX_TAIL_CALLS, VM
+from jitbpf.vm import VM
 from tests.support import ENGINES, load, run, s64
 
 STAGE = """

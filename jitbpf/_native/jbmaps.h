@@ -102,7 +102,9 @@ int jb_sbx_contains(uint64_t addr);
 int jb_sbx_check(uint64_t addr, uint64_t size);
 /* Faults inside registered JIT code end the run with an error instead of the process. */
 int jb_fault_install(void);
-int jb_fault_register(uint64_t start, uint64_t end, uint64_t landing);
+int jb_fault_register(uint64_t start, uint64_t end, uint64_t landing, uint64_t blocks, uint64_t blocks_end);
+int jb_interrupt_install(void);
+int jb_interrupt_take(void);
 void jb_code_release(int slot, uint64_t address, uint64_t size);
 
 /* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns

@@ -17,6 +17,11 @@
  * an error exit of that run (the handler moves execution to the code's fault landing, which
  * records the faulting instruction and address and returns from the run as any failed access
  * does). Other faults go to the handler that was installed before.
+ *
+ * Interrupts: a SIGINT whose instruction pointer lies in the blocks of registered JIT code ends
+ * that run the same way (through the landing, with no address), after marking the thread
+ * interrupted (jb_interrupt_take); the handler installed before (Python's) then runs as well, so
+ * Ctrl-C stops a long JIT run with KeyboardInterrupt. The running code pays nothing for this.
  */
 #define _GNU_SOURCE
 #include "jbmaps.h"
@@ -190,16 +195,18 @@ int jb_sbx_check(uint64_t addr, uint64_t size)
 struct code_range {
     uint64_t start, end;  /* [start, end) of the code; start == 0: a free slot */
     uint64_t landing;     /* where a faulting run continues */
+    uint64_t blocks, blocks_end;  /* the program's blocks: where a run may be interrupted */
 };
 
 static struct code_range g_codes[CODE_SLOTS];
 static uint32_t g_codes_top;             /* slots below this may be in use */
-static struct sigaction g_prev_segv, g_prev_bus;
+static struct sigaction g_prev_segv, g_prev_bus, g_prev_int;
 static __thread int t_chaining __attribute__((tls_model("initial-exec")));
+static __thread int t_interrupted __attribute__((tls_model("initial-exec")));
 
 static void chain(int sig, siginfo_t *info, void *uc)
 {
-    struct sigaction *prev = sig == SIGSEGV ? &g_prev_segv : &g_prev_bus;
+    struct sigaction *prev = sig == SIGSEGV ? &g_prev_segv : sig == SIGBUS ? &g_prev_bus : &g_prev_int;
     if (t_chaining || (!(prev->sa_flags & SA_SIGINFO) &&
                        (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN))) {
         /* The default action: reinstate it; the faulting instruction runs again and ends the
@@ -235,6 +242,61 @@ static void on_fault(int sig, siginfo_t *info, void *ucv)
     chain(sig, info, ucv);
 }
 
+/* SIGINT: a run in JIT blocks on this thread ends through the landing; then the previous handler. */
+static void on_interrupt(int sig, siginfo_t *info, void *ucv)
+{
+    ucontext_t *uc = ucv;
+    uint64_t rip = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+    uint32_t top = __atomic_load_n(&g_codes_top, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < top; i++) {
+        uint64_t start = __atomic_load_n(&g_codes[i].start, __ATOMIC_ACQUIRE);
+        if (start && rip >= __atomic_load_n(&g_codes[i].blocks, __ATOMIC_RELAXED)
+            && rip < __atomic_load_n(&g_codes[i].blocks_end, __ATOMIC_RELAXED)) {
+            t_interrupted = 1;
+            uc->uc_mcontext.gregs[REG_R11] = (greg_t)rip;
+            uc->uc_mcontext.gregs[REG_R10] = 0;
+            uc->uc_mcontext.gregs[REG_RIP] = (greg_t)__atomic_load_n(&g_codes[i].landing, __ATOMIC_RELAXED);
+            break;
+        }
+    }
+    if (g_prev_int.sa_flags & SA_SIGINFO)
+        g_prev_int.sa_sigaction(sig, info, ucv);
+    else if (g_prev_int.sa_handler == SIG_DFL) {
+        signal(sig, SIG_DFL);  /* the default action: end the process, as without us */
+        raise(sig);
+    } else if (g_prev_int.sa_handler != SIG_IGN)
+        g_prev_int.sa_handler(sig);
+}
+
+int jb_interrupt_take(void)
+{
+    int was = t_interrupted;
+    t_interrupted = 0;
+    return was;
+}
+
+/* Take SIGINT, unless it is ignored (or already ours): called again before runs, since Python's
+ * signal.signal() replaces the process's handler. */
+int jb_interrupt_install(void)
+{
+    struct sigaction sa, cur;
+    int rc = 0;
+    pthread_mutex_lock(&g_lock);
+    if (sigaction(SIGINT, NULL, &cur) != 0)
+        rc = -errno;
+    else if (!((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_interrupt)
+             && ((cur.sa_flags & SA_SIGINFO) || cur.sa_handler != SIG_IGN)) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_interrupt;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGINT, &sa, &g_prev_int) != 0)
+            rc = -errno;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return rc;
+}
+
 int jb_fault_install(void)
 {
     struct sigaction sa, cur;
@@ -259,7 +321,7 @@ int jb_fault_install(void)
     return rc;
 }
 
-int jb_fault_register(uint64_t start, uint64_t end, uint64_t landing)
+int jb_fault_register(uint64_t start, uint64_t end, uint64_t landing, uint64_t blocks, uint64_t blocks_end)
 {
     int slot = -1;
     pthread_mutex_lock(&g_lock);
@@ -267,6 +329,8 @@ int jb_fault_register(uint64_t start, uint64_t end, uint64_t landing)
         if (g_codes[i].start == 0) {
             g_codes[i].end = end;
             g_codes[i].landing = landing;
+            g_codes[i].blocks = blocks;
+            g_codes[i].blocks_end = blocks_end;
             __atomic_store_n(&g_codes[i].start, start, __ATOMIC_RELEASE);
             if (i >= g_codes_top)
                 __atomic_store_n(&g_codes_top, i + 1, __ATOMIC_RELEASE);

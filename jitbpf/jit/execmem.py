@@ -46,7 +46,8 @@ class ExecutableMemory:
     ``with`` block) unmaps them. A finalizer unmaps them too if the owner forgets, as a backstop.
     """
 
-    def __init__(self, code: bytes | bytearray, fault_landing: int | None = None) -> None:
+    def __init__(self, code: bytes | bytearray, fault_landing: int | None = None,
+                 blocks: tuple[int, int] | None = None) -> None:
         page = int(libc.sysconf(_SC_PAGESIZE)) or 4096
         size = max(page, (len(code) + page - 1) // page * page)
         ptr = libc.mmap(ffi.NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
@@ -67,7 +68,11 @@ class ExecutableMemory:
             # Faults in this code end its run with an error (the landing takes over); the release
             # forgets the range, then unmaps, in one call of the library's, resolved beforehand:
             # a finalizer must not enter cffi's type parser (which may hold its lock already).
-            slot = int(nat.lib.jb_fault_register(address, address + size, address + fault_landing))
+            # SIGINT inside ``blocks`` (offsets of the program's code) ends the run the same way.
+            lo, hi = blocks if blocks is not None else (0, 0)
+            slot = int(nat.lib.jb_fault_register(address, address + size, address + fault_landing,
+                                                 address + lo, address + hi))
+            nat.lib.jb_interrupt_install()
             self.fault_handled = slot >= 0
             release: Any = nat.lib.jb_code_release
             self._finalizer = weakref.finalize(self, release, slot, address, size)

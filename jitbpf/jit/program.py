@@ -34,6 +34,7 @@ from jitbpf.jit.runtime import (
 )
 from jitbpf.jit.target import CompiledCode, HelperTable, Options
 from jitbpf.jit.x86_64 import X86_64
+from jitbpf.memory import access_operand
 from jitbpf.sandbox import contained
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ _TOKENS = itertools.count(1)
 # Helper argument kinds that are (or may be) pointers the helper follows: see _native_for.
 _POINTER_ARGS = frozenset({"map", "key", "value", "mem", "uninit_mem", "ctx", "anything", "released"})
 _UNCHECKED_ARGS = frozenset({"anything"})  # even the verifier does not check these
+_MAX_NAMES = 1024  # region names kept for errors (forgotten all at once past this)
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
 
@@ -135,6 +137,7 @@ class JitProgram:
         self._verified = verified
         self._python_calls = python_calls  # helper calls made through Python whatever the helper
         self._flow = flow
+        self._region_names: dict[int, str] = {}  # base address -> name of regions runs were given
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
                                           budget=budget, runner=runner, assembler=assembler, verified=verified,
                                           python_calls=python_calls, confine=confine)
@@ -200,7 +203,9 @@ class JitProgram:
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()
-        self._code = ExecutableMemory(self.compiled.code, self.compiled.entries["abort_fault"])
+        pcs = self.compiled.pcs
+        blocks = (pcs[0][0], self.compiled.entries["cold"]) if pcs else None
+        self._code = ExecutableMemory(self.compiled.code, self.compiled.entries["abort_fault"], blocks)
         self._pc_offsets: list[int] | None = None  # ascending code offsets of instructions (faults)
         self.token = next(_TOKENS)  # names this program to the native bare-run table
         entries = self.compiled.entries
@@ -276,6 +281,7 @@ class JitProgram:
             return None
         rc = self._thread_context()
         key = _region_key(extra)
+        self._name_regions(extra)
         table = rc.bare_extra = _region_table(key)  # the binding's own: run_regions may replace the context's
         args = self._code.address + self.compiled.entries["args"]
         nat.lib.jb_bare_bind(self.token, args, rc.ctx_addr, int(ffi.cast("uintptr_t", table)), len(key),
@@ -412,7 +418,18 @@ class JitProgram:
         key = _region_key(extra)
         if key != rc.extra_key:
             rc.extra_regions, rc.extra_key = _region_table(key), key
+            self._name_regions(extra)
         return rc.extra_regions
+
+    def _name_regions(self, regions: Sequence[Region]) -> None:
+        """Remember the names of regions runs are given, for their access errors."""
+        names = self._region_names
+        if len(names) > _MAX_NAMES:
+            names.clear()
+        names.update((r.base, r.name) for r in regions if r.size)
+
+    def _operand_at(self, pc: int) -> str:
+        return access_operand(self._flow.program, pc)
 
     def run(self, mem: Any = None) -> int:
         """Run with ``mem`` as r1/r2 and as the packet; return r0."""
@@ -476,6 +493,7 @@ class JitProgram:
         ctx = rc.ctx
         ctx.mem = ffi.cast("char *", mem.base) if mem.size else ffi.NULL
         ctx.mem_size = mem.size
+        rc.mem_name = mem.name
         ctx.mem_writable = 1 if mem.writable else 0
         ctx.r1 = r1 & MASK64
         ctx.r2 = r2 & MASK64
@@ -508,7 +526,7 @@ class JitProgram:
             return result  # the program really returned ERROR_RESULT
         if status == Status.HELPER and int(rc.ctx.err_info) in self._call_pcs:
             rc.helper_id = sign_extend(rc.helper_id, 64)  # `call imm` names the id as written
-        outcome = run_error(rc, status, self._pc_at)
+        outcome = run_error(rc, status, self._pc_at, self._operand_at, self._region_names)
         if isinstance(outcome, int):
             return outcome
         try:

@@ -8,12 +8,12 @@ import functools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jitbpf._ffi import ffi
-from jitbpf.errors import BpfError, BudgetExceeded, ExecutionError
-from jitbpf.helpers import Helper, HelperExit
-from jitbpf.interpreter import MAX_CALL_DEPTH, TailCall
+from jitbpf.contract import HelperExit, TailCall
+from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep, out_of_bounds
+from jitbpf.helpers import Helper
 from jitbpf.isa import MASK64
 
 ENTRY_TYPE = "uint64_t (*)(struct jitbpf_ctx *)"  # every entry point takes the run context
@@ -137,7 +137,7 @@ class RunContext:
     """One thread's native run context for one JitProgram, and what a helper left behind."""
 
     __slots__ = ("bare_extra", "ctx", "ctx_addr", "exc", "extra_key", "extra_regions", "helper", "helper_id",
-                 "state")
+                 "mem_name", "state")
 
     def __init__(self, state: Any, budget: int) -> None:
         self.ctx: Any = ffi.new("struct jitbpf_ctx *")  # the struct generated code reads and writes
@@ -146,6 +146,7 @@ class RunContext:
         self.ctx.frame_pointer = state.frame_pointer()
         self.ctx.budget = clamp_budget(budget)
         self.state = state  # the VM's RunState of this thread (stack, memory map for helpers)
+        self.mem_name = "mem"  # the name of the mem region of the last run given regions
         self.exc: BaseException | None = None  # what the last failing helper raised
         self.helper: Helper | None = None  # that helper (None: the id was unknown)
         self.helper_id = 0  # the id it was called with
@@ -201,30 +202,60 @@ def clamp_budget(budget: int) -> int:
     return min(max(budget, 0), MASK64)
 
 
-def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None]) -> BaseException | int:
+class _Span(NamedTuple):
+    base: int
+    size: int
+    name: str
+
+
+def run_spans(rc: RunContext, names: Mapping[int, str]) -> list[_Span]:
+    """The regions of the run on ``rc`` (mem, the stack area, then the extra table), the extra
+    ones named by base address from ``names`` (the Regions the program was given) where known."""
+    ctx = rc.ctx
+    spans = [_Span(int(ffi.cast("uintptr_t", ctx.mem)), int(ctx.mem_size), rc.mem_name),
+             _Span(int(ctx.stack_base), int(ctx.frame_pointer) - int(ctx.stack_base), "stack")]
+    for i in range(int(ctx.nextra)):
+        r = ctx.extra[i]
+        spans.append(_Span(int(r.base), int(r.size), names.get(int(r.base), "region")))
+    return spans
+
+
+def interrupted() -> bool:
+    """Whether this thread's last JIT run was ended by SIGINT (and forget it)."""
+    from jitbpf.jit.program import runner_lib
+
+    nat = runner_lib()
+    return nat is not None and bool(nat.lib.jb_interrupt_take())
+
+
+def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None], operand_at: Callable[[int], str],
+              names: Mapping[int, str]) -> BaseException | int:
     """The exception a run that ended with ``status`` raises (or r0, for HelperExit);
-    ``pc_at`` maps a host address in the program's code to the eBPF pc it came from."""
+    ``pc_at`` maps a host address in the program's code to the eBPF pc it came from,
+    ``operand_at`` gives the memory operand of the instruction at a pc ("r1+4"), ``names`` the
+    names of the run's regions by base address."""
     ctx = rc.ctx
     info = int(ctx.err_info)
     match Status(status):
         case Status.FAULT:
+            if interrupted():
+                return KeyboardInterrupt()
             addr = int(ctx.err_addr)
             return ExecutionError(f"memory fault at address {addr:#x}: an access the verifier proved in "
                                   "bounds is not (it was confined to the sandbox)", pc=pc_at(info), address=addr)
         case Status.BUDGET:
-            return BudgetExceeded("instruction budget exhausted", pc=info)
+            return budget_exhausted(info)
         case Status.OOB_LOAD | Status.OOB_STORE | Status.RO_STORE:
-            addr = int(ctx.err_addr)
-            what = "store" if status != Status.OOB_LOAD else "load"
-            kind = "read-only memory" if status == Status.RO_STORE else "out of bounds memory"
-            return ExecutionError(f"{kind} {what} at address {addr:#x}, size {info & 15}", pc=info >> 8,
-                                  address=addr)
+            pc = info >> 8
+            return out_of_bounds("store" if status != Status.OOB_LOAD else "load", info & 15, int(ctx.err_addr),
+                                 run_spans(rc, names), pc=pc, operand=operand_at(pc),
+                                 read_only=status == Status.RO_STORE)
         case Status.HELPER:
             exc, helper, hid = rc.exc, rc.helper, rc.helper_id
             rc.exc = rc.helper = None
             return helper_error(exc, helper, hid, info, int(ctx.budget_left))
         case Status.DEPTH:
-            return ExecutionError(f"call depth exceeds {MAX_CALL_DEPTH} frames", pc=info)
+            return call_too_deep(info)
         case Status.KFUNC:
             return ExecutionError("kernel function calls are not supported", pc=info)
         case _:

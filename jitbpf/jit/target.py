@@ -410,6 +410,7 @@ class Target(abc.ABC):
             self.patch_branch(code, pos, absolute(self.labels[name]) - (pos + 4))
         pcs = tuple([(off, pc) for pc, off in enumerate(pc_off) if off >= 0])
         entries = dict(self.entries)
+        entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
             entries[name] = absolute(self.labels[name])
         marks = tuple(sorted((absolute(loc), text, pc) for loc, text, pc in self.marks))

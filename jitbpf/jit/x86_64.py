@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow, live_after, register_writes, writes_fp
-from jitbpf.interpreter import MAX_CALL_DEPTH
+from jitbpf.contract import ARG_REGS, MAX_CALL_DEPTH, STACK_BYTES
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
 from jitbpf.jit.runtime import ERROR_RESULT, Access, Layout, Status, access_info, layout
 from jitbpf.jit.target import Options, Section, Target, location
 
-STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # the stack area of a run (all frames), as RunState has it
 # Set in the 32-bit address of a confined access: the sandbox is [2 GiB, 4 GiB) (see sandbox.c),
 # as a signed imm32 (or sign-extends it, which a 32-bit destination then drops).
 SANDBOX_BIT = -(1 << 31)
@@ -733,7 +732,7 @@ class X86_64(Target):
             program = self.flow.program
             pcs = [p for p, _i, inf in program if inf.kind in (Kind.CALL, Kind.CALLX)]
             self._live_after_calls = live_after(self.flow, pcs)
-        live = self._live_after_calls.get(pc, 0b111110)
+        live = self._live_after_calls.get(pc, ARG_REGS)
         saved = [Q[r] for r in range(1, 6) if live >> r & 1] + [BUDGET]
         return saved if len(saved) % 2 == 0 else [*saved, BUDGET]
 

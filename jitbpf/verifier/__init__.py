@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from jitbpf import cfg
 from jitbpf.cfg import ControlFlow
+from jitbpf.contract import DEFAULT_BUDGET, MAX_CALL_DEPTH
 from jitbpf.errors import VerifierError
 from jitbpf.helpers import Helper
 from jitbpf.isa import Instruction, Program
@@ -40,7 +41,6 @@ __all__ = [
     "verify_flow",
 ]
 
-DEFAULT_BUDGET = 1_000_000  # instructions one run may execute (as the VM's default)
 
 
 def verify_flow(
@@ -52,7 +52,7 @@ def verify_flow(
     maps: Mapping[int, MapLike] | None = None,
     context: ContextSpec | None = None,
     log: bool = False,
-    max_call_depth: int = 8,
+    max_call_depth: int = MAX_CALL_DEPTH,
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,
@@ -88,7 +88,7 @@ def verify(
     maps: Mapping[int, MapLike] | None = None,
     context: ContextSpec | None = None,
     log: bool = False,
-    max_call_depth: int = 8,
+    max_call_depth: int = MAX_CALL_DEPTH,
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,

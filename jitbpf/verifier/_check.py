@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
+from jitbpf.contract import ARG_REGS, CALLEE_SAVED
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.maps import BPF_F_RDONLY_PROG
 from jitbpf.verifier import _scalar as sc
-from jitbpf.verifier._control import CALLEE_SAVED, Control, analyze_control
+from jitbpf.verifier._control import Control, analyze_control
 from jitbpf.verifier._state import (
     INVALID,
     MISC,
@@ -55,7 +56,6 @@ FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "
 STACK_BOTTOM = -STACK_SIZE
 ALL_REGS = (1 << 11) - 1
 ALL_SLOTS = (1 << SLOTS) - 1
-ARG_REGS = 0b111110  # r1-r5
 RET_REGS = 0b111111  # r0-r5: what a callee hands back in this VM
 
 

@@ -6,10 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from jitbpf.cfg import Block, ControlFlow
+from jitbpf.contract import ARG_REGS
 from jitbpf.isa import CORE_POISON, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo
-
-ALL_ARGS = 0b111110  # r1-r5
-CALLEE_SAVED = 0b11111000000  # r6-r10
 
 
 @dataclass(frozen=True)
@@ -70,13 +68,13 @@ def _use_def(insn: Instruction, info: OpInfo, arg_masks: Mapping[int, int], main
         case Kind.JCOND:
             return d | (s if info.reg_src else 0), 0
         case Kind.CALL:
-            return arg_masks.get(insn.imm, ALL_ARGS), 1
+            return arg_masks.get(insn.imm, ARG_REGS), 1
         case Kind.CALLX:
-            return d | ALL_ARGS, 1
+            return d | ARG_REGS, 1
         case Kind.CALL_LOCAL:
-            return ALL_ARGS, 1
+            return ARG_REGS, 1
         case Kind.EXIT:
-            return (1 if main else 1 | ALL_ARGS), 0
+            return (1 if main else 1 | ARG_REGS), 0
         case Kind.LD_ABS:
             return 1 << 6, 1  # the context must be in r6
         case Kind.LD_IND:
