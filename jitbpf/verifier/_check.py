@@ -1085,6 +1085,8 @@ class Checker:
                     m = self.maps.get(map_reg.aux) if self.maps is not None else None
                     size = 1 if m is None else m.key_size if kind is ArgType.KEY else m.value_size
                     self._mem_arg(st, regs, r, size, size, kind)
+                case ArgType.UNINIT_LONG:
+                    self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
                 case ArgType.MEM | ArgType.UNINIT_MEM:
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
                         pending = (r, kind)
