@@ -152,7 +152,7 @@ class Resolver:
         for cand in self._candidates(relo.type_id):
             try:
                 results.add(self._against(relo, cand))
-            except _Unresolved:
+            except (_Unresolved, ElfError):  # this candidate does not fit (or its BTF is broken)
                 continue
         if not results:
             if relo.kind in _EXISTS_KINDS:
@@ -170,7 +170,7 @@ class Resolver:
         for cand in self._candidates(relo.type_id):
             try:
                 f = _walk(self.target, cand, relo.access, (self.local, relo.type_id))
-            except _Unresolved:
+            except (_Unresolved, ElfError):
                 continue
             results.add(self.target.size_of(f.type_id))
         return self.local.size_of(local.type_id), results.pop() if len(results) == 1 else 0
@@ -297,6 +297,8 @@ def _field_value(btf: Btf, f: _Field, kind: CoreKind) -> int:
         if t.kind is BtfKind.INT:
             return t.encoding & 1
         return int(t.kind in (BtfKind.ENUM, BtfKind.ENUM64) and bool(t.encoding))
+    if size == 0:
+        raise _Unresolved("the field has no size")
     if f.bit_size:
         byte_sz = size
         byte_off = f.bit_off // 8 // byte_sz * byte_sz

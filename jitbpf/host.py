@@ -73,9 +73,9 @@ class Host:
     """The answers of the helpers that ask the host. Fill it before running (``vm.std.host``).
 
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
-    device and inode 0, cookies 0, hash 0, interface 1 (loopback) only, forwarding off, no routes,
-    the task in the root cgroup (id 1) only, a packet's socket in the task's cgroups (as the
-    socket the kernel's test runs give a packet), and empty call stacks.
+    device and inode 0, cookies 0, hash 0, function address 0, interface 1 (loopback) only, forwarding
+    off, no routes, the task in the root cgroup (id 1) only, a packet's socket in the task's cgroups
+    (as the socket the kernel's test runs give a packet), and empty call stacks.
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
@@ -86,6 +86,7 @@ class Host:
     socket_cookie: int = 0  # bpf_get_socket_cookie
     netns_cookie: int = 0  # bpf_get_netns_cookie
     skb_hash: int = 0  # bpf_get_hash_recalc
+    func_ip: int = 0  # bpf_get_func_ip: the address of the probed function (kprobe, fentry)
     interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface()})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order
@@ -246,4 +247,5 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
                             (H.PROBE_READ_KERNEL_STR, "bpf_probe_read_kernel_str"),
                             (H.PROBE_READ_USER_STR, "bpf_probe_read_user_str"))),
         Helper(H.SEND_SIGNAL, "bpf_send_signal", send_signal),
+        Helper(H.GET_FUNC_IP, "bpf_get_func_ip", constant("func_ip"), ("ignored",)),
     ]

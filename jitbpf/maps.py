@@ -566,6 +566,12 @@ class Array(BpfMap):
         vs = value_size if value_size is not None else _size_of(value_type) or 4
         super().__init__(self._TYPE, key_size, vs, max_entries, flags, name)
         self._values = Codec(vs, value_type, "value")
+        self.frozen = False  # see freeze()
+
+    def freeze(self) -> None:
+        """Forbid writes from Python from now on (``BPF_MAP_FREEZE``): the verifier then takes
+        a read-only (``BPF_F_RDONLY_PROG``) single-value array's bytes as constants."""
+        self.frozen = True
 
     @staticmethod
     def _key(index: int) -> bytes:
@@ -582,7 +588,10 @@ class Array(BpfMap):
         return self._decode_value(self._lookup_raw(self._key(index), f"lookup of index {index} in {self.name!r}"))
 
     def set(self, index: int, value: Any, flags: int = BPF_ANY) -> None:
-        """Store ``value`` at ``index`` (E2BIG beyond ``max_entries``; BPF_NOEXIST gives EEXIST)."""
+        """Store ``value`` at ``index`` (E2BIG beyond ``max_entries``; BPF_NOEXIST gives EEXIST;
+        EPERM once frozen)."""
+        if self.frozen:
+            raise MapError(f"update of index {index} in {self.name!r}: the map is frozen", errno=errno.EPERM)
         self._update_raw(self._key(index), self._encode_value(value), flags,
                          f"update of index {index} in {self.name!r}")
 
@@ -608,11 +617,13 @@ class Array(BpfMap):
         self.set(index, bytes(self.value_size))
 
     def view(self, index: int, cpu: int = 0) -> memoryview:
-        """The live bytes of value ``index`` (of CPU ``cpu`` for per-CPU arrays)."""
+        """The live bytes of value ``index`` (of CPU ``cpu`` for per-CPU arrays); read-only once
+        the map is frozen."""
         if not 0 <= index < self.max_entries or not 0 <= cpu < self.num_cpus:
             raise MapError(f"index {index} (cpu {cpu}) out of range", errno=errno.E2BIG)
         start = (cpu * self.max_entries + index) * self._stride
-        return self._regions[0].view[start : start + self.value_size]
+        view = self._regions[0].view[start : start + self.value_size]
+        return view.toreadonly() if self.frozen else view
 
 
 class PerCpuArray(Array):

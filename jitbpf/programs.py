@@ -179,6 +179,7 @@ class Helpers(enum.IntEnum):
     FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem
     SNPRINTF = 165  # bpf_snprintf
     GET_FUNC_IP = 173  # bpf_get_func_ip
+    TRACE_VPRINTK = 177  # bpf_trace_vprintk
     LOOP = 181  # bpf_loop
     STRNCMP = 182  # bpf_strncmp
     XDP_GET_BUFF_LEN = 188  # bpf_xdp_get_buff_len
@@ -314,13 +315,14 @@ _BASE = frozenset({
     H.MAP_LOOKUP_PERCPU_ELEM, H.GET_PRANDOM_U32, H.GET_SMP_PROCESSOR_ID, H.GET_NUMA_NODE_ID, H.TAIL_CALL,
     H.KTIME_GET_NS, H.KTIME_GET_BOOT_NS, H.KTIME_GET_COARSE_NS, H.KTIME_GET_TAI_NS, H.JIFFIES64,
     H.RINGBUF_OUTPUT, H.RINGBUF_RESERVE, H.RINGBUF_SUBMIT, H.RINGBUF_DISCARD, H.RINGBUF_QUERY, H.SPIN_LOCK,
-    H.SPIN_UNLOCK, H.TRACE_PRINTK, H.SNPRINTF, H.LOOP, H.FOR_EACH_MAP_ELEM, H.STRNCMP, H.STRTOL, H.STRTOUL,
+    H.SPIN_UNLOCK, H.TRACE_PRINTK, H.TRACE_VPRINTK, H.SNPRINTF, H.LOOP, H.FOR_EACH_MAP_ELEM, H.STRNCMP, H.STRTOL,
+    H.STRTOUL,
     H.PROBE_READ_KERNEL, H.PROBE_READ_KERNEL_STR, H.PROBE_READ_USER, H.PROBE_READ_USER_STR,
 })
 _TRACING = _BASE | {
     H.PROBE_READ, H.PROBE_READ_STR, H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM,
     H.GET_CURRENT_TASK, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.PERF_EVENT_READ, H.GET_STACKID,
-    H.GET_STACK, H.GET_FUNC_IP, H.GET_CURRENT_TASK_BTF, H.GET_NS_CURRENT_PID_TGID, H.SEND_SIGNAL,
+    H.GET_STACK, H.GET_CURRENT_TASK_BTF, H.GET_NS_CURRENT_PID_TGID, H.SEND_SIGNAL,
     H.CURRENT_TASK_UNDER_CGROUP, H.SK_STORAGE_GET, H.SK_STORAGE_DELETE, H.TASK_STORAGE_GET, H.TASK_STORAGE_DELETE,
 }
 _SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
@@ -402,7 +404,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             ProgType.KPROBE, "kprobe", PtRegs,
             ("kprobe/", "kretprobe/", "uprobe/", "uretprobe/", "ksyscall/", "kretsyscall/", "kprobe", "uprobe",
              "kretprobe", "uretprobe"),
-            _TRACING | {H.GET_STACKID}, readable=_all_but(PtRegs, ()),
+            _TRACING | {H.GET_STACKID, H.GET_FUNC_IP}, readable=_all_but(PtRegs, ()),
         ),
         ProgramType(
             ProgType.TRACEPOINT, "tracepoint", RawContext, ("tracepoint", "tracepoint/", "tp", "tp/"), _TRACING,

@@ -77,6 +77,10 @@ class HelperId(enum.IntEnum):
     INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete(map, inode)
     TASK_STORAGE_GET = 156  # bpf_task_storage_get(map, task, value, flags) -> the task's value or NULL
     TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete(map, task)
+    STRTOL = 105  # bpf_strtol(buf, buf_len, flags, res): parse a signed integer
+    STRTOUL = 106  # bpf_strtoul(buf, buf_len, flags, res): parse an unsigned integer
+    SNPRINTF = 165  # bpf_snprintf(str, size, fmt, data, data_len): printk formatting into a buffer
+    TRACE_VPRINTK = 177  # bpf_trace_vprintk(fmt, fmt_size, data, data_len): trace_printk with an array
 
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
@@ -145,9 +149,12 @@ class StdContext:
 
 _SPEC = re.compile(r"%([-+ #0]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|z)?([diuxXcsp%])")
 _MAX_PRINTK_ARGS = 3  # as the kernel
+MAX_BPRINTF_VARARGS = 12  # arguments of bpf_snprintf and bpf_trace_vprintk (8 bytes each)
+STRTOX_BUF = 64  # bytes bpf_strtol/strtoul look at (the kernel's copy buffer, with its terminator)
 
 
-def format_printk(fmt: str, args: Sequence[int], read_string: Callable[[int], str]) -> str | None:
+def format_printk(fmt: str, args: Sequence[int], read_string: Callable[[int], str],
+                  max_args: int = _MAX_PRINTK_ARGS) -> str | None:
     """``fmt`` with the kernel's printk conversions (%d %i %u %x %X %c %s %p %%, with l/ll/h/hh,
     flags, width and precision) applied to ``args``; None if the format is invalid."""
     out: list[str] = []
@@ -166,7 +173,7 @@ def format_printk(fmt: str, args: Sequence[int], read_string: Callable[[int], st
         if conv == "%":
             out.append("%")
             continue
-        if used >= min(len(args), _MAX_PRINTK_ARGS):
+        if used >= min(len(args), max_args):
             return None
         raw = args[used] & MASK64
         used += 1
@@ -185,6 +192,41 @@ def format_printk(fmt: str, args: Sequence[int], read_string: Callable[[int], st
             out.append((spec + "s") % read_string(raw))
         else:
             out.append((spec + "s") % f"{raw:#x}")
+
+
+def parse_strtox(text: bytes, base: int) -> tuple[int, bool, int] | int:
+    """The kernel's ``__bpf_strtoull``: (value, negative, bytes consumed) or a negative errno.
+
+    Leading white space and one '-' are skipped; base 0 guesses 16 ("0x"), 8 ("0") or 10; base
+    16 skips a "0x" prefix (even with no digit after it); a value that does not fit 64 bits is
+    -ERANGE, no digit -EINVAL."""
+    if not text or base not in (0, 8, 10, 16):
+        return -errno.EINVAL
+    text = text[: STRTOX_BUF - 1].split(b"\0", 1)[0]
+    pos = len(text) - len(text.lstrip(b" \t\n\v\f\r"))
+    negative = text[pos : pos + 1] == b"-"
+    pos += negative
+    if pos >= len(text):
+        return -errno.EINVAL
+    rest = text[pos:]
+    hex_prefix = rest[:2].lower() == b"0x"
+    if base == 0:  # "0x" means hexadecimal only when a hex digit follows
+        base = 16 if hex_prefix and rest[2:3] and rest[2:3] in b"0123456789abcdefABCDEF" else (
+            8 if rest[:1] == b"0" else 10)
+    if base == 16 and hex_prefix:
+        pos += 2
+    value, digits = 0, 0
+    for ch in text[pos:]:
+        digit = int(chr(ch), 36) if chr(ch).isascii() and chr(ch).isalnum() else 99
+        if digit >= base:
+            break
+        value = value * base + digit
+        digits += 1
+        if value >> 64:
+            return -errno.ERANGE
+    if digits == 0:
+        return -errno.EINVAL
+    return value, negative, pos + digits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,6 +498,76 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
             return -exc.errno
         return 0
 
+    # -- strings --------------------------------------------------------------------------------
+
+    def strtox(signed: bool) -> Callable[[int, int, int, int, int], int]:
+        name = "bpf_strtol" if signed else "bpf_strtoul"
+
+        def fn(buf: int, buf_len: int, flags: int, res: int, _r5: int) -> int:
+            buf_len &= MASK32
+            need(res, 8, name, "result", write=True)
+            if flags & ~0x1F or buf_len == 0:
+                return -errno.EINVAL & MASK64
+            mm = memory()
+            parsed = parse_strtox(mm.read(buf, min(buf_len, STRTOX_BUF - 1)), flags & 0x1F)
+            if isinstance(parsed, int):
+                return parsed & MASK64
+            value, negative, consumed = parsed
+            if signed:
+                if value > (1 << 63) - (0 if negative else 1):
+                    return -errno.ERANGE & MASK64
+                value = -value if negative else value
+            elif negative:
+                return -errno.EINVAL & MASK64
+            mm.write(res, (value & MASK64).to_bytes(8, "little"))
+            return consumed
+
+        fn.__name__ = name
+        return fn
+
+    def read_string(addr: int) -> str:
+        try:
+            return memory().read_cstring(addr).decode("utf-8", "replace")
+        except ExecutionError:
+            return ""  # the kernel prints an empty string for an unreadable pointer
+
+    def bprintf_args(data: int, data_len: int) -> list[int] | None:
+        data_len &= MASK32
+        if data_len % 8 or data_len // 8 > MAX_BPRINTF_VARARGS:
+            return None
+        raw = memory().read(data, data_len) if data_len else b""
+        return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, data_len, 8)]
+
+    def snprintf(out: int, size: int, fmt: int, data: int, data_len: int) -> int:
+        size &= MASK32
+        need(out, size, "bpf_snprintf", "buffer", write=True)
+        args = bprintf_args(data, data_len)
+        try:
+            spec = memory().read_cstring(fmt).decode("utf-8", "replace")
+        except ExecutionError:
+            return -errno.EINVAL & MASK64
+        text = format_printk(spec, args, read_string, MAX_BPRINTF_VARARGS) if args is not None else None
+        if text is None:
+            return -errno.EINVAL & MASK64
+        raw = text.encode()
+        if size:
+            kept = raw[: size - 1]
+            memory().write(out, kept + b"\0")
+        return len(raw) + 1
+
+    def trace_vprintk(fmt: int, fmt_size: int, data: int, data_len: int, _r5: int) -> int:
+        fmt_size &= MASK32
+        raw = memory().read(fmt, fmt_size) if fmt_size else b""
+        nul = raw.find(b"\0")
+        args = bprintf_args(data, data_len)
+        if nul < 0 or args is None:
+            return -errno.EINVAL & MASK64
+        text = format_printk(raw[:nul].decode("utf-8", "replace"), args, read_string, MAX_BPRINTF_VARARGS)
+        if text is None:
+            return -errno.EINVAL & MASK64
+        ctx.emit(text)
+        return len(text.encode())
+
     extra = [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in {int(i) for i in HelperId}]
     h = HelperId
     probe_args = ("uninit_mem", "size_or_zero", "anything")
@@ -525,5 +637,10 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
           for kind, mtype, delete_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_DELETE),
                                          ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_DELETE),
                                          ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_DELETE))),
+        Helper(h.STRTOL, "bpf_strtol", strtox(True), ("mem", "size", "scalar", "uninit_long")),
+        Helper(h.STRTOUL, "bpf_strtoul", strtox(False), ("mem", "size", "scalar", "uninit_long")),
+        Helper(h.SNPRINTF, "bpf_snprintf", snprintf,
+               ("uninit_mem", "size_or_zero", "anything", "mem", "size_or_zero")),
+        Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem", "size_or_zero")),
         *extra,
     ]

@@ -279,10 +279,16 @@ class VM(ProgramRunners):
             if info.kind is Kind.CALL_KFUNC:
                 raise VerifierError("kernel function calls are not supported", pc=pc)
         if self.verify_enabled:
+            from jitbpf.maps import BPF_F_RDONLY_PROG
             from jitbpf.verifier import verify_flow
 
             # The maps give key and value sizes: helper arguments are checked for their whole
             # size (C helpers read all of it), and accesses to map values can be proven.
+            # Read-only global data is frozen first, as libbpf freezes .rodata before loading:
+            # the verifier folds its bytes as constants (dead branches of settings are pruned).
+            for m in self.maps.values():
+                if m.flags & BPF_F_RDONLY_PROG and m.max_entries == 1 and hasattr(m, "freeze"):
+                    m.freeze()
             try:
                 result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
                                      budget=self.budget, context=self.context_spec(), maps=self.maps,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jitbpf.core import CoreKind, read_relocations
 from jitbpf.elf import VMLINUX_BTF, Btf, BtfKind, load_elf
@@ -169,3 +171,31 @@ SEC("xdp") int prog(struct xdp_md *ctx)
     obj = load_elf(path, btf=vmlinux)
     assert obj.programs["prog"].run(bytes(64))[0] == offsets["tgid"] - offsets["pid"]
     assert load_elf(path).programs["prog"].run(bytes(64))[0] == offsets["tgid"] - offsets["pid"]  # the default
+
+
+@pytest.fixture(scope="module")
+def fuzz_object(build: Build) -> tuple[bytes, int, int]:
+    """An object with several kinds of relocation, and where its .BTF.ext section lies."""
+    path = build(LOCAL + 'SEC("xdp") int prog(struct xdp_md *ctx)\n'
+                 '{ struct thing *t = &g;\n'
+                 '  return t->b + bpf_core_field_exists(t->gone) + BPF_CORE_READ_BITFIELD(t, bf2); }')
+    raw = path.read_bytes()
+    ext = ELFFile(io.BytesIO(raw)).get_section_by_name(".BTF.ext")
+    assert ext is not None
+    return raw, int(ext["sh_offset"]), int(ext["sh_size"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupt_relocation_records_are_load_errors(fuzz_object: tuple[bytes, int, int], target: bytes,
+                                                    data: st.DataObject) -> None:
+    original, start, size = fuzz_object
+    raw = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = start + data.draw(st.integers(0, size - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    try:
+        obj = load_elf(bytes(raw), btf=target)
+        obj.programs["prog"].run(bytes(64))
+    except (ElfError, VerifierError):
+        pass  # refused with a located error: never anything else, never a crash

@@ -1,4 +1,5 @@
-"""ELF externs as libbpf resolves them: ``__kconfig`` values in a read-only map, ``__ksym`` refused."""
+"""What libbpf does to an object before loading it: ``__kconfig`` externs in a read-only map,
+``__ksym`` refused, ``.rodata`` set by the caller then frozen and folded as constants."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from jitbpf.elf import kconfig_defaults, load_elf
-from jitbpf.errors import ElfError
-from jitbpf.maps import BPF_F_RDONLY_PROG
+from jitbpf.errors import ElfError, MapError, VerifierError
+from jitbpf.maps import BPF_F_RDONLY_PROG, Array
 
 CLANG = shutil.which("clang")
 LIBBPF_HEADERS = Path("/usr/include/bpf/bpf_helpers.h")
@@ -92,3 +93,40 @@ def test_kconfig_string(build: Callable[[str], Path]) -> None:
                          "SEC(\"xdp\") int p(struct xdp_md *c) { return CONFIG_S[1] + CONFIG_S[3]; }"),
                    kconfig={"CONFIG_S": "abcdef"})
     assert obj.programs["p"].run(bytes(64))[0] == ord("b")
+
+
+RODATA = """
+const volatile int mode = 0;
+const volatile unsigned char extra = 0;
+SEC("xdp") int prog(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    if (mode == 1)
+        return *(unsigned char *)data;  /* unchecked: verifiable only while mode is not 1 */
+    return mode + extra;
+}
+"""
+
+
+@pytest.mark.parametrize("engine", ["interp", "jit"])
+def test_rodata_set_before_verification_is_folded(build: Callable[[str], Path], engine: str) -> None:
+    obj = load_elf(build(RODATA))
+    obj.variable("mode")[:] = (5).to_bytes(4, "little")
+    obj.variable("extra")[:] = b"\xff"
+    assert obj.programs["prog"].run(bytes(64), engine=engine)[0] == 5 + 255  # the unchecked path is pruned
+    with pytest.raises(TypeError):
+        obj.variable("mode")[:] = bytes(4)  # frozen once a program was verified, as libbpf freezes it
+    other = load_elf(build(RODATA))
+    other.variable("mode")[:] = (1).to_bytes(4, "little")
+    with pytest.raises(VerifierError, match="outside of the packet"):
+        other.programs["prog"].run(bytes(64), engine=engine)
+
+
+def test_frozen_array_refuses_writes() -> None:
+    a = Array(value_size=4, max_entries=1, flags=BPF_F_RDONLY_PROG)
+    a[0] = b"\x07\0\0\0"
+    a.freeze()
+    assert bytes(a.view(0)) == b"\x07\0\0\0"
+    with pytest.raises(MapError, match="frozen"):
+        a[0] = b"\x08\0\0\0"
+    assert a.view(0).readonly

@@ -162,6 +162,18 @@ def test_send_signal_records_or_refuses(engine: str) -> None:
     assert s64(bad.run_kprobe(engine=engine)) == -EINVAL
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_get_func_ip_reads_the_host(engine: str) -> None:
+    vm = load("call 173\nexit", prog_type="kprobe")
+    assert vm.run_kprobe(engine=engine) == 0  # no probed function given
+    vm.std.host.func_ip = 0xFFFF_FFFF_8100_0000
+    assert vm.run_kprobe(engine=engine) == 0xFFFF_FFFF_8100_0000
+    from jitbpf.errors import VerifierError
+
+    with pytest.raises(VerifierError, match="may not call"):
+        load("call 173\nexit", prog_type="tracepoint").run_tracepoint(engine=engine)
+
+
 NS_PID = """
     mov r1, {dev}
     mov r2, {ino}

@@ -204,8 +204,11 @@ def test_tc_classifier_with_global_data(example: Compiler, engine: str) -> None:
     assert res.packet is not None and res.packet[15] == 0x10 and res.packet[:15] == other[:15]  # TOS stamped
     dropped, passed = (int.from_bytes(obj.variable(n), "little") for n in ("dropped", "passed"))
     assert (dropped, passed) == (1, 1)
-    obj.variable("blocked_port")[:] = struct.pack("<H", 5353)  # configure before loading, as with libbpf
-    vm2 = obj.programs["tc_filter"].vm()
+    with pytest.raises(TypeError):  # .rodata is frozen once a program is verified, as libbpf freezes it
+        obj.variable("blocked_port")[:] = struct.pack("<H", 5353)
+    fresh = load_elf(example("tc_classifier"))
+    fresh.variable("blocked_port")[:] = struct.pack("<H", 5353)  # configure before loading, as with libbpf
+    vm2 = fresh.programs["tc_filter"].vm()
     assert vm2.run_tc(other, engine=engine)[0] is TcAction.SHOT
 
 

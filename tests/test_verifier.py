@@ -723,7 +723,8 @@ def test_api_inputs() -> None:
 
 def test_declarations_are_checked() -> None:
     assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
-                                         "size_or_zero", "ctx", "uninit_mem", "uninit_value", "released"]
+                                         "size_or_zero", "ctx", "uninit_mem", "uninit_value", "released",
+                                         "uninit_long"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "void", "acquired_value_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})
@@ -733,6 +734,15 @@ def test_declarations_are_checked() -> None:
         ContextSpec(size=8, fields={0: "packet"}, field_sizes={4: 4})
     with pytest.raises(ValueError, match="helper 9"):
         verify(prog("mov r0, 0\nexit"), helpers=[Helper(9, "bad", _never, args=("pointer",))])
+
+
+def test_uninit_long_is_eight_writable_bytes_it_fills() -> None:
+    fill = [Helper(7, "fill", _never, args=("uninit_long",))]
+    verify(prog("mov r1, r10\nadd r1, -8\ncall 7\nldxdw r0, [r10-8]\nexit"), helpers=fill)
+    with pytest.raises(VerifierError, match="stack"):
+        verify(prog("mov r1, r10\nadd r1, -4\ncall 7\nmov r0, 0\nexit"), helpers=fill)
+    with pytest.raises(VerifierError):
+        verify(prog("mov r1, 0\ncall 7\nmov r0, 0\nexit"), helpers=fill)
 
 
 def test_helpers_without_declarations_take_anything() -> None:

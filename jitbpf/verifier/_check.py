@@ -818,6 +818,11 @@ class Checker:
                 if m is not None and (lo < 0 or hi > m.value_size):
                     self.reject(f"invalid access to map value, value_size={m.value_size} off={lo} size={size}")
                 self._note(m is not None)
+                if m is not None and mode is Access.READ and ptr.var.is_const and getattr(m, "frozen", False) \
+                        and m.flags & BPF_F_RDONLY_PROG and m.max_entries == 1:
+                    # A frozen read-only value is a constant, as the kernel reads it (bpf_map_direct_read).
+                    v = int.from_bytes(bytes(m.view(0)[lo : lo + size]), "little")  # type: ignore[attr-defined]
+                    return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
             case Pt.PTR_TO_MEM:
                 self._note(False)  # size unknown here: the runtime check stays
             case Pt.PTR_TO_MAP_VALUE_OR_NULL:
@@ -1142,6 +1147,8 @@ class Checker:
                     m = self.maps.get(map_reg.aux) if self.maps is not None else None
                     size = 1 if m is None else m.key_size if kind is ArgType.KEY else m.value_size
                     self._mem_arg(st, regs, r, size, size, kind)
+                case ArgType.UNINIT_LONG:
+                    self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
                 case ArgType.MEM | ArgType.UNINIT_MEM:
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
                         pending = (r, kind)

@@ -27,6 +27,7 @@ class ArgType(enum.Enum):
     UNINIT_MEM = "uninit_mem"  # pointer to writable memory the helper fills; length is the next size
     UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
     RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
+    UNINIT_LONG = "uninit_long"  # pointer to 8 writable bytes the helper fills (the kernel's ARG_PTR_TO_LONG)
 
 
 class RetType(enum.Enum):
