@@ -761,7 +761,7 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
                  "ctx", "scalar", "scalar", "scalar", "scalar"),
         c_helper(H.L4_CSUM_REPLACE, "bpf_l4_csum_replace", in_run("jb_helper_l4_csum_replace"),
                  "ctx", "scalar", "scalar", "scalar", "scalar"),
-        Helper(H.CSUM_UPDATE, "bpf_csum_update", csum_update, args=("ignored", "scalar")),
+        Helper(H.CSUM_UPDATE, "bpf_csum_update", csum_update, args=("ctx", "scalar")),
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
