@@ -1,6 +1,21 @@
 """The run-time contract both engines keep: the limits of a run, and the exceptions a helper
 raises to end one early. Every other module takes these from here, so that the interpreter, the
-JIT, the verifier and the VM cannot disagree on them."""
+JIT, the verifier and the VM cannot disagree on them.
+
+Where the state of a run lives (each kind once, owned by the layer that needs it):
+
+- ``vm.RunState``: per VM and thread, for both engines: the stack, the memory of the current run
+  (the map Python helpers read and write through) and the tail calls it may still make.
+- ``interpreter.Env``: what the interpreter's generated blocks call during one run (loads,
+  stores, helpers, atomics, the legacy packet); built from a ``RunState`` for each run.
+- ``jit.runtime.JitThreadContext``: per JIT program and thread: the native ``struct jitbpf_ctx``
+  generated code runs with, pointing into the thread's ``RunState``, and what a failing Python
+  helper left behind.
+- ``programs.ProgramState``: per VM, for a program type: its context layout and each thread's
+  arena; ``programs.ProgramRun`` is one typed run (context, packet frame, helper effects).
+- ``stdhelpers.StdContext``: per VM, for the standard helpers: the trace log, the host, and each
+  thread's redirect and socket.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +47,4 @@ class TailCall(Exception):
         super().__init__(target)
         self.target = target
         self.budget = 0
+

@@ -555,7 +555,7 @@ def _helper_name(helper_id: int) -> str:
 
 
 @dataclass
-class RunContext:
+class ProgramRun:
     """The memory and state of one program run: context, packet frame, and what helpers changed.
 
     The packet pointers and the redirect target live in the run's native frame (``struct
@@ -658,8 +658,8 @@ class ProgramState:
         """The VM's helpers, maps or code changed: every thread's native binding is to be redone."""
         self.native = threading.local()
 
-    def current(self) -> RunContext:
-        run: RunContext | None = getattr(self.local, "run", None)
+    def current(self) -> ProgramRun:
+        run: ProgramRun | None = getattr(self.local, "run", None)
         if run is None:
             raise ExecutionError(f"{self.info.name} helper called outside a {self.info.name} run")
         return run
@@ -890,7 +890,7 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     arena, ctx_region, pkt_region = state.arena(CTX_AREA + info.headroom + len(data) + info.tailroom)
     frame = pktrun.new_frame(state.layout, arena)
     pktrun.build_frame(frame, template, data, derive)
-    run = RunContext(info, arena, frame)
+    run = ProgramRun(info, arena, frame)
     base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
     legacy = Region(start, len(data), arena.view[start - base : start - base + len(data)], False, "packet")

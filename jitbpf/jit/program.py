@@ -26,7 +26,7 @@ from jitbpf.jit.runtime import (
     ENTRY_TYPE,
     ERROR_RESULT,
     Dispatcher,
-    RunContext,
+    JitThreadContext,
     Status,
     clamp_budget,
     install_python_calls,
@@ -146,7 +146,7 @@ class JitProgram:
         self._helpers = helpers
         self._state = _weak(state)  # the VM's: held weakly, the VM owns this object
         self._budget = budget
-        self._tls = threading.local()  # .rc: this thread's RunContext
+        self._tls = threading.local()  # .rc: this thread's JitThreadContext
         # The VM's execute_jit_regions, which adds map regions and follows tail calls; run()
         # takes it for programs that may need either.
         self._runner = _weak(runner)
@@ -252,7 +252,7 @@ class JitProgram:
             return helper.native
         return 0
 
-    def _run_code(self, rc: RunContext) -> int:
+    def _run_code(self, rc: JitThreadContext) -> int:
         """Run the regions entry on ``rc``. Programs that may call Python keep the GIL while
         their code runs: each helper call then costs no GIL hand-over."""
         native = self._native_entry
@@ -262,11 +262,11 @@ class JitProgram:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def _context(self) -> RunContext:
+    def _context(self) -> JitThreadContext:
         state = self._state()
         if state is None:
             raise JitError("the VM of this JIT program is gone")
-        rc = RunContext(state(), self._budget)
+        rc = JitThreadContext(state(), self._budget)
         self._tls.rc = rc
         return rc
 
@@ -297,7 +297,7 @@ class JitProgram:
         """The outcome of this thread's bare run that returned ``ERROR_RESULT``."""
         return self._finish(self._tls.rc, result)
 
-    def regions_binding(self) -> tuple[int, RunContext] | None:
+    def regions_binding(self) -> tuple[int, JitThreadContext] | None:
         """The "regions" entry's address and this thread's run context, for native runners that
         fill the context's inputs themselves (``jitbpf.pktrun``); None when runs need Python
         (``batchable`` is false) or the code is gone. Results of ``ERROR_RESULT`` go to ``finish``."""
@@ -305,9 +305,9 @@ class JitProgram:
             return None
         return self._code.address + self.compiled.entries["regions"], self._thread_context()
 
-    def _thread_context(self) -> RunContext:
+    def _thread_context(self) -> JitThreadContext:
         try:
-            rc: RunContext = self._tls.rc
+            rc: JitThreadContext = self._tls.rc
         except AttributeError:
             rc = self._context()
         return rc
@@ -413,7 +413,7 @@ class JitProgram:
                 start += 1
         del table
 
-    def _extra_table(self, rc: RunContext, extra: Sequence[Region]) -> Any:
+    def _extra_table(self, rc: JitThreadContext, extra: Sequence[Region]) -> Any:
         """The native region table for ``extra`` (cached on the thread's context)."""
         key = _region_key(extra)
         if key != rc.extra_key:
@@ -436,7 +436,7 @@ class JitProgram:
         if not self.simple:
             return self._run_tracked(mem)
         try:
-            rc: RunContext = self._tls.rc
+            rc: JitThreadContext = self._tls.rc
         except AttributeError:
             rc = self._context()
         if mem is None:
@@ -487,7 +487,7 @@ class JitProgram:
             return self._counting.run_regions(mem, extra, r1, r2, packet=packet, budget=budget,
                                               tail_calls_left=tail_calls_left)
         try:
-            rc: RunContext = self._tls.rc
+            rc: JitThreadContext = self._tls.rc
         except AttributeError:
             rc = self._context()
         ctx = rc.ctx
@@ -520,7 +520,7 @@ class JitProgram:
             return self._finish(rc, result)
         return result
 
-    def _finish(self, rc: RunContext, result: int) -> int:
+    def _finish(self, rc: JitThreadContext, result: int) -> int:
         status = int(rc.ctx.status)
         if not status:
             return result  # the program really returned ERROR_RESULT

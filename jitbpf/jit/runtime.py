@@ -133,7 +133,7 @@ def layout() -> Layout:
     )
 
 
-class RunContext:
+class JitThreadContext:
     """One thread's native run context for one JitProgram, and what a helper left behind."""
 
     __slots__ = ("bare_extra", "ctx", "ctx_addr", "exc", "extra_key", "extra_regions", "helper", "helper_id",
@@ -169,7 +169,7 @@ class Dispatcher:
 
     def __init__(self, helpers: Mapping[int, Helper], tls: threading.local) -> None:
         self.helpers = helpers  # the VM's live helper dict
-        self.tls = tls  # .rc: the calling thread's RunContext
+        self.tls = tls  # .rc: the calling thread's JitThreadContext
 
 
 def install_python_calls(nffi: Any) -> None:
@@ -188,7 +188,7 @@ def install_python_calls(nffi: Any) -> None:
                 return int(helper.fn(a, b, c, d, e)) & MASK64
             except BaseException as exc:
                 failure = exc
-        rc: RunContext = dispatcher.tls.rc
+        rc: JitThreadContext = dispatcher.tls.rc
         rc.exc, rc.helper, rc.helper_id = failure, helper, helper_id
         rc.ctx.pending = 1
         del failure  # the exception's traceback holds this frame: no cycle back to it
@@ -208,7 +208,7 @@ class _Span(NamedTuple):
     name: str
 
 
-def run_spans(rc: RunContext, names: Mapping[int, str]) -> list[_Span]:
+def run_spans(rc: JitThreadContext, names: Mapping[int, str]) -> list[_Span]:
     """The regions of the run on ``rc`` (mem, the stack area, then the extra table), the extra
     ones named by base address from ``names`` (the Regions the program was given) where known."""
     ctx = rc.ctx
@@ -228,7 +228,7 @@ def interrupted() -> bool:
     return nat is not None and bool(nat.lib.jb_interrupt_take())
 
 
-def run_error(rc: RunContext, status: int, pc_at: Callable[[int], int | None], operand_at: Callable[[int], str],
+def run_error(rc: JitThreadContext, status: int, pc_at: Callable[[int], int | None], operand_at: Callable[[int], str],
               names: Mapping[int, str]) -> BaseException | int:
     """The exception a run that ended with ``status`` raises (or r0, for HelperExit);
     ``pc_at`` maps a host address in the program's code to the eBPF pc it came from,
