@@ -19,9 +19,13 @@ Where the state of a run lives (each kind once, owned by the layer that needs it
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jitbpf.isa import MASK64, STACK_SIZE
+
+if TYPE_CHECKING:
+    from jitbpf.memory import Region
 
 MAX_CALL_DEPTH = 8  # frames of bpf-to-bpf calls, the main program's included (as the kernel)
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # the stack area of one thread's runs: every frame
@@ -48,3 +52,16 @@ class TailCall(Exception):
         self.target = target
         self.budget = 0
 
+
+class Engine(Protocol):
+    """What runs one program of a VM: the interpreter or the JIT code. The VM's run loop drives
+    either the same way, following tail calls from one program's engine to the next one's."""
+
+    def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
+                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0) -> int:
+        """Run once with the regions ``mem`` and ``extra`` (r1, r2 as given) and return r0.
+
+        ``packet`` is what legacy packet loads read; ``budget`` overrides the program's (a tail
+        call continues with what its caller left); ``tail_calls_left`` is published to helpers.
+        A tail-call request leaves as ``TailCall`` with its ``budget`` filled in."""
+        ...

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
-from jitbpf.contract import DEFAULT_BUDGET, MAX_TAIL_CALLS, STACK_BYTES, TailCall
+from jitbpf.contract import DEFAULT_BUDGET, MAX_TAIL_CALLS, STACK_BYTES, Engine, TailCall
 from jitbpf.errors import AccessError, BpfError, ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
@@ -66,6 +66,20 @@ class RunState:
 
     def frame_pointer(self) -> int:
         return self.stack_base + STACK_BYTES
+
+
+class _Interpreter:
+    """The reference interpreter as the ``Engine`` of one VM (made for each run: it holds the VM)."""
+
+    __slots__ = ("vm",)
+
+    def __init__(self, vm: VM) -> None:
+        self.vm = vm
+
+    def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
+                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0) -> int:
+        vm = self.vm
+        return vm._interpret(mem, extra, r1, r2, packet, vm.budget if budget is None else budget, tail_calls_left)
 
 
 class VM(ProgramRunners):
@@ -332,24 +346,37 @@ class VM(ProgramRunners):
 
         Tail calls: after a tail-call request (a helper raised ``TailCall``, which ends the
         running program), this loop runs ``target`` with the same ctx (r1, r2), regions and
-        remaining budget and a fresh stack, at most ``max_tail_calls`` times per run. The JIT can
-        reuse the contract: unwind as for HelperExit, then run the target the same way.
+        remaining budget and a fresh stack, at most ``max_tail_calls`` times per run; the JIT
+        follows them in the same loop (``_run_chain``).
         """
+        return self._run_chain(_Interpreter, mem, extra, r1, r2, packet)
+
+    def _run_chain(self, engine_of: Callable[[VM], Engine], mem: Region, extra: Sequence[Region],
+                   r1: int, r2: int, packet: Region | None) -> int:
+        """Run this program and the chain of its tail calls, each in the engine ``engine_of``
+        gives for its VM, with the same regions (every map's added) and the budget left."""
         regions = [*extra, *self.map_regions()]
         vm, budget, left = self, self.budget, self.max_tail_calls
         while True:
+            engine = engine_of(vm)
+            outer = vm._enter(RUNNING)
             try:
-                return vm._interpret(mem, regions, r1, r2, packet, budget, left)
+                return engine.run_regions(mem, regions, r1, r2, packet=packet, budget=budget, tail_calls_left=left)
             except TailCall as tail:
-                vm, budget, left = tail.target, tail.budget, left - 1
-                known = {r.base for r in regions}
-                regions += [r for r in vm.map_regions() if r.base not in known]
+                # Keep only what the request says: the exception's traceback holds the engine's
+                # frames, whose memory views must not end up in a cycle the collector breaks.
+                target, budget = tail.target, tail.budget
+            finally:
+                vm._leave(outer)
+            vm, left = target, left - 1
+            known = {r.base for r in regions}
+            regions += [r for r in vm.map_regions() if r.base not in known]
 
     def _interpret(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
                    budget: int, tail_calls_left: int) -> int:
+        """One interpreted run (the caller entered the VM)."""
         from jitbpf.jit.program import runner_lib
 
-        outer = self._enter(RUNNING)
         nat = runner_lib()
         reserved = nat.lib.jb_ringbuf_pending() if nat is not None else 0
         try:
@@ -359,7 +386,6 @@ class VM(ProgramRunners):
             # (the JIT's run loops do the same): the verifier refuses such programs, as the kernel's.
             if nat is not None and nat.lib.jb_ringbuf_pending() > reserved:
                 nat.lib.jb_ringbuf_release_since(reserved)
-            self._leave(outer)
 
     def _interpret_entered(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
                            budget: int, tail_calls_left: int) -> int:
@@ -510,24 +536,14 @@ class VM(ProgramRunners):
     def execute_jit_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
                             packet: Region | None = None) -> int:
         """The JIT's execute_regions: the same regions (every map's added) and tail calls."""
-        regions = [*extra, *self.map_regions()]
-        vm, budget, left = self, self.budget, self.max_tail_calls
-        while True:
-            jit = vm._jit
-            if jit is None:
-                vm.jit_compile()
-                jit = vm._jit
-                assert jit is not None
-            outer = vm._enter(RUNNING)
-            try:
-                return jit.run_regions(mem, regions, r1, r2, packet=packet, budget=budget, tail_calls_left=left)
-            except TailCall as tail:
-                request = tail
-            finally:
-                vm._leave(outer)
-            vm, budget, left = request.target, request.budget, left - 1
-            known = {r.base for r in regions}
-            regions += [r for r in vm.map_regions() if r.base not in known]
+        return self._run_chain(VM._jit_engine, mem, extra, r1, r2, packet)
+
+    def _jit_engine(self) -> JitProgram:
+        """The compiled program (compiled now if it was not yet)."""
+        if self._jit is None:
+            self.jit_compile()
+            assert self._jit is not None
+        return self._jit
 
     def jit_dump(self) -> str:
         """The generated x86-64, disassembled, under the eBPF instruction each block came from."""
