@@ -6,6 +6,8 @@ from typing import Any
 
 import cffi
 
+from jitbpf._native.build import JIT_HEADER, header_declarations
+
 ffi = cffi.FFI()
 ffi.cdef(
     """
@@ -16,50 +18,9 @@ ffi.cdef(
     int *__errno_location(void);
     """
 )
-# The JIT's native data: a bounds-checked memory region, the per-thread run context that Python
-# fills before a call and reads after it, and the per-call frame the generated code keeps on the
-# machine stack (declared here so that field offsets come from ffi.offsetof, never by hand).
-ffi.cdef(
-    """
-    struct jitbpf_region {
-        uint64_t base;              /* host address of the first byte */
-        uint64_t size;              /* length in bytes */
-        uint64_t writable;          /* non-zero: stores allowed */
-    };
-    struct jitbpf_ctx {
-        char *mem;                  /* in: the run's mem region (NULL if none) */
-        uint64_t mem_size;          /* in: its length */
-        uint64_t mem_writable;      /* in: stores to mem allowed */
-        uint64_t r1;                /* in: initial r1 (regions entry only) */
-        uint64_t r2;                /* in: initial r2 (regions entry only) */
-        uint64_t pkt_base;          /* in: packet seen by LD_ABS/LD_IND (regions entry only) */
-        uint64_t pkt_size;          /* in: its length */
-        struct jitbpf_region *extra;/* in: further regions (maps, context), searched in order */
-        uint64_t nextra;            /* in: how many */
-        uint64_t stack_base;        /* per thread: lowest address of the stack area */
-        uint64_t frame_pointer;     /* per thread: initial r10 (top of the stack area) */
-        uint64_t budget;            /* in: instructions this run may execute */
-        uint64_t budget_left;       /* out: what was left when the run stopped early */
-        uint64_t status;            /* out: 0, or why the run stopped early */
-        uint64_t err_info;          /* out: pc and access details of the failure */
-        uint64_t err_addr;          /* out: faulting address */
-        uint64_t pending;           /* set by the helper dispatcher when a helper did not return */
-    };
-    struct jitbpf_frame {
-        struct jitbpf_ctx *ctx;     /* the run context of this call */
-        struct jitbpf_region regions[2];  /* mem and the stack area, searched before ctx->extra */
-        uint64_t lim_load[4];       /* per access size 1/2/4/8: valid mem offsets are below this */
-        uint64_t lim_store[4];      /* the same for stores (0 when mem is read-only) */
-        uint64_t mem_end;           /* mem base + size: the range checks of versioned loops */
-        uint64_t mem_wend;          /* the same for writes: mem base when mem is read-only */
-        uint64_t pkt_base;          /* packet of this call */
-        uint64_t pkt_size;
-        struct jitbpf_region *extra;/* ctx->extra and ctx->nextra of this call (a nested run */
-        uint64_t nextra;            /* on the same thread may change the context's) */
-        uint64_t zero_base;         /* frame-zeroing address at call depth 0, scaled by rsp */
-    };
-    """
-)
+# The JIT's native data (regions, the run context, the call frame): declared in the native
+# library's header, so that C and both cffi modules share one declaration.
+ffi.cdef(header_declarations(JIT_HEADER))
 libc: Any = ffi.dlopen(None)
 # Finalizers unmap memory, and may run inside cffi while this thread holds the FFI's lock (which
 # is not reentrant): resolving a dlopen'ed function or parsing a type name takes that lock. So

@@ -82,10 +82,7 @@ def _runner_lib() -> Native | None:
     nat: Native | None = runner_lib()
     if nat is None:
         return None
-    offsets = nat.ffi.new("struct jb_ctx_offsets *")
-    for name, _field in nat.ffi.typeof("struct jb_ctx_offsets").fields:
-        setattr(offsets, name, ffi.offsetof("struct jitbpf_ctx", name))
-    nat.lib.jb_pkt_init(ERROR_RESULT, offsets)
+    nat.lib.jb_pkt_init(ERROR_RESULT)
     return nat
 
 

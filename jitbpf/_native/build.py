@@ -22,6 +22,7 @@ from jitbpf.errors import MapError
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "jbmaps.h"
+JIT_HEADER = HERE / "jbjit.h"  # the JIT's structures, included by HEADER
 SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c", HERE / "pkt.c")
 CFLAGS = ("-O2", "-std=gnu11", "-pthread", "-fno-strict-aliasing")
 LDFLAGS = ("-pthread",)
@@ -31,17 +32,22 @@ CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory
 EXTERN_PYTHON = "JB_EXTERN_PYTHON"  # the header's mark of functions written in Python
 
 
+def header_declarations(path: Path) -> str:
+    """A header's declarations without its preprocessor lines (cffi's cdef does not take them)."""
+    return "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
 def cdef_text() -> str:
-    """The header's declarations, without preprocessor lines (cffi's cdef does not take them),
-    the functions marked ``JB_EXTERN_PYTHON`` declared as cffi's compiled Python callbacks."""
-    lines = (line for line in HEADER.read_text().splitlines() if not line.lstrip().startswith("#"))
-    return "\n".join(lines).replace(EXTERN_PYTHON, 'extern "Python+C"')
+    """The library's declarations (the JIT's structures first: the header includes them), the
+    functions marked ``JB_EXTERN_PYTHON`` declared as cffi's compiled Python callbacks."""
+    text = header_declarations(JIT_HEADER) + "\n" + header_declarations(HEADER)
+    return text.replace(EXTERN_PYTHON, 'extern "Python+C"')
 
 
 def source_key() -> str:
     """A hash of everything the binary depends on: sources, flags, Python ABI and cffi version."""
     digest = hashlib.sha256()
-    for path in (HEADER, *SOURCES):
+    for path in (JIT_HEADER, HEADER, *SOURCES):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     abi = importlib.machinery.EXTENSION_SUFFIXES[0]
     digest.update(" ".join((*CFLAGS, *LDFLAGS, abi, cffi.__version__)).encode())

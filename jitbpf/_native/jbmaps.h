@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include "jbjit.h"
+
 /* Marks the functions Python implements: cffi's cdef reads it as extern "Python+C" (see
    build.py), C as an ordinary declaration of the function cffi generates. */
 #ifndef JB_EXTERN_PYTHON
@@ -111,14 +113,14 @@ void jb_code_release(int slot, uint64_t address, uint64_t size);
    of the batch loops: how many inputs ran to completion (the next one, if any, stopped early).
    Each run gets the handle of its program's Python dispatcher (``python``, a cffi handle): the
    Python helpers it calls are given that handle. */
-void jb_jit_init(uint64_t error_result, uint64_t extra_offset, uint64_t nextra_offset);
+void jb_jit_init(uint64_t error_result);
 void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python);
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
-uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t base,
                        const uint64_t *lens, uint64_t n, uint64_t *results, void *python);
-uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,
                         uint64_t record_size, uint64_t n, uint64_t *results, void *python);
 /* One run of a (ctx) entry point: the regions entry of run_regions. The _gil form holds the GIL
    while the code runs (cffi releases it around every call), for programs that call Python
@@ -171,15 +173,12 @@ struct jb_pkt_prog {
     uint64_t derive;         /* each packet (enum jb_derive) */
     uint64_t out[3];         /* after jb_pkt_run: the packet's arena offset, length, and 1 if unchanged */
 };
-struct jb_ctx_offsets {
-    uint64_t mem, mem_size, mem_writable, r1, r2, pkt_base, pkt_size, extra, nextra, status;
-};
 enum jb_derive {             /* context fields jb_pkt_frame derives from each packet */
     JB_DERIVE_ETH_PROTOCOL = 1,  /* protocol: the Ethernet type */
     JB_DERIVE_IP_PROTOCOL = 2,   /* protocol: IPv4 or IPv6 by the version nibble */
     JB_DERIVE_WIRE_LEN = 4       /* wire_len: the packet's length */
 };
-void jb_pkt_init(uint64_t error_result, const struct jb_ctx_offsets *offsets);
+void jb_pkt_init(uint64_t error_result);
 struct jb_pkt *jb_pkt_enter(struct jb_pkt *run);
 void jb_pkt_sync(struct jb_pkt *run);
 int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);

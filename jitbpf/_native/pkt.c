@@ -28,14 +28,11 @@
 
 typedef uint64_t (*entry_fn)(void *ctx);
 
-/* Where the run context keeps what the "regions" entry reads (from jb_pkt_init). */
-static struct jb_ctx_offsets g_off;
 static uint64_t g_error_result;
 static __thread struct jb_pkt *t_pkt __attribute__((tls_model("initial-exec")));
 
-void jb_pkt_init(uint64_t error_result, const struct jb_ctx_offsets *offsets)
+void jb_pkt_init(uint64_t error_result)
 {
-    g_off = *offsets;
     __atomic_store_n(&g_error_result, error_result, __ATOMIC_RELEASE);
 }
 
@@ -109,30 +106,21 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     return 0;
 }
 
-static inline void set(char *ctx, uint64_t off, uint64_t value) { memcpy(ctx + off, &value, 8); }
-
-static inline uint64_t get(const char *ctx, uint64_t off)
-{
-    uint64_t v;
-    memcpy(&v, ctx + off, 8);
-    return v;
-}
-
 /* Run the program on the frame jb_pkt_frame built: r1 = the context, which is also the checked
    "mem" region; the frame area and the maps are the extra regions; the packet as first built is
    what LD_ABS/LD_IND read. */
 static uint64_t run_built(struct jb_pkt_prog *p, uint64_t len)
 {
-    char *c = PTR(p->jctx);
-    set(c, g_off.mem, p->arena);
-    set(c, g_off.mem_size, p->pkt.ctx_size);
-    set(c, g_off.mem_writable, 1);
-    set(c, g_off.r1, p->arena);
-    set(c, g_off.r2, 0);
-    set(c, g_off.pkt_base, p->pkt.data);
-    set(c, g_off.pkt_size, len);
-    set(c, g_off.extra, p->extra);
-    set(c, g_off.nextra, p->nextra);
+    struct jitbpf_ctx *c = PTR(p->jctx);
+    c->mem = PTR(p->arena);
+    c->mem_size = p->pkt.ctx_size;
+    c->mem_writable = 1;
+    c->r1 = p->arena;
+    c->r2 = 0;
+    c->pkt_base = p->pkt.data;
+    c->pkt_size = len;
+    c->extra = PTR(p->extra);
+    c->nextra = p->nextra;
     struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
     uint64_t r = ((entry_fn)(uintptr_t)p->entry)(c);
     t_pkt = prev;
@@ -141,7 +129,8 @@ static uint64_t run_built(struct jb_pkt_prog *p, uint64_t len)
 
 static inline int stopped(const struct jb_pkt_prog *p, uint64_t r)
 {
-    return r == g_error_result && get(PTR(p->jctx), g_off.status) != 0;
+    const struct jitbpf_ctx *c = PTR(p->jctx);
+    return r == g_error_result && c->status != 0;
 }
 
 uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)

@@ -26,15 +26,14 @@ typedef uint64_t (*args_fn)(void *ctx, const void *mem, uint64_t size);
 struct bare {
     uint64_t token;  /* 0: empty */
     args_fn args;    /* the "args" entry: runs with (mem, size) */
-    char *ctx;       /* the thread's run context for the program */
+    struct jitbpf_ctx *ctx;  /* the thread's run context for the program */
     uint64_t extra;  /* its extra region table and count, stored into ctx before each run */
     uint64_t nextra;
     void *python;    /* the program's Python dispatcher handle */
 };
 
-/* Fixed once by jb_jit_init: what entries return when a run stops early, and where ctx keeps its
-   extra regions (offsets from the Python side's declaration of the struct). */
-static uint64_t g_error_result, g_extra_offset, g_nextra_offset;
+/* Fixed once by jb_jit_init: what entries return when a run stops early. */
+static uint64_t g_error_result;
 /* The thread's table, allocated at its first binding: only a pointer lives in TLS, because the
    library's TLS must fit the small static block of a dlopen'ed object. */
 static __thread struct bare *t_bare __attribute__((tls_model("initial-exec")));
@@ -88,10 +87,8 @@ static void make_key(void)
     pthread_key_create(&g_bare_key, free);
 }
 
-void jb_jit_init(uint64_t error_result, uint64_t extra_offset, uint64_t nextra_offset)
+void jb_jit_init(uint64_t error_result)
 {
-    g_extra_offset = extra_offset;
-    g_nextra_offset = nextra_offset;
     __atomic_store_n(&g_error_result, error_result, __ATOMIC_RELEASE);
     pthread_once(&g_bare_once, make_key);
 }
@@ -108,7 +105,7 @@ void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, u
     struct bare *b = &t_bare[token % BARE_SLOTS];
     b->token = token;
     b->args = (args_fn)(uintptr_t)args;
-    b->ctx = (char *)(uintptr_t)ctx;
+    b->ctx = (struct jitbpf_ctx *)(uintptr_t)ctx;
     b->extra = extra;
     b->nextra = nextra;
     b->python = python;
@@ -127,8 +124,8 @@ static inline struct bare *bound(uint64_t token)
     struct bare *b = &table[token % BARE_SLOTS];
     if (b->token != token)
         return NULL;
-    *(uint64_t *)(b->ctx + g_extra_offset) = b->extra;
-    *(uint64_t *)(b->ctx + g_nextra_offset) = b->nextra;
+    b->ctx->extra = (struct jitbpf_region *)(uintptr_t)b->extra;
+    b->ctx->nextra = b->nextra;
     return b;
 }
 
@@ -144,35 +141,35 @@ uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
     return b ? run_args(b->args, b->ctx, mem, size, b->python) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
 }
 
-static inline int stopped(uint64_t result, const void *ctx, uint64_t status_offset)
+static inline int stopped(uint64_t result, const struct jitbpf_ctx *ctx)
 {
-    return result == g_error_result && *(const uint64_t *)((const char *)ctx + status_offset) != 0;
+    return result == g_error_result && ctx->status != 0;
 }
 
-uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t base,
                        const uint64_t *lens, uint64_t n, uint64_t *results, void *python)
 {
     args_fn fn = (args_fn)(uintptr_t)entry;
-    void *c = (void *)(uintptr_t)ctx;
+    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t r = run_args(fn, c, (const void *)(uintptr_t)base, lens[i], python);
         results[i] = r;
-        if (stopped(r, c, status_offset))
+        if (stopped(r, c))
             return i;
         base += lens[i];
     }
     return n;
 }
 
-uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t status_offset, uint64_t base,
+uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,
                         uint64_t record_size, uint64_t n, uint64_t *results, void *python)
 {
     args_fn fn = (args_fn)(uintptr_t)entry;
-    void *c = (void *)(uintptr_t)ctx;
+    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t r = run_args(fn, c, (const void *)(uintptr_t)(base + i * record_size), record_size, python);
         results[i] = r;
-        if (stopped(r, c, status_offset))
+        if (stopped(r, c))
             return i;
     }
     return n;

@@ -76,8 +76,7 @@ def runner_lib() -> Any | None:
         nat = native()
     except BpfError:
         return None
-    ctx = "struct jitbpf_ctx"
-    nat.lib.jb_jit_init(ERROR_RESULT, ffi.offsetof(ctx, "extra"), ffi.offsetof(ctx, "nextra"))
+    nat.lib.jb_jit_init(ERROR_RESULT)
     install_python_calls(nat.ffi)
     return nat
 
@@ -349,8 +348,8 @@ class JitProgram:
         out = array.array("Q", bytes(8 * n))
         results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
 
-        def loop(start: int, status: int, table: Any) -> int:
-            return int(nat.lib.jb_run_packed(self._args_entry(), table, status, base + offsets[start],
+        def loop(start: int, table: Any) -> int:
+            return int(nat.lib.jb_run_packed(self._args_entry(), table, base + offsets[start],
                                              lens + start, n - start, results + start, self._python))
 
         offsets = list(itertools.accumulate(sizes, initial=0))
@@ -379,8 +378,8 @@ class JitProgram:
         out = array.array("Q", bytes(8 * n))
         results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
 
-        def loop(start: int, status: int, table: Any) -> int:
-            return int(nat.lib.jb_run_records(self._args_entry(), table, status, base + start * record_size,
+        def loop(start: int, table: Any) -> int:
+            return int(nat.lib.jb_run_records(self._args_entry(), table, base + start * record_size,
                                               record_size, n - start, results + start, self._python))
 
         self._batch(loop, n, results, extra)
@@ -392,7 +391,7 @@ class JitProgram:
             raise JitError("the JIT program is closed")
         return self._code.address + self.compiled.entries["args"]
 
-    def _batch(self, loop: Callable[[int, int, Any], int], n: int, results: Any, extra: Sequence[Region]) -> None:
+    def _batch(self, loop: Callable[[int, Any], int], n: int, results: Any, extra: Sequence[Region]) -> None:
         """Run ``loop`` from the first input until all have run; an input that stopped early
         raises its error (noted with its index), or records what a stopping helper returned."""
         rc = self._thread_context()
@@ -400,10 +399,9 @@ class JitProgram:
         ctx.mem_writable = 1
         table = self._extra_table(rc, extra)
         ctx.extra, ctx.nextra = table, len(rc.extra_key)
-        status = ffi.offsetof("struct jitbpf_ctx", "status")
         start = 0
         while start < n:
-            start += loop(start, status, rc.ctx_addr)
+            start += loop(start, rc.ctx_addr)
             if start < n:
                 try:
                     results[start] = self._finish(rc, results[start])
