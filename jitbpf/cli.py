@@ -82,7 +82,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 @dataclass
-class Source:
+class ProgramSource:
     """A program read from a FILE argument, and where it came from (for messages)."""
 
     where: str  # shown before error messages: the path, plus the section of an ELF object
@@ -158,11 +158,11 @@ def load_elf_object(path: str, data: bytes) -> Any:
     return obj
 
 
-def elf_source(path: str, obj: Any, program: Any) -> Source:
-    return Source(f"{path} ({program.section}: {program.name})", bytes(program.code), "elf", obj, program)
+def elf_source(path: str, obj: Any, program: Any) -> ProgramSource:
+    return ProgramSource(f"{path} ({program.section}: {program.name})", bytes(program.code), "elf", obj, program)
 
 
-def load_elf_source(path: str, data: bytes, section: str | None) -> Source:
+def load_elf_source(path: str, data: bytes, section: str | None) -> ProgramSource:
     obj = load_elf_object(path, data)
     programs = list(obj.programs.values())
     listing = ", ".join(f"{p.name} (section {p.section})" for p in programs)
@@ -197,7 +197,7 @@ def hex_mistake(text: str) -> str | None:
     return f"{lineno}:{col + index}: hex bytecode: invalid hex digit {token[index]!r} in '{token}'"
 
 
-def load_source(path: str, section: str | None = None, *, data: bytes | None = None) -> Source:
+def load_source(path: str, section: str | None = None, *, data: bytes | None = None) -> ProgramSource:
     """Read a program FILE (unless its ``data`` was read already), whichever of the accepted forms it is in."""
     if data is None:
         data = read_bytes(path)
@@ -230,7 +230,7 @@ def load_source(path: str, section: str | None = None, *, data: bytes | None = N
     if len(code) % SLOT_SIZE:
         raise CliError(f"{path}: bytecode length {len(code)} is not a multiple of {SLOT_SIZE}"
                        " (and the file is neither an ELF object nor assembly text)")
-    return Source(path, code, kind)
+    return ProgramSource(path, code, kind)
 
 
 # -- helpers and VMs ---------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def apply_helper_lib(vm: Any, spec: str) -> None:
         vm.register_helper(item)
 
 
-def make_vm(source: Source, args: argparse.Namespace, *, verify: bool) -> Any:
+def make_vm(source: ProgramSource, args: argparse.Namespace, *, verify: bool) -> Any:
     """A VM for ``source`` with the program type and helpers the command line asks for.
 
     An ELF program gets its object's maps, the program type of its section and the standard
@@ -468,7 +468,7 @@ def _map_number(text: str, what: str) -> int | bytes:
         raise CliError(f"{what}: expected an integer (42, 0x2a) or hex:BYTES, got {text!r}") from None
 
 
-def set_map_entries(source: Source, vm: Any, entries: Sequence[Sequence[str]]) -> None:
+def set_map_entries(source: ProgramSource, vm: Any, entries: Sequence[Sequence[str]]) -> None:
     """--map-set MAP KEY VALUE: store entries before the program runs."""
     maps: dict[str, Any] = dict(source.elf_object.maps) if source.elf_object is not None else {
         str(getattr(m, "name", "")): m for m in vm.maps.values()}
@@ -492,7 +492,7 @@ def _verdict(vm: Any, r0: int) -> str | None:
     return verdict_name(getattr(vm, "prog_type", None), r0)
 
 
-def run_capture(source: Source, vm: Any, args: argparse.Namespace, out: TextIO) -> int:
+def run_capture(source: ProgramSource, vm: Any, args: argparse.Namespace, out: TextIO) -> int:
     """``run --pcap``: every packet of a capture through a packet program; verdict counts and maps."""
     from jitbpf.pcap import PcapError, run_pcap
 
@@ -593,7 +593,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def object_contents(source: Source) -> dict[str, Any]:
+def object_contents(source: ProgramSource) -> dict[str, Any]:
     """An ELF program's maps and globals, decoded through the object's BTF (nothing for other inputs)."""
     if source.elf_object is None:
         return {}

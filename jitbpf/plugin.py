@@ -63,7 +63,7 @@ def parse_hex(text: str) -> bytes:
 
 
 @dataclass
-class Options:
+class RunnerOptions:
     """What the runner asked for."""
 
     mem: bytes | None = None  # input memory; None when the runner passed none
@@ -73,9 +73,9 @@ class Options:
     help: bool = False
 
 
-def parse_args(argv: Sequence[str]) -> Options:
+def parse_args(argv: Sequence[str]) -> RunnerOptions:
     """Read the runner's arguments: MEM_HEX is the first free argument, unknown options are ignored."""
-    opts = Options()
+    opts = RunnerOptions()
     i = 0
     while i < len(argv):
         arg = argv[i]

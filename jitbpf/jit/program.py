@@ -32,7 +32,7 @@ from jitbpf.jit.runtime import (
     install_python_calls,
     run_error,
 )
-from jitbpf.jit.target import CompiledCode, HelperTable, Options
+from jitbpf.jit.target import CompiledCode, CompileOptions, HelperTable
 from jitbpf.jit.x86_64 import X86_64
 from jitbpf.memory import access_operand
 from jitbpf.sandbox import contained
@@ -197,7 +197,7 @@ class JitProgram:
         self._note_python_calls()
         self._table_done = True
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
-        options = Options(resolve_lddw, proven, table, count_budget, verified, python_calls,
+        options = CompileOptions(resolve_lddw, proven, table, count_budget, verified, python_calls,
                           self.contained and confine)
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()

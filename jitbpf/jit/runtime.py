@@ -35,7 +35,7 @@ class Status(enum.IntEnum):
     # faulting instruction's host address, err_addr = the address (set by the fault handler)
 
 
-class Access(enum.IntEnum):
+class AccessKind(enum.IntEnum):
     """Kind of a memory access, in bits 4-7 of the access info the bounds walker gets."""
 
     LOAD = 0  # needs any region
@@ -44,7 +44,7 @@ class Access(enum.IntEnum):
     CMPXCHG = 3  # like ATOMIC, but stores only if the comparison succeeds
 
 
-def access_info(pc: int, kind: Access, size: int) -> int:
+def access_info(pc: int, kind: AccessKind, size: int) -> int:
     """Pack what the walker needs to report a failed access (pc, kind, size)."""
     return pc << 8 | kind << 4 | size
 

@@ -56,7 +56,7 @@ class CompiledCode:
 
 
 @dataclass(slots=True)
-class Options:
+class CompileOptions:
     """Everything the target needs to know besides the program itself."""
 
     resolve_lddw: Callable[[int, Instruction], int]  # value an lddw loads
@@ -135,7 +135,7 @@ class Target(abc.ABC):
     # code faulted continues, faulting address in hand).
     exported: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
+    def __init__(self, asm: Assembler, flow: ControlFlow, options: CompileOptions) -> None:
         self.asm = asm  # the template cache
         self.flow = flow  # the program's structure
         self.options = options

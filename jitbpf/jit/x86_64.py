@@ -11,8 +11,8 @@ from jitbpf.contract import ARG_REGS, MAX_CALL_DEPTH, STACK_BYTES
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
-from jitbpf.jit.runtime import ERROR_RESULT, Access, Layout, Status, access_info, layout
-from jitbpf.jit.target import Options, Section, Target, location
+from jitbpf.jit.runtime import ERROR_RESULT, AccessKind, Layout, Status, access_info, layout
+from jitbpf.jit.target import CompileOptions, Section, Target, location
 
 # Set in the 32-bit address of a confined access: the sandbox is [2 GiB, 4 GiB) (see sandbox.c),
 # as a signed imm32 (or sign-extends it, which a 32-bit destination then drops).
@@ -92,7 +92,7 @@ class X86_64(Target):
     loop_reach: ClassVar[int] = 2**31 - 1  # lea's displacement is a signed 32-bit field
     capstone_arch: ClassVar[tuple[int, int]] = (3, 8)  # CS_ARCH_X86, CS_MODE_64
 
-    def __init__(self, asm: Assembler, flow: ControlFlow, options: Options) -> None:
+    def __init__(self, asm: Assembler, flow: ControlFlow, options: CompileOptions) -> None:
         super().__init__(asm, flow, options)
         self.lay: Layout = layout()
         self._templates = asm.template
@@ -442,7 +442,7 @@ class X86_64(Target):
 
     # -- memory -----------------------------------------------------------------------------------
 
-    def _address(self, pc: int, base: int, off: int, size: int, kind: Access,
+    def _address(self, pc: int, base: int, off: int, size: int, kind: AccessKind,
                  into_addr: bool = False) -> tuple[str, int, int]:
         """Where an access goes: (base register, displacement, pending check).
 
@@ -497,14 +497,14 @@ class X86_64(Target):
             self.op(("mov", TMP, ADDR))
         token, vals = mem("q", FRAME, L.frame_regions + L.region_base)
         self.op(("sub", TMP, token), *vals)
-        self._limits_used.add((kind is Access.LOAD, size))
-        limit = (L.frame_lim_load if kind is Access.LOAD else L.frame_lim_store) + 8 * _SIZE_INDEX[size]
+        self._limits_used.add((kind is AccessKind.LOAD, size))
+        limit = (L.frame_lim_load if kind is AccessKind.LOAD else L.frame_lim_store) + 8 * _SIZE_INDEX[size]
         token, vals = mem("q", FRAME, limit)
         self.op(("cmp", TMP, token), *vals)
         pending = self.forward("jae")
         return (ADDR, 0, pending) if into_addr else (Q[base], off, pending)
 
-    def _close_check(self, pending: int, pc: int, size: int, kind: Access, ok: int,
+    def _close_check(self, pending: int, pc: int, size: int, kind: AccessKind, ok: int,
                      done: int = -1, base: str = ADDR, off: int = 0) -> None:
         """The slow path of a bounds check: ADDR = base + off (unless the access computed it),
         the stack area inline, then the region walker."""
@@ -528,7 +528,7 @@ class X86_64(Target):
         info = access_info(pc, kind, size)
         self.load_tmp(info, Section.COLD)
         self.branch_named("call", "walk", Section.COLD)
-        if kind is Access.CMPXCHG:
+        if kind is AccessKind.CMPXCHG:
             # A read-only region: compare without storing; equal means the store would happen.
             self.cop(("test", TMP, TMP))
             self.branch("jz", ok, Section.COLD)
@@ -547,7 +547,7 @@ class X86_64(Target):
 
     def emit_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         d, size = insn.dst, info.size
-        base, disp, pending = self._address(pc, insn.src, insn.off, size, Access.LOAD)
+        base, disp, pending = self._address(pc, insn.src, insn.off, size, AccessKind.LOAD)
         ok = len(self.hot)  # here(): a hot location is its offset
         token, vals = mem(size, base, disp)
         if info.kind is Kind.LDX:
@@ -560,11 +560,11 @@ class X86_64(Target):
         else:
             self.op(("movsxd", Q[d], token), *vals)
         if pending >= 0:
-            self._close_check(pending, pc, size, Access.LOAD, ok, base=base, off=disp)
+            self._close_check(pending, pc, size, AccessKind.LOAD, ok, base=base, off=disp)
 
     def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         size = info.size
-        base, disp, pending = self._address(pc, insn.dst, insn.off, size, Access.STORE)
+        base, disp, pending = self._address(pc, insn.dst, insn.off, size, AccessKind.STORE)
         ok = len(self.hot)  # here(): a hot location is its offset
         token, vals = mem(size, base, disp)
         if info.kind is Kind.STX:
@@ -572,13 +572,13 @@ class X86_64(Target):
         else:
             self.op(("mov", token, _STORE_IMM[size]), *vals, insn.imm)
         if pending >= 0:
-            self._close_check(pending, pc, size, Access.STORE, ok, base=base, off=disp)
+            self._close_check(pending, pc, size, AccessKind.STORE, ok, base=base, off=disp)
 
     def emit_atomic(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         s, size = insn.src, info.size
         wide = size == 8
         aop = info.op
-        kind = Access.CMPXCHG if aop == AtomicOp.CMPXCHG else Access.ATOMIC
+        kind = AccessKind.CMPXCHG if aop == AtomicOp.CMPXCHG else AccessKind.ATOMIC
         _base, _disp, pending = self._address(pc, insn.dst, insn.off, size, kind, into_addr=True)
         ok = self.here()
         target = f"{_SIZE_PREFIX[size]}[{ADDR}]"
@@ -946,7 +946,7 @@ class X86_64(Target):
         self.cop(("mov", "eax", "r11d"))
         self.cop(("shr", "eax", "i8"), 4)
         self.cop(("and", "eax", "i8"), 15)
-        self.cop(("cmp", "eax", "i8"), Access.STORE)
+        self.cop(("cmp", "eax", "i8"), AccessKind.STORE)
         self.branch_named("je", "abort_oob_store", cold)
         self.branch_named("jmp", "abort_oob_load", cold)
         for field in found:
@@ -957,9 +957,9 @@ class X86_64(Target):
         self.cop(("mov", "eax", "r11d"))
         self.cop(("shr", "eax", "i8"), 4)
         self.cop(("and", "eax", "i8"), 15)
-        self.cop(("cmp", "eax", "i8"), Access.LOAD)
+        self.cop(("cmp", "eax", "i8"), AccessKind.LOAD)
         to_ok_load = self.forward("je", cold)
-        self.cop(("cmp", "eax", "i8"), Access.CMPXCHG)
+        self.cop(("cmp", "eax", "i8"), AccessKind.CMPXCHG)
         self.branch_named("jne", "abort_ro_store", cold)
         for reg in ("rsi", "rdx", "rcx", "rax"):
             self.cop(("pop", reg))
