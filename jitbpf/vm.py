@@ -46,8 +46,10 @@ class RunState:
         self._mm: MemoryMap | None = None
         self.tail_calls_left = 0  # set by the run loop that supports tail calls (0: they fail)
 
-    def begin(self, mem: Region | None, extra: Sequence[Region]) -> None:
-        self.mem, self.extra, self._mm = mem, extra, None
+    def begin(self, mem: Region, extra: Sequence[Region], tail_calls_left: int) -> None:
+        """Start a run (of either engine) on ``mem`` (left out when empty) and ``extra``."""
+        self.mem, self.extra, self._mm = mem if mem.size else None, extra, None
+        self.tail_calls_left = tail_calls_left
 
     @property
     def memory(self) -> MemoryMap:
@@ -393,8 +395,7 @@ class VM(ProgramRunners):
         if self._blocks is None:
             self._blocks = Translator(self.resolve_lddw).translate(self.flow)
         state = self._state()
-        state.begin(mem if mem.size else None, extra)
-        state.tail_calls_left = tail_calls_left
+        state.begin(mem, extra, tail_calls_left)
         env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))
         try:
             return run(self._blocks, self._registers(state, r1, r2), env, budget=budget,

@@ -503,8 +503,7 @@ class JitProgram:
         ctx.extra = regions
         ctx.nextra = len(rc.extra_key)
         if self._has_calls:
-            rc.state.begin(mem if mem.size else None, extra)
-            rc.state.tail_calls_left = tail_calls_left
+            rc.state.begin(mem, extra, tail_calls_left)
         if budget is None or budget == self._budget:
             result: int = self._run_code(rc)
         else:
