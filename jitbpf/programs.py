@@ -178,6 +178,7 @@ class Helpers(enum.IntEnum):
     INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete
     TASK_STORAGE_GET = 156  # bpf_task_storage_get
     TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete
+    REDIRECT_NEIGH = 152  # bpf_redirect_neigh
     GET_CURRENT_TASK_BTF = 158  # bpf_get_current_task_btf
     KTIME_GET_COARSE_NS = 160  # bpf_ktime_get_coarse_ns
     CHECK_MTU = 163  # bpf_check_mtu
@@ -401,7 +402,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
                 H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
                 H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
                 H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP, H.SKB_UNDER_CGROUP, H.CSUM_UPDATE,
-                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD,
+                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH,
             },
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
@@ -765,6 +766,8 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         c_helper(H.XDP_ADJUST_META, "bpf_xdp_adjust_meta", in_run("jb_helper_xdp_adjust_meta"), "ctx", "scalar"),
         c_helper(H.XDP_ADJUST_TAIL, "bpf_xdp_adjust_tail", in_run("jb_helper_xdp_adjust_tail"), "ctx", "scalar"),
         c_helper(H.REDIRECT, "bpf_redirect", in_run("jb_helper_redirect")),
+        c_helper(H.REDIRECT_NEIGH, "bpf_redirect_neigh", in_run("jb_helper_redirect_neigh"),
+                 "scalar", "mem", "size_or_zero", "scalar"),
         c_helper(H.SKB_ADJUST_ROOM, "bpf_skb_adjust_room", in_run("jb_helper_skb_adjust_room"),
                  "ctx", "scalar", "scalar", "scalar"),
         c_helper(H.SKB_CHANGE_PROTO, "bpf_skb_change_proto", in_run("jb_helper_skb_change_proto"),

@@ -1,6 +1,7 @@
-"""The tc helpers that move an skb's headers (skb_adjust_room, skb_change_proto, skb_change_head):
-both engines, checked against the kernel's BPF_PROG_TEST_RUN where it is available (root and the
-BPF syscall), else against each other."""
+"""The tc helpers that move an skb's headers (skb_adjust_room, skb_change_proto, skb_change_head),
+and bpf_redirect_neigh that encapsulating programs end with: both engines, checked against the
+kernel's BPF_PROG_TEST_RUN where it is available (root and the BPF syscall), else against each
+other."""
 
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ CALLS = [
     "bpf_skb_change_head(skb, 20000, 0)",  # -EINVAL: past the largest skb
     # After change_head the MAC header is longer: adjust_room inserts after it.
     "AND_THEN(bpf_skb_change_head(skb, 4, 0), bpf_skb_adjust_room(skb, 8, BPF_ADJ_ROOM_NET, 0))",
+    "bpf_redirect_neigh(3, 0, 0, 0)",
+    "bpf_redirect_neigh(3, 0, 0, 1)",  # TC_ACT_SHOT: flags
+    "({ struct bpf_redir_neigh nh = {.nh_family = 2, .ipv4_nh = 0x0100000a};"
+    " bpf_redirect_neigh(3, &nh, sizeof(nh), 0); })",
+    "({ struct bpf_redir_neigh nh = {.nh_family = 2}; bpf_redirect_neigh(3, &nh, 8, 0); })",  # too short
 ]
 
 

@@ -25,6 +25,7 @@
 #define XDP_REDIRECT 4
 #define TC_ACT_SHOT 2
 #define TC_ACT_REDIRECT 7
+#define BPF_REDIR_NEIGH_SIZE 20 /* sizeof(struct bpf_redir_neigh) */
 
 typedef uint64_t (*entry_fn)(void *ctx);
 
@@ -263,6 +264,20 @@ uint64_t jb_helper_redirect(uint64_t ifindex, uint64_t flags, uint64_t r3 UNUSED
     if (run->xdp)
         return flags == 0 ? XDP_REDIRECT : XDP_ABORTED;
     return (flags & ~(uint64_t)1) == 0 ? TC_ACT_REDIRECT : TC_ACT_SHOT;
+}
+
+/* tc's bpf_redirect_neigh: the neighbour parameters (if any) only steer the real transmit. */
+uint64_t jb_helper_redirect_neigh(uint64_t ifindex, uint64_t params UNUSED, uint64_t plen, uint64_t flags,
+                                  uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = t_pkt;
+    if (run == NULL)
+        return RET(-EINVAL);
+    if (((uint32_t)plen != 0 && (uint32_t)plen < BPF_REDIR_NEIGH_SIZE) || flags != 0)
+        return TC_ACT_SHOT;
+    run->redirect = (uint32_t)ifindex;
+    run->redirected = 1;
+    return TC_ACT_REDIRECT;
 }
 
 uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len)
