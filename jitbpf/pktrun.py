@@ -57,6 +57,7 @@ def new_frame(layout: FrameLayout, arena: Pages) -> Any:
     p.arena, p.arena_size, p.frame_off = arena.address, arena.size, layout.frame_off
     p.headroom, p.tailroom = layout.headroom, layout.tailroom
     p.off_protocol, p.off_wire_len = layout.protocol, layout.wire_len
+    pkt.off_protocol = layout.protocol  # helpers that change skb->protocol keep the field in step
     return p
 
 

@@ -103,12 +103,15 @@ class Helpers(enum.IntEnum):
     GET_CURRENT_UID_GID = 15  # bpf_get_current_uid_gid
     GET_CURRENT_COMM = 16  # bpf_get_current_comm
     GET_CGROUP_CLASSID = 17  # bpf_get_cgroup_classid
+    SKB_GET_TUNNEL_KEY = 20  # bpf_skb_get_tunnel_key
+    SKB_SET_TUNNEL_KEY = 21  # bpf_skb_set_tunnel_key
     PERF_EVENT_READ = 22  # bpf_perf_event_read
     REDIRECT = 23  # bpf_redirect
     PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output
     SKB_LOAD_BYTES = 26  # bpf_skb_load_bytes
     GET_STACKID = 27  # bpf_get_stackid
     CSUM_DIFF = 28  # bpf_csum_diff
+    SKB_CHANGE_PROTO = 31  # bpf_skb_change_proto
     SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup
     GET_HASH_RECALC = 34  # bpf_get_hash_recalc
     GET_CURRENT_TASK = 35  # bpf_get_current_task
@@ -117,11 +120,13 @@ class Helpers(enum.IntEnum):
     SKB_PULL_DATA = 39  # bpf_skb_pull_data
     CSUM_UPDATE = 40  # bpf_csum_update
     GET_NUMA_NODE_ID = 42  # bpf_get_numa_node_id
+    SKB_CHANGE_HEAD = 43  # bpf_skb_change_head
     XDP_ADJUST_HEAD = 44  # bpf_xdp_adjust_head
     PROBE_READ_STR = 45  # bpf_probe_read_str
     GET_SOCKET_COOKIE = 46  # bpf_get_socket_cookie
     GET_SOCKET_UID = 47  # bpf_get_socket_uid
     SETSOCKOPT = 49  # bpf_setsockopt
+    SKB_ADJUST_ROOM = 50  # bpf_skb_adjust_room
     REDIRECT_MAP = 51  # bpf_redirect_map
     SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map
     SOCK_MAP_UPDATE = 53  # bpf_sock_map_update
@@ -173,6 +178,7 @@ class Helpers(enum.IntEnum):
     INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete
     TASK_STORAGE_GET = 156  # bpf_task_storage_get
     TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete
+    REDIRECT_NEIGH = 152  # bpf_redirect_neigh
     GET_CURRENT_TASK_BTF = 158  # bpf_get_current_task_btf
     KTIME_GET_COARSE_NS = 160  # bpf_ktime_get_coarse_ns
     CHECK_MTU = 163  # bpf_check_mtu
@@ -194,6 +200,8 @@ EINVAL = 22  # the kernel's error number, returned negated by helpers
 ENOTSUPP = 524
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
 XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
+SKB_HEADROOM = 1024  # bytes before a tc packet that bpf_skb_adjust_room/change_head/change_proto may claim
+SKB_TAILROOM = 256  # bytes after it
 CTX_AREA = 512  # bytes reserved for the context at the start of the run arena
 
 # -- context layouts (the kernel's uapi structs) ---------------------------------------------------
@@ -394,11 +402,12 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
                 H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
                 H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
                 H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP, H.SKB_UNDER_CGROUP, H.CSUM_UPDATE,
+                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH,
             },
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
             pointer_fields={**skb_ptrs, SkBuff.data_meta.offset: "packet_meta"}, packet=True,
-            packet_writable=True, ld_abs=True,
+            packet_writable=True, headroom=SKB_HEADROOM, tailroom=SKB_TAILROOM, ld_abs=True,
         ),
         ProgramType(
             ProgType.KPROBE, "kprobe", PtRegs,
@@ -501,7 +510,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
     types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), sched_act.helpers,
                              readable=sched_act.readable, writable=sched_act.writable,
                              pointer_fields=sched_act.pointer_fields, packet=True, packet_writable=True,
-                             ld_abs=True))
+                             headroom=SKB_HEADROOM, tailroom=SKB_TAILROOM, ld_abs=True))
     return MappingProxyType({t.prog_type: t for t in types})
 
 
@@ -757,6 +766,14 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         c_helper(H.XDP_ADJUST_META, "bpf_xdp_adjust_meta", in_run("jb_helper_xdp_adjust_meta"), "ctx", "scalar"),
         c_helper(H.XDP_ADJUST_TAIL, "bpf_xdp_adjust_tail", in_run("jb_helper_xdp_adjust_tail"), "ctx", "scalar"),
         c_helper(H.REDIRECT, "bpf_redirect", in_run("jb_helper_redirect")),
+        c_helper(H.REDIRECT_NEIGH, "bpf_redirect_neigh", in_run("jb_helper_redirect_neigh"),
+                 "scalar", "mem", "size_or_zero", "scalar"),
+        c_helper(H.SKB_ADJUST_ROOM, "bpf_skb_adjust_room", in_run("jb_helper_skb_adjust_room"),
+                 "ctx", "scalar", "scalar", "scalar"),
+        c_helper(H.SKB_CHANGE_PROTO, "bpf_skb_change_proto", in_run("jb_helper_skb_change_proto"),
+                 "ctx", "scalar", "scalar"),
+        c_helper(H.SKB_CHANGE_HEAD, "bpf_skb_change_head", in_run("jb_helper_skb_change_head"),
+                 "ctx", "scalar", "scalar"),
         c_helper(H.L3_CSUM_REPLACE, "bpf_l3_csum_replace", in_run("jb_helper_l3_csum_replace"),
                  "ctx", "scalar", "scalar", "scalar", "scalar"),
         c_helper(H.L4_CSUM_REPLACE, "bpf_l4_csum_replace", in_run("jb_helper_l4_csum_replace"),

@@ -155,6 +155,10 @@ struct jb_pkt {
     int32_t off_len;         /* __sk_buff.len */
     uint32_t ptr_size;       /* width of the pointer fields: 4, or 8 (sk_msg_md) */
     uint32_t ctx_size;       /* bytes of the context */
+    int32_t off_protocol;    /* __sk_buff.protocol (-1: none), kept in step with protocol */
+    uint32_t protocol;       /* skb->protocol as the context stores it (the Ethernet type, network order) */
+    uint32_t net_off;        /* skb's network header offset from data (the MAC header's length) */
+    uint32_t encap;          /* 1 once bpf_skb_adjust_room added an encapsulation (skb->encapsulation) */
 };
 struct jb_pkt_prog {
     struct jb_pkt pkt;       /* the program type's layout, and the current run */
@@ -188,6 +192,7 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
 uint64_t jb_helper_xdp_adjust_head(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_xdp_adjust_meta(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_xdp_adjust_tail(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_redirect_neigh(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_redirect(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_load_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_store_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
@@ -195,5 +200,8 @@ uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, ui
 uint64_t jb_helper_l3_csum_replace(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_l4_csum_replace(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_direct_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t len);
+uint64_t jb_helper_skb_adjust_room(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_skb_change_proto(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_skb_change_head(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 
 #endif

@@ -25,6 +25,7 @@
 #define XDP_REDIRECT 4
 #define TC_ACT_SHOT 2
 #define TC_ACT_REDIRECT 7
+#define BPF_REDIR_NEIGH_SIZE 20 /* sizeof(struct bpf_redir_neigh) */
 
 typedef uint64_t (*entry_fn)(void *ctx);
 
@@ -65,6 +66,7 @@ void jb_pkt_sync(struct jb_pkt *run)
         put32(run->ctx, run->off_data_meta, run->data_meta);
     }
     put32(run->ctx, run->off_len, run->data_end - run->data);
+    put32(run->ctx, run->off_protocol, run->protocol);
 }
 
 /* skb->protocol as the kernel stores it: the Ethernet type in network order, in a u32. */
@@ -102,6 +104,11 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
         put32(run->ctx, p->off_protocol, ip_protocol(data, len));
     if (p->derive & JB_DERIVE_WIRE_LEN)
         put32(run->ctx, p->off_wire_len, len);
+    run->protocol = 0;
+    if (run->off_protocol >= 0)
+        memcpy(&run->protocol, (char *)PTR(run->ctx) + run->off_protocol, 4);
+    run->net_off = run->xdp || run->off_protocol < 0 ? 0 : ETH_HLEN;
+    run->encap = 0;
     jb_pkt_sync(run);
     return 0;
 }
@@ -248,6 +255,20 @@ uint64_t jb_helper_redirect(uint64_t ifindex, uint64_t flags, uint64_t r3 UNUSED
     return (flags & ~(uint64_t)1) == 0 ? TC_ACT_REDIRECT : TC_ACT_SHOT;
 }
 
+/* tc's bpf_redirect_neigh: the neighbour parameters (if any) only steer the real transmit. */
+uint64_t jb_helper_redirect_neigh(uint64_t ifindex, uint64_t params UNUSED, uint64_t plen, uint64_t flags,
+                                  uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = t_pkt;
+    if (run == NULL)
+        return RET(-EINVAL);
+    if (((uint32_t)plen != 0 && (uint32_t)plen < BPF_REDIR_NEIGH_SIZE) || flags != 0)
+        return TC_ACT_SHOT;
+    run->redirect = (uint32_t)ifindex;
+    run->redirected = 1;
+    return TC_ACT_REDIRECT;
+}
+
 uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len)
 {
     struct jb_pkt *run = run_of(ctx);
@@ -379,4 +400,183 @@ uint64_t jb_helper_l4_csum_replace(uint64_t ctx, uint64_t offset, uint64_t from,
         memcpy(sum, &cur, 2);
     }
     return 0;
+}
+
+/* -- helpers that move the skb's headers (tc). The test-run skb starts at its Ethernet header,
+ * with the network header after it; growth takes the frame's headroom, and fails with -ENOMEM
+ * once that is used up (where the kernel would reallocate the buffer). ----------------------- */
+
+#define ETH_P_IP_BE 0x0008U   /* htons(ETH_P_IP), as skb->protocol holds it */
+#define ETH_P_IPV6_BE 0xDD86U /* htons(ETH_P_IPV6) */
+#define IPV4_HLEN 20
+#define IPV6_HLEN 40
+#define SKB_MAX_LEN 16064 /* the kernel's BPF_SKB_MAX_LEN (SKB_MAX_ALLOC with 4 KiB pages) */
+#define ENOTSUPP 524
+
+#define ADJ_ROOM_NET 0
+#define ADJ_ROOM_MAC 1
+#define ADJ_FIXED_GSO (1ULL << 0)
+#define ADJ_ENCAP_L3_IPV4 (1ULL << 1)
+#define ADJ_ENCAP_L3_IPV6 (1ULL << 2)
+#define ADJ_ENCAP_L4_GRE (1ULL << 3)
+#define ADJ_ENCAP_L4_UDP (1ULL << 4)
+#define ADJ_NO_CSUM_RESET (1ULL << 5)
+#define ADJ_ENCAP_L2_ETH (1ULL << 6)
+#define ADJ_DECAP_L3_IPV4 (1ULL << 7)
+#define ADJ_DECAP_L3_IPV6 (1ULL << 8)
+#define ADJ_ENCAP_L2_SHIFT 56
+#define ADJ_ENCAP_L3_MASK (ADJ_ENCAP_L3_IPV4 | ADJ_ENCAP_L3_IPV6)
+#define ADJ_DECAP_L3_MASK (ADJ_DECAP_L3_IPV4 | ADJ_DECAP_L3_IPV6)
+#define ADJ_ROOM_MASK                                                                                  \
+    (ADJ_FIXED_GSO | ADJ_ENCAP_L3_MASK | ADJ_ENCAP_L4_GRE | ADJ_ENCAP_L4_UDP | ADJ_ENCAP_L2_ETH |     \
+     (0xffULL << ADJ_ENCAP_L2_SHIFT) | ADJ_DECAP_L3_MASK)
+
+static uint32_t net_base_len(uint32_t protocol)
+{
+    return protocol == ETH_P_IP_BE ? IPV4_HLEN : protocol == ETH_P_IPV6_BE ? IPV6_HLEN : 0;
+}
+
+/* Insert `len` zero bytes at `off` from the packet start: the first `off` bytes move forward. */
+static int64_t hdr_push(struct jb_pkt *run, uint64_t off, uint64_t len)
+{
+    if (run->data - run->frame_start < len || off > run->data_end - run->data)
+        return -ENOMEM;
+    run->data -= len;
+    memmove(PTR(run->data), PTR(run->data + len), off);
+    memset(PTR(run->data + off), 0, len);
+    run->data_meta = run->data;
+    return 0;
+}
+
+/* Remove `len` bytes at `off`: the first `off` bytes move back over them. */
+static int64_t hdr_pop(struct jb_pkt *run, uint64_t off, uint64_t len)
+{
+    if (off + len > run->data_end - run->data)
+        return -ENOMEM;
+    memmove(PTR(run->data + len), PTR(run->data), off);
+    run->data += len;
+    run->data_meta = run->data;
+    return 0;
+}
+
+static int64_t net_grow(struct jb_pkt *run, uint64_t off, uint32_t len, uint64_t flags)
+{
+    uint32_t inner_mac_len = (uint32_t)(flags >> ADJ_ENCAP_L2_SHIFT);
+    int encap = (flags & ADJ_ENCAP_L3_MASK) != 0;
+    if (run->data - run->frame_start < len)
+        return -ENOMEM;
+    if (encap) {
+        if ((flags & ADJ_ENCAP_L3_MASK) == ADJ_ENCAP_L3_MASK)
+            return -EINVAL;
+        if ((flags & ADJ_ENCAP_L4_GRE) && (flags & ADJ_ENCAP_L4_UDP))
+            return -EINVAL;
+        if ((flags & ADJ_ENCAP_L2_ETH) && inner_mac_len < ETH_HLEN)
+            return -EINVAL;
+        if (run->encap)
+            return -EALREADY;
+        if (inner_mac_len > len)
+            return -EINVAL;
+    }
+    int64_t ret = hdr_push(run, off, len);
+    if (ret < 0 || !encap)
+        return ret;
+    run->encap = 1;
+    if (run->protocol == ETH_P_IP_BE && (flags & ADJ_ENCAP_L3_IPV6))
+        run->protocol = ETH_P_IPV6_BE;
+    else if (run->protocol == ETH_P_IPV6_BE && (flags & ADJ_ENCAP_L3_IPV4))
+        run->protocol = ETH_P_IP_BE;
+    return 0;
+}
+
+static int64_t net_shrink(struct jb_pkt *run, uint64_t off, uint32_t len, uint64_t flags)
+{
+    if (flags & ~(ADJ_FIXED_GSO | ADJ_DECAP_L3_MASK | ADJ_NO_CSUM_RESET))
+        return -EINVAL;
+    int64_t ret = hdr_pop(run, off, len);
+    if (ret < 0)
+        return ret;
+    if (run->protocol == ETH_P_IP_BE && (flags & ADJ_DECAP_L3_IPV6))
+        run->protocol = ETH_P_IPV6_BE;
+    else if (run->protocol == ETH_P_IPV6_BE && (flags & ADJ_DECAP_L3_IPV4))
+        run->protocol = ETH_P_IP_BE;
+    return 0;
+}
+
+static int64_t adjust_room(struct jb_pkt *run, int64_t len_diff, uint32_t mode, uint64_t flags)
+{
+    uint32_t diff = (uint32_t)(len_diff < 0 ? -len_diff : len_diff);
+    int shrink = len_diff < 0;
+    uint32_t len_min = net_base_len(run->protocol);
+    if (flags & ~(ADJ_ROOM_MASK | ADJ_NO_CSUM_RESET))
+        return -EINVAL;
+    if (diff > 0xfff)
+        return -EFAULT;
+    if (run->protocol != ETH_P_IP_BE && run->protocol != ETH_P_IPV6_BE)
+        return -ENOTSUPP;
+    uint64_t off = run->net_off;
+    if (mode == ADJ_ROOM_NET)
+        off += net_base_len(run->protocol);
+    else if (mode != ADJ_ROOM_MAC)
+        return -ENOTSUPP;
+    if (flags & ADJ_DECAP_L3_MASK) {
+        if (!shrink)
+            return -EINVAL;
+        if ((flags & ADJ_DECAP_L3_MASK) == ADJ_DECAP_L3_MASK)
+            return -EINVAL;
+        len_min = flags & ADJ_DECAP_L3_IPV4 ? IPV4_HLEN : IPV6_HLEN;
+    }
+    uint64_t len = run->data_end - run->data;
+    uint64_t len_cur = len - run->net_off;
+    if (shrink ? diff >= len_cur || len_cur - diff < len_min : len + diff > SKB_MAX_LEN)
+        return -ENOTSUPP;
+    return shrink ? net_shrink(run, off, diff, flags) : net_grow(run, off, diff, flags);
+}
+
+uint64_t jb_helper_skb_adjust_room(uint64_t ctx, uint64_t len_diff, uint64_t mode, uint64_t flags,
+                                   uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return RET(-EINVAL);
+    int64_t ret = adjust_room(run, s32(len_diff), (uint32_t)mode, flags);
+    jb_pkt_sync(run);
+    return RET(ret);
+}
+
+uint64_t jb_helper_skb_change_proto(uint64_t ctx, uint64_t proto, uint64_t flags, uint64_t r4 UNUSED,
+                                    uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL || flags != 0)
+        return RET(-EINVAL);
+    uint32_t to = (uint16_t)proto;
+    int64_t ret = -ENOTSUPP;
+    /* The IP header grows or shrinks by the difference of the two fixed headers, in place
+     * after the MAC header; the program rewrites the headers themselves. */
+    if (run->protocol == ETH_P_IP_BE && to == ETH_P_IPV6_BE)
+        ret = hdr_push(run, run->net_off, IPV6_HLEN - IPV4_HLEN);
+    else if (run->protocol == ETH_P_IPV6_BE && to == ETH_P_IP_BE)
+        ret = hdr_pop(run, run->net_off, IPV6_HLEN - IPV4_HLEN);
+    if (ret == 0)
+        run->protocol = to;
+    jb_pkt_sync(run);
+    return RET(ret);
+}
+
+uint64_t jb_helper_skb_change_head(uint64_t ctx, uint64_t head_room, uint64_t flags, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return RET(-EINVAL);
+    uint32_t room = (uint32_t)head_room;
+    uint32_t len = (uint32_t)(run->data_end - run->data);
+    uint32_t new_len = len + room;
+    if (flags != 0 || new_len > SKB_MAX_LEN || new_len < len)
+        return RET(-EINVAL);
+    int64_t ret = hdr_push(run, 0, room);
+    if (ret == 0)
+        run->net_off += room; /* the MAC header now starts at the new bytes */
+    jb_pkt_sync(run);
+    return RET(ret);
 }

@@ -1,0 +1,180 @@
+"""The tc helpers that move an skb's headers (skb_adjust_room, skb_change_proto, skb_change_head),
+and bpf_redirect_neigh that encapsulating programs end with: both engines, checked against the
+kernel's BPF_PROG_TEST_RUN where it is available (root and the BPF syscall), else against each
+other."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jitbpf.elf import load_elf
+from jitbpf.errors import VerifierError
+from tests.kernel import Kernel
+
+CLANG = shutil.which("clang")
+Build = Callable[[str], Path]
+# The program returns the helper's error, or else what the skb looks like afterwards (its length,
+# its protocol, and a byte read through the reloaded packet pointers, which the verifier demands).
+TEMPLATE = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#define DECAP_L3_IPV4 (1ULL << 7) /* BPF_F_ADJ_ROOM_DECAP_L3_*: newer than some installed headers */
+#define DECAP_L3_IPV6 (1ULL << 8)
+#define AND_THEN(a, b) ({ long _r = (a); _r ? _r : (b); })
+SEC("tc") int prog(struct __sk_buff *skb) {
+    long r = %s;
+    if (r)
+        return r;
+    unsigned char *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    unsigned int first = data + 1 <= end ? data[0] : 0x1ff;
+    return (skb->len << 20) ^ (skb->protocol << 4) ^ first;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+ETH = bytes.fromhex("020000000002020000000001")
+UDP4 = ETH + bytes.fromhex("0800" "45000024123440004011" "14a30a0000010a000002" "303900350010abcd") + b"hello, world"
+UDP6 = ETH + bytes.fromhex("86dd" "6000000000141140" + "20010db8" + "00" * 11 + "01" + "20010db8" + "00" * 11 + "02"
+                           + "303900350014abcd") + b"hello, world"
+ARP = ETH + bytes.fromhex("0806" "0001080006040001") + bytes(20)
+FRAMES = {"udp4": UDP4, "udp6": UDP6, "arp": ARP}
+ENCAP4 = "BPF_F_ADJ_ROOM_ENCAP_L3_IPV4"
+CALLS = [
+    "bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, 0)",
+    "bpf_skb_adjust_room(skb, 8, BPF_ADJ_ROOM_NET, 0)",
+    "bpf_skb_adjust_room(skb, -8, BPF_ADJ_ROOM_NET, 0)",
+    "bpf_skb_adjust_room(skb, -20, BPF_ADJ_ROOM_MAC, 0)",  # too short for what is left (IPv4)
+    "bpf_skb_adjust_room(skb, -12, BPF_ADJ_ROOM_MAC, 0)",
+    "bpf_skb_adjust_room(skb, 0, BPF_ADJ_ROOM_NET, 0)",
+    "bpf_skb_adjust_room(skb, 0x1000, BPF_ADJ_ROOM_MAC, 0)",  # -EFAULT: more than 0xfff
+    "bpf_skb_adjust_room(skb, 8, 2, 0)",  # unknown mode
+    "bpf_skb_adjust_room(skb, 8, BPF_ADJ_ROOM_MAC, 1ULL << 9)",  # unknown flag
+    f"bpf_skb_adjust_room(skb, 28, BPF_ADJ_ROOM_MAC, {ENCAP4} | BPF_F_ADJ_ROOM_ENCAP_L4_UDP)",
+    "bpf_skb_adjust_room(skb, 40, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6)",  # IPv4 in IPv6
+    f"bpf_skb_adjust_room(skb, 24, BPF_ADJ_ROOM_MAC, {ENCAP4} | BPF_F_ADJ_ROOM_ENCAP_L3_IPV6)",
+    f"bpf_skb_adjust_room(skb, 24, BPF_ADJ_ROOM_MAC, {ENCAP4} | BPF_F_ADJ_ROOM_ENCAP_L4_GRE"
+    " | BPF_F_ADJ_ROOM_ENCAP_L4_UDP)",
+    f"bpf_skb_adjust_room(skb, 50, BPF_ADJ_ROOM_MAC, {ENCAP4} | BPF_F_ADJ_ROOM_ENCAP_L2_ETH"
+    " | BPF_F_ADJ_ROOM_ENCAP_L2(14))",
+    f"bpf_skb_adjust_room(skb, 50, BPF_ADJ_ROOM_MAC, {ENCAP4} | BPF_F_ADJ_ROOM_ENCAP_L2_ETH"
+    " | BPF_F_ADJ_ROOM_ENCAP_L2(8))",  # inner Ethernet header too short
+    f"bpf_skb_adjust_room(skb, 10, BPF_ADJ_ROOM_MAC, {ENCAP4} | BPF_F_ADJ_ROOM_ENCAP_L2(14))",  # more than added
+    f"AND_THEN(bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, {ENCAP4}),"
+    f" bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, {ENCAP4}))",  # -EALREADY: one encapsulation
+    "bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, DECAP_L3_IPV4)",  # decap only shrinks
+    "bpf_skb_adjust_room(skb, -20, BPF_ADJ_ROOM_MAC, DECAP_L3_IPV6)",
+    "bpf_skb_adjust_room(skb, -8, BPF_ADJ_ROOM_MAC, DECAP_L3_IPV4)",
+    "bpf_skb_adjust_room(skb, -8, BPF_ADJ_ROOM_MAC, DECAP_L3_IPV4 | DECAP_L3_IPV6)",
+    "bpf_skb_adjust_room(skb, -8, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_ENCAP_L4_GRE)",  # not a shrink flag
+    "bpf_skb_adjust_room(skb, -8, BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_NO_CSUM_RESET | BPF_F_ADJ_ROOM_FIXED_GSO)",
+    "bpf_skb_change_proto(skb, __builtin_bswap16(0x86dd), 0)",
+    "bpf_skb_change_proto(skb, __builtin_bswap16(0x0800), 0)",
+    "bpf_skb_change_proto(skb, __builtin_bswap16(0x0800), 1)",  # -EINVAL: flags
+    "bpf_skb_change_proto(skb, __builtin_bswap16(0x0806), 0)",
+    "AND_THEN(bpf_skb_change_proto(skb, __builtin_bswap16(0x86dd), 0),"
+    " bpf_skb_change_proto(skb, __builtin_bswap16(0x0800), 0))",
+    "bpf_skb_change_head(skb, 14, 0)",
+    "bpf_skb_change_head(skb, 0, 0)",
+    "bpf_skb_change_head(skb, 4, 1)",  # -EINVAL: flags
+    "bpf_skb_change_head(skb, 0xffffffff, 0)",  # -EINVAL: the length wraps
+    "bpf_skb_change_head(skb, 20000, 0)",  # -EINVAL: past the largest skb
+    # After change_head the MAC header is longer: adjust_room inserts after it.
+    "AND_THEN(bpf_skb_change_head(skb, 4, 0), bpf_skb_adjust_room(skb, 8, BPF_ADJ_ROOM_NET, 0))",
+    "bpf_redirect_neigh(3, 0, 0, 0)",
+    "bpf_redirect_neigh(3, 0, 0, 1)",  # TC_ACT_SHOT: flags
+    "({ struct bpf_redir_neigh nh = {.nh_family = 2, .ipv4_nh = 0x0100000a};"
+    " bpf_redirect_neigh(3, &nh, sizeof(nh), 0); })",
+    "({ struct bpf_redir_neigh nh = {.nh_family = 2}; bpf_redirect_neigh(3, &nh, 8, 0); })",  # too short
+]
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    if CLANG is None or not Path("/usr/include/bpf/bpf_helpers.h").exists():
+        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
+    out_dir = tmp_path_factory.mktemp("room")
+    built: dict[str, Path] = {}
+
+    def compile_call(call: str) -> Path:
+        if call in built:
+            return built[call]
+        src = out_dir / f"p{len(built)}.c"
+        src.write_text(TEMPLATE % call)
+        out = src.with_suffix(".o")
+        assert CLANG is not None
+        done = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        built[call] = out
+        return out
+
+    return compile_call
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Kernel | None:
+    found = Kernel.open()
+    return found if isinstance(found, Kernel) else None
+
+
+@pytest.mark.parametrize("frame", list(FRAMES.values()), ids=list(FRAMES))
+@pytest.mark.parametrize("call", CALLS)
+def test_matches_the_kernel(build: Build, kernel: Kernel | None, call: str, frame: bytes) -> None:
+    path = build(call)
+    prog = load_elf(path).programs["prog"]
+    results = set()
+    for engine in ("interp", "jit"):
+        retval, after = prog.run(frame, engine=engine)
+        results.add((int(retval) & 0xFFFF_FFFF, bytes(after)))
+    assert len(results) == 1, results
+    if kernel is None:
+        return  # the kernel reference is not available here
+    loaded = kernel.load(path, "prog", None)
+    assert not isinstance(loaded, str), loaded
+    try:
+        ref = loaded.run(frame)
+        assert ref is not None
+        assert results == {(ref.retval & 0xFFFF_FFFF, ref.packet)}
+    finally:
+        loaded.close()
+
+
+def test_growth_past_the_headroom_fails_cleanly(build: Build) -> None:
+    # Each call may add up to 0xfff bytes; the frame's headroom bounds the total (-ENOMEM).
+    call = "AND_THEN(bpf_skb_change_head(skb, 1000, 0), bpf_skb_change_head(skb, 1000, 0))"
+    prog = load_elf(build(call)).programs["prog"]
+    for engine in ("interp", "jit"):
+        retval, after = prog.run(UDP4, engine=engine)
+        assert int(retval) & 0xFFFF_FFFF == -12 & 0xFFFF_FFFF
+        assert bytes(after) == bytes(1000) + UDP4
+
+
+def test_packet_pointers_are_invalid_after_a_move(build: Build, tmp_path: Path) -> None:
+    src = tmp_path / "stale.c"
+    src.write_text("""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("tc") int prog(struct __sk_buff *skb) {
+    unsigned char *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+    if (data + 1 > end)
+        return 0;
+    bpf_skb_change_head(skb, 4, 0);
+    return data[0];
+}
+char LICENSE[] SEC("license") = "GPL";
+""")
+    out = tmp_path / "stale.o"
+    assert CLANG is not None
+    subprocess.run([CLANG, "-target", "bpf", "-O2", "-c", str(src), "-o", str(out)], check=True)
+    with pytest.raises(VerifierError):
+        load_elf(out).programs["prog"].vm().check()
+
+
+def test_only_tc_may_call_them(build: Build) -> None:
+    path = build("bpf_skb_change_head(skb, 14, 0)")
+    with pytest.raises(VerifierError, match="may not call helper"):
+        load_elf(path, prog_type="socket_filter").programs["prog"].vm(prog_type="socket_filter").check()
