@@ -3,6 +3,13 @@ its maps and the standard helpers."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
 from jitbpf.asm import assemble
 from jitbpf.maps import BpfMap
 from jitbpf.vm import VM
@@ -28,3 +35,26 @@ def run(vm: VM, engine: str, mem: bytes | bytearray | None = None) -> int:
 def s64(x: int) -> int:
     """``x`` (an unsigned 64-bit result) as a signed value."""
     return x - (1 << 64) if x >> 63 else x
+
+
+CLANG = shutil.which("clang")
+LIBBPF_HEADERS = Path("/usr/include/bpf/bpf_core_read.h")
+
+
+def c_builder(out_dir: Path, header: str) -> Callable[[str], Path]:
+    """Compile C bodies (after ``header``, with a GPL license) to eBPF objects in ``out_dir``;
+    skips the test when clang or libbpf's headers are missing."""
+    if CLANG is None or not LIBBPF_HEADERS.exists():
+        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
+    clang = CLANG
+
+    def compile_source(body: str) -> Path:
+        src = out_dir / f"p{len(list(out_dir.iterdir()))}.c"
+        src.write_text(header + body + '\nchar LICENSE[] SEC("license") = "GPL";\n')
+        out = src.with_suffix(".o")
+        done = subprocess.run([clang, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return out
+
+    return compile_source

@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from jitbpf.core import CoreKind, read_relocations
 from jitbpf.elf import VMLINUX_BTF, Btf, BtfKind, load_elf
 from jitbpf.errors import ElfError, VerifierError
+from tests.support import c_builder
 
 CLANG = shutil.which("clang")
 LIBBPF_HEADERS = Path("/usr/include/bpf/bpf_core_read.h")
@@ -47,21 +47,7 @@ struct thing x; enum colour y;
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    if CLANG is None or not LIBBPF_HEADERS.exists():
-        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
-    out_dir = tmp_path_factory.mktemp("core")
-
-    def compile_source(body: str) -> Path:
-        src = out_dir / f"p{len(list(out_dir.iterdir()))}.c"
-        src.write_text(HEADER + body + '\nchar LICENSE[] SEC("license") = "GPL";\n')
-        out = src.with_suffix(".o")
-        assert CLANG is not None
-        done = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-        return out
-
-    return compile_source
+    return c_builder(tmp_path_factory.mktemp("core"), HEADER)
 
 
 def btf_of(obj: Path) -> bytes:

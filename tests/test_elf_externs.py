@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from jitbpf.elf import kconfig_defaults, load_elf
 from jitbpf.errors import ElfError, MapError, VerifierError
 from jitbpf.maps import BPF_F_RDONLY_PROG, Array
+from tests.support import c_builder
 
 CLANG = shutil.which("clang")
 LIBBPF_HEADERS = Path("/usr/include/bpf/bpf_helpers.h")
@@ -24,21 +24,7 @@ HEADER = """
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    if CLANG is None or not LIBBPF_HEADERS.exists():
-        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
-    out_dir = tmp_path_factory.mktemp("externs")
-
-    def compile_source(body: str) -> Path:
-        src = out_dir / f"p{len(list(out_dir.iterdir()))}.c"
-        src.write_text(HEADER + body + '\nchar LICENSE[] SEC("license") = "GPL";\n')
-        out = src.with_suffix(".o")
-        assert CLANG is not None
-        done = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-        return out
-
-    return compile_source
+    return c_builder(tmp_path_factory.mktemp("externs"), HEADER)
 
 
 KCONFIG = """
