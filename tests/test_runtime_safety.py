@@ -95,8 +95,11 @@ def test_dropping_a_compiled_vm_inside_cffi_does_not_deadlock() -> None:
     that lock, and hung the process (seen after a threaded batch, at a new VM's first run)."""
     out = isolated("""
         import gc
+        import jitbpf._native.build as build
+        found, build.built_path = build.built_path, lambda: None
+        from jitbpf._ffi import ffi  # the FFI parsed at run time, as before the library is built
+        build.built_path = found
         from jitbpf import VM, assemble
-        from jitbpf._ffi import ffi
         vm = VM(assemble("mov r0, 1\\nexit"))
         assert vm.execute_jit() == 1
         with ffi._lock:  # as cffi's parser holds it when a collection starts

@@ -31,6 +31,17 @@ CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory
 
 EXTERN_PYTHON = "JB_EXTERN_PYTHON"  # the header's mark of functions written in Python
 
+# The libc functions jitbpf calls from Python (page mappings, errno). The compiled library
+# declares them too, so that a process with the library built needs no run-time C parsing.
+LIBC_DECLARATIONS = """
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+int mprotect(void *addr, size_t len, int prot);
+int munmap(void *addr, size_t length);
+long sysconf(int name);
+int *__errno_location(void);
+"""
+LIBC_INCLUDES = "#include <errno.h>\n#include <sys/mman.h>\n#include <unistd.h>\n"
+
 
 def header_declarations(path: Path) -> str:
     """A header's declarations without its preprocessor lines (cffi's cdef does not take them)."""
@@ -40,7 +51,7 @@ def header_declarations(path: Path) -> str:
 def cdef_text() -> str:
     """The library's declarations (the JIT's structures first: the header includes them), the
     functions marked ``JB_EXTERN_PYTHON`` declared as cffi's compiled Python callbacks."""
-    text = header_declarations(JIT_HEADER) + "\n" + header_declarations(HEADER)
+    text = header_declarations(JIT_HEADER) + "\n" + header_declarations(HEADER) + LIBC_DECLARATIONS
     return text.replace(EXTERN_PYTHON, 'extern "Python+C"')
 
 
@@ -49,6 +60,7 @@ def source_key() -> str:
     digest = hashlib.sha256()
     for path in (JIT_HEADER, HEADER, *SOURCES):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(LIBC_DECLARATIONS.encode())
     abi = importlib.machinery.EXTENSION_SUFFIXES[0]
     digest.update(" ".join((*CFLAGS, *LDFLAGS, abi, cffi.__version__)).encode())
     return digest.hexdigest()[:16]
@@ -112,8 +124,8 @@ def build(*, force: bool = False, verbose: bool = False) -> Path:
     target = directory / (name + importlib.machinery.EXTENSION_SUFFIXES[0])
     builder = cffi.FFI()
     builder.cdef(cdef_text())
-    builder.set_source(name, '#include "jbmaps.h"', sources=[str(p) for p in SOURCES], include_dirs=[str(HERE)],
-                       extra_compile_args=list(CFLAGS), extra_link_args=list(LDFLAGS))
+    builder.set_source(name, LIBC_INCLUDES + '#include "jbmaps.h"', sources=[str(p) for p in SOURCES],
+                       include_dirs=[str(HERE)], extra_compile_args=list(CFLAGS), extra_link_args=list(LDFLAGS))
     with tempfile.TemporaryDirectory(dir=directory, prefix="build-") as tmp:
         try:
             out = builder.compile(tmpdir=tmp, verbose=verbose)
@@ -139,7 +151,10 @@ def _remove_stale(directory: Path, current: Path) -> None:
 
 
 def load(path: Path | None = None) -> tuple[Any, Any]:
-    """Import the compiled library (building it first if needed); returns its ``(ffi, lib)``."""
+    """Import the compiled library (building it first if needed); returns its ``(ffi, lib)``.
+
+    Loading the same file again gives the same module (extension modules are loaded once per
+    process), so every caller shares one FFI."""
     path = path or build()
     name = re.sub(r"\..*$", "", path.name)
     spec = importlib.util.spec_from_file_location(name, path)
