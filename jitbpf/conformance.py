@@ -2,6 +2,9 @@
 
 The files are not part of jitbpf: the caller points at a directory holding them (the
 ``JITBPF_CONFORMANCE_DIR`` environment variable, or ``../shared/conformance`` beside a checkout).
+jitbpf's own verifier cases use the same format with two more sections: ``-- options`` (one
+``key: value`` per line: how the program is loaded) and ``-- error pc`` (where the error is
+reported; a file with an error and no such section expects an error without a location).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class DataFile:
     error: str | None = None  # expected failure message ("" = any failure)
     error_is_pattern: bool = False  # error is a regular expression
     no_jit: bool = False  # upstream does not run it with a JIT
+    options: dict[str, str] = field(default_factory=dict)  # "-- options": key -> value, as written
+    error_pc: int | None = None  # "-- error pc": the instruction the error names
 
     @property
     def runnable(self) -> bool:
@@ -59,6 +64,16 @@ def _parse_mem(body: str) -> bytes:
             tok = tok.removeprefix("0x")
             out += bytes.fromhex(tok if len(tok) % 2 == 0 else "0" + tok)
     return bytes(out)
+
+
+def _parse_options(body: str, path: Path) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for line in body.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}: option line {line.strip()!r} is not 'key: value'")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def parse_data_file(path: str | os.PathLike[str]) -> DataFile:
@@ -103,6 +118,8 @@ def parse_data_file(path: str | os.PathLike[str]) -> DataFile:
         error=error.strip() if error is not None else None,
         error_is_pattern="error pattern" in sections,
         no_jit="no jit" in sections,
+        options=_parse_options(sections.get("options", ""), p),
+        error_pc=int(sections["error pc"].strip(), 0) if "error pc" in sections else None,
     )
 
 

@@ -96,3 +96,22 @@ def test_conformance(data_file: tuple[Path, Path], engine: str) -> None:
     if df.error is not None:
         pytest.fail(f"expected an error ({df.error!r}) but the program returned {result:#x}")
     assert result == df.result, f"r0 = {result:#x}, expected {df.result:#x}"
+
+
+# --- the reader's own sections (jitbpf's verifier cases) -------------------------------------------
+
+def test_reader_takes_options_and_error_pc(tmp_path: Path) -> None:
+    path = tmp_path / "case.data"
+    path.write_text("-- asm\nmov r0, 1\nexit\n-- options\nallow-loops: yes\nbudget: 2000\n"
+                    "-- error\nsome rule\n-- error pc\n1\n")
+    df = parse_data_file(path)
+    assert df.options == {"allow-loops": "yes", "budget": "2000"}
+    assert (df.error, df.error_pc) == ("some rule", 1)
+    assert parse_data_file(tmp_path / "case.data").runnable
+
+
+def test_reader_rejects_an_option_without_a_value(tmp_path: Path) -> None:
+    path = tmp_path / "bad.data"
+    path.write_text("-- asm\nexit\n-- options\nallow-loops\n-- error\nx\n")
+    with pytest.raises(ValueError, match=r"bad\.data: option line 'allow-loops' is not 'key: value'"):
+        parse_data_file(path)

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jitbpf.cfg import analyze
-from jitbpf.conformance import data_files, parse_data_file
+from jitbpf.conformance import DataFile, data_files, parse_data_file
 from jitbpf.errors import BpfError, ExecutionError, VerifierError
 from jitbpf.helpers import Helper, conformance_helpers
 from jitbpf.interpreter import Env, Translator, run
-from jitbpf.isa import STACK_SIZE, Instruction, Program
+from jitbpf.isa import STACK_SIZE, Program
 from jitbpf.memory import MemoryMap, region_of
 from jitbpf.verifier import ArgType, ContextSpec, RetType, VerifyResult, verify
 from jitbpf.vm import VM
@@ -74,171 +74,41 @@ LOOKUP_KEY = """
 """
 
 
-def nested_calls(frames: int) -> str:
-    """A main program and ``frames - 1`` functions, each calling the next."""
-    lines = [f"f{i}: call local f{i + 1}\nexit" for i in range(frames - 1)]
-    lines.append(f"f{frames - 1}: mov r0, 0\nexit")
-    return "\n".join(lines)
-
-
-def raw(*insns: Instruction) -> bytes:
-    return b"".join(i.encode() for i in insns)
-
-
 # --- one minimal program per rejection rule --------------------------------------------------------
 
-# (id, program, verify() keyword arguments, fragment of the message, pc of the fault)
-UNPRIV: dict[str, Any] = {"privileged": False}  # the rules of an unprivileged loader
-REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
-    # control flow
-    ("jump-out-of-range", "ja +5\nexit", {}, "jump out of bounds", 0),
-    ("jump-into-lddw", "ja +1\nlddw r0, 0x100000000\nexit", {}, "jump to middle of lddw", 0),
-    ("unreachable", "mov r0, 3\nexit\nmov r0, 4\nexit", {}, "unreachable instruction", 2),
-    ("falls-off-the-end", "mov r0, 1", {}, "does not end with exit", 0),
-    ("unknown-helper", "mov r0, 0\ncall 99\nexit", {}, "call to nonexistent function 99", 1),
-    ("unknown-local-call-target", raw(Instruction(0x85, src=1, imm=10), Instruction(0x95)), {},
-     "call to an address outside the program", 0),
-    ("kernel-function-call", "mov r0, 0\ncall runtime 9\nexit", {}, "kernel function calls are not supported", 1),
-    ("recursion", "call local f\nexit\nf: call local f\nexit", {}, "recursive call", 2),
-    ("call-depth", nested_calls(9), {}, "call stack is too deep: 9 frames (max 8)", 14),
-    ("too-many-instructions", "mov r0, 0\nexit", {"max_insns": 1}, "too many instructions", None),
-    ("back-edge", "mov r0, 0\nja -1", {}, "back-edge from insn 1 to 1", 1),
-    ("loop-without-exit", "mov r0, 0\nja -1", {"allow_loops": True}, "infinite loop detected", 1),
-    ("loop-over-budget", "ldxw r1, [r1]\nmov r0, 0\nadd r0, 1\nsub r1, 1\njne r1, 0, -3\nexit",
-     {"allow_loops": True, "budget": 2000}, "loop may not terminate within the budget", 4),
-    # registers and stack
-    ("uninitialised-register", "mov r0, r5\nexit", {}, "read of uninitialised register r5", 0),
-    ("uninitialised-stack", "ldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 0),
-    ("partly-initialised-stack", "stw [r10-8], 1\nldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 1),
-    ("write-to-r10", "mov r10, 0\nmov r0, 0\nexit", {}, "frame pointer r10 is read only", 0),
-    ("r0-not-set-at-exit", "exit", {}, "r0 is not initialised at program exit", 0),
-    ("stack-below-512", "stb [r10-513], 1\nmov r0, 0\nexit", {}, "invalid write to stack r10 off=-513", 0),
-    ("stack-at-r10", "stdw [r10-4], 1\nmov r0, 0\nexit", {}, "invalid write to stack r10 off=-4 size=8", 0),
-    ("stack-variable-offset-out-of-range",
-     "ldxdw r3, [r1]\nand r3, 0x3ff\nneg r3\nmov r2, r10\nadd r2, r3\nstb [r2-1], 0\nmov r0, 0\nexit", {},
-     "invalid write to stack r2 off=-1024", 5),
-    ("stack-pointer-subtraction", "mov r1, r10\nsub r1, 8\nstdw [r1], 0\nmov r0, 0\nexit", {},
-     "r1 subtraction from stack pointer prohibited", 1),
-    ("division-by-constant-zero", "mov r0, 1\ndiv r0, 0\nexit", {}, "div by zero", 1),
-    ("modulo-by-constant-zero", "mov r0, 1\nmod32 r0, 0\nexit", {}, "div by zero", 1),
-    ("narrow-fill-of-a-pointer", "stxdw [r10-8], r10\nldxw r0, [r10-8]\nexit", {},
-     "invalid size of register fill", 1),
-    ("packet-pointer-too-far-to-check", "ldxw r2, [r1+8]\nldxw r3, [r1]\nmov r4, r2\nadd r4, 0xffff\n"
-     "add r4, 1\njgt r4, r3, +1\nldxb r0, [r2]\nmov r0, 0\nexit", {"context": XDP}, "invalid access to packet", 6),
-    ("stack-unbounded-offset", "ldxdw r3, [r1]\nmov r2, r10\nadd r2, r3\nmov r0, 0\nexit", {},
-     "unbounded min value", 2),
-    # pointers
-    ("scalar-dereference", "mov r2, 0\nldxw r0, [r2]\nexit", {}, "it holds a scalar, not a pointer", 1),
-    ("pointer-plus-pointer", "mov r2, r10\nadd r2, r10\nmov r0, 0\nexit", {}, "addition of two pointers", 1),
-    ("pointer-multiply", "mov r2, r10\nmul r2, 2\nmov r0, 0\nexit", {}, "pointer arithmetic (mul)", 1),
-    ("pointer-alu32", "mov r2, r10\nadd32 r2, 8\nmov r0, 0\nexit", {}, "32-bit arithmetic (add32)", 1),
-    ("scalar-minus-pointer", "mov r2, 8\nsub r2, r10\nmov r0, 0\nexit", {},
-     "r2 tried to subtract pointer from scalar", 1),
-    ("pointer-negate", "mov r2, r10\nneg r2\nmov r0, 0\nexit", UNPRIV, "negation of pointer r2", 1),
-    # context and packets (an XDP-like context)
-    ("packet-unchecked", "ldxw r2, [r1]\nldxb r0, [r2]\nexit", {"context": XDP}, "invalid access to packet", 1),
-    ("context-pointer-moved", "add r1, 4\nldxw r0, [r1]\nexit", {"context": XDP},
-     "dereference of modified ctx ptr r1 off=4", 1),
-    ("packet-past-the-check",
-     "ldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 14\njgt r4, r3, +1\nldxh r5, [r2+14]\nmov r0, 1\nexit",
-     {"context": XDP}, "invalid access to packet, off=14 size=2, r2 has range 14", 5),
-    ("packet-checked-on-the-wrong-edge",
-     "ldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 14\njle r4, r3, +2\nldxb r0, [r2]\nexit\nmov r0, 1\nexit",
-     {"context": XDP}, "invalid access to packet", 5),
-    ("packet-end-dereference", "ldxw r2, [r1+4]\nldxb r0, [r2]\nexit", {"context": XDP},
-     "the packet end pointer", 1),
-    ("packet-end-arithmetic", "ldxw r2, [r1+4]\nadd r2, 1\nmov r0, 0\nexit", {"context": XDP},
-     "arithmetic on r2 of type pkt_end", 1),
-    ("context-out-of-range", "ldxw r0, [r1+24]\nexit", {"context": XDP}, "invalid bpf_context access off=24", 0),
-    ("context-read-only", "stw [r1+12], 0\nmov r0, 0\nexit", {"context": XDP}, "write to the context", 0),
-    ("context-pointer-field-write", "stw [r1+4], 0\nmov r0, 0\nexit", {"context": XDP_RW},
-     "cannot write to context field at off=4", 0),
-    ("context-pointer-field-narrow", "ldxh r2, [r1]\nmov r0, 0\nexit", {"context": XDP}, "narrow", 0),
-    ("context-pointer-field-wide", "ldxdw r2, [r1]\nmov r0, 0\nexit", {"context": XDP}, "narrow", 0),
-    ("context-pointer-field-64-bit-narrow", "ldxw r2, [r1]\nmov r0, 0\nexit", {"context": SK_MSG},
-     "it is 8 bytes", 0),
-    ("context-pointer-field-64-bit-upper-half", "ldxw r2, [r1+12]\nmov r0, 0\nexit", {"context": SK_MSG},
-     "misaligned load of the packet_end pointer at context off=8", 0),
-    ("context-variable-offset", "ldxw r2, [r1+16]\nand r2, 4\nadd r1, r2\nldxw r0, [r1]\nexit", {"context": XDP},
-     "variable ctx access var_off=", 3),
-    ("context-atomic", "mov r2, 1\nlock add32 [r1+12], r2\nmov r0, 0\nexit", {"context": XDP_RW},
-     "atomic operation on the context", 1),
-    ("packet-pointer-plus-packet-end", "ldxw r2, [r1]\nldxw r3, [r1+4]\nadd r3, r2\nmov r0, 0\nexit",
-     {"context": XDP}, "addition of two pointers", 2),
-    ("context-minus-packet", "ldxw r2, [r1]\nmov r3, r1\nsub r3, r2\nmov r0, 0\nexit", {"context": XDP, **UNPRIV},
-     "subtraction of pointers of different kinds", 2),
-    ("packet-minus-stack", "ldxw r2, [r1]\nsub r2, r10\nmov r0, 0\nexit", {"context": XDP, **UNPRIV},
-     "subtraction of pointers of different kinds", 1),
-    ("packet-length-alu32", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub32 r3, r2\nmov r0, 0\nexit", {"context": XDP, **UNPRIV},
-     "32-bit arithmetic (sub32)", 2),
-    ("packet-length-is-unbounded", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub r3, r2\nadd r2, r3\nmov r0, 0\nexit",
-     {"context": XDP}, "math between pkt pointer and register with unbounded", 3),
-    ("packet-length-dereference", "ldxw r2, [r1]\nldxw r3, [r1+4]\nsub r3, r2\nldxb r0, [r3]\nexit",
-     {"context": XDP}, "it holds a scalar, not a pointer", 3),
-    ("return-pointer", "mov r0, r1\nexit", {"context": XDP}, "returning a pointer in r0", 1),
-    ("return-out-of-range", "mov r0, 7\nexit", {"context": XDP}, "not within [0, 4]", 1),
-    ("return-maybe-out-of-range", "ldxw r0, [r1+16]\nand r0, 7\nexit", {"context": XDP}, "not within [0, 4]", 2),
-    # maps
-    ("map-value-maybe-null", LOOKUP_KEY + "ldxdw r1, [r0+8]\nmov r0, 1\nexit", {},
-     "possible null pointer dereference: r0 is map_value_or_null", 6),
-    ("map-value-null-on-the-wrong-edge", LOOKUP_KEY + "jne r0, 0, +2\nldxb r1, [r0]\nmov r0, 1\nexit", {},
-     "invalid memory access through r0: it holds a scalar", 7),
-    ("map-value-arithmetic-before-check", LOOKUP_KEY + "add r0, 4\nmov r0, 1\nexit", {},
-     "compare it against 0 first", 6),
-    ("map-value-out-of-bounds", LOOKUP_KEY + "jeq r0, 0, +1\nldxdw r1, [r0+12]\nmov r0, 0\nexit", {},
-     "invalid access to map value, value_size=16 off=12 size=8", 7),
-    ("map-values-difference-is-unknown",  # two lookups may give values anywhere: not 0 apart
-     LOOKUP_KEY + "jeq r0, 0, +10\nmov r6, r0\n" + LOOKUP_KEY + "jeq r0, 0, +2\nsub r0, r6\nadd r6, r0\n"
-     "mov r0, 0\nexit", {}, "math between map_value pointer and register with unbounded", 16),
-    ("map-pointer-dereference", "lddw r1, map:m\nldxw r0, [r1]\nexit", {}, "a map pointer", 2),
-    ("map-unknown", "lddw r1, map:n\nmov r0, 0\nexit", {}, "lddw refers to map 4, which does not exist", 0),
-    # helper arguments
-    ("helper-map-argument-not-a-map",
-     "stw [r10-4], 0\nmov r2, r10\nadd r2, -4\nmov r1, 0\ncall 1\nmov r0, 0\nexit", {},
-     "r1 must be a map pointer", 4),
-    ("helper-key-uninitialised", "mov r2, r10\nadd r2, -4\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit", UNPRIV,
-     "points to uninitialised stack", 4),
-    ("helper-key-too-short", "stw [r10-4], 0\nmov r2, r10\nadd r2, -2\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit",
-     {}, "points outside the stack", 5),
-    ("helper-key-not-a-pointer", "mov r2, 0\nlddw r1, map:m\ncall 1\nmov r0, 0\nexit", {},
-     "must point to memory", 3),
-    ("helper-size-zero", "mov r1, r10\nadd r1, -8\nstdw [r10-8], 0\nmov r2, 0\ncall 2\nmov r0, 0\nexit", {},
-     "may be zero", 4),
-    ("helper-size-unbounded", "ldxdw r2, [r1]\ncall 2\nmov r0, 0\nexit", {}, "unbounded size argument", 1),
-    ("helper-mem-beyond-stack", "stdw [r10-8], 0\nmov r1, r10\nadd r1, -8\nmov r2, 16\ncall 2\nmov r0, 0\nexit", {},
-     "points outside the stack", 4),
-    ("helper-scalar-argument-pointer", "call 3\nmov r0, 0\nexit", UNPRIV, "r1 holds a pointer", 0),
-    ("helper-ctx-argument", "mov r1, r10\nmov r2, 0\ncall 4\nmov r0, 0\nexit", {"context": XDP},
-     "must be the unmodified context pointer", 2),
-    ("packet-pointer-after-ctx-helper",
-     "mov r6, r1\nldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 8\njgt r4, r3, +5\nmov r1, r6\nmov r7, r2\n"
-     "mov r2, 0\ncall 4\nldxb r0, [r7]\nmov r0, 1\nexit", {"context": XDP}, "it holds a scalar", 10),
-    ("callx-unknown-target", "ldxdw r2, [r1]\ncall r2\nmov r0, 0\nexit", {}, "callx through r2", 1),
-    # local calls
-    ("combined-stack-too-large", "stb [r10-400], 0\ncall local f\nmov r0, 0\nexit\nf: stb [r10-200], 0\nexit", {},
-     "combined stack size of the call chain through insn 1 is 600 bytes (max 512)", 1),
-    ("return-callee-stack", "call local f\nexit\nf: mov r0, r10\nexit", {},
-     "cannot return a pointer to the callee's stack", 3),
-    ("callee-stack-pointer-in-r1-after-return",
-     "call local f\nldxb r0, [r1]\nexit\nf: mov r1, r10\nadd r1, -8\nstdw [r10-8], 0\nmov r0, 0\nexit", {},
-     "read of uninitialised register r1", 1),
-    ("callee-reads-caller-registers", "mov r6, 1\ncall local f\nexit\nf: mov r0, r6\nexit", {},
-     "read of uninitialised register r6", 3),
-    # precision: pruning must not hide a path whose value differs where it matters
-    ("precision-pointer-offset",
-     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 200\nmov r2, r10\nadd r2, -128\nadd r2, r7\n"
-     "stb [r2], 1\nmov r0, 0\nexit", {}, "invalid write to stack r2 off=72", 8),
-    ("precision-decided-branch",
-     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 100\njgt r7, 50, +2\nmov r0, 0\nexit\n"
-     "ldxdw r0, [r10-8]\nexit", UNPRIV, "uninitialised bytes", 8),
-    ("precision-through-a-spill",
-     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r7, 0\nja +1\nmov r7, 200\nstxdw [r10-8], r7\nmov r7, 0\n"
-     "ldxdw r3, [r10-8]\nmov r2, r10\nadd r2, -128\nadd r2, r3\nstb [r2], 1\nmov r0, 0\nexit", {},
-     "invalid write to stack r2 off=72", 11),
-    ("precision-through-a-call",
-     "ldxb r6, [r1]\njgt r6, 10, +2\nmov r1, 0\nja +1\nmov r1, 200\ncall local f\nmov r0, 0\nexit\n"
-     "f: mov r2, r10\nadd r2, -128\nadd r2, r1\nstb [r2], 1\nexit", {}, "invalid write to stack r2 off=72", 11),
-]
+# The cases are data files (tests/verifier/GROUP/RULE.data, the conformance format): the program,
+# its load options, the expected message fragment and the pc of the fault.
+CASES = Path(__file__).parent / "verifier"
+CONTEXTS = {"xdp": XDP, "xdp-writable": XDP_RW, "ctx16": CTX16, "sk-msg": SK_MSG}  # "context:" option values
+
+
+def case_options(case: DataFile) -> dict[str, Any]:
+    """``verify()`` keyword arguments from a case's options (``allow-loops: yes``, ``budget: 2000``)."""
+    kwargs: dict[str, Any] = {}
+    for key, value in case.options.items():
+        name = key.replace("-", "_")
+        if name == "context":
+            kwargs[name] = CONTEXTS[value]
+        elif value in ("yes", "no"):
+            kwargs[name] = value == "yes"
+        else:
+            kwargs[name] = int(value, 0)
+    return kwargs
+
+
+def rejection_cases() -> list[tuple[str, str | bytes, dict[str, Any], str, int | None]]:
+    """(id, program, verify() keyword arguments, fragment of the message, pc of the fault)."""
+    cases = []
+    for path in data_files(CASES):
+        case = parse_data_file(path)
+        source = case.raw if case.raw is not None else case.asm
+        assert source is not None and case.error is not None, f"{path}: needs a program and an error"
+        cases.append((path.relative_to(CASES).with_suffix("").as_posix(), source, case_options(case), case.error,
+                      case.error_pc))
+    return cases
+
+
+REJECTIONS = rejection_cases()
 
 
 @pytest.mark.parametrize(("source", "kwargs", "fragment", "pc"), [r[1:] for r in REJECTIONS],
