@@ -1,5 +1,6 @@
-"""What several test modules share: the engines to run on, and loading an assembled program with
-its maps and the standard helpers."""
+"""What several test modules share: the engines to run on, loading an assembled program with its
+maps and the standard helpers, building C programs, and checking a packet program against the
+kernel."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from jitbpf.asm import assemble
+from jitbpf.elf import load_elf
 from jitbpf.maps import BpfMap
 from jitbpf.vm import VM
+from tests.kernel import Kernel
 
 ENGINES = ("interp", "jit")  # every behaviour is checked in both
 
@@ -42,19 +45,45 @@ LIBBPF_HEADERS = Path("/usr/include/bpf/bpf_core_read.h")
 
 
 def c_builder(out_dir: Path, header: str) -> Callable[[str], Path]:
-    """Compile C bodies (after ``header``, with a GPL license) to eBPF objects in ``out_dir``;
-    skips the test when clang or libbpf's headers are missing."""
+    """Compile C bodies (after ``header``, with a GPL license) to eBPF objects in ``out_dir``, each
+    body once; skips the test when clang or libbpf's headers are missing."""
     if CLANG is None or not LIBBPF_HEADERS.exists():
         pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
     clang = CLANG
+    built: dict[str, Path] = {}
 
     def compile_source(body: str) -> Path:
-        src = out_dir / f"p{len(list(out_dir.iterdir()))}.c"
+        if body in built:
+            return built[body]
+        src = out_dir / f"p{len(built)}.c"
         src.write_text(header + body + '\nchar LICENSE[] SEC("license") = "GPL";\n')
         out = src.with_suffix(".o")
         done = subprocess.run([clang, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
                               capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
+        built[body] = out
         return out
 
     return compile_source
+
+
+def packet_run_everywhere(path: Path, frame: bytes, kernel: Kernel | None) -> tuple[int, bytes]:
+    """The 32-bit return value and the packet after running the object's ``prog`` on ``frame``:
+    the same in both engines and, where the kernel is available, the kernel's BPF_PROG_TEST_RUN."""
+    prog = load_elf(path).programs["prog"]
+    results = set()
+    for engine in ENGINES:
+        retval, after = prog.run(frame, engine=engine)
+        results.add((int(retval) & 0xFFFF_FFFF, bytes(after)))
+    assert len(results) == 1, results
+    if kernel is not None:
+        loaded = kernel.load(path, "prog", None)
+        assert not isinstance(loaded, str), loaded
+        try:
+            ref = loaded.run(frame)
+            assert ref is not None
+            assert results == {(ref.retval & 0xFFFF_FFFF, ref.packet)}
+        finally:
+            loaded.close()
+    (result,) = results
+    return result

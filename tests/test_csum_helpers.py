@@ -3,8 +3,6 @@ kernel's BPF_PROG_TEST_RUN where it is available (root and libbpf), else against
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,15 +11,14 @@ import pytest
 from jitbpf.elf import load_elf
 from jitbpf.errors import VerifierError
 from tests.kernel import Kernel
+from tests.support import c_builder, packet_run_everywhere
 
-CLANG = shutil.which("clang")
 Build = Callable[[str], Path]
-TEMPLATE = """
+HEADER = """
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-SEC("tc") int prog(struct __sk_buff *skb) { return %s; }
-char LICENSE[] SEC("license") = "GPL";
 """
+TEMPLATE = 'SEC("tc") int prog(struct __sk_buff *skb) { return %s; }'  # the call's result is the verdict
 # Ethernet, IPv4 (checksum at 24), UDP (checksum at 40, 0xABCD; zero in FRAME0).
 FRAME = bytes.fromhex("020000000002020000000001080045000024123440004011"
                       "14a30a0000010a000002" "303900350010abcd" "68656c6c6f2c20776f726c64")
@@ -49,49 +46,14 @@ CALLS = [
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    if CLANG is None or not Path("/usr/include/bpf/bpf_helpers.h").exists():
-        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
-    out_dir = tmp_path_factory.mktemp("csum")
-
-    def compile_call(call: str) -> Path:
-        src = out_dir / f"p{len(list(out_dir.iterdir()))}.c"
-        src.write_text(TEMPLATE % call)
-        out = src.with_suffix(".o")
-        assert CLANG is not None
-        done = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-        return out
-
-    return compile_call
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Kernel | None:
-    found = Kernel.open()
-    return found if isinstance(found, Kernel) else None
+    compile_source = c_builder(tmp_path_factory.mktemp("csum"), HEADER)
+    return lambda call: compile_source(TEMPLATE % call)
 
 
 @pytest.mark.parametrize("frame", [FRAME, FRAME0], ids=["udp-sum", "udp-no-sum"])
 @pytest.mark.parametrize("call", CALLS)
 def test_matches_the_kernel(build: Build, kernel: Kernel | None, call: str, frame: bytes) -> None:
-    path = build(call)
-    prog = load_elf(path).programs["prog"]
-    results = set()
-    for engine in ("interp", "jit"):
-        retval, after = prog.run(frame, engine=engine)
-        results.add((int(retval) & 0xFFFF_FFFF, bytes(after)))
-    assert len(results) == 1, results
-    if kernel is None:
-        return  # the kernel reference is not available here
-    loaded = kernel.load(path, "prog", None)
-    assert not isinstance(loaded, str), loaded
-    try:
-        ref = loaded.run(frame)
-        assert ref is not None
-        assert results == {(ref.retval & 0xFFFF_FFFF, ref.packet)}
-    finally:
-        loaded.close()
+    packet_run_everywhere(build(call), frame, kernel)
 
 
 def test_only_tc_may_call_them(build: Build) -> None:

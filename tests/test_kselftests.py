@@ -42,12 +42,6 @@ def objdir() -> Path:
     return build(ROOT)
 
 
-@pytest.fixture(scope="module")
-def kernel() -> Kernel | None:
-    found = Kernel.open()
-    return found if isinstance(found, Kernel) else None
-
-
 def _problems(o: Outcome, known: set[str], have_kernel: bool) -> list[str]:
     problems = []
     expect = o.case.privileged

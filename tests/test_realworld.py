@@ -53,12 +53,6 @@ def objdir() -> Path:
     return build(ROOT)
 
 
-@pytest.fixture(scope="module")
-def kernel() -> Kernel | None:
-    found = Kernel.open()
-    return found if isinstance(found, Kernel) else None
-
-
 def _expected(outcome: Outcome, known: dict[str, Status], have_kernel: bool) -> frozenset[Status]:
     if outcome.key in known:
         status = known[outcome.key]

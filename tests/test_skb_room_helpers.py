@@ -5,8 +5,6 @@ other."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,14 +13,16 @@ import pytest
 from jitbpf.elf import load_elf
 from jitbpf.errors import VerifierError
 from tests.kernel import Kernel
+from tests.support import c_builder, packet_run_everywhere
 
-CLANG = shutil.which("clang")
 Build = Callable[[str], Path]
 # The program returns the helper's error, or else what the skb looks like afterwards (its length,
 # its protocol, and a byte read through the reloaded packet pointers, which the verifier demands).
-TEMPLATE = """
+HEADER = """
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+"""
+TEMPLATE = """
 #define DECAP_L3_IPV4 (1ULL << 7) /* BPF_F_ADJ_ROOM_DECAP_L3_*: newer than some installed headers */
 #define DECAP_L3_IPV6 (1ULL << 8)
 #define AND_THEN(a, b) ({ long _r = (a); _r ? _r : (b); })
@@ -34,7 +34,6 @@ SEC("tc") int prog(struct __sk_buff *skb) {
     unsigned int first = data + 1 <= end ? data[0] : 0x1ff;
     return (skb->len << 20) ^ (skb->protocol << 4) ^ first;
 }
-char LICENSE[] SEC("license") = "GPL";
 """
 ETH = bytes.fromhex("020000000002020000000001")
 UDP4 = ETH + bytes.fromhex("0800" "45000024123440004011" "14a30a0000010a000002" "303900350010abcd") + b"hello, world"
@@ -93,54 +92,19 @@ CALLS = [
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    if CLANG is None or not Path("/usr/include/bpf/bpf_helpers.h").exists():
-        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
-    out_dir = tmp_path_factory.mktemp("room")
-    built: dict[str, Path] = {}
-
-    def compile_call(call: str) -> Path:
-        if call in built:
-            return built[call]
-        src = out_dir / f"p{len(built)}.c"
-        src.write_text(TEMPLATE % call)
-        out = src.with_suffix(".o")
-        assert CLANG is not None
-        done = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-        built[call] = out
-        return out
-
-    return compile_call
+def compile_c(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    return c_builder(tmp_path_factory.mktemp("room"), HEADER)
 
 
 @pytest.fixture(scope="module")
-def kernel() -> Kernel | None:
-    found = Kernel.open()
-    return found if isinstance(found, Kernel) else None
+def build(compile_c: Build) -> Build:
+    return lambda call: compile_c(TEMPLATE % call)
 
 
 @pytest.mark.parametrize("frame", list(FRAMES.values()), ids=list(FRAMES))
 @pytest.mark.parametrize("call", CALLS)
 def test_matches_the_kernel(build: Build, kernel: Kernel | None, call: str, frame: bytes) -> None:
-    path = build(call)
-    prog = load_elf(path).programs["prog"]
-    results = set()
-    for engine in ("interp", "jit"):
-        retval, after = prog.run(frame, engine=engine)
-        results.add((int(retval) & 0xFFFF_FFFF, bytes(after)))
-    assert len(results) == 1, results
-    if kernel is None:
-        return  # the kernel reference is not available here
-    loaded = kernel.load(path, "prog", None)
-    assert not isinstance(loaded, str), loaded
-    try:
-        ref = loaded.run(frame)
-        assert ref is not None
-        assert results == {(ref.retval & 0xFFFF_FFFF, ref.packet)}
-    finally:
-        loaded.close()
+    packet_run_everywhere(build(call), frame, kernel)
 
 
 def test_growth_past_the_headroom_fails_cleanly(build: Build) -> None:
@@ -153,11 +117,8 @@ def test_growth_past_the_headroom_fails_cleanly(build: Build) -> None:
         assert bytes(after) == bytes(1000) + UDP4
 
 
-def test_packet_pointers_are_invalid_after_a_move(build: Build, tmp_path: Path) -> None:
-    src = tmp_path / "stale.c"
-    src.write_text("""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
+def test_packet_pointers_are_invalid_after_a_move(compile_c: Build) -> None:
+    out = compile_c("""
 SEC("tc") int prog(struct __sk_buff *skb) {
     unsigned char *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
     if (data + 1 > end)
@@ -165,11 +126,7 @@ SEC("tc") int prog(struct __sk_buff *skb) {
     bpf_skb_change_head(skb, 4, 0);
     return data[0];
 }
-char LICENSE[] SEC("license") = "GPL";
 """)
-    out = tmp_path / "stale.o"
-    assert CLANG is not None
-    subprocess.run([CLANG, "-target", "bpf", "-O2", "-c", str(src), "-o", str(out)], check=True)
     with pytest.raises(VerifierError):
         load_elf(out).programs["prog"].vm().check()
 

@@ -3,8 +3,6 @@ answers (XDP test runs write what the helper returned into the packet) where it 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +11,8 @@ import pytest
 from jitbpf.elf import load_elf
 from jitbpf.stdhelpers import parse_strtox
 from tests.kernel import Kernel
+from tests.support import c_builder
 
-CLANG = shutil.which("clang")
 Build = Callable[[str], Path]
 HEADER = """
 #include <linux/bpf.h>
@@ -56,27 +54,7 @@ STRINGS = ['"123"', '"  -42xyz"', '"0x1f"', '"017"', '"-"', '"abc"', '"184467440
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
-    if CLANG is None or not Path("/usr/include/bpf/bpf_helpers.h").exists():
-        pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
-    out_dir = tmp_path_factory.mktemp("strings")
-
-    def compile_source(body: str) -> Path:
-        src = out_dir / f"p{len(list(out_dir.iterdir()))}.c"
-        src.write_text(HEADER + body + '\nchar LICENSE[] SEC("license") = "GPL";\n')
-        out = src.with_suffix(".o")
-        assert CLANG is not None
-        done = subprocess.run([CLANG, "-target", "bpf", "-O2", "-g", "-c", str(src), "-o", str(out)],
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-        return out
-
-    return compile_source
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Kernel | None:
-    found = Kernel.open()
-    return found if isinstance(found, Kernel) else None
+    return c_builder(tmp_path_factory.mktemp("strings"), HEADER)
 
 
 def same_everywhere(path: Path, kernel: Kernel | None, rc_at: int | None = None) -> bytes:
