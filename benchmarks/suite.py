@@ -411,7 +411,7 @@ def proof_figures(quick: bool, progress: Progress) -> dict[str, Any]:
     against every region), and with the proofs trusted outright (loads neither checked nor
     confined: what a wrong proof could turn into a host access) to show what confinement costs."""
     from jitbpf.jit import JitProgram
-    from jitbpf.maps import Array
+    from jitbpf.linux.maps import Array
 
     buf = Array(value_size=SCAN_BYTES, max_entries=1, name="BUF")
     buf.set(0, bytes(i & 0xFF for i in range(SCAN_BYTES)))
@@ -568,7 +568,7 @@ def packet_run_figures(quick: bool, progress: Progress) -> dict[str, Any]:
     """XDP from Python: ``run_xdp(packet)`` per call, ``run_batch(packets)`` per packet (both with
     the JIT, a program returning XDP_PASS, so that the figures are the runner's cost); and the
     per-run floor of a batch of fixed-size records (``execute_records``, an empty program)."""
-    from jitbpf.programs import ProgType
+    from jitbpf.linux.programs import ProgType
 
     progress.step("packet runs: timing")
     repeats = 5 if quick else 15

@@ -11,7 +11,7 @@ from benchmarks.packets import packet_mix
 from jitbpf.asm import assemble
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK64
-from jitbpf.maps import Array, HashMap
+from jitbpf.linux.maps import Array, HashMap
 from jitbpf.sandbox import Pages
 from jitbpf.vm import VM
 

@@ -31,7 +31,7 @@ from typing import Any
 import dpkt
 
 from jitbpf import testing
-from jitbpf.elf import load_elf
+from jitbpf.linux.elf import load_elf
 from jitbpf.pcap import read_packets, verdict_name
 from jitbpf.vm import VM
 

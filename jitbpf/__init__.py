@@ -27,10 +27,10 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from jitbpf.asm import assemble
     from jitbpf.disasm import disassemble
-    from jitbpf.elf import ElfObject, ElfProgram, load_elf
     from jitbpf.helpers import Helper, HelperExit
     from jitbpf.isa import Instruction, Program
-    from jitbpf.maps import (
+    from jitbpf.linux.elf import ElfObject, ElfProgram, load_elf
+    from jitbpf.linux.maps import (
         Array,
         BpfMap,
         DevMap,
@@ -49,9 +49,9 @@ if TYPE_CHECKING:
         Stack,
         create_map,
     )
+    from jitbpf.linux.programs import ProgType, SkAction, TcAction, XdpAction
+    from jitbpf.linux.stdhelpers import standard_helpers
     from jitbpf.pcap import Summary, run_pcap
-    from jitbpf.programs import ProgType, SkAction, TcAction, XdpAction
-    from jitbpf.stdhelpers import standard_helpers
     from jitbpf.verifier import VerifyResult, verify
     from jitbpf.vm import VM
 
@@ -60,15 +60,15 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "assemble": "jitbpf.asm",
     "disassemble": "jitbpf.disasm",
-    **dict.fromkeys(("ElfObject", "ElfProgram", "load_elf"), "jitbpf.elf"),
+    **dict.fromkeys(("ElfObject", "ElfProgram", "load_elf"), "jitbpf.linux.elf"),
     **dict.fromkeys(("Helper", "HelperExit"), "jitbpf.helpers"),
     **dict.fromkeys(("Instruction", "Program"), "jitbpf.isa"),
     **dict.fromkeys(("Array", "BpfMap", "DevMap", "HashMap", "LpmKey", "LpmTrie", "MapType", "PerCpuArray",
                      "PerCpuHashMap", "PerfEventArray", "ProgramArray", "Queue", "RingBuf", "SockHash", "SockMap",
-                     "Stack", "create_map"), "jitbpf.maps"),
+                     "Stack", "create_map"), "jitbpf.linux.maps"),
     **dict.fromkeys(("Summary", "run_pcap"), "jitbpf.pcap"),
-    **dict.fromkeys(("ProgType", "SkAction", "TcAction", "XdpAction"), "jitbpf.programs"),
-    "standard_helpers": "jitbpf.stdhelpers",
+    **dict.fromkeys(("ProgType", "SkAction", "TcAction", "XdpAction"), "jitbpf.linux.programs"),
+    "standard_helpers": "jitbpf.linux.stdhelpers",
     **dict.fromkeys(("VerifyResult", "verify"), "jitbpf.verifier"),
     "VM": "jitbpf.vm",
 }

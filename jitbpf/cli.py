@@ -148,7 +148,7 @@ def parse_hex_arg(text: str, what: str) -> bytes:
 def load_elf_object(path: str, data: bytes) -> Any:
     """The ElfObject of an ELF file, with at least one program."""
     try:
-        from jitbpf.elf import load_elf
+        from jitbpf.linux.elf import load_elf
     except ImportError as exc:
         raise CliError(f"{path}: ELF objects are not supported in this installation ({exc})") from exc
     with reporting(path):
@@ -315,7 +315,7 @@ def make_vm(source: ProgramSource, args: argparse.Namespace, *, verify: bool) ->
 
 def _prog_type(text: str) -> str:
     try:
-        from jitbpf.programs import program_type
+        from jitbpf.linux.programs import program_type
     except ImportError:
         raise argparse.ArgumentTypeError("program types are not supported in this installation") from None
     try:
@@ -597,7 +597,7 @@ def object_contents(source: ProgramSource) -> dict[str, Any]:
     """An ELF program's maps and globals, decoded through the object's BTF (nothing for other inputs)."""
     if source.elf_object is None:
         return {}
-    from jitbpf.btfvalues import contents
+    from jitbpf.linux.btfvalues import contents
 
     return contents(source.elf_object)
 
@@ -605,7 +605,7 @@ def object_contents(source: ProgramSource) -> dict[str, Any]:
 def contents_lines(found: dict[str, Any]) -> list[str]:
     if not found:
         return []
-    from jitbpf.btfvalues import contents_lines as lines
+    from jitbpf.linux.btfvalues import contents_lines as lines
 
     return lines(found)
 

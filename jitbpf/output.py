@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jitbpf.maps import PerfEventArray, RingBuf
+from jitbpf.linux.maps import PerfEventArray, RingBuf
 
 if TYPE_CHECKING:
     from jitbpf.vm import VM

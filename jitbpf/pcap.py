@@ -16,10 +16,10 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 import dpkt
 
 from jitbpf.errors import BpfError, ExecutionError
-from jitbpf.programs import PROGRAM_TYPES, ProgType, SkAction, TcAction, XdpAction
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType, SkAction, TcAction, XdpAction
 
 if TYPE_CHECKING:
-    from jitbpf.elf import ElfProgram
+    from jitbpf.linux.elf import ElfProgram
     from jitbpf.vm import VM
 
 PACKET_TYPES = (ProgType.XDP, ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.CGROUP_SKB,
@@ -327,7 +327,7 @@ class _Progress:
 
 def _snapshot(m: Any) -> tuple[list[tuple[Any, Any]], str]:
     """The entries of a map for the report (non-zero values only for arrays) and a description."""
-    from jitbpf.maps import Array, HashMap, LpmTrie
+    from jitbpf.linux.maps import Array, HashMap, LpmTrie
 
     kind = getattr(getattr(m, "map_type", None), "name", type(m).__name__)
     entries: list[tuple[Any, Any]] = []
@@ -430,7 +430,7 @@ def cli_run_pcap(
     ``map_values`` are ``(map, key, value)`` to store before the run. Returns the exit status:
     0 done, 1 some packet failed at run time, 2 the object, program or capture could not be used.
     """
-    from jitbpf.elf import load_elf
+    from jitbpf.linux.elf import load_elf
 
     stdout = out if out is not None else sys.stdout
     stderr = err if err is not None else sys.stderr

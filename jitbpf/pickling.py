@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
 from jitbpf.helpers import Helper
-from jitbpf.maps import BpfMap, MapType
+from jitbpf.linux.maps import BpfMap, MapType
 
 if TYPE_CHECKING:
     from jitbpf.vm import VM

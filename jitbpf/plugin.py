@@ -110,9 +110,9 @@ def load_elf_program(data: bytes) -> Any:
     """The program of an ELF object as the runner builds it: section ``.text``, else ``xdp``,
     else the object's only program."""
     try:
-        from jitbpf.elf import load_elf
+        from jitbpf.linux.elf import load_elf
     except ImportError:
-        raise BpfError("ELF objects are not supported in this installation (no jitbpf.elf)") from None
+        raise BpfError("ELF objects are not supported in this installation (no jitbpf.linux.elf)") from None
     obj = load_elf(data)
     for section in ELF_SECTIONS:
         found = obj.sections().get(section)

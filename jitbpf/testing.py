@@ -25,9 +25,9 @@ from jitbpf.isa import Kind
 from jitbpf.output import Events, Output, collect
 
 if TYPE_CHECKING:
-    from jitbpf.btfvalues import TypedMap
-    from jitbpf.elf import ElfObject, ElfProgram
-    from jitbpf.programs import ProgType
+    from jitbpf.linux.btfvalues import TypedMap
+    from jitbpf.linux.elf import ElfObject, ElfProgram
+    from jitbpf.linux.programs import ProgType
     from jitbpf.vm import VM
 
 PacketLike = bytes | bytearray | memoryview | SupportsBytes  # raw bytes, or a scapy/dpkt packet
@@ -80,7 +80,7 @@ def compile_c(source: str | os.PathLike[str], *, include: Sequence[str | os.Path
 def load(source: str | os.PathLike[str], *, include: Sequence[str | os.PathLike[str]] = (),
          cflags: Sequence[str] = ()) -> ElfObject:
     """An ELF object from a ``.o`` file, or from a ``.c`` file compiled first (see ``compile_c``)."""
-    from jitbpf.elf import load_elf
+    from jitbpf.linux.elf import load_elf
 
     path = Path(source)
     if path.suffix == ".c":
@@ -271,13 +271,13 @@ class Harness:
 
     def typed(self, map_name: str) -> TypedMap:
         """A map read through the object's BTF: keys and values as their C types (dicts for structs)."""
-        from jitbpf.btfvalues import TypedMap
+        from jitbpf.linux.btfvalues import TypedMap
 
         return TypedMap(self.program.obj, map_name)
 
     def globals(self) -> dict[str, Any]:
         """The object's global variables by C name, decoded from their current bytes."""
-        from jitbpf.btfvalues import global_variables
+        from jitbpf.linux.btfvalues import global_variables
 
         return global_variables(self.program.obj)
 
@@ -339,7 +339,7 @@ def harness(source: str | os.PathLike[str] | ElfObject, name: str | None = None,
             include: Sequence[str | os.PathLike[str]] = (), **options: Any) -> Harness:
     """A ``Harness`` for program ``name`` (function or section name; optional when the object
     has one program) of an object, a ``.o`` file or a ``.c`` file (compiled with ``include``)."""
-    from jitbpf.elf import ElfObject
+    from jitbpf.linux.elf import ElfObject
 
     obj = source if isinstance(source, ElfObject) else load(source, include=include)
     if name is None:

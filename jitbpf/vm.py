@@ -15,8 +15,8 @@ from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
 from jitbpf.isa import CORE_POISON, FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
+from jitbpf.linux.programs import ProgramRunners, ProgType
 from jitbpf.memory import MemoryMap, Region, access_operand, region_of
-from jitbpf.programs import ProgramRunners, ProgType
 from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
@@ -125,9 +125,9 @@ class VM(ProgramRunners):
         self.elide_checks = elide_checks
         self.budget = budget
         self.helpers: dict[int, Helper] = {h.id: h for h in helpers}
-        self.maps: dict[int, Any] = {}  # map handle -> map object (see jitbpf.maps)
+        self.maps: dict[int, Any] = {}  # map handle -> map object (see jitbpf.linux.maps)
         self.max_tail_calls = max_tail_calls
-        self.std: Any = None  # the standard helpers' context (jitbpf.stdhelpers), once enabled
+        self.std: Any = None  # the standard helpers' context (jitbpf.linux.stdhelpers), once enabled
         self._local = threading.local()
         self._blocks: CompiledBlocks | None = None
         self._checked = False
@@ -145,7 +145,7 @@ class VM(ProgramRunners):
         self._lifetime = threading.Lock()
         self._active = 0
         self._close_pending = False
-        self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.programs)
+        self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.linux.programs)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class VM(ProgramRunners):
         self.helpers[h.id] = h
         self._checked = False
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind: the helper may need Python
-        self._config_changed()  # native typed-run bindings are redone (jitbpf.pktrun)
+        self._config_changed()  # native typed-run bindings are redone (jitbpf.linux.pktrun)
         if self._jit is not None:
             self._jit.set_helper(h)
 
@@ -171,7 +171,7 @@ class VM(ProgramRunners):
         """The memory of this thread's current (or last) run, for helpers that follow pointers."""
         return self._state().memory
 
-    # -- maps and standard helpers (jitbpf.maps, jitbpf.stdhelpers) ------------------------------
+    # -- maps and standard helpers (jitbpf.linux.maps, jitbpf.linux.stdhelpers) ------------------------------
 
     def add_map(self, bpf_map: Any, handle: int | None = None) -> int:
         """Make ``bpf_map`` available under ``handle`` (what ``lddw rX, map:NAME`` holds).
@@ -179,7 +179,7 @@ class VM(ProgramRunners):
         Without a handle: the map's own (from an earlier ``add_map``) if free here, else the next
         free number from 1. Returns the handle.
         """
-        from jitbpf.maps import BpfMap
+        from jitbpf.linux.maps import BpfMap
 
         if not isinstance(bpf_map, BpfMap):
             raise TypeError(f"add_map takes a jitbpf map (HashMap, Array, RingBuf, ...), not {type(bpf_map).__name__}")
@@ -202,7 +202,7 @@ class VM(ProgramRunners):
             bpf_map.handle = handle
         self._checked = False
         self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind with this map's regions
-        self._config_changed()  # native typed-run bindings are redone (jitbpf.pktrun)
+        self._config_changed()  # native typed-run bindings are redone (jitbpf.linux.pktrun)
         return handle
 
     def map_by_name(self, name: str) -> Any:
@@ -227,9 +227,9 @@ class VM(ProgramRunners):
         return regions
 
     def use_standard_helpers(self, **options: Any) -> Any:
-        """Register the standard Linux helpers (``jitbpf.stdhelpers``); returns their context
+        """Register the standard Linux helpers (``jitbpf.linux.stdhelpers``); returns their context
         (trace log, redirect targets). Not the default: ids 1-5 differ from the conformance set."""
-        from jitbpf.stdhelpers import standard_helpers
+        from jitbpf.linux.stdhelpers import standard_helpers
 
         for h in standard_helpers(self, **options):
             self.register_helper(h)
@@ -295,7 +295,7 @@ class VM(ProgramRunners):
             if info.kind is Kind.CALL_KFUNC:
                 raise VerifierError("kernel function calls are not supported", pc=pc)
         if self.verify_enabled:
-            from jitbpf.maps import BPF_F_RDONLY_PROG
+            from jitbpf.linux.maps import BPF_F_RDONLY_PROG
             from jitbpf.verifier import verify_flow
 
             # The maps give key and value sizes: helper arguments are checked for their whole
@@ -580,7 +580,7 @@ class VM(ProgramRunners):
         return outer
 
     def enter_setup(self) -> int:
-        """``_enter(PREPARING)``, for the runners that build a run's memory (jitbpf.programs);
+        """``_enter(PREPARING)``, for the runners that build a run's memory (jitbpf.linux.programs);
         pair with ``_leave``."""
         return self._enter(PREPARING)
 
@@ -689,7 +689,7 @@ def _split(n: int, threads: int, run: Callable[[int, int], array.array[int]]) ->
         return run(0, n)
     from concurrent.futures import ThreadPoolExecutor
 
-    from jitbpf.maps import num_cpus, set_current_cpu
+    from jitbpf.linux.maps import num_cpus, set_current_cpu
 
     bounds = [n * i // threads for i in range(threads + 1)]
 

@@ -11,7 +11,7 @@ import sys
 
 from jitbpf.errors import BpfError
 from jitbpf.isa import Instruction, encode
-from jitbpf.maps import Array, BpfMap, HashMap, Queue, RingBuf
+from jitbpf.linux.maps import Array, BpfMap, HashMap, Queue, RingBuf
 from jitbpf.vm import VM
 
 HELPER_IDS = (1, 2, 3, 5, 6, 7, 8, 12, 14, 15, 16, 25, 87, 88, 89, 118, 125, 130, 131, 132, 133, 134)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jitbpf._native.build import cache_dir
-from jitbpf.elf import RUNNERS, Btf, BtfKind, ElfProgram, load_elf
 from jitbpf.errors import BpfError
-from jitbpf.programs import ProgType
+from jitbpf.linux.elf import RUNNERS, Btf, BtfKind, ElfProgram, load_elf
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 from tests.kernel import Kernel
 from tests.realworld import ENGINES, MASK32

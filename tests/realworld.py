@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from jitbpf._native.build import cache_dir
-from jitbpf.elf import ElfObject, ElfProgram, load_elf
 from jitbpf.errors import BpfError
-from jitbpf.maps import BpfMap, MapType, set_current_cpu
-from jitbpf.programs import ProgType
+from jitbpf.linux.elf import ElfObject, ElfProgram, load_elf
+from jitbpf.linux.maps import BpfMap, MapType, set_current_cpu
+from jitbpf.linux.programs import ProgType
 from tests.kernel import L3_TYPES, PACKET_TYPES, Kernel, on_cpu0
 
 ENV_VAR = "JITBPF_REALWORLD_DIR"  # overrides where the test data is

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from jitbpf.asm import assemble
-from jitbpf.elf import load_elf
-from jitbpf.maps import BpfMap
+from jitbpf.linux.elf import load_elf
+from jitbpf.linux.maps import BpfMap
 from jitbpf.vm import VM
 from tests.kernel import Kernel
 

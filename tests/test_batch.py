@@ -11,7 +11,7 @@ import pytest
 from jitbpf.asm import assemble
 from jitbpf.errors import BudgetExceeded, ExecutionError, JitError
 from jitbpf.jit.runtime import ERROR_RESULT
-from jitbpf.maps import PerCpuArray, num_cpus
+from jitbpf.linux.maps import PerCpuArray, num_cpus
 from jitbpf.vm import VM
 
 SUM_FIRST_BYTES = """
@@ -215,7 +215,7 @@ def test_bare_runs_see_only_their_own_regions() -> None:
 
 
 def test_registering_a_helper_rebinds() -> None:
-    from jitbpf.maps import Array
+    from jitbpf.linux.maps import Array
 
     source = ("stw [r10-4], 0\nlddw r1, map:A\nmov r2, r10\nadd r2, -4\ncall 1\n"
               "jeq r0, 0, out\nldxdw r0, [r0]\nout:\nexit")

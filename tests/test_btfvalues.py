@@ -12,7 +12,7 @@ import dpkt
 import pytest
 
 from jitbpf import testing
-from jitbpf.btfvalues import TypedMap, contents, global_variables, map_types, typed_maps
+from jitbpf.linux.btfvalues import TypedMap, contents, global_variables, map_types, typed_maps
 from tests.test_elf import CLANG, EXAMPLES
 
 pytestmark = pytest.mark.skipif(CLANG is None, reason="clang is not installed (apt-get install clang)")

@@ -401,8 +401,8 @@ char LICENSE[] SEC("license") = "MIT";
 @pytest.fixture
 def elf_file(tmp_path: Path) -> Path:
     clang = shutil.which("clang")
-    if clang is None or not provides("jitbpf.elf", "load_elf"):
-        pytest.skip("needs clang and jitbpf.elf")
+    if clang is None or not provides("jitbpf.linux.elf", "load_elf"):
+        pytest.skip("needs clang and jitbpf.linux.elf")
     (tmp_path / "two.c").write_text(TWO_PROGRAMS_C)
     subprocess.run([clang, "-O2", "-target", "bpf", "-c", "two.c", "-o", "two.o"], cwd=tmp_path, check=True,
                    timeout=120)
@@ -462,8 +462,8 @@ needs_objdump = pytest.mark.skipif(OBJDUMP is None, reason="llvm-objdump is not 
 
 @pytest.fixture(scope="session")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Compiler:
-    if not provides("jitbpf.elf", "load_elf"):
-        pytest.skip("needs jitbpf.elf")
+    if not provides("jitbpf.linux.elf", "load_elf"):
+        pytest.skip("needs jitbpf.linux.elf")
     return example_compiler(tmp_path_factory)
 
 

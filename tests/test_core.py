@@ -15,9 +15,9 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jitbpf.core import CoreKind, read_relocations
-from jitbpf.elf import VMLINUX_BTF, Btf, BtfKind, load_elf
 from jitbpf.errors import ElfError, VerifierError
+from jitbpf.linux.core import CoreKind, read_relocations
+from jitbpf.linux.elf import VMLINUX_BTF, Btf, BtfKind, load_elf
 from tests.support import c_builder
 
 CLANG = shutil.which("clang")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jitbpf.elf import load_elf
 from jitbpf.errors import VerifierError
+from jitbpf.linux.elf import load_elf
 from tests.kernel import Kernel
 from tests.support import c_builder, packet_run_everywhere
 

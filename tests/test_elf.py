@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jitbpf import load_elf
-from jitbpf.elf import ElfObject, Reloc
 from jitbpf.errors import BpfError, ElfError
 from jitbpf.isa import Program, PseudoSrc
-from jitbpf.programs import ProgType
+from jitbpf.linux.elf import ElfObject, Reloc
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from jitbpf.elf import kconfig_defaults, load_elf
 from jitbpf.errors import ElfError, MapError, VerifierError
-from jitbpf.maps import BPF_F_RDONLY_PROG, Array
+from jitbpf.linux.elf import kconfig_defaults, load_elf
+from jitbpf.linux.maps import BPF_F_RDONLY_PROG, Array
 from tests.support import c_builder
 
 CLANG = shutil.which("clang")

@@ -1,4 +1,4 @@
-"""The helpers that ask the host (jitbpf.host): checksums, the routing table, the current task,
+"""The helpers that ask the host (jitbpf.linux.host): checksums, the routing table, the current task,
 strings from kernel memory; each in both engines, against an independent model where there is one."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jitbpf.host import AF_INET, AF_INET6, FibResult, Host, Interface, csum_diff
-from jitbpf.programs import XdpAction
+from jitbpf.linux.host import AF_INET, AF_INET6, FibResult, Host, Interface, csum_diff
+from jitbpf.linux.programs import XdpAction
 from tests.support import ENGINES, load, run, s64
 
 EINVAL, EFAULT, EPERM, ENOENT, EAFNOSUPPORT = 22, 14, 1, 2, 97

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from jitbpf._ffi import ffi
 from jitbpf.asm import assemble
 from jitbpf.errors import BudgetExceeded, ExecutionError, VerifierError
-from jitbpf.maps import HashMap, ProgramArray
+from jitbpf.linux.maps import HashMap, ProgramArray
 from jitbpf.vm import VM
 
 STACK_TRAFFIC = """
@@ -318,7 +318,7 @@ def test_verified_programs_call_native_helpers() -> None:
 def test_ring_buffer_samples_are_checked_by_the_verifier_or_at_run_time() -> None:
     """bpf_ringbuf_submit's sample must be a record the program reserved: the verifier refuses any
     other pointer, and an unverified program calls the checked Python side with it."""
-    from jitbpf.maps import RingBuf
+    from jitbpf.linux.maps import RingBuf
 
     rb = RingBuf(max_entries=4096, name="RB")
     source = "lddw r1, map:RB\nmov r1, 4096\nmov r2, 0\ncall 132\nmov r0, 0\nexit"
@@ -380,7 +380,7 @@ def test_helpers_registered_after_compiling_are_not_trusted() -> None:
 
 def test_perf_event_output_runs_as_c_for_verified_programs() -> None:
     """Its ctx argument is "ignored" (never read), so the verified call needs no distrust."""
-    from jitbpf.maps import PerfEventArray
+    from jitbpf.linux.maps import PerfEventArray
 
     events = PerfEventArray(name="EV")
     source = ("stdw [r10-8], 42\nlddw r2, map:EV\nlddw r3, 0xffffffff\nmov r4, r10\nadd r4, -8\nmov r5, 8\n"

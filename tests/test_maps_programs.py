@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jitbpf.asm import assemble
-from jitbpf.maps import (
+from jitbpf.linux.maps import (
     BPF_ANY,
     BPF_EXIST,
     BPF_NOEXIST,

@@ -8,7 +8,7 @@ import errno
 import pytest
 
 from jitbpf.errors import MapError
-from jitbpf.maps import BPF_EXIST, BPF_NOEXIST, CpuMap, MapKeyError, MapType, XskMap, create_map
+from jitbpf.linux.maps import BPF_EXIST, BPF_NOEXIST, CpuMap, MapKeyError, MapType, XskMap, create_map
 from tests.support import ENGINES, load, run
 
 REDIRECT_MAP = """

@@ -10,8 +10,8 @@ import os
 import pytest
 
 from jitbpf.errors import MapError, VerifierError
-from jitbpf.maps import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CgroupArray, MapType, create_map
-from jitbpf.programs import ProgType
+from jitbpf.linux.maps import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CgroupArray, MapType, create_map
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 from tests import kernel_oracle
 from tests.support import ENGINES, load, s64

@@ -11,7 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitbpf.errors import MapError
-from jitbpf.maps import BPF_ANY, BPF_EXIST, BPF_NOEXIST, BpfMap, CpuMap, DevMap, DevMapHash, MapType, XskMap, create_map
+from jitbpf.linux.maps import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_NOEXIST,
+    BpfMap,
+    CpuMap,
+    DevMap,
+    DevMapHash,
+    MapType,
+    XskMap,
+    create_map,
+)
 from tests import kernel_oracle
 from tests.support import ENGINES, load, run
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitbpf.errors import MapError
-from jitbpf.maps import (
+from jitbpf.linux.maps import (
     BPF_ANY,
     BPF_EXIST,
     BPF_F_NO_COMMON_LRU,

@@ -9,8 +9,8 @@ import errno
 import pytest
 
 from jitbpf.errors import MapError
-from jitbpf.maps import BPF_F_REUSE_STACKID, BPF_F_USER_STACK, MapType, StackTraceMap, create_map
-from jitbpf.programs import ProgType
+from jitbpf.linux.maps import BPF_F_REUSE_STACKID, BPF_F_USER_STACK, MapType, StackTraceMap, create_map
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 from tests import kernel_oracle
 from tests.support import ENGINES, load, s64

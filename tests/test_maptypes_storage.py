@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitbpf.errors import MapError
-from jitbpf.maps import (
+from jitbpf.linux.maps import (
     BPF_ANY,
     BPF_EXIST,
     BPF_F_NO_PREALLOC,
@@ -23,7 +23,7 @@ from jitbpf.maps import (
     TaskStorage,
     create_map,
 )
-from jitbpf.programs import ProgType
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 from tests.support import ENGINES, load, s64
 

@@ -47,7 +47,8 @@ def test_import_loads_no_layer() -> None:
     assert json.loads(proc.stdout) == ["jitbpf", "jitbpf.errors"]
     proc = child("import json, sys, jitbpf\njitbpf.Array\nprint(json.dumps(sorted(sys.modules)))")
     loaded = set(json.loads(proc.stdout))
-    assert "jitbpf.maps" in loaded and not {"jitbpf.elf", "jitbpf.asm", "jitbpf.pcap", "jitbpf.jit.program"} & loaded
+    assert "jitbpf.linux.maps" in loaded
+    assert not {"jitbpf.linux.elf", "jitbpf.asm", "jitbpf.pcap", "jitbpf.jit.program"} & loaded
 
 
 def test_lazy_names_match_their_modules() -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from jitbpf import ElfProgram, load_elf, run_pcap
 from jitbpf.errors import BpfError
+from jitbpf.linux.programs import ProgType, XdpAction
 from jitbpf.pcap import PcapError, cli_run_pcap, read_packets, verdict_name
-from jitbpf.programs import ProgType, XdpAction
 from tests.test_elf import ENGINES, Compiler, example_compiler
 from tests.test_programs import tcp_frame, udp_frame
 

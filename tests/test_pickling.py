@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitbpf.asm import assemble
-from jitbpf.maps import Array, HashMap, PerCpuArray, Queue, RingBuf
-from jitbpf.programs import ProgType
+from jitbpf.linux.maps import Array, HashMap, PerCpuArray, Queue, RingBuf
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -141,7 +141,7 @@ def test_multiprocessing_runs_a_pickled_vm() -> None:
 @pytest.mark.skipif(shutil.which("clang") is None, reason="clang is needed to build xdp_firewall.c")
 def test_elf_object_round_trip() -> None:
     from jitbpf import testing
-    from jitbpf.elf import load_elf
+    from jitbpf.linux.elf import load_elf
 
     obj = load_elf(testing.compile_c(EXAMPLES / "xdp_firewall.c", include=[EXAMPLES / "include"]))
     obj["BLOCKED_IPS"][0x0100007F] = 1

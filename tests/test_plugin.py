@@ -241,8 +241,8 @@ def test_elf_without_loader_or_bad_object_fails_cleanly() -> None:
 
 def test_elf_object_on_stdin(tmp_path: Path) -> None:
     clang = shutil.which("clang")
-    if clang is None or importlib.util.find_spec("jitbpf.elf") is None:
-        pytest.skip("needs clang and jitbpf.elf")
+    if clang is None or importlib.util.find_spec("jitbpf.linux.elf") is None:
+        pytest.skip("needs clang and jitbpf.linux.elf")
     (tmp_path / "prog.c").write_text("int main(void) { return 42; }\n")
     subprocess.run([clang, "-O2", "-target", "bpf", "-c", "prog.c", "-o", "prog.o"], cwd=tmp_path, check=True,
                    timeout=120)

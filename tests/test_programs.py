@@ -13,7 +13,7 @@ import pytest
 
 from jitbpf import load_elf
 from jitbpf.errors import ExecutionError, VerifierError
-from jitbpf.programs import (
+from jitbpf.linux.programs import (
     PROGRAM_TYPES,
     BpfSock,
     CgroupDevCtx,

@@ -20,7 +20,7 @@ from jitbpf.errors import ExecutionError
 from jitbpf.isa import Program
 from jitbpf.jit.loops import plan_loops
 from jitbpf.jit.x86_64 import X86_64
-from jitbpf.maps import ProgramArray
+from jitbpf.linux.maps import ProgramArray
 from jitbpf.vm import VM
 from tests.support import ENGINES, load
 
@@ -205,7 +205,7 @@ ACCESS_ERRORS = [
 @pytest.mark.parametrize(("source", "message", "pc"), ACCESS_ERRORS)
 def test_access_errors_name_the_region_and_offset(engine: str, source: str, message: str, pc: int) -> None:
     from jitbpf.errors import AccessError
-    from jitbpf.maps import Array
+    from jitbpf.linux.maps import Array
 
     vm = load(source, Array(value_size=8, max_entries=1, name="A"), verify=False)
     with pytest.raises(AccessError) as info:
@@ -217,7 +217,7 @@ def test_access_errors_name_the_region_and_offset(engine: str, source: str, mess
 @pytest.mark.parametrize("engine", ENGINES)
 def test_store_into_read_only_memory_names_it(engine: str) -> None:
     from jitbpf.errors import AccessError
-    from jitbpf.maps import BPF_F_RDONLY_PROG, Array
+    from jitbpf.linux.maps import BPF_F_RDONLY_PROG, Array
 
     source = "stdw [r10-8], 0\nlddw r1, map:RO\nmov r2, r10\nadd r2, -8\ncall 1\njeq r0, 0, +1\nstb [r0+3], 1\nexit"
     vm = load(source, Array(value_size=8, max_entries=1, flags=BPF_F_RDONLY_PROG, name="RO"), verify=False)

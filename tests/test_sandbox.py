@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from jitbpf import VM, assemble
 from jitbpf.errors import ExecutionError, MapError
-from jitbpf.maps import Array, RingBuf
+from jitbpf.linux.maps import Array, RingBuf
 from jitbpf.sandbox import LOW_LIMIT, Pages, contained
 
 pytestmark = pytest.mark.skipif(not contained(), reason="no sandbox on this host (the JIT then checks every access)")

@@ -16,8 +16,8 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import VerifierError
-from jitbpf.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue, RingBuf
-from jitbpf.programs import ProgType
+from jitbpf.linux.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue, RingBuf
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 
 from . import kernel_oracle

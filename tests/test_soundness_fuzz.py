@@ -24,9 +24,9 @@ from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.helpers import Helper
 from jitbpf.interpreter import Env, Translator, run
 from jitbpf.isa import MASK32, STACK_SIZE, Kind
-from jitbpf.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue
+from jitbpf.linux.maps import BPF_F_RDONLY_PROG, Array, BpfMap, Queue
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType
 from jitbpf.memory import MemoryMap, Region, region_of
-from jitbpf.programs import PROGRAM_TYPES, ProgType
 from jitbpf.sandbox import Pages
 from jitbpf.vm import VM
 

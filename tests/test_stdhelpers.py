@@ -16,8 +16,8 @@ import pytest
 from jitbpf._native import native
 from jitbpf.asm import assemble
 from jitbpf.errors import ExecutionError, VerifierError
-from jitbpf.host import Host, host_helpers
-from jitbpf.maps import (
+from jitbpf.linux.host import Host, host_helpers
+from jitbpf.linux.maps import (
     BPF_EXIST,
     BPF_NOEXIST,
     Array,
@@ -31,8 +31,8 @@ from jitbpf.maps import (
     num_cpus,
     set_current_cpu,
 )
+from jitbpf.linux.stdhelpers import HelperId, StdContext, format_printk, standard_helpers
 from jitbpf.sandbox import Pages, contained
-from jitbpf.stdhelpers import HelperId, StdContext, format_printk, standard_helpers
 from jitbpf.vm import VM
 from tests.support import ENGINES, load, run, s64
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jitbpf.elf import load_elf
-from jitbpf.stdhelpers import parse_strtox
+from jitbpf.linux.elf import load_elf
+from jitbpf.linux.stdhelpers import parse_strtox
 from tests.kernel import Kernel
 from tests.support import c_builder
 

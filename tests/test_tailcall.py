@@ -10,7 +10,7 @@ import pytest
 from jitbpf.asm import assemble
 from jitbpf.contract import MAX_TAIL_CALLS
 from jitbpf.errors import BudgetExceeded
-from jitbpf.maps import Array, ProgramArray
+from jitbpf.linux.maps import Array, ProgramArray
 from jitbpf.vm import VM
 from tests.support import ENGINES, load, run, s64
 

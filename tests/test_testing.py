@@ -11,7 +11,7 @@ import pytest
 
 from jitbpf import XdpAction, testing
 from jitbpf.errors import ElfError
-from jitbpf.programs import XdpMd
+from jitbpf.linux.programs import XdpMd
 from tests.test_elf import CLANG, EXAMPLES
 from tests.test_usability import SHOW_C
 

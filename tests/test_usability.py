@@ -13,7 +13,7 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import AssemblerError, MapError
-from jitbpf.maps import Array, HashMap, PerCpuArray
+from jitbpf.linux.maps import Array, HashMap, PerCpuArray
 from tests.test_elf import Compiler, example_compiler
 
 ENTRY_POINT = Path(sys.executable).parent / "jitbpf"

@@ -298,7 +298,7 @@ class JitProgram:
 
     def regions_binding(self) -> tuple[int, JitThreadContext] | None:
         """The "regions" entry's address and this thread's run context, for native runners that
-        fill the context's inputs themselves (``jitbpf.pktrun``); None when runs need Python
+        fill the context's inputs themselves (``jitbpf.linux.pktrun``); None when runs need Python
         (``batchable`` is false) or the code is gone. Results of ``ERROR_RESULT`` go to ``finish``."""
         if runner_lib() is None or self.closed or not self.batchable:
             return None

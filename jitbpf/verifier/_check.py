@@ -10,7 +10,7 @@ from jitbpf.cfg import ControlFlow
 from jitbpf.contract import ARG_REGS, CALLEE_SAVED
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
-from jitbpf.maps import BPF_F_RDONLY_PROG
+from jitbpf.linux.maps import BPF_F_RDONLY_PROG
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
 from jitbpf.verifier._state import (

@@ -41,7 +41,7 @@ class RetType(enum.Enum):
 
 
 class MapLike(Protocol):
-    """What the verifier needs to know about a map (``jitbpf.maps`` objects have these)."""
+    """What the verifier needs to know about a map (``jitbpf.linux.maps`` objects have these)."""
 
     @property
     def key_size(self) -> int: ...

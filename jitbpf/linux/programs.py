@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
-from jitbpf import pktrun
 from jitbpf._native import native
 from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64, Kind
 from jitbpf.jit.runtime import ERROR_RESULT
+from jitbpf.linux import pktrun
+from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
 from jitbpf.memory import Region
-from jitbpf.pktrun import NO_FIELD, FrameLayout
 from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
@@ -573,7 +573,7 @@ class ProgramRun:
 
     info: ProgramType  # the program type
     arena: Pages  # context at offset 0, packet frame at CTX_AREA
-    frame: Any  # struct jb_pkt_prog * of the run (see jitbpf.pktrun)
+    frame: Any  # struct jb_pkt_prog * of the run (see jitbpf.linux.pktrun)
     msg_apply: int | None = None  # bytes given to bpf_msg_apply_bytes
     msg_cork: int | None = None  # bytes given to bpf_msg_cork_bytes
 
@@ -651,7 +651,7 @@ class ProgramState:
         self.info = info
         self.layout = frame_layout(info)
         self.local = threading.local()  # .arena and .run of each thread
-        self.native = threading.local()  # .binding: each thread's jitbpf.pktrun.Binding (see config_changed)
+        self.native = threading.local()  # .binding: each thread's jitbpf.linux.pktrun.Binding (see config_changed)
         self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
 
     def add_template(self, key: Hashable, values: Mapping[str, Any]) -> bytes:

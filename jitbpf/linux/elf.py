@@ -18,7 +18,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from jitbpf.errors import BpfError, ElfError, VerifierError
 from jitbpf.isa import SLOT_SIZE, CallSrc, PseudoSrc
-from jitbpf.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
 
 if TYPE_CHECKING:
     from jitbpf.vm import VM
@@ -357,7 +357,7 @@ class ElfObject:
 
     name: str  # file name, or "<bytes>"
     programs: dict[str, ElfProgram] = field(default_factory=dict)  # function name -> program
-    maps: dict[str, Any] = field(default_factory=dict)  # map name -> jitbpf.maps map object
+    maps: dict[str, Any] = field(default_factory=dict)  # map name -> jitbpf.linux.maps map object
     map_defs: dict[str, MapDef] = field(default_factory=dict)  # map name -> its declaration
     map_handles: dict[str, int] = field(default_factory=dict)  # map name -> handle used in the code
     license: str = ""  # the "license" section
@@ -430,7 +430,7 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
     CO-RE relocations (``.BTF.ext``) are resolved against ``btf`` (a ``Btf``, a raw BTF file's
     path or bytes), else the running kernel's ``/sys/kernel/btf/vmlinux`` when readable, else the
     object's own BTF (the layout it was compiled against). One that cannot be resolved poisons
-    its instruction (see ``jitbpf.core``); ``ElfProgram.core_failures`` lists them.
+    its instruction (see ``jitbpf.linux.core``); ``ElfProgram.core_failures`` lists them.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -507,7 +507,7 @@ def _kconfig_bytes(name: str, value: int | bool | str, btf: Btf, type_id: int, s
 def _libbpf_defaults(spec: MapDef) -> MapDef:
     """What libbpf fills in before creating a map: a perf event array declared without sizes gets
     4-byte keys and values and one slot per CPU."""
-    from jitbpf.maps import MapType, num_cpus
+    from jitbpf.linux.maps import MapType, num_cpus
 
     if spec.map_type != MapType.PERF_EVENT_ARRAY:
         return spec
@@ -704,8 +704,7 @@ class _Loader:
 
     def _core_relocate(self) -> None:
         """Apply the CO-RE relocations of ``.BTF.ext`` to the code sections, as libbpf does."""
-        from jitbpf import core
-
+        from jitbpf.linux import core
         ext = self._by_name(core.SECTION)
         if ext is None or self.obj.btf is None:
             return
@@ -866,7 +865,7 @@ class _Loader:
         self.obj.map_handles[spec.name] = len(self.obj.map_handles) + 1
 
     def _create_maps(self) -> None:
-        from jitbpf.maps import Array, create_map
+        from jitbpf.linux.maps import Array, create_map
 
         for name, spec in self.obj.map_defs.items():
             try:

@@ -8,11 +8,11 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from jitbpf.elf import Btf, BtfKind
+from jitbpf.linux.elf import Btf, BtfKind
 from jitbpf.output import plain
 
 if TYPE_CHECKING:
-    from jitbpf.elf import ElfObject
+    from jitbpf.linux.elf import ElfObject
 
 MAX_DEPTH = 32  # nesting of types, as the loader's size computation allows
 _FLOATS = {4: struct.Struct("<f"), 8: struct.Struct("<d")}
@@ -156,7 +156,7 @@ def global_variables(obj: ElfObject) -> dict[str, Any]:
 
 def typed_maps(obj: ElfObject) -> dict[str, TypedMap]:
     """The hash and array maps of ``obj`` (not its global data), as ``TypedMap``s."""
-    from jitbpf.maps import Array, HashMap
+    from jitbpf.linux.maps import Array, HashMap
 
     data = {n for n, d in obj.map_defs.items() if d.origin == "data"}
     return {name: TypedMap(obj, name) for name, m in obj.maps.items()

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from jitbpf._native import native
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
-from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
-from jitbpf.maps import (
+from jitbpf.linux.host import Host, host_helpers
+from jitbpf.linux.maps import (
     BPF_F_USER_STACK,
     BpfMap,
     CgroupArray,
@@ -114,7 +114,7 @@ class StdContext:
     def __init__(self, trace_stream: TextIO | None = None) -> None:
         self.trace_log: list[str] = []  # bpf_trace_printk output, in order
         self.trace_stream = trace_stream  # also written here (e.g. sys.stderr) when set
-        self.host = Host()  # what the helpers that ask the host answer (jitbpf.host)
+        self.host = Host()  # what the helpers that ask the host answer (jitbpf.linux.host)
         self._lock = threading.Lock()
         self._local = threading.local()
 

@@ -17,9 +17,9 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from jitbpf.elf import Btf, BtfKind, BtfType
 from jitbpf.errors import ElfError
 from jitbpf.isa import CORE_POISON, SIZE_BYTES, InsnClass, JmpOp, Mode, Size, Source
+from jitbpf.linux.elf import Btf, BtfKind, BtfType
 
 SECTION = ".BTF.ext"
 _LDDW = InsnClass.LD | Mode.IMM | Size.DW
