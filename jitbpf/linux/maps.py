@@ -14,14 +14,11 @@ import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from jitbpf._native import Native, native
 from jitbpf.errors import MapError
 from jitbpf.memory import Region
-
-if TYPE_CHECKING:
-    from jitbpf.vm import VM
 
 __all__ = [
     "BPF_ANY",
@@ -49,6 +46,7 @@ __all__ = [
     "LruPerCpuHashMap",
     "MapKeyError",
     "MapType",
+    "MapUser",
     "PerCpuArray",
     "PerCpuHashMap",
     "PerfEventArray",
@@ -68,6 +66,14 @@ __all__ = [
     "num_cpus",
     "set_current_cpu",
 ]
+
+
+class MapUser(Protocol):
+    """What a map knows of a VM that uses it, or that a program array holds: whether it is
+    closed. Maps reach no further into the VM (the VM that runs a tail call checks its target)."""
+
+    @property
+    def closed(self) -> bool: ...
 
 
 class MapType(enum.IntEnum):
@@ -320,7 +326,7 @@ class BpfMap:
         self._freed = False
         # The VMs this map was added to: its storage is freed only once none of them is open
         # (their code holds its address, their runs its values).
-        self._users: weakref.WeakSet[VM] = weakref.WeakSet()
+        self._users: weakref.WeakSet[MapUser] = weakref.WeakSet()
         self._regions = self._make_regions()
 
     def _make_regions(self) -> list[Region]:
@@ -381,13 +387,13 @@ class BpfMap:
         self._closed = True
         self._free_if_unused()
 
-    def use_by(self, vm: VM) -> None:
+    def use_by(self, vm: MapUser) -> None:
         """Note that ``vm`` uses the map (``VM.add_map``)."""
         if self._closed:
             raise MapError(f"map {self.name!r} is closed", errno=errno.EBADF)
         self._users.add(vm)
 
-    def unuse_by(self, vm: VM) -> None:
+    def unuse_by(self, vm: MapUser) -> None:
         """``vm`` is closed: it no longer holds the map."""
         self._users.discard(vm)
         self._free_if_unused()
@@ -1033,17 +1039,17 @@ class ProgramArray(_Slots):
     def __init__(self, *, max_entries: int = 32, name: str = "", key_size: int = 4, value_size: int = 4,
                  flags: int = 0) -> None:
         super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
-        self._programs: dict[int, VM] = {}
+        self._programs: dict[int, MapUser] = {}
 
-    def set(self, index: int, program: VM) -> None:
+    def set(self, index: int, program: MapUser) -> None:
         """Install ``program`` at ``index`` (E2BIG beyond ``max_entries``)."""
         self._store(index, 1, BPF_ANY, f"update of index {index} in {self.name!r}")
         self._programs[index] = program
 
-    def __setitem__(self, index: int, program: VM) -> None:
+    def __setitem__(self, index: int, program: MapUser) -> None:
         self.set(index, program)
 
-    def __getitem__(self, index: int) -> VM:
+    def __getitem__(self, index: int) -> MapUser:
         program = self._programs.get(index)
         if program is None:
             raise MapKeyError(f"no program at index {index} of {self.name!r}", errno=errno.ENOENT)
@@ -1053,7 +1059,7 @@ class ProgramArray(_Slots):
         self._delete_raw(self._index(index), f"delete of index {index} from {self.name!r}")
         self._programs.pop(index, None)
 
-    def get(self, index: int) -> VM | None:
+    def get(self, index: int) -> MapUser | None:
         """The program at ``index``, or None (what a tail call to it would run)."""
         return self._programs.get(index)
 

@@ -6,9 +6,9 @@ import enum
 import errno
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from jitbpf._native import native
 from jitbpf.errors import ExecutionError, MapError
@@ -31,9 +31,8 @@ from jitbpf.linux.maps import (
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
-    from jitbpf.vm import VM
 
-__all__ = ["HelperId", "Redirect", "StdContext", "format_printk", "standard_helpers"]
+__all__ = ["HelperHost", "HelperId", "Redirect", "StdContext", "format_printk", "standard_helpers"]
 
 
 class HelperId(enum.IntEnum):
@@ -233,7 +232,22 @@ def parse_strtox(text: bytes, base: int) -> tuple[int, bool, int] | int:
 # The helper set
 
 
-def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Helper]:
+class HelperHost(Protocol):
+    """What the standard helpers use of the VM that calls them, and nothing more: the memory of
+    the running program, its maps by handle, its tail calls, and a place for their own state."""
+
+    std: Any  # set to the helpers' StdContext
+
+    @property
+    def memory(self) -> MemoryMap: ...
+
+    @property
+    def maps(self) -> Mapping[int, BpfMap]: ...
+
+    def request_tail_call(self, prog_array: BpfMap, index: int) -> int: ...
+
+
+def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> list[Helper]:
     """The standard helpers for ``vm`` (which they read maps and memory from).
 
     Sets ``vm.std`` to their ``StdContext``. Helpers with a C twin carry its address in
