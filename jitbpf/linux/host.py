@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
-from jitbpf.linux.programs import Helpers as H
+from jitbpf.linux.helperids import HelperId as H
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap

@@ -17,6 +17,7 @@ from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64, Kind
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux import pktrun
+from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
 from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
@@ -83,119 +84,6 @@ class SkAction(enum.IntEnum):
     PASS = 1  # let it through
 
 
-class Helpers(enum.IntEnum):
-    """Helper ids (``enum bpf_func_id``) that the program types here mention."""
-
-    MAP_LOOKUP_ELEM = 1  # bpf_map_lookup_elem
-    MAP_UPDATE_ELEM = 2  # bpf_map_update_elem
-    MAP_DELETE_ELEM = 3  # bpf_map_delete_elem
-    PROBE_READ = 4  # bpf_probe_read
-    KTIME_GET_NS = 5  # bpf_ktime_get_ns
-    TRACE_PRINTK = 6  # bpf_trace_printk
-    GET_PRANDOM_U32 = 7  # bpf_get_prandom_u32
-    GET_SMP_PROCESSOR_ID = 8  # bpf_get_smp_processor_id
-    SKB_STORE_BYTES = 9  # bpf_skb_store_bytes
-    L3_CSUM_REPLACE = 10  # bpf_l3_csum_replace
-    L4_CSUM_REPLACE = 11  # bpf_l4_csum_replace
-    TAIL_CALL = 12  # bpf_tail_call
-    CLONE_REDIRECT = 13  # bpf_clone_redirect
-    GET_CURRENT_PID_TGID = 14  # bpf_get_current_pid_tgid
-    GET_CURRENT_UID_GID = 15  # bpf_get_current_uid_gid
-    GET_CURRENT_COMM = 16  # bpf_get_current_comm
-    GET_CGROUP_CLASSID = 17  # bpf_get_cgroup_classid
-    SKB_GET_TUNNEL_KEY = 20  # bpf_skb_get_tunnel_key
-    SKB_SET_TUNNEL_KEY = 21  # bpf_skb_set_tunnel_key
-    PERF_EVENT_READ = 22  # bpf_perf_event_read
-    REDIRECT = 23  # bpf_redirect
-    PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output
-    SKB_LOAD_BYTES = 26  # bpf_skb_load_bytes
-    GET_STACKID = 27  # bpf_get_stackid
-    CSUM_DIFF = 28  # bpf_csum_diff
-    SKB_CHANGE_PROTO = 31  # bpf_skb_change_proto
-    SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup
-    GET_HASH_RECALC = 34  # bpf_get_hash_recalc
-    GET_CURRENT_TASK = 35  # bpf_get_current_task
-    CURRENT_TASK_UNDER_CGROUP = 37  # bpf_current_task_under_cgroup
-    SKB_CHANGE_TAIL = 38  # bpf_skb_change_tail
-    SKB_PULL_DATA = 39  # bpf_skb_pull_data
-    CSUM_UPDATE = 40  # bpf_csum_update
-    GET_NUMA_NODE_ID = 42  # bpf_get_numa_node_id
-    SKB_CHANGE_HEAD = 43  # bpf_skb_change_head
-    XDP_ADJUST_HEAD = 44  # bpf_xdp_adjust_head
-    PROBE_READ_STR = 45  # bpf_probe_read_str
-    GET_SOCKET_COOKIE = 46  # bpf_get_socket_cookie
-    GET_SOCKET_UID = 47  # bpf_get_socket_uid
-    SETSOCKOPT = 49  # bpf_setsockopt
-    SKB_ADJUST_ROOM = 50  # bpf_skb_adjust_room
-    REDIRECT_MAP = 51  # bpf_redirect_map
-    SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map
-    SOCK_MAP_UPDATE = 53  # bpf_sock_map_update
-    XDP_ADJUST_META = 54  # bpf_xdp_adjust_meta
-    PERF_PROG_READ_VALUE = 56  # bpf_perf_prog_read_value
-    GETSOCKOPT = 57  # bpf_getsockopt
-    SOCK_OPS_CB_FLAGS_SET = 59  # bpf_sock_ops_cb_flags_set
-    MSG_REDIRECT_MAP = 60  # bpf_msg_redirect_map
-    MSG_APPLY_BYTES = 61  # bpf_msg_apply_bytes
-    MSG_CORK_BYTES = 62  # bpf_msg_cork_bytes
-    MSG_PULL_DATA = 63  # bpf_msg_pull_data
-    BIND = 64  # bpf_bind
-    XDP_ADJUST_TAIL = 65  # bpf_xdp_adjust_tail
-    GET_STACK = 67  # bpf_get_stack
-    FIB_LOOKUP = 69  # bpf_fib_lookup
-    SKB_LOAD_BYTES_RELATIVE = 68  # bpf_skb_load_bytes_relative
-    SOCK_HASH_UPDATE = 70  # bpf_sock_hash_update
-    MSG_REDIRECT_HASH = 71  # bpf_msg_redirect_hash
-    SK_REDIRECT_HASH = 72  # bpf_sk_redirect_hash
-    SKB_CGROUP_ID = 79  # bpf_skb_cgroup_id
-    GET_CURRENT_CGROUP_ID = 80  # bpf_get_current_cgroup_id
-    GET_LOCAL_STORAGE = 81  # bpf_get_local_storage
-    MAP_PUSH_ELEM = 87  # bpf_map_push_elem
-    MAP_POP_ELEM = 88  # bpf_map_pop_elem
-    MAP_PEEK_ELEM = 89  # bpf_map_peek_elem
-    MSG_PUSH_DATA = 90  # bpf_msg_push_data
-    MSG_POP_DATA = 91  # bpf_msg_pop_data
-    SPIN_LOCK = 93  # bpf_spin_lock
-    SPIN_UNLOCK = 94  # bpf_spin_unlock
-    STRTOL = 105  # bpf_strtol
-    SK_STORAGE_GET = 107  # bpf_sk_storage_get
-    SK_STORAGE_DELETE = 108  # bpf_sk_storage_delete
-    STRTOUL = 106  # bpf_strtoul
-    SEND_SIGNAL = 109  # bpf_send_signal
-    PROBE_READ_USER = 112  # bpf_probe_read_user
-    PROBE_READ_KERNEL = 113  # bpf_probe_read_kernel
-    PROBE_READ_USER_STR = 114  # bpf_probe_read_user_str
-    PROBE_READ_KERNEL_STR = 115  # bpf_probe_read_kernel_str
-    JIFFIES64 = 118  # bpf_jiffies64
-    GET_NS_CURRENT_PID_TGID = 120  # bpf_get_ns_current_pid_tgid
-    GET_NETNS_COOKIE = 122  # bpf_get_netns_cookie
-    KTIME_GET_BOOT_NS = 125  # bpf_ktime_get_boot_ns
-    RINGBUF_OUTPUT = 130  # bpf_ringbuf_output
-    RINGBUF_RESERVE = 131  # bpf_ringbuf_reserve
-    RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit
-    RINGBUF_DISCARD = 133  # bpf_ringbuf_discard
-    RINGBUF_QUERY = 134  # bpf_ringbuf_query
-    INODE_STORAGE_GET = 145  # bpf_inode_storage_get
-    INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete
-    TASK_STORAGE_GET = 156  # bpf_task_storage_get
-    TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete
-    REDIRECT_NEIGH = 152  # bpf_redirect_neigh
-    GET_CURRENT_TASK_BTF = 158  # bpf_get_current_task_btf
-    KTIME_GET_COARSE_NS = 160  # bpf_ktime_get_coarse_ns
-    CHECK_MTU = 163  # bpf_check_mtu
-    FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem
-    SNPRINTF = 165  # bpf_snprintf
-    GET_FUNC_IP = 173  # bpf_get_func_ip
-    TRACE_VPRINTK = 177  # bpf_trace_vprintk
-    LOOP = 181  # bpf_loop
-    STRNCMP = 182  # bpf_strncmp
-    XDP_GET_BUFF_LEN = 188  # bpf_xdp_get_buff_len
-    XDP_LOAD_BYTES = 189  # bpf_xdp_load_bytes
-    XDP_STORE_BYTES = 190  # bpf_xdp_store_bytes
-    MAP_LOOKUP_PERCPU_ELEM = 195  # bpf_map_lookup_percpu_elem
-    KTIME_GET_TAI_NS = 208  # bpf_ktime_get_tai_ns
-
-
-KERNEL_HELPER_IDS = range(1, 212)  # ids the kernel defines: a program type restricts these only
 EINVAL = 22  # the kernel's error number, returned negated by helpers
 ENOTSUPP = 524
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
@@ -317,7 +205,7 @@ def _all_but(ctx: Struct, excluded: Iterable[str]) -> tuple[Span, ...]:
 
 # -- the helpers each program type may call --------------------------------------------------------
 
-H = Helpers
+H = HelperId
 _BASE = frozenset({
     H.MAP_LOOKUP_ELEM, H.MAP_UPDATE_ELEM, H.MAP_DELETE_ELEM, H.MAP_PUSH_ELEM, H.MAP_POP_ELEM, H.MAP_PEEK_ELEM,
     H.MAP_LOOKUP_PERCPU_ELEM, H.GET_PRANDOM_U32, H.GET_SMP_PROCESSOR_ID, H.GET_NUMA_NODE_ID, H.TAIL_CALL,
@@ -558,7 +446,7 @@ def check_program_helpers(vm: VM, info: ProgramType) -> None:
 
 def _helper_name(helper_id: int) -> str:
     try:
-        return "bpf_" + Helpers(helper_id).name.lower()
+        return "bpf_" + HelperId(helper_id).name.lower()
     except ValueError:
         return "helper"
 
@@ -755,7 +643,7 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
 
     keep = (nat.ffi, lib)
 
-    def c_helper(hid: Helpers, name: str, fn: Callable[[int, int, int, int, int], int], *args: str) -> Helper:
+    def c_helper(hid: HelperId, name: str, fn: Callable[[int, int, int, int, int], int], *args: str) -> Helper:
         return Helper(hid, name, fn, args=args, native=nat.address(f"jb_helper_{name.removeprefix('bpf_')}"),
                       keepalive=keep)
 

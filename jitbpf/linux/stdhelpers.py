@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import errno
 import re
 import threading
@@ -14,6 +13,7 @@ from jitbpf._native import native
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
+from jitbpf.linux.helperids import HelperId
 from jitbpf.linux.host import Host, host_helpers
 from jitbpf.linux.maps import (
     BPF_F_USER_STACK,
@@ -33,53 +33,6 @@ if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
 
 __all__ = ["HelperHost", "HelperId", "Redirect", "StdContext", "format_printk", "standard_helpers"]
-
-
-class HelperId(enum.IntEnum):
-    """Kernel helper ids (``enum bpf_func_id``) of the helpers this module provides."""
-
-    MAP_LOOKUP_ELEM = 1  # bpf_map_lookup_elem(map, key) -> value pointer or NULL
-    MAP_UPDATE_ELEM = 2  # bpf_map_update_elem(map, key, value, flags)
-    MAP_DELETE_ELEM = 3  # bpf_map_delete_elem(map, key)
-    PROBE_READ = 4  # bpf_probe_read(dst, size, src): copy, -EFAULT outside program memory
-    KTIME_GET_NS = 5  # monotonic clock, nanoseconds
-    TRACE_PRINTK = 6  # bpf_trace_printk(fmt, fmt_size, a, b, c)
-    GET_PRANDOM_U32 = 7  # pseudo-random u32
-    GET_SMP_PROCESSOR_ID = 8  # the calling thread's CPU id
-    TAIL_CALL = 12  # bpf_tail_call(ctx, prog_array, index)
-    GET_CURRENT_PID_TGID = 14  # tgid << 32 | thread id
-    GET_CURRENT_UID_GID = 15  # gid << 32 | uid
-    GET_CURRENT_COMM = 16  # bpf_get_current_comm(buf, size): the thread's name
-    PERF_EVENT_OUTPUT = 25  # bpf_perf_event_output(ctx, map, flags, data, size)
-    GET_STACKID = 27  # bpf_get_stackid(ctx, stack_trace_map, flags) -> stack id or -errno
-    SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup(skb, cgroup_array, index) -> 1, 0 or -errno
-    CURRENT_TASK_UNDER_CGROUP = 37  # bpf_current_task_under_cgroup(cgroup_array, index) -> 1, 0 or -errno
-    REDIRECT_MAP = 51  # bpf_redirect_map(map, key, flags) -> XDP action
-    SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map(skb, map, key, flags) -> SK_PASS / SK_DROP
-    SOCK_MAP_UPDATE = 53  # bpf_sock_map_update(skops, map, key, flags)
-    MSG_REDIRECT_MAP = 60  # bpf_msg_redirect_map(msg, map, key, flags) -> SK_PASS / SK_DROP
-    MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
-    MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
-    MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
-    SK_STORAGE_GET = 107  # bpf_sk_storage_get(map, sk, value, flags) -> the socket's value or NULL
-    SK_STORAGE_DELETE = 108  # bpf_sk_storage_delete(map, sk)
-    PROBE_READ_USER = 112  # as PROBE_READ
-    PROBE_READ_KERNEL = 113  # as PROBE_READ
-    JIFFIES64 = 118  # boot time in ticks of 250 Hz
-    KTIME_GET_BOOT_NS = 125  # boot-time clock (counts suspend), nanoseconds
-    RINGBUF_OUTPUT = 130  # bpf_ringbuf_output(map, data, size, flags)
-    RINGBUF_RESERVE = 131  # bpf_ringbuf_reserve(map, size, flags) -> record pointer or NULL
-    RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit(data, flags)
-    RINGBUF_DISCARD = 133  # bpf_ringbuf_discard(data, flags)
-    RINGBUF_QUERY = 134  # bpf_ringbuf_query(map, flags)
-    INODE_STORAGE_GET = 145  # bpf_inode_storage_get(map, inode, value, flags) -> the inode's value or NULL
-    INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete(map, inode)
-    TASK_STORAGE_GET = 156  # bpf_task_storage_get(map, task, value, flags) -> the task's value or NULL
-    TASK_STORAGE_DELETE = 157  # bpf_task_storage_delete(map, task)
-    STRTOL = 105  # bpf_strtol(buf, buf_len, flags, res): parse a signed integer
-    STRTOUL = 106  # bpf_strtoul(buf, buf_len, flags, res): parse an unsigned integer
-    SNPRINTF = 165  # bpf_snprintf(str, size, fmt, data, data_len): printk formatting into a buffer
-    TRACE_VPRINTK = 177  # bpf_trace_vprintk(fmt, fmt_size, data, data_len): trace_printk with an array
 
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
@@ -582,14 +535,13 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         ctx.emit(text)
         return len(text.encode())
 
-    extra = [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in {int(i) for i in HelperId}]
     h = HelperId
     probe_args = ("uninit_mem", "size_or_zero", "anything")
     # These helpers never read their ctx argument, so it is "ignored": programs in the raw-memory
     # mode (r1 = plain memory, no context type) may call them too, and their C twins need not
     # distrust it.
     ctx_arg = "ignored"
-    return [
+    own = [
         native_helper(h.MAP_LOOKUP_ELEM, "bpf_map_lookup_elem", "jb_helper_map_lookup_elem", map_lookup_elem,
                       ("map", "key"), "map_value_or_null"),
         native_helper(h.MAP_UPDATE_ELEM, "bpf_map_update_elem", "jb_helper_map_update_elem", map_update_elem,
@@ -656,5 +608,6 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         Helper(h.SNPRINTF, "bpf_snprintf", snprintf,
                ("uninit_mem", "size_or_zero", "anything", "mem", "size_or_zero")),
         Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem", "size_or_zero")),
-        *extra,
     ]
+    defined = {x.id for x in own}  # the host answers the rest
+    return own + [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in defined]
