@@ -399,6 +399,9 @@ BY_MNEMONIC: dict[str, tuple[OpInfo, ...]] = {}
 for _row in OPCODES:
     BY_MNEMONIC[_row.mnemonic] = (*BY_MNEMONIC.get(_row.mnemonic, ()), _row)
 del _row
+# The opcodes that loaders patch (relocations, CO-RE), named from the table rather than re-typed.
+OPCODE_LDDW = BY_MNEMONIC["lddw"][0].opcode  # the 16-byte load of a 64-bit immediate
+OPCODE_CALL = BY_MNEMONIC["call"][0].opcode  # helper, local and kernel-function calls
 
 
 @dataclass(frozen=True, slots=True)

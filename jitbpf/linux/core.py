@@ -18,11 +18,11 @@ import struct
 from dataclasses import dataclass
 
 from jitbpf.errors import ElfError
-from jitbpf.isa import CORE_POISON, SIZE_BYTES, InsnClass, JmpOp, Mode, Size, Source
+from jitbpf.isa import CORE_POISON, OPCODE_CALL, OPCODE_LDDW, SIZE_BYTES, InsnClass, Mode, Size, Source
 from jitbpf.linux.elf import Btf, BtfKind, BtfType
 
 SECTION = ".BTF.ext"
-_LDDW = InsnClass.LD | Mode.IMM | Size.DW
+_LDDW = OPCODE_LDDW
 
 
 class CoreKind(enum.IntEnum):
@@ -376,4 +376,4 @@ def poison(code: bytearray, pos: int) -> None:
     relocation (the second half of an lddw too)."""
     slots = 2 if code[pos] == _LDDW and pos + 16 <= len(code) else 1
     for k in range(slots):
-        struct.pack_into("<BBhi", code, pos + 8 * k, InsnClass.JMP | JmpOp.CALL, 0, 0, CORE_POISON)
+        struct.pack_into("<BBhi", code, pos + 8 * k, OPCODE_CALL, 0, 0, CORE_POISON)

@@ -17,15 +17,15 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from jitbpf.errors import BpfError, ElfError, VerifierError
-from jitbpf.isa import SLOT_SIZE, CallSrc, PseudoSrc
+from jitbpf.isa import OPCODE_CALL, OPCODE_LDDW, SLOT_SIZE, CallSrc, PseudoSrc
 from jitbpf.linux.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
 
 if TYPE_CHECKING:
     from jitbpf.vm import VM
 
 EM_BPF = 247  # e_machine of eBPF objects
-LDDW = 0x18  # opcode of the 16-byte load of a 64-bit immediate
-CALL = 0x85  # opcode of call
+LDDW = OPCODE_LDDW
+CALL = OPCODE_CALL
 BPF_F_RDONLY_PROG = 0x80  # map flag: the program may not write the map (.rodata)
 DATA_SECTIONS = (".data", ".rodata", ".bss")  # global data sections (and their ".name.*" variants)
 MAX_GLOBAL_DATA = 1 << 24  # bytes of one global data section
