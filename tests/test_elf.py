@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from jitbpf import load_elf
 from jitbpf.errors import BpfError, ElfError
 from jitbpf.isa import Program, PseudoSrc
-from jitbpf.linux.elf import ElfObject, Reloc
+from jitbpf.linux.elf import RELOCATIONS, ElfObject, Reloc, RelocTarget
 from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 
@@ -303,6 +303,16 @@ def test_relocation_to_a_symbol_that_is_not_a_map(example: Compiler) -> None:
     data = _patch_relocation(raw, ".relxdp", 0, sym=10_000)
     with pytest.raises(ElfError, match="symbol 10000, which does not exist"):
         load_elf(data)
+
+
+def test_relocation_table_refuses_what_clang_does_not_emit(example: Compiler) -> None:
+    """A call relocation must name a function: aimed at a map's lddw it is refused by the table."""
+    data = _patch_relocation(example("xdp_firewall").read_bytes(), ".relxdp", 0, kind=Reloc.R_BPF_64_32)
+    with pytest.raises(ElfError, match=r"R_BPF_64_32 cannot refer to '.*', a map") as info:
+        load_elf(data)
+    assert info.value.section == "xdp"
+    assert set(RELOCATIONS) == {(Reloc.R_BPF_64_64, t) for t in RelocTarget} | {
+        (Reloc.R_BPF_64_32, RelocTarget.FUNCTION)}
 
 
 def test_relocation_to_an_unknown_map(example: Compiler) -> None:

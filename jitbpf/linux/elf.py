@@ -42,6 +42,53 @@ class Reloc(enum.IntEnum):
     R_BPF_64_32 = 10  # call: pc-relative offset of a bpf-to-bpf callee
 
 
+class RelocTarget(enum.Enum):
+    """What a relocation in code refers to."""
+
+    KCONFIG = "__kconfig extern"  # an undefined symbol libbpf places in .kconfig
+    FUNCTION = "function"  # a symbol in a code section: a callee, or a callback's address
+    DATA = "global variable"  # a symbol in .data/.rodata/.bss (an array map's value)
+    MAP = "map"  # a map definition in .maps (or the legacy maps section)
+
+
+@dataclass(frozen=True)
+class RelocRule:
+    """How one kind of relocation is applied: on which instruction, by which loader method."""
+
+    opcode: int  # the instruction it must be on
+    insn: str  # that instruction, for errors
+    apply: str  # the _Loader method that patches it
+    call_src: int | None = None  # for calls: the src field the call must have
+
+
+RELOCATIONS: Mapping[tuple[Reloc, RelocTarget], RelocRule] = MappingProxyType({
+    (Reloc.R_BPF_64_64, RelocTarget.KCONFIG): RelocRule(OPCODE_LDDW, "an lddw instruction", "_reloc_kconfig"),
+    (Reloc.R_BPF_64_64, RelocTarget.FUNCTION): RelocRule(OPCODE_LDDW, "an lddw instruction",
+                                                         "_reloc_function_address"),
+    (Reloc.R_BPF_64_64, RelocTarget.DATA): RelocRule(OPCODE_LDDW, "an lddw instruction", "_reloc_data"),
+    (Reloc.R_BPF_64_64, RelocTarget.MAP): RelocRule(OPCODE_LDDW, "an lddw instruction", "_reloc_map"),
+    (Reloc.R_BPF_64_32, RelocTarget.FUNCTION): RelocRule(OPCODE_CALL, "a bpf-to-bpf call instruction", "_reloc_call",
+                                                         call_src=CallSrc.LOCAL),
+})
+"""The relocations clang emits in code, keyed by type and by what the symbol is."""
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One relocation being applied: the linked code, the instruction and what it refers to."""
+
+    out: bytearray  # the linked program
+    pc: int  # the instruction's slot in it
+    dst: int  # its dst register
+    sym: _Symbol  # the relocation's symbol
+    label: str  # the symbol's name for errors
+    offset: int  # the target offset in the symbol's section
+    imm: int  # the instruction's immediate before patching
+    sec: _Section  # the code section the relocation is in
+    where: str  # the relocation's location, for errors
+    place: Any  # places a function in the linked program, returning its first slot
+
+
 class BtfKind(enum.IntEnum):
     """BTF type kinds (``BTF_KIND_*``)."""
 
@@ -978,65 +1025,81 @@ class _Loader:
                 i += 2 if opcode == LDDW else 1
         return bytes(out)
 
+    def _target(self, sym: _Symbol, where: str, sec: _Section) -> RelocTarget:
+        """What a relocation's symbol is (undefined symbols must be ``__kconfig`` externs)."""
+        if sym.shndx is None:
+            if sym.name in self.externs:
+                return RelocTarget.KCONFIG
+            if self._is_ksym(sym.name):
+                raise ElfError(f"{where}: {sym.name!r} is a kernel symbol (__ksym): kernel functions and variables"
+                               " do not exist outside the kernel", section=sec.name)
+            raise ElfError(f"{where}: symbol {sym.name!r} is undefined (extern variables other than __kconfig are"
+                           " not supported)", section=sec.name)
+        target_sec = self._section(sym.shndx, where)
+        if target_sec.index in self.funcs:
+            return RelocTarget.FUNCTION
+        if target_sec.index in self.data_maps:
+            return RelocTarget.DATA
+        return RelocTarget.MAP
+
     def _apply(self, out: bytearray, pc: int, rel: _Rel, sec: _Section, where: str, place: Any, imm: int) -> None:
+        """Patch the instruction at ``pc`` for ``rel``, as the table ``RELOCATIONS`` says."""
         sym = self.symbols[rel.symbol]
         label = sym.name or (self.sections[sym.shndx].name if sym.shndx is not None and sym.shndx < len(
             self.sections) else f"#{rel.symbol}")
-        opcode, regs = out[pc * 8], out[pc * 8 + 1]
-        if sym.shndx is None:
-            if sym.name in self.externs and opcode == LDDW:
-                self._patch_map(out, pc, regs & 0xF, PseudoSrc.MAP_VALUE, ".kconfig", self.externs[sym.name])
-                return
-            if self._is_ksym(sym.name):
-                raise ElfError(f"{where}: {label!r} is a kernel symbol (__ksym): kernel functions and variables"
-                               " do not exist outside the kernel", section=sec.name)
-            raise ElfError(f"{where}: symbol {label!r} is undefined (extern variables other than __kconfig are not"
-                           " supported)", section=sec.name)
-        target_sec = self._section(sym.shndx, where)
-        offset = sym.value + (imm if sym.kind == "STT_SECTION" else 0)
-        if rel.kind == Reloc.R_BPF_64_32:
-            if opcode != CALL or regs >> 4 != CallSrc.LOCAL:
-                raise ElfError(f"{where}: R_BPF_64_32 must be on a bpf-to-bpf call instruction (opcode {opcode:#x})",
-                               section=sec.name)
-            if sym.value % SLOT_SIZE:
-                raise ElfError(f"{where}: call target {label} is not at an instruction", section=sec.name)
-            if target_sec.index not in self.funcs:
-                raise ElfError(f"{where}: call target {label} is in {target_sec.name}, which holds no code",
-                               section=sec.name)
-            slot = sym.value // SLOT_SIZE + imm + 1
-            target = self._function_at(target_sec.index, slot, where)
-            start = place(target)
-            struct.pack_into("<i", out, pc * 8 + 4, start + (slot - target.start) - pc - 1)
-            return
-        if opcode != LDDW:
-            raise ElfError(f"{where}: R_BPF_64_64 must be on an lddw instruction (opcode {opcode:#x})",
+        target = self._target(sym, where, sec)
+        rule = RELOCATIONS.get((Reloc(rel.kind), target))
+        if rule is None:
+            raise ElfError(f"{where}: {Reloc(rel.kind).name} cannot refer to {label!r}, a {target.value}",
                            section=sec.name)
-        dst = regs & 0xF
-        if target_sec.index in self.funcs:  # address of a function (callbacks)
-            if offset % SLOT_SIZE:
-                raise ElfError(f"{where}: function address {label}+{offset} is not at an instruction",
-                               section=sec.name)
-            slot = offset // SLOT_SIZE
-            target = self._function_at(target_sec.index, slot, where)
-            start = place(target)
-            out[pc * 8 + 1] = dst | PseudoSrc.FUNC << 4
-            struct.pack_into("<i", out, pc * 8 + 4, start + (slot - target.start) - pc - 1)
-            return
-        if target_sec.index in self.data_maps:
-            name = self.data_maps[target_sec.index]
-            if not 0 <= offset < max(target_sec.size, 1):
-                raise ElfError(f"{where}: offset {offset} is outside {target_sec.name} ({target_sec.size} bytes)",
-                               section=sec.name)
-            self._patch_map(out, pc, dst, PseudoSrc.MAP_VALUE, name, offset)
-            return
-        map_name = self.map_at.get((target_sec.index, offset))
+        opcode, regs = out[pc * 8], out[pc * 8 + 1]
+        if opcode != rule.opcode or (rule.call_src is not None and regs >> 4 != rule.call_src):
+            raise ElfError(f"{where}: {Reloc(rel.kind).name} must be on {rule.insn} (opcode {opcode:#x})",
+                           section=sec.name)
+        offset = sym.value + (imm if sym.kind == "STT_SECTION" else 0)
+        site = _Site(out, pc, regs & 0xF, sym, label, offset, imm, sec, where, place)
+        getattr(self, rule.apply)(site)
+
+    def _reloc_kconfig(self, s: _Site) -> None:
+        self._patch_map(s.out, s.pc, s.dst, PseudoSrc.MAP_VALUE, ".kconfig", self.externs[s.sym.name])
+
+    def _reloc_call(self, s: _Site) -> None:
+        if s.sym.value % SLOT_SIZE:
+            raise ElfError(f"{s.where}: call target {s.label} is not at an instruction", section=s.sec.name)
+        assert s.sym.shndx is not None
+        slot = s.sym.value // SLOT_SIZE + s.imm + 1
+        target = self._function_at(s.sym.shndx, slot, s.where)
+        start = s.place(target)
+        struct.pack_into("<i", s.out, s.pc * 8 + 4, start + (slot - target.start) - s.pc - 1)
+
+    def _reloc_function_address(self, s: _Site) -> None:  # the address of a callback
+        if s.offset % SLOT_SIZE:
+            raise ElfError(f"{s.where}: function address {s.label}+{s.offset} is not at an instruction",
+                           section=s.sec.name)
+        assert s.sym.shndx is not None
+        slot = s.offset // SLOT_SIZE
+        target = self._function_at(s.sym.shndx, slot, s.where)
+        start = s.place(target)
+        s.out[s.pc * 8 + 1] = s.dst | PseudoSrc.FUNC << 4
+        struct.pack_into("<i", s.out, s.pc * 8 + 4, start + (slot - target.start) - s.pc - 1)
+
+    def _reloc_data(self, s: _Site) -> None:
+        target_sec = self._section(s.sym.shndx, s.where)
+        if not 0 <= s.offset < max(target_sec.size, 1):
+            raise ElfError(f"{s.where}: offset {s.offset} is outside {target_sec.name} ({target_sec.size} bytes)",
+                           section=s.sec.name)
+        self._patch_map(s.out, s.pc, s.dst, PseudoSrc.MAP_VALUE, self.data_maps[target_sec.index], s.offset)
+
+    def _reloc_map(self, s: _Site) -> None:
+        target_sec = self._section(s.sym.shndx, s.where)
+        map_name = self.map_at.get((target_sec.index, s.offset))
         if map_name is None:
             if target_sec.name in (".maps", "maps"):
-                raise ElfError(f"{where}: unknown map {label!r} (no map at offset {offset:#x} of {target_sec.name})",
-                               section=sec.name)
-            raise ElfError(f"{where}: symbol {label!r} is in section {target_sec.name}, which is neither a map nor"
-                           " global data", section=sec.name)
-        self._patch_map(out, pc, dst, PseudoSrc.MAP_FD, map_name, 0)
+                raise ElfError(f"{s.where}: unknown map {s.label!r} (no map at offset {s.offset:#x} of "
+                               f"{target_sec.name})", section=s.sec.name)
+            raise ElfError(f"{s.where}: symbol {s.label!r} is in section {target_sec.name}, which is neither a map"
+                           " nor global data", section=s.sec.name)
+        self._patch_map(s.out, s.pc, s.dst, PseudoSrc.MAP_FD, map_name, 0)
 
     def _is_ksym(self, name: str) -> bool:
         btf = self.obj.btf
