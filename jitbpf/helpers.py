@@ -3,6 +3,7 @@ public conformance suites expect (uBPF's test helpers)."""
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +18,49 @@ if TYPE_CHECKING:
 HelperFn = Callable[[int, int, int, int, int], int]
 
 
+class ArgType(enum.Enum):
+    """What a helper expects in one argument register (``Helper.args`` names them by value)."""
+
+    SCALAR = "scalar"  # an initialised number
+    ANYTHING = "anything"  # not checked at all; the helper gets whatever the register holds
+    IGNORED = "ignored"  # not checked, and never read by the helper (a ctx some helpers take and drop)
+    MAP = "map"  # a map pointer loaded by lddw (MAP_FD / MAP_IDX)
+    KEY = "key"  # pointer to key_size initialised readable bytes of the previous MAP argument's map
+    VALUE = "value"  # pointer to value_size initialised readable bytes of that map
+    MEM = "mem"  # pointer to initialised readable memory; its length is the next SIZE argument
+    SIZE = "size"  # bounded length of the previous MEM/UNINIT_MEM argument, never zero
+    SIZE_OR_ZERO = "size_or_zero"  # as SIZE, but zero is allowed
+    CTX = "ctx"  # the program's context pointer, unmodified
+    UNINIT_MEM = "uninit_mem"  # pointer to writable memory the helper fills; length is the next size
+    UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
+    RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
+    UNINIT_LONG = "uninit_long"  # pointer to 8 writable bytes the helper fills (the kernel's ARG_PTR_TO_LONG)
+
+
+class RetType(enum.Enum):
+    """What a helper leaves in r0 (``Helper.ret`` names it by value)."""
+
+    SCALAR = "scalar"  # a number
+    MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0
+    # as MAP_VALUE_OR_NULL, but acquired: the program must pass it to a RELEASED argument before it exits
+    ACQUIRED_VALUE_OR_NULL = "acquired_value_or_null"
+    VOID = "void"  # nothing usable: r0 is unreadable afterwards
+
+
+# Arguments that carry a pointer the helper follows: a C helper trusts these, so it is called
+# directly only where the verifier checked them.
+POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, ArgType.UNINIT_MEM,
+                          ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.ANYTHING, ArgType.RELEASED})
+
+
 @dataclass(frozen=True)
 class Helper:
     """A helper function callable from eBPF code with ``call ID``.
 
     ``fn`` takes r1-r5 as unsigned 64-bit ints and returns r0. ``args`` declares the argument
-    types the verifier checks (see ``jitbpf.verifier.ArgType``); empty means "five scalars".
+    types the verifier checks and ``ret`` what r0 holds: ``ArgType``/``RetType`` members or their
+    values (``("map", "key")``), checked here; empty ``args`` means five unchecked arguments.
+    ``signature`` gives them typed.
     ``native`` is the address of a C function with the same signature, when there is one: the JIT
     then calls it directly without entering Python.
     """
@@ -30,10 +68,22 @@ class Helper:
     id: int  # call number
     name: str  # for errors and listings
     fn: HelperFn  # Python implementation, used by the interpreter (and the JIT without native)
-    args: tuple[str, ...] = ()  # verifier argument kinds
-    ret: str = "scalar"  # verifier return kind
+    args: tuple[ArgType | str, ...] = ()  # verifier argument kinds (members or their values)
+    ret: RetType | str = RetType.SCALAR  # verifier return kind
     native: int = 0  # address of an equivalent C function, or 0
     keepalive: tuple[object, ...] = field(default=(), compare=False, repr=False)  # owners of native
+
+    def __post_init__(self) -> None:
+        self.signature  # noqa: B018  (names that are no argument or return type fail here, not at verification)
+
+    @property
+    def signature(self) -> tuple[tuple[ArgType, ...], RetType]:
+        """The argument types of r1-r5 (five ``ANYTHING`` when ``args`` is empty) and the return type."""
+        try:
+            args = tuple(ArgType(a) for a in self.args[:5]) if self.args else (ArgType.ANYTHING,) * 5
+            return args, RetType(self.ret)
+        except ValueError as exc:
+            raise ValueError(f"helper {self.id} ({self.name}): {exc}") from None
 
 
 def conformance_helpers(memory: Callable[[], MemoryMap]) -> list[Helper]:

@@ -876,3 +876,15 @@ def test_proven_packet_accesses_stay_within_data_end(source: str, length: int) -
     finally:
         arena.close()
         vm.close()
+
+
+def test_helper_signature_is_typed_and_checked_when_defined() -> None:
+    """Helper kinds are ArgType/RetType members (or their values); a name that is neither fails
+    where the helper is defined, naming it, rather than when a program is verified."""
+    assert LOOKUP.signature == ((ArgType.MAP, ArgType.KEY), RetType.MAP_VALUE_OR_NULL)
+    assert Helper(9, "h", _never).signature == ((ArgType.ANYTHING,) * 5, RetType.SCALAR)
+    assert Helper(9, "h", _never, (ArgType.MEM, "size")).signature[0] == (ArgType.MEM, ArgType.SIZE)
+    with pytest.raises(ValueError, match=r"helper 9 \(h\): 'pointer' is not a valid ArgType"):
+        Helper(9, "h", _never, ("pointer",))
+    with pytest.raises(ValueError, match="is not a valid RetType"):
+        Helper(9, "h", _never, ret="map_value")

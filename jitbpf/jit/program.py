@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from jitbpf._ffi import ffi
 from jitbpf.cfg import ControlFlow, writes_fp
 from jitbpf.errors import BpfError, JitError
-from jitbpf.helpers import Helper
+from jitbpf.helpers import POINTER_ARGS, ArgType, Helper
 from jitbpf.isa import FP, MASK64, Instruction, Kind, PseudoSrc, sign_extend
 from jitbpf.jit.encoding import Assembler, default_cache
 from jitbpf.jit.execmem import ExecutableMemory
@@ -49,8 +49,7 @@ MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
 # so that a thread's binding for a program that is gone can never match a live one.
 _TOKENS = itertools.count(1)
 # Helper argument kinds that are (or may be) pointers the helper follows: see _native_for.
-_POINTER_ARGS = frozenset({"map", "key", "value", "mem", "uninit_mem", "ctx", "anything", "released"})
-_UNCHECKED_ARGS = frozenset({"anything"})  # even the verifier does not check these
+_UNCHECKED_ARGS = frozenset({ArgType.ANYTHING})  # even the verifier does not check these
 _MAX_NAMES = 1024  # region names kept for errors (forgotten all at once past this)
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
@@ -245,9 +244,10 @@ class JitProgram:
             return 0
         # The verification covered the helpers there were then: one registered later was not
         # checked against the program, so only pointer-free ones of those run as C.
-        if self._verified and not self._table_done and not _UNCHECKED_ARGS.intersection(helper.args):
+        declared = helper.signature[0] if helper.args else ()  # a helper of no arguments takes no pointer
+        if self._verified and not self._table_done and not _UNCHECKED_ARGS.intersection(declared):
             return helper.native
-        if not _POINTER_ARGS.intersection(helper.args):
+        if not POINTER_ARGS.intersection(declared):
             return helper.native
         return 0
 

@@ -114,12 +114,7 @@ LogNode = tuple[str, "LogNode"] | None  # the path's log, newest line first, sha
 
 
 def _parse_helper(helper: Helper) -> tuple[tuple[ArgType, ...], RetType]:
-    try:
-        args = tuple(ArgType(a) for a in helper.args[:5]) if helper.args else (ArgType.ANYTHING,) * 5
-        ret = RetType(helper.ret)
-    except ValueError as exc:
-        raise ValueError(f"helper {helper.id} ({helper.name}): {exc}") from None
-    return args, ret
+    return helper.signature
 
 
 class Checker:

@@ -8,36 +8,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
+from jitbpf.helpers import ArgType as ArgType
+from jitbpf.helpers import RetType as RetType
 from jitbpf.verifier._scalar import UNKNOWN, ZERO, Scalar
-
-
-class ArgType(enum.Enum):
-    """What a helper expects in one argument register (the strings of ``Helper.args``)."""
-
-    SCALAR = "scalar"  # an initialised number
-    ANYTHING = "anything"  # not checked at all; the helper gets whatever the register holds
-    IGNORED = "ignored"  # not checked, and never read by the helper (a ctx some helpers take and drop)
-    MAP = "map"  # a map pointer loaded by lddw (MAP_FD / MAP_IDX)
-    KEY = "key"  # pointer to key_size initialised readable bytes of the previous MAP argument's map
-    VALUE = "value"  # pointer to value_size initialised readable bytes of that map
-    MEM = "mem"  # pointer to initialised readable memory; its length is the next SIZE argument
-    SIZE = "size"  # bounded length of the previous MEM/UNINIT_MEM argument, never zero
-    SIZE_OR_ZERO = "size_or_zero"  # as SIZE, but zero is allowed
-    CTX = "ctx"  # the program's context pointer, unmodified
-    UNINIT_MEM = "uninit_mem"  # pointer to writable memory the helper fills; length is the next size
-    UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
-    RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
-    UNINIT_LONG = "uninit_long"  # pointer to 8 writable bytes the helper fills (the kernel's ARG_PTR_TO_LONG)
-
-
-class RetType(enum.Enum):
-    """What a helper leaves in r0 (the strings of ``Helper.ret``)."""
-
-    SCALAR = "scalar"  # a number
-    MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0
-    # as MAP_VALUE_OR_NULL, but acquired: the program must pass it to a RELEASED argument before it exits
-    ACQUIRED_VALUE_OR_NULL = "acquired_value_or_null"
-    VOID = "void"  # nothing usable: r0 is unreadable afterwards
 
 
 class MapLike(Protocol):
