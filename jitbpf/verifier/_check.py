@@ -65,6 +65,40 @@ def _slot_mask(start: int, size: int) -> int:
     return ((1 << (last - first + 1)) - 1) << first
 
 
+def _precise_after(insn: Instruction, info: OpInfo, aux: int, precise: int) -> int:
+    """``State.precise`` after ``insn``: the forward reading of ``Checker._backtrack``'s rules. A
+    register stays followed back when its new value comes only from followed registers and
+    constants; everything else it is cleared."""
+    d, s = 1 << insn.dst, 1 << insn.src
+    match info.kind:
+        case Kind.ALU:
+            if info.op == AluOp.MOV:
+                if not info.reg_src:
+                    return precise | d  # a constant has no past
+                return precise | d if precise & s else precise & ~d
+            if info.reg_src and not precise & s:
+                return precise & ~d
+            return precise
+        case Kind.MOVSX:
+            return precise | d if precise & s else precise & ~d
+        case Kind.LDDW:
+            return precise | d
+        case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.ST | Kind.STX:
+            return precise
+        case Kind.JCOND:
+            # A branch ties its operands to each other (and, when linked, to their copies).
+            ops = d | (s if info.reg_src else 0)
+            if precise & ops == ops:
+                return precise
+            return 0 if aux > 0 else precise & ~ops
+        case Kind.LDX | Kind.LDXSX | Kind.ATOMIC:
+            return precise & ~d & ~s & ~1  # loaded from memory: its past is the stack's
+        case Kind.CALL | Kind.CALLX | Kind.LD_ABS | Kind.LD_IND:
+            return precise & ~RET_REGS
+        case _:
+            return 0  # a change of frame (local call, return) or anything unusual: start over
+
+
 class Access(enum.Enum):
     """How an instruction touches memory."""
 
@@ -158,6 +192,7 @@ class Checker:
         self.pc = 0
         self.path_log: LogNode = None
         self.disasm_cache: dict[int, str] = {}
+        self.constants: dict[int, Reg] = {}  # immediate operands as registers, by value
         self.control: Control | None = None
         self.visit: _Visit | None = None  # the current path's latest visit
         self.st: State | None = None  # the current path's state
@@ -245,7 +280,7 @@ class Checker:
             before = list(st.frames[-1].regs) if logging else None
             nframes = len(st.frames)
             regs = st.frames[-1].regs
-            nxt = pc + insn.width
+            nxt = pc + 2 if info.kind is Kind.LDDW else pc + 1
             match info.kind:
                 case Kind.ALU:
                     self._alu(regs, insn, info)
@@ -276,6 +311,8 @@ class Checker:
                     for out in (taken, fall):
                         if out is not None:
                             out.hist = node
+                            if out.precise:
+                                out.precise = _precise_after(insn, info, self.aux, out.precise)
                     if taken is not None and (pc, target) in back_edges:
                         taken.loop = pc
                     if taken is not None and fall is not None:
@@ -322,6 +359,8 @@ class Checker:
                     raise NotImplementedError(info.kind)
             if info.kind is not Kind.JCOND:
                 st.hist = (pc, self.aux, st.hist)
+                if st.precise:
+                    st.precise = _precise_after(insn, info, self.aux, st.precise)
             if logging:
                 self._log_step(pc, st, before, nframes)
             pc = nxt
@@ -409,6 +448,7 @@ class Checker:
             visits.pop(0).state = None
         visits.append(visit)
         st.checkpoint = st.depth
+        st.precise = 0  # the new visit has nothing marked yet
         return st, visit
 
     # -- precision: which scalars' exact values a check depended on ------------------------------
@@ -419,11 +459,16 @@ class Checker:
         from, and mark those precise in the visits passed on the way."""
         st = self.st
         assert st is not None
+        wanted = 0
+        for r in regs:
+            wanted |= 1 << r
+        if not wanted & ~st.precise:
+            return  # followed back already, since the latest visit: nothing new to mark
         n = len(st.frames)
         masks = [0] * n
-        for r in regs:
-            masks[-1] |= 1 << r
+        masks[-1] = wanted & ~st.precise
         self._backtrack(st.hist, self.visit, masks, [0] * n)
+        st.precise |= wanted
 
     @staticmethod
     def _mark_all(visit: _Visit | None) -> None:
@@ -526,6 +571,8 @@ class Checker:
                 case _:
                     raise NotImplementedError(info.kind)
             regs[d] = live
+            if not live and not any(regs) and not any(slots):
+                return  # every value followed ends in a constant: the older past never mattered
 
     @staticmethod
     def _mark_read(visit: _Visit | None, frame: int, mask: int) -> None:
@@ -568,7 +615,15 @@ class Checker:
     def _operand(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> Reg:
         if info.reg_src:
             return self._read(regs, insn.src)
-        return Reg(Pt.SCALAR, sc.const(insn.imm if info.width == 64 else insn.imm & MASK32))
+        return self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
+
+    def _constant(self, value: int) -> Reg:
+        """The scalar register holding ``value`` (one object per value: identical registers
+        compare at once)."""
+        reg = self.constants.get(value)
+        if reg is None:
+            reg = self.constants[value] = Reg(Pt.SCALAR, sc.const(value))
+        return reg
 
     def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         d = insn.dst
@@ -597,7 +652,11 @@ class Checker:
             return
         dst = self._read(regs, d)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
-            regs[d] = Reg(Pt.SCALAR, sc.alu_width(op, dst.var, src.var, info.width, info.signed))
+            a, b = dst.var, src.var
+            if not a.mask and not b.mask and info.width == 64:  # constants fold (loop counters)
+                regs[d] = self._constant(sc.exact(op, a.value, b.value, 64, info.signed) & sc.M64)
+                return
+            regs[d] = Reg(Pt.SCALAR, sc.alu_width(op, a, b, info.width, info.signed))
             return
         regs[d] = self._pointer_alu(insn, info, dst, src)
 
@@ -958,7 +1017,7 @@ class Checker:
         if info.reg_src:
             b = self._read(regs, insn.src)
         else:
-            b = Reg(Pt.SCALAR, sc.const(insn.imm if info.width == 64 else insn.imm & MASK32))
+            b = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
         op = info.op
         if a.type is Pt.SCALAR and b.type is Pt.SCALAR:
             taken, fall = (sc.refine if info.width == 64 else sc.refine32)(op, a.var, b.var)
