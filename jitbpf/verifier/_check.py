@@ -161,8 +161,11 @@ class Checker:
 
     def __init__(self, flow: ControlFlow, *, helpers: Mapping[int, Helper], maps: Mapping[int, MapLike] | None,
                  context: ContextSpec, allow_loops: bool, budget: int, log: bool, max_call_depth: int,
-                 stack_limit: int, privileged: bool = True) -> None:
+                 stack_limit: int, privileged: bool = True, prune: bool = True) -> None:
         self.flow = flow
+        # Off, no state is remembered: every path is walked to its end (exponential, and loops
+        # never stop), the reference that pruning must agree with.
+        self.prune = prune
         self.slots = flow.program.slots
         self.infos = flow.program.infos
         self.targets = flow.targets
@@ -248,7 +251,7 @@ class Checker:
     def _walk(self, pc: int, st: State, parent: _Visit) -> None:
         control = self.control
         assert control is not None
-        prune_points = control.prune_points
+        prune_points = control.prune_points if self.prune else frozenset()
         back_edges = control.back_edges
         slots, infos, targets = self.slots, self.infos, self.targets
         logging = self.log
