@@ -9,6 +9,7 @@ import ctypes
 import errno
 import os
 import platform
+import re
 from dataclasses import dataclass
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
@@ -16,6 +17,9 @@ _PROG_LOAD = 5
 _PROG_TEST_RUN = 10
 PROG_TYPE_XDP = 6
 _LOG_SIZE = 1 << 20
+_LOG_STATS = 4  # BPF_LOG_STATS: the log ends with the verifier's own counts and time
+_STATS = re.compile(r"processed (\d+) insns.*?verification time (\d+) usec|verification time (\d+) usec.*?"
+                    r"processed (\d+) insns", re.S)
 
 
 class _ProgLoad(ctypes.Structure):
@@ -68,6 +72,26 @@ class Kernel:
                 os.close(self._bpf(_PROG_LOAD, attr))
             tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
             raise KernelError(f"{exc}: {' / '.join(tail)}") from None
+
+    def verification(self, code: bytes, prog_type: int = PROG_TYPE_XDP) -> tuple[float, int]:
+        """How long the kernel's verifier took over ``code`` (seconds, as it measures itself) and
+        how many instructions it processed; KernelError if it refuses the program."""
+        insns = ctypes.create_string_buffer(code, len(code))
+        license_ = ctypes.create_string_buffer(b"GPL")
+        log = ctypes.create_string_buffer(1 << 16)
+        attr = _ProgLoad(prog_type=prog_type, insn_cnt=len(code) // 8, insns=ctypes.addressof(insns),
+                         license=ctypes.addressof(license_), log_level=_LOG_STATS, log_size=len(log),
+                         log_buf=ctypes.addressof(log))
+        try:
+            os.close(self._bpf(_PROG_LOAD, attr))
+        except KernelError as exc:
+            tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+            raise KernelError(f"{exc}: {' / '.join(tail)}") from None
+        found = _STATS.search(log.value.decode(errors="replace"))
+        if found is None:
+            raise KernelError("the kernel's log has no verification statistics")
+        processed, usec = (found[1], found[2]) if found[1] else (found[4], found[3])
+        return int(usec) * 1e-6, int(processed)
 
     def test_run(self, fd: int, data: bytes, repeat: int) -> tuple[int, int]:
         """(r0, mean nanoseconds per run over ``repeat`` runs)."""

@@ -25,6 +25,8 @@ FLOOR_NS = 3.0  # batch of records: per-run cost of an empty program
 BATCH_OVERHEAD_NS = 10.0  # batch of records: per-input time beyond C's loop over the same records
 IMPORT_NS = 100e6  # "import jitbpf", beyond a bare interpreter's start-up
 PLUGIN_NS = 150e6  # one whole "jitbpf conformance-plugin" process, per engine
+VERIFIER_RATIO = 5.0  # verification: jitbpf's time / the kernel's, same program, same run
+VERIFIER_LIMIT_S = 10.0  # verification of a program processed up to the kernel's complexity limit
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,20 @@ def targets(results: dict[str, Any]) -> list[Target]:
     if fresh_small is not None:
         out.append(_target("fresh_compile_small", "first compile of a small program, fresh process",
                            f"<= {FRESH_NS / 1e6:g} ms", fresh_small.get("ns"), lambda v: v <= FRESH_NS))
+    out.extend(_verifier_targets(results.get("verifier") or {}))
+    return out
+
+
+def _verifier_targets(verifier: dict[str, Any]) -> list[Target]:
+    out = []
+    for key, fig in (verifier.get("programs") or {}).items():
+        if key == "limit":
+            out.append(_target("verifier_limit", f"verify {fig['title']}", f"< {VERIFIER_LIMIT_S:g} s",
+                               None if "error" in fig else fig["seconds"], lambda v: v < VERIFIER_LIMIT_S))
+        else:
+            out.append(_target(f"verifier_{key}", f"verify {fig['title']}: jitbpf/kernel",
+                               f"within {VERIFIER_RATIO:g}x of the kernel", fig.get("kernel_ratio"),
+                               lambda v: v <= VERIFIER_RATIO))
     return out
 
 
@@ -217,8 +233,26 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
     verifier = results.get("verifier")
     if verifier is not None:
         rows.append(None)
-        rows.append("verifier (benchmarks/bench_verifier.py): "
-                    + "; ".join(f"{key} {_value(key, value)}" for key, value in _flatten(verifier)))
+        rows.extend(_verifier_rows(verifier, verdict))
+    return rows
+
+
+def _verifier_rows(verifier: dict[str, Any], verdict: Callable[[str], str]) -> list[Row]:
+    """jitbpf's verification time in the JIT column, the kernel's in the native one."""
+    programs = verifier.get("programs")
+    if programs is None:  # an error, or a run that was skipped
+        return ["verifier (benchmarks/bench_verifier.py): "
+                + "; ".join(f"{key} {_value(key, value)}" for key, value in _flatten(verifier))]
+    rows: list[Row] = [f"verifier (benchmarks/bench_verifier.py): verification time, jitbpf | kernel "
+                       f"(kernel: {verifier.get('kernel')})"]
+    for key, fig in programs.items():
+        title = f"verify {fig['title']} ({fig['instructions']:,} insns, {fig.get('processed', 0):,} processed)"
+        if "error" in fig:
+            title += f" [REJECTED: {fig['error'][:60]}]"
+        kernel = fig.get("kernel_seconds")
+        rows.append((title, "program", "", fmt_ns(fig["seconds"] * 1e9),
+                     "n/a" if kernel is None else fmt_ns(kernel * 1e9), _ratio(fig.get("kernel_ratio")),
+                     verdict(f"verifier_{key}")))
     return rows
 
 

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from jitbpf.contract import ARG_REGS
@@ -85,9 +86,12 @@ def register_writes(insn: Instruction, info: OpInfo) -> int:
     return 0
 
 
-def register_reads(insn: Instruction, info: OpInfo, *, main: bool = True) -> int:
-    """Bit mask of the registers an instruction may read. Calls read r1-r5 (whatever the helper's
-    signature: engines pass all five); ``exit`` of a local function hands r0-r5 back."""
+def register_reads(insn: Instruction, info: OpInfo, *, main: bool = True,
+                   call_args: Mapping[int, int] | None = None) -> int:
+    """Bit mask of the registers an instruction may read. Calls read r1-r5 (engines pass all
+    five), or with ``call_args`` (helper id -> mask) the arguments a helper's signature names, as
+    far as the verifier checks them; ``exit`` of a local function hands r0-r5 back; the legacy
+    packet loads read the context from r6."""
     kind = info.kind
     dst, src = 1 << insn.dst, 1 << insn.src
     match kind:
@@ -95,80 +99,111 @@ def register_reads(insn: Instruction, info: OpInfo, *, main: bool = True) -> int
             return (src if info.reg_src else 0) | (0 if info.op == AluOp.MOV else dst)
         case Kind.NEG | Kind.END | Kind.BSWAP | Kind.ST:
             return dst
-        case Kind.MOVSX | Kind.LDX | Kind.LDXSX | Kind.LD_IND:
+        case Kind.MOVSX | Kind.LDX | Kind.LDXSX:
             return src
+        case Kind.LD_ABS:
+            return _CTX_REG
+        case Kind.LD_IND:
+            return src | _CTX_REG
         case Kind.STX:
             return dst | src
         case Kind.ATOMIC:
             return dst | src | (1 if info.op == AtomicOp.CMPXCHG else 0)
         case Kind.JCOND:
             return dst | (src if info.reg_src else 0)
-        case Kind.CALL | Kind.CALL_LOCAL | Kind.CALL_KFUNC:
+        case Kind.CALL:
+            return ARG_REGS if call_args is None else call_args.get(insn.imm, ARG_REGS)
+        case Kind.CALL_LOCAL | Kind.CALL_KFUNC:
             return ARG_REGS
         case Kind.CALLX:
             return dst | ARG_REGS
         case Kind.EXIT:
             return 1 if main else 1 | ARG_REGS
-        case Kind.LDDW | Kind.JA | Kind.LD_ABS:
+        case Kind.LDDW | Kind.JA:
             return 0
         case _:
             raise NotImplementedError(f"registers read by {kind}")
 
 
-def live_after(flow: ControlFlow, pcs: Iterable[int]) -> dict[int, int]:
-    """For each slot in ``pcs``: the registers that may be read after it before being written
-    (a backward data-flow over the blocks of each function)."""
+def successors(flow: ControlFlow, block: Block) -> list[int]:
+    """Starts of the blocks control may enter after ``block``: the next block first, then a jump's
+    target (a local call continues at the next block: the callee is another function)."""
+    info = flow.program.infos[block.last]
+    assert info is not None
+    match info.kind:
+        case Kind.JA:
+            return [flow.targets[block.last]]
+        case Kind.JCOND:
+            return [block.end, flow.targets[block.last]]
+        case Kind.EXIT:
+            return []
+        case _:
+            return [block.end]
+
+
+def live_in(flow: ControlFlow, *, call_args: Mapping[int, int] | None = None) -> tuple[int, ...]:
+    """Per slot, the registers that may be read from there on before being written, within the
+    slot's function (a backward data-flow over the blocks; 0 for an lddw's second slot).
+    ``call_args`` is ``register_reads``'s."""
     program = flow.program
     main_end = flow.functions[0].end
-    gen_kill: dict[int, tuple[int, int]] = {}
-    succ: dict[int, list[int]] = {}
+    use_def: list[tuple[int, int]] = [(0, 0)] * len(program)
+    for pc, insn, info in program:
+        use_def[pc] = (register_reads(insn, info, main=pc < main_end, call_args=call_args),
+                       register_writes(insn, info))
+    succ = {b.start: successors(flow, b) for b in flow.blocks}
+    block_gen_kill: dict[int, tuple[int, int]] = {}
     for b in flow.blocks:
         gen = kill = 0
         for pc in range(b.start, b.end):
-            insn, info = program.slots[pc], program.infos[pc]
-            if insn is None or info is None:
-                continue
-            gen |= register_reads(insn, info, main=pc < main_end) & ~kill
-            kill |= register_writes(insn, info)
-        gen_kill[b.start] = (gen, kill)
-        last, last_insn = program.infos[b.last], program.slots[b.last]
-        assert last is not None and last_insn is not None
-        match last.kind:
-            case Kind.EXIT:
-                succ[b.start] = []
-            case Kind.JA:
-                succ[b.start] = [flow.targets[b.last]]
-            case Kind.JCOND:
-                succ[b.start] = [flow.targets[b.last], b.end]
-            case _:
-                succ[b.start] = [b.end]
-    live_in = {b.start: 0 for b in flow.blocks}
+            used, defined = use_def[pc]
+            gen |= used & ~kill
+            kill |= defined
+        block_gen_kill[b.start] = (gen, kill)
+    block_in = {b.start: 0 for b in flow.blocks}
     changed = True
     while changed:
         changed = False
         for b in reversed(flow.blocks):
             out = 0
             for t in succ[b.start]:
-                out |= live_in.get(t, 0)
-            gen, kill = gen_kill[b.start]
+                out |= block_in[t]
+            gen, kill = block_gen_kill[b.start]
             new = gen | (out & ~kill)
-            if new != live_in[b.start]:
-                live_in[b.start], changed = new, True
-    wanted = set(pcs)
-    result: dict[int, int] = {}
+            if new != block_in[b.start]:
+                block_in[b.start], changed = new, True
+    per_pc = [0] * len(program)
+    slots = program.slots
     for b in flow.blocks:
-        if not any(b.start <= pc < b.end for pc in wanted):
-            continue
         cur = 0
         for t in succ[b.start]:
-            cur |= live_in.get(t, 0)
+            cur |= block_in[t]
         for pc in range(b.end - 1, b.start - 1, -1):
-            insn, info = program.slots[pc], program.infos[pc]
-            if insn is None or info is None:
+            if slots[pc] is None:
                 continue
-            if pc in wanted:
-                result[pc] = cur
-            cur = register_reads(insn, info, main=pc < main_end) | (cur & ~register_writes(insn, info))
+            used, defined = use_def[pc]
+            cur = used | (cur & ~defined)
+            per_pc[pc] = cur
+    return tuple(per_pc)
+
+
+def live_after(flow: ControlFlow, pcs: Iterable[int]) -> dict[int, int]:
+    """For each slot in ``pcs``: the registers that may be read after it before being written."""
+    live = live_in(flow)
+    slots = flow.program.slots
+    starts = [b.start for b in flow.blocks]
+    result: dict[int, int] = {}
+    for pc in pcs:
+        block = flow.blocks[bisect.bisect_right(starts, pc) - 1]
+        insn = slots[pc]
+        assert insn is not None
+        if pc != block.last:
+            result[pc] = live[pc + insn.width]
+            continue
+        out = 0
+        for t in successors(flow, block):
+            out |= live[t]
+        result[pc] = out
     return result
 
 
@@ -186,6 +221,7 @@ def writes_fp(program: Program) -> bool:
 _BRANCHES = frozenset({Kind.JA, Kind.JCOND, Kind.CALL_LOCAL})  # kinds with a target slot
 _ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL})  # the next slot starts a block
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})
+_CTX_REG = 1 << 6  # where the legacy packet loads find the context
 _WRITES_R0 = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_KFUNC, Kind.LD_ABS, Kind.LD_IND})
 
 

@@ -296,6 +296,15 @@ def alu_function(op: int, width: int, signed: bool = False) -> Callable[[int, in
     return fn
 
 
+@functools.cache
+def jump_function(op: int, width: int) -> Callable[[int, int], bool]:
+    """A jump condition as a predicate over unsigned ``width``-bit operands, from the same
+    expression the opcode table gives the engines."""
+    template = _JMP_COND[JmpOp(op)][0]
+    fn: Callable[[int, int], bool] = eval(f"lambda a, b: bool({_render(template, width)})", dict(PY_NAMESPACE))
+    return fn
+
+
 def _build_table() -> tuple[OpInfo, ...]:
     rows: list[OpInfo] = []
     d, s, o, i = Field.DST, Field.SRC, Field.OFF, Field.IMM

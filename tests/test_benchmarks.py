@@ -123,3 +123,21 @@ def test_microbenchmarks_agree_in_every_engine(quick_run: dict[str, Any]) -> Non
         assert {"jit", "interpreter", "c"} <= set(fig["results"])
         assert fig["jit_ns"] > 0 and fig["c_ns"] > 0
         assert ("kernel_ns" in fig) == ("kernel" in fig["results"])
+
+
+def test_verifier_benchmark_measures_every_program_beside_the_kernel() -> None:
+    from benchmarks import bench_verifier, report
+
+    figures = bench_verifier.run(quick=True)
+    programs = figures["programs"]
+    assert set(programs) == {c.key for c in bench_verifier.CASES if c.quick_size}
+    for key, fig in programs.items():
+        assert "error" not in fig, (key, fig["error"])
+        assert fig["processed"] >= fig["instructions"] - 3 and fig["seconds"] > 0  # all but the short exit
+        if figures["kernel"] == "available":
+            assert "kernel_error" not in fig, fig["kernel_error"]
+            assert fig["kernel_processed"] > 0 and fig["kernel_ratio"] > 0
+    goals = {t.key: t for t in report._verifier_targets(figures)}
+    assert set(goals) == {f"verifier_{key}" for key in programs}
+    rows = report._verifier_rows(figures, lambda key: goals[key].goal)
+    assert len(rows) == len(programs) + 1 and all("within 5x" in row[-1] for row in rows[1:])

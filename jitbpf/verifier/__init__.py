@@ -27,6 +27,7 @@ from jitbpf.errors import VerifierError
 from jitbpf.helpers import Helper
 from jitbpf.isa import Instruction, Program
 from jitbpf.verifier._check import Checker, Rejected, describe_instruction
+from jitbpf.verifier._progress import Progress, ProgressCallback
 from jitbpf.verifier._types import RAW_MEMORY, ArgType, ContextSpec, MapLike, RegType, RetType, VerifyResult
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ArgType",
     "ContextSpec",
     "MapLike",
+    "ProgressCallback",
     "RegType",
     "RetType",
     "VerifyResult",
@@ -56,6 +58,7 @@ def verify_flow(
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> VerifyResult:
     """Verify an analysed program; raise VerifierError if it is not provably safe.
 
@@ -65,18 +68,23 @@ def verify_flow(
     raw-memory mode). ``privileged`` applies the kernel's rules for a loader with CAP_BPF and
     CAP_PERFMON (pointers may leak into scalars, never-written stack may be read); off, those of
     an unprivileged one. ``budget`` bounds how long a loop may run (and, with the kernel's one
-    million instructions as a floor, how much work the analysis may do).
+    million instructions as a floor, how much work the analysis may do). A verification that
+    takes longer than a second reports the instructions processed so far to ``progress``, or
+    without it on standard error when that is a terminal. Ctrl-C stops it (KeyboardInterrupt).
     """
     if len(flow.program) > max_insns:
         raise VerifierError(f"too many instructions ({len(flow.program)} > max {max_insns})")
     checker = Checker(flow, helpers=helpers, maps=maps, context=context or RAW_MEMORY, allow_loops=allow_loops,
                       budget=budget, log=log, max_call_depth=max_call_depth, stack_limit=stack_limit,
-                      privileged=privileged)
+                      privileged=privileged, progress=Progress(progress))
     try:
         return checker.run()
     except Rejected as exc:
         raise VerifierError(exc.message, pc=exc.pc, insn=describe_instruction(flow, exc.pc),
                             log=checker.log_text() if log else "") from None
+    finally:
+        if checker.progress is not None:
+            checker.progress.close()
 
 
 def verify(
@@ -92,6 +100,7 @@ def verify(
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,
+    progress: ProgressCallback | None = None,
 ) -> VerifyResult:
     """Decode, analyse and verify ``program`` (bytecode, a Program, or instructions).
 
@@ -108,4 +117,4 @@ def verify(
     flow = cfg.analyze(prog, max_insns=max_insns)
     return verify_flow(flow, helpers=table, allow_loops=allow_loops, budget=budget, maps=maps, context=context,
                        log=log, max_call_depth=max_call_depth, stack_limit=stack_limit, max_insns=max_insns,
-                       privileged=privileged)
+                       privileged=privileged, progress=progress)

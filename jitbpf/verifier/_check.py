@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import gc
 from collections.abc import Mapping
 from typing import NoReturn
 
@@ -13,6 +14,7 @@ from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Ins
 from jitbpf.linux.maps import BPF_F_RDONLY_PROG
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
+from jitbpf.verifier._progress import CHECK_EVERY, Progress
 from jitbpf.verifier._state import (
     INVALID,
     MISC,
@@ -63,6 +65,40 @@ def _slot_mask(start: int, size: int) -> int:
     """Stack slots overlapping bytes [start, start + size) of a frame (bytes counted from r10-512)."""
     first, last = start // 8, (start + size - 1) // 8
     return ((1 << (last - first + 1)) - 1) << first
+
+
+def _precise_after(insn: Instruction, info: OpInfo, aux: int, precise: int) -> int:
+    """``State.precise`` after ``insn``: the forward reading of ``Checker._backtrack``'s rules. A
+    register stays followed back when its new value comes only from followed registers and
+    constants; everything else it is cleared."""
+    d, s = 1 << insn.dst, 1 << insn.src
+    match info.kind:
+        case Kind.ALU:
+            if info.op == AluOp.MOV:
+                if not info.reg_src:
+                    return precise | d  # a constant has no past
+                return precise | d if precise & s else precise & ~d
+            if info.reg_src and not precise & s:
+                return precise & ~d
+            return precise
+        case Kind.MOVSX:
+            return precise | d if precise & s else precise & ~d
+        case Kind.LDDW:
+            return precise | d
+        case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.ST | Kind.STX:
+            return precise
+        case Kind.JCOND:
+            # A branch ties its operands to each other (and, when linked, to their copies).
+            ops = d | (s if info.reg_src else 0)
+            if precise & ops == ops:
+                return precise
+            return 0 if aux > 0 else precise & ~ops
+        case Kind.LDX | Kind.LDXSX | Kind.ATOMIC:
+            return precise & ~d & ~s & ~1  # loaded from memory: its past is the stack's
+        case Kind.CALL | Kind.CALLX | Kind.LD_ABS | Kind.LD_IND:
+            return precise & ~RET_REGS
+        case _:
+            return 0  # a change of frame (local call, return) or anything unusual: start over
 
 
 class Access(enum.Enum):
@@ -122,8 +158,12 @@ class Checker:
 
     def __init__(self, flow: ControlFlow, *, helpers: Mapping[int, Helper], maps: Mapping[int, MapLike] | None,
                  context: ContextSpec, allow_loops: bool, budget: int, log: bool, max_call_depth: int,
-                 stack_limit: int, privileged: bool = True) -> None:
+                 stack_limit: int, privileged: bool = True, prune: bool = True,
+                 progress: Progress | None = None) -> None:
         self.flow = flow
+        # Off, no state is remembered: every path is walked to its end (exponential, and loops
+        # never stop), the reference that pruning must agree with.
+        self.prune = prune
         self.slots = flow.program.slots
         self.infos = flow.program.infos
         self.targets = flow.targets
@@ -143,6 +183,9 @@ class Checker:
         self.limit = max(budget, COMPLEXITY_LIMIT)
         self.next_id = 0
         self.processed = 0
+        self.progress = progress if progress is not None and progress.active else None
+        # Instructions processed before ``_milestone`` looks at the limit and the clock again.
+        self.watch = min(self.limit, CHECK_EVERY) if self.progress is not None else self.limit
         self.pruned = 0
         self.visits: dict[int, list[_Visit]] = {}
         self.stack_depth: dict[int, int] = {}  # function entry -> bytes of stack it uses
@@ -153,6 +196,7 @@ class Checker:
         self.pc = 0
         self.path_log: LogNode = None
         self.disasm_cache: dict[int, str] = {}
+        self.constants: dict[int, Reg] = {}  # immediate operands as registers, by value (a few)
         self.control: Control | None = None
         self.visit: _Visit | None = None  # the current path's latest visit
         self.st: State | None = None  # the current path's state
@@ -168,15 +212,35 @@ class Checker:
                                        reject=Rejected)
         root = _Visit(None, None, frozenset())
         self.work.append((0, self._initial_state(), root, None))
-        while self.work:
-            pc, st, parent, lognode = self.work.pop()
-            self.path_log = lognode
-            if self.log:
-                self._log_line(f"from a branch to {pc}: {self._describe(st)}")
-            self._walk(pc, st, parent)
+        # The walk makes millions of small objects that reference counting frees, and keeps a
+        # growing history alive: the cycle collector finds nothing in them, yet its passes over
+        # the history grow with it (80,000 loop iterations took 1.8x as long with it on).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            while self.work:
+                pc, st, parent, lognode = self.work.pop()
+                self.path_log = lognode
+                if self.log:
+                    self._log_line(f"from a branch to {pc}: {self._describe(st)}")
+                self._walk(pc, st, parent)
+        finally:
+            if collecting:
+                gc.enable()
         depth = self._check_stack_depth()
         return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth,
                             frozenset(self.unchecked_calls), self.reads_uninit_stack)
+
+    def _milestone(self) -> None:
+        """Every so many instructions: the complexity limit, and progress for whoever listens."""
+        if self.processed > self.limit:
+            if self.control is not None and self.control.back_edges:
+                self.reject(f"loop may not terminate within the budget: processed {self.processed} "
+                            f"instructions (limit {self.limit})")
+            self.reject(f"program is too complex: processed {self.processed} instructions (limit {self.limit})")
+        self.watch = min(self.limit, self.processed + CHECK_EVERY)
+        if self.progress is not None:
+            self.progress.tick(self.processed)
 
     def _initial_state(self) -> State:
         regs = [NOT_INIT] * 11
@@ -208,7 +272,7 @@ class Checker:
     def _walk(self, pc: int, st: State, parent: _Visit) -> None:
         control = self.control
         assert control is not None
-        prune_points = control.prune_points
+        prune_points = control.prune_points if self.prune else frozenset()
         back_edges = control.back_edges
         slots, infos, targets = self.slots, self.infos, self.targets
         logging = self.log
@@ -227,12 +291,8 @@ class Checker:
             assert insn is not None and info is not None
             self.processed += 1
             st.depth += 1
-            if self.processed > self.limit:
-                if control.back_edges:
-                    self.reject(f"loop may not terminate within the budget: processed {self.processed} "
-                                f"instructions (limit {self.limit})")
-                self.reject(f"program is too complex: processed {self.processed} instructions "
-                            f"(limit {self.limit})")
+            if self.processed > self.watch:
+                self._milestone()
             if control.back_edges and st.depth > self.budget:
                 if st.loop >= 0:
                     self.pc = st.loop
@@ -240,7 +300,7 @@ class Checker:
             before = list(st.frames[-1].regs) if logging else None
             nframes = len(st.frames)
             regs = st.frames[-1].regs
-            nxt = pc + insn.width
+            nxt = pc + 2 if info.kind is Kind.LDDW else pc + 1
             match info.kind:
                 case Kind.ALU:
                     self._alu(regs, insn, info)
@@ -271,6 +331,8 @@ class Checker:
                     for out in (taken, fall):
                         if out is not None:
                             out.hist = node
+                            if out.precise:
+                                out.precise = _precise_after(insn, info, self.aux, out.precise)
                     if taken is not None and (pc, target) in back_edges:
                         taken.loop = pc
                     if taken is not None and fall is not None:
@@ -317,6 +379,8 @@ class Checker:
                     raise NotImplementedError(info.kind)
             if info.kind is not Kind.JCOND:
                 st.hist = (pc, self.aux, st.hist)
+                if st.precise:
+                    st.precise = _precise_after(insn, info, self.aux, st.precise)
             if logging:
                 self._log_step(pc, st, before, nframes)
             pc = nxt
@@ -404,6 +468,7 @@ class Checker:
             visits.pop(0).state = None
         visits.append(visit)
         st.checkpoint = st.depth
+        st.precise = 0  # the new visit has nothing marked yet
         return st, visit
 
     # -- precision: which scalars' exact values a check depended on ------------------------------
@@ -414,11 +479,16 @@ class Checker:
         from, and mark those precise in the visits passed on the way."""
         st = self.st
         assert st is not None
+        wanted = 0
+        for r in regs:
+            wanted |= 1 << r
+        if not wanted & ~st.precise:
+            return  # followed back already, since the latest visit: nothing new to mark
         n = len(st.frames)
         masks = [0] * n
-        for r in regs:
-            masks[-1] |= 1 << r
+        masks[-1] = wanted & ~st.precise
         self._backtrack(st.hist, self.visit, masks, [0] * n)
+        st.precise |= wanted
 
     @staticmethod
     def _mark_all(visit: _Visit | None) -> None:
@@ -521,6 +591,8 @@ class Checker:
                 case _:
                     raise NotImplementedError(info.kind)
             regs[d] = live
+            if not live and not any(regs) and not any(slots):
+                return  # every value followed ends in a constant: the older past never mattered
 
     @staticmethod
     def _mark_read(visit: _Visit | None, frame: int, mask: int) -> None:
@@ -563,7 +635,15 @@ class Checker:
     def _operand(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> Reg:
         if info.reg_src:
             return self._read(regs, insn.src)
-        return Reg(Pt.SCALAR, sc.const(insn.imm if info.width == 64 else insn.imm & MASK32))
+        return self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
+
+    def _constant(self, value: int) -> Reg:
+        """The scalar register holding ``value`` (one object per value: identical registers
+        compare at once)."""
+        reg = self.constants.get(value)
+        if reg is None:
+            reg = self.constants[value] = Reg(Pt.SCALAR, sc.const(value))
+        return reg
 
     def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         d = insn.dst
@@ -592,7 +672,11 @@ class Checker:
             return
         dst = self._read(regs, d)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
-            regs[d] = Reg(Pt.SCALAR, sc.alu_width(op, dst.var, src.var, info.width, info.signed))
+            a, b = dst.var, src.var
+            if not a.mask and not b.mask and info.width == 64:  # constants fold (loop counters)
+                regs[d] = Reg(Pt.SCALAR, sc.const(sc.exact(op, a.value, b.value, 64, info.signed)))
+                return
+            regs[d] = Reg(Pt.SCALAR, sc.alu_width(op, a, b, info.width, info.signed))
             return
         regs[d] = self._pointer_alu(insn, info, dst, src)
 
@@ -953,7 +1037,7 @@ class Checker:
         if info.reg_src:
             b = self._read(regs, insn.src)
         else:
-            b = Reg(Pt.SCALAR, sc.const(insn.imm if info.width == 64 else insn.imm & MASK32))
+            b = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
         op = info.op
         if a.type is Pt.SCALAR and b.type is Pt.SCALAR:
             taken, fall = (sc.refine if info.width == 64 else sc.refine32)(op, a.var, b.var)

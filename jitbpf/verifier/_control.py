@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from jitbpf.cfg import Block, ControlFlow
-from jitbpf.contract import ARG_REGS
-from jitbpf.isa import CORE_POISON, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo
+from jitbpf import cfg
+from jitbpf.cfg import ControlFlow
+from jitbpf.isa import CORE_POISON, FP, Kind
 
 
 @dataclass(frozen=True)
@@ -23,66 +23,6 @@ class Control:
 
 
 Reject = Callable[[int, str], Exception]
-
-
-def _successors(flow: ControlFlow, block: Block) -> list[int]:
-    program = flow.program
-    info = program.infos[block.last]
-    assert info is not None
-    match info.kind:
-        case Kind.JA:
-            return [flow.targets[block.last]]
-        case Kind.JCOND:
-            return [block.end, flow.targets[block.last]]
-        case Kind.EXIT:
-            return []
-        case _:
-            return [block.end]
-
-
-def _use_def(insn: Instruction, info: OpInfo, arg_masks: Mapping[int, int], main: bool) -> tuple[int, int]:
-    """Registers an instruction reads (as far as the verifier checks them) and writes."""
-    d, s = 1 << insn.dst, 1 << insn.src
-    match info.kind:
-        case Kind.ALU:
-            src = s if info.reg_src else 0
-            return (src if info.op == AluOp.MOV else src | d), d
-        case Kind.NEG | Kind.END | Kind.BSWAP:
-            return d, d
-        case Kind.MOVSX:
-            return s, d
-        case Kind.LDDW:
-            return 0, d
-        case Kind.LDX | Kind.LDXSX:
-            return s, d
-        case Kind.ST:
-            return d, 0
-        case Kind.STX:
-            return d | s, 0
-        case Kind.ATOMIC:
-            if info.op == AtomicOp.CMPXCHG:
-                return d | s | 1, 1
-            return d | s, s if info.op & 1 else 0
-        case Kind.JA:
-            return 0, 0
-        case Kind.JCOND:
-            return d | (s if info.reg_src else 0), 0
-        case Kind.CALL:
-            return arg_masks.get(insn.imm, ARG_REGS), 1
-        case Kind.CALLX:
-            return d | ARG_REGS, 1
-        case Kind.CALL_LOCAL:
-            return ARG_REGS, 1
-        case Kind.EXIT:
-            return (1 if main else 1 | ARG_REGS), 0
-        case Kind.LD_ABS:
-            return 1 << 6, 1  # the context must be in r6
-        case Kind.LD_IND:
-            return s | 1 << 6, 1
-        case Kind.CALL_KFUNC:
-            return 0, 1
-        case _:
-            raise NotImplementedError(info.kind)
 
 
 def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks: Mapping[int, int],
@@ -106,7 +46,7 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
             fn_entry[pc] = fn.entry
 
     # Depth-first search over blocks: finds what is reachable and the edges that close a cycle.
-    succ: dict[int, list[int]] = {b.start: _successors(flow, b) for b in flow.blocks}
+    succ: dict[int, list[int]] = {b.start: cfg.successors(flow, b) for b in flow.blocks}
     preds: dict[int, int] = {}
     seen: set[int] = set()
     back_edges: set[tuple[int, int]] = set()
@@ -161,7 +101,7 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     prune.update(fn.entry for fn in flow.functions)
     merge = {pc for pc in prune if pc not in in_loop}
 
-    live = _liveness(flow, succ, arg_masks)
+    live = tuple(mask | 1 << FP for mask in cfg.live_in(flow, call_args=arg_masks))  # r10: always
     return Control(frozenset(prune), frozenset(merge), frozenset(back_edges), live,
                    {k: frozenset(v) for k, v in calls.items()}, tuple(fn_entry))
 
@@ -232,52 +172,3 @@ def _blocks_in_cycles(flow: ControlFlow, succ: Mapping[int, list[int]]) -> set[i
                 if len(comp) > 1 or v in succ[v]:
                     out.update(comp)
     return out
-
-
-def _liveness(flow: ControlFlow, succ: Mapping[int, list[int]], arg_masks: Mapping[int, int]) -> tuple[int, ...]:
-    """Per slot, the registers that may be read (by an instruction the verifier checks) before
-    being overwritten, within the slot's function; r10 is always live."""
-    program = flow.program
-    main_end = flow.functions[0].end
-    use_def: dict[int, tuple[int, int]] = {}
-    for pc, insn, info in program:
-        use_def[pc] = _use_def(insn, info, arg_masks, pc < main_end)
-
-    block_io: dict[int, tuple[int, int]] = {}  # block -> (gen, kill)
-    for b in flow.blocks:
-        gen = kill = 0
-        for pc in range(b.start, b.end):
-            ud = use_def.get(pc)
-            if ud is None:
-                continue
-            u, d = ud
-            gen |= u & ~kill
-            kill |= d
-        block_io[b.start] = (gen, kill)
-    live_in: dict[int, int] = {b.start: 0 for b in flow.blocks}
-    changed = True
-    order = [b.start for b in reversed(flow.blocks)]
-    while changed:
-        changed = False
-        for start in order:
-            out = 0
-            for t in succ[start]:
-                out |= live_in[t]
-            gen, kill = block_io[start]
-            new = gen | (out & ~kill)
-            if new != live_in[start]:
-                live_in[start] = new
-                changed = True
-    per_pc = [0] * len(program)
-    for b in flow.blocks:
-        cur = 0
-        for t in succ[b.start]:
-            cur |= live_in[t]
-        for pc in range(b.end - 1, b.start - 1, -1):
-            ud = use_def.get(pc)
-            if ud is None:
-                continue
-            u, d = ud
-            cur = u | (cur & ~d)
-            per_pc[pc] = cur | (1 << FP)
-    return tuple(per_pc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from jitbpf.isa import AluOp, JmpOp, alu_function
+from jitbpf.isa import AluOp, JmpOp, alu_function, jump_function
 
 M64 = (1 << 64) - 1
 M32 = (1 << 32) - 1
@@ -267,7 +267,7 @@ def sign_extend(a: Scalar, bits: int) -> Scalar:
     return s
 
 
-def _exact(op: int, a: int, b: int, bits: int, signed: bool) -> int:
+def exact(op: int, a: int, b: int, bits: int, signed: bool) -> int:
     """The result of one ALU operation on constants (unsigned operands, RFC 9669 semantics): the
     opcode table's own expression, so that the verifier folds constants as the engines compute."""
     if op == AluOp.NEG:
@@ -279,7 +279,7 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
     """The set of results of ``a OP b`` computed at ``bits`` bits (operands already projected)."""
     full = (1 << bits) - 1
     if a.mask == 0 and b.mask == 0:
-        return const(_exact(op, a.value, b.value, bits, signed), bits)
+        return const(exact(op, a.value, b.value, bits, signed), bits)
     top = unknown(bits)
     value, mask = 0, full
     umin, umax, smin, smax = top.umin, top.umax, top.smin, top.smax
@@ -489,8 +489,17 @@ def _swap(p: Pair) -> Pair:
     return None if p is None else (p[1], p[0])
 
 
+def _decided(op: int, a: Scalar, b: Scalar, bits: int) -> tuple[Pair, Pair]:
+    """``refine`` of two constants (a loop counter against its bound): one outcome, nothing narrowed."""
+    m = (1 << bits) - 1
+    pair = (a, b)
+    return (pair, None) if jump_function(op, bits)(a.value & m, b.value & m) else (None, pair)
+
+
 def refine(op: int, a: Scalar, b: Scalar, bits: int = 64) -> tuple[Pair, Pair]:
     """The operands narrowed by the outcome of ``if a OP b``: (when taken, when not taken)."""
+    if a.mask == 0 and b.mask == 0:
+        return _decided(op, a, b, bits)
     match op:
         case JmpOp.JEQ | JmpOp.JNE:
             m = meet(a, b, bits)
@@ -522,6 +531,8 @@ def refine(op: int, a: Scalar, b: Scalar, bits: int = 64) -> tuple[Pair, Pair]:
 def refine32(op: int, a: Scalar, b: Scalar) -> tuple[Pair, Pair]:
     """As ``refine`` for a 32-bit comparison of 64-bit values: the low halves decide; the upper
     halves are untouched, so ranges only carry over when a value fits in 32 bits."""
+    if a.mask == 0 and b.mask == 0:
+        return _decided(op, a, b, 32)
     a32, b32 = project(a, 32), project(b, 32)
     taken, fall = refine(op, a32, b32, 32)
     return _lift(taken, a, b), _lift(fall, a, b)

@@ -100,19 +100,23 @@ History = tuple[int, int, "History"] | None
 class State:
     """The abstract state of one path: the call stack of frames, and the path so far."""
 
-    __slots__ = ("checkpoint", "depth", "frames", "hist", "loop", "refs")
+    __slots__ = ("checkpoint", "depth", "frames", "hist", "loop", "precise", "refs")
 
     def __init__(self, frames: list[Frame], depth: int = 0, checkpoint: int = 0, hist: History = None,
-                 loop: int = -1, refs: tuple[tuple[int, int], ...] = ()) -> None:
+                 loop: int = -1, refs: tuple[tuple[int, int], ...] = (), precise: int = 0) -> None:
         self.frames = frames  # outermost first
         self.depth = depth  # instructions executed along this path
         self.checkpoint = checkpoint  # ``depth`` when the path last remembered its state in a loop
         self.hist = hist  # what the path executed, for precision backtracking
         self.loop = loop  # slot of the last jump back to a loop's start on this path, or -1
         self.refs = refs  # references held: (id, slot of the call that acquired it), oldest first
+        # Registers of the innermost frame whose sources were already backtracked and marked in
+        # every visit of the path (since its latest visit): asking for them again finds nothing new.
+        self.precise = precise
 
     def copy(self) -> State:
-        return State([f.copy() for f in self.frames], self.depth, self.checkpoint, self.hist, self.loop, self.refs)
+        return State([f.copy() for f in self.frames], self.depth, self.checkpoint, self.hist, self.loop, self.refs,
+                     self.precise)
 
     def all_regs(self) -> Iterator[tuple[Frame, int, Reg]]:
         """Every register and spilled register of every frame, with where it lives (index < 0:
