@@ -20,7 +20,7 @@ from benchmarks.kernel import Kernel, KernelError, open_kernel
 from jitbpf.asm import assemble
 from jitbpf.errors import VerifierError
 from jitbpf.isa import Program
-from jitbpf.programs import PROGRAM_TYPES, ProgType
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType
 from jitbpf.verifier import verify
 
 DIAMONDS = 1000  # if/else pairs in the default branching program (9,000 instructions)

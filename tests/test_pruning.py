@@ -18,7 +18,7 @@ from jitbpf import cfg
 from jitbpf.asm import assemble
 from jitbpf.contract import DEFAULT_BUDGET, MAX_CALL_DEPTH
 from jitbpf.isa import Program
-from jitbpf.programs import PROGRAM_TYPES, ProgType
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType
 from jitbpf.verifier import VerifyResult
 from jitbpf.verifier._check import Checker, Rejected
 
