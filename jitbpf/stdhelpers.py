@@ -617,7 +617,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         native_helper(h.RINGBUF_OUTPUT, "bpf_ringbuf_output", "jb_helper_ringbuf_output", ringbuf_output,
                       ("map", "mem", "size", "scalar")),
         native_helper(h.RINGBUF_RESERVE, "bpf_ringbuf_reserve", "jb_helper_ringbuf_reserve", ringbuf_reserve,
-                      ("map", "scalar", "scalar"), "acquired_value_or_null"),
+                      ("map", "alloc_size", "scalar"), "acquired_mem_or_null"),
         native_helper(h.RINGBUF_SUBMIT, "bpf_ringbuf_submit", "jb_helper_ringbuf_submit", ringbuf_submit,
                       ("released", "scalar"), "void"),
         native_helper(h.RINGBUF_DISCARD, "bpf_ringbuf_discard", "jb_helper_ringbuf_discard", ringbuf_discard,

@@ -314,7 +314,130 @@ CASES = [
     out:
         mov r0, 0
         exit"""), ProgType.SOCKET_FILTER, None, maps=(ring,)),
-
+    # A ring buffer record is memory of the reserved (constant) size: writes and helper
+    # arguments inside it are allowed, past it refused; the size must be a known constant.
+    Case("ringbuf-record-written-within-its-size", reserved("""
+        jeq r0, 0, out
+        stdw [r0+8], 1
+        mov r1, r0
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, None, maps=(ring,)),
+    Case("ringbuf-record-written-past-its-size", reserved("""
+        jeq r0, 0, out
+        stdw [r0+12], 1
+        mov r1, r0
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, "mem_size=16 off=12 size=8", "invalid access to memory, mem_size=16 off=12 size=8",
+         (ring,)),
+    Case("ringbuf-record-written-before-the-null-check", reserved("""
+        stdw [r0+0], 1
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, "possible null pointer dereference", "invalid mem access 'ringbuf_mem_or_null'",
+         (ring,)),
+    *(Case(f"ringbuf-record-filled-by-a-helper-{n}-bytes", f"""
+        mov r9, r1
+        lddw r1, map:RB
+        mov r2, 16
+        mov r3, 0
+        call 131
+        jeq r0, 0, out
+        mov r7, r0
+        mov r1, r9
+        mov r2, 0
+        mov r3, r7
+        mov r4, {n}
+        call 26
+        mov r1, r7
+        mov r2, 0
+        call 133
+    out:
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, None if n <= 16 else "mem_size=16 off=0 size=17",
+           "" if n <= 16 else "invalid access to memory, mem_size=16 off=0 size=17", (ring,)) for n in (16, 17)),
+    Case("ringbuf-reserve-of-a-variable-size", """
+        ldxw r6, [r1]
+        and r6, 8
+        lddw r1, map:RB
+        mov r2, r6
+        mov r3, 0
+        call 131
+        jeq r0, 0, out
+        mov r1, r0
+        mov r2, 0
+        call 133
+    out:
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "is not a known constant", "R2 is not a known constant", (ring,)),
+    # States met at a join point are merged (jitbpf's widening, the kernel has none), but never
+    # where a packet range differs: the path without the proof sets a flag (r7) beside the check,
+    # tested before the packet store. Three diamonds first make eight precise values of r8.
+    *(Case(f"packet-proof-kept-apart-from-a-flag-{'checked' if checked else 'unchecked'}", f"""
+        ldxw r2, [r1]
+        ldxw r3, [r1+4]
+        ldxw r5, [r1+12]
+        mov r8, 0
+        jgt r5, 1, +1
+        or r8, 8
+        jgt r5, 2, +1
+        or r8, 16
+        jgt r5, 3, +1
+        or r8, 32
+        mov r4, r2
+        add r4, 4
+        jgt r4, r3, +2
+        mov r7, 0
+        ja +1
+        mov r7, -22
+        lsh r7, 32
+        rsh r7, 32
+        {"jne r7, 0, +1" if checked else "ja +0"}
+        stw [r2+0], 1
+        mov r9, r10
+        add r9, -64
+        add r9, r8
+        stb [r9+0], 0
+        mov r0, 2
+        exit""", ProgType.XDP, None if checked else "invalid access to packet",
+           "" if checked else "invalid access to packet") for checked in (True, False)),
+    # ... nor where a shift count differs: counts 2 or 3 of a byte keep the value bounded, so
+    # that adding it to a packet pointer is allowed (the kernel sees only one count per path).
+    Case("packet-offset-shifted-by-merged-counts", """
+        ldxw r2, [r1]
+        ldxw r3, [r1+4]
+        ldxw r5, [r1+12]
+        mov r8, 0
+        jgt r5, 1, +1
+        or r8, 8
+        jgt r5, 2, +1
+        or r8, 16
+        jgt r5, 3, +1
+        or r8, 32
+        mov r6, 2
+        jgt r5, 4, +1
+        mov r6, 3
+        mov r4, r2
+        add r4, 1
+        jgt r4, r3, out
+        ldxb r0, [r2+0]
+        lsh r0, r6
+        add r2, r0
+        mov r4, r2
+        add r4, 1
+        jgt r4, r3, out
+        stb [r2+0], 1
+        mov r9, r10
+        add r9, -64
+        add r9, r8
+        stb [r9+0], 0
+    out:
+        mov r0, 2
+        exit""", ProgType.XDP, None),
 ]
 
 

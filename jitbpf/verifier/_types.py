@@ -28,6 +28,7 @@ class ArgType(enum.Enum):
     UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
     RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
     UNINIT_LONG = "uninit_long"  # pointer to 8 writable bytes the helper fills (the kernel's ARG_PTR_TO_LONG)
+    ALLOC_SIZE = "alloc_size"  # a known constant: the size of the memory the helper returns (may be 0)
 
 
 class RetType(enum.Enum):
@@ -35,8 +36,9 @@ class RetType(enum.Enum):
 
     SCALAR = "scalar"  # a number
     MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0
-    # as MAP_VALUE_OR_NULL, but acquired: the program must pass it to a RELEASED argument before it exits
-    ACQUIRED_VALUE_OR_NULL = "acquired_value_or_null"
+    # memory of the ALLOC_SIZE argument's size, or 0; acquired: the program must pass it to a
+    # RELEASED argument before it exits (a ring buffer record)
+    ACQUIRED_MEM_OR_NULL = "acquired_mem_or_null"
     VOID = "void"  # nothing usable: r0 is unreadable afterwards
 
 
@@ -135,6 +137,8 @@ class RegType(enum.Enum):
     PTR_TO_PACKET_END = "pkt_end"  # one past the packet's last byte: compare only
     PTR_TO_PACKET_META = "pkt_meta"  # packet metadata, which ends where packet data starts
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
+    PTR_TO_BUF = "buf"  # memory of ``range`` bytes a helper handed out (a ring buffer record)
+    PTR_TO_BUF_OR_NULL = "buf_or_null"  # a PTR_TO_BUF or 0 (id = the call that returned it)
 
 
 class Reg(NamedTuple):
@@ -149,7 +153,7 @@ class Reg(NamedTuple):
     var: Scalar = ZERO  # the scalar value, or the variable part of a pointer's offset
     off: int = 0  # exact part of a pointer's offset
     id: int = 0  # link between copies (0 = none)
-    range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet
+    range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet; buffers: size
     aux: int = 0  # frame index (stack pointers) or map handle (map pointers)
     ref: int = 0  # the reference a pointer holds (an acquired ring buffer record; 0 = none)
 
@@ -170,6 +174,8 @@ class Reg(NamedTuple):
             parts.append(f"var={self.var}")
         if t in (RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META):
             parts.append(f"r={self.range}")
+        if t in (RegType.PTR_TO_BUF, RegType.PTR_TO_BUF_OR_NULL):
+            parts.append(f"size={self.range}")
         if self.id:
             parts.append(f"id={self.id}")
         return f"{t.value}({', '.join(parts)})" if parts else t.value
