@@ -76,6 +76,26 @@ XDP_VAR = """
     add r4, 1
     add r2, r4
 """
+# XDP: r2 = data, r3 = data_end, and eight paths with as many values of r8, which USE_R8 makes
+# precise (a stack offset), so that the paths cannot be pruned by one another.
+EIGHT_PATHS = """
+    ldxw r2, [r1]
+    ldxw r3, [r1+4]
+    ldxw r5, [r1+12]
+    mov r8, 0
+    jgt r5, 1, +1
+    or r8, 8
+    jgt r5, 2, +1
+    or r8, 16
+    jgt r5, 3, +1
+    or r8, 32
+"""
+USE_R8 = """
+    mov r9, r10
+    add r9, -64
+    add r9, r8
+    stb [r9+0], 0
+"""
 # __sk_buff: r2 = data, r3 = data_end, and r2 + 1 <= r3 proven on the fall-through edge.
 SKB_ONE_BYTE = """
     ldxw r2, [r1+76]
@@ -333,13 +353,13 @@ CASES = [
         call 132
     out:
         mov r0, 0
-        exit"""), ProgType.SOCKET_FILTER, "mem_size=16 off=12 size=8", "invalid access to memory, mem_size=16 off=12 size=8",
-         (ring,)),
+        exit"""), ProgType.SOCKET_FILTER, "mem_size=16 off=12 size=8",
+         "invalid access to memory, mem_size=16 off=12 size=8", (ring,)),
     Case("ringbuf-record-written-before-the-null-check", reserved("""
         stdw [r0+0], 1
         mov r0, 0
-        exit"""), ProgType.SOCKET_FILTER, "possible null pointer dereference", "invalid mem access 'ringbuf_mem_or_null'",
-         (ring,)),
+        exit"""), ProgType.SOCKET_FILTER, "possible null pointer dereference",
+         "invalid mem access 'ringbuf_mem_or_null'", (ring,)),
     *(Case(f"ringbuf-record-filled-by-a-helper-{n}-bytes", f"""
         mov r9, r1
         lddw r1, map:RB
@@ -376,18 +396,8 @@ CASES = [
         exit""", ProgType.SOCKET_FILTER, "is not a known constant", "R2 is not a known constant", (ring,)),
     # States met at a join point are merged (jitbpf's widening, the kernel has none), but never
     # where a packet range differs: the path without the proof sets a flag (r7) beside the check,
-    # tested before the packet store. Three diamonds first make eight precise values of r8.
-    *(Case(f"packet-proof-kept-apart-from-a-flag-{'checked' if checked else 'unchecked'}", f"""
-        ldxw r2, [r1]
-        ldxw r3, [r1+4]
-        ldxw r5, [r1+12]
-        mov r8, 0
-        jgt r5, 1, +1
-        or r8, 8
-        jgt r5, 2, +1
-        or r8, 16
-        jgt r5, 3, +1
-        or r8, 32
+    # tested before the packet store.
+    *(Case(f"packet-proof-kept-apart-from-a-flag-{'checked' if checked else 'unchecked'}", EIGHT_PATHS + f"""
         mov r4, r2
         add r4, 4
         jgt r4, r3, +2
@@ -398,26 +408,13 @@ CASES = [
         rsh r7, 32
         {"jne r7, 0, +1" if checked else "ja +0"}
         stw [r2+0], 1
-        mov r9, r10
-        add r9, -64
-        add r9, r8
-        stb [r9+0], 0
+        {USE_R8}
         mov r0, 2
         exit""", ProgType.XDP, None if checked else "invalid access to packet",
            "" if checked else "invalid access to packet") for checked in (True, False)),
     # ... nor where a shift count differs: counts 2 or 3 of a byte keep the value bounded, so
     # that adding it to a packet pointer is allowed (the kernel sees only one count per path).
-    Case("packet-offset-shifted-by-merged-counts", """
-        ldxw r2, [r1]
-        ldxw r3, [r1+4]
-        ldxw r5, [r1+12]
-        mov r8, 0
-        jgt r5, 1, +1
-        or r8, 8
-        jgt r5, 2, +1
-        or r8, 16
-        jgt r5, 3, +1
-        or r8, 32
+    Case("packet-offset-shifted-by-merged-counts", EIGHT_PATHS + """
         mov r6, 2
         jgt r5, 4, +1
         mov r6, 3
@@ -431,10 +428,7 @@ CASES = [
         add r4, 1
         jgt r4, r3, out
         stb [r2+0], 1
-        mov r9, r10
-        add r9, -64
-        add r9, r8
-        stb [r9+0], 0
+""" + USE_R8 + """
     out:
         mov r0, 2
         exit""", ProgType.XDP, None),
