@@ -412,7 +412,24 @@ CASES = [
         mov r0, 2
         exit""", ProgType.XDP, None if checked else "invalid access to packet",
            "" if checked else "invalid access to packet") for checked in (True, False)),
-    # ... nor where a shift count differs: counts 2 or 3 of a byte keep the value bounded, so
+    # ... nor where a spilled pointer differs (its offset): the merge would make it a number.
+    Case("spilled-pointers-kept-apart", EIGHT_PATHS + """
+        jgt r5, 4, +3
+        mov r7, r10
+        add r7, -8
+        ja +2
+        mov r7, r10
+        add r7, -16
+        stxdw [r10-24], r7
+        mov r0, 0
+        jgt r5, 5, +1
+        mov r0, 1
+        ldxdw r1, [r10-24]
+        stdw [r1+0], 0
+""" + USE_R8 + """
+        mov r0, 2
+        exit""", ProgType.XDP, None),
+    # A shift count may differ: counts 2 or 3 of a byte keep the value bounded, so
     # that adding it to a packet pointer is allowed (the kernel sees only one count per path).
     Case("packet-offset-shifted-by-merged-counts", EIGHT_PATHS + """
         mov r6, 2

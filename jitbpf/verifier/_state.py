@@ -302,6 +302,10 @@ def _proofs_differ(a: Slot, b: Slot) -> bool:
             and a.type in (RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META))
 
 
+def _spilled_pointer(s: Slot) -> bool:
+    return type(s) is Reg and s.is_pointer
+
+
 def _join_slot(a: Slot, b: Slot) -> Slot:
     if a is b or a == b:
         return a
@@ -336,8 +340,11 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
             if j is None or _proofs_differ(x, y):
                 return None
             regs.append(j)
-        if any(_proofs_differ(x, y) for x, y in zip(fa.stack, fb.stack, strict=True)):
-            return None
-        stack = [_join_slot(x, y) for x, y in zip(fa.stack, fb.stack, strict=True)]
+        stack: list[Slot] = []
+        for x, y in zip(fa.stack, fb.stack, strict=True):
+            j = _join_slot(x, y)
+            if _proofs_differ(x, y) or (type(j) is not Reg and (_spilled_pointer(x) or _spilled_pointer(y))):
+                return None  # a spilled pointer would be lost (read back as a number)
+            stack.append(j)
         frames.append(Frame(regs, stack, fa.callsite))
     return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop, a.refs)
