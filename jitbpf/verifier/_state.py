@@ -341,10 +341,10 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
                 return None
             regs.append(j)
         stack: list[Slot] = []
-        for x, y in zip(fa.stack, fb.stack, strict=True):
-            j = _join_slot(x, y)
-            if _proofs_differ(x, y) or (type(j) is not Reg and (_spilled_pointer(x) or _spilled_pointer(y))):
+        for sx, sy in zip(fa.stack, fb.stack, strict=True):
+            js = _join_slot(sx, sy)
+            if _proofs_differ(sx, sy) or (type(js) is not Reg and (_spilled_pointer(sx) or _spilled_pointer(sy))):
                 return None  # a spilled pointer would be lost (read back as a number)
-            stack.append(j)
+            stack.append(js)
         frames.append(Frame(regs, stack, fa.callsite))
     return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop, a.refs)
