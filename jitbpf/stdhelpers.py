@@ -27,6 +27,7 @@ from jitbpf.maps import (
     SockHash,
     SockMap,
     StackTraceMap,
+    copy_stack,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class HelperId(enum.IntEnum):
     SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map(skb, map, key, flags) -> SK_PASS / SK_DROP
     SOCK_MAP_UPDATE = 53  # bpf_sock_map_update(skops, map, key, flags)
     MSG_REDIRECT_MAP = 60  # bpf_msg_redirect_map(msg, map, key, flags) -> SK_PASS / SK_DROP
+    GET_STACK = 67  # bpf_get_stack(ctx, buf, size, flags) -> bytes of return addresses copied or -errno
     MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
     MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
     MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
@@ -432,6 +434,15 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         host = ctx.host
         return m.record(host.user_stack if r3 & BPF_F_USER_STACK else host.kernel_stack, r3) & MASK64
 
+    def get_stack(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        size = r3 & MASK32
+        need(r2, size, "bpf_get_stack", "buffer", write=True)
+        host = ctx.host
+        result, data = copy_stack(host.user_stack if r4 & BPF_F_USER_STACK else host.kernel_stack, r4, size)
+        if size:
+            memory().write(r2, data)
+        return result & MASK64
+
     # A program's socket argument names the socket of its context (StdContext.socket); a task or
     # inode argument is its address, which TaskStorage and InodeStorage key by.
     def storage_get(kind: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
@@ -628,6 +639,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
                ("map", "scalar")),
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
         Helper(h.GET_STACKID, "bpf_get_stackid", get_stackid, (ctx_arg, "map", "scalar")),
+        Helper(h.GET_STACK, "bpf_get_stack", get_stack, (ctx_arg, "uninit_mem", "size_or_zero", "scalar")),
         *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", "anything", "anything", "scalar"),
                  "map_value_or_null")
           for kind, mtype, get_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET),
