@@ -240,8 +240,8 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
         Helper(H.GET_NS_CURRENT_PID_TGID, "bpf_get_ns_current_pid_tgid", ns_current_pid_tgid,
                ("scalar", "scalar", "uninit_mem", "size")),
         Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", constant("skb_hash"), ("ignored",)),
-        Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", constant("socket_cookie"), ("ignored",)),
-        Helper(H.GET_NETNS_COOKIE, "bpf_get_netns_cookie", constant("netns_cookie"), ("ignored",)),
+        Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", constant("socket_cookie"), ("ctx_read",)),
+        Helper(H.GET_NETNS_COOKIE, "bpf_get_netns_cookie", constant("netns_cookie"), ("ctx_or_null",)),
         *(Helper(hid, name, probe_read_str, ("uninit_mem", "size_or_zero", "anything"))
           for hid, name in ((H.PROBE_READ_STR, "bpf_probe_read_str"),
                             (H.PROBE_READ_KERNEL_STR, "bpf_probe_read_kernel_str"),

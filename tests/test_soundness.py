@@ -334,6 +334,15 @@ CASES = [
     out:
         mov r0, 0
         exit"""), ProgType.SOCKET_FILTER, None, maps=(ring,)),
+    # A helper that only reads the context takes it unmodified, as those that change the packet.
+    *(Case(f"socket-cookie-of-the-context{suffix}", f"""
+        {move}
+        call 46
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, why, kernel) for suffix, move, why, kernel in (
+        ("", "mov r2, 0", None, ""),
+        ("-moved-back", "add r1, -612", "negative offset ctx ptr r1 off=-612", "negative offset ctx ptr R1 off=-612"),
+        ("-replaced-by-0", "mov r1, 0", "r1 type=scalar expected=ctx", "R1 type=scalar expected=ctx"))),
     # A ring buffer record is memory of the reserved (constant) size: writes and helper
     # arguments inside it are allowed, past it refused; the size must be a known constant.
     Case("ringbuf-record-written-within-its-size", reserved("""

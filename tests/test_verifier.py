@@ -209,7 +209,7 @@ REJECTIONS: list[tuple[str, str | bytes, dict[str, Any], str, int | None]] = [
      "points outside the stack", 4),
     ("helper-scalar-argument-pointer", "call 3\nmov r0, 0\nexit", UNPRIV, "r1 holds a pointer", 0),
     ("helper-ctx-argument", "mov r1, r10\nmov r2, 0\ncall 4\nmov r0, 0\nexit", {"context": XDP},
-     "must be the unmodified context pointer", 2),
+     "expected=ctx: the helper takes the unmodified context pointer", 2),
     ("packet-pointer-after-ctx-helper",
      "mov r6, r1\nldxw r2, [r1]\nldxw r3, [r1+4]\nmov r4, r2\nadd r4, 8\njgt r4, r3, +5\nmov r1, r6\nmov r7, r2\n"
      "mov r2, 0\ncall 4\nldxb r0, [r7]\nmov r0, 1\nexit", {"context": XDP}, "it holds a scalar", 10),
@@ -724,7 +724,7 @@ def test_api_inputs() -> None:
 def test_declarations_are_checked() -> None:
     assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
                                          "size_or_zero", "ctx", "uninit_mem", "uninit_value", "released",
-                                         "uninit_long", "alloc_size"]
+                                         "uninit_long", "ctx_read", "ctx_or_null", "alloc_size"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "void", "acquired_mem_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})

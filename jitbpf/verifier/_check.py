@@ -1187,10 +1187,8 @@ class Checker:
                     if pending is not None:
                         self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
                         pending = None
-                case ArgType.CTX:
-                    reg = self._read(regs, r)
-                    if reg.type is not Pt.PTR_TO_CTX or reg.off or not reg.var.is_const:
-                        self.reject(f"r{r} must be the unmodified context pointer, not {reg}")
+                case ArgType.CTX | ArgType.CTX_READ | ArgType.CTX_OR_NULL:
+                    self._ctx_arg(regs, r, kind)
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)
                     if not reg.ref or reg.type is not Pt.PTR_TO_BUF:
@@ -1228,6 +1226,22 @@ class Checker:
                     else:
                         frame.stack[-i - 1] = (MISC,) * 8
         # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
+
+    def _ctx_arg(self, regs: list[Reg], r: int, kind: ArgType) -> None:
+        """A context argument: the unmodified context pointer (or 0, for CTX_OR_NULL). Programs
+        without a context type may give the helpers that only read it anything."""
+        reg = self._read(regs, r)
+        if kind is ArgType.CTX_OR_NULL and reg.type is Pt.SCALAR and reg.var == sc.ZERO:
+            self._precise(r)
+            return
+        if kind is not ArgType.CTX and self.context.size is None:
+            return
+        if reg.type is not Pt.PTR_TO_CTX:
+            self.reject(f"r{r} type={reg.type.value} expected=ctx: the helper takes the unmodified context pointer")
+        if reg.off < 0:
+            self.reject(f"negative offset ctx ptr r{r} off={reg.off} disallowed")
+        if reg.off or not reg.var.is_const:
+            self.reject(f"dereference of modified ctx ptr r{r} off={reg.off} disallowed (var_off={reg.var})")
 
     @staticmethod
     def _release(st: State, ref: int) -> None:

@@ -28,6 +28,10 @@ class ArgType(enum.Enum):
     UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
     RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
     UNINIT_LONG = "uninit_long"  # pointer to 8 writable bytes the helper fills (the kernel's ARG_PTR_TO_LONG)
+    # as CTX, but the helper only reads the context, so packet pointers stay valid; not checked
+    # in the raw-memory mode, which has no context
+    CTX_READ = "ctx_read"
+    CTX_OR_NULL = "ctx_or_null"  # as CTX_READ, or the constant 0
     ALLOC_SIZE = "alloc_size"  # a known constant: the size of the memory the helper returns (may be 0)
 
 
