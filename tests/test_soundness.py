@@ -343,6 +343,15 @@ CASES = [
         ("", "mov r2, 0", None, ""),
         ("-moved-back", "add r1, -612", "negative offset ctx ptr r1 off=-612", "negative offset ctx ptr R1 off=-612"),
         ("-replaced-by-0", "mov r1, 0", "r1 type=scalar expected=ctx", "R1 type=scalar expected=ctx"))),
+    # Only lwt_xmit programs may grow the packet's headroom.
+    *(Case(f"{name}-makes-headroom", """
+        mov r2, 34
+        mov r3, 0
+        call 43
+        mov r0, 0
+        exit""", kind, why, kernel) for name, kind, why, kernel in (
+        ("lwt-xmit", ProgType.LWT_XMIT, None, ""),
+        ("lwt-out", ProgType.LWT_OUT, "may not call helper", "program of this type cannot use helper bpf_skb_change_head#43"))),
     # A ring buffer record is memory of the reserved (constant) size: writes and helper
     # arguments inside it are allowed, past it refused; the size must be a known constant.
     Case("ringbuf-record-written-within-its-size", reserved("""
