@@ -351,7 +351,8 @@ CASES = [
         mov r0, 0
         exit""", kind, why, kernel) for name, kind, why, kernel in (
         ("lwt-xmit", ProgType.LWT_XMIT, None, ""),
-        ("lwt-out", ProgType.LWT_OUT, "may not call helper", "program of this type cannot use helper bpf_skb_change_head#43"))),
+        ("lwt-out", ProgType.LWT_OUT, "may not call helper",
+         "program of this type cannot use helper bpf_skb_change_head#43"))),
     # A ring buffer record is memory of the reserved (constant) size: writes and helper
     # arguments inside it are allowed, past it refused; the size must be a known constant.
     Case("ringbuf-record-written-within-its-size", reserved("""
