@@ -353,6 +353,20 @@ CASES = [
         ("lwt-xmit", ProgType.LWT_XMIT, None, ""),
         ("lwt-out", ProgType.LWT_OUT, "may not call helper",
          "program of this type cannot use helper bpf_skb_change_head#43"))),
+    # Stack accesses are aligned to their size, whatever the loader's flags (the kernel's spill
+    # tracking relies on it); a variable offset must keep them aligned too.
+    *(Case(f"stack-{name}", f"""
+        {body}
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, why, kernel) for name, body, why, kernel in (
+        ("word-store-aligned", "stw [r10-12], 0", None, ""),
+        ("word-store-misaligned", "stw [r10-6], 0", "misaligned stack access off 0+0+-6 size 4",
+         "misaligned stack access off 0+0+-6 size 4"),
+        ("byte-store-anywhere", "stb [r10-7], 0", None, ""),
+        ("load-misaligned", "stdw [r10-8], 0\n ldxh r0, [r10-3]", "misaligned stack access", "misaligned stack access"),
+        ("variable-offset-misaligned",
+         "ldxw r2, [r1]\n and r2, 4\n mov r3, r10\n add r3, r2\n stdw [r3-16], 0", "misaligned stack access",
+         "misaligned stack access off (0x0; 0x4)+0+-16 size 8"))),
     # A ring buffer record is memory of the reserved (constant) size: writes and helper
     # arguments inside it are allowed, past it refused; the size must be a known constant.
     Case("ringbuf-record-written-within-its-size", reserved("""

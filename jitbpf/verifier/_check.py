@@ -873,6 +873,11 @@ class Checker:
     def _stack_access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
                       signed: bool) -> Reg | None:
         lo, hi = self._var_bounds(ptr, r, off, size)
+        at = sc.alu(AluOp.ADD, ptr.var, sc.const(ptr.off + off), 64)
+        if (at.value | at.mask) & (size - 1):
+            # Always, whatever the loader's flags (as the kernel: its spill tracking needs it).
+            var = str(sc.to_signed(ptr.var.value)) if ptr.var.is_const else f"({ptr.var.value:#x}; {ptr.var.mask:#x})"
+            self.reject(f"misaligned stack access off {var}+{ptr.off}+{off} size {size} through r{r}")
         if lo < STACK_BOTTOM or hi > 0:
             what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
             self.reject(f"invalid {what} stack r{r} off={lo} size={size}: invalid stack access, "
