@@ -96,6 +96,11 @@ USE_R8 = """
     add r9, r8
     stb [r9+0], 0
 """
+# A subprogram f returning 0.
+LOCAL_F = """
+    f:
+        mov r0, 0
+        exit"""
 # __sk_buff: r2 = data, r3 = data_end, and r2 + 1 <= r3 proven on the fall-through edge.
 SKB_ONE_BYTE = """
     ldxw r2, [r1+76]
@@ -367,6 +372,16 @@ CASES = [
         ("variable-offset-misaligned",
          "ldxw r2, [r1]\n and r2, 4\n mov r3, r10\n add r3, r2\n stdw [r3-16], 0", "misaligned stack access",
          "misaligned stack access off (0x0; 0x4)+0+-16 size 8"))),
+    # r1-r5 are scratch after a helper call, a local call or a legacy packet load; r6-r9 are kept.
+    *(Case(f"{name}-then-r{reg}", f"""
+        mov r6, r1
+        mov r2, 1
+        {call}
+        mov r0, r{reg}
+        exit{LOCAL_F if "local" in call else ""}""", ProgType.SOCKET_FILTER, None if reg == 6 else f"read of uninitialised register r{reg}",
+           "" if reg == 6 else f"R{reg} !read_ok") for name, call in (
+        ("helper-call", "call 7"), ("local-call", "call local f"), ("legacy-load", "ldabsb 0"))
+      for reg in (2, 6)),
     # A ring buffer record is memory of the reserved (constant) size: writes and helper
     # arguments inside it are allowed, past it refused; the size must be a known constant.
     Case("ringbuf-record-written-within-its-size", reserved("""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
-from jitbpf.contract import ARG_REGS, CALLEE_SAVED
+from jitbpf.contract import ARG_REGS, CALLEE_SAVED, scratch_args
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.maps import BPF_F_RDONLY_PROG
@@ -729,7 +729,7 @@ class Checker:
                 self.reject("at the time of BPF_LD_ABS|IND R6 != pointer to skb")
         if info.kind is Kind.LD_IND:
             self._scalar_arg(regs, insn.src, "legacy packet load offset")
-        if typed:
+        if scratch_args(typed):
             for r in range(1, 6):
                 regs[r] = NOT_INIT
         regs[0] = Reg(Pt.SCALAR, sc.urange(0, (1 << (8 * info.size)) - 1))
@@ -1230,7 +1230,9 @@ class Checker:
                         frame.regs[i] = UNKNOWN_SCALAR
                     else:
                         frame.stack[-i - 1] = (MISC,) * 8
-        # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
+        if scratch_args(self.context.size is not None):
+            for r in range(1, 6):
+                regs[r] = NOT_INIT
 
     def _ctx_arg(self, regs: list[Reg], r: int, kind: ArgType) -> None:
         """A context argument: the unmodified context pointer (or 0, for CTX_OR_NULL). Programs
@@ -1280,10 +1282,12 @@ class Checker:
         def dangling(reg: Reg) -> bool:
             return reg.type is Pt.PTR_TO_STACK and reg.aux >= gone
 
-        # r0-r5 come back from the callee (this VM shares them); r6-r9 are the caller's own.
+        # r0 comes back from the callee, and r1-r5 unless they are scratch (then unreadable);
+        # r6-r9 are the caller's own.
+        scratch = scratch_args(self.context.size is not None)
         for i in range(6):
             reg = callee.regs[i]
-            caller[i] = NOT_INIT if dangling(reg) else reg
+            caller[i] = NOT_INIT if dangling(reg) or (i and scratch) else reg
         for frame in st.frames:
             for i, slot in enumerate(frame.stack):
                 if type(slot) is Reg and dangling(slot):
