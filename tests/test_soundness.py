@@ -378,8 +378,9 @@ CASES = [
         mov r2, 1
         {call}
         mov r0, r{reg}
-        exit{LOCAL_F if "local" in call else ""}""", ProgType.SOCKET_FILTER, None if reg == 6 else f"read of uninitialised register r{reg}",
-           "" if reg == 6 else f"R{reg} !read_ok") for name, call in (
+        exit{LOCAL_F if "local" in call else ""}""", ProgType.SOCKET_FILTER,
+           None if reg == 6 else f"read of uninitialised register r{reg}", "" if reg == 6 else f"R{reg} !read_ok")
+      for name, call in (
         ("helper-call", "call 7"), ("local-call", "call local f"), ("legacy-load", "ldabsb 0"))
       for reg in (2, 6)),
     # A ring buffer record is memory of the reserved (constant) size: writes and helper
