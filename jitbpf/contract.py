@@ -33,6 +33,20 @@ DEFAULT_BUDGET = 1_000_000  # instructions one run may execute
 MAX_TAIL_CALLS = 32  # chained tail calls per run (as the kernel)
 ARG_REGS = 0b111110  # r1-r5 as a register mask: a helper's arguments, scratch after a call
 CALLEE_SAVED = 0b11111000000  # r6-r10 as a register mask: kept across calls
+# What r1-r5 hold after a helper call in a verified program of a program type (see scratch_args).
+SCRATCH_POISON = 0x5C5C_5C5C_5C5C_5C5C
+
+
+def scratch_args(typed: bool) -> bool:
+    """Whether r1-r5 are scratch after a helper call, a local call or LD_ABS/LD_IND.
+
+    Programs of a kernel program type (``typed``) follow the kernel's calling convention: they
+    are, so the verifier refuses to read them, and the interpreter overwrites them with
+    SCRATCH_POISON after helper calls in verified programs, so that a read the verifier let
+    through shows in a differential run. Programs without a type (raw memory, as rbpf runs
+    them) keep r1-r5 across calls, which programs written for rbpf rely on.
+    """
+    return typed
 
 
 class HelperExit(Exception):

@@ -35,6 +35,11 @@ class ArgType(enum.Enum):
     UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
     RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
     UNINIT_LONG = "uninit_long"  # pointer to 8 writable bytes the helper fills (the kernel's ARG_PTR_TO_LONG)
+    # as CTX, but the helper only reads the context, so packet pointers stay valid; not checked
+    # in the raw-memory mode, which has no context
+    CTX_READ = "ctx_read"
+    CTX_OR_NULL = "ctx_or_null"  # as CTX_READ, or the constant 0
+    ALLOC_SIZE = "alloc_size"  # a known constant: the size of the memory the helper returns (may be 0)
 
 
 class RetType(enum.Enum):
@@ -42,15 +47,17 @@ class RetType(enum.Enum):
 
     SCALAR = "scalar"  # a number
     MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0
-    # as MAP_VALUE_OR_NULL, but acquired: the program must pass it to a RELEASED argument before it exits
-    ACQUIRED_VALUE_OR_NULL = "acquired_value_or_null"
+    # memory of the ALLOC_SIZE argument's size, or 0; acquired: the program must pass it to a
+    # RELEASED argument before it exits (a ring buffer record)
+    ACQUIRED_MEM_OR_NULL = "acquired_mem_or_null"
     VOID = "void"  # nothing usable: r0 is unreadable afterwards
 
 
 # Arguments that carry a pointer the helper follows: a C helper trusts these, so it is called
 # directly only where the verifier checked them.
 POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, ArgType.UNINIT_MEM,
-                          ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.ANYTHING, ArgType.RELEASED})
+                          ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
+                          ArgType.ANYTHING, ArgType.RELEASED})
 
 
 @dataclass(frozen=True)

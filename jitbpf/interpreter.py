@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from jitbpf.cfg import Block, ControlFlow
-from jitbpf.contract import MAX_CALL_DEPTH, HelperExit, TailCall
+from jitbpf.contract import MAX_CALL_DEPTH, SCRATCH_POISON, HelperExit, TailCall
 from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep
 from jitbpf.helpers import Helper
 from jitbpf.isa import (
@@ -113,8 +113,9 @@ class CompiledBlocks:
 class Translator:
     """Turns instructions into Python statements using the opcode table's semantics."""
 
-    def __init__(self, resolve_lddw: Callable[[int, Instruction], int]) -> None:
+    def __init__(self, resolve_lddw: Callable[[int, Instruction], int], scratch: bool = False) -> None:
         self.resolve_lddw = resolve_lddw
+        self.scratch = scratch  # overwrite r1-r5 after helper calls (see contract.scratch_args)
 
     @staticmethod
     def _operands(insn: Instruction, info: OpInfo) -> tuple[str, str]:
@@ -170,8 +171,10 @@ class Translator:
                 return [f"return {targets[pc]} if {self._expr(info.py, a, b)} else {pc + 1}"]
             case Kind.CALL | Kind.CALLX:
                 helper = str(insn.imm) if kind is Kind.CALL else f"R[{d}]"
-                # r1-r5 survive helper calls (rbpf's semantics, which the seed's fib example uses).
-                return [f"R[0] = E.call({helper}, R[1], R[2], R[3], R[4], R[5], {pc})"]
+                call = f"R[0] = E.call({helper}, R[1], R[2], R[3], R[4], R[5], {pc})"
+                if not self.scratch:
+                    return [call]  # r1-r5 survive (rbpf's semantics, which the seed's fib example uses)
+                return [call, f"R[1] = R[2] = R[3] = R[4] = R[5] = {SCRATCH_POISON:#x}"]
             case Kind.CALL_LOCAL:
                 return [f"return {CALL}"]
             case Kind.EXIT:

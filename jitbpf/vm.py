@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
-from jitbpf.contract import DEFAULT_BUDGET, MAX_TAIL_CALLS, STACK_BYTES, Engine, TailCall
+from jitbpf.contract import DEFAULT_BUDGET, MAX_TAIL_CALLS, STACK_BYTES, Engine, TailCall, scratch_args
 from jitbpf.errors import AccessError, BpfError, ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
@@ -393,7 +393,9 @@ class VM(ProgramRunners):
                            budget: int, tail_calls_left: int) -> int:
         self.check()
         if self._blocks is None:
-            self._blocks = Translator(self.resolve_lddw).translate(self.flow)
+            spec = self.context_spec()
+            scratch = self.verify_enabled and scratch_args(spec is not None and spec.size is not None)
+            self._blocks = Translator(self.resolve_lddw, scratch).translate(self.flow)
         state = self._state()
         state.begin(mem, extra, tail_calls_left)
         env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))

@@ -142,8 +142,9 @@ def _relocate(code: bytes, fds: Mapping[int, int]) -> bytes:
 
 
 def kernel_verify(code: bytes, prog_type: int, maps: Mapping[int, KernelMap] | None = None,
-                  expected_attach_type: int = 0) -> Verdict:
-    """Load ``code`` as a program of ``prog_type`` (enum bpf_prog_type) and unload it again."""
+                  expected_attach_type: int = 0, prog_flags: int = 0) -> Verdict:
+    """Load ``code`` as a program of ``prog_type`` (enum bpf_prog_type; ``prog_flags``: its
+    BPF_F_* load flags) and unload it again."""
     with _maps(maps or {}) as fds:
         text = _relocate(code, fds)
         insns = ctypes.create_string_buffer(text, len(text))
@@ -151,7 +152,8 @@ def kernel_verify(code: bytes, prog_type: int, maps: Mapping[int, KernelMap] | N
         log = ctypes.create_string_buffer(LOG_SIZE)
         attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(text) // 8, insns=ctypes.addressof(insns),
                          license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE,
-                         log_buf=ctypes.addressof(log), expected_attach_type=expected_attach_type)
+                         log_buf=ctypes.addressof(log), prog_flags=prog_flags,
+                         expected_attach_type=expected_attach_type)
         fd, err = _bpf(BPF_PROG_LOAD, attr)
         message = log.value.decode(errors="replace")
         if fd >= 0:

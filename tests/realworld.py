@@ -187,7 +187,8 @@ def _run_one(prog: ElfProgram, vm: Any, frame: bytes, engine: str) -> _Run:
         action, packet = vm.run_xdp(frame, engine=engine)
         return _Run(int(action) & MASK32, packet)
     if kind in (ProgType.SCHED_CLS, ProgType.SCHED_ACT):
-        verdict, packet = vm.run_tc(frame, engine=engine)
+        # As the kernel's test run: the skb arrives on no interface (loopback is its device).
+        verdict, packet = vm.run_tc(frame, engine=engine, ingress_ifindex=0)
         return _Run(int(verdict) & MASK32, packet)
     proto = int.from_bytes(frame[12:14], "little")
     if kind is ProgType.SOCKET_FILTER:
@@ -291,12 +292,16 @@ def _compare_kernel(entry: Entry, path: Path, name: str, packets: Sequence[tuple
         assert ref is not None
         if isinstance(mine, str):
             return Outcome(entry.id, name, Status.RUN_ERROR, f"{frame_name}: {mine}")
-        packet = frame if int(kprog.prog_type) in L3_TYPES else mine.packet  # these cannot change it
-        if mine.retval & MASK32 != ref.retval or packet != ref.packet:
+        packet, kpacket = mine.packet, ref.packet
+        if int(kprog.prog_type) in L3_TYPES:
+            # These see the frame from the network header on and cannot change it; the kernel's
+            # test run hands it back with the Ethernet header zeroed.
+            packet, kpacket = frame[ETH_HLEN:], kpacket[ETH_HLEN:]
+        if mine.retval & MASK32 != ref.retval or packet != kpacket:
             return Outcome(entry.id, name, Status.KERNEL_DIFFERS,
                            f"{frame_name}: jitbpf r0={mine.retval:#x} len={len(packet)}, "
-                           f"kernel r0={ref.retval:#x} len={len(ref.packet)}"
-                           + ("" if packet == ref.packet else ", packets differ"))
+                           f"kernel r0={ref.retval:#x} len={len(kpacket)}"
+                           + ("" if packet == kpacket else ", packets differ"))
     for map_name, items in ours.maps.items():
         kname = _kernel_name(map_name, kmaps)
         if kname is not None and items != kmaps[kname]:

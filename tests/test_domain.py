@@ -123,6 +123,20 @@ def _concrete(op: int, bits: int, signed: bool) -> Callable[[int, int], int]:
 
 
 @pytest.mark.parametrize("bits", WIDTHS)
+@PROPERTY
+@given(value=st.integers(0, 0xFFFF), counts=st.lists(st.integers(0, 15), min_size=2, max_size=4, unique=True))
+def test_left_shift_by_a_bounded_count_stays_bounded(bits: int, value: int, counts: list[int]) -> None:
+    """Counts met at a join (one constant per path) shift a bounded value to a bounded one."""
+    byte = sc.join(sc.const(0, bits), sc.const(value, bits), bits)
+    count = sc.const(counts[0], bits)
+    for c in counts[1:]:
+        count = sc.join(count, sc.const(c, bits), bits)
+    shifted = sc.alu(AluOp.LSH, byte, count, bits)
+    assert shifted.umax <= byte.umax << max(counts)
+    assert all(contains(shifted, x << c, bits) for x in (0, value) for c in counts)
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
 @pytest.mark.parametrize(("op", "signed"), [*BINARY, (AluOp.NEG, False)],
                          ids=lambda v: AluOp(v).name if isinstance(v, AluOp) else str(v))
 @PROPERTY

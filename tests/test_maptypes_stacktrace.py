@@ -8,7 +8,8 @@ import errno
 
 import pytest
 
-from jitbpf.errors import MapError
+from jitbpf.asm import assemble
+from jitbpf.errors import MapError, VerifierError
 from jitbpf.linux.maps import BPF_F_REUSE_STACKID, BPF_F_USER_STACK, MapType, StackTraceMap, create_map
 from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
@@ -93,3 +94,56 @@ def test_shapes_and_updates_agree_with_the_kernel(ks: int, vs: int, n: int) -> N
         assert theirs_map.update(key, bytes(vs)) == errno.EINVAL  # stacks come from bpf_get_stackid only
         assert theirs_map.lookup(key, vs)[0] == errno.ENOENT and ours.get(0) is None
         assert theirs_map.delete(key) == errno.ENOENT
+
+
+# bpf_get_stack into 24 bytes of stack: r0 = the result, or (word >= 0) that word of the buffer.
+GET_STACK = """
+    stdw [r10-24], -1
+    stdw [r10-16], -1
+    stdw [r10-8], -1
+    mov r2, r10
+    add r2, -24
+    mov r3, {size}
+    mov r4, {flags}
+    call 67
+    {load}
+    exit
+"""
+
+
+def _get_stack(engine: str, flags: int = 0, size: int = 24, word: int = -1, kernel: list[int] | None = None) -> int:
+    load_word = f"ldxdw r0, [r10-{24 - 8 * word}]" if word >= 0 else ""
+    vm: VM = load(GET_STACK.format(size=size, flags=flags, load=load_word), prog_type=ProgType.KPROBE)
+    vm.std.host.kernel_stack = KERNEL if kernel is None else kernel
+    vm.std.host.user_stack = USER
+    return s64(vm.run_context(engine=engine).retval)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_get_stack_copies_the_hosts_stacks(engine: str) -> None:
+    assert _get_stack(engine) == 24
+    assert [_get_stack(engine, word=i) for i in range(3)] == [s64(ip) for ip in KERNEL]
+    assert _get_stack(engine, size=16) == 16  # truncated to the buffer
+    assert _get_stack(engine, BPF_F_USER_STACK) == 16
+    assert _get_stack(engine, BPF_F_USER_STACK, word=2) == 0  # zero past the copy
+    assert _get_stack(engine, 1, word=0) == s64(KERNEL[1])  # one frame skipped
+    assert _get_stack(engine, 3) == 0  # every frame skipped: nothing copied, not an error
+    assert _get_stack(engine, kernel=[], word=0) == 0
+    assert _get_stack(engine, size=12) == -errno.EINVAL  # not a whole number of addresses
+    assert _get_stack(engine, 1 << 11, word=1) == 0  # build ids: EINVAL, the buffer cleared
+    assert _get_stack(engine, size=0) == 0
+
+
+@pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
+@pytest.mark.parametrize(("size", "accepted"), [(24, True), (0, True), (32, False)])
+def test_get_stack_buffer_is_checked_as_the_kernel_does(size: int, accepted: bool) -> None:
+    code = assemble(GET_STACK.format(size=size, flags=0, load="mov r0, 0"))
+    vm = VM(code, prog_type=ProgType.KPROBE)
+    vm.use_standard_helpers()
+    try:
+        vm.check()
+        ours = True
+    except VerifierError:
+        ours = False
+    assert ours is accepted
+    assert kernel_oracle.kernel_verify(code, 2).accepted is accepted

@@ -76,6 +76,31 @@ XDP_VAR = """
     add r4, 1
     add r2, r4
 """
+# XDP: r2 = data, r3 = data_end, and eight paths with as many values of r8, which USE_R8 makes
+# precise (a stack offset), so that the paths cannot be pruned by one another.
+EIGHT_PATHS = """
+    ldxw r2, [r1]
+    ldxw r3, [r1+4]
+    ldxw r5, [r1+12]
+    mov r8, 0
+    jgt r5, 1, +1
+    or r8, 8
+    jgt r5, 2, +1
+    or r8, 16
+    jgt r5, 3, +1
+    or r8, 32
+"""
+USE_R8 = """
+    mov r9, r10
+    add r9, -64
+    add r9, r8
+    stb [r9+0], 0
+"""
+# A subprogram f returning 0.
+LOCAL_F = """
+    f:
+        mov r0, 0
+        exit"""
 # __sk_buff: r2 = data, r3 = data_end, and r2 + 1 <= r3 proven on the fall-through edge.
 SKB_ONE_BYTE = """
     ldxw r2, [r1+76]
@@ -314,7 +339,165 @@ CASES = [
     out:
         mov r0, 0
         exit"""), ProgType.SOCKET_FILTER, None, maps=(ring,)),
-
+    # A helper that only reads the context takes it unmodified, as those that change the packet.
+    *(Case(f"socket-cookie-of-the-context{suffix}", f"""
+        {move}
+        call 46
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, why, kernel) for suffix, move, why, kernel in (
+        ("", "mov r2, 0", None, ""),
+        ("-moved-back", "add r1, -612", "negative offset ctx ptr r1 off=-612", "negative offset ctx ptr R1 off=-612"),
+        ("-replaced-by-0", "mov r1, 0", "r1 type=scalar expected=ctx", "R1 type=scalar expected=ctx"))),
+    # Only lwt_xmit programs may grow the packet's headroom.
+    *(Case(f"{name}-makes-headroom", """
+        mov r2, 34
+        mov r3, 0
+        call 43
+        mov r0, 0
+        exit""", kind, why, kernel) for name, kind, why, kernel in (
+        ("lwt-xmit", ProgType.LWT_XMIT, None, ""),
+        ("lwt-out", ProgType.LWT_OUT, "may not call helper",
+         "program of this type cannot use helper bpf_skb_change_head#43"))),
+    # Stack accesses are aligned to their size, whatever the loader's flags (the kernel's spill
+    # tracking relies on it); a variable offset must keep them aligned too.
+    *(Case(f"stack-{name}", f"""
+        {body}
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, why, kernel) for name, body, why, kernel in (
+        ("word-store-aligned", "stw [r10-12], 0", None, ""),
+        ("word-store-misaligned", "stw [r10-6], 0", "misaligned stack access off 0+0+-6 size 4",
+         "misaligned stack access off 0+0+-6 size 4"),
+        ("byte-store-anywhere", "stb [r10-7], 0", None, ""),
+        ("load-misaligned", "stdw [r10-8], 0\n ldxh r0, [r10-3]", "misaligned stack access", "misaligned stack access"),
+        ("variable-offset-misaligned",
+         "ldxw r2, [r1]\n and r2, 4\n mov r3, r10\n add r3, r2\n stdw [r3-16], 0", "misaligned stack access",
+         "misaligned stack access off (0x0; 0x4)+0+-16 size 8"))),
+    # r1-r5 are scratch after a helper call, a local call or a legacy packet load; r6-r9 are kept.
+    *(Case(f"{name}-then-r{reg}", f"""
+        mov r6, r1
+        mov r2, 1
+        {call}
+        mov r0, r{reg}
+        exit{LOCAL_F if "local" in call else ""}""", ProgType.SOCKET_FILTER,
+           None if reg == 6 else f"read of uninitialised register r{reg}", "" if reg == 6 else f"R{reg} !read_ok")
+      for name, call in (
+        ("helper-call", "call 7"), ("local-call", "call local f"), ("legacy-load", "ldabsb 0"))
+      for reg in (2, 6)),
+    # A ring buffer record is memory of the reserved (constant) size: writes and helper
+    # arguments inside it are allowed, past it refused; the size must be a known constant.
+    Case("ringbuf-record-written-within-its-size", reserved("""
+        jeq r0, 0, out
+        stdw [r0+8], 1
+        mov r1, r0
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, None, maps=(ring,)),
+    Case("ringbuf-record-written-past-its-size", reserved("""
+        jeq r0, 0, out
+        stdw [r0+12], 1
+        mov r1, r0
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, "mem_size=16 off=12 size=8",
+         "invalid access to memory, mem_size=16 off=12 size=8", (ring,)),
+    Case("ringbuf-record-written-before-the-null-check", reserved("""
+        stdw [r0+0], 1
+        mov r0, 0
+        exit"""), ProgType.SOCKET_FILTER, "possible null pointer dereference",
+         "invalid mem access 'ringbuf_mem_or_null'", (ring,)),
+    *(Case(f"ringbuf-record-filled-by-a-helper-{n}-bytes", f"""
+        mov r9, r1
+        lddw r1, map:RB
+        mov r2, 16
+        mov r3, 0
+        call 131
+        jeq r0, 0, out
+        mov r7, r0
+        mov r1, r9
+        mov r2, 0
+        mov r3, r7
+        mov r4, {n}
+        call 26
+        mov r1, r7
+        mov r2, 0
+        call 133
+    out:
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, None if n <= 16 else "mem_size=16 off=0 size=17",
+           "" if n <= 16 else "invalid access to memory, mem_size=16 off=0 size=17", (ring,)) for n in (16, 17)),
+    Case("ringbuf-reserve-of-a-variable-size", """
+        ldxw r6, [r1]
+        and r6, 8
+        lddw r1, map:RB
+        mov r2, r6
+        mov r3, 0
+        call 131
+        jeq r0, 0, out
+        mov r1, r0
+        mov r2, 0
+        call 133
+    out:
+        mov r0, 0
+        exit""", ProgType.SOCKET_FILTER, "is not a known constant", "R2 is not a known constant", (ring,)),
+    # States met at a join point are merged (jitbpf's widening, the kernel has none), but never
+    # where a packet range differs: the path without the proof sets a flag (r7) beside the check,
+    # tested before the packet store.
+    *(Case(f"packet-proof-kept-apart-from-a-flag-{'checked' if checked else 'unchecked'}", EIGHT_PATHS + f"""
+        mov r4, r2
+        add r4, 4
+        jgt r4, r3, +2
+        mov r7, 0
+        ja +1
+        mov r7, -22
+        lsh r7, 32
+        rsh r7, 32
+        {"jne r7, 0, +1" if checked else "ja +0"}
+        stw [r2+0], 1
+        {USE_R8}
+        mov r0, 2
+        exit""", ProgType.XDP, None if checked else "invalid access to packet",
+           "" if checked else "invalid access to packet") for checked in (True, False)),
+    # ... nor where a spilled pointer differs (its offset): the merge would make it a number.
+    Case("spilled-pointers-kept-apart", EIGHT_PATHS + """
+        jgt r5, 4, +3
+        mov r7, r10
+        add r7, -8
+        ja +2
+        mov r7, r10
+        add r7, -16
+        stxdw [r10-24], r7
+        mov r0, 0
+        jgt r5, 5, +1
+        mov r0, 1
+        ldxdw r1, [r10-24]
+        stdw [r1+0], 0
+""" + USE_R8 + """
+        mov r0, 2
+        exit""", ProgType.XDP, None),
+    # A shift count may differ: counts 2 or 3 of a byte keep the value bounded, so
+    # that adding it to a packet pointer is allowed (the kernel sees only one count per path).
+    Case("packet-offset-shifted-by-merged-counts", EIGHT_PATHS + """
+        mov r6, 2
+        jgt r5, 4, +1
+        mov r6, 3
+        mov r4, r2
+        add r4, 1
+        jgt r4, r3, out
+        ldxb r0, [r2+0]
+        lsh r0, r6
+        add r2, r0
+        mov r4, r2
+        add r4, 1
+        jgt r4, r3, out
+        stb [r2+0], 1
+""" + USE_R8 + """
+    out:
+        mov r0, 2
+        exit""", ProgType.XDP, None),
 ]
 
 

@@ -68,7 +68,7 @@ def test_helper_table() -> None:
     by_id = {h.id: h for h in helpers}
     assert by_id[HelperId.MAP_LOOKUP_ELEM].args == ("map", "key")
     assert by_id[HelperId.MAP_LOOKUP_ELEM].ret == "map_value_or_null"
-    assert by_id[HelperId.RINGBUF_RESERVE].ret == "acquired_value_or_null"
+    assert by_id[HelperId.RINGBUF_RESERVE].ret == "acquired_mem_or_null"
 
 
 def test_standard_helpers_are_not_the_default() -> None:

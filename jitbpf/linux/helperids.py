@@ -63,7 +63,7 @@ class HelperId(enum.IntEnum):
     MSG_PULL_DATA = 63  # bpf_msg_pull_data
     BIND = 64  # bpf_bind
     XDP_ADJUST_TAIL = 65  # bpf_xdp_adjust_tail
-    GET_STACK = 67  # bpf_get_stack
+    GET_STACK = 67  # bpf_get_stack(ctx, buf, size, flags) -> bytes of return addresses copied or -errno
     SKB_LOAD_BYTES_RELATIVE = 68  # bpf_skb_load_bytes_relative
     FIB_LOOKUP = 69  # bpf_fib_lookup
     SOCK_HASH_UPDATE = 70  # bpf_sock_hash_update

@@ -232,20 +232,20 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
     return [
         Helper(H.CSUM_DIFF, "bpf_csum_diff", csum_diff_helper,
                ("mem", "size_or_zero", "mem", "size_or_zero", "scalar")),
-        # The ctx is "ignored" (never read): a "ctx" argument would make the verifier drop packet
-        # pointers, as for helpers that move the packet, which bpf_fib_lookup does not.
-        Helper(H.FIB_LOOKUP, "bpf_fib_lookup", fib_lookup, ("ignored", "mem", "size", "scalar")),
+        # The ctx is only read ("ctx_read"): packet pointers stay valid, as bpf_fib_lookup does not
+        # move the packet.
+        Helper(H.FIB_LOOKUP, "bpf_fib_lookup", fib_lookup, ("ctx_read", "mem", "size", "scalar")),
         Helper(H.GET_CURRENT_TASK, "bpf_get_current_task", current_task),
         Helper(H.GET_CURRENT_TASK_BTF, "bpf_get_current_task_btf", current_task),
         Helper(H.GET_NS_CURRENT_PID_TGID, "bpf_get_ns_current_pid_tgid", ns_current_pid_tgid,
                ("scalar", "scalar", "uninit_mem", "size")),
-        Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", constant("skb_hash"), ("ignored",)),
-        Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", constant("socket_cookie"), ("ignored",)),
-        Helper(H.GET_NETNS_COOKIE, "bpf_get_netns_cookie", constant("netns_cookie"), ("ignored",)),
+        Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", constant("skb_hash"), ("ctx_read",)),
+        Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", constant("socket_cookie"), ("ctx_read",)),
+        Helper(H.GET_NETNS_COOKIE, "bpf_get_netns_cookie", constant("netns_cookie"), ("ctx_or_null",)),
         *(Helper(hid, name, probe_read_str, ("uninit_mem", "size_or_zero", "anything"))
           for hid, name in ((H.PROBE_READ_STR, "bpf_probe_read_str"),
                             (H.PROBE_READ_KERNEL_STR, "bpf_probe_read_kernel_str"),
                             (H.PROBE_READ_USER_STR, "bpf_probe_read_user_str"))),
         Helper(H.SEND_SIGNAL, "bpf_send_signal", send_signal),
-        Helper(H.GET_FUNC_IP, "bpf_get_func_ip", constant("func_ip"), ("ignored",)),
+        Helper(H.GET_FUNC_IP, "bpf_get_func_ip", constant("func_ip"), ("ctx_read",)),
     ]

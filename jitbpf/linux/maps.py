@@ -742,6 +742,18 @@ BPF_F_USER_STACK = 1 << 8  # the user stack instead of the kernel's
 BPF_F_FAST_STACK_CMP = 1 << 9  # accepted: stacks are always compared in full here
 BPF_F_REUSE_STACKID = 1 << 10  # a different stack with the same id replaces the old one (else EEXIST)
 _STACKID_FLAGS = BPF_F_SKIP_FIELD_MASK | BPF_F_USER_STACK | BPF_F_FAST_STACK_CMP | BPF_F_REUSE_STACKID
+_GET_STACK_FLAGS = BPF_F_SKIP_FIELD_MASK | BPF_F_USER_STACK  # build ids (1 << 11) are not known here: EINVAL
+
+
+def copy_stack(stack: list[int], flags: int, size: int) -> tuple[int, bytes]:
+    """``bpf_get_stack`` over ``stack`` (innermost first) into a buffer of ``size`` bytes: the
+    result (bytes of addresses copied, or a negative errno) and the buffer's new contents, zero
+    past the copy (all zero on an error). Every frame skipped, or none at all, copies 0 bytes."""
+    if flags & ~_GET_STACK_FLAGS or size % 8:
+        return -errno.EINVAL, bytes(size)
+    ips = stack[flags & BPF_F_SKIP_FIELD_MASK :][: size // 8]
+    raw = struct.pack(f"<{len(ips)}Q", *(ip & 0xFFFF_FFFF_FFFF_FFFF for ip in ips))
+    return len(raw), raw.ljust(size, b"\0")
 
 
 class StackTraceMap(BpfMap):

@@ -275,8 +275,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
     sk = SkBuff
     skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end"}
     sk_common = ("family", "remote_ip4", "local_ip4", "remote_ip6", "local_ip6", "remote_port", "local_port")
-    lwt_xmit_helpers = {H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CLONE_REDIRECT, H.REDIRECT,
-                        H.SKB_CHANGE_TAIL}
+    lwt_xmit_helpers = {H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_UPDATE, H.CLONE_REDIRECT,
+                        H.REDIRECT, H.SKB_CHANGE_TAIL, H.SKB_CHANGE_HEAD}
     types = [
         ProgramType(
             ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _BASE | _SKB_READ,

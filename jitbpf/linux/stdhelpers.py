@@ -27,6 +27,7 @@ from jitbpf.linux.maps import (
     SockHash,
     SockMap,
     StackTraceMap,
+    copy_stack,
 )
 
 if TYPE_CHECKING:
@@ -399,6 +400,15 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         host = ctx.host
         return m.record(host.user_stack if r3 & BPF_F_USER_STACK else host.kernel_stack, r3) & MASK64
 
+    def get_stack(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        size = r3 & MASK32
+        need(r2, size, "bpf_get_stack", "buffer", write=True)
+        host = ctx.host
+        result, data = copy_stack(host.user_stack if r4 & BPF_F_USER_STACK else host.kernel_stack, r4, size)
+        if size:
+            memory().write(r2, data)
+        return result & MASK64
+
     # A program's socket argument names the socket of its context (StdContext.socket); a task or
     # inode argument is its address, which TaskStorage and InodeStorage key by.
     def storage_get(kind: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
@@ -583,7 +593,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         native_helper(h.RINGBUF_OUTPUT, "bpf_ringbuf_output", "jb_helper_ringbuf_output", ringbuf_output,
                       ("map", "mem", "size", "scalar")),
         native_helper(h.RINGBUF_RESERVE, "bpf_ringbuf_reserve", "jb_helper_ringbuf_reserve", ringbuf_reserve,
-                      ("map", "scalar", "scalar"), "acquired_value_or_null"),
+                      ("map", "alloc_size", "scalar"), "acquired_mem_or_null"),
         native_helper(h.RINGBUF_SUBMIT, "bpf_ringbuf_submit", "jb_helper_ringbuf_submit", ringbuf_submit,
                       ("released", "scalar"), "void"),
         native_helper(h.RINGBUF_DISCARD, "bpf_ringbuf_discard", "jb_helper_ringbuf_discard", ringbuf_discard,
@@ -594,6 +604,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
                ("map", "scalar")),
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
         Helper(h.GET_STACKID, "bpf_get_stackid", get_stackid, (ctx_arg, "map", "scalar")),
+        Helper(h.GET_STACK, "bpf_get_stack", get_stack, (ctx_arg, "uninit_mem", "size_or_zero", "scalar")),
         *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", "anything", "anything", "scalar"),
                  "map_value_or_null")
           for kind, mtype, get_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET),

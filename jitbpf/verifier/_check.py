@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
-from jitbpf.contract import ARG_REGS, CALLEE_SAVED
+from jitbpf.contract import ARG_REGS, CALLEE_SAVED, scratch_args
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.linux.maps import BPF_F_RDONLY_PROG
@@ -48,12 +48,15 @@ MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 LOG_LINES = 400  # lines of path kept for the error log
 
 Pt = RegType
-POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL,)
+# What a pointer that may be null becomes once compared against 0.
+NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_NULL: Pt.PTR_TO_BUF}
+POINTER_OR_NULL = tuple(NON_NULL)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
-NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP)  # compared with 0, the branch is known
-UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM)
+NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF)  # compared with 0, the branch is known
+UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF,
+                   Pt.PTR_TO_BUF_OR_NULL)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
 STACK_BOTTOM = -STACK_SIZE
 ALL_REGS = (1 << 11) - 1
@@ -728,8 +731,8 @@ class Checker:
         t = ptr.type
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
-        if t in (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
-            hint = " (compare it against 0 first)" if t is Pt.PTR_TO_MAP_VALUE_OR_NULL else ""
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
+            hint = " (compare it against 0 first)" if t in POINTER_OR_NULL else ""
             self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
             return ptr  # memory of unknown size: every access keeps its runtime check anyway
@@ -805,7 +808,7 @@ class Checker:
                 self.reject("at the time of BPF_LD_ABS|IND R6 != pointer to skb")
         if info.kind is Kind.LD_IND:
             self._scalar_arg(regs, insn.src, "legacy packet load offset")
-        if typed:
+        if scratch_args(typed):
             for r in range(1, 6):
                 regs[r] = NOT_INIT
         regs[0] = Reg(Pt.SCALAR, sc.urange(0, (1 << (8 * info.size)) - 1))
@@ -904,7 +907,10 @@ class Checker:
                     return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
             case Pt.PTR_TO_MEM:
                 self._note(False)  # size unknown here: the runtime check stays
-            case Pt.PTR_TO_MAP_VALUE_OR_NULL:
+            case Pt.PTR_TO_BUF:
+                self._buf_bounds(ptr, r, off, size)
+                self._note(True)
+            case Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL:
                 self.reject(f"possible null pointer dereference: r{r} is {t.value} (compare it against 0 first)")
             case Pt.PTR_TO_PACKET_END:
                 self.reject(f"cannot access memory through r{r}, the packet end pointer")
@@ -928,6 +934,11 @@ class Checker:
             self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range}: "
                         f"r{r} offset is outside of the packet{hint}")
 
+    def _buf_bounds(self, ptr: Reg, r: int, off: int, size: int) -> None:
+        lo, hi = self._var_bounds(ptr, r, off, size)
+        if lo < 0 or hi > ptr.range:
+            self.reject(f"invalid access to memory, mem_size={ptr.range} off={lo} size={hi - lo} through r{r}")
+
     def _map_writable(self, m: MapLike, lo: int, size: int) -> None:
         if m.flags & BPF_F_RDONLY_PROG:
             self.reject(f"write into map forbidden, value_size={m.value_size} off={lo} size={size}")
@@ -941,6 +952,11 @@ class Checker:
     def _stack_access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
                       signed: bool) -> Reg | None:
         lo, hi = self._var_bounds(ptr, r, off, size)
+        at = sc.alu(AluOp.ADD, ptr.var, sc.const(ptr.off + off), 64)
+        if (at.value | at.mask) & (size - 1):
+            # Always, whatever the loader's flags (as the kernel: its spill tracking needs it).
+            var = str(sc.to_signed(ptr.var.value)) if ptr.var.is_const else f"({ptr.var.value:#x}; {ptr.var.mask:#x})"
+            self.reject(f"misaligned stack access off {var}+{ptr.off}+{off} size {size} through r{r}")
         if lo < STACK_BOTTOM or hi > 0:
             what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
             self.reject(f"invalid {what} stack r{r} off={lo} size={size}: invalid stack access, "
@@ -1086,7 +1102,7 @@ class Checker:
         # Null check: `if rX == 0` / `if rX != 0` on a possibly-null map value (either side).
         if op in (JmpOp.JEQ, JmpOp.JNE):
             for p, z in ((a, b), (b, a)):
-                if p.type is Pt.PTR_TO_MAP_VALUE_OR_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
+                if p.type in POINTER_OR_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
                     if z is a:
                         self._precise(insn.dst)  # a register that happened to hold 0
                     elif reg_src:
@@ -1139,7 +1155,7 @@ class Checker:
         if null and p.ref:  # no record was reserved: there is nothing to release
             st.refs = tuple(r for r in st.refs if r[0] != p.ref)
         st.replace_linked(p.id, POINTER_OR_NULL,
-                          (lambda _reg: zero) if null else (lambda reg: reg._replace(type=Pt.PTR_TO_MAP_VALUE, id=0)))
+                          (lambda _reg: zero) if null else (lambda reg: reg._replace(type=NON_NULL[reg.type], id=0)))
 
     # -- calls and exits -----------------------------------------------------------------------
 
@@ -1195,6 +1211,8 @@ class Checker:
                 ranges = ctx.writable if write else (ctx.readable or ((0, ctx.size),))
                 if ptr.var != sc.ZERO or not any(o <= lo and lo + hi_size <= o + s for o, s in ranges):
                     self.reject(f"r{r} ({kind.value} argument) is an invalid context range off={lo} size={hi_size}")
+            case Pt.PTR_TO_BUF:
+                self._buf_bounds(ptr, r, 0, hi_size)
             case Pt.PTR_TO_MEM:
                 # Unknown size: only a helper that checks at run time (through the memory map)
                 # may be given it; the JIT calls such call sites' helpers through Python.
@@ -1207,6 +1225,7 @@ class Checker:
         map_reg: Reg | None = None
         pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
         released = 0
+        alloc_size = 0
         for i, kind in enumerate(args):
             r = i + 1
             nxt = args[i + 1] if i + 1 < len(args) else None
@@ -1228,6 +1247,14 @@ class Checker:
                     self._mem_arg(st, regs, r, size, size, kind)
                 case ArgType.UNINIT_LONG:
                     self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
+                case ArgType.ALLOC_SIZE:
+                    size_reg = self._read(regs, r)
+                    if size_reg.type is not Pt.SCALAR or not size_reg.var.is_const:
+                        self.reject(f"R{r} is not a known constant (the size helper {hid} allocates): {size_reg}")
+                    self._precise(r)
+                    alloc_size = size_reg.var.value
+                    if alloc_size >= MAX_OFFSET:
+                        self.reject(f"R{r} allocation size {alloc_size} of helper {hid} is too large")
                 case ArgType.MEM | ArgType.UNINIT_MEM:
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
                         pending = (r, kind)
@@ -1244,13 +1271,11 @@ class Checker:
                     if pending is not None:
                         self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
                         pending = None
-                case ArgType.CTX:
-                    reg = self._read(regs, r)
-                    if reg.type is not Pt.PTR_TO_CTX or reg.off or not reg.var.is_const:
-                        self.reject(f"r{r} must be the unmodified context pointer, not {reg}")
+                case ArgType.CTX | ArgType.CTX_READ | ArgType.CTX_OR_NULL:
+                    self._ctx_arg(regs, r, kind)
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)
-                    if not reg.ref or reg.type is not Pt.PTR_TO_MAP_VALUE:
+                    if not reg.ref or reg.type is not Pt.PTR_TO_BUF:
                         self.reject(f"r{r} (argument {r} of helper {hid}) must be a reference acquired earlier "
                                     f"and checked against NULL, not {reg}")
                     if reg.off or reg.var != sc.ZERO:
@@ -1267,11 +1292,9 @@ class Checker:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
                 regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
-            case RetType.ACQUIRED_VALUE_OR_NULL:
-                if map_reg is None:
-                    self.reject(f"helper {hid} returns a map value but takes no map argument")
+            case RetType.ACQUIRED_MEM_OR_NULL:
                 ref = self.fresh_id()
-                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=ref, ref=ref)
+                regs[0] = Reg(Pt.PTR_TO_BUF_OR_NULL, range=alloc_size, id=ref, ref=ref)
                 st.refs = (*st.refs, (ref, self.pc))
             case _:
                 raise NotImplementedError(ret)
@@ -1286,7 +1309,25 @@ class Checker:
                         frame.regs[i] = UNKNOWN_SCALAR
                     else:
                         frame.stack[-i - 1] = (MISC,) * 8
-        # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
+        if scratch_args(self.context.size is not None):
+            for r in range(1, 6):
+                regs[r] = NOT_INIT
+
+    def _ctx_arg(self, regs: list[Reg], r: int, kind: ArgType) -> None:
+        """A context argument: the unmodified context pointer (or 0, for CTX_OR_NULL). Programs
+        without a context type may give the helpers that only read it anything."""
+        reg = self._read(regs, r)
+        if kind is ArgType.CTX_OR_NULL and reg.type is Pt.SCALAR and reg.var == sc.ZERO:
+            self._precise(r)
+            return
+        if kind is not ArgType.CTX and self.context.size is None:
+            return
+        if reg.type is not Pt.PTR_TO_CTX:
+            self.reject(f"r{r} type={reg.type.value} expected=ctx: the helper takes the unmodified context pointer")
+        if reg.off < 0:
+            self.reject(f"negative offset ctx ptr r{r} off={reg.off} disallowed")
+        if reg.off or not reg.var.is_const:
+            self.reject(f"dereference of modified ctx ptr r{r} off={reg.off} disallowed (var_off={reg.var})")
 
     @staticmethod
     def _release(st: State, ref: int) -> None:
@@ -1320,10 +1361,12 @@ class Checker:
         def dangling(reg: Reg) -> bool:
             return reg.type is Pt.PTR_TO_STACK and reg.aux >= gone
 
-        # r0-r5 come back from the callee (this VM shares them); r6-r9 are the caller's own.
+        # r0 comes back from the callee, and r1-r5 unless they are scratch (then unreadable);
+        # r6-r9 are the caller's own.
+        scratch = scratch_args(self.context.size is not None)
         for i in range(6):
             reg = callee.regs[i]
-            caller[i] = NOT_INIT if dangling(reg) else reg
+            caller[i] = NOT_INIT if dangling(reg) or (i and scratch) else reg
         for frame in st.frames:
             for i, slot in enumerate(frame.stack):
                 if type(slot) is Reg and dangling(slot):

@@ -328,6 +328,15 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
                 value, mask = (a.value << k) & full, (a.mask << k) & full
                 if a.umax << k <= full:
                     umin, umax = a.umin << k, a.umax << k
+            elif b.umax < bits and a.umax << b.umax <= full:
+                # A bounded count (two paths with different constant counts met at a join): every
+                # count in range keeps the value's bits, so the bounds are those of the extremes.
+                umin, umax = a.umin << b.umin, a.umax << b.umax
+                mask = 0
+                for k in range(b.umin, b.umax + 1):
+                    mask |= a.mask << k | (a.value << k ^ a.value << b.umin)
+                mask &= full
+                value = (a.value << b.umin) & ~mask & full
         case AluOp.RSH:
             if b.mask == 0:
                 k = b.value & (bits - 1)

@@ -298,6 +298,18 @@ def _join_reg(a: Reg, b: Reg) -> Reg | None:
     return a._replace(var=sc.join(a.var, b.var), range=min(a.range, b.range))
 
 
+def _proofs_differ(a: Slot, b: Slot) -> bool:
+    """Whether two packet pointers differ in the range a bounds check proved. Such states are
+    not merged: the path without the proof usually holds what decides that the pointer is not
+    used (a flag set beside the check, tested later), which a merge would lose."""
+    return (type(a) is Reg and type(b) is Reg and a.range != b.range
+            and a.type in (RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META))
+
+
+def _spilled_pointer(s: Slot) -> bool:
+    return type(s) is Reg and s.is_pointer
+
+
 def _join_slot(a: Slot, b: Slot) -> Slot:
     if a is b or a == b:
         return a
@@ -329,9 +341,14 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
                 regs.append(NOT_INIT)
                 continue
             j = _join_reg(x, y)
-            if j is None:
+            if j is None or _proofs_differ(x, y):
                 return None
             regs.append(j)
-        stack = [_join_slot(x, y) for x, y in zip(fa.stack, fb.stack, strict=True)]
+        stack: list[Slot] = []
+        for sx, sy in zip(fa.stack, fb.stack, strict=True):
+            js = _join_slot(sx, sy)
+            if _proofs_differ(sx, sy) or (type(js) is not Reg and (_spilled_pointer(sx) or _spilled_pointer(sy))):
+                return None  # a spilled pointer would be lost (read back as a number)
+            stack.append(js)
         frames.append(Frame(regs, stack, fa.callsite))
     return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop, a.refs)

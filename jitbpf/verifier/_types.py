@@ -108,6 +108,8 @@ class RegType(enum.Enum):
     PTR_TO_PACKET_END = "pkt_end"  # one past the packet's last byte: compare only
     PTR_TO_PACKET_META = "pkt_meta"  # packet metadata, which ends where packet data starts
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
+    PTR_TO_BUF = "buf"  # memory of ``range`` bytes a helper handed out (a ring buffer record)
+    PTR_TO_BUF_OR_NULL = "buf_or_null"  # a PTR_TO_BUF or 0 (id = the call that returned it)
 
 
 class Reg(NamedTuple):
@@ -122,7 +124,7 @@ class Reg(NamedTuple):
     var: Scalar = ZERO  # the scalar value, or the variable part of a pointer's offset
     off: int = 0  # exact part of a pointer's offset
     id: int = 0  # link between copies (0 = none)
-    range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet
+    range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet; buffers: size
     aux: int = 0  # frame index (stack pointers) or map handle (map pointers)
     ref: int = 0  # the reference a pointer holds (an acquired ring buffer record; 0 = none)
 
@@ -143,6 +145,8 @@ class Reg(NamedTuple):
             parts.append(f"var={self.var}")
         if t in (RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META):
             parts.append(f"r={self.range}")
+        if t in (RegType.PTR_TO_BUF, RegType.PTR_TO_BUF_OR_NULL):
+            parts.append(f"size={self.range}")
         if self.id:
             parts.append(f"id={self.id}")
         return f"{t.value}({', '.join(parts)})" if parts else t.value
