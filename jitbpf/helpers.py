@@ -34,6 +34,7 @@ class Helper:
     ret: str = "scalar"  # verifier return kind
     native: int = 0  # address of an equivalent C function, or 0
     keepalive: tuple[object, ...] = field(default=(), compare=False, repr=False)  # owners of native
+    map_types: tuple[int, ...] = ()  # the map types its map argument takes (empty: any)
 
 
 def conformance_helpers(memory: Callable[[], MemoryMap]) -> list[Helper]:

@@ -87,6 +87,10 @@ class Host:
     netns_cookie: int = 0  # bpf_get_netns_cookie
     skb_hash: int = 0  # bpf_get_hash_recalc
     func_ip: int = 0  # bpf_get_func_ip: the address of the probed function (kprobe, fentry)
+    # The attachment a cgroup program runs for: its cgroup storage (bpf_get_local_storage) is
+    # that of this cgroup id and attach type (0: BPF_CGROUP_INET_INGRESS).
+    attach_cgroup: int = 1
+    attach_type: int = 0
     interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface()})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order

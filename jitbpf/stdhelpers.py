@@ -17,8 +17,10 @@ from jitbpf.host import Host, host_helpers
 from jitbpf.isa import MASK32, MASK64
 from jitbpf.maps import (
     BPF_F_USER_STACK,
+    CGROUP_STORAGE_TYPES,
     BpfMap,
     CgroupArray,
+    CgroupStorage,
     DevMap,
     DevMapHash,
     MapType,
@@ -59,6 +61,7 @@ class HelperId(enum.IntEnum):
     SK_REDIRECT_MAP = 52  # bpf_sk_redirect_map(skb, map, key, flags) -> SK_PASS / SK_DROP
     SOCK_MAP_UPDATE = 53  # bpf_sock_map_update(skops, map, key, flags)
     MSG_REDIRECT_MAP = 60  # bpf_msg_redirect_map(msg, map, key, flags) -> SK_PASS / SK_DROP
+    GET_LOCAL_STORAGE = 81  # bpf_get_local_storage(cgroup_storage, 0) -> the attachment's value
     MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
     MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
     MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
@@ -251,7 +254,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         return vm.memory
 
     def map_at(addr: int, helper: str, *types: MapType) -> BpfMap:
-        for m in vm.maps.values():
+        for m in vm.reachable_maps():
             if m.address == addr:
                 if types and m.map_type not in types:
                     names = "/".join(t.name for t in types)
@@ -321,7 +324,7 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         return int(lib.jb_helper_ringbuf_reserve(r1, r2, r3, 0, 0))
 
     def reserved_record(addr: int, helper: str) -> None:
-        for m in vm.maps.values():
+        for m in vm.reachable_maps():
             if isinstance(m, RingBuf) and m.is_reserved(addr):
                 return
         raise ExecutionError(f"{helper}: {addr:#x} is not a reserved ring buffer record", address=addr)
@@ -463,6 +466,15 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
             return 0
 
         return delete
+
+    def get_local_storage(r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_get_local_storage", *CGROUP_STORAGE_TYPES)
+        assert isinstance(m, CgroupStorage)
+        host = ctx.host
+        try:
+            return m.program_get(m.key_bytes(host.attach_cgroup, host.attach_type))
+        except MapError as exc:
+            raise ExecutionError(f"bpf_get_local_storage: {exc.message}") from None
 
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
         m = map_at(r2, name, MapType.SOCKMAP)
@@ -637,6 +649,8 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
           for kind, mtype, delete_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_DELETE),
                                          ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_DELETE),
                                          ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_DELETE))),
+        Helper(h.GET_LOCAL_STORAGE, "bpf_get_local_storage", get_local_storage, ("map", "zero"), "map_value",
+               map_types=tuple(CGROUP_STORAGE_TYPES)),
         Helper(h.STRTOL, "bpf_strtol", strtox(True), ("mem", "size", "scalar", "uninit_long")),
         Helper(h.STRTOUL, "bpf_strtoul", strtox(False), ("mem", "size", "scalar", "uninit_long")),
         Helper(h.SNPRINTF, "bpf_snprintf", snprintf,

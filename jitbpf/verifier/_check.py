@@ -10,7 +10,7 @@ from jitbpf.cfg import ControlFlow
 from jitbpf.contract import ARG_REGS, CALLEE_SAVED
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
-from jitbpf.maps import BPF_F_RDONLY_PROG
+from jitbpf.maps import BPF_F_RDONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
 from jitbpf.verifier._state import (
@@ -35,6 +35,7 @@ from jitbpf.verifier._types import (
     RegType,
     RetType,
     VerifyResult,
+    inner_handle,
 )
 
 COMPLEXITY_LIMIT = 1_000_000  # instructions processed before a program is "too complex" (the kernel's)
@@ -46,7 +47,8 @@ MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 LOG_LINES = 400  # lines of path kept for the error log
 
 Pt = RegType
-POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL,)
+POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.CONST_PTR_TO_MAP_OR_NULL)
+NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP_OR_NULL: Pt.CONST_PTR_TO_MAP}
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
@@ -132,7 +134,12 @@ class Checker:
         self.slots = flow.program.slots
         self.infos = flow.program.infos
         self.targets = flow.targets
-        self.maps = maps
+        # The maps by handle, and the inner map template of each outer map by inner_handle().
+        self.maps: Mapping[int, MapLike] | None = None if maps is None else {
+            **maps, **{inner_handle(h): m.inner for h, m in maps.items()  # type: ignore[attr-defined]
+                       if m.map_type in MAP_OF_MAPS_TYPES}}
+        self.helper_names = {hid: h.name for hid, h in helpers.items()}
+        self.map_types = {hid: h.map_types for hid, h in helpers.items() if h.map_types}
         self.context = context
         self.allow_loops = allow_loops
         # A privileged loader's relaxations (the kernel's with CAP_BPF/CAP_PERFMON): pointers may
@@ -649,8 +656,8 @@ class Checker:
         t = ptr.type
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
-        if t in (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
-            hint = " (compare it against 0 first)" if t is Pt.PTR_TO_MAP_VALUE_OR_NULL else ""
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
+            hint = " (compare it against 0 first)" if t in POINTER_OR_NULL else ""
             self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
             return ptr  # memory of unknown size: every access keeps its runtime check anyway
@@ -738,7 +745,7 @@ class Checker:
             regs[insn.dst] = Reg(Pt.SCALAR, sc.const(insn.imm64))
             return
         if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE):
-            if self.maps is not None and insn.imm not in self.maps:
+            if self.maps is not None and (insn.imm not in self.maps or insn.imm < 0):
                 self.reject(f"lddw refers to map {insn.imm}, which does not exist")
             if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX):
                 regs[insn.dst] = Reg(Pt.CONST_PTR_TO_MAP, aux=insn.imm)
@@ -825,7 +832,7 @@ class Checker:
                     return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
             case Pt.PTR_TO_MEM:
                 self._note(False)  # size unknown here: the runtime check stays
-            case Pt.PTR_TO_MAP_VALUE_OR_NULL:
+            case Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.CONST_PTR_TO_MAP_OR_NULL:
                 self.reject(f"possible null pointer dereference: r{r} is {t.value} (compare it against 0 first)")
             case Pt.PTR_TO_PACKET_END:
                 self.reject(f"cannot access memory through r{r}, the packet end pointer")
@@ -1007,7 +1014,7 @@ class Checker:
         # Null check: `if rX == 0` / `if rX != 0` on a possibly-null map value (either side).
         if op in (JmpOp.JEQ, JmpOp.JNE):
             for p, z in ((a, b), (b, a)):
-                if p.type is Pt.PTR_TO_MAP_VALUE_OR_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
+                if p.type in POINTER_OR_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
                     if z is a:
                         self._precise(insn.dst)  # a register that happened to hold 0
                     elif reg_src:
@@ -1060,7 +1067,7 @@ class Checker:
         if null and p.ref:  # no record was reserved: there is nothing to release
             st.refs = tuple(r for r in st.refs if r[0] != p.ref)
         st.replace_linked(p.id, POINTER_OR_NULL,
-                          (lambda _reg: zero) if null else (lambda reg: reg._replace(type=Pt.PTR_TO_MAP_VALUE, id=0)))
+                          (lambda _reg: zero) if null else (lambda reg: reg._replace(type=NON_NULL[reg.type], id=0)))
 
     # -- calls and exits -----------------------------------------------------------------------
 
@@ -1141,6 +1148,13 @@ class Checker:
                     if reg.type is not Pt.CONST_PTR_TO_MAP:
                         self.reject(f"r{r} must be a map pointer (argument {r} of helper {hid}), not {reg}")
                     map_reg = reg
+                    self._map_for_helper(reg.aux, hid)
+                case ArgType.ZERO:
+                    reg = self._scalar_arg(regs, r, f"argument {r} of helper {hid}")
+                    self._precise(r)
+                    if reg.var != sc.ZERO:
+                        self.reject(f"{self.helper_names.get(hid, hid)}() doesn't support non-zero flags "
+                                    f"(r{r} is {reg})")
                 case ArgType.KEY | ArgType.VALUE | ArgType.UNINIT_VALUE:
                     if map_reg is None:
                         self.reject(f"helper {hid} takes a map {kind.value} without a map argument before it")
@@ -1187,7 +1201,16 @@ class Checker:
             case RetType.MAP_VALUE_OR_NULL:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
-                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
+                outer = self.maps.get(map_reg.aux) if self.maps is not None else None
+                if outer is not None and outer.map_type in MAP_OF_MAPS_TYPES:
+                    # An outer map's value is an inner map: a map pointer once checked against 0.
+                    regs[0] = Reg(Pt.CONST_PTR_TO_MAP_OR_NULL, aux=inner_handle(map_reg.aux), id=self.fresh_id())
+                else:
+                    regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
+            case RetType.MAP_VALUE:
+                if map_reg is None:
+                    self.reject(f"helper {hid} returns a map value but takes no map argument")
+                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE, aux=map_reg.aux)
             case RetType.ACQUIRED_VALUE_OR_NULL:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
@@ -1208,6 +1231,17 @@ class Checker:
                     else:
                         frame.stack[-i - 1] = (MISC,) * 8
         # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
+
+    def _map_for_helper(self, handle: int, hid: int) -> None:
+        """The kernel's map-to-helper compatibility: some map types go to some helpers only, and
+        some helpers take some map types only."""
+        m = self.maps.get(handle) if self.maps is not None else None
+        if m is None:
+            return
+        only = HELPERS_OF_TYPE.get(m.map_type)  # type: ignore[call-overload]
+        wanted = self.map_types.get(hid, ())
+        if (only is not None and hid not in only) or (wanted and m.map_type not in wanted):
+            self.reject(f"cannot pass map_type {int(m.map_type)} into func {self.helper_names.get(hid, hid)}#{hid}")
 
     @staticmethod
     def _release(st: State, ref: int) -> None:
