@@ -1607,8 +1607,12 @@ class ArrayOfMaps(_MapOfMaps):
     def _index(index: int) -> bytes:
         return _u32(index, "index").to_bytes(4, "little")
 
+    def insert(self, index: int, inner: BpfMap, flags: int = BPF_ANY) -> None:
+        """Store ``inner`` at ``index`` (``flags`` other than BPF_ANY are EINVAL, as the kernel's)."""
+        self._put(self._index(index), inner, flags, f"update of index {index} in {self.name!r}")
+
     def __setitem__(self, index: int, inner: BpfMap) -> None:
-        self._put(self._index(index), inner, BPF_ANY, f"update of index {index} in {self.name!r}")
+        self.insert(index, inner)
 
     def get(self, index: int) -> BpfMap | None:
         """The inner map at ``index``, or None (what a program's lookup finds)."""
