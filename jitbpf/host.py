@@ -75,7 +75,8 @@ class Host:
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
     device and inode 0, cookies 0, hash 0, function address 0, interface 1 (loopback) only, forwarding
     off, no routes, the task in the root cgroup (id 1) only, a packet's socket in the task's cgroups
-    (as the socket the kernel's test runs give a packet), and empty call stacks.
+    (as the socket the kernel's test runs give a packet), cgroup programs attached to the root
+    cgroup for ingress, and empty call stacks.
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)

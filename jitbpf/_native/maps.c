@@ -67,7 +67,8 @@ enum map_type {
 #define BLOOM_HASHES_DEFAULT 5
 #define STORAGE_F_CREATE 1
 #define STORAGE_VALUE_MAX 65535  /* about the kernel's limit (a u16 offset within its storage) */
-#define CGROUP_STORAGE_VALUE_MAX 4096  /* the kernel's PAGE_SIZE limit */
+#define CGROUP_STORAGE_VALUE_MAX 65407  /* the kernel's: a u16 offset less its element header */
+#define PERCPU_STORAGE_VALUE_MAX 32768  /* the kernel's smallest per-CPU allocation unit */
 #define F_INDEX_MASK 0xffffffffULL
 #define F_CURRENT_CPU 0xffffffffULL
 #define RB_NO_WAKEUP 1
@@ -463,7 +464,9 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
            0 (a value per attachment); aux is the number of attachments jitbpf preallocates. */
         if ((ks != 8 && ks != 16) || vs == 0 || max != 0 || aux == 0)
             return -EINVAL;
-        return vs > CGROUP_STORAGE_VALUE_MAX || aux > (1u << 24) ? -E2BIG : 0;
+        if (vs > (type == T_CGROUP_STORAGE ? CGROUP_STORAGE_VALUE_MAX : PERCPU_STORAGE_VALUE_MAX))
+            return -E2BIG;
+        return aux > (1u << 24) ? -E2BIG : 0;
     case T_HASH_OF_MAPS:
         /* key -> an inner map (its fd for the kernel's user space: 4 bytes) */
         if (ks == 0 || vs != 4 || max == 0)
