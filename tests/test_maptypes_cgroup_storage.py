@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
 
 import pytest
 
@@ -23,7 +22,7 @@ from jitbpf.maps import (
     set_current_cpu,
 )
 from tests import kernel_oracle
-from tests.support import ENGINES, load, run
+from tests.support import ENGINES, errno_of, load, run
 
 SERVICE = 4242  # a cgroup id
 INGRESS, EGRESS = 0, 1  # BPF_CGROUP_INET_INGRESS / EGRESS
@@ -39,14 +38,6 @@ COUNT = """
     mov r0, r1
     exit
 """
-
-
-def _errno_of(fn: Any, *args: Any) -> int:
-    try:
-        fn(*args)
-    except MapError as exc:
-        return exc.errno
-    return 0
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -75,15 +66,15 @@ def test_per_cpu_storage_counts_per_cpu(engine: str) -> None:
 def test_values_exist_from_the_attachment_on() -> None:
     store = CgroupStorage(value_size=4, capacity=1)
     key = (SERVICE, INGRESS)
-    assert _errno_of(store.__setitem__, key, 5) == errno.ENOENT  # not attached
+    assert errno_of(store.__setitem__, key, 5) == errno.ENOENT  # not attached
     store.attach(SERVICE)
     assert store[key] == 0 and key in store and len(store) == 1
     store[key] = 5
     store.insert(key, 6, BPF_EXIST)
     assert store[key] == 6
-    assert _errno_of(store.insert, key, 7, BPF_NOEXIST) == errno.EINVAL
-    assert _errno_of(store.__delitem__, key) == errno.EINVAL  # deletes are refused
-    assert _errno_of(store.attach, SERVICE, EGRESS) == errno.ENOSPC  # past the preallocated attachments
+    assert errno_of(store.insert, key, 7, BPF_NOEXIST) == errno.EINVAL
+    assert errno_of(store.__delitem__, key) == errno.EINVAL  # deletes are refused
+    assert errno_of(store.attach, SERVICE, EGRESS) == errno.ENOSPC  # past the preallocated attachments
     store.attach(SERVICE)  # an existing attachment keeps its value
     assert store[key] == 6
 
@@ -138,4 +129,4 @@ def test_shapes_agree_with_the_kernel(kind: MapType, key_size: int, value_size: 
         theirs = 0
     except OSError as exc:
         theirs = exc.errno or 0
-    assert _errno_of(create_map, kind, key_size, value_size, max_entries) == theirs
+    assert errno_of(create_map, kind, key_size, value_size, max_entries) == theirs

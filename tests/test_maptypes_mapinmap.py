@@ -31,7 +31,7 @@ from jitbpf.maps import (
     create_map,
 )
 from tests import kernel_oracle
-from tests.support import ENGINES, c_builder, load, run
+from tests.support import ENGINES, c_builder, errno_of, load, run
 
 MISS = 99  # what the program returns when a lookup finds nothing
 SOCKET_FILTER = 1  # the kernel's program type for the oracle's loads
@@ -65,14 +65,6 @@ def _inner(name: str = "", value: int | None = None, max_entries: int = 4) -> Ha
     if value is not None:
         m[7] = value
     return m
-
-
-def _errno_of(fn: Any, *args: Any) -> int:
-    try:
-        fn(*args)
-    except MapError as exc:
-        return exc.errno
-    return 0
 
 
 @pytest.fixture(params=[ArrayOfMaps, HashOfMaps])
@@ -141,7 +133,7 @@ def test_inner_maps_must_fit_the_template(outer: Any) -> None:
     other_type = Array(value_size=8, max_entries=4)
     other_capacity = _inner(max_entries=8)
     for bad in (other_sizes, other_type, other_capacity):
-        assert _errno_of(outer.__setitem__, 0, bad) == errno.EINVAL
+        assert errno_of(outer.__setitem__, 0, bad) == errno.EINVAL
     assert len(outer) == 0
     with pytest.raises(TypeError):
         outer[0] = 5
@@ -157,14 +149,14 @@ def test_bpf_f_inner_map_lets_capacities_differ() -> None:
 def test_array_of_maps_follows_the_kernels_update_rules() -> None:
     outer = ArrayOfMaps(inner=_inner(), max_entries=2)
     inner = _inner()
-    assert _errno_of(outer.insert, 0, inner, BPF_NOEXIST) == errno.EINVAL  # BPF_ANY only
-    assert _errno_of(outer.insert, 0, inner, BPF_EXIST) == errno.EINVAL
-    assert _errno_of(outer.__setitem__, 2, inner) == errno.E2BIG
-    assert _errno_of(outer.__delitem__, 0) == errno.ENOENT
+    assert errno_of(outer.insert, 0, inner, BPF_NOEXIST) == errno.EINVAL  # BPF_ANY only
+    assert errno_of(outer.insert, 0, inner, BPF_EXIST) == errno.EINVAL
+    assert errno_of(outer.__setitem__, 2, inner) == errno.E2BIG
+    assert errno_of(outer.__delitem__, 0) == errno.ENOENT
     outer[0] = inner
     outer[1] = inner  # one inner map may be in several slots
     assert list(outer) == [0, 1] and outer.get(1) is inner and outer.get(0) is inner
-    assert _errno_of(outer.__getitem__, 5) == errno.ENOENT
+    assert errno_of(outer.__getitem__, 5) == errno.ENOENT
     del outer[0]
     assert list(outer) == [1]
 
@@ -172,12 +164,12 @@ def test_array_of_maps_follows_the_kernels_update_rules() -> None:
 def test_hash_of_maps_follows_the_kernels_update_rules() -> None:
     outer = HashOfMaps(inner=_inner(), key_size=8, max_entries=1)
     inner = _inner()
-    assert _errno_of(outer.insert, 5, inner, BPF_EXIST) == errno.ENOENT
+    assert errno_of(outer.insert, 5, inner, BPF_EXIST) == errno.ENOENT
     outer.insert(5, inner, BPF_NOEXIST)
-    assert _errno_of(outer.insert, 5, inner, BPF_NOEXIST) == errno.EEXIST
-    assert _errno_of(outer.insert, 6, inner) == errno.E2BIG
+    assert errno_of(outer.insert, 5, inner, BPF_NOEXIST) == errno.EEXIST
+    assert errno_of(outer.insert, 6, inner) == errno.E2BIG
     assert 5 in outer and list(outer) == [5] and outer[5] is inner
-    assert _errno_of(outer.__delitem__, 6) == errno.ENOENT
+    assert errno_of(outer.__delitem__, 6) == errno.ENOENT
 
 
 @pytest.mark.parametrize("template", [
@@ -212,12 +204,12 @@ def test_array_of_maps_follows_a_dict(ops: list[tuple[str, int, int]]) -> None:
     model: dict[int, HashMap] = {}
     for op, index, which in ops:
         if op == "set":
-            got = _errno_of(outer.__setitem__, index, inners[which])
+            got = errno_of(outer.__setitem__, index, inners[which])
             want = errno.E2BIG if index >= 3 else 0
             if not want:
                 model[index] = inners[which]
         else:
-            got = _errno_of(outer.__delitem__, index)
+            got = errno_of(outer.__delitem__, index)
             want = errno.E2BIG if index >= 3 else 0 if model.pop(index, None) is not None else errno.ENOENT
         assert got == want
         assert {i: outer[i] for i in outer} == model
@@ -314,11 +306,11 @@ def test_update_errors_agree_with_the_kernel() -> None:
             for index, flags, fit in steps:
                 inner = _inner() if fit else HashMap(key_size=4, value_size=4, max_entries=4)
                 fd = fits if fit else misfit
-                mine = _errno_of(ours.insert, index, inner, flags)
+                mine = errno_of(ours.insert, index, inner, flags)
                 assert mine == theirs.update(index.to_bytes(4, "little"), fd.to_bytes(4, "little"), flags), \
                     (index, flags, fit)
             for index in (1, 1, 5):
-                assert _errno_of(ours.__delitem__, index) == theirs.delete(index.to_bytes(4, "little")), index
+                assert errno_of(ours.__delitem__, index) == theirs.delete(index.to_bytes(4, "little")), index
     finally:
         os.close(fits)
         os.close(misfit)
