@@ -349,6 +349,7 @@ RUNNERS: Mapping[ProgType, str] = MappingProxyType({
     ProgType.CGROUP_DEVICE: "run_cgroup_device",
     ProgType.SK_MSG: "run_sk_msg",
     ProgType.CGROUP_SOCK_ADDR: "run_sock_addr",
+    ProgType.CGROUP_SYSCTL: "run_sysctl",
 })  # the VM method that runs each program type
 
 

@@ -50,6 +50,7 @@ class ProgType(enum.IntEnum):
     SK_MSG = 16  # SEC("sk_msg"): sendmsg verdict on sockmap sockets, context = struct sk_msg_md
     RAW_TRACEPOINT = 17  # SEC("raw_tracepoint/..."): context = the tracepoint's u64 arguments
     CGROUP_SOCK_ADDR = 18  # SEC("cgroup/connect4"), ...: bind/connect/sendmsg address rewriting
+    CGROUP_SYSCTL = 23  # SEC("cgroup/sysctl"): reads and writes of /proc/sys, context = struct bpf_sysctl
 
 
 class XdpAction(enum.IntEnum):
@@ -156,6 +157,10 @@ class Helpers(enum.IntEnum):
     MSG_POP_DATA = 91  # bpf_msg_pop_data
     SPIN_LOCK = 93  # bpf_spin_lock
     SPIN_UNLOCK = 94  # bpf_spin_unlock
+    SYSCTL_GET_NAME = 101  # bpf_sysctl_get_name
+    SYSCTL_GET_CURRENT_VALUE = 102  # bpf_sysctl_get_current_value
+    SYSCTL_GET_NEW_VALUE = 103  # bpf_sysctl_get_new_value
+    SYSCTL_SET_NEW_VALUE = 104  # bpf_sysctl_set_new_value
     STRTOL = 105  # bpf_strtol
     SK_STORAGE_GET = 107  # bpf_sk_storage_get
     SK_STORAGE_DELETE = 108  # bpf_sk_storage_delete
@@ -197,6 +202,7 @@ class Helpers(enum.IntEnum):
 
 KERNEL_HELPER_IDS = range(1, 212)  # ids the kernel defines: a program type restricts these only
 EINVAL = 22  # the kernel's error number, returned negated by helpers
+E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
 XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
@@ -259,6 +265,28 @@ class CgroupDevCtx(ctypes.LittleEndianStructure):
     """``struct bpf_cgroup_dev_ctx``: access_type = (access << 16) | device type."""
 
     _fields_ = (("access_type", u32), ("major", u32), ("minor", u32))
+
+
+class Sysctl(ctypes.LittleEndianStructure):
+    """``struct bpf_sysctl``: write is 1 for a write to the sysctl (read only), file_pos the
+    offset of the access in its file (writable)."""
+
+    _fields_ = (("write", u32), ("file_pos", u32))
+
+
+@dataclass
+class SysctlAccess:
+    """One access to a sysctl as a cgroup/sysctl program sees it (and what it changed)."""
+
+    name: str  # the path below /proc/sys with "/" separators ("net/ipv4/tcp_mem")
+    value: bytes | None  # what the sysctl's file reads now (None: it cannot be read)
+    new_value: bytes | None = None  # what a write stores (None: the access is a read)
+    file_pos: int = 0  # offset of the access in the file, which the program may move
+    updated: bool = False  # bpf_sysctl_set_new_value replaced new_value
+
+
+SYSCTL_VALUE_MAX = 4095  # bytes bpf_sysctl_set_new_value may store (the kernel's PAGE_SIZE - 1)
+SYSCTL_BASE_NAME = 1  # BPF_F_SYSCTL_BASE_NAME: bpf_sysctl_get_name gives the last component only
 
 
 class SockAddr(ctypes.LittleEndianStructure):
@@ -505,6 +533,12 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             writable=_spans(SockAddr, ("user_ip4", "user_ip6", "user_port", "msg_src_ip4", "msg_src_ip6")),
             ret_range=(0, 1),
         ),
+        ProgramType(
+            ProgType.CGROUP_SYSCTL, "cgroup_sysctl", Sysctl, ("cgroup/sysctl",),
+            _BASE | _CGROUP | {H.SYSCTL_GET_NAME, H.SYSCTL_GET_CURRENT_VALUE, H.SYSCTL_GET_NEW_VALUE,
+                               H.SYSCTL_SET_NEW_VALUE},
+            readable=_all_but(Sysctl, ()), writable=_spans(Sysctl, ("file_pos",)), ret_range=(0, 1),
+        ),
     ]
     sched_act = types[1]
     types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), sched_act.helpers,
@@ -518,7 +552,8 @@ PROGRAM_TYPES: Mapping[ProgType, ProgramType] = _build_registry()  # immutable, 
 _BY_NAME: Mapping[str, ProgType] = MappingProxyType(
     {**{t.name: t.prog_type for t in PROGRAM_TYPES.values()}, **{p.name.lower(): p for p in ProgType},
      "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS, "classifier": ProgType.SCHED_CLS,
-     "sockops": ProgType.SOCK_OPS, "cgroup_dev": ProgType.CGROUP_DEVICE, "sock_addr": ProgType.CGROUP_SOCK_ADDR}
+     "sockops": ProgType.SOCK_OPS, "cgroup_dev": ProgType.CGROUP_DEVICE, "sock_addr": ProgType.CGROUP_SOCK_ADDR,
+     "sysctl": ProgType.CGROUP_SYSCTL}
 )
 
 
@@ -749,6 +784,58 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         run.arena.view[off : off + 4] = (flags & 0x7F).to_bytes(4, "little")
         return _err(EINVAL) if flags & ~0x7F else 0
 
+    # -- cgroup/sysctl: the access run_sysctl describes (ProgramState.local.sysctl) --
+
+    def sysctl_access() -> SysctlAccess:
+        state.current()
+        access: SysctlAccess | None = getattr(state.local, "sysctl", None)
+        if access is None:
+            raise ExecutionError("a sysctl helper needs the access run_sysctl describes")
+        return access
+
+    def copy_value(buf: int, size: int, value: bytes | None) -> int:
+        """The kernel's copy of a value into a program's buffer: zero-padded, or cut short and
+        terminated (-E2BIG); a missing value zeroes the buffer (-EINVAL)."""
+        size &= MASK32
+        if not value:
+            vm.memory.write(buf, bytes(size))
+            return _err(EINVAL)
+        if size > len(value):
+            vm.memory.write(buf, value + bytes(size - len(value)))
+            return len(value)
+        vm.memory.write(buf, value[: size - 1] + b"\0")
+        return _err(E2BIG)
+
+    def sysctl_get_name(_ctx: int, buf: int, size: int, flags: int, _e: int) -> int:
+        access = sysctl_access()
+        if flags & ~SYSCTL_BASE_NAME:
+            return _err(EINVAL)
+        name = (access.name.rsplit("/", 1)[-1] if flags & SYSCTL_BASE_NAME else access.name).encode()
+        size &= MASK32
+        if len(name) < size:
+            vm.memory.write(buf, name + b"\0")
+            return len(name)
+        vm.memory.write(buf, name[: size - 1] + b"\0")
+        return _err(E2BIG)
+
+    def sysctl_get_current_value(_ctx: int, buf: int, size: int, _d: int, _e: int) -> int:
+        return copy_value(buf, size, sysctl_access().value)
+
+    def sysctl_get_new_value(_ctx: int, buf: int, size: int, _d: int, _e: int) -> int:
+        access = sysctl_access()
+        if access.new_value is None:  # a read: there is no new value
+            vm.memory.write(buf, bytes(size & MASK32))
+            return _err(EINVAL)
+        return copy_value(buf, size, access.new_value)
+
+    def sysctl_set_new_value(_ctx: int, buf: int, size: int, _d: int, _e: int) -> int:
+        access = sysctl_access()
+        size &= MASK32
+        if not access.new_value or not 0 < size <= SYSCTL_VALUE_MAX:
+            return _err(EINVAL)
+        access.new_value, access.updated = vm.memory.read(buf, size), True
+        return 0
+
     def csum_update(_ctx: int, _csum: int, _c: int, _d: int, _e: int) -> int:
         state.current()
         return _err(ENOTSUPP)  # a test-run skb carries no checksum state (CHECKSUM_NONE), as here
@@ -782,6 +869,13 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
+        Helper(H.SYSCTL_GET_NAME, "bpf_sysctl_get_name", sysctl_get_name,
+               args=("ctx", "uninit_mem", "size", "scalar")),
+        Helper(H.SYSCTL_GET_CURRENT_VALUE, "bpf_sysctl_get_current_value", sysctl_get_current_value,
+               args=("ctx", "uninit_mem", "size")),
+        Helper(H.SYSCTL_GET_NEW_VALUE, "bpf_sysctl_get_new_value", sysctl_get_new_value,
+               args=("ctx", "uninit_mem", "size")),
+        Helper(H.SYSCTL_SET_NEW_VALUE, "bpf_sysctl_set_new_value", sysctl_set_new_value, args=("ctx", "mem", "size")),
     ]
     return [h for h in candidates if h.id in info.helpers]
 
@@ -1261,6 +1355,26 @@ class ProgramRunners:
         self._expect(ProgType.CGROUP_SOCK_ADDR)
         res = run_context(self._vm(), addr, engine=engine)
         return res.retval & MASK32, res.fields()
+
+    def run_sysctl(self, name: str, value: bytes | str | None = b"", *, new_value: bytes | str | None = None,
+                   file_pos: int = 0, engine: Engine = "interp") -> tuple[int, SysctlAccess]:
+        """cgroup/sysctl: ``(verdict 1 allow / 0 deny, the access after)`` for a read of the sysctl
+        ``name`` (its path below /proc/sys, "net/ipv4/tcp_mem") whose file holds ``value``, or a
+        write of ``new_value``; the access after holds the program's new value and file position."""
+        self._expect(ProgType.CGROUP_SYSCTL)
+
+        def raw(text: bytes | str | None) -> bytes | None:
+            return text.encode() if isinstance(text, str) else text
+
+        access = SysctlAccess(name, raw(value), raw(new_value), file_pos)
+        state = _program_state(self._vm())
+        state.local.sysctl = access
+        try:
+            res = run_context(self._vm(), {"write": int(new_value is not None), "file_pos": file_pos}, engine=engine)
+        finally:
+            state.local.sysctl = None
+        access.file_pos = int(res.ctx.file_pos)  # type: ignore[attr-defined]
+        return res.retval & MASK32, access
 
     def run_sock_ops(self, op: int, *, engine: Engine = "interp", **fields: Any) -> tuple[int, dict[str, Any]]:
         """sockops: ``(r0, bpf_sock_ops fields after)``; ``args[0]`` holds the reply."""

@@ -1163,6 +1163,7 @@ class Checker:
                     self._mem_arg(st, regs, r, size, size, kind)
                 case ArgType.UNINIT_LONG:
                     self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
+                    self._aligned_arg(regs, r, 8)
                 case ArgType.MEM | ArgType.UNINIT_MEM:
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
                         pending = (r, kind)
@@ -1231,6 +1232,15 @@ class Checker:
                     else:
                         frame.stack[-i - 1] = (MISC,) * 8
         # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
+
+    def _aligned_arg(self, regs: list[Reg], r: int, size: int) -> None:
+        """A pointer to an integer a helper writes must be aligned to its size, as the kernel
+        checks strictly for these arguments (stack and map values, whose bases are aligned)."""
+        ptr = self._read(regs, r)
+        desc = {Pt.PTR_TO_STACK: "stack ", Pt.PTR_TO_MAP_VALUE: "value "}.get(ptr.type)
+        if desc is not None and ptr.var.is_const and (ptr.off + ptr.var.value) % size:
+            self.reject(f"misaligned {desc}access off {ptr.var.value}+{ptr.off}+0 size {size}: r{r} "
+                        f"(an {size}-byte result of a helper) must be aligned")
 
     def _map_for_helper(self, handle: int, hid: int) -> None:
         """The kernel's map-to-helper compatibility: some map types go to some helpers only, and
