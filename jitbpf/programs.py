@@ -861,6 +861,8 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
                  "ctx", "scalar", "scalar"),
         c_helper(H.SKB_CHANGE_HEAD, "bpf_skb_change_head", in_run("jb_helper_skb_change_head"),
                  "ctx", "scalar", "scalar"),
+        c_helper(H.SKB_CHANGE_TAIL, "bpf_skb_change_tail", in_run("jb_helper_skb_change_tail"),
+                 "ctx", "scalar", "scalar"),
         c_helper(H.L3_CSUM_REPLACE, "bpf_l3_csum_replace", in_run("jb_helper_l3_csum_replace"),
                  "ctx", "scalar", "scalar", "scalar", "scalar"),
         c_helper(H.L4_CSUM_REPLACE, "bpf_l4_csum_replace", in_run("jb_helper_l4_csum_replace"),

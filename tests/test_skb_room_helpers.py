@@ -1,7 +1,7 @@
-"""The tc helpers that move an skb's headers (skb_adjust_room, skb_change_proto, skb_change_head),
-and bpf_redirect_neigh that encapsulating programs end with: both engines, checked against the
-kernel's BPF_PROG_TEST_RUN where it is available (root and the BPF syscall), else against each
-other."""
+"""The tc helpers that move an skb's headers or its end (skb_adjust_room, skb_change_proto,
+skb_change_head, skb_change_tail), and bpf_redirect_neigh that encapsulating programs end with:
+both engines, checked against the kernel's BPF_PROG_TEST_RUN where it is available (root and the
+BPF syscall), else against each other."""
 
 from __future__ import annotations
 
@@ -84,6 +84,13 @@ CALLS = [
     "bpf_skb_change_head(skb, 20000, 0)",  # -EINVAL: past the largest skb
     # After change_head the MAC header is longer: adjust_room inserts after it.
     "AND_THEN(bpf_skb_change_head(skb, 4, 0), bpf_skb_adjust_room(skb, 8, BPF_ADJ_ROOM_NET, 0))",
+    "bpf_skb_change_tail(skb, skb->len + 10, 0)",  # zero-filled
+    "bpf_skb_change_tail(skb, skb->len - 10, 0)",
+    "bpf_skb_change_tail(skb, 14, 0)",  # the MAC header only
+    "bpf_skb_change_tail(skb, 13, 0)",  # -EINVAL: shorter than the MAC header
+    "bpf_skb_change_tail(skb, 200, 1)",  # -EINVAL: flags
+    "bpf_skb_change_tail(skb, 20000, 0)",  # -EINVAL: past the largest skb
+    f"AND_THEN(bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, {ENCAP4}), bpf_skb_change_tail(skb, 200, 0))",
     "bpf_redirect_neigh(3, 0, 0, 0)",
     "bpf_redirect_neigh(3, 0, 0, 1)",  # TC_ACT_SHOT: flags
     "({ struct bpf_redir_neigh nh = {.nh_family = 2, .ipv4_nh = 0x0100000a};"

@@ -204,5 +204,6 @@ uint64_t jb_direct_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from,
 uint64_t jb_helper_skb_adjust_room(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_change_proto(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_change_head(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_skb_change_tail(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 
 #endif
