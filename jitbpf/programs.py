@@ -20,6 +20,7 @@ from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.memory import Region
 from jitbpf.pktrun import NO_FIELD, FrameLayout
 from jitbpf.sandbox import Pages
+from jitbpf.tunnel import TunnelInfo, from_key, to_key
 
 if TYPE_CHECKING:
     from jitbpf.verifier import ContextSpec
@@ -416,7 +417,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
     skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end"}
     sk_common = ("family", "remote_ip4", "local_ip4", "remote_ip6", "local_ip6", "remote_port", "local_port")
     lwt_xmit_helpers = {H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CLONE_REDIRECT, H.REDIRECT,
-                        H.SKB_CHANGE_TAIL}
+                        H.SKB_CHANGE_TAIL, H.SKB_GET_TUNNEL_KEY, H.SKB_SET_TUNNEL_KEY}
     types = [
         ProgramType(
             ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _BASE | _SKB_READ,
@@ -430,7 +431,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
                 H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
                 H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
                 H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP, H.SKB_UNDER_CGROUP, H.CSUM_UPDATE,
-                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH,
+                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH, H.SKB_GET_TUNNEL_KEY,
+                H.SKB_SET_TUNNEL_KEY,
             },
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
@@ -611,6 +613,7 @@ class ProgramRun:
     frame: Any  # struct jb_pkt_prog * of the run (see jitbpf.pktrun)
     msg_apply: int | None = None  # bytes given to bpf_msg_apply_bytes
     msg_cork: int | None = None  # bytes given to bpf_msg_cork_bytes
+    tunnel: TunnelInfo | None = None  # the skb's tunnel metadata (bpf_skb_get/set_tunnel_key)
 
     @property
     def ctx_addr(self) -> int:
@@ -836,6 +839,19 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         access.new_value, access.updated = vm.memory.read(buf, size), True
         return 0
 
+    def skb_get_tunnel_key(_ctx: int, key: int, size: int, flags: int, _e: int) -> int:
+        rc, data = to_key(state.current().tunnel, size & MASK32, flags)
+        vm.memory.write(key, data)
+        return rc & MASK64
+
+    def skb_set_tunnel_key(_ctx: int, key: int, size: int, flags: int, _e: int) -> int:
+        run = state.current()
+        made = from_key(vm.memory.read(key, size & MASK32), flags)
+        if isinstance(made, int):
+            return made & MASK64
+        run.tunnel = state.local.sent_tunnel = made
+        return 0
+
     def csum_update(_ctx: int, _csum: int, _c: int, _d: int, _e: int) -> int:
         state.current()
         return _err(ENOTSUPP)  # a test-run skb carries no checksum state (CHECKSUM_NONE), as here
@@ -871,6 +887,10 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
+        Helper(H.SKB_GET_TUNNEL_KEY, "bpf_skb_get_tunnel_key", skb_get_tunnel_key,
+               args=("ctx", "uninit_mem", "size", "scalar")),
+        Helper(H.SKB_SET_TUNNEL_KEY, "bpf_skb_set_tunnel_key", skb_set_tunnel_key,
+               args=("ctx", "mem", "size", "scalar")),
         Helper(H.SYSCTL_GET_NAME, "bpf_sysctl_get_name", sysctl_get_name,
                args=("ctx", "uninit_mem", "size", "scalar")),
         Helper(H.SYSCTL_GET_CURRENT_VALUE, "bpf_sysctl_get_current_value", sysctl_get_current_value,
@@ -1003,7 +1023,8 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     arena, ctx_region, pkt_region = state.arena(CTX_AREA + info.headroom + len(data) + info.tailroom)
     frame = pktrun.new_frame(state.layout, arena)
     pktrun.build_frame(frame, template, data, derive)
-    run = ProgramRun(info, arena, frame)
+    run = ProgramRun(info, arena, frame, tunnel=getattr(state.local, "tunnel", None))
+    state.local.sent_tunnel = None
     base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
     legacy = Region(start, len(data), arena.view[start - base : start - base + len(data)], False, "packet")
@@ -1214,6 +1235,22 @@ class ProgramRunners:
             info = PROGRAM_TYPES.get(self.prog_type) if self.prog_type is not None else None
             have = info.name if info is not None else "no program type"
             raise ExecutionError(f"this is not a {names} program ({have})")
+
+    @property
+    def tunnel(self) -> TunnelInfo | None:
+        """The tunnel metadata this thread's packets arrive with, which bpf_skb_get_tunnel_key
+        reads (None, the default: none, as in the kernel's test runs: the helper fails with
+        -EINVAL)."""
+        return getattr(_program_state(self._vm()).local, "tunnel", None)
+
+    @tunnel.setter
+    def tunnel(self, info: TunnelInfo | None) -> None:
+        _program_state(self._vm()).local.tunnel = info
+
+    @property
+    def sent_tunnel(self) -> TunnelInfo | None:
+        """What bpf_skb_set_tunnel_key stored in this thread's latest run (None: it was not called)."""
+        return getattr(_program_state(self._vm()).local, "sent_tunnel", None)
 
     def run_context(self, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] | None = None, *,
                     packet: bytes | bytearray | memoryview | None = None, engine: Engine = "interp") -> RunResult:
