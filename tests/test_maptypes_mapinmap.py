@@ -295,18 +295,20 @@ def test_verdicts_agree_with_the_kernel(text: str) -> None:
 
 
 @pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
-def test_update_errors_agree_with_the_kernel() -> None:
-    ours = ArrayOfMaps(inner=_inner(), max_entries=2)
+@pytest.mark.parametrize("kind", [MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS])
+def test_update_errors_agree_with_the_kernel(kind: MapType) -> None:
+    ours: Any = create_map(kind, 4, 4, 2, inner=_inner())
+    spec = kernel_oracle.KernelMap(int(kind), 4, 4, 2, inner=kernel_oracle.KernelMap(int(MapType.HASH), 4, 8, 4))
     fits = kernel_oracle.create(kernel_oracle.KernelMap(int(MapType.HASH), 4, 8, 4))
     misfit = kernel_oracle.create(kernel_oracle.KernelMap(int(MapType.HASH), 4, 4, 4))
     try:
-        with kernel_oracle.kernel_map(ORACLE_OUTER[1]) as theirs:
-            steps = [(0, BPF_NOEXIST, True), (0, BPF_EXIST, True), (2, BPF_ANY, True), (0, BPF_ANY, False),
-                     (0, BPF_ANY, True), (1, BPF_ANY, True)]
+        with kernel_oracle.kernel_map(spec) as theirs:
+            steps = [(0, BPF_EXIST, True), (0, BPF_NOEXIST, True), (0, BPF_NOEXIST, True), (2, BPF_ANY, True),
+                     (0, BPF_ANY, False), (0, BPF_ANY, True), (1, BPF_ANY, True), (5, BPF_ANY, True)]
             for index, flags, fit in steps:
                 inner = _inner() if fit else HashMap(key_size=4, value_size=4, max_entries=4)
-                fd = fits if fit else misfit
                 mine = errno_of(ours.insert, index, inner, flags)
+                fd = fits if fit else misfit
                 assert mine == theirs.update(index.to_bytes(4, "little"), fd.to_bytes(4, "little"), flags), \
                     (index, flags, fit)
             for index in (1, 1, 5):
@@ -314,3 +316,33 @@ def test_update_errors_agree_with_the_kernel() -> None:
     finally:
         os.close(fits)
         os.close(misfit)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_native_xdp_run_follows_the_outer_map(engine: str) -> None:
+    """XDP runs with the JIT bind their maps' regions natively: a new inner map is bound too."""
+    outer = ArrayOfMaps(inner=_inner(), max_entries=2, name="OUTER")
+    vm = load(TWO_LOOKUPS.replace("mov r0, 99", "mov r0, 0"), outer, prog_type="xdp")
+    outer[1] = _inner("PASS", 2)
+    assert vm.run_xdp(bytes(64), engine=engine)[0] == 2
+    outer[1] = _inner("DROP", 1)
+    assert vm.run_xdp(bytes(64), engine=engine)[0] == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_program_updates_an_inner_map(engine: str) -> None:
+    outer = ArrayOfMaps(inner=_inner(), max_entries=2, name="OUTER")
+    inner = _inner("INNER")
+    outer[1] = inner
+    update = TWO_LOOKUPS.replace("""    call 1
+    jeq r0, 0, miss
+    ldxdw r0, [r0]
+    exit""", """    stdw [r10-16], 31
+    mov r3, r10
+    add r3, -16
+    mov r4, 0
+    call 2
+    exit""")
+    assert update != TWO_LOOKUPS
+    assert run(load(update, outer), engine, bytearray(8)) == 0
+    assert inner[7] == 31
