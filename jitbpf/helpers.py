@@ -40,13 +40,15 @@ class ArgType(enum.Enum):
     CTX_READ = "ctx_read"
     CTX_OR_NULL = "ctx_or_null"  # as CTX_READ, or the constant 0
     ALLOC_SIZE = "alloc_size"  # a known constant: the size of the memory the helper returns (may be 0)
+    ZERO = "zero"  # a number the verifier knows is 0 (flags reserved for later use)
 
 
 class RetType(enum.Enum):
     """What a helper leaves in r0 (``Helper.ret`` names it by value)."""
 
     SCALAR = "scalar"  # a number
-    MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0
+    MAP_VALUE_OR_NULL = "map_value_or_null"  # a value of the map passed as r1, or 0 (an outer map: an inner map)
+    MAP_VALUE = "map_value"  # a value of the map passed as r1, never 0 (cgroup storage)
     # memory of the ALLOC_SIZE argument's size, or 0; acquired: the program must pass it to a
     # RELEASED argument before it exits (a ring buffer record)
     ACQUIRED_MEM_OR_NULL = "acquired_mem_or_null"
@@ -79,6 +81,7 @@ class Helper:
     ret: RetType | str = RetType.SCALAR  # verifier return kind
     native: int = 0  # address of an equivalent C function, or 0
     keepalive: tuple[object, ...] = field(default=(), compare=False, repr=False)  # owners of native
+    map_types: tuple[int, ...] = ()  # the map types its map argument takes (empty: any)
 
     def __post_init__(self) -> None:
         self.signature  # noqa: B018  (names that are no argument or return type fail here, not at verification)

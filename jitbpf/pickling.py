@@ -28,7 +28,7 @@ _ELEMENT_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, Ma
                             MapType.LPM_TRIE})
 # What a map object holds about its C storage in this process: made afresh on the other side.
 _NATIVE_ATTRS = frozenset({"_nat", "_ptr", "address", "num_cpus", "_stride", "_closed", "_freed", "_users",
-                           "_regions"})
+                           "_holders", "_regions"})
 _EXIT = b"\x95" + bytes(7)  # a program of one exit, for the helper set a bare VM starts with
 
 

@@ -216,15 +216,23 @@ class VM(ProgramRunners):
         """``{name: handle}`` of the named maps: what ``assemble(..., maps=...)`` takes."""
         return {m.name: h for h, m in self.maps.items() if m.name}
 
-    def map_regions(self) -> list[Region]:
-        """The memory of every map (values, ring buffers): both engines must accept accesses there."""
-        seen: set[int] = set()
-        regions: list[Region] = []
+    def reachable_maps(self) -> list[Any]:
+        """Every map a program may reach: those added, and the inner maps of outer maps among them."""
+        found: dict[int, Any] = {}
         for m in self.maps.values():
-            if id(m) not in seen:
-                seen.add(id(m))
-                regions.extend(m.regions())
-        return regions
+            for r in m.reachable_maps():
+                found.setdefault(id(r), r)
+        return list(found.values())
+
+    def map_regions(self) -> list[Region]:
+        """The memory of every map (values, ring buffers; inner maps' too): both engines must
+        accept accesses there."""
+        return [region for m in self.reachable_maps() for region in m.regions()]
+
+    def regions_changed(self) -> None:
+        """An outer map of this VM now holds other inner maps: runs bind the new set of regions."""
+        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM
+        self._config_changed()  # native typed-run bindings are redone (jitbpf.linux.pktrun)
 
     def use_standard_helpers(self, **options: Any) -> Any:
         """Register the standard Linux helpers (``jitbpf.linux.stdhelpers``); returns their context

@@ -29,6 +29,7 @@ class KernelMap:
     value_size: int
     max_entries: int
     flags: int = 0
+    inner: KernelMap | None = None  # maps of maps: the inner map template (created first, then closed)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Verdict:
 
 class _MapAttr(ctypes.Structure):
     _fields_ = (("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
-                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 108))
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("pad", ctypes.c_uint8 * 104))
 
 
 class _ProgAttr(ctypes.Structure):
@@ -77,15 +79,26 @@ def available() -> bool:
     return True
 
 
+def create(m: KernelMap) -> int:
+    """A new kernel map's file descriptor (the caller closes it); OSError when the kernel refuses."""
+    inner_fd = create(m.inner) if m.inner is not None else 0
+    try:
+        fd, err = _bpf(BPF_MAP_CREATE, _MapAttr(m.map_type, m.key_size, m.value_size, m.max_entries, m.flags,
+                                                inner_fd))
+    finally:
+        if m.inner is not None:
+            os.close(inner_fd)
+    if fd < 0:
+        raise OSError(err, f"BPF_MAP_CREATE {m}: {os.strerror(err)}")
+    return fd
+
+
 @contextlib.contextmanager
 def _maps(specs: Mapping[int, KernelMap]) -> Iterator[dict[int, int]]:
     fds: dict[int, int] = {}
     try:
         for handle, m in specs.items():
-            fd, err = _bpf(BPF_MAP_CREATE, _MapAttr(m.map_type, m.key_size, m.value_size, m.max_entries, m.flags))
-            if fd < 0:
-                raise OSError(err, f"BPF_MAP_CREATE {m}: {os.strerror(err)}")
-            fds[handle] = fd
+            fds[handle] = create(m)
         yield fds
     finally:
         for fd in fds.values():

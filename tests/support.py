@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from jitbpf.asm import assemble
+from jitbpf.errors import MapError
 from jitbpf.linux.elf import load_elf
 from jitbpf.linux.maps import BpfMap
 from jitbpf.vm import VM
@@ -33,6 +34,15 @@ def load(text: str, *maps: BpfMap, **options: object) -> VM:
 
 def run(vm: VM, engine: str, mem: bytes | bytearray | None = None) -> int:
     return vm.execute(mem) if engine == "interp" else vm.execute_jit(mem)
+
+
+def errno_of(fn: Callable[..., object], *args: object) -> int:
+    """The errno of the MapError ``fn(*args)`` raises, 0 if it succeeds."""
+    try:
+        fn(*args)
+    except MapError as exc:
+        return exc.errno
+    return 0
 
 
 def s64(x: int) -> int:

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import ipaddress
 import threading
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,12 +17,14 @@ from jitbpf.linux.maps import (
     BPF_ANY,
     BPF_EXIST,
     BPF_NOEXIST,
+    MAP_OF_MAPS_TYPES,
     Array,
     DevMap,
     HashMap,
     LpmKey,
     LpmTrie,
     MapKeyError,
+    MapShape,
     MapType,
     PerCpuArray,
     PerCpuHashMap,
@@ -158,17 +161,21 @@ def test_factory_builds_each_type() -> None:
         MapType.LRU_HASH: (4, 4, 8), MapType.LRU_PERCPU_HASH: (4, 4, 8), MapType.CGROUP_ARRAY: (4, 4, 8),
         MapType.SK_STORAGE: (4, 4, 0), MapType.DEVMAP_HASH: (4, 4, 8), MapType.BLOOM_FILTER: (0, 4, 8),
         MapType.STACK_TRACE: (4, 8, 8), MapType.TASK_STORAGE: (4, 4, 0), MapType.INODE_STORAGE: (4, 4, 0),
+        MapType.ARRAY_OF_MAPS: (4, 4, 8), MapType.HASH_OF_MAPS: (8, 4, 8), MapType.CGROUP_STORAGE: (16, 4, 0),
+        MapType.PERCPU_CGROUP_STORAGE: (8, 4, 0),
     }
     assert set(shapes) == set(MapType)
     for kind, (ks, vs, n) in shapes.items():
         storage = {MapType.SK_STORAGE, MapType.TASK_STORAGE, MapType.INODE_STORAGE}
         flags = 1 if kind in storage else 0  # BPF_F_NO_PREALLOC, which local storage requires
-        m = create_map(kind, ks, vs, n, flags, name=kind.name.lower())
+        options: dict[str, Any] = {"inner": MapShape(MapType.ARRAY, 4, 4, 1, 0)} if kind in MAP_OF_MAPS_TYPES else {}
+        m = create_map(kind, ks, vs, n, flags, name=kind.name.lower(), **options)
         assert (m.map_type, m.key_size, m.value_size, m.max_entries, m.name) == (kind, ks, vs, n, kind.name.lower())
         assert m.address != 0
         pointer_types = {MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
                          MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
-                         MapType.SK_STORAGE, MapType.TASK_STORAGE, MapType.INODE_STORAGE}
+                         MapType.SK_STORAGE, MapType.TASK_STORAGE, MapType.INODE_STORAGE,
+                         MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE}
         assert bool(m.regions()) == (kind in pointer_types)
 
 

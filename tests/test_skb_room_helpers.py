@@ -1,7 +1,8 @@
-"""The tc helpers that move an skb's headers (skb_adjust_room, skb_change_proto, skb_change_head),
-and bpf_redirect_neigh that encapsulating programs end with: both engines, checked against the
-kernel's BPF_PROG_TEST_RUN where it is available (root and the BPF syscall), else against each
-other."""
+"""The tc helpers that move an skb's headers or its end (skb_adjust_room, skb_change_proto,
+skb_change_head, skb_change_tail), set its tunnel key (skb_set/get_tunnel_key, the test-run skb
+having no tunnel of its own) and bpf_redirect_neigh that encapsulating programs end with:
+both engines, checked against the kernel's BPF_PROG_TEST_RUN where it is available (root and the
+BPF syscall), else against each other."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ TEMPLATE = """
 #define DECAP_L3_IPV4 (1ULL << 7) /* BPF_F_ADJ_ROOM_DECAP_L3_*: newer than some installed headers */
 #define DECAP_L3_IPV6 (1ULL << 8)
 #define AND_THEN(a, b) ({ long _r = (a); _r ? _r : (b); })
+/* Sets a tunnel key, reads it back and returns the first error or a sum of what it read. */
+#define TUNNEL(set_flags, size, get_flags, get_size, ...) ({ \
+    struct bpf_tunnel_key k = {__VA_ARGS__}, o = {}; \
+    long _r = bpf_skb_set_tunnel_key(skb, &k, size, set_flags); \
+    _r = _r ? _r : bpf_skb_get_tunnel_key(skb, &o, get_size, get_flags); \
+    _r ? _r : (long)(o.tunnel_id + o.remote_ipv4 * 3 + o.local_ipv4 * 5 + o.tunnel_ttl * 7 + o.tunnel_tos * 11 \
+                     + o.tunnel_ext * 13 + o.tunnel_label * 17 + o.remote_ipv6[3] * 19 + o.local_ipv6[3] * 23); })
 SEC("tc") int prog(struct __sk_buff *skb) {
     long r = %s;
     if (r)
@@ -83,6 +91,30 @@ CALLS = [
     "bpf_skb_change_head(skb, 20000, 0)",  # -EINVAL: past the largest skb
     # After change_head the MAC header is longer: adjust_room inserts after it.
     "AND_THEN(bpf_skb_change_head(skb, 4, 0), bpf_skb_adjust_room(skb, 8, BPF_ADJ_ROOM_NET, 0))",
+    "bpf_skb_change_tail(skb, skb->len + 10, 0)",  # zero-filled
+    "bpf_skb_change_tail(skb, skb->len - 10, 0)",
+    "bpf_skb_change_tail(skb, 14, 0)",  # the MAC header only
+    "bpf_skb_change_tail(skb, 13, 0)",  # -EINVAL: shorter than the MAC header
+    "bpf_skb_change_tail(skb, 200, 1)",  # -EINVAL: flags
+    "bpf_skb_change_tail(skb, 20000, 0)",  # -EINVAL: past the largest skb
+    f"AND_THEN(bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, {ENCAP4}), bpf_skb_change_tail(skb, 200, 0))",
+    "({ struct bpf_tunnel_key k; bpf_skb_get_tunnel_key(skb, &k, sizeof(k), 0); })",  # -EINVAL: no tunnel
+    "({ struct bpf_tunnel_key k = {.tunnel_id = 5}; bpf_skb_set_tunnel_key(skb, &k, sizeof(k), 0); })",
+    "TUNNEL(0, sizeof(k), 0, sizeof(o), .tunnel_id = 5, .remote_ipv4 = 0x0a000001, .tunnel_ttl = 64, .tunnel_tos = 4)",
+    "TUNNEL(0, sizeof(k), 16, sizeof(o), .tunnel_id = 5)",  # BPF_F_TUNINFO_FLAGS: the tunnel flags too
+    "TUNNEL(2 | 4 | 8, sizeof(k), 16, sizeof(o), .tunnel_id = 5)",  # no checksum, don't fragment, sequence
+    "TUNNEL(16, sizeof(k), 16, sizeof(o), .tunnel_id = 5)",  # BPF_F_NO_TUNNEL_KEY
+    "TUNNEL(0, sizeof(k), 1, sizeof(o), .tunnel_id = 5)",  # -EPROTO: an IPv4 tunnel read as IPv6
+    "TUNNEL(0, sizeof(k), 32, sizeof(o), .tunnel_id = 5)",  # -EINVAL: get flags
+    "TUNNEL(32, sizeof(k), 0, sizeof(o), .tunnel_id = 5)",  # -EINVAL: set flags
+    "TUNNEL(0, sizeof(k), 0, sizeof(o), .tunnel_label = 1)",  # -EINVAL: a label for IPv4
+    "TUNNEL(0, sizeof(k), 0, sizeof(o), .tunnel_ext = 1)",  # -EINVAL: tunnel_ext
+    "TUNNEL(0, 10, 0, sizeof(o), .tunnel_id = 5)",  # -EINVAL: no such layout
+    "TUNNEL(0, 24, 0, 28, .tunnel_id = 5, .remote_ipv4 = 7, .tunnel_label = 0)",  # older layouts
+    "TUNNEL(0, 8, 0, 8, .tunnel_id = 5, .remote_ipv4 = 7)",
+    "TUNNEL(1, 8, 1, sizeof(o), .tunnel_id = 5)",  # -EINVAL: the 8-byte layout is IPv4 only
+    "TUNNEL(1, sizeof(k), 1, sizeof(o), .tunnel_id = 9, .remote_ipv6 = {1, 2, 3, 4}, .tunnel_label = 0x123456)",
+    "TUNNEL(1, sizeof(k), 1, 8, .tunnel_id = 9, .remote_ipv6 = {1, 2, 3, 4})",  # -EINVAL: IPv4's layout
     "bpf_redirect_neigh(3, 0, 0, 0)",
     "bpf_redirect_neigh(3, 0, 0, 1)",  # TC_ACT_SHOT: flags
     "({ struct bpf_redir_neigh nh = {.nh_family = 2, .ipv4_nh = 0x0100000a};"

@@ -594,8 +594,8 @@ def test_api_inputs() -> None:
 def test_declarations_are_checked() -> None:
     assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
                                          "size_or_zero", "ctx", "uninit_mem", "uninit_value", "released",
-                                         "uninit_long", "ctx_read", "ctx_or_null", "alloc_size"]
-    assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "void", "acquired_mem_or_null"}
+                                         "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero"]
+    assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})
     with pytest.raises(ValueError, match="4 or 8 bytes, not 2"):
@@ -887,4 +887,4 @@ def test_helper_signature_is_typed_and_checked_when_defined() -> None:
     with pytest.raises(ValueError, match=r"helper 9 \(h\): 'pointer' is not a valid ArgType"):
         Helper(9, "h", _never, ("pointer",))
     with pytest.raises(ValueError, match="is not a valid RetType"):
-        Helper(9, "h", _never, ret="map_value")
+        Helper(9, "h", _never, ret="value_or_null")

@@ -41,6 +41,7 @@ int jb_map_pop(struct jb_map *m, void *value);
 int jb_map_peek(struct jb_map *m, void *value);
 int jb_slot_get(struct jb_map *m, uint32_t index, uint64_t *value);
 void *jb_storage_get(struct jb_map *m, uint32_t owner, const void *init, uint64_t flags);
+void *jb_cgroup_storage_get(struct jb_map *m, const void *key);
 
 /* Perf event arrays and ring buffers: producers (programs) and the consumer (Python). */
 int jb_perf_output(struct jb_map *m, uint64_t flags, const void *data, uint64_t size);
@@ -203,5 +204,6 @@ uint64_t jb_direct_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from,
 uint64_t jb_helper_skb_adjust_room(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_change_proto(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_change_head(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_skb_change_tail(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 
 #endif

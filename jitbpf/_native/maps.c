@@ -38,11 +38,15 @@ enum map_type {
     T_LRU_HASH = 9,
     T_LRU_PERCPU_HASH = 10,
     T_LPM_TRIE = 11,
+    T_ARRAY_OF_MAPS = 12,
+    T_HASH_OF_MAPS = 13,
     T_DEVMAP = 14,
     T_SOCKMAP = 15,
     T_CPUMAP = 16,
     T_XSKMAP = 17,
     T_SOCKHASH = 18,
+    T_CGROUP_STORAGE = 19,
+    T_PERCPU_CGROUP_STORAGE = 21,
     T_QUEUE = 22,
     T_SK_STORAGE = 24,
     T_DEVMAP_HASH = 25,
@@ -63,6 +67,8 @@ enum map_type {
 #define BLOOM_HASHES_DEFAULT 5
 #define STORAGE_F_CREATE 1
 #define STORAGE_VALUE_MAX 65535  /* about the kernel's limit (a u16 offset within its storage) */
+#define CGROUP_STORAGE_VALUE_MAX 65407  /* the kernel's: a u16 offset less its element header */
+#define PERCPU_STORAGE_VALUE_MAX 32768  /* the kernel's smallest per-CPU allocation unit */
 #define F_INDEX_MASK 0xffffffffULL
 #define F_CURRENT_CPU 0xffffffffULL
 #define RB_NO_WAKEUP 1
@@ -356,7 +362,20 @@ static int is_pow2(uint64_t x) { return x && !(x & (x - 1)); }
 
 static int is_percpu(const struct jb_map *m)
 {
-    return m->type == T_PERCPU_HASH || m->type == T_PERCPU_ARRAY || m->type == T_LRU_PERCPU_HASH;
+    return m->type == T_PERCPU_HASH || m->type == T_PERCPU_ARRAY || m->type == T_LRU_PERCPU_HASH ||
+           m->type == T_PERCPU_CGROUP_STORAGE;
+}
+
+/* Cgroup storage: a value per (cgroup, attach type) key, created when a program first asks. */
+static int is_cgroup_storage(const struct jb_map *m)
+{
+    return m->type == T_CGROUP_STORAGE || m->type == T_PERCPU_CGROUP_STORAGE;
+}
+
+/* Maps of maps: their values are the addresses of inner maps, which lookups return. */
+static int is_map_of_maps(const struct jb_map *m)
+{
+    return m->type == T_ARRAY_OF_MAPS || m->type == T_HASH_OF_MAPS;
 }
 
 static int is_lru(const struct jb_map *m) { return m->type == T_LRU_HASH || m->type == T_LRU_PERCPU_HASH; }
@@ -370,13 +389,14 @@ static int is_storage(const struct jb_map *m)
 static int is_hash(const struct jb_map *m)
 {
     return m->type == T_HASH || m->type == T_PERCPU_HASH || m->type == T_SOCKHASH || is_storage(m) ||
-           m->type == T_DEVMAP_HASH || m->type == T_STACK_TRACE || is_lru(m);
+           m->type == T_DEVMAP_HASH || m->type == T_STACK_TRACE || is_lru(m) || m->type == T_HASH_OF_MAPS ||
+           is_cgroup_storage(m);
 }
 
 static int is_slots(const struct jb_map *m)
 {
     return m->type == T_PROG_ARRAY || m->type == T_SOCKMAP || m->type == T_DEVMAP || m->type == T_CPUMAP ||
-           m->type == T_XSKMAP || m->type == T_CGROUP_ARRAY;
+           m->type == T_XSKMAP || m->type == T_CGROUP_ARRAY || m->type == T_ARRAY_OF_MAPS;
 }
 
 void jb_map_free(struct jb_map *m)
@@ -438,6 +458,20 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         if (ks != 4 || vs < 8 || vs % 8 || vs / 8 > MAX_STACK_DEPTH || max == 0)
             return -EINVAL;
         return max > (1u << 31) ? -E2BIG : 0;
+    case T_CGROUP_STORAGE:
+    case T_PERCPU_CGROUP_STORAGE:
+        /* struct bpf_cgroup_storage_key (cgroup id, attach type, padded to 16) or a u64 cgroup id; max_entries is
+           0 (a value per attachment); aux is the number of attachments jitbpf preallocates. */
+        if ((ks != 8 && ks != 16) || vs == 0 || max != 0 || aux == 0)
+            return -EINVAL;
+        if (vs > (type == T_CGROUP_STORAGE ? CGROUP_STORAGE_VALUE_MAX : PERCPU_STORAGE_VALUE_MAX))
+            return -E2BIG;
+        return aux > (1u << 24) ? -E2BIG : 0;
+    case T_HASH_OF_MAPS:
+        /* key -> an inner map (its fd for the kernel's user space: 4 bytes) */
+        if (ks == 0 || vs != 4 || max == 0)
+            return -EINVAL;
+        return ks > MAX_KEY_SIZE || max > (1u << 30) ? -E2BIG : 0;
     case T_DEVMAP_HASH:
         /* u32 key -> struct bpf_devmap_val: an ifindex, and optionally a program's fd */
         return ks == 4 && (vs == 4 || vs == 8) && max ? 0 : -EINVAL;
@@ -452,6 +486,7 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
         return vs > MAX_VALUE_SIZE ? -E2BIG : 0;
     case T_PROG_ARRAY:
     case T_CGROUP_ARRAY:
+    case T_ARRAY_OF_MAPS:
         return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_SOCKMAP:
     case T_DEVMAP:
@@ -604,8 +639,15 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         rc = alloc_hash(m);
         n = m->max_entries;
         break;
+    case T_CGROUP_STORAGE:
+    case T_PERCPU_CGROUP_STORAGE:
+        m->max_entries = (uint32_t)aux;
+        rc = alloc_hash(m);
+        n = m->max_entries;
+        break;
     case T_SOCKHASH:
-        m->value_size = 8;  /* a socket id */
+    case T_HASH_OF_MAPS:
+        m->value_size = 8;  /* a socket id, or an inner map's address */
         m->stride = 8;
         rc = alloc_hash(m);
         n = max_entries;
@@ -626,11 +668,12 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         break;
     case T_PROG_ARRAY:
     case T_CGROUP_ARRAY:
+    case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
     case T_XSKMAP:
-        m->stride = 8;  /* program flag, socket id, ifindex or cgroup id, held as u64 */
+        m->stride = 8;  /* program flag, socket id, ifindex, cgroup id or map address, held as u64 */
         m->used = calloc(max_entries, 1);
         rc = m->used ? 0 : -ENOMEM;
         n = max_entries;
@@ -1232,6 +1275,15 @@ void *jb_map_lookup(struct jb_map *m, const void *key)
     case T_LPM_TRIE:
         i = lpm_lookup(m, key);
         return i >= 0 ? value_at(m, (uint32_t)i, 0) : NULL;
+    case T_ARRAY_OF_MAPS:
+        /* The inner map itself: a map pointer for the program's next map helper call. */
+        memcpy(&idx, key, 4);
+        if (idx >= m->max_entries || !LOAD_ACQ(&m->used[idx]))
+            return NULL;
+        return (void *)(uintptr_t)LOAD((uint64_t *)value_at(m, idx, 0));
+    case T_HASH_OF_MAPS:
+        i = htab_lookup(m, key);
+        return i >= 0 ? (void *)(uintptr_t)LOAD((uint64_t *)value_at(m, (uint32_t)i, 0)) : NULL;
     default:
         /* Programs get no pointer into queues, rings, or socket/program/device slots. */
         return NULL;
@@ -1261,6 +1313,9 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_TASK_STORAGE:
     case T_DEVMAP_HASH:
     case T_STACK_TRACE:
+    case T_HASH_OF_MAPS:
+    case T_CGROUP_STORAGE:
+    case T_PERCPU_CGROUP_STORAGE:
         i = htab_lookup(m, key);
         break;
     case T_LPM_TRIE:
@@ -1271,6 +1326,7 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
         return jb_map_peek(m, out);
     case T_PROG_ARRAY:
     case T_CGROUP_ARRAY:
+    case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1312,7 +1368,8 @@ static int slot_update(struct jb_map *m, const void *key, const void *value, uin
     memcpy(&idx, key, 4);
     memcpy(&v, value, 8);
     /* Arrays of file descriptors (programs, cgroups) take BPF_ANY only. */
-    if (m->type == T_PROG_ARRAY || m->type == T_CGROUP_ARRAY ? flags != F_ANY : flags > F_EXIST)
+    if (m->type == T_PROG_ARRAY || m->type == T_CGROUP_ARRAY || m->type == T_ARRAY_OF_MAPS ? flags != F_ANY
+                                                                                          : flags > F_EXIST)
         return -EINVAL;
     if (idx >= m->max_entries)
         return -E2BIG;
@@ -1374,6 +1431,27 @@ void *jb_storage_get(struct jb_map *m, uint32_t owner, const void *init, uint64_
     return i >= 0 ? m->values + (uint64_t)i * m->stride : NULL;
 }
 
+/* bpf_get_local_storage: the value of the attachment ``key`` names (cgroup id, attach type),
+   created zeroed on first use (where the kernel creates it when the program is attached); NULL
+   when the preallocated attachments are used up. */
+void *jb_cgroup_storage_get(struct jb_map *m, const void *key)
+{
+    int32_t i;
+    uint8_t *zero;
+    if (!is_cgroup_storage(m))
+        return NULL;
+    i = htab_lookup(m, key);
+    if (i < 0) {
+        zero = calloc(m->num_cpus, m->stride);
+        if (!zero)
+            return NULL;
+        htab_update(m, key, zero, F_NOEXIST, -1);
+        free(zero);
+        i = htab_lookup(m, key);
+    }
+    return i >= 0 ? value_at(m, (uint32_t)i, m->type == T_CGROUP_STORAGE ? 0 : current_cpu()) : NULL;
+}
+
 int jb_slot_get(struct jb_map *m, uint32_t index, uint64_t *value)
 {
     if (!is_slots(m))
@@ -1397,8 +1475,15 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_INODE_STORAGE:
     case T_TASK_STORAGE:
     case T_DEVMAP_HASH:
+    case T_HASH_OF_MAPS:
     case T_STACK_TRACE:  /* by bpf_get_stackid only: the Python API refuses updates, as the kernel */
         return htab_update(m, key, value, flags, 0);
+    case T_CGROUP_STORAGE:
+    case T_PERCPU_CGROUP_STORAGE:
+        /* Values exist from their attachment on: an update replaces, never creates. */
+        if (flags != F_ANY && flags != F_EXIST)
+            return -EINVAL;
+        return htab_update(m, key, value, F_EXIST, m->type == T_CGROUP_STORAGE ? 0 : cpu);
     case T_LRU_HASH:
         return htab_update(m, key, value, flags, 0);
     case T_PERCPU_HASH:
@@ -1408,6 +1493,7 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
         return lpm_update(m, key, value, flags);
     case T_PROG_ARRAY:
     case T_CGROUP_ARRAY:
+    case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1441,11 +1527,13 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_TASK_STORAGE:
     case T_DEVMAP_HASH:
     case T_STACK_TRACE:
+    case T_HASH_OF_MAPS:
         return htab_delete(m, key);
     case T_LPM_TRIE:
         return lpm_delete(m, key);
     case T_PROG_ARRAY:
     case T_CGROUP_ARRAY:
+    case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
     case T_DEVMAP:
     case T_CPUMAP:
@@ -1932,8 +2020,8 @@ uint64_t jb_direct_map_update_elem(uint64_t map, uint64_t key, uint64_t value, u
 uint64_t jb_direct_map_delete_elem(uint64_t map, uint64_t key)
 {
     struct jb_map *m = PTR(map);
-    if (m->type == T_PROG_ARRAY)
-        return RET(-EINVAL);
+    if (m->type == T_PROG_ARRAY || is_map_of_maps(m))
+        return RET(-EINVAL);  /* user space's to change, as the kernel */
     return RET(jb_map_delete(m, PTR(key)));
 }
 

@@ -580,3 +580,26 @@ uint64_t jb_helper_skb_change_head(uint64_t ctx, uint64_t head_room, uint64_t fl
     jb_pkt_sync(run);
     return RET(ret);
 }
+
+uint64_t jb_helper_skb_change_tail(uint64_t ctx, uint64_t new_len, uint64_t flags, uint64_t r4 UNUSED,
+                                   uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return RET(-EINVAL);
+    uint32_t to = (uint32_t)new_len;
+    uint64_t len = run->data_end - run->data;
+    /* Never shorter than the headers before the network header (the kernel's minimum length of
+       a test-run skb), never longer than the kernel's BPF_SKB_MAX_LEN. */
+    if (flags != 0 || to > SKB_MAX_LEN || to < run->net_off)
+        return RET(-EINVAL);
+    if (run->encap)
+        return RET(-ENOTSUPP);
+    if (run->data + to > run->frame_end)
+        return RET(-ENOMEM);  /* past the frame's tailroom, where the kernel would reallocate */
+    if (to > len)
+        memset(PTR(run->data_end), 0, to - len);
+    run->data_end = run->data + to;
+    jb_pkt_sync(run);
+    return 0;
+}

@@ -257,6 +257,7 @@ class MapDef:
     origin: str  # "btf", "legacy" or "data"
     initial: bytes | None = None  # contents of a global-data map (its single value)
     extra: int = 0  # map_extra (a bloom filter's number of hash functions)
+    inner: MapDef | None = None  # the inner map template of a map of maps (``__array(values, struct ...)``)
 
 
 @dataclass(frozen=True)
@@ -395,6 +396,7 @@ RUNNERS: Mapping[ProgType, str] = MappingProxyType({
     ProgType.CGROUP_DEVICE: "run_cgroup_device",
     ProgType.SK_MSG: "run_sk_msg",
     ProgType.CGROUP_SOCK_ADDR: "run_sock_addr",
+    ProgType.CGROUP_SYSCTL: "run_sysctl",
 })  # the VM method that runs each program type
 
 
@@ -881,10 +883,12 @@ class _Loader:
         if t.kind is not BtfKind.STRUCT:
             raise ElfError(f"map {name} is declared as a {t.kind.name}, not a struct", section=section)
         attrs: dict[str, int] = {}
+        inner: MapDef | None = None
         for member, member_type, bit_offset in t.members:
             _, ptr = btf.resolve(member_type)
             if member == "values":
                 self.values_off[name] = (bit_offset & 0xFFFFFF) // 8  # initial contents: see .rel.maps
+                inner = self._inner_map_def(btf, name, ptr, section)
                 continue
             if ptr.kind is not BtfKind.PTR:
                 raise ElfError(f"map {name}: attribute {member} is not declared with __uint/__type", section=section)
@@ -900,9 +904,26 @@ class _Loader:
                 raise ElfError(f"map {name} has no {required}", section=section)
         if name in self.values_off:
             attrs.setdefault("value_size", 4)  # program and map ids, as libbpf sets for .values
+        if inner is not None:
+            if attrs.get("value_size", 4) != 4:
+                raise ElfError(f"map {name}: the values of a map of maps are 4-byte map ids", section=section)
+            attrs["value_size"] = 4
         return MapDef(name, attrs["type"], attrs.get("key_size", 0), attrs.get("value_size", 0),
                       attrs.get("max_entries", 0), attrs.get("map_flags", 0), section, "btf",
-                      extra=attrs.get("map_extra", 0))
+                      extra=attrs.get("map_extra", 0), inner=inner)
+
+    def _inner_map_def(self, btf: Btf, name: str, values: BtfType, section: str) -> MapDef | None:
+        """The template of ``__array(values, struct {...})`` when it names a map definition (a map
+        of maps); None for the function pointers of a program array."""
+        if values.kind is not BtfKind.ARRAY:
+            raise ElfError(f"map {name}: .values is not declared with __array", section=section)
+        _, elem = btf.resolve(values.array[0])
+        if elem.kind is not BtfKind.PTR:
+            raise ElfError(f"map {name}: .values is not an array of pointers", section=section)
+        target_id, target = btf.resolve(elem.size_or_type)
+        if target.kind is not BtfKind.STRUCT:
+            return None
+        return self._btf_map_def(btf, f"{name}.inner", target_id, section)
 
     def _add_map(self, spec: MapDef) -> None:
         spec = _libbpf_defaults(spec)
@@ -912,12 +933,16 @@ class _Loader:
         self.obj.map_handles[spec.name] = len(self.obj.map_handles) + 1
 
     def _create_maps(self) -> None:
-        from jitbpf.linux.maps import Array, create_map
+        from jitbpf.linux.maps import Array, MapShape, MapType, create_map
 
         for name, spec in self.obj.map_defs.items():
+            options: dict[str, Any] = {}
+            if spec.inner is not None:
+                i = spec.inner
+                options["inner"] = MapShape(MapType(i.map_type), i.key_size, i.value_size, i.max_entries, i.flags)
             try:
                 m = create_map(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
-                               name=name, map_extra=spec.extra)
+                               name=name, map_extra=spec.extra, **options)
             except BpfError as exc:
                 raise ElfError(f"cannot create map {name}: {exc.message}", section=spec.section) from exc
             if spec.initial is not None and any(spec.initial) and isinstance(m, Array):
@@ -925,7 +950,8 @@ class _Loader:
             self.obj.maps[name] = m
 
     def _fill_program_arrays(self) -> None:
-        """Install the programs a program array's ``.values`` initialiser names (tail call targets)."""
+        """Install what a ``.values`` initialiser names: the programs of a program array (tail
+        call targets), the inner maps of a map of maps (slot i is key i, as libbpf sets it)."""
         for offset, sym_index in self.maps_relocs:
             where = f"relocation at .maps offset {offset:#x}"
             owner = next((n for n, (start, size) in self.map_extent.items() if start <= offset < start + size), None)
@@ -937,9 +963,12 @@ class _Loader:
             if not 0 <= sym_index < len(self.symbols):
                 raise ElfError(f"{where} refers to symbol {sym_index}, which does not exist", section=".maps")
             sym = self.symbols[sym_index]
+            if self.obj.map_defs[owner].inner is not None:
+                self._fill_map_of_maps(owner, rel // 8, sym.name)
+                continue
             if self.obj.map_defs[owner].map_type != 3:  # BPF_MAP_TYPE_PROG_ARRAY
-                raise ElfError(f"map {owner}: .values initialisers are supported for program arrays only",
-                               section=".maps")
+                raise ElfError(f"map {owner}: .values initialisers are supported for program arrays and maps "
+                               "of maps only", section=".maps")
             prog = self.obj.programs.get(sym.name)
             if prog is None:
                 raise ElfError(f"map {owner}: slot {rel // 8} names {sym.name!r}, which is not a program",
@@ -949,6 +978,20 @@ class _Loader:
             except BpfError as exc:
                 raise ElfError(f"map {owner}: cannot install {sym.name} at slot {rel // 8}: {exc.message}",
                                section=".maps") from exc
+
+    def _fill_map_of_maps(self, owner: str, slot: int, inner: str) -> None:
+        m = self.obj.maps.get(inner)
+        if m is None:
+            raise ElfError(f"map {owner}: slot {slot} names {inner!r}, which is not a map", section=".maps")
+        outer = self.obj.maps[owner]
+        try:
+            if outer.key_size == 4:
+                outer[slot] = m
+            else:
+                outer[slot.to_bytes(outer.key_size, "little")] = m
+        except BpfError as exc:
+            raise ElfError(f"map {owner}: cannot store {inner} at slot {slot}: {exc.message}",
+                           section=".maps") from exc
 
     # -- programs ----------------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class HelperId(enum.IntEnum):
     SK_REDIRECT_HASH = 72  # bpf_sk_redirect_hash
     SKB_CGROUP_ID = 79  # bpf_skb_cgroup_id
     GET_CURRENT_CGROUP_ID = 80  # bpf_get_current_cgroup_id
-    GET_LOCAL_STORAGE = 81  # bpf_get_local_storage
+    GET_LOCAL_STORAGE = 81  # bpf_get_local_storage(cgroup_storage, 0) -> the attachment's value
     MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
     MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
     MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
@@ -79,6 +79,10 @@ class HelperId(enum.IntEnum):
     MSG_POP_DATA = 91  # bpf_msg_pop_data
     SPIN_LOCK = 93  # bpf_spin_lock
     SPIN_UNLOCK = 94  # bpf_spin_unlock
+    SYSCTL_GET_NAME = 101  # bpf_sysctl_get_name
+    SYSCTL_GET_CURRENT_VALUE = 102  # bpf_sysctl_get_current_value
+    SYSCTL_GET_NEW_VALUE = 103  # bpf_sysctl_get_new_value
+    SYSCTL_SET_NEW_VALUE = 104  # bpf_sysctl_set_new_value
     STRTOL = 105  # bpf_strtol(buf, buf_len, flags, res): parse a signed integer
     STRTOUL = 106  # bpf_strtoul(buf, buf_len, flags, res): parse an unsigned integer
     SK_STORAGE_GET = 107  # bpf_sk_storage_get(map, sk, value, flags) -> the socket's value or NULL

@@ -75,7 +75,8 @@ class Host:
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
     device and inode 0, cookies 0, hash 0, function address 0, interface 1 (loopback) only, forwarding
     off, no routes, the task in the root cgroup (id 1) only, a packet's socket in the task's cgroups
-    (as the socket the kernel's test runs give a packet), and empty call stacks.
+    (as the socket the kernel's test runs give a packet), cgroup programs attached to the root
+    cgroup for ingress, and empty call stacks.
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
@@ -87,6 +88,10 @@ class Host:
     netns_cookie: int = 0  # bpf_get_netns_cookie
     skb_hash: int = 0  # bpf_get_hash_recalc
     func_ip: int = 0  # bpf_get_func_ip: the address of the probed function (kprobe, fentry)
+    # The attachment a cgroup program runs for: its cgroup storage (bpf_get_local_storage) is
+    # that of this cgroup id and attach type (0: BPF_CGROUP_INET_INGRESS).
+    attach_cgroup: int = 1
+    attach_type: int = 0
     interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface()})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order

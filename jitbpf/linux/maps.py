@@ -24,6 +24,7 @@ __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_F_CURRENT_CPU",
+    "BPF_F_INNER_MAP",
     "BPF_F_NO_COMMON_LRU",
     "BPF_F_NO_PREALLOC",
     "BPF_F_RDONLY_PROG",
@@ -31,23 +32,28 @@ __all__ = [
     "BPF_F_USER_STACK",
     "BPF_NOEXIST",
     "Array",
+    "ArrayOfMaps",
     "BloomFilter",
     "BpfMap",
     "CgroupArray",
+    "CgroupStorage",
     "Converter",
     "CpuMap",
     "DevMap",
     "DevMapHash",
     "HashMap",
+    "HashOfMaps",
     "InodeStorage",
     "LpmKey",
     "LpmTrie",
     "LruHashMap",
     "LruPerCpuHashMap",
     "MapKeyError",
+    "MapShape",
     "MapType",
     "MapUser",
     "PerCpuArray",
+    "PerCpuCgroupStorage",
     "PerCpuHashMap",
     "PerfEventArray",
     "ProgramArray",
@@ -70,10 +76,13 @@ __all__ = [
 
 class MapUser(Protocol):
     """What a map knows of a VM that uses it, or that a program array holds: whether it is
-    closed. Maps reach no further into the VM (the VM that runs a tail call checks its target)."""
+    closed, and how to tell it that the maps it reaches changed. Maps reach no further into the
+    VM (the VM that runs a tail call checks its target)."""
 
     @property
     def closed(self) -> bool: ...
+
+    def regions_changed(self) -> None: ...  # an outer map it uses now holds other inner maps
 
 
 class MapType(enum.IntEnum):
@@ -90,11 +99,15 @@ class MapType(enum.IntEnum):
     LRU_HASH = 9  # hash table that evicts its least recently used element when full
     LRU_PERCPU_HASH = 10  # LRU hash table with one value per CPU
     LPM_TRIE = 11  # longest-prefix-match trie (routing tables)
+    ARRAY_OF_MAPS = 12  # u32 index -> inner map, which a program's lookup returns
+    HASH_OF_MAPS = 13  # key -> inner map, which a program's lookup returns
     DEVMAP = 14  # u32 index -> network device (ifindex), for bpf_redirect_map
     SOCKMAP = 15  # u32 index -> socket
     CPUMAP = 16  # u32 index -> CPU queue (queue size), for bpf_redirect_map
     XSKMAP = 17  # u32 index -> AF_XDP socket, for bpf_redirect_map
     SOCKHASH = 18  # key -> socket
+    CGROUP_STORAGE = 19  # (cgroup, attach type) -> value, which bpf_get_local_storage returns
+    PERCPU_CGROUP_STORAGE = 21  # CGROUP_STORAGE with one value per CPU
     QUEUE = 22  # FIFO of values
     SK_STORAGE = 24  # socket -> value, created by bpf_sk_storage_get
     DEVMAP_HASH = 25  # u32 key -> network device (ifindex), for bpf_redirect_map
@@ -119,14 +132,28 @@ BPF_EXIST = UpdateFlag.EXIST
 BPF_F_NO_PREALLOC = 1 << 0  # accepted (storage is always preallocated here)
 BPF_F_NO_COMMON_LRU = 1 << 1  # LRU maps: accepted (one exact LRU order either way)
 BPF_F_RDONLY_PROG = 1 << 7  # programs may read the values but not write them
+BPF_F_INNER_MAP = 1 << 12  # an inner map template: inner maps of any max_entries fit
 BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CPU
 
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
                             MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
-                            MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE})
+                            MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE,
+                            MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE})
 
-_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH})  # one value per CPU
+_PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
+                           MapType.PERCPU_CGROUP_STORAGE})  # one value per CPU
+MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})  # values are inner maps
+CGROUP_STORAGE_TYPES = frozenset({MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE})
+# Map types only some helpers take (the kernel's map-to-helper compatibility): helper ids by
+# type. bpf_map_lookup_elem (1) is the only way a program reaches an outer map's inner maps, and
+# bpf_get_local_storage (81) the only way to cgroup storage.
+HELPERS_OF_TYPE: dict[MapType, frozenset[int]] = {
+    MapType.ARRAY_OF_MAPS: frozenset({1}),
+    MapType.HASH_OF_MAPS: frozenset({1}),
+    MapType.CGROUP_STORAGE: frozenset({81}),
+    MapType.PERCPU_CGROUP_STORAGE: frozenset({81}),
+}
 
 Converter = Any  # None, int, bytes, a ctypes type, a struct format string, or a callable (events)
 
@@ -327,6 +354,9 @@ class BpfMap:
         # The VMs this map was added to: its storage is freed only once none of them is open
         # (their code holds its address, their runs its values).
         self._users: weakref.WeakSet[MapUser] = weakref.WeakSet()
+        # The outer maps holding this one (ArrayOfMaps, HashOfMaps): their values hold its
+        # address, so it is not freed while any of them holds it.
+        self._holders: weakref.WeakSet[BpfMap] = weakref.WeakSet()
         self._regions = self._make_regions()
 
     def _make_regions(self) -> list[Region]:
@@ -399,10 +429,24 @@ class BpfMap:
         self._free_if_unused()
 
     def _free_if_unused(self) -> None:
-        if self._closed and not self._freed and all(vm.closed for vm in list(self._users)):
+        if self._closed and not self._freed and all(vm.closed for vm in list(self._users)) \
+                and not any(not outer._freed for outer in list(self._holders)):
             self._freed = True
             self._regions = []
             self._nat.ffi.release(self._ptr)
+            self._freed_storage()
+
+    def _freed_storage(self) -> None:
+        """The C storage is gone (outer maps let go of their inner maps here)."""
+
+    def reachable_maps(self) -> list[BpfMap]:
+        """This map and those programs may reach through it (an outer map's inner maps)."""
+        return [self]
+
+    def _changed_reach(self) -> None:
+        """The maps reachable through this one changed: the VMs using it redo their bindings."""
+        for vm in list(self._users):
+            vm.regions_changed()
 
     def __len__(self) -> int:
         return int(self._nat.lib.jb_map_count(self.ptr))
@@ -1470,6 +1514,242 @@ class CpuMap(DevMap):
 
 
 # ---------------------------------------------------------------------------------------------
+# Maps of maps
+
+
+@dataclass(frozen=True)
+class MapShape:
+    """The shape every inner map of an outer map must have (the kernel's inner map template):
+    what the verifier knows of a map an outer map's lookup returns."""
+
+    map_type: MapType  # the kernel's type number
+    key_size: int  # bytes per key
+    value_size: int  # bytes per value
+    max_entries: int  # capacity (any, when ``flags`` has BPF_F_INNER_MAP)
+    flags: int  # BPF_F_* creation flags
+
+    @classmethod
+    def of(cls, m: BpfMap | MapShape) -> MapShape:
+        """The shape of map ``m`` (a template map, or a shape already)."""
+        if isinstance(m, MapShape):
+            return m
+        if not isinstance(m, BpfMap):
+            raise TypeError(f"an inner map template is a jitbpf map or a MapShape, not {type(m).__name__}")
+        return cls(m.map_type, m.key_size, m.value_size, m.max_entries, m.flags)
+
+    def mismatch(self, m: BpfMap) -> str:
+        """Why ``m`` cannot be an inner map of this shape ("" if it can), as the kernel compares."""
+        for what in ("map_type", "key_size", "value_size", "flags"):
+            if getattr(m, what) != getattr(self, what):
+                return f"its {what} is {getattr(m, what)!r}, the template's {getattr(self, what)!r}"
+        if not self.flags & BPF_F_INNER_MAP and m.max_entries != self.max_entries:
+            return f"its max_entries is {m.max_entries}, the template's {self.max_entries} (no BPF_F_INNER_MAP)"
+        return ""
+
+
+class _MapOfMaps(BpfMap):
+    """An outer map: each value is an inner map of the template's shape, whose address C keeps
+    and a program's ``bpf_map_lookup_elem`` returns (a map pointer for its next map helper).
+
+    The outer map holds its inner maps: an inner map is not freed while an outer map holds it,
+    and the VMs using the outer map reach the inner maps' values too.
+    """
+
+    _TYPE: ClassVar[MapType]
+
+    def __init__(self, inner: BpfMap | MapShape | None, key_size: int, value_size: int, max_entries: int,
+                 flags: int, name: str) -> None:
+        if inner is None:
+            raise MapError(f"{self._TYPE.name} map {name!r} needs an inner map template (inner=...)",
+                           errno=errno.EINVAL)
+        shape = MapShape.of(inner)
+        if shape.map_type in MAP_OF_MAPS_TYPES or shape.map_type in CGROUP_STORAGE_TYPES:
+            raise MapError(f"{shape.map_type.name} maps cannot be inner maps", errno=errno.EINVAL)
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+        self.inner = shape  # what every inner map must look like
+        self._inner: dict[bytes, BpfMap] = {}  # key bytes -> the inner map stored there
+        self._lock = threading.Lock()
+
+    def _put(self, key: bytes, inner: BpfMap, flags: int, what: str) -> None:
+        if not isinstance(inner, BpfMap):
+            raise TypeError(f"{what}: the values of {self.name!r} are jitbpf maps, not {type(inner).__name__}")
+        why = self.inner.mismatch(inner)
+        if why:
+            raise MapError(f"{what}: {inner.name!r} does not fit the inner map template: {why}", errno=errno.EINVAL)
+        inner.ptr  # noqa: B018 (raises for a closed map)
+        with self._lock:
+            self._update_raw(key, inner.address.to_bytes(8, "little"), flags, what)
+            old = self._inner.get(key)
+            self._inner[key] = inner
+            inner._holders.add(self)
+            if old is not None and old is not inner and old not in self._inner.values():
+                old._holders.discard(self)
+                old._free_if_unused()
+        self._changed_reach()
+
+    def _take(self, key: bytes, what: str) -> None:
+        with self._lock:
+            self._delete_raw(key, what)
+            old = self._inner.pop(key, None)
+            if old is not None and old not in self._inner.values():
+                old._holders.discard(self)
+                old._free_if_unused()
+        self._changed_reach()
+
+    def _freed_storage(self) -> None:
+        held, self._inner = list(self._inner.values()), {}
+        for m in held:
+            m._holders.discard(self)
+            m._free_if_unused()
+
+    def reachable_maps(self) -> list[BpfMap]:
+        return [self, *dict.fromkeys(self._inner.values())]
+
+
+class ArrayOfMaps(_MapOfMaps):
+    """``BPF_MAP_TYPE_ARRAY_OF_MAPS``: index -> inner map. ``outer[i] = inner`` stores a map of
+    the template's shape (``inner=``: a template map or a ``MapShape``); updates take BPF_ANY
+    only, indices past ``max_entries`` are E2BIG and a shape that differs EINVAL, as the kernel.
+
+    >>> template = HashMap(key_size=4, value_size=8, max_entries=16)
+    >>> outer = ArrayOfMaps(inner=template, max_entries=4, name="PER_TENANT")
+    >>> outer[0] = HashMap(key_size=4, value_size=8, max_entries=16, name="TENANT0")
+    >>> outer[0].name
+    'TENANT0'
+    """
+
+    _TYPE = MapType.ARRAY_OF_MAPS
+
+    def __init__(self, *, inner: BpfMap | MapShape | None = None, max_entries: int = 1, name: str = "",
+                 key_size: int = 4, value_size: int = 4, flags: int = 0) -> None:
+        super().__init__(inner, key_size, value_size, max_entries, flags, name)
+
+    @staticmethod
+    def _index(index: int) -> bytes:
+        return _u32(index, "index").to_bytes(4, "little")
+
+    def insert(self, index: int, inner: BpfMap, flags: int = BPF_ANY) -> None:
+        """Store ``inner`` at ``index`` (``flags`` other than BPF_ANY are EINVAL, as the kernel's)."""
+        self._put(self._index(index), inner, flags, f"update of index {index} in {self.name!r}")
+
+    def __setitem__(self, index: int, inner: BpfMap) -> None:
+        self.insert(index, inner)
+
+    def get(self, index: int) -> BpfMap | None:
+        """The inner map at ``index``, or None (what a program's lookup finds)."""
+        return self._inner.get(self._index(index))
+
+    def __getitem__(self, index: int) -> BpfMap:
+        inner = self.get(index)
+        if inner is None:
+            raise MapKeyError(f"no map at index {index} of {self.name!r}", errno=errno.ENOENT)
+        return inner
+
+    def __delitem__(self, index: int) -> None:
+        self._take(self._index(index), f"delete of index {index} from {self.name!r}")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(int.from_bytes(k, "little") for k in self._inner))
+
+
+class HashOfMaps(_MapOfMaps, MutableMapping[Any, BpfMap]):
+    """``BPF_MAP_TYPE_HASH_OF_MAPS``: key -> inner map, a Python mapping whose values are maps of
+    the template's shape (``inner=``); keys and flags as in ``HashMap``."""
+
+    _TYPE = MapType.HASH_OF_MAPS
+
+    def __init__(self, *, inner: BpfMap | MapShape | None = None, key_size: int | None = None,
+                 max_entries: int = 1024, name: str = "", key_type: Converter = None, value_size: int = 4,
+                 flags: int = 0) -> None:
+        ks = key_size if key_size is not None else _size_of(key_type) or 4
+        super().__init__(inner, ks, value_size, max_entries, flags, name)
+        self._keys = Codec(ks, key_type, "key", signed=False)
+
+    def insert(self, key: Any, inner: BpfMap, flags: int = BPF_ANY) -> None:
+        """Store ``inner`` under ``key`` as ``flags`` says (BPF_ANY, BPF_NOEXIST, BPF_EXIST)."""
+        self._put(self._keys.encode(key), inner, flags, f"update of {key!r} in {self.name!r}")
+
+    def __setitem__(self, key: Any, inner: BpfMap) -> None:
+        self.insert(key, inner)
+
+    def __getitem__(self, key: Any) -> BpfMap:
+        inner = self._inner.get(self._keys.encode(key))
+        if inner is None:
+            raise MapKeyError(f"no map under {key!r} in {self.name!r}", errno=errno.ENOENT)
+        return inner
+
+    def __delitem__(self, key: Any) -> None:
+        self._take(self._keys.encode(key), f"delete of {key!r} from {self.name!r}")
+
+    def __contains__(self, key: object) -> bool:
+        return self._keys.encode(key) in self._inner
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([self._keys.decode(k) for k in self._keys_raw()])
+
+    def __len__(self) -> int:
+        return BpfMap.__len__(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cgroup storage
+
+
+class CgroupStorage(HashMap):
+    """``BPF_MAP_TYPE_CGROUP_STORAGE``: a value per attachment of a program to a cgroup, which the
+    program reaches with ``bpf_get_local_storage`` (never NULL).
+
+    The key is the kernel's ``struct bpf_cgroup_storage_key``, ``(cgroup_id, attach_type)``
+    (16 bytes with its padding), or the cgroup id alone (``key_size=8``). As in the kernel,
+    ``max_entries`` is 0; an attachment's value exists from the attachment on, zeroed:
+    ``attach(cgroup_id, attach_type)`` makes one, and a program run makes that of
+    ``Host.attach_cgroup`` and ``Host.attach_type``. Updates replace only (ENOENT for a missing
+    attachment, EINVAL for BPF_NOEXIST), deletes are EINVAL; jitbpf preallocates ``capacity``
+    attachments.
+    """
+
+    _TYPE = MapType.CGROUP_STORAGE
+
+    def __init__(self, *, value_size: int | None = None, name: str = "", value_type: Converter = None,
+                 key_size: int = 16, max_entries: int = 0, flags: int = 0, capacity: int = 64) -> None:
+        vs = value_size if value_size is not None else _size_of(value_type) or 4
+        BpfMap.__init__(self, self._TYPE, key_size, vs, max_entries, flags, name, aux=capacity)
+        self.capacity = capacity
+        self._values = Codec(vs, value_type, "value")
+        self._keys = Codec(key_size, "<QI4x" if key_size == 16 else "<Q", "key")
+
+    def key_bytes(self, cgroup_id: int, attach_type: int = 0) -> bytes:
+        """The key of the attachment of ``attach_type`` to the cgroup ``cgroup_id``."""
+        return self._keys.encode((cgroup_id, attach_type) if self.key_size == 16 else cgroup_id)
+
+    def attach(self, cgroup_id: int, attach_type: int = 0) -> None:
+        """Make the (zeroed) value of an attachment, if it has none (ENOSPC beyond ``capacity``)."""
+        self.program_get(self.key_bytes(cgroup_id, attach_type))
+
+    def program_get(self, key: bytes) -> int:
+        """``bpf_get_local_storage``: the address of the value (this CPU's, per-CPU) of the
+        attachment ``key``, made zeroed if missing."""
+        ffi = self._nat.ffi
+        ptr = self._nat.lib.jb_cgroup_storage_get(self.ptr, ffi.from_buffer(key))
+        if ptr == ffi.NULL:
+            raise MapError(f"cgroup storage {self.name!r} is full ({self.capacity} attachments)", errno=errno.ENOSPC)
+        return int(ffi.cast("uintptr_t", ptr))
+
+
+class PerCpuCgroupStorage(CgroupStorage):
+    """``BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE``: ``CgroupStorage`` with one value per CPU
+    (``m[key]`` is a list; assign a list or one value for every CPU)."""
+
+    _TYPE = MapType.PERCPU_CGROUP_STORAGE
+
+    def _encode_value(self, value: Any) -> bytes:
+        return _encode_percpu(self, self._values, value)
+
+    def _decode_value(self, raw: bytes) -> list[Any]:
+        return _decode_percpu(self, self._values, raw)
+
+
+# ---------------------------------------------------------------------------------------------
 # Factory
 
 
@@ -1498,6 +1778,10 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.STACK: Stack,
     MapType.RINGBUF: RingBuf,
     MapType.BLOOM_FILTER: BloomFilter,
+    MapType.ARRAY_OF_MAPS: ArrayOfMaps,
+    MapType.HASH_OF_MAPS: HashOfMaps,
+    MapType.CGROUP_STORAGE: CgroupStorage,
+    MapType.PERCPU_CGROUP_STORAGE: PerCpuCgroupStorage,
 }
 
 
@@ -1505,7 +1789,8 @@ def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entr
                name: str = "", *, map_extra: int = 0, **options: Any) -> BpfMap:
     """A map of any supported type from its kernel description (as an ELF loader finds it).
 
-    ``options`` go to the class: ``key_type``/``value_type``, ``event_type``, ``buffer_size``.
+    ``options`` go to the class: ``key_type``/``value_type``, ``event_type``, ``buffer_size``,
+    ``inner`` (the inner map template of ARRAY_OF_MAPS and HASH_OF_MAPS).
     """
     try:
         kind = MapType(map_type)

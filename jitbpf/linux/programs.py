@@ -19,6 +19,7 @@ from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux import pktrun
 from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
+from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
 from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
 
@@ -51,6 +52,7 @@ class ProgType(enum.IntEnum):
     SK_MSG = 16  # SEC("sk_msg"): sendmsg verdict on sockmap sockets, context = struct sk_msg_md
     RAW_TRACEPOINT = 17  # SEC("raw_tracepoint/..."): context = the tracepoint's u64 arguments
     CGROUP_SOCK_ADDR = 18  # SEC("cgroup/connect4"), ...: bind/connect/sendmsg address rewriting
+    CGROUP_SYSCTL = 23  # SEC("cgroup/sysctl"): reads and writes of /proc/sys, context = struct bpf_sysctl
 
 
 class XdpAction(enum.IntEnum):
@@ -85,6 +87,7 @@ class SkAction(enum.IntEnum):
 
 
 EINVAL = 22  # the kernel's error number, returned negated by helpers
+E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
 XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
@@ -147,6 +150,28 @@ class CgroupDevCtx(ctypes.LittleEndianStructure):
     """``struct bpf_cgroup_dev_ctx``: access_type = (access << 16) | device type."""
 
     _fields_ = (("access_type", u32), ("major", u32), ("minor", u32))
+
+
+class Sysctl(ctypes.LittleEndianStructure):
+    """``struct bpf_sysctl``: write is 1 for a write to the sysctl (read only), file_pos the
+    offset of the access in its file (writable)."""
+
+    _fields_ = (("write", u32), ("file_pos", u32))
+
+
+@dataclass
+class SysctlAccess:
+    """One access to a sysctl as a cgroup/sysctl program sees it (and what it changed)."""
+
+    name: str  # the path below /proc/sys with "/" separators ("net/ipv4/tcp_mem")
+    value: bytes | None  # what the sysctl's file reads now (None: it cannot be read)
+    new_value: bytes | None = None  # what a write stores (None: the access is a read)
+    file_pos: int = 0  # offset of the access in the file, which the program may move
+    updated: bool = False  # bpf_sysctl_set_new_value replaced new_value
+
+
+SYSCTL_VALUE_MAX = 4095  # bytes bpf_sysctl_set_new_value may store (the kernel's PAGE_SIZE - 1)
+SYSCTL_BASE_NAME = 1  # BPF_F_SYSCTL_BASE_NAME: bpf_sysctl_get_name gives the last component only
 
 
 class SockAddr(ctypes.LittleEndianStructure):
@@ -276,7 +301,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
     skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end"}
     sk_common = ("family", "remote_ip4", "local_ip4", "remote_ip6", "local_ip6", "remote_port", "local_port")
     lwt_xmit_helpers = {H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_UPDATE, H.CLONE_REDIRECT,
-                        H.REDIRECT, H.SKB_CHANGE_TAIL, H.SKB_CHANGE_HEAD}
+                        H.REDIRECT, H.SKB_CHANGE_TAIL, H.SKB_CHANGE_HEAD, H.SKB_GET_TUNNEL_KEY, H.SKB_SET_TUNNEL_KEY}
     types = [
         ProgramType(
             ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _BASE | _SKB_READ,
@@ -290,7 +315,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
                 H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
                 H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
                 H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP, H.SKB_UNDER_CGROUP, H.CSUM_UPDATE,
-                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH,
+                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH, H.SKB_GET_TUNNEL_KEY,
+                H.SKB_SET_TUNNEL_KEY,
             },
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
@@ -393,6 +419,12 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             writable=_spans(SockAddr, ("user_ip4", "user_ip6", "user_port", "msg_src_ip4", "msg_src_ip6")),
             ret_range=(0, 1),
         ),
+        ProgramType(
+            ProgType.CGROUP_SYSCTL, "cgroup_sysctl", Sysctl, ("cgroup/sysctl",),
+            _BASE | _CGROUP | {H.SYSCTL_GET_NAME, H.SYSCTL_GET_CURRENT_VALUE, H.SYSCTL_GET_NEW_VALUE,
+                               H.SYSCTL_SET_NEW_VALUE},
+            readable=_all_but(Sysctl, ()), writable=_spans(Sysctl, ("file_pos",)), ret_range=(0, 1),
+        ),
     ]
     sched_act = types[1]
     types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), sched_act.helpers,
@@ -406,7 +438,8 @@ PROGRAM_TYPES: Mapping[ProgType, ProgramType] = _build_registry()  # immutable, 
 _BY_NAME: Mapping[str, ProgType] = MappingProxyType(
     {**{t.name: t.prog_type for t in PROGRAM_TYPES.values()}, **{p.name.lower(): p for p in ProgType},
      "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS, "classifier": ProgType.SCHED_CLS,
-     "sockops": ProgType.SOCK_OPS, "cgroup_dev": ProgType.CGROUP_DEVICE, "sock_addr": ProgType.CGROUP_SOCK_ADDR}
+     "sockops": ProgType.SOCK_OPS, "cgroup_dev": ProgType.CGROUP_DEVICE, "sock_addr": ProgType.CGROUP_SOCK_ADDR,
+     "sysctl": ProgType.CGROUP_SYSCTL}
 )
 
 
@@ -464,6 +497,7 @@ class ProgramRun:
     frame: Any  # struct jb_pkt_prog * of the run (see jitbpf.linux.pktrun)
     msg_apply: int | None = None  # bytes given to bpf_msg_apply_bytes
     msg_cork: int | None = None  # bytes given to bpf_msg_cork_bytes
+    tunnel: TunnelInfo | None = None  # the skb's tunnel metadata (bpf_skb_get/set_tunnel_key)
 
     @property
     def ctx_addr(self) -> int:
@@ -637,6 +671,71 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         run.arena.view[off : off + 4] = (flags & 0x7F).to_bytes(4, "little")
         return _err(EINVAL) if flags & ~0x7F else 0
 
+    # -- cgroup/sysctl: the access run_sysctl describes (ProgramState.local.sysctl) --
+
+    def sysctl_access() -> SysctlAccess:
+        state.current()
+        access: SysctlAccess | None = getattr(state.local, "sysctl", None)
+        if access is None:
+            raise ExecutionError("a sysctl helper needs the access run_sysctl describes")
+        return access
+
+    def copy_value(buf: int, size: int, value: bytes | None) -> int:
+        """The kernel's copy of a value into a program's buffer: zero-padded, or cut short and
+        terminated (-E2BIG); a missing value zeroes the buffer (-EINVAL)."""
+        size &= MASK32
+        if not value:
+            vm.memory.write(buf, bytes(size))
+            return _err(EINVAL)
+        if size > len(value):
+            vm.memory.write(buf, value + bytes(size - len(value)))
+            return len(value)
+        vm.memory.write(buf, value[: size - 1] + b"\0")
+        return _err(E2BIG)
+
+    def sysctl_get_name(_ctx: int, buf: int, size: int, flags: int, _e: int) -> int:
+        access = sysctl_access()
+        if flags & ~SYSCTL_BASE_NAME:
+            return _err(EINVAL)
+        name = (access.name.rsplit("/", 1)[-1] if flags & SYSCTL_BASE_NAME else access.name).encode()
+        size &= MASK32
+        if len(name) < size:
+            vm.memory.write(buf, name + b"\0")
+            return len(name)
+        vm.memory.write(buf, name[: size - 1] + b"\0")
+        return _err(E2BIG)
+
+    def sysctl_get_current_value(_ctx: int, buf: int, size: int, _d: int, _e: int) -> int:
+        return copy_value(buf, size, sysctl_access().value)
+
+    def sysctl_get_new_value(_ctx: int, buf: int, size: int, _d: int, _e: int) -> int:
+        access = sysctl_access()
+        if access.new_value is None:  # a read: there is no new value
+            vm.memory.write(buf, bytes(size & MASK32))
+            return _err(EINVAL)
+        return copy_value(buf, size, access.new_value)
+
+    def sysctl_set_new_value(_ctx: int, buf: int, size: int, _d: int, _e: int) -> int:
+        access = sysctl_access()
+        size &= MASK32
+        if not access.new_value or not 0 < size <= SYSCTL_VALUE_MAX:
+            return _err(EINVAL)
+        access.new_value, access.updated = vm.memory.read(buf, size), True
+        return 0
+
+    def skb_get_tunnel_key(_ctx: int, key: int, size: int, flags: int, _e: int) -> int:
+        rc, data = to_key(state.current().tunnel, size & MASK32, flags)
+        vm.memory.write(key, data)
+        return rc & MASK64
+
+    def skb_set_tunnel_key(_ctx: int, key: int, size: int, flags: int, _e: int) -> int:
+        run = state.current()
+        made = from_key(vm.memory.read(key, size & MASK32), flags)
+        if isinstance(made, int):
+            return made & MASK64
+        run.tunnel = state.local.sent_tunnel = made
+        return 0
+
     def csum_update(_ctx: int, _csum: int, _c: int, _d: int, _e: int) -> int:
         state.current()
         return _err(ENOTSUPP)  # a test-run skb carries no checksum state (CHECKSUM_NONE), as here
@@ -662,6 +761,8 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
                  "ctx", "scalar", "scalar"),
         c_helper(H.SKB_CHANGE_HEAD, "bpf_skb_change_head", in_run("jb_helper_skb_change_head"),
                  "ctx", "scalar", "scalar"),
+        c_helper(H.SKB_CHANGE_TAIL, "bpf_skb_change_tail", in_run("jb_helper_skb_change_tail"),
+                 "ctx", "scalar", "scalar"),
         c_helper(H.L3_CSUM_REPLACE, "bpf_l3_csum_replace", in_run("jb_helper_l3_csum_replace"),
                  "ctx", "scalar", "scalar", "scalar", "scalar"),
         c_helper(H.L4_CSUM_REPLACE, "bpf_l4_csum_replace", in_run("jb_helper_l4_csum_replace"),
@@ -670,6 +771,17 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
+        Helper(H.SKB_GET_TUNNEL_KEY, "bpf_skb_get_tunnel_key", skb_get_tunnel_key,
+               args=("ctx", "uninit_mem", "size", "scalar")),
+        Helper(H.SKB_SET_TUNNEL_KEY, "bpf_skb_set_tunnel_key", skb_set_tunnel_key,
+               args=("ctx", "mem", "size", "scalar")),
+        Helper(H.SYSCTL_GET_NAME, "bpf_sysctl_get_name", sysctl_get_name,
+               args=("ctx", "uninit_mem", "size", "scalar")),
+        Helper(H.SYSCTL_GET_CURRENT_VALUE, "bpf_sysctl_get_current_value", sysctl_get_current_value,
+               args=("ctx", "uninit_mem", "size")),
+        Helper(H.SYSCTL_GET_NEW_VALUE, "bpf_sysctl_get_new_value", sysctl_get_new_value,
+               args=("ctx", "uninit_mem", "size")),
+        Helper(H.SYSCTL_SET_NEW_VALUE, "bpf_sysctl_set_new_value", sysctl_set_new_value, args=("ctx", "mem", "size")),
     ]
     return [h for h in candidates if h.id in info.helpers]
 
@@ -795,7 +907,8 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     arena, ctx_region, pkt_region = state.arena(CTX_AREA + info.headroom + len(data) + info.tailroom)
     frame = pktrun.new_frame(state.layout, arena)
     pktrun.build_frame(frame, template, data, derive)
-    run = ProgramRun(info, arena, frame)
+    run = ProgramRun(info, arena, frame, tunnel=getattr(state.local, "tunnel", None))
+    state.local.sent_tunnel = None
     base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
     legacy = Region(start, len(data), arena.view[start - base : start - base + len(data)], False, "packet")
@@ -1007,6 +1120,22 @@ class ProgramRunners:
             have = info.name if info is not None else "no program type"
             raise ExecutionError(f"this is not a {names} program ({have})")
 
+    @property
+    def tunnel(self) -> TunnelInfo | None:
+        """The tunnel metadata this thread's packets arrive with, which bpf_skb_get_tunnel_key
+        reads (None, the default: none, as in the kernel's test runs: the helper fails with
+        -EINVAL)."""
+        return getattr(_program_state(self._vm()).local, "tunnel", None)
+
+    @tunnel.setter
+    def tunnel(self, info: TunnelInfo | None) -> None:
+        _program_state(self._vm()).local.tunnel = info
+
+    @property
+    def sent_tunnel(self) -> TunnelInfo | None:
+        """What bpf_skb_set_tunnel_key stored in this thread's latest run (None: it was not called)."""
+        return getattr(_program_state(self._vm()).local, "sent_tunnel", None)
+
     def run_context(self, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] | None = None, *,
                     packet: bytes | bytearray | memoryview | None = None, engine: Engine = "interp") -> RunResult:
         """Run once on a context of the VM's program type; the full result (r0, context, packet)."""
@@ -1149,6 +1278,26 @@ class ProgramRunners:
         self._expect(ProgType.CGROUP_SOCK_ADDR)
         res = run_context(self._vm(), addr, engine=engine)
         return res.retval & MASK32, res.fields()
+
+    def run_sysctl(self, name: str, value: bytes | str | None = b"", *, new_value: bytes | str | None = None,
+                   file_pos: int = 0, engine: Engine = "interp") -> tuple[int, SysctlAccess]:
+        """cgroup/sysctl: ``(verdict 1 allow / 0 deny, the access after)`` for a read of the sysctl
+        ``name`` (its path below /proc/sys, "net/ipv4/tcp_mem") whose file holds ``value``, or a
+        write of ``new_value``; the access after holds the program's new value and file position."""
+        self._expect(ProgType.CGROUP_SYSCTL)
+
+        def raw(text: bytes | str | None) -> bytes | None:
+            return text.encode() if isinstance(text, str) else text
+
+        access = SysctlAccess(name, raw(value), raw(new_value), file_pos)
+        state = _program_state(self._vm())
+        state.local.sysctl = access
+        try:
+            res = run_context(self._vm(), {"write": int(new_value is not None), "file_pos": file_pos}, engine=engine)
+        finally:
+            state.local.sysctl = None
+        access.file_pos = int(res.ctx.file_pos)  # type: ignore[attr-defined]
+        return res.retval & MASK32, access
 
     def run_sock_ops(self, op: int, *, engine: Engine = "interp", **fields: Any) -> tuple[int, dict[str, Any]]:
         """sockops: ``(r0, bpf_sock_ops fields after)``; ``args[0]`` holds the reply."""

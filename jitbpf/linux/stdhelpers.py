@@ -17,8 +17,10 @@ from jitbpf.linux.helperids import HelperId
 from jitbpf.linux.host import Host, host_helpers
 from jitbpf.linux.maps import (
     BPF_F_USER_STACK,
+    CGROUP_STORAGE_TYPES,
     BpfMap,
     CgroupArray,
+    CgroupStorage,
     DevMap,
     DevMapHash,
     MapType,
@@ -188,7 +190,8 @@ def parse_strtox(text: bytes, base: int) -> tuple[int, bool, int] | int:
 
 class HelperHost(Protocol):
     """What the standard helpers use of the VM that calls them, and nothing more: the memory of
-    the running program, its maps by handle, its tail calls, and a place for their own state."""
+    the running program, its maps (by handle, and all it reaches), its tail calls, and a place for
+    their own state."""
 
     std: Any  # set to the helpers' StdContext
 
@@ -199,6 +202,8 @@ class HelperHost(Protocol):
     def maps(self) -> Mapping[int, BpfMap]: ...
 
     def request_tail_call(self, prog_array: BpfMap, index: int) -> int: ...
+
+    def reachable_maps(self) -> list[Any]: ...  # its maps and the inner maps of its outer maps
 
 
 def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> list[Helper]:
@@ -219,7 +224,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         return vm.memory
 
     def map_at(addr: int, helper: str, *types: MapType) -> BpfMap:
-        for m in vm.maps.values():
+        for m in vm.reachable_maps():
             if m.address == addr:
                 if types and m.map_type not in types:
                     names = "/".join(t.name for t in types)
@@ -289,7 +294,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         return int(lib.jb_helper_ringbuf_reserve(r1, r2, r3, 0, 0))
 
     def reserved_record(addr: int, helper: str) -> None:
-        for m in vm.maps.values():
+        for m in vm.reachable_maps():
             if isinstance(m, RingBuf) and m.is_reserved(addr):
                 return
         raise ExecutionError(f"{helper}: {addr:#x} is not a reserved ring buffer record", address=addr)
@@ -440,6 +445,15 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
             return 0
 
         return delete
+
+    def get_local_storage(r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_get_local_storage", *CGROUP_STORAGE_TYPES)
+        assert isinstance(m, CgroupStorage)
+        host = ctx.host
+        try:
+            return m.program_get(m.key_bytes(host.attach_cgroup, host.attach_type))
+        except MapError as exc:
+            raise ExecutionError(f"bpf_get_local_storage: {exc.message}") from None
 
     def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
         m = map_at(r2, name, MapType.SOCKMAP)
@@ -614,6 +628,8 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
           for kind, mtype, delete_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_DELETE),
                                          ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_DELETE),
                                          ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_DELETE))),
+        Helper(h.GET_LOCAL_STORAGE, "bpf_get_local_storage", get_local_storage, ("map", "zero"), "map_value",
+               map_types=tuple(CGROUP_STORAGE_TYPES)),
         Helper(h.STRTOL, "bpf_strtol", strtox(True), ("mem", "size", "scalar", "uninit_long")),
         Helper(h.STRTOUL, "bpf_strtoul", strtox(False), ("mem", "size", "scalar", "uninit_long")),
         Helper(h.SNPRINTF, "bpf_snprintf", snprintf,

@@ -11,7 +11,7 @@ from jitbpf.cfg import ControlFlow
 from jitbpf.contract import ARG_REGS, CALLEE_SAVED, scratch_args
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
-from jitbpf.linux.maps import BPF_F_RDONLY_PROG
+from jitbpf.linux.maps import BPF_F_RDONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
 from jitbpf.verifier._progress import CHECK_EVERY, Progress
@@ -37,6 +37,7 @@ from jitbpf.verifier._types import (
     RegType,
     RetType,
     VerifyResult,
+    inner_handle,
 )
 
 COMPLEXITY_LIMIT = 1_000_000  # instructions processed before a program is "too complex" (the kernel's)
@@ -49,7 +50,8 @@ LOG_LINES = 400  # lines of path kept for the error log
 
 Pt = RegType
 # What a pointer that may be null becomes once compared against 0.
-NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_NULL: Pt.PTR_TO_BUF}
+NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_NULL: Pt.PTR_TO_BUF,
+            Pt.CONST_PTR_TO_MAP_OR_NULL: Pt.CONST_PTR_TO_MAP}
 POINTER_OR_NULL = tuple(NON_NULL)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
@@ -170,7 +172,12 @@ class Checker:
         self.slots = flow.program.slots
         self.infos = flow.program.infos
         self.targets = flow.targets
-        self.maps = maps
+        # The maps by handle, and the inner map template of each outer map by inner_handle().
+        self.maps: Mapping[int, MapLike] | None = None if maps is None else {
+            **maps, **{inner_handle(h): m.inner for h, m in maps.items()  # type: ignore[attr-defined]
+                       if m.map_type in MAP_OF_MAPS_TYPES}}
+        self.helper_names = {hid: h.name for hid, h in helpers.items()}
+        self.map_types = {hid: h.map_types for hid, h in helpers.items() if h.map_types}
         self.context = context
         self.allow_loops = allow_loops
         # A privileged loader's relaxations (the kernel's with CAP_BPF/CAP_PERFMON): pointers may
@@ -820,7 +827,7 @@ class Checker:
             regs[insn.dst] = Reg(Pt.SCALAR, sc.const(insn.imm64))
             return
         if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE):
-            if self.maps is not None and insn.imm not in self.maps:
+            if self.maps is not None and (insn.imm not in self.maps or insn.imm < 0):
                 self.reject(f"lddw refers to map {insn.imm}, which does not exist")
             if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX):
                 regs[insn.dst] = Reg(Pt.CONST_PTR_TO_MAP, aux=insn.imm)
@@ -910,7 +917,7 @@ class Checker:
             case Pt.PTR_TO_BUF:
                 self._buf_bounds(ptr, r, off, size)
                 self._note(True)
-            case Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL:
+            case Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL | Pt.CONST_PTR_TO_MAP_OR_NULL:
                 self.reject(f"possible null pointer dereference: r{r} is {t.value} (compare it against 0 first)")
             case Pt.PTR_TO_PACKET_END:
                 self.reject(f"cannot access memory through r{r}, the packet end pointer")
@@ -1239,6 +1246,13 @@ class Checker:
                     if reg.type is not Pt.CONST_PTR_TO_MAP:
                         self.reject(f"r{r} must be a map pointer (argument {r} of helper {hid}), not {reg}")
                     map_reg = reg
+                    self._map_for_helper(reg.aux, hid)
+                case ArgType.ZERO:
+                    reg = self._scalar_arg(regs, r, f"argument {r} of helper {hid}")
+                    self._precise(r)
+                    if reg.var != sc.ZERO:
+                        self.reject(f"{self.helper_names.get(hid, hid)}() doesn't support non-zero flags "
+                                    f"(r{r} is {reg})")
                 case ArgType.KEY | ArgType.VALUE | ArgType.UNINIT_VALUE:
                     if map_reg is None:
                         self.reject(f"helper {hid} takes a map {kind.value} without a map argument before it")
@@ -1247,6 +1261,7 @@ class Checker:
                     self._mem_arg(st, regs, r, size, size, kind)
                 case ArgType.UNINIT_LONG:
                     self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
+                    self._aligned_arg(regs, r, 8)
                 case ArgType.ALLOC_SIZE:
                     size_reg = self._read(regs, r)
                     if size_reg.type is not Pt.SCALAR or not size_reg.var.is_const:
@@ -1291,7 +1306,16 @@ class Checker:
             case RetType.MAP_VALUE_OR_NULL:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
-                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
+                outer = self.maps.get(map_reg.aux) if self.maps is not None else None
+                if outer is not None and outer.map_type in MAP_OF_MAPS_TYPES:
+                    # An outer map's value is an inner map: a map pointer once checked against 0.
+                    regs[0] = Reg(Pt.CONST_PTR_TO_MAP_OR_NULL, aux=inner_handle(map_reg.aux), id=self.fresh_id())
+                else:
+                    regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
+            case RetType.MAP_VALUE:
+                if map_reg is None:
+                    self.reject(f"helper {hid} returns a map value but takes no map argument")
+                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE, aux=map_reg.aux)
             case RetType.ACQUIRED_MEM_OR_NULL:
                 ref = self.fresh_id()
                 regs[0] = Reg(Pt.PTR_TO_BUF_OR_NULL, range=alloc_size, id=ref, ref=ref)
@@ -1328,6 +1352,26 @@ class Checker:
             self.reject(f"negative offset ctx ptr r{r} off={reg.off} disallowed")
         if reg.off or not reg.var.is_const:
             self.reject(f"dereference of modified ctx ptr r{r} off={reg.off} disallowed (var_off={reg.var})")
+
+    def _aligned_arg(self, regs: list[Reg], r: int, size: int) -> None:
+        """A pointer to an integer a helper writes must be aligned to its size, as the kernel
+        checks strictly for these arguments (stack and map values, whose bases are aligned)."""
+        ptr = self._read(regs, r)
+        desc = {Pt.PTR_TO_STACK: "stack ", Pt.PTR_TO_MAP_VALUE: "value "}.get(ptr.type)
+        if desc is not None and ptr.var.is_const and (ptr.off + ptr.var.value) % size:
+            self.reject(f"misaligned {desc}access off {ptr.var.value}+{ptr.off}+0 size {size}: r{r} "
+                        f"(an {size}-byte result of a helper) must be aligned")
+
+    def _map_for_helper(self, handle: int, hid: int) -> None:
+        """The kernel's map-to-helper compatibility: some map types go to some helpers only, and
+        some helpers take some map types only."""
+        m = self.maps.get(handle) if self.maps is not None else None
+        if m is None:
+            return
+        only = HELPERS_OF_TYPE.get(m.map_type)  # type: ignore[call-overload]
+        wanted = self.map_types.get(hid, ())
+        if (only is not None and hid not in only) or (wanted and m.map_type not in wanted):
+            self.reject(f"cannot pass map_type {int(m.map_type)} into func {self.helper_names.get(hid, hid)}#{hid}")
 
     @staticmethod
     def _release(st: State, ref: int) -> None:

@@ -104,6 +104,8 @@ class RegType(enum.Enum):
     PTR_TO_MAP_VALUE = "map_value"  # a map value (aux = map handle)
     PTR_TO_MAP_VALUE_OR_NULL = "map_value_or_null"  # a map value or 0 (aux = map handle, id = lookup)
     CONST_PTR_TO_MAP = "map_ptr"  # a map itself, for helper calls (aux = map handle)
+    # an outer map's lookup: an inner map or 0 (aux = the inner template's handle, id = lookup)
+    CONST_PTR_TO_MAP_OR_NULL = "map_ptr_or_null"
     PTR_TO_PACKET = "pkt"  # packet data (range = bytes proven inside the packet)
     PTR_TO_PACKET_END = "pkt_end"  # one past the packet's last byte: compare only
     PTR_TO_PACKET_META = "pkt_meta"  # packet metadata, which ends where packet data starts
@@ -137,7 +139,7 @@ class Reg(NamedTuple):
             return "?"
         parts = []
         if t in (RegType.PTR_TO_STACK, RegType.PTR_TO_MAP_VALUE, RegType.PTR_TO_MAP_VALUE_OR_NULL,
-                 RegType.CONST_PTR_TO_MAP):
+                 RegType.CONST_PTR_TO_MAP, RegType.CONST_PTR_TO_MAP_OR_NULL):
             parts.append(f"{'frame' if t is RegType.PTR_TO_STACK else 'map'}={self.aux}")
         if self.off:
             parts.append(f"off={self.off}")
@@ -154,6 +156,12 @@ class Reg(NamedTuple):
     @property
     def is_pointer(self) -> bool:
         return self.type is not RegType.SCALAR and self.type is not RegType.NOT_INIT
+
+
+def inner_handle(outer: int) -> int:
+    """The verifier's handle of an outer map's inner map template: negative, so that it never
+    names a map that lddw can load."""
+    return -1 - outer
 
 
 NOT_INIT = Reg(RegType.NOT_INIT)
