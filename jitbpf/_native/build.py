@@ -23,13 +23,11 @@ from jitbpf.errors import MapError
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "jbmaps.h"
 JIT_HEADER = HERE / "jbjit.h"  # the JIT's structures, included by HEADER
+INTERNAL_HEADER = HERE / "jbrun.h"  # shared by the C files only (not declared to cffi)
 SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c", HERE / "pkt.c")
 CFLAGS = ("-O2", "-std=gnu11", "-pthread", "-fno-strict-aliasing")
 LDFLAGS = ("-pthread",)
 CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory
-
-
-EXTERN_PYTHON = "JB_EXTERN_PYTHON"  # the header's mark of functions written in Python
 
 
 def header_declarations(path: Path) -> str:
@@ -38,16 +36,14 @@ def header_declarations(path: Path) -> str:
 
 
 def cdef_text() -> str:
-    """The library's declarations (the JIT's structures first: the header includes them), the
-    functions marked ``JB_EXTERN_PYTHON`` declared as cffi's compiled Python callbacks."""
-    text = header_declarations(JIT_HEADER) + "\n" + header_declarations(HEADER)
-    return text.replace(EXTERN_PYTHON, 'extern "Python+C"')
+    """The library's declarations (the JIT's structures first: the header includes them)."""
+    return header_declarations(JIT_HEADER) + "\n" + header_declarations(HEADER)
 
 
 def source_key() -> str:
     """A hash of everything the binary depends on: sources, flags, Python ABI and cffi version."""
     digest = hashlib.sha256()
-    for path in (JIT_HEADER, HEADER, *SOURCES):
+    for path in (JIT_HEADER, HEADER, INTERNAL_HEADER, *SOURCES):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     abi = importlib.machinery.EXTENSION_SUFFIXES[0]
     digest.update(" ".join((*CFLAGS, *LDFLAGS, abi, cffi.__version__)).encode())

@@ -7,12 +7,6 @@
 
 #include "jbjit.h"
 
-/* Marks the functions Python implements: cffi's cdef reads it as extern "Python+C" (see
-   build.py), C as an ordinary declaration of the function cffi generates. */
-#ifndef JB_EXTERN_PYTHON
-#define JB_EXTERN_PYTHON
-#endif
-
 struct jb_map;
 
 /* CPU ids: a fixed count chosen once per process; each thread gets an id (see maps.c). */
@@ -111,8 +105,8 @@ void jb_code_release(int slot, uint64_t address, uint64_t size);
 
 /* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns
    of the batch loops: how many inputs ran to completion (the next one, if any, stopped early).
-   Each run gets the handle of its program's Python dispatcher (``python``, a cffi handle): the
-   Python helpers it calls are given that handle. */
+   Each run gets its program's struct jb_python (``python``): the Python helpers it calls are
+   found there. */
 void jb_jit_init(uint64_t error_result);
 void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python);
 int jb_bare_bound(uint64_t token);
@@ -129,12 +123,16 @@ uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python);
 uint64_t jb_run_entry_gil(uint64_t entry, uint64_t ctx, void *python);
 
 /* Python helpers. The helper table of JIT code points at jb_helper_python for every id without
-   a C helper; it passes the id (6th argument) and the running program's handle to
-   jb_python_call, a compiled cffi callback (extern "Python": its code is part of this library,
-   so calling Python needs no writable and executable trampoline page). */
+   a C helper; it gets the id (6th argument) and calls the helper's Python function with the GIL
+   (held already by runs of programs that call Python: see jb_run_entry_gil). What it needs comes
+   from the running program's struct jb_python, which each run hands the native loops as its
+   ``python`` argument; a helper that fails (raises, or has an unknown id) is handed to the
+   dispatcher, which parks the failure where the run's caller finds it. */
+struct jb_python {
+    void *helpers;           /* PyObject *: the VM's live dict of Helper by id */
+    void *dispatcher;        /* PyObject *: called as dispatcher(id, helper or None, exception or None) */
+};
 uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5, uint64_t id);
-JB_EXTERN_PYTHON uint64_t jb_python_call(void *python, uint64_t id, uint64_t r1, uint64_t r2, uint64_t r3,
-                                         uint64_t r4, uint64_t r5);
 
 /* Program-type runs (pkt.c): a run's packet state, outside the sandbox; the binding of one
    thread to one typed program (its arena, run context and entry); where the run context keeps
