@@ -652,6 +652,10 @@ class ProgramState:
         self.layout = frame_layout(info)
         self.local = threading.local()  # .arena and .run of each thread
         self.native = threading.local()  # .binding: each thread's jitbpf.pktrun.Binding (see config_changed)
+        # What names this state's bindings in the native single-run table (0: none yet), and that
+        # table's run (pktrun.run_fast): both set by the first binding.
+        self.token = 0
+        self.pkt_run: Callable[[int, bytes, int, Any], tuple[int, bytes] | None] = pktrun.not_bound
         self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
 
     def add_template(self, key: Hashable, values: Mapping[str, Any]) -> bytes:
@@ -664,8 +668,10 @@ class ProgramState:
         return built
 
     def config_changed(self) -> None:
-        """The VM's helpers, maps or code changed: every thread's native binding is to be redone."""
+        """The VM's helpers, maps or code changed: every thread's native binding is to be redone
+        (under a new token: the native table's entries of the old bindings never match again)."""
         self.native = threading.local()
+        self.token = 0
 
     def current(self) -> ProgramRun:
         run: ProgramRun | None = getattr(self.local, "run", None)
@@ -888,8 +894,8 @@ def _run(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes,
     native call when the program can run so (JIT, no Python helper), else through Python."""
     info = state.info
     if engine == "jit":
-        b = pktrun.binding(vm, state.native, state.layout, state.arena, len(data))
-        done = pktrun.run_fast(state.native, template, data, derive)
+        b = pktrun.binding(vm, state, len(data))
+        done = pktrun.run_fast(state, template, data, derive)
         if done is not None:
             retval, out = done
             assert b.view is not None
@@ -935,7 +941,7 @@ def _run_packet(vm: VM, state: ProgramState, template: bytes, derive: int, data:
                 ) -> tuple[int, bytes]:
     """r0 and the packet after one run: the single native call when it can be, without building
     the rest of a RunResult (what run_xdp and the other packet runners return)."""
-    done = pktrun.run_fast(state.native, template, data, derive) if engine == "jit" else None
+    done = pktrun.run_fast(state, template, data, derive) if engine == "jit" else None
     if done is not None:
         return done
     res = _run(vm, state, template, derive, data, engine)
@@ -955,12 +961,12 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int, packets
     longest = max(packets.lens, default=0)
     probe = None
     if engine == "jit":
-        probe = pktrun.binding(vm, state.native, state.layout, state.arena, longest)
+        probe = pktrun.binding(vm, state, longest)
     elif engine != "interp":
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if probe is not None and probe.frame is not None:
         def run(lo: int, hi: int) -> array.array[int]:
-            b = pktrun.binding(vm, state.native, state.layout, state.arena, longest)
+            b = pktrun.binding(vm, state, longest)
             return pktrun.run_slice(b, template, derive, packets, lo, hi, outcome, outcome.packets)
 
         outcome.results = _split(n, threads, run)
@@ -1136,7 +1142,7 @@ class ProgramRunners:
             key, {"ingress_ifindex": ingress_ifindex, "rx_queue_index": rx_queue_index})
         data = packet if type(packet) is bytes else bytes(packet)
         # The per-packet path: one native call when this thread's binding is good for the run.
-        done = pktrun.run_fast(state.native, template, data, 0) if engine == "jit" else None
+        done = pktrun.run_fast(state, template, data, 0) if engine == "jit" else None
         retval, after = done or _run_packet(self._vm(), state, template, 0, data, engine)
         value = retval & MASK32  # _xdp_action, inline
         return _XDP_ACTIONS[value] if value < len(_XDP_ACTIONS) else value, after

@@ -12,7 +12,7 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.contract import HelperExit
-from jitbpf.errors import ExecutionError
+from jitbpf.errors import BpfError, ExecutionError
 from jitbpf.isa import MASK64
 from jitbpf.vm import VM
 
@@ -104,3 +104,136 @@ def test_a_helper_may_run_another_program() -> None:
         inner.register_helper(HELPER_ID, lambda a, *_: a * 100, name="inner")
         outer.register_helper(HELPER_ID, lambda *_: inner.execute_jit() + 1, name="outer")
         assert outer.execute_jit() == outer.execute() == 602
+
+
+# -- program-type runs entered from Python in one native call ---------------------------------
+
+MARK_SOURCE = """
+    ldxw r2, [r1+0]         ; data
+    ldxw r3, [r1+4]         ; data_end
+    mov r4, r2
+    add r4, 1
+    jgt r4, r3, short
+    ldxw r5, [r1+12]        ; ingress_ifindex
+    stxb [r2], r5
+    mov r0, {verdict}
+    exit
+short:
+    mov r0, 1
+    exit
+"""  # XDP: the first byte becomes the ingress ifindex; r0 = verdict (XDP_DROP if empty)
+
+
+def _xdp(verdict: int = 2) -> VM:
+    from jitbpf.programs import ProgType
+
+    return VM(assemble(MARK_SOURCE.format(verdict=verdict)), prog_type=ProgType.XDP)
+
+
+@pytest.mark.parametrize("packet", [b"", b"\x00" * 60, b"\x07" * 1500, bytearray(b"\x01" * 64),
+                                    memoryview(b"\x02" * 64)], ids=["empty", "60", "1500", "bytearray", "memoryview"])
+def test_xdp_runs_match_the_interpreter(packet: bytes | bytearray | memoryview) -> None:
+    with _xdp() as vm:
+        for ifindex in (1, 9):
+            jit = vm.run_xdp(packet, engine="jit", ingress_ifindex=ifindex)
+            assert jit == vm.run_xdp(packet, engine="interp", ingress_ifindex=ifindex)
+            assert type(jit[1]) is bytes
+            assert jit[1] == (bytes([ifindex]) + bytes(packet)[1:] if len(packet) else b"")
+
+
+def test_an_unchanged_packet_comes_back_as_itself() -> None:
+    packet = b"\x01" * 64
+    with _xdp() as vm:
+        assert vm.run_xdp(packet, engine="jit")[1] is packet
+        assert vm.run_xdp(packet, engine="jit", ingress_ifindex=2)[1] is not packet
+
+
+def test_many_programs_on_one_thread_keep_their_own_frames() -> None:
+    """More programs than the native table has entries per thread, run in turn: each run must
+    find its own program's frame (a taken entry is bound again, never used for another)."""
+    vms = [_xdp(verdict) for verdict in (2, 3) * 50]
+    try:
+        for _ in range(2):
+            for i, vm in enumerate(vms):
+                assert int(vm.run_xdp(b"\x00" * 32, engine="jit")[0]) == (2, 3)[i % 2]
+    finally:
+        for vm in vms:
+            vm.close()
+
+
+def test_a_packet_larger_than_the_arena_gets_a_larger_one() -> None:
+    with _xdp() as vm:
+        small = vm.run_xdp(b"\x00" * 64, engine="jit")
+        large = vm.run_xdp(b"\x00" * 300_000, engine="jit")
+        assert (small[1][0], len(large[1]), large[1][0]) == (1, 300_000, 1)
+        assert vm.run_xdp(b"\x05" * 64, engine="jit")[1] == b"\x01" + b"\x05" * 63
+
+
+def test_a_helper_registered_between_runs_is_called() -> None:
+    """Registering a helper redoes the native bindings: the next run sees it (here a Python
+    bpf_get_prandom_u32 in place of the native one, then another)."""
+    from jitbpf.programs import ProgType
+
+    with VM(assemble("call 7\nexit"), prog_type=ProgType.XDP) as vm:
+        assert vm.run_xdp(b"\x00" * 16, engine="jit")[1] == b"\x00" * 16
+        for verdict in (2, 3):
+            vm.register_helper(7, lambda *_, v=verdict: v, name="get_prandom_u32")
+            assert int(vm.run_xdp(b"\x00" * 16, engine="jit")[0]) == verdict
+
+
+def test_a_closed_vm_does_not_run() -> None:
+    vm = _xdp()
+    vm.run_xdp(b"\x00" * 16, engine="jit")
+    vm.close()
+    with pytest.raises(BpfError, match="closed"):
+        vm.run_xdp(b"\x00" * 16, engine="jit")
+
+
+def test_threads_run_one_program_at_once() -> None:
+    import threading
+
+    results: dict[int, set[bytes]] = {}
+    with _xdp() as vm:
+        def work(ifindex: int) -> None:
+            results[ifindex] = {vm.run_xdp(bytes(64), engine="jit", ingress_ifindex=ifindex)[1][:1]
+                                for _ in range(300)}
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(1, 5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == {i: {bytes([i])} for i in range(1, 5)}
+
+
+LOOP_SOURCE = """
+    mov r0, 0
+loop:
+    add r0, 1
+    jlt r0, 2000, loop
+    mov r0, 2
+    exit
+"""  # XDP_PASS after a loop: its runs hand the GIL over
+
+
+def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None:
+    import threading
+
+    from jitbpf.programs import ProgType
+
+    stop = threading.Event()
+    verdicts: list[int] = []
+    with VM(assemble(LOOP_SOURCE), prog_type=ProgType.XDP, allow_loops=True) as vm:
+        def work() -> None:
+            while not stop.is_set():
+                verdicts.append(int(vm.run_xdp(bytes(64), engine="jit")[0]))
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for i in range(200):  # each registration drops every thread's binding
+            vm.register_helper(100 + i % 3, lambda *_: 0, name="unused")
+        stop.set()
+        for t in threads:
+            t.join()
+    assert verdicts and set(verdicts) == {2}

@@ -15,6 +15,7 @@ class Native:
 
     ffi: Any  # the library's own cffi FFI
     lib: Any  # its functions: jb_map_*, jb_helper_*, ...
+    fast: Any  # its CPython module of single-run entry points (fast.c): pkt_run
     num_cpus: int  # per-CPU maps hold this many values per element
     # The sandbox is reserved (see sandbox.c): memory programs may reach unchecked is allocated
     # there, and JIT code confines unchecked accesses to it. When the address range is taken (or
@@ -38,7 +39,7 @@ def native() -> Native:
     from jitbpf._native.build import load
 
     with _LOAD_LOCK:
-        ffi, lib = load()
+        ffi, lib, fast = load()
     cpus = int(lib.jb_init(os.cpu_count() or 1))
     sandboxed = lib.jb_sbx_init() == 0 and lib.jb_fault_install() == 0
-    return Native(ffi, lib, cpus, sandboxed)
+    return Native(ffi, lib, fast, cpus, sandboxed)

@@ -24,7 +24,8 @@ HERE = Path(__file__).resolve().parent
 HEADER = HERE / "jbmaps.h"
 JIT_HEADER = HERE / "jbjit.h"  # the JIT's structures, included by HEADER
 INTERNAL_HEADER = HERE / "jbrun.h"  # shared by the C files only (not declared to cffi)
-SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c", HERE / "pkt.c")
+SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c", HERE / "pkt.c", HERE / "fast.c")
+FAST_MODULE = "_jitbpf_fast"  # the CPython module fast.c defines in the same library
 CFLAGS = ("-O2", "-std=gnu11", "-pthread", "-fno-strict-aliasing")
 LDFLAGS = ("-pthread",)
 CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory
@@ -134,16 +135,22 @@ def _remove_stale(directory: Path, current: Path) -> None:
             stale.unlink()
 
 
-def load(path: Path | None = None) -> tuple[Any, Any]:
-    """Import the compiled library (building it first if needed); returns its ``(ffi, lib)``."""
-    path = path or build()
-    name = re.sub(r"\..*$", "", path.name)
+def _import(name: str, path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise MapError(f"cannot load the native map library from {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.ffi, module.lib
+    return module
+
+
+def load(path: Path | None = None) -> tuple[Any, Any, Any]:
+    """Import the compiled library (building it first if needed); returns its ``(ffi, lib)``
+    and its CPython module of single-run entry points (``fast.c``). Both are one shared object,
+    loaded once: they share its state."""
+    path = path or build()
+    module = _import(re.sub(r"\..*$", "", path.name), path)
+    return module.ffi, module.lib, _import(FAST_MODULE, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,6 +181,10 @@ enum jb_derive {             /* context fields jb_pkt_frame derives from each pa
     JB_DERIVE_WIRE_LEN = 4       /* wire_len: the packet's length */
 };
 void jb_pkt_init(uint64_t error_result);
+/* Tokens for jb_pkt_bind (never 0, never reused); binding NULL empties the token's entry.
+   `owner` (a PyObject *, borrowed) keeps p: it must live while `token` is bound to it. */
+uint64_t jb_pkt_token(void);
+void jb_pkt_bind(uint64_t token, struct jb_pkt_prog *p, void *owner, int release);
 struct jb_pkt *jb_pkt_enter(struct jb_pkt *run);
 void jb_pkt_sync(struct jb_pkt *run);
 int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);

@@ -191,13 +191,8 @@ void jb_jit_init(uint64_t error_result)
 
 void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python)
 {
-    if (t_bare == NULL) {
-        struct bare *table = calloc(BARE_SLOTS, sizeof *table);
-        if (table == NULL)
-            return; /* unbound: the caller keeps taking its ordinary path */
-        pthread_setspecific(g_bare_key, table);
-        t_bare = table;
-    }
+    if (t_bare == NULL && (t_bare = jb_thread_table(g_bare_key, BARE_SLOTS, sizeof *t_bare)) == NULL)
+        return;
     struct bare *b = &t_bare[token % BARE_SLOTS];
     b->token = token;
     b->args = (args_fn)(uintptr_t)args;
