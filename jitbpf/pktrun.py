@@ -9,7 +9,7 @@ import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jitbpf._ffi import ffi
 from jitbpf._native import Native, native
@@ -220,6 +220,50 @@ class BatchOutcome:
     errors: dict[int, ExecutionError] | None = None
 
 
+def in_place(packets: Batch | Sequence[bytes | bytearray | memoryview]) -> tuple[tuple[bytes, ...] | None, int]:
+    """``packets`` as the native batch loop reads them where they are (a tuple of bytes
+    objects), with the longest one's length; (None, -1) when they are not bytes objects."""
+    if isinstance(packets, Batch) or _runner_lib() is None:
+        return None, -1
+    items = tuple(packets)  # a snapshot: the caller's list may change while the GIL is away
+    longest = int(native().fast.pkt_longest(items))  # -1 unless all are bytes
+    return (cast("tuple[bytes, ...]", items), longest) if longest >= 0 else (None, -1)
+
+
+def run_items(state: ProgramState, b: Binding, template: bytes, derive: int, items: tuple[bytes, ...], lo: int,
+              hi: int, outcome: BatchOutcome) -> array.array[int]:
+    """Packets ``lo`` to ``hi`` of ``items`` (from ``in_place``) through ``b``, this thread's
+    binding, read in place: one native call per stretch of runs that end normally; a run that
+    fails is handled as ``run_slice`` handles it."""
+    assert b.jit is not None and b.frame is not None
+    results = array.array("Q", bytes(8 * (hi - lo)))
+    batch = native().fast.pkt_batch
+    start = lo
+    while start < hi:
+        done = batch(state.token, template, derive, items, start, hi, memoryview(results)[start - lo:])
+        assert done is not None, "the binding was made on this thread just before"
+        start = done
+        if start < hi:
+            _finish_input(b, results, start - lo, start, outcome)
+            start += 1
+    return results
+
+
+def _finish_input(b: Binding, results: Any, at: int, index: int, outcome: BatchOutcome) -> None:
+    """``results[at]``, the r0 of packet ``index`` whose run stopped early, as it comes to: its
+    error raised noted with the index, or recorded in ``outcome.errors`` when that is a dict."""
+    try:
+        results[at] = finish(b, results[at])
+    except ExecutionError as err:
+        if outcome.errors is None:
+            err.add_note(f"in packet {index} of the batch")
+            raise
+        outcome.errors[index] = err
+    except BpfError as err:
+        err.add_note(f"in packet {index} of the batch")
+        raise
+
+
 def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, hi: int, outcome: BatchOutcome,
               packets_out: list[bytes] | None) -> array.array[int]:
     """Packets ``lo`` to ``hi`` of ``batch`` through ``b`` (on this thread): one native call
@@ -250,16 +294,7 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
                                     out + slots[start] if slots else out, out_lens + start if slots else out_lens))
         start += done
         if start < n:
-            try:
-                results[start] = finish(b, results[start])
-            except ExecutionError as err:
-                if outcome.errors is None:
-                    err.add_note(f"in packet {lo + start} of the batch")
-                    raise
-                outcome.errors[lo + start] = err
-            except BpfError as err:
-                err.add_note(f"in packet {lo + start} of the batch")
-                raise
+            _finish_input(b, results, start, lo + start, outcome)
             start += 1
     if packets_out is not None:
         buf = nffi.buffer(out)

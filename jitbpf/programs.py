@@ -949,30 +949,38 @@ def _run_packet(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     return res.retval, res.packet
 
 
-def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int, packets: pktrun.Batch, *,
-              engine: Engine = "jit", threads: int = 1, keep_packets: bool = False,
-              keep_errors: bool = False) -> pktrun.BatchOutcome:
+def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
+              packets: pktrun.Batch | Sequence[bytes | bytearray | memoryview], *, engine: Engine = "jit",
+              threads: int = 1, keep_packets: bool = False, keep_errors: bool = False) -> pktrun.BatchOutcome:
     """Every packet of ``packets`` run on the context ``template``: with the JIT (and no Python
-    helper) in native loops, over ``threads`` threads; else one run at a time."""
+    helper) in native loops, over ``threads`` threads; else one run at a time. Packets given
+    as bytes objects are read where they are (unless kept: then they are packed first)."""
     from jitbpf.vm import _split
 
-    n = len(packets.lens)
-    outcome = pktrun.BatchOutcome(array.array("Q"), [b""] * n if keep_packets else None, {} if keep_errors else None)
-    longest = max(packets.lens, default=0)
-    probe = None
-    if engine == "jit":
-        probe = pktrun.binding(vm, state, longest)
-    elif engine != "interp":
+    if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    items, longest = (None, -1) if engine != "jit" or keep_packets else pktrun.in_place(packets)
+    batch = None if items is not None else packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
+    if batch is not None:
+        longest = max(batch.lens, default=0)
+    n = len(items) if items is not None else len(batch.lens) if batch is not None else 0
+    outcome = pktrun.BatchOutcome(array.array("Q"), [b""] * n if keep_packets else None, {} if keep_errors else None)
+    probe = pktrun.binding(vm, state, longest) if engine == "jit" else None
     if probe is not None and probe.frame is not None:
         def run(lo: int, hi: int) -> array.array[int]:
             b = pktrun.binding(vm, state, longest)
-            return pktrun.run_slice(b, template, derive, packets, lo, hi, outcome, outcome.packets)
+            if items is not None:
+                return pktrun.run_items(state, b, template, derive, items, lo, hi, outcome)
+            assert batch is not None
+            return pktrun.run_slice(b, template, derive, batch, lo, hi, outcome, outcome.packets)
 
         outcome.results = _split(n, threads, run)
         return outcome
-    view = memoryview(packets.data)
-    for i, (off, ln) in enumerate(zip(packets.offsets, packets.lens, strict=True)):
+    if batch is None:
+        assert items is not None
+        batch = pktrun.Batch.of(items)
+    view = memoryview(batch.data)
+    for i, (off, ln) in enumerate(zip(batch.offsets, batch.lens, strict=True)):
         try:
             res = _run(vm, state, template, derive, bytes(view[off : off + ln]), engine)
         except ExecutionError as err:
@@ -1216,8 +1224,7 @@ class ProgramRunners:
         naming its index.
         """
         state, template, derive = self._packet_context(fields)
-        batch = packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
-        return run_batch(self._vm(), state, template, derive, batch, engine=engine, threads=threads,
+        return run_batch(self._vm(), state, template, derive, packets, engine=engine, threads=threads,
                          keep_packets=keep_packets)
 
     def run_sk_msg(self, message: bytes | bytearray | memoryview, *, engine: Engine = "interp",

@@ -237,3 +237,60 @@ def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None
         for t in threads:
             t.join()
     assert verdicts and set(verdicts) == {2}
+
+
+SPIN_SOURCE = """
+    ldxw r2, [r1+0]
+    ldxw r3, [r1+4]
+    mov r4, r2
+    add r4, 1
+    jgt r4, r3, out
+    ldxb r5, [r2]           ; iterations: 10 times the first byte
+    mul r5, 10
+    mov r0, 0
+loop:
+    jge r0, r5, out
+    add r0, 1
+    ja loop
+out:
+    mov r0, 2
+    exit
+"""  # XDP_PASS after a loop the packet sets: a first byte of 255 exhausts a budget of 1000
+
+BATCH_PACKETS = [b"\x01" * 64, b"\x02" * 1500, b"", b"\x03" * 14]
+
+
+@pytest.mark.parametrize("kind", ["list of bytes", "tuple of bytes", "mixed buffers", "Batch"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_xdp_batches_match_single_runs(kind: str, threads: int) -> None:
+    from jitbpf.pktrun import Batch
+
+    packets: Any = {
+        "list of bytes": BATCH_PACKETS * 5,
+        "tuple of bytes": tuple(BATCH_PACKETS * 5),
+        "mixed buffers": [bytearray(p) if i % 2 else p for i, p in enumerate(BATCH_PACKETS * 5)],
+        "Batch": Batch.of(BATCH_PACKETS * 5),
+    }[kind]
+    with _xdp(3) as vm:
+        expected = [int(vm.run_xdp(p, engine="interp", ingress_ifindex=4)[0]) for p in BATCH_PACKETS * 5]
+        outcome = vm.run_batch(packets, engine="jit", threads=threads, ingress_ifindex=4)
+        assert list(outcome.results) == expected
+        kept = vm.run_batch(packets, engine="jit", threads=threads, keep_packets=True, ingress_ifindex=4)
+        assert kept.packets == [vm.run_xdp(p, engine="jit", ingress_ifindex=4)[1] for p in BATCH_PACKETS * 5]
+
+
+def test_a_failing_packet_of_a_batch_names_its_index() -> None:
+    from jitbpf.programs import ProgType
+
+    packets = [b"\x01" * 20] * 7 + [b"\xff" * 20] + [b"\x01" * 20] * 3
+    with VM(assemble(SPIN_SOURCE), prog_type=ProgType.XDP, verify=False, budget=1000) as vm:
+        assert list(vm.run_batch(packets[:7], engine="jit").results) == [2] * 7
+        with pytest.raises(ExecutionError) as info:
+            vm.run_batch(packets, engine="jit")
+    assert "in packet 7 of the batch" in (info.value.__notes__ or [])
+
+
+@pytest.mark.parametrize("packets", [[], ()], ids=["list", "tuple"])
+def test_an_empty_batch_runs_nothing(packets: list[bytes] | tuple[bytes, ...]) -> None:
+    with _xdp() as vm:
+        assert list(vm.run_batch(packets, engine="jit").results) == []

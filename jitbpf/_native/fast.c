@@ -11,6 +11,16 @@
  *   the run left it as it was and it is a bytes object. None: nothing is bound under the token
  *   here, or the packet does not fit the arena (the caller binds, or binds a larger one).
  *   r0 is ERROR_RESULT when the run stopped early: the caller raises the error.
+ *
+ * pkt_longest(packets) -> the longest packet's length, or -1 unless `packets` is a tuple of
+ *   bytes objects (what pkt_batch reads in place).
+ *
+ * pkt_batch(token, template, derive, packets, start, stop, results) -> index or None
+ *   Packets start to stop of `packets` (a tuple of bytes objects, as pkt_longest accepts) run
+ *   one after the other through this thread's frame, the GIL handed over; the r0 of packet i
+ *   goes to `results` (a writable buffer of uint64) at i - start. Returns where it stopped: `stop`, or
+ *   the index of the packet whose run stopped early (its r0 ERROR_RESULT) or did not fit. None:
+ *   nothing is bound under the token here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first, as Python requires */
@@ -47,39 +57,55 @@ static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *
     return pair;
 }
 
+/* The frame this thread bound under args[0] (its owner and GIL choice in *owner, *release),
+   with the template args[1] and derive flags args[2] set for this call: 1 when found, 0 when
+   nothing is bound there, -1 with a Python error (`usage` names the arguments). */
+static int bound_frame(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage,
+                       struct jb_pkt_prog **p, void **owner, int *release)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "takes %s", usage);
+        return -1;
+    }
+    uint64_t token = PyLong_AsUnsignedLongLong(args[0]);
+    uint64_t derive = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred())
+        return -1;
+    *p = jb_pkt_bound(token, owner, release);
+    if (*p == NULL)
+        return 0;
+    PyObject *template = args[1];
+    if (!PyBytes_Check(template) || (uint64_t)PyBytes_GET_SIZE(template) < (*p)->pkt.ctx_size) {
+        PyErr_SetString(PyExc_TypeError, "the template must be bytes of the context's size");
+        return -1;
+    }
+    (*p)->tmpl = (uint64_t)(uintptr_t)PyBytes_AS_STRING(template); /* read during this call only */
+    (*p)->derive = derive;
+    return 1;
+}
+
 static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "pkt_run takes (token, template, derive, packet)");
-        return NULL;
-    }
-    uint64_t token = PyLong_AsUnsignedLongLong(args[0]);
-    if (token == (uint64_t)-1 && PyErr_Occurred())
-        return NULL;
-    int release;
+    struct jb_pkt_prog *p;
     void *owner;
-    struct jb_pkt_prog *p = jb_pkt_bound(token, &owner, &release);
-    if (p == NULL)
+    int release;
+    int found = bound_frame(args, nargs, 4, "(token, template, derive, packet)", &p, &owner, &release);
+    if (found <= 0) {
+        if (found < 0)
+            return NULL;
         Py_RETURN_NONE;
-    PyObject *template = args[1];
-    if (!PyBytes_Check(template) || (uint64_t)PyBytes_GET_SIZE(template) < p->pkt.ctx_size) {
-        PyErr_SetString(PyExc_TypeError, "pkt_run: the template must be bytes of the context's size");
-        return NULL;
     }
-    uint64_t derive = PyLong_AsUnsignedLongLong(args[2]);
-    if (derive == (uint64_t)-1 && PyErr_Occurred())
-        return NULL;
     PyObject *packet = args[3];
     Py_buffer view;
-    if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) != 0)
+    if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) != 0) {
+        p->tmpl = 0;
         return NULL;
+    }
     /* Without the GIL, another thread may drop the frame's owner (the token going stale): the
        run keeps it until the frame is read. */
     PyObject *keep = release ? (PyObject *)owner : NULL;
     Py_XINCREF(keep);
-    p->tmpl = (uint64_t)(uintptr_t)PyBytes_AS_STRING(template); /* read during this call only */
-    p->derive = derive;
     uint64_t r0;
     if (release) {
         Py_BEGIN_ALLOW_THREADS
@@ -95,8 +121,93 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return result;
 }
 
+static PyObject *pkt_longest(PyObject *self, PyObject *packets)
+{
+    (void)self;
+    Py_ssize_t longest = 0;
+    if (!PyTuple_CheckExact(packets))
+        return PyLong_FromLong(-1);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(packets); i++) {
+        PyObject *item = PyTuple_GET_ITEM(packets, i);
+        if (!PyBytes_CheckExact(item))
+            return PyLong_FromLong(-1);
+        if (PyBytes_GET_SIZE(item) > longest)
+            longest = PyBytes_GET_SIZE(item);
+    }
+    return PyLong_FromSsize_t(longest);
+}
+
+static PyObject *pkt_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    struct jb_pkt_prog *p;
+    void *owner;
+    int release;
+    int found = bound_frame(args, nargs, 7, "(token, template, derive, packets, start, stop, results)", &p, &owner,
+                            &release);
+    if (found <= 0) {
+        if (found < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *packets = args[3];
+    Py_ssize_t start = PyLong_AsSsize_t(args[4]), stop = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred() || !PyTuple_CheckExact(packets) || start < 0 || stop < start
+        || stop > PyTuple_GET_SIZE(packets)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "pkt_batch: bad packets or bounds");
+        p->tmpl = 0;
+        return NULL;
+    }
+    Py_ssize_t n = stop - start;
+    const uint8_t **data = PyMem_Malloc(sizeof *data * (size_t)(n + 1));
+    uint64_t *lens = PyMem_Malloc(sizeof *lens * (size_t)(n + 1));
+    if (data == NULL || lens == NULL) {
+        PyMem_Free(data);
+        PyMem_Free(lens);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(packets, start + i);
+        if (!PyBytes_CheckExact(item)) {
+            PyMem_Free(data);
+            PyMem_Free(lens);
+            PyErr_SetString(PyExc_TypeError, "pkt_batch: packets must be bytes objects");
+            return NULL;
+        }
+        data[i] = (const uint8_t *)PyBytes_AS_STRING(item);
+        lens[i] = (uint64_t)PyBytes_GET_SIZE(item);
+    }
+    Py_buffer results;
+    if (PyObject_GetBuffer(args[6], &results, PyBUF_WRITABLE) != 0 || results.len < n * 8) {
+        if (!PyErr_Occurred()) {
+            PyBuffer_Release(&results);
+            PyErr_SetString(PyExc_ValueError, "pkt_batch: the results buffer is too short");
+        }
+        PyMem_Free(data);
+        PyMem_Free(lens);
+        return NULL;
+    }
+    /* The packets (bytes, held by the tuple) cannot change or go while the GIL is away; the
+       frame's owner is kept as in pkt_run. */
+    PyObject *keep = owner;
+    Py_INCREF(keep);
+    uint64_t done;
+    Py_BEGIN_ALLOW_THREADS
+    done = jb_pkt_batch_each(p, data, lens, (uint64_t)n, (uint64_t *)results.buf);
+    Py_END_ALLOW_THREADS
+    p->tmpl = 0;
+    Py_DECREF(keep);
+    PyBuffer_Release(&results);
+    PyMem_Free(data);
+    PyMem_Free(lens);
+    return PyLong_FromSsize_t(start + (Py_ssize_t)done);
+}
+
 static PyMethodDef fast_methods[] = {
     {"pkt_run", (PyCFunction)(void (*)(void))pkt_run, METH_FASTCALL, "One typed run through a native frame."},
+    {"pkt_longest", pkt_longest, METH_O, "The longest packet of a tuple of bytes (-1: not such a tuple)."},
+    {"pkt_batch", (PyCFunction)(void (*)(void))pkt_batch, METH_FASTCALL, "Typed runs over a tuple of packets."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -208,18 +208,24 @@ uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     return r;
 }
 
+/* One run of a batch into *result: 1 if the batch stops here (the packet did not fit, or the
+   run stopped early). */
+static inline int batch_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len, uint64_t *result)
+{
+    if (jb_pkt_frame(p, data, len) != 0) {
+        *result = g_error_result;
+        return 1;
+    }
+    *result = run_built(p, len);
+    return stopped(p, *result);
+}
+
 uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t *offsets, const uint64_t *lens,
                       uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens)
 {
     uint64_t grow = p->headroom + p->tailroom;
     for (uint64_t i = 0; i < n; i++) {
-        if (jb_pkt_frame(p, base + offsets[i], lens[i]) != 0) {
-            results[i] = g_error_result;
-            return i;
-        }
-        uint64_t r = run_built(p, lens[i]);
-        results[i] = r;
-        if (stopped(p, r))
+        if (batch_run(p, base + offsets[i], lens[i], &results[i]))
             return i;
         if (out != NULL) {
             uint64_t size = p->pkt.data_end - p->pkt.data;
@@ -228,6 +234,15 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
             out += lens[i] + grow;
         }
     }
+    return n;
+}
+
+uint64_t jb_pkt_batch_each(struct jb_pkt_prog *p, const uint8_t *const *packets, const uint64_t *lens, uint64_t n,
+                           uint64_t *results)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (batch_run(p, packets[i], lens[i], &results[i]))
+            return i;
     return n;
 }
 
