@@ -1212,7 +1212,7 @@ class ProgramRunners:
                 raise AssertionError("unreachable")
 
     def run_batch(self, packets: Sequence[bytes | bytearray | memoryview] | pktrun.Batch, *,
-                  engine: Engine = "jit", threads: int = 1, keep_packets: bool = False,
+                  engine: Engine = "jit", threads: int = 1, keep_packets: bool = False, keep_errors: bool = False,
                   **fields: Any) -> pktrun.BatchOutcome:
         """Run an XDP, tc, socket filter, cgroup_skb or sk_skb program on every packet, with the
         context fields given by name: ``outcome.results`` holds each r0 (``array("Q")``), and
@@ -1221,11 +1221,12 @@ class ProgramRunners:
         With the JIT, programs that call no Python helper run the whole batch in native loops,
         ``threads`` of them (the GIL released, each thread with its own CPU id for per-CPU
         maps); others run one packet at a time. A failing packet raises its error, with a note
-        naming its index.
+        naming its index; with ``keep_errors`` the batch goes on, and ``outcome.errors`` holds
+        the errors by index (their r0 is ``ERROR_RESULT``).
         """
         state, template, derive = self._packet_context(fields)
         return run_batch(self._vm(), state, template, derive, packets, engine=engine, threads=threads,
-                         keep_packets=keep_packets)
+                         keep_packets=keep_packets, keep_errors=keep_errors)
 
     def run_sk_msg(self, message: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                    **fields: Any) -> int:
