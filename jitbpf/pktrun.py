@@ -7,7 +7,7 @@ from __future__ import annotations
 import array
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -120,7 +120,11 @@ class Binding:
 _NO_BYTES = memoryview(b"")
 
 
-def not_bound(_token: int, _template: bytes, _derive: int, _packet: Any) -> tuple[int, bytes] | None:
+# fast.c's pkt_run: (token, template, derive, packet) -> (r0, packet after[, binding]) or None
+SingleRun = Callable[[int, bytes, int, Any], tuple[Any, ...] | None]
+
+
+def not_bound(_token: int, _template: bytes, _derive: int, _packet: Any) -> tuple[Any, ...] | None:
     """What ``ProgramState.pkt_run`` is before the first binding: no run (take the Python path)."""
     return None
 
@@ -184,9 +188,9 @@ def run_fast(state: ProgramState, template: bytes, packet: bytes, derive: int) -
     was); None when the thread has no frame fit for it there, or the program needs the Python
     path."""
     done = state.pkt_run(state.token, template, derive, packet)
-    if done is not None and done[0] == ERROR_RESULT:
-        return finish(state.native.binding, ERROR_RESULT), done[1]
-    return done
+    if done is not None and len(done) > 2:  # stopped early: (r0, packet, the binding it ran on)
+        return finish(done[2], ERROR_RESULT), done[1]
+    return cast("tuple[int, bytes] | None", done)
 
 
 def finish(b: Binding, result: int) -> int:

@@ -655,7 +655,7 @@ class ProgramState:
         # What names this state's bindings in the native single-run table (0: none yet), and that
         # table's run (pktrun.run_fast): both set by the first binding.
         self.token = 0
-        self.pkt_run: Callable[[int, bytes, int, Any], tuple[int, bytes] | None] = pktrun.not_bound
+        self.pkt_run: pktrun.SingleRun = pktrun.not_bound
         self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
 
     def add_template(self, key: Hashable, values: Mapping[str, Any]) -> bytes:

@@ -294,3 +294,25 @@ def test_a_failing_packet_of_a_batch_names_its_index() -> None:
 def test_an_empty_batch_runs_nothing(packets: list[bytes] | tuple[bytes, ...]) -> None:
     with _xdp() as vm:
         assert list(vm.run_batch(packets, engine="jit").results) == []
+
+
+def test_a_single_run_that_fails_raises_the_interpreters_error() -> None:
+    from jitbpf.programs import ProgType
+
+    with VM(assemble(SPIN_SOURCE), prog_type=ProgType.XDP, verify=False, budget=1000) as vm:
+        assert int(vm.run_xdp(b"\x01" * 20, engine="jit")[0]) == 2
+        errors = [_outcome(lambda engine=engine: vm.run_xdp(b"\xff" * 20, engine=engine))
+                  for engine in ("interp", "jit")]
+        assert int(vm.run_xdp(b"\x01" * 20, engine="jit")[0]) == 2  # and the next run is fine
+    assert errors[0] == errors[1] and errors[0][0].__name__ == "BudgetExceeded"
+
+
+def test_a_program_may_return_what_stopped_runs_return() -> None:
+    """r0 equal to the JIT's early-stop value, from a run that did not stop, is just r0."""
+    from jitbpf.jit.runtime import ERROR_RESULT
+    from jitbpf.programs import ProgType
+
+    with VM(assemble(f"lddw r0, {ERROR_RESULT:#x}\nexit"), prog_type=ProgType.XDP) as vm:
+        assert vm.run_context(packet=b"\x00" * 20, engine="jit").retval == ERROR_RESULT
+        assert vm.run_xdp(b"\x00" * 20, engine="jit") == vm.run_xdp(b"\x00" * 20) == (ERROR_RESULT & 0xFFFF_FFFF,
+                                                                                        b"\x00" * 20)

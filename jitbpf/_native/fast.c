@@ -10,7 +10,9 @@
  *   the arena, the program's "regions" entry. The packet after the run is `packet` itself when
  *   the run left it as it was and it is a bytes object. None: nothing is bound under the token
  *   here, or the packet does not fit the arena (the caller binds, or binds a larger one).
- *   r0 is ERROR_RESULT when the run stopped early: the caller raises the error.
+ *   A run that stopped early (r0 ERROR_RESULT, its error to be raised) gives (r0, packet after,
+ *   the frame's owner): the binding whose program tells the error, which another thread may
+ *   have replaced meanwhile.
  *
  * pkt_longest(packets) -> the longest packet's length, or -1 unless `packets` is a tuple of
  *   bytes objects (what pkt_batch reads in place).
@@ -30,8 +32,9 @@
 
 #include <string.h>
 
-/* (r0, packet after) of the run jb_pkt_run made on `p` from `packet`; None if it did not run. */
-static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *packet)
+/* (r0, packet after[, owner]) of the run jb_pkt_run made on `p` from `packet`, as pkt_run
+   returns it; None if it did not run. */
+static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *packet, PyObject *owner)
 {
     const uint64_t *out = p->out;
     if (out[0] == 0) /* not run: the packet does not fit (a run's packet is past the context) */
@@ -45,8 +48,9 @@ static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *
         if (after == NULL)
             return NULL;
     }
+    int stopped = jb_pkt_stopped(p, r0);
     PyObject *value = PyLong_FromUnsignedLongLong(r0);
-    PyObject *pair = value != NULL ? PyTuple_New(2) : NULL;
+    PyObject *pair = value != NULL ? PyTuple_New(stopped ? 3 : 2) : NULL;
     if (pair == NULL) {
         Py_XDECREF(value);
         Py_DECREF(after);
@@ -54,6 +58,10 @@ static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *
     }
     PyTuple_SET_ITEM(pair, 0, value);
     PyTuple_SET_ITEM(pair, 1, after);
+    if (stopped) {
+        Py_INCREF(owner);
+        PyTuple_SET_ITEM(pair, 2, owner);
+    }
     return pair;
 }
 
@@ -115,7 +123,7 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         r0 = jb_pkt_run(p, view.buf, (uint64_t)view.len);
     }
     p->tmpl = 0;
-    PyObject *result = run_result(p, r0, packet);
+    PyObject *result = run_result(p, r0, packet, owner);
     PyBuffer_Release(&view);
     Py_XDECREF(keep);
     return result;

@@ -26,6 +26,8 @@ struct jb_pkt_prog;
 /* This thread's frame bound under `token` (pkt.c), or NULL; *owner: the object that keeps it
    (a PyObject *), *release: whether its runs hand the GIL over. For fast.c's single runs. */
 struct jb_pkt_prog *jb_pkt_bound(uint64_t token, void **owner, int *release);
+/* Whether the run on p that returned r stopped early (its error is to be raised). */
+int jb_pkt_stopped(const struct jb_pkt_prog *p, uint64_t r);
 /* jb_pkt_batch over packets anywhere in memory (packet i: packets[i], lens[i] bytes), keeping
    none of them. */
 uint64_t jb_pkt_batch_each(struct jb_pkt_prog *p, const uint8_t *const *packets, const uint64_t *lens, uint64_t n,

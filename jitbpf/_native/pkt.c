@@ -192,6 +192,11 @@ static inline int stopped(const struct jb_pkt_prog *p, uint64_t r)
     return r == g_error_result && c->status != 0;
 }
 
+int jb_pkt_stopped(const struct jb_pkt_prog *p, uint64_t r)
+{
+    return stopped(p, r);
+}
+
 uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
 {
     uint64_t *out = p->out;
