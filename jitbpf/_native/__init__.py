@@ -36,10 +36,12 @@ _LOAD_LOCK = threading.Lock()
 @functools.cache
 def native() -> Native:
     """Build (if needed) and load the library; the CPU count is fixed here, at first use."""
-    from jitbpf._native.build import load
+    from jitbpf._native.build import build, load, load_fast
 
     with _LOAD_LOCK:
-        ffi, lib, fast = load()
+        path = build()
+        ffi, lib = load(path)
+        fast = load_fast(path)
     cpus = int(lib.jb_init(os.cpu_count() or 1))
     sandboxed = lib.jb_sbx_init() == 0 and lib.jb_fault_install() == 0
     return Native(ffi, lib, fast, cpus, sandboxed)

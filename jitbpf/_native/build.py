@@ -31,14 +31,19 @@ LDFLAGS = ("-pthread",)
 CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory
 
 
+EXTERN_PYTHON = "JB_EXTERN_PYTHON"  # the header's mark of functions written in Python
+
+
 def header_declarations(path: Path) -> str:
     """A header's declarations without its preprocessor lines (cffi's cdef does not take them)."""
     return "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
 
 
 def cdef_text() -> str:
-    """The library's declarations (the JIT's structures first: the header includes them)."""
-    return header_declarations(JIT_HEADER) + "\n" + header_declarations(HEADER)
+    """The library's declarations (the JIT's structures first: the header includes them), the
+    functions marked ``JB_EXTERN_PYTHON`` declared as cffi's compiled Python callbacks."""
+    text = header_declarations(JIT_HEADER) + "\n" + header_declarations(HEADER)
+    return text.replace(EXTERN_PYTHON, 'extern "Python+C"')
 
 
 def source_key() -> str:
@@ -135,22 +140,25 @@ def _remove_stale(directory: Path, current: Path) -> None:
             stale.unlink()
 
 
-def _import(name: str, path: Path) -> Any:
+def load(path: Path | None = None) -> tuple[Any, Any]:
+    """Import the compiled library (building it first if needed); returns its ``(ffi, lib)``."""
+    path = path or build()
+    name = re.sub(r"\..*$", "", path.name)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise MapError(f"cannot load the native map library from {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module.ffi, module.lib
+
+
+def load_fast(path: Path) -> Any:
+    """The library's CPython module of single-run entry points (``fast.c``), from the file
+    ``load`` loaded: one shared object, so the two modules share its state."""
+    loader = importlib.machinery.ExtensionFileLoader(FAST_MODULE, str(path))
+    module = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(FAST_MODULE, loader, origin=str(path)))
+    loader.exec_module(module)
     return module
-
-
-def load(path: Path | None = None) -> tuple[Any, Any, Any]:
-    """Import the compiled library (building it first if needed); returns its ``(ffi, lib)``
-    and its CPython module of single-run entry points (``fast.c``). Both are one shared object,
-    loaded once: they share its state."""
-    path = path or build()
-    module = _import(re.sub(r"\..*$", "", path.name), path)
-    return module.ffi, module.lib, _import(FAST_MODULE, path)
 
 
 def main(argv: list[str] | None = None) -> int:
