@@ -652,11 +652,11 @@ class ProgramState:
         self.layout = frame_layout(info)
         self.local = threading.local()  # .arena and .run of each thread
         self.native = threading.local()  # .binding: each thread's jitbpf.pktrun.Binding (see config_changed)
+        self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
         # What names this state's bindings in the native single-run table (0: none yet), and that
         # table's run (pktrun.run_fast): both set by the first binding.
         self.token = 0
         self.pkt_run: pktrun.SingleRun = pktrun.not_bound
-        self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
 
     def add_template(self, key: Hashable, values: Mapping[str, Any]) -> bytes:
         """The initial context (bytes) with the fields ``values`` gives, kept in ``templates``
