@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from jitbpf import ProgType
 from jitbpf.asm import assemble
 from jitbpf.contract import HelperExit
 from jitbpf.errors import BpfError, ExecutionError
@@ -125,8 +126,6 @@ short:
 
 
 def _xdp(verdict: int = 2) -> VM:
-    from jitbpf.programs import ProgType
-
     return VM(assemble(MARK_SOURCE.format(verdict=verdict)), prog_type=ProgType.XDP)
 
 
@@ -172,8 +171,6 @@ def test_a_packet_larger_than_the_arena_gets_a_larger_one() -> None:
 def test_a_helper_registered_between_runs_is_called() -> None:
     """Registering a helper redoes the native bindings: the next run sees it (here a Python
     bpf_get_prandom_u32 in place of the native one, then another)."""
-    from jitbpf.programs import ProgType
-
     with VM(assemble("call 7\nexit"), prog_type=ProgType.XDP) as vm:
         assert vm.run_xdp(b"\x00" * 16, engine="jit")[1] == b"\x00" * 16
         for verdict in (2, 3):
@@ -218,8 +215,6 @@ loop:
 
 def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None:
     import threading
-
-    from jitbpf.programs import ProgType
 
     stop = threading.Event()
     verdicts: list[int] = []
@@ -280,8 +275,6 @@ def test_xdp_batches_match_single_runs(kind: str, threads: int) -> None:
 
 
 def test_a_failing_packet_of_a_batch_names_its_index() -> None:
-    from jitbpf.programs import ProgType
-
     packets = [b"\x01" * 20] * 7 + [b"\xff" * 20] + [b"\x01" * 20] * 3
     with VM(assemble(SPIN_SOURCE), prog_type=ProgType.XDP, verify=False, budget=1000) as vm:
         assert list(vm.run_batch(packets[:7], engine="jit").results) == [2] * 7
@@ -297,8 +290,6 @@ def test_an_empty_batch_runs_nothing(packets: list[bytes] | tuple[bytes, ...]) -
 
 
 def test_a_single_run_that_fails_raises_the_interpreters_error() -> None:
-    from jitbpf.programs import ProgType
-
     with VM(assemble(SPIN_SOURCE), prog_type=ProgType.XDP, verify=False, budget=1000) as vm:
         assert int(vm.run_xdp(b"\x01" * 20, engine="jit")[0]) == 2
         errors = [_outcome(lambda engine=engine: vm.run_xdp(b"\xff" * 20, engine=engine))
@@ -310,8 +301,6 @@ def test_a_single_run_that_fails_raises_the_interpreters_error() -> None:
 def test_a_program_may_return_what_stopped_runs_return() -> None:
     """r0 equal to the JIT's early-stop value, from a run that did not stop, is just r0."""
     from jitbpf.jit.runtime import ERROR_RESULT
-    from jitbpf.programs import ProgType
-
     with VM(assemble(f"lddw r0, {ERROR_RESULT:#x}\nexit"), prog_type=ProgType.XDP) as vm:
         assert vm.run_context(packet=b"\x00" * 20, engine="jit").retval == ERROR_RESULT
         assert vm.run_xdp(b"\x00" * 20, engine="jit") == vm.run_xdp(b"\x00" * 20) == (ERROR_RESULT & 0xFFFF_FFFF,
