@@ -135,10 +135,14 @@ def binding(vm: VM, state: ProgramState, size: int) -> Binding:
     b: Binding | None = getattr(state.native, "binding", None)
     if b is None or (b.frame is not None and size > b.capacity):
         return bind(vm, state, size)
-    if b.frame is not None:  # another program may have taken its native table entry since
-        nat = native()
-        nat.lib.jb_pkt_bind(state.token, b.frame, nat.ffi.cast("void *", id(b)), _releases(b))
     return b
+
+
+def register(state: ProgramState, b: Binding) -> None:
+    """Put ``b`` (this thread's binding, with a frame) in the native single-run table under
+    ``state.token``: again after another program took its entry."""
+    nat = native()
+    nat.lib.jb_pkt_bind(state.token, b.frame, nat.ffi.cast("void *", id(b)), _releases(b))  # id(): its address
 
 
 def _releases(b: Binding) -> bool:
@@ -177,7 +181,7 @@ def bind(vm: VM, state: ProgramState, size: int) -> Binding:
     b.arena, b.view = arena, arena.view[0:]
     b.capacity = arena.size - layout.frame_off - layout.grow()
     b.frame = frame
-    nat.lib.jb_pkt_bind(state.token, frame, nat.ffi.cast("void *", id(b)), _releases(b))  # id(): its address
+    register(state, b)
     state.pkt_run = nat.fast.pkt_run
     return b
 
@@ -245,7 +249,9 @@ def run_items(state: ProgramState, b: Binding, template: bytes, derive: int, ite
     start = lo
     while start < hi:
         done = batch(state.token, template, derive, items, start, hi, memoryview(results)[start - lo:])
-        assert done is not None, "the binding was made on this thread just before"
+        if done is None:  # another program took the binding's native table entry
+            register(state, b)
+            continue
         start = done
         if start < hi:
             _finish_input(b, results, start - lo, start, outcome)

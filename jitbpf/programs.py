@@ -896,6 +896,9 @@ def _run(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes,
     if engine == "jit":
         b = pktrun.binding(vm, state, len(data))
         done = pktrun.run_fast(state, template, data, derive)
+        if done is None and b.frame is not None:  # another program took its native table entry
+            pktrun.register(state, b)
+            done = pktrun.run_fast(state, template, data, derive)
         if done is not None:
             retval, out = done
             assert b.view is not None

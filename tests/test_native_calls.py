@@ -155,6 +155,8 @@ def test_many_programs_on_one_thread_keep_their_own_frames() -> None:
         for _ in range(2):
             for i, vm in enumerate(vms):
                 assert int(vm.run_xdp(b"\x00" * 32, engine="jit")[0]) == (2, 3)[i % 2]
+            for i, vm in enumerate(vms):
+                assert list(vm.run_batch([b"\x00" * 32] * 3, engine="jit").results) == [(2, 3)[i % 2]] * 3
     finally:
         for vm in vms:
             vm.close()
