@@ -507,7 +507,7 @@ def run_capture(source: ProgramSource, vm: Any, args: argparse.Namespace, out: T
     name = source.elf_program.name if source.elf_program is not None else Path(source.where).name
     try:
         summary = run_pcap(vm, args.pcap, engine=engine, progress=not args.no_progress, limit=args.limit,
-                           stream=sys.stderr, name=name)
+                           stream=sys.stderr, name=name, threads=args.threads or 1)
     except PcapError as exc:
         raise CliError(one_line(exc.message)) from exc
     except BpfError as exc:
@@ -542,8 +542,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         mem = read_bytes(args.mem_file)
     else:
         mem = b""
-    if args.pcap is None and (args.limit is not None or args.no_progress):
-        raise CliError("--limit and --no-progress apply to --pcap runs only")
+    if args.pcap is None and (args.limit is not None or args.no_progress or args.threads is not None):
+        raise CliError("--limit, --no-progress and --threads apply to --pcap runs only")
     source = load_source(args.file, args.section)
     vm = make_vm(source, args, verify=not args.no_verify)
     engine = "jit" if args.jit else "interp"
@@ -794,6 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, metavar="N", help="with --pcap: stop after N packets")
     p.add_argument("--no-progress", action="store_true",
                    help="with --pcap: no progress bar (it is shown only when stderr is a terminal)")
+    p.add_argument("--threads", type=_positive, metavar="N",
+                   help="with --pcap --jit: run the packets in batches over N threads (per-CPU maps: one CPU each)")
     p.add_argument("--map-set", nargs=3, action="append", default=[], metavar=("MAP", "KEY", "VALUE"),
                    help="store an entry in a map before the run; KEY and VALUE are integers (stored in the map's "
                         "key and value sizes, little-endian) or hex:BYTES. May be given several times")

@@ -575,6 +575,8 @@ def test_run_pcap(example: Compiler, tmp_path: Path) -> None:
     (tmp_path / "pass.s").write_text("r0 = 2\nexit\n")
     typed = ok(in_process("run", str(tmp_path / "pass.s"), "--prog-type", "xdp", "--pcap", capture))
     assert re.search(r"XDP_PASS +5 +100\.0%", typed)
+    threaded = ok(in_process("run", obj, "--pcap", capture, *blocked, "--jit", "--threads", "2"))
+    assert re.search(r"XDP_DROP +2 +40\.0%", threaded) and re.search(r"XDP_PASS +3 +60\.0%", threaded)
 
 
 def test_run_pcap_problems(example: Compiler, tmp_path: Path) -> None:
@@ -596,7 +598,8 @@ def test_run_pcap_problems(example: Compiler, tmp_path: Path) -> None:
         f"{tmp_path / 'junk.pcap'}: packet 0 at offset 0x18 claims 4294967295 bytes (corrupt capture)")
     assert error(in_process("run", str(tmp_path / "prog.s"), "--pcap", capture)).startswith(
         f"{tmp_path / 'prog.s'}: --pcap needs a packet program")
-    assert error(in_process("run", obj, "--limit", "3")) == "--limit and --no-progress apply to --pcap runs only"
+    assert error(in_process("run", obj, "--limit", "3")) == (
+        "--limit, --no-progress and --threads apply to --pcap runs only")
     assert error(in_process("run", obj, "--pcap", capture, "--map-set", "NOPE", "1", "1")) == (
         f"--map-set NOPE 1 1: {obj} (xdp: xdp_firewall) has no map named 'NOPE' (maps: BLOCKED_IPS)")
     assert error(in_process("run", obj, "--map-set", "BLOCKED_IPS", "0x1ffffffff", "1")) == (

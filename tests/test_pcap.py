@@ -218,3 +218,25 @@ def test_pcapng_block_trailer_and_byte_order(tmp_path: Path) -> None:
     (tmp_path / "order.pcapng").write_bytes(bad)
     with pytest.raises(PcapError, match="section header at offset 0x0 has no byte-order magic"):
         list(read_packets(tmp_path / "order.pcapng"))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_jit_batches_count_what_single_runs_count(capture: Path, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of three packets (so that the capture spans several), the ARP frame's run failing
+    (its broadcast address makes the program spin past its budget): the same summary as the
+    interpreter's and as one JIT run per packet (what an on_packet callback asks for)."""
+    from jitbpf import pcap
+    from jitbpf.asm import assemble
+    from jitbpf.vm import VM
+    from tests.test_native_calls import SPIN_SOURCE
+
+    monkeypatch.setattr(pcap, "BATCH_PACKETS", 3)
+    seen: list[int] = []
+    with VM(assemble(SPIN_SOURCE), prog_type=ProgType.XDP, verify=False, budget=1000) as vm:
+        interp = run_pcap(vm, capture, engine="interp", progress=False)
+        batched = run_pcap(vm, capture, engine="jit", progress=False, threads=threads)
+        single = run_pcap(vm, capture, engine="jit", progress=False, on_packet=lambda i, _p, _v: seen.append(i))
+    assert batched.verdicts == interp.verdicts == single.verdicts == {"XDP_PASS": 8, "error": 1}
+    assert batched.first_error == interp.first_error == single.first_error
+    assert batched.first_error is not None and batched.first_error.startswith("packet 7: ")
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 8]

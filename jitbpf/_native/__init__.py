@@ -15,6 +15,7 @@ class Native:
 
     ffi: Any  # the library's own cffi FFI
     lib: Any  # its functions: jb_map_*, jb_helper_*, ...
+    fast: Any  # its CPython module of single-run entry points (fast.c): pkt_run
     num_cpus: int  # per-CPU maps hold this many values per element
     # The sandbox is reserved (see sandbox.c): memory programs may reach unchecked is allocated
     # there, and JIT code confines unchecked accesses to it. When the address range is taken (or
@@ -35,10 +36,12 @@ _LOAD_LOCK = threading.Lock()
 @functools.cache
 def native() -> Native:
     """Build (if needed) and load the library; the CPU count is fixed here, at first use."""
-    from jitbpf._native.build import load
+    from jitbpf._native.build import build, load, load_fast
 
     with _LOAD_LOCK:
-        ffi, lib = load()
+        path = build()
+        ffi, lib = load(path)
+        fast = load_fast(path)
     cpus = int(lib.jb_init(os.cpu_count() or 1))
     sandboxed = lib.jb_sbx_init() == 0 and lib.jb_fault_install() == 0
-    return Native(ffi, lib, cpus, sandboxed)
+    return Native(ffi, lib, fast, cpus, sandboxed)

@@ -23,7 +23,9 @@ from jitbpf.errors import MapError
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "jbmaps.h"
 JIT_HEADER = HERE / "jbjit.h"  # the JIT's structures, included by HEADER
-SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c", HERE / "pkt.c")
+INTERNAL_HEADER = HERE / "jbrun.h"  # shared by the C files only (not declared to cffi)
+SOURCES = (HERE / "maps.c", HERE / "run.c", HERE / "sandbox.c", HERE / "pkt.c", HERE / "fast.c")
+FAST_MODULE = "_jitbpf_fast"  # the CPython module fast.c defines in the same library
 CFLAGS = ("-O2", "-std=gnu11", "-pthread", "-fno-strict-aliasing")
 LDFLAGS = ("-pthread",)
 CACHE_ENV = "JITBPF_CACHE_DIR"  # overrides the cache directory
@@ -58,7 +60,7 @@ def cdef_text() -> str:
 def source_key() -> str:
     """A hash of everything the binary depends on: sources, flags, Python ABI and cffi version."""
     digest = hashlib.sha256()
-    for path in (JIT_HEADER, HEADER, *SOURCES):
+    for path in (JIT_HEADER, HEADER, INTERNAL_HEADER, *SOURCES):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(LIBC_DECLARATIONS.encode())
     abi = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -163,6 +165,15 @@ def load(path: Path | None = None) -> tuple[Any, Any]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.ffi, module.lib
+
+
+def load_fast(path: Path) -> Any:
+    """The library's CPython module of single-run entry points (``fast.c``), from the file
+    ``load`` loaded: one shared object, so the two modules share its state."""
+    loader = importlib.machinery.ExtensionFileLoader(FAST_MODULE, str(path))
+    module = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(FAST_MODULE, loader, origin=str(path)))
+    loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,12 +7,6 @@
 
 #include "jbjit.h"
 
-/* Marks the functions Python implements: cffi's cdef reads it as extern "Python+C" (see
-   build.py), C as an ordinary declaration of the function cffi generates. */
-#ifndef JB_EXTERN_PYTHON
-#define JB_EXTERN_PYTHON
-#endif
-
 struct jb_map;
 
 /* CPU ids: a fixed count chosen once per process; each thread gets an id (see maps.c). */
@@ -112,8 +106,8 @@ void jb_code_release(int slot, uint64_t address, uint64_t size);
 
 /* Running JIT-compiled code (run.c): bare runs by token, and batches over many inputs. Returns
    of the batch loops: how many inputs ran to completion (the next one, if any, stopped early).
-   Each run gets the handle of its program's Python dispatcher (``python``, a cffi handle): the
-   Python helpers it calls are given that handle. */
+   Each run gets its program's struct jb_python (``python``): the Python helpers it calls are
+   found there. */
 void jb_jit_init(uint64_t error_result);
 void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python);
 int jb_bare_bound(uint64_t token);
@@ -130,12 +124,16 @@ uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python);
 uint64_t jb_run_entry_gil(uint64_t entry, uint64_t ctx, void *python);
 
 /* Python helpers. The helper table of JIT code points at jb_helper_python for every id without
-   a C helper; it passes the id (6th argument) and the running program's handle to
-   jb_python_call, a compiled cffi callback (extern "Python": its code is part of this library,
-   so calling Python needs no writable and executable trampoline page). */
+   a C helper; it gets the id (6th argument) and calls the helper's Python function with the GIL
+   (held already by runs of programs that call Python: see jb_run_entry_gil). What it needs comes
+   from the running program's struct jb_python, which each run hands the native loops as its
+   ``python`` argument; a helper that fails (raises, or has an unknown id) is handed to the
+   dispatcher, which parks the failure where the run's caller finds it. */
+struct jb_python {
+    void *helpers;           /* PyObject *: the VM's live dict of Helper by id */
+    void *dispatcher;        /* PyObject *: called as dispatcher(id, helper or None, exception or None) */
+};
 uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5, uint64_t id);
-JB_EXTERN_PYTHON uint64_t jb_python_call(void *python, uint64_t id, uint64_t r1, uint64_t r2, uint64_t r3,
-                                         uint64_t r4, uint64_t r5);
 
 /* Program-type runs (pkt.c): a run's packet state, outside the sandbox; the binding of one
    thread to one typed program (its arena, run context and entry); where the run context keeps
@@ -184,6 +182,10 @@ enum jb_derive {             /* context fields jb_pkt_frame derives from each pa
     JB_DERIVE_WIRE_LEN = 4       /* wire_len: the packet's length */
 };
 void jb_pkt_init(uint64_t error_result);
+/* Tokens for jb_pkt_bind (never 0, never reused); binding NULL empties the token's entry.
+   `owner` (a PyObject *, borrowed) keeps p: it must live while `token` is bound to it. */
+uint64_t jb_pkt_token(void);
+void jb_pkt_bind(uint64_t token, struct jb_pkt_prog *p, void *owner, int release);
 struct jb_pkt *jb_pkt_enter(struct jb_pkt *run);
 void jb_pkt_sync(struct jb_pkt *run);
 int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);

@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include "jbmaps.h"
+#include "jbrun.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -1831,7 +1832,7 @@ static struct jb_ringbuf *rb_owner(uint64_t sample)
  * ring for good. */
 #define RB_PENDING_MAX 256u   /* reservations a thread's runs may hold at once; more fail (NULL) */
 static __thread void **t_rb_pending;  /* RB_PENDING_MAX entries, allocated by the first reservation */
-static __thread uint32_t t_rb_npending;
+__thread uint32_t jb_rb_npending;
 static pthread_key_t g_rb_pending_key;  /* frees a thread's list when the thread exits */
 static pthread_once_t g_rb_pending_once = PTHREAD_ONCE_INIT;
 
@@ -1847,29 +1848,29 @@ static int rb_pending_room(void)
             return 0;
         pthread_setspecific(g_rb_pending_key, t_rb_pending);
     }
-    return t_rb_npending < RB_PENDING_MAX;
+    return jb_rb_npending < RB_PENDING_MAX;
 }
 
 static void rb_commit_sample(void *sample, int discard);
 
 static void rb_forget(void *sample)
 {
-    uint32_t i = t_rb_npending;
+    uint32_t i = jb_rb_npending;
     while (i-- > 0) {
         if (t_rb_pending[i] == sample) {
-            memmove(&t_rb_pending[i], &t_rb_pending[i + 1], (t_rb_npending - i - 1) * sizeof t_rb_pending[0]);
-            t_rb_npending--;
+            memmove(&t_rb_pending[i], &t_rb_pending[i + 1], (jb_rb_npending - i - 1) * sizeof t_rb_pending[0]);
+            jb_rb_npending--;
             return;
         }
     }
 }
 
-uint32_t jb_ringbuf_pending(void) { return t_rb_npending; }
+uint32_t jb_ringbuf_pending(void) { return jb_rb_npending; }
 
 void jb_ringbuf_release_since(uint32_t mark)
 {
-    while (t_rb_npending > mark)
-        rb_commit_sample(t_rb_pending[--t_rb_npending], 1);
+    while (jb_rb_npending > mark)
+        rb_commit_sample(t_rb_pending[--jb_rb_npending], 1);
 }
 
 static void rb_commit(void *sample, int discard)
@@ -2134,7 +2135,7 @@ uint64_t jb_helper_ringbuf_reserve(uint64_t r1, uint64_t r2, uint64_t r3, uint64
         return 0;
     sample = jb_ringbuf_reserve(m, r2, r3);
     if (sample)
-        t_rb_pending[t_rb_npending++] = sample;
+        t_rb_pending[jb_rb_npending++] = sample;
     return (uint64_t)(uintptr_t)sample;
 }
 

@@ -10,8 +10,13 @@
  * the sandbox, so a program cannot forge it; the context's pointer fields are written from it
  * after each change. Helpers find the run of their thread through t_pkt, set around each run.
  * Called outside a typed run (no t_pkt), they fail with -EINVAL.
+ *
+ * Single runs from Python find their frame by token in a small per-thread table (as bare runs
+ * do theirs, see run.c): a program state binds each thread's frame under its token, and takes
+ * a new token whenever its frames are redone, so an entry left behind never matches again.
  */
 #include "jbmaps.h"
+#include "jbrun.h"
 
 #include <errno.h>
 #include <string.h>
@@ -32,9 +37,56 @@ typedef uint64_t (*entry_fn)(void *ctx);
 static uint64_t g_error_result;
 static __thread struct jb_pkt *t_pkt __attribute__((tls_model("initial-exec")));
 
+#define PKT_SLOTS 64 /* bound frames per thread; programs alternating on one slot just rebind */
+
+struct pkt_slot {
+    uint64_t token;            /* 0: empty */
+    struct jb_pkt_prog *prog;  /* the frame bound under it */
+    void *owner;               /* the Python object that keeps it, alive while the token is current */
+    int release;               /* runs hand the GIL over (they may be long) */
+};
+
+static uint64_t g_last_token;  /* tokens handed out so far */
+/* The thread's table, allocated at its first binding (only a pointer lives in TLS). */
+static __thread struct pkt_slot *t_slots __attribute__((tls_model("initial-exec")));
+static pthread_key_t g_slots_key;  /* frees a thread's table when the thread exits */
+static pthread_once_t g_slots_once = PTHREAD_ONCE_INIT;
+
+static void make_slots_key(void)
+{
+    pthread_key_create(&g_slots_key, free);
+}
+
 void jb_pkt_init(uint64_t error_result)
 {
     __atomic_store_n(&g_error_result, error_result, __ATOMIC_RELEASE);
+    pthread_once(&g_slots_once, make_slots_key);
+}
+
+uint64_t jb_pkt_token(void)
+{
+    return __atomic_add_fetch(&g_last_token, 1, __ATOMIC_RELAXED);
+}
+
+void jb_pkt_bind(uint64_t token, struct jb_pkt_prog *p, void *owner, int release)
+{
+    if (t_slots == NULL && (t_slots = jb_thread_table(g_slots_key, PKT_SLOTS, sizeof *t_slots)) == NULL)
+        return;
+    struct pkt_slot *slot = &t_slots[token % PKT_SLOTS];
+    slot->token = p != NULL ? token : 0;
+    slot->prog = p;
+    slot->owner = owner;
+    slot->release = release;
+}
+
+struct jb_pkt_prog *jb_pkt_bound(uint64_t token, void **owner, int *release)
+{
+    struct pkt_slot *table = t_slots;
+    if (table == NULL || token == 0 || table[token % PKT_SLOTS].token != token)
+        return NULL;
+    *owner = table[token % PKT_SLOTS].owner;
+    *release = table[token % PKT_SLOTS].release;
+    return table[token % PKT_SLOTS].prog;
 }
 
 struct jb_pkt *jb_pkt_enter(struct jb_pkt *run)
@@ -140,6 +192,11 @@ static inline int stopped(const struct jb_pkt_prog *p, uint64_t r)
     return r == g_error_result && c->status != 0;
 }
 
+int jb_pkt_stopped(const struct jb_pkt_prog *p, uint64_t r)
+{
+    return stopped(p, r);
+}
+
 uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
 {
     uint64_t *out = p->out;
@@ -156,18 +213,24 @@ uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     return r;
 }
 
+/* One run of a batch into *result: 1 if the batch stops here (the packet did not fit, or the
+   run stopped early). */
+static inline int batch_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len, uint64_t *result)
+{
+    if (jb_pkt_frame(p, data, len) != 0) {
+        *result = g_error_result;
+        return 1;
+    }
+    *result = run_built(p, len);
+    return stopped(p, *result);
+}
+
 uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t *offsets, const uint64_t *lens,
                       uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens)
 {
     uint64_t grow = p->headroom + p->tailroom;
     for (uint64_t i = 0; i < n; i++) {
-        if (jb_pkt_frame(p, base + offsets[i], lens[i]) != 0) {
-            results[i] = g_error_result;
-            return i;
-        }
-        uint64_t r = run_built(p, lens[i]);
-        results[i] = r;
-        if (stopped(p, r))
+        if (batch_run(p, base + offsets[i], lens[i], &results[i]))
             return i;
         if (out != NULL) {
             uint64_t size = p->pkt.data_end - p->pkt.data;
@@ -176,6 +239,15 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
             out += lens[i] + grow;
         }
     }
+    return n;
+}
+
+uint64_t jb_pkt_batch_each(struct jb_pkt_prog *p, const uint8_t *const *packets, const uint64_t *lens, uint64_t n,
+                           uint64_t *results)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (batch_run(p, packets[i], lens[i], &results[i]))
+            return i;
     return n;
 }
 

@@ -15,6 +15,7 @@
 #include <Python.h> /* first, as Python requires */
 
 #include "jbmaps.h"
+#include "jbrun.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -29,7 +30,7 @@ struct bare {
     struct jitbpf_ctx *ctx;  /* the thread's run context for the program */
     uint64_t extra;  /* its extra region table and count, stored into ctx before each run */
     uint64_t nextra;
-    void *python;    /* the program's Python dispatcher handle */
+    void *python;    /* the program's struct jb_python */
 };
 
 /* Fixed once by jb_jit_init: what entries return when a run stops early. */
@@ -39,33 +40,39 @@ static uint64_t g_error_result;
 static __thread struct bare *t_bare __attribute__((tls_model("initial-exec")));
 static pthread_key_t g_bare_key;           /* frees a thread's table when the thread exits */
 static pthread_once_t g_bare_once = PTHREAD_ONCE_INIT;
-/* The dispatcher handle of the program this thread runs now (a helper may run another program:
+/* The Python helpers of the program this thread runs now (a helper may run another program:
    each run restores its caller's). */
-static __thread void *t_python __attribute__((tls_model("initial-exec")));
+static __thread const struct jb_python *t_python __attribute__((tls_model("initial-exec")));
 
 typedef uint64_t (*entry_fn)(void *ctx);
 
+/* A run ends by discarding the ring buffer reservations it left behind (`reserved`: how many
+   the thread held when it started). */
+static inline void release_left(uint32_t reserved)
+{
+    if (__builtin_expect(jb_rb_npending > reserved, 0))
+        jb_ringbuf_release_since(reserved);
+}
+
 static inline uint64_t run_args(args_fn fn, void *ctx, const void *mem, uint64_t size, void *python)
 {
-    void *outer = t_python;
-    uint32_t reserved = jb_ringbuf_pending();
+    const struct jb_python *outer = t_python;
+    uint32_t reserved = jb_rb_npending;
     t_python = python;
     uint64_t r = fn(ctx, mem, size);
     t_python = outer;
-    if (__builtin_expect(jb_ringbuf_pending() > reserved, 0))  /* a reservation left behind */
-        jb_ringbuf_release_since(reserved);
+    release_left(reserved);
     return r;
 }
 
 uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python)
 {
-    void *outer = t_python;
-    uint32_t reserved = jb_ringbuf_pending();
+    const struct jb_python *outer = t_python;
+    uint32_t reserved = jb_rb_npending;
     t_python = python;
     uint64_t r = ((entry_fn)(uintptr_t)entry)((void *)(uintptr_t)ctx);
     t_python = outer;
-    if (__builtin_expect(jb_ringbuf_pending() > reserved, 0))  /* a reservation left behind */
-        jb_ringbuf_release_since(reserved);
+    release_left(reserved);
     return r;
 }
 
@@ -77,9 +84,98 @@ uint64_t jb_run_entry_gil(uint64_t entry, uint64_t ctx, void *python)
     return r;
 }
 
+/* r0 of a helper's result as the interpreter takes it: int(result) & MASK64. Sets a Python
+   error (and returns 0) when the result is no number. */
+static uint64_t helper_result(PyObject *res)
+{
+    if (PyLong_CheckExact(res))
+        return PyLong_AsUnsignedLongLongMask(res);
+    PyObject *num = PyNumber_Long(res);
+    if (num == NULL)
+        return 0;
+    uint64_t r0 = PyLong_AsUnsignedLongLongMask(num);
+    Py_DECREF(num);
+    return r0;
+}
+
+/* Call helper `id` with r1-r5 (the GIL held); 0 with a Python error set when it failed, with
+   *helper the Helper found (a new reference, or NULL for an unknown id). */
+static uint64_t call_helper(const struct jb_python *py, uint64_t id, const uint64_t regs[5], PyObject **helper)
+{
+    static PyObject *fn_name; /* "fn", interned once (under the GIL) */
+    if (fn_name == NULL && (fn_name = PyUnicode_InternFromString("fn")) == NULL)
+        return 0;
+    PyObject *key = PyLong_FromUnsignedLongLong(id);
+    if (key == NULL)
+        return 0;
+    PyObject *helpers = py->helpers;
+    if (PyDict_CheckExact(helpers)) {
+        *helper = PyDict_GetItemWithError(helpers, key);
+        Py_XINCREF(*helper);
+    } else { /* any other mapping: a missing id is an unknown helper, not an error */
+        *helper = PyObject_GetItem(helpers, key);
+        if (*helper == NULL && PyErr_ExceptionMatches(PyExc_KeyError))
+            PyErr_Clear();
+    }
+    Py_DECREF(key);
+    if (*helper == NULL)
+        return 0;
+    PyObject *fn = PyObject_GetAttr(*helper, fn_name);
+    if (fn == NULL)
+        return 0;
+    PyObject *args[5] = {NULL};
+    PyObject *res = NULL;
+    int i = 0;
+    for (; i < 5 && (args[i] = PyLong_FromUnsignedLongLong(regs[i])) != NULL; i++)
+        ;
+    if (i == 5)
+        res = PyObject_Vectorcall(fn, args, 5, NULL);
+    while (i > 0)
+        Py_DECREF(args[--i]);
+    Py_DECREF(fn);
+    if (res == NULL)
+        return 0;
+    uint64_t r0 = helper_result(res);
+    Py_DECREF(res);
+    return r0;
+}
+
+/* Hand a failed call to the dispatcher, which parks it for the run's caller (and marks the
+   run's context, so that the code stops after this call). */
+static void park_failure(const struct jb_python *py, uint64_t id, PyObject *helper)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type != NULL) {
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != NULL && value != NULL)
+            PyException_SetTraceback(value, tb);
+    }
+    PyObject *args[3] = {PyLong_FromUnsignedLongLong(id), helper ? helper : Py_None, value ? value : Py_None};
+    PyObject *done = args[0] ? PyObject_Vectorcall(py->dispatcher, args, 3, NULL) : NULL;
+    if (done == NULL)
+        PyErr_WriteUnraisable(py->dispatcher); /* cannot happen short of memory running out */
+    Py_XDECREF(done);
+    Py_XDECREF(args[0]);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
 uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5, uint64_t id)
 {
-    return jb_python_call(t_python, id, r1, r2, r3, r4, r5);
+    const struct jb_python *py = t_python;
+    const uint64_t regs[5] = {r1, r2, r3, r4, r5};
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *helper = NULL;
+    uint64_t r0 = call_helper(py, id, regs, &helper);
+    if (PyErr_Occurred() || helper == NULL) {
+        park_failure(py, id, helper);
+        r0 = 0;
+    }
+    Py_XDECREF(helper);
+    PyGILState_Release(gil);
+    return r0;
 }
 
 static void make_key(void)
@@ -95,13 +191,8 @@ void jb_jit_init(uint64_t error_result)
 
 void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python)
 {
-    if (t_bare == NULL) {
-        struct bare *table = calloc(BARE_SLOTS, sizeof *table);
-        if (table == NULL)
-            return; /* unbound: the caller keeps taking its ordinary path */
-        pthread_setspecific(g_bare_key, table);
-        t_bare = table;
-    }
+    if (t_bare == NULL && (t_bare = jb_thread_table(g_bare_key, BARE_SLOTS, sizeof *t_bare)) == NULL)
+        return;
     struct bare *b = &t_bare[token % BARE_SLOTS];
     b->token = token;
     b->args = (args_fn)(uintptr_t)args;
@@ -146,19 +237,27 @@ static inline int stopped(uint64_t result, const struct jitbpf_ctx *ctx)
     return result == g_error_result && ctx->status != 0;
 }
 
+/* The batch loops set the program's Python helpers once (a nested run restores them) and end
+   every run as run_args does. */
 uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t base,
                        const uint64_t *lens, uint64_t n, uint64_t *results, void *python)
 {
     args_fn fn = (args_fn)(uintptr_t)entry;
     struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = run_args(fn, c, (const void *)(uintptr_t)base, lens[i], python);
+    const struct jb_python *outer = t_python;
+    uint32_t reserved = jb_rb_npending;
+    uint64_t i = 0;
+    t_python = python;
+    for (; i < n; i++) {
+        uint64_t r = fn(c, (const void *)(uintptr_t)base, lens[i]);
         results[i] = r;
+        release_left(reserved);
         if (stopped(r, c))
-            return i;
+            break;
         base += lens[i];
     }
-    return n;
+    t_python = outer;
+    return i;
 }
 
 uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,
@@ -166,11 +265,17 @@ uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,
 {
     args_fn fn = (args_fn)(uintptr_t)entry;
     struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = run_args(fn, c, (const void *)(uintptr_t)(base + i * record_size), record_size, python);
+    const struct jb_python *outer = t_python;
+    uint32_t reserved = jb_rb_npending;
+    uint64_t i = 0;
+    t_python = python;
+    for (; i < n; i++) {
+        uint64_t r = fn(c, (const void *)(uintptr_t)(base + i * record_size), record_size);
         results[i] = r;
+        release_left(reserved);
         if (stopped(r, c))
-            return i;
+            break;
     }
-    return n;
+    t_python = outer;
+    return i;
 }

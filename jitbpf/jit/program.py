@@ -29,7 +29,6 @@ from jitbpf.jit.runtime import (
     JitThreadContext,
     Status,
     clamp_budget,
-    install_python_calls,
     run_error,
 )
 from jitbpf.jit.target import CompiledCode, CompileOptions, HelperTable
@@ -76,7 +75,6 @@ def runner_lib() -> Any | None:
     except BpfError:
         return None
     nat.lib.jb_jit_init(ERROR_RESULT)
-    install_python_calls(nat.ffi)
     return nat
 
 
@@ -176,15 +174,16 @@ class JitProgram:
             insn.src != PseudoSrc.IMM64 for _pc, insn in by_kind.get(Kind.LDDW, ()))
         wanted = max([i for i in (*call_ids, *helpers) if 0 <= i < MAX_TABLE], default=0) + 1
         self._capacity = max(MIN_TABLE, wanted)
-        # Helper calls go through a table: a helper's native address per id, or the entry of the
-        # native library's compiled Python callback, which each run hands its dispatcher's handle
-        # (Python helpers, unknown ids). No cffi callback: libffi maps its trampolines writable
-        # and executable.
+        # Helper calls go through a table: a helper's native address per id, or the native
+        # library's jb_helper_python, which calls the Python function of the helper itself from
+        # the dispatcher's handle that each run passes (Python helpers, unknown ids). No cffi
+        # callback: libffi maps its trampolines writable and executable.
         nat = runner_lib()
         if nat is None and self._has_calls:
             raise JitError("JIT code calls helpers through jitbpf's native library, which needs a C compiler "
                            "to build (install gcc, or set CC); the interpreter (execute) needs none")
-        self._python: Any = None if nat is None else nat.ffi.new_handle(Dispatcher(helpers, self._tls))
+        self._dispatcher = None if nat is None else Dispatcher(helpers, self._tls, nat.ffi)
+        self._python: Any = None if self._dispatcher is None else self._dispatcher.handle
         self._dispatch_addr = 0 if nat is None else nat.address("jb_helper_python")
         self._table = ffi.new("uint64_t[]", self._capacity)
         for i in range(self._capacity):

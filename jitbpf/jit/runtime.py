@@ -158,43 +158,30 @@ class JitThreadContext:
 class Dispatcher:
     """What a program's Python helper calls need: the helpers, and where to park a failure.
 
-    Generated code reaches Python through the native library's compiled callback
-    (``install_python_calls``), which each run hands this object's handle; nothing may propagate
-    into native frames, so failures are parked on the calling thread's run context. Kept apart
-    from the JitProgram so that neither makes a reference cycle through the program (and, via the
-    VM, through the stack buffers, which the garbage collector must never have to break).
+    Generated code reaches Python through the native library's ``jb_helper_python``, which
+    calls the helper's function itself, with the GIL, from the run's ``struct jb_python``
+    (``handle``: the helper dict and this object, by address). Nothing may propagate into native
+    frames, so a failed call comes here (``__call__``) and is parked on the calling thread's run
+    context. Kept apart from the JitProgram so that neither makes a reference cycle through the
+    program (and, via the VM, through the stack buffers, which the garbage collector must never
+    have to break).
     """
 
-    __slots__ = ("helpers", "tls")
+    __slots__ = ("handle", "helpers", "tls")
 
-    def __init__(self, helpers: Mapping[int, Helper], tls: threading.local) -> None:
+    def __init__(self, helpers: Mapping[int, Helper], tls: threading.local, nffi: Any) -> None:
         self.helpers = helpers  # the VM's live helper dict
         self.tls = tls  # .rc: the calling thread's JitThreadContext
+        self.handle: Any = nffi.new("struct jb_python *")
+        # id() is the object's address (CPython): both objects live as long as this one.
+        self.handle.helpers = nffi.cast("void *", id(helpers))
+        self.handle.dispatcher = nffi.cast("void *", id(self))
 
-
-def install_python_calls(nffi: Any) -> None:
-    """Implement the native library's ``jb_python_call`` (once per process): one Python helper
-    call from generated code, whose run passed its program's Dispatcher handle. It returns r0,
-    or 0 with the failure parked (the code then sees ``pending``). The callback is compiled into
-    the library: calling Python needs no trampoline page, none writable and executable."""
-    from_handle = nffi.from_handle
-
-    def python_call(handle: Any, helper_id: int, a: int, b: int, c: int, d: int, e: int) -> int:
-        dispatcher: Dispatcher = from_handle(handle)
-        helper = dispatcher.helpers.get(helper_id)
-        failure: BaseException | None = None
-        if helper is not None:
-            try:
-                return int(helper.fn(a, b, c, d, e)) & MASK64
-            except BaseException as exc:
-                failure = exc
-        rc: JitThreadContext = dispatcher.tls.rc
+    def __call__(self, helper_id: int, helper: Helper | None, failure: BaseException | None) -> None:
+        """Park a failed call (an unknown id: ``helper`` None); the code stops after it."""
+        rc: JitThreadContext = self.tls.rc
         rc.exc, rc.helper, rc.helper_id = failure, helper, helper_id
         rc.ctx.pending = 1
-        del failure  # the exception's traceback holds this frame: no cycle back to it
-        return 0
-
-    nffi.def_extern(name="jb_python_call")(python_call)
 
 
 def clamp_budget(budget: int) -> int:

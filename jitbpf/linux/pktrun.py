@@ -9,16 +9,16 @@ import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jitbpf._ffi import ffi
 from jitbpf._native import Native, native
 from jitbpf.errors import BpfError, ExecutionError
 from jitbpf.jit.runtime import ERROR_RESULT
-from jitbpf.memory import Region
 
 if TYPE_CHECKING:
     from jitbpf.jit import JitProgram
+    from jitbpf.linux.programs import ProgramState
     from jitbpf.sandbox import Pages
     from jitbpf.vm import VM
 
@@ -89,14 +89,15 @@ def _runner_lib() -> Native | None:
 
 class Binding:
     """One thread's native runner for one typed program: its frame (arena, entry, run context,
-    region table, current template). ``frame`` is None when the program needs the Python path
-    (a Python helper, a tail call); then ``capacity`` is -1, so no packet takes the fast path.
+    region table). ``frame`` is None when the program needs the Python path (a Python helper, a
+    tail call); then ``capacity`` is -1, so no packet takes the fast path.
 
     Bindings live in a ``threading.local`` that the VM replaces whenever its helpers, maps or
-    code change, so a binding found there is always good for the VM as it is.
+    code change, so a binding found there is always good for the VM as it is. The native
+    single-run table knows each frame under its program state's token, which changes with it.
     """
 
-    __slots__ = ("arena", "capacity", "frame", "jit", "out", "run", "table", "template", "template_pin", "view")
+    __slots__ = ("arena", "capacity", "frame", "jit", "table", "template_pin", "view")
 
     def __init__(self, jit: JitProgram | None) -> None:
         self.jit = jit
@@ -104,56 +105,71 @@ class Binding:
         self.capacity = -1  # longest packet the arena takes
         self.arena: Pages | None = None
         self.table: Any = None  # the region table the frame points at (kept alive here)
-        # The context the frame points at, and its pin. A template object always comes with
-        # the same derive flags (both are kept by the fields they stand for), so its identity
-        # tells whether the frame must be pointed elsewhere.
-        self.template: bytes | None = None
-        self.template_pin: Any = None
-        self.out = _NO_WORDS  # frame.out as 64-bit words
-        self.view = _NO_BYTES  # the arena's bytes
-        self.run: Callable[[Any, bytes, int], int] = _no_run  # jb_pkt_run
+        self.template_pin: Any = None  # the context of a batch's runs, pinned while it runs
+        # The arena's bytes: a view of the binding's own, so that the memory stays while the
+        # binding does, even once the thread's arena is replaced by a larger one.
+        self.view = _NO_BYTES
 
     def use(self, template: bytes, derive: int) -> None:
-        """Make ``template`` (with ``derive``) the context of the following runs."""
+        """Make ``template`` (with ``derive``) the context of the following batch runs."""
         nffi = native().ffi
         self.template_pin = nffi.from_buffer(template)
         self.frame.tmpl, self.frame.derive = int(nffi.cast("uintptr_t", self.template_pin)), derive
-        self.template = template
 
 
-_NO_WORDS = memoryview(b"").cast("Q")  # what a binding without a frame holds
 _NO_BYTES = memoryview(b"")
 
 
-def _no_run(_frame: Any, _data: bytes, _size: int) -> int:
-    raise AssertionError("a binding without a frame never runs")
+# fast.c's pkt_run: (token, template, derive, packet) -> (r0, packet after[, binding]) or None
+SingleRun = Callable[[int, bytes, int, Any], tuple[Any, ...] | None]
 
 
-ArenaFn = Callable[[int], tuple["Pages", Region, Region]]  # ProgramState.arena
+def not_bound(_token: int, _template: bytes, _derive: int, _packet: Any) -> tuple[Any, ...] | None:
+    """What ``ProgramState.pkt_run`` is before the first binding: no run (take the Python path)."""
+    return None
 
 
-def binding(vm: VM, local: Any, layout: FrameLayout, arena_of: ArenaFn, size: int) -> Binding:
-    """This thread's binding of ``vm``'s program in ``local`` (the VM's bindings), made now if
+def binding(vm: VM, state: ProgramState, size: int) -> Binding:
+    """This thread's binding of ``vm``'s program (``state`` its program type's), made now if
     there is none yet or its arena is too small for packets of ``size`` bytes."""
-    b: Binding | None = getattr(local, "binding", None)
+    b: Binding | None = getattr(state.native, "binding", None)
     if b is None or (b.frame is not None and size > b.capacity):
-        b = bind(vm, local, layout, arena_of, size)
+        return bind(vm, state, size)
     return b
 
 
-def bind(vm: VM, local: Any, layout: FrameLayout, arena_of: ArenaFn, size: int) -> Binding:
+def register(state: ProgramState, b: Binding) -> None:
+    """Put ``b`` (this thread's binding, with a frame) in the native single-run table under
+    ``state.token``: again after another program took its entry."""
+    nat = native()
+    nat.lib.jb_pkt_bind(state.token, b.frame, nat.ffi.cast("void *", id(b)), _releases(b))  # id(): its address
+
+
+def _releases(b: Binding) -> bool:
+    """Whether single runs hand the GIL over: those of programs that may loop can be long;
+    others are over sooner than the hand-over."""
+    return b.jit is None or b.jit.counts_budget
+
+
+def bind(vm: VM, state: ProgramState, size: int) -> Binding:
     """This thread's binding of ``vm``'s program (compiled here if need be), with an arena for
-    packets of ``size`` bytes, kept in ``local.binding``."""
+    packets of ``size`` bytes, kept in ``state.native.binding`` and in the native single-run
+    table (under ``state.token``)."""
     nat = _runner_lib()
+    if nat is not None:
+        if not state.token:
+            state.token = int(nat.lib.jb_pkt_token())
+        nat.lib.jb_pkt_bind(state.token, nat.ffi.NULL, nat.ffi.NULL, False)  # the old frame goes now
     vm.jit_compile()
     jit = vm._jit
     found = None if nat is None or jit is None else jit.regions_binding()
     b = Binding(jit)
-    local.binding = b
+    state.native.binding = b
     if nat is None or found is None:
         return b
     entry, rc = found
-    arena, _ctx, frame_region = arena_of(layout.frame_off + layout.grow() + size)
+    layout = state.layout
+    arena, _ctx, frame_region = state.arena(layout.frame_off + layout.grow() + size)
     from jitbpf.jit.program import _region_key, _region_table
 
     key = _region_key([frame_region, *vm.map_regions()])
@@ -162,31 +178,23 @@ def bind(vm: VM, local: Any, layout: FrameLayout, arena_of: ArenaFn, size: int) 
     frame.entry = entry
     frame.jctx = int(ffi.cast("uintptr_t", rc.ctx))
     frame.extra, frame.nextra = int(ffi.cast("uintptr_t", b.table)), len(key)
-    b.arena, b.view, b.run = arena, arena.view, nat.lib.jb_pkt_run
+    b.arena, b.view = arena, arena.view[0:]
     b.capacity = arena.size - layout.frame_off - layout.grow()
-    b.out = memoryview(nat.ffi.buffer(frame.out)).cast("B").cast("Q")
     b.frame = frame
+    register(state, b)
+    state.pkt_run = nat.fast.pkt_run
     return b
 
 
-def run_fast(local: Any, template: bytes, packet: bytes, derive: int) -> tuple[int, bytes] | None:
-    """One run through this thread's binding in ``local`` (the VM's bindings): r0 (a failed run
+def run_fast(state: ProgramState, template: bytes, packet: bytes, derive: int) -> tuple[int, bytes] | None:
+    """One run through this thread's frame in the native single-run table: r0 (a failed run
     raises its error) and the packet after it (``packet`` itself when the run left it as it
-    was); None when there is no binding fit for it yet, or the program needs the Python path."""
-    b: Binding | None = getattr(local, "binding", None)
-    size = len(packet)
-    if b is None or size > b.capacity:
-        return None
-    if template is not b.template:
-        b.use(template, derive)
-    result = b.run(b.frame, packet, size)
-    if result == ERROR_RESULT:
-        result = finish(b, result)
-    out = b.out
-    if out[2]:
-        return result, packet
-    start = out[0]
-    return result, b.view[start : start + out[1]].tobytes()
+    was); None when the thread has no frame fit for it there, or the program needs the Python
+    path."""
+    done = state.pkt_run(state.token, template, derive, packet)
+    if done is not None and len(done) > 2:  # stopped early: (r0, packet, the binding it ran on)
+        return finish(done[2], ERROR_RESULT), done[1]
+    return cast("tuple[int, bytes] | None", done)
 
 
 def finish(b: Binding, result: int) -> int:
@@ -220,6 +228,52 @@ class BatchOutcome:
     errors: dict[int, ExecutionError] | None = None
 
 
+def in_place(packets: Batch | Sequence[bytes | bytearray | memoryview]) -> tuple[tuple[bytes, ...] | None, int]:
+    """``packets`` as the native batch loop reads them where they are (a tuple of bytes
+    objects), with the longest one's length; (None, -1) when they are not bytes objects."""
+    if isinstance(packets, Batch) or _runner_lib() is None:
+        return None, -1
+    items = tuple(packets)  # a snapshot: the caller's list may change while the GIL is away
+    longest = int(native().fast.pkt_longest(items))  # -1 unless all are bytes
+    return (cast("tuple[bytes, ...]", items), longest) if longest >= 0 else (None, -1)
+
+
+def run_items(state: ProgramState, b: Binding, template: bytes, derive: int, items: tuple[bytes, ...], lo: int,
+              hi: int, outcome: BatchOutcome) -> array.array[int]:
+    """Packets ``lo`` to ``hi`` of ``items`` (from ``in_place``) through ``b``, this thread's
+    binding, read in place: one native call per stretch of runs that end normally; a run that
+    fails is handled as ``run_slice`` handles it."""
+    assert b.jit is not None and b.frame is not None
+    results = array.array("Q", bytes(8 * (hi - lo)))
+    batch = native().fast.pkt_batch
+    start = lo
+    while start < hi:
+        done = batch(state.token, template, derive, items, start, hi, memoryview(results)[start - lo:])
+        if done is None:  # another program took the binding's native table entry
+            register(state, b)
+            continue
+        start = done
+        if start < hi:
+            _finish_input(b, results, start - lo, start, outcome)
+            start += 1
+    return results
+
+
+def _finish_input(b: Binding, results: Any, at: int, index: int, outcome: BatchOutcome) -> None:
+    """``results[at]``, the r0 of packet ``index`` whose run stopped early, as it comes to: its
+    error raised noted with the index, or recorded in ``outcome.errors`` when that is a dict."""
+    try:
+        results[at] = finish(b, results[at])
+    except ExecutionError as err:
+        if outcome.errors is None:
+            err.add_note(f"in packet {index} of the batch")
+            raise
+        outcome.errors[index] = err
+    except BpfError as err:
+        err.add_note(f"in packet {index} of the batch")
+        raise
+
+
 def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, hi: int, outcome: BatchOutcome,
               packets_out: list[bytes] | None) -> array.array[int]:
     """Packets ``lo`` to ``hi`` of ``batch`` through ``b`` (on this thread): one native call
@@ -244,23 +298,13 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
         out = nffi.new("uint8_t[]", max(1, slots[-1]))
         out_lens = nffi.new("uint64_t[]", max(1, n))
     start = 0
-    if template is not b.template:
-        b.use(template, derive)
+    b.use(template, derive)
     while start < n:
         done = int(lib.jb_pkt_batch(b.frame, base, offsets + start, lens + start, n - start, res + start,
                                     out + slots[start] if slots else out, out_lens + start if slots else out_lens))
         start += done
         if start < n:
-            try:
-                results[start] = finish(b, results[start])
-            except ExecutionError as err:
-                if outcome.errors is None:
-                    err.add_note(f"in packet {lo + start} of the batch")
-                    raise
-                outcome.errors[lo + start] = err
-            except BpfError as err:
-                err.add_note(f"in packet {lo + start} of the batch")
-                raise
+            _finish_input(b, results, start, lo + start, outcome)
             start += 1
     if packets_out is not None:
         buf = nffi.buffer(out)

@@ -575,6 +575,10 @@ class ProgramState:
         self.local = threading.local()  # .arena and .run of each thread
         self.native = threading.local()  # .binding: each thread's jitbpf.linux.pktrun.Binding (see config_changed)
         self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
+        # What names this state's bindings in the native single-run table (0: none yet), and that
+        # table's run (pktrun.run_fast): both set by the first binding.
+        self.token = 0
+        self.pkt_run: pktrun.SingleRun = pktrun.not_bound
 
     def add_template(self, key: Hashable, values: Mapping[str, Any]) -> bytes:
         """The initial context (bytes) with the fields ``values`` gives, kept in ``templates``
@@ -586,8 +590,10 @@ class ProgramState:
         return built
 
     def config_changed(self) -> None:
-        """The VM's helpers, maps or code changed: every thread's native binding is to be redone."""
+        """The VM's helpers, maps or code changed: every thread's native binding is to be redone
+        (under a new token: the native table's entries of the old bindings never match again)."""
         self.native = threading.local()
+        self.token = 0
 
     def current(self) -> ProgramRun:
         run: ProgramRun | None = getattr(self.local, "run", None)
@@ -888,8 +894,11 @@ def _run(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes,
     native call when the program can run so (JIT, no Python helper), else through Python."""
     info = state.info
     if engine == "jit":
-        b = pktrun.binding(vm, state.native, state.layout, state.arena, len(data))
-        done = pktrun.run_fast(state.native, template, data, derive)
+        b = pktrun.binding(vm, state, len(data))
+        done = pktrun.run_fast(state, template, data, derive)
+        if done is None and b.frame is not None:  # another program took its native table entry
+            pktrun.register(state, b)
+            done = pktrun.run_fast(state, template, data, derive)
         if done is not None:
             retval, out = done
             assert b.view is not None
@@ -936,7 +945,7 @@ def _run_packet(vm: VM, state: ProgramState, template: bytes, derive: int, data:
                 ) -> tuple[int, bytes]:
     """r0 and the packet after one run: the single native call when it can be, without building
     the rest of a RunResult (what run_xdp and the other packet runners return)."""
-    done = pktrun.run_fast(state.native, template, data, derive) if engine == "jit" else None
+    done = pktrun.run_fast(state, template, data, derive) if engine == "jit" else None
     if done is not None:
         return done
     res = _run(vm, state, template, derive, data, engine)
@@ -944,30 +953,38 @@ def _run_packet(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     return res.retval, res.packet
 
 
-def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int, packets: pktrun.Batch, *,
-              engine: Engine = "jit", threads: int = 1, keep_packets: bool = False,
-              keep_errors: bool = False) -> pktrun.BatchOutcome:
+def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
+              packets: pktrun.Batch | Sequence[bytes | bytearray | memoryview], *, engine: Engine = "jit",
+              threads: int = 1, keep_packets: bool = False, keep_errors: bool = False) -> pktrun.BatchOutcome:
     """Every packet of ``packets`` run on the context ``template``: with the JIT (and no Python
-    helper) in native loops, over ``threads`` threads; else one run at a time."""
+    helper) in native loops, over ``threads`` threads; else one run at a time. Packets given
+    as bytes objects are read where they are (unless kept: then they are packed first)."""
     from jitbpf.vm import _split
 
-    n = len(packets.lens)
-    outcome = pktrun.BatchOutcome(array.array("Q"), [b""] * n if keep_packets else None, {} if keep_errors else None)
-    longest = max(packets.lens, default=0)
-    probe = None
-    if engine == "jit":
-        probe = pktrun.binding(vm, state.native, state.layout, state.arena, longest)
-    elif engine != "interp":
+    if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    items, longest = (None, -1) if engine != "jit" or keep_packets else pktrun.in_place(packets)
+    batch = None if items is not None else packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
+    if batch is not None:
+        longest = max(batch.lens, default=0)
+    n = len(items) if items is not None else len(batch.lens) if batch is not None else 0
+    outcome = pktrun.BatchOutcome(array.array("Q"), [b""] * n if keep_packets else None, {} if keep_errors else None)
+    probe = pktrun.binding(vm, state, longest) if engine == "jit" else None
     if probe is not None and probe.frame is not None:
         def run(lo: int, hi: int) -> array.array[int]:
-            b = pktrun.binding(vm, state.native, state.layout, state.arena, longest)
-            return pktrun.run_slice(b, template, derive, packets, lo, hi, outcome, outcome.packets)
+            b = pktrun.binding(vm, state, longest)
+            if items is not None:
+                return pktrun.run_items(state, b, template, derive, items, lo, hi, outcome)
+            assert batch is not None
+            return pktrun.run_slice(b, template, derive, batch, lo, hi, outcome, outcome.packets)
 
         outcome.results = _split(n, threads, run)
         return outcome
-    view = memoryview(packets.data)
-    for i, (off, ln) in enumerate(zip(packets.offsets, packets.lens, strict=True)):
+    if batch is None:
+        assert items is not None
+        batch = pktrun.Batch.of(items)
+    view = memoryview(batch.data)
+    for i, (off, ln) in enumerate(zip(batch.offsets, batch.lens, strict=True)):
         try:
             res = _run(vm, state, template, derive, bytes(view[off : off + ln]), engine)
         except ExecutionError as err:
@@ -1153,7 +1170,7 @@ class ProgramRunners:
             key, {"ingress_ifindex": ingress_ifindex, "rx_queue_index": rx_queue_index})
         data = packet if type(packet) is bytes else bytes(packet)
         # The per-packet path: one native call when this thread's binding is good for the run.
-        done = pktrun.run_fast(state.native, template, data, 0) if engine == "jit" else None
+        done = pktrun.run_fast(state, template, data, 0) if engine == "jit" else None
         retval, after = done or _run_packet(self._vm(), state, template, 0, data, engine)
         value = retval & MASK32  # _xdp_action, inline
         return _XDP_ACTIONS[value] if value < len(_XDP_ACTIONS) else value, after
@@ -1215,7 +1232,7 @@ class ProgramRunners:
                 raise AssertionError("unreachable")
 
     def run_batch(self, packets: Sequence[bytes | bytearray | memoryview] | pktrun.Batch, *,
-                  engine: Engine = "jit", threads: int = 1, keep_packets: bool = False,
+                  engine: Engine = "jit", threads: int = 1, keep_packets: bool = False, keep_errors: bool = False,
                   **fields: Any) -> pktrun.BatchOutcome:
         """Run an XDP, tc, socket filter, cgroup_skb or sk_skb program on every packet, with the
         context fields given by name: ``outcome.results`` holds each r0 (``array("Q")``), and
@@ -1224,12 +1241,12 @@ class ProgramRunners:
         With the JIT, programs that call no Python helper run the whole batch in native loops,
         ``threads`` of them (the GIL released, each thread with its own CPU id for per-CPU
         maps); others run one packet at a time. A failing packet raises its error, with a note
-        naming its index.
+        naming its index; with ``keep_errors`` the batch goes on, and ``outcome.errors`` holds
+        the errors by index (their r0 is ``ERROR_RESULT``).
         """
         state, template, derive = self._packet_context(fields)
-        batch = packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
-        return run_batch(self._vm(), state, template, derive, batch, engine=engine, threads=threads,
-                         keep_packets=keep_packets)
+        return run_batch(self._vm(), state, template, derive, packets, engine=engine, threads=threads,
+                         keep_packets=keep_packets, keep_errors=keep_errors)
 
     def run_sk_msg(self, message: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                    **fields: Any) -> int:

@@ -1,0 +1,36 @@
+/* Declarations the library's C files share that are no part of its interface (not fed to cffi):
+   what the run loops and the single-run entry points look up on every run. */
+#ifndef JITBPF_JBRUN_H
+#define JITBPF_JBRUN_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* Ring buffer reservations this thread's runs hold (maps.c); the run loops compare it before
+   and after each run instead of calling jb_ringbuf_pending. Initial-exec, as every TLS variable
+   of the library: a dlopen'ed object's TLS must fit the small static block. */
+extern __thread uint32_t jb_rb_npending __attribute__((tls_model("initial-exec"), visibility("hidden")));
+
+/* A thread's table of `count` zeroed entries of `size` bytes, which `key`'s destructor frees
+   when the thread exits; NULL when memory ran out (the caller's runs take their ordinary path). */
+static inline void *jb_thread_table(pthread_key_t key, size_t count, size_t size)
+{
+    void *table = calloc(count, size);
+    if (table != NULL)
+        pthread_setspecific(key, table);
+    return table;
+}
+
+struct jb_pkt_prog;
+/* This thread's frame bound under `token` (pkt.c), or NULL; *owner: the object that keeps it
+   (a PyObject *), *release: whether its runs hand the GIL over. For fast.c's single runs. */
+struct jb_pkt_prog *jb_pkt_bound(uint64_t token, void **owner, int *release);
+/* Whether the run on p that returned r stopped early (its error is to be raised). */
+int jb_pkt_stopped(const struct jb_pkt_prog *p, uint64_t r);
+/* jb_pkt_batch over packets anywhere in memory (packet i: packets[i], lens[i] bytes), keeping
+   none of them. */
+uint64_t jb_pkt_batch_each(struct jb_pkt_prog *p, const uint8_t *const *packets, const uint64_t *lens, uint64_t n,
+                           uint64_t *results);
+
+#endif
