@@ -7,18 +7,17 @@ import abc
 import enum
 import struct
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow
 from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
 from jitbpf.jit.loops import LoopPlan, plan_loops
+from jitbpf.jit.stencils import UNSEEN as _UNSEEN
+from jitbpf.jit.stencils import Probe, Stencil, StencilClass, derive
 
 _REL32 = struct.Struct("<i")
-# Kinds whose code may depend only on the instruction and on whether its access is proven (not
-# on its pc): candidates for the compile loop's memo.
-_LOCAL = frozenset({Kind.ALU, Kind.NEG, Kind.MOVSX, Kind.END, Kind.BSWAP, Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})
 _TAG = 40  # bits of a section offset; the section (or label kind) sits above them
 _OFFSET_MASK = (1 << _TAG) - 1
 
@@ -147,10 +146,6 @@ class Target(abc.ABC):
         self.labels: dict[str, int] = {}  # named label -> location
         self.marks: list[tuple[int, str, int]] = []  # (location, listing label, pc or -1)
         self.entries: dict[str, int] = {}  # entry point name -> hot offset
-        # Code of instructions seen before in this program: an instruction of a kind in _LOCAL
-        # whose emission wrote nothing but hot bytes (no stub, branch or mark) is the same bytes
-        # wherever it appears, so repeats are copied instead of emitted again.
-        self._memo: dict[tuple[int, int, int, int, int, bool], bytes] = {}
         self.unchecked: frozenset[int] = frozenset()  # accesses proven by the loop being emitted
         self.retarget: dict[int, int] = {}  # slot of a jump -> location it goes to instead (loop copies)
         # The emitter of each instruction kind, looked up once per instruction.
@@ -164,6 +159,12 @@ class Target(abc.ABC):
             Kind.LD_ABS: self.emit_packet_load, Kind.LD_IND: self.emit_packet_load,
             Kind.CALL_KFUNC: self.emit_kfunc,
         }
+        # Stencils of the instruction classes met so far, shared by every program compiled with
+        # the same template cache and context (see jitbpf.jit.stencils); None for a class whose
+        # emissions made none (it is emitted each time). Set when compiling starts: the target's
+        # context is known only once its own constructor has run.
+        self._classes: dict[Kind, Callable[[int, Instruction, OpInfo], StencilClass | None]] = {}
+        self._stencils: dict[Hashable, Stencil | None] = {}
 
     # -- hooks a target implements ---------------------------------------------------------------
 
@@ -186,47 +187,131 @@ class Target(abc.ABC):
 
     # -- driver ----------------------------------------------------------------------------------
 
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilClass | None]]:
+        """Per instruction kind, the function that sorts an instruction into its stencil class
+        (None: emit it each time); kinds not given are always emitted."""
+        return {}
+
+    def stencil_context(self) -> Hashable:
+        """What, besides an instruction and its class, the emitters' code for it depends on in
+        this program (stencils are shared by the programs of one context)."""
+        return ()
+
     def compile(self) -> CompiledCode:
+        self._classes = self.stencil_classes()
+        self._stencils = self.asm.derived.setdefault(("stencils", type(self).__name__, self.stencil_context()), {})
         flow = self.flow
         program = flow.program
         slots, infos = program.slots, program.infos
-        block_at = flow.block_at
+        block_at, targets = flow.block_at, flow.targets
         pc_off = self.pc_off
-        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
+        hot, fixups = self.hot, self.fixups
         emitters = self._emitters
         block_entry = self.emit_block_entry
         proven = self.options.proven
-        memo = self._memo
+        classes = self._classes
+        stencils = self._stencils
+        to_pc = Section.PC << _TAG
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops else {}
         after_loop = -1  # end of the versioned loop just emitted: its slots are done
         for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
             if insn is None or info is None or pc < after_loop:
                 continue
             pc_off[pc] = len(hot)
-            block = block_at.get(pc)
-            if block is not None:
+            if pc in block_at:
+                block = block_at[pc]
                 plan = loops.get(pc)
                 if plan is not None:
                     self.emit_loop(plan)
                     after_loop = block.end
                     continue
                 block_entry(block)
-            kind = info.kind
-            if kind not in _LOCAL:
-                emitters[kind](pc, insn, info)
+            classify = classes.get(info.kind)
+            found = classify(pc, insn, info) if classify is not None else None
+            if found is None:
+                emitters[info.kind](pc, insn, info)
                 continue
-            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven)
-            code = memo.get(key)
-            if code is not None:
-                hot += code
-                continue
-            start, sizes = len(hot), (len(cold), len(fixups), len(named), len(marks))
-            emitters[kind](pc, insn, info)
-            if sizes == (len(cold), len(fixups), len(named), len(marks)):
-                memo[key] = bytes(hot[start:])
+            extra, imm_probe, off_probe = found
+            key = (insn.opcode, info.variant, insn.dst, insn.src, pc in proven, extra,
+                   None if imm_probe else insn.imm, None if off_probe else insn.off)
+            st = stencils.get(key, _UNSEEN)
+            if st is None:
+                emitters[info.kind](pc, insn, info)
+            elif st is _UNSEEN:
+                self._learn(key, pc, insn, info, imm_probe, off_probe)
+            else:  # the instruction's code is a copy of its class's, patched
+                start = len(hot)
+                hot += st.code
+                if st.imm_at >= 0:
+                    st.imm_pack.pack_into(hot, start + st.imm_at, insn.imm & st.imm_mask)
+                if st.off_at >= 0:
+                    st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
+                if st.branch >= 0:
+                    fixups.append((start + st.branch, to_pc | targets[pc]))
         self.emit_runtime()
         self.prepend(self.emit_entries)
         return self.link()
+
+    def _stamp(self, pc: int, insn: Instruction, info: OpInfo, access: int) -> None:
+        """One instruction from its stencil (learnt now if need be), or emitted (what ``compile``
+        does inline); ``access``: 0, or 1 if its access is proven, 2 if a loop's check covers it."""
+        classify = self._classes.get(info.kind)
+        found = classify(pc, insn, info) if classify is not None and pc not in self.retarget else None
+        if found is None:
+            self._emitters[info.kind](pc, insn, info)
+            return
+        extra, imm_probe, off_probe = found
+        key = (insn.opcode, info.variant, insn.dst, insn.src, access, extra,
+               None if imm_probe else insn.imm, None if off_probe else insn.off)
+        st = self._stencils.get(key, _UNSEEN)
+        if st is None:
+            self._emitters[info.kind](pc, insn, info)
+        elif st is _UNSEEN:
+            self._learn(key, pc, insn, info, imm_probe, off_probe)
+        else:
+            start = len(self.hot)
+            self.hot += st.instantiate(insn.imm, insn.off)
+            if st.branch >= 0:
+                self.refer(location(Section.HOT, start + st.branch), location(Section.PC, self.flow.targets[pc]))
+
+    def _learn(self, key: Hashable, pc: int, insn: Instruction, info: OpInfo, imm: Probe | None,
+               off: Probe | None) -> None:
+        """Emit the first instruction of a class, then its probes (removed again), and keep the
+        class's stencil, or None when the emissions do not make one."""
+        emit = self._emitters[info.kind]
+        real = self._emission(emit, pc, insn, info, keep=True)
+        stencil = None
+        if real is not None:
+            probes = [self._emission(emit, pc, replace(insn, imm=imm.a if imm else insn.imm,
+                                                             off=off.a if off else insn.off), info, keep=False),
+                      self._emission(emit, pc, replace(insn, imm=imm.b if imm else insn.imm,
+                                                             off=off.b if off else insn.off), info, keep=False)]
+            a, b = probes
+            if a is not None and b is not None:
+                stencil = derive(real[0], a[0], b[0], (real[1], a[1], b[1]), imm, off, (insn.imm, insn.off))
+        self._stencils[key] = stencil
+
+    def _emission(self, emit: Callable[[int, Instruction, OpInfo], None], pc: int, insn: Instruction,
+                  info: OpInfo, *, keep: bool) -> tuple[bytes, int] | None:
+        """Run ``emit`` for one instruction: its hot bytes and the offset in them of its one branch
+        field (-1 without one), or None when it wrote anything else (cold code, marks, other
+        fixups). Unless ``keep``, everything it wrote is removed again."""
+        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
+        counts = (len(hot), len(cold), len(fixups), len(named), len(marks))
+        emit(pc, insn, info)
+        start, nfix = counts[0], counts[2]
+        code = bytes(hot[start:])
+        new = fixups[nfix:]
+        result: tuple[bytes, int] | None = None
+        if (counts[1], counts[3], counts[4]) == (len(cold), len(named), len(marks)):
+            if not new:
+                result = code, -1
+            elif (len(new) == 1 and new[0][0] >> _TAG == Section.HOT and new[0][0] >= start
+                  and new[0][1] == location(Section.PC, self.flow.targets.get(pc, -1))):
+                result = code, new[0][0] - start
+        if not keep:
+            del hot[start:], cold[counts[1]:], fixups[nfix:], named[counts[3]:], marks[counts[4]:]
+        return result
 
     def prepend(self, emit: Callable[[], None]) -> None:
         """Run ``emit`` to put code in front of all the hot code emitted so far, moving what
@@ -251,27 +336,15 @@ class Target(abc.ABC):
         """A block's budget charge and instructions (the compile loop's work, for one block that
         a target emits more than once); ``record``: this copy is the one the pcs map to."""
         program = self.flow.program
-        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
-        proven, unchecked, memo = self.options.proven, self.unchecked, self._memo
+        proven, unchecked = self.options.proven, self.unchecked
         self.emit_block_entry(block)
         for pc in range(block.start, block.end):
             insn, info = program.slots[pc], program.infos[pc]
             if insn is None or info is None:
                 continue
             if record and pc != block.start:
-                self.pc_off[pc] = len(hot)
-            if info.kind not in _LOCAL:
-                self._emitters[info.kind](pc, insn, info)
-                continue
-            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven or pc in unchecked)
-            code = memo.get(key)
-            if code is not None:
-                hot += code
-                continue
-            start, sizes = len(hot), (len(cold), len(fixups), len(named), len(marks))
-            self._emitters[info.kind](pc, insn, info)
-            if sizes == (len(cold), len(fixups), len(named), len(marks)):
-                memo[key] = bytes(hot[start:])
+                self.pc_off[pc] = len(self.hot)
+            self._stamp(pc, insn, info, 2 if pc in unchecked else int(pc in proven))
 
     def emit_loop(self, plan: LoopPlan) -> None:
         """A versioned loop (see jitbpf.jit.loops); the slot of its block start is already placed.

@@ -3,6 +3,7 @@ generated once per program (entry points, bounds walker, frame zeroing, exits an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,6 +13,7 @@ from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, In
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
 from jitbpf.jit.runtime import ERROR_RESULT, AccessKind, Layout, Status, access_info, layout
+from jitbpf.jit.stencils import Probe, StencilClass
 from jitbpf.jit.target import CompileOptions, Section, Target, location
 
 # Set in the 32-bit address of a confined access: the sandbox is [2 GiB, 4 GiB) (see sandbox.c),
@@ -67,6 +69,25 @@ _ZERO_STORE = 16  # bytes cleared per SSE store when zeroing a frame
 _ZERO_SHIFT = (STACK_SIZE // LOCAL_FRAME).bit_length() - 1
 assert STACK_SIZE == LOCAL_FRAME << _ZERO_SHIFT
 
+# Probe values of the stencil classes (see stencil_classes): each pair differs in every byte of
+# its field and stays inside its class.
+_I8 = Probe(1, 0x31, 0x52)  # a positive imm8 or disp8
+_NEG8 = Probe(1, -0x31, -0x52)  # a negative disp8 inside the stack frame
+_I16 = Probe(2, 0x1131, 0x2252)  # the imm16 of a halfword store
+_I32 = Probe(4, 0x1122_3344, 0x2233_4455)  # a positive imm32
+_N32 = Probe(4, -0x1122_3344, -0x2233_4455)  # a negative imm32
+_D32 = Probe(4, 0x1122, 0x2233)  # a positive disp32 (off has 16 bits)
+_ND32 = Probe(4, -0x111, -0x1EE)  # a negative disp32 inside the stack frame
+_COUNT = Probe(1, 0x11, 0x1E)  # a shift count, not 0, below 32
+_ABSENT = Probe(0, 0x31, 0x52)  # an operand the code does not hold (a branch's offset)
+_STORE_PROBE = {1: _I8, 2: _I16, 4: _I32, 8: _I32}  # the immediate of a store, by size
+_EXACT: StencilClass = ((), None, None)  # one class per value of imm and off
+_IMM8: StencilClass = ("i8", _I8, None)
+_IMM32: StencilClass = ("i32", _I32, None)
+_NEG32: StencilClass = ("n32", _N32, None)
+_SHIFT: StencilClass = ("count", _COUNT, None)
+_ALU_REG: StencilClass = ("reg", None, None)
+
 
 def mem(size: int | str, base: str, disp: int) -> tuple[str, tuple[int, ...]]:
     """A memory operand token and its hole values: ``[base]``, ``[base+d8]`` or ``[base+d32]``."""
@@ -115,6 +136,58 @@ class X86_64(Target):
         for fn in flow.functions:
             for pc in range(fn.entry, fn.end):
                 self._fn_entry[pc] = fn.entry
+
+    # -- stencil classes --------------------------------------------------------------------------
+
+    def stencil_context(self) -> tuple[bool, bool]:
+        return self._fp_fixed, self.options.contained
+
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilClass | None]]:
+        """Each class mirrors the value tests of its emitter: imm_form's short and long forms,
+        load_const's zero, positive and negative constants, a shift count of 0 (or out of range),
+        the disp0/disp8/disp32 forms of mem() and whether an access is in the fixed frame."""
+        exact = self._exact_class
+        return {Kind.ALU: self._alu_class, Kind.LDX: self._access_class, Kind.LDXSX: self._access_class,
+                Kind.STX: self._access_class, Kind.ST: self._access_class, Kind.JCOND: self._jcond_class,
+                Kind.JA: self._ja_class, Kind.NEG: exact, Kind.MOVSX: exact, Kind.END: exact, Kind.BSWAP: exact}
+
+    def _exact_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        return _EXACT
+
+    def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        if info.reg_src:
+            return _ALU_REG
+        aop, imm = info.op, insn.imm
+        if aop in _SIMPLE_ALU or aop == AluOp.MUL:
+            return _IMM8 if -128 <= imm < 128 else _IMM32
+        if aop == AluOp.MOV and imm:
+            return _IMM32 if imm > 0 or info.width == 32 else _NEG32
+        if aop in _SHIFTS and 0 < imm < info.width:
+            return _SHIFT
+        return _EXACT
+
+    def _access_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        size, off = info.size, insn.off
+        base = insn.src if info.kind in (Kind.LDX, Kind.LDXSX) else insn.dst
+        direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size
+        imm = _STORE_PROBE[size] if info.kind is Kind.ST else None
+        if off == 0:
+            return (direct, 0), imm, None
+        if -128 <= off < 128:
+            return (direct, 8), imm, _NEG8 if direct else _I8
+        return (direct, 32), imm, _ND32 if direct else _D32
+
+    def _jcond_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        if self._flags_hold(pc, insn, info):
+            return "flags", None, _ABSENT
+        if info.reg_src:
+            return "reg", None, _ABSENT
+        if info.op == JmpOp.JSET:
+            return "test", _I32, _ABSENT
+        return ("i8", _I8, _ABSENT) if -128 <= insn.imm < 128 else ("i32", _I32, _ABSENT)
+
+    def _ja_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        return self.flow.targets[pc] == pc + 1, _ABSENT, _ABSENT
 
     # -- emission primitives ----------------------------------------------------------------------
 
