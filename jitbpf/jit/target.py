@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -18,6 +18,15 @@ from jitbpf.jit.stencils import UNSEEN as _UNSEEN
 from jitbpf.jit.stencils import Probe, Stencil, StencilClass, derive
 
 _REL32 = struct.Struct("<i")
+# The emitter method of each instruction kind.
+_EMITTERS = (
+    (Kind.ALU, "emit_alu"), (Kind.JCOND, "emit_jcond"), (Kind.LDX, "emit_load"), (Kind.LDXSX, "emit_load"),
+    (Kind.ST, "emit_store"), (Kind.STX, "emit_store"), (Kind.JA, "emit_ja"), (Kind.LDDW, "emit_lddw"),
+    (Kind.NEG, "emit_neg"), (Kind.MOVSX, "emit_movsx"), (Kind.END, "emit_endian"), (Kind.BSWAP, "emit_endian"),
+    (Kind.ATOMIC, "emit_atomic"), (Kind.CALL, "emit_call"), (Kind.CALLX, "emit_call"),
+    (Kind.CALL_LOCAL, "emit_call_local"), (Kind.EXIT, "emit_exit"), (Kind.LD_ABS, "emit_packet_load"),
+    (Kind.LD_IND, "emit_packet_load"), (Kind.CALL_KFUNC, "emit_kfunc"),
+)
 _TAG = 40  # bits of a section offset; the section (or label kind) sits above them
 _OFFSET_MASK = (1 << _TAG) - 1
 
@@ -146,19 +155,12 @@ class Target(abc.ABC):
         self.labels: dict[str, int] = {}  # named label -> location
         self.marks: list[tuple[int, str, int]] = []  # (location, listing label, pc or -1)
         self.entries: dict[str, int] = {}  # entry point name -> hot offset
+        self._head_at = 0  # where the code that link() puts in front of the blocks starts (prepend)
         self.unchecked: frozenset[int] = frozenset()  # accesses proven by the loop being emitted
         self.retarget: dict[int, int] = {}  # slot of a jump -> location it goes to instead (loop copies)
         # The emitter of each instruction kind, looked up once per instruction.
         self._emitters: dict[Kind, Callable[[int, Instruction, OpInfo], None]] = {
-            Kind.ALU: self.emit_alu, Kind.JCOND: self.emit_jcond, Kind.LDX: self.emit_load,
-            Kind.LDXSX: self.emit_load, Kind.ST: self.emit_store, Kind.STX: self.emit_store,
-            Kind.JA: self.emit_ja, Kind.LDDW: self.emit_lddw, Kind.NEG: self.emit_neg,
-            Kind.MOVSX: self.emit_movsx, Kind.END: self.emit_endian, Kind.BSWAP: self.emit_endian,
-            Kind.ATOMIC: self.emit_atomic, Kind.CALL: self.emit_call, Kind.CALLX: self.emit_call,
-            Kind.CALL_LOCAL: self.emit_call_local, Kind.EXIT: self.emit_exit,
-            Kind.LD_ABS: self.emit_packet_load, Kind.LD_IND: self.emit_packet_load,
-            Kind.CALL_KFUNC: self.emit_kfunc,
-        }
+            kind: getattr(self, name) for kind, name in _EMITTERS}
         # Stencils of the instruction classes met so far, shared by every program compiled with
         # the same template cache and context (see jitbpf.jit.stencils); None for a class whose
         # emissions made none (it is emitted each time). Set when compiling starts: the target's
@@ -314,23 +316,12 @@ class Target(abc.ABC):
         return result
 
     def prepend(self, emit: Callable[[], None]) -> None:
-        """Run ``emit`` to put code in front of all the hot code emitted so far, moving what
-        refers to that code: the entry points go first (they fall through to slot 0) but are
-        emitted last, once the program has shown what they need to set up."""
-        body, self.hot = self.hot, bytearray()
-        counts = (len(self.fixups), len(self.named_fixups), len(self.marks))
-        labels = dict(self.labels)
+        """Run ``emit`` for code that goes in front of all the hot code emitted so far: the entry
+        points go first (they fall through to slot 0) but are emitted last, once the program has
+        shown what they need to set up. The code is emitted after the blocks and ``link`` rotates
+        it to the front, so nothing recorded so far needs moving."""
+        self._head_at = len(self.hot)
         emit()
-        shift = len(self.hot)
-        self.hot += body
-        if not shift:
-            return
-        nfix, nnamed, nmarks = counts
-        self.fixups[:nfix] = [(_moved(f, shift, 0), _moved(g, shift, 0)) for f, g in self.fixups[:nfix]]
-        self.named_fixups[:nnamed] = [(_moved(f, shift, 0), name) for f, name in self.named_fixups[:nnamed]]
-        self.marks[:nmarks] = [(_moved(loc, shift, 0), text, pc) for loc, text, pc in self.marks[:nmarks]]
-        self.labels.update((k, _moved(v, shift, 0)) for k, v in labels.items())
-        self.pc_off[:] = [off + shift if off >= 0 else off for off in self.pc_off]
 
     def emit_block(self, block: Block, *, record: bool) -> None:
         """A block's budget charge and instructions (the compile loop's work, for one block that
@@ -461,28 +452,37 @@ class Target(abc.ABC):
         return len(self.hot) if section == Section.COLD else 0
 
     def link(self) -> CompiledCode:
-        hot_len = len(self.hot)
-        code = self.hot + self.cold
+        hot, body = self.hot, self._head_at  # the blocks' code is hot[:body], the head the rest
+        hot_len = len(hot)
+        head = hot_len - body
+        code = hot[body:] + hot[:body] + self.cold
         pc_off = self.pc_off
+        pc_tag = Section.PC
 
         def absolute(loc: int) -> int:
             section, offset = loc >> _TAG, loc & _OFFSET_MASK
-            if section == Section.PC:
+            if section == pc_tag:
                 target = pc_off[offset]
                 if target < 0:
                     raise AssertionError(f"branch to pc {offset}, which has no code")
-                return target
-            return offset + hot_len if section == Section.COLD else offset
+                return target + head
+            if section == Section.COLD:
+                return offset + hot_len
+            return offset + head if offset < body else offset - body
 
-        fixups: Sequence[tuple[int, int]] = self.fixups
-        for field_loc, target in fixups:
-            pos = absolute(field_loc)
-            self.patch_branch(code, pos, absolute(target) - (pos + 4))
+        patch = self.patch_branch
+        for field_loc, target in self.fixups:
+            # Most fixups are branches in the blocks to an instruction: those skip absolute().
+            pos = field_loc + head if field_loc < body else absolute(field_loc)
+            if target >> _TAG == pc_tag and pc_off[target & _OFFSET_MASK] >= 0:
+                patch(code, pos, pc_off[target & _OFFSET_MASK] + head - (pos + 4))
+            else:
+                patch(code, pos, absolute(target) - (pos + 4))
         for field_loc, name in self.named_fixups:
             pos = absolute(field_loc)
-            self.patch_branch(code, pos, absolute(self.labels[name]) - (pos + 4))
-        pcs = tuple([(off, pc) for pc, off in enumerate(pc_off) if off >= 0])
-        entries = dict(self.entries)
+            patch(code, pos, absolute(self.labels[name]) - (pos + 4))
+        pcs = tuple([(off + head, pc) for pc, off in enumerate(pc_off) if off >= 0])
+        entries = {name: absolute(off) for name, off in self.entries.items()}
         entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
             entries[name] = absolute(self.labels[name])

@@ -87,6 +87,17 @@ _IMM32: StencilClass = ("i32", _I32, None)
 _NEG32: StencilClass = ("n32", _N32, None)
 _SHIFT: StencilClass = ("count", _COUNT, None)
 _ALU_REG: StencilClass = ("reg", None, None)
+_FLAGS: StencilClass = ("flags", None, _ABSENT)  # a jeq/jne 0 on the flags of the ALU op before
+_JUMP_REG: StencilClass = ("reg", None, _ABSENT)
+_JUMP_TEST: StencilClass = ("test", _I32, _ABSENT)
+_JUMP_I8: StencilClass = ("i8", _I8, _ABSENT)
+_JUMP_I32: StencilClass = ("i32", _I32, _ABSENT)
+# Enum members as plain constants for the per-instruction paths (class attribute lookups of
+# enums are slow).
+_MOV, _JSET = int(AluOp.MOV), int(JmpOp.JSET)
+_IMM_FORM_OPS = frozenset({*_SIMPLE_ALU, int(AluOp.MUL)})  # ALU ops whose immediate is imm8 or imm32
+_ZERO_TESTS = frozenset({int(JmpOp.JEQ), int(JmpOp.JNE)})
+_ALU_KIND = Kind.ALU
 
 
 def mem(size: int | str, base: str, disp: int) -> tuple[str, tuple[int, ...]]:
@@ -147,8 +158,8 @@ class X86_64(Target):
         load_const's zero, positive and negative constants, a shift count of 0 (or out of range),
         the disp0/disp8/disp32 forms of mem() and whether an access is in the fixed frame."""
         exact = self._exact_class
-        return {Kind.ALU: self._alu_class, Kind.LDX: self._access_class, Kind.LDXSX: self._access_class,
-                Kind.STX: self._access_class, Kind.ST: self._access_class, Kind.JCOND: self._jcond_class,
+        return {Kind.ALU: self._alu_class, Kind.LDX: self._load_class, Kind.LDXSX: self._load_class,
+                Kind.STX: self._stx_class, Kind.ST: self._st_class, Kind.JCOND: self._jcond_class,
                 Kind.JA: self._ja_class, Kind.NEG: exact, Kind.MOVSX: exact, Kind.END: exact, Kind.BSWAP: exact}
 
     def _exact_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
@@ -158,33 +169,39 @@ class X86_64(Target):
         if info.reg_src:
             return _ALU_REG
         aop, imm = info.op, insn.imm
-        if aop in _SIMPLE_ALU or aop == AluOp.MUL:
+        if aop in _IMM_FORM_OPS:
             return _IMM8 if -128 <= imm < 128 else _IMM32
-        if aop == AluOp.MOV and imm:
+        if aop == _MOV and imm:
             return _IMM32 if imm > 0 or info.width == 32 else _NEG32
         if aop in _SHIFTS and 0 < imm < info.width:
             return _SHIFT
         return _EXACT
 
-    def _access_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
-        size, off = info.size, insn.off
-        base = insn.src if info.kind in (Kind.LDX, Kind.LDXSX) else insn.dst
+    def _disp_class(self, base: int, off: int, size: int, imm: Probe | None) -> StencilClass:
         direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size
-        imm = _STORE_PROBE[size] if info.kind is Kind.ST else None
         if off == 0:
             return (direct, 0), imm, None
         if -128 <= off < 128:
             return (direct, 8), imm, _NEG8 if direct else _I8
         return (direct, 32), imm, _ND32 if direct else _D32
 
+    def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        return self._disp_class(insn.src, insn.off, info.size, None)
+
+    def _stx_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        return self._disp_class(insn.dst, insn.off, info.size, None)
+
+    def _st_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+        return self._disp_class(insn.dst, insn.off, info.size, _STORE_PROBE[info.size])
+
     def _jcond_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
         if self._flags_hold(pc, insn, info):
-            return "flags", None, _ABSENT
+            return _FLAGS
         if info.reg_src:
-            return "reg", None, _ABSENT
-        if info.op == JmpOp.JSET:
-            return "test", _I32, _ABSENT
-        return ("i8", _I8, _ABSENT) if -128 <= insn.imm < 128 else ("i32", _I32, _ABSENT)
+            return _JUMP_REG
+        if info.op == _JSET:
+            return _JUMP_TEST
+        return _JUMP_I8 if -128 <= insn.imm < 128 else _JUMP_I32
 
     def _ja_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
         return self.flow.targets[pc] == pc + 1, _ABSENT, _ABSENT
@@ -753,11 +770,11 @@ class X86_64(Target):
         it: an add, sub, and, or or xor into rX in the same block (emitted as that one x86
         instruction, which sets ZF from its result); a 32-bit one also decides a 64-bit test,
         its result being zero-extended, but not the other way round."""
-        if insn.imm or info.reg_src or info.op not in (JmpOp.JEQ, JmpOp.JNE) or pc in self.flow.block_at or pc == 0:
+        if insn.imm or info.reg_src or info.op not in _ZERO_TESTS or pc in self.flow.block_at or pc == 0:
             return False
         program = self.flow.program
         prev, prev_info = program.slots[pc - 1], program.infos[pc - 1]
-        return (prev is not None and prev_info is not None and prev_info.kind is Kind.ALU
+        return (prev is not None and prev_info is not None and prev_info.kind is _ALU_KIND
                 and prev.dst == insn.dst and prev_info.op in _SIMPLE_ALU
                 and (prev_info.width == 32 or info.width == 64))
 
