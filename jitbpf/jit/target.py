@@ -116,18 +116,12 @@ class _Recording:
     def replay(self, t: Target, hot0: int, cold0: int) -> None:
         t.hot += self.hot
         t.cold += self.cold
-        if hot0 == cold0 == 0:  # the first code of a program (its entry points): nothing moves
-            t.fixups.extend(self.fixups)
-            t.named_fixups.extend(self.named)
-            t.marks.extend(self.marks)
-            t.labels.update(self.labels)
-            t.entries.update(self.entries)
-            return
-        t.fixups.extend((_moved(f, hot0, cold0), _moved(g, hot0, cold0)) for f, g in self.fixups)
-        t.named_fixups.extend((_moved(f, hot0, cold0), name) for f, name in self.named)
-        t.marks.extend((_moved(loc, hot0, cold0), text, pc) for loc, text, pc in self.marks)
-        t.labels.update((k, _moved(v, hot0, cold0)) for k, v in self.labels)
-        t.entries.update((k, v + hot0) for k, v in self.entries)
+        base = (hot0, cold0, 0)  # what a location moves by, per section (pc locations stay)
+        t.fixups += [(f + base[f >> _TAG], g + base[g >> _TAG]) for f, g in self.fixups]
+        t.named_fixups += [(f + base[f >> _TAG], name) for f, name in self.named]
+        t.marks += [(loc + base[loc >> _TAG], text, pc) for loc, text, pc in self.marks]
+        t.labels.update([(k, v + base[v >> _TAG]) for k, v in self.labels])
+        t.entries.update([(k, v + hot0) for k, v in self.entries])
 
 
 class Target(abc.ABC):
@@ -214,7 +208,7 @@ class Target(abc.ABC):
         classes = self._classes
         stencils = self._stencils
         to_pc = Section.PC << _TAG
-        loops = plan_loops(flow, self.loop_reach) if self.versions_loops else {}
+        loops = plan_loops(flow, self.loop_reach) if self.versions_loops and flow.has_back_edges else {}
         after_loop = -1  # end of the versioned loop just emitted: its slots are done
         for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
             if insn is None or info is None or pc < after_loop:

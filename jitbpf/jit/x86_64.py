@@ -98,6 +98,11 @@ _MOV, _JSET = int(AluOp.MOV), int(JmpOp.JSET)
 _IMM_FORM_OPS = frozenset({*_SIMPLE_ALU, int(AluOp.MUL)})  # ALU ops whose immediate is imm8 or imm32
 _ZERO_TESTS = frozenset({int(JmpOp.JEQ), int(JmpOp.JNE)})
 _ALU_KIND = Kind.ALU
+_CLASSIFIERS = (  # the stencil classifier method of each kind with stencils
+    (Kind.ALU, "_alu_class"), (Kind.LDX, "_load_class"), (Kind.LDXSX, "_load_class"), (Kind.STX, "_stx_class"),
+    (Kind.ST, "_st_class"), (Kind.JCOND, "_jcond_class"), (Kind.JA, "_ja_class"), (Kind.NEG, "_exact_class"),
+    (Kind.MOVSX, "_exact_class"), (Kind.END, "_exact_class"), (Kind.BSWAP, "_exact_class"),
+)
 
 
 def mem(size: int | str, base: str, disp: int) -> tuple[str, tuple[int, ...]]:
@@ -145,8 +150,7 @@ class X86_64(Target):
         self._fn_writes: dict[int, int] | None = None  # per function entry, registers it writes itself
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         for fn in flow.functions:
-            for pc in range(fn.entry, fn.end):
-                self._fn_entry[pc] = fn.entry
+            self._fn_entry[fn.entry:fn.end] = [fn.entry] * (fn.end - fn.entry)
 
     # -- stencil classes --------------------------------------------------------------------------
 
@@ -157,10 +161,7 @@ class X86_64(Target):
         """Each class mirrors the value tests of its emitter: imm_form's short and long forms,
         load_const's zero, positive and negative constants, a shift count of 0 (or out of range),
         the disp0/disp8/disp32 forms of mem() and whether an access is in the fixed frame."""
-        exact = self._exact_class
-        return {Kind.ALU: self._alu_class, Kind.LDX: self._load_class, Kind.LDXSX: self._load_class,
-                Kind.STX: self._stx_class, Kind.ST: self._st_class, Kind.JCOND: self._jcond_class,
-                Kind.JA: self._ja_class, Kind.NEG: exact, Kind.MOVSX: exact, Kind.END: exact, Kind.BSWAP: exact}
+        return {kind: getattr(self, name) for kind, name in _CLASSIFIERS}
 
     def _exact_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
         return _EXACT
