@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jitbpf.errors import JitError
 from jitbpf.isa import OPCODES, Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
-from jitbpf.jit.stencils import Probe, StencilClass, derive
+from jitbpf.jit.stencils import Probe, StencilKey, derive
 from jitbpf.jit.target import CompiledCode, CompileOptions, HelperTable
 from jitbpf.jit.x86_64 import X86_64
 from jitbpf.vm import VM
@@ -25,7 +26,7 @@ _TABLE = HelperTable(0x1000, 16, 0x2000)  # never called: the code is compared, 
 class _Emitted(X86_64):
     """The x86-64 target with every instruction emitted (no stencils)."""
 
-    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilClass | None]]:
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]]:
         return {}
 
 
@@ -113,3 +114,17 @@ def test_derive_rejects(real: bytes, a: bytes, b: bytes, branches: tuple[int, in
 def test_derive_finds_the_hole() -> None:
     stencil = derive(b"\x01\x05\x02", b"\x01\x31\x02", b"\x01\x52\x02", (-1, -1, -1), I8, None, (5, 0))
     assert stencil is not None and stencil.imm_at == 1 and stencil.instantiate(-2, 0) == b"\x01\xfe\x02"
+
+
+class _WrongKey(X86_64):
+    """A target whose ALU classes forget the destination register."""
+
+    def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return insn.opcode, info.variant, 0, insn.src, insn.imm, insn.off
+
+
+def test_a_key_that_does_not_describe_its_instruction_is_an_error() -> None:
+    insns = [Instruction(0x07, 3, 0, 0, 5), Instruction(0x95)]  # add r3, 5
+    with pytest.raises(JitError, match="does not describe") as err:
+        _compile(_WrongKey, Assembler(), insns, False)
+    assert err.value.pc == 0

@@ -15,14 +15,17 @@ import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from jitbpf.isa import Instruction, OpInfo
+
 _PACKERS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Probe:
     """How one operand (imm or off) appears in the code of a class: a field of ``width`` bytes
     holding the operand's low bytes, or nowhere (``width`` 0: the class's code never depends on
-    it). ``a`` and ``b`` are two values of the class, different in every byte of the field."""
+    it). ``a`` and ``b`` are two values of the class, different in every byte of the field.
+    Compared by identity: in a class key, each probe object stands for its class."""
 
     width: int  # bytes of the field; 0 when the operand is not in the code
     a: int  # first probe value
@@ -57,9 +60,20 @@ class Stencil:
 UNSEEN = Stencil(b"", -1, _PACKERS[1], 0, -1, _PACKERS[1], 0, -1)
 """What a stencil cache's ``get`` returns for a class not met before (never patched into code)."""
 
-StencilClass = tuple[Hashable, Probe | None, Probe | None]
-"""A target's class of an instruction: a key for what its code depends on beyond the opcode and
-registers, and how imm and off appear in the code (None: the class holds one exact value)."""
+StencilKey = tuple[Hashable, ...]
+"""A target's class of an instruction: a tuple that starts with its opcode, opcode-table variant,
+dst and src, ends with its imm and off (each the exact value, or the Probe of how the class's
+code holds it) and holds, in between, whatever else its emitter's code depends on."""
+
+
+def key_probes(key: StencilKey, insn: Instruction, info: OpInfo) -> tuple[Probe | None, Probe | None]:
+    """The probes of imm and off in ``key`` (None for an exact value), checking that the key
+    follows the convention for ``insn``."""
+    imm, off = key[-2], key[-1]
+    if (key[:4] != (insn.opcode, info.variant, insn.dst, insn.src) or len(key) < 6
+            or not (isinstance(imm, Probe) or imm == insn.imm) or not (isinstance(off, Probe) or off == insn.off)):
+        raise ValueError(f"stencil class {key!r} does not describe {insn}")
+    return (imm if isinstance(imm, Probe) else None), (off if isinstance(off, Probe) else None)
 
 
 def _hole(probe: Probe | None, a: bytes, b: bytes) -> tuple[int, struct.Struct, int] | None:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow
+from jitbpf.errors import JitError
 from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
 from jitbpf.jit.loops import LoopPlan, plan_loops
 from jitbpf.jit.stencils import UNSEEN as _UNSEEN
-from jitbpf.jit.stencils import Probe, Stencil, StencilClass, derive
+from jitbpf.jit.stencils import Stencil, StencilKey, derive, key_probes
 
 _REL32 = struct.Struct("<i")
 # The emitter method of each instruction kind.
@@ -159,7 +160,7 @@ class Target(abc.ABC):
         # the same template cache and context (see jitbpf.jit.stencils); None for a class whose
         # emissions made none (it is emitted each time). Set when compiling starts: the target's
         # context is known only once its own constructor has run.
-        self._classes: dict[Kind, Callable[[int, Instruction, OpInfo], StencilClass | None]] = {}
+        self._classes: dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]] = {}
         self._stencils: dict[Hashable, Stencil | None] = {}
 
     # -- hooks a target implements ---------------------------------------------------------------
@@ -183,7 +184,7 @@ class Target(abc.ABC):
 
     # -- driver ----------------------------------------------------------------------------------
 
-    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilClass | None]]:
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]]:
         """Per instruction kind, the function that sorts an instruction into its stencil class
         (None: emit it each time); kinds not given are always emitted."""
         return {}
@@ -204,7 +205,6 @@ class Target(abc.ABC):
         hot, fixups = self.hot, self.fixups
         emitters = self._emitters
         block_entry = self.emit_block_entry
-        proven = self.options.proven
         classes = self._classes
         stencils = self._stencils
         to_pc = Section.PC << _TAG
@@ -223,18 +223,15 @@ class Target(abc.ABC):
                     continue
                 block_entry(block)
             classify = classes.get(info.kind)
-            found = classify(pc, insn, info) if classify is not None else None
-            if found is None:
+            key = classify(pc, insn, info) if classify is not None else None
+            if key is None:
                 emitters[info.kind](pc, insn, info)
                 continue
-            extra, imm_probe, off_probe = found
-            key = (insn.opcode, info.variant, insn.dst, insn.src, pc in proven, extra,
-                   None if imm_probe else insn.imm, None if off_probe else insn.off)
             st = stencils.get(key, _UNSEEN)
             if st is None:
                 emitters[info.kind](pc, insn, info)
             elif st is _UNSEEN:
-                self._learn(key, pc, insn, info, imm_probe, off_probe)
+                self._learn(key, pc, insn, info)
             else:  # the instruction's code is a copy of its class's, patched
                 start = len(hot)
                 hot += st.code
@@ -248,41 +245,39 @@ class Target(abc.ABC):
         self.prepend(self.emit_entries)
         return self.link()
 
-    def _stamp(self, pc: int, insn: Instruction, info: OpInfo, access: int) -> None:
+    def _stamp(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """One instruction from its stencil (learnt now if need be), or emitted (what ``compile``
-        does inline); ``access``: 0, or 1 if its access is proven, 2 if a loop's check covers it."""
+        does inline)."""
         classify = self._classes.get(info.kind)
-        found = classify(pc, insn, info) if classify is not None and pc not in self.retarget else None
-        if found is None:
+        key = classify(pc, insn, info) if classify is not None and pc not in self.retarget else None
+        if key is None:
             self._emitters[info.kind](pc, insn, info)
             return
-        extra, imm_probe, off_probe = found
-        key = (insn.opcode, info.variant, insn.dst, insn.src, access, extra,
-               None if imm_probe else insn.imm, None if off_probe else insn.off)
         st = self._stencils.get(key, _UNSEEN)
         if st is None:
             self._emitters[info.kind](pc, insn, info)
         elif st is _UNSEEN:
-            self._learn(key, pc, insn, info, imm_probe, off_probe)
+            self._learn(key, pc, insn, info)
         else:
             start = len(self.hot)
             self.hot += st.instantiate(insn.imm, insn.off)
             if st.branch >= 0:
                 self.refer(location(Section.HOT, start + st.branch), location(Section.PC, self.flow.targets[pc]))
 
-    def _learn(self, key: Hashable, pc: int, insn: Instruction, info: OpInfo, imm: Probe | None,
-               off: Probe | None) -> None:
+    def _learn(self, key: StencilKey, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Emit the first instruction of a class, then its probes (removed again), and keep the
         class's stencil, or None when the emissions do not make one."""
+        try:
+            imm, off = key_probes(key, insn, info)
+        except ValueError as exc:
+            raise JitError(f"{self.name}: {exc}", pc=pc) from None
         emit = self._emitters[info.kind]
         real = self._emission(emit, pc, insn, info, keep=True)
         stencil = None
         if real is not None:
-            probes = [self._emission(emit, pc, replace(insn, imm=imm.a if imm else insn.imm,
-                                                             off=off.a if off else insn.off), info, keep=False),
-                      self._emission(emit, pc, replace(insn, imm=imm.b if imm else insn.imm,
-                                                             off=off.b if off else insn.off), info, keep=False)]
-            a, b = probes
+            a, b = (self._emission(emit, pc, replace(insn, imm=imm_value, off=off_value), info, keep=False)
+                    for imm_value, off_value in ((imm.a if imm else insn.imm, off.a if off else insn.off),
+                                                 (imm.b if imm else insn.imm, off.b if off else insn.off)))
             if a is not None and b is not None:
                 stencil = derive(real[0], a[0], b[0], (real[1], a[1], b[1]), imm, off, (insn.imm, insn.off))
         self._stencils[key] = stencil
@@ -321,7 +316,6 @@ class Target(abc.ABC):
         """A block's budget charge and instructions (the compile loop's work, for one block that
         a target emits more than once); ``record``: this copy is the one the pcs map to."""
         program = self.flow.program
-        proven, unchecked = self.options.proven, self.unchecked
         self.emit_block_entry(block)
         for pc in range(block.start, block.end):
             insn, info = program.slots[pc], program.infos[pc]
@@ -329,7 +323,7 @@ class Target(abc.ABC):
                 continue
             if record and pc != block.start:
                 self.pc_off[pc] = len(self.hot)
-            self._stamp(pc, insn, info, 2 if pc in unchecked else int(pc in proven))
+            self._stamp(pc, insn, info)
 
     def emit_loop(self, plan: LoopPlan) -> None:
         """A versioned loop (see jitbpf.jit.loops); the slot of its block start is already placed.

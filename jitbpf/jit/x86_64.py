@@ -13,7 +13,7 @@ from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, In
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
 from jitbpf.jit.runtime import ERROR_RESULT, AccessKind, Layout, Status, access_info, layout
-from jitbpf.jit.stencils import Probe, StencilClass
+from jitbpf.jit.stencils import Probe, StencilKey
 from jitbpf.jit.target import CompileOptions, Section, Target, location
 
 # Set in the 32-bit address of a confined access: the sandbox is [2 GiB, 4 GiB) (see sandbox.c),
@@ -81,17 +81,6 @@ _ND32 = Probe(4, -0x111, -0x1EE)  # a negative disp32 inside the stack frame
 _COUNT = Probe(1, 0x11, 0x1E)  # a shift count, not 0, below 32
 _ABSENT = Probe(0, 0x31, 0x52)  # an operand the code does not hold (a branch's offset)
 _STORE_PROBE = {1: _I8, 2: _I16, 4: _I32, 8: _I32}  # the immediate of a store, by size
-_EXACT: StencilClass = ((), None, None)  # one class per value of imm and off
-_IMM8: StencilClass = ("i8", _I8, None)
-_IMM32: StencilClass = ("i32", _I32, None)
-_NEG32: StencilClass = ("n32", _N32, None)
-_SHIFT: StencilClass = ("count", _COUNT, None)
-_ALU_REG: StencilClass = ("reg", None, None)
-_FLAGS: StencilClass = ("flags", None, _ABSENT)  # a jeq/jne 0 on the flags of the ALU op before
-_JUMP_REG: StencilClass = ("reg", None, _ABSENT)
-_JUMP_TEST: StencilClass = ("test", _I32, _ABSENT)
-_JUMP_I8: StencilClass = ("i8", _I8, _ABSENT)
-_JUMP_I32: StencilClass = ("i32", _I32, _ABSENT)
 # Enum members as plain constants for the per-instruction paths (class attribute lookups of
 # enums are slow).
 _MOV, _JSET = int(AluOp.MOV), int(JmpOp.JSET)
@@ -157,55 +146,63 @@ class X86_64(Target):
     def stencil_context(self) -> tuple[bool, bool]:
         return self._fp_fixed, self.options.contained
 
-    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilClass | None]]:
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]]:
         """Each class mirrors the value tests of its emitter: imm_form's short and long forms,
         load_const's zero, positive and negative constants, a shift count of 0 (or out of range),
         the disp0/disp8/disp32 forms of mem() and whether an access is in the fixed frame."""
         return {kind: getattr(self, name) for kind, name in _CLASSIFIERS}
 
-    def _exact_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
-        return _EXACT
+    def _exact_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return insn.opcode, info.variant, insn.dst, insn.src, insn.imm, insn.off
 
-    def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+    def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        key = insn.opcode, info.variant, insn.dst, insn.src
         if info.reg_src:
-            return _ALU_REG
+            return *key, insn.imm, insn.off
         aop, imm = info.op, insn.imm
         if aop in _IMM_FORM_OPS:
-            return _IMM8 if -128 <= imm < 128 else _IMM32
+            return *key, _I8 if -128 <= imm < 128 else _I32, insn.off
         if aop == _MOV and imm:
-            return _IMM32 if imm > 0 or info.width == 32 else _NEG32
+            return *key, _I32 if imm > 0 or info.width == 32 else _N32, insn.off
         if aop in _SHIFTS and 0 < imm < info.width:
-            return _SHIFT
-        return _EXACT
+            return *key, _COUNT, insn.off
+        return *key, imm, insn.off
 
-    def _disp_class(self, base: int, off: int, size: int, imm: Probe | None) -> StencilClass:
-        direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size
+    def _access_class(self, pc: int, insn: Instruction, info: OpInfo, base: int, imm: Probe | int) -> StencilKey:
+        """Loads and stores: the disp0/disp8/disp32 form, whether the access is in the fixed
+        frame (each probe stands for one of those), and whether it is proven or covered by a
+        versioned loop's check."""
+        off, size = insn.off, info.size
+        access = 2 if pc in self.unchecked else pc in self.options.proven
+        key = insn.opcode, info.variant, insn.dst, insn.src, access
         if off == 0:
-            return (direct, 0), imm, None
+            return *key, imm, 0
+        direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size
         if -128 <= off < 128:
-            return (direct, 8), imm, _NEG8 if direct else _I8
-        return (direct, 32), imm, _ND32 if direct else _D32
+            return *key, imm, _NEG8 if direct else _I8
+        return *key, imm, _ND32 if direct else _D32
 
-    def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
-        return self._disp_class(insn.src, insn.off, info.size, None)
+    def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return self._access_class(pc, insn, info, insn.src, insn.imm)
 
-    def _stx_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
-        return self._disp_class(insn.dst, insn.off, info.size, None)
+    def _stx_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return self._access_class(pc, insn, info, insn.dst, insn.imm)
 
-    def _st_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
-        return self._disp_class(insn.dst, insn.off, info.size, _STORE_PROBE[info.size])
+    def _st_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return self._access_class(pc, insn, info, insn.dst, _STORE_PROBE[info.size])
 
-    def _jcond_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
+    def _jcond_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        key = insn.opcode, info.variant, insn.dst, insn.src
         if self._flags_hold(pc, insn, info):
-            return _FLAGS
+            return *key, "flags", 0, _ABSENT  # no compare: the ALU op before set the flags
         if info.reg_src:
-            return _JUMP_REG
+            return *key, insn.imm, _ABSENT
         if info.op == _JSET:
-            return _JUMP_TEST
-        return _JUMP_I8 if -128 <= insn.imm < 128 else _JUMP_I32
+            return *key, _I32, _ABSENT
+        return *key, _I8 if -128 <= insn.imm < 128 else _I32, _ABSENT
 
-    def _ja_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilClass:
-        return self.flow.targets[pc] == pc + 1, _ABSENT, _ABSENT
+    def _ja_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return insn.opcode, info.variant, insn.dst, insn.src, self.flow.targets[pc] == pc + 1, _ABSENT, _ABSENT
 
     # -- emission primitives ----------------------------------------------------------------------
 
