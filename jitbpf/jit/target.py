@@ -474,5 +474,7 @@ class Target(abc.ABC):
         entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
             entries[name] = absolute(self.labels[name])
-        marks = tuple(sorted((absolute(loc), text, pc) for loc, text, pc in self.marks))
+        cold = location(Section.COLD, 0)  # marks are in the hot code (head or blocks) or the cold
+        marks = tuple(sorted([(loc + head if loc < body else loc - body if loc < cold else loc - cold + hot_len,
+                               text, pc) for loc, text, pc in self.marks]))
         return CompiledCode(bytes(code), entries, pcs, marks)

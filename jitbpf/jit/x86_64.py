@@ -156,31 +156,30 @@ class X86_64(Target):
         return insn.opcode, info.variant, insn.dst, insn.src, insn.imm, insn.off
 
     def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
-        key = insn.opcode, info.variant, insn.dst, insn.src
-        if info.reg_src:
-            return *key, insn.imm, insn.off
-        aop, imm = info.op, insn.imm
-        if aop in _IMM_FORM_OPS:
-            return *key, _I8 if -128 <= imm < 128 else _I32, insn.off
-        if aop == _MOV and imm:
-            return *key, _I32 if imm > 0 or info.width == 32 else _N32, insn.off
-        if aop in _SHIFTS and 0 < imm < info.width:
-            return *key, _COUNT, insn.off
-        return *key, imm, insn.off
+        imm = insn.imm
+        cls: Probe | int = imm
+        if not info.reg_src:
+            aop = info.op
+            if aop in _IMM_FORM_OPS:
+                cls = _I8 if -128 <= imm < 128 else _I32
+            elif aop == _MOV and imm:
+                cls = _I32 if imm > 0 or info.width == 32 else _N32
+            elif aop in _SHIFTS and 0 < imm < info.width:
+                cls = _COUNT
+        return insn.opcode, info.variant, insn.dst, insn.src, cls, insn.off
 
     def _access_class(self, pc: int, insn: Instruction, info: OpInfo, base: int, imm: Probe | int) -> StencilKey:
         """Loads and stores: the disp0/disp8/disp32 form, whether the access is in the fixed
         frame (each probe stands for one of those), and whether it is proven or covered by a
         versioned loop's check."""
-        off, size = insn.off, info.size
+        off = insn.off
         access = 2 if pc in self.unchecked else pc in self.options.proven
-        key = insn.opcode, info.variant, insn.dst, insn.src, access
         if off == 0:
-            return *key, imm, 0
-        direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size
+            return insn.opcode, info.variant, insn.dst, insn.src, access, imm, 0
+        direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -info.size
         if -128 <= off < 128:
-            return *key, imm, _NEG8 if direct else _I8
-        return *key, imm, _ND32 if direct else _D32
+            return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _NEG8 if direct else _I8
+        return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _ND32 if direct else _D32
 
     def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
         return self._access_class(pc, insn, info, insn.src, insn.imm)
@@ -192,14 +191,13 @@ class X86_64(Target):
         return self._access_class(pc, insn, info, insn.dst, _STORE_PROBE[info.size])
 
     def _jcond_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
-        key = insn.opcode, info.variant, insn.dst, insn.src
         if self._flags_hold(pc, insn, info):
-            return *key, "flags", 0, _ABSENT  # no compare: the ALU op before set the flags
+            # No compare: the ALU op before set the flags.
+            return insn.opcode, info.variant, insn.dst, insn.src, "flags", insn.imm, _ABSENT
         if info.reg_src:
-            return *key, insn.imm, _ABSENT
-        if info.op == _JSET:
-            return *key, _I32, _ABSENT
-        return *key, _I8 if -128 <= insn.imm < 128 else _I32, _ABSENT
+            return insn.opcode, info.variant, insn.dst, insn.src, insn.imm, _ABSENT
+        imm = _I32 if info.op == _JSET or not -128 <= insn.imm < 128 else _I8
+        return insn.opcode, info.variant, insn.dst, insn.src, imm, _ABSENT
 
     def _ja_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
         return insn.opcode, info.variant, insn.dst, insn.src, self.flow.targets[pc] == pc + 1, _ABSENT, _ABSENT
