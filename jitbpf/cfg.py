@@ -60,8 +60,8 @@ class ControlFlow:
     def has_back_edges(self) -> bool:
         """Whether some jump goes backwards (or to itself): only then can a function loop."""
         infos = self.program.infos
-        return any(target <= pc for pc, target in self.targets.items()
-                   if (info := infos[pc]) is not None and info.kind is not Kind.CALL_LOCAL)
+        return any(target <= pc and (info := infos[pc]) is not None and info.kind is not _CALL_LOCAL
+                   for pc, target in self.targets.items())
 
     @property
     def max_insns(self) -> int:
@@ -75,11 +75,11 @@ def register_writes(insn: Instruction, info: OpInfo) -> int:
     kind = info.kind
     if kind in _WRITES_DST:
         return 1 << insn.dst
-    if kind is Kind.ATOMIC:
-        if info.op == AtomicOp.CMPXCHG:
+    if kind is _ATOMIC:
+        if info.op == _CMPXCHG:
             return 1  # the old value goes to r0
         return 1 << insn.src if info.op & ATOMIC_FETCH else 0  # fetching atomics load into src
-    if kind is Kind.CALL_LOCAL:
+    if kind is _CALL_LOCAL:
         return 0b111111
     if kind in _WRITES_R0:
         return 1
@@ -211,9 +211,14 @@ def writes_fp(program: Program) -> bool:
     """Whether an instruction may change r10 (a verified program never does; unchecked ones can),
     so that engines know if ``[r10+off]`` always lies in the current stack frame."""
     for insn, info in zip(program.slots, program.infos, strict=True):
-        # Only an instruction naming r10 can write it: most are ruled out without the call.
-        if (insn is not None and info is not None and FP in (insn.dst, insn.src)
-                and register_writes(insn, info) >> FP & 1):
+        if insn is None or info is None:
+            continue
+        # Kinds that write their dst write r10 when it is dst; any other kind can only write it
+        # as src (fetching atomics): most instructions are ruled out without the call.
+        if info.kind in _WRITES_DST:
+            if insn.dst == FP:
+                return True
+        elif insn.src == FP and register_writes(insn, info) >> FP & 1:
             return True
     return False
 
@@ -223,6 +228,9 @@ _ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL})  # th
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})
 _CTX_REG = 1 << 6  # where the legacy packet loads find the context
 _WRITES_R0 = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_KFUNC, Kind.LD_ABS, Kind.LD_IND})
+# Enum members as constants for register_writes, which runs once per instruction in several
+# passes (class attribute lookups of enum members are slow).
+_ATOMIC, _CALL_LOCAL, _CMPXCHG = Kind.ATOMIC, Kind.CALL_LOCAL, int(AtomicOp.CMPXCHG)
 
 
 def jump_target(pc: int, insn: Instruction, info: OpInfo) -> int:

@@ -1,5 +1,5 @@
 """What the JIT leaves out, and when it must not: bounds checks on frame-pointer accesses and in
-versioned loops, budget counting in programs that cannot loop, and the per-instruction memo of
+versioned loops, budget counting in programs that cannot loop, and the instruction stencils of
 the compile loop; the template store that spares later processes PeachPy."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_tail_call_target_with_less_budget_than_its_length(engine: str) -> None:
     assert err.value.pc == 0
 
 
-def test_memo_copies_repeated_instructions_exactly() -> None:
+def test_stencils_copy_repeated_instructions_exactly() -> None:
     """Repeated instructions reuse their bytes; the listing shows the same code for each."""
     source = "\n".join(["mov r0, 0", *["add r0, r1", "ldxdw r2, [r10-8]", "stxdw [r10-8], r0"] * 3, "exit"])
     with VM(assemble(source), verify=False) as vm:

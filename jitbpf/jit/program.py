@@ -148,8 +148,8 @@ class JitProgram:
         self._runner = _weak(runner)
         # One pass over the program gathers what the runner needs to know about it.
         by_kind: dict[Kind, list[tuple[int, Instruction]]] = {}
-        for pc, insn, info in flow.program:
-            if info.kind in _NOTABLE:
+        for pc, (insn, info) in enumerate(zip(flow.program.slots, flow.program.infos, strict=True)):
+            if info is not None and insn is not None and info.kind in _NOTABLE:
                 by_kind.setdefault(info.kind, []).append((pc, insn))
         helper_calls = by_kind.get(Kind.CALL, [])
         self._kinds = frozenset(by_kind)

@@ -6,19 +6,28 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow
+from jitbpf.errors import JitError
 from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
 from jitbpf.jit.loops import LoopPlan, plan_loops
+from jitbpf.jit.stencils import UNSEEN as _UNSEEN
+from jitbpf.jit.stencils import Stencil, StencilKey, derive, key_probes
 
 _REL32 = struct.Struct("<i")
-# Kinds whose code may depend only on the instruction and on whether its access is proven (not
-# on its pc): candidates for the compile loop's memo.
-_LOCAL = frozenset({Kind.ALU, Kind.NEG, Kind.MOVSX, Kind.END, Kind.BSWAP, Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})
+# The emitter method of each instruction kind.
+_EMITTERS = (
+    (Kind.ALU, "emit_alu"), (Kind.JCOND, "emit_jcond"), (Kind.LDX, "emit_load"), (Kind.LDXSX, "emit_load"),
+    (Kind.ST, "emit_store"), (Kind.STX, "emit_store"), (Kind.JA, "emit_ja"), (Kind.LDDW, "emit_lddw"),
+    (Kind.NEG, "emit_neg"), (Kind.MOVSX, "emit_movsx"), (Kind.END, "emit_endian"), (Kind.BSWAP, "emit_endian"),
+    (Kind.ATOMIC, "emit_atomic"), (Kind.CALL, "emit_call"), (Kind.CALLX, "emit_call"),
+    (Kind.CALL_LOCAL, "emit_call_local"), (Kind.EXIT, "emit_exit"), (Kind.LD_ABS, "emit_packet_load"),
+    (Kind.LD_IND, "emit_packet_load"), (Kind.CALL_KFUNC, "emit_kfunc"),
+)
 _TAG = 40  # bits of a section offset; the section (or label kind) sits above them
 _OFFSET_MASK = (1 << _TAG) - 1
 
@@ -108,18 +117,12 @@ class _Recording:
     def replay(self, t: Target, hot0: int, cold0: int) -> None:
         t.hot += self.hot
         t.cold += self.cold
-        if hot0 == cold0 == 0:  # the first code of a program (its entry points): nothing moves
-            t.fixups.extend(self.fixups)
-            t.named_fixups.extend(self.named)
-            t.marks.extend(self.marks)
-            t.labels.update(self.labels)
-            t.entries.update(self.entries)
-            return
-        t.fixups.extend((_moved(f, hot0, cold0), _moved(g, hot0, cold0)) for f, g in self.fixups)
-        t.named_fixups.extend((_moved(f, hot0, cold0), name) for f, name in self.named)
-        t.marks.extend((_moved(loc, hot0, cold0), text, pc) for loc, text, pc in self.marks)
-        t.labels.update((k, _moved(v, hot0, cold0)) for k, v in self.labels)
-        t.entries.update((k, v + hot0) for k, v in self.entries)
+        base = (hot0, cold0, 0)  # what a location moves by, per section (pc locations stay)
+        t.fixups += [(f + base[f >> _TAG], g + base[g >> _TAG]) for f, g in self.fixups]
+        t.named_fixups += [(f + base[f >> _TAG], name) for f, name in self.named]
+        t.marks += [(loc + base[loc >> _TAG], text, pc) for loc, text, pc in self.marks]
+        t.labels.update([(k, v + base[v >> _TAG]) for k, v in self.labels])
+        t.entries.update([(k, v + hot0) for k, v in self.entries])
 
 
 class Target(abc.ABC):
@@ -147,23 +150,18 @@ class Target(abc.ABC):
         self.labels: dict[str, int] = {}  # named label -> location
         self.marks: list[tuple[int, str, int]] = []  # (location, listing label, pc or -1)
         self.entries: dict[str, int] = {}  # entry point name -> hot offset
-        # Code of instructions seen before in this program: an instruction of a kind in _LOCAL
-        # whose emission wrote nothing but hot bytes (no stub, branch or mark) is the same bytes
-        # wherever it appears, so repeats are copied instead of emitted again.
-        self._memo: dict[tuple[int, int, int, int, int, bool], bytes] = {}
+        self._head_at = 0  # where the code that link() puts in front of the blocks starts (prepend)
         self.unchecked: frozenset[int] = frozenset()  # accesses proven by the loop being emitted
         self.retarget: dict[int, int] = {}  # slot of a jump -> location it goes to instead (loop copies)
         # The emitter of each instruction kind, looked up once per instruction.
         self._emitters: dict[Kind, Callable[[int, Instruction, OpInfo], None]] = {
-            Kind.ALU: self.emit_alu, Kind.JCOND: self.emit_jcond, Kind.LDX: self.emit_load,
-            Kind.LDXSX: self.emit_load, Kind.ST: self.emit_store, Kind.STX: self.emit_store,
-            Kind.JA: self.emit_ja, Kind.LDDW: self.emit_lddw, Kind.NEG: self.emit_neg,
-            Kind.MOVSX: self.emit_movsx, Kind.END: self.emit_endian, Kind.BSWAP: self.emit_endian,
-            Kind.ATOMIC: self.emit_atomic, Kind.CALL: self.emit_call, Kind.CALLX: self.emit_call,
-            Kind.CALL_LOCAL: self.emit_call_local, Kind.EXIT: self.emit_exit,
-            Kind.LD_ABS: self.emit_packet_load, Kind.LD_IND: self.emit_packet_load,
-            Kind.CALL_KFUNC: self.emit_kfunc,
-        }
+            kind: getattr(self, name) for kind, name in _EMITTERS}
+        # Stencils of the instruction classes met so far, shared by every program compiled with
+        # the same template cache and context (see jitbpf.jit.stencils); None for a class whose
+        # emissions made none (it is emitted each time). Set when compiling starts: the target's
+        # context is known only once its own constructor has run.
+        self._classes: dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]] = {}
+        self._stencils: dict[Hashable, Stencil | None] = {}
 
     # -- hooks a target implements ---------------------------------------------------------------
 
@@ -186,92 +184,146 @@ class Target(abc.ABC):
 
     # -- driver ----------------------------------------------------------------------------------
 
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]]:
+        """Per instruction kind, the function that sorts an instruction into its stencil class
+        (None: emit it each time); kinds not given are always emitted."""
+        return {}
+
+    def stencil_context(self) -> Hashable:
+        """What, besides an instruction and its class, the emitters' code for it depends on in
+        this program (stencils are shared by the programs of one context)."""
+        return ()
+
     def compile(self) -> CompiledCode:
+        self._classes = self.stencil_classes()
+        self._stencils = self.asm.derived.setdefault(("stencils", type(self).__name__, self.stencil_context()), {})
         flow = self.flow
         program = flow.program
         slots, infos = program.slots, program.infos
-        block_at = flow.block_at
+        block_at, targets = flow.block_at, flow.targets
         pc_off = self.pc_off
-        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
+        hot, fixups = self.hot, self.fixups
         emitters = self._emitters
         block_entry = self.emit_block_entry
-        proven = self.options.proven
-        memo = self._memo
-        loops = plan_loops(flow, self.loop_reach) if self.versions_loops else {}
+        classes = self._classes
+        stencils = self._stencils
+        to_pc = Section.PC << _TAG
+        loops = plan_loops(flow, self.loop_reach) if self.versions_loops and flow.has_back_edges else {}
         after_loop = -1  # end of the versioned loop just emitted: its slots are done
         for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
             if insn is None or info is None or pc < after_loop:
                 continue
             pc_off[pc] = len(hot)
-            block = block_at.get(pc)
-            if block is not None:
+            if pc in block_at:
+                block = block_at[pc]
                 plan = loops.get(pc)
                 if plan is not None:
                     self.emit_loop(plan)
                     after_loop = block.end
                     continue
                 block_entry(block)
-            kind = info.kind
-            if kind not in _LOCAL:
-                emitters[kind](pc, insn, info)
+            classify = classes.get(info.kind)
+            key = classify(pc, insn, info) if classify is not None else None
+            if key is None:
+                emitters[info.kind](pc, insn, info)
                 continue
-            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven)
-            code = memo.get(key)
-            if code is not None:
-                hot += code
-                continue
-            start, sizes = len(hot), (len(cold), len(fixups), len(named), len(marks))
-            emitters[kind](pc, insn, info)
-            if sizes == (len(cold), len(fixups), len(named), len(marks)):
-                memo[key] = bytes(hot[start:])
+            st = stencils.get(key, _UNSEEN)
+            if st is None:
+                emitters[info.kind](pc, insn, info)
+            elif st is _UNSEEN:
+                self._learn(key, pc, insn, info)
+            else:  # the instruction's code is a copy of its class's, patched
+                start = len(hot)
+                hot += st.code
+                if st.imm_at >= 0:
+                    st.imm_pack.pack_into(hot, start + st.imm_at, insn.imm & st.imm_mask)
+                if st.off_at >= 0:
+                    st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
+                if st.branch >= 0:
+                    fixups.append((start + st.branch, to_pc | targets[pc]))
         self.emit_runtime()
         self.prepend(self.emit_entries)
         return self.link()
 
-    def prepend(self, emit: Callable[[], None]) -> None:
-        """Run ``emit`` to put code in front of all the hot code emitted so far, moving what
-        refers to that code: the entry points go first (they fall through to slot 0) but are
-        emitted last, once the program has shown what they need to set up."""
-        body, self.hot = self.hot, bytearray()
-        counts = (len(self.fixups), len(self.named_fixups), len(self.marks))
-        labels = dict(self.labels)
-        emit()
-        shift = len(self.hot)
-        self.hot += body
-        if not shift:
+    def _stamp(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """One instruction from its stencil (learnt now if need be), or emitted (what ``compile``
+        does inline)."""
+        classify = self._classes.get(info.kind)
+        key = classify(pc, insn, info) if classify is not None and pc not in self.retarget else None
+        if key is None:
+            self._emitters[info.kind](pc, insn, info)
             return
-        nfix, nnamed, nmarks = counts
-        self.fixups[:nfix] = [(_moved(f, shift, 0), _moved(g, shift, 0)) for f, g in self.fixups[:nfix]]
-        self.named_fixups[:nnamed] = [(_moved(f, shift, 0), name) for f, name in self.named_fixups[:nnamed]]
-        self.marks[:nmarks] = [(_moved(loc, shift, 0), text, pc) for loc, text, pc in self.marks[:nmarks]]
-        self.labels.update((k, _moved(v, shift, 0)) for k, v in labels.items())
-        self.pc_off[:] = [off + shift if off >= 0 else off for off in self.pc_off]
+        st = self._stencils.get(key, _UNSEEN)
+        if st is None:
+            self._emitters[info.kind](pc, insn, info)
+        elif st is _UNSEEN:
+            self._learn(key, pc, insn, info)
+        else:
+            start = len(self.hot)
+            self.hot += st.instantiate(insn.imm, insn.off)
+            if st.branch >= 0:
+                self.refer(location(Section.HOT, start + st.branch), location(Section.PC, self.flow.targets[pc]))
+
+    def _learn(self, key: StencilKey, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """Emit the first instruction of a class, then its probes (removed again), and keep the
+        class's stencil, or None when the emissions do not make one."""
+        try:
+            imm, off = key_probes(key, insn, info)
+        except ValueError as exc:
+            raise JitError(f"{self.name}: {exc}", pc=pc) from None
+        emit = self._emitters[info.kind]
+        real = self._emission(emit, pc, insn, info, keep=True)
+        stencil = None
+        if real is not None:
+            a, b = (self._emission(emit, pc, replace(insn, imm=imm_value, off=off_value), info, keep=False)
+                    for imm_value, off_value in ((imm.a if imm else insn.imm, off.a if off else insn.off),
+                                                 (imm.b if imm else insn.imm, off.b if off else insn.off)))
+            if a is not None and b is not None:
+                stencil = derive(real[0], a[0], b[0], (real[1], a[1], b[1]), imm, off, (insn.imm, insn.off))
+        self._stencils[key] = stencil
+
+    def _emission(self, emit: Callable[[int, Instruction, OpInfo], None], pc: int, insn: Instruction,
+                  info: OpInfo, *, keep: bool) -> tuple[bytes, int] | None:
+        """Run ``emit`` for one instruction: its hot bytes and the offset in them of its one branch
+        field (-1 without one), or None when it wrote anything else (cold code, marks, other
+        fixups). Unless ``keep``, everything it wrote is removed again."""
+        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
+        counts = (len(hot), len(cold), len(fixups), len(named), len(marks))
+        emit(pc, insn, info)
+        start, nfix = counts[0], counts[2]
+        code = bytes(hot[start:])
+        new = fixups[nfix:]
+        result: tuple[bytes, int] | None = None
+        if (counts[1], counts[3], counts[4]) == (len(cold), len(named), len(marks)):
+            if not new:
+                result = code, -1
+            elif (len(new) == 1 and new[0][0] >> _TAG == Section.HOT and new[0][0] >= start
+                  and new[0][1] == location(Section.PC, self.flow.targets.get(pc, -1))):
+                result = code, new[0][0] - start
+        if not keep:
+            del hot[start:], cold[counts[1]:], fixups[nfix:], named[counts[3]:], marks[counts[4]:]
+        return result
+
+    def prepend(self, emit: Callable[[], None]) -> None:
+        """Run ``emit`` for code that goes in front of all the hot code emitted so far: the entry
+        points go first (they fall through to slot 0) but are emitted last, once the program has
+        shown what they need to set up. The code is emitted after the blocks and ``link`` rotates
+        it to the front, so nothing recorded so far needs moving."""
+        self._head_at = len(self.hot)
+        emit()
 
     def emit_block(self, block: Block, *, record: bool) -> None:
         """A block's budget charge and instructions (the compile loop's work, for one block that
         a target emits more than once); ``record``: this copy is the one the pcs map to."""
         program = self.flow.program
-        hot, cold, fixups, named, marks = self.hot, self.cold, self.fixups, self.named_fixups, self.marks
-        proven, unchecked, memo = self.options.proven, self.unchecked, self._memo
         self.emit_block_entry(block)
         for pc in range(block.start, block.end):
             insn, info = program.slots[pc], program.infos[pc]
             if insn is None or info is None:
                 continue
             if record and pc != block.start:
-                self.pc_off[pc] = len(hot)
-            if info.kind not in _LOCAL:
-                self._emitters[info.kind](pc, insn, info)
-                continue
-            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven or pc in unchecked)
-            code = memo.get(key)
-            if code is not None:
-                hot += code
-                continue
-            start, sizes = len(hot), (len(cold), len(fixups), len(named), len(marks))
-            self._emitters[info.kind](pc, insn, info)
-            if sizes == (len(cold), len(fixups), len(named), len(marks)):
-                memo[key] = bytes(hot[start:])
+                self.pc_off[pc] = len(self.hot)
+            self._stamp(pc, insn, info)
 
     def emit_loop(self, plan: LoopPlan) -> None:
         """A versioned loop (see jitbpf.jit.loops); the slot of its block start is already placed.
@@ -388,30 +440,41 @@ class Target(abc.ABC):
         return len(self.hot) if section == Section.COLD else 0
 
     def link(self) -> CompiledCode:
-        hot_len = len(self.hot)
-        code = self.hot + self.cold
+        hot, body = self.hot, self._head_at  # the blocks' code is hot[:body], the head the rest
+        hot_len = len(hot)
+        head = hot_len - body
+        code = hot[body:] + hot[:body] + self.cold
         pc_off = self.pc_off
+        pc_tag = Section.PC
 
         def absolute(loc: int) -> int:
             section, offset = loc >> _TAG, loc & _OFFSET_MASK
-            if section == Section.PC:
+            if section == pc_tag:
                 target = pc_off[offset]
                 if target < 0:
                     raise AssertionError(f"branch to pc {offset}, which has no code")
-                return target
-            return offset + hot_len if section == Section.COLD else offset
+                return target + head
+            if section == Section.COLD:
+                return offset + hot_len
+            return offset + head if offset < body else offset - body
 
-        fixups: Sequence[tuple[int, int]] = self.fixups
-        for field_loc, target in fixups:
-            pos = absolute(field_loc)
-            self.patch_branch(code, pos, absolute(target) - (pos + 4))
+        patch = self.patch_branch
+        for field_loc, target in self.fixups:
+            # Most fixups are branches in the blocks to an instruction: those skip absolute().
+            pos = field_loc + head if field_loc < body else absolute(field_loc)
+            if target >> _TAG == pc_tag and pc_off[target & _OFFSET_MASK] >= 0:
+                patch(code, pos, pc_off[target & _OFFSET_MASK] + head - (pos + 4))
+            else:
+                patch(code, pos, absolute(target) - (pos + 4))
         for field_loc, name in self.named_fixups:
             pos = absolute(field_loc)
-            self.patch_branch(code, pos, absolute(self.labels[name]) - (pos + 4))
-        pcs = tuple([(off, pc) for pc, off in enumerate(pc_off) if off >= 0])
-        entries = dict(self.entries)
+            patch(code, pos, absolute(self.labels[name]) - (pos + 4))
+        pcs = tuple([(off + head, pc) for pc, off in enumerate(pc_off) if off >= 0])
+        entries = {name: absolute(off) for name, off in self.entries.items()}
         entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
             entries[name] = absolute(self.labels[name])
-        marks = tuple(sorted((absolute(loc), text, pc) for loc, text, pc in self.marks))
+        cold = location(Section.COLD, 0)  # marks are in the hot code (head or blocks) or the cold
+        marks = tuple(sorted([(loc + head if loc < body else loc - body if loc < cold else loc - cold + hot_len,
+                               text, pc) for loc, text, pc in self.marks]))
         return CompiledCode(bytes(code), entries, pcs, marks)

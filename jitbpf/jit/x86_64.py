@@ -3,6 +3,7 @@ generated once per program (entry points, bounds walker, frame zeroing, exits an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,6 +13,7 @@ from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, In
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
 from jitbpf.jit.runtime import ERROR_RESULT, AccessKind, Layout, Status, access_info, layout
+from jitbpf.jit.stencils import Probe, StencilKey
 from jitbpf.jit.target import CompileOptions, Section, Target, location
 
 # Set in the 32-bit address of a confined access: the sandbox is [2 GiB, 4 GiB) (see sandbox.c),
@@ -67,6 +69,30 @@ _ZERO_STORE = 16  # bytes cleared per SSE store when zeroing a frame
 _ZERO_SHIFT = (STACK_SIZE // LOCAL_FRAME).bit_length() - 1
 assert STACK_SIZE == LOCAL_FRAME << _ZERO_SHIFT
 
+# Probe values of the stencil classes (see stencil_classes): each pair differs in every byte of
+# its field and stays inside its class.
+_I8 = Probe(1, 0x31, 0x52)  # a positive imm8 or disp8
+_NEG8 = Probe(1, -0x31, -0x52)  # a negative disp8 inside the stack frame
+_I16 = Probe(2, 0x1131, 0x2252)  # the imm16 of a halfword store
+_I32 = Probe(4, 0x1122_3344, 0x2233_4455)  # a positive imm32
+_N32 = Probe(4, -0x1122_3344, -0x2233_4455)  # a negative imm32
+_D32 = Probe(4, 0x1122, 0x2233)  # a positive disp32 (off has 16 bits)
+_ND32 = Probe(4, -0x111, -0x1EE)  # a negative disp32 inside the stack frame
+_COUNT = Probe(1, 0x11, 0x1E)  # a shift count, not 0, below 32
+_ABSENT = Probe(0, 0x31, 0x52)  # an operand the code does not hold (a branch's offset)
+_STORE_PROBE = {1: _I8, 2: _I16, 4: _I32, 8: _I32}  # the immediate of a store, by size
+# Enum members as plain constants for the per-instruction paths (class attribute lookups of
+# enums are slow).
+_MOV, _JSET = int(AluOp.MOV), int(JmpOp.JSET)
+_IMM_FORM_OPS = frozenset({*_SIMPLE_ALU, int(AluOp.MUL)})  # ALU ops whose immediate is imm8 or imm32
+_ZERO_TESTS = frozenset({int(JmpOp.JEQ), int(JmpOp.JNE)})
+_ALU_KIND = Kind.ALU
+_CLASSIFIERS = (  # the stencil classifier method of each kind with stencils
+    (Kind.ALU, "_alu_class"), (Kind.LDX, "_load_class"), (Kind.LDXSX, "_load_class"), (Kind.STX, "_stx_class"),
+    (Kind.ST, "_st_class"), (Kind.JCOND, "_jcond_class"), (Kind.JA, "_ja_class"), (Kind.NEG, "_exact_class"),
+    (Kind.MOVSX, "_exact_class"), (Kind.END, "_exact_class"), (Kind.BSWAP, "_exact_class"),
+)
+
 
 def mem(size: int | str, base: str, disp: int) -> tuple[str, tuple[int, ...]]:
     """A memory operand token and its hole values: ``[base]``, ``[base+d8]`` or ``[base+d32]``."""
@@ -113,8 +139,68 @@ class X86_64(Target):
         self._fn_writes: dict[int, int] | None = None  # per function entry, registers it writes itself
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         for fn in flow.functions:
-            for pc in range(fn.entry, fn.end):
-                self._fn_entry[pc] = fn.entry
+            self._fn_entry[fn.entry:fn.end] = [fn.entry] * (fn.end - fn.entry)
+
+    # -- stencil classes --------------------------------------------------------------------------
+
+    def stencil_context(self) -> tuple[bool, bool]:
+        return self._fp_fixed, self.options.contained
+
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]]:
+        """Each class mirrors the value tests of its emitter: imm_form's short and long forms,
+        load_const's zero, positive and negative constants, a shift count of 0 (or out of range),
+        the disp0/disp8/disp32 forms of mem() and whether an access is in the fixed frame."""
+        return {kind: getattr(self, name) for kind, name in _CLASSIFIERS}
+
+    def _exact_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return insn.opcode, info.variant, insn.dst, insn.src, insn.imm, insn.off
+
+    def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        imm = insn.imm
+        cls: Probe | int = imm
+        if not info.reg_src:
+            aop = info.op
+            if aop in _IMM_FORM_OPS:
+                cls = _I8 if -128 <= imm < 128 else _I32
+            elif aop == _MOV and imm:
+                cls = _I32 if imm > 0 or info.width == 32 else _N32
+            elif aop in _SHIFTS and 0 < imm < info.width:
+                cls = _COUNT
+        return insn.opcode, info.variant, insn.dst, insn.src, cls, insn.off
+
+    def _access_class(self, pc: int, insn: Instruction, info: OpInfo, base: int, imm: Probe | int) -> StencilKey:
+        """Loads and stores: the disp0/disp8/disp32 form, whether the access is in the fixed
+        frame (each probe stands for one of those), and whether it is proven or covered by a
+        versioned loop's check."""
+        off = insn.off
+        access = 2 if pc in self.unchecked else pc in self.options.proven
+        if off == 0:
+            return insn.opcode, info.variant, insn.dst, insn.src, access, imm, 0
+        direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -info.size
+        if -128 <= off < 128:
+            return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _NEG8 if direct else _I8
+        return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _ND32 if direct else _D32
+
+    def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return self._access_class(pc, insn, info, insn.src, insn.imm)
+
+    def _stx_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return self._access_class(pc, insn, info, insn.dst, insn.imm)
+
+    def _st_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return self._access_class(pc, insn, info, insn.dst, _STORE_PROBE[info.size])
+
+    def _jcond_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        if self._flags_hold(pc, insn, info):
+            # No compare: the ALU op before set the flags.
+            return insn.opcode, info.variant, insn.dst, insn.src, "flags", insn.imm, _ABSENT
+        if info.reg_src:
+            return insn.opcode, info.variant, insn.dst, insn.src, insn.imm, _ABSENT
+        imm = _I32 if info.op == _JSET or not -128 <= insn.imm < 128 else _I8
+        return insn.opcode, info.variant, insn.dst, insn.src, imm, _ABSENT
+
+    def _ja_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return insn.opcode, info.variant, insn.dst, insn.src, self.flow.targets[pc] == pc + 1, _ABSENT, _ABSENT
 
     # -- emission primitives ----------------------------------------------------------------------
 
@@ -680,11 +766,11 @@ class X86_64(Target):
         it: an add, sub, and, or or xor into rX in the same block (emitted as that one x86
         instruction, which sets ZF from its result); a 32-bit one also decides a 64-bit test,
         its result being zero-extended, but not the other way round."""
-        if insn.imm or info.reg_src or info.op not in (JmpOp.JEQ, JmpOp.JNE) or pc in self.flow.block_at or pc == 0:
+        if insn.imm or info.reg_src or info.op not in _ZERO_TESTS or pc in self.flow.block_at or pc == 0:
             return False
         program = self.flow.program
         prev, prev_info = program.slots[pc - 1], program.infos[pc - 1]
-        return (prev is not None and prev_info is not None and prev_info.kind is Kind.ALU
+        return (prev is not None and prev_info is not None and prev_info.kind is _ALU_KIND
                 and prev.dst == insn.dst and prev_info.op in _SIMPLE_ALU
                 and (prev_info.width == 32 or info.width == 64))
 

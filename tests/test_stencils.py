@@ -1,0 +1,130 @@
+"""Instruction stencils give the code the emitters give: random programs compile to the same bytes,
+branch fixups, pcs and marks with stencils as without, with proofs and without; the checks that
+turn a class down each reject a minimal case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jitbpf.errors import JitError
+from jitbpf.isa import OPCODES, Instruction, Kind, OpInfo
+from jitbpf.jit.encoding import Assembler
+from jitbpf.jit.stencils import Probe, StencilKey, derive
+from jitbpf.jit.target import CompiledCode, CompileOptions, HelperTable
+from jitbpf.jit.x86_64 import X86_64
+from jitbpf.vm import VM
+from tests.test_differential import programs
+
+_ACCESSES = frozenset({Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})
+_TABLE = HelperTable(0x1000, 16, 0x2000)  # never called: the code is compared, not run
+
+
+class _Emitted(X86_64):
+    """The x86-64 target with every instruction emitted (no stencils)."""
+
+    def stencil_classes(self) -> dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]]:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def shared() -> Assembler:
+    """One template cache for the whole module: later examples meet classes learnt by earlier ones."""
+    return Assembler()
+
+
+def _compile(target: type[X86_64], asm: Assembler, insns: list[Instruction], proven: bool) -> CompiledCode:
+    with VM(insns, verify=False) as vm:
+        accesses = frozenset(pc for pc, _insn, info in vm.program if info.kind in _ACCESSES)
+        options = CompileOptions(vm.resolve_lddw, accesses if proven else frozenset(), _TABLE,
+                                 count_budget=True, contained=True)
+        return target(asm, vm.flow, options).compile()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(programs(), st.booleans())
+def test_stencilled_code_is_the_emitted_code(shared: Assembler, insns: list[Instruction], proven: bool) -> None:
+    for _ in range(2):  # the first compile learns this program's new classes, the second uses them
+        assert _compile(X86_64, shared, insns, proven) == _compile(_Emitted, shared, insns, proven)
+
+
+# Values on both sides of every boundary the emitters test: imm8/imm32 forms, zero, sign, shift
+# counts in and out of range, disp0/disp8/disp32 and the edges of the stack frame.
+EDGES = [0, 1, -1, 2, 8, -8, -9, 31, 32, 33, 63, 64, 127, 128, -128, -129, -504, -512, -513, 0x7FFF, -0x8000,
+         0x1234_5678, -(2**31), 2**31 - 1]
+ROWS = [r for r in OPCODES if r.kind in (Kind.ALU, Kind.JCOND, Kind.JA, Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX,
+                                         Kind.NEG, Kind.MOVSX, Kind.END, Kind.BSWAP)]
+
+
+def _variants(row: OpInfo, base: int) -> list[Instruction]:
+    """``row`` with each edge value in the operand it varies (imm, or off for accesses)."""
+    fields = {"dst": 1, "src": 2 if row.reg_src else 0, "off": 0, "imm": 0}
+    if row.variant_field:
+        fields[row.variant_field] = row.variant
+    if row.kind in (Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX):
+        fields["src" if row.kind in (Kind.LDX, Kind.LDXSX) else "dst"] = base
+        return [Instruction(row.opcode, **{**fields, "off": v, "imm": v * 3 if row.kind is Kind.ST else 0})
+                for v in EDGES if -0x8000 <= v <= 0x7FFF]
+    if row.reg_src or row.variant_field == "imm" or row.kind in (Kind.JA, Kind.NEG):
+        return [Instruction(row.opcode, **fields)]
+    return [Instruction(row.opcode, **{**fields, "imm": v}) for v in EDGES]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r.mnemonic}-{r.opcode:#x}")
+@pytest.mark.parametrize("base", [10, 3])
+def test_every_class_edge(row: OpInfo, base: int) -> None:
+    """Each row at every edge value, learnt in both orders (each class from either end)."""
+    variants = _variants(row, base)
+    for order in (variants, variants[::-1]):
+        asm = Assembler()
+        insns = [*order, Instruction(0x95)]
+        for proven in (False, True):
+            for _ in range(2):
+                assert _compile(X86_64, asm, insns, proven) == _compile(_Emitted, asm, insns, proven)
+
+
+def test_stencils_are_used() -> None:
+    """A class met before costs no emission: its instructions come from the stencil."""
+    asm = Assembler()
+    source = [Instruction(0x07, 1, 0, 0, 5), Instruction(0x07, 1, 0, 0, 9), Instruction(0x95)]  # add r1, imm
+    _compile(X86_64, asm, source, False)
+    stencils = asm.derived[("stencils", "X86_64", (True, True))]
+    assert [s for s in stencils.values() if s is not None and s.imm_at >= 0]
+
+
+I8 = Probe(1, 0x31, 0x52)
+
+
+@pytest.mark.parametrize(("real", "a", "b", "branches", "why"), [
+    (b"\x01\x05", b"\x01\x31", b"\x01\x52\x00", (-1, -1, -1), "lengths differ"),
+    (b"\x01\x05", b"\x02\x31", b"\x01\x52", (-1, -1, -1), "bytes differ outside the hole"),
+    (b"\x31\x05", b"\x31\x31", b"\x52\x52", (-1, -1, -1), "the probe value is found twice"),
+    (b"\x01\x05", b"\x01\x30", b"\x01\x52", (-1, -1, -1), "the probe value is not found"),
+    (b"\x01\x07", b"\x01\x31", b"\x01\x52", (-1, -1, -1), "patched, it does not give the real code"),
+    (b"\x01\x05", b"\x01\x31", b"\x01\x52", (0, 1, 0), "the branch field moves"),
+])
+def test_derive_rejects(real: bytes, a: bytes, b: bytes, branches: tuple[int, int, int], why: str) -> None:
+    assert derive(real, a, b, branches, I8, None, (5, 0)) is None, why
+
+
+def test_derive_finds_the_hole() -> None:
+    stencil = derive(b"\x01\x05\x02", b"\x01\x31\x02", b"\x01\x52\x02", (-1, -1, -1), I8, None, (5, 0))
+    assert stencil is not None and stencil.imm_at == 1 and stencil.instantiate(-2, 0) == b"\x01\xfe\x02"
+
+
+class _WrongKey(X86_64):
+    """A target whose ALU classes forget the destination register."""
+
+    def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+        return insn.opcode, info.variant, 0, insn.src, insn.imm, insn.off
+
+
+def test_a_key_that_does_not_describe_its_instruction_is_an_error() -> None:
+    insns = [Instruction(0x07, 3, 0, 0, 5), Instruction(0x95)]  # add r3, 5
+    with pytest.raises(JitError, match="does not describe") as err:
+        _compile(_WrongKey, Assembler(), insns, False)
+    assert err.value.pc == 0
