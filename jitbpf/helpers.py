@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from jitbpf.contract import CallbackKind
 from jitbpf.contract import HelperExit as HelperExit  # re-exported: helpers raise it
 from jitbpf.isa import MASK64
 
@@ -24,7 +25,8 @@ class Helper:
     ``fn`` takes r1-r5 as unsigned 64-bit ints and returns r0. ``args`` declares the argument
     types the verifier checks (see ``jitbpf.verifier.ArgType``); empty means "five scalars".
     ``native`` is the address of a C function with the same signature, when there is one: the JIT
-    then calls it directly without entering Python.
+    then calls it directly without entering Python. ``callback`` marks a helper whose second
+    argument is a function of the program that the engines call (``contract.CallbackKind``).
     """
 
     id: int  # call number
@@ -34,6 +36,9 @@ class Helper:
     ret: str = "scalar"  # verifier return kind
     native: int = 0  # address of an equivalent C function, or 0
     keepalive: tuple[object, ...] = field(default=(), compare=False, repr=False)  # owners of native
+    # Set for helpers that call back into the program (bpf_loop, bpf_for_each_map_elem): the
+    # engines run those themselves, and ``fn`` is never called.
+    callback: CallbackKind | None = None
 
 
 def conformance_helpers(memory: Callable[[], MemoryMap]) -> list[Helper]:

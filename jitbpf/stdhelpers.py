@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from jitbpf._native import native
+from jitbpf.contract import CallbackKind
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.host import Host, host_helpers
@@ -81,6 +82,8 @@ class HelperId(enum.IntEnum):
     STRTOUL = 106  # bpf_strtoul(buf, buf_len, flags, res): parse an unsigned integer
     SNPRINTF = 165  # bpf_snprintf(str, size, fmt, data, data_len): printk formatting into a buffer
     TRACE_VPRINTK = 177  # bpf_trace_vprintk(fmt, fmt_size, data, data_len): trace_printk with an array
+    FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem(map, cb, ctx, flags) -> elements visited
+    LOOP = 181  # bpf_loop(nr, cb, ctx, flags) -> iterations run
 
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
@@ -231,6 +234,16 @@ def parse_strtox(text: bytes, base: int) -> tuple[int, bool, int] | int:
 
 # ---------------------------------------------------------------------------------------------
 # The helper set
+
+
+def engine_only(name: str) -> Callable[[int, int, int, int, int], int]:
+    """The Python side of a helper the engines run themselves (it calls back into the program):
+    reached only if an engine did not, which is an error of the caller's making."""
+
+    def fail(*_args: int) -> int:
+        raise ExecutionError(f"{name} calls back into the program: only the engines running it can call it")
+
+    return fail
 
 
 def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Helper]:
@@ -642,5 +655,10 @@ def standard_helpers(vm: VM, *, trace_stream: TextIO | None = None) -> list[Help
         Helper(h.SNPRINTF, "bpf_snprintf", snprintf,
                ("uninit_mem", "size_or_zero", "anything", "mem", "size_or_zero")),
         Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem", "size_or_zero")),
+        # The engines run these two: they enter the callback as a local call (see contract.CallbackKind).
+        Helper(h.FOR_EACH_MAP_ELEM, "bpf_for_each_map_elem", engine_only("bpf_for_each_map_elem"),
+               ("map", "callback", "anything", "scalar"), callback=CallbackKind.FOR_EACH),
+        Helper(h.LOOP, "bpf_loop", engine_only("bpf_loop"), ("scalar", "callback", "anything", "scalar"),
+               callback=CallbackKind.LOOP),
         *extra,
     ]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow
+from jitbpf.contract import CallbackKind
 from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
 from jitbpf.jit.loops import LoopPlan, plan_loops
@@ -71,6 +72,10 @@ class CompileOptions:
     # so that a wrong proof cannot reach host memory. Without it, ``proven`` is empty (except
     # when measuring what confinement costs).
     contained: bool = False
+    # Calls of helpers that call back into the program (slot -> how), and the native step of
+    # bpf_for_each_map_elem's iteration (jb_for_each_step) when one of them is that helper.
+    callbacks: Mapping[int, CallbackKind] = field(default_factory=dict)
+    for_each_step: int = 0
 
 
 def _moved(loc: int, hot: int, cold: int) -> int:
@@ -162,7 +167,7 @@ class Target(abc.ABC):
             Kind.ATOMIC: self.emit_atomic, Kind.CALL: self.emit_call, Kind.CALLX: self.emit_call,
             Kind.CALL_LOCAL: self.emit_call_local, Kind.EXIT: self.emit_exit,
             Kind.LD_ABS: self.emit_packet_load, Kind.LD_IND: self.emit_packet_load,
-            Kind.CALL_KFUNC: self.emit_kfunc,
+            Kind.CALL_KFUNC: self.emit_kfunc, Kind.MAY_GOTO: self.emit_may_goto,
         }
 
     # -- hooks a target implements ---------------------------------------------------------------
@@ -340,6 +345,10 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def emit_packet_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Legacy LD_ABS/LD_IND packet loads."""
+
+    @abc.abstractmethod
+    def emit_may_goto(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """may_goto: jump once the run's allowance is spent, else use one of it."""
 
     @abc.abstractmethod
     def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:

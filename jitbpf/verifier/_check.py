@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
-from jitbpf.contract import ARG_REGS, CALLEE_SAVED
+from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, CallbackKind
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.maps import BPF_F_RDONLY_PROG
@@ -24,6 +24,7 @@ from jitbpf.verifier._state import (
     join_states,
     shared_ids,
     state_within,
+    widen,
 )
 from jitbpf.verifier._types import (
     NOT_INIT,
@@ -50,13 +51,15 @@ POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL,)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
-NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP)  # compared with 0, the branch is known
+NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC)  # compared with 0, the branch is known
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
 STACK_BOTTOM = -STACK_SIZE
 ALL_REGS = (1 << 11) - 1
 ALL_SLOTS = (1 << SLOTS) - 1
 RET_REGS = 0b111111  # r0-r5: what a callee hands back in this VM
+CALLBACK_ROUNDS = 32  # times a callback is verified again for one call site before its states must agree
+WIDEN_AFTER = 4  # rounds (of a callback, or through a may_goto) after which changing numbers become unknown
 
 
 def _slot_mask(start: int, size: int) -> int:
@@ -162,6 +165,10 @@ class Checker:
         self.visit: _Visit | None = None  # the current path's latest visit
         self.st: State | None = None  # the current path's state
         self.aux = -1  # stack location the current instruction accessed at a fixed offset, or -1
+        # Per call of a helper that calls back: the callers' states each round of its callback
+        # began with (a round that begins within one of them needs no verifying).
+        self.callback_rounds: dict[int, list[State]] = {}
+        self.callbacks = {hid: h.callback for hid, h in helpers.items() if h.callback is not None}
 
     # -- driver --------------------------------------------------------------------------------
 
@@ -296,6 +303,16 @@ class Checker:
                     if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
                         self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
                     self._call_helper(st, regs, insn.imm)
+                    if insn.imm in self.callbacks:
+                        nxt = self._call_back(st, pc, insn.imm)
+                case Kind.MAY_GOTO:
+                    # Both ways: the run's allowance may be spent or not, whatever came before.
+                    taken = st.copy()
+                    taken.hist = st.hist = (pc, -1, st.hist)
+                    if (pc, targets[pc]) in back_edges:
+                        taken.loop = pc
+                    parent.branches += 1
+                    self.work.append((targets[pc], taken, parent, self.path_log))
                 case Kind.CALLX:
                     target_reg = self._read(regs, insn.dst)
                     if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
@@ -315,12 +332,16 @@ class Checker:
                             self._log_line(f"{pc}: {self._disasm(pc)}")
                         self._finish(parent)
                         return
-                    nxt = self._return(st)
+                    caller_info = self.infos[st.frames[-1].callsite]
+                    if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
+                        nxt = self._callback_return(st, parent)
+                    else:
+                        nxt = self._return(st)
                 case Kind.CALL_KFUNC:
                     self.reject("kernel function calls are not supported")
                 case _:
                     raise NotImplementedError(info.kind)
-            if info.kind is not Kind.JCOND:
+            if info.kind is not Kind.JCOND and info.kind is not Kind.MAY_GOTO:
                 st.hist = (pc, self.aux, st.hist)
             if logging:
                 self._log_step(pc, st, before, nframes)
@@ -332,7 +353,11 @@ class Checker:
         control = self.control
         assert control is not None
         live = control.live_in
-        masks = [live[f.callsite + 1] & CALLEE_SAVED for f in st.frames[1:]]
+        infos = self.infos
+        # A caller waiting for a callback also keeps the helper's arguments: each round gets them.
+        masks = [live[f.callsite + 1] & CALLEE_SAVED
+                 | (ARG_REGS if (i := infos[f.callsite]) is not None and i.kind is Kind.CALL else 0)
+                 for f in st.frames[1:]]
         masks.append(live[pc])
         return masks
 
@@ -340,7 +365,7 @@ class Checker:
         frames = []
         for f, mask in zip(st.frames, masks, strict=True):
             regs = [r if mask >> i & 1 else NOT_INIT for i, r in enumerate(f.regs)]
-            frames.append(Frame(regs, f.stack.copy(), f.callsite))
+            frames.append(Frame(regs, f.stack.copy(), f.callsite, f.entry))
         return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
     def _prune_point(self, pc: int, st: State, parent: _Visit) -> tuple[State, _Visit] | None:
@@ -370,6 +395,9 @@ class Checker:
                     return None
                 # An unfinished visit at the same place is an ancestor on this very path: the
                 # path came back to a state it was already in, and could go round forever.
+                if self._is_may_goto(pc):
+                    self.pruned += 1  # unless a may_goto bounds the loop: what follows is being verified
+                    return None
                 self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
             if done:
                 complete += 1
@@ -382,9 +410,19 @@ class Checker:
                     v.state = None  # only the path bookkeeping still needs the visit
                     continue
             i += 1
-        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP:
+        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP and not self._is_may_goto(pc):
             return st, parent  # a tight loop: remember a state only every few instructions
         masks = self._live_masks(st, pc)
+        if self._is_may_goto(pc):
+            # Each time round a loop that a may_goto bounds, numbers it changes become unknown
+            # after a few rounds, so that the rounds converge (the kernel's budget ends the loop).
+            ancestors = [v for v in visits if v.branches and v.state is not None]
+            if len(ancestors) >= WIDEN_AFTER:
+                assert ancestors[-1].state is not None
+                wide = widen(ancestors[-1].state, st, masks)
+                if wide is not None:
+                    wide.hist, wide.loop, wide.depth, wide.checkpoint = st.hist, st.loop, st.depth, st.checkpoint
+                    st = wide
         if complete >= MERGE_AFTER and not in_loop:
             # Too many different states meet here: continue with one covering all of them (those
             # this domain can merge), which later arrivals will most likely fall within.
@@ -649,7 +687,7 @@ class Checker:
         t = ptr.type
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
-        if t in (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
+        if t in (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC):
             hint = " (compare it against 0 first)" if t is Pt.PTR_TO_MAP_VALUE_OR_NULL else ""
             self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
@@ -748,13 +786,16 @@ class Checker:
                 self.reject(f"lddw map value offset {insn.next_imm} is outside the value (size {m.value_size})")
             regs[insn.dst] = Reg(Pt.PTR_TO_MAP_VALUE, off=insn.next_imm, aux=insn.imm)
             return
+        if src == PseudoSrc.FUNC:
+            regs[insn.dst] = Reg(Pt.PTR_TO_FUNC, aux=self.flow.callbacks[self.pc])
+            return
         self.reject(f"lddw with pseudo source {src} is not supported")
 
     # -- memory --------------------------------------------------------------------------------
 
-    def _frame_entry(self, st: State, index: int) -> int:
-        callsite = st.frames[index].callsite
-        return 0 if callsite < 0 else self.targets[callsite]
+    @staticmethod
+    def _frame_entry(st: State, index: int) -> int:
+        return st.frames[index].entry
 
     def _load(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
@@ -831,6 +872,8 @@ class Checker:
                 self.reject(f"cannot access memory through r{r}, the packet end pointer")
             case Pt.CONST_PTR_TO_MAP:
                 self.reject(f"cannot access memory through r{r}, a map pointer")
+            case Pt.PTR_TO_FUNC:
+                self.reject(f"cannot access memory through r{r}, the address of a function")
             case Pt.SCALAR:
                 self.reject(f"invalid memory access through r{r}: it holds a scalar, not a pointer")
             case Pt.NOT_INIT:
@@ -1169,6 +1212,11 @@ class Checker:
                     reg = self._read(regs, r)
                     if reg.type is not Pt.PTR_TO_CTX or reg.off or not reg.var.is_const:
                         self.reject(f"r{r} must be the unmodified context pointer, not {reg}")
+                case ArgType.CALLBACK:
+                    reg = self._read(regs, r)
+                    if reg.type is not Pt.PTR_TO_FUNC:
+                        self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
+                                    f"(lddw r{r}, func:F) to call back, not {reg}")
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)
                     if not reg.ref or reg.type is not Pt.PTR_TO_MAP_VALUE:
@@ -1209,6 +1257,108 @@ class Checker:
                         frame.stack[-i - 1] = (MISC,) * 8
         # r1-r5 keep their values: this VM's helpers get copies (rbpf semantics).
 
+    def _is_may_goto(self, pc: int) -> bool:
+        info = self.infos[pc]
+        return info is not None and info.kind is Kind.MAY_GOTO
+
+    def _call_back(self, st: State, pc: int, hid: int) -> int:
+        """A helper that calls back (its arguments checked): verify the flags and the count, then
+        enter the callback's first round in a new frame. Returns the callback's entry."""
+        regs = st.frames[-1].regs
+        flags = regs[4]
+        if flags.type is not Pt.SCALAR or flags.var != sc.ZERO:
+            self.reject(f"the flags (r4) of helper {hid} must be 0, not {flags}")
+        self._precise(4)
+        if self.callbacks[hid] is CallbackKind.LOOP:
+            nr = regs[1].var
+            self._precise(1)
+            if nr.umin > MAX_LOOP_ITERATIONS:
+                self.reject(f"bpf_loop: the number of iterations (r1 = {nr}) exceeds the limit of "
+                            f"{MAX_LOOP_ITERATIONS}")
+        self.callback_rounds.setdefault(pc, []).append(self._caller_snapshot(st, pc))
+        self._enter_callback(st, pc, hid)
+        return st.frames[-1].entry
+
+    def _caller_masks(self, st: State, callsite: int) -> list[int]:
+        """Per frame of the callers of a callback called from ``callsite``: the registers later
+        code may read (the helper's arguments included, for the next round)."""
+        probe = State([*st.frames, Frame([NOT_INIT] * 11, [None] * SLOTS, callsite, 0)])
+        return self._live_masks(probe, callsite)[:-1]
+
+    def _caller_snapshot(self, st: State, callsite: int) -> State:
+        """The callers' frames as a callback round begins, with what later code may still read."""
+        caller = State([f.copy() for f in st.frames], refs=st.refs)
+        return self._snapshot(caller, self._caller_masks(st, callsite))
+
+    def _enter_callback(self, st: State, pc: int, hid: int) -> None:
+        """Push the callback's frame, its arguments typed as the helper passes them."""
+        if len(st.frames) >= self.max_call_depth:
+            self.reject(f"call stack is too deep: {len(st.frames) + 1} frames (max {self.max_call_depth})")
+        caller = st.frames[-1].regs
+        entry = caller[2].aux
+        regs = [NOT_INIT] * 11
+        if self.callbacks[hid] is CallbackKind.LOOP:
+            top = min(max(caller[1].var.umax, 1), MAX_LOOP_ITERATIONS) - 1
+            regs[1] = Reg(Pt.SCALAR, sc.urange(0, top))  # the iteration
+            regs[2] = caller[3]  # the context, as passed
+        else:
+            handle = caller[1].aux
+            regs[1] = caller[1]  # the map
+            regs[2] = Reg(Pt.PTR_TO_MEM)  # its key, in the callback's frame: accesses stay checked
+            regs[3] = Reg(Pt.PTR_TO_MAP_VALUE, aux=handle)
+            regs[4] = caller[3]
+        regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
+        st.frames.append(Frame(regs, [None] * SLOTS, pc, entry))
+
+    def _callback_return(self, st: State, parent: _Visit) -> int:
+        """A callback's exit: r0 must say stop (1) or go on (0). Another round is verified from the
+        callers' state now unless an earlier round began with one covering it; this path goes
+        on after the call with r0 the count and r1-r5 unreadable."""
+        r0 = st.frames[-1].regs[0]
+        if r0.type is not Pt.SCALAR:
+            self.reject(f"a callback must return a number in [0, 1], not {r0}")
+        self._precise(0)
+        if r0.var.smin < 0 or r0.var.smax > 1:
+            self.reject(f"a callback must return a number in [0, 1], but r0 is {r0.var}")
+        callsite = st.frames[-1].callsite
+        self._pop_frame(st)
+        hid = self.slots[callsite].imm  # type: ignore[union-attr]
+        rounds = self.callback_rounds.setdefault(callsite, [])
+        snap = self._caller_snapshot(st, callsite)
+        if not any(state_within(old, shared_ids(old), snap) for old in rounds):
+            if len(rounds) >= CALLBACK_ROUNDS:
+                self.pc = callsite
+                self.reject(f"the callback of helper {hid} does not reach a state that covers each of its "
+                            f"rounds within {CALLBACK_ROUNDS} rounds")
+            again = st.copy()
+            if len(rounds) >= WIDEN_AFTER:
+                wide = widen(rounds[-1], again, self._caller_masks(again, callsite))
+                if wide is not None:
+                    wide.hist, wide.depth = again.hist, again.depth
+                    again = wide
+            rounds.append(self._caller_snapshot(again, callsite))
+            self._enter_callback(again, callsite, hid)
+            parent.branches += 1
+            self.work.append((again.frames[-1].entry, again, parent, self.path_log))
+        caller = st.frames[-1].regs
+        caller[0] = UNKNOWN_SCALAR
+        for i in range(1, 6):
+            caller[i] = NOT_INIT
+        return callsite + 1
+
+    @staticmethod
+    def _pop_frame(st: State) -> None:
+        """Drop the innermost frame: pointers into it, in registers or spilled, become unusable."""
+        gone = len(st.frames) - 1
+        st.frames.pop()
+        for frame in st.frames:
+            for i, reg in enumerate(frame.regs):
+                if reg.type is Pt.PTR_TO_STACK and reg.aux >= gone:
+                    frame.regs[i] = NOT_INIT
+            for i, slot in enumerate(frame.stack):
+                if type(slot) is Reg and slot.type is Pt.PTR_TO_STACK and slot.aux >= gone:
+                    frame.stack[i] = (MISC,) * 8
+
     @staticmethod
     def _release(st: State, ref: int) -> None:
         """The reference ``ref`` is given back: every copy of its pointer becomes an unknown number
@@ -1228,7 +1378,7 @@ class Checker:
         regs = [NOT_INIT] * 11
         regs[1:6] = caller[1:6]
         regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
-        st.frames.append(Frame(regs, [None] * SLOTS, pc))
+        st.frames.append(Frame(regs, [None] * SLOTS, pc, self.targets[pc]))
 
     def _return(self, st: State) -> int:
         callee = st.frames.pop()

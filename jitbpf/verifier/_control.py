@@ -32,7 +32,7 @@ def _successors(flow: ControlFlow, block: Block) -> list[int]:
     match info.kind:
         case Kind.JA:
             return [flow.targets[block.last]]
-        case Kind.JCOND:
+        case Kind.JCOND | Kind.MAY_GOTO:
             return [block.end, flow.targets[block.last]]
         case Kind.EXIT:
             return []
@@ -63,7 +63,7 @@ def _use_def(insn: Instruction, info: OpInfo, arg_masks: Mapping[int, int], main
             if info.op == AtomicOp.CMPXCHG:
                 return d | s | 1, 1
             return d | s, s if info.op & 1 else 0
-        case Kind.JA:
+        case Kind.JA | Kind.MAY_GOTO:
             return 0, 0
         case Kind.JCOND:
             return d | (s if info.reg_src else 0), 0
@@ -90,7 +90,9 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     """Check the program's structure and derive what the data-flow analysis needs.
 
     Rejects calls to unknown helpers and kernel functions, unreachable code, back-edges (unless
-    ``allow_loops``), recursion and call chains deeper than ``max_call_depth`` frames.
+    ``allow_loops``, or the loop holds a may_goto, which bounds it at run time), recursion and
+    call chains deeper than ``max_call_depth`` frames. A callback (the function whose address an
+    lddw loads) counts as called from the function of that lddw.
     """
     program = flow.program
     n = len(program)
@@ -111,7 +113,10 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     seen: set[int] = set()
     back_edges: set[tuple[int, int]] = set()
     calls: dict[int, set[tuple[int, int]]] = {}
-    roots = [0]
+    for pc, callback in flow.callbacks.items():
+        calls.setdefault(fn_entry[pc], set()).add((pc, callback))
+        preds[callback] = preds.get(callback, 0) + 1
+    roots = [0, *flow.callbacks.values()]
     done_roots: set[int] = set()
     while roots:
         root = roots.pop()
@@ -139,7 +144,7 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
                 t = nxt[i]
                 preds[t] = preds.get(t, 0) + 1
                 if t in on_path:
-                    if not allow_loops:
+                    if not allow_loops and not _loop_has_may_goto(flow, stack, t):
                         raise reject(block.last, f"back-edge from insn {block.last} to {t}")
                     back_edges.add((block.last, t))
                 elif t not in seen:
@@ -159,11 +164,24 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     prune = {start for start, count in preds.items() if count > 1}
     prune.update(t for _pc, t in back_edges)
     prune.update(fn.entry for fn in flow.functions)
+    prune.update(pc for pc, _insn, info in program if info.kind is Kind.MAY_GOTO)
     merge = {pc for pc in prune if pc not in in_loop}
 
     live = _liveness(flow, succ, arg_masks)
     return Control(frozenset(prune), frozenset(merge), frozenset(back_edges), live,
                    {k: frozenset(v) for k, v in calls.items()}, tuple(fn_entry))
+
+
+def _loop_has_may_goto(flow: ControlFlow, path: list[tuple[int, int]], head: int) -> bool:
+    """Whether the cycle closed by a jump to ``head`` (the blocks of ``path`` from ``head`` on)
+    holds a may_goto: the kernel bounds such a loop at run time and needs no proof it ends."""
+    infos = flow.program.infos
+    starts = [start for start, _i in path]
+    for start in starts[starts.index(head):]:
+        last = infos[flow.block_at[start].last]
+        if last is not None and last.kind is Kind.MAY_GOTO:
+            return True
+    return False
 
 
 def _check_call_graph(calls: Mapping[int, set[tuple[int, int]]], max_depth: int, reject: Reject) -> None:

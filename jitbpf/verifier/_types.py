@@ -28,6 +28,7 @@ class ArgType(enum.Enum):
     UNINIT_VALUE = "uninit_value"  # pointer to value_size writable bytes of that map, which the helper fills
     RELEASED = "released"  # an unmodified pointer a helper acquired (a ring buffer record): the call releases it
     UNINIT_LONG = "uninit_long"  # pointer to 8 writable bytes the helper fills (the kernel's ARG_PTR_TO_LONG)
+    CALLBACK = "callback"  # the address of a function of the program (lddw rX, func:F), which the helper calls
 
 
 class RetType(enum.Enum):
@@ -135,6 +136,7 @@ class RegType(enum.Enum):
     PTR_TO_PACKET_END = "pkt_end"  # one past the packet's last byte: compare only
     PTR_TO_PACKET_META = "pkt_meta"  # packet metadata, which ends where packet data starts
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
+    PTR_TO_FUNC = "func"  # the address of a function of the program (aux = its entry slot), for callbacks
 
 
 class Reg(NamedTuple):
