@@ -878,7 +878,7 @@ class X86_64(Target):
             self.op(("push", reg))
         pushed = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD  # with the call's return address: LOCAL_FRAME
         self.op(("sub", "rsp", "i8"), _LOCAL_PAD)
-        saved_fp = pushed - 8  # where r10 (rbp, pushed last) is
+        saved_fp = _LOCAL_PAD  # where r10 (rbp, pushed last) is
         loop = self.here()
         if not self.options.verified:  # the callback's frame reads as zeros (the key comes after)
             self.op(("lea", TMP, "[rsp+d8]"), pushed)

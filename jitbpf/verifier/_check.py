@@ -59,7 +59,8 @@ ALL_REGS = (1 << 11) - 1
 ALL_SLOTS = (1 << SLOTS) - 1
 RET_REGS = 0b111111  # r0-r5: what a callee hands back in this VM
 CALLBACK_ROUNDS = 32  # times a callback is verified again for one call site before its states must agree
-WIDEN_AFTER = 4  # rounds (of a callback, or through a may_goto) after which changing numbers become unknown
+WIDEN_AFTER = 4  # rounds of a callback after which the numbers it changes become unknown
+MAY_GOTO_WIDEN_AFTER = 2  # the same for rounds through a may_goto (loops forget old states soon)
 
 
 def _slot_mask(start: int, size: int) -> int:
@@ -307,6 +308,8 @@ class Checker:
                         nxt = self._call_back(st, pc, insn.imm)
                 case Kind.MAY_GOTO:
                     # Both ways: the run's allowance may be spent or not, whatever came before.
+                    # The allowance bounds the path, not the budget: it need not end within that.
+                    st.depth = st.checkpoint = 0
                     taken = st.copy()
                     taken.hist = st.hist = (pc, -1, st.hist)
                     if (pc, targets[pc]) in back_edges:
@@ -365,7 +368,7 @@ class Checker:
         frames = []
         for f, mask in zip(st.frames, masks, strict=True):
             regs = [r if mask >> i & 1 else NOT_INIT for i, r in enumerate(f.regs)]
-            frames.append(Frame(regs, f.stack.copy(), f.callsite, f.entry))
+            frames.append(Frame(regs, f.stack.copy(), f.callsite, f.entry, f.round))
         return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
     def _prune_point(self, pc: int, st: State, parent: _Visit) -> tuple[State, _Visit] | None:
@@ -395,8 +398,10 @@ class Checker:
                     return None
                 # An unfinished visit at the same place is an ancestor on this very path: the
                 # path came back to a state it was already in, and could go round forever.
-                if self._is_may_goto(pc):
-                    self.pruned += 1  # unless a may_goto bounds the loop: what follows is being verified
+                if self._is_may_goto(pc) or v.state.frames[-1].round != st.frames[-1].round:
+                    # Unless a may_goto bounds the loop, or it is the next round of a callback,
+                    # which its helper bounds: what follows that state is being verified.
+                    self.pruned += 1
                     return None
                 self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
             if done:
@@ -417,7 +422,7 @@ class Checker:
             # Each time round a loop that a may_goto bounds, numbers it changes become unknown
             # after a few rounds, so that the rounds converge (the kernel's budget ends the loop).
             ancestors = [v for v in visits if v.branches and v.state is not None]
-            if len(ancestors) >= WIDEN_AFTER:
+            if len(ancestors) >= MAY_GOTO_WIDEN_AFTER:
                 assert ancestors[-1].state is not None
                 wide = widen(ancestors[-1].state, st, masks)
                 if wide is not None:
@@ -543,6 +548,10 @@ class Checker:
                     # each other's ranges.
                     if live & (dbit | sbit) or (aux > 0 and (live or any(slots))):
                         live |= dbit | (sbit if info.reg_src else 0)
+                case Kind.CALL if insn.imm in self.callbacks:
+                    # Rounds of a callback are not followed one by one: all before is precise.
+                    self._mark_all(visit)
+                    return
                 case Kind.CALL | Kind.CALLX | Kind.LD_ABS | Kind.LD_IND:
                     live &= ~1
                 case Kind.CALL_LOCAL:
@@ -559,7 +568,7 @@ class Checker:
                     slots.append(0)
                     d += 1
                     continue
-                case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.CALL_KFUNC:
+                case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.MAY_GOTO | Kind.CALL_KFUNC:
                     pass
                 case _:
                     raise NotImplementedError(info.kind)
@@ -1308,7 +1317,7 @@ class Checker:
             regs[3] = Reg(Pt.PTR_TO_MAP_VALUE, aux=handle)
             regs[4] = caller[3]
         regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
-        st.frames.append(Frame(regs, [None] * SLOTS, pc, entry))
+        st.frames.append(Frame(regs, [None] * SLOTS, pc, entry, self.fresh_id()))
 
     def _callback_return(self, st: State, parent: _Visit) -> int:
         """A callback's exit: r0 must say stop (1) or go on (0). Another round is verified from the

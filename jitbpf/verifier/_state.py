@@ -35,16 +35,17 @@ def slot_bytes(slot: Slot) -> tuple[int, ...]:
 class Frame:
     """One function activation: registers r0-r10 and the 512-byte stack below its r10."""
 
-    __slots__ = ("callsite", "entry", "regs", "stack")
+    __slots__ = ("callsite", "entry", "regs", "round", "stack")
 
-    def __init__(self, regs: list[Reg], stack: list[Slot], callsite: int, entry: int = 0) -> None:
+    def __init__(self, regs: list[Reg], stack: list[Slot], callsite: int, entry: int = 0, round_: int = 0) -> None:
         self.regs = regs  # r0..r10
         self.stack = stack  # SLOTS slots; slot i covers [r10 - 512 + 8i, r10 - 512 + 8i + 8)
         self.callsite = callsite  # slot of the call that created the frame (-1 for the main program)
         self.entry = entry  # first slot of the frame's function
+        self.round = round_  # a callback's frame: which round of its helper's calls (0 for others)
 
     def copy(self) -> Frame:
-        return Frame(self.regs.copy(), self.stack.copy(), self.callsite, self.entry)
+        return Frame(self.regs.copy(), self.stack.copy(), self.callsite, self.entry, self.round)
 
     # -- stack ---------------------------------------------------------------------------------
 
@@ -330,7 +331,7 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
                 return None
             regs.append(j)
         stack = [_join_slot(x, y) for x, y in zip(fa.stack, fb.stack, strict=True)]
-        frames.append(Frame(regs, stack, fa.callsite, fa.entry))
+        frames.append(Frame(regs, stack, fa.callsite, fa.entry, fa.round))
     return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop, a.refs)
 
 
