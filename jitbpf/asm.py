@@ -75,8 +75,8 @@ _MEM_TYPES: Final[Mapping[str, tuple[int, bool]]] = MappingProxyType(
 _SIGNATURES: Final[Mapping[Kind, str]] = MappingProxyType({
     Kind.ALU: "RV", Kind.NEG: "R", Kind.MOVSX: "RR", Kind.END: "R", Kind.BSWAP: "R", Kind.LDDW: "RI",
     Kind.LDX: "RM", Kind.LDXSX: "RM", Kind.ST: "MN", Kind.STX: "MR", Kind.ATOMIC: "MR", Kind.JA: "T",
-    Kind.JCOND: "RVT", Kind.CALL: "N", Kind.CALL_LOCAL: "T", Kind.CALL_KFUNC: "N", Kind.CALLX: "R",
-    Kind.EXIT: "", Kind.LD_ABS: "N", Kind.LD_IND: "RN",
+    Kind.MAY_GOTO: "T", Kind.JCOND: "RVT", Kind.CALL: "N", Kind.CALL_LOCAL: "T", Kind.CALL_KFUNC: "N",
+    Kind.CALLX: "R", Kind.EXIT: "", Kind.LD_ABS: "N", Kind.LD_IND: "RN",
 })
 _EXPECTED: Final[Mapping[str, str]] = MappingProxyType({
     "R": "a register", "V": "a register or an immediate", "N": "an immediate", "M": "a memory operand [rN+off]",
@@ -905,6 +905,9 @@ class _Assembler:
             field = "imm" if Field.IMM in info.fields else "off"
             value, label = target(0, field)
             return _build(info, **{field: value}), label, field
+        if kind is Kind.MAY_GOTO:
+            off, label = target(0, "off")
+            return _build(info, off=off), label, "off"
         if kind is Kind.JCOND:
             off, label = target(2, "off")
             if info.reg_src:

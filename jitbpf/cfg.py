@@ -7,9 +7,9 @@ import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from jitbpf.contract import ARG_REGS
+from jitbpf.contract import ARG_REGS, CALLBACK_HELPER_IDS
 from jitbpf.errors import VerifierError
-from jitbpf.isa import ATOMIC_FETCH, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo, Program
+from jitbpf.isa import ATOMIC_FETCH, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo, Program, PseudoSrc
 
 DEFAULT_MAX_INSNS = 1_000_000  # the kernel's program size limit, in slots
 
@@ -45,6 +45,7 @@ class ControlFlow:
     blocks: tuple[Block, ...]  # in address order
     block_at: dict[int, Block]  # block starting at each leader slot
     targets: dict[int, int]  # slot of each jump / local call -> target slot
+    callbacks: dict[int, int]  # slot of each lddw of a function address (src=4) -> the function's entry
 
     def function_of(self, pc: int) -> Function:
         for fn in reversed(self.functions):
@@ -119,7 +120,7 @@ def register_reads(insn: Instruction, info: OpInfo, *, main: bool = True,
             return dst | ARG_REGS
         case Kind.EXIT:
             return 1 if main else 1 | ARG_REGS
-        case Kind.LDDW | Kind.JA:
+        case Kind.LDDW | Kind.JA | Kind.MAY_GOTO:
             return 0
         case _:
             raise NotImplementedError(f"registers read by {kind}")
@@ -133,7 +134,7 @@ def successors(flow: ControlFlow, block: Block) -> list[int]:
     match info.kind:
         case Kind.JA:
             return [flow.targets[block.last]]
-        case Kind.JCOND:
+        case Kind.JCOND | Kind.MAY_GOTO:
             return [block.end, flow.targets[block.last]]
         case Kind.EXIT:
             return []
@@ -223,8 +224,9 @@ def writes_fp(program: Program) -> bool:
     return False
 
 
-_BRANCHES = frozenset({Kind.JA, Kind.JCOND, Kind.CALL_LOCAL})  # kinds with a target slot
-_ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL})  # the next slot starts a block
+_BRANCHES = frozenset({Kind.JA, Kind.JCOND, Kind.MAY_GOTO, Kind.CALL_LOCAL})  # kinds with a target slot
+# The next slot starts a block.
+_ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.MAY_GOTO, Kind.EXIT, Kind.CALL_LOCAL})
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})
 _CTX_REG = 1 << 6  # where the legacy packet loads find the context
 _WRITES_R0 = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_KFUNC, Kind.LD_ABS, Kind.LD_IND})
@@ -257,6 +259,7 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
     if n > max_insns:
         raise VerifierError(f"too many instructions ({n} > max {max_insns})")
     targets: dict[int, int] = {}
+    callbacks: dict[int, int] = {}
     entries = {0}
     leaders: set[int] = set()  # starts of blocks: entries, jump targets, slots after a branch
     slots, infos = program.slots, program.infos
@@ -264,8 +267,15 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
         if insn is None or info is None:
             continue
         kind = info.kind
-        if kind in _ENDS_BLOCK:
+        if kind in _ENDS_BLOCK or (kind is Kind.CALL and insn.imm in CALLBACK_HELPER_IDS):
             leaders.add(pc + insn.width)
+        if kind is Kind.LDDW and insn.src == PseudoSrc.FUNC:
+            # A callback's address: the function there is entered by the helper given it.
+            target = pc + 1 + insn.imm
+            if not 0 <= target < n or program.slots[target] is None:
+                raise _reject(program, pc, "lddw of a function address outside the program")
+            callbacks[pc] = target
+            entries.add(target)
         if kind in _BRANCHES:
             target = jump_target(pc, insn, info)
             if not 0 <= target < n:
@@ -313,4 +323,4 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
     for start, end in zip(ordered, [*ordered[1:], n], strict=True):
         last = end - 1 if slots[end - 1] is not None else end - 2
         blocks.append(Block(start, end, seen[end] - seen[start], last))
-    return ControlFlow(program, functions, tuple(blocks), {b.start: b for b in blocks}, targets)
+    return ControlFlow(program, functions, tuple(blocks), {b.start: b for b in blocks}, targets, callbacks)

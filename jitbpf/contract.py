@@ -19,6 +19,7 @@ Where the state of a run lives (each kind once, owned by the layer that needs it
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,6 +48,28 @@ def scratch_args(typed: bool) -> bool:
     them) keep r1-r5 across calls, which programs written for rbpf rely on.
     """
     return typed
+MAY_GOTO_BUDGET = 8_388_608  # may_goto instructions a run executes before they jump (the kernel's BPF_MAX_LOOPS)
+MAX_LOOP_ITERATIONS = 1 << 23  # the largest bpf_loop count (more fails the call with -E2BIG, as in the kernel)
+
+
+# Ids of the standard helpers that call back into the program (bpf_for_each_map_elem, bpf_loop):
+# the program's blocks end after their calls, so that both engines can run the callback between.
+CALLBACK_HELPER_IDS = frozenset({164, 181})
+FUNCTION_ADDRESS_BASE = 0xFFFF_FFFF_0000_0000  # what `lddw rX, func:F` loads: this plus F's slot (never memory)
+
+
+class CallbackKind(enum.Enum):
+    """How a helper that takes a callback calls it: the engines run these helpers themselves,
+    entering the callback with a new frame as a local call does, and the verifier checks the
+    callback with the arguments it gets."""
+
+    LOOP = "loop"  # bpf_loop(nr, cb, ctx, flags): cb(i, ctx) for i < nr, until it returns 1
+    FOR_EACH = "for_each"  # bpf_for_each_map_elem(map, cb, ctx, flags): cb(map, key, value, ctx) per element
+
+
+def function_address(entry: int) -> int:
+    """The value of a callback's address in a register (``entry`` is its first slot)."""
+    return FUNCTION_ADDRESS_BASE + entry
 
 
 class HelperExit(Exception):

@@ -83,6 +83,8 @@ def _ubpf(insn: Instruction, info: OpInfo, pc: int | None, labels: Mapping[int, 
             return f"{m} {_target(rel, pc, labels)}"
         case Kind.JCOND:
             return f"{m} {d}, {s if info.reg_src else insn.imm}, {_target(insn.off, pc, labels)}"
+        case Kind.MAY_GOTO:
+            return f"may_goto {_target(insn.off, pc, labels)}"
         case Kind.CALL:
             return f"call {_helper_id(insn.imm)}"
         case Kind.CALL_LOCAL:
@@ -129,6 +131,8 @@ def _llvm(insn: Instruction, info: OpInfo, pc: int | None, labels: Mapping[int, 
             if Field.IMM in info.fields:
                 return f"gotol {_target(insn.imm, pc, labels)}"
             return f"goto {_target(insn.off, pc, labels)}"
+        case Kind.MAY_GOTO:
+            return f"may_goto {_target(insn.off, pc, labels)}"
         case Kind.JCOND:
             rhs = s if info.reg_src else insn.imm
             return f"if {d} {_COND_SYMBOLS[_base(info)]} {rhs} goto {_target(insn.off, pc, labels)}"

@@ -131,6 +131,13 @@ def budget_exhausted(pc: int) -> BudgetExceeded:
     return BudgetExceeded("instruction budget exhausted", pc=pc)
 
 
+def not_a_callback(value: int, pc: int) -> ExecutionError:
+    """A helper that calls back (bpf_loop, ...) at ``pc`` got ``value`` in r2, which is not the
+    address of one of the program's functions."""
+    return ExecutionError(f"r2 ({value:#x}) is not the address of a function of the program to call back",
+                          pc=pc, address=value)
+
+
 def call_too_deep(pc: int) -> ExecutionError:
     """A bpf-to-bpf call at (the block of) ``pc`` would exceed the frames a run may have."""
     from jitbpf.contract import MAX_CALL_DEPTH

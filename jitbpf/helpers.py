@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from jitbpf.contract import CallbackKind
 from jitbpf.contract import HelperExit as HelperExit  # re-exported: helpers raise it
 from jitbpf.isa import MASK64
 
@@ -41,6 +42,7 @@ class ArgType(enum.Enum):
     CTX_OR_NULL = "ctx_or_null"  # as CTX_READ, or the constant 0
     ALLOC_SIZE = "alloc_size"  # a known constant: the size of the memory the helper returns (may be 0)
     ZERO = "zero"  # a number the verifier knows is 0 (flags reserved for later use)
+    CALLBACK = "callback"  # the address of a function of the program (lddw rX, func:F), which the helper calls
 
 
 class RetType(enum.Enum):
@@ -71,7 +73,8 @@ class Helper:
     values (``("map", "key")``), checked here; empty ``args`` means five unchecked arguments.
     ``signature`` gives them typed.
     ``native`` is the address of a C function with the same signature, when there is one: the JIT
-    then calls it directly without entering Python.
+    then calls it directly without entering Python. ``callback`` marks a helper whose second
+    argument is a function of the program that the engines call (``contract.CallbackKind``).
     """
 
     id: int  # call number
@@ -94,6 +97,9 @@ class Helper:
             return args, RetType(self.ret)
         except ValueError as exc:
             raise ValueError(f"helper {self.id} ({self.name}): {exc}") from None
+    # Set for helpers that call back into the program (bpf_loop, bpf_for_each_map_elem): the
+    # engines run those themselves, and ``fn`` is never called.
+    callback: CallbackKind | None = None
 
 
 def conformance_helpers(memory: Callable[[], MemoryMap]) -> list[Helper]:

@@ -7,13 +7,25 @@ bounds-checked); the budget is charged per block on entry, exactly as the JIT do
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from jitbpf._native import native
 from jitbpf.cfg import Block, ControlFlow
-from jitbpf.contract import MAX_CALL_DEPTH, SCRATCH_POISON, HelperExit, TailCall
-from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep
+from jitbpf.contract import (
+    CALLBACK_HELPER_IDS,
+    FUNCTION_ADDRESS_BASE,
+    MAX_CALL_DEPTH,
+    MAX_LOOP_ITERATIONS,
+    MAY_GOTO_BUDGET,
+    SCRATCH_POISON,
+    CallbackKind,
+    HelperExit,
+    TailCall,
+)
+from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep, not_a_callback
 from jitbpf.helpers import Helper
 from jitbpf.isa import (
     ATOMIC_FETCH,
@@ -32,6 +44,7 @@ from jitbpf.memory import MemoryMap
 
 EXIT = -1  # block result: the function returns
 CALL = -2  # block result: a local call (target in the block table)
+CALLBACK = -3  # block result: a call of a helper that calls back into the program (bpf_loop, ...)
 
 
 _A = re.compile(r"\ba\b")
@@ -41,7 +54,7 @@ _B = re.compile(r"\bb\b")
 class Env:
     """What generated block code calls during one run: memory, helpers, atomics, packet loads."""
 
-    __slots__ = ("helpers", "ld", "mm", "packet", "st")
+    __slots__ = ("helpers", "ld", "loops", "mm", "packet", "st")
 
     def __init__(self, mm: MemoryMap, helpers: Mapping[int, Helper], packet: tuple[int, int]) -> None:
         self.mm = mm
@@ -49,6 +62,36 @@ class Env:
         self.st = mm.store
         self.helpers = helpers
         self.packet = packet  # (address, length) seen by legacy LD_ABS/LD_IND
+        self.loops = MAY_GOTO_BUDGET  # may_goto instructions this run may still fall through
+
+    def may_goto(self) -> bool:
+        """A may_goto: jump (True) once the run's allowance is spent, else use one of it."""
+        if self.loops == 0:
+            return True
+        self.loops -= 1
+        return False
+
+    def calls_back(self, helper_id: int) -> bool:
+        """Whether the helper with this id calls back into the program (the engine runs it)."""
+        helper = self.helpers.get(helper_id)
+        return helper is not None and helper.callback is not None
+
+    def start_callback(self, helper_id: int, R: list[int], pc: int, entries: frozenset[int]) -> _Callback | None:
+        """Begin a call of a helper that calls back: the iteration to run, or None when the call
+        fails at once (r0 is then its error, as the kernel's helper returns it)."""
+        helper = self.helpers[helper_id]
+        target = R[2] - FUNCTION_ADDRESS_BASE
+        if target not in entries:
+            raise not_a_callback(R[2], pc)
+        if R[4]:
+            R[0] = -errno.EINVAL & MASK64  # no flags are defined
+            return None
+        if helper.callback is CallbackKind.LOOP:
+            if R[1] > MAX_LOOP_ITERATIONS:
+                R[0] = -errno.E2BIG & MASK64
+                return None
+            return _Callback(helper.callback, target, R[3], R[1], 0)
+        return _Callback(CallbackKind.FOR_EACH, target, R[3], 0, R[1])
 
     def call(self, helper_id: int, a: int, b: int, c: int, d: int, e: int, pc: int) -> int:
         helper = self.helpers.get(helper_id)
@@ -99,6 +142,39 @@ class Env:
         return int.from_bytes(self.mm.read(base + offset, size), "big")
 
 
+class _Callback:
+    """A bpf_loop or bpf_for_each_map_elem call in progress: what each invocation of its
+    callback gets, and how many ran."""
+
+    __slots__ = ("count", "ctx", "cursor", "entry", "kind", "map", "nr")
+
+    def __init__(self, kind: CallbackKind, entry: int, ctx: int, nr: int, bpf_map: int) -> None:
+        self.kind = kind
+        self.entry = entry  # the callback's first slot
+        self.ctx = ctx  # passed through to every invocation
+        self.nr = nr  # bpf_loop: iterations asked for
+        self.map = bpf_map  # for_each: the map's address
+        self.count = 0  # invocations that returned
+        self.cursor: object = None  # for_each: the native iteration position
+
+    def next_args(self, R: list[int]) -> bool:
+        """Set r1-r5 for the next invocation (r10 is the callback's frame); False when done."""
+        if self.kind is CallbackKind.LOOP:
+            if self.count >= self.nr:
+                return False
+            R[1], R[2], R[3], R[4], R[5] = self.count, self.ctx, 0, 0, 0
+            return True
+        nat = native()
+        if self.cursor is None:
+            self.cursor = nat.ffi.new("uint64_t *", 0)
+        key = (R[FP] - STACK_SIZE) & MASK64  # the key lives at the bottom of the callback's frame
+        value = int(nat.lib.jb_for_each_step(self.map, key, self.cursor))
+        if not value:
+            return False
+        R[1], R[2], R[3], R[4], R[5] = self.map, key, value, self.ctx, 0
+        return True
+
+
 @dataclass(frozen=True)
 class CompiledBlocks:
     """The translated program: one Python function per block, indexed by its first slot."""
@@ -106,7 +182,9 @@ class CompiledBlocks:
     fns: list[Callable[[list[int], Env], int] | None]  # block function per leader slot
     costs: list[int]  # budget charge per leader slot
     call_targets: dict[int, int]  # block start -> local-call target
-    returns: dict[int, int]  # block start -> slot after its local call
+    returns: dict[int, int]  # block start -> slot after its local call (or callback helper call)
+    callbacks: dict[int, tuple[int, int]]  # block start -> (helper id, slot) of its callback helper call
+    entries: frozenset[int]  # slots a callback's address may name: the functions' entries
     source: str  # the generated Python, for debugging
 
 
@@ -172,9 +250,13 @@ class Translator:
             case Kind.CALL | Kind.CALLX:
                 helper = str(insn.imm) if kind is Kind.CALL else f"R[{d}]"
                 call = f"R[0] = E.call({helper}, R[1], R[2], R[3], R[4], R[5], {pc})"
+                if kind is Kind.CALL and insn.imm in CALLBACK_HELPER_IDS:  # the block ends here
+                    return [f"if E.calls_back({insn.imm}): return {CALLBACK}", call]
                 if not self.scratch:
                     return [call]  # r1-r5 survive (rbpf's semantics, which the seed's fib example uses)
                 return [call, f"R[1] = R[2] = R[3] = R[4] = R[5] = {SCRATCH_POISON:#x}"]
+            case Kind.MAY_GOTO:
+                return [f"return {targets[pc]} if E.may_goto() else {pc + 1}"]
             case Kind.CALL_LOCAL:
                 return [f"return {CALL}"]
             case Kind.EXIT:
@@ -196,6 +278,7 @@ class Translator:
         lines: list[str] = []
         call_targets: dict[int, int] = {}
         returns: dict[int, int] = {}
+        callbacks: dict[int, tuple[int, int]] = {}
         costs = [0] * n
         for block in flow.blocks:
             costs[block.start] = block.cost
@@ -206,13 +289,18 @@ class Translator:
             if last is not None and last.kind is Kind.CALL_LOCAL:
                 call_targets[block.start] = flow.targets[block.last]
                 returns[block.start] = block.end
+            last_insn = program.slots[block.last]
+            if last is not None and last_insn is not None and last.kind is Kind.CALL \
+                    and last_insn.imm in CALLBACK_HELPER_IDS:
+                callbacks[block.start] = (last_insn.imm, block.last)
+                returns[block.start] = block.end
         source = "\n".join(lines)
         namespace = dict(PY_NAMESPACE, ExecutionError=ExecutionError)
         exec(compile(source, "<jitbpf-interpreter>", "exec"), namespace)
         fns: list[Callable[[list[int], Env], int] | None] = [None] * n
         for block in flow.blocks:
             fns[block.start] = namespace[f"b{block.start}"]
-        return CompiledBlocks(fns, costs, call_targets, returns, source)
+        return CompiledBlocks(fns, costs, call_targets, returns, callbacks, frozenset(flow.callbacks.values()), source)
 
     def _block_body(self, flow: ControlFlow, block: Block) -> list[str]:
         program = flow.program
@@ -224,7 +312,7 @@ class Translator:
             if insn is None or info is None:
                 continue
             body.extend(self.statement(pc, insn, info, flow.targets))
-            terminated = info.kind in (Kind.JA, Kind.JCOND, Kind.EXIT, Kind.CALL_LOCAL)
+            terminated = info.kind in (Kind.JA, Kind.JCOND, Kind.MAY_GOTO, Kind.EXIT, Kind.CALL_LOCAL)
         if not terminated:
             body.append(f"return {block.end}")
         return body
@@ -243,7 +331,8 @@ def run(
     ``stack_zero(frame)`` clears a frame's stack when it is entered (frame 0 = outermost).
     """
     fns, costs = blocks.fns, blocks.costs
-    frames: list[tuple[int, int, int, int, int, int]] = []
+    # Per call: (return slot, r6-r9, r10, the callback iteration when a helper made the call).
+    frames: list[tuple[int, int, int, int, int, int, _Callback | None]] = []
     pc = 0
     R = regs
     stack_zero(0)
@@ -257,17 +346,49 @@ def run(
             nxt = fn(R, env)
             if nxt >= 0:
                 pc = nxt
-            elif nxt == EXIT:
+                continue
+            if nxt == EXIT:
                 if not frames:
                     return R[0]
-                pc, R[6], R[7], R[8], R[9], R[FP] = frames.pop()
-            else:
-                if len(frames) + 1 >= MAX_CALL_DEPTH:
-                    raise call_too_deep(pc)
-                frames.append((blocks.returns[pc], R[6], R[7], R[8], R[9], R[FP]))
+                ret, R[6], R[7], R[8], R[9], R[FP], loop = frames[-1]
+                if loop is None:
+                    frames.pop()
+                    pc = ret
+                    continue
+                loop.count += 1
+                R[FP] -= STACK_SIZE
+                stack_zero(len(frames))
+                if R[0] == 0 and loop.next_args(R):
+                    pc = loop.entry  # the callback again, in a fresh frame
+                    continue
+                frames.pop()
+                R[FP] += STACK_SIZE
+                R[0], R[1], R[2], R[3], R[4], R[5] = loop.count, 0, 0, 0, 0, 0
+                pc = ret
+                continue
+            if len(frames) + 1 >= MAX_CALL_DEPTH:
+                raise call_too_deep(pc)
+            if nxt == CALL:
+                frames.append((blocks.returns[pc], R[6], R[7], R[8], R[9], R[FP], None))
                 R[FP] -= STACK_SIZE
                 stack_zero(len(frames))
                 pc = blocks.call_targets[pc]
+                continue
+            helper_id, call_pc = blocks.callbacks[pc]
+            loop = env.start_callback(helper_id, R, call_pc, blocks.entries)
+            ret = blocks.returns[pc]
+            if loop is not None:
+                frames.append((ret, R[6], R[7], R[8], R[9], R[FP], loop))
+                R[FP] -= STACK_SIZE
+                stack_zero(len(frames))
+                if loop.next_args(R):
+                    pc = loop.entry
+                    continue
+                frames.pop()
+                R[FP] += STACK_SIZE
+                R[0] = 0
+            R[1], R[2], R[3], R[4], R[5] = 0, 0, 0, 0, 0
+            pc = ret
     except HelperExit as stop:
         return stop.value
     except TailCall as tail:

@@ -79,6 +79,7 @@ class JmpOp(enum.IntEnum):
     JLE = 0xB0  # <= unsigned
     JSLT = 0xC0  # < signed
     JSLE = 0xD0  # <= signed
+    JCOND = 0xE0  # pseudo condition (src=0: may_goto, taken when the run's loop allowance is spent)
 
 
 class Mode(enum.IntEnum):
@@ -154,6 +155,7 @@ class Kind(enum.Enum):
     ATOMIC = "atomic"  # atomic read-modify-write on *(size *)(dst + off)
     JA = "ja"  # unconditional jump
     JCOND = "jcond"  # conditional jump
+    MAY_GOTO = "may_goto"  # jump taken once the run's loop allowance (contract.MAY_GOTO_BUDGET) is spent
     CALL = "call"  # helper call by id
     CALL_LOCAL = "call_local"  # bpf-to-bpf call
     CALL_KFUNC = "call_kfunc"  # kernel function call (decoded, not executable here)
@@ -386,6 +388,8 @@ def _build_table() -> tuple[OpInfo, ...]:
                 rows.append(OpInfo(cls | src | jop, f"{jop.name.lower()}{suffix}", Kind.JCOND, jop, width == 64,
                                    reg_src=reg, signed=signed, fields=d | o | (s if reg else i), version=version,
                                    py=_render(py, width), cc=cc, width=width))
+    rows.append(OpInfo(InsnClass.JMP | JmpOp.JCOND, "may_goto", Kind.MAY_GOTO, JmpOp.JCOND, variant_field="src",
+                       variant=0, fields=o, version=4))
     call = InsnClass.JMP | JmpOp.CALL
     rows.append(OpInfo(call, "call", Kind.CALL, JmpOp.CALL, variant_field="src", variant=CallSrc.HELPER,
                        fields=i))

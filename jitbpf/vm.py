@@ -9,7 +9,15 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
-from jitbpf.contract import DEFAULT_BUDGET, MAX_TAIL_CALLS, STACK_BYTES, Engine, TailCall, scratch_args
+from jitbpf.contract import (
+    DEFAULT_BUDGET,
+    MAX_TAIL_CALLS,
+    STACK_BYTES,
+    Engine,
+    TailCall,
+    function_address,
+    scratch_args,
+)
 from jitbpf.errors import AccessError, BpfError, ExecutionError, JitError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
@@ -286,7 +294,7 @@ class VM(ProgramRunners):
                 return int(bpf_map.address) & MASK64
             return int(bpf_map.value_address(insn.next_imm)) & MASK64
         if insn.src == PseudoSrc.FUNC:
-            raise VerifierError("lddw of a function address is not supported", pc=pc)
+            return function_address(pc + 1 + insn.imm)  # a callback: engines call it by this value
         raise VerifierError(f"lddw with pseudo source {insn.src} is not supported", pc=pc)
 
     def check(self) -> None:

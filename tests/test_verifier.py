@@ -594,7 +594,8 @@ def test_api_inputs() -> None:
 def test_declarations_are_checked() -> None:
     assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
                                          "size_or_zero", "ctx", "uninit_mem", "uninit_value", "released",
-                                         "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero"]
+                                         "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero",
+                                         "callback"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})

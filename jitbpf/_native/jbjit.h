@@ -44,6 +44,10 @@ struct jitbpf_frame {
     struct jitbpf_region *extra;/* ctx->extra and ctx->nextra of this call (a nested run */
     uint64_t nextra;            /* on the same thread may change the context's) */
     uint64_t zero_base;         /* frame-zeroing address at call depth 0, scaled by rsp */
+    uint64_t may_goto;          /* may_goto instructions the run may still fall through */
+    /* Per call depth (MAX_CALL_DEPTH, 8), the bpf_loop or bpf_for_each_map_elem call made there:
+       invocations returned, then the count asked for or the map, the context, the map cursor. */
+    uint64_t callback[8][4];
 };
 
 #endif

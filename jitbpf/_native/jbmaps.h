@@ -86,6 +86,8 @@ uint64_t jb_direct_map_take_elem(uint64_t map, uint64_t value, int remove);
 uint64_t jb_direct_perf_event_output(uint64_t map, uint64_t flags, uint64_t data, uint64_t size);
 uint64_t jb_direct_ringbuf_output(uint64_t map, uint64_t data, uint64_t size, uint64_t flags);
 uint64_t jb_direct_get_current_comm(uint64_t buf, uint64_t size);
+/* bpf_for_each_map_elem's iteration: the next element's key written at key, its value returned. */
+uint64_t jb_for_each_step(uint64_t map, uint64_t key, uint64_t *cursor);
 
 /* The sandbox (sandbox.c): where all memory that JIT code may reach unchecked lives. */
 int jb_sbx_init(void);

@@ -2046,6 +2046,43 @@ uint64_t jb_direct_ringbuf_output(uint64_t map, uint64_t data, uint64_t size, ui
     return RET(jb_ringbuf_output(PTR(map), PTR(data), size, flags));
 }
 
+/* One step of bpf_for_each_map_elem, for both engines: the first element at position *cursor or
+   after it (array index, hash slot: the map's order) has its key written at key and its value's
+   address returned, and *cursor moves past it; 0 when none is left, or map is not a live array
+   or hash map. key is memory the engine chose (the callback's frame), of key_size bytes. */
+uint64_t jb_for_each_step(uint64_t map, uint64_t key, uint64_t *cursor)
+{
+    struct jb_map *m = arg_map(map);
+    void *value;
+    uint32_t index;
+    if (!m)
+        return 0;
+    if (m->type == T_ARRAY || m->type == T_PERCPU_ARRAY) {
+        if (*cursor >= m->max_entries)
+            return 0;
+        index = (uint32_t)*cursor;
+        *cursor = (uint64_t)index + 1;
+        memcpy(PTR(key), &index, 4);
+        return (uint64_t)(uintptr_t)jb_map_lookup(m, PTR(key));
+    }
+    if (!(m->type == T_HASH || m->type == T_PERCPU_HASH || is_lru(m)))
+        return 0;
+    while (*cursor < m->max_entries) {
+        index = (uint32_t)(*cursor)++;
+        spin_lock(&m->lock);
+        if (!m->used[index]) {
+            spin_unlock(&m->lock);
+            continue;
+        }
+        memcpy(PTR(key), m->keys + (uint64_t)index * m->key_size, m->key_size);
+        spin_unlock(&m->lock);
+        value = jb_map_lookup(m, PTR(key));
+        if (value)
+            return (uint64_t)(uintptr_t)value;
+    }
+    return 0;
+}
+
 /* The forms JIT code calls: nothing taken on trust. */
 uint64_t jb_helper_map_lookup_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                                    uint64_t r5 UNUSED)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from jitbpf._ffi import ffi
 from jitbpf.cfg import ControlFlow, writes_fp
+from jitbpf.contract import CALLBACK_HELPER_IDS, CallbackKind
 from jitbpf.errors import BpfError, JitError
 from jitbpf.helpers import POINTER_ARGS, ArgType, Helper
 from jitbpf.isa import FP, MASK64, Instruction, Kind, PseudoSrc, sign_extend
@@ -195,8 +196,14 @@ class JitProgram:
         self._note_python_calls()
         self._table_done = True
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
+        callbacks = {pc: h.callback for pc, insn in helper_calls
+                     if insn.imm in CALLBACK_HELPER_IDS and (h := helpers.get(insn.imm)) is not None
+                     and h.callback is not None}
+        if CallbackKind.FOR_EACH in callbacks.values() and nat is None:
+            raise JitError("bpf_for_each_map_elem needs jitbpf's native library, which needs a C compiler to build")
+        for_each_step = nat.address("jb_for_each_step") if nat is not None else 0
         options = CompileOptions(resolve_lddw, proven, table, count_budget, verified, python_calls,
-                          self.contained and confine)
+                                 self.contained and confine, callbacks, for_each_step)
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()
@@ -232,7 +239,12 @@ class JitProgram:
     def _note_python_calls(self) -> None:
         # Whether a run may call Python (then it keeps the GIL: see _run_code).
         self._calls_python = (Kind.CALLX in self._kinds or bool(self._python_calls)
-                              or any(i not in self._natives for i in self._call_ids))
+                              or any(i not in self._natives and not self._calls_back(i) for i in self._call_ids))
+
+    def _calls_back(self, helper_id: int) -> bool:
+        """Whether calls of this id are the engine's own loop over a callback (no helper called)."""
+        helper = self._helpers.get(helper_id)
+        return helper_id in CALLBACK_HELPER_IDS and helper is not None and helper.callback is not None
 
     def _native_for(self, helper: Helper) -> int:
         """The C function to call for ``helper``, or 0 for its Python one. C helpers trust their

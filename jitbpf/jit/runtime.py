@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from jitbpf._ffi import ffi
 from jitbpf.contract import HelperExit, TailCall
-from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep, out_of_bounds
+from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep, not_a_callback, out_of_bounds
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK64
 
@@ -33,6 +33,7 @@ class Status(enum.IntEnum):
     KFUNC = 7  # kernel function call; err_info = pc
     FAULT = 8  # the code faulted (a confined access outside live sandbox memory); err_info = the
     # faulting instruction's host address, err_addr = the address (set by the fault handler)
+    CALLBACK = 9  # a helper that calls back was given no function's address; err_info = pc, err_addr = r2
 
 
 class AccessKind(enum.IntEnum):
@@ -86,6 +87,8 @@ class Layout:
     frame_extra: int  # jitbpf_frame.extra
     frame_nextra: int  # jitbpf_frame.nextra
     frame_zero_base: int  # jitbpf_frame.zero_base
+    frame_may_goto: int  # jitbpf_frame.may_goto
+    frame_callback: int  # jitbpf_frame.callback[0]
 
 
 @functools.cache
@@ -130,6 +133,8 @@ def layout() -> Layout:
         frame_extra=ffi.offsetof(frame, "extra"),
         frame_nextra=ffi.offsetof(frame, "nextra"),
         frame_zero_base=ffi.offsetof(frame, "zero_base"),
+        frame_may_goto=ffi.offsetof(frame, "may_goto"),
+        frame_callback=ffi.offsetof(frame, "callback"),
     )
 
 
@@ -245,6 +250,8 @@ def run_error(rc: JitThreadContext, status: int, pc_at: Callable[[int], int | No
             return call_too_deep(info)
         case Status.KFUNC:
             return ExecutionError("kernel function calls are not supported", pc=info)
+        case Status.CALLBACK:
+            return not_a_callback(int(ctx.err_addr), info)
         case _:
             raise NotImplementedError(f"run status {status}")
 

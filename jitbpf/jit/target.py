@@ -6,11 +6,12 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow
+from jitbpf.contract import CallbackKind
 from jitbpf.errors import JitError
 from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
@@ -26,7 +27,7 @@ _EMITTERS = (
     (Kind.NEG, "emit_neg"), (Kind.MOVSX, "emit_movsx"), (Kind.END, "emit_endian"), (Kind.BSWAP, "emit_endian"),
     (Kind.ATOMIC, "emit_atomic"), (Kind.CALL, "emit_call"), (Kind.CALLX, "emit_call"),
     (Kind.CALL_LOCAL, "emit_call_local"), (Kind.EXIT, "emit_exit"), (Kind.LD_ABS, "emit_packet_load"),
-    (Kind.LD_IND, "emit_packet_load"), (Kind.CALL_KFUNC, "emit_kfunc"),
+    (Kind.LD_IND, "emit_packet_load"), (Kind.CALL_KFUNC, "emit_kfunc"), (Kind.MAY_GOTO, "emit_may_goto"),
 )
 _TAG = 40  # bits of a section offset; the section (or label kind) sits above them
 _OFFSET_MASK = (1 << _TAG) - 1
@@ -80,6 +81,10 @@ class CompileOptions:
     # so that a wrong proof cannot reach host memory. Without it, ``proven`` is empty (except
     # when measuring what confinement costs).
     contained: bool = False
+    # Calls of helpers that call back into the program (slot -> how), and the native step of
+    # bpf_for_each_map_elem's iteration (jb_for_each_step) when one of them is that helper.
+    callbacks: Mapping[int, CallbackKind] = field(default_factory=dict)
+    for_each_step: int = 0
 
 
 def _moved(loc: int, hot: int, cold: int) -> int:
@@ -392,6 +397,10 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def emit_packet_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Legacy LD_ABS/LD_IND packet loads."""
+
+    @abc.abstractmethod
+    def emit_may_goto(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        """may_goto: jump once the run's allowance is spent, else use one of it."""
 
     @abc.abstractmethod
     def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:

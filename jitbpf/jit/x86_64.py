@@ -3,12 +3,21 @@ generated once per program (entry points, bounds walker, frame zeroing, exits an
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow, live_after, register_writes, writes_fp
-from jitbpf.contract import ARG_REGS, MAX_CALL_DEPTH, STACK_BYTES
+from jitbpf.contract import (
+    ARG_REGS,
+    MAX_CALL_DEPTH,
+    MAX_LOOP_ITERATIONS,
+    MAY_GOTO_BUDGET,
+    STACK_BYTES,
+    CallbackKind,
+    function_address,
+)
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
@@ -128,6 +137,8 @@ class X86_64(Target):
         infos = program.infos
         self._called = {target for pc, target in flow.targets.items()
                         if (info := infos[pc]) is not None and info.kind is Kind.CALL_LOCAL}
+        self._called.update(flow.callbacks.values())
+        self._has_may_goto = any(info is not None and info.kind is Kind.MAY_GOTO for info in infos)
         self._fn_entry = [0] * len(program)  # function entry of each slot
         # While r10 is never written, [r10+off] with the whole access in [-512, 0) lies in the
         # current frame of the stack area: no bounds check needed, verified or not.
@@ -271,7 +282,8 @@ class X86_64(Target):
         # The frame's regions and limits serve the inline checks, the walker their slow paths
         # reach and versioned loops; its packet fields the legacy packet loads.
         self._frame_regions = bool(self._limits_used) or self._needs_end
-        self.replayed(("entries", self.options.verified, self._frame_regions, self._needs_packet), self._emit_entries)
+        self.replayed(("entries", self.options.verified, self._frame_regions, self._needs_packet, self._has_may_goto),
+                      self._emit_entries)
 
     def _emit_entries(self) -> None:
         L = self.lay
@@ -307,6 +319,8 @@ class X86_64(Target):
         self.op(("xor", "eax", "eax"))
         self._store("rdi", L.ctx_status, "rax")
         self._store("rdi", L.ctx_pending, "rax")
+        if self._has_may_goto:
+            self._store_imm(FRAME, L.frame_may_goto, MAY_GOTO_BUDGET)
         mem_region = L.frame_regions
         stack_region = L.frame_regions + L.region_size
         if self._frame_regions:
@@ -826,6 +840,10 @@ class X86_64(Target):
         """Helper call: r1-r5 are already the C argument registers; those still needed afterwards
         and the budget are pushed, the helper id goes in the 6th argument."""
         L = self.lay
+        callback = self.options.callbacks.get(pc)
+        if callback is not None:
+            self._emit_call_back(pc, callback)
+            return
         table = self.options.helpers
         saved = self._saved_around(pc)
         for reg in saved:
@@ -889,6 +907,127 @@ class X86_64(Target):
             self.op(("pop", reg))
         if not written >> FP & 1:
             self.op(("add", "rbp", "i32"), STACK_SIZE)
+
+    def _emit_call_back(self, pc: int, kind: CallbackKind) -> None:
+        """bpf_loop / bpf_for_each_map_elem, as the interpreter runs them: r2 must be one of the
+        program's callbacks; each invocation enters it as a local call would (a 64-byte machine
+        frame holding r6-r10, r10 one eBPF frame down), the iteration's state kept per call depth
+        in the run's jitbpf_frame. r0 = invocations, r1-r5 = 0 afterwards."""
+        self.op(("lea", TMP, "[r12+d32]"), -LOCAL_FRAME * (MAX_CALL_DEPTH - 1))
+        self.op(("cmp", "rsp", TMP))
+        self.branch("jbe", self.stub(self._block_start, "abort_depth", "call depth exceeded", self._block_start))
+        to_entry = []
+        entries = sorted(set(self.flow.callbacks.values()))
+        for entry in entries:
+            self.op(("mov", TMP, "i64"), function_address(entry))
+            self.op(("cmp", "rsi", TMP))
+            to_entry.append(self.forward("je"))
+        self.op(("mov", ADDR, "rsi"))
+        self.branch("jmp", self.stub(pc, "abort_callback", "not a callback", pc))
+        to_done: list[int] = []
+        for entry, field in zip(entries, to_entry, strict=True):
+            self.bind(field)
+            to_done += self._emit_iteration(pc, kind, entry)
+        for field in to_done:
+            self.bind(field)
+        for reg in ("edi", "esi", "edx", "ecx", "r8d"):
+            self.op(("xor", reg, reg))
+
+    def _state(self, pushed: int) -> None:
+        """TMP = this call depth's jitbpf_frame.callback row (less its offset), ``pushed`` bytes
+        below the depth's rsp: rows are 32 bytes, depths 64 bytes of machine stack apart."""
+        self.op(("mov", TMP, FRAME))
+        self.op(("sub", TMP, "rsp"))
+        if pushed:
+            self.op(("sub", TMP, "i8"), pushed)
+        self.op(("shr", TMP, "i8"), 1)
+        self.op(("add", TMP, FRAME))
+
+    def _emit_iteration(self, pc: int, kind: CallbackKind, entry: int) -> list[int]:
+        """The loop of one helper call over the callback at ``entry``; returns the forward jumps
+        to after it."""
+        L = self.lay
+        cb = L.frame_callback
+        to_errors: list[tuple[int, int]] = []
+        self.op(("test", "rcx", "rcx"))
+        to_errors.append((self.forward("jnz"), -errno.EINVAL))  # no flags are defined
+        if kind is CallbackKind.LOOP:
+            self.op(("mov", TMP, "i64"), MAX_LOOP_ITERATIONS)
+            self.op(("cmp", "rdi", TMP))
+            to_errors.append((self.forward("ja"), -errno.E2BIG))
+        self._state(0)
+        self._store_imm(TMP, cb, 0)  # invocations returned
+        self._store(TMP, cb + 8, "rdi")  # the count asked for, or the map
+        self._store(TMP, cb + 16, "rdx")  # the context
+        self._store_imm(TMP, cb + 24, 0)  # the map cursor
+        for reg in _LOCAL_SAVED:
+            self.op(("push", reg))
+        pushed = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD  # with the call's return address: LOCAL_FRAME
+        self.op(("sub", "rsp", "i8"), _LOCAL_PAD)
+        saved_fp = _LOCAL_PAD  # where r10 (rbp, pushed last) is
+        loop = self.here()
+        if not self.options.verified:  # the callback's frame reads as zeros (the key comes after)
+            self.op(("lea", TMP, "[rsp+d8]"), pushed)
+            self.op(("shl", TMP, "i8"), _ZERO_SHIFT)
+            token, vals = mem("q", FRAME, L.frame_zero_base)
+            self.op(("add", TMP, token), *vals)
+            self.branch_named("call", "zero")
+        self._state(pushed)
+        to_end = []
+        if kind is CallbackKind.LOOP:
+            self._load("rdi", TMP, cb)
+            token, vals = mem("q", TMP, cb + 8)
+            self.op(("cmp", "rdi", token), *vals)
+            to_end.append(self.forward("jae"))
+            self._load("rsi", TMP, cb + 16)
+            for reg in ("edx", "ecx", "r8d"):
+                self.op(("xor", reg, reg))
+        else:
+            self._load("rdi", TMP, cb + 8)
+            self._load("rsi", "rsp", saved_fp)
+            self.op(("sub", "rsi", "i32"), 2 * STACK_SIZE)  # the key: the bottom of the callback's frame
+            token, vals = mem("", TMP, cb + 24)
+            self.op(("lea", "rdx", token), *vals)
+            self.op(("push", BUDGET))  # (which also aligns rsp for the C call)
+            self.op(("mov", "rax", "i64"), self.options.for_each_step)
+            self.op(("call", "rax"))
+            self.op(("pop", BUDGET))
+            self.op(("test", "rax", "rax"))
+            to_end.append(self.forward("jz"))
+            self._state(pushed)
+            self.op(("mov", "rdx", "rax"))  # r3: the value
+            self._load("rdi", TMP, cb + 8)
+            self._load("rsi", "rsp", saved_fp)
+            self.op(("sub", "rsi", "i32"), 2 * STACK_SIZE)
+            self._load("rcx", TMP, cb + 16)
+            self.op(("xor", "r8d", "r8d"))
+        self._load("rbp", "rsp", saved_fp)
+        self.op(("sub", "rbp", "i32"), STACK_SIZE)
+        self.branch("call", location(Section.PC, entry))
+        self._state(pushed)
+        token, vals = mem("q", TMP, cb)
+        self.op(("add", token, "i8"), *vals, 1)
+        self.op(("test", "rax", "rax"))
+        self.branch("jz", loop)
+        for field in to_end:
+            self.bind(field)
+        self._state(pushed)
+        self._load("rax", TMP, cb)
+        self.op(("add", "rsp", "i8"), _LOCAL_PAD)
+        for reg in reversed(_LOCAL_SAVED):
+            self.op(("pop", reg))
+        to_after = [self.forward("jmp")]
+        for field, value in to_errors:  # the helper fails at once, as the kernel's does
+            self.bind(field)
+            self.load_const(0, value & MASK64)
+            to_after.append(self.forward("jmp"))
+        return to_after
+
+    def emit_may_goto(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        token, vals = mem("q", FRAME, self.lay.frame_may_goto)
+        self.op(("cmp", token, "i8"), *vals, 0)
+        self.branch("je", self.retarget.get(pc) or location(Section.PC, self.flow.targets[pc]))
+        self.op(("sub", token, "i8"), *vals, 1)
 
     def _written_by(self, entry: int) -> int:
         """Mask of the registers the function at ``entry`` may write with its own instructions."""

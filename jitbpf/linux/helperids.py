@@ -109,11 +109,11 @@ class HelperId(enum.IntEnum):
     GET_CURRENT_TASK_BTF = 158  # bpf_get_current_task_btf
     KTIME_GET_COARSE_NS = 160  # bpf_ktime_get_coarse_ns
     CHECK_MTU = 163  # bpf_check_mtu
-    FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem
+    FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem(map, cb, ctx, flags) -> elements visited
     SNPRINTF = 165  # bpf_snprintf(str, size, fmt, data, data_len): printk formatting into a buffer
     GET_FUNC_IP = 173  # bpf_get_func_ip
     TRACE_VPRINTK = 177  # bpf_trace_vprintk(fmt, fmt_size, data, data_len): trace_printk with an array
-    LOOP = 181  # bpf_loop
+    LOOP = 181  # bpf_loop(nr, cb, ctx, flags) -> iterations run
     STRNCMP = 182  # bpf_strncmp
     XDP_GET_BUFF_LEN = 188  # bpf_xdp_get_buff_len
     XDP_LOAD_BYTES = 189  # bpf_xdp_load_bytes

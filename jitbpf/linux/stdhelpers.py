@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from jitbpf._native import native
+from jitbpf.contract import CallbackKind
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
@@ -186,6 +187,16 @@ def parse_strtox(text: bytes, base: int) -> tuple[int, bool, int] | int:
 
 # ---------------------------------------------------------------------------------------------
 # The helper set
+
+
+def engine_only(name: str) -> Callable[[int, int, int, int, int], int]:
+    """The Python side of a helper the engines run themselves (it calls back into the program):
+    reached only if an engine did not, which is an error of the caller's making."""
+
+    def fail(*_args: int) -> int:
+        raise ExecutionError(f"{name} calls back into the program: only the engines running it can call it")
+
+    return fail
 
 
 class HelperHost(Protocol):
@@ -635,6 +646,11 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         Helper(h.SNPRINTF, "bpf_snprintf", snprintf,
                ("uninit_mem", "size_or_zero", "anything", "mem", "size_or_zero")),
         Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem", "size_or_zero")),
+        # The engines run these two: they enter the callback as a local call (see contract.CallbackKind).
+        Helper(h.FOR_EACH_MAP_ELEM, "bpf_for_each_map_elem", engine_only("bpf_for_each_map_elem"),
+               ("map", "callback", "anything", "scalar"), callback=CallbackKind.FOR_EACH),
+        Helper(h.LOOP, "bpf_loop", engine_only("bpf_loop"), ("scalar", "callback", "anything", "scalar"),
+               callback=CallbackKind.LOOP),
     ]
     defined = {x.id for x in own}  # the host answers the rest
     return own + [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in defined]

@@ -14,6 +14,9 @@ pointers into one object (a stack frame, the context, the packet) gives a scalar
 remembered at join points and a path is pruned when its state lies within one already verified;
 outside loops, many different states at one join point are merged. With ``allow_loops`` loops
 are followed iteration by iteration, and rejected when they may not end within the budget.
+Callbacks (of bpf_loop, bpf_for_each_map_elem) are verified in a frame of their own, one round
+after another until a round begins within an earlier one; loops through may_goto are accepted,
+the numbers they change made unknown after a few rounds so that the rounds converge.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
-from jitbpf.contract import ARG_REGS, CALLEE_SAVED, scratch_args
+from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, CallbackKind, scratch_args
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.linux.maps import BPF_F_RDONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
@@ -26,6 +26,7 @@ from jitbpf.verifier._state import (
     join_states,
     shared_ids,
     state_within,
+    widen,
 )
 from jitbpf.verifier._types import (
     NOT_INIT,
@@ -56,7 +57,7 @@ POINTER_OR_NULL = tuple(NON_NULL)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
-NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF)  # compared with 0, the branch is known
+NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC)  # compared with 0: decided
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF,
                    Pt.PTR_TO_BUF_OR_NULL)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
@@ -64,6 +65,9 @@ STACK_BOTTOM = -STACK_SIZE
 ALL_REGS = (1 << 11) - 1
 ALL_SLOTS = (1 << SLOTS) - 1
 RET_REGS = 0b111111  # r0-r5: what a callee hands back in this VM
+CALLBACK_ROUNDS = 32  # times a callback is verified again for one call site before its states must agree
+WIDEN_AFTER = 4  # rounds of a callback after which the numbers it changes become unknown
+MAY_GOTO_WIDEN_AFTER = 2  # the same for rounds through a may_goto (loops forget old states soon)
 
 
 def _slot_mask(start: int, size: int) -> int:
@@ -211,6 +215,10 @@ class Checker:
         self.visit: _Visit | None = None  # the current path's latest visit
         self.st: State | None = None  # the current path's state
         self.aux = -1  # stack location the current instruction accessed at a fixed offset, or -1
+        # Per call of a helper that calls back: the callers' states each round of its callback
+        # began with (a round that begins within one of them needs no verifying).
+        self.callback_rounds: dict[int, list[State]] = {}
+        self.callbacks = {hid: h.callback for hid, h in helpers.items() if h.callback is not None}
 
     # -- driver --------------------------------------------------------------------------------
 
@@ -363,6 +371,18 @@ class Checker:
                     if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
                         self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
                     self._call_helper(st, regs, insn.imm)
+                    if insn.imm in self.callbacks:
+                        nxt = self._call_back(st, pc, insn.imm)
+                case Kind.MAY_GOTO:
+                    # Both ways: the run's allowance may be spent or not, whatever came before.
+                    # The allowance bounds the path, not the budget: it need not end within that.
+                    st.depth = st.checkpoint = 0
+                    taken = st.copy()
+                    taken.hist = st.hist = (pc, -1, st.hist)
+                    if (pc, targets[pc]) in back_edges:
+                        taken.loop = pc
+                    parent.branches += 1
+                    self.work.append((targets[pc], taken, parent, self.path_log))
                 case Kind.CALLX:
                     target_reg = self._read(regs, insn.dst)
                     if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
@@ -382,12 +402,16 @@ class Checker:
                             self._log_line(f"{pc}: {self._disasm(pc)}")
                         self._finish(parent)
                         return
-                    nxt = self._return(st)
+                    caller_info = self.infos[st.frames[-1].callsite]
+                    if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
+                        nxt = self._callback_return(st, parent)
+                    else:
+                        nxt = self._return(st)
                 case Kind.CALL_KFUNC:
                     self.reject("kernel function calls are not supported")
                 case _:
                     raise NotImplementedError(info.kind)
-            if info.kind is not Kind.JCOND:
+            if info.kind is not Kind.JCOND and info.kind is not Kind.MAY_GOTO:
                 st.hist = (pc, self.aux, st.hist)
                 if st.precise:
                     st.precise = _precise_after(insn, info, self.aux, st.precise)
@@ -401,7 +425,11 @@ class Checker:
         control = self.control
         assert control is not None
         live = control.live_in
-        masks = [live[f.callsite + 1] & CALLEE_SAVED for f in st.frames[1:]]
+        infos = self.infos
+        # A caller waiting for a callback also keeps the helper's arguments: each round gets them.
+        masks = [live[f.callsite + 1] & CALLEE_SAVED
+                 | (ARG_REGS if (i := infos[f.callsite]) is not None and i.kind is Kind.CALL else 0)
+                 for f in st.frames[1:]]
         masks.append(live[pc])
         return masks
 
@@ -409,7 +437,7 @@ class Checker:
         frames = []
         for f, mask in zip(st.frames, masks, strict=True):
             regs = [r if mask >> i & 1 else NOT_INIT for i, r in enumerate(f.regs)]
-            frames.append(Frame(regs, f.stack.copy(), f.callsite))
+            frames.append(Frame(regs, f.stack.copy(), f.callsite, f.entry, f.round))
         return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
     def _prune_point(self, pc: int, st: State, parent: _Visit) -> tuple[State, _Visit] | None:
@@ -439,6 +467,11 @@ class Checker:
                     return None
                 # An unfinished visit at the same place is an ancestor on this very path: the
                 # path came back to a state it was already in, and could go round forever.
+                if self._is_may_goto(pc) or v.state.frames[-1].round != st.frames[-1].round:
+                    # Unless a may_goto bounds the loop, or it is the next round of a callback,
+                    # which its helper bounds: what follows that state is being verified.
+                    self.pruned += 1
+                    return None
                 self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
             if done:
                 complete += 1
@@ -451,9 +484,19 @@ class Checker:
                     v.state = None  # only the path bookkeeping still needs the visit
                     continue
             i += 1
-        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP:
+        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP and not self._is_may_goto(pc):
             return st, parent  # a tight loop: remember a state only every few instructions
         masks = self._live_masks(st, pc)
+        if self._is_may_goto(pc):
+            # Each time round a loop that a may_goto bounds, numbers it changes become unknown
+            # after a few rounds, so that the rounds converge (the kernel's budget ends the loop).
+            ancestors = [v for v in visits if v.branches and v.state is not None]
+            if len(ancestors) >= MAY_GOTO_WIDEN_AFTER:
+                assert ancestors[-1].state is not None
+                wide = widen(ancestors[-1].state, st, masks)
+                if wide is not None:
+                    wide.hist, wide.loop, wide.depth, wide.checkpoint = st.hist, st.loop, st.depth, st.checkpoint
+                    st = wide
         if complete >= MERGE_AFTER and not in_loop:
             # Too many different states meet here: continue with one covering all of them (those
             # this domain can merge), which later arrivals will most likely fall within.
@@ -580,6 +623,10 @@ class Checker:
                     # each other's ranges.
                     if live & (dbit | sbit) or (aux > 0 and (live or any(slots))):
                         live |= dbit | (sbit if info.reg_src else 0)
+                case Kind.CALL if insn.imm in self.callbacks:
+                    # Rounds of a callback are not followed one by one: all before is precise.
+                    self._mark_all(visit)
+                    return
                 case Kind.CALL | Kind.CALLX | Kind.LD_ABS | Kind.LD_IND:
                     live &= ~1
                 case Kind.CALL_LOCAL:
@@ -596,7 +643,7 @@ class Checker:
                     slots.append(0)
                     d += 1
                     continue
-                case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.CALL_KFUNC:
+                case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.MAY_GOTO | Kind.CALL_KFUNC:
                     pass
                 case _:
                     raise NotImplementedError(info.kind)
@@ -738,7 +785,7 @@ class Checker:
         t = ptr.type
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP):
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC):
             hint = " (compare it against 0 first)" if t in POINTER_OR_NULL else ""
             self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
@@ -837,13 +884,16 @@ class Checker:
                 self.reject(f"lddw map value offset {insn.next_imm} is outside the value (size {m.value_size})")
             regs[insn.dst] = Reg(Pt.PTR_TO_MAP_VALUE, off=insn.next_imm, aux=insn.imm)
             return
+        if src == PseudoSrc.FUNC:
+            regs[insn.dst] = Reg(Pt.PTR_TO_FUNC, aux=self.flow.callbacks[self.pc])
+            return
         self.reject(f"lddw with pseudo source {src} is not supported")
 
     # -- memory --------------------------------------------------------------------------------
 
-    def _frame_entry(self, st: State, index: int) -> int:
-        callsite = st.frames[index].callsite
-        return 0 if callsite < 0 else self.targets[callsite]
+    @staticmethod
+    def _frame_entry(st: State, index: int) -> int:
+        return st.frames[index].entry
 
     def _load(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
@@ -923,6 +973,8 @@ class Checker:
                 self.reject(f"cannot access memory through r{r}, the packet end pointer")
             case Pt.CONST_PTR_TO_MAP:
                 self.reject(f"cannot access memory through r{r}, a map pointer")
+            case Pt.PTR_TO_FUNC:
+                self.reject(f"cannot access memory through r{r}, the address of a function")
             case Pt.SCALAR:
                 self.reject(f"invalid memory access through r{r}: it holds a scalar, not a pointer")
             case Pt.NOT_INIT:
@@ -1288,6 +1340,11 @@ class Checker:
                         pending = None
                 case ArgType.CTX | ArgType.CTX_READ | ArgType.CTX_OR_NULL:
                     self._ctx_arg(regs, r, kind)
+                case ArgType.CALLBACK:
+                    reg = self._read(regs, r)
+                    if reg.type is not Pt.PTR_TO_FUNC:
+                        self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
+                                    f"(lddw r{r}, func:F) to call back, not {reg}")
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)
                     if not reg.ref or reg.type is not Pt.PTR_TO_BUF:
@@ -1333,7 +1390,9 @@ class Checker:
                         frame.regs[i] = UNKNOWN_SCALAR
                     else:
                         frame.stack[-i - 1] = (MISC,) * 8
-        if scratch_args(self.context.size is not None):
+        # Callers' r1-r5 are scratch after the call; a helper that calls back still needs them to
+        # enter its callback, and makes them unreadable when the callback returns.
+        if scratch_args(self.context.size is not None) and hid not in self.callbacks:
             for r in range(1, 6):
                 regs[r] = NOT_INIT
 
@@ -1373,6 +1432,108 @@ class Checker:
         if (only is not None and hid not in only) or (wanted and m.map_type not in wanted):
             self.reject(f"cannot pass map_type {int(m.map_type)} into func {self.helper_names.get(hid, hid)}#{hid}")
 
+    def _is_may_goto(self, pc: int) -> bool:
+        info = self.infos[pc]
+        return info is not None and info.kind is Kind.MAY_GOTO
+
+    def _call_back(self, st: State, pc: int, hid: int) -> int:
+        """A helper that calls back (its arguments checked): verify the flags and the count, then
+        enter the callback's first round in a new frame. Returns the callback's entry."""
+        regs = st.frames[-1].regs
+        flags = regs[4]
+        if flags.type is not Pt.SCALAR or flags.var != sc.ZERO:
+            self.reject(f"the flags (r4) of helper {hid} must be 0, not {flags}")
+        self._precise(4)
+        if self.callbacks[hid] is CallbackKind.LOOP:
+            nr = regs[1].var
+            self._precise(1)
+            if nr.umin > MAX_LOOP_ITERATIONS:
+                self.reject(f"bpf_loop: the number of iterations (r1 = {nr}) exceeds the limit of "
+                            f"{MAX_LOOP_ITERATIONS}")
+        self.callback_rounds.setdefault(pc, []).append(self._caller_snapshot(st, pc))
+        self._enter_callback(st, pc, hid)
+        return st.frames[-1].entry
+
+    def _caller_masks(self, st: State, callsite: int) -> list[int]:
+        """Per frame of the callers of a callback called from ``callsite``: the registers later
+        code may read (the helper's arguments included, for the next round)."""
+        probe = State([*st.frames, Frame([NOT_INIT] * 11, [None] * SLOTS, callsite, 0)])
+        return self._live_masks(probe, callsite)[:-1]
+
+    def _caller_snapshot(self, st: State, callsite: int) -> State:
+        """The callers' frames as a callback round begins, with what later code may still read."""
+        caller = State([f.copy() for f in st.frames], refs=st.refs)
+        return self._snapshot(caller, self._caller_masks(st, callsite))
+
+    def _enter_callback(self, st: State, pc: int, hid: int) -> None:
+        """Push the callback's frame, its arguments typed as the helper passes them."""
+        if len(st.frames) >= self.max_call_depth:
+            self.reject(f"call stack is too deep: {len(st.frames) + 1} frames (max {self.max_call_depth})")
+        caller = st.frames[-1].regs
+        entry = caller[2].aux
+        regs = [NOT_INIT] * 11
+        if self.callbacks[hid] is CallbackKind.LOOP:
+            top = min(max(caller[1].var.umax, 1), MAX_LOOP_ITERATIONS) - 1
+            regs[1] = Reg(Pt.SCALAR, sc.urange(0, top))  # the iteration
+            regs[2] = caller[3]  # the context, as passed
+        else:
+            handle = caller[1].aux
+            regs[1] = caller[1]  # the map
+            regs[2] = Reg(Pt.PTR_TO_MEM)  # its key, in the callback's frame: accesses stay checked
+            regs[3] = Reg(Pt.PTR_TO_MAP_VALUE, aux=handle)
+            regs[4] = caller[3]
+        regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
+        st.frames.append(Frame(regs, [None] * SLOTS, pc, entry, self.fresh_id()))
+
+    def _callback_return(self, st: State, parent: _Visit) -> int:
+        """A callback's exit: r0 must say stop (1) or go on (0). Another round is verified from the
+        callers' state now unless an earlier round began with one covering it; this path goes
+        on after the call with r0 the count and r1-r5 unreadable."""
+        r0 = st.frames[-1].regs[0]
+        if r0.type is not Pt.SCALAR:
+            self.reject(f"a callback must return a number in [0, 1], not {r0}")
+        self._precise(0)
+        if r0.var.smin < 0 or r0.var.smax > 1:
+            self.reject(f"a callback must return a number in [0, 1], but r0 is {r0.var}")
+        callsite = st.frames[-1].callsite
+        self._pop_frame(st)
+        hid = self.slots[callsite].imm  # type: ignore[union-attr]
+        rounds = self.callback_rounds.setdefault(callsite, [])
+        snap = self._caller_snapshot(st, callsite)
+        if not any(state_within(old, shared_ids(old), snap) for old in rounds):
+            if len(rounds) >= CALLBACK_ROUNDS:
+                self.pc = callsite
+                self.reject(f"the callback of helper {hid} does not reach a state that covers each of its "
+                            f"rounds within {CALLBACK_ROUNDS} rounds")
+            again = st.copy()
+            if len(rounds) >= WIDEN_AFTER:
+                wide = widen(rounds[-1], again, self._caller_masks(again, callsite))
+                if wide is not None:
+                    wide.hist, wide.depth = again.hist, again.depth
+                    again = wide
+            rounds.append(self._caller_snapshot(again, callsite))
+            self._enter_callback(again, callsite, hid)
+            parent.branches += 1
+            self.work.append((again.frames[-1].entry, again, parent, self.path_log))
+        caller = st.frames[-1].regs
+        caller[0] = UNKNOWN_SCALAR
+        for i in range(1, 6):
+            caller[i] = NOT_INIT
+        return callsite + 1
+
+    @staticmethod
+    def _pop_frame(st: State) -> None:
+        """Drop the innermost frame: pointers into it, in registers or spilled, become unusable."""
+        gone = len(st.frames) - 1
+        st.frames.pop()
+        for frame in st.frames:
+            for i, reg in enumerate(frame.regs):
+                if reg.type is Pt.PTR_TO_STACK and reg.aux >= gone:
+                    frame.regs[i] = NOT_INIT
+            for i, slot in enumerate(frame.stack):
+                if type(slot) is Reg and slot.type is Pt.PTR_TO_STACK and slot.aux >= gone:
+                    frame.stack[i] = (MISC,) * 8
+
     @staticmethod
     def _release(st: State, ref: int) -> None:
         """The reference ``ref`` is given back: every copy of its pointer becomes an unknown number
@@ -1392,7 +1553,7 @@ class Checker:
         regs = [NOT_INIT] * 11
         regs[1:6] = caller[1:6]
         regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
-        st.frames.append(Frame(regs, [None] * SLOTS, pc))
+        st.frames.append(Frame(regs, [None] * SLOTS, pc, self.targets[pc]))
 
     def _return(self, st: State) -> int:
         callee = st.frames.pop()

@@ -30,7 +30,9 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     """Check the program's structure and derive what the data-flow analysis needs.
 
     Rejects calls to unknown helpers and kernel functions, unreachable code, back-edges (unless
-    ``allow_loops``), recursion and call chains deeper than ``max_call_depth`` frames.
+    ``allow_loops``, or the loop holds a may_goto, which bounds it at run time), recursion and
+    call chains deeper than ``max_call_depth`` frames. A callback (the function whose address an
+    lddw loads) counts as called from the function of that lddw.
     """
     program = flow.program
     n = len(program)
@@ -51,7 +53,10 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     seen: set[int] = set()
     back_edges: set[tuple[int, int]] = set()
     calls: dict[int, set[tuple[int, int]]] = {}
-    roots = [0]
+    for pc, callback in flow.callbacks.items():
+        calls.setdefault(fn_entry[pc], set()).add((pc, callback))
+        preds[callback] = preds.get(callback, 0) + 1
+    roots = [0, *flow.callbacks.values()]
     done_roots: set[int] = set()
     while roots:
         root = roots.pop()
@@ -79,7 +84,7 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
                 t = nxt[i]
                 preds[t] = preds.get(t, 0) + 1
                 if t in on_path:
-                    if not allow_loops:
+                    if not allow_loops and not _loop_has_may_goto(flow, stack, t):
                         raise reject(block.last, f"back-edge from insn {block.last} to {t}")
                     back_edges.add((block.last, t))
                 elif t not in seen:
@@ -99,11 +104,24 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     prune = {start for start, count in preds.items() if count > 1}
     prune.update(t for _pc, t in back_edges)
     prune.update(fn.entry for fn in flow.functions)
+    prune.update(pc for pc, _insn, info in program if info.kind is Kind.MAY_GOTO)
     merge = {pc for pc in prune if pc not in in_loop}
 
     live = tuple(mask | 1 << FP for mask in cfg.live_in(flow, call_args=arg_masks))  # r10: always
     return Control(frozenset(prune), frozenset(merge), frozenset(back_edges), live,
                    {k: frozenset(v) for k, v in calls.items()}, tuple(fn_entry))
+
+
+def _loop_has_may_goto(flow: ControlFlow, path: list[tuple[int, int]], head: int) -> bool:
+    """Whether the cycle closed by a jump to ``head`` (the blocks of ``path`` from ``head`` on)
+    holds a may_goto: the kernel bounds such a loop at run time and needs no proof it ends."""
+    infos = flow.program.infos
+    starts = [start for start, _i in path]
+    for start in starts[starts.index(head):]:
+        last = infos[flow.block_at[start].last]
+        if last is not None and last.kind is Kind.MAY_GOTO:
+            return True
+    return False
 
 
 def _check_call_graph(calls: Mapping[int, set[tuple[int, int]]], max_depth: int, reject: Reject) -> None:

@@ -35,15 +35,17 @@ def slot_bytes(slot: Slot) -> tuple[int, ...]:
 class Frame:
     """One function activation: registers r0-r10 and the 512-byte stack below its r10."""
 
-    __slots__ = ("callsite", "regs", "stack")
+    __slots__ = ("callsite", "entry", "regs", "round", "stack")
 
-    def __init__(self, regs: list[Reg], stack: list[Slot], callsite: int) -> None:
+    def __init__(self, regs: list[Reg], stack: list[Slot], callsite: int, entry: int = 0, round_: int = 0) -> None:
         self.regs = regs  # r0..r10
         self.stack = stack  # SLOTS slots; slot i covers [r10 - 512 + 8i, r10 - 512 + 8i + 8)
         self.callsite = callsite  # slot of the call that created the frame (-1 for the main program)
+        self.entry = entry  # first slot of the frame's function
+        self.round = round_  # a callback's frame: which round of its helper's calls (0 for others)
 
     def copy(self) -> Frame:
-        return Frame(self.regs.copy(), self.stack.copy(), self.callsite)
+        return Frame(self.regs.copy(), self.stack.copy(), self.callsite, self.entry, self.round)
 
     # -- stack ---------------------------------------------------------------------------------
 
@@ -251,7 +253,7 @@ def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence
     # Registers first, innermost frame first: that is where states usually differ.
     for fi in range(len(ofr) - 1, -1, -1):
         of, nf = ofr[fi], nfr[fi]
-        if of.callsite != nf.callsite:
+        if of.callsite != nf.callsite or of.entry != nf.entry:
             return False
         oregs, nregs = of.regs, nf.regs
         if ids is None and oregs == nregs:
@@ -332,7 +334,7 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
         return None
     frames: list[Frame] = []
     for i, (fa, fb) in enumerate(zip(a.frames, b.frames, strict=True)):
-        if fa.callsite != fb.callsite:
+        if fa.callsite != fb.callsite or fa.entry != fb.entry:
             return None
         regs: list[Reg] = []
         mask = live[i]
@@ -350,5 +352,23 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
             if _proofs_differ(sx, sy) or (type(js) is not Reg and (_spilled_pointer(sx) or _spilled_pointer(sy))):
                 return None  # a spilled pointer would be lost (read back as a number)
             stack.append(js)
-        frames.append(Frame(regs, stack, fa.callsite))
+        frames.append(Frame(regs, stack, fa.callsite, fa.entry, fa.round))
     return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop, a.refs)
+
+
+def widen(old: State, new: State, live: Sequence[int]) -> State | None:
+    """A state covering both, in which every scalar that differs between them is unknown: where a
+    loop the kernel bounds at run time (may_goto, a callback's iterations) changes a number each
+    time round, the next round then falls within it. None when they cannot be merged."""
+    joined = join_states(old, new, live)
+    if joined is None:
+        return None
+    unknown = Reg(RegType.SCALAR, sc.UNKNOWN)
+    for fo, fj in zip(old.frames, joined.frames, strict=True):
+        for i, (o, j) in enumerate(zip(fo.regs, fj.regs, strict=True)):
+            if j.type is RegType.SCALAR and o != j:
+                fj.regs[i] = unknown
+        for i, (so, sj) in enumerate(zip(fo.stack, fj.stack, strict=True)):
+            if type(sj) is Reg and sj.type is RegType.SCALAR and so != sj:
+                fj.stack[i] = unknown
+    return joined

@@ -112,6 +112,7 @@ class RegType(enum.Enum):
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
     PTR_TO_BUF = "buf"  # memory of ``range`` bytes a helper handed out (a ring buffer record)
     PTR_TO_BUF_OR_NULL = "buf_or_null"  # a PTR_TO_BUF or 0 (id = the call that returned it)
+    PTR_TO_FUNC = "func"  # the address of a function of the program (aux = its entry slot), for callbacks
 
 
 class Reg(NamedTuple):
