@@ -407,6 +407,12 @@ class Checker:
             frames.append(Frame(regs, f.stack.copy(), f.callsite))
         return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
+    def _same_state(self, visit: _Visit, st: State, pc: int) -> bool:
+        """Whether ``st`` holds what ``visit`` held, no more and no less (registers not live ignored)."""
+        assert visit.state is not None
+        snap = self._snapshot(st, self._live_masks(st, pc))
+        return state_within(snap, shared_ids(snap), visit.state)
+
     def _prune_point(self, pc: int, st: State, parent: _Visit) -> tuple[State, _Visit] | None:
         control = self.control
         assert control is not None
@@ -432,9 +438,11 @@ class Checker:
                             self._mark_read(parent, fi, mask)
                     self._backtrack(st.hist, parent, list(v.precise), list(v.precise_slots))
                     return None
-                # An unfinished visit at the same place is an ancestor on this very path: the
-                # path came back to a state it was already in, and could go round forever.
-                self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
+                # An unfinished visit at the same place is an ancestor on this very path. Back
+                # in exactly the state it was in, the path goes round forever; in a narrower one
+                # it may still end (a value halved each time reaches zero): walk on.
+                if self._same_state(v, st, pc):
+                    self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
             if done:
                 complete += 1
             if in_loop:
