@@ -15,17 +15,25 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from jitbpf import cfg
+from jitbpf import VM, ProgType, cfg
 from jitbpf.asm import assemble
 from jitbpf.contract import DEFAULT_BUDGET, MAX_CALL_DEPTH
 from jitbpf.isa import Program
-from jitbpf.programs import PROGRAM_TYPES, ProgType
-from jitbpf.verifier import VerifyResult
+from jitbpf.verifier import ContextSpec, VerifyResult
 from jitbpf.verifier._check import Checker, Rejected
 
 from . import kernel_oracle
 
-XDP = PROGRAM_TYPES[ProgType.XDP].context_spec()
+
+def xdp_context() -> ContextSpec:
+    """What r1 points to in an XDP program, as the verifier sees it."""
+    with VM(assemble("mov r0, 2\nexit"), prog_type=ProgType.XDP, verify=False) as vm:
+        spec = vm.context_spec()
+    assert spec is not None
+    return spec
+
+
+XDP = xdp_context()
 PACKET = 64  # bytes every program proves are in the packet before anything else
 PROLOGUE = ["ldxw r2, [r1+0]", "ldxw r3, [r1+4]", "mov r4, r2", f"add r4, {PACKET}", "jgt r4, r3, out",
             "mov r6, 0", "mov r7, 0", "mov r8, 1", "stdw [r10-8], 0"]
