@@ -294,6 +294,10 @@ class Checker:
         back_edges = control.back_edges
         slots, infos, targets = self.slots, self.infos, self.targets
         logging = self.log
+        # Without loops a path cannot outgrow the budget: only the complexity limit applies.
+        depth_limit = self.budget if back_edges else 1 << 62
+        before: list[Reg] | None = None  # the registers before the instruction, for the log
+        nframes = 0
         while True:
             self.pc = pc
             if pc in prune_points:
@@ -311,15 +315,18 @@ class Checker:
             st.depth += 1
             if self.processed > self.watch:
                 self._milestone()
-            if control.back_edges and st.depth > self.budget:
+            if st.depth > depth_limit:
                 if st.loop >= 0:
                     self.pc = st.loop
                 self.reject(f"loop may not terminate within the budget of {self.budget} instructions")
-            before = list(st.frames[-1].regs) if logging else None
-            nframes = len(st.frames)
-            regs = st.frames[-1].regs
-            nxt = pc + 2 if info.kind is Kind.LDDW else pc + 1
-            match info.kind:
+            frames = st.frames
+            regs = frames[-1].regs
+            if logging:
+                before = list(regs)
+                nframes = len(frames)
+            kind = info.kind
+            nxt = pc + 2 if kind is Kind.LDDW else pc + 1
+            match kind:
                 case Kind.ALU:
                     self._alu(regs, insn, info)
                 case Kind.NEG:
@@ -411,7 +418,7 @@ class Checker:
                     self.reject("kernel function calls are not supported")
                 case _:
                     raise NotImplementedError(info.kind)
-            if info.kind is not Kind.JCOND and info.kind is not Kind.MAY_GOTO:
+            if kind is not Kind.JCOND and kind is not Kind.MAY_GOTO:
                 st.hist = (pc, self.aux, st.hist)
                 if st.precise:
                     st.precise = _precise_after(insn, info, self.aux, st.precise)
@@ -440,6 +447,12 @@ class Checker:
             frames.append(Frame(regs, f.stack.copy(), f.callsite, f.entry, f.round))
         return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
+    def _same_state(self, visit: _Visit, st: State, pc: int) -> bool:
+        """Whether ``st`` holds what ``visit`` held, no more and no less (registers not live ignored)."""
+        assert visit.state is not None
+        snap = self._snapshot(st, self._live_masks(st, pc))
+        return state_within(snap, shared_ids(snap), visit.state)
+
     def _prune_point(self, pc: int, st: State, parent: _Visit) -> tuple[State, _Visit] | None:
         control = self.control
         assert control is not None
@@ -465,14 +478,16 @@ class Checker:
                             self._mark_read(parent, fi, mask)
                     self._backtrack(st.hist, parent, list(v.precise), list(v.precise_slots))
                     return None
-                # An unfinished visit at the same place is an ancestor on this very path: the
-                # path came back to a state it was already in, and could go round forever.
+                # An unfinished visit at the same place is an ancestor on this very path.
                 if self._is_may_goto(pc) or v.state.frames[-1].round != st.frames[-1].round:
-                    # Unless a may_goto bounds the loop, or it is the next round of a callback,
-                    # which its helper bounds: what follows that state is being verified.
+                    # A may_goto bounds the loop, or it is the next round of a callback, which its
+                    # helper bounds: what follows that state is being verified.
                     self.pruned += 1
                     return None
-                self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
+                # Back in exactly the state it was in, the path goes round forever; in a narrower
+                # one it may still end (a value halved each time reaches zero): walk on.
+                if self._same_state(v, st, pc):
+                    self.reject(f"loop may not terminate within the budget: infinite loop detected at insn {pc}")
             if done:
                 complete += 1
             if in_loop:
@@ -689,11 +704,6 @@ class Checker:
             self.reject(f"r{r} holds a pointer ({reg}) where {what} must be a scalar")
         return reg
 
-    def _operand(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> Reg:
-        if info.reg_src:
-            return self._read(regs, insn.src)
-        return self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
-
     def _constant(self, value: int) -> Reg:
         """The scalar register holding ``value`` (one object per value: identical registers
         compare at once)."""
@@ -704,11 +714,15 @@ class Checker:
 
     def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         d = insn.dst
-        self._dst(d)
-        if info.op in (AluOp.DIV, AluOp.MOD) and not info.reg_src and insn.imm == 0:
-            self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
-        src = self._operand(regs, insn, info)
+        if d == FP:
+            self._dst(d)
         op = info.op
+        if info.reg_src:
+            src = self._read(regs, insn.src)
+        else:
+            if insn.imm == 0 and op in (AluOp.DIV, AluOp.MOD):
+                self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
+            src = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
         if op == AluOp.MOV:
             if info.width == 64:
                 if info.reg_src and src.type is Pt.SCALAR and not src.var.is_const and not src.id:
