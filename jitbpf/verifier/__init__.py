@@ -56,6 +56,7 @@ def verify_flow(
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,
+    strict_alignment: bool = False,
 ) -> VerifyResult:
     """Verify an analysed program; raise VerifierError if it is not provably safe.
 
@@ -64,14 +65,16 @@ def verify_flow(
     value accesses are allowed but not proven); ``context`` what r1 points to (None: the generic
     raw-memory mode). ``privileged`` applies the kernel's rules for a loader with CAP_BPF and
     CAP_PERFMON (pointers may leak into scalars, never-written stack may be read); off, those of
-    an unprivileged one. ``budget`` bounds how long a loop may run (and, with the kernel's one
-    million instructions as a floor, how much work the analysis may do).
+    an unprivileged one. ``strict_alignment`` (the kernel's BPF_F_STRICT_ALIGNMENT) wants every
+    access aligned to its size, not only the stack's. ``budget`` bounds how long a loop may run
+    (and, with the kernel's one million instructions as a floor, how much work the analysis may
+    do).
     """
     if len(flow.program) > max_insns:
         raise VerifierError(f"too many instructions ({len(flow.program)} > max {max_insns})")
     checker = Checker(flow, helpers=helpers, maps=maps, context=context or RAW_MEMORY, allow_loops=allow_loops,
                       budget=budget, log=log, max_call_depth=max_call_depth, stack_limit=stack_limit,
-                      privileged=privileged)
+                      privileged=privileged, strict_alignment=strict_alignment)
     try:
         return checker.run()
     except Rejected as exc:
@@ -92,6 +95,7 @@ def verify(
     stack_limit: int = 512,
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,
+    strict_alignment: bool = False,
 ) -> VerifyResult:
     """Decode, analyse and verify ``program`` (bytecode, a Program, or instructions).
 
@@ -108,4 +112,4 @@ def verify(
     flow = cfg.analyze(prog, max_insns=max_insns)
     return verify_flow(flow, helpers=table, allow_loops=allow_loops, budget=budget, maps=maps, context=context,
                        log=log, max_call_depth=max_call_depth, stack_limit=stack_limit, max_insns=max_insns,
-                       privileged=privileged)
+                       privileged=privileged, strict_alignment=strict_alignment)
