@@ -116,6 +116,7 @@ class VM(ProgramRunners):
         max_tail_calls: int = MAX_TAIL_CALLS,
         elide_checks: bool = True,
         privileged: bool = True,
+        strict_alignment: bool = False,
     ) -> None:
         if isinstance(program, Program):
             self.program = program
@@ -127,6 +128,7 @@ class VM(ProgramRunners):
         self.verify_enabled = verify
         self.allow_loops = allow_loops
         self.privileged = privileged  # the kernel's rules for a privileged loader (see verify_flow)
+        self.strict_alignment = strict_alignment  # the kernel's BPF_F_STRICT_ALIGNMENT (see verify_flow)
         self._reads_uninit_stack = False
         # The JIT drops the runtime bounds check of every access the verifier proved in bounds;
         # off, it checks them all the same (to measure what the proofs save, or to distrust them).
@@ -324,7 +326,7 @@ class VM(ProgramRunners):
             try:
                 result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
                                      budget=self.budget, context=self.context_spec(), maps=self.maps,
-                                     privileged=self.privileged)
+                                     privileged=self.privileged, strict_alignment=self.strict_alignment)
             except VerifierError as exc:
                 if not self.allow_loops and exc.message.startswith("back-edge"):
                     exc.add_note("a loop: VM(..., allow_loops=True) accepts it if it is bounded, "

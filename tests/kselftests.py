@@ -201,8 +201,9 @@ class Outcome:
         return {e: r == self.retval_expected for e, r in self.retval.items()}
 
 
-def _vm_of(prog: ElfProgram) -> VM:
-    return prog.vm(allow_loops=True)  # a privileged loader may use bounded loops
+def _vm_of(prog: ElfProgram, flags: int = 0) -> VM:
+    # A privileged loader may use bounded loops; the load flags that matter to the verifier too.
+    return prog.vm(allow_loops=True, strict_alignment=bool(flags & PROG_FLAGS["BPF_F_STRICT_ALIGNMENT"]))
 
 
 def _test_run(prog: ElfProgram, vm: VM, engine: str) -> int | str:
@@ -235,7 +236,7 @@ def evaluate_case(path: Path, case: Case, kernel: Kernel | None) -> Outcome | No
     error = ""
     try:
         prog = load_elf(path).programs[case.program]
-        vm = _vm_of(prog)
+        vm = _vm_of(prog, case.flags)
         vm.check()
     except BpfError as exc:
         error = str(exc)

@@ -23,6 +23,7 @@ from jitbpf.vm import VM
 from . import kernel_oracle
 
 MapMaker = Callable[[], BpfMap]
+BPF_F_STRICT_ALIGNMENT = 1  # a load flag: every access aligned, not only the stack's
 
 
 def rodata() -> BpfMap:
@@ -65,6 +66,7 @@ class Case:
     jitbpf: str | None  # fragment of jitbpf's rejection, or None: accepted
     kernel: str = ""  # fragment of the kernel's log when it rejects
     maps: tuple[MapMaker, ...] = ()
+    strict: bool = False  # loaded with BPF_F_STRICT_ALIGNMENT
 
 
 # XDP: r2 = data, r3 = data_end, r4 = a variable in [1, 256] (ingress_ifindex & 0xff, plus 1).
@@ -383,6 +385,13 @@ CASES = [
       for name, call in (
         ("helper-call", "call 7"), ("local-call", "call local f"), ("legacy-load", "ldabsb 0"))
       for reg in (2, 6)),
+    # With strict alignment, packet data counts from 2 past an aligned address (NET_IP_ALIGN):
+    # a word at offset 2 is aligned, one at offset 0 is not; without it, both are allowed.
+    *(Case(f"packet-word-at-{at}{'-strict' if strict else ''}", SKB_ONE_BYTE.replace("add r4, 1", "add r4, 8")
+           .replace("stb [r2], 1", f"ldxw r0, [r2+{at}]") + "mov r0, 0\nexit", ProgType.SCHED_CLS,
+           "misaligned packet access" if strict and at == 0 else None,
+           "misaligned packet access off 2+0+0+0 size 4" if strict and at == 0 else "", strict=strict)
+      for at in (0, 2) for strict in (False, True)),
     # A ring buffer record is memory of the reserved (constant) size: writes and helper
     # arguments inside it are allowed, past it refused; the size must be a known constant.
     Case("ringbuf-record-written-within-its-size", reserved("""
@@ -504,7 +513,7 @@ CASES = [
 def _vm(case: Case) -> tuple[VM, list[BpfMap]]:
     maps = [make() for make in case.maps]
     handles = {m.name: i + 1 for i, m in enumerate(maps)}
-    vm = VM(assemble(case.source, maps=handles), prog_type=case.prog_type)
+    vm = VM(assemble(case.source, maps=handles), prog_type=case.prog_type, strict_alignment=case.strict)
     for m in maps:
         vm.add_map(m, handles[m.name])
     vm.use_standard_helpers()
@@ -538,7 +547,8 @@ def test_kernel_agrees(case: Case) -> None:
     finally:
         for m in maps:
             m.close()
-    verdict = kernel_oracle.kernel_verify(code, int(case.prog_type), specs)
+    flags = BPF_F_STRICT_ALIGNMENT if case.strict else 0
+    verdict = kernel_oracle.kernel_verify(code, int(case.prog_type), specs, prog_flags=flags)
     assert verdict.accepted == (case.jitbpf is None), verdict.log
     if not verdict.accepted:
         assert case.kernel in verdict.log, verdict.log
@@ -546,4 +556,4 @@ def test_kernel_agrees(case: Case) -> None:
 
 def test_every_case_is_distinct() -> None:
     assert len({c.name for c in CASES}) == len(CASES)
-    assert len({(c.source, c.prog_type) for c in CASES}) == len(CASES)
+    assert len({(c.source, c.prog_type, c.strict) for c in CASES}) == len(CASES)

@@ -62,6 +62,7 @@ def verify_flow(
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,
     progress: ProgressCallback | None = None,
+    strict_alignment: bool = False,
 ) -> VerifyResult:
     """Verify an analysed program; raise VerifierError if it is not provably safe.
 
@@ -70,16 +71,18 @@ def verify_flow(
     value accesses are allowed but not proven); ``context`` what r1 points to (None: the generic
     raw-memory mode). ``privileged`` applies the kernel's rules for a loader with CAP_BPF and
     CAP_PERFMON (pointers may leak into scalars, never-written stack may be read); off, those of
-    an unprivileged one. ``budget`` bounds how long a loop may run (and, with the kernel's one
-    million instructions as a floor, how much work the analysis may do). A verification that
-    takes longer than a second reports the instructions processed so far to ``progress``, or
-    without it on standard error when that is a terminal. Ctrl-C stops it (KeyboardInterrupt).
+    an unprivileged one. ``strict_alignment`` (the kernel's BPF_F_STRICT_ALIGNMENT) wants every
+    access aligned to its size, not only the stack's. ``budget`` bounds how long a loop may run
+    (and, with the kernel's one million instructions as a floor, how much work the analysis may
+    do). A verification that takes longer than a second reports the instructions processed so far
+    to ``progress``, or without it on standard error when that is a terminal. Ctrl-C stops it
+    (KeyboardInterrupt).
     """
     if len(flow.program) > max_insns:
         raise VerifierError(f"too many instructions ({len(flow.program)} > max {max_insns})")
     checker = Checker(flow, helpers=helpers, maps=maps, context=context or RAW_MEMORY, allow_loops=allow_loops,
                       budget=budget, log=log, max_call_depth=max_call_depth, stack_limit=stack_limit,
-                      privileged=privileged, progress=Progress(progress))
+                      privileged=privileged, progress=Progress(progress), strict_alignment=strict_alignment)
     try:
         return checker.run()
     except Rejected as exc:
@@ -104,6 +107,7 @@ def verify(
     max_insns: int = cfg.DEFAULT_MAX_INSNS,
     privileged: bool = True,
     progress: ProgressCallback | None = None,
+    strict_alignment: bool = False,
 ) -> VerifyResult:
     """Decode, analyse and verify ``program`` (bytecode, a Program, or instructions).
 
@@ -120,4 +124,4 @@ def verify(
     flow = cfg.analyze(prog, max_insns=max_insns)
     return verify_flow(flow, helpers=table, allow_loops=allow_loops, budget=budget, maps=maps, context=context,
                        log=log, max_call_depth=max_call_depth, stack_limit=stack_limit, max_insns=max_insns,
-                       privileged=privileged, progress=progress)
+                       privileged=privileged, progress=progress, strict_alignment=strict_alignment)

@@ -47,6 +47,7 @@ CHECKPOINT_GAP = 8  # instructions along a path between two states remembered in
 MERGE_AFTER = 4  # remembered states at a join point outside loops before new arrivals are merged
 MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
+NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
 
 Pt = RegType
@@ -168,7 +169,7 @@ class Checker:
     def __init__(self, flow: ControlFlow, *, helpers: Mapping[int, Helper], maps: Mapping[int, MapLike] | None,
                  context: ContextSpec, allow_loops: bool, budget: int, log: bool, max_call_depth: int,
                  stack_limit: int, privileged: bool = True, prune: bool = True,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, strict_alignment: bool = False) -> None:
         self.flow = flow
         # Off, no state is remembered: every path is walked to its end (exponential, and loops
         # never stop), the reference that pruning must agree with.
@@ -189,6 +190,7 @@ class Checker:
         # clear the frames of such a program).
         self.privileged = privileged
         self.reads_uninit_stack = False
+        self.strict_alignment = strict_alignment  # every access aligned, not only the stack's
         self.budget = budget
         self.log = log
         self.max_call_depth = max_call_depth
@@ -951,6 +953,8 @@ class Checker:
                 signed: bool) -> Reg | None:
         """Check one memory access through register ``r``; return the loaded value for reads."""
         t = ptr.type
+        if t is not Pt.PTR_TO_STACK and ptr.is_pointer:
+            self._strict_alignment(ptr, r, off, size)
         match t:
             case Pt.PTR_TO_STACK:
                 return self._stack_access(st, ptr, r, off, size, mode, value, signed)
@@ -1007,6 +1011,27 @@ class Checker:
             self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range}: "
                         f"r{r} offset is outside of the packet{hint}")
 
+    @staticmethod
+    def _misaligned(ptr: Reg, off: int, size: int, base: int = 0) -> bool:
+        """Whether ``base`` + the pointer's offset + ``off`` may not be a multiple of ``size``."""
+        at = sc.alu(AluOp.ADD, ptr.var, sc.const(base + ptr.off + off), 64)
+        return bool((at.value | at.mask) & (size - 1))
+
+    def _strict_alignment(self, ptr: Reg, r: int, off: int, size: int) -> None:
+        """With strict alignment (the kernel's BPF_F_STRICT_ALIGNMENT), accesses other than the
+        stack's must be aligned too; packet data counts from 2 bytes past an aligned address, as
+        the kernel assumes (NET_IP_ALIGN)."""
+        if not self.strict_alignment:
+            return
+        t = ptr.type
+        if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META):
+            if self._misaligned(ptr, off, size, NET_IP_ALIGN):
+                self.reject(f"misaligned packet access off {NET_IP_ALIGN}+{_tnum(ptr.var)}+{ptr.off}+{off} size {size} "
+                            f"through r{r}")
+        elif self._misaligned(ptr, off, size):
+            what = {Pt.PTR_TO_MAP_VALUE: "value ", Pt.PTR_TO_CTX: "context "}.get(t, "")
+            self.reject(f"misaligned {what}access off {_tnum(ptr.var)}+{ptr.off}+{off} size {size} through r{r}")
+
     def _buf_bounds(self, ptr: Reg, r: int, off: int, size: int) -> None:
         lo, hi = self._var_bounds(ptr, r, off, size)
         if lo < 0 or hi > ptr.range:
@@ -1025,11 +1050,9 @@ class Checker:
     def _stack_access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
                       signed: bool) -> Reg | None:
         lo, hi = self._var_bounds(ptr, r, off, size)
-        at = sc.alu(AluOp.ADD, ptr.var, sc.const(ptr.off + off), 64)
-        if (at.value | at.mask) & (size - 1):
+        if self._misaligned(ptr, off, size):
             # Always, whatever the loader's flags (as the kernel: its spill tracking needs it).
-            var = str(sc.to_signed(ptr.var.value)) if ptr.var.is_const else f"({ptr.var.value:#x}; {ptr.var.mask:#x})"
-            self.reject(f"misaligned stack access off {var}+{ptr.off}+{off} size {size} through r{r}")
+            self.reject(f"misaligned stack access off {_tnum(ptr.var)}+{ptr.off}+{off} size {size} through r{r}")
         if lo < STACK_BOTTOM or hi > 0:
             what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
             self.reject(f"invalid {what} stack r{r} off={lo} size={size}: invalid stack access, "
@@ -1678,6 +1701,11 @@ class Checker:
         if node is not None:
             lines.append("...")
         return "\n".join(reversed(lines))
+
+
+def _tnum(var: sc.Scalar) -> str:
+    """Known bits as the kernel's log writes them: a constant in decimal, else (value; mask)."""
+    return str(sc.to_signed(var.value)) if var.is_const else f"({var.value:#x}; {var.mask:#x})"
 
 
 def describe_instruction(flow: ControlFlow, pc: int) -> str:
