@@ -380,3 +380,30 @@ def test_branches_on_alu_flags_agree(op: str, jump: str, dst: int, operand: str,
                         "mov r0, 2", "exit"])
     with VM(assemble(source)) as vm:
         assert vm.execute() == vm.execute_jit()
+
+
+LSH64, RSH64, ARSH64 = 0x67, 0x77, 0xC7  # 64-bit shifts by an immediate
+JEQ_IMM, XOR64_REG = 0x15, 0xAF
+
+
+@st.composite
+def extension_pairs(draw: st.DrawFn) -> list[Instruction]:
+    """``lsh rX, 32`` then ``rsh``/``arsh rX, 32`` (the JIT emits each pair as one mov or movsxd),
+    some with a jump landing between the two, some with other shift amounts or registers."""
+    insns = [Instruction(LDDW_OPCODE, r, 0, 0, draw(INT32), draw(INT32)) for r in range(6)]
+    for _ in range(draw(st.integers(1, 8))):
+        dst, other = draw(st.integers(0, 5)), draw(st.integers(0, 5))
+        right = draw(st.sampled_from([RSH64, ARSH64]))
+        first, second = draw(st.sampled_from([32, 32, 32, 31])), draw(st.sampled_from([32, 32, 32, 33]))
+        if draw(st.booleans()):  # lands on the right shift when r(other) == 0: a block starts there
+            insns.append(Instruction(JEQ_IMM, other, 0, 1, 0))
+        insns += [Instruction(LSH64, dst, 0, 0, first),
+                  Instruction(right, draw(st.sampled_from([dst, dst, dst, other])), 0, 0, second)]
+    insns += [Instruction(XOR64_REG, 0, r) for r in range(1, 6)]
+    return [*insns, Instruction(EXIT)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(extension_pairs())
+def test_extension_pairs_agree(insns: list[Instruction]) -> None:
+    compare(insns, bytes(MEM_SIZE))
