@@ -87,6 +87,9 @@ _MOV, _JSET = int(AluOp.MOV), int(JmpOp.JSET)
 _IMM_FORM_OPS = frozenset({*_SIMPLE_ALU, int(AluOp.MUL)})  # ALU ops whose immediate is imm8 or imm32
 _ZERO_TESTS = frozenset({int(JmpOp.JEQ), int(JmpOp.JNE)})
 _ALU_KIND = Kind.ALU
+_ACCESS_KINDS = frozenset({Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})  # accesses _address confines
+_LOAD_KINDS = frozenset({Kind.LDX, Kind.LDXSX})
+_CALL_KINDS = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.CALL_KFUNC})
 _LSH, _RSH, _ARSH = int(AluOp.LSH), int(AluOp.RSH), int(AluOp.ARSH)
 # Roles in a shift pair that extends the lower half of a register (see _extension_pair).
 _ZEXT, _SEXT, _SECOND = "zext", "sext", "second"
@@ -143,6 +146,34 @@ class X86_64(Target):
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         for fn in flow.functions:
             self._fn_entry[fn.entry:fn.end] = [fn.entry] * (fn.end - fn.entry)
+        self._confined = self._confined_bases()
+
+    def _confined_bases(self) -> frozenset[int]:
+        """Proven accesses whose base register needs no confining `or` (see _address): an
+        access before it in its block confined the same register and nothing wrote it since
+        (no call either). The `or` only changes a register once."""
+        proven = self.options.proven
+        if not proven or not self.options.contained:
+            return frozenset()
+        program, block_at = self.flow.program, self.flow.block_at
+        out: set[int] = set()
+        confined = 0  # mask of the registers confined in this block so far
+        for pc, (insn, info) in enumerate(zip(program.slots, program.infos, strict=True)):
+            if insn is None or info is None:
+                continue
+            if pc in block_at:
+                confined = 0
+            kind = info.kind
+            if kind in _ACCESS_KINDS and pc in proven:
+                base = insn.src if kind in _LOAD_KINDS else insn.dst
+                if base != FP:
+                    if confined >> base & 1:
+                        out.add(pc)
+                    confined |= 1 << base
+            elif kind in _CALL_KINDS:
+                confined = 0
+            confined &= ~register_writes(insn, info)
+        return frozenset(out)
 
     # -- stencil classes --------------------------------------------------------------------------
 
@@ -177,10 +208,10 @@ class X86_64(Target):
 
     def _access_class(self, pc: int, insn: Instruction, info: OpInfo, base: int, imm: Probe | int) -> StencilKey:
         """Loads and stores: the disp0/disp8/disp32 form, whether the access is in the fixed
-        frame (each probe stands for one of those), and whether it is proven or covered by a
-        versioned loop's check."""
+        frame (each probe stands for one of those), and whether it is proven (its base perhaps
+        confined already) or covered by a versioned loop's check."""
         off = insn.off
-        access = 2 if pc in self.unchecked else pc in self.options.proven
+        access = 2 if pc in self.unchecked else 3 if pc in self._confined else pc in self.options.proven
         if off == 0:
             return insn.opcode, info.variant, insn.dst, insn.src, access, imm, 0
         direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -info.size
@@ -584,7 +615,8 @@ class X86_64(Target):
             # (upper half zero, bit 31 set), so only a wrong proof sees the register change; r10
             # is the JIT's own, and is masked in a copy.
             if base != FP:
-                self.op(("or", D[base], "i32"), SANDBOX_BIT)
+                if pc not in self._confined:  # else an access before did it, and nothing wrote since
+                    self.op(("or", D[base], "i32"), SANDBOX_BIT)
                 reg = Q[base]
             else:
                 reg = ADDR if into_addr else TMP
