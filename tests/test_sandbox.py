@@ -99,21 +99,33 @@ _KINDS = ("ldxb", "ldxh", "ldxw", "ldxdw", "stxb", "stxh", "stxw", "stxdw", "stb
           "lock add", "lock xchg", "lock cmpxchg")
 
 
-_ACCESS = st.tuples(st.sampled_from(_KINDS), st.integers(0, (1 << 64) - 1), st.integers(-(1 << 15), (1 << 15) - 1))
+# How r2 gets its address before an access: loaded afresh, kept from the access before (whose
+# confinement then still holds), written by a mov or an add (the next access must confine it
+# again), or pointed into the stack (the access succeeds, and confines r2 for the next).
+_POINTING = ("lddw", "keep", "mov", "add", "stack")
+_ACCESS = st.tuples(st.sampled_from(_KINDS), st.integers(0, (1 << 64) - 1), st.integers(-(1 << 15), (1 << 15) - 1),
+                    st.sampled_from(_POINTING))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_ACCESS, min_size=1, max_size=6), st.booleans())
-def test_wrong_proofs_never_touch_host_memory(accesses: list[tuple[str, int, int]], near_canary: bool) -> None:
+def test_wrong_proofs_never_touch_host_memory(accesses: list[tuple[str, int, int, str]], near_canary: bool) -> None:
     """Loads, stores and atomics at any address and offset, all taken as proven: the host canary
     and the caller's buffer stay intact, and the run returns or raises ExecutionError."""
     canary = bytearray(b"\xc3" * 8192)
     base = address_of(canary)
     lines = []
-    for kind, addr, off in accesses:
+    for i, (kind, addr, off, pointing) in enumerate(accesses):
         if near_canary:
             addr = base + addr % 8192
-        lines.append(f"lddw r2, {addr:#x}")
+        if pointing == "add" and i:
+            lines.append(f"add r2, {addr & 0x7FFF_FFFF:#x}")
+        elif pointing == "mov" and i:
+            lines += [f"lddw r5, {addr:#x}", "mov r2, r5"]
+        elif pointing == "stack":
+            lines += ["mov r2, r10", f"add r2, {-256 - off}"]
+        elif pointing == "lddw" or not i:
+            lines.append(f"lddw r2, {addr:#x}")
         if kind.startswith("ldx"):
             lines.append(f"{kind} r4, [r2{off:+d}]")
         elif kind.startswith(("stx", "lock")):

@@ -96,6 +96,12 @@ _MOV, _JSET = int(AluOp.MOV), int(JmpOp.JSET)
 _IMM_FORM_OPS = frozenset({*_SIMPLE_ALU, int(AluOp.MUL)})  # ALU ops whose immediate is imm8 or imm32
 _ZERO_TESTS = frozenset({int(JmpOp.JEQ), int(JmpOp.JNE)})
 _ALU_KIND = Kind.ALU
+_ACCESS_KINDS = frozenset({Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})  # accesses _address confines
+_LOAD_KINDS = frozenset({Kind.LDX, Kind.LDXSX})
+_CALL_KINDS = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.CALL_KFUNC})
+_LSH, _RSH, _ARSH = int(AluOp.LSH), int(AluOp.RSH), int(AluOp.ARSH)
+# Roles in a shift pair that extends the lower half of a register (see _extension_pair).
+_ZEXT, _SEXT, _SECOND = "zext", "sext", "second"
 _CLASSIFIERS = (  # the stencil classifier method of each kind with stencils
     (Kind.ALU, "_alu_class"), (Kind.LDX, "_load_class"), (Kind.LDXSX, "_load_class"), (Kind.STX, "_stx_class"),
     (Kind.ST, "_st_class"), (Kind.JCOND, "_jcond_class"), (Kind.JA, "_ja_class"), (Kind.NEG, "_exact_class"),
@@ -151,6 +157,34 @@ class X86_64(Target):
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         for fn in flow.functions:
             self._fn_entry[fn.entry:fn.end] = [fn.entry] * (fn.end - fn.entry)
+        self._confined = self._confined_bases()
+
+    def _confined_bases(self) -> frozenset[int]:
+        """Proven accesses whose base register needs no confining `or` (see _address): an
+        access before it in its block confined the same register and nothing wrote it since
+        (no call either). The `or` only changes a register once."""
+        proven = self.options.proven
+        if not proven or not self.options.contained:
+            return frozenset()
+        program, block_at = self.flow.program, self.flow.block_at
+        out: set[int] = set()
+        confined = 0  # mask of the registers confined in this block so far
+        for pc, (insn, info) in enumerate(zip(program.slots, program.infos, strict=True)):
+            if insn is None or info is None:
+                continue
+            if pc in block_at:
+                confined = 0
+            kind = info.kind
+            if kind in _ACCESS_KINDS and pc in proven:
+                base = insn.src if kind in _LOAD_KINDS else insn.dst
+                if base != FP:
+                    if confined >> base & 1:
+                        out.add(pc)
+                    confined |= 1 << base
+            elif kind in _CALL_KINDS:
+                confined = 0
+            confined &= ~register_writes(insn, info)
+        return frozenset(out)
 
     # -- stencil classes --------------------------------------------------------------------------
 
@@ -176,15 +210,19 @@ class X86_64(Target):
             elif aop == _MOV and imm:
                 cls = _I32 if imm > 0 or info.width == 32 else _N32
             elif aop in _SHIFTS and 0 < imm < info.width:
-                cls = _COUNT
+                pair = self._extension_pair(pc, insn, info) if imm == 32 else None
+                if pair is None:
+                    cls = _COUNT
+                else:  # the code depends on the neighbour: one class per role, imm exact
+                    return insn.opcode, info.variant, insn.dst, insn.src, pair, imm, insn.off
         return insn.opcode, info.variant, insn.dst, insn.src, cls, insn.off
 
     def _access_class(self, pc: int, insn: Instruction, info: OpInfo, base: int, imm: Probe | int) -> StencilKey:
         """Loads and stores: the disp0/disp8/disp32 form, whether the access is in the fixed
-        frame (each probe stands for one of those), and whether it is proven or covered by a
-        versioned loop's check."""
+        frame (each probe stands for one of those), and whether it is proven (its base perhaps
+        confined already) or covered by a versioned loop's check."""
         off = insn.off
-        access = 2 if pc in self.unchecked else pc in self.options.proven
+        access = 2 if pc in self.unchecked else 3 if pc in self._confined else pc in self.options.proven
         if off == 0:
             return insn.opcode, info.variant, insn.dst, insn.src, access, imm, 0
         direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -info.size
@@ -402,15 +440,24 @@ class X86_64(Target):
             case AluOp.DIV | AluOp.MOD:
                 self._divmod(insn, info)
             case AluOp.LSH | AluOp.RSH | AluOp.ARSH:
-                self._shift(insn, info)
+                self._shift(pc, insn, info)
             case _:
                 raise NotImplementedError(f"{self.name}: ALU op {aop:#x}")
 
-    def _shift(self, insn: Instruction, info: OpInfo) -> None:
+    def _shift(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         d, s = insn.dst, insn.src
         wide = info.width == 64
         R = Q if wide else D
         mnemonic = _SHIFTS[AluOp(info.op)]
+        pair = self._extension_pair(pc, insn, info)
+        if pair == _ZEXT:
+            self.op(("mov", D[d], D[d]))  # the pair clears the upper half: rX & 0xffffffff
+            return
+        if pair == _SEXT:
+            self.op(("movsxd", Q[d], D[d]))  # the pair sign-extends the lower half
+            return
+        if pair == _SECOND:
+            return  # the shift before did both
         if not info.reg_src:
             count = insn.imm & (info.width - 1)  # the interpreter masks the count the same way
             if count:
@@ -431,6 +478,27 @@ class X86_64(Target):
             self.op(("mov", "ecx", D[s]))
             self.op((mnemonic, R[d], "cl"))
             self.op(("mov", "rcx", TMP))
+
+    def _extension_pair(self, pc: int, insn: Instruction, info: OpInfo) -> str | None:
+        """The role of ``pc`` in a 64-bit ``lsh rX, 32`` followed by ``rsh rX, 32`` (zero
+        extension) or ``arsh rX, 32`` (sign extension) in one block, emitted as one x86
+        instruction at the lsh: _ZEXT or _SEXT for the lsh, _SECOND for the right shift, None
+        otherwise."""
+        if insn.imm != 32 or info.reg_src or info.width != 64 or info.kind is not _ALU_KIND:
+            return None
+        slots, infos = self.flow.program.slots, self.flow.program.infos
+        if info.op == _LSH:
+            nxt, nxt_info = (slots[pc + 1], infos[pc + 1]) if pc + 1 < len(slots) else (None, None)
+            if (nxt is None or nxt_info is None or pc + 1 in self.flow.block_at or nxt_info.kind is not _ALU_KIND
+                    or nxt_info.reg_src or nxt_info.width != 64 or nxt.dst != insn.dst or nxt.imm != 32):
+                return None
+            return _ZEXT if nxt_info.op == _RSH else _SEXT if nxt_info.op == _ARSH else None
+        if info.op in (_RSH, _ARSH) and pc > 0 and pc not in self.flow.block_at:
+            prev, prev_info = slots[pc - 1], infos[pc - 1]
+            if (prev is not None and prev_info is not None and prev_info.op == _LSH
+                    and self._extension_pair(pc - 1, prev, prev_info) in (_ZEXT, _SEXT)):
+                return _SECOND
+        return None
 
     def _divmod(self, insn: Instruction, info: OpInfo) -> None:
         """dst = dst / src or dst % src: x / 0 = 0 and x % 0 = x; signed INT_MIN / -1 = INT_MIN and
@@ -561,7 +629,8 @@ class X86_64(Target):
             # (upper half zero, bit 31 set), so only a wrong proof sees the register change; r10
             # is the JIT's own, and is masked in a copy.
             if base != FP:
-                self.op(("or", D[base], "i32"), SANDBOX_BIT)
+                if pc not in self._confined:  # else an access before did it, and nothing wrote since
+                    self.op(("or", D[base], "i32"), SANDBOX_BIT)
                 reg = Q[base]
             else:
                 reg = ADDR if into_addr else TMP
