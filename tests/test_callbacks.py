@@ -179,6 +179,14 @@ def test_bpf_loop_count_is_the_kernels_in_both_engines(nr: int, stop: int) -> No
     assert LOOP_INPUT.execute(mem) == LOOP_INPUT.execute_jit(mem) == calls << 32 | calls
 
 
+def test_callbacks_in_batches_and_threads() -> None:
+    frames = [struct.pack("<II", n, 5) for n in range(10)]
+    want = [min(n, 6) << 32 | min(n, 6) for n in range(10)]
+    assert [LOOP_INPUT.execute(f) for f in frames] == want
+    assert list(LOOP_INPUT.execute_batch(frames)) == want
+    assert list(LOOP_INPUT.execute_batch(frames, threads=2)) == want
+
+
 # -- the verifier's rules -------------------------------------------------------------------------
 
 REJECTED = [
@@ -285,11 +293,12 @@ cb:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_for_each_visits_an_arrays_elements_in_order(engine: str) -> None:
+@pytest.mark.parametrize("verify", [True, False])  # unverified, each frame is cleared before the key is put in it
+def test_for_each_visits_an_arrays_elements_in_order(engine: str, verify: bool) -> None:
     m = Array(value_size=8, max_entries=4, name="M")
     for i, v in enumerate((10, 20, 30, 40)):
         m[i] = v
-    vm = load(FOR_EACH, m)
+    vm = load(FOR_EACH, m, verify=verify)
     assert run(vm, engine, bytearray(8)) == 3 << 32 | (10 + 1020 + 2030)
     assert [m[i] for i in range(4)] == [20, 40, 60, 40]
 
