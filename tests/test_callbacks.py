@@ -6,10 +6,13 @@ failures of unverified programs. An object built from C with both helpers runs a
 from __future__ import annotations
 
 import errno
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jitbpf.asm import assemble
 from jitbpf.cfg import analyze
@@ -139,6 +142,51 @@ def test_callbacks_count_as_call_frames(engine: str) -> None:
     assert run(load(shallow), engine, bytearray(8)) == 1
 
 
+# bpf_loop(nr, cb, &ctx, 0) with nr and the index cb stops at read from the input: r0 = the count
+# returned << 32 | the calls cb counted.
+LOOP_INPUT = load("""
+    ldxw r6, [r1]
+    ldxw r7, [r1+4]
+    stxdw [r10-8], r7
+    stdw [r10-16], 0
+    mov r1, r6
+    lddw r2, func:cb
+    mov r3, r10
+    add r3, -16
+    mov r4, 0
+    call 181
+    ldxdw r1, [r10-16]
+    lsh r0, 32
+    or r0, r1
+    exit
+cb:
+    ldxdw r3, [r2]
+    add r3, 1
+    stxdw [r2], r3
+    ldxdw r4, [r2+8]
+    mov r0, 0
+    jne r1, r4, +1
+    mov r0, 1
+    exit
+""")
+
+
+@settings(max_examples=60, deadline=None)
+@given(nr=st.integers(0, 300), stop=st.integers(0, 400))
+def test_bpf_loop_count_is_the_kernels_in_both_engines(nr: int, stop: int) -> None:
+    calls = min(nr, stop + 1)
+    mem = struct.pack("<II", nr, stop)
+    assert LOOP_INPUT.execute(mem) == LOOP_INPUT.execute_jit(mem) == calls << 32 | calls
+
+
+def test_callbacks_in_batches_and_threads() -> None:
+    frames = [struct.pack("<II", n, 5) for n in range(10)]
+    want = [min(n, 6) << 32 | min(n, 6) for n in range(10)]
+    assert [LOOP_INPUT.execute(f) for f in frames] == want
+    assert list(LOOP_INPUT.execute_batch(frames)) == want
+    assert list(LOOP_INPUT.execute_batch(frames, threads=2)) == want
+
+
 # -- the verifier's rules -------------------------------------------------------------------------
 
 REJECTED = [
@@ -245,11 +293,12 @@ cb:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_for_each_visits_an_arrays_elements_in_order(engine: str) -> None:
+@pytest.mark.parametrize("verify", [True, False])  # unverified, each frame is cleared before the key is put in it
+def test_for_each_visits_an_arrays_elements_in_order(engine: str, verify: bool) -> None:
     m = Array(value_size=8, max_entries=4, name="M")
     for i, v in enumerate((10, 20, 30, 40)):
         m[i] = v
-    vm = load(FOR_EACH, m)
+    vm = load(FOR_EACH, m, verify=verify)
     assert run(vm, engine, bytearray(8)) == 3 << 32 | (10 + 1020 + 2030)
     assert [m[i] for i in range(4)] == [20, 40, 60, 40]
 

@@ -1002,7 +1002,7 @@ class X86_64(Target):
         for reg in ("edi", "esi", "edx", "ecx", "r8d"):
             self.op(("xor", reg, reg))
 
-    def _state(self, pushed: int) -> None:
+    def _callback_row(self, pushed: int) -> None:
         """TMP = this call depth's jitbpf_frame.callback row (less its offset), ``pushed`` bytes
         below the depth's rsp: rows are 32 bytes, depths 64 bytes of machine stack apart."""
         self.op(("mov", TMP, FRAME))
@@ -1024,7 +1024,7 @@ class X86_64(Target):
             self.op(("mov", TMP, "i64"), MAX_LOOP_ITERATIONS)
             self.op(("cmp", "rdi", TMP))
             to_errors.append((self.forward("ja"), -errno.E2BIG))
-        self._state(0)
+        self._callback_row(0)
         self._store_imm(TMP, cb, 0)  # invocations returned
         self._store(TMP, cb + 8, "rdi")  # the count asked for, or the map
         self._store(TMP, cb + 16, "rdx")  # the context
@@ -1041,7 +1041,7 @@ class X86_64(Target):
             token, vals = mem("q", FRAME, L.frame_zero_base)
             self.op(("add", TMP, token), *vals)
             self.branch_named("call", "zero")
-        self._state(pushed)
+        self._callback_row(pushed)
         to_end = []
         if kind is CallbackKind.LOOP:
             self._load("rdi", TMP, cb)
@@ -1063,7 +1063,7 @@ class X86_64(Target):
             self.op(("pop", BUDGET))
             self.op(("test", "rax", "rax"))
             to_end.append(self.forward("jz"))
-            self._state(pushed)
+            self._callback_row(pushed)
             self.op(("mov", "rdx", "rax"))  # r3: the value
             self._load("rdi", TMP, cb + 8)
             self._load("rsi", "rsp", saved_fp)
@@ -1073,14 +1073,14 @@ class X86_64(Target):
         self._load("rbp", "rsp", saved_fp)
         self.op(("sub", "rbp", "i32"), STACK_SIZE)
         self.branch("call", location(Section.PC, entry))
-        self._state(pushed)
+        self._callback_row(pushed)
         token, vals = mem("q", TMP, cb)
         self.op(("add", token, "i8"), *vals, 1)
         self.op(("test", "rax", "rax"))
         self.branch("jz", loop)
         for field in to_end:
             self.bind(field)
-        self._state(pushed)
+        self._callback_row(pushed)
         self._load("rax", TMP, cb)
         self.op(("add", "rsp", "i8"), _LOCAL_PAD)
         for reg in reversed(_LOCAL_SAVED):
