@@ -21,6 +21,7 @@ from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
     from jitbpf.jit import JitProgram
+    from jitbpf.programs import BtfSource
 
 # What a thread is doing with a VM (VM._enter): nested runs of one VM on one thread would share
 # its stack, its context memory and its run state, so a run may not start inside another.
@@ -108,6 +109,8 @@ class VM(ProgramRunners):
         max_tail_calls: int = MAX_TAIL_CALLS,
         elide_checks: bool = True,
         privileged: bool = True,
+        attach: str | None = None,
+        btf: BtfSource | None = None,
     ) -> None:
         if isinstance(program, Program):
             self.program = program
@@ -132,6 +135,7 @@ class VM(ProgramRunners):
         self._blocks: CompiledBlocks | None = None
         self._checked = False
         self._proven: frozenset[int] = frozenset()
+        self._probe_loads: frozenset[int] = frozenset()  # loads whose failure gives 0 (BTF-typed pointers)
         self._python_calls: frozenset[int] = frozenset()  # helper calls the JIT must make through Python
         self._jit: JitProgram | None = None
         self._compile_lock = threading.Lock()  # one JitProgram per VM, whichever thread runs first
@@ -145,7 +149,9 @@ class VM(ProgramRunners):
         self._lifetime = threading.Lock()
         self._active = 0
         self._close_pending = False
-        self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.programs)
+        # Context layout, runners and type helpers (jitbpf.programs); the BTF-typed types take
+        # their context from the attach target (a section name, "fentry/do_unlinkat") in ``btf``.
+        self._init_program_type(prog_type, attach, btf)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -315,6 +321,7 @@ class VM(ProgramRunners):
                                  "VM(..., verify=False) skips the verifier")
                 raise
             self._proven = result.proven
+            self._probe_loads = result.probe_loads
             self._python_calls = result.unchecked_calls
             self._reads_uninit_stack = result.reads_uninit_stack
         self._checked = True
@@ -393,7 +400,7 @@ class VM(ProgramRunners):
                            budget: int, tail_calls_left: int) -> int:
         self.check()
         if self._blocks is None:
-            self._blocks = Translator(self.resolve_lddw).translate(self.flow)
+            self._blocks = Translator(self.resolve_lddw, self._probe_loads).translate(self.flow)
         state = self._state()
         state.begin(mem, extra, tail_calls_left)
         env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))
@@ -423,7 +430,7 @@ class VM(ProgramRunners):
                           # a program that reads stack it never wrote needs that as well.
                           runner=self.execute_jit_regions,
                           verified=self.verify_enabled and not self._reads_uninit_stack,
-                          python_calls=self._python_calls)
+                          python_calls=self._python_calls, probe_loads=self._probe_loads)
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""

@@ -125,6 +125,7 @@ class JitProgram:
         verified: bool = False,
         python_calls: frozenset[int] = frozenset(),
         confine: bool = True,
+        probe_loads: frozenset[int] = frozenset(),
     ) -> None:
         _check_host()
         # Without the sandbox nothing may be left unchecked on the verifier's word, and the C
@@ -139,7 +140,7 @@ class JitProgram:
         self._region_names: dict[int, str] = {}  # base address -> name of regions runs were given
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
                                           budget=budget, runner=runner, assembler=assembler, verified=verified,
-                                          python_calls=python_calls, confine=confine)
+                                          python_calls=python_calls, confine=confine, probe_loads=probe_loads)
         self._counting: JitProgram | None = None  # the budget-counting twin (see run_regions)
         self._twin_lock = threading.Lock()
         self._helpers = helpers
@@ -198,7 +199,7 @@ class JitProgram:
         self._table_done = True
         table = HelperTable(int(ffi.cast("uintptr_t", self._table)), self._capacity, self._dispatch_addr)
         options = CompileOptions(resolve_lddw, proven, table, count_budget, verified, python_calls,
-                          self.contained and confine)
+                                 self.contained and confine, probe_loads - proven)
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()

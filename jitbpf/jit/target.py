@@ -71,6 +71,7 @@ class CompileOptions:
     # so that a wrong proof cannot reach host memory. Without it, ``proven`` is empty (except
     # when measuring what confinement costs).
     contained: bool = False
+    probe_loads: frozenset[int] = frozenset()  # loads whose failure gives 0 (through BTF-typed pointers)
 
 
 def _moved(loc: int, hot: int, cold: int) -> int:
@@ -150,7 +151,7 @@ class Target(abc.ABC):
         # Code of instructions seen before in this program: an instruction of a kind in _LOCAL
         # whose emission wrote nothing but hot bytes (no stub, branch or mark) is the same bytes
         # wherever it appears, so repeats are copied instead of emitted again.
-        self._memo: dict[tuple[int, int, int, int, int, bool], bytes] = {}
+        self._memo: dict[tuple[int, int, int, int, int, bool, bool], bytes] = {}
         self.unchecked: frozenset[int] = frozenset()  # accesses proven by the loop being emitted
         self.retarget: dict[int, int] = {}  # slot of a jump -> location it goes to instead (loop copies)
         # The emitter of each instruction kind, looked up once per instruction.
@@ -215,7 +216,7 @@ class Target(abc.ABC):
             if kind not in _LOCAL:
                 emitters[kind](pc, insn, info)
                 continue
-            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven)
+            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven, pc in self.options.probe_loads)
             code = memo.get(key)
             if code is not None:
                 hot += code
@@ -263,7 +264,8 @@ class Target(abc.ABC):
             if info.kind not in _LOCAL:
                 self._emitters[info.kind](pc, insn, info)
                 continue
-            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven or pc in unchecked)
+            key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc in proven or pc in unchecked,
+                   pc in self.options.probe_loads)
             code = memo.get(key)
             if code is not None:
                 hot += code

@@ -27,11 +27,23 @@ from jitbpf.errors import VerifierError
 from jitbpf.helpers import Helper
 from jitbpf.isa import Instruction, Program
 from jitbpf.verifier._check import Checker, Rejected, describe_instruction
-from jitbpf.verifier._types import RAW_MEMORY, ArgType, ContextSpec, MapLike, RegType, RetType, VerifyResult
+from jitbpf.verifier._types import (
+    RAW_MEMORY,
+    ArgType,
+    BtfArg,
+    BtfLayout,
+    ContextSpec,
+    MapLike,
+    RegType,
+    RetType,
+    VerifyResult,
+)
 
 __all__ = [
     "RAW_MEMORY",
     "ArgType",
+    "BtfArg",
+    "BtfLayout",
     "ContextSpec",
     "MapLike",
     "RegType",

@@ -59,6 +59,31 @@ class MapLike(Protocol):
     def flags(self) -> int: ...  # BPF_F_* creation flags (BPF_F_RDONLY_PROG: programs may not write values)
 
 
+@dataclass(frozen=True)
+class BtfArg:
+    """What one 8-byte slot of a BTF-typed context holds (the kernel's ``u64 args[]`` of tracing
+    programs), or what a load of one field through a ``PTR_TO_BTF_ID`` gives."""
+
+    type_id: int = 0  # BTF id of the struct (or union) a pointer points to; 0 for a scalar
+    size: int = 8  # a scalar's width in bytes: its value fits the C type
+    signed: bool = False  # a scalar of a signed C type (sign-extended into the slot)
+    nullable: bool = False  # a pointer that may be NULL: it must be compared with 0 before a load
+    name: str = ""  # the argument or field, for messages
+
+
+class BtfLayout(Protocol):
+    """The target BTF as the verifier asks it about loads through typed pointers."""
+
+    def field(self, type_id: int, off: int, size: int) -> BtfArg:
+        """What a load of ``size`` bytes at ``off`` of the struct ``type_id`` gives (LookupError
+        with the reason when the struct has no such field)."""
+        ...
+
+    def type_name(self, type_id: int) -> str:
+        """``struct name`` of a type, for messages."""
+        ...
+
+
 CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta")
 CONTEXT_POINTER_SIZES = (4, 8)  # a __u32 (__sk_buff, xdp_md) or a 64-bit __bpf_md_ptr (sk_msg_md)
 
@@ -75,6 +100,8 @@ class ContextSpec:
     must cover exactly the field, whose width is given by ``field_sizes`` (4 bytes unless given);
     the fields are read-only and cannot be read any other way. ``packet_writable`` and ``ld_abs``
     follow the kernel's rules for the program type (direct packet writes, legacy packet loads).
+    With ``args``, the context is a BTF-typed ``u64 args[]`` (``size`` = 8 per slot): each slot
+    gives a bounded scalar or a pointer to a BTF struct, whose fields ``btf`` describes.
     """
 
     size: int | None = None  # bytes of context, or None for raw memory of unknown size
@@ -86,6 +113,9 @@ class ContextSpec:
     field_sizes: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # their widths
     packet_writable: bool = True  # whether stores into the packet (and helpers writing it) are allowed
     ld_abs: bool = True  # whether the legacy LD_ABS/LD_IND loads are allowed (with r6 = the context)
+    # A BTF-typed context (tracing programs): the u64 slots r1 points to; loads are 8 bytes, stores refused.
+    args: tuple[BtfArg, ...] | None = None
+    btf: BtfLayout | None = field(default=None, hash=False, compare=False)  # the types ``args`` point to
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():
@@ -119,6 +149,9 @@ class VerifyResult:
     unchecked_calls: frozenset[int] = frozenset()
     # A privileged program may read stack it never wrote: the engines must clear its frames.
     reads_uninit_stack: bool = False
+    # Loads through BTF-typed pointers (the kernel's BPF_PROBE_MEM): a load from memory the run
+    # does not hold gives 0 instead of failing.
+    probe_loads: frozenset[int] = frozenset()
 
 
 class RegType(enum.Enum):
@@ -135,6 +168,8 @@ class RegType(enum.Enum):
     PTR_TO_PACKET_END = "pkt_end"  # one past the packet's last byte: compare only
     PTR_TO_PACKET_META = "pkt_meta"  # packet metadata, which ends where packet data starts
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
+    PTR_TO_BTF_ID = "ptr_"  # a kernel object of a BTF struct (aux = its type id): read by probe loads
+    PTR_TO_BTF_ID_OR_NULL = "ptr_or_null_"  # the same, or 0 (aux = type id, id = the slot's load)
 
 
 class Reg(NamedTuple):
@@ -150,7 +185,7 @@ class Reg(NamedTuple):
     off: int = 0  # exact part of a pointer's offset
     id: int = 0  # link between copies (0 = none)
     range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet
-    aux: int = 0  # frame index (stack pointers) or map handle (map pointers)
+    aux: int = 0  # frame index (stack pointers), map handle (map pointers) or BTF type id (BTF pointers)
     ref: int = 0  # the reference a pointer holds (an acquired ring buffer record; 0 = none)
 
     def __str__(self) -> str:
@@ -161,6 +196,8 @@ class Reg(NamedTuple):
         if t is RegType.NOT_INIT:
             return "?"
         parts = []
+        if t in (RegType.PTR_TO_BTF_ID, RegType.PTR_TO_BTF_ID_OR_NULL):
+            parts.append(f"btf_id={self.aux}")
         if t in (RegType.PTR_TO_STACK, RegType.PTR_TO_MAP_VALUE, RegType.PTR_TO_MAP_VALUE_OR_NULL,
                  RegType.CONST_PTR_TO_MAP):
             parts.append(f"{'frame' if t is RegType.PTR_TO_STACK else 'map'}={self.aux}")
