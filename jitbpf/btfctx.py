@@ -66,8 +66,9 @@ class BtfTypes:
         _, t = self.btf.resolve(type_id)
         return f"{t.kind.name.lower()} {t.name or '(anonymous)'}"
 
-    def slot(self, type_id: int, name: str = "", nullable: bool = False) -> BtfArg:
-        """What a u64 slot (or a field) of C type ``type_id`` holds."""
+    def slot(self, type_id: int, name: str = "", nullable: bool = False, memory: bool = False) -> BtfArg:
+        """What a u64 slot (or a field) of C type ``type_id`` holds; with ``memory``, a pointer
+        to anything but a struct is one to memory of unknown size (else a number)."""
         _, t = self.btf.resolve(type_id)
         if t.kind in _SCALAR_KINDS:
             size = t.size_or_type
@@ -77,6 +78,8 @@ class BtfTypes:
             target, pointee = self.btf.resolve(t.size_or_type)
             if pointee.kind in _COMPOSITE:
                 return BtfArg(type_id=target, nullable=nullable, name=name)
+            if memory:
+                return BtfArg(nullable=nullable, memory=True, name=name)
         return BtfArg(name=name)  # void *, char *, function pointers...: a number to the program
 
     def field(self, type_id: int, off: int, size: int) -> BtfArg:
@@ -253,7 +256,8 @@ def _target(types: BtfTypes, section: str, flavour: str, target: str, params: Se
     if ret is not None:
         names.append("ret")
         tids.append(ret)
-    args = tuple(types.slot(t, n, nullable=i >= nullable_from) if t else BtfArg(name=n)
+    # An iterator's untyped pointers (a map element's key and value) are memory the program reads.
+    args = tuple(types.slot(t, n, nullable=i >= nullable_from, memory=nullable_from == 1) if t else BtfArg(name=n)
                  for i, (n, t) in enumerate(zip(names, tids, strict=True)))
     return AttachTarget(section, flavour, target, tuple(names), tuple(tids), args)
 

@@ -86,8 +86,11 @@ def tiny_btf() -> Btf:
     b.func("target", proto)
     b.func("bpf_lsm_hook", proto)
     meta = b.struct("bpf_iter_meta", 8, [("seq", u64, 0)])
-    b.struct("bpf_iter__thing", 16, [("meta", b.ptr(meta), 0), ("o", obj_ptr, 8)])
+    meta_ptr = b.ptr(meta)
+    b.struct("bpf_iter__thing", 16, [("meta", meta_ptr, 0), ("o", obj_ptr, 8)])
     void_ptr = b.ptr(0)
+    b.struct("bpf_iter__elem", 16, [("meta", meta_ptr, 0), ("key", void_ptr, 8)])
+    b.struct("some_ops", 8, [("op", b.ptr(b.proto(i32, [("o", obj_ptr)])), 0)])
     b.typedef("btf_trace_evt", b.ptr(b.proto(0, [("__data", void_ptr), ("o", obj_ptr)])))
     return Btf(b.blob())
 
@@ -155,6 +158,8 @@ ATTACH_SLOTS = [
     ("lsm/hook", ("x", "o", "c", "ret"), (False, True, False, False)),
     ("tp_btf/evt", ("o",), (True,)),
     ("iter/thing", ("meta", "o"), (True, True)),
+    ("struct_ops/some_ops.op", ("o",), (True,)),
+    ("freplace/target", ("x", "o", "c"), (False, True, False)),
 ]
 
 
@@ -164,6 +169,16 @@ def test_attach_target_gives_the_slots(btf: BtfTypes, section: str, names: tuple
     target = resolve_attach(btf, section)
     assert target.names == names
     assert tuple(bool(a.type_id) for a in target.args) == pointers
+
+
+@pytest.mark.parametrize("section", ["lsm/hook", "tp_btf/evt", "struct_ops/some_ops.op", "freplace/target"])
+def test_other_flavours_run_on_their_arguments(btf: BtfTypes, section: str) -> None:
+    # r0 = the first struct obj argument's a, whichever slot it is in
+    slot = resolve_attach(btf, section).names.index("o")
+    vm = tracing(f"r2 = *(u64 *)(r1 + {8 * slot})\nr0 = *(u32 *)(r2 + 0)\nexit", btf, section)
+    args: list[object] = [0] * (len(resolve_attach(btf, section).names) - (section.startswith("lsm")))
+    args[slot] = {"a": 21}
+    assert both(vm, *args) == 21
 
 
 def test_iter_objects_but_meta_may_be_null(btf: BtfTypes) -> None:
@@ -264,6 +279,23 @@ def test_iter_object_must_be_checked_for_null(btf: BtfTypes) -> None:
     assert both(vm, {"seq": 1}, None) == 0
 
 
+def test_iter_untyped_pointer_is_memory_or_null(btf: BtfTypes) -> None:
+    src = """
+        r2 = *(u64 *)(r1 + 8)
+        r0 = 0
+        {check}
+        r0 = *(u8 *)(r2 + 0)
+        r0 &= 1
+    out:
+        exit
+    """
+    with pytest.raises(VerifierError, match="null pointer"):
+        tracing(src.format(check=""), btf, "iter/elem")
+    vm = tracing(src.format(check="if r2 == 0 goto out"), btf, "iter/elem")
+    assert both(vm, {"seq": 0}, b"\x03") == 1
+    assert both(vm, {"seq": 0}, None) == 0
+
+
 # -- what the verifier refuses ---------------------------------------------------------------------
 
 REJECTED = [
@@ -297,7 +329,7 @@ def test_verifier_refuses(btf: BtfTypes, case: str, section: str, src: str, mess
 @pytest.mark.parametrize("section", ["fentry/nowhere", "lsm/nohook", "tp_btf/noevent", "iter/nothing",
                                      "struct_ops/nostruct.op"])
 def test_unknown_attach_target(btf: BtfTypes, section: str) -> None:
-    with pytest.raises(AttachError, match="target BTF has no|STRUCT.MEMBER"):
+    with pytest.raises(AttachError, match=r"target BTF has no|STRUCT\.MEMBER"):
         tracing("r0 = 0\nexit", btf, section)
 
 
@@ -335,7 +367,7 @@ def test_wrong_number_of_arguments(btf: BtfTypes) -> None:
 
 def test_unknown_field_name(btf: BtfTypes) -> None:
     vm = tracing("r0 = 0\nexit", btf)
-    with pytest.raises(ValueError, match="no field 'nope'.*fields: a, next, b"):
+    with pytest.raises(ValueError, match=r"no field 'nope'.*fields: a, next, b"):
         vm.run_tracing(1, {"nope": 1}, 0)
 
 

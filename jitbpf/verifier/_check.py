@@ -47,8 +47,9 @@ MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 LOG_LINES = 400  # lines of path kept for the error log
 
 Pt = RegType
-POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_BTF_ID_OR_NULL)
-NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BTF_ID_OR_NULL: Pt.PTR_TO_BTF_ID}
+POINTER_OR_NULL = (Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_BTF_ID_OR_NULL, Pt.PTR_TO_MEM_OR_NULL)
+NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BTF_ID_OR_NULL: Pt.PTR_TO_BTF_ID,
+            Pt.PTR_TO_MEM_OR_NULL: Pt.PTR_TO_MEM}
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
@@ -830,7 +831,7 @@ class Checker:
                 self._note(False)  # size unknown here: the runtime check stays
             case Pt.PTR_TO_BTF_ID:
                 return self._btf_access(ptr, r, off, size, mode, signed)
-            case Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BTF_ID_OR_NULL:
+            case Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BTF_ID_OR_NULL | Pt.PTR_TO_MEM_OR_NULL:
                 self.reject(f"possible null pointer dereference: r{r} is {t.value} (compare it against 0 first)")
             case Pt.PTR_TO_PACKET_END:
                 self.reject(f"cannot access memory through r{r}, the packet end pointer")
@@ -926,6 +927,8 @@ class Checker:
 
     def _btf_value(self, arg: BtfArg) -> Reg:
         """The register a BTF-typed slot or field loads into: a bounded scalar, or a pointer."""
+        if arg.memory:
+            return Reg(Pt.PTR_TO_MEM_OR_NULL, id=self.fresh_id()) if arg.nullable else Reg(Pt.PTR_TO_MEM)
         if not arg.type_id:
             if arg.size >= 8:
                 return UNKNOWN_SCALAR

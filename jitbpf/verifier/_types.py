@@ -68,6 +68,7 @@ class BtfArg:
     size: int = 8  # a scalar's width in bytes: its value fits the C type
     signed: bool = False  # a scalar of a signed C type (sign-extended into the slot)
     nullable: bool = False  # a pointer that may be NULL: it must be compared with 0 before a load
+    memory: bool = False  # a pointer to memory of unknown size (an iterator's key or value), runtime-checked
     name: str = ""  # the argument or field, for messages
 
 
@@ -170,6 +171,7 @@ class RegType(enum.Enum):
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
     PTR_TO_BTF_ID = "ptr_"  # a kernel object of a BTF struct (aux = its type id): read by probe loads
     PTR_TO_BTF_ID_OR_NULL = "ptr_or_null_"  # the same, or 0 (aux = type id, id = the slot's load)
+    PTR_TO_MEM_OR_NULL = "mem_or_null"  # memory of unknown size, or 0 (id = the slot's load)
 
 
 class Reg(NamedTuple):
