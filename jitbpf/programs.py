@@ -748,6 +748,7 @@ class ProgramState:
         self.info = info
         self.attach = attach  # BTF-typed types: the attach target, whose arguments are the context
         self.types = types  # and the target BTF they are typed by
+        self.btf_source: BtfSource | None = None  # where that BTF came from (None: the running kernel)
         self.layout = frame_layout(info)
         self.local = threading.local()  # .arena and .run of each thread
         self.native = threading.local()  # .binding: each thread's jitbpf.pktrun.Binding (see config_changed)
@@ -1239,7 +1240,9 @@ def _attach_state(info: ProgramType, attach: str | None, btf: BtfSource | None) 
         raise AttachError(f"a {info.name} program needs its attach target: give attach= its section name "
                           f"({', '.join(s + '...' for s in info.sections[:3])})")
     types = btf_types(btf, f"attach target {attach!r}")
-    return ProgramState(info, resolve_attach(types, attach), types)
+    state = ProgramState(info, resolve_attach(types, attach), types)
+    state.btf_source = btf
+    return state
 
 
 def _setup(vm: Any, prog_type: ProgType | int | str | None, attach: str | None = None,

@@ -449,3 +449,11 @@ def test_c_fentry_on_do_unlinkat_with_vmlinux(build) -> None:  # type: ignore[no
         assert prog.run(-100, {"name": "notes.txt"}, engine=engine) == 0
         assert int.from_bytes(obj.variable("seen_dfd"), "little", signed=True) == -100
         assert bytes(obj.variable("seen")).rstrip(b"\0") == b"notes.txt"
+
+
+def test_a_tracing_vm_pickles_with_its_attach_target(btf: BtfTypes) -> None:
+    import pickle
+
+    vm = tracing("r2 = *(u64 *)(r1 + 8)\nr0 = *(u32 *)(r2 + 0)\nexit", btf, "fmod_ret/target")
+    copy = pickle.loads(pickle.dumps(vm))
+    assert copy.run_tracing(0, {"a": 6}, 0) == (6, 6)
