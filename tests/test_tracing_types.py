@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jitbpf import VM, assemble
 from jitbpf.btfctx import AttachError, BtfTypes, resolve_attach
@@ -457,3 +459,54 @@ def test_a_tracing_vm_pickles_with_its_attach_target(btf: BtfTypes) -> None:
     vm = tracing("r2 = *(u64 *)(r1 + 8)\nr0 = *(u32 *)(r2 + 0)\nexit", btf, "fmod_ret/target")
     copy = pickle.loads(pickle.dumps(vm))
     assert copy.run_tracing(0, {"a": 6}, 0) == (6, 6)
+
+
+
+@pytest.fixture(scope="module")
+def probe_vms(btf: BtfTypes) -> dict[int, VM]:
+    """fmod_ret programs returning the u64 at offset 0, 8 or 16 of the struct obj argument."""
+    return {off: tracing(f"r2 = *(u64 *)(r1 + 8)\nr0 = *(u64 *)(r2 + {off})\nexit", btf, "fmod_ret/target")
+            for off in (0, 8, 16)}
+
+
+def _override(value: int) -> int | None:
+    low = value & 0xFFFF_FFFF
+    return (low - (1 << 32) if low >> 31 else low) or None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wild=st.one_of(st.integers(0, 4095), st.integers(1 << 32, (1 << 64) - 1)),
+       value=st.integers(0, (1 << 64) - 1), off=st.sampled_from([0, 8, 16]))
+def test_probe_loads_read_what_was_given_or_zero(probe_vms: dict[int, VM], wild: int, value: int, off: int) -> None:
+    """Through a given object a load reads its bytes; through an address no memory of the run
+    holds (page zero, above the sandbox's 4 GiB), 0: the same in both engines."""
+    vm = probe_vms[off]
+    blob = bytearray(24)
+    blob[off : off + 8] = value.to_bytes(8, "little")
+    assert both(vm, 0, bytes(blob), 0) == (value, _override(value))
+    assert both(vm, 0, wild, 0) == (0, None)
+
+
+def test_harness_calls_a_fentry_program(build) -> None:  # type: ignore[no-untyped-def]
+    from jitbpf import testing
+
+    kernel = load_elf(build(KERNEL_SIDE), create_maps=False)
+    assert kernel.btf is not None
+    obj = load_elf(build(PRINTING_PROGRAM), btf=kernel.btf)
+    for engine in ENGINES:
+        with testing.Harness(obj.programs["says_id"], engine=engine) as h:
+            outcome = h.call(2, {"id": 40})
+            assert outcome.retval == 0
+            assert outcome.trace == ("id 42",)
+            assert outcome.ctx["dfd"] == 2
+
+
+PRINTING_PROGRAM = """
+struct item { int id; } __attribute__((preserve_access_index));
+SEC("fentry/handle_item")
+int BPF_PROG(says_id, int dfd, struct item *it)
+{
+    bpf_printk("id %d", it->id + dfd);
+    return 0;
+}
+"""
