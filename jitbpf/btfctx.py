@@ -346,20 +346,22 @@ class Objects:
                 raise ValueError(f"{what}: {len(raw)} bytes do not fit the field's {size}")
             blob[off : off + len(raw)] = raw
 
-    def place(self) -> list[Region]:
-        """Lay the objects out in fresh pages: the read-only regions a run is given."""
+    def place(self, arena: Pages | None = None, start: int = 0) -> list[Region]:
+        """Lay the objects out from byte ``start`` of ``arena`` (the run's own pages, when they
+        fit; else fresh pages): the read-only regions a run is given."""
         total = sum(-(-max(len(b), 1) // self.ALIGN) * self.ALIGN for b in self.blobs)
         if not total:
             return []
-        self.pages = Pages(total)
-        addr = self.pages.address
-        pos = 0
+        if arena is None or start + total > arena.size:
+            arena, start = self.pages = Pages(total), 0
+        addr = arena.address
+        pos = start
         for blob in self.blobs:
             self.bases.append(addr + pos)
             pos += -(-max(len(blob), 1) // self.ALIGN) * self.ALIGN
         for index, off, target in self.fixups:
             self.blobs[index][off : off + 8] = self.bases[target].to_bytes(8, "little")
-        view = self.pages.view
+        view = arena.view
         for base, blob in zip(self.bases, self.blobs, strict=True):
             view[base - addr : base - addr + len(blob)] = blob
         return [Region(base, len(blob), view[base - addr : base - addr + len(blob)], False, "btf object")
@@ -370,7 +372,7 @@ class Objects:
         return self.bases[handle]
 
     def close(self) -> None:
-        """Free the pages (after the run)."""
+        """Free the pages of their own (after the run)."""
         if self.pages is not None:
             self.pages.close()
             self.pages = None

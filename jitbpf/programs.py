@@ -1109,11 +1109,11 @@ def run_btf_args(vm: VM, state: ProgramState, args: Sequence[Any], ret: Any, eng
         else:
             pointee = slot.type_id or _pointee(state, tid)
             slots.append((objects.add(value, pointee, f"{attach.section} argument {name}"), 1))
-    outer = vm.enter_setup()
+    outer = vm.enter_setup()  # the arena is this thread's: one run of the VM at a time
     try:
-        regions = objects.place()
-        raw = b"".join((objects.address(v) if is_obj else v).to_bytes(8, "little") for v, is_obj in slots)
         arena, ctx_region, _frame = state.arena(CTX_AREA)
+        regions = objects.place(arena, CTX_AREA)  # after the context, in the arena when they fit
+        raw = b"".join((objects.address(v) if is_obj else v).to_bytes(8, "little") for v, is_obj in slots)
         arena.view[0:CTX_AREA] = raw.ljust(CTX_AREA, b"\0")
         if engine == "jit":
             return vm.execute_jit_regions(ctx_region, regions, arena.address, 0)
