@@ -353,7 +353,8 @@ class Objects:
         if not total:
             return []
         if arena is None or start + total > arena.size:
-            arena, start = self.pages = Pages(total), 0
+            self.pages = Pages(total)
+            arena, start = self.pages, 0
         addr = arena.address
         pos = start
         for blob in self.blobs:
