@@ -510,3 +510,9 @@ int BPF_PROG(says_id, int dfd, struct item *it)
     return 0;
 }
 """
+
+
+def test_objects_larger_than_the_arena(btf: BtfTypes) -> None:
+    vm = tracing("r2 = *(u64 *)(r1 + 8)\nr0 = *(u64 *)(r2 + 16)\nexit", btf, "fmod_ret/target")
+    big = bytes(16) + (123).to_bytes(8, "little") + bytes(100_000)
+    assert both(vm, 0, big, 0) == (123, 123)
