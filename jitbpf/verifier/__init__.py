@@ -8,7 +8,8 @@ path, so that the JIT can drop their runtime check.
 
 What is tracked: each register's type (uninitialised, scalar with known bits and signed and
 unsigned ranges, pointer to the context, a stack frame, a map value or null, a map, packet data
-with the number of bytes proven inside the packet, packet end, memory of unknown size) and each
+with the number of bytes proven inside the packet, packet end, memory of unknown size, a kernel
+object of a BTF struct, whose loads are probe loads (``VerifyResult.probe_loads``)) and each
 stack byte (uninitialised, unknown, known value, or part of a spilled register). Subtracting two
 pointers into one object (a stack frame, the context, the packet) gives a scalar. States are
 remembered at join points and a path is pruned when its state lies within one already verified;
