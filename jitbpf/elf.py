@@ -18,7 +18,14 @@ from elftools.elf.sections import SymbolTableSection
 
 from jitbpf.errors import BpfError, ElfError, VerifierError
 from jitbpf.isa import SLOT_SIZE, CallSrc, PseudoSrc
-from jitbpf.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
+from jitbpf.programs import (
+    PROGRAM_TYPES,
+    AttachType,
+    ProgType,
+    program_type,
+    section_attach_type,
+    section_program_type,
+)
 
 if TYPE_CHECKING:
     from jitbpf.btfctx import BtfTypes
@@ -289,6 +296,11 @@ class ElfProgram:
         """The short name of the program type ("xdp", "socket_filter", ...; "" when none)."""
         info = PROGRAM_TYPES.get(self.prog_type)
         return info.name if info is not None else ""
+
+    @property
+    def attach_type(self) -> AttachType:
+        """The attach type libbpf loads the program with, from its section (fexit -> TRACE_FEXIT)."""
+        return section_attach_type(self.section)
 
     def vm(self, **kwargs: Any) -> VM:
         """A new VM running this program, with the object's maps and the type's helpers."""

@@ -411,7 +411,7 @@ def test_c_fentry_on_a_target_btf_built_by_clang(build) -> None:  # type: ignore
     assert kernel.btf is not None
     obj = load_elf(build(PROGRAM_SIDE), btf=BtfTypes(kernel.btf).btf)
     prog = obj.programs["on_item"]
-    assert prog.prog_type is ProgType.TRACING
+    assert prog.prog_type is ProgType.TRACING and prog.attach_type is AttachType.TRACE_FENTRY
     for engine in ENGINES:
         got = prog.run(3, {"id": 4, "next": {"id": 9}, "label": "hello"}, engine=engine)
         assert got == 0
