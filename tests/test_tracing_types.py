@@ -74,6 +74,11 @@ class BtfBuilder:
 
 
 def tiny_btf() -> Btf:
+    """The tiny target BTF, parsed (see ``_tiny_blob``)."""
+    return Btf(_tiny_blob())
+
+
+def _tiny_blob() -> bytes:
     """``int target(int x, struct obj *o, unsigned char c)`` with ``struct obj { int a; struct obj
     *next; unsigned long long b; }``, an lsm hook of the same prototype, a tracepoint and an
     iterator over objects."""
@@ -94,7 +99,7 @@ def tiny_btf() -> Btf:
     b.struct("bpf_iter__elem", 16, [("meta", meta_ptr, 0), ("key", void_ptr, 8)])
     b.struct("some_ops", 8, [("op", b.ptr(b.proto(i32, [("o", obj_ptr)])), 0)])
     b.typedef("btf_trace_evt", b.ptr(b.proto(0, [("__data", void_ptr), ("o", obj_ptr)])))
-    return Btf(b.blob())
+    return b.blob()
 
 
 @pytest.fixture(scope="module")
@@ -516,3 +521,14 @@ def test_objects_larger_than_the_arena(btf: BtfTypes) -> None:
     vm = tracing("r2 = *(u64 *)(r1 + 8)\nr0 = *(u64 *)(r2 + 16)\nexit", btf, "fmod_ret/target")
     big = bytes(16) + (123).to_bytes(8, "little") + bytes(100_000)
     assert both(vm, 0, big, 0) == (123, 123)
+
+
+@pytest.mark.parametrize("form", ["path", "bytes", "Btf"])
+def test_target_btf_forms(tmp_path: Path, form: str) -> None:
+    b = tiny_btf()
+    blob = _tiny_blob()
+    given: object = {"path": str(tmp_path / "target.btf"), "bytes": blob, "Btf": b}[form]
+    (tmp_path / "target.btf").write_bytes(blob)
+    vm = VM(assemble("r2 = *(u64 *)(r1 + 8)\nr0 = *(u32 *)(r2 + 0)\nexit"), prog_type="fmod_ret",
+            attach="fmod_ret/target", btf=given)  # type: ignore[arg-type]
+    assert vm.run_tracing(0, {"a": 9}, 0) == (9, 9)
