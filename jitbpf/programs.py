@@ -233,6 +233,7 @@ class Helpers(enum.IntEnum):
 KERNEL_HELPER_IDS = range(1, 212)  # ids the kernel defines: a program type restricts these only
 EINVAL = 22  # the kernel's error number, returned negated by helpers
 ENOTSUPP = 524
+EOPNOTSUPP = 95
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
 XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
 SKB_HEADROOM = 1024  # bytes before a tc packet that bpf_skb_adjust_room/change_head/change_proto may claim
@@ -883,7 +884,37 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
     ]
+    if state.attach is not None:
+        candidates += _func_arg_helpers(vm, state.attach)
     return [h for h in candidates if h.id in info.helpers]
+
+
+def _func_arg_helpers(vm: VM, attach: AttachTarget) -> list[Helper]:
+    """bpf_get_func_arg, bpf_get_func_ret and bpf_get_func_arg_cnt: the attach target's argument
+    slots read through the context (which the kernel's verifier inlines the same way)."""
+    nargs = len(attach.args) - attach.has_return
+    has_ret = section_attach_type(attach.section) in (AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN)
+
+    def get_func_arg(ctx: int, n: int, value: int, _d: int, _e: int) -> int:
+        if n & MASK32 >= nargs:
+            return _err(EINVAL)
+        vm.memory.store(value, 8, vm.memory.load(ctx + 8 * (n & MASK32), 8))
+        return 0
+
+    def get_func_ret(ctx: int, value: int, _c: int, _d: int, _e: int) -> int:
+        if not has_ret:
+            return _err(EOPNOTSUPP)
+        vm.memory.store(value, 8, vm.memory.load(ctx + 8 * nargs, 8))
+        return 0
+
+    def get_func_arg_cnt(_ctx: int, _b: int, _c: int, _d: int, _e: int) -> int:
+        return nargs
+
+    return [
+        Helper(H.GET_FUNC_ARG, "bpf_get_func_arg", get_func_arg, args=("ctx", "scalar", "uninit_long")),
+        Helper(H.GET_FUNC_RET, "bpf_get_func_ret", get_func_ret, args=("ctx", "uninit_long")),
+        Helper(H.GET_FUNC_ARG_CNT, "bpf_get_func_arg_cnt", get_func_arg_cnt, args=("ctx",)),
+    ]
 
 
 # -- running ---------------------------------------------------------------------------------------

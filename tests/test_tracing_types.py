@@ -532,3 +532,33 @@ def test_target_btf_forms(tmp_path: Path, form: str) -> None:
     vm = VM(assemble("r2 = *(u64 *)(r1 + 8)\nr0 = *(u32 *)(r2 + 0)\nexit"), prog_type="fmod_ret",
             attach="fmod_ret/target", btf=given)  # type: ignore[arg-type]
     assert vm.run_tracing(0, {"a": 9}, 0) == (9, 9)
+
+
+FUNC_ARG = """
+    r6 = r1
+    r2 = {n}
+    r3 = r10
+    r3 += -8
+    call 183
+    if r0 != 0 goto out
+    r0 = *(u64 *)(r10 - 8)
+out:
+    exit
+"""
+
+
+@pytest.mark.parametrize(("n", "want"), [(0, 5), (2, 7), (3, -22 & 0xFFFF_FFFF_FFFF_FFFF)])
+def test_get_func_arg(btf: BtfTypes, n: int, want: int) -> None:
+    vm = tracing(FUNC_ARG.format(n=n), btf, "fmod_ret/target")
+    assert both(vm, 5, None, 7)[0] == want
+
+
+@pytest.mark.parametrize(("section", "want"), [("fmod_ret/target", 9), ("lsm/hook", -95 & 0xFFFF_FFFF_FFFF_FFFF)])
+def test_get_func_ret_and_arg_cnt(btf: BtfTypes, section: str, want: int) -> None:
+    ret = tracing("r3 = r10\nr3 += -8\nr2 = r3\ncall 184\nif r0 != 0 goto out\nr0 = *(u64 *)(r10 - 8)\nout:\nexit",
+                  btf, section)
+    got = ret.run_tracing(1, None, 2, ret=9)
+    assert (got[0] if isinstance(got, tuple) else got) == want
+    cnt = tracing("call 185\nexit", btf, section)
+    got = cnt.run_tracing(1, None, 2, ret=9)
+    assert (got[0] if isinstance(got, tuple) else got) == 3
