@@ -98,7 +98,7 @@ class BtfTypes:
         if depth > 32:
             raise LookupError("types nest too deep")
         if t.kind in _COMPOSITE:
-            for m in self._members(t):
+            for m in self.members(t):
                 width = (m.bit_shift + m.bits + 7) // 8 if m.bits else self.btf.size_of(m.type_id)
                 end = m.offset + width
                 if m.offset <= off and off + size <= end:
@@ -118,7 +118,8 @@ class BtfTypes:
             return self.slot(tid, name)
         return BtfArg(size=size, name=name)
 
-    def _members(self, t: BtfType) -> list[Member]:
+    def members(self, t: BtfType) -> list[Member]:
+        """The fields of a struct or union type, with byte offsets (and bitfield positions)."""
         out = []
         for name, mtype, raw in t.members:
             bit = raw & 0xFFFFFF if t.encoding else raw
@@ -134,10 +135,10 @@ class BtfTypes:
         _, t = self.btf.resolve(type_id)
         if t.kind not in _COMPOSITE or depth > 32:
             return None
-        for m in self._members(t):
+        for m in self.members(t):
             if m.name == name:
                 return m
-        for m in self._members(t):
+        for m in self.members(t):
             if not m.name:
                 inner = self.member(m.type_id, name, depth + 1)
                 if inner is not None:
@@ -148,7 +149,7 @@ class BtfTypes:
         """The names a dict for this struct may use (those of anonymous members included)."""
         _, t = self.btf.resolve(type_id)
         names: list[str] = []
-        for m in self._members(t):
+        for m in self.members(t):
             if m.name:
                 names.append(m.name)
             elif self.btf.resolve(m.type_id)[1].kind in _COMPOSITE:
@@ -162,9 +163,10 @@ class BtfTypes:
         fid = self.lookup(BtfKind.FUNC, func_name)
         if fid is None:
             raise AttachError(f"{what}: the target BTF has no function {func_name!r}")
-        return self._params(self.btf.get(fid).size_or_type, what)
+        return self.params(self.btf.get(fid).size_or_type, what)
 
-    def _params(self, proto_id: int, what: str) -> list[tuple[str, int]]:
+    def params(self, proto_id: int, what: str) -> list[tuple[str, int]]:
+        """(name, type) of each parameter of a function prototype (or a pointer to one)."""
         _, proto = self.btf.resolve(proto_id)
         if proto.kind is BtfKind.PTR:
             _, proto = self.btf.resolve(proto.size_or_type)
@@ -219,14 +221,14 @@ def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
         tid = types.lookup(BtfKind.TYPEDEF, f"btf_trace_{target}")
         if tid is None:
             raise AttachError(f"{what}: the target BTF has no tracepoint type btf_trace_{target}")
-        params = types._params(types.btf.get(tid).size_or_type, what)[1:]  # after the tracepoint's void *data
+        params = types.params(types.btf.get(tid).size_or_type, what)[1:]  # after the tracepoint's void *data
         return _target(types, section, flavour, target, params, None)
     elif flavour in ("iter", "iter.s"):
         sid = types.lookup(BtfKind.STRUCT, f"bpf_iter__{target}")
         if sid is None:
             raise AttachError(f"{what}: the target BTF has no iterator context struct bpf_iter__{target}")
         params = []
-        for m in types._members(types.btf.get(sid)):
+        for m in types.members(types.btf.get(sid)):
             name, tid = m.name, m.type_id
             _, mt = types.btf.resolve(tid)
             if not name and mt.kind is BtfKind.UNION and mt.members:  # union { struct x *x; }
@@ -240,7 +242,7 @@ def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
         op = types.member(sid, member) if sid is not None and dot else None
         if op is None:
             raise AttachError(f"{what}: give the struct_ops member as STRUCT.MEMBER, found in the target BTF")
-        params = types._params(op.type_id, what)
+        params = types.params(op.type_id, what)
         return _target(types, section, flavour, target, params, None)
     else:
         raise AttachError(f"section {section!r} is not one of a BTF-typed program")
