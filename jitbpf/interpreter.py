@@ -54,11 +54,12 @@ _B = re.compile(r"\bb\b")
 class Env:
     """What generated block code calls during one run: memory, helpers, atomics, packet loads."""
 
-    __slots__ = ("helpers", "ld", "loops", "mm", "packet", "st")
+    __slots__ = ("helpers", "ld", "loops", "mm", "packet", "probe", "st")
 
     def __init__(self, mm: MemoryMap, helpers: Mapping[int, Helper], packet: tuple[int, int]) -> None:
         self.mm = mm
         self.ld = mm.load
+        self.probe = mm.probe_load
         self.st = mm.store
         self.helpers = helpers
         self.packet = packet  # (address, length) seen by legacy LD_ABS/LD_IND
@@ -191,9 +192,11 @@ class CompiledBlocks:
 class Translator:
     """Turns instructions into Python statements using the opcode table's semantics."""
 
-    def __init__(self, resolve_lddw: Callable[[int, Instruction], int], scratch: bool = False) -> None:
+    def __init__(self, resolve_lddw: Callable[[int, Instruction], int], scratch: bool = False,
+                 probe_loads: frozenset[int] = frozenset()) -> None:
         self.resolve_lddw = resolve_lddw
         self.scratch = scratch  # overwrite r1-r5 after helper calls (see contract.scratch_args)
+        self.probe_loads = probe_loads  # loads whose failure gives 0 (BPF_PROBE_MEM)
 
     @staticmethod
     def _operands(insn: Instruction, info: OpInfo) -> tuple[str, str]:
@@ -233,9 +236,11 @@ class Translator:
             case Kind.LDDW:
                 return [f"R[{d}] = {self.resolve_lddw(pc, insn):#x}"]
             case Kind.LDX:
-                return [f"R[{d}] = E.ld((R[{s}] + {off}) & M64, {info.size}, {pc})"]
+                load = "E.probe" if pc in self.probe_loads else "E.ld"
+                return [f"R[{d}] = {load}((R[{s}] + {off}) & M64, {info.size}, {pc})"]
             case Kind.LDXSX:
-                return [f"R[{d}] = sx{info.size * 8}(E.ld((R[{s}] + {off}) & M64, {info.size}, {pc})) & M64"]
+                load = "E.probe" if pc in self.probe_loads else "E.ld"
+                return [f"R[{d}] = sx{info.size * 8}({load}((R[{s}] + {off}) & M64, {info.size}, {pc})) & M64"]
             case Kind.ST:
                 return [f"E.st((R[{d}] + {off}) & M64, {info.size}, {insn.imm & MASK64:#x}, {pc})"]
             case Kind.STX:

@@ -93,6 +93,13 @@ class MemoryMap:
         r = self._region(addr, size, "load", pc, False)
         return int(_UNSIGNED[size].unpack_from(r.view, addr - r.base)[0])
 
+    def probe_load(self, addr: int, size: int, pc: int | None = None) -> int:
+        """A probe load (the kernel's BPF_PROBE_MEM): as ``load``, but memory no region holds reads as 0."""
+        r = self.find(addr, size)
+        if r is None:
+            return 0
+        return int(_UNSIGNED[size].unpack_from(r.view, addr - r.base)[0])
+
     def store(self, addr: int, size: int, value: int, pc: int | None = None) -> None:
         """Store the low ``size`` bytes of ``value``, little-endian."""
         r = self._region(addr, size, "store", pc, True)

@@ -57,10 +57,18 @@ def _builtin_helpers(vm: VM) -> dict[int, str]:
     """Ids and names of the helpers a new VM like ``vm`` gets by itself (program type, standard set)."""
     from jitbpf.vm import VM
 
-    with VM(_EXIT, verify=False, prog_type=vm.prog_type) as bare:
+    with VM(_EXIT, verify=False, prog_type=vm.prog_type, **_attach_options(vm)) as bare:
         if vm.std is not None and bare.std is None:
             bare.use_standard_helpers()
         return {h.id: h.name for h in bare.helpers.values()}
+
+
+def _attach_options(vm: VM) -> dict[str, Any]:
+    """The attach target and target BTF a BTF-typed VM was made with (none for other types)."""
+    state = vm.program_state
+    if state is None or state.attach is None:
+        return {}
+    return {"attach": state.attach.section, "btf": state.btf_source}
 
 
 def _portable(h: Helper) -> Helper:
@@ -86,7 +94,7 @@ def reduce_vm(vm: VM) -> tuple[Any, ...]:
         "prog_type": vm.prog_type, "max_tail_calls": vm.max_tail_calls, "elide_checks": vm.elide_checks,
         "privileged": vm.privileged, "strict_alignment": vm.strict_alignment,
         # The limit it was made with is not kept: one that admits the program does as well.
-        "max_insns": max(cfg.DEFAULT_MAX_INSNS, len(vm.program)),
+        "max_insns": max(cfg.DEFAULT_MAX_INSNS, len(vm.program)), **_attach_options(vm),
     }
     state = {"std": vm.std is not None, "helpers": custom, "maps": dict(vm.maps), "checked": vm._checked,
              "compiled": vm._jit is not None}

@@ -301,6 +301,24 @@ class Harness:
         return Outcome(self.name, result.retval, verdict_name(self.prog_type, result.retval), data or b"",
                        result.packet, result.fields(), collect(self.vm, trace_from=start), decision, packet)
 
+    def call(self, *args: Any, ret: Any = 0) -> Outcome:
+        """Run a BTF-typed program (fentry, fexit, lsm, iter, ...) once, as its attach target
+        called with ``args`` (see ``VM.run_tracing``); ``ctx`` holds the argument slots by name."""
+        self.vm.check()
+        if self.engine == "interp" and self._recorder is None:
+            self._recorder = _PathRecorder(self.vm)
+        if self._recorder is not None:
+            self._recorder.path.clear()
+        start = len(self.vm.trace_log)
+        result = self.vm.run_tracing(*args, ret=ret, engine=self.engine)
+        retval = result[0] if isinstance(result, tuple) else result
+        state = self.vm.program_state
+        assert state is not None and state.attach is not None
+        given = [*args, ret] if state.attach.has_return else list(args)
+        decision = self._recorder.decision() if self._recorder is not None else None
+        return Outcome(self.name, retval, None, b"", None, dict(zip(state.attach.names, given, strict=True)),
+                       collect(self.vm, trace_from=start), decision)
+
     def test_run(self, data_in: PacketLike = b"", *, data_size_out: int | None = None, ctx_in: bytes | None = None,
                  repeat: int = 1) -> TestRun:
         """``BPF_PROG_TEST_RUN``: run ``repeat`` times (0 means once, as the kernel) on ``data_in``

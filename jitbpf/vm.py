@@ -29,6 +29,7 @@ from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
     from jitbpf.jit import JitProgram
+    from jitbpf.linux.programs import BtfSource
 
 # What a thread is doing with a VM (VM._enter): nested runs of one VM on one thread would share
 # its stack, its context memory and its run state, so a run may not start inside another.
@@ -117,6 +118,8 @@ class VM(ProgramRunners):
         elide_checks: bool = True,
         privileged: bool = True,
         strict_alignment: bool = False,
+        attach: str | None = None,
+        btf: BtfSource | None = None,
     ) -> None:
         if isinstance(program, Program):
             self.program = program
@@ -142,6 +145,7 @@ class VM(ProgramRunners):
         self._blocks: CompiledBlocks | None = None
         self._checked = False
         self._proven: frozenset[int] = frozenset()
+        self._probe_loads: frozenset[int] = frozenset()  # loads whose failure gives 0 (BTF-typed pointers)
         self._python_calls: frozenset[int] = frozenset()  # helper calls the JIT must make through Python
         self._jit: JitProgram | None = None
         self._compile_lock = threading.Lock()  # one JitProgram per VM, whichever thread runs first
@@ -155,7 +159,9 @@ class VM(ProgramRunners):
         self._lifetime = threading.Lock()
         self._active = 0
         self._close_pending = False
-        self._init_program_type(prog_type)  # context layout, runners and type helpers (jitbpf.linux.programs)
+        # Context layout, runners and type helpers (jitbpf.linux.programs); the BTF-typed types take
+        # their context from the attach target (a section name, "fentry/do_unlinkat") in ``btf``.
+        self._init_program_type(prog_type, attach, btf)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -333,6 +339,7 @@ class VM(ProgramRunners):
                                  "VM(..., verify=False) skips the verifier")
                 raise
             self._proven = result.proven
+            self._probe_loads = result.probe_loads
             self._python_calls = result.unchecked_calls
             self._reads_uninit_stack = result.reads_uninit_stack
         self._checked = True
@@ -413,7 +420,7 @@ class VM(ProgramRunners):
         if self._blocks is None:
             spec = self.context_spec()
             scratch = self.verify_enabled and scratch_args(spec is not None and spec.size is not None)
-            self._blocks = Translator(self.resolve_lddw, scratch).translate(self.flow)
+            self._blocks = Translator(self.resolve_lddw, scratch, self._probe_loads).translate(self.flow)
         state = self._state()
         state.begin(mem, extra, tail_calls_left)
         env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))
@@ -443,7 +450,7 @@ class VM(ProgramRunners):
                           # a program that reads stack it never wrote needs that as well.
                           runner=self.execute_jit_regions,
                           verified=self.verify_enabled and not self._reads_uninit_stack,
-                          python_calls=self._python_calls)
+                          python_calls=self._python_calls, probe_loads=self._probe_loads)
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""

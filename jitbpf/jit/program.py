@@ -123,6 +123,7 @@ class JitProgram:
         verified: bool = False,
         python_calls: frozenset[int] = frozenset(),
         confine: bool = True,
+        probe_loads: frozenset[int] = frozenset(),
     ) -> None:
         _check_host()
         # Without the sandbox nothing may be left unchecked on the verifier's word, and the C
@@ -137,7 +138,7 @@ class JitProgram:
         self._region_names: dict[int, str] = {}  # base address -> name of regions runs were given
         self._args: dict[str, Any] = dict(resolve_lddw=resolve_lddw, helpers=helpers, proven=proven, state=state,
                                           budget=budget, runner=runner, assembler=assembler, verified=verified,
-                                          python_calls=python_calls, confine=confine)
+                                          python_calls=python_calls, confine=confine, probe_loads=probe_loads)
         self._counting: JitProgram | None = None  # the budget-counting twin (see run_regions)
         self._twin_lock = threading.Lock()
         self._helpers = helpers
@@ -203,7 +204,7 @@ class JitProgram:
             raise JitError("bpf_for_each_map_elem needs jitbpf's native library, which needs a C compiler to build")
         for_each_step = nat.address("jb_for_each_step") if nat is not None else 0
         options = CompileOptions(resolve_lddw, proven, table, count_budget, verified, python_calls,
-                                 self.contained and confine, callbacks, for_each_step)
+                                 self.contained and confine, callbacks, for_each_step, probe_loads - proven)
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()

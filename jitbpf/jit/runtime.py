@@ -43,6 +43,7 @@ class AccessKind(enum.IntEnum):
     STORE = 1  # needs a writable region
     ATOMIC = 2  # read-modify-write: a load first, then needs a writable region
     CMPXCHG = 3  # like ATOMIC, but stores only if the comparison succeeds
+    PROBE = 4  # a probe load (BPF_PROBE_MEM): needs any region, and gives 0 where there is none
 
 
 def access_info(pc: int, kind: AccessKind, size: int) -> int:

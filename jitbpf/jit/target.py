@@ -85,6 +85,7 @@ class CompileOptions:
     # bpf_for_each_map_elem's iteration (jb_for_each_step) when one of them is that helper.
     callbacks: Mapping[int, CallbackKind] = field(default_factory=dict)
     for_each_step: int = 0
+    probe_loads: frozenset[int] = frozenset()  # loads whose failure gives 0 (through BTF-typed pointers)
 
 
 def _moved(loc: int, hot: int, cold: int) -> int:

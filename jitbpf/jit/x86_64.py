@@ -230,7 +230,9 @@ class X86_64(Target):
             return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _NEG8 if direct else _I8
         return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _ND32 if direct else _D32
 
-    def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
+    def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey | None:
+        if pc in self.options.probe_loads:
+            return None  # a probe load's code (a failure gives 0) is emitted each time
         return self._access_class(pc, insn, info, insn.src, insn.imm)
 
     def _stx_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
@@ -666,17 +668,19 @@ class X86_64(Target):
             self.op(("mov", TMP, ADDR))
         token, vals = mem("q", FRAME, L.frame_regions + L.region_base)
         self.op(("sub", TMP, token), *vals)
-        self._limits_used.add((kind is AccessKind.LOAD, size))
-        limit = (L.frame_lim_load if kind is AccessKind.LOAD else L.frame_lim_store) + 8 * _SIZE_INDEX[size]
+        load = kind in (AccessKind.LOAD, AccessKind.PROBE)
+        self._limits_used.add((load, size))
+        limit = (L.frame_lim_load if load else L.frame_lim_store) + 8 * _SIZE_INDEX[size]
         token, vals = mem("q", FRAME, limit)
         self.op(("cmp", TMP, token), *vals)
         pending = self.forward("jae")
         return (ADDR, 0, pending) if into_addr else (Q[base], off, pending)
 
     def _close_check(self, pending: int, pc: int, size: int, kind: AccessKind, ok: int,
-                     done: int = -1, base: str = ADDR, off: int = 0) -> None:
+                     done: int = -1, base: str = ADDR, off: int = 0, dst: int = -1) -> None:
         """The slow path of a bounds check: ADDR = base + off (unless the access computed it),
-        the stack area inline, then the region walker."""
+        the stack area inline, then the region walker. A probe load the walker finds nowhere
+        gives 0 in ``dst`` and goes on at ``done``."""
         if pending < 0:
             return
         L = self.lay
@@ -697,6 +701,12 @@ class X86_64(Target):
         info = access_info(pc, kind, size)
         self.load_tmp(info, Section.COLD)
         self.branch_named("call", "walk", Section.COLD)
+        if kind is AccessKind.PROBE:
+            self.cop(("test", "r11d", "r11d"))
+            self.branch("jz", ok, Section.COLD)
+            self.cop(("xor", D[dst], D[dst]))
+            self.branch("jmp", done, Section.COLD)
+            return
         if kind is AccessKind.CMPXCHG:
             # A read-only region: compare without storing; equal means the store would happen.
             self.cop(("test", TMP, TMP))
@@ -716,7 +726,8 @@ class X86_64(Target):
 
     def emit_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         d, size = insn.dst, info.size
-        base, disp, pending = self._address(pc, insn.src, insn.off, size, AccessKind.LOAD)
+        kind = AccessKind.PROBE if pc in self.options.probe_loads else AccessKind.LOAD
+        base, disp, pending = self._address(pc, insn.src, insn.off, size, kind)
         ok = len(self.hot)  # here(): a hot location is its offset
         token, vals = mem(size, base, disp)
         if info.kind is Kind.LDX:
@@ -729,7 +740,7 @@ class X86_64(Target):
         else:
             self.op(("movsxd", Q[d], token), *vals)
         if pending >= 0:
-            self._close_check(pending, pc, size, AccessKind.LOAD, ok, base=base, off=disp)
+            self._close_check(pending, pc, size, kind, ok, done=len(self.hot), base=base, off=disp, dst=d)
 
     def emit_store(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         size = info.size
@@ -1236,10 +1247,12 @@ class X86_64(Target):
             self.cop(("dec", "rdx"))
             self.branch("jmp", loop, cold)
             self.bind(to_end, cold)
-        # Nowhere: a load (atomics load first) or a store out of bounds.
+        # Nowhere: a probe load (it gives 0), a load (atomics load first) or a store out of bounds.
         self.cop(("mov", "eax", "r11d"))
         self.cop(("shr", "eax", "i8"), 4)
         self.cop(("and", "eax", "i8"), 15)
+        self.cop(("cmp", "eax", "i8"), AccessKind.PROBE)
+        missed = self.forward("je", cold)
         self.cop(("cmp", "eax", "i8"), AccessKind.STORE)
         self.branch_named("je", "abort_oob_store", cold)
         self.branch_named("jmp", "abort_oob_load", cold)
@@ -1253,14 +1266,22 @@ class X86_64(Target):
         self.cop(("and", "eax", "i8"), 15)
         self.cop(("cmp", "eax", "i8"), AccessKind.LOAD)
         to_ok_load = self.forward("je", cold)
+        self.cop(("cmp", "eax", "i8"), AccessKind.PROBE)
+        to_ok_probe = self.forward("je", cold)
         self.cop(("cmp", "eax", "i8"), AccessKind.CMPXCHG)
         self.branch_named("jne", "abort_ro_store", cold)
         for reg in ("rsi", "rdx", "rcx", "rax"):
             self.cop(("pop", reg))
         self.cop(("mov", "r11d", "i32"), 1)
         self.cop(("ret",))
+        self.bind(missed, cold)
+        for reg in ("rsi", "rdx", "rcx", "rax"):
+            self.cop(("pop", reg))
+        self.cop(("mov", "r11d", "i32"), 2)
+        self.cop(("ret",))
         self.bind(to_ok, cold)
         self.bind(to_ok_load, cold)
+        self.bind(to_ok_probe, cold)
         for reg in ("rsi", "rdx", "rcx", "rax"):
             self.cop(("pop", reg))
         self.cop(("xor", "r11d", "r11d"))

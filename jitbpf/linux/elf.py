@@ -18,9 +18,17 @@ from elftools.elf.sections import SymbolTableSection
 
 from jitbpf.errors import BpfError, ElfError, VerifierError
 from jitbpf.isa import OPCODE_CALL, OPCODE_LDDW, SLOT_SIZE, CallSrc, PseudoSrc
-from jitbpf.linux.programs import PROGRAM_TYPES, ProgType, program_type, section_program_type
+from jitbpf.linux.programs import (
+    PROGRAM_TYPES,
+    AttachType,
+    ProgType,
+    program_type,
+    section_attach_type,
+    section_program_type,
+)
 
 if TYPE_CHECKING:
+    from jitbpf.btfctx import BtfTypes
     from jitbpf.vm import VM
 
 EM_BPF = 247  # e_machine of eBPF objects
@@ -121,7 +129,8 @@ class BtfType:
     kind: BtfKind  # BTF_KIND_*
     name: str  # name, "" when anonymous
     size_or_type: int  # size for INT/STRUCT/UNION/ENUM/DATASEC/FLOAT, referenced type id otherwise
-    members: tuple[tuple[str, int, int], ...] = ()  # STRUCT/UNION (name, type, bit offset); DATASEC (,type,off)
+    # STRUCT/UNION (name, type, bit offset); DATASEC ("", type, offset); FUNC_PROTO (name, type, 0) per parameter
+    members: tuple[tuple[str, int, int], ...] = ()
     array: tuple[int, int] = (0, 0)  # ARRAY: (element type, number of elements)
     encoding: int = 0  # INT: BTF_INT_SIGNED (1), CHAR (2), BOOL (4); ENUM/ENUM64: 1 if signed; STRUCT/UNION: kind_flag
     enumerators: tuple[tuple[str, int], ...] = ()  # ENUM/ENUM64: (name, value), values as declared
@@ -195,6 +204,9 @@ class Btf:
                     members = tuple(("", t, off) for t, off, _size in rows)
                 else:
                     members = tuple((self._str(n), t, off) for n, t, off in rows)
+            elif kind is BtfKind.FUNC_PROTO:
+                params = [struct.unpack_from("<II", blob, pos + 8 * i) for i in range(vlen)]
+                members = tuple((self._str(n), t, 0) for n, t in params)
             pos += extra
             self.types.append(BtfType(kind, self._str(name_off), size_or_type, members, array, encoding, enumerators))
 
@@ -333,12 +345,22 @@ class ElfProgram:
         info = PROGRAM_TYPES.get(self.prog_type)
         return info.name if info is not None else ""
 
+    @property
+    def attach_type(self) -> AttachType:
+        """The attach type libbpf loads the program with, from its section (fexit -> TRACE_FEXIT)."""
+        return section_attach_type(self.section)
+
     def vm(self, **kwargs: Any) -> VM:
         """A new VM running this program, with the object's maps and the type's helpers."""
         from jitbpf.vm import VM
 
         if self.prog_type is not ProgType.UNSPEC:
             kwargs.setdefault("prog_type", self.prog_type)
+        info = PROGRAM_TYPES.get(program_type(kwargs["prog_type"])) if kwargs.get("prog_type") is not None else None
+        if info is not None and info.btf_typed:
+            kwargs.setdefault("attach", self.section)
+            if kwargs.get("btf") is None:
+                kwargs["btf"] = self.obj.target_types(f"program {self.name!r} ({self.section})")
         elif self.section != ".text" and kwargs.get("prog_type") is None and kwargs.get("verify", True):
             # A section libbpf does not know: verified as plain memory, an accept would mean
             # nothing about the hook it was written for. (.text-only objects are plain programs.)
@@ -397,6 +419,11 @@ RUNNERS: Mapping[ProgType, str] = MappingProxyType({
     ProgType.SK_MSG: "run_sk_msg",
     ProgType.CGROUP_SOCK_ADDR: "run_sock_addr",
     ProgType.CGROUP_SYSCTL: "run_sysctl",
+    ProgType.RAW_TRACEPOINT_WRITABLE: "run_tracepoint",
+    ProgType.TRACING: "run_tracing",
+    ProgType.LSM: "run_tracing",
+    ProgType.STRUCT_OPS: "run_tracing",
+    ProgType.EXT: "run_tracing",
 })  # the VM method that runs each program type
 
 
@@ -413,6 +440,17 @@ class ElfObject:
     kern_version: int = 0  # the "version" section, when present
     btf: Btf | None = None  # the object's BTF, when it has some
     variables: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # global -> (map, offset, size)
+    # What BTF-typed programs' contexts are typed by: load_elf's btf= (None: the running kernel's).
+    target_btf: Btf | str | os.PathLike[str] | bytes | None = None
+    _types: BtfTypes | None = field(default=None, repr=False, compare=False)
+
+    def target_types(self, what: str) -> BtfTypes:
+        """The target BTF (read once), for the contexts of BTF-typed programs."""
+        if self._types is None:
+            from jitbpf.linux.programs import btf_types
+
+            self._types = btf_types(self.target_btf, what)
+        return self._types
 
     def variable(self, name: str) -> memoryview:
         """The live bytes of a global variable (in ``.data``, ``.rodata``, ``.bss``), to read or set
@@ -574,7 +612,7 @@ class _Loader:
         self.kconfig = kconfig  # values of __kconfig externs
         self.externs: dict[str, int] = {}  # __kconfig extern -> its offset in the .kconfig map
         self.default_type = default_type  # the type of programs whose section names none
-        self.obj = ElfObject(label)
+        self.obj = ElfObject(label, target_btf=target_btf)
         self.create_maps = create_maps
         self.where: str | None = None  # section being read, for errors from pyelftools
         self.sections: list[_Section] = []
@@ -763,6 +801,8 @@ class _Loader:
             return
         needs_target = any(r.kind is not core.CoreKind.TYPE_ID_LOCAL for r in relocs)
         target = _target_btf(self.target_btf) if needs_target else None
+        if target is not None:
+            self.obj.target_btf = target  # read once: BTF-typed contexts use it too
         resolver = core.Resolver(local, target or local)
         patched: dict[int, bytearray] = {}
         for relo in relocs:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import array
 import ctypes
 import enum
+import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from jitbpf._native import native
 from jitbpf.errors import ExecutionError, VerifierError
@@ -24,8 +25,12 @@ from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
+    from jitbpf.btfctx import AttachTarget, BtfTypes
+    from jitbpf.linux.elf import Btf
     from jitbpf.verifier import ContextSpec
     from jitbpf.vm import VM
+
+    BtfSource: TypeAlias = Btf | BtfTypes | str | os.PathLike[str] | bytes  # where a target BTF comes from
 
 # -- the kernel's numbers ------------------------------------------------------------------------
 
@@ -53,6 +58,25 @@ class ProgType(enum.IntEnum):
     RAW_TRACEPOINT = 17  # SEC("raw_tracepoint/..."): context = the tracepoint's u64 arguments
     CGROUP_SOCK_ADDR = 18  # SEC("cgroup/connect4"), ...: bind/connect/sendmsg address rewriting
     CGROUP_SYSCTL = 23  # SEC("cgroup/sysctl"): reads and writes of /proc/sys, context = struct bpf_sysctl
+    RAW_TRACEPOINT_WRITABLE = 24  # SEC("raw_tp.w/..."): a raw tracepoint whose first argument may be written
+    TRACING = 26  # SEC("fentry/..."), fexit, fmod_ret, tp_btf, iter: context = the target's u64 args[]
+    STRUCT_OPS = 27  # SEC("struct_ops/..."): a member function of a kernel struct_ops table
+    EXT = 28  # SEC("freplace/..."): replaces a function of another BPF program
+    LSM = 29  # SEC("lsm/..."): a security hook (bpf_lsm_<hook>), returns 0 or -errno
+
+
+class AttachType(enum.IntEnum):
+    """The kernel's ``enum bpf_attach_type`` of the BTF-typed sections (what libbpf loads them with)."""
+
+    NONE = 0  # no attach type (freplace, raw_tp.w)
+    TRACE_RAW_TP = 23  # tp_btf: a BTF-typed raw tracepoint
+    TRACE_FENTRY = 24  # fentry: on entry of a kernel function
+    TRACE_FEXIT = 25  # fexit: on its return, with the return value
+    MODIFY_RETURN = 26  # fmod_ret: before it, and may make it return early with r0
+    LSM_MAC = 27  # lsm: a security hook
+    TRACE_ITER = 28  # iter: one call per object of a BPF iterator
+    LSM_CGROUP = 43  # lsm_cgroup: a security hook for one cgroup
+    STRUCT_OPS = 44  # struct_ops: a member of a struct_ops table
 
 
 class XdpAction(enum.IntEnum):
@@ -89,6 +113,7 @@ class SkAction(enum.IntEnum):
 EINVAL = 22  # the kernel's error number, returned negated by helpers
 E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
+EOPNOTSUPP = 95
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
 XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
 SKB_HEADROOM = 1024  # bytes before a tc packet that bpf_skb_adjust_room/change_head/change_proto may claim
@@ -205,6 +230,14 @@ class SkMsgMd(ctypes.LittleEndianStructure):
                 ("size", u32), ("sk", u64))
 
 
+class TracingArgs(ctypes.LittleEndianStructure):
+    """The kernel's ``u64 args[]`` of BTF-typed programs: one slot per argument of the attach
+    target, then its return value (fexit, fmod_ret, lsm); what the verifier lets a program read
+    of it depends on the target (see ``jitbpf.btfctx``)."""
+
+    _fields_ = (("args", u64 * 13),)
+
+
 class RawContext(ctypes.LittleEndianStructure):
     """A context given as raw bytes by the caller (tracepoint records): 512 bytes, all readable."""
 
@@ -246,6 +279,12 @@ _TRACING = _BASE | {
     H.GET_STACK, H.GET_CURRENT_TASK_BTF, H.GET_NS_CURRENT_PID_TGID, H.SEND_SIGNAL,
     H.CURRENT_TASK_UNDER_CGROUP, H.SK_STORAGE_GET, H.SK_STORAGE_DELETE, H.TASK_STORAGE_GET, H.TASK_STORAGE_DELETE,
 }
+# The kernel's tracing_prog_func_proto: the tracing set, plus the function's own arguments.
+_BTF_TRACING = _TRACING | {
+    H.GET_FUNC_IP, H.GET_FUNC_ARG, H.GET_FUNC_RET, H.GET_FUNC_ARG_CNT, H.GET_ATTACH_COOKIE, H.D_PATH,
+    H.SNPRINTF_BTF, H.SEQ_PRINTF, H.SEQ_WRITE, H.SEQ_PRINTF_BTF, H.COPY_FROM_USER, H.INODE_STORAGE_GET,
+    H.INODE_STORAGE_DELETE, H.GET_TASK_STACK,
+}
 _SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
 _CGROUP = frozenset({H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM, H.GET_CURRENT_CGROUP_ID,
                      H.GET_LOCAL_STORAGE})
@@ -272,6 +311,7 @@ class ProgramType:
     headroom: int = 0  # bytes in front of the packet that helpers may grow into
     tailroom: int = 0  # bytes after the packet that helpers may grow into
     ld_abs: bool = False  # legacy LD_ABS/LD_IND packet loads are allowed
+    btf_typed: bool = False  # the context is the attach target's u64 args[], typed by the target BTF
 
     def context_spec(self) -> ContextSpec:
         """The verifier's description of this context."""
@@ -285,6 +325,15 @@ class ProgramType:
                            fields=MappingProxyType(dict(self.pointer_fields)), field_sizes=MappingProxyType(sizes),
                            ret_range=self.ret_range, ret_pointer_ok=False, packet_writable=self.packet_writable,
                            ld_abs=self.ld_abs)
+
+
+def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSpec:
+    """The verifier's description of a BTF-typed context: the attach target's argument slots."""
+    from jitbpf.verifier import ContextSpec
+
+    return ContextSpec(size=8 * len(attach.args), args=attach.args, btf=types,
+                       ret_range=_RET_RANGES.get(section_attach_type(attach.section)), packet_writable=False,
+                       ld_abs=False)
 
 
 def _field_size(ctx: Struct, off: int) -> int:
@@ -338,6 +387,20 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             ("raw_tracepoint", "raw_tracepoint/", "raw_tp", "raw_tp/"), _TRACING,
             readable=((0, CTX_AREA),),
         ),
+        ProgramType(
+            ProgType.RAW_TRACEPOINT_WRITABLE, "raw_tracepoint_writable", RawContext,
+            ("raw_tp.w/", "raw_tracepoint.w/"), _TRACING, readable=((0, CTX_AREA),),
+        ),
+        ProgramType(
+            ProgType.TRACING, "tracing", TracingArgs,
+            ("fentry/", "fexit/", "fmod_ret/", "fentry.s/", "fexit.s/", "fmod_ret.s/", "tp_btf/", "iter/",
+             "iter.s/"), _BTF_TRACING, readable=(), btf_typed=True,
+        ),
+        ProgramType(ProgType.LSM, "lsm", TracingArgs, ("lsm/", "lsm.s/", "lsm_cgroup/"), _BTF_TRACING,
+                    readable=(), btf_typed=True),
+        ProgramType(ProgType.STRUCT_OPS, "struct_ops", TracingArgs, ("struct_ops/", "struct_ops.s/"), _BTF_TRACING,
+                    readable=(), btf_typed=True),
+        ProgramType(ProgType.EXT, "ext", TracingArgs, ("freplace/",), _BTF_TRACING, readable=(), btf_typed=True),
         ProgramType(
             ProgType.XDP, "xdp", XdpMd, ("xdp", "xdp/", "xdp.frags", "xdp.frags/"),
             _BASE | {
@@ -439,7 +502,10 @@ _BY_NAME: Mapping[str, ProgType] = MappingProxyType(
     {**{t.name: t.prog_type for t in PROGRAM_TYPES.values()}, **{p.name.lower(): p for p in ProgType},
      "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS, "classifier": ProgType.SCHED_CLS,
      "sockops": ProgType.SOCK_OPS, "cgroup_dev": ProgType.CGROUP_DEVICE, "sock_addr": ProgType.CGROUP_SOCK_ADDR,
-     "sysctl": ProgType.CGROUP_SYSCTL}
+     "sysctl": ProgType.CGROUP_SYSCTL,
+     "fentry": ProgType.TRACING, "fexit": ProgType.TRACING, "fmod_ret": ProgType.TRACING,
+     "tp_btf": ProgType.TRACING, "iter": ProgType.TRACING, "freplace": ProgType.EXT,
+     "raw_tp.w": ProgType.RAW_TRACEPOINT_WRITABLE}
 )
 
 
@@ -466,6 +532,27 @@ def section_program_type(section: str) -> ProgType:
             if matches and len(name) > best_len:
                 best, best_len = info.prog_type, len(name)
     return best
+
+
+_ATTACH_TYPES: Mapping[str, AttachType] = MappingProxyType({
+    "fentry": AttachType.TRACE_FENTRY, "fentry.s": AttachType.TRACE_FENTRY, "fexit": AttachType.TRACE_FEXIT,
+    "fexit.s": AttachType.TRACE_FEXIT, "fmod_ret": AttachType.MODIFY_RETURN, "fmod_ret.s": AttachType.MODIFY_RETURN,
+    "tp_btf": AttachType.TRACE_RAW_TP, "iter": AttachType.TRACE_ITER, "iter.s": AttachType.TRACE_ITER,
+    "lsm": AttachType.LSM_MAC, "lsm.s": AttachType.LSM_MAC, "lsm_cgroup": AttachType.LSM_CGROUP,
+    "struct_ops": AttachType.STRUCT_OPS, "struct_ops.s": AttachType.STRUCT_OPS,
+})  # section prefix -> the attach type libbpf loads the program with (others: NONE)
+# r0 at exit, as the kernel checks it per attach type (fmod_ret, tp_btf and the rest: anything).
+# An LSM hook's 0 or -errno is checked by the kernel in 32 bits, which these ranges do not model.
+_RET_RANGES: Mapping[AttachType, tuple[int, int]] = MappingProxyType({
+    AttachType.TRACE_FENTRY: (0, 0), AttachType.TRACE_FEXIT: (0, 0), AttachType.TRACE_ITER: (0, 1),
+    AttachType.LSM_CGROUP: (0, 1),
+})
+
+
+def section_attach_type(section: str) -> AttachType:
+    """The expected attach type libbpf gives a section ("fexit/..." -> TRACE_FEXIT)."""
+    flavour = section.removeprefix("?").partition("/")[0]
+    return _ATTACH_TYPES.get(flavour, AttachType.NONE)
 
 
 def check_program_helpers(vm: VM, info: ProgramType) -> None:
@@ -569,8 +656,11 @@ TEMPLATES_KEPT = 256  # initial contexts each program state keeps built, by the 
 class ProgramState:
     """Per-VM state of the program type: the type, and each thread's arena and current run."""
 
-    def __init__(self, info: ProgramType) -> None:
+    def __init__(self, info: ProgramType, attach: AttachTarget | None = None, types: BtfTypes | None = None) -> None:
         self.info = info
+        self.attach = attach  # BTF-typed types: the attach target, whose arguments are the context
+        self.types = types  # and the target BTF they are typed by
+        self.btf_source: BtfSource | None = None  # where that BTF came from (None: the running kernel)
         self.layout = frame_layout(info)
         self.local = threading.local()  # .arena and .run of each thread
         self.native = threading.local()  # .binding: each thread's jitbpf.linux.pktrun.Binding (see config_changed)
@@ -789,7 +879,37 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
                args=("ctx", "uninit_mem", "size")),
         Helper(H.SYSCTL_SET_NEW_VALUE, "bpf_sysctl_set_new_value", sysctl_set_new_value, args=("ctx", "mem", "size")),
     ]
+    if state.attach is not None:
+        candidates += _func_arg_helpers(vm, state.attach)
     return [h for h in candidates if h.id in info.helpers]
+
+
+def _func_arg_helpers(vm: VM, attach: AttachTarget) -> list[Helper]:
+    """bpf_get_func_arg, bpf_get_func_ret and bpf_get_func_arg_cnt: the attach target's argument
+    slots read through the context (which the kernel's verifier inlines the same way)."""
+    nargs = len(attach.args) - attach.has_return
+    has_ret = section_attach_type(attach.section) in (AttachType.TRACE_FEXIT, AttachType.MODIFY_RETURN)
+
+    def get_func_arg(ctx: int, n: int, value: int, _d: int, _e: int) -> int:
+        if n & MASK32 >= nargs:
+            return _err(EINVAL)
+        vm.memory.store(value, 8, vm.memory.load(ctx + 8 * (n & MASK32), 8))
+        return 0
+
+    def get_func_ret(ctx: int, value: int, _c: int, _d: int, _e: int) -> int:
+        if not has_ret:
+            return _err(EOPNOTSUPP)
+        vm.memory.store(value, 8, vm.memory.load(ctx + 8 * nargs, 8))
+        return 0
+
+    def get_func_arg_cnt(_ctx: int, _b: int, _c: int, _d: int, _e: int) -> int:
+        return nargs
+
+    return [
+        Helper(H.GET_FUNC_ARG, "bpf_get_func_arg", get_func_arg, args=("ctx", "scalar", "uninit_long")),
+        Helper(H.GET_FUNC_RET, "bpf_get_func_ret", get_func_ret, args=("ctx", "uninit_long")),
+        Helper(H.GET_FUNC_ARG_CNT, "bpf_get_func_arg_cnt", get_func_arg_cnt, args=("ctx",)),
+    ]
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -1000,6 +1120,61 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
     return outcome
 
 
+def run_btf_args(vm: VM, state: ProgramState, args: Sequence[Any], ret: Any, engine: Engine) -> int:
+    """One run of a BTF-typed program: its argument slots built from ``args`` (and ``ret``),
+    the objects pointers point to laid out in read-only pages the run is given."""
+    from jitbpf.btfctx import Objects
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    attach = state.attach
+    assert attach is not None
+    nparams = len(attach.args) - attach.has_return
+    if len(args) != nparams:
+        raise ValueError(f"{attach.section} takes {nparams} argument(s) ({', '.join(attach.names[:nparams])}), "
+                         f"not {len(args)}")
+    values = [*args, ret] if attach.has_return else list(args)
+    objects = Objects(state.types)
+    slots: list[tuple[int, int]] = []  # (value, 0) or (handle, 1)
+    for name, slot, tid, value in zip(attach.names, attach.args, attach.types, values, strict=True):
+        if value is None or isinstance(value, int):
+            number = (value or 0) & MASK64
+            if not slot.type_id and slot.size < 8:
+                number &= (1 << 8 * slot.size) - 1
+                if slot.signed and number >> (8 * slot.size - 1):
+                    number |= MASK64 ^ ((1 << 8 * slot.size) - 1)  # sign-extended, as the verifier assumes
+            slots.append((number, 0))
+        else:
+            pointee = slot.type_id or _pointee(state, tid)
+            slots.append((objects.add(value, pointee, f"{attach.section} argument {name}"), 1))
+    outer = vm.enter_setup()  # the arena is this thread's: one run of the VM at a time
+    try:
+        arena, ctx_region, _frame = state.arena(CTX_AREA)
+        regions = objects.place(arena, CTX_AREA)  # after the context, in the arena when they fit
+        raw = b"".join((objects.address(v) if is_obj else v).to_bytes(8, "little") for v, is_obj in slots)
+        arena.view[0:CTX_AREA] = raw.ljust(CTX_AREA, b"\0")
+        if engine == "jit":
+            return vm.execute_jit_regions(ctx_region, regions, arena.address, 0)
+        return vm.execute_regions(ctx_region, regions, arena.address, 0)
+    finally:
+        vm._leave(outer)
+        objects.close()
+
+
+def _pointee(state: ProgramState, type_id: int) -> int:
+    """The struct a pointer-typed slot points to, for a dict argument (0 when not a struct)."""
+    from jitbpf.linux.elf import BtfKind
+
+    if state.types is None or not type_id:
+        return 0
+    btf = state.types.btf
+    _, t = btf.resolve(type_id)
+    if t.kind is not BtfKind.PTR:
+        return 0
+    target, pointee = btf.resolve(t.size_or_type)
+    return target if pointee.kind in (BtfKind.STRUCT, BtfKind.UNION) else 0
+
+
 def _tail_call_states(vm: VM) -> list[ProgramState]:
     """The program-type states of every VM a tail call from ``vm`` may reach: the run is theirs too."""
     found: list[ProgramState] = []
@@ -1081,8 +1256,37 @@ def _regs_context(regs: Mapping[str, int] | Sequence[int]) -> PtRegs:
     return ctx
 
 
-def _setup(vm: Any, prog_type: ProgType | int | str | None) -> None:
-    """Give ``vm`` a program type: its state, and the helpers that belong to the type."""
+def btf_types(btf: BtfSource | None, what: str) -> BtfTypes:
+    """The target BTF of a BTF-typed program: ``btf`` (a ``Btf``, ``BtfTypes``, a raw BTF
+    file's path or bytes), else the running kernel's."""
+    from jitbpf.btfctx import AttachError, BtfTypes
+    from jitbpf.linux.elf import VMLINUX_BTF, _target_btf
+
+    if isinstance(btf, BtfTypes):
+        return btf
+    found = _target_btf(btf)
+    if found is None:
+        raise AttachError(f"{what} is typed by the kernel's BTF, and there is none: {VMLINUX_BTF} is not "
+                          "readable; give the target BTF (btf= a vmlinux BTF file, its bytes or a Btf)")
+    return BtfTypes(found)
+
+
+def _attach_state(info: ProgramType, attach: str | None, btf: BtfSource | None) -> ProgramState:
+    from jitbpf.btfctx import AttachError, resolve_attach
+
+    if attach is None:
+        raise AttachError(f"a {info.name} program needs its attach target: give attach= its section name "
+                          f"({', '.join(s + '...' for s in info.sections[:3])})")
+    types = btf_types(btf, f"attach target {attach!r}")
+    state = ProgramState(info, resolve_attach(types, attach), types)
+    state.btf_source = btf
+    return state
+
+
+def _setup(vm: Any, prog_type: ProgType | int | str | None, attach: str | None = None,
+           btf: BtfSource | None = None) -> None:
+    """Give ``vm`` a program type: its state, and the helpers that belong to the type (for the
+    BTF-typed types, the attach target's context typed by ``btf``)."""
     if prog_type is None:
         vm.prog_type = None
         vm.program_state = None
@@ -1092,7 +1296,8 @@ def _setup(vm: Any, prog_type: ProgType | int | str | None) -> None:
     if kind is ProgType.UNSPEC:
         vm.program_state = None
         return
-    state = ProgramState(PROGRAM_TYPES[kind])
+    info = PROGRAM_TYPES[kind]
+    state = _attach_state(info, attach, btf) if info.btf_typed else ProgramState(info)
     vm.program_state = state
     use_standard: Callable[[], object] | None = getattr(vm, "use_standard_helpers", None)
     if use_standard is not None:
@@ -1110,8 +1315,9 @@ class ProgramRunners:
     prog_type: ProgType | None  # the program type, when the VM was given one
     program_state: ProgramState | None  # per-thread run memory of the program type
 
-    def _init_program_type(self, prog_type: ProgType | int | str | None) -> None:
-        _setup(self, prog_type)
+    def _init_program_type(self, prog_type: ProgType | int | str | None, attach: str | None = None,
+                           btf: BtfSource | None = None) -> None:
+        _setup(self, prog_type, attach, btf)
 
     def _config_changed(self) -> None:
         state = getattr(self, "program_state", None)
@@ -1124,7 +1330,11 @@ class ProgramRunners:
     def context_spec(self) -> ContextSpec | None:
         """The verifier's description of this program type's context (None without a type)."""
         state = self.program_state
-        return state.info.context_spec() if state is not None else None
+        if state is None:
+            return None
+        if state.attach is not None:
+            return _btf_context_spec(state.attach, state.types)
+        return state.info.context_spec()
 
     def _check_program_type(self) -> None:
         if self.program_state is not None:
@@ -1270,11 +1480,30 @@ class ProgramRunners:
 
     def run_tracepoint(self, record: bytes | Sequence[int] = b"", *, engine: Engine = "interp") -> int:
         """tracepoint (raw bytes of the record) or raw_tracepoint (u64 arguments): r0."""
-        self._expect(ProgType.TRACEPOINT, ProgType.RAW_TRACEPOINT)
+        self._expect(ProgType.TRACEPOINT, ProgType.RAW_TRACEPOINT, ProgType.RAW_TRACEPOINT_WRITABLE)
         raw = record if isinstance(record, bytes) else b"".join((v & MASK64).to_bytes(8, "little") for v in record)
         if len(raw) > CTX_AREA:
             raise ValueError(f"a tracepoint record holds at most {CTX_AREA} bytes")
         return run_context(self._vm(), RawContext.from_buffer_copy(raw.ljust(CTX_AREA, b"\0")), engine=engine).retval
+
+    def run_tracing(self, *args: Any, ret: Any = 0, engine: Engine = "interp") -> Any:
+        """BTF-typed programs (fentry, fexit, fmod_ret, tp_btf, iter, lsm, struct_ops, freplace):
+        r0 for one call of the attach target with ``args`` (and, for fexit and lsm, its return
+        value ``ret``); fmod_ret gives ``(r0, override)``, override being what the function
+        returns instead (None when r0 is 0: the function runs).
+
+        A scalar argument is an int (cut to its C type). A pointer argument is an int (an
+        address: loads from memory the run was not given read as 0, as in the kernel), None
+        (NULL), or the object it points to: bytes, a str (a C string), a ctypes value, or a dict
+        by field name through the target BTF, whose pointer fields may again be objects.
+        """
+        self._expect(ProgType.TRACING, ProgType.LSM, ProgType.STRUCT_OPS, ProgType.EXT)
+        state = self.program_state
+        assert state is not None and state.attach is not None
+        retval = run_btf_args(self._vm(), state, args, ret, engine)
+        if section_attach_type(state.attach.section) is AttachType.MODIFY_RETURN:
+            return retval, _s32(retval) if retval & MASK32 else None
+        return retval
 
     def run_cgroup_sock(self, *, engine: Engine = "interp", **sock: Any) -> tuple[int, dict[str, Any]]:
         """cgroup/sock: ``(verdict 1 allow / 0 deny, bpf_sock fields after)``."""

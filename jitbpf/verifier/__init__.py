@@ -8,7 +8,8 @@ path, so that the JIT can drop their runtime check.
 
 What is tracked: each register's type (uninitialised, scalar with known bits and signed and
 unsigned ranges, pointer to the context, a stack frame, a map value or null, a map, packet data
-with the number of bytes proven inside the packet, packet end, memory of unknown size) and each
+with the number of bytes proven inside the packet, packet end, memory of unknown size, a kernel
+object of a BTF struct, whose loads are probe loads (``VerifyResult.probe_loads``)) and each
 stack byte (uninitialised, unknown, known value, or part of a spilled register). Subtracting two
 pointers into one object (a stack frame, the context, the packet) gives a scalar. States are
 remembered at join points and a path is pruned when its state lies within one already verified;
@@ -31,11 +32,23 @@ from jitbpf.helpers import Helper
 from jitbpf.isa import Instruction, Program
 from jitbpf.verifier._check import Checker, Rejected, describe_instruction
 from jitbpf.verifier._progress import Progress, ProgressCallback
-from jitbpf.verifier._types import RAW_MEMORY, ArgType, ContextSpec, MapLike, RegType, RetType, VerifyResult
+from jitbpf.verifier._types import (
+    RAW_MEMORY,
+    ArgType,
+    BtfArg,
+    BtfLayout,
+    ContextSpec,
+    MapLike,
+    RegType,
+    RetType,
+    VerifyResult,
+)
 
 __all__ = [
     "RAW_MEMORY",
     "ArgType",
+    "BtfArg",
+    "BtfLayout",
     "ContextSpec",
     "MapLike",
     "ProgressCallback",

@@ -32,6 +32,7 @@ from jitbpf.verifier._types import (
     NOT_INIT,
     UNKNOWN_SCALAR,
     ArgType,
+    BtfArg,
     ContextSpec,
     MapLike,
     Reg,
@@ -53,7 +54,8 @@ LOG_LINES = 400  # lines of path kept for the error log
 Pt = RegType
 # What a pointer that may be null becomes once compared against 0.
 NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_NULL: Pt.PTR_TO_BUF,
-            Pt.CONST_PTR_TO_MAP_OR_NULL: Pt.CONST_PTR_TO_MAP}
+            Pt.CONST_PTR_TO_MAP_OR_NULL: Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BTF_ID_OR_NULL: Pt.PTR_TO_BTF_ID,
+            Pt.PTR_TO_MEM_OR_NULL: Pt.PTR_TO_MEM}
 POINTER_OR_NULL = tuple(NON_NULL)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
@@ -208,6 +210,7 @@ class Checker:
         self.unchecked_calls: set[int] = set()  # helper calls given memory of unproven extent
         self.mem_insns: set[int] = set()
         self.unproven: set[int] = set()
+        self.probe_loads: set[int] = set()  # loads through BTF-typed pointers
         self.work: list[tuple[int, State, _Visit, LogNode]] = []
         self.pc = 0
         self.path_log: LogNode = None
@@ -249,7 +252,7 @@ class Checker:
                 gc.enable()
         depth = self._check_stack_depth()
         return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth,
-                            frozenset(self.unchecked_calls), self.reads_uninit_stack)
+                            frozenset(self.unchecked_calls), self.reads_uninit_stack, frozenset(self.probe_loads))
 
     def _milestone(self) -> None:
         """Every so many instructions: the complexity limit, and progress for whoever listens."""
@@ -985,7 +988,10 @@ class Checker:
             case Pt.PTR_TO_BUF:
                 self._buf_bounds(ptr, r, off, size)
                 self._note(True)
-            case Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL | Pt.CONST_PTR_TO_MAP_OR_NULL:
+            case Pt.PTR_TO_BTF_ID:
+                return self._btf_access(ptr, r, off, size, mode, signed)
+            case (Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL | Pt.CONST_PTR_TO_MAP_OR_NULL
+                  | Pt.PTR_TO_BTF_ID_OR_NULL | Pt.PTR_TO_MEM_OR_NULL):
                 self.reject(f"possible null pointer dereference: r{r} is {t.value} (compare it against 0 first)")
             case Pt.PTR_TO_PACKET_END:
                 self.reject(f"cannot access memory through r{r}, the packet end pointer")
@@ -1110,6 +1116,52 @@ class Checker:
             return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
         return self._loaded(size, signed)
 
+    def _btf_value(self, arg: BtfArg) -> Reg:
+        """The register a BTF-typed slot or field loads into: a bounded scalar, or a pointer."""
+        if arg.memory:
+            return Reg(Pt.PTR_TO_MEM_OR_NULL, id=self.fresh_id()) if arg.nullable else Reg(Pt.PTR_TO_MEM)
+        if not arg.type_id:
+            if arg.size >= 8:
+                return UNKNOWN_SCALAR
+            return self._loaded(arg.size, arg.signed)
+        if arg.nullable:
+            return Reg(Pt.PTR_TO_BTF_ID_OR_NULL, aux=arg.type_id, id=self.fresh_id())
+        return Reg(Pt.PTR_TO_BTF_ID, aux=arg.type_id)
+
+    def _btf_args_access(self, args: tuple[BtfArg, ...], r: int, lo: int, size: int, mode: Access) -> Reg:
+        """A tracing program's context: ``u64 args[]``, read-only, one whole slot at a time."""
+        if mode is not Access.READ:
+            self.reject(f"cannot write into the context through r{r}: the arguments of a tracing program are "
+                        "read-only")
+        if lo < 0 or lo % 8 or size != 8:
+            self.reject(f"invalid bpf_context access off={lo} size={size}: the arguments are 8-byte slots")
+        if lo // 8 >= len(args):
+            self.reject(f"invalid bpf_context access off={lo} size={size}: the attach target has "
+                        f"{len(args)} argument slot(s), this reads slot {lo // 8}")
+        self._note(True)
+        return self._btf_value(args[lo // 8])
+
+    def _btf_access(self, ptr: Reg, r: int, off: int, size: int, mode: Access, signed: bool) -> Reg | None:
+        """A load of a kernel object's field (``PTR_TO_BTF_ID``): checked against the struct's BTF
+        layout, and run as a probe load (memory the run does not hold reads as 0)."""
+        btf = self.context.btf
+        assert btf is not None  # such a pointer only comes from a BTF-typed context
+        what = btf.type_name(ptr.aux)
+        if mode is not Access.READ:
+            self.reject(f"cannot write to r{r} ({what}): only read is supported through BTF-typed pointers")
+        if ptr.var != sc.ZERO:
+            self.reject(f"R{r} is ptr_{what} invalid variable offset: off={ptr.off}, var_off={ptr.var}")
+        lo = ptr.off + off
+        try:
+            field = btf.field(ptr.aux, lo, size)
+        except LookupError as exc:
+            self.reject(f"invalid access to {what} through r{r}: off={lo} size={size}: {exc.args[0]}")
+        self.probe_loads.add(self.pc)
+        self._note(False)  # a checked load, whose failure gives 0
+        if field.type_id or not signed:
+            return self._btf_value(field)
+        return self._loaded(size, True)
+
     def _ctx_access(self, ptr: Reg, r: int, off: int, size: int, mode: Access, signed: bool) -> Reg | None:
         ctx = self.context
         if ptr.var != sc.ZERO:
@@ -1121,6 +1173,8 @@ class Checker:
         assert ctx.size is not None
         if mode is Access.ATOMIC:
             self.reject(f"atomic operation on the context through r{r} is not allowed")
+        if ctx.args is not None:
+            return self._btf_args_access(ctx.args, r, lo, size, mode)
         ranges = ctx.writable if mode is Access.WRITE else (ctx.readable or ((0, ctx.size),))
         if not any(o <= lo and hi <= o + s for o, s in ranges) or lo < 0 or hi > ctx.size:
             what = "write to" if mode is Access.WRITE else "read from"

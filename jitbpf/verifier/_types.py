@@ -32,6 +32,32 @@ class MapLike(Protocol):
     def flags(self) -> int: ...  # BPF_F_* creation flags (BPF_F_RDONLY_PROG: programs may not write values)
 
 
+@dataclass(frozen=True)
+class BtfArg:
+    """What one 8-byte slot of a BTF-typed context holds (the kernel's ``u64 args[]`` of tracing
+    programs), or what a load of one field through a ``PTR_TO_BTF_ID`` gives."""
+
+    type_id: int = 0  # BTF id of the struct (or union) a pointer points to; 0 for a scalar
+    size: int = 8  # a scalar's width in bytes: its value fits the C type
+    signed: bool = False  # a scalar of a signed C type (sign-extended into the slot)
+    nullable: bool = False  # a pointer that may be NULL: it must be compared with 0 before a load
+    memory: bool = False  # a pointer to memory of unknown size (an iterator's key or value), runtime-checked
+    name: str = ""  # the argument or field, for messages
+
+
+class BtfLayout(Protocol):
+    """The target BTF as the verifier asks it about loads through typed pointers."""
+
+    def field(self, type_id: int, off: int, size: int) -> BtfArg:
+        """What a load of ``size`` bytes at ``off`` of the struct ``type_id`` gives (LookupError
+        with the reason when the struct has no such field)."""
+        ...
+
+    def type_name(self, type_id: int) -> str:
+        """``struct name`` of a type, for messages."""
+        ...
+
+
 CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta")
 CONTEXT_POINTER_SIZES = (4, 8)  # a __u32 (__sk_buff, xdp_md) or a 64-bit __bpf_md_ptr (sk_msg_md)
 
@@ -48,6 +74,8 @@ class ContextSpec:
     must cover exactly the field, whose width is given by ``field_sizes`` (4 bytes unless given);
     the fields are read-only and cannot be read any other way. ``packet_writable`` and ``ld_abs``
     follow the kernel's rules for the program type (direct packet writes, legacy packet loads).
+    With ``args``, the context is a BTF-typed ``u64 args[]`` (``size`` = 8 per slot): each slot
+    gives a bounded scalar or a pointer to a BTF struct, whose fields ``btf`` describes.
     """
 
     size: int | None = None  # bytes of context, or None for raw memory of unknown size
@@ -59,6 +87,9 @@ class ContextSpec:
     field_sizes: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # their widths
     packet_writable: bool = True  # whether stores into the packet (and helpers writing it) are allowed
     ld_abs: bool = True  # whether the legacy LD_ABS/LD_IND loads are allowed (with r6 = the context)
+    # A BTF-typed context (tracing programs): the u64 slots r1 points to; loads are 8 bytes, stores refused.
+    args: tuple[BtfArg, ...] | None = None
+    btf: BtfLayout | None = field(default=None, hash=False, compare=False)  # the types ``args`` point to
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():
@@ -92,6 +123,9 @@ class VerifyResult:
     unchecked_calls: frozenset[int] = frozenset()
     # A privileged program may read stack it never wrote: the engines must clear its frames.
     reads_uninit_stack: bool = False
+    # Loads through BTF-typed pointers (the kernel's BPF_PROBE_MEM): a load from memory the run
+    # does not hold gives 0 instead of failing.
+    probe_loads: frozenset[int] = frozenset()
 
 
 class RegType(enum.Enum):
@@ -113,6 +147,9 @@ class RegType(enum.Enum):
     PTR_TO_BUF = "buf"  # memory of ``range`` bytes a helper handed out (a ring buffer record)
     PTR_TO_BUF_OR_NULL = "buf_or_null"  # a PTR_TO_BUF or 0 (id = the call that returned it)
     PTR_TO_FUNC = "func"  # the address of a function of the program (aux = its entry slot), for callbacks
+    PTR_TO_BTF_ID = "ptr_"  # a kernel object of a BTF struct (aux = its type id): read by probe loads
+    PTR_TO_BTF_ID_OR_NULL = "ptr_or_null_"  # the same, or 0 (aux = type id, id = the slot's load)
+    PTR_TO_MEM_OR_NULL = "mem_or_null"  # memory of unknown size, or 0 (id = the slot's load)
 
 
 class Reg(NamedTuple):
@@ -128,7 +165,7 @@ class Reg(NamedTuple):
     off: int = 0  # exact part of a pointer's offset
     id: int = 0  # link between copies (0 = none)
     range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet; buffers: size
-    aux: int = 0  # frame index (stack pointers) or map handle (map pointers)
+    aux: int = 0  # frame index (stack pointers), map handle (map pointers) or BTF type id (BTF pointers)
     ref: int = 0  # the reference a pointer holds (an acquired ring buffer record; 0 = none)
 
     def __str__(self) -> str:
@@ -139,6 +176,8 @@ class Reg(NamedTuple):
         if t is RegType.NOT_INIT:
             return "?"
         parts = []
+        if t in (RegType.PTR_TO_BTF_ID, RegType.PTR_TO_BTF_ID_OR_NULL):
+            parts.append(f"btf_id={self.aux}")
         if t in (RegType.PTR_TO_STACK, RegType.PTR_TO_MAP_VALUE, RegType.PTR_TO_MAP_VALUE_OR_NULL,
                  RegType.CONST_PTR_TO_MAP, RegType.CONST_PTR_TO_MAP_OR_NULL):
             parts.append(f"{'frame' if t is RegType.PTR_TO_STACK else 'map'}={self.aux}")
