@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from jitbpf.contract import ARG_REGS, CALLBACK_HELPER_IDS
-from jitbpf.errors import VerifierError
+from jitbpf.errors import InternalError, VerifierError
 from jitbpf.isa import ATOMIC_FETCH, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo, Program, PseudoSrc
 
 DEFAULT_MAX_INSNS = 1_000_000  # the kernel's program size limit, in slots
@@ -123,7 +123,7 @@ def register_reads(insn: Instruction, info: OpInfo, *, main: bool = True,
         case Kind.LDDW | Kind.JA | Kind.MAY_GOTO:
             return 0
         case _:
-            raise NotImplementedError(f"registers read by {kind}")
+            raise InternalError(f"registers read by {kind}")
 
 
 def successors(flow: ControlFlow, block: Block) -> list[int]:

@@ -145,6 +145,12 @@ def call_too_deep(pc: int) -> ExecutionError:
     return ExecutionError(f"call depth exceeds {MAX_CALL_DEPTH} frames", pc=pc)
 
 
+class InternalError(BpfError):
+    """A case that jitbpf's own tables rule out happened: a bug in jitbpf, not in the program.
+    Raised rather than going on with a wrong translation or verdict; please report it with the
+    program that caused it."""
+
+
 class JitError(BpfError):
     """The JIT compiler cannot translate a program (or the platform does not support it)."""
 

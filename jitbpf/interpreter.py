@@ -25,7 +25,7 @@ from jitbpf.contract import (
     HelperExit,
     TailCall,
 )
-from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep, not_a_callback
+from jitbpf.errors import BpfError, ExecutionError, InternalError, budget_exhausted, call_too_deep, not_a_callback
 from jitbpf.helpers import Helper
 from jitbpf.isa import (
     ATOMIC_FETCH,
@@ -273,7 +273,7 @@ class Translator:
             case Kind.CALL_KFUNC:
                 return [f"raise ExecutionError('kernel function calls are not supported', pc={pc})"]
             case _:
-                raise NotImplementedError(kind)
+                raise InternalError(f"no rule for {kind}")
 
     def translate(self, flow: ControlFlow) -> CompiledBlocks:
         program = flow.program

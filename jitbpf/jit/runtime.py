@@ -12,7 +12,15 @@ from typing import Any, NamedTuple
 
 from jitbpf._ffi import ffi
 from jitbpf.contract import HelperExit, TailCall
-from jitbpf.errors import BpfError, ExecutionError, budget_exhausted, call_too_deep, not_a_callback, out_of_bounds
+from jitbpf.errors import (
+    BpfError,
+    ExecutionError,
+    InternalError,
+    budget_exhausted,
+    call_too_deep,
+    not_a_callback,
+    out_of_bounds,
+)
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK64
 
@@ -254,7 +262,7 @@ def run_error(rc: JitThreadContext, status: int, pc_at: Callable[[int], int | No
         case Status.CALLBACK:
             return not_a_callback(int(ctx.err_addr), info)
         case _:
-            raise NotImplementedError(f"run status {status}")
+            raise InternalError(f"run status {status}")
 
 
 def helper_error(exc: BaseException | None, helper: Helper | None, helper_id: int, pc: int,

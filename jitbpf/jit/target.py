@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from jitbpf.cfg import Block, ControlFlow
 from jitbpf.contract import CallbackKind
-from jitbpf.errors import JitError
+from jitbpf.errors import InternalError, JitError
 from jitbpf.isa import Instruction, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler
 from jitbpf.jit.loops import LoopPlan, plan_loops
@@ -340,7 +340,7 @@ class Target(abc.ABC):
         """Emit one instruction (the dispatch ``compile`` does through its table)."""
         emitter = self._emitters.get(info.kind)
         if emitter is None:
-            raise NotImplementedError(f"{self.name}: no code for {info.kind}")
+            raise InternalError(f"{self.name}: no code for {info.kind}")
         emitter(pc, insn, info)
 
     @abc.abstractmethod

@@ -18,6 +18,7 @@ from jitbpf.contract import (
     CallbackKind,
     function_address,
 )
+from jitbpf.errors import InternalError
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
@@ -444,7 +445,7 @@ class X86_64(Target):
             case AluOp.LSH | AluOp.RSH | AluOp.ARSH:
                 self._shift(pc, insn, info)
             case _:
-                raise NotImplementedError(f"{self.name}: ALU op {aop:#x}")
+                raise InternalError(f"{self.name}: ALU op {aop:#x}")
 
     def _shift(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         d, s = insn.dst, insn.src
@@ -589,7 +590,7 @@ class X86_64(Target):
             case 32:
                 self.op(("movsxd", Q[d], D[s]))
             case _:
-                raise NotImplementedError(f"{self.name}: movsx from {info.op} bits")
+                raise InternalError(f"{self.name}: movsx from {info.op} bits")
 
     def emit_endian(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         d, bits = insn.dst, info.op
@@ -605,7 +606,7 @@ class X86_64(Target):
                 if swap:
                     self.op(("bswap", Q[d]))
             case _:
-                raise NotImplementedError(f"{self.name}: byte swap of {bits} bits")
+                raise InternalError(f"{self.name}: byte swap of {bits} bits")
 
     def emit_lddw(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         self.load_const(insn.dst, self.options.resolve_lddw(pc, insn) & MASK64)
@@ -832,7 +833,7 @@ class X86_64(Target):
                 self.op(("mov", "eax", token), *vals)
                 self.op(("bswap", "eax"))
             case _:
-                raise NotImplementedError(f"{self.name}: packet load of {size} bytes")
+                raise InternalError(f"{self.name}: packet load of {size} bytes")
 
     # -- control flow -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
 from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, CallbackKind, scratch_args
+from jitbpf.errors import InternalError
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.linux.maps import BPF_F_RDONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
@@ -422,7 +423,7 @@ class Checker:
                 case Kind.CALL_KFUNC:
                     self.reject("kernel function calls are not supported")
                 case _:
-                    raise NotImplementedError(info.kind)
+                    raise InternalError(f"no rule for {info.kind}")
             if kind is not Kind.JCOND and kind is not Kind.MAY_GOTO:
                 st.hist = (pc, self.aux, st.hist)
                 if st.precise:
@@ -666,7 +667,7 @@ class Checker:
                 case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.MAY_GOTO | Kind.CALL_KFUNC:
                     pass
                 case _:
-                    raise NotImplementedError(info.kind)
+                    raise InternalError(f"no rule for {info.kind}")
             regs[d] = live
             if not live and not any(regs) and not any(slots):
                 return  # every value followed ends in a constant: the older past never mattered
@@ -1004,7 +1005,7 @@ class Checker:
             case Pt.NOT_INIT:
                 self.reject(f"read of uninitialised register r{r}")
             case _:
-                raise NotImplementedError(t)
+                raise InternalError(f"no rule for {t}")
         if mode is Access.READ:
             return self._loaded(size, signed)
         return None
@@ -1445,7 +1446,7 @@ class Checker:
                         self.reject(f"r{r} must have zero offset when passed to release func (helper {hid})")
                     released = reg.ref
                 case _:
-                    raise NotImplementedError(kind)
+                    raise InternalError(f"no rule for {kind}")
         match ret:
             case RetType.SCALAR:
                 regs[0] = UNKNOWN_SCALAR
@@ -1469,7 +1470,7 @@ class Checker:
                 regs[0] = Reg(Pt.PTR_TO_BUF_OR_NULL, range=alloc_size, id=ref, ref=ref)
                 st.refs = (*st.refs, (ref, self.pc))
             case _:
-                raise NotImplementedError(ret)
+                raise InternalError(f"no rule for {ret}")
         if released:
             self._release(st, released)
         if ArgType.CTX in args:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from jitbpf.errors import InternalError
 from jitbpf.isa import AluOp, JmpOp, alu_function, jump_function
 
 M64 = (1 << 64) - 1
@@ -356,7 +357,7 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
                 lo, hi = b.umin, b.umax
                 smin, smax = min(a.smin >> lo, a.smin >> hi), max(a.smax >> lo, a.smax >> hi)
         case _:
-            raise NotImplementedError(f"ALU operation {op:#x}")
+            raise InternalError(f"ALU operation {op:#x}")
     s = make(value, mask, umin, umax, smin, smax, bits)
     return s if s is not None else top
 
@@ -534,7 +535,7 @@ def refine(op: int, a: Scalar, b: Scalar, bits: int = 64) -> tuple[Pair, Pair]:
         case JmpOp.JSET:
             return _set(a, b, bits), _clear(a, b, bits)
         case _:
-            raise NotImplementedError(f"jump operation {op:#x}")
+            raise InternalError(f"jump operation {op:#x}")
 
 
 def refine32(op: int, a: Scalar, b: Scalar) -> tuple[Pair, Pair]:
