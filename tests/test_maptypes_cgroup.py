@@ -14,7 +14,7 @@ from jitbpf.linux.maps import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CgroupArray, MapT
 from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 from tests import kernel_oracle
-from tests.support import ENGINES, load, s64
+from tests.support import ENGINES, errno_of, load, s64
 
 ROOT, SERVICE, OTHER = 1, 4242, 777  # cgroup ids: the root, a child the task is in, an unrelated one
 
@@ -40,25 +40,17 @@ def _run(vm: VM, engine: str) -> int:
     return s64(vm.run_context(packet=packet, engine=engine).retval)  # type: ignore[arg-type]
 
 
-def _errno_of(fn: object, *args: object) -> int:
-    try:
-        fn(*args)  # type: ignore[operator]
-    except MapError as exc:
-        return exc.errno
-    return 0
-
-
 def test_slots_follow_the_kernel() -> None:
     cg = CgroupArray(max_entries=2, name="CGROUPS")
     cg[0] = SERVICE
     assert cg[0] == SERVICE and cg.get(1) is None and len(cg) == 1
-    assert _errno_of(cg.insert, 1, SERVICE, BPF_NOEXIST) == errno.EINVAL  # BPF_ANY only
-    assert _errno_of(cg.insert, 0, SERVICE, BPF_EXIST) == errno.EINVAL
-    assert _errno_of(cg.insert, 2, SERVICE) == errno.E2BIG
-    assert _errno_of(cg.insert, 1, 0) == errno.EBADF  # no such cgroup
-    assert _errno_of(cg.__delitem__, 1) == errno.ENOENT
-    assert _errno_of(cg.__delitem__, 5) == errno.E2BIG
-    assert _errno_of(cg.__getitem__, 1) == errno.ENOENT
+    assert errno_of(cg.insert, 1, SERVICE, BPF_NOEXIST) == errno.EINVAL  # BPF_ANY only
+    assert errno_of(cg.insert, 0, SERVICE, BPF_EXIST) == errno.EINVAL
+    assert errno_of(cg.insert, 2, SERVICE) == errno.E2BIG
+    assert errno_of(cg.insert, 1, 0) == errno.EBADF  # no such cgroup
+    assert errno_of(cg.__delitem__, 1) == errno.ENOENT
+    assert errno_of(cg.__delitem__, 5) == errno.E2BIG
+    assert errno_of(cg.__getitem__, 1) == errno.ENOENT
     del cg[0]
     assert len(cg) == 0 and list(cg.indices()) == []
 
@@ -136,10 +128,10 @@ def test_update_errors_agree_with_the_kernel() -> None:
         with kernel_oracle.kernel_map(kernel_oracle.KernelMap(int(MapType.CGROUP_ARRAY), 4, 4, 2)) as theirs:
             for index, flags in steps:
                 key = index.to_bytes(4, "little")
-                mine = _errno_of(ours.insert, index, os.stat(mount or "/").st_ino, flags)
+                mine = errno_of(ours.insert, index, os.stat(mount or "/").st_ino, flags)
                 assert mine == theirs.update(key, cgroup_fd.to_bytes(4, "little"), flags), (index, flags)
             for index in (1, 0, 0, 2):
                 key = index.to_bytes(4, "little")
-                assert _errno_of(ours.__delitem__, index) == theirs.delete(key), index
+                assert errno_of(ours.__delitem__, index) == theirs.delete(key), index
     finally:
         os.close(cgroup_fd)

@@ -24,7 +24,7 @@ from jitbpf.linux.maps import (
     create_map,
 )
 from tests import kernel_oracle
-from tests.support import ENGINES, load, run
+from tests.support import ENGINES, errno_of, load, run
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT = 0, 1, 2, 4
 BPF_F_BROADCAST = 8
@@ -37,14 +37,6 @@ REDIRECT_MAP = """
     call 51
     exit
 """
-
-
-def _errno_of(fn: object, *args: object) -> int:
-    try:
-        fn(*args)  # type: ignore[operator]
-    except MapError as exc:
-        return exc.errno
-    return 0
 
 
 def _expected_update(model: dict[int, int], key: int, flags: int) -> int:
@@ -64,17 +56,17 @@ def test_devmap_hash_follows_the_model(steps: list[tuple[str, int, int, int]]) -
     for op, key, ifindex, flags in steps:
         if op == "update":
             code = _expected_update(model, key, flags)
-            assert _errno_of(m.insert, key, ifindex, flags) == code
+            assert errno_of(m.insert, key, ifindex, flags) == code
             if code == 0:
                 model[key] = ifindex
         else:
-            assert _errno_of(m.__delitem__, key) == (0 if model.pop(key, None) is not None else errno.ENOENT)
+            assert errno_of(m.__delitem__, key) == (0 if model.pop(key, None) is not None else errno.ENOENT)
         assert dict(m.items()) == model
 
 
 def test_devmap_hash_refuses_ifindex_zero_and_bad_shapes() -> None:
     m = DevMapHash(max_entries=2)
-    assert _errno_of(m.insert, 1, 0) == errno.EINVAL
+    assert errno_of(m.insert, 1, 0) == errno.EINVAL
     for ks, vs in ((8, 4), (4, 2), (4, 12)):
         with pytest.raises(MapError) as exc:
             create_map(MapType.DEVMAP_HASH, ks, vs, 4)
@@ -90,9 +82,9 @@ def test_devmap_hash_errors_agree_with_the_kernel() -> None:
         for key, flags in [(10, BPF_EXIST), (10, BPF_ANY), (10, BPF_NOEXIST), (10, BPF_EXIST), (20, BPF_NOEXIST),
                            (30, BPF_ANY), (30, 4)]:
             k = key.to_bytes(4, "little")
-            assert _errno_of(ours.insert, key, 1, flags) == theirs.update(k, (1).to_bytes(4, "little"), flags), key
+            assert errno_of(ours.insert, key, 1, flags) == theirs.update(k, (1).to_bytes(4, "little"), flags), key
         for key in (20, 20, 30):
-            assert _errno_of(ours.__delitem__, key) == theirs.delete(key.to_bytes(4, "little")), key
+            assert errno_of(ours.__delitem__, key) == theirs.delete(key.to_bytes(4, "little")), key
         assert theirs.lookup((10).to_bytes(4, "little"), 4) == (0, (1).to_bytes(4, "little"))
         assert ours[10] == 1
 

@@ -25,7 +25,7 @@ from jitbpf.linux.maps import (
 )
 from tests import kernel_oracle
 from tests.kernel import on_cpu0
-from tests.support import ENGINES, load, run
+from tests.support import ENGINES, errno_of, load, run
 
 MAX = 4
 BPF_F_LOCK = 4  # needs a bpf_spin_lock in the value: refused here, as by the kernel
@@ -83,14 +83,6 @@ class LruModel:
         return 0 if self.items.pop(key, None) is not None else errno.ENOENT
 
 
-def _errno_of(fn: object, *args: object) -> int:
-    try:
-        fn(*args)  # type: ignore[operator]
-    except MapError as exc:
-        return exc.errno
-    return 0
-
-
 ops = st.lists(st.tuples(st.sampled_from(["update", "delete", "get"]), st.integers(0, 7), st.integers(0, 2**32),
                          st.sampled_from([BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK])), max_size=60)
 
@@ -102,9 +94,9 @@ def test_lru_hash_follows_the_model(steps: list[tuple[str, int, int, int]]) -> N
     model = LruModel(MAX)
     for op, key, value, flags in steps:
         if op == "update":
-            assert _errno_of(m.insert, key, value, flags) == model.update(key, value, flags)
+            assert errno_of(m.insert, key, value, flags) == model.update(key, value, flags)
         elif op == "delete":
-            assert _errno_of(m.remove, key) == model.delete(key)
+            assert errno_of(m.remove, key) == model.delete(key)
         else:  # a read from Python is not a use: the order stays
             assert m.get(key) == model.items.get(key)
         assert dict(m.items()) == dict(model.items)
@@ -170,7 +162,7 @@ def test_errors_and_eviction_agree_with_the_kernel(map_type: MapType) -> None:
     with on_cpu0(), kernel_oracle.kernel_map(spec) as theirs:
         def both(k: int, v: int, flags: int) -> int:
             key, val = k.to_bytes(4, "little"), v.to_bytes(8, "little") * (stride // 8)
-            mine = _errno_of(ours._update_raw, key, val, flags, "update")
+            mine = errno_of(ours._update_raw, key, val, flags, "update")
             assert mine == theirs.update(key, val, flags), (k, flags)
             return mine
 
@@ -179,7 +171,7 @@ def test_errors_and_eviction_agree_with_the_kernel(map_type: MapType) -> None:
         assert both(2, 2, BPF_EXIST) == errno.ENOENT
         assert both(2, 2, BPF_F_LOCK) == errno.EINVAL
         key2 = (2).to_bytes(4, "little")
-        assert _errno_of(ours._delete_raw, key2, "delete") == theirs.delete(key2) == errno.ENOENT
+        assert errno_of(ours._delete_raw, key2, "delete") == theirs.delete(key2) == errno.ENOENT
         for k in range(2, 4 * MAX):
             assert both(k, k, BPF_NOEXIST) == 0  # a full map makes room
             newest = k.to_bytes(4, "little")

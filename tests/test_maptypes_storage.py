@@ -25,7 +25,7 @@ from jitbpf.linux.maps import (
 )
 from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
-from tests.support import ENGINES, load, s64
+from tests.support import ENGINES, errno_of, load, s64
 
 F_CREATE = 1
 
@@ -68,14 +68,6 @@ def _run(vm: VM, engine: str, sock: object | None) -> int:
     return s64(vm.run_context(engine=engine).retval)  # type: ignore[arg-type]
 
 
-def _errno_of(fn: object, *args: object) -> int:
-    try:
-        fn(*args)  # type: ignore[operator]
-    except MapError as exc:
-        return exc.errno
-    return 0
-
-
 class Sock:
     """A socket handle, as an application would pass one."""
 
@@ -95,11 +87,11 @@ def test_storage_follows_a_dict(steps: list[tuple[str, int, int, int]]) -> None:
             expected = (errno.EINVAL if flags not in (BPF_ANY, BPF_NOEXIST, BPF_EXIST)
                         else errno.EEXIST if flags == BPF_NOEXIST and which in model
                         else errno.ENOENT if flags == BPF_EXIST and which not in model else 0)
-            assert _errno_of(m.insert, sock, value, flags) == expected
+            assert errno_of(m.insert, sock, value, flags) == expected
             if expected == 0:
                 model[which] = value
         elif op == "delete":
-            assert _errno_of(m.__delitem__, sock) == (0 if model.pop(which, None) is not None else errno.ENOENT)
+            assert errno_of(m.__delitem__, sock) == (0 if model.pop(which, None) is not None else errno.ENOENT)
         else:
             assert m.get(sock) == model.get(which)
         assert len(m) == len(model) and {socks.index(s) for s in m} == set(model)  # type: ignore[arg-type]
