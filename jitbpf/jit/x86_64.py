@@ -90,6 +90,7 @@ _ALU_KIND = Kind.ALU
 _ACCESS_KINDS = frozenset({Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})  # accesses _address confines
 _LOAD_KINDS = frozenset({Kind.LDX, Kind.LDXSX})
 _CALL_KINDS = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.CALL_KFUNC})
+_CALL_LOCAL = Kind.CALL_LOCAL
 _LSH, _RSH, _ARSH = int(AluOp.LSH), int(AluOp.RSH), int(AluOp.ARSH)
 # Roles in a shift pair that extends the lower half of a register (see _extension_pair).
 _ZEXT, _SEXT, _SECOND, _MOVED = "zext", "sext", "second", "moved"
@@ -133,7 +134,7 @@ class X86_64(Target):
         program = flow.program
         infos = program.infos
         self._called = {target for pc, target in flow.targets.items()
-                        if (info := infos[pc]) is not None and info.kind is Kind.CALL_LOCAL}
+                        if (info := infos[pc]) is not None and info.kind is _CALL_LOCAL}
         self._fn_entry = [0] * len(program)  # function entry of each slot
         # While r10 is never written, [r10+off] with the whole access in [-512, 0) lies in the
         # current frame of the stack area: no bounds check needed, verified or not.
