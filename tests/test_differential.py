@@ -388,15 +388,23 @@ JEQ_IMM, XOR64_REG = 0x15, 0xAF
 
 @st.composite
 def extension_pairs(draw: st.DrawFn) -> list[Instruction]:
-    """``lsh rX, 32`` then ``rsh``/``arsh rX, 32`` (the JIT emits each pair as one mov or movsxd),
-    some with a jump landing between the two, some with other shift amounts or registers."""
+    """``lsh rX, 32`` then ``rsh``/``arsh rX, 32`` (the JIT emits each pair as one mov or movsxd,
+    at the ``mov rX, rY`` before it if there is one), some with a jump landing inside, some with
+    other shift amounts, registers or a 32-bit mov."""
     insns = [Instruction(LDDW_OPCODE, r, 0, 0, draw(INT32), draw(INT32)) for r in range(6)]
     for _ in range(draw(st.integers(1, 8))):
         dst, other = draw(st.integers(0, 5)), draw(st.integers(0, 5))
         right = draw(st.sampled_from([RSH64, ARSH64]))
         first, second = draw(st.sampled_from([32, 32, 32, 31])), draw(st.sampled_from([32, 32, 32, 33]))
-        if draw(st.booleans()):  # lands on the right shift when r(other) == 0: a block starts there
-            insns.append(Instruction(JEQ_IMM, other, 0, 1, 0))
+        move = draw(st.sampled_from([None, None, 0xBF, 0xBC]))  # none, or mov / mov32 rDst, rOther first
+        jump = draw(st.sampled_from([None, "lsh", "rsh"]))
+        tested = draw(st.sampled_from([other, 9]))  # jumps when it is 0: r9 always is
+        if jump == "lsh" and move is not None:  # lands on the lsh
+            insns.append(Instruction(JEQ_IMM, tested, 0, 1, 0))
+        if move is not None:
+            insns.append(Instruction(move, dst, draw(st.integers(0, 5))))
+        if jump == "rsh" or (jump == "lsh" and move is None):  # lands on the right shift
+            insns.append(Instruction(JEQ_IMM, tested, 0, 1, 0))
         insns += [Instruction(LSH64, dst, 0, 0, first),
                   Instruction(right, draw(st.sampled_from([dst, dst, dst, other])), 0, 0, second)]
     insns += [Instruction(XOR64_REG, 0, r) for r in range(1, 6)]

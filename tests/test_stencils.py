@@ -128,3 +128,12 @@ def test_a_key_that_does_not_describe_its_instruction_is_an_error() -> None:
     with pytest.raises(JitError, match="does not describe") as err:
         _compile(_WrongKey, Assembler(), insns, False)
     assert err.value.pc == 0
+
+
+def test_the_stencil_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Classes with exact values (a division by each constant) do not grow the cache forever."""
+    monkeypatch.setattr("jitbpf.jit.target._MAX_STENCILS", 8)
+    asm = Assembler()
+    insns = [Instruction(0x37, 1, 0, 0, k) for k in range(3, 40)] + [Instruction(0x95)]  # div r1, k
+    assert _compile(X86_64, asm, insns, False) == _compile(_Emitted, asm, insns, False)
+    assert len(asm.derived[("stencils", "X86_64", (True, True))]) <= 8

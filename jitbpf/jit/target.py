@@ -29,6 +29,7 @@ _EMITTERS = (
     (Kind.CALL_LOCAL, "emit_call_local"), (Kind.EXIT, "emit_exit"), (Kind.LD_ABS, "emit_packet_load"),
     (Kind.LD_IND, "emit_packet_load"), (Kind.CALL_KFUNC, "emit_kfunc"), (Kind.MAY_GOTO, "emit_may_goto"),
 )
+_MAX_STENCILS = 1 << 16  # stencil classes kept per context
 _TAG = 40  # bits of a section offset; the section (or label kind) sits above them
 _OFFSET_MASK = (1 << _TAG) - 1
 
@@ -286,6 +287,8 @@ class Target(abc.ABC):
                                                  (imm.b if imm else insn.imm, off.b if off else insn.off)))
             if a is not None and b is not None:
                 stencil = derive(real[0], a[0], b[0], (real[1], a[1], b[1]), imm, off, (insn.imm, insn.off))
+        if len(self._stencils) >= _MAX_STENCILS:  # classes with exact values have no bound: start over
+            self._stencils.clear()
         self._stencils[key] = stencil
 
     def _emission(self, emit: Callable[[int, Instruction, OpInfo], None], pc: int, insn: Instruction,

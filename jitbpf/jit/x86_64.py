@@ -100,9 +100,10 @@ _ALU_KIND = Kind.ALU
 _ACCESS_KINDS = frozenset({Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})  # accesses _address confines
 _LOAD_KINDS = frozenset({Kind.LDX, Kind.LDXSX})
 _CALL_KINDS = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.CALL_KFUNC})
+_CALL_LOCAL = Kind.CALL_LOCAL
 _LSH, _RSH, _ARSH = int(AluOp.LSH), int(AluOp.RSH), int(AluOp.ARSH)
 # Roles in a shift pair that extends the lower half of a register (see _extension_pair).
-_ZEXT, _SEXT, _SECOND = "zext", "sext", "second"
+_ZEXT, _SEXT, _SECOND, _MOVED = "zext", "sext", "second", "moved"
 _CLASSIFIERS = (  # the stencil classifier method of each kind with stencils
     (Kind.ALU, "_alu_class"), (Kind.LDX, "_load_class"), (Kind.LDXSX, "_load_class"), (Kind.STX, "_stx_class"),
     (Kind.ST, "_st_class"), (Kind.JCOND, "_jcond_class"), (Kind.JA, "_ja_class"), (Kind.NEG, "_exact_class"),
@@ -143,7 +144,7 @@ class X86_64(Target):
         program = flow.program
         infos = program.infos
         self._called = {target for pc, target in flow.targets.items()
-                        if (info := infos[pc]) is not None and info.kind is Kind.CALL_LOCAL}
+                        if (info := infos[pc]) is not None and info.kind is _CALL_LOCAL}
         self._called.update(flow.callbacks.values())
         self._has_may_goto = any(info is not None and info.kind is Kind.MAY_GOTO for info in infos)
         self._fn_entry = [0] * len(program)  # function entry of each slot
@@ -204,7 +205,11 @@ class X86_64(Target):
     def _alu_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
         imm = insn.imm
         cls: Probe | int = imm
-        if not info.reg_src:
+        if info.reg_src:
+            extension = self._extension_move(pc, insn, info)
+            if extension is not None:
+                return insn.opcode, info.variant, insn.dst, insn.src, extension, imm, insn.off
+        else:
             aop = info.op
             if aop in _IMM_FORM_OPS:
                 cls = _I8 if -128 <= imm < 128 else _I32
@@ -430,7 +435,12 @@ class X86_64(Target):
             return
         match aop:
             case AluOp.MOV:
-                if info.reg_src:
+                extension = self._extension_move(pc, insn, info)
+                if extension == _ZEXT:
+                    self.op(("mov", D[d], D[s]))  # the shift pair after it zero-extends rY's lower half
+                elif extension == _SEXT:
+                    self.op(("movsxd", Q[d], D[s]))
+                elif info.reg_src:
                     if d != s or not wide:  # a 32-bit move to itself still clears the upper half
                         self.op(("mov", R[d], R[s]))
                 else:
@@ -459,8 +469,8 @@ class X86_64(Target):
         if pair == _SEXT:
             self.op(("movsxd", Q[d], D[d]))  # the pair sign-extends the lower half
             return
-        if pair == _SECOND:
-            return  # the shift before did both
+        if pair in (_SECOND, _MOVED):
+            return  # the instruction before did the whole extension
         if not info.reg_src:
             count = insn.imm & (info.width - 1)  # the interpreter masks the count the same way
             if count:
@@ -482,24 +492,50 @@ class X86_64(Target):
             self.op((mnemonic, R[d], "cl"))
             self.op(("mov", "rcx", TMP))
 
+    def _shift_pair(self, pc: int, insn: Instruction, info: OpInfo) -> str | None:
+        """_ZEXT or _SEXT when ``pc`` is a 64-bit ``lsh rX, 32`` followed in its block by ``rsh``
+        (zero extension) or ``arsh rX, 32`` (sign extension), else None."""
+        if (insn.imm != 32 or info.reg_src or info.width != 64 or info.kind is not _ALU_KIND
+                or info.op != _LSH or pc + 1 in self.flow.block_at):
+            return None
+        slots, infos = self.flow.program.slots, self.flow.program.infos
+        nxt, nxt_info = (slots[pc + 1], infos[pc + 1]) if pc + 1 < len(slots) else (None, None)
+        if (nxt is None or nxt_info is None or nxt_info.kind is not _ALU_KIND or nxt_info.reg_src
+                or nxt_info.width != 64 or nxt.dst != insn.dst or nxt.imm != 32):
+            return None
+        return _ZEXT if nxt_info.op == _RSH else _SEXT if nxt_info.op == _ARSH else None
+
+    def _extension_move(self, pc: int, insn: Instruction, info: OpInfo) -> str | None:
+        """The extension a 64-bit ``mov rX, rY`` at ``pc`` makes of rY when a shift pair on rX
+        follows it in its block (then the mov does the whole extension from rY), else None."""
+        if info.kind is not _ALU_KIND or info.op != _MOV or not info.reg_src or info.width != 64:
+            return None
+        slots, infos = self.flow.program.slots, self.flow.program.infos
+        if pc + 1 >= len(slots) or pc + 1 in self.flow.block_at:
+            return None
+        nxt, nxt_info = slots[pc + 1], infos[pc + 1]
+        if nxt is None or nxt_info is None or nxt.dst != insn.dst:
+            return None
+        return self._shift_pair(pc + 1, nxt, nxt_info)
+
     def _extension_pair(self, pc: int, insn: Instruction, info: OpInfo) -> str | None:
-        """The role of ``pc`` in a 64-bit ``lsh rX, 32`` followed by ``rsh rX, 32`` (zero
-        extension) or ``arsh rX, 32`` (sign extension) in one block, emitted as one x86
-        instruction at the lsh: _ZEXT or _SEXT for the lsh, _SECOND for the right shift, None
-        otherwise."""
+        """The role of a shift at ``pc`` in an extension (emitted as one x86 instruction, each
+        eBPF instruction keeping its listing entry): _ZEXT or _SEXT for the lsh of a pair that
+        does it, _MOVED for one whose mov before does it, _SECOND for the right shift after the
+        lsh, None otherwise."""
         if insn.imm != 32 or info.reg_src or info.width != 64 or info.kind is not _ALU_KIND:
             return None
         slots, infos = self.flow.program.slots, self.flow.program.infos
         if info.op == _LSH:
-            nxt, nxt_info = (slots[pc + 1], infos[pc + 1]) if pc + 1 < len(slots) else (None, None)
-            if (nxt is None or nxt_info is None or pc + 1 in self.flow.block_at or nxt_info.kind is not _ALU_KIND
-                    or nxt_info.reg_src or nxt_info.width != 64 or nxt.dst != insn.dst or nxt.imm != 32):
-                return None
-            return _ZEXT if nxt_info.op == _RSH else _SEXT if nxt_info.op == _ARSH else None
+            role = self._shift_pair(pc, insn, info)
+            if role is not None and pc > 0 and pc not in self.flow.block_at:
+                prev, prev_info = slots[pc - 1], infos[pc - 1]
+                if prev is not None and prev_info is not None and self._extension_move(pc - 1, prev, prev_info):
+                    return _MOVED
+            return role
         if info.op in (_RSH, _ARSH) and pc > 0 and pc not in self.flow.block_at:
             prev, prev_info = slots[pc - 1], infos[pc - 1]
-            if (prev is not None and prev_info is not None and prev_info.op == _LSH
-                    and self._extension_pair(pc - 1, prev, prev_info) in (_ZEXT, _SEXT)):
+            if prev is not None and prev_info is not None and self._shift_pair(pc - 1, prev, prev_info):
                 return _SECOND
         return None
 
