@@ -136,6 +136,7 @@ class RegType(enum.Enum):
     PTR_TO_PACKET_END = "pkt_end"  # one past the packet's last byte: compare only
     PTR_TO_PACKET_META = "pkt_meta"  # packet metadata, which ends where packet data starts
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
+    PTR_TO_MAP_KEY = "map_key"  # a map's key, read-only (aux = map handle): what for_each's callback gets
     PTR_TO_FUNC = "func"  # the address of a function of the program (aux = its entry slot), for callbacks
 
 
@@ -164,7 +165,7 @@ class Reg(NamedTuple):
             return "?"
         parts = []
         if t in (RegType.PTR_TO_STACK, RegType.PTR_TO_MAP_VALUE, RegType.PTR_TO_MAP_VALUE_OR_NULL,
-                 RegType.CONST_PTR_TO_MAP):
+                 RegType.CONST_PTR_TO_MAP, RegType.PTR_TO_MAP_KEY):
             parts.append(f"{'frame' if t is RegType.PTR_TO_STACK else 'map'}={self.aux}")
         if self.off:
             parts.append(f"off={self.off}")
