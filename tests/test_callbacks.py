@@ -319,11 +319,16 @@ def test_for_each_over_an_empty_map_calls_nothing(engine: str) -> None:
     assert run(load(FOR_EACH, m), engine, bytearray(8)) == 0
 
 
-def test_for_each_value_pointer_is_bounded_by_the_value_size() -> None:
+@pytest.mark.parametrize(("old", "new", "pc", "message"), [
+    ("ldxdw r0, [r3]", "ldxdw r0, [r3+4]", 15, "invalid access to map value, value_size=8 off=4 size=8"),
+    ("ldxw r5, [r2]", "ldxw r5, [r2+2]", 13, "invalid access to map key, key_size=4 off=2 size=4"),
+    ("ldxw r5, [r2]", "stw [r2], 1\n    ldxw r5, [r2]", 13, "cannot write into the map key"),
+])
+def test_for_each_pointers_are_bounded_by_the_map(old: str, new: str, pc: int, message: str) -> None:
     m = Array(value_size=8, max_entries=4, name="M")
-    with pytest.raises(VerifierError, match="invalid access to map value") as err:
-        load(FOR_EACH.replace("ldxdw r0, [r3]", "ldxdw r0, [r3+4]"), m).check()
-    assert err.value.pc == 15
+    with pytest.raises(VerifierError, match=message) as err:
+        load(FOR_EACH.replace(old, new), m).check()
+    assert err.value.pc == pc
 
 
 # -- from C ------------------------------------------------------------------------------------

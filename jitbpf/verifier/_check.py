@@ -61,7 +61,8 @@ POINTER_OR_NULL = tuple(NON_NULL)
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
-NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC)  # compared with 0: decided
+# Compared with 0, the branch is known.
+NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC, Pt.PTR_TO_MAP_KEY)
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF,
                    Pt.PTR_TO_BUF_OR_NULL)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
@@ -984,6 +985,9 @@ class Checker:
                     # A frozen read-only value is a constant, as the kernel reads it (bpf_map_direct_read).
                     v = int.from_bytes(bytes(m.view(0)[lo : lo + size]), "little")  # type: ignore[attr-defined]
                     return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
+            case Pt.PTR_TO_MAP_KEY:
+                self._map_key_bounds(ptr, r, off, size, mode is not Access.READ)
+                self._note(self.maps is not None)
             case Pt.PTR_TO_MEM:
                 self._note(False)  # size unknown here: the runtime check stays
             case Pt.PTR_TO_BUF:
@@ -1043,6 +1047,14 @@ class Checker:
         lo, hi = self._var_bounds(ptr, r, off, size)
         if lo < 0 or hi > ptr.range:
             self.reject(f"invalid access to memory, mem_size={ptr.range} off={lo} size={hi - lo} through r{r}")
+    def _map_key_bounds(self, ptr: Reg, r: int, off: int, size: int, write: bool) -> None:
+        """A map key a callback was given: read-only, ``key_size`` bytes."""
+        if write:
+            self.reject(f"cannot write into the map key r{r} points to (it is read-only)")
+        lo, hi = self._var_bounds(ptr, r, off, size)
+        m = self.maps.get(ptr.aux) if self.maps is not None else None
+        if m is not None and (lo < 0 or hi > m.key_size):
+            self.reject(f"invalid access to map key, key_size={m.key_size} off={lo} size={hi - lo}")
 
     def _map_writable(self, m: MapLike, lo: int, size: int) -> None:
         if m.flags & BPF_F_RDONLY_PROG:
@@ -1364,6 +1376,10 @@ class Checker:
                     self.reject(f"r{r} ({kind.value} argument) is an invalid context range off={lo} size={hi_size}")
             case Pt.PTR_TO_BUF:
                 self._buf_bounds(ptr, r, 0, hi_size)
+            case Pt.PTR_TO_MAP_KEY:
+                self._map_key_bounds(ptr, r, 0, hi_size, write)
+                if self.maps is None:
+                    self.unchecked_calls.add(self.pc)  # the key's size is unknown here
             case Pt.PTR_TO_MEM:
                 # Unknown size: only a helper that checks at run time (through the memory map)
                 # may be given it; the JIT calls such call sites' helpers through Python.
@@ -1571,7 +1587,7 @@ class Checker:
         else:
             handle = caller[1].aux
             regs[1] = caller[1]  # the map
-            regs[2] = Reg(Pt.PTR_TO_MEM)  # its key, in the callback's frame: accesses stay checked
+            regs[2] = Reg(Pt.PTR_TO_MAP_KEY, aux=handle)  # (kept at the bottom of the callback's frame)
             regs[3] = Reg(Pt.PTR_TO_MAP_VALUE, aux=handle)
             regs[4] = caller[3]
         regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))

@@ -146,6 +146,7 @@ class RegType(enum.Enum):
     PTR_TO_MEM = "mem"  # memory of unknown size: accesses keep their runtime bounds check
     PTR_TO_BUF = "buf"  # memory of ``range`` bytes a helper handed out (a ring buffer record)
     PTR_TO_BUF_OR_NULL = "buf_or_null"  # a PTR_TO_BUF or 0 (id = the call that returned it)
+    PTR_TO_MAP_KEY = "map_key"  # a map's key, read-only (aux = map handle): what for_each's callback gets
     PTR_TO_FUNC = "func"  # the address of a function of the program (aux = its entry slot), for callbacks
     PTR_TO_BTF_ID = "ptr_"  # a kernel object of a BTF struct (aux = its type id): read by probe loads
     PTR_TO_BTF_ID_OR_NULL = "ptr_or_null_"  # the same, or 0 (aux = type id, id = the slot's load)
@@ -179,7 +180,7 @@ class Reg(NamedTuple):
         if t in (RegType.PTR_TO_BTF_ID, RegType.PTR_TO_BTF_ID_OR_NULL):
             parts.append(f"btf_id={self.aux}")
         if t in (RegType.PTR_TO_STACK, RegType.PTR_TO_MAP_VALUE, RegType.PTR_TO_MAP_VALUE_OR_NULL,
-                 RegType.CONST_PTR_TO_MAP, RegType.CONST_PTR_TO_MAP_OR_NULL):
+                 RegType.CONST_PTR_TO_MAP, RegType.CONST_PTR_TO_MAP_OR_NULL, RegType.PTR_TO_MAP_KEY):
             parts.append(f"{'frame' if t is RegType.PTR_TO_STACK else 'map'}={self.aux}")
         if self.off:
             parts.append(f"off={self.off}")
