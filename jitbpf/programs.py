@@ -429,9 +429,13 @@ def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSp
     """The verifier's description of a BTF-typed context: the attach target's argument slots."""
     from jitbpf.verifier import ContextSpec
 
-    return ContextSpec(size=8 * len(attach.args), args=attach.args, btf=types,
-                       ret_range=_RET_RANGES.get(section_attach_type(attach.section)), packet_writable=False,
-                       ld_abs=False)
+    attach_type = section_attach_type(attach.section)
+    ret_range = _RET_RANGES.get(attach_type)
+    lsm_int = attach_type is AttachType.LSM_MAC and attach.has_return and attach.types[-1] != 0
+    if lsm_int:
+        ret_range = (-MAX_ERRNO, 0)
+    return ContextSpec(size=8 * len(attach.args), args=attach.args, btf=types, ret_range=ret_range,
+                       ret_32bit=lsm_int, packet_writable=False, ld_abs=False)
 
 
 def _field_size(ctx: Struct, off: int) -> int:
@@ -631,8 +635,9 @@ _ATTACH_TYPES: Mapping[str, AttachType] = MappingProxyType({
     "lsm": AttachType.LSM_MAC, "lsm.s": AttachType.LSM_MAC, "lsm_cgroup": AttachType.LSM_CGROUP,
     "struct_ops": AttachType.STRUCT_OPS, "struct_ops.s": AttachType.STRUCT_OPS,
 })  # section prefix -> the attach type libbpf loads the program with (others: NONE)
-# r0 at exit, as the kernel checks it per attach type (fmod_ret, tp_btf and the rest: anything).
-# An LSM hook's 0 or -errno is checked by the kernel in 32 bits, which these ranges do not model.
+# r0 at exit, as the kernel checks it per attach type (fmod_ret, tp_btf and the rest: anything);
+# an LSM hook returning int gives 0 or -errno, in 32 bits (see _btf_context_spec).
+MAX_ERRNO = 4095
 _RET_RANGES: Mapping[AttachType, tuple[int, int]] = MappingProxyType({
     AttachType.TRACE_FENTRY: (0, 0), AttachType.TRACE_FEXIT: (0, 0), AttachType.TRACE_ITER: (0, 1),
     AttachType.LSM_CGROUP: (0, 1),
