@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jitbpf import VM, assemble
-from jitbpf.btfctx import AttachError, BtfTypes, resolve_attach
 from jitbpf.errors import VerifierError
+from jitbpf.linux.btfctx import AttachError, BtfTypes, resolve_attach
 from jitbpf.linux.elf import VMLINUX_BTF, Btf, BtfKind, load_elf
 from jitbpf.linux.programs import AttachType, ProgType, section_attach_type, section_program_type
 from jitbpf.verifier import RegType
@@ -48,7 +49,7 @@ class BtfBuilder:
         self.count += 1
         return self.count
 
-    def int(self, name: str, size: int, signed: bool = False) -> int:
+    def integer(self, name: str, size: int, signed: bool = False) -> int:
         return self._add(name, BtfKind.INT, 0, size, struct.pack("<I", (1 if signed else 0) << 24 | size * 8))
 
     def ptr(self, target: int) -> int:
@@ -83,9 +84,9 @@ def _tiny_blob() -> bytes:
     *next; unsigned long long b; }``, an lsm hook of the same prototype, a tracepoint and an
     iterator over objects."""
     b = BtfBuilder()
-    i32 = b.int("int", 4, signed=True)
-    u8 = b.int("unsigned char", 1)
-    u64 = b.int("unsigned long long", 8)
+    i32 = b.integer("int", 4, signed=True)
+    u8 = b.integer("unsigned char", 1)
+    u64 = b.integer("unsigned long long", 8)
     # struct obj's "next" is the pointer type recorded right after it (BTF ids may refer forward).
     obj = b.struct("obj", 24, [("a", i32, 0), ("next", b.count + 2, 8), ("b", u64, 16)])
     obj_ptr = b.ptr(obj)
@@ -122,7 +123,7 @@ def tracing(src: str, btf: BtfTypes, attach: str = "fentry/target", **kwargs: ob
     return vm
 
 
-def both(vm: VM, *args: object, **kwargs: object) -> object:
+def both(vm: VM, *args: object, **kwargs: object) -> Any:
     """The result of a run, the same in both engines."""
     results = [vm.run_tracing(*args, engine=engine, **kwargs) for engine in ENGINES]
     assert results[0] == results[1], results
@@ -178,12 +179,12 @@ def test_attach_target_gives_the_slots(btf: BtfTypes, section: str, names: tuple
     assert tuple(bool(a.type_id) for a in target.args) == pointers
 
 
-@pytest.mark.parametrize("section", ["lsm/hook", "tp_btf/evt", "struct_ops/some_ops.op", "freplace/target"])
+@pytest.mark.parametrize("section", ["tp_btf/evt", "struct_ops/some_ops.op", "freplace/target"])
 def test_other_flavours_run_on_their_arguments(btf: BtfTypes, section: str) -> None:
     # r0 = the first struct obj argument's a, whichever slot it is in
     slot = resolve_attach(btf, section).names.index("o")
     vm = tracing(f"r2 = *(u64 *)(r1 + {8 * slot})\nr0 = *(u32 *)(r2 + 0)\nexit", btf, section)
-    args: list[object] = [0] * (len(resolve_attach(btf, section).names) - (section.startswith("lsm")))
+    args: list[object] = [0] * len(resolve_attach(btf, section).names)
     args[slot] = {"a": 21}
     assert both(vm, *args) == 21
 
@@ -553,12 +554,40 @@ def test_get_func_arg(btf: BtfTypes, n: int, want: int) -> None:
     assert both(vm, 5, None, 7)[0] == want
 
 
-@pytest.mark.parametrize(("section", "want"), [("fmod_ret/target", 9), ("lsm/hook", -95 & 0xFFFF_FFFF_FFFF_FFFF)])
-def test_get_func_ret_and_arg_cnt(btf: BtfTypes, section: str, want: int) -> None:
+@pytest.mark.parametrize(("section", "args", "want_ret", "want_cnt"), [
+    ("fmod_ret/target", (1, None, 2), 9, 3),
+    ("tp_btf/evt", (None,), -95 & 0xFFFF_FFFF_FFFF_FFFF, 1),  # no return value: -EOPNOTSUPP
+])
+def test_get_func_ret_and_arg_cnt(btf: BtfTypes, section: str, args: tuple[object, ...], want_ret: int,
+                                  want_cnt: int) -> None:
     ret = tracing("r3 = r10\nr3 += -8\nr2 = r3\ncall 184\nif r0 != 0 goto out\nr0 = *(u64 *)(r10 - 8)\nout:\nexit",
                   btf, section)
-    got = ret.run_tracing(1, None, 2, ret=9)
-    assert (got[0] if isinstance(got, tuple) else got) == want
+    extra = {"ret": 9} if section.startswith("fmod_ret") else {}
+    got = both(ret, *args, **extra)
+    assert (got[0] if isinstance(got, tuple) else got) == want_ret
     cnt = tracing("call 185\nexit", btf, section)
-    got = cnt.run_tracing(1, None, 2, ret=9)
-    assert (got[0] if isinstance(got, tuple) else got) == 3
+    got = both(cnt, *args, **extra)
+    assert (got[0] if isinstance(got, tuple) else got) == want_cnt
+
+
+@pytest.mark.parametrize(("src", "ok"), [
+    ("r0 = 0\nexit", True),
+    ("r0 = -4095\nexit", True),
+    ("r0 = 1\nw0 = -w0\nexit", True),  # 0xffffffff: -1 in the hook's 32-bit int
+    ("r0 = 10000\nw0 = -w0\nexit", False),
+    ("r0 = 1\nexit", False),
+])
+def test_lsm_returns_zero_or_an_errno(btf: BtfTypes, src: str, ok: bool) -> None:
+    if ok:
+        tracing(src, btf, "lsm/hook")
+    else:
+        with pytest.raises(VerifierError, match=r"not within \[-4095, 0\]"):
+            tracing(src, btf, "lsm/hook")
+
+
+def test_lsm_runs_on_its_arguments(btf: BtfTypes) -> None:
+    # deny (-EPERM) when o->a is set
+    vm = tracing("r2 = *(u64 *)(r1 + 8)\nr3 = *(u32 *)(r2 + 0)\nr0 = 0\nif r3 == 0 goto out\nr0 = -1\nout:\nexit",
+                 btf, "lsm/hook")
+    assert both(vm, 0, {"a": 0}, 0) == 0
+    assert both(vm, 0, {"a": 1}, 0) == 0xFFFF_FFFF_FFFF_FFFF

@@ -28,7 +28,7 @@ from jitbpf.linux.programs import (
 )
 
 if TYPE_CHECKING:
-    from jitbpf.btfctx import BtfTypes
+    from jitbpf.linux.btfctx import BtfTypes
     from jitbpf.vm import VM
 
 EM_BPF = 247  # e_machine of eBPF objects

@@ -25,7 +25,7 @@ from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
-    from jitbpf.btfctx import AttachTarget, BtfTypes
+    from jitbpf.linux.btfctx import AttachTarget, BtfTypes
     from jitbpf.linux.elf import Btf
     from jitbpf.verifier import ContextSpec
     from jitbpf.vm import VM
@@ -233,7 +233,7 @@ class SkMsgMd(ctypes.LittleEndianStructure):
 class TracingArgs(ctypes.LittleEndianStructure):
     """The kernel's ``u64 args[]`` of BTF-typed programs: one slot per argument of the attach
     target, then its return value (fexit, fmod_ret, lsm); what the verifier lets a program read
-    of it depends on the target (see ``jitbpf.btfctx``)."""
+    of it depends on the target (see ``jitbpf.linux.btfctx``)."""
 
     _fields_ = (("args", u64 * 13),)
 
@@ -331,9 +331,13 @@ def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSp
     """The verifier's description of a BTF-typed context: the attach target's argument slots."""
     from jitbpf.verifier import ContextSpec
 
-    return ContextSpec(size=8 * len(attach.args), args=attach.args, btf=types,
-                       ret_range=_RET_RANGES.get(section_attach_type(attach.section)), packet_writable=False,
-                       ld_abs=False)
+    attach_type = section_attach_type(attach.section)
+    ret_range = _RET_RANGES.get(attach_type)
+    lsm_int = attach_type is AttachType.LSM_MAC and attach.has_return and attach.types[-1] != 0
+    if lsm_int:
+        ret_range = (-MAX_ERRNO, 0)
+    return ContextSpec(size=8 * len(attach.args), args=attach.args, btf=types, ret_range=ret_range,
+                       ret_32bit=lsm_int, packet_writable=False, ld_abs=False)
 
 
 def _field_size(ctx: Struct, off: int) -> int:
@@ -541,8 +545,9 @@ _ATTACH_TYPES: Mapping[str, AttachType] = MappingProxyType({
     "lsm": AttachType.LSM_MAC, "lsm.s": AttachType.LSM_MAC, "lsm_cgroup": AttachType.LSM_CGROUP,
     "struct_ops": AttachType.STRUCT_OPS, "struct_ops.s": AttachType.STRUCT_OPS,
 })  # section prefix -> the attach type libbpf loads the program with (others: NONE)
-# r0 at exit, as the kernel checks it per attach type (fmod_ret, tp_btf and the rest: anything).
-# An LSM hook's 0 or -errno is checked by the kernel in 32 bits, which these ranges do not model.
+# r0 at exit, as the kernel checks it per attach type (fmod_ret, tp_btf and the rest: anything);
+# an LSM hook returning int gives 0 or -errno, in 32 bits (see _btf_context_spec).
+MAX_ERRNO = 4095
 _RET_RANGES: Mapping[AttachType, tuple[int, int]] = MappingProxyType({
     AttachType.TRACE_FENTRY: (0, 0), AttachType.TRACE_FEXIT: (0, 0), AttachType.TRACE_ITER: (0, 1),
     AttachType.LSM_CGROUP: (0, 1),
@@ -1123,7 +1128,7 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
 def run_btf_args(vm: VM, state: ProgramState, args: Sequence[Any], ret: Any, engine: Engine) -> int:
     """One run of a BTF-typed program: its argument slots built from ``args`` (and ``ret``),
     the objects pointers point to laid out in read-only pages the run is given."""
-    from jitbpf.btfctx import Objects
+    from jitbpf.linux.btfctx import Objects
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -1259,7 +1264,7 @@ def _regs_context(regs: Mapping[str, int] | Sequence[int]) -> PtRegs:
 def btf_types(btf: BtfSource | None, what: str) -> BtfTypes:
     """The target BTF of a BTF-typed program: ``btf`` (a ``Btf``, ``BtfTypes``, a raw BTF
     file's path or bytes), else the running kernel's."""
-    from jitbpf.btfctx import AttachError, BtfTypes
+    from jitbpf.linux.btfctx import AttachError, BtfTypes
     from jitbpf.linux.elf import VMLINUX_BTF, _target_btf
 
     if isinstance(btf, BtfTypes):
@@ -1272,7 +1277,7 @@ def btf_types(btf: BtfSource | None, what: str) -> BtfTypes:
 
 
 def _attach_state(info: ProgramType, attach: str | None, btf: BtfSource | None) -> ProgramState:
-    from jitbpf.btfctx import AttachError, resolve_attach
+    from jitbpf.linux.btfctx import AttachError, resolve_attach
 
     if attach is None:
         raise AttachError(f"a {info.name} program needs its attach target: give attach= its section name "

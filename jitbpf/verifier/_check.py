@@ -1700,7 +1700,8 @@ class Checker:
         if ctx.ret_range is not None and not r0.is_pointer:
             self._precise(0)
             lo, hi = ctx.ret_range
-            if r0.var.smin < lo or r0.var.smax > hi:
+            var = sc.project(r0.var, 32) if ctx.ret_32bit else r0.var
+            if var.smin < lo or var.smax > hi:
                 self.reject(f"at program exit r0 is {r0}, which is not within [{lo}, {hi}]")
 
     def _check_stack_depth(self) -> int:

@@ -84,6 +84,7 @@ class ContextSpec:
     fields: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # pointer fields
     ret_range: tuple[int, int] | None = None  # allowed values of r0 at exit (inclusive), if restricted
     ret_pointer_ok: bool = False  # whether r0 may hold a pointer at exit
+    ret_32bit: bool = False  # ``ret_range`` bounds r0's low 32 bits as a signed int (an LSM hook's int)
     field_sizes: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)  # their widths
     packet_writable: bool = True  # whether stores into the packet (and helpers writing it) are allowed
     ld_abs: bool = True  # whether the legacy LD_ABS/LD_IND loads are allowed (with r6 = the context)

@@ -195,11 +195,7 @@ class AttachTarget:
     names: tuple[str, ...]  # each slot's name (the return value's slot is "ret")
     types: tuple[int, ...]  # each slot's C type (BTF id; 0 for void)
     args: tuple[BtfArg, ...]  # what each slot holds, for the verifier
-
-    @property
-    def has_return(self) -> bool:
-        """The last slot is the attached function's return value."""
-        return bool(self.names) and self.names[-1] == "ret" and self.flavour in RETURN_SLOT
+    has_return: bool = False  # the last slot is the attached function's return value
 
 
 RETURN_SLOT = frozenset({"fexit", "fexit.s", "fmod_ret", "lsm", "lsm.s", "lsm_cgroup"})
@@ -212,7 +208,6 @@ def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
     if not target:
         raise AttachError(f"section {section!r} names no attach target")
     what = f"attach target {section!r}"
-    nullable_from = MAX_ARGS + 1
     if flavour in ("fentry", "fexit", "fmod_ret", "fentry.s", "fexit.s", "fmod_ret.s", "freplace"):
         func = target
     elif flavour in ("lsm", "lsm.s", "lsm_cgroup"):
@@ -234,8 +229,7 @@ def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
             if not name and mt.kind is BtfKind.UNION and mt.members:  # union { struct x *x; }
                 name, tid, _ = mt.members[0]
             params.append((name, tid))
-        nullable_from = 1  # every object but the meta may be NULL (the iteration's end)
-        return _target(types, section, flavour, target, params, None, nullable_from)
+        return _target(types, section, flavour, target, params, None, iterator=True)
     elif flavour == "struct_ops":
         struct_name, dot, member = target.partition(".")
         sid = types.lookup(BtfKind.STRUCT, struct_name)
@@ -252,16 +246,18 @@ def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
 
 
 def _target(types: BtfTypes, section: str, flavour: str, target: str, params: Sequence[tuple[str, int]],
-            ret: int | None, nullable_from: int = MAX_ARGS + 1) -> AttachTarget:
+            ret: int | None, iterator: bool = False) -> AttachTarget:
+    """The slots of ``params`` (and of the return type ``ret``, unless None). In an iterator's
+    context every object but the first (the meta) may be NULL, the iteration's end, and untyped
+    pointers (a map element's key and value) are memory the program reads."""
     names = [n or f"arg{i}" for i, (n, _) in enumerate(params)]
     tids = [t for _, t in params]
     if ret is not None:
         names.append("ret")
         tids.append(ret)
-    # An iterator's untyped pointers (a map element's key and value) are memory the program reads.
-    args = tuple(types.slot(t, n, nullable=i >= nullable_from, memory=nullable_from == 1) if t else BtfArg(name=n)
+    args = tuple(types.slot(t, n, nullable=iterator and i > 0, memory=iterator) if t else BtfArg(name=n)
                  for i, (n, t) in enumerate(zip(names, tids, strict=True)))
-    return AttachTarget(section, flavour, target, tuple(names), tuple(tids), args)
+    return AttachTarget(section, flavour, target, tuple(names), tuple(tids), args, ret is not None)
 
 
 # -- the memory a run's pointer arguments point to ---------------------------------------------------
