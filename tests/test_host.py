@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitbpf.linux.host import AF_INET, AF_INET6, FibResult, Host, Interface, csum_diff
-from jitbpf.linux.programs import XdpAction
+from jitbpf.linux.programs import ProgType, XdpAction
 from tests.support import ENGINES, load, run, s64
 
 EINVAL, EFAULT, EPERM, ENOENT, EAFNOSUPPORT = 22, 14, 1, 2, 97
@@ -230,3 +231,16 @@ def test_probe_read_kernel_str_fault_zeroes_and_fails(engine: str) -> None:
     vm = load(PROBE_STR.format(size=8, src="16"))
     assert s64(run(vm, engine, mem)) == -EFAULT
     assert bytes(mem[8:16]) == bytes(8)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_current_cgroup_id_and_tai_clock(engine: str) -> None:
+    """bpf_get_current_cgroup_id answers Host.cgroup_id; bpf_ktime_get_tai_ns reads CLOCK_TAI."""
+    vm = load("call 80\nexit", prog_type=ProgType.KPROBE)
+    assert vm.run_context(engine=engine).retval == 1  # the root cgroup, by default
+    vm.std.host.cgroup_id = 4242
+    assert vm.run_context(engine=engine).retval == 4242
+    clock = load("call 208\nexit", prog_type=ProgType.KPROBE)
+    before = time.clock_gettime_ns(time.CLOCK_TAI)
+    now = int(clock.run_context(engine=engine).retval)  # type: ignore[call-overload]
+    assert before <= now <= time.clock_gettime_ns(time.CLOCK_TAI)

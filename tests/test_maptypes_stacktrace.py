@@ -96,7 +96,8 @@ def test_shapes_and_updates_agree_with_the_kernel(ks: int, vs: int, n: int) -> N
         assert theirs_map.delete(key) == errno.ENOENT
 
 
-# bpf_get_stack into 24 bytes of stack: r0 = the result, or (word >= 0) that word of the buffer.
+# bpf_get_stack (or bpf_get_task_stack, 141, of the current task in r1) into 24 bytes of stack:
+# r0 = the result, or (word >= 0) that word of the buffer.
 GET_STACK = """
     stdw [r10-24], -1
     stdw [r10-16], -1
@@ -105,15 +106,16 @@ GET_STACK = """
     add r2, -24
     mov r3, {size}
     mov r4, {flags}
-    call 67
+    call {helper}
     {load}
     exit
 """
 
 
-def _get_stack(engine: str, flags: int = 0, size: int = 24, word: int = -1, kernel: list[int] | None = None) -> int:
+def _get_stack(engine: str, flags: int = 0, size: int = 24, word: int = -1, kernel: list[int] | None = None,
+               helper: int = 67) -> int:
     load_word = f"ldxdw r0, [r10-{24 - 8 * word}]" if word >= 0 else ""
-    vm: VM = load(GET_STACK.format(size=size, flags=flags, load=load_word), prog_type=ProgType.KPROBE)
+    vm: VM = load(GET_STACK.format(size=size, flags=flags, load=load_word, helper=helper), prog_type=ProgType.KPROBE)
     vm.std.host.kernel_stack = KERNEL if kernel is None else kernel
     vm.std.host.user_stack = USER
     return s64(vm.run_context(engine=engine).retval)  # type: ignore[arg-type]
@@ -134,10 +136,18 @@ def test_get_stack_copies_the_hosts_stacks(engine: str) -> None:
     assert _get_stack(engine, size=0) == 0
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_get_task_stack_copies_the_tasks_stack(engine: str) -> None:
+    """One task runs here: bpf_get_task_stack of any task is the host's stack, as bpf_get_stack's."""
+    cases = [{}, {"word": 1}, {"size": 16}, {"flags": BPF_F_USER_STACK}, {"flags": 1, "word": 0}, {"size": 12}]
+    for case in cases:
+        assert _get_stack(engine, helper=141, **case) == _get_stack(engine, **case), case  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
 @pytest.mark.parametrize(("size", "accepted"), [(24, True), (0, True), (32, False)])
 def test_get_stack_buffer_is_checked_as_the_kernel_does(size: int, accepted: bool) -> None:
-    code = assemble(GET_STACK.format(size=size, flags=0, load="mov r0, 0"))
+    code = assemble(GET_STACK.format(size=size, flags=0, load="mov r0, 0", helper=67))
     vm = VM(code, prog_type=ProgType.KPROBE)
     vm.use_standard_helpers()
     try:

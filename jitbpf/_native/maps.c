@@ -2216,6 +2216,12 @@ uint64_t jb_helper_ktime_get_boot_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uin
     return clock_ns(CLOCK_BOOTTIME);
 }
 
+uint64_t jb_helper_ktime_get_tai_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
+                                    uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return clock_ns(CLOCK_TAI);
+}
+
 uint64_t jb_helper_jiffies64(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
                              uint64_t r5 UNUSED)
 {

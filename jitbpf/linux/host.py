@@ -95,6 +95,7 @@ class Host:
     interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface()})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order
+    cgroup_id: int = 1  # bpf_get_current_cgroup_id: the current task's own cgroup (in ``cgroups``)
     # The ids of the cgroups the current task is under: its own and every ancestor up to the root.
     cgroups: frozenset[int] = frozenset({1})
     # The same for the packet's socket (None: the task's cgroups); packet_socket False: the packet
@@ -253,4 +254,5 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
                             (H.PROBE_READ_USER_STR, "bpf_probe_read_user_str"))),
         Helper(H.SEND_SIGNAL, "bpf_send_signal", send_signal),
         Helper(H.GET_FUNC_IP, "bpf_get_func_ip", constant("func_ip"), ("ctx_read",)),
+        Helper(H.GET_CURRENT_CGROUP_ID, "bpf_get_current_cgroup_id", constant("cgroup_id")),
     ]

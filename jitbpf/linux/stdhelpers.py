@@ -416,14 +416,21 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         host = ctx.host
         return m.record(host.user_stack if r3 & BPF_F_USER_STACK else host.kernel_stack, r3) & MASK64
 
-    def get_stack(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
-        size = r3 & MASK32
-        need(r2, size, "bpf_get_stack", "buffer", write=True)
+    def stack_into(helper: str, buf: int, size: int, flags: int) -> int:
+        size &= MASK32
+        need(buf, size, helper, "buffer", write=True)
         host = ctx.host
-        result, data = copy_stack(host.user_stack if r4 & BPF_F_USER_STACK else host.kernel_stack, r4, size)
+        result, data = copy_stack(host.user_stack if flags & BPF_F_USER_STACK else host.kernel_stack, flags, size)
         if size:
-            memory().write(r2, data)
+            memory().write(buf, data)
         return result & MASK64
+
+    def get_stack(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        return stack_into("bpf_get_stack", r2, r3, r4)
+
+    def get_task_stack(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        # Any task's stack is the host's call stack: one task runs here (Host.task).
+        return stack_into("bpf_get_task_stack", r2, r3, r4)
 
     # A program's socket argument names the socket of its context (StdContext.socket); a task or
     # inode argument is its address, which TaskStorage and InodeStorage key by.
@@ -615,6 +622,8 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         native_helper(h.JIFFIES64, "bpf_jiffies64", "jb_helper_jiffies64", no_args("jb_helper_jiffies64")),
         native_helper(h.KTIME_GET_BOOT_NS, "bpf_ktime_get_boot_ns", "jb_helper_ktime_get_boot_ns",
                       no_args("jb_helper_ktime_get_boot_ns")),
+        native_helper(h.KTIME_GET_TAI_NS, "bpf_ktime_get_tai_ns", "jb_helper_ktime_get_tai_ns",
+                      no_args("jb_helper_ktime_get_tai_ns")),
         native_helper(h.RINGBUF_OUTPUT, "bpf_ringbuf_output", "jb_helper_ringbuf_output", ringbuf_output,
                       ("map", "mem", "size", "scalar")),
         native_helper(h.RINGBUF_RESERVE, "bpf_ringbuf_reserve", "jb_helper_ringbuf_reserve", ringbuf_reserve,
@@ -630,6 +639,8 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
         Helper(h.GET_STACKID, "bpf_get_stackid", get_stackid, (ctx_arg, "map", "scalar")),
         Helper(h.GET_STACK, "bpf_get_stack", get_stack, (ctx_arg, "uninit_mem", "size_or_zero", "scalar")),
+        Helper(h.GET_TASK_STACK, "bpf_get_task_stack", get_task_stack,
+               ("anything", "uninit_mem", "size_or_zero", "scalar")),
         *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", "anything", "anything", "scalar"),
                  "map_value_or_null")
           for kind, mtype, get_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET),
