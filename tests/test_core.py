@@ -107,6 +107,25 @@ SEC("xdp") int prog(struct xdp_md *ctx)
     assert obj.programs["prog"].run(bytes(64), engine=engine)[0] == 5 * 1000 + 42
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fields_inside_anonymous_members_match_by_name(build: Build, engine: str) -> None:
+    """Locally a field sits in an anonymous union (access 0:1:0); in the target it sits in another
+    anonymous member at another place. As libbpf, only named members are matched."""
+    local = """
+struct pkt { int a; union { long stamp; long alias; }; int b; } __attribute__((preserve_access_index));
+struct pkt g;
+SEC("xdp") int prog(struct xdp_md *ctx)
+{ return bpf_core_field_offset(struct pkt, stamp) * 100 + bpf_core_field_offset(struct pkt, b); }
+"""
+    target = btf_of(build("""
+struct pkt { long pad; int a; int b; struct { int other; long stamp; }; };
+struct pkt x;
+"""))
+    path = build(local)
+    assert run(path, btf_of(path), engine, "") == 8 * 100 + 16
+    assert run(path, target, engine, "") == 24 * 100 + 12
+
+
 def test_guarded_failure_loads_and_reachable_failure_is_named(build: Build, target: bytes) -> None:
     guarded = build(LOCAL + 'SEC("xdp") int prog(struct xdp_md *ctx)\n'
                     '{ struct thing *t = &g; return bpf_core_field_exists(t->gone) ? t->gone : 3; }')

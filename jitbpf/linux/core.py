@@ -224,7 +224,7 @@ def _walk(btf: Btf, root: int, access: str, local: tuple[Btf, int] | None) -> _F
     ltype: tuple[Btf, int, BtfType] | None = None
     if local is not None:
         ltype = (local[0], *local[0].resolve(local[1]))
-    for step in steps[1:]:
+    for i, step in enumerate(steps[1:], 2):
         if t.kind in (BtfKind.STRUCT, BtfKind.UNION):
             if ltype is None:
                 if not 0 <= step < len(t.members):
@@ -238,6 +238,11 @@ def _walk(btf: Btf, root: int, access: str, local: tuple[Btf, int] | None) -> _F
                     raise ElfError(f"member {step} of local {lt.name or 'anonymous type'} does not exist",
                                    section=SECTION)
                 lname, lmember, _ = lt.members[step]
+                if not lname and i < len(steps) and lbtf.resolve(lmember)[1].kind in (BtfKind.STRUCT, BtfKind.UNION):
+                    # An anonymous member on the way to a named one: as libbpf, only named members
+                    # are matched, and the target's are looked for through its anonymous members.
+                    ltype = (lbtf, *lbtf.resolve(lmember))
+                    continue
                 found = _find_member(btf, t, essential_name(lname)) if lname else None
                 if found is None:
                     raise _Unresolved(f"no field {lname or '(anonymous)'} in {t.name or 'an anonymous type'}")
