@@ -158,8 +158,10 @@ class _Callback:
         self.count = 0  # invocations that returned
         self.cursor: object = None  # for_each: the native iteration position
 
-    def next_args(self, R: list[int]) -> bool:
-        """Set r1-r5 for the next invocation (r10 is the callback's frame); False when done."""
+    def next_args(self, R: list[int], key: int) -> bool:
+        """Set r1-r5 for the next invocation; False when done. ``key`` is where for_each puts the
+        element's key: the bottom of the callback's frame, as the engine placed it (not derived
+        from r10, which an unverified program may have changed)."""
         if self.kind is CallbackKind.LOOP:
             if self.count >= self.nr:
                 return False
@@ -168,7 +170,6 @@ class _Callback:
         nat = native()
         if self.cursor is None:
             self.cursor = nat.ffi.new("uint64_t *", 0)
-        key = (R[FP] - STACK_SIZE) & MASK64  # the key lives at the bottom of the callback's frame
         value = int(nat.lib.jb_for_each_step(self.map, key, self.cursor))
         if not value:
             return False
@@ -340,6 +341,7 @@ def run(
     frames: list[tuple[int, int, int, int, int, int, _Callback | None]] = []
     pc = 0
     R = regs
+    top = R[FP]  # the outermost frame's r10, as the engine set it: frame d ends d frames below
     stack_zero(0)
     try:
         while True:
@@ -363,7 +365,7 @@ def run(
                 loop.count += 1
                 R[FP] -= STACK_SIZE
                 stack_zero(len(frames))
-                if R[0] == 0 and loop.next_args(R):
+                if R[0] == 0 and loop.next_args(R, top - (len(frames) + 1) * STACK_SIZE):
                     pc = loop.entry  # the callback again, in a fresh frame
                     continue
                 frames.pop()
@@ -386,7 +388,7 @@ def run(
                 frames.append((ret, R[6], R[7], R[8], R[9], R[FP], loop))
                 R[FP] -= STACK_SIZE
                 stack_zero(len(frames))
-                if loop.next_args(R):
+                if loop.next_args(R, top - (len(frames) + 1) * STACK_SIZE):
                     pc = loop.entry
                     continue
                 frames.pop()

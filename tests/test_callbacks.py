@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from jitbpf.asm import assemble
 from jitbpf.cfg import analyze
 from jitbpf.contract import MAX_LOOP_ITERATIONS, function_address
-from jitbpf.errors import BudgetExceeded, ExecutionError, VerifierError
+from jitbpf.errors import BudgetExceeded, ExecutionError, JitError, VerifierError
 from jitbpf.isa import Program
 from jitbpf.linux.elf import load_elf
 from jitbpf.linux.maps import Array, HashMap
@@ -387,3 +387,29 @@ def test_c_program_with_bpf_loop_and_for_each(build: Callable[[str], Path], engi
     # bpf_loop: 0 + 1 + ... + 6 = 21 in 7 iterations; for_each: 205 + 406 over 2 elements.
     assert action == 21 + 205 + 406 + 7 * 100000 + 2 * 10000000
     assert dict(obj["counts"].items()) == {2: 6, 4: 7}
+
+
+# An unverified program that points r10 at a chosen address before bpf_for_each_map_elem: the key
+# must still go to the callback's own frame, never where r10 says.
+R10_MOVED = """
+    lddw r9, 0x41414141000
+    mov r10, r9
+    lddw r1, map:M
+    lddw r2, func:cb
+    mov r3, 0
+    mov r4, 0
+    call 164
+    exit
+cb:
+    ldxw r0, [r2]
+    mov r0, 0
+    exit
+"""
+
+
+def test_for_each_key_goes_to_the_engines_frame_whatever_r10_holds() -> None:
+    m = Array(value_size=8, max_entries=4, name="M")
+    vm = load(R10_MOVED, m, verify=False)
+    assert run(vm, "interp", bytearray(8)) == 4  # each element visited, its key in the real frame
+    with pytest.raises(JitError, match="writes r10 cannot call bpf_for_each_map_elem"):
+        vm.jit_compile()

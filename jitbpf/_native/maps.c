@@ -2057,6 +2057,9 @@ uint64_t jb_for_each_step(uint64_t map, uint64_t key, uint64_t *cursor)
     uint32_t index;
     if (!m)
         return 0;
+    /* The key goes to the callback's frame: in sandbox memory, where the engines keep stacks. */
+    if (jb_sbx_active() && !arg_mem(key, m->key_size))
+        return 0;
     if (m->type == T_ARRAY || m->type == T_PERCPU_ARRAY) {
         if (*cursor >= m->max_entries)
             return 0;

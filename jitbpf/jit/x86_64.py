@@ -18,7 +18,7 @@ from jitbpf.contract import (
     CallbackKind,
     function_address,
 )
-from jitbpf.errors import InternalError
+from jitbpf.errors import InternalError, JitError
 from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
@@ -1063,6 +1063,11 @@ class X86_64(Target):
     def _emit_iteration(self, pc: int, kind: CallbackKind, entry: int) -> list[int]:
         """The loop of one helper call over the callback at ``entry``; returns the forward jumps
         to after it."""
+        if kind is CallbackKind.FOR_EACH and not self._fp_fixed:
+            # The key's place is found from r10, which this program may change: C would then
+            # write it wherever r10 points. The interpreter keeps the frames apart from r10.
+            raise JitError("a program that writes r10 cannot call bpf_for_each_map_elem in the JIT "
+                           "(run it with the interpreter)", pc=pc)
         L = self.lay
         cb = L.frame_callback
         to_errors: list[tuple[int, int]] = []
