@@ -237,6 +237,51 @@ def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None
     assert verdicts and set(verdicts) == {2}
 
 
+LONG_LOOP_SOURCE = LOOP_SOURCE.replace("2000", "200000")  # about 0.1 ms a run
+
+
+@pytest.mark.parametrize("path", ["bare", "bare_mem", "xdp"])
+def test_closing_a_vm_waits_for_the_runs_of_other_threads(path: str) -> None:
+    """Single runs from Python skip the VM's bookkeeping (one native call each): closing the VM
+    from another thread while they run must wait for them, not unmap the code under them, and
+    every run after that fails with the closed VM's error."""
+    import threading
+
+    vm = VM(assemble(LONG_LOOP_SOURCE), prog_type=ProgType.XDP if path == "xdp" else None, verify=False,
+            budget=10**7)
+    run: Callable[[], int] = {
+        "bare": lambda: vm.execute_jit(),
+        "bare_mem": lambda: vm.execute_jit(bytearray(8)),
+        "xdp": lambda: int(vm.run_xdp(bytes(64), engine="jit")[0]),
+    }[path]
+    assert run() == 2  # bound on this thread, and on each worker by its first run
+    outcomes: list[str] = []
+    started = threading.Barrier(4)
+
+    def work() -> None:
+        started.wait()
+        try:
+            while True:
+                assert run() == 2
+        except BpfError as err:
+            outcomes.append(str(err))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    started.wait()
+    for _ in range(20):  # let the workers' runs get going
+        if vm.closed:
+            break
+        run()
+    vm.close()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 3 and all("closed" in o for o in outcomes), outcomes
+    with pytest.raises(BpfError, match="closed"):
+        run()
+
+
 SPIN_SOURCE = """
     ldxw r2, [r1+0]
     ldxw r3, [r1+4]

@@ -9,7 +9,8 @@
  *   context from `template` (bytes) with the `derive` fields, `packet` (any buffer) copied into
  *   the arena, the program's "regions" entry. The packet after the run is `packet` itself when
  *   the run left it as it was and it is a bytes object. None: nothing is bound under the token
- *   here, or the packet does not fit the arena (the caller binds, or binds a larger one).
+ *   here, its program is closed, or the packet does not fit the arena (the caller binds, or
+ *   binds a larger one).
  *   A run that stopped early (r0 ERROR_RESULT, its error to be raised) gives (r0, packet after,
  *   the frame's owner): the binding whose program tells the error, which another thread may
  *   have replaced meanwhile.
@@ -110,6 +111,11 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         p->tmpl = 0;
         return NULL;
     }
+    if (!jb_gate_enter(p->gate, p->gate_token)) { /* the program is closed: the ordinary path says so */
+        PyBuffer_Release(&view);
+        p->tmpl = 0;
+        Py_RETURN_NONE;
+    }
     /* Without the GIL, another thread may drop the frame's owner (the token going stale): the
        run keeps it until the frame is read. */
     PyObject *keep = release ? (PyObject *)owner : NULL;
@@ -122,6 +128,7 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     } else {
         r0 = jb_pkt_run(p, view.buf, (uint64_t)view.len);
     }
+    jb_gate_leave(p->gate);
     p->tmpl = 0;
     PyObject *result = run_result(p, r0, packet, owner);
     PyBuffer_Release(&view);
@@ -200,15 +207,21 @@ static PyObject *pkt_batch(PyObject *self, PyObject *const *args, Py_ssize_t nar
        frame's owner is kept as in pkt_run. */
     PyObject *keep = owner;
     Py_INCREF(keep);
-    uint64_t done;
-    Py_BEGIN_ALLOW_THREADS
-    done = jb_pkt_batch_each(p, data, lens, (uint64_t)n, (uint64_t *)results.buf);
-    Py_END_ALLOW_THREADS
+    uint64_t done = 0;
+    int open = jb_gate_enter(p->gate, p->gate_token);
+    if (open) {
+        Py_BEGIN_ALLOW_THREADS
+        done = jb_pkt_batch_each(p, data, lens, (uint64_t)n, (uint64_t *)results.buf);
+        Py_END_ALLOW_THREADS
+        jb_gate_leave(p->gate);
+    }
     p->tmpl = 0;
     Py_DECREF(keep);
     PyBuffer_Release(&results);
     PyMem_Free(data);
     PyMem_Free(lens);
+    if (!open)
+        return PyLong_FromLong(-1);
     return PyLong_FromSsize_t(start + (Py_ssize_t)done);
 }
 

@@ -112,7 +112,16 @@ void jb_code_release(int slot, uint64_t address, uint64_t size);
    Each run gets its program's struct jb_python (``python``): the Python helpers it calls are
    found there. */
 void jb_jit_init(uint64_t error_result);
-void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python);
+/* Run gates (see jbrun.h): one per compiled program, opened with its token. Closing returns how
+   many runs are still inside; the closer waits for jb_gate_active to reach 0 (unless
+   jb_gate_running_here: then it may be one of them) before unmapping and jb_gate_free. */
+void *jb_gate_new(uint64_t token);
+uint64_t jb_gate_close(void *gate);
+uint64_t jb_gate_active(void *gate);
+int jb_gate_running_here(void);
+void jb_gate_free(void *gate);
+void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra,
+                  void *python);
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
@@ -178,6 +187,8 @@ struct jb_pkt_prog {
     uint64_t tmpl;           /* the initial context (ctx_size bytes), and the fields derived from */
     uint64_t derive;         /* each packet (enum jb_derive) */
     uint64_t out[3];         /* after jb_pkt_run: the packet's arena offset, length, and 1 if unchanged */
+    void *gate;              /* the program's run gate and token (jbrun.h), held around single runs */
+    uint64_t gate_token;
 };
 enum jb_derive {             /* context fields jb_pkt_frame derives from each packet */
     JB_DERIVE_ETH_PROTOCOL = 1,  /* protocol: the Ethernet type */

@@ -22,6 +22,35 @@ static inline void *jb_thread_table(pthread_key_t key, size_t count, size_t size
     return table;
 }
 
+/* A program's run gate (run.c): runs that bypass the VM's own bookkeeping (bare runs, single
+   typed runs) hold it while the code runs, so that closing the program waits for them instead
+   of unmapping code under them. A gate outlives its program (gates are recycled, never freed):
+   a binding left behind in some thread's table may still point to it, and finds its token
+   changed. Entering is sequentially consistent against jb_gate_close's store of the token. */
+struct jb_gate {
+    uint64_t token;  /* the program's token while it is open; 0 once closed (or recycled: another) */
+    uint64_t active; /* runs inside the code now */
+    struct jb_gate *next_free;
+};
+extern __thread uint32_t jb_gated_runs __attribute__((tls_model("initial-exec"), visibility("hidden")));
+
+static inline int jb_gate_enter(struct jb_gate *g, uint64_t token)
+{
+    __atomic_add_fetch(&g->active, 1, __ATOMIC_SEQ_CST);
+    if (__builtin_expect(__atomic_load_n(&g->token, __ATOMIC_SEQ_CST) != token, 0)) {
+        __atomic_sub_fetch(&g->active, 1, __ATOMIC_SEQ_CST);
+        return 0;
+    }
+    jb_gated_runs++;
+    return 1;
+}
+
+static inline void jb_gate_leave(struct jb_gate *g)
+{
+    jb_gated_runs--;
+    __atomic_sub_fetch(&g->active, 1, __ATOMIC_RELEASE);
+}
+
 struct jb_pkt_prog;
 /* This thread's frame bound under `token` (pkt.c), or NULL; *owner: the object that keeps it
    (a PyObject *), *release: whether its runs hand the GIL over. For fast.c's single runs. */

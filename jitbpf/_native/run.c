@@ -5,7 +5,9 @@
  * mem as r1/r2, converting no argument but those. The binding's extra regions (the maps' memory)
  * are stored into ctx before each run: ctx is shared with other runs of the thread, which set
  * their own. Tokens are never reused, so a binding left behind by a closed program can never
- * match a live one. Each thread has its own small table.
+ * match a live one. Each thread has its own small table. A bare run holds its program's run
+ * gate (jbrun.h) while the code runs and touches nothing of the binding's before it has: a
+ * binding left behind by a closed program finds the gate closed, and is emptied.
  *
  * Batches (inputs back to back, or fixed-size records): the "args" entry takes (ctx, mem, size)
  * and leaves the rest of the run context (budget, extra regions) as Python set it; a run that
@@ -26,6 +28,7 @@ typedef uint64_t (*args_fn)(void *ctx, const void *mem, uint64_t size);
 
 struct bare {
     uint64_t token;  /* 0: empty */
+    struct jb_gate *gate;  /* the program's run gate */
     args_fn args;    /* the "args" entry: runs with (mem, size) */
     struct jitbpf_ctx *ctx;  /* the thread's run context for the program */
     uint64_t extra;  /* its extra region table and count, stored into ctx before each run */
@@ -178,6 +181,52 @@ uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, ui
     return r0;
 }
 
+__thread uint32_t jb_gated_runs;
+
+/* Gates are recycled through a free list and never given back to the allocator (see jbrun.h). */
+static pthread_mutex_t g_gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct jb_gate *g_gate_free;
+
+void *jb_gate_new(uint64_t token)
+{
+    pthread_mutex_lock(&g_gate_lock);
+    struct jb_gate *g = g_gate_free;
+    if (g != NULL)
+        g_gate_free = g->next_free;
+    pthread_mutex_unlock(&g_gate_lock);
+    if (g == NULL && (g = calloc(1, sizeof *g)) == NULL)
+        return NULL;
+    g->next_free = NULL;
+    __atomic_store_n(&g->token, token, __ATOMIC_SEQ_CST);
+    return g;
+}
+
+uint64_t jb_gate_close(void *gate)
+{
+    struct jb_gate *g = gate;
+    __atomic_store_n(&g->token, 0, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&g->active, __ATOMIC_SEQ_CST);
+}
+
+uint64_t jb_gate_active(void *gate)
+{
+    return __atomic_load_n(&((struct jb_gate *)gate)->active, __ATOMIC_ACQUIRE);
+}
+
+int jb_gate_running_here(void)
+{
+    return jb_gated_runs != 0;
+}
+
+void jb_gate_free(void *gate)
+{
+    struct jb_gate *g = gate;
+    pthread_mutex_lock(&g_gate_lock);
+    g->next_free = g_gate_free;
+    g_gate_free = g;
+    pthread_mutex_unlock(&g_gate_lock);
+}
+
 static void make_key(void)
 {
     pthread_key_create(&g_bare_key, free);
@@ -189,12 +238,14 @@ void jb_jit_init(uint64_t error_result)
     pthread_once(&g_bare_once, make_key);
 }
 
-void jb_bare_bind(uint64_t token, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra, void *python)
+void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra,
+                  void *python)
 {
     if (t_bare == NULL && (t_bare = jb_thread_table(g_bare_key, BARE_SLOTS, sizeof *t_bare)) == NULL)
         return;
     struct bare *b = &t_bare[token % BARE_SLOTS];
     b->token = token;
+    b->gate = gate;
     b->args = (args_fn)(uintptr_t)args;
     b->ctx = (struct jitbpf_ctx *)(uintptr_t)ctx;
     b->extra = extra;
@@ -207,6 +258,9 @@ int jb_bare_bound(uint64_t token)
     return token != 0 && t_bare != NULL && t_bare[token % BARE_SLOTS].token == token;
 }
 
+/* This thread's binding of `token` with its program's gate held (release it with
+   jb_gate_leave), or NULL: nothing bound, or the program is closed (the binding is then
+   emptied, so that the caller takes its ordinary path and finds the program closed). */
 static inline struct bare *bound(uint64_t token)
 {
     struct bare *table = t_bare;
@@ -215,6 +269,10 @@ static inline struct bare *bound(uint64_t token)
     struct bare *b = &table[token % BARE_SLOTS];
     if (b->token != token)
         return NULL;
+    if (!jb_gate_enter(b->gate, token)) {
+        b->token = 0;
+        return NULL;
+    }
     b->ctx->extra = (struct jitbpf_region *)(uintptr_t)b->extra;
     b->ctx->nextra = b->nextra;
     return b;
@@ -223,13 +281,21 @@ static inline struct bare *bound(uint64_t token)
 uint64_t jb_bare_run(uint64_t token)
 {
     struct bare *b = bound(token);
-    return b ? run_args(b->args, b->ctx, NULL, 0, b->python) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    if (b == NULL)
+        return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    uint64_t r = run_args(b->args, b->ctx, NULL, 0, b->python);
+    jb_gate_leave(b->gate);
+    return r;
 }
 
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
 {
     struct bare *b = bound(token);
-    return b ? run_args(b->args, b->ctx, mem, size, b->python) : __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    if (b == NULL)
+        return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    uint64_t r = run_args(b->args, b->ctx, mem, size, b->python);
+    jb_gate_leave(b->gate);
+    return r;
 }
 
 static inline int stopped(uint64_t result, const struct jitbpf_ctx *ctx)

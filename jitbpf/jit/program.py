@@ -11,6 +11,7 @@ import itertools
 import platform
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,12 +51,32 @@ MAX_TABLE = 4096  # at most; larger ids go through the dispatcher
 _TOKENS = itertools.count(1)
 # Helper argument kinds that are (or may be) pointers the helper follows: see _native_for.
 _UNCHECKED_ARGS = frozenset({ArgType.ANYTHING})  # even the verifier does not check these
+_GATE_POLL = 50e-6  # seconds between looks at a closing program's native runs
 _MAX_NAMES = 1024  # region names kept for errors (forgotten all at once past this)
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
 
 
 def _closed(*_args: Any) -> int:
     raise JitError("the JIT program is closed")
+
+
+def _retire_gate(gate: Any, wait: bool) -> bool:
+    """Close a program's run gate (jitbpf/_native/jbrun.h) and, once no native run is inside the
+    code any more, recycle it; True when the code may be unmapped. With ``wait``, runs on other
+    threads are waited for (the GIL handed over: they take no Python), unless this thread is
+    itself inside a native run, which could be one of them: then the gate and the code are left
+    as they are (a leak, never an unmapping under a running program)."""
+    nat = runner_lib()
+    if gate is None or nat is None:
+        return True
+    lib = nat.lib
+    if lib.jb_gate_close(gate):
+        if not wait or lib.jb_gate_running_here():
+            return False
+        while lib.jb_gate_active(gate):
+            time.sleep(_GATE_POLL)
+    lib.jb_gate_free(gate)
+    return True
 
 
 def _weak(fn: Callable[..., Any] | None) -> Callable[[], Callable[..., Any] | None]:
@@ -213,6 +234,12 @@ class JitProgram:
         self._code = ExecutableMemory(self.compiled.code, self.compiled.entries["abort_fault"], blocks)
         self._pc_offsets: list[int] | None = None  # ascending code offsets of instructions (faults)
         self.token = next(_TOKENS)  # names this program to the native bare-run table
+        # Native runs that bypass the VM's bookkeeping (bare and single typed runs) hold this
+        # gate while they run, so that close() waits for them instead of unmapping code under them.
+        self._gate: Any = None if nat is None else nat.lib.jb_gate_new(self.token)
+        if nat is not None and self._gate == nat.ffi.NULL:
+            self._gate = None  # out of memory: no native fast paths (bind_bare, regions_binding)
+        self._gate_finalizer = weakref.finalize(self, _retire_gate, self._gate, False)
         entries = self.compiled.entries
         self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
         self._entry_mem: Callable[[Any], int] = self._code.function(entries["mem"], ENTRY_TYPE)
@@ -288,14 +315,14 @@ class JitProgram:
         run the program (what ``VM.execute_jit`` calls), or None when runs need run()'s
         bookkeeping (Python helpers, tail calls). A result of ``ERROR_RESULT`` goes to ``finish``."""
         nat = runner_lib()
-        if nat is None or self.closed or not (self.simple or self.batchable):
+        if nat is None or self._gate is None or self.closed or not (self.simple or self.batchable):
             return None
         rc = self._thread_context()
         key = _region_key(extra)
         self._name_regions(extra)
         table = rc.bare_extra = _region_table(key)  # the binding's own: run_regions may replace the context's
         args = self._code.address + self.compiled.entries["args"]
-        nat.lib.jb_bare_bind(self.token, args, rc.ctx_addr, int(ffi.cast("uintptr_t", table)), len(key),
+        nat.lib.jb_bare_bind(self.token, self._gate, args, rc.ctx_addr, int(ffi.cast("uintptr_t", table)), len(key),
                              self._python)
         return nat
 
@@ -308,13 +335,14 @@ class JitProgram:
         """The outcome of this thread's bare run that returned ``ERROR_RESULT``."""
         return self._finish(self._tls.rc, result)
 
-    def regions_binding(self) -> tuple[int, JitThreadContext] | None:
-        """The "regions" entry's address and this thread's run context, for native runners that
-        fill the context's inputs themselves (``jitbpf.linux.pktrun``); None when runs need Python
+    def regions_binding(self) -> tuple[int, JitThreadContext, Any] | None:
+        """The "regions" entry's address, this thread's run context and the program's run gate
+        (which native runs hold while they run: see ``close``), for native runners that fill
+        the context's inputs themselves (``jitbpf.linux.pktrun``); None when runs need Python
         (``batchable`` is false) or the code is gone. Results of ``ERROR_RESULT`` go to ``finish``."""
-        if runner_lib() is None or self.closed or not self.batchable:
+        if runner_lib() is None or self._gate is None or self.closed or not self.batchable:
             return None
-        return self._code.address + self.compiled.entries["regions"], self._thread_context()
+        return self._code.address + self.compiled.entries["regions"], self._thread_context(), self._gate
 
     def _thread_context(self) -> JitThreadContext:
         try:
@@ -565,9 +593,14 @@ class JitProgram:
         return self._code.closed
 
     def close(self) -> None:
-        """Unmap the machine code. No thread may be running it."""
+        """Unmap the machine code. Native runs still inside it (bare runs and single typed runs
+        on other threads, which the VM does not count) are waited for; no new one starts."""
         self._entry_none = self._entry_mem = self._entry_regions = _closed
         self._native_entry = None
+        if self._gate is not None and self._gate_finalizer.alive:
+            self._gate_finalizer.detach()
+            if not _retire_gate(self._gate, True):
+                return  # this very thread may be inside the code: it stays mapped (see _retire_gate)
         self._code.close()
         if self._counting is not None:
             self._counting.close()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from jitbpf._ffi import ffi
 from jitbpf._native import Native, native
-from jitbpf.errors import BpfError, ExecutionError
+from jitbpf.errors import BpfError, ExecutionError, JitError
 from jitbpf.jit.runtime import ERROR_RESULT
 
 if TYPE_CHECKING:
@@ -165,9 +165,9 @@ def bind(vm: VM, state: ProgramState, size: int) -> Binding:
     found = None if nat is None or jit is None else jit.regions_binding()
     b = Binding(jit)
     state.native.binding = b
-    if nat is None or found is None:
+    if nat is None or jit is None or found is None:
         return b
-    entry, rc = found
+    entry, rc, gate = found
     layout = state.layout
     arena, _ctx, frame_region = state.arena(layout.frame_off + layout.grow() + size)
     from jitbpf.jit.program import _region_key, _region_table
@@ -177,6 +177,7 @@ def bind(vm: VM, state: ProgramState, size: int) -> Binding:
     frame = new_frame(layout, arena)
     frame.entry = entry
     frame.jctx = int(ffi.cast("uintptr_t", rc.ctx))
+    frame.gate, frame.gate_token = gate, jit.token
     frame.extra, frame.nextra = int(ffi.cast("uintptr_t", b.table)), len(key)
     b.arena, b.view = arena, arena.view[0:]
     b.capacity = arena.size - layout.frame_off - layout.grow()
@@ -252,6 +253,8 @@ def run_items(state: ProgramState, b: Binding, template: bytes, derive: int, ite
         if done is None:  # another program took the binding's native table entry
             register(state, b)
             continue
+        if done < 0:
+            raise JitError("the VM is closed")
         start = done
         if start < hi:
             _finish_input(b, results, start - lo, start, outcome)
