@@ -24,6 +24,8 @@ from jitbpf.linux.maps import (
     Array,
     DevMap,
     HashMap,
+    PerCpuArray,
+    PerCpuHashMap,
     PerfEventArray,
     Queue,
     RingBuf,
@@ -40,7 +42,8 @@ from tests.support import ENGINES, load, run, s64
 HOST_IDS = {h.id for h in host_helpers(lambda: None, Host)}  # type: ignore[arg-type, return-value]
 MAP_HELPERS = {HelperId.MAP_LOOKUP_ELEM, HelperId.MAP_UPDATE_ELEM, HelperId.MAP_DELETE_ELEM, HelperId.MAP_PUSH_ELEM,
                HelperId.MAP_POP_ELEM, HelperId.MAP_PEEK_ELEM, HelperId.PERF_EVENT_OUTPUT, HelperId.RINGBUF_OUTPUT,
-               HelperId.RINGBUF_RESERVE, HelperId.RINGBUF_SUBMIT, HelperId.RINGBUF_DISCARD, HelperId.RINGBUF_QUERY}
+               HelperId.RINGBUF_RESERVE, HelperId.RINGBUF_SUBMIT, HelperId.RINGBUF_DISCARD, HelperId.RINGBUF_QUERY,
+               HelperId.MAP_LOOKUP_PERCPU_ELEM}
 
 
 @pytest.fixture(autouse=True)
@@ -200,6 +203,44 @@ def test_lookup_update_delete(engine: str) -> None:
     run(vm, engine, mem)
     assert [s64(x) for x in struct.unpack("<4Q", mem)] == [0, 1234, 0, -errno.ENOENT]
     assert len(h) == 0
+
+
+PERCPU_LOOKUP = """
+    mov r6, r1
+    stw [r10-4], 0
+    lddw r1, map:P
+    mov r2, r10
+    add r2, -4
+    ldxw r3, [r6+0]         ; the CPU, from mem
+    call 195                ; bpf_map_lookup_percpu_elem
+    mov r1, 0xff
+    jeq r0, 0, out          ; 0xff: NULL
+    ldxw r1, [r0]
+out:
+    stxw [r6+4], r1
+    mov r0, 0
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", [PerCpuArray, PerCpuHashMap])
+def test_lookup_percpu_elem_reads_the_cpus_value(engine: str, kind: type) -> None:
+    m = kind(value_size=4, max_entries=2, name="P") if kind is PerCpuArray else kind(
+        key_size=4, value_size=4, max_entries=2, name="P")
+    m[0] = [10 + c for c in range(num_cpus())]
+    vm = load(PERCPU_LOOKUP, m)
+    seen = []
+    for cpu in (0, num_cpus() - 1, num_cpus(), 2**32 - 1):  # the last two: past the CPUs, NULL
+        mem = bytearray(struct.pack("<II", cpu, 0))
+        run(vm, engine, mem)
+        seen.append(struct.unpack_from("<I", mem, 4)[0])
+    assert seen == [10, 10 + num_cpus() - 1, 0xFF, 0xFF]
+
+
+def test_lookup_percpu_elem_takes_only_percpu_maps() -> None:
+    with pytest.raises(VerifierError, match="map"):
+        load(PERCPU_LOOKUP, Array(value_size=4, max_entries=2, name="P")).check()
 
 
 QUEUE_OPS = """

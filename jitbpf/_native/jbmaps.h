@@ -57,6 +57,7 @@ void jb_ringbuf_release_since(uint32_t mark);
 /* Helpers with the eBPF calling convention: r0 = f(r1, ..., r5). The JIT calls these directly;
    they check every map and pointer argument (see maps.c). */
 uint64_t jb_helper_map_lookup_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_map_lookup_percpu_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_map_update_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_map_delete_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_map_push_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
@@ -71,6 +72,7 @@ uint64_t jb_helper_ringbuf_query(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t
 uint64_t jb_helper_ktime_get_ns(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_ktime_get_boot_ns(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_ktime_get_tai_ns(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_ktime_get_coarse_ns(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_jiffies64(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_get_prandom_u32(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_get_smp_processor_id(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
@@ -80,6 +82,7 @@ uint64_t jb_helper_get_current_comm(uint64_t r1, uint64_t r2, uint64_t r3, uint6
 
 /* The same helpers for callers that checked the arguments against the run's memory. */
 uint64_t jb_direct_map_lookup_elem(uint64_t map, uint64_t key);
+uint64_t jb_direct_map_lookup_percpu_elem(uint64_t map, uint64_t key, uint64_t cpu);
 uint64_t jb_direct_map_update_elem(uint64_t map, uint64_t key, uint64_t value, uint64_t flags);
 uint64_t jb_direct_map_delete_elem(uint64_t map, uint64_t key);
 uint64_t jb_direct_map_push_elem(uint64_t map, uint64_t value, uint64_t flags);
@@ -214,6 +217,13 @@ uint64_t jb_helper_redirect(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, 
 uint64_t jb_helper_skb_load_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_skb_store_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len);
+uint64_t jb_helper_skb_load_bytes_relative(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_direct_skb_load_bytes_relative(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len, uint64_t start);
+uint64_t jb_helper_skb_pull_data(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_xdp_get_buff_len(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_xdp_load_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_helper_xdp_store_bytes(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
+uint64_t jb_direct_xdp_copy_bytes(uint64_t ctx, uint64_t offset, uint64_t buf, uint64_t len, uint64_t store);
 uint64_t jb_helper_l3_csum_replace(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_l4_csum_replace(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_direct_skb_store_bytes(uint64_t ctx, uint64_t offset, uint64_t from, uint64_t len);

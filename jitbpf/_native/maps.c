@@ -1247,7 +1247,9 @@ static int lpm_next_key(struct jb_map *m, const void *key, void *next)
 /* ------------------------------------------------------------------------------------------ */
 /* Generic element operations                                                                 */
 
-void *jb_map_lookup(struct jb_map *m, const void *key)
+/* A program's lookup: per-CPU maps give the value of `cpu` (the current CPU but for
+   bpf_map_lookup_percpu_elem, which checks it is in range). */
+static void *map_lookup_on(struct jb_map *m, const void *key, uint32_t cpu)
 {
     uint32_t idx;
     int32_t i;
@@ -1257,13 +1259,13 @@ void *jb_map_lookup(struct jb_map *m, const void *key)
         return LIKELY(idx < m->max_entries) ? m->values + (uint64_t)idx * m->stride : NULL;
     case T_PERCPU_ARRAY:
         memcpy(&idx, key, 4);
-        return LIKELY(idx < m->max_entries) ? value_at(m, idx, current_cpu()) : NULL;
+        return LIKELY(idx < m->max_entries) ? value_at(m, idx, cpu) : NULL;
     case T_HASH:
         i = htab_lookup(m, key);
         return i >= 0 ? m->values + (uint64_t)i * m->stride : NULL;
     case T_PERCPU_HASH:
         i = htab_lookup(m, key);
-        return i >= 0 ? value_at(m, (uint32_t)i, current_cpu()) : NULL;
+        return i >= 0 ? value_at(m, (uint32_t)i, cpu) : NULL;
     case T_LRU_HASH:
     case T_LRU_PERCPU_HASH:
         /* A program's lookup is a use (the kernel sets the element's reference bit); Python's
@@ -1272,7 +1274,7 @@ void *jb_map_lookup(struct jb_map *m, const void *key)
         if (i < 0)
             return NULL;
         lru_touch(m, i);
-        return value_at(m, (uint32_t)i, m->type == T_LRU_HASH ? 0 : current_cpu());
+        return value_at(m, (uint32_t)i, m->type == T_LRU_HASH ? 0 : cpu);
     case T_LPM_TRIE:
         i = lpm_lookup(m, key);
         return i >= 0 ? value_at(m, (uint32_t)i, 0) : NULL;
@@ -1289,6 +1291,11 @@ void *jb_map_lookup(struct jb_map *m, const void *key)
         /* Programs get no pointer into queues, rings, or socket/program/device slots. */
         return NULL;
     }
+}
+
+void *jb_map_lookup(struct jb_map *m, const void *key)
+{
+    return map_lookup_on(m, key, current_cpu());
 }
 
 int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
@@ -2010,6 +2017,14 @@ uint64_t jb_direct_map_lookup_elem(uint64_t map, uint64_t key)
     return (uint64_t)(uintptr_t)jb_map_lookup(PTR(map), PTR(key));
 }
 
+uint64_t jb_direct_map_lookup_percpu_elem(uint64_t map, uint64_t key, uint64_t cpu)
+{
+    struct jb_map *m = PTR(map);
+    if (!is_percpu(m) || (uint32_t)cpu >= m->num_cpus)
+        return 0;
+    return (uint64_t)(uintptr_t)map_lookup_on(m, PTR(key), (uint32_t)cpu);
+}
+
 uint64_t jb_direct_map_update_elem(uint64_t map, uint64_t key, uint64_t value, uint64_t flags)
 {
     struct jb_map *m = PTR(map);
@@ -2094,6 +2109,15 @@ uint64_t jb_helper_map_lookup_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED,
     if (!m || !arg_mem(r2, m->key_size))
         return 0;
     return jb_direct_map_lookup_elem(r1, r2);
+}
+
+uint64_t jb_helper_map_lookup_percpu_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4 UNUSED,
+                                          uint64_t r5 UNUSED)
+{
+    struct jb_map *m = arg_map(r1);
+    if (!m || !arg_mem(r2, m->key_size))
+        return 0;
+    return jb_direct_map_lookup_percpu_elem(r1, r2, r3);
 }
 
 uint64_t jb_helper_map_update_elem(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5 UNUSED)
@@ -2223,6 +2247,12 @@ uint64_t jb_helper_ktime_get_tai_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint
                                     uint64_t r4 UNUSED, uint64_t r5 UNUSED)
 {
     return clock_ns(CLOCK_TAI);
+}
+
+uint64_t jb_helper_ktime_get_coarse_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
+                                       uint64_t r4 UNUSED, uint64_t r5 UNUSED)
+{
+    return clock_ns(CLOCK_MONOTONIC_COARSE);
 }
 
 uint64_t jb_helper_jiffies64(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,

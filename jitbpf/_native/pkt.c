@@ -159,7 +159,8 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     run->protocol = 0;
     if (run->off_protocol >= 0)
         memcpy(&run->protocol, (char *)PTR(run->ctx) + run->off_protocol, 4);
-    run->net_off = run->xdp || run->off_protocol < 0 ? 0 : ETH_HLEN;
+    /* cgroup_skb sees the packet from its network header on */
+    run->net_off = run->xdp || run->off_protocol < 0 || p->derive & JB_DERIVE_IP_PROTOCOL ? 0 : ETH_HLEN;
     run->encap = 0;
     jb_pkt_sync(run);
     return 0;
@@ -352,6 +353,81 @@ uint64_t jb_direct_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, ui
     }
     memcpy(PTR(to), PTR(run->data + offset), len);
     return 0;
+}
+
+/* From the MAC header (BPF_HDR_START_MAC, 0: the frame's start) or the network header (1); the
+   buffer is cleared on failure, as the kernel clears it. */
+uint64_t jb_direct_skb_load_bytes_relative(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len, uint64_t start)
+{
+    struct jb_pkt *run = run_of(ctx);
+    offset = (uint32_t)offset;
+    len = (uint32_t)len;
+    if (run != NULL && offset <= 0xffff && (uint32_t)start <= 1) {
+        uint64_t from = run->data + ((uint32_t)start == 1 ? run->net_off : 0) + offset;
+        if (from + len <= run->data_end) {
+            memcpy(PTR(to), PTR(from), len);
+            return 0;
+        }
+    }
+    memset(PTR(to), 0, len);
+    return RET(-EFAULT);
+}
+
+uint64_t jb_helper_skb_load_bytes_relative(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len, uint64_t start)
+{
+    if (!jb_sbx_check(to, (uint32_t)len))
+        return RET(-EFAULT);
+    return jb_direct_skb_load_bytes_relative(ctx, offset, to, len, start);
+}
+
+/* A test-run skb is linear: pulling makes nothing more readable, and fails only past its end. */
+uint64_t jb_helper_skb_pull_data(uint64_t ctx, uint64_t len, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                 uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return RET(-EINVAL);
+    return (uint32_t)len > run->data_end - run->data ? RET(-ENOMEM) : 0;
+}
+
+/* XDP frames have no fragments here: the buffer is the linear packet. */
+uint64_t jb_helper_xdp_get_buff_len(uint64_t ctx, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                    uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    return run == NULL ? 0 : run->data_end - run->data;
+}
+
+/* bpf_xdp_load_bytes (store 0) and bpf_xdp_store_bytes (store 1): the kernel's errors, EFAULT
+   for an offset or length past 0xffff, EINVAL past the packet; the buffer is left alone. */
+uint64_t jb_direct_xdp_copy_bytes(uint64_t ctx, uint64_t offset, uint64_t buf, uint64_t len, uint64_t store)
+{
+    struct jb_pkt *run = run_of(ctx);
+    offset = (uint32_t)offset;
+    len = (uint32_t)len;
+    if (run == NULL || offset > 0xffff || len > 0xffff)
+        return RET(-EFAULT);
+    if (offset + len > run->data_end - run->data)
+        return RET(-EINVAL);
+    if (store)
+        memmove(PTR(run->data + offset), PTR(buf), len);
+    else
+        memmove(PTR(buf), PTR(run->data + offset), len);
+    return 0;
+}
+
+uint64_t jb_helper_xdp_load_bytes(uint64_t ctx, uint64_t offset, uint64_t buf, uint64_t len, uint64_t r5 UNUSED)
+{
+    if (!jb_sbx_check(buf, (uint32_t)len))
+        return RET(-EFAULT);
+    return jb_direct_xdp_copy_bytes(ctx, offset, buf, len, 0);
+}
+
+uint64_t jb_helper_xdp_store_bytes(uint64_t ctx, uint64_t offset, uint64_t buf, uint64_t len, uint64_t r5 UNUSED)
+{
+    if (!jb_sbx_check(buf, (uint32_t)len))
+        return RET(-EFAULT);
+    return jb_direct_xdp_copy_bytes(ctx, offset, buf, len, 1);
 }
 
 uint64_t jb_helper_skb_load_bytes(uint64_t ctx, uint64_t offset, uint64_t to, uint64_t len, uint64_t r5 UNUSED)

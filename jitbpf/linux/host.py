@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["FibResult", "FibRoute", "Host", "Interface", "host_helpers"]
 
 AF_INET, AF_INET6 = 2, 10
+OVERFLOW_UID = 65534  # the kernel's overflowuid: the uid of a socket that has none
 CSUM_DIFF_MAX = 512  # bytes of from + to that bpf_csum_diff accepts (the kernel's scratch buffer)
 FIB_LOOKUP_SIZE = 64  # sizeof(struct bpf_fib_lookup)
 FIB_FLAGS = 0x3F  # DIRECT | OUTPUT | SKIP_NEIGH | TBID | SRC | MARK: every flag the kernel defines
@@ -66,6 +67,7 @@ class Interface:
     """An interface as routing sees it."""
 
     forwarding: bool = False  # net.ipv4/ipv6.conf.IF.forwarding (off, as the kernel's default)
+    mtu: int = 1500  # the device's MTU (bpf_check_mtu), without its 14-byte link-layer header
 
 
 @dataclass
@@ -73,10 +75,11 @@ class Host:
     """The answers of the helpers that ask the host. Fill it before running (``vm.std.host``).
 
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
-    device and inode 0, cookies 0, hash 0, function address 0, interface 1 (loopback) only, forwarding
-    off, no routes, the task in the root cgroup (id 1) only, a packet's socket in the task's cgroups
-    (as the socket the kernel's test runs give a packet), cgroup programs attached to the root
-    cgroup for ingress, and empty call stacks.
+    device and inode 0, cookies 0, hash 0, class id 0, socket owner uid 0, NUMA node 0, function
+    address 0, interface 1 (loopback, MTU 65536) only, forwarding off, no routes, the task in the
+    root cgroup (id 1) only, a packet's socket in the task's cgroups (as the socket the kernel's
+    test runs give a packet), cgroup programs attached to the root cgroup for ingress, and empty
+    call stacks.
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
@@ -87,12 +90,16 @@ class Host:
     socket_cookie: int = 0  # bpf_get_socket_cookie
     netns_cookie: int = 0  # bpf_get_netns_cookie
     skb_hash: int = 0  # bpf_get_hash_recalc
+    cgroup_classid: int = 0  # bpf_get_cgroup_classid: the packet's net_cls class (none)
+    socket_uid: int = 0  # bpf_get_socket_uid: the owner of the packet's socket
+    numa_node: int = 0  # bpf_get_numa_node_id
     func_ip: int = 0  # bpf_get_func_ip: the address of the probed function (kprobe, fentry)
     # The attachment a cgroup program runs for: its cgroup storage (bpf_get_local_storage) is
     # that of this cgroup id and attach type (0: BPF_CGROUP_INET_INGRESS).
     attach_cgroup: int = 1
     attach_type: int = 0
-    interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface()})
+    # Loopback's MTU for interface 1: the device of the kernel's test runs.
+    interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface(mtu=65536)})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order
     cgroup_id: int = 1  # bpf_get_current_cgroup_id: the current task's own cgroup (in ``cgroups``)
@@ -226,6 +233,15 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
 
         return fn
 
+    def packet_socket(attr: str, without: int) -> Callable[[int, int, int, int, int], int]:
+        # Answers about the packet's socket; ``without`` when the packet has no full socket.
+        def fn(_r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+            h = host()
+            value: int = getattr(h, attr) if h.packet_socket else without
+            return value & MASK64
+
+        return fn
+
     def send_signal(sig: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
         sig &= MASK32
         if not 0 < sig < 65:
@@ -255,4 +271,10 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
         Helper(H.SEND_SIGNAL, "bpf_send_signal", send_signal),
         Helper(H.GET_FUNC_IP, "bpf_get_func_ip", constant("func_ip"), ("ctx_read",)),
         Helper(H.GET_CURRENT_CGROUP_ID, "bpf_get_current_cgroup_id", constant("cgroup_id")),
+        Helper(H.GET_NUMA_NODE_ID, "bpf_get_numa_node_id", constant("numa_node")),
+        Helper(H.GET_CGROUP_CLASSID, "bpf_get_cgroup_classid", constant("cgroup_classid"), ("ctx_read",)),
+        # The packet's socket is the current task's (in its cgroup); without one, the kernel's
+        # answers are cgroup 0 and the overflow uid.
+        Helper(H.SKB_CGROUP_ID, "bpf_skb_cgroup_id", packet_socket("cgroup_id", 0), ("ctx_read",)),
+        Helper(H.GET_SOCKET_UID, "bpf_get_socket_uid", packet_socket("socket_uid", OVERFLOW_UID), ("ctx_read",)),
     ]

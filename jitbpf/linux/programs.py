@@ -114,6 +114,10 @@ EINVAL = 22  # the kernel's error number, returned negated by helpers
 E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
 EOPNOTSUPP = 95
+ENODEV = 19
+ETH_HLEN = 14  # the link-layer header a device's MTU leaves out (bpf_check_mtu)
+BPF_MTU_CHK_SEGS = 1  # bpf_check_mtu: check GSO segments (skb only)
+BPF_MTU_CHK_RET_FRAG_NEEDED = 1  # bpf_check_mtu: the packet is larger than the device's MTU
 XDP_PACKET_HEADROOM = 256  # bytes before the packet that bpf_xdp_adjust_head may claim
 XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
 SKB_HEADROOM = 1024  # bytes before a tc packet that bpf_skb_adjust_room/change_head/change_proto may claim
@@ -842,6 +846,44 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         state.current()
         return _err(ENOTSUPP)  # a test-run skb carries no checksum state (CHECKSUM_NONE), as here
 
+    def skb_load_bytes_relative(ctx: int, offset: int, to: int, length: int, start: int) -> int:
+        state.current()
+        vm.memory.view(to, length & MASK32, writable=True)
+        return int(lib.jb_direct_skb_load_bytes_relative(ctx, offset, to, length, start))
+
+    def xdp_copy_bytes(store: int) -> Callable[[int, int, int, int, int], int]:
+        def call(ctx: int, offset: int, buf: int, length: int, _e: int) -> int:
+            state.current()
+            vm.memory.view(buf, length & MASK32, writable=not store)
+            return int(lib.jb_direct_xdp_copy_bytes(ctx, offset, buf, length, store))
+
+        return call
+
+    # The device of an XDP run is the receiving one; an skb's is its ifindex field.
+    dev_field = ("ingress_ifindex" if info.prog_type is ProgType.XDP else "ifindex", 4)
+    dev_offset = getattr(info.ctx, dev_field[0]).offset if hasattr(info.ctx, dev_field[0]) else -1
+
+    def check_mtu(ctx: int, ifindex: int, mtu_len: int, len_diff: int, flags: int) -> int:
+        run = state.current()
+        wanted = vm.memory.load(mtu_len, 4)
+        if info.prog_type is ProgType.XDP:
+            bad_flags = flags != 0
+        else:
+            bad_flags = flags & ~BPF_MTU_CHK_SEGS != 0 or (flags & BPF_MTU_CHK_SEGS != 0 and (
+                len_diff & MASK32 != 0 or wanted != 0))
+        if bad_flags:
+            return _err(EINVAL)
+        ifindex &= MASK32
+        if ifindex == 0 and dev_offset >= 0:
+            ifindex = vm.memory.load(ctx + dev_offset, dev_field[1])
+        iface = vm.std.host.interfaces.get(ifindex)
+        if iface is None:
+            return _err(ENODEV)
+        length = wanted + ETH_HLEN if wanted else run.data_end - run.data
+        length += len_diff & MASK32 if len_diff & (1 << 31) == 0 else (len_diff & MASK32) - (1 << 32)
+        vm.memory.store(mtu_len, 4, iface.mtu & MASK32)
+        return BPF_MTU_CHK_RET_FRAG_NEEDED if length > iface.mtu + ETH_HLEN else 0
+
     keep = (nat.ffi, lib)
 
     def c_helper(hid: HelperId, name: str, fn: Callable[[int, int, int, int, int], int], *args: str) -> Helper:
@@ -870,6 +912,15 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         c_helper(H.L4_CSUM_REPLACE, "bpf_l4_csum_replace", in_run("jb_helper_l4_csum_replace"),
                  "ctx", "scalar", "scalar", "scalar", "scalar"),
         Helper(H.CSUM_UPDATE, "bpf_csum_update", csum_update, args=("ctx", "scalar")),
+        # Reading the packet moves nothing: packet pointers stay valid ("ctx_read"), as in the kernel.
+        c_helper(H.SKB_LOAD_BYTES_RELATIVE, "bpf_skb_load_bytes_relative", skb_load_bytes_relative,
+                 "ctx_read", "scalar", "uninit_mem", "size", "scalar"),
+        c_helper(H.SKB_PULL_DATA, "bpf_skb_pull_data", in_run("jb_helper_skb_pull_data"), "ctx", "scalar"),
+        c_helper(H.XDP_GET_BUFF_LEN, "bpf_xdp_get_buff_len", in_run("jb_helper_xdp_get_buff_len"), "ctx_read"),
+        c_helper(H.XDP_LOAD_BYTES, "bpf_xdp_load_bytes", xdp_copy_bytes(0), "ctx_read", "scalar", "uninit_mem",
+                 "size"),
+        c_helper(H.XDP_STORE_BYTES, "bpf_xdp_store_bytes", xdp_copy_bytes(1), "ctx_read", "scalar", "mem", "size"),
+        Helper(H.CHECK_MTU, "bpf_check_mtu", check_mtu, args=("ctx_read", "scalar", "anything", "scalar", "scalar")),
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),

@@ -262,6 +262,11 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         need(r2, m.key_size, "bpf_map_lookup_elem", "key")
         return int(lib.jb_direct_map_lookup_elem(r1, r2))
 
+    def map_lookup_percpu_elem(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:
+        m = map_at(r1, "bpf_map_lookup_percpu_elem")
+        need(r2, m.key_size, "bpf_map_lookup_percpu_elem", "key")
+        return int(lib.jb_direct_map_lookup_percpu_elem(r1, r2, r3))
+
     def map_update_elem(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_update_elem")
         need(r2, m.key_size, "bpf_map_update_elem", "key")
@@ -564,6 +569,19 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
             memory().write(out, kept + b"\0")
         return len(raw) + 1
 
+    def strncmp(s1: int, size: int, s2: int, _r4: int, _r5: int) -> int:
+        # The kernel's strncmp: the first differing byte decides, -1 or 1; a NUL in both ends it.
+        size &= MASK32
+        mm = memory()
+        left = mm.read(s1, size)
+        right = mm.read_cstring(s2) + b"\0"
+        for a, b in zip(left, right, strict=False):  # right's NUL ends the loop at the latest
+            if a != b:
+                return 1 if a > b else MASK64
+            if not a:
+                break
+        return 0
+
     def trace_vprintk(fmt: int, fmt_size: int, data: int, data_len: int, _r5: int) -> int:
         fmt_size &= MASK32
         raw = memory().read(fmt, fmt_size) if fmt_size else b""
@@ -586,6 +604,9 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     own = [
         native_helper(h.MAP_LOOKUP_ELEM, "bpf_map_lookup_elem", "jb_helper_map_lookup_elem", map_lookup_elem,
                       ("map", "key"), "map_value_or_null"),
+        Helper(h.MAP_LOOKUP_PERCPU_ELEM, "bpf_map_lookup_percpu_elem", map_lookup_percpu_elem,
+               ("map", "key", "scalar"), "map_value_or_null", nat.address("jb_helper_map_lookup_percpu_elem"), keep,
+               map_types=(MapType.PERCPU_ARRAY, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH)),
         native_helper(h.MAP_UPDATE_ELEM, "bpf_map_update_elem", "jb_helper_map_update_elem", map_update_elem,
                       ("map", "key", "value", "scalar")),
         native_helper(h.MAP_DELETE_ELEM, "bpf_map_delete_elem", "jb_helper_map_delete_elem", map_delete_elem,
@@ -624,6 +645,8 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
                       no_args("jb_helper_ktime_get_boot_ns")),
         native_helper(h.KTIME_GET_TAI_NS, "bpf_ktime_get_tai_ns", "jb_helper_ktime_get_tai_ns",
                       no_args("jb_helper_ktime_get_tai_ns")),
+        native_helper(h.KTIME_GET_COARSE_NS, "bpf_ktime_get_coarse_ns", "jb_helper_ktime_get_coarse_ns",
+                      no_args("jb_helper_ktime_get_coarse_ns")),
         native_helper(h.RINGBUF_OUTPUT, "bpf_ringbuf_output", "jb_helper_ringbuf_output", ringbuf_output,
                       ("map", "mem", "size", "scalar")),
         native_helper(h.RINGBUF_RESERVE, "bpf_ringbuf_reserve", "jb_helper_ringbuf_reserve", ringbuf_reserve,
@@ -656,6 +679,8 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         Helper(h.STRTOUL, "bpf_strtoul", strtox(False), ("mem", "size", "scalar", "uninit_long")),
         Helper(h.SNPRINTF, "bpf_snprintf", snprintf,
                ("uninit_mem", "size_or_zero", "anything", "mem", "size_or_zero")),
+        # The kernel wants s2 a constant string of a read-only map; here any readable string.
+        Helper(h.STRNCMP, "bpf_strncmp", strncmp, ("mem", "size", "anything")),
         Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem", "size_or_zero")),
         # The engines run these two: they enter the callback as a local call (see contract.CallbackKind).
         Helper(h.FOR_EACH_MAP_ELEM, "bpf_for_each_map_elem", engine_only("bpf_for_each_map_elem"),
