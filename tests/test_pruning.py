@@ -9,7 +9,9 @@ process may load programs, the kernel's verifier must agree with each minimal ca
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -21,6 +23,7 @@ from jitbpf.contract import DEFAULT_BUDGET, MAX_CALL_DEPTH
 from jitbpf.isa import Program
 from jitbpf.verifier import ContextSpec, VerifyResult
 from jitbpf.verifier._check import Checker, Rejected
+from jitbpf.verifier._state import State, join_key, join_states, kinds_key, shared_ids, state_within
 
 from . import kernel_oracle
 
@@ -159,3 +162,30 @@ def test_pruning_never_accepts_what_every_path_rejects(body: list[str]) -> None:
     if isinstance(pruned, VerifyResult):
         assert isinstance(walked, VerifyResult), f"pruning accepted what a path rejects ({walked}):\n{source}"
         assert pruned.insns_processed <= walked.insns_processed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies())
+def test_the_keys_a_prune_point_compares_first_never_hide_a_match(body: list[str]) -> None:
+    """A prune point skips the states whose kinds differ before comparing (``kinds_key``) or
+    merging them (``join_key``): that must only skip comparisons and merges that would fail."""
+    seen: dict[int, list[tuple[State, list[int]]]] = {}
+
+    class Recording(Checker):
+        def _prune_point(self, pc: int, st: State, parent: Any) -> Any:
+            masks = self._live_masks(st, pc)
+            seen.setdefault(pc, []).append((self._snapshot(st, masks), masks))
+            return super()._prune_point(pc, st, parent)
+
+    flow = cfg.analyze(Program.from_bytes(assemble(program(body))))
+    with contextlib.suppress(Rejected):
+        Recording(flow, helpers={}, maps=None, context=XDP, allow_loops=False, budget=DEFAULT_BUDGET, log=False,
+                  max_call_depth=MAX_CALL_DEPTH, stack_limit=512, prune=True).run()
+    for states in seen.values():
+        for old, masks in states:
+            chosen, old_kinds = kinds_key(old)
+            for new, _ in states:
+                if kinds_key(new, chosen)[1] != old_kinds:
+                    assert not state_within(old, shared_ids(old), new)
+                if join_key(old, masks) != join_key(new, masks):
+                    assert join_states(old, new, masks) is None

@@ -24,7 +24,9 @@ from jitbpf.verifier._state import (
     History,
     Slot,
     State,
+    join_key,
     join_states,
+    kinds_key,
     shared_ids,
     state_within,
     widen,
@@ -139,8 +141,8 @@ class _Visit:
     was verified, and any later state within it can be pruned.
     """
 
-    __slots__ = ("branches", "hist", "hits", "misses", "parent", "precise", "precise_slots", "reads", "shared",
-                 "state")
+    __slots__ = ("branches", "hist", "hits", "join_key", "kinds", "misses", "parent", "precise", "precise_slots",
+                 "reads", "shared", "state")
 
     def __init__(self, state: State | None, parent: _Visit | None, shared: frozenset[int]) -> None:
         self.state = state  # registers not live here are cleared
@@ -149,6 +151,8 @@ class _Visit:
         self.shared = shared  # ids linking two or more values in ``state``
         self.hits = 0  # later states pruned by this one
         self.misses = 0  # later states compared in vain (inside loops)
+        self.join_key: tuple[tuple[int, ...], tuple[object, ...]] | None = None  # (live masks, join_key of state)
+        self.kinds: tuple[tuple[int, ...], tuple[object, ...]] | None = None  # kinds_key(state), once asked
         # Per frame, a bit per stack slot that some continuation read: the other slots' contents
         # never mattered, so they are ignored when later states are compared with this one.
         nframes = len(state.frames) if state is not None else 0
@@ -469,11 +473,20 @@ class Checker:
         in_loop = pc not in control.merge_points
         complete = 0
         i = 0
+        nframes = len(st.frames)
+        kinds: dict[tuple[int, ...], tuple[object, ...]] = {}  # st's kinds_key, by the visits' masks
         while i < len(visits):
             v = visits[i]
             assert v.state is not None
             done = v.branches == 0
-            if (state_within(v.state, v.shared, st, v.reads, v.precise, v.precise_slots) if done
+            if v.kinds is None:
+                v.kinds = kinds_key(v.state)
+            chosen, old_kinds = v.kinds
+            new_kinds = kinds.get(chosen) if len(chosen) == nframes else None
+            if new_kinds is None and len(chosen) == nframes:
+                new_kinds = kinds[chosen] = kinds_key(st, chosen)[1]
+            if new_kinds == old_kinds and (
+                    state_within(v.state, v.shared, st, v.reads, v.precise, v.precise_slots) if done
                     else state_within(v.state, v.shared, st)):
                 if done:
                     self.pruned += 1
@@ -523,11 +536,16 @@ class Checker:
             # Too many different states meet here: continue with one covering all of them (those
             # this domain can merge), which later arrivals will most likely fall within.
             kept: list[_Visit] = []
+            live = tuple(masks)
+            key = join_key(st, masks)  # merging leaves it as it is
             for v in visits:
                 merged = None
                 if not v.branches:
                     assert v.state is not None
-                    merged = join_states(st, v.state, masks)
+                    if v.join_key is None or v.join_key[0] != live:
+                        v.join_key = live, join_key(v.state, masks)
+                    if v.join_key[1] == key:
+                        merged = join_states(st, v.state, masks)
                 if merged is None:
                     kept.append(v)
                 else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable, Iterator, Sequence
 
 from jitbpf.isa import STACK_SIZE
@@ -236,6 +238,28 @@ def _slot_within(old: Slot, new: Slot, ids: _IdMap | None, precise: bool) -> boo
     return True
 
 
+def kinds_key(st: State, masks: Sequence[int] | None = None) -> tuple[tuple[int, ...], tuple[object, ...]]:
+    """The registers ``masks`` names (per frame, a bit per register; by default the initialised
+    ones) and their kinds, a pointer's with its offset and identity: ``state_within(old, ..., new)``
+    holds only if ``new`` has the same kinds where ``old`` has initialised registers, so that a
+    prune point compares these keys before the states."""
+    chosen: list[int] = []
+    key: list[object] = []
+    for fi, f in enumerate(st.frames):
+        mask = 0
+        for r, x in enumerate(f.regs):
+            if masks is None:
+                if x.type is RegType.NOT_INIT:
+                    continue
+                mask |= 1 << r
+            elif not masks[fi] >> r & 1:
+                continue
+            key.append(x.type if x.type is RegType.SCALAR or x.type is RegType.NOT_INIT
+                       else (x.type, x.off, x.aux, x.ref))
+        chosen.append(mask if masks is None else masks[fi])
+    return tuple(chosen), tuple(key)
+
+
 def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence[int] | None = None,
                  precise: Sequence[int] | None = None, precise_slots: Sequence[int] | None = None) -> bool:
     """Whether ``new`` is covered by ``old``: same call stack, and each register and stack slot of
@@ -324,6 +348,24 @@ def _join_slot(a: Slot, b: Slot) -> Slot:
     return None if out == EMPTY_BYTES else out
 
 
+def join_key(st: State, live: Sequence[int]) -> tuple[object, ...]:
+    """What two states' live registers must have in common for ``join_states`` to merge them
+    (their kinds, a pointer's offset and identity, a packet pointer's proven range): states
+    whose keys differ never merge, so that a join point compares keys before trying."""
+    key: list[object] = []
+    for mask, f in zip(live, st.frames, strict=False):
+        for r, x in enumerate(f.regs):
+            if mask >> r & 1:
+                if x.type is RegType.SCALAR:
+                    key.append(RegType.SCALAR)
+                elif x.type in (RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META):
+                    key.append((x.type, x.off, x.aux, x.id, x.ref, x.range))
+                else:
+                    key.append((x.type, x.off, x.aux, x.id, x.ref))
+        key.append(None)  # frames apart
+    return tuple(key)
+
+
 def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
     """A state covering both ``a`` and ``b``, or None when they differ in a way this domain
     cannot merge without losing what later code needs (a live register of different types).
@@ -342,16 +384,24 @@ def join_states(a: State, b: State, live: Sequence[int]) -> State | None:
             if not mask >> r & 1:
                 regs.append(NOT_INIT)
                 continue
+            if x is y or x == y:  # the common case, and what _join_reg gives for it
+                regs.append(x)
+                continue
             j = _join_reg(x, y)
             if j is None or _proofs_differ(x, y):
                 return None
             regs.append(j)
-        stack: list[Slot] = []
-        for sx, sy in zip(fa.stack, fb.stack, strict=True):
+        # Most slots are the same object in both (states share what they did not change): only
+        # the others are joined, and a failure found by the cheap checks first.
+        stack = list(fa.stack)
+        for k in itertools.compress(range(len(stack)), map(operator.ne, fa.stack, fb.stack)):
+            sx, sy = stack[k], fb.stack[k]
+            if _proofs_differ(sx, sy):
+                return None
             js = _join_slot(sx, sy)
-            if _proofs_differ(sx, sy) or (type(js) is not Reg and (_spilled_pointer(sx) or _spilled_pointer(sy))):
+            if type(js) is not Reg and (_spilled_pointer(sx) or _spilled_pointer(sy)):
                 return None  # a spilled pointer would be lost (read back as a number)
-            stack.append(js)
+            stack[k] = js
         frames.append(Frame(regs, stack, fa.callsite, fa.entry, fa.round))
     return State(frames, max(a.depth, b.depth), a.checkpoint, a.hist, a.loop, a.refs)
 
