@@ -192,10 +192,10 @@ def run_fast(state: ProgramState, template: bytes, packet: bytes, derive: int) -
     raises its error) and the packet after it (``packet`` itself when the run left it as it
     was); None when the thread has no frame fit for it there, or the program needs the Python
     path."""
-    done = state.pkt_run(state.token, template, derive, packet)
+    done: tuple[Any, ...] | None = state.pkt_run(state.token, template, derive, packet)
     if done is not None and len(done) > 2:  # stopped early: (r0, packet, the binding it ran on)
         return finish(done[2], ERROR_RESULT), done[1]
-    return cast("tuple[int, bytes] | None", done)
+    return done  # type: ignore[return-value]  # (r0, packet after): no cast() call on this path
 
 
 def finish(b: Binding, result: int) -> int:

@@ -1436,11 +1436,20 @@ class ProgramRunners:
         template = state.templates.get(key) or state.add_template(
             key, {"ingress_ifindex": ingress_ifindex, "rx_queue_index": rx_queue_index})
         data = packet if type(packet) is bytes else bytes(packet)
-        # The per-packet path: one native call when this thread's binding is good for the run.
-        done = pktrun.run_fast(state, template, data, 0) if engine == "jit" else None
-        retval, after = done or _run_packet(self._vm(), state, template, 0, data, engine)
+        # The per-packet path: one native call when this thread's binding is good for the run
+        # (pktrun.run_fast, inline: a Python call costs a tenth of the whole run).
+        done = state.pkt_run(state.token, template, 0, data) if engine == "jit" else None
+        if done is None:
+            retval, after = _run_packet(self._vm(), state, template, 0, data, engine)
+        elif len(done) > 2:  # stopped early: its error
+            retval, after = pktrun.finish(done[2], ERROR_RESULT), done[1]
+        else:
+            retval, after = done
         value = retval & MASK32  # _xdp_action, inline
-        return _XDP_ACTIONS[value] if value < len(_XDP_ACTIONS) else value, after
+        try:
+            return _XDP_ACTIONS[value], after
+        except IndexError:
+            return value, after
 
     def run_socket_filter(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                           **skb: Any) -> int:
