@@ -111,3 +111,23 @@ def test_pulling_data_invalidates_packet_pointers(build: Build) -> None:
             "bpf_skb_pull_data(skb, 14); return *(__u8 *)(d + 13);")
     with pytest.raises(VerifierError):
         load_elf(build(TC % body)).programs["prog"].vm().check()
+
+
+PERF = """
+struct { __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY); __uint(key_size, 4); __uint(value_size, 4); } EV SEC(".maps");
+SEC("xdp") int prog(struct xdp_md *x) { __u32 meta = 0xabcd; return bpf_perf_event_output(x, &EV, %s, &meta, 4); }
+"""
+
+
+@pytest.mark.parametrize("flags", ["(100ULL << 32)", "BPF_F_CURRENT_CPU | (55ULL << 32)", "(1ULL << 53)"])
+def test_perf_samples_of_packet_bytes_fail_as_the_kernels(build: Build, kernel: Kernel | None, flags: str) -> None:
+    """Past the packet's end, EFAULT; unknown flag bits, EINVAL (checked before the ring)."""
+    packet_run_everywhere(build(PERF % flags), FRAME, kernel)
+
+
+def test_perf_samples_carry_the_packets_first_bytes(build: Build) -> None:
+    prog = load_elf(build(PERF % "BPF_F_CURRENT_CPU | (14ULL << 32)")).programs["prog"]
+    for engine in ("interp", "jit"):
+        vm = prog.vm()
+        assert int(vm.run_xdp(FRAME, engine=engine)[0]) == 0
+        assert vm.map_by_name("EV").read_events() == [(0xABCD).to_bytes(4, "little") + FRAME[:14]]

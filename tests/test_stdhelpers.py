@@ -477,7 +477,7 @@ def test_perf_event_output_flags(engine: str) -> None:
     assert events.read_events() == [42]
     assert s64(run(vm, engine, struct.pack("<Q", num_cpus()))) == -errno.ENOENT  # no ring at that index
     assert s64(run(vm, engine, struct.pack("<Q", num_cpus() + 1))) == -errno.E2BIG
-    assert s64(run(vm, engine, struct.pack("<Q", 1 << 40))) == -errno.EINVAL  # ctx bytes: unsupported
+    assert s64(run(vm, engine, struct.pack("<Q", 1 << 40))) == -errno.EINVAL  # ctx bytes: not a packet program
 
 
 RINGBUF_PROGRAM = """

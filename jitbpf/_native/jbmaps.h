@@ -87,7 +87,7 @@ uint64_t jb_direct_map_update_elem(uint64_t map, uint64_t key, uint64_t value, u
 uint64_t jb_direct_map_delete_elem(uint64_t map, uint64_t key);
 uint64_t jb_direct_map_push_elem(uint64_t map, uint64_t value, uint64_t flags);
 uint64_t jb_direct_map_take_elem(uint64_t map, uint64_t value, int remove);
-uint64_t jb_direct_perf_event_output(uint64_t map, uint64_t flags, uint64_t data, uint64_t size);
+uint64_t jb_direct_perf_event_output(uint64_t ctx, uint64_t map, uint64_t flags, uint64_t data, uint64_t size);
 uint64_t jb_direct_ringbuf_output(uint64_t map, uint64_t data, uint64_t size, uint64_t flags);
 uint64_t jb_direct_get_current_comm(uint64_t buf, uint64_t size);
 /* bpf_for_each_map_elem's iteration: the next element's key written at key, its value returned. */

@@ -51,6 +51,10 @@ static inline void jb_gate_leave(struct jb_gate *g)
     __atomic_sub_fetch(&g->active, 1, __ATOMIC_RELEASE);
 }
 
+/* Whether ctx is the context of this thread's typed packet run (pkt.c): then *data and *len are
+   its packet's, as the program sees it now. */
+int jb_pkt_payload(uint64_t ctx, uint64_t *data, uint64_t *len);
+
 struct jb_pkt_prog;
 /* This thread's frame bound under `token` (pkt.c), or NULL; *owner: the object that keeps it
    (a PyObject *), *release: whether its runs hand the GIL over. For fast.c's single runs. */

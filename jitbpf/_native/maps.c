@@ -72,6 +72,7 @@ enum map_type {
 #define PERCPU_STORAGE_VALUE_MAX 32768  /* the kernel's smallest per-CPU allocation unit */
 #define F_INDEX_MASK 0xffffffffULL
 #define F_CURRENT_CPU 0xffffffffULL
+#define F_CTXLEN_MASK (0xfffffULL << 32) /* bpf_perf_event_output: packet bytes to append */
 #define RB_NO_WAKEUP 1
 #define RB_FORCE_WAKEUP 2
 
@@ -1671,13 +1672,16 @@ int jb_map_peek(struct jb_map *m, void *value)
 /* ------------------------------------------------------------------------------------------ */
 /* Perf event arrays: one ring per CPU slot; records are {u32 size, u32 type} + data, 8-aligned */
 
-int jb_perf_output(struct jb_map *m, uint64_t flags, const void *data, uint64_t size)
+/* A sample of `size` bytes of data followed by `extra_size` of extra (the packet's first bytes,
+   for BPF_F_CTXLEN_MASK), into the ring at `index`. */
+static int perf_output(struct jb_map *m, uint64_t index, const void *data, uint64_t size, const void *extra,
+                       uint64_t extra_size)
 {
-    uint64_t index = flags & F_INDEX_MASK, total, off, pad, cap;
+    uint64_t total, off, pad, cap;
     struct perf_ring *r;
     uint32_t hdr[2];
-    if (m->type != T_PERF_EVENT_ARRAY || (flags & ~F_INDEX_MASK))
-        return -EINVAL;  /* BPF_F_CTXLEN_MASK (appending ctx bytes) is not supported */
+    if (m->type != T_PERF_EVENT_ARRAY)
+        return -EINVAL;
     if (index == F_CURRENT_CPU)
         index = current_cpu();
     if (index >= m->max_entries)
@@ -1686,7 +1690,7 @@ int jb_perf_output(struct jb_map *m, uint64_t flags, const void *data, uint64_t 
         return -ENOENT;  /* no event opened at that index */
     r = &m->rings[index];
     cap = r->mask + 1;
-    total = (size + 8 + 7) & ~7ull;
+    total = (size + extra_size + 8 + 7) & ~7ull;
     if (total > cap / 2)
         return -E2BIG;
     spin_lock(&r->lock);
@@ -1704,13 +1708,22 @@ int jb_perf_output(struct jb_map *m, uint64_t flags, const void *data, uint64_t 
         r->head += pad;
         off = 0;
     }
-    hdr[0] = (uint32_t)size;
+    hdr[0] = (uint32_t)(size + extra_size);
     hdr[1] = PERF_SAMPLE;
     memcpy(r->data + off, hdr, 8);
     memcpy(r->data + off + 8, data, size);
+    if (extra_size)
+        memcpy(r->data + off + 8 + size, extra, extra_size);
     r->head += total;
     spin_unlock(&r->lock);
     return 0;
+}
+
+int jb_perf_output(struct jb_map *m, uint64_t flags, const void *data, uint64_t size)
+{
+    if (flags & ~F_INDEX_MASK)
+        return -EINVAL;
+    return perf_output(m, flags & F_INDEX_MASK, data, size, NULL, 0);
 }
 
 int jb_perf_read(struct jb_map *m, uint32_t ring, void *buf, uint32_t cap, uint32_t *len)
@@ -2051,9 +2064,20 @@ uint64_t jb_direct_map_take_elem(uint64_t map, uint64_t value, int remove)
     return RET(remove ? jb_map_pop(PTR(map), PTR(value)) : jb_map_peek(PTR(map), PTR(value)));
 }
 
-uint64_t jb_direct_perf_event_output(uint64_t map, uint64_t flags, uint64_t data, uint64_t size)
+/* Packet programs may append the first bytes of their packet to the sample (the length in
+   BPF_F_CTXLEN_MASK): the run's packet, EFAULT past its end; other programs have none (EINVAL). */
+uint64_t jb_direct_perf_event_output(uint64_t ctx, uint64_t map, uint64_t flags, uint64_t data, uint64_t size)
 {
-    return RET(jb_perf_output(PTR(map), flags, PTR(data), size));
+    uint64_t ctxlen = (flags & F_CTXLEN_MASK) >> 32, packet = 0, len = 0;
+    if (flags & ~(F_INDEX_MASK | F_CTXLEN_MASK))
+        return RET(-EINVAL);
+    if (ctxlen) {
+        if (!jb_pkt_payload(ctx, &packet, &len))
+            return RET(-EINVAL);
+        if (ctxlen > len)
+            return RET(-EFAULT);
+    }
+    return RET(perf_output(PTR(map), flags & F_INDEX_MASK, PTR(data), size, PTR(packet), ctxlen));
 }
 
 uint64_t jb_direct_ringbuf_output(uint64_t map, uint64_t data, uint64_t size, uint64_t flags)
@@ -2173,13 +2197,13 @@ uint64_t jb_helper_map_peek_elem(uint64_t r1, uint64_t r2, uint64_t r3 UNUSED, u
     return take(r1, r2, 0);
 }
 
-uint64_t jb_helper_perf_event_output(uint64_t r1 UNUSED, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5)
+uint64_t jb_helper_perf_event_output(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5)
 {
     if (!arg_map(r2))
         return RET(-EINVAL);
     if (!arg_mem(r4, r5))
         return RET(-EFAULT);
-    return jb_direct_perf_event_output(r2, r3, r4, r5);
+    return jb_direct_perf_event_output(r1, r2, r3, r4, r5);
 }
 
 uint64_t jb_helper_ringbuf_output(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5 UNUSED)

@@ -260,6 +260,16 @@ static inline struct jb_pkt *run_of(uint64_t ctx)
     return run != NULL && run->ctx == ctx ? run : NULL;
 }
 
+int jb_pkt_payload(uint64_t ctx, uint64_t *data, uint64_t *len)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL)
+        return 0;
+    *data = run->data;
+    *len = run->data_end - run->data;
+    return 1;
+}
+
 static inline int64_t s32(uint64_t x) { return (int32_t)(uint32_t)x; }
 
 uint64_t jb_helper_xdp_adjust_head(uint64_t ctx, uint64_t delta, uint64_t r3 UNUSED, uint64_t r4 UNUSED,

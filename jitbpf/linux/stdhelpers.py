@@ -298,7 +298,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     def perf_event_output(r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
         map_at(r2, "bpf_perf_event_output", MapType.PERF_EVENT_ARRAY)
         need(r4, r5, "bpf_perf_event_output", "data")
-        return int(lib.jb_direct_perf_event_output(r2, r3, r4, r5))
+        return int(lib.jb_direct_perf_event_output(r1, r2, r3, r4, r5))
 
     def ringbuf_output(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         map_at(r1, "bpf_ringbuf_output", MapType.RINGBUF)
