@@ -1,8 +1,8 @@
-"""Helpers that read the packet or ask about its device and socket (bpf_skb_load_bytes_relative,
-bpf_skb_pull_data, bpf_xdp_get_buff_len, bpf_xdp_load/store_bytes, bpf_check_mtu, bpf_skb_cgroup_id,
-bpf_get_socket_uid, bpf_get_cgroup_classid, bpf_get_numa_node_id, bpf_strncmp,
-bpf_ktime_get_coarse_ns): both engines, checked against the kernel's BPF_PROG_TEST_RUN where it
-is available (root and libbpf), else against each other."""
+"""The helpers that read a packet, change its metadata, or ask about its device, socket and
+cgroups (bpf_skb_load_bytes_relative, bpf_skb_pull_data, bpf_xdp_*_bytes, bpf_check_mtu, the hash,
+checksum-level, clone and ECN helpers, cgroup ids, bpf_strncmp, perf samples of packet bytes...):
+both engines, checked against the kernel's BPF_PROG_TEST_RUN where it is available (root and
+libbpf), else against each other."""
 
 from __future__ import annotations
 
@@ -131,3 +131,64 @@ def test_perf_samples_carry_the_packets_first_bytes(build: Build) -> None:
         vm = prog.vm()
         assert int(vm.run_xdp(FRAME, engine=engine)[0]) == 0
         assert vm.map_by_name("EV").read_events() == [(0xABCD).to_bytes(4, "little") + FRAME[:14]]
+
+
+def _with_tos(tos: int) -> bytes:
+    return FRAME[:15] + bytes([tos]) + FRAME[16:]
+
+
+# Ethernet, IPv6 (traffic class 0x02: ECT(0)), UDP, 4 bytes of payload.
+FRAME6 = bytes.fromhex("02000000000202000000000186dd" "60200000000c1140" + "00" * 15 + "01" + "00" * 15 + "02"
+                       + "303900350010abcd" + "74657374")
+SKB_CASES = {
+    "set-hash": "bpf_set_hash(skb, 0x1234); return skb->hash;",
+    "set-hash-result": "return bpf_set_hash(skb, 0x1234);",
+    "set-hash-invalid": "bpf_set_hash(skb, 0x1234); bpf_set_hash_invalid(skb); return skb->hash;",
+    "hash-recalc-after-set": "bpf_set_hash(skb, 0x1234); return bpf_get_hash_recalc(skb);",
+    "csum-level-query": "return bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY);",
+    "csum-level-inc": "bpf_csum_level(skb, BPF_CSUM_LEVEL_INC); bpf_csum_level(skb, BPF_CSUM_LEVEL_INC);"
+                      "return bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY);",
+    "csum-level-inc-dec": "bpf_csum_level(skb, BPF_CSUM_LEVEL_INC); bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);"
+                          "return bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY);",
+    "csum-level-max": "for (int i = 0; i < 5; i++) bpf_csum_level(skb, BPF_CSUM_LEVEL_INC);"
+                      "return bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY);",
+    "csum-level-reset": "bpf_csum_level(skb, BPF_CSUM_LEVEL_INC); bpf_csum_level(skb, BPF_CSUM_LEVEL_RESET);"
+                        "return bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY);",
+    "csum-level-bad": "return bpf_csum_level(skb, 9);",
+    "clone-loopback": "return bpf_clone_redirect(skb, 1, 0);",
+    "clone-ingress": "return bpf_clone_redirect(skb, 1, BPF_F_INGRESS);",
+    "clone-no-device": "return bpf_clone_redirect(skb, 9, 0);",
+    "clone-bad-flags": "return bpf_clone_redirect(skb, 1, 4);",
+    "ecn": "return bpf_skb_ecn_set_ce(skb);",
+    "ancestor-root": "return bpf_skb_ancestor_cgroup_id(skb, 0);",
+    "ancestor-past": "return bpf_skb_ancestor_cgroup_id(skb, 1);",
+}
+TOS_FRAMES = {"not-ect": FRAME, "ect1": _with_tos(1), "ect0": _with_tos(2), "ce": _with_tos(3), "ipv6-ect0": FRAME6}
+
+
+@pytest.mark.parametrize("name", SKB_CASES)
+def test_skb_helpers_match_the_kernel(build: Build, kernel: Kernel | None, name: str) -> None:
+    packet_run_everywhere(build(TC % SKB_CASES[name]), FRAME, kernel)
+
+
+@pytest.mark.parametrize("frame", TOS_FRAMES)
+def test_ecn_set_ce_marks_what_the_kernel_marks(build: Build, kernel: Kernel | None, frame: str) -> None:
+    """The verdict and the packet after (TOS or traffic class, and the IPv4 checksum)."""
+    packet_run_everywhere(build(TC % "return bpf_skb_ecn_set_ce(skb);"), TOS_FRAMES[frame], kernel)
+
+
+def test_clones_are_recorded_by_the_host(build: Build) -> None:
+    prog = load_elf(build(TC % "bpf_clone_redirect(skb, 1, BPF_F_INGRESS); return 0;")).programs["prog"]
+    vm = prog.vm()
+    vm.run_tc(FRAME, engine="jit")
+    assert vm.std.host.clones == [(1, True, FRAME)]
+
+
+def test_ancestors_come_from_the_hosts_cgroup_path(build: Build) -> None:
+    prog = load_elf(build(TC % "return bpf_skb_ancestor_cgroup_id(skb, 1) * 100 + bpf_skb_ancestor_cgroup_id(skb, 2);"
+                          )).programs["prog"]
+    vm = prog.vm()
+    vm.std.host.cgroup_path = (1, 5, 9)
+    assert [int(vm.run_tc(FRAME, engine=e)[0]) for e in ("interp", "jit")] == [509] * 2
+    vm.std.host.cgroup_path = (1, 5)
+    assert [int(vm.run_tc(FRAME, engine=e)[0]) for e in ("interp", "jit")] == [500] * 2

@@ -42,12 +42,14 @@ class HelperId(enum.IntEnum):
     SKB_CHANGE_TAIL = 38  # bpf_skb_change_tail
     SKB_PULL_DATA = 39  # bpf_skb_pull_data
     CSUM_UPDATE = 40  # bpf_csum_update
+    SET_HASH_INVALID = 41  # bpf_set_hash_invalid(skb): the skb's hash is recomputed when next asked
     GET_NUMA_NODE_ID = 42  # bpf_get_numa_node_id
     SKB_CHANGE_HEAD = 43  # bpf_skb_change_head
     XDP_ADJUST_HEAD = 44  # bpf_xdp_adjust_head
     PROBE_READ_STR = 45  # bpf_probe_read_str
     GET_SOCKET_COOKIE = 46  # bpf_get_socket_cookie
     GET_SOCKET_UID = 47  # bpf_get_socket_uid
+    SET_HASH = 48  # bpf_set_hash(skb, hash)
     SETSOCKOPT = 49  # bpf_setsockopt
     SKB_ADJUST_ROOM = 50  # bpf_skb_adjust_room
     REDIRECT_MAP = 51  # bpf_redirect_map(map, key, flags) -> XDP action
@@ -72,6 +74,7 @@ class HelperId(enum.IntEnum):
     SKB_CGROUP_ID = 79  # bpf_skb_cgroup_id
     GET_CURRENT_CGROUP_ID = 80  # bpf_get_current_cgroup_id
     GET_LOCAL_STORAGE = 81  # bpf_get_local_storage(cgroup_storage, 0) -> the attachment's value
+    SKB_ANCESTOR_CGROUP_ID = 83  # bpf_skb_ancestor_cgroup_id(skb, level)
     MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
     MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
     MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
@@ -79,6 +82,7 @@ class HelperId(enum.IntEnum):
     MSG_POP_DATA = 91  # bpf_msg_pop_data
     SPIN_LOCK = 93  # bpf_spin_lock
     SPIN_UNLOCK = 94  # bpf_spin_unlock
+    SKB_ECN_SET_CE = 97  # bpf_skb_ecn_set_ce(skb): mark an ECN-capable packet Congestion Experienced
     SYSCTL_GET_NAME = 101  # bpf_sysctl_get_name
     SYSCTL_GET_CURRENT_VALUE = 102  # bpf_sysctl_get_current_value
     SYSCTL_GET_NEW_VALUE = 103  # bpf_sysctl_get_new_value
@@ -95,6 +99,7 @@ class HelperId(enum.IntEnum):
     JIFFIES64 = 118  # boot time in ticks of 250 Hz
     GET_NS_CURRENT_PID_TGID = 120  # bpf_get_ns_current_pid_tgid
     GET_NETNS_COOKIE = 122  # bpf_get_netns_cookie
+    GET_CURRENT_ANCESTOR_CGROUP_ID = 123  # bpf_get_current_ancestor_cgroup_id(level)
     KTIME_GET_BOOT_NS = 125  # boot-time clock (counts suspend), nanoseconds
     SEQ_PRINTF = 126  # bpf_seq_printf
     SEQ_WRITE = 127  # bpf_seq_write
@@ -103,6 +108,7 @@ class HelperId(enum.IntEnum):
     RINGBUF_SUBMIT = 132  # bpf_ringbuf_submit(data, flags)
     RINGBUF_DISCARD = 133  # bpf_ringbuf_discard(data, flags)
     RINGBUF_QUERY = 134  # bpf_ringbuf_query(map, flags)
+    CSUM_LEVEL = 135  # bpf_csum_level(skb, op): the CHECKSUM_UNNECESSARY level
     GET_TASK_STACK = 141  # bpf_get_task_stack
     INODE_STORAGE_GET = 145  # bpf_inode_storage_get(map, inode, value, flags) -> the inode's value or NULL
     INODE_STORAGE_DELETE = 146  # bpf_inode_storage_delete(map, inode)

@@ -77,7 +77,7 @@ class Host:
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
     device and inode 0, cookies 0, hash 0, class id 0, socket owner uid 0, NUMA node 0, function
     address 0, interface 1 (loopback, MTU 65536) only, forwarding off, no routes, the task in the
-    root cgroup (id 1) only, a packet's socket in the task's cgroups (as the socket the kernel's
+    root cgroup (id 1) only, attach cookie 0, a packet's socket in the task's cgroups (as the socket the kernel's
     test runs give a packet), cgroup programs attached to the root cgroup for ingress, and empty
     call stacks.
     """
@@ -102,9 +102,15 @@ class Host:
     interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface(mtu=65536)})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order
+    # Packets bpf_clone_redirect sent, in order: (ifindex, to its ingress, the packet as it was then).
+    clones: list[tuple[int, bool, bytes]] = field(default_factory=list)
     cgroup_id: int = 1  # bpf_get_current_cgroup_id: the current task's own cgroup (in ``cgroups``)
     # The ids of the cgroups the current task is under: its own and every ancestor up to the root.
     cgroups: frozenset[int] = frozenset({1})
+    # The same as a path from the root (level 0) down to the task's own cgroup, for the helpers
+    # that ask for the ancestor at a level (the packet's socket is the task's).
+    cgroup_path: tuple[int, ...] = (1,)
+    attach_cookie: int = 0  # bpf_get_attach_cookie: the cookie the program was attached with
     # The same for the packet's socket (None: the task's cgroups); packet_socket False: the packet
     # has no full socket, so bpf_skb_under_cgroup answers ENOENT.
     socket_cgroups: frozenset[int] | None = None
@@ -242,6 +248,17 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
 
         return fn
 
+    def ancestor_cgroup(socket: bool) -> Callable[[int, int, int, int, int], int]:
+        # The cgroup at a level of the task's (or the packet's socket's) path; 0 past its end.
+        def fn(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
+            h = host()
+            level = (r2 if socket else r1) & MASK32
+            if socket and not h.packet_socket:
+                return 0
+            return h.cgroup_path[level] & MASK64 if level < len(h.cgroup_path) else 0
+
+        return fn
+
     def send_signal(sig: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
         sig &= MASK32
         if not 0 < sig < 65:
@@ -272,6 +289,10 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
         Helper(H.GET_FUNC_IP, "bpf_get_func_ip", constant("func_ip"), ("ctx_read",)),
         Helper(H.GET_CURRENT_CGROUP_ID, "bpf_get_current_cgroup_id", constant("cgroup_id")),
         Helper(H.GET_NUMA_NODE_ID, "bpf_get_numa_node_id", constant("numa_node")),
+        Helper(H.GET_ATTACH_COOKIE, "bpf_get_attach_cookie", constant("attach_cookie"), ("ctx_read",)),
+        Helper(H.GET_CURRENT_ANCESTOR_CGROUP_ID, "bpf_get_current_ancestor_cgroup_id", ancestor_cgroup(False),
+               ("scalar",)),
+        Helper(H.SKB_ANCESTOR_CGROUP_ID, "bpf_skb_ancestor_cgroup_id", ancestor_cgroup(True), ("ctx_read", "scalar")),
         Helper(H.GET_CGROUP_CLASSID, "bpf_get_cgroup_classid", constant("cgroup_classid"), ("ctx_read",)),
         # The packet's socket is the current task's (in its cgroup); without one, the kernel's
         # answers are cgroup 0 and the overflow uid.

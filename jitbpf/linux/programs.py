@@ -115,6 +115,24 @@ E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
 EOPNOTSUPP = 95
 ENODEV = 19
+EACCES = 13
+BPF_F_INGRESS = 1  # bpf_clone_redirect/bpf_redirect: to the device's ingress
+SKB_MAX_CSUM_LEVEL = 3  # the deepest CHECKSUM_UNNECESSARY level an skb records
+ETH_P_IP_BE, ETH_P_IPV6_BE = 0x0008, 0xDD86  # __sk_buff.protocol: the Ethernet type in network order
+IPV4_HLEN, IPV6_HLEN = 20, 40  # fixed header lengths (bpf_skb_ecn_set_ce checks them)
+
+
+class CsumLevel(enum.IntEnum):
+    """bpf_csum_level's operations."""
+
+    QUERY = 0  # the level, or -EACCES when the skb is not CHECKSUM_UNNECESSARY
+    INC = 1  # one more level checked (CHECKSUM_NONE becomes UNNECESSARY, level 0)
+    DEC = 2  # one less (level 0 becomes CHECKSUM_NONE)
+    RESET = 3  # back to CHECKSUM_NONE
+
+
+def _swap16(x: int) -> int:
+    return (x >> 8 | x << 8) & 0xFFFF
 ETH_HLEN = 14  # the link-layer header a device's MTU leaves out (bpf_check_mtu)
 BPF_MTU_CHK_SEGS = 1  # bpf_check_mtu: check GSO segments (skb only)
 BPF_MTU_CHK_RET_FRAG_NEEDED = 1  # bpf_check_mtu: the packet is larger than the device's MTU
@@ -282,7 +300,7 @@ _TRACING = _BASE | {
     H.GET_CURRENT_TASK, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.PERF_EVENT_READ, H.GET_STACKID,
     H.GET_STACK, H.GET_CURRENT_TASK_BTF, H.GET_NS_CURRENT_PID_TGID, H.SEND_SIGNAL,
     H.CURRENT_TASK_UNDER_CGROUP, H.SK_STORAGE_GET, H.SK_STORAGE_DELETE, H.TASK_STORAGE_GET, H.TASK_STORAGE_DELETE,
-    H.GET_TASK_STACK,
+    H.GET_TASK_STACK, H.GET_ATTACH_COOKIE, H.GET_CURRENT_ANCESTOR_CGROUP_ID,
 }
 # The kernel's tracing_prog_func_proto: the tracing set, plus the function's own arguments.
 _BTF_TRACING = _TRACING | {
@@ -292,7 +310,7 @@ _BTF_TRACING = _TRACING | {
 }
 _SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
 _CGROUP = frozenset({H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM, H.GET_CURRENT_CGROUP_ID,
-                     H.GET_LOCAL_STORAGE})
+                     H.GET_LOCAL_STORAGE, H.GET_CURRENT_ANCESTOR_CGROUP_ID})
 
 
 # -- the registry ----------------------------------------------------------------------------------
@@ -374,7 +392,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
                 H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
                 H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP, H.SKB_UNDER_CGROUP, H.CSUM_UPDATE,
                 H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH, H.SKB_GET_TUNNEL_KEY,
-                H.SKB_SET_TUNNEL_KEY,
+                H.SKB_SET_TUNNEL_KEY, H.SET_HASH, H.SET_HASH_INVALID, H.CSUM_LEVEL, H.SKB_ECN_SET_CE,
+                H.SKB_ANCESTOR_CGROUP_ID,
             },
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
@@ -429,7 +448,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(
             ProgType.CGROUP_SKB, "cgroup_skb", sk, ("cgroup_skb/", "cgroup/skb"),
             _BASE | _SKB_READ | _CGROUP | {H.SKB_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.SK_STORAGE_GET,
-                                           H.SK_STORAGE_DELETE},
+                                           H.SK_STORAGE_DELETE, H.SKB_ANCESTOR_CGROUP_ID, H.SKB_ECN_SET_CE},
             readable=_all_but(sk, ("tc_classid", "data_meta", "wire_len", "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, ret_range=(0, 1),
             packet=True,
@@ -595,6 +614,8 @@ class ProgramRun:
     msg_apply: int | None = None  # bytes given to bpf_msg_apply_bytes
     msg_cork: int | None = None  # bytes given to bpf_msg_cork_bytes
     tunnel: TunnelInfo | None = None  # the skb's tunnel metadata (bpf_skb_get/set_tunnel_key)
+    hash_valid: bool = False  # the skb's hash was set (bpf_set_hash) or computed (bpf_get_hash_recalc)
+    csum_level: int | None = None  # CHECKSUM_UNNECESSARY's level (bpf_csum_level); None: CHECKSUM_NONE
 
     @property
     def ctx_addr(self) -> int:
@@ -884,6 +905,71 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         vm.memory.store(mtu_len, 4, iface.mtu & MASK32)
         return BPF_MTU_CHK_RET_FRAG_NEEDED if length > iface.mtu + ETH_HLEN else 0
 
+    hash_at = SkBuff.hash.offset
+
+    def set_hash(ctx: int, value: int, _c: int, _d: int, _e: int) -> int:
+        state.current().hash_valid = True
+        vm.memory.store(ctx + hash_at, 4, value & MASK32)
+        return 0
+
+    def set_hash_invalid(ctx: int, _b: int, _c: int, _d: int, _e: int) -> int:
+        state.current().hash_valid = False
+        vm.memory.store(ctx + hash_at, 4, 0)
+        return 0
+
+    def get_hash_recalc(ctx: int, _b: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        if not run.hash_valid:  # computed now (the host says what the flow hashes to), and kept
+            run.hash_valid = True
+            vm.memory.store(ctx + hash_at, 4, vm.std.host.skb_hash & MASK32)
+        return vm.memory.load(ctx + hash_at, 4)
+
+    def csum_level(_ctx: int, op: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        level = run.csum_level
+        match op & MASK64:
+            case CsumLevel.QUERY:
+                return _err(EACCES) if level is None else level
+            case CsumLevel.INC:
+                run.csum_level = 0 if level is None else min(level + 1, SKB_MAX_CSUM_LEVEL)
+            case CsumLevel.DEC:
+                run.csum_level = None if not level else level - 1
+            case CsumLevel.RESET:
+                run.csum_level = None
+            case _:
+                return _err(EINVAL)
+        return 0
+
+    def clone_redirect(_ctx: int, ifindex: int, flags: int, _d: int, _e: int) -> int:
+        run = state.current()
+        host = vm.std.host
+        if flags & ~BPF_F_INGRESS or ifindex & MASK32 not in host.interfaces:
+            return _err(EINVAL)
+        packet = vm.memory.read(run.data, run.data_end - run.data)
+        host.clones.append((ifindex & MASK32, bool(flags & BPF_F_INGRESS), packet))
+        return 0
+
+    def skb_ecn_set_ce(ctx: int, _b: int, _c: int, _d: int, _e: int) -> int:
+        run = state.current()
+        net = run.data + int(run.frame.pkt.net_off)
+        protocol = vm.memory.load(ctx + SkBuff.protocol.offset, 4)
+        mm = vm.memory
+        if protocol == ETH_P_IP_BE and net + IPV4_HLEN <= run.data_end:
+            ecn = (mm.load(net + 1, 1) + 1) & 3  # the kernel's IP_ECN_set_ce, step by step
+            if not ecn & 2:
+                return int(not ecn)
+            check, add = mm.load(net + 10, 2), (_swap16(0xFFFB) + _swap16(ecn)) & 0xFFFF
+            check = (check + add) & 0xFFFF
+            mm.store(net + 10, 2, check + (check < add))
+            mm.store(net + 1, 1, mm.load(net + 1, 1) | 3)
+            return 1
+        if protocol == ETH_P_IPV6_BE and net + IPV6_HLEN <= run.data_end:
+            if not mm.load(net + 1, 1) >> 4 & 3:
+                return 0
+            mm.store(net + 1, 1, mm.load(net + 1, 1) | 0x30)
+            return 1
+        return 0
+
     keep = (nat.ffi, lib)
 
     def c_helper(hid: HelperId, name: str, fn: Callable[[int, int, int, int, int], int], *args: str) -> Helper:
@@ -921,6 +1007,12 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
                  "size"),
         c_helper(H.XDP_STORE_BYTES, "bpf_xdp_store_bytes", xdp_copy_bytes(1), "ctx_read", "scalar", "mem", "size"),
         Helper(H.CHECK_MTU, "bpf_check_mtu", check_mtu, args=("ctx_read", "scalar", "anything", "scalar", "scalar")),
+        Helper(H.SET_HASH, "bpf_set_hash", set_hash, args=("ctx_read", "scalar")),
+        Helper(H.SET_HASH_INVALID, "bpf_set_hash_invalid", set_hash_invalid, args=("ctx_read",)),
+        Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", get_hash_recalc, args=("ctx_read",)),
+        Helper(H.CSUM_LEVEL, "bpf_csum_level", csum_level, args=("ctx_read", "scalar")),
+        Helper(H.CLONE_REDIRECT, "bpf_clone_redirect", clone_redirect, args=("ctx_read", "scalar", "scalar")),
+        Helper(H.SKB_ECN_SET_CE, "bpf_skb_ecn_set_ce", skb_ecn_set_ce, args=("ctx_read",)),
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
