@@ -43,6 +43,10 @@ class ArgType(enum.Enum):
     ALLOC_SIZE = "alloc_size"  # a known constant: the size of the memory the helper returns (may be 0)
     ZERO = "zero"  # a number the verifier knows is 0 (flags reserved for later use)
     CALLBACK = "callback"  # the address of a function of the program (lddw rX, func:F), which the helper calls
+    # the bpf_spin_lock field of a map value (where the map's BTF puts it): the call takes the
+    # lock, which the program must give back before it exits and calls nothing else meanwhile
+    SPIN_LOCK = "spin_lock"
+    SPIN_UNLOCK = "spin_unlock"  # the lock the program holds: the call gives it back
 
 
 class RetType(enum.Enum):
@@ -61,7 +65,7 @@ class RetType(enum.Enum):
 # directly only where the verifier checked them.
 POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, ArgType.UNINIT_MEM,
                           ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
-                          ArgType.ANYTHING, ArgType.RELEASED})
+                          ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK})
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ HOST_IDS = {h.id for h in host_helpers(lambda: None, Host)}  # type: ignore[arg-
 MAP_HELPERS = {HelperId.MAP_LOOKUP_ELEM, HelperId.MAP_UPDATE_ELEM, HelperId.MAP_DELETE_ELEM, HelperId.MAP_PUSH_ELEM,
                HelperId.MAP_POP_ELEM, HelperId.MAP_PEEK_ELEM, HelperId.PERF_EVENT_OUTPUT, HelperId.RINGBUF_OUTPUT,
                HelperId.RINGBUF_RESERVE, HelperId.RINGBUF_SUBMIT, HelperId.RINGBUF_DISCARD, HelperId.RINGBUF_QUERY,
-               HelperId.MAP_LOOKUP_PERCPU_ELEM}
+               HelperId.MAP_LOOKUP_PERCPU_ELEM, HelperId.SPIN_LOCK, HelperId.SPIN_UNLOCK}
 
 
 @pytest.fixture(autouse=True)

@@ -57,13 +57,21 @@ def _never(*_args: int) -> int:
     raise AssertionError("not called by these tests")
 
 
-MAPS = {3: FakeMap()}
+class FakeLockMap(FakeMap):
+    """An array whose 16-byte values hold a struct bpf_spin_lock at offset 4."""
+
+    spin_lock_off = 4
+
+
+MAPS = {3: FakeMap(), 5: FakeLockMap()}
 LOOKUP = Helper(1, "map_lookup_elem", _never, args=("map", "key"), ret="map_value_or_null")
 MEMFROB = Helper(2, "memfrob", _never, args=("mem", "size"))
 TAKES_SCALAR = Helper(3, "takes_scalar", _never, args=("scalar",))
 TAKES_CTX = Helper(4, "takes_ctx", _never, args=("ctx", "scalar"))
 FILL = Helper(5, "fill", _never, args=("uninit_mem", "size_or_zero"), ret="void")
-HELPERS = {h.id: h for h in (LOOKUP, MEMFROB, TAKES_SCALAR, TAKES_CTX, FILL)}
+LOCK = Helper(6, "spin_lock", _never, args=("spin_lock",), ret="void")
+UNLOCK = Helper(7, "spin_unlock", _never, args=("spin_unlock",), ret="void")
+HELPERS = {h.id: h for h in (LOOKUP, MEMFROB, TAKES_SCALAR, TAKES_CTX, FILL, LOCK, UNLOCK)}
 
 LOOKUP_KEY = """
     stw [r10-4], 0
@@ -114,7 +122,7 @@ REJECTIONS = rejection_cases()
 @pytest.mark.parametrize(("source", "kwargs", "fragment", "pc"), [r[1:] for r in REJECTIONS],
                          ids=[r[0] for r in REJECTIONS])
 def test_rejection(source: str | bytes, kwargs: dict[str, Any], fragment: str, pc: int | None) -> None:
-    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4})
+    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4, "l": 5})
     options: dict[str, Any] = {"helpers": HELPERS, "maps": MAPS, **kwargs}
     with pytest.raises(VerifierError) as info:
         verify(code, **options)
@@ -558,7 +566,7 @@ PRIVILEGED_ONLY = [r for r in REJECTIONS if r[2].get("privileged") is False]
 @pytest.mark.parametrize(("source", "kwargs"), [r[1:3] for r in PRIVILEGED_ONLY], ids=[r[0] for r in PRIVILEGED_ONLY])
 def test_privileged_loader_accepts(source: str | bytes, kwargs: dict[str, Any]) -> None:
     """What only an unprivileged loader rejects (as the kernel: pointer leaks, never-written stack)."""
-    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4})
+    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4, "l": 5})
     verify(code, **{"helpers": HELPERS, "maps": MAPS, **kwargs, "privileged": True})
 
 
@@ -595,7 +603,7 @@ def test_declarations_are_checked() -> None:
     assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
                                          "size_or_zero", "ctx", "uninit_mem", "uninit_value", "released",
                                          "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero",
-                                         "callback"]
+                                         "callback", "spin_lock", "spin_unlock"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})

@@ -2273,6 +2273,61 @@ uint64_t jb_helper_ktime_get_tai_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint
     return clock_ns(CLOCK_TAI);
 }
 
+/* bpf_spin_lock's word: 0 when free, else the holding thread's tag (never 0). A thread finding
+   its own tag takes the lock again: a run that stopped early (an error, the budget) left it
+   held, as verified programs release every lock they take before they exit. Another thread's
+   lock held past SPIN_LOCK_PATIENCE is taken as abandoned the same way (such a run ended on its
+   thread), rather than spinning forever: correct programs hold a lock for a few instructions,
+   and call nothing meanwhile. */
+#define SPIN_LOCK_PATIENCE_NS 1000000000ull
+static uint32_t g_last_lock_tag;
+static __thread uint32_t t_lock_tag;
+
+uint64_t jb_direct_spin_lock(uint64_t lock)
+{
+    uint32_t *word = PTR(lock), free_word = 0, seen;
+    if (t_lock_tag == 0)
+        t_lock_tag = __atomic_add_fetch(&g_last_lock_tag, 1, __ATOMIC_RELAXED) | 0x80000000u;
+    uint64_t since = 0;
+    for (uint32_t spins = 0;; spins++) {
+        seen = free_word;
+        if (__atomic_compare_exchange_n(word, &seen, t_lock_tag, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return 0;
+        if (seen == t_lock_tag)
+            return 0;
+        if ((spins & 1023) == 1023) {
+            uint64_t now = clock_ns(CLOCK_MONOTONIC);
+            if (since == 0)
+                since = now;
+            else if (now - since > SPIN_LOCK_PATIENCE_NS) {
+                free_word = seen; /* abandoned: taken over on the next try */
+                continue;
+            }
+            sched_yield();
+        }
+        __builtin_ia32_pause();
+    }
+}
+
+uint64_t jb_direct_spin_unlock(uint64_t lock)
+{
+    __atomic_store_n((uint32_t *)PTR(lock), 0, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* The forms JIT code calls: a lock is a 4-byte aligned word of live program memory. */
+uint64_t jb_helper_spin_lock(uint64_t r1, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                             uint64_t r5 UNUSED)
+{
+    return (r1 & 3) || !arg_mem(r1, 4) ? RET(-EINVAL) : jb_direct_spin_lock(r1);
+}
+
+uint64_t jb_helper_spin_unlock(uint64_t r1, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                               uint64_t r5 UNUSED)
+{
+    return (r1 & 3) || !arg_mem(r1, 4) ? RET(-EINVAL) : jb_direct_spin_unlock(r1);
+}
+
 uint64_t jb_helper_ktime_get_coarse_ns(uint64_t r1 UNUSED, uint64_t r2 UNUSED, uint64_t r3 UNUSED,
                                        uint64_t r4 UNUSED, uint64_t r5 UNUSED)
 {

@@ -133,6 +133,23 @@ def map_types(obj: ElfObject, name: str) -> tuple[int | None, int | None]:
     return found.get("key"), found.get("value")
 
 
+def spin_lock_offset(obj: ElfObject, name: str) -> int | None:
+    """Where the value of the BTF-defined map ``name`` holds its ``struct bpf_spin_lock`` (a
+    member of the value struct, as the kernel looks for it), or None."""
+    btf = obj.btf
+    _key, value = map_types(obj, name)
+    if btf is None or value is None:
+        return None
+    _, struct_type = btf.resolve(value)
+    if struct_type.kind is not BtfKind.STRUCT:
+        return None
+    for _member, member_type, bit_offset in struct_type.members:
+        _, t = btf.resolve(member_type)
+        if t.kind is BtfKind.STRUCT and t.name == "bpf_spin_lock":
+            return bit_offset // 8
+    return None
+
+
 def global_variables(obj: ElfObject) -> dict[str, Any]:
     """Every global variable (``.data``, ``.rodata``, ``.bss``) by its C name, decoded from its
     live bytes; raw bytes for those the BTF does not describe."""

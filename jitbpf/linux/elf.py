@@ -973,6 +973,7 @@ class _Loader:
         self.obj.map_handles[spec.name] = len(self.obj.map_handles) + 1
 
     def _create_maps(self) -> None:
+        from jitbpf.linux.btfvalues import spin_lock_offset
         from jitbpf.linux.maps import Array, MapShape, MapType, create_map
 
         for name, spec in self.obj.map_defs.items():
@@ -987,6 +988,7 @@ class _Loader:
                 raise ElfError(f"cannot create map {name}: {exc.message}", section=spec.section) from exc
             if spec.initial is not None and any(spec.initial) and isinstance(m, Array):
                 m.view(0)[:] = spec.initial
+            m.spin_lock_off = spin_lock_offset(self.obj, name)
             self.obj.maps[name] = m
 
     def _fill_program_arrays(self) -> None:

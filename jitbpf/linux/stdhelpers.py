@@ -267,6 +267,15 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         need(r2, m.key_size, "bpf_map_lookup_percpu_elem", "key")
         return int(lib.jb_direct_map_lookup_percpu_elem(r1, r2, r3))
 
+    def spin_lock(direct: Callable[[int], int], helper: str) -> Callable[[int, int, int, int, int], int]:
+        def call(r1: int, _r2: int, _r3: int, _r4: int, _r5: int) -> int:
+            if r1 & 3:
+                return -errno.EINVAL & MASK64
+            need(r1, 4, helper, "lock", write=True)
+            return int(direct(r1))  # a cffi call: the GIL is handed over while it waits
+
+        return call
+
     def map_update_elem(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_update_elem")
         need(r2, m.key_size, "bpf_map_update_elem", "key")
@@ -645,6 +654,10 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
                       no_args("jb_helper_ktime_get_boot_ns")),
         native_helper(h.KTIME_GET_TAI_NS, "bpf_ktime_get_tai_ns", "jb_helper_ktime_get_tai_ns",
                       no_args("jb_helper_ktime_get_tai_ns")),
+        native_helper(h.SPIN_LOCK, "bpf_spin_lock", "jb_helper_spin_lock",
+                      spin_lock(lib.jb_direct_spin_lock, "bpf_spin_lock"), ("spin_lock",), "void"),
+        native_helper(h.SPIN_UNLOCK, "bpf_spin_unlock", "jb_helper_spin_unlock",
+                      spin_lock(lib.jb_direct_spin_unlock, "bpf_spin_unlock"), ("spin_unlock",), "void"),
         native_helper(h.KTIME_GET_COARSE_NS, "bpf_ktime_get_coarse_ns", "jb_helper_ktime_get_coarse_ns",
                       no_args("jb_helper_ktime_get_coarse_ns")),
         native_helper(h.RINGBUF_OUTPUT, "bpf_ringbuf_output", "jb_helper_ringbuf_output", ringbuf_output,

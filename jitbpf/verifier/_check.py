@@ -27,6 +27,7 @@ from jitbpf.verifier._state import (
     join_key,
     join_states,
     kinds_key,
+    lock_id,
     shared_ids,
     state_within,
     widen,
@@ -355,6 +356,8 @@ class Checker:
                 case Kind.ATOMIC:
                     self._atomic(st, regs, insn, info)
                 case Kind.LD_ABS | Kind.LD_IND:
+                    if self._lock_held(st) is not None:
+                        self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
                     self._legacy_load(regs, insn, info)
                 case Kind.JA:
                     nxt = targets[pc]
@@ -993,6 +996,9 @@ class Checker:
             case Pt.PTR_TO_MAP_VALUE:
                 m = self.maps.get(ptr.aux) if self.maps is not None else None
                 lo, hi = self._var_bounds(ptr, r, off, size)
+                lock_off = getattr(m, "spin_lock_off", None)
+                if lock_off is not None and lo < lock_off + 4 and lock_off < hi:
+                    self.reject("bpf_spin_lock cannot be accessed directly by load/store")
                 if m is not None and mode is not Access.READ:
                     self._map_writable(m, lo, size)
                 if m is not None and (lo < 0 or hi > m.value_size):
@@ -1335,8 +1341,14 @@ class Checker:
         zero = Reg(Pt.SCALAR, sc.ZERO)
         if null and p.ref:  # no record was reserved: there is nothing to release
             st.refs = tuple(r for r in st.refs if r[0] != p.ref)
-        st.replace_linked(p.id, POINTER_OR_NULL,
-                          (lambda _reg: zero) if null else (lambda reg: reg._replace(type=NON_NULL[reg.type], id=0)))
+        st.replace_linked(p.id, POINTER_OR_NULL, (lambda _reg: zero) if null else self._non_null)
+
+    def _non_null(self, reg: Reg) -> Reg:
+        # A value of a map with a bpf_spin_lock keeps its id: the id tells which element's lock
+        # the program takes (two lookups give two locks), as in the kernel.
+        keep = reg.type is Pt.PTR_TO_MAP_VALUE_OR_NULL and self.maps is not None and getattr(
+            self.maps.get(reg.aux), "spin_lock_off", None) is not None
+        return reg._replace(type=NON_NULL[reg.type], id=reg.id if keep else 0)
 
     # -- calls and exits -----------------------------------------------------------------------
 
@@ -1405,8 +1417,46 @@ class Checker:
             case _:
                 self.reject(f"r{r} ({kind.value} argument) must point to memory, not {ptr}")
 
+    @staticmethod
+    def _lock_held(st: State) -> int | None:
+        """The lock the path holds (see ``lock_id``), or None."""
+        return next((-ref - 1 for ref, _at in st.refs if ref < 0), None)
+
+    def _spin_lock_arg(self, st: State, regs: list[Reg], r: int, kind: ArgType) -> None:
+        """bpf_spin_lock/unlock's argument: the lock field of a map value, exactly; the path
+        then holds the lock (a reference of id -1 - lock_id, compared with the others) or gives
+        it back."""
+        reg = self._read(regs, r)
+        if reg.type is not Pt.PTR_TO_MAP_VALUE:
+            self.reject(f"R{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset "
+                        f"of a map value, not {reg}")
+        if not reg.var.is_const:
+            self.reject(f"R{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset")
+        m = self.maps.get(reg.aux) if self.maps is not None else None
+        lock_off = getattr(m, "spin_lock_off", None)
+        if m is None or lock_off is None:
+            name = getattr(m, "name", "") or reg.aux
+            self.reject(f"map '{name}' has no valid bpf_spin_lock")
+        off = reg.off + reg.var.value
+        if off != lock_off:
+            self.reject(f"off {off} doesn't point to 'struct bpf_spin_lock' that is at {lock_off}")
+        lock = lock_id(reg.aux, reg.id)
+        held = self._lock_held(st)
+        if kind is ArgType.SPIN_LOCK:
+            if held is not None:
+                self.reject("Locking two bpf_spin_locks are not allowed")
+            st.refs = (*st.refs, (-lock - 1, self.pc))
+            return
+        if held is None:
+            self.reject("bpf_spin_unlock without taking a lock")
+        if held != lock:
+            self.reject("bpf_spin_unlock of different lock")
+        st.refs = tuple(x for x in st.refs if x[0] >= 0)
+
     def _call_helper(self, st: State, regs: list[Reg], hid: int) -> None:
         args, ret = self.signatures[hid]
+        if ArgType.SPIN_UNLOCK not in args and self._lock_held(st) is not None:
+            self.reject("function calls are not allowed while holding a lock")
         map_reg: Reg | None = None
         pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
         released = 0
@@ -1471,6 +1521,8 @@ class Checker:
                     if reg.type is not Pt.PTR_TO_FUNC:
                         self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
                                     f"(lddw r{r}, func:F) to call back, not {reg}")
+                case ArgType.SPIN_LOCK | ArgType.SPIN_UNLOCK:
+                    self._spin_lock_arg(st, regs, r, kind)
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)
                     if not reg.ref or reg.type is not Pt.PTR_TO_BUF:
@@ -1705,6 +1757,8 @@ class Checker:
         return callee.callsite + 1
 
     def _exit_main(self, st: State, regs: list[Reg]) -> None:
+        if self._lock_held(st) is not None:
+            self.reject("bpf_spin_unlock is missing: the program exits holding a bpf_spin_lock")
         if st.refs:
             ref, at = st.refs[0]
             self.reject(f"Unreleased reference id={ref} alloc_insn={at}: a ring buffer record reserved there is "

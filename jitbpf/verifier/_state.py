@@ -145,10 +145,25 @@ class State:
                     stack[i] = fn(s)
 
 
+LOCK_IDS = 1 << 40  # lock_id of the locks of values no lookup gave an id (one per map)
+
+
+def lock_id(aux: int, value_id: int) -> int:
+    """Which bpf_spin_lock a map value's pointer names: its value's id (each lookup gives one),
+    or its map's for values of no lookup. A path holding a lock has the reference -1 - lock_id."""
+    return value_id if value_id else LOCK_IDS + aux
+
+
+def _locked_ids(state: State) -> list[int]:
+    return [-ref - 1 for ref, _at in state.refs if ref < 0 and -ref - 1 < LOCK_IDS]
+
+
 def shared_ids(state: State) -> frozenset[int]:
-    """Ids held by at least two registers or spills: only those links carry information."""
+    """Ids held by at least two registers or spills (a held lock counts as one holder of its
+    value's id): only those links carry information."""
     ids = [r.id for f in state.frames for r in f.regs if r.id]
     ids.extend(s.id for f in state.frames for s in f.stack if type(s) is Reg and s.id)
+    ids.extend(_locked_ids(state))
     if len(ids) < 2:
         return frozenset()
     seen: set[int] = set()
@@ -274,6 +289,9 @@ def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence
     if len(ofr) != len(nfr) or old.refs != new.refs:  # the same references held (by the same pointers)
         return False
     ids = _IdMap(shared) if shared else None
+    if ids is not None:
+        for held in _locked_ids(old):  # the same refs: the same lock, whose value is linked
+            ids.ok(held, held)
     # Registers first, innermost frame first: that is where states usually differ.
     for fi in range(len(ofr) - 1, -1, -1):
         of, nf = ofr[fi], nfr[fi]
