@@ -47,6 +47,7 @@ class ArgType(enum.Enum):
     # lock, which the program must give back before it exits and calls nothing else meanwhile
     SPIN_LOCK = "spin_lock"
     SPIN_UNLOCK = "spin_unlock"  # the lock the program holds: the call gives it back
+    BTF_OBJECT = "btf_object"  # a kernel object's pointer from a BTF-typed context, checked non-NULL (a seq_file)
 
 
 class RetType(enum.Enum):
@@ -65,7 +66,8 @@ class RetType(enum.Enum):
 # directly only where the verifier checked them.
 POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, ArgType.UNINIT_MEM,
                           ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
-                          ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK})
+                          ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK,
+                          ArgType.BTF_OBJECT})
 
 
 @dataclass(frozen=True)

@@ -61,14 +61,16 @@ def missing_build_tools() -> str | None:
 
 
 def _include_dir(out: Path, root: Path) -> Path:
-    """A directory D whose ``D/../../../include`` is the tools headers, as the sources' relative
-    include of ``linux/filter.h`` expects from its place in the kernel tree."""
+    """A directory D whose ``D/../../../include`` and ``D/../../../tools/include`` are the tools
+    headers, as the sources' relative includes of ``linux/filter.h`` expect from their place in
+    the kernel tree."""
     base = out / "include-root"
     deep = base / "a" / "b" / "c"
     deep.mkdir(parents=True, exist_ok=True)
-    link = base / "include"
-    if not link.is_symlink():
-        link.symlink_to(root / "src" / "tools_include")
+    (base / "tools").mkdir(exist_ok=True)
+    for link in (base / "include", base / "tools" / "include"):
+        if not link.is_symlink():
+            link.symlink_to(root / "src" / "tools_include")
     return deep
 
 

@@ -5,6 +5,7 @@ kernel."""
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import MapError
-from jitbpf.linux.elf import load_elf
+from jitbpf.linux.elf import BtfKind, load_elf
 from jitbpf.linux.maps import BpfMap
 from jitbpf.vm import VM
 from tests.kernel import Kernel
@@ -97,3 +98,48 @@ def packet_run_everywhere(path: Path, frame: bytes, kernel: Kernel | None) -> tu
             loaded.close()
     (result,) = results
     return result
+
+
+class BtfBuilder:
+    """Encodes BTF type records (the kernel's format) for a hand-made target."""
+
+    def __init__(self) -> None:
+        self.types = bytearray()
+        self.strings = bytearray(b"\0")
+        self.count = 0
+
+    def _name(self, name: str) -> int:
+        if not name:
+            return 0
+        off = len(self.strings)
+        self.strings += name.encode() + b"\0"
+        return off
+
+    def _add(self, name: str, kind: BtfKind, vlen: int, size_or_type: int, extra: bytes = b"") -> int:
+        self.types += struct.pack("<III", self._name(name), kind << 24 | vlen, size_or_type) + extra
+        self.count += 1
+        return self.count
+
+    def integer(self, name: str, size: int, signed: bool = False) -> int:
+        return self._add(name, BtfKind.INT, 0, size, struct.pack("<I", (1 if signed else 0) << 24 | size * 8))
+
+    def ptr(self, target: int) -> int:
+        return self._add("", BtfKind.PTR, 0, target)
+
+    def struct(self, name: str, size: int, members: list[tuple[str, int, int]]) -> int:
+        rows = b"".join(struct.pack("<III", self._name(n), t, off * 8) for n, t, off in members)
+        return self._add(name, BtfKind.STRUCT, len(members), size, rows)
+
+    def proto(self, ret: int, params: list[tuple[str, int]]) -> int:
+        rows = b"".join(struct.pack("<II", self._name(n), t) for n, t in params)
+        return self._add("", BtfKind.FUNC_PROTO, len(params), ret, rows)
+
+    def func(self, name: str, proto: int) -> int:
+        return self._add(name, BtfKind.FUNC, 1, proto)
+
+    def typedef(self, name: str, target: int) -> int:
+        return self._add(name, BtfKind.TYPEDEF, 0, target)
+
+    def blob(self) -> bytes:
+        header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(self.types), len(self.types), len(self.strings))
+        return header + bytes(self.types) + bytes(self.strings)

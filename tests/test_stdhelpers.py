@@ -448,6 +448,16 @@ def test_format_printk() -> None:
     assert format_printk("%s %s %%", [1, 2], read) == "abc  %"
     assert format_printk("%hhd %hd", [0xFF, 0x8000], read) == "-1 -32768"
     assert format_printk("%p", [0x1234], read) == "0x1234"
+    assert format_printk("%px", [0x1234], read) == "0000000000001234"
+
+    def read_bytes(addr: int, size: int) -> bytes:
+        return bytes(range(addr, addr + size))
+
+    assert format_printk("%pI4 %pi4", [1, 8], read, read_bytes=read_bytes) == "1.2.3.4 008.009.010.011"
+    assert format_printk("%pI6", [0], read, read_bytes=read_bytes) == \
+        "0001:0203:0405:0607:0809:0a0b:0c0d:0e0f"
+    assert format_printk("%pi6", [0], read, read_bytes=read_bytes) == "000102030405060708090a0b0c0d0e0f"
+    assert format_printk("%pI4", [1], read) is None  # no way to read the address
     assert format_printk("%.2s", [1], read) == "ab"
     assert format_printk("%d", [], read) is None
     assert format_printk("%y", [1], read) is None

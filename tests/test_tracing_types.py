@@ -8,7 +8,6 @@ the running kernel's BTF; the C programs at the end need clang (and, for one, a 
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -22,56 +21,11 @@ from jitbpf.linux.btfctx import AttachError, BtfTypes, resolve_attach
 from jitbpf.linux.elf import VMLINUX_BTF, Btf, BtfKind, load_elf
 from jitbpf.linux.programs import AttachType, ProgType, section_attach_type, section_program_type
 from jitbpf.verifier import RegType
-from tests.support import c_builder
+from tests.support import BtfBuilder, c_builder
 
 ENGINES = ("interp", "jit")
 
 # -- a tiny target BTF ------------------------------------------------------------------------------
-
-
-class BtfBuilder:
-    """Encodes BTF type records (the kernel's format) for a hand-made target."""
-
-    def __init__(self) -> None:
-        self.types = bytearray()
-        self.strings = bytearray(b"\0")
-        self.count = 0
-
-    def _name(self, name: str) -> int:
-        if not name:
-            return 0
-        off = len(self.strings)
-        self.strings += name.encode() + b"\0"
-        return off
-
-    def _add(self, name: str, kind: BtfKind, vlen: int, size_or_type: int, extra: bytes = b"") -> int:
-        self.types += struct.pack("<III", self._name(name), kind << 24 | vlen, size_or_type) + extra
-        self.count += 1
-        return self.count
-
-    def integer(self, name: str, size: int, signed: bool = False) -> int:
-        return self._add(name, BtfKind.INT, 0, size, struct.pack("<I", (1 if signed else 0) << 24 | size * 8))
-
-    def ptr(self, target: int) -> int:
-        return self._add("", BtfKind.PTR, 0, target)
-
-    def struct(self, name: str, size: int, members: list[tuple[str, int, int]]) -> int:
-        rows = b"".join(struct.pack("<III", self._name(n), t, off * 8) for n, t, off in members)
-        return self._add(name, BtfKind.STRUCT, len(members), size, rows)
-
-    def proto(self, ret: int, params: list[tuple[str, int]]) -> int:
-        rows = b"".join(struct.pack("<II", self._name(n), t) for n, t in params)
-        return self._add("", BtfKind.FUNC_PROTO, len(params), ret, rows)
-
-    def func(self, name: str, proto: int) -> int:
-        return self._add(name, BtfKind.FUNC, 1, proto)
-
-    def typedef(self, name: str, target: int) -> int:
-        return self._add(name, BtfKind.TYPEDEF, 0, target)
-
-    def blob(self) -> bytes:
-        header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(self.types), len(self.types), len(self.strings))
-        return header + bytes(self.types) + bytes(self.strings)
 
 
 def tiny_btf() -> Btf:

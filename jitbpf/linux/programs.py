@@ -19,6 +19,7 @@ from jitbpf.isa import MASK32, MASK64, Kind
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux import pktrun
 from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
+from jitbpf.linux.iterators import ITERATOR_FLAVOURS, IterRead, SeqFile, iterator_helpers, read_iterator
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
 from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
 from jitbpf.memory import Region
@@ -692,6 +693,8 @@ class ProgramState:
         self.attach = attach  # BTF-typed types: the attach target, whose arguments are the context
         self.types = types  # and the target BTF they are typed by
         self.btf_source: BtfSource | None = None  # where that BTF came from (None: the running kernel)
+        # an iterator's seq_file, which its reads collect the output of (None: not an iterator)
+        self.seq = SeqFile() if attach is not None and attach.flavour in ITERATOR_FLAVOURS else None
         self.layout = frame_layout(info)
         self.local = threading.local()  # .arena and .run of each thread
         self.native = threading.local()  # .binding: each thread's jitbpf.linux.pktrun.Binding (see config_changed)
@@ -1030,6 +1033,8 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
     ]
     if state.attach is not None:
         candidates += _func_arg_helpers(vm, state.attach)
+        if state.seq is not None:  # the kernel gives the seq_file helpers to iterators only
+            candidates += iterator_helpers(lambda: vm.memory, state.seq)
     return [h for h in candidates if h.id in info.helpers]
 
 
@@ -1662,6 +1667,22 @@ class ProgramRunners:
         if section_attach_type(state.attach.section) is AttachType.MODIFY_RETURN:
             return retval, _s32(retval) if retval & MASK32 else None
         return retval
+
+    def run_iter(self, objects: Iterable[Any] = (), *, engine: Engine = "interp") -> IterRead:
+        """Read an iterator's file (iter/...) to its end: the program runs once per object of
+        ``objects`` with ``meta`` filled in (seq_num counting from 0, one session_id per read),
+        then once with its object slots NULL; the result holds what bpf_seq_write and
+        bpf_seq_printf wrote, and how the read ended. Each object is the slot after ``meta``
+        (for ``iter/task``, the task: a dict by field name, bytes, a ctypes value, an address),
+        or a tuple of the slots after it (``iter/bpf_map_elem``: map, key, value)."""
+        self._expect(ProgType.TRACING)
+        state = self.program_state
+        assert state is not None
+        if state.attach is None or state.seq is None:
+            raise ExecutionError("run_iter runs iterator programs (sections iter/...)")
+        vm = self._vm()
+        return read_iterator(state.attach, state.types, state.seq, objects,
+                             lambda values: run_btf_args(vm, state, values, 0, engine))
 
     def run_cgroup_sock(self, *, engine: Engine = "interp", **sock: Any) -> tuple[int, dict[str, Any]]:
         """cgroup/sock: ``(verdict 1 allow / 0 deny, bpf_sock fields after)``."""

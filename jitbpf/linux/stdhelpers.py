@@ -36,7 +36,8 @@ from jitbpf.linux.maps import (
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
 
-__all__ = ["HelperHost", "HelperId", "Redirect", "StdContext", "format_printk", "standard_helpers"]
+__all__ = ["HelperHost", "HelperId", "Redirect", "StdContext", "bprintf_args", "format_printk", "printk_memory",
+           "standard_helpers"]
 
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
@@ -103,16 +104,18 @@ class StdContext:
 # ---------------------------------------------------------------------------------------------
 # trace_printk formatting
 
-_SPEC = re.compile(r"%([-+ #0]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|z)?([diuxXcsp%])")
+_SPEC = re.compile(r"%([-+ #0]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|z)?([diuxXcs%]|p(?:[iI][46]|[KxsSB])?)")
 _MAX_PRINTK_ARGS = 3  # as the kernel
 MAX_BPRINTF_VARARGS = 12  # arguments of bpf_snprintf and bpf_trace_vprintk (8 bytes each)
 STRTOX_BUF = 64  # bytes bpf_strtol/strtoul look at (the kernel's copy buffer, with its terminator)
 
 
 def format_printk(fmt: str, args: Sequence[int], read_string: Callable[[int], str],
-                  max_args: int = _MAX_PRINTK_ARGS) -> str | None:
+                  max_args: int = _MAX_PRINTK_ARGS,
+                  read_bytes: Callable[[int, int], bytes] | None = None) -> str | None:
     """``fmt`` with the kernel's printk conversions (%d %i %u %x %X %c %s %p %%, with l/ll/h/hh,
-    flags, width and precision) applied to ``args``; None if the format is invalid."""
+    flags, width and precision; %pI4 %pi4 %pI6 %pi6 for the address a pointer argument points
+    to, read with ``read_bytes``) applied to ``args``; None if the format is invalid."""
     out: list[str] = []
     pos, used = 0, 0
     while True:
@@ -146,8 +149,49 @@ def format_printk(fmt: str, args: Sequence[int], read_string: Callable[[int], st
             out.append((spec + "c") % chr(raw & 0xFF))
         elif conv == "s":
             out.append((spec + "s") % read_string(raw))
+        elif conv[1:2] in ("i", "I"):
+            if read_bytes is None:
+                return None
+            out.append((spec + "s") % _format_address(read_bytes(raw, 4 if conv[2] == "4" else 16), conv[1] == "I"))
+        elif conv == "px":
+            out.append((spec + "s") % f"{raw:016x}")
         else:
             out.append((spec + "s") % f"{raw:#x}")
+
+
+def _format_address(raw: bytes, dotted: bool) -> str:
+    """%pI4 (1.2.3.4), %pi4 (001.002.003.004), %pI6 (2001:0db8:...: eight groups, none left
+    out) and %pi6 (32 hex digits), as the kernel's printk prints them."""
+    if len(raw) == 4:
+        return ".".join(str(b) if dotted else f"{b:03d}" for b in raw)
+    groups = [raw[i : i + 2].hex() for i in range(0, 16, 2)]
+    return ":".join(groups) if dotted else "".join(groups)
+
+
+def printk_memory(mm: MemoryMap) -> tuple[Callable[[int], str], Callable[[int, int], bytes]]:
+    """How printk conversions read what pointer arguments point to in ``mm``: as the kernel, an
+    unreadable string prints empty and an unreadable address as zeros."""
+
+    def read_string(addr: int) -> str:
+        try:
+            return mm.read_cstring(addr).decode("utf-8", "replace")
+        except ExecutionError:
+            return ""
+
+    def read_bytes(addr: int, size: int) -> bytes:
+        return mm.read(addr, size) if mm.find(addr, size) is not None else bytes(size)
+
+    return read_string, read_bytes
+
+
+def bprintf_args(mm: MemoryMap, data: int, data_len: int) -> list[int] | None:
+    """The u64 arguments of bpf_snprintf, bpf_trace_vprintk and bpf_seq_printf (``data_len``
+    bytes at ``data``); None when the length is not a multiple of 8 or too long (-EINVAL)."""
+    data_len &= MASK32
+    if data_len % 8 or data_len // 8 > MAX_BPRINTF_VARARGS:
+        return None
+    raw = mm.read(data, data_len) if data_len else b""
+    return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, data_len, 8)]
 
 
 def parse_strtox(text: bytes, base: int) -> tuple[int, bool, int] | int:
@@ -356,14 +400,9 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         nul = raw.find(b"\0")
         if nul < 0:
             return -errno.EINVAL
-
-        def read_string(addr: int) -> str:
-            try:
-                return mm.read_cstring(addr).decode("utf-8", "replace")
-            except ExecutionError:
-                return ""  # the kernel prints an empty string for an unreadable pointer
-
-        text = format_printk(raw[:nul].decode("utf-8", "replace"), (r3, r4, r5), read_string)
+        read_string, read_bytes = printk_memory(mm)
+        text = format_printk(raw[:nul].decode("utf-8", "replace"), (r3, r4, r5), read_string,
+                             read_bytes=read_bytes)
         if text is None:
             return -errno.EINVAL
         ctx.emit(text)
@@ -548,28 +587,16 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         fn.__name__ = name
         return fn
 
-    def read_string(addr: int) -> str:
-        try:
-            return memory().read_cstring(addr).decode("utf-8", "replace")
-        except ExecutionError:
-            return ""  # the kernel prints an empty string for an unreadable pointer
-
-    def bprintf_args(data: int, data_len: int) -> list[int] | None:
-        data_len &= MASK32
-        if data_len % 8 or data_len // 8 > MAX_BPRINTF_VARARGS:
-            return None
-        raw = memory().read(data, data_len) if data_len else b""
-        return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, data_len, 8)]
-
     def snprintf(out: int, size: int, fmt: int, data: int, data_len: int) -> int:
         size &= MASK32
         need(out, size, "bpf_snprintf", "buffer", write=True)
-        args = bprintf_args(data, data_len)
+        args = bprintf_args(memory(), data, data_len)
         try:
             spec = memory().read_cstring(fmt).decode("utf-8", "replace")
         except ExecutionError:
             return -errno.EINVAL & MASK64
-        text = format_printk(spec, args, read_string, MAX_BPRINTF_VARARGS) if args is not None else None
+        read_string, read_bytes = printk_memory(memory())
+        text = format_printk(spec, args, read_string, MAX_BPRINTF_VARARGS, read_bytes) if args is not None else None
         if text is None:
             return -errno.EINVAL & MASK64
         raw = text.encode()
@@ -595,10 +622,12 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         fmt_size &= MASK32
         raw = memory().read(fmt, fmt_size) if fmt_size else b""
         nul = raw.find(b"\0")
-        args = bprintf_args(data, data_len)
+        args = bprintf_args(memory(), data, data_len)
         if nul < 0 or args is None:
             return -errno.EINVAL & MASK64
-        text = format_printk(raw[:nul].decode("utf-8", "replace"), args, read_string, MAX_BPRINTF_VARARGS)
+        read_string, read_bytes = printk_memory(memory())
+        text = format_printk(raw[:nul].decode("utf-8", "replace"), args, read_string, MAX_BPRINTF_VARARGS,
+                             read_bytes)
         if text is None:
             return -errno.EINVAL & MASK64
         ctx.emit(text)

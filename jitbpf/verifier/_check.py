@@ -1523,6 +1523,11 @@ class Checker:
                                     f"(lddw r{r}, func:F) to call back, not {reg}")
                 case ArgType.SPIN_LOCK | ArgType.SPIN_UNLOCK:
                     self._spin_lock_arg(st, regs, r, kind)
+                case ArgType.BTF_OBJECT:
+                    reg = self._read(regs, r)
+                    if reg.type is not Pt.PTR_TO_BTF_ID:
+                        self.reject(f"R{r} type={reg.type.value} expected=ptr_ (argument {r} of helper {hid} "
+                                    f"is a kernel object)")
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)
                     if not reg.ref or reg.type is not Pt.PTR_TO_BUF:
