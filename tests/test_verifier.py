@@ -18,6 +18,7 @@ from jitbpf.errors import BpfError, ExecutionError, VerifierError
 from jitbpf.helpers import Helper, conformance_helpers
 from jitbpf.interpreter import Env, Translator, run
 from jitbpf.isa import STACK_SIZE, Program
+from jitbpf.linux.maps import BPF_F_WRONLY_PROG, MapType
 from jitbpf.memory import MemoryMap, region_of
 from jitbpf.verifier import ArgType, ContextSpec, RetType, VerifyResult, verify
 from jitbpf.vm import VM
@@ -63,7 +64,19 @@ class FakeLockMap(FakeMap):
     spin_lock_off = 4
 
 
-MAPS = {3: FakeMap(), 5: FakeLockMap()}
+class FakeWriteOnlyMap(FakeMap):
+    """An array programs may write but not read (BPF_F_WRONLY_PROG)."""
+
+    flags = BPF_F_WRONLY_PROG
+
+
+class FakeProgArray(FakeMap):
+    """A program array: only bpf_tail_call takes it."""
+
+    map_type = MapType.PROG_ARRAY
+
+
+MAPS = {3: FakeMap(), 5: FakeLockMap(), 6: FakeWriteOnlyMap(), 7: FakeProgArray()}
 LOOKUP = Helper(1, "map_lookup_elem", _never, args=("map", "key"), ret="map_value_or_null")
 MEMFROB = Helper(2, "memfrob", _never, args=("mem", "size"))
 TAKES_SCALAR = Helper(3, "takes_scalar", _never, args=("scalar",))
@@ -71,7 +84,8 @@ TAKES_CTX = Helper(4, "takes_ctx", _never, args=("ctx", "scalar"))
 FILL = Helper(5, "fill", _never, args=("uninit_mem", "size_or_zero"), ret="void")
 LOCK = Helper(6, "spin_lock", _never, args=("spin_lock",), ret="void")
 UNLOCK = Helper(7, "spin_unlock", _never, args=("spin_unlock",), ret="void")
-HELPERS = {h.id: h for h in (LOOKUP, MEMFROB, TAKES_SCALAR, TAKES_CTX, FILL, LOCK, UNLOCK)}
+READ_OR_NULL = Helper(8, "read_or_null", _never, args=("mem_or_null", "size_or_zero"))
+HELPERS = {h.id: h for h in (LOOKUP, MEMFROB, TAKES_SCALAR, TAKES_CTX, FILL, LOCK, UNLOCK, READ_OR_NULL)}
 
 LOOKUP_KEY = """
     stw [r10-4], 0
@@ -122,7 +136,7 @@ REJECTIONS = rejection_cases()
 @pytest.mark.parametrize(("source", "kwargs", "fragment", "pc"), [r[1:] for r in REJECTIONS],
                          ids=[r[0] for r in REJECTIONS])
 def test_rejection(source: str | bytes, kwargs: dict[str, Any], fragment: str, pc: int | None) -> None:
-    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4, "l": 5})
+    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4, "l": 5, "w": 6, "p": 7})
     options: dict[str, Any] = {"helpers": HELPERS, "maps": MAPS, **kwargs}
     with pytest.raises(VerifierError) as info:
         verify(code, **options)
@@ -339,6 +353,15 @@ def test_map_lookup_with_null_check() -> None:
     assert {0} <= result.proven  # the key's store on the stack
     unknown = verify(code, helpers=HELPERS)  # maps unknown: allowed, but not proven
     assert not {7, 8} & unknown.proven
+
+
+@pytest.mark.parametrize("source", [
+    LOOKUP_KEY.replace("map:m", "map:w") + "jeq r0, 0, +1\nstdw [r0+8], 1\nmov r0, 0\nexit",  # writes go
+    "mov r1, 0\nmov r2, 0\ncall 8\nmov r0, 0\nexit",  # NULL and size 0 where the helper takes NULL
+    "stdw [r10-8], 0\nmov r1, r10\nadd r1, -8\nmov r2, 0\ncall 5\nmov r0, 0\nexit",  # a pointer and size 0
+])
+def test_accepted_at_the_edge_of_a_rule(source: str) -> None:
+    verify(prog(source, maps={"m": 3, "w": 6}), helpers=HELPERS, maps=MAPS)
 
 
 def test_map_null_check_applies_to_copies() -> None:
@@ -566,7 +589,7 @@ PRIVILEGED_ONLY = [r for r in REJECTIONS if r[2].get("privileged") is False]
 @pytest.mark.parametrize(("source", "kwargs"), [r[1:3] for r in PRIVILEGED_ONLY], ids=[r[0] for r in PRIVILEGED_ONLY])
 def test_privileged_loader_accepts(source: str | bytes, kwargs: dict[str, Any]) -> None:
     """What only an unprivileged loader rejects (as the kernel: pointer leaks, never-written stack)."""
-    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4, "l": 5})
+    code = source if isinstance(source, bytes) else prog(source, maps={"m": 3, "n": 4, "l": 5, "w": 6, "p": 7})
     verify(code, **{"helpers": HELPERS, "maps": MAPS, **kwargs, "privileged": True})
 
 
@@ -600,10 +623,11 @@ def test_api_inputs() -> None:
 
 
 def test_declarations_are_checked() -> None:
-    assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem", "size",
-                                         "size_or_zero", "ctx", "uninit_mem", "uninit_value", "released",
+    assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem",
+                                         "mem_or_null", "size", "size_or_zero", "ctx", "uninit_mem", "uninit_value",
+                                         "released",
                                          "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero",
-                                         "callback", "spin_lock", "spin_unlock"]
+                                         "callback", "spin_lock", "spin_unlock", "btf_object"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})

@@ -270,7 +270,7 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
 
     return [
         Helper(H.CSUM_DIFF, "bpf_csum_diff", csum_diff_helper,
-               ("mem", "size_or_zero", "mem", "size_or_zero", "scalar")),
+               ("mem_or_null", "size_or_zero", "mem_or_null", "size_or_zero", "scalar")),
         # The ctx is only read ("ctx_read"): packet pointers stay valid, as bpf_fib_lookup does not
         # move the packet.
         Helper(H.FIB_LOOKUP, "bpf_fib_lookup", fib_lookup, ("ctx_read", "mem", "size", "scalar")),

@@ -97,7 +97,7 @@ def iterator_helpers(memory: Callable[[], MemoryMap], seq: SeqFile) -> list[Help
     return [
         Helper(HelperId.SEQ_WRITE, "bpf_seq_write", seq_write, ("btf_object", "mem", "size_or_zero")),
         Helper(HelperId.SEQ_PRINTF, "bpf_seq_printf", seq_printf,
-               ("btf_object", "mem", "size", "mem", "size_or_zero")),
+               ("btf_object", "mem", "size", "mem_or_null", "size_or_zero")),
     ]
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "BPF_F_RDONLY_PROG",
     "BPF_F_REUSE_STACKID",
     "BPF_F_USER_STACK",
+    "BPF_F_WRONLY_PROG",
     "BPF_NOEXIST",
     "Array",
     "ArrayOfMaps",
@@ -132,6 +133,7 @@ BPF_EXIST = UpdateFlag.EXIST
 BPF_F_NO_PREALLOC = 1 << 0  # accepted (storage is always preallocated here)
 BPF_F_NO_COMMON_LRU = 1 << 1  # LRU maps: accepted (one exact LRU order either way)
 BPF_F_RDONLY_PROG = 1 << 7  # programs may read the values but not write them
+BPF_F_WRONLY_PROG = 1 << 8  # programs may write the values but not read them
 BPF_F_INNER_MAP = 1 << 12  # an inner map template: inner maps of any max_entries fit
 BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CPU
 
@@ -145,14 +147,64 @@ _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LR
                            MapType.PERCPU_CGROUP_STORAGE})  # one value per CPU
 MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})  # values are inner maps
 CGROUP_STORAGE_TYPES = frozenset({MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE})
-# Map types only some helpers take (the kernel's map-to-helper compatibility): helper ids by
-# type. bpf_map_lookup_elem (1) is the only way a program reaches an outer map's inner maps, and
+# The helpers each map type may be given (the kernel's map-to-helper compatibility; by helper
+# id, as maps sit below the helper layer); types not listed go to any helper that takes them.
+# bpf_map_lookup_elem (1) is the only way a program reaches an outer map's inner maps, and
 # bpf_get_local_storage (81) the only way to cgroup storage.
+_LOOKUP, _UPDATE, _DELETE = 1, 2, 3
+_PUSH, _POP, _PEEK = 87, 88, 89
 HELPERS_OF_TYPE: dict[MapType, frozenset[int]] = {
-    MapType.ARRAY_OF_MAPS: frozenset({1}),
-    MapType.HASH_OF_MAPS: frozenset({1}),
+    MapType.PROG_ARRAY: frozenset({12}),  # tail_call
+    # perf_event_read, perf_event_output, perf_event_read_value, skb_output, xdp_output
+    MapType.PERF_EVENT_ARRAY: frozenset({22, 25, 55, 111, 121}),
+    # ringbuf_output, _reserve, _submit, _discard, _query and the dynptr forms
+    MapType.RINGBUF: frozenset({130, 131, 132, 133, 134, 198, 199, 200}),
+    MapType.STACK_TRACE: frozenset({27}),  # get_stackid
+    MapType.CGROUP_ARRAY: frozenset({33, 37}),  # skb_under_cgroup, current_task_under_cgroup
+    MapType.ARRAY_OF_MAPS: frozenset({_LOOKUP}),
+    MapType.HASH_OF_MAPS: frozenset({_LOOKUP}),
     MapType.CGROUP_STORAGE: frozenset({81}),
     MapType.PERCPU_CGROUP_STORAGE: frozenset({81}),
+    MapType.DEVMAP: frozenset({51, _LOOKUP}),  # redirect_map
+    MapType.DEVMAP_HASH: frozenset({51, _LOOKUP}),
+    MapType.CPUMAP: frozenset({51}),
+    MapType.XSKMAP: frozenset({51, _LOOKUP}),
+    # sk_redirect_map, sock_map_update, msg_redirect_map, sk_select_reuseport
+    MapType.SOCKMAP: frozenset({52, 53, 60, 82, _LOOKUP, _UPDATE, _DELETE}),
+    # sock_hash_update, msg_redirect_hash, sk_redirect_hash, sk_select_reuseport
+    MapType.SOCKHASH: frozenset({70, 71, 72, 82, _LOOKUP, _UPDATE, _DELETE}),
+    MapType.QUEUE: frozenset({_PUSH, _POP, _PEEK}),
+    MapType.STACK: frozenset({_PUSH, _POP, _PEEK}),
+    MapType.BLOOM_FILTER: frozenset({_PUSH, _PEEK}),
+    MapType.SK_STORAGE: frozenset({107, 108, 194}),  # sk_storage_get, _delete, kptr_xchg
+    MapType.INODE_STORAGE: frozenset({145, 146, 194}),
+    MapType.TASK_STORAGE: frozenset({156, 157, 194}),
+}
+
+# The map types each helper takes, the other way round (by helper id): a tail call needs a
+# PROG_ARRAY, bpf_sock_map_update a SOCKMAP, ...
+_PERCPU_LOOKUP = frozenset({MapType.PERCPU_ARRAY, MapType.PERCPU_HASH, MapType.LRU_PERCPU_HASH})
+TYPES_OF_HELPER: dict[int, frozenset[MapType]] = {
+    12: frozenset({MapType.PROG_ARRAY}),
+    **{h: frozenset({MapType.PERF_EVENT_ARRAY}) for h in (22, 25, 55, 111, 121)},
+    **{h: frozenset({MapType.RINGBUF}) for h in (130, 131, 134, 198)},
+    27: frozenset({MapType.STACK_TRACE}),
+    33: frozenset({MapType.CGROUP_ARRAY}),
+    37: frozenset({MapType.CGROUP_ARRAY}),
+    51: frozenset({MapType.DEVMAP, MapType.DEVMAP_HASH, MapType.CPUMAP, MapType.XSKMAP}),
+    **{h: frozenset({MapType.SOCKMAP}) for h in (52, 53, 60)},
+    **{h: frozenset({MapType.SOCKHASH}) for h in (70, 71, 72)},
+    _PUSH: frozenset({MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER}),
+    _POP: frozenset({MapType.QUEUE, MapType.STACK}),
+    _PEEK: frozenset({MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER}),
+    195: _PERCPU_LOOKUP,  # map_lookup_percpu_elem
+    107: frozenset({MapType.SK_STORAGE}),
+    108: frozenset({MapType.SK_STORAGE}),
+    145: frozenset({MapType.INODE_STORAGE}),
+    146: frozenset({MapType.INODE_STORAGE}),
+    156: frozenset({MapType.TASK_STORAGE}),
+    157: frozenset({MapType.TASK_STORAGE}),
+    81: frozenset({MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE}),
 }
 
 Converter = Any  # None, int, bytes, a ctypes type, a struct format string, or a callable (events)

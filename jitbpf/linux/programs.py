@@ -987,7 +987,7 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         c_helper(H.XDP_ADJUST_TAIL, "bpf_xdp_adjust_tail", in_run("jb_helper_xdp_adjust_tail"), "ctx", "scalar"),
         c_helper(H.REDIRECT, "bpf_redirect", in_run("jb_helper_redirect")),
         c_helper(H.REDIRECT_NEIGH, "bpf_redirect_neigh", in_run("jb_helper_redirect_neigh"),
-                 "scalar", "mem", "size_or_zero", "scalar"),
+                 "scalar", "mem_or_null", "size_or_zero", "scalar"),
         c_helper(H.SKB_ADJUST_ROOM, "bpf_skb_adjust_room", in_run("jb_helper_skb_adjust_room"),
                  "ctx", "scalar", "scalar", "scalar"),
         c_helper(H.SKB_CHANGE_PROTO, "bpf_skb_change_proto", in_run("jb_helper_skb_change_proto"),

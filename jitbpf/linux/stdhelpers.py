@@ -6,7 +6,7 @@ import errno
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from jitbpf._native import native
@@ -19,6 +19,7 @@ from jitbpf.linux.host import Host, host_helpers
 from jitbpf.linux.maps import (
     BPF_F_USER_STACK,
     CGROUP_STORAGE_TYPES,
+    TYPES_OF_HELPER,
     BpfMap,
     CgroupArray,
     CgroupStorage,
@@ -53,7 +54,7 @@ class Redirect:
 
     helper: str  # the helper's kernel name
     map: BpfMap  # the map it looked up
-    key: int  # the index in that map
+    key: int | bytes  # the index in that map (a SOCKHASH's: the key's bytes)
     # an interface index (DEVMAP, DEVMAP_HASH; with BPF_F_BROADCAST, the list of every one), a queue
     # size (CPUMAP) or the socket object (SOCKMAP, XSKMAP, ...)
     target: Any
@@ -526,15 +527,22 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         except MapError as exc:
             raise ExecutionError(f"bpf_get_local_storage: {exc.message}") from None
 
-    def sock_redirect(name: str, r2: int, r3: int, r4: int) -> int:
-        m = map_at(r2, name, MapType.SOCKMAP)
-        assert isinstance(m, SockMap)
-        if r4 & ~BPF_F_INGRESS:
+    def sock_redirect(name: str, r2: int, r3: int, r4: int, hashed: bool = False) -> int:
+        """The socket redirects: a SOCKMAP's index ``r3``, or a SOCKHASH's key at ``r3``."""
+        m = map_at(r2, name, MapType.SOCKHASH if hashed else MapType.SOCKMAP)
+        key: int | bytes
+        if hashed:
+            assert isinstance(m, SockHash)
+            need(r3, m.key_size, name, "key")
+            key = memory().read(r3, m.key_size)
+            sock = m.socket_for(key)
+        else:
+            assert isinstance(m, SockMap)
+            key = r3 & MASK32
+            sock = m.get(key)
+        if r4 & ~BPF_F_INGRESS or sock is None:
             return SK_DROP
-        sock = m.get(r3 & MASK32)
-        if sock is None:
-            return SK_DROP
-        ctx.redirect = Redirect(name, m, r3 & MASK32, sock, r4)
+        ctx.redirect = Redirect(name, m, key, sock, r4)
         return SK_PASS
 
     def sk_redirect_map(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
@@ -543,22 +551,34 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     def msg_redirect_map(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         return sock_redirect("bpf_msg_redirect_map", r2, r3, r4)
 
-    def sock_map_update(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
-        m = map_at(r2, "bpf_sock_map_update", MapType.SOCKMAP, MapType.SOCKHASH)
-        need(r3, m.key_size, "bpf_sock_map_update", "key")
-        sock = ctx.socket
-        if sock is None:
-            return -errno.EOPNOTSUPP  # the context stands for no socket: set StdContext.socket
-        key = memory().read(r3, m.key_size)
-        try:
-            if isinstance(m, SockMap):
-                m.insert(int.from_bytes(key, "little"), sock, r4)
-            else:
-                assert isinstance(m, SockHash)
-                m.insert(key, sock, r4)
-        except MapError as exc:
-            return -exc.errno
-        return 0
+    def sk_redirect_hash(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        return sock_redirect("bpf_sk_redirect_hash", r2, r3, r4, hashed=True)
+
+    def msg_redirect_hash(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+        return sock_redirect("bpf_msg_redirect_hash", r2, r3, r4, hashed=True)
+
+    def sock_update(name: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
+        """bpf_sock_map_update / bpf_sock_hash_update: the context's socket in the map."""
+
+        def fn(_r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
+            m = map_at(r2, name, mtype)
+            need(r3, m.key_size, name, "key")
+            sock = ctx.socket
+            if sock is None:
+                return -errno.EOPNOTSUPP  # the context stands for no socket: set StdContext.socket
+            key = memory().read(r3, m.key_size)
+            try:
+                if isinstance(m, SockMap):
+                    m.insert(int.from_bytes(key, "little"), sock, r4)
+                else:
+                    assert isinstance(m, SockHash)
+                    m.insert(key, sock, r4)
+            except MapError as exc:
+                return -exc.errno
+            return 0
+
+        fn.__name__ = name
+        return fn
 
     # -- strings --------------------------------------------------------------------------------
 
@@ -667,8 +687,13 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
                       perf_event_output, (ctx_arg, "map", "scalar", "mem", "size")),
         Helper(h.REDIRECT_MAP, "bpf_redirect_map", redirect_map, ("map", "scalar", "scalar")),
         Helper(h.SK_REDIRECT_MAP, "bpf_sk_redirect_map", sk_redirect_map, (ctx_arg, "map", "scalar", "scalar")),
-        Helper(h.SOCK_MAP_UPDATE, "bpf_sock_map_update", sock_map_update, (ctx_arg, "map", "key", "scalar")),
+        Helper(h.SOCK_MAP_UPDATE, "bpf_sock_map_update", sock_update("bpf_sock_map_update", MapType.SOCKMAP),
+               (ctx_arg, "map", "key", "scalar")),
+        Helper(h.SOCK_HASH_UPDATE, "bpf_sock_hash_update", sock_update("bpf_sock_hash_update", MapType.SOCKHASH),
+               (ctx_arg, "map", "key", "scalar")),
         Helper(h.MSG_REDIRECT_MAP, "bpf_msg_redirect_map", msg_redirect_map, (ctx_arg, "map", "scalar", "scalar")),
+        Helper(h.SK_REDIRECT_HASH, "bpf_sk_redirect_hash", sk_redirect_hash, (ctx_arg, "map", "key", "scalar")),
+        Helper(h.MSG_REDIRECT_HASH, "bpf_msg_redirect_hash", msg_redirect_hash, (ctx_arg, "map", "key", "scalar")),
         native_helper(h.MAP_PUSH_ELEM, "bpf_map_push_elem", "jb_helper_map_push_elem", map_push_elem,
                       ("map", "value", "scalar")),
         # pop/peek write the element into their buffer: to the verifier it is filled, not read.
@@ -690,7 +715,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         native_helper(h.KTIME_GET_COARSE_NS, "bpf_ktime_get_coarse_ns", "jb_helper_ktime_get_coarse_ns",
                       no_args("jb_helper_ktime_get_coarse_ns")),
         native_helper(h.RINGBUF_OUTPUT, "bpf_ringbuf_output", "jb_helper_ringbuf_output", ringbuf_output,
-                      ("map", "mem", "size", "scalar")),
+                      ("map", "mem", "size_or_zero", "scalar")),
         native_helper(h.RINGBUF_RESERVE, "bpf_ringbuf_reserve", "jb_helper_ringbuf_reserve", ringbuf_reserve,
                       ("map", "alloc_size", "scalar"), "acquired_mem_or_null"),
         native_helper(h.RINGBUF_SUBMIT, "bpf_ringbuf_submit", "jb_helper_ringbuf_submit", ringbuf_submit,
@@ -720,15 +745,18 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         Helper(h.STRTOL, "bpf_strtol", strtox(True), ("mem", "size", "scalar", "uninit_long")),
         Helper(h.STRTOUL, "bpf_strtoul", strtox(False), ("mem", "size", "scalar", "uninit_long")),
         Helper(h.SNPRINTF, "bpf_snprintf", snprintf,
-               ("uninit_mem", "size_or_zero", "anything", "mem", "size_or_zero")),
+               ("uninit_mem", "size_or_zero", "anything", "mem_or_null", "size_or_zero")),
         # The kernel wants s2 a constant string of a read-only map; here any readable string.
         Helper(h.STRNCMP, "bpf_strncmp", strncmp, ("mem", "size", "anything")),
-        Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem", "size_or_zero")),
+        Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem_or_null", "size_or_zero")),
         # The engines run these two: they enter the callback as a local call (see contract.CallbackKind).
         Helper(h.FOR_EACH_MAP_ELEM, "bpf_for_each_map_elem", engine_only("bpf_for_each_map_elem"),
                ("map", "callback", "anything", "scalar"), callback=CallbackKind.FOR_EACH),
         Helper(h.LOOP, "bpf_loop", engine_only("bpf_loop"), ("scalar", "callback", "anything", "scalar"),
                callback=CallbackKind.LOOP),
     ]
+    # The kernel's helper-to-map compatibility, declared where the helper does not narrow it.
+    own = [replace(x, map_types=tuple(sorted(TYPES_OF_HELPER[x.id]))) if x.id in TYPES_OF_HELPER else x
+           for x in own]
     defined = {x.id for x in own}  # the host answers the rest
     return own + [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in defined]

@@ -12,7 +12,7 @@ from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, Callbac
 from jitbpf.errors import InternalError
 from jitbpf.helpers import Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
-from jitbpf.linux.maps import BPF_F_RDONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
+from jitbpf.linux.maps import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
 from jitbpf.verifier._progress import CHECK_EVERY, Progress
@@ -980,7 +980,8 @@ class Checker:
         """Check one memory access through register ``r``; return the loaded value for reads."""
         t = ptr.type
         if t is not Pt.PTR_TO_STACK and ptr.is_pointer:
-            self._strict_alignment(ptr, r, off, size)
+            # Atomics are aligned whatever the loader's flags, as in the kernel (packets refuse them).
+            self._strict_alignment(ptr, r, off, size, force=mode is Access.ATOMIC and t not in PACKET_KINDS)
         match t:
             case Pt.PTR_TO_STACK:
                 return self._stack_access(st, ptr, r, off, size, mode, value, signed)
@@ -999,8 +1000,8 @@ class Checker:
                 lock_off = getattr(m, "spin_lock_off", None)
                 if lock_off is not None and lo < lock_off + 4 and lock_off < hi:
                     self.reject("bpf_spin_lock cannot be accessed directly by load/store")
-                if m is not None and mode is not Access.READ:
-                    self._map_writable(m, lo, size)
+                if m is not None:
+                    self._map_access_type(m, lo, size, read=mode is not Access.WRITE, write=mode is not Access.READ)
                 if m is not None and (lo < 0 or hi > m.value_size):
                     self.reject(f"invalid access to map value, value_size={m.value_size} off={lo} size={size}")
                 self._note(m is not None)
@@ -1052,11 +1053,11 @@ class Checker:
         at = sc.alu(AluOp.ADD, ptr.var, sc.const(base + ptr.off + off), 64)
         return bool((at.value | at.mask) & (size - 1))
 
-    def _strict_alignment(self, ptr: Reg, r: int, off: int, size: int) -> None:
-        """With strict alignment (the kernel's BPF_F_STRICT_ALIGNMENT), accesses other than the
-        stack's must be aligned too; packet data counts from 2 bytes past an aligned address, as
-        the kernel assumes (NET_IP_ALIGN)."""
-        if not self.strict_alignment:
+    def _strict_alignment(self, ptr: Reg, r: int, off: int, size: int, force: bool = False) -> None:
+        """With strict alignment (the kernel's BPF_F_STRICT_ALIGNMENT, or ``force``), accesses
+        other than the stack's must be aligned too; packet data counts from 2 bytes past an
+        aligned address, as the kernel assumes (NET_IP_ALIGN)."""
+        if not self.strict_alignment and not force:
             return
         t = ptr.type
         if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META):
@@ -1080,9 +1081,12 @@ class Checker:
         if m is not None and (lo < 0 or hi > m.key_size):
             self.reject(f"invalid access to map key, key_size={m.key_size} off={lo} size={hi - lo}")
 
-    def _map_writable(self, m: MapLike, lo: int, size: int) -> None:
-        if m.flags & BPF_F_RDONLY_PROG:
+    def _map_access_type(self, m: MapLike, lo: int, size: int, *, read: bool, write: bool) -> None:
+        """The map's BPF_F_RDONLY_PROG / BPF_F_WRONLY_PROG: what programs may not do to its values."""
+        if write and m.flags & BPF_F_RDONLY_PROG:
             self.reject(f"write into map forbidden, value_size={m.value_size} off={lo} size={size}")
+        if read and m.flags & BPF_F_WRONLY_PROG:
+            self.reject(f"read from map forbidden, value_size={m.value_size} off={lo} size={size}")
 
     def _var_bounds(self, ptr: Reg, r: int, off: int, size: int) -> tuple[int, int]:
         var = ptr.var
@@ -1356,6 +1360,10 @@ class Checker:
         """Check a helper's pointer argument ``r`` to ``lo_size``..``hi_size`` bytes."""
         ptr = self._read(regs, r)
         write = kind in (ArgType.UNINIT_MEM, ArgType.UNINIT_VALUE)
+        if ptr.type is Pt.SCALAR and not (kind is ArgType.MEM_OR_NULL and ptr.var == sc.ZERO and hi_size == 0):
+            # A size of zero needs no memory, but still a pointer (NULL only where the helper takes it).
+            self.reject(f"R{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, buf "
+                        f"({kind.value} argument)")
         if hi_size == 0:
             return
         t = ptr.type
@@ -1377,7 +1385,7 @@ class Checker:
                 if INVALID in frame.read_bytes(start, hi - lo):
                     self._uninit_stack(f"r{r} ({kind.value} argument) points to uninitialised stack "
                                        f"off={lo} size={hi - lo}")
-                if kind is ArgType.MEM:
+                if kind is ArgType.MEM or kind is ArgType.MEM_OR_NULL:
                     frame.smudge(start, hi - lo)  # helpers may write what they are given; spills are gone
             case Pt.PTR_TO_MAP_VALUE:
                 m = self.maps.get(ptr.aux) if self.maps is not None else None
@@ -1385,8 +1393,7 @@ class Checker:
                 if m is None:
                     self.unchecked_calls.add(self.pc)  # the value's size is unknown here
                     return
-                if write:
-                    self._map_writable(m, lo, hi - lo)
+                self._map_access_type(m, lo, hi - lo, read=not write, write=write)
                 if lo < 0 or hi > m.value_size:
                     self.reject(f"r{r} ({kind.value} argument) exceeds the map value: off={lo} size={hi - lo}, "
                                 f"value_size={m.value_size}")
@@ -1498,7 +1505,7 @@ class Checker:
                     alloc_size = size_reg.var.value
                     if alloc_size >= MAX_OFFSET:
                         self.reject(f"R{r} allocation size {alloc_size} of helper {hid} is too large")
-                case ArgType.MEM | ArgType.UNINIT_MEM:
+                case ArgType.MEM | ArgType.MEM_OR_NULL | ArgType.UNINIT_MEM:
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
                         pending = (r, kind)
                     else:
