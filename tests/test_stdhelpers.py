@@ -658,31 +658,21 @@ def test_sk_and_msg_redirect_map(engine: str, helper: int) -> None:
     assert run(load(SOCK_REDIRECT.format(key=2, flags=2, helper=helper), socks), engine) == 0
 
 
-SOCK_REDIRECT_HASH = """
-    stw [r10-4], {key}
-    lddw r2, map:FLOWS
-    mov r3, r10
-    add r3, -4
-    mov r4, {flags}
-    call {helper}
-    exit
-"""
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("helper", [HelperId.SK_REDIRECT_HASH, HelperId.MSG_REDIRECT_HASH])
 def test_sk_and_msg_redirect_hash(engine: str, helper: int) -> None:
     flows = SockHash(key_size=4, max_entries=4, name="FLOWS")
     backend = object()
     flows.insert((77).to_bytes(4, "little"), backend)
-    vm = load(SOCK_REDIRECT_HASH.format(key=77, flags=1, helper=helper), flows)
+    vm = load(SOCK_KEYED.format(key=77, name="FLOWS", flags=1, helper=helper), flows)
     assert run(vm, engine) == 1  # SK_PASS
     assert vm.std.redirect.target is backend and vm.std.redirect.key == (77).to_bytes(4, "little")
-    assert run(load(SOCK_REDIRECT_HASH.format(key=78, flags=0, helper=helper), flows), engine) == 0  # SK_DROP
-    assert run(load(SOCK_REDIRECT_HASH.format(key=77, flags=2, helper=helper), flows), engine) == 0
+    assert run(load(SOCK_KEYED.format(key=78, name="FLOWS", flags=0, helper=helper), flows), engine) == 0  # SK_DROP
+    assert run(load(SOCK_KEYED.format(key=77, name="FLOWS", flags=2, helper=helper), flows), engine) == 0
 
 
-SOCK_MAP_UPDATE = """
+# A socket helper of a key on the stack: bpf_sock_map_update, bpf_sk_redirect_hash, ...
+SOCK_KEYED = """
     stw [r10-4], {key}
     lddw r2, map:{name}
     mov r3, r10
@@ -696,20 +686,20 @@ SOCK_MAP_UPDATE = """
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sock_map_update(engine: str) -> None:
     socks = SockMap(max_entries=4, name="SOCKS")
-    vm = load(SOCK_MAP_UPDATE.format(key=3, name="SOCKS", flags=0, helper=53), socks)
+    vm = load(SOCK_KEYED.format(key=3, name="SOCKS", flags=0, helper=53), socks)
     assert s64(run(vm, engine)) == -errno.EOPNOTSUPP  # no socket behind the context
     conn = object()
     vm.std.socket = conn
     assert run(vm, engine) == 0
     assert socks[3] is conn
-    noexist = load(SOCK_MAP_UPDATE.format(key=3, name="SOCKS", flags=BPF_NOEXIST, helper=53), socks)
+    noexist = load(SOCK_KEYED.format(key=3, name="SOCKS", flags=BPF_NOEXIST, helper=53), socks)
     noexist.std.socket = object()
     assert s64(run(noexist, engine)) == -errno.EEXIST
     flows = SockHash(key_size=4, max_entries=4, name="FLOWS")
-    hashed = load(SOCK_MAP_UPDATE.format(key=9, name="FLOWS", flags=0, helper=70), flows)  # bpf_sock_hash_update
+    hashed = load(SOCK_KEYED.format(key=9, name="FLOWS", flags=0, helper=70), flows)  # bpf_sock_hash_update
     hashed.std.socket = conn
     assert run(hashed, engine) == 0
     assert flows[9] is conn
     for helper, m in ((53, flows), (70, socks)):  # each takes its own map type, as in the kernel
         with pytest.raises(VerifierError, match=f"cannot pass map_type {int(m.map_type)} into func"):
-            run(load(SOCK_MAP_UPDATE.format(key=9, name=m.name, flags=0, helper=helper), m), engine)
+            run(load(SOCK_KEYED.format(key=9, name=m.name, flags=0, helper=helper), m), engine)
