@@ -50,7 +50,7 @@ class FakeMap:
     key_size = 4
     value_size = 16
     max_entries = 8
-    map_type = "array"
+    map_type: str | MapType = "array"
     flags = 0
 
 

@@ -18,6 +18,7 @@ from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64, Kind
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux import pktrun
+from jitbpf.linux.allowlists import ALLOWED
 from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.iterators import ITERATOR_FLAVOURS, IterRead, SeqFile, iterator_helpers, read_iterator
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
@@ -285,6 +286,8 @@ def _all_but(ctx: Struct, excluded: Iterable[str]) -> tuple[Span, ...]:
 
 
 # -- the helpers each program type may call --------------------------------------------------------
+# Measured on the kernel where a type loads without an attach target (jitbpf.linux.allowlists);
+# the BTF-typed types' lists follow.
 
 H = HelperId
 _BASE = frozenset({
@@ -303,16 +306,13 @@ _TRACING = _BASE | {
     H.CURRENT_TASK_UNDER_CGROUP, H.SK_STORAGE_GET, H.SK_STORAGE_DELETE, H.TASK_STORAGE_GET, H.TASK_STORAGE_DELETE,
     H.GET_TASK_STACK, H.GET_ATTACH_COOKIE, H.GET_CURRENT_ANCESTOR_CGROUP_ID,
 }
-# The kernel's tracing_prog_func_proto: the tracing set, plus the function's own arguments.
-_BTF_TRACING = _TRACING | {
+# The kernel's tracing_prog_func_proto: the tracing set, plus the function's own arguments (and
+# no bpf_ktime_get_coarse_ns, which tracing programs may not call).
+_BTF_TRACING = _TRACING - {H.KTIME_GET_COARSE_NS} | {
     H.GET_FUNC_IP, H.GET_FUNC_ARG, H.GET_FUNC_RET, H.GET_FUNC_ARG_CNT, H.GET_ATTACH_COOKIE, H.D_PATH,
     H.SNPRINTF_BTF, H.SEQ_PRINTF, H.SEQ_WRITE, H.SEQ_PRINTF_BTF, H.COPY_FROM_USER, H.INODE_STORAGE_GET,
     H.INODE_STORAGE_DELETE,
 }
-_SKB_READ = frozenset({H.SKB_LOAD_BYTES, H.SKB_LOAD_BYTES_RELATIVE, H.GET_SOCKET_COOKIE, H.GET_SOCKET_UID})
-_CGROUP = frozenset({H.GET_CURRENT_PID_TGID, H.GET_CURRENT_UID_GID, H.GET_CURRENT_COMM, H.GET_CURRENT_CGROUP_ID,
-                     H.GET_LOCAL_STORAGE, H.GET_CURRENT_ANCESTOR_CGROUP_ID})
-
 
 # -- the registry ----------------------------------------------------------------------------------
 
@@ -373,29 +373,25 @@ def _field_size(ctx: Struct, off: int) -> int:
     raise ValueError(f"{ctx.__name__} has no field at offset {off}")
 
 
+def _allowed(kind: ProgType) -> frozenset[int]:
+    """The helpers the kernel lets a program of ``kind`` call (measured: ``jitbpf.linux.allowlists``)."""
+    return ALLOWED[int(kind)]
+
+
 def _build_registry() -> Mapping[ProgType, ProgramType]:
     sk = SkBuff
     skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end"}
     sk_common = ("family", "remote_ip4", "local_ip4", "remote_ip6", "local_ip6", "remote_port", "local_port")
-    lwt_xmit_helpers = {H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_UPDATE, H.CLONE_REDIRECT,
-                        H.REDIRECT, H.SKB_CHANGE_TAIL, H.SKB_CHANGE_HEAD, H.SKB_GET_TUNNEL_KEY, H.SKB_SET_TUNNEL_KEY}
     types = [
         ProgramType(
-            ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _BASE | _SKB_READ,
+            ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _allowed(ProgType.SOCKET_FILTER),
             readable=_all_but(sk, ("tc_classid", "data", "data_end", "data_meta", *sk_common, "tstamp", "wire_len",
                                    "hwtstamp", "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("cb",)), packet=True, ld_abs=True,
         ),
         ProgramType(
             ProgType.SCHED_CLS, "sched_cls", sk, ("tc", "tc/", "classifier", "classifier/", "tcx/"),
-            _BASE | _SKB_READ | {
-                H.SKB_STORE_BYTES, H.L3_CSUM_REPLACE, H.L4_CSUM_REPLACE, H.CSUM_DIFF, H.CLONE_REDIRECT, H.REDIRECT,
-                H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC, H.SKB_CHANGE_TAIL, H.SKB_PULL_DATA, H.PERF_EVENT_OUTPUT,
-                H.SKB_CGROUP_ID, H.CHECK_MTU, H.FIB_LOOKUP, H.SKB_UNDER_CGROUP, H.CSUM_UPDATE,
-                H.SKB_ADJUST_ROOM, H.SKB_CHANGE_PROTO, H.SKB_CHANGE_HEAD, H.REDIRECT_NEIGH, H.SKB_GET_TUNNEL_KEY,
-                H.SKB_SET_TUNNEL_KEY, H.SET_HASH, H.SET_HASH_INVALID, H.CSUM_LEVEL, H.SKB_ECN_SET_CE,
-                H.SKB_ANCESTOR_CGROUP_ID,
-            },
+            _allowed(ProgType.SCHED_CLS),
             readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
             pointer_fields={**skb_ptrs, SkBuff.data_meta.offset: "packet_meta"}, packet=True,
@@ -405,20 +401,21 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             ProgType.KPROBE, "kprobe", PtRegs,
             ("kprobe/", "kretprobe/", "uprobe/", "uretprobe/", "ksyscall/", "kretsyscall/", "kprobe", "uprobe",
              "kretprobe", "uretprobe"),
-            _TRACING | {H.GET_STACKID, H.GET_FUNC_IP}, readable=_all_but(PtRegs, ()),
+            _allowed(ProgType.KPROBE), readable=_all_but(PtRegs, ()),
         ),
         ProgramType(
-            ProgType.TRACEPOINT, "tracepoint", RawContext, ("tracepoint", "tracepoint/", "tp", "tp/"), _TRACING,
+            ProgType.TRACEPOINT, "tracepoint", RawContext, ("tracepoint", "tracepoint/", "tp", "tp/"),
+            _allowed(ProgType.TRACEPOINT),
             readable=((0, CTX_AREA),),
         ),
         ProgramType(
             ProgType.RAW_TRACEPOINT, "raw_tracepoint", RawContext,
-            ("raw_tracepoint", "raw_tracepoint/", "raw_tp", "raw_tp/"), _TRACING,
+            ("raw_tracepoint", "raw_tracepoint/", "raw_tp", "raw_tp/"), _allowed(ProgType.RAW_TRACEPOINT),
             readable=((0, CTX_AREA),),
         ),
         ProgramType(
             ProgType.RAW_TRACEPOINT_WRITABLE, "raw_tracepoint_writable", RawContext,
-            ("raw_tp.w/", "raw_tracepoint.w/"), _TRACING, readable=((0, CTX_AREA),),
+            ("raw_tp.w/", "raw_tracepoint.w/"), _allowed(ProgType.RAW_TRACEPOINT_WRITABLE), readable=((0, CTX_AREA),),
         ),
         ProgramType(
             ProgType.TRACING, "tracing", TracingArgs,
@@ -432,11 +429,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(ProgType.EXT, "ext", TracingArgs, ("freplace/",), _BTF_TRACING, readable=(), btf_typed=True),
         ProgramType(
             ProgType.XDP, "xdp", XdpMd, ("xdp", "xdp/", "xdp.frags", "xdp.frags/"),
-            _BASE | {
-                H.XDP_ADJUST_HEAD, H.XDP_ADJUST_META, H.XDP_ADJUST_TAIL, H.REDIRECT, H.REDIRECT_MAP, H.CSUM_DIFF,
-                H.PERF_EVENT_OUTPUT, H.CHECK_MTU, H.XDP_GET_BUFF_LEN, H.XDP_LOAD_BYTES, H.XDP_STORE_BYTES,
-                H.FIB_LOOKUP,
-            },
+            _allowed(ProgType.XDP),
             readable=_all_but(XdpMd, ()),
             pointer_fields={XdpMd.data.offset: "packet", XdpMd.data_end.offset: "packet_end",
                             XdpMd.data_meta.offset: "packet_meta"},
@@ -444,20 +437,18 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ),
         ProgramType(
             ProgType.PERF_EVENT, "perf_event", PerfEventData, ("perf_event",),
-            _TRACING | {H.PERF_PROG_READ_VALUE}, readable=_all_but(PerfEventData, ()),
+            _allowed(ProgType.PERF_EVENT), readable=_all_but(PerfEventData, ()),
         ),
         ProgramType(
             ProgType.CGROUP_SKB, "cgroup_skb", sk, ("cgroup_skb/", "cgroup/skb"),
-            _BASE | _SKB_READ | _CGROUP | {H.SKB_CGROUP_ID, H.PERF_EVENT_OUTPUT, H.SK_STORAGE_GET,
-                                           H.SK_STORAGE_DELETE, H.SKB_ANCESTOR_CGROUP_ID, H.SKB_ECN_SET_CE},
+            _allowed(ProgType.CGROUP_SKB),
             readable=_all_but(sk, ("tc_classid", "data_meta", "wire_len", "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, ret_range=(0, 1),
             packet=True,
         ),
         *(ProgramType(
             kind, name, sk, (name, name + "/"),
-            _BASE | _SKB_READ | {H.SKB_PULL_DATA, H.CSUM_DIFF, H.GET_CGROUP_CLASSID, H.GET_HASH_RECALC,
-                                 H.PERF_EVENT_OUTPUT} | (lwt_xmit_helpers if kind is ProgType.LWT_XMIT else set()),
+            _allowed(kind),
             readable=_all_but(sk, ("tc_classid", *sk_common, "data_meta", "tstamp", "wire_len", "hwtstamp",
                                    "flow_keys", "sk", "tstamp_type")),
             writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, packet=True,
@@ -467,36 +458,31 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(
             ProgType.CGROUP_SOCK, "cgroup_sock", BpfSock,
             ("cgroup/sock", "cgroup/sock_create", "cgroup/sock_release", "cgroup/post_bind4", "cgroup/post_bind6"),
-            _BASE | _CGROUP | {H.GET_SOCKET_COOKIE, H.GET_NETNS_COOKIE},
+            _allowed(ProgType.CGROUP_SOCK),
             readable=_all_but(BpfSock, ()), writable=_spans(BpfSock, ("bound_dev_if", "mark", "priority")),
             ret_range=(0, 1),
         ),
         ProgramType(
             ProgType.SOCK_OPS, "sock_ops", SockOps, ("sockops",),
-            _BASE | {H.SETSOCKOPT, H.GETSOCKOPT, H.SOCK_OPS_CB_FLAGS_SET, H.SOCK_MAP_UPDATE, H.SOCK_HASH_UPDATE,
-                     H.GET_SOCKET_COOKIE, H.GET_LOCAL_STORAGE, H.PERF_EVENT_OUTPUT, H.GET_NETNS_COOKIE,
-                     H.SK_STORAGE_GET, H.SK_STORAGE_DELETE},
+            _allowed(ProgType.SOCK_OPS),
             readable=_all_but(SockOps, ("sk", "skb_data", "skb_data_end")),
             writable=_spans(SockOps, ("args", "sk_txhash")), ret_range=(0, 1),
         ),
         ProgramType(
             ProgType.SK_SKB, "sk_skb", sk, ("sk_skb", "sk_skb/"),
-            _BASE | _SKB_READ | {H.SKB_STORE_BYTES, H.SKB_PULL_DATA, H.SKB_CHANGE_TAIL, H.SK_REDIRECT_MAP,
-                                 H.SK_REDIRECT_HASH},
+            _allowed(ProgType.SK_SKB),
             readable=_all_but(sk, ("tc_classid", "data_meta", "tstamp", "wire_len", "hwtstamp", "mark", "flow_keys",
                                    "sk", "tstamp_type")),
             writable=_spans(sk, ("tc_index", "priority")), pointer_fields=skb_ptrs, packet=True,
             packet_writable=True,
         ),
         ProgramType(
-            ProgType.CGROUP_DEVICE, "cgroup_device", CgroupDevCtx, ("cgroup/dev",), _BASE | _CGROUP,
+            ProgType.CGROUP_DEVICE, "cgroup_device", CgroupDevCtx, ("cgroup/dev",), _allowed(ProgType.CGROUP_DEVICE),
             readable=_all_but(CgroupDevCtx, ()), ret_range=(0, 1),
         ),
         ProgramType(
             ProgType.SK_MSG, "sk_msg", SkMsgMd, ("sk_msg",),
-            _BASE | {H.MSG_REDIRECT_MAP, H.MSG_REDIRECT_HASH, H.MSG_APPLY_BYTES, H.MSG_CORK_BYTES,
-                     H.MSG_PULL_DATA, H.MSG_PUSH_DATA, H.MSG_POP_DATA, H.GET_CURRENT_PID_TGID,
-                     H.GET_CURRENT_UID_GID, H.GET_CURRENT_CGROUP_ID, H.PERF_EVENT_OUTPUT},
+            _allowed(ProgType.SK_MSG),
             readable=_all_but(SkMsgMd, ("sk",)),
             # The kernel lets sk_msg programs write their message directly (may_access_direct_pkt_data).
             pointer_fields={SkMsgMd.data.offset: "packet", SkMsgMd.data_end.offset: "packet_end"}, packet=True,
@@ -506,20 +492,19 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             ProgType.CGROUP_SOCK_ADDR, "cgroup_sock_addr", SockAddr,
             (*(f"cgroup/{op}{v}" for op in ("bind", "connect", "sendmsg", "recvmsg", "getpeername", "getsockname")
                for v in ("4", "6")), "cgroup/sendmsg_unix", "cgroup/connect_unix"),
-            _BASE | _CGROUP | {H.BIND, H.GET_SOCKET_COOKIE, H.GET_NETNS_COOKIE, H.SETSOCKOPT, H.GETSOCKOPT},
+            _allowed(ProgType.CGROUP_SOCK_ADDR),
             readable=_all_but(SockAddr, ("sk",)),
             writable=_spans(SockAddr, ("user_ip4", "user_ip6", "user_port", "msg_src_ip4", "msg_src_ip6")),
             ret_range=(0, 1),
         ),
         ProgramType(
             ProgType.CGROUP_SYSCTL, "cgroup_sysctl", Sysctl, ("cgroup/sysctl",),
-            _BASE | _CGROUP | {H.SYSCTL_GET_NAME, H.SYSCTL_GET_CURRENT_VALUE, H.SYSCTL_GET_NEW_VALUE,
-                               H.SYSCTL_SET_NEW_VALUE},
+            _allowed(ProgType.CGROUP_SYSCTL),
             readable=_all_but(Sysctl, ()), writable=_spans(Sysctl, ("file_pos",)), ret_range=(0, 1),
         ),
     ]
     sched_act = types[1]
-    types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), sched_act.helpers,
+    types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), _allowed(ProgType.SCHED_ACT),
                              readable=sched_act.readable, writable=sched_act.writable,
                              pointer_fields=sched_act.pointer_fields, packet=True, packet_writable=True,
                              headroom=SKB_HEADROOM, tailroom=SKB_TAILROOM, ld_abs=True))

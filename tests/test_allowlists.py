@@ -1,0 +1,41 @@
+"""The helpers each program type may call are the kernel's: the measured lists of
+``jitbpf.linux.allowlists`` against the running kernel (as root, on the release they were
+measured on), and what jitbpf's verifier says of one call of each helper."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from jitbpf.asm import assemble
+from jitbpf.errors import VerifierError
+from jitbpf.linux.allowlists import ALLOWED, MEASURED_ON
+from jitbpf.linux.helperids import KERNEL_HELPER_IDS
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType
+from jitbpf.vm import VM
+from tests import kernel_oracle
+from tools.allowlists import allowed
+
+MEASURED = sorted(ProgType(t) for t in ALLOWED)
+
+
+def test_every_type_that_loads_without_a_target_is_measured() -> None:
+    assert set(MEASURED) == {t for t, info in PROGRAM_TYPES.items() if not info.btf_typed}
+    assert all(PROGRAM_TYPES[t].helpers == ALLOWED[int(t)] for t in MEASURED)
+
+
+@pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
+@pytest.mark.skipif(".".join(platform.release().split(".")[:2]) != MEASURED_ON,
+                    reason=f"the lists were measured on Linux {MEASURED_ON}")
+@pytest.mark.parametrize("prog_type", MEASURED, ids=[PROGRAM_TYPES[t].name for t in MEASURED])
+def test_the_lists_are_the_running_kernels(prog_type: ProgType) -> None:
+    assert allowed(prog_type) == sorted(ALLOWED[int(prog_type)])
+
+
+@pytest.mark.parametrize("prog_type", MEASURED, ids=[PROGRAM_TYPES[t].name for t in MEASURED])
+def test_a_refused_helper_is_named(prog_type: ProgType) -> None:
+    refused = next(h for h in KERNEL_HELPER_IDS if h not in ALLOWED[int(prog_type)])
+    vm = VM(assemble(f"call {refused}\nmov r0, 0\nexit"), prog_type=prog_type)
+    with pytest.raises(VerifierError, match=f"may not call helper .*#{refused}"):
+        vm.check()

@@ -1,0 +1,77 @@
+"""Write ``jitbpf/linux/allowlists.py``: which kernel helpers each program type may call, as the
+running kernel answers a privileged loader. Each helper id is loaded once per program type as
+``call N; r0 = 0; exit``: a log saying the type cannot use it (or knows no such function) is a
+refusal, anything else (a load, or a complaint about the arguments) an allowance.
+Usage (as root): .venv/bin/python tools/allowlists.py"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jitbpf.asm import assemble
+from jitbpf.linux.helperids import KERNEL_HELPER_IDS
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType
+from tests import kernel_oracle
+
+OUT = Path(__file__).resolve().parents[1] / "jitbpf" / "linux" / "allowlists.py"
+REFUSALS = ("cannot use helper", "unknown func", "invalid func", "not supported for program type")
+# The attach type each type is measured with where the kernel wants one (its lists depend on it):
+# cgroup/connect4 (which may call bpf_bind) and cgroup/sock_create.
+ATTACH = {ProgType.CGROUP_SOCK_ADDR: 10, ProgType.CGROUP_SOCK: 2}
+
+
+def allowed(prog_type: ProgType) -> list[int]:
+    """The helper ids the kernel lets a program of ``prog_type`` call."""
+    out = []
+    for hid in KERNEL_HELPER_IDS:
+        verdict = kernel_oracle.kernel_verify(assemble(f"call {hid}\nmov r0, 0\nexit"), int(prog_type),
+                                              expected_attach_type=ATTACH.get(prog_type, 0))
+        if verdict.accepted or not any(r in verdict.log for r in REFUSALS):
+            out.append(hid)
+    return out
+
+
+def main() -> int:
+    if not kernel_oracle.available():
+        print("needs root and the BPF syscall", file=sys.stderr)
+        return 2
+    rows = []
+    for prog_type, info in sorted(PROGRAM_TYPES.items()):
+        if info.btf_typed:
+            continue  # loading those needs an attach target: their lists stay written by hand
+        ids = allowed(prog_type)
+        lines, line = [], "    "
+        for hid in ids:
+            item = f"{hid}, "
+            if len(line) + len(item) > 112:
+                lines.append(line.rstrip())
+                line = "    "
+            line += item
+        lines.append(line.rstrip())
+        body = "\n".join(f"        {x.strip()}" for x in lines)
+        rows.append(f"    {int(prog_type)}: frozenset({{  # {info.name}\n{body}\n    }}),")
+    release = ".".join(platform.release().split(".")[:2])
+    OUT.write_text(f'''"""The kernel helpers each program type may call, by program type number: what Linux
+{release} answers a privileged loader, measured by ``tools/allowlists.py`` (one load of each helper
+id per type). Program types that need an attach target to load (the BTF-typed ones) are not
+measured: ``jitbpf.linux.programs`` lists theirs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+MEASURED_ON = "{release}"  # the kernel release (major.minor) measured
+
+ALLOWED: Mapping[int, frozenset[int]] = MappingProxyType({{
+''' + "\n".join(rows) + "\n})\n")
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
