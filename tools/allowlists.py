@@ -17,6 +17,7 @@ from jitbpf.linux.helperids import KERNEL_HELPER_IDS
 from jitbpf.linux.programs import PROGRAM_TYPES, ProgType
 from tests import kernel_oracle
 
+PROGRAM_TYPES_BY_NAME = {info.name: t for t, info in PROGRAM_TYPES.items()}
 OUT = Path(__file__).resolve().parents[1] / "jitbpf" / "linux" / "allowlists.py"
 REFUSALS = ("cannot use helper", "unknown func", "invalid func", "not supported for program type")
 # The attach type each type is measured with where the kernel wants one (its lists depend on it):
@@ -39,21 +40,25 @@ def main() -> int:
     if not kernel_oracle.available():
         print("needs root and the BPF syscall", file=sys.stderr)
         return 2
-    rows = []
+    lists: dict[tuple[int, ...], list[str]] = {}  # each distinct list, with the types that have it
     for prog_type, info in sorted(PROGRAM_TYPES.items()):
         if info.btf_typed:
             continue  # loading those needs an attach target: their lists stay written by hand
-        ids = allowed(prog_type)
-        lines, line = [], "    "
+        lists.setdefault(tuple(allowed(prog_type)), []).append(info.name)
+    sets, rows = [], []
+    for ids, names in lists.items():
+        lines, line = [], ""
         for hid in ids:
             item = f"{hid}, "
             if len(line) + len(item) > 112:
                 lines.append(line.rstrip())
-                line = "    "
+                line = ""
             line += item
         lines.append(line.rstrip())
-        body = "\n".join(f"        {x.strip()}" for x in lines)
-        rows.append(f"    {int(prog_type)}: frozenset({{  # {info.name}\n{body}\n    }}),")
+        body = "\n".join(f"    {x}" for x in lines)
+        var = f"_{names[0].upper()}"
+        sets.append(f"{var} = frozenset({{  # {', '.join(names)}\n{body}\n}})")
+        rows += [f"    {int(PROGRAM_TYPES_BY_NAME[n])}: {var},  # {n}" for n in names]
     release = ".".join(platform.release().split(".")[:2])
     OUT.write_text(f'''"""The kernel helpers each program type may call, by program type number: what Linux
 {release} answers a privileged loader, measured by ``tools/allowlists.py`` (one load of each helper
@@ -67,8 +72,10 @@ from types import MappingProxyType
 
 MEASURED_ON = "{release}"  # the kernel release (major.minor) measured
 
-ALLOWED: Mapping[int, frozenset[int]] = MappingProxyType({{
-''' + "\n".join(rows) + "\n})\n")
+''' + "\n\n".join(sets) + '''
+
+ALLOWED: Mapping[int, frozenset[int]] = MappingProxyType({
+''' + "\n".join(sorted(rows, key=lambda r: int(r.split(":")[0]))) + "\n})\n")
     print(f"wrote {OUT}")
     return 0
 
