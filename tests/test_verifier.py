@@ -359,6 +359,9 @@ def test_map_lookup_with_null_check() -> None:
     LOOKUP_KEY.replace("map:m", "map:w") + "jeq r0, 0, +1\nstdw [r0+8], 1\nmov r0, 0\nexit",  # writes go
     "mov r1, 0\nmov r2, 0\ncall 8\nmov r0, 0\nexit",  # NULL and size 0 where the helper takes NULL
     "stdw [r10-8], 0\nmov r1, r10\nadd r1, -8\nmov r2, 0\ncall 5\nmov r0, 0\nexit",  # a pointer and size 0
+    # equal to a pointer that is not null, a possibly-null one is not null either
+    LOOKUP_KEY + "mov r6, r0\n" + LOOKUP_KEY + "mov r7, r0\njeq r6, 0, +2\njne r6, r7, +1\nldxw r0, [r7+0]\n"
+    "mov r0, 0\nexit",
 ])
 def test_accepted_at_the_edge_of_a_rule(source: str) -> None:
     verify(prog(source, maps={"m": 3, "w": 6}), helpers=HELPERS, maps=MAPS)

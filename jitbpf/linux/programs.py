@@ -443,7 +443,8 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             ProgType.CGROUP_SKB, "cgroup_skb", sk, ("cgroup_skb/", "cgroup/skb"),
             _allowed(ProgType.CGROUP_SKB),
             readable=_all_but(sk, ("tc_classid", "data_meta", "wire_len", "flow_keys", "sk", "tstamp_type")),
-            writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, ret_range=(0, 1),
+            # tstamp: for a privileged loader (CAP_SYS_ADMIN), as jitbpf loads
+            writable=_spans(sk, ("mark", "priority", "cb", "tstamp")), pointer_fields=skb_ptrs, ret_range=(0, 1),
             packet=True,
         ),
         *(ProgramType(

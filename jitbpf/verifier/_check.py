@@ -772,7 +772,8 @@ class Checker:
         dst = self._read(regs, d)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
             a, b = dst.var, src.var
-            if not a.mask and not b.mask and info.width == 64:  # constants fold (loop counters)
+            # Constants fold (loop counters), but for shifts by the width or more: those give unknowns.
+            if not a.mask and not b.mask and info.width == 64 and (b.value < 64 or op not in sc.SHIFTS):
                 regs[d] = Reg(Pt.SCALAR, sc.const(sc.exact(op, a.value, b.value, 64, info.signed)))
                 return
             regs[d] = Reg(Pt.SCALAR, sc.alu_width(op, a, b, info.width, info.signed))
@@ -1308,6 +1309,16 @@ class Checker:
                     elif reg_src:
                         self._precise(insn.src)
                     return (None, st) if op == JmpOp.JEQ else (st, None)  # decided, as the kernel does
+            # Two pointers, one possibly null: where they are equal, that one is not null either
+            # (the kernel's rule, for the register compared only).
+            nullable = (a.type in POINTER_OR_NULL, b.type in POINTER_OR_NULL)
+            if reg_src and a.is_pointer and b.is_pointer and nullable[0] != nullable[1] \
+                    and not {a.type, b.type} & {Pt.PTR_TO_BTF_ID, Pt.PTR_TO_BTF_ID_OR_NULL}:
+                other = st.copy()
+                equal = other if op == JmpOp.JEQ else st
+                r = insn.dst if nullable[0] else insn.src
+                equal.frames[-1].regs[r] = self._non_null(equal.frames[-1].regs[r])
+                return other, st
         if op not in (JmpOp.JGT, JmpOp.JGE, JmpOp.JLT, JmpOp.JLE):
             return None
         # Packet bounds: a packet pointer compared with the packet end (or metadata with the

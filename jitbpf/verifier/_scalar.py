@@ -276,9 +276,14 @@ def exact(op: int, a: int, b: int, bits: int, signed: bool) -> int:
     return alu_function(op, bits, signed and op in (AluOp.DIV, AluOp.MOD))(a, b)
 
 
+SHIFTS = frozenset({AluOp.LSH, AluOp.RSH, AluOp.ARSH})  # their counts are taken modulo the width
+
+
 def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scalar:
     """The set of results of ``a OP b`` computed at ``bits`` bits (operands already projected)."""
     full = (1 << bits) - 1
+    if op in SHIFTS and b.umax >= bits:
+        return unknown(bits)  # a count that may reach the width: the kernel knows nothing of the result
     if a.mask == 0 and b.mask == 0:
         return const(exact(op, a.value, b.value, bits, signed), bits)
     top = unknown(bits)
