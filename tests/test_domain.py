@@ -24,7 +24,8 @@ MEMBERS = 6  # concrete members checked per abstract value
 def contains(s: sc.Scalar, x: int, bits: int = 64) -> bool:
     """Whether the ``bits``-bit integer ``x`` (unsigned) is a member of ``s``."""
     return (x & ~s.mask == s.value and s.umin <= x <= s.umax
-            and s.smin <= sc.to_signed(x, bits) <= s.smax)
+            and s.smin <= sc.to_signed(x, bits) <= s.smax
+            and (s.low32 is None or contains(s.low32, x & 0xFFFF_FFFF, 32)))
 
 
 @st.composite
@@ -38,7 +39,8 @@ def abstract(draw: st.DrawFn, bits: int) -> tuple[sc.Scalar, list[int]]:
     s = sc.const(seeds[0], bits)
     for x in seeds[1:]:
         s = sc.join(s, sc.const(x, bits), bits)
-    how = draw(st.sampled_from(["join", "tnum", "urange", "srange", "full"]))
+    how = draw(st.sampled_from(["join", "tnum", "urange", "srange", "full", "low32"] if bits == 64
+                               else ["join", "tnum", "urange", "srange", "full"]))
     if how == "tnum":
         extra = draw(st.integers(0, full))
         s = sc.join(s, sc.const(seeds[0] ^ extra, bits), bits)
@@ -53,11 +55,21 @@ def abstract(draw: st.DrawFn, bits: int) -> tuple[sc.Scalar, list[int]]:
         seeds = [lo & full, hi & full]
     elif how == "full":
         s = sc.unknown(bits)
+    elif how == "low32":
+        # what a 32-bit comparison leaves: the low halves in a 32-bit range, the upper ones anything
+        lo, hi = sorted(draw(st.integers(0, 0xFFFF_FFFF)) for _ in range(2))
+        upper = draw(st.sampled_from([sc.unknown(), s]))
+        got = sc.make(upper.value, upper.mask, upper.umin, upper.umax, upper.smin, upper.smax,
+                      low32=sc.urange(lo, hi, 32))
+        assume(got is not None)
+        assert got is not None
+        s = got
+        seeds = [(x & ~0xFFFF_FFFF) | lo for x in seeds] + [(x & ~0xFFFF_FFFF) | hi for x in seeds]
     randoms = draw(st.lists(st.integers(0, full), min_size=MEMBERS, max_size=MEMBERS))
     candidates = seeds + [s.value | (r & s.mask) for r in randoms]
     candidates += [s.umin, s.umax, s.smin & full, s.smax & full]
     members = sorted({x for x in candidates if contains(s, x, bits)})
-    assert members or how in ("urange", "srange"), (s, seeds)
+    assert members or how in ("urange", "srange", "low32"), (s, seeds)
     assume(members)
     return s, members[:MEMBERS + 4]
 

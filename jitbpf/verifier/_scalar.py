@@ -17,6 +17,10 @@ class Scalar(NamedTuple):
     Known bits work like a ternary number: bits set in ``mask`` are unknown, the others equal the
     same bit of ``value`` (which is zero where ``mask`` is set). The width is not stored: 64 bits
     for register values, and 8/16/32 only transiently while computing narrower operations.
+
+    A 64-bit set may also say which 32-bit set its low halves lie in (``low32``), beyond what the
+    other fields imply: what a 32-bit comparison learnt of a value whose upper half is unknown.
+    It is None when it would add nothing, so that equal sets compare equal.
     """
 
     value: int  # known bits (zero where unknown)
@@ -25,6 +29,7 @@ class Scalar(NamedTuple):
     umax: int  # unsigned upper bound
     smin: int  # signed lower bound
     smax: int  # signed upper bound
+    low32: Scalar | None = None  # the 32-bit set the low halves lie in (64-bit sets only), if narrower
 
     @property
     def is_const(self) -> bool:
@@ -42,6 +47,8 @@ class Scalar(NamedTuple):
             parts.append(f"s[{self.smin}, {self.smax}]")
         if self.mask != M64 and (self.value or (self.mask + 1) & self.mask):
             parts.append(f"bits={self.value:#x}/{self.mask:#x}")
+        if self.low32 is not None:
+            parts.append(f"w32=[{self.low32.umin:#x}, {self.low32.umax:#x}]")
         return "scalar(" + ", ".join(parts) + ")" if parts else "scalar"
 
 
@@ -127,13 +134,39 @@ def _tnum_xor(a: Scalar, b: Scalar) -> tuple[int, int]:
     return (a.value ^ b.value) & ~mu, mu
 
 
-def make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bits: int = 64) -> Scalar | None:
+def make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bits: int = 64,
+         low32: Scalar | None = None) -> Scalar | None:
     """Normalise a description to its tightest form, or None when it describes no integer.
 
     The three views constrain each other: known bits bound both ranges, a range that stays on
     one side of the sign boundary is the same set as the other range, and a range fixes a
-    prefix of bits.
+    prefix of bits. A 64-bit set's ``low32`` (the 32-bit set its low halves lie in) bounds its
+    low bits, and the whole value once the upper half is known.
     """
+    r = _make(value, mask, umin, umax, smin, smax, bits)
+    if low32 is None or r is None or bits != 64 or r.mask == 0:
+        return r
+    plain = _project(r, 32)
+    low = meet(plain, low32, 32)
+    if low is None:
+        return None
+    if low == plain:
+        return r
+    if r.mask >> 32 == 0:  # the upper half is known: the low half's set is the whole story
+        hi = r.value & ~M32
+        return _make(hi | low.value, low.mask, max(r.umin, hi + low.umin), min(r.umax, hi + low.umax), r.smin,
+                     r.smax, 64)
+    r = _make((r.value & ~M32) | low.value, (r.mask & ~M32) | low.mask, r.umin, r.umax, r.smin, r.smax, 64)
+    if r is None:
+        return None
+    plain = _project(r, 32)
+    low = meet(plain, low, 32)
+    if low is None:
+        return None
+    return r if low == plain else r._replace(low32=low)
+
+
+def _make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bits: int) -> Scalar | None:
     full = (1 << bits) - 1
     sign = 1 << (bits - 1)
     mod = 1 << bits
@@ -240,6 +273,16 @@ def project(a: Scalar, bits: int) -> Scalar:
     """The low ``bits`` bits of every member of the 64-bit set ``a`` (as a ``bits``-bit set)."""
     if bits == 64:
         return a
+    p = _project(a, bits)
+    if a.low32 is None:
+        return p
+    low = project(a.low32, bits) if bits < 32 else a.low32
+    m = meet(p, low, bits)
+    return p if m is None else m
+
+
+def _project(a: Scalar, bits: int) -> Scalar:
+    """``project`` from the 64-bit fields only."""
     m = (1 << bits) - 1
     if a.mask == 0:
         return const(a.value, bits)
@@ -263,7 +306,7 @@ def sign_extend(a: Scalar, bits: int) -> Scalar:
         value, mask = a.value | (M64 & ~((1 << bits) - 1)), a.mask
     else:
         value, mask = a.value, a.mask
-    s = make(value, mask, 0, M64, a.smin, a.smax)
+    s = make(value, mask, 0, M64, a.smin, a.smax, low32=a if bits == 32 else None)
     assert s is not None
     return s
 
@@ -276,6 +319,8 @@ def exact(op: int, a: int, b: int, bits: int, signed: bool) -> int:
     return alu_function(op, bits, signed and op in (AluOp.DIV, AluOp.MOD))(a, b)
 
 
+# Operations whose result's low 32 bits depend on the operands' low 32 bits only.
+_LOW_HALF_OPS = frozenset({AluOp.ADD, AluOp.SUB, AluOp.MUL, AluOp.AND, AluOp.OR, AluOp.XOR, AluOp.NEG})
 SHIFTS = frozenset({AluOp.LSH, AluOp.RSH, AluOp.ARSH})  # their counts are taken modulo the width
 
 
@@ -363,7 +408,11 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
                 smin, smax = min(a.smin >> lo, a.smin >> hi), max(a.smax >> lo, a.smax >> hi)
         case _:
             raise InternalError(f"ALU operation {op:#x}")
-    s = make(value, mask, umin, umax, smin, smax, bits)
+    low = None
+    if bits == 64 and (a.low32 or b.low32) and op in _LOW_HALF_OPS:
+        # The low halves' own result (a NEG's operands were swapped into 0 - a above).
+        low = alu(AluOp.SUB if op == AluOp.NEG else op, project(a, 32), project(b, 32), 32, signed)
+    s = make(value, mask, umin, umax, smin, smax, bits, low)
     return s if s is not None else top
 
 
@@ -399,6 +448,7 @@ def within(new: Scalar, old: Scalar) -> bool:
         and new.smax <= old.smax
         and new.mask & ~old.mask == 0
         and new.value & ~old.mask == old.value
+        and (old.low32 is None or within(project(new, 32), old.low32))
     )
 
 
@@ -407,8 +457,9 @@ def join(a: Scalar, b: Scalar, bits: int = 64) -> Scalar:
     if a == b:
         return a
     mu = a.mask | b.mask | (a.value ^ b.value)
+    low = join(project(a, 32), project(b, 32), 32) if bits == 64 and (a.low32 or b.low32) else None
     s = make(a.value & ~mu, mu, min(a.umin, b.umin), max(a.umax, b.umax), min(a.smin, b.smin),
-             max(a.smax, b.smax), bits)
+             max(a.smax, b.smax), bits, low)
     assert s is not None
     return s
 
@@ -419,8 +470,13 @@ def meet(a: Scalar, b: Scalar, bits: int = 64) -> Scalar | None:
     if (a.value ^ b.value) & ~a.mask & ~b.mask:
         return None
     mu = a.mask & b.mask
+    low = None
+    if bits == 64 and (a.low32 or b.low32):
+        low = meet(project(a, 32), project(b, 32), 32)
+        if low is None:
+            return None
     return make((a.value | b.value) & ~mu, mu, max(a.umin, b.umin), min(a.umax, b.umax),
-                max(a.smin, b.smin), min(a.smax, b.smax), bits)
+                max(a.smin, b.smin), min(a.smax, b.smax), bits, low)
 
 
 # -- branch refinement -----------------------------------------------------------------------------
@@ -432,7 +488,7 @@ def _bounded(a: Scalar, *, umin: int | None = None, umax: int | None = None, smi
              smax: int | None = None, bits: int = 64) -> Scalar | None:
     return make(a.value, a.mask, a.umin if umin is None else max(a.umin, umin),
                 a.umax if umax is None else min(a.umax, umax), a.smin if smin is None else max(a.smin, smin),
-                a.smax if smax is None else min(a.smax, smax), bits)
+                a.smax if smax is None else min(a.smax, smax), bits, a.low32)
 
 
 def _lt(a: Scalar, b: Scalar, strict: bool, signed: bool, bits: int) -> Pair:
@@ -474,7 +530,7 @@ def _shave(a: Scalar, c: Scalar, bits: int) -> Scalar | None:
         smin += 1
     if smax == c.smin:
         smax -= 1
-    return make(a.value, a.mask, umin, umax, smin, smax, bits)
+    return make(a.value, a.mask, umin, umax, smin, smax, bits, a.low32)
 
 
 def _set(a: Scalar, b: Scalar, bits: int) -> Pair:
@@ -482,7 +538,7 @@ def _set(a: Scalar, b: Scalar, bits: int) -> Pair:
     if (a.value | a.mask) & (b.value | b.mask) == 0:
         return None
     if b.mask == 0 and b.value and b.value & (b.value - 1) == 0:
-        ra = make(a.value | b.value, a.mask & ~b.value, a.umin, a.umax, a.smin, a.smax, bits)
+        ra = make(a.value | b.value, a.mask & ~b.value, a.umin, a.umax, a.smin, a.smax, bits, a.low32)
         return None if ra is None else (ra, b)
     return a, b
 
@@ -492,10 +548,10 @@ def _clear(a: Scalar, b: Scalar, bits: int) -> Pair:
     if a.value & b.value:
         return None
     if b.mask == 0:
-        ra = make(a.value & ~b.value, a.mask & ~b.value, a.umin, a.umax, a.smin, a.smax, bits)
+        ra = make(a.value & ~b.value, a.mask & ~b.value, a.umin, a.umax, a.smin, a.smax, bits, a.low32)
         return None if ra is None else (ra, b)
     if a.mask == 0:
-        rb = make(b.value & ~a.value, b.mask & ~a.value, b.umin, b.umax, b.smin, b.smax, bits)
+        rb = make(b.value & ~a.value, b.mask & ~a.value, b.umin, b.umax, b.smin, b.smax, bits, b.low32)
         return None if rb is None else (a, rb)
     return a, b
 
@@ -565,6 +621,4 @@ def _lift(p: Pair, a: Scalar, b: Scalar) -> Pair:
 def _lift_one(low: Scalar, full: Scalar) -> Scalar | None:
     value = (full.value & ~M32) | low.value
     mask = (full.mask & ~M32) | low.mask
-    if full.umax <= M32:
-        return make(value, mask, max(full.umin, low.umin), min(full.umax, low.umax), full.smin, full.smax)
-    return make(value, mask, full.umin, full.umax, full.smin, full.smax)
+    return make(value, mask, full.umin, full.umax, full.smin, full.smax, low32=low)
