@@ -362,6 +362,10 @@ def test_map_lookup_with_null_check() -> None:
     # equal to a pointer that is not null, a possibly-null one is not null either
     LOOKUP_KEY + "mov r6, r0\n" + LOOKUP_KEY + "mov r7, r0\njeq r6, 0, +2\njne r6, r7, +1\nldxw r0, [r7+0]\n"
     "mov r0, 0\nexit",
+    # r1 = r0 + 4 stays linked to r0: r1 >= 10 makes r0 >= 6, and the division dead code
+    "ldxb r0, [r1+0]\nmov r1, r0\nadd r1, 4\njlt r1, 10, +2\njge r0, 6, +1\ndiv r0, 0\nmov r0, 0\nexit",
+    # ... and a jmp32 test remembered in the low half decides a later one against a register
+    "ldxdw r0, [r1+0]\njlt32 r0, 4, +2\nmov32 r2, 3\njeq32 r0, r2, +1\nja +1\ndiv r0, 0\nmov r0, 0\nexit",
 ])
 def test_accepted_at_the_edge_of_a_rule(source: str) -> None:
     verify(prog(source, maps={"m": 3, "w": 6}), helpers=HELPERS, maps=MAPS)

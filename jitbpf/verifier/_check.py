@@ -50,6 +50,7 @@ COMPLEXITY_LIMIT = 1_000_000  # instructions processed before a program is "too 
 MAX_VISITS = 32  # states remembered per prune point (the oldest are forgotten first)
 CHECKPOINT_GAP = 8  # instructions along a path between two states remembered inside a loop
 MERGE_AFTER = 4  # remembered states at a join point outside loops before new arrivals are merged
+MAX_LINK_OFFSET = (1 << 31) - 1  # largest constant an add may put between linked scalars (the kernel's)
 MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
@@ -776,7 +777,14 @@ class Checker:
             if not a.mask and not b.mask and info.width == 64 and (b.value < 64 or op not in sc.SHIFTS):
                 regs[d] = Reg(Pt.SCALAR, sc.const(sc.exact(op, a.value, b.value, 64, info.signed)))
                 return
-            regs[d] = Reg(Pt.SCALAR, sc.alu_width(op, a, b, info.width, info.signed))
+            result = sc.alu_width(op, a, b, info.width, info.signed)
+            if dst.id and not dst.off and op == AluOp.ADD and info.width == 64 and not b.mask \
+                    and b.value <= MAX_LINK_OFFSET:
+                # Still linked to its copies, at a known distance: what a branch learns of one
+                # holds for the others, shifted by it (the kernel's linked registers with offset).
+                regs[d] = Reg(Pt.SCALAR, result, off=b.value, id=dst.id)
+                return
+            regs[d] = Reg(Pt.SCALAR, result)
             return
         regs[d] = self._pointer_alu(insn, info, dst, src)
 
@@ -1280,7 +1288,12 @@ class Checker:
             return
         st.frames[-1].regs[r] = old._replace(var=value)
         if old.id:
-            st.replace_linked(old.id, (Pt.SCALAR,), lambda reg: reg._replace(var=value))
+            def shifted(reg: Reg) -> Reg:  # a copy at another distance from the same value
+                if reg.off == old.off:
+                    return reg._replace(var=value)
+                return reg._replace(var=sc.alu(AluOp.ADD, value, sc.const(reg.off - old.off), 64))
+
+            st.replace_linked(old.id, (Pt.SCALAR,), shifted)
 
     def _refine_scalars(self, st: State, insn: Instruction, info: OpInfo, a: Reg, b: Reg,
                         pair: tuple[sc.Scalar, sc.Scalar]) -> None:

@@ -214,7 +214,8 @@ def reg_within(old: Reg, new: Reg, ids: _IdMap | None, precise: bool = True) -> 
         return False
     if t is RegType.SCALAR:
         return ((not precise or sc.within(new.var, old.var))
-                and (not old.id or ids is None or ids.ok(old.id, new.id)))
+                and (not old.id or ids is None or (ids.ok(old.id, new.id)
+                                                   and (old.off == new.off or old.id not in ids.shared))))
     if old.off != new.off or old.aux != new.aux or new.range < old.range or old.ref != new.ref:
         return False
     if not sc.within(new.var, old.var):

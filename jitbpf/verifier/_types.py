@@ -159,12 +159,13 @@ class Reg(NamedTuple):
 
     A pointer's offset is ``off`` (exact) plus ``var`` (a range, constant 0 when exact); for a
     scalar ``var`` is the value itself. Copies share a non-zero ``id`` so that what a branch
-    learns about one (a bound, a null check, a packet range) applies to all of them.
+    learns about one (a bound, a null check, a packet range) applies to all of them; linked
+    scalars differ by their ``off`` (a copy with a constant added).
     """
 
     type: RegType  # what kind of value
     var: Scalar = ZERO  # the scalar value, or the variable part of a pointer's offset
-    off: int = 0  # exact part of a pointer's offset
+    off: int = 0  # exact part of a pointer's offset; a linked scalar's distance from its copies
     id: int = 0  # link between copies (0 = none)
     range: int = 0  # packet pointers: bytes [0, range) past (start + var) are inside the packet; buffers: size
     aux: int = 0  # frame index (stack pointers), map handle (map pointers) or BTF type id (BTF pointers)
