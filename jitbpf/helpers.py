@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from jitbpf.contract import CallbackKind
 from jitbpf.contract import HelperExit as HelperExit  # re-exported: helpers raise it
+from jitbpf.errors import ExecutionError
 from jitbpf.isa import MASK64
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ class RetType(enum.Enum):
     # RELEASED argument before it exits (a ring buffer record)
     ACQUIRED_MEM_OR_NULL = "acquired_mem_or_null"
     VOID = "void"  # nothing usable: r0 is unreadable afterwards
+    # a count of bytes written, at most the largest value of the SIZE argument, or a negative
+    # errno (-4095 at the lowest): bpf_get_stack, bpf_probe_read_str and the like
+    LENGTH_OR_ERRNO = "length_or_errno"
 
 
 # Arguments that carry a pointer the helper follows: a C helper trusts these, so it is called
@@ -70,6 +74,37 @@ POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, 
                           ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
                           ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK,
                           ArgType.BTF_OBJECT})
+
+
+MAX_ERRNO = 4095  # the most negative errno a helper returns
+
+
+class LengthChecked:
+    """A helper function whose result must be a length of at most its size argument, or a
+    negative errno (``RetType.LENGTH_OR_ERRNO``): anything else is an error of the helper."""
+
+    __slots__ = ("fn", "name", "size_arg")
+
+    def __init__(self, fn: HelperFn, name: str, size_arg: int) -> None:
+        self.fn, self.name, self.size_arg = fn, name, size_arg
+
+    def __call__(self, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        got = int(self.fn(r1, r2, r3, r4, r5)) & MASK64
+        size = (r1, r2, r3, r4, r5)[self.size_arg] & MASK64
+        signed = got - (1 << 64) if got >> 63 else got
+        if not -MAX_ERRNO <= signed <= size:
+            raise ExecutionError(f"helper {self.name} returned {signed}, neither a length of at most {size} "
+                                 "nor a negative errno")
+        return got
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LengthChecked) and (self.fn, self.size_arg) == (other.fn, other.size_arg)
+
+    def __hash__(self) -> int:
+        return hash((self.fn, self.size_arg))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return LengthChecked, (self.fn, self.name, self.size_arg)
 
 
 @dataclass(frozen=True)
@@ -95,7 +130,16 @@ class Helper:
     map_types: tuple[int, ...] = ()  # the map types its map argument takes (empty: any)
 
     def __post_init__(self) -> None:
-        self.signature  # noqa: B018  (names that are no argument or return type fail here, not at verification)
+        args, ret = self.signature  # names that are no argument or return type fail here, not at verification
+        if ret is RetType.LENGTH_OR_ERRNO and not isinstance(self.fn, LengthChecked):
+            # The verifier trusts the range, so every engine's call checks it (as C code cannot).
+            if self.native:
+                raise ValueError(f"helper {self.id} ({self.name}): a length_or_errno result is checked in "
+                                 "Python: give no native function")
+            sizes = [i for i, a in enumerate(args) if a in (ArgType.SIZE, ArgType.SIZE_OR_ZERO)]
+            if not sizes:
+                raise ValueError(f"helper {self.id} ({self.name}): a length_or_errno result needs a size argument")
+            object.__setattr__(self, "fn", LengthChecked(self.fn, self.name, sizes[0]))
 
     @property
     def signature(self) -> tuple[tuple[ArgType, ...], RetType]:

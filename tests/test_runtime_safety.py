@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from jitbpf import cfg
 from jitbpf.asm import assemble
 from jitbpf.errors import ExecutionError
+from jitbpf.helpers import Helper
 from jitbpf.isa import Program
 from jitbpf.jit.loops import plan_loops
 from jitbpf.jit.x86_64 import X86_64
@@ -262,3 +263,45 @@ def test_ctrl_c_stops_a_long_jit_run(method: str) -> None:
             proc.kill()
             pytest.fail("SIGINT did not stop the JIT run")
     assert out == "interrupted\n7\n", err
+
+
+# --- a helper's declared result range is what the verifier trusts: every call checks it -------
+
+# A buffer of 16 bytes on the stack, filled by helper 9; r0 - 1 indexes it (proven from r0's range).
+LENGTH_USER = """
+    mov r1, r10
+    add r1, -16
+    mov r2, 16
+    call 9
+    jsle r0, 0, +5
+    mov r3, r10
+    add r3, -16
+    add r3, r0
+    ldxb r0, [r3-1]
+    exit
+    mov r0, 0
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("returned", "ok"), [(16, True), (0, True), (-4095, True), (17, False), (-4096, False)])
+def test_a_length_result_out_of_its_range_is_the_helpers_error(engine: str, returned: int, ok: bool) -> None:
+    def fill(buf: int, size: int, *_: int) -> int:
+        return returned & (2**64 - 1)
+
+    vm = VM(assemble(LENGTH_USER), helpers=[Helper(9, "fill", fill, ("uninit_mem", "size"), "length_or_errno")])
+    vm.check()  # r0 - 1 in [0, 15]: the load needs no check
+    run = vm.execute_jit if engine == "jit" else vm.execute
+    if ok:
+        run(bytearray(8))
+    else:
+        with pytest.raises(ExecutionError, match="neither a length of at most 16 nor a negative errno"):
+            run(bytearray(8))
+
+
+def test_a_length_result_is_checked_in_python_only() -> None:
+    with pytest.raises(ValueError, match="give no native function"):
+        Helper(9, "fill", lambda *_: 0, ("uninit_mem", "size"), "length_or_errno", native=1)
+    with pytest.raises(ValueError, match="needs a size argument"):
+        Helper(9, "fill", lambda *_: 0, ("scalar",), "length_or_errno")

@@ -635,7 +635,8 @@ def test_declarations_are_checked() -> None:
                                          "released",
                                          "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero",
                                          "callback", "spin_lock", "spin_unlock", "btf_object"]
-    assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null"}
+    assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null",
+                                         "length_or_errno"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})
     with pytest.raises(ValueError, match="4 or 8 bytes, not 2"):

@@ -281,7 +281,7 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
         Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", constant("skb_hash"), ("ctx_read",)),
         Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", constant("socket_cookie"), ("ctx_read",)),
         Helper(H.GET_NETNS_COOKIE, "bpf_get_netns_cookie", constant("netns_cookie"), ("ctx_or_null",)),
-        *(Helper(hid, name, probe_read_str, ("uninit_mem", "size_or_zero", "anything"))
+        *(Helper(hid, name, probe_read_str, ("uninit_mem", "size_or_zero", "anything"), "length_or_errno")
           for hid, name in ((H.PROBE_READ_STR, "bpf_probe_read_str"),
                             (H.PROBE_READ_KERNEL_STR, "bpf_probe_read_kernel_str"),
                             (H.PROBE_READ_USER_STR, "bpf_probe_read_user_str"))),

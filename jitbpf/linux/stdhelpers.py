@@ -728,9 +728,10 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
                ("map", "scalar")),
         Helper(h.SKB_UNDER_CGROUP, "bpf_skb_under_cgroup", skb_under_cgroup, (ctx_arg, "map", "scalar")),
         Helper(h.GET_STACKID, "bpf_get_stackid", get_stackid, (ctx_arg, "map", "scalar")),
-        Helper(h.GET_STACK, "bpf_get_stack", get_stack, (ctx_arg, "uninit_mem", "size_or_zero", "scalar")),
+        Helper(h.GET_STACK, "bpf_get_stack", get_stack, (ctx_arg, "uninit_mem", "size_or_zero", "scalar"),
+               "length_or_errno"),
         Helper(h.GET_TASK_STACK, "bpf_get_task_stack", get_task_stack,
-               ("anything", "uninit_mem", "size_or_zero", "scalar")),
+               ("anything", "uninit_mem", "size_or_zero", "scalar"), "length_or_errno"),
         *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", "anything", "anything", "scalar"),
                  "map_value_or_null")
           for kind, mtype, get_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET),

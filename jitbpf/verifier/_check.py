@@ -10,7 +10,7 @@ from typing import NoReturn
 from jitbpf.cfg import ControlFlow
 from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, CallbackKind, scratch_args
 from jitbpf.errors import InternalError
-from jitbpf.helpers import Helper
+from jitbpf.helpers import MAX_ERRNO, Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
 from jitbpf.linux.maps import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
 from jitbpf.verifier import _scalar as sc
@@ -1492,6 +1492,7 @@ class Checker:
         pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
         released = 0
         alloc_size = 0
+        size_max = MAX_OFFSET  # the largest value of the size argument
         for i, kind in enumerate(args):
             r = i + 1
             nxt = args[i + 1] if i + 1 < len(args) else None
@@ -1542,6 +1543,7 @@ class Checker:
                         self.reject(f"r{r} {rule}: an unbounded size argument ({length}) of helper {hid}")
                     if kind is ArgType.SIZE and length.umin == 0:
                         self.reject(f"invalid zero-sized read: r{r} (size argument of helper {hid}) may be zero")
+                    size_max = length.umax
                     if pending is not None:
                         self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
                         pending = None
@@ -1574,6 +1576,8 @@ class Checker:
                 regs[0] = UNKNOWN_SCALAR
             case RetType.VOID:
                 regs[0] = NOT_INIT
+            case RetType.LENGTH_OR_ERRNO:
+                regs[0] = Reg(Pt.SCALAR, sc.srange(-MAX_ERRNO, size_max))
             case RetType.MAP_VALUE_OR_NULL:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
