@@ -379,6 +379,11 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
                 value, mask = (a.value << k) & full, (a.mask << k) & full
                 if a.umax << k <= full:
                     umin, umax = a.umin << k, a.umax << k
+                if k:
+                    # Read as signed, x << k is the low (bits - k) bits of x read as signed, times
+                    # 2**k: what keeps `<< 32; s>> 32` (a sign extension) bounded.
+                    low = project(a, bits - k) if bits == 64 else _project(a, bits - k)
+                    smin, smax = low.smin << k, low.smax << k
             elif b.umax < bits and a.umax << b.umax <= full:
                 # A bounded count (two paths with different constant counts met at a join): every
                 # count in range keeps the value's bits, so the bounds are those of the extremes.
