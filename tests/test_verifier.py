@@ -366,6 +366,9 @@ def test_map_lookup_with_null_check() -> None:
     "ldxb r0, [r1+0]\nmov r1, r0\nadd r1, 4\njlt r1, 10, +2\njge r0, 6, +1\ndiv r0, 0\nmov r0, 0\nexit",
     # ... and a jmp32 test remembered in the low half decides a later one against a register
     "ldxdw r0, [r1+0]\njlt32 r0, 4, +2\nmov32 r2, 3\njeq32 r0, r2, +1\nja +1\ndiv r0, 0\nmov r0, 0\nexit",
+    # a bounded scalar spilled by a 4-byte store at a slot's start keeps its bounds for a 4-byte fill
+    "ldxb r4, [r1+0]\nstxw [r10-8], r4\nldxw r4, [r10-8]\nmov r3, r10\nadd r3, -264\nadd r3, r4\n"
+    "stb [r3+0], 1\nmov r0, 0\nexit",
 ])
 def test_accepted_at_the_edge_of_a_rule(source: str) -> None:
     verify(prog(source, maps={"m": 3, "w": 6}), helpers=HELPERS, maps=MAPS)

@@ -1138,6 +1138,10 @@ class Checker:
                 frame.stack[start // 8] = value  # spill: the register's full state is kept
             elif value.type is Pt.SCALAR and value.var.is_const:
                 frame.write_bytes(start, tuple((value.var.value >> (8 * i)) & 0xFF for i in range(size)))
+            elif value.type is Pt.SCALAR and start % 8 == 0 and value.var != sc.UNKNOWN \
+                    and (rest := self._narrow_spill_rest(frame, start, size)) is not None:
+                # A narrow spill keeps the value for fills as narrow (the kernel's).
+                frame.stack[start // 8] = value._replace(range=size, aux=rest)
             else:
                 frame.write_bytes(start, (MISC,) * size)
             return None
@@ -1155,7 +1159,7 @@ class Checker:
             return None
         if (size != 8 or start % 8) and any(frame.pointer_spills(start, size)):
             self.reject(f"invalid size of register fill: {size} bytes of a spilled pointer through r{r}")
-        if start % 8 == 0 and type(slot) is Reg:
+        if start % 8 == 0 and type(slot) is Reg and size <= (slot.range or 8):
             if size == 8:
                 return slot
             if slot.type is Pt.SCALAR:  # the low bytes of a spilled scalar
@@ -1165,6 +1169,16 @@ class Checker:
             v = int.from_bytes(bytes(data), "little")
             return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
         return self._loaded(size, signed)
+
+    @staticmethod
+    def _narrow_spill_rest(frame: Frame, start: int, size: int) -> int | None:
+        """Whether a store of ``size`` < 8 bytes at the start of a slot may spill a scalar there:
+        when the rest of the slot is all written bytes (unknown from now on: 0) or all
+        never-written ones (which stay so: 1); else None."""
+        rest = frame.read_bytes(start + size, 8 - size)
+        if all(b == INVALID for b in rest):
+            return 1
+        return None if INVALID in rest else 0
 
     def _btf_value(self, arg: BtfArg) -> Reg:
         """The register a BTF-typed slot or field loads into: a bounded scalar, or a pointer."""

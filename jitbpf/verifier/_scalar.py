@@ -382,8 +382,8 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
                 if k:
                     # Read as signed, x << k is the low (bits - k) bits of x read as signed, times
                     # 2**k: what keeps `<< 32; s>> 32` (a sign extension) bounded.
-                    low = project(a, bits - k) if bits == 64 else _project(a, bits - k)
-                    smin, smax = low.smin << k, low.smax << k
+                    kept = project(a, bits - k) if bits == 64 else _project(a, bits - k)
+                    smin, smax = kept.smin << k, kept.smax << k
             elif b.umax < bits and a.umax << b.umax <= full:
                 # A bounded count (two paths with different constant counts met at a join): every
                 # count in range keeps the value's bits, so the bounds are those of the extremes.
@@ -413,7 +413,7 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
                 smin, smax = min(a.smin >> lo, a.smin >> hi), max(a.smax >> lo, a.smax >> hi)
         case _:
             raise InternalError(f"ALU operation {op:#x}")
-    low = None
+    low: Scalar | None = None
     if bits == 64 and (a.low32 or b.low32) and op in _LOW_HALF_OPS:
         # The low halves' own result (a NEG's operands were swapped into 0 - a above).
         low = alu(AluOp.SUB if op == AluOp.NEG else op, project(a, 32), project(b, 32), 32, signed)

@@ -16,7 +16,9 @@ SLOTS = STACK_SIZE // 8
 ALL_SLOTS = (1 << SLOTS) - 1
 
 # A stack slot (8 bytes at an 8-aligned offset) is None when no byte was written, a Reg when a
-# whole register was spilled there by an aligned 8-byte store, or else a tuple of 8 byte states
+# whole register was spilled there by an aligned 8-byte store (or, for a scalar whose ``range``
+# is 1, 2 or 4, by a store of that many bytes at the slot's start: the rest of the slot holds
+# unknown bytes, or never-written ones when its ``aux`` is 1), or else a tuple of 8 byte states
 # (INVALID, MISC, or the known byte value 0-255).
 Slot = Reg | tuple[int, ...] | None
 EMPTY_BYTES = (INVALID,) * 8
@@ -28,8 +30,13 @@ def slot_bytes(slot: Slot) -> tuple[int, ...]:
     if slot is None:
         return EMPTY_BYTES
     if isinstance(slot, Reg):
-        if slot.type is RegType.SCALAR and slot.var.mask == 0:
-            return tuple(slot.var.value.to_bytes(8, "little"))
+        if slot.type is RegType.SCALAR:
+            n = slot.range or 8  # a narrow spill: its low bytes, then unknown ones
+            low = sc.project(slot.var, 8 * n) if n < 8 else slot.var
+            rest = (INVALID if slot.aux else MISC,) * (8 - n)
+            if low.mask == 0:
+                return tuple(low.value.to_bytes(n, "little")) + rest
+            return (MISC,) * n + rest
         return MISC_BYTES
     return slot
 
@@ -213,7 +220,8 @@ def reg_within(old: Reg, new: Reg, ids: _IdMap | None, precise: bool = True) -> 
     if new.type is not t:
         return False
     if t is RegType.SCALAR:
-        return ((not precise or sc.within(new.var, old.var))
+        return (old.range == new.range and old.aux == new.aux  # a spill as wide (0 for registers, full spills)
+                and (not precise or sc.within(new.var, old.var))
                 and (not old.id or ids is None or (ids.ok(old.id, new.id)
                                                    and (old.off == new.off or old.id not in ids.shared))))
     if old.off != new.off or old.aux != new.aux or new.range < old.range or old.ref != new.ref:
@@ -238,6 +246,8 @@ def _slot_within(old: Slot, new: Slot, ids: _IdMap | None, precise: bool) -> boo
             return False
         if not precise or old.var == sc.UNKNOWN:
             return True
+        if old.range:  # a narrow spill whose value mattered: only an equal one is known to fit
+            return False
         return all(b >= 0 for b in nb) and sc.within(sc.const(int.from_bytes(bytes(nb), "little")), old.var)
     assert isinstance(old, tuple)
     if type(new) is Reg and new.type is not RegType.SCALAR:
@@ -337,7 +347,9 @@ def _join_reg(a: Reg, b: Reg) -> Reg | None:
     if a.type is not b.type:
         return None
     if a.type is RegType.SCALAR:
-        return Reg(RegType.SCALAR, sc.join(a.var, b.var))
+        if a.range != b.range or a.aux != b.aux:
+            return None  # spills of different widths: the slots merge as bytes
+        return Reg(RegType.SCALAR, sc.join(a.var, b.var), range=a.range, aux=a.aux)
     if a.off != b.off or a.aux != b.aux or a.id != b.id or a.ref != b.ref:
         return None
     return a._replace(var=sc.join(a.var, b.var), range=min(a.range, b.range))
