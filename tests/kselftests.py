@@ -7,6 +7,7 @@ compared with them, and with the running kernel's verdict when it can serve as t
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 import re
 import shutil
@@ -77,7 +78,8 @@ def _include_dir(out: Path, root: Path) -> Path:
 
 def build(root: Path, out: Path | None = None) -> Path:
     """Compile every source into ``out`` (default: a cache directory) unless all are up to date."""
-    out = out or cache_dir() / "kselftests"
+    # One build directory per data directory: evaluate() reads every object of it.
+    out = out or cache_dir() / "kselftests" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
     out.mkdir(parents=True, exist_ok=True)
     sources = sorted((root / "src").glob("verifier_*.c"))
     newest = max([p.stat().st_mtime for p in sources] + [(root / "compile.sh").stat().st_mtime])

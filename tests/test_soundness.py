@@ -177,9 +177,9 @@ CASES = [
     # 2. Helpers that write their buffer: a pointer spilled there is gone, and the buffer is
     # initialised afterwards.
     Case("pop-overwrites-a-spilled-pointer", SPILL_THEN_POP.format(helper=88), ProgType.SOCKET_FILTER,
-         "holds a scalar", "invalid mem access 'scalar'", (queue,)),
+         "invalid mem access 'scalar'", "invalid mem access 'scalar'", (queue,)),
     Case("peek-overwrites-a-spilled-pointer", SPILL_THEN_POP.format(helper=89), ProgType.SOCKET_FILTER,
-         "holds a scalar", "invalid mem access 'scalar'", (queue,)),
+         "invalid mem access 'scalar'", "invalid mem access 'scalar'", (queue,)),
     Case("pop-fills-uninitialised-stack", """
         lddw r1, map:Q
         mov r2, r10

@@ -718,12 +718,12 @@ class Checker:
     def _read(self, regs: list[Reg], r: int) -> Reg:
         reg = regs[r]
         if reg.type is Pt.NOT_INIT:
-            self.reject(f"read of uninitialised register r{r}")
+            self.reject(f"r{r} !read_ok: read of uninitialised register r{r}")
         return reg
 
     def _dst(self, r: int) -> None:
         if r == FP:
-            self.reject("frame pointer r10 is read only")
+            self.reject("frame pointer is read only (r10)")
 
     def _scalar_arg(self, regs: list[Reg], r: int, what: str) -> Reg:
         reg = self._read(regs, r)
@@ -799,7 +799,7 @@ class Checker:
         if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
             return self._pointer_difference(dst, src)
         if op == AluOp.ADD and dst.is_pointer and src.is_pointer:
-            self.reject("addition of two pointers makes an unknown pointer")
+            self.reject(f"r{insn.dst} pointer += pointer prohibited (an unknown pointer)")
         if op == AluOp.ADD and src.is_pointer:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
@@ -837,8 +837,8 @@ class Checker:
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
         if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC):
-            hint = " (compare it against 0 first)" if t in POINTER_OR_NULL else ""
-            self.reject(f"arithmetic on r{r} of type {t.value} is prohibited{hint}")
+            hint = ", null-check it first" if t in POINTER_OR_NULL else ""
+            self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
             return ptr  # memory of unknown size: every access keeps its runtime check anyway
         if s.is_const:
@@ -998,7 +998,7 @@ class Checker:
                 return self._ctx_access(ptr, r, off, size, mode, signed)
             case Pt.PTR_TO_PACKET | Pt.PTR_TO_PACKET_META:
                 if mode is Access.ATOMIC:
-                    self.reject(f"atomic operation on packet memory through r{r} is not allowed")
+                    self.reject(f"BPF_ATOMIC stores into r{r} pkt is not allowed")
                 if mode is Access.WRITE and not self.context.packet_writable:
                     self.reject("cannot write into packet")
                 self._packet_bounds(ptr, r, ptr.off + off, size)
@@ -1012,7 +1012,7 @@ class Checker:
                 if m is not None:
                     self._map_access_type(m, lo, size, read=mode is not Access.WRITE, write=mode is not Access.READ)
                 if m is not None and (lo < 0 or hi > m.value_size):
-                    self.reject(f"invalid access to map value, value_size={m.value_size} off={lo} size={size}")
+                    self._map_value_bounds(ptr, r, off, size, m.value_size)
                 self._note(m is not None)
                 if m is not None and mode is Access.READ and ptr.var.is_const and getattr(m, "frozen", False) \
                         and m.flags & BPF_F_RDONLY_PROG and m.max_entries == 1:
@@ -1031,17 +1031,19 @@ class Checker:
                 return self._btf_access(ptr, r, off, size, mode, signed)
             case (Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL | Pt.CONST_PTR_TO_MAP_OR_NULL
                   | Pt.PTR_TO_BTF_ID_OR_NULL | Pt.PTR_TO_MEM_OR_NULL):
-                self.reject(f"possible null pointer dereference: r{r} is {t.value} (compare it against 0 first)")
+                self.reject(f"r{r} invalid mem access '{t.value}': possible null pointer dereference "
+                            f"(compare it against 0 first)")
             case Pt.PTR_TO_PACKET_END:
-                self.reject(f"cannot access memory through r{r}, the packet end pointer")
+                self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through the packet end")
             case Pt.CONST_PTR_TO_MAP:
-                self.reject(f"cannot access memory through r{r}, a map pointer")
+                self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through a map pointer")
             case Pt.PTR_TO_FUNC:
-                self.reject(f"cannot access memory through r{r}, the address of a function")
+                self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through the address "
+                            f"of a function")
             case Pt.SCALAR:
-                self.reject(f"invalid memory access through r{r}: it holds a scalar, not a pointer")
+                self.reject(f"r{r} invalid mem access 'scalar': it holds a number, not a pointer")
             case Pt.NOT_INIT:
-                self.reject(f"read of uninitialised register r{r}")
+                self.reject(f"r{r} !read_ok: read of uninitialised register r{r}")
             case _:
                 raise InternalError(f"no rule for {t}")
         if mode is Access.READ:
@@ -1097,10 +1099,23 @@ class Checker:
         if read and m.flags & BPF_F_WRONLY_PROG:
             self.reject(f"read from map forbidden, value_size={m.value_size} off={lo} size={size}")
 
+    def _map_value_bounds(self, ptr: Reg, r: int, off: int, size: int, value_size: int) -> NoReturn:
+        """Reject an access outside a map value as the kernel words it: the end of the offset's
+        range that leaves the value, each end with the access it makes."""
+        off += ptr.off
+        if ptr.var.smin < 0 and ptr.var.smin + off < 0:
+            self.reject(f"r{r} min value is negative, either use unsigned index or do a if (index >=0) check.")
+        if ptr.var.smin + off < 0 or ptr.var.smin + off + size > value_size:
+            self.reject(f"invalid access to map value, value_size={value_size} off={ptr.var.smin + off} size={size}: "
+                        f"r{r} min value is outside of the allowed memory range")
+        self.reject(f"invalid access to map value, value_size={value_size} off={ptr.var.umax + off} size={size}: "
+                    f"r{r} max value is outside of the allowed memory range")
+
     def _var_bounds(self, ptr: Reg, r: int, off: int, size: int) -> tuple[int, int]:
         var = ptr.var
         if var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET:
-            self.reject(f"r{r} has an unbounded variable offset ({var})")
+            self.reject(f"r{r} unbounded memory access, make sure to bounds check any such access "
+                        f"(a variable offset {var})")
         return ptr.off + off + var.smin, ptr.off + off + var.smax + size
 
     def _stack_access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
@@ -1236,7 +1251,7 @@ class Checker:
         hi = lo + size
         assert ctx.size is not None
         if mode is Access.ATOMIC:
-            self.reject(f"atomic operation on the context through r{r} is not allowed")
+            self.reject(f"BPF_ATOMIC stores into r{r} ctx is not allowed")
         if ctx.args is not None:
             return self._btf_args_access(ctx.args, r, lo, size, mode)
         ranges = ctx.writable if mode is Access.WRITE else (ctx.readable or ((0, ctx.size),))
@@ -1409,7 +1424,8 @@ class Checker:
             case Pt.PTR_TO_STACK:
                 lo, hi = self._var_bounds(ptr, r, 0, hi_size)
                 if lo < STACK_BOTTOM or hi > 0:
-                    self.reject(f"r{r} ({kind.value} argument) points outside the stack: off={lo} size={hi - lo}")
+                    self.reject(f"invalid indirect access to stack r{r} off={lo} size={hi - lo} "
+                                f"({kind.value} argument outside the stack)")
                 entry = self._frame_entry(st, ptr.aux)
                 self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)
                 frame = st.frames[ptr.aux]
@@ -1420,9 +1436,9 @@ class Checker:
                     frame.smudge(start, hi - lo)
                     return
                 self._stack_read(ptr.aux, start, hi - lo)
-                if INVALID in frame.read_bytes(start, hi - lo):
-                    self._uninit_stack(f"r{r} ({kind.value} argument) points to uninitialised stack "
-                                       f"off={lo} size={hi - lo}")
+                if INVALID in (got := frame.read_bytes(start, hi - lo)):
+                    self._uninit_stack(f"invalid read from stack r{r} off {lo}+{got.index(INVALID)} size {hi - lo} "
+                                       f"({kind.value} argument: uninitialised stack)")
                 if kind is ArgType.MEM or kind is ArgType.MEM_OR_NULL:
                     frame.smudge(start, hi - lo)  # helpers may write what they are given; spills are gone
             case Pt.PTR_TO_MAP_VALUE:
@@ -1553,8 +1569,9 @@ class Checker:
                     length = self._scalar_arg(regs, r, f"size argument {r} of helper {hid}").var
                     self._precise(r)
                     if length.umax >= MAX_OFFSET:
-                        rule = "min value is negative" if length.smin < 0 else "unbounded memory access"
-                        self.reject(f"r{r} {rule}: an unbounded size argument ({length}) of helper {hid}")
+                        rule = ("min value is negative, either use unsigned or 'var &= const'" if length.smin < 0
+                                else "unbounded memory access, use 'var &= const' or 'if (var < const)'")
+                        self.reject(f"r{r} {rule} (an unbounded size {length} of helper {hid})")
                     if kind is ArgType.SIZE and length.umin == 0:
                         self.reject(f"invalid zero-sized read: r{r} (size argument of helper {hid}) may be zero")
                     size_max = length.umax
