@@ -279,8 +279,8 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
         if kind in _BRANCHES:
             target = jump_target(pc, insn, info)
             if not 0 <= target < n:
-                raise _reject(program, pc, "jump out of bounds" if info.kind is not Kind.CALL_LOCAL
-                              else "call to an address outside the program")
+                raise _reject(program, pc, f"jump out of bounds (jump out of range from insn {pc} to {target})"
+                              if info.kind is not Kind.CALL_LOCAL else "call to an address outside the program")
             if program.slots[target] is None:
                 raise _reject(program, pc, "jump to middle of lddw")
             targets[pc] = target
@@ -298,7 +298,8 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
             fn = functions[fn_index]
             info = infos[pc]
             if info is not None and info.kind is not Kind.CALL_LOCAL and not fn.entry <= target < fn.end:
-                raise _reject(program, pc, "jump out of bounds (into another function)")
+                raise _reject(program, pc, f"jump out of bounds (jump out of range from insn {pc} to {target}: "
+                                           "into another function)")
     for fn in functions:
         last = fn.end - 1
         if program.slots[last] is None:

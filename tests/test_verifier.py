@@ -527,7 +527,7 @@ def test_spilled_pointers_survive_aligned_stores_only() -> None:
     ok = "mov r2, r10\nstxdw [r10-8], r2\nldxdw r3, [r10-8]\nstb [r3-16], 0\nmov r0, 0\nexit"
     verify(prog(ok))
     broken = "mov r2, r10\nstxdw [r10-8], r2\nstb [r10-8], 0\nldxdw r3, [r10-8]\nstb [r3-16], 0\nmov r0, 0\nexit"
-    with pytest.raises(VerifierError, match="invalid mem access .scalar."):
+    with pytest.raises(VerifierError, match=r"invalid mem access .scalar."):
         verify(prog(broken))
 
 

@@ -841,24 +841,30 @@ class Checker:
             self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
             return ptr  # memory of unknown size: every access keeps its runtime check anyway
+        # The kernel's sanity rules (check_reg_sane_offset): a constant, the fixed offset and the
+        # variable part's lower end within +-2**29; a large upper end is refused only where the
+        # pointer is dereferenced.
         if s.is_const:
-            off = ptr.off + (-sc.to_signed(s.value) if sub else sc.to_signed(s.value))
+            val = sc.to_signed(s.value)
+            if not -MAX_OFFSET < val < MAX_OFFSET:
+                self.reject(f"math between {t.value} pointer and {val} is not allowed (r{r})")
+            off = ptr.off + (-val if sub else val)
             if not -MAX_OFFSET < off < MAX_OFFSET:
-                self.reject(f"pointer offset {off} of r{r} is out of range")
+                self.reject(f"{t.value} pointer offset {off} is not allowed (r{r})")
             return ptr._replace(off=off)
-        if s.smin <= -MAX_OFFSET or s.smax >= MAX_OFFSET:
-            bound = "min" if s.smin <= -MAX_OFFSET else "max"
-            self.reject(f"math between {t.value} pointer and register with unbounded {bound} value is not "
-                        f"allowed (r{r} is {t.value}, the other {s})")
+        if s.smin == sc.UNKNOWN.smin:
+            self.reject(f"math between {t.value} pointer and register with unbounded min value is not allowed "
+                        f"(r{r} is {t.value}, the other {s})")
+        if not -MAX_OFFSET < s.smin < MAX_OFFSET:
+            self.reject(f"value {s.smin} makes {t.value} pointer be out of bounds (r{r})")
+        if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META) and sub:
+            self.reject(f"subtracting a variable from a packet pointer (r{r}) is prohibited")
+        var = sc.alu(AluOp.SUB if sub else AluOp.ADD, ptr.var, s, 64)
+        if not -MAX_OFFSET < var.smin < MAX_OFFSET:
+            self.reject(f"value {var.smin} makes {t.value} pointer be out of bounds (r{r})")
         if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META):
-            if sub:
-                self.reject(f"subtracting a variable from a packet pointer (r{r}) is prohibited")
-            var = sc.alu(AluOp.ADD, ptr.var, s, 64)
-            if var.smin < 0 or var.umax > MAX_PACKET_OFF:
-                self.reject(f"packet pointer r{r} offset {var} is out of range")
             # A new variable part: nothing is known yet about how far it is from the packet end.
             return ptr._replace(var=var, id=self.fresh_id(), range=0)
-        var = sc.alu(AluOp.SUB if sub else AluOp.ADD, ptr.var, s, 64)
         return ptr._replace(var=var)
 
     def _uninit_stack(self, why: str) -> None:
@@ -1052,7 +1058,10 @@ class Checker:
 
     def _packet_bounds(self, ptr: Reg, r: int, lo: int, size: int) -> None:
         """The kernel's packet rule: ``range`` bytes are proven from the pointer's variable base
-        (packet start + var), whatever value var takes, so the fixed offset must lie in [0, range)."""
+        (packet start + var), whatever value var takes, so the fixed offset must lie in [0, range)
+        (and var may not be negative: the base would lie before the packet)."""
+        if ptr.var.smin < 0:
+            self.reject(f"r{r} min value is negative, either use unsigned index or do a if (index >=0) check.")
         if lo < 0 or lo + size > ptr.range:
             hint = " (compare it against the packet end first)" if lo >= 0 else ""
             self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range}: "
@@ -1415,7 +1424,7 @@ class Checker:
         write = kind in (ArgType.UNINIT_MEM, ArgType.UNINIT_VALUE)
         if ptr.type is Pt.SCALAR and not (kind is ArgType.MEM_OR_NULL and ptr.var == sc.ZERO and hi_size == 0):
             # A size of zero needs no memory, but still a pointer (NULL only where the helper takes it).
-            self.reject(f"R{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, buf "
+            self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, buf "
                         f"({kind.value} argument)")
         if hi_size == 0:
             return
@@ -1424,7 +1433,9 @@ class Checker:
             case Pt.PTR_TO_STACK:
                 lo, hi = self._var_bounds(ptr, r, 0, hi_size)
                 if lo < STACK_BOTTOM or hi > 0:
-                    self.reject(f"invalid indirect access to stack r{r} off={lo} size={hi - lo} "
+                    # The kernel's words: a constant size is an "indirect access", a variable one a read or write.
+                    what = "indirect access to" if lo_size == hi_size else "write to" if write else "read from"
+                    self.reject(f"invalid {what} stack r{r} off={lo} size={hi - lo} "
                                 f"({kind.value} argument outside the stack)")
                 entry = self._frame_entry(st, ptr.aux)
                 self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)
@@ -1449,11 +1460,13 @@ class Checker:
                     return
                 self._map_access_type(m, lo, hi - lo, read=not write, write=write)
                 if lo < 0 or hi > m.value_size:
-                    self.reject(f"r{r} ({kind.value} argument) exceeds the map value: off={lo} size={hi - lo}, "
-                                f"value_size={m.value_size}")
+                    self._map_value_bounds(ptr, r, 0, hi_size, m.value_size)
             case Pt.PTR_TO_PACKET | Pt.PTR_TO_PACKET_META:
                 if write and not self.context.packet_writable:
                     self.reject(f"r{r} ({kind.value} argument): cannot write into packet")
+                if ptr.var.smin < 0:
+                    self.reject(f"r{r} min value is negative, either use unsigned index or do a if (index >=0) "
+                                f"check. ({kind.value} argument)")
                 if ptr.off < 0 or ptr.off + hi_size > ptr.range:
                     self.reject(f"invalid access to packet: r{r} ({kind.value} argument) exceeds the proven "
                                 f"packet range {ptr.range}: "
@@ -1590,7 +1603,7 @@ class Checker:
                 case ArgType.BTF_OBJECT:
                     reg = self._read(regs, r)
                     if reg.type is not Pt.PTR_TO_BTF_ID:
-                        self.reject(f"R{r} type={reg.type.value} expected=ptr_ (argument {r} of helper {hid} "
+                        self.reject(f"r{r} type={reg.type.value} expected=ptr_ (argument {r} of helper {hid} "
                                     f"is a kernel object)")
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)

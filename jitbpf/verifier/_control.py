@@ -96,7 +96,7 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
                 on_path.discard(start)
     for block in flow.blocks:
         if block.start not in seen:
-            raise reject(block.start, "unreachable instruction")
+            raise reject(block.start, f"unreachable instruction (unreachable insn {block.start})")
 
     _check_call_graph(calls, max_call_depth, reject)
 
