@@ -110,10 +110,10 @@ def test_the_kernels_shape_rules(key_size: int, max_entries: int, flags: int) ->
 def test_programs_create_and_update_a_value_per_socket(engine: str) -> None:
     m = SkStorage(value_size=4, name="STORE")
     a, b = Sock(), Sock()
-    vm = load(_count(), m, prog_type=ProgType.KPROBE)
+    vm = load(_count(), m, prog_type=ProgType.SCHED_CLS)
     assert [_run(vm, engine, a), _run(vm, engine, a), _run(vm, engine, b)] == [1, 2, 1]
     assert m[a] == 2 and m[b] == 1 and len(m) == 2
-    seeded = load(_count(init_on_stack=True), m, prog_type=ProgType.KPROBE)
+    seeded = load(_count(init_on_stack=True), m, prog_type=ProgType.SCHED_CLS)
     c = Sock()
     assert _run(seeded, engine, c) == 11 and _run(seeded, engine, a) == 3  # the initial value is for creation only
 
@@ -122,19 +122,19 @@ def test_programs_create_and_update_a_value_per_socket(engine: str) -> None:
 def test_get_without_create_or_socket_is_null(engine: str) -> None:
     m = SkStorage(value_size=4, name="STORE")
     sock = Sock()
-    assert _run(load(_count(flags=0), m, prog_type=ProgType.KPROBE), engine, sock) == -1
-    assert _run(load(_count(flags=3), m, prog_type=ProgType.KPROBE), engine, sock) == -1  # unknown flag
-    assert _run(load(_count(sk=0), m, prog_type=ProgType.KPROBE), engine, sock) == -1
-    assert _run(load(_count(), m, prog_type=ProgType.KPROBE), engine, None) == -1  # the context has no socket
+    assert _run(load(_count(flags=0), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -1
+    assert _run(load(_count(flags=3), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -1  # unknown flag
+    assert _run(load(_count(sk=0), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -1
+    assert _run(load(_count(), m, prog_type=ProgType.SCHED_CLS), engine, None) == -1  # the context has no socket
     assert len(m) == 0
     m[sock] = 41
-    assert _run(load(_count(flags=0), m, prog_type=ProgType.KPROBE), engine, sock) == 42
+    assert _run(load(_count(flags=0), m, prog_type=ProgType.SCHED_CLS), engine, sock) == 42
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_full_storage_creates_nothing(engine: str) -> None:
     m = SkStorage(value_size=4, name="STORE", capacity=1)
-    vm = load(_count(), m, prog_type=ProgType.KPROBE)
+    vm = load(_count(), m, prog_type=ProgType.SCHED_CLS)
     assert _run(vm, engine, Sock()) == 1
     assert _run(vm, engine, Sock()) == -1 and len(m) == 1
 
@@ -144,10 +144,10 @@ def test_delete(engine: str) -> None:
     m = SkStorage(value_size=4, name="STORE")
     sock = Sock()
     m[sock] = 5
-    vm = load(DELETE.format(sk=1), m, prog_type=ProgType.KPROBE)
+    vm = load(DELETE.format(sk=1), m, prog_type=ProgType.SCHED_CLS)
     assert _run(vm, engine, sock) == 0 and sock not in m
     assert _run(vm, engine, sock) == -errno.ENOENT
-    assert _run(load(DELETE.format(sk=0), m, prog_type=ProgType.KPROBE), engine, sock) == -errno.EINVAL
+    assert _run(load(DELETE.format(sk=0), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -errno.EINVAL
 
 
 TASK_COUNT = """
