@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from jitbpf.asm import assemble
+from jitbpf.errors import VerifierError
 from jitbpf.linux.elf import load_elf
 from jitbpf.linux.maps import Array
+from jitbpf.linux.programs import ProgType
 from jitbpf.vm import VM
 from tests.kernel import Kernel
 from tests.support import ENGINES, c_builder, packet_run_everywhere
@@ -100,3 +102,17 @@ def test_a_lock_left_held_never_hangs_the_next_run(engine: str) -> None:
     other.start()
     other.join(timeout=30)
     assert not other.is_alive() and results == [7]
+
+
+@pytest.mark.parametrize("prog_type", [ProgType.KPROBE, ProgType.TRACEPOINT, ProgType.PERF_EVENT,
+                                       ProgType.RAW_TRACEPOINT])
+def test_tracing_programs_may_not_use_a_map_with_a_lock(prog_type: ProgType) -> None:
+    counts = Array(value_size=8, max_entries=1, name="counts")
+    counts.spin_lock_off = 4
+    vm = VM(assemble("lddw r1, map:counts\nmov r0, 0\nexit", maps={"counts": 1}), prog_type=prog_type)
+    vm.add_map(counts, 1)
+    with pytest.raises(VerifierError, match="tracing progs cannot use bpf_spin_lock yet"):
+        vm.check()
+    plain = VM(assemble("lddw r1, map:counts\nmov r0, 0\nexit", maps={"counts": 1}), prog_type=prog_type)
+    plain.add_map(Array(value_size=8, max_entries=1, name="counts"), 1)
+    plain.check()  # the same map without a lock

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from jitbpf._native import native
 from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.helpers import Helper
-from jitbpf.isa import MASK32, MASK64, Kind
+from jitbpf.isa import MASK32, MASK64, Kind, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux import pktrun
 from jitbpf.linux.allowlists import ALLOWED
@@ -571,13 +571,25 @@ def section_attach_type(section: str) -> AttachType:
     return _ATTACH_TYPES.get(flavour, AttachType.NONE)
 
 
+_MAP_SOURCES = frozenset({PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE})
+# Types the kernel counts as tracing: their programs may not use maps with a bpf_spin_lock.
+_TRACING_TYPES = frozenset({ProgType.KPROBE, ProgType.TRACEPOINT, ProgType.PERF_EVENT, ProgType.RAW_TRACEPOINT,
+                            ProgType.RAW_TRACEPOINT_WRITABLE})
+
+
 def check_program_helpers(vm: VM, info: ProgramType) -> None:
-    """Reject calls to kernel helpers the program type may not call (as the kernel's verifier does)."""
+    """Reject calls to kernel helpers the program type may not call, and maps it may not use (as
+    the kernel's verifier does)."""
     for pc, insn, decoded in vm.program:
         if decoded.kind is Kind.CALL and insn.imm in KERNEL_HELPER_IDS and insn.imm not in info.helpers:
             helper = vm.helpers.get(insn.imm)
             name = helper.name if helper is not None else _helper_name(insn.imm)
-            raise VerifierError(f"program type {info.name} may not call helper {name}#{insn.imm}", pc=pc)
+            raise VerifierError(f"program type {info.name} may not call helper {name}#{insn.imm} "
+                                f"(program of this type cannot use helper {name}#{insn.imm})", pc=pc)
+        if decoded.kind is Kind.LDDW and info.prog_type in _TRACING_TYPES and insn.src in _MAP_SOURCES:
+            m = vm.maps.get(insn.imm)
+            if getattr(m, "spin_lock_off", None) is not None:
+                raise VerifierError("tracing progs cannot use bpf_spin_lock yet (a map with a bpf_spin_lock)", pc=pc)
 
 
 def _helper_name(helper_id: int) -> str:

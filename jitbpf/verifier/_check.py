@@ -1065,7 +1065,8 @@ class Checker:
         if lo < 0 or lo + size > ptr.range:
             hint = " (compare it against the packet end first)" if lo >= 0 else ""
             self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range}: "
-                        f"r{r} offset is outside of the packet{hint}")
+                        f"r{r} min value is outside of the allowed memory range; r{r} offset is outside of "
+                        f"the packet{hint}")
 
     @staticmethod
     def _misaligned(ptr: Reg, off: int, size: int, base: int = 0) -> bool:
