@@ -271,18 +271,27 @@ def kinds_key(st: State, masks: Sequence[int] | None = None) -> tuple[tuple[int,
     prune point compares these keys before the states."""
     chosen: list[int] = []
     key: list[object] = []
+    append = key.append
+    scalar, not_init = RegType.SCALAR, RegType.NOT_INIT
     for fi, f in enumerate(st.frames):
-        mask = 0
-        for r, x in enumerate(f.regs):
-            if masks is None:
-                if x.type is RegType.NOT_INIT:
+        regs = f.regs
+        if masks is None:
+            mask = 0
+            for r, x in enumerate(regs):
+                t = x.type
+                if t is not_init:
                     continue
                 mask |= 1 << r
-            elif not masks[fi] >> r & 1:
-                continue
-            key.append(x.type if x.type is RegType.SCALAR or x.type is RegType.NOT_INIT
-                       else (x.type, x.off, x.aux, x.ref))
-        chosen.append(mask if masks is None else masks[fi])
+                append(t if t is scalar else (t, x.off, x.aux, x.ref))
+        else:
+            mask = bits = masks[fi]
+            while bits:  # the registers of the mask, lowest first
+                low = bits & -bits
+                bits ^= low
+                x = regs[low.bit_length() - 1]
+                t = x.type
+                append(t if t is scalar or t is not_init else (t, x.off, x.aux, x.ref))
+        chosen.append(mask)
     return tuple(chosen), tuple(key)
 
 
