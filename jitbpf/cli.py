@@ -296,8 +296,9 @@ def make_vm(source: ProgramSource, args: argparse.Namespace, *, verify: bool) ->
     from jitbpf.helpers import conformance_helpers
     from jitbpf.vm import VM
 
+    # An ELF program may loop (bounded), as the kernel lets C programs; assembly needs --allow-loops.
     kwargs: dict[str, Any] = {"verify": verify, "budget": getattr(args, "budget", None) or DEFAULT_BUDGET,
-                              "allow_loops": getattr(args, "allow_loops", False)}
+                              "allow_loops": getattr(args, "allow_loops", False) or source.elf_program is not None}
     prog_type = getattr(args, "prog_type", None)
     if prog_type is not None:
         kwargs["prog_type"] = prog_type

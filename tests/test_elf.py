@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jitbpf import load_elf
-from jitbpf.errors import BpfError, ElfError
+from jitbpf.errors import BpfError, ElfError, VerifierError
 from jitbpf.isa import Program, PseudoSrc
 from jitbpf.linux.elf import RELOCATIONS, ElfObject, Reloc, RelocTarget
 from jitbpf.linux.programs import ProgType
@@ -381,3 +381,33 @@ def test_fuzz_corrupt_objects_raise_only_bpf_errors(example: Compiler, data: st.
             prog.vm().check()
     except BpfError:
         pass
+
+
+LOOPING_XDP = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+volatile const int ports_len = 3;
+const volatile unsigned short ports[8] = {22, 80, 443};
+
+SEC("xdp")
+int count_ports(struct xdp_md *ctx)
+{
+    int hits = 0;
+    for (int i = 0; i < ports_len && i < 8; i++)  /* a bounded loop, as libbpf-tools write them */
+        if (ports[i] > 50)
+            hits++;
+    return hits;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_c_programs_may_loop_as_the_kernel_lets_them(example: Compiler, engine: str) -> None:
+    obj = load_elf(example(LOOPING_XDP))
+    vm = obj.programs["count_ports"].vm()
+    assert vm.run_xdp(bytes(64), engine=engine)[0] == 2
+    with pytest.raises(VerifierError, match="back-edge"):
+        obj.programs["count_ports"].vm(allow_loops=False).check()

@@ -351,11 +351,15 @@ class ElfProgram:
         return section_attach_type(self.section)
 
     def vm(self, **kwargs: Any) -> VM:
-        """A new VM running this program, with the object's maps and the type's helpers."""
+        """A new VM running this program, with the object's maps and the type's helpers (and, as
+        the kernel, bounded loops allowed unless ``allow_loops=False``)."""
         from jitbpf.vm import VM
 
         if self.prog_type is not ProgType.UNSPEC:
             kwargs.setdefault("prog_type", self.prog_type)
+        # The kernel verifies bounded loops (for the privileged loader jitbpf models): C programs
+        # written for it use them (a for loop over a few entries), so they are accepted here too.
+        kwargs.setdefault("allow_loops", True)
         info = PROGRAM_TYPES.get(program_type(kwargs["prog_type"])) if kwargs.get("prog_type") is not None else None
         if info is not None and info.btf_typed:
             kwargs.setdefault("attach", self.section)
