@@ -411,3 +411,38 @@ def test_c_programs_may_loop_as_the_kernel_lets_them(example: Compiler, engine: 
     assert vm.run_xdp(bytes(64), engine=engine)[0] == 2
     with pytest.raises(VerifierError, match="back-edge"):
         obj.programs["count_ports"].vm(allow_loops=False).check()
+
+
+SIZED_LATER = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __type(key, __u32);
+    __type(value, __u64);
+} counts SEC(".maps");  /* no max_entries: the loader sets it, as libbpf-tools' do */
+
+SEC("xdp")
+int count(struct xdp_md *ctx)
+{
+    __u32 key = 1;
+    __u64 one = 1;
+    bpf_map_update_elem(&counts, &key, &one, BPF_ANY);
+    return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_maps_are_sized_before_they_are_created(example: Compiler) -> None:
+    with pytest.raises(ElfError, match="cannot create map counts"):
+        load_elf(example(SIZED_LATER))
+    obj = load_elf(example(SIZED_LATER), map_settings={"counts": {"max_entries": 4}})
+    assert obj.maps["counts"].max_entries == 4
+    assert obj.programs["count"].vm().run_xdp(bytes(64))[0] == 2
+    with pytest.raises(ElfError, match="names no map of the object: 'count'"):
+        load_elf(example(SIZED_LATER), map_settings={"count": {"max_entries": 4}})
+    with pytest.raises(ElfError, match="no such setting size"):
+        load_elf(example(SIZED_LATER), map_settings={"counts": {"size": 4}})

@@ -505,7 +505,8 @@ class ElfObject:
 def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, name: str | None = None,
              create_maps: bool = True, prog_type: ProgType | int | str | None = None,
              kconfig: Mapping[str, int | bool | str] | None = None,
-             btf: Btf | str | os.PathLike[str] | bytes | None = None) -> ElfObject:
+             btf: Btf | str | os.PathLike[str] | bytes | None = None,
+             map_settings: Mapping[str, Mapping[str, int]] | None = None) -> ElfObject:
     """Load an eBPF ELF object (a path or its bytes): programs, maps, global data, relocations.
 
     Every problem with the object raises ``ElfError`` naming the section or relocation at fault.
@@ -522,6 +523,10 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
     path or bytes), else the running kernel's ``/sys/kernel/btf/vmlinux`` when readable, else the
     object's own BTF (the layout it was compiled against). One that cannot be resolved poisons
     its instruction (see ``jitbpf.linux.core``); ``ElfProgram.core_failures`` lists them.
+
+    ``map_settings`` changes maps before they are created, as a libbpf loader does with
+    ``bpf_map__set_max_entries`` and friends: by map name, any of ``max_entries``, ``key_size``,
+    ``value_size``, ``flags`` and ``map_type`` (libbpf-tools size their stack maps so).
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -536,7 +541,9 @@ def load_elf(source: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
             raise ElfError(f"cannot read {path}: {exc.strerror or exc}") from exc
     default = program_type(prog_type) if prog_type is not None else ProgType.UNSPEC
     values = {**kconfig_defaults(), **(kconfig or {})}
-    return _Loader(data, label, create_maps, default, values, btf).load()
+    loader = _Loader(data, label, create_maps, default, values, btf)
+    loader.map_settings = dict(map_settings or {})
+    return loader.load()
 
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"  # the running kernel's BTF
@@ -628,6 +635,7 @@ class _Loader:
         self.map_extent: dict[str, tuple[int, int]] = {}  # BTF map name -> (offset, size) in .maps
         self.values_off: dict[str, int] = {}  # BTF map name -> byte offset of its ".values" initialiser
         self.maps_relocs: list[tuple[int, int]] = []  # (offset in .maps, symbol) of .values entries
+        self.map_settings: dict[str, Mapping[str, int]] = {}  # map name -> fields to change before creation
 
     @contextmanager
     def _guard(self, section: str | None) -> Iterator[None]:
@@ -657,6 +665,7 @@ class _Loader:
         self._split_functions()
         self._read_relocations(elf)
         self._declare_maps()
+        self._apply_map_settings()
         self._core_relocate()
         if self.create_maps:
             self._create_maps()
@@ -975,6 +984,20 @@ class _Loader:
             raise ElfError(f"map {spec.name} is declared twice", section=spec.section)
         self.obj.map_defs[spec.name] = spec
         self.obj.map_handles[spec.name] = len(self.obj.map_handles) + 1
+
+    def _apply_map_settings(self) -> None:
+        fields = {"max_entries", "key_size", "value_size", "flags", "map_type"}
+        for name, changes in self.map_settings.items():
+            spec = self.obj.map_defs.get(name)
+            if spec is None:
+                raise ElfError(f"map_settings names no map of the object: {name!r} "
+                               f"(maps: {', '.join(self.obj.map_defs) or 'none'})")
+            unknown = set(changes) - fields
+            if unknown:
+                raise ElfError(f"map_settings for {name!r}: no such setting {', '.join(sorted(unknown))} "
+                               f"(settings: {', '.join(sorted(fields))})")
+            new: dict[str, Any] = {k: int(v) for k, v in changes.items()}
+            self.obj.map_defs[name] = replace(spec, **new)
 
     def _create_maps(self) -> None:
         from jitbpf.linux.btfvalues import spin_lock_offset
