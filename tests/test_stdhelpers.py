@@ -703,3 +703,20 @@ def test_sock_map_update(engine: str) -> None:
     for helper, m in ((53, flows), (70, socks)):  # each takes its own map type, as in the kernel
         with pytest.raises(VerifierError, match=f"cannot pass map_type {int(m.map_type)} into func"):
             run(load(SOCK_KEYED.format(key=9, name=m.name, flags=0, helper=helper), m), engine)
+
+
+@pytest.mark.parametrize(("prog_type", "helper", "allowed"), [
+    ("sched_cls", 2, True), ("xdp", 3, True), ("sock_ops", 3, True), ("sock_ops", 2, False),
+    ("kprobe", 3, False), ("cgroup_skb", 2, False),
+])
+def test_socket_maps_change_only_where_the_kernel_lets_them(prog_type: str, helper: int, allowed: bool) -> None:
+    # The kernel's may_update_sockmap: types in which no socket lock can be held.
+    socks = SockMap(max_entries=4, name="SOCKS")
+    call = ("stw [r10-8], 0\nmov r3, r10\nadd r3, -8\nmov r4, 0\n" if helper == 2 else "")
+    vm = load(f"stw [r10-4], 1\nlddw r1, map:SOCKS\nmov r2, r10\nadd r2, -4\n{call}call {helper}\nmov r0, 0\nexit",
+              socks, prog_type=prog_type)
+    if allowed:
+        vm.check()
+    else:
+        with pytest.raises(VerifierError, match="cannot update sockmap in this context"):
+            vm.check()

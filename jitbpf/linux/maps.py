@@ -146,6 +146,7 @@ _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, Ma
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
                            MapType.PERCPU_CGROUP_STORAGE})  # one value per CPU
 MAP_OF_MAPS_TYPES = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})  # values are inner maps
+SOCKET_MAP_TYPES = frozenset({MapType.SOCKMAP, MapType.SOCKHASH})  # values are sockets
 CGROUP_STORAGE_TYPES = frozenset({MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE})
 # The helpers each map type may be given (the kernel's map-to-helper compatibility; by helper
 # id, as maps sit below the helper layer); types not listed go to any helper that takes them.

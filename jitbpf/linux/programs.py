@@ -348,7 +348,7 @@ class ProgramType:
                            writable=tuple((a, b - a) for a, b in self.writable),
                            fields=MappingProxyType(dict(self.pointer_fields)), field_sizes=MappingProxyType(sizes),
                            ret_range=self.ret_range, ret_pointer_ok=False, packet_writable=self.packet_writable,
-                           ld_abs=self.ld_abs)
+                           ld_abs=self.ld_abs, sockmap_writers=_SOCKMAP_WRITERS.get(self.prog_type, frozenset()))
 
 
 def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSpec:
@@ -360,8 +360,9 @@ def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSp
     lsm_int = attach_type is AttachType.LSM_MAC and attach.has_return and attach.types[-1] != 0
     if lsm_int:
         ret_range = (-MAX_ERRNO, 0)
+    writers = _UPDATE_DELETE if attach_type is AttachType.TRACE_ITER else frozenset()
     return ContextSpec(size=8 * len(attach.args), args=attach.args, btf=types, ret_range=ret_range,
-                       ret_32bit=lsm_int, packet_writable=False, ld_abs=False)
+                       ret_32bit=lsm_int, packet_writable=False, ld_abs=False, sockmap_writers=writers)
 
 
 def _field_size(ctx: Struct, off: int) -> int:
@@ -572,6 +573,13 @@ def section_attach_type(section: str) -> AttachType:
 
 
 _MAP_SOURCES = frozenset({PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE})
+# The map helpers that may change a socket map, by program type (the kernel's may_update_sockmap:
+# types where no socket lock can be held; sock_ops only deletes; BTF iterators are typed apart).
+_UPDATE_DELETE = frozenset({int(HelperId.MAP_UPDATE_ELEM), int(HelperId.MAP_DELETE_ELEM)})
+_SOCKMAP_WRITERS: Mapping[ProgType, frozenset[int]] = MappingProxyType({
+    **{t: _UPDATE_DELETE for t in (ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.XDP)},
+    ProgType.SOCK_OPS: frozenset({int(HelperId.MAP_DELETE_ELEM)}),
+})
 # Types the kernel counts as tracing: their programs may not use maps with a bpf_spin_lock.
 _TRACING_TYPES = frozenset({ProgType.KPROBE, ProgType.TRACEPOINT, ProgType.PERF_EVENT, ProgType.RAW_TRACEPOINT,
                             ProgType.RAW_TRACEPOINT_WRITABLE})

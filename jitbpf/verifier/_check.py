@@ -12,7 +12,13 @@ from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, Callbac
 from jitbpf.errors import InternalError
 from jitbpf.helpers import MAX_ERRNO, Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
-from jitbpf.linux.maps import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, HELPERS_OF_TYPE, MAP_OF_MAPS_TYPES
+from jitbpf.linux.maps import (
+    BPF_F_RDONLY_PROG,
+    BPF_F_WRONLY_PROG,
+    HELPERS_OF_TYPE,
+    MAP_OF_MAPS_TYPES,
+    SOCKET_MAP_TYPES,
+)
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
 from jitbpf.verifier._progress import CHECK_EVERY, Progress
@@ -1694,6 +1700,8 @@ class Checker:
         wanted = self.map_types.get(hid, ())
         if (only is not None and hid not in only) or (wanted and m.map_type not in wanted):
             self.reject(f"cannot pass map_type {int(m.map_type)} into func {self.helper_names.get(hid, hid)}#{hid}")
+        if m.map_type in SOCKET_MAP_TYPES and hid in (2, 3) and hid not in self.context.sockmap_writers:
+            self.reject(f"cannot update sockmap in this context (func {self.helper_names.get(hid, hid)}#{hid})")
 
     def _is_may_goto(self, pc: int) -> bool:
         info = self.infos[pc]

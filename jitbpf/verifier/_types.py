@@ -91,6 +91,9 @@ class ContextSpec:
     # A BTF-typed context (tracing programs): the u64 slots r1 points to; loads are 8 bytes, stores refused.
     args: tuple[BtfArg, ...] | None = None
     btf: BtfLayout | None = field(default=None, hash=False, compare=False)  # the types ``args`` point to
+    # The map helpers (update 2, delete 3) that may change a socket map (SOCKMAP, SOCKHASH): the
+    # kernel lets only some program types, where no socket lock can be held, do so.
+    sockmap_writers: frozenset[int] = frozenset({2, 3})
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():
