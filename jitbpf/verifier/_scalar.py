@@ -143,30 +143,6 @@ def make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bits
     prefix of bits. A 64-bit set's ``low32`` (the 32-bit set its low halves lie in) bounds its
     low bits, and the whole value once the upper half is known.
     """
-    r = _make(value, mask, umin, umax, smin, smax, bits)
-    if low32 is None or r is None or bits != 64 or r.mask == 0:
-        return r
-    plain = _project(r, 32)
-    low = meet(plain, low32, 32)
-    if low is None:
-        return None
-    if low == plain:
-        return r
-    if r.mask >> 32 == 0:  # the upper half is known: the low half's set is the whole story
-        hi = r.value & ~M32
-        return _make(hi | low.value, low.mask, max(r.umin, hi + low.umin), min(r.umax, hi + low.umax), r.smin,
-                     r.smax, 64)
-    r = _make((r.value & ~M32) | low.value, (r.mask & ~M32) | low.mask, r.umin, r.umax, r.smin, r.smax, 64)
-    if r is None:
-        return None
-    plain = _project(r, 32)
-    low = meet(plain, low, 32)
-    if low is None:
-        return None
-    return r if low == plain else r._replace(low32=low)
-
-
-def _make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bits: int) -> Scalar | None:
     full = (1 << bits) - 1
     sign = 1 << (bits - 1)
     mod = 1 << bits
@@ -253,7 +229,32 @@ def _make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bit
     if mask == 0:
         s = value - mod if value & sign else value
         return Scalar(value, 0, value, value, s, s)
-    return Scalar(value, mask, umin, umax, smin, smax)
+    if low32 is None or bits != 64:
+        return Scalar(value, mask, umin, umax, smin, smax)
+    return _with_low32(Scalar(value, mask, umin, umax, smin, smax), low32)
+
+
+def _with_low32(r: Scalar, low32: Scalar) -> Scalar | None:
+    """``r`` (a 64-bit set of unknown bits) whose low halves lie in ``low32`` too."""
+    plain = _project(r, 32)
+    low = meet(plain, low32, 32)
+    if low is None:
+        return None
+    if low == plain:
+        return r
+    if r.mask >> 32 == 0:  # the upper half is known: the low half's set is the whole story
+        hi = r.value & ~M32
+        return make(hi | low.value, low.mask, max(r.umin, hi + low.umin), min(r.umax, hi + low.umax), r.smin,
+                    r.smax)
+    narrowed = make((r.value & ~M32) | low.value, (r.mask & ~M32) | low.mask, r.umin, r.umax, r.smin, r.smax)
+    if narrowed is None:
+        return None
+    r = narrowed
+    plain = _project(r, 32)
+    low = meet(plain, low, 32)
+    if low is None:
+        return None
+    return r if low == plain else r._replace(low32=low)
 
 
 def _wrap(lo: int, hi: int, bits: int, signed: bool) -> tuple[int, int]:
