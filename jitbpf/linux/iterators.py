@@ -15,7 +15,7 @@ from jitbpf.errors import ExecutionError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
 from jitbpf.linux.helperids import HelperId
-from jitbpf.linux.stdhelpers import MAX_BPRINTF_VARARGS, bprintf_args, format_printk, printk_memory
+from jitbpf.linux.stdhelpers import format_bprintf
 
 if TYPE_CHECKING:
     from jitbpf.linux.btfctx import AttachTarget, BtfTypes
@@ -80,16 +80,7 @@ def iterator_helpers(memory: Callable[[], MemoryMap], seq: SeqFile) -> list[Help
         return seq.write(memory().read(data, size) if size else b"", "bpf_seq_write")
 
     def seq_printf(_m: int, fmt: int, fmt_size: int, data: int, data_len: int) -> int:
-        mm = memory()
-        fmt_size &= MASK32
-        raw = mm.read(fmt, fmt_size) if fmt_size else b""
-        nul = raw.find(b"\0")
-        args = bprintf_args(mm, data, data_len)
-        if nul < 0 or args is None:
-            return -errno.EINVAL & MASK64
-        read_string, read_bytes = printk_memory(mm)
-        text = format_printk(raw[:nul].decode("utf-8", "replace"), args, read_string, MAX_BPRINTF_VARARGS,
-                             read_bytes)
+        text = format_bprintf(memory(), fmt, fmt_size, data, data_len)
         if text is None:
             return -errno.EINVAL & MASK64
         return seq.write(text.encode(), "bpf_seq_printf")

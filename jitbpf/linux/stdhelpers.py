@@ -37,8 +37,8 @@ from jitbpf.linux.maps import (
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
 
-__all__ = ["HelperHost", "HelperId", "Redirect", "StdContext", "bprintf_args", "format_printk", "printk_memory",
-           "standard_helpers"]
+__all__ = ["HelperHost", "HelperId", "Redirect", "StdContext", "bprintf_args", "format_bprintf", "format_printk",
+           "printk_memory", "standard_helpers"]
 
 
 XDP_ABORTED, XDP_REDIRECT = 0, 4  # XDP verdicts redirect_map returns
@@ -193,6 +193,20 @@ def bprintf_args(mm: MemoryMap, data: int, data_len: int) -> list[int] | None:
         return None
     raw = mm.read(data, data_len) if data_len else b""
     return [int.from_bytes(raw[i : i + 8], "little") for i in range(0, data_len, 8)]
+
+
+def format_bprintf(mm: MemoryMap, fmt: int, fmt_size: int, data: int, data_len: int) -> str | None:
+    """The text of bpf_trace_vprintk and bpf_seq_printf: the format of ``fmt_size`` bytes at
+    ``fmt`` (ending with a NUL within them) applied to the u64 arguments at ``data``; None when
+    the format or the arguments are invalid (-EINVAL)."""
+    fmt_size &= MASK32
+    raw = mm.read(fmt, fmt_size) if fmt_size else b""
+    nul = raw.find(b"\0")
+    args = bprintf_args(mm, data, data_len)
+    if nul < 0 or args is None:
+        return None
+    read_string, read_bytes = printk_memory(mm)
+    return format_printk(raw[:nul].decode("utf-8", "replace"), args, read_string, MAX_BPRINTF_VARARGS, read_bytes)
 
 
 def parse_strtox(text: bytes, base: int) -> tuple[int, bool, int] | int:
@@ -639,15 +653,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         return 0
 
     def trace_vprintk(fmt: int, fmt_size: int, data: int, data_len: int, _r5: int) -> int:
-        fmt_size &= MASK32
-        raw = memory().read(fmt, fmt_size) if fmt_size else b""
-        nul = raw.find(b"\0")
-        args = bprintf_args(memory(), data, data_len)
-        if nul < 0 or args is None:
-            return -errno.EINVAL & MASK64
-        read_string, read_bytes = printk_memory(memory())
-        text = format_printk(raw[:nul].decode("utf-8", "replace"), args, read_string, MAX_BPRINTF_VARARGS,
-                             read_bytes)
+        text = format_bprintf(memory(), fmt, fmt_size, data, data_len)
         if text is None:
             return -errno.EINVAL & MASK64
         ctx.emit(text)
