@@ -992,11 +992,16 @@ class _Loader:
             if spec is None:
                 raise ElfError(f"map_settings names no map of the object: {name!r} "
                                f"(maps: {', '.join(self.obj.map_defs) or 'none'})")
+            if not isinstance(changes, Mapping):
+                raise ElfError(f"map_settings for {name!r}: give a dict of settings, not {type(changes).__name__}")
             unknown = set(changes) - fields
             if unknown:
-                raise ElfError(f"map_settings for {name!r}: no such setting {', '.join(sorted(unknown))} "
+                raise ElfError(f"map_settings for {name!r}: no such setting {', '.join(sorted(map(str, unknown)))} "
                                f"(settings: {', '.join(sorted(fields))})")
-            new: dict[str, Any] = {k: int(v) for k, v in changes.items()}
+            bad = [k for k, v in changes.items() if not isinstance(v, int) or isinstance(v, bool)]
+            if bad:
+                raise ElfError(f"map_settings for {name!r}: {', '.join(bad)} must be an integer")
+            new: dict[str, Any] = dict(changes)
             self.obj.map_defs[name] = replace(spec, **new)
 
     def _create_maps(self) -> None:
