@@ -447,7 +447,7 @@ def test_maps_are_sized_before_they_are_created(example: Compiler) -> None:
     with pytest.raises(ElfError, match="no such setting size"):
         load_elf(example(SIZED_LATER), map_settings={"counts": {"size": 4}})
     with pytest.raises(ElfError, match="max_entries must be an integer"):
-        load_elf(example(SIZED_LATER), map_settings={"counts": {"max_entries": "4"}})
+        load_elf(example(SIZED_LATER), map_settings={"counts": {"max_entries": "4"}})  # type: ignore[dict-item]
     with pytest.raises(ElfError, match="give a dict of settings"):
         load_elf(example(SIZED_LATER), map_settings={"counts": 4})  # type: ignore[dict-item]
     with pytest.raises(ElfError, match="max_entries must be an unsigned 32-bit integer"):
