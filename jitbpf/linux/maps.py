@@ -153,6 +153,7 @@ CGROUP_STORAGE_TYPES = frozenset({MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_
 # bpf_map_lookup_elem (1) is the only way a program reaches an outer map's inner maps, and
 # bpf_get_local_storage (81) the only way to cgroup storage.
 _LOOKUP, _UPDATE, _DELETE = 1, 2, 3
+MAP_WRITE_HELPERS = frozenset({_UPDATE, _DELETE})  # bpf_map_update_elem, bpf_map_delete_elem
 _PUSH, _POP, _PEEK = 87, 88, 89
 HELPERS_OF_TYPE: dict[MapType, frozenset[int]] = {
     MapType.PROG_ARRAY: frozenset({12}),  # tail_call

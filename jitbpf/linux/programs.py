@@ -21,6 +21,7 @@ from jitbpf.linux import pktrun
 from jitbpf.linux.allowlists import ALLOWED
 from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.iterators import ITERATOR_FLAVOURS, IterRead, SeqFile, iterator_helpers, read_iterator
+from jitbpf.linux.maps import MAP_WRITE_HELPERS
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
 from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
 from jitbpf.memory import Region
@@ -575,7 +576,7 @@ def section_attach_type(section: str) -> AttachType:
 _MAP_SOURCES = frozenset({PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE})
 # The map helpers that may change a socket map, by program type (the kernel's may_update_sockmap:
 # types where no socket lock can be held; sock_ops only deletes; BTF iterators are typed apart).
-_UPDATE_DELETE = frozenset({int(HelperId.MAP_UPDATE_ELEM), int(HelperId.MAP_DELETE_ELEM)})
+_UPDATE_DELETE = MAP_WRITE_HELPERS
 _SOCKMAP_WRITERS: Mapping[ProgType, frozenset[int]] = MappingProxyType({
     **{t: _UPDATE_DELETE for t in (ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.XDP)},
     ProgType.SOCK_OPS: frozenset({int(HelperId.MAP_DELETE_ELEM)}),

@@ -17,6 +17,7 @@ from jitbpf.linux.maps import (
     BPF_F_WRONLY_PROG,
     HELPERS_OF_TYPE,
     MAP_OF_MAPS_TYPES,
+    MAP_WRITE_HELPERS,
     SOCKET_MAP_TYPES,
 )
 from jitbpf.verifier import _scalar as sc
@@ -1700,7 +1701,7 @@ class Checker:
         wanted = self.map_types.get(hid, ())
         if (only is not None and hid not in only) or (wanted and m.map_type not in wanted):
             self.reject(f"cannot pass map_type {int(m.map_type)} into func {self.helper_names.get(hid, hid)}#{hid}")
-        if m.map_type in SOCKET_MAP_TYPES and hid in (2, 3) and hid not in self.context.sockmap_writers:
+        if m.map_type in SOCKET_MAP_TYPES and hid in MAP_WRITE_HELPERS and hid not in self.context.sockmap_writers:
             self.reject(f"cannot update sockmap in this context (func {self.helper_names.get(hid, hid)}#{hid})")
 
     def _is_may_goto(self, pc: int) -> bool:
