@@ -214,3 +214,14 @@ def test_refinement_of_a_value_against_itself(width: int, data: st.DataObject) -
     a, xs = data.draw(_values(64))
     taken, _fall = sc.refine(JmpOp.JEQ, a, a) if width == 64 else sc.refine32(JmpOp.JEQ, a, a)
     assert taken is not None and all(contains(taken[0], x) for x in xs)
+
+
+@PROPERTY
+@given(data=st.data())
+def test_a_32_bit_sub_range_is_kept_only_while_the_upper_half_is_unknown(data: st.DataObject) -> None:
+    """Normal form: once the upper half is known the low half's set is folded into the value,
+    so that equal sets compare equal (pruning compares them)."""
+    a, _ = data.draw(_values(64))
+    b, _ = data.draw(_values(64))
+    for s in (a, b, sc.join(a, b), sc.meet(a, b), sc.alu(AluOp.ADD, a, b, 64), sc.alu(AluOp.LSH, a, sc.const(1), 64)):
+        assert s is None or s.low32 is None or s.mask >> 32

@@ -249,6 +249,8 @@ def _with_low32(r: Scalar, low32: Scalar) -> Scalar | None:
     narrowed = make((r.value & ~M32) | low.value, (r.mask & ~M32) | low.mask, r.umin, r.umax, r.smin, r.smax)
     if narrowed is None:
         return None
+    if narrowed.mask >> 32 == 0:  # the low bits fixed the upper half too: fold the low half in
+        return _with_low32(narrowed, low)
     r = narrowed
     plain = _project(r, 32)
     low = meet(plain, low, 32)
@@ -275,8 +277,8 @@ def project(a: Scalar, bits: int) -> Scalar:
     if bits == 64:
         return a
     p = _project(a, bits)
-    if a.low32 is None:
-        return p
+    if a.low32 is None or bits > 32:
+        return p  # (wider than the low half: its set says nothing of the bits above it)
     low = project(a.low32, bits) if bits < 32 else a.low32
     m = meet(p, low, bits)
     return p if m is None else m
