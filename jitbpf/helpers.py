@@ -50,6 +50,11 @@ class ArgType(enum.Enum):
     SPIN_LOCK = "spin_lock"
     SPIN_UNLOCK = "spin_unlock"  # the lock the program holds: the call gives it back
     BTF_OBJECT = "btf_object"  # a kernel object's pointer from a BTF-typed context, checked non-NULL (a seq_file)
+    SOCK_COMMON = "sock_common"  # a socket: sock_common, sock or tcp_sock, checked non-NULL (ARG_PTR_TO_SOCK_COMMON)
+    # the same, or a kernel object's pointer from a BTF-typed context (ARG_PTR_TO_BTF_ID_SOCK_COMMON)
+    BTF_SOCK_COMMON = "btf_sock_common"
+    BTF_SOCK_COMMON_OR_NULL = "btf_sock_common_or_null"  # as BTF_SOCK_COMMON, or the constant 0
+    RELEASED_SOCK = "released_sock"  # a socket a lookup acquired, checked non-NULL: the call releases it
 
 
 class RetType(enum.Enum):
@@ -65,6 +70,15 @@ class RetType(enum.Enum):
     # a count of bytes written, at most the largest value of the SIZE argument, or a negative
     # errno (-4095 at the lowest): bpf_get_stack, bpf_probe_read_str and the like
     LENGTH_OR_ERRNO = "length_or_errno"
+    SOCKET_OR_NULL = "socket_or_null"  # a full socket (struct bpf_sock), or 0: bpf_get_listener_sock
+    # the SOCK_COMMON argument seen as a full socket, or as a TCP socket (struct bpf_tcp_sock), or
+    # 0: it holds the argument's reference, if any (the kernel's pointer casts)
+    CAST_SOCKET_OR_NULL = "cast_socket_or_null"
+    CAST_TCP_SOCK_OR_NULL = "cast_tcp_sock_or_null"
+    # a socket a lookup found (full, or any), or 0; acquired: the program must pass it to a
+    # RELEASED_SOCK argument before it exits
+    ACQUIRED_SOCKET_OR_NULL = "acquired_socket_or_null"
+    ACQUIRED_SOCK_COMMON_OR_NULL = "acquired_sock_common_or_null"
 
 
 # Arguments that carry a pointer the helper follows: a C helper trusts these, so it is called
@@ -73,7 +87,8 @@ POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, 
                           ArgType.UNINIT_MEM,
                           ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
                           ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK,
-                          ArgType.BTF_OBJECT})
+                          ArgType.BTF_OBJECT, ArgType.SOCK_COMMON, ArgType.BTF_SOCK_COMMON,
+                          ArgType.BTF_SOCK_COMMON_OR_NULL, ArgType.RELEASED_SOCK})
 
 
 MAX_ERRNO = 4095  # the most negative errno a helper returns

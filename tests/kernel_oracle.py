@@ -173,3 +173,38 @@ def kernel_verify(code: bytes, prog_type: int, maps: Mapping[int, KernelMap] | N
             os.close(fd)
             return Verdict(True, message)
         return Verdict(False, message or os.strerror(err), err)
+
+
+BPF_PROG_TEST_RUN = 10
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = (("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32), ("data_size_in", ctypes.c_uint32),
+                ("data_size_out", ctypes.c_uint32), ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32), ("ctx_size_in", ctypes.c_uint32),
+                ("ctx_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32))
+
+
+def kernel_run(code: bytes, prog_type: int, packet: bytes) -> int:
+    """r0 (32 bits, as BPF_PROG_TEST_RUN reports it) of one test run of ``code`` on ``packet``;
+    OSError when the kernel refuses to load or run it."""
+    insns = ctypes.create_string_buffer(code, len(code))
+    license = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(LOG_SIZE)
+    attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(code) // 8, insns=ctypes.addressof(insns),
+                     license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE, log_buf=ctypes.addressof(log))
+    fd, err = _bpf(BPF_PROG_LOAD, attr)
+    if fd < 0:
+        raise OSError(err, log.value.decode(errors="replace") or os.strerror(err))
+    try:
+        data = ctypes.create_string_buffer(packet, len(packet))
+        out = ctypes.create_string_buffer(len(packet) + 512)
+        run = _TestRunAttr(prog_fd=fd, data_size_in=len(packet), data_in=ctypes.addressof(data),
+                           data_size_out=len(out), data_out=ctypes.addressof(out), repeat=1)
+        ret, err = _bpf(BPF_PROG_TEST_RUN, run)
+        if ret < 0:
+            raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+        return int(run.retval)
+    finally:
+        os.close(fd)

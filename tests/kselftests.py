@@ -30,7 +30,7 @@ TEST_DATA_LEN = 64  # the zeroed packet the kernel's runner hands to __retval te
 # The symbolic __retval values of the kernel's test runner.
 POINTER_VALUE = 0xBADCAFE  # bpf_misc.h: the kernel's runner takes any r0 for this one
 RETVAL_NAMES = {"POINTER_VALUE": POINTER_VALUE, "TEST_DATA_LEN": TEST_DATA_LEN, "INT_MIN": -(1 << 31),
-                "INT_MAX": (1 << 31) - 1, "UINT_MAX": MASK32}
+                "INT_MAX": (1 << 31) - 1, "UINT_MAX": MASK32, "_INT_MIN": -(1 << 31), "_INT_MAX": (1 << 31) - 1}
 PROG_FLAGS = {"BPF_F_STRICT_ALIGNMENT": 1, "BPF_F_ANY_ALIGNMENT": 2, "BPF_F_TEST_RND_HI32": 4,
               "BPF_F_TEST_STATE_FREQ": 8, "BPF_F_SLEEPABLE": 16, "BPF_F_XDP_HAS_FRAGS": 32,
               "BPF_F_XDP_DEV_BOUND_ONLY": 64, "BPF_F_TEST_REG_INVARIANTS": 128}

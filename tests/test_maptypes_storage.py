@@ -29,12 +29,14 @@ from tests.support import ENGINES, errno_of, load, s64
 
 F_CREATE = 1
 
-# Counts the calls per socket: get (creating from an initial value of 10 on the stack), add 1.
+# Counts the calls per socket (the context's: skb->sk, checked against NULL; or NULL): get
+# (creating from an initial value of 10 on the stack), add 1.
+CONTEXT_SOCKET = "ldxdw r2, [r1+168]\n    jne r2, 0, +0"
 COUNT = """
+    {sk}
     mov r1, 10
     stxw [r10-4], r1
     lddw r1, map:STORE
-    mov r2, {sk}
     mov r3, 0
     mov r4, {flags}
     call 107
@@ -49,15 +51,19 @@ COUNT = """
 """
 
 DELETE = """
+    {sk}
     lddw r1, map:STORE
-    mov r2, {sk}
     call 108
     exit
 """
 
 
-def _count(init_on_stack: bool = False, flags: int = F_CREATE, sk: int = 1) -> str:
-    text = COUNT.format(sk=sk, flags=flags)
+def _sk(given: bool) -> str:
+    return CONTEXT_SOCKET if given else "mov r2, 0"
+
+
+def _count(init_on_stack: bool = False, flags: int = F_CREATE, sk: bool = True) -> str:
+    text = COUNT.format(sk=_sk(sk), flags=flags)
     if init_on_stack:  # r3 = r10 - 4: the initial value
         text = text.replace("    mov r3, 0\n", "    mov r3, r10\n    add r3, -4\n")
     return text
@@ -124,7 +130,7 @@ def test_get_without_create_or_socket_is_null(engine: str) -> None:
     sock = Sock()
     assert _run(load(_count(flags=0), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -1
     assert _run(load(_count(flags=3), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -1  # unknown flag
-    assert _run(load(_count(sk=0), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -1
+    assert _run(load(_count(sk=False), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -1
     assert _run(load(_count(), m, prog_type=ProgType.SCHED_CLS), engine, None) == -1  # the context has no socket
     assert len(m) == 0
     m[sock] = 41
@@ -144,10 +150,10 @@ def test_delete(engine: str) -> None:
     m = SkStorage(value_size=4, name="STORE")
     sock = Sock()
     m[sock] = 5
-    vm = load(DELETE.format(sk=1), m, prog_type=ProgType.SCHED_CLS)
+    vm = load(DELETE.format(sk=_sk(True)), m, prog_type=ProgType.SCHED_CLS)
     assert _run(vm, engine, sock) == 0 and sock not in m
     assert _run(vm, engine, sock) == -errno.ENOENT
-    assert _run(load(DELETE.format(sk=0), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -errno.EINVAL
+    assert _run(load(DELETE.format(sk=_sk(False)), m, prog_type=ProgType.SCHED_CLS), engine, sock) == -errno.EINVAL
 
 
 TASK_COUNT = """

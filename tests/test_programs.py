@@ -12,6 +12,7 @@ import dpkt
 import pytest
 
 from jitbpf import load_elf
+from jitbpf.asm import assemble
 from jitbpf.errors import ExecutionError, VerifierError
 from jitbpf.linux.programs import (
     PROGRAM_TYPES,
@@ -107,12 +108,14 @@ def test_context_specs_for_the_verifier() -> None:
     tc = PROGRAM_TYPES[ProgType.SCHED_CLS].context_spec()
     assert tc.fields[76] == "packet" and (8, 4) in tc.writable  # mark
     sock = PROGRAM_TYPES[ProgType.SOCKET_FILTER].context_spec()
-    assert not sock.fields and all(not (off <= 76 < off + size) for off, size in sock.readable)
+    assert dict(sock.fields) == {168: "sock_common_or_null"}  # no packet pointers, the packet's socket
+    assert all(not (off <= 76 < off + size) for off, size in sock.readable)
     assert PROGRAM_TYPES[ProgType.CGROUP_DEVICE].context_spec().ret_range == (0, 1)
     assert {off: xdp.field_size(off) for off in xdp.fields} == {0: 4, 4: 4, 8: 4}
-    assert {off: tc.field_size(off) for off in tc.fields} == {76: 4, 80: 4, 140: 4}
+    assert {off: tc.field_size(off) for off in tc.fields} == {76: 4, 80: 4, 140: 4, 168: 8}
     msg = PROGRAM_TYPES[ProgType.SK_MSG].context_spec()
-    assert dict(msg.fields) == {0: "packet", 8: "packet_end"} and dict(msg.field_sizes) == {0: 8, 8: 8}
+    assert dict(msg.fields) == {0: "packet", 8: "packet_end", 72: "socket"}
+    assert dict(msg.field_sizes) == {0: 8, 8: 8, 72: 8}
 
 
 def test_packet_fields_are_loaded_with_their_declared_width() -> None:
@@ -394,3 +397,25 @@ def test_threads_have_their_own_packet_memory(example: Compiler) -> None:
     for t in threads:
         t.join()
     assert not failures
+
+
+@pytest.mark.parametrize(("prog_type", "section", "r0", "accepted"), [
+    ("cgroup_sock_addr", "cgroup/connect4", 1, True),
+    ("cgroup_sock_addr", "cgroup/connect4", 2, False),  # the program type's [0, 1]
+    ("cgroup_sock_addr", "cgroup/bind6", 3, True),  # bind may also allow a privileged port
+    ("cgroup_sock_addr", "cgroup/bind4", 4, False),
+    ("cgroup_sock_addr", "cgroup/recvmsg4", 1, True),
+    ("cgroup_sock_addr", "cgroup/recvmsg4", 0, False),  # these hooks may not refuse
+    ("cgroup_sock_addr", "cgroup/getsockname_unix", 0, False),
+    ("cgroup_skb", "cgroup_skb/egress", 3, True),  # egress may also ask for congestion notification
+    ("cgroup_skb", "cgroup_skb/ingress", 3, False),
+    ("cgroup_skb", None, 2, False),
+])
+def test_an_attach_type_narrows_what_programs_return(prog_type: str, section: str | None, r0: int,
+                                                      accepted: bool) -> None:
+    vm = VM(assemble(f"mov r0, {r0}\nexit"), prog_type=prog_type, attach=section)
+    if accepted:
+        vm.check()
+    else:
+        with pytest.raises(VerifierError, match="not within"):
+            vm.check()

@@ -341,7 +341,7 @@ def test_64_bit_packet_fields_load_with_64_bit_loads() -> None:
     code = prog(SK_MSG_PARSER.replace(";", "#"))
     result = verify(code, context=SK_MSG)
     assert {0, 1, 2, 6} <= result.proven
-    with pytest.raises(VerifierError, match="it is 4 bytes"):  # the same load of a 32-bit field
+    with pytest.raises(VerifierError, match="which is 4 bytes"):  # the same load of a 32-bit field
         verify(code, context=XDP)
 
 
@@ -637,9 +637,12 @@ def test_declarations_are_checked() -> None:
                                          "mem_or_null", "size", "size_or_zero", "ctx", "uninit_mem", "uninit_value",
                                          "released",
                                          "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero",
-                                         "callback", "spin_lock", "spin_unlock", "btf_object"]
+                                         "callback", "spin_lock", "spin_unlock", "btf_object", "sock_common",
+                                         "btf_sock_common", "btf_sock_common_or_null", "released_sock"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null",
-                                         "length_or_errno"}
+                                         "length_or_errno", "socket_or_null", "cast_socket_or_null",
+                                         "cast_tcp_sock_or_null", "acquired_socket_or_null",
+                                         "acquired_sock_common_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})
     with pytest.raises(ValueError, match="4 or 8 bytes, not 2"):

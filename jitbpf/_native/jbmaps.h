@@ -193,6 +193,8 @@ struct jb_pkt_prog {
     int32_t off_wire_len;
     uint64_t tmpl;           /* the initial context (ctx_size bytes), and the fields derived from */
     uint64_t derive;         /* each packet (enum jb_derive) */
+    int32_t off_sk;          /* __sk_buff.sk (-1: none), and the arena offset of the socket */
+    uint32_t sock_off;       /* JB_DERIVE_SOCKET lays out there (a struct bpf_sock) */
     uint64_t out[3];         /* after jb_pkt_run: the packet's arena offset, length, and 1 if unchanged */
     void *gate;              /* the program's run gate and token (jbrun.h), held around single runs */
     uint64_t gate_token;
@@ -200,7 +202,10 @@ struct jb_pkt_prog {
 enum jb_derive {             /* context fields jb_pkt_frame derives from each packet */
     JB_DERIVE_ETH_PROTOCOL = 1,  /* protocol: the Ethernet type */
     JB_DERIVE_IP_PROTOCOL = 2,   /* protocol: IPv4 or IPv6 by the version nibble */
-    JB_DERIVE_WIRE_LEN = 4       /* wire_len: the packet's length */
+    JB_DERIVE_WIRE_LEN = 4,      /* wire_len: the packet's length */
+    /* sk: the socket the kernel's test runs give a packet (family and addresses from its IP
+       header, closed), laid out in the arena at sock_off */
+    JB_DERIVE_SOCKET = 8
 };
 void jb_pkt_init(uint64_t error_result);
 /* Tokens for jb_pkt_bind (never 0, never reused); binding NULL empties the token's entry.

@@ -133,6 +133,42 @@ static uint32_t ip_protocol(const uint8_t *data, uint64_t len)
     return len >= 1 && data[0] >> 4 == 4 ? 0x0008 : 0xDD86;
 }
 
+/* struct bpf_sock: its size, and the offsets of the fields a test run's socket sets */
+enum { SOCK_SIZE = 80, SOCK_FAMILY = 4, SOCK_SRC_IP4 = 24, SOCK_SRC_IP6 = 28, SOCK_DST_IP4 = 52,
+       SOCK_DST_IP6 = 56, SOCK_STATE = 72, SOCK_RX_QUEUE = 76 };
+
+/* The socket the kernel's test runs give a packet (bpf_prog_test_run_skb): closed, of no type
+   or protocol, with the family of skb->protocol and, when the IP header is there, its source
+   as the local address and its destination as the peer's. ctx->sk points to it. */
+static void packet_socket(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
+{
+    uint8_t *sk = PTR(p->arena + p->sock_off);
+    const struct jb_pkt *run = &p->pkt;
+    const uint8_t *ip = data + run->net_off;
+    uint64_t left = len > run->net_off ? len - run->net_off : 0;
+    uint32_t family = 0, state = 7; /* TCP_CLOSE */
+    int32_t no_queue = -1;
+    memset(sk, 0, SOCK_SIZE);
+    if (run->protocol == 0x0008) {
+        family = 2; /* AF_INET */
+        if (left >= 20) {
+            memcpy(sk + SOCK_SRC_IP4, ip + 12, 4);
+            memcpy(sk + SOCK_DST_IP4, ip + 16, 4);
+        }
+    } else if (run->protocol == 0xDD86) {
+        family = 10; /* AF_INET6 */
+        if (left >= 40) {
+            memcpy(sk + SOCK_SRC_IP6, ip + 8, 16);
+            memcpy(sk + SOCK_DST_IP6, ip + 24, 16);
+        }
+    }
+    memcpy(sk + SOCK_FAMILY, &family, 4);
+    memcpy(sk + SOCK_STATE, &state, 4);
+    memcpy(sk + SOCK_RX_QUEUE, &no_queue, 4);
+    uint64_t addr = p->arena + p->sock_off;
+    memcpy((char *)PTR(run->ctx) + p->off_sk, &addr, 8);
+}
+
 int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
 {
     if (len > p->arena_size || p->frame_off + p->headroom + p->tailroom > p->arena_size - len)
@@ -162,6 +198,8 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     /* cgroup_skb sees the packet from its network header on */
     run->net_off = run->xdp || run->off_protocol < 0 || p->derive & JB_DERIVE_IP_PROTOCOL ? 0 : ETH_HLEN;
     run->encap = 0;
+    if (p->derive & JB_DERIVE_SOCKET && p->off_sk >= 0)
+        packet_socket(p, data, len);
     jb_pkt_sync(run);
     return 0;
 }

@@ -361,8 +361,9 @@ class ElfProgram:
         # written for it use them (a for loop over a few entries), so they are accepted here too.
         kwargs.setdefault("allow_loops", True)
         info = PROGRAM_TYPES.get(program_type(kwargs["prog_type"])) if kwargs.get("prog_type") is not None else None
+        if info is not None:
+            kwargs.setdefault("attach", self.section)  # its attach type: BTF-typed context, return values
         if info is not None and info.btf_typed:
-            kwargs.setdefault("attach", self.section)
             if kwargs.get("btf") is None:
                 kwargs["btf"] = self.obj.target_types(f"program {self.name!r} ({self.section})")
         elif self.section != ".text" and kwargs.get("prog_type") is None and kwargs.get("verify", True):

@@ -75,6 +75,9 @@ class HelperId(enum.IntEnum):
     GET_CURRENT_CGROUP_ID = 80  # bpf_get_current_cgroup_id
     GET_LOCAL_STORAGE = 81  # bpf_get_local_storage(cgroup_storage, 0) -> the attachment's value
     SKB_ANCESTOR_CGROUP_ID = 83  # bpf_skb_ancestor_cgroup_id(skb, level)
+    SK_LOOKUP_TCP = 84  # bpf_sk_lookup_tcp(ctx, tuple, size, netns, flags) -> an acquired full socket or NULL
+    SK_LOOKUP_UDP = 85  # bpf_sk_lookup_udp: the same for UDP
+    SK_RELEASE = 86  # bpf_sk_release(sk): give back a socket a lookup acquired
     MAP_PUSH_ELEM = 87  # bpf_map_push_elem(map, value, flags)
     MAP_POP_ELEM = 88  # bpf_map_pop_elem(map, value)
     MAP_PEEK_ELEM = 89  # bpf_map_peek_elem(map, value)
@@ -82,7 +85,11 @@ class HelperId(enum.IntEnum):
     MSG_POP_DATA = 91  # bpf_msg_pop_data
     SPIN_LOCK = 93  # bpf_spin_lock
     SPIN_UNLOCK = 94  # bpf_spin_unlock
+    SK_FULLSOCK = 95  # bpf_sk_fullsock(sk) -> the same socket if full, else NULL
+    TCP_SOCK = 96  # bpf_tcp_sock(sk) -> its struct bpf_tcp_sock if a TCP socket, else NULL
     SKB_ECN_SET_CE = 97  # bpf_skb_ecn_set_ce(skb): mark an ECN-capable packet Congestion Experienced
+    GET_LISTENER_SOCK = 98  # bpf_get_listener_sock(sk) -> its listening socket, or NULL
+    SKC_LOOKUP_TCP = 99  # bpf_skc_lookup_tcp: as SK_LOOKUP_TCP, any socket (time-wait, request) too
     SYSCTL_GET_NAME = 101  # bpf_sysctl_get_name
     SYSCTL_GET_CURRENT_VALUE = 102  # bpf_sysctl_get_current_value
     SYSCTL_GET_NEW_VALUE = 103  # bpf_sysctl_get_new_value

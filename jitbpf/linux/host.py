@@ -22,6 +22,7 @@ from jitbpf.isa import MASK32, MASK64
 from jitbpf.linux.helperids import HelperId as H
 
 if TYPE_CHECKING:
+    from jitbpf.linux.sockets import Socket
     from jitbpf.memory import MemoryMap
 
 __all__ = ["FibResult", "FibRoute", "Host", "Interface", "host_helpers"]
@@ -79,7 +80,7 @@ class Host:
     address 0, interface 1 (loopback, MTU 65536) only, forwarding off, no routes, the task in the
     root cgroup (id 1) only, attach cookie 0, a packet's socket in the task's cgroups (as the socket the kernel's
     test runs give a packet), cgroup programs attached to the root cgroup for ingress, and empty
-    call stacks.
+    call stacks, no sockets.
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
@@ -118,6 +119,8 @@ class Host:
     # The call stacks bpf_get_stackid records: return addresses, innermost first (empty: EFAULT).
     kernel_stack: list[int] = field(default_factory=list)
     user_stack: list[int] = field(default_factory=list)
+    # The host's sockets, which bpf_sk_lookup_tcp/udp and bpf_skc_lookup_tcp search (none).
+    sockets: list[Socket] = field(default_factory=list)
 
     def add_route(self, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network, ifindex: int,
                   **details: object) -> FibRoute:

@@ -38,6 +38,8 @@ class FrameLayout:
     length: int  # offset of __sk_buff.len (kept equal to data_end - data)
     protocol: int  # offsets of fields derived from each packet when asked (see jb_derive)
     wire_len: int
+    sk: int  # offset of __sk_buff.sk, and where in the arena the packet's own socket goes (JB_DERIVE_SOCKET)
+    sock_off: int
     headroom: int  # bytes before the packet that helpers may claim
     tailroom: int  # bytes after it
     xdp: bool  # bpf_redirect returns XDP verdicts (else tc's)
@@ -57,6 +59,7 @@ def new_frame(layout: FrameLayout, arena: Pages) -> Any:
     p.arena, p.arena_size, p.frame_off = arena.address, arena.size, layout.frame_off
     p.headroom, p.tailroom = layout.headroom, layout.tailroom
     p.off_protocol, p.off_wire_len = layout.protocol, layout.wire_len
+    p.off_sk, p.sock_off = layout.sk, layout.sock_off
     pkt.off_protocol = layout.protocol  # helpers that change skb->protocol keep the field in step
     return p
 

@@ -23,9 +23,12 @@ from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.iterators import ITERATOR_FLAVOURS, IterRead, SeqFile, iterator_helpers, read_iterator
 from jitbpf.linux.maps import MAP_WRITE_HELPERS
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
+from jitbpf.linux.sockets import PACKET_SOCKET, PACKET_SOCKET_REGION
+from jitbpf.linux.sockets import BpfSock as BpfSock  # the context of cgroup/sock, defined with the sockets
 from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
 from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
+from jitbpf.verifier._sock import BPF_SOCK_SIZE
 
 if TYPE_CHECKING:
     from jitbpf.linux.btfctx import AttachTarget, BtfTypes
@@ -144,6 +147,7 @@ XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
 SKB_HEADROOM = 1024  # bytes before a tc packet that bpf_skb_adjust_room/change_head/change_proto may claim
 SKB_TAILROOM = 256  # bytes after it
 CTX_AREA = 512  # bytes reserved for the context at the start of the run arena
+SOCK_OFF = 256  # where in that area a packet's own socket goes (past the largest packet context)
 
 # -- context layouts (the kernel's uapi structs) ---------------------------------------------------
 
@@ -185,15 +189,6 @@ class PerfEventData(ctypes.LittleEndianStructure):
     """``struct bpf_perf_event_data``: the sampled registers, period and address."""
 
     _fields_ = (("regs", PtRegs), ("sample_period", u64), ("addr", u64))
-
-
-class BpfSock(ctypes.LittleEndianStructure):
-    """``struct bpf_sock``: the context of cgroup/sock programs."""
-
-    _fields_ = (("bound_dev_if", u32), ("family", u32), ("type", u32), ("protocol", u32), ("mark", u32),
-                ("priority", u32), ("src_ip4", u32), ("src_ip6", u32 * 4), ("src_port", u32),
-                ("dst_port", ctypes.c_uint16), ("_pad", ctypes.c_uint16), ("dst_ip4", u32), ("dst_ip6", u32 * 4),
-                ("state", u32), ("rx_queue_mapping", s32))
 
 
 class CgroupDevCtx(ctypes.LittleEndianStructure):
@@ -337,9 +332,19 @@ class ProgramType:
     tailroom: int = 0  # bytes after the packet that helpers may grow into
     ld_abs: bool = False  # legacy LD_ABS/LD_IND packet loads are allowed
     btf_typed: bool = False  # the context is the attach target's u64 args[], typed by the target BTF
+    socket_context: bool = False  # the context is a socket (helpers taking a socket take it)
 
-    def context_spec(self) -> ContextSpec:
-        """The verifier's description of this context."""
+    @property
+    def socket_field(self) -> tuple[int, bool] | None:
+        """The context's socket pointer field: its offset and whether it may be NULL (None: none)."""
+        for off, kind in self.pointer_fields.items():
+            if kind.startswith("sock"):
+                return off, kind.endswith("_or_null")
+        return None
+
+    def context_spec(self, section: str | None = None) -> ContextSpec:
+        """The verifier's description of this context (for a program of ``section``, whose attach
+        type may narrow what it returns)."""
         from jitbpf.verifier import ContextSpec
 
         # Each pointer field is loaded with the width its struct declares: a __u32 in __sk_buff
@@ -348,8 +353,10 @@ class ProgramType:
         return ContextSpec(size=ctypes.sizeof(self.ctx), readable=tuple((a, b - a) for a, b in self.readable),
                            writable=tuple((a, b - a) for a, b in self.writable),
                            fields=MappingProxyType(dict(self.pointer_fields)), field_sizes=MappingProxyType(sizes),
-                           ret_range=self.ret_range, ret_pointer_ok=False, packet_writable=self.packet_writable,
-                           ld_abs=self.ld_abs, sockmap_writers=_SOCKMAP_WRITERS.get(self.prog_type, frozenset()))
+                           ret_range=section_ret_range(section, self.ret_range), ret_pointer_ok=False,
+                           packet_writable=self.packet_writable,
+                           ld_abs=self.ld_abs, sockmap_writers=_SOCKMAP_WRITERS.get(self.prog_type, frozenset()),
+                           socket_context=self.socket_context)
 
 
 def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSpec:
@@ -382,19 +389,20 @@ def _allowed(kind: ProgType) -> frozenset[int]:
 
 def _build_registry() -> Mapping[ProgType, ProgramType]:
     sk = SkBuff
-    skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end"}
+    skb_sk = {SkBuff.sk.offset: "sock_common_or_null"}  # the packet's socket, which every skb type may read
+    skb_ptrs = {SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end", **skb_sk}
     sk_common = ("family", "remote_ip4", "local_ip4", "remote_ip6", "local_ip6", "remote_port", "local_port")
     types = [
         ProgramType(
             ProgType.SOCKET_FILTER, "socket_filter", sk, ("socket", "socket/"), _allowed(ProgType.SOCKET_FILTER),
             readable=_all_but(sk, ("tc_classid", "data", "data_end", "data_meta", *sk_common, "tstamp", "wire_len",
-                                   "hwtstamp", "flow_keys", "sk", "tstamp_type")),
-            writable=_spans(sk, ("cb",)), packet=True, ld_abs=True,
+                                   "hwtstamp", "flow_keys", "tstamp_type")),
+            writable=_spans(sk, ("cb",)), pointer_fields=skb_sk, packet=True, ld_abs=True,
         ),
         ProgramType(
             ProgType.SCHED_CLS, "sched_cls", sk, ("tc", "tc/", "classifier", "classifier/", "tcx/"),
             _allowed(ProgType.SCHED_CLS),
-            readable=_all_but(sk, (*sk_common, "flow_keys", "sk", "tstamp_type")),
+            readable=_all_but(sk, (*sk_common, "flow_keys", "tstamp_type")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
             pointer_fields={**skb_ptrs, SkBuff.data_meta.offset: "packet_meta"}, packet=True,
             packet_writable=True, headroom=SKB_HEADROOM, tailroom=SKB_TAILROOM, ld_abs=True,
@@ -444,7 +452,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(
             ProgType.CGROUP_SKB, "cgroup_skb", sk, ("cgroup_skb/", "cgroup/skb"),
             _allowed(ProgType.CGROUP_SKB),
-            readable=_all_but(sk, ("tc_classid", "data_meta", "wire_len", "flow_keys", "sk", "tstamp_type")),
+            readable=_all_but(sk, ("tc_classid", "data_meta", "wire_len", "flow_keys", "tstamp_type")),
             # tstamp: for a privileged loader (CAP_SYS_ADMIN), as jitbpf loads
             writable=_spans(sk, ("mark", "priority", "cb", "tstamp")), pointer_fields=skb_ptrs, ret_range=(0, 1),
             packet=True,
@@ -453,7 +461,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             kind, name, sk, (name, name + "/"),
             _allowed(kind),
             readable=_all_but(sk, ("tc_classid", *sk_common, "data_meta", "tstamp", "wire_len", "hwtstamp",
-                                   "flow_keys", "sk", "tstamp_type")),
+                                   "flow_keys", "tstamp_type")),
             writable=_spans(sk, ("mark", "priority", "cb")), pointer_fields=skb_ptrs, packet=True,
             packet_writable=kind is ProgType.LWT_XMIT,
         ) for kind, name in ((ProgType.LWT_IN, "lwt_in"), (ProgType.LWT_OUT, "lwt_out"),
@@ -463,19 +471,20 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             ("cgroup/sock", "cgroup/sock_create", "cgroup/sock_release", "cgroup/post_bind4", "cgroup/post_bind6"),
             _allowed(ProgType.CGROUP_SOCK),
             readable=_all_but(BpfSock, ()), writable=_spans(BpfSock, ("bound_dev_if", "mark", "priority")),
-            ret_range=(0, 1),
+            ret_range=(0, 1), socket_context=True,
         ),
         ProgramType(
             ProgType.SOCK_OPS, "sock_ops", SockOps, ("sockops",),
             _allowed(ProgType.SOCK_OPS),
-            readable=_all_but(SockOps, ("sk", "skb_data", "skb_data_end")),
-            writable=_spans(SockOps, ("args", "sk_txhash")), ret_range=(0, 1),
+            readable=_all_but(SockOps, ("skb_data", "skb_data_end")),
+            writable=_spans(SockOps, ("args", "sk_txhash")), pointer_fields={SockOps.sk.offset: "socket_or_null"},
+            ret_range=(0, 1),
         ),
         ProgramType(
             ProgType.SK_SKB, "sk_skb", sk, ("sk_skb", "sk_skb/"),
             _allowed(ProgType.SK_SKB),
             readable=_all_but(sk, ("tc_classid", "data_meta", "tstamp", "wire_len", "hwtstamp", "mark", "flow_keys",
-                                   "sk", "tstamp_type")),
+                                   "tstamp_type")),
             writable=_spans(sk, ("tc_index", "priority")), pointer_fields=skb_ptrs, packet=True,
             packet_writable=True,
         ),
@@ -486,19 +495,20 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(
             ProgType.SK_MSG, "sk_msg", SkMsgMd, ("sk_msg",),
             _allowed(ProgType.SK_MSG),
-            readable=_all_but(SkMsgMd, ("sk",)),
+            readable=_all_but(SkMsgMd, ()),
             # The kernel lets sk_msg programs write their message directly (may_access_direct_pkt_data).
-            pointer_fields={SkMsgMd.data.offset: "packet", SkMsgMd.data_end.offset: "packet_end"}, packet=True,
+            pointer_fields={SkMsgMd.data.offset: "packet", SkMsgMd.data_end.offset: "packet_end",
+                            SkMsgMd.sk.offset: "socket"}, packet=True,
             packet_writable=True,
         ),
         ProgramType(
             ProgType.CGROUP_SOCK_ADDR, "cgroup_sock_addr", SockAddr,
-            (*(f"cgroup/{op}{v}" for op in ("bind", "connect", "sendmsg", "recvmsg", "getpeername", "getsockname")
-               for v in ("4", "6")), "cgroup/sendmsg_unix", "cgroup/connect_unix"),
+            tuple(f"cgroup/{op}{v}" for op in ("bind", "connect", "sendmsg", "recvmsg", "getpeername", "getsockname")
+                  for v in ("4", "6", "_unix") if (op, v) != ("bind", "_unix")),  # unix sockets bind no address
             _allowed(ProgType.CGROUP_SOCK_ADDR),
-            readable=_all_but(SockAddr, ("sk",)),
+            readable=_all_but(SockAddr, ()),
             writable=_spans(SockAddr, ("user_ip4", "user_ip6", "user_port", "msg_src_ip4", "msg_src_ip6")),
-            ret_range=(0, 1),
+            pointer_fields={SockAddr.sk.offset: "socket"}, ret_range=(0, 1),
         ),
         ProgramType(
             ProgType.CGROUP_SYSCTL, "cgroup_sysctl", Sysctl, ("cgroup/sysctl",),
@@ -515,6 +525,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
 
 
 PROGRAM_TYPES: Mapping[ProgType, ProgramType] = _build_registry()  # immutable, built once
+assert ctypes.sizeof(SkBuff) <= SOCK_OFF and SOCK_OFF + BPF_SOCK_SIZE <= CTX_AREA  # the packet socket's place
 _BY_NAME: Mapping[str, ProgType] = MappingProxyType(
     {**{t.name: t.prog_type for t in PROGRAM_TYPES.values()}, **{p.name.lower(): p for p in ProgType},
      "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS, "classifier": ProgType.SCHED_CLS,
@@ -565,6 +576,26 @@ _RET_RANGES: Mapping[AttachType, tuple[int, int]] = MappingProxyType({
     AttachType.TRACE_FENTRY: (0, 0), AttachType.TRACE_FEXIT: (0, 0), AttachType.TRACE_ITER: (0, 1),
     AttachType.LSM_CGROUP: (0, 1),
 })
+
+
+# What programs of an attach type return, where it differs from their program type's range (the
+# kernel's check_return_code): by section name.
+_SECTION_RET_RANGES: Mapping[str, tuple[int, int]] = MappingProxyType({
+    # cgroup_skb egress may also ask for congestion notification (bit 1)
+    "cgroup_skb/egress": (0, 3),
+    # bind may also let the socket bind a privileged port (BPF_RET_BIND_NO_CAP_NET_BIND_SERVICE)
+    "cgroup/bind4": (0, 3), "cgroup/bind6": (0, 3),
+    # these hooks may only rewrite the address, never refuse it
+    **{f"cgroup/{hook}{family}": (1, 1) for hook in ("recvmsg", "getpeername", "getsockname")
+       for family in ("4", "6", "_unix")},
+})
+
+
+def section_ret_range(section: str | None, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The values a program of ``section`` must return (``default``: its program type's)."""
+    if section is None:
+        return default
+    return _SECTION_RET_RANGES.get(section.removeprefix("?"), default)
 
 
 def section_attach_type(section: str) -> AttachType:
@@ -685,6 +716,7 @@ def frame_layout(info: ProgramType) -> FrameLayout:
         data_end=where.get("packet_end", NO_FIELD), data_meta=where.get("packet_meta", NO_FIELD),
         ptr_size=8 if info.ctx is SkMsgMd else 4, length=SkBuff.len.offset if skb else NO_FIELD,
         protocol=SkBuff.protocol.offset if skb else NO_FIELD, wire_len=SkBuff.wire_len.offset if skb else NO_FIELD,
+        sk=SkBuff.sk.offset if skb else NO_FIELD, sock_off=SOCK_OFF,
         headroom=info.headroom, tailroom=info.tailroom, xdp=info.prog_type is ProgType.XDP,
     )
 
@@ -695,8 +727,10 @@ TEMPLATES_KEPT = 256  # initial contexts each program state keeps built, by the 
 class ProgramState:
     """Per-VM state of the program type: the type, and each thread's arena and current run."""
 
-    def __init__(self, info: ProgramType, attach: AttachTarget | None = None, types: BtfTypes | None = None) -> None:
+    def __init__(self, info: ProgramType, attach: AttachTarget | None = None, types: BtfTypes | None = None, *,
+                 section: str | None = None) -> None:
         self.info = info
+        self.section = section  # the section the program comes from, which may narrow its return values
         self.attach = attach  # BTF-typed types: the attach target, whose arguments are the context
         self.types = types  # and the target BTF they are typed by
         self.btf_source: BtfSource | None = None  # where that BTF came from (None: the running kernel)
@@ -1167,7 +1201,12 @@ def _run_context(vm: VM, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] |
         raise ValueError(f"{info.name} programs take a {info.ctx.__name__} context, not {type(context).__name__}")
     if packet is not None and not info.packet:
         raise ValueError(f"{info.name} programs take no packet")
-    return _run(vm, state, bytes(context), 0, bytes(packet) if packet is not None else b"", engine)
+    raw, derive = bytes(context), 0
+    sk = _socket_field(vm, info)
+    if sk is not None:  # whatever the caller put there, the field points to the context's socket
+        off, value, derive = sk
+        raw = raw[:off] + value.to_bytes(8, "little") + raw[off + 8 :]
+    return _run(vm, state, raw, derive, bytes(packet) if packet is not None else b"", engine)
 
 
 def _run(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes, engine: Engine) -> RunResult:
@@ -1201,6 +1240,12 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     state.local.sent_tunnel = None
     base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
+    if info.socket_field is not None:
+        assert vm.std is not None
+        extra += vm.std.sockets.regions()
+        if info.ctx is SkBuff:  # the packet's own socket, when the frame builder laid it out
+            extra.append(Region(base + SOCK_OFF, BPF_SOCK_SIZE, arena.view[SOCK_OFF : SOCK_OFF + BPF_SOCK_SIZE],
+                                False, PACKET_SOCKET_REGION))
     legacy = Region(start, len(data), arena.view[start - base : start - base + len(data)], False, "packet")
     states = [state, *_tail_call_states(vm)]
     for s in states:
@@ -1382,17 +1427,40 @@ def _sk_action(retval: int) -> int:
 _DERIVE_WIRE_LEN = 4  # enum jb_derive: wire_len from the packet (the other members are read from the library)
 
 
-def _skb_template(state: ProgramState, fields: Mapping[str, Any], protocol: int) -> tuple[bytes, int]:
+def _socket_field(vm: VM, info: ProgramType) -> tuple[int, int, int] | None:
+    """The context's socket pointer field (None: it has none): its offset, what it holds, and
+    JB_DERIVE_SOCKET when the frame builder lays out the packet's own socket and points it there
+    instead (a packet program's default socket, ``PACKET_SOCKET``)."""
+    kind = info.socket_field
+    if kind is None:
+        return None
+    off, nullable = kind
+    std = vm.std
+    assert std is not None  # program types come with the standard helpers
+    sock = std.socket
+    if sock is PACKET_SOCKET and info.ctx is SkBuff:
+        return off, 0, native().lib.JB_DERIVE_SOCKET
+    if sock is None or sock is PACKET_SOCKET:
+        if nullable:
+            return off, 0, 0
+        sock = PACKET_SOCKET  # a context whose socket is never NULL: an anonymous one
+    return off, std.sockets.address(sock), 0
+
+
+def _skb_template(state: ProgramState, fields: Mapping[str, Any], protocol: int,
+                  sk: tuple[int, int, int] | None) -> tuple[bytes, int]:
     """The initial ``__sk_buff`` of a packet run, and what the frame builder derives from each
     packet: ``protocol`` (the jb_derive way to find it) and ``wire_len``, unless ``fields``
-    give them; ``len`` always follows the packet."""
+    give them; ``len`` always follows the packet; ``sk`` is the socket (see _socket_field)."""
+    _off, sk_value, sk_derive = sk or (0, 0, 0)
     if not fields:
-        key: Hashable = protocol
-        derive = protocol | _DERIVE_WIRE_LEN
+        key: Hashable = (protocol, sk_value)
+        derive = protocol | _DERIVE_WIRE_LEN | sk_derive
     else:
-        key = (protocol, *sorted(fields.items()))
+        key = (protocol, sk_value, *sorted(fields.items()))
         derive = (0 if "protocol" in fields else protocol) | (0 if "wire_len" in fields else _DERIVE_WIRE_LEN)
-    values = {"ifindex": 1, "ingress_ifindex": 1, **fields}
+        derive |= sk_derive
+    values = {"ifindex": 1, "ingress_ifindex": 1, **fields, "sk": sk_value}
     try:
         template = state.templates.get(key)
     except TypeError:  # unhashable field values (lists): built each time
@@ -1458,7 +1526,7 @@ def _setup(vm: Any, prog_type: ProgType | int | str | None, attach: str | None =
         vm.program_state = None
         return
     info = PROGRAM_TYPES[kind]
-    state = _attach_state(info, attach, btf) if info.btf_typed else ProgramState(info)
+    state = _attach_state(info, attach, btf) if info.btf_typed else ProgramState(info, section=attach)
     vm.program_state = state
     use_standard: Callable[[], object] | None = getattr(vm, "use_standard_helpers", None)
     if use_standard is not None:
@@ -1495,7 +1563,7 @@ class ProgramRunners:
             return None
         if state.attach is not None:
             return _btf_context_spec(state.attach, state.types)
-        return state.info.context_spec()
+        return state.info.context_spec(state.section)
 
     def _check_program_type(self) -> None:
         if self.program_state is not None:
@@ -1603,10 +1671,12 @@ class ProgramRunners:
                 return state, state.templates.get(key) or state.add_template(key, {"ingress_ifindex": 1, **fields}), 0
             case ProgType.SOCKET_FILTER | ProgType.SCHED_CLS | ProgType.SCHED_ACT | ProgType.SK_SKB:
                 assert state is not None
-                return (state, *_skb_template(state, fields, lib.JB_DERIVE_ETH_PROTOCOL))
+                sk = _socket_field(self._vm(), state.info)
+                return (state, *_skb_template(state, fields, lib.JB_DERIVE_ETH_PROTOCOL, sk))
             case ProgType.CGROUP_SKB | ProgType.LWT_IN | ProgType.LWT_OUT | ProgType.LWT_XMIT:
                 assert state is not None
-                return (state, *_skb_template(state, fields, lib.JB_DERIVE_IP_PROTOCOL))
+                sk = _socket_field(self._vm(), state.info)
+                return (state, *_skb_template(state, fields, lib.JB_DERIVE_IP_PROTOCOL, sk))
             case _:
                 self._expect(*BATCH_TYPES)
                 raise AssertionError("unreachable")

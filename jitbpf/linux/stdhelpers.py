@@ -33,6 +33,7 @@ from jitbpf.linux.maps import (
     StackTraceMap,
     copy_stack,
 )
+from jitbpf.linux.sockets import PACKET_SOCKET, SocketTable, find_socket, socket_helpers
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
@@ -65,14 +66,16 @@ class StdContext:
     """The standard helpers' state for one VM: the trace log, and per-thread run effects.
 
     ``redirect`` is the calling thread's latest redirect (reset with ``clear_redirect``);
-    ``socket`` is the socket that the thread's sock_ops context stands for, which
-    ``bpf_sock_map_update`` inserts (set it before running).
+    ``socket`` is the socket of the thread's contexts (``__sk_buff->sk``, ``bpf_sock_ops->sk``,
+    ...; see ``jitbpf.linux.sockets``), which ``bpf_sock_map_update`` inserts: set it before
+    running. ``sockets`` holds the memory sockets are given to programs in.
     """
 
     def __init__(self, trace_stream: TextIO | None = None) -> None:
         self.trace_log: list[str] = []  # bpf_trace_printk output, in order
         self.trace_stream = trace_stream  # also written here (e.g. sys.stderr) when set
         self.host = Host()  # what the helpers that ask the host answer (jitbpf.linux.host)
+        self.sockets = SocketTable()
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -95,7 +98,7 @@ class StdContext:
 
     @property
     def socket(self) -> object | None:
-        return getattr(self._local, "socket", None)
+        return getattr(self._local, "socket", PACKET_SOCKET)
 
     @socket.setter
     def socket(self, sock: object | None) -> None:
@@ -500,16 +503,27 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         # Any task's stack is the host's call stack: one task runs here (Host.task).
         return stack_into("bpf_get_task_stack", r2, r3, r4)
 
-    # A program's socket argument names the socket of its context (StdContext.socket); a task or
-    # inode argument is its address, which TaskStorage and InodeStorage key by.
+    # A task or inode argument is its address, which TaskStorage and InodeStorage key by; a
+    # socket argument is a socket given to the program (its owner keys), or the context when the
+    # context is a socket or a kernel object (cgroup/sock, tracing), which stands for the
+    # context's socket (StdContext.socket) or, without one, for its own address.
+    def storage_owner(mtype: MapType, addr: int) -> object | None:
+        if mtype is not MapType.SK_STORAGE or addr == 0:
+            return addr or None
+        found = find_socket(ctx.sockets, memory(), addr)
+        if found is not None:
+            return found[0]
+        sock = ctx.socket
+        return addr if sock is None or sock is PACKET_SOCKET else sock
+
     def storage_get(kind: str, mtype: MapType) -> Callable[[int, int, int, int, int], int]:
         name = f"bpf_{kind}_storage_get"
 
         def get(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
             m = map_at(r1, name, mtype)
             assert isinstance(m, SkStorage)
-            owner = ctx.socket if mtype is MapType.SK_STORAGE else r2
-            if r2 == 0 or owner is None:
+            owner = storage_owner(mtype, r2)
+            if owner is None:
                 return 0
             need(r3, m.value_size if r3 else 0, name, "value")
             return m.program_get(owner, r3, r4)
@@ -525,7 +539,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
             if r2 == 0:
                 return -errno.EINVAL & MASK64
             try:
-                del m[ctx.socket if mtype is MapType.SK_STORAGE else r2]
+                del m[storage_owner(mtype, r2)]
             except MapError as exc:
                 return -exc.errno & MASK64
             return 0
@@ -578,7 +592,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
             m = map_at(r2, name, mtype)
             need(r3, m.key_size, name, "key")
             sock = ctx.socket
-            if sock is None:
+            if sock is None or sock is PACKET_SOCKET:
                 return -errno.EOPNOTSUPP  # the context stands for no socket: set StdContext.socket
             key = memory().read(r3, m.key_size)
             try:
@@ -738,15 +752,17 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
                "length_or_errno"),
         Helper(h.GET_TASK_STACK, "bpf_get_task_stack", get_task_stack,
                ("anything", "uninit_mem", "size_or_zero", "scalar"), "length_or_errno"),
-        *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", "anything", "anything", "scalar"),
+        *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", owner, "anything", "scalar"),
                  "map_value_or_null")
-          for kind, mtype, get_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET),
-                                      ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_GET),
-                                      ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_GET))),
-        *(Helper(delete_id, f"bpf_{kind}_storage_delete", storage_delete(kind, mtype), ("map", "anything"))
-          for kind, mtype, delete_id in (("sk", MapType.SK_STORAGE, h.SK_STORAGE_DELETE),
-                                         ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_DELETE),
-                                         ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_DELETE))),
+          for kind, mtype, get_id, owner in (
+              ("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET, "btf_sock_common_or_null"),
+              ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_GET, "anything"),
+              ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_GET, "anything"))),
+        *(Helper(delete_id, f"bpf_{kind}_storage_delete", storage_delete(kind, mtype), ("map", owner))
+          for kind, mtype, delete_id, owner in (
+              ("sk", MapType.SK_STORAGE, h.SK_STORAGE_DELETE, "btf_sock_common_or_null"),
+              ("inode", MapType.INODE_STORAGE, h.INODE_STORAGE_DELETE, "anything"),
+              ("task", MapType.TASK_STORAGE, h.TASK_STORAGE_DELETE, "anything"))),
         Helper(h.GET_LOCAL_STORAGE, "bpf_get_local_storage", get_local_storage, ("map", "zero"), "map_value",
                map_types=tuple(CGROUP_STORAGE_TYPES)),
         Helper(h.STRTOL, "bpf_strtol", strtox(True), ("mem", "size", "scalar", "uninit_long")),
@@ -765,5 +781,6 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     # The kernel's helper-to-map compatibility, declared where the helper does not narrow it.
     own = [replace(x, map_types=tuple(sorted(TYPES_OF_HELPER[x.id]))) if x.id in TYPES_OF_HELPER else x
            for x in own]
+    own += socket_helpers(memory, lambda: ctx.sockets, lambda: ctx.host)
     defined = {x.id for x in own}  # the host answers the rest
     return own + [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in defined]

@@ -19,10 +19,12 @@ from jitbpf.linux.maps import (
     MAP_OF_MAPS_TYPES,
     MAP_WRITE_HELPERS,
     SOCKET_MAP_TYPES,
+    MapType,
 )
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
 from jitbpf.verifier._progress import CHECK_EVERY, Progress
+from jitbpf.verifier._sock import sock_load_ok, tcp_sock_load_ok
 from jitbpf.verifier._state import (
     INVALID,
     MISC,
@@ -67,16 +69,24 @@ Pt = RegType
 # What a pointer that may be null becomes once compared against 0.
 NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_NULL: Pt.PTR_TO_BUF,
             Pt.CONST_PTR_TO_MAP_OR_NULL: Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BTF_ID_OR_NULL: Pt.PTR_TO_BTF_ID,
-            Pt.PTR_TO_MEM_OR_NULL: Pt.PTR_TO_MEM}
+            Pt.PTR_TO_MEM_OR_NULL: Pt.PTR_TO_MEM, Pt.PTR_TO_SOCK_COMMON_OR_NULL: Pt.PTR_TO_SOCK_COMMON,
+            Pt.PTR_TO_SOCKET_OR_NULL: Pt.PTR_TO_SOCKET, Pt.PTR_TO_TCP_SOCK_OR_NULL: Pt.PTR_TO_TCP_SOCK}
 POINTER_OR_NULL = tuple(NON_NULL)
+# What an acquiring helper returns, by its return type.
+ACQUIRED = {RetType.ACQUIRED_MEM_OR_NULL: Pt.PTR_TO_BUF_OR_NULL,
+            RetType.ACQUIRED_SOCKET_OR_NULL: Pt.PTR_TO_SOCKET_OR_NULL,
+            RetType.ACQUIRED_SOCK_COMMON_OR_NULL: Pt.PTR_TO_SOCK_COMMON_OR_NULL}
 PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # Pointers of one type and aux that need not share a base: two lookups in one map give two
 # values anywhere in memory, and memory of unknown size may be any buffer.
 # Compared with 0, the branch is known.
-NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC, Pt.PTR_TO_MAP_KEY)
+SOCKETS = (Pt.PTR_TO_SOCK_COMMON, Pt.PTR_TO_SOCKET, Pt.PTR_TO_TCP_SOCK)  # what a socket argument takes
+NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC, Pt.PTR_TO_MAP_KEY, *SOCKETS)
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF,
                    Pt.PTR_TO_BUF_OR_NULL)
-FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META}
+FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META,
+               "sock_common_or_null": Pt.PTR_TO_SOCK_COMMON_OR_NULL, "socket": Pt.PTR_TO_SOCKET,
+               "socket_or_null": Pt.PTR_TO_SOCKET_OR_NULL}
 STACK_BOTTOM = -STACK_SIZE
 ALL_REGS = (1 << 11) - 1
 ALL_SLOTS = (1 << SLOTS) - 1
@@ -843,7 +853,7 @@ class Checker:
         t = ptr.type
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC):
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
             hint = ", null-check it first" if t in POINTER_OR_NULL else ""
             self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
@@ -1042,8 +1052,11 @@ class Checker:
                 self._note(True)
             case Pt.PTR_TO_BTF_ID:
                 return self._btf_access(ptr, r, off, size, mode, signed)
+            case Pt.PTR_TO_SOCK_COMMON | Pt.PTR_TO_SOCKET | Pt.PTR_TO_TCP_SOCK:
+                self._sock_access(ptr, r, off, size, mode)
             case (Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL | Pt.CONST_PTR_TO_MAP_OR_NULL
-                  | Pt.PTR_TO_BTF_ID_OR_NULL | Pt.PTR_TO_MEM_OR_NULL):
+                  | Pt.PTR_TO_BTF_ID_OR_NULL | Pt.PTR_TO_MEM_OR_NULL | Pt.PTR_TO_SOCK_COMMON_OR_NULL
+                  | Pt.PTR_TO_SOCKET_OR_NULL | Pt.PTR_TO_TCP_SOCK_OR_NULL):
                 self.reject(f"r{r} invalid mem access '{t.value}': possible null pointer dereference "
                             f"(compare it against 0 first)")
             case Pt.PTR_TO_PACKET_END:
@@ -1062,6 +1075,19 @@ class Checker:
         if mode is Access.READ:
             return self._loaded(size, signed)
         return None
+
+    def _sock_access(self, ptr: Reg, r: int, off: int, size: int, mode: Access) -> None:
+        """A load of a socket's field: read-only, within the fields its kind has (the layouts the
+        kernel exposes), at the register's unchanged address (arithmetic on it is refused)."""
+        t = ptr.type
+        if mode is not Access.READ:
+            self.reject(f"r{r} cannot write into {t.value}")
+        lo = ptr.off + off
+        ok = tcp_sock_load_ok(lo, size) if t is Pt.PTR_TO_TCP_SOCK else sock_load_ok(
+            lo, size, full=t is Pt.PTR_TO_SOCKET)
+        if not ok:
+            self.reject(f"r{r} invalid {t.value} access off={lo} size={size}")
+        self._note(True)
 
     def _packet_bounds(self, ptr: Reg, r: int, lo: int, size: int) -> None:
         """The kernel's packet rule: ``range`` bytes are proven from the pointer's variable base
@@ -1283,10 +1309,11 @@ class Checker:
                 # Only a load of the whole field gives the whole address (as in the kernel,
                 # whose *_is_valid_access wants exactly the field's declared size).
                 if lo != foff or size != width or signed:
-                    self.reject(f"invalid narrow, wide or misaligned load of the {kind} pointer at context "
-                                f"off={foff}: it is {width} bytes")
+                    self.reject(f"invalid bpf_context access off={lo} size={size}: a narrow, wide or misaligned "
+                                f"load of the {kind} pointer at context off={foff}, which is {width} bytes")
                 self._note(True)
-                return Reg(FIELD_KINDS[kind])
+                t = FIELD_KINDS[kind]
+                return Reg(t, id=self.fresh_id()) if t in NON_NULL else Reg(t)
         self._note(True)
         if mode is Access.READ:
             return self._loaded(size, signed)
@@ -1413,7 +1440,7 @@ class Checker:
     def _mark_null(self, st: State, p: Reg, null: bool) -> None:
         assert p.id
         zero = Reg(Pt.SCALAR, sc.ZERO)
-        if null and p.ref:  # no record was reserved: there is nothing to release
+        if null and p.ref and p.ref == p.id:  # nothing was acquired: there is nothing to release
             st.refs = tuple(r for r in st.refs if r[0] != p.ref)
         st.replace_linked(p.id, POINTER_OR_NULL, (lambda _reg: zero) if null else self._non_null)
 
@@ -1542,6 +1569,7 @@ class Checker:
         map_reg: Reg | None = None
         pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
         released = 0
+        cast_ref = 0  # the reference of the socket a pointer cast is given
         alloc_size = 0
         size_max = MAX_OFFSET  # the largest value of the size argument
         for i, kind in enumerate(args):
@@ -1621,8 +1649,17 @@ class Checker:
                     if reg.off or reg.var != sc.ZERO:
                         self.reject(f"r{r} must have zero offset when passed to release func (helper {hid})")
                     released = reg.ref
+                case (ArgType.SOCK_COMMON | ArgType.BTF_SOCK_COMMON | ArgType.BTF_SOCK_COMMON_OR_NULL
+                      | ArgType.RELEASED_SOCK):
+                    reg = self._sock_arg(regs, r, kind)
+                    cast_ref = cast_ref or reg.ref
+                    if kind is ArgType.RELEASED_SOCK:
+                        released = reg.ref
                 case _:
                     raise InternalError(f"no rule for {kind}")
+        if map_reg is not None and hid in HELPERS_OF_TYPE.get(MapType.PROG_ARRAY, ()) \
+                and any(ref > 0 for ref, _at in st.refs):
+            self.reject("tail_call would lead to reference leak: a reference acquired earlier is still held")
         match ret:
             case RetType.SCALAR:
                 regs[0] = UNKNOWN_SCALAR
@@ -1643,10 +1680,16 @@ class Checker:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
                 regs[0] = Reg(Pt.PTR_TO_MAP_VALUE, aux=map_reg.aux)
-            case RetType.ACQUIRED_MEM_OR_NULL:
+            case RetType.ACQUIRED_MEM_OR_NULL | RetType.ACQUIRED_SOCKET_OR_NULL | RetType.ACQUIRED_SOCK_COMMON_OR_NULL:
                 ref = self.fresh_id()
-                regs[0] = Reg(Pt.PTR_TO_BUF_OR_NULL, range=alloc_size, id=ref, ref=ref)
+                regs[0] = Reg(ACQUIRED[ret], range=alloc_size, id=ref, ref=ref)
                 st.refs = (*st.refs, (ref, self.pc))
+            case RetType.SOCKET_OR_NULL:
+                regs[0] = Reg(Pt.PTR_TO_SOCKET_OR_NULL, id=self.fresh_id())
+            case RetType.CAST_SOCKET_OR_NULL | RetType.CAST_TCP_SOCK_OR_NULL:
+                # The same object seen as another type: it holds the argument's reference.
+                cast = Pt.PTR_TO_SOCKET_OR_NULL if ret is RetType.CAST_SOCKET_OR_NULL else Pt.PTR_TO_TCP_SOCK_OR_NULL
+                regs[0] = Reg(cast, id=self.fresh_id(), ref=cast_ref)
             case _:
                 raise InternalError(f"no rule for {ret}")
         if released:
@@ -1665,6 +1708,25 @@ class Checker:
         if scratch_args(self.context.size is not None) and hid not in self.callbacks:
             for r in range(1, 6):
                 regs[r] = NOT_INIT
+
+    def _sock_arg(self, regs: list[Reg], r: int, kind: ArgType) -> Reg:
+        """A socket argument: a socket pointer checked against NULL (any of the kinds); a BTF
+        kernel object too where the kernel takes one; the context where it is a socket. A
+        released one must be a reference a lookup acquired."""
+        reg = self._read(regs, r)
+        if kind is ArgType.BTF_SOCK_COMMON_OR_NULL and reg.type is Pt.SCALAR and reg.var == sc.ZERO:
+            self._precise(r)
+            return reg
+        btf = kind is not ArgType.SOCK_COMMON
+        if btf and self.context.socket_context and reg.type is Pt.PTR_TO_CTX:
+            self._ctx_arg(regs, r, ArgType.CTX_READ)
+            return reg
+        if reg.type not in SOCKETS and not (btf and reg.type is Pt.PTR_TO_BTF_ID):
+            expected = "sock_common, sock, tcp_sock, xdp_sock" + (", ptr_, trusted_ptr_" if btf else "")
+            self.reject(f"R{r} type={reg.type.value} expected={expected}")
+        if kind is ArgType.RELEASED_SOCK and not reg.ref:
+            self.reject(f"R{r} must be referenced when passed to release function")
+        return reg
 
     def _ctx_arg(self, regs: list[Reg], r: int, kind: ArgType) -> None:
         """A context argument: the unmodified context pointer (or 0, for CTX_OR_NULL). Programs
@@ -1855,8 +1917,8 @@ class Checker:
             self.reject("bpf_spin_unlock is missing: the program exits holding a bpf_spin_lock")
         if st.refs:
             ref, at = st.refs[0]
-            self.reject(f"Unreleased reference id={ref} alloc_insn={at}: a ring buffer record reserved there is "
-                        "neither submitted nor discarded on this path")
+            self.reject(f"Unreleased reference id={ref} alloc_insn={at}: BPF_EXIT instruction in main prog would "
+                        "lead to reference leak (what was acquired there is not released on this path)")
         r0 = regs[0]
         if r0.type is Pt.NOT_INIT:
             self.reject("r0 is not initialised at program exit")

@@ -58,7 +58,8 @@ class BtfLayout(Protocol):
         ...
 
 
-CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta")
+# The pointers a context field may hold: packet bounds, or the socket the context is about.
+CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta", "sock_common_or_null", "socket", "socket_or_null")
 CONTEXT_POINTER_SIZES = (4, 8)  # a __u32 (__sk_buff, xdp_md) or a 64-bit __bpf_md_ptr (sk_msg_md)
 
 
@@ -94,6 +95,7 @@ class ContextSpec:
     # The map helpers (update 2, delete 3) that may change a socket map (SOCKMAP, SOCKHASH): the
     # kernel lets only some program types, where no socket lock can be held, do so.
     sockmap_writers: frozenset[int] = frozenset({2, 3})
+    socket_context: bool = False  # the context is itself a socket (cgroup/sock): socket arguments take it
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():
@@ -155,6 +157,15 @@ class RegType(enum.Enum):
     PTR_TO_BTF_ID = "ptr_"  # a kernel object of a BTF struct (aux = its type id): read by probe loads
     PTR_TO_BTF_ID_OR_NULL = "ptr_or_null_"  # the same, or 0 (aux = type id, id = the slot's load)
     PTR_TO_MEM_OR_NULL = "mem_or_null"  # memory of unknown size, or 0 (id = the slot's load)
+    # Sockets (read-only, no arithmetic; ref = the lookup that acquired them, if any): a struct
+    # bpf_sock of which only the fields every socket has may be read, a full socket, a TCP
+    # socket's struct bpf_tcp_sock; and each of them or 0 (id = the load or call).
+    PTR_TO_SOCK_COMMON = "sock_common"
+    PTR_TO_SOCK_COMMON_OR_NULL = "sock_common_or_null"
+    PTR_TO_SOCKET = "sock"
+    PTR_TO_SOCKET_OR_NULL = "sock_or_null"
+    PTR_TO_TCP_SOCK = "tcp_sock"
+    PTR_TO_TCP_SOCK_OR_NULL = "tcp_sock_or_null"
 
 
 class Reg(NamedTuple):
