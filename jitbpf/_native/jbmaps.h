@@ -132,6 +132,7 @@ void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint6
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
+/* `entry`: the program's "batch" entry. */
 uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t base,
                        const uint64_t *lens, uint64_t n, uint64_t *results, void *python);
 uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,

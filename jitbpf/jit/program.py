@@ -389,7 +389,7 @@ class JitProgram:
         results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
 
         def loop(start: int, table: Any) -> int:
-            return int(nat.lib.jb_run_packed(self._args_entry(), table, base + offsets[start],
+            return int(nat.lib.jb_run_packed(self._batch_entry(), table, base + offsets[start],
                                              lens + start, n - start, results + start, self._python))
 
         offsets = list(itertools.accumulate(sizes, initial=0))
@@ -419,17 +419,17 @@ class JitProgram:
         results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
 
         def loop(start: int, table: Any) -> int:
-            return int(nat.lib.jb_run_records(self._args_entry(), table, base + start * record_size,
+            return int(nat.lib.jb_run_records(self._batch_entry(), table, base + start * record_size,
                                               record_size, n - start, results + start, self._python))
 
         self._batch(loop, n, results, extra)
         del pin
         return out
 
-    def _args_entry(self) -> int:
+    def _batch_entry(self) -> int:
         if self.closed:
             raise JitError("the JIT program is closed")
-        return self._code.address + self.compiled.entries["args"]
+        return self._code.address + self.compiled.entries["batch"]
 
     def _batch(self, loop: Callable[[int, Any], int], n: int, results: Any, extra: Sequence[Region]) -> None:
         """Run ``loop`` from the first input until all have run; an input that stopped early
