@@ -301,31 +301,36 @@ uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
 
 typedef uint64_t (*batch_fn)(void *ctx, struct jitbpf_batch *batch);
 
-/* The program's "batch" entry over b's inputs, the program's Python helpers set for them all (a
-   nested run restores its caller's); each run's leftover ring buffer reservations are dropped
-   after it, as run_args does. */
-static uint64_t run_batch(uint64_t entry, uint64_t ctx, struct jitbpf_batch *b, void *python)
+/* The program's "batch" entry over b's inputs with the regions `extra` (writable mem each), the
+   program's Python helpers set for them all (a nested run restores its caller's); each run's
+   leftover ring buffer reservations are dropped after it, as run_args does. */
+static uint64_t run_batch(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, struct jitbpf_batch *b,
+                          void *python)
 {
+    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
+    c->mem_writable = 1;
+    c->extra = (struct jitbpf_region *)(uintptr_t)extra;
+    c->nextra = nextra;
     const struct jb_python *outer = t_python;
     b->rb_pending = &jb_rb_npending;
     b->rb_reserved = jb_rb_npending;
     b->rb_release = (uint64_t)(uintptr_t)jb_ringbuf_release_since;
     t_python = python;
-    uint64_t done = ((batch_fn)(uintptr_t)entry)((void *)(uintptr_t)ctx, b);
+    uint64_t done = ((batch_fn)(uintptr_t)entry)(c, b);
     t_python = outer;
     return done;
 }
 
-uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t base,
+uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
                        const uint64_t *lens, uint64_t n, uint64_t *results, void *python)
 {
-    struct jitbpf_batch b = {.base = base, .lens = lens, .n = n, .results = results};
-    return run_batch(entry, ctx, &b, python);
+    struct jitbpf_batch b = {.base = (uint64_t)(uintptr_t)base, .lens = lens, .n = n, .results = results};
+    return run_batch(entry, ctx, extra, nextra, &b, python);
 }
 
-uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,
+uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
                         uint64_t record_size, uint64_t n, uint64_t *results, void *python)
 {
-    struct jitbpf_batch b = {.base = base, .stride = record_size, .n = n, .results = results};
-    return run_batch(entry, ctx, &b, python);
+    struct jitbpf_batch b = {.base = (uint64_t)(uintptr_t)base, .stride = record_size, .n = n, .results = results};
+    return run_batch(entry, ctx, extra, nextra, &b, python);
 }

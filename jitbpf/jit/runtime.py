@@ -166,8 +166,8 @@ def layout() -> Layout:
 class JitThreadContext:
     """One thread's native run context for one JitProgram, and what a helper left behind."""
 
-    __slots__ = ("bare_extra", "ctx", "ctx_addr", "exc", "extra_key", "extra_regions", "helper", "helper_id",
-                 "mem_name", "state")
+    __slots__ = ("bare_extra", "ctx", "ctx_addr", "exc", "extra_addr", "extra_key", "extra_regions", "helper",
+                 "helper_id", "mem_name", "state")
 
     def __init__(self, state: Any, budget: int) -> None:
         self.ctx: Any = ffi.new("struct jitbpf_ctx *")  # the struct generated code reads and writes
@@ -182,6 +182,7 @@ class JitThreadContext:
         self.helper_id = 0  # the id it was called with
         self.extra_key: tuple[tuple[int, int, bool], ...] = ()  # regions in extra_regions
         self.extra_regions: Any = ffi.NULL  # cffi array of jitbpf_region for run_regions
+        self.extra_addr = 0  # its address
         self.bare_extra: Any = ffi.NULL  # the bare-run binding's region table (kept alive here)
 
 
