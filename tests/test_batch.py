@@ -87,6 +87,79 @@ def test_failing_input_raises_with_its_index() -> None:
         assert "in input 0 of the batch" in (err.value.__notes__ or [])
 
 
+# Each input of a batch is a run of its own: what one run leaves (stack bytes, budget spent,
+# ring buffer reservations, a stopped run's error state) is not seen by the next.
+STACK_LEFT = """
+    ldxdw r0, [r10-8]       ; unverified: reads what the stack holds when the run starts
+    stxdw [r10-8], r2       ; and leaves its input's length there
+    exit
+"""
+LOOP_FIRST_BYTE = """
+    ldxb r3, [r1]
+    mov r0, 0
+again:
+    jeq r3, 0, out
+    add r0, 1
+    sub r3, 1
+    ja again
+out:
+    exit
+"""
+RESERVE_SUBMIT = """
+    lddw r1, map:RB
+    mov r2, 8
+    mov r3, 0
+    call 131                ; bpf_ringbuf_reserve
+    jeq r0, 0, out
+    mov r1, r0
+    mov r2, 0
+    call 132                ; bpf_ringbuf_submit: a run out of budget before it leaves the record reserved
+out:
+    mov r0, 0
+    exit
+"""
+
+
+def test_every_input_starts_with_a_fresh_stack() -> None:
+    with VM(assemble(STACK_LEFT), verify=False) as vm:
+        assert list(vm.execute_records(bytearray(64), 8)) == [0] * 8
+        assert list(vm.execute_batch([bytearray(n) for n in range(1, 6)])) == [0] * 5
+
+
+def test_every_input_has_the_whole_budget() -> None:
+    with VM(assemble(LOOP_FIRST_BYTE), budget=200, verify=False) as vm:
+        assert list(vm.execute_records(bytearray([40, 0, 0, 0]) * 10, 4)) == [40] * 10
+        with pytest.raises(BudgetExceeded) as err:
+            vm.execute_records(bytearray([40, 0, 90, 0, 40, 0]), 2)
+        assert "in input 1 of the batch" in (err.value.__notes__ or [])
+        # The run that stopped leaves nothing behind for the next batch, nor for its next input.
+        assert list(vm.execute_batch([bytearray([n]) for n in (40, 3, 0)])) == [40, 3, 0]
+        assert list(vm.execute_records(bytearray([40, 1]), 1)) == [40, 1]
+
+
+def test_reservations_a_stopped_run_leaves_are_dropped() -> None:
+    from jitbpf.jit.program import runner_lib
+    from jitbpf.linux.maps import RingBuf
+
+    nat = runner_lib()
+    assert nat is not None
+    rb = RingBuf(max_entries=4096, name="RB")
+    for budget, failing in ((6, True), (100, False)):
+        with VM(assemble(RESERVE_SUBMIT, maps={"RB": 1}), budget=budget) as vm:
+            vm.add_map(rb, 1)
+            vm.use_standard_helpers()
+            vm.jit_compile()
+            assert vm._jit is not None and vm._jit.batchable
+            if failing:
+                with pytest.raises(BudgetExceeded):
+                    vm.execute_records(bytearray(16), 8)
+                assert rb.read_events() == []
+            else:
+                assert list(vm.execute_records(bytearray(200 * 8), 8)) == [0] * 200
+                assert len(rb.read_events()) == 200
+            assert nat.lib.jb_ringbuf_pending() == 0
+
+
 @pytest.mark.parametrize("threads", [2, 3, 7])
 def test_threads_split_the_batch(threads: int) -> None:
     with VM(assemble(SUM_FIRST_BYTES)) as vm:

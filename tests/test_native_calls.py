@@ -16,6 +16,7 @@ from jitbpf.asm import assemble
 from jitbpf.contract import HelperExit
 from jitbpf.errors import BpfError, ExecutionError
 from jitbpf.isa import MASK64
+from jitbpf.linux import pktrun
 from jitbpf.vm import VM
 
 HELPER_ID = 77
@@ -329,6 +330,39 @@ def test_a_failing_packet_of_a_batch_names_its_index() -> None:
         with pytest.raises(ExecutionError) as info:
             vm.run_batch(packets, engine="jit")
     assert "in packet 7 of the batch" in (info.value.__notes__ or [])
+
+
+HEADROOM_LEFT = """
+    mov r6, r1
+    mov r2, -8
+    call 44                 ; bpf_xdp_adjust_head: the packet now starts in the headroom
+    jne r0, 0, fail
+    ldxw r2, [r6+0]
+    ldxw r3, [r6+4]
+    mov r4, r2
+    add r4, 8
+    jgt r4, r3, fail
+    ldxdw r0, [r2]          ; zero when the run starts afresh
+    mov r5, -1
+    stxdw [r2], r5          ; what the next run must not see
+    exit
+fail:
+    mov r0, 99
+    exit
+"""
+
+
+def test_every_packet_of_a_batch_starts_afresh() -> None:
+    packets = [bytes([i]) * (20 + i) for i in range(12)]
+    with VM(assemble(HEADROOM_LEFT), prog_type=ProgType.XDP) as vm:
+        vm.use_standard_helpers()
+        expected = [int(vm.run_xdp(p, engine="interp")[0]) for p in packets]
+        assert expected == [0] * len(packets)
+        for kind in (packets, pktrun.Batch.of(packets)):
+            assert list(vm.run_batch(kind, engine="jit").results) == expected
+        kept = vm.run_batch(packets, engine="jit", keep_packets=True)
+        assert kept.packets == [b"\xff" * 8 + p for p in packets]
+        assert vm.run_xdp(packets[0], engine="jit") == (0, b"\xff" * 8 + packets[0])
 
 
 @pytest.mark.parametrize("packets", [[], ()], ids=["list", "tuple"])

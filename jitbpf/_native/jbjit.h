@@ -32,6 +32,19 @@ struct jitbpf_ctx {
     uint64_t err_addr;          /* out: faulting address */
     uint64_t pending;           /* set by the helper dispatcher when a helper did not return */
 };
+/* Inputs the "batch" entry runs one after the other, each its own run with (mem, size) as the
+   "args" entry takes them: input i is the lens[i] bytes (`stride` bytes when lens is NULL) that
+   follow input i - 1, the first at `base`. The native loops fill it (run.c). */
+struct jitbpf_batch {
+    uint64_t base;              /* in: the first input */
+    uint64_t stride;            /* in: every input's length when lens is NULL */
+    const uint64_t *lens;       /* in: each input's length, or NULL */
+    uint64_t n;                 /* in: how many inputs */
+    uint64_t *results;          /* out: r0 of each input run */
+    const uint32_t *rb_pending; /* in: the thread's count of ring buffer reservations */
+    uint64_t rb_reserved;       /* in: what it was before the batch: each run drops what it left */
+    uint64_t rb_release;        /* in: the function that drops them, void (*)(uint32_t mark) */
+};
 struct jitbpf_frame {
     struct jitbpf_ctx *ctx;     /* the run context of this call */
     struct jitbpf_region regions[2];  /* mem and the stack area, searched before ctx->extra */

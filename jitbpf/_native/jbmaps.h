@@ -132,9 +132,10 @@ void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint6
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
-uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t base,
+/* `entry`: the program's "batch" entry; `extra`, `nextra`: the runs' further regions. */
+uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
                        const uint64_t *lens, uint64_t n, uint64_t *results, void *python);
-uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,
+uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
                         uint64_t record_size, uint64_t n, uint64_t *results, void *python);
 /* One run of a (ctx) entry point: the regions entry of run_regions. The _gil form holds the GIL
    while the code runs (cffi releases it around every call), for programs that call Python

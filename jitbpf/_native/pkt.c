@@ -204,10 +204,9 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     return 0;
 }
 
-/* Run the program on the frame jb_pkt_frame built: r1 = the context, which is also the checked
-   "mem" region; the frame area and the maps are the extra regions; the packet as first built is
-   what LD_ABS/LD_IND read. */
-static uint64_t run_built(struct jb_pkt_prog *p, uint64_t len)
+/* Runs on p's frames: r1 = the context, which is also the checked "mem" region; the frame area
+   and the maps are the extra regions. The same for every run on p: a batch sets it once. */
+static void enter_runs(struct jb_pkt_prog *p)
 {
     struct jitbpf_ctx *c = PTR(p->jctx);
     c->mem = PTR(p->arena);
@@ -215,14 +214,18 @@ static uint64_t run_built(struct jb_pkt_prog *p, uint64_t len)
     c->mem_writable = 1;
     c->r1 = p->arena;
     c->r2 = 0;
-    c->pkt_base = p->pkt.data;
-    c->pkt_size = len;
     c->extra = PTR(p->extra);
     c->nextra = p->nextra;
-    struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
-    uint64_t r = ((entry_fn)(uintptr_t)p->entry)(c);
-    t_pkt = prev;
-    return r;
+}
+
+/* Run the program on the frame jb_pkt_frame built, after enter_runs: the packet as first built
+   is what LD_ABS/LD_IND read. t_pkt must be p's run. */
+static inline uint64_t run_built(struct jb_pkt_prog *p, uint64_t len)
+{
+    struct jitbpf_ctx *c = PTR(p->jctx);
+    c->pkt_base = p->pkt.data;
+    c->pkt_size = len;
+    return ((entry_fn)(uintptr_t)p->entry)(c);
 }
 
 static inline int stopped(const struct jb_pkt_prog *p, uint64_t r)
@@ -244,7 +247,10 @@ uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
         return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
     }
     uint64_t start = p->pkt.data;
+    enter_runs(p);
+    struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
     uint64_t r = run_built(p, len);
+    t_pkt = prev;
     const struct jb_pkt *run = &p->pkt;
     out[0] = run->data - p->arena;
     out[1] = run->data_end - run->data;
@@ -268,9 +274,12 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
                       uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens)
 {
     uint64_t grow = p->headroom + p->tailroom;
-    for (uint64_t i = 0; i < n; i++) {
+    uint64_t i = 0;
+    enter_runs(p);
+    struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
+    for (; i < n; i++) {
         if (batch_run(p, base + offsets[i], lens[i], &results[i]))
-            return i;
+            break;
         if (out != NULL) {
             uint64_t size = p->pkt.data_end - p->pkt.data;
             memcpy(out, PTR(p->pkt.data), size);
@@ -278,16 +287,21 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
             out += lens[i] + grow;
         }
     }
-    return n;
+    t_pkt = prev;
+    return i;
 }
 
 uint64_t jb_pkt_batch_each(struct jb_pkt_prog *p, const uint8_t *const *packets, const uint64_t *lens, uint64_t n,
                            uint64_t *results)
 {
-    for (uint64_t i = 0; i < n; i++)
+    uint64_t i = 0;
+    enter_runs(p);
+    struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
+    for (; i < n; i++)
         if (batch_run(p, packets[i], lens[i], &results[i]))
-            return i;
-    return n;
+            break;
+    t_pkt = prev;
+    return i;
 }
 
 /* -- helpers (eBPF calling convention; the direct forms trust their pointer arguments) -------- */

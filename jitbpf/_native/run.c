@@ -9,10 +9,11 @@
  * gate (jbrun.h) while the code runs and touches nothing of the binding's before it has: a
  * binding left behind by a closed program finds the gate closed, and is emptied.
  *
- * Batches (inputs back to back, or fixed-size records): the "args" entry takes (ctx, mem, size)
- * and leaves the rest of the run context (budget, extra regions) as Python set it; a run that
- * stops early (result == error_result and a non-zero status word in ctx) ends the loop so that
- * Python can raise its error.
+ * Batches (inputs back to back, or fixed-size records): the program's "batch" entry loops over
+ * them itself, each input a run as the "args" entry makes it, (ctx, mem, size), the rest of the
+ * run context (budget, extra regions) as Python set it; a run that stops early (result ==
+ * error_result and a non-zero status word in ctx) ends the loop so that Python can raise its
+ * error.
  */
 #include <Python.h> /* first, as Python requires */
 
@@ -298,50 +299,38 @@ uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
     return r;
 }
 
-static inline int stopped(uint64_t result, const struct jitbpf_ctx *ctx)
+typedef uint64_t (*batch_fn)(void *ctx, struct jitbpf_batch *batch);
+
+/* The program's "batch" entry over b's inputs with the regions `extra` (writable mem each), the
+   program's Python helpers set for them all (a nested run restores its caller's); each run's
+   leftover ring buffer reservations are dropped after it, as run_args does. */
+static uint64_t run_batch(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, struct jitbpf_batch *b,
+                          void *python)
 {
-    return result == g_error_result && ctx->status != 0;
+    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
+    c->mem_writable = 1;
+    c->extra = (struct jitbpf_region *)(uintptr_t)extra;
+    c->nextra = nextra;
+    const struct jb_python *outer = t_python;
+    b->rb_pending = &jb_rb_npending;
+    b->rb_reserved = jb_rb_npending;
+    b->rb_release = (uint64_t)(uintptr_t)jb_ringbuf_release_since;
+    t_python = python;
+    uint64_t done = ((batch_fn)(uintptr_t)entry)(c, b);
+    t_python = outer;
+    return done;
 }
 
-/* The batch loops set the program's Python helpers once (a nested run restores them) and end
-   every run as run_args does. */
-uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t base,
+uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
                        const uint64_t *lens, uint64_t n, uint64_t *results, void *python)
 {
-    args_fn fn = (args_fn)(uintptr_t)entry;
-    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
-    const struct jb_python *outer = t_python;
-    uint32_t reserved = jb_rb_npending;
-    uint64_t i = 0;
-    t_python = python;
-    for (; i < n; i++) {
-        uint64_t r = fn(c, (const void *)(uintptr_t)base, lens[i]);
-        results[i] = r;
-        release_left(reserved);
-        if (stopped(r, c))
-            break;
-        base += lens[i];
-    }
-    t_python = outer;
-    return i;
+    struct jitbpf_batch b = {.base = (uint64_t)(uintptr_t)base, .lens = lens, .n = n, .results = results};
+    return run_batch(entry, ctx, extra, nextra, &b, python);
 }
 
-uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t base,
+uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
                         uint64_t record_size, uint64_t n, uint64_t *results, void *python)
 {
-    args_fn fn = (args_fn)(uintptr_t)entry;
-    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
-    const struct jb_python *outer = t_python;
-    uint32_t reserved = jb_rb_npending;
-    uint64_t i = 0;
-    t_python = python;
-    for (; i < n; i++) {
-        uint64_t r = fn(c, (const void *)(uintptr_t)(base + i * record_size), record_size);
-        results[i] = r;
-        release_left(reserved);
-        if (stopped(r, c))
-            break;
-    }
-    t_python = outer;
-    return i;
+    struct jitbpf_batch b = {.base = (uint64_t)(uintptr_t)base, .stride = record_size, .n = n, .results = results};
+    return run_batch(entry, ctx, extra, nextra, &b, python);
 }

@@ -383,14 +383,14 @@ class JitProgram:
         sizes = list(map(len, buffers))
         n = len(sizes)
         pin = nffi.from_buffer(packed, require_writable=True)
-        base = int(nffi.cast("uintptr_t", pin))
         lens = nffi.new("uint64_t[]", sizes)
-        out = array.array("Q", bytes(8 * n))
-        results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
+        out = array.array("Q", [0]) * n
+        results = nffi.from_buffer("uint64_t[]", out, require_writable=True)
 
-        def loop(start: int, table: Any) -> int:
-            return int(nat.lib.jb_run_packed(self._args_entry(), table, base + offsets[start],
-                                             lens + start, n - start, results + start, self._python))
+        def loop(start: int, rc: JitThreadContext) -> int:
+            return int(nat.lib.jb_run_packed(self._batch_entry(), rc.ctx_addr, rc.extra_addr, len(rc.extra_key),
+                                             pin + offsets[start], lens + start, n - start, results + start,
+                                             self._python))
 
         offsets = list(itertools.accumulate(sizes, initial=0))
         try:
@@ -401,7 +401,7 @@ class JitProgram:
                 for buf, lo, hi in zip(buffers, offsets, offsets[1:], strict=False):
                     buf[:] = view[lo:hi]
                 del view
-            del pin
+            nffi.release(pin)
         return out
 
     def run_records(self, data: Any, record_size: int, extra: Sequence[Region] = ()) -> array.array[int]:
@@ -414,34 +414,33 @@ class JitProgram:
         nffi = nat.ffi
         pin = nffi.from_buffer(data, require_writable=True)
         n = len(pin) // record_size
-        base = int(nffi.cast("uintptr_t", pin))
-        out = array.array("Q", bytes(8 * n))
-        results = nffi.cast("uint64_t *", nffi.from_buffer(out, require_writable=True))
+        out = array.array("Q", [0]) * n
+        results = nffi.from_buffer("uint64_t[]", out, require_writable=True)
 
-        def loop(start: int, table: Any) -> int:
-            return int(nat.lib.jb_run_records(self._args_entry(), table, base + start * record_size,
-                                              record_size, n - start, results + start, self._python))
+        def loop(start: int, rc: JitThreadContext) -> int:
+            return int(nat.lib.jb_run_records(self._batch_entry(), rc.ctx_addr, rc.extra_addr, len(rc.extra_key),
+                                              pin + start * record_size if start else pin, record_size, n - start,
+                                              results + start if start else results, self._python))
 
         self._batch(loop, n, results, extra)
-        del pin
+        nffi.release(pin)
         return out
 
-    def _args_entry(self) -> int:
+    def _batch_entry(self) -> int:
         if self.closed:
             raise JitError("the JIT program is closed")
-        return self._code.address + self.compiled.entries["args"]
+        return self._code.address + self.compiled.entries["batch"]
 
-    def _batch(self, loop: Callable[[int, Any], int], n: int, results: Any, extra: Sequence[Region]) -> None:
-        """Run ``loop`` from the first input until all have run; an input that stopped early
-        raises its error (noted with its index), or records what a stopping helper returned."""
+    def _batch(self, loop: Callable[[int, JitThreadContext], int], n: int, results: Any,
+               extra: Sequence[Region]) -> None:
+        """Run ``loop`` from the first input until all have run (it sets the context's regions to
+        ``extra``); an input that stopped early raises its error (noted with its index), or
+        records what a stopping helper returned."""
         rc = self._thread_context()
-        ctx = rc.ctx
-        ctx.mem_writable = 1
-        table = self._extra_table(rc, extra)
-        ctx.extra, ctx.nextra = table, len(rc.extra_key)
+        table = self._extra_table(rc, extra)  # held here: what rc.extra_addr points to
         start = 0
         while start < n:
-            start += loop(start, rc.ctx_addr)
+            start += loop(start, rc)
             if start < n:
                 try:
                     results[start] = self._finish(rc, results[start])
@@ -456,6 +455,7 @@ class JitProgram:
         key = _region_key(extra)
         if key != rc.extra_key:
             rc.extra_regions, rc.extra_key = _region_table(key), key
+            rc.extra_addr = int(ffi.cast("uintptr_t", rc.extra_regions))
             self._name_regions(extra)
         return rc.extra_regions
 

@@ -80,11 +80,19 @@ class Layout:
     ctx_err_info: int  # jitbpf_ctx.err_info
     ctx_err_addr: int  # jitbpf_ctx.err_addr
     ctx_pending: int  # jitbpf_ctx.pending
+    batch_base: int  # jitbpf_batch.base
+    batch_stride: int  # jitbpf_batch.stride
+    batch_lens: int  # jitbpf_batch.lens
+    batch_n: int  # jitbpf_batch.n
+    batch_results: int  # jitbpf_batch.results
+    batch_rb_pending: int  # jitbpf_batch.rb_pending
+    batch_rb_reserved: int  # jitbpf_batch.rb_reserved
+    batch_rb_release: int  # jitbpf_batch.rb_release
     region_size: int  # sizeof(struct jitbpf_region)
     region_base: int  # jitbpf_region.base
     region_len: int  # jitbpf_region.size
     region_writable: int  # jitbpf_region.writable
-    frame_size: int  # bytes the prologue reserves for jitbpf_frame (keeps rsp 16-byte aligned)
+    frame_size: int  # bytes "run" reserves for jitbpf_frame (keeps rsp 16-byte aligned)
     frame_ctx: int  # jitbpf_frame.ctx
     frame_regions: int  # jitbpf_frame.regions (mem, then the stack area)
     frame_lim_load: int  # jitbpf_frame.lim_load[0]
@@ -104,10 +112,10 @@ class Layout:
 def layout() -> Layout:
     """Field offsets of the native structures (computed once from the cffi declarations)."""
     ctx, region, frame = "struct jitbpf_ctx", "struct jitbpf_region", "struct jitbpf_frame"
-    size = ffi.sizeof(frame)
-    # The prologue pushes six registers after the return address: reserving 8 mod 16 bytes
-    # leaves rsp 16-byte aligned for helper calls.
-    frame_size = (size + 8 + 15) // 16 * 16 - 8
+    batch = "struct jitbpf_batch"
+    # "run" starts with rsp 16-byte aligned (its callers push six registers after their return
+    # address, and then its own): reserving a multiple of 16 keeps it so for helper calls.
+    frame_size = (ffi.sizeof(frame) + 15) // 16 * 16
     return Layout(
         ctx_mem=ffi.offsetof(ctx, "mem"),
         ctx_mem_size=ffi.offsetof(ctx, "mem_size"),
@@ -126,6 +134,14 @@ def layout() -> Layout:
         ctx_err_info=ffi.offsetof(ctx, "err_info"),
         ctx_err_addr=ffi.offsetof(ctx, "err_addr"),
         ctx_pending=ffi.offsetof(ctx, "pending"),
+        batch_base=ffi.offsetof(batch, "base"),
+        batch_stride=ffi.offsetof(batch, "stride"),
+        batch_lens=ffi.offsetof(batch, "lens"),
+        batch_n=ffi.offsetof(batch, "n"),
+        batch_results=ffi.offsetof(batch, "results"),
+        batch_rb_pending=ffi.offsetof(batch, "rb_pending"),
+        batch_rb_reserved=ffi.offsetof(batch, "rb_reserved"),
+        batch_rb_release=ffi.offsetof(batch, "rb_release"),
         region_size=ffi.sizeof(region),
         region_base=ffi.offsetof(region, "base"),
         region_len=ffi.offsetof(region, "size"),
@@ -150,8 +166,8 @@ def layout() -> Layout:
 class JitThreadContext:
     """One thread's native run context for one JitProgram, and what a helper left behind."""
 
-    __slots__ = ("bare_extra", "ctx", "ctx_addr", "exc", "extra_key", "extra_regions", "helper", "helper_id",
-                 "mem_name", "state")
+    __slots__ = ("bare_extra", "ctx", "ctx_addr", "exc", "extra_addr", "extra_key", "extra_regions", "helper",
+                 "helper_id", "mem_name", "state")
 
     def __init__(self, state: Any, budget: int) -> None:
         self.ctx: Any = ffi.new("struct jitbpf_ctx *")  # the struct generated code reads and writes
@@ -166,6 +182,7 @@ class JitThreadContext:
         self.helper_id = 0  # the id it was called with
         self.extra_key: tuple[tuple[int, int, bool], ...] = ()  # regions in extra_regions
         self.extra_regions: Any = ffi.NULL  # cffi array of jitbpf_region for run_regions
+        self.extra_addr = 0  # its address
         self.bare_extra: Any = ffi.NULL  # the bare-run binding's region table (kept alive here)
 
 

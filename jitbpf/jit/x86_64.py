@@ -70,6 +70,7 @@ _STORE_IMM = {1: "i8", 2: "i16", 4: "i32", 8: "i32"}  # immediate of a store (qw
 _SIMPLE_ALU: dict[int, str] = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or", AluOp.AND: "and", AluOp.XOR: "xor"}
 _SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
 _ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
+_C_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")  # what the C ABI has a callee keep
 _LOCAL_SAVED = ("rbx", "r13", "r14", "r15", "rbp")  # r6-r9 and r10, restored when a local call returns
 _LOCAL_PAD = 16  # keeps a local-call frame at 64 bytes (5 saves + pad + return address)
 LOCAL_FRAME = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD + 8  # machine stack per local call
@@ -355,10 +356,20 @@ class X86_64(Target):
         self._store("rdi", L.ctx_r2, "rax")
         self._store("rdi", L.ctx_pkt_size, "rax")
         self._store_imm("rdi", L.ctx_mem_writable, 1)
+        # The C entries keep the callee-saved registers around "run", which every run enters by
+        # a call and leaves by returning (see exit): a batch saves them once for all its inputs.
         self.entries["regions"] = len(self.hot)
-        self.mark("entry: regions, prologue", Section.HOT)
-        for reg in ("rbx", "rbp", "r12", "r13", "r14", "r15"):
+        self.mark("entry: regions", Section.HOT)
+        for reg in _C_SAVED:
             self.op(("push", reg))
+        to_run = [self.forward("call")]
+        for reg in reversed(_C_SAVED):
+            self.op(("pop", reg))
+        self.op(("ret",))
+        to_run.append(self._emit_batch())
+        for field in to_run:
+            self.bind(field)
+        self.mark("entry: run, prologue", Section.HOT)
         self.op(("sub", "rsp", imm_form(L.frame_size)), L.frame_size)
         self.op(("mov", FRAME, "rsp"))
         self._store(FRAME, L.frame_ctx, "rdi")
@@ -410,6 +421,86 @@ class X86_64(Target):
         if not self.options.verified:
             for reg in ("eax", "edx", "ecx", "r8d", "ebx", "r13d", "r14d", "r15d"):
                 self.op(("xor", reg, reg))
+
+    def _emit_batch(self) -> int:
+        """The "batch" entry, (ctx, struct jitbpf_batch *) -> inputs run: each input is one run of
+        "run" as the "args" entry makes it, the C registers saved once for all. Stops after a run
+        that stopped early (its index returned, as the C loops did), else returns n. Each run
+        starts afresh all the same: "run" resets the run's state (status, budget, stack frame,
+        may_goto count) and a run's leftover ring buffer reservations are dropped after it.
+        Returns the field of its call of "run", to bind."""
+        L = self.lay
+        self.entries["batch"] = len(self.hot)
+        self.mark("entry: batch", Section.HOT)
+        for reg in _C_SAVED:
+            self.op(("push", reg))
+        # [rsp]: inputs run so far, [rsp+8]: ctx, [rsp+16]: the batch, [rsp+24]: the next
+        # input. The loop's state lives where the processor forwards stores to loads fastest.
+        self.op(("sub", "rsp", "i8"), 32)
+        self.op(("mov", "q[rsp+d8]", "rdi"), 8)
+        self.op(("mov", "q[rsp+d8]", "rsi"), 16)
+        self._load("rax", "rsi", L.batch_base)
+        self.op(("mov", "q[rsp+d8]", "rax"), 24)
+        self.op(("mov", "q[rsp]", "i32"), 0)
+        loop = self.here()
+        self.op(("mov", "rsi", "q[rsp+d8]"), 16)
+        self.op(("mov", "rax", "q[rsp]"))
+        self._cmp_field("rax", "rsi", L.batch_n)
+        to_done = self.forward("jae")
+        self._load("rdx", "rsi", L.batch_stride)
+        self._load("rcx", "rsi", L.batch_lens)
+        self.op(("test", "rcx", "rcx"))
+        to_sized = self.forward("jz")
+        self.op(("mov", "rdx", "q[rcx+rax*8]"))
+        self.bind(to_sized)
+        self.op(("mov", "rdi", "q[rsp+d8]"), 8)
+        self.op(("mov", "rcx", "q[rsp+d8]"), 24)
+        self.op(("add", "q[rsp+d8]", "rdx"), 24)
+        for field in (L.ctx_mem, L.ctx_r1, L.ctx_pkt_base):
+            self._store("rdi", field, "rcx")
+        for field in (L.ctx_mem_size, L.ctx_r2, L.ctx_pkt_size):
+            self._store("rdi", field, "rdx")
+        to_run = self.forward("call")
+        self.op(("mov", "rsi", "q[rsp+d8]"), 16)
+        self.op(("mov", "rcx", "q[rsp]"))
+        self._load("rdx", "rsi", L.batch_results)
+        self.op(("mov", "q[rdx+rcx*8]", "rax"))
+        self.op(("add", "rcx", "i8"), 1)
+        self.op(("mov", "q[rsp]", "rcx"))
+        self._load("rdx", "rsi", L.batch_rb_pending)
+        self.op(("mov", "edx", "d[rdx]"))
+        self._cmp_field("rdx", "rsi", L.batch_rb_reserved)
+        to_release = self.forward("ja")
+        released = self.here()
+        self.op(("mov", "rdi", "q[rsp+d8]"), 8)
+        token, vals = mem("q", "rdi", L.ctx_status)
+        self.op(("cmp", token, "i8"), *vals, 0)
+        self.branch("je", loop)
+        # A non-zero status with ERROR_RESULT: the run stopped early (else it returned that).
+        self.op(("mov", "rsi", "q[rsp+d8]"), 16)
+        self.op(("mov", "rcx", "q[rsp]"))
+        self._load("rdx", "rsi", L.batch_results)
+        self.op(("mov", "rax", "q[rdx+rcx*8+d8]"), -8)
+        self.op(("mov", "rdx", "i64"), ERROR_RESULT)
+        self.op(("cmp", "rax", "rdx"))
+        self.branch("jne", loop)
+        self.op(("mov", "rax", "q[rsp]"))
+        self.op(("sub", "rax", "i8"), 1)
+        to_out = self.forward("jmp")
+        self.bind(to_release)
+        self._load("rdi", "rsi", L.batch_rb_reserved)
+        self.op(("sub", "rsp", "i8"), 8)
+        token, vals = mem("q", "rsi", L.batch_rb_release)
+        self.op(("call", token), *vals)
+        self.op(("add", "rsp", "i8"), 8)
+        self.branch("jmp", released)
+        self.bind(to_done)
+        self.bind(to_out)
+        self.op(("add", "rsp", "i8"), 32)
+        for reg in reversed(_C_SAVED):
+            self.op(("pop", reg))
+        self.op(("ret",))
+        return to_run
 
     def emit_block_entry(self, block: Block) -> None:
         self._block_start = block.start
@@ -1186,10 +1277,8 @@ class X86_64(Target):
 
     def _emit_runtime(self) -> None:
         L = self.lay
-        self.define("exit")  # rax = r0
+        self.define("exit")  # rax = r0, back to the entry that called "run"
         self.cop(("lea", "rsp", "[r12+d32]"), L.frame_size)
-        for reg in ("r15", "r14", "r13", "r12", "rbp", "rbx"):
-            self.cop(("pop", reg))
         self.cop(("ret",))
         self.define("packet_exit")
         self.cop(("xor", "eax", "eax"))
@@ -1338,6 +1427,10 @@ class X86_64(Target):
     def _store(self, base: str, disp: int, reg: str) -> None:
         token, vals = mem("q", base, disp)
         self.op(("mov", token, reg), *vals)
+
+    def _cmp_field(self, reg: str, base: str, disp: int) -> None:
+        token, vals = mem("q", base, disp)
+        self.op(("cmp", reg, token), *vals)
 
     def _store_imm(self, base: str, disp: int, value: int) -> None:
         token, vals = mem("q", base, disp)

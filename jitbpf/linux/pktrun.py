@@ -248,7 +248,7 @@ def run_items(state: ProgramState, b: Binding, template: bytes, derive: int, ite
     binding, read in place: one native call per stretch of runs that end normally; a run that
     fails is handled as ``run_slice`` handles it."""
     assert b.jit is not None and b.frame is not None
-    results = array.array("Q", bytes(8 * (hi - lo)))
+    results = array.array("Q", [0]) * (hi - lo)
     batch = native().fast.pkt_batch
     start = lo
     while start < hi:
@@ -293,7 +293,7 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
     offsets = nffi.new("uint64_t[]", batch.offsets[lo:hi])
     lens_list = batch.lens[lo:hi]
     lens = nffi.new("uint64_t[]", lens_list)
-    results = array.array("Q", bytes(8 * n))
+    results = array.array("Q", [0]) * n
     res = nffi.cast("uint64_t *", nffi.from_buffer(results, require_writable=True))
     base = nffi.from_buffer(batch.data)
     out: Any = nffi.NULL
