@@ -355,3 +355,13 @@ def test_socket_table_layout() -> None:
         Socket(tcp={"cwnd": 1})
     with pytest.raises(ValueError, match="not of the socket's family"):
         Socket(family=AF_INET6, local=("10.0.0.1", 1))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_packet_of_a_batch_has_its_own_socket(engine: str) -> None:
+    family = SK + "mov r0, 0xdead\njeq r1, 0, +1\nldxw r0, [r1+4]\nexit"  # read in native loops by the JIT
+    vm = load(family, prog_type="sched_cls")
+    frames = [FRAMES["ipv4"], FRAMES["ipv6"], FRAMES["arp"]] * 3
+    assert list(vm.run_batch(frames, engine=engine).results) == [AF_INET, AF_INET6, 0] * 3  # type: ignore[arg-type]
+    vm.std.socket = None
+    assert list(vm.run_batch(frames, engine=engine).results) == [0xDEAD] * 9  # type: ignore[arg-type]
