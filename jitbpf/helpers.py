@@ -55,6 +55,7 @@ class ArgType(enum.Enum):
     BTF_SOCK_COMMON = "btf_sock_common"
     BTF_SOCK_COMMON_OR_NULL = "btf_sock_common_or_null"  # as BTF_SOCK_COMMON, or the constant 0
     RELEASED_SOCK = "released_sock"  # a socket a lookup acquired, checked non-NULL: the call releases it
+    SOCKET_OR_NULL = "socket_or_null"  # a full socket checked non-NULL, or the constant 0 (ARG_PTR_TO_SOCKET_OR_NULL)
 
 
 class RetType(enum.Enum):
@@ -88,7 +89,7 @@ POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, 
                           ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
                           ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK,
                           ArgType.BTF_OBJECT, ArgType.SOCK_COMMON, ArgType.BTF_SOCK_COMMON,
-                          ArgType.BTF_SOCK_COMMON_OR_NULL, ArgType.RELEASED_SOCK})
+                          ArgType.BTF_SOCK_COMMON_OR_NULL, ArgType.RELEASED_SOCK, ArgType.SOCKET_OR_NULL})
 
 
 MAX_ERRNO = 4095  # the most negative errno a helper returns

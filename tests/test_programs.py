@@ -86,6 +86,7 @@ def test_section_names_give_program_types() -> None:
         "cgroup/dev": ProgType.CGROUP_DEVICE, "cgroup/connect4": ProgType.CGROUP_SOCK_ADDR,
         "cgroup/sendmsg6": ProgType.CGROUP_SOCK_ADDR, "sockops": ProgType.SOCK_OPS,
         "sk_skb/stream_verdict": ProgType.SK_SKB, "sk_skb": ProgType.SK_SKB, "sk_msg": ProgType.SK_MSG,
+        "sk_lookup": ProgType.SK_LOOKUP,
         "tracepoint/syscalls/sys_enter_openat": ProgType.TRACEPOINT, "raw_tp/sched_switch": ProgType.RAW_TRACEPOINT,
         ".text": ProgType.UNSPEC, "xdpfoo": ProgType.UNSPEC, "license": ProgType.UNSPEC,
     }
@@ -419,3 +420,17 @@ def test_an_attach_type_narrows_what_programs_return(prog_type: str, section: st
     else:
         with pytest.raises(VerifierError, match="not within"):
             vm.check()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sk_lookup(example: Compiler, engine: str) -> None:
+    from jitbpf.linux.sockets import Socket, TcpState
+
+    obj = load_elf(example("sk_lookup"))
+    vm = obj.programs["steer"].vm()
+    server = Socket(local=("0.0.0.0", 7000), state=TcpState.LISTEN)
+    assert vm.run_sk_lookup(local=("10.0.0.2", 7007), engine=engine) == (SkAction.DROP, None)  # nothing to go to
+    obj["listener"][0] = server
+    assert vm.run_sk_lookup(local=("10.0.0.2", 7007), engine=engine) == (SkAction.PASS, server)
+    assert vm.run_sk_lookup(local=("10.0.0.2", 22), engine=engine) == (SkAction.PASS, None)  # the usual lookup
+    assert vm.run_sk_lookup(protocol=17, local=("10.0.0.2", 7007), engine=engine) == (SkAction.PASS, None)

@@ -13,8 +13,8 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import ExecutionError, VerifierError
-from jitbpf.linux.maps import ProgramArray, SkStorage
-from jitbpf.linux.programs import ProgType, SkMsgMd
+from jitbpf.linux.maps import ProgramArray, SkStorage, SockMap
+from jitbpf.linux.programs import ProgType, SkAction, SkMsgMd
 from jitbpf.linux.sockets import (
     AF_INET,
     AF_INET6,
@@ -365,3 +365,85 @@ def test_each_packet_of_a_batch_has_its_own_socket(engine: str) -> None:
     assert list(vm.run_batch(frames, engine=engine).results) == [AF_INET, AF_INET6, 0] * 3  # type: ignore[arg-type]
     vm.std.socket = None
     assert list(vm.run_batch(frames, engine=engine).results) == [0xDEAD] * 9  # type: ignore[arg-type]
+
+
+# sk_lookup, as its users write it: the socket at index 0 of a socket map takes the connection.
+STEER = """
+    mov r6, r1
+    stw [r10-4], 0
+    lddw r1, map:REDIR
+    mov r2, r10
+    add r2, -4
+    call 1
+    jeq r0, 0, drop
+    mov r7, r0
+    mov r1, r6
+    mov r2, r7
+    mov r3, {flags}
+    call 124
+    mov r8, r0
+    mov r1, r7
+    call 86
+    mov r0, 1
+    jeq r8, 0, done
+    mov r0, 0
+done:
+    exit
+drop:
+    mov r0, 0
+    exit
+"""
+
+
+def _steering(flags: int = 0) -> tuple[VM, SockMap]:
+    redirect = SockMap(max_entries=4, name="REDIR")
+    return load(STEER.format(flags=flags), redirect, prog_type="sk_lookup"), redirect
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sk_lookup_steers_to_a_socket_of_a_socket_map(engine: str) -> None:
+    vm, redirect = _steering()
+    assert vm.run_sk_lookup(remote=("10.0.0.1", 5555), local=("10.0.0.2", 80), engine=engine) == (SkAction.DROP, None)
+    redirect[0] = SERVER
+    assert vm.run_sk_lookup(remote=("10.0.0.1", 5555), local=("10.0.0.2", 80), engine=engine) == (SkAction.PASS,
+                                                                                                   SERVER)
+    redirect[0] = CONNECTION  # not listening: bpf_sk_assign refuses it (-ESOCKTNOSUPPORT)
+    assert vm.run_sk_lookup(engine=engine) == (SkAction.DROP, None)
+    redirect[0] = Socket(family=AF_INET6, state=TcpState.LISTEN)  # a dual-stack socket takes IPv4
+    assert vm.run_sk_lookup(engine=engine)[0] == SkAction.PASS
+    redirect[0] = SERVER
+    assert vm.run_sk_lookup(family=AF_INET6, remote=("::1", 1), local=("::2", 80), engine=engine)[0] \
+        == SkAction.DROP  # an IPv4 socket cannot take IPv6
+    assert _steering(flags=4)[0].run_sk_lookup(engine=engine)[0] == SkAction.DROP  # unknown flag
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sk_lookup_context(engine: str) -> None:
+    # local_port in host order, remote_port in network order, addresses in network order
+    fields = {60: 53, 36: 0x3412, 40: 0x0200000A, 32: 0x01000000, 8: AF_INET6, 12: IPPROTO_UDP, 64: 3}
+    for off, expected in fields.items():
+        check = f"ldxw r2, [r1+{off}]\nmov r0, 0\njne r2, {expected:#x}, +1\nmov r0, 1\nexit"  # PASS if equal
+        verdict, _selected = load(check, prog_type="sk_lookup").run_sk_lookup(
+            family=AF_INET6 if off != 40 else AF_INET, protocol=IPPROTO_UDP, remote=("::1", 0x1234),
+            local=("::1", 53) if off != 40 else ("10.0.0.2", 53), ingress_ifindex=3, engine=engine)
+        assert verdict == SkAction.PASS, off
+    with pytest.raises(VerifierError, match="invalid bpf_context access"):
+        load("mov r2, 1\nstxw [r1+8], r2\nmov r0, 1\nexit", prog_type="sk_lookup").check()  # read-only
+    with pytest.raises(VerifierError, match="not within"):
+        load("mov r0, 2\nexit", prog_type="sk_lookup").check()  # SK_DROP or SK_PASS
+
+
+@KERNEL
+def test_sk_lookup_verdicts_are_the_kernels() -> None:
+    for text, accepted in ((STEER.format(flags=0), True), ("mov r0, 2\nexit", False),
+                           (STEER.format(flags=0).replace("    call 86\n", ""), False)):  # a reference leak
+        maps = {1: kernel_oracle.KernelMap(15, 4, 8, 4)} if "REDIR" in text else {}
+        verdict = kernel_oracle.kernel_verify(assemble(text, maps={"REDIR": 1}), 30, maps, expected_attach_type=36)
+        assert verdict.accepted is accepted, verdict.log
+        vm = load(text, SockMap(max_entries=4, name="REDIR"), prog_type="sk_lookup") if "REDIR" in text \
+            else load(text, prog_type="sk_lookup")
+        if accepted:
+            vm.check()
+        else:
+            with pytest.raises(VerifierError):
+                vm.check()

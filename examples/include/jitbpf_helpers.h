@@ -376,6 +376,74 @@ struct sk_msg_md {
 	__bpf_md_ptr(struct bpf_sock *, sk);
 };
 
+/* SEC("sk_lookup"): a connection or packet looking for its socket */
+struct bpf_sk_lookup {
+	union {
+		__bpf_md_ptr(struct bpf_sock *, sk); /* the socket selected so far */
+		__u64 cookie;
+	};
+	__u32 family;
+	__u32 protocol;
+	__u32 remote_ip4;    /* network byte order */
+	__u32 remote_ip6[4]; /* network byte order */
+	__be16 remote_port;  /* network byte order */
+	__u16 : 16;
+	__u32 local_ip4;    /* network byte order */
+	__u32 local_ip6[4]; /* network byte order */
+	__u32 local_port;   /* host byte order */
+	__u32 ingress_ifindex;
+};
+
+/* The TCP state a socket shows through bpf_tcp_sock() */
+struct bpf_tcp_sock {
+	__u32 snd_cwnd;
+	__u32 srtt_us;
+	__u32 rtt_min;
+	__u32 snd_ssthresh;
+	__u32 rcv_nxt;
+	__u32 snd_nxt;
+	__u32 snd_una;
+	__u32 mss_cache;
+	__u32 ecn_flags;
+	__u32 rate_delivered;
+	__u32 rate_interval_us;
+	__u32 packets_out;
+	__u32 retrans_out;
+	__u32 total_retrans;
+	__u32 segs_in;
+	__u32 data_segs_in;
+	__u32 segs_out;
+	__u32 data_segs_out;
+	__u32 lost_out;
+	__u32 sacked_out;
+	__u64 bytes_received;
+	__u64 bytes_acked;
+	__u32 dsack_dups;
+	__u32 delivered;
+	__u32 delivered_ce;
+	__u32 icsk_retransmits;
+};
+
+/* What bpf_sk_lookup_tcp/udp look for: a packet's addresses and ports (network byte order) */
+struct bpf_sock_tuple {
+	union {
+		struct {
+			__be32 saddr;
+			__be32 daddr;
+			__be16 sport;
+			__be16 dport;
+		} ipv4;
+		struct {
+			__be32 saddr[4];
+			__be32 daddr[4];
+			__be16 sport;
+			__be16 dport;
+		} ipv6;
+	};
+};
+
+#define BPF_F_CURRENT_NETNS (-1)
+
 /* ---- helpers (ids as in the kernel's enum bpf_func_id) ------------------------------------- */
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
@@ -400,12 +468,18 @@ static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *)51;
 static long (*bpf_xdp_adjust_meta)(struct xdp_md *xdp_md, int delta) = (void *)54;
 static long (*bpf_msg_apply_bytes)(struct sk_msg_md *msg, __u32 bytes) = (void *)61;
 static long (*bpf_xdp_adjust_tail)(struct xdp_md *xdp_md, int delta) = (void *)65;
+static struct bpf_sock *(*bpf_sk_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size,
+					     __u64 netns, __u64 flags) = (void *)84;
+static long (*bpf_sk_release)(void *sock) = (void *)86;
 static long (*bpf_map_push_elem)(void *map, const void *value, __u64 flags) = (void *)87;
 static long (*bpf_map_pop_elem)(void *map, void *value) = (void *)88;
 static long (*bpf_map_peek_elem)(void *map, void *value) = (void *)89;
+static struct bpf_sock *(*bpf_sk_fullsock)(struct bpf_sock *sk) = (void *)95;
+static struct bpf_tcp_sock *(*bpf_tcp_sock)(struct bpf_sock *sk) = (void *)96;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
 static __u64 (*bpf_jiffies64)(void) = (void *)118;
+static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
 static __u64 (*bpf_ktime_get_boot_ns)(void) = (void *)125;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;

@@ -107,6 +107,7 @@ class HelperId(enum.IntEnum):
     GET_NS_CURRENT_PID_TGID = 120  # bpf_get_ns_current_pid_tgid
     GET_NETNS_COOKIE = 122  # bpf_get_netns_cookie
     GET_CURRENT_ANCESTOR_CGROUP_ID = 123  # bpf_get_current_ancestor_cgroup_id(level)
+    SK_ASSIGN = 124  # bpf_sk_assign(ctx, sk, flags): sk_lookup's selection of the socket (tc: the skb's)
     KTIME_GET_BOOT_NS = 125  # boot-time clock (counts suspend), nanoseconds
     SEQ_PRINTF = 126  # bpf_seq_printf
     SEQ_WRITE = 127  # bpf_seq_write

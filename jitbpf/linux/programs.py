@@ -23,7 +23,15 @@ from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.iterators import ITERATOR_FLAVOURS, IterRead, SeqFile, iterator_helpers, read_iterator
 from jitbpf.linux.maps import MAP_WRITE_HELPERS
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
-from jitbpf.linux.sockets import PACKET_SOCKET, PACKET_SOCKET_REGION
+from jitbpf.linux.sockets import (
+    AF_INET,
+    IPPROTO_TCP,
+    PACKET_SOCKET,
+    PACKET_SOCKET_REGION,
+    ip_fields,
+    port_field,
+    sk_lookup_assign,
+)
 from jitbpf.linux.sockets import BpfSock as BpfSock  # the context of cgroup/sock, defined with the sockets
 from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
 from jitbpf.memory import Region
@@ -69,6 +77,7 @@ class ProgType(enum.IntEnum):
     STRUCT_OPS = 27  # SEC("struct_ops/..."): a member function of a kernel struct_ops table
     EXT = 28  # SEC("freplace/..."): replaces a function of another BPF program
     LSM = 29  # SEC("lsm/..."): a security hook (bpf_lsm_<hook>), returns 0 or -errno
+    SK_LOOKUP = 30  # SEC("sk_lookup"): picks the socket a connection or packet goes to, context = struct bpf_sk_lookup
 
 
 class AttachType(enum.IntEnum):
@@ -250,6 +259,16 @@ class SkMsgMd(ctypes.LittleEndianStructure):
                 ("size", u32), ("sk", u64))
 
 
+class SkLookup(ctypes.LittleEndianStructure):
+    """``struct bpf_sk_lookup``: a new connection (TCP) or packet (UDP) looking for its socket;
+    ``sk`` is the socket selected so far (bpf_sk_assign), addresses and ``remote_port`` are in
+    network order, ``local_port`` in host order."""
+
+    _fields_ = (("sk", u64), ("family", u32), ("protocol", u32), ("remote_ip4", u32), ("remote_ip6", u32 * 4),
+                ("remote_port", ctypes.c_uint16), ("zero_pad", ctypes.c_uint16), ("local_ip4", u32),
+                ("local_ip6", u32 * 4), ("local_port", u32), ("ingress_ifindex", u32))
+
+
 class TracingArgs(ctypes.LittleEndianStructure):
     """The kernel's ``u64 args[]`` of BTF-typed programs: one slot per argument of the attach
     target, then its return value (fexit, fmod_ret, lsm); what the verifier lets a program read
@@ -333,6 +352,9 @@ class ProgramType:
     ld_abs: bool = False  # legacy LD_ABS/LD_IND packet loads are allowed
     btf_typed: bool = False  # the context is the attach target's u64 args[], typed by the target BTF
     socket_context: bool = False  # the context is a socket (helpers taking a socket take it)
+    # the context's socket field holds the context's socket (vm.std.socket); else it starts NULL
+    # (a selection the program makes)
+    context_socket: bool = True
 
     @property
     def socket_field(self) -> tuple[int, bool] | None:
@@ -516,6 +538,13 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             readable=_all_but(Sysctl, ()), writable=_spans(Sysctl, ("file_pos",)), ret_range=(0, 1),
         ),
     ]
+    types.append(ProgramType(
+        ProgType.SK_LOOKUP, "sk_lookup", SkLookup, ("sk_lookup", "sk_lookup/"), _allowed(ProgType.SK_LOOKUP),
+        # remote_port also reads as a u32 with its padding (the kernel's backward compatibility)
+        readable=(*_spans(SkLookup, (name for name, *_ in SkLookup._fields_)),
+                  (SkLookup.remote_port.offset, SkLookup.local_ip4.offset)),
+        pointer_fields={SkLookup.sk.offset: "socket_or_null"}, ret_range=(0, 1), context_socket=False,
+    ))
     sched_act = types[1]
     types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), _allowed(ProgType.SCHED_ACT),
                              readable=sched_act.readable, writable=sched_act.writable,
@@ -1072,6 +1101,10 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
                args=("ctx", "uninit_mem", "size")),
         Helper(H.SYSCTL_SET_NEW_VALUE, "bpf_sysctl_set_new_value", sysctl_set_new_value, args=("ctx", "mem", "size")),
     ]
+    if info.prog_type is ProgType.SK_LOOKUP:
+        # vm.std read at each call: standard helpers installed again replace it
+        candidates.append(sk_lookup_assign(lambda: vm.memory, lambda: vm.std.sockets, SkLookup.sk.offset,
+                                           SkLookup.family.offset))
     if state.attach is not None:
         candidates += _func_arg_helpers(vm, state.attach)
         if state.seq is not None:  # the kernel gives the seq_file helpers to iterators only
@@ -1435,6 +1468,8 @@ def _socket_field(vm: VM, info: ProgramType) -> tuple[int, int, int] | None:
     if kind is None:
         return None
     off, nullable = kind
+    if not info.context_socket:
+        return off, 0, 0
     std = vm.std
     assert std is not None  # program types come with the standard helpers
     sock = std.socket
@@ -1800,6 +1835,25 @@ class ProgramRunners:
             state.local.sysctl = None
         access.file_pos = int(res.ctx.file_pos)  # type: ignore[attr-defined]
         return res.retval & MASK32, access
+
+    def run_sk_lookup(self, *, family: int = AF_INET, protocol: int = IPPROTO_TCP,
+                      remote: tuple[str, int] = ("0.0.0.0", 0), local: tuple[str, int] = ("0.0.0.0", 0),
+                      ingress_ifindex: int = 1, engine: Engine = "interp") -> tuple[int, object | None]:
+        """sk_lookup: ``(verdict, selected)`` for a connection (TCP) or packet (UDP) from ``remote``
+        to ``local`` (address, port): an ``SkAction`` (PASS: to the selected socket, or to the
+        one the usual lookup finds without a selection; DROP), and the socket bpf_sk_assign
+        selected (as the caller stored it in a socket map; None for no selection)."""
+        self._expect(ProgType.SK_LOOKUP)
+        r4, r6 = ip_fields(remote[0])
+        l4, l6 = ip_fields(local[0])
+        fields = {"family": family, "protocol": protocol, "remote_ip4": r4, "remote_ip6": r6,
+                  "remote_port": port_field(remote[1]), "local_ip4": l4, "local_ip6": l6, "local_port": local[1],
+                  "ingress_ifindex": ingress_ifindex}
+        vm = self._vm()
+        res = run_context(vm, fields, engine=engine)
+        assert isinstance(res.ctx, SkLookup) and vm.std is not None
+        selected = vm.std.sockets.owner_at(int(res.ctx.sk)) if res.ctx.sk else None
+        return _sk_action(res.retval), selected[0] if selected is not None else None
 
     def run_sock_ops(self, op: int, *, engine: Engine = "interp", **fields: Any) -> tuple[int, dict[str, Any]]:
         """sockops: ``(r0, bpf_sock_ops fields after)``; ``args[0]`` holds the reply."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import errno
 import ipaddress
 import threading
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from jitbpf.errors import ExecutionError
 from jitbpf.helpers import Helper
-from jitbpf.isa import MASK32
+from jitbpf.isa import MASK32, MASK64
 from jitbpf.linux.helperids import HelperId as H
 from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
@@ -152,20 +153,29 @@ class Socket:
         s = BpfSock(bound_dev_if=self.bound_dev_if, family=self.family, type=self.type, protocol=self.protocol,
                     mark=self.mark, priority=self.priority, state=self.state, rx_queue_mapping=self.rx_queue_mapping)
         (laddr, lport), (raddr, rport) = self.local_address, self.remote_address
-        local, remote = ipaddress.ip_address(laddr), ipaddress.ip_address(raddr)
         s.src_port = lport  # host order
-        s.dst_port = int.from_bytes(rport.to_bytes(2, "big"), "little")  # network order
-        for ip, v4, v6 in ((local, "src_ip4", "src_ip6"), (remote, "dst_ip4", "dst_ip6")):
-            raw = ip.packed
-            if ip.version == 4:
-                setattr(s, v4, int.from_bytes(raw, "little"))
-            else:
-                getattr(s, v6)[:] = [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 16, 4)]
+        s.dst_port = port_field(rport)
+        s.src_ip4, s.src_ip6[:] = ip_fields(laddr)
+        s.dst_ip4, s.dst_ip6[:] = ip_fields(raddr)
         return s
 
     def bpf_tcp_sock(self) -> BpfTcpSock:
         """The ``struct bpf_tcp_sock`` programs read (meaningful for TCP sockets)."""
         return BpfTcpSock(**self.tcp)
+
+
+def ip_fields(addr: str) -> tuple[int, list[int]]:
+    """An address as a context's ``*_ip4`` and ``*_ip6[4]`` fields hold it (network order, the
+    other one zero)."""
+    raw = ipaddress.ip_address(addr).packed
+    if len(raw) == 4:
+        return int.from_bytes(raw, "little"), [0] * 4
+    return 0, [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 16, 4)]
+
+
+def port_field(port: int) -> int:
+    """A port as a ``__be16`` context field holds it."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
 class _PacketSocket:
@@ -278,6 +288,40 @@ def lookup(sockets: list[Socket], protocol: int, saddr: bytes, sport: int, daddr
             if s.state == waiting and (local == dst if exact else local.is_unspecified) and s.remote_address[1] == 0:
                 return s
     return None
+
+
+SK_LOOKUP_F_REPLACE, SK_LOOKUP_F_NO_REUSEPORT = 1, 2  # bpf_sk_assign's flags in sk_lookup programs
+ESOCKTNOSUPPORT = 94
+
+
+def sk_lookup_assign(memory: Callable[[], Any], table: Callable[[], SocketTable], sk_off: int,
+                     family_off: int) -> Helper:
+    """sk_lookup's ``bpf_sk_assign(ctx, sk, flags)``: ``sk`` (or NULL) becomes the context's
+    selected socket (its field at ``sk_off``), under the kernel's conditions: a listening TCP
+    socket or an unconnected UDP one, of the lookup's family (an IPv6 socket may take IPv4),
+    replacing a selection only with BPF_SK_LOOKUP_F_REPLACE."""
+
+    def fn(ctx: int, sk: int, flags: int, _r4: int, _r5: int) -> int:
+        if flags & ~(SK_LOOKUP_F_REPLACE | SK_LOOKUP_F_NO_REUSEPORT):
+            return -errno.EINVAL & MASK64
+        mm = memory()
+        if sk:
+            found = find_socket(table(), mm, sk)
+            if found is None:
+                raise ExecutionError(f"bpf_sk_assign: {sk:#x} is no socket given to the program")
+            sock = socket_of(found[0])
+            waiting = {IPPROTO_TCP: TcpState.LISTEN, IPPROTO_UDP: TcpState.CLOSE}.get(sock.protocol)
+            if waiting is not None and sock.state != waiting:
+                return -ESOCKTNOSUPPORT & MASK64
+            family = int.from_bytes(mm.read(ctx + family_off, 4), "little")
+            if sock.family != family and sock.family == AF_INET:
+                return -errno.EAFNOSUPPORT & MASK64
+        if int.from_bytes(mm.read(ctx + sk_off, 8), "little") and not flags & SK_LOOKUP_F_REPLACE:
+            return -errno.EEXIST & MASK64
+        mm.write(ctx + sk_off, sk.to_bytes(8, "little"))
+        return 0
+
+    return Helper(H.SK_ASSIGN, "bpf_sk_assign", fn, ("ctx", "socket_or_null", "scalar"))
 
 
 def socket_helpers(memory: Callable[[], Any], table: Callable[[], SocketTable],

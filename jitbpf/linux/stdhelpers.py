@@ -322,6 +322,10 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     def map_lookup_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_lookup_elem")
         need(r2, m.key_size, "bpf_map_lookup_elem", "key")
+        if isinstance(m, SockMap | SockHash):  # the socket stored there, laid out for the program
+            key = memory().read(r2, m.key_size)
+            sock = m.socket_for(key) if isinstance(m, SockHash) else m.get(int.from_bytes(key, "little"))
+            return ctx.sockets.address(sock) if sock is not None else 0
         return int(lib.jb_direct_map_lookup_elem(r1, r2))
 
     def map_lookup_percpu_elem(r1: int, r2: int, r3: int, _r4: int, _r5: int) -> int:

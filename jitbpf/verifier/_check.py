@@ -1650,7 +1650,7 @@ class Checker:
                         self.reject(f"r{r} must have zero offset when passed to release func (helper {hid})")
                     released = reg.ref
                 case (ArgType.SOCK_COMMON | ArgType.BTF_SOCK_COMMON | ArgType.BTF_SOCK_COMMON_OR_NULL
-                      | ArgType.RELEASED_SOCK):
+                      | ArgType.RELEASED_SOCK | ArgType.SOCKET_OR_NULL):
                     reg = self._sock_arg(regs, r, kind)
                     cast_ref = cast_ref or reg.ref
                     if kind is ArgType.RELEASED_SOCK:
@@ -1674,6 +1674,13 @@ class Checker:
                 if outer is not None and outer.map_type in MAP_OF_MAPS_TYPES:
                     # An outer map's value is an inner map: a map pointer once checked against 0.
                     regs[0] = Reg(Pt.CONST_PTR_TO_MAP_OR_NULL, aux=inner_handle(map_reg.aux), id=self.fresh_id())
+                elif outer is not None and outer.map_type in SOCKET_MAP_TYPES:
+                    # A socket map's value is a socket, acquired as a lookup's (the kernel's rule);
+                    # only the Python helper knows where sockets are laid out.
+                    ref = self.fresh_id()
+                    regs[0] = Reg(Pt.PTR_TO_SOCKET_OR_NULL, id=ref, ref=ref)
+                    st.refs = (*st.refs, (ref, self.pc))
+                    self.unchecked_calls.add(self.pc)
                 else:
                     regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
             case RetType.MAP_VALUE:
@@ -1710,12 +1717,17 @@ class Checker:
                 regs[r] = NOT_INIT
 
     def _sock_arg(self, regs: list[Reg], r: int, kind: ArgType) -> Reg:
-        """A socket argument: a socket pointer checked against NULL (any of the kinds); a BTF
-        kernel object too where the kernel takes one; the context where it is a socket. A
-        released one must be a reference a lookup acquired."""
+        """A socket argument: a socket pointer checked against NULL (any of the kinds, or a full
+        socket only); a BTF kernel object too where the kernel takes one; the context where it is
+        a socket. A released one must be a reference a lookup acquired."""
         reg = self._read(regs, r)
-        if kind is ArgType.BTF_SOCK_COMMON_OR_NULL and reg.type is Pt.SCALAR and reg.var == sc.ZERO:
+        nullable = kind in (ArgType.BTF_SOCK_COMMON_OR_NULL, ArgType.SOCKET_OR_NULL)
+        if nullable and reg.type is Pt.SCALAR and reg.var == sc.ZERO:
             self._precise(r)
+            return reg
+        if kind is ArgType.SOCKET_OR_NULL:
+            if reg.type is not Pt.PTR_TO_SOCKET:
+                self.reject(f"R{r} type={reg.type.value} expected=sock")
             return reg
         btf = kind is not ArgType.SOCK_COMMON
         if btf and self.context.socket_context and reg.type is Pt.PTR_TO_CTX:

@@ -125,7 +125,8 @@ class VerifyResult:
     states_pruned: int  # paths cut short because an equivalent state was already verified
     max_stack_depth: int  # bytes of stack of the deepest call chain
     # Helper calls given a pointer to memory of unknown extent (a plain program's mem): a C
-    # helper would trust it, so these calls must reach a helper that checks at run time.
+    # helper would trust it, so these calls must reach a helper that checks at run time; and
+    # lookups in socket maps, whose sockets only the Python helper lays out.
     unchecked_calls: frozenset[int] = frozenset()
     # A privileged program may read stack it never wrote: the engines must clear its frames.
     reads_uninit_stack: bool = False
