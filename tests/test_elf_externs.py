@@ -70,8 +70,8 @@ def test_kernel_version_default_is_the_running_kernel() -> None:
 ])
 def test_extern_errors(build: Callable[[str], Path], source: str, given: dict[str, int | bool | str],
                        message: str) -> None:
-    with pytest.raises(ElfError, match=message):
-        load_elf(build(source), kconfig=given)
+    with pytest.raises(ElfError, match=message):  # a kernel symbol: when its program is used
+        load_elf(build(source), kconfig=given).programs["p"].vm()
 
 
 def test_kconfig_string(build: Callable[[str], Path]) -> None:
@@ -116,3 +116,13 @@ def test_frozen_array_refuses_writes() -> None:
     with pytest.raises(MapError, match="frozen"):
         a[0] = b"\x08\0\0\0"
     assert a.view(0).readonly
+
+
+def test_a_program_using_kernel_symbols_leaves_the_others_loadable(build: Callable[[str], Path]) -> None:
+    obj = load_elf(build("extern int bpf_kfunc_here(void) __ksym;\n"
+                         "SEC(\"xdp\") int uses_it(struct xdp_md *c) { return bpf_kfunc_here(); }\n"
+                         "SEC(\"xdp\") int plain(struct xdp_md *c) { return 2; }"))
+    assert obj.programs["plain"].vm().run_xdp(bytes(64))[0] == 2
+    assert "kernel symbol" in obj.programs["uses_it"].unavailable
+    with pytest.raises(ElfError, match="'bpf_kfunc_here' is a kernel symbol"):
+        obj.programs["uses_it"].vm()

@@ -322,8 +322,9 @@ class ElfProgram:
     """
 
     def __init__(self, obj: ElfObject, name: str, section: str, prog_type: ProgType, code: bytes,
-                 core_failures: Mapping[int, str] | None = None) -> None:
+                 core_failures: Mapping[int, str] | None = None, *, unavailable: str = "") -> None:
         self.obj = obj
+        self.unavailable = unavailable  # why the program cannot run here (it uses kernel symbols), if so
         self.core_failures = dict(core_failures or {})  # pc -> the CO-RE relocation that poisoned it
         self.name = name
         self.section = section
@@ -355,6 +356,8 @@ class ElfProgram:
         the kernel, bounded loops allowed unless ``allow_loops=False``)."""
         from jitbpf.vm import VM
 
+        if self.unavailable:
+            raise ElfError(f"program {self.name!r}: {self.unavailable}", section=self.section)
         if self.prog_type is not ProgType.UNSPEC:
             kwargs.setdefault("prog_type", self.prog_type)
         # The kernel verifies bounded loops (for the privileged loader jitbpf models): C programs
@@ -430,6 +433,10 @@ RUNNERS: Mapping[ProgType, str] = MappingProxyType({
     ProgType.STRUCT_OPS: "run_tracing",
     ProgType.EXT: "run_tracing",
 })  # the VM method that runs each program type
+
+
+class _KernelSymbol(ElfError):
+    """A program refers to a kernel function or variable (``__ksym``): it cannot run here."""
 
 
 @dataclass
@@ -1080,7 +1087,12 @@ class _Loader:
             for func in self.funcs[sec.index]:
                 name = func.name if func.name not in self.obj.programs else f"{sec.name}/{func.name}"
                 failures: dict[int, str] = {}
-                code = self._link(func, failures)
+                try:
+                    code = self._link(func, failures)
+                except _KernelSymbol as exc:  # the object's other programs load: this one cannot run
+                    self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, b"",
+                                                         unavailable=exc.message)
+                    continue
                 self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, code, failures)
 
     def _function_at(self, section: int, slot: int, where: str) -> _Func:
@@ -1149,8 +1161,8 @@ class _Loader:
             if sym.name in self.externs:
                 return RelocTarget.KCONFIG
             if self._is_ksym(sym.name):
-                raise ElfError(f"{where}: {sym.name!r} is a kernel symbol (__ksym): kernel functions and variables"
-                               " do not exist outside the kernel", section=sec.name)
+                raise _KernelSymbol(f"{where}: {sym.name!r} is a kernel symbol (__ksym): kernel functions and "
+                                    "variables do not exist outside the kernel", section=sec.name)
             raise ElfError(f"{where}: symbol {sym.name!r} is undefined (extern variables other than __kconfig are"
                            " not supported)", section=sec.name)
         target_sec = self._section(sym.shndx, where)
