@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -40,6 +40,9 @@ class Section(enum.IntEnum):
     HOT = 0  # straight-line code of the blocks, in program order
     COLD = 1  # out-of-line stubs and the shared runtime routines, after the hot code
     PC = 2  # not a section: the code of the eBPF instruction at this slot (a jump target)
+
+
+_PC_BASE = Section.PC << _TAG  # the location of slot 0's code (a branch target)
 
 
 def location(section: Section, offset: int) -> int:
@@ -205,71 +208,59 @@ class Target(abc.ABC):
         self._classes = self.stencil_classes()
         self._stencils = self.asm.derived.setdefault(("stencils", type(self).__name__, self.stencil_context()), {})
         flow = self.flow
-        program = flow.program
-        slots, infos = program.slots, program.infos
-        block_at, targets = flow.block_at, flow.targets
-        pc_off = self.pc_off
-        hot, fixups = self.hot, self.fixups
-        emitters = self._emitters
-        block_entry = self.emit_block_entry
-        classes = self._classes
-        stencils = self._stencils
-        to_pc = Section.PC << _TAG
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops and flow.has_back_edges else {}
-        after_loop = -1  # end of the versioned loop just emitted: its slots are done
-        for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
-            if insn is None or info is None or pc < after_loop:
-                continue
-            pc_off[pc] = len(hot)
-            if pc in block_at:
-                block = block_at[pc]
-                plan = loops.get(pc)
-                if plan is not None:
-                    self.emit_loop(plan)
-                    after_loop = block.end
-                    continue
-                block_entry(block)
-            classify = classes.get(info.kind)
-            key = classify(pc, insn, info) if classify is not None else None
-            if key is None:
-                emitters[info.kind](pc, insn, info)
-                continue
-            st = stencils.get(key, _UNSEEN)
-            if st is None:
-                emitters[info.kind](pc, insn, info)
-            elif st is _UNSEEN:
-                self._learn(key, pc, insn, info)
-            else:  # the instruction's code is a copy of its class's, patched
-                start = len(hot)
-                hot += st.code
-                if st.imm_at >= 0:
-                    st.imm_pack.pack_into(hot, start + st.imm_at, insn.imm & st.imm_mask)
-                if st.off_at >= 0:
-                    st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
-                if st.branch >= 0:
-                    fixups.append((start + st.branch, to_pc | targets[pc]))
+        self._emit_blocks(flow.blocks, loops, record=True)
         self.emit_runtime()
         self.prepend(self.emit_entries)
         return self.link()
 
-    def _stamp(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        """One instruction from its stencil (learnt now if need be), or emitted (what ``compile``
-        does inline)."""
-        classify = self._classes.get(info.kind)
-        key = classify(pc, insn, info) if classify is not None and pc not in self.retarget else None
-        if key is None:
-            self._emitters[info.kind](pc, insn, info)
-            return
-        st = self._stencils.get(key, _UNSEEN)
-        if st is None:
-            self._emitters[info.kind](pc, insn, info)
-        elif st is _UNSEEN:
-            self._learn(key, pc, insn, info)
-        else:
-            start = len(self.hot)
-            self.hot += st.instantiate(insn.imm, insn.off)
-            if st.branch >= 0:
-                self.refer(location(Section.HOT, start + st.branch), location(Section.PC, self.flow.targets[pc]))
+    def _emit_blocks(self, blocks: Iterable[Block], loops: Mapping[int, LoopPlan], *, record: bool) -> None:
+        """Each block's budget charge and instructions, or its versioned loop (``loops``, by first
+        slot): the compile loop. An instruction's code is a copy of its class's stencil, patched,
+        where there is one; else (and for the first of a class, which learns it) its emitter's.
+
+        With ``record``, the pcs map to this copy: a block's first slot to where the block starts
+        (unless it was placed before: a loop's range check), the others to their own code."""
+        program, targets, retarget = self.flow.program, self.flow.targets, self.retarget
+        slots, infos = program.slots, program.infos
+        hot, fixups, pc_off = self.hot, self.fixups, self.pc_off
+        classes, stencils, emitters = self._classes, self._stencils, self._emitters
+        block_entry, learn = self.emit_block_entry, self._learn
+        offsets: list[int] | dict[int, int] = pc_off if record else {}  # a copy that is not recorded
+        for block in blocks:
+            first = block.start
+            if record and pc_off[first] < 0:
+                pc_off[first] = len(hot)
+            plan = loops.get(first)
+            if plan is not None:
+                self.emit_loop(plan)
+                continue
+            placed = pc_off[first]
+            # A jump the loop copies send elsewhere is emitted: its stencil holds the usual target.
+            redirected = block.last if retarget and block.last in retarget else -1
+            block_entry(block)
+            for pc in range(first, block.end):
+                insn, info = slots[pc], infos[pc]
+                if insn is None or info is None:
+                    continue  # the second slot of an lddw
+                start = len(hot)
+                offsets[pc] = start
+                kind = info.kind
+                classify = classes.get(kind)
+                key = classify(pc, insn, info) if classify is not None and pc != redirected else None
+                if key is None or (st := stencils.get(key, _UNSEEN)) is None:
+                    emitters[kind](pc, insn, info)
+                elif st is _UNSEEN:
+                    learn(key, pc, insn, info)
+                else:
+                    hot += st.code
+                    if st.imm_at >= 0:
+                        st.imm_pack.pack_into(hot, start + st.imm_at, insn.imm & st.imm_mask)
+                    if st.off_at >= 0:
+                        st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
+                    if st.branch >= 0:
+                        fixups.append((start + st.branch, _PC_BASE | targets[pc]))
+            pc_off[first] = placed  # the first instruction's entry above is the block's
 
     def _learn(self, key: StencilKey, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Emit the first instruction of a class, then its probes (removed again), and keep the
@@ -323,16 +314,9 @@ class Target(abc.ABC):
 
     def emit_block(self, block: Block, *, record: bool) -> None:
         """A block's budget charge and instructions (the compile loop's work, for one block that
-        a target emits more than once); ``record``: this copy is the one the pcs map to."""
-        program = self.flow.program
-        self.emit_block_entry(block)
-        for pc in range(block.start, block.end):
-            insn, info = program.slots[pc], program.infos[pc]
-            if insn is None or info is None:
-                continue
-            if record and pc != block.start:
-                self.pc_off[pc] = len(self.hot)
-            self._stamp(pc, insn, info)
+        a target emits more than once); ``record``: this copy is the one the pcs map to (its
+        first slot stays where the caller placed it)."""
+        self._emit_blocks((block,), {}, record=record)
 
     def emit_loop(self, plan: LoopPlan) -> None:
         """A versioned loop (see jitbpf.jit.loops); the slot of its block start is already placed.
