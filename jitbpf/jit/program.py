@@ -229,8 +229,7 @@ class JitProgram:
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()
-        pcs = self.compiled.pcs
-        blocks = (pcs[0][0], self.compiled.entries["cold"]) if pcs else None
+        blocks = (self.compiled.blocks, self.compiled.entries["cold"])
         self._code = ExecutableMemory(self.compiled.code, self.compiled.entries["abort_fault"], blocks)
         self._pc_offsets: list[int] | None = None  # ascending code offsets of instructions (faults)
         self.token = next(_TOKENS)  # names this program to the native bare-run table

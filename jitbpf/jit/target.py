@@ -65,8 +65,17 @@ class CompiledCode:
 
     code: bytes  # position-independent machine code
     entries: dict[str, int]  # entry point name -> offset
-    pcs: tuple[tuple[int, int], ...]  # (offset, eBPF pc) for every instruction, ascending
+    # Per slot, the offset of its instruction's code from ``blocks`` (-1: none), as the compile
+    # loop recorded them: ``pcs`` pairs them up only when asked (listings, faults).
+    slot_offsets: tuple[int, ...]
+    blocks: int  # offset of the blocks' code (slot 0's), after the entry points
     marks: tuple[tuple[int, str, int], ...]  # (offset, label, pc or -1) of prologue, stubs, routines
+
+    @property
+    def pcs(self) -> tuple[tuple[int, int], ...]:
+        """(offset, eBPF pc) for every instruction, ascending."""
+        base = self.blocks
+        return tuple([(off + base, pc) for pc, off in enumerate(self.slot_offsets) if off >= 0])
 
 
 @dataclass(slots=True)
@@ -455,7 +464,8 @@ class Target(abc.ABC):
                 return offset + hot_len
             return offset + head if offset < body else offset - body
 
-        patch = self.patch_branch
+        # The hook's own packer when no target replaced it: one call per branch fewer.
+        patch = _REL32.pack_into if type(self).patch_branch is Target.patch_branch else self.patch_branch
         for field_loc, target in self.fixups:
             # Most fixups are branches in the blocks to an instruction: those skip absolute().
             pos = field_loc + head if field_loc < body else absolute(field_loc)
@@ -466,7 +476,6 @@ class Target(abc.ABC):
         for field_loc, name in self.named_fixups:
             pos = absolute(field_loc)
             patch(code, pos, absolute(self.labels[name]) - (pos + 4))
-        pcs = tuple([(off + head, pc) for pc, off in enumerate(pc_off) if off >= 0])
         entries = {name: absolute(off) for name, off in self.entries.items()}
         entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
@@ -474,4 +483,4 @@ class Target(abc.ABC):
         cold = location(Section.COLD, 0)  # marks are in the hot code (head or blocks) or the cold
         marks = tuple(sorted([(loc + head if loc < body else loc - body if loc < cold else loc - cold + hot_len,
                                text, pc) for loc, text, pc in self.marks]))
-        return CompiledCode(bytes(code), entries, pcs, marks)
+        return CompiledCode(bytes(code), entries, tuple(pc_off), head, marks)
