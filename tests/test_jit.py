@@ -413,7 +413,7 @@ def test_stored_templates_are_the_ones_encoded(tmp_path: Path) -> None:
 
 
 _GARBAGE = [b"", b"\x00\x01", b"not marshal", marshal.dumps([1, 2]),
-            marshal.dumps({("mov",): (b"\x90", ((9, "i8", 1),))}),  # a hole past the code
+            marshal.dumps({("mov",): (b"\x90", ((9, "i8", 1),))}),  # a hole past the code, no digest
             marshal.dumps({("mov", "eax", "i32"): (b"\xb8", ((1, "i32", 4),))})]
 
 
@@ -424,6 +424,27 @@ def test_a_store_that_does_not_check_out_is_ignored(tmp_path: Path, garbage: byt
     store = TemplateStore(tmp_path)
     store.path.write_bytes(garbage)
     assert len(Assembler(store)) == 0
+
+
+@pytest.mark.parametrize(("shape", "code", "hole"), [
+    (("mov",), b"\x90", (9, "i8", 1)),  # a hole past the code
+    (("mov", "eax", "i32"), b"\xb8", (1, "i32", 4)),  # a hole that runs past the code
+])
+def test_a_stored_template_that_does_not_check_out_is_not_used(tmp_path: Path, shape: tuple[str, ...],
+                                                               code: bytes, hole: tuple[int, str, int]) -> None:
+    """Entries are checked when first used (the file's digest being right): a bad one, and
+    every entry not used before it, are encoded afresh."""
+    from jitbpf.jit.encoding import Assembler, Hole, HoleKind, Template, TemplateStore
+
+    good = ("mov", "rax", "i64")
+    encoded = Assembler().encode(good, 7)
+    bad = Template(shape, code, (Hole(hole[0], HoleKind(hole[1]), hole[2]),))
+    TemplateStore(tmp_path).save({shape: bad, good: Assembler().template(good)})
+    second = Assembler(TemplateStore(tmp_path))
+    assert len(second) == 2
+    assert second.cached(shape) is None
+    assert second.cached(good) is None and len(second) == 0
+    assert second.encode(good, 7) == encoded
 
 
 def test_a_fresh_process_with_stored_templates_does_not_import_peachpy() -> None:
