@@ -171,8 +171,11 @@ class JitProgram:
         self._runner = _weak(runner)
         # One pass over the program gathers what the runner needs to know about it.
         by_kind: dict[Kind, list[tuple[int, Instruction]]] = {}
-        for pc, (insn, info) in enumerate(zip(flow.program.slots, flow.program.infos, strict=True)):
-            if info is not None and insn is not None and info.kind in _NOTABLE:
+        slots, infos = flow.program.slots, flow.program.infos
+        # Most programs have few of these: the pass that finds them looks at the rows alone.
+        for pc in [pc for pc, info in enumerate(infos) if info is not None and info.kind in _NOTABLE]:
+            insn, info = slots[pc], infos[pc]
+            if insn is not None and info is not None:
                 by_kind.setdefault(info.kind, []).append((pc, insn))
         helper_calls = by_kind.get(Kind.CALL, [])
         self._kinds = frozenset(by_kind)
