@@ -125,6 +125,29 @@ def test_stencils_copy_repeated_instructions_exactly() -> None:
         assert [line.split(None, 1)[1] for line in block.splitlines()[1:2]] == first
 
 
+@pytest.mark.parametrize("source", [
+    "mov r10, r1\nstxdw [r10-8], r1\nmov r0, 0\nexit",  # a bounds-checked store: stubs, the walker
+    "mov r6, 3\nloop:\nmov r1, r6\ncall 1\nsub r6, 1\njne r6, 0, loop\nexit",  # a helper call in a loop
+    "lddw r0, 0x123456789\nldxb r1, [r1+2]\nadd r0, r1\nexit",
+])
+def test_replayed_code_is_the_code_emitted(source: str) -> None:
+    """Entry points and runtime routines emitted once are replayed by later compiles (their
+    internal branches already resolved): the code, entries, marks and pcs come out the same."""
+    from jitbpf.jit.encoding import Assembler
+    from jitbpf.jit.target import CompileOptions, HelperTable
+    from jitbpf.jit.x86_64 import X86_64
+
+    asm = Assembler()
+    compiled = []
+    for _ in range(2):
+        with VM(assemble(source), verify=False, allow_loops=True) as vm:
+            options = CompileOptions(vm.resolve_lddw, frozenset(), HelperTable(0x1000, 16, 0x2000))
+            compiled.append(X86_64(asm, vm.flow, options).compile())
+    first, second = compiled
+    assert second == first
+    assert second.pcs == first.pcs and len(second.pcs) == source.count("\n") + 1 - source.count(":")
+
+
 # --- loop versioning ---------------------------------------------------------------------------
 
 def _outcome(run: Callable[[bytearray], int], mem: bytearray) -> tuple[str, int | None, int | None]:

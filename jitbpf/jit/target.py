@@ -126,11 +126,26 @@ class _Recording:
            before: tuple[int, int, int, dict[str, int], dict[str, int]]) -> _Recording:
         nfix, nnamed, nmarks, labels, entries = before
         back = (-hot0, -cold0)
-        return cls(bytes(t.hot[hot0:]), bytes(t.cold[cold0:]),
-                   tuple((_moved(f, *back), _moved(g, *back)) for f, g in t.fixups[nfix:]),
-                   tuple((_moved(f, *back), name) for f, name in t.named_fixups[nnamed:]),
+        code = (bytearray(t.hot[hot0:]), bytearray(t.cold[cold0:]))
+        own = {k: _moved(v, *back) for k, v in t.labels.items() if labels.get(k) != v}
+
+        def kept(field: int, target: int | None) -> bool:
+            """Whether a branch stays for link: one within a section of the recording keeps its
+            displacement wherever it is replayed, so it is patched into the recording once (labels
+            are bound once, so a name the recording binds is the one link would find)."""
+            section = field >> _TAG
+            if target is None or target >> _TAG != section or section > Section.COLD:
+                return True
+            t.patch_branch(code[section], field & _OFFSET_MASK, target - field - 4)
+            return False
+
+        moved = ((_moved(f, *back), _moved(g, *back)) for f, g in t.fixups[nfix:])
+        fixups = tuple((f, g) for f, g in moved if kept(f, g))
+        named = tuple((f, name) for f, name in ((_moved(f, *back), name) for f, name in t.named_fixups[nnamed:])
+                      if kept(f, own.get(name)))
+        return cls(bytes(code[0]), bytes(code[1]), fixups, named,  # (the code patched by kept)
                    tuple((_moved(loc, *back), text, pc) for loc, text, pc in t.marks[nmarks:]),
-                   tuple((k, _moved(v, *back)) for k, v in t.labels.items() if labels.get(k) != v),
+                   tuple(own.items()),
                    tuple((k, v - hot0) for k, v in t.entries.items() if entries.get(k) != v))
 
     def replay(self, t: Target, hot0: int, cold0: int) -> None:
