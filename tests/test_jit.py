@@ -188,6 +188,23 @@ loop:
 """
 
 
+def test_a_versioned_loop_maps_its_slots_to_the_first_copy() -> None:
+    """The listing's pcs: every instruction once, ascending; the loop's first slot at its range
+    check (where jumps to it land), the others in the unchecked copy, which comes first."""
+    with VM(assemble(BYTE_SUM.format(start="", bound="")), verify=False, allow_loops=True, budget=100_000) as vm:
+        vm.jit_compile()
+        assert vm._jit is not None
+        compiled = vm._jit.compiled
+    pcs = compiled.pcs
+    assert [pc for _off, pc in pcs] == list(range(len(vm.program)))
+    assert [off for off, _pc in pcs] == sorted({off for off, _pc in pcs})
+    marks = {text.split(" of ")[0]: off for off, text, _pc in compiled.marks if text.startswith("loop: ")}
+    offset = {pc: off for off, pc in pcs}
+    loop = 4  # the slot of `loop:`
+    assert offset[loop] == marks["loop: range check"]
+    assert all(marks["loop: unchecked copy"] < offset[pc] < marks["loop: checked copy"] for pc in range(loop + 1, 8))
+
+
 @pytest.mark.parametrize("back_edge", ["jlt r3, r4, loop", "jgt r4, r3, loop"])
 def test_a_walking_loop_runs_unchecked_inside_mem(back_edge: str) -> None:
     source = BYTE_SUM.format(start="", bound="").replace("jlt r3, r4, loop", back_edge)
