@@ -125,6 +125,29 @@ def test_stencils_copy_repeated_instructions_exactly() -> None:
         assert [line.split(None, 1)[1] for line in block.splitlines()[1:2]] == first
 
 
+@pytest.mark.parametrize("source", [
+    "mov r10, r1\nstxdw [r10-8], r1\nmov r0, 0\nexit",  # a bounds-checked store: stubs, the walker
+    "mov r6, 3\nloop:\nmov r1, r6\ncall 1\nsub r6, 1\njne r6, 0, loop\nexit",  # a helper call in a loop
+    "lddw r0, 0x123456789\nldxb r1, [r1+2]\nadd r0, r1\nexit",
+])
+def test_replayed_code_is_the_code_emitted(source: str) -> None:
+    """Entry points and runtime routines emitted once are replayed by later compiles (their
+    internal branches already resolved): the code, entries, marks and pcs come out the same."""
+    from jitbpf.jit.encoding import Assembler
+    from jitbpf.jit.target import CompileOptions, HelperTable
+    from jitbpf.jit.x86_64 import X86_64
+
+    asm = Assembler()
+    compiled = []
+    for _ in range(2):
+        with VM(assemble(source), verify=False, allow_loops=True) as vm:
+            options = CompileOptions(vm.resolve_lddw, frozenset(), HelperTable(0x1000, 16, 0x2000))
+            compiled.append(X86_64(asm, vm.flow, options).compile())
+    first, second = compiled
+    assert second == first
+    assert second.pcs == first.pcs and len(second.pcs) == source.count("\n") + 1 - source.count(":")
+
+
 # --- loop versioning ---------------------------------------------------------------------------
 
 def _outcome(run: Callable[[bytearray], int], mem: bytearray) -> tuple[str, int | None, int | None]:
@@ -163,6 +186,23 @@ loop:
     jlt r3, r4, loop
     exit
 """
+
+
+def test_a_versioned_loop_maps_its_slots_to_the_first_copy() -> None:
+    """The listing's pcs: every instruction once, ascending; the loop's first slot at its range
+    check (where jumps to it land), the others in the unchecked copy, which comes first."""
+    with VM(assemble(BYTE_SUM.format(start="", bound="")), verify=False, allow_loops=True, budget=100_000) as vm:
+        vm.jit_compile()
+        assert vm._jit is not None
+        compiled = vm._jit.compiled
+    pcs = compiled.pcs
+    assert [pc for _off, pc in pcs] == list(range(len(vm.program)))
+    assert [off for off, _pc in pcs] == sorted({off for off, _pc in pcs})
+    marks = {text.split(" of ")[0]: off for off, text, _pc in compiled.marks if text.startswith("loop: ")}
+    offset = {pc: off for off, pc in pcs}
+    loop = 4  # the slot of `loop:`
+    assert offset[loop] == marks["loop: range check"]
+    assert all(marks["loop: unchecked copy"] < offset[pc] < marks["loop: checked copy"] for pc in range(loop + 1, 8))
 
 
 @pytest.mark.parametrize("back_edge", ["jlt r3, r4, loop", "jgt r4, r3, loop"])
@@ -413,7 +453,7 @@ def test_stored_templates_are_the_ones_encoded(tmp_path: Path) -> None:
 
 
 _GARBAGE = [b"", b"\x00\x01", b"not marshal", marshal.dumps([1, 2]),
-            marshal.dumps({("mov",): (b"\x90", ((9, "i8", 1),))}),  # a hole past the code
+            marshal.dumps({("mov",): (b"\x90", ((9, "i8", 1),))}),  # a hole past the code, no digest
             marshal.dumps({("mov", "eax", "i32"): (b"\xb8", ((1, "i32", 4),))})]
 
 
@@ -424,6 +464,27 @@ def test_a_store_that_does_not_check_out_is_ignored(tmp_path: Path, garbage: byt
     store = TemplateStore(tmp_path)
     store.path.write_bytes(garbage)
     assert len(Assembler(store)) == 0
+
+
+@pytest.mark.parametrize(("shape", "code", "hole"), [
+    (("mov",), b"\x90", (9, "i8", 1)),  # a hole past the code
+    (("mov", "eax", "i32"), b"\xb8", (1, "i32", 4)),  # a hole that runs past the code
+])
+def test_a_stored_template_that_does_not_check_out_is_not_used(tmp_path: Path, shape: tuple[str, ...],
+                                                               code: bytes, hole: tuple[int, str, int]) -> None:
+    """Entries are checked when first used (the file's digest being right): a bad one, and
+    every entry not used before it, are encoded afresh."""
+    from jitbpf.jit.encoding import Assembler, Hole, HoleKind, Template, TemplateStore
+
+    good = ("mov", "rax", "i64")
+    encoded = Assembler().encode(good, 7)
+    bad = Template(shape, code, (Hole(hole[0], HoleKind(hole[1]), hole[2]),))
+    TemplateStore(tmp_path).save({shape: bad, good: Assembler().template(good)})
+    second = Assembler(TemplateStore(tmp_path))
+    assert len(second) == 2
+    assert second.cached(shape) is None
+    assert second.cached(good) is None and len(second) == 0
+    assert second.encode(good, 7) == encoded
 
 
 def test_a_fresh_process_with_stored_templates_does_not_import_peachpy() -> None:

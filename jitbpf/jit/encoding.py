@@ -13,7 +13,6 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,8 @@ _SENTINEL_STEP = {1: 0x01, 2: 0x0101, 4: 0x0101_0101, 8: 0x0101_0101_0101_0101}
 _MEMORY = re.compile(r"^([bwdqo]?)\[(\w+)(?:\+(\w+)\*([1248]))?(?:\+(d8|d32))?\]$")
 _SIZES = {"b": "byte", "w": "word", "d": "dword", "q": "qword", "o": "oword"}
 _LOCK = 0xF0  # the LOCK prefix byte
+_STORE_MAGIC = b"jitbpf-templates\0"  # a template store file starts so, then the payload's SHA-256
+_STORE_HEADER = len(_STORE_MAGIC) + 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,34 +98,39 @@ class TemplateStore:
 
     The file's name carries a hash of this module and of the installed PeachPy's files (found
     without importing it): any change of either starts a new file. It lives in the per-user cache
-    beside the native library, which is trusted the same way; its contents are checked anyway
-    (types, hole positions) and a file that does not pass is ignored.
+    beside the native library, which is trusted the same way; its contents are checked anyway:
+    the file as a whole by a digest of what ``save`` wrote (a file that does not match is
+    ignored), each template when it is first used (types, hole positions). The store holds every
+    shape any program needed, so templates are decoded on demand rather than all at start-up.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / f"templates-{_store_key()}.bin"
 
-    def load(self) -> dict[Shape, Template]:
+    def load(self) -> dict[Any, Any]:
+        """The stored entries by shape, undecoded (see ``_decode_template``); empty for a file
+        that does not check out."""
         try:
-            raw = marshal.loads(self.path.read_bytes())
-        except (OSError, EOFError, ValueError, TypeError):
+            data = self.path.read_bytes()
+        except OSError:
             return {}
-        out: dict[Shape, Template] = {}
-        if not isinstance(raw, dict):
-            return out
-        for shape, entry in raw.items():
-            tpl = _decode_template(shape, entry)
-            if tpl is None:
-                return {}  # not a file this module wrote: trust none of it
-            out[shape] = tpl
-        return out
+        digest, payload = data[len(_STORE_MAGIC):_STORE_HEADER], data[_STORE_HEADER:]
+        if not data.startswith(_STORE_MAGIC) or hashlib.sha256(payload).digest() != digest:
+            return {}
+        try:
+            raw = marshal.loads(payload)
+        except (EOFError, ValueError, TypeError):
+            return {}
+        return raw if isinstance(raw, dict) else {}
 
     def save(self, templates: dict[Shape, Template]) -> None:
-        """Write ``templates`` merged with what other processes saved meanwhile (atomically)."""
-        merged = {**self.load(), **templates}
-        data = marshal.dumps({shape: (tpl.code, tuple((h.offset, h.kind.value, h.width) for h in tpl.holes))
-                              for shape, tpl in merged.items()})
+        """Write ``templates`` merged with what is stored already (by other processes too),
+        atomically."""
+        merged = {**self.load(), **{shape: (tpl.code, tuple((h.offset, h.kind.value, h.width) for h in tpl.holes))
+                                    for shape, tpl in templates.items()}}
+        payload = marshal.dumps(merged)
+        data = _STORE_MAGIC + hashlib.sha256(payload).digest() + payload
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".templates-", delete=False) as tmp:
@@ -182,19 +188,36 @@ class Assembler:
 
     def __init__(self, store: TemplateStore | None = None) -> None:
         self._store = store
-        self._templates: dict[Shape, Template] = store.load() if store is not None else {}
+        self._templates: dict[Shape, Template] = {}
+        # What the store holds that no compile has asked for yet (decoded and moved over on use).
+        self._stored: dict[Any, Any] = store.load() if store is not None else {}
         self._unsaved = False  # templates encoded since the store was last written
-        # The template of a shape encoded before, else None: the compile loop's fast path (the
-        # dict's own method, so a cache hit costs no Python frame).
-        self.cached: Callable[[Shape], Template | None] = self._templates.get
         self.derived: dict[Any, Any] = {}  # caches built on templates by the emitters (by their own keys)
 
     def __len__(self) -> int:
-        return len(self._templates)
+        return len(self._templates) + len(self._stored)
+
+    def cached(self, shape: Shape) -> Template | None:
+        """The template of a shape encoded before (in this process or a stored one), else None."""
+        tpl = self._templates.get(shape)
+        if tpl is None and self._stored:
+            tpl = self._from_store(shape)
+        return tpl
+
+    def _from_store(self, shape: Shape) -> Template | None:
+        entry = self._stored.pop(shape, None)
+        if entry is None:
+            return None
+        tpl = _decode_template(shape, entry)
+        if tpl is None:
+            self._stored.clear()  # not a file this module wrote, digest or not: trust none of the rest
+            return None
+        self._templates[shape] = tpl
+        return tpl
 
     def template(self, shape: Shape) -> Template:
         """The template of ``shape``, encoding it on first use."""
-        tpl = self._templates.get(shape)
+        tpl = self.cached(shape)
         if tpl is None:
             tpl = _build(shape)
             self._templates[shape] = tpl

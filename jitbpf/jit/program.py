@@ -171,8 +171,11 @@ class JitProgram:
         self._runner = _weak(runner)
         # One pass over the program gathers what the runner needs to know about it.
         by_kind: dict[Kind, list[tuple[int, Instruction]]] = {}
-        for pc, (insn, info) in enumerate(zip(flow.program.slots, flow.program.infos, strict=True)):
-            if info is not None and insn is not None and info.kind in _NOTABLE:
+        slots, infos = flow.program.slots, flow.program.infos
+        # Most programs have few of these: the pass that finds them looks at the rows alone.
+        for pc in [pc for pc, info in enumerate(infos) if info is not None and info.kind in _NOTABLE]:
+            insn, info = slots[pc], infos[pc]
+            if insn is not None and info is not None:
                 by_kind.setdefault(info.kind, []).append((pc, insn))
         helper_calls = by_kind.get(Kind.CALL, [])
         self._kinds = frozenset(by_kind)
@@ -229,8 +232,7 @@ class JitProgram:
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()
-        pcs = self.compiled.pcs
-        blocks = (pcs[0][0], self.compiled.entries["cold"]) if pcs else None
+        blocks = (self.compiled.blocks, self.compiled.entries["cold"])
         self._code = ExecutableMemory(self.compiled.code, self.compiled.entries["abort_fault"], blocks)
         self._pc_offsets: list[int] | None = None  # ascending code offsets of instructions (faults)
         self.token = next(_TOKENS)  # names this program to the native bare-run table

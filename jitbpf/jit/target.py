@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import enum
 import struct
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
@@ -42,6 +42,9 @@ class Section(enum.IntEnum):
     PC = 2  # not a section: the code of the eBPF instruction at this slot (a jump target)
 
 
+_PC_BASE = Section.PC << _TAG  # the location of slot 0's code (a branch target)
+
+
 def location(section: Section, offset: int) -> int:
     """Encode a position as one int (section above bit 40), cheap to store in fixup lists."""
     return section << _TAG | offset
@@ -62,8 +65,17 @@ class CompiledCode:
 
     code: bytes  # position-independent machine code
     entries: dict[str, int]  # entry point name -> offset
-    pcs: tuple[tuple[int, int], ...]  # (offset, eBPF pc) for every instruction, ascending
+    # Per slot, the offset of its instruction's code from ``blocks`` (-1: none), as the compile
+    # loop recorded them: ``pcs`` pairs them up only when asked (listings, faults).
+    slot_offsets: tuple[int, ...]
+    blocks: int  # offset of the blocks' code (slot 0's), after the entry points
     marks: tuple[tuple[int, str, int], ...]  # (offset, label, pc or -1) of prologue, stubs, routines
+
+    @property
+    def pcs(self) -> tuple[tuple[int, int], ...]:
+        """(offset, eBPF pc) for every instruction, ascending."""
+        base = self.blocks
+        return tuple([(off + base, pc) for pc, off in enumerate(self.slot_offsets) if off >= 0])
 
 
 @dataclass(slots=True)
@@ -114,11 +126,26 @@ class _Recording:
            before: tuple[int, int, int, dict[str, int], dict[str, int]]) -> _Recording:
         nfix, nnamed, nmarks, labels, entries = before
         back = (-hot0, -cold0)
-        return cls(bytes(t.hot[hot0:]), bytes(t.cold[cold0:]),
-                   tuple((_moved(f, *back), _moved(g, *back)) for f, g in t.fixups[nfix:]),
-                   tuple((_moved(f, *back), name) for f, name in t.named_fixups[nnamed:]),
+        code = (bytearray(t.hot[hot0:]), bytearray(t.cold[cold0:]))
+        own = {k: _moved(v, *back) for k, v in t.labels.items() if labels.get(k) != v}
+
+        def kept(field: int, target: int | None) -> bool:
+            """Whether a branch stays for link: one within a section of the recording keeps its
+            displacement wherever it is replayed, so it is patched into the recording once (labels
+            are bound once, so a name the recording binds is the one link would find)."""
+            section = field >> _TAG
+            if target is None or target >> _TAG != section or section > Section.COLD:
+                return True
+            t.patch_branch(code[section], field & _OFFSET_MASK, target - field - 4)
+            return False
+
+        moved = ((_moved(f, *back), _moved(g, *back)) for f, g in t.fixups[nfix:])
+        fixups = tuple((f, g) for f, g in moved if kept(f, g))
+        named = tuple((f, name) for f, name in ((_moved(f, *back), name) for f, name in t.named_fixups[nnamed:])
+                      if kept(f, own.get(name)))
+        return cls(bytes(code[0]), bytes(code[1]), fixups, named,  # (the code patched by kept)
                    tuple((_moved(loc, *back), text, pc) for loc, text, pc in t.marks[nmarks:]),
-                   tuple((k, _moved(v, *back)) for k, v in t.labels.items() if labels.get(k) != v),
+                   tuple(own.items()),
                    tuple((k, v - hot0) for k, v in t.entries.items() if entries.get(k) != v))
 
     def replay(self, t: Target, hot0: int, cold0: int) -> None:
@@ -205,71 +232,59 @@ class Target(abc.ABC):
         self._classes = self.stencil_classes()
         self._stencils = self.asm.derived.setdefault(("stencils", type(self).__name__, self.stencil_context()), {})
         flow = self.flow
-        program = flow.program
-        slots, infos = program.slots, program.infos
-        block_at, targets = flow.block_at, flow.targets
-        pc_off = self.pc_off
-        hot, fixups = self.hot, self.fixups
-        emitters = self._emitters
-        block_entry = self.emit_block_entry
-        classes = self._classes
-        stencils = self._stencils
-        to_pc = Section.PC << _TAG
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops and flow.has_back_edges else {}
-        after_loop = -1  # end of the versioned loop just emitted: its slots are done
-        for pc, insn, info in zip(range(len(program)), slots, infos, strict=True):
-            if insn is None or info is None or pc < after_loop:
-                continue
-            pc_off[pc] = len(hot)
-            if pc in block_at:
-                block = block_at[pc]
-                plan = loops.get(pc)
-                if plan is not None:
-                    self.emit_loop(plan)
-                    after_loop = block.end
-                    continue
-                block_entry(block)
-            classify = classes.get(info.kind)
-            key = classify(pc, insn, info) if classify is not None else None
-            if key is None:
-                emitters[info.kind](pc, insn, info)
-                continue
-            st = stencils.get(key, _UNSEEN)
-            if st is None:
-                emitters[info.kind](pc, insn, info)
-            elif st is _UNSEEN:
-                self._learn(key, pc, insn, info)
-            else:  # the instruction's code is a copy of its class's, patched
-                start = len(hot)
-                hot += st.code
-                if st.imm_at >= 0:
-                    st.imm_pack.pack_into(hot, start + st.imm_at, insn.imm & st.imm_mask)
-                if st.off_at >= 0:
-                    st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
-                if st.branch >= 0:
-                    fixups.append((start + st.branch, to_pc | targets[pc]))
+        self._emit_blocks(flow.blocks, loops, record=True)
         self.emit_runtime()
         self.prepend(self.emit_entries)
         return self.link()
 
-    def _stamp(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        """One instruction from its stencil (learnt now if need be), or emitted (what ``compile``
-        does inline)."""
-        classify = self._classes.get(info.kind)
-        key = classify(pc, insn, info) if classify is not None and pc not in self.retarget else None
-        if key is None:
-            self._emitters[info.kind](pc, insn, info)
-            return
-        st = self._stencils.get(key, _UNSEEN)
-        if st is None:
-            self._emitters[info.kind](pc, insn, info)
-        elif st is _UNSEEN:
-            self._learn(key, pc, insn, info)
-        else:
-            start = len(self.hot)
-            self.hot += st.instantiate(insn.imm, insn.off)
-            if st.branch >= 0:
-                self.refer(location(Section.HOT, start + st.branch), location(Section.PC, self.flow.targets[pc]))
+    def _emit_blocks(self, blocks: Iterable[Block], loops: Mapping[int, LoopPlan], *, record: bool) -> None:
+        """Each block's budget charge and instructions, or its versioned loop (``loops``, by first
+        slot): the compile loop. An instruction's code is a copy of its class's stencil, patched,
+        where there is one; else (and for the first of a class, which learns it) its emitter's.
+
+        With ``record``, the pcs map to this copy: a block's first slot to where the block starts
+        (unless it was placed before: a loop's range check), the others to their own code."""
+        program, targets, retarget = self.flow.program, self.flow.targets, self.retarget
+        slots, infos = program.slots, program.infos
+        hot, fixups, pc_off = self.hot, self.fixups, self.pc_off
+        classes, stencils, emitters = self._classes, self._stencils, self._emitters
+        block_entry, learn = self.emit_block_entry, self._learn
+        offsets: list[int] | dict[int, int] = pc_off if record else {}  # a copy that is not recorded
+        for block in blocks:
+            first = block.start
+            if record and pc_off[first] < 0:
+                pc_off[first] = len(hot)
+            plan = loops.get(first)
+            if plan is not None:
+                self.emit_loop(plan)
+                continue
+            placed = pc_off[first]
+            # A jump the loop copies send elsewhere is emitted: its stencil holds the usual target.
+            redirected = block.last if retarget and block.last in retarget else -1
+            block_entry(block)
+            for pc in range(first, block.end):
+                insn, info = slots[pc], infos[pc]
+                if insn is None or info is None:
+                    continue  # the second slot of an lddw
+                start = len(hot)
+                offsets[pc] = start
+                kind = info.kind
+                classify = classes.get(kind)
+                key = classify(pc, insn, info) if classify is not None and pc != redirected else None
+                if key is None or (st := stencils.get(key, _UNSEEN)) is None:
+                    emitters[kind](pc, insn, info)
+                elif st is _UNSEEN:
+                    learn(key, pc, insn, info)
+                else:
+                    hot += st.code
+                    if st.imm_at >= 0:
+                        st.imm_pack.pack_into(hot, start + st.imm_at, insn.imm & st.imm_mask)
+                    if st.off_at >= 0:
+                        st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
+                    if st.branch >= 0:
+                        fixups.append((start + st.branch, _PC_BASE | targets[pc]))
+            pc_off[first] = placed  # the first instruction's entry above is the block's
 
     def _learn(self, key: StencilKey, pc: int, insn: Instruction, info: OpInfo) -> None:
         """Emit the first instruction of a class, then its probes (removed again), and keep the
@@ -323,16 +338,9 @@ class Target(abc.ABC):
 
     def emit_block(self, block: Block, *, record: bool) -> None:
         """A block's budget charge and instructions (the compile loop's work, for one block that
-        a target emits more than once); ``record``: this copy is the one the pcs map to."""
-        program = self.flow.program
-        self.emit_block_entry(block)
-        for pc in range(block.start, block.end):
-            insn, info = program.slots[pc], program.infos[pc]
-            if insn is None or info is None:
-                continue
-            if record and pc != block.start:
-                self.pc_off[pc] = len(self.hot)
-            self._stamp(pc, insn, info)
+        a target emits more than once); ``record``: this copy is the one the pcs map to (its
+        first slot stays where the caller placed it)."""
+        self._emit_blocks((block,), {}, record=record)
 
     def emit_loop(self, plan: LoopPlan) -> None:
         """A versioned loop (see jitbpf.jit.loops); the slot of its block start is already placed.
@@ -471,7 +479,8 @@ class Target(abc.ABC):
                 return offset + hot_len
             return offset + head if offset < body else offset - body
 
-        patch = self.patch_branch
+        # The hook's own packer when no target replaced it: one call per branch fewer.
+        patch = _REL32.pack_into if type(self).patch_branch is Target.patch_branch else self.patch_branch
         for field_loc, target in self.fixups:
             # Most fixups are branches in the blocks to an instruction: those skip absolute().
             pos = field_loc + head if field_loc < body else absolute(field_loc)
@@ -482,7 +491,6 @@ class Target(abc.ABC):
         for field_loc, name in self.named_fixups:
             pos = absolute(field_loc)
             patch(code, pos, absolute(self.labels[name]) - (pos + 4))
-        pcs = tuple([(off + head, pc) for pc, off in enumerate(pc_off) if off >= 0])
         entries = {name: absolute(off) for name, off in self.entries.items()}
         entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
@@ -490,4 +498,4 @@ class Target(abc.ABC):
         cold = location(Section.COLD, 0)  # marks are in the hot code (head or blocks) or the cold
         marks = tuple(sorted([(loc + head if loc < body else loc - body if loc < cold else loc - cold + hot_len,
                                text, pc) for loc, text, pc in self.marks]))
-        return CompiledCode(bytes(code), entries, pcs, marks)
+        return CompiledCode(bytes(code), entries, tuple(pc_off), head, marks)
