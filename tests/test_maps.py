@@ -162,7 +162,7 @@ def test_factory_builds_each_type() -> None:
         MapType.SK_STORAGE: (4, 4, 0), MapType.DEVMAP_HASH: (4, 4, 8), MapType.BLOOM_FILTER: (0, 4, 8),
         MapType.STACK_TRACE: (4, 8, 8), MapType.TASK_STORAGE: (4, 4, 0), MapType.INODE_STORAGE: (4, 4, 0),
         MapType.ARRAY_OF_MAPS: (4, 4, 8), MapType.HASH_OF_MAPS: (8, 4, 8), MapType.CGROUP_STORAGE: (16, 4, 0),
-        MapType.PERCPU_CGROUP_STORAGE: (8, 4, 0),
+        MapType.PERCPU_CGROUP_STORAGE: (8, 4, 0), MapType.REUSEPORT_SOCKARRAY: (4, 8, 8),
     }
     assert set(shapes) == set(MapType)
     for kind, (ks, vs, n) in shapes.items():

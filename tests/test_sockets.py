@@ -13,7 +13,7 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import ExecutionError, VerifierError
-from jitbpf.linux.maps import ProgramArray, SkStorage, SockMap
+from jitbpf.linux.maps import ProgramArray, ReuseportSockArray, SkStorage, SockMap
 from jitbpf.linux.programs import ProgType, SkAction, SkMsgMd
 from jitbpf.linux.sockets import (
     AF_INET,
@@ -447,3 +447,63 @@ def test_sk_lookup_verdicts_are_the_kernels() -> None:
         else:
             with pytest.raises(VerifierError):
                 vm.check()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_programs_store_sockets_in_socket_maps(engine: str) -> None:
+    socks = SockMap(max_entries=2, name="SOCKS")
+    store = (SK + "jeq r1, 0, none\nmov r3, r1\nstw [r10-4], 1\nlddw r1, map:SOCKS\nmov r2, r10\nadd r2, -4\n"
+             "mov r4, 0\ncall 2\nexit\nnone:\nmov r0, -1\nexit")
+    vm = load(store, socks, prog_type="sched_cls")
+    vm.std.socket = CONNECTION
+    assert _run_tc_vm(vm, engine) == 0 and socks[1] is CONNECTION
+    with pytest.raises(VerifierError, match="R3 type=fp expected=sock_common"):  # a socket map holds sockets
+        load(store.replace("mov r3, r1", "mov r3, r10\nadd r3, -8"), socks, prog_type="sched_cls").check()
+
+
+def _run_tc_vm(vm: VM, engine: str) -> int:
+    return s64(vm.run_tc(FRAMES["ipv4"], engine=engine)[0])  # type: ignore[arg-type]
+
+
+# sk_reuseport: UDP packets whose first payload byte is N go to the group's socket N of a map.
+PICK = """
+    mov r6, r1
+    ldxdw r2, [r6+0]
+    ldxdw r3, [r6+8]
+    mov r4, r2
+    add r4, 9
+    jgt r4, r3, pass
+    ldxb r4, [r2+8]
+    stxw [r10-4], r4
+    mov r1, r6
+    lddw r2, map:GROUP
+    mov r3, r10
+    add r3, -4
+    mov r4, 0
+    call 82
+    jeq r0, 0, pass
+    mov r0, 0
+    exit
+pass:
+    mov r0, 1
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sk_reuseport_selects_a_socket_of_the_group(engine: str) -> None:
+    group = ReuseportSockArray(max_entries=4, name="GROUP")
+    udp = [Socket(type=SOCK_DGRAM, protocol=IPPROTO_UDP, local=("0.0.0.0", 53), state=TcpState.CLOSE)
+           for _ in range(2)]
+    group[0], group[1] = udp
+    vm = load(PICK, group, prog_type="sk_reuseport")
+    vm.std.socket = udp[0]
+    datagram = struct.pack(">HHHH", 9, 53, 9, 0) + b"\x01"
+    assert vm.run_sk_reuseport(datagram, ip_protocol=IPPROTO_UDP, engine=engine) == (SkAction.PASS, udp[1])
+    assert vm.run_sk_reuseport(datagram[:8] + b"\x03", engine=engine) == (SkAction.DROP, None)  # empty slot
+    assert vm.run_sk_reuseport(datagram[:8], engine=engine) == (SkAction.PASS, None)  # too short: picked by hash
+    group[1] = CONNECTION  # a TCP socket in a UDP group: -EPROTOTYPE
+    assert vm.run_sk_reuseport(datagram, engine=engine) == (SkAction.DROP, None)
+    with pytest.raises(VerifierError, match="cannot pass map_type 20 into func"):
+        load("stw [r10-4], 0\nlddw r1, map:GROUP\nmov r2, r10\nadd r2, -4\ncall 1\nmov r0, 1\nexit", group,
+             prog_type="sk_reuseport").check()  # only bpf_sk_select_reuseport takes it

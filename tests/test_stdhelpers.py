@@ -712,9 +712,11 @@ def test_sock_map_update(engine: str) -> None:
 def test_socket_maps_change_only_where_the_kernel_lets_them(prog_type: str, helper: int, allowed: bool) -> None:
     # The kernel's may_update_sockmap: types in which no socket lock can be held.
     socks = SockMap(max_entries=4, name="SOCKS")
-    call = ("stw [r10-8], 0\nmov r3, r10\nadd r3, -8\nmov r4, 0\n" if helper == 2 else "")
-    vm = load(f"stw [r10-4], 1\nlddw r1, map:SOCKS\nmov r2, r10\nadd r2, -4\n{call}call {helper}\nmov r0, 0\nexit",
-              socks, prog_type=prog_type)
+    # an update stores the context's socket (a socket map's values are sockets)
+    sk = {"sock_ops": 184}.get(prog_type, 168)
+    value = f"ldxdw r3, [r1+{sk}]\njne r3, 0, +2\nmov r0, 0\nexit\n" if helper == 2 else ""
+    vm = load(f"stw [r10-4], 1\n{value}lddw r1, map:SOCKS\nmov r2, r10\nadd r2, -4\nmov r4, 0\ncall {helper}\n"
+              "mov r0, 0\nexit", socks, prog_type=prog_type)
     if allowed:
         vm.check()
     else:

@@ -47,6 +47,7 @@ enum map_type {
     T_XSKMAP = 17,
     T_SOCKHASH = 18,
     T_CGROUP_STORAGE = 19,
+    T_REUSEPORT_SOCKARRAY = 20,
     T_PERCPU_CGROUP_STORAGE = 21,
     T_QUEUE = 22,
     T_SK_STORAGE = 24,
@@ -398,7 +399,8 @@ static int is_hash(const struct jb_map *m)
 static int is_slots(const struct jb_map *m)
 {
     return m->type == T_PROG_ARRAY || m->type == T_SOCKMAP || m->type == T_DEVMAP || m->type == T_CPUMAP ||
-           m->type == T_XSKMAP || m->type == T_CGROUP_ARRAY || m->type == T_ARRAY_OF_MAPS;
+           m->type == T_XSKMAP || m->type == T_CGROUP_ARRAY || m->type == T_ARRAY_OF_MAPS ||
+           m->type == T_REUSEPORT_SOCKARRAY;
 }
 
 void jb_map_free(struct jb_map *m)
@@ -491,6 +493,7 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
     case T_ARRAY_OF_MAPS:
         return ks == 4 && vs == 4 && max ? 0 : -EINVAL;
     case T_SOCKMAP:
+    case T_REUSEPORT_SOCKARRAY:
     case T_DEVMAP:
     case T_CPUMAP:
         return ks == 4 && (vs == 4 || vs == 8) && max ? 0 : -EINVAL;
@@ -672,6 +675,7 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     case T_CGROUP_ARRAY:
     case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
+    case T_REUSEPORT_SOCKARRAY:
     case T_DEVMAP:
     case T_CPUMAP:
     case T_XSKMAP:
@@ -1337,6 +1341,7 @@ int jb_map_lookup_all(struct jb_map *m, const void *key, void *out)
     case T_CGROUP_ARRAY:
     case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
+    case T_REUSEPORT_SOCKARRAY:
     case T_DEVMAP:
     case T_CPUMAP:
     case T_XSKMAP:
@@ -1504,6 +1509,7 @@ static int map_update(struct jb_map *m, const void *key, const void *value, uint
     case T_CGROUP_ARRAY:
     case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
+    case T_REUSEPORT_SOCKARRAY:
     case T_DEVMAP:
     case T_CPUMAP:
     case T_XSKMAP:
@@ -1544,6 +1550,7 @@ int jb_map_delete(struct jb_map *m, const void *key)
     case T_CGROUP_ARRAY:
     case T_ARRAY_OF_MAPS:
     case T_SOCKMAP:
+    case T_REUSEPORT_SOCKARRAY:
     case T_DEVMAP:
     case T_CPUMAP:
     case T_XSKMAP:

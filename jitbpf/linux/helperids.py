@@ -74,6 +74,7 @@ class HelperId(enum.IntEnum):
     SKB_CGROUP_ID = 79  # bpf_skb_cgroup_id
     GET_CURRENT_CGROUP_ID = 80  # bpf_get_current_cgroup_id
     GET_LOCAL_STORAGE = 81  # bpf_get_local_storage(cgroup_storage, 0) -> the attachment's value
+    SK_SELECT_REUSEPORT = 82  # bpf_sk_select_reuseport(reuse, map, key, flags): the group's socket to use
     SKB_ANCESTOR_CGROUP_ID = 83  # bpf_skb_ancestor_cgroup_id(skb, level)
     SK_LOOKUP_TCP = 84  # bpf_sk_lookup_tcp(ctx, tuple, size, netns, flags) -> an acquired full socket or NULL
     SK_LOOKUP_UDP = 85  # bpf_sk_lookup_udp: the same for UDP

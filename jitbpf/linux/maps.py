@@ -59,6 +59,7 @@ __all__ = [
     "PerfEventArray",
     "ProgramArray",
     "Queue",
+    "ReuseportSockArray",
     "RingBuf",
     "SkStorage",
     "SockHash",
@@ -108,6 +109,7 @@ class MapType(enum.IntEnum):
     XSKMAP = 17  # u32 index -> AF_XDP socket, for bpf_redirect_map
     SOCKHASH = 18  # key -> socket
     CGROUP_STORAGE = 19  # (cgroup, attach type) -> value, which bpf_get_local_storage returns
+    REUSEPORT_SOCKARRAY = 20  # u32 index -> socket of a SO_REUSEPORT group, for bpf_sk_select_reuseport
     PERCPU_CGROUP_STORAGE = 21  # CGROUP_STORAGE with one value per CPU
     QUEUE = 22  # FIFO of values
     SK_STORAGE = 24  # socket -> value, created by bpf_sk_storage_get
@@ -175,6 +177,7 @@ HELPERS_OF_TYPE: dict[MapType, frozenset[int]] = {
     MapType.SOCKMAP: frozenset({52, 53, 60, 82, _LOOKUP, _UPDATE, _DELETE}),
     # sock_hash_update, msg_redirect_hash, sk_redirect_hash, sk_select_reuseport
     MapType.SOCKHASH: frozenset({70, 71, 72, 82, _LOOKUP, _UPDATE, _DELETE}),
+    MapType.REUSEPORT_SOCKARRAY: frozenset({82}),  # sk_select_reuseport
     MapType.QUEUE: frozenset({_PUSH, _POP, _PEEK}),
     MapType.STACK: frozenset({_PUSH, _POP, _PEEK}),
     MapType.BLOOM_FILTER: frozenset({_PUSH, _PEEK}),
@@ -196,6 +199,7 @@ TYPES_OF_HELPER: dict[int, frozenset[MapType]] = {
     51: frozenset({MapType.DEVMAP, MapType.DEVMAP_HASH, MapType.CPUMAP, MapType.XSKMAP}),
     **{h: frozenset({MapType.SOCKMAP}) for h in (52, 53, 60)},
     **{h: frozenset({MapType.SOCKHASH}) for h in (70, 71, 72)},
+    82: frozenset({MapType.REUSEPORT_SOCKARRAY, MapType.SOCKMAP, MapType.SOCKHASH}),
     _PUSH: frozenset({MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER}),
     _POP: frozenset({MapType.QUEUE, MapType.STACK}),
     _PEEK: frozenset({MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER}),
@@ -1293,6 +1297,14 @@ class SockMap(_Slots):
             self._socks.release(old)
 
 
+class ReuseportSockArray(SockMap):
+    """``BPF_MAP_TYPE_REUSEPORT_SOCKARRAY``: index -> socket of a SO_REUSEPORT group, which an
+    sk_reuseport program selects with ``bpf_sk_select_reuseport`` (programs cannot look it up or
+    change it)."""
+
+    _TYPE = MapType.REUSEPORT_SOCKARRAY
+
+
 class SockHash(BpfMap, MutableMapping[Any, Any]):
     """``BPF_MAP_TYPE_SOCKHASH``: key (e.g. a 5-tuple) -> socket (any Python object)."""
 
@@ -1826,6 +1838,7 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.DEVMAP_HASH: DevMapHash,
     MapType.SOCKMAP: SockMap,
     MapType.SOCKHASH: SockHash,
+    MapType.REUSEPORT_SOCKARRAY: ReuseportSockArray,
     MapType.CPUMAP: CpuMap,
     MapType.XSKMAP: XskMap,
     MapType.SK_STORAGE: SkStorage,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import ctypes
 import enum
+import errno
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -21,16 +22,18 @@ from jitbpf.linux import pktrun
 from jitbpf.linux.allowlists import ALLOWED
 from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.iterators import ITERATOR_FLAVOURS, IterRead, SeqFile, iterator_helpers, read_iterator
-from jitbpf.linux.maps import MAP_WRITE_HELPERS
+from jitbpf.linux.maps import MAP_WRITE_HELPERS, SockHash, SockMap
 from jitbpf.linux.pktrun import NO_FIELD, FrameLayout
 from jitbpf.linux.sockets import (
     AF_INET,
     IPPROTO_TCP,
     PACKET_SOCKET,
     PACKET_SOCKET_REGION,
+    find_socket,
     ip_fields,
     port_field,
     sk_lookup_assign,
+    socket_of,
 )
 from jitbpf.linux.sockets import BpfSock as BpfSock  # the context of cgroup/sock, defined with the sockets
 from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
@@ -77,6 +80,7 @@ class ProgType(enum.IntEnum):
     STRUCT_OPS = 27  # SEC("struct_ops/..."): a member function of a kernel struct_ops table
     EXT = 28  # SEC("freplace/..."): replaces a function of another BPF program
     LSM = 29  # SEC("lsm/..."): a security hook (bpf_lsm_<hook>), returns 0 or -errno
+    SK_REUSEPORT = 21  # SEC("sk_reuseport"): picks the socket of a SO_REUSEPORT group, context = sk_reuseport_md
     SK_LOOKUP = 30  # SEC("sk_lookup"): picks the socket a connection or packet goes to, context = struct bpf_sk_lookup
 
 
@@ -156,6 +160,7 @@ XDP_TAILROOM = 256  # bytes after the packet that bpf_xdp_adjust_tail may claim
 SKB_HEADROOM = 1024  # bytes before a tc packet that bpf_skb_adjust_room/change_head/change_proto may claim
 SKB_TAILROOM = 256  # bytes after it
 CTX_AREA = 512  # bytes reserved for the context at the start of the run arena
+ETH_P_IP = 0x0800  # the Ethernet type of IPv4
 SOCK_OFF = 256  # where in that area a packet's own socket goes (past the largest packet context)
 
 # -- context layouts (the kernel's uapi structs) ---------------------------------------------------
@@ -269,6 +274,15 @@ class SkLookup(ctypes.LittleEndianStructure):
                 ("local_ip6", u32 * 4), ("local_port", u32), ("ingress_ifindex", u32))
 
 
+class SkReuseportMd(ctypes.LittleEndianStructure):
+    """``struct sk_reuseport_md``: a packet or connection arriving at a SO_REUSEPORT group; ``sk``
+    is the group's socket it arrived at, ``migrating_sk`` a socket being closed whose requests
+    move (NULL otherwise)."""
+
+    _fields_ = (("data", u64), ("data_end", u64), ("len", u32), ("eth_protocol", u32), ("ip_protocol", u32),
+                ("bind_inany", u32), ("hash", u32), ("_pad", u32), ("sk", u64), ("migrating_sk", u64))
+
+
 class TracingArgs(ctypes.LittleEndianStructure):
     """The kernel's ``u64 args[]`` of BTF-typed programs: one slot per argument of the attach
     target, then its return value (fexit, fmod_ret, lsm); what the verifier lets a program read
@@ -352,17 +366,15 @@ class ProgramType:
     ld_abs: bool = False  # legacy LD_ABS/LD_IND packet loads are allowed
     btf_typed: bool = False  # the context is the attach target's u64 args[], typed by the target BTF
     socket_context: bool = False  # the context is a socket (helpers taking a socket take it)
-    # the context's socket field holds the context's socket (vm.std.socket); else it starts NULL
-    # (a selection the program makes)
-    context_socket: bool = True
+    # Socket fields that start NULL (a selection the program makes, a socket being migrated); the
+    # others hold the context's socket (vm.std.socket).
+    null_sockets: frozenset[int] = frozenset()
 
     @property
-    def socket_field(self) -> tuple[int, bool] | None:
-        """The context's socket pointer field: its offset and whether it may be NULL (None: none)."""
-        for off, kind in self.pointer_fields.items():
-            if kind.startswith("sock"):
-                return off, kind.endswith("_or_null")
-        return None
+    def socket_fields(self) -> tuple[tuple[int, bool], ...]:
+        """The context's socket pointer fields: each one's offset and whether it may be NULL."""
+        return tuple((off, kind.endswith("_or_null")) for off, kind in self.pointer_fields.items()
+                     if kind.startswith("sock"))
 
     def context_spec(self, section: str | None = None) -> ContextSpec:
         """The verifier's description of this context (for a program of ``section``, whose attach
@@ -538,12 +550,21 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             readable=_all_but(Sysctl, ()), writable=_spans(Sysctl, ("file_pos",)), ret_range=(0, 1),
         ),
     ]
+    md = SkReuseportMd
+    types.append(ProgramType(
+        ProgType.SK_REUSEPORT, "sk_reuseport", md, ("sk_reuseport", "sk_reuseport/migrate"),
+        _allowed(ProgType.SK_REUSEPORT), readable=_all_but(md, ()),
+        pointer_fields={md.data.offset: "packet", md.data_end.offset: "packet_end", md.sk.offset: "socket",
+                        md.migrating_sk.offset: "sock_common_or_null"},
+        ret_range=(0, 1), packet=True, null_sockets=frozenset({md.migrating_sk.offset}),
+    ))
     types.append(ProgramType(
         ProgType.SK_LOOKUP, "sk_lookup", SkLookup, ("sk_lookup", "sk_lookup/"), _allowed(ProgType.SK_LOOKUP),
         # remote_port also reads as a u32 with its padding (the kernel's backward compatibility)
         readable=(*_spans(SkLookup, (name for name, *_ in SkLookup._fields_)),
                   (SkLookup.remote_port.offset, SkLookup.local_ip4.offset)),
-        pointer_fields={SkLookup.sk.offset: "socket_or_null"}, ret_range=(0, 1), context_socket=False,
+        pointer_fields={SkLookup.sk.offset: "socket_or_null"}, ret_range=(0, 1),
+        null_sockets=frozenset({SkLookup.sk.offset}),
     ))
     sched_act = types[1]
     types.append(ProgramType(ProgType.SCHED_ACT, "sched_act", sk, ("action", "action/"), _allowed(ProgType.SCHED_ACT),
@@ -638,7 +659,8 @@ _MAP_SOURCES = frozenset({PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VAL
 # types where no socket lock can be held; sock_ops only deletes; BTF iterators are typed apart).
 _UPDATE_DELETE = MAP_WRITE_HELPERS
 _SOCKMAP_WRITERS: Mapping[ProgType, frozenset[int]] = MappingProxyType({
-    **{t: _UPDATE_DELETE for t in (ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.XDP)},
+    **{t: _UPDATE_DELETE for t in (ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.XDP,
+                                    ProgType.SK_LOOKUP)},
     ProgType.SOCK_OPS: frozenset({int(HelperId.MAP_DELETE_ELEM)}),
 })
 # Types the kernel counts as tracing: their programs may not use maps with a bpf_spin_lock.
@@ -740,10 +762,13 @@ def frame_layout(info: ProgramType) -> FrameLayout:
     """What the native frame builder needs to know of ``info``'s context."""
     where = {kind: off for off, kind in info.pointer_fields.items()}
     skb = info.ctx is SkBuff
+    data = where.get("packet", NO_FIELD)
+    length = getattr(info.ctx, "len", None)  # a length field follows the packet (__sk_buff, sk_reuseport_md)
     return FrameLayout(
-        ctx_size=ctypes.sizeof(info.ctx), frame_off=CTX_AREA, data=where.get("packet", NO_FIELD),
+        ctx_size=ctypes.sizeof(info.ctx), frame_off=CTX_AREA, data=data,
         data_end=where.get("packet_end", NO_FIELD), data_meta=where.get("packet_meta", NO_FIELD),
-        ptr_size=8 if info.ctx is SkMsgMd else 4, length=SkBuff.len.offset if skb else NO_FIELD,
+        ptr_size=_field_size(info.ctx, data) if data != NO_FIELD else 4,
+        length=int(length.offset) if length is not None and info.packet else NO_FIELD,
         protocol=SkBuff.protocol.offset if skb else NO_FIELD, wire_len=SkBuff.wire_len.offset if skb else NO_FIELD,
         sk=SkBuff.sk.offset if skb else NO_FIELD, sock_off=SOCK_OFF,
         headroom=info.headroom, tailroom=info.tailroom, xdp=info.prog_type is ProgType.XDP,
@@ -823,8 +848,8 @@ def _s32(value: int) -> int:
     return value - (1 << 32) if value & 0x8000_0000 else value
 
 
-def _err(errno: int) -> int:
-    return -errno & MASK64
+def _err(code: int) -> int:
+    return -code & MASK64
 
 
 def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
@@ -1101,6 +1126,29 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
                args=("ctx", "uninit_mem", "size")),
         Helper(H.SYSCTL_SET_NEW_VALUE, "bpf_sysctl_set_new_value", sysctl_set_new_value, args=("ctx", "mem", "size")),
     ]
+    def sk_select_reuseport(ctx: int, map_addr: int, key: int, _flags: int, _e: int) -> int:
+        state.current()
+        m = next((m for m in vm.reachable_maps() if m.address == map_addr), None)
+        if not isinstance(m, SockMap | SockHash):
+            raise ExecutionError(f"bpf_sk_select_reuseport: {map_addr:#x} is no socket map of this program")
+        raw = vm.memory.read(key, m.key_size)
+        chosen = m.socket_for(raw) if isinstance(m, SockHash) else m.get(int.from_bytes(raw, "little"))
+        if chosen is None:
+            return _err(errno.ENOENT)
+        assert vm.std is not None
+        here = find_socket(vm.std.sockets, vm.memory, int.from_bytes(vm.memory.read(ctx + SkReuseportMd.sk.offset,
+                                                                                     8), "little"))
+        mine, theirs = socket_of(here[0] if here is not None else None), socket_of(chosen)
+        if mine.protocol != theirs.protocol:
+            return _err(errno.EPROTOTYPE)
+        if mine.family != theirs.family:
+            return _err(errno.EAFNOSUPPORT)
+        state.local.selected = chosen  # the group's socket that gets it (run_sk_reuseport reports it)
+        return 0
+
+    if info.prog_type is ProgType.SK_REUSEPORT:
+        candidates.append(Helper(H.SK_SELECT_REUSEPORT, "bpf_sk_select_reuseport", sk_select_reuseport,
+                                 ("ctx_read", "map", "key", "scalar")))
     if info.prog_type is ProgType.SK_LOOKUP:
         # vm.std read at each call: standard helpers installed again replace it
         candidates.append(sk_lookup_assign(lambda: vm.memory, lambda: vm.std.sockets, SkLookup.sk.offset,
@@ -1235,10 +1283,9 @@ def _run_context(vm: VM, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] |
     if packet is not None and not info.packet:
         raise ValueError(f"{info.name} programs take no packet")
     raw, derive = bytes(context), 0
-    sk = _socket_field(vm, info)
-    if sk is not None:  # whatever the caller put there, the field points to the context's socket
-        off, value, derive = sk
+    for off, value, how in _socket_fields(vm, info):  # whatever the caller put there
         raw = raw[:off] + value.to_bytes(8, "little") + raw[off + 8 :]
+        derive |= how
     return _run(vm, state, raw, derive, bytes(packet) if packet is not None else b"", engine)
 
 
@@ -1273,7 +1320,7 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     state.local.sent_tunnel = None
     base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
-    if info.socket_field is not None:
+    if info.socket_fields:
         assert vm.std is not None
         extra += vm.std.sockets.regions()
         if info.ctx is SkBuff:  # the packet's own socket, when the frame builder laid it out
@@ -1460,33 +1507,35 @@ def _sk_action(retval: int) -> int:
 _DERIVE_WIRE_LEN = 4  # enum jb_derive: wire_len from the packet (the other members are read from the library)
 
 
-def _socket_field(vm: VM, info: ProgramType) -> tuple[int, int, int] | None:
-    """The context's socket pointer field (None: it has none): its offset, what it holds, and
+def _socket_fields(vm: VM, info: ProgramType) -> list[tuple[int, int, int]]:
+    """The context's socket pointer fields: each one's offset, what it holds, and
     JB_DERIVE_SOCKET when the frame builder lays out the packet's own socket and points it there
     instead (a packet program's default socket, ``PACKET_SOCKET``)."""
-    kind = info.socket_field
-    if kind is None:
-        return None
-    off, nullable = kind
-    if not info.context_socket:
-        return off, 0, 0
-    std = vm.std
-    assert std is not None  # program types come with the standard helpers
-    sock = std.socket
-    if sock is PACKET_SOCKET and info.ctx is SkBuff:
-        return off, 0, native().lib.JB_DERIVE_SOCKET
-    if sock is None or sock is PACKET_SOCKET:
-        if nullable:
-            return off, 0, 0
-        sock = PACKET_SOCKET  # a context whose socket is never NULL: an anonymous one
-    return off, std.sockets.address(sock), 0
+    out = []
+    for off, nullable in info.socket_fields:
+        if off in info.null_sockets:
+            out.append((off, 0, 0))
+            continue
+        std = vm.std
+        assert std is not None  # program types come with the standard helpers
+        sock = std.socket
+        if sock is PACKET_SOCKET and info.ctx is SkBuff:
+            out.append((off, 0, native().lib.JB_DERIVE_SOCKET))
+            continue
+        if sock is None or sock is PACKET_SOCKET:
+            if nullable:
+                out.append((off, 0, 0))
+                continue
+            sock = PACKET_SOCKET  # a context whose socket is never NULL: an anonymous one
+        out.append((off, std.sockets.address(sock), 0))
+    return out
 
 
 def _skb_template(state: ProgramState, fields: Mapping[str, Any], protocol: int,
                   sk: tuple[int, int, int] | None) -> tuple[bytes, int]:
     """The initial ``__sk_buff`` of a packet run, and what the frame builder derives from each
     packet: ``protocol`` (the jb_derive way to find it) and ``wire_len``, unless ``fields``
-    give them; ``len`` always follows the packet; ``sk`` is the socket (see _socket_field)."""
+    give them; ``len`` always follows the packet; ``sk`` is the socket (see _socket_fields)."""
     _off, sk_value, sk_derive = sk or (0, 0, 0)
     if not fields:
         key: Hashable = (protocol, sk_value)
@@ -1706,12 +1755,12 @@ class ProgramRunners:
                 return state, state.templates.get(key) or state.add_template(key, {"ingress_ifindex": 1, **fields}), 0
             case ProgType.SOCKET_FILTER | ProgType.SCHED_CLS | ProgType.SCHED_ACT | ProgType.SK_SKB:
                 assert state is not None
-                sk = _socket_field(self._vm(), state.info)
-                return (state, *_skb_template(state, fields, lib.JB_DERIVE_ETH_PROTOCOL, sk))
+                sk = _socket_fields(self._vm(), state.info)
+                return (state, *_skb_template(state, fields, lib.JB_DERIVE_ETH_PROTOCOL, sk[0]))
             case ProgType.CGROUP_SKB | ProgType.LWT_IN | ProgType.LWT_OUT | ProgType.LWT_XMIT:
                 assert state is not None
-                sk = _socket_field(self._vm(), state.info)
-                return (state, *_skb_template(state, fields, lib.JB_DERIVE_IP_PROTOCOL, sk))
+                sk = _socket_fields(self._vm(), state.info)
+                return (state, *_skb_template(state, fields, lib.JB_DERIVE_IP_PROTOCOL, sk[0]))
             case _:
                 self._expect(*BATCH_TYPES)
                 raise AssertionError("unreachable")
@@ -1835,6 +1884,22 @@ class ProgramRunners:
             state.local.sysctl = None
         access.file_pos = int(res.ctx.file_pos)  # type: ignore[attr-defined]
         return res.retval & MASK32, access
+
+    def run_sk_reuseport(self, packet: bytes | bytearray | memoryview, *, hash: int = 0, ip_protocol: int = IPPROTO_TCP,
+                         eth_protocol: int = ETH_P_IP, bind_inany: int = 0, engine: Engine = "interp"
+                         ) -> tuple[int, object | None]:
+        """sk_reuseport: ``(verdict, selected)`` for a packet (from its transport header) arriving at
+        a SO_REUSEPORT group whose socket is ``vm.std.socket``: an ``SkAction`` (PASS: to the
+        selected socket, or to one picked by ``hash`` without a selection; DROP), and the socket
+        bpf_sk_select_reuseport selected from a map (None for none)."""
+        self._expect(ProgType.SK_REUSEPORT)
+        state = _program_state(self._vm())
+        state.local.selected = None
+        fields = {"len": len(packet), "hash": hash, "ip_protocol": ip_protocol, "bind_inany": bind_inany,
+                  "eth_protocol": int.from_bytes(eth_protocol.to_bytes(2, "big"), "little")}  # network order
+        res = run_context(self._vm(), fields, packet=bytes(packet), engine=engine)
+        selected, state.local.selected = getattr(state.local, "selected", None), None
+        return _sk_action(res.retval), selected
 
     def run_sk_lookup(self, *, family: int = AF_INET, protocol: int = IPPROTO_TCP,
                       remote: tuple[str, int] = ("0.0.0.0", 0), local: tuple[str, int] = ("0.0.0.0", 0),

@@ -19,6 +19,7 @@ from jitbpf.linux.host import Host, host_helpers
 from jitbpf.linux.maps import (
     BPF_F_USER_STACK,
     CGROUP_STORAGE_TYPES,
+    SOCKET_MAP_TYPES,
     TYPES_OF_HELPER,
     BpfMap,
     CgroupArray,
@@ -322,7 +323,8 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     def map_lookup_elem(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_lookup_elem")
         need(r2, m.key_size, "bpf_map_lookup_elem", "key")
-        if isinstance(m, SockMap | SockHash):  # the socket stored there, laid out for the program
+        if m.map_type in SOCKET_MAP_TYPES:  # the socket stored there, laid out for the program
+            assert isinstance(m, SockMap | SockHash)
             key = memory().read(r2, m.key_size)
             sock = m.socket_for(key) if isinstance(m, SockHash) else m.get(int.from_bytes(key, "little"))
             return ctx.sockets.address(sock) if sock is not None else 0
@@ -345,6 +347,20 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     def map_update_elem(r1: int, r2: int, r3: int, r4: int, _r5: int) -> int:
         m = map_at(r1, "bpf_map_update_elem")
         need(r2, m.key_size, "bpf_map_update_elem", "key")
+        if m.map_type in SOCKET_MAP_TYPES:  # a program stores a socket given to it
+            found = find_socket(ctx.sockets, memory(), r3)
+            if found is None:
+                raise ExecutionError(f"bpf_map_update_elem: {r3:#x} is no socket given to the program")
+            key = memory().read(r2, m.key_size)
+            try:
+                if isinstance(m, SockMap):
+                    m.insert(int.from_bytes(key, "little"), found[0], r4)
+                else:
+                    assert isinstance(m, SockHash)
+                    m.insert(key, found[0], r4)
+            except MapError as exc:
+                return -exc.errno & MASK64
+            return 0
         need(r3, m.value_size, "bpf_map_update_elem", "value")
         return int(lib.jb_direct_map_update_elem(r1, r2, r3, r4))
 

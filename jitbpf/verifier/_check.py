@@ -1596,6 +1596,12 @@ class Checker:
                     if map_reg is None:
                         self.reject(f"helper {hid} takes a map {kind.value} without a map argument before it")
                     m = self.maps.get(map_reg.aux) if self.maps is not None else None
+                    if kind is ArgType.VALUE and m is not None and m.map_type in SOCKET_MAP_TYPES:
+                        # A socket map's value is a socket (the kernel's resolve_map_arg_type),
+                        # which only the Python helper finds.
+                        self._sock_arg(regs, r, ArgType.BTF_SOCK_COMMON)
+                        self.unchecked_calls.add(self.pc)
+                        continue
                     size = 1 if m is None else m.key_size if kind is ArgType.KEY else m.value_size
                     self._mem_arg(st, regs, r, size, size, kind)
                 case ArgType.UNINIT_LONG:
