@@ -27,7 +27,9 @@ from jitbpf.verifier._progress import CHECK_EVERY, Progress
 from jitbpf.verifier._sock import sock_load_ok, tcp_sock_load_ok
 from jitbpf.verifier._state import (
     INVALID,
+    MASK_REGS,
     MISC,
+    NREGS,
     SLOTS,
     Frame,
     History,
@@ -513,7 +515,10 @@ class Checker:
     def _snapshot(self, st: State, masks: list[int]) -> State:
         frames = []
         for f, mask in zip(st.frames, masks, strict=True):
-            regs = [r if mask >> i & 1 else NOT_INIT for i, r in enumerate(f.regs)]
+            regs = [NOT_INIT] * NREGS
+            fregs = f.regs
+            for i in MASK_REGS[mask]:
+                regs[i] = fregs[i]
             frames.append(Frame(regs, f.stack.copy(), f.callsite, f.entry, f.round))
         return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
@@ -530,6 +535,7 @@ class Checker:
         if visits is None:
             visits = self.visits[pc] = []
         in_loop = pc not in control.merge_points
+        may_goto = self._is_may_goto(pc)
         complete = 0
         i = 0
         nframes = len(st.frames)
@@ -558,7 +564,7 @@ class Checker:
                     self._backtrack(st.hist, parent, list(v.precise), list(v.precise_slots))
                     return None
                 # An unfinished visit at the same place is an ancestor on this very path.
-                if self._is_may_goto(pc) or v.state.frames[-1].round != st.frames[-1].round:
+                if may_goto or v.state.frames[-1].round != st.frames[-1].round:
                     # A may_goto bounds the loop, or it is the next round of a callback, which its
                     # helper bounds: what follows that state is being verified.
                     self.pruned += 1
@@ -578,10 +584,10 @@ class Checker:
                     v.state = None  # only the path bookkeeping still needs the visit
                     continue
             i += 1
-        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP and not self._is_may_goto(pc):
+        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP and not may_goto:
             return st, parent  # a tight loop: remember a state only every few instructions
         masks = self._live_masks(st, pc)
-        if self._is_may_goto(pc):
+        if may_goto:
             # Each time round a loop that a may_goto bounds, numbers it changes become unknown
             # after a few rounds, so that the rounds converge (the kernel's budget ends the loop).
             ancestors = [v for v in visits if v.branches and v.state is not None]
@@ -1397,12 +1403,12 @@ class Checker:
     def _set_scalar(self, st: State, r: int, old: Reg, value: sc.Scalar) -> None:
         if value == old.var:
             return
-        st.frames[-1].regs[r] = old._replace(var=value)
+        # (Built field by field: NamedTuple's _replace costs more than the rest of a refinement.)
+        st.frames[-1].regs[r] = Reg(old.type, value, old.off, old.id, old.range, old.aux, old.ref)
         if old.id:
             def shifted(reg: Reg) -> Reg:  # a copy at another distance from the same value
-                if reg.off == old.off:
-                    return reg._replace(var=value)
-                return reg._replace(var=sc.alu(AluOp.ADD, value, sc.const(reg.off - old.off), 64))
+                var = value if reg.off == old.off else sc.alu(AluOp.ADD, value, sc.const(reg.off - old.off), 64)
+                return Reg(reg.type, var, reg.off, reg.id, reg.range, reg.aux, reg.ref)
 
             st.replace_linked(old.id, (Pt.SCALAR,), shifted)
 
