@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import gc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
@@ -27,7 +27,9 @@ from jitbpf.verifier._progress import CHECK_EVERY, Progress
 from jitbpf.verifier._sock import sock_load_ok, tcp_sock_load_ok
 from jitbpf.verifier._state import (
     INVALID,
+    MASK_REGS,
     MISC,
+    NREGS,
     SLOTS,
     Frame,
     History,
@@ -102,38 +104,53 @@ def _slot_mask(start: int, size: int) -> int:
     return ((1 << (last - first + 1)) - 1) << first
 
 
-def _precise_after(insn: Instruction, info: OpInfo, aux: int, precise: int) -> int:
+# How ``State.precise`` changes across one instruction, fixed per instruction: (need, keep,
+# add, keep_else, add_else, branch). When ``precise`` holds every register of ``need`` it becomes
+# ``precise & keep | add``, else ``precise & keep_else | add_else``, or 0 for a ``branch`` that
+# narrowed linked copies.
+PreciseRule = tuple[int, int, int, int, int, bool]
+
+
+def _precise_rule(insn: Instruction, info: OpInfo) -> PreciseRule:
     """``State.precise`` after ``insn``: the forward reading of ``Checker._backtrack``'s rules. A
     register stays followed back when its new value comes only from followed registers and
     constants; everything else it is cleared."""
     d, s = 1 << insn.dst, 1 << insn.src
+    same: PreciseRule = (0, -1, 0, -1, 0, False)
     match info.kind:
         case Kind.ALU:
             if info.op == AluOp.MOV:
                 if not info.reg_src:
-                    return precise | d  # a constant has no past
-                return precise | d if precise & s else precise & ~d
-            if info.reg_src and not precise & s:
-                return precise & ~d
-            return precise
+                    return (0, -1, d, -1, 0, False)  # a constant has no past
+                return (s, -1, d, ~d, 0, False)
+            if info.reg_src:
+                return (s, -1, 0, ~d, 0, False)
+            return same
         case Kind.MOVSX:
-            return precise | d if precise & s else precise & ~d
+            return (s, -1, d, ~d, 0, False)
         case Kind.LDDW:
-            return precise | d
+            return (0, -1, d, -1, 0, False)
         case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.ST | Kind.STX:
-            return precise
+            return same
         case Kind.JCOND:
             # A branch ties its operands to each other (and, when linked, to their copies).
             ops = d | (s if info.reg_src else 0)
-            if precise & ops == ops:
-                return precise
-            return 0 if aux > 0 else precise & ~ops
+            return (ops, -1, 0, ~ops, 0, True)
         case Kind.LDX | Kind.LDXSX | Kind.ATOMIC:
-            return precise & ~d & ~s & ~1  # loaded from memory: its past is the stack's
+            return (0, ~d & ~s & ~1, 0, -1, 0, False)  # loaded from memory: its past is the stack's
         case Kind.CALL | Kind.CALLX | Kind.LD_ABS | Kind.LD_IND:
-            return precise & ~RET_REGS
+            return (0, ~RET_REGS, 0, -1, 0, False)
         case _:
-            return 0  # a change of frame (local call, return) or anything unusual: start over
+            return (0, 0, 0, -1, 0, False)  # a change of frame (local call, return) or anything unusual: start over
+
+
+def _precise_after(rule: PreciseRule, aux: int, precise: int) -> int:
+    need, keep, add, keep_else, add_else, branch = rule
+    if precise & need == need:
+        return precise & keep | add
+    if branch and aux > 0:
+        return 0
+    return precise & keep_else | add_else
 
 
 class Access(enum.Enum):
@@ -184,6 +201,7 @@ class _Visit:
 
 
 LogNode = tuple[str, "LogNode"] | None  # the path's log, newest line first, shared between branches
+Step = Callable[[State, list[Reg], Instruction, OpInfo], None]  # an instruction's rule (registers: the innermost)
 
 
 def _parse_helper(helper: Helper) -> tuple[tuple[ArgType, ...], RetType]:
@@ -249,6 +267,34 @@ class Checker:
         # began with (a round that begins within one of them needs no verifying).
         self.callback_rounds: dict[int, list[State]] = {}
         self.callbacks = {hid: h.callback for hid, h in helpers.items() if h.callback is not None}
+        # Per slot, what the walk needs of its instruction, looked up once: (insn, info, the rule
+        # of an instruction that only changes the state, how it changes ``State.precise``, next slot).
+        self.steps = [None if insn is None or info is None else (
+            insn, info, self._plain_rule(info.kind), _precise_rule(insn, info),
+            pc + 2 if info.kind is Kind.LDDW else pc + 1)
+            for pc, (insn, info) in enumerate(zip(self.slots, self.infos, strict=True))]
+
+    def _plain_rule(self, kind: Kind) -> Step | None:
+        """The rule of an instruction that neither jumps nor calls: it changes the state in place."""
+        match kind:
+            case Kind.ALU:
+                return self._alu
+            case Kind.NEG:
+                return self._neg
+            case Kind.MOVSX:
+                return self._movsx
+            case Kind.END | Kind.BSWAP:
+                return self._endian
+            case Kind.LDDW:
+                return self._lddw
+            case Kind.LDX | Kind.LDXSX:
+                return self._load
+            case Kind.ST | Kind.STX:
+                return self._store
+            case Kind.ATOMIC:
+                return self._atomic
+            case _:
+                return None
 
     # -- driver --------------------------------------------------------------------------------
 
@@ -273,6 +319,12 @@ class Checker:
                     self._log_line(f"from a branch to {pc}: {self._describe(st)}")
                 self._walk(pc, st, parent)
         finally:
+            # Freed now, by reference counting: with the collector back on, its first pass would
+            # walk every remembered state and the history they hold.
+            self.visits.clear()
+            self.callback_rounds.clear()
+            self.work.clear()
+            self.st = self.visit = None
             if collecting:
                 gc.enable()
         depth = self._check_stack_depth()
@@ -322,7 +374,8 @@ class Checker:
         assert control is not None
         prune_points = control.prune_points if self.prune else frozenset()
         back_edges = control.back_edges
-        slots, infos, targets = self.slots, self.infos, self.targets
+        targets = self.targets
+        steps = self.steps
         logging = self.log
         # Without loops a path cannot outgrow the budget: only the complexity limit applies.
         depth_limit = self.budget if back_edges else 1 << 62
@@ -339,8 +392,9 @@ class Checker:
             self.visit = parent
             self.st = st
             self.aux = -1
-            insn, info = slots[pc], infos[pc]
-            assert insn is not None and info is not None
+            step = steps[pc]
+            assert step is not None
+            insn, info, plain, rule, nxt = step
             self.processed += 1
             st.depth += 1
             if self.processed > self.watch:
@@ -355,105 +409,91 @@ class Checker:
                 before = list(regs)
                 nframes = len(frames)
             kind = info.kind
-            nxt = pc + 2 if kind is Kind.LDDW else pc + 1
-            match kind:
-                case Kind.ALU:
-                    self._alu(regs, insn, info)
-                case Kind.NEG:
-                    self._neg(regs, insn, info)
-                case Kind.MOVSX:
-                    self._movsx(regs, insn, info)
-                case Kind.END | Kind.BSWAP:
-                    self._endian(regs, insn, info)
-                case Kind.LDDW:
-                    self._lddw(regs, insn)
-                case Kind.LDX | Kind.LDXSX:
-                    self._load(st, regs, insn, info)
-                case Kind.ST | Kind.STX:
-                    self._store(st, regs, insn, info)
-                case Kind.ATOMIC:
-                    self._atomic(st, regs, insn, info)
-                case Kind.LD_ABS | Kind.LD_IND:
-                    if self._lock_held(st) is not None:
-                        self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
-                    self._legacy_load(regs, insn, info)
-                case Kind.JA:
-                    nxt = targets[pc]
-                    if (pc, nxt) in back_edges:
-                        st.loop = pc
-                case Kind.JCOND:
-                    taken, fall = self._branch(st, regs, insn, info)
-                    target = targets[pc]
-                    node = (pc, self.aux, st.hist)
-                    for out in (taken, fall):
-                        if out is not None:
-                            out.hist = node
-                            if out.precise:
-                                out.precise = _precise_after(insn, info, self.aux, out.precise)
-                    if taken is not None and (pc, target) in back_edges:
-                        taken.loop = pc
-                    if taken is not None and fall is not None:
-                        if logging:
-                            self._log_step(pc, st, before, nframes)
-                            before = None
+            if plain is not None:
+                plain(st, regs, insn, info)
+            else:
+                match kind:
+                    case Kind.LD_ABS | Kind.LD_IND:
+                        if self._lock_held(st) is not None:
+                            self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
+                        self._legacy_load(regs, insn, info)
+                    case Kind.JA:
+                        nxt = targets[pc]
+                        if (pc, nxt) in back_edges:
+                            st.loop = pc
+                    case Kind.JCOND:
+                        taken, fall = self._branch(st, regs, insn, info)
+                        target = targets[pc]
+                        node = (pc, self.aux, st.hist)
+                        for out in (taken, fall):
+                            if out is not None:
+                                out.hist = node
+                                if out.precise:
+                                    out.precise = _precise_after(rule, self.aux, out.precise)
+                        if taken is not None and (pc, target) in back_edges:
+                            taken.loop = pc
+                        if taken is not None and fall is not None:
+                            if logging:
+                                self._log_step(pc, st, before, nframes)
+                                before = None
+                            parent.branches += 1
+                            self.work.append((target, taken, parent, self.path_log))
+                            st = fall
+                        elif taken is not None:
+                            st, nxt = taken, target
+                        elif fall is not None:
+                            st = fall
+                        else:
+                            self._finish(parent)
+                            return
+                    case Kind.CALL:
+                        if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
+                            self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
+                        self._call_helper(st, regs, insn.imm)
+                        if insn.imm in self.callbacks:
+                            nxt = self._call_back(st, pc, insn.imm)
+                    case Kind.MAY_GOTO:
+                        # Both ways: the run's allowance may be spent or not, whatever came before.
+                        # The allowance bounds the path, not the budget: it need not end within that.
+                        st.depth = st.checkpoint = 0
+                        taken = st.copy()
+                        taken.hist = st.hist = (pc, -1, st.hist)
+                        if (pc, targets[pc]) in back_edges:
+                            taken.loop = pc
                         parent.branches += 1
-                        self.work.append((target, taken, parent, self.path_log))
-                        st = fall
-                    elif taken is not None:
-                        st, nxt = taken, target
-                    elif fall is not None:
-                        st = fall
-                    else:
-                        self._finish(parent)
-                        return
-                case Kind.CALL:
-                    if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
-                        self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
-                    self._call_helper(st, regs, insn.imm)
-                    if insn.imm in self.callbacks:
-                        nxt = self._call_back(st, pc, insn.imm)
-                case Kind.MAY_GOTO:
-                    # Both ways: the run's allowance may be spent or not, whatever came before.
-                    # The allowance bounds the path, not the budget: it need not end within that.
-                    st.depth = st.checkpoint = 0
-                    taken = st.copy()
-                    taken.hist = st.hist = (pc, -1, st.hist)
-                    if (pc, targets[pc]) in back_edges:
-                        taken.loop = pc
-                    parent.branches += 1
-                    self.work.append((targets[pc], taken, parent, self.path_log))
-                case Kind.CALLX:
-                    target_reg = self._read(regs, insn.dst)
-                    if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
-                        self.reject(f"callx through r{insn.dst}, which does not hold a known helper id")
-                    hid = target_reg.var.value
-                    self._precise(insn.dst)
-                    if hid not in self.signatures:
-                        self.reject(f"call to nonexistent function {hid}")
-                    self._call_helper(st, regs, hid)
-                case Kind.CALL_LOCAL:
-                    self._call_local(st, pc)
-                    nxt = targets[pc]
-                case Kind.EXIT:
-                    if len(st.frames) == 1:
-                        self._exit_main(st, regs)
-                        if logging:
-                            self._log_line(f"{pc}: {self._disasm(pc)}")
-                        self._finish(parent)
-                        return
-                    caller_info = self.infos[st.frames[-1].callsite]
-                    if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
-                        nxt = self._callback_return(st, parent)
-                    else:
-                        nxt = self._return(st)
-                case Kind.CALL_KFUNC:
-                    self.reject("kernel function calls are not supported")
-                case _:
-                    raise InternalError(f"no rule for {info.kind}")
+                        self.work.append((targets[pc], taken, parent, self.path_log))
+                    case Kind.CALLX:
+                        target_reg = self._read(regs, insn.dst)
+                        if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
+                            self.reject(f"callx through r{insn.dst}, which does not hold a known helper id")
+                        hid = target_reg.var.value
+                        self._precise(insn.dst)
+                        if hid not in self.signatures:
+                            self.reject(f"call to nonexistent function {hid}")
+                        self._call_helper(st, regs, hid)
+                    case Kind.CALL_LOCAL:
+                        self._call_local(st, pc)
+                        nxt = targets[pc]
+                    case Kind.EXIT:
+                        if len(st.frames) == 1:
+                            self._exit_main(st, regs)
+                            if logging:
+                                self._log_line(f"{pc}: {self._disasm(pc)}")
+                            self._finish(parent)
+                            return
+                        caller_info = self.infos[st.frames[-1].callsite]
+                        if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
+                            nxt = self._callback_return(st, parent)
+                        else:
+                            nxt = self._return(st)
+                    case Kind.CALL_KFUNC:
+                        self.reject("kernel function calls are not supported")
+                    case _:
+                        raise InternalError(f"no rule for {info.kind}")
             if kind is not Kind.JCOND and kind is not Kind.MAY_GOTO:
                 st.hist = (pc, self.aux, st.hist)
                 if st.precise:
-                    st.precise = _precise_after(insn, info, self.aux, st.precise)
+                    st.precise = _precise_after(rule, self.aux, st.precise)
             if logging:
                 self._log_step(pc, st, before, nframes)
             pc = nxt
@@ -475,7 +515,10 @@ class Checker:
     def _snapshot(self, st: State, masks: list[int]) -> State:
         frames = []
         for f, mask in zip(st.frames, masks, strict=True):
-            regs = [r if mask >> i & 1 else NOT_INIT for i, r in enumerate(f.regs)]
+            regs = [NOT_INIT] * NREGS
+            fregs = f.regs
+            for i in MASK_REGS[mask]:
+                regs[i] = fregs[i]
             frames.append(Frame(regs, f.stack.copy(), f.callsite, f.entry, f.round))
         return State(frames, st.depth, st.checkpoint, st.hist, st.loop, st.refs)
 
@@ -492,6 +535,7 @@ class Checker:
         if visits is None:
             visits = self.visits[pc] = []
         in_loop = pc not in control.merge_points
+        may_goto = self._is_may_goto(pc)
         complete = 0
         i = 0
         nframes = len(st.frames)
@@ -520,7 +564,7 @@ class Checker:
                     self._backtrack(st.hist, parent, list(v.precise), list(v.precise_slots))
                     return None
                 # An unfinished visit at the same place is an ancestor on this very path.
-                if self._is_may_goto(pc) or v.state.frames[-1].round != st.frames[-1].round:
+                if may_goto or v.state.frames[-1].round != st.frames[-1].round:
                     # A may_goto bounds the loop, or it is the next round of a callback, which its
                     # helper bounds: what follows that state is being verified.
                     self.pruned += 1
@@ -540,10 +584,10 @@ class Checker:
                     v.state = None  # only the path bookkeeping still needs the visit
                     continue
             i += 1
-        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP and not self._is_may_goto(pc):
+        if in_loop and st.depth - st.checkpoint < CHECKPOINT_GAP and not may_goto:
             return st, parent  # a tight loop: remember a state only every few instructions
         masks = self._live_masks(st, pc)
-        if self._is_may_goto(pc):
+        if may_goto:
             # Each time round a loop that a may_goto bounds, numbers it changes become unknown
             # after a few rounds, so that the rounds converge (the kernel's budget ends the loop).
             ancestors = [v for v in visits if v.branches and v.state is not None]
@@ -758,7 +802,7 @@ class Checker:
             reg = self.constants[value] = Reg(Pt.SCALAR, sc.const(value))
         return reg
 
-    def _alu(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+    def _alu(self, _st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         d = insn.dst
         if d == FP:
             self._dst(d)
@@ -890,7 +934,7 @@ class Checker:
             self.reject(why)
         self.reads_uninit_stack = True
 
-    def _neg(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+    def _neg(self, _st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
         dst = self._read(regs, insn.dst)
         if dst.is_pointer and not self.privileged:
@@ -900,7 +944,7 @@ class Checker:
             return
         regs[insn.dst] = Reg(Pt.SCALAR, sc.alu_width(AluOp.NEG, dst.var, dst.var, info.width))
 
-    def _movsx(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+    def _movsx(self, _st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
         src = self._read(regs, insn.src)
         value = sc.UNKNOWN if src.is_pointer else sc.sign_extend(sc.project(src.var, info.op), info.op)
@@ -908,7 +952,7 @@ class Checker:
             value = sc.zero_extend(sc.project(value, 32))
         regs[insn.dst] = Reg(Pt.SCALAR, value)
 
-    def _endian(self, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+    def _endian(self, _st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
         dst = self._read(regs, insn.dst)
         if dst.is_pointer and not self.privileged:
@@ -941,7 +985,7 @@ class Checker:
                 regs[r] = NOT_INIT
         regs[0] = Reg(Pt.SCALAR, sc.urange(0, (1 << (8 * info.size)) - 1))
 
-    def _lddw(self, regs: list[Reg], insn: Instruction) -> None:
+    def _lddw(self, _st: State, regs: list[Reg], insn: Instruction, _info: OpInfo) -> None:
         self._dst(insn.dst)
         src = insn.src
         if src == PseudoSrc.IMM64:
@@ -1359,12 +1403,12 @@ class Checker:
     def _set_scalar(self, st: State, r: int, old: Reg, value: sc.Scalar) -> None:
         if value == old.var:
             return
-        st.frames[-1].regs[r] = old._replace(var=value)
+        # (Built field by field: NamedTuple's _replace costs more than the rest of a refinement.)
+        st.frames[-1].regs[r] = Reg(old.type, value, old.off, old.id, old.range, old.aux, old.ref)
         if old.id:
             def shifted(reg: Reg) -> Reg:  # a copy at another distance from the same value
-                if reg.off == old.off:
-                    return reg._replace(var=value)
-                return reg._replace(var=sc.alu(AluOp.ADD, value, sc.const(reg.off - old.off), 64))
+                var = value if reg.off == old.off else sc.alu(AluOp.ADD, value, sc.const(reg.off - old.off), 64)
+                return Reg(reg.type, var, reg.off, reg.id, reg.range, reg.aux, reg.ref)
 
             st.replace_linked(old.id, (Pt.SCALAR,), shifted)
 

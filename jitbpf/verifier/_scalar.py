@@ -61,7 +61,7 @@ def to_signed(value: int, bits: int = 64) -> int:
 def const(value: int, bits: int = 64) -> Scalar:
     """The set holding exactly ``value`` (taken modulo 2**bits)."""
     v = value & ((1 << bits) - 1)
-    s = to_signed(v, bits)
+    s = v - (1 << bits) if v >> (bits - 1) else v  # to_signed, inline: constants are made per instruction
     return Scalar(v, 0, v, v, s, s)
 
 

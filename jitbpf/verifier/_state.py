@@ -14,6 +14,10 @@ INVALID = -1  # stack byte never written: reading it is an error
 MISC = -2  # stack byte written with something unknown
 SLOTS = STACK_SIZE // 8
 ALL_SLOTS = (1 << SLOTS) - 1
+NREGS = 11  # r0-r10
+# The registers of each mask of r0-r10, lowest first: prune points walk masks of registers.
+MASK_REGS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(r for r in range(NREGS) if mask >> r & 1) for mask in range(1 << NREGS))
 
 # A stack slot (8 bytes at an 8-aligned offset) is None when no byte was written, a Reg when a
 # whole register was spilled there by an aligned 8-byte store (or, for a scalar whose ``range``
@@ -147,7 +151,8 @@ class State:
                 if r.id == rid and r.type in types:
                     regs[i] = fn(r)
             stack = frame.stack
-            for i, s in enumerate(stack):
+            for i in itertools.compress(range(SLOTS), stack):  # the slots written at all
+                s = stack[i]
                 if type(s) is Reg and s.id == rid and s.type in types:
                     stack[i] = fn(s)
 
@@ -169,8 +174,9 @@ def shared_ids(state: State) -> frozenset[int]:
     """Ids held by at least two registers or spills (a held lock counts as one holder of its
     value's id): only those links carry information."""
     ids = [r.id for f in state.frames for r in f.regs if r.id]
-    ids.extend(s.id for f in state.frames for s in f.stack if type(s) is Reg and s.id)
-    ids.extend(_locked_ids(state))
+    ids.extend(s.id for f in state.frames for s in filter(None, f.stack) if type(s) is Reg and s.id)
+    if state.refs:
+        ids.extend(_locked_ids(state))
     if len(ids) < 2:
         return frozenset()
     seen: set[int] = set()
@@ -284,11 +290,9 @@ def kinds_key(st: State, masks: Sequence[int] | None = None) -> tuple[tuple[int,
                 mask |= 1 << r
                 append(t if t is scalar else (t, x.off, x.aux, x.ref))
         else:
-            mask = bits = masks[fi]
-            while bits:  # the registers of the mask, lowest first
-                low = bits & -bits
-                bits ^= low
-                x = regs[low.bit_length() - 1]
+            mask = masks[fi]
+            for r in MASK_REGS[mask]:
+                x = regs[r]
                 t = x.type
                 append(t if t is scalar or t is not_init else (t, x.off, x.aux, x.ref))
         chosen.append(mask)
