@@ -29,6 +29,7 @@ class ArgType(enum.Enum):
     MAP = "map"  # a map pointer loaded by lddw (MAP_FD / MAP_IDX)
     KEY = "key"  # pointer to key_size initialised readable bytes of the previous MAP argument's map
     VALUE = "value"  # pointer to value_size initialised readable bytes of that map
+    VALUE_OR_NULL = "value_or_null"  # as VALUE, or the constant 0 (an initial value a helper may take)
     MEM = "mem"  # pointer to initialised readable memory; its length is the next SIZE argument
     MEM_OR_NULL = "mem_or_null"  # as MEM, or NULL (the constant 0) when the size is 0
     SIZE = "size"  # bounded length of the previous MEM/UNINIT_MEM argument, never zero
@@ -84,7 +85,8 @@ class RetType(enum.Enum):
 
 # Arguments that carry a pointer the helper follows: a C helper trusts these, so it is called
 # directly only where the verifier checked them.
-POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.MEM, ArgType.MEM_OR_NULL,
+POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.MEM,
+                          ArgType.MEM_OR_NULL,
                           ArgType.UNINIT_MEM,
                           ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
                           ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK,

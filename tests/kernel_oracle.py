@@ -189,11 +189,17 @@ class _TestRunAttr(ctypes.Structure):
 def kernel_run(code: bytes, prog_type: int, packet: bytes) -> int:
     """r0 (32 bits, as BPF_PROG_TEST_RUN reports it) of one test run of ``code`` on ``packet``;
     OSError when the kernel refuses to load or run it."""
+    return kernel_run_output(code, prog_type, packet)[0]
+
+
+def kernel_run_output(code: bytes, prog_type: int, packet: bytes, expected_attach_type: int = 0) -> tuple[int, bytes]:
+    """r0 and the output of one test run (the packet after it; a flow dissector's keys)."""
     insns = ctypes.create_string_buffer(code, len(code))
     license = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(LOG_SIZE)
     attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(code) // 8, insns=ctypes.addressof(insns),
-                     license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE, log_buf=ctypes.addressof(log))
+                     license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE, log_buf=ctypes.addressof(log),
+                     expected_attach_type=expected_attach_type)
     fd, err = _bpf(BPF_PROG_LOAD, attr)
     if fd < 0:
         raise OSError(err, log.value.decode(errors="replace") or os.strerror(err))
@@ -205,6 +211,6 @@ def kernel_run(code: bytes, prog_type: int, packet: bytes) -> int:
         ret, err = _bpf(BPF_PROG_TEST_RUN, run)
         if ret < 0:
             raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
-        return int(run.retval)
+        return int(run.retval), out.raw[: run.data_size_out]
     finally:
         os.close(fd)

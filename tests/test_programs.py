@@ -34,6 +34,7 @@ from jitbpf.linux.programs import (
 )
 from jitbpf.sandbox import LOW_LIMIT, Pages
 from jitbpf.vm import VM
+from tests import kernel_oracle
 from tests.test_elf import ENGINES, Compiler, example_compiler
 
 
@@ -86,7 +87,8 @@ def test_section_names_give_program_types() -> None:
         "cgroup/dev": ProgType.CGROUP_DEVICE, "cgroup/connect4": ProgType.CGROUP_SOCK_ADDR,
         "cgroup/sendmsg6": ProgType.CGROUP_SOCK_ADDR, "sockops": ProgType.SOCK_OPS,
         "sk_skb/stream_verdict": ProgType.SK_SKB, "sk_skb": ProgType.SK_SKB, "sk_msg": ProgType.SK_MSG,
-        "sk_lookup": ProgType.SK_LOOKUP,
+        "sk_lookup": ProgType.SK_LOOKUP, "flow_dissector": ProgType.FLOW_DISSECTOR,
+        "sk_reuseport": ProgType.SK_REUSEPORT,
         "tracepoint/syscalls/sys_enter_openat": ProgType.TRACEPOINT, "raw_tp/sched_switch": ProgType.RAW_TRACEPOINT,
         ".text": ProgType.UNSPEC, "xdpfoo": ProgType.UNSPEC, "license": ProgType.UNSPEC,
     }
@@ -434,3 +436,49 @@ def test_sk_lookup(example: Compiler, engine: str) -> None:
     assert vm.run_sk_lookup(local=("10.0.0.2", 7007), engine=engine) == (SkAction.PASS, server)
     assert vm.run_sk_lookup(local=("10.0.0.2", 22), engine=engine) == (SkAction.PASS, None)  # the usual lookup
     assert vm.run_sk_lookup(protocol=17, local=("10.0.0.2", 7007), engine=engine) == (SkAction.PASS, None)
+
+
+@pytest.mark.parametrize(("section", "insn", "accepted"), [
+    ("cgroup/sock_create", "ldxw r0, [r1+16]", True),  # mark, at creation
+    ("cgroup/sock_create", "stxw [r1+16], r2", True),
+    ("cgroup/sock_create", "ldxw r0, [r1+44]", False),  # src_port: not bound yet
+    ("cgroup/post_bind4", "ldxw r0, [r1+24]", True),  # src_ip4 after an IPv4 bind
+    ("cgroup/post_bind4", "ldxw r0, [r1+28]", False),  # src_ip6
+    ("cgroup/post_bind6", "ldxw r0, [r1+28]", True),
+    ("cgroup/post_bind6", "ldxw r0, [r1+44]", True),
+    ("cgroup/post_bind6", "ldxw r0, [r1+16]", False),  # mark: only at creation and release
+    (None, "ldxw r0, [r1+44]", False),  # the kernel's default attach type: creation
+])
+def test_an_attach_type_narrows_the_socket_cgroup_sock_programs_see(section: str | None, insn: str,
+                                                                     accepted: bool) -> None:
+    vm = VM(assemble(f"mov r2, 1\n{insn}\nmov r0, 1\nexit"), prog_type="cgroup_sock", attach=section)
+    if accepted:
+        vm.check()
+    else:
+        with pytest.raises(VerifierError, match="invalid bpf_context access"):
+            vm.check()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_flow_dissector(example: Compiler, engine: str) -> None:
+    vm = load_elf(example("flow_dissector")).programs["dissect"].vm()
+    verdict, keys = vm.run_flow_dissector(udp_frame("10.0.0.2"), engine=engine)
+    assert verdict == 0 and (keys.nhoff, keys.thoff, keys.addr_proto, keys.ip_proto) == (14, 34, 0x0800, 17)
+    assert keys.ipv4_src == int.from_bytes(ipaddress.ip_address("10.0.0.2").packed, "little")
+    assert keys.n_proto == 0x0008 and keys.dport != 0  # network order, as the frame holds them
+    arp = bytes(12) + b"\x08\x06" + bytes(28)
+    assert vm.run_flow_dissector(arp, engine=engine)[0] == 2  # BPF_DROP: not IPv4
+    assert vm.run_flow_dissector(udp_frame("10.0.0.2")[:20], engine=engine)[0] == 2  # cut short
+
+
+@pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
+def test_flow_dissector_keys_are_the_kernels(example: Compiler) -> None:
+    prog = load_elf(example("flow_dissector")).programs["dissect"]
+    vm = prog.vm()
+    for frame in (udp_frame("10.0.0.2"), tcp_frame(), bytes(12) + b"\x08\x06" + bytes(28)):
+        r0, out = kernel_oracle.kernel_run_output(prog.code, int(ProgType.FLOW_DISSECTOR), frame, 17)
+        for engine in ("interp", "jit"):
+            verdict, keys = vm.run_flow_dissector(frame, engine=engine)
+            assert verdict == r0
+            if r0 == 0:
+                assert bytes(keys) == out

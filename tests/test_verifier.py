@@ -633,7 +633,8 @@ def test_api_inputs() -> None:
 
 
 def test_declarations_are_checked() -> None:
-    assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "mem",
+    assert [a.value for a in ArgType] == ["scalar", "anything", "ignored", "map", "key", "value", "value_or_null",
+                                         "mem",
                                          "mem_or_null", "size", "size_or_zero", "ctx", "uninit_mem", "uninit_value",
                                          "released",
                                          "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero",

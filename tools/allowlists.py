@@ -21,8 +21,10 @@ PROGRAM_TYPES_BY_NAME = {info.name: t for t, info in PROGRAM_TYPES.items()}
 OUT = Path(__file__).resolve().parents[1] / "jitbpf" / "linux" / "allowlists.py"
 REFUSALS = ("cannot use helper", "unknown func", "invalid func", "not supported for program type")
 # The attach type each type is measured with where the kernel wants one (its lists depend on it):
-# cgroup/connect4 (which may call bpf_bind), cgroup/sock_create, sk_lookup, sk_reuseport/migrate.
-ATTACH = {ProgType.CGROUP_SOCK_ADDR: 10, ProgType.CGROUP_SOCK: 2, ProgType.SK_LOOKUP: 36, ProgType.SK_REUSEPORT: 40}
+# cgroup/connect4 (which may call bpf_bind), cgroup/sock_create, sk_lookup, sk_reuseport/migrate,
+# flow_dissector.
+ATTACH = {ProgType.CGROUP_SOCK_ADDR: 10, ProgType.CGROUP_SOCK: 2, ProgType.SK_LOOKUP: 36, ProgType.SK_REUSEPORT: 40,
+          ProgType.FLOW_DISSECTOR: 17}
 
 
 def allowed(prog_type: ProgType) -> list[int]:

@@ -376,6 +376,35 @@ struct sk_msg_md {
 	__bpf_md_ptr(struct bpf_sock *, sk);
 };
 
+/* SEC("flow_dissector"): what the dissector finds, through __sk_buff->flow_keys */
+struct bpf_flow_keys {
+	__u16 nhoff; /* the network header's offset */
+	__u16 thoff; /* the transport header's offset */
+	__u16 addr_proto;
+	__u8 is_frag;
+	__u8 is_first_frag;
+	__u8 is_encap;
+	__u8 ip_proto;
+	__be16 n_proto;
+	__be16 sport;
+	__be16 dport;
+	union {
+		struct {
+			__be32 ipv4_src;
+			__be32 ipv4_dst;
+		};
+		struct {
+			__u32 ipv6_src[4];
+			__u32 ipv6_dst[4];
+		};
+	};
+	__u32 flags;
+	__be32 flow_label;
+};
+
+#define BPF_OK 0
+#define BPF_DROP 2
+
 /* SEC("sk_lookup"): a connection or packet looking for its socket */
 struct bpf_sk_lookup {
 	union {

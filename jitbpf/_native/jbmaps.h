@@ -196,6 +196,8 @@ struct jb_pkt_prog {
     uint64_t derive;         /* each packet (enum jb_derive) */
     int32_t off_sk;          /* __sk_buff.sk (-1: none), and the arena offset of the socket */
     uint32_t sock_off;       /* JB_DERIVE_SOCKET lays out there (a struct bpf_sock) */
+    int32_t off_flow_keys;   /* __sk_buff.flow_keys (-1: none), and the arena offset of the */
+    uint32_t keys_off;       /* struct bpf_flow_keys JB_DERIVE_FLOW_KEYS lays out there */
     uint64_t out[3];         /* after jb_pkt_run: the packet's arena offset, length, and 1 if unchanged */
     void *gate;              /* the program's run gate and token (jbrun.h), held around single runs */
     uint64_t gate_token;
@@ -206,7 +208,10 @@ enum jb_derive {             /* context fields jb_pkt_frame derives from each pa
     JB_DERIVE_WIRE_LEN = 4,      /* wire_len: the packet's length */
     /* sk: the socket the kernel's test runs give a packet (family and addresses from its IP
        header, closed), laid out in the arena at sock_off */
-    JB_DERIVE_SOCKET = 8
+    JB_DERIVE_SOCKET = 8,
+    /* flow_keys: the flow dissector's keys as the kernel starts them (zero, the network header
+       at ETH_HLEN, n_proto the Ethernet type), laid out in the arena at keys_off */
+    JB_DERIVE_FLOW_KEYS = 16
 };
 void jb_pkt_init(uint64_t error_result);
 /* Tokens for jb_pkt_bind (never 0, never reused); binding NULL empties the token's entry.

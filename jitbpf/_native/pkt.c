@@ -169,6 +169,24 @@ static void packet_socket(struct jb_pkt_prog *p, const uint8_t *data, uint64_t l
     memcpy((char *)PTR(run->ctx) + p->off_sk, &addr, 8);
 }
 
+/* struct bpf_flow_keys: its size, and the fields a flow dissector starts with */
+enum { FLOW_KEYS_SIZE = 56, FLOW_NHOFF = 0, FLOW_THOFF = 2, FLOW_N_PROTO = 10 };
+
+/* The keys a flow dissector starts from (the kernel's bpf_flow_dissect): the network header
+   right after the Ethernet header, and the frame's Ethernet type. ctx->flow_keys points to them. */
+static void flow_keys(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
+{
+    uint8_t *keys = PTR(p->arena + p->keys_off);
+    uint16_t nhoff = ETH_HLEN;
+    memset(keys, 0, FLOW_KEYS_SIZE);
+    memcpy(keys + FLOW_NHOFF, &nhoff, 2);
+    memcpy(keys + FLOW_THOFF, &nhoff, 2);
+    if (len >= ETH_HLEN)
+        memcpy(keys + FLOW_N_PROTO, data + 12, 2); /* __be16, as the frame holds it */
+    uint64_t addr = p->arena + p->keys_off;
+    memcpy((char *)PTR(p->pkt.ctx) + p->off_flow_keys, &addr, 8);
+}
+
 int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
 {
     if (len > p->arena_size || p->frame_off + p->headroom + p->tailroom > p->arena_size - len)
@@ -200,6 +218,8 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     run->encap = 0;
     if (p->derive & JB_DERIVE_SOCKET && p->off_sk >= 0)
         packet_socket(p, data, len);
+    if (p->derive & JB_DERIVE_FLOW_KEYS && p->off_flow_keys >= 0)
+        flow_keys(p, data, len);
     jb_pkt_sync(run);
     return 0;
 }

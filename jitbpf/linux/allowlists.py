@@ -136,6 +136,13 @@ _SK_REUSEPORT = frozenset({  # sk_reuseport
     202, 203, 208, 209, 210, 211,
 })
 
+_FLOW_DISSECTOR = frozenset({  # flow_dissector
+    1, 2, 3, 5, 6, 7, 8, 12, 14, 15, 16, 17, 22, 26, 35, 37, 42, 55, 80, 87, 88, 89, 93, 94, 105, 106, 109, 112,
+    113, 114, 115, 117, 118, 120, 123, 125, 130, 131, 132, 133, 134, 136, 137, 138, 139, 140, 141, 148, 149, 153,
+    154, 156, 157, 158, 160, 164, 165, 169, 170, 171, 172, 175, 176, 177, 178, 180, 181, 182, 191, 194, 195, 196,
+    197, 198, 199, 200, 201, 202, 203, 208, 209, 210, 211,
+})
+
 _CGROUP_SYSCTL = frozenset({  # cgroup_sysctl
     1, 2, 3, 5, 6, 7, 8, 12, 14, 15, 16, 17, 22, 25, 35, 37, 42, 55, 80, 81, 87, 88, 89, 93, 94, 101, 102, 103,
     104, 105, 106, 109, 112, 113, 114, 115, 117, 118, 120, 123, 125, 130, 131, 132, 133, 134, 141, 148, 149, 153,
@@ -170,6 +177,7 @@ ALLOWED: Mapping[int, frozenset[int]] = MappingProxyType({
     17: _TRACEPOINT,  # raw_tracepoint
     18: _CGROUP_SOCK_ADDR,  # cgroup_sock_addr
     21: _SK_REUSEPORT,  # sk_reuseport
+    22: _FLOW_DISSECTOR,  # flow_dissector
     23: _CGROUP_SYSCTL,  # cgroup_sysctl
     24: _TRACEPOINT,  # raw_tracepoint_writable
     30: _SK_LOOKUP,  # sk_lookup

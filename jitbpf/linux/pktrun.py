@@ -40,6 +40,8 @@ class FrameLayout:
     wire_len: int
     sk: int  # offset of __sk_buff.sk, and where in the arena the packet's own socket goes (JB_DERIVE_SOCKET)
     sock_off: int
+    flow_keys: int  # offset of __sk_buff.flow_keys, and where the keys go (JB_DERIVE_FLOW_KEYS)
+    keys_off: int
     headroom: int  # bytes before the packet that helpers may claim
     tailroom: int  # bytes after it
     xdp: bool  # bpf_redirect returns XDP verdicts (else tc's)
@@ -60,6 +62,7 @@ def new_frame(layout: FrameLayout, arena: Pages) -> Any:
     p.headroom, p.tailroom = layout.headroom, layout.tailroom
     p.off_protocol, p.off_wire_len = layout.protocol, layout.wire_len
     p.off_sk, p.sock_off = layout.sk, layout.sock_off
+    p.off_flow_keys, p.keys_off = layout.flow_keys, layout.keys_off
     pkt.off_protocol = layout.protocol  # helpers that change skb->protocol keep the field in step
     return p
 

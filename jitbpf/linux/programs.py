@@ -80,6 +80,7 @@ class ProgType(enum.IntEnum):
     STRUCT_OPS = 27  # SEC("struct_ops/..."): a member function of a kernel struct_ops table
     EXT = 28  # SEC("freplace/..."): replaces a function of another BPF program
     LSM = 29  # SEC("lsm/..."): a security hook (bpf_lsm_<hook>), returns 0 or -errno
+    FLOW_DISSECTOR = 22  # SEC("flow_dissector"): parses a packet's headers into struct bpf_flow_keys
     SK_REUSEPORT = 21  # SEC("sk_reuseport"): picks the socket of a SO_REUSEPORT group, context = sk_reuseport_md
     SK_LOOKUP = 30  # SEC("sk_lookup"): picks the socket a connection or packet goes to, context = struct bpf_sk_lookup
 
@@ -161,6 +162,7 @@ SKB_HEADROOM = 1024  # bytes before a tc packet that bpf_skb_adjust_room/change_
 SKB_TAILROOM = 256  # bytes after it
 CTX_AREA = 512  # bytes reserved for the context at the start of the run arena
 ETH_P_IP = 0x0800  # the Ethernet type of IPv4
+FLOW_KEYS_OFF = 384  # where in that area a flow dissector's keys go (past the packet's socket)
 SOCK_OFF = 256  # where in that area a packet's own socket goes (past the largest packet context)
 
 # -- context layouts (the kernel's uapi structs) ---------------------------------------------------
@@ -274,6 +276,33 @@ class SkLookup(ctypes.LittleEndianStructure):
                 ("local_ip6", u32 * 4), ("local_port", u32), ("ingress_ifindex", u32))
 
 
+class BpfFlowKeys(ctypes.LittleEndianStructure):
+    """``struct bpf_flow_keys``: what a flow dissector finds (ports and ``n_proto`` in network
+    order, as the packet holds them; IPv4 addresses in ``ipv4_src``/``ipv4_dst``, which IPv6
+    addresses overlay as ``ipv6_src``/``ipv6_dst``)."""
+
+    _fields_ = (("nhoff", ctypes.c_uint16), ("thoff", ctypes.c_uint16), ("addr_proto", ctypes.c_uint16),
+                ("is_frag", ctypes.c_uint8), ("is_first_frag", ctypes.c_uint8), ("is_encap", ctypes.c_uint8),
+                ("ip_proto", ctypes.c_uint8), ("n_proto", ctypes.c_uint16), ("sport", ctypes.c_uint16),
+                ("dport", ctypes.c_uint16), ("addrs", u32 * 8), ("flags", u32), ("flow_label", u32))
+
+    @property
+    def ipv4_src(self) -> int:
+        return int(self.addrs[0])
+
+    @property
+    def ipv4_dst(self) -> int:
+        return int(self.addrs[1])
+
+    @property
+    def ipv6_src(self) -> list[int]:
+        return list(self.addrs[0:4])
+
+    @property
+    def ipv6_dst(self) -> list[int]:
+        return list(self.addrs[4:8])
+
+
 class SkReuseportMd(ctypes.LittleEndianStructure):
     """``struct sk_reuseport_md``: a packet or connection arriving at a SO_REUSEPORT group; ``sk``
     is the group's socket it arrived at, ``migrating_sk`` a socket being closed whose requests
@@ -378,14 +407,15 @@ class ProgramType:
 
     def context_spec(self, section: str | None = None) -> ContextSpec:
         """The verifier's description of this context (for a program of ``section``, whose attach
-        type may narrow what it returns)."""
+        type may narrow what it reads, writes and returns)."""
         from jitbpf.verifier import ContextSpec
 
+        readable, writable = _SECTION_ACCESS.get((section or "").removeprefix("?"), (self.readable, self.writable))
         # Each pointer field is loaded with the width its struct declares: a __u32 in __sk_buff
         # and xdp_md, a 64-bit __bpf_md_ptr in sk_msg_md.
         sizes = {off: _field_size(self.ctx, off) for off in self.pointer_fields}
-        return ContextSpec(size=ctypes.sizeof(self.ctx), readable=tuple((a, b - a) for a, b in self.readable),
-                           writable=tuple((a, b - a) for a, b in self.writable),
+        return ContextSpec(size=ctypes.sizeof(self.ctx), readable=tuple((a, b - a) for a, b in readable),
+                           writable=tuple((a, b - a) for a, b in writable),
                            fields=MappingProxyType(dict(self.pointer_fields)), field_sizes=MappingProxyType(sizes),
                            ret_range=section_ret_range(section, self.ret_range), ret_pointer_ok=False,
                            packet_writable=self.packet_writable,
@@ -419,6 +449,18 @@ def _field_size(ctx: Struct, off: int) -> int:
 def _allowed(kind: ProgType) -> frozenset[int]:
     """The helpers the kernel lets a program of ``kind`` call (measured: ``jitbpf.linux.allowlists``)."""
     return ALLOWED[int(kind)]
+
+
+# What cgroup/sock programs may touch of their socket by attach type (the kernel's
+# sock_filter_is_valid_access): the options at creation and release, the bound address after a bind.
+_SOCK_SET = ("bound_dev_if", "mark", "priority")
+_SOCK_BOUND = ("src_ip4", "src_ip6", "src_port")
+_SOCK_CREATE = (_all_but(BpfSock, _SOCK_BOUND), _spans(BpfSock, _SOCK_SET))
+_SECTION_ACCESS: Mapping[str, tuple[tuple[Span, ...], tuple[Span, ...]]] = MappingProxyType({
+    "cgroup/sock_release": _SOCK_CREATE,
+    "cgroup/post_bind4": (_all_but(BpfSock, (*_SOCK_SET, "src_ip6")), ()),
+    "cgroup/post_bind6": (_all_but(BpfSock, (*_SOCK_SET, "src_ip4")), ()),
+})
 
 
 def _build_registry() -> Mapping[ProgType, ProgramType]:
@@ -504,8 +546,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             ProgType.CGROUP_SOCK, "cgroup_sock", BpfSock,
             ("cgroup/sock", "cgroup/sock_create", "cgroup/sock_release", "cgroup/post_bind4", "cgroup/post_bind6"),
             _allowed(ProgType.CGROUP_SOCK),
-            readable=_all_but(BpfSock, ()), writable=_spans(BpfSock, ("bound_dev_if", "mark", "priority")),
-            ret_range=(0, 1), socket_context=True,
+            readable=_SOCK_CREATE[0], writable=_SOCK_CREATE[1], ret_range=(0, 1), socket_context=True,
         ),
         ProgramType(
             ProgType.SOCK_OPS, "sock_ops", SockOps, ("sockops",),
@@ -550,13 +591,19 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             readable=_all_but(Sysctl, ()), writable=_spans(Sysctl, ("file_pos",)), ret_range=(0, 1),
         ),
     ]
+    types.append(ProgramType(
+        ProgType.FLOW_DISSECTOR, "flow_dissector", sk, ("flow_dissector",), _allowed(ProgType.FLOW_DISSECTOR),
+        readable=_spans(sk, ("data", "data_end", "flow_keys")),  # read-only, these fields only
+        pointer_fields={SkBuff.data.offset: "packet", SkBuff.data_end.offset: "packet_end",
+                        SkBuff.flow_keys.offset: "flow_keys"}, packet=True,
+    ))
     md = SkReuseportMd
     types.append(ProgramType(
         ProgType.SK_REUSEPORT, "sk_reuseport", md, ("sk_reuseport", "sk_reuseport/migrate"),
         _allowed(ProgType.SK_REUSEPORT), readable=_all_but(md, ()),
         pointer_fields={md.data.offset: "packet", md.data_end.offset: "packet_end", md.sk.offset: "socket",
                         md.migrating_sk.offset: "sock_common_or_null"},
-        ret_range=(0, 1), packet=True, null_sockets=frozenset({md.migrating_sk.offset}),
+        packet=True, null_sockets=frozenset({md.migrating_sk.offset}),  # its r0 is not checked (the kernel's)
     ))
     types.append(ProgramType(
         ProgType.SK_LOOKUP, "sk_lookup", SkLookup, ("sk_lookup", "sk_lookup/"), _allowed(ProgType.SK_LOOKUP),
@@ -575,7 +622,9 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
 
 
 PROGRAM_TYPES: Mapping[ProgType, ProgramType] = _build_registry()  # immutable, built once
-assert ctypes.sizeof(SkBuff) <= SOCK_OFF and SOCK_OFF + BPF_SOCK_SIZE <= CTX_AREA  # the packet socket's place
+# the places of the packet's socket and of a flow dissector's keys
+assert ctypes.sizeof(SkBuff) <= SOCK_OFF and SOCK_OFF + BPF_SOCK_SIZE <= FLOW_KEYS_OFF
+assert FLOW_KEYS_OFF + ctypes.sizeof(BpfFlowKeys) <= CTX_AREA
 _BY_NAME: Mapping[str, ProgType] = MappingProxyType(
     {**{t.name: t.prog_type for t in PROGRAM_TYPES.values()}, **{p.name.lower(): p for p in ProgType},
      "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS, "classifier": ProgType.SCHED_CLS,
@@ -660,7 +709,7 @@ _MAP_SOURCES = frozenset({PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VAL
 _UPDATE_DELETE = MAP_WRITE_HELPERS
 _SOCKMAP_WRITERS: Mapping[ProgType, frozenset[int]] = MappingProxyType({
     **{t: _UPDATE_DELETE for t in (ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.XDP,
-                                    ProgType.SK_LOOKUP)},
+                                    ProgType.SK_LOOKUP, ProgType.SK_REUSEPORT, ProgType.FLOW_DISSECTOR)},
     ProgType.SOCK_OPS: frozenset({int(HelperId.MAP_DELETE_ELEM)}),
 })
 # Types the kernel counts as tracing: their programs may not use maps with a bpf_spin_lock.
@@ -771,7 +820,8 @@ def frame_layout(info: ProgramType) -> FrameLayout:
         length=int(length.offset) if length is not None and info.packet else NO_FIELD,
         protocol=SkBuff.protocol.offset if skb else NO_FIELD, wire_len=SkBuff.wire_len.offset if skb else NO_FIELD,
         sk=SkBuff.sk.offset if skb else NO_FIELD, sock_off=SOCK_OFF,
-        headroom=info.headroom, tailroom=info.tailroom, xdp=info.prog_type is ProgType.XDP,
+        flow_keys=where.get("flow_keys", NO_FIELD), keys_off=FLOW_KEYS_OFF, headroom=info.headroom,
+        tailroom=info.tailroom, xdp=info.prog_type is ProgType.XDP,
     )
 
 
@@ -1203,6 +1253,7 @@ class RunResult:
     packet: bytes | None  # the packet after the run (packet types), else None
     redirect: int | None = None  # interface index given to bpf_redirect, if called
     extras: dict[str, int] = field(default_factory=dict)  # other helper effects (msg_apply_bytes, ...)
+    flow_keys: BpfFlowKeys | None = None  # what a flow dissector left in its keys
 
     def fields(self) -> dict[str, Any]:
         """The context's fields after the run, by name."""
@@ -1286,6 +1337,8 @@ def _run_context(vm: VM, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] |
     for off, value, how in _socket_fields(vm, info):  # whatever the caller put there
         raw = raw[:off] + value.to_bytes(8, "little") + raw[off + 8 :]
         derive |= how
+    if state.layout.flow_keys != NO_FIELD:  # the frame builder points flow_keys to fresh keys
+        derive |= native().lib.JB_DERIVE_FLOW_KEYS
     return _run(vm, state, raw, derive, bytes(packet) if packet is not None else b"", engine)
 
 
@@ -1303,10 +1356,18 @@ def _run(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes,
             retval, out = done
             assert b.view is not None
             after = info.ctx.from_buffer_copy(b.view[0 : state.layout.ctx_size])
-            return RunResult(retval, after, out if info.packet else None, _redirect_of(b.frame))
+            return RunResult(retval, after, out if info.packet else None, _redirect_of(b.frame),
+                             flow_keys=_flow_keys_of(state, b.view))
     elif engine != "interp":
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     return _run_python(vm, state, template, derive, data, engine)
+
+
+def _flow_keys_of(state: ProgramState, arena: Any) -> BpfFlowKeys | None:
+    """A flow dissector's keys after its run in ``arena`` (None for other programs)."""
+    if state.layout.flow_keys == NO_FIELD:
+        return None
+    return BpfFlowKeys.from_buffer_copy(arena[FLOW_KEYS_OFF : FLOW_KEYS_OFF + ctypes.sizeof(BpfFlowKeys)])
 
 
 def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes, engine: Engine) -> RunResult:
@@ -1320,6 +1381,9 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     state.local.sent_tunnel = None
     base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
+    if state.layout.flow_keys != NO_FIELD:
+        keys = slice(FLOW_KEYS_OFF, FLOW_KEYS_OFF + ctypes.sizeof(BpfFlowKeys))
+        extra.append(Region(base + FLOW_KEYS_OFF, keys.stop - keys.start, arena.view[keys], True, "flow keys"))
     if info.socket_fields:
         assert vm.std is not None
         extra += vm.std.sockets.regions()
@@ -1344,7 +1408,8 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     after = info.ctx.from_buffer_copy(arena.view[0 : state.layout.ctx_size])
     extras = {k: v for k, v in (("msg_apply_bytes", run.msg_apply), ("msg_cork_bytes", run.msg_cork))
               if v is not None}
-    return RunResult(retval, after, run.packet_bytes() if info.packet else None, run.redirect, extras)
+    return RunResult(retval, after, run.packet_bytes() if info.packet else None, run.redirect, extras,
+                     _flow_keys_of(state, arena.view))
 
 
 def _run_packet(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes, engine: Engine
@@ -1884,6 +1949,16 @@ class ProgramRunners:
             state.local.sysctl = None
         access.file_pos = int(res.ctx.file_pos)  # type: ignore[attr-defined]
         return res.retval & MASK32, access
+
+    def run_flow_dissector(self, frame: bytes | bytearray | memoryview, *, engine: Engine = "interp"
+                           ) -> tuple[int, BpfFlowKeys]:
+        """flow_dissector: ``(r0, keys)`` for one Ethernet frame: r0 is BPF_OK (0) when the program
+        dissected it, BPF_DROP (2) when not; the keys start as the kernel's (the network header at
+        14, ``n_proto`` the Ethernet type)."""
+        self._expect(ProgType.FLOW_DISSECTOR)
+        res = run_context(self._vm(), None, packet=bytes(frame), engine=engine)
+        assert res.flow_keys is not None
+        return int(res.retval) & MASK32, res.flow_keys
 
     def run_sk_reuseport(self, packet: bytes | bytearray | memoryview, *, hash: int = 0, ip_protocol: int = IPPROTO_TCP,
                          eth_protocol: int = ETH_P_IP, bind_inany: int = 0, engine: Engine = "interp"

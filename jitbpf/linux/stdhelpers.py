@@ -772,7 +772,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
                "length_or_errno"),
         Helper(h.GET_TASK_STACK, "bpf_get_task_stack", get_task_stack,
                ("anything", "uninit_mem", "size_or_zero", "scalar"), "length_or_errno"),
-        *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", owner, "anything", "scalar"),
+        *(Helper(get_id, f"bpf_{kind}_storage_get", storage_get(kind, mtype), ("map", owner, "value_or_null", "scalar"),
                  "map_value_or_null")
           for kind, mtype, get_id, owner in (
               ("sk", MapType.SK_STORAGE, h.SK_STORAGE_GET, "btf_sock_common_or_null"),

@@ -64,6 +64,7 @@ MERGE_AFTER = 4  # remembered states at a join point outside loops before new ar
 MAX_LINK_OFFSET = (1 << 31) - 1  # largest constant an add may put between linked scalars (the kernel's)
 MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
+FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
 
@@ -88,7 +89,7 @@ UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_M
                    Pt.PTR_TO_BUF_OR_NULL)
 FIELD_KINDS = {"packet": Pt.PTR_TO_PACKET, "packet_end": Pt.PTR_TO_PACKET_END, "packet_meta": Pt.PTR_TO_PACKET_META,
                "sock_common_or_null": Pt.PTR_TO_SOCK_COMMON_OR_NULL, "socket": Pt.PTR_TO_SOCKET,
-               "socket_or_null": Pt.PTR_TO_SOCKET_OR_NULL}
+               "socket_or_null": Pt.PTR_TO_SOCKET_OR_NULL, "flow_keys": Pt.PTR_TO_FLOW_KEYS}
 STACK_BOTTOM = -STACK_SIZE
 ALL_REGS = (1 << 11) - 1
 ALL_SLOTS = (1 << SLOTS) - 1
@@ -267,6 +268,8 @@ class Checker:
         # began with (a round that begins within one of them needs no verifying).
         self.callback_rounds: dict[int, list[State]] = {}
         self.callbacks = {hid: h.callback for hid, h in helpers.items() if h.callback is not None}
+        self.tail_calls = HELPERS_OF_TYPE.get(MapType.PROG_ARRAY, frozenset())  # the tail-call helper
+        self.moves_packet = self._packet_movers()
         # Per slot, what the walk needs of its instruction, looked up once: (insn, info, the rule
         # of an instruction that only changes the state, how it changes ``State.precise``, next slot).
         self.steps = [None if insn is None or info is None else (
@@ -902,6 +905,8 @@ class Checker:
             self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
         if t is Pt.PTR_TO_MEM:
             return ptr  # memory of unknown size: every access keeps its runtime check anyway
+        if t is Pt.PTR_TO_FLOW_KEYS and not s.is_const:
+            self.reject(f"r{r} pointer arithmetic on {t.value} prohibited (a variable offset)")
         # The kernel's sanity rules (check_reg_sane_offset): a constant, the fixed offset and the
         # variable part's lower end within +-2**29; a large upper end is refused only where the
         # pointer is dereferenced.
@@ -1098,6 +1103,11 @@ class Checker:
                 return self._btf_access(ptr, r, off, size, mode, signed)
             case Pt.PTR_TO_SOCK_COMMON | Pt.PTR_TO_SOCKET | Pt.PTR_TO_TCP_SOCK:
                 self._sock_access(ptr, r, off, size, mode)
+            case Pt.PTR_TO_FLOW_KEYS:
+                lo = ptr.off + off
+                if lo < 0 or lo + size > FLOW_KEYS_SIZE:
+                    self.reject(f"invalid access to flow keys off={lo} size={size}")
+                self._note(True)
             case (Pt.PTR_TO_MAP_VALUE_OR_NULL | Pt.PTR_TO_BUF_OR_NULL | Pt.CONST_PTR_TO_MAP_OR_NULL
                   | Pt.PTR_TO_BTF_ID_OR_NULL | Pt.PTR_TO_MEM_OR_NULL | Pt.PTR_TO_SOCK_COMMON_OR_NULL
                   | Pt.PTR_TO_SOCKET_OR_NULL | Pt.PTR_TO_TCP_SOCK_OR_NULL):
@@ -1636,7 +1646,12 @@ class Checker:
                     if reg.var != sc.ZERO:
                         self.reject(f"{self.helper_names.get(hid, hid)}() doesn't support non-zero flags "
                                     f"(r{r} is {reg})")
-                case ArgType.KEY | ArgType.VALUE | ArgType.UNINIT_VALUE:
+                case ArgType.VALUE_OR_NULL if self._read(regs, r).type is Pt.SCALAR:
+                    if self._read(regs, r).var != sc.ZERO:
+                        self.reject(f"R{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem: "
+                                    f"argument {r} of helper {hid} is a map value or NULL")
+                    self._precise(r)
+                case ArgType.KEY | ArgType.VALUE | ArgType.VALUE_OR_NULL | ArgType.UNINIT_VALUE:
                     if map_reg is None:
                         self.reject(f"helper {hid} takes a map {kind.value} without a map argument before it")
                     m = self.maps.get(map_reg.aux) if self.maps is not None else None
@@ -1647,7 +1662,7 @@ class Checker:
                         self.unchecked_calls.add(self.pc)
                         continue
                     size = 1 if m is None else m.key_size if kind is ArgType.KEY else m.value_size
-                    self._mem_arg(st, regs, r, size, size, kind)
+                    self._mem_arg(st, regs, r, size, size, ArgType.VALUE if kind is ArgType.VALUE_OR_NULL else kind)
                 case ArgType.UNINIT_LONG:
                     self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
                     self._aligned_arg(regs, r, 8)
@@ -1707,7 +1722,7 @@ class Checker:
                         released = reg.ref
                 case _:
                     raise InternalError(f"no rule for {kind}")
-        if map_reg is not None and hid in HELPERS_OF_TYPE.get(MapType.PROG_ARRAY, ()) \
+        if map_reg is not None and hid in self.tail_calls \
                 and any(ref > 0 for ref, _at in st.refs):
             self.reject("tail_call would lead to reference leak: a reference acquired earlier is still held")
         match ret:
@@ -1751,15 +1766,11 @@ class Checker:
                 raise InternalError(f"no rule for {ret}")
         if released:
             self._release(st, released)
-        if ArgType.CTX in args:
-            # Helpers given the context may move the packet (adjust_head, store_bytes...): as
-            # in the kernel, packet pointers must be loaded and checked again afterwards.
-            for frame, i, reg in list(st.all_regs()):
-                if reg.type in PACKET_KINDS:
-                    if i >= 0:
-                        frame.regs[i] = UNKNOWN_SCALAR
-                    else:
-                        frame.stack[-i - 1] = (MISC,) * 8
+        if ArgType.CTX in args or hid in self.tail_calls:
+            # Helpers given the context may move the packet (adjust_head, store_bytes...), and a
+            # tail call that fails may come back after its target did: as in the kernel, packet
+            # pointers must be loaded and checked again afterwards.
+            self._forget_packet(st)
         # Callers' r1-r5 are scratch after the call; a helper that calls back still needs them to
         # enter its callback, and makes them unreadable when the callback returns.
         if scratch_args(self.context.size is not None) and hid not in self.callbacks:
@@ -1942,6 +1953,40 @@ class Checker:
                 else:
                     frame.stack[-i - 1] = (MISC,) * 8
 
+    @staticmethod
+    def _forget_packet(st: State) -> None:
+        """Packet pointers anywhere in the state become unknown numbers (the packet moved)."""
+        for frame, i, reg in list(st.all_regs()):
+            if reg.type in PACKET_KINDS:
+                if i >= 0:
+                    frame.regs[i] = UNKNOWN_SCALAR
+                else:
+                    frame.stack[-i - 1] = (MISC,) * 8
+
+    def _packet_movers(self) -> frozenset[int]:
+        """The functions (by entry) that may move the packet: they call a helper given the
+        context or a tail call, or a function that does (the kernel's changes_pkt_data)."""
+        moves: set[int] = set()
+        calls: dict[int, set[int]] = {}
+        for fn in self.flow.functions:
+            for pc in range(fn.entry, fn.end):
+                insn, info = self.slots[pc], self.infos[pc]
+                if insn is None or info is None:
+                    continue
+                if info.kind is Kind.CALL and insn.imm in self.signatures:
+                    if ArgType.CTX in self.signatures[insn.imm][0] or insn.imm in self.tail_calls:
+                        moves.add(fn.entry)
+                elif info.kind is Kind.CALL_LOCAL:
+                    calls.setdefault(fn.entry, set()).add(self.targets[pc])
+        grown = True
+        while grown:
+            grown = False
+            for entry, callees in calls.items():
+                if entry not in moves and callees & moves:
+                    moves.add(entry)
+                    grown = True
+        return frozenset(moves)
+
     def _call_local(self, st: State, pc: int) -> None:
         if len(st.frames) >= self.max_call_depth:
             self.reject(f"call stack is too deep: {len(st.frames) + 1} frames (max {self.max_call_depth})")
@@ -1972,6 +2017,8 @@ class Checker:
             for i, slot in enumerate(frame.stack):
                 if type(slot) is Reg and dangling(slot):
                     frame.stack[i] = (MISC,) * 8
+        if callee.entry in self.moves_packet:  # the callee may have moved the packet
+            self._forget_packet(st)
         return callee.callsite + 1
 
     def _exit_main(self, st: State, regs: list[Reg]) -> None:

@@ -59,7 +59,8 @@ class BtfLayout(Protocol):
 
 
 # The pointers a context field may hold: packet bounds, or the socket the context is about.
-CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta", "sock_common_or_null", "socket", "socket_or_null")
+CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta", "sock_common_or_null", "socket", "socket_or_null",
+                         "flow_keys")
 CONTEXT_POINTER_SIZES = (4, 8)  # a __u32 (__sk_buff, xdp_md) or a 64-bit __bpf_md_ptr (sk_msg_md)
 
 
@@ -167,6 +168,7 @@ class RegType(enum.Enum):
     PTR_TO_SOCKET_OR_NULL = "sock_or_null"
     PTR_TO_TCP_SOCK = "tcp_sock"
     PTR_TO_TCP_SOCK_OR_NULL = "tcp_sock_or_null"
+    PTR_TO_FLOW_KEYS = "flow_keys"  # a flow dissector's struct bpf_flow_keys: read and written, constant offsets only
 
 
 class Reg(NamedTuple):
