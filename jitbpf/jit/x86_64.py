@@ -234,6 +234,7 @@ class X86_64(Target):
         frame (each probe stands for one of those), and whether it is proven (its base perhaps
         confined already) or covered by a versioned loop's check. Probe loads have none."""
         kind = info.kind
+        imm: Probe | int
         if kind is _ST:
             base, imm = insn.dst, _STORE_PROBE[info.size]
         elif kind is _STX:
