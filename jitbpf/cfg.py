@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jitbpf.contract import ARG_REGS, CALLBACK_HELPER_IDS
 from jitbpf.errors import InternalError, VerifierError
@@ -46,6 +46,11 @@ class ControlFlow:
     block_at: dict[int, Block]  # block starting at each leader slot
     targets: dict[int, int]  # slot of each jump / local call -> target slot
     callbacks: dict[int, int]  # slot of each lddw of a function address (src=4) -> the function's entry
+    # Facts derived from the fields above, found on first use: a ControlFlow never changes once
+    # analyze made it (its dicts are filled before and only read after), and each fact costs a
+    # pass over the program.
+    _back_edges: bool | None = field(default=None, init=False, repr=False, compare=False)
+    _max_insns: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def function_of(self, pc: int) -> Function:
         for fn in reversed(self.functions):
@@ -60,14 +65,22 @@ class ControlFlow:
     @property
     def has_back_edges(self) -> bool:
         """Whether some jump goes backwards (or to itself): only then can a function loop."""
-        infos = self.program.infos
-        return any(target <= pc and (info := infos[pc]) is not None and info.kind is not _CALL_LOCAL
-                   for pc, target in self.targets.items())
+        found = self._back_edges
+        if found is None:
+            infos = self.program.infos
+            found = any(target <= pc and (info := infos[pc]) is not None and info.kind is not _CALL_LOCAL
+                        for pc, target in self.targets.items())
+            object.__setattr__(self, "_back_edges", found)
+        return found
 
     @property
     def max_insns(self) -> int:
         """Instructions one run executes at most when nothing loops or calls: each once."""
-        return sum(b.cost for b in self.blocks)
+        found = self._max_insns
+        if found is None:
+            found = sum(b.cost for b in self.blocks)
+            object.__setattr__(self, "_max_insns", found)
+        return found
 
 
 def register_writes(insn: Instruction, info: OpInfo) -> int:

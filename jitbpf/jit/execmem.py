@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import mmap
 import weakref
 from typing import Any
 
@@ -13,7 +15,7 @@ PROT_WRITE = 0x2  # pages may be written
 PROT_EXEC = 0x4  # pages may be executed
 MAP_PRIVATE = 0x02  # copy-on-write mapping, not shared with other processes
 MAP_ANONYMOUS = 0x20  # not backed by a file
-_SC_PAGESIZE = 30  # sysconf name of the page size on Linux
+_PAGE = mmap.PAGESIZE  # the host's page size, which never changes while the process runs
 _MAP_FAILED = 2**64 - 1  # (void *) -1
 
 
@@ -21,16 +23,25 @@ def _errno() -> int:
     return int(libc.__errno_location()[0])
 
 
-def _fault_library() -> Any | None:
-    """The native library when its sandbox and fault handler are in place, else None."""
+@functools.cache
+def _sandbox_library() -> Any | None:
+    """The native library when its sandbox and fault handler are in place, else None (found
+    once: whether the sandbox is there is decided when the library first loads)."""
     from jitbpf.sandbox import contained
 
     if not contained():
         return None
     from jitbpf._native import native
 
-    nat = native()
-    nat.lib.jb_fault_install()  # again: a handler installed since (faulthandler, say) displaced ours
+    return native()
+
+
+def _fault_library() -> Any | None:
+    """``_sandbox_library()`` with its fault handler installed again: a handler installed since
+    (faulthandler, say) may have displaced ours (a check alone while ours is in place)."""
+    nat = _sandbox_library()
+    if nat is not None:
+        nat.lib.jb_fault_install()
     return nat
 
 
@@ -48,8 +59,7 @@ class ExecutableMemory:
 
     def __init__(self, code: bytes | bytearray, fault_landing: int | None = None,
                  blocks: tuple[int, int] | None = None) -> None:
-        page = int(libc.sysconf(_SC_PAGESIZE)) or 4096
-        size = max(page, (len(code) + page - 1) // page * page)
+        size = max(_PAGE, (len(code) + _PAGE - 1) // _PAGE * _PAGE)
         ptr = libc.mmap(ffi.NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         address = int(ffi.cast("uintptr_t", ptr))
         if address == _MAP_FAILED or address == 0:

@@ -249,14 +249,13 @@ class Target(abc.ABC):
         slots, infos = program.slots, program.infos
         hot, fixups, pc_off = self.hot, self.fixups, self.pc_off
         classes, stencils, emitters = self._classes, self._stencils, self._emitters
-        block_entry, learn = self.emit_block_entry, self._learn
+        block_entry, learn, pc_base = self.emit_block_entry, self._learn, _PC_BASE
         offsets: list[int] | dict[int, int] = pc_off if record else {}  # a copy that is not recorded
         for block in blocks:
             first = block.start
             if record and pc_off[first] < 0:
                 pc_off[first] = len(hot)
-            plan = loops.get(first)
-            if plan is not None:
+            if loops and (plan := loops.get(first)) is not None:
                 self.emit_loop(plan)
                 continue
             placed = pc_off[first]
@@ -283,7 +282,7 @@ class Target(abc.ABC):
                     if st.off_at >= 0:
                         st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
                     if st.branch >= 0:
-                        fixups.append((start + st.branch, _PC_BASE | targets[pc]))
+                        fixups.append((start + st.branch, pc_base | targets[pc]))
             pc_off[first] = placed  # the first instruction's entry above is the block's
 
     def _learn(self, key: StencilKey, pc: int, insn: Instruction, info: OpInfo) -> None:

@@ -101,14 +101,15 @@ _ALU_KIND = Kind.ALU
 _ACCESS_KINDS = frozenset({Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})  # accesses _address confines
 _LOAD_KINDS = frozenset({Kind.LDX, Kind.LDXSX})
 _CALL_KINDS = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.CALL_KFUNC})
-_CALL_LOCAL = Kind.CALL_LOCAL
+_CALL_LOCAL, _ST, _STX = Kind.CALL_LOCAL, Kind.ST, Kind.STX
 _LSH, _RSH, _ARSH = int(AluOp.LSH), int(AluOp.RSH), int(AluOp.ARSH)
 # Roles in a shift pair that extends the lower half of a register (see _extension_pair).
 _ZEXT, _SEXT, _SECOND, _MOVED = "zext", "sext", "second", "moved"
 _CLASSIFIERS = (  # the stencil classifier method of each kind with stencils
-    (Kind.ALU, "_alu_class"), (Kind.LDX, "_load_class"), (Kind.LDXSX, "_load_class"), (Kind.STX, "_stx_class"),
-    (Kind.ST, "_st_class"), (Kind.JCOND, "_jcond_class"), (Kind.JA, "_ja_class"), (Kind.NEG, "_exact_class"),
-    (Kind.MOVSX, "_exact_class"), (Kind.END, "_exact_class"), (Kind.BSWAP, "_exact_class"),
+    (Kind.ALU, "_alu_class"), (Kind.LDX, "_access_class"), (Kind.LDXSX, "_access_class"),
+    (Kind.STX, "_access_class"), (Kind.ST, "_access_class"), (Kind.JCOND, "_jcond_class"), (Kind.JA, "_ja_class"),
+    (Kind.NEG, "_exact_class"), (Kind.MOVSX, "_exact_class"), (Kind.END, "_exact_class"),
+    (Kind.BSWAP, "_exact_class"),
 )
 
 
@@ -142,36 +143,36 @@ class X86_64(Target):
         self._templates = asm.template
         self._cached = asm.cached  # the cache's lookup alone (None until a shape is first encoded)
         self._block_start = 0  # start of the block being emitted (budget and depth errors name it)
-        program = flow.program
-        infos = program.infos
-        self._called = {target for pc, target in flow.targets.items()
-                        if (info := infos[pc]) is not None and info.kind is _CALL_LOCAL}
-        self._called.update(flow.callbacks.values())
-        self._has_may_goto = any(info is not None and info.kind is Kind.MAY_GOTO for info in infos)
-        self._fn_entry = [0] * len(program)  # function entry of each slot
-        # While r10 is never written, [r10+off] with the whole access in [-512, 0) lies in the
-        # current frame of the stack area: no bounds check needed, verified or not.
-        self._fp_fixed = not writes_fp(program)
+        # The main function also runs as a local call or a callback: its exit may return to a caller.
+        targets = flow.targets
+        self._main_called = 0 in flow.callbacks.values() or (0 in targets.values() and any(
+            target == 0 and (info := flow.program.infos[pc]) is not None and info.kind is _CALL_LOCAL
+            for pc, target in targets.items()))
+        self._main_end = flow.functions[0].end  # slots past it are in local functions
+        self._has_may_goto = False  # set by emit_may_goto (every may_goto is emitted, none stamped)
+        self._proven = options.proven
         self._limits_used: set[tuple[bool, int]] = set()  # (load?, size) of the inline mem checks
         self._live_after_calls: dict[int, int] | None = None  # per helper call, registers read later
         self._needs_end = False  # a versioned loop checks its range against mem_end / mem_wend
         self._needs_packet = False  # a legacy packet load reads the frame's packet fields
         self._fn_writes: dict[int, int] | None = None  # per function entry, registers it writes itself
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
-        for fn in flow.functions:
-            self._fn_entry[fn.entry:fn.end] = [fn.entry] * (fn.end - fn.entry)
-        self._confined = self._confined_bases()
+        # While r10 is never written, [r10+off] with the whole access in [-512, 0) lies in the
+        # current frame of the stack area: no bounds check needed, verified or not.
+        self._fp_fixed, self._confined = self._scan()
 
-    def _confined_bases(self) -> frozenset[int]:
-        """Proven accesses whose base register needs no confining `or` (see _address): an
-        access before it in its block confined the same register and nothing wrote it since
-        (no call either). The `or` only changes a register once."""
-        proven = self.options.proven
+    def _scan(self) -> tuple[bool, frozenset[int]]:
+        """One pass over the program: whether r10 is never written, and the proven accesses whose
+        base register needs no confining `or` (see _address): an access before it in its block
+        confined the same register and nothing wrote it since (no call either). The `or` only
+        changes a register once. Without proofs to confine, the first is all there is to find."""
+        program, proven = self.flow.program, self._proven
         if not proven or not self.options.contained:
-            return frozenset()
-        program, block_at = self.flow.program, self.flow.block_at
+            return not writes_fp(program), frozenset()
+        block_at = self.flow.block_at
         out: set[int] = set()
         confined = 0  # mask of the registers confined in this block so far
+        written = 0  # mask of the registers some instruction writes (writes_fp's fact, on the way)
         for pc, (insn, info) in enumerate(zip(program.slots, program.infos, strict=True)):
             if insn is None or info is None:
                 continue
@@ -186,8 +187,10 @@ class X86_64(Target):
                     confined |= 1 << base
             elif kind in _CALL_KINDS:
                 confined = 0
-            confined &= ~register_writes(insn, info)
-        return frozenset(out)
+            writes = register_writes(insn, info)
+            written |= writes
+            confined &= ~writes
+        return not written >> FP & 1, frozenset(out)
 
     # -- stencil classes --------------------------------------------------------------------------
 
@@ -207,9 +210,11 @@ class X86_64(Target):
         imm = insn.imm
         cls: Probe | int = imm
         if info.reg_src:
-            extension = self._extension_move(pc, insn, info)
-            if extension is not None:
-                return insn.opcode, info.variant, insn.dst, insn.src, extension, imm, insn.off
+            # Only a 64-bit mov can start an extension: the others need not look at their neighbours.
+            if info.op == _MOV and info.width == 64:
+                extension = self._extension_move(pc, insn, info)
+                if extension is not None:
+                    return insn.opcode, info.variant, insn.dst, insn.src, extension, imm, insn.off
         else:
             aop = info.op
             if aop in _IMM_FORM_OPS:
@@ -224,12 +229,22 @@ class X86_64(Target):
                     return insn.opcode, info.variant, insn.dst, insn.src, pair, imm, insn.off
         return insn.opcode, info.variant, insn.dst, insn.src, cls, insn.off
 
-    def _access_class(self, pc: int, insn: Instruction, info: OpInfo, base: int, imm: Probe | int) -> StencilKey:
+    def _access_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey | None:
         """Loads and stores: the disp0/disp8/disp32 form, whether the access is in the fixed
         frame (each probe stands for one of those), and whether it is proven (its base perhaps
-        confined already) or covered by a versioned loop's check."""
+        confined already) or covered by a versioned loop's check. Probe loads have none."""
+        kind = info.kind
+        imm: Probe | int
+        if kind is _ST:
+            base, imm = insn.dst, _STORE_PROBE[info.size]
+        elif kind is _STX:
+            base, imm = insn.dst, insn.imm
+        elif pc in self.options.probe_loads:
+            return None  # a probe load's code (a failure gives 0) is emitted each time
+        else:
+            base, imm = insn.src, insn.imm
         off = insn.off
-        access = 2 if pc in self.unchecked else 3 if pc in self._confined else pc in self.options.proven
+        access = 2 if pc in self.unchecked else 3 if pc in self._confined else pc in self._proven
         if off == 0:
             return insn.opcode, info.variant, insn.dst, insn.src, access, imm, 0
         direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -info.size
@@ -237,25 +252,15 @@ class X86_64(Target):
             return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _NEG8 if direct else _I8
         return insn.opcode, info.variant, insn.dst, insn.src, access, imm, _ND32 if direct else _D32
 
-    def _load_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey | None:
-        if pc in self.options.probe_loads:
-            return None  # a probe load's code (a failure gives 0) is emitted each time
-        return self._access_class(pc, insn, info, insn.src, insn.imm)
-
-    def _stx_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
-        return self._access_class(pc, insn, info, insn.dst, insn.imm)
-
-    def _st_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
-        return self._access_class(pc, insn, info, insn.dst, _STORE_PROBE[info.size])
-
     def _jcond_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
-        if self._flags_hold(pc, insn, info):
-            # No compare: the ALU op before set the flags.
-            return insn.opcode, info.variant, insn.dst, insn.src, "flags", insn.imm, _ABSENT
+        imm = insn.imm
         if info.reg_src:
-            return insn.opcode, info.variant, insn.dst, insn.src, insn.imm, _ABSENT
-        imm = _I32 if info.op == _JSET or not -128 <= insn.imm < 128 else _I8
-        return insn.opcode, info.variant, insn.dst, insn.src, imm, _ABSENT
+            return insn.opcode, info.variant, insn.dst, insn.src, imm, _ABSENT
+        if not imm and self._flags_hold(pc, insn, info):  # (only a test against 0 can use the flags)
+            # No compare: the ALU op before set the flags.
+            return insn.opcode, info.variant, insn.dst, insn.src, "flags", imm, _ABSENT
+        cls = _I32 if info.op == _JSET or not -128 <= imm < 128 else _I8
+        return insn.opcode, info.variant, insn.dst, insn.src, cls, _ABSENT
 
     def _ja_class(self, pc: int, insn: Instruction, info: OpInfo) -> StencilKey:
         return insn.opcode, info.variant, insn.dst, insn.src, self.flow.targets[pc] == pc + 1, _ABSENT, _ABSENT
@@ -1237,6 +1242,7 @@ class X86_64(Target):
         return to_after
 
     def emit_may_goto(self, pc: int, insn: Instruction, info: OpInfo) -> None:
+        self._has_may_goto = True  # the prologue sets the run's allowance
         token, vals = mem("q", FRAME, self.lay.frame_may_goto)
         self.op(("cmp", token, "i8"), *vals, 0)
         self.branch("je", self.retarget.get(pc) or location(Section.PC, self.flow.targets[pc]))
@@ -1257,9 +1263,9 @@ class X86_64(Target):
         return self._fn_writes.get(entry, -1)
 
     def emit_exit(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        if self._fn_entry[pc] != 0:
+        if pc >= self._main_end:
             self.op(("ret",))
-        elif 0 in self._called:
+        elif self._main_called:
             # The main function is also called locally: only the outermost frame leaves the run.
             self.op(("cmp", "rsp", FRAME))
             self.branch_named("je", "exit")
