@@ -6,6 +6,7 @@ import array
 import ctypes
 import enum
 import errno
+import functools
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -399,9 +400,10 @@ class ProgramType:
     # others hold the context's socket (vm.std.socket).
     null_sockets: frozenset[int] = frozenset()
 
-    @property
+    @functools.cached_property
     def socket_fields(self) -> tuple[tuple[int, bool], ...]:
-        """The context's socket pointer fields: each one's offset and whether it may be NULL."""
+        """The context's socket pointer fields: each one's offset and whether it may be NULL
+        (read on every run: found once)."""
         return tuple((off, kind.endswith("_or_null")) for off, kind in self.pointer_fields.items()
                      if kind.startswith("sock"))
 
