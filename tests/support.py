@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jitbpf.asm import assemble
-from jitbpf.errors import MapError
+from jitbpf.errors import MapError, VerifierError
 from jitbpf.linux.elf import BtfKind, load_elf
 from jitbpf.linux.maps import BpfMap
 from jitbpf.vm import VM
@@ -35,6 +35,15 @@ def load(text: str, *maps: BpfMap, **options: object) -> VM:
 
 def run(vm: VM, engine: str, mem: bytes | bytearray | None = None) -> int:
     return vm.execute(mem) if engine == "interp" else vm.execute_jit(mem)
+
+
+def check_verdict(vm: VM, accepted: bool, match: str | None = None) -> None:
+    """``vm.check()`` passes when ``accepted``, else raises a VerifierError (matching ``match``)."""
+    if accepted:
+        vm.check()
+        return
+    with pytest.raises(VerifierError, match=match):
+        vm.check()
 
 
 def errno_of(fn: Callable[..., object], *args: object) -> int:

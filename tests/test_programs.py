@@ -35,6 +35,7 @@ from jitbpf.linux.programs import (
 from jitbpf.sandbox import LOW_LIMIT, Pages
 from jitbpf.vm import VM
 from tests import kernel_oracle
+from tests.support import check_verdict
 from tests.test_elf import ENGINES, Compiler, example_compiler
 
 
@@ -417,11 +418,7 @@ def test_threads_have_their_own_packet_memory(example: Compiler) -> None:
 def test_an_attach_type_narrows_what_programs_return(prog_type: str, section: str | None, r0: int,
                                                       accepted: bool) -> None:
     vm = VM(assemble(f"mov r0, {r0}\nexit"), prog_type=prog_type, attach=section)
-    if accepted:
-        vm.check()
-    else:
-        with pytest.raises(VerifierError, match="not within"):
-            vm.check()
+    check_verdict(vm, accepted, "not within")
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -452,11 +449,7 @@ def test_sk_lookup(example: Compiler, engine: str) -> None:
 def test_an_attach_type_narrows_the_socket_cgroup_sock_programs_see(section: str | None, insn: str,
                                                                      accepted: bool) -> None:
     vm = VM(assemble(f"mov r2, 1\n{insn}\nmov r0, 1\nexit"), prog_type="cgroup_sock", attach=section)
-    if accepted:
-        vm.check()
-    else:
-        with pytest.raises(VerifierError, match="invalid bpf_context access"):
-            vm.check()
+    check_verdict(vm, accepted, "invalid bpf_context access")
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -28,7 +28,7 @@ from jitbpf.linux.sockets import (
 from jitbpf.verifier._sock import BPF_SOCK_SIZE, BPF_TCP_SOCK_SIZE, sock_load_ok, tcp_sock_load_ok
 from jitbpf.vm import VM
 from tests import kernel_oracle
-from tests.support import ENGINES, load, s64
+from tests.support import ENGINES, check_verdict, load, s64
 
 KERNEL = pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
 PROG_TYPES = {"socket_filter": 1, "sched_cls": 3, "xdp": 6, "cgroup_skb": 8, "lwt_in": 10, "sock_ops": 13,
@@ -83,11 +83,7 @@ def _rule(kind: str, off: int, size: int) -> bool:
 def test_field_rules(kind: str, off: int, size: int, ok: bool) -> None:
     assert _rule(kind, off, size) is ok
     vm = load(_load_through(kind, off, size), prog_type="sched_cls")
-    if ok:
-        vm.check()
-    else:
-        with pytest.raises(VerifierError, match=f"invalid {kind} access off={off} size={size}"):
-            vm.check()
+    check_verdict(vm, ok, f"invalid {kind} access off={off} size={size}")
 
 
 @KERNEL
@@ -442,11 +438,7 @@ def test_sk_lookup_verdicts_are_the_kernels() -> None:
         assert verdict.accepted is accepted, verdict.log
         vm = load(text, SockMap(max_entries=4, name="REDIR"), prog_type="sk_lookup") if "REDIR" in text \
             else load(text, prog_type="sk_lookup")
-        if accepted:
-            vm.check()
-        else:
-            with pytest.raises(VerifierError):
-                vm.check()
+        check_verdict(vm, accepted)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
