@@ -25,6 +25,8 @@ FLOOR_NS = 3.0  # batch of records: per-run cost of an empty program
 BATCH_OVERHEAD_NS = 10.0  # batch of records: per-input time beyond C's loop over the same records
 IMPORT_NS = 100e6  # "import jitbpf", beyond a bare interpreter's start-up
 PLUGIN_NS = 150e6  # one whole "jitbpf conformance-plugin" process, per engine
+MICRO_KERNEL_RATIO = 0.85  # microbenchmarks: JIT time / the kernel JIT's (geomean)
+MICRO_PEER_RATIO = 3.0  # microbenchmarks: no program slower than this against its best peer
 VERIFIER_RATIO = 5.0  # verification: jitbpf's time / the kernel's, same program, same run
 VERIFIER_LIMIT_S = 10.0  # verification of a program processed up to the kernel's complexity limit
 
@@ -106,7 +108,31 @@ def targets(results: dict[str, Any]) -> list[Target]:
         out.append(_target("fresh_compile_small", "first compile of a small program, fresh process",
                            f"<= {FRESH_NS / 1e6:g} ms", fresh_small.get("ns"), lambda v: v <= FRESH_NS))
     out.extend(_verifier_targets(results.get("verifier") or {}))
+    out.extend(_micro_targets(results.get("micro") or {}))
     return out
+
+
+def _micro_ratios(fig: dict[str, Any]) -> tuple[float | None, float]:
+    """A microbenchmark's JIT time over the kernel JIT's (runs in a batch against the kernel's
+    repeat loop; None without the kernel), and over C's (one call from Python each)."""
+    kernel = fig.get("kernel_ns")
+    return (fig["jit_batch_ns"] / kernel if kernel else None), fig["jit_ns"] / fig["c_ns"]
+
+
+def _micro_targets(micro: dict[str, Any]) -> list[Target]:
+    programs = micro.get("programs") or {}
+    if not programs:
+        return []
+    ratios = [_micro_ratios(fig) for fig in programs.values()]
+    to_kernel = [k for k, _c in ratios if k is not None]
+    geomean = statistics.geometric_mean(to_kernel) if len(to_kernel) == len(ratios) else None
+    worst = max(max(c, k or 0.0) for k, c in ratios)  # slower than one peer: slower than the best
+    return [
+        _target("micro_kernel", "microbenchmarks: JIT/kernel JIT (geomean)", f"<= {MICRO_KERNEL_RATIO:g}x", geomean,
+                lambda v: v <= MICRO_KERNEL_RATIO),
+        _target("micro_peer", "microbenchmarks: slowest against the best peer", f"<= {MICRO_PEER_RATIO:g}x", worst,
+                lambda v: v <= MICRO_PEER_RATIO),
+    ]
 
 
 def _verifier_targets(verifier: dict[str, Any]) -> list[Target]:
@@ -229,7 +255,7 @@ def _rows(results: dict[str, Any], goals: list[Target]) -> list[Row]:
     micro = results.get("micro")
     if micro is not None:
         rows.append(None)
-        rows.extend(_micro_rows(micro))
+        rows.extend(_micro_rows(micro, verdict))
     verifier = results.get("verifier")
     if verifier is not None:
         rows.append(None)
@@ -256,7 +282,7 @@ def _verifier_rows(verifier: dict[str, Any], verdict: Callable[[str], str]) -> l
     return rows
 
 
-def _micro_rows(micro: dict[str, Any]) -> list[Row]:
+def _micro_rows(micro: dict[str, Any], verdict: Callable[[str], str]) -> list[Row]:
     """clang's bytecode of the same C in each engine; the kernel's JIT where it can test-run."""
     if "error" in micro:
         return [f"microbenchmarks: n/a ({micro['error']})"]
@@ -265,19 +291,19 @@ def _micro_rows(micro: dict[str, Any]) -> list[Row]:
     for name, fig in micro["programs"].items():
         title = f"micro {name} ({fig['insns']} insns{'' if fig.get('verified') else ', unverified'})"
         title += "" if fig.get("agree") else " [RESULTS DIFFER]"
-        kernel = fig.get("kernel_ns")
-        note = ""
-        if kernel:
-            to_kernel.append(fig["jit_ns"] / kernel)
-            note = f"kernel JIT {fmt_ns(kernel)}: JIT/kernel {_ratio(to_kernel[-1])}"
-        to_c.append(fig["jit_ns"] / fig["c_ns"])
+        kernel_ratio, c_ratio = _micro_ratios(fig)
+        note = f"in a batch {fmt_ns(fig['jit_batch_ns'])}"
+        if kernel_ratio is not None:
+            to_kernel.append(kernel_ratio)
+            note += f"; kernel JIT (repeat) {fmt_ns(fig['kernel_ns'])}: {_ratio(kernel_ratio)}"
+        to_c.append(c_ratio)
         rows.append((title, "run", "", fmt_ns(fig["jit_ns"]), fmt_ns(fig["c_ns"]), _ratio(to_c[-1]), note))
     summary = f"microbenchmarks, geomean: JIT/C {_ratio(statistics.geometric_mean(to_c))}"
     if to_kernel:
-        summary += f", JIT/kernel JIT {_ratio(statistics.geometric_mean(to_kernel))}"
+        summary += f", JIT/kernel JIT {_ratio(statistics.geometric_mean(to_kernel))} ({verdict('micro_kernel')})"
     else:
         summary += f"; kernel JIT {micro.get('kernel', 'n/a')}"
-    rows.append(summary)
+    rows.append(summary + f"; slowest against its best peer: {verdict('micro_peer')}")
     return rows
 
 

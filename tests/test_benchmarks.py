@@ -121,7 +121,8 @@ def test_microbenchmarks_agree_in_every_engine(quick_run: dict[str, Any]) -> Non
     for name, fig in micro["programs"].items():
         assert fig["agree"] is True, (name, fig["results"])
         assert {"jit", "interpreter", "c"} <= set(fig["results"])
-        assert fig["jit_ns"] > 0 and fig["c_ns"] > 0
+        assert fig["jit_ns"] > 0 and fig["c_ns"] > 0 and fig["jit_batch_ns"] > 0
+        assert fig["batch_agrees"] is True, name
         assert ("kernel_ns" in fig) == ("kernel" in fig["results"])
 
 
