@@ -7,6 +7,7 @@ import ipaddress
 import os
 import struct
 import threading
+from pathlib import Path
 
 import dpkt
 import pytest
@@ -35,7 +36,8 @@ from jitbpf.linux.programs import (
 from jitbpf.sandbox import LOW_LIMIT, Pages
 from jitbpf.vm import VM
 from tests import kernel_oracle
-from tests.support import check_verdict
+from tests.kernel import Kernel
+from tests.support import c_builder, check_verdict
 from tests.test_elf import ENGINES, Compiler, example_compiler
 
 
@@ -182,6 +184,30 @@ def test_xdp_adjust_head_and_tail(example: Compiler, engine: str) -> None:
     assert action is XdpAction.PASS and cut == frame[:64]
     action, same = obj.programs["xdp_truncate"].vm().run_xdp(frame[:50], engine=engine)
     assert action is XdpAction.PASS and same == frame[:50]
+
+
+LD_ABS_HOLDING_A_RECORD = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+unsigned long long load_byte(void *skb, unsigned long long off) asm("llvm.bpf.load.byte");
+struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 4096); } rb SEC(".maps");
+SEC("socket") int prog(struct __sk_buff *skb) {
+    unsigned char *e = bpf_ringbuf_reserve(&rb, 8, 0);
+    if (!e)
+        return 0;
+    e[0] = load_byte(skb, 9);  /* may end the program with the record still reserved */
+    bpf_ringbuf_submit(e, 0);
+    return 1;
+}
+"""
+
+
+def test_ld_abs_while_holding_a_reference_is_refused(tmp_path: Path, kernel: Kernel | None) -> None:
+    path = c_builder(tmp_path, "")(LD_ABS_HOLDING_A_RECORD)
+    with pytest.raises(VerifierError, match="would lead to reference leak"):
+        load_elf(path).programs["prog"].vm().check()
+    if kernel is not None:
+        assert isinstance(kernel.load(path, "prog", None), str)  # the kernel refuses it too
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -1,8 +1,10 @@
 """The tc helpers that move an skb's headers or its end (skb_adjust_room, skb_change_proto,
-skb_change_head, skb_change_tail), set its tunnel key (skb_set/get_tunnel_key, the test-run skb
-having no tunnel of its own) and bpf_redirect_neigh that encapsulating programs end with:
-both engines, checked against the kernel's BPF_PROG_TEST_RUN where it is available (root and the
-BPF syscall), else against each other."""
+skb_change_head, skb_change_tail, skb_vlan_push and skb_vlan_pop, whose first tag is the skb's
+accelerated one, in the context, and the next ones move into and out of the packet), set its
+tunnel key (skb_set/get_tunnel_key, the test-run skb having no tunnel of its own) and
+bpf_redirect_neigh that encapsulating programs end with: both engines, checked against the
+kernel's BPF_PROG_TEST_RUN where it is available (root and the BPF syscall), else against each
+other."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from tests.support import c_builder, packet_run_everywhere
 
 Build = Callable[[str], Path]
 # The program returns the helper's error, or else what the skb looks like afterwards (its length,
-# its protocol, and a byte read through the reloaded packet pointers, which the verifier demands).
+# its protocol, its accelerated VLAN tag, and a byte read through the reloaded packet pointers,
+# which the verifier demands).
 HEADER = """
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -27,6 +30,7 @@ TEMPLATE = """
 #define DECAP_L3_IPV4 (1ULL << 7) /* BPF_F_ADJ_ROOM_DECAP_L3_*: newer than some installed headers */
 #define DECAP_L3_IPV6 (1ULL << 8)
 #define AND_THEN(a, b) ({ long _r = (a); _r ? _r : (b); })
+#define PUSH(proto, tci) bpf_skb_vlan_push(skb, __builtin_bswap16(proto), tci)
 /* Sets a tunnel key, reads it back and returns the first error or a sum of what it read. */
 #define TUNNEL(set_flags, size, get_flags, get_size, ...) ({ \
     struct bpf_tunnel_key k = {__VA_ARGS__}, o = {}; \
@@ -40,7 +44,8 @@ SEC("tc") int prog(struct __sk_buff *skb) {
         return r;
     unsigned char *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
     unsigned int first = data + 1 <= end ? data[0] : 0x1ff;
-    return (skb->len << 20) ^ (skb->protocol << 4) ^ first;
+    return ((skb->len << 20) ^ (skb->protocol << 4) ^ first) + skb->vlan_present * 100000 + skb->vlan_tci * 13
+           + skb->vlan_proto * 17;
 }
 """
 ETH = bytes.fromhex("020000000002020000000001")
@@ -48,7 +53,12 @@ UDP4 = ETH + bytes.fromhex("0800" "45000024123440004011" "14a30a0000010a000002" 
 UDP6 = ETH + bytes.fromhex("86dd" "6000000000141140" + "20010db8" + "00" * 11 + "01" + "20010db8" + "00" * 11 + "02"
                            + "303900350014abcd") + b"hello, world"
 ARP = ETH + bytes.fromhex("0806" "0001080006040001") + bytes(20)
+VLAN = ETH + bytes.fromhex("81000064") + UDP4[12:]
+QINQ = ETH + bytes.fromhex("88a80005" "81000064") + UDP4[12:]
+VLAN_LENGTH = ETH + bytes.fromhex("81000064" "0020" "ffff") + bytes(30)  # an 802.3 frame in a tag
+SHORT_TAG = ETH + bytes.fromhex("810000")  # the tag cut off
 FRAMES = {"udp4": UDP4, "udp6": UDP6, "arp": ARP}
+VLAN_FRAMES = {**FRAMES, "vlan": VLAN, "qinq": QINQ, "vlan-8023": VLAN_LENGTH, "short-tag": SHORT_TAG}
 ENCAP4 = "BPF_F_ADJ_ROOM_ENCAP_L3_IPV4"
 CALLS = [
     "bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, 0)",
@@ -98,6 +108,17 @@ CALLS = [
     "bpf_skb_change_tail(skb, 200, 1)",  # -EINVAL: flags
     "bpf_skb_change_tail(skb, 20000, 0)",  # -EINVAL: past the largest skb
     f"AND_THEN(bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, {ENCAP4}), bpf_skb_change_tail(skb, 200, 0))",
+    "PUSH(0x8100, 100)",
+    "PUSH(0x88a8, 5)",
+    "PUSH(0x1234, 0xffff)",  # another type is taken as 802.1Q
+    "AND_THEN(PUSH(0x8100, 100), PUSH(0x88a8, 200))",  # the first tag moves into the packet
+    "AND_THEN(PUSH(0x8100, 1), AND_THEN(PUSH(0x8100, 2), PUSH(0x88a8, 3)))",
+    "bpf_skb_vlan_pop(skb)",
+    "AND_THEN(PUSH(0x8100, 100), bpf_skb_vlan_pop(skb))",
+    "AND_THEN(PUSH(0x8100, 100), AND_THEN(PUSH(0x88a8, 200), bpf_skb_vlan_pop(skb)))",
+    "AND_THEN(bpf_skb_vlan_pop(skb), bpf_skb_vlan_pop(skb))",
+    # A tag in the packet makes the MAC header longer: adjust_room inserts after it.
+    "AND_THEN(AND_THEN(PUSH(0x8100, 7), PUSH(0x8100, 8)), bpf_skb_adjust_room(skb, 8, BPF_ADJ_ROOM_NET, 0))",
     "({ struct bpf_tunnel_key k; bpf_skb_get_tunnel_key(skb, &k, sizeof(k), 0); })",  # -EINVAL: no tunnel
     "({ struct bpf_tunnel_key k = {.tunnel_id = 5}; bpf_skb_set_tunnel_key(skb, &k, sizeof(k), 0); })",
     "TUNNEL(0, sizeof(k), 0, sizeof(o), .tunnel_id = 5, .remote_ipv4 = 0x0a000001, .tunnel_ttl = 64, .tunnel_tos = 4)",
@@ -133,10 +154,18 @@ def build(compile_c: Build) -> Build:
     return lambda call: compile_c(TEMPLATE % call)
 
 
-@pytest.mark.parametrize("frame", list(FRAMES.values()), ids=list(FRAMES))
+@pytest.mark.parametrize("frame", list(VLAN_FRAMES.values()), ids=list(VLAN_FRAMES))
 @pytest.mark.parametrize("call", CALLS)
 def test_matches_the_kernel(build: Build, kernel: Kernel | None, call: str, frame: bytes) -> None:
     packet_run_everywhere(build(call), frame, kernel)
+
+
+def test_vlan_tags_move_between_the_context_and_the_packet(build: Build) -> None:
+    _, after = packet_run_everywhere(build("AND_THEN(PUSH(0x8100, 100), PUSH(0x88a8, 200))"), UDP4, None)
+    assert after == UDP4[:12] + bytes.fromhex("81000064") + UDP4[12:]
+    popped, after = packet_run_everywhere(build("bpf_skb_vlan_pop(skb)"), QINQ, None)
+    assert after == UDP4  # both tags out of the packet: the inner one is the accelerated tag now
+    assert popped == packet_run_everywhere(build("PUSH(0x8100, 100)"), UDP4, None)[0]
 
 
 def test_growth_past_the_headroom_fails_cleanly(build: Build) -> None:

@@ -811,6 +811,107 @@ uint64_t jb_helper_skb_change_head(uint64_t ctx, uint64_t head_room, uint64_t fl
     return RET(ret);
 }
 
+/* -- the skb's VLAN tag (tc). The first tag pushed is the skb's accelerated tag, kept in the
+ * context's vlan_present, vlan_tci and vlan_proto (which __sk_buff holds right after protocol);
+ * pushing another moves the accelerated one into the packet after the MAC addresses, and popping
+ * moves the packet's next tag back out, as the kernel's skb_vlan_push/skb_vlan_pop do. ------- */
+
+#define ETH_P_8021Q_BE 0x0081U  /* htons(ETH_P_8021Q) */
+#define ETH_P_8021AD_BE 0xA888U /* htons(ETH_P_8021AD) */
+#define ETH_P_802_3_BE 0x0100U  /* what a tag encapsulating a length (not a type) leaves */
+#define ETH_P_802_2_BE 0x0400U
+#define VLAN_HLEN 4
+#define ETH_ALEN2 12            /* the two MAC addresses before the type or the tag */
+#define VLAN_AFTER_PROTOCOL 4   /* offset of __sk_buff.vlan_present from __sk_buff.protocol */
+
+struct vlan_tag {
+    uint32_t present, tci, proto;
+};
+
+static struct vlan_tag vlan_get(const struct jb_pkt *run)
+{
+    struct vlan_tag t;
+    memcpy(&t, (char *)PTR(run->ctx) + run->off_protocol + VLAN_AFTER_PROTOCOL, sizeof(t));
+    return t;
+}
+
+static void vlan_put(const struct jb_pkt *run, struct vlan_tag t)
+{
+    memcpy((char *)PTR(run->ctx) + run->off_protocol + VLAN_AFTER_PROTOCOL, &t, sizeof(t));
+}
+
+static int is_vlan(uint32_t protocol)
+{
+    return protocol == ETH_P_8021Q_BE || protocol == ETH_P_8021AD_BE;
+}
+
+/* The packet's first tag out (the kernel's __skb_vlan_pop): its TCI into *tci. */
+static int64_t vlan_untag(struct jb_pkt *run, uint32_t *tci)
+{
+    if (run->data_end - run->data < ETH_HLEN + VLAN_HLEN)
+        return -ENOMEM;
+    const uint8_t *tag = PTR(run->data + ETH_ALEN2);
+    *tci = (uint32_t)tag[2] << 8 | tag[3];
+    uint32_t inner = (uint32_t)tag[4] | (uint32_t)tag[5] << 8;
+    if (((uint32_t)tag[4] << 8 | tag[5]) < 0x600) /* a length: 802.3 raw when the payload starts 0xffff */
+        inner = run->data_end - run->data >= ETH_HLEN + VLAN_HLEN + 2 && tag[6] == 0xff && tag[7] == 0xff
+                    ? ETH_P_802_3_BE : ETH_P_802_2_BE;
+    hdr_pop(run, ETH_ALEN2, VLAN_HLEN);
+    run->protocol = inner;
+    run->net_off = run->net_off >= ETH_HLEN + VLAN_HLEN ? run->net_off - VLAN_HLEN : ETH_HLEN;
+    return 0;
+}
+
+uint64_t jb_helper_skb_vlan_push(uint64_t ctx, uint64_t proto, uint64_t tci, uint64_t r4 UNUSED,
+                                 uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL || run->off_protocol < 0)
+        return RET(-EINVAL);
+    uint32_t to = (uint16_t)proto;
+    if (!is_vlan(to))
+        to = ETH_P_8021Q_BE;
+    struct vlan_tag cur = vlan_get(run);
+    if (cur.present) {
+        int64_t ret = hdr_push(run, ETH_ALEN2, VLAN_HLEN);
+        if (ret < 0) {
+            jb_pkt_sync(run);
+            return RET(ret);
+        }
+        uint8_t *tag = PTR(run->data + ETH_ALEN2);
+        uint8_t bytes[6] = {(uint8_t)cur.proto, (uint8_t)(cur.proto >> 8), (uint8_t)(cur.tci >> 8), (uint8_t)cur.tci,
+                            (uint8_t)run->protocol, (uint8_t)(run->protocol >> 8)};
+        memcpy(tag, bytes, sizeof(bytes));
+        run->protocol = cur.proto;
+        run->net_off += VLAN_HLEN;
+    }
+    vlan_put(run, (struct vlan_tag){1, (uint16_t)tci, to});
+    jb_pkt_sync(run);
+    return 0;
+}
+
+uint64_t jb_helper_skb_vlan_pop(uint64_t ctx, uint64_t r2 UNUSED, uint64_t r3 UNUSED, uint64_t r4 UNUSED,
+                                uint64_t r5 UNUSED)
+{
+    struct jb_pkt *run = run_of(ctx);
+    if (run == NULL || run->off_protocol < 0)
+        return RET(-EINVAL);
+    int64_t ret = 0;
+    uint32_t tci;
+    if (vlan_get(run).present)
+        vlan_put(run, (struct vlan_tag){0, 0, 0});
+    else if (!is_vlan(run->protocol) || (ret = vlan_untag(run, &tci)) < 0)
+        goto out;
+    if (is_vlan(run->protocol)) { /* the packet's next tag becomes the accelerated one */
+        uint32_t outer = run->protocol;
+        if ((ret = vlan_untag(run, &tci)) == 0)
+            vlan_put(run, (struct vlan_tag){1, tci, outer});
+    }
+out:
+    jb_pkt_sync(run);
+    return RET(ret);
+}
+
 uint64_t jb_helper_skb_change_tail(uint64_t ctx, uint64_t new_len, uint64_t flags, uint64_t r4 UNUSED,
                                    uint64_t r5 UNUSED)
 {

@@ -26,6 +26,8 @@ class HelperId(enum.IntEnum):
     GET_CURRENT_UID_GID = 15  # gid << 32 | uid
     GET_CURRENT_COMM = 16  # bpf_get_current_comm(buf, size): the thread's name
     GET_CGROUP_CLASSID = 17  # bpf_get_cgroup_classid
+    SKB_VLAN_PUSH = 18  # bpf_skb_vlan_push
+    SKB_VLAN_POP = 19  # bpf_skb_vlan_pop
     SKB_GET_TUNNEL_KEY = 20  # bpf_skb_get_tunnel_key
     SKB_SET_TUNNEL_KEY = 21  # bpf_skb_set_tunnel_key
     PERF_EVENT_READ = 22  # bpf_perf_event_read

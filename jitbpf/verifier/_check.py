@@ -419,6 +419,10 @@ class Checker:
                     case Kind.LD_ABS | Kind.LD_IND:
                         if self._lock_held(st) is not None:
                             self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
+                        # A load past the packet's end leaves the program at once, so nothing it
+                        # holds could be given back.
+                        if any(ref >= 0 for ref, _at in st.refs):
+                            self.reject("BPF_LD_[ABS|IND] would lead to reference leak")
                         self._legacy_load(regs, insn, info)
                     case Kind.JA:
                         nxt = targets[pc]
