@@ -93,9 +93,10 @@ out:
 """
 
 
-def _params(family: int, dst: str, ifindex: int = 1, tot_len: int = 100) -> bytes:
+def _params(family: int, dst: str, ifindex: int = 1, tot_len: int = 100, src: str = "") -> bytes:
     addr = ipaddress.ip_address(dst).packed.ljust(16, b"\0")
-    return struct.pack("<BBHHHII16s16sI6s6s", family, 6, 0, 0, tot_len, ifindex, 0, bytes(16), addr, 0,
+    source = ipaddress.ip_address(src).packed.ljust(16, b"\0") if src else bytes(16)
+    return struct.pack("<BBHHHII16s16sI6s6s", family, 6, 0, 0, tot_len, ifindex, 0, source, addr, 0,
                        bytes(6), bytes(6)) + bytes(8)
 
 
@@ -128,6 +129,15 @@ def test_fib_lookup_routes(engine: str) -> None:
     assert _fib(engine, host, _params(AF_INET6, "2001:db8::1"))[0] == FibResult.NO_NEIGH
     assert _fib(engine, host, _params(AF_INET, "10.0.0.2", ifindex=9))[0] == -19  # ENODEV
     assert _fib(engine, host, _params(7, "10.0.0.2"))[0] == -EAFNOSUPPORT
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("src", "dst"), [("2001:db8::1", "ff02::1:ff00:1"), ("fe80::1", "2001:db8::2"),
+                                          ("2001:db8::1", "::1")])
+def test_fib_lookup_never_forwards_link_scoped_ipv6(engine: str, src: str, dst: str) -> None:
+    # Before the interface is looked at: even one that does not forward, or does not exist.
+    for host, ifindex in ((Host(), 1), (Host(interfaces={1: Interface(forwarding=True)}), 1), (Host(), 9)):
+        assert _fib(engine, host, _params(AF_INET6, dst, ifindex=ifindex, src=src))[0] == FibResult.NOT_FWDED
 
 
 def test_fib_lookup_is_not_for_socket_filters() -> None:

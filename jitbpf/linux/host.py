@@ -138,9 +138,11 @@ class Host:
         within = self.socket_cgroups if socket and self.socket_cgroups is not None else self.cgroups
         return int(cgroup_id in within)
 
-    def fib_lookup(self, family: int, dst: bytes, ifindex: int) -> tuple[int, FibRoute | None]:
-        """What the kernel's FIB answers for a packet to ``dst`` arriving on ``ifindex``: a
-        ``FibResult`` (or a negative errno) and the route that decided it."""
+    def fib_lookup(self, family: int, dst: bytes, ifindex: int, src: bytes = bytes(16)) -> tuple[int, FibRoute | None]:
+        """What the kernel's FIB answers for a packet from ``src`` to ``dst`` arriving on
+        ``ifindex``: a ``FibResult`` (or a negative errno) and the route that decided it."""
+        if family == AF_INET6 and any(_scoped(a) for a in (dst, src)):
+            return FibResult.NOT_FWDED, None  # link-scoped addresses are never forwarded, on any interface
         iface = self.interfaces.get(ifindex)
         if iface is None:
             return -errno.ENODEV, None
@@ -156,6 +158,12 @@ class Host:
         if route.dmac is None:
             return FibResult.NO_NEIGH, route
         return FibResult.SUCCESS, route
+
+
+def _scoped(raw: bytes) -> bool:
+    """An IPv6 address the kernel routes only on its own link (``rt6_need_strict``)."""
+    address = ipaddress.IPv6Address(raw[:16])
+    return address.is_multicast or address.is_link_local or address.is_loopback
 
 
 def csum_diff(old: bytes, new: bytes, seed: int) -> int:
@@ -191,10 +199,10 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
             return _err(errno.EINVAL)
         mm = memory()
         raw = bytearray(mm.read(params, FIB_LOOKUP_SIZE))
-        family, ifindex, dst = raw[0], int.from_bytes(raw[8:12], "little"), bytes(raw[32:48])
+        family, ifindex, src, dst = raw[0], int.from_bytes(raw[8:12], "little"), bytes(raw[16:32]), bytes(raw[32:48])
         if family not in (AF_INET, AF_INET6):
             return _err(errno.EAFNOSUPPORT)
-        rc, route = host().fib_lookup(family, dst, ifindex)
+        rc, route = host().fib_lookup(family, dst, ifindex, src)
         if rc == FibResult.SUCCESS and route is not None:
             tot_len = int.from_bytes(raw[6:8], "little")
             if tot_len > route.mtu:
