@@ -6,13 +6,17 @@ against the running kernel where it can load and run programs (root), skipped el
 
 from __future__ import annotations
 
+import errno
+import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import ExecutionError, VerifierError
+from jitbpf.linux.elf import load_elf
 from jitbpf.linux.maps import ProgramArray, ReuseportSockArray, SkStorage, SockMap
 from jitbpf.linux.programs import ProgType, SkAction, SkMsgMd
 from jitbpf.linux.sockets import (
@@ -28,7 +32,8 @@ from jitbpf.linux.sockets import (
 from jitbpf.verifier._sock import BPF_SOCK_SIZE, BPF_TCP_SOCK_SIZE, sock_load_ok, tcp_sock_load_ok
 from jitbpf.vm import VM
 from tests import kernel_oracle
-from tests.support import ENGINES, check_verdict, load, s64
+from tests.kernel import Kernel
+from tests.support import ENGINES, c_builder, check_verdict, load, s64
 
 KERNEL = pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
 PROG_TYPES = {"socket_filter": 1, "sched_cls": 3, "xdp": 6, "cgroup_skb": 8, "lwt_in": 10, "sock_ops": 13,
@@ -499,3 +504,67 @@ def test_sk_reuseport_selects_a_socket_of_the_group(engine: str) -> None:
     with pytest.raises(VerifierError, match="cannot pass map_type 20 into func"):
         load("stw [r10-4], 0\nlddw r1, map:GROUP\nmov r2, r10\nadd r2, -4\ncall 1\nmov r0, 1\nexit", group,
              prog_type="sk_reuseport").check()  # only bpf_sk_select_reuseport takes it
+
+
+# tc's bpf_sk_assign: r0 holds the error with flags (byte 0), without (byte 1), and whether no
+# socket was found (bit 16). The tuple is a connection to a listener on 127.0.0.1:4321.
+SK_ASSIGN_TC = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("tc") int prog(struct __sk_buff *skb) {
+    struct bpf_sock_tuple t = {};
+    t.ipv4.saddr = t.ipv4.daddr = __builtin_bswap32(0x7f000001);
+    t.ipv4.sport = __builtin_bswap16(1234);
+    t.ipv4.dport = __builtin_bswap16(4321);
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 1 << 16;
+    long with_flags = bpf_sk_assign(skb, sk, 1);
+    long plain = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    return (with_flags & 0xff) | (plain & 0xff) << 8;
+}
+"""
+LISTENER = Socket(local=("127.0.0.1", 4321), state=TcpState.LISTEN)
+
+
+def _sk_assign_result(with_flags: int, plain: int) -> int:
+    return (with_flags & 0xFF) | (plain & 0xFF) << 8
+
+
+@pytest.fixture(scope="module")
+def sk_assign_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return c_builder(tmp_path_factory.mktemp("sk-assign"), "")(SK_ASSIGN_TC)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tc_sk_assign_outside_ingress_fails_as_in_test_runs(sk_assign_object: Path, engine: str,
+                                                           kernel: Kernel | None) -> None:
+    prog = load_elf(sk_assign_object).programs["prog"]
+    vm = prog.vm()
+    vm.std.host.sockets = [LISTENER]
+    verdict, _ = vm.run_tc(FRAMES["ipv4"], engine=engine)  # type: ignore[arg-type]
+    assert int(verdict) == _sk_assign_result(-errno.EINVAL, -errno.EOPNOTSUPP)
+    assert vm.assigned_socket is None
+    if kernel is not None:
+        with socket.create_server(("127.0.0.1", 4321)):
+            loaded = kernel.load(sk_assign_object, "prog", None)
+            assert not isinstance(loaded, str), loaded
+            try:
+                ref = loaded.run(FRAMES["ipv4"])
+            finally:
+                loaded.close()
+        assert ref is not None and ref.retval == int(verdict)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tc_sk_assign_at_ingress_steers_the_packet(sk_assign_object: Path, engine: str) -> None:
+    vm = load_elf(sk_assign_object).programs["prog"].vm()
+    vm.std.host.sockets = [LISTENER]
+    vm.tc_ingress = True
+    verdict, _ = vm.run_tc(FRAMES["ipv4"], engine=engine)  # type: ignore[arg-type]
+    assert int(verdict) == _sk_assign_result(-errno.EINVAL, 0)
+    assert vm.assigned_socket is LISTENER
+    vm.std.host.sockets = []
+    verdict, _ = vm.run_tc(FRAMES["ipv4"], engine=engine)  # type: ignore[arg-type]
+    assert int(verdict) == 1 << 16 and vm.assigned_socket is None  # each run starts without one

@@ -1013,6 +1013,22 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         run.tunnel = state.local.sent_tunnel = made
         return 0
 
+    def skb_sk_assign(_ctx: int, sk: int, flags: int, _d: int, _e: int) -> int:
+        # tc's: the skb goes to ``sk`` instead of the socket the stack would look up; only at
+        # tc ingress (never in the kernel's test runs) and only for a socket in the lookup tables.
+        state.current()
+        if flags:
+            return _err(EINVAL)
+        if not getattr(state.local, "tc_ingress", False):
+            return _err(EOPNOTSUPP)
+        found = find_socket(vm.std.sockets, vm.memory, sk)
+        if found is None:
+            raise ExecutionError(f"bpf_sk_assign: {sk:#x} is no socket given to the program")
+        if found[0] is PACKET_SOCKET:  # the packet's own socket is in no lookup table
+            return _err(EOPNOTSUPP)
+        state.local.assigned = found[0]
+        return 0
+
     def csum_update(_ctx: int, _csum: int, _c: int, _d: int, _e: int) -> int:
         state.current()
         return _err(ENOTSUPP)  # a test-run skb carries no checksum state (CHECKSUM_NONE), as here
@@ -1204,6 +1220,9 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
     if info.prog_type is ProgType.SK_REUSEPORT:
         candidates.append(Helper(H.SK_SELECT_REUSEPORT, "bpf_sk_select_reuseport", sk_select_reuseport,
                                  ("ctx_read", "map", "key", "scalar")))
+    if info.prog_type in (ProgType.SCHED_CLS, ProgType.SCHED_ACT):
+        candidates.append(Helper(H.SK_ASSIGN, "bpf_sk_assign", skb_sk_assign, ("ctx_read", "btf_sock_common",
+                                                                                 "scalar")))
     if info.prog_type is ProgType.SK_LOOKUP:
         # vm.std read at each call: standard helpers installed again replace it
         candidates.append(sk_lookup_assign(lambda: vm.memory, lambda: vm.std.sockets, SkLookup.sk.offset,
@@ -1383,7 +1402,7 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     frame = pktrun.new_frame(state.layout, arena)
     pktrun.build_frame(frame, template, data, derive)
     run = ProgramRun(info, arena, frame, tunnel=getattr(state.local, "tunnel", None))
-    state.local.sent_tunnel = None
+    state.local.sent_tunnel = state.local.assigned = None
     base, start = arena.address, run.data
     extra = [pkt_region] if info.packet else []
     if state.layout.flow_keys != NO_FIELD:
@@ -1740,6 +1759,21 @@ class ProgramRunners:
     @tunnel.setter
     def tunnel(self, info: TunnelInfo | None) -> None:
         _program_state(self._vm()).local.tunnel = info
+
+    @property
+    def tc_ingress(self) -> bool:
+        """Whether this thread's tc packets run at ingress, where bpf_sk_assign may steer them to a
+        socket (False, the default: as in the kernel's test runs, where it fails with -EOPNOTSUPP)."""
+        return bool(getattr(_program_state(self._vm()).local, "tc_ingress", False))
+
+    @tc_ingress.setter
+    def tc_ingress(self, ingress: bool) -> None:
+        _program_state(self._vm()).local.tc_ingress = ingress
+
+    @property
+    def assigned_socket(self) -> object | None:
+        """The socket bpf_sk_assign gave the packet in this thread's latest tc run (None: none)."""
+        return getattr(_program_state(self._vm()).local, "assigned", None)
 
     @property
     def sent_tunnel(self) -> TunnelInfo | None:
