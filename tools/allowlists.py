@@ -22,9 +22,10 @@ OUT = Path(__file__).resolve().parents[1] / "jitbpf" / "linux" / "allowlists.py"
 REFUSALS = ("cannot use helper", "unknown func", "invalid func", "not supported for program type")
 # The attach type each type is measured with where the kernel wants one (its lists depend on it):
 # cgroup/connect4 (which may call bpf_bind), cgroup/sock_create, sk_lookup, sk_reuseport/migrate,
-# flow_dissector.
+# flow_dissector, and cgroup/getsockopt (setsockopt programs may also call bpf_setsockopt and
+# bpf_getsockopt: taking getsockopt's list, jitbpf refuses those calls rather than allow too much).
 ATTACH = {ProgType.CGROUP_SOCK_ADDR: 10, ProgType.CGROUP_SOCK: 2, ProgType.SK_LOOKUP: 36, ProgType.SK_REUSEPORT: 40,
-          ProgType.FLOW_DISSECTOR: 17}
+          ProgType.FLOW_DISSECTOR: 17, ProgType.CGROUP_SOCKOPT: 21}
 
 
 def allowed(prog_type: ProgType) -> list[int]:

@@ -427,6 +427,7 @@ RUNNERS: Mapping[ProgType, str] = MappingProxyType({
     ProgType.SK_MSG: "run_sk_msg",
     ProgType.CGROUP_SOCK_ADDR: "run_sock_addr",
     ProgType.CGROUP_SYSCTL: "run_sysctl",
+    ProgType.CGROUP_SOCKOPT: "run_sockopt",
     ProgType.RAW_TRACEPOINT_WRITABLE: "run_tracepoint",
     ProgType.TRACING: "run_tracing",
     ProgType.LSM: "run_tracing",

@@ -76,6 +76,7 @@ class ProgType(enum.IntEnum):
     RAW_TRACEPOINT = 17  # SEC("raw_tracepoint/..."): context = the tracepoint's u64 arguments
     CGROUP_SOCK_ADDR = 18  # SEC("cgroup/connect4"), ...: bind/connect/sendmsg address rewriting
     CGROUP_SYSCTL = 23  # SEC("cgroup/sysctl"): reads and writes of /proc/sys, context = struct bpf_sysctl
+    CGROUP_SOCKOPT = 25  # SEC("cgroup/getsockopt"), setsockopt: socket options, context = struct bpf_sockopt
     RAW_TRACEPOINT_WRITABLE = 24  # SEC("raw_tp.w/..."): a raw tracepoint whose first argument may be written
     TRACING = 26  # SEC("fentry/..."), fexit, fmod_ret, tp_btf, iter: context = the target's u64 args[]
     STRUCT_OPS = 27  # SEC("struct_ops/..."): a member function of a kernel struct_ops table
@@ -219,6 +220,14 @@ class Sysctl(ctypes.LittleEndianStructure):
     offset of the access in its file (writable)."""
 
     _fields_ = (("write", u32), ("file_pos", u32))
+
+
+class BpfSockopt(ctypes.LittleEndianStructure):
+    """``struct bpf_sockopt``: the socket, the option's value (``optval`` to ``optval_end``, in
+    packet memory), its level, name and length, and for getsockopt the call's result."""
+
+    _fields_ = (("sk", u64), ("optval", u64), ("optval_end", u64), ("level", ctypes.c_int32),
+                ("optname", ctypes.c_int32), ("optlen", ctypes.c_int32), ("retval", ctypes.c_int32))
 
 
 @dataclass
@@ -458,10 +467,16 @@ def _allowed(kind: ProgType) -> frozenset[int]:
 _SOCK_SET = ("bound_dev_if", "mark", "priority")
 _SOCK_BOUND = ("src_ip4", "src_ip6", "src_port")
 _SOCK_CREATE = (_all_but(BpfSock, _SOCK_BOUND), _spans(BpfSock, _SOCK_SET))
+# getsockopt programs read and set the call's result; setsockopt ones rewrite the level and name
+# (the kernel's cg_sockopt_is_valid_access); both may change the length.
+_SOCKOPT_GET = (_all_but(BpfSockopt, ()), _spans(BpfSockopt, ("optlen", "retval")))
+_SOCKOPT_SET = (_all_but(BpfSockopt, ("retval",)), _spans(BpfSockopt, ("level", "optname", "optlen")))
 _SECTION_ACCESS: Mapping[str, tuple[tuple[Span, ...], tuple[Span, ...]]] = MappingProxyType({
     "cgroup/sock_release": _SOCK_CREATE,
     "cgroup/post_bind4": (_all_but(BpfSock, (*_SOCK_SET, "src_ip6")), ()),
     "cgroup/post_bind6": (_all_but(BpfSock, (*_SOCK_SET, "src_ip4")), ()),
+    "cgroup/getsockopt": _SOCKOPT_GET,
+    "cgroup/setsockopt": _SOCKOPT_SET,
 })
 
 
@@ -592,6 +607,13 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             _allowed(ProgType.CGROUP_SYSCTL),
             readable=_all_but(Sysctl, ()), writable=_spans(Sysctl, ("file_pos",)), ret_range=(0, 1),
         ),
+        ProgramType(
+            ProgType.CGROUP_SOCKOPT, "cgroup_sockopt", BpfSockopt, ("cgroup/getsockopt", "cgroup/setsockopt"),
+            _allowed(ProgType.CGROUP_SOCKOPT), readable=_SOCKOPT_SET[0], writable=_spans(BpfSockopt, ("optlen",)),
+            pointer_fields={BpfSockopt.sk.offset: "socket", BpfSockopt.optval.offset: "packet",
+                            BpfSockopt.optval_end.offset: "packet_end"},
+            ret_range=(0, 1), packet=True, packet_writable=True,
+        ),
     ]
     types.append(ProgramType(
         ProgType.FLOW_DISSECTOR, "flow_dissector", sk, ("flow_dissector",), _allowed(ProgType.FLOW_DISSECTOR),
@@ -631,7 +653,7 @@ _BY_NAME: Mapping[str, ProgType] = MappingProxyType(
     {**{t.name: t.prog_type for t in PROGRAM_TYPES.values()}, **{p.name.lower(): p for p in ProgType},
      "socket": ProgType.SOCKET_FILTER, "tc": ProgType.SCHED_CLS, "classifier": ProgType.SCHED_CLS,
      "sockops": ProgType.SOCK_OPS, "cgroup_dev": ProgType.CGROUP_DEVICE, "sock_addr": ProgType.CGROUP_SOCK_ADDR,
-     "sysctl": ProgType.CGROUP_SYSCTL,
+     "sysctl": ProgType.CGROUP_SYSCTL, "sockopt": ProgType.CGROUP_SOCKOPT,
      "fentry": ProgType.TRACING, "fexit": ProgType.TRACING, "fmod_ret": ProgType.TRACING,
      "tp_btf": ProgType.TRACING, "iter": ProgType.TRACING, "freplace": ProgType.EXT,
      "raw_tp.w": ProgType.RAW_TRACEPOINT_WRITABLE}
@@ -1968,6 +1990,17 @@ class ProgramRunners:
         self._expect(ProgType.CGROUP_SOCK_ADDR)
         res = run_context(self._vm(), addr, engine=engine)
         return res.retval & MASK32, res.fields()
+
+    def run_sockopt(self, optval: bytes | bytearray, *, level: int, optname: int, optlen: int | None = None,
+                    retval: int = 0, engine: Engine = "interp") -> tuple[int, dict[str, Any], bytes]:
+        """cgroup/getsockopt and setsockopt: ``(verdict 1 allow / 0 refuse, the bpf_sockopt fields
+        after, the option's value after)`` for a call on ``level``/``optname`` whose value is
+        ``optval`` (``optlen`` long unless given; getsockopt's ``retval`` is the call's result)."""
+        self._expect(ProgType.CGROUP_SOCKOPT)
+        fields = {"level": level, "optname": optname, "optlen": len(optval) if optlen is None else optlen,
+                  "retval": retval}
+        res = run_context(self._vm(), fields, packet=bytes(optval), engine=engine)
+        return res.retval & MASK32, res.fields(), res.packet or b""
 
     def run_sysctl(self, name: str, value: bytes | str | None = b"", *, new_value: bytes | str | None = None,
                    file_pos: int = 0, engine: Engine = "interp") -> tuple[int, SysctlAccess]:
