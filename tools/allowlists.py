@@ -22,10 +22,11 @@ OUT = Path(__file__).resolve().parents[1] / "jitbpf" / "linux" / "allowlists.py"
 REFUSALS = ("cannot use helper", "unknown func", "invalid func", "not supported for program type")
 # The attach type each type is measured with where the kernel wants one (its lists depend on it):
 # cgroup/connect4 (which may call bpf_bind), cgroup/sock_create, sk_lookup, sk_reuseport/migrate,
-# flow_dissector, and cgroup/getsockopt (setsockopt programs may also call bpf_setsockopt and
-# bpf_getsockopt: taking getsockopt's list, jitbpf refuses those calls rather than allow too much).
+# flow_dissector, netfilter (whose context is BTF-typed, with no attach target), and
+# cgroup/getsockopt (setsockopt programs may also call bpf_setsockopt and bpf_getsockopt: taking
+# getsockopt's list, jitbpf refuses those calls rather than allow too much).
 ATTACH = {ProgType.CGROUP_SOCK_ADDR: 10, ProgType.CGROUP_SOCK: 2, ProgType.SK_LOOKUP: 36, ProgType.SK_REUSEPORT: 40,
-          ProgType.FLOW_DISSECTOR: 17, ProgType.CGROUP_SOCKOPT: 21}
+          ProgType.FLOW_DISSECTOR: 17, ProgType.CGROUP_SOCKOPT: 21, ProgType.NETFILTER: 45}
 
 
 def allowed(prog_type: ProgType) -> list[int]:
@@ -45,7 +46,7 @@ def main() -> int:
         return 2
     lists: dict[tuple[int, ...], list[str]] = {}  # each distinct list, with the types that have it
     for prog_type, info in sorted(PROGRAM_TYPES.items()):
-        if info.btf_typed:
+        if info.btf_typed and prog_type not in ATTACH:
             continue  # loading those needs an attach target: their lists stay written by hand
         lists.setdefault(tuple(allowed(prog_type)), []).append(info.name)
     sets, rows = [], []

@@ -164,6 +164,13 @@ _CGROUP_SOCKOPT = frozenset({  # cgroup_sockopt
     199, 200, 201, 202, 203, 208, 209, 210, 211,
 })
 
+_NETFILTER = frozenset({  # netfilter
+    1, 2, 3, 5, 6, 7, 8, 12, 14, 15, 16, 17, 22, 35, 37, 42, 55, 80, 87, 88, 89, 93, 94, 105, 106, 109, 112, 113,
+    114, 115, 117, 118, 120, 123, 125, 130, 131, 132, 133, 134, 141, 148, 149, 153, 154, 156, 157, 158, 164, 165,
+    169, 170, 171, 172, 175, 176, 177, 180, 181, 182, 191, 194, 195, 197, 198, 199, 200, 201, 202, 203, 208, 209,
+    210, 211,
+})
+
 ALLOWED: Mapping[int, frozenset[int]] = MappingProxyType({
     1: _SOCKET_FILTER,  # socket_filter
     2: _KPROBE,  # kprobe
@@ -189,4 +196,5 @@ ALLOWED: Mapping[int, frozenset[int]] = MappingProxyType({
     24: _TRACEPOINT,  # raw_tracepoint_writable
     25: _CGROUP_SOCKOPT,  # cgroup_sockopt
     30: _SK_LOOKUP,  # sk_lookup
+    32: _NETFILTER,  # netfilter
 })

@@ -205,6 +205,12 @@ def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
     """The context of a program of section ``section`` ("fentry/do_unlinkat", "iter/task",
     "tp_btf/sched_switch", "lsm/file_open", "struct_ops/tcp_congestion_ops.ssthresh", ...)."""
     flavour, _, target = section.removeprefix("?").partition("/")
+    if flavour == "netfilter" and not target:  # every hook has the same context: struct bpf_nf_ctx
+        sid = types.lookup(BtfKind.STRUCT, "bpf_nf_ctx")
+        if sid is None:
+            raise AttachError(f"section {section!r}: the target BTF has no struct bpf_nf_ctx")
+        params = [(m.name, m.type_id) for m in types.members(types.btf.get(sid))]
+        return _target(types, section, flavour, "bpf_nf_ctx", params, None)
     if not target:
         raise AttachError(f"section {section!r} names no attach target")
     what = f"attach target {section!r}"

@@ -431,6 +431,7 @@ RUNNERS: Mapping[ProgType, str] = MappingProxyType({
     ProgType.RAW_TRACEPOINT_WRITABLE: "run_tracepoint",
     ProgType.TRACING: "run_tracing",
     ProgType.LSM: "run_tracing",
+    ProgType.NETFILTER: "run_tracing",
     ProgType.STRUCT_OPS: "run_tracing",
     ProgType.EXT: "run_tracing",
 })  # the VM method that runs each program type

@@ -85,6 +85,7 @@ class ProgType(enum.IntEnum):
     FLOW_DISSECTOR = 22  # SEC("flow_dissector"): parses a packet's headers into struct bpf_flow_keys
     SK_REUSEPORT = 21  # SEC("sk_reuseport"): picks the socket of a SO_REUSEPORT group, context = sk_reuseport_md
     SK_LOOKUP = 30  # SEC("sk_lookup"): picks the socket a connection or packet goes to, context = struct bpf_sk_lookup
+    NETFILTER = 32  # SEC("netfilter"): a netfilter hook, context = struct bpf_nf_ctx (BTF-typed), NF_DROP/NF_ACCEPT
 
 
 class AttachType(enum.IntEnum):
@@ -99,6 +100,7 @@ class AttachType(enum.IntEnum):
     TRACE_ITER = 28  # iter: one call per object of a BPF iterator
     LSM_CGROUP = 43  # lsm_cgroup: a security hook for one cgroup
     STRUCT_OPS = 44  # struct_ops: a member of a struct_ops table
+    NETFILTER = 45  # netfilter: a netfilter hook
 
 
 class XdpAction(enum.IntEnum):
@@ -530,6 +532,9 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(ProgType.STRUCT_OPS, "struct_ops", TracingArgs, ("struct_ops/", "struct_ops.s/"), _BTF_TRACING,
                     readable=(), btf_typed=True),
         ProgramType(ProgType.EXT, "ext", TracingArgs, ("freplace/",), _BTF_TRACING, readable=(), btf_typed=True),
+        # Its context, struct bpf_nf_ctx, is two typed pointers: read as a BTF-typed program's slots.
+        ProgramType(ProgType.NETFILTER, "netfilter", TracingArgs, ("netfilter",), _allowed(ProgType.NETFILTER),
+                    readable=(), btf_typed=True),
         ProgramType(
             ProgType.XDP, "xdp", XdpMd, ("xdp", "xdp/", "xdp.frags", "xdp.frags/"),
             _allowed(ProgType.XDP),
@@ -690,14 +695,14 @@ _ATTACH_TYPES: Mapping[str, AttachType] = MappingProxyType({
     "fexit.s": AttachType.TRACE_FEXIT, "fmod_ret": AttachType.MODIFY_RETURN, "fmod_ret.s": AttachType.MODIFY_RETURN,
     "tp_btf": AttachType.TRACE_RAW_TP, "iter": AttachType.TRACE_ITER, "iter.s": AttachType.TRACE_ITER,
     "lsm": AttachType.LSM_MAC, "lsm.s": AttachType.LSM_MAC, "lsm_cgroup": AttachType.LSM_CGROUP,
-    "struct_ops": AttachType.STRUCT_OPS, "struct_ops.s": AttachType.STRUCT_OPS,
+    "struct_ops": AttachType.STRUCT_OPS, "struct_ops.s": AttachType.STRUCT_OPS, "netfilter": AttachType.NETFILTER,
 })  # section prefix -> the attach type libbpf loads the program with (others: NONE)
 # r0 at exit, as the kernel checks it per attach type (fmod_ret, tp_btf and the rest: anything);
 # an LSM hook returning int gives 0 or -errno, in 32 bits (see _btf_context_spec).
 MAX_ERRNO = 4095
 _RET_RANGES: Mapping[AttachType, tuple[int, int]] = MappingProxyType({
     AttachType.TRACE_FENTRY: (0, 0), AttachType.TRACE_FEXIT: (0, 0), AttachType.TRACE_ITER: (0, 1),
-    AttachType.LSM_CGROUP: (0, 1),
+    AttachType.LSM_CGROUP: (0, 1), AttachType.NETFILTER: (0, 1),  # NF_DROP or NF_ACCEPT
 })
 
 
@@ -1698,6 +1703,8 @@ def btf_types(btf: BtfSource | None, what: str) -> BtfTypes:
 def _attach_state(info: ProgramType, attach: str | None, btf: BtfSource | None) -> ProgramState:
     from jitbpf.linux.btfctx import AttachError, resolve_attach
 
+    if attach is None and len(info.sections) == 1 and not info.sections[0].endswith("/"):
+        attach = info.sections[0]  # a type with one context for all its programs (netfilter)
     if attach is None:
         raise AttachError(f"a {info.name} program needs its attach target: give attach= its section name "
                           f"({', '.join(s + '...' for s in info.sections[:3])})")
@@ -1947,7 +1954,7 @@ class ProgramRunners:
         (NULL), or the object it points to: bytes, a str (a C string), a ctypes value, or a dict
         by field name through the target BTF, whose pointer fields may again be objects.
         """
-        self._expect(ProgType.TRACING, ProgType.LSM, ProgType.STRUCT_OPS, ProgType.EXT)
+        self._expect(ProgType.TRACING, ProgType.LSM, ProgType.STRUCT_OPS, ProgType.EXT, ProgType.NETFILTER)
         state = self.program_state
         assert state is not None and state.attach is not None
         retval = run_btf_args(self._vm(), state, args, ret, engine)
