@@ -50,6 +50,10 @@ class ArgType(enum.Enum):
     # lock, which the program must give back before it exits and calls nothing else meanwhile
     SPIN_LOCK = "spin_lock"
     SPIN_UNLOCK = "spin_unlock"  # the lock the program holds: the call gives it back
+    TIMER = "timer"  # the struct bpf_timer of a map value, exactly where the map's value type has it
+    # a function of the program the helper keeps, to call later with (map, key, value) of the
+    # timer's map (verified apart: it must return 0)
+    ASYNC_CALLBACK = "async_callback"
     BTF_OBJECT = "btf_object"  # a kernel object's pointer from a BTF-typed context, checked non-NULL (a seq_file)
     SOCK_COMMON = "sock_common"  # a socket: sock_common, sock or tcp_sock, checked non-NULL (ARG_PTR_TO_SOCK_COMMON)
     # the same, or a kernel object's pointer from a BTF-typed context (ARG_PTR_TO_BTF_ID_SOCK_COMMON)

@@ -89,11 +89,11 @@ def c_builder(out_dir: Path, header: str) -> Callable[[str], Path]:
 
 def packet_run_everywhere(path: Path, frame: bytes, kernel: Kernel | None) -> tuple[int, bytes]:
     """The 32-bit return value and the packet after running the object's ``prog`` on ``frame``:
-    the same in both engines and, where the kernel is available, the kernel's BPF_PROG_TEST_RUN."""
-    prog = load_elf(path).programs["prog"]
+    the same in both engines and, where the kernel is available, the kernel's BPF_PROG_TEST_RUN.
+    Each engine runs a fresh object (maps and timers of its own), as the kernel's run does."""
     results = set()
     for engine in ENGINES:
-        retval, after = prog.run(frame, engine=engine)
+        retval, after = load_elf(path).programs["prog"].run(frame, engine=engine)
         results.add((int(retval) & 0xFFFF_FFFF, bytes(after)))
     assert len(results) == 1, results
     if kernel is not None:

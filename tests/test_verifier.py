@@ -638,7 +638,8 @@ def test_declarations_are_checked() -> None:
                                          "mem_or_null", "size", "size_or_zero", "ctx", "uninit_mem", "uninit_value",
                                          "released",
                                          "uninit_long", "ctx_read", "ctx_or_null", "alloc_size", "zero",
-                                         "callback", "spin_lock", "spin_unlock", "btf_object", "sock_common",
+                                         "callback", "spin_lock", "spin_unlock", "timer", "async_callback",
+                                         "btf_object", "sock_common",
                                          "btf_sock_common", "btf_sock_common_or_null", "released_sock",
                                          "socket_or_null"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null",

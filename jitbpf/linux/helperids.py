@@ -135,6 +135,10 @@ class HelperId(enum.IntEnum):
     CHECK_MTU = 163  # bpf_check_mtu
     FOR_EACH_MAP_ELEM = 164  # bpf_for_each_map_elem(map, cb, ctx, flags) -> elements visited
     SNPRINTF = 165  # bpf_snprintf(str, size, fmt, data, data_len): printk formatting into a buffer
+    TIMER_INIT = 169  # bpf_timer_init(timer, map, flags)
+    TIMER_SET_CALLBACK = 170  # bpf_timer_set_callback(timer, callback)
+    TIMER_START = 171  # bpf_timer_start(timer, nsecs, flags)
+    TIMER_CANCEL = 172  # bpf_timer_cancel(timer)
     GET_FUNC_IP = 173  # bpf_get_func_ip
     GET_ATTACH_COOKIE = 174  # bpf_get_attach_cookie
     TRACE_VPRINTK = 177  # bpf_trace_vprintk(fmt, fmt_size, data, data_len): trace_printk with an array

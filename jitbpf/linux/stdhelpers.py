@@ -35,6 +35,7 @@ from jitbpf.linux.maps import (
     copy_stack,
 )
 from jitbpf.linux.sockets import PACKET_SOCKET, SocketTable, find_socket, socket_helpers
+from jitbpf.linux.timers import Timers
 
 if TYPE_CHECKING:
     from jitbpf.memory import MemoryMap
@@ -77,6 +78,7 @@ class StdContext:
         self.trace_stream = trace_stream  # also written here (e.g. sys.stderr) when set
         self.host = Host()  # what the helpers that ask the host answer (jitbpf.linux.host)
         self.sockets = SocketTable()
+        self.timers = Timers()  # the maps' bpf_timers (jitbpf.linux.timers)
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -802,5 +804,6 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
     own = [replace(x, map_types=tuple(sorted(TYPES_OF_HELPER[x.id]))) if x.id in TYPES_OF_HELPER else x
            for x in own]
     own += socket_helpers(memory, lambda: ctx.sockets, lambda: ctx.host)
+    own += ctx.timers.helpers()
     defined = {x.id for x in own}  # the host answers the rest
     return own + [x for x in host_helpers(memory, lambda: ctx.host) if x.id not in defined]

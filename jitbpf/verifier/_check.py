@@ -268,6 +268,9 @@ class Checker:
         # began with (a round that begins within one of them needs no verifying).
         self.callback_rounds: dict[int, list[State]] = {}
         self.callbacks = {hid: h.callback for hid, h in helpers.items() if h.callback is not None}
+        # helpers that keep a function to call later (bpf_timer_set_callback): verified apart
+        self.async_callers = frozenset(hid for hid, (args, _ret) in self.signatures.items()
+                                       if ArgType.ASYNC_CALLBACK in args)
         self.tail_calls = HELPERS_OF_TYPE.get(MapType.PROG_ARRAY, frozenset())  # the tail-call helper
         self.moves_packet = self._packet_movers()
         # Per slot, what the walk needs of its instruction, looked up once: (insn, info, the rule
@@ -488,8 +491,13 @@ class Checker:
                                 self._log_line(f"{pc}: {self._disasm(pc)}")
                             self._finish(parent)
                             return
-                        caller_info = self.infos[st.frames[-1].callsite]
+                        callsite = st.frames[-1].callsite
+                        caller_info = self.infos[callsite]
                         if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
+                            if self.slots[callsite].imm in self.async_callers:  # type: ignore[union-attr]
+                                self._async_return(st)  # its path ends here
+                                self._finish(parent)
+                                return
                             nxt = self._callback_return(st, parent)
                         else:
                             nxt = self._return(st)
@@ -1593,20 +1601,7 @@ class Checker:
         """bpf_spin_lock/unlock's argument: the lock field of a map value, exactly; the path
         then holds the lock (a reference of id -1 - lock_id, compared with the others) or gives
         it back."""
-        reg = self._read(regs, r)
-        if reg.type is not Pt.PTR_TO_MAP_VALUE:
-            self.reject(f"R{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset "
-                        f"of a map value, not {reg}")
-        if not reg.var.is_const:
-            self.reject(f"R{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset")
-        m = self.maps.get(reg.aux) if self.maps is not None else None
-        lock_off = getattr(m, "spin_lock_off", None)
-        if m is None or lock_off is None:
-            name = getattr(m, "name", "") or reg.aux
-            self.reject(f"map '{name}' has no valid bpf_spin_lock")
-        off = reg.off + reg.var.value
-        if off != lock_off:
-            self.reject(f"off {off} doesn't point to 'struct bpf_spin_lock' that is at {lock_off}")
+        reg = self._special_field_arg(regs, r, "spin_lock_off", "bpf_spin_lock")
         lock = lock_id(reg.aux, reg.id)
         held = self._lock_held(st)
         if kind is ArgType.SPIN_LOCK:
@@ -1620,11 +1615,62 @@ class Checker:
             self.reject("bpf_spin_unlock of different lock")
         st.refs = tuple(x for x in st.refs if x[0] >= 0)
 
+    def _special_field_arg(self, regs: list[Reg], r: int, attr: str, struct: str) -> Reg:
+        """A helper's pointer to a special struct of a map value (``struct bpf_spin_lock``,
+        ``struct bpf_timer``): exactly where the map's value type holds it."""
+        reg = self._read(regs, r)
+        if reg.type is not Pt.PTR_TO_MAP_VALUE:
+            self.reject(f"R{r} doesn't have constant offset. {struct} has to be at the constant offset "
+                        f"of a map value, not {reg}")
+        if not reg.var.is_const:
+            self.reject(f"R{r} doesn't have constant offset. {struct} has to be at the constant offset")
+        m = self.maps.get(reg.aux) if self.maps is not None else None
+        field_off = getattr(m, attr, None)
+        if m is None or field_off is None:
+            name = getattr(m, "name", "") or reg.aux
+            self.reject(f"map '{name}' has no valid {struct}")
+        off = reg.off + reg.var.value
+        if off != field_off:
+            self.reject(f"off {off} doesn't point to 'struct {struct}' that is at {field_off}")
+        return reg
+
+    def _push_async_callback(self, st: State, fn: Reg, timer: Reg) -> None:
+        """A function a helper keeps to call later (a timer's callback): verified as a path of its
+        own from here, in a new frame with the timer's map, key and value, holding nothing."""
+        if len(st.frames) >= self.max_call_depth:
+            self.reject(f"call stack is too deep: {len(st.frames) + 1} frames (max {self.max_call_depth})")
+        regs = [NOT_INIT] * 11
+        regs[1] = Reg(Pt.CONST_PTR_TO_MAP, aux=timer.aux)
+        regs[2] = Reg(Pt.PTR_TO_MAP_KEY, aux=timer.aux)
+        regs[3] = Reg(Pt.PTR_TO_MAP_VALUE, aux=timer.aux)
+        regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
+        later = st.copy()
+        later.refs = ()
+        later.frames.append(Frame(regs, [None] * SLOTS, self.pc, fn.aux, self.fresh_id()))
+        visit = self.visit
+        assert visit is not None
+        visit.branches += 1
+        self.work.append((fn.aux, later, visit, self.path_log))
+
+    def _async_return(self, st: State) -> None:
+        """The exit of a function a helper calls later: it holds nothing and returns 0."""
+        if st.refs:
+            ref, at = st.refs[0]
+            self.reject(f"Unreleased reference id={ref} alloc_insn={at}: a callback called later must release "
+                        "what it acquires")
+        r0 = st.frames[-1].regs[0]
+        if r0.type is not Pt.SCALAR:
+            self.reject(f"a callback called later must return 0, not {r0}")
+        self._precise(0)
+        if r0.var != sc.ZERO:
+            self.reject(f"At async callback return the register R0 has {r0.var}, should have been in [0, 0]")
+
     def _call_helper(self, st: State, regs: list[Reg], hid: int) -> None:
         args, ret = self.signatures[hid]
         if ArgType.SPIN_UNLOCK not in args and self._lock_held(st) is not None:
             self.reject("function calls are not allowed while holding a lock")
         map_reg: Reg | None = None
+        timer_reg: Reg | None = None
         pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
         released = 0
         cast_ref = 0  # the reference of the socket a pointer cast is given
@@ -1644,6 +1690,9 @@ class Checker:
                         self.reject(f"r{r} must be a map pointer (argument {r} of helper {hid}), not {reg}")
                     map_reg = reg
                     self._map_for_helper(reg.aux, hid)
+                    if timer_reg is not None and timer_reg.aux != reg.aux:
+                        self.reject(f"timer pointer in R1 map_uid={timer_reg.aux} doesn't match map pointer in "
+                                    f"R{r} map_uid={reg.aux}")
                 case ArgType.ZERO:
                     reg = self._scalar_arg(regs, r, f"argument {r} of helper {hid}")
                     self._precise(r)
@@ -1705,6 +1754,16 @@ class Checker:
                                     f"(lddw r{r}, func:F) to call back, not {reg}")
                 case ArgType.SPIN_LOCK | ArgType.SPIN_UNLOCK:
                     self._spin_lock_arg(st, regs, r, kind)
+                case ArgType.TIMER:
+                    timer_reg = self._special_field_arg(regs, r, "timer_off", "bpf_timer")
+                case ArgType.ASYNC_CALLBACK:
+                    reg = self._read(regs, r)
+                    if reg.type is not Pt.PTR_TO_FUNC:
+                        self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
+                                    f"(lddw r{r}, func:F) to call later, not {reg}")
+                    if timer_reg is None:
+                        self.reject(f"helper {hid} takes a callback without a timer argument before it")
+                    self._push_async_callback(st, reg, timer_reg)
                 case ArgType.BTF_OBJECT:
                     reg = self._read(regs, r)
                     if reg.type is not Pt.PTR_TO_BTF_ID:

@@ -1,0 +1,100 @@
+"""bpf_timer: a map value's timer initialised, given a callback, started and cancelled, with the
+kernel helpers' results (-EBUSY, -EINVAL, whether a cancel stopped an armed timer) in both engines
+and in the kernel's BPF_PROG_TEST_RUN where it is available; and the verifier's rules for the
+timer argument (exactly the value's struct bpf_timer, of the map given) and for the callback (a
+function of the timer's map element, verified apart, that returns 0), checked against the kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from jitbpf.errors import VerifierError
+from jitbpf.linux.elf import load_elf
+from tests.kernel import Kernel
+from tests.support import c_builder, packet_run_everywhere
+from tests.test_skb_room_helpers import UDP4
+
+Build = Callable[[str], Path]
+HEADER = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+"""
+# Each helper's result goes into 6 bits of r0 (-EINVAL: 42, -EBUSY: 48).
+TEMPLATE = """
+struct elem { int pad; struct bpf_timer t; int n; };
+struct plain { long a, b; };
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 2); __type(key, int); __type(value, struct elem); }
+    timers SEC(".maps"), other SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, int); __type(value, struct plain); }
+    plain SEC(".maps");
+static int count(void *map, int *key, struct elem *v) { v->n++; return 0; }
+static int returns_one(void *map, int *key, struct elem *v) { return 1; }
+#define R(x) (out = out * 64 + ((x) & 63))
+SEC("tc") int prog(struct __sk_buff *skb) {
+    int k = 0;
+    struct elem *e = bpf_map_lookup_elem(&timers, &k);
+    struct plain *p = bpf_map_lookup_elem(&plain, &k);
+    if (!e || !p)
+        return 1;
+    long out = 0;
+    %s;
+    return out & 0x7fffffff;
+}
+"""
+CALLS = [
+    # armed by start, stopped by cancel; a second init is -EBUSY
+    "R(bpf_timer_init(&e->t, &timers, 1)); R(bpf_timer_init(&e->t, &timers, 1));"
+    " R(bpf_timer_set_callback(&e->t, count)); R(bpf_timer_start(&e->t, 1000000000, 0)); R(bpf_timer_cancel(&e->t))",
+    # nothing works before init; clock 5 is none of the three a timer may use
+    "R(bpf_timer_set_callback(&e->t, count)); R(bpf_timer_start(&e->t, 1, 0)); R(bpf_timer_cancel(&e->t));"
+    " R(bpf_timer_init(&e->t, &timers, 5))",
+    # start needs the callback, and knows two flags only
+    "R(bpf_timer_init(&e->t, &timers, 0)); R(bpf_timer_start(&e->t, 1, 0)); R(bpf_timer_set_callback(&e->t, count));"
+    " R(bpf_timer_start(&e->t, 1, 4)); R(bpf_timer_start(&e->t, 1, 1))",
+    "R(bpf_timer_init(&e->t, &timers, 7 | 16))",  # flags beyond the clock
+    # a cancel also forgets the callback: the next start needs a new one
+    "R(bpf_timer_init(&e->t, &timers, 7)); R(bpf_timer_set_callback(&e->t, count)); R(bpf_timer_cancel(&e->t));"
+    " R(bpf_timer_start(&e->t, 5000000000ULL, 0)); R(bpf_timer_cancel(&e->t))",
+    "R(bpf_timer_init(&e->t, &timers, 1)); R(bpf_timer_set_callback(&e->t, count));"
+    " R(bpf_timer_start(&e->t, 5000000000ULL, 0)); R(bpf_timer_cancel(&e->t)); R(bpf_timer_cancel(&e->t))",
+]
+REFUSED = [
+    "bpf_timer_init(&e->t, &other, 1)",  # the timer of another map
+    "bpf_timer_init((struct bpf_timer *)&e->n, &timers, 1)",  # not where the value's timer is
+    "bpf_timer_init((struct bpf_timer *)p, &plain, 1)",  # a map without timers
+    "bpf_timer_set_callback(&e->t, returns_one)",  # a timer's callback returns 0
+]
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    compile_c = c_builder(tmp_path_factory.mktemp("timers"), HEADER)
+    return lambda body: compile_c(TEMPLATE % body)
+
+
+@pytest.mark.parametrize("calls", CALLS)
+def test_matches_the_kernel(build: Build, kernel: Kernel | None, calls: str) -> None:
+    packet_run_everywhere(build(calls), UDP4, kernel)
+
+
+def test_the_results(build: Build) -> None:
+    def fields(calls: str, n: int) -> list[int]:
+        retval, _ = packet_run_everywhere(build(calls), UDP4, None)
+        return [retval >> (6 * (n - 1 - i)) & 63 for i in range(n)]
+
+    assert fields(CALLS[0], 5) == [0, 48, 0, 0, 1]
+    assert fields(CALLS[1], 4) == [42, 42, 42, 42]
+    assert fields(CALLS[4], 5) == [0, 0, 0, 42, 0]
+    assert fields(CALLS[5], 5) == [0, 0, 0, 1, 0]
+
+
+@pytest.mark.parametrize("body", REFUSED)
+def test_the_verifier_refuses(build: Build, kernel: Kernel | None, body: str) -> None:
+    path = build(body)
+    with pytest.raises(VerifierError):
+        load_elf(path).programs["prog"].vm().check()
+    if kernel is not None:
+        assert isinstance(kernel.load(path, "prog", None), str)
