@@ -501,3 +501,29 @@ def test_flow_dissector_keys_are_the_kernels(example: Compiler) -> None:
             assert verdict == r0
             if r0 == 0:
                 assert bytes(keys) == out
+
+
+PKT_TYPE_FRAMES = {  # Ethernet destination -> skb->pkt_type on the test run's loopback device
+    "000000000000": 0,  # the device's own address: PACKET_HOST
+    "ffffffffffff": 2,  # broadcast, which the loopback does not have: PACKET_MULTICAST
+    "01005e000001": 2,
+    "020000000002": 3,  # PACKET_OTHERHOST
+}
+
+
+def test_tc_pkt_type_follows_the_ethernet_destination(tmp_path: Path, kernel: Kernel | None) -> None:
+    path = c_builder(tmp_path, "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n")(
+        'SEC("tc") int prog(struct __sk_buff *skb) { return skb->pkt_type + 100; }\n')
+    loaded = kernel.load(path, "prog", None) if kernel is not None else None
+    assert not isinstance(loaded, str), loaded
+    try:
+        for dst, pkt_type in PKT_TYPE_FRAMES.items():
+            frame = bytes.fromhex(dst) + bytes(6) + b"\x08\x00" + bytes(46)
+            for engine in ("interp", "jit"):
+                assert int(load_elf(path).programs["prog"].run(frame, engine=engine)[0]) == pkt_type + 100
+            if loaded is not None:
+                ran = loaded.run(frame)
+                assert ran is not None and ran.retval == pkt_type + 100
+    finally:
+        if loaded is not None:
+            loaded.close()

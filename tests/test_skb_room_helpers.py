@@ -1,5 +1,5 @@
 """The tc helpers that move an skb's headers or its end (skb_adjust_room, skb_change_proto,
-skb_change_head, skb_change_tail, skb_vlan_push and skb_vlan_pop, whose first tag is the skb's
+skb_change_head, skb_change_tail, skb_change_type, skb_vlan_push and skb_vlan_pop, whose first tag is the skb's
 accelerated one, in the context, and the next ones move into and out of the packet), set its
 tunnel key (skb_set/get_tunnel_key, the test-run skb having no tunnel of its own) and
 bpf_redirect_neigh that encapsulating programs end with: both engines, checked against the
@@ -20,7 +20,7 @@ from tests.support import c_builder, packet_run_everywhere
 
 Build = Callable[[str], Path]
 # The program returns the helper's error, or else what the skb looks like afterwards (its length,
-# its protocol, its accelerated VLAN tag, and a byte read through the reloaded packet pointers,
+# its protocol, its accelerated VLAN tag, its packet type, and a byte read through the reloaded packet pointers,
 # which the verifier demands).
 HEADER = """
 #include <linux/bpf.h>
@@ -45,7 +45,7 @@ SEC("tc") int prog(struct __sk_buff *skb) {
     unsigned char *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
     unsigned int first = data + 1 <= end ? data[0] : 0x1ff;
     return ((skb->len << 20) ^ (skb->protocol << 4) ^ first) + skb->vlan_present * 100000 + skb->vlan_tci * 13
-           + skb->vlan_proto * 17;
+           + skb->vlan_proto * 17 + skb->pkt_type * 7919;
 }
 """
 ETH = bytes.fromhex("020000000002020000000001")
@@ -108,6 +108,9 @@ CALLS = [
     "bpf_skb_change_tail(skb, 200, 1)",  # -EINVAL: flags
     "bpf_skb_change_tail(skb, 20000, 0)",  # -EINVAL: past the largest skb
     f"AND_THEN(bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, {ENCAP4}), bpf_skb_change_tail(skb, 200, 0))",
+    "bpf_skb_change_type(skb, 3)",  # PACKET_OTHERHOST
+    "bpf_skb_change_type(skb, 4)",  # -EINVAL: only host, broadcast, multicast and other host
+    "AND_THEN(bpf_skb_change_type(skb, 1), bpf_skb_change_type(skb, 0))",
     "PUSH(0x8100, 100)",
     "PUSH(0x88a8, 5)",
     "PUSH(0x1234, 0xffff)",  # another type is taken as 802.1Q

@@ -192,6 +192,7 @@ struct jb_pkt_prog {
     uint64_t tailroom;
     int32_t off_protocol;    /* __sk_buff.protocol and wire_len, for fields derived per packet */
     int32_t off_wire_len;
+    int32_t off_pkt_type;    /* __sk_buff.pkt_type (JB_DERIVE_PKT_TYPE) */
     uint64_t tmpl;           /* the initial context (ctx_size bytes), and the fields derived from */
     uint64_t derive;         /* each packet (enum jb_derive) */
     int32_t off_sk;          /* __sk_buff.sk (-1: none), and the arena offset of the socket */
@@ -206,6 +207,7 @@ enum jb_derive {             /* context fields jb_pkt_frame derives from each pa
     JB_DERIVE_ETH_PROTOCOL = 1,  /* protocol: the Ethernet type */
     JB_DERIVE_IP_PROTOCOL = 2,   /* protocol: IPv4 or IPv6 by the version nibble */
     JB_DERIVE_WIRE_LEN = 4,      /* wire_len: the packet's length */
+    JB_DERIVE_PKT_TYPE = 32,     /* pkt_type: by the Ethernet destination (see eth_pkt_type) */
     /* sk: the socket the kernel's test runs give a packet (family and addresses from its IP
        header, closed), laid out in the arena at sock_off */
     JB_DERIVE_SOCKET = 8,

@@ -127,6 +127,17 @@ static uint32_t eth_protocol(const uint8_t *data, uint64_t len)
     return len >= ETH_HLEN ? (uint32_t)data[12] | (uint32_t)data[13] << 8 : 0;
 }
 
+/* skb->pkt_type as eth_type_trans gives it on the test run's device, the loopback (whose address
+   and broadcast address are all zero): host, multicast (any group address, broadcast too), or
+   another host's. */
+static uint32_t eth_pkt_type(const uint8_t *data, uint64_t len)
+{
+    static const uint8_t loopback[6];
+    if (len < ETH_HLEN || memcmp(data, loopback, sizeof(loopback)) == 0)
+        return 0; /* PACKET_HOST */
+    return data[0] & 1 ? 2 : 3; /* PACKET_MULTICAST, PACKET_OTHERHOST */
+}
+
 /* cgroup_skb sees the packet from its IP header: IPv4 by its version nibble, else IPv6. */
 static uint32_t ip_protocol(const uint8_t *data, uint64_t len)
 {
@@ -210,6 +221,8 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
         put32(run->ctx, p->off_protocol, ip_protocol(data, len));
     if (p->derive & JB_DERIVE_WIRE_LEN)
         put32(run->ctx, p->off_wire_len, len);
+    if (p->derive & JB_DERIVE_PKT_TYPE)
+        put32(run->ctx, p->off_pkt_type, eth_pkt_type(data, len));
     run->protocol = 0;
     if (run->off_protocol >= 0)
         memcpy(&run->protocol, (char *)PTR(run->ctx) + run->off_protocol, 4);

@@ -37,6 +37,7 @@ class HelperId(enum.IntEnum):
     GET_STACKID = 27  # bpf_get_stackid(ctx, stack_trace_map, flags) -> stack id or -errno
     CSUM_DIFF = 28  # bpf_csum_diff
     SKB_CHANGE_PROTO = 31  # bpf_skb_change_proto
+    SKB_CHANGE_TYPE = 32  # bpf_skb_change_type
     SKB_UNDER_CGROUP = 33  # bpf_skb_under_cgroup(skb, cgroup_array, index) -> 1, 0 or -errno
     GET_HASH_RECALC = 34  # bpf_get_hash_recalc
     GET_CURRENT_TASK = 35  # bpf_get_current_task

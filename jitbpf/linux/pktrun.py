@@ -38,6 +38,7 @@ class FrameLayout:
     length: int  # offset of __sk_buff.len (kept equal to data_end - data)
     protocol: int  # offsets of fields derived from each packet when asked (see jb_derive)
     wire_len: int
+    pkt_type: int
     sk: int  # offset of __sk_buff.sk, and where in the arena the packet's own socket goes (JB_DERIVE_SOCKET)
     sock_off: int
     flow_keys: int  # offset of __sk_buff.flow_keys, and where the keys go (JB_DERIVE_FLOW_KEYS)
@@ -60,7 +61,7 @@ def new_frame(layout: FrameLayout, arena: Pages) -> Any:
     pkt.off_len, pkt.ptr_size, pkt.ctx_size, pkt.xdp = layout.length, layout.ptr_size, layout.ctx_size, layout.xdp
     p.arena, p.arena_size, p.frame_off = arena.address, arena.size, layout.frame_off
     p.headroom, p.tailroom = layout.headroom, layout.tailroom
-    p.off_protocol, p.off_wire_len = layout.protocol, layout.wire_len
+    p.off_protocol, p.off_wire_len, p.off_pkt_type = layout.protocol, layout.wire_len, layout.pkt_type
     p.off_sk, p.sock_off = layout.sk, layout.sock_off
     p.off_flow_keys, p.keys_off = layout.flow_keys, layout.keys_off
     pkt.off_protocol = layout.protocol  # helpers that change skb->protocol keep the field in step

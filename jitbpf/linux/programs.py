@@ -138,6 +138,7 @@ EINVAL = 22  # the kernel's error number, returned negated by helpers
 E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
 EOPNOTSUPP = 95
+PACKET_OTHERHOST = 3  # the last of the packet types bpf_skb_change_type moves between
 ENODEV = 19
 EACCES = 13
 BPF_F_INGRESS = 1  # bpf_clone_redirect/bpf_redirect: to the device's ingress
@@ -848,6 +849,7 @@ def frame_layout(info: ProgramType) -> FrameLayout:
         ptr_size=_field_size(info.ctx, data) if data != NO_FIELD else 4,
         length=int(length.offset) if length is not None and info.packet else NO_FIELD,
         protocol=SkBuff.protocol.offset if skb else NO_FIELD, wire_len=SkBuff.wire_len.offset if skb else NO_FIELD,
+        pkt_type=SkBuff.pkt_type.offset if skb else NO_FIELD,
         sk=SkBuff.sk.offset if skb else NO_FIELD, sock_off=SOCK_OFF,
         flow_keys=where.get("flow_keys", NO_FIELD), keys_off=FLOW_KEYS_OFF, headroom=info.headroom,
         tailroom=info.tailroom, xdp=info.prog_type is ProgType.XDP,
@@ -1142,6 +1144,15 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         host.clones.append((ifindex & MASK32, bool(flags & BPF_F_INGRESS), packet))
         return 0
 
+    def skb_change_type(ctx: int, pkt_type: int, _c: int, _d: int, _e: int) -> int:
+        # Only among host, broadcast, multicast and other host (the kernel's skb_pkt_type_ok).
+        state.current()
+        field = ctx + SkBuff.pkt_type.offset
+        if vm.memory.load(field, 4) > PACKET_OTHERHOST or pkt_type & MASK32 > PACKET_OTHERHOST:
+            return _err(EINVAL)
+        vm.memory.store(field, 4, pkt_type & MASK32)
+        return 0
+
     def skb_ecn_set_ce(ctx: int, _b: int, _c: int, _d: int, _e: int) -> int:
         run = state.current()
         net = run.data + int(run.frame.pkt.net_off)
@@ -1209,6 +1220,7 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         Helper(H.CSUM_LEVEL, "bpf_csum_level", csum_level, args=("ctx_read", "scalar")),
         Helper(H.CLONE_REDIRECT, "bpf_clone_redirect", clone_redirect, args=("ctx_read", "scalar", "scalar")),
         Helper(H.SKB_ECN_SET_CE, "bpf_skb_ecn_set_ce", skb_ecn_set_ce, args=("ctx_read",)),
+        Helper(H.SKB_CHANGE_TYPE, "bpf_skb_change_type", skb_change_type, args=("ctx_read", "scalar")),
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),
         Helper(H.MSG_CORK_BYTES, "bpf_msg_cork_bytes", msg_cork_bytes, args=("ctx", "scalar")),
         Helper(H.SOCK_OPS_CB_FLAGS_SET, "bpf_sock_ops_cb_flags_set", sock_ops_cb_flags_set, args=("ctx", "scalar")),
@@ -1653,13 +1665,17 @@ def _skb_template(state: ProgramState, fields: Mapping[str, Any], protocol: int,
     packet: ``protocol`` (the jb_derive way to find it) and ``wire_len``, unless ``fields``
     give them; ``len`` always follows the packet; ``sk`` is the socket (see _socket_fields)."""
     _off, sk_value, sk_derive = sk or (0, 0, 0)
+    # A tc frame's Ethernet destination gives the packet type (the other types' packets start at
+    # the network header).
+    tc = state.info.prog_type in (ProgType.SCHED_CLS, ProgType.SCHED_ACT)
+    pkt_type = native().lib.JB_DERIVE_PKT_TYPE if tc else 0
     if not fields:
         key: Hashable = (protocol, sk_value)
-        derive = protocol | _DERIVE_WIRE_LEN | sk_derive
+        derive = protocol | _DERIVE_WIRE_LEN | pkt_type | sk_derive
     else:
         key = (protocol, sk_value, *sorted(fields.items()))
         derive = (0 if "protocol" in fields else protocol) | (0 if "wire_len" in fields else _DERIVE_WIRE_LEN)
-        derive |= sk_derive
+        derive |= (0 if "pkt_type" in fields else pkt_type) | sk_derive
     values = {"ifindex": 1, "ingress_ifindex": 1, **fields, "sk": sk_value}
     try:
         template = state.templates.get(key)
