@@ -67,6 +67,8 @@ CASES = {
     "cgroup-id": TC % "return bpf_skb_cgroup_id(skb);",
     "socket-uid": TC % "return bpf_get_socket_uid(skb);",
     "classid": TC % "return bpf_get_cgroup_classid(skb);",
+    "socket-cookie": TC % "return bpf_get_socket_cookie(skb) != 0;",
+    "netns-cookie": TC % "return bpf_get_netns_cookie(skb) != 0;",
     "numa": TC % "return bpf_get_numa_node_id();",
     "coarse-clock": TC % "return bpf_ktime_get_coarse_ns() != 0;",
     "strncmp-equal": TC % 'char a[8] = "help"; return bpf_strncmp(a, 8, "help");',
@@ -89,11 +91,11 @@ def test_matches_the_kernel(build: Build, kernel: Kernel | None, name: str) -> N
 
 def test_the_host_answers(build: Build) -> None:
     """What the kernel's test runs answer are defaults: a program sees what the host says."""
-    prog = load_elf(build(TC % "return bpf_get_socket_uid(skb) + bpf_skb_cgroup_id(skb) * 1000;")).programs["prog"]
-    vm = prog.vm()
-    vm.std.host.socket_uid, vm.std.host.cgroup_id = 7, 3
-    assert [int(vm.run_tc(FRAME, engine=e)[0]) for e in ("interp", "jit")] == [3007] * 2
-    vm.std.host.packet_socket = False  # no socket: cgroup 0, the overflow uid
+    body = "return bpf_get_socket_uid(skb) + bpf_skb_cgroup_id(skb) * 1000 + bpf_get_socket_cookie(skb) * 100000;"
+    vm = load_elf(build(TC % body)).programs["prog"].vm()
+    vm.std.host.socket_uid, vm.std.host.cgroup_id, vm.std.host.socket_cookie = 7, 3, 2
+    assert [int(vm.run_tc(FRAME, engine=e)[0]) for e in ("interp", "jit")] == [203007] * 2
+    vm.std.host.packet_socket = False  # no socket: cgroup 0, the overflow uid, no cookie
     assert [int(vm.run_tc(FRAME, engine=e)[0]) for e in ("interp", "jit")] == [65534] * 2
 
 

@@ -76,7 +76,7 @@ class Host:
     """The answers of the helpers that ask the host. Fill it before running (``vm.std.host``).
 
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
-    device and inode 0, cookies 0, hash 0, class id 0, socket owner uid 0, NUMA node 0, function
+    device and inode 0, socket and namespace cookies 1, hash 0, class id 0, socket owner uid 0, NUMA node 0, function
     address 0, interface 1 (loopback, MTU 65536) only, forwarding off, no routes, the task in the
     root cgroup (id 1) only, attach cookie 0, a packet's socket in the task's cgroups (as the socket the kernel's
     test runs give a packet), cgroup programs attached to the root cgroup for ingress, and empty
@@ -88,8 +88,9 @@ class Host:
     tgid: int = 0  # process id in the namespace
     pidns_dev: int = 0  # device number of the pid namespace's nsfs
     pidns_ino: int = 0  # inode number of the pid namespace
-    socket_cookie: int = 0  # bpf_get_socket_cookie
-    netns_cookie: int = 0  # bpf_get_netns_cookie
+    # Cookies are never 0 in the kernel: the test run's socket has one, and so has the namespace.
+    socket_cookie: int = 1  # bpf_get_socket_cookie (0 when the packet has no socket)
+    netns_cookie: int = 1  # bpf_get_netns_cookie
     skb_hash: int = 0  # bpf_get_hash_recalc
     cgroup_classid: int = 0  # bpf_get_cgroup_classid: the packet's net_cls class (none)
     socket_uid: int = 0  # bpf_get_socket_uid: the owner of the packet's socket
@@ -290,7 +291,7 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
         Helper(H.GET_NS_CURRENT_PID_TGID, "bpf_get_ns_current_pid_tgid", ns_current_pid_tgid,
                ("scalar", "scalar", "uninit_mem", "size")),
         Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", constant("skb_hash"), ("ctx_read",)),
-        Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", constant("socket_cookie"), ("ctx_read",)),
+        Helper(H.GET_SOCKET_COOKIE, "bpf_get_socket_cookie", packet_socket("socket_cookie", 0), ("ctx_read",)),
         Helper(H.GET_NETNS_COOKIE, "bpf_get_netns_cookie", constant("netns_cookie"), ("ctx_or_null",)),
         *(Helper(hid, name, probe_read_str, ("uninit_mem", "size_or_zero", "anything"), "length_or_errno")
           for hid, name in ((H.PROBE_READ_STR, "bpf_probe_read_str"),
