@@ -422,7 +422,8 @@ class ProgramType:
                            ret_range=section_ret_range(section, self.ret_range), ret_pointer_ok=False,
                            packet_writable=self.packet_writable,
                            ld_abs=self.ld_abs, sockmap_writers=_SOCKMAP_WRITERS.get(self.prog_type, frozenset()),
-                           socket_context=self.socket_context)
+                           socket_context=self.socket_context,
+                           packet_helpers=_PACKET_HELPERS)
 
 
 def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSpec:
@@ -709,6 +710,12 @@ _MAP_SOURCES = frozenset({PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VAL
 # The map helpers that may change a socket map, by program type (the kernel's may_update_sockmap:
 # types where no socket lock can be held; sock_ops only deletes; BTF iterators are typed apart).
 _UPDATE_DELETE = MAP_WRITE_HELPERS
+# The helpers whose memory arguments may be packet pointers (the kernel's pkt_access): the map
+# helpers, bpf_csum_diff and the socket lookups (a tuple in the packet).
+_PACKET_HELPERS = frozenset(map(int, (
+    HelperId.MAP_LOOKUP_ELEM, HelperId.MAP_UPDATE_ELEM, HelperId.MAP_DELETE_ELEM, HelperId.MAP_PUSH_ELEM,
+    HelperId.MAP_POP_ELEM, HelperId.MAP_PEEK_ELEM, HelperId.MAP_LOOKUP_PERCPU_ELEM, HelperId.CSUM_DIFF,
+    HelperId.SK_LOOKUP_TCP, HelperId.SK_LOOKUP_UDP, HelperId.SKC_LOOKUP_TCP)))
 _SOCKMAP_WRITERS: Mapping[ProgType, frozenset[int]] = MappingProxyType({
     **{t: _UPDATE_DELETE for t in (ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.XDP,
                                     ProgType.SK_LOOKUP, ProgType.SK_REUSEPORT, ProgType.FLOW_DISSECTOR)},

@@ -64,6 +64,10 @@ MERGE_AFTER = 4  # remembered states at a join point outside loops before new ar
 MAX_LINK_OFFSET = (1 << 31) - 1  # largest constant an add may put between linked scalars (the kernel's)
 MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
+# Helper arguments that take memory (which a packet pointer could give), and those pointers.
+MEMORY_ARGS = frozenset({ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.UNINIT_VALUE, ArgType.MEM,
+                         ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG})
+PACKET_POINTERS = frozenset({RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META})
 FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
@@ -837,6 +841,11 @@ class Checker:
         dst = self._read(regs, d)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
             a, b = dst.var, src.var
+            if op in (AluOp.DIV, AluOp.MOD):
+                # The kernel computes no range for a quotient or a remainder, of constants neither:
+                # all 64 bits are unknown, even after a 32-bit operation.
+                regs[d] = UNKNOWN_SCALAR
+                return
             # Constants fold (loop counters), but for shifts by the width or more: those give unknowns.
             if not a.mask and not b.mask and info.width == 64 and (b.value < 64 or op not in sc.SHIFTS):
                 regs[d] = Reg(Pt.SCALAR, sc.const(sc.exact(op, a.value, b.value, 64, info.signed)))
@@ -1248,7 +1257,9 @@ class Checker:
             assert value is not None
             if size == 8 and start % 8 == 0:
                 frame.stack[start // 8] = value  # spill: the register's full state is kept
-            elif value.type is Pt.SCALAR and value.var.is_const:
+            elif value.type is Pt.SCALAR and value.var.is_const and (start % 8 == 0 or value.var.value == 0):
+                # As the kernel: a constant is remembered where it is a spill (at a slot's start) or
+                # zeros; other bytes written are just initialised (a fill reads them as unknown).
                 frame.write_bytes(start, tuple((value.var.value >> (8 * i)) & 0xFF for i in range(size)))
             elif value.type is Pt.SCALAR and start % 8 == 0 and value.var != sc.UNKNOWN \
                     and (rest := self._narrow_spill_rest(frame, start, size)) is not None:
@@ -1431,14 +1442,11 @@ class Checker:
     def _pointer_branch(self, st: State, insn: Instruction, op: int, a: Reg, b: Reg, reg_src: bool
                         ) -> tuple[State | None, State | None] | None:
         """Null checks of map values and packet bounds checks; None when neither applies."""
-        # Null check: `if rX == 0` / `if rX != 0` on a possibly-null map value (either side).
+        # Null check: `if rX == 0` / `if rX != 0` on a possibly-null pointer. As in the kernel, only
+        # against the immediate 0: a register holding 0, on either side, narrows nothing.
         if op in (JmpOp.JEQ, JmpOp.JNE):
             for p, z in ((a, b), (b, a)):
-                if p.type in POINTER_OR_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
-                    if z is a:
-                        self._precise(insn.dst)  # a register that happened to hold 0
-                    elif reg_src:
-                        self._precise(insn.src)
+                if p is a and not reg_src and p.type in POINTER_OR_NULL and z.var == sc.ZERO:
                     null, nonnull = st.copy(), st
                     self._mark_null(null, p, True)
                     self._mark_null(nonnull, p, False)
@@ -1626,9 +1634,13 @@ class Checker:
         cast_ref = 0  # the reference of the socket a pointer cast is given
         alloc_size = 0
         size_max = MAX_OFFSET  # the largest value of the size argument
+        packet_ok = self.context.packet_helpers is None or hid in self.context.packet_helpers
         for i, kind in enumerate(args):
             r = i + 1
             nxt = args[i + 1] if i + 1 < len(args) else None
+            if not packet_ok and kind in MEMORY_ARGS and self._read(regs, r).type in PACKET_POINTERS:
+                self.reject(f"helper access to the packet is not allowed: r{r} points into the packet, "
+                            f"which {self.helper_names.get(hid, hid)} may not read or write")
             match kind:
                 case ArgType.ANYTHING | ArgType.IGNORED:
                     pass
@@ -1637,7 +1649,10 @@ class Checker:
                 case ArgType.MAP:
                     reg = self._read(regs, r)
                     if reg.type is not Pt.CONST_PTR_TO_MAP:
-                        self.reject(f"r{r} must be a map pointer (argument {r} of helper {hid}), not {reg}")
+                        # (The kernel's name of a map of maps' lookup result: a map value or NULL.)
+                        got = "map_value_or_null" if reg.type is Pt.CONST_PTR_TO_MAP_OR_NULL else reg.type.value
+                        self.reject(f"R{r} type={got} expected=map_ptr: argument {r} of helper {hid} "
+                                    f"is a map, not {reg}")
                     map_reg = reg
                     self._map_for_helper(reg.aux, hid)
                 case ArgType.ZERO:
@@ -1832,6 +1847,8 @@ class Checker:
         m = self.maps.get(handle) if self.maps is not None else None
         if m is None:
             return
+        if hid in self.tail_calls and m.map_type != MapType.PROG_ARRAY:
+            self.reject("expected prog array map for tail call")  # the kernel checks this one first
         only = HELPERS_OF_TYPE.get(m.map_type)  # type: ignore[call-overload]
         wanted = self.map_types.get(hid, ())
         if (only is not None and hid not in only) or (wanted and m.map_type not in wanted):
