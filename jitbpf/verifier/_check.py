@@ -68,6 +68,10 @@ MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 MEMORY_ARGS = frozenset({ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.UNINIT_VALUE, ArgType.MEM,
                          ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG})
 PACKET_POINTERS = frozenset({RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META})
+# The kernel's names of the ALU operators (bpf_alu_string), for its messages.
+ALU_SYMBOLS = {AluOp.ADD: "+=", AluOp.SUB: "-=", AluOp.MUL: "*=", AluOp.DIV: "/=", AluOp.OR: "|=", AluOp.AND: "&=",
+               AluOp.LSH: "<<=", AluOp.RSH: ">>=", AluOp.NEG: "neg", AluOp.MOD: "%=", AluOp.XOR: "^=",
+               AluOp.MOV: "=", AluOp.ARSH: "s>>="}
 FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
@@ -862,31 +866,44 @@ class Checker:
         regs[d] = self._pointer_alu(insn, info, dst, src)
 
     def _pointer_alu(self, insn: Instruction, info: OpInfo, dst: Reg, src: Reg) -> Reg:
-        """Arithmetic involving a pointer: only pointer +/- scalar (and pointer - pointer)."""
+        """Arithmetic involving a pointer: only pointer +/- scalar (and pointer - pointer). Refusals
+        in the kernel's order and words: two pointers, 32 bits, the pointer's type, the operator."""
         op = info.op
-        name = AluOp(op).name.lower()
+        d = insn.dst
+        sym = ALU_SYMBOLS.get(AluOp(op), AluOp(op).name.lower())
         if info.width != 64:
             if self.privileged and op == AluOp.SUB:
                 return Reg(Pt.SCALAR, sc.alu_width(AluOp.MOV, sc.UNKNOWN, sc.UNKNOWN, 32, False))
-            self.reject(f"32-bit arithmetic ({name}32) on a pointer is prohibited")
+            self.reject(f"r{d} 32-bit pointer arithmetic prohibited ({AluOp(op).name.lower()}32 on a pointer)")
         if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
             return self._pointer_difference(dst, src)
-        if op == AluOp.ADD and dst.is_pointer and src.is_pointer:
-            self.reject(f"r{insn.dst} pointer += pointer prohibited (an unknown pointer)")
+        if dst.is_pointer and src.is_pointer:
+            self.reject(f"r{d} pointer {sym} pointer prohibited (an unknown pointer)")
         if op == AluOp.ADD and src.is_pointer:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
             return self._pointer_add(src, dst.var, False, insn.src)
         if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src.is_pointer:
-            self.reject(f"r{insn.dst} subtraction from stack pointer prohibited")  # the kernel's rule
+            self.reject(f"r{d} subtraction from stack pointer prohibited")  # the kernel's rule
         if op in (AluOp.ADD, AluOp.SUB) and dst.is_pointer:
             if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.src)
             return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
-        if src.is_pointer and not dst.is_pointer:
-            what = "tried to subtract pointer from scalar" if op == AluOp.SUB else f"pointer arithmetic ({name})"
-            self.reject(f"r{insn.dst} {what}: r{insn.src} is a pointer, the result an unknown pointer")
-        self.reject(f"pointer arithmetic ({name}) on r{insn.dst} ({dst}) makes an unknown pointer")
+        ptr = dst if dst.is_pointer else src
+        self._arithmetic_allowed(ptr, d)
+        if op == AluOp.SUB:
+            self.reject(f"r{d} tried to subtract pointer from scalar: r{insn.src} is a pointer, the result an "
+                        "unknown pointer")
+        if op in (AluOp.AND, AluOp.OR, AluOp.XOR):
+            self.reject(f"r{d} bitwise operator {sym} on pointer prohibited ({ptr})")
+        self.reject(f"r{d} pointer arithmetic with {sym} operator prohibited ({ptr}): the result is no pointer")
+
+    def _arithmetic_allowed(self, ptr: Reg, r: int) -> None:
+        """The kernel's pointer types that take no arithmetic at all."""
+        t = ptr.type
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
+            hint = ", null-check it first" if t in POINTER_OR_NULL else ""
+            self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
 
     def _pointer_difference(self, dst: Reg, src: Reg) -> Reg:
         """``dst - src`` of two pointers into the same object: a scalar (the kernel allows it to
@@ -909,9 +926,7 @@ class Checker:
         t = ptr.type
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
-            hint = ", null-check it first" if t in POINTER_OR_NULL else ""
-            self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
+        self._arithmetic_allowed(ptr, r)
         if t is Pt.PTR_TO_MEM:
             return ptr  # memory of unknown size: every access keeps its runtime check anyway
         if t is Pt.PTR_TO_FLOW_KEYS and not s.is_const:
@@ -1337,7 +1352,7 @@ class Checker:
         if mode is not Access.READ:
             self.reject(f"cannot write to r{r} ({what}): only read is supported through BTF-typed pointers")
         if ptr.var != sc.ZERO:
-            self.reject(f"R{r} is ptr_{what} invalid variable offset: off={ptr.off}, var_off={ptr.var}")
+            self.reject(f"r{r} is ptr_{what} invalid variable offset: off={ptr.off}, var_off={ptr.var}")
         lo = ptr.off + off
         try:
             field = btf.field(ptr.aux, lo, size)
@@ -1599,10 +1614,10 @@ class Checker:
         it back."""
         reg = self._read(regs, r)
         if reg.type is not Pt.PTR_TO_MAP_VALUE:
-            self.reject(f"R{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset "
+            self.reject(f"r{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset "
                         f"of a map value, not {reg}")
         if not reg.var.is_const:
-            self.reject(f"R{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset")
+            self.reject(f"r{r} doesn't have constant offset. bpf_spin_lock has to be at the constant offset")
         m = self.maps.get(reg.aux) if self.maps is not None else None
         lock_off = getattr(m, "spin_lock_off", None)
         if m is None or lock_off is None:
@@ -1651,7 +1666,7 @@ class Checker:
                     if reg.type is not Pt.CONST_PTR_TO_MAP:
                         # (The kernel's name of a map of maps' lookup result: a map value or NULL.)
                         got = "map_value_or_null" if reg.type is Pt.CONST_PTR_TO_MAP_OR_NULL else reg.type.value
-                        self.reject(f"R{r} type={got} expected=map_ptr: argument {r} of helper {hid} "
+                        self.reject(f"r{r} type={got} expected=map_ptr: argument {r} of helper {hid} "
                                     f"is a map, not {reg}")
                     map_reg = reg
                     self._map_for_helper(reg.aux, hid)
@@ -1663,7 +1678,7 @@ class Checker:
                                     f"(r{r} is {reg})")
                 case ArgType.VALUE_OR_NULL if self._read(regs, r).type is Pt.SCALAR:
                     if self._read(regs, r).var != sc.ZERO:
-                        self.reject(f"R{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem: "
+                        self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem: "
                                     f"argument {r} of helper {hid} is a map value or NULL")
                     self._precise(r)
                 case ArgType.KEY | ArgType.VALUE | ArgType.VALUE_OR_NULL | ArgType.UNINIT_VALUE:
@@ -1684,11 +1699,11 @@ class Checker:
                 case ArgType.ALLOC_SIZE:
                     size_reg = self._read(regs, r)
                     if size_reg.type is not Pt.SCALAR or not size_reg.var.is_const:
-                        self.reject(f"R{r} is not a known constant (the size helper {hid} allocates): {size_reg}")
+                        self.reject(f"r{r} is not a known constant (the size helper {hid} allocates): {size_reg}")
                     self._precise(r)
                     alloc_size = size_reg.var.value
                     if alloc_size >= MAX_OFFSET:
-                        self.reject(f"R{r} allocation size {alloc_size} of helper {hid} is too large")
+                        self.reject(f"r{r} allocation size {alloc_size} of helper {hid} is too large")
                 case ArgType.MEM | ArgType.MEM_OR_NULL | ArgType.UNINIT_MEM:
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
                         pending = (r, kind)
@@ -1803,7 +1818,7 @@ class Checker:
             return reg
         if kind is ArgType.SOCKET_OR_NULL:
             if reg.type is not Pt.PTR_TO_SOCKET:
-                self.reject(f"R{r} type={reg.type.value} expected=sock")
+                self.reject(f"r{r} type={reg.type.value} expected=sock")
             return reg
         btf = kind is not ArgType.SOCK_COMMON
         if btf and self.context.socket_context and reg.type is Pt.PTR_TO_CTX:
@@ -1811,9 +1826,9 @@ class Checker:
             return reg
         if reg.type not in SOCKETS and not (btf and reg.type is Pt.PTR_TO_BTF_ID):
             expected = "sock_common, sock, tcp_sock, xdp_sock" + (", ptr_, trusted_ptr_" if btf else "")
-            self.reject(f"R{r} type={reg.type.value} expected={expected}")
+            self.reject(f"r{r} type={reg.type.value} expected={expected}")
         if kind is ArgType.RELEASED_SOCK and not reg.ref:
-            self.reject(f"R{r} must be referenced when passed to release function")
+            self.reject(f"r{r} must be referenced when passed to release function")
         return reg
 
     def _ctx_arg(self, regs: list[Reg], r: int, kind: ArgType) -> None:
@@ -1915,10 +1930,11 @@ class Checker:
         on after the call with r0 the count and r1-r5 unreadable."""
         r0 = st.frames[-1].regs[0]
         if r0.type is not Pt.SCALAR:
-            self.reject(f"a callback must return a number in [0, 1], not {r0}")
+            self.reject(f"At callback return the register r0 is not a known value ({r0.type.value}): a callback "
+                        f"returns 0 or 1, not {r0}")
         self._precise(0)
         if r0.var.smin < 0 or r0.var.smax > 1:
-            self.reject(f"a callback must return a number in [0, 1], but r0 is {r0.var}")
+            self.reject(_invalid_scalar("At callback return", r0.var, 0, 1))
         callsite = st.frames[-1].callsite
         self._pop_frame(st)
         hid = self.slots[callsite].imm  # type: ignore[union-attr]
@@ -2047,16 +2063,19 @@ class Checker:
                         "lead to reference leak (what was acquired there is not released on this path)")
         r0 = regs[0]
         if r0.type is Pt.NOT_INIT:
-            self.reject("r0 is not initialised at program exit")
+            self.reject("r0 !read_ok: r0 is not initialised at program exit")
         ctx = self.context
         if r0.is_pointer and not ctx.ret_pointer_ok and not (self.privileged and ctx.ret_range is None):
-            self.reject(f"returning a pointer in r0 ({r0}) is not allowed for this program type")
+            if ctx.ret_range is None:
+                self.reject(f"r0 leaks addr as return value: returning a pointer ({r0}) is not allowed here")
+            self.reject(f"At program exit the register r0 is not a known value ({r0.type.value}): returning a "
+                        f"pointer ({r0}) is not allowed for this program type")
         if ctx.ret_range is not None and not r0.is_pointer:
             self._precise(0)
             lo, hi = ctx.ret_range
             var = sc.project(r0.var, 32) if ctx.ret_32bit else r0.var
             if var.smin < lo or var.smax > hi:
-                self.reject(f"at program exit r0 is {r0}, which is not within [{lo}, {hi}]")
+                self.reject(_invalid_scalar("At program exit", r0.var, lo, hi))
 
     def _check_stack_depth(self) -> int:
         """Reject call chains whose frames together use more than ``stack_limit`` bytes."""
@@ -2127,6 +2146,13 @@ class Checker:
         if node is not None:
             lines.append("...")
         return "\n".join(reversed(lines))
+
+
+def _invalid_scalar(where: str, var: sc.Scalar, lo: int, hi: int) -> str:
+    """The kernel's words for a return value out of its range: the bounds it knows of r0."""
+    bounds = (("smin", var.smin, sc.UNKNOWN.smin), ("smax", var.smax, sc.UNKNOWN.smax))
+    known = "".join(f" {name}={v}" for name, v, edge in bounds if v != edge)
+    return f"{where} the register r0 has{known or ' unknown scalar value'} should have been in [{lo}, {hi}]"
 
 
 def _tnum(var: sc.Scalar) -> str:
