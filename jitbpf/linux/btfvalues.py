@@ -133,9 +133,9 @@ def map_types(obj: ElfObject, name: str) -> tuple[int | None, int | None]:
     return found.get("key"), found.get("value")
 
 
-def spin_lock_offset(obj: ElfObject, name: str) -> int | None:
-    """Where the value of the BTF-defined map ``name`` holds its ``struct bpf_spin_lock`` (a
-    member of the value struct, as the kernel looks for it), or None."""
+def spin_lock_offset(obj: ElfObject, name: str, struct: str = "bpf_spin_lock") -> int | None:
+    """Where the value of the BTF-defined map ``name`` holds its ``struct bpf_spin_lock`` (or
+    another special ``struct``: a member of the value struct, as the kernel looks for it), or None."""
     btf = obj.btf
     _key, value = map_types(obj, name)
     if btf is None or value is None:
@@ -145,7 +145,7 @@ def spin_lock_offset(obj: ElfObject, name: str) -> int | None:
         return None
     for _member, member_type, bit_offset in struct_type.members:
         _, t = btf.resolve(member_type)
-        if t.kind is BtfKind.STRUCT and t.name == "bpf_spin_lock":
+        if t.kind is BtfKind.STRUCT and t.name == struct:
             return bit_offset // 8
     return None
 

@@ -1029,6 +1029,7 @@ class _Loader:
             if spec.initial is not None and any(spec.initial) and isinstance(m, Array):
                 m.view(0)[:] = spec.initial
             m.spin_lock_off = spin_lock_offset(self.obj, name)
+            m.timer_off = spin_lock_offset(self.obj, name, "bpf_timer")
             self.obj.maps[name] = m
 
     def _fill_program_arrays(self) -> None:

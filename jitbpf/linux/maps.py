@@ -407,6 +407,7 @@ class BpfMap:
         # Where a value holds its struct bpf_spin_lock (from the map's BTF; set it for maps made
         # here), or None: bpf_spin_lock takes only that field, and loads and stores may not touch it.
         self.spin_lock_off: int | None = None
+        self.timer_off: int | None = None  # where a value holds its struct bpf_timer (BTF-defined maps)
         self.address = int(ffi.cast("uintptr_t", ptr))
         self.num_cpus = int(lib.jb_map_num_cpus(ptr))  # values per element: 1, or num_cpus()
         self._stride = (value_size + 7) & ~7

@@ -346,8 +346,8 @@ class Checker:
         """Every so many instructions: the complexity limit, and progress for whoever listens."""
         if self.processed > self.limit:
             if self.control is not None and self.control.back_edges:
-                self.reject(f"loop may not terminate within the budget: processed {self.processed} "
-                            f"instructions (limit {self.limit})")
+                self.reject(f"BPF program is too large. Processed {self.processed} insn: loop may not "
+                            f"terminate within the budget (limit {self.limit})")
             self.reject(f"program is too complex: processed {self.processed} instructions (limit {self.limit})")
         self.watch = min(self.limit, self.processed + CHECK_EVERY)
         if self.progress is not None:
@@ -427,6 +427,10 @@ class Checker:
                     case Kind.LD_ABS | Kind.LD_IND:
                         if self._lock_held(st) is not None:
                             self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
+                        held = next((at for ref, at in st.refs if ref >= 0), None)
+                        if held is not None:  # (it may end the program, as a call to a helper would)
+                            self.reject("BPF_LD_[ABS|IND] would lead to reference leak: BPF_LD_[ABS|IND] cannot "
+                                        f"be mixed with socket references (one acquired at insn {held} is held)")
                         self._legacy_load(regs, insn, info)
                     case Kind.JA:
                         nxt = targets[pc]
@@ -1536,8 +1540,8 @@ class Checker:
         write = kind in (ArgType.UNINIT_MEM, ArgType.UNINIT_VALUE)
         if ptr.type is Pt.SCALAR and not (kind is ArgType.MEM_OR_NULL and ptr.var == sc.ZERO and hi_size == 0):
             # A size of zero needs no memory, but still a pointer (NULL only where the helper takes it).
-            self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, buf "
-                        f"({kind.value} argument)")
+            self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, "
+                        f"trusted_ptr_ ({kind.value} argument)")
         if hi_size == 0:
             return
         t = ptr.type
@@ -1717,7 +1721,8 @@ class Checker:
                                 else "unbounded memory access, use 'var &= const' or 'if (var < const)'")
                         self.reject(f"r{r} {rule} (an unbounded size {length} of helper {hid})")
                     if kind is ArgType.SIZE and length.umin == 0:
-                        self.reject(f"invalid zero-sized read: r{r} (size argument of helper {hid}) may be zero")
+                        self.reject(f"r{r} invalid zero-sized read: u64=[{length.umin},{length.umax}] "
+                                    f"(size argument of helper {hid})")
                     size_max = length.umax
                     if pending is not None:
                         self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
