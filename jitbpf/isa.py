@@ -489,9 +489,9 @@ _MAX_PSEUDO = max(PseudoSrc)
 def _check_fields(insn: Instruction, info: OpInfo, pc: int) -> None:
     used = info.fields.value  # int bit tests: Flag's own ``in`` is far slower, once per instruction
     if insn.dst > FP:
-        raise DecodeError("invalid destination register", pc=pc)
+        raise DecodeError(f"r{insn.dst} is invalid: invalid destination register", pc=pc)
     if insn.src > FP and used & _SRC:
-        raise DecodeError("invalid source register", pc=pc)
+        raise DecodeError(f"r{insn.src} is invalid: invalid source register", pc=pc)
     if not used & _DST and insn.dst:
         raise DecodeError(f"non-zero unused destination register in {info.mnemonic}", pc=pc)
     if not used & _SRC and insn.src and info.variant_field != "src":

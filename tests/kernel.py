@@ -18,6 +18,7 @@ PACKET_TYPES = {"socket_filter": 1, "sched_cls": 3, "sched_act": 4, "xdp": 6, "c
 PROG_TYPE_NUMBERS = {**PACKET_TYPES, "kprobe": 2, "tracepoint": 5, "perf_event": 7}
 L3_TYPES = frozenset({1, 8})  # the test run hands these the packet from the network header on
 PERCPU_MAP_TYPES = frozenset({5, 6, 10})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+LOG_SIZE = 1 << 22  # the verifier log kept of a refused load: its last part
 XDP_OUT_SLACK = 4096  # room in the output buffer for programs that grow the packet
 
 
@@ -45,6 +46,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_program__set_autoload": (i32, [vp, ctypes.c_bool]),
         "bpf_program__set_type": (i32, [vp, i32]),
         "bpf_program__set_flags": (i32, [vp, u32]),
+        "bpf_program__set_log_buf": (i32, [vp, vp, ctypes.c_size_t]),
+        "bpf_program__set_log_level": (i32, [vp, u32]),
         "bpf_program__type": (i32, [vp]),
         "bpf_program__fd": (i32, [vp]),
         "bpf_map__name": (cp, [vp]),
@@ -154,7 +157,21 @@ class Kernel:
     def load(self, path: Path, program: str, prog_type: str | None, flags: int = 0,
              also: Collection[str] = ()) -> KernelProgram | str:
         """``program`` of the object at ``path`` (alone but for the programs named in ``also``,
-        which its maps refer to; ``flags``: its BPF_F_* load flags), or why the kernel refused it."""
+        which its maps refer to; ``flags``: its BPF_F_* load flags), or why the kernel refused it
+        (with the last line of the verifier's log)."""
+        loaded = self._load(path, program, prog_type, flags, also, None)
+        if not isinstance(loaded, int):
+            return loaded
+        # Loaded again with a log, only now: a log that overflows its buffer fails the load.
+        log = ctypes.create_string_buffer(LOG_SIZE)
+        self._load(path, program, prog_type, flags, also, log)
+        why = [line for line in log.value.decode(errors="replace").splitlines()
+               if line and not line.startswith(("processed ", "verification time", "stack depth "))]
+        return f"the kernel refuses it ({errno.errorcode.get(-loaded, str(loaded))})" + (f": {why[-1]}" if why else "")
+
+    def _load(self, path: Path, program: str, prog_type: str | None, flags: int, also: Collection[str],
+              log: ctypes.Array[ctypes.c_char] | None) -> KernelProgram | str | int:
+        """The loaded program, why libbpf could not try, or the load's error (negative)."""
         lib = self.lib
         obj = lib.bpf_object__open_file(str(path).encode(), None)
         if not obj:
@@ -171,6 +188,9 @@ class Kernel:
                     lib.bpf_program__set_type(p, PROG_TYPE_NUMBERS[prog_type])
                 if flags:
                     lib.bpf_program__set_flags(p, flags)
+                if log is not None:
+                    lib.bpf_program__set_log_buf(p, log, len(log))
+                    lib.bpf_program__set_log_level(p, 1)
             p = lib.bpf_object__next_program(obj, p)
         m = lib.bpf_object__next_map(obj, None)
         while m:
@@ -182,7 +202,7 @@ class Kernel:
         rc = lib.bpf_object__load(obj)
         if rc != 0:
             lib.bpf_object__close(obj)
-            return f"the kernel refuses it ({errno.errorcode.get(-rc, str(rc))})"
+            return int(rc)
         return KernelProgram(self, obj, chosen, lib.bpf_program__type(chosen))
 
 

@@ -208,6 +208,8 @@ class Outcome:
     msg_found: bool | None = None  # every expected message appears in jitbpf's error (None: none expected)
     retval: dict[str, int | str] = field(default_factory=dict)  # per engine: r0 or the error
     retval_expected: int | None = None
+    unavailable: bool = False  # jitbpf could not load it: a kfunc, map type or section it lacks
+
 
     @property
     def retval_agrees(self) -> dict[str, bool]:
@@ -228,7 +230,11 @@ def _test_run(prog: ElfProgram, vm: VM, engine: str) -> int | str:
         if runner is None:
             r0 = vm.execute_jit() if engine == "jit" else vm.execute()
         else:
-            args = (bytes(TEST_DATA_LEN),) if prog.prog_type in PACKET_TYPES else ()
+            args: tuple[object, ...] = (bytes(TEST_DATA_LEN),) if prog.prog_type in PACKET_TYPES else ()
+            attach = vm.program_state.attach if vm.program_state is not None else None
+            if runner == "run_tracing" and attach is not None:
+                # The kernel's runner calls its test functions with its own arguments: zeros here.
+                args = (0,) * (len(attach.args) - attach.has_return)
             result = getattr(vm, runner)(*args, engine=engine)
             r0 = result[0] if isinstance(result, tuple) else result
         return int(r0) & MASK32
@@ -249,15 +255,17 @@ def evaluate_case(path: Path, case: Case, kernel: Kernel | None) -> Outcome | No
             loaded.close()
     want_failure = (not k_accepts) if k_accepts is not None else expect.failure
     error = ""
+    available = False
     try:
         prog = load_elf(path).programs[case.program]
         vm = _vm_of(prog, case.flags)
+        available = True
         vm.check()
     except BpfError as exc:
         error = str(exc)
     accepted = not error
     verdict = Verdict.AGREE if accepted != want_failure else Verdict.ACCEPTS if accepted else Verdict.REJECTS
-    out = Outcome(case, verdict, error, k_accepts, want_failure)
+    out = Outcome(case, verdict, error, k_accepts, want_failure, unavailable=not available)
     if expect.failure and expect.messages and not accepted:
         out.msg_found = all(message_pattern(lower_registers(m)).search(error) for m in expect.messages)
     if accepted and expect.retval is not None:
@@ -291,6 +299,8 @@ class Evaluation:
                  + (" against the kernel" if k else " against the annotations (no kernel: " + self.kernel + ")"),
                  f"  jitbpf accepts what is rejected: {sum(o.verdict is Verdict.ACCEPTS for o in self.outcomes)}",
                  f"  jitbpf rejects what is accepted: {sum(o.verdict is Verdict.REJECTS for o in self.outcomes)}",
+                 "  of those, unavailable (jitbpf cannot load the object or program: kfuncs, map types, "
+                 f"sections it lacks): {sum(o.unavailable and o.verdict is Verdict.REJECTS for o in self.outcomes)}",
                  "expected message found in jitbpf's error (registers as r1): "
                  f"{pct(sum(bool(o.msg_found) for o in msgs), len(msgs))}"]
         for e in ENGINES:

@@ -99,8 +99,8 @@ def test_a_program_writes_into_an_inner_array(engine: str) -> None:
 
 # Programs the verifier refuses, each for one rule: (what changes in TWO_LOOKUPS, the message).
 REFUSED = [
-    pytest.param(("    jeq r0, 0, miss\n    mov r1, r0", "    mov r1, r0"), "must be a map pointer",
-                 id="inner-map-not-checked-against-null"),
+    pytest.param(("    jeq r0, 0, miss\n    mov r1, r0", "    mov r1, r0"),
+                 "r1 type=map_value_or_null expected=map_ptr", id="inner-map-not-checked-against-null"),
     pytest.param(("    mov r1, r0\n", "    ldxdw r1, [r0]\n"), "r0 invalid mem access .map_ptr.",
                  id="inner-map-dereferenced"),
     pytest.param(("ldxdw r0, [r0]", "ldxdw r0, [r0+8]"), "invalid access to map value, value_size=8 off=8",

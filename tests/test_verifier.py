@@ -675,7 +675,8 @@ def test_helpers_without_declarations_take_anything() -> None:
 # Runnable programs without an expected error that the verifier rejects, and why.
 KNOWN_REJECTIONS = {
     "ubpf/early-exit.data": "unreachable instruction",  # dead code after the first exit
-    "ubpf/mul-loop.data": "pointer arithmetic (lsh)",  # turns the memory pointer into a loop bound
+    # turns the memory pointer into a loop bound
+    "ubpf/mul-loop.data": "pointer arithmetic with <<= operator prohibited",
     "ubpf/mul-loop-memory-iterations.data": "loop may not terminate",  # loop bound read from memory
     # The kernel's rules: a constant divisor of zero and subtraction from the stack pointer.
     **{f"ubpf/{op}-by-zero-imm.data": "div by zero" for op in ("div", "div64", "mod", "mod64")},

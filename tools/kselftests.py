@@ -44,7 +44,8 @@ def main() -> int:
             reason = o.detail.splitlines()[0][:140] if o.detail else "the kernel rejects it"
             print(f"{o.case.key} | {o.verdict.value} | {reason}")
         elif args.list:
-            print(f"{o.case.key:70} {o.verdict.value:8} {o.detail[:140]}")
+            label = "unavailable" if o.unavailable else o.verdict.value  # not loaded: no verdict of the verifier
+            print(f"{o.case.key:70} {label:11} {o.detail[:140]}")
     if not args.known:
         print(ev.summary())
     return 0

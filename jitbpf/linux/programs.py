@@ -434,7 +434,8 @@ class ProgramType:
                            ret_range=section_ret_range(section, self.ret_range), ret_pointer_ok=False,
                            packet_writable=self.packet_writable,
                            ld_abs=self.ld_abs, sockmap_writers=_SOCKMAP_WRITERS.get(self.prog_type, frozenset()),
-                           socket_context=self.socket_context)
+                           socket_context=self.socket_context,
+                           packet_helpers=_PACKET_HELPERS)
 
 
 def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSpec:
@@ -737,29 +738,39 @@ _MAP_SOURCES = frozenset({PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VAL
 # The map helpers that may change a socket map, by program type (the kernel's may_update_sockmap:
 # types where no socket lock can be held; sock_ops only deletes; BTF iterators are typed apart).
 _UPDATE_DELETE = MAP_WRITE_HELPERS
+# The helpers whose memory arguments may be packet pointers (the kernel's pkt_access): the map
+# helpers, bpf_csum_diff and the socket lookups (a tuple in the packet).
+_PACKET_HELPERS = frozenset(map(int, (
+    HelperId.MAP_LOOKUP_ELEM, HelperId.MAP_UPDATE_ELEM, HelperId.MAP_DELETE_ELEM, HelperId.MAP_PUSH_ELEM,
+    HelperId.MAP_POP_ELEM, HelperId.MAP_PEEK_ELEM, HelperId.MAP_LOOKUP_PERCPU_ELEM, HelperId.CSUM_DIFF,
+    HelperId.SK_LOOKUP_TCP, HelperId.SK_LOOKUP_UDP, HelperId.SKC_LOOKUP_TCP)))
 _SOCKMAP_WRITERS: Mapping[ProgType, frozenset[int]] = MappingProxyType({
     **{t: _UPDATE_DELETE for t in (ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.XDP,
                                     ProgType.SK_LOOKUP, ProgType.SK_REUSEPORT, ProgType.FLOW_DISSECTOR)},
     ProgType.SOCK_OPS: frozenset({int(HelperId.MAP_DELETE_ELEM)}),
 })
-# Types the kernel counts as tracing: their programs may not use maps with a bpf_spin_lock.
+# Types the kernel counts as tracing: their programs may not use maps with a bpf_spin_lock or bpf_timer.
 _TRACING_TYPES = frozenset({ProgType.KPROBE, ProgType.TRACEPOINT, ProgType.PERF_EVENT, ProgType.RAW_TRACEPOINT,
                             ProgType.RAW_TRACEPOINT_WRITABLE})
 
 
 def check_program_helpers(vm: VM, info: ProgramType) -> None:
-    """Reject calls to kernel helpers the program type may not call, and maps it may not use (as
-    the kernel's verifier does)."""
+    """Reject maps the program type may not use, then calls to kernel helpers it may not call (as
+    the kernel's verifier does: its map checks come first, when the program's maps are resolved)."""
+    if info.prog_type in _TRACING_TYPES:
+        for pc, insn, decoded in vm.program:
+            if decoded.kind is Kind.LDDW and insn.src in _MAP_SOURCES:
+                m = vm.maps.get(insn.imm)
+                for field in ("spin_lock", "timer"):
+                    if getattr(m, f"{field}_off", None) is not None:
+                        raise VerifierError(f"tracing progs cannot use bpf_{field} yet (a map with a bpf_{field})",
+                                            pc=pc)
     for pc, insn, decoded in vm.program:
         if decoded.kind is Kind.CALL and insn.imm in KERNEL_HELPER_IDS and insn.imm not in info.helpers:
             helper = vm.helpers.get(insn.imm)
             name = helper.name if helper is not None else _helper_name(insn.imm)
             raise VerifierError(f"program type {info.name} may not call helper {name}#{insn.imm} "
                                 f"(program of this type cannot use helper {name}#{insn.imm})", pc=pc)
-        if decoded.kind is Kind.LDDW and info.prog_type in _TRACING_TYPES and insn.src in _MAP_SOURCES:
-            m = vm.maps.get(insn.imm)
-            if getattr(m, "spin_lock_off", None) is not None:
-                raise VerifierError("tracing progs cannot use bpf_spin_lock yet (a map with a bpf_spin_lock)", pc=pc)
 
 
 def _helper_name(helper_id: int) -> str:

@@ -64,6 +64,14 @@ MERGE_AFTER = 4  # remembered states at a join point outside loops before new ar
 MAX_LINK_OFFSET = (1 << 31) - 1  # largest constant an add may put between linked scalars (the kernel's)
 MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
+# Helper arguments that take memory (which a packet pointer could give), and those pointers.
+MEMORY_ARGS = frozenset({ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.UNINIT_VALUE, ArgType.MEM,
+                         ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG})
+PACKET_POINTERS = frozenset({RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META})
+# The kernel's names of the ALU operators (bpf_alu_string), for its messages.
+ALU_SYMBOLS = {AluOp.ADD: "+=", AluOp.SUB: "-=", AluOp.MUL: "*=", AluOp.DIV: "/=", AluOp.OR: "|=", AluOp.AND: "&=",
+               AluOp.LSH: "<<=", AluOp.RSH: ">>=", AluOp.NEG: "neg", AluOp.MOD: "%=", AluOp.XOR: "^=",
+               AluOp.MOV: "=", AluOp.ARSH: "s>>="}
 FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
@@ -341,8 +349,8 @@ class Checker:
         """Every so many instructions: the complexity limit, and progress for whoever listens."""
         if self.processed > self.limit:
             if self.control is not None and self.control.back_edges:
-                self.reject(f"loop may not terminate within the budget: processed {self.processed} "
-                            f"instructions (limit {self.limit})")
+                self.reject(f"BPF program is too large. Processed {self.processed} insn: loop may not "
+                            f"terminate within the budget (limit {self.limit})")
             self.reject(f"program is too complex: processed {self.processed} instructions (limit {self.limit})")
         self.watch = min(self.limit, self.processed + CHECK_EVERY)
         if self.progress is not None:
@@ -422,10 +430,10 @@ class Checker:
                     case Kind.LD_ABS | Kind.LD_IND:
                         if self._lock_held(st) is not None:
                             self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
-                        # A load past the packet's end leaves the program at once, so nothing it
-                        # holds could be given back.
-                        if any(ref >= 0 for ref, _at in st.refs):
-                            self.reject("BPF_LD_[ABS|IND] would lead to reference leak")
+                        held = next((at for ref, at in st.refs if ref >= 0), None)
+                        if held is not None:  # (it may end the program, as a call to a helper would)
+                            self.reject("BPF_LD_[ABS|IND] would lead to reference leak: BPF_LD_[ABS|IND] cannot "
+                                        f"be mixed with socket references (one acquired at insn {held} is held)")
                         self._legacy_load(regs, insn, info)
                     case Kind.JA:
                         nxt = targets[pc]
@@ -849,6 +857,11 @@ class Checker:
         dst = self._read(regs, d)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
             a, b = dst.var, src.var
+            if op in (AluOp.DIV, AluOp.MOD):
+                # The kernel computes no range for a quotient or a remainder, of constants neither:
+                # all 64 bits are unknown, even after a 32-bit operation.
+                regs[d] = UNKNOWN_SCALAR
+                return
             # Constants fold (loop counters), but for shifts by the width or more: those give unknowns.
             if not a.mask and not b.mask and info.width == 64 and (b.value < 64 or op not in sc.SHIFTS):
                 regs[d] = Reg(Pt.SCALAR, sc.const(sc.exact(op, a.value, b.value, 64, info.signed)))
@@ -865,31 +878,44 @@ class Checker:
         regs[d] = self._pointer_alu(insn, info, dst, src)
 
     def _pointer_alu(self, insn: Instruction, info: OpInfo, dst: Reg, src: Reg) -> Reg:
-        """Arithmetic involving a pointer: only pointer +/- scalar (and pointer - pointer)."""
+        """Arithmetic involving a pointer: only pointer +/- scalar (and pointer - pointer). Refusals
+        in the kernel's order and words: two pointers, 32 bits, the pointer's type, the operator."""
         op = info.op
-        name = AluOp(op).name.lower()
+        d = insn.dst
+        sym = ALU_SYMBOLS.get(AluOp(op), AluOp(op).name.lower())
         if info.width != 64:
             if self.privileged and op == AluOp.SUB:
                 return Reg(Pt.SCALAR, sc.alu_width(AluOp.MOV, sc.UNKNOWN, sc.UNKNOWN, 32, False))
-            self.reject(f"32-bit arithmetic ({name}32) on a pointer is prohibited")
+            self.reject(f"r{d} 32-bit pointer arithmetic prohibited ({AluOp(op).name.lower()}32 on a pointer)")
         if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
             return self._pointer_difference(dst, src)
-        if op == AluOp.ADD and dst.is_pointer and src.is_pointer:
-            self.reject(f"r{insn.dst} pointer += pointer prohibited (an unknown pointer)")
+        if dst.is_pointer and src.is_pointer:
+            self.reject(f"r{d} pointer {sym} pointer prohibited (an unknown pointer)")
         if op == AluOp.ADD and src.is_pointer:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
             return self._pointer_add(src, dst.var, False, insn.src)
         if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src.is_pointer:
-            self.reject(f"r{insn.dst} subtraction from stack pointer prohibited")  # the kernel's rule
+            self.reject(f"r{d} subtraction from stack pointer prohibited")  # the kernel's rule
         if op in (AluOp.ADD, AluOp.SUB) and dst.is_pointer:
             if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.src)
             return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
-        if src.is_pointer and not dst.is_pointer:
-            what = "tried to subtract pointer from scalar" if op == AluOp.SUB else f"pointer arithmetic ({name})"
-            self.reject(f"r{insn.dst} {what}: r{insn.src} is a pointer, the result an unknown pointer")
-        self.reject(f"pointer arithmetic ({name}) on r{insn.dst} ({dst}) makes an unknown pointer")
+        ptr = dst if dst.is_pointer else src
+        self._arithmetic_allowed(ptr, d)
+        if op == AluOp.SUB:
+            self.reject(f"r{d} tried to subtract pointer from scalar: r{insn.src} is a pointer, the result an "
+                        "unknown pointer")
+        if op in (AluOp.AND, AluOp.OR, AluOp.XOR):
+            self.reject(f"r{d} bitwise operator {sym} on pointer prohibited ({ptr})")
+        self.reject(f"r{d} pointer arithmetic with {sym} operator prohibited ({ptr}): the result is no pointer")
+
+    def _arithmetic_allowed(self, ptr: Reg, r: int) -> None:
+        """The kernel's pointer types that take no arithmetic at all."""
+        t = ptr.type
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
+            hint = ", null-check it first" if t in POINTER_OR_NULL else ""
+            self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
 
     def _pointer_difference(self, dst: Reg, src: Reg) -> Reg:
         """``dst - src`` of two pointers into the same object: a scalar (the kernel allows it to
@@ -912,9 +938,7 @@ class Checker:
         t = ptr.type
         if t is Pt.CONST_PTR_TO_MAP and not sub and s == sc.ZERO:
             return ptr  # adding a known 0 leaves the map pointer usable, as in the kernel
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
-            hint = ", null-check it first" if t in POINTER_OR_NULL else ""
-            self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
+        self._arithmetic_allowed(ptr, r)
         if t is Pt.PTR_TO_MEM:
             return ptr  # memory of unknown size: every access keeps its runtime check anyway
         if t is Pt.PTR_TO_FLOW_KEYS and not s.is_const:
@@ -1260,7 +1284,9 @@ class Checker:
             assert value is not None
             if size == 8 and start % 8 == 0:
                 frame.stack[start // 8] = value  # spill: the register's full state is kept
-            elif value.type is Pt.SCALAR and value.var.is_const:
+            elif value.type is Pt.SCALAR and value.var.is_const and (start % 8 == 0 or value.var.value == 0):
+                # As the kernel: a constant is remembered where it is a spill (at a slot's start) or
+                # zeros; other bytes written are just initialised (a fill reads them as unknown).
                 frame.write_bytes(start, tuple((value.var.value >> (8 * i)) & 0xFF for i in range(size)))
             elif value.type is Pt.SCALAR and start % 8 == 0 and value.var != sc.UNKNOWN \
                     and (rest := self._narrow_spill_rest(frame, start, size)) is not None:
@@ -1338,7 +1364,7 @@ class Checker:
         if mode is not Access.READ:
             self.reject(f"cannot write to r{r} ({what}): only read is supported through BTF-typed pointers")
         if ptr.var != sc.ZERO:
-            self.reject(f"R{r} is ptr_{what} invalid variable offset: off={ptr.off}, var_off={ptr.var}")
+            self.reject(f"r{r} is ptr_{what} invalid variable offset: off={ptr.off}, var_off={ptr.var}")
         lo = ptr.off + off
         try:
             field = btf.field(ptr.aux, lo, size)
@@ -1443,14 +1469,11 @@ class Checker:
     def _pointer_branch(self, st: State, insn: Instruction, op: int, a: Reg, b: Reg, reg_src: bool
                         ) -> tuple[State | None, State | None] | None:
         """Null checks of map values and packet bounds checks; None when neither applies."""
-        # Null check: `if rX == 0` / `if rX != 0` on a possibly-null map value (either side).
+        # Null check: `if rX == 0` / `if rX != 0` on a possibly-null pointer. As in the kernel, only
+        # against the immediate 0: a register holding 0, on either side, narrows nothing.
         if op in (JmpOp.JEQ, JmpOp.JNE):
             for p, z in ((a, b), (b, a)):
-                if p.type in POINTER_OR_NULL and z.type is Pt.SCALAR and z.var == sc.ZERO:
-                    if z is a:
-                        self._precise(insn.dst)  # a register that happened to hold 0
-                    elif reg_src:
-                        self._precise(insn.src)
+                if p is a and not reg_src and p.type in POINTER_OR_NULL and z.var == sc.ZERO:
                     null, nonnull = st.copy(), st
                     self._mark_null(null, p, True)
                     self._mark_null(nonnull, p, False)
@@ -1525,8 +1548,8 @@ class Checker:
         write = kind in (ArgType.UNINIT_MEM, ArgType.UNINIT_VALUE)
         if ptr.type is Pt.SCALAR and not (kind is ArgType.MEM_OR_NULL and ptr.var == sc.ZERO and hi_size == 0):
             # A size of zero needs no memory, but still a pointer (NULL only where the helper takes it).
-            self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, buf "
-                        f"({kind.value} argument)")
+            self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, "
+                        f"trusted_ptr_ ({kind.value} argument)")
         if hi_size == 0:
             return
         t = ptr.type
@@ -1620,10 +1643,10 @@ class Checker:
         ``struct bpf_timer``): exactly where the map's value type holds it."""
         reg = self._read(regs, r)
         if reg.type is not Pt.PTR_TO_MAP_VALUE:
-            self.reject(f"R{r} doesn't have constant offset. {struct} has to be at the constant offset "
+            self.reject(f"r{r} doesn't have constant offset. {struct} has to be at the constant offset "
                         f"of a map value, not {reg}")
         if not reg.var.is_const:
-            self.reject(f"R{r} doesn't have constant offset. {struct} has to be at the constant offset")
+            self.reject(f"r{r} doesn't have constant offset. {struct} has to be at the constant offset")
         m = self.maps.get(reg.aux) if self.maps is not None else None
         field_off = getattr(m, attr, None)
         if m is None or field_off is None:
@@ -1676,9 +1699,13 @@ class Checker:
         cast_ref = 0  # the reference of the socket a pointer cast is given
         alloc_size = 0
         size_max = MAX_OFFSET  # the largest value of the size argument
+        packet_ok = self.context.packet_helpers is None or hid in self.context.packet_helpers
         for i, kind in enumerate(args):
             r = i + 1
             nxt = args[i + 1] if i + 1 < len(args) else None
+            if not packet_ok and kind in MEMORY_ARGS and self._read(regs, r).type in PACKET_POINTERS:
+                self.reject(f"helper access to the packet is not allowed: r{r} points into the packet, "
+                            f"which {self.helper_names.get(hid, hid)} may not read or write")
             match kind:
                 case ArgType.ANYTHING | ArgType.IGNORED:
                     pass
@@ -1687,12 +1714,15 @@ class Checker:
                 case ArgType.MAP:
                     reg = self._read(regs, r)
                     if reg.type is not Pt.CONST_PTR_TO_MAP:
-                        self.reject(f"r{r} must be a map pointer (argument {r} of helper {hid}), not {reg}")
+                        # (The kernel's name of a map of maps' lookup result: a map value or NULL.)
+                        got = "map_value_or_null" if reg.type is Pt.CONST_PTR_TO_MAP_OR_NULL else reg.type.value
+                        self.reject(f"r{r} type={got} expected=map_ptr: argument {r} of helper {hid} "
+                                    f"is a map, not {reg}")
                     map_reg = reg
                     self._map_for_helper(reg.aux, hid)
                     if timer_reg is not None and timer_reg.aux != reg.aux:
-                        self.reject(f"timer pointer in R1 map_uid={timer_reg.aux} doesn't match map pointer in "
-                                    f"R{r} map_uid={reg.aux}")
+                        self.reject(f"timer pointer in r1 map_uid={timer_reg.aux} doesn't match map pointer in "
+                                    f"r{r} map_uid={reg.aux}")
                 case ArgType.ZERO:
                     reg = self._scalar_arg(regs, r, f"argument {r} of helper {hid}")
                     self._precise(r)
@@ -1701,7 +1731,7 @@ class Checker:
                                     f"(r{r} is {reg})")
                 case ArgType.VALUE_OR_NULL if self._read(regs, r).type is Pt.SCALAR:
                     if self._read(regs, r).var != sc.ZERO:
-                        self.reject(f"R{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem: "
+                        self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem: "
                                     f"argument {r} of helper {hid} is a map value or NULL")
                     self._precise(r)
                 case ArgType.KEY | ArgType.VALUE | ArgType.VALUE_OR_NULL | ArgType.UNINIT_VALUE:
@@ -1722,11 +1752,11 @@ class Checker:
                 case ArgType.ALLOC_SIZE:
                     size_reg = self._read(regs, r)
                     if size_reg.type is not Pt.SCALAR or not size_reg.var.is_const:
-                        self.reject(f"R{r} is not a known constant (the size helper {hid} allocates): {size_reg}")
+                        self.reject(f"r{r} is not a known constant (the size helper {hid} allocates): {size_reg}")
                     self._precise(r)
                     alloc_size = size_reg.var.value
                     if alloc_size >= MAX_OFFSET:
-                        self.reject(f"R{r} allocation size {alloc_size} of helper {hid} is too large")
+                        self.reject(f"r{r} allocation size {alloc_size} of helper {hid} is too large")
                 case ArgType.MEM | ArgType.MEM_OR_NULL | ArgType.UNINIT_MEM:
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
                         pending = (r, kind)
@@ -1740,7 +1770,8 @@ class Checker:
                                 else "unbounded memory access, use 'var &= const' or 'if (var < const)'")
                         self.reject(f"r{r} {rule} (an unbounded size {length} of helper {hid})")
                     if kind is ArgType.SIZE and length.umin == 0:
-                        self.reject(f"invalid zero-sized read: r{r} (size argument of helper {hid}) may be zero")
+                        self.reject(f"r{r} invalid zero-sized read: u64=[{length.umin},{length.umax}] "
+                                    f"(size argument of helper {hid})")
                     size_max = length.umax
                     if pending is not None:
                         self._mem_arg(st, regs, pending[0], length.umin, length.umax, pending[1])
@@ -1851,7 +1882,7 @@ class Checker:
             return reg
         if kind is ArgType.SOCKET_OR_NULL:
             if reg.type is not Pt.PTR_TO_SOCKET:
-                self.reject(f"R{r} type={reg.type.value} expected=sock")
+                self.reject(f"r{r} type={reg.type.value} expected=sock")
             return reg
         btf = kind is not ArgType.SOCK_COMMON
         if btf and self.context.socket_context and reg.type is Pt.PTR_TO_CTX:
@@ -1859,9 +1890,9 @@ class Checker:
             return reg
         if reg.type not in SOCKETS and not (btf and reg.type is Pt.PTR_TO_BTF_ID):
             expected = "sock_common, sock, tcp_sock, xdp_sock" + (", ptr_, trusted_ptr_" if btf else "")
-            self.reject(f"R{r} type={reg.type.value} expected={expected}")
+            self.reject(f"r{r} type={reg.type.value} expected={expected}")
         if kind is ArgType.RELEASED_SOCK and not reg.ref:
-            self.reject(f"R{r} must be referenced when passed to release function")
+            self.reject(f"r{r} must be referenced when passed to release function")
         return reg
 
     def _ctx_arg(self, regs: list[Reg], r: int, kind: ArgType) -> None:
@@ -1895,6 +1926,8 @@ class Checker:
         m = self.maps.get(handle) if self.maps is not None else None
         if m is None:
             return
+        if hid in self.tail_calls and m.map_type != MapType.PROG_ARRAY:
+            self.reject("expected prog array map for tail call")  # the kernel checks this one first
         only = HELPERS_OF_TYPE.get(m.map_type)  # type: ignore[call-overload]
         wanted = self.map_types.get(hid, ())
         if (only is not None and hid not in only) or (wanted and m.map_type not in wanted):
@@ -1961,10 +1994,11 @@ class Checker:
         on after the call with r0 the count and r1-r5 unreadable."""
         r0 = st.frames[-1].regs[0]
         if r0.type is not Pt.SCALAR:
-            self.reject(f"a callback must return a number in [0, 1], not {r0}")
+            self.reject(f"At callback return the register r0 is not a known value ({r0.type.value}): a callback "
+                        f"returns 0 or 1, not {r0}")
         self._precise(0)
         if r0.var.smin < 0 or r0.var.smax > 1:
-            self.reject(f"a callback must return a number in [0, 1], but r0 is {r0.var}")
+            self.reject(_invalid_scalar("At callback return", r0.var, 0, 1))
         callsite = st.frames[-1].callsite
         self._pop_frame(st)
         hid = self.slots[callsite].imm  # type: ignore[union-attr]
@@ -2093,16 +2127,19 @@ class Checker:
                         "lead to reference leak (what was acquired there is not released on this path)")
         r0 = regs[0]
         if r0.type is Pt.NOT_INIT:
-            self.reject("r0 is not initialised at program exit")
+            self.reject("r0 !read_ok: r0 is not initialised at program exit")
         ctx = self.context
         if r0.is_pointer and not ctx.ret_pointer_ok and not (self.privileged and ctx.ret_range is None):
-            self.reject(f"returning a pointer in r0 ({r0}) is not allowed for this program type")
+            if ctx.ret_range is None:
+                self.reject(f"r0 leaks addr as return value: returning a pointer ({r0}) is not allowed here")
+            self.reject(f"At program exit the register r0 is not a known value ({r0.type.value}): returning a "
+                        f"pointer ({r0}) is not allowed for this program type")
         if ctx.ret_range is not None and not r0.is_pointer:
             self._precise(0)
             lo, hi = ctx.ret_range
             var = sc.project(r0.var, 32) if ctx.ret_32bit else r0.var
             if var.smin < lo or var.smax > hi:
-                self.reject(f"at program exit r0 is {r0}, which is not within [{lo}, {hi}]")
+                self.reject(_invalid_scalar("At program exit", r0.var, lo, hi))
 
     def _check_stack_depth(self) -> int:
         """Reject call chains whose frames together use more than ``stack_limit`` bytes."""
@@ -2173,6 +2210,13 @@ class Checker:
         if node is not None:
             lines.append("...")
         return "\n".join(reversed(lines))
+
+
+def _invalid_scalar(where: str, var: sc.Scalar, lo: int, hi: int) -> str:
+    """The kernel's words for a return value out of its range: the bounds it knows of r0."""
+    bounds = (("smin", var.smin, sc.UNKNOWN.smin), ("smax", var.smax, sc.UNKNOWN.smax))
+    known = "".join(f" {name}={v}" for name, v, edge in bounds if v != edge)
+    return f"{where} the register r0 has{known or ' unknown scalar value'} should have been in [{lo}, {hi}]"
 
 
 def _tnum(var: sc.Scalar) -> str:

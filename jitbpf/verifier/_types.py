@@ -97,6 +97,8 @@ class ContextSpec:
     # kernel lets only some program types, where no socket lock can be held, do so.
     sockmap_writers: frozenset[int] = frozenset({2, 3})
     socket_context: bool = False  # the context is itself a socket (cgroup/sock): socket arguments take it
+    # The helpers whose memory arguments may point into the packet (the kernel's pkt_access); None: all.
+    packet_helpers: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():

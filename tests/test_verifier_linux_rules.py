@@ -1,0 +1,62 @@
+"""Verifier rules of Linux program types, one minimal program each: jitbpf's verdict and message,
+and the running kernel's for the same bytecode (root only)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jitbpf.asm import assemble
+from jitbpf.linux.maps import Array
+from tests import kernel_oracle
+from tests.support import check_verdict, load
+
+KERNEL = pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
+PROG_TYPES = {"socket_filter": 1, "sched_cls": 3, "xdp": 6}
+
+# r2 = the packet's start (tc), r3 = its end, and 8 bytes of it checked (else: to `out`, r0 = 0).
+PACKET = "ldxw r2, [r1+76]\nldxw r3, [r1+80]\nmov r4, r2\nadd r4, 8\nmov r0, 0\njgt r4, r3, out\n"
+OUT = "mov r0, 0\nout:\nexit"
+# Reaches the division by zero only where the verifier does not know r1 is 4.
+UNLESS_FOUR = "mov r0, 0\njeq r1, 4, +1\ndiv r0, 0\nexit"
+
+# (name, program type, program, the kernel's message when it refuses it: None when it accepts)
+VERDICTS: list[tuple[str, str, str, str | None]] = [
+    # Helpers read and write packet memory only where the kernel says they may (pkt_access).
+    ("a packet pointer to bpf_skb_load_bytes", "sched_cls",
+     PACKET + "mov r3, r2\nmov r2, 0\nmov r4, 4\ncall 26\n" + OUT, "helper access to the packet is not allowed"),
+    ("a packet pointer to bpf_skb_store_bytes", "sched_cls",
+     PACKET + "mov r3, r2\nmov r2, 0\nmov r4, 4\nmov r5, 0\ncall 9\n" + OUT,
+     "helper access to the packet is not allowed"),
+    ("a packet pointer as a map key", "sched_cls", PACKET + "lddw r1, map:A\ncall 1\n" + OUT, None),
+    ("a packet pointer to bpf_csum_diff", "sched_cls",
+     PACKET + "mov r1, r2\nmov r2, 4\nmov r3, 0\nmov r4, 0\nmov r5, 0\ncall 28\n" + OUT, None),
+    # The kernel keeps no range for a quotient or a remainder, of constants neither.
+    ("a division", "socket_filter", "mov r1, 8\ndiv r1, 2\n" + UNLESS_FOUR, "div by zero"),
+    ("a modulo", "socket_filter", "mov r1, 9\nmod r1, 5\n" + UNLESS_FOUR, "div by zero"),
+    # A constant on the stack is known again only where it was spilled: at a slot's start, or zeros.
+    ("a constant stored at a slot's start", "socket_filter", "stw [r10-8], 4\nldxw r1, [r10-8]\n" + UNLESS_FOUR,
+     None),
+    ("a constant stored inside a slot", "socket_filter", "stw [r10-4], 4\nldxw r1, [r10-4]\n" + UNLESS_FOUR,
+     "div by zero"),
+    ("zeros stored inside a slot", "socket_filter",
+     "sth [r10-6], 0\nldxh r1, [r10-6]\nadd r1, 4\n" + UNLESS_FOUR, None),
+    # bpf_tail_call takes a program array only: checked before the map's own helper rules.
+    ("a tail call through an array", "socket_filter", "lddw r2, map:A\nmov r3, 0\ncall 12\nmov r0, 0\nexit",
+     "expected prog array map for tail call"),
+]
+
+
+@pytest.mark.parametrize(("name", "prog_type", "text", "message"), VERDICTS, ids=[v[0] for v in VERDICTS])
+def test_verdicts(name: str, prog_type: str, text: str, message: str | None) -> None:
+    maps = [Array(key_size=4, value_size=8, max_entries=1, name="A")] if "map:A" in text else []
+    check_verdict(load(text, *maps, prog_type=prog_type), message is None, message)
+
+
+@KERNEL
+@pytest.mark.parametrize(("name", "prog_type", "text", "message"), VERDICTS, ids=[v[0] for v in VERDICTS])
+def test_verdicts_are_the_kernels(name: str, prog_type: str, text: str, message: str | None) -> None:
+    maps = {1: kernel_oracle.KernelMap(2, 4, 8, 1)} if "map:A" in text else {}
+    verdict = kernel_oracle.kernel_verify(assemble(text, maps={"A": 1}), PROG_TYPES[prog_type], maps)
+    assert verdict.accepted is (message is None), verdict.log
+    if message is not None:
+        assert message in verdict.log
