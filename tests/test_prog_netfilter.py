@@ -56,7 +56,7 @@ DROP_LONG_IPV4 = """
 """
 # Each refused for the reason given, by the kernel as by jitbpf.
 REFUSED = [
-    ("mov r0, 2\nexit", r"not within \[0, 1\]"),
+    ("mov r0, 2\nexit", r"should have been in \[0, 1\]"),
     ("mov r0, 1\nstdw [r1+0], 0\nexit", "context"),  # the context is read-only
     ("ldxdw r0, [r1+16]\nmov r0, 1\nexit", "context"),  # past struct bpf_nf_ctx
     ("ldxdw r2, [r1+0]\nstb [r2+{hook}], 1\nmov r0, 1\nexit", "write"),  # the hook's state is read-only

@@ -49,7 +49,7 @@ SEC("cgroup/setsockopt") int set(struct bpf_sockopt *ctx) {
 REFUSED = [
     ("S", "ctx->retval = 0; return 1;", "write to the context"),  # setsockopt has no result to set
     ("G", "ctx->level = 1; return 1;", "write to the context"),  # getsockopt cannot change the option
-    ("G", "return 2;", r"not within \[0, 1\]"),
+    ("G", "return 2;", r"should have been in \[0, 1\]"),
     ("S", "return *(unsigned char *)ctx->optval;", "invalid access to packet"),  # not checked against the end
 ]
 ACCEPTED = [
