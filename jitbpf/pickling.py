@@ -92,7 +92,7 @@ def reduce_vm(vm: VM) -> tuple[Any, ...]:
     options = {
         "verify": vm.verify_enabled, "budget": vm.budget, "allow_loops": vm.allow_loops,
         "prog_type": vm.prog_type, "max_tail_calls": vm.max_tail_calls, "elide_checks": vm.elide_checks,
-        "privileged": vm.privileged, "strict_alignment": vm.strict_alignment,
+        "privileged": vm.privileged, "strict_alignment": vm.strict_alignment, "functions": vm.functions,
         # The limit it was made with is not kept: one that admits the program does as well.
         "max_insns": max(cfg.DEFAULT_MAX_INSNS, len(vm.program)), **_attach_options(vm),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import array
 import errno
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jitbpf import cfg
@@ -30,6 +30,7 @@ from jitbpf.sandbox import Pages
 if TYPE_CHECKING:
     from jitbpf.jit import JitProgram
     from jitbpf.linux.programs import BtfSource
+    from jitbpf.verifier import GlobalFunc
 
 # What a thread is doing with a VM (VM._enter): nested runs of one VM on one thread would share
 # its stack, its context memory and its run state, so a run may not start inside another.
@@ -120,6 +121,7 @@ class VM(ProgramRunners):
         strict_alignment: bool = False,
         attach: str | None = None,
         btf: BtfSource | None = None,
+        functions: Mapping[int, GlobalFunc] | None = None,
     ) -> None:
         if isinstance(program, Program):
             self.program = program
@@ -132,6 +134,8 @@ class VM(ProgramRunners):
         self.allow_loops = allow_loops
         self.privileged = privileged  # the kernel's rules for a privileged loader (see verify_flow)
         self.strict_alignment = strict_alignment  # the kernel's BPF_F_STRICT_ALIGNMENT (see verify_flow)
+        # The global functions by entry slot (from the object's BTF), verified on their own (see verify_flow).
+        self.functions: dict[int, GlobalFunc] = dict(functions or {})
         self._reads_uninit_stack = False
         # The JIT drops the runtime bounds check of every access the verifier proved in bounds;
         # off, it checks them all the same (to measure what the proofs save, or to distrust them).
@@ -332,7 +336,8 @@ class VM(ProgramRunners):
             try:
                 result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
                                      budget=self.budget, context=self.context_spec(), maps=self.maps,
-                                     privileged=self.privileged, strict_alignment=self.strict_alignment)
+                                     privileged=self.privileged, strict_alignment=self.strict_alignment,
+                                     functions=self.functions)
             except VerifierError as exc:
                 if not self.allow_loops and exc.message.startswith("back-edge"):
                     exc.add_note("a loop: VM(..., allow_loops=True) accepts it if it is bounded, "

@@ -132,7 +132,9 @@ class BtfType:
     # STRUCT/UNION (name, type, bit offset); DATASEC ("", type, offset); FUNC_PROTO (name, type, 0) per parameter
     members: tuple[tuple[str, int, int], ...] = ()
     array: tuple[int, int] = (0, 0)  # ARRAY: (element type, number of elements)
-    encoding: int = 0  # INT: BTF_INT_SIGNED (1), CHAR (2), BOOL (4); ENUM/ENUM64: 1 if signed; STRUCT/UNION: kind_flag
+    # INT: BTF_INT_SIGNED (1), CHAR (2), BOOL (4); ENUM/ENUM64: 1 if signed; STRUCT/UNION: kind_flag;
+    # FUNC: linkage (0 static, 1 global, 2 extern); DECL_TAG: the parameter tagged (-1: the declaration)
+    encoding: int = 0
     enumerators: tuple[tuple[str, int], ...] = ()  # ENUM/ENUM64: (name, value), values as declared
 
 
@@ -193,6 +195,10 @@ class Btf:
                 encoding = struct.unpack_from("<I", blob, pos)[0] >> 24
             elif kind in (BtfKind.ENUM, BtfKind.ENUM64, BtfKind.STRUCT, BtfKind.UNION):
                 encoding = info >> 31  # kind_flag: the enum is signed, the members' offsets hold bitfield sizes
+            elif kind is BtfKind.FUNC:
+                encoding = vlen
+            elif kind is BtfKind.DECL_TAG:
+                encoding = struct.unpack_from("<i", blob, pos)[0]
             if kind in (BtfKind.ENUM, BtfKind.ENUM64):
                 enumerators = tuple(self._enumerator(kind, blob, pos, i, encoding) for i in range(vlen))
             if kind is BtfKind.ARRAY:
@@ -322,8 +328,10 @@ class ElfProgram:
     """
 
     def __init__(self, obj: ElfObject, name: str, section: str, prog_type: ProgType, code: bytes,
-                 core_failures: Mapping[int, str] | None = None, *, unavailable: str = "") -> None:
+                 core_failures: Mapping[int, str] | None = None, *, unavailable: str = "",
+                 functions: Mapping[int, str] | None = None) -> None:
         self.obj = obj
+        self.functions = dict(functions or {})  # entry slot -> name of each function linked after the first
         self.unavailable = unavailable  # why the program cannot run here (it uses kernel symbols), if so
         self.core_failures = dict(core_failures or {})  # pc -> the CO-RE relocation that poisoned it
         self.name = name
@@ -366,6 +374,10 @@ class ElfProgram:
         info = PROGRAM_TYPES.get(program_type(kwargs["prog_type"])) if kwargs.get("prog_type") is not None else None
         if info is not None:
             kwargs.setdefault("attach", self.section)  # its attach type: BTF-typed context, return values
+        if self.obj.btf is not None and "functions" not in kwargs:
+            from jitbpf.linux.subprogs import global_functions
+
+            kwargs["functions"] = global_functions(self.obj.btf, self.functions, info.ctx_struct if info else "")
         if info is not None and info.btf_typed:
             if kwargs.get("btf") is None:
                 kwargs["btf"] = self.obj.target_types(f"program {self.name!r} ({self.section})")
@@ -1090,13 +1102,15 @@ class _Loader:
             for func in self.funcs[sec.index]:
                 name = func.name if func.name not in self.obj.programs else f"{sec.name}/{func.name}"
                 failures: dict[int, str] = {}
+                functions: dict[int, str] = {}
                 try:
-                    code = self._link(func, failures)
+                    code = self._link(func, failures, functions)
                 except _KernelSymbol as exc:  # the object's other programs load: this one cannot run
                     self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, b"",
                                                          unavailable=exc.message)
                     continue
-                self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, code, failures)
+                self.obj.programs[name] = ElfProgram(self.obj, name, sec.name, prog_type, code, failures,
+                                                     functions=functions)
 
     def _function_at(self, section: int, slot: int, where: str) -> _Func:
         sec = self.sections[section]
@@ -1108,9 +1122,10 @@ class _Loader:
         raise ElfError(f"{where}: target instruction {slot} is outside every function of {sec.name}",
                        section=sec.name)
 
-    def _link(self, entry: _Func, failures: dict[int, str]) -> bytes:
+    def _link(self, entry: _Func, failures: dict[int, str], functions: dict[int, str]) -> bytes:
         """The entry function followed by every function it calls (transitively), calls patched;
-        ``failures`` gets the linked pc of each instruction a failed CO-RE relocation poisoned."""
+        ``failures`` gets the linked pc of each instruction a failed CO-RE relocation poisoned,
+        ``functions`` the entry and name of each function placed after the first."""
         out = bytearray()
         placed: dict[tuple[int, int], int] = {}
         work: list[_Func] = []
@@ -1119,6 +1134,8 @@ class _Loader:
             key = (f.section, f.start)
             if key not in placed:
                 placed[key] = len(out) // SLOT_SIZE
+                if out:
+                    functions[placed[key]] = f.name
                 sec = self.sections[f.section]
                 out.extend(sec.data[f.start * SLOT_SIZE : (f.start + f.count) * SLOT_SIZE])
                 work.append(f)

@@ -178,12 +178,16 @@ u32, u64, s32 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 class XdpMd(ctypes.LittleEndianStructure):
     """``struct xdp_md``: the XDP context; data/data_end/data_meta are 32-bit packet addresses."""
 
+    c_name = "xdp_md"  # the C struct, as BTF names it
+
     _fields_ = (("data", u32), ("data_end", u32), ("data_meta", u32), ("ingress_ifindex", u32),
                 ("rx_queue_index", u32), ("egress_ifindex", u32))
 
 
 class SkBuff(ctypes.LittleEndianStructure):
     """``struct __sk_buff``: the context of socket filters, tc, cgroup_skb and sk_skb programs."""
+
+    c_name = "__sk_buff"  # the C struct, as BTF names it
 
     _fields_ = (("len", u32), ("pkt_type", u32), ("mark", u32), ("queue_mapping", u32), ("protocol", u32),
                 ("vlan_present", u32), ("vlan_tci", u32), ("vlan_proto", u32), ("priority", u32),
@@ -203,17 +207,23 @@ PT_REGS_ARGS = ("di", "si", "dx", "cx", "r8")  # PT_REGS_PARM1..5 on x86-64
 class PtRegs(ctypes.LittleEndianStructure):
     """x86-64 ``struct pt_regs``: the context of kprobe programs (fields named as in the kernel)."""
 
+    c_name = "pt_regs"  # the C struct, as BTF names it
+
     _fields_ = tuple((name, u64) for name in PT_REGS_NAMES)
 
 
 class PerfEventData(ctypes.LittleEndianStructure):
     """``struct bpf_perf_event_data``: the sampled registers, period and address."""
 
+    c_name = "bpf_perf_event_data"  # the C struct, as BTF names it
+
     _fields_ = (("regs", PtRegs), ("sample_period", u64), ("addr", u64))
 
 
 class CgroupDevCtx(ctypes.LittleEndianStructure):
     """``struct bpf_cgroup_dev_ctx``: access_type = (access << 16) | device type."""
+
+    c_name = "bpf_cgroup_dev_ctx"  # the C struct, as BTF names it
 
     _fields_ = (("access_type", u32), ("major", u32), ("minor", u32))
 
@@ -222,12 +232,16 @@ class Sysctl(ctypes.LittleEndianStructure):
     """``struct bpf_sysctl``: write is 1 for a write to the sysctl (read only), file_pos the
     offset of the access in its file (writable)."""
 
+    c_name = "bpf_sysctl"  # the C struct, as BTF names it
+
     _fields_ = (("write", u32), ("file_pos", u32))
 
 
 class BpfSockopt(ctypes.LittleEndianStructure):
     """``struct bpf_sockopt``: the socket, the option's value (``optval`` to ``optval_end``, in
     packet memory), its level, name and length, and for getsockopt the call's result."""
+
+    c_name = "bpf_sockopt"  # the C struct, as BTF names it
 
     _fields_ = (("sk", u64), ("optval", u64), ("optval_end", u64), ("level", ctypes.c_int32),
                 ("optname", ctypes.c_int32), ("optlen", ctypes.c_int32), ("retval", ctypes.c_int32))
@@ -251,6 +265,8 @@ SYSCTL_BASE_NAME = 1  # BPF_F_SYSCTL_BASE_NAME: bpf_sysctl_get_name gives the la
 class SockAddr(ctypes.LittleEndianStructure):
     """``struct bpf_sock_addr``: the context of cgroup bind/connect/sendmsg programs."""
 
+    c_name = "bpf_sock_addr"  # the C struct, as BTF names it
+
     _fields_ = (("user_family", u32), ("user_ip4", u32), ("user_ip6", u32 * 4), ("user_port", u32),
                 ("family", u32), ("type", u32), ("protocol", u32), ("msg_src_ip4", u32),
                 ("msg_src_ip6", u32 * 4), ("sk", u64))
@@ -258,6 +274,8 @@ class SockAddr(ctypes.LittleEndianStructure):
 
 class SockOps(ctypes.LittleEndianStructure):
     """``struct bpf_sock_ops`` (``args``/``reply``/``replylong`` share offset 4)."""
+
+    c_name = "bpf_sock_ops"  # the C struct, as BTF names it
 
     _fields_ = (("op", u32), ("args", u32 * 4), ("family", u32), ("remote_ip4", u32), ("local_ip4", u32),
                 ("remote_ip6", u32 * 4), ("local_ip6", u32 * 4), ("remote_port", u32), ("local_port", u32),
@@ -274,6 +292,8 @@ class SockOps(ctypes.LittleEndianStructure):
 class SkMsgMd(ctypes.LittleEndianStructure):
     """``struct sk_msg_md``: data/data_end are 64-bit pointers here."""
 
+    c_name = "sk_msg_md"  # the C struct, as BTF names it
+
     _fields_ = (("data", u64), ("data_end", u64), ("family", u32), ("remote_ip4", u32), ("local_ip4", u32),
                 ("remote_ip6", u32 * 4), ("local_ip6", u32 * 4), ("remote_port", u32), ("local_port", u32),
                 ("size", u32), ("sk", u64))
@@ -284,6 +304,8 @@ class SkLookup(ctypes.LittleEndianStructure):
     ``sk`` is the socket selected so far (bpf_sk_assign), addresses and ``remote_port`` are in
     network order, ``local_port`` in host order."""
 
+    c_name = "bpf_sk_lookup"  # the C struct, as BTF names it
+
     _fields_ = (("sk", u64), ("family", u32), ("protocol", u32), ("remote_ip4", u32), ("remote_ip6", u32 * 4),
                 ("remote_port", ctypes.c_uint16), ("zero_pad", ctypes.c_uint16), ("local_ip4", u32),
                 ("local_ip6", u32 * 4), ("local_port", u32), ("ingress_ifindex", u32))
@@ -293,6 +315,8 @@ class BpfFlowKeys(ctypes.LittleEndianStructure):
     """``struct bpf_flow_keys``: what a flow dissector finds (ports and ``n_proto`` in network
     order, as the packet holds them; IPv4 addresses in ``ipv4_src``/``ipv4_dst``, which IPv6
     addresses overlay as ``ipv6_src``/``ipv6_dst``)."""
+
+    c_name = "bpf_flow_keys"  # the C struct, as BTF names it
 
     _fields_ = (("nhoff", ctypes.c_uint16), ("thoff", ctypes.c_uint16), ("addr_proto", ctypes.c_uint16),
                 ("is_frag", ctypes.c_uint8), ("is_first_frag", ctypes.c_uint8), ("is_encap", ctypes.c_uint8),
@@ -320,6 +344,8 @@ class SkReuseportMd(ctypes.LittleEndianStructure):
     """``struct sk_reuseport_md``: a packet or connection arriving at a SO_REUSEPORT group; ``sk``
     is the group's socket it arrived at, ``migrating_sk`` a socket being closed whose requests
     move (NULL otherwise)."""
+
+    c_name = "sk_reuseport_md"  # the C struct, as BTF names it
 
     _fields_ = (("data", u64), ("data_end", u64), ("len", u32), ("eth_protocol", u32), ("ip_protocol", u32),
                 ("bind_inany", u32), ("hash", u32), ("_pad", u32), ("sk", u64), ("migrating_sk", u64))
@@ -418,6 +444,12 @@ class ProgramType:
         (read on every run: found once)."""
         return tuple((off, kind.endswith("_or_null")) for off, kind in self.pointer_fields.items()
                      if kind.startswith("sock"))
+
+    @property
+    def ctx_struct(self) -> str:
+        """The C struct of the context (``xdp_md``; "" for an untyped one): a global function's
+        pointer to it takes the context."""
+        return str(getattr(self.ctx, "c_name", ""))
 
     def context_spec(self, section: str | None = None) -> ContextSpec:
         """The verifier's description of this context (for a program of ``section``, whose attach

@@ -17,7 +17,9 @@ outside loops, many different states at one join point are merged. With ``allow_
 are followed iteration by iteration, and rejected when they may not end within the budget.
 Callbacks (of bpf_loop, bpf_for_each_map_elem) are verified in a frame of their own, one round
 after another until a round begins within an earlier one; loops through may_goto are accepted,
-the numbers they change made unknown after a few rounds so that the rounds converge.
+the numbers they change made unknown after a few rounds so that the rounds converge. Global
+functions (given with their BTF prototypes) are verified once each, after the program, for any
+arguments of their prototype, as the kernel does.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from jitbpf.verifier._types import (
     BtfArg,
     BtfLayout,
     ContextSpec,
+    GlobalFunc,
     MapLike,
+    Param,
+    ParamKind,
     RegType,
     RetType,
     VerifyResult,
@@ -50,7 +55,10 @@ __all__ = [
     "BtfArg",
     "BtfLayout",
     "ContextSpec",
+    "GlobalFunc",
     "MapLike",
+    "Param",
+    "ParamKind",
     "ProgressCallback",
     "RegType",
     "RetType",
@@ -76,6 +84,7 @@ def verify_flow(
     privileged: bool = True,
     progress: ProgressCallback | None = None,
     strict_alignment: bool = False,
+    functions: Mapping[int, GlobalFunc] | None = None,
 ) -> VerifyResult:
     """Verify an analysed program; raise VerifierError if it is not provably safe.
 
@@ -85,7 +94,10 @@ def verify_flow(
     raw-memory mode). ``privileged`` applies the kernel's rules for a loader with CAP_BPF and
     CAP_PERFMON (pointers may leak into scalars, never-written stack may be read); off, those of
     an unprivileged one. ``strict_alignment`` (the kernel's BPF_F_STRICT_ALIGNMENT) wants every
-    access aligned to its size, not only the stack's. ``budget`` bounds how long a loop may run
+    access aligned to its size, not only the stack's. ``functions`` names the global functions
+by entry slot: each is verified once on its own, for any arguments matching its prototype, and
+its calls are checked against the prototype (the other functions are verified at each call, in
+the caller's state). ``budget`` bounds how long a loop may run
     (and, with the kernel's one million instructions as a floor, how much work the analysis may
     do). A verification that takes longer than a second reports the instructions processed so far
     to ``progress``, or without it on standard error when that is a terminal. Ctrl-C stops it
@@ -95,7 +107,8 @@ def verify_flow(
         raise VerifierError(f"too many instructions ({len(flow.program)} > max {max_insns})")
     checker = Checker(flow, helpers=helpers, maps=maps, context=context or RAW_MEMORY, allow_loops=allow_loops,
                       budget=budget, log=log, max_call_depth=max_call_depth, stack_limit=stack_limit,
-                      privileged=privileged, progress=Progress(progress), strict_alignment=strict_alignment)
+                      privileged=privileged, progress=Progress(progress), strict_alignment=strict_alignment,
+                      functions=functions)
     try:
         return checker.run()
     except Rejected as exc:
@@ -121,6 +134,7 @@ def verify(
     privileged: bool = True,
     progress: ProgressCallback | None = None,
     strict_alignment: bool = False,
+    functions: Mapping[int, GlobalFunc] | None = None,
 ) -> VerifyResult:
     """Decode, analyse and verify ``program`` (bytecode, a Program, or instructions).
 
@@ -137,4 +151,5 @@ def verify(
     flow = cfg.analyze(prog, max_insns=max_insns)
     return verify_flow(flow, helpers=table, allow_loops=allow_loops, budget=budget, maps=maps, context=context,
                        log=log, max_call_depth=max_call_depth, stack_limit=stack_limit, max_insns=max_insns,
-                       privileged=privileged, progress=progress, strict_alignment=strict_alignment)
+                       privileged=privileged, progress=progress, strict_alignment=strict_alignment,
+                       functions=functions)

@@ -49,7 +49,9 @@ from jitbpf.verifier._types import (
     ArgType,
     BtfArg,
     ContextSpec,
+    GlobalFunc,
     MapLike,
+    ParamKind,
     Reg,
     RegType,
     RetType,
@@ -75,6 +77,9 @@ ALU_SYMBOLS = {AluOp.ADD: "+=", AluOp.SUB: "-=", AluOp.MUL: "*=", AluOp.DIV: "/=
 FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
+# The aux of a PTR_TO_BUF a global function got as an argument: the memory may be a plain
+# program's buffer, outside the sandbox, so accesses through it keep their runtime check.
+ARG_MEMORY = 1
 
 Pt = RegType
 # What a pointer that may be null becomes once compared against 0.
@@ -223,7 +228,8 @@ class Checker:
     def __init__(self, flow: ControlFlow, *, helpers: Mapping[int, Helper], maps: Mapping[int, MapLike] | None,
                  context: ContextSpec, allow_loops: bool, budget: int, log: bool, max_call_depth: int,
                  stack_limit: int, privileged: bool = True, prune: bool = True,
-                 progress: Progress | None = None, strict_alignment: bool = False) -> None:
+                 progress: Progress | None = None, strict_alignment: bool = False,
+                 functions: Mapping[int, GlobalFunc] | None = None) -> None:
         self.flow = flow
         # Off, no state is remembered: every path is walked to its end (exponential, and loops
         # never stop), the reference that pruning must agree with.
@@ -281,6 +287,11 @@ class Checker:
                                        if ArgType.ASYNC_CALLBACK in args)
         self.tail_calls = HELPERS_OF_TYPE.get(MapType.PROG_ARRAY, frozenset())  # the tail-call helper
         self.moves_packet = self._packet_movers()
+        # Functions by entry: their kernel numbers (func#N, the main program is 0), and those of
+        # them verified on their own (global), with the calls' order of verification.
+        self.func_numbers = {f.entry: i for i, f in enumerate(sorted(flow.functions, key=lambda f: f.entry))}
+        self.globals = {entry: fn for entry, fn in (functions or {}).items() if entry and entry in self.func_numbers}
+        self.called_globals: list[int] = []
         # Per slot, what the walk needs of its instruction, looked up once: (insn, info, the rule
         # of an instruction that only changes the state, how it changes ``State.precise``, next slot).
         self.steps = [None if insn is None or info is None else (
@@ -318,20 +329,20 @@ class Checker:
         self.control = analyze_control(self.flow, helper_ids=frozenset(self.signatures), arg_masks=arg_masks,
                                        allow_loops=self.allow_loops, max_call_depth=self.max_call_depth,
                                        reject=Rejected)
-        root = _Visit(None, None, frozenset())
-        self.work.append((0, self._initial_state(), root, None))
+        self.work.append((0, self._initial_state(), _Visit(None, None, frozenset()), None))
         # The walk makes millions of small objects that reference counting frees, and keeps a
         # growing history alive: the cycle collector finds nothing in them, yet its passes over
         # the history grow with it (80,000 loop iterations took 1.8x as long with it on).
         collecting = gc.isenabled()
         gc.disable()
         try:
-            while self.work:
-                pc, st, parent, lognode = self.work.pop()
-                self.path_log = lognode
-                if self.log:
-                    self._log_line(f"from a branch to {pc}: {self._describe(st)}")
-                self._walk(pc, st, parent)
+            self._drain()
+            # Then each global function called on the way (and by those), as the kernel does.
+            done = 0
+            while done < len(self.called_globals):
+                entry = self.called_globals[done]
+                done += 1
+                self._verify_global(entry)
         finally:
             # Freed now, by reference counting: with the collector back on, its first pass would
             # walk every remembered state and the history they hold.
@@ -344,6 +355,43 @@ class Checker:
         depth = self._check_stack_depth()
         return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth,
                             frozenset(self.unchecked_calls), self.reads_uninit_stack, frozenset(self.probe_loads))
+
+    def _drain(self) -> None:
+        """Walk every path waiting in the work list."""
+        while self.work:
+            pc, st, parent, lognode = self.work.pop()
+            self.path_log = lognode
+            if self.log:
+                self._log_line(f"from a branch to {pc}: {self._describe(st)}")
+            self._walk(pc, st, parent)
+
+    def _verify_global(self, entry: int) -> None:
+        """Walk a global function from its entry, once, for any arguments of its prototype: a
+        scalar is any number, a pointer to memory reaches its type's size (or is NULL unless
+        tagged arg:nonnull), a context pointer is the program's context."""
+        fn, n = self.globals[entry], self.func_numbers[entry]
+        regs = [NOT_INIT] * 11
+        regs[FP] = Reg(Pt.PTR_TO_STACK)
+        for i, param in enumerate(fn.params):
+            if param.kind is ParamKind.SCALAR:
+                regs[i + 1] = UNKNOWN_SCALAR
+            elif param.kind is ParamKind.CTX:
+                regs[i + 1] = self._initial_state().frames[0].regs[1]
+            elif param.nullable:
+                regs[i + 1] = Reg(Pt.PTR_TO_BUF_OR_NULL, range=param.size, aux=ARG_MEMORY, id=self.fresh_id())
+            else:
+                regs[i + 1] = Reg(Pt.PTR_TO_BUF, range=param.size, aux=ARG_MEMORY)
+        if self.log:
+            self._log_line(f"Validating {fn.name}() func#{n}...")
+        self.work.append((entry, State([Frame(regs, [None] * SLOTS, -1, entry)]), _Visit(None, None, frozenset()),
+                          None))
+        try:
+            self._drain()
+        except Rejected as exc:
+            raise Rejected(exc.pc, f"{exc.message} (Validating {fn.name}() func#{n}...: a global function is "
+                                   "verified on its own, for any arguments that match its prototype)") from None
+        if self.log:
+            self._log_line(f"Func#{n} ('{fn.name}') is safe for any args that match its prototype")
 
     def _milestone(self) -> None:
         """Every so many instructions: the complexity limit, and progress for whoever listens."""
@@ -490,11 +538,17 @@ class Checker:
                             self.reject(f"call to nonexistent function {hid}")
                         self._call_helper(st, regs, hid)
                     case Kind.CALL_LOCAL:
-                        self._call_local(st, pc)
-                        nxt = targets[pc]
+                        if targets[pc] in self.globals:
+                            self._call_global(st, regs, targets[pc])
+                        else:
+                            self._call_local(st, pc)
+                            nxt = targets[pc]
                     case Kind.EXIT:
                         if len(st.frames) == 1:
-                            self._exit_main(st, regs)
+                            if st.frames[0].entry:
+                                self._exit_global(st, regs)
+                            else:
+                                self._exit_main(st, regs)
                             if logging:
                                 self._log_line(f"{pc}: {self._disasm(pc)}")
                             self._finish(parent)
@@ -757,6 +811,8 @@ class Checker:
                     return
                 case Kind.CALL | Kind.CALLX | Kind.LD_ABS | Kind.LD_IND:
                     live &= ~1
+                case Kind.CALL_LOCAL if self.targets[pc] in self.globals:
+                    live &= ~1  # a global function's result is any number: nothing to follow into it
                 case Kind.CALL_LOCAL:
                     # Going back out of the callee: its r1-r5 were the caller's.
                     regs.pop()
@@ -1134,7 +1190,7 @@ class Checker:
                 self._note(False)  # size unknown here: the runtime check stays
             case Pt.PTR_TO_BUF:
                 self._buf_bounds(ptr, r, off, size)
-                self._note(True)
+                self._note(ptr.aux != ARG_MEMORY)
             case Pt.PTR_TO_BTF_ID:
                 return self._btf_access(ptr, r, off, size, mode, signed)
             case Pt.PTR_TO_SOCK_COMMON | Pt.PTR_TO_SOCKET | Pt.PTR_TO_TCP_SOCK:
@@ -1604,6 +1660,8 @@ class Checker:
                     self.reject(f"r{r} ({kind.value} argument) is an invalid context range off={lo} size={hi_size}")
             case Pt.PTR_TO_BUF:
                 self._buf_bounds(ptr, r, 0, hi_size)
+                if ptr.aux == ARG_MEMORY:
+                    self.unchecked_calls.add(self.pc)  # perhaps a plain program's buffer
             case Pt.PTR_TO_MAP_KEY:
                 self._map_key_bounds(ptr, r, 0, hi_size, write)
                 if self.maps is None:
@@ -2118,16 +2176,73 @@ class Checker:
             self._forget_packet(st)
         return callee.callsite + 1
 
-    def _exit_main(self, st: State, regs: list[Reg]) -> None:
+    def _call_global(self, st: State, regs: list[Reg], entry: int) -> None:
+        """A call of a global function: its arguments must match its prototype; the function is
+        verified later, on its own, and the call returns an unknown number."""
+        fn, n = self.globals[entry], self.func_numbers[entry]
+        invalid = f"Caller passes invalid args into func#{n} ('{fn.name}')"
         if self._lock_held(st) is not None:
-            self.reject("bpf_spin_unlock is missing: the program exits holding a bpf_spin_lock")
+            self.reject("global function calls are not allowed while holding a lock, use static function instead")
+        if fn.error:
+            self.reject(f"{fn.error}; {invalid}")
+        try:
+            for i, param in enumerate(fn.params):
+                self._global_arg(st, regs, i + 1, param.kind, param.size)
+        except Rejected as exc:
+            raise Rejected(exc.pc, f"{exc.message}; {invalid}") from None
+        self.unchecked_calls.discard(self.pc)  # (set by a memory argument: it concerns helpers only)
+        if self.log:
+            self._log_line(f"Func#{n} ('{fn.name}') is global and assumed valid.")
+        if entry not in self.called_globals:
+            self.called_globals.append(entry)
+        regs[0] = UNKNOWN_SCALAR
+        for r in range(1, 6):
+            regs[r] = NOT_INIT
+        if entry in self.moves_packet:
+            self._forget_packet(st)
+
+    def _global_arg(self, st: State, regs: list[Reg], r: int, kind: ParamKind, size: int) -> None:
+        """Check argument ``r`` of a call to a global function against its parameter's kind."""
+        reg = self._read(regs, r)
+        if kind is ParamKind.SCALAR:
+            if reg.type is not Pt.SCALAR:
+                self.reject(f"r{r} is not a scalar ({reg})")
+        elif kind is ParamKind.CTX:
+            if reg.type is not Pt.PTR_TO_CTX or reg.off or reg.var != sc.ZERO:
+                self.reject(f"arg#{r - 1} expects pointer to ctx, not {reg}")
+        elif reg.type is Pt.SCALAR and reg.var == sc.ZERO:
+            pass  # NULL, which the function must expect (the kernel lets it through even for arg:nonnull)
+        elif reg.type is Pt.SCALAR or reg.type in (Pt.PTR_TO_CTX, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP,
+                                                    Pt.PTR_TO_FUNC):
+            self.reject(f"r{r} type={reg.type.value} expected=fp")
+        else:
+            # A pointer that may be NULL is checked as if it were not: NULL is the function's to check.
+            probe = list(regs)
+            probe[r] = reg._replace(type=NON_NULL.get(reg.type, reg.type))
+            self._mem_arg(st, probe, r, size, size, ArgType.MEM)  # the function may read it...
+            self._mem_arg(st, probe, r, size, size, ArgType.UNINIT_MEM)  # ... and write it
+
+    def _exit_holding_nothing(self, st: State, regs: list[Reg], who: str, leak: str) -> Reg:
+        """The checks of every final exit: no lock or reference held, r0 set; r0 is returned."""
+        if self._lock_held(st) is not None:
+            self.reject(f"bpf_spin_unlock is missing: the {who} exits holding a bpf_spin_lock")
         if st.refs:
             ref, at = st.refs[0]
-            self.reject(f"Unreleased reference id={ref} alloc_insn={at}: BPF_EXIT instruction in main prog would "
-                        "lead to reference leak (what was acquired there is not released on this path)")
+            self.reject(f"Unreleased reference id={ref} alloc_insn={at}: {leak}")
         r0 = regs[0]
         if r0.type is Pt.NOT_INIT:
-            self.reject("r0 !read_ok: r0 is not initialised at program exit")
+            self.reject(f"r0 !read_ok: r0 is not initialised at the {who}'s exit")
+        return r0
+
+    def _exit_global(self, st: State, regs: list[Reg]) -> None:
+        """The exit of a global function verified on its own: it returns a number, holding nothing."""
+        r0 = self._exit_holding_nothing(st, regs, "function", "a global function must release what it acquires")
+        if r0.type is not Pt.SCALAR:
+            self.reject(f"At subprogram exit the register R0 is not a scalar value ({r0.type.value})")
+
+    def _exit_main(self, st: State, regs: list[Reg]) -> None:
+        r0 = self._exit_holding_nothing(st, regs, "program", "BPF_EXIT instruction in main prog would lead to "
+                                        "reference leak (what was acquired there is not released on this path)")
         ctx = self.context
         if r0.is_pointer and not ctx.ret_pointer_ok and not (self.privileged and ctx.ret_range is None):
             if ctx.ret_range is None:

@@ -58,6 +58,35 @@ class BtfLayout(Protocol):
         ...
 
 
+class ParamKind(enum.Enum):
+    """What one argument of a global function is, as its BTF prototype says."""
+
+    SCALAR = "scalar"  # an integer or enum: any number
+    CTX = "ctx"  # the program's context (tagged arg:ctx, or a pointer to the type's context struct)
+    MEM = "mem"  # a pointer to ``size`` readable and writable bytes (NULL allowed unless arg:nonnull)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One argument of a global function."""
+
+    kind: ParamKind  # what the caller must pass
+    size: int = 0  # MEM: bytes the pointer must reach
+    nullable: bool = True  # MEM: NULL may be passed (the function must check before a load)
+
+
+@dataclass(frozen=True)
+class GlobalFunc:
+    """A global (non-static) function of a program, which the kernel verifies once, on its own,
+    for any arguments that match its BTF prototype; each call is checked against the prototype
+    and returns an unknown number. ``error`` says why the prototype is one the kernel refuses
+    (every call to it is then refused)."""
+
+    name: str  # the function's name
+    params: tuple[Param, ...] = ()  # r1.. in order
+    error: str = ""  # the kernel's reason to refuse the prototype, or ""
+
+
 # The pointers a context field may hold: packet bounds, or the socket the context is about.
 CONTEXT_POINTER_KINDS = ("packet", "packet_end", "packet_meta", "sock_common_or_null", "socket", "socket_or_null",
                          "flow_keys")
