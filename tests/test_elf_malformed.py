@@ -45,6 +45,8 @@ struct {
 } pairs SEC(".maps");
 
 int counts[6];
+extern int CONFIG_FOO __kconfig __weak;
+extern char CONFIG_NAME[7] __kconfig __weak;
 struct pair last = { 1, { 2, 3, 4 } };
 
 SEC("xdp") int prog(struct xdp_md *ctx)
@@ -54,6 +56,8 @@ SEC("xdp") int prog(struct xdp_md *ctx)
     if (p)
         p->a++;
     counts[1]++;
+    if (CONFIG_FOO || CONFIG_NAME[1])
+        return XDP_ABORTED;
     return last.a ? XDP_PASS : XDP_DROP;
 }
 """
@@ -107,6 +111,17 @@ def set_nelems(nelems: int, value: int) -> Callable[[bytes], bytes]:
     return mutate
 
 
+def set_int_size(name: str, size: int) -> Callable[[bytes], bytes]:
+    """Make the BTF integer type ``name`` (``int``, ``char``) ``size`` bytes wide."""
+    def mutate(data: bytes) -> bytes:
+        (record,) = [r for r in btf_records(data) if r.kind is BtfKind.INT and r.name == name]
+        out = bytearray(data)
+        struct.pack_into("<I", out, record.at + 8, size)
+        return bytes(out)
+
+    return mutate
+
+
 def struct_members_are_itself(name: str) -> Callable[[bytes], bytes]:
     """Make every member of ``struct name`` be of type ``struct name``."""
     def mutate(data: bytes) -> bytes:
@@ -138,6 +153,12 @@ CASES = [
     Case("a map of maps' type changed to a hash (the hash map got an inner map template)",
          set_nelems(MapType.ARRAY_OF_MAPS, MapType.HASH), ElfError,
          "an inner map template is for maps of maps, not HASH maps"),
+    Case("a weak __kconfig int extern of 4 GiB (its zeroes were allocated: MemoryError)",
+         set_int_size("int", 0xFFFFFFFF), ElfError, r"CONFIG_FOO has an unsupported type \(INT, 4294967295 bytes\)"),
+    Case("a weak __kconfig string extern of 2 GiB (MemoryError)", set_nelems(7, 0x7FFFFFF0), ElfError,
+         "CONFIG_NAME is an array of 2147483632 bytes: only char arrays of at most"),
+    Case("a weak __kconfig string extern of 2 GiB chars (MemoryError)", set_int_size("char", 0x7FFFFFF0), ElfError,
+         "CONFIG_NAME is an array of"),
     Case("an array map of 16M entries (its contents were decoded one element at a time)",
          set_nelems(5, 1 << 24), None),
 ]
