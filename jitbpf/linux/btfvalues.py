@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from jitbpf.errors import ElfError
 from jitbpf.linux.elf import Btf, BtfKind
 from jitbpf.output import plain
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from jitbpf.linux.elf import ElfObject
 
 MAX_DEPTH = 32  # nesting of types, as the loader's size computation allows
+VALUES_PER_BYTE = 64  # values one decode may produce per byte decoded (bitfields, nesting), plus a margin
 _FLOATS = {4: struct.Struct("<f"), 8: struct.Struct("<d")}
 _INT_SIGNED, _INT_CHAR, _INT_BOOL = 1, 2, 4  # BTF_INT_* encodings
 
@@ -24,11 +26,22 @@ class Decoder:
 
     def __init__(self, btf: Btf) -> None:
         self.btf = btf
+        self._left = 0  # values the decode in progress may still produce
 
     def decode(self, type_id: int, data: bytes, depth: int = 0) -> Any:
-        """The value of type ``type_id`` stored in ``data`` (bytes when the type says nothing more)."""
-        if depth > MAX_DEPTH:
+        """The value of type ``type_id`` stored in ``data`` (bytes when the type says nothing more).
+
+        A malformed BTF (a struct holding itself, members overlapping many times over) is an
+        ElfError once the values decoded far outnumber the bytes, rather than a decode that
+        never ends."""
+        if depth == 0:
+            self._left = VALUES_PER_BYTE * (len(data) + 64)
+        elif depth > MAX_DEPTH:
             return bytes(data)
+        self._left -= 1
+        if self._left < 0:
+            raise ElfError(f"BTF type {type_id} describes more values than its {len(data)} bytes can hold "
+                           "(a type that contains itself?)", section=".BTF")
         _, t = self.btf.resolve(type_id)
         match t.kind:
             case BtfKind.INT:
@@ -55,6 +68,7 @@ class Decoder:
         size = self.btf.size_of(elem_id)
         if elem.kind is BtfKind.INT and size == 1 and (elem.encoding & _INT_CHAR or elem.name == "char"):
             return data[:count].split(b"\0", 1)[0].decode("utf-8", "replace")
+        count = min(count, len(data) // size) if size > 0 else 0  # elements past the data do not exist
         return [self.decode(elem_id, data[i * size : (i + 1) * size], depth + 1) for i in range(count)]
 
     def _fields(self, members: tuple[tuple[str, int, int], ...], data: bytes, depth: int) -> dict[str, Any]:
@@ -97,10 +111,12 @@ class TypedMap:
             return [self._decode(type_id, v, size) for v in value]
         return self._decoder.decode(type_id, _raw(value, size))
 
-    def items(self) -> Iterator[tuple[Any, Any]]:
-        """(key, value) pairs, decoded; arrays give every index."""
+    def items(self, *, skip_zero: bool = False) -> Iterator[tuple[Any, Any]]:
+        """(key, value) pairs, decoded; arrays give every index (or, with ``skip_zero``, those
+        whose value is not all zeroes)."""
         m = self.map
-        for key in range(m.max_entries) if _is_array(m) else list(m):
+        keys = (m.nonzero_indices() if skip_zero else range(m.max_entries)) if _is_array(m) else list(m)
+        for key in keys:
             yield (self._decode(self.key_type, key, m.key_size), self._decode(self.value_type, m[key], m.value_size))
 
     def __iter__(self) -> Iterator[Any]:
@@ -198,7 +214,8 @@ def contents(obj: ElfObject) -> dict[str, Any]:
     are left out, and so are array elements still zero (every element exists in an array)."""
     maps: dict[str, list[list[Any]]] = {}
     for name, typed in typed_maps(obj).items():
-        entries = [[plain(k), plain(v)] for k, v in typed.items() if not (_is_array(typed.map) and _is_zero(v))]
+        entries = [[plain(k), plain(v)] for k, v in typed.items(skip_zero=True)
+                   if not (_is_array(typed.map) and _is_zero(v))]
         if entries:
             maps[name] = entries
     found: dict[str, Any] = {}

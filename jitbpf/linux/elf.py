@@ -602,6 +602,21 @@ def kconfig_defaults() -> dict[str, int | bool | str]:
 _TRISTATE = {"n": 0, "y": 1, "m": 2}  # libbpf's enum libbpf_tristate
 
 
+def _kconfig_size(name: str, btf: Btf, type_id: int) -> int:
+    """The size of a ``__kconfig`` extern of this BTF type, which must be one libbpf supports: a
+    1, 2, 4 or 8-byte integer or enum (bool and tristate too), or a char array (a string)."""
+    _, t = btf.resolve(type_id)
+    size = btf.size_of(type_id)
+    if t.kind is BtfKind.ARRAY:
+        if not 0 < size <= MAX_GLOBAL_DATA or btf.size_of(t.array[0]) != 1:
+            raise ElfError(f"__kconfig extern {name} is an array of {size} bytes: only char arrays of at most "
+                           f"{MAX_GLOBAL_DATA} bytes are supported", section=".kconfig")
+    elif t.kind not in (BtfKind.INT, BtfKind.ENUM, BtfKind.ENUM64) or size not in (1, 2, 4, 8):
+        raise ElfError(f"__kconfig extern {name} has an unsupported type ({t.kind.name}, {size} bytes)",
+                       section=".kconfig")
+    return size
+
+
 def _kconfig_bytes(name: str, value: int | bool | str, btf: Btf, type_id: int, size: int) -> bytes:
     """The bytes of one ``__kconfig`` extern of this BTF type, as libbpf encodes them."""
     _, t = btf.resolve(type_id)
@@ -897,7 +912,7 @@ class _Loader:
         body = bytearray()
         for _, var_id, _ in datasec.members:
             var = btf.get(var_id)
-            size = btf.size_of(var.size_or_type)
+            size = _kconfig_size(var.name, btf, var.size_or_type)
             align = min(size, 8) if btf.resolve(var.size_or_type)[1].kind is not BtfKind.ARRAY else 1
             body.extend(bytes(-len(body) % max(align, 1)))
             self.externs[var.name] = len(body)

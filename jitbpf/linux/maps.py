@@ -728,6 +728,23 @@ class Array(BpfMap):
         with EINVAL), so ``del``, as in bcc, resets the element to its initial zeroes."""
         self.set(index, bytes(self.value_size))
 
+    def nonzero_indices(self) -> Iterator[int]:
+        """The indices whose value (on some CPU, for per-CPU arrays) is not all zeroes, found a
+        block of values at a time: a large array is scanned without visiting each element."""
+        n, stride, mem = self.max_entries, self._stride, self._regions[0].view
+        block = max(1, (1 << 16) // stride)
+        zero = bytes(block * stride)
+        for start in range(0, n, block):
+            end = min(start + block, n)
+            spans = [(cpu * n + start) * stride for cpu in range(self.num_cpus)]
+            width = (end - start) * stride
+            if all(mem[at : at + width] == zero[:width] for at in spans):
+                continue
+            for i in range(start, end):
+                at = [(cpu * n + i) * stride for cpu in range(self.num_cpus)]
+                if any(mem[a : a + stride] != zero[:stride] for a in at):
+                    yield i
+
     def view(self, index: int, cpu: int = 0) -> memoryview:
         """The live bytes of value ``index`` (of CPU ``cpu`` for per-CPU arrays); read-only once
         the map is frozen."""
@@ -1871,6 +1888,9 @@ def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entr
         options["map_extra"] = map_extra
     elif map_extra:
         raise MapError(f"map_extra is for bloom filters, not {kind.name} maps", errno=errno.EINVAL)
+    if options.get("inner") is not None and kind not in MAP_OF_MAPS_TYPES:
+        # An object declaring __array(values, struct {...}) on another type (libbpf: "should be map-in-map").
+        raise MapError(f"an inner map template is for maps of maps, not {kind.name} maps", errno=errno.EINVAL)
     cls: Any = _CLASSES[kind]
     made: BpfMap = cls(key_size=key_size, value_size=value_size, max_entries=max_entries, flags=flags, name=name,
                        **options)
