@@ -486,12 +486,15 @@ class BpfMap:
         self._users.add(vm)
 
     def unuse_by(self, vm: MapUser) -> None:
-        """``vm`` is closed: it no longer holds the map."""
+        """``vm`` let go of its maps (closed, and its last run over): it no longer holds the map."""
         self._users.discard(vm)
         self._free_if_unused()
 
     def _free_if_unused(self) -> None:
-        if self._closed and not self._freed and all(vm.closed for vm in list(self._users)) \
+        # A VM leaves _users when it lets go of its maps (VM._release), not when close() is
+        # called: a run still in progress (close() from a helper, or another thread) keeps using
+        # the map, and its value pointers, until it ends.
+        if self._closed and not self._freed and not list(self._users) \
                 and not any(not outer._freed for outer in list(self._holders)):
             self._freed = True
             self._regions = []
