@@ -357,3 +357,25 @@ def test_a_map_closed_during_a_run_lives_until_the_run_ends(engine: str) -> None
             print(err)
     """)
     assert out.split("\n")[:2] == ["99", "map 'counts' is closed"], out
+
+
+@pytest.mark.parametrize("make, view", [
+    ("Array(value_size=8, max_entries=4)", "m.view(1)"),
+    ("PerCpuArray(value_size=8, max_entries=4)", "m.view(1, cpu=0)"),
+    ("RingBuf(max_entries=4096)", "m.regions()[0].view[:8]"),
+])
+def test_a_view_of_map_values_outlives_the_map(make: str, view: str) -> None:
+    """Views of a map's values (a global variable's bytes, a region) keep that memory: closing
+    the map used to free it under them, and the next access killed the process."""
+    out = isolated(f"""
+        import gc
+        from jitbpf.linux.maps import Array, PerCpuArray, RingBuf
+
+        m = {make}
+        v = {view}
+        m.close()
+        gc.collect()
+        v[0] = 7
+        print(bytes(v))
+    """)
+    assert out == repr(b"\x07" + bytes(7)) + "\n"

@@ -422,11 +422,14 @@ class BpfMap:
         self._regions = self._make_regions()
 
     def _make_regions(self) -> list[Region]:
-        ffi = self._nat.ffi
+        ffi, lib = self._nat.ffi, self._nat.lib
         size = ffi.new("uint64_t *")
-        base = self._nat.lib.jb_map_values(self._ptr, size)
-        if self.map_type not in _POINTER_TYPES or size[0] == 0:
+        if self.map_type not in _POINTER_TYPES or lib.jb_map_values(self._ptr, size) == ffi.NULL or size[0] == 0:
             return []
+        # The values' memory is this view's: it goes when the last view of it does (views given
+        # out, map_regions() of VMs), never under a view that outlived the map.
+        free = lib.jb_map_values_free  # resolved now: a destructor must not enter cffi's parser
+        base = ffi.gc(lib.jb_map_give_values(self._ptr, size), free)
         view = memoryview(ffi.buffer(base, size[0])).cast("B")
         writable = not self.flags & BPF_F_RDONLY_PROG
         return [Region(int(ffi.cast("uintptr_t", base)), int(size[0]), view, writable, f"map {self.name}")]
