@@ -305,3 +305,77 @@ def test_a_length_result_is_checked_in_python_only() -> None:
         Helper(9, "fill", lambda *_: 0, ("uninit_mem", "size"), "length_or_errno", native=1)
     with pytest.raises(ValueError, match="needs a size argument"):
         Helper(9, "fill", lambda *_: 0, ("scalar",), "length_or_errno")
+
+
+# A value pointer taken before a helper closes the VM and the map, then a lookup after it.
+_CLOSE_MID_RUN = """
+    lddw r1, map:1
+    mov r2, r10
+    add r2, -4
+    stw [r10-4], 0
+    call 1
+    jeq r0, 0, +5
+    mov r6, r0
+    call 100
+    stdw [r6+0], 99
+    lddw r1, map:1
+    mov r2, r10
+    add r2, -4
+    call 1
+    jeq r0, 0, +1
+    ldxdw r0, [r0+0]
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_map_closed_during_a_run_lives_until_the_run_ends(engine: str) -> None:
+    """close() of the VM and of its map from a helper: the run goes on with the map (as the
+    kernel keeps a map while a program holds it), freed once the run is over. It used to be
+    freed under the run, which then wrote to freed storage."""
+    out = isolated(f"""
+        from jitbpf import VM, assemble
+        from jitbpf.errors import MapError
+        from jitbpf.linux.maps import HashMap
+
+        m = HashMap(key_size=4, value_size=8, max_entries=4, name="counts")
+        m[0] = 5
+        vm = VM(assemble({_CLOSE_MID_RUN!r}))
+        vm.add_map(m, 1)
+        vm.use_standard_helpers()
+
+        def close_all(*_args):
+            vm.close()
+            m.close()
+            return 0
+
+        vm.register_helper(100, close_all, name="close_all")
+        print(vm.execute_jit() if {engine!r} == "jit" else vm.execute())
+        try:
+            len(m)
+        except MapError as err:
+            print(err)
+    """)
+    assert out.split("\n")[:2] == ["99", "map 'counts' is closed"], out
+
+
+@pytest.mark.parametrize("make, view", [
+    ("Array(value_size=8, max_entries=4)", "m.view(1)"),
+    ("PerCpuArray(value_size=8, max_entries=4)", "m.view(1, cpu=0)"),
+    ("RingBuf(max_entries=4096)", "m.regions()[0].view[:8]"),
+])
+def test_a_view_of_map_values_outlives_the_map(make: str, view: str) -> None:
+    """Views of a map's values (a global variable's bytes, a region) keep that memory: closing
+    the map used to free it under them, and the next access killed the process."""
+    out = isolated(f"""
+        import gc
+        from jitbpf.linux.maps import Array, PerCpuArray, RingBuf
+
+        m = {make}
+        v = {view}
+        m.close()
+        gc.collect()
+        v[0] = 7
+        print(bytes(v))
+    """)
+    assert out == repr(b"\x07" + bytes(7)) + "\n"

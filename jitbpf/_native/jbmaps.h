@@ -20,6 +20,10 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
                              uint32_t flags, uint64_t aux, int *err);
 void jb_map_free(struct jb_map *m);
 uint8_t *jb_map_values(struct jb_map *m, uint64_t *size);
+/* The value slab handed over to the caller, who frees it with jb_map_values_free (after
+   jb_map_free or not): views of it may outlive the map. */
+uint8_t *jb_map_give_values(struct jb_map *m, uint64_t *size);
+void jb_map_values_free(uint8_t *values);
 uint32_t jb_map_count(struct jb_map *m);
 uint32_t jb_map_num_cpus(struct jb_map *m);
 

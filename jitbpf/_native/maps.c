@@ -138,6 +138,7 @@ struct jb_map {
     uint32_t num_cpus;  /* value copies per element: 1, or the CPU count for per-CPU maps */
     uint8_t *values;    /* the slab programs may point into */
     uint64_t values_size;
+    uint32_t values_given; /* the slab belongs to the caller (jb_map_give_values) */
     uint32_t lock;      /* writers' spinlock */
     uint32_t seq;       /* odd while a writer changes links: lock-free readers retry */
     uint32_t count;     /* live elements */
@@ -418,7 +419,8 @@ void jb_map_free(struct jb_map *m)
             *link = m->rb->next_live;
     }
     spin_unlock(&g_live_lock);
-    slab_free(m->values);
+    if (!m->values_given)
+        slab_free(m->values);
     free(m->rb);
     free(m->buckets);
     free(m->next);
@@ -751,6 +753,17 @@ uint8_t *jb_map_values(struct jb_map *m, uint64_t *size)
 {
     *size = m->values_size;
     return m->values;
+}
+
+uint8_t *jb_map_give_values(struct jb_map *m, uint64_t *size)
+{
+    m->values_given = 1;
+    return jb_map_values(m, size);
+}
+
+void jb_map_values_free(uint8_t *values)
+{
+    slab_free(values);
 }
 
 uint32_t jb_map_count(struct jb_map *m)

@@ -422,11 +422,14 @@ class BpfMap:
         self._regions = self._make_regions()
 
     def _make_regions(self) -> list[Region]:
-        ffi = self._nat.ffi
+        ffi, lib = self._nat.ffi, self._nat.lib
         size = ffi.new("uint64_t *")
-        base = self._nat.lib.jb_map_values(self._ptr, size)
-        if self.map_type not in _POINTER_TYPES or size[0] == 0:
+        if self.map_type not in _POINTER_TYPES or lib.jb_map_values(self._ptr, size) == ffi.NULL or size[0] == 0:
             return []
+        # The values' memory is this view's: it goes when the last view of it does (views given
+        # out, map_regions() of VMs), never under a view that outlived the map.
+        free = lib.jb_map_values_free  # resolved now: a destructor must not enter cffi's parser
+        base = ffi.gc(lib.jb_map_give_values(self._ptr, size), free)
         view = memoryview(ffi.buffer(base, size[0])).cast("B")
         writable = not self.flags & BPF_F_RDONLY_PROG
         return [Region(int(ffi.cast("uintptr_t", base)), int(size[0]), view, writable, f"map {self.name}")]
@@ -486,12 +489,15 @@ class BpfMap:
         self._users.add(vm)
 
     def unuse_by(self, vm: MapUser) -> None:
-        """``vm`` is closed: it no longer holds the map."""
+        """``vm`` let go of its maps (closed, and its last run over): it no longer holds the map."""
         self._users.discard(vm)
         self._free_if_unused()
 
     def _free_if_unused(self) -> None:
-        if self._closed and not self._freed and all(vm.closed for vm in list(self._users)) \
+        # A VM leaves _users when it lets go of its maps (VM._release), not when close() is
+        # called: a run still in progress (close() from a helper, or another thread) keeps using
+        # the map, and its value pointers, until it ends.
+        if self._closed and not self._freed and not list(self._users) \
                 and not any(not outer._freed for outer in list(self._holders)):
             self._freed = True
             self._regions = []
