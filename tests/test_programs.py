@@ -511,16 +511,18 @@ PKT_TYPE_FRAMES = {  # Ethernet destination -> skb->pkt_type on the test run's l
 }
 
 
-def test_tc_pkt_type_follows_the_ethernet_destination(tmp_path: Path, kernel: Kernel | None) -> None:
+@pytest.mark.parametrize("section", ["tc", "socket"])
+def test_pkt_type_follows_the_ethernet_destination(tmp_path: Path, kernel: Kernel | None, section: str) -> None:
     path = c_builder(tmp_path, "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n")(
-        'SEC("tc") int prog(struct __sk_buff *skb) { return skb->pkt_type + 100; }\n')
+        f'SEC("{section}") int prog(struct __sk_buff *skb) {{ return skb->pkt_type + 100; }}\n')
     loaded = kernel.load(path, "prog", None) if kernel is not None else None
     assert not isinstance(loaded, str), loaded
     try:
         for dst, pkt_type in PKT_TYPE_FRAMES.items():
             frame = bytes.fromhex(dst) + bytes(6) + b"\x08\x00" + bytes(46)
             for engine in ("interp", "jit"):
-                assert int(load_elf(path).programs["prog"].run(frame, engine=engine)[0]) == pkt_type + 100
+                ran_here = load_elf(path).programs["prog"].run(frame, engine=engine)
+                assert int(ran_here[0] if isinstance(ran_here, tuple) else ran_here) == pkt_type + 100
             if loaded is not None:
                 ran = loaded.run(frame)
                 assert ran is not None and ran.retval == pkt_type + 100

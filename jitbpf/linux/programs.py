@@ -1708,10 +1708,10 @@ def _skb_template(state: ProgramState, fields: Mapping[str, Any], protocol: int,
     packet: ``protocol`` (the jb_derive way to find it) and ``wire_len``, unless ``fields``
     give them; ``len`` always follows the packet; ``sk`` is the socket (see _socket_fields)."""
     _off, sk_value, sk_derive = sk or (0, 0, 0)
-    # A tc frame's Ethernet destination gives the packet type (the other types' packets start at
-    # the network header).
-    tc = state.info.prog_type in (ProgType.SCHED_CLS, ProgType.SCHED_ACT)
-    pkt_type = native().lib.JB_DERIVE_PKT_TYPE if tc else 0
+    # The Ethernet destination of a tc or socket filter frame gives the packet type, as the test
+    # run's eth_type_trans does (cgroup_skb and lwt packets start at the network header).
+    ethernet = state.info.prog_type in (ProgType.SCHED_CLS, ProgType.SCHED_ACT, ProgType.SOCKET_FILTER)
+    pkt_type = native().lib.JB_DERIVE_PKT_TYPE if ethernet else 0
     if not fields:
         key: Hashable = (protocol, sk_value)
         derive = protocol | _DERIVE_WIRE_LEN | pkt_type | sk_derive
