@@ -136,7 +136,7 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
         try:
             reader: Any = dpkt.pcapng.Reader(f) if magic == _PCAPNG_SHB else dpkt.pcap.Reader(f)
         except (ValueError, dpkt.dpkt.Error) as exc:
-            raise PcapError(f"{name}: not a pcap or pcapng capture ({exc})") from exc
+            raise PcapError(f"{name}: not a pcap or pcapng capture ({str(exc) or type(exc).__name__})") from exc
         convert = _link_converter(int(reader.datalink()), frames, name)
         endian = _CLASSIC_MAGICS.get(magic)
         # dpkt hands out a cut-off last packet as if it were whole: classic captures are read here.
@@ -150,7 +150,7 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
             _warn(warn, f"{name}: the capture ends in the middle of a block, after {count} packets; the rest was"
                         " left out")
         except (ValueError, dpkt.dpkt.Error, EOFError) as exc:
-            raise PcapError(f"{name}: corrupt capture ({exc or type(exc).__name__})") from exc
+            raise PcapError(f"{name}: corrupt capture ({str(exc) or type(exc).__name__})") from exc
     finally:
         f.close()
 

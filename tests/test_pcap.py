@@ -240,3 +240,17 @@ def test_jit_batches_count_what_single_runs_count(capture: Path, threads: int, m
     assert batched.first_error == interp.first_error == single.first_error
     assert batched.first_error is not None and batched.first_error.startswith("packet 7: ")
     assert seen == [0, 1, 2, 3, 4, 5, 6, 8]
+
+
+def test_unreadable_header_without_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that refuses the header without saying why still gives a reason."""
+    import dpkt
+
+    def refuse(*_args: object) -> None:
+        raise dpkt.dpkt.NeedData()
+
+    monkeypatch.setattr(dpkt.pcap, "Reader", refuse)
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(20))
+    with pytest.raises(PcapError, match=r"not a pcap or pcapng capture \(NeedData\)"):
+        list(read_packets(junk))
