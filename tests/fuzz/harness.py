@@ -136,8 +136,19 @@ def _outcome(exc: BpfError) -> tuple[Any, ...]:
     return (type(exc).__name__, exc.pc)
 
 
-def _run_program(code: bytes, engine: str, *, verify: bool) -> tuple[Any, ...] | None:
-    """Every frame through one fresh machine; None when the verifier refuses the program."""
+def _reset(maps: dict[str, BpfMap]) -> None:
+    """The maps as created, so that the second engine starts where the first did."""
+    array, table, ring = maps["A"], maps["H"], maps["R"]
+    assert isinstance(array, Array) and isinstance(table, HashMap) and isinstance(ring, RingBuf)
+    for index in range(array.max_entries):
+        array.set(index, bytes(array.value_size))
+    table.clear()
+    ring.read_events()
+
+
+def _run_program(code: bytes, *, verify: bool) -> list[tuple[Any, ...]] | None:
+    """Every frame in each engine, on one machine (so that the addresses a program may leak in r0
+    or a map are the same in both), the maps reset in between; None when the verifier refuses."""
     maps = _maps()
     vm = VM(code, prog_type="xdp", verify=verify, allow_loops=True, budget=BUDGET)
     try:
@@ -148,45 +159,41 @@ def _run_program(code: bytes, engine: str, *, verify: bool) -> tuple[Any, ...] |
             vm.check()
         except VerifierError:
             return None
-        out: list[Any] = []
-        for frame in inputs.FRAMES:
-            try:
-                action, after = vm.run_xdp(frame, engine=engine)
-                out.append((int(action), bytes(after)))
-            except BpfError as exc:
-                if verify and isinstance(exc, AccessError) and exc.pc in vm._proven:
-                    raise Finding(f"an access the verifier proved in bounds failed ({engine}): {exc}") from exc
-                out.append(_outcome(exc))
-        return (*out, _dump(maps))
+        results = []
+        for engine in ENGINES:
+            _reset(maps)
+            out: list[Any] = []
+            for frame in inputs.FRAMES:
+                try:
+                    action, after = vm.run_xdp(frame, engine=engine)
+                    out.append((int(action), bytes(after)))
+                except BpfError as exc:
+                    if verify and isinstance(exc, AccessError) and exc.pc in vm._proven:
+                        raise Finding(f"an access the verifier proved in bounds failed ({engine}): {exc}") from exc
+                    out.append(_outcome(exc))
+            results.append((*out, _dump(maps)))
+        return results
     finally:
         vm.close()
         for m in maps.values():
             m.close()
 
 
-def _compare(code: bytes, *, verify: bool) -> bool:
-    results = [_run_program(code, engine, verify=verify) for engine in ENGINES]
-    if results[0] is None or results[1] is None:
-        if results[0] is not results[1]:
-            raise Finding("the verifier's verdict depends on the engine")
-        return False
-    if results[0] != results[1]:
-        diff = next(i for i, (a, b) in enumerate(zip(*results, strict=True)) if a != b)
-        raise Finding(f"the engines disagree ({'verified' if verify else 'unverified'}), frame {diff}: "
-                      f"interpreter {results[0][diff]!r:.300} vs JIT {results[1][diff]!r:.300}")
-    return True
-
-
 def _program_case(code: bytes, *, unverified: bool = True) -> str:
-    if _compare(code, verify=True):
+    results = _run_program(code, verify=True)
+    if results is not None:
+        interp, jit = results
+        if interp != jit:
+            diff = next(i for i, (a, b) in enumerate(zip(interp, jit, strict=True)) if a != b)
+            raise Finding(f"the engines disagree, frame {diff}: interpreter {interp[diff]!r:.300} vs "
+                          f"JIT {jit[diff]!r:.300}")
         return "ran"
     if unverified:
         # Refused code also runs unverified, every access checked, in both engines. Their results
         # are not compared: such code may read registers a call clobbered, whose values are
         # undefined (as in the kernel); what counts is that neither engine crashes or raises
         # anything but a BpfError.
-        for engine in ENGINES:
-            _run_program(code, engine, verify=False)
+        _run_program(code, verify=False)
     return "rejected"
 
 
