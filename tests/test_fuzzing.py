@@ -66,6 +66,6 @@ def test_short_campaign_finds_nothing(kind: Kind, tmp_path: Path) -> None:
             pytest.skip("clang and libbpf's headers are needed (apt-get install clang libbpf-dev)")
         corpus = build_corpus(tmp_path)
     cases = (make_case(kind, seed, corpus) for seed in range(CAMPAIGNS[kind]))
-    report = campaign(cases, timeout=120, out_dir=tmp_path / "findings")
+    report = campaign(cases, timeout=120, out_dir=tmp_path)
     assert not report.findings, "\n\n".join(f"{r.case.kind.value} {r.case.seed}: {r.finding}" for r in report.findings)
     assert report.statuses[kind.value, "ran"] > 0, report.summary()

@@ -4,7 +4,10 @@ exception that is not a BpfError, or the engines disagreeing is a finding; findi
 reproducers (``--replay FILE`` runs one in this process, with its traceback).
 
 Usage: .venv/bin/python tools/fuzz.py [--kind program,asm,elf,pcap] [--cases N] [--seed S]
-       [--jobs J] [--timeout SECONDS] [--out DIR] | --replay FILE | --selfcheck
+       [--jobs J] [--timeout SECONDS] [--out DIR] [--kernel] | --replay FILE | --selfcheck
+With --kernel (root, the BPF syscall), each generated program's verdict is compared with the
+kernel's, and where both accept it, its return values, packets and maps: a result that differs is
+a finding, a verdict that differs is counted (and kept under DIR/verdicts).
 Exit status: 0 without findings, 1 with findings, 2 on bad usage.
 """
 
@@ -20,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jitbpf.disasm import disassemble
+from tests import kernel_oracle
 from tests.fuzz.harness import FUZZ_KINDS, Case, Kind, Result, campaign, make_case, run_case
 from tests.fuzz.objects import build_corpus
 
@@ -30,11 +35,12 @@ def _cases(kinds: list[Kind], count: int, seed: int, out_dir: Path) -> Iterator[
         yield make_case(kinds[i % len(kinds)], seed + i // len(kinds), corpus)
 
 
-def _replay(path: Path) -> int:
+def _replay(path: Path, kernel: bool) -> int:
     saved = json.loads(path.read_text())
     case = Case.from_json(saved)
     print(f"{case.kind.value} case {case.seed}; saved finding: {saved.get('finding', '')}")
-    print(f"now: {run_case(case)}")  # a finding raises here, with its traceback
+    print(disassemble(case.data) if case.kind is Kind.PROGRAM else f"{len(case.data)} bytes")
+    print(f"now: {run_case(case, kernel=kernel)}")  # a finding raises here, with its traceback
     return 0
 
 
@@ -55,17 +61,20 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a case may take (default 60)")
     parser.add_argument("--out", type=Path, help="where reproducers go (default: a temporary directory)")
+    parser.add_argument("--kernel", action="store_true", help="compare programs with the kernel's verifier and runs")
     parser.add_argument("--replay", type=Path, help="run one saved reproducer in this process")
     parser.add_argument("--selfcheck", action="store_true", help="check that crashes and hangs are reported")
     args = parser.parse_args()
     if args.replay:
-        return _replay(args.replay)
+        return _replay(args.replay, args.kernel)
     if args.selfcheck:
         return _selfcheck(min(args.timeout, 5.0))
     try:
         kinds = [Kind(k) for k in args.kind.split(",") if k]
     except ValueError:
         parser.error(f"--kind takes some of {', '.join(k.value for k in FUZZ_KINDS)}")
+    if args.kernel and not kernel_oracle.available():
+        parser.error("--kernel needs root and the BPF syscall")
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="jitbpf-fuzz-"))
     start = time.monotonic()
     done = 0
@@ -79,7 +88,7 @@ def main() -> int:
             print(f"\r{done}/{args.cases} cases", end="", file=sys.stderr, flush=True)
 
     report = campaign(_cases(kinds, args.cases, args.seed, out_dir), timeout=args.timeout, jobs=args.jobs,
-                      out_dir=out_dir / "findings", on_result=progress)
+                      out_dir=out_dir, on_result=progress, kernel=args.kernel)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(report.summary())

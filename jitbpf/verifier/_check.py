@@ -1092,6 +1092,8 @@ class Checker:
             if self.maps is not None and (insn.imm not in self.maps or insn.imm < 0):
                 self.reject(f"lddw refers to map {insn.imm}, which does not exist")
             if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX):
+                if insn.next_imm:  # the second half is a value offset only for the value sources
+                    self.reject("unrecognized bpf_ld_imm64 insn")
                 regs[insn.dst] = Reg(Pt.CONST_PTR_TO_MAP, aux=insn.imm)
                 return
             m = self.maps.get(insn.imm) if self.maps is not None else None

@@ -31,9 +31,11 @@ from typing import Any
 
 from jitbpf.asm import assemble
 from jitbpf.errors import AccessError, BpfError, InternalError, VerifierError
+from jitbpf.isa import MASK32
 from jitbpf.linux.maps import Array, BpfMap, HashMap, RingBuf
 from jitbpf.vm import VM
 from tests.fuzz import inputs, objects, programs
+from tests.kernel_oracle import KernelMap, kernel_test_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ("interp", "jit")
@@ -146,7 +148,7 @@ def _reset(maps: dict[str, BpfMap]) -> None:
     ring.read_events()
 
 
-def _run_program(code: bytes, *, verify: bool) -> list[tuple[Any, ...]] | None:
+def _run_program(code: bytes, *, verify: bool, frames: Sequence[bytes] = inputs.FRAMES) -> list[tuple[Any, ...]] | None:
     """Every frame in each engine, on one machine (so that the addresses a program may leak in r0
     or a map are the same in both), the maps reset in between; None when the verifier refuses."""
     maps = _maps()
@@ -163,7 +165,7 @@ def _run_program(code: bytes, *, verify: bool) -> list[tuple[Any, ...]] | None:
         for engine in ENGINES:
             _reset(maps)
             out: list[Any] = []
-            for frame in inputs.FRAMES:
+            for frame in frames:
                 try:
                     action, after = vm.run_xdp(frame, engine=engine)
                     out.append((int(action), bytes(after)))
@@ -179,14 +181,45 @@ def _run_program(code: bytes, *, verify: bool) -> list[tuple[Any, ...]] | None:
             m.close()
 
 
-def _program_case(code: bytes, *, unverified: bool = True) -> str:
-    results = _run_program(code, verify=True)
+KERNEL_MAPS = {MAP_HANDLES["A"]: KernelMap(2, 4, 16, 4), MAP_HANDLES["H"]: KernelMap(1, 4, 16, 8),
+               MAP_HANDLES["R"]: KernelMap(27, 0, 0, 4096)}
+KERNEL_FRAMES = [frame for frame in inputs.FRAMES if len(frame) >= 14]  # the kernel's XDP minimum
+XDP = 6  # enum bpf_prog_type
+
+
+def _against_kernel(code: bytes, mine: tuple[Any, ...] | None) -> str:
+    """The kernel's verdict on ``code`` and, when both accept it, its results against jitbpf's
+    (``mine``: the interpreter's, per frame then the maps)."""
+    ref = kernel_test_runs(code, XDP, KERNEL_MAPS, KERNEL_FRAMES)
+    if "missing btf func_info" in ref.verdict.log:  # callbacks need BTF there; raw bytecode has none
+        return "kernel-needs-btf"
+    if ref.verdict.accepted != (mine is not None):
+        return "only-kernel-accepts" if ref.verdict.accepted else "only-jitbpf-accepts"
+    if mine is None:
+        return "both-reject"
+    for i, run in enumerate(ref.runs):
+        ours = mine[i]
+        if isinstance(run, int) or len(ours) != 2 or (ours[0] & MASK32, ours[1]) != run:
+            raise Finding(f"jitbpf and the kernel disagree, frame {i}: jitbpf {ours!r:.300} vs kernel {run!r:.300}")
+    array, table, _ring = mine[-1]
+    kernel_array = sorted(ref.maps[MAP_HANDLES["A"]].items())
+    if array != kernel_array or table != sorted(ref.maps[MAP_HANDLES["H"]].items()):
+        raise Finding(f"jitbpf and the kernel disagree on the maps: jitbpf {array!r:.200} {table!r:.200} vs "
+                      f"kernel {kernel_array!r:.200} {sorted(ref.maps[MAP_HANDLES['H']].items())!r:.200}")
+    return "both-accept"
+
+
+def _program_case(code: bytes, *, unverified: bool = True, kernel: bool = False) -> str:
+    results = _run_program(code, verify=True, frames=KERNEL_FRAMES if kernel else inputs.FRAMES)
     if results is not None:
         interp, jit = results
         if interp != jit:
             diff = next(i for i, (a, b) in enumerate(zip(interp, jit, strict=True)) if a != b)
             raise Finding(f"the engines disagree, frame {diff}: interpreter {interp[diff]!r:.300} vs "
                           f"JIT {jit[diff]!r:.300}")
+    if kernel:
+        return _against_kernel(code, None if results is None else results[0])
+    if results is not None:
         return "ran"
     if unverified:
         # Refused code also runs unverified, every access checked, in both engines. Their results
@@ -257,12 +290,13 @@ def _pcap_case(data: bytes) -> str:
     return "ran"
 
 
-def run_case(case: Case) -> str:
-    """Run ``case`` in this process: its status, or ``Finding`` (any other exception is one too)."""
+def run_case(case: Case, *, kernel: bool = False) -> str:
+    """Run ``case`` in this process: its status, or ``Finding`` (any other exception is one too).
+    With ``kernel``, a program's verdict and results are also compared with the running kernel's."""
     match case.kind:
         case Kind.PROGRAM:
             try:
-                return _program_case(case.data)
+                return _program_case(case.data, kernel=kernel)
             except BpfError as exc:  # decoding fails before either engine
                 _outcome(exc)
                 return "refused"
@@ -296,9 +330,10 @@ def worker() -> int:
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     for line in sys.stdin:
-        case = Case.from_json(json.loads(line))
+        request = json.loads(line)
+        case = Case.from_json(request)
         try:
-            reply = {"status": run_case(case)}
+            reply = {"status": run_case(case, kernel=request.get("kernel", False))}
         except Finding as exc:
             reply = {"status": "finding", "finding": str(exc)}
         except Exception as exc:  # a foreign exception is a finding: jitbpf raises only BpfError
@@ -315,8 +350,9 @@ class Supervisor:
     """One worker process at a time: started on demand, replaced after a crash, a hang or
     ``RECYCLE`` cases."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, kernel: bool = False) -> None:
         self.timeout = timeout
+        self.kernel = kernel
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the workers' stderr, kept until close)
         self._served = 0
@@ -341,7 +377,7 @@ class Supervisor:
         assert proc.stdin is not None and proc.stdout is not None
         self._served += 1
         try:
-            proc.stdin.write((json.dumps(case.to_json()) + "\n").encode())
+            proc.stdin.write((json.dumps({**case.to_json(), "kernel": self.kernel}) + "\n").encode())
             proc.stdin.flush()
         except BrokenPipeError:
             pass
@@ -388,6 +424,10 @@ class Report:
         return "\n".join(lines)
 
 
+# Statuses whose cases are kept, and where (under a campaign's directory).
+SAVED = {"finding": "findings", "only-kernel-accepts": "verdicts", "only-jitbpf-accepts": "verdicts"}
+
+
 def save(result: Result, out_dir: Path) -> Path:
     """A reproducer: the case and what it found, for ``tools/fuzz.py --replay``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -397,14 +437,16 @@ def save(result: Result, out_dir: Path) -> Path:
 
 
 def campaign(cases: Iterable[Case], *, timeout: float, jobs: int = 1, out_dir: Path | None = None,
-             on_result: Any = None) -> Report:
-    """Run ``cases`` over ``jobs`` workers; findings are saved to ``out_dir`` when given."""
+             on_result: Any = None, kernel: bool = False) -> Report:
+    """Run ``cases`` over ``jobs`` workers; findings (and verdicts that differ from the kernel's)
+    are saved under ``out_dir`` when given (see ``SAVED``). With
+    ``kernel``, programs are also compared with the running kernel (root and the BPF syscall)."""
     report = Report()
     lock = threading.Lock()
     source: Iterator[Case] = iter(cases)
 
     def drain() -> None:
-        supervisor = Supervisor(timeout)
+        supervisor = Supervisor(timeout, kernel)
         try:
             while True:
                 with lock:
@@ -416,8 +458,8 @@ def campaign(cases: Iterable[Case], *, timeout: float, jobs: int = 1, out_dir: P
                     report.statuses[case.kind.value, result.status] += 1
                     if result.status == "finding":
                         report.findings.append(result)
-                        if out_dir is not None:
-                            save(result, out_dir)
+                    if out_dir is not None and result.status in SAVED:
+                        save(result, out_dir / SAVED[result.status])
                     if on_result is not None:
                         on_result(result)
         finally:
