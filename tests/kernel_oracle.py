@@ -166,7 +166,7 @@ def _relocate(code: bytes, fds: Mapping[int, int]) -> bytes:
         if insn.opcode == LDDW_OPCODE and insn.src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE,
                                                 PseudoSrc.MAP_IDX_VALUE):
             src = PseudoSrc.MAP_FD if insn.src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX) else PseudoSrc.MAP_VALUE
-            insn = replace(insn, src=src, imm=fds[insn.imm])
+            insn = replace(insn, src=src, imm=fds.get(insn.imm, -1))  # no such map: a bad descriptor
         out.append(insn)
     return encode(out)
 

@@ -59,7 +59,7 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=1000, help="cases in all (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds a case may take (default 60)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a case may take (default 300)")
     parser.add_argument("--out", type=Path, help="where reproducers go (default: a temporary directory)")
     parser.add_argument("--kernel", action="store_true", help="compare programs with the kernel's verifier and runs")
     parser.add_argument("--replay", type=Path, help="run one saved reproducer in this process")
