@@ -891,6 +891,8 @@ class Checker:
         else:
             if insn.imm == 0 and op in (AluOp.DIV, AluOp.MOD):
                 self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
+            if op in (AluOp.LSH, AluOp.RSH, AluOp.ARSH) and not 0 <= insn.imm < info.width:
+                self.reject(f"invalid shift {insn.imm}")  # so is a constant shift beyond the width
             src = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
         if op == AluOp.MOV:
             if info.width == 64:
@@ -1340,6 +1342,11 @@ class Checker:
             return self._loaded(size, signed) if mode is Access.READ else None
         if mode is Access.WRITE:
             assert value is not None
+            if value.type is not Pt.SCALAR:  # a pointer's spill, as the kernel allows it
+                if size != 8:
+                    self.reject(f"invalid size of register spill: {size} bytes of a pointer through r{r}")
+                if value.type is Pt.PTR_TO_STACK and ptr.aux != len(st.frames) - 1:
+                    self.reject("cannot spill pointers to stack into stack frame of the caller")
             if size == 8 and start % 8 == 0:
                 frame.stack[start // 8] = value  # spill: the register's full state is kept
             elif value.type is Pt.SCALAR and value.var.is_const and (start % 8 == 0 or value.var.value == 0):
