@@ -67,6 +67,13 @@ REFUSED = [
     "bpf_timer_init((struct bpf_timer *)p, &plain, 1)",  # a map without timers
     "bpf_timer_set_callback(&e->t, returns_one)",  # a timer's callback returns 0
 ]
+# The program's own loads and stores may not touch the timer (any byte of it), as in the kernel.
+DIRECT = [
+    "out = *(long *)&e->t",
+    "*(long *)&e->t = 0",
+    "out = ((char *)&e->t)[15]",
+    "*(int *)&e->pad = 0; ((char *)&e->t)[15] = 1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +105,18 @@ def test_the_verifier_refuses(build: Build, kernel: Kernel | None, body: str) ->
         load_elf(path).programs["prog"].vm().check()
     if kernel is not None:
         assert isinstance(kernel.load(path, "prog", None), str)
+
+
+@pytest.mark.parametrize("body", DIRECT)
+def test_the_timer_is_no_data(build: Build, kernel: Kernel | None, body: str) -> None:
+    path = build(body)
+    message = "bpf_timer cannot be accessed directly by load/store"
+    with pytest.raises(VerifierError, match=message):
+        load_elf(path).programs["prog"].vm().check()
+    if kernel is not None:
+        why = kernel.load(path, "prog", None)
+        assert isinstance(why, str) and message in why, why
+
+
+def test_the_fields_beside_the_timer_are_data(build: Build, kernel: Kernel | None) -> None:
+    assert packet_run_everywhere(build("e->pad = 3; e->n = 4; out = e->pad + e->n"), UDP4, kernel)[0] == 7

@@ -78,6 +78,9 @@ MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 # Helper arguments that take memory (which a packet pointer could give), and those pointers.
 MEMORY_ARGS = frozenset({ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.UNINIT_VALUE, ArgType.MEM,
                          ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG, ArgType.VALUE_MEM})
+# The special structs of a map value that only helpers may touch: (the map's attribute giving
+# their offset, the kernel's name, their size).
+SPECIAL_FIELDS = (("spin_lock_off", "bpf_spin_lock", 4), ("timer_off", "bpf_timer", 16))
 # The dynptr a helper initialises, by argument kind.
 NEW_DYNPTRS = {ArgType.NEW_LOCAL_DYNPTR: DynptrKind.LOCAL, ArgType.NEW_RINGBUF_DYNPTR: DynptrKind.RINGBUF}
 PACKET_POINTERS = frozenset({RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META})
@@ -1181,9 +1184,10 @@ class Checker:
             case Pt.PTR_TO_MAP_VALUE:
                 m = self.maps.get(ptr.aux) if self.maps is not None else None
                 lo, hi = self._var_bounds(ptr, r, off, size)
-                lock_off = getattr(m, "spin_lock_off", None)
-                if lock_off is not None and lo < lock_off + 4 and lock_off < hi:
-                    self.reject("bpf_spin_lock cannot be accessed directly by load/store")
+                for attr, name, width in SPECIAL_FIELDS:
+                    field_off = getattr(m, attr, None)
+                    if field_off is not None and lo < field_off + width and field_off < hi:
+                        self.reject(f"{name} cannot be accessed directly by load/store")
                 if m is not None:
                     self._map_access_type(m, lo, size, read=mode is not Access.WRITE, write=mode is not Access.READ)
                 if m is not None and (lo < 0 or hi > m.value_size):
