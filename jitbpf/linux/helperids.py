@@ -160,6 +160,7 @@ class HelperId(enum.IntEnum):
     DYNPTR_WRITE = 202  # bpf_dynptr_write(dst, offset, src, len, flags)
     DYNPTR_DATA = 203  # bpf_dynptr_data(ptr, offset, len) -> len bytes of the dynptr's memory, or NULL
     KTIME_GET_TAI_NS = 208  # bpf_ktime_get_tai_ns
+    USER_RINGBUF_DRAIN = 209  # bpf_user_ringbuf_drain(map, cb, ctx, flags) -> samples drained
 
 
 KERNEL_HELPER_IDS = range(1, 212)  # ids the kernel defines: a program type restricts these only

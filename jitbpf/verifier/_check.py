@@ -983,7 +983,8 @@ class Checker:
     def _arithmetic_allowed(self, ptr: Reg, r: int) -> None:
         """The kernel's pointer types that take no arithmetic at all."""
         t = ptr.type
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, Pt.CONST_PTR_TO_DYNPTR,
+                 *SOCKETS):
             hint = ", null-check it first" if t in POINTER_OR_NULL else ""
             self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
 
@@ -1224,6 +1225,8 @@ class Checker:
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through the packet end")
             case Pt.CONST_PTR_TO_MAP:
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through a map pointer")
+            case Pt.CONST_PTR_TO_DYNPTR:
+                self.reject(f"r{r} invalid mem access '{t.value}': a struct bpf_dynptr is read by helpers only")
             case Pt.PTR_TO_FUNC:
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through the address "
                             f"of a function")
@@ -2005,6 +2008,8 @@ class Checker:
         """A dynptr the helper initialises: it replaces what was there (an unreferenced dynptr
         included, never a referenced one); a ring buffer one is a reference from now on, even if
         the reservation fails (the program must still discard it)."""
+        if self._read(regs, r).type is Pt.CONST_PTR_TO_DYNPTR:
+            self.reject("Dynptr has to be an uninitialized dynptr: a helper's dynptr is not the program's to set")
         frame, first = self._dynptr_place(st, regs, r, "Dynptr has to be an uninitialized dynptr")
         start = 8 * first
         if referenced_among(frame, start, DYNPTR_SIZE):
@@ -2019,6 +2024,13 @@ class Checker:
     def _dynptr_arg(self, st: State, regs: list[Reg], r: int, kind: ArgType) -> Reg:
         """An initialised dynptr the helper reads, or (RELEASED_DYNPTR) a ring buffer one it
         gives back; the kernel's checks in its order."""
+        reg = self._read(regs, r)
+        if reg.type is Pt.CONST_PTR_TO_DYNPTR:
+            if kind is ArgType.RELEASED_DYNPTR:
+                self.reject("cannot release unowned const bpf_dynptr")
+            if reg.off or reg.var != sc.ZERO:
+                self.reject(f"dereference of modified dynptr_ptr ptr R{r} off={reg.off} disallowed")
+            return Reg(Pt.DYNPTR, aux=DynptrKind.LOCAL, range=1)  # (its slices live as long as the callback)
         expected = f"Expected an initialized dynptr as arg #{r - 1}"
         frame, first = self._dynptr_place(st, regs, r, expected)
         if kind is ArgType.RELEASED_DYNPTR and not referenced_among(frame, 8 * first, DYNPTR_SIZE):
@@ -2103,9 +2115,10 @@ class Checker:
         enter the callback's first round in a new frame. Returns the callback's entry."""
         regs = st.frames[-1].regs
         flags = regs[4]
-        if flags.type is not Pt.SCALAR or flags.var != sc.ZERO:
-            self.reject(f"the flags (r4) of helper {hid} must be 0, not {flags}")
-        self._precise(4)
+        if self.callbacks[hid] is not CallbackKind.USER_RINGBUF:  # (the drain's are its scalar argument)
+            if flags.type is not Pt.SCALAR or flags.var != sc.ZERO:
+                self.reject(f"the flags (r4) of helper {hid} must be 0, not {flags}")
+            self._precise(4)
         if self.callbacks[hid] is CallbackKind.LOOP:
             nr = regs[1].var
             self._precise(1)
@@ -2138,6 +2151,9 @@ class Checker:
             top = min(max(caller[1].var.umax, 1), MAX_LOOP_ITERATIONS) - 1
             regs[1] = Reg(Pt.SCALAR, sc.urange(0, top))  # the iteration
             regs[2] = caller[3]  # the context, as passed
+        elif self.callbacks[hid] is CallbackKind.USER_RINGBUF:
+            regs[1] = Reg(Pt.CONST_PTR_TO_DYNPTR)  # the sample (kept at the bottom of the callback's frame)
+            regs[2] = caller[3]
         else:
             handle = caller[1].aux
             regs[1] = caller[1]  # the map

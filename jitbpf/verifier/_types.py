@@ -204,6 +204,7 @@ class RegType(enum.Enum):
     # kernel's STACK_DYNPTR). aux = its kind (DynptrKind), id = the dynptr (its slices name it),
     # ref = the reference a ring buffer one holds, range = 1 in its first (lower) slot, 0 in the other.
     DYNPTR = "dynptr"
+    CONST_PTR_TO_DYNPTR = "dynptr_ptr"  # a helper's dynptr, which the program may not change (a drain's sample)
 
 
 class Reg(NamedTuple):
