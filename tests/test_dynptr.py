@@ -113,6 +113,65 @@ REFUSED = [
 ]
 
 
+# Whole programs: a dynptr handed to a function, and dynptrs made on two paths that meet again.
+MAPS = TEMPLATE[: TEMPLATE.index("#define")]
+# (source, r0: the byte read; the read past the shorter path's end succeeding; the record's slice)
+PROGRAMS = [
+    (MAPS + """
+static __attribute__((noinline)) long use(struct bpf_dynptr *p) {
+    char out[4] = {};
+    long r = bpf_dynptr_read(out, 4, p, 2, 0);
+    return r * 256 + out[0];
+}
+SEC("tc") int prog(struct __sk_buff *skb) {
+    int k = 0;
+    char *buf = bpf_map_lookup_elem(&arr, &k);
+    struct bpf_dynptr p;
+    if (!buf)
+        return 1;
+    buf[2] = 5;
+    bpf_dynptr_from_mem(buf, 16, 0, &p);
+    return use(&p) & 0xffff;
+}
+""", 5),
+    (MAPS + """
+SEC("tc") int prog(struct __sk_buff *skb) {
+    int k = 0;
+    char *buf = bpf_map_lookup_elem(&arr, &k), out[4];
+    struct bpf_dynptr p;
+    if (!buf)
+        return 1;
+    for (int i = 0; i < 6; i++) {
+        if (skb->len > 10 + i)
+            bpf_dynptr_from_mem(buf, 16, 0, &p);
+        else
+            bpf_dynptr_from_mem(buf, 8, 0, &p);
+    }
+    return bpf_dynptr_read(out, 4, &p, 6, 0) & 63;
+}
+""", 0),
+    (MAPS + """
+SEC("tc") int prog(struct __sk_buff *skb) {
+    struct bpf_dynptr p;
+    long r = skb->len > 10 ? bpf_ringbuf_reserve_dynptr(&rb, 16, 0, &p) : bpf_ringbuf_reserve_dynptr(&rb, 8, 0, &p);
+    char *d = bpf_dynptr_data(&p, 0, 8);
+    if (d)
+        d[0] = 1;
+    if (skb->len > 20)
+        bpf_ringbuf_submit_dynptr(&p, 0);
+    else
+        bpf_ringbuf_discard_dynptr(&p, 0);
+    return (r & 63) * 2 + (d != 0);
+}
+""", 1),
+]
+
+
+@pytest.mark.parametrize(("source", "expected"), PROGRAMS)
+def test_whole_programs_match_the_kernel(tmp_path: Path, kernel: Kernel | None, source: str, expected: int) -> None:
+    assert packet_run_everywhere(c_builder(tmp_path, HEADER)(source), UDP4, kernel)[0] == expected
+
+
 @pytest.fixture(scope="module")
 def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     compile_c = c_builder(tmp_path_factory.mktemp("dynptr"), HEADER)
