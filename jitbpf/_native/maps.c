@@ -151,6 +151,9 @@ struct jb_map {
     uint8_t *used;      /* also presence of slot-array entries */
     int32_t free_head;
     uint64_t *stamps;   /* LRU hash maps: each element's last use (a tick of clock) */
+    /* hash maps and arrays: each element's generation, bumped when its value is freed or
+     * replaced, which frees what the value's special fields held (a bpf_timer), as the kernel's */
+    uint32_t *gens;
     uint64_t clock;
     /* queue / stack */
     uint32_t head;      /* index of the oldest element */
@@ -429,6 +432,7 @@ void jb_map_free(struct jb_map *m)
     free(m->keys);
     free(m->used);
     free(m->stamps);
+    free(m->gens);
     free(m->bits);
     free(m->nodes);
     free(m->node_data);
@@ -538,7 +542,8 @@ static int alloc_hash(struct jb_map *m)
     m->hashes = calloc(m->max_entries, sizeof(uint32_t));
     m->keys = calloc(m->max_entries, m->key_size);
     m->used = calloc(m->max_entries, 1);
-    if (!m->buckets || !m->next || !m->hashes || !m->keys || !m->used)
+    m->gens = calloc(m->max_entries, sizeof(uint32_t));
+    if (!m->buckets || !m->next || !m->hashes || !m->keys || !m->used || !m->gens)
         return -ENOMEM;
     for (i = 0; i < nb; i++)
         m->buckets[i] = NONE;
@@ -673,6 +678,12 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     case T_PERCPU_HASH:
     case T_DEVMAP_HASH:
         rc = alloc_hash(m);
+        n = max_entries;
+        break;
+    case T_ARRAY:
+    case T_PERCPU_ARRAY:
+        m->gens = calloc(max_entries, sizeof(uint32_t));
+        rc = m->gens ? 0 : -ENOMEM;
         n = max_entries;
         break;
     case T_PROG_ARRAY:
@@ -904,6 +915,7 @@ static int htab_update(struct jb_map *m, const void *key, const uint8_t *values,
             spin_unlock(&m->lock);
             return -EEXIST;
         }
+        __atomic_add_fetch(&m->gens[i], 1, __ATOMIC_RELEASE);  /* the kernel replaces the element */
     } else {
         if (flags == F_EXIST) {
             spin_unlock(&m->lock);
@@ -954,6 +966,7 @@ static void htab_unlink(struct jb_map *m, int32_t i, int32_t prev, uint32_t h)
     m->used[i] = 0;
     m->count--;
     write_end(m);
+    __atomic_add_fetch(&m->gens[i], 1, __ATOMIC_RELEASE);
     /* The element (and its value) is reused by a later insert, as the kernel's preallocated maps. */
     m->next[i] = m->free_head;
     m->free_head = i;
@@ -1384,6 +1397,7 @@ static int array_update(struct jb_map *m, const void *key, const uint8_t *values
         return -E2BIG;
     if (flags == F_NOEXIST)
         return -EEXIST;  /* every index of an array exists */
+    __atomic_add_fetch(&m->gens[idx], 1, __ATOMIC_RELEASE);
     if (cpu >= 0)
         memcpy(value_at(m, idx, (uint32_t)cpu), values, m->value_size);
     else
@@ -2179,6 +2193,21 @@ uint64_t jb_for_each_step(uint64_t map, uint64_t key, uint64_t *cursor)
             return (uint64_t)(uintptr_t)value;
     }
     return 0;
+}
+
+/* The generation of the element of map (a live hash map or array) whose value holds address
+ * addr (its first copy, for per-CPU maps), or UINT64_MAX when addr is in no element's value. */
+uint64_t jb_map_elem_gen(uint64_t map, uint64_t addr)
+{
+    struct jb_map *m = arg_map(map);
+    uint64_t base, off;
+    if (!m || !m->gens || !m->stride)
+        return UINT64_MAX;
+    base = (uint64_t)(uintptr_t)m->values;
+    off = addr - base;
+    if (addr < base || off >= (uint64_t)m->max_entries * m->stride)
+        return UINT64_MAX;
+    return __atomic_load_n(&m->gens[off / m->stride], __ATOMIC_ACQUIRE);
 }
 
 #define USER_RB_MAX_SAMPLES (128u * 1024u)  /* samples one drain looks at (the kernel's) */
