@@ -50,11 +50,15 @@ def scratch_args(typed: bool) -> bool:
     return typed
 MAY_GOTO_BUDGET = 8_388_608  # may_goto instructions a run executes before they jump (the kernel's BPF_MAX_LOOPS)
 MAX_LOOP_ITERATIONS = 1 << 23  # the largest bpf_loop count (more fails the call with -E2BIG, as in the kernel)
+# The flags bpf_user_ringbuf_drain takes (BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP: nobody waits here);
+# other bits fail the call with -EINVAL, as the other callback helpers' flags do.
+DRAIN_FLAGS = 0b11
 
 
-# Ids of the standard helpers that call back into the program (bpf_for_each_map_elem, bpf_loop):
+# Ids of the standard helpers that call back into the program (bpf_for_each_map_elem, bpf_loop,
+# bpf_user_ringbuf_drain):
 # the program's blocks end after their calls, so that both engines can run the callback between.
-CALLBACK_HELPER_IDS = frozenset({164, 181})
+CALLBACK_HELPER_IDS = frozenset({164, 181, 209})
 FUNCTION_ADDRESS_BASE = 0xFFFF_FFFF_0000_0000  # what `lddw rX, func:F` loads: this plus F's slot (never memory)
 
 
@@ -65,6 +69,8 @@ class CallbackKind(enum.Enum):
 
     LOOP = "loop"  # bpf_loop(nr, cb, ctx, flags): cb(i, ctx) for i < nr, until it returns 1
     FOR_EACH = "for_each"  # bpf_for_each_map_elem(map, cb, ctx, flags): cb(map, key, value, ctx) per element
+    # bpf_user_ringbuf_drain(map, cb, ctx, flags): cb(dynptr, ctx) per sample (a dynptr over its bytes)
+    USER_RINGBUF = "user_ringbuf"
 
 
 def function_address(entry: int) -> int:

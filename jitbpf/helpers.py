@@ -61,6 +61,16 @@ class ArgType(enum.Enum):
     BTF_SOCK_COMMON_OR_NULL = "btf_sock_common_or_null"  # as BTF_SOCK_COMMON, or the constant 0
     RELEASED_SOCK = "released_sock"  # a socket a lookup acquired, checked non-NULL: the call releases it
     SOCKET_OR_NULL = "socket_or_null"  # a full socket checked non-NULL, or the constant 0 (ARG_PTR_TO_SOCKET_OR_NULL)
+    # A struct bpf_dynptr on the stack (16 bytes at an 8-aligned constant offset), which the
+    # program may not read or write itself: one the helper initialises as a dynptr over memory
+    # (it may hold none before, or an unreferenced one, which it replaces) or over a ring buffer
+    # record (acquired: it must be submitted or discarded); an initialised one the helper reads;
+    # and an initialised ring buffer one the call releases.
+    NEW_LOCAL_DYNPTR = "new_local_dynptr"
+    NEW_RINGBUF_DYNPTR = "new_ringbuf_dynptr"
+    DYNPTR = "dynptr"
+    RELEASED_DYNPTR = "released_dynptr"
+    VALUE_MEM = "value_mem"  # as UNINIT_MEM, but a map value's memory only (bpf_dynptr_from_mem's data)
 
 
 class RetType(enum.Enum):
@@ -85,6 +95,9 @@ class RetType(enum.Enum):
     # RELEASED_SOCK argument before it exits
     ACQUIRED_SOCKET_OR_NULL = "acquired_socket_or_null"
     ACQUIRED_SOCK_COMMON_OR_NULL = "acquired_sock_common_or_null"
+    # ALLOC_SIZE bytes of the DYNPTR argument's memory, or 0; it goes with the dynptr (released
+    # or overwritten, the dynptr takes its slices along)
+    DYNPTR_MEM_OR_NULL = "dynptr_mem_or_null"
 
 
 # Arguments that carry a pointer the helper follows: a C helper trusts these, so it is called
@@ -95,7 +108,9 @@ POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.VALUE
                           ArgType.UNINIT_VALUE, ArgType.UNINIT_LONG, ArgType.CTX, ArgType.CTX_READ, ArgType.CTX_OR_NULL,
                           ArgType.ANYTHING, ArgType.RELEASED, ArgType.SPIN_LOCK, ArgType.SPIN_UNLOCK,
                           ArgType.BTF_OBJECT, ArgType.SOCK_COMMON, ArgType.BTF_SOCK_COMMON,
-                          ArgType.BTF_SOCK_COMMON_OR_NULL, ArgType.RELEASED_SOCK, ArgType.SOCKET_OR_NULL})
+                          ArgType.BTF_SOCK_COMMON_OR_NULL, ArgType.RELEASED_SOCK, ArgType.SOCKET_OR_NULL,
+                          ArgType.NEW_LOCAL_DYNPTR, ArgType.NEW_RINGBUF_DYNPTR, ArgType.DYNPTR,
+                          ArgType.RELEASED_DYNPTR, ArgType.VALUE_MEM})
 
 
 MAX_ERRNO = 4095  # the most negative errno a helper returns

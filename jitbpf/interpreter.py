@@ -16,6 +16,7 @@ from jitbpf._native import native
 from jitbpf.cfg import Block, ControlFlow
 from jitbpf.contract import (
     CALLBACK_HELPER_IDS,
+    DRAIN_FLAGS,
     FUNCTION_ADDRESS_BASE,
     MAX_CALL_DEPTH,
     MAX_LOOP_ITERATIONS,
@@ -84,15 +85,16 @@ class Env:
         target = R[2] - FUNCTION_ADDRESS_BASE
         if target not in entries:
             raise not_a_callback(R[2], pc)
-        if R[4]:
-            R[0] = -errno.EINVAL & MASK64  # no flags are defined
+        if R[4] & ~(DRAIN_FLAGS if helper.callback is CallbackKind.USER_RINGBUF else 0):
+            R[0] = -errno.EINVAL & MASK64  # no other flags are defined
             return None
         if helper.callback is CallbackKind.LOOP:
             if R[1] > MAX_LOOP_ITERATIONS:
                 R[0] = -errno.E2BIG & MASK64
                 return None
             return _Callback(helper.callback, target, R[3], R[1], 0)
-        return _Callback(CallbackKind.FOR_EACH, target, R[3], 0, R[1])
+        assert helper.callback is not None
+        return _Callback(helper.callback, target, R[3], 0, R[1])
 
     def call(self, helper_id: int, a: int, b: int, c: int, d: int, e: int, pc: int) -> int:
         helper = self.helpers.get(helper_id)
@@ -144,8 +146,8 @@ class Env:
 
 
 class _Callback:
-    """A bpf_loop or bpf_for_each_map_elem call in progress: what each invocation of its
-    callback gets, and how many ran."""
+    """A bpf_loop, bpf_for_each_map_elem or bpf_user_ringbuf_drain call in progress: what
+    each invocation of its callback gets, and how many ran."""
 
     __slots__ = ("count", "ctx", "cursor", "entry", "kind", "map", "nr")
 
@@ -154,14 +156,14 @@ class _Callback:
         self.entry = entry  # the callback's first slot
         self.ctx = ctx  # passed through to every invocation
         self.nr = nr  # bpf_loop: iterations asked for
-        self.map = bpf_map  # for_each: the map's address
+        self.map = bpf_map  # for_each, user_ringbuf: the map's address
         self.count = 0  # invocations that returned
-        self.cursor: object = None  # for_each: the native iteration position
+        self.cursor: object = None  # for_each, user_ringbuf: the native iteration position
 
     def next_args(self, R: list[int], key: int) -> bool:
         """Set r1-r5 for the next invocation; False when done. ``key`` is where for_each puts the
-        element's key: the bottom of the callback's frame, as the engine placed it (not derived
-        from r10, which an unverified program may have changed)."""
+        element's key (user_ringbuf: the sample's dynptr): the bottom of the callback's frame, as
+        the engine placed it (not derived from r10, which an unverified program may have changed)."""
         if self.kind is CallbackKind.LOOP:
             if self.count >= self.nr:
                 return False
@@ -170,6 +172,11 @@ class _Callback:
         nat = native()
         if self.cursor is None:
             self.cursor = nat.ffi.new("uint64_t *", 0)
+        if self.kind is CallbackKind.USER_RINGBUF:
+            if not nat.lib.jb_user_ringbuf_step(self.map, key, self.cursor):
+                return False
+            R[1], R[2], R[3], R[4], R[5] = key, self.ctx, 0, 0, 0
+            return True
         value = int(nat.lib.jb_for_each_step(self.map, key, self.cursor))
         if not value:
             return False

@@ -8,7 +8,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_prog_test_run_opts": (i32, [i32, ctypes.POINTER(_TestRunOpts)]),
         "libbpf_set_print": (vp, [_PRINT_FN]),
         "libbpf_num_possible_cpus": (i32, []),
+        "user_ring_buffer__new": (vp, [i32, vp]),
+        "user_ring_buffer__reserve": (vp, [vp, u32]),
+        "user_ring_buffer__submit": (None, [vp, vp]),
+        "user_ring_buffer__discard": (None, [vp, vp]),
+        "user_ring_buffer__free": (None, [vp]),
     }
     for name, (res, args) in signatures.items():
         fn = getattr(lib, name)
@@ -123,6 +128,28 @@ class KernelProgram:
             saved = ctypes.create_string_buffer(k, key_size)
             prev = ctypes.c_void_p(ctypes.addressof(saved))
         return found
+
+    def produce(self, map_name: str, samples: Sequence[bytes | None]) -> None:
+        """Write ``samples`` into the user ring buffer ``map_name`` as libbpf's producer does
+        (None: a sample reserved and discarded)."""
+        lib = self._k.lib
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m and (lib.bpf_map__name(m) or b"").decode() != map_name:
+            m = lib.bpf_object__next_map(self._obj, m)
+        assert m, f"no map {map_name!r}"
+        ring = lib.user_ring_buffer__new(lib.bpf_map__fd(m), None)
+        assert ring, f"user_ring_buffer__new: {os.strerror(ctypes.get_errno())}"
+        try:
+            for data in samples:
+                sample = lib.user_ring_buffer__reserve(ring, len(data or b"\0"))
+                assert sample, f"user_ring_buffer__reserve: {os.strerror(ctypes.get_errno())}"
+                if data is None:
+                    lib.user_ring_buffer__discard(ring, sample)
+                    continue
+                ctypes.memmove(sample, data, len(data))
+                lib.user_ring_buffer__submit(ring, sample)
+        finally:
+            lib.user_ring_buffer__free(ring)
 
     def close(self) -> None:
         if self._obj:

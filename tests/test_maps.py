@@ -163,6 +163,7 @@ def test_factory_builds_each_type() -> None:
         MapType.STACK_TRACE: (4, 8, 8), MapType.TASK_STORAGE: (4, 4, 0), MapType.INODE_STORAGE: (4, 4, 0),
         MapType.ARRAY_OF_MAPS: (4, 4, 8), MapType.HASH_OF_MAPS: (8, 4, 8), MapType.CGROUP_STORAGE: (16, 4, 0),
         MapType.PERCPU_CGROUP_STORAGE: (8, 4, 0), MapType.REUSEPORT_SOCKARRAY: (4, 8, 8),
+        MapType.USER_RINGBUF: (0, 0, 4096),
     }
     assert set(shapes) == set(MapType)
     for kind, (ks, vs, n) in shapes.items():
@@ -175,7 +176,7 @@ def test_factory_builds_each_type() -> None:
         pointer_types = {MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
                          MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
                          MapType.SK_STORAGE, MapType.TASK_STORAGE, MapType.INODE_STORAGE,
-                         MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE}
+                         MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE, MapType.USER_RINGBUF}
         assert bool(m.regions()) == (kind in pointer_types)
 
 

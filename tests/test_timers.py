@@ -30,6 +30,8 @@ struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 2); __type(key, i
     timers SEC(".maps"), other SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, int); __type(value, struct plain); }
     plain SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 2); __type(key, int); __type(value, struct elem); }
+    htimers SEC(".maps");
 static int count(void *map, int *key, struct elem *v) { v->n++; return 0; }
 static int returns_one(void *map, int *key, struct elem *v) { return 1; }
 #define R(x) (out = out * 64 + ((x) & 63))
@@ -60,12 +62,29 @@ CALLS = [
     " R(bpf_timer_start(&e->t, 5000000000ULL, 0)); R(bpf_timer_cancel(&e->t))",
     "R(bpf_timer_init(&e->t, &timers, 1)); R(bpf_timer_set_callback(&e->t, count));"
     " R(bpf_timer_start(&e->t, 5000000000ULL, 0)); R(bpf_timer_cancel(&e->t)); R(bpf_timer_cancel(&e->t))",
+    # an update of the array element frees its timer: a start fails, a new init works
+    "struct elem z = {}; R(bpf_timer_init(&e->t, &timers, 1)); R(bpf_timer_set_callback(&e->t, count));"
+    " R(bpf_map_update_elem(&timers, &k, &z, 0)); R(bpf_timer_start(&e->t, 1, 0));"
+    " R(bpf_timer_init(&e->t, &timers, 1))",
+    # so does deleting a hash map's element (and an update of it)
+    "struct elem z = {}, *h; bpf_map_update_elem(&htimers, &k, &z, 0); h = bpf_map_lookup_elem(&htimers, &k);"
+    " if (!h) return 2; R(bpf_timer_init(&h->t, &htimers, 1)); R(bpf_map_delete_elem(&htimers, &k));"
+    " bpf_map_update_elem(&htimers, &k, &z, 0); h = bpf_map_lookup_elem(&htimers, &k); if (!h) return 3;"
+    " R(bpf_timer_init(&h->t, &htimers, 1)); bpf_map_update_elem(&htimers, &k, &z, BPF_EXIST);"
+    " R(bpf_timer_init(&h->t, &htimers, 1)); R(bpf_timer_init(&h->t, &htimers, 1))",
 ]
 REFUSED = [
     "bpf_timer_init(&e->t, &other, 1)",  # the timer of another map
     "bpf_timer_init((struct bpf_timer *)&e->n, &timers, 1)",  # not where the value's timer is
     "bpf_timer_init((struct bpf_timer *)p, &plain, 1)",  # a map without timers
     "bpf_timer_set_callback(&e->t, returns_one)",  # a timer's callback returns 0
+]
+# The program's own loads and stores may not touch the timer (any byte of it), as in the kernel.
+DIRECT = [
+    "out = *(long *)&e->t",
+    "*(long *)&e->t = 0",
+    "out = ((char *)&e->t)[15]",
+    "*(int *)&e->pad = 0; ((char *)&e->t)[15] = 1",
 ]
 
 
@@ -89,6 +108,8 @@ def test_the_results(build: Build) -> None:
     assert fields(CALLS[1], 4) == [42, 42, 42, 42]
     assert fields(CALLS[4], 5) == [0, 0, 0, 42, 0]
     assert fields(CALLS[5], 5) == [0, 0, 0, 1, 0]
+    assert fields(CALLS[6], 5) == [0, 0, 0, 42, 0]
+    assert fields(CALLS[7], 5) == [0, 0, 0, 0, 48]
 
 
 @pytest.mark.parametrize("body", REFUSED)
@@ -98,3 +119,28 @@ def test_the_verifier_refuses(build: Build, kernel: Kernel | None, body: str) ->
         load_elf(path).programs["prog"].vm().check()
     if kernel is not None:
         assert isinstance(kernel.load(path, "prog", None), str)
+
+
+@pytest.mark.parametrize("body", DIRECT)
+def test_the_timer_is_no_data(build: Build, kernel: Kernel | None, body: str) -> None:
+    path = build(body)
+    message = "bpf_timer cannot be accessed directly by load/store"
+    with pytest.raises(VerifierError, match=message):
+        load_elf(path).programs["prog"].vm().check()
+    if kernel is not None:
+        why = kernel.load(path, "prog", None)
+        assert isinstance(why, str) and message in why, why
+
+
+def test_the_fields_beside_the_timer_are_data(build: Build, kernel: Kernel | None) -> None:
+    assert packet_run_everywhere(build("e->pad = 3; e->n = 4; out = e->pad + e->n"), UDP4, kernel)[0] == 7
+
+
+@pytest.mark.parametrize("engine", ["interp", "jit"])
+def test_a_timer_lives_across_runs_until_python_updates_its_element(build: Build, engine: str) -> None:
+    prog = load_elf(build("R(bpf_timer_init(&e->t, &timers, 1))")).programs["prog"]
+    vm = prog.vm()
+    assert [vm.run_tc(UDP4, engine=engine)[0] for _ in range(2)] == [0, 48]  # -EBUSY: it is still there
+    timers = prog.obj.maps["timers"]
+    timers[0] = bytes(timers.value_size)  # as user space's update, which frees the element's timer
+    assert vm.run_tc(UDP4, engine=engine)[0] == 0

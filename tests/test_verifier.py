@@ -641,11 +641,12 @@ def test_declarations_are_checked() -> None:
                                          "callback", "spin_lock", "spin_unlock", "timer", "async_callback",
                                          "btf_object", "sock_common",
                                          "btf_sock_common", "btf_sock_common_or_null", "released_sock",
-                                         "socket_or_null"]
+                                         "socket_or_null", "new_local_dynptr", "new_ringbuf_dynptr", "dynptr",
+                                         "released_dynptr", "value_mem"]
     assert {r.value for r in RetType} == {"scalar", "map_value_or_null", "map_value", "void", "acquired_mem_or_null",
                                          "length_or_errno", "socket_or_null", "cast_socket_or_null",
                                          "cast_tcp_sock_or_null", "acquired_socket_or_null",
-                                         "acquired_sock_common_or_null"}
+                                         "acquired_sock_common_or_null", "dynptr_mem_or_null"}
     with pytest.raises(ValueError, match="unknown pointer kind"):
         ContextSpec(size=8, fields={0: "pointer"})
     with pytest.raises(ValueError, match="4 or 8 bytes, not 2"):

@@ -57,6 +57,7 @@ enum map_type {
     T_INODE_STORAGE = 28,
     T_TASK_STORAGE = 29,
     T_BLOOM_FILTER = 30,
+    T_USER_RINGBUF = 31,
 };
 
 #define F_ANY 0
@@ -150,6 +151,9 @@ struct jb_map {
     uint8_t *used;      /* also presence of slot-array entries */
     int32_t free_head;
     uint64_t *stamps;   /* LRU hash maps: each element's last use (a tick of clock) */
+    /* hash maps and arrays: each element's generation, bumped when its value is freed or
+     * replaced, which frees what the value's special fields held (a bpf_timer), as the kernel's */
+    uint32_t *gens;
     uint64_t clock;
     /* queue / stack */
     uint32_t head;      /* index of the oldest element */
@@ -428,6 +432,7 @@ void jb_map_free(struct jb_map *m)
     free(m->keys);
     free(m->used);
     free(m->stamps);
+    free(m->gens);
     free(m->bits);
     free(m->nodes);
     free(m->node_data);
@@ -517,6 +522,7 @@ static int check_shape(uint32_t type, uint32_t ks, uint32_t vs, uint32_t max, ui
             return -EINVAL;
         return vs > MAX_VALUE_SIZE || max > (1u << 29) ? -E2BIG : 0;
     case T_RINGBUF:
+    case T_USER_RINGBUF:
         if (ks != 0 || vs != 0 || !is_pow2(max) || max < 4096)
             return -EINVAL;
         return 0;
@@ -536,7 +542,8 @@ static int alloc_hash(struct jb_map *m)
     m->hashes = calloc(m->max_entries, sizeof(uint32_t));
     m->keys = calloc(m->max_entries, m->key_size);
     m->used = calloc(m->max_entries, 1);
-    if (!m->buckets || !m->next || !m->hashes || !m->keys || !m->used)
+    m->gens = calloc(m->max_entries, sizeof(uint32_t));
+    if (!m->buckets || !m->next || !m->hashes || !m->keys || !m->used || !m->gens)
         return -ENOMEM;
     for (i = 0; i < nb; i++)
         m->buckets[i] = NONE;
@@ -673,6 +680,12 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         rc = alloc_hash(m);
         n = max_entries;
         break;
+    case T_ARRAY:
+    case T_PERCPU_ARRAY:
+        m->gens = calloc(max_entries, sizeof(uint32_t));
+        rc = m->gens ? 0 : -ENOMEM;
+        n = max_entries;
+        break;
     case T_PROG_ARRAY:
     case T_CGROUP_ARRAY:
     case T_ARRAY_OF_MAPS:
@@ -699,6 +712,7 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
         n = 0;
         break;
     case T_RINGBUF:
+    case T_USER_RINGBUF:
         n = 0;
         m->rb = host_zalloc(sizeof *m->rb, 64);
         if (!m->rb) {
@@ -734,7 +748,7 @@ struct jb_map *jb_map_create(uint32_t type, uint32_t key_size, uint32_t value_si
     if (rc == 0) {
         spin_lock(&g_live_lock);
         rc = live_add(m);
-        if (rc == 0 && m->rb) {
+        if (rc == 0 && m->rb && type == T_RINGBUF) {  /* (programs submit to these only) */
             m->rb->next_live = g_rings;
             g_rings = m->rb;
         }
@@ -774,6 +788,7 @@ uint32_t jb_map_count(struct jb_map *m)
     case T_PERCPU_ARRAY:
         return m->max_entries;
     case T_RINGBUF:
+    case T_USER_RINGBUF:
         prod = LOAD_ACQ(&m->rb->prod_pos);
         cons = LOAD_ACQ(&m->rb->cons_pos);
         return (uint32_t)(prod - cons);
@@ -900,6 +915,7 @@ static int htab_update(struct jb_map *m, const void *key, const uint8_t *values,
             spin_unlock(&m->lock);
             return -EEXIST;
         }
+        __atomic_add_fetch(&m->gens[i], 1, __ATOMIC_RELEASE);  /* the kernel replaces the element */
     } else {
         if (flags == F_EXIST) {
             spin_unlock(&m->lock);
@@ -950,6 +966,7 @@ static void htab_unlink(struct jb_map *m, int32_t i, int32_t prev, uint32_t h)
     m->used[i] = 0;
     m->count--;
     write_end(m);
+    __atomic_add_fetch(&m->gens[i], 1, __ATOMIC_RELEASE);
     /* The element (and its value) is reused by a later insert, as the kernel's preallocated maps. */
     m->next[i] = m->free_head;
     m->free_head = i;
@@ -1380,6 +1397,7 @@ static int array_update(struct jb_map *m, const void *key, const uint8_t *values
         return -E2BIG;
     if (flags == F_NOEXIST)
         return -EEXIST;  /* every index of an array exists */
+    __atomic_add_fetch(&m->gens[idx], 1, __ATOMIC_RELEASE);
     if (cpu >= 0)
         memcpy(value_at(m, idx, (uint32_t)cpu), values, m->value_size);
     else
@@ -1801,14 +1819,10 @@ static inline uint32_t rb_pg_off(struct jb_ringbuf *rb, struct rb_hdr *h)
 /* Bytes a record of header word l takes, header and padding included. */
 static inline uint64_t rb_total(uint32_t l) { return ((uint64_t)(l & RB_LEN_MASK) + RB_HDR + 7) & ~7ull; }
 
-void *jb_ringbuf_reserve(struct jb_map *m, uint64_t size, uint64_t flags)
+static void *rb_reserve(struct jb_ringbuf *rb, uint64_t size)
 {
-    struct jb_ringbuf *rb;
     struct rb_hdr *h;
     uint64_t cap, total, cons, prod, off, pad;
-    if (m->type != T_RINGBUF || flags)
-        return NULL;
-    rb = m->rb;
     cap = rb->mask + 1;
     if (size > cap - RB_HDR || size > RB_LEN_MASK)
         return NULL;
@@ -1833,6 +1847,11 @@ void *jb_ringbuf_reserve(struct jb_map *m, uint64_t size, uint64_t flags)
     STORE_REL(&rb->prod_pos, prod + pad + total);
     spin_unlock(&rb->lock);
     return h + 1;
+}
+
+void *jb_ringbuf_reserve(struct jb_map *m, uint64_t size, uint64_t flags)
+{
+    return m->type == T_RINGBUF && !flags ? rb_reserve(m->rb, size) : NULL;
 }
 
 /* The position of the reserved record whose data is at sample, or -1. Records in flight are
@@ -1919,13 +1938,10 @@ static void rb_commit(void *sample, int discard)
     rb_commit_sample(sample, discard);
 }
 
-static void rb_commit_sample(void *sample, int discard)
+static void rb_commit_in(struct jb_ringbuf *rb, void *sample, int discard)
 {
-    struct jb_ringbuf *rb;
     struct rb_hdr *h;
     uint32_t len;
-    if (!sample || !(rb = rb_owner((uint64_t)(uintptr_t)sample)))
-        return;
     spin_lock(&rb->lock);
     if (rb_find_reserved(rb, (uint64_t)(uintptr_t)sample) >= 0) {
         h = (struct rb_hdr *)sample - 1;
@@ -1935,6 +1951,13 @@ static void rb_commit_sample(void *sample, int discard)
         STORE_REL(&h->len, len);
     }
     spin_unlock(&rb->lock);
+}
+
+static void rb_commit_sample(void *sample, int discard)
+{
+    struct jb_ringbuf *rb;
+    if (sample && (rb = rb_owner((uint64_t)(uintptr_t)sample)))
+        rb_commit_in(rb, sample, discard);
 }
 
 void jb_ringbuf_submit(void *sample, uint64_t flags UNUSED) { rb_commit(sample, 0); }
@@ -1972,32 +1995,45 @@ uint64_t jb_ringbuf_query(struct jb_map *m, uint64_t flags)
     }
 }
 
-/* Take the oldest record. Each header is checked against the positions before it is used: a
- * record never wraps (a filler precedes one that would) and never reaches past the producer, so a
- * forged length is reported (-EBADMSG) instead of read from. */
+/* The record at consumer position cons: 1 with its header in *hp, its header word in *l and the
+ * bytes it takes in *total; 0 when there is none yet (none produced, or the oldest reserved and
+ * not yet submitted: records are consumed in order). Each header is checked against the positions
+ * before it is used: a record never wraps (a filler precedes one that would) and never reaches past
+ * the producer, so a forged length is reported (-EBADMSG) instead of read from. */
+static int rb_peek(struct jb_ringbuf *rb, uint64_t cons, struct rb_hdr **hp, uint32_t *l, uint64_t *total)
+{
+    uint64_t prod = LOAD_ACQ(&rb->prod_pos);
+    struct rb_hdr *h;
+    if (cons >= prod)
+        return 0;
+    h = (struct rb_hdr *)(rb_data(rb) + (cons & rb->mask));
+    *l = LOAD_ACQ(&h->len);
+    if (*l & RB_BUSY)
+        return 0;
+    *total = rb_total(*l);
+    if (*total > prod - cons || (cons & rb->mask) + *total > rb->mask + 1)
+        return -EBADMSG;
+    *hp = h;
+    return 1;
+}
+
+/* Take the oldest record (skipping discarded ones). */
 int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len)
 {
     struct jb_ringbuf *rb;
     struct rb_hdr *h;
-    uint64_t cons, prod, total, size;
+    uint64_t cons, total;
     uint32_t l, n;
+    int rc;
     if (m->type != T_RINGBUF)
         return -EINVAL;
     rb = m->rb;
-    size = rb->mask + 1;
     cons = LOAD(&rb->cons_pos);
     for (;;) {
-        prod = LOAD_ACQ(&rb->prod_pos);
-        if (cons >= prod)
-            return 0;
-        h = (struct rb_hdr *)(rb_data(rb) + (cons & rb->mask));
-        l = LOAD_ACQ(&h->len);
-        if (l & RB_BUSY)
-            return 0;  /* reserved, not yet submitted: records are consumed in order */
+        rc = rb_peek(rb, cons, &h, &l, &total);
+        if (rc <= 0)
+            return rc;
         n = l & RB_LEN_MASK;
-        total = rb_total(l);
-        if (total > prod - cons || (cons & rb->mask) + total > size)
-            return -EBADMSG;
         if (!(l & RB_DISCARD)) {
             if (n > cap) {
                 *len = n;
@@ -2015,10 +2051,24 @@ int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len)
 
 int jb_ringbuf_reserved(struct jb_map *m, uint64_t sample)
 {
-    if (m->type != T_RINGBUF)
+    if (m->type != T_RINGBUF && m->type != T_USER_RINGBUF)
         return 0;
     return rb_find_reserved(m->rb, sample) >= 0;
 }
+
+/* User ring buffers (BPF_MAP_TYPE_USER_RINGBUF): the same records, produced from Python (never
+ * by programs, which may not write the area) and consumed by bpf_user_ringbuf_drain. */
+void *jb_user_ringbuf_reserve(struct jb_map *m, uint64_t size)
+{
+    return m->type == T_USER_RINGBUF ? rb_reserve(m->rb, size) : NULL;
+}
+
+void jb_user_ringbuf_commit(struct jb_map *m, void *sample, int discard)
+{
+    if (m->type == T_USER_RINGBUF && sample)
+        rb_commit_in(m->rb, sample, discard);
+}
+
 
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers, with the eBPF calling convention. JIT code calls these only for verified call sites, */
@@ -2141,6 +2191,59 @@ uint64_t jb_for_each_step(uint64_t map, uint64_t key, uint64_t *cursor)
         value = jb_map_lookup(m, PTR(key));
         if (value)
             return (uint64_t)(uintptr_t)value;
+    }
+    return 0;
+}
+
+/* The generation of the element of map (a live hash map or array) whose value holds address
+ * addr (its first copy, for per-CPU maps), or UINT64_MAX when addr is in no element's value. */
+uint64_t jb_map_elem_gen(uint64_t map, uint64_t addr)
+{
+    struct jb_map *m = arg_map(map);
+    uint64_t base, off;
+    if (!m || !m->gens || !m->stride)
+        return UINT64_MAX;
+    base = (uint64_t)(uintptr_t)m->values;
+    off = addr - base;
+    if (addr < base || off >= (uint64_t)m->max_entries * m->stride)
+        return UINT64_MAX;
+    return __atomic_load_n(&m->gens[off / m->stride], __ATOMIC_ACQUIRE);
+}
+
+#define USER_RB_MAX_SAMPLES (128u * 1024u)  /* samples one drain looks at (the kernel's) */
+#define DYNPTR_LOCAL (1u << 28)  /* a local dynptr's type bits */
+
+/* One step of bpf_user_ringbuf_drain, for both engines: the oldest submitted sample is consumed
+ * and described by a local dynptr (programs may write through it) written at dynptr, 16 bytes the
+ * engine chose (the callback's frame); discarded samples are skipped. Returns 1, or 0 when no
+ * sample is ready (or the drain looked at its most samples, a header was forged, or map is no live
+ * user ring buffer). The sample's memory stays as it is until a producer reserves it again, after
+ * the run. *cursor counts the samples looked at. */
+uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *cursor)
+{
+    struct jb_map *m = arg_map(map);
+    struct jb_ringbuf *rb;
+    struct rb_hdr *h;
+    uint64_t cons, total, desc[2];
+    uint32_t l;
+    if (!m || m->type != T_USER_RINGBUF)
+        return 0;
+    if (jb_sbx_active() && !arg_mem(dynptr, sizeof desc))
+        return 0;
+    rb = m->rb;
+    cons = LOAD(&rb->cons_pos);
+    while (*cursor < USER_RB_MAX_SAMPLES) {
+        if (rb_peek(rb, cons, &h, &l, &total) <= 0)
+            return 0;
+        ++*cursor;
+        STORE_REL(&rb->cons_pos, cons + total);
+        if (!(l & RB_DISCARD)) {
+            desc[0] = (uint64_t)(uintptr_t)(h + 1);
+            desc[1] = (uint64_t)((l & RB_LEN_MASK) | DYNPTR_LOCAL);
+            memcpy(PTR(dynptr), desc, sizeof desc);
+            return 1;
+        }
+        cons += total;
     }
     return 0;
 }

@@ -224,11 +224,13 @@ class JitProgram:
         callbacks = {pc: h.callback for pc, insn in helper_calls
                      if insn.imm in CALLBACK_HELPER_IDS and (h := helpers.get(insn.imm)) is not None
                      and h.callback is not None}
-        if CallbackKind.FOR_EACH in callbacks.values() and nat is None:
-            raise JitError("bpf_for_each_map_elem needs jitbpf's native library, which needs a C compiler to build")
+        if {CallbackKind.FOR_EACH, CallbackKind.USER_RINGBUF} & set(callbacks.values()) and nat is None:
+            raise JitError("bpf_for_each_map_elem and bpf_user_ringbuf_drain need jitbpf's native library, which "
+                           "needs a C compiler to build")
         for_each_step = nat.address("jb_for_each_step") if nat is not None else 0
         options = CompileOptions(resolve_lddw, proven, table, count_budget, verified, python_calls,
-                                 self.contained and confine, callbacks, for_each_step, probe_loads - proven)
+                                 self.contained and confine, callbacks, for_each_step, probe_loads - proven,
+                                 nat.address("jb_user_ringbuf_step") if nat is not None else 0)
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()

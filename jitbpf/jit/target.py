@@ -99,6 +99,7 @@ class CompileOptions:
     callbacks: Mapping[int, CallbackKind] = field(default_factory=dict)
     for_each_step: int = 0
     probe_loads: frozenset[int] = frozenset()  # loads whose failure gives 0 (through BTF-typed pointers)
+    user_ringbuf_step: int = 0  # bpf_user_ringbuf_drain's (jb_user_ringbuf_step), likewise
 
 
 def _moved(loc: int, hot: int, cold: int) -> int:

@@ -11,6 +11,7 @@ from typing import ClassVar
 from jitbpf.cfg import Block, ControlFlow, live_after, register_writes, writes_fp
 from jitbpf.contract import (
     ARG_REGS,
+    DRAIN_FLAGS,
     MAX_CALL_DEPTH,
     MAX_LOOP_ITERATIONS,
     MAY_GOTO_BUDGET,
@@ -1122,10 +1123,10 @@ class X86_64(Target):
             self.op(("add", "rbp", "i32"), STACK_SIZE)
 
     def _emit_call_back(self, pc: int, kind: CallbackKind) -> None:
-        """bpf_loop / bpf_for_each_map_elem, as the interpreter runs them: r2 must be one of the
-        program's callbacks; each invocation enters it as a local call would (a 64-byte machine
-        frame holding r6-r10, r10 one eBPF frame down), the iteration's state kept per call depth
-        in the run's jitbpf_frame. r0 = invocations, r1-r5 = 0 afterwards."""
+        """bpf_loop / bpf_for_each_map_elem / bpf_user_ringbuf_drain, as the interpreter runs
+        them: r2 must be one of the program's callbacks; each invocation enters it as a local
+        call would (a 64-byte machine frame holding r6-r10, r10 one eBPF frame down), the
+        iteration's state kept per call depth in the run's jitbpf_frame. r0 = invocations, r1-r5 = 0 afterwards."""
         self.op(("lea", TMP, "[r12+d32]"), -LOCAL_FRAME * (MAX_CALL_DEPTH - 1))
         self.op(("cmp", "rsp", TMP))
         self.branch("jbe", self.stub(self._block_start, "abort_depth", "call depth exceeded", self._block_start))
@@ -1159,16 +1160,22 @@ class X86_64(Target):
     def _emit_iteration(self, pc: int, kind: CallbackKind, entry: int) -> list[int]:
         """The loop of one helper call over the callback at ``entry``; returns the forward jumps
         to after it."""
-        if kind is CallbackKind.FOR_EACH and not self._fp_fixed:
-            # The key's place is found from r10, which this program may change: C would then
-            # write it wherever r10 points. The interpreter keeps the frames apart from r10.
-            raise JitError("a program that writes r10 cannot call bpf_for_each_map_elem in the JIT "
-                           "(run it with the interpreter)", pc=pc)
+        stepped = kind is not CallbackKind.LOOP  # a native step gives each invocation's arguments
+        if stepped and not self._fp_fixed:
+            # The key's (dynptr's) place is found from r10, which this program may change: C would
+            # then write it wherever r10 points. The interpreter keeps the frames apart from r10.
+            helper = "bpf_for_each_map_elem" if kind is CallbackKind.FOR_EACH else "bpf_user_ringbuf_drain"
+            raise JitError(f"a program that writes r10 cannot call {helper} in the JIT (run it with the interpreter)",
+                           pc=pc)
         L = self.lay
         cb = L.frame_callback
         to_errors: list[tuple[int, int]] = []
-        self.op(("test", "rcx", "rcx"))
-        to_errors.append((self.forward("jnz"), -errno.EINVAL))  # no flags are defined
+        if kind is CallbackKind.USER_RINGBUF:
+            self.op(("cmp", "rcx", "i8"), DRAIN_FLAGS)  # (flags beyond the two wake-up bits make it larger)
+            to_errors.append((self.forward("ja"), -errno.EINVAL))
+        else:
+            self.op(("test", "rcx", "rcx"))
+            to_errors.append((self.forward("jnz"), -errno.EINVAL))  # no flags are defined
         if kind is CallbackKind.LOOP:
             self.op(("mov", TMP, "i64"), MAX_LOOP_ITERATIONS)
             self.op(("cmp", "rdi", TMP))
@@ -1207,18 +1214,26 @@ class X86_64(Target):
             token, vals = mem("", TMP, cb + 24)
             self.op(("lea", "rdx", token), *vals)
             self.op(("push", BUDGET))  # (which also aligns rsp for the C call)
-            self.op(("mov", "rax", "i64"), self.options.for_each_step)
+            drain = kind is CallbackKind.USER_RINGBUF
+            self.op(("mov", "rax", "i64"), self.options.user_ringbuf_step if drain else self.options.for_each_step)
             self.op(("call", "rax"))
             self.op(("pop", BUDGET))
             self.op(("test", "rax", "rax"))
             to_end.append(self.forward("jz"))
             self._callback_row(pushed)
-            self.op(("mov", "rdx", "rax"))  # r3: the value
-            self._load("rdi", TMP, cb + 8)
-            self._load("rsi", "rsp", saved_fp)
-            self.op(("sub", "rsi", "i32"), 2 * STACK_SIZE)
-            self._load("rcx", TMP, cb + 16)
-            self.op(("xor", "r8d", "r8d"))
+            if drain:  # r1: the sample's dynptr, where the step wrote it; r2: the context
+                self._load("rdi", "rsp", saved_fp)
+                self.op(("sub", "rdi", "i32"), 2 * STACK_SIZE)
+                self._load("rsi", TMP, cb + 16)
+                for reg in ("edx", "ecx", "r8d"):
+                    self.op(("xor", reg, reg))
+            else:
+                self.op(("mov", "rdx", "rax"))  # r3: the value
+                self._load("rdi", TMP, cb + 8)
+                self._load("rsi", "rsp", saved_fp)
+                self.op(("sub", "rsi", "i32"), 2 * STACK_SIZE)
+                self._load("rcx", TMP, cb + 16)
+                self.op(("xor", "r8d", "r8d"))
         self._load("rbp", "rsp", saved_fp)
         self.op(("sub", "rbp", "i32"), STACK_SIZE)
         self.branch("call", location(Section.PC, entry))

@@ -152,7 +152,15 @@ class HelperId(enum.IntEnum):
     XDP_LOAD_BYTES = 189  # bpf_xdp_load_bytes
     XDP_STORE_BYTES = 190  # bpf_xdp_store_bytes
     MAP_LOOKUP_PERCPU_ELEM = 195  # bpf_map_lookup_percpu_elem
+    DYNPTR_FROM_MEM = 197  # bpf_dynptr_from_mem(data, size, flags, ptr): a dynptr over a map value
+    RINGBUF_RESERVE_DYNPTR = 198  # bpf_ringbuf_reserve_dynptr(map, size, flags, ptr)
+    RINGBUF_SUBMIT_DYNPTR = 199  # bpf_ringbuf_submit_dynptr(ptr, flags)
+    RINGBUF_DISCARD_DYNPTR = 200  # bpf_ringbuf_discard_dynptr(ptr, flags)
+    DYNPTR_READ = 201  # bpf_dynptr_read(dst, len, src, offset, flags)
+    DYNPTR_WRITE = 202  # bpf_dynptr_write(dst, offset, src, len, flags)
+    DYNPTR_DATA = 203  # bpf_dynptr_data(ptr, offset, len) -> len bytes of the dynptr's memory, or NULL
     KTIME_GET_TAI_NS = 208  # bpf_ktime_get_tai_ns
+    USER_RINGBUF_DRAIN = 209  # bpf_user_ringbuf_drain(map, cb, ctx, flags) -> samples drained
 
 
 KERNEL_HELPER_IDS = range(1, 212)  # ids the kernel defines: a program type restricts these only

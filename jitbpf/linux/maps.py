@@ -68,6 +68,8 @@ __all__ = [
     "StackTraceMap",
     "TaskStorage",
     "UpdateFlag",
+    "UserRecord",
+    "UserRingBuf",
     "XskMap",
     "create_map",
     "current_cpu",
@@ -119,6 +121,7 @@ class MapType(enum.IntEnum):
     INODE_STORAGE = 28  # inode -> value, created by bpf_inode_storage_get
     TASK_STORAGE = 29  # task -> value, created by bpf_task_storage_get
     BLOOM_FILTER = 30  # set membership with false positives: push adds, peek tests
+    USER_RINGBUF = 31  # ring buffer that user space produces into and programs drain
 
 
 class UpdateFlag(enum.IntEnum):
@@ -138,12 +141,13 @@ BPF_F_RDONLY_PROG = 1 << 7  # programs may read the values but not write them
 BPF_F_WRONLY_PROG = 1 << 8  # programs may write the values but not read them
 BPF_F_INNER_MAP = 1 << 12  # an inner map template: inner maps of any max_entries fit
 BPF_F_CURRENT_CPU = 0xFFFF_FFFF  # perf_event_output: the ring of the calling CPU
+RING_HEADER = 8  # bytes before each ring buffer record: its length and flags, its page offset
 
 # Types whose values programs reach through pointers: they contribute a memory region.
 _POINTER_TYPES = frozenset({MapType.HASH, MapType.ARRAY, MapType.PERCPU_HASH, MapType.PERCPU_ARRAY,
                             MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.LPM_TRIE, MapType.RINGBUF,
                             MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE,
-                            MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE})
+                            MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE, MapType.USER_RINGBUF})
 
 _PERCPU_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
                            MapType.PERCPU_CGROUP_STORAGE})  # one value per CPU
@@ -184,6 +188,7 @@ HELPERS_OF_TYPE: dict[MapType, frozenset[int]] = {
     MapType.SK_STORAGE: frozenset({107, 108, 194}),  # sk_storage_get, _delete, kptr_xchg
     MapType.INODE_STORAGE: frozenset({145, 146, 194}),
     MapType.TASK_STORAGE: frozenset({156, 157, 194}),
+    MapType.USER_RINGBUF: frozenset({209}),  # user_ringbuf_drain
 }
 
 # The map types each helper takes, the other way round (by helper id): a tail call needs a
@@ -193,6 +198,7 @@ TYPES_OF_HELPER: dict[int, frozenset[MapType]] = {
     12: frozenset({MapType.PROG_ARRAY}),
     **{h: frozenset({MapType.PERF_EVENT_ARRAY}) for h in (22, 25, 55, 111, 121)},
     **{h: frozenset({MapType.RINGBUF}) for h in (130, 131, 134, 198)},
+    209: frozenset({MapType.USER_RINGBUF}),
     27: frozenset({MapType.STACK_TRACE}),
     33: frozenset({MapType.CGROUP_ARRAY}),
     37: frozenset({MapType.CGROUP_ARRAY}),
@@ -1148,6 +1154,78 @@ class RingBuf(_EventSource):
         return bool(self._nat.lib.jb_ringbuf_reserved(self.ptr, address))
 
 
+class UserRecord:
+    """A sample reserved in a ``UserRingBuf``: ``data`` is its memory, to fill before
+    ``submit()`` (or ``discard()``), as libbpf's ``user_ring_buffer__reserve`` gives it."""
+
+    __slots__ = ("address", "data", "ring")
+
+    def __init__(self, ring: UserRingBuf, address: int, data: memoryview) -> None:
+        self.ring, self.address, self.data = ring, address, data
+
+    def submit(self) -> None:
+        """Hand the sample to the programs that drain the ring."""
+        self.ring.submit(self)
+
+    def discard(self) -> None:
+        """Give the room back: a drain skips the sample."""
+        self.ring.discard(self)
+
+
+class UserRingBuf(BpfMap):
+    """``BPF_MAP_TYPE_USER_RINGBUF``: ``max_entries`` bytes (a power of two, at least 4096) that
+    Python produces samples into (``reserve``/``submit``, or ``write``) and programs consume with
+    ``bpf_user_ringbuf_drain``, which gives each sample to a callback as a dynptr (which it may
+    read, write and slice, as the kernel's).
+    Samples come out in reservation order once submitted; an unsubmitted one holds back those
+    after it, as in the kernel."""
+
+    _TYPE = MapType.USER_RINGBUF
+
+    def __init__(self, *, max_entries: int = 1 << 16, name: str = "", key_size: int = 0, value_size: int = 0,
+                 flags: int = 0) -> None:
+        super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> UserRecord:
+        """Room for a sample of ``size`` bytes (MapError ENOSPC when the ring is full, E2BIG when
+        it could never fit)."""
+        ffi, lib = self._nat.ffi, self._nat.lib
+        if not 0 <= size <= self.max_entries - RING_HEADER:
+            raise MapError(f"user ring buffer {self.name}: a {size}-byte sample cannot fit", errno=errno.E2BIG)
+        with self._lock:
+            sample = lib.jb_user_ringbuf_reserve(self.ptr, size)
+        if sample == ffi.NULL:
+            raise MapError(f"user ring buffer {self.name} is full", errno=errno.ENOSPC)
+        return UserRecord(self, int(ffi.cast("uintptr_t", sample)), memoryview(ffi.buffer(sample, size)).cast("B"))
+
+    def submit(self, record: UserRecord) -> None:
+        self._commit(record, False)
+
+    def discard(self, record: UserRecord) -> None:
+        self._commit(record, True)
+
+    def write(self, data: bytes) -> None:
+        """Reserve, fill and submit one sample."""
+        record = self.reserve(len(data))
+        record.data[:] = data
+        record.submit()
+
+    @property
+    def avail_data(self) -> int:
+        """Bytes produced (reserved or submitted) and not yet drained."""
+        return int(self._nat.lib.jb_map_count(self.ptr))
+
+    def _commit(self, record: UserRecord, discard: bool) -> None:
+        ffi, lib = self._nat.ffi, self._nat.lib
+        if record.ring is not self or not lib.jb_ringbuf_reserved(self.ptr, record.address):
+            raise MapError(f"user ring buffer {self.name}: not a sample reserved here and not yet given",
+                           errno=errno.EINVAL)
+        with self._lock:
+            lib.jb_user_ringbuf_commit(self._ptr, ffi.cast("void *", record.address), int(discard))
+        record.data.release()
+
+
 # ---------------------------------------------------------------------------------------------
 # Slot arrays: programs, sockets, devices
 
@@ -1871,6 +1949,7 @@ _CLASSES: dict[MapType, type[BpfMap]] = {
     MapType.QUEUE: Queue,
     MapType.STACK: Stack,
     MapType.RINGBUF: RingBuf,
+    MapType.USER_RINGBUF: UserRingBuf,
     MapType.BLOOM_FILTER: BloomFilter,
     MapType.ARRAY_OF_MAPS: ArrayOfMaps,
     MapType.HASH_OF_MAPS: HashOfMaps,

@@ -14,6 +14,7 @@ from jitbpf.contract import CallbackKind
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
+from jitbpf.linux.dynptrs import dynptr_helpers
 from jitbpf.linux.helperids import HelperId
 from jitbpf.linux.host import Host, host_helpers
 from jitbpf.linux.maps import (
@@ -416,6 +417,14 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         reserved_record(r1, "bpf_ringbuf_discard")
         return int(lib.jb_helper_ringbuf_discard(r1, r2, 0, 0, 0))
 
+    def reserve_record(map_address: int, size: int) -> int:
+        map_at(map_address, "bpf_ringbuf_reserve_dynptr", MapType.RINGBUF)
+        return int(lib.jb_helper_ringbuf_reserve(map_address, size, 0, 0, 0))
+
+    def commit_record(record: int, flags: int, discard: bool) -> None:
+        reserved_record(record, f"bpf_ringbuf_{'discard' if discard else 'submit'}_dynptr")
+        (lib.jb_helper_ringbuf_discard if discard else lib.jb_helper_ringbuf_submit)(record, flags, 0, 0, 0)
+
     def ringbuf_query(r1: int, r2: int, _r3: int, _r4: int, _r5: int) -> int:
         map_at(r1, "bpf_ringbuf_query", MapType.RINGBUF)
         return int(lib.jb_helper_ringbuf_query(r1, r2, 0, 0, 0))
@@ -794,11 +803,14 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         # The kernel wants s2 a constant string of a read-only map; here any readable string.
         Helper(h.STRNCMP, "bpf_strncmp", strncmp, ("mem", "size", "anything")),
         Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem_or_null", "size_or_zero")),
-        # The engines run these two: they enter the callback as a local call (see contract.CallbackKind).
+        # The engines run these three: they enter the callback as a local call (see contract.CallbackKind).
         Helper(h.FOR_EACH_MAP_ELEM, "bpf_for_each_map_elem", engine_only("bpf_for_each_map_elem"),
                ("map", "callback", "anything", "scalar"), callback=CallbackKind.FOR_EACH),
         Helper(h.LOOP, "bpf_loop", engine_only("bpf_loop"), ("scalar", "callback", "anything", "scalar"),
                callback=CallbackKind.LOOP),
+        Helper(h.USER_RINGBUF_DRAIN, "bpf_user_ringbuf_drain", engine_only("bpf_user_ringbuf_drain"),
+               ("map", "callback", "anything", "scalar"), callback=CallbackKind.USER_RINGBUF),
+        *dynptr_helpers(memory, reserve_record, commit_record),
     ]
     # The kernel's helper-to-map compatibility, declared where the helper does not narrow it.
     own = [replace(x, map_types=tuple(sorted(TYPES_OF_HELPER[x.id]))) if x.id in TYPES_OF_HELPER else x

@@ -3,7 +3,9 @@ initialised for a clock, given a callback (a function of the program), started a
 run never waits for one, so a started timer stays armed (its callback would run later, outside
 the run, as the kernel's do) until cancelled. The timers' state lives beside the maps, keyed by
 the address of their ``struct bpf_timer``: the value's bytes stay as the program left them, as a
-kernel map dump shows them (zero)."""
+kernel map dump shows them (zero). A timer goes with its map element: deleting the element, or
+updating it (which in the kernel replaces a hash map's element and frees an array value's special
+fields), frees the timer, which a new bpf_timer_init may then set up again."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from jitbpf._native import native
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK64
 from jitbpf.linux.helperids import HelperId as H
@@ -23,9 +26,11 @@ BPF_F_TIMER_ABS, BPF_F_TIMER_CPU_PIN = 1, 2
 
 @dataclass
 class Timer:
-    """One initialised timer: its map, its clock, its callback (0: none yet) and whether it is armed."""
+    """One initialised timer: its map, its element's generation (jb_map_elem_gen: it changes when
+    the element is freed or replaced), its clock, its callback (0: none yet) and whether it is armed."""
 
     map_address: int
+    generation: int
     clock: int
     callback: int = 0
     armed: bool = False
@@ -38,6 +43,15 @@ class Timers:
         self.by_address: dict[int, Timer] = {}
         self.lock = threading.Lock()
 
+    def _live(self, timer: int) -> Timer | None:
+        """The timer at address ``timer``, unless its element was freed since (then it is gone);
+        the lock is held."""
+        found = self.by_address.get(timer)
+        if found is not None and native().lib.jb_map_elem_gen(found.map_address, timer) != found.generation:
+            del self.by_address[timer]
+            return None
+        return found
+
     def helpers(self) -> list[Helper]:
         """bpf_timer_init, bpf_timer_set_callback, bpf_timer_start and bpf_timer_cancel on these timers."""
 
@@ -49,14 +63,14 @@ class Timers:
             if flags & MASK64 >= MAX_CLOCKS or clock not in CLOCKS:
                 return err(errno.EINVAL)
             with self.lock:
-                if timer in self.by_address:
+                if self._live(timer) is not None:
                     return err(errno.EBUSY)
-                self.by_address[timer] = Timer(map_address, clock)
+                self.by_address[timer] = Timer(map_address, native().lib.jb_map_elem_gen(map_address, timer), clock)
             return 0
 
         def on_timer(timer: int, change: Callable[[Timer], int]) -> int:
             with self.lock:
-                found = self.by_address.get(timer)
+                found = self._live(timer)
                 return err(errno.EINVAL) if found is None else change(found)
 
         def set_callback(timer: int, callback: int, _c: int, _d: int, _e: int) -> int:

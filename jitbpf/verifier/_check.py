@@ -12,6 +12,7 @@ from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, Callbac
 from jitbpf.errors import InternalError
 from jitbpf.helpers import MAX_ERRNO, Helper
 from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
+from jitbpf.linux.dynptrs import DYNPTR_SIZE, DynptrKind
 from jitbpf.linux.maps import (
     BPF_F_RDONLY_PROG,
     BPF_F_WRONLY_PROG,
@@ -23,6 +24,14 @@ from jitbpf.linux.maps import (
 )
 from jitbpf.verifier import _scalar as sc
 from jitbpf.verifier._control import Control, analyze_control
+from jitbpf.verifier._dynptr import (
+    DYNPTR_SLOTS,
+    destroy,
+    dynptr_slots,
+    first_dynptr_byte,
+    initialised_at,
+    referenced_among,
+)
 from jitbpf.verifier._progress import CHECK_EVERY, Progress
 from jitbpf.verifier._sock import sock_load_ok, tcp_sock_load_ok
 from jitbpf.verifier._state import (
@@ -68,7 +77,12 @@ MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's 
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 # Helper arguments that take memory (which a packet pointer could give), and those pointers.
 MEMORY_ARGS = frozenset({ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.UNINIT_VALUE, ArgType.MEM,
-                         ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG})
+                         ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG, ArgType.VALUE_MEM})
+# The special structs of a map value that only helpers may touch: (the map's attribute giving
+# their offset, the kernel's name, their size).
+SPECIAL_FIELDS = (("spin_lock_off", "bpf_spin_lock", 4), ("timer_off", "bpf_timer", 16))
+# The dynptr a helper initialises, by argument kind.
+NEW_DYNPTRS = {ArgType.NEW_LOCAL_DYNPTR: DynptrKind.LOCAL, ArgType.NEW_RINGBUF_DYNPTR: DynptrKind.RINGBUF}
 PACKET_POINTERS = frozenset({RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META})
 # The kernel's names of the ALU operators (bpf_alu_string), for its messages.
 ALU_SYMBOLS = {AluOp.ADD: "+=", AluOp.SUB: "-=", AluOp.MUL: "*=", AluOp.DIV: "/=", AluOp.OR: "|=", AluOp.AND: "&=",
@@ -971,7 +985,8 @@ class Checker:
     def _arithmetic_allowed(self, ptr: Reg, r: int) -> None:
         """The kernel's pointer types that take no arithmetic at all."""
         t = ptr.type
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
+        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, Pt.CONST_PTR_TO_DYNPTR,
+                 *SOCKETS):
             hint = ", null-check it first" if t in POINTER_OR_NULL else ""
             self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
 
@@ -1174,9 +1189,10 @@ class Checker:
             case Pt.PTR_TO_MAP_VALUE:
                 m = self.maps.get(ptr.aux) if self.maps is not None else None
                 lo, hi = self._var_bounds(ptr, r, off, size)
-                lock_off = getattr(m, "spin_lock_off", None)
-                if lock_off is not None and lo < lock_off + 4 and lock_off < hi:
-                    self.reject("bpf_spin_lock cannot be accessed directly by load/store")
+                for attr, name, width in SPECIAL_FIELDS:
+                    field_off = getattr(m, attr, None)
+                    if field_off is not None and lo < field_off + width and field_off < hi:
+                        self.reject(f"{name} cannot be accessed directly by load/store")
                 if m is not None:
                     self._map_access_type(m, lo, size, read=mode is not Access.WRITE, write=mode is not Access.READ)
                 if m is not None and (lo < 0 or hi > m.value_size):
@@ -1213,6 +1229,8 @@ class Checker:
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through the packet end")
             case Pt.CONST_PTR_TO_MAP:
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through a map pointer")
+            case Pt.CONST_PTR_TO_DYNPTR:
+                self.reject(f"r{r} invalid mem access '{t.value}': a struct bpf_dynptr is read by helpers only")
             case Pt.PTR_TO_FUNC:
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through the address "
                             f"of a function")
@@ -1328,6 +1346,7 @@ class Checker:
         frame = st.frames[ptr.aux]
         start = lo - STACK_BOTTOM
         n = hi - lo
+        self._dynptr_access(st, frame, r, start, n, mode)
         if ptr.var.is_const:
             self.aux = ptr.aux << 16 | start
         if not ptr.var.is_const:
@@ -1384,6 +1403,20 @@ class Checker:
             v = int.from_bytes(bytes(data), "little")
             return Reg(Pt.SCALAR, sc.const(sc.to_signed(v, 8 * size) if signed else v))
         return self._loaded(size, signed)
+
+    def _dynptr_access(self, st: State, frame: Frame, r: int, start: int, n: int, mode: Access) -> None:
+        """The program's own loads and stores may not touch a dynptr: a load is refused; a store
+        destroys an unreferenced one (both slots, and its slices) and is refused over a referenced
+        one, as in the kernel."""
+        at = first_dynptr_byte(frame, start, n)
+        if at is None:
+            return
+        if mode is not Access.WRITE:
+            self.reject(f"invalid read from stack off {start + STACK_BOTTOM}+{at - start} size {n}: r{r} reads "
+                        "a struct bpf_dynptr, which only helpers may")
+        if referenced_among(frame, start, n):
+            self.reject("cannot overwrite referenced dynptr")
+        destroy(st, frame, start, n)
 
     @staticmethod
     def _narrow_spill_rest(frame: Frame, start: int, size: int) -> int | None:
@@ -1630,6 +1663,11 @@ class Checker:
                 self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)
                 frame = st.frames[ptr.aux]
                 start = lo - STACK_BOTTOM
+                if (at := first_dynptr_byte(frame, start, hi - lo)) is not None:
+                    if write:
+                        self.reject(f"potential write to dynptr at off={at + STACK_BOTTOM} disallowed")
+                    self.reject(f"invalid read from stack R{r} off {lo}+{at - start} size {hi - lo}: a "
+                                "struct bpf_dynptr is no helper's memory")
                 if write:
                     if ptr.var.is_const:
                         frame.fill(start, lo_size)
@@ -1761,6 +1799,7 @@ class Checker:
             self.reject("function calls are not allowed while holding a lock")
         map_reg: Reg | None = None
         timer_reg: Reg | None = None
+        dynptr: Reg | None = None  # the initialised dynptr a helper reads
         pending: tuple[int, ArgType] | None = None  # a MEM/UNINIT_MEM waiting for its size
         released = 0
         cast_ref = 0  # the reference of the socket a pointer cast is given
@@ -1824,11 +1863,18 @@ class Checker:
                     alloc_size = size_reg.var.value
                     if alloc_size >= MAX_OFFSET:
                         self.reject(f"r{r} allocation size {alloc_size} of helper {hid} is too large")
-                case ArgType.MEM | ArgType.MEM_OR_NULL | ArgType.UNINIT_MEM:
+                case ArgType.MEM | ArgType.MEM_OR_NULL | ArgType.UNINIT_MEM | ArgType.VALUE_MEM:
+                    mem_kind = kind
+                    if kind is ArgType.VALUE_MEM:
+                        got = self._read(regs, r)
+                        if got.type is not Pt.PTR_TO_MAP_VALUE:
+                            self.reject(f"Unsupported reg type {got.type.value} for "
+                                        f"{self.helper_names.get(hid, hid)} data")
+                        mem_kind = ArgType.UNINIT_MEM
                     if nxt in (ArgType.SIZE, ArgType.SIZE_OR_ZERO):
-                        pending = (r, kind)
+                        pending = (r, mem_kind)
                     else:
-                        self._mem_arg(st, regs, r, 1, 1, kind)
+                        self._mem_arg(st, regs, r, 1, 1, mem_kind)
                 case ArgType.SIZE | ArgType.SIZE_OR_ZERO:
                     length = self._scalar_arg(regs, r, f"size argument {r} of helper {hid}").var
                     self._precise(r)
@@ -1867,9 +1913,16 @@ class Checker:
                     if reg.type is not Pt.PTR_TO_BTF_ID:
                         self.reject(f"r{r} type={reg.type.value} expected=ptr_ (argument {r} of helper {hid} "
                                     f"is a kernel object)")
+                case ArgType.NEW_LOCAL_DYNPTR | ArgType.NEW_RINGBUF_DYNPTR:
+                    self._new_dynptr(st, regs, r, NEW_DYNPTRS[kind])
+                case ArgType.DYNPTR | ArgType.RELEASED_DYNPTR:
+                    dynptr = self._dynptr_arg(st, regs, r, kind)
+                    if kind is ArgType.RELEASED_DYNPTR:
+                        released = dynptr.ref
                 case ArgType.RELEASED:
                     reg = self._read(regs, r)
-                    if not reg.ref or reg.type is not Pt.PTR_TO_BUF:
+                    # (a dynptr's slice holds the dynptr's reference, which only the dynptr gives back)
+                    if not reg.ref or reg.type is not Pt.PTR_TO_BUF or reg.aux < 0:
                         self.reject(f"r{r} (argument {r} of helper {hid}) must be a reference acquired earlier "
                                     f"and checked against NULL, not {reg}")
                     if reg.off or reg.var != sc.ZERO:
@@ -1919,6 +1972,12 @@ class Checker:
                 st.refs = (*st.refs, (ref, self.pc))
             case RetType.SOCKET_OR_NULL:
                 regs[0] = Reg(Pt.PTR_TO_SOCKET_OR_NULL, id=self.fresh_id())
+            case RetType.DYNPTR_MEM_OR_NULL:
+                if dynptr is None:
+                    self.reject(f"helper {hid} returns a dynptr's memory but takes no dynptr")
+                # A slice names its dynptr (aux), and holds its reference (a ring buffer record's).
+                regs[0] = Reg(Pt.PTR_TO_BUF_OR_NULL, range=alloc_size, id=self.fresh_id(), aux=-dynptr.id,
+                              ref=dynptr.ref)
             case RetType.CAST_SOCKET_OR_NULL | RetType.CAST_TCP_SOCK_OR_NULL:
                 # The same object seen as another type: it holds the argument's reference.
                 cast = Pt.PTR_TO_SOCKET_OR_NULL if ret is RetType.CAST_SOCKET_OR_NULL else Pt.PTR_TO_TCP_SOCK_OR_NULL
@@ -1937,6 +1996,60 @@ class Checker:
         if scratch_args(self.context.size is not None) and hid not in self.callbacks:
             for r in range(1, 6):
                 regs[r] = NOT_INIT
+
+    def _dynptr_place(self, st: State, regs: list[Reg], r: int, then: str) -> tuple[Frame, int]:
+        """Where a helper's dynptr argument is: its frame and first slot (16 bytes of the stack at
+        an 8-aligned constant offset, as the kernel requires; ``then``: the kernel's conclusion)."""
+        ptr = self._read(regs, r)
+        if ptr.type is not Pt.PTR_TO_STACK:
+            self.reject(f"arg#{r - 1} expected pointer to stack or const struct bpf_dynptr")
+        if not ptr.var.is_const:
+            self.reject("dynptr has to be at a constant offset")
+        lo, _hi = self._var_bounds(ptr, r, 0, DYNPTR_SIZE)
+        if lo % 8 or lo > -DYNPTR_SIZE or lo < STACK_BOTTOM:
+            self.reject(f"cannot pass in dynptr at an offset={lo}: {then}")
+        entry = self._frame_entry(st, ptr.aux)
+        self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)
+        self._stack_read(ptr.aux, lo - STACK_BOTTOM, DYNPTR_SIZE)
+        return st.frames[ptr.aux], (lo - STACK_BOTTOM) // 8
+
+    def _new_dynptr(self, st: State, regs: list[Reg], r: int, kind: DynptrKind) -> None:
+        """A dynptr the helper initialises: it replaces what was there (an unreferenced dynptr
+        included, never a referenced one); a ring buffer one is a reference from now on, even if
+        the reservation fails (the program must still discard it)."""
+        if self._read(regs, r).type is Pt.CONST_PTR_TO_DYNPTR:
+            self.reject("Dynptr has to be an uninitialized dynptr: a helper's dynptr is not the program's to set")
+        frame, first = self._dynptr_place(st, regs, r, "Dynptr has to be an uninitialized dynptr")
+        start = 8 * first
+        if referenced_among(frame, start, DYNPTR_SIZE):
+            self.reject("cannot overwrite referenced dynptr")
+        destroy(st, frame, start, DYNPTR_SIZE)
+        ref = 0
+        if kind is DynptrKind.RINGBUF:
+            ref = self.fresh_id()
+            st.refs = (*st.refs, (ref, self.pc))
+        frame.stack[first : first + DYNPTR_SLOTS] = dynptr_slots(kind, self.fresh_id(), ref)
+
+    def _dynptr_arg(self, st: State, regs: list[Reg], r: int, kind: ArgType) -> Reg:
+        """An initialised dynptr the helper reads, or (RELEASED_DYNPTR) a ring buffer one it
+        gives back; the kernel's checks in its order."""
+        reg = self._read(regs, r)
+        if reg.type is Pt.CONST_PTR_TO_DYNPTR:
+            if kind is ArgType.RELEASED_DYNPTR:
+                self.reject("cannot release unowned const bpf_dynptr")
+            if reg.off or reg.var != sc.ZERO:
+                self.reject(f"dereference of modified dynptr_ptr ptr R{r} off={reg.off} disallowed")
+            return Reg(Pt.DYNPTR, aux=DynptrKind.LOCAL, range=1)  # (its slices live as long as the callback)
+        expected = f"Expected an initialized dynptr as arg #{r - 1}"
+        frame, first = self._dynptr_place(st, regs, r, expected)
+        if kind is ArgType.RELEASED_DYNPTR and not referenced_among(frame, 8 * first, DYNPTR_SIZE):
+            self.reject(f"arg {r} is an unacquired reference")
+        found = initialised_at(frame, first)
+        if found is None:
+            self.reject(expected)
+        if kind is ArgType.RELEASED_DYNPTR and found.aux != DynptrKind.RINGBUF:
+            self.reject(f"Expected a dynptr of type ringbuf as arg #{r - 1}")
+        return found
 
     def _sock_arg(self, regs: list[Reg], r: int, kind: ArgType) -> Reg:
         """A socket argument: a socket pointer checked against NULL (any of the kinds, or a full
@@ -2011,9 +2124,10 @@ class Checker:
         enter the callback's first round in a new frame. Returns the callback's entry."""
         regs = st.frames[-1].regs
         flags = regs[4]
-        if flags.type is not Pt.SCALAR or flags.var != sc.ZERO:
-            self.reject(f"the flags (r4) of helper {hid} must be 0, not {flags}")
-        self._precise(4)
+        if self.callbacks[hid] is not CallbackKind.USER_RINGBUF:  # (the drain's are its scalar argument)
+            if flags.type is not Pt.SCALAR or flags.var != sc.ZERO:
+                self.reject(f"the flags (r4) of helper {hid} must be 0, not {flags}")
+            self._precise(4)
         if self.callbacks[hid] is CallbackKind.LOOP:
             nr = regs[1].var
             self._precise(1)
@@ -2046,6 +2160,9 @@ class Checker:
             top = min(max(caller[1].var.umax, 1), MAX_LOOP_ITERATIONS) - 1
             regs[1] = Reg(Pt.SCALAR, sc.urange(0, top))  # the iteration
             regs[2] = caller[3]  # the context, as passed
+        elif self.callbacks[hid] is CallbackKind.USER_RINGBUF:
+            regs[1] = Reg(Pt.CONST_PTR_TO_DYNPTR)  # the sample (kept at the bottom of the callback's frame)
+            regs[2] = caller[3]
         else:
             handle = caller[1].aux
             regs[1] = caller[1]  # the map
@@ -2114,8 +2231,8 @@ class Checker:
             if reg.ref == ref:
                 if i >= 0:
                     frame.regs[i] = UNKNOWN_SCALAR
-                else:
-                    frame.stack[-i - 1] = (MISC,) * 8
+                else:  # (a released dynptr's slots are never-written stack again, as in the kernel)
+                    frame.stack[-i - 1] = None if reg.type is Pt.DYNPTR else (MISC,) * 8
 
     @staticmethod
     def _forget_packet(st: State) -> None:

@@ -387,6 +387,8 @@ def _join_slot(a: Slot, b: Slot) -> Slot:
         r = _join_reg(a, b)
         if r is not None:
             return r
+    if RegType.DYNPTR in (getattr(a, "type", None), getattr(b, "type", None)):
+        return None  # a dynptr on one path only: no dynptr, and no data either
     ab, bb = slot_bytes(a), slot_bytes(b)
     out = tuple(x if x == y else INVALID if INVALID in (x, y) else MISC for x, y in zip(ab, bb, strict=True))
     return None if out == EMPTY_BYTES else out

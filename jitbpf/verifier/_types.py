@@ -200,6 +200,11 @@ class RegType(enum.Enum):
     PTR_TO_TCP_SOCK = "tcp_sock"
     PTR_TO_TCP_SOCK_OR_NULL = "tcp_sock_or_null"
     PTR_TO_FLOW_KEYS = "flow_keys"  # a flow dissector's struct bpf_flow_keys: read and written, constant offsets only
+    # Never a register's: what both stack slots of an initialised struct bpf_dynptr hold (the
+    # kernel's STACK_DYNPTR). aux = its kind (DynptrKind), id = the dynptr (its slices name it),
+    # ref = the reference a ring buffer one holds, range = 1 in its first (lower) slot, 0 in the other.
+    DYNPTR = "dynptr"
+    CONST_PTR_TO_DYNPTR = "dynptr_ptr"  # a helper's dynptr, which the program may not change (a drain's sample)
 
 
 class Reg(NamedTuple):
