@@ -76,6 +76,7 @@ MAX_LINK_OFFSET = (1 << 31) - 1  # largest constant an add may put between linke
 MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 # Helper arguments that take memory (which a packet pointer could give), and those pointers.
+ARRAY_LOOKUP = 1  # bpf_map_lookup_elem, whose array values at a known index are never NULL
 MEMORY_ARGS = frozenset({ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.UNINIT_VALUE, ArgType.MEM,
                          ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG, ArgType.VALUE_MEM})
 # The special structs of a map value that only helpers may touch: (the map's attribute giving
@@ -1793,6 +1794,30 @@ class Checker:
         if r0.var != sc.ZERO:
             self.reject(f"At async callback return the register R0 has {r0.var}, should have been in [0, 0]")
 
+    def _constant_key(self, st: State, ptr: Reg, size: int) -> int | None:
+        """The key of ``size`` bytes a stack pointer points at, when the stack holds a known
+        number there: zeros, or a constant spilled by a store of exactly that size at a slot's
+        start (the kernel's two cases). The bytes are then marked precise, so that no state
+        holding another key is pruned by this one."""
+        if ptr.type is not Pt.PTR_TO_STACK or not ptr.var.is_const:
+            return None
+        start = ptr.off + ptr.var.value - STACK_BOTTOM
+        frame = st.frames[ptr.aux]
+        slot = frame.stack[start // 8]
+        if type(slot) is Reg:  # a spill: of exactly the key's size, at the slot's start
+            if start % 8 or slot.type is not Pt.SCALAR or not slot.var.is_const or (slot.range or 8) != size:
+                return None
+            key = slot.var.value
+        else:  # known bytes: zeros anywhere, or what one constant store left at a slot's start
+            data = frame.read_bytes(start, size)
+            if min(data) < 0 or (start % 8 and any(data)):
+                return None
+            key = int.from_bytes(bytes(data), "little")
+        slots = [0] * len(st.frames)
+        slots[ptr.aux] = _slot_mask(start, size)
+        self._backtrack(st.hist, self.visit, [0] * len(st.frames), slots)
+        return key
+
     def _call_helper(self, st: State, regs: list[Reg], hid: int) -> None:
         args, ret = self.signatures[hid]
         if ArgType.SPIN_UNLOCK not in args and self._lock_held(st) is not None:
@@ -1804,6 +1829,7 @@ class Checker:
         released = 0
         cast_ref = 0  # the reference of the socket a pointer cast is given
         alloc_size = 0
+        const_key: int | None = None  # an array lookup's key, when the stack holds a known one
         size_max = MAX_OFFSET  # the largest value of the size argument
         packet_ok = self.context.packet_helpers is None or hid in self.context.packet_helpers
         for i, kind in enumerate(args):
@@ -1852,6 +1878,9 @@ class Checker:
                         continue
                     size = 1 if m is None else m.key_size if kind is ArgType.KEY else m.value_size
                     self._mem_arg(st, regs, r, size, size, ArgType.VALUE if kind is ArgType.VALUE_OR_NULL else kind)
+                    if kind is ArgType.KEY and hid == ARRAY_LOOKUP and m is not None and map_reg.aux >= 0 \
+                            and m.map_type in (MapType.ARRAY, MapType.PERCPU_ARRAY):
+                        const_key = self._constant_key(st, self._read(regs, r), size)
                 case ArgType.UNINIT_LONG:
                     self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
                     self._aligned_arg(regs, r, 8)
@@ -1960,6 +1989,9 @@ class Checker:
                     regs[0] = Reg(Pt.PTR_TO_SOCKET_OR_NULL, id=ref, ref=ref)
                     st.refs = (*st.refs, (ref, self.pc))
                     self.unchecked_calls.add(self.pc)
+                elif const_key is not None and outer is not None and const_key < outer.max_entries:
+                    # An array's value at a known index in range is never NULL (the kernel's, since 6.14).
+                    regs[0] = Reg(Pt.PTR_TO_MAP_VALUE, aux=map_reg.aux)
                 else:
                     regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
             case RetType.MAP_VALUE:
