@@ -167,6 +167,31 @@ def _precise_after(rule: PreciseRule, aux: int, precise: int) -> int:
     return precise & keep_else | add_else
 
 
+# How backtracking follows the registers it wants through an instruction that touches no
+# memory, frame or link, fixed per instruction: (dst, clear, add): when the wanted registers
+# hold ``dst`` they become ``wanted & ~clear | add``. Other instructions have None and their
+# own case in ``Checker._backtrack``.
+BackRule = tuple[int, int, int]
+
+
+def _back_rule(insn: Instruction, info: OpInfo) -> BackRule | None:
+    """``Checker._backtrack``'s rule for an instruction of registers only (see ``BackRule``)."""
+    d, s = 1 << insn.dst, 1 << insn.src
+    match info.kind:
+        case Kind.ALU:
+            if info.op == AluOp.MOV:
+                return (d, d, s if info.reg_src else 0)  # the value came from src, or is a constant
+            return (d, 0, s) if info.reg_src else (0, 0, 0)  # both operands made the result
+        case Kind.MOVSX:
+            return (d, d, s)
+        case Kind.LDDW:
+            return (d, d, 0)
+        case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.MAY_GOTO | Kind.CALL_KFUNC:
+            return (0, 0, 0)
+        case _:
+            return None
+
+
 class Access(enum.Enum):
     """How an instruction touches memory."""
 
@@ -215,7 +240,9 @@ class _Visit:
 
 
 LogNode = tuple[str, "LogNode"] | None  # the path's log, newest line first, shared between branches
-Step = Callable[[State, list[Reg], Instruction, OpInfo], None]  # an instruction's rule (registers: the innermost)
+Rule = Callable[[State, list[Reg], Instruction, OpInfo], None]  # an instruction's rule (registers: the innermost)
+# What the walk looks up per slot (see ``Checker._steps``).
+Step = tuple[Instruction, OpInfo, Rule | None, "PreciseRule", "BackRule | None", int]
 
 
 def _parse_helper(helper: Helper) -> tuple[tuple[ArgType, ...], RetType]:
@@ -293,13 +320,29 @@ class Checker:
         self.globals = {entry: fn for entry, fn in (functions or {}).items() if entry and entry in self.func_numbers}
         self.called_globals: list[int] = []
         # Per slot, what the walk needs of its instruction, looked up once: (insn, info, the rule
-        # of an instruction that only changes the state, how it changes ``State.precise``, next slot).
-        self.steps = [None if insn is None or info is None else (
-            insn, info, self._plain_rule(info.kind), _precise_rule(insn, info),
-            pc + 2 if info.kind is Kind.LDDW else pc + 1)
-            for pc, (insn, info) in enumerate(zip(self.slots, self.infos, strict=True))]
+        # of an instruction that only changes the state, how it changes ``State.precise``, how
+        # backtracking follows registers through it, next slot).
+        self.steps = self._steps()
 
-    def _plain_rule(self, kind: Kind) -> Step | None:
+    def _steps(self) -> list[Step | None]:
+        # The rules depend on the opcode-table row and the registers only: identical
+        # instructions (most of a long program's) share one lookup.
+        rules: dict[tuple[int, str, int, int, int], tuple[Rule | None, PreciseRule, BackRule | None]] = {}
+        steps: list[Step | None] = []
+        append = steps.append
+        lddw = Kind.LDDW
+        for pc, (insn, info) in enumerate(zip(self.slots, self.infos, strict=True)):
+            if insn is None or info is None:
+                append(None)
+                continue
+            key = (info.opcode, info.variant_field, info.variant, insn.dst, insn.src)
+            got = rules.get(key)
+            if got is None:
+                got = rules[key] = (self._plain_rule(info.kind), _precise_rule(insn, info), _back_rule(insn, info))
+            append((insn, info, *got, pc + 2 if info.kind is lddw else pc + 1))
+        return steps
+
+    def _plain_rule(self, kind: Kind) -> Rule | None:
         """The rule of an instruction that neither jumps nor calls: it changes the state in place."""
         match kind:
             case Kind.ALU:
@@ -456,7 +499,7 @@ class Checker:
             self.aux = -1
             step = steps[pc]
             assert step is not None
-            insn, info, plain, rule, nxt = step
+            insn, info, plain, rule, _back, nxt = step
             self.processed += 1
             st.depth += 1
             if self.processed > self.watch:
@@ -756,7 +799,7 @@ class Checker:
         ``node``) back through the path's history, marking the visits of ``visit``'s chain."""
         if not any(regs) and not any(slots):
             return
-        prog_slots, infos = self.slots, self.infos
+        steps = self.steps
         d = len(regs) - 1
         while True:
             while visit is not None and visit.hist is node:
@@ -766,24 +809,25 @@ class Checker:
             if node is None or visit is None:
                 return
             pc, aux, node = node
-            insn, info = prog_slots[pc], infos[pc]
-            assert insn is not None and info is not None
-            dbit, sbit = 1 << insn.dst, 1 << insn.src
+            step = steps[pc]
+            assert step is not None
             live = regs[d]
+            back = step[4]
+            if back is not None:  # registers only: the common case, without the match below
+                if live & back[0]:
+                    live = live & ~back[1] | back[2]
+                regs[d] = live
+                if not live and not any(regs) and not any(slots):
+                    return  # every value followed ends in a constant: the older past never mattered
+                continue
+            insn, info = step[0], step[1]
+            dbit, sbit = 1 << insn.dst, 1 << insn.src
             match info.kind:
-                case Kind.ALU:
-                    if info.op == AluOp.MOV:
-                        if live & dbit:
-                            live &= ~dbit
-                            if info.reg_src:
-                                live |= sbit
-                    elif info.reg_src and live & dbit:
-                        live |= sbit
-                case Kind.MOVSX:
-                    if live & dbit:
-                        live = live & ~dbit | sbit
-                case Kind.LDDW:
-                    live &= ~dbit
+                case Kind.JCOND:
+                    # The branch narrowed its operands (and, through links, their copies) using
+                    # each other's ranges.
+                    if live & (dbit | sbit) or (aux > 0 and (live or any(slots))):
+                        live |= dbit | (sbit if info.reg_src else 0)
                 case Kind.LDX | Kind.LDXSX:
                     if live & dbit:
                         live &= ~dbit
@@ -800,11 +844,6 @@ class Checker:
                                 live |= sbit
                 case Kind.ATOMIC:
                     live &= ~(1 if info.op == AtomicOp.CMPXCHG else sbit if info.op & 1 else 0)
-                case Kind.JCOND:
-                    # The branch narrowed its operands (and, through links, their copies) using
-                    # each other's ranges.
-                    if live & (dbit | sbit) or (aux > 0 and (live or any(slots))):
-                        live |= dbit | (sbit if info.reg_src else 0)
                 case Kind.CALL if insn.imm in self.callbacks:
                     # Rounds of a callback are not followed one by one: all before is precise.
                     self._mark_all(visit)
@@ -827,8 +866,6 @@ class Checker:
                     slots.append(0)
                     d += 1
                     continue
-                case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.MAY_GOTO | Kind.CALL_KFUNC:
-                    pass
                 case _:
                     raise InternalError(f"no rule for {info.kind}")
             regs[d] = live
