@@ -664,15 +664,21 @@ class Checker:
             v = visits[i]
             assert v.state is not None
             done = v.branches == 0
-            if v.kinds is None:
-                v.kinds = kinds_key(v.state)
-            chosen, old_kinds = v.kinds
-            new_kinds = kinds.get(chosen) if len(chosen) == nframes else None
-            if new_kinds is None and len(chosen) == nframes:
-                new_kinds = kinds[chosen] = kinds_key(st, chosen)[1]
-            if new_kinds == old_kinds and (
-                    state_within(v.state, v.shared, st, v.reads, v.precise, v.precise_slots) if done
-                    else state_within(v.state, v.shared, st)):
+            if done:
+                # Kinds first: comparing them rules out most states cheaply. An unfinished visit
+                # (an ancestor: in a loop, usually of the same kinds) is compared exactly at once,
+                # registers first, which rules out the same states (see ``kinds_key``).
+                if v.kinds is None:
+                    v.kinds = kinds_key(v.state)
+                chosen, old_kinds = v.kinds
+                new_kinds = kinds.get(chosen) if len(chosen) == nframes else None
+                if new_kinds is None and len(chosen) == nframes:
+                    new_kinds = kinds[chosen] = kinds_key(st, chosen)[1]
+                within = new_kinds == old_kinds and state_within(v.state, v.shared, st, v.reads, v.precise,
+                                                                 v.precise_slots)
+            else:
+                within = state_within(v.state, v.shared, st)
+            if within:
                 if done:
                     self.pruned += 1
                     v.hits += 1
