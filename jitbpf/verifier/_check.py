@@ -301,6 +301,7 @@ class Checker:
         self.path_log: LogNode = None
         self.disasm_cache: dict[int, str] = {}
         self.constants: dict[int, Reg] = {}  # immediate operands as registers, by value (a few)
+        self.loaded: dict[tuple[int, bool], Reg] = {}  # what loads of unknown bytes give, by (size, signed)
         self.control: Control | None = None
         self.visit: _Visit | None = None  # the current path's latest visit
         self.st: State | None = None  # the current path's state
@@ -1184,12 +1185,14 @@ class Checker:
         if not proven:
             self.unproven.add(self.pc)
 
-    @staticmethod
-    def _loaded(size: int, signed: bool) -> Reg:
-        bits = 8 * size
-        if signed:
-            return Reg(Pt.SCALAR, sc.srange(-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
-        return Reg(Pt.SCALAR, sc.urange(0, (1 << bits) - 1))
+    def _loaded(self, size: int, signed: bool) -> Reg:
+        """Any number a load of ``size`` bytes gives (one object per kind of load)."""
+        reg = self.loaded.get((size, signed))
+        if reg is None:
+            bits = 8 * size
+            var = sc.srange(-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else sc.urange(0, (1 << bits) - 1)
+            reg = self.loaded[size, signed] = Reg(Pt.SCALAR, var)
+        return reg
 
     def _access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
                 signed: bool) -> Reg | None:

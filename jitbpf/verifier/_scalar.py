@@ -148,6 +148,9 @@ def make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bits
     mod = 1 << bits
     mask &= full
     value &= full & ~mask
+    if not mask:  # a constant (a loop counter, a bound): in both ranges, or no integer at all
+        s = value - mod if value & sign else value
+        return Scalar(value, 0, value, value, s, s) if umin <= value <= umax and smin <= s <= smax else None
     for _ in range(3):
         # Known bits bound the unsigned range.
         if value > umin:
