@@ -487,6 +487,7 @@ class Checker:
         depth_limit = self.budget if back_edges else 1 << 62
         before: list[Reg] | None = None  # the registers before the instruction, for the log
         nframes = 0
+        jcond, may_goto = Kind.JCOND, Kind.MAY_GOTO  # (locals: looked up per instruction)
         while True:
             self.pc = pc
             if pc in prune_points:
@@ -515,106 +516,107 @@ class Checker:
                 before = list(regs)
                 nframes = len(frames)
             kind = info.kind
-            if plain is not None:
-                plain(st, regs, insn, info)
+            if kind is jcond:  # (first: the kind of most instructions that are not plain)
+                taken, fall = self._branch(st, regs, insn, info)
+                target = targets[pc]
+                node = (pc, self.aux, st.hist)
+                for out in (taken, fall):
+                    if out is not None:
+                        out.hist = node
+                        if out.precise:
+                            out.precise = _precise_after(rule, self.aux, out.precise)
+                if taken is not None and (pc, target) in back_edges:
+                    taken.loop = pc
+                if taken is not None and fall is not None:
+                    if logging:
+                        self._log_step(pc, st, before, nframes)
+                        before = None
+                    parent.branches += 1
+                    self.work.append((target, taken, parent, self.path_log))
+                    st = fall
+                elif taken is not None:
+                    st, nxt = taken, target
+                elif fall is not None:
+                    st = fall
+                else:
+                    self._finish(parent)
+                    return
             else:
-                match kind:
-                    case Kind.LD_ABS | Kind.LD_IND:
-                        if self._lock_held(st) is not None:
-                            self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
-                        held = next((at for ref, at in st.refs if ref >= 0), None)
-                        if held is not None:  # (it may end the program, as a call to a helper would)
-                            self.reject("BPF_LD_[ABS|IND] would lead to reference leak: BPF_LD_[ABS|IND] cannot "
-                                        f"be mixed with socket references (one acquired at insn {held} is held)")
-                        self._legacy_load(regs, insn, info)
-                    case Kind.JA:
-                        nxt = targets[pc]
-                        if (pc, nxt) in back_edges:
-                            st.loop = pc
-                    case Kind.JCOND:
-                        taken, fall = self._branch(st, regs, insn, info)
-                        target = targets[pc]
-                        node = (pc, self.aux, st.hist)
-                        for out in (taken, fall):
-                            if out is not None:
-                                out.hist = node
-                                if out.precise:
-                                    out.precise = _precise_after(rule, self.aux, out.precise)
-                        if taken is not None and (pc, target) in back_edges:
-                            taken.loop = pc
-                        if taken is not None and fall is not None:
-                            if logging:
-                                self._log_step(pc, st, before, nframes)
-                                before = None
-                            parent.branches += 1
-                            self.work.append((target, taken, parent, self.path_log))
-                            st = fall
-                        elif taken is not None:
-                            st, nxt = taken, target
-                        elif fall is not None:
-                            st = fall
-                        else:
-                            self._finish(parent)
-                            return
-                    case Kind.CALL:
-                        if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
-                            self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
-                        self._call_helper(st, regs, insn.imm)
-                        if insn.imm in self.callbacks:
-                            nxt = self._call_back(st, pc, insn.imm)
-                    case Kind.MAY_GOTO:
-                        # Both ways: the run's allowance may be spent or not, whatever came before.
-                        # The allowance bounds the path, not the budget: it need not end within that.
-                        st.depth = st.checkpoint = 0
-                        taken = st.copy()
-                        taken.hist = st.hist = (pc, -1, st.hist)
-                        if (pc, targets[pc]) in back_edges:
-                            taken.loop = pc
-                        parent.branches += 1
-                        self.work.append((targets[pc], taken, parent, self.path_log))
-                    case Kind.CALLX:
-                        target_reg = self._read(regs, insn.dst)
-                        if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
-                            self.reject(f"callx through r{insn.dst}, which does not hold a known helper id")
-                        hid = target_reg.var.value
-                        self._precise(insn.dst)
-                        if hid not in self.signatures:
-                            self.reject(f"call to nonexistent function {hid}")
-                        self._call_helper(st, regs, hid)
-                    case Kind.CALL_LOCAL:
-                        if targets[pc] in self.globals:
-                            self._call_global(st, regs, targets[pc])
-                        else:
-                            self._call_local(st, pc)
+                if plain is not None:
+                    plain(st, regs, insn, info)
+                else:
+                    match kind:
+                        case Kind.LD_ABS | Kind.LD_IND:
+                            if self._lock_held(st) is not None:
+                                self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
+                            held = next((at for ref, at in st.refs if ref >= 0), None)
+                            if held is not None:  # (it may end the program, as a call to a helper would)
+                                self.reject("BPF_LD_[ABS|IND] would lead to reference leak: BPF_LD_[ABS|IND] cannot "
+                                            f"be mixed with socket references (one acquired at insn {held} is held)")
+                            self._legacy_load(regs, insn, info)
+                        case Kind.JA:
                             nxt = targets[pc]
-                    case Kind.EXIT:
-                        if len(st.frames) == 1:
-                            if st.frames[0].entry:
-                                self._exit_global(st, regs)
+                            if (pc, nxt) in back_edges:
+                                st.loop = pc
+                        case Kind.CALL:
+                            if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
+                                self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
+                            self._call_helper(st, regs, insn.imm)
+                            if insn.imm in self.callbacks:
+                                nxt = self._call_back(st, pc, insn.imm)
+                        case Kind.MAY_GOTO:
+                            # Both ways: the run's allowance may be spent or not, whatever came before.
+                            # The allowance bounds the path, not the budget: it need not end within that.
+                            st.depth = st.checkpoint = 0
+                            taken = st.copy()
+                            taken.hist = st.hist = (pc, -1, st.hist)
+                            if (pc, targets[pc]) in back_edges:
+                                taken.loop = pc
+                            parent.branches += 1
+                            self.work.append((targets[pc], taken, parent, self.path_log))
+                        case Kind.CALLX:
+                            target_reg = self._read(regs, insn.dst)
+                            if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
+                                self.reject(f"callx through r{insn.dst}, which does not hold a known helper id")
+                            hid = target_reg.var.value
+                            self._precise(insn.dst)
+                            if hid not in self.signatures:
+                                self.reject(f"call to nonexistent function {hid}")
+                            self._call_helper(st, regs, hid)
+                        case Kind.CALL_LOCAL:
+                            if targets[pc] in self.globals:
+                                self._call_global(st, regs, targets[pc])
                             else:
-                                self._exit_main(st, regs)
-                            if logging:
-                                self._log_line(f"{pc}: {self._disasm(pc)}")
-                            self._finish(parent)
-                            return
-                        callsite = st.frames[-1].callsite
-                        caller_info = self.infos[callsite]
-                        if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
-                            if self.slots[callsite].imm in self.async_callers:  # type: ignore[union-attr]
-                                self._async_return(st)  # its path ends here
+                                self._call_local(st, pc)
+                                nxt = targets[pc]
+                        case Kind.EXIT:
+                            if len(st.frames) == 1:
+                                if st.frames[0].entry:
+                                    self._exit_global(st, regs)
+                                else:
+                                    self._exit_main(st, regs)
+                                if logging:
+                                    self._log_line(f"{pc}: {self._disasm(pc)}")
                                 self._finish(parent)
                                 return
-                            nxt = self._callback_return(st, parent)
-                        else:
-                            nxt = self._return(st)
-                    case Kind.CALL_KFUNC:
-                        self.reject("kernel function calls are not supported")
-                    case _:
-                        raise InternalError(f"no rule for {info.kind}")
-            if kind is not Kind.JCOND and kind is not Kind.MAY_GOTO:
-                st.hist = (pc, self.aux, st.hist)
-                if st.precise:
-                    st.precise = _precise_after(rule, self.aux, st.precise)
+                            callsite = st.frames[-1].callsite
+                            caller_info = self.infos[callsite]
+                            if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
+                                if self.slots[callsite].imm in self.async_callers:  # type: ignore[union-attr]
+                                    self._async_return(st)  # its path ends here
+                                    self._finish(parent)
+                                    return
+                                nxt = self._callback_return(st, parent)
+                            else:
+                                nxt = self._return(st)
+                        case Kind.CALL_KFUNC:
+                            self.reject("kernel function calls are not supported")
+                        case _:
+                            raise InternalError(f"no rule for {info.kind}")
+                if kind is not may_goto:
+                    st.hist = (pc, self.aux, st.hist)
+                    if st.precise:
+                        st.precise = _precise_after(rule, self.aux, st.precise)
             if logging:
                 self._log_step(pc, st, before, nframes)
             pc = nxt
@@ -931,11 +933,14 @@ class Checker:
             self._dst(d)
         op = info.op
         if info.reg_src:
-            src = self._read(regs, insn.src)
+            src = regs[insn.src]
+            if src.type is Pt.NOT_INIT:
+                self._read(regs, insn.src)  # (rejects: read inline, without the call, most of the time)
         else:
             if insn.imm == 0 and op in (AluOp.DIV, AluOp.MOD):
                 self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
-            src = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
+            imm = insn.imm if info.width == 64 else insn.imm & MASK32
+            src = self.constants.get(imm) or self._constant(imm)
         if op == AluOp.MOV:
             if info.width == 64:
                 if info.reg_src and src.type is Pt.SCALAR and not src.var.is_const and not src.id:
@@ -954,7 +959,9 @@ class Checker:
             else:
                 regs[d] = Reg(Pt.SCALAR, sc.urange(0, MASK32))  # the low half of an address
             return
-        dst = self._read(regs, d)
+        dst = regs[d]
+        if dst.type is Pt.NOT_INIT:
+            self._read(regs, d)  # (rejects)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
             a, b = dst.var, src.var
             if op in (AluOp.DIV, AluOp.MOD):
@@ -1516,11 +1523,14 @@ class Checker:
     # -- branches ------------------------------------------------------------------------------
 
     def _branch(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> tuple[State | None, State | None]:
-        a = self._read(regs, insn.dst)
+        a = regs[insn.dst]
+        if a.type is Pt.NOT_INIT:
+            self._read(regs, insn.dst)  # (rejects)
         if info.reg_src:
             b = self._read(regs, insn.src)
         else:
-            b = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
+            imm = insn.imm if info.width == 64 else insn.imm & MASK32
+            b = self.constants.get(imm) or self._constant(imm)
         op = info.op
         if a.type is Pt.SCALAR and b.type is Pt.SCALAR:
             taken, fall = (sc.refine if info.width == 64 else sc.refine32)(op, a.var, b.var)
