@@ -11,7 +11,20 @@ from jitbpf.cfg import ControlFlow
 from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, CallbackKind, scratch_args
 from jitbpf.errors import InternalError
 from jitbpf.helpers import MAX_ERRNO, Helper
-from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
+from jitbpf.isa import (
+    CORE_POISON,
+    FP,
+    MASK32,
+    STACK_SIZE,
+    AluOp,
+    AtomicOp,
+    Instruction,
+    JmpOp,
+    Kind,
+    OpInfo,
+    PseudoSrc,
+    alu_function,
+)
 from jitbpf.linux.maps import (
     BPF_F_RDONLY_PROG,
     BPF_F_WRONLY_PROG,
@@ -615,8 +628,12 @@ class Checker:
                             raise InternalError(f"no rule for {info.kind}")
                 if kind is not may_goto:
                     st.hist = (pc, self.aux, st.hist)
-                    if st.precise:
-                        st.precise = _precise_after(rule, self.aux, st.precise)
+                    precise = st.precise
+                    if precise:
+                        # (_precise_after's first case, without the call: the common one)
+                        need = rule[0]
+                        st.precise = (precise & rule[1] | rule[2] if precise & need == need
+                                      else _precise_after(rule, self.aux, precise))
             if logging:
                 self._log_step(pc, st, before, nframes)
             pc = nxt
@@ -971,7 +988,9 @@ class Checker:
                 return
             # Constants fold (loop counters), but for shifts by the width or more: those give unknowns.
             if not a.mask and not b.mask and info.width == 64 and (b.value < 64 or op not in sc.SHIFTS):
-                regs[d] = Reg(Pt.SCALAR, sc.const(sc.exact(op, a.value, b.value, 64, info.signed)))
+                # (The opcode table's own expression, as sc.exact gives it: never a division here,
+                # the one kind of operation whose signedness matters.)
+                regs[d] = Reg(Pt.SCALAR, sc.const(alu_function(op, 64)(a.value, b.value)))
                 return
             result = sc.alu_width(op, a, b, info.width, info.signed)
             if dst.id and not dst.off and op == AluOp.ADD and info.width == 64 and not b.mask \
@@ -1540,7 +1559,7 @@ class Checker:
                 # Decided by the operands' ranges: a state where they differ may go the other way.
                 if info.reg_src:
                     self._precise(insn.dst, insn.src)
-                else:
+                elif ~st.precise >> insn.dst & 1:  # (else followed back already: _precise would find nothing)
                     self._precise(insn.dst)
             if taken is not None and fall is not None:
                 other = st.copy()
