@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import gc
 from collections.abc import Callable, Mapping
 from typing import NoReturn
@@ -327,7 +328,6 @@ class Checker:
         self.async_callers = frozenset(hid for hid, (args, _ret) in self.signatures.items()
                                        if ArgType.ASYNC_CALLBACK in args)
         self.tail_calls = HELPERS_OF_TYPE.get(MapType.PROG_ARRAY, frozenset())  # the tail-call helper
-        self.moves_packet = self._packet_movers()
         # Functions by entry: their kernel numbers (func#N, the main program is 0), and those of
         # them verified on their own (global), with the calls' order of verification.
         self.func_numbers = {f.entry: i for i, f in enumerate(sorted(flow.functions, key=lambda f: f.entry))}
@@ -1224,7 +1224,7 @@ class Checker:
                 signed: bool) -> Reg | None:
         """Check one memory access through register ``r``; return the loaded value for reads."""
         t = ptr.type
-        if t is not Pt.PTR_TO_STACK and ptr.is_pointer:
+        if (self.strict_alignment or mode is Access.ATOMIC) and t is not Pt.PTR_TO_STACK and ptr.is_pointer:
             # Atomics are aligned whatever the loader's flags, as in the kernel (packets refuse them).
             self._strict_alignment(ptr, r, off, size, force=mode is Access.ATOMIC and t not in PACKET_KINDS)
         match t:
@@ -1322,6 +1322,8 @@ class Checker:
     @staticmethod
     def _misaligned(ptr: Reg, off: int, size: int, base: int = 0) -> bool:
         """Whether ``base`` + the pointer's offset + ``off`` may not be a multiple of ``size``."""
+        if not ptr.var.mask:  # a fixed offset (a stack slot): its low bits, as the sum below gives them
+            return bool((ptr.var.value + base + ptr.off + off) & (size - 1))
         at = sc.alu(AluOp.ADD, ptr.var, sc.const(base + ptr.off + off), 64)
         return bool((at.value | at.mask) & (size - 1))
 
@@ -2193,9 +2195,11 @@ class Checker:
                 else:
                     frame.stack[-i - 1] = (MISC,) * 8
 
-    def _packet_movers(self) -> frozenset[int]:
+    @functools.cached_property
+    def moves_packet(self) -> frozenset[int]:
         """The functions (by entry) that may move the packet: they call a helper given the
-        context or a tail call, or a function that does (the kernel's changes_pkt_data)."""
+        context or a tail call, or a function that does (the kernel's changes_pkt_data). Found
+        when a function first returns or a global one is called: most programs never ask."""
         moves: set[int] = set()
         calls: dict[int, set[int]] = {}
         for fn in self.flow.functions:

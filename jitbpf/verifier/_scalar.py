@@ -343,7 +343,7 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
         return unknown(bits)  # a count that may reach the width: the kernel knows nothing of the result
     if a.mask == 0 and b.mask == 0:
         return const(exact(op, a.value, b.value, bits, signed), bits)
-    top = unknown(bits)
+    top = UNKNOWN if bits == 64 else unknown(bits)
     value, mask = 0, full
     umin, umax, smin, smax = top.umin, top.umax, top.smin, top.smax
     match op:
