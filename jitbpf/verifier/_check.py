@@ -111,6 +111,7 @@ PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # values anywhere in memory, and memory of unknown size may be any buffer.
 # Compared with 0, the branch is known.
 SOCKETS = (Pt.PTR_TO_SOCK_COMMON, Pt.PTR_TO_SOCKET, Pt.PTR_TO_TCP_SOCK)  # what a socket argument takes
+NO_ARITHMETIC = (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS)
 NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC, Pt.PTR_TO_MAP_KEY, *SOCKETS)
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF,
                    Pt.PTR_TO_BUF_OR_NULL)
@@ -204,6 +205,11 @@ def _back_rule(insn: Instruction, info: OpInfo) -> BackRule | None:
             return (0, 0, 0)
         case _:
             return None
+
+
+def _alu_symbol(op: int) -> str:
+    """The kernel's name of an ALU operator, for a message."""
+    return ALU_SYMBOLS.get(AluOp(op), AluOp(op).name.lower())
 
 
 class Access(enum.Enum):
@@ -1008,7 +1014,6 @@ class Checker:
         in the kernel's order and words: two pointers, 32 bits, the pointer's type, the operator."""
         op = info.op
         d = insn.dst
-        sym = ALU_SYMBOLS.get(AluOp(op), AluOp(op).name.lower())
         if info.width != 64:
             if self.privileged and op == AluOp.SUB:
                 return Reg(Pt.SCALAR, sc.alu_width(AluOp.MOV, sc.UNKNOWN, sc.UNKNOWN, 32, False))
@@ -1016,7 +1021,7 @@ class Checker:
         if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
             return self._pointer_difference(dst, src)
         if dst.is_pointer and src.is_pointer:
-            self.reject(f"r{d} pointer {sym} pointer prohibited (an unknown pointer)")
+            self.reject(f"r{d} pointer {_alu_symbol(op)} pointer prohibited (an unknown pointer)")
         if op == AluOp.ADD and src.is_pointer:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
@@ -1033,13 +1038,14 @@ class Checker:
             self.reject(f"r{d} tried to subtract pointer from scalar: r{insn.src} is a pointer, the result an "
                         "unknown pointer")
         if op in (AluOp.AND, AluOp.OR, AluOp.XOR):
-            self.reject(f"r{d} bitwise operator {sym} on pointer prohibited ({ptr})")
-        self.reject(f"r{d} pointer arithmetic with {sym} operator prohibited ({ptr}): the result is no pointer")
+            self.reject(f"r{d} bitwise operator {_alu_symbol(op)} on pointer prohibited ({ptr})")
+        self.reject(f"r{d} pointer arithmetic with {_alu_symbol(op)} operator prohibited ({ptr}): the result is "
+                    "no pointer")
 
     def _arithmetic_allowed(self, ptr: Reg, r: int) -> None:
         """The kernel's pointer types that take no arithmetic at all."""
         t = ptr.type
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, *SOCKETS):
+        if t in NO_ARITHMETIC:
             hint = ", null-check it first" if t in POINTER_OR_NULL else ""
             self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
 
@@ -1079,7 +1085,7 @@ class Checker:
             off = ptr.off + (-val if sub else val)
             if not -MAX_OFFSET < off < MAX_OFFSET:
                 self.reject(f"{t.value} pointer offset {off} is not allowed (r{r})")
-            return ptr._replace(off=off)
+            return Reg(t, ptr.var, off, ptr.id, ptr.range, ptr.aux, ptr.ref)  # (what _replace makes, sooner)
         if s.smin == sc.UNKNOWN.smin:
             self.reject(f"math between {t.value} pointer and register with unbounded min value is not allowed "
                         f"(r{r} is {t.value}, the other {s})")
@@ -1652,7 +1658,8 @@ class Checker:
         new_range = min(new_range, MAX_PACKET_OFF)
         other = st.copy()
         proven = other if on_taken else st
-        proven.replace_linked(pkt.id, (pkt.type,), lambda reg: reg._replace(range=max(reg.range, new_range)))
+        proven.replace_linked(pkt.id, (pkt.type,), lambda reg: Reg(reg.type, reg.var, reg.off, reg.id,
+                                                                   max(reg.range, new_range), reg.aux, reg.ref))
         return other, st
 
     @staticmethod
