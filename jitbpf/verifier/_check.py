@@ -88,6 +88,9 @@ PACKET_POINTERS = frozenset({RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META})
 ALU_SYMBOLS = {AluOp.ADD: "+=", AluOp.SUB: "-=", AluOp.MUL: "*=", AluOp.DIV: "/=", AluOp.OR: "|=", AluOp.AND: "&=",
                AluOp.LSH: "<<=", AluOp.RSH: ">>=", AluOp.NEG: "neg", AluOp.MOD: "%=", AluOp.XOR: "^=",
                AluOp.MOV: "=", AluOp.ARSH: "s>>="}
+DIVISIONS = (AluOp.DIV, AluOp.MOD)  # (a constant: the ALU rule asks per instruction)
+# An unsigned comparison with its operands swapped (b < a for a > b).
+MIRRORED: dict[int, int] = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}
 FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
@@ -960,7 +963,7 @@ class Checker:
             if src.type is Pt.NOT_INIT:
                 self._read(regs, insn.src)  # (rejects: read inline, without the call, most of the time)
         else:
-            if insn.imm == 0 and op in (AluOp.DIV, AluOp.MOD):
+            if insn.imm == 0 and op in DIVISIONS:
                 self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
             imm = insn.imm if info.width == 64 else insn.imm & MASK32
             src = self.constants.get(imm) or self._constant(imm)
@@ -987,7 +990,7 @@ class Checker:
             self._read(regs, d)  # (rejects)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
             a, b = dst.var, src.var
-            if op in (AluOp.DIV, AluOp.MOD):
+            if op in DIVISIONS:
                 # The kernel computes no range for a quotient or a remainder, of constants neither:
                 # all 64 bits are unknown, even after a 32-bit operation.
                 regs[d] = UNKNOWN_SCALAR
@@ -1018,21 +1021,22 @@ class Checker:
             if self.privileged and op == AluOp.SUB:
                 return Reg(Pt.SCALAR, sc.alu_width(AluOp.MOV, sc.UNKNOWN, sc.UNKNOWN, 32, False))
             self.reject(f"r{d} 32-bit pointer arithmetic prohibited ({AluOp(op).name.lower()}32 on a pointer)")
-        if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
+        dst_pointer, src_pointer = dst.is_pointer, src.is_pointer  # (asked once: a property)
+        if op == AluOp.SUB and dst_pointer and src_pointer:
             return self._pointer_difference(dst, src)
-        if dst.is_pointer and src.is_pointer:
+        if dst_pointer and src_pointer:
             self.reject(f"r{d} pointer {_alu_symbol(op)} pointer prohibited (an unknown pointer)")
-        if op == AluOp.ADD and src.is_pointer:
+        if op == AluOp.ADD and src_pointer:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
             return self._pointer_add(src, dst.var, False, insn.src)
-        if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src.is_pointer:
+        if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src_pointer:
             self.reject(f"r{d} subtraction from stack pointer prohibited")  # the kernel's rule
-        if op in (AluOp.ADD, AluOp.SUB) and dst.is_pointer:
+        if op in (AluOp.ADD, AluOp.SUB) and dst_pointer:
             if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.src)
             return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
-        ptr = dst if dst.is_pointer else src
+        ptr = dst if dst_pointer else src
         self._arithmetic_allowed(ptr, d)
         if op == AluOp.SUB:
             self.reject(f"r{d} tried to subtract pointer from scalar: r{insn.src} is a pointer, the result an "
@@ -1651,10 +1655,11 @@ class Checker:
             return None  # as the kernel: a pointer that far proves nothing about the packet
         # For `pkt OP end`: which edge proves pkt + off <= end (closed) or < end (open).
         if swapped:
-            op = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}[JmpOp(op)]
+            op = MIRRORED[op]
         k = pkt.off
-        proof = {JmpOp.JGT: (False, k), JmpOp.JGE: (False, k + 1), JmpOp.JLT: (True, k + 1), JmpOp.JLE: (True, k)}
-        on_taken, new_range = proof[JmpOp(op)]
+        proof: dict[int, tuple[bool, int]] = {JmpOp.JGT: (False, k), JmpOp.JGE: (False, k + 1),
+                                              JmpOp.JLT: (True, k + 1), JmpOp.JLE: (True, k)}
+        on_taken, new_range = proof[op]  # (JmpOp members are their ints: no conversion needed)
         new_range = min(new_range, MAX_PACKET_OFF)
         other = st.copy()
         proven = other if on_taken else st
