@@ -51,6 +51,7 @@ class ControlFlow:
     # pass over the program.
     _back_edges: bool | None = field(default=None, init=False, repr=False, compare=False)
     _max_insns: int | None = field(default=None, init=False, repr=False, compare=False)
+    _successors: dict[int, tuple[int, ...]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def function_of(self, pc: int) -> Function:
         for fn in reversed(self.functions):
@@ -71,6 +72,15 @@ class ControlFlow:
             found = any(target <= pc and (info := infos[pc]) is not None and info.kind is not _CALL_LOCAL
                         for pc, target in self.targets.items())
             object.__setattr__(self, "_back_edges", found)
+        return found
+
+    @property
+    def successor_map(self) -> Mapping[int, tuple[int, ...]]:
+        """``successors`` of every block, by the block's start."""
+        found = self._successors
+        if found is None:
+            found = {b.start: tuple(successors(self, b)) for b in self.blocks}
+            object.__setattr__(self, "_successors", found)
         return found
 
     @property
@@ -162,10 +172,19 @@ def live_in(flow: ControlFlow, *, call_args: Mapping[int, int] | None = None) ->
     program = flow.program
     main_end = flow.functions[0].end
     use_def: list[tuple[int, int]] = [(0, 0)] * len(program)
-    for pc, insn, info in program:
-        use_def[pc] = (register_reads(insn, info, main=pc < main_end, call_args=call_args),
-                       register_writes(insn, info))
-    succ = {b.start: successors(flow, b) for b in flow.blocks}
+    # The registers depend on the instruction's fields alone (and, for an exit, on its function):
+    # identical instructions, most of a long program's, share one look-up.
+    known: dict[tuple[int, int, int, int, int, bool], tuple[int, int]] = {}
+    for pc, (insn, info) in enumerate(zip(program.slots, program.infos, strict=True)):
+        if insn is None or info is None:
+            continue
+        key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc < main_end)
+        got = known.get(key)
+        if got is None:
+            got = known[key] = (register_reads(insn, info, main=key[5], call_args=call_args),
+                                register_writes(insn, info))
+        use_def[pc] = got
+    succ = flow.successor_map
     block_gen_kill: dict[int, tuple[int, int]] = {}
     for b in flow.blocks:
         gen = kill = 0
@@ -215,7 +234,7 @@ def live_after(flow: ControlFlow, pcs: Iterable[int]) -> dict[int, int]:
             result[pc] = live[pc + insn.width]
             continue
         out = 0
-        for t in successors(flow, block):
+        for t in flow.successor_map[block.start]:
             out |= live[t]
         result[pc] = out
     return result

@@ -99,6 +99,22 @@ def test_make_keeps_every_integer_of_the_description(bits: int, data: st.DataObj
 @pytest.mark.parametrize("bits", WIDTHS)
 @PROPERTY
 @given(data=st.data())
+def test_a_description_with_every_bit_known_is_that_constant_or_nothing(bits: int, data: st.DataObject) -> None:
+    """``make`` of known bits only (its shortcut for constants): the constant when both ranges
+    hold it, else None; ranges may be anything, even empty or outside the width."""
+    full, half = (1 << bits) - 1, 1 << (bits - 1)
+    x = data.draw(st.integers(0, full))
+    sx = sc.to_signed(x, bits)
+    near = st.one_of(st.integers(-2 * half, 2 * full), st.sampled_from([x - 1, x, x + 1, sx - 1, sx, sx + 1]))
+    umin, umax, smin, smax = (data.draw(near) for _ in range(4))
+    got = sc.make(x, 0, umin, umax, smin, smax, bits)
+    described = umin <= x <= umax and smin <= sx <= smax  # the only integer the known bits allow
+    assert got == (sc.const(x, bits) if described else None)
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+@PROPERTY
+@given(data=st.data())
 def test_join_meet_within(bits: int, data: st.DataObject) -> None:
     a, xs = data.draw(_values(bits))
     b, ys = data.draw(_values(bits))

@@ -23,9 +23,21 @@ from jitbpf.contract import DEFAULT_BUDGET, MAX_CALL_DEPTH
 from jitbpf.isa import Program
 from jitbpf.verifier import ContextSpec, VerifyResult
 from jitbpf.verifier._check import Checker, Rejected
-from jitbpf.verifier._state import State, join_key, join_states, kinds_key, shared_ids, state_within
+from jitbpf.verifier._state import (
+    SLOTS,
+    Frame,
+    State,
+    join_key,
+    join_states,
+    kinds_key,
+    reg_within,
+    shared_ids,
+    state_within,
+)
+from jitbpf.verifier._types import NOT_INIT, Reg, RegType
 
 from . import kernel_oracle
+from .test_domain import abstract
 
 
 def xdp_context() -> ContextSpec:
@@ -189,3 +201,32 @@ def test_the_keys_a_prune_point_compares_first_never_hide_a_match(body: list[str
                     assert not state_within(old, shared_ids(old), new)
                 if join_key(old, masks) != join_key(new, masks):
                     assert join_states(old, new, masks) is None
+
+
+# Registers as a prune point finds them: scalars (spill widths as stack slots have them, some
+# linked), and a pointer with a variable offset.
+REG_KINDS = st.sampled_from([(RegType.SCALAR, 0, 0, 0), (RegType.SCALAR, 0, 0, 3), (RegType.SCALAR, 4, 1, 0),
+                             (RegType.SCALAR, 2, 0, 0), (RegType.PTR_TO_PACKET, 0, 0, 0),
+                             (RegType.NOT_INIT, 0, 0, 0)])
+
+
+@st.composite
+def registers(draw: st.DrawFn) -> Reg:
+    kind, width, aux, rid = draw(REG_KINDS)
+    if kind is RegType.NOT_INIT:
+        return NOT_INIT
+    return Reg(kind, draw(abstract(64))[0], range=width, aux=aux, id=rid)
+
+
+@settings(max_examples=300, deadline=None)
+@given(registers(), registers(), st.booleans())
+def test_state_comparison_of_registers_agrees_with_reg_within(old: Reg, new: Reg, precise: bool) -> None:
+    """``state_within`` compares unlinked scalars without calling ``reg_within``: the verdict
+    must be the one ``reg_within`` gives, precise or not."""
+    def state(r: Reg) -> State:
+        regs = [NOT_INIT] * 11
+        regs[3] = r
+        return State([Frame(regs, [None] * SLOTS, -1)])
+
+    got = state_within(state(old), frozenset(), state(new), precise=[8 if precise else 0])
+    assert got == (old.type is RegType.NOT_INIT or reg_within(old, new, None, precise))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import gc
 from collections.abc import Callable, Mapping
 from typing import NoReturn
@@ -11,7 +12,20 @@ from jitbpf.cfg import ControlFlow
 from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, CallbackKind, scratch_args
 from jitbpf.errors import InternalError
 from jitbpf.helpers import MAX_ERRNO, Helper
-from jitbpf.isa import CORE_POISON, FP, MASK32, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo, PseudoSrc
+from jitbpf.isa import (
+    CORE_POISON,
+    FP,
+    MASK32,
+    STACK_SIZE,
+    AluOp,
+    AtomicOp,
+    Instruction,
+    JmpOp,
+    Kind,
+    OpInfo,
+    PseudoSrc,
+    alu_function,
+)
 from jitbpf.linux.dynptrs import DYNPTR_SIZE, DynptrKind
 from jitbpf.linux.maps import (
     BPF_F_RDONLY_PROG,
@@ -89,6 +103,10 @@ PACKET_POINTERS = frozenset({RegType.PTR_TO_PACKET, RegType.PTR_TO_PACKET_META})
 ALU_SYMBOLS = {AluOp.ADD: "+=", AluOp.SUB: "-=", AluOp.MUL: "*=", AluOp.DIV: "/=", AluOp.OR: "|=", AluOp.AND: "&=",
                AluOp.LSH: "<<=", AluOp.RSH: ">>=", AluOp.NEG: "neg", AluOp.MOD: "%=", AluOp.XOR: "^=",
                AluOp.MOV: "=", AluOp.ARSH: "s>>="}
+DIVISIONS = (AluOp.DIV, AluOp.MOD)  # (a constant: the ALU rule asks per instruction)
+SHIFTS = (AluOp.LSH, AluOp.RSH, AluOp.ARSH)  # whose constant amount must lie within the width
+# An unsigned comparison with its operands swapped (b < a for a > b).
+MIRRORED: dict[int, int] = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}
 FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
 NET_IP_ALIGN = 2  # packet data starts this far past an aligned address (the kernel's assumption)
 LOG_LINES = 400  # lines of path kept for the error log
@@ -112,6 +130,8 @@ PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # values anywhere in memory, and memory of unknown size may be any buffer.
 # Compared with 0, the branch is known.
 SOCKETS = (Pt.PTR_TO_SOCK_COMMON, Pt.PTR_TO_SOCKET, Pt.PTR_TO_TCP_SOCK)  # what a socket argument takes
+NO_ARITHMETIC = (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, Pt.CONST_PTR_TO_DYNPTR,
+                 *SOCKETS)
 NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC, Pt.PTR_TO_MAP_KEY, *SOCKETS)
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF,
                    Pt.PTR_TO_BUF_OR_NULL)
@@ -182,6 +202,36 @@ def _precise_after(rule: PreciseRule, aux: int, precise: int) -> int:
     return precise & keep_else | add_else
 
 
+# How backtracking follows the registers it wants through an instruction that touches no
+# memory, frame or link, fixed per instruction: (dst, clear, add): when the wanted registers
+# hold ``dst`` they become ``wanted & ~clear | add``. Other instructions have None and their
+# own case in ``Checker._backtrack``.
+BackRule = tuple[int, int, int]
+
+
+def _back_rule(insn: Instruction, info: OpInfo) -> BackRule | None:
+    """``Checker._backtrack``'s rule for an instruction of registers only (see ``BackRule``)."""
+    d, s = 1 << insn.dst, 1 << insn.src
+    match info.kind:
+        case Kind.ALU:
+            if info.op == AluOp.MOV:
+                return (d, d, s if info.reg_src else 0)  # the value came from src, or is a constant
+            return (d, 0, s) if info.reg_src else (0, 0, 0)  # both operands made the result
+        case Kind.MOVSX:
+            return (d, d, s)
+        case Kind.LDDW:
+            return (d, d, 0)
+        case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.MAY_GOTO | Kind.CALL_KFUNC:
+            return (0, 0, 0)
+        case _:
+            return None
+
+
+def _alu_symbol(op: int) -> str:
+    """The kernel's name of an ALU operator, for a message."""
+    return ALU_SYMBOLS.get(AluOp(op), AluOp(op).name.lower())
+
+
 class Access(enum.Enum):
     """How an instruction touches memory."""
 
@@ -230,7 +280,9 @@ class _Visit:
 
 
 LogNode = tuple[str, "LogNode"] | None  # the path's log, newest line first, shared between branches
-Step = Callable[[State, list[Reg], Instruction, OpInfo], None]  # an instruction's rule (registers: the innermost)
+Rule = Callable[[State, list[Reg], Instruction, OpInfo], None]  # an instruction's rule (registers: the innermost)
+# What the walk looks up per slot (see ``Checker._steps``).
+Step = tuple[Instruction, OpInfo, Rule | None, "PreciseRule", "BackRule | None", int]
 
 
 def _parse_helper(helper: Helper) -> tuple[tuple[ArgType, ...], RetType]:
@@ -289,6 +341,7 @@ class Checker:
         self.path_log: LogNode = None
         self.disasm_cache: dict[int, str] = {}
         self.constants: dict[int, Reg] = {}  # immediate operands as registers, by value (a few)
+        self.loaded: dict[tuple[int, bool], Reg] = {}  # what loads of unknown bytes give, by (size, signed)
         self.control: Control | None = None
         self.visit: _Visit | None = None  # the current path's latest visit
         self.st: State | None = None  # the current path's state
@@ -301,20 +354,35 @@ class Checker:
         self.async_callers = frozenset(hid for hid, (args, _ret) in self.signatures.items()
                                        if ArgType.ASYNC_CALLBACK in args)
         self.tail_calls = HELPERS_OF_TYPE.get(MapType.PROG_ARRAY, frozenset())  # the tail-call helper
-        self.moves_packet = self._packet_movers()
         # Functions by entry: their kernel numbers (func#N, the main program is 0), and those of
         # them verified on their own (global), with the calls' order of verification.
         self.func_numbers = {f.entry: i for i, f in enumerate(sorted(flow.functions, key=lambda f: f.entry))}
         self.globals = {entry: fn for entry, fn in (functions or {}).items() if entry and entry in self.func_numbers}
         self.called_globals: list[int] = []
         # Per slot, what the walk needs of its instruction, looked up once: (insn, info, the rule
-        # of an instruction that only changes the state, how it changes ``State.precise``, next slot).
-        self.steps = [None if insn is None or info is None else (
-            insn, info, self._plain_rule(info.kind), _precise_rule(insn, info),
-            pc + 2 if info.kind is Kind.LDDW else pc + 1)
-            for pc, (insn, info) in enumerate(zip(self.slots, self.infos, strict=True))]
+        # of an instruction that only changes the state, how it changes ``State.precise``, how
+        # backtracking follows registers through it, next slot).
+        self.steps = self._steps()
 
-    def _plain_rule(self, kind: Kind) -> Step | None:
+    def _steps(self) -> list[Step | None]:
+        # The rules depend on the opcode-table row and the registers only: identical
+        # instructions (most of a long program's) share one lookup.
+        rules: dict[tuple[int, str, int, int, int], tuple[Rule | None, PreciseRule, BackRule | None]] = {}
+        steps: list[Step | None] = []
+        append = steps.append
+        lddw = Kind.LDDW
+        for pc, (insn, info) in enumerate(zip(self.slots, self.infos, strict=True)):
+            if insn is None or info is None:
+                append(None)
+                continue
+            key = (info.opcode, info.variant_field, info.variant, insn.dst, insn.src)
+            got = rules.get(key)
+            if got is None:
+                got = rules[key] = (self._plain_rule(info.kind), _precise_rule(insn, info), _back_rule(insn, info))
+            append((insn, info, *got, pc + 2 if info.kind is lddw else pc + 1))
+        return steps
+
+    def _plain_rule(self, kind: Kind) -> Rule | None:
         """The rule of an instruction that neither jumps nor calls: it changes the state in place."""
         match kind:
             case Kind.ALU:
@@ -458,6 +526,7 @@ class Checker:
         depth_limit = self.budget if back_edges else 1 << 62
         before: list[Reg] | None = None  # the registers before the instruction, for the log
         nframes = 0
+        jcond, may_goto = Kind.JCOND, Kind.MAY_GOTO  # (locals: looked up per instruction)
         while True:
             self.pc = pc
             if pc in prune_points:
@@ -471,7 +540,7 @@ class Checker:
             self.aux = -1
             step = steps[pc]
             assert step is not None
-            insn, info, plain, rule, nxt = step
+            insn, info, plain, rule, _back, nxt = step
             self.processed += 1
             st.depth += 1
             if self.processed > self.watch:
@@ -486,106 +555,111 @@ class Checker:
                 before = list(regs)
                 nframes = len(frames)
             kind = info.kind
-            if plain is not None:
-                plain(st, regs, insn, info)
+            if kind is jcond:  # (first: the kind of most instructions that are not plain)
+                taken, fall = self._branch(st, regs, insn, info)
+                target = targets[pc]
+                node = (pc, self.aux, st.hist)
+                for out in (taken, fall):
+                    if out is not None:
+                        out.hist = node
+                        if out.precise:
+                            out.precise = _precise_after(rule, self.aux, out.precise)
+                if taken is not None and (pc, target) in back_edges:
+                    taken.loop = pc
+                if taken is not None and fall is not None:
+                    if logging:
+                        self._log_step(pc, st, before, nframes)
+                        before = None
+                    parent.branches += 1
+                    self.work.append((target, taken, parent, self.path_log))
+                    st = fall
+                elif taken is not None:
+                    st, nxt = taken, target
+                elif fall is not None:
+                    st = fall
+                else:
+                    self._finish(parent)
+                    return
             else:
-                match kind:
-                    case Kind.LD_ABS | Kind.LD_IND:
-                        if self._lock_held(st) is not None:
-                            self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
-                        held = next((at for ref, at in st.refs if ref >= 0), None)
-                        if held is not None:  # (it may end the program, as a call to a helper would)
-                            self.reject("BPF_LD_[ABS|IND] would lead to reference leak: BPF_LD_[ABS|IND] cannot "
-                                        f"be mixed with socket references (one acquired at insn {held} is held)")
-                        self._legacy_load(regs, insn, info)
-                    case Kind.JA:
-                        nxt = targets[pc]
-                        if (pc, nxt) in back_edges:
-                            st.loop = pc
-                    case Kind.JCOND:
-                        taken, fall = self._branch(st, regs, insn, info)
-                        target = targets[pc]
-                        node = (pc, self.aux, st.hist)
-                        for out in (taken, fall):
-                            if out is not None:
-                                out.hist = node
-                                if out.precise:
-                                    out.precise = _precise_after(rule, self.aux, out.precise)
-                        if taken is not None and (pc, target) in back_edges:
-                            taken.loop = pc
-                        if taken is not None and fall is not None:
-                            if logging:
-                                self._log_step(pc, st, before, nframes)
-                                before = None
-                            parent.branches += 1
-                            self.work.append((target, taken, parent, self.path_log))
-                            st = fall
-                        elif taken is not None:
-                            st, nxt = taken, target
-                        elif fall is not None:
-                            st = fall
-                        else:
-                            self._finish(parent)
-                            return
-                    case Kind.CALL:
-                        if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
-                            self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
-                        self._call_helper(st, regs, insn.imm)
-                        if insn.imm in self.callbacks:
-                            nxt = self._call_back(st, pc, insn.imm)
-                    case Kind.MAY_GOTO:
-                        # Both ways: the run's allowance may be spent or not, whatever came before.
-                        # The allowance bounds the path, not the budget: it need not end within that.
-                        st.depth = st.checkpoint = 0
-                        taken = st.copy()
-                        taken.hist = st.hist = (pc, -1, st.hist)
-                        if (pc, targets[pc]) in back_edges:
-                            taken.loop = pc
-                        parent.branches += 1
-                        self.work.append((targets[pc], taken, parent, self.path_log))
-                    case Kind.CALLX:
-                        target_reg = self._read(regs, insn.dst)
-                        if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
-                            self.reject(f"callx through r{insn.dst}, which does not hold a known helper id")
-                        hid = target_reg.var.value
-                        self._precise(insn.dst)
-                        if hid not in self.signatures:
-                            self.reject(f"call to nonexistent function {hid}")
-                        self._call_helper(st, regs, hid)
-                    case Kind.CALL_LOCAL:
-                        if targets[pc] in self.globals:
-                            self._call_global(st, regs, targets[pc])
-                        else:
-                            self._call_local(st, pc)
+                if plain is not None:
+                    plain(st, regs, insn, info)
+                else:
+                    match kind:
+                        case Kind.LD_ABS | Kind.LD_IND:
+                            if self._lock_held(st) is not None:
+                                self.reject("BPF_LD_[ABS|IND] cannot be used inside bpf_spin_lock-ed region")
+                            held = next((at for ref, at in st.refs if ref >= 0), None)
+                            if held is not None:  # (it may end the program, as a call to a helper would)
+                                self.reject("BPF_LD_[ABS|IND] would lead to reference leak: BPF_LD_[ABS|IND] cannot "
+                                            f"be mixed with socket references (one acquired at insn {held} is held)")
+                            self._legacy_load(regs, insn, info)
+                        case Kind.JA:
                             nxt = targets[pc]
-                    case Kind.EXIT:
-                        if len(st.frames) == 1:
-                            if st.frames[0].entry:
-                                self._exit_global(st, regs)
+                            if (pc, nxt) in back_edges:
+                                st.loop = pc
+                        case Kind.CALL:
+                            if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
+                                self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
+                            self._call_helper(st, regs, insn.imm)
+                            if insn.imm in self.callbacks:
+                                nxt = self._call_back(st, pc, insn.imm)
+                        case Kind.MAY_GOTO:
+                            # Both ways: the run's allowance may be spent or not, whatever came before.
+                            # The allowance bounds the path, not the budget: it need not end within that.
+                            st.depth = st.checkpoint = 0
+                            taken = st.copy()
+                            taken.hist = st.hist = (pc, -1, st.hist)
+                            if (pc, targets[pc]) in back_edges:
+                                taken.loop = pc
+                            parent.branches += 1
+                            self.work.append((targets[pc], taken, parent, self.path_log))
+                        case Kind.CALLX:
+                            target_reg = self._read(regs, insn.dst)
+                            if target_reg.type is not Pt.SCALAR or not target_reg.var.is_const:
+                                self.reject(f"callx through r{insn.dst}, which does not hold a known helper id")
+                            hid = target_reg.var.value
+                            self._precise(insn.dst)
+                            if hid not in self.signatures:
+                                self.reject(f"call to nonexistent function {hid}")
+                            self._call_helper(st, regs, hid)
+                        case Kind.CALL_LOCAL:
+                            if targets[pc] in self.globals:
+                                self._call_global(st, regs, targets[pc])
                             else:
-                                self._exit_main(st, regs)
-                            if logging:
-                                self._log_line(f"{pc}: {self._disasm(pc)}")
-                            self._finish(parent)
-                            return
-                        callsite = st.frames[-1].callsite
-                        caller_info = self.infos[callsite]
-                        if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
-                            if self.slots[callsite].imm in self.async_callers:  # type: ignore[union-attr]
-                                self._async_return(st)  # its path ends here
+                                self._call_local(st, pc)
+                                nxt = targets[pc]
+                        case Kind.EXIT:
+                            if len(st.frames) == 1:
+                                if st.frames[0].entry:
+                                    self._exit_global(st, regs)
+                                else:
+                                    self._exit_main(st, regs)
+                                if logging:
+                                    self._log_line(f"{pc}: {self._disasm(pc)}")
                                 self._finish(parent)
                                 return
-                            nxt = self._callback_return(st, parent)
-                        else:
-                            nxt = self._return(st)
-                    case Kind.CALL_KFUNC:
-                        self.reject("kernel function calls are not supported")
-                    case _:
-                        raise InternalError(f"no rule for {info.kind}")
-            if kind is not Kind.JCOND and kind is not Kind.MAY_GOTO:
-                st.hist = (pc, self.aux, st.hist)
-                if st.precise:
-                    st.precise = _precise_after(rule, self.aux, st.precise)
+                            callsite = st.frames[-1].callsite
+                            caller_info = self.infos[callsite]
+                            if caller_info is not None and caller_info.kind is Kind.CALL:  # a helper called back
+                                if self.slots[callsite].imm in self.async_callers:  # type: ignore[union-attr]
+                                    self._async_return(st)  # its path ends here
+                                    self._finish(parent)
+                                    return
+                                nxt = self._callback_return(st, parent)
+                            else:
+                                nxt = self._return(st)
+                        case Kind.CALL_KFUNC:
+                            self.reject("kernel function calls are not supported")
+                        case _:
+                            raise InternalError(f"no rule for {info.kind}")
+                if kind is not may_goto:
+                    st.hist = (pc, self.aux, st.hist)
+                    precise = st.precise
+                    if precise:
+                        # (_precise_after's first case, without the call: the common one)
+                        need = rule[0]
+                        st.precise = (precise & rule[1] | rule[2] if precise & need == need
+                                      else _precise_after(rule, self.aux, precise))
             if logging:
                 self._log_step(pc, st, before, nframes)
             pc = nxt
@@ -636,15 +710,21 @@ class Checker:
             v = visits[i]
             assert v.state is not None
             done = v.branches == 0
-            if v.kinds is None:
-                v.kinds = kinds_key(v.state)
-            chosen, old_kinds = v.kinds
-            new_kinds = kinds.get(chosen) if len(chosen) == nframes else None
-            if new_kinds is None and len(chosen) == nframes:
-                new_kinds = kinds[chosen] = kinds_key(st, chosen)[1]
-            if new_kinds == old_kinds and (
-                    state_within(v.state, v.shared, st, v.reads, v.precise, v.precise_slots) if done
-                    else state_within(v.state, v.shared, st)):
+            if done:
+                # Kinds first: comparing them rules out most states cheaply. An unfinished visit
+                # (an ancestor: in a loop, usually of the same kinds) is compared exactly at once,
+                # registers first, which rules out the same states (see ``kinds_key``).
+                if v.kinds is None:
+                    v.kinds = kinds_key(v.state)
+                chosen, old_kinds = v.kinds
+                new_kinds = kinds.get(chosen) if len(chosen) == nframes else None
+                if new_kinds is None and len(chosen) == nframes:
+                    new_kinds = kinds[chosen] = kinds_key(st, chosen)[1]
+                within = new_kinds == old_kinds and state_within(v.state, v.shared, st, v.reads, v.precise,
+                                                                 v.precise_slots)
+            else:
+                within = state_within(v.state, v.shared, st)
+            if within:
                 if done:
                     self.pruned += 1
                     v.hits += 1
@@ -771,7 +851,7 @@ class Checker:
         ``node``) back through the path's history, marking the visits of ``visit``'s chain."""
         if not any(regs) and not any(slots):
             return
-        prog_slots, infos = self.slots, self.infos
+        steps = self.steps
         d = len(regs) - 1
         while True:
             while visit is not None and visit.hist is node:
@@ -781,24 +861,25 @@ class Checker:
             if node is None or visit is None:
                 return
             pc, aux, node = node
-            insn, info = prog_slots[pc], infos[pc]
-            assert insn is not None and info is not None
-            dbit, sbit = 1 << insn.dst, 1 << insn.src
+            step = steps[pc]
+            assert step is not None
             live = regs[d]
+            back = step[4]
+            if back is not None:  # registers only: the common case, without the match below
+                if live & back[0]:
+                    live = live & ~back[1] | back[2]
+                regs[d] = live
+                if not live and not any(regs) and not any(slots):
+                    return  # every value followed ends in a constant: the older past never mattered
+                continue
+            insn, info = step[0], step[1]
+            dbit, sbit = 1 << insn.dst, 1 << insn.src
             match info.kind:
-                case Kind.ALU:
-                    if info.op == AluOp.MOV:
-                        if live & dbit:
-                            live &= ~dbit
-                            if info.reg_src:
-                                live |= sbit
-                    elif info.reg_src and live & dbit:
-                        live |= sbit
-                case Kind.MOVSX:
-                    if live & dbit:
-                        live = live & ~dbit | sbit
-                case Kind.LDDW:
-                    live &= ~dbit
+                case Kind.JCOND:
+                    # The branch narrowed its operands (and, through links, their copies) using
+                    # each other's ranges.
+                    if live & (dbit | sbit) or (aux > 0 and (live or any(slots))):
+                        live |= dbit | (sbit if info.reg_src else 0)
                 case Kind.LDX | Kind.LDXSX:
                     if live & dbit:
                         live &= ~dbit
@@ -815,11 +896,6 @@ class Checker:
                                 live |= sbit
                 case Kind.ATOMIC:
                     live &= ~(1 if info.op == AtomicOp.CMPXCHG else sbit if info.op & 1 else 0)
-                case Kind.JCOND:
-                    # The branch narrowed its operands (and, through links, their copies) using
-                    # each other's ranges.
-                    if live & (dbit | sbit) or (aux > 0 and (live or any(slots))):
-                        live |= dbit | (sbit if info.reg_src else 0)
                 case Kind.CALL if insn.imm in self.callbacks:
                     # Rounds of a callback are not followed one by one: all before is precise.
                     self._mark_all(visit)
@@ -842,8 +918,6 @@ class Checker:
                     slots.append(0)
                     d += 1
                     continue
-                case Kind.NEG | Kind.END | Kind.BSWAP | Kind.JA | Kind.MAY_GOTO | Kind.CALL_KFUNC:
-                    pass
                 case _:
                     raise InternalError(f"no rule for {info.kind}")
             regs[d] = live
@@ -902,13 +976,16 @@ class Checker:
             self._dst(d)
         op = info.op
         if info.reg_src:
-            src = self._read(regs, insn.src)
+            src = regs[insn.src]
+            if src.type is Pt.NOT_INIT:
+                self._read(regs, insn.src)  # (rejects: read inline, without the call, most of the time)
         else:
-            if insn.imm == 0 and op in (AluOp.DIV, AluOp.MOD):
+            if insn.imm == 0 and op in DIVISIONS:
                 self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
-            if op in (AluOp.LSH, AluOp.RSH, AluOp.ARSH) and not 0 <= insn.imm < info.width:
+            if op in SHIFTS and not 0 <= insn.imm < info.width:
                 self.reject(f"invalid shift {insn.imm}")  # so is a constant shift beyond the width
-            src = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
+            imm = insn.imm if info.width == 64 else insn.imm & MASK32
+            src = self.constants.get(imm) or self._constant(imm)
         if op == AluOp.MOV:
             if info.width == 64:
                 if info.reg_src and src.type is Pt.SCALAR and not src.var.is_const and not src.id:
@@ -927,17 +1004,21 @@ class Checker:
             else:
                 regs[d] = Reg(Pt.SCALAR, sc.urange(0, MASK32))  # the low half of an address
             return
-        dst = self._read(regs, d)
+        dst = regs[d]
+        if dst.type is Pt.NOT_INIT:
+            self._read(regs, d)  # (rejects)
         if dst.type is Pt.SCALAR and src.type is Pt.SCALAR:
             a, b = dst.var, src.var
-            if op in (AluOp.DIV, AluOp.MOD):
+            if op in DIVISIONS:
                 # The kernel computes no range for a quotient or a remainder, of constants neither:
                 # all 64 bits are unknown, even after a 32-bit operation.
                 regs[d] = UNKNOWN_SCALAR
                 return
             # Constants fold (loop counters), but for shifts by the width or more: those give unknowns.
             if not a.mask and not b.mask and info.width == 64 and (b.value < 64 or op not in sc.SHIFTS):
-                regs[d] = Reg(Pt.SCALAR, sc.const(sc.exact(op, a.value, b.value, 64, info.signed)))
+                # (The opcode table's own expression, as sc.exact gives it: never a division here,
+                # the one kind of operation whose signedness matters.)
+                regs[d] = Reg(Pt.SCALAR, sc.const(alu_function(op, 64)(a.value, b.value)))
                 return
             result = sc.alu_width(op, a, b, info.width, info.signed)
             if dst.id and not dst.off and op == AluOp.ADD and info.width == 64 and not b.mask \
@@ -955,39 +1036,39 @@ class Checker:
         in the kernel's order and words: two pointers, 32 bits, the pointer's type, the operator."""
         op = info.op
         d = insn.dst
-        sym = ALU_SYMBOLS.get(AluOp(op), AluOp(op).name.lower())
         if info.width != 64:
             if self.privileged and op == AluOp.SUB:
                 return Reg(Pt.SCALAR, sc.alu_width(AluOp.MOV, sc.UNKNOWN, sc.UNKNOWN, 32, False))
             self.reject(f"r{d} 32-bit pointer arithmetic prohibited ({AluOp(op).name.lower()}32 on a pointer)")
-        if op == AluOp.SUB and dst.is_pointer and src.is_pointer:
+        dst_pointer, src_pointer = dst.is_pointer, src.is_pointer  # (asked once: a property)
+        if op == AluOp.SUB and dst_pointer and src_pointer:
             return self._pointer_difference(dst, src)
-        if dst.is_pointer and src.is_pointer:
-            self.reject(f"r{d} pointer {sym} pointer prohibited (an unknown pointer)")
-        if op == AluOp.ADD and src.is_pointer:
+        if dst_pointer and src_pointer:
+            self.reject(f"r{d} pointer {_alu_symbol(op)} pointer prohibited (an unknown pointer)")
+        if op == AluOp.ADD and src_pointer:
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
             return self._pointer_add(src, dst.var, False, insn.src)
-        if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src.is_pointer:
+        if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src_pointer:
             self.reject(f"r{d} subtraction from stack pointer prohibited")  # the kernel's rule
-        if op in (AluOp.ADD, AluOp.SUB) and dst.is_pointer:
+        if op in (AluOp.ADD, AluOp.SUB) and dst_pointer:
             if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.src)
             return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
-        ptr = dst if dst.is_pointer else src
+        ptr = dst if dst_pointer else src
         self._arithmetic_allowed(ptr, d)
         if op == AluOp.SUB:
             self.reject(f"r{d} tried to subtract pointer from scalar: r{insn.src} is a pointer, the result an "
                         "unknown pointer")
         if op in (AluOp.AND, AluOp.OR, AluOp.XOR):
-            self.reject(f"r{d} bitwise operator {sym} on pointer prohibited ({ptr})")
-        self.reject(f"r{d} pointer arithmetic with {sym} operator prohibited ({ptr}): the result is no pointer")
+            self.reject(f"r{d} bitwise operator {_alu_symbol(op)} on pointer prohibited ({ptr})")
+        self.reject(f"r{d} pointer arithmetic with {_alu_symbol(op)} operator prohibited ({ptr}): the result is "
+                    "no pointer")
 
     def _arithmetic_allowed(self, ptr: Reg, r: int) -> None:
         """The kernel's pointer types that take no arithmetic at all."""
         t = ptr.type
-        if t in (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, Pt.CONST_PTR_TO_DYNPTR,
-                 *SOCKETS):
+        if t in NO_ARITHMETIC:
             hint = ", null-check it first" if t in POINTER_OR_NULL else ""
             self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
 
@@ -1027,7 +1108,7 @@ class Checker:
             off = ptr.off + (-val if sub else val)
             if not -MAX_OFFSET < off < MAX_OFFSET:
                 self.reject(f"{t.value} pointer offset {off} is not allowed (r{r})")
-            return ptr._replace(off=off)
+            return Reg(t, ptr.var, off, ptr.id, ptr.range, ptr.aux, ptr.ref)  # (what _replace makes, sooner)
         if s.smin == sc.UNKNOWN.smin:
             self.reject(f"math between {t.value} pointer and register with unbounded min value is not allowed "
                         f"(r{r} is {t.value}, the other {s})")
@@ -1161,18 +1242,20 @@ class Checker:
         if not proven:
             self.unproven.add(self.pc)
 
-    @staticmethod
-    def _loaded(size: int, signed: bool) -> Reg:
-        bits = 8 * size
-        if signed:
-            return Reg(Pt.SCALAR, sc.srange(-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
-        return Reg(Pt.SCALAR, sc.urange(0, (1 << bits) - 1))
+    def _loaded(self, size: int, signed: bool) -> Reg:
+        """Any number a load of ``size`` bytes gives (one object per kind of load)."""
+        reg = self.loaded.get((size, signed))
+        if reg is None:
+            bits = 8 * size
+            var = sc.srange(-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else sc.urange(0, (1 << bits) - 1)
+            reg = self.loaded[size, signed] = Reg(Pt.SCALAR, var)
+        return reg
 
     def _access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
                 signed: bool) -> Reg | None:
         """Check one memory access through register ``r``; return the loaded value for reads."""
         t = ptr.type
-        if t is not Pt.PTR_TO_STACK and ptr.is_pointer:
+        if (self.strict_alignment or mode is Access.ATOMIC) and t is not Pt.PTR_TO_STACK and ptr.is_pointer:
             # Atomics are aligned whatever the loader's flags, as in the kernel (packets refuse them).
             self._strict_alignment(ptr, r, off, size, force=mode is Access.ATOMIC and t not in PACKET_KINDS)
         match t:
@@ -1273,6 +1356,8 @@ class Checker:
     @staticmethod
     def _misaligned(ptr: Reg, off: int, size: int, base: int = 0) -> bool:
         """Whether ``base`` + the pointer's offset + ``off`` may not be a multiple of ``size``."""
+        if not ptr.var.mask:  # a fixed offset (a stack slot): its low bits, as the sum below gives them
+            return bool((ptr.var.value + base + ptr.off + off) & (size - 1))
         at = sc.alu(AluOp.ADD, ptr.var, sc.const(base + ptr.off + off), 64)
         return bool((at.value | at.mask) & (size - 1))
 
@@ -1513,11 +1598,14 @@ class Checker:
     # -- branches ------------------------------------------------------------------------------
 
     def _branch(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> tuple[State | None, State | None]:
-        a = self._read(regs, insn.dst)
+        a = regs[insn.dst]
+        if a.type is Pt.NOT_INIT:
+            self._read(regs, insn.dst)  # (rejects)
         if info.reg_src:
             b = self._read(regs, insn.src)
         else:
-            b = self._constant(insn.imm if info.width == 64 else insn.imm & MASK32)
+            imm = insn.imm if info.width == 64 else insn.imm & MASK32
+            b = self.constants.get(imm) or self._constant(imm)
         op = info.op
         if a.type is Pt.SCALAR and b.type is Pt.SCALAR:
             taken, fall = (sc.refine if info.width == 64 else sc.refine32)(op, a.var, b.var)
@@ -1527,7 +1615,7 @@ class Checker:
                 # Decided by the operands' ranges: a state where they differ may go the other way.
                 if info.reg_src:
                     self._precise(insn.dst, insn.src)
-                else:
+                elif ~st.precise >> insn.dst & 1:  # (else followed back already: _precise would find nothing)
                     self._precise(insn.dst)
             if taken is not None and fall is not None:
                 other = st.copy()
@@ -1611,14 +1699,16 @@ class Checker:
             return None  # as the kernel: a pointer that far proves nothing about the packet
         # For `pkt OP end`: which edge proves pkt + off <= end (closed) or < end (open).
         if swapped:
-            op = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}[JmpOp(op)]
+            op = MIRRORED[op]
         k = pkt.off
-        proof = {JmpOp.JGT: (False, k), JmpOp.JGE: (False, k + 1), JmpOp.JLT: (True, k + 1), JmpOp.JLE: (True, k)}
-        on_taken, new_range = proof[JmpOp(op)]
+        proof: dict[int, tuple[bool, int]] = {JmpOp.JGT: (False, k), JmpOp.JGE: (False, k + 1),
+                                              JmpOp.JLT: (True, k + 1), JmpOp.JLE: (True, k)}
+        on_taken, new_range = proof[op]  # (JmpOp members are their ints: no conversion needed)
         new_range = min(new_range, MAX_PACKET_OFF)
         other = st.copy()
         proven = other if on_taken else st
-        proven.replace_linked(pkt.id, (pkt.type,), lambda reg: reg._replace(range=max(reg.range, new_range)))
+        proven.replace_linked(pkt.id, (pkt.type,), lambda reg: Reg(reg.type, reg.var, reg.off, reg.id,
+                                                                   max(reg.range, new_range), reg.aux, reg.ref))
         return other, st
 
     @staticmethod
@@ -2276,9 +2366,11 @@ class Checker:
                 else:
                     frame.stack[-i - 1] = (MISC,) * 8
 
-    def _packet_movers(self) -> frozenset[int]:
+    @functools.cached_property
+    def moves_packet(self) -> frozenset[int]:
         """The functions (by entry) that may move the packet: they call a helper given the
-        context or a tail call, or a function that does (the kernel's changes_pkt_data)."""
+        context or a tail call, or a function that does (the kernel's changes_pkt_data). Found
+        when a function first returns or a global one is called: most programs never ask."""
         moves: set[int] = set()
         calls: dict[int, set[int]] = {}
         for fn in self.flow.functions:

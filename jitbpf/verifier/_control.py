@@ -36,19 +36,23 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     """
     program = flow.program
     n = len(program)
+    may_gotos: list[int] = []
+    call, kfunc, may_goto = Kind.CALL, Kind.CALL_KFUNC, Kind.MAY_GOTO  # (locals: looked up per instruction)
     for pc, insn, info in program:
-        if info.kind is Kind.CALL and insn.imm not in helper_ids and insn.imm != CORE_POISON:
+        kind = info.kind
+        if kind is call and insn.imm not in helper_ids and insn.imm != CORE_POISON:
             raise reject(pc, f"call to nonexistent function {insn.imm}")
-        if info.kind is Kind.CALL_KFUNC:
+        if kind is kfunc:
             raise reject(pc, "kernel function calls are not supported")
+        if kind is may_goto:
+            may_gotos.append(pc)
 
     fn_entry = [0] * n
     for fn in flow.functions:
-        for pc in range(fn.entry, fn.end):
-            fn_entry[pc] = fn.entry
+        fn_entry[fn.entry:fn.end] = [fn.entry] * (fn.end - fn.entry)
 
     # Depth-first search over blocks: finds what is reachable and the edges that close a cycle.
-    succ: dict[int, list[int]] = {b.start: cfg.successors(flow, b) for b in flow.blocks}
+    succ = flow.successor_map
     preds: dict[int, int] = {}
     seen: set[int] = set()
     back_edges: set[tuple[int, int]] = set()
@@ -104,7 +108,7 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     prune = {start for start, count in preds.items() if count > 1}
     prune.update(t for _pc, t in back_edges)
     prune.update(fn.entry for fn in flow.functions)
-    prune.update(pc for pc, _insn, info in program if info.kind is Kind.MAY_GOTO)
+    prune.update(may_gotos)
     merge = {pc for pc in prune if pc not in in_loop}
 
     live = tuple(mask | 1 << FP for mask in cfg.live_in(flow, call_args=arg_masks))  # r10: always
@@ -147,7 +151,7 @@ def _check_call_graph(calls: Mapping[int, set[tuple[int, int]]], max_depth: int,
     visit(0, 1)
 
 
-def _blocks_in_cycles(flow: ControlFlow, succ: Mapping[int, list[int]]) -> set[int]:
+def _blocks_in_cycles(flow: ControlFlow, succ: Mapping[int, tuple[int, ...]]) -> set[int]:
     """Starts of blocks that lie on a cycle (Tarjan's strongly connected components, iteratively)."""
     index: dict[int, int] = {}
     low: dict[int, int] = {}

@@ -52,6 +52,11 @@ class Scalar(NamedTuple):
         return "scalar(" + ", ".join(parts) + ")" if parts else "scalar"
 
 
+# Scalar(...) without the call of NamedTuple's __new__ (which only packs its arguments, defaults
+# included): for the sets made once per instruction.
+_new = tuple.__new__
+
+
 def to_signed(value: int, bits: int = 64) -> int:
     """The two's complement reading of the low ``bits`` bits of ``value``."""
     value &= (1 << bits) - 1
@@ -62,7 +67,7 @@ def const(value: int, bits: int = 64) -> Scalar:
     """The set holding exactly ``value`` (taken modulo 2**bits)."""
     v = value & ((1 << bits) - 1)
     s = v - (1 << bits) if v >> (bits - 1) else v  # to_signed, inline: constants are made per instruction
-    return Scalar(v, 0, v, v, s, s)
+    return _new(Scalar, (v, 0, v, v, s, s, None))
 
 
 def unknown(bits: int = 64) -> Scalar:
@@ -148,6 +153,10 @@ def make(value: int, mask: int, umin: int, umax: int, smin: int, smax: int, bits
     mod = 1 << bits
     mask &= full
     value &= full & ~mask
+    if not mask:  # a constant (a loop counter, a bound): in both ranges, or no integer at all
+        s = value - mod if value & sign else value
+        return _new(Scalar, (value, 0, value, value, s, s, None)) if umin <= value <= umax and smin <= s <= smax \
+            else None
     for _ in range(3):
         # Known bits bound the unsigned range.
         if value > umin:
@@ -334,7 +343,7 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
         return unknown(bits)  # a count that may reach the width: the kernel knows nothing of the result
     if a.mask == 0 and b.mask == 0:
         return const(exact(op, a.value, b.value, bits, signed), bits)
-    top = unknown(bits)
+    top = UNKNOWN if bits == 64 else unknown(bits)
     value, mask = 0, full
     umin, umax, smin, smax = top.umin, top.umax, top.smin, top.smax
     match op:

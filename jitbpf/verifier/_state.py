@@ -316,6 +316,7 @@ def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence
     if ids is not None:
         for held in _locked_ids(old):  # the same refs: the same lock, whose value is linked
             ids.ok(held, held)
+    scalar, not_init = RegType.SCALAR, RegType.NOT_INIT
     # Registers first, innermost frame first: that is where states usually differ.
     for fi in range(len(ofr) - 1, -1, -1):
         of, nf = ofr[fi], nfr[fi]
@@ -329,7 +330,15 @@ def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence
             if o is n:
                 if ids is not None and o.id and not ids.ok(o.id, n.id):
                     return False
-            elif o.type is not RegType.NOT_INIT and not reg_within(o, n, ids, bool(pmask >> r & 1)):
+                continue
+            t = o.type
+            if t is not_init:
+                continue
+            if t is scalar and not o.id and n.type is scalar:
+                # ``reg_within`` of two unlinked scalars, without the call (the common case).
+                if o.range != n.range or o.aux != n.aux or (pmask >> r & 1 and not sc.within(n.var, o.var)):
+                    return False
+            elif not reg_within(o, n, ids, bool(pmask >> r & 1)):
                 return False
     for fi, (of, nf) in enumerate(zip(ofr, nfr, strict=True)):
         ostack, nstack = of.stack, nf.stack
