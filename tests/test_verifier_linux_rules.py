@@ -22,6 +22,9 @@ UNLESS_FOUR = "mov r0, 0\njeq r1, 4, +1\ndiv r0, 0\nexit"
 # r0 = the first byte of the value at the key fp-8 points to, not checked against NULL.
 LOOKUP = "mov r2, r10\nadd r2, -8\nlddw r1, map:A\ncall 1\nldxb r0, [r0+0]\nexit"
 MAYBE_NULL = "invalid mem access 'map_value_or_null'"
+# bpf_csum_diff(r10 + off, 0, fp-8, 8, 0)
+ZERO_SIZE = ("stdw [r10-8], 0\nmov r1, r10\nadd r1, {off}\nmov r2, 0\nmov r3, r10\nadd r3, -8\nmov r4, 8\nmov r5, 0\n"
+             "call 28\nexit")
 
 # (name, program type, program, the kernel's message when it refuses it: None when it accepts)
 VERDICTS: list[tuple[str, str, str, str | None]] = [
@@ -60,6 +63,10 @@ VERDICTS: list[tuple[str, str, str, str | None]] = [
      "ldxw r3, [r1+0]\nstw [r10-8], 0\njeq r3, 0, +1\nstw [r10-8], 5\n" + LOOKUP, MAYBE_NULL),
     ("an array key past the end on a first path", "socket_filter",
      "ldxw r3, [r1+0]\nstw [r10-8], 5\njeq r3, 0, +1\nstw [r10-8], 0\n" + LOOKUP, MAYBE_NULL),
+    # Memory of size zero must still be a place inside the stack: r10 itself is not.
+    ("a zero-size read at the top of the stack", "xdp", ZERO_SIZE.format(off=0),
+     "invalid read from stack R1 off=0 size=0"),
+    ("a zero-size read inside the stack", "xdp", ZERO_SIZE.format(off=-1), None),
     # bpf_tail_call takes a program array only: checked before the map's own helper rules.
     ("a tail call through an array", "socket_filter", "lddw r2, map:A\nmov r3, 0\ncall 12\nmov r0, 0\nexit",
      "expected prog array map for tail call"),

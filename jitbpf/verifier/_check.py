@@ -1740,6 +1740,10 @@ class Checker:
             self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, "
                         f"trusted_ptr_ ({kind.value} argument)")
         if hi_size == 0:
+            if ptr.type is Pt.PTR_TO_STACK:  # no bytes, but still a place inside the stack (the kernel's)
+                lo, hi = self._var_bounds(ptr, r, 0, 0)
+                if lo < STACK_BOTTOM or hi > -1:
+                    self.reject(f"invalid {'write to' if write else 'read from'} stack R{r} off={lo} size=0")
             return
         t = ptr.type
         match t:
