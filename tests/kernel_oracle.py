@@ -10,13 +10,14 @@ import contextlib
 import ctypes
 import os
 import platform
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from jitbpf.isa import LDDW_OPCODE, Instruction, PseudoSrc, decode, encode
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
-BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 3, 5
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
+BPF_PROG_LOAD = 5
 LOG_SIZE = 1 << 20
 
 
@@ -134,6 +135,22 @@ class KernelMapFd:
     def delete(self, key: bytes) -> int:
         return self._elem(BPF_MAP_DELETE_ELEM, key, None)
 
+    def items(self) -> dict[bytes, bytes]:
+        """Every element (key -> value), walked with BPF_MAP_GET_NEXT_KEY."""
+        out: dict[bytes, bytes] = {}
+        size = self.spec.key_size
+        key: bytes | None = None
+        while True:
+            nxt = ctypes.create_string_buffer(size)
+            kbuf = None if key is None else ctypes.create_string_buffer(key, size)
+            attr = _ElemAttr(self.fd, 0, 0 if kbuf is None else ctypes.addressof(kbuf), ctypes.addressof(nxt), 0)
+            if _bpf(BPF_MAP_GET_NEXT_KEY, attr)[0] < 0:
+                return out
+            key = nxt.raw
+            err, value = self.lookup(key, self.spec.value_size)
+            if not err:
+                out[key] = value
+
 
 @contextlib.contextmanager
 def kernel_map(spec: KernelMap) -> Iterator[KernelMapFd]:
@@ -149,9 +166,22 @@ def _relocate(code: bytes, fds: Mapping[int, int]) -> bytes:
         if insn.opcode == LDDW_OPCODE and insn.src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE,
                                                 PseudoSrc.MAP_IDX_VALUE):
             src = PseudoSrc.MAP_FD if insn.src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX) else PseudoSrc.MAP_VALUE
-            insn = replace(insn, src=src, imm=fds[insn.imm])
+            insn = replace(insn, src=src, imm=fds.get(insn.imm, -1))  # no such map: a bad descriptor
         out.append(insn)
     return encode(out)
+
+
+def _load(text: bytes, prog_type: int, expected_attach_type: int = 0, prog_flags: int = 0) -> tuple[int, Verdict]:
+    """BPF_PROG_LOAD: the program's descriptor (negative when refused) and the verifier's verdict."""
+    insns = ctypes.create_string_buffer(text, len(text))
+    license = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(LOG_SIZE)
+    attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(text) // 8, insns=ctypes.addressof(insns),
+                     license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE, log_buf=ctypes.addressof(log),
+                     prog_flags=prog_flags, expected_attach_type=expected_attach_type)
+    fd, err = _bpf(BPF_PROG_LOAD, attr)
+    message = log.value.decode(errors="replace")
+    return fd, Verdict(True, message) if fd >= 0 else Verdict(False, message or os.strerror(err), err)
 
 
 def kernel_verify(code: bytes, prog_type: int, maps: Mapping[int, KernelMap] | None = None,
@@ -159,20 +189,10 @@ def kernel_verify(code: bytes, prog_type: int, maps: Mapping[int, KernelMap] | N
     """Load ``code`` as a program of ``prog_type`` (enum bpf_prog_type; ``prog_flags``: its
     BPF_F_* load flags) and unload it again."""
     with _maps(maps or {}) as fds:
-        text = _relocate(code, fds)
-        insns = ctypes.create_string_buffer(text, len(text))
-        license = ctypes.create_string_buffer(b"GPL")
-        log = ctypes.create_string_buffer(LOG_SIZE)
-        attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(text) // 8, insns=ctypes.addressof(insns),
-                         license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE,
-                         log_buf=ctypes.addressof(log), prog_flags=prog_flags,
-                         expected_attach_type=expected_attach_type)
-        fd, err = _bpf(BPF_PROG_LOAD, attr)
-        message = log.value.decode(errors="replace")
+        fd, verdict = _load(_relocate(code, fds), prog_type, expected_attach_type, prog_flags)
         if fd >= 0:
             os.close(fd)
-            return Verdict(True, message)
-        return Verdict(False, message or os.strerror(err), err)
+        return verdict
 
 
 BPF_PROG_TEST_RUN = 10
@@ -192,25 +212,56 @@ def kernel_run(code: bytes, prog_type: int, packet: bytes) -> int:
     return kernel_run_output(code, prog_type, packet)[0]
 
 
+def _test_run(fd: int, packet: bytes) -> tuple[int, bytes]:
+    data = ctypes.create_string_buffer(packet, len(packet))
+    out = ctypes.create_string_buffer(len(packet) + 512)
+    run = _TestRunAttr(prog_fd=fd, data_size_in=len(packet), data_in=ctypes.addressof(data),
+                       data_size_out=len(out), data_out=ctypes.addressof(out), repeat=1)
+    ret, err = _bpf(BPF_PROG_TEST_RUN, run)
+    if ret < 0:
+        raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
+    return int(run.retval), out.raw[: run.data_size_out]
+
+
 def kernel_run_output(code: bytes, prog_type: int, packet: bytes, expected_attach_type: int = 0) -> tuple[int, bytes]:
     """r0 and the output of one test run (the packet after it; a flow dissector's keys)."""
-    insns = ctypes.create_string_buffer(code, len(code))
-    license = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(LOG_SIZE)
-    attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(code) // 8, insns=ctypes.addressof(insns),
-                     license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE, log_buf=ctypes.addressof(log),
-                     expected_attach_type=expected_attach_type)
-    fd, err = _bpf(BPF_PROG_LOAD, attr)
+    fd, verdict = _load(code, prog_type, expected_attach_type)
     if fd < 0:
-        raise OSError(err, log.value.decode(errors="replace") or os.strerror(err))
+        raise OSError(verdict.errno, verdict.log)
     try:
-        data = ctypes.create_string_buffer(packet, len(packet))
-        out = ctypes.create_string_buffer(len(packet) + 512)
-        run = _TestRunAttr(prog_fd=fd, data_size_in=len(packet), data_in=ctypes.addressof(data),
-                           data_size_out=len(out), data_out=ctypes.addressof(out), repeat=1)
-        ret, err = _bpf(BPF_PROG_TEST_RUN, run)
-        if ret < 0:
-            raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
-        return int(run.retval), out.raw[: run.data_size_out]
+        return _test_run(fd, packet)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class KernelRuns:
+    """A program loaded with its maps and test-run on packets in turn, the maps kept between runs."""
+
+    verdict: Verdict
+    runs: tuple[tuple[int, bytes] | int, ...] = ()  # per packet: (r0, packet after), or the run's errno
+    maps: Mapping[int, dict[bytes, bytes]] = field(default_factory=dict)  # by handle: elements after the runs
+
+
+DUMPABLE = frozenset({1, 2})  # hash and array maps: their elements are compared after the runs
+
+
+def kernel_test_runs(code: bytes, prog_type: int, maps: Mapping[int, KernelMap],
+                     packets: Sequence[bytes]) -> KernelRuns:
+    """Load ``code`` with new ``maps`` (by jitbpf handle) and run it on each of ``packets``."""
+    with _maps(maps) as fds:
+        fd, verdict = _load(_relocate(code, fds), prog_type)
+        if fd < 0:
+            return KernelRuns(verdict)
+        try:
+            runs: list[tuple[int, bytes] | int] = []
+            for packet in packets:
+                try:
+                    runs.append(_test_run(fd, packet))
+                except OSError as exc:
+                    runs.append(exc.errno or 0)
+        finally:
+            os.close(fd)
+        dumps = {handle: KernelMapFd(fds[handle], spec).items() for handle, spec in maps.items()
+                 if spec.map_type in DUMPABLE}
+        return KernelRuns(verdict, tuple(runs), dumps)

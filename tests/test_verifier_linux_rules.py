@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jitbpf.asm import assemble
-from jitbpf.linux.maps import Array
+from jitbpf.linux.maps import Array, BpfMap, HashMap
 from tests import kernel_oracle
 from tests.support import check_verdict, load
 
@@ -18,6 +18,13 @@ PACKET = "ldxw r2, [r1+76]\nldxw r3, [r1+80]\nmov r4, r2\nadd r4, 8\nmov r0, 0\n
 OUT = "mov r0, 0\nout:\nexit"
 # Reaches the division by zero only where the verifier does not know r1 is 4.
 UNLESS_FOUR = "mov r0, 0\njeq r1, 4, +1\ndiv r0, 0\nexit"
+
+# r0 = the first byte of the value at the key fp-8 points to, not checked against NULL.
+LOOKUP = "mov r2, r10\nadd r2, -8\nlddw r1, map:A\ncall 1\nldxb r0, [r0+0]\nexit"
+MAYBE_NULL = "invalid mem access 'map_value_or_null'"
+# bpf_csum_diff(r10 + off, 0, fp-8, 8, 0)
+ZERO_SIZE = ("stdw [r10-8], 0\nmov r1, r10\nadd r1, {off}\nmov r2, 0\nmov r3, r10\nadd r3, -8\nmov r4, 8\nmov r5, 0\n"
+             "call 28\nexit")
 
 # (name, program type, program, the kernel's message when it refuses it: None when it accepts)
 VERDICTS: list[tuple[str, str, str, str | None]] = [
@@ -40,6 +47,26 @@ VERDICTS: list[tuple[str, str, str, str | None]] = [
      "div by zero"),
     ("zeros stored inside a slot", "socket_filter",
      "sth [r10-6], 0\nldxh r1, [r10-6]\nadd r1, 4\n" + UNLESS_FOUR, None),
+    # An array's value at an index known to be in range is never NULL (since Linux 6.14): the key
+    # must be zeros, or a constant stored with the key's size at a slot's start.
+    ("an array value at a known index", "socket_filter", "stw [r10-8], 0\n" + LOOKUP, None),
+    ("an array value at a known index stored inside a slot", "socket_filter",
+     "stw [r10-4], 0\n" + LOOKUP.replace("-8", "-4"), None),
+    ("an array value past the end", "socket_filter", "stw [r10-8], 1\n" + LOOKUP, MAYBE_NULL),
+    ("an array value at an unknown index", "socket_filter", "ldxw r2, [r1+0]\nstxw [r10-8], r2\n" + LOOKUP,
+     MAYBE_NULL),
+    ("an array key of a wider spill", "socket_filter", "stdw [r10-8], 0\n" + LOOKUP, MAYBE_NULL),
+    ("a hash value at a known key", "socket_filter", "stw [r10-8], 0\n" + LOOKUP.replace("map:A", "map:H"),
+     MAYBE_NULL),
+    # A key in range on one path and past the end on the other: the second path is not pruned.
+    ("an array key past the end on a second path", "socket_filter",
+     "ldxw r3, [r1+0]\nstw [r10-8], 0\njeq r3, 0, +1\nstw [r10-8], 5\n" + LOOKUP, MAYBE_NULL),
+    ("an array key past the end on a first path", "socket_filter",
+     "ldxw r3, [r1+0]\nstw [r10-8], 5\njeq r3, 0, +1\nstw [r10-8], 0\n" + LOOKUP, MAYBE_NULL),
+    # Memory of size zero must still be a place inside the stack: r10 itself is not.
+    ("a zero-size read at the top of the stack", "xdp", ZERO_SIZE.format(off=0),
+     "invalid read from stack R1 off=0 size=0"),
+    ("a zero-size read inside the stack", "xdp", ZERO_SIZE.format(off=-1), None),
     # bpf_tail_call takes a program array only: checked before the map's own helper rules.
     ("a tail call through an array", "socket_filter", "lddw r2, map:A\nmov r3, 0\ncall 12\nmov r0, 0\nexit",
      "expected prog array map for tail call"),
@@ -48,15 +75,17 @@ VERDICTS: list[tuple[str, str, str, str | None]] = [
 
 @pytest.mark.parametrize(("name", "prog_type", "text", "message"), VERDICTS, ids=[v[0] for v in VERDICTS])
 def test_verdicts(name: str, prog_type: str, text: str, message: str | None) -> None:
-    maps = [Array(key_size=4, value_size=8, max_entries=1, name="A")] if "map:A" in text else []
+    maps: list[BpfMap] = [Array(key_size=4, value_size=8, max_entries=1, name="A")] if "map:A" in text else []
+    if "map:H" in text:
+        maps.append(HashMap(key_size=4, value_size=8, max_entries=1, name="H"))
     check_verdict(load(text, *maps, prog_type=prog_type), message is None, message)
 
 
 @KERNEL
 @pytest.mark.parametrize(("name", "prog_type", "text", "message"), VERDICTS, ids=[v[0] for v in VERDICTS])
 def test_verdicts_are_the_kernels(name: str, prog_type: str, text: str, message: str | None) -> None:
-    maps = {1: kernel_oracle.KernelMap(2, 4, 8, 1)} if "map:A" in text else {}
-    verdict = kernel_oracle.kernel_verify(assemble(text, maps={"A": 1}), PROG_TYPES[prog_type], maps)
+    maps = {1: kernel_oracle.KernelMap(2, 4, 8, 1), 2: kernel_oracle.KernelMap(1, 4, 8, 1)}
+    verdict = kernel_oracle.kernel_verify(assemble(text, maps={"A": 1, "H": 2}), PROG_TYPES[prog_type], maps)
     assert verdict.accepted is (message is None), verdict.log
     if message is not None:
         assert message in verdict.log

@@ -29,7 +29,6 @@ __all__ = ["FibResult", "FibRoute", "Host", "Interface", "host_helpers"]
 
 AF_INET, AF_INET6 = 2, 10
 OVERFLOW_UID = 65534  # the kernel's overflowuid: the uid of a socket that has none
-CSUM_DIFF_MAX = 512  # bytes of from + to that bpf_csum_diff accepts (the kernel's scratch buffer)
 FIB_LOOKUP_SIZE = 64  # sizeof(struct bpf_fib_lookup)
 FIB_FLAGS = 0x3F  # DIRECT | OUTPUT | SKIP_NEIGH | TBID | SRC | MARK: every flag the kernel defines
 # struct bpf_fib_lookup: family u8, l4_protocol u8, sport, dport (be16), tot_len/mtu_result u16,
@@ -167,17 +166,38 @@ def _scoped(raw: bytes) -> bool:
     return address.is_multicast or address.is_link_local or address.is_loopback
 
 
+def _csum_partial(data: bytes, seed: int) -> int:
+    """x86-64 Linux's ``csum_partial``: little-endian 64-bit words (the last one zero-padded)
+    added with end-around carry to ``seed``, then the halves added the same way."""
+    acc = seed & MASK32
+    for i in range(0, len(data), 8):
+        acc += int.from_bytes(data[i : i + 8].ljust(8, b"\0"), "little")
+        if acc >> 64:
+            acc = (acc & MASK64) + 1
+    halves = (acc >> 32) + (acc & MASK32)
+    return (halves + (halves >> 32)) & MASK32
+
+
+def _fold16(csum: int) -> int:
+    """``csum_from32to16``: the 32-bit sum's halves added with end-around carry."""
+    return ((csum + ((csum >> 16 | csum << 16) & MASK32)) & MASK32) >> 16
+
+
 def csum_diff(old: bytes, new: bytes, seed: int) -> int:
-    """``bpf_csum_diff``: the 32-bit one's complement sum of ``seed``, the complement of each
-    32-bit word of ``old`` and each word of ``new`` (native-endian words, as the kernel)."""
-    total = seed & MASK32
-    for i in range(0, len(old), 4):
-        total += ~int.from_bytes(old[i : i + 4], "little") & MASK32
-    for i in range(0, len(new), 4):
-        total += int.from_bytes(new[i : i + 4], "little")
-    while total >> 32:
-        total = (total & MASK32) + (total >> 32)
-    return total
+    """``bpf_csum_diff`` as Linux 6.12 and later compute it: the one's complement sum of ``seed``
+    and ``new``, minus that of ``old``, folded to 16 bits (so the same on every architecture;
+    earlier kernels returned an unfolded 32-bit sum and refused sizes that are not multiples of 4)."""
+    seed &= MASK32
+    if old and new:
+        csum = _csum_partial(new, seed) + (~_csum_partial(old, 0) & MASK32)  # csum_sub
+        csum = (csum + (csum >> 32)) & MASK32
+    elif new:
+        csum = _csum_partial(new, seed)
+    elif old:
+        csum = ~_csum_partial(old, ~seed & MASK32) & MASK32
+    else:
+        csum = seed
+    return _fold16(csum)
 
 
 def _err(code: int) -> int:
@@ -190,8 +210,6 @@ def host_helpers(memory: Callable[[], MemoryMap], host: Callable[[], Host]) -> l
 
     def csum_diff_helper(src: int, src_size: int, dst: int, dst_size: int, seed: int) -> int:
         src_size, dst_size = src_size & MASK32, dst_size & MASK32
-        if (src_size | dst_size) & 3 or src_size + dst_size > CSUM_DIFF_MAX:
-            return _err(errno.EINVAL)
         mm = memory()
         return csum_diff(mm.read(src, src_size), mm.read(dst, dst_size), seed)
 

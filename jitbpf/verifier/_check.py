@@ -90,6 +90,7 @@ MAX_LINK_OFFSET = (1 << 31) - 1  # largest constant an add may put between linke
 MAX_OFFSET = 1 << 29  # bound on pointer offsets and helper sizes (the kernel's BPF_MAX_VAR_OFF)
 MAX_PACKET_OFF = 0xFFFF  # bound on packet offsets
 # Helper arguments that take memory (which a packet pointer could give), and those pointers.
+ARRAY_LOOKUP = 1  # bpf_map_lookup_elem, whose array values at a known index are never NULL
 MEMORY_ARGS = frozenset({ArgType.KEY, ArgType.VALUE, ArgType.VALUE_OR_NULL, ArgType.UNINIT_VALUE, ArgType.MEM,
                          ArgType.MEM_OR_NULL, ArgType.UNINIT_MEM, ArgType.UNINIT_LONG, ArgType.VALUE_MEM})
 # The special structs of a map value that only helpers may touch: (the map's attribute giving
@@ -103,6 +104,7 @@ ALU_SYMBOLS = {AluOp.ADD: "+=", AluOp.SUB: "-=", AluOp.MUL: "*=", AluOp.DIV: "/=
                AluOp.LSH: "<<=", AluOp.RSH: ">>=", AluOp.NEG: "neg", AluOp.MOD: "%=", AluOp.XOR: "^=",
                AluOp.MOV: "=", AluOp.ARSH: "s>>="}
 DIVISIONS = (AluOp.DIV, AluOp.MOD)  # (a constant: the ALU rule asks per instruction)
+SHIFTS = (AluOp.LSH, AluOp.RSH, AluOp.ARSH)  # whose constant amount must lie within the width
 # An unsigned comparison with its operands swapped (b < a for a > b).
 MIRRORED: dict[int, int] = {JmpOp.JGT: JmpOp.JLT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLT: JmpOp.JGT, JmpOp.JLE: JmpOp.JGE}
 FLOW_KEYS_SIZE = 56  # sizeof(struct bpf_flow_keys)
@@ -980,6 +982,8 @@ class Checker:
         else:
             if insn.imm == 0 and op in DIVISIONS:
                 self.reject("div by zero")  # as the kernel: a constant divisor of 0 is refused at load
+            if op in SHIFTS and not 0 <= insn.imm < info.width:
+                self.reject(f"invalid shift {insn.imm}")  # so is a constant shift beyond the width
             imm = insn.imm if info.width == 64 else insn.imm & MASK32
             src = self.constants.get(imm) or self._constant(imm)
         if op == AluOp.MOV:
@@ -1187,6 +1191,8 @@ class Checker:
             if self.maps is not None and (insn.imm not in self.maps or insn.imm < 0):
                 self.reject(f"lddw refers to map {insn.imm}, which does not exist")
             if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX):
+                if insn.next_imm:  # the second half is a value offset only for the value sources
+                    self.reject("unrecognized bpf_ld_imm64 insn")
                 regs[insn.dst] = Reg(Pt.CONST_PTR_TO_MAP, aux=insn.imm)
                 return
             m = self.maps.get(insn.imm) if self.maps is not None else None
@@ -1441,6 +1447,11 @@ class Checker:
             return self._loaded(size, signed) if mode is Access.READ else None
         if mode is Access.WRITE:
             assert value is not None
+            if value.type is not Pt.SCALAR:  # a pointer's spill, as the kernel allows it
+                if size != 8:
+                    self.reject(f"invalid size of register spill: {size} bytes of a pointer through r{r}")
+                if value.type is Pt.PTR_TO_STACK and ptr.aux != len(st.frames) - 1:
+                    self.reject("cannot spill pointers to stack into stack frame of the caller")
             if size == 8 and start % 8 == 0:
                 frame.stack[start // 8] = value  # spill: the register's full state is kept
             elif value.type is Pt.SCALAR and value.var.is_const and (start % 8 == 0 or value.var.value == 0):
@@ -1729,6 +1740,10 @@ class Checker:
             self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, "
                         f"trusted_ptr_ ({kind.value} argument)")
         if hi_size == 0:
+            if ptr.type is Pt.PTR_TO_STACK:  # no bytes, but still a place inside the stack (the kernel's)
+                lo, hi = self._var_bounds(ptr, r, 0, 0)
+                if lo < STACK_BOTTOM or hi > -1:
+                    self.reject(f"invalid {'write to' if write else 'read from'} stack R{r} off={lo} size=0")
             return
         t = ptr.type
         match t:
@@ -1873,6 +1888,30 @@ class Checker:
         if r0.var != sc.ZERO:
             self.reject(f"At async callback return the register R0 has {r0.var}, should have been in [0, 0]")
 
+    def _constant_key(self, st: State, ptr: Reg, size: int) -> int | None:
+        """The key of ``size`` bytes a stack pointer points at, when the stack holds a known
+        number there: zeros, or a constant spilled by a store of exactly that size at a slot's
+        start (the kernel's two cases). The bytes are then marked precise, so that no state
+        holding another key is pruned by this one."""
+        if ptr.type is not Pt.PTR_TO_STACK or not ptr.var.is_const:
+            return None
+        start = ptr.off + ptr.var.value - STACK_BOTTOM
+        frame = st.frames[ptr.aux]
+        slot = frame.stack[start // 8]
+        if type(slot) is Reg:  # a spill: of exactly the key's size, at the slot's start
+            if start % 8 or slot.type is not Pt.SCALAR or not slot.var.is_const or (slot.range or 8) != size:
+                return None
+            key = slot.var.value
+        else:  # known bytes: zeros anywhere, or what one constant store left at a slot's start
+            data = frame.read_bytes(start, size)
+            if min(data) < 0 or (start % 8 and any(data)):
+                return None
+            key = int.from_bytes(bytes(data), "little")
+        slots = [0] * len(st.frames)
+        slots[ptr.aux] = _slot_mask(start, size)
+        self._backtrack(st.hist, self.visit, [0] * len(st.frames), slots)
+        return key
+
     def _call_helper(self, st: State, regs: list[Reg], hid: int) -> None:
         args, ret = self.signatures[hid]
         if ArgType.SPIN_UNLOCK not in args and self._lock_held(st) is not None:
@@ -1884,6 +1923,7 @@ class Checker:
         released = 0
         cast_ref = 0  # the reference of the socket a pointer cast is given
         alloc_size = 0
+        const_key: int | None = None  # an array lookup's key, when the stack holds a known one
         size_max = MAX_OFFSET  # the largest value of the size argument
         packet_ok = self.context.packet_helpers is None or hid in self.context.packet_helpers
         for i, kind in enumerate(args):
@@ -1932,6 +1972,9 @@ class Checker:
                         continue
                     size = 1 if m is None else m.key_size if kind is ArgType.KEY else m.value_size
                     self._mem_arg(st, regs, r, size, size, ArgType.VALUE if kind is ArgType.VALUE_OR_NULL else kind)
+                    if kind is ArgType.KEY and hid == ARRAY_LOOKUP and m is not None and map_reg.aux >= 0 \
+                            and m.map_type in (MapType.ARRAY, MapType.PERCPU_ARRAY):
+                        const_key = self._constant_key(st, self._read(regs, r), size)
                 case ArgType.UNINIT_LONG:
                     self._mem_arg(st, regs, r, 8, 8, ArgType.UNINIT_MEM)
                     self._aligned_arg(regs, r, 8)
@@ -2040,6 +2083,9 @@ class Checker:
                     regs[0] = Reg(Pt.PTR_TO_SOCKET_OR_NULL, id=ref, ref=ref)
                     st.refs = (*st.refs, (ref, self.pc))
                     self.unchecked_calls.add(self.pc)
+                elif const_key is not None and outer is not None and const_key < outer.max_entries:
+                    # An array's value at a known index in range is never NULL (the kernel's, since 6.14).
+                    regs[0] = Reg(Pt.PTR_TO_MAP_VALUE, aux=map_reg.aux)
                 else:
                     regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
             case RetType.MAP_VALUE:
