@@ -177,10 +177,14 @@ def test_code_by_encoding_is_the_emitted_code(count_budget: bool) -> None:
 
 
 def test_the_encoding_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """It starts over when a compile starts with it full (never in the middle of a program)."""
+    """It starts over when a compile starts with it full (never in the middle of a program), as a
+    new dict: one that a compile on another thread may be using is never emptied under it."""
     monkeypatch.setattr("jitbpf.jit.target._MAX_WORDS", 4)
     asm = Assembler()
+    kept: list[dict[int, bytes]] = []
     for base in (0, 10):
         insns = [Instruction(0x07, 1, 0, 0, base + k) for k in range(6)] + [Instruction(0x95)]  # add r1, k
         assert _compile(X86_64, asm, insns, False) == _compile(_Emitted, asm, insns, False)
-        assert len(_words(asm)) == 6
+        kept.append(_words(asm))
+        assert len(kept[-1]) == 6
+    assert kept[0] is not kept[1] and len(kept[0]) == 6

@@ -247,11 +247,14 @@ class Target(abc.ABC):
         self._classes = self.stencil_classes()
         context = self.stencil_context()
         self._stencils = self.asm.derived.setdefault(("stencils", type(self).__name__, context), {})
-        self._code_by_word, self._branch_by_word = self.asm.derived.setdefault(
-            ("words", type(self).__name__, context), ({}, {}))
-        if len(self._code_by_word) >= _MAX_WORDS:  # no bound on encodings: start over (never mid-program)
-            self._code_by_word.clear()
-            self._branch_by_word.clear()
+        # No bound on encodings: a full cache starts over when a compile starts, as a new pair of
+        # dicts, so that compiles under way on other threads keep theirs. Entries are only ever
+        # added (a branch's offset before its code), so a code found always has its branch.
+        words_key = ("words", type(self).__name__, context)
+        by_word = self.asm.derived.get(words_key)
+        if by_word is None or len(by_word[0]) >= _MAX_WORDS:
+            by_word = self.asm.derived[words_key] = ({}, {})
+        self._code_by_word, self._branch_by_word = by_word
         flow = self.flow
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops and flow.has_back_edges else {}
         self._emit_blocks(flow.blocks, loops, record=True)
@@ -354,9 +357,9 @@ class Target(abc.ABC):
                     if st.branch >= 0:
                         fixups.append((start + st.branch, pc_base | targets[pc]))
                 if not self.looked_around and pc not in local:
-                    code_by_word[word] = bytes(hot[start:])
                     if st.branch >= 0:
                         branch_by_word[word] = st.branch
+                    code_by_word[word] = bytes(hot[start:])
             pc_off[first] = placed  # the first instruction's entry above is the block's
 
     def _learn(self, key: StencilKey, pc: int, insn: Instruction, info: OpInfo) -> None:
