@@ -9,7 +9,19 @@ from dataclasses import dataclass, field
 
 from jitbpf.contract import ARG_REGS, CALLBACK_HELPER_IDS
 from jitbpf.errors import InternalError, VerifierError
-from jitbpf.isa import ATOMIC_FETCH, FP, AluOp, AtomicOp, Instruction, Kind, OpInfo, Program, PseudoSrc
+from jitbpf.isa import (
+    ATOMIC_FETCH,
+    FP,
+    OPCODES,
+    AluOp,
+    AtomicOp,
+    Instruction,
+    Kind,
+    OpInfo,
+    Program,
+    PseudoSrc,
+    opcode_mask,
+)
 
 DEFAULT_MAX_INSNS = 1_000_000  # the kernel's program size limit, in slots
 
@@ -243,7 +255,9 @@ def live_after(flow: ControlFlow, pcs: Iterable[int]) -> dict[int, int]:
 def writes_fp(program: Program) -> bool:
     """Whether an instruction may change r10 (a verified program never does; unchecked ones can),
     so that engines know if ``[r10+off]`` always lies in the current stack frame."""
-    for insn, info in zip(program.slots, program.infos, strict=True):
+    slots, infos = program.slots, program.infos
+    for pc in program.find_slots(_FP_WRITERS, naming_fp=True):  # the few that could
+        insn, info = slots[pc], infos[pc]
         if insn is None or info is None:
             continue
         # Kinds that write their dst write r10 when it is dst; any other kind can only write it
@@ -265,6 +279,8 @@ _WRITES_R0 = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_KFUNC, Kind.LD_ABS, Kin
 # Enum members as constants for register_writes, which runs once per instruction in several
 # passes (class attribute lookups of enum members are slow).
 _ATOMIC, _CALL_LOCAL, _CMPXCHG = Kind.ATOMIC, Kind.CALL_LOCAL, int(AtomicOp.CMPXCHG)
+# Opcodes of the kinds that may write a register the instruction names (dst, or src for atomics).
+_FP_WRITERS = opcode_mask(row.opcode for row in OPCODES if row.kind in _WRITES_DST or row.kind is _ATOMIC)
 
 
 def jump_target(pc: int, insn: Instruction, info: OpInfo) -> int:

@@ -3,10 +3,12 @@ one opcode table that the assembler, disassembler, interpreter, verifier and JIT
 
 from __future__ import annotations
 
+import array
 import enum
 import functools
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -554,6 +556,8 @@ class Program:
     insns: tuple[Instruction, ...]  # in order, one per instruction
     slots: tuple[Instruction | None, ...]  # indexed by pc
     infos: tuple[OpInfo | None, ...]  # opcode-table row per slot (None for lddw's second slot)
+    # Each slot's 64 bits as encoded (little-endian), for caches keyed by an instruction's encoding.
+    words: array.array[int] = field(compare=False, repr=False)
 
     @classmethod
     def from_bytes(cls, code: bytes | bytearray | memoryview) -> Program:
@@ -567,7 +571,7 @@ class Program:
             if info.kind is Kind.LDDW:
                 slots.append(None)
                 infos.append(None)
-        return cls(tuple(insns), tuple(slots), tuple(infos))
+        return cls(tuple(insns), tuple(slots), tuple(infos), _words(code))
 
     @classmethod
     def from_instructions(cls, insns: Sequence[Instruction]) -> Program:
@@ -579,7 +583,7 @@ class Program:
             if insn.width == 2:
                 slots.append(None)
                 infos.append(None)
-        return cls(tuple(insns), tuple(slots), tuple(infos))
+        return cls(tuple(insns), tuple(slots), tuple(infos), _words(encode(insns)))
 
     def __len__(self) -> int:
         """Length in slots."""
@@ -595,6 +599,41 @@ class Program:
 
     def to_bytes(self) -> bytes:
         return encode(self.insns)
+
+    def find_slots(self, opcodes: bytes, *, naming_fp: bool = False) -> list[int]:
+        """The slots whose opcode ``opcodes`` marks (a table from ``opcode_mask``), and with
+        ``naming_fp`` that name r10 as dst or src: found in C, for passes that need to look at
+        few of a program's instructions. (An lddw's second slot has opcode 0, which none has.)"""
+        encoded = array.array("Q", self.words)
+        if sys.byteorder != "little":
+            encoded.byteswap()
+        data = encoded.tobytes()
+        marks = data[0::SLOT_SIZE].translate(opcodes)
+        if naming_fp:
+            both = int.from_bytes(marks, "little") & int.from_bytes(data[1::SLOT_SIZE].translate(_NAMES_FP), "little")
+            marks = both.to_bytes(len(marks), "little")
+        found = []
+        at = marks.find(1)
+        while at >= 0:
+            found.append(at)
+            at = marks.find(1, at + 1)
+        return found
+
+
+def opcode_mask(opcodes: Iterable[int]) -> bytes:
+    """The table of ``Program.find_slots`` that marks ``opcodes``."""
+    wanted = set(opcodes)
+    return bytes(int(i in wanted) for i in range(256))
+
+
+_NAMES_FP = bytes(int(b & 0xF == FP or b >> 4 == FP) for b in range(256))  # by registers byte: dst or src is r10
+
+
+def _words(code: bytes | bytearray | memoryview) -> array.array[int]:
+    words = array.array("Q", bytes(code))
+    if sys.byteorder != "little":
+        words.byteswap()
+    return words
 
 
 def sign_extend(value: int, bits: int) -> int:

@@ -36,20 +36,25 @@ def shared() -> Assembler:
     return Assembler()
 
 
-def _compile(target: type[X86_64], asm: Assembler, insns: list[Instruction], proven: bool) -> CompiledCode:
+def _compile(target: type[X86_64], asm: Assembler, insns: list[Instruction], proven: bool,
+             count_budget: bool = True) -> CompiledCode:
     with VM(insns, verify=False) as vm:
         accesses = frozenset(pc for pc, _insn, info in vm.program if info.kind in _ACCESSES)
         options = CompileOptions(vm.resolve_lddw, accesses if proven else frozenset(), _TABLE,
-                                 count_budget=True, contained=True)
+                                 count_budget=count_budget, contained=True)
         return target(asm, vm.flow, options).compile()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
-@given(programs(), st.booleans())
-def test_stencilled_code_is_the_emitted_code(shared: Assembler, insns: list[Instruction], proven: bool) -> None:
-    for _ in range(2):  # the first compile learns this program's new classes, the second uses them
-        assert _compile(X86_64, shared, insns, proven) == _compile(_Emitted, shared, insns, proven)
+@given(programs(), st.booleans(), st.booleans())
+def test_stencilled_code_is_the_emitted_code(shared: Assembler, insns: list[Instruction], proven: bool,
+                                             count_budget: bool) -> None:
+    # The first compile learns this program's new classes and encodings, the second uses them
+    # (without a budget charge, whole runs of blocks at once).
+    for _ in range(2):
+        assert (_compile(X86_64, shared, insns, proven, count_budget)
+                == _compile(_Emitted, shared, insns, proven, count_budget))
 
 
 # Values on both sides of every boundary the emitters test: imm8/imm32 forms, zero, sign, shift
@@ -137,3 +142,49 @@ def test_the_stencil_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     insns = [Instruction(0x37, 1, 0, 0, k) for k in range(3, 40)] + [Instruction(0x95)]  # div r1, k
     assert _compile(X86_64, asm, insns, False) == _compile(_Emitted, asm, insns, False)
     assert len(asm.derived[("stencils", "X86_64", (True, True))]) <= 8
+
+
+def _words(asm: Assembler) -> dict[int, bytes]:
+    code: dict[int, bytes] = asm.derived[("words", "X86_64", (True, True))][0]
+    return code
+
+
+def test_code_is_kept_by_encoding() -> None:
+    """An instruction whose class depends on its encoding alone is kept by it; one whose class
+    looks at its neighbour (a 64-bit register move may start an extension) or at a proof is not."""
+    asm = Assembler()
+    insns = [Instruction(0x07, 1, 0, 0, 5), Instruction(0xBF, 2, 1), Instruction(0x61, 0, 10, -4),  # add, mov, ldxw
+             Instruction(0x95)]
+    words = VM(insns, verify=False).program.words
+    _compile(X86_64, asm, insns, True, count_budget=False)
+    assert set(_words(asm)) == {words[0]}  # the mov looked around, the load was proven
+    _compile(X86_64, asm, insns, False, count_budget=False)
+    assert set(_words(asm)) == {words[0], words[2]}
+
+
+@pytest.mark.parametrize("count_budget", [True, False])
+def test_code_by_encoding_is_the_emitted_code(count_budget: bool) -> None:
+    """Programs that share encodings with one compiled before (runs of known blocks between
+    unknown ones, a jump among them) compile as without stencils."""
+    asm = Assembler()
+    first = [Instruction(0x07, 1, 0, 0, 5), Instruction(0x15, 1, 0, 1, 7), Instruction(0x07, 2, 0, 0, 1),
+             Instruction(0xB7, 0, 0, 0, 0), Instruction(0x95)]  # add; jeq r1, 7, +1; add; mov r0, 0; exit
+    second = [first[0], Instruction(0x07, 3, 0, 0, 9), *first[1:3], Instruction(0x18, 4, 0, 0, 1, 2),
+              *first[3:]]  # with an unknown add and an lddw
+    for insns in (first, second, first):
+        assert (_compile(X86_64, asm, insns, False, count_budget)
+                == _compile(_Emitted, asm, insns, False, count_budget))
+
+
+def test_the_encoding_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It starts over when a compile starts with it full (never in the middle of a program), as a
+    new dict: one that a compile on another thread may be using is never emptied under it."""
+    monkeypatch.setattr("jitbpf.jit.target._MAX_WORDS", 4)
+    asm = Assembler()
+    kept: list[dict[int, bytes]] = []
+    for base in (0, 10):
+        insns = [Instruction(0x07, 1, 0, 0, base + k) for k in range(6)] + [Instruction(0x95)]  # add r1, k
+        assert _compile(X86_64, asm, insns, False) == _compile(_Emitted, asm, insns, False)
+        kept.append(_words(asm))
+        assert len(kept[-1]) == 6
+    assert kept[0] is not kept[1] and len(kept[0]) == 6

@@ -21,7 +21,7 @@ from jitbpf.cfg import ControlFlow, writes_fp
 from jitbpf.contract import CALLBACK_HELPER_IDS, CallbackKind
 from jitbpf.errors import BpfError, JitError
 from jitbpf.helpers import POINTER_ARGS, ArgType, Helper
-from jitbpf.isa import FP, MASK64, Instruction, Kind, PseudoSrc, sign_extend
+from jitbpf.isa import FP, MASK64, OPCODES, Instruction, Kind, PseudoSrc, opcode_mask, sign_extend
 from jitbpf.jit.encoding import Assembler, default_cache
 from jitbpf.jit.execmem import ExecutableMemory
 from jitbpf.jit.runtime import (
@@ -54,6 +54,7 @@ _UNCHECKED_ARGS = frozenset({ArgType.ANYTHING})  # even the verifier does not ch
 _GATE_POLL = 50e-6  # seconds between looks at a closing program's native runs
 _MAX_NAMES = 1024  # region names kept for errors (forgotten all at once past this)
 _NOTABLE = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.LDDW})  # kinds the runner asks about
+_NOTABLE_OPCODES = opcode_mask(row.opcode for row in OPCODES if row.kind in _NOTABLE)
 
 
 def _closed(*_args: Any) -> int:
@@ -172,10 +173,10 @@ class JitProgram:
         # One pass over the program gathers what the runner needs to know about it.
         by_kind: dict[Kind, list[tuple[int, Instruction]]] = {}
         slots, infos = flow.program.slots, flow.program.infos
-        # Most programs have few of these: the pass that finds them looks at the rows alone.
-        for pc in [pc for pc, info in enumerate(infos) if info is not None and info.kind in _NOTABLE]:
+        # Most programs have few of these: the pass that finds them looks at the opcodes alone.
+        for pc in flow.program.find_slots(_NOTABLE_OPCODES):
             insn, info = slots[pc], infos[pc]
-            if insn is not None and info is not None:
+            if insn is not None and info is not None and info.kind in _NOTABLE:
                 by_kind.setdefault(info.kind, []).append((pc, insn))
         helper_calls = by_kind.get(Kind.CALL, [])
         self._kinds = frozenset(by_kind)

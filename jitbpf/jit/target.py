@@ -4,11 +4,13 @@ instruction to the target's emitter, keeps labels and branch fixups, links, and 
 from __future__ import annotations
 
 import abc
+import bisect
 import enum
+import itertools
 import struct
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from jitbpf.cfg import Block, ControlFlow
 from jitbpf.contract import CallbackKind
@@ -30,6 +32,7 @@ _EMITTERS = (
     (Kind.LD_IND, "emit_packet_load"), (Kind.CALL_KFUNC, "emit_kfunc"), (Kind.MAY_GOTO, "emit_may_goto"),
 )
 _MAX_STENCILS = 1 << 16  # stencil classes kept per context
+_MAX_WORDS = 1 << 17  # instruction encodings whose code is kept per context (at most this plus one program's)
 _TAG = 40  # bits of a section offset; the section (or label kind) sits above them
 _OFFSET_MASK = (1 << _TAG) - 1
 
@@ -197,6 +200,18 @@ class Target(abc.ABC):
         # context is known only once its own constructor has run.
         self._classes: dict[Kind, Callable[[int, Instruction, OpInfo], StencilKey | None]] = {}
         self._stencils: dict[Hashable, Stencil | None] = {}
+        # The code of instructions by their 64-bit encoding, where their class is a function of
+        # the encoding alone (most instructions of most programs): a lookup instead of classifying
+        # and patching, and runs of such instructions copied at once. Their branch field's offset
+        # by encoding too (for those with one).
+        self._code_by_word: dict[int, bytes] = {}
+        self._branch_by_word: dict[int, int] = {}
+        # Set by a classifier whose class depends on more than the instruction's own encoding
+        # (its neighbours): such an instruction's code is never kept by its encoding.
+        self.looked_around = False
+        # Slots whose code depends on more than their encoding and the context (proofs; while a
+        # versioned loop is emitted, its facts and redirected jumps too): never found by encoding.
+        self._local: Set[int] = options.proven | options.probe_loads
 
     # -- hooks a target implements ---------------------------------------------------------------
 
@@ -231,7 +246,16 @@ class Target(abc.ABC):
 
     def compile(self) -> CompiledCode:
         self._classes = self.stencil_classes()
-        self._stencils = self.asm.derived.setdefault(("stencils", type(self).__name__, self.stencil_context()), {})
+        context = self.stencil_context()
+        self._stencils = self.asm.derived.setdefault(("stencils", type(self).__name__, context), {})
+        # No bound on encodings: a full cache starts over when a compile starts, as a new pair of
+        # dicts, so that compiles under way on other threads keep theirs. Entries are only ever
+        # added (a branch's offset before its code), so a code found always has its branch.
+        words_key = ("words", type(self).__name__, context)
+        by_word = self.asm.derived.get(words_key)
+        if by_word is None or len(by_word[0]) >= _MAX_WORDS:
+            by_word = self.asm.derived[words_key] = ({}, {})
+        self._code_by_word, self._branch_by_word = by_word
         flow = self.flow
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops and flow.has_back_edges else {}
         self._emit_blocks(flow.blocks, loops, record=True)
@@ -239,21 +263,58 @@ class Target(abc.ABC):
         self.prepend(self.emit_entries)
         return self.link()
 
-    def _emit_blocks(self, blocks: Iterable[Block], loops: Mapping[int, LoopPlan], *, record: bool) -> None:
+    def quiet_block_entry(self) -> bool:
+        """Whether ``emit_block_entry`` emits nothing in this program (then runs of blocks whose
+        instructions are all known by encoding are copied at once)."""
+        return False
+
+    def _emit_blocks(self, blocks: Sequence[Block], loops: Mapping[int, LoopPlan], *, record: bool) -> None:
         """Each block's budget charge and instructions, or its versioned loop (``loops``, by first
-        slot): the compile loop. An instruction's code is a copy of its class's stencil, patched,
-        where there is one; else (and for the first of a class, which learns it) its emitter's.
+        slot): the compile loop. An instruction's code is the code of its encoding met before,
+        or a copy of its class's stencil, patched, where there is one; else (and for the first of
+        a class, which learns it) its emitter's.
 
         With ``record``, the pcs map to this copy: a block's first slot to where the block starts
         (unless it was placed before: a loop's range check), the others to their own code."""
+        if not blocks:
+            return
         program, targets, retarget = self.flow.program, self.flow.targets, self.retarget
-        slots, infos = program.slots, program.infos
+        slots, infos, words = program.slots, program.infos, program.words
         hot, fixups, pc_off = self.hot, self.fixups, self.pc_off
         classes, stencils, emitters = self._classes, self._stencils, self._emitters
+        code_by_word, branch_by_word = self._code_by_word, self._branch_by_word
         block_entry, learn, pc_base = self.emit_block_entry, self._learn, _PC_BASE
+        local = self._local | self.unchecked | retarget.keys() if self.unchecked or retarget else self._local
         offsets: list[int] | dict[int, int] = pc_off if record else {}  # a copy that is not recorded
-        for block in blocks:
+        # Runs of whole blocks whose every slot is known by encoding (none local, no loop) are
+        # copied with one join, their offsets summed up in C: when block entries emit nothing.
+        lo, hi = blocks[0].start, blocks[-1].end
+        runs = record and not retarget and self.quiet_block_entry()
+        if runs:
+            known: list[bytes | None] = [*map(code_by_word.get, words[lo:hi]), None]  # None ends each run
+            for pc in itertools.chain(local, loops):
+                if lo <= pc < hi:
+                    known[pc - lo] = None
+            starts = [b.start for b in blocks]
+        nblocks, index = len(blocks), 0
+        while index < nblocks:
+            block = blocks[index]
             first = block.start
+            if runs and known[first - lo] is not None:
+                stop = known.index(None, first - lo) + lo
+                after = nblocks if stop >= hi else bisect.bisect_right(starts, stop, index) - 1
+                if after > index:
+                    end = blocks[after - 1].end
+                    run = cast("list[bytes]", known[first - lo:end - lo])
+                    start = len(hot)
+                    pc_off[first:end] = itertools.accumulate(map(len, run[:-1]), initial=start)
+                    hot += b"".join(run)
+                    fixups += [(pc_off[pc] + branch_by_word[words[pc]], pc_base | targets[pc])
+                               for pc in itertools.compress(range(first, end),
+                                                            map(branch_by_word.__contains__, words[first:end]))]
+                    index = after
+                    continue
+            index += 1
             if record and pc_off[first] < 0:
                 pc_off[first] = len(hot)
             if loops and (plan := loops.get(first)) is not None:
@@ -264,18 +325,30 @@ class Target(abc.ABC):
             redirected = block.last if retarget and block.last in retarget else -1
             block_entry(block)
             for pc in range(first, block.end):
+                start = len(hot)
+                word = words[pc]
+                code = code_by_word.get(word)
+                if code is not None and pc not in local and pc != redirected:
+                    offsets[pc] = start
+                    if word in branch_by_word:
+                        fixups.append((start + branch_by_word[word], pc_base | targets[pc]))
+                    hot += code
+                    continue
                 insn, info = slots[pc], infos[pc]
                 if insn is None or info is None:
                     continue  # the second slot of an lddw
-                start = len(hot)
                 offsets[pc] = start
                 kind = info.kind
                 classify = classes.get(kind)
+                self.looked_around = False
                 key = classify(pc, insn, info) if classify is not None and pc != redirected else None
                 if key is None or (st := stencils.get(key, _UNSEEN)) is None:
                     emitters[kind](pc, insn, info)
-                elif st is _UNSEEN:
+                    continue
+                if st is _UNSEEN:
                     learn(key, pc, insn, info)
+                    if (st := stencils[key]) is None:
+                        continue
                 else:
                     hot += st.code
                     if st.imm_at >= 0:
@@ -284,6 +357,10 @@ class Target(abc.ABC):
                         st.off_pack.pack_into(hot, start + st.off_at, insn.off & st.off_mask)
                     if st.branch >= 0:
                         fixups.append((start + st.branch, pc_base | targets[pc]))
+                if not self.looked_around and pc not in local:
+                    if st.branch >= 0:
+                        branch_by_word[word] = st.branch
+                    code_by_word[word] = bytes(hot[start:])
             pc_off[first] = placed  # the first instruction's entry above is the block's
 
     def _learn(self, key: StencilKey, pc: int, insn: Instruction, info: OpInfo) -> None:

@@ -213,6 +213,7 @@ class X86_64(Target):
         if info.reg_src:
             # Only a 64-bit mov can start an extension: the others need not look at their neighbours.
             if info.op == _MOV and info.width == 64:
+                self.looked_around = True
                 extension = self._extension_move(pc, insn, info)
                 if extension is not None:
                     return insn.opcode, info.variant, insn.dst, insn.src, extension, imm, insn.off
@@ -223,6 +224,7 @@ class X86_64(Target):
             elif aop == _MOV and imm:
                 cls = _I32 if imm > 0 or info.width == 32 else _N32
             elif aop in _SHIFTS and 0 < imm < info.width:
+                self.looked_around = imm == 32
                 pair = self._extension_pair(pc, insn, info) if imm == 32 else None
                 if pair is None:
                     cls = _COUNT
@@ -257,6 +259,7 @@ class X86_64(Target):
         imm = insn.imm
         if info.reg_src:
             return insn.opcode, info.variant, insn.dst, insn.src, imm, _ABSENT
+        self.looked_around = not imm
         if not imm and self._flags_hold(pc, insn, info):  # (only a test against 0 can use the flags)
             # No compare: the ALU op before set the flags.
             return insn.opcode, info.variant, insn.dst, insn.src, "flags", imm, _ABSENT
@@ -507,6 +510,9 @@ class X86_64(Target):
             self.op(("pop", reg))
         self.op(("ret",))
         return to_run
+
+    def quiet_block_entry(self) -> bool:
+        return not self.options.count_budget
 
     def emit_block_entry(self, block: Block) -> None:
         self._block_start = block.start
