@@ -18,7 +18,7 @@ from jitbpf.contract import (
     function_address,
     scratch_args,
 )
-from jitbpf.errors import AccessError, BpfError, ExecutionError, JitError, VerifierError
+from jitbpf.errors import AccessError, BpfError, ExecutionError, VerifierError
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
 from jitbpf.isa import CORE_POISON, FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
@@ -588,7 +588,7 @@ class VM(ProgramRunners):
 
     def _ensure_open(self) -> None:
         if self._closed:
-            raise JitError("the VM is closed")
+            raise ExecutionError("the VM is closed")  # a run of either engine, refused
 
     @property
     def closed(self) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from jitbpf.asm import assemble
-from jitbpf.errors import BudgetExceeded, ExecutionError, JitError
+from jitbpf.errors import BudgetExceeded, ExecutionError
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux.maps import PerCpuArray, num_cpus
 from jitbpf.vm import VM
@@ -262,7 +262,7 @@ def test_bare_runs_report_errors_and_real_error_results() -> None:
     assert [vm.execute_jit() for vm in two * 3] == [0, 1] * 3  # bindings of two programs coexist
     for vm in two:
         vm.close()
-        with pytest.raises(JitError):
+        with pytest.raises(ExecutionError, match="closed"):
             vm.execute_jit()
 
 

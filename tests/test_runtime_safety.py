@@ -379,3 +379,15 @@ def test_a_view_of_map_values_outlives_the_map(make: str, view: str) -> None:
         print(bytes(v))
     """)
     assert out == repr(b"\x07" + bytes(7)) + "\n"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_closed_vm_refuses_to_run_with_an_execution_error(engine: str) -> None:
+    """A run of a closed VM is refused as a run-time failure, in either engine and runner."""
+    vm = load("mov r0, 2\nexit", prog_type="xdp")
+    vm.jit_compile()
+    vm.close()
+    with pytest.raises(ExecutionError, match="the VM is closed"):
+        vm.run_xdp(b"\0" * 14, engine=engine)
+    with pytest.raises(ExecutionError, match="the VM is closed"):
+        vm.run_batch([b"\0" * 14], engine=engine)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from jitbpf._ffi import ffi
 from jitbpf._native import Native, native
-from jitbpf.errors import BpfError, ExecutionError, JitError
+from jitbpf.errors import BpfError, ExecutionError
 from jitbpf.jit.runtime import ERROR_RESULT
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def run_items(state: ProgramState, b: Binding, template: bytes, derive: int, ite
             register(state, b)
             continue
         if done < 0:
-            raise JitError("the VM is closed")
+            raise ExecutionError("the VM is closed")  # a run of either engine, refused
         start = done
         if start < hi:
             _finish_input(b, results, start - lo, start, outcome)
