@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -53,7 +54,42 @@ class _ProgAttr(ctypes.Structure):
                 ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
                 ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
                 ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
-                ("expected_attach_type", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 64))
+                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("func_info_cnt", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 44))
+
+
+class _BtfAttr(ctypes.Structure):
+    _fields_ = (("btf", ctypes.c_uint64), ("btf_log_buf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32),
+                ("btf_log_size", ctypes.c_uint32), ("btf_log_level", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 100))
+
+
+BPF_BTF_LOAD = 18
+BTF_KIND_INT, BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO = 1, 12, 13
+
+
+def func_btf(entries: Sequence[int]) -> tuple[bytes, bytes]:
+    """A BTF blob naming one static function ``int f<i>(void)`` per entry slot, and the func_info
+    records that place them: what the kernel asks of any program whose code takes a function's
+    address (a callback), and what a compiler would have emitted."""
+    strings = b"\0int\0" + b"".join(f"f{i}".encode() + b"\0" for i in range(len(entries)))
+    types = struct.pack("<IIII", 1, BTF_KIND_INT << 24, 4, (1 << 24) | 32)  # [1] int: signed, 32 bits
+    types += struct.pack("<III", 0, BTF_KIND_FUNC_PROTO << 24, 1)  # [2] int (void)
+    name = 5
+    for i in range(len(entries)):  # [3 + i] static f<i> of type [2]
+        types += struct.pack("<III", name, BTF_KIND_FUNC << 24, 2)
+        name += len(f"f{i}") + 1
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    records = b"".join(struct.pack("<II", entry, 3 + i) for i, entry in enumerate(entries))
+    return header + types + strings, records
+
+
+def _load_btf(blob: bytes) -> int:
+    data = ctypes.create_string_buffer(blob, len(blob))
+    fd, err = _bpf(BPF_BTF_LOAD, _BtfAttr(btf=ctypes.addressof(data), btf_size=len(blob)))
+    if fd < 0:
+        raise OSError(err, f"BPF_BTF_LOAD: {os.strerror(err)}")
+    return fd
 
 
 def _libc() -> ctypes.CDLL:
@@ -171,15 +207,28 @@ def _relocate(code: bytes, fds: Mapping[int, int]) -> bytes:
     return encode(out)
 
 
-def _load(text: bytes, prog_type: int, expected_attach_type: int = 0, prog_flags: int = 0) -> tuple[int, Verdict]:
-    """BPF_PROG_LOAD: the program's descriptor (negative when refused) and the verifier's verdict."""
+def _load(text: bytes, prog_type: int, expected_attach_type: int = 0, prog_flags: int = 0,
+          functions: Sequence[int] = ()) -> tuple[int, Verdict]:
+    """BPF_PROG_LOAD: the program's descriptor (negative when refused) and the verifier's verdict.
+    ``functions``: the entry slots of its functions (main first), described by BTF (see func_btf)."""
     insns = ctypes.create_string_buffer(text, len(text))
     license = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(LOG_SIZE)
     attr = _ProgAttr(prog_type=prog_type, insn_cnt=len(text) // 8, insns=ctypes.addressof(insns),
                      license=ctypes.addressof(license), log_level=1, log_size=LOG_SIZE, log_buf=ctypes.addressof(log),
                      prog_flags=prog_flags, expected_attach_type=expected_attach_type)
-    fd, err = _bpf(BPF_PROG_LOAD, attr)
+    btf_fd = -1
+    if functions:
+        blob, records = func_btf(functions)
+        btf_fd = _load_btf(blob)
+        info = ctypes.create_string_buffer(records, len(records))
+        attr.prog_btf_fd, attr.func_info_rec_size = btf_fd, 8
+        attr.func_info, attr.func_info_cnt = ctypes.addressof(info), len(functions)
+    try:
+        fd, err = _bpf(BPF_PROG_LOAD, attr)
+    finally:
+        if btf_fd >= 0:
+            os.close(btf_fd)
     message = log.value.decode(errors="replace")
     return fd, Verdict(True, message) if fd >= 0 else Verdict(False, message or os.strerror(err), err)
 
@@ -247,10 +296,11 @@ DUMPABLE = frozenset({1, 2})  # hash and array maps: their elements are compared
 
 
 def kernel_test_runs(code: bytes, prog_type: int, maps: Mapping[int, KernelMap],
-                     packets: Sequence[bytes]) -> KernelRuns:
-    """Load ``code`` with new ``maps`` (by jitbpf handle) and run it on each of ``packets``."""
+                     packets: Sequence[bytes], functions: Sequence[int] = ()) -> KernelRuns:
+    """Load ``code`` with new ``maps`` (by jitbpf handle) and run it on each of ``packets``
+    (``functions``: as for ``_load``)."""
     with _maps(maps) as fds:
-        fd, verdict = _load(_relocate(code, fds), prog_type)
+        fd, verdict = _load(_relocate(code, fds), prog_type, functions=functions)
         if fd < 0:
             return KernelRuns(verdict)
         try:

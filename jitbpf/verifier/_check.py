@@ -2251,9 +2251,11 @@ class Checker:
         regs = st.frames[-1].regs
         flags = regs[4]
         if self.callbacks[hid] is not CallbackKind.USER_RINGBUF:  # (the drain's are its scalar argument)
-            if flags.type is not Pt.SCALAR or flags.var != sc.ZERO:
-                self.reject(f"the flags (r4) of helper {hid} must be 0, not {flags}")
-            self._precise(4)
+            # Any value, as the kernel's ARG_ANYTHING: flags other than 0 fail the call at run time
+            # (-EINVAL, no invocation), and r0 after it is an unknown number either way.
+            flags = self._read(regs, 4)
+            if flags.type is not Pt.SCALAR and not self.privileged:
+                self.reject(f"R4 leaks addr into helper function: the flags (r4) of helper {hid} are {flags}")
         if self.callbacks[hid] is CallbackKind.LOOP:
             nr = regs[1].var
             self._precise(1)
@@ -2283,8 +2285,7 @@ class Checker:
         entry = caller[2].aux
         regs = [NOT_INIT] * 11
         if self.callbacks[hid] is CallbackKind.LOOP:
-            top = min(max(caller[1].var.umax, 1), MAX_LOOP_ITERATIONS) - 1
-            regs[1] = Reg(Pt.SCALAR, sc.urange(0, top))  # the iteration
+            regs[1] = UNKNOWN_SCALAR  # the iteration: any number to the kernel too, whatever the count
             regs[2] = caller[3]  # the context, as passed
         elif self.callbacks[hid] is CallbackKind.USER_RINGBUF:
             regs[1] = Reg(Pt.CONST_PTR_TO_DYNPTR)  # the sample (kept at the bottom of the callback's frame)

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jitbpf import cfg
 from jitbpf.asm import assemble
 from jitbpf.errors import AccessError, BpfError, InternalError, VerifierError
-from jitbpf.isa import MASK32
+from jitbpf.isa import MASK32, Program
 from jitbpf.linux.maps import Array, BpfMap, HashMap, RingBuf
 from jitbpf.vm import VM
 from tests.fuzz import inputs, objects, programs
@@ -197,11 +198,24 @@ XDP = 6  # enum bpf_prog_type
 SANDBOX = (1 << 31, 1 << 32)  # where the memory programs reach lies (see the README's safety model)
 
 
+def _functions(code: bytes) -> tuple[int, ...]:
+    """The entry slots of a program's functions when it has several: the kernel takes a function's
+    address (a callback) only with BTF describing them, which raw bytecode lacks, so the oracle
+    makes that BTF (as a compiler would have)."""
+    try:
+        flow = cfg.analyze(Program.from_bytes(code))
+    except BpfError:
+        return ()
+    return tuple(fn.entry for fn in flow.functions) if len(flow.functions) > 1 else ()
+
+
 def _against_kernel(code: bytes, runs: Runs | None) -> str:
     """The kernel's verdict on ``code`` and, when both accept it, its results against jitbpf's."""
-    ref = kernel_test_runs(code, XDP, KERNEL_MAPS, KERNEL_FRAMES)
-    if "missing btf func_info" in ref.verdict.log:  # callbacks need BTF there; raw bytecode has none
+    ref = kernel_test_runs(code, XDP, KERNEL_MAPS, KERNEL_FRAMES, _functions(code))
+    if "missing btf func_info" in ref.verdict.log:  # callbacks need BTF there (see _functions)
         return "kernel-needs-btf"
+    if "verifier bug" in ref.verdict.log:  # the kernel's own consistency check, not a verdict
+        return "kernel-bug"
     if ref.verdict.accepted != (runs is not None):
         return "only-kernel-accepts" if ref.verdict.accepted else "only-jitbpf-accepts"
     if runs is None:
