@@ -242,7 +242,7 @@ _JMP_COND = {
     JmpOp.JSLE: ("{sx}(a) <= {sx}(b)", "le", True),
 }
 _V2_JUMPS = {JmpOp.JLT, JmpOp.JLE, JmpOp.JSLT, JmpOp.JSLE}
-_SIZE_SUFFIX = {Size.B: "b", Size.H: "h", Size.W: "w", Size.DW: "dw"}
+SIZE_SUFFIX = {Size.B: "b", Size.H: "h", Size.W: "w", Size.DW: "dw"}  # the mnemonics' size suffix
 _ATOMIC_NAMES = {
     AtomicOp.ADD: "add",
     AtomicOp.OR: "or",
@@ -354,7 +354,7 @@ def _build_table() -> tuple[OpInfo, ...]:
     rows.append(OpInfo(InsnClass.LD | Mode.IMM | Size.DW, "lddw", Kind.LDDW, fields=d | s | i))
     for size in Size:
         nbytes = SIZE_BYTES[size]
-        sfx = _SIZE_SUFFIX[size]
+        sfx = SIZE_SUFFIX[size]
         rows.append(OpInfo(InsnClass.LDX | Mode.MEM | size, f"ldx{sfx}", Kind.LDX, size=nbytes, fields=d | s | o))
         if size is not Size.DW:
             rows.append(OpInfo(InsnClass.LDX | Mode.MEMSX | size, f"ldxs{sfx}", Kind.LDXSX, size=nbytes,
@@ -604,10 +604,12 @@ class Program:
         """The slots whose opcode ``opcodes`` marks (a table from ``opcode_mask``), and with
         ``naming_fp`` that name r10 as dst or src: found in C, for passes that need to look at
         few of a program's instructions. (An lddw's second slot has opcode 0, which none has.)"""
-        encoded = array.array("Q", self.words)
-        if sys.byteorder != "little":
+        if sys.byteorder == "little":
+            data = self.words.tobytes()  # the code itself
+        else:
+            encoded = array.array("Q", self.words)
             encoded.byteswap()
-        data = encoded.tobytes()
+            data = encoded.tobytes()
         marks = data[0::SLOT_SIZE].translate(opcodes)
         if naming_fp:
             both = int.from_bytes(marks, "little") & int.from_bytes(data[1::SLOT_SIZE].translate(_NAMES_FP), "little")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from jitbpf.isa import LDDW_OPCODE, SLOT, InsnClass, JmpOp
+from jitbpf.isa import LDDW_OPCODE, SIZE_BYTES, SIZE_SUFFIX, SLOT, InsnClass, JmpOp
 
-WIDTHS = {"b": 1, "h": 2, "w": 4, "dw": 8}  # access size suffix -> bytes
+WIDTHS = {suffix: SIZE_BYTES[size] for size, suffix in SIZE_SUFFIX.items()}  # access size suffix -> bytes
 SIZES = tuple(WIDTHS)
 ALU_OPS = ("add", "sub", "mul", "div", "mod", "and", "or", "xor", "lsh", "rsh", "arsh", "sdiv", "smod")
 JUMPS = ("jeq", "jne", "jgt", "jge", "jlt", "jle", "jsgt", "jsge", "jslt", "jsle", "jset")
