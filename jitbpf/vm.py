@@ -23,6 +23,7 @@ from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
 from jitbpf.isa import CORE_POISON, FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
+from jitbpf.linux.pktrun import split_runs
 from jitbpf.linux.programs import ProgramRunners, ProgType
 from jitbpf.memory import MemoryMap, Region, access_operand, region_of
 from jitbpf.sandbox import Pages
@@ -520,7 +521,7 @@ class VM(ProgramRunners):
             if not jit.batchable:
                 return self._one_by_one(items)
             regions = self.map_regions()
-            return _split(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
+            return split_runs(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
         finally:
             self._leave(outer)
 
@@ -549,7 +550,7 @@ class VM(ProgramRunners):
             if not jit.batchable:
                 return self._one_by_one([view[i * record_size:(i + 1) * record_size] for i in range(count)])
             regions = self.map_regions()
-            return _split(count, threads, lambda lo, hi: jit.run_records(
+            return split_runs(count, threads, lambda lo, hi: jit.run_records(
                 view[lo * record_size:hi * record_size], record_size, regions))
         finally:
             self._leave(outer)
@@ -709,35 +710,6 @@ def _writable(buf: Any) -> bool:
         return not memoryview(buf).readonly
     except TypeError:
         return False
-
-
-def _split(n: int, threads: int, run: Callable[[int, int], array.array[int]]) -> array.array[int]:
-    """``run(lo, hi)`` over [0, n) in ``threads`` contiguous slices, one thread each (thread i
-    takes CPU id i modulo the CPU count, so per-CPU map values do not collide), concatenated."""
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
-    threads = min(threads, max(n, 1))
-    if threads == 1:
-        return run(0, n)
-    from concurrent.futures import ThreadPoolExecutor
-
-    from jitbpf.linux.maps import num_cpus, set_current_cpu
-
-    bounds = [n * i // threads for i in range(threads + 1)]
-
-    def slice_of(i: int) -> array.array[int]:
-        set_current_cpu(i % num_cpus())
-        try:
-            return run(bounds[i], bounds[i + 1])
-        finally:
-            set_current_cpu(None)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(slice_of, range(threads)))
-    out = array.array("Q")
-    for part in parts:
-        out.extend(part)
-    return out
 
 
 def _mem_region(mem: Any) -> tuple[Region, Any]:

@@ -157,6 +157,35 @@ def test_low_memory_is_below_4_gib() -> None:
 # -- one example per program type ---------------------------------------------------------------------
 
 
+# r0 as run_xdp gives it: an XdpAction by its low 32 bits, else that number.
+XDP_RETURNS = [(0, XdpAction.ABORTED), (2, XdpAction.PASS), (4, XdpAction.REDIRECT), (5, 5),
+               (0x1_0000_0003, XdpAction.TX), (0xFFFF_FFFF, 0xFFFF_FFFF)]
+
+
+@pytest.mark.parametrize(("r0", "want"), XDP_RETURNS)
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview, list])
+def test_run_xdp_result_in_every_path(r0: int, want: int, kind: type) -> None:
+    """The JIT's first run_xdp binds, the following ones take the one-call native path: each
+    gives what the interpreter gives, for any kind of packet (a list of ints is made bytes)."""
+    vm = VM(assemble(f"lddw r0, {r0}\nexit"), prog_type=ProgType.XDP)
+    frame = bytes(range(60))
+    for engine in ("interp", "jit", "jit", "jit"):
+        action, after = vm.run_xdp(kind(frame), engine=engine)
+        assert (action, after) == (want, frame) and type(action) is type(want), engine
+        assert vm.run_xdp(frame, engine=engine, rx_queue_index=1) == (want, frame)
+
+
+def test_run_xdp_native_path_raises_a_failed_run() -> None:
+    """A run that stops early on the native path raises its error, as the first run does."""
+    vm = VM(assemble("mov r0, 0\nldxb r0, [r0+0]\nexit"), prog_type=ProgType.XDP, verify=False)
+    messages = set()
+    for engine in ("jit", "jit", "jit", "interp"):
+        with pytest.raises(ExecutionError) as err:
+            vm.run_xdp(bytes(60), engine=engine)
+        messages.add((engine, str(err.value)))
+    assert len(messages) == 2, messages  # one message per engine, whichever path ran
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_xdp_firewall(example: Compiler, engine: str) -> None:
     obj = load_elf(example("xdp_firewall"))

@@ -4,13 +4,14 @@
  * a run of a few dozen nanoseconds those cost more than the run. Here the arguments are taken
  * as Python objects, and the GIL is kept unless the run may be long.
  *
- * pkt_run(token, template, derive, packet) -> (r0, packet after) or None
+ * pkt_run(token, template, derive, packet[, names]) -> (r0, packet after) or None
  *   One typed run through the frame this thread bound under `token` (jb_pkt_bind): the
  *   context from `template` (bytes) with the `derive` fields, `packet` (any buffer) copied into
  *   the arena, the program's "regions" entry. The packet after the run is `packet` itself when
- *   the run left it as it was and it is a bytes object. None: nothing is bound under the token
- *   here, its program is closed, or the packet does not fit the arena (the caller binds, or
- *   binds a larger one).
+ *   the run left it as it was and it is a bytes object. With `names` (a tuple), r0 comes back
+ *   as names[v] for its low 32 bits v (XDP's actions by value), or as v past the tuple's end.
+ *   None: nothing is bound under the token here, its program is closed, the packet does not
+ *   fit the arena (the caller binds, or binds a larger one), or `packet` is no buffer.
  *   A run that stopped early (r0 ERROR_RESULT, its error to be raised) gives (r0, packet after,
  *   the frame's owner): the binding whose program tells the error, which another thread may
  *   have replaced meanwhile.
@@ -33,9 +34,24 @@
 
 #include <string.h>
 
+/* r0 as pkt_run gives it: named by `names` (NULL: none), or as a number. */
+static PyObject *named_result(uint64_t r0, PyObject *names)
+{
+    if (names == NULL)
+        return PyLong_FromUnsignedLongLong(r0);
+    uint32_t v = (uint32_t)r0;
+    if (v < (uint64_t)PyTuple_GET_SIZE(names)) {
+        PyObject *name = PyTuple_GET_ITEM(names, v);
+        Py_INCREF(name);
+        return name;
+    }
+    return PyLong_FromUnsignedLong(v);
+}
+
 /* (r0, packet after[, owner]) of the run jb_pkt_run made on `p` from `packet`, as pkt_run
-   returns it; None if it did not run. */
-static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *packet, PyObject *owner)
+   returns it (r0 named by `names` unless the run stopped early); None if it did not run. */
+static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *packet, PyObject *owner,
+                            PyObject *names)
 {
     const uint64_t *out = p->out;
     if (out[0] == 0) /* not run: the packet does not fit (a run's packet is past the context) */
@@ -50,7 +66,7 @@ static PyObject *run_result(const struct jb_pkt_prog *p, uint64_t r0, PyObject *
             return NULL;
     }
     int stopped = jb_pkt_stopped(p, r0);
-    PyObject *value = PyLong_FromUnsignedLongLong(r0);
+    PyObject *value = named_result(r0, stopped ? NULL : names);
     PyObject *pair = value != NULL ? PyTuple_New(stopped ? 3 : 2) : NULL;
     if (pair == NULL) {
         Py_XDECREF(value);
@@ -99,7 +115,16 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     struct jb_pkt_prog *p;
     void *owner;
     int release;
-    int found = bound_frame(args, nargs, 4, "(token, template, derive, packet)", &p, &owner, &release);
+    PyObject *names = NULL;
+    if (nargs == 5) {
+        names = args[4];
+        if (!PyTuple_CheckExact(names)) {
+            PyErr_SetString(PyExc_TypeError, "pkt_run: the names must be a tuple");
+            return NULL;
+        }
+        nargs = 4;
+    }
+    int found = bound_frame(args, nargs, 4, "(token, template, derive, packet[, names])", &p, &owner, &release);
     if (found <= 0) {
         if (found < 0)
             return NULL;
@@ -109,7 +134,10 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_buffer view;
     if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) != 0) {
         p->tmpl = 0;
-        return NULL;
+        if (!PyErr_ExceptionMatches(PyExc_TypeError))
+            return NULL;
+        PyErr_Clear(); /* not a buffer: the ordinary path makes bytes of it, or says why not */
+        Py_RETURN_NONE;
     }
     if (!jb_gate_enter(p->gate, p->gate_token)) { /* the program is closed: the ordinary path says so */
         PyBuffer_Release(&view);
@@ -130,7 +158,7 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     jb_gate_leave(p->gate);
     p->tmpl = 0;
-    PyObject *result = run_result(p, r0, packet, owner);
+    PyObject *result = run_result(p, r0, packet, owner, names);
     PyBuffer_Release(&view);
     Py_XDECREF(keep);
     return result;

@@ -270,9 +270,12 @@ class JitProgram:
         self._note_python_calls()
 
     def _note_python_calls(self) -> None:
-        # Whether a run may call Python (then it keeps the GIL: see _run_code).
+        # Whether a run may call Python (then it keeps the GIL: see _run_code), and whether
+        # batches run natively (see batchable): both change only with the helpers.
         self._calls_python = (Kind.CALLX in self._kinds or bool(self._python_calls)
                               or any(i not in self._natives and not self._calls_back(i) for i in self._call_ids))
+        self._batchable = (runner_lib() is not None and Kind.CALLX not in self._kinds and not self._python_calls
+                           and all(i in self._natives for i in self._call_ids if i in self._helpers))
 
     def _calls_back(self, helper_id: int) -> bool:
         """Whether calls of this id are the engine's own loop over a callback (no helper called)."""
@@ -372,9 +375,7 @@ class JitProgram:
     def batchable(self) -> bool:
         """Whether batches run in one native loop: the program calls no Python helper (those need
         each run's memory map) and makes no tail call, and the native library is there."""
-        if runner_lib() is None or Kind.CALLX in self._kinds or self._python_calls:
-            return False
-        return all(i in self._natives for i in self._call_ids if i in self._helpers)
+        return self._batchable
 
     def run_batch(self, buffers: Sequence[Any], extra: Sequence[Region] = ()) -> array.array[int]:
         """Run once per buffer (each as r1/r2 and the packet) in one native loop; ``extra`` are

@@ -127,11 +127,12 @@ class Binding:
 _NO_BYTES = memoryview(b"")
 
 
-# fast.c's pkt_run: (token, template, derive, packet) -> (r0, packet after[, binding]) or None
-SingleRun = Callable[[int, bytes, int, Any], tuple[Any, ...] | None]
+# fast.c's pkt_run: (token, template, derive, packet[, names]) -> (r0, packet after[, binding]) or None
+SingleRun = Callable[..., tuple[Any, ...] | None]
 
 
-def not_bound(_token: int, _template: bytes, _derive: int, _packet: Any) -> tuple[Any, ...] | None:
+def not_bound(_token: int, _template: bytes, _derive: int, _packet: Any, _names: tuple[Any, ...] = ()
+              ) -> tuple[Any, ...] | None:
     """What ``ProgramState.pkt_run`` is before the first binding: no run (take the Python path)."""
     return None
 
@@ -323,3 +324,32 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
                 lo + i) not in outcome.errors else b""
     del base, res
     return results
+
+
+def split_runs(n: int, threads: int, run: Callable[[int, int], array.array[int]]) -> array.array[int]:
+    """``run(lo, hi)`` over [0, n) in ``threads`` contiguous slices, one thread each (thread i
+    takes CPU id i modulo the CPU count, so per-CPU map values do not collide), concatenated."""
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
+    threads = min(threads, max(n, 1))
+    if threads == 1:
+        return run(0, n)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jitbpf.linux.maps import num_cpus, set_current_cpu
+
+    bounds = [n * i // threads for i in range(threads + 1)]
+
+    def slice_of(i: int) -> array.array[int]:
+        set_current_cpu(i % num_cpus())
+        try:
+            return run(bounds[i], bounds[i + 1])
+        finally:
+            set_current_cpu(None)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = list(pool.map(slice_of, range(threads)))
+    out = array.array("Q")
+    for part in parts:
+        out.extend(part)
+    return out

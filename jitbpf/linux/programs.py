@@ -919,6 +919,7 @@ class ProgramState:
         self.local = threading.local()  # .arena and .run of each thread
         self.native = threading.local()  # .binding: each thread's jitbpf.linux.pktrun.Binding (see config_changed)
         self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
+        self.xdp_default: bytes | None = None  # XDP: the template of run_xdp's default fields, once built
         # What names this state's bindings in the native single-run table (0: none yet), and that
         # table's run (pktrun.run_fast): both set by the first binding.
         self.token = 0
@@ -1537,11 +1538,15 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
     """Every packet of ``packets`` run on the context ``template``: with the JIT (and no Python
     helper) in native loops, over ``threads`` threads; else one run at a time. Packets given
     as bytes objects are read where they are (unless kept: then they are packed first)."""
-    from jitbpf.vm import _split
-
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     items, longest = (None, -1) if engine != "jit" or keep_packets else pktrun.in_place(packets)
+    if items is not None and threads == 1:  # the common case, without the thread split's calls
+        b = pktrun.binding(vm, state, longest)
+        if b.frame is not None:
+            outcome = pktrun.BatchOutcome(array.array("Q"), None, {} if keep_errors else None)
+            outcome.results = pktrun.run_items(state, b, template, derive, items, 0, len(items), outcome)
+            return outcome
     batch = None if items is not None else packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
     if batch is not None:
         longest = max(batch.lens, default=0)
@@ -1556,7 +1561,7 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
             assert batch is not None
             return pktrun.run_slice(b, template, derive, batch, lo, hi, outcome, outcome.packets)
 
-        outcome.results = _split(n, threads, run)
+        outcome.results = pktrun.split_runs(n, threads, run)
         return outcome
     if batch is None:
         assert items is not None
@@ -1878,27 +1883,32 @@ class ProgramRunners:
                 ingress_ifindex: int = 1, rx_queue_index: int = 0) -> tuple[int, bytes]:
         """XDP: ``(action, packet after the run)``; action is an ``XdpAction`` when r0 is one."""
         state = self.program_state
+        # The per-packet path, inline (a Python call costs a fifth of the whole run): one native
+        # call that names the action, when this thread's binding is good for the run.
+        if (engine == "jit" and state is not None and ingress_ifindex == 1 and rx_queue_index == 0
+                and (template := state.xdp_default) is not None):
+            done = state.pkt_run(state.token, template, 0, packet, _XDP_ACTIONS)
+            if done is not None:
+                if len(done) == 2:
+                    return done  # type: ignore[return-value]  # (action, packet after)
+                return _xdp_action(pktrun.finish(done[2], ERROR_RESULT)), done[1]  # stopped early
+        return self._run_xdp(packet, engine, ingress_ifindex, rx_queue_index)
+
+    def _run_xdp(self, packet: bytes | bytearray | memoryview, engine: Engine, ingress_ifindex: int,
+                 rx_queue_index: int) -> tuple[int, bytes]:
+        """run_xdp when its native path did not run: the first run, other fields, the interpreter."""
+        state = self.program_state
         if state is None or self.prog_type is not _XDP:
             self._expect(ProgType.XDP)
         assert state is not None
         key = (ingress_ifindex, rx_queue_index)
         template = state.templates.get(key) or state.add_template(
             key, {"ingress_ifindex": ingress_ifindex, "rx_queue_index": rx_queue_index})
+        if key == (1, 0):
+            state.xdp_default = template
         data = packet if type(packet) is bytes else bytes(packet)
-        # The per-packet path: one native call when this thread's binding is good for the run
-        # (pktrun.run_fast, inline: a Python call costs a tenth of the whole run).
-        done = state.pkt_run(state.token, template, 0, data) if engine == "jit" else None
-        if done is None:
-            retval, after = _run_packet(self._vm(), state, template, 0, data, engine)
-        elif len(done) > 2:  # stopped early: its error
-            retval, after = pktrun.finish(done[2], ERROR_RESULT), done[1]
-        else:
-            retval, after = done
-        value = retval & MASK32  # _xdp_action, inline
-        try:
-            return _XDP_ACTIONS[value], after
-        except IndexError:
-            return value, after
+        retval, after = _run_packet(self._vm(), state, template, 0, data, engine)
+        return _xdp_action(retval), after
 
     def run_socket_filter(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                           **skb: Any) -> int:
@@ -1940,12 +1950,17 @@ class ProgramRunners:
     def _packet_context(self, fields: Mapping[str, Any]) -> tuple[ProgramState, bytes, int]:
         """The program state, initial context and derived fields of a packet run with ``fields``."""
         state = self.program_state
+        if not fields and state is not None and state.xdp_default is not None and self.prog_type is _XDP:
+            return state, state.xdp_default, 0  # the same fields as run_xdp's defaults
         lib = native().lib
         match self.prog_type:
             case ProgType.XDP:
                 assert state is not None
                 key = ("xdp", *sorted(fields.items()))
-                return state, state.templates.get(key) or state.add_template(key, {"ingress_ifindex": 1, **fields}), 0
+                template = state.templates.get(key) or state.add_template(key, {"ingress_ifindex": 1, **fields})
+                if not fields:
+                    state.xdp_default = template
+                return state, template, 0
             case ProgType.SOCKET_FILTER | ProgType.SCHED_CLS | ProgType.SCHED_ACT | ProgType.SK_SKB:
                 assert state is not None
                 sk = _socket_fields(self._vm(), state.info)
