@@ -104,7 +104,8 @@ static inline void put32(uint64_t ctx, int32_t off, uint64_t value)
     }
 }
 
-void jb_pkt_sync(struct jb_pkt *run)
+/* jb_pkt_sync, inline where a frame is built for each packet of a batch */
+static inline void sync_fields(struct jb_pkt *run)
 {
     if (run->ptr_size == 8) {
         int32_t offs[3] = {run->off_data, run->off_data_end, run->off_data_meta};
@@ -119,6 +120,11 @@ void jb_pkt_sync(struct jb_pkt *run)
     }
     put32(run->ctx, run->off_len, run->data_end - run->data);
     put32(run->ctx, run->off_protocol, run->protocol);
+}
+
+void jb_pkt_sync(struct jb_pkt *run)
+{
+    sync_fields(run);
 }
 
 /* skb->protocol as the kernel stores it: the Ethernet type in network order, in a u32. */
@@ -198,7 +204,8 @@ static void flow_keys(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     memcpy((char *)PTR(p->pkt.ctx) + p->off_flow_keys, &addr, 8);
 }
 
-int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
+/* jb_pkt_frame, inline in the batch loops */
+static inline int build_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
 {
     if (len > p->arena_size || p->frame_off + p->headroom + p->tailroom > p->arena_size - len)
         return -EMSGSIZE;
@@ -233,8 +240,13 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
         packet_socket(p, data, len);
     if (p->derive & JB_DERIVE_FLOW_KEYS && p->off_flow_keys >= 0)
         flow_keys(p, data, len);
-    jb_pkt_sync(run);
+    sync_fields(run);
     return 0;
+}
+
+int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
+{
+    return build_frame(p, data, len);
 }
 
 /* Runs on p's frames: r1 = the context, which is also the checked "mem" region; the frame area
@@ -295,7 +307,7 @@ uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
    run stopped early). */
 static inline int batch_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len, uint64_t *result)
 {
-    if (jb_pkt_frame(p, data, len) != 0) {
+    if (build_frame(p, data, len) != 0) {
         *result = g_error_result;
         return 1;
     }

@@ -212,9 +212,7 @@ class JitProgram:
         self._dispatcher = None if nat is None else Dispatcher(helpers, self._tls, nat.ffi)
         self._python: Any = None if self._dispatcher is None else self._dispatcher.handle
         self._dispatch_addr = 0 if nat is None else nat.address("jb_helper_python")
-        self._table = ffi.new("uint64_t[]", self._capacity)
-        for i in range(self._capacity):
-            self._table[i] = self._dispatch_addr
+        self._table = ffi.new("uint64_t[]", [self._dispatch_addr] * self._capacity)
         self._natives: dict[int, Helper] = {}  # helpers whose native code the table points at
         self._table_done = False  # set_helper calls from here on are registrations after compiling
         for helper in helpers.values():
