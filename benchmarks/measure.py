@@ -107,10 +107,13 @@ def measure(contenders: Sequence[Contender], plan: Plan, tick: Callable[[], None
                     tick()
 
 
-def median_ns(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``repeats`` single calls of a long operation (such as a compile)."""
+def median_ns(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
+    """Median wall time of ``repeats`` single calls of a long operation (such as a compile),
+    after ``warmup`` untimed calls (for operations whose first calls fill caches)."""
     times = []
     with no_gc():
+        for _ in range(warmup):
+            fn()
         for _ in range(repeats):
             start = time.perf_counter_ns()
             fn()

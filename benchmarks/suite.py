@@ -353,7 +353,7 @@ def batch_figures(ctx: Context, quick: bool, progress: Progress) -> dict[str, An
             def many() -> None:
                 for _ in range(calls):
                     fn()
-            return median_ns(many, repeats) / (n * calls)
+            return median_ns(many, repeats, 1) / (n * calls)
 
         progress.step("batch: timing")
         out["native_ns"] = per_input(lambda: lib.lib.bench_filter_records(c_base, RECORD_SIZE, count, c_results),
@@ -588,9 +588,11 @@ def packet_run_figures(quick: bool, progress: Progress) -> dict[str, Any]:
             for f in frames:
                 vm.run_xdp(f, engine="jit")
 
-        out["run_xdp_ns"] = median_ns(each, repeats) / len(frames)
-        out["run_batch_ns"] = median_ns(lambda: vm.run_batch(frames, engine="jit"), repeats) / len(frames)
-        out["records_floor_ns"] = median_ns(lambda: floor.execute_records(records, RECORD_SIZE), repeats) / calls
+        warm = 1 if quick else 5  # untimed calls first: the figures are the steady state's
+        out["run_xdp_ns"] = median_ns(each, repeats, warm) / len(frames)
+        out["run_batch_ns"] = median_ns(lambda: vm.run_batch(frames, engine="jit"), repeats, warm) / len(frames)
+        out["records_floor_ns"] = median_ns(lambda: floor.execute_records(records, RECORD_SIZE), repeats,
+                                            warm) / calls
     except Exception as exc:  # reported in the table, not fatal
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
