@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import textwrap
 import time
@@ -122,8 +123,13 @@ def run_suite(quick: bool, only: set[str] | None, out: TextIO) -> dict[str, Any]
         results["fresh_compile_small"] = None if quick else fresh_process_compile(
             assemble(straight_line_source(COMPILE_INSNS_SMALL)), progress)
         results["startup"] = startup_figures(quick, progress)
+        # The per-call figures below start from a collected heap: what the large compiles left
+        # for the collector can make Python-level calls measurably slower until it runs.
+        gc.collect()
         results["helpers"] = helper_figures(quick, progress)
+        gc.collect()
         results["packet_runs"] = packet_run_figures(quick, progress)
+        gc.collect()
         results["batch"] = batch_figures(ctx, quick, progress)
         results["proofs"] = proof_figures(quick, progress)
         results["micro"] = micro_figures(lib, quick, progress)

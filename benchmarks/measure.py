@@ -121,6 +121,16 @@ def median_ns(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
     return float(statistics.median(times))
 
 
+def median_call_ns(fn: Callable[[], Any], calls: int, repeats: int, warmup: int = 1) -> float:
+    """Wall time per call of a short operation: the median of ``repeats`` samples of ``calls``
+    calls back to back (each sample long enough that a tick or an interrupt does not decide it),
+    after ``warmup`` untimed samples."""
+    def many() -> None:
+        for _ in range(calls):
+            fn()
+    return median_ns(many, repeats, warmup) / calls
+
+
 class Progress:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
 

@@ -84,6 +84,9 @@ def targets(results: dict[str, Any]) -> list[Target]:
     if runs:
         out.append(_target("run_xdp", "run_xdp(packet) from Python", f"<= {RUN_XDP_NS:g} ns", runs.get("run_xdp_ns"),
                            lambda v: v <= RUN_XDP_NS))
+        if "run_tc_ns" in runs:
+            out.append(_target("run_tc", "run_tc(packet) from Python", f"<= {RUN_XDP_NS:g} ns", runs["run_tc_ns"],
+                               lambda v: v <= RUN_XDP_NS))
         out.append(_target("run_batch", "run_batch(packets), per packet", f"<= {RUN_BATCH_NS:g} ns",
                            runs.get("run_batch_ns"), lambda v: v <= RUN_BATCH_NS))
         out.append(_target("floor", "batch of records: per-run floor", f"<= {FLOOR_NS:g} ns",
@@ -338,6 +341,8 @@ def _packet_run_rows(runs: dict[str, Any], verdict: Callable[[str], str]) -> lis
     return [
         (f"run_xdp(packet), XDP_PASS program{differ}", "call", "", fmt_ns(runs["run_xdp_ns"]), "", "",
          verdict("run_xdp")),
+        *([("run_tc(packet), TC_ACT_OK program", "call", "", fmt_ns(runs["run_tc_ns"]), "", "",
+             verdict("run_tc"))] if "run_tc_ns" in runs else []),
         (f"run_batch({runs['packets']:,} packets), XDP_PASS program", "packet", "", fmt_ns(runs["run_batch_ns"]), "",
          "", verdict("run_batch")),
         ("execute_records, empty program (per-run floor)", "input", "", fmt_ns(runs["records_floor_ns"]), "", "",

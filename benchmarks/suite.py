@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.measure import REPO_ROOT, Contender, Plan, Progress, measure, median_ns
+from benchmarks.measure import REPO_ROOT, Contender, Plan, Progress, measure, median_call_ns, median_ns
 from benchmarks.packets import packet_mix
 from benchmarks.workloads import FILTER_SOURCE, MAP_HANDLES, Context, Workload, fnv1a_source
 from jitbpf.asm import assemble
@@ -350,10 +350,7 @@ def batch_figures(ctx: Context, quick: bool, progress: Progress) -> dict[str, An
                         and list(vm.execute_batch(frames[:64])) == [vm.execute(f) for f in frames[:64]])
 
         def per_input(fn: Callable[[], Any], n: int, calls: int = reps) -> float:
-            def many() -> None:
-                for _ in range(calls):
-                    fn()
-            return median_ns(many, repeats, 1) / (n * calls)
+            return median_call_ns(fn, calls, repeats) / n
 
         progress.step("batch: timing")
         out["native_ns"] = per_input(lambda: lib.lib.bench_filter_records(c_base, RECORD_SIZE, count, c_results),
@@ -535,6 +532,7 @@ loop:
     exit
 """
 XDP_PASS_SOURCE = "mov r0, 2\nexit"  # the per-run floor: a program that does nothing
+TC_OK_SOURCE = "mov r0, 0\nexit"  # the same for tc (TC_ACT_OK)
 FLOOR_SOURCE = "mov r0, 0\nexit"
 
 
@@ -566,7 +564,8 @@ def helper_figures(quick: bool, progress: Progress) -> dict[str, Any]:
 
 def packet_run_figures(quick: bool, progress: Progress) -> dict[str, Any]:
     """XDP from Python: ``run_xdp(packet)`` per call, ``run_batch(packets)`` per packet (both with
-    the JIT, a program returning XDP_PASS, so that the figures are the runner's cost); and the
+    the JIT, a program returning XDP_PASS, so that the figures are the runner's cost), ``run_tc``
+    per call likewise (the ``__sk_buff`` runners' context: protocol, socket, ...); and the
     per-run floor of a batch of fixed-size records (``execute_records``, an empty program)."""
     from jitbpf.linux.programs import ProgType
 
@@ -577,25 +576,37 @@ def packet_run_figures(quick: bool, progress: Progress) -> dict[str, Any]:
     records = filter_records(calls)
     out: dict[str, Any] = {"packets": len(frames)}
     vm = VM(assemble(XDP_PASS_SOURCE), prog_type=ProgType.XDP)
+    tc = VM(assemble(TC_OK_SOURCE), prog_type=ProgType.SCHED_CLS)
     floor = VM(assemble(FLOOR_SOURCE))
     try:
         vm.jit_compile()
+        tc.jit_compile()
         floor.jit_compile()
         out["agree"] = (vm.run_xdp(frames[0], engine="jit")[0] == 2
-                        and list(vm.run_batch(frames, engine="jit").results) == [2] * len(frames))
+                        and list(vm.run_batch(frames, engine="jit").results) == [2] * len(frames)
+                        and tc.run_tc(frames[0], engine="jit")[0] == 0)
 
         def each() -> None:
             for f in frames:
                 vm.run_xdp(f, engine="jit")
 
-        warm = 1 if quick else 5  # untimed calls first: the figures are the steady state's
-        out["run_xdp_ns"] = median_ns(each, repeats, warm) / len(frames)
-        out["run_batch_ns"] = median_ns(lambda: vm.run_batch(frames, engine="jit"), repeats, warm) / len(frames)
-        out["records_floor_ns"] = median_ns(lambda: floor.execute_records(records, RECORD_SIZE), repeats,
-                                            warm) / calls
+        def each_tc() -> None:
+            for f in frames:
+                tc.run_tc(f, engine="jit")
+
+        # Samples of several calls each (a batch of 2,000 runs takes tens of microseconds),
+        # after untimed ones: the figures are the steady state's.
+        rounds = 1 if quick else 5
+        out["run_xdp_ns"] = median_call_ns(each, rounds, repeats, 2) / len(frames)
+        out["run_tc_ns"] = median_call_ns(each_tc, rounds, repeats, 2) / len(frames)
+        out["run_batch_ns"] = median_call_ns(lambda: vm.run_batch(frames, engine="jit"), 20 * rounds, repeats,
+                                             2) / len(frames)
+        out["records_floor_ns"] = median_call_ns(lambda: floor.execute_records(records, RECORD_SIZE),
+                                                 40 * rounds, repeats, 2) / calls
     except Exception as exc:  # reported in the table, not fatal
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         vm.close()
+        tc.close()
         floor.close()
     return out

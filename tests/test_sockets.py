@@ -23,6 +23,7 @@ from jitbpf.linux.sockets import (
     AF_INET,
     AF_INET6,
     IPPROTO_UDP,
+    PACKET_SOCKET,
     SOCK_DGRAM,
     Socket,
     SocketTable,
@@ -372,6 +373,24 @@ def test_each_packet_of_a_batch_has_its_own_socket(engine: str) -> None:
     assert list(vm.run_batch(frames, engine=engine).results) == [AF_INET, AF_INET6, 0] * 3  # type: ignore[arg-type]
     vm.std.socket = None
     assert list(vm.run_batch(frames, engine=engine).results) == [0xDEAD] * 9  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prog_type", ["sched_cls", "socket", "cgroup_skb"])
+def test_single_runs_follow_the_socket_set_between_them(prog_type: str) -> None:
+    """Single JIT runs after the first take one native call on a context kept built: a socket
+    set between runs (none, one of the caller's, the packet's own again) is seen by the next."""
+    inet = SK + "mov r0, 0\njeq r1, 0, +3\nldxw r2, [r1+4]\njne r2, AF_INET, +1\nmov r0, 1\nexit"
+    inet = inet.replace("AF_INET", str(AF_INET))  # r0 = 1 when skb->sk is an AF_INET socket (cgroup_skb's range)
+    vm, reference = load(inet, prog_type=prog_type), load(inet, prog_type=prog_type)
+    run = {"sched_cls": VM.run_tc, "socket": VM.run_socket_filter, "cgroup_skb": VM.run_cgroup_skb}[prog_type]
+    frame = FRAMES["ipv4"] if prog_type != "cgroup_skb" else FRAMES["ipv4"][14:]
+    seen: list[int] = []
+    for sock in (PACKET_SOCKET, PACKET_SOCKET, None, None, CONNECTION, PACKET_SOCKET, PACKET_SOCKET):
+        vm.std.socket = reference.std.socket = sock
+        got: Any = run(vm, frame, engine="jit")  # type: ignore[arg-type]
+        assert got == run(reference, frame, engine="interp"), sock  # type: ignore[arg-type]
+        seen.append(int(got[0] if isinstance(got, tuple) else got))
+    assert seen == [1, 1, 0, 0, 1, 1, 1]
 
 
 # sk_lookup, as its users write it: the socket at index 0 of a socket map takes the connection.

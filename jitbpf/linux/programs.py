@@ -920,6 +920,9 @@ class ProgramState:
         self.native = threading.local()  # .binding: each thread's jitbpf.linux.pktrun.Binding (see config_changed)
         self.templates: dict[Hashable, bytes] = {}  # initial contexts by the fields given (see add_template)
         self.xdp_default: bytes | None = None  # XDP: the template of run_xdp's default fields, once built
+        # __sk_buff types: (socket, template, derive) of runs with no fields given, good while
+        # the socket the caller set (vm.std.socket) is that one
+        self.skb_default: tuple[object | None, bytes, int] | None = None
         # What names this state's bindings in the native single-run table (0: none yet), and that
         # table's run (pktrun.run_fast): both set by the first binding.
         self.token = 0
@@ -1662,7 +1665,13 @@ BATCH_TYPES = (ProgType.XDP, ProgType.SOCKET_FILTER, ProgType.SCHED_CLS, ProgTyp
                ProgType.SK_SKB)  # the program types run_batch takes
 _XDP = ProgType.XDP  # a global: cheaper than the enum's attribute on every run
 _XDP_ACTIONS = tuple(XdpAction)  # by value: cheaper than calling the enum on every run
-_TC_ACTIONS = {int(a): a for a in TcAction}
+# The types each __sk_buff runner takes, built once (an enum attribute costs a lookup each run)
+_SOCKET_FILTER_KINDS = (ProgType.SOCKET_FILTER,)
+_TC_KINDS = (ProgType.SCHED_CLS, ProgType.SCHED_ACT)
+_CGROUP_SKB_KINDS = (ProgType.CGROUP_SKB,)
+_LWT_KINDS = (ProgType.LWT_IN, ProgType.LWT_OUT, ProgType.LWT_XMIT)
+_SK_SKB_KINDS = (ProgType.SK_SKB,)
+_TC_ACTIONS_U32 = {int(a) & MASK32: a for a in TcAction}  # by r0's low 32 bits
 _SK_ACTIONS = tuple(SkAction)
 
 
@@ -1672,8 +1681,8 @@ def _xdp_action(retval: int) -> int:
 
 
 def _tc_action(retval: int) -> int:
-    value = _s32(retval)
-    return _TC_ACTIONS.get(value, value)
+    action = _TC_ACTIONS_U32.get(retval & MASK32)
+    return action if action is not None else _s32(retval)
 
 
 def _sk_action(retval: int) -> int:
@@ -1725,12 +1734,16 @@ def _skb_template(state: ProgramState, fields: Mapping[str, Any], protocol: int,
         key = (protocol, sk_value, *sorted(fields.items()))
         derive = (0 if "protocol" in fields else protocol) | (0 if "wire_len" in fields else _DERIVE_WIRE_LEN)
         derive |= (0 if "pkt_type" in fields else pkt_type) | sk_derive
-    values = {"ifindex": 1, "ingress_ifindex": 1, **fields, "sk": sk_value}
     try:
         template = state.templates.get(key)
     except TypeError:  # unhashable field values (lists): built each time
-        return bytes(make_context(state.info, values)), derive
-    return template or state.add_template(key, values), derive
+        return bytes(make_context(state.info, _skb_values(fields, sk_value))), derive
+    return template or state.add_template(key, _skb_values(fields, sk_value)), derive
+
+
+def _skb_values(fields: Mapping[str, Any], sk_value: int) -> dict[str, Any]:
+    """The ``__sk_buff`` fields of a packet run's initial context: the caller's over the defaults."""
+    return {"ifindex": 1, "ingress_ifindex": 1, **fields, "sk": sk_value}
 
 
 
@@ -1810,6 +1823,7 @@ class ProgramRunners:
 
     prog_type: ProgType | None  # the program type, when the VM was given one
     program_state: ProgramState | None  # per-thread run memory of the program type
+    std: Any  # the standard helpers' context (jitbpf.linux.stdhelpers), which program types come with
 
     def _init_program_type(self, prog_type: ProgType | int | str | None, attach: str | None = None,
                            btf: BtfSource | None = None) -> None:
@@ -1913,29 +1927,29 @@ class ProgramRunners:
     def run_socket_filter(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                           **skb: Any) -> int:
         """Socket filter: how many bytes of the packet to keep (0 drops it)."""
-        return self._run_skb((ProgType.SOCKET_FILTER,), packet, engine, skb)[0] & MASK32
+        return self._run_skb(_SOCKET_FILTER_KINDS, packet, engine, skb)[0] & MASK32
 
     def run_tc(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                **skb: Any) -> tuple[int, bytes]:
         """tc classifier/action: ``(verdict, packet after)``; verdict is a ``TcAction`` when r0 is one."""
-        retval, after = self._run_skb((ProgType.SCHED_CLS, ProgType.SCHED_ACT), packet, engine, skb)
+        retval, after = self._run_skb(_TC_KINDS, packet, engine, skb)
         return _tc_action(retval), after
 
     def run_cgroup_skb(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                        **skb: Any) -> int:
         """cgroup_skb: 1 lets the packet through, 0 drops it. The packet starts at the IP header."""
-        return self._run_skb((ProgType.CGROUP_SKB,), packet, engine, skb)[0] & MASK32
+        return self._run_skb(_CGROUP_SKB_KINDS, packet, engine, skb)[0] & MASK32
 
     def run_lwt(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                 **skb: Any) -> tuple[int, bytes]:
         """Lightweight tunnel (lwt_in, lwt_out, lwt_xmit): ``(r0, packet after)``; the packet starts
         at the network header, as for cgroup_skb."""
-        return self._run_skb((ProgType.LWT_IN, ProgType.LWT_OUT, ProgType.LWT_XMIT), packet, engine, skb)
+        return self._run_skb(_LWT_KINDS, packet, engine, skb)
 
     def run_sk_skb(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                    **skb: Any) -> tuple[int, bytes]:
         """sk_skb: ``(verdict or parsed length, data after)``; a verdict is an ``SkAction``."""
-        retval, after = self._run_skb((ProgType.SK_SKB,), packet, engine, skb)
+        retval, after = self._run_skb(_SK_SKB_KINDS, packet, engine, skb)
         return _sk_action(retval), after
 
     def _run_skb(self, kinds: tuple[ProgType, ...], packet: bytes | bytearray | memoryview, engine: Engine,
@@ -1943,6 +1957,16 @@ class ProgramRunners:
         state = self.program_state
         if state is None or self.prog_type not in kinds:
             self._expect(*kinds)
+        assert state is not None
+        # The per-packet path, as run_xdp's: one native call on the context of no fields given,
+        # while the socket the context was built for is still the one the caller set.
+        if (engine == "jit" and not skb and (cached := state.skb_default) is not None
+                and cached[0] is self.std.socket):
+            done = state.pkt_run(state.token, cached[1], cached[2], packet)
+            if done is not None:
+                if len(done) == 2:
+                    return done  # type: ignore[return-value]  # (r0, packet after)
+                return pktrun.finish(done[2], ERROR_RESULT), done[1]  # stopped early: its error
         state, template, derive = self._packet_context(skb)
         data = packet if type(packet) is bytes else bytes(packet)
         return _run_packet(self._vm(), state, template, derive, data, engine)
@@ -1963,15 +1987,24 @@ class ProgramRunners:
                 return state, template, 0
             case ProgType.SOCKET_FILTER | ProgType.SCHED_CLS | ProgType.SCHED_ACT | ProgType.SK_SKB:
                 assert state is not None
-                sk = _socket_fields(self._vm(), state.info)
-                return (state, *_skb_template(state, fields, lib.JB_DERIVE_ETH_PROTOCOL, sk[0]))
+                return self._skb_context(state, fields, lib.JB_DERIVE_ETH_PROTOCOL)
             case ProgType.CGROUP_SKB | ProgType.LWT_IN | ProgType.LWT_OUT | ProgType.LWT_XMIT:
                 assert state is not None
-                sk = _socket_fields(self._vm(), state.info)
-                return (state, *_skb_template(state, fields, lib.JB_DERIVE_IP_PROTOCOL, sk[0]))
+                return self._skb_context(state, fields, lib.JB_DERIVE_IP_PROTOCOL)
             case _:
                 self._expect(*BATCH_TYPES)
                 raise AssertionError("unreachable")
+
+    def _skb_context(self, state: ProgramState, fields: Mapping[str, Any], protocol: int
+                     ) -> tuple[ProgramState, bytes, int]:
+        """_packet_context of an ``__sk_buff`` type. Without fields and with no socket address
+        in it (the packet's own socket, or none), the context is kept for _run_skb's native path."""
+        vm = self._vm()
+        sk = _socket_fields(vm, state.info)
+        template, derive = _skb_template(state, fields, protocol, sk[0])
+        if not fields and all(value == 0 for _off, value, _how in sk):
+            state.skb_default = (vm.std.socket, template, derive)
+        return state, template, derive
 
     def run_batch(self, packets: Sequence[bytes | bytearray | memoryview] | pktrun.Batch, *,
                   engine: Engine = "jit", threads: int = 1, keep_packets: bool = False, keep_errors: bool = False,

@@ -65,6 +65,15 @@ class Redirect:
     flags: int  # the helper's flags argument
 
 
+class _ThreadState(threading.local):
+    """One thread's redirect and context socket, with their defaults in each new thread (a
+    missing attribute of a plain threading.local costs an exception on every read)."""
+
+    def __init__(self) -> None:
+        self.redirect: Redirect | None = None
+        self.socket: object | None = PACKET_SOCKET
+
+
 class StdContext:
     """The standard helpers' state for one VM: the trace log, and per-thread run effects.
 
@@ -81,7 +90,7 @@ class StdContext:
         self.sockets = SocketTable()
         self.timers = Timers()  # the maps' bpf_timers (jitbpf.linux.timers)
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._local = _ThreadState()
 
     def emit(self, text: str) -> None:
         with self._lock:
@@ -91,7 +100,7 @@ class StdContext:
 
     @property
     def redirect(self) -> Redirect | None:
-        return getattr(self._local, "redirect", None)
+        return self._local.redirect
 
     @redirect.setter
     def redirect(self, value: Redirect | None) -> None:
@@ -102,7 +111,7 @@ class StdContext:
 
     @property
     def socket(self) -> object | None:
-        return getattr(self._local, "socket", PACKET_SOCKET)
+        return self._local.socket
 
     @socket.setter
     def socket(self, sock: object | None) -> None:
