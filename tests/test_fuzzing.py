@@ -12,6 +12,7 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import VerifierError
+from tests import kernel_oracle
 from tests.fuzz.harness import MAP_HANDLES, Case, Kind, Result, campaign, make_case, save
 from tests.fuzz.objects import build_corpus
 from tests.fuzz.programs import xdp_program
@@ -69,3 +70,32 @@ def test_short_campaign_finds_nothing(kind: Kind, tmp_path: Path) -> None:
     report = campaign(cases, timeout=120, out_dir=tmp_path)
     assert not report.findings, "\n\n".join(f"{r.case.kind.value} {r.case.seed}: {r.finding}" for r in report.findings)
     assert report.statuses[kind.value, "ran"] > 0, report.summary()
+
+
+# A result made of where memory lies: the packet pointer's low bits stored in the array map.
+ADDRESS_INTO_MAP = """
+    ldxw r6, [r1+0]
+    stw [r10-4], 0
+    mov r2, r10
+    add r2, -4
+    lddw r1, map:A
+    call 1
+    jeq r0, 0, +3
+    mov32 r6, r6            ; a privileged loader may make a number of a pointer
+    and r6, 0xfff0
+    stxdw [r0+0], r6
+    mov r0, 2
+    exit
+"""
+
+
+@pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
+@pytest.mark.parametrize(("source", "status"), [(ADDRESS_INTO_MAP, "both-accept-address"),
+                                                 (ADDRESS_INTO_MAP.replace("and r6, 0xfff0", "mov r6, 7"),
+                                                  "both-accept")])
+def test_kernel_mode_tells_address_dependent_results_apart(source: str, status: str) -> None:
+    """Where jitbpf's results and the kernel's differ only because memory lies elsewhere, the
+    kernel mode says so instead of reporting a finding (a second run of jitbpf moves it)."""
+    from tests.fuzz.harness import _program_case
+
+    assert _program_case(assemble(source, maps=MAP_HANDLES), kernel=True) == status
