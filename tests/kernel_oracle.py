@@ -261,12 +261,29 @@ def kernel_run(code: bytes, prog_type: int, packet: bytes) -> int:
     return kernel_run_output(code, prog_type, packet)[0]
 
 
+@contextlib.contextmanager
+def _on_first_cpu() -> Iterator[None]:
+    """The calling thread kept on CPU 0 meanwhile: a test run runs where its caller does, and
+    jitbpf's runs are CPU 0's unless told otherwise (bpf_get_smp_processor_id, per-CPU maps)."""
+    try:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {0})
+    except OSError:  # no CPU 0 for this process: the run goes where it may
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _test_run(fd: int, packet: bytes) -> tuple[int, bytes]:
     data = ctypes.create_string_buffer(packet, len(packet))
     out = ctypes.create_string_buffer(len(packet) + 512)
     run = _TestRunAttr(prog_fd=fd, data_size_in=len(packet), data_in=ctypes.addressof(data),
                        data_size_out=len(out), data_out=ctypes.addressof(out), repeat=1)
-    ret, err = _bpf(BPF_PROG_TEST_RUN, run)
+    with _on_first_cpu():
+        ret, err = _bpf(BPF_PROG_TEST_RUN, run)
     if ret < 0:
         raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
     return int(run.retval), out.raw[: run.data_size_out]
