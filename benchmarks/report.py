@@ -89,6 +89,9 @@ def targets(results: dict[str, Any]) -> list[Target]:
                                lambda v: v <= RUN_XDP_NS))
         out.append(_target("run_batch", "run_batch(packets), per packet", f"<= {RUN_BATCH_NS:g} ns",
                            runs.get("run_batch_ns"), lambda v: v <= RUN_BATCH_NS))
+        if "run_pcap_ns" in runs:
+            out.append(_target("run_pcap", "run_pcap(capture), per packet", f"<= {RUN_BATCH_NS:g} ns",
+                               runs["run_pcap_ns"], lambda v: v <= RUN_BATCH_NS))
         out.append(_target("floor", "batch of records: per-run floor", f"<= {FLOOR_NS:g} ns",
                            runs.get("records_floor_ns"), lambda v: v <= FLOOR_NS))
     batch = results.get("batch") or {}
@@ -345,6 +348,8 @@ def _packet_run_rows(runs: dict[str, Any], verdict: Callable[[str], str]) -> lis
              verdict("run_tc"))] if "run_tc_ns" in runs else []),
         (f"run_batch({runs['packets']:,} packets), XDP_PASS program", "packet", "", fmt_ns(runs["run_batch_ns"]), "",
          "", verdict("run_batch")),
+        *([(f"run_pcap({runs['pcap_packets']:,} packets), XDP_PASS program", "packet", "",
+             fmt_ns(runs["run_pcap_ns"]), "", "", verdict("run_pcap"))] if "run_pcap_ns" in runs else []),
         ("execute_records, empty program (per-run floor)", "input", "", fmt_ns(runs["records_floor_ns"]), "", "",
          verdict("floor")),
     ]

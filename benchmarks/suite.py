@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dpkt
+
 from benchmarks.measure import REPO_ROOT, Contender, Plan, Progress, measure, median_call_ns, median_ns
 from benchmarks.packets import packet_mix
 from benchmarks.workloads import FILTER_SOURCE, MAP_HANDLES, Context, Workload, fnv1a_source
 from jitbpf.asm import assemble
 from jitbpf.errors import BudgetExceeded, VerifierError
+from jitbpf.pcap import run_pcap
 from jitbpf.vm import VM
 
 BUDGET = 10**9  # instructions per call: the long loops run millions in one call
@@ -565,7 +568,8 @@ def helper_figures(quick: bool, progress: Progress) -> dict[str, Any]:
 def packet_run_figures(quick: bool, progress: Progress) -> dict[str, Any]:
     """XDP from Python: ``run_xdp(packet)`` per call, ``run_batch(packets)`` per packet (both with
     the JIT, a program returning XDP_PASS, so that the figures are the runner's cost), ``run_tc``
-    per call likewise (the ``__sk_buff`` runners' context: protocol, socket, ...); and the
+    per call likewise (the ``__sk_buff`` runners' context: protocol, socket, ...), ``run_pcap``
+    per packet over a capture of the same packets (reading the file included); and the
     per-run floor of a batch of fixed-size records (``execute_records``, an empty program)."""
     from jitbpf.linux.programs import ProgType
 
@@ -603,6 +607,15 @@ def packet_run_figures(quick: bool, progress: Progress) -> dict[str, Any]:
                                              2) / len(frames)
         out["records_floor_ns"] = median_call_ns(lambda: floor.execute_records(records, RECORD_SIZE),
                                                  40 * rounds, repeats, 2) / calls
+        with tempfile.TemporaryDirectory(prefix="jitbpf-bench-pcap-") as tmp:
+            capture = Path(tmp) / "mix.pcap"
+            with capture.open("wb") as f:
+                writer = dpkt.pcap.Writer(f)
+                for i, frame in enumerate(frames * 10):
+                    writer.writepkt(frame, ts=i / 1e6)
+            out["pcap_packets"] = len(frames) * 10
+            out["run_pcap_ns"] = median_call_ns(lambda: run_pcap(vm, capture, engine="jit", progress=False),
+                                                rounds, repeats, 1) / out["pcap_packets"]
     except Exception as exc:  # reported in the table, not fatal
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import array
+import contextlib
 import enum
+import mmap
 import os
 import struct
 import sys
@@ -15,7 +18,10 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import dpkt
 
+from jitbpf._native import native
 from jitbpf.errors import BpfError, ExecutionError
+from jitbpf.jit.runtime import ERROR_RESULT
+from jitbpf.linux.pktrun import Batch, BatchOutcome
 from jitbpf.linux.programs import PROGRAM_TYPES, ProgType, SkAction, TcAction, XdpAction
 
 if TYPE_CHECKING:
@@ -140,11 +146,12 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
         convert = _link_converter(int(reader.datalink()), frames, name)
         endian = _CLASSIC_MAGICS.get(magic)
         # dpkt hands out a cut-off last packet as if it were whole: classic captures are read here.
-        packets = _classic_packets(f, endian, name, warn) if endian else (bytes(buf) for _ts, buf in reader)
+        packets = _classic_packets(f, endian, name, warn) if endian else (
+            (bytes(buf), f.tell()) for _ts, buf in reader)
         count = 0
         try:
-            for buf in packets:
-                yield convert(buf), min(f.tell() / size, 1.0)
+            for buf, end in packets:
+                yield convert(buf), min(end / size, 1.0)
                 count += 1
         except dpkt.dpkt.NeedData:  # pcapng cut short: keep what came before, as for classic pcap
             _warn(warn, f"{name}: the capture ends in the middle of a block, after {count} packets; the rest was"
@@ -202,13 +209,15 @@ def _warn(warn: Callable[[str], None] | None, message: str) -> None:
         warn(message)
 
 
-def _classic_packets(f: BinaryIO, endian: str, name: str, warn: Callable[[str], None] | None) -> Iterator[bytes]:
-    """The packet records of a classic pcap file, positioned after its 24-byte file header."""
+def _classic_packets(f: BinaryIO, endian: str, name: str, warn: Callable[[str], None] | None
+                     ) -> Iterator[tuple[bytes, int]]:
+    """The packet records of a classic pcap file, positioned after its 24-byte file header, each
+    with the offset where it ends."""
     record = struct.Struct(endian + "IIII")  # seconds, fraction, captured length, original length
-    f.seek(24)
+    offset = 24
+    f.seek(offset)
     index = 0
     while header := f.read(record.size):
-        offset = f.tell() - len(header)
         caplen = record.unpack(header)[2] if len(header) == record.size else -1
         if caplen > _MAX_PACKET:
             raise PcapError(f"{name}: packet {index} at offset {offset:#x} claims {caplen} bytes (corrupt capture)")
@@ -217,7 +226,8 @@ def _classic_packets(f: BinaryIO, endian: str, name: str, warn: Callable[[str], 
             got = f"{len(buf)} of its {caplen} bytes" if caplen >= 0 else "part of its header"
             _warn(warn, f"{name}: the capture ends in the middle of packet {index} ({got}); it was left out")
             return
-        yield buf
+        offset += record.size + caplen
+        yield buf, offset
         index += 1
 
 
@@ -305,6 +315,94 @@ _BATCHED: dict[ProgType, tuple[Callable[[bytes], bytes], Callable[[int], int]]] 
     ProgType.SK_SKB: (_l4_payload, _u32),
 }
 BATCH_PACKETS = 4096  # packets read ahead for one batch
+# What the batched types take of a frame, as the bytes it starts with that a view of a classic
+# capture's record leaves out
+_RECORD_VIEWS: dict[Callable[[bytes], bytes], int] = {_frame: 0, _ip_packet: 14}
+_DISTINCT = 64  # r0 values a batch's count keeps natively (more: counted in Python)
+
+
+def _counted(results: array.array[int]) -> dict[int, int]:
+    """How many times each r0 comes in ``results``, in order of first appearance."""
+    nat = native()
+    distinct, counts = nat.ffi.new("uint64_t[]", _DISTINCT), nat.ffi.new("uint64_t[]", _DISTINCT)
+    found = int(nat.lib.jb_count_values(nat.ffi.from_buffer("uint64_t[]", results), len(results), distinct, counts,
+                                        _DISTINCT)) if results else 0
+    if found < 0:
+        return dict(Counter(results))
+    return {int(distinct[i]): int(counts[i]) for i in range(found)}
+
+
+def _classic_records(path: str | os.PathLike[str], skip: int, limit: int | None, warn: Callable[[str], None]
+                     ) -> Iterator[tuple[Batch, int, float, int]] | None:
+    """A classic pcap capture of Ethernet frames as batches of packets found natively in the
+    bytes read: ``(batch, index of its first packet, fraction read, bytes captured)``, each
+    packet less its first ``skip`` bytes; None for other captures (read_packets reads them). A
+    capture cut short, or a corrupt record length, is reported as read_packets reports it."""
+    name = os.fspath(path)
+    try:
+        f: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+    except OSError as exc:
+        raise PcapError(f"{name}: {exc.strerror or exc}") from exc
+    header = f.read(24)
+    endian = _CLASSIC_MAGICS.get(header[:4])
+    if endian is None or len(header) < 24 or struct.unpack(endian + "I", header[20:24])[0] != 1:
+        f.close()
+        return None
+    return _record_batches(f, name, endian == ">", skip, limit, warn)
+
+
+def _record_batches(f: BinaryIO, name: str, big_endian: bool, skip: int, limit: int | None,
+                    warn: Callable[[str], None]) -> Iterator[tuple[Batch, int, float, int]]:
+    nat = native()
+    nffi, lib = nat.ffi, nat.lib
+    try:
+        size = os.fstat(f.fileno()).st_size
+        # The capture mapped, not read: the runs copy each packet into their own memory anyway.
+        # Its pages mapped at once where the system can (one fault per page costs as much as the
+        # runs): MAP_POPULATE.
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        data: Any = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) if size > 24 else b""
+    except (OSError, ValueError):
+        f.seek(0)
+        data = f.read()  # not mappable (a pipe, say): read whole
+        size = len(data)
+    f.close()
+    if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_SEQUENTIAL"):
+        data.madvise(mmap.MADV_SEQUENTIAL)
+    offsets, lens = array.array("Q", bytes(8 * BATCH_PACKETS)), array.array("Q", bytes(8 * BATCH_PACKETS))
+    stats, corrupt = nffi.new("uint64_t[3]"), nffi.new("int *")
+    view = memoryview(data)
+    base = nffi.from_buffer(view)
+    at, index = 24, 0  # where the next record starts, packets so far
+    try:
+        while limit is None or index < limit:
+            room = BATCH_PACKETS if limit is None else min(BATCH_PACKETS, limit - index)
+            n = int(lib.jb_pcap_records(base + at, size - at, big_endian, _MAX_PACKET, skip,
+                                        nffi.from_buffer("uint64_t[]", offsets), nffi.from_buffer("uint64_t[]", lens),
+                                        room, stats, corrupt))
+            if n:
+                yield (Batch(view[at:], offsets[:n], lens[:n], int(stats[1])), index, min((at + stats[0]) / size, 1.0),
+                       int(stats[2]))
+                index += n
+                at += int(stats[0])
+            if corrupt[0] and (limit is None or index < limit):
+                caplen = struct.unpack_from(">I" if big_endian else "<I", data, at + 8)[0]
+                raise PcapError(f"{name}: packet {index} at offset {at:#x} claims {caplen} bytes (corrupt capture)")
+            if n < room:
+                break  # the end, or a record cut short
+        left = size - at
+        if left and (limit is None or index < limit):
+            caplen = struct.unpack_from(">I" if big_endian else "<I", data, at + 8)[0] if left >= 16 else -1
+            got = f"{left - 16} of its {caplen} bytes" if caplen >= 0 else "part of its header"
+            warn(f"{name}: the capture ends in the middle of packet {index} ({got}); it was left out")
+    finally:
+        del base
+        # The last batch may still be in the caller's hands (its view of the mapping): then the
+        # mapping goes when that does.
+        with contextlib.suppress(BufferError):
+            view.release()
+            if isinstance(data, mmap.mmap):
+                data.close()
 
 
 def _runner(vm: VM, prog_type: ProgType, engine: str) -> Callable[[bytes], int]:
@@ -422,29 +520,37 @@ def run_pcap(
     pending: list[bytes] = []  # inputs of the next batch
 
     def run_pending() -> None:
-        assert batched is not None
-        first = summary.packets - len(pending)
-        outcome = vm.run_batch(pending, engine="jit", threads=threads, keep_errors=True)
-        errors = outcome.errors or {}
-        for i, r0 in enumerate(outcome.results):
-            if i in errors:
-                count_error(first + i, errors[i])
-            else:
-                count(batched[1](r0))
+        count_outcome(vm.run_batch(pending, engine="jit", threads=threads, keep_errors=True),
+                      summary.packets - len(pending))
         pending.clear()
+
+    def count_outcome(outcome: BatchOutcome, first: int) -> None:
+        """The verdicts of a batch whose first packet is packet ``first`` of the capture."""
+        assert batched is not None
+        errors = outcome.errors or {}
+        for i in sorted(errors):
+            count_error(first + i, errors[i])
+        # Each distinct r0 is named once: a batch has few of them (ERROR_RESULT stands for the
+        # failed runs, counted above).
+        for r0, times in _counted(outcome.results).items():
+            times -= len(errors) if r0 == ERROR_RESULT else 0
+            if times:
+                count(batched[1](r0), times)
 
     def count_error(index: int, exc: ExecutionError) -> None:
         summary.errors += 1
         summary.first_error = summary.first_error or f"packet {index}: {exc}"
         summary.verdicts["error"] += 1
 
-    def count(value: int) -> None:
-        summary.verdicts[verdict_name(prog_type, value) or f"r0={value}"] += 1
+    def count(value: int, times: int = 1) -> None:
+        summary.verdicts[verdict_name(prog_type, value) or f"r0={value}"] += times
 
-    try:
-        for index, (packet, fraction) in enumerate(read_packets(pcap_path, warn=summary.warnings.append)):
+    def run_each(packets: Iterator[tuple[bytes, float]]) -> float:
+        """Every packet of the capture as read in Python; returns the fraction read."""
+        read = 0.0
+        for index, (packet, fraction) in enumerate(packets):
             if limit is not None and index >= limit:
-                break
+                return read
             read = fraction
             summary.packets += 1
             summary.bytes += len(packet)
@@ -462,8 +568,21 @@ def run_pcap(
             count(value)
             if on_packet is not None:
                 on_packet(index, packet, value)
-        else:
+        return 1.0
+
+    try:
+        skip = _RECORD_VIEWS.get(batched[0]) if batched is not None else None
+        records = _classic_records(pcap_path, skip, limit, summary.warnings.append) if skip is not None else None
+        if records is not None:  # a classic Ethernet capture: read and run in native loops
+            for batch, first, fraction, nbytes in records:
+                summary.packets += len(batch.lens)
+                summary.bytes += nbytes
+                count_outcome(vm.run_batch(batch, engine="jit", threads=threads, keep_errors=True), first)
+                read = fraction
+                bar.update(fraction, summary.packets, started)
             read = 1.0
+        else:
+            read = run_each(read_packets(pcap_path, warn=summary.warnings.append))
         if pending:
             run_pending()
     finally:

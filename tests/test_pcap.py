@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import pytest
@@ -254,3 +255,68 @@ def test_unreadable_header_without_a_message(tmp_path: Path, monkeypatch: pytest
     junk.write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(20))
     with pytest.raises(PcapError, match=r"not a pcap or pcapng capture \(NeedData\)"):
         list(read_packets(junk))
+
+
+# A program whose r0 tells packets apart: its first byte, and for cgroup_skb (which sees the
+# packet from its network header) the IP version's nibble, kept in [0, 1] there.
+FIRST_BYTE = {ProgType.XDP: "ldxw r2, [r1+0]\nldxw r3, [r1+4]\nmov r0, 2\nmov r4, r2\nadd r4, 1\n"
+                            "jgt r4, r3, +1\nldxb r0, [r2+0]\nexit",
+              ProgType.CGROUP_SKB: "ldxw r2, [r1+76]\nldxw r3, [r1+80]\nmov r0, 0\nmov r4, r2\nadd r4, 1\n"
+                                   "jgt r4, r3, +3\nldxb r0, [r2+0]\nrsh r0, 6\nand r0, 1\nexit"}
+
+
+def _bytes_of_capture(tmp_path: Path, frames: list[bytes], how: str) -> Path:
+    """A classic capture of ``frames`` made whole, cut in a record, cut in a record header, with a
+    corrupt record length, or written big-endian."""
+    whole = write_pcap(tmp_path / "whole.pcap", frames).read_bytes()
+    data = bytearray(whole)
+    if how == "cut":
+        data = data[:-5]
+    elif how == "cut-header":
+        data = data[:24 + sum(16 + len(f) for f in frames[:3]) + 7]
+    elif how == "corrupt":
+        at = 24 + sum(16 + len(f) for f in frames[:4])
+        data[at + 8 : at + 12] = (1 << 30).to_bytes(4, "little")
+    elif how == "big-endian":
+        fields = ((4, 2), (6, 2), (8, 4), (12, 4), (16, 4), (20, 4))  # the file header's, after the magic
+        data = bytearray(bytes.fromhex("a1b2c3d4"))
+        data += b"".join(int.from_bytes(whole[i:i + n], "little").to_bytes(n, "big") for i, n in fields)
+        at = 24
+        for frame in frames:
+            head = whole[at:at + 16]
+            data += b"".join(int.from_bytes(head[i:i + 4], "little").to_bytes(4, "big") for i in range(0, 16, 4))
+            data += frame
+            at += 16 + len(frame)
+    path = tmp_path / f"{how}.pcap"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("prog_type", list(FIRST_BYTE))
+@pytest.mark.parametrize("how", ["whole", "cut", "cut-header", "corrupt", "big-endian"])
+@pytest.mark.parametrize("limit", [None, 5])
+def test_jit_reads_classic_captures_as_the_interpreter_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            prog_type: ProgType, how: str, limit: int | None) -> None:
+    """The JIT's native reading of classic captures (records found in the mapped file, batches of
+    three here so that a capture spans several) counts, warns and fails as the interpreter's
+    reading does."""
+    from jitbpf import pcap
+    from jitbpf.asm import assemble
+    from jitbpf.vm import VM
+
+    monkeypatch.setattr(pcap, "BATCH_PACKETS", 3)
+    frames = [udp_frame(src) for src in SOURCES] + [arp_frame(), tcp_frame("192.168.0.1"), b"\x45", b""]
+    path = _bytes_of_capture(tmp_path, frames, how)
+    outcomes: list[tuple[Any, ...]] = []
+    for engine in ("interp", "jit"):
+        with VM(assemble(FIRST_BYTE[prog_type]), prog_type=prog_type) as vm:
+            try:
+                s = run_pcap(vm, path, engine=engine, progress=False, limit=limit)
+                outcomes.append((s.packets, s.bytes, dict(s.verdicts), s.warnings, s.errors))
+            except PcapError as exc:
+                outcomes.append(("refused", str(exc)))
+    assert outcomes[0] == outcomes[1]
+    if how == "corrupt" and limit is None:
+        assert outcomes[0][0] == "refused" and "packet 4 at offset" in str(outcomes[0][1])
+    elif how in ("whole", "big-endian"):
+        assert outcomes[0][0] == (limit or len(frames))

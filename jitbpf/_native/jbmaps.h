@@ -234,6 +234,16 @@ int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
 uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
 uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t *offsets, const uint64_t *lens,
                       uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens);
+/* The records of a classic pcap capture read into buf[0, len) (after its file header), at most
+   `max`: packet i at offsets[i], lens[i] bytes, less its first `skip` bytes (a view from the
+   network header). Returns how many were whole; stats[0] is where the last of them ends,
+   stats[1] the longest packet given, stats[2] the bytes captured. Stops at a record cut short by
+   the buffer's end, or (*corrupt = 1) at one claiming more than max_packet bytes. */
+int64_t jb_pcap_records(const uint8_t *buf, uint64_t len, int big_endian, uint64_t max_packet, uint64_t skip,
+                        uint64_t *offsets, uint64_t *lens, uint64_t max, uint64_t *stats, int *corrupt);
+/* The distinct values of values[0, n) in order of first appearance, each with how many times
+   it comes; -1 when there are more than `max` of them. */
+int64_t jb_count_values(const uint64_t *values, uint64_t n, uint64_t *distinct, uint64_t *counts, uint64_t max);
 uint64_t jb_helper_xdp_adjust_head(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_xdp_adjust_meta(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);
 uint64_t jb_helper_xdp_adjust_tail(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, uint64_t r5);

@@ -959,3 +959,52 @@ uint64_t jb_helper_skb_change_tail(uint64_t ctx, uint64_t new_len, uint64_t flag
     jb_pkt_sync(run);
     return 0;
 }
+
+/* -- capture files ------------------------------------------------------------------------------ */
+
+int64_t jb_pcap_records(const uint8_t *buf, uint64_t len, int big_endian, uint64_t max_packet, uint64_t skip,
+                        uint64_t *offsets, uint64_t *lens, uint64_t max, uint64_t *stats, int *corrupt)
+{
+    uint64_t at = 0, n = 0, longest = 0, bytes = 0;
+    *corrupt = 0;
+    while (n < max && len - at >= 16) {
+        const uint8_t *h = buf + at + 8; /* captured length, after the two timestamp words */
+        uint64_t caplen = big_endian ? (uint64_t)h[0] << 24 | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 8 | h[3]
+                                     : (uint64_t)h[3] << 24 | (uint64_t)h[2] << 16 | (uint64_t)h[1] << 8 | h[0];
+        if (caplen > max_packet) {
+            *corrupt = 1;
+            break;
+        }
+        if (len - at - 16 < caplen)
+            break; /* cut short by the end of the buffer */
+        uint64_t cut = caplen < skip ? caplen : skip;
+        offsets[n] = at + 16 + cut;
+        lens[n] = caplen - cut;
+        longest = lens[n] > longest ? lens[n] : longest;
+        bytes += caplen;
+        n++;
+        at += 16 + caplen;
+    }
+    stats[0] = at;
+    stats[1] = longest;
+    stats[2] = bytes;
+    return (int64_t)n;
+}
+
+int64_t jb_count_values(const uint64_t *values, uint64_t n, uint64_t *distinct, uint64_t *counts, uint64_t max)
+{
+    uint64_t found = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t v = values[i], k = 0;
+        while (k < found && distinct[k] != v)
+            k++;
+        if (k == found) {
+            if (found == max)
+                return -1; /* more distinct values than room: the caller counts them itself */
+            distinct[found] = v;
+            counts[found++] = 0;
+        }
+        counts[k]++;
+    }
+    return (int64_t)found;
+}

@@ -217,8 +217,9 @@ class Batch:
     """Packets to run, in one buffer: packet i is ``data[offsets[i] : offsets[i] + lens[i]]``."""
 
     data: Any  # a bytes-like object (bytes, bytearray, mmap, ...)
-    offsets: Sequence[int]
+    offsets: Sequence[int]  # array("Q") is read in place
     lens: Sequence[int]
+    longest: int = -1  # the longest packet's length, when known (-1: found from lens)
 
     @classmethod
     def of(cls, packets: Sequence[bytes | bytearray | memoryview]) -> Batch:
@@ -295,9 +296,9 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
     assert b.jit is not None and b.frame is not None
     n = hi - lo
     grow = b.frame.headroom + b.frame.tailroom
-    offsets = nffi.new("uint64_t[]", batch.offsets[lo:hi])
+    offsets = _uint64s(nffi, batch.offsets, lo, hi)
     lens_list = batch.lens[lo:hi]
-    lens = nffi.new("uint64_t[]", lens_list)
+    lens = _uint64s(nffi, batch.lens, lo, hi)
     results = array.array("Q", [0]) * n
     res = nffi.cast("uint64_t *", nffi.from_buffer(results, require_writable=True))
     base = nffi.from_buffer(batch.data)
@@ -324,6 +325,13 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
                 lo + i) not in outcome.errors else b""
     del base, res
     return results
+
+
+def _uint64s(nffi: Any, values: Sequence[int], lo: int, hi: int) -> Any:
+    """``values[lo:hi]`` as native ``uint64_t``: in place for an ``array("Q")``, else copied."""
+    if isinstance(values, array.array) and values.typecode == "Q" and hi > lo:
+        return nffi.cast("uint64_t *", nffi.from_buffer(memoryview(values)[lo:hi]))
+    return nffi.new("uint64_t[]", values[lo:hi])
 
 
 def split_runs(n: int, threads: int, run: Callable[[int, int], array.array[int]]) -> array.array[int]:

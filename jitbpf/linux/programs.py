@@ -1552,7 +1552,7 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
             return outcome
     batch = None if items is not None else packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
     if batch is not None:
-        longest = max(batch.lens, default=0)
+        longest = batch.longest if batch.longest >= 0 else max(batch.lens, default=0)
     n = len(items) if items is not None else len(batch.lens) if batch is not None else 0
     outcome = pktrun.BatchOutcome(array.array("Q"), [b""] * n if keep_packets else None, {} if keep_errors else None)
     probe = pktrun.binding(vm, state, longest) if engine == "jit" else None
