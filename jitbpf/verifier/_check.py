@@ -123,6 +123,8 @@ NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_N
             Pt.PTR_TO_MEM_OR_NULL: Pt.PTR_TO_MEM, Pt.PTR_TO_SOCK_COMMON_OR_NULL: Pt.PTR_TO_SOCK_COMMON,
             Pt.PTR_TO_SOCKET_OR_NULL: Pt.PTR_TO_SOCKET, Pt.PTR_TO_TCP_SOCK_OR_NULL: Pt.PTR_TO_TCP_SOCK}
 POINTER_OR_NULL = tuple(NON_NULL)
+# Pointers whose constant offset moves by what is added to them, with no other effect.
+OFFSET_POINTERS = frozenset({Pt.PTR_TO_STACK, Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META, Pt.PTR_TO_MAP_VALUE})
 # What an acquiring helper returns, by its return type.
 ACQUIRED = {RetType.ACQUIRED_MEM_OR_NULL: Pt.PTR_TO_BUF_OR_NULL,
             RetType.ACQUIRED_SOCKET_OR_NULL: Pt.PTR_TO_SOCKET_OR_NULL,
@@ -385,7 +387,8 @@ class Checker:
             key = (info.opcode, info.variant_field, info.variant, insn.dst, insn.src)
             got = rules.get(key)
             if got is None:
-                branch = (self._known_branch(info) if info.width == 64 else self._branch) if info.kind is jcond else None
+                branch = None if info.kind is not jcond else self._known_branch(info) if info.width == 64 \
+                    else self._branch
                 got = rules[key] = (self._plain_rule(insn, info), _precise_rule(insn, info), _back_rule(insn, info),
                                     branch)
             plain, precise, back, branch = got
@@ -433,14 +436,23 @@ class Checker:
         fold = alu_function(info.op, 64)
         const = sc.const
         reg_src = info.reg_src
+        # A pointer plus an immediate only moves its fixed offset (``_pointer_add``'s constant
+        # case), for the pointers without a rule of their own there.
+        moves = OFFSET_POINTERS if info.op == AluOp.ADD and not reg_src else frozenset()
 
         def rule(st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
             a = regs[insn.dst]
             b = regs[insn.src] if reg_src else constants.get(insn.imm) or constant(insn.imm)
-            if a.type is scalar and b.type is scalar:
+            t = a.type
+            if t is scalar and b.type is scalar:
                 av, bv = a.var, b.var
                 if not av.mask and not bv.mask:
                     regs[insn.dst] = _new_reg(Reg, (scalar, const(fold(av.value, bv.value)), 0, 0, 0, 0, 0))
+                    return
+            elif t in moves:
+                off = a.off + insn.imm
+                if -MAX_OFFSET < insn.imm < MAX_OFFSET and -MAX_OFFSET < off < MAX_OFFSET:
+                    regs[insn.dst] = _new_reg(Reg, (t, a.var, off, a.id, a.range, a.aux, a.ref))
                     return
             general(st, regs, insn, info)
 
@@ -1520,7 +1532,9 @@ class Checker:
         frame = st.frames[ptr.aux]
         start = lo - STACK_BOTTOM
         n = hi - lo
-        self._dynptr_access(st, frame, r, start, n, mode)
+        # (Within one slot, which holds no dynptr, the common case: nothing to look for.)
+        if start % 8 + n > 8 or (type(one := frame.stack[start // 8]) is Reg and one.type is Pt.DYNPTR):
+            self._dynptr_access(st, frame, r, start, n, mode)
         if ptr.var.is_const:
             self.aux = ptr.aux << 16 | start
         if not ptr.var.is_const:
@@ -1553,13 +1567,19 @@ class Checker:
             else:
                 frame.write_bytes(start, (MISC,) * size)
             return None
+        slot: Slot = frame.stack[start // 8]
+        if size == 8 and not start % 8 and type(slot) is Reg and mode is Access.READ and not 0 < slot.range < 8:
+            # A whole register spilled there (no narrow spill, no buffer narrower than the
+            # slot): every byte was written, and the fill gives back what was spilled.
+            self._stack_read(ptr.aux, start, size)
+            return slot
         self._stack_read(ptr.aux, start, size)
         data = frame.read_bytes(start, size)
         if INVALID in data:
             self._uninit_stack(f"invalid read from stack off={lo} size={size} through r{r}: uninitialised bytes")
             frame.fill(start, size)  # it reads as zero at run time, as some unknown value to the proof
             data = frame.read_bytes(start, size)
-        slot: Slot = frame.stack[start // 8]
+        slot = frame.stack[start // 8]
         if mode is Access.ATOMIC:
             if any(frame.pointer_spills(start, size)) and not self.privileged:
                 self.reject(f"atomic operation on a spilled pointer through r{r}")
