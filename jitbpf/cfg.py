@@ -182,28 +182,34 @@ def live_in(flow: ControlFlow, *, call_args: Mapping[int, int] | None = None) ->
     slot's function (a backward data-flow over the blocks; 0 for an lddw's second slot).
     ``call_args`` is ``register_reads``'s."""
     program = flow.program
+    n = len(program)
     main_end = flow.functions[0].end
-    use_def: list[tuple[int, int]] = [(0, 0)] * len(program)
-    # The registers depend on the instruction's fields alone (and, for an exit, on its function):
-    # identical instructions, most of a long program's, share one look-up.
-    known: dict[tuple[int, int, int, int, int, bool], tuple[int, int]] = {}
-    for pc, (insn, info) in enumerate(zip(program.slots, program.infos, strict=True)):
-        if insn is None or info is None:
+    slots, infos, words = program.slots, program.infos, program.words
+    uses, defs = [0] * n, [0] * n
+    # The registers depend on the instruction's encoding alone (and, for an exit, on its
+    # function: the main program's or another's): identical instructions, most of a long
+    # program's, share one look-up.
+    known: tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]] = ({}, {})
+    for pc in range(n):
+        insn = slots[pc]
+        if insn is None:
             continue
-        key = (insn.opcode, insn.dst, insn.src, insn.off, insn.imm, pc < main_end)
-        got = known.get(key)
+        main = pc < main_end
+        cache = known[main]
+        got = cache.get(words[pc])
         if got is None:
-            got = known[key] = (register_reads(insn, info, main=key[5], call_args=call_args),
-                                register_writes(insn, info))
-        use_def[pc] = got
+            info = infos[pc]
+            assert info is not None
+            got = cache[words[pc]] = (register_reads(insn, info, main=main, call_args=call_args),
+                                      register_writes(insn, info))
+        uses[pc], defs[pc] = got
     succ = flow.successor_map
     block_gen_kill: dict[int, tuple[int, int]] = {}
     for b in flow.blocks:
         gen = kill = 0
         for pc in range(b.start, b.end):
-            used, defined = use_def[pc]
-            gen |= used & ~kill
-            kill |= defined
+            gen |= uses[pc] & ~kill
+            kill |= defs[pc]
         block_gen_kill[b.start] = (gen, kill)
     block_in = {b.start: 0 for b in flow.blocks}
     changed = True
@@ -217,8 +223,7 @@ def live_in(flow: ControlFlow, *, call_args: Mapping[int, int] | None = None) ->
             new = gen | (out & ~kill)
             if new != block_in[b.start]:
                 block_in[b.start], changed = new, True
-    per_pc = [0] * len(program)
-    slots = program.slots
+    per_pc = [0] * n
     for b in flow.blocks:
         cur = 0
         for t in succ[b.start]:
@@ -226,8 +231,7 @@ def live_in(flow: ControlFlow, *, call_args: Mapping[int, int] | None = None) ->
         for pc in range(b.end - 1, b.start - 1, -1):
             if slots[pc] is None:
                 continue
-            used, defined = use_def[pc]
-            cur = used | (cur & ~defined)
+            cur = uses[pc] | (cur & ~defs[pc])
             per_pc[pc] = cur
     return tuple(per_pc)
 

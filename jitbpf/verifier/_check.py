@@ -25,6 +25,7 @@ from jitbpf.isa import (
     OpInfo,
     PseudoSrc,
     alu_function,
+    jump_function,
 )
 from jitbpf.linux.dynptrs import DYNPTR_SIZE, DynptrKind
 from jitbpf.linux.maps import (
@@ -61,6 +62,7 @@ from jitbpf.verifier._state import (
     join_key,
     join_states,
     kinds_key,
+    known_numbers,
     lock_id,
     shared_ids,
     state_within,
@@ -121,6 +123,8 @@ NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_N
             Pt.PTR_TO_MEM_OR_NULL: Pt.PTR_TO_MEM, Pt.PTR_TO_SOCK_COMMON_OR_NULL: Pt.PTR_TO_SOCK_COMMON,
             Pt.PTR_TO_SOCKET_OR_NULL: Pt.PTR_TO_SOCKET, Pt.PTR_TO_TCP_SOCK_OR_NULL: Pt.PTR_TO_TCP_SOCK}
 POINTER_OR_NULL = tuple(NON_NULL)
+# Pointers whose constant offset moves by what is added to them, with no other effect.
+OFFSET_POINTERS = frozenset({Pt.PTR_TO_STACK, Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META, Pt.PTR_TO_MAP_VALUE})
 # What an acquiring helper returns, by its return type.
 ACQUIRED = {RetType.ACQUIRED_MEM_OR_NULL: Pt.PTR_TO_BUF_OR_NULL,
             RetType.ACQUIRED_SOCKET_OR_NULL: Pt.PTR_TO_SOCKET_OR_NULL,
@@ -256,8 +260,8 @@ class _Visit:
     was verified, and any later state within it can be pruned.
     """
 
-    __slots__ = ("branches", "hist", "hits", "join_key", "kinds", "misses", "parent", "precise", "precise_slots",
-                 "reads", "shared", "state")
+    __slots__ = ("branches", "hist", "hits", "join_key", "kinds", "known", "misses", "parent", "precise",
+                 "precise_slots", "reads", "shared", "state")
 
     def __init__(self, state: State | None, parent: _Visit | None, shared: frozenset[int]) -> None:
         self.state = state  # registers not live here are cleared
@@ -268,6 +272,7 @@ class _Visit:
         self.misses = 0  # later states compared in vain (inside loops)
         self.join_key: tuple[tuple[int, ...], tuple[object, ...]] | None = None  # (live masks, join_key of state)
         self.kinds: tuple[tuple[int, ...], tuple[object, ...]] | None = None  # kinds_key(state), once asked
+        self.known: tuple[tuple[int, int], ...] | None = None  # known_numbers(state), once asked
         # Per frame, a bit per stack slot that some continuation read: the other slots' contents
         # never mattered, so they are ignored when later states are compared with this one.
         nframes = len(state.frames) if state is not None else 0
@@ -281,8 +286,11 @@ class _Visit:
 
 LogNode = tuple[str, "LogNode"] | None  # the path's log, newest line first, shared between branches
 Rule = Callable[[State, list[Reg], Instruction, OpInfo], None]  # an instruction's rule (registers: the innermost)
+# A conditional jump's rule: the states that take it and that fall through (None: no such path).
+Branch = Callable[[State, list[Reg], Instruction, OpInfo], tuple[State | None, State | None]]
 # What the walk looks up per slot (see ``Checker._steps``).
-Step = tuple[Instruction, OpInfo, Rule | None, "PreciseRule", "BackRule | None", int]
+Step = tuple[Instruction, OpInfo, Rule | None, "PreciseRule", "BackRule | None", int, Branch | None]
+_new_reg = tuple.__new__  # Reg(...) without NamedTuple's __new__, for the registers made per instruction
 
 
 def _parse_helper(helper: Helper) -> tuple[tuple[ArgType, ...], RetType]:
@@ -367,10 +375,11 @@ class Checker:
     def _steps(self) -> list[Step | None]:
         # The rules depend on the opcode-table row and the registers only: identical
         # instructions (most of a long program's) share one lookup.
-        rules: dict[tuple[int, str, int, int, int], tuple[Rule | None, PreciseRule, BackRule | None]] = {}
+        rules: dict[tuple[int, str, int, int, int], tuple[Rule | None, PreciseRule, BackRule | None, Branch | None]]
+        rules = {}
         steps: list[Step | None] = []
         append = steps.append
-        lddw = Kind.LDDW
+        lddw, jcond = Kind.LDDW, Kind.JCOND
         for pc, (insn, info) in enumerate(zip(self.slots, self.infos, strict=True)):
             if insn is None or info is None:
                 append(None)
@@ -378,14 +387,20 @@ class Checker:
             key = (info.opcode, info.variant_field, info.variant, insn.dst, insn.src)
             got = rules.get(key)
             if got is None:
-                got = rules[key] = (self._plain_rule(info.kind), _precise_rule(insn, info), _back_rule(insn, info))
-            append((insn, info, *got, pc + 2 if info.kind is lddw else pc + 1))
+                branch = None if info.kind is not jcond else self._known_branch(info) if info.width == 64 \
+                    else self._branch
+                got = rules[key] = (self._plain_rule(insn, info), _precise_rule(insn, info), _back_rule(insn, info),
+                                    branch)
+            plain, precise, back, branch = got
+            append((insn, info, plain, precise, back, pc + 2 if info.kind is lddw else pc + 1, branch))
         return steps
 
-    def _plain_rule(self, kind: Kind) -> Rule | None:
+    def _plain_rule(self, insn: Instruction, info: OpInfo) -> Rule | None:
         """The rule of an instruction that neither jumps nor calls: it changes the state in place."""
-        match kind:
+        match info.kind:
             case Kind.ALU:
+                if info.width == 64 and insn.dst != FP and info.op not in DIVISIONS and info.op not in SHIFTS:
+                    return self._known_alu(info)
                 return self._alu
             case Kind.NEG:
                 return self._neg
@@ -403,6 +418,72 @@ class Checker:
                 return self._atomic
             case _:
                 return None
+
+    def _known_alu(self, info: OpInfo) -> Rule:
+        """A 64-bit move, or an operation other than a division or shift, on numbers: when both
+        operands are known (a loop counter, an address being built) the result is folded here,
+        as ``_alu`` would, without its checks; anything else goes to ``_alu``."""
+        general, constants, constant = self._alu, self.constants, self._constant
+        scalar = Pt.SCALAR
+        if info.op == AluOp.MOV:
+            if info.reg_src:
+                return general
+
+            def move(_st: State, regs: list[Reg], insn: Instruction, _info: OpInfo) -> None:
+                regs[insn.dst] = constants.get(insn.imm) or constant(insn.imm)
+
+            return move
+        fold = alu_function(info.op, 64)
+        const = sc.const
+        reg_src = info.reg_src
+        # A pointer plus an immediate only moves its fixed offset (``_pointer_add``'s constant
+        # case), for the pointers without a rule of their own there.
+        moves = OFFSET_POINTERS if info.op == AluOp.ADD and not reg_src else frozenset()
+
+        def rule(st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
+            a = regs[insn.dst]
+            b = regs[insn.src] if reg_src else constants.get(insn.imm) or constant(insn.imm)
+            t = a.type
+            if t is scalar and b.type is scalar:
+                av, bv = a.var, b.var
+                if not av.mask and not bv.mask:
+                    regs[insn.dst] = _new_reg(Reg, (scalar, const(fold(av.value, bv.value)), 0, 0, 0, 0, 0))
+                    return
+            elif t in moves:
+                off = a.off + insn.imm
+                if -MAX_OFFSET < insn.imm < MAX_OFFSET and -MAX_OFFSET < off < MAX_OFFSET:
+                    regs[insn.dst] = _new_reg(Reg, (t, a.var, off, a.id, a.range, a.aux, a.ref))
+                    return
+            general(st, regs, insn, info)
+
+        return rule
+
+    def _known_branch(self, info: OpInfo) -> Branch:
+        """A 64-bit conditional jump: when both operands are known numbers, linked to no copy (a
+        loop counter against its bound), the outcome is decided here, as ``_branch`` would, with
+        nothing to narrow; anything else goes to ``_branch``."""
+        general, constants, constant = self._branch, self.constants, self._constant
+        decide = jump_function(info.op, 64)
+        scalar = Pt.SCALAR
+        reg_src = info.reg_src
+
+        def branch(st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> tuple[State | None, State | None]:
+            a = regs[insn.dst]
+            if a.type is not scalar or a.id or a.var.mask:
+                return general(st, regs, insn, info)
+            if reg_src:
+                b = regs[insn.src]
+                if b.type is not scalar or b.id or b.var.mask:
+                    return general(st, regs, insn, info)
+                taken = decide(a.var.value, b.var.value)
+                self._precise(insn.dst, insn.src)
+            else:
+                taken = decide(a.var.value, (constants.get(insn.imm) or constant(insn.imm)).var.value)
+                if ~st.precise >> insn.dst & 1:  # (else followed back already: _precise would find nothing)
+                    self._precise(insn.dst)
+            return (st, None) if taken else (None, st)
+
+        return branch
 
     # -- driver --------------------------------------------------------------------------------
 
@@ -527,6 +608,9 @@ class Checker:
         before: list[Reg] | None = None  # the registers before the instruction, for the log
         nframes = 0
         jcond, may_goto = Kind.JCOND, Kind.MAY_GOTO  # (locals: looked up per instruction)
+        # The rules find the path's state and latest visit here: set whenever those change.
+        self.visit = parent
+        self.st = st
         while True:
             self.pc = pc
             if pc in prune_points:
@@ -535,12 +619,12 @@ class Checker:
                     self._finish(parent)
                     return
                 st, parent = got
-            self.visit = parent
-            self.st = st
+                self.visit = parent
+                self.st = st
             self.aux = -1
             step = steps[pc]
             assert step is not None
-            insn, info, plain, rule, _back, nxt = step
+            insn, info, plain, rule, _back, nxt, branch = step
             self.processed += 1
             st.depth += 1
             if self.processed > self.watch:
@@ -556,7 +640,8 @@ class Checker:
                 nframes = len(frames)
             kind = info.kind
             if kind is jcond:  # (first: the kind of most instructions that are not plain)
-                taken, fall = self._branch(st, regs, insn, info)
+                assert branch is not None
+                taken, fall = branch(st, regs, insn, info)
                 target = targets[pc]
                 node = (pc, self.aux, st.hist)
                 for out in (taken, fall):
@@ -580,6 +665,7 @@ class Checker:
                 else:
                     self._finish(parent)
                     return
+                self.st = st
             else:
                 if plain is not None:
                     plain(st, regs, insn, info)
@@ -701,11 +787,13 @@ class Checker:
         if visits is None:
             visits = self.visits[pc] = []
         in_loop = pc not in control.merge_points
-        may_goto = self._is_may_goto(pc)
+        info = self.infos[pc]
+        may_goto = info is not None and info.kind is Kind.MAY_GOTO
         complete = 0
         i = 0
         nframes = len(st.frames)
         kinds: dict[tuple[int, ...], tuple[object, ...]] = {}  # st's kinds_key, by the visits' masks
+        scalar = Pt.SCALAR
         while i < len(visits):
             v = visits[i]
             assert v.state is not None
@@ -723,7 +811,19 @@ class Checker:
                 within = new_kinds == old_kinds and state_within(v.state, v.shared, st, v.reads, v.precise,
                                                                  v.precise_slots)
             else:
-                within = state_within(v.state, v.shared, st)
+                # An ancestor in a loop usually differs in a counter: a known number of its
+                # innermost frame that ``st`` lacks rules the exact comparison out at once.
+                known = v.known
+                if known is None:
+                    known = v.known = known_numbers(v.state)
+                nregs = st.frames[-1].regs
+                for r, value in known:
+                    x = nregs[r]
+                    if x.type is not scalar or x.var.mask or x.var.value != value:
+                        within = False
+                        break
+                else:
+                    within = state_within(v.state, v.shared, st)
             if within:
                 if done:
                     self.pruned += 1
@@ -1432,7 +1532,9 @@ class Checker:
         frame = st.frames[ptr.aux]
         start = lo - STACK_BOTTOM
         n = hi - lo
-        self._dynptr_access(st, frame, r, start, n, mode)
+        # (Within one slot, which holds no dynptr, the common case: nothing to look for.)
+        if start % 8 + n > 8 or (type(one := frame.stack[start // 8]) is Reg and one.type is Pt.DYNPTR):
+            self._dynptr_access(st, frame, r, start, n, mode)
         if ptr.var.is_const:
             self.aux = ptr.aux << 16 | start
         if not ptr.var.is_const:
@@ -1465,13 +1567,19 @@ class Checker:
             else:
                 frame.write_bytes(start, (MISC,) * size)
             return None
+        slot: Slot = frame.stack[start // 8]
+        if size == 8 and not start % 8 and type(slot) is Reg and mode is Access.READ and not 0 < slot.range < 8:
+            # A whole register spilled there (no narrow spill, no buffer narrower than the
+            # slot): every byte was written, and the fill gives back what was spilled.
+            self._stack_read(ptr.aux, start, size)
+            return slot
         self._stack_read(ptr.aux, start, size)
         data = frame.read_bytes(start, size)
         if INVALID in data:
             self._uninit_stack(f"invalid read from stack off={lo} size={size} through r{r}: uninitialised bytes")
             frame.fill(start, size)  # it reads as zero at run time, as some unknown value to the proof
             data = frame.read_bytes(start, size)
-        slot: Slot = frame.stack[start // 8]
+        slot = frame.stack[start // 8]
         if mode is Access.ATOMIC:
             if any(frame.pointer_spills(start, size)) and not self.privileged:
                 self.reject(f"atomic operation on a spilled pointer through r{r}")

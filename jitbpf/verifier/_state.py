@@ -299,6 +299,13 @@ def kinds_key(st: State, masks: Sequence[int] | None = None) -> tuple[tuple[int,
     return tuple(chosen), tuple(key)
 
 
+def known_numbers(st: State) -> tuple[tuple[int, int], ...]:
+    """The registers of the innermost frame that hold a known number, with it: a state within
+    ``st`` exactly (``state_within`` without masks) holds the same numbers there."""
+    scalar = RegType.SCALAR
+    return tuple((r, x.var.value) for r, x in enumerate(st.frames[-1].regs) if x.type is scalar and not x.var.mask)
+
+
 def state_within(old: State, shared: frozenset[int], new: State, reads: Sequence[int] | None = None,
                  precise: Sequence[int] | None = None, precise_slots: Sequence[int] | None = None) -> bool:
     """Whether ``new`` is covered by ``old``: same call stack, and each register and stack slot of
