@@ -45,6 +45,7 @@ from jitbpf.memory import MemoryMap
 
 EXIT = -1  # block result: the function returns
 CALL = -2  # block result: a local call (target in the block table)
+_RETURN = -3  # the return slot of an asynchronous callback's frame: its return ends the run
 CALLBACK = -3  # block result: a call of a helper that calls back into the program (bpf_loop, ...)
 
 
@@ -338,10 +339,13 @@ def run(
     *,
     budget: int,
     stack_zero: Callable[[int], None],
+    entry: int = 0,
 ) -> int:
     """Execute from slot 0 with registers ``regs`` until the main function exits; return r0.
 
     ``stack_zero(frame)`` clears a frame's stack when it is entered (frame 0 = outermost).
+    A non-zero ``entry`` runs the function there instead (an asynchronous callback), entered
+    from depth 0 as a local call, as the JIT enters it, until it returns.
     """
     fns, costs = blocks.fns, blocks.costs
     # Per call: (return slot, r6-r9, r10, the callback iteration when a helper made the call).
@@ -350,6 +354,11 @@ def run(
     R = regs
     top = R[FP]  # the outermost frame's r10, as the engine set it: frame d ends d frames below
     stack_zero(0)
+    if entry:
+        frames.append((_RETURN, 0, 0, 0, 0, top, None))
+        R[FP] -= STACK_SIZE
+        stack_zero(1)
+        pc = entry
     try:
         while True:
             budget -= costs[pc]
@@ -367,6 +376,8 @@ def run(
                 ret, R[6], R[7], R[8], R[9], R[FP], loop = frames[-1]
                 if loop is None:
                     frames.pop()
+                    if ret == _RETURN:
+                        return R[0]
                     pc = ret
                     continue
                 loop.count += 1

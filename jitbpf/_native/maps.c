@@ -2210,6 +2210,36 @@ uint64_t jb_map_elem_gen(uint64_t map, uint64_t addr)
     return __atomic_load_n(&m->gens[off / m->stride], __ATOMIC_ACQUIRE);
 }
 
+/* The key of the live element of map (a hash map or array) whose value holds addr, copied to key
+ * (key_size bytes; an array's is its index): 1, or 0 when addr is in no live element's value. */
+int jb_map_elem_key(uint64_t map, uint64_t addr, uint8_t *key)
+{
+    struct jb_map *m = arg_map(map);
+    uint64_t base, off;
+    uint32_t index;
+    int found = 0;
+    if (!m || !m->gens || !m->stride)
+        return 0;
+    base = (uint64_t)(uintptr_t)m->values;
+    off = addr - base;
+    if (addr < base || off >= (uint64_t)m->max_entries * m->stride)
+        return 0;
+    index = (uint32_t)(off / m->stride);
+    if (m->type == T_ARRAY || m->type == T_PERCPU_ARRAY) {
+        memcpy(key, &index, 4);
+        return 1;
+    }
+    if (!m->used || !m->keys)
+        return 0;
+    spin_lock(&m->lock);
+    if (m->used[index]) {
+        memcpy(key, m->keys + (uint64_t)index * m->key_size, m->key_size);
+        found = 1;
+    }
+    spin_unlock(&m->lock);
+    return found;
+}
+
 #define USER_RB_MAX_SAMPLES (128u * 1024u)  /* samples one drain looks at (the kernel's) */
 #define DYNPTR_LOCAL (1u << 28)  /* a local dynptr's type bits */
 
