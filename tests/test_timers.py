@@ -6,6 +6,8 @@ function of the timer's map element, verified apart, that returns 0), checked ag
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -271,3 +273,33 @@ def test_advance_time_refuses(build_c: Build) -> None:
         jitbpf.VM(jitbpf.assemble("mov r0, 0\nexit")).advance_time(1)
     assert vm.advance_time(5000) == 1  # the refusals moved no time: the timer fires now
     assert _elem(obj, "timers", 1)[1] == 1
+
+
+@pytest.mark.parametrize(("map_name", "key"), [("timers", 1), ("htimers", 7)])
+def test_the_kernel_fires_the_same_callbacks(build_c: Build, kernel: Kernel | None, map_name: str, key: int) -> None:
+    """The kernel's timers fire on its own clock: after a pause long enough for the four
+    firings, its element is what advance_time leaves here (but for the times, which only keep
+    the period apart)."""
+    if kernel is None:
+        pytest.skip("the kernel's BPF syscall is not available (root is needed)")
+    path = build_c(firing(map_name, key))
+    loaded = kernel.load(path, "prog", None)
+    assert not isinstance(loaded, str), loaded
+    try:
+        ran = loaded.run(UDP4)
+        assert ran is not None and ran.retval == 0
+        raw = b""
+        for _ in range(100):  # the timers fire within microseconds; wait up to 5 s for a busy machine
+            raw = loaded.maps()[map_name][key.to_bytes(4, "little")]
+            if int.from_bytes(raw[24:32], "little") == 4:
+                break
+            time.sleep(0.05)
+    finally:
+        loaded.close()
+    theirs = [int.from_bytes(raw[0:4], "little", signed=True)] + [
+        int.from_bytes(raw[off:off + 8], "little", signed=True) for off in range(24, 80, 8)]
+    obj, vm, _ = _armed_vm(build_c, firing(map_name, key), "jit")
+    vm.advance_time(10**6, engine="jit")
+    ours = _elem(obj, map_name, key)
+    assert theirs[:4] == ours[:4] == [key, 4, 1000, -EDEADLK]
+    assert all(later - earlier >= 1000 for earlier, later in itertools.pairwise(theirs[4:]))
