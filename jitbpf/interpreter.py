@@ -11,6 +11,7 @@ import errno
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from jitbpf._native import native
 from jitbpf.cfg import Block, ControlFlow
@@ -159,7 +160,7 @@ class _Callback:
         self.nr = nr  # bpf_loop: iterations asked for
         self.map = bpf_map  # for_each, user_ringbuf: the map's address
         self.count = 0  # invocations that returned
-        self.cursor: object = None  # for_each, user_ringbuf: the native iteration position
+        self.cursor: Any = None  # for_each, user_ringbuf: the native iteration state (a uint64_t[4])
 
     def next_args(self, R: list[int], key: int) -> bool:
         """Set r1-r5 for the next invocation; False when done. ``key`` is where for_each puts the
@@ -172,9 +173,12 @@ class _Callback:
             return True
         nat = native()
         if self.cursor is None:
-            self.cursor = nat.ffi.new("uint64_t *", 0)
+            self.cursor = nat.ffi.new("uint64_t[4]")
         if self.kind is CallbackKind.USER_RINGBUF:
-            if not nat.lib.jb_user_ringbuf_step(self.map, key, self.cursor):
+            row = self.cursor  # the drain's step takes the row the JIT keeps: [count, -, -, cursor]
+            row[0] = self.count
+            if not nat.lib.jb_user_ringbuf_step(self.map, key, row):
+                self.count = int(row[0])  # an error the step found, or the count as it was
                 return False
             R[1], R[2], R[3], R[4], R[5] = key, self.ctx, 0, 0, 0
             return True
@@ -411,7 +415,7 @@ def run(
                     continue
                 frames.pop()
                 R[FP] += STACK_SIZE
-                R[0] = 0
+                R[0] = loop.count  # 0, or the error a drain's first step found
             R[1], R[2], R[3], R[4], R[5] = 0, 0, 0, 0, 0
             pc = ret
     except HelperExit as stop:

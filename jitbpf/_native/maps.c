@@ -2246,16 +2246,19 @@ int jb_map_elem_key(uint64_t map, uint64_t addr, uint8_t *key)
 /* One step of bpf_user_ringbuf_drain, for both engines: the oldest submitted sample is consumed
  * and described by a local dynptr (programs may write through it) written at dynptr, 16 bytes the
  * engine chose (the callback's frame); discarded samples are skipped. Returns 1, or 0 when no
- * sample is ready (or the drain looked at its most samples, a header was forged, or map is no live
- * user ring buffer). The sample's memory stays as it is until a producer reserves it again, after
- * the run. *cursor counts the samples looked at. */
-uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *cursor)
+ * sample is ready (or the drain looked at its most samples, or map is no live user ring buffer).
+ * row is the drain's state, as the engines keep it: row[0] the callbacks that returned (what the
+ * drain returns), row[3] the samples looked at. A header whose length runs past the samples
+ * produced (a producer that forged it) ends the drain with -EINVAL in row[0], as the kernel's.
+ * The sample's memory stays as it is until a producer reserves it again, after the run. */
+uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *row)
 {
     struct jb_map *m = arg_map(map);
     struct jb_ringbuf *rb;
     struct rb_hdr *h;
-    uint64_t cons, total, desc[2];
+    uint64_t cons, total, desc[2], *cursor = &row[3];
     uint32_t l;
+    int rc;
     if (!m || m->type != T_USER_RINGBUF)
         return 0;
     if (jb_sbx_active() && !arg_mem(dynptr, sizeof desc))
@@ -2263,7 +2266,10 @@ uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *cursor)
     rb = m->rb;
     cons = LOAD(&rb->cons_pos);
     while (*cursor < USER_RB_MAX_SAMPLES) {
-        if (rb_peek(rb, cons, &h, &l, &total) <= 0)
+        rc = rb_peek(rb, cons, &h, &l, &total);
+        if (rc < 0)
+            row[0] = (uint64_t)(int64_t)-EINVAL;
+        if (rc <= 0)
             return 0;
         ++*cursor;
         STORE_REL(&rb->cons_pos, cons + total);

@@ -1257,10 +1257,10 @@ class X86_64(Target):
             self._load("rdi", TMP, cb + 8)
             self._load("rsi", "rsp", saved_fp)
             self.op(("sub", "rsi", "i32"), 2 * STACK_SIZE)  # the key: the bottom of the callback's frame
-            token, vals = mem("", TMP, cb + 24)
+            drain = kind is CallbackKind.USER_RINGBUF
+            token, vals = mem("", TMP, cb if drain else cb + 24)  # the drain's step takes the whole row
             self.op(("lea", "rdx", token), *vals)
             self.op(("push", BUDGET))  # (which also aligns rsp for the C call)
-            drain = kind is CallbackKind.USER_RINGBUF
             self.op(("mov", "rax", "i64"), self.options.user_ringbuf_step if drain else self.options.for_each_step)
             self.op(("call", "rax"))
             self.op(("pop", BUDGET))
