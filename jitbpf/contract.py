@@ -59,6 +59,9 @@ DRAIN_FLAGS = 0b11
 # bpf_user_ringbuf_drain):
 # the program's blocks end after their calls, so that both engines can run the callback between.
 CALLBACK_HELPER_IDS = frozenset({164, 181, 209})
+# bpf_timer_set_callback's id: the callbacks of a program that calls it may run on their own,
+# between the program's runs, when their timer expires (both engines then have an entry for them).
+TIMER_SET_CALLBACK = 170
 FUNCTION_ADDRESS_BASE = 0xFFFF_FFFF_0000_0000  # what `lddw rX, func:F` loads: this plus F's slot (never memory)
 
 
@@ -101,8 +104,12 @@ class Engine(Protocol):
     either the same way, following tail calls from one program's engine to the next one's."""
 
     def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0) -> int:
+                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0,
+                    callback: tuple[int, int] | None = None) -> int:
         """Run once with the regions ``mem`` and ``extra`` (r1, r2 as given) and return r0.
+
+        ``callback`` = (address, r3) runs the asynchronous callback at that address (a timer's,
+        as ``lddw func:`` loads it) instead of the program, with r1-r3 as its arguments.
 
         ``packet`` is what legacy packet loads read; ``budget`` overrides the program's (a tail
         call continues with what its caller left); ``tail_calls_left`` is published to helpers.

@@ -131,6 +131,12 @@ def budget_exhausted(pc: int) -> BudgetExceeded:
     return BudgetExceeded("instruction budget exhausted", pc=pc)
 
 
+def not_an_async_callback(value: int) -> ExecutionError:
+    """A timer was to run ``value`` as its callback, which is no function of the program."""
+    return ExecutionError(f"{value:#x} is not the address of a function of the program to run as a timer's callback",
+                          address=value)
+
+
 def not_a_callback(value: int, pc: int) -> ExecutionError:
     """A helper that calls back (bpf_loop, ...) at ``pc`` got ``value`` in r2, which is not the
     address of one of the program's functions."""

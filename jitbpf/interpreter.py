@@ -11,6 +11,7 @@ import errno
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from jitbpf._native import native
 from jitbpf.cfg import Block, ControlFlow
@@ -45,6 +46,7 @@ from jitbpf.memory import MemoryMap
 
 EXIT = -1  # block result: the function returns
 CALL = -2  # block result: a local call (target in the block table)
+_RETURN = -3  # the return slot of an asynchronous callback's frame: its return ends the run
 CALLBACK = -3  # block result: a call of a helper that calls back into the program (bpf_loop, ...)
 
 
@@ -158,7 +160,7 @@ class _Callback:
         self.nr = nr  # bpf_loop: iterations asked for
         self.map = bpf_map  # for_each, user_ringbuf: the map's address
         self.count = 0  # invocations that returned
-        self.cursor: object = None  # for_each, user_ringbuf: the native iteration position
+        self.cursor: Any = None  # for_each, user_ringbuf: the native iteration state (a uint64_t[4])
 
     def next_args(self, R: list[int], key: int) -> bool:
         """Set r1-r5 for the next invocation; False when done. ``key`` is where for_each puts the
@@ -171,9 +173,12 @@ class _Callback:
             return True
         nat = native()
         if self.cursor is None:
-            self.cursor = nat.ffi.new("uint64_t *", 0)
+            self.cursor = nat.ffi.new("uint64_t[4]")
         if self.kind is CallbackKind.USER_RINGBUF:
-            if not nat.lib.jb_user_ringbuf_step(self.map, key, self.cursor):
+            row = self.cursor  # the drain's step takes the row the JIT keeps: [count, -, -, cursor]
+            row[0] = self.count
+            if not nat.lib.jb_user_ringbuf_step(self.map, key, row):
+                self.count = int(row[0])  # an error the step found, or the count as it was
                 return False
             R[1], R[2], R[3], R[4], R[5] = key, self.ctx, 0, 0, 0
             return True
@@ -338,10 +343,13 @@ def run(
     *,
     budget: int,
     stack_zero: Callable[[int], None],
+    entry: int = 0,
 ) -> int:
     """Execute from slot 0 with registers ``regs`` until the main function exits; return r0.
 
     ``stack_zero(frame)`` clears a frame's stack when it is entered (frame 0 = outermost).
+    A non-zero ``entry`` runs the function there instead (an asynchronous callback), entered
+    from depth 0 as a local call, as the JIT enters it, until it returns.
     """
     fns, costs = blocks.fns, blocks.costs
     # Per call: (return slot, r6-r9, r10, the callback iteration when a helper made the call).
@@ -350,6 +358,11 @@ def run(
     R = regs
     top = R[FP]  # the outermost frame's r10, as the engine set it: frame d ends d frames below
     stack_zero(0)
+    if entry:
+        frames.append((_RETURN, 0, 0, 0, 0, top, None))
+        R[FP] -= STACK_SIZE
+        stack_zero(1)
+        pc = entry
     try:
         while True:
             budget -= costs[pc]
@@ -367,6 +380,8 @@ def run(
                 ret, R[6], R[7], R[8], R[9], R[FP], loop = frames[-1]
                 if loop is None:
                     frames.pop()
+                    if ret == _RETURN:
+                        return R[0]
                     pc = ret
                     continue
                 loop.count += 1
@@ -400,7 +415,7 @@ def run(
                     continue
                 frames.pop()
                 R[FP] += STACK_SIZE
-                R[0] = 0
+                R[0] = loop.count  # 0, or the error a drain's first step found
             R[1], R[2], R[3], R[4], R[5] = 0, 0, 0, 0, 0
             pc = ret
     except HelperExit as stop:

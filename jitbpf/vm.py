@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from jitbpf import cfg
 from jitbpf.contract import (
     DEFAULT_BUDGET,
+    FUNCTION_ADDRESS_BASE,
     MAX_TAIL_CALLS,
     STACK_BYTES,
     Engine,
@@ -18,13 +19,13 @@ from jitbpf.contract import (
     function_address,
     scratch_args,
 )
-from jitbpf.errors import AccessError, BpfError, ExecutionError, VerifierError
+from jitbpf.errors import AccessError, BpfError, ExecutionError, VerifierError, not_an_async_callback
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
 from jitbpf.isa import CORE_POISON, FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux.pktrun import split_runs
-from jitbpf.linux.programs import ProgramRunners, ProgType
+from jitbpf.linux.programs import ENGINES, ProgramRunners, ProgType
 from jitbpf.memory import MemoryMap, Region, access_operand, region_of
 from jitbpf.sandbox import Pages
 
@@ -90,9 +91,11 @@ class _Interpreter:
         self.vm = vm
 
     def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0) -> int:
+                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0,
+                    callback: tuple[int, int] | None = None) -> int:
         vm = self.vm
-        return vm._interpret(mem, extra, r1, r2, packet, vm.budget if budget is None else budget, tail_calls_left)
+        return vm._interpret(mem, extra, r1, r2, packet, vm.budget if budget is None else budget, tail_calls_left,
+                             callback)
 
 
 class VM(ProgramRunners):
@@ -385,35 +388,37 @@ class VM(ProgramRunners):
         return self._run_chain(_Interpreter, mem, extra, r1, r2, packet)
 
     def _run_chain(self, engine_of: Callable[[VM], Engine], mem: Region, extra: Sequence[Region],
-                   r1: int, r2: int, packet: Region | None) -> int:
+                   r1: int, r2: int, packet: Region | None, callback: tuple[int, int] | None = None) -> int:
         """Run this program and the chain of its tail calls, each in the engine ``engine_of``
-        gives for its VM, with the same regions (every map's added) and the budget left."""
+        gives for its VM, with the same regions (every map's added) and the budget left;
+        ``callback`` (address, r3) enters the first one at that asynchronous callback."""
         regions = [*extra, *self.map_regions()]
         vm, budget, left = self, self.budget, self.max_tail_calls
         while True:
             engine = engine_of(vm)
             outer = vm._enter(RUNNING)
             try:
-                return engine.run_regions(mem, regions, r1, r2, packet=packet, budget=budget, tail_calls_left=left)
+                return engine.run_regions(mem, regions, r1, r2, packet=packet, budget=budget, tail_calls_left=left,
+                                          callback=callback)
             except TailCall as tail:
                 # Keep only what the request says: the exception's traceback holds the engine's
                 # frames, whose memory views must not end up in a cycle the collector breaks.
                 target, budget = tail.target, tail.budget
             finally:
                 vm._leave(outer)
-            vm, left = target, left - 1
+            vm, left, callback = target, left - 1, None
             known = {r.base for r in regions}
             regions += [r for r in vm.map_regions() if r.base not in known]
 
     def _interpret(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
-                   budget: int, tail_calls_left: int) -> int:
+                   budget: int, tail_calls_left: int, callback: tuple[int, int] | None = None) -> int:
         """One interpreted run (the caller entered the VM)."""
         from jitbpf.jit.program import runner_lib
 
         nat = runner_lib()
         reserved = nat.lib.jb_ringbuf_pending() if nat is not None else 0
         try:
-            return self._interpret_entered(mem, extra, r1, r2, packet, budget, tail_calls_left)
+            return self._interpret_entered(mem, extra, r1, r2, packet, budget, tail_calls_left, callback)
         finally:
             # Ring buffer records the run reserved and neither submitted nor discarded are discarded
             # (the JIT's run loops do the same): the verifier refuses such programs, as the kernel's.
@@ -421,7 +426,7 @@ class VM(ProgramRunners):
                 nat.lib.jb_ringbuf_release_since(reserved)
 
     def _interpret_entered(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
-                           budget: int, tail_calls_left: int) -> int:
+                           budget: int, tail_calls_left: int, callback: tuple[int, int] | None) -> int:
         self.check()
         if self._blocks is None:
             spec = self.context_spec()
@@ -430,9 +435,15 @@ class VM(ProgramRunners):
         state = self._state()
         state.begin(mem, extra, tail_calls_left)
         env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))
+        regs = self._registers(state, r1, r2)
+        entry = 0
+        if callback is not None:
+            address, regs[3] = callback[0], callback[1] & MASK64
+            entry = address - FUNCTION_ADDRESS_BASE
+            if not 0 <= entry < len(self.program.slots) or entry not in self._blocks.entries:
+                raise not_an_async_callback(address)
         try:
-            return run(self._blocks, self._registers(state, r1, r2), env, budget=budget,
-                       stack_zero=state.zero_frame)
+            return run(self._blocks, regs, env, budget=budget, stack_zero=state.zero_frame, entry=entry)
         except AccessError as err:
             if err.pc is None or err.operand:
                 raise
@@ -566,6 +577,41 @@ class VM(ProgramRunners):
                 err.add_note(f"in input {i} of the batch")
                 raise
         return out
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def advance_time(self, ns: int, *, engine: str = "interp") -> int:
+        """Move this VM's clock ``ns`` nanoseconds on and run, in ``engine`` ("interp" or "jit"),
+        the callbacks of the timers whose time comes, in order (``jitbpf.linux.timers``); returns
+        how many ran. The first call makes the clock virtual: from then on bpf_ktime_get_ns and
+        its kin read it, and it moves only by these calls (``vm.clock``)."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        if self.std is None:
+            raise ExecutionError("advance_time() needs the standard helpers (use_standard_helpers()): "
+                                 "the VM's clock and timers are theirs")
+        from jitbpf.linux.clock import clock_helpers
+
+        if self.std.clock.make_virtual():
+            for h in clock_helpers(self.std.clock):
+                self.register_helper(h)
+        return int(self.std.timers.advance(self, ns, engine=engine))
+
+    @property
+    def clock(self) -> Any:
+        """The clock of the standard helpers (``jitbpf.linux.clock.Clock``): ``vm.clock.now()``."""
+        if self.std is None:
+            raise ExecutionError("the VM's clock belongs to the standard helpers (use_standard_helpers())")
+        return self.std.clock
+
+    def run_async_callback(self, address: int, args: tuple[int, int, int], extra: Sequence[Region], *,
+                           engine: str) -> int:
+        """Run the program's function at ``address`` (as ``lddw func:`` loads it) on its own, with
+        r1-r3 = ``args`` and the regions ``extra`` besides the maps', in ``engine``: a timer's
+        callback, as it fires. Returns its r0."""
+        engine_of: Callable[[VM], Engine] = VM._jit_engine if engine == "jit" else _Interpreter
+        empty = Region(0, 0, memoryview(b""), False, "mem")
+        return self._run_chain(engine_of, empty, extra, args[0], args[1], None, (address, args[2]))
 
     def execute_jit_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
                             packet: Region | None = None) -> int:

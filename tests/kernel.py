@@ -20,6 +20,7 @@ L3_TYPES = frozenset({1, 8})  # the test run hands these the packet from the net
 PERCPU_MAP_TYPES = frozenset({5, 6, 10})  # PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
 LOG_SIZE = 1 << 22  # the verifier log kept of a refused load: its last part
 XDP_OUT_SLACK = 4096  # room in the output buffer for programs that grow the packet
+RINGBUF_HDR, RINGBUF_BUSY = 8, 1 << 31  # a ring buffer sample's header, and its bit while reserved
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -129,9 +130,10 @@ class KernelProgram:
             prev = ctypes.c_void_p(ctypes.addressof(saved))
         return found
 
-    def produce(self, map_name: str, samples: Sequence[bytes | None]) -> None:
+    def produce(self, map_name: str, samples: Sequence[bytes | None], forged_len: int | None = None) -> None:
         """Write ``samples`` into the user ring buffer ``map_name`` as libbpf's producer does
-        (None: a sample reserved and discarded)."""
+        (None: a sample reserved and discarded); ``forged_len`` replaces the last sample's length
+        in its header before it is submitted (a producer that corrupts the ring)."""
         lib = self._k.lib
         m = lib.bpf_object__next_map(self._obj, None)
         while m and (lib.bpf_map__name(m) or b"").decode() != map_name:
@@ -147,6 +149,9 @@ class KernelProgram:
                     lib.user_ring_buffer__discard(ring, sample)
                     continue
                 ctypes.memmove(sample, data, len(data))
+                if forged_len is not None and data is samples[-1]:
+                    header = ctypes.c_uint32.from_address(sample - RINGBUF_HDR)
+                    header.value = header.value & RINGBUF_BUSY | forged_len
                 lib.user_ring_buffer__submit(ring, sample)
         finally:
             lib.user_ring_buffer__free(ring)

@@ -18,7 +18,7 @@ from jitbpf._native.build import cache_dir
 from jitbpf.errors import BpfError
 from jitbpf.linux.elf import ElfObject, ElfProgram, load_elf
 from jitbpf.linux.maps import BpfMap, MapType, set_current_cpu
-from jitbpf.linux.programs import ProgType
+from jitbpf.linux.programs import ProgType, ethernet_packet_type
 from tests.kernel import L3_TYPES, PACKET_TYPES, Kernel, on_cpu0
 
 ENV_VAR = "JITBPF_REALWORLD_DIR"  # overrides where the test data is
@@ -194,7 +194,9 @@ def _run_one(prog: ElfProgram, vm: Any, frame: bytes, engine: str) -> _Run:
     if kind is ProgType.SOCKET_FILTER:
         return _Run(vm.run_socket_filter(frame[ETH_HLEN:], engine=engine, protocol=proto), frame)
     if kind is ProgType.CGROUP_SKB:
-        return _Run(vm.run_cgroup_skb(frame[ETH_HLEN:], engine=engine, protocol=proto), frame)
+        # Its skb->pkt_type is what the frame's Ethernet header gives in the kernel's test run.
+        return _Run(vm.run_cgroup_skb(frame[ETH_HLEN:], engine=engine, protocol=proto,
+                                      pkt_type=ethernet_packet_type(frame)), frame)
     raise AssertionError(f"no packet runner for {kind.name}")
 
 

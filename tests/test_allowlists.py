@@ -10,12 +10,12 @@ import pytest
 
 from jitbpf.asm import assemble
 from jitbpf.errors import VerifierError
-from jitbpf.linux.allowlists import ALLOWED, MEASURED_ON
+from jitbpf.linux.allowlists import ALLOWED, ALLOWED_BY_SECTION, MEASURED_ON
 from jitbpf.linux.helperids import KERNEL_HELPER_IDS
-from jitbpf.linux.programs import PROGRAM_TYPES, ProgType
+from jitbpf.linux.programs import PROGRAM_TYPES, ProgType, check_program_helpers, section_helpers
 from jitbpf.vm import VM
 from tests import kernel_oracle
-from tools.allowlists import allowed
+from tools.allowlists import HOOKS, allowed
 
 MEASURED = sorted(ProgType(t) for t in ALLOWED)
 
@@ -40,3 +40,26 @@ def test_a_refused_helper_is_named(prog_type: ProgType) -> None:
     vm = VM(assemble(f"call {refused}\nmov r0, 0\nexit"), prog_type=prog_type)
     with pytest.raises(VerifierError, match=f"may not call helper .*#{refused}"):
         vm.check()
+
+
+@pytest.mark.skipif(not kernel_oracle.available(), reason="needs root and the BPF syscall")
+@pytest.mark.skipif(".".join(platform.release().split(".")[:2]) != MEASURED_ON,
+                    reason=f"the lists were measured on Linux {MEASURED_ON}")
+@pytest.mark.parametrize("section", sorted(HOOKS))
+def test_the_hooks_lists_are_the_running_kernels(section: str) -> None:
+    assert allowed(*HOOKS[section]) == sorted(ALLOWED_BY_SECTION[section])
+
+
+# bpf_setsockopt and bpf_getsockopt: the kernel gives them to cgroup/setsockopt programs only.
+@pytest.mark.parametrize(("section", "helper", "refused"), [
+    ("cgroup/getsockopt", 49, True), ("cgroup/getsockopt", 57, True),
+    ("cgroup/setsockopt", 49, False), ("cgroup/setsockopt", 57, False),
+])
+def test_a_sockopt_hook_has_its_own_list(section: str, helper: int, refused: bool) -> None:
+    info = PROGRAM_TYPES[ProgType.CGROUP_SOCKOPT]
+    assert (helper not in section_helpers(info, section)) is refused
+    vm = VM(assemble(f"call {helper}\nmov r0, 1\nexit"), prog_type=ProgType.CGROUP_SOCKOPT)
+    with pytest.raises(VerifierError, match=f"may not call helper .*#{helper}"):
+        check_program_helpers(vm, info, "cgroup/getsockopt")
+    if not refused:
+        check_program_helpers(vm, info, section)

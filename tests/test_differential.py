@@ -467,3 +467,58 @@ def test_repeated_accesses_through_one_pointer_agree(insns: list[Instruction]) -
         state.stack_view[:] = bytes(len(state.stack_view))
         assert vm.execute_jit() == expected
         assert bytes(state.stack_view) == stack
+
+
+
+# A timer's callback entered on its own (as a firing timer runs it): both engines give it r1-r3,
+# a zeroed frame below the outermost one and the calls it may still make.
+ASYNC_MAIN = ["lddw r2, func:cb", "call 170", "lddw r2, func:other", "mov r0, 0", "exit"]  # 7 slots
+ASYNC_CB_SLOT = 7
+
+
+def _async_vm(depth: int) -> VM:
+    from jitbpf.asm import assemble
+
+    callback = ["cb:", "ldxdw r0, [r10-8]", "add r0, r1", "xor r0, r2", "add r0, r3", "call deeper", "exit"]
+    chain = []
+    for level in range(depth + 1):
+        name = "deeper" if level == 0 else f"deeper{level}"
+        chain += [f"{name}:", "ldxdw r5, [r10-16]", "add r0, r5"]
+        chain += [f"call deeper{level + 1}"] if level < depth else []
+        chain += ["exit"]
+    source = "\n".join([*ASYNC_MAIN, *callback, *chain, "other:", "mov r0, 7", "exit"])
+    vm = VM(assemble(source), verify=False, budget=BUDGET)
+    vm.register_helper(170, lambda *_: 0, name="bpf_timer_set_callback")
+    return vm
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=3, max_size=3), st.integers(0, 7))
+def test_async_callback_entries_agree(args: list[int], depth: int) -> None:
+    from jitbpf.contract import function_address
+
+    with _async_vm(depth) as vm:
+        address = function_address(ASYNC_CB_SLOT)
+        outcomes: list[object] = []
+        for engine in ("interp", "jit"):
+            try:
+                outcomes.append(vm.run_async_callback(address, (args[0], args[1], args[2]), [], engine=engine))
+            except BpfError as err:  # too deep: the same error in both
+                outcomes.append((type(err), err.pc, str(err)))
+        assert outcomes[0] == outcomes[1]
+        if depth < 6:  # the callback runs at depth 1, so 6 more calls fit
+            assert outcomes[0] == ((args[0] ^ args[1]) + args[2]) % 2**64
+
+
+def test_an_address_that_is_no_callback_is_refused_by_both() -> None:
+    from jitbpf.contract import function_address
+
+    with _async_vm(0) as vm:
+        for engine in ("interp", "jit"):
+            for address in (function_address(3), 0x1234):
+                try:
+                    vm.run_async_callback(address, (0, 0, 0), [], engine=engine)
+                except BpfError as err:
+                    assert "not the address of a function" in str(err), str(err)
+                else:
+                    raise AssertionError(f"{address:#x} ran as a callback in {engine}")

@@ -30,6 +30,7 @@ from jitbpf.linux.programs import (
     TcAction,
     XdpAction,
     XdpMd,
+    ethernet_packet_type,
     program_type,
     section_program_type,
 )
@@ -558,3 +559,27 @@ def test_pkt_type_follows_the_ethernet_destination(tmp_path: Path, kernel: Kerne
     finally:
         if loaded is not None:
             loaded.close()
+
+
+def test_cgroup_skb_takes_the_pkt_type_of_its_frame(tmp_path: Path, kernel: Kernel | None) -> None:
+    """A cgroup_skb run starts at the network header: the Ethernet destination's packet type,
+    which the kernel's test run derives as for tc, comes as the pkt_type field."""
+    body = "return skb->pkt_type == %d;"
+    build = c_builder(tmp_path, "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n")
+    for dst, pkt_type in PKT_TYPE_FRAMES.items():
+        frame = bytes.fromhex(dst) + bytes(6) + b"\x08\x00" + bytes.fromhex("45000014000000004011") + bytes(10)
+        assert ethernet_packet_type(frame) == pkt_type
+        for guess in range(4):
+            path = build(f'SEC("cgroup_skb/ingress") int prog(struct __sk_buff *skb) {{ {body % guess} }}\n')
+            vm = load_elf(path).programs["prog"].vm()
+            for engine in ("interp", "jit"):
+                assert vm.run_cgroup_skb(frame[14:], engine=engine, pkt_type=ethernet_packet_type(frame)) == (
+                    guess == pkt_type)
+            if kernel is not None:
+                loaded = kernel.load(path, "prog", None)
+                assert not isinstance(loaded, str), loaded
+                try:
+                    ran = loaded.run(frame)
+                    assert ran is not None and ran.retval == (guess == pkt_type), (dst, guess)
+                finally:
+                    loaded.close()

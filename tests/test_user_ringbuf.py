@@ -7,6 +7,7 @@ against the kernel."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import re
 import struct
@@ -23,6 +24,7 @@ from tests.support import ENGINES, c_builder
 from tests.test_skb_room_helpers import UDP4
 
 Build = Callable[[str], Path]
+RINGBUF_HDR, RINGBUF_BUSY = 8, 1 << 31  # a sample's header, and its bit while reserved
 HEADER = """
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -82,9 +84,11 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     return lambda statement="", ring="urb", flags="0": compile_c(TEMPLATE % (statement, ring, flags))
 
 
-def run_everywhere(path: Path, samples: Sequence[bytes | None], kernel: Kernel | None) -> int:
+def run_everywhere(path: Path, samples: Sequence[bytes | None], kernel: Kernel | None,
+                   forged_len: int | None = None) -> int:
     """r0 of one run after ``samples`` were produced: the same in both engines (each with a fresh
-    object) and, where it is available, in the kernel."""
+    object) and, where it is available, in the kernel; ``forged_len`` replaces the last sample's
+    length in its header before it is submitted."""
     results = set()
     for engine in ENGINES:
         obj = load_elf(path)
@@ -96,6 +100,9 @@ def run_everywhere(path: Path, samples: Sequence[bytes | None], kernel: Kernel |
                 record.discard()
             else:
                 record.data[:] = data
+                if forged_len is not None and data is samples[-1]:
+                    header = ctypes.c_uint32.from_address(record.address - RINGBUF_HDR)
+                    header.value = header.value & RINGBUF_BUSY | forged_len
                 record.submit()
         retval, _ = obj.programs["prog"].run(UDP4, engine=engine)
         results.add(int(retval) & 0xFFFF_FFFF)
@@ -105,7 +112,7 @@ def run_everywhere(path: Path, samples: Sequence[bytes | None], kernel: Kernel |
         loaded = kernel.load(path, "prog", None)
         assert not isinstance(loaded, str), loaded
         try:
-            loaded.produce("urb", samples)
+            loaded.produce("urb", samples, forged_len)
             ref = loaded.run(UDP4)
             assert ref is not None
             assert ref.retval == result
@@ -160,3 +167,12 @@ def test_the_producer_api() -> None:
     with pytest.raises(MapError, match="cannot fit") as big:
         ring.reserve(4096)
     assert big.value.errno == errno.E2BIG
+
+
+# A producer that forges a sample's length past what it produced: the drain fails with -EINVAL
+# (after the samples before it), and the next drain again, as the kernel's do.
+@pytest.mark.parametrize("forged_len", [100, 4000, 1 << 29])
+def test_a_forged_header_fails_the_drain(build: Callable[..., Path], kernel: Kernel | None, forged_len: int) -> None:
+    einval = -errno.EINVAL & 63
+    result = run_everywhere(build(), [sample(1), sample(2)], kernel, forged_len)
+    assert fields(result)[:2] == (einval, einval) and fields(result)[5] == 1

@@ -31,6 +31,9 @@ struct jitbpf_ctx {
     uint64_t err_info;          /* out: pc and access details of the failure */
     uint64_t err_addr;          /* out: faulting address */
     uint64_t pending;           /* set by the helper dispatcher when a helper did not return */
+    uint64_t r3;                /* in: initial r3 (asynchronous callback runs only) */
+    uint64_t callback;          /* in: 0, or the address of the asynchronous callback (a timer's)
+                                   the run enters instead of the program, with r1-r3 as given */
 };
 /* Inputs the "batch" entry runs one after the other, each its own run with (mem, size) as the
    "args" entry takes them: input i is the lens[i] bytes (`stride` bytes when lens is NULL) that

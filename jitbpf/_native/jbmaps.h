@@ -55,8 +55,9 @@ int jb_ringbuf_consume(struct jb_map *m, void *buf, uint32_t cap, uint32_t *len)
 int jb_ringbuf_reserved(struct jb_map *m, uint64_t sample);
 void *jb_user_ringbuf_reserve(struct jb_map *m, uint64_t size);
 void jb_user_ringbuf_commit(struct jb_map *m, void *sample, int discard);
-uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *cursor);
+uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *row);
 uint64_t jb_map_elem_gen(uint64_t map, uint64_t addr);
+int jb_map_elem_key(uint64_t map, uint64_t addr, uint8_t *key);
 /* Reservations made by programs on this thread and not yet committed: a run takes the count when
    it starts and discards the ones above it when it ends. */
 uint32_t jb_ringbuf_pending(void);

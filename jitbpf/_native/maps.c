@@ -2210,22 +2210,55 @@ uint64_t jb_map_elem_gen(uint64_t map, uint64_t addr)
     return __atomic_load_n(&m->gens[off / m->stride], __ATOMIC_ACQUIRE);
 }
 
+/* The key of the live element of map (a hash map or array) whose value holds addr, copied to key
+ * (key_size bytes; an array's is its index): 1, or 0 when addr is in no live element's value. */
+int jb_map_elem_key(uint64_t map, uint64_t addr, uint8_t *key)
+{
+    struct jb_map *m = arg_map(map);
+    uint64_t base, off;
+    uint32_t index;
+    int found = 0;
+    if (!m || !m->gens || !m->stride)
+        return 0;
+    base = (uint64_t)(uintptr_t)m->values;
+    off = addr - base;
+    if (addr < base || off >= (uint64_t)m->max_entries * m->stride)
+        return 0;
+    index = (uint32_t)(off / m->stride);
+    if (m->type == T_ARRAY || m->type == T_PERCPU_ARRAY) {
+        memcpy(key, &index, 4);
+        return 1;
+    }
+    if (!m->used || !m->keys)
+        return 0;
+    spin_lock(&m->lock);
+    if (m->used[index]) {
+        memcpy(key, m->keys + (uint64_t)index * m->key_size, m->key_size);
+        found = 1;
+    }
+    spin_unlock(&m->lock);
+    return found;
+}
+
 #define USER_RB_MAX_SAMPLES (128u * 1024u)  /* samples one drain looks at (the kernel's) */
 #define DYNPTR_LOCAL (1u << 28)  /* a local dynptr's type bits */
 
 /* One step of bpf_user_ringbuf_drain, for both engines: the oldest submitted sample is consumed
  * and described by a local dynptr (programs may write through it) written at dynptr, 16 bytes the
  * engine chose (the callback's frame); discarded samples are skipped. Returns 1, or 0 when no
- * sample is ready (or the drain looked at its most samples, a header was forged, or map is no live
- * user ring buffer). The sample's memory stays as it is until a producer reserves it again, after
- * the run. *cursor counts the samples looked at. */
-uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *cursor)
+ * sample is ready (or the drain looked at its most samples, or map is no live user ring buffer).
+ * row is the drain's state, as the engines keep it: row[0] the callbacks that returned (what the
+ * drain returns), row[3] the samples looked at. A header whose length runs past the samples
+ * produced (a producer that forged it) ends the drain with -EINVAL in row[0], as the kernel's.
+ * The sample's memory stays as it is until a producer reserves it again, after the run. */
+uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *row)
 {
     struct jb_map *m = arg_map(map);
     struct jb_ringbuf *rb;
     struct rb_hdr *h;
-    uint64_t cons, total, desc[2];
+    uint64_t cons, total, desc[2], *cursor = &row[3];
     uint32_t l;
+    int rc;
     if (!m || m->type != T_USER_RINGBUF)
         return 0;
     if (jb_sbx_active() && !arg_mem(dynptr, sizeof desc))
@@ -2233,7 +2266,10 @@ uint64_t jb_user_ringbuf_step(uint64_t map, uint64_t dynptr, uint64_t *cursor)
     rb = m->rb;
     cons = LOAD(&rb->cons_pos);
     while (*cursor < USER_RB_MAX_SAMPLES) {
-        if (rb_peek(rb, cons, &h, &l, &total) <= 0)
+        rc = rb_peek(rb, cons, &h, &l, &total);
+        if (rc < 0)
+            row[0] = (uint64_t)(int64_t)-EINVAL;
+        if (rc <= 0)
             return 0;
         ++*cursor;
         STORE_REL(&rb->cons_pos, cons + total);

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from jitbpf._ffi import ffi
 from jitbpf.cfg import ControlFlow, writes_fp
-from jitbpf.contract import CALLBACK_HELPER_IDS, CallbackKind
-from jitbpf.errors import BpfError, JitError
+from jitbpf.contract import CALLBACK_HELPER_IDS, TIMER_SET_CALLBACK, CallbackKind
+from jitbpf.errors import BpfError, JitError, not_an_async_callback
 from jitbpf.helpers import POINTER_ARGS, ArgType, Helper
 from jitbpf.isa import FP, MASK64, OPCODES, Instruction, Kind, PseudoSrc, opcode_mask, sign_extend
 from jitbpf.jit.encoding import Assembler, default_cache
@@ -227,9 +227,11 @@ class JitProgram:
             raise JitError("bpf_for_each_map_elem and bpf_user_ringbuf_drain need jitbpf's native library, which "
                            "needs a C compiler to build")
         for_each_step = nat.address("jb_for_each_step") if nat is not None else 0
+        # A program that sets timers' callbacks may have runs enter any of its callbacks.
+        async_entries = tuple(sorted(set(flow.callbacks.values()))) if TIMER_SET_CALLBACK in self._call_ids else ()
         options = CompileOptions(resolve_lddw, proven, table, count_budget, verified, python_calls,
                                  self.contained and confine, callbacks, for_each_step, probe_loads - proven,
-                                 nat.address("jb_user_ringbuf_step") if nat is not None else 0)
+                                 nat.address("jb_user_ringbuf_step") if nat is not None else 0, async_entries)
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()
@@ -515,8 +517,12 @@ class JitProgram:
             del region, pin
 
     def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0) -> int:
+                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0,
+                    callback: tuple[int, int] | None = None) -> int:
         """Run with explicit regions (searched in order: mem, the stack, then ``extra``).
+
+        ``callback`` = (address, r3) enters the asynchronous callback at that address instead
+        (r1-r3 its arguments); only programs that set timers' callbacks have that entry.
 
         ``budget`` overrides the program's for this run (a tail call continues with what its
         caller left); ``tail_calls_left`` is published to helpers through the RunState."""
@@ -527,7 +533,7 @@ class JitProgram:
                 if self._counting is None:
                     self._counting = JitProgram(self._flow, count_budget=True, **self._args)
             return self._counting.run_regions(mem, extra, r1, r2, packet=packet, budget=budget,
-                                              tail_calls_left=tail_calls_left)
+                                              tail_calls_left=tail_calls_left, callback=callback)
         try:
             rc: JitThreadContext = self._tls.rc
         except AttributeError:
@@ -548,14 +554,21 @@ class JitProgram:
         ctx.nextra = len(rc.extra_key)
         if self._has_calls:
             rc.state.begin(mem, extra, tail_calls_left)
-        if budget is None or budget == self._budget:
-            result: int = self._run_code(rc)
-        else:
-            ctx.budget = clamp_budget(budget)
-            try:
-                result = self._run_code(rc)
-            finally:
-                ctx.budget = clamp_budget(self._budget)
+        if callback is not None:
+            if TIMER_SET_CALLBACK not in self._call_ids:
+                raise not_an_async_callback(callback[0])
+            ctx.callback, ctx.r3 = callback[0] & MASK64, callback[1] & MASK64
+        try:
+            if budget is None or budget == self._budget:
+                result: int = self._run_code(rc)
+            else:
+                ctx.budget = clamp_budget(budget)
+                try:
+                    result = self._run_code(rc)
+                finally:
+                    ctx.budget = clamp_budget(self._budget)
+        finally:
+            ctx.callback = ctx.r3 = 0
         del regions
         if result == ERROR_RESULT:
             return self._finish(rc, result)

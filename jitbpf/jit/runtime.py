@@ -68,6 +68,8 @@ class Layout:
     ctx_mem_writable: int  # jitbpf_ctx.mem_writable
     ctx_r1: int  # jitbpf_ctx.r1
     ctx_r2: int  # jitbpf_ctx.r2
+    ctx_r3: int  # jitbpf_ctx.r3
+    ctx_callback: int  # jitbpf_ctx.callback
     ctx_pkt_base: int  # jitbpf_ctx.pkt_base
     ctx_pkt_size: int  # jitbpf_ctx.pkt_size
     ctx_extra: int  # jitbpf_ctx.extra
@@ -122,6 +124,8 @@ def layout() -> Layout:
         ctx_mem_writable=ffi.offsetof(ctx, "mem_writable"),
         ctx_r1=ffi.offsetof(ctx, "r1"),
         ctx_r2=ffi.offsetof(ctx, "r2"),
+        ctx_r3=ffi.offsetof(ctx, "r3"),
+        ctx_callback=ffi.offsetof(ctx, "callback"),
         ctx_pkt_base=ffi.offsetof(ctx, "pkt_base"),
         ctx_pkt_size=ffi.offsetof(ctx, "pkt_size"),
         ctx_extra=ffi.offsetof(ctx, "extra"),

@@ -103,6 +103,8 @@ class CompileOptions:
     for_each_step: int = 0
     probe_loads: frozenset[int] = frozenset()  # loads whose failure gives 0 (through BTF-typed pointers)
     user_ringbuf_step: int = 0  # bpf_user_ringbuf_drain's (jb_user_ringbuf_step), likewise
+    # The functions a run may enter instead of the program (timer callbacks: jitbpf_ctx.callback).
+    async_entries: tuple[int, ...] = ()
 
 
 def _moved(loc: int, hot: int, cold: int) -> int:
@@ -260,8 +262,13 @@ class Target(abc.ABC):
         loops = plan_loops(flow, self.loop_reach) if self.versions_loops and flow.has_back_edges else {}
         self._emit_blocks(flow.blocks, loops, record=True)
         self.emit_runtime()
+        self.emit_async_entry()
         self.prepend(self.emit_entries)
         return self.link()
+
+    def emit_async_entry(self) -> None:
+        """The entry into the program's asynchronous callbacks (none unless the target has one)."""
+        return None
 
     def quiet_block_entry(self) -> bool:
         """Whether ``emit_block_entry`` emits nothing in this program (then runs of blocks whose

@@ -338,8 +338,8 @@ class X86_64(Target):
         # The frame's regions and limits serve the inline checks, the walker their slow paths
         # reach and versioned loops; its packet fields the legacy packet loads.
         self._frame_regions = bool(self._limits_used) or self._needs_end
-        self.replayed(("entries", self.options.verified, self._frame_regions, self._needs_packet, self._has_may_goto),
-                      self._emit_entries)
+        self.replayed(("entries", self.options.verified, self._frame_regions, self._needs_packet, self._has_may_goto,
+                       bool(self.options.async_entries)), self._emit_entries)
 
     def _emit_entries(self) -> None:
         L = self.lay
@@ -425,11 +425,51 @@ class X86_64(Target):
             self.branch_named("call", "zero")
         self._load("rbp", "rdi", L.ctx_frame_pointer)
         self._load(BUDGET, "rdi", L.ctx_budget)
+        if self.options.async_entries:  # a run of a timer's callback (see emit_async_entry)
+            self._load("rax", "rdi", L.ctx_callback)
+            self.op(("test", "rax", "rax"))
+            self.branch_named("jnz", "async_entry")
         self._load("rsi", "rdi", L.ctx_r2)
         self._load("rdi", "rdi", L.ctx_r1)
         if not self.options.verified:
             for reg in ("eax", "edx", "ecx", "r8d", "ebx", "r13d", "r14d", "r15d"):
                 self.op(("xor", reg, reg))
+
+    def emit_async_entry(self) -> None:
+        """Where the prologue goes for a run of an asynchronous callback (rax = its address, as
+        ``lddw func:`` loads it): r1-r3 from the context, then the callback entered as a local
+        call from depth 0 would (r10 one eBPF frame down, its frame zeroed unless verified), and
+        its r0 is the run's. An address that names none of the program's callbacks aborts."""
+        entries = self.options.async_entries
+        if not entries:
+            return
+        L = self.lay
+        self.define("async_entry", Section.HOT)
+        self._load("rdx", "rdi", L.ctx_r3)
+        self._load("rsi", "rdi", L.ctx_r2)
+        self._load("rdi", "rdi", L.ctx_r1)
+        if not self.options.verified:
+            for reg in ("ecx", "r8d", "ebx", "r13d", "r14d", "r15d"):
+                self.op(("xor", reg, reg))
+        to_entry = []
+        for entry in entries:
+            self.op(("mov", TMP, "i64"), function_address(entry))
+            self.op(("cmp", "rax", TMP))
+            to_entry.append(self.forward("je"))
+        self.op(("mov", ADDR, "rax"))
+        self.branch("jmp", self.stub(0, "abort_callback", "not a callback", 0))
+        for entry, field in zip(entries, to_entry, strict=True):
+            self.bind(field)
+            if not self.options.verified:  # (rsp is still depth 0's, from which the frame is found)
+                self.op(("mov", TMP, "rsp"))
+                self.op(("shl", TMP, "i8"), _ZERO_SHIFT)
+                token, vals = mem("q", FRAME, L.frame_zero_base)
+                self.op(("add", TMP, token), *vals)
+                self.branch_named("call", "zero")
+            self.op(("sub", "rsp", "i8"), LOCAL_FRAME - 8)
+            self.op(("sub", "rbp", "i32"), STACK_SIZE)
+            self.branch("call", location(Section.PC, entry))
+            self.branch_named("jmp", "exit")
 
     def _emit_batch(self) -> int:
         """The "batch" entry, (ctx, struct jitbpf_batch *) -> inputs run: each input is one run of
@@ -1217,10 +1257,10 @@ class X86_64(Target):
             self._load("rdi", TMP, cb + 8)
             self._load("rsi", "rsp", saved_fp)
             self.op(("sub", "rsi", "i32"), 2 * STACK_SIZE)  # the key: the bottom of the callback's frame
-            token, vals = mem("", TMP, cb + 24)
+            drain = kind is CallbackKind.USER_RINGBUF
+            token, vals = mem("", TMP, cb if drain else cb + 24)  # the drain's step takes the whole row
             self.op(("lea", "rdx", token), *vals)
             self.op(("push", BUDGET))  # (which also aligns rsp for the C call)
-            drain = kind is CallbackKind.USER_RINGBUF
             self.op(("mov", "rax", "i64"), self.options.user_ringbuf_step if drain else self.options.for_each_step)
             self.op(("call", "rax"))
             self.op(("pop", BUDGET))

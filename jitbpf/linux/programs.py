@@ -20,7 +20,7 @@ from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64, Kind, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux import pktrun
-from jitbpf.linux.allowlists import ALLOWED
+from jitbpf.linux.allowlists import ALLOWED, ALLOWED_BY_SECTION
 from jitbpf.linux.helperids import KERNEL_HELPER_IDS, HelperId
 from jitbpf.linux.iterators import ITERATOR_FLAVOURS, IterRead, SeqFile, iterator_helpers, read_iterator
 from jitbpf.linux.maps import MAP_WRITE_HELPERS, SockHash, SockMap
@@ -139,6 +139,19 @@ E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
 EOPNOTSUPP = 95
 PACKET_OTHERHOST = 3  # the last of the packet types bpf_skb_change_type moves between
+PACKET_HOST, PACKET_MULTICAST = 0, 2
+
+
+def ethernet_packet_type(frame: bytes | bytearray | memoryview) -> int:
+    """The ``__sk_buff.pkt_type`` the kernel's test run gives an Ethernet ``frame``, from its
+    destination as eth_type_trans reads it on loopback (whose address is all zeros, and whose
+    broadcast address too): to the host, multicast (the group bit: broadcast included) or to
+    another host. tc and socket filter runs derive it themselves; cgroup_skb and lwt runs, whose
+    packets start at the network header, take it as ``pkt_type=`` (PACKET_HOST by default)."""
+    dst = bytes(frame[:6])
+    if len(frame) < ETH_HLEN or dst == bytes(6):
+        return PACKET_HOST
+    return PACKET_MULTICAST if dst[0] & 1 else PACKET_OTHERHOST
 ENODEV = 19
 EACCES = 13
 BPF_F_INGRESS = 1  # bpf_clone_redirect/bpf_redirect: to the device's ingress
@@ -787,9 +800,16 @@ _TRACING_TYPES = frozenset({ProgType.KPROBE, ProgType.TRACEPOINT, ProgType.PERF_
                             ProgType.RAW_TRACEPOINT_WRITABLE})
 
 
-def check_program_helpers(vm: VM, info: ProgramType) -> None:
+def section_helpers(info: ProgramType, section: str | None) -> frozenset[int]:
+    """The kernel helpers a program of ``info``'s type from ``section`` may call: the type's, or
+    those of the section's attach type where the kernel gives it a list of its own."""
+    return ALLOWED_BY_SECTION.get((section or "").removeprefix("?"), info.helpers)
+
+
+def check_program_helpers(vm: VM, info: ProgramType, section: str | None = None) -> None:
     """Reject maps the program type may not use, then calls to kernel helpers it may not call (as
-    the kernel's verifier does: its map checks come first, when the program's maps are resolved)."""
+    the kernel's verifier does: its map checks come first, when the program's maps are resolved);
+    ``section`` is the program's, whose attach type may give it more helpers."""
     if info.prog_type in _TRACING_TYPES:
         for pc, insn, decoded in vm.program:
             if decoded.kind is Kind.LDDW and insn.src in _MAP_SOURCES:
@@ -798,8 +818,9 @@ def check_program_helpers(vm: VM, info: ProgramType) -> None:
                     if getattr(m, f"{field}_off", None) is not None:
                         raise VerifierError(f"tracing progs cannot use bpf_{field} yet (a map with a bpf_{field})",
                                             pc=pc)
+    allowed = section_helpers(info, section)
     for pc, insn, decoded in vm.program:
-        if decoded.kind is Kind.CALL and insn.imm in KERNEL_HELPER_IDS and insn.imm not in info.helpers:
+        if decoded.kind is Kind.CALL and insn.imm in KERNEL_HELPER_IDS and insn.imm not in allowed:
             helper = vm.helpers.get(insn.imm)
             name = helper.name if helper is not None else _helper_name(insn.imm)
             raise VerifierError(f"program type {info.name} may not call helper {name}#{insn.imm} "
@@ -1318,7 +1339,8 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         candidates += _func_arg_helpers(vm, state.attach)
         if state.seq is not None:  # the kernel gives the seq_file helpers to iterators only
             candidates += iterator_helpers(lambda: vm.memory, state.seq)
-    return [h for h in candidates if h.id in info.helpers]
+    allowed = section_helpers(info, state.section)
+    return [h for h in candidates if h.id in allowed]
 
 
 def _func_arg_helpers(vm: VM, attach: AttachTarget) -> list[Helper]:
@@ -1848,7 +1870,7 @@ class ProgramRunners:
 
     def _check_program_type(self) -> None:
         if self.program_state is not None:
-            check_program_helpers(self._vm(), self.program_state.info)
+            check_program_helpers(self._vm(), self.program_state.info, self.program_state.section)
 
     def _expect(self, *kinds: ProgType) -> None:
         if self.prog_type not in kinds:

@@ -14,6 +14,7 @@ from jitbpf.contract import CallbackKind
 from jitbpf.errors import ExecutionError, MapError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
+from jitbpf.linux.clock import Clock
 from jitbpf.linux.dynptrs import dynptr_helpers
 from jitbpf.linux.helperids import HelperId
 from jitbpf.linux.host import Host, host_helpers
@@ -88,7 +89,8 @@ class StdContext:
         self.trace_stream = trace_stream  # also written here (e.g. sys.stderr) when set
         self.host = Host()  # what the helpers that ask the host answer (jitbpf.linux.host)
         self.sockets = SocketTable()
-        self.timers = Timers()  # the maps' bpf_timers (jitbpf.linux.timers)
+        self.clock = Clock()  # what bpf_ktime_get_ns reads and timers expire by (jitbpf.linux.clock)
+        self.timers = Timers(self.clock)  # the maps' bpf_timers (jitbpf.linux.timers)
         self._lock = threading.Lock()
         self._local = _ThreadState()
 
