@@ -335,41 +335,35 @@ def _counted(results: array.array[int]) -> dict[int, int]:
 def _classic_records(path: str | os.PathLike[str], skip: int, limit: int | None, warn: Callable[[str], None]
                      ) -> Iterator[tuple[Batch, int, float, int]] | None:
     """A classic pcap capture of Ethernet frames as batches of packets found natively in the
-    bytes read: ``(batch, index of its first packet, fraction read, bytes captured)``, each
-    packet less its first ``skip`` bytes; None for other captures (read_packets reads them). A
-    capture cut short, or a corrupt record length, is reported as read_packets reports it."""
+    mapped file: ``(batch, index of its first packet, fraction read, bytes captured)``, each
+    packet less its first ``skip`` bytes; None for other captures and files that cannot be
+    mapped (read_packets reads them). A capture cut short, or a corrupt record length, is
+    reported as read_packets reports it."""
     name = os.fspath(path)
     try:
-        f: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        with open(path, "rb") as f:
+            header = f.read(24)
+            endian = _CLASSIC_MAGICS.get(header[:4])
+            if endian is None or len(header) < 24 or struct.unpack(endian + "I", header[20:24])[0] != 1:
+                return None
+            # Mapped, not read (the runs copy each packet into their own memory anyway), its
+            # pages mapped at once where the system can: a fault per page costs as much as the runs.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            data = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     except OSError as exc:
         raise PcapError(f"{name}: {exc.strerror or exc}") from exc
-    header = f.read(24)
-    endian = _CLASSIC_MAGICS.get(header[:4])
-    if endian is None or len(header) < 24 or struct.unpack(endian + "I", header[20:24])[0] != 1:
-        f.close()
+    except ValueError:  # not mappable (empty past its header, say)
         return None
-    return _record_batches(f, name, endian == ">", skip, limit, warn)
+    return _record_batches(data, name, endian == ">", skip, limit, warn)
 
 
-def _record_batches(f: BinaryIO, name: str, big_endian: bool, skip: int, limit: int | None,
+def _record_batches(data: mmap.mmap, name: str, big_endian: bool, skip: int, limit: int | None,
                     warn: Callable[[str], None]) -> Iterator[tuple[Batch, int, float, int]]:
     nat = native()
     nffi, lib = nat.ffi, nat.lib
-    try:
-        size = os.fstat(f.fileno()).st_size
-        # The capture mapped, not read: the runs copy each packet into their own memory anyway.
-        # Its pages mapped at once where the system can (one fault per page costs as much as the
-        # runs): MAP_POPULATE.
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        data: Any = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) if size > 24 else b""
-    except (OSError, ValueError):
-        f.seek(0)
-        data = f.read()  # not mappable (a pipe, say): read whole
-        size = len(data)
-    f.close()
-    if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_SEQUENTIAL"):
-        data.madvise(mmap.MADV_SEQUENTIAL)
+    size = len(data)
     offsets, lens = array.array("Q", bytes(8 * BATCH_PACKETS)), array.array("Q", bytes(8 * BATCH_PACKETS))
+    native_offsets, native_lens = nffi.from_buffer("uint64_t[]", offsets), nffi.from_buffer("uint64_t[]", lens)
     stats, corrupt = nffi.new("uint64_t[3]"), nffi.new("int *")
     view = memoryview(data)
     base = nffi.from_buffer(view)
@@ -377,9 +371,8 @@ def _record_batches(f: BinaryIO, name: str, big_endian: bool, skip: int, limit: 
     try:
         while limit is None or index < limit:
             room = BATCH_PACKETS if limit is None else min(BATCH_PACKETS, limit - index)
-            n = int(lib.jb_pcap_records(base + at, size - at, big_endian, _MAX_PACKET, skip,
-                                        nffi.from_buffer("uint64_t[]", offsets), nffi.from_buffer("uint64_t[]", lens),
-                                        room, stats, corrupt))
+            n = int(lib.jb_pcap_records(base + at, size - at, big_endian, _MAX_PACKET, skip, native_offsets,
+                                        native_lens, room, stats, corrupt))
             if n:
                 yield (Batch(view[at:], offsets[:n], lens[:n], int(stats[1])), index, min((at + stats[0]) / size, 1.0),
                        int(stats[2]))
@@ -396,13 +389,12 @@ def _record_batches(f: BinaryIO, name: str, big_endian: bool, skip: int, limit: 
             got = f"{left - 16} of its {caplen} bytes" if caplen >= 0 else "part of its header"
             warn(f"{name}: the capture ends in the middle of packet {index} ({got}); it was left out")
     finally:
-        del base
+        del base, native_offsets, native_lens
         # The last batch may still be in the caller's hands (its view of the mapping): then the
         # mapping goes when that does.
         with contextlib.suppress(BufferError):
             view.release()
-            if isinstance(data, mmap.mmap):
-                data.close()
+            data.close()
 
 
 def _runner(vm: VM, prog_type: ProgType, engine: str) -> Callable[[bytes], int]:

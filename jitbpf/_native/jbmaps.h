@@ -232,6 +232,8 @@ void jb_pkt_bind(uint64_t token, struct jb_pkt_prog *p, void *owner, int release
 struct jb_pkt *jb_pkt_enter(struct jb_pkt *run);
 void jb_pkt_sync(struct jb_pkt *run);
 int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
+/* skb->pkt_type as the kernel's test run derives it from an Ethernet frame's destination. */
+uint32_t jb_eth_pkt_type(const uint8_t *frame, uint64_t len);
 uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
 uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t *offsets, const uint64_t *lens,
                       uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens);

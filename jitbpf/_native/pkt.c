@@ -144,6 +144,11 @@ static uint32_t eth_pkt_type(const uint8_t *data, uint64_t len)
     return data[0] & 1 ? 2 : 3; /* PACKET_MULTICAST, PACKET_OTHERHOST */
 }
 
+uint32_t jb_eth_pkt_type(const uint8_t *frame, uint64_t len)
+{
+    return eth_pkt_type(frame, len);
+}
+
 /* cgroup_skb sees the packet from its IP header: IPv4 by its version nibble, else IPv6. */
 static uint32_t ip_protocol(const uint8_t *data, uint64_t len)
 {

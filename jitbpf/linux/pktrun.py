@@ -328,9 +328,10 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
 
 
 def _uint64s(nffi: Any, values: Sequence[int], lo: int, hi: int) -> Any:
-    """``values[lo:hi]`` as native ``uint64_t``: in place for an ``array("Q")``, else copied."""
+    """``values[lo:hi]`` as native ``uint64_t``: in place for an ``array("Q")`` (which cannot be
+    resized while this holds it), else copied."""
     if isinstance(values, array.array) and values.typecode == "Q" and hi > lo:
-        return nffi.cast("uint64_t *", nffi.from_buffer(memoryview(values)[lo:hi]))
+        return nffi.from_buffer("uint64_t[]", memoryview(values)[lo:hi])
     return nffi.new("uint64_t[]", values[lo:hi])
 
 

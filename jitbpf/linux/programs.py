@@ -139,25 +139,23 @@ E2BIG = 7  # the same: a value cut short to fit the program's buffer
 ENOTSUPP = 524
 EOPNOTSUPP = 95
 PACKET_OTHERHOST = 3  # the last of the packet types bpf_skb_change_type moves between
-PACKET_HOST, PACKET_MULTICAST = 0, 2
-
-
-def ethernet_packet_type(frame: bytes | bytearray | memoryview) -> int:
-    """The ``__sk_buff.pkt_type`` the kernel's test run gives an Ethernet ``frame``, from its
-    destination as eth_type_trans reads it on loopback (whose address is all zeros, and whose
-    broadcast address too): to the host, multicast (the group bit: broadcast included) or to
-    another host. tc and socket filter runs derive it themselves; cgroup_skb and lwt runs, whose
-    packets start at the network header, take it as ``pkt_type=`` (PACKET_HOST by default)."""
-    dst = bytes(frame[:6])
-    if len(frame) < ETH_HLEN or dst == bytes(6):
-        return PACKET_HOST
-    return PACKET_MULTICAST if dst[0] & 1 else PACKET_OTHERHOST
 ENODEV = 19
 EACCES = 13
 BPF_F_INGRESS = 1  # bpf_clone_redirect/bpf_redirect: to the device's ingress
 SKB_MAX_CSUM_LEVEL = 3  # the deepest CHECKSUM_UNNECESSARY level an skb records
 ETH_P_IP_BE, ETH_P_IPV6_BE = 0x0008, 0xDD86  # __sk_buff.protocol: the Ethernet type in network order
 IPV4_HLEN, IPV6_HLEN = 20, 40  # fixed header lengths (bpf_skb_ecn_set_ce checks them)
+
+
+def ethernet_packet_type(frame: bytes | bytearray | memoryview) -> int:
+    """The ``__sk_buff.pkt_type`` the kernel's test run gives an Ethernet ``frame``, from its
+    destination as eth_type_trans reads it on loopback (whose address is all zeros, and whose
+    broadcast address too): to the host (0), multicast (2: the group bit, broadcast included)
+    or to another host (3). tc and socket filter runs derive it themselves, with the same native
+    function; cgroup_skb and lwt runs, whose packets start at the network header, take it as
+    ``pkt_type=`` (0 by default)."""
+    head = bytes(frame[:ETH_HLEN])  # all the rule reads
+    return int(native().lib.jb_eth_pkt_type(head, len(head)))
 
 
 class CsumLevel(enum.IntEnum):
