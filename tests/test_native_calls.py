@@ -241,19 +241,24 @@ def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None
 LONG_LOOP_SOURCE = LOOP_SOURCE.replace("2000", "200000")  # about 0.1 ms a run
 
 
-@pytest.mark.parametrize("path", ["bare", "bare_mem", "xdp"])
+@pytest.mark.parametrize("path", ["bare", "bare_mem", "xdp", "xdp_batch", "xdp_packed"])
 def test_closing_a_vm_waits_for_the_runs_of_other_threads(path: str) -> None:
     """Single runs from Python skip the VM's bookkeeping (one native call each): closing the VM
     from another thread while they run must wait for them, not unmap the code under them, and
     every run after that fails with the closed VM's error."""
     import threading
 
-    vm = VM(assemble(LONG_LOOP_SOURCE), prog_type=ProgType.XDP if path == "xdp" else None, verify=False,
+    from jitbpf.linux.pktrun import Batch
+
+    vm = VM(assemble(LONG_LOOP_SOURCE), prog_type=ProgType.XDP if path.startswith("xdp") else None, verify=False,
             budget=10**7)
+    packed = Batch.of([bytes(64)] * 2)
     run: Callable[[], int] = {
         "bare": lambda: vm.execute_jit(),
         "bare_mem": lambda: vm.execute_jit(bytearray(8)),
         "xdp": lambda: int(vm.run_xdp(bytes(64), engine="jit")[0]),
+        "xdp_batch": lambda: int(vm.run_batch([bytes(64)] * 2).results[-1]),  # packets where they are
+        "xdp_packed": lambda: int(vm.run_batch(packed).results[-1]),  # packed back to back
     }[path]
     assert run() == 2  # bound on this thread, and on each worker by its first run
     outcomes: list[str] = []
@@ -281,6 +286,50 @@ def test_closing_a_vm_waits_for_the_runs_of_other_threads(path: str) -> None:
     assert len(outcomes) == 3 and all("closed" in o for o in outcomes), outcomes
     with pytest.raises(BpfError, match="closed"):
         run()
+
+
+@pytest.mark.parametrize("path", ["run", "run_mem", "batch", "records", "regions", "direct"])
+def test_closing_a_program_waits_for_every_way_into_its_code(path: str) -> None:
+    """Every way a JitProgram's own methods enter its code (single runs with and without memory,
+    both batch loops, explicit regions, and direct calls where the native library is missing)
+    is waited for by a close() on another thread, and fails cleanly after it."""
+    import threading
+    import time
+
+    from jitbpf.memory import region_of
+
+    vm = VM(assemble(LONG_LOOP_SOURCE), verify=False, budget=10**7)
+    vm.jit_compile()
+    jit = vm._jit
+    assert jit is not None
+    if path == "direct":  # as without the native library: plain cffi calls of the entries
+        jit._native_args = jit._native_entry = None
+    stack_mem, _pin = region_of(bytearray(), "mem")
+    run: Callable[[], Any] = {
+        "run": jit.run,
+        "run_mem": lambda: jit.run(bytearray(8)),
+        "batch": lambda: jit.run_batch([bytearray(8)] * 3),
+        "records": lambda: jit.run_records(bytearray(24), 8),
+        "regions": lambda: jit.run_regions(stack_mem, (), 0, 0),
+        "direct": jit.run,
+    }[path]
+    outcomes: list[str] = []
+
+    def work() -> None:
+        try:
+            while True:
+                run()
+        except BpfError as err:
+            outcomes.append(str(err))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.002)  # the workers are inside, or on their way in
+    vm.close()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 3 and all("closed" in o for o in outcomes), outcomes
 
 
 SPIN_SOURCE = """

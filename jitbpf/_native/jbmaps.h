@@ -141,16 +141,22 @@ void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint6
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
-/* `entry`: the program's "batch" entry; `extra`, `nextra`: the runs' further regions. */
-uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
-                       const uint64_t *lens, uint64_t n, uint64_t *results, void *python);
-uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
-                        uint64_t record_size, uint64_t n, uint64_t *results, void *python);
-/* One run of a (ctx) entry point: the regions entry of run_regions. The _gil form holds the GIL
-   while the code runs (cffi releases it around every call), for programs that call Python
-   helpers: each of those calls then finds the GIL held instead of taking it and giving it back. */
-uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python);
-uint64_t jb_run_entry_gil(uint64_t entry, uint64_t ctx, void *python);
+/* `entry`: the program's "batch" entry; `extra`, `nextra`: the runs' further regions. The loop
+   holds the program's run gate and token (jbrun.h); UINT64_MAX without running when it is closed. */
+uint64_t jb_run_packed(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra,
+                       const uint8_t *base, const uint64_t *lens, uint64_t n, uint64_t *results, void *python);
+uint64_t jb_run_records(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra,
+                        const uint8_t *base, uint64_t record_size, uint64_t n, uint64_t *results, void *python);
+/* Single runs from Python, each with the program's run gate held (jbrun.h), so that closing the
+   program waits for them; they return the error result without running once it is closed. The
+   regions entry of run_regions, (ctx): the _gil form holds the GIL while the code runs (cffi
+   releases it around every call), for programs that call Python helpers: each of those calls
+   then finds the GIL held instead of taking it and giving it back. The args entry, (ctx, mem,
+   size): run() of programs that need no bookkeeping. */
+uint64_t jb_run_entry(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, void *python);
+uint64_t jb_run_entry_gil(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, void *python);
+uint64_t jb_run_args(void *gate, uint64_t token, uint64_t args, uint64_t ctx, const char *mem, uint64_t size,
+                     void *python);
 
 /* Python helpers. The helper table of JIT code points at jb_helper_python for every id without
    a C helper; it gets the id (6th argument) and calls the helper's Python function with the GIL
@@ -234,7 +240,8 @@ void jb_pkt_sync(struct jb_pkt *run);
 int jb_pkt_frame(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
 /* skb->pkt_type as the kernel's test run derives it from an Ethernet frame's destination. */
 uint32_t jb_eth_pkt_type(const uint8_t *frame, uint64_t len);
-uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
+/* Runs on p's frames, each built from a packet, until one stops early; the loop holds the
+   program's run gate (UINT64_MAX without running when it is closed). */
 uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t *offsets, const uint64_t *lens,
                       uint64_t n, uint64_t *results, uint8_t *out, uint64_t *out_lens);
 /* The records of a classic pcap capture read into buf[0, len) (after its file header), at most

@@ -61,8 +61,11 @@ struct jb_pkt_prog;
 struct jb_pkt_prog *jb_pkt_bound(uint64_t token, void **owner, int *release);
 /* Whether the run on p that returned r stopped early (its error is to be raised). */
 int jb_pkt_stopped(const struct jb_pkt_prog *p, uint64_t r);
+/* One run on p's frame built from the packet (its outcome in p->out); the caller holds the
+   program's run gate. */
+uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len);
 /* jb_pkt_batch over packets anywhere in memory (packet i: packets[i], lens[i] bytes), keeping
-   none of them. */
+   none of them; the caller holds the program's run gate. */
 uint64_t jb_pkt_batch_each(struct jb_pkt_prog *p, const uint8_t *const *packets, const uint64_t *lens, uint64_t n,
                            uint64_t *results);
 

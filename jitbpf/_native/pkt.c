@@ -325,6 +325,8 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
 {
     uint64_t grow = p->headroom + p->tailroom;
     uint64_t i = 0;
+    if (!jb_gate_enter(p->gate, p->gate_token))
+        return UINT64_MAX; /* the program is closed: nothing ran */
     enter_runs(p);
     struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
     for (; i < n; i++) {
@@ -338,6 +340,7 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
         }
     }
     t_pkt = prev;
+    jb_gate_leave(p->gate);
     return i;
 }
 

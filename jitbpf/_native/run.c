@@ -69,23 +69,46 @@ static inline uint64_t run_args(args_fn fn, void *ctx, const void *mem, uint64_t
     return r;
 }
 
-uint64_t jb_run_entry(uint64_t entry, uint64_t ctx, void *python)
+/* One run of `entry` (a (ctx) entry point, or with `args` an (args) one) with the program's run
+   gate held; error_result without running when the program is closed (its caller then finds it
+   closed). */
+static inline uint64_t gated_run(struct jb_gate *gate, uint64_t token, uint64_t entry, uint64_t ctx, int args,
+                                 const void *mem, uint64_t size, void *python)
 {
-    const struct jb_python *outer = t_python;
-    uint32_t reserved = jb_rb_npending;
-    t_python = python;
-    uint64_t r = ((entry_fn)(uintptr_t)entry)((void *)(uintptr_t)ctx);
-    t_python = outer;
-    release_left(reserved);
+    if (!jb_gate_enter(gate, token))
+        return __atomic_load_n(&g_error_result, __ATOMIC_ACQUIRE);
+    uint64_t r;
+    if (args) {
+        r = run_args((args_fn)(uintptr_t)entry, (void *)(uintptr_t)ctx, mem, size, python);
+    } else {
+        const struct jb_python *outer = t_python;
+        uint32_t reserved = jb_rb_npending;
+        t_python = python;
+        r = ((entry_fn)(uintptr_t)entry)((void *)(uintptr_t)ctx);
+        t_python = outer;
+        release_left(reserved);
+    }
+    jb_gate_leave(gate);
     return r;
 }
 
-uint64_t jb_run_entry_gil(uint64_t entry, uint64_t ctx, void *python)
+uint64_t jb_run_entry(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, void *python)
+{
+    return gated_run(gate, token, entry, ctx, 0, NULL, 0, python);
+}
+
+uint64_t jb_run_entry_gil(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, void *python)
 {
     PyGILState_STATE gil = PyGILState_Ensure();
-    uint64_t r = jb_run_entry(entry, ctx, python);
+    uint64_t r = gated_run(gate, token, entry, ctx, 0, NULL, 0, python);
     PyGILState_Release(gil);
     return r;
+}
+
+uint64_t jb_run_args(void *gate, uint64_t token, uint64_t args, uint64_t ctx, const char *mem, uint64_t size,
+                     void *python)
+{
+    return gated_run(gate, token, args, ctx, 1, mem, size, python);
 }
 
 /* r0 of a helper's result as the interpreter takes it: int(result) & MASK64. Sets a Python
@@ -304,9 +327,11 @@ typedef uint64_t (*batch_fn)(void *ctx, struct jitbpf_batch *batch);
 /* The program's "batch" entry over b's inputs with the regions `extra` (writable mem each), the
    program's Python helpers set for them all (a nested run restores its caller's); each run's
    leftover ring buffer reservations are dropped after it, as run_args does. */
-static uint64_t run_batch(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, struct jitbpf_batch *b,
-                          void *python)
+static uint64_t run_batch(struct jb_gate *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra,
+                          uint64_t nextra, struct jitbpf_batch *b, void *python)
 {
+    if (!jb_gate_enter(gate, token))
+        return UINT64_MAX;
     struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
     c->mem_writable = 1;
     c->extra = (struct jitbpf_region *)(uintptr_t)extra;
@@ -318,19 +343,20 @@ static uint64_t run_batch(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t
     t_python = python;
     uint64_t done = ((batch_fn)(uintptr_t)entry)(c, b);
     t_python = outer;
+    jb_gate_leave(gate);
     return done;
 }
 
-uint64_t jb_run_packed(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
-                       const uint64_t *lens, uint64_t n, uint64_t *results, void *python)
+uint64_t jb_run_packed(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra,
+                       const uint8_t *base, const uint64_t *lens, uint64_t n, uint64_t *results, void *python)
 {
     struct jitbpf_batch b = {.base = (uint64_t)(uintptr_t)base, .lens = lens, .n = n, .results = results};
-    return run_batch(entry, ctx, extra, nextra, &b, python);
+    return run_batch(gate, token, entry, ctx, extra, nextra, &b, python);
 }
 
-uint64_t jb_run_records(uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra, const uint8_t *base,
-                        uint64_t record_size, uint64_t n, uint64_t *results, void *python)
+uint64_t jb_run_records(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra,
+                        const uint8_t *base, uint64_t record_size, uint64_t n, uint64_t *results, void *python)
 {
     struct jitbpf_batch b = {.base = (uint64_t)(uintptr_t)base, .stride = record_size, .n = n, .results = results};
-    return run_batch(entry, ctx, extra, nextra, &b, python);
+    return run_batch(gate, token, entry, ctx, extra, nextra, &b, python);
 }

@@ -163,6 +163,8 @@ class JitProgram:
                                           python_calls=python_calls, confine=confine, probe_loads=probe_loads)
         self._counting: JitProgram | None = None  # the budget-counting twin (see run_regions)
         self._twin_lock = threading.Lock()
+        self._direct_lock = threading.Lock()  # guards _direct_runs (see _direct)
+        self._direct_runs = 0
         self._helpers = helpers
         self._state = _weak(state)  # the VM's: held weakly, the VM owns this object
         self._budget = budget
@@ -249,11 +251,16 @@ class JitProgram:
         self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
         self._entry_mem: Callable[[Any], int] = self._code.function(entries["mem"], ENTRY_TYPE)
         self._entry_regions: Callable[[Any], int] = self._code.function(entries["regions"], ENTRY_TYPE)
-        # With the native library, the regions entry runs through it (see _run_code), which makes
-        # this program's dispatcher the one its Python helper calls reach: (without GIL, with).
-        self._native_entry: tuple[Callable[..., int], Callable[..., int]] | None = (
-            None if nat is None else (nat.lib.jb_run_entry, nat.lib.jb_run_entry_gil))
+        # With the native library, single runs enter the code through it with the run gate held
+        # (see close), and this program's dispatcher is the one their Python helper calls reach:
+        # the regions entry (without GIL, with), and the args entry with its buffer pinner.
+        self._native_entry: tuple[Callable[..., int], Callable[..., int]] | None = None
+        self._native_args: tuple[Callable[..., int], Callable[..., Any]] | None = None
+        if nat is not None and self._gate is not None:
+            self._native_entry = (nat.lib.jb_run_entry, nat.lib.jb_run_entry_gil)
+            self._native_args = (nat.lib.jb_run_args, nat.ffi.from_buffer)
         self._regions_address = self._code.address + entries["regions"]
+        self._args_address = self._code.address + entries["args"]
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -303,8 +310,12 @@ class JitProgram:
         their code runs: each helper call then costs no GIL hand-over."""
         native = self._native_entry
         if native is None:
-            return self._entry_regions(rc.ctx)
-        return int(native[self._calls_python](self._regions_address, rc.ctx_addr, self._python))
+            return self._direct("_entry_regions", rc)
+        result = int(native[self._calls_python](self._gate, self.token, self._regions_address, rc.ctx_addr,
+                                                self._python))
+        if result == ERROR_RESULT and self.closed:
+            raise JitError("the JIT program is closed")  # closed by another thread: nothing ran
+        return result
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -375,7 +386,7 @@ class JitProgram:
     def batchable(self) -> bool:
         """Whether batches run in one native loop: the program calls no Python helper (those need
         each run's memory map) and makes no tail call, and the native library is there."""
-        return self._batchable
+        return self._batchable and self._gate is not None  # batch loops hold the run gate
 
     def run_batch(self, buffers: Sequence[Any], extra: Sequence[Region] = ()) -> array.array[int]:
         """Run once per buffer (each as r1/r2 and the packet) in one native loop; ``extra`` are
@@ -394,9 +405,9 @@ class JitProgram:
         results = nffi.from_buffer("uint64_t[]", out, require_writable=True)
 
         def loop(start: int, rc: JitThreadContext) -> int:
-            return int(nat.lib.jb_run_packed(self._batch_entry(), rc.ctx_addr, rc.extra_addr, len(rc.extra_key),
-                                             pin + offsets[start], lens + start, n - start, results + start,
-                                             self._python))
+            return int(nat.lib.jb_run_packed(self._gate, self.token, self._batch_entry(), rc.ctx_addr, rc.extra_addr,
+                                             len(rc.extra_key), pin + offsets[start], lens + start, n - start,
+                                             results + start, self._python))
 
         offsets = list(itertools.accumulate(sizes, initial=0))
         try:
@@ -424,9 +435,10 @@ class JitProgram:
         results = nffi.from_buffer("uint64_t[]", out, require_writable=True)
 
         def loop(start: int, rc: JitThreadContext) -> int:
-            return int(nat.lib.jb_run_records(self._batch_entry(), rc.ctx_addr, rc.extra_addr, len(rc.extra_key),
-                                              pin + start * record_size if start else pin, record_size, n - start,
-                                              results + start if start else results, self._python))
+            return int(nat.lib.jb_run_records(self._gate, self.token, self._batch_entry(), rc.ctx_addr, rc.extra_addr,
+                                              len(rc.extra_key), pin + start * record_size if start else pin,
+                                              record_size, n - start, results + start if start else results,
+                                              self._python))
 
         self._batch(loop, n, results, extra)
         nffi.release(pin)
@@ -446,7 +458,10 @@ class JitProgram:
         table = self._extra_table(rc, extra)  # held here: what rc.extra_addr points to
         start = 0
         while start < n:
-            start += loop(start, rc)
+            done = loop(start, rc)
+            if done > n:  # the gate was closed before the loop began: another thread closed the program
+                raise JitError("the JIT program is closed")
+            start += done
             if start < n:
                 try:
                     results[start] = self._finish(rc, results[start])
@@ -483,8 +498,11 @@ class JitProgram:
             rc: JitThreadContext = self._tls.rc
         except AttributeError:
             rc = self._context()
-        if mem is None:
-            result: int = self._entry_none(rc.ctx)
+        native = self._native_args
+        if native is not None:
+            result = self._run_args(native, rc, mem)
+        elif mem is None:
+            result = self._direct("_entry_none", rc)
         else:
             try:
                 buf = ffi.from_buffer(mem, require_writable=True)
@@ -495,11 +513,46 @@ class JitProgram:
                 ctx = rc.ctx
                 ctx.mem = buf
                 ctx.mem_size = size
-                result = self._entry_mem(ctx)
+                result = self._direct("_entry_mem", rc)
             else:
-                result = self._entry_none(rc.ctx)
+                result = self._direct("_entry_none", rc)
         if result == ERROR_RESULT:
             return self._finish(rc, result)
+        return result
+
+    def _direct(self, entry: str, rc: JitThreadContext) -> int:
+        """A run by a direct cffi call of the code (no native library, so no run gate): counted,
+        so that close() on another thread waits for it. The entry is looked up once counted:
+        close() replaces the entries before it waits for the count to fall to zero."""
+        with self._direct_lock:
+            self._direct_runs += 1
+        try:
+            result: int = getattr(self, entry)(rc.ctx)
+        finally:
+            with self._direct_lock:
+                self._direct_runs -= 1
+        return result
+
+    def _run_args(self, native: tuple[Callable[..., int], Callable[..., Any]], rc: JitThreadContext,
+                  mem: Any) -> int:
+        """run() through the native library: the args entry with the run gate held, so that a
+        close() on another thread waits for this run (direct cffi calls of the code could still
+        be on their way in when it unmaps)."""
+        run_args, pin_of = native
+        rc.ctx.nextra = 0  # only mem and the stack, as the other entries make it
+        if mem is None:
+            pin, size = None, 0
+        else:
+            try:
+                pin = pin_of(mem, require_writable=True)
+            except (TypeError, BufferError):
+                return self._run_tracked(mem)  # read-only or odd buffers: copied like the interpreter
+            size = len(pin)
+        result = int(run_args(self._gate, self.token, self._args_address, rc.ctx_addr, pin if size else ffi.NULL,
+                              size, self._python))
+        if result == ERROR_RESULT and self.closed:
+            raise JitError("the JIT program is closed")
+        del pin
         return result
 
     def _run_tracked(self, mem: Any) -> int:
@@ -613,7 +666,12 @@ class JitProgram:
         """Unmap the machine code. Native runs still inside it (bare runs and single typed runs
         on other threads, which the VM does not count) are waited for; no new one starts."""
         self._entry_none = self._entry_mem = self._entry_regions = _closed
-        self._native_entry = None
+        self._native_entry = self._native_args = None
+        while True:  # direct runs (without the native library) have no helpers: none is this thread's
+            with self._direct_lock:
+                if not self._direct_runs:
+                    break
+            time.sleep(_GATE_POLL)
         if self._gate is not None and self._gate_finalizer.alive:
             self._gate_finalizer.detach()
             if not _retire_gate(self._gate, True):

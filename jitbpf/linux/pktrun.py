@@ -314,6 +314,8 @@ def run_slice(b: Binding, template: bytes, derive: int, batch: Batch, lo: int, h
     while start < n:
         done = int(lib.jb_pkt_batch(b.frame, base, offsets + start, lens + start, n - start, res + start,
                                     out + slots[start] if slots else out, out_lens + start if slots else out_lens))
+        if done > n:  # another thread closed the program before this loop began
+            raise ExecutionError("the VM is closed")  # as run_items says it
         start += done
         if start < n:
             _finish_input(b, results, start, lo + start, outcome)
