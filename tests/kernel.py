@@ -59,6 +59,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map__set_pin_path": (i32, [vp, cp]),
         "bpf_map_get_next_key": (i32, [i32, vp, vp]),
         "bpf_map_lookup_elem": (i32, [i32, vp, vp]),
+        "bpf_map_update_elem": (i32, [i32, vp, vp, ctypes.c_uint64]),
+        "bpf_prog_attach": (i32, [i32, i32, i32, u32]),
+        "bpf_prog_detach2": (i32, [i32, i32, i32]),
         "bpf_prog_test_run_opts": (i32, [i32, ctypes.POINTER(_TestRunOpts)]),
         "libbpf_set_print": (vp, [_PRINT_FN]),
         "libbpf_num_possible_cpus": (i32, []),
@@ -129,6 +132,32 @@ class KernelProgram:
             saved = ctypes.create_string_buffer(k, key_size)
             prev = ctypes.c_void_p(ctypes.addressof(saved))
         return found
+
+    def _map_fd(self, map_name: str) -> int:
+        lib = self._k.lib
+        m = lib.bpf_object__next_map(self._obj, None)
+        while m and (lib.bpf_map__name(m) or b"").decode() != map_name:
+            m = lib.bpf_object__next_map(self._obj, m)
+        assert m, f"no map {map_name!r}"
+        return int(lib.bpf_map__fd(m))
+
+    def update(self, map_name: str, key: bytes, value: bytes) -> None:
+        """Store ``value`` at ``key`` in the map ``map_name``."""
+        k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+        assert self._k.lib.bpf_map_update_elem(self._map_fd(map_name), k, v, 0) == 0, os.strerror(ctypes.get_errno())
+
+    @contextmanager
+    def attached(self, cgroup: Path, attach_type: int) -> Iterator[None]:
+        """Attached to ``cgroup`` (a cgroup v2 directory) as ``attach_type`` while the block runs."""
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert self._k.lib.bpf_prog_attach(self.fd, fd, attach_type, 0) == 0, os.strerror(ctypes.get_errno())
+            try:
+                yield
+            finally:
+                self._k.lib.bpf_prog_detach2(self.fd, fd, attach_type)
+        finally:
+            os.close(fd)
 
     def produce(self, map_name: str, samples: Sequence[bytes | None], forged_len: int | None = None) -> None:
         """Write ``samples`` into the user ring buffer ``map_name`` as libbpf's producer does
@@ -236,6 +265,30 @@ class Kernel:
             lib.bpf_object__close(obj)
             return int(rc)
         return KernelProgram(self, obj, chosen, lib.bpf_program__type(chosen))
+
+
+def cgroup2_root() -> Path | str:
+    """Where cgroup v2 is mounted, or why there is none to use."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError as exc:
+        return f"cannot read /proc/mounts: {exc}"
+    for line in mounts:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2" and os.access(fields[1], os.W_OK):
+            return Path(fields[1])
+    return "no writable cgroup v2 mount"
+
+
+@contextmanager
+def new_cgroup(root: Path, name: str) -> Iterator[Path]:
+    """A fresh cgroup below ``root``, removed afterwards (it must be empty by then)."""
+    path = root / f"{name}-{os.getpid()}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        path.rmdir()
 
 
 @contextmanager

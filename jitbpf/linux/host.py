@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
 from jitbpf.linux.helperids import HelperId as H
+from jitbpf.linux.sockopts import NetSettings
 
 if TYPE_CHECKING:
     from jitbpf.linux.sockets import Socket
@@ -68,6 +69,7 @@ class Interface:
 
     forwarding: bool = False  # net.ipv4/ipv6.conf.IF.forwarding (off, as the kernel's default)
     mtu: int = 1500  # the device's MTU (bpf_check_mtu), without its 14-byte link-layer header
+    name: str = ""  # what SO_BINDTODEVICE names it by ("": no name)
 
 
 @dataclass
@@ -76,10 +78,10 @@ class Host:
 
     Defaults: no current task (``bpf_get_current_task`` returns 0), pid/tgid 0, namespace
     device and inode 0, socket and namespace cookies 1, hash 0, class id 0, socket owner uid 0, NUMA node 0, function
-    address 0, interface 1 (loopback, MTU 65536) only, forwarding off, no routes, the task in the
+    address 0, interface 1 (loopback "lo", MTU 65536) only, forwarding off, no routes, the task in the
     root cgroup (id 1) only, attach cookie 0, a packet's socket in the task's cgroups (as the socket the kernel's
     test runs give a packet), cgroup programs attached to the root cgroup for ingress, and empty
-    call stacks, no sockets.
+    call stacks, no sockets, a stock kernel's network sysctls (``NetSettings``).
     """
 
     task: int = 0  # the address bpf_get_current_task(_btf) returns (kernel memory a program can read)
@@ -100,7 +102,7 @@ class Host:
     attach_cgroup: int = 1
     attach_type: int = 0
     # Loopback's MTU for interface 1: the device of the kernel's test runs.
-    interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface(mtu=65536)})
+    interfaces: dict[int, Interface] = field(default_factory=lambda: {1: Interface(mtu=65536, name="lo")})
     routes: list[FibRoute] = field(default_factory=list)
     signals: list[int] = field(default_factory=list)  # signals bpf_send_signal sent, in order
     # Packets bpf_clone_redirect sent, in order: (ifindex, to its ingress, the packet as it was then).
@@ -121,6 +123,8 @@ class Host:
     user_stack: list[int] = field(default_factory=list)
     # The host's sockets, which bpf_sk_lookup_tcp/udp and bpf_skc_lookup_tcp search (none).
     sockets: list[Socket] = field(default_factory=list)
+    # The network sysctls socket options start from (bpf_setsockopt, bpf_getsockopt).
+    net: NetSettings = field(default_factory=NetSettings)
 
     def add_route(self, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network, ifindex: int,
                   **details: object) -> FibRoute:

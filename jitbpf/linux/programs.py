@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import dataclasses
 import enum
 import errno
 import functools
@@ -30,6 +31,7 @@ from jitbpf.linux.sockets import (
     IPPROTO_TCP,
     PACKET_SOCKET,
     PACKET_SOCKET_REGION,
+    SOCK_STREAM,
     find_socket,
     ip_fields,
     port_field,
@@ -37,6 +39,7 @@ from jitbpf.linux.sockets import (
     socket_of,
 )
 from jitbpf.linux.sockets import BpfSock as BpfSock  # the context of cgroup/sock, defined with the sockets
+from jitbpf.linux.sockopts import SOL_TCP, OptName, SocketOptions, SockView, getsockopt, setsockopt
 from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
 from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
@@ -1333,12 +1336,102 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         # vm.std read at each call: standard helpers installed again replace it
         candidates.append(sk_lookup_assign(lambda: vm.memory, lambda: vm.std.sockets, SkLookup.sk.offset,
                                            SkLookup.family.offset))
+    if info.prog_type in _SOCKOPT_CONTEXTS:
+        candidates += _sockopt_helpers(vm, state)
     if state.attach is not None:
         candidates += _func_arg_helpers(vm, state.attach)
         if state.seq is not None:  # the kernel gives the seq_file helpers to iterators only
             candidates += iterator_helpers(lambda: vm.memory, state.seq)
     allowed = section_helpers(info, state.section)
     return [h for h in candidates if h.id in allowed]
+
+
+BPF_SOCK_OPS_WRITE_HDR_OPT_CB = 15  # the last sockops callback that holds the socket's lock
+_SOCKOPT_CONTEXTS = frozenset({ProgType.SOCK_OPS, ProgType.CGROUP_SOCK_ADDR, ProgType.CGROUP_SOCKOPT})
+
+
+def _sockopt_helpers(vm: VM, state: ProgramState) -> list[Helper]:
+    """bpf_setsockopt and bpf_getsockopt (jitbpf.linux.sockopts) on the socket of a sockops or
+    cgroup sock_addr context, or the socket a cgroup/setsockopt program passes (its ctx->sk). The
+    context tells what the kernel reads of its socket (sockops: family, state, full socket, MSS;
+    sock_addr: family, type, protocol); the rest comes from the ``Socket`` the caller set."""
+    kind = state.info.prog_type
+
+    def u32_at(addr: int) -> int:
+        return int.from_bytes(vm.memory.read(addr, 4), "little")
+
+    def target(r1: int) -> tuple[SocketOptions, SockView, int]:
+        """The options and view of the call's socket, and -EOPNOTSUPP or 0."""
+        state.current()
+        std = vm.std
+        assert std is not None  # program types come with the standard helpers
+        if kind is ProgType.CGROUP_SOCKOPT:
+            sk = r1
+        else:
+            sk_off = SockOps.sk.offset if kind is ProgType.SOCK_OPS else SockAddr.sk.offset
+            sk = int.from_bytes(vm.memory.read(r1 + sk_off, 8), "little")
+        found = find_socket(std.sockets, vm.memory, sk) if sk else None
+        owner = found[0] if found is not None else None
+        sock = socket_of(owner)
+        error = 0
+        if kind is ProgType.SOCK_OPS:
+            ctx = r1
+            view = SockView(u32_at(ctx + SockOps.family.offset), True, IPPROTO_TCP, u32_at(ctx + SockOps.state.offset),
+                            bool(u32_at(ctx + SockOps.is_fullsock.offset)), u32_at(ctx + SockOps.mss_cache.offset),
+                            u32_at(ctx + SockOps.data_segs_out.offset))
+            if u32_at(ctx + SockOps.op.offset) > BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+                error = -errno.EOPNOTSUPP
+        elif kind is ProgType.CGROUP_SOCK_ADDR:
+            ctx = r1
+            view = SockView(u32_at(ctx + SockAddr.family.offset), u32_at(ctx + SockAddr.type.offset) == SOCK_STREAM,
+                            u32_at(ctx + SockAddr.protocol.offset), sock.state)
+        else:
+            view = SockView(sock.family, sock.type == SOCK_STREAM, sock.protocol, sock.state, sock.full,
+                            sock.tcp.get("mss_cache", 0), sock.tcp.get("data_segs_out", 0))
+        view = dataclasses.replace(view, priority=sock.priority, mark=sock.mark, bound_dev_if=sock.bound_dev_if)
+        return std.sockets.options(owner), view, error
+
+    def cb_flags(ctx: int) -> int | None:
+        """The sockops context's bpf_sock_ops_cb_flags offset in the run's arena (None elsewhere)."""
+        if kind is not ProgType.SOCK_OPS:
+            return None
+        run = state.current()
+        return ctx - run.arena.address + SockOps.bpf_sock_ops_cb_flags.offset
+
+    cb_key = (SOL_TCP, OptName.TCP_BPF_SOCK_OPS_CB_FLAGS)
+
+    def set_opt(r1: int, level: int, optname: int, optval: int, size: int) -> int:
+        opts, view, error = target(r1)
+        if error:
+            return _err(-error)
+        std = vm.std
+        assert std is not None
+        names = {i: face.name for i, face in std.host.interfaces.items() if face.name}
+        level, optname = _s32(level), _s32(optname)
+        done = setsockopt(opts, view, std.host.net, names, level, optname, vm.memory.read(optval, size & MASK32))
+        off = cb_flags(r1)
+        if done == 0 and (level, optname) == cb_key and off is not None:  # the context's field is the option
+            state.current().arena.view[off : off + 4] = opts.values[cb_key].to_bytes(4, "little")
+        return _err(-done) if done else 0
+
+    def get_opt(r1: int, level: int, optname: int, optval: int, size: int) -> int:
+        opts, view, error = target(r1)
+        size &= MASK32
+        if error:
+            vm.memory.write(optval, bytes(size))
+            return _err(-error)
+        std = vm.std
+        assert std is not None
+        off = cb_flags(r1)
+        if off is not None:
+            opts.values[cb_key] = int.from_bytes(state.current().arena.view[off : off + 4], "little")
+        done, data = getsockopt(opts, view, std.host.net, _s32(level), _s32(optname), size)
+        vm.memory.write(optval, data)
+        return _err(-done) if done else 0
+
+    first = "btf_sock_common" if kind is ProgType.CGROUP_SOCKOPT else "ctx"
+    return [Helper(H.SETSOCKOPT, "bpf_setsockopt", set_opt, (first, "anything", "anything", "mem", "size")),
+            Helper(H.GETSOCKOPT, "bpf_getsockopt", get_opt, (first, "anything", "anything", "uninit_mem", "size"))]
 
 
 def _func_arg_helpers(vm: VM, attach: AttachTarget) -> list[Helper]:
@@ -1692,6 +1785,7 @@ _CGROUP_SKB_KINDS = (ProgType.CGROUP_SKB,)
 _LWT_KINDS = (ProgType.LWT_IN, ProgType.LWT_OUT, ProgType.LWT_XMIT)
 _SK_SKB_KINDS = (ProgType.SK_SKB,)
 _TC_ACTIONS_U32 = {int(a) & MASK32: a for a in TcAction}  # by r0's low 32 bits
+_TC_ACTIONS = tuple(a for a in TcAction if a >= 0)  # by value, as _XDP_ACTIONS (UNSPEC is past the end)
 _SK_ACTIONS = tuple(SkAction)
 
 
@@ -1952,6 +2046,15 @@ class ProgramRunners:
     def run_tc(self, packet: bytes | bytearray | memoryview, *, engine: Engine = "interp",
                **skb: Any) -> tuple[int, bytes]:
         """tc classifier/action: ``(verdict, packet after)``; verdict is a ``TcAction`` when r0 is one."""
+        # The per-packet path inline, as run_xdp's: the native call names the action.
+        if (engine == "jit" and not skb and (state := self.program_state) is not None
+                and (cached := state.skb_default) is not None and self.prog_type in _TC_KINDS
+                and cached[0] is (std.socket if (std := self.std).socket_set else PACKET_SOCKET)):
+            done = state.pkt_run(state.token, cached[1], cached[2], packet, _TC_ACTIONS)
+            if done is not None:
+                if len(done) == 2:
+                    return done if type(done[0]) is not int else (_tc_action(done[0]), done[1])
+                return _tc_action(pktrun.finish(done[2], ERROR_RESULT)), done[1]  # stopped early
         retval, after = self._run_skb(_TC_KINDS, packet, engine, skb)
         return _tc_action(retval), after
 
@@ -1981,7 +2084,7 @@ class ProgramRunners:
         # The per-packet path, as run_xdp's: one native call on the context of no fields given,
         # while the socket the context was built for is still the one the caller set.
         if (engine == "jit" and not skb and (cached := state.skb_default) is not None
-                and cached[0] is self.std.socket):
+                and cached[0] is (std.socket if (std := self.std).socket_set else PACKET_SOCKET)):
             done = state.pkt_run(state.token, cached[1], cached[2], packet)
             if done is not None:
                 if len(done) == 2:

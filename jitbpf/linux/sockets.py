@@ -26,6 +26,7 @@ from jitbpf.errors import ExecutionError
 from jitbpf.helpers import Helper
 from jitbpf.isa import MASK32, MASK64
 from jitbpf.linux.helperids import HelperId as H
+from jitbpf.linux.sockopts import SocketOptions
 from jitbpf.memory import Region
 from jitbpf.sandbox import Pages
 from jitbpf.verifier._sock import BPF_SOCK_SIZE, BPF_TCP_SOCK_SIZE
@@ -210,6 +211,7 @@ class SocketTable:
         self._pages: Pages | None = None
         self._slots: dict[int, tuple[int, object]] = {}  # id(owner) -> (block index, owner)
         self._owners: list[object] = []  # by block index
+        self._options: dict[int, tuple[object, SocketOptions]] = {}  # id(owner) -> (owner, its options)
         self._lock = threading.Lock()
 
     def _memory(self) -> Pages:
@@ -235,6 +237,15 @@ class SocketTable:
                 self._slots[id(owner)] = slot
                 self._owners.append(owner)
             return self._memory().address + slot[0] * BLOCK
+
+    def options(self, owner: object) -> SocketOptions:
+        """The options programs set on ``owner`` (bpf_setsockopt), kept as long as the table;
+        None stands for a context's socket when the caller gave none."""
+        with self._lock:
+            found = self._options.get(id(owner))
+            if found is None:
+                found = self._options[id(owner)] = (owner, SocketOptions())
+            return found[1]
 
     def owner_at(self, addr: int) -> tuple[object, bool] | None:
         """The socket whose ``bpf_sock`` (False) or ``bpf_tcp_sock`` (True) is at ``addr``."""

@@ -93,6 +93,9 @@ class StdContext:
         self.timers = Timers(self.clock)  # the maps' bpf_timers (jitbpf.linux.timers)
         self._lock = threading.Lock()
         self._local = _ThreadState()
+        # False while every thread's socket is still the default: the per-packet paths check
+        # this plain attribute instead of the thread-local one (a fifth of a tc run).
+        self.socket_set = False
 
     def emit(self, text: str) -> None:
         with self._lock:
@@ -113,10 +116,11 @@ class StdContext:
 
     @property
     def socket(self) -> object | None:
-        return self._local.socket
+        return self._local.socket if self.socket_set else PACKET_SOCKET
 
     @socket.setter
     def socket(self, sock: object | None) -> None:
+        self.socket_set = True
         self._local.socket = sock
 
 
