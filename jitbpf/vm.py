@@ -161,6 +161,8 @@ class VM(ProgramRunners):
         # (run, token) and (run with memory, the native library's ffi.from_buffer, token).
         self._bare: tuple[Callable[[int], int], int] = _UNBOUND
         self._bare_mem: tuple[Callable[[int, Any, int], int], Callable[..., Any], int] = _UNBOUND_MEM
+        # execute_records()'s: (jb_bare_records, ffi.from_buffer, token), or None before binding.
+        self._bare_records: tuple[Callable[..., int], Callable[..., Any], int] | None = None
         self._closed = False
         # Runs in progress on every thread, and a close() waiting for them to end: nothing a run
         # uses (code pages, maps) is freed under it.
@@ -185,7 +187,7 @@ class VM(ProgramRunners):
             raise ValueError(f"helper id {h.id} out of range")
         self.helpers[h.id] = h
         self._checked = False
-        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind: the helper may need Python
+        self._unbind()  # rebind: the helper may need Python
         self._config_changed()  # native typed-run bindings are redone (jitbpf.linux.pktrun)
         if self._jit is not None:
             self._jit.set_helper(h)
@@ -225,7 +227,7 @@ class VM(ProgramRunners):
         if getattr(bpf_map, "handle", None) is None:
             bpf_map.handle = handle
         self._checked = False
-        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM  # rebind with this map's regions
+        self._unbind()  # rebind with this map's regions
         self._config_changed()  # native typed-run bindings are redone (jitbpf.linux.pktrun)
         return handle
 
@@ -255,7 +257,7 @@ class VM(ProgramRunners):
 
     def regions_changed(self) -> None:
         """An outer map of this VM now holds other inner maps: runs bind the new set of regions."""
-        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM
+        self._unbind()
         self._config_changed()  # native typed-run bindings are redone (jitbpf.linux.pktrun)
 
     def use_standard_helpers(self, **options: Any) -> Any:
@@ -469,6 +471,18 @@ class VM(ProgramRunners):
                           verified=self.verify_enabled and not self._reads_uninit_stack,
                           python_calls=self._python_calls, probe_loads=self._probe_loads)
 
+    def _unbind(self) -> None:
+        """Forget the native fast paths (the next run binds again, or runs the ordinary way)."""
+        self._bare, self._bare_mem, self._bare_records = _UNBOUND, _UNBOUND_MEM, None
+
+    def _bind(self, jit: JitProgram) -> None:
+        """Bind this thread's native fast paths to ``jit`` (see JitProgram.bind_bare), if it has them."""
+        nat = jit.bind_bare(self.map_regions())
+        if nat is not None:
+            self._bare = (nat.lib.jb_bare_run, jit.token)
+            self._bare_mem = (nat.lib.jb_bare_run_mem, nat.ffi.from_buffer, jit.token)
+            self._bare_records = (nat.lib.jb_bare_records, nat.ffi.from_buffer, jit.token)
+
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""
         # After the first run on a thread, a run is one native call (see JitProgram.bind_bare).
@@ -509,10 +523,7 @@ class VM(ProgramRunners):
         self._raw_only("execute_jit")  # typed VMs never bind: every raw run of one comes here
         jit = self._jit_program()
         result = jit.run(mem)
-        nat = jit.bind_bare(self.map_regions())
-        if nat is not None:
-            self._bare = (nat.lib.jb_bare_run, jit.token)
-            self._bare_mem = (nat.lib.jb_bare_run_mem, nat.ffi.from_buffer, jit.token)
+        self._bind(jit)
         return result
 
     def execute_batch(self, buffers: Sequence[Any], *, threads: int = 1) -> array.array[int]:
@@ -540,6 +551,12 @@ class VM(ProgramRunners):
         """Run the JIT-compiled program over each ``record_size``-byte record of the writable
         buffer ``data`` (one contiguous array of fixed-size inputs, e.g. a numpy array's bytes),
         each as its own mem; return every r0. Like ``execute_batch`` otherwise."""
+        # After the first batch on a thread, one native call (see JitProgram.bind_bare).
+        fast = self._bare_records
+        if fast is not None and threads == 1 and type(record_size) is int and record_size > 0:
+            done = self._records_bare(fast, data, record_size)
+            if done is not None:
+                return done
         self._raw_only("execute_records")
         if isinstance(record_size, bool) or not isinstance(record_size, int):
             raise TypeError(f"record_size must be an int, not {type(record_size).__name__}")
@@ -561,10 +578,62 @@ class VM(ProgramRunners):
             if not jit.batchable:
                 return self._one_by_one([view[i * record_size:(i + 1) * record_size] for i in range(count)])
             regions = self.map_regions()
-            return split_runs(count, threads, lambda lo, hi: jit.run_records(
+            out = split_runs(count, threads, lambda lo, hi: jit.run_records(
                 view[lo * record_size:hi * record_size], record_size, regions))
         finally:
             self._leave(outer)
+        if threads == 1 and not jit.bare_bound():
+            self._bind(jit)
+        return out
+
+    def _records_bare(self, fast: tuple[Callable[..., int], Callable[..., Any], int], data: Any,
+                      record_size: int) -> array.array[int] | None:
+        """execute_records as one native call through this thread's binding; None when it did
+        not run (nothing bound here, the program closed, a buffer the ordinary path must judge)."""
+        run, from_buffer, token = fast
+        try:
+            pin = from_buffer(data, require_writable=True)
+        except (TypeError, BufferError):
+            return None
+        n = len(pin) // record_size
+        out = array.array("Q", bytes(8 * n))
+        results = from_buffer("uint64_t[]", out)
+        start = run(token, pin, record_size, n, results)
+        if start == n:
+            return out
+        if start > n:
+            return None  # nothing ran: not bound on this thread, or closed
+        jit = self._jit
+        assert jit is not None  # bound: compiled
+        while True:  # the record at start stopped early: its outcome, then the rest
+            try:
+                out[start] = jit.finish(out[start])
+            except BpfError as err:
+                err.add_note(f"in input {start} of the batch")
+                raise
+            start += 1
+            if start == n:
+                return out
+            done = run(token, pin + start * record_size, record_size, n - start, results + start)
+            if done > n - start:
+                raise ExecutionError("the VM is closed")  # since the last record
+            start += done
+            if start == n:
+                return out
+        if done > n:
+            return None  # nothing ran
+        jit = self._jit
+        assert jit is not None  # bound: compiled
+        try:
+            out[done] = jit.finish(out[done])  # the record whose run stopped early
+        except BpfError as err:
+            err.add_note(f"in input {done} of the batch")
+            raise
+        rest = done + 1
+        if rest < n:  # the others as the ordinary path runs them, after the one that stopped
+            out[rest:] = self.execute_records(memoryview(data).cast("B")[rest * record_size:n * record_size],
+                                              record_size)
+        return out
 
     def _one_by_one(self, inputs: Sequence[Any]) -> array.array[int]:
         """A batch as one execute_jit per input (programs with Python helpers), with the same
@@ -677,7 +746,7 @@ class VM(ProgramRunners):
         """Release the machine code (unmaps the executable pages) and this VM's hold on its maps.
         Called while runs are in progress (from a helper, or another thread), the release waits
         for the last of them to end; no new run starts."""
-        self._bare, self._bare_mem = _UNBOUND, _UNBOUND_MEM
+        self._unbind()
         with self._lifetime:
             self._closed = True
             if self._active:

@@ -137,6 +137,32 @@ def test_every_input_has_the_whole_budget() -> None:
         assert list(vm.execute_records(bytearray([40, 1]), 1)) == [40, 1]
 
 
+def test_later_batches_of_records_take_one_native_call() -> None:
+    """After a thread's first batch its binding runs the next ones in one call: the same results,
+    in place in any writable buffer, a program's own return of the error value being no error; a
+    record that stops early raises with its index; other buffers still get the ordinary path's
+    errors; and a program with a Python helper never binds (its runs need Python)."""
+    import array
+
+    with VM(assemble(LOOP_FIRST_BYTE), budget=200, verify=False) as vm:
+        assert list(vm.execute_records(bytearray([3, 0]), 1)) == [3, 0]
+        assert vm._bare_records is not None  # bound by that batch
+        assert list(vm.execute_records(array.array("B", [5, 9, 0, 2]), 2)) == [5, 0]
+        with pytest.raises(BudgetExceeded) as err:
+            vm.execute_records(bytearray([1, 2, 90, 4, 5]), 1)
+        assert "in input 2 of the batch" in (err.value.__notes__ or [])
+        with pytest.raises(TypeError, match="writable"):
+            vm.execute_records(bytes(4), 2)
+        assert list(vm.execute_records(bytearray(range(6)), 1)) == list(range(6))
+    with VM(assemble(f"ldxb r2, [r1]\nmov r0, 7\njne r2, 1, +2\nlddw r0, {ERROR_RESULT:#x}\nexit")) as vm:
+        for _ in range(2):  # the ordinary path, then the bound one
+            assert list(vm.execute_records(bytearray([0, 1, 0, 1]), 1)) == [7, ERROR_RESULT, 7, ERROR_RESULT]
+    with VM(assemble("mov r6, r1\nldxb r1, [r6]\ncall 7\nldxb r0, [r6+1]\nexit")) as vm:
+        vm.register_helper(7, lambda r1, *_: 0)  # a Python helper: no native batches
+        assert list(vm.execute_records(bytearray([1, 2, 3, 4]), 2)) == [2, 4]
+        assert vm._bare_records is None
+
+
 def test_reservations_a_stopped_run_leaves_are_dropped() -> None:
     from jitbpf.jit.program import runner_lib
     from jitbpf.linux.maps import RingBuf

@@ -241,7 +241,7 @@ def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None
 LONG_LOOP_SOURCE = LOOP_SOURCE.replace("2000", "200000")  # about 0.1 ms a run
 
 
-@pytest.mark.parametrize("path", ["bare", "bare_mem", "xdp", "xdp_batch", "xdp_packed"])
+@pytest.mark.parametrize("path", ["bare", "bare_mem", "bare_records", "xdp", "xdp_batch", "xdp_packed"])
 def test_closing_a_vm_waits_for_the_runs_of_other_threads(path: str) -> None:
     """Single runs from Python skip the VM's bookkeeping (one native call each): closing the VM
     from another thread while they run must wait for them, not unmap the code under them, and
@@ -256,6 +256,7 @@ def test_closing_a_vm_waits_for_the_runs_of_other_threads(path: str) -> None:
     run: Callable[[], int] = {
         "bare": lambda: vm.execute_jit(),
         "bare_mem": lambda: vm.execute_jit(bytearray(8)),
+        "bare_records": lambda: int(vm.execute_records(bytearray(16), 8)[-1]),
         "xdp": lambda: int(vm.run_xdp(bytes(64), engine="jit")[0]),
         "xdp_batch": lambda: int(vm.run_batch([bytes(64)] * 2).results[-1]),  # packets where they are
         "xdp_packed": lambda: int(vm.run_batch(packed).results[-1]),  # packed back to back

@@ -136,11 +136,15 @@ uint64_t jb_gate_close(void *gate);
 uint64_t jb_gate_active(void *gate);
 int jb_gate_running_here(void);
 void jb_gate_free(void *gate);
-void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra,
-                  void *python);
+void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t batch, uint64_t ctx, uint64_t extra,
+                  uint64_t nextra, void *python);
 int jb_bare_bound(uint64_t token);
 uint64_t jb_bare_run(uint64_t token);
 uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size);
+/* The bound program over n records of record_size bytes at base (its "batch" entry, as
+   jb_run_records): how many ran before one stopped early, or UINT64_MAX when nothing is bound
+   on this thread or the program is closed (nothing ran). */
+uint64_t jb_bare_records(uint64_t token, const uint8_t *base, uint64_t record_size, uint64_t n, uint64_t *results);
 /* `entry`: the program's "batch" entry; `extra`, `nextra`: the runs' further regions. The loop
    holds the program's run gate and token (jbrun.h); UINT64_MAX without running when it is closed. */
 uint64_t jb_run_packed(void *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra, uint64_t nextra,

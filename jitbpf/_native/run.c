@@ -31,6 +31,7 @@ struct bare {
     uint64_t token;  /* 0: empty */
     struct jb_gate *gate;  /* the program's run gate */
     args_fn args;    /* the "args" entry: runs with (mem, size) */
+    uint64_t batch;  /* the "batch" entry: loops over records */
     struct jitbpf_ctx *ctx;  /* the thread's run context for the program */
     uint64_t extra;  /* its extra region table and count, stored into ctx before each run */
     uint64_t nextra;
@@ -262,8 +263,8 @@ void jb_jit_init(uint64_t error_result)
     pthread_once(&g_bare_once, make_key);
 }
 
-void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint64_t extra, uint64_t nextra,
-                  void *python)
+void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t batch, uint64_t ctx, uint64_t extra,
+                  uint64_t nextra, void *python)
 {
     if (t_bare == NULL && (t_bare = jb_thread_table(g_bare_key, BARE_SLOTS, sizeof *t_bare)) == NULL)
         return;
@@ -271,6 +272,7 @@ void jb_bare_bind(uint64_t token, void *gate, uint64_t args, uint64_t ctx, uint6
     b->token = token;
     b->gate = gate;
     b->args = (args_fn)(uintptr_t)args;
+    b->batch = batch;
     b->ctx = (struct jitbpf_ctx *)(uintptr_t)ctx;
     b->extra = extra;
     b->nextra = nextra;
@@ -324,18 +326,13 @@ uint64_t jb_bare_run_mem(uint64_t token, char *mem, uint64_t size)
 
 typedef uint64_t (*batch_fn)(void *ctx, struct jitbpf_batch *batch);
 
-/* The program's "batch" entry over b's inputs with the regions `extra` (writable mem each), the
-   program's Python helpers set for them all (a nested run restores its caller's); each run's
-   leftover ring buffer reservations are dropped after it, as run_args does. */
-static uint64_t run_batch(struct jb_gate *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra,
-                          uint64_t nextra, struct jitbpf_batch *b, void *python)
+/* The program's "batch" entry over b's inputs on the run context c (its regions set), the
+   program's gate held by the caller and its Python helpers set for them all (a nested run
+   restores its caller's); each run's leftover ring buffer reservations are dropped after it, as
+   run_args does. */
+static uint64_t batch_in_gate(uint64_t entry, struct jitbpf_ctx *c, struct jitbpf_batch *b, void *python)
 {
-    if (!jb_gate_enter(gate, token))
-        return UINT64_MAX;
-    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
     c->mem_writable = 1;
-    c->extra = (struct jitbpf_region *)(uintptr_t)extra;
-    c->nextra = nextra;
     const struct jb_python *outer = t_python;
     b->rb_pending = &jb_rb_npending;
     b->rb_reserved = jb_rb_npending;
@@ -343,7 +340,31 @@ static uint64_t run_batch(struct jb_gate *gate, uint64_t token, uint64_t entry, 
     t_python = python;
     uint64_t done = ((batch_fn)(uintptr_t)entry)(c, b);
     t_python = outer;
+    return done;
+}
+
+/* batch_in_gate with the regions `extra` (writable mem each) and the gate taken here. */
+static uint64_t run_batch(struct jb_gate *gate, uint64_t token, uint64_t entry, uint64_t ctx, uint64_t extra,
+                          uint64_t nextra, struct jitbpf_batch *b, void *python)
+{
+    if (!jb_gate_enter(gate, token))
+        return UINT64_MAX;
+    struct jitbpf_ctx *c = (struct jitbpf_ctx *)(uintptr_t)ctx;
+    c->extra = (struct jitbpf_region *)(uintptr_t)extra;
+    c->nextra = nextra;
+    uint64_t done = batch_in_gate(entry, c, b, python);
     jb_gate_leave(gate);
+    return done;
+}
+
+uint64_t jb_bare_records(uint64_t token, const uint8_t *base, uint64_t record_size, uint64_t n, uint64_t *results)
+{
+    struct bare *p = bound(token);
+    if (p == NULL)
+        return UINT64_MAX;
+    struct jitbpf_batch b = {.base = (uint64_t)(uintptr_t)base, .stride = record_size, .n = n, .results = results};
+    uint64_t done = batch_in_gate(p->batch, p->ctx, &b, p->python);
+    jb_gate_leave(p->gate);
     return done;
 }
 

@@ -330,8 +330,9 @@ class JitProgram:
     def bind_bare(self, extra: Sequence[Region] = ()) -> Any | None:
         """Bind this thread's run context to ``token`` in the native bare-run table, with
         ``extra`` (the maps' regions) as its further regions; return the native library
-        (``Native``) whose ``jb_bare_run(token)`` and ``jb_bare_run_mem(token, pin, size)`` then
-        run the program (what ``VM.execute_jit`` calls), or None when runs need run()'s
+        (``Native``) whose ``jb_bare_run(token)``, ``jb_bare_run_mem(token, pin, size)`` and
+        ``jb_bare_records`` then run the program (what ``VM.execute_jit`` and ``execute_records``
+        call), or None when runs need run()'s
         bookkeeping (Python helpers, tail calls). A result of ``ERROR_RESULT`` goes to ``finish``."""
         nat = runner_lib()
         if nat is None or self._gate is None or self.closed or not (self.simple or self.batchable):
@@ -340,9 +341,9 @@ class JitProgram:
         key = _region_key(extra)
         self._name_regions(extra)
         table = rc.bare_extra = _region_table(key)  # the binding's own: run_regions may replace the context's
-        args = self._code.address + self.compiled.entries["args"]
-        nat.lib.jb_bare_bind(self.token, self._gate, args, rc.ctx_addr, int(ffi.cast("uintptr_t", table)), len(key),
-                             self._python)
+        args, batch = (self._code.address + self.compiled.entries[e] for e in ("args", "batch"))
+        nat.lib.jb_bare_bind(self.token, self._gate, args, batch, rc.ctx_addr, int(ffi.cast("uintptr_t", table)),
+                             len(key), self._python)
         return nat
 
     def bare_bound(self) -> bool:
