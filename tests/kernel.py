@@ -33,6 +33,9 @@ class _TestRunOpts(ctypes.Structure):
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+# libbpf's print function: one for the process, never freed (libbpf keeps the pointer whichever
+# Kernel set it).
+_QUIET = _PRINT_FN(lambda _level, _fmt, _args: 0)
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -196,8 +199,7 @@ class Kernel:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.lib = lib
-        self._quiet = _PRINT_FN(lambda _level, _fmt, _args: 0)  # kept alive: libbpf holds the pointer
-        lib.libbpf_set_print(self._quiet)
+        lib.libbpf_set_print(_QUIET)
         self.num_cpus = max(1, lib.libbpf_num_possible_cpus())
 
     @classmethod

@@ -28,7 +28,8 @@ Build = Callable[[str], Path]
 CASES_FILE = Path(__file__).with_name("sockopts_cases.txt")
 LEVELS = {"SOL_IP": SOL_IP, "SOL_SOCKET": SOL_SOCKET, "SOL_TCP": SOL_TCP, "SOL_IPV6": SOL_IPV6}
 BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_CGROUP_SOCK_OPS = 3, 3
-TCP_SYN_SENT, AF_INET = 2, 2
+TCP_SYN_SENT, AF_INET, AF_INET6 = 2, 2, 10
+IPV6_SCENARIO = "ipv6"  # the scenario whose connection is over IPv6
 EINVAL, ENOENT, EOPNOTSUPP = 22, 2, 95
 HEADER = """
 #include <linux/bpf.h>
@@ -115,13 +116,14 @@ def outcomes(raw: dict[int, bytes], cases: list[Case]) -> list[tuple[int, int, s
     return out
 
 
-def run_jitbpf(path: Path, cases: list[Case], net: NetSettings, engine: str) -> list[tuple[int, int, str]]:
+def run_jitbpf(path: Path, cases: list[Case], net: NetSettings, engine: str, family: int = AF_INET
+               ) -> list[tuple[int, int, str]]:
     obj = load_elf(path)
     for i, case in enumerate(cases):
         obj.maps["cases"][i] = case.record()
     vm = obj.programs["prog"].vm()
     vm.std.host.net = net
-    verdict, _fields = vm.run_sock_ops(BPF_SOCK_OPS_TCP_CONNECT_CB, family=AF_INET, is_fullsock=1,
+    verdict, _fields = vm.run_sock_ops(BPF_SOCK_OPS_TCP_CONNECT_CB, family=family, is_fullsock=1,
                                        state=TCP_SYN_SENT, engine=engine)
     assert verdict == 1
     return outcomes({i: obj.maps["results"][i] for i in range(len(cases))}, cases)
@@ -136,7 +138,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_answers_are_the_kernels(build: Build, scenario: str, engine: str) -> None:
     cases = SCENARIOS[scenario]
-    got = run_jitbpf(build(PROBE), cases, MEASURED, engine)
+    got = run_jitbpf(build(PROBE), cases, MEASURED, engine, AF_INET6 if scenario == IPV6_SCENARIO else AF_INET)
     wrong = [(i, c, g) for i, (c, g) in enumerate(zip(cases, got, strict=True)) if c.expected != g]
     assert not wrong, wrong
 
@@ -155,14 +157,14 @@ def _host_settings() -> NetSettings:
                        tcp_keepalive_time=int(read("ipv4/tcp_keepalive_time")[0]),
                        tcp_keepalive_intvl=int(read("ipv4/tcp_keepalive_intvl")[0]),
                        tcp_keepalive_probes=int(read("ipv4/tcp_keepalive_probes")[0]),
-                       tcp_syn_retries=int(read("ipv4/tcp_syn_retries")[0]), txrehash=int(read("core/txrehash")[0]))
+                       tcp_syn_retries=int(read("ipv4/tcp_syn_retries")[0]), txrehash=int(read("core/txrehash")[0]),
+                       auto_flowlabels=int(read("ipv6/auto_flowlabels")[0]))
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_answers_are_the_running_kernels(build: Build, scenario: str) -> None:
-    kernel = Kernel.open()
-    if isinstance(kernel, str):
-        pytest.skip(kernel)
+def test_answers_are_the_running_kernels(build: Build, kernel: Kernel | None, scenario: str) -> None:
+    if kernel is None:
+        pytest.skip("the kernel reference needs root, BPF and libbpf")
     root = cgroup2_root()
     if isinstance(root, str):
         pytest.skip(f"the kernel comparison attaches to a cgroup: {root}")
@@ -172,22 +174,23 @@ def test_answers_are_the_running_kernels(build: Build, scenario: str) -> None:
     try:
         for i, case in enumerate(cases):
             loaded.update("cases", struct.pack("<I", i), case.record())
-        with socket.socket() as server, new_cgroup(root, "jitbpf-sockopts") as cgroup, \
+        family, host = (AF_INET6, "::1") if scenario == IPV6_SCENARIO else (AF_INET, "127.0.0.1")
+        with socket.socket(family) as server, new_cgroup(root, "jitbpf-sockopts") as cgroup, \
                 loaded.attached(cgroup, BPF_CGROUP_SOCK_OPS):
-            server.bind(("127.0.0.1", 0))
+            server.bind((host, 0))
             server.listen()
 
             def join() -> None:  # the child's own cgroup, before it connects
                 (cgroup / "cgroup.procs").write_text("0")
 
             port = server.getsockname()[1]
-            subprocess.run([sys.executable, "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}))"],
+            subprocess.run([sys.executable, "-c", f"import socket; socket.create_connection(('{host}', {port}))"],
                            preexec_fn=join, check=True, timeout=60)
         reference = outcomes({int.from_bytes(k, "little"): v for k, v in loaded.maps()["results"].items()}, cases)
     finally:
         loaded.close()
     for engine in ENGINES:
-        assert run_jitbpf(path, cases, _host_settings(), engine) == reference
+        assert run_jitbpf(path, cases, _host_settings(), engine, family) == reference
 
 
 # -- other contexts and refusals -------------------------------------------------------------------

@@ -306,7 +306,8 @@ _INT_OPTIONS: dict[tuple[int, int], _IntOption] = {
 _SYN_OPTIONS = frozenset({_O.TCP_BPF_SYN, _O.TCP_BPF_SYN_IP, _O.TCP_BPF_SYN_MAC})  # the saved SYN's headers
 
 
-_LEVEL_FAMILY = {SOL_IP: AF_INET, SOL_IPV6: AF_INET6}  # the IP levels apply to sockets of their family
+# The families each IP level applies to (an IPv6 socket has IPv4's options too, for mapped addresses).
+_LEVEL_FAMILIES = {SOL_IP: (AF_INET, AF_INET6), SOL_IPV6: (AF_INET6,)}
 
 
 def _level_error(view: SockView, level: int) -> int:
@@ -318,7 +319,7 @@ def _level_error(view: SockView, level: int) -> int:
     elif level == SOL_TCP:
         applies = view.protocol == IPPROTO_TCP
     else:
-        applies = _LEVEL_FAMILY.get(level) == view.family
+        applies = view.family in _LEVEL_FAMILIES.get(level, ())
     return 0 if applies else -errno.EINVAL
 
 
