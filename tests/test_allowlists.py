@@ -18,6 +18,9 @@ from tests import kernel_oracle
 from tools.allowlists import HOOKS, allowed
 
 MEASURED = sorted(ProgType(t) for t in ALLOWED)
+# Helpers a 6.18 build may refuse although mainline's lists (the ones measured) give them:
+# a 6.18.44 build was seen refusing bpf_xdp_adjust_meta to XDP programs (mainline gives it them).
+BUILD_DIFFERENCES: dict[ProgType, set[int]] = {ProgType.XDP: {54}}
 
 
 def test_every_type_that_loads_without_a_target_is_measured() -> None:
@@ -31,7 +34,10 @@ def test_every_type_that_loads_without_a_target_is_measured() -> None:
                     reason=f"the lists were measured on Linux {MEASURED_ON}")
 @pytest.mark.parametrize("prog_type", MEASURED, ids=[PROGRAM_TYPES[t].name for t in MEASURED])
 def test_the_lists_are_the_running_kernels(prog_type: ProgType) -> None:
-    assert allowed(prog_type) == sorted(ALLOWED[int(prog_type)])
+    running, measured = set(allowed(prog_type)), ALLOWED[int(prog_type)]
+    assert running <= measured, f"the running kernel also gives {sorted(running - measured)}"
+    assert measured - running <= BUILD_DIFFERENCES.get(prog_type, set()), \
+        f"the running kernel refuses {sorted(measured - running)}"
 
 
 @pytest.mark.parametrize("prog_type", MEASURED, ids=[PROGRAM_TYPES[t].name for t in MEASURED])
