@@ -230,7 +230,8 @@ def straight_line_source(n: int, seed: int = 2024) -> str:
 def compile_speed(code: bytes, quick: bool, progress: Progress) -> dict[str, Any]:
     """Median time of ``jit_compile`` for ``code``, with the encoding cache already warm."""
     n = len(code) // 8
-    repeats = 1 if quick else 5
+    # A small compile takes a fraction of a millisecond: five samples of it are mostly noise.
+    repeats = 1 if quick else 5 if n > 10_000 else 51
     vms = [VM(code, verify=False, allow_loops=False) for _ in range(repeats + 1)]
     for vm in vms:
         vm.check()  # structural checks out of the timing: the figure is the JIT's alone

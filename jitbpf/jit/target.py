@@ -72,7 +72,18 @@ class CompiledCode:
     # loop recorded them: ``pcs`` pairs them up only when asked (listings, faults).
     slot_offsets: tuple[int, ...]
     blocks: int  # offset of the blocks' code (slot 0's), after the entry points
-    marks: tuple[tuple[int, str, int], ...]  # (offset, label, pc or -1) of prologue, stubs, routines
+    # The marks as the target recorded them (locations), and where link put each section: only
+    # listings read them, so they become offsets when asked (see marks).
+    recorded_marks: tuple[tuple[int, str, int], ...]
+    layout: tuple[int, int, int]  # (head's length, blocks' length, hot code's length)
+
+    @property
+    def marks(self) -> tuple[tuple[int, str, int], ...]:
+        """(offset, label, pc or -1) of prologue, stubs and routines, ascending."""
+        head, body, hot_len = self.layout
+        cold = location(Section.COLD, 0)  # marks are in the hot code (head or blocks) or the cold
+        return tuple(sorted([(loc + head if loc < body else loc - body if loc < cold else loc - cold + hot_len,
+                              text, pc) for loc, text, pc in self.recorded_marks]))
 
     @property
     def pcs(self) -> tuple[tuple[int, int], ...]:
@@ -579,7 +590,4 @@ class Target(abc.ABC):
         entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
             entries[name] = absolute(self.labels[name])
-        cold = location(Section.COLD, 0)  # marks are in the hot code (head or blocks) or the cold
-        marks = tuple(sorted([(loc + head if loc < body else loc - body if loc < cold else loc - cold + hot_len,
-                               text, pc) for loc, text, pc in self.marks]))
-        return CompiledCode(bytes(code), entries, tuple(pc_off), head, marks)
+        return CompiledCode(bytes(code), entries, tuple(pc_off), head, tuple(self.marks), (head, body, hot_len))
