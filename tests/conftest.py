@@ -32,3 +32,18 @@ def kernel() -> Kernel | None:
     root, no BPF): tests then compare jitbpf's engines with each other only."""
     found = Kernel.open()
     return found if isinstance(found, Kernel) else None
+
+
+@pytest.fixture(autouse=True)
+def main_thread_on_cpu0() -> None:
+    """jitbpf gives each thread a CPU id in turn on first use: the tests' own thread keeps id 0,
+    where comparisons with the kernel (pinned to CPU 0) read per-CPU values and processor ids,
+    whichever thread asked first."""
+    from jitbpf.errors import MapError
+    from jitbpf.linux.maps import current_cpu, set_current_cpu
+
+    try:
+        if current_cpu() != 0:
+            set_current_cpu(0)
+    except MapError:  # no native library (no C compiler): nothing runs per CPU
+        pass

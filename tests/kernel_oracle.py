@@ -262,13 +262,16 @@ def kernel_run(code: bytes, prog_type: int, packet: bytes) -> int:
 
 
 @contextlib.contextmanager
-def _on_first_cpu() -> Iterator[None]:
-    """The calling thread kept on CPU 0 meanwhile: a test run runs where its caller does, and
-    jitbpf's runs are CPU 0's unless told otherwise (bpf_get_smp_processor_id, per-CPU maps)."""
+def _on_jitbpf_cpu() -> Iterator[None]:
+    """The calling thread kept meanwhile on the CPU whose id jitbpf's runs on this thread see
+    (bpf_get_smp_processor_id, per-CPU maps): a test run runs where its caller does. jitbpf gives
+    threads ids in turn, so the id is not always 0 (another thread may have asked first)."""
+    from jitbpf.linux.maps import current_cpu
+
     try:
         before = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {0})
-    except OSError:  # no CPU 0 for this process: the run goes where it may
+        os.sched_setaffinity(0, {current_cpu()})
+    except OSError:  # not a CPU this process may use: the run goes where it may
         yield
         return
     try:
@@ -282,7 +285,7 @@ def _test_run(fd: int, packet: bytes) -> tuple[int, bytes]:
     out = ctypes.create_string_buffer(len(packet) + 512)
     run = _TestRunAttr(prog_fd=fd, data_size_in=len(packet), data_in=ctypes.addressof(data),
                        data_size_out=len(out), data_out=ctypes.addressof(out), repeat=1)
-    with _on_first_cpu():
+    with _on_jitbpf_cpu():
         ret, err = _bpf(BPF_PROG_TEST_RUN, run)
     if ret < 0:
         raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")

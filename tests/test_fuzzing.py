@@ -89,8 +89,23 @@ ADDRESS_INTO_MAP = """
 """
 
 
-# r0 from the CPU a run is on: the kernel's test runs go where their caller is, kept on CPU 0 as
-# jitbpf's runs are.
+# A pointer's low byte stored as it is: the same in every jitbpf run (values lie at the same offset
+# in their pages), another in the kernel's; the unprivileged rules name it.
+POINTER_BYTE_INTO_MAP = """
+    stw [r10-4], 0
+    mov r2, r10
+    add r2, -4
+    lddw r1, map:A
+    call 1
+    jeq r0, 0, +1
+    stxb [r0+7], r0
+    mov r0, 2
+    exit
+"""
+
+
+# r0 from the CPU a run is on: the kernel's test runs go where their caller is, kept on the CPU id
+# that jitbpf's runs see.
 CPU_ID = """
     call 8
     mov r1, 2
@@ -105,6 +120,7 @@ CPU_ID = """
 @pytest.mark.parametrize(("source", "status"), [(ADDRESS_INTO_MAP, "both-accept-address"),
                                                  (ADDRESS_INTO_MAP.replace("and r6, 0xfff0", "mov r6, 7"),
                                                   "both-accept"),
+                                                 (POINTER_BYTE_INTO_MAP, "both-accept-address"),
                                                  (CPU_ID, "both-accept")])
 def test_kernel_mode_tells_address_dependent_results_apart(source: str, status: str) -> None:
     """Where jitbpf's results and the kernel's differ only because memory lies elsewhere, the

@@ -117,6 +117,11 @@ LOG_LINES = 400  # lines of path kept for the error log
 ARG_MEMORY = 1
 
 Pt = RegType
+# What the kernel's refusal to store a pointer outside the stack calls each kind of memory.
+_LEAK_TARGETS = {Pt.PTR_TO_MAP_VALUE: "map", Pt.PTR_TO_CTX: "ctx", Pt.PTR_TO_PACKET: "packet",
+                 Pt.PTR_TO_PACKET_META: "packet", Pt.PTR_TO_FLOW_KEYS: "flow keys"}
+# Pointers that a helper's memory argument of zero bytes must still keep within their object.
+_ZERO_SIZE_BOUNDED = frozenset({Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META, Pt.PTR_TO_MAP_VALUE})
 # What a pointer that may be null becomes once compared against 0.
 NON_NULL = {Pt.PTR_TO_MAP_VALUE_OR_NULL: Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_BUF_OR_NULL: Pt.PTR_TO_BUF,
             Pt.CONST_PTR_TO_MAP_OR_NULL: Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BTF_ID_OR_NULL: Pt.PTR_TO_BTF_ID,
@@ -1322,11 +1327,15 @@ class Checker:
     def _store(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
         value = self._read(regs, insn.src) if info.kind is Kind.STX else Reg(Pt.SCALAR, sc.const(insn.imm))
+        if value.is_pointer and not self.privileged and base.type is not Pt.PTR_TO_STACK:
+            # Only the stack may hold a pointer (a spill): anywhere else its bytes could be read back as a number.
+            self.reject(f"R{insn.src} leaks addr into {_LEAK_TARGETS.get(base.type, 'mem')}")
         self._access(st, base, insn.dst, insn.off, info.size, Access.WRITE, value, False)
 
     def _atomic(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
-        self._read(regs, insn.src)
+        if self._read(regs, insn.src).is_pointer and not self.privileged:
+            self.reject(f"R{insn.src} leaks addr into mem")
         if info.op == AtomicOp.CMPXCHG:
             self._read(regs, 0)
         self._access(st, base, insn.dst, insn.off, info.size, Access.ATOMIC, None, False)
@@ -1852,7 +1861,9 @@ class Checker:
                 lo, hi = self._var_bounds(ptr, r, 0, 0)
                 if lo < STACK_BOTTOM or hi > -1:
                     self.reject(f"invalid {'write to' if write else 'read from'} stack R{r} off={lo} size=0")
-            return
+            # Packet and map value pointers must still lie within (or just past) what they point to.
+            if ptr.type not in _ZERO_SIZE_BOUNDED:
+                return
         t = ptr.type
         match t:
             case Pt.PTR_TO_STACK:
