@@ -131,6 +131,22 @@ class Case:
                       parse_int(retvals[0]) if retvals else None)
 
 
+    @property
+    def unprivileged(self) -> Expect | None:
+        """The expectations of an unprivileged loader, as the kernel's runner derives them: a
+        program with an ``_unpriv`` tag is loaded so too, and what its ``_unpriv`` tags leave
+        out is the privileged loader's; None for the others."""
+        names = {t.split("=", 1)[0] for t in self.tags}
+        if not any(n.endswith("_unpriv") for n in names):
+            return None
+        failure = ("test_expect_failure_unpriv" in names if names & {"test_expect_failure_unpriv",
+                                                                       "test_expect_success_unpriv"}
+                   else self.has("test_expect_failure"))
+        messages = self.values("test_expect_msg_unpriv") or self.values("test_expect_msg")
+        retvals = self.values("test_retval_unpriv") or self.values("test_retval")
+        return Expect(failure, tuple(messages), parse_int(retvals[0]) if retvals else None)
+
+
 def parse_int(text: str) -> int:
     """A __retval value (a C integer or a name of the kernel's runner) as 32 unsigned bits."""
     text = text.strip()
@@ -273,6 +289,17 @@ def evaluate_case(path: Path, case: Case, kernel: Kernel | None) -> Outcome | No
         # One VM for both engines: a program that returns a pointer returns the same address.
         out.retval = {e: _test_run(prog, vm, e) for e in ENGINES}
     return out
+
+
+def unprivileged_error(path: Path, case: Case) -> str:
+    """jitbpf's error on ``case`` verified with an unprivileged loader's rules ("" if accepted)."""
+    try:
+        prog = load_elf(path).programs[case.program]
+        prog.vm(allow_loops=True, privileged=False,
+                strict_alignment=bool(case.flags & PROG_FLAGS["BPF_F_STRICT_ALIGNMENT"])).check()
+    except BpfError as exc:
+        return str(exc)
+    return ""
 
 
 @dataclass

@@ -11,7 +11,18 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import Kernel
-from tests.kselftests import Outcome, Verdict, build, evaluate_case, find_root, missing_build_tools, read_cases
+from tests.kselftests import (
+    Outcome,
+    Verdict,
+    build,
+    evaluate_case,
+    find_root,
+    lower_registers,
+    message_pattern,
+    missing_build_tools,
+    read_cases,
+    unprivileged_error,
+)
 
 ROOT = find_root()
 KNOWN_FILE = Path(__file__).parent / "kselftests_known.txt"
@@ -70,18 +81,46 @@ def _problems(o: Outcome, known: set[str], have_kernel: bool) -> list[str]:
     return problems
 
 
-@pytest.mark.skipif(ROOT is None, reason=NO_DATA)
-@pytest.mark.parametrize("name", _objects())
-def test_object(name: str, objdir: Path, kernel: Kernel | None) -> None:
+def _compiled(objdir: Path, name: str) -> Path:
     path = objdir / f"{name}.o"
     if not path.is_file():
         pytest.fail(f"{name}.c does not compile with {missing_build_tools() or 'clang-19'}")
-    known = _known()
-    wrong = []
+    return path
+
+
+@pytest.mark.skipif(ROOT is None, reason=NO_DATA)
+@pytest.mark.parametrize("name", _objects())
+def test_object(name: str, objdir: Path, kernel: Kernel | None) -> None:
+    path, known, wrong = _compiled(objdir, name), _known(), []
     for case in read_cases(path):
         outcome = evaluate_case(path, case, kernel)
         if outcome is not None:
             wrong += [f"{case.key}: {p}" for p in _problems(outcome, known.get(case.key, set()), kernel is not None)]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.skipif(ROOT is None, reason=NO_DATA)
+@pytest.mark.parametrize("name", _objects())
+def test_object_unprivileged(name: str, objdir: Path) -> None:
+    """With ``privileged=False`` jitbpf refuses what the annotations say an unprivileged loader's
+    kernel refuses (``__failure_unpriv`` and friends), accepts the rest, and names the rule as
+    the kernel's log does where it can (at most the listed ``unpriv-msg`` cases differ)."""
+    path, known, wrong = _compiled(objdir, name), _known(), []
+    for case in read_cases(path):
+        expect = case.unprivileged
+        if expect is None:
+            continue
+        error = unprivileged_error(path, case)
+        listed = known.get(case.key, set())
+        verdict = "agree" if bool(error) == expect.failure else "unpriv-accepts" if not error else "unpriv-rejects"
+        want = next((s for s in listed if s in ("unpriv-accepts", "unpriv-rejects")), "agree")
+        if verdict != want:
+            wrong.append(f"{case.key}: jitbpf {verdict}, expected {want} ({error})")
+        if error and expect.failure and expect.messages:
+            found = all(message_pattern(lower_registers(m)).search(error) for m in expect.messages)
+            if found == ("unpriv-msg" in listed):
+                wrong.append(f"{case.key}: the message {expect.messages} is {'' if found else 'not '}in "
+                             f"jitbpf's error ({error})" + (" (listed as known)" if found else ""))
     assert not wrong, "\n".join(wrong)
 
 

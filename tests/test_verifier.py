@@ -582,7 +582,7 @@ def test_error_carries_pc_and_disassembly() -> None:
     err = info.value
     assert err.pc == 1
     assert err.insn == "ldxw r0, [r10-4]"
-    assert str(err) == ("invalid read from stack off=-4 size=4 through r10: uninitialised bytes "
+    assert str(err) == ("invalid read from stack off -4+0 size 4 through r10: uninitialised bytes "
                         "at PC 1: ldxw r0, [r10-4]")
 
 

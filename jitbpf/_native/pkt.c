@@ -970,12 +970,19 @@ uint64_t jb_helper_skb_change_tail(uint64_t ctx, uint64_t new_len, uint64_t flag
 
 /* -- capture files ------------------------------------------------------------------------------ */
 
+#define PCAP_PREFETCH 4096 /* bytes of the capture fetched ahead of the record being read */
+
 int64_t jb_pcap_records(const uint8_t *buf, uint64_t len, int big_endian, uint64_t max_packet, uint64_t skip,
                         uint64_t *offsets, uint64_t *lens, uint64_t max, uint64_t *stats, int *corrupt)
 {
-    uint64_t at = 0, n = 0, longest = 0, bytes = 0;
+    uint64_t at = 0, n = 0, longest = 0, bytes = 0, ahead = 0;
     *corrupt = 0;
     while (n < max && len - at >= 16) {
+        /* Each header's place follows from the one before: read one by one they would each wait
+           for memory. The records lie in order, so the lines a little ahead are fetched meanwhile
+           (the runs that copy the packets then find them in the cache too). */
+        for (; ahead < at + PCAP_PREFETCH && ahead < len; ahead += 64)
+            __builtin_prefetch(buf + ahead);
         const uint8_t *h = buf + at + 8; /* captured length, after the two timestamp words */
         uint64_t caplen = big_endian ? (uint64_t)h[0] << 24 | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 8 | h[3]
                                      : (uint64_t)h[3] << 24 | (uint64_t)h[2] << 16 | (uint64_t)h[1] << 8 | h[0];

@@ -443,7 +443,9 @@ class Checker:
         reg_src = info.reg_src
         # A pointer plus an immediate only moves its fixed offset (``_pointer_add``'s constant
         # case), for the pointers without a rule of their own there.
-        moves = OFFSET_POINTERS if info.op == AluOp.ADD and not reg_src else frozenset()
+        # (Not stack or map value pointers for an unprivileged loader: each step is bounds checked.)
+        moves = frozenset() if info.op != AluOp.ADD or reg_src \
+            else OFFSET_POINTERS if self.privileged else OFFSET_POINTERS - {Pt.PTR_TO_STACK, Pt.PTR_TO_MAP_VALUE}
 
         def rule(st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
             a = regs[insn.dst]
@@ -1064,7 +1066,8 @@ class Checker:
         if reg.type is not Pt.SCALAR:
             if self.privileged:
                 return Reg(Pt.SCALAR, sc.UNKNOWN)  # its address, as a number
-            self.reject(f"r{r} holds a pointer ({reg}) where {what} must be a scalar")
+            self.reject(f"r{r} leaks addr into helper function: it holds a pointer ({reg}) where {what} must be "
+                        "a scalar")
         return reg
 
     def _constant(self, value: int) -> Reg:
@@ -1106,6 +1109,8 @@ class Checker:
                 regs[d] = src
             elif src.type is Pt.SCALAR:
                 regs[d] = Reg(Pt.SCALAR, sc.zero_extend(sc.project(src.var, 32)))
+            elif not self.privileged:
+                self.reject(f"r{insn.src} partial copy of pointer")  # (a number of an address)
             else:
                 regs[d] = Reg(Pt.SCALAR, sc.urange(0, MASK32))  # the low half of an address
             return
@@ -1151,16 +1156,22 @@ class Checker:
         if dst_pointer and src_pointer:
             self.reject(f"r{d} pointer {_alu_symbol(op)} pointer prohibited (an unknown pointer)")
         if op == AluOp.ADD and src_pointer:
+            if not self.privileged:
+                self._unprivileged_offset(src, insn.src, dst.var, True)
             if src.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.dst)  # the pointer's offset depends on the exact value
-            return self._pointer_add(src, dst.var, False, insn.src)
+            return self._unprivileged_result(self._pointer_add(src, dst.var, False, insn.src), d)
         if op == AluOp.SUB and dst.type is Pt.PTR_TO_STACK and not src_pointer:
             self.reject(f"r{d} subtraction from stack pointer prohibited")  # the kernel's rule
         if op in (AluOp.ADD, AluOp.SUB) and dst_pointer:
+            if info.reg_src and not self.privileged:
+                self._unprivileged_offset(dst, d, src.var, op == AluOp.ADD)
             if info.reg_src and dst.type is not Pt.PTR_TO_MEM:
                 self._precise(insn.src)
-            return self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst)
+            return self._unprivileged_result(self._pointer_add(dst, src.var, op == AluOp.SUB, insn.dst), d)
         ptr = dst if dst_pointer else src
+        if op == AluOp.SUB and not self.privileged:
+            self._unprivileged_offset(src, insn.src, dst.var, False)  # (scalar - pointer: checked as the kernel)
         self._arithmetic_allowed(ptr, d)
         if op == AluOp.SUB:
             self.reject(f"r{d} tried to subtract pointer from scalar: r{insn.src} is a pointer, the result an "
@@ -1169,6 +1180,39 @@ class Checker:
             self.reject(f"r{d} bitwise operator {_alu_symbol(op)} on pointer prohibited ({ptr})")
         self.reject(f"r{d} pointer arithmetic with {_alu_symbol(op)} operator prohibited ({ptr}): the result is "
                     "no pointer")
+
+    def _unprivileged_offset(self, ptr: Reg, r: int, offset: sc.Scalar, add: bool) -> None:
+        """Without a privileged loader a register may move only a stack or map value pointer:
+        the kernel bounds speculation on those alone (other pointers take constants)."""
+        if not (ptr.type is Pt.CONST_PTR_TO_MAP and add and offset == sc.ZERO):
+            self._arithmetic_allowed(ptr, r)  # (the kernel's refusals of the type and the offset come first)
+            self._bounded_min(ptr.type, offset, r)
+        if ptr.type not in (Pt.PTR_TO_STACK, Pt.PTR_TO_MAP_VALUE):
+            self.reject(f"r{r} has pointer with unsupported alu operation, pointer arithmetic with it prohibited "
+                        "for !root")
+
+    def _unprivileged_result(self, result: Reg, r: int) -> Reg:
+        """Without a privileged loader, stack and map value pointers stay inside their object
+        after each step of arithmetic, not only where they are dereferenced (so that no
+        speculated access strays): the stack's at a known offset."""
+        if self.privileged:
+            return result
+        if result.type is Pt.PTR_TO_STACK:
+            if not result.var.is_const:
+                self.reject(f"r{r} variable stack access prohibited for !root, var_off={_tnum(result.var)} "
+                            f"off={result.off}")
+            at = result.off + sc.to_signed(result.var.value)
+            if not STACK_BOTTOM <= at < 0:
+                self.reject(f"r{r} stack pointer arithmetic goes out of range, prohibited for !root; off={at}")
+        elif result.type is Pt.PTR_TO_MAP_VALUE:
+            m = self.maps.get(result.aux) if self.maps is not None else None
+            lo, hi = result.off + result.var.smin, result.off + result.var.umax + 1
+            if m is not None and (lo < 0 or hi > m.value_size):
+                end, at = ("min", lo) if lo < 0 or lo >= m.value_size else ("max", hi - 1)
+                self.reject(f"invalid access to map value, value_size={m.value_size} off={at} size=1: r{r} {end} value "
+                            f"is outside of the allowed memory range; r{r} pointer arithmetic of map value goes out "
+                            "of range, prohibited for !root")
+        return result
 
     def _arithmetic_allowed(self, ptr: Reg, r: int) -> None:
         """The kernel's pointer types that take no arithmetic at all."""
@@ -1214,9 +1258,7 @@ class Checker:
             if not -MAX_OFFSET < off < MAX_OFFSET:
                 self.reject(f"{t.value} pointer offset {off} is not allowed (r{r})")
             return Reg(t, ptr.var, off, ptr.id, ptr.range, ptr.aux, ptr.ref)  # (what _replace makes, sooner)
-        if s.smin == sc.UNKNOWN.smin:
-            self.reject(f"math between {t.value} pointer and register with unbounded min value is not allowed "
-                        f"(r{r} is {t.value}, the other {s})")
+        self._bounded_min(t, s, r)
         if not -MAX_OFFSET < s.smin < MAX_OFFSET:
             self.reject(f"value {s.smin} makes {t.value} pointer be out of bounds (r{r})")
         if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META) and sub:
@@ -1229,6 +1271,11 @@ class Checker:
             return ptr._replace(var=var, id=self.fresh_id(), range=0)
         return ptr._replace(var=var)
 
+    def _bounded_min(self, t: RegType, s: sc.Scalar, r: int) -> None:
+        if s.smin == sc.UNKNOWN.smin:
+            self.reject(f"math between {t.value} pointer and register with unbounded min value is not allowed "
+                        f"(r{r} is {t.value}, the other {s})")
+
     def _uninit_stack(self, why: str) -> None:
         """A read of never-written stack: rejected, unless the loader is privileged."""
         if not self.privileged:
@@ -1239,7 +1286,7 @@ class Checker:
         self._dst(insn.dst)
         dst = self._read(regs, insn.dst)
         if dst.is_pointer and not self.privileged:
-            self.reject(f"negation of pointer r{insn.dst} is prohibited")
+            self.reject(f"r{insn.dst} pointer arithmetic prohibited: negation of pointer r{insn.dst}")
         if dst.is_pointer:
             regs[insn.dst] = UNKNOWN_SCALAR
             return
@@ -1327,15 +1374,15 @@ class Checker:
     def _store(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
         value = self._read(regs, insn.src) if info.kind is Kind.STX else Reg(Pt.SCALAR, sc.const(insn.imm))
-        if value.is_pointer and not self.privileged and base.type is not Pt.PTR_TO_STACK:
+        if value.is_pointer and not self.privileged and base.type not in (Pt.PTR_TO_STACK, Pt.CONST_PTR_TO_MAP):
             # Only the stack may hold a pointer (a spill): anywhere else its bytes could be read back as a number.
-            self.reject(f"R{insn.src} leaks addr into {_LEAK_TARGETS.get(base.type, 'mem')}")
+            self.reject(f"r{insn.src} leaks addr into {_LEAK_TARGETS.get(base.type, 'mem')}")
         self._access(st, base, insn.dst, insn.off, info.size, Access.WRITE, value, False)
 
     def _atomic(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
         if self._read(regs, insn.src).is_pointer and not self.privileged:
-            self.reject(f"R{insn.src} leaks addr into mem")
+            self.reject(f"r{insn.src} leaks addr into mem")
         if info.op == AtomicOp.CMPXCHG:
             self._read(regs, 0)
         self._access(st, base, insn.dst, insn.off, info.size, Access.ATOMIC, None, False)
@@ -1421,6 +1468,9 @@ class Checker:
             case Pt.PTR_TO_PACKET_END:
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through the packet end")
             case Pt.CONST_PTR_TO_MAP:
+                if not self.privileged:  # (the kernel's words, whatever the field)
+                    self.reject(f"r{r} invalid mem access '{t.value}': 'struct bpf_map' access is allowed only to "
+                                "CAP_PERFMON and CAP_SYS_ADMIN")
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through a map pointer")
             case Pt.CONST_PTR_TO_DYNPTR:
                 self.reject(f"r{r} invalid mem access '{t.value}': a struct bpf_dynptr is read by helpers only")
@@ -1558,6 +1608,9 @@ class Checker:
             return self._loaded(size, signed) if mode is Access.READ else None
         if mode is Access.WRITE:
             assert value is not None
+            if size != 8 and not self.privileged and any(frame.pointer_spills(start, size)):
+                # (Part of an address overwritten: what a fill then gives would be part number.)
+                self.reject(f"attempt to corrupt spilled pointer on stack (a {size}-byte store through r{r})")
             if value.type is not Pt.SCALAR:  # a pointer's spill, as the kernel allows it
                 if size != 8:
                     self.reject(f"invalid size of register spill: {size} bytes of a pointer through r{r}")
@@ -1585,7 +1638,8 @@ class Checker:
         self._stack_read(ptr.aux, start, size)
         data = frame.read_bytes(start, size)
         if INVALID in data:
-            self._uninit_stack(f"invalid read from stack off={lo} size={size} through r{r}: uninitialised bytes")
+            self._uninit_stack(f"invalid read from stack off {lo}+{data.index(INVALID)} size {size} through r{r}: "
+                               "uninitialised bytes")
             frame.fill(start, size)  # it reads as zero at run time, as some unknown value to the proof
             data = frame.read_bytes(start, size)
         slot = frame.stack[start // 8]
@@ -1724,6 +1778,8 @@ class Checker:
             imm = insn.imm if info.width == 64 else insn.imm & MASK32
             b = self.constants.get(imm) or self._constant(imm)
         op = info.op
+        if not self.privileged and (a.is_pointer or b.is_pointer):
+            self._unprivileged_comparison(insn, info, a, b)
         if a.type is Pt.SCALAR and b.type is Pt.SCALAR:
             taken, fall = (sc.refine if info.width == 64 else sc.refine32)(op, a.var, b.var)
             if a.id or b.id:
@@ -1751,6 +1807,32 @@ class Checker:
             if special is not None:
                 return special
         return st.copy(), st
+
+    def _unprivileged_comparison(self, insn: Instruction, info: OpInfo, a: Reg, b: Reg) -> None:
+        """Without a privileged loader a branch may depend on a pointer only as the kernel lets
+        it (which branch is taken would otherwise tell where memory lies): packet pointers
+        against each other, a possibly-null pointer against 0, or a valid one against 0 (whose
+        branch is known)."""
+        if info.reg_src and b.is_pointer and not (a.type in PACKET_KINDS and b.type in PACKET_KINDS):
+            self.reject(f"r{insn.src} pointer comparison prohibited")
+        if not a.is_pointer or info.width != 64:
+            if a.is_pointer:
+                self.reject(f"r{insn.dst} pointer comparison prohibited")
+            return
+        op = info.op
+        if op in (JmpOp.JEQ, JmpOp.JNE):
+            if not info.reg_src and insn.imm == 0 and a.type in POINTER_OR_NULL:
+                return  # a null check
+            if a.type in NEVER_NULL and ((not info.reg_src and insn.imm == 0)
+                                         or (b.type is Pt.SCALAR and b.var == sc.ZERO)):
+                return  # known: a valid pointer is never 0
+        elif op in (JmpOp.JGT, JmpOp.JGE, JmpOp.JLT, JmpOp.JLE) and info.reg_src:
+            pair = (a.type, b.type)
+            if pair in ((Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END), (Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET)) \
+                    or (a.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(b)) \
+                    or (b.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(a)):
+                return  # a packet bounds check
+        self.reject(f"r{insn.dst} pointer comparison prohibited")
 
     def _set_scalar(self, st: State, r: int, old: Reg, value: sc.Scalar) -> None:
         if value == old.var:
@@ -1888,6 +1970,10 @@ class Checker:
                     frame.smudge(start, hi - lo)
                     return
                 self._stack_read(ptr.aux, start, hi - lo)
+                if not self.privileged and (spill := next(frame.pointer_spills(start, hi - lo), None)) is not None:
+                    at = max(spill * 8 - start, 0)  # (a pointer's bytes would reach the helper as data)
+                    self.reject(f"invalid read from stack r{r} off {lo}+{at} size {hi - lo} ({kind.value} argument: "
+                                "a spilled pointer)")
                 if INVALID in (got := frame.read_bytes(start, hi - lo)):
                     self._uninit_stack(f"invalid read from stack r{r} off {lo}+{got.index(INVALID)} size {hi - lo} "
                                        f"({kind.value} argument: uninitialised stack)")
