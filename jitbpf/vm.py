@@ -141,6 +141,7 @@ class VM(ProgramRunners):
         # The global functions by entry slot (from the object's BTF), verified on their own (see verify_flow).
         self.functions: dict[int, GlobalFunc] = dict(functions or {})
         self._reads_uninit_stack = False
+        self._uses_addresses = False  # the verifier's VerifyResult.uses_addresses
         # The JIT drops the runtime bounds check of every access the verifier proved in bounds;
         # off, it checks them all the same (to measure what the proofs save, or to distrust them).
         self.elide_checks = elide_checks
@@ -353,6 +354,7 @@ class VM(ProgramRunners):
             self._probe_loads = result.probe_loads
             self._python_calls = result.unchecked_calls
             self._reads_uninit_stack = result.reads_uninit_stack
+            self._uses_addresses = result.uses_addresses
         self._checked = True
 
     # -- running -------------------------------------------------------------------------------

@@ -59,6 +59,26 @@ def test_bpf_loop_runs_until_the_callback_says_stop(engine: str, nr: int, count:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_loop_of_no_iterations_never_verifies_its_callback(engine: str) -> None:
+    """With a count known to be 0 the callback is never called: the kernel does not verify it
+    (here it returns 3, which a callback may not), and neither does jitbpf."""
+    text = """
+        mov r4, 0               ; flags
+        mov r3, r4              ; the callback's context: none
+        lddw r2, func:cb
+        mov r1, 0               ; no iterations
+        call 181
+        exit
+    cb:
+        mov r0, 3
+        exit
+    """
+    assert run(load(text), engine, bytearray(8)) == 0
+    with pytest.raises(VerifierError, match="At callback return"):
+        load(text.replace("mov r1, 0 ", "mov r1, 1 ")).check()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_bpf_loop_with_flags_fails_without_calling_back(engine: str) -> None:
     """The kernel verifies any flags (its ARG_ANYTHING) and fails the call at run time: -EINVAL
     in r0, the callback never run (the sum stays 0)."""

@@ -330,6 +330,7 @@ class Checker:
         # clear the frames of such a program).
         self.privileged = privileged
         self.reads_uninit_stack = False
+        self.uses_addresses = False  # see _address_use
         self.strict_alignment = strict_alignment  # every access aligned, not only the stack's
         self.budget = budget
         self.log = log
@@ -525,7 +526,8 @@ class Checker:
                 gc.enable()
         depth = self._check_stack_depth()
         return VerifyResult(frozenset(self.mem_insns - self.unproven), self.processed, self.pruned, depth,
-                            frozenset(self.unchecked_calls), self.reads_uninit_stack, frozenset(self.probe_loads))
+                            frozenset(self.unchecked_calls), self.reads_uninit_stack, frozenset(self.probe_loads),
+                            self.uses_addresses)
 
     def _drain(self) -> None:
         """Walk every path waiting in the work list."""
@@ -1064,10 +1066,9 @@ class Checker:
     def _scalar_arg(self, regs: list[Reg], r: int, what: str) -> Reg:
         reg = self._read(regs, r)
         if reg.type is not Pt.SCALAR:
-            if self.privileged:
-                return Reg(Pt.SCALAR, sc.UNKNOWN)  # its address, as a number
-            self.reject(f"r{r} leaks addr into helper function: it holds a pointer ({reg}) where {what} must be "
-                        "a scalar")
+            self._address_use(f"r{r} leaks addr into helper function: it holds a pointer ({reg}) where {what} "
+                              "must be a scalar")
+            return Reg(Pt.SCALAR, sc.UNKNOWN)  # its address, as a number
         return reg
 
     def _constant(self, value: int) -> Reg:
@@ -1109,9 +1110,8 @@ class Checker:
                 regs[d] = src
             elif src.type is Pt.SCALAR:
                 regs[d] = Reg(Pt.SCALAR, sc.zero_extend(sc.project(src.var, 32)))
-            elif not self.privileged:
-                self.reject(f"r{insn.src} partial copy of pointer")  # (a number of an address)
             else:
+                self._address_use(f"r{insn.src} partial copy of pointer")
                 regs[d] = Reg(Pt.SCALAR, sc.urange(0, MASK32))  # the low half of an address
             return
         dst = regs[d]
@@ -1147,11 +1147,15 @@ class Checker:
         op = info.op
         d = insn.dst
         if info.width != 64:
-            if self.privileged and op == AluOp.SUB:
+            message = f"r{d} 32-bit pointer arithmetic prohibited ({AluOp(op).name.lower()}32 on a pointer)"
+            if op == AluOp.SUB:
+                self._address_use(message)
                 return Reg(Pt.SCALAR, sc.alu_width(AluOp.MOV, sc.UNKNOWN, sc.UNKNOWN, 32, False))
-            self.reject(f"r{d} 32-bit pointer arithmetic prohibited ({AluOp(op).name.lower()}32 on a pointer)")
+            self.reject(message)
         dst_pointer, src_pointer = dst.is_pointer, src.is_pointer  # (asked once: a property)
         if op == AluOp.SUB and dst_pointer and src_pointer:
+            if not self.privileged:  # (even of one object: the kernel gives only privileged loaders any)
+                self.reject(f"r{d} pointer -= pointer prohibited")
             return self._pointer_difference(dst, src)
         if dst_pointer and src_pointer:
             self.reject(f"r{d} pointer {_alu_symbol(op)} pointer prohibited (an unknown pointer)")
@@ -1229,10 +1233,10 @@ class Checker:
             if dst.type is not src.type:
                 return UNKNOWN_SCALAR  # the packet's length (or the metadata's) is not known here
         elif dst.type is not src.type or dst.aux != src.aux:
-            if self.privileged:
-                return UNKNOWN_SCALAR
-            self.reject(f"subtraction of pointers of different kinds ({dst} - {src}) is prohibited")
+            self._address_use(f"subtraction of pointers of different kinds ({dst} - {src}) is prohibited")
+            return UNKNOWN_SCALAR
         if dst.type in UNRELATED_BASES:
+            self.uses_addresses = True  # two objects of one kind: how far apart they lie is the layout's
             return UNKNOWN_SCALAR
         # Same base: the difference of the offsets, exact as the offsets are.
         var = sc.alu(AluOp.SUB, dst.var, src.var, 64)
@@ -1276,6 +1280,14 @@ class Checker:
             self.reject(f"math between {t.value} pointer and register with unbounded min value is not allowed "
                         f"(r{r} is {t.value}, the other {s})")
 
+    def _address_use(self, why: str) -> None:
+        """Something that follows where memory lies (an address made a number, stored, compared
+        with another object's): refused with an unprivileged loader; for a privileged one, the
+        result says that runs may differ wherever memory is laid out otherwise."""
+        if not self.privileged:
+            self.reject(why)
+        self.uses_addresses = True
+
     def _uninit_stack(self, why: str) -> None:
         """A read of never-written stack: rejected, unless the loader is privileged."""
         if not self.privileged:
@@ -1285,9 +1297,8 @@ class Checker:
     def _neg(self, _st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
         dst = self._read(regs, insn.dst)
-        if dst.is_pointer and not self.privileged:
-            self.reject(f"r{insn.dst} pointer arithmetic prohibited: negation of pointer r{insn.dst}")
         if dst.is_pointer:
+            self._address_use(f"r{insn.dst} pointer arithmetic prohibited: negation of pointer r{insn.dst}")
             regs[insn.dst] = UNKNOWN_SCALAR
             return
         regs[insn.dst] = Reg(Pt.SCALAR, sc.alu_width(AluOp.NEG, dst.var, dst.var, info.width))
@@ -1303,9 +1314,8 @@ class Checker:
     def _endian(self, _st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         self._dst(insn.dst)
         dst = self._read(regs, insn.dst)
-        if dst.is_pointer and not self.privileged:
-            self.reject(f"byte swap of pointer r{insn.dst} is prohibited")
         if dst.is_pointer:
+            self._address_use(f"byte swap of pointer r{insn.dst} is prohibited")
             regs[insn.dst] = UNKNOWN_SCALAR
             return
         bits = info.op
@@ -1374,15 +1384,15 @@ class Checker:
     def _store(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
         value = self._read(regs, insn.src) if info.kind is Kind.STX else Reg(Pt.SCALAR, sc.const(insn.imm))
-        if value.is_pointer and not self.privileged and base.type not in (Pt.PTR_TO_STACK, Pt.CONST_PTR_TO_MAP):
+        if value.is_pointer and base.type not in (Pt.PTR_TO_STACK, Pt.CONST_PTR_TO_MAP):
             # Only the stack may hold a pointer (a spill): anywhere else its bytes could be read back as a number.
-            self.reject(f"r{insn.src} leaks addr into {_LEAK_TARGETS.get(base.type, 'mem')}")
+            self._address_use(f"r{insn.src} leaks addr into {_LEAK_TARGETS.get(base.type, 'mem')}")
         self._access(st, base, insn.dst, insn.off, info.size, Access.WRITE, value, False)
 
     def _atomic(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
-        if self._read(regs, insn.src).is_pointer and not self.privileged:
-            self.reject(f"r{insn.src} leaks addr into mem")
+        if self._read(regs, insn.src).is_pointer:
+            self._address_use(f"r{insn.src} leaks addr into mem")
         if info.op == AtomicOp.CMPXCHG:
             self._read(regs, 0)
         self._access(st, base, insn.dst, insn.off, info.size, Access.ATOMIC, None, False)
@@ -1601,16 +1611,16 @@ class Checker:
                 self._stack_read(ptr.aux, start, n)
                 if INVALID in frame.read_bytes(start, n):
                     self._uninit_stack(f"invalid read from stack off={lo}..{hi} through r{r}: uninitialised bytes")
-                if mode is Access.ATOMIC and any(frame.pointer_spills(start, n)) and not self.privileged:
-                    self.reject(f"atomic operation on a spilled pointer through r{r}")
+                if mode is Access.ATOMIC and any(frame.pointer_spills(start, n)):
+                    self._address_use(f"atomic operation on a spilled pointer through r{r}")
             if mode is not Access.READ:
                 frame.smudge(start, n)
             return self._loaded(size, signed) if mode is Access.READ else None
         if mode is Access.WRITE:
             assert value is not None
-            if size != 8 and not self.privileged and any(frame.pointer_spills(start, size)):
+            if size != 8 and any(frame.pointer_spills(start, size)):
                 # (Part of an address overwritten: what a fill then gives would be part number.)
-                self.reject(f"attempt to corrupt spilled pointer on stack (a {size}-byte store through r{r})")
+                self._address_use(f"attempt to corrupt spilled pointer on stack (a {size}-byte store through r{r})")
             if value.type is not Pt.SCALAR:  # a pointer's spill, as the kernel allows it
                 if size != 8:
                     self.reject(f"invalid size of register spill: {size} bytes of a pointer through r{r}")
@@ -1644,8 +1654,8 @@ class Checker:
             data = frame.read_bytes(start, size)
         slot = frame.stack[start // 8]
         if mode is Access.ATOMIC:
-            if any(frame.pointer_spills(start, size)) and not self.privileged:
-                self.reject(f"atomic operation on a spilled pointer through r{r}")
+            if any(frame.pointer_spills(start, size)):
+                self._address_use(f"atomic operation on a spilled pointer through r{r}")
             frame.smudge(start, size)
             return None
         if (size != 8 or start % 8) and any(frame.pointer_spills(start, size)):
@@ -1778,8 +1788,8 @@ class Checker:
             imm = insn.imm if info.width == 64 else insn.imm & MASK32
             b = self.constants.get(imm) or self._constant(imm)
         op = info.op
-        if not self.privileged and (a.is_pointer or b.is_pointer):
-            self._unprivileged_comparison(insn, info, a, b)
+        if a.is_pointer or b.is_pointer:
+            self._pointer_comparison(insn, info, a, b)
         if a.type is Pt.SCALAR and b.type is Pt.SCALAR:
             taken, fall = (sc.refine if info.width == 64 else sc.refine32)(op, a.var, b.var)
             if a.id or b.id:
@@ -1808,16 +1818,16 @@ class Checker:
                 return special
         return st.copy(), st
 
-    def _unprivileged_comparison(self, insn: Instruction, info: OpInfo, a: Reg, b: Reg) -> None:
-        """Without a privileged loader a branch may depend on a pointer only as the kernel lets
-        it (which branch is taken would otherwise tell where memory lies): packet pointers
-        against each other, a possibly-null pointer against 0, or a valid one against 0 (whose
-        branch is known)."""
+    def _pointer_comparison(self, insn: Instruction, info: OpInfo, a: Reg, b: Reg) -> None:
+        """A branch may depend on a pointer, without telling where memory lies, as the kernel
+        lets an unprivileged loader's: packet pointers against each other, a possibly-null
+        pointer against 0, or a valid one against 0 (whose branch is known)."""
         if info.reg_src and b.is_pointer and not (a.type in PACKET_KINDS and b.type in PACKET_KINDS):
-            self.reject(f"r{insn.src} pointer comparison prohibited")
+            self._address_use(f"r{insn.src} pointer comparison prohibited")
+            return
         if not a.is_pointer or info.width != 64:
             if a.is_pointer:
-                self.reject(f"r{insn.dst} pointer comparison prohibited")
+                self._address_use(f"r{insn.dst} pointer comparison prohibited")
             return
         op = info.op
         if op in (JmpOp.JEQ, JmpOp.JNE):
@@ -1832,7 +1842,7 @@ class Checker:
                     or (a.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(b)) \
                     or (b.type is Pt.PTR_TO_PACKET_META and self._is_packet_start(a)):
                 return  # a packet bounds check
-        self.reject(f"r{insn.dst} pointer comparison prohibited")
+        self._address_use(f"r{insn.dst} pointer comparison prohibited")
 
     def _set_scalar(self, st: State, r: int, old: Reg, value: sc.Scalar) -> None:
         if value == old.var:
@@ -1970,10 +1980,10 @@ class Checker:
                     frame.smudge(start, hi - lo)
                     return
                 self._stack_read(ptr.aux, start, hi - lo)
-                if not self.privileged and (spill := next(frame.pointer_spills(start, hi - lo), None)) is not None:
+                if (spill := next(frame.pointer_spills(start, hi - lo), None)) is not None:
                     at = max(spill * 8 - start, 0)  # (a pointer's bytes would reach the helper as data)
-                    self.reject(f"invalid read from stack r{r} off {lo}+{at} size {hi - lo} ({kind.value} argument: "
-                                "a spilled pointer)")
+                    self._address_use(f"invalid read from stack r{r} off {lo}+{at} size {hi - lo} ({kind.value} "
+                                      "argument: a spilled pointer)")
                 if INVALID in (got := frame.read_bytes(start, hi - lo)):
                     self._uninit_stack(f"invalid read from stack r{r} off {lo}+{got.index(INVALID)} size {hi - lo} "
                                        f"({kind.value} argument: uninitialised stack)")
@@ -2452,21 +2462,27 @@ class Checker:
 
     def _call_back(self, st: State, pc: int, hid: int) -> int:
         """A helper that calls back (its arguments checked): verify the flags and the count, then
-        enter the callback's first round in a new frame. Returns the callback's entry."""
+        enter the callback's first round in a new frame. Returns the callback's entry (or the
+        next slot, for a loop of no iterations)."""
         regs = st.frames[-1].regs
         flags = regs[4]
         if self.callbacks[hid] is not CallbackKind.USER_RINGBUF:  # (the drain's are its scalar argument)
             # Any value, as the kernel's ARG_ANYTHING: flags other than 0 fail the call at run time
             # (-EINVAL, no invocation), and r0 after it is an unknown number either way.
             flags = self._read(regs, 4)
-            if flags.type is not Pt.SCALAR and not self.privileged:
-                self.reject(f"R4 leaks addr into helper function: the flags (r4) of helper {hid} are {flags}")
+            if flags.type is not Pt.SCALAR:
+                self._address_use(f"r4 leaks addr into helper function: the flags (r4) of helper {hid} are {flags}")
         if self.callbacks[hid] is CallbackKind.LOOP:
             nr = regs[1].var
             self._precise(1)
             if nr.umin > MAX_LOOP_ITERATIONS:
                 self.reject(f"bpf_loop: the number of iterations (r1 = {nr}) exceeds the limit of "
                             f"{MAX_LOOP_ITERATIONS}")
+            if nr.umax == 0:  # never called, so never verified (the kernel's rule too)
+                regs[0] = UNKNOWN_SCALAR
+                for i in range(1, 6):
+                    regs[i] = NOT_INIT
+                return pc + 1
         self.callback_rounds.setdefault(pc, []).append(self._caller_snapshot(st, pc))
         self._enter_callback(st, pc, hid)
         return st.frames[-1].entry
@@ -2616,8 +2632,9 @@ class Checker:
         gone = len(st.frames)
         caller = st.frames[-1].regs
         r0 = callee.regs[0]
-        if r0.type is Pt.PTR_TO_STACK and r0.aux >= gone:
-            self.reject("cannot return a pointer to the callee's stack")
+        if r0.type is Pt.PTR_TO_STACK:  # (a caller's would still be valid: the kernel refuses both)
+            self.reject("cannot return stack pointer to the caller"
+                        + (": it points to the callee's stack" if r0.aux >= gone else ""))
 
         def dangling(reg: Reg) -> bool:
             return reg.type is Pt.PTR_TO_STACK and reg.aux >= gone
@@ -2709,6 +2726,8 @@ class Checker:
                 self.reject(f"r0 leaks addr as return value: returning a pointer ({r0}) is not allowed here")
             self.reject(f"At program exit the register r0 is not a known value ({r0.type.value}): returning a "
                         f"pointer ({r0}) is not allowed for this program type")
+        if r0.is_pointer and not ctx.ret_pointer_ok:
+            self.uses_addresses = True  # a privileged program's address as its result
         if ctx.ret_range is not None and not r0.is_pointer:
             self._precise(0)
             lo, hi = ctx.ret_range

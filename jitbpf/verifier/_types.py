@@ -165,6 +165,10 @@ class VerifyResult:
     # Loads through BTF-typed pointers (the kernel's BPF_PROBE_MEM): a load from memory the run
     # does not hold gives 0 instead of failing.
     probe_loads: frozenset[int] = frozenset()
+    # Some value or branch follows where memory lies (a privileged loader's pointer made a
+    # number, stored outside the stack, compared with another object's): runs may then differ
+    # wherever memory is laid out otherwise (another engine, another process, the kernel).
+    uses_addresses: bool = False
 
 
 class RegType(enum.Enum):
