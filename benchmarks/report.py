@@ -349,7 +349,9 @@ def _packet_run_rows(runs: dict[str, Any], verdict: Callable[[str], str]) -> lis
         (f"run_batch({runs['packets']:,} packets), XDP_PASS program", "packet", "", fmt_ns(runs["run_batch_ns"]), "",
          "", verdict("run_batch")),
         *([(f"run_pcap({runs['pcap_packets']:,} packets), XDP_PASS program", "packet", "",
-             fmt_ns(runs["run_pcap_ns"]), "", "", verdict("run_pcap"))] if "run_pcap_ns" in runs else []),
+             fmt_ns(runs["run_pcap_ns"]), fmt_ns(runs.get("pcap_read_ns")),
+             f"{runs['run_pcap_ns'] / runs['pcap_read_ns']:.2f}x" if runs.get("pcap_read_ns") else "",
+             verdict("run_pcap"))] if "run_pcap_ns" in runs else []),
         ("execute_records, empty program (per-run floor)", "input", "", fmt_ns(runs["records_floor_ns"]), "", "",
          verdict("floor")),
     ]
@@ -459,6 +461,11 @@ def footnotes(results: dict[str, Any]) -> list[str]:
         notes.append(f"First compile in a fresh process ({fresh['insns']:,} insns), from the spawn: {phases} "
                      "(encodings read from the cache on disk that an earlier process saved; without it PeachPy is "
                      "imported and they are made on first use).")
+    runs = results.get("packet_runs") or {}
+    if runs.get("pcap_read_ns"):
+        notes.append("run_pcap's native column is reading the capture alone (from the page cache into a buffer, "
+                     f"{fmt_ns(runs['pcap_read_ns'])} a packet): what any runner pays before a packet runs, beyond "
+                     "the target for a batch in memory.")
     startup = results.get("startup")
     if startup is not None and "error" not in startup:
         notes.append(f"Start-up: the fastest of {startup['repeats']} new processes with bytecode cached, as an "
