@@ -1391,6 +1391,12 @@ class Checker:
 
     def _atomic(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
+        fetched = 0 if info.op == AtomicOp.CMPXCHG else insn.src if info.op & 1 else -1
+        if fetched == insn.dst:
+            # The kernel loads the old value into that register before it checks the store, which
+            # then goes through a number: it refuses the instruction (as a misaligned access).
+            self.reject(f"misaligned access: r{insn.dst} is both the address of the atomic operation and the "
+                        "register its old value is fetched into")
         if self._read(regs, insn.src).is_pointer:
             self._address_use(f"r{insn.src} leaks addr into mem")
         if info.op == AtomicOp.CMPXCHG:
