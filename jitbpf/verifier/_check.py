@@ -15,6 +15,7 @@ from jitbpf.helpers import MAX_ERRNO, Helper
 from jitbpf.isa import (
     CORE_POISON,
     FP,
+    LDDW_OPCODE,
     MASK32,
     STACK_SIZE,
     AluOp,
@@ -26,6 +27,7 @@ from jitbpf.isa import (
     PseudoSrc,
     alu_function,
     jump_function,
+    opcode_mask,
 )
 from jitbpf.linux.dynptrs import DYNPTR_SIZE, DynptrKind
 from jitbpf.linux.maps import (
@@ -117,6 +119,7 @@ LOG_LINES = 400  # lines of path kept for the error log
 ARG_MEMORY = 1
 
 Pt = RegType
+_LDDW_OPCODES = opcode_mask((LDDW_OPCODE,))
 # What the kernel's refusal to store a pointer outside the stack calls each kind of memory.
 _LEAK_TARGETS = {Pt.PTR_TO_MAP_VALUE: "map", Pt.PTR_TO_CTX: "ctx", Pt.PTR_TO_PACKET: "packet",
                  Pt.PTR_TO_PACKET_META: "packet", Pt.PTR_TO_FLOW_KEYS: "flow keys"}
@@ -501,6 +504,7 @@ class Checker:
         self.control = analyze_control(self.flow, helper_ids=frozenset(self.signatures), arg_masks=arg_masks,
                                        allow_loops=self.allow_loops, max_call_depth=self.max_call_depth,
                                        reject=Rejected)
+        self._check_lddws()
         self.work.append((0, self._initial_state(), _Visit(None, None, frozenset()), None))
         # The walk makes millions of small objects that reference counting frees, and keeps a
         # growing history alive: the cycle collector finds nothing in them, yet its passes over
@@ -1349,23 +1353,36 @@ class Checker:
         if src == PseudoSrc.IMM64:
             regs[insn.dst] = Reg(Pt.SCALAR, sc.const(insn.imm64))
             return
-        if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE):
+        # (Each lddw's form was checked before the walk: see _check_lddws.)
+        if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX):
+            regs[insn.dst] = Reg(Pt.CONST_PTR_TO_MAP, aux=insn.imm)
+        elif src in (PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE):
+            regs[insn.dst] = Reg(Pt.PTR_TO_MAP_VALUE, off=insn.next_imm, aux=insn.imm)
+        else:
+            regs[insn.dst] = Reg(Pt.PTR_TO_FUNC, aux=self.flow.callbacks[self.pc])
+
+    def _check_lddws(self) -> None:
+        """Every lddw's pseudo source, map and value offset, reachable or not: the kernel resolves
+        them all before it verifies anything."""
+        slots = self.slots
+        for pc in self.flow.program.find_slots(_LDDW_OPCODES):
+            insn = slots[pc]
+            assert insn is not None
+            self.pc = pc
+            src = insn.src
+            if src in (PseudoSrc.IMM64, PseudoSrc.FUNC):
+                continue
+            if src not in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX, PseudoSrc.MAP_VALUE, PseudoSrc.MAP_IDX_VALUE):
+                self.reject(f"lddw with pseudo source {src} is not supported")
             if self.maps is not None and (insn.imm not in self.maps or insn.imm < 0):
                 self.reject(f"lddw refers to map {insn.imm}, which does not exist")
             if src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_IDX):
                 if insn.next_imm:  # the second half is a value offset only for the value sources
-                    self.reject("unrecognized bpf_ld_imm64 insn")
-                regs[insn.dst] = Reg(Pt.CONST_PTR_TO_MAP, aux=insn.imm)
-                return
+                    self.reject("unrecognized bpf_ld_imm64 insn: a map reference takes no second immediate")
+                continue
             m = self.maps.get(insn.imm) if self.maps is not None else None
             if m is not None and not 0 <= insn.next_imm < m.value_size:
                 self.reject(f"lddw map value offset {insn.next_imm} is outside the value (size {m.value_size})")
-            regs[insn.dst] = Reg(Pt.PTR_TO_MAP_VALUE, off=insn.next_imm, aux=insn.imm)
-            return
-        if src == PseudoSrc.FUNC:
-            regs[insn.dst] = Reg(Pt.PTR_TO_FUNC, aux=self.flow.callbacks[self.pc])
-            return
-        self.reject(f"lddw with pseudo source {src} is not supported")
 
     # -- memory --------------------------------------------------------------------------------
 
