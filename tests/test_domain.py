@@ -241,3 +241,12 @@ def test_a_32_bit_sub_range_is_kept_only_while_the_upper_half_is_unknown(data: s
     b, _ = data.draw(_values(64))
     for s in (a, b, sc.join(a, b), sc.meet(a, b), sc.alu(AluOp.ADD, a, b, 64), sc.alu(AluOp.LSH, a, sc.const(1), 64)):
         assert s is None or s.low32 is None or s.mask >> 32
+
+
+def test_a_product_keeps_its_factors_trailing_zeros() -> None:
+    """As the kernel's tnum_mul: x * 76 is a multiple of 4 whatever x is (the fuzzer found a
+    stack access the kernel proves aligned this way)."""
+    out = sc.alu(AluOp.MUL, sc.urange(0, 0xFFFF_FFFF), sc.const(76), 64)
+    assert (out.value | out.mask) & 3 == 0
+    odd = sc.alu(AluOp.MUL, sc.urange(0, 0xFF), sc.const(3), 32)
+    assert odd.mask & 1  # an odd factor keeps nothing known

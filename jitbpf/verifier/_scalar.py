@@ -124,6 +124,26 @@ def _tnum_sub(a: Scalar, b: Scalar, bits: int) -> tuple[int, int]:
     return dv & ~mu, mu
 
 
+def _tnum_mul(a: Scalar, b: Scalar, bits: int) -> tuple[int, int]:
+    """Known bits of a product (the kernel's tnum_mul): the product of the known parts, plus,
+    for each bit of ``a`` that is 1 or unknown, ``b`` shifted there as an unknown addend (all of
+    it where that bit is unknown, its unknown bits where it is 1). Trailing zeros survive."""
+    full = (1 << bits) - 1
+    av, am, bv, bm = a.value, a.mask, b.value, b.mask
+    known = (av * bv) & full
+    uv = um = 0  # the unknown addends summed so far, as a tnum
+    while av or am:
+        if av & 1 or am & 1:
+            add = bm if av & 1 else bv | bm  # an addend whose bits are all unknown: (0, add)
+            sm, sv = um + add, uv
+            mu = ((sm + sv) ^ sv | um | add) & full
+            uv, um = sv & ~mu & full, mu
+        av, am, bv, bm = av >> 1, am >> 1, (bv << 1) & full, (bm << 1) & full
+    sm, sv = um, known + uv
+    mu = ((sm + sv) ^ sv | um) & full
+    return sv & ~mu & full, mu
+
+
 def _tnum_and(a: Scalar, b: Scalar) -> tuple[int, int]:
     v = a.value & b.value
     return v, (a.value | a.mask) & (b.value | b.mask) & ~v
@@ -362,6 +382,7 @@ def alu(op: int, a: Scalar, b: Scalar, bits: int, signed: bool = False) -> Scala
         case AluOp.MUL:
             if b.mask == 0 and b.value and b.value & (b.value - 1) == 0:
                 return alu(AluOp.LSH, a, const(b.value.bit_length() - 1, bits), bits)
+            value, mask = _tnum_mul(a, b, bits)
             umin, umax = _wrap(a.umin * b.umin, a.umax * b.umax, bits, False)
             corners = (a.smin * b.smin, a.smin * b.smax, a.smax * b.smin, a.smax * b.smax)
             smin, smax = _wrap(min(corners), max(corners), bits, True)

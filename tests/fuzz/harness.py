@@ -250,10 +250,20 @@ def _against_kernel(code: bytes, runs: Runs | None) -> str:
     raise Finding(differ)
 
 
+def _without_ring(runs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The runs with the ring buffer's records left out of the maps after them."""
+    array, table, _ring = runs[-1]
+    return (*runs[:-1], (array, table))
+
+
 def _program_case(code: bytes, *, unverified: bool = True, kernel: bool = False) -> str:
     results = _run_program(code, verify=True, frames=KERNEL_FRAMES if kernel else inputs.FRAMES)
     if results is not None:
         interp, jit = results.interp, results.jit
+        if results.uses_addresses:
+            # Records the second engine reserves lie further on in the ring buffer (its positions
+            # only ever grow): where the program stores their addresses, the records differ.
+            interp, jit = _without_ring(interp), _without_ring(jit)
         if interp != jit:
             diff = next(i for i, (a, b) in enumerate(zip(interp, jit, strict=True)) if a != b)
             raise Finding(f"the engines disagree, frame {diff}: interpreter {interp[diff]!r:.300} vs "
