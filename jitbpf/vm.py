@@ -22,7 +22,7 @@ from jitbpf.contract import (
 from jitbpf.errors import AccessError, BpfError, ExecutionError, VerifierError, not_an_async_callback
 from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
-from jitbpf.isa import CORE_POISON, FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
+from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux.pktrun import split_runs
 from jitbpf.linux.programs import ENGINES, ProgramRunners, ProgType
@@ -320,11 +320,15 @@ class VM(ProgramRunners):
         """Load-time checks that depend on helpers and maps; with ``verify`` on, the verifier too."""
         if self._checked:
             return
-        self._check_program_type()  # helpers the program type may not call
+        refused = self._check_program_type()  # helpers the program type may not call
         for pc, insn, info in self.program:
-            if info.kind is Kind.CALL and insn.imm not in self.helpers and not (
-                    insn.imm == CORE_POISON and self.verify_enabled):  # the verifier proves it cannot run
-                raise VerifierError(f"call to nonexistent function {insn.imm}", pc=pc)
+            # Verified, such calls are refused where a path reaches them (dead code may call
+            # anything, as the kernel allows): unverified, wherever they are.
+            if info.kind is Kind.CALL and not self.verify_enabled:
+                if insn.imm in refused:
+                    raise VerifierError(refused[insn.imm], pc=pc)
+                if insn.imm not in self.helpers:
+                    raise VerifierError(f"call to nonexistent function {insn.imm}", pc=pc)
             if info.kind is Kind.LDDW:
                 self.resolve_lddw(pc, insn)
             if info.kind is Kind.CALL_KFUNC:
@@ -344,7 +348,7 @@ class VM(ProgramRunners):
                 result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
                                      budget=self.budget, context=self.context_spec(), maps=self.maps,
                                      privileged=self.privileged, strict_alignment=self.strict_alignment,
-                                     functions=self.functions)
+                                     functions=self.functions, refused_helpers=refused)
             except VerifierError as exc:
                 if not self.allow_loops and exc.message.startswith("back-edge"):
                     exc.add_note("a loop: VM(..., allow_loops=True) accepts it if it is bounded, "

@@ -69,3 +69,17 @@ def test_a_sockopt_hook_has_its_own_list(section: str, helper: int, refused: boo
         check_program_helpers(vm, info, "cgroup/getsockopt")
     if not refused:
         check_program_helpers(vm, info, section)
+
+
+@pytest.mark.parametrize("helper", [32767, 49])  # no such helper; bpf_setsockopt, which XDP may not call
+def test_a_call_no_path_reaches_is_not_refused(helper: int) -> None:
+    """As the kernel: a call is checked where a path reaches it, so dead code (code behind a
+    condition CO-RE settles, say) may call what the program type or the kernel lacks; without
+    the verifier every call is checked where it stands."""
+    text = f"mov r0, 2\njeq r0, 2, +1\ncall {helper}\nexit"
+    assert VM(assemble(text), prog_type=ProgType.XDP).run_xdp(bytes(64))[0] == 2
+    with pytest.raises(VerifierError, match=r"nonexistent function|may not call helper") as reached:
+        VM(assemble(text.replace("jeq r0, 2", "jeq r0, 3")), prog_type=ProgType.XDP).check()
+    assert reached.value.pc == 2
+    with pytest.raises(VerifierError, match=r"nonexistent function|may not call helper"):
+        VM(assemble(text), prog_type=ProgType.XDP, verify=False).check()

@@ -808,9 +808,19 @@ def section_helpers(info: ProgramType, section: str | None) -> frozenset[int]:
 
 
 def check_program_helpers(vm: VM, info: ProgramType, section: str | None = None) -> None:
-    """Reject maps the program type may not use, then calls to kernel helpers it may not call (as
-    the kernel's verifier does: its map checks come first, when the program's maps are resolved);
-    ``section`` is the program's, whose attach type may give it more helpers."""
+    """Reject maps the program type may not use, then any call of a kernel helper it may not call
+    (``section`` is the program's, whose attach type may give it more helpers): the checks of an
+    unverified program. The verifier refuses those calls only where a path reaches them."""
+    check_program_maps(vm, info)
+    refused = refused_helpers(vm, info, section)
+    for pc, insn, decoded in vm.program:
+        if decoded.kind is Kind.CALL and insn.imm in refused:
+            raise VerifierError(refused[insn.imm], pc=pc)
+
+
+def check_program_maps(vm: VM, info: ProgramType) -> None:
+    """Reject maps the program type may not use (as the kernel, when the program's maps are
+    resolved: before it verifies anything)."""
     if info.prog_type in _TRACING_TYPES:
         for pc, insn, decoded in vm.program:
             if decoded.kind is Kind.LDDW and insn.src in _MAP_SOURCES:
@@ -819,13 +829,20 @@ def check_program_helpers(vm: VM, info: ProgramType, section: str | None = None)
                     if getattr(m, f"{field}_off", None) is not None:
                         raise VerifierError(f"tracing progs cannot use bpf_{field} yet (a map with a bpf_{field})",
                                             pc=pc)
+
+
+def refused_helpers(vm: VM, info: ProgramType, section: str | None = None) -> dict[int, str]:
+    """The kernel helpers the program calls that its type may not call, each with the refusal."""
     allowed = section_helpers(info, section)
-    for pc, insn, decoded in vm.program:
-        if decoded.kind is Kind.CALL and insn.imm in KERNEL_HELPER_IDS and insn.imm not in allowed:
-            helper = vm.helpers.get(insn.imm)
-            name = helper.name if helper is not None else _helper_name(insn.imm)
-            raise VerifierError(f"program type {info.name} may not call helper {name}#{insn.imm} "
-                                f"(program of this type cannot use helper {name}#{insn.imm})", pc=pc)
+    refused: dict[int, str] = {}
+    for _pc, insn, decoded in vm.program:
+        hid = insn.imm
+        if decoded.kind is Kind.CALL and hid in KERNEL_HELPER_IDS and hid not in allowed and hid not in refused:
+            helper = vm.helpers.get(hid)
+            name = helper.name if helper is not None else _helper_name(hid)
+            refused[hid] = (f"program type {info.name} may not call helper {name}#{hid} "
+                            f"(program of this type cannot use helper {name}#{hid})")
+    return refused
 
 
 def _helper_name(helper_id: int) -> str:
@@ -1960,9 +1977,13 @@ class ProgramRunners:
             return _btf_context_spec(state.attach, state.types)
         return state.info.context_spec(state.section)
 
-    def _check_program_type(self) -> None:
-        if self.program_state is not None:
-            check_program_helpers(self._vm(), self.program_state.info, self.program_state.section)
+    def _check_program_type(self) -> dict[int, str]:
+        """Maps the program type may not use are refused; the helpers it may not call, returned."""
+        state = self.program_state
+        if state is None:
+            return {}
+        check_program_maps(self._vm(), state.info)
+        return refused_helpers(self._vm(), state.info, state.section)
 
     def _expect(self, *kinds: ProgType) -> None:
         if self.prog_type not in kinds:

@@ -85,6 +85,7 @@ def verify_flow(
     progress: ProgressCallback | None = None,
     strict_alignment: bool = False,
     functions: Mapping[int, GlobalFunc] | None = None,
+    refused_helpers: Mapping[int, str] | None = None,
 ) -> VerifyResult:
     """Verify an analysed program; raise VerifierError if it is not provably safe.
 
@@ -97,7 +98,9 @@ def verify_flow(
     access aligned to its size, not only the stack's. ``functions`` names the global functions
 by entry slot: each is verified once on its own, for any arguments matching its prototype, and
 its calls are checked against the prototype (the other functions are verified at each call, in
-the caller's state). ``budget`` bounds how long a loop may run
+the caller's state). ``refused_helpers`` (helper id -> why) are those the program type may not
+call: a reached call of one is refused, as a reached call of a helper not in ``helpers`` is.
+``budget`` bounds how long a loop may run
     (and, with the kernel's one million instructions as a floor, how much work the analysis may
     do). A verification that takes longer than a second reports the instructions processed so far
     to ``progress``, or without it on standard error when that is a terminal. Ctrl-C stops it
@@ -108,7 +111,7 @@ the caller's state). ``budget`` bounds how long a loop may run
     checker = Checker(flow, helpers=helpers, maps=maps, context=context or RAW_MEMORY, allow_loops=allow_loops,
                       budget=budget, log=log, max_call_depth=max_call_depth, stack_limit=stack_limit,
                       privileged=privileged, progress=Progress(progress), strict_alignment=strict_alignment,
-                      functions=functions)
+                      functions=functions, refused_helpers=refused_helpers)
     try:
         return checker.run()
     except Rejected as exc:

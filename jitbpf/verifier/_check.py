@@ -312,8 +312,13 @@ class Checker:
                  context: ContextSpec, allow_loops: bool, budget: int, log: bool, max_call_depth: int,
                  stack_limit: int, privileged: bool = True, prune: bool = True,
                  progress: Progress | None = None, strict_alignment: bool = False,
-                 functions: Mapping[int, GlobalFunc] | None = None) -> None:
+                 functions: Mapping[int, GlobalFunc] | None = None,
+                 refused_helpers: Mapping[int, str] | None = None) -> None:
         self.flow = flow
+        # Helpers the program type may not call, with the refusal: as calls to helpers that do
+        # not exist, refused where a path reaches them (the kernel's rule: dead code may call
+        # anything, as CO-RE-guarded code of newer kernels does).
+        self.refused = refused_helpers or {}
         # Off, no state is remembered: every path is walked to its end (exponential, and loops
         # never stop), the reference that pruning must agree with.
         self.prune = prune
@@ -501,7 +506,7 @@ class Checker:
     def run(self) -> VerifyResult:
         arg_masks = {hid: sum(1 << (i + 1) for i, a in enumerate(args) if a not in (ArgType.ANYTHING, ArgType.IGNORED))
                      for hid, (args, _ret) in self.signatures.items()}
-        self.control = analyze_control(self.flow, helper_ids=frozenset(self.signatures), arg_masks=arg_masks,
+        self.control = analyze_control(self.flow, arg_masks=arg_masks,
                                        allow_loops=self.allow_loops, max_call_depth=self.max_call_depth,
                                        reject=Rejected)
         self._check_lddws()
@@ -699,6 +704,10 @@ class Checker:
                         case Kind.CALL:
                             if insn.imm == CORE_POISON:  # checked only where it can run, as the kernel does
                                 self.reject("reachable instruction of a CO-RE relocation that failed to resolve")
+                            if (refusal := self.refused.get(insn.imm)) is not None:
+                                self.reject(refusal)
+                            if insn.imm not in self.signatures:
+                                self.reject(f"call to nonexistent function {insn.imm}")
                             self._call_helper(st, regs, insn.imm)
                             if insn.imm in self.callbacks:
                                 nxt = self._call_back(st, pc, insn.imm)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from jitbpf import cfg
 from jitbpf.cfg import ControlFlow
-from jitbpf.isa import CORE_POISON, FP, Kind
+from jitbpf.isa import FP, OPCODES, Kind, opcode_mask
 
 
 @dataclass(frozen=True)
@@ -23,13 +23,14 @@ class Control:
 
 
 Reject = Callable[[int, str], Exception]
+_NOTABLE = opcode_mask(row.opcode for row in OPCODES if row.kind in (Kind.CALL_KFUNC, Kind.MAY_GOTO))
 
 
-def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks: Mapping[int, int],
+def analyze_control(flow: ControlFlow, *, arg_masks: Mapping[int, int],
                     allow_loops: bool, max_call_depth: int, reject: Reject) -> Control:
     """Check the program's structure and derive what the data-flow analysis needs.
 
-    Rejects calls to unknown helpers and kernel functions, unreachable code, back-edges (unless
+    Rejects calls to kernel functions, unreachable code, back-edges (unless
     ``allow_loops``, or the loop holds a may_goto, which bounds it at run time), recursion and
     call chains deeper than ``max_call_depth`` frames. A callback (the function whose address an
     lddw loads) counts as called from the function of that lddw.
@@ -37,14 +38,11 @@ def analyze_control(flow: ControlFlow, *, helper_ids: frozenset[int], arg_masks:
     program = flow.program
     n = len(program)
     may_gotos: list[int] = []
-    call, kfunc, may_goto = Kind.CALL, Kind.CALL_KFUNC, Kind.MAY_GOTO  # (locals: looked up per instruction)
-    for pc, insn, info in program:
-        kind = info.kind
-        if kind is call and insn.imm not in helper_ids and insn.imm != CORE_POISON:
-            raise reject(pc, f"call to nonexistent function {insn.imm}")
-        if kind is kfunc:
+    for pc in program.find_slots(_NOTABLE):  # (the few instructions whose opcode may be one of those)
+        info = program.infos[pc]
+        if info is not None and info.kind is Kind.CALL_KFUNC:
             raise reject(pc, "kernel function calls are not supported")
-        if kind is may_goto:
+        if info is not None and info.kind is Kind.MAY_GOTO:
             may_gotos.append(pc)
 
     fn_entry = [0] * n
