@@ -174,3 +174,42 @@ def test_faults_outside_jit_code_still_end_the_process() -> None:
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == -11, proc.stderr.decode()
+
+
+def test_a_proven_access_through_a_pointer_below_the_sandbox() -> None:
+    """A pointer may lie outside its object, and below the sandbox when the object is the first
+    it holds, until an access's offset brings it back: the access goes where the verifier proved
+    (the address is confined, not the register) and the register stays the program's."""
+    code = textwrap.dedent("""
+        import jitbpf
+        from jitbpf.linux.maps import Array
+        values = Array(value_size=16, max_entries=1)  # the process's first object: at the sandbox's start
+        vm = jitbpf.VM(jitbpf.assemble('''
+            stw [r10-4], 0
+            mov r2, r10
+            add r2, -4
+            lddw r1, map:A
+            call 1
+            jeq r0, 0, out
+            mov r7, r0
+            stdw [r7+0], 42
+            mov r4, r7
+            add r4, -8
+            ldxdw r0, [r4+8]
+            mov r1, r4
+            sub r1, r7
+            add r0, r1
+            exit
+        out:
+            mov r0, 0
+            exit
+        ''', maps={"A": 1}))
+        vm.add_map(values, 1)
+        vm.use_standard_helpers()
+        print(vm.execute(bytearray(8)), vm.execute_jit(bytearray(8)), hex(values.regions()[0].base))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, text=True)
+    assert proc.returncode == 0, proc.stderr
+    interp, jit, base = proc.stdout.split()
+    assert (int(interp), int(jit)) == (34, 34)  # 42, then -8
+    assert int(base, 16) == 1 << 31, "the first value no longer lies at the sandbox's start: move the test's pointer"

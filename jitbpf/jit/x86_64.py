@@ -99,9 +99,6 @@ _MOV, _JSET = int(AluOp.MOV), int(JmpOp.JSET)
 _IMM_FORM_OPS = frozenset({*_SIMPLE_ALU, int(AluOp.MUL)})  # ALU ops whose immediate is imm8 or imm32
 _ZERO_TESTS = frozenset({int(JmpOp.JEQ), int(JmpOp.JNE)})
 _ALU_KIND = Kind.ALU
-_ACCESS_KINDS = frozenset({Kind.LDX, Kind.LDXSX, Kind.ST, Kind.STX})  # accesses _address confines
-_LOAD_KINDS = frozenset({Kind.LDX, Kind.LDXSX})
-_CALL_KINDS = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_LOCAL, Kind.CALL_KFUNC})
 _CALL_LOCAL, _ST, _STX = Kind.CALL_LOCAL, Kind.ST, Kind.STX
 _LSH, _RSH, _ARSH = int(AluOp.LSH), int(AluOp.RSH), int(AluOp.ARSH)
 # Roles in a shift pair that extends the lower half of a register (see _extension_pair).
@@ -160,38 +157,7 @@ class X86_64(Target):
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
         # While r10 is never written, [r10+off] with the whole access in [-512, 0) lies in the
         # current frame of the stack area: no bounds check needed, verified or not.
-        self._fp_fixed, self._confined = self._scan()
-
-    def _scan(self) -> tuple[bool, frozenset[int]]:
-        """One pass over the program: whether r10 is never written, and the proven accesses whose
-        base register needs no confining `or` (see _address): an access before it in its block
-        confined the same register and nothing wrote it since (no call either). The `or` only
-        changes a register once. Without proofs to confine, the first is all there is to find."""
-        program, proven = self.flow.program, self._proven
-        if not proven or not self.options.contained:
-            return not writes_fp(program), frozenset()
-        block_at = self.flow.block_at
-        out: set[int] = set()
-        confined = 0  # mask of the registers confined in this block so far
-        written = 0  # mask of the registers some instruction writes (writes_fp's fact, on the way)
-        for pc, (insn, info) in enumerate(zip(program.slots, program.infos, strict=True)):
-            if insn is None or info is None:
-                continue
-            if pc in block_at:
-                confined = 0
-            kind = info.kind
-            if kind in _ACCESS_KINDS and pc in proven:
-                base = insn.src if kind in _LOAD_KINDS else insn.dst
-                if base != FP:
-                    if confined >> base & 1:
-                        out.add(pc)
-                    confined |= 1 << base
-            elif kind in _CALL_KINDS:
-                confined = 0
-            writes = register_writes(insn, info)
-            written |= writes
-            confined &= ~writes
-        return not written >> FP & 1, frozenset(out)
+        self._fp_fixed = not writes_fp(flow.program)
 
     # -- stencil classes --------------------------------------------------------------------------
 
@@ -247,7 +213,7 @@ class X86_64(Target):
         else:
             base, imm = insn.src, insn.imm
         off = insn.off
-        access = 2 if pc in self.unchecked else 3 if pc in self._confined else pc in self._proven
+        access = 2 if pc in self.unchecked else pc in self._proven
         if off == 0:
             return insn.opcode, info.variant, insn.dst, insn.src, access, imm, 0
         direct = base == FP and self._fp_fixed and -STACK_SIZE <= off <= -info.size
@@ -805,29 +771,17 @@ class X86_64(Target):
         # of an unchanging r10 is always the current one.
         direct = pc in self.unchecked or (base == FP and self._fp_fixed and -STACK_SIZE <= off <= -size)
         if not direct and pc in self.options.proven and self.options.contained:
-            # Unchecked on the verifier's word: confined to the sandbox whatever the register
-            # holds (its low 31 bits within the window's base), so a wrong proof stays inside.
-            # In place: a 32-bit `or` leaves a pointer that really is in the sandbox unchanged
-            # (upper half zero, bit 31 set), so only a wrong proof sees the register change; r10
-            # is the JIT's own, and is masked in a copy.
-            if base != FP:
-                if pc not in self._confined:  # else an access before did it, and nothing wrote since
-                    self.op(("or", D[base], "i32"), SANDBOX_BIT)
-                reg = Q[base]
-            else:
-                reg = ADDR if into_addr else TMP
-                self.op(("mov", f"{reg}d", D[base]))
-                self.op(("or", f"{reg}d", "i32"), SANDBOX_BIT)
-            if not into_addr:
-                return reg, off, -1
-            if reg == Q[base]:
-                token, vals = mem("", reg, off)
-                self.op(("lea", ADDR, token), *vals)
-                return ADDR, 0, -1
-            if off:
-                token, vals = mem("", ADDR, off)
-                self.op(("lea", ADDR, token), *vals)
-            return ADDR, 0, -1
+            # Unchecked on the verifier's word: the address itself is confined to the sandbox
+            # (the low half of base + off, bit 31 set), so a wrong proof stays inside, and one
+            # that is right, whose address lies in the sandbox, goes where it should. The address,
+            # not the register: a pointer may lie outside the sandbox until the access's offset
+            # brings it back (a map value's pointer less 8, read at +8), and the register is the
+            # program's, unchanged.
+            reg = ADDR if into_addr else TMP
+            token, vals = mem("", Q[base], off)
+            self.op(("lea", f"{reg}d", token), *vals)
+            self.op(("or", f"{reg}d", "i32"), SANDBOX_BIT)
+            return reg, 0, -1
         if direct or pc in self.options.proven:  # (proven without the sandbox: measurements only)
             if not into_addr:
                 return Q[base], off, -1
