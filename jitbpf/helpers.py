@@ -46,6 +46,7 @@ class ArgType(enum.Enum):
     ALLOC_SIZE = "alloc_size"  # a known constant: the size of the memory the helper returns (may be 0)
     ZERO = "zero"  # a number the verifier knows is 0 (flags reserved for later use)
     CALLBACK = "callback"  # the address of a function of the program (lddw rX, func:F), which the helper calls
+    STACK_OR_NULL = "stack_or_null"  # a pointer into the stack, or the constant 0 (the context handed to a callback)
     # the bpf_spin_lock field of a map value (where the map's BTF puts it): the call takes the
     # lock, which the program must give back before it exits and calls nothing else meanwhile
     SPIN_LOCK = "spin_lock"
@@ -110,7 +111,7 @@ POINTER_ARGS = frozenset({ArgType.MAP, ArgType.KEY, ArgType.VALUE, ArgType.VALUE
                           ArgType.BTF_OBJECT, ArgType.SOCK_COMMON, ArgType.BTF_SOCK_COMMON,
                           ArgType.BTF_SOCK_COMMON_OR_NULL, ArgType.RELEASED_SOCK, ArgType.SOCKET_OR_NULL,
                           ArgType.NEW_LOCAL_DYNPTR, ArgType.NEW_RINGBUF_DYNPTR, ArgType.DYNPTR,
-                          ArgType.RELEASED_DYNPTR, ArgType.VALUE_MEM})
+                          ArgType.RELEASED_DYNPTR, ArgType.VALUE_MEM, ArgType.STACK_OR_NULL})
 
 
 MAX_ERRNO = 4095  # the most negative errno a helper returns

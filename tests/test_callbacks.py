@@ -78,6 +78,28 @@ def test_a_loop_of_no_iterations_never_verifies_its_callback(engine: str) -> Non
         load(text.replace("mov r1, 0 ", "mov r1, 1 ")).check()
 
 
+@pytest.mark.parametrize(("ctx", "refused"), [("mov r3, r10\n    add r3, -8", False), ("mov r3, 0", False),
+                                              ("mov r3, r1", True), ("mov r3, 8", True)])
+def test_the_callbacks_context_is_on_the_stack_or_null(ctx: str, refused: bool) -> None:
+    """As the kernel's ARG_PTR_TO_STACK_OR_NULL: the context bpf_loop hands its callback."""
+    vm = load(f"""
+        {ctx}
+        lddw r2, func:cb
+        mov r1, 1
+        mov r4, 0
+        call 181
+        exit
+    cb:
+        mov r0, 1
+        exit
+    """)
+    if refused:
+        with pytest.raises(VerifierError, match=r"r3 type=.* expected=fp"):
+            vm.check()
+    else:
+        vm.check()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_bpf_loop_with_flags_fails_without_calling_back(engine: str) -> None:
     """The kernel verifies any flags (its ARG_ANYTHING) and fails the call at run time: -EINVAL

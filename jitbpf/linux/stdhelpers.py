@@ -820,11 +820,11 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         Helper(h.TRACE_VPRINTK, "bpf_trace_vprintk", trace_vprintk, ("mem", "size", "mem_or_null", "size_or_zero")),
         # The engines run these three: they enter the callback as a local call (see contract.CallbackKind).
         Helper(h.FOR_EACH_MAP_ELEM, "bpf_for_each_map_elem", engine_only("bpf_for_each_map_elem"),
-               ("map", "callback", "anything", "scalar"), callback=CallbackKind.FOR_EACH),
-        Helper(h.LOOP, "bpf_loop", engine_only("bpf_loop"), ("scalar", "callback", "anything", "scalar"),
+               ("map", "callback", "stack_or_null", "scalar"), callback=CallbackKind.FOR_EACH),
+        Helper(h.LOOP, "bpf_loop", engine_only("bpf_loop"), ("scalar", "callback", "stack_or_null", "scalar"),
                callback=CallbackKind.LOOP),
         Helper(h.USER_RINGBUF_DRAIN, "bpf_user_ringbuf_drain", engine_only("bpf_user_ringbuf_drain"),
-               ("map", "callback", "anything", "scalar"), callback=CallbackKind.USER_RINGBUF),
+               ("map", "callback", "stack_or_null", "scalar"), callback=CallbackKind.USER_RINGBUF),
         *dynptr_helpers(memory, reserve_record, commit_record),
     ]
     # The kernel's helper-to-map compatibility, declared where the helper does not narrow it.

@@ -2261,6 +2261,11 @@ class Checker:
                         pending = None
                 case ArgType.CTX | ArgType.CTX_READ | ArgType.CTX_OR_NULL:
                     self._ctx_arg(regs, r, kind)
+                case ArgType.STACK_OR_NULL:
+                    reg = self._read(regs, r)
+                    if reg.type is not Pt.PTR_TO_STACK and not (reg.type is Pt.SCALAR and reg.var == sc.ZERO):
+                        self.reject(f"r{r} type={reg.type.value} expected=fp (argument {r} of helper {hid}, the "
+                                    "context handed to its callback, is on the stack or NULL)")
                 case ArgType.CALLBACK:
                     reg = self._read(regs, r)
                     if reg.type is not Pt.PTR_TO_FUNC:
