@@ -583,3 +583,15 @@ def test_cgroup_skb_takes_the_pkt_type_of_its_frame(tmp_path: Path, kernel: Kern
                     assert ran is not None and ran.retval == (guess == pkt_type), (dst, guess)
                 finally:
                     loaded.close()
+
+
+@pytest.mark.parametrize(("load", "refused"), [("ldxw r0, [r1+12]", False), ("ldxb r0, [r1+12]", True),
+                                              ("ldxh r0, [r1+14]", True), ("ldxw r0, [r1+13]", True)])
+def test_an_xdp_context_field_is_read_whole(load: str, refused: bool) -> None:
+    """As the kernel's xdp_md: ingress_ifindex and the others are read as 4 bytes, or not at all."""
+    vm = VM(assemble(f"{load}\nmov r0, 2\nexit"), prog_type=ProgType.XDP)
+    if refused:
+        with pytest.raises(VerifierError, match="invalid bpf_context access"):
+            vm.check()
+    else:
+        vm.check()

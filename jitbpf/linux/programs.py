@@ -449,6 +449,7 @@ class ProgramType:
     ld_abs: bool = False  # legacy LD_ABS/LD_IND packet loads are allowed
     btf_typed: bool = False  # the context is the attach target's u64 args[], typed by the target BTF
     socket_context: bool = False  # the context is a socket (helpers taking a socket take it)
+    whole_loads: bool = False  # loads read whole fields of the context (XDP's: no narrow ones)
     # Socket fields that start NULL (a selection the program makes, a socket being migrated); the
     # others hold the context's socket (vm.std.socket).
     null_sockets: frozenset[int] = frozenset()
@@ -481,7 +482,7 @@ class ProgramType:
                            ret_range=section_ret_range(section, self.ret_range), ret_pointer_ok=False,
                            packet_writable=self.packet_writable,
                            ld_abs=self.ld_abs, sockmap_writers=_SOCKMAP_WRITERS.get(self.prog_type, frozenset()),
-                           socket_context=self.socket_context,
+                           socket_context=self.socket_context, whole_loads=self.whole_loads,
                            packet_helpers=_PACKET_HELPERS)
 
 
@@ -591,6 +592,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
             pointer_fields={XdpMd.data.offset: "packet", XdpMd.data_end.offset: "packet_end",
                             XdpMd.data_meta.offset: "packet_meta"},
             packet=True, packet_writable=True, headroom=XDP_PACKET_HEADROOM, tailroom=XDP_TAILROOM,
+            whole_loads=True,
         ),
         ProgramType(
             ProgType.PERF_EVENT, "perf_event", PerfEventData, ("perf_event",),

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 from jitbpf.cfg import ControlFlow
-from jitbpf.contract import ARG_REGS, CALLEE_SAVED, MAX_LOOP_ITERATIONS, CallbackKind, scratch_args
+from jitbpf.contract import ARG_REGS, CALLEE_SAVED, CallbackKind, scratch_args
 from jitbpf.errors import InternalError
 from jitbpf.helpers import MAX_ERRNO, Helper
 from jitbpf.isa import (
@@ -1803,6 +1803,9 @@ class Checker:
                 self._note(True)
                 t = FIELD_KINDS[kind]
                 return Reg(t, id=self.fresh_id()) if t in NON_NULL else Reg(t)
+        if mode is Access.READ and ctx.whole_loads and (lo, size) not in ctx.readable:
+            self.reject(f"invalid bpf_context access off={lo} size={size}: a narrow or misaligned load (this "
+                        "context's fields are read whole)")
         self._note(True)
         if mode is Access.READ:
             return self._loaded(size, signed)
@@ -2510,11 +2513,10 @@ class Checker:
             if flags.type is not Pt.SCALAR:
                 self._address_use(f"r4 leaks addr into helper function: the flags (r4) of helper {hid} are {flags}")
         if self.callbacks[hid] is CallbackKind.LOOP:
+            # A count past the limit fails the call at run time (-E2BIG), as in the kernel, which
+            # verifies the callback all the same.
             nr = regs[1].var
             self._precise(1)
-            if nr.umin > MAX_LOOP_ITERATIONS:
-                self.reject(f"bpf_loop: the number of iterations (r1 = {nr}) exceeds the limit of "
-                            f"{MAX_LOOP_ITERATIONS}")
             if nr.umax == 0:  # never called, so never verified (the kernel's rule too)
                 regs[0] = UNKNOWN_SCALAR
                 for i in range(1, 6):

@@ -126,6 +126,7 @@ class ContextSpec:
     # kernel lets only some program types, where no socket lock can be held, do so.
     sockmap_writers: frozenset[int] = frozenset({2, 3})
     socket_context: bool = False  # the context is itself a socket (cgroup/sock): socket arguments take it
+    whole_loads: bool = False  # a load reads one of ``readable``'s spans whole (the kernel's XDP context)
     # The helpers whose memory arguments may point into the packet (the kernel's pkt_access); None: all.
     packet_helpers: frozenset[int] | None = None
 
