@@ -123,6 +123,9 @@ _LDDW_OPCODES = opcode_mask((LDDW_OPCODE,))
 # What the kernel's refusal to store a pointer outside the stack calls each kind of memory.
 _LEAK_TARGETS = {Pt.PTR_TO_MAP_VALUE: "map", Pt.PTR_TO_CTX: "ctx", Pt.PTR_TO_PACKET: "packet",
                  Pt.PTR_TO_PACKET_META: "packet", Pt.PTR_TO_FLOW_KEYS: "flow keys"}
+# What a helper's memory argument may point to (the kernel's mem_types).
+_MEMORY_POINTERS = frozenset({Pt.PTR_TO_STACK, Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META, Pt.PTR_TO_MAP_KEY,
+                              Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF, Pt.PTR_TO_BTF_ID})
 # Pointers that a helper's memory argument of zero bytes must still keep within their object.
 _ZERO_SIZE_BOUNDED = frozenset({Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META, Pt.PTR_TO_MAP_VALUE})
 # What a pointer that may be null becomes once compared against 0.
@@ -1983,6 +1986,10 @@ class Checker:
             # A size of zero needs no memory, but still a pointer (NULL only where the helper takes it).
             self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, "
                         f"trusted_ptr_ ({kind.value} argument)")
+        if ptr.type is not Pt.SCALAR and ptr.type not in _MEMORY_POINTERS:
+            # (Zero bytes or not: the kernel checks the kind first. A context is no helper's memory.)
+            self.reject(f"r{r} type={ptr.type.value} expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, "
+                        f"buf, trusted_ptr_ ({kind.value} argument)")
         if hi_size == 0:
             if ptr.type is Pt.PTR_TO_STACK:  # no bytes, but still a place inside the stack (the kernel's)
                 lo, hi = self._var_bounds(ptr, r, 0, 0)
@@ -2043,13 +2050,6 @@ class Checker:
                     self.reject(f"invalid access to packet: r{r} ({kind.value} argument) exceeds the proven "
                                 f"packet range {ptr.range}: "
                                 f"off={ptr.off} size={hi_size}: r{r} offset is outside of the packet")
-            case Pt.PTR_TO_CTX:
-                ctx = self.context
-                assert ctx.size is not None
-                lo = ptr.off
-                ranges = ctx.writable if write else (ctx.readable or ((0, ctx.size),))
-                if ptr.var != sc.ZERO or not any(o <= lo and lo + hi_size <= o + s for o, s in ranges):
-                    self.reject(f"r{r} ({kind.value} argument) is an invalid context range off={lo} size={hi_size}")
             case Pt.PTR_TO_BUF:
                 self._buf_bounds(ptr, r, 0, hi_size)
                 if ptr.aux == ARG_MEMORY:
