@@ -1642,6 +1642,9 @@ class Checker:
         if ptr.var.is_const:
             self.aux = ptr.aux << 16 | start
         if not ptr.var.is_const:
+            if mode is Access.WRITE and value is not None and value.is_pointer and size != 8:
+                # (Refused at a known offset too: on some path the kernel walks, the offset is known.)
+                self.reject(f"invalid size of register spill: {size} bytes of a pointer through r{r}")
             if mode is not Access.WRITE:
                 self._stack_read(ptr.aux, start, n)
                 if INVALID in frame.read_bytes(start, n):
