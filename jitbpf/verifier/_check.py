@@ -119,6 +119,16 @@ LOG_LINES = 400  # lines of path kept for the error log
 ARG_MEMORY = 1
 
 Pt = RegType
+
+
+def _after_callbacks(regs: list[Reg]) -> None:
+    """The caller's registers once a helper's calls of its callback are over: r0 the helper's
+    result, r1-r5 unreadable."""
+    regs[0] = UNKNOWN_SCALAR
+    for i in range(1, 6):
+        regs[i] = NOT_INIT
+
+
 _LDDW_OPCODES = opcode_mask((LDDW_OPCODE,))
 # What the kernel's refusal to store a pointer outside the stack calls each kind of memory.
 _LEAK_TARGETS = {Pt.PTR_TO_MAP_VALUE: "map", Pt.PTR_TO_CTX: "ctx", Pt.PTR_TO_PACKET: "packet",
@@ -126,6 +136,7 @@ _LEAK_TARGETS = {Pt.PTR_TO_MAP_VALUE: "map", Pt.PTR_TO_CTX: "ctx", Pt.PTR_TO_PAC
 # What a helper's memory argument may point to (the kernel's mem_types).
 _MEMORY_POINTERS = frozenset({Pt.PTR_TO_STACK, Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META, Pt.PTR_TO_MAP_KEY,
                               Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF, Pt.PTR_TO_BTF_ID})
+_MEMORY_KINDS = "fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, trusted_ptr_"  # (the kernel's words)
 # Pointers that a helper's memory argument of zero bytes must still keep within their object.
 _ZERO_SIZE_BOUNDED = frozenset({Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META, Pt.PTR_TO_MAP_VALUE})
 # What a pointer that may be null becomes once compared against 0.
@@ -1987,12 +1998,10 @@ class Checker:
         write = kind in (ArgType.UNINIT_MEM, ArgType.UNINIT_VALUE)
         if ptr.type is Pt.SCALAR and not (kind is ArgType.MEM_OR_NULL and ptr.var == sc.ZERO and hi_size == 0):
             # A size of zero needs no memory, but still a pointer (NULL only where the helper takes it).
-            self.reject(f"r{r} type=scalar expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, buf, "
-                        f"trusted_ptr_ ({kind.value} argument)")
+            self.reject(f"r{r} type=scalar expected={_MEMORY_KINDS} ({kind.value} argument)")
         if ptr.type is not Pt.SCALAR and ptr.type not in _MEMORY_POINTERS:
             # (Zero bytes or not: the kernel checks the kind first. A context is no helper's memory.)
-            self.reject(f"r{r} type={ptr.type.value} expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, "
-                        f"buf, trusted_ptr_ ({kind.value} argument)")
+            self.reject(f"r{r} type={ptr.type.value} expected={_MEMORY_KINDS} ({kind.value} argument)")
         if hi_size == 0:
             if ptr.type is Pt.PTR_TO_STACK:  # no bytes, but still a place inside the stack (the kernel's)
                 lo, hi = self._var_bounds(ptr, r, 0, 0)
@@ -2521,9 +2530,7 @@ class Checker:
             nr = regs[1].var
             self._precise(1)
             if nr.umax == 0:  # never called, so never verified (the kernel's rule too)
-                regs[0] = UNKNOWN_SCALAR
-                for i in range(1, 6):
-                    regs[i] = NOT_INIT
+                _after_callbacks(regs)
                 return pc + 1
         self.callback_rounds.setdefault(pc, []).append(self._caller_snapshot(st, pc))
         self._enter_callback(st, pc, hid)
@@ -2593,10 +2600,7 @@ class Checker:
             self._enter_callback(again, callsite, hid)
             parent.branches += 1
             self.work.append((again.frames[-1].entry, again, parent, self.path_log))
-        caller = st.frames[-1].regs
-        caller[0] = UNKNOWN_SCALAR
-        for i in range(1, 6):
-            caller[i] = NOT_INIT
+        _after_callbacks(st.frames[-1].regs)
         return callsite + 1
 
     @staticmethod
