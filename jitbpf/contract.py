@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from jitbpf.isa import MASK64, STACK_SIZE
 
 if TYPE_CHECKING:
-    from jitbpf.memory import Region
+    from jitbpf.memory import PacketSource, Region
 
 MAX_CALL_DEPTH = 8  # frames of bpf-to-bpf calls, the main program's included (as the kernel)
 STACK_BYTES = STACK_SIZE * MAX_CALL_DEPTH  # the stack area of one thread's runs: every frame
@@ -104,7 +104,7 @@ class Engine(Protocol):
     either the same way, following tail calls from one program's engine to the next one's."""
 
     def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0,
+                    packet: PacketSource | None = None, budget: int | None = None, tail_calls_left: int = 0,
                     callback: tuple[int, int] | None = None) -> int:
         """Run once with the regions ``mem`` and ``extra`` (r1, r2 as given) and return r0.
 

@@ -42,7 +42,7 @@ from jitbpf.isa import (
     Kind,
     OpInfo,
 )
-from jitbpf.memory import MemoryMap
+from jitbpf.memory import MemoryMap, PacketSource, Region, legacy_offset
 
 EXIT = -1  # block result: the function returns
 CALL = -2  # block result: a local call (target in the block table)
@@ -59,13 +59,13 @@ class Env:
 
     __slots__ = ("helpers", "ld", "loops", "mm", "packet", "probe", "st")
 
-    def __init__(self, mm: MemoryMap, helpers: Mapping[int, Helper], packet: tuple[int, int]) -> None:
+    def __init__(self, mm: MemoryMap, helpers: Mapping[int, Helper], packet: PacketSource | None) -> None:
         self.mm = mm
         self.ld = mm.load
         self.probe = mm.probe_load
         self.st = mm.store
         self.helpers = helpers
-        self.packet = packet  # (address, length) seen by legacy LD_ABS/LD_IND
+        self.packet = packet  # what legacy LD_ABS/LD_IND read (a Region: a packet no helper moves)
         self.loops = MAY_GOTO_BUDGET  # may_goto instructions this run may still fall through
 
     def may_goto(self) -> bool:
@@ -139,12 +139,17 @@ class Env:
             R[src] = old
 
     def ld_packet(self, offset: int, size: int) -> int:
-        """Legacy LD_ABS/LD_IND: big-endian load from the packet; out of range ends the program
-        with r0 = 0, as in the kernel."""
-        base, length = self.packet
-        if offset < 0 or offset + size > length:
+        """Legacy LD_ABS/LD_IND: big-endian load from the packet as the run's helpers left it
+        (negative offsets as ``legacy_offset`` reads them); out of range ends the program with
+        r0 = 0, as in the kernel."""
+        packet = self.packet
+        if packet is None:
             raise HelperExit(0)
-        return int.from_bytes(self.mm.read(base + offset, size), "big")
+        base, length, net = (packet.base, packet.size, 0) if isinstance(packet, Region) else packet.current()
+        start = legacy_offset(offset, net)
+        if start < 0 or start + size > length:
+            raise HelperExit(0)
+        return int.from_bytes(self.mm.read(base + start, size), "big")
 
 
 class _Callback:

@@ -23,6 +23,10 @@ STACK_SIZE = 512  # bytes of stack per frame
 MASK32 = 0xFFFF_FFFF
 CORE_POISON = 0xBAD2310  # helper id of an instruction whose CO-RE relocation failed (libbpf's mark)
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+# Legacy packet loads (LD_ABS/LD_IND) at negative offsets, as Linux's filter.h defines them: from
+# SKF_NET_OFF on they count from the network header, from SKF_LL_OFF on from the link-layer one.
+SKF_NET_OFF = -0x100000
+SKF_LL_OFF = -0x200000
 
 
 class InsnClass(enum.IntEnum):

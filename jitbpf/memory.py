@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from jitbpf._ffi import address_of, ffi
 from jitbpf.errors import ExecutionError, operand_text, out_of_bounds
-from jitbpf.isa import Kind, Program
+from jitbpf.isa import SKF_LL_OFF, SKF_NET_OFF, Kind, Program
 
 _UNSIGNED = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
 
@@ -44,6 +44,48 @@ class Region:
     @property
     def end(self) -> int:
         return self.base + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyPacket:
+    """The packet LD_ABS/LD_IND read, where the run's helpers leave it: at ``bounds`` two uint64
+    words (its first byte's address, one past its last), at ``net`` a uint32 (its network
+    header's offset from the first byte; 0: no link-layer header before it). Packet runners
+    point them into their native run state, so that a helper moving the packet moves what the
+    loads see, as in the kernel (whose loads read the skb at each one)."""
+
+    bounds: int
+    net: int
+    keep: Any = None  # what holds the words alive
+
+    @classmethod
+    def fixed(cls, region: Region) -> LegacyPacket:
+        """A packet no helper moves: ``region``, with no link-layer header before it."""
+        words = ffi.new("uint64_t[3]", [region.base, region.end, 0])
+        address = int(ffi.cast("uintptr_t", words))
+        return cls(address, address + 16, words)
+
+    def current(self) -> tuple[int, int, int]:
+        """(first byte's address, length, network header's offset) as they are now."""
+        bounds = ffi.cast("uint64_t *", self.bounds)
+        data = int(bounds[0])
+        return data, int(bounds[1]) - data, int(ffi.cast("uint32_t *", self.net)[0])
+
+
+PacketSource = Region | LegacyPacket  # what legacy packet loads read (a Region: a packet no helper moves)
+
+
+def legacy_offset(offset: int, net: int) -> int:
+    """Where a legacy packet load at ``offset`` (a signed 32-bit number) starts, from the packet's
+    first byte, when its network header is ``net`` bytes in (0: it has no link-layer header
+    before it); -1 where it reads nothing (the kernel's bpf_internal_load_pointer_neg_helper)."""
+    if offset >= 0:
+        return offset
+    if offset >= SKF_NET_OFF:
+        return net + offset - SKF_NET_OFF
+    if offset >= SKF_LL_OFF and net:
+        return offset - SKF_LL_OFF
+    return -1
 
 
 def region_of(buf: Any, name: str, *, writable: bool = True) -> tuple[Region, Any]:

@@ -26,7 +26,7 @@ from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, Pseud
 from jitbpf.jit.runtime import ERROR_RESULT
 from jitbpf.linux.pktrun import split_runs
 from jitbpf.linux.programs import ENGINES, ProgramRunners, ProgType
-from jitbpf.memory import MemoryMap, Region, access_operand, region_of
+from jitbpf.memory import MemoryMap, PacketSource, Region, access_operand, region_of
 from jitbpf.sandbox import Pages
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class _Interpreter:
         self.vm = vm
 
     def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0,
+                    packet: PacketSource | None = None, budget: int | None = None, tail_calls_left: int = 0,
                     callback: tuple[int, int] | None = None) -> int:
         vm = self.vm
         return vm._interpret(mem, extra, r1, r2, packet, vm.budget if budget is None else budget, tail_calls_left,
@@ -384,7 +384,7 @@ class VM(ProgramRunners):
         return self.execute_regions(region, (), region.base, region.size, packet=region)
 
     def execute_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                        packet: Region | None = None) -> int:
+                        packet: PacketSource | None = None) -> int:
         """Interpret with an explicit set of regions (used by the program types); every map's
         regions are added.
 
@@ -396,7 +396,7 @@ class VM(ProgramRunners):
         return self._run_chain(_Interpreter, mem, extra, r1, r2, packet)
 
     def _run_chain(self, engine_of: Callable[[VM], Engine], mem: Region, extra: Sequence[Region],
-                   r1: int, r2: int, packet: Region | None, callback: tuple[int, int] | None = None) -> int:
+                   r1: int, r2: int, packet: PacketSource | None, callback: tuple[int, int] | None = None) -> int:
         """Run this program and the chain of its tail calls, each in the engine ``engine_of``
         gives for its VM, with the same regions (every map's added) and the budget left;
         ``callback`` (address, r3) enters the first one at that asynchronous callback."""
@@ -418,7 +418,7 @@ class VM(ProgramRunners):
             known = {r.base for r in regions}
             regions += [r for r in vm.map_regions() if r.base not in known]
 
-    def _interpret(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
+    def _interpret(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: PacketSource | None,
                    budget: int, tail_calls_left: int, callback: tuple[int, int] | None = None) -> int:
         """One interpreted run (the caller entered the VM)."""
         from jitbpf.jit.program import runner_lib
@@ -433,7 +433,7 @@ class VM(ProgramRunners):
             if nat is not None and nat.lib.jb_ringbuf_pending() > reserved:
                 nat.lib.jb_ringbuf_release_since(reserved)
 
-    def _interpret_entered(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: Region | None,
+    def _interpret_entered(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, packet: PacketSource | None,
                            budget: int, tail_calls_left: int, callback: tuple[int, int] | None) -> int:
         self.check()
         if self._blocks is None:
@@ -442,7 +442,7 @@ class VM(ProgramRunners):
             self._blocks = Translator(self.resolve_lddw, scratch, self._probe_loads).translate(self.flow)
         state = self._state()
         state.begin(mem, extra, tail_calls_left)
-        env = Env(state.memory, self.helpers, (packet.base, packet.size) if packet is not None else (0, 0))
+        env = Env(state.memory, self.helpers, packet)
         regs = self._registers(state, r1, r2)
         entry = 0
         if callback is not None:
@@ -626,20 +626,6 @@ class VM(ProgramRunners):
             start += done
             if start == n:
                 return out
-        if done > n:
-            return None  # nothing ran
-        jit = self._jit
-        assert jit is not None  # bound: compiled
-        try:
-            out[done] = jit.finish(out[done])  # the record whose run stopped early
-        except BpfError as err:
-            err.add_note(f"in input {done} of the batch")
-            raise
-        rest = done + 1
-        if rest < n:  # the others as the ordinary path runs them, after the one that stopped
-            out[rest:] = self.execute_records(memoryview(data).cast("B")[rest * record_size:n * record_size],
-                                              record_size)
-        return out
 
     def _one_by_one(self, inputs: Sequence[Any]) -> array.array[int]:
         """A batch as one execute_jit per input (programs with Python helpers), with the same
@@ -689,7 +675,7 @@ class VM(ProgramRunners):
         return self._run_chain(engine_of, empty, extra, args[0], args[1], None, (address, args[2]))
 
     def execute_jit_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                            packet: Region | None = None) -> int:
+                            packet: PacketSource | None = None) -> int:
         """The JIT's execute_regions: the same regions (every map's added) and tail calls."""
         return self._run_chain(VM._jit_engine, mem, extra, r1, r2, packet)
 

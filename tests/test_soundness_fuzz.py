@@ -225,7 +225,8 @@ def _check_one(layout: Layout, source: str, length: int, number: int) -> None:
         stack = bytearray(STACK_SIZE)
         stack_region, stack_pin = region_of(stack, "stack")
         memory = MemoryMap([*_regions(layout, arena, length, maps), stack_region])
-        env = Env(memory, _helpers(vm, maps, lambda: memory), (data, length))
+        packet = Region(data, length, arena.view[PACKET_AT:PACKET_AT + length], True, "packet")
+        env = Env(memory, _helpers(vm, maps, lambda: memory), packet)
         regs = [0] * 11
         regs[1], regs[10] = arena.address, stack_region.base + STACK_SIZE
         blocks = Translator(vm.resolve_lddw).translate(vm.flow)

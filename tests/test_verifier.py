@@ -819,7 +819,7 @@ def _run_frame_limited(code: bytes, ctx: bytearray) -> int:
     def zero(_frame: int) -> None:
         stack_region.view[:] = bytes(STACK_SIZE)
 
-    env = Env(MemoryMap([ctx_region, stack_region]), {}, (0, 0))
+    env = Env(MemoryMap([ctx_region, stack_region]), {}, None)
     result = run(blocks, regs, env, budget=10_000, stack_zero=zero)
     del stack_pin, ctx_pin
     return result
@@ -923,7 +923,7 @@ def test_proven_packet_accesses_stay_within_data_end(source: str, length: int) -
         blocks = Translator(vm.resolve_lddw).translate(vm.flow)
         regs = [0] * 11
         regs[1], regs[10] = ctx_addr, stack_region.base + STACK_SIZE
-        env = Env(MemoryMap([*regions, stack_region]), {}, (0, 0))
+        env = Env(MemoryMap([*regions, stack_region]), {}, None)
         try:
             run(blocks, regs, env, budget=10_000, stack_zero=lambda _f: None)
         except ExecutionError as exc:

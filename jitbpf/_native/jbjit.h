@@ -19,8 +19,12 @@ struct jitbpf_ctx {
     uint64_t mem_writable;      /* in: stores to mem allowed */
     uint64_t r1;                /* in: initial r1 (regions entry only) */
     uint64_t r2;                /* in: initial r2 (regions entry only) */
-    uint64_t pkt_base;          /* in: packet seen by LD_ABS/LD_IND (regions entry only) */
-    uint64_t pkt_size;          /* in: its length */
+    /* in: the packet LD_ABS/LD_IND read, at each load as the run's helpers leave it: the
+       address of two uint64_t (its first byte's address, one past its last) and of a uint32_t
+       (its network header's offset from the first byte; 0: no link-layer header before it) */
+    uint64_t pkt_bounds;
+    uint64_t pkt_net;
+    uint64_t pkt_own[3];        /* those three of a packet no helper moves (raw runs point here) */
     struct jitbpf_region *extra;/* in: further regions (maps, context), searched in order */
     uint64_t nextra;            /* in: how many */
     uint64_t stack_base;        /* per thread: lowest address of the stack area */
@@ -55,8 +59,8 @@ struct jitbpf_frame {
     uint64_t lim_store[4];      /* the same for stores (0 when mem is read-only) */
     uint64_t mem_end;           /* mem base + size: the range checks of versioned loops */
     uint64_t mem_wend;          /* the same for writes: mem base when mem is read-only */
-    uint64_t pkt_base;          /* packet of this call */
-    uint64_t pkt_size;
+    uint64_t pkt_bounds;        /* ctx->pkt_bounds and ctx->pkt_net of this call */
+    uint64_t pkt_net;
     struct jitbpf_region *extra;/* ctx->extra and ctx->nextra of this call (a nested run */
     uint64_t nextra;            /* on the same thread may change the context's) */
     uint64_t zero_base;         /* frame-zeroing address at call depth 0, scaled by rsp */

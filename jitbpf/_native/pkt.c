@@ -19,6 +19,7 @@
 #include "jbrun.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 
 #define UNUSED __attribute__((unused))
@@ -268,13 +269,15 @@ static void enter_runs(struct jb_pkt_prog *p)
     c->nextra = p->nextra;
 }
 
-/* Run the program on the frame jb_pkt_frame built, after enter_runs: the packet as first built
-   is what LD_ABS/LD_IND read. t_pkt must be p's run. */
-static inline uint64_t run_built(struct jb_pkt_prog *p, uint64_t len)
+/* LD_ABS/LD_IND read the run's packet where its helpers leave it: data and data_end, side by side. */
+_Static_assert(offsetof(struct jb_pkt, data_end) == offsetof(struct jb_pkt, data) + 8, "packet bounds apart");
+
+/* Run the program on the frame jb_pkt_frame built, after enter_runs. t_pkt must be p's run. */
+static inline uint64_t run_built(struct jb_pkt_prog *p)
 {
     struct jitbpf_ctx *c = PTR(p->jctx);
-    c->pkt_base = p->pkt.data;
-    c->pkt_size = len;
+    c->pkt_bounds = (uint64_t)(uintptr_t)&p->pkt.data;
+    c->pkt_net = (uint64_t)(uintptr_t)&p->pkt.net_off;
     return ((entry_fn)(uintptr_t)p->entry)(c);
 }
 
@@ -299,7 +302,7 @@ uint64_t jb_pkt_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t len)
     uint64_t start = p->pkt.data;
     enter_runs(p);
     struct jb_pkt *prev = jb_pkt_enter(&p->pkt);
-    uint64_t r = run_built(p, len);
+    uint64_t r = run_built(p);
     t_pkt = prev;
     const struct jb_pkt *run = &p->pkt;
     out[0] = run->data - p->arena;
@@ -316,7 +319,7 @@ static inline int batch_run(struct jb_pkt_prog *p, const uint8_t *data, uint64_t
         *result = g_error_result;
         return 1;
     }
-    *result = run_built(p, len);
+    *result = run_built(p);
     return stopped(p, *result);
 }
 
@@ -916,7 +919,8 @@ uint64_t jb_helper_skb_vlan_push(uint64_t ctx, uint64_t proto, uint64_t tci, uin
                             (uint8_t)run->protocol, (uint8_t)(run->protocol >> 8)};
         memcpy(tag, bytes, sizeof(bytes));
         run->protocol = cur.proto;
-        run->net_off += VLAN_HLEN;
+        /* the kernel moves the network header back with the tag (skb_vlan_push): it stays
+           net_off bytes in, on the tag just inserted */
     }
     vlan_put(run, (struct vlan_tag){1, (uint16_t)tci, to});
     jb_pkt_sync(run);

@@ -31,15 +31,16 @@ from jitbpf.jit.runtime import (
     JitThreadContext,
     Status,
     clamp_budget,
+    layout,
     run_error,
 )
 from jitbpf.jit.target import CompiledCode, CompileOptions, HelperTable
 from jitbpf.jit.x86_64 import X86_64
-from jitbpf.memory import access_operand
+from jitbpf.memory import LegacyPacket, access_operand
 from jitbpf.sandbox import contained
 
 if TYPE_CHECKING:
-    from jitbpf.memory import Region
+    from jitbpf.memory import PacketSource, Region
     from jitbpf.vm import RunState
 
 RegionsRunner = Callable[..., int]
@@ -571,7 +572,7 @@ class JitProgram:
             del region, pin
 
     def run_regions(self, mem: Region, extra: Sequence[Region], r1: int, r2: int, *,
-                    packet: Region | None = None, budget: int | None = None, tail_calls_left: int = 0,
+                    packet: PacketSource | None = None, budget: int | None = None, tail_calls_left: int = 0,
                     callback: tuple[int, int] | None = None) -> int:
         """Run with explicit regions (searched in order: mem, the stack, then ``extra``).
 
@@ -599,10 +600,13 @@ class JitProgram:
         ctx.mem_writable = 1 if mem.writable else 0
         ctx.r1 = r1 & MASK64
         ctx.r2 = r2 & MASK64
-        if packet is not None:
-            ctx.pkt_base, ctx.pkt_size = packet.base, packet.size
-        else:
-            ctx.pkt_base = ctx.pkt_size = 0
+        if isinstance(packet, LegacyPacket):
+            ctx.pkt_bounds, ctx.pkt_net = packet.bounds, packet.net
+        else:  # a packet no helper moves (or none): the context's own words hold it
+            own = ctx.pkt_own
+            own[0], own[1], own[2] = (packet.base, packet.base + packet.size, 0) if packet is not None else (0, 0, 0)
+            own_at = rc.ctx_addr + layout().ctx_pkt_own
+            ctx.pkt_bounds, ctx.pkt_net = own_at, own_at + 16
         regions = self._extra_table(rc, extra)  # held here: a nested run may replace rc's
         ctx.extra = regions
         ctx.nextra = len(rc.extra_key)

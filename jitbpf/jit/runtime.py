@@ -70,8 +70,9 @@ class Layout:
     ctx_r2: int  # jitbpf_ctx.r2
     ctx_r3: int  # jitbpf_ctx.r3
     ctx_callback: int  # jitbpf_ctx.callback
-    ctx_pkt_base: int  # jitbpf_ctx.pkt_base
-    ctx_pkt_size: int  # jitbpf_ctx.pkt_size
+    ctx_pkt_bounds: int  # jitbpf_ctx.pkt_bounds
+    ctx_pkt_net: int  # jitbpf_ctx.pkt_net
+    ctx_pkt_own: int  # jitbpf_ctx.pkt_own[0]
     ctx_extra: int  # jitbpf_ctx.extra
     ctx_nextra: int  # jitbpf_ctx.nextra
     ctx_stack_base: int  # jitbpf_ctx.stack_base
@@ -101,8 +102,8 @@ class Layout:
     frame_lim_store: int  # jitbpf_frame.lim_store[0]
     frame_mem_end: int  # jitbpf_frame.mem_end
     frame_mem_wend: int  # jitbpf_frame.mem_wend
-    frame_pkt_base: int  # jitbpf_frame.pkt_base
-    frame_pkt_size: int  # jitbpf_frame.pkt_size
+    frame_pkt_bounds: int  # jitbpf_frame.pkt_bounds
+    frame_pkt_net: int  # jitbpf_frame.pkt_net
     frame_extra: int  # jitbpf_frame.extra
     frame_nextra: int  # jitbpf_frame.nextra
     frame_zero_base: int  # jitbpf_frame.zero_base
@@ -126,8 +127,9 @@ def layout() -> Layout:
         ctx_r2=ffi.offsetof(ctx, "r2"),
         ctx_r3=ffi.offsetof(ctx, "r3"),
         ctx_callback=ffi.offsetof(ctx, "callback"),
-        ctx_pkt_base=ffi.offsetof(ctx, "pkt_base"),
-        ctx_pkt_size=ffi.offsetof(ctx, "pkt_size"),
+        ctx_pkt_bounds=ffi.offsetof(ctx, "pkt_bounds"),
+        ctx_pkt_net=ffi.offsetof(ctx, "pkt_net"),
+        ctx_pkt_own=ffi.offsetof(ctx, "pkt_own"),
         ctx_extra=ffi.offsetof(ctx, "extra"),
         ctx_nextra=ffi.offsetof(ctx, "nextra"),
         ctx_stack_base=ffi.offsetof(ctx, "stack_base"),
@@ -157,8 +159,8 @@ def layout() -> Layout:
         frame_lim_store=ffi.offsetof(frame, "lim_store"),
         frame_mem_end=ffi.offsetof(frame, "mem_end"),
         frame_mem_wend=ffi.offsetof(frame, "mem_wend"),
-        frame_pkt_base=ffi.offsetof(frame, "pkt_base"),
-        frame_pkt_size=ffi.offsetof(frame, "pkt_size"),
+        frame_pkt_bounds=ffi.offsetof(frame, "pkt_bounds"),
+        frame_pkt_net=ffi.offsetof(frame, "pkt_net"),
         frame_extra=ffi.offsetof(frame, "extra"),
         frame_nextra=ffi.offsetof(frame, "nextra"),
         frame_zero_base=ffi.offsetof(frame, "zero_base"),

@@ -20,7 +20,20 @@ from jitbpf.contract import (
     function_address,
 )
 from jitbpf.errors import InternalError, JitError
-from jitbpf.isa import ATOMIC_FETCH, FP, MASK64, STACK_SIZE, AluOp, AtomicOp, Instruction, JmpOp, Kind, OpInfo
+from jitbpf.isa import (
+    ATOMIC_FETCH,
+    FP,
+    MASK64,
+    SKF_LL_OFF,
+    SKF_NET_OFF,
+    STACK_SIZE,
+    AluOp,
+    AtomicOp,
+    Instruction,
+    JmpOp,
+    Kind,
+    OpInfo,
+)
 from jitbpf.jit.encoding import Assembler, Shape
 from jitbpf.jit.loops import LoopPlan
 from jitbpf.jit.runtime import ERROR_RESULT, AccessKind, Layout, Status, access_info, layout
@@ -326,11 +339,14 @@ class X86_64(Target):
         self.bind(to_mem)
         self._load("rax", "rdi", L.ctx_mem)
         self._store("rdi", L.ctx_r1, "rax")
-        self._store("rdi", L.ctx_pkt_base, "rax")
-        self._load("rax", "rdi", L.ctx_mem_size)
-        self._store("rdi", L.ctx_r2, "rax")
-        self._store("rdi", L.ctx_pkt_size, "rax")
+        self._load("rdx", "rdi", L.ctx_mem_size)
+        self._store("rdi", L.ctx_r2, "rdx")
         self._store_imm("rdi", L.ctx_mem_writable, 1)
+        if self._needs_packet:  # mem is the packet, which no helper moves
+            self._own_packet()
+            self._store("rdi", L.ctx_pkt_own, "rax")
+            self.op(("add", "rax", "rdx"))
+            self._store("rdi", L.ctx_pkt_own + 8, "rax")
         # The C entries keep the callee-saved registers around "run", which every run enters by
         # a call and leaves by returning (see exit): a batch saves them once for all its inputs.
         self.entries["regions"] = len(self.hot)
@@ -370,10 +386,10 @@ class X86_64(Target):
             self._store_imm(FRAME, stack_region + L.region_len, STACK_BYTES)
             self._store_imm(FRAME, stack_region + L.region_writable, 1)
         if self._needs_packet:
-            self._load("rcx", "rdi", L.ctx_pkt_base)
-            self._store(FRAME, L.frame_pkt_base, "rcx")
-            self._load("rcx", "rdi", L.ctx_pkt_size)
-            self._store(FRAME, L.frame_pkt_size, "rcx")
+            self._load("rcx", "rdi", L.ctx_pkt_bounds)
+            self._store(FRAME, L.frame_pkt_bounds, "rcx")
+            self._load("rcx", "rdi", L.ctx_pkt_net)
+            self._store(FRAME, L.frame_pkt_net, "rcx")
         if self._frame_regions:
             self._load("rcx", "rdi", L.ctx_extra)
             self._store(FRAME, L.frame_extra, "rcx")
@@ -437,6 +453,16 @@ class X86_64(Target):
             self.branch("call", location(Section.PC, entry))
             self.branch_named("jmp", "exit")
 
+    def _own_packet(self) -> None:
+        """Point the context's packet (rdi: the context) at its own bounds, of a packet no helper
+        moves, with no link-layer header before it; the bounds are the caller's to store."""
+        L = self.lay
+        self.op(("lea", "rcx", "[rdi+d32]"), L.ctx_pkt_own)
+        self._store("rdi", L.ctx_pkt_bounds, "rcx")
+        self.op(("add", "rcx", "i8"), 16)
+        self._store("rdi", L.ctx_pkt_net, "rcx")
+        self._store_imm("rdi", L.ctx_pkt_own + 16, 0)
+
     def _emit_batch(self) -> int:
         """The "batch" entry, (ctx, struct jitbpf_batch *) -> inputs run: each input is one run of
         "run" as the "args" entry makes it, the C registers saved once for all. Stops after a run
@@ -457,6 +483,8 @@ class X86_64(Target):
         self._load("rax", "rsi", L.batch_base)
         self.op(("mov", "q[rsp+d8]", "rax"), 24)
         self.op(("mov", "q[rsp]", "i32"), 0)
+        if self._needs_packet:  # each input is the packet
+            self._own_packet()
         loop = self.here()
         self.op(("mov", "rsi", "q[rsp+d8]"), 16)
         self.op(("mov", "rax", "q[rsp]"))
@@ -471,10 +499,14 @@ class X86_64(Target):
         self.op(("mov", "rdi", "q[rsp+d8]"), 8)
         self.op(("mov", "rcx", "q[rsp+d8]"), 24)
         self.op(("add", "q[rsp+d8]", "rdx"), 24)
-        for field in (L.ctx_mem, L.ctx_r1, L.ctx_pkt_base):
+        for field in (L.ctx_mem, L.ctx_r1):
             self._store("rdi", field, "rcx")
-        for field in (L.ctx_mem_size, L.ctx_r2, L.ctx_pkt_size):
+        for field in (L.ctx_mem_size, L.ctx_r2):
             self._store("rdi", field, "rdx")
+        if self._needs_packet:
+            self._store("rdi", L.ctx_pkt_own, "rcx")
+            self.op(("add", "rcx", "rdx"))
+            self._store("rdi", L.ctx_pkt_own + 8, "rcx")
         to_run = self.forward("call")
         self.op(("mov", "rsi", "q[rsp+d8]"), 16)
         self.op(("mov", "rcx", "q[rsp]"))
@@ -929,33 +961,63 @@ class X86_64(Target):
         self._close_check(pending, pc, size, kind, ok, self.here())
 
     def emit_packet_load(self, pc: int, insn: Instruction, info: OpInfo) -> None:
-        """Legacy LD_ABS/LD_IND: r0 = big-endian load from the packet; out of range ends the
-        program with r0 = 0."""
+        """Legacy LD_ABS/LD_IND: r0 = big-endian load from the packet as the run's helpers left it
+        (an offset from SKF_NET_OFF on counts from the network header, from SKF_LL_OFF on from
+        the link-layer header, as the kernel's bpf_internal_load_pointer_neg_helper does); out
+        of range ends the program with r0 = 0."""
         L = self.lay
         size = info.size
         self._needs_packet = True
-        size_tok, size_vals = mem("q", FRAME, L.frame_pkt_size)
-        base_tok, base_vals = mem("q", FRAME, L.frame_pkt_base)
-        if info.kind is Kind.LD_ABS:
-            offset = insn.imm
-            if offset < 0 or offset + size >= 1 << 31:
-                self.branch_named("jmp", "packet_exit")
-                return
-            self.op(("cmp", size_tok, "i32"), *size_vals, offset + size)
-            self.branch_named("jb", "packet_exit")
-            self.op(("mov", TMP, base_tok), *base_vals)
-            token, vals = mem(size, TMP, offset)
+        bounds_tok, bounds_vals = mem("q", FRAME, L.frame_pkt_bounds)
+        net_tok, net_vals = mem("q", FRAME, L.frame_pkt_net)
+        constant = info.kind is Kind.LD_ABS
+        if constant and insn.imm < SKF_LL_OFF:
+            self.branch_named("jmp", "packet_exit")
+            return
+        # TMP = the offset from the packet's first byte (non-negative, below 2**32 + 2**21).
+        if constant and insn.imm >= 0:
+            self.op(("mov", "r11d", "i32"), insn.imm)
         else:
-            self.op(("mov", "r11d", D[insn.src]))
-            self.op(("add", "r11d", "i32"), insn.imm)
-            self.op(("movsxd", TMP, "r11d"))
-            self.op(("test", TMP, TMP))
-            self.branch_named("js", "packet_exit")
-            self.op(("lea", ADDR, f"[{TMP}+d8]"), size)
-            self.op(("cmp", ADDR, size_tok), *size_vals)
-            self.branch_named("ja", "packet_exit")
-            self.op(("add", TMP, base_tok), *base_vals)
-            token, vals = mem(size, TMP, 0)
+            if constant:
+                self.op(("mov", TMP, "i32"), insn.imm)
+            else:
+                self.op(("mov", "r11d", D[insn.src]))
+                self.op(("add", "r11d", "i32"), insn.imm)
+                self.op(("movsxd", TMP, "r11d"))
+            to_offset = []
+            if not constant:
+                self.op(("test", TMP, TMP))
+                to_offset.append(self.forward("jns"))
+            if not constant or insn.imm < SKF_NET_OFF:
+                self.op(("cmp", TMP, "i32"), SKF_NET_OFF)
+                to_link = self.forward("jl")
+            else:
+                to_link = None
+            if not constant or insn.imm >= SKF_NET_OFF:  # from the network header
+                self.op(("mov", ADDR, net_tok), *net_vals)
+                self.op(("mov", "eax", f"d[{ADDR}]"))
+                self.op(("add", TMP, "rax"))
+                self.op(("add", TMP, "i32"), -SKF_NET_OFF)
+                if to_link is not None:
+                    to_offset.append(self.forward("jmp"))
+            if to_link is not None:  # from the link-layer header, which starts the packet if it has one
+                self.bind(to_link)
+                self.op(("cmp", TMP, "i32"), SKF_LL_OFF)
+                self.branch_named("jl", "packet_exit")
+                self.op(("mov", ADDR, net_tok), *net_vals)
+                self.op(("cmp", f"d[{ADDR}]", "i8"), 0)
+                self.branch_named("je", "packet_exit")
+                self.op(("add", TMP, "i32"), -SKF_LL_OFF)
+            for field in to_offset:
+                self.bind(field)
+        self.op(("mov", ADDR, bounds_tok), *bounds_vals)
+        self.op(("mov", "rax", f"q[{ADDR}+d8]"), 8)
+        self.op(("sub", "rax", f"q[{ADDR}]"))
+        self.op(("sub", "rax", TMP))  # bytes from the offset on (signed: the offset may be past the end)
+        self.op(("cmp", "rax", "i8"), size)
+        self.branch_named("jl", "packet_exit")
+        self.op(("add", TMP, f"q[{ADDR}]"))
+        token, vals = mem(size, TMP, 0)
         match size:
             case 1:
                 self.op(("movzx", "eax", token), *vals)

@@ -41,7 +41,7 @@ from jitbpf.linux.sockets import (
 from jitbpf.linux.sockets import BpfSock as BpfSock  # the context of cgroup/sock, defined with the sockets
 from jitbpf.linux.sockopts import SOL_TCP, OptName, SocketOptions, SockView, getsockopt, setsockopt
 from jitbpf.linux.tunnel import TunnelInfo, from_key, to_key
-from jitbpf.memory import Region
+from jitbpf.memory import LegacyPacket, Region
 from jitbpf.sandbox import Pages
 from jitbpf.verifier._sock import BPF_SOCK_SIZE
 
@@ -1622,7 +1622,7 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     pktrun.build_frame(frame, template, data, derive)
     run = ProgramRun(info, arena, frame, tunnel=getattr(state.local, "tunnel", None))
     state.local.sent_tunnel = state.local.assigned = None
-    base, start = arena.address, run.data
+    base = arena.address
     extra = [pkt_region] if info.packet else []
     if state.layout.flow_keys != NO_FIELD:
         keys = slice(FLOW_KEYS_OFF, FLOW_KEYS_OFF + ctypes.sizeof(BpfFlowKeys))
@@ -1633,11 +1633,13 @@ def _run_python(vm: VM, state: ProgramState, template: bytes, derive: int, data:
         if info.ctx is SkBuff:  # the packet's own socket, when the frame builder laid it out
             extra.append(Region(base + SOCK_OFF, BPF_SOCK_SIZE, arena.view[SOCK_OFF : SOCK_OFF + BPF_SOCK_SIZE],
                                 False, PACKET_SOCKET_REGION))
-    legacy = Region(start, len(data), arena.view[start - base : start - base + len(data)], False, "packet")
+    # LD_ABS/LD_IND read the packet where the native helpers leave it: the frame's run state.
+    nat = native()
+    bounds, net = (int(nat.ffi.cast("uintptr_t", nat.ffi.addressof(frame.pkt, f))) for f in ("data", "net_off"))
+    legacy = LegacyPacket(bounds, net, frame)
     states = [state, *_tail_call_states(vm)]
     for s in states:
         s.local.run = run
-    nat = native()
     previous = nat.lib.jb_pkt_enter(nat.ffi.addressof(frame, "pkt"))  # what the C helpers act on
     try:
         if engine == "jit":
