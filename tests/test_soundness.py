@@ -56,6 +56,20 @@ def reserved(rest: str) -> str:
     return RESERVE + rest
 
 
+def sized_record(size: str, access: str) -> str:
+    """A record reserved with ``size`` (the instruction setting r2), accessed by ``access`` when
+    not NULL, then submitted."""
+    return RESERVE.replace("mov r2, 16", size) + f"""
+        jeq r0, 0, out
+        {access}
+        mov r1, r0
+        mov r2, 0
+        call 132
+    out:
+        mov r0, 0
+        exit"""
+
+
 @dataclass(frozen=True)
 class Case:
     """A program, where it runs, and what both verifiers must say."""
@@ -280,6 +294,14 @@ CASES = [
          ProgType.SOCKET_FILTER, None),
     Case("ld-abs-in-sched-cls", "mov r6, r1\nldabsw 12\nexit", ProgType.SCHED_CLS, None),
     # Ring buffer reservations are references: every path must submit or discard the record.
+    # The size a record is reserved with keeps its low 32 bits, as the kernel's u32 mem_size does
+    # (at run time so large a request gets NULL): 2**32 + 16 bytes make a record of 16.
+    Case("ringbuf-reserve-size-low-32-bits", sized_record("lddw r2, 0x100000010", "stdw [r0+8], 1"),
+         ProgType.SOCKET_FILTER, None, maps=(ring,)),
+    Case("ringbuf-reserve-size-low-32-bits-past-the-end", sized_record("lddw r2, 0x100000010", "stdw [r0+16], 1"),
+         ProgType.SOCKET_FILTER, "mem_size=16 off=16 size=8", "invalid access to memory", (ring,)),
+    Case("ringbuf-reserve-size-all-ones", sized_record("mov r2, -1", "stdw [r0+4096], 1"), ProgType.SOCKET_FILTER,
+         None, maps=(ring,)),
     Case("ringbuf-record-never-released", reserved("mov r0, 0\nexit"), ProgType.SOCKET_FILTER,
          "Unreleased reference", "Unreleased reference", (ring,)),
     Case("ringbuf-record-released-on-one-path", reserved("""

@@ -2245,9 +2245,9 @@ class Checker:
                     if size_reg.type is not Pt.SCALAR or not size_reg.var.is_const:
                         self.reject(f"r{r} is not a known constant (the size helper {hid} allocates): {size_reg}")
                     self._precise(r)
-                    alloc_size = size_reg.var.value
-                    if alloc_size >= MAX_OFFSET:
-                        self.reject(f"r{r} allocation size {alloc_size} of helper {hid} is too large")
+                    # The kernel keeps the low 32 bits (a u32 mem_size); so large a request fails at
+                    # run time (NULL), and what an access may reach is bounded anyway.
+                    alloc_size = min(size_reg.var.value & MASK32, MAX_OFFSET)
                 case ArgType.MEM | ArgType.MEM_OR_NULL | ArgType.UNINIT_MEM | ArgType.VALUE_MEM:
                     mem_kind = kind
                     if kind is ArgType.VALUE_MEM:
