@@ -1968,8 +1968,7 @@ class Checker:
         new_range = min(new_range, MAX_PACKET_OFF)
         other = st.copy()
         proven = other if on_taken else st
-        proven.replace_linked(pkt.id, (pkt.type,), lambda reg: Reg(reg.type, reg.var, reg.off, reg.id,
-                                                                   max(reg.range, new_range), reg.aux, reg.ref))
+        proven.widen_range(pkt.id, pkt.type, new_range)
         return other, st
 
     @staticmethod

@@ -143,6 +143,20 @@ class State:
                 if type(s) is Reg:
                     yield frame, -i - 1, s
 
+    def widen_range(self, rid: int, kind: RegType, at_least: int) -> None:
+        """Every register and spill of type ``kind`` whose id is ``rid`` covers ``at_least``
+        bytes from its offset (a packet bounds check proved them)."""
+        for frame in self.frames:
+            regs = frame.regs
+            for i, r in enumerate(regs):
+                if r.id == rid and r.type is kind and r.range < at_least:
+                    regs[i] = Reg(kind, r.var, r.off, rid, at_least, r.aux, r.ref)
+            stack = frame.stack
+            for i in itertools.compress(range(SLOTS), stack):
+                s = stack[i]
+                if type(s) is Reg and s.id == rid and s.type is kind and s.range < at_least:
+                    stack[i] = Reg(kind, s.var, s.off, rid, at_least, s.aux, s.ref)
+
     def replace_linked(self, rid: int, types: tuple[RegType, ...], fn: Callable[[Reg], Reg]) -> None:
         """Apply ``fn`` to every register and spill of one of ``types`` whose id is ``rid``."""
         for frame in self.frames:
