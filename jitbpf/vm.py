@@ -345,8 +345,9 @@ class VM(ProgramRunners):
                 if m.flags & BPF_F_RDONLY_PROG and m.max_entries == 1 and hasattr(m, "freeze"):
                     m.freeze()
             try:
-                result = verify_flow(self.flow, helpers=self.helpers, allow_loops=self.allow_loops,
-                                     budget=self.budget, context=self.context_spec(), maps=self.maps,
+                # (Copies: another thread may register a helper or add a map meanwhile.)
+                result = verify_flow(self.flow, helpers=dict(self.helpers), allow_loops=self.allow_loops,
+                                     budget=self.budget, context=self.context_spec(), maps=dict(self.maps),
                                      privileged=self.privileged, strict_alignment=self.strict_alignment,
                                      functions=self.functions, refused_helpers=refused)
             except VerifierError as exc:

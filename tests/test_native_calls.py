@@ -222,10 +222,14 @@ def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None
 
     stop = threading.Event()
     verdicts: list[int] = []
+    failures: list[BaseException] = []
     with VM(assemble(LOOP_SOURCE), prog_type=ProgType.XDP, allow_loops=True) as vm:
         def work() -> None:
-            while not stop.is_set():
-                verdicts.append(int(vm.run_xdp(bytes(64), engine="jit")[0]))
+            try:
+                while not stop.is_set():
+                    verdicts.append(int(vm.run_xdp(bytes(64), engine="jit")[0]))
+            except BaseException as exc:  # (a thread's exception would only be a warning)
+                failures.append(exc)
 
         threads = [threading.Thread(target=work) for _ in range(2)]
         for t in threads:
@@ -235,6 +239,7 @@ def test_runs_that_hand_the_gil_over_survive_bindings_redone_meanwhile() -> None
         stop.set()
         for t in threads:
             t.join()
+    assert not failures
     assert verdicts and set(verdicts) == {2}
 
 

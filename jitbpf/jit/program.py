@@ -218,7 +218,7 @@ class JitProgram:
         self._table = ffi.new("uint64_t[]", [self._dispatch_addr] * self._capacity)
         self._natives: dict[int, Helper] = {}  # helpers whose native code the table points at
         self._table_done = False  # set_helper calls from here on are registrations after compiling
-        for helper in helpers.values():
+        for helper in list(helpers.values()):  # (a copy: another thread may register one meanwhile)
             self.set_helper(helper)
         self._note_python_calls()
         self._table_done = True
