@@ -88,7 +88,7 @@ def reduce_vm(vm: VM) -> tuple[Any, ...]:
     """``VM.__reduce__``: what ``_rebuild_vm`` needs to make an equivalent VM elsewhere."""
     vm._ensure_open()
     builtin = _builtin_helpers(vm)
-    custom = [_portable(h) for h in vm.helpers.values() if builtin.get(h.id) != h.name]
+    custom = [_portable(h) for h in list(vm.helpers.values()) if builtin.get(h.id) != h.name]
     options = {
         "verify": vm.verify_enabled, "budget": vm.budget, "allow_loops": vm.allow_loops,
         "prog_type": vm.prog_type, "max_tail_calls": vm.max_tail_calls, "elide_checks": vm.elide_checks,

@@ -211,7 +211,7 @@ class VM(ProgramRunners):
         if not isinstance(bpf_map, BpfMap):
             raise TypeError(f"add_map takes a jitbpf map (HashMap, Array, RingBuf, ...), not {type(bpf_map).__name__}")
         if handle is None:
-            for h, m in self.maps.items():
+            for h, m in list(self.maps.items()):
                 if m is bpf_map:
                     return h
             own = getattr(bpf_map, "handle", None)
@@ -234,19 +234,19 @@ class VM(ProgramRunners):
 
     def map_by_name(self, name: str) -> Any:
         """The map called ``name`` (KeyError if there is none)."""
-        for m in self.maps.values():
+        for m in list(self.maps.values()):
             if m.name == name:
                 return m
         raise KeyError(f"no map named {name!r}")
 
     def map_handles(self) -> dict[str, int]:
         """``{name: handle}`` of the named maps: what ``assemble(..., maps=...)`` takes."""
-        return {m.name: h for h, m in self.maps.items() if m.name}
+        return {m.name: h for h, m in list(self.maps.items()) if m.name}
 
     def reachable_maps(self) -> list[Any]:
         """Every map a program may reach: those added, and the inner maps of outer maps among them."""
         found: dict[int, Any] = {}
-        for m in self.maps.values():
+        for m in list(self.maps.values()):  # (a copy, as everywhere here: another thread may add a map)
             for r in m.reachable_maps():
                 found.setdefault(id(r), r)
         return list(found.values())
@@ -341,7 +341,7 @@ class VM(ProgramRunners):
             # size (C helpers read all of it), and accesses to map values can be proven.
             # Read-only global data is frozen first, as libbpf freezes .rodata before loading:
             # the verifier folds its bytes as constants (dead branches of settings are pruned).
-            for m in self.maps.values():
+            for m in list(self.maps.values()):
                 if m.flags & BPF_F_RDONLY_PROG and m.max_entries == 1 and hasattr(m, "freeze"):
                     m.freeze()
             try:

@@ -441,3 +441,37 @@ def test_a_program_may_return_what_stopped_runs_return() -> None:
         assert vm.run_context(packet=b"\x00" * 20, engine="jit").retval == ERROR_RESULT
         assert vm.run_xdp(b"\x00" * 20, engine="jit") == vm.run_xdp(b"\x00" * 20) == (ERROR_RESULT & 0xFFFF_FFFF,
                                                                                         b"\x00" * 20)
+
+
+def test_runs_survive_maps_added_meanwhile() -> None:
+    """Each run reads the VM's maps (their regions): maps added on another thread meanwhile must
+    not make a run fail."""
+    import threading
+
+    from jitbpf.linux.maps import Array
+
+    stop = threading.Event()
+    verdicts: list[int] = []
+    failures: list[BaseException] = []
+    added: list[Array] = []
+    with VM(assemble(LOOP_SOURCE), prog_type=ProgType.XDP, allow_loops=True) as vm:
+        def work(engine: str) -> None:
+            try:
+                while not stop.is_set():
+                    verdicts.append(int(vm.run_xdp(bytes(64), engine=engine)[0]))
+            except BaseException as exc:  # (a thread's exception would only be a warning)
+                failures.append(exc)
+
+        threads = [threading.Thread(target=work, args=(engine,)) for engine in ("jit", "interp")]
+        for t in threads:
+            t.start()
+        for i in range(300):
+            added.append(Array(value_size=8, max_entries=64, name=f"m{i}"))
+            vm.add_map(added[-1])
+        stop.set()
+        for t in threads:
+            t.join()
+    for m in added:
+        m.close()
+    assert not failures
+    assert verdicts and set(verdicts) == {2}
