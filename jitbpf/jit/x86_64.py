@@ -344,9 +344,7 @@ class X86_64(Target):
         self._store_imm("rdi", L.ctx_mem_writable, 1)
         if self._needs_packet:  # mem is the packet, which no helper moves
             self._own_packet()
-            self._store("rdi", L.ctx_pkt_own, "rax")
-            self.op(("add", "rax", "rdx"))
-            self._store("rdi", L.ctx_pkt_own + 8, "rax")
+            self._own_bounds("rax", "rdx")
         # The C entries keep the callee-saved registers around "run", which every run enters by
         # a call and leaves by returning (see exit): a batch saves them once for all its inputs.
         self.entries["regions"] = len(self.hot)
@@ -463,6 +461,14 @@ class X86_64(Target):
         self._store("rdi", L.ctx_pkt_net, "rcx")
         self._store_imm("rdi", L.ctx_pkt_own + 16, 0)
 
+    def _own_bounds(self, base: str, size: str) -> None:
+        """The context's own packet (rdi: the context) is ``size`` bytes from ``base`` (registers:
+        ``base`` is left at the end)."""
+        L = self.lay
+        self._store("rdi", L.ctx_pkt_own, base)
+        self.op(("add", base, size))
+        self._store("rdi", L.ctx_pkt_own + 8, base)
+
     def _emit_batch(self) -> int:
         """The "batch" entry, (ctx, struct jitbpf_batch *) -> inputs run: each input is one run of
         "run" as the "args" entry makes it, the C registers saved once for all. Stops after a run
@@ -504,9 +510,7 @@ class X86_64(Target):
         for field in (L.ctx_mem_size, L.ctx_r2):
             self._store("rdi", field, "rdx")
         if self._needs_packet:
-            self._store("rdi", L.ctx_pkt_own, "rcx")
-            self.op(("add", "rcx", "rdx"))
-            self._store("rdi", L.ctx_pkt_own + 8, "rcx")
+            self._own_bounds("rcx", "rdx")
         to_run = self.forward("call")
         self.op(("mov", "rsi", "q[rsp+d8]"), 16)
         self.op(("mov", "rcx", "q[rsp]"))
