@@ -334,15 +334,15 @@ class VM(ProgramRunners):
             if info.kind is Kind.CALL_KFUNC:
                 raise VerifierError("kernel function calls are not supported", pc=pc)
         if self.verify_enabled:
-            from jitbpf.linux.maps import BPF_F_RDONLY_PROG
             from jitbpf.verifier import verify_flow
 
             # The maps give key and value sizes: helper arguments are checked for their whole
             # size (C helpers read all of it), and accesses to map values can be proven.
             # Read-only global data is frozen first, as libbpf freezes .rodata before loading:
             # the verifier folds its bytes as constants (dead branches of settings are pruned).
+            # Other maps are frozen only by their owner's freeze(), as with BPF_MAP_FREEZE.
             for m in list(self.maps.values()):
-                if m.flags & BPF_F_RDONLY_PROG and m.max_entries == 1 and hasattr(m, "freeze"):
+                if getattr(m, "freeze_on_load", False):
                     m.freeze()
             try:
                 # (Copies: another thread may register a helper or add a map meanwhile.)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from jitbpf.asm import assemble
 from jitbpf.errors import ElfError, MapError, VerifierError
 from jitbpf.linux.elf import kconfig_defaults, load_elf
 from jitbpf.linux.maps import BPF_F_RDONLY_PROG, Array
+from jitbpf.vm import VM
 from tests.support import c_builder
 
 CLANG = shutil.which("clang")
@@ -116,6 +118,18 @@ def test_frozen_array_refuses_writes() -> None:
     with pytest.raises(MapError, match="frozen"):
         a[0] = b"\x08\0\0\0"
     assert a.view(0).readonly
+
+
+def test_a_read_only_map_of_the_program_stays_writable_from_python() -> None:
+    """Only a loader's global data is frozen before verification; a BPF_F_RDONLY_PROG map of the
+    program's own is frozen by its owner (BPF_MAP_FREEZE), and until then read as a variable."""
+    ro = Array(value_size=4, max_entries=1, flags=BPF_F_RDONLY_PROG, name="ro")
+    vm = VM(assemble("lddw r1, map_value:ro+0\nldxw r0, [r1+0]\nexit", maps={"ro": 1}))
+    vm.add_map(ro, 1)
+    vm.check()
+    ro[0] = (9).to_bytes(4, "little")
+    assert vm.execute() == 9 and vm.execute_jit() == 9
+    assert not ro.frozen
 
 
 def test_a_program_using_kernel_symbols_leaves_the_others_loadable(build: Callable[[str], Path]) -> None:

@@ -20,9 +20,11 @@ from tests.kselftests import (
     lower_registers,
     message_pattern,
     missing_build_tools,
+    parse_int,
     read_cases,
     unprivileged_error,
 )
+from tests.realworld import MASK32
 
 ROOT = find_root()
 KNOWN_FILE = Path(__file__).parent / "kselftests_known.txt"
@@ -130,3 +132,18 @@ def test_known_entries_name_real_programs() -> None:
         pytest.skip(NO_DATA)
     stale = [k for k in _known() if k.split("/", 1)[0] not in _objects()]
     assert not stale, stale
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("0", 0), ("-1", MASK32), ("0x10", 16), ("5UL", 5), ("INT_MIN", 1 << 31), ("TEST_DATA_LEN", 64),
+    ("(-2147483647 -1)", 1 << 31), ("((1) + 2)", 3),
+])
+def test_retval_annotations_read_as_the_kernels_runner(text: str, value: int) -> None:
+    """__retval values as newer headers expand them: names, literals, and sums in parentheses."""
+    assert parse_int(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "(1", "1 2", "x"])
+def test_unreadable_retval_annotations_are_errors(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_int(text)

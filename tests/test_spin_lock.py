@@ -116,3 +116,21 @@ def test_tracing_programs_may_not_use_a_map_with_a_lock(prog_type: ProgType) -> 
     plain = VM(assemble("lddw r1, map:counts\nmov r0, 0\nexit", maps={"counts": 1}), prog_type=prog_type)
     plain.add_map(Array(value_size=8, max_entries=1, name="counts"), 1)
     plain.check()  # the same map without a lock
+
+
+def test_two_known_elements_are_two_locks() -> None:
+    """Lookups at a known index in range are never NULL, and each result still names its own
+    element's lock: unlocking the second after locking the first is refused, as in the kernel."""
+    counts = Array(value_size=8, max_entries=1, name="counts")
+    counts.spin_lock_off = 4
+    lookup = "mov r2, r10\nadd r2, -4\nlddw r1, map:counts\ncall 1\n"
+    text = ("stw [r10-4], 0\n" + lookup + "mov r6, r0\n" + lookup + "mov r7, r0\n"
+            "mov r1, r6\nadd r1, 4\ncall 93\nmov r1, {unlock}\nadd r1, 4\ncall 94\nmov r0, 0\nexit")
+    for unlock, ok in (("r6", True), ("r7", False)):
+        vm = VM(assemble(text.format(unlock=unlock), maps={"counts": 1}), prog_type=ProgType.SCHED_CLS)
+        vm.add_map(counts, 1)
+        if ok:
+            vm.check()
+        else:
+            with pytest.raises(VerifierError, match="bpf_spin_unlock of different lock"):
+                vm.check()

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jitbpf import VM, assemble
-from jitbpf.errors import VerifierError
+from jitbpf.errors import BpfError, VerifierError
 from jitbpf.linux.btfctx import AttachError, BtfTypes, resolve_attach
 from jitbpf.linux.elf import VMLINUX_BTF, Btf, BtfKind, load_elf
 from jitbpf.linux.programs import AttachType, ProgType, section_attach_type, section_program_type
@@ -54,6 +54,8 @@ def _tiny_blob() -> bytes:
     b.struct("bpf_iter__elem", 16, [("meta", meta_ptr, 0), ("key", void_ptr, 8)])
     b.struct("some_ops", 8, [("op", b.ptr(b.proto(i32, [("o", obj_ptr)])), 0)])
     b.typedef("btf_trace_evt", b.ptr(b.proto(0, [("__data", void_ptr), ("o", obj_ptr)])))
+    b.func("bpf_lsm_audit_rule_known", proto)  # a hook whose programs return 0 or 1
+    b.func("bpf_lsm_getprocattr", proto)  # a hook no program may attach to
     return b.blob()
 
 
@@ -537,6 +539,21 @@ def test_lsm_returns_zero_or_an_errno(btf: BtfTypes, src: str, ok: bool) -> None
     else:
         with pytest.raises(VerifierError, match=r"should have been in \[-4095, 0\]"):
             tracing(src, btf, "lsm/hook")
+
+
+@pytest.mark.parametrize(("src", "ok"), [("r0 = 0\nexit", True), ("r0 = 1\nexit", True),
+                                         ("r0 = -1\nexit", False), ("r0 = 2\nexit", False)])
+def test_lsm_bool_hook_returns_zero_or_one(btf: BtfTypes, src: str, ok: bool) -> None:
+    if ok:
+        tracing(src, btf, "lsm/audit_rule_known")
+    else:
+        with pytest.raises(VerifierError, match=r"should have been in \[0, 1\]"):
+            tracing(src, btf, "lsm/audit_rule_known")
+
+
+def test_lsm_disabled_hook_is_refused(btf: BtfTypes) -> None:
+    with pytest.raises(BpfError, match="points to disabled hook bpf_lsm_getprocattr"):
+        tracing("r0 = 0\nexit", btf, "lsm/getprocattr")
 
 
 def test_lsm_runs_on_its_arguments(btf: BtfTypes) -> None:

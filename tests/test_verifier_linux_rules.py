@@ -67,6 +67,21 @@ VERDICTS: list[tuple[str, str, str, str | None]] = [
     ("a zero-size read at the top of the stack", "xdp", ZERO_SIZE.format(off=0),
      "invalid read from stack R1 off=0 size=0"),
     ("a zero-size read inside the stack", "xdp", ZERO_SIZE.format(off=-1), None),
+    # A scalar spilled whole, or narrow when it fits, is linked to its register: a branch on
+    # the fill narrows the register too, and the dead division is pruned.
+    ("a spilled unknown narrowed through its fill", "socket_filter",
+     "call 7\nstxdw [r10-8], r0\njgt r0, 4, +3\nldxdw r1, [r10-8]\njle r1, 4, +1\ndiv r0, 0\nmov r0, 0\nexit", None),
+    ("a 32-bit fill of a 64-bit spill that fits", "socket_filter",
+     "call 7\nand r0, 0xffff\nstxdw [r10-8], r0\nldxw r1, [r10-8]\njgt r1, 4, +2\njle r0, 4, +1\ndiv r0, 0\n"
+     "mov r0, 0\nexit",
+     None),
+    ("a 32-bit spill of a value that fits", "socket_filter",
+     "call 7\nand r0, 0xffff\nstxw [r10-8], r0\nldxw r1, [r10-8]\njgt r1, 4, +2\njle r0, 4, +1\ndiv r0, 0\n"
+     "mov r0, 0\nexit",
+     None),
+    ("a 32-bit fill of a wider value", "socket_filter",
+     "call 7\nlsh r0, 1\nstxdw [r10-8], r0\nldxw r1, [r10-8]\njgt r1, 4, +2\njle r0, 4, +1\ndiv r0, 0\n"
+     "mov r0, 0\nexit", "div by zero"),
     # bpf_tail_call takes a program array only: checked before the map's own helper rules.
     ("a tail call through an array", "socket_filter", "lddw r2, map:A\nmov r3, 0\ncall 12\nmov r0, 0\nexit",
      "expected prog array map for tail call"),

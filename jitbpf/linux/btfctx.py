@@ -199,6 +199,14 @@ class AttachTarget:
 
 
 RETURN_SLOT = frozenset({"fexit", "fexit.s", "fmod_ret", "lsm", "lsm.s", "lsm_cgroup"})
+# LSM hooks no BPF program may attach to (the kernel's bpf_lsm_disabled_hooks: their callers do
+# not expect a BPF program's 0-or-errno convention), and those whose programs return 0 or 1.
+LSM_DISABLED_HOOKS = frozenset({
+    "vm_enough_memory", "inode_need_killpriv", "inode_getsecurity", "inode_listsecurity", "inode_copy_up_xattr",
+    "getselfattr", "getprocattr", "setprocattr", "key_getsecurity", "audit_rule_match", "xfrm_decode_session",
+    "ismaclabel",
+})
+LSM_BOOL_HOOKS = frozenset({"xfrm_state_pol_flow_match", "audit_rule_known", "inode_xattr_skipcap"})
 
 
 def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
@@ -218,6 +226,9 @@ def resolve_attach(types: BtfTypes, section: str) -> AttachTarget:
         func = target
     elif flavour in ("lsm", "lsm.s", "lsm_cgroup"):
         func = f"bpf_lsm_{target}"
+        if target in LSM_DISABLED_HOOKS:
+            raise AttachError(f"{what}: attach_btf_id {types.lookup(BtfKind.FUNC, func) or 0} points to disabled "
+                              f"hook {func}")
     elif flavour == "tp_btf":
         tid = types.lookup(BtfKind.TYPEDEF, f"btf_trace_{target}")
         if tid is None:

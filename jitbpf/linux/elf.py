@@ -1057,6 +1057,8 @@ class _Loader:
                 raise ElfError(f"cannot create map {name}: {exc.message}", section=spec.section) from exc
             if spec.initial is not None and any(spec.initial) and isinstance(m, Array):
                 m.view(0)[:] = spec.initial
+            if isinstance(m, Array) and spec.origin == "data" and spec.flags & BPF_F_RDONLY_PROG:
+                m.freeze_on_load = True  # .rodata and .kconfig, which libbpf freezes before loading
             m.spin_lock_off = spin_lock_offset(self.obj, name)
             m.timer_off = spin_lock_offset(self.obj, name, "bpf_timer")
             self.obj.maps[name] = m

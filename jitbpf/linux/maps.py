@@ -691,6 +691,7 @@ class Array(BpfMap):
         super().__init__(self._TYPE, key_size, vs, max_entries, flags, name)
         self._values = Codec(vs, value_type, "value")
         self.frozen = False  # see freeze()
+        self.freeze_on_load = False  # frozen before the verifier runs (a loader's read-only global data)
 
     def freeze(self) -> None:
         """Forbid writes from Python from now on (``BPF_MAP_FREEZE``): the verifier then takes

@@ -488,13 +488,14 @@ class ProgramType:
 
 def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSpec:
     """The verifier's description of a BTF-typed context: the attach target's argument slots."""
+    from jitbpf.linux.btfctx import LSM_BOOL_HOOKS
     from jitbpf.verifier import ContextSpec
 
     attach_type = section_attach_type(attach.section)
     ret_range = _RET_RANGES.get(attach_type)
     lsm_int = attach_type is AttachType.LSM_MAC and attach.has_return and attach.types[-1] != 0
     if lsm_int:
-        ret_range = (-MAX_ERRNO, 0)
+        ret_range = (0, 1) if attach.target in LSM_BOOL_HOOKS else (-MAX_ERRNO, 0)
     writers = _UPDATE_DELETE if attach_type is AttachType.TRACE_ITER else frozenset()
     return ContextSpec(size=8 * len(attach.args), args=attach.args, btf=types, ret_range=ret_range,
                        ret_32bit=lsm_int, packet_writable=False, ld_abs=False, sockmap_writers=writers)

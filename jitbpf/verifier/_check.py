@@ -1424,6 +1424,12 @@ class Checker:
     def _store(self, st: State, regs: list[Reg], insn: Instruction, info: OpInfo) -> None:
         base = self._read(regs, insn.dst)
         value = self._read(regs, insn.src) if info.kind is Kind.STX else Reg(Pt.SCALAR, sc.const(insn.imm))
+        if value.type is Pt.SCALAR and not value.id and base.type is Pt.PTR_TO_STACK and self.privileged \
+                and base.var.is_const and not (base.off + base.var.value + insn.off) % 8 \
+                and not value.var.is_const and value.var.umax.bit_length() <= 8 * info.size:
+            # A spill links the stack slot to its register, as a move does (the kernel's
+            # assign_scalar_id_before_mov): a branch on one, or on a fill of it, narrows both.
+            value = regs[insn.src] = value._replace(id=self.fresh_id())
         if value.is_pointer and base.type not in (Pt.PTR_TO_STACK, Pt.CONST_PTR_TO_MAP):
             # Only the stack may hold a pointer (a spill): anywhere else its bytes could be read back as a number.
             self._address_use(f"r{insn.src} leaks addr into {_LEAK_TARGETS.get(base.type, 'mem')}")
@@ -1713,6 +1719,9 @@ class Checker:
             if size == 8:
                 return slot
             if slot.type is Pt.SCALAR:  # the low bytes of a spilled scalar
+                if slot.var.umax.bit_length() <= 8 * size - signed:
+                    # The value fits: the fill is the spilled register, still linked to its copies.
+                    return Reg(Pt.SCALAR, slot.var, slot.off, slot.id)
                 low = sc.project(slot.var, 8 * size)
                 return Reg(Pt.SCALAR, sc.sign_extend(low, 8 * size) if signed else sc.zero_extend(low))
         if all(b >= 0 for b in data):
@@ -1981,6 +1990,13 @@ class Checker:
         if null and p.ref and p.ref == p.id:  # nothing was acquired: there is nothing to release
             st.refs = tuple(r for r in st.refs if r[0] != p.ref)
         st.replace_linked(p.id, POINTER_OR_NULL, (lambda _reg: zero) if null else self._non_null)
+
+    def _map_value(self, handle: int) -> Reg:
+        """A helper's map value that is never NULL: with an id of its own when the value holds a
+        bpf_spin_lock (each such result may be another element's lock, as in the kernel)."""
+        m = self.maps.get(handle) if self.maps is not None else None
+        locked = getattr(m, "spin_lock_off", None) is not None
+        return Reg(Pt.PTR_TO_MAP_VALUE, aux=handle, id=self.fresh_id() if locked else 0)
 
     def _non_null(self, reg: Reg) -> Reg:
         # A value of a map with a bpf_spin_lock keeps its id: the id tells which element's lock
@@ -2351,13 +2367,13 @@ class Checker:
                     self.unchecked_calls.add(self.pc)
                 elif const_key is not None and outer is not None and const_key < outer.max_entries:
                     # An array's value at a known index in range is never NULL (the kernel's, since 6.14).
-                    regs[0] = Reg(Pt.PTR_TO_MAP_VALUE, aux=map_reg.aux)
+                    regs[0] = self._map_value(map_reg.aux)
                 else:
                     regs[0] = Reg(Pt.PTR_TO_MAP_VALUE_OR_NULL, aux=map_reg.aux, id=self.fresh_id())
             case RetType.MAP_VALUE:
                 if map_reg is None:
                     self.reject(f"helper {hid} returns a map value but takes no map argument")
-                regs[0] = Reg(Pt.PTR_TO_MAP_VALUE, aux=map_reg.aux)
+                regs[0] = self._map_value(map_reg.aux)
             case RetType.ACQUIRED_MEM_OR_NULL | RetType.ACQUIRED_SOCKET_OR_NULL | RetType.ACQUIRED_SOCK_COMMON_OR_NULL:
                 ref = self.fresh_id()
                 regs[0] = Reg(ACQUIRED[ret], range=alloc_size, id=ref, ref=ref)
