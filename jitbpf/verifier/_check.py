@@ -258,6 +258,21 @@ def _alu_symbol(op: int) -> str:
     return ALU_SYMBOLS.get(AluOp(op), AluOp(op).name.lower())
 
 
+# Map types by the kernel struct that holds them (bpf_array, bpf_htab).
+_ARRAY_MAPS = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY, MapType.PERF_EVENT_ARRAY,
+                         MapType.CGROUP_ARRAY, MapType.ARRAY_OF_MAPS})
+_HASH_MAPS = frozenset({MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH,
+                        MapType.HASH_OF_MAPS})
+
+
+def _map_struct(maps: Mapping[int, MapLike] | None, handle: int) -> str:
+    """The kernel's struct behind a map pointer of this map's type (its BTF name in messages)."""
+    m = maps.get(handle) if maps is not None else None
+    kind = getattr(m, "map_type", None)
+    if kind in _ARRAY_MAPS:
+        return "bpf_array"
+    return "bpf_htab" if kind in _HASH_MAPS else "bpf_map"
+
 class Access(enum.Enum):
     """How an instruction touches memory."""
 
@@ -1250,7 +1265,9 @@ class Checker:
         t = ptr.type
         if t in NO_ARITHMETIC:
             hint = ", null-check it first" if t in POINTER_OR_NULL else ""
-            self.reject(f"r{r} pointer arithmetic on {t.value} prohibited{hint}")
+            # An acquired buffer is a ring buffer's record (bpf_ringbuf_reserve), as the kernel names it.
+            name = "ringbuf_mem_or_null" if t is Pt.PTR_TO_BUF_OR_NULL and ptr.ref else t.value
+            self.reject(f"r{r} pointer arithmetic on {name} prohibited{hint}")
 
     def _pointer_difference(self, dst: Reg, src: Reg) -> Reg:
         """``dst - src`` of two pointers into the same object: a scalar (the kernel allows it to
@@ -1490,6 +1507,9 @@ class Checker:
                 self._note(True)
             case Pt.PTR_TO_MAP_VALUE:
                 m = self.maps.get(ptr.aux) if self.maps is not None else None
+                if m is not None and not 0 <= ptr.off + off + ptr.var.smin <= m.value_size - size:
+                    # The kernel checks the offset's low end against the value before its range.
+                    self._map_value_bounds(ptr, r, off, size, m.value_size)
                 lo, hi = self._var_bounds(ptr, r, off, size)
                 for attr, name, width in SPECIAL_FIELDS:
                     field_off = getattr(m, attr, None)
@@ -1533,6 +1553,9 @@ class Checker:
                 if not self.privileged:  # (the kernel's words, whatever the field)
                     self.reject(f"r{r} invalid mem access '{t.value}': 'struct bpf_map' access is allowed only to "
                                 "CAP_PERFMON and CAP_SYS_ADMIN")
+                if mode is not Access.READ:  # (the kernel's words: its struct for the map's type)
+                    self.reject(f"only read from {_map_struct(self.maps, ptr.aux)} is supported: r{r} points to a "
+                                "map")
                 self.reject(f"r{r} invalid mem access '{t.value}': cannot access memory through a map pointer")
             case Pt.CONST_PTR_TO_DYNPTR:
                 self.reject(f"r{r} invalid mem access '{t.value}': a struct bpf_dynptr is read by helpers only")
@@ -2030,9 +2053,8 @@ class Checker:
             case Pt.PTR_TO_STACK:
                 lo, hi = self._var_bounds(ptr, r, 0, hi_size)
                 if lo < STACK_BOTTOM or hi > 0:
-                    # The kernel's words: a constant size is an "indirect access", a variable one a read or write.
-                    what = "indirect access to" if lo_size == hi_size else "write to" if write else "read from"
-                    self.reject(f"invalid {what} stack r{r} off={lo} size={hi - lo} "
+                    # The kernel's words for any helper's access, of a constant or a variable size.
+                    self.reject(f"invalid indirect access to stack r{r} off={lo} size={hi - lo} "
                                 f"({kind.value} argument outside the stack)")
                 entry = self._frame_entry(st, ptr.aux)
                 self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)

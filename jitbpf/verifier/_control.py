@@ -140,7 +140,9 @@ def _check_call_graph(calls: Mapping[int, set[tuple[int, int]]], max_depth: int,
         on_chain.add(fn)
         for pc, callee in sorted(calls.get(fn, ())):
             if callee in on_chain:
-                raise reject(pc, f"recursive call from insn {pc} to function at {callee}")
+                # (The kernel's stack-depth walk follows the cycle to its frame limit and says so.)
+                raise reject(pc, f"recursive call from insn {pc} to function at {callee}: the call stack of "
+                                 f"{max_depth} frames is too deep !")
             if frames + 1 > max_depth:
                 raise reject(pc, f"call stack is too deep: {frames + 1} frames (max {max_depth})")
             visit(callee, frames + 1)
