@@ -1593,7 +1593,7 @@ class Checker:
             self.reject(f"r{r} min value is negative, either use unsigned index or do a if (index >=0) check.")
         if lo < 0 or lo + size > ptr.range:
             hint = " (compare it against the packet end first)" if lo >= 0 else ""
-            self.reject(f"invalid access to packet, off={lo} size={size}, r{r} has range {ptr.range}: "
+            self.reject(f"invalid access to packet, off={lo} size={size}, r{r}(id={ptr.id},off={lo},r={ptr.range}): "
                         f"r{r} min value is outside of the allowed memory range; r{r} offset is outside of "
                         f"the packet{hint}")
 
@@ -1614,8 +1614,8 @@ class Checker:
         t = ptr.type
         if t in (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_META):
             if self._misaligned(ptr, off, size, NET_IP_ALIGN):
-                self.reject(f"misaligned packet access off {NET_IP_ALIGN}+{_tnum(ptr.var)}+{ptr.off}+{off} size {size} "
-                            f"through r{r}")
+                self.reject(f"misaligned packet access off {NET_IP_ALIGN}+{_tnum_bits(ptr.var)}+{ptr.off}+{off} "
+                            f"size {size} through r{r}")
         elif self._misaligned(ptr, off, size):
             what = {Pt.PTR_TO_MAP_VALUE: "value ", Pt.PTR_TO_CTX: "context "}.get(t, "")
             self.reject(f"misaligned {what}access off {_tnum(ptr.var)}+{ptr.off}+{off} size {size} through r{r}")
@@ -1623,7 +1623,10 @@ class Checker:
     def _buf_bounds(self, ptr: Reg, r: int, off: int, size: int) -> None:
         lo, hi = self._var_bounds(ptr, r, off, size)
         if lo < 0 or hi > ptr.range:
-            self.reject(f"invalid access to memory, mem_size={ptr.range} off={lo} size={hi - lo} through r{r}")
+            # The kernel's two lines: the access at the offset's low end, or its high end, and which.
+            at, end = (lo, "min") if lo < 0 or lo + size > ptr.range else (hi - size, "max")
+            self.reject(f"invalid access to memory, mem_size={ptr.range} off={at} size={size} through r{r}: "
+                        f"r{r} {end} value is outside of the allowed memory range")
     def _map_key_bounds(self, ptr: Reg, r: int, off: int, size: int, write: bool) -> None:
         """A map key a callback was given: read-only, ``key_size`` bytes."""
         if write:
@@ -1652,6 +1655,20 @@ class Checker:
         self.reject(f"invalid access to map value, value_size={value_size} off={ptr.var.umax + off} size={size}: "
                     f"r{r} max value is outside of the allowed memory range")
 
+    def _stack_bounds(self, ptr: Reg, r: int, off: int, size: int, what: str, why: str) -> tuple[int, int]:
+        """Where an access of ``size`` bytes at ``ptr + off`` lies in the stack, refused as the
+        kernel's check_stack_access_within_bounds words it when it may leave the stack."""
+        var = ptr.var
+        if not var.is_const and (var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET):
+            self.reject(f"invalid unbounded variable-offset {what} stack r{r} ({why}: a variable offset {var})")
+        lo, hi = self._var_bounds(ptr, r, off, size)
+        if lo < STACK_BOTTOM or hi > 0:
+            if var.is_const:
+                self.reject(f"invalid {what} stack r{r} off={lo} size={hi - lo} ({why})")
+            self.reject(f"invalid variable-offset {what} stack r{r} var_off={_tnum_bits(var)} off={ptr.off + off} "
+                        f"size={size} (from off={lo}: {why})")
+        return lo, hi
+
     def _var_bounds(self, ptr: Reg, r: int, off: int, size: int) -> tuple[int, int]:
         var = ptr.var
         if var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET:
@@ -1661,14 +1678,11 @@ class Checker:
 
     def _stack_access(self, st: State, ptr: Reg, r: int, off: int, size: int, mode: Access, value: Reg | None,
                       signed: bool) -> Reg | None:
-        lo, hi = self._var_bounds(ptr, r, off, size)
         if self._misaligned(ptr, off, size):
             # Always, whatever the loader's flags (as the kernel: its spill tracking needs it).
             self.reject(f"misaligned stack access off {_tnum(ptr.var)}+{ptr.off}+{off} size {size} through r{r}")
-        if lo < STACK_BOTTOM or hi > 0:
-            what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
-            self.reject(f"invalid {what} stack r{r} off={lo} size={size}: invalid stack access, "
-                        "outside [r10-512, r10)")
+        what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
+        lo, hi = self._stack_bounds(ptr, r, off, size, what, "invalid stack access, outside [r10-512, r10)")
         self._note(True)
         entry = self._frame_entry(st, ptr.aux)
         if -lo > self.stack_depth.get(entry, 0):
@@ -1824,10 +1838,13 @@ class Checker:
 
     def _ctx_access(self, ptr: Reg, r: int, off: int, size: int, mode: Access, signed: bool) -> Reg | None:
         ctx = self.context
-        if ptr.var != sc.ZERO:
-            self.reject(f"variable ctx access var_off={ptr.var} disallowed (r{r})")
-        if ptr.off:  # the kernel rewrites context accesses by the instruction's offset alone
+        # The kernel rewrites context accesses by the instruction's offset alone (its order of checks).
+        if ptr.off < 0:
+            self.reject(f"negative offset ctx ptr r{r} off={ptr.off} disallowed")
+        if ptr.off:
             self.reject(f"dereference of modified ctx ptr r{r} off={ptr.off} disallowed")
+        if ptr.var != sc.ZERO:
+            self.reject(f"variable ctx access var_off={_tnum_bits(ptr.var)} disallowed (r{r}: {ptr.var})")
         lo = ptr.off + off
         hi = lo + size
         assert ctx.size is not None
@@ -2051,11 +2068,9 @@ class Checker:
         t = ptr.type
         match t:
             case Pt.PTR_TO_STACK:
-                lo, hi = self._var_bounds(ptr, r, 0, hi_size)
-                if lo < STACK_BOTTOM or hi > 0:
-                    # The kernel's words for any helper's access, of a constant or a variable size.
-                    self.reject(f"invalid indirect access to stack r{r} off={lo} size={hi - lo} "
-                                f"({kind.value} argument outside the stack)")
+                # (The kernel's words for any helper's access, of a constant or a variable size.)
+                lo, hi = self._stack_bounds(ptr, r, 0, hi_size, "indirect access to",
+                                            f"{kind.value} argument outside the stack")
                 entry = self._frame_entry(st, ptr.aux)
                 self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)
                 frame = st.frames[ptr.aux]
@@ -2518,8 +2533,10 @@ class Checker:
             self.reject(f"r{r} type={reg.type.value} expected=ctx: the helper takes the unmodified context pointer")
         if reg.off < 0:
             self.reject(f"negative offset ctx ptr r{r} off={reg.off} disallowed")
-        if reg.off or not reg.var.is_const:
-            self.reject(f"dereference of modified ctx ptr r{r} off={reg.off} disallowed (var_off={reg.var})")
+        if reg.off:
+            self.reject(f"dereference of modified ctx ptr r{r} off={reg.off} disallowed")
+        if reg.var != sc.ZERO:
+            self.reject(f"variable ctx access var_off={_tnum_bits(reg.var)} disallowed (r{r}: {reg.var})")
 
     def _aligned_arg(self, regs: list[Reg], r: int, size: int) -> None:
         """A pointer to an integer a helper writes must be aligned to its size, as the kernel
@@ -2893,12 +2910,18 @@ def _invalid_scalar(where: str, var: sc.Scalar, lo: int, hi: int) -> str:
     """The kernel's words for a return value out of its range: the bounds it knows of r0."""
     bounds = (("smin", var.smin, sc.UNKNOWN.smin), ("smax", var.smax, sc.UNKNOWN.smax))
     known = "".join(f" {name}={v}" for name, v, edge in bounds if v != edge)
-    return f"{where} the register r0 has{known or ' unknown scalar value'} should have been in [{lo}, {hi}]"
+    return (f"{where} the register r0 has{known or ' unknown scalar value'} should have been in [{lo}, {hi}] "
+            f"(r0 has value {_tnum_bits(var)})")
 
 
 def _tnum(var: sc.Scalar) -> str:
-    """Known bits as the kernel's log writes them: a constant in decimal, else (value; mask)."""
-    return str(sc.to_signed(var.value)) if var.is_const else f"({var.value:#x}; {var.mask:#x})"
+    """Known bits as the kernel's log writes a stack offset: a constant in decimal, else (value; mask)."""
+    return str(sc.to_signed(var.value)) if var.is_const else _tnum_bits(var)
+
+
+def _tnum_bits(var: sc.Scalar) -> str:
+    """Known bits as the kernel's tnum_strn writes them: (value; mask), constants too."""
+    return f"({var.value:#x}; {var.mask:#x})"
 
 
 def describe_instruction(flow: ControlFlow, pc: int) -> str:
