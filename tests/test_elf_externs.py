@@ -140,3 +140,17 @@ def test_a_program_using_kernel_symbols_leaves_the_others_loadable(build: Callab
     assert "kernel symbol" in obj.programs["uses_it"].unavailable
     with pytest.raises(ElfError, match="'bpf_kfunc_here' is a kernel symbol"):
         obj.programs["uses_it"].vm()
+
+
+def test_a_map_sized_by_its_loader_names_the_setting(build: Callable[[str], Path]) -> None:
+    """Tools that size a map at load time (bpf_map__set_max_entries) leave max_entries 0 in the
+    object: the refusal says how to give it, and the object loads once it is given."""
+    src = ("struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, int); __type(value, long); }\n"
+           "  counts SEC(\".maps\");\n"
+           "SEC(\"xdp\") int prog(struct xdp_md *c) { int k = 0; long *v = bpf_map_lookup_elem(&counts, &k);\n"
+           "  return v ? 2 : 1; }")
+    with pytest.raises(ElfError, match=r"map_settings=\{'counts': \{'max_entries': N\}\}"):
+        load_elf(build(src))
+    obj = load_elf(build(src), map_settings={"counts": {"max_entries": 4}})
+    assert obj.maps["counts"].max_entries == 4
+    assert obj.programs["prog"].vm().run_xdp(bytes(64))[0] == 2

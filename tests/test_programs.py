@@ -95,6 +95,10 @@ def test_section_names_give_program_types() -> None:
         "sk_reuseport": ProgType.SK_REUSEPORT,
         "tracepoint/syscalls/sys_enter_openat": ProgType.TRACEPOINT, "raw_tp/sched_switch": ProgType.RAW_TRACEPOINT,
         ".text": ProgType.UNSPEC, "xdpfoo": ProgType.UNSPEC, "license": ProgType.UNSPEC,
+        # USDT and multi-attach probes are kprobes to libbpf (bcc's libbpf-tools use "usdt").
+        "usdt": ProgType.KPROBE, "usdt/libc.so.6:libc:setjmp": ProgType.KPROBE, "uprobe.s/bin:f": ProgType.KPROBE,
+        "kprobe.multi/tcp_*": ProgType.KPROBE, "kretprobe.multi": ProgType.KPROBE, "ksyscall/kill": ProgType.KPROBE,
+        "usdtfoo": ProgType.UNSPEC,
     }
     assert {s: section_program_type(s) for s in table} == table
 

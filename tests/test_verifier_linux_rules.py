@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from jitbpf.asm import assemble
-from jitbpf.linux.maps import Array, BpfMap, HashMap
+from jitbpf.linux.maps import Array, BpfMap, HashMap, PerfEventArray
 from tests import kernel_oracle
 from tests.support import check_verdict, load
 
@@ -82,6 +82,13 @@ VERDICTS: list[tuple[str, str, str, str | None]] = [
     ("a 32-bit fill of a wider value", "socket_filter",
      "call 7\nlsh r0, 1\nstxdw [r10-8], r0\nldxw r1, [r10-8]\njgt r1, 4, +2\njle r0, 4, +1\ndiv r0, 0\n"
      "mov r0, 0\nexit", "div by zero"),
+    # Sizes the kernel lets be zero (ARG_CONST_SIZE_OR_ZERO): an event, a socket tuple.
+    ("a perf event of a size that may be zero", "xdp",
+     "mov r6, r1\ncall 7\nmov r5, r0\nand r5, 7\nstdw [r10-8], 0\nmov r4, r10\nadd r4, -8\nmov r1, r6\n"
+     "lddw r2, map:P\nmov r3, 0\ncall 25\nmov r0, 0\nexit", None),
+    ("a socket lookup of a tuple size that may be zero", "sched_cls",
+     "mov r6, r1\ncall 7\nmov r3, r0\nand r3, 7\nstdw [r10-8], 0\nmov r2, r10\nadd r2, -8\nmov r1, r6\n"
+     "mov r4, -1\nmov r5, 0\ncall 84\njeq r0, 0, +2\nmov r1, r0\ncall 86\nmov r0, 0\nexit", None),
     # bpf_tail_call takes a program array only: checked before the map's own helper rules.
     ("a tail call through an array", "socket_filter", "lddw r2, map:A\nmov r3, 0\ncall 12\nmov r0, 0\nexit",
      "expected prog array map for tail call"),
@@ -93,14 +100,17 @@ def test_verdicts(name: str, prog_type: str, text: str, message: str | None) -> 
     maps: list[BpfMap] = [Array(key_size=4, value_size=8, max_entries=1, name="A")] if "map:A" in text else []
     if "map:H" in text:
         maps.append(HashMap(key_size=4, value_size=8, max_entries=1, name="H"))
+    if "map:P" in text:
+        maps.append(PerfEventArray(max_entries=1, name="P"))
     check_verdict(load(text, *maps, prog_type=prog_type), message is None, message)
 
 
 @KERNEL
 @pytest.mark.parametrize(("name", "prog_type", "text", "message"), VERDICTS, ids=[v[0] for v in VERDICTS])
 def test_verdicts_are_the_kernels(name: str, prog_type: str, text: str, message: str | None) -> None:
-    maps = {1: kernel_oracle.KernelMap(2, 4, 8, 1), 2: kernel_oracle.KernelMap(1, 4, 8, 1)}
-    verdict = kernel_oracle.kernel_verify(assemble(text, maps={"A": 1, "H": 2}), PROG_TYPES[prog_type], maps)
+    maps = {1: kernel_oracle.KernelMap(2, 4, 8, 1), 2: kernel_oracle.KernelMap(1, 4, 8, 1),
+            3: kernel_oracle.KernelMap(4, 4, 4, 1)}
+    verdict = kernel_oracle.kernel_verify(assemble(text, maps={"A": 1, "H": 2, "P": 3}), PROG_TYPES[prog_type], maps)
     assert verdict.accepted is (message is None), verdict.log
     if message is not None:
         assert message in verdict.log

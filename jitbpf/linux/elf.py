@@ -1054,7 +1054,11 @@ class _Loader:
                 m = create_map(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
                                name=name, map_extra=spec.extra, **options)
             except BpfError as exc:
-                raise ElfError(f"cannot create map {name}: {exc.message}", section=spec.section) from exc
+                unset = [f for f in ("max_entries", "value_size") if getattr(spec, f) == 0]
+                hint = (f"; the object leaves its {' and '.join(unset)} to the loader: give them with "
+                        f"load_elf(..., map_settings={{{name!r}: {{{', '.join(f'{f!r}: N' for f in unset)}}}}})"
+                        if unset else "")
+                raise ElfError(f"cannot create map {name}: {exc.message}{hint}", section=spec.section) from exc
             if spec.initial is not None and any(spec.initial) and isinstance(m, Array):
                 m.view(0)[:] = spec.initial
             if isinstance(m, Array) and spec.origin == "data" and spec.flags & BPF_F_RDONLY_PROG:

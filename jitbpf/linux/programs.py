@@ -555,8 +555,13 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ),
         ProgramType(
             ProgType.KPROBE, "kprobe", PtRegs,
-            ("kprobe/", "kretprobe/", "uprobe/", "uretprobe/", "ksyscall/", "kretsyscall/", "kprobe", "uprobe",
-             "kretprobe", "uretprobe"),
+            # (libbpf's kprobe-typed sections, each bare or with a target after "/": USDT probes
+            # and multi-attach probes are kprobes too.)
+            tuple(f"{name}{end}" for name in ("kprobe", "kretprobe", "uprobe", "uretprobe", "uprobe.s", "uretprobe.s",
+                                              "ksyscall", "kretsyscall", "usdt", "usdt.s", "kprobe.multi",
+                                              "kretprobe.multi", "kprobe.session", "uprobe.multi",
+                                              "uretprobe.multi", "uprobe.multi.s", "uretprobe.multi.s")
+                  for end in ("", "/")),
             _allowed(ProgType.KPROBE), readable=_all_but(PtRegs, ()),
         ),
         ProgramType(

@@ -386,7 +386,8 @@ def socket_helpers(memory: Callable[[], Any], table: Callable[[], SocketTable],
         Helper(H.SK_FULLSOCK, "bpf_sk_fullsock", fullsock, ("sock_common",), "cast_socket_or_null"),
         Helper(H.TCP_SOCK, "bpf_tcp_sock", tcp_sock, ("sock_common",), "cast_tcp_sock_or_null"),
         Helper(H.GET_LISTENER_SOCK, "bpf_get_listener_sock", listener_sock, ("sock_common",), "socket_or_null"),
-        *(Helper(hid, name, sk_lookup(proto, full), ("ctx_read", "mem", "size", "anything", "anything"), ret)
+        *(Helper(hid, name, sk_lookup(proto, full), ("ctx_read", "mem", "size_or_zero", "anything", "anything"),
+                 ret)
           for hid, name, proto, full, ret in (
               (H.SK_LOOKUP_TCP, "bpf_sk_lookup_tcp", IPPROTO_TCP, True, "acquired_socket_or_null"),
               (H.SK_LOOKUP_UDP, "bpf_sk_lookup_udp", IPPROTO_UDP, True, "acquired_socket_or_null"),

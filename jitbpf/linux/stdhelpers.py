@@ -750,7 +750,7 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         native_helper(h.GET_CURRENT_COMM, "bpf_get_current_comm", "jb_helper_get_current_comm", get_current_comm,
                       ("uninit_mem", "size")),
         native_helper(h.PERF_EVENT_OUTPUT, "bpf_perf_event_output", "jb_helper_perf_event_output",
-                      perf_event_output, (ctx_arg, "map", "scalar", "mem", "size")),
+                      perf_event_output, (ctx_arg, "map", "scalar", "mem", "size_or_zero")),
         Helper(h.REDIRECT_MAP, "bpf_redirect_map", redirect_map, ("map", "scalar", "scalar")),
         Helper(h.SK_REDIRECT_MAP, "bpf_sk_redirect_map", sk_redirect_map, (ctx_arg, "map", "scalar", "scalar")),
         Helper(h.SOCK_MAP_UPDATE, "bpf_sock_map_update", sock_update("bpf_sock_map_update", MapType.SOCKMAP),
