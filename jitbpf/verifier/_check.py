@@ -1659,7 +1659,12 @@ class Checker:
         """Where an access of ``size`` bytes at ``ptr + off`` lies in the stack, refused as the
         kernel's check_stack_access_within_bounds words it when it may leave the stack."""
         var = ptr.var
-        if not var.is_const and (var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET):
+        if var.mask == 0:  # (the common case: a known offset)
+            lo = ptr.off + off + var.smin
+            hi = lo + size
+            if lo >= STACK_BOTTOM and hi <= 0:
+                return lo, hi
+        elif var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET:
             self.reject(f"invalid unbounded variable-offset {what} stack r{r} ({why}: a variable offset {var})")
         lo, hi = self._var_bounds(ptr, r, off, size)
         if lo < STACK_BOTTOM or hi > 0:
