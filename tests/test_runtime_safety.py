@@ -391,3 +391,42 @@ def test_a_closed_vm_refuses_to_run_with_an_execution_error(engine: str) -> None
         vm.run_xdp(b"\0" * 14, engine=engine)
     with pytest.raises(ExecutionError, match="the VM is closed"):
         vm.run_batch([b"\0" * 14], engine=engine)
+
+
+# On packet byte 0 == 1 the program writes fp-16; else it asks bpf_xdp_load_bytes (which fails:
+# offset 1000) to fill fp-16 and returns what is there.
+LOAD_FAILS_THEN_READS = """
+mov r6, r1
+ldxw r2, [r6+0]
+ldxw r3, [r6+4]
+mov r4, r2
+add r4, 1
+jgt r4, r3, out
+ldxb r5, [r2+0]
+jne r5, 1, fail
+lddw r7, 0x1122334455667788
+stxdw [r10-16], r7
+mov r0, 7
+exit
+fail:
+mov r1, r6
+mov r2, 1000
+mov r3, r10
+add r3, -16
+mov r4, 8
+call 189
+ldxdw r0, [r10-16]
+exit
+out:
+mov r0, 0
+exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_failed_helper_leaves_no_earlier_runs_stack(engine: str) -> None:
+    """Stack a helper was given to fill but did not (it failed) reads as zero, as the rest of a
+    run's never-written stack: never as what an earlier run left there."""
+    vm = VM(assemble(LOAD_FAILS_THEN_READS), prog_type="xdp")
+    assert vm.run_xdp(b"\x01" + bytes(63), engine=engine)[0] == 7
+    assert vm.run_xdp(bytes(64), engine=engine)[0] == 0

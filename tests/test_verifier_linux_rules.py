@@ -82,6 +82,13 @@ VERDICTS: list[tuple[str, str, str, str | None]] = [
     ("a 32-bit fill of a wider value", "socket_filter",
      "call 7\nlsh r0, 1\nstxdw [r10-8], r0\nldxw r1, [r10-8]\njgt r1, 4, +2\njle r0, 4, +1\ndiv r0, 0\n"
      "mov r0, 0\nexit", "div by zero"),
+    # Part of a pointer stored into the stack: refused at a known offset, where it would be a
+    # spill; at a variable offset its bytes become unknown data (a privileged loader's rule).
+    ("a narrow pointer store at a known offset", "xdp", "mov r4, r10\nadd r4, -16\nstxb [r4+0], r10\nmov r0, 0\nexit",
+     "invalid size of register spill"),
+    ("a narrow pointer store at a variable offset", "xdp",
+     "mov r6, r1\ncall 7\nldxw r3, [r6+4]\nmov r2, r0\nand r2, 7\nmov r4, r10\nadd r4, -16\nadd r4, r2\n"
+     "stxb [r4+0], r3\nldxb r0, [r10-16]\nexit", None),
     # Sizes the kernel lets be zero (ARG_CONST_SIZE_OR_ZERO): an event, a socket tuple.
     ("a perf event of a size that may be zero", "xdp",
      "mov r6, r1\ncall 7\nmov r5, r0\nand r5, 7\nstdw [r10-8], 0\nmov r4, r10\nadd r4, -8\nmov r1, r6\n"

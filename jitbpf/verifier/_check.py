@@ -1701,8 +1701,8 @@ class Checker:
         if ptr.var.is_const:
             self.aux = ptr.aux << 16 | start
         if not ptr.var.is_const:
-            if mode is Access.WRITE and value is not None and value.is_pointer and size != 8:
-                # (Refused at a known offset too: on some path the kernel walks, the offset is known.)
+            if mode is Access.WRITE and value is not None and value.is_pointer and size != 8 and not self.privileged:
+                # (A privileged loader may: the kernel makes the bytes written unknown data, as here.)
                 self.reject(f"invalid size of register spill: {size} bytes of a pointer through r{r}")
             if mode is not Access.WRITE:
                 self._stack_read(ptr.aux, start, n)
@@ -2086,6 +2086,10 @@ class Checker:
                     self.reject(f"invalid read from stack R{r} off {lo}+{at - start} size {hi - lo}: a "
                                 "struct bpf_dynptr is no helper's memory")
                 if write:
+                    if INVALID in frame.read_bytes(start, hi - lo):
+                        # A helper that fails may leave never-written bytes so, and they are read
+                        # later as if written: each run's frames must start cleared, in every engine.
+                        self.reads_uninit_stack = True
                     if ptr.var.is_const:
                         frame.fill(start, lo_size)
                     frame.smudge(start, hi - lo)
