@@ -240,10 +240,14 @@ def reg_within(old: Reg, new: Reg, ids: _IdMap | None, precise: bool = True) -> 
     if new.type is not t:
         return False
     if t is RegType.SCALAR:
+        # An imprecise scalar's links do not matter either (the kernel's regsafe): what a branch
+        # on a linked copy teaches it counts only where some check depends on it, and then
+        # backtracking marks it and its copies precise.
         return (old.range == new.range and old.aux == new.aux  # a spill as wide (0 for registers, full spills)
-                and (not precise or sc.within(new.var, old.var))
-                and (not old.id or ids is None or (ids.ok(old.id, new.id)
-                                                   and (old.off == new.off or old.id not in ids.shared))))
+                and (not precise or (sc.within(new.var, old.var)
+                                     and (not old.id or ids is None
+                                          or (ids.ok(old.id, new.id)
+                                              and (old.off == new.off or old.id not in ids.shared))))))
     if old.off != new.off or old.aux != new.aux or new.range < old.range or old.ref != new.ref:
         return False
     if not sc.within(new.var, old.var):
@@ -259,7 +263,7 @@ def _slot_within(old: Slot, new: Slot, ids: _IdMap | None, precise: bool) -> boo
     if type(old) is Reg:
         if type(new) is Reg:
             return reg_within(old, new, ids, precise)
-        if old.type is not RegType.SCALAR or (ids is not None and old.id in ids.shared):
+        if old.type is not RegType.SCALAR or (precise and ids is not None and old.id in ids.shared):
             return False
         nb = slot_bytes(new)
         if INVALID in nb:
