@@ -78,6 +78,18 @@ def test_a_loop_of_no_iterations_never_verifies_its_callback(engine: str) -> Non
         load(text.replace("mov r1, 0 ", "mov r1, 1 ")).check()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_function_address_may_move_but_calls_back_only_unmoved(engine: str) -> None:
+    """The kernel's rules for PTR_TO_FUNC: arithmetic on it is allowed (the result compares and
+    spills as an address), a helper refuses it as a callback once moved."""
+    moved = load("lddw r2, func:cb\nadd r2, 8\nmov r0, 0\njeq r2, 0, +1\nmov r0, 1\nexit\ncb:\nmov r0, 0\nexit")
+    assert run(moved, engine, bytearray(8)) == 1
+    called = "mov r1, 4\nlddw r2, func:cb\n{move}mov r3, 0\nmov r4, 0\ncall 181\nexit\ncb:\nmov r0, 0\nexit"
+    assert run(load(called.format(move="")), engine, bytearray(8)) == 4
+    with pytest.raises(VerifierError, match="dereference of modified func ptr r2 off=8 disallowed"):
+        load(called.format(move="add r2, 8\n")).check()
+
+
 @pytest.mark.parametrize(("ctx", "refused"), [("mov r3, r10\n    add r3, -8", False), ("mov r3, 0", False),
                                               ("mov r3, r1", True), ("mov r3, 8", True)])
 def test_the_callbacks_context_is_on_the_stack_or_null(ctx: str, refused: bool) -> None:

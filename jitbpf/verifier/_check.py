@@ -156,8 +156,9 @@ PACKET_KINDS = (Pt.PTR_TO_PACKET, Pt.PTR_TO_PACKET_END, Pt.PTR_TO_PACKET_META)
 # values anywhere in memory, and memory of unknown size may be any buffer.
 # Compared with 0, the branch is known.
 SOCKETS = (Pt.PTR_TO_SOCK_COMMON, Pt.PTR_TO_SOCKET, Pt.PTR_TO_TCP_SOCK)  # what a socket argument takes
-NO_ARITHMETIC = (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_FUNC, Pt.CONST_PTR_TO_DYNPTR,
-                 *SOCKETS)
+# (A function's or a callback's dynptr address may be moved, as in the kernel: a helper then
+# refuses it as a modified pointer.)
+NO_ARITHMETIC = (*POINTER_OR_NULL, Pt.PTR_TO_PACKET_END, Pt.CONST_PTR_TO_MAP, *SOCKETS)
 NEVER_NULL = (Pt.PTR_TO_MAP_VALUE, Pt.CONST_PTR_TO_MAP, Pt.PTR_TO_BUF, Pt.PTR_TO_FUNC, Pt.PTR_TO_MAP_KEY, *SOCKETS)
 UNRELATED_BASES = (Pt.PTR_TO_MAP_VALUE, Pt.PTR_TO_MAP_VALUE_OR_NULL, Pt.PTR_TO_MEM, Pt.PTR_TO_BUF,
                    Pt.PTR_TO_BUF_OR_NULL)
@@ -2143,6 +2144,12 @@ class Checker:
         """The lock the path holds (see ``lock_id``), or None."""
         return next((-ref - 1 for ref, _at in st.refs if ref < 0), None)
 
+    def _unmoved_function(self, reg: Reg, r: int) -> None:
+        """A callback argument is a function's address exactly, as lddw gave it (the kernel's words)."""
+        if reg.off or reg.var != sc.ZERO:
+            self.reject(f"dereference of modified func ptr r{r} off={reg.off} disallowed "
+                        f"(var_off={_tnum_bits(reg.var)})")
+
     def _spin_lock_arg(self, st: State, regs: list[Reg], r: int, kind: ArgType) -> None:
         """bpf_spin_lock/unlock's argument: the lock field of a map value, exactly; the path
         then holds the lock (a reference of id -1 - lock_id, compared with the others) or gives
@@ -2347,6 +2354,7 @@ class Checker:
                     if reg.type is not Pt.PTR_TO_FUNC:
                         self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
                                     f"(lddw r{r}, func:F) to call back, not {reg}")
+                    self._unmoved_function(reg, r)
                 case ArgType.SPIN_LOCK | ArgType.SPIN_UNLOCK:
                     self._spin_lock_arg(st, regs, r, kind)
                 case ArgType.TIMER:
@@ -2356,6 +2364,7 @@ class Checker:
                     if reg.type is not Pt.PTR_TO_FUNC:
                         self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
                                     f"(lddw r{r}, func:F) to call later, not {reg}")
+                    self._unmoved_function(reg, r)
                     if timer_reg is None:
                         self.reject(f"helper {hid} takes a callback without a timer argument before it")
                     self._push_async_callback(st, reg, timer_reg)
