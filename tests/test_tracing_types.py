@@ -526,29 +526,24 @@ def test_get_func_ret_and_arg_cnt(btf: BtfTypes, section: str, args: tuple[objec
     assert (got[0] if isinstance(got, tuple) else got) == want_cnt
 
 
-@pytest.mark.parametrize(("src", "ok"), [
-    ("r0 = 0\nexit", True),
-    ("r0 = -4095\nexit", True),
-    ("r0 = 1\nw0 = -w0\nexit", True),  # 0xffffffff: -1 in the hook's 32-bit int
-    ("r0 = 10000\nw0 = -w0\nexit", False),
-    ("r0 = 1\nexit", False),
+@pytest.mark.parametrize(("hook", "src", "ok"), [
+    ("hook", "r0 = 0\nexit", True),
+    ("hook", "r0 = -4095\nexit", True),
+    ("hook", "r0 = 1\nw0 = -w0\nexit", True),  # 0xffffffff: -1 in the hook's 32-bit int
+    ("hook", "r0 = 10000\nw0 = -w0\nexit", False),
+    ("hook", "r0 = 1\nexit", False),
+    # A hook whose programs return a bool: 0 or 1.
+    ("audit_rule_known", "r0 = 0\nexit", True), ("audit_rule_known", "r0 = 1\nexit", True),
+    ("audit_rule_known", "r0 = -1\nexit", False), ("audit_rule_known", "r0 = 2\nexit", False),
 ])
-def test_lsm_returns_zero_or_an_errno(btf: BtfTypes, src: str, ok: bool) -> None:
+def test_lsm_returns_what_its_hook_takes(btf: BtfTypes, hook: str, src: str, ok: bool) -> None:
+    """0 or an errno, or for the kernel's bool hooks 0 or 1."""
     if ok:
-        tracing(src, btf, "lsm/hook")
+        tracing(src, btf, f"lsm/{hook}")
     else:
-        with pytest.raises(VerifierError, match=r"should have been in \[-4095, 0\]"):
-            tracing(src, btf, "lsm/hook")
-
-
-@pytest.mark.parametrize(("src", "ok"), [("r0 = 0\nexit", True), ("r0 = 1\nexit", True),
-                                         ("r0 = -1\nexit", False), ("r0 = 2\nexit", False)])
-def test_lsm_bool_hook_returns_zero_or_one(btf: BtfTypes, src: str, ok: bool) -> None:
-    if ok:
-        tracing(src, btf, "lsm/audit_rule_known")
-    else:
-        with pytest.raises(VerifierError, match=r"should have been in \[0, 1\]"):
-            tracing(src, btf, "lsm/audit_rule_known")
+        bounds = r"\[0, 1\]" if hook == "audit_rule_known" else r"\[-4095, 0\]"
+        with pytest.raises(VerifierError, match=f"should have been in {bounds}"):
+            tracing(src, btf, f"lsm/{hook}")
 
 
 def test_lsm_disabled_hook_is_refused(btf: BtfTypes) -> None:

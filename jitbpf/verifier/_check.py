@@ -274,12 +274,18 @@ def _map_struct(maps: Mapping[int, MapLike] | None, handle: int) -> str:
         return "bpf_array"
     return "bpf_htab" if kind in _HASH_MAPS else "bpf_map"
 
+
 class Access(enum.Enum):
     """How an instruction touches memory."""
 
     READ = "read"  # load
     WRITE = "write"  # store
     ATOMIC = "atomic"  # read-modify-write
+
+
+# How the kernel's stack bounds messages name an access (None: a helper's).
+_STACK_VERBS = {Access.READ: "read from", Access.WRITE: "write to", Access.ATOMIC: "atomic access to",
+                None: "indirect access to"}
 
 
 class Rejected(Exception):  # an internal signal, turned into a VerifierError by the caller
@@ -1656,16 +1662,19 @@ class Checker:
         self.reject(f"invalid access to map value, value_size={value_size} off={ptr.var.umax + off} size={size}: "
                     f"r{r} max value is outside of the allowed memory range")
 
-    def _stack_bounds(self, ptr: Reg, r: int, off: int, size: int, what: str, why: str) -> tuple[int, int]:
-        """Where an access of ``size`` bytes at ``ptr + off`` lies in the stack, refused as the
-        kernel's check_stack_access_within_bounds words it when it may leave the stack."""
+    def _stack_bounds(self, ptr: Reg, r: int, off: int, size: int, mode: Access | None,
+                      why: str) -> tuple[int, int]:
+        """Where an access of ``size`` bytes at ``ptr + off`` (by the program, or by a helper:
+        ``mode`` None) lies in the stack, refused as the kernel's check_stack_access_within_bounds
+        words it when it may leave the stack."""
         var = ptr.var
         if var.mask == 0:  # (the common case: a known offset)
             lo = ptr.off + off + var.smin
             hi = lo + size
             if lo >= STACK_BOTTOM and hi <= 0:
                 return lo, hi
-        elif var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET:
+        what = _STACK_VERBS[mode]
+        if var.mask and (var.smin <= -MAX_OFFSET or var.smax >= MAX_OFFSET):
             self.reject(f"invalid unbounded variable-offset {what} stack r{r} ({why}: a variable offset {var})")
         lo, hi = self._var_bounds(ptr, r, off, size)
         if lo < STACK_BOTTOM or hi > 0:
@@ -1687,8 +1696,7 @@ class Checker:
         if self._misaligned(ptr, off, size):
             # Always, whatever the loader's flags (as the kernel: its spill tracking needs it).
             self.reject(f"misaligned stack access off {_tnum(ptr.var)}+{ptr.off}+{off} size {size} through r{r}")
-        what = {Access.READ: "read from", Access.WRITE: "write to"}.get(mode, "atomic access to")
-        lo, hi = self._stack_bounds(ptr, r, off, size, what, "invalid stack access, outside [r10-512, r10)")
+        lo, hi = self._stack_bounds(ptr, r, off, size, mode, "invalid stack access, outside [r10-512, r10)")
         self._note(True)
         entry = self._frame_entry(st, ptr.aux)
         if -lo > self.stack_depth.get(entry, 0):
@@ -1844,13 +1852,7 @@ class Checker:
 
     def _ctx_access(self, ptr: Reg, r: int, off: int, size: int, mode: Access, signed: bool) -> Reg | None:
         ctx = self.context
-        # The kernel rewrites context accesses by the instruction's offset alone (its order of checks).
-        if ptr.off < 0:
-            self.reject(f"negative offset ctx ptr r{r} off={ptr.off} disallowed")
-        if ptr.off:
-            self.reject(f"dereference of modified ctx ptr r{r} off={ptr.off} disallowed")
-        if ptr.var != sc.ZERO:
-            self.reject(f"variable ctx access var_off={_tnum_bits(ptr.var)} disallowed (r{r}: {ptr.var})")
+        self._unmodified(ptr, r, "ctx")  # the kernel rewrites context accesses by the instruction's offset alone
         lo = ptr.off + off
         hi = lo + size
         assert ctx.size is not None
@@ -2075,7 +2077,7 @@ class Checker:
         match t:
             case Pt.PTR_TO_STACK:
                 # (The kernel's words for any helper's access, of a constant or a variable size.)
-                lo, hi = self._stack_bounds(ptr, r, 0, hi_size, "indirect access to",
+                lo, hi = self._stack_bounds(ptr, r, 0, hi_size, None,
                                             f"{kind.value} argument outside the stack")
                 entry = self._frame_entry(st, ptr.aux)
                 self.stack_depth[entry] = max(self.stack_depth.get(entry, 0), -lo)
@@ -2144,11 +2146,15 @@ class Checker:
         """The lock the path holds (see ``lock_id``), or None."""
         return next((-ref - 1 for ref, _at in st.refs if ref < 0), None)
 
-    def _unmoved_function(self, reg: Reg, r: int) -> None:
-        """A callback argument is a function's address exactly, as lddw gave it (the kernel's words)."""
-        if reg.off or reg.var != sc.ZERO:
-            self.reject(f"dereference of modified func ptr r{r} off={reg.off} disallowed "
-                        f"(var_off={_tnum_bits(reg.var)})")
+    def _unmodified(self, reg: Reg, r: int, kind: str) -> None:
+        """A pointer that must be exactly where it was given (a context, a function's address),
+        checked in the kernel's order and words (__check_ptr_off_reg)."""
+        if reg.off < 0:
+            self.reject(f"negative offset {kind} ptr r{r} off={reg.off} disallowed")
+        if reg.off:
+            self.reject(f"dereference of modified {kind} ptr r{r} off={reg.off} disallowed")
+        if reg.var != sc.ZERO:
+            self.reject(f"variable {kind} access var_off={_tnum_bits(reg.var)} disallowed (r{r}: {reg.var})")
 
     def _spin_lock_arg(self, st: State, regs: list[Reg], r: int, kind: ArgType) -> None:
         """bpf_spin_lock/unlock's argument: the lock field of a map value, exactly; the path
@@ -2354,7 +2360,7 @@ class Checker:
                     if reg.type is not Pt.PTR_TO_FUNC:
                         self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
                                     f"(lddw r{r}, func:F) to call back, not {reg}")
-                    self._unmoved_function(reg, r)
+                    self._unmodified(reg, r, "func")
                 case ArgType.SPIN_LOCK | ArgType.SPIN_UNLOCK:
                     self._spin_lock_arg(st, regs, r, kind)
                 case ArgType.TIMER:
@@ -2364,7 +2370,7 @@ class Checker:
                     if reg.type is not Pt.PTR_TO_FUNC:
                         self.reject(f"r{r} (argument {r} of helper {hid}) must be the address of a function "
                                     f"(lddw r{r}, func:F) to call later, not {reg}")
-                    self._unmoved_function(reg, r)
+                    self._unmodified(reg, r, "func")
                     if timer_reg is None:
                         self.reject(f"helper {hid} takes a callback without a timer argument before it")
                     self._push_async_callback(st, reg, timer_reg)
@@ -2549,12 +2555,7 @@ class Checker:
             return
         if reg.type is not Pt.PTR_TO_CTX:
             self.reject(f"r{r} type={reg.type.value} expected=ctx: the helper takes the unmodified context pointer")
-        if reg.off < 0:
-            self.reject(f"negative offset ctx ptr r{r} off={reg.off} disallowed")
-        if reg.off:
-            self.reject(f"dereference of modified ctx ptr r{r} off={reg.off} disallowed")
-        if reg.var != sc.ZERO:
-            self.reject(f"variable ctx access var_off={_tnum_bits(reg.var)} disallowed (r{r}: {reg.var})")
+        self._unmodified(reg, r, "ctx")
 
     def _aligned_arg(self, regs: list[Reg], r: int, size: int) -> None:
         """A pointer to an integer a helper writes must be aligned to its size, as the kernel
