@@ -162,8 +162,8 @@ class VM(ProgramRunners):
         # (run, token) and (run with memory, the native library's ffi.from_buffer, token).
         self._bare: tuple[Callable[[int], int], int] = _UNBOUND
         self._bare_mem: tuple[Callable[[int, Any, int], int], Callable[..., Any], int] = _UNBOUND_MEM
-        # execute_records()'s: (jb_bare_records, ffi.from_buffer, token), or None before binding.
-        self._bare_records: tuple[Callable[..., int], Callable[..., Any], int] | None = None
+        # execute_records()'s: (the native records loop, token), or None before binding.
+        self._bare_records: tuple[Callable[..., Any], int] | None = None
         self._closed = False
         # Runs in progress on every thread, and a close() waiting for them to end: nothing a run
         # uses (code pages, maps) is freed under it.
@@ -488,7 +488,7 @@ class VM(ProgramRunners):
         if nat is not None:
             self._bare = (nat.lib.jb_bare_run, jit.token)
             self._bare_mem = (nat.lib.jb_bare_run_mem, nat.ffi.from_buffer, jit.token)
-            self._bare_records = (nat.lib.jb_bare_records, nat.ffi.from_buffer, jit.token)
+            self._bare_records = (nat.fast.records, jit.token)
 
     def execute_jit(self, mem: Any = None) -> int:
         """Run the JIT-compiled program (compiling it first if needed); return r0."""
@@ -593,40 +593,29 @@ class VM(ProgramRunners):
             self._bind(jit)
         return out
 
-    def _records_bare(self, fast: tuple[Callable[..., int], Callable[..., Any], int], data: Any,
-                      record_size: int) -> array.array[int] | None:
+    def _records_bare(self, fast: tuple[Callable[..., Any], int], data: Any, record_size: int
+                      ) -> array.array[int] | None:
         """execute_records as one native call through this thread's binding; None when it did
         not run (nothing bound here, the program closed, a buffer the ordinary path must judge)."""
-        run, from_buffer, token = fast
-        try:
-            pin = from_buffer(data, require_writable=True)
-        except (TypeError, BufferError):
+        run, token = fast
+        got = run(token, data, record_size, _ONE_RESULT, None, 0)
+        if got is None:
             return None
-        n = len(pin) // record_size
-        out = array.array("Q", bytes(8 * n))
-        results = from_buffer("uint64_t[]", out)
-        start = run(token, pin, record_size, n, results)
-        if start == n:
-            return out
-        if start > n:
-            return None  # nothing ran: not bound on this thread, or closed
+        out: array.array[int] = got[0]
+        start: int = got[1]
         jit = self._jit
-        assert jit is not None  # bound: compiled
-        while True:  # the record at start stopped early: its outcome, then the rest
+        while start < len(out):  # the record at start stopped early: its outcome, then the rest
+            assert jit is not None  # bound: compiled
             try:
                 out[start] = jit.finish(out[start])
             except BpfError as err:
                 err.add_note(f"in input {start} of the batch")
                 raise
-            start += 1
-            if start == n:
-                return out
-            done = run(token, pin + start * record_size, record_size, n - start, results + start)
-            if done > n - start:
+            got = run(token, data, record_size, _ONE_RESULT, out, start + 1)
+            if got is None:
                 raise ExecutionError("the VM is closed")  # since the last record
-            start += done
-            if start == n:
-                return out
+            start = got[1]
+        return out
 
     def _one_by_one(self, inputs: Sequence[Any]) -> array.array[int]:
         """A batch as one execute_jit per input (programs with Python helpers), with the same
@@ -832,3 +821,5 @@ def _mem_region(mem: Any) -> tuple[Region, Any]:
         mem = bytearray(view.tobytes())
     return region_of(mem, "mem")
 
+# What the native records loop repeats into a batch's results (never written itself).
+_ONE_RESULT = array.array("Q", [0])

@@ -186,6 +186,35 @@ def test_reservations_a_stopped_run_leaves_are_dropped() -> None:
             assert nat.lib.jb_ringbuf_pending() == 0
 
 
+RESERVE_LEAVE = """
+    lddw r1, map:RB
+    mov r2, 8
+    mov r3, 0
+    call 131                ; bpf_ringbuf_reserve, never submitted (unverified: left to the runner)
+    mov r0, 1
+    exit
+"""
+
+
+def test_reservations_a_finished_run_leaves_are_dropped() -> None:
+    """Each input's run ends with its records discarded, in records (one size) and in inputs of
+    their own lengths alike: none reaches the reader, none holds the ring for the next input."""
+    from jitbpf.jit.program import runner_lib
+    from jitbpf.linux.maps import RingBuf
+
+    nat = runner_lib()
+    assert nat is not None
+    rb = RingBuf(max_entries=4096, name="RB")
+    with VM(assemble(RESERVE_LEAVE, maps={"RB": 1}), verify=False) as vm:
+        vm.add_map(rb, 1)
+        vm.use_standard_helpers()
+        for _ in range(2):  # the ordinary path, then the bound one
+            assert list(vm.execute_records(bytearray(4096 * 8), 8)) == [1] * 4096
+            assert list(vm.execute_batch([bytearray(n) for n in range(1, 1000)])) == [1] * 999
+        assert rb.read_events() == []
+        assert nat.lib.jb_ringbuf_pending() == 0
+
+
 @pytest.mark.parametrize("threads", [2, 3, 7])
 def test_threads_split_the_batch(threads: int) -> None:
     with VM(assemble(SUM_FIRST_BYTES)) as vm:

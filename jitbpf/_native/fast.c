@@ -25,6 +25,14 @@
  *   goes to `results` (a writable buffer of uint64) at i - start. Returns where it stopped: `stop`, or
  *   the index of the packet whose run stopped early (its r0 ERROR_RESULT) or did not fit. None:
  *   nothing is bound under the token here.
+ *
+ * records(token, data, record_size, zeros, out, start) -> (out, index) or None
+ *   The program bound bare under `token` on this thread (jb_bare_bind) over the records of
+ *   `data` (a writable buffer of record_size-byte records) from record `start` on, the GIL
+ *   handed over; r0 of record i goes to out[i]. `out` is None on the first call: it is then
+ *   `zeros` (an array of one zero) repeated once per record. Returns where it stopped: the
+ *   count of records, or the index of the record whose run stopped early. None: nothing is
+ *   bound under the token here (or it was closed), or `data` is no writable buffer.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h> /* first, as Python requires */
@@ -253,10 +261,76 @@ static PyObject *pkt_batch(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromSsize_t(start + (Py_ssize_t)done);
 }
 
+static PyObject *records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "takes (token, data, record_size, zeros, out, start)");
+        return NULL;
+    }
+    uint64_t token = PyLong_AsUnsignedLongLong(args[0]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[2]), start = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer data;
+    if (size <= 0 || PyObject_GetBuffer(args[1], &data, PyBUF_WRITABLE) != 0) {
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_BufferError))
+            return NULL;
+        PyErr_Clear(); /* the ordinary path says what is wrong with it */
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = data.len / size;
+    PyObject *out = args[4];
+    if (out == Py_None)
+        out = PySequence_Repeat(args[3], n);
+    else
+        Py_INCREF(out);
+    Py_buffer results;
+    if (out == NULL || PyObject_GetBuffer(out, &results, PyBUF_WRITABLE) != 0) {
+        Py_XDECREF(out);
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (results.len < n * 8 || start < 0 || start > n) {
+        PyBuffer_Release(&results);
+        PyBuffer_Release(&data);
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "records: the results do not match the records");
+        return NULL;
+    }
+    /* The buffers stay exported (neither can be resized or freed) while the GIL is away. */
+    uint64_t done;
+    Py_BEGIN_ALLOW_THREADS
+    done = jb_bare_records(token, (const uint8_t *)data.buf + (size_t)start * (size_t)size, (uint64_t)size,
+                           (uint64_t)(n - start), (uint64_t *)results.buf + start);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&results);
+    PyBuffer_Release(&data);
+    if (done > (uint64_t)(n - start)) { /* nothing ran: not bound here, or closed */
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    PyObject *index = PyLong_FromSsize_t(start + (Py_ssize_t)done);
+    if (index == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(out);
+        Py_DECREF(index);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, out);
+    PyTuple_SET_ITEM(pair, 1, index);
+    return pair;
+}
+
 static PyMethodDef fast_methods[] = {
     {"pkt_run", (PyCFunction)(void (*)(void))pkt_run, METH_FASTCALL, "One typed run through a native frame."},
     {"pkt_longest", pkt_longest, METH_O, "The longest packet of a tuple of bytes (-1: not such a tuple)."},
     {"pkt_batch", (PyCFunction)(void (*)(void))pkt_batch, METH_FASTCALL, "Typed runs over a tuple of packets."},
+    {"records", (PyCFunction)(void (*)(void))records, METH_FASTCALL, "Bare runs over fixed-size records."},
     {NULL, NULL, 0, NULL},
 };
 

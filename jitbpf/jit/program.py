@@ -234,7 +234,8 @@ class JitProgram:
         async_entries = tuple(sorted(set(flow.callbacks.values()))) if TIMER_SET_CALLBACK in self._call_ids else ()
         options = CompileOptions(resolve_lddw, proven, table, count_budget, verified, python_calls,
                                  self.contained and confine, callbacks, for_each_step, probe_loads - proven,
-                                 nat.address("jb_user_ringbuf_step") if nat is not None else 0, async_entries)
+                                 nat.address("jb_user_ringbuf_step") if nat is not None else 0, async_entries,
+                                 self._has_calls)
         assembler = assembler or default_cache()
         self.compiled: CompiledCode = X86_64(assembler, flow, options).compile()
         assembler.persist()

@@ -116,6 +116,9 @@ class CompileOptions:
     user_ringbuf_step: int = 0  # bpf_user_ringbuf_drain's (jb_user_ringbuf_step), likewise
     # The functions a run may enter instead of the program (timer callbacks: jitbpf_ctx.callback).
     async_entries: tuple[int, ...] = ()
+    # The program calls helpers: only they reserve ring buffer records, which a batch drops
+    # after each run that left some (without calls, the batch loop need not look).
+    helper_calls: bool = True
 
 
 def _moved(loc: int, hot: int, cold: int) -> int:

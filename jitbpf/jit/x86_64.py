@@ -3,6 +3,7 @@ generated once per program (entry points, bounds walker, frame zeroing, exits an
 
 from __future__ import annotations
 
+import enum
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,18 @@ _SIMPLE_ALU: dict[int, str] = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or
 _SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
 _ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
 _C_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")  # what the C ABI has a callee keep
+
+
+class _BatchSlot(enum.IntEnum):
+    """Where the "batch" entry keeps its loop's state, from rsp (see _emit_batch)."""
+
+    DONE = 0  # inputs run so far
+    CTX = 8  # the run context
+    DESC = 16  # the struct jitbpf_batch
+    NEXT = 24  # the next input's address
+    RESULTS = 32  # where r0 of input i goes (uint64_t[n])
+    N = 40  # how many inputs
+    SIZES = 48  # the records' size, or the inputs' lengths (uint64_t[n])
 _LOCAL_SAVED = ("rbx", "r13", "r14", "r15", "rbp")  # r6-r9 and r10, restored when a local call returns
 _LOCAL_PAD = 16  # keeps a local-call frame at 64 bytes (5 saves + pad + return address)
 LOCAL_FRAME = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD + 8  # machine stack per local call
@@ -318,7 +331,7 @@ class X86_64(Target):
         # reach and versioned loops; its packet fields the legacy packet loads.
         self._frame_regions = bool(self._limits_used) or self._needs_end
         self.replayed(("entries", self.options.verified, self._frame_regions, self._needs_packet, self._has_may_goto,
-                       bool(self.options.async_entries)), self._emit_entries)
+                       bool(self.options.async_entries), self.options.helper_calls), self._emit_entries)
 
     def _emit_entries(self) -> None:
         L = self.lay
@@ -355,7 +368,7 @@ class X86_64(Target):
         for reg in reversed(_C_SAVED):
             self.op(("pop", reg))
         self.op(("ret",))
-        to_run.append(self._emit_batch())
+        to_run.extend(self._emit_batch())
         for field in to_run:
             self.bind(field)
         self.mark("entry: run, prologue", Section.HOT)
@@ -469,85 +482,104 @@ class X86_64(Target):
         self.op(("add", base, size))
         self._store("rdi", L.ctx_pkt_own + 8, base)
 
-    def _emit_batch(self) -> int:
+    def _emit_batch(self) -> list[int]:
         """The "batch" entry, (ctx, struct jitbpf_batch *) -> inputs run: each input is one run of
         "run" as the "args" entry makes it, the C registers saved once for all. Stops after a run
         that stopped early (its index returned, as the C loops did), else returns n. Each run
         starts afresh all the same: "run" resets the run's state (status, budget, stack frame,
         may_goto count) and a run's leftover ring buffer reservations are dropped after it.
-        Returns the field of its call of "run", to bind."""
+        Returns the fields of its calls of "run", to bind."""
         L = self.lay
         self.entries["batch"] = len(self.hot)
         self.mark("entry: batch", Section.HOT)
         for reg in _C_SAVED:
             self.op(("push", reg))
-        # [rsp]: inputs run so far, [rsp+8]: ctx, [rsp+16]: the batch, [rsp+24]: the next
-        # input. The loop's state lives where the processor forwards stores to loads fastest.
-        self.op(("sub", "rsp", "i8"), 32)
-        self.op(("mov", "q[rsp+d8]", "rdi"), 8)
-        self.op(("mov", "q[rsp+d8]", "rsi"), 16)
-        self._load("rax", "rsi", L.batch_base)
-        self.op(("mov", "q[rsp+d8]", "rax"), 24)
+        # The loop's state lives in the frame, where the processor forwards stores to loads
+        # fastest (a run uses every register): [rsp] inputs run so far, then the ctx, the batch,
+        # the next input, the results, n, and the stride or the lengths.
+        self.op(("sub", "rsp", "i8"), 64)
+        self.op(("mov", "q[rsp+d8]", "rdi"), _BatchSlot.CTX)
+        self.op(("mov", "q[rsp+d8]", "rsi"), _BatchSlot.DESC)
+        copied = ((L.batch_base, _BatchSlot.NEXT), (L.batch_results, _BatchSlot.RESULTS), (L.batch_n, _BatchSlot.N))
+        for field, slot in copied:
+            self._load("rax", "rsi", field)
+            self.op(("mov", "q[rsp+d8]", "rax"), slot)
         self.op(("mov", "q[rsp]", "i32"), 0)
         if self._needs_packet:  # each input is the packet
             self._own_packet()
-        loop = self.here()
-        self.op(("mov", "rsi", "q[rsp+d8]"), 16)
-        self.op(("mov", "rax", "q[rsp]"))
-        self._cmp_field("rax", "rsi", L.batch_n)
-        to_done = self.forward("jae")
-        self._load("rdx", "rsi", L.batch_stride)
+        self.op(("test", "rax", "rax"))
+        to_done = [self.forward("jz")]
         self._load("rcx", "rsi", L.batch_lens)
         self.op(("test", "rcx", "rcx"))
-        to_sized = self.forward("jz")
-        self.op(("mov", "rdx", "q[rcx+rax*8]"))
-        self.bind(to_sized)
-        self.op(("mov", "rdi", "q[rsp+d8]"), 8)
-        self.op(("mov", "rcx", "q[rsp+d8]"), 24)
-        self.op(("add", "q[rsp+d8]", "rdx"), 24)
-        for field in (L.ctx_mem, L.ctx_r1):
-            self._store("rdi", field, "rcx")
-        for field in (L.ctx_mem_size, L.ctx_r2):
-            self._store("rdi", field, "rdx")
-        if self._needs_packet:
-            self._own_bounds("rcx", "rdx")
-        to_run = self.forward("call")
-        self.op(("mov", "rsi", "q[rsp+d8]"), 16)
-        self.op(("mov", "rcx", "q[rsp]"))
-        self._load("rdx", "rsi", L.batch_results)
-        self.op(("mov", "q[rdx+rcx*8]", "rax"))
-        self.op(("add", "rcx", "i8"), 1)
-        self.op(("mov", "q[rsp]", "rcx"))
-        self._load("rdx", "rsi", L.batch_rb_pending)
-        self.op(("mov", "edx", "d[rdx]"))
-        self._cmp_field("rdx", "rsi", L.batch_rb_reserved)
-        to_release = self.forward("ja")
-        released = self.here()
-        self.op(("mov", "rdi", "q[rsp+d8]"), 8)
-        token, vals = mem("q", "rdi", L.ctx_status)
-        self.op(("cmp", token, "i8"), *vals, 0)
-        self.branch("je", loop)
-        # A non-zero status with ERROR_RESULT: the run stopped early (else it returned that).
-        self.op(("mov", "rsi", "q[rsp+d8]"), 16)
-        self.op(("mov", "rcx", "q[rsp]"))
-        self._load("rdx", "rsi", L.batch_results)
-        self.op(("mov", "rax", "q[rdx+rcx*8+d8]"), -8)
-        self.op(("mov", "rdx", "i64"), ERROR_RESULT)
-        self.op(("cmp", "rax", "rdx"))
-        self.branch("jne", loop)
-        self.op(("mov", "rax", "q[rsp]"))
-        self.op(("sub", "rax", "i8"), 1)
-        to_out = self.forward("jmp")
-        self.bind(to_release)
-        self._load("rdi", "rsi", L.batch_rb_reserved)
-        self.op(("sub", "rsp", "i8"), 8)
-        token, vals = mem("q", "rsi", L.batch_rb_release)
-        self.op(("call", token), *vals)
-        self.op(("add", "rsp", "i8"), 8)
-        self.branch("jmp", released)
-        self.bind(to_done)
-        self.bind(to_out)
-        self.op(("add", "rsp", "i8"), 32)
+        to_lens = self.forward("jnz")
+        self._load("rdx", "rsi", L.batch_stride)
+        self.op(("mov", "q[rsp+d8]", "rdx"), _BatchSlot.SIZES)
+        to_run: list[int] = []
+        # Two copies of the loop: records of one size, or inputs of their own lengths.
+        for sized in (False, True):
+            if sized:
+                self.bind(to_lens)
+                self.op(("mov", "q[rsp+d8]", "rcx"), _BatchSlot.SIZES)
+            loop = self.here()
+            if sized:
+                self.op(("mov", "rax", "q[rsp]"))
+                self.op(("mov", "rcx", "q[rsp+d8]"), _BatchSlot.SIZES)
+                self.op(("mov", "rdx", "q[rcx+rax*8]"))
+            else:
+                self.op(("mov", "rdx", "q[rsp+d8]"), _BatchSlot.SIZES)
+            self.op(("mov", "rdi", "q[rsp+d8]"), _BatchSlot.CTX)
+            self.op(("mov", "rcx", "q[rsp+d8]"), _BatchSlot.NEXT)
+            self.op(("add", "q[rsp+d8]", "rdx"), _BatchSlot.NEXT)
+            for field in (L.ctx_mem, L.ctx_r1):
+                self._store("rdi", field, "rcx")
+            for field in (L.ctx_mem_size, L.ctx_r2):
+                self._store("rdi", field, "rdx")
+            if self._needs_packet:
+                self._own_bounds("rcx", "rdx")
+            to_run.append(self.forward("call"))
+            self.op(("mov", "rcx", "q[rsp]"))
+            self.op(("mov", "rdx", "q[rsp+d8]"), _BatchSlot.RESULTS)
+            self.op(("mov", "q[rdx+rcx*8]", "rax"))
+            self.op(("add", "rcx", "i8"), 1)
+            self.op(("mov", "q[rsp]", "rcx"))
+            to_release = None
+            if self.options.helper_calls:  # only a helper reserves ring buffer records
+                self.op(("mov", "rsi", "q[rsp+d8]"), _BatchSlot.DESC)
+                self._load("rdx", "rsi", L.batch_rb_pending)
+                self.op(("mov", "edx", "d[rdx]"))
+                self._cmp_field("rdx", "rsi", L.batch_rb_reserved)
+                to_release = self.forward("ja")
+            released = self.here()
+            self.op(("mov", "rdi", "q[rsp+d8]"), _BatchSlot.CTX)
+            token, vals = mem("q", "rdi", L.ctx_status)
+            self.op(("cmp", token, "i8"), *vals, 0)
+            to_stopped = self.forward("jne")
+            resume = self.here()
+            self.op(("cmp", "rcx", "q[rsp+d8]"), _BatchSlot.N)
+            self.branch("jb", loop)
+            self.op(("mov", "rax", "rcx"))
+            to_done.append(self.forward("jmp"))
+            # A non-zero status with ERROR_RESULT: the run stopped early (else it returned that).
+            self.bind(to_stopped)
+            self.op(("mov", "rdx", "q[rsp+d8]"), _BatchSlot.RESULTS)
+            self.op(("mov", "rax", "q[rdx+rcx*8+d8]"), -8)
+            self.op(("mov", "rdx", "i64"), ERROR_RESULT)
+            self.op(("cmp", "rax", "rdx"))
+            self.branch("jne", resume)
+            self.op(("lea", "rax", "[rcx+d8]"), -1)
+            to_done.append(self.forward("jmp"))
+            if to_release is not None:
+                self.bind(to_release)
+                self._load("rdi", "rsi", L.batch_rb_reserved)
+                self.op(("sub", "rsp", "i8"), 8)
+                token, vals = mem("q", "rsi", L.batch_rb_release)
+                self.op(("call", token), *vals)
+                self.op(("add", "rsp", "i8"), 8)
+                self.op(("mov", "rcx", "q[rsp]"))
+                self.branch("jmp", released)
+        for field in to_done:
+            self.bind(field)
+        self.op(("add", "rsp", "i8"), 64)
         for reg in reversed(_C_SAVED):
             self.op(("pop", reg))
         self.op(("ret",))
