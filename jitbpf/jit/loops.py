@@ -11,6 +11,8 @@ Every access of an iteration is at rX_i + off', with off' = off (before the step
 (after it), and rX_i is the entry value or below rY. So all of them lie in
 [rX_0 + lo, max(rX_0, rY - 1) + hi), lo and hi being the extremes of off' and off' + size: one
 range check on entry proves every access of the loop in bounds of mem, or the checked copy runs.
+The same bounds give the number of passes, floor((max(rX_0, rY - 1) - rX_0) / c) + 1: the loop
+has no other way out, so its whole budget can be charged on entry too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class LoopPlan:
     hi: int  # one past the largest offset from rX_i of a byte accessed
     stores: bool  # some access writes (the range must be writable)
     accesses: frozenset[int]  # slots of the accesses the range check covers
+    step: int  # c, what each pass adds to rX (> 0)
 
 
 def plan_loops(flow: ControlFlow, reach: int) -> dict[int, LoopPlan]:
@@ -98,4 +101,4 @@ def _plan(flow: ControlFlow, block: Block, index: int, bound: int) -> LoopPlan |
         return None
     lo = min(off for off, _size in offsets)
     hi = max(off + size for off, size in offsets)
-    return LoopPlan(block, index, bound, lo, hi, stores, frozenset(accesses))
+    return LoopPlan(block, index, bound, lo, hi, stores, frozenset(accesses), step)

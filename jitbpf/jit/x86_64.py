@@ -178,6 +178,7 @@ class X86_64(Target):
         self._limits_used: set[tuple[bool, int]] = set()  # (load?, size) of the inline mem checks
         self._live_after_calls: dict[int, int] | None = None  # per helper call, registers read later
         self._needs_end = False  # a versioned loop checks its range against mem_end / mem_wend
+        self._prepaid = False  # the block being emitted was charged for all its passes on entry
         self._needs_packet = False  # a legacy packet load reads the frame's packet fields
         self._fn_writes: dict[int, int] | None = None  # per function entry, registers it writes itself
         self._frame_regions = True  # the prologue fills the frame's regions (see emit_entries)
@@ -590,7 +591,7 @@ class X86_64(Target):
 
     def emit_block_entry(self, block: Block) -> None:
         self._block_start = block.start
-        if not self.options.count_budget:
+        if not self.options.count_budget or self._prepaid:
             return
         cost = block.cost
         self.op(("sub", BUDGET, imm_form(cost)), cost)
@@ -1123,11 +1124,27 @@ class X86_64(Target):
         self.op(("lea", ADDR, ltok), *lvals)
         self.op(("cmp", ADDR, token), *vals)
         to_checked.append(self.forward("ja"))
+        step = plan.step
+        # Every pass at once: its charge times floor((TMP - rX) / c) + 1 passes; with too little
+        # budget left, the checked copy stops at the very pass the interpreter does.
+        prepaid = self.options.count_budget and step & (step - 1) == 0
+        if prepaid:
+            self.op(("mov", ADDR, TMP))
+            self.op(("sub", ADDR, X))
+            if step > 1:
+                self.op(("shr", ADDR, "i8"), step.bit_length() - 1)
+            self.op(("add", ADDR, "i8"), 1)
+            if block.cost > 1:
+                self.op(("imul", ADDR, ADDR, imm_form(block.cost)), block.cost)
+            self.op(("cmp", BUDGET, ADDR))
+            to_checked.append(self.forward("jb"))
+            self.op(("sub", BUDGET, ADDR))
         unchecked = self.here()
-        self.mark("loop: unchecked copy", Section.HOT)
+        self.mark("loop: unchecked copy" + (", charged on entry" if prepaid else ""), Section.HOT)
         self.unchecked, self.retarget[block.last] = plan.accesses, unchecked
+        self._prepaid = prepaid
         self.emit_block(block, record=True)
-        self.unchecked = frozenset()
+        self.unchecked, self._prepaid = frozenset(), False
         self.branch("jmp", location(Section.PC, block.end))
         for field in to_checked:
             self.bind(field)
