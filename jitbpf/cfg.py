@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from jitbpf.contract import ARG_REGS, CALLBACK_HELPER_IDS
 from jitbpf.errors import InternalError, VerifierError
@@ -34,12 +37,12 @@ class Function:
     end: int  # one past its last slot
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
+class Block(NamedTuple):
     """A basic block: straight-line slots [start, end); control enters only at ``start``.
 
     Every engine charges ``cost`` instructions to the budget when it enters the block, so that
-    the interpreter and the JIT stop a runaway program at the same point.
+    the interpreter and the JIT stop a runaway program at the same point. (A tuple: a long
+    program has one per few instructions, made faster so than dataclasses.)
     """
 
     start: int  # first slot
@@ -204,6 +207,20 @@ def live_in(flow: ControlFlow, *, call_args: Mapping[int, int] | None = None) ->
                                       register_writes(insn, info))
         uses[pc], defs[pc] = got
     succ = flow.successor_map
+    per_pc = [0] * n
+    if not flow.has_back_edges:
+        # Every successor of a block starts after it: one pass from the end is the fixpoint.
+        block_in: dict[int, int] = {}
+        for b in reversed(flow.blocks):
+            cur = 0
+            for t in succ[b.start]:
+                cur |= block_in[t]
+            for pc in range(b.end - 1, b.start - 1, -1):
+                if slots[pc] is not None:
+                    cur = uses[pc] | (cur & ~defs[pc])
+                    per_pc[pc] = cur
+            block_in[b.start] = cur
+        return tuple(per_pc)
     block_gen_kill: dict[int, tuple[int, int]] = {}
     for b in flow.blocks:
         gen = kill = 0
@@ -223,7 +240,6 @@ def live_in(flow: ControlFlow, *, call_args: Mapping[int, int] | None = None) ->
             new = gen | (out & ~kill)
             if new != block_in[b.start]:
                 block_in[b.start], changed = new, True
-    per_pc = [0] * n
     for b in flow.blocks:
         cur = 0
         for t in succ[b.start]:
@@ -277,6 +293,10 @@ def writes_fp(program: Program) -> bool:
 _BRANCHES = frozenset({Kind.JA, Kind.JCOND, Kind.MAY_GOTO, Kind.CALL_LOCAL})  # kinds with a target slot
 # The next slot starts a block.
 _ENDS_BLOCK = frozenset({Kind.JA, Kind.JCOND, Kind.MAY_GOTO, Kind.EXIT, Kind.CALL_LOCAL})
+# The opcodes analyze looks at: block ends, calls (of helpers that call back) and lddw (of a
+# function's address).
+_SHAPING_OPCODES = opcode_mask(row.opcode for row in OPCODES
+                               if row.kind in _ENDS_BLOCK | _BRANCHES | {Kind.CALL, Kind.LDDW})
 _WRITES_DST = frozenset({Kind.ALU, Kind.NEG, Kind.END, Kind.BSWAP, Kind.MOVSX, Kind.LDDW, Kind.LDX, Kind.LDXSX})
 _CTX_REG = 1 << 6  # where the legacy packet loads find the context
 _WRITES_R0 = frozenset({Kind.CALL, Kind.CALLX, Kind.CALL_KFUNC, Kind.LD_ABS, Kind.LD_IND})
@@ -315,7 +335,8 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
     entries = {0}
     leaders: set[int] = set()  # starts of blocks: entries, jump targets, slots after a branch
     slots, infos = program.slots, program.infos
-    for pc, insn, info in zip(range(n), slots, infos, strict=True):
+    for pc in program.find_slots(_SHAPING_OPCODES):  # (only these end blocks or name other slots)
+        insn, info = slots[pc], infos[pc]
         if insn is None or info is None:
             continue
         kind = info.kind
@@ -365,15 +386,10 @@ def analyze(program: Program, *, max_insns: int = DEFAULT_MAX_INSNS) -> ControlF
     leaders.discard(n)
     ordered = sorted(leaders)
     # Instructions before each slot (an lddw counts once): block costs by subtraction.
-    seen = [0] * (n + 1)
-    count = 0
-    for pc, insn in enumerate(slots):
-        seen[pc] = count
-        if insn is not None:
-            count += 1
-    seen[n] = count
+    seen = list(itertools.accumulate(map(operator.is_not, slots, itertools.repeat(None)), initial=0))
     blocks: list[Block] = []
+    new = tuple.__new__
     for start, end in zip(ordered, [*ordered[1:], n], strict=True):
         last = end - 1 if slots[end - 1] is not None else end - 2
-        blocks.append(Block(start, end, seen[end] - seen[start], last))
+        blocks.append(new(Block, (start, end, seen[end] - seen[start], last)))
     return ControlFlow(program, functions, tuple(blocks), {b.start: b for b in blocks}, targets, callbacks)
