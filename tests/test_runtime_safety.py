@@ -227,7 +227,8 @@ def test_store_into_read_only_memory_names_it(engine: str) -> None:
 
 
 INTERRUPTED = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job's child starts ignoring it)
 from jitbpf.asm import assemble
 from jitbpf.vm import VM
 

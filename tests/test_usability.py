@@ -196,6 +196,7 @@ def test_loop_rejection_note_in_python() -> None:
 # and reports how it ended. The timeout only keeps a broken child from hanging the suite.
 _INTERRUPTED = """
 import os, signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job's child starts ignoring it)
 import jitbpf
 what = sys.argv[1]
 long_loop = jitbpf.assemble("mov r0, 0\\nadd r0, 1\\njlt r0, 0x7fffffff, -2\\nexit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import signal
 import threading
 
 import pytest
@@ -50,6 +51,8 @@ def test_an_interrupt_from_the_callback_reaches_the_caller() -> None:
 
 def test_ctrl_c_stops_a_long_verification() -> None:
     # A loop that would take the whole complexity limit to reject; the interrupt comes first.
+    # (Python's own handler, which interrupt_main needs: a background job's children ignore SIGINT.)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, _thread.interrupt_main)
     timer.start()
     try:
@@ -59,6 +62,7 @@ def test_ctrl_c_stops_a_long_verification() -> None:
         pytest.fail("the verification ended before the interrupt arrived")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
 
 
 class Terminal(io.StringIO):
