@@ -91,13 +91,12 @@ _C_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")  # what the C ABI has a ca
 class _BatchSlot(enum.IntEnum):
     """Where the "batch" entry keeps its loop's state, from rsp (see _emit_batch)."""
 
-    DONE = 0  # inputs run so far
+    AT = 0  # where the next input's r0 goes (in the results, uint64_t[n])
     CTX = 8  # the run context
     DESC = 16  # the struct jitbpf_batch
     NEXT = 24  # the next input's address
-    RESULTS = 32  # where r0 of input i goes (uint64_t[n])
-    N = 40  # how many inputs
-    SIZES = 48  # the records' size, or the inputs' lengths (uint64_t[n])
+    END = 32  # one past the last result
+    SIZES = 40  # the records' size, or where the next input's length is (uint64_t[n])
 _LOCAL_SAVED = ("rbx", "r13", "r14", "r15", "rbp")  # r6-r9 and r10, restored when a local call returns
 _LOCAL_PAD = 16  # keeps a local-call frame at 64 bytes (5 saves + pad + return address)
 LOCAL_FRAME = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD + 8  # machine stack per local call
@@ -496,20 +495,24 @@ class X86_64(Target):
         for reg in _C_SAVED:
             self.op(("push", reg))
         # The loop's state lives in the frame, where the processor forwards stores to loads
-        # fastest (a run uses every register): [rsp] inputs run so far, then the ctx, the batch,
-        # the next input, the results, n, and the stride or the lengths.
+        # fastest (a run uses every register): see _BatchSlot.
         self.op(("sub", "rsp", "i8"), 64)
         self.op(("mov", "q[rsp+d8]", "rdi"), _BatchSlot.CTX)
         self.op(("mov", "q[rsp+d8]", "rsi"), _BatchSlot.DESC)
-        copied = ((L.batch_base, _BatchSlot.NEXT), (L.batch_results, _BatchSlot.RESULTS), (L.batch_n, _BatchSlot.N))
-        for field, slot in copied:
-            self._load("rax", "rsi", field)
-            self.op(("mov", "q[rsp+d8]", "rax"), slot)
-        self.op(("mov", "q[rsp]", "i32"), 0)
-        if self._needs_packet:  # each input is the packet
+        self._load("rax", "rsi", L.batch_base)
+        self.op(("mov", "q[rsp+d8]", "rax"), _BatchSlot.NEXT)
+        self._load("rax", "rsi", L.batch_results)
+        self.op(("mov", "q[rsp]", "rax"))
+        self._load("rcx", "rsi", L.batch_n)
+        self.op(("lea", "rdx", "[rax+rcx*8]"))
+        self.op(("mov", "q[rsp+d8]", "rdx"), _BatchSlot.END)
+        if self._needs_packet:  # each input is the packet (rcx is n again after it)
             self._own_packet()
-        self.op(("test", "rax", "rax"))
-        to_done = [self.forward("jz")]
+            self._load("rcx", "rsi", L.batch_n)
+        self.op(("xor", "eax", "eax"))  # (n = 0: none ran)
+        self.op(("test", "rcx", "rcx"))
+        to_out = [self.forward("jz")]
+        to_done: list[int] = []
         self._load("rcx", "rsi", L.batch_lens)
         self.op(("test", "rcx", "rcx"))
         to_lens = self.forward("jnz")
@@ -523,9 +526,10 @@ class X86_64(Target):
                 self.op(("mov", "q[rsp+d8]", "rcx"), _BatchSlot.SIZES)
             loop = self.here()
             if sized:
-                self.op(("mov", "rax", "q[rsp]"))
                 self.op(("mov", "rcx", "q[rsp+d8]"), _BatchSlot.SIZES)
-                self.op(("mov", "rdx", "q[rcx+rax*8]"))
+                self.op(("mov", "rdx", "q[rcx]"))
+                self.op(("add", "rcx", "i8"), 8)
+                self.op(("mov", "q[rsp+d8]", "rcx"), _BatchSlot.SIZES)
             else:
                 self.op(("mov", "rdx", "q[rsp+d8]"), _BatchSlot.SIZES)
             self.op(("mov", "rdi", "q[rsp+d8]"), _BatchSlot.CTX)
@@ -539,9 +543,8 @@ class X86_64(Target):
                 self._own_bounds("rcx", "rdx")
             to_run.append(self.forward("call"))
             self.op(("mov", "rcx", "q[rsp]"))
-            self.op(("mov", "rdx", "q[rsp+d8]"), _BatchSlot.RESULTS)
-            self.op(("mov", "q[rdx+rcx*8]", "rax"))
-            self.op(("add", "rcx", "i8"), 1)
+            self.op(("mov", "q[rcx]", "rax"))
+            self.op(("add", "rcx", "i8"), 8)
             self.op(("mov", "q[rsp]", "rcx"))
             to_release = None
             if self.options.helper_calls:  # only a helper reserves ring buffer records
@@ -556,18 +559,16 @@ class X86_64(Target):
             self.op(("cmp", token, "i8"), *vals, 0)
             to_stopped = self.forward("jne")
             resume = self.here()
-            self.op(("cmp", "rcx", "q[rsp+d8]"), _BatchSlot.N)
+            self.op(("cmp", "rcx", "q[rsp+d8]"), _BatchSlot.END)
             self.branch("jb", loop)
-            self.op(("mov", "rax", "rcx"))
             to_done.append(self.forward("jmp"))
             # A non-zero status with ERROR_RESULT: the run stopped early (else it returned that).
             self.bind(to_stopped)
-            self.op(("mov", "rdx", "q[rsp+d8]"), _BatchSlot.RESULTS)
-            self.op(("mov", "rax", "q[rdx+rcx*8+d8]"), -8)
+            self.op(("mov", "rax", "q[rcx+d8]"), -8)
             self.op(("mov", "rdx", "i64"), ERROR_RESULT)
             self.op(("cmp", "rax", "rdx"))
             self.branch("jne", resume)
-            self.op(("lea", "rax", "[rcx+d8]"), -1)
+            self.op(("sub", "rcx", "i8"), 8)  # the inputs before the one that stopped
             to_done.append(self.forward("jmp"))
             if to_release is not None:
                 self.bind(to_release)
@@ -578,7 +579,15 @@ class X86_64(Target):
                 self.op(("add", "rsp", "i8"), 8)
                 self.op(("mov", "rcx", "q[rsp]"))
                 self.branch("jmp", released)
+        # rcx = where the next result would go: the inputs run are its distance from the first.
         for field in to_done:
+            self.bind(field)
+        self.op(("mov", "rsi", "q[rsp+d8]"), _BatchSlot.DESC)
+        self._load("rax", "rsi", L.batch_results)
+        self.op(("sub", "rcx", "rax"))
+        self.op(("shr", "rcx", "i8"), 3)
+        self.op(("mov", "rax", "rcx"))
+        for field in to_out:
             self.bind(field)
         self.op(("add", "rsp", "i8"), 64)
         for reg in reversed(_C_SAVED):
@@ -1400,8 +1409,9 @@ class X86_64(Target):
             self.op(("cmp", "rsp", FRAME))
             self.branch_named("je", "exit")
             self.op(("ret",))
-        else:
-            self.branch_named("jmp", "exit")
+        else:  # the "exit" routine itself, inline: one jump less per run
+            self.op(("lea", "rsp", "[r12+d32]"), self.lay.frame_size)
+            self.op(("ret",))
 
     def emit_kfunc(self, pc: int, insn: Instruction, info: OpInfo) -> None:
         self.branch("jmp", self.stub(pc, "abort_kfunc", "kernel function call", pc))
