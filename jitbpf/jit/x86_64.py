@@ -368,10 +368,23 @@ class X86_64(Target):
         for reg in reversed(_C_SAVED):
             self.op(("pop", reg))
         self.op(("ret",))
-        to_run.extend(self._emit_batch())
+        batch_runs = self._emit_batch()
         for field in to_run:
             self.bind(field)
         self.mark("entry: run, prologue", Section.HOT)
+        self._emit_prologue(from_mem=False)
+        self.branch("jmp", location(Section.PC, 0))
+        # A batch's runs take r1 and r2 where it put the input (mem and its size): two stores
+        # fewer per input. This copy falls through into the program.
+        for field in batch_runs:
+            self.bind(field)
+        self.mark("entry: run of a batch input, prologue", Section.HOT)
+        self._emit_prologue(from_mem=True)
+
+    def _emit_prologue(self, *, from_mem: bool) -> None:
+        """The run's frame and state from the context (rdi), r1 and r2 from its r1 and r2 words,
+        or ``from_mem`` from its mem and size."""
+        L = self.lay
         self.op(("sub", "rsp", imm_form(L.frame_size)), L.frame_size)
         self.op(("mov", FRAME, "rsp"))
         self._store(FRAME, L.frame_ctx, "rdi")
@@ -422,8 +435,12 @@ class X86_64(Target):
             self._load("rax", "rdi", L.ctx_callback)
             self.op(("test", "rax", "rax"))
             self.branch_named("jnz", "async_entry")
-        self._load("rsi", "rdi", L.ctx_r2)
-        self._load("rdi", "rdi", L.ctx_r1)
+        if from_mem:
+            self._load("rsi", "rdi", L.ctx_mem_size)
+            self._load("rdi", "rdi", L.ctx_mem)
+        else:
+            self._load("rsi", "rdi", L.ctx_r2)
+            self._load("rdi", "rdi", L.ctx_r1)
         if not self.options.verified:
             for reg in ("eax", "edx", "ecx", "r8d", "ebx", "r13d", "r14d", "r15d"):
                 self.op(("xor", reg, reg))
@@ -484,7 +501,7 @@ class X86_64(Target):
 
     def _emit_batch(self) -> list[int]:
         """The "batch" entry, (ctx, struct jitbpf_batch *) -> inputs run: each input is one run of
-        "run" as the "args" entry makes it, the C registers saved once for all. Stops after a run
+        "run" as the "args" entry makes it (r1 and r2 from mem), the C registers saved once for all. Stops after a run
         that stopped early (its index returned, as the C loops did), else returns n. Each run
         starts afresh all the same: "run" resets the run's state (status, budget, stack frame,
         may_goto count) and a run's leftover ring buffer reservations are dropped after it.
@@ -535,10 +552,8 @@ class X86_64(Target):
             self.op(("mov", "rdi", "q[rsp+d8]"), _BatchSlot.CTX)
             self.op(("mov", "rcx", "q[rsp+d8]"), _BatchSlot.NEXT)
             self.op(("add", "q[rsp+d8]", "rdx"), _BatchSlot.NEXT)
-            for field in (L.ctx_mem, L.ctx_r1):
-                self._store("rdi", field, "rcx")
-            for field in (L.ctx_mem_size, L.ctx_r2):
-                self._store("rdi", field, "rdx")
+            self._store("rdi", L.ctx_mem, "rcx")
+            self._store("rdi", L.ctx_mem_size, "rdx")
             if self._needs_packet:
                 self._own_bounds("rcx", "rdx")
             to_run.append(self.forward("call"))
