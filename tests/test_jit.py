@@ -205,6 +205,21 @@ def test_a_versioned_loop_maps_its_slots_to_the_first_copy() -> None:
     assert all(marks["loop: unchecked copy"] < offset[pc] < marks["loop: checked copy"] for pc in range(loop + 1, 8))
 
 
+@pytest.mark.parametrize("before", range(6))
+def test_a_versioned_loop_starts_on_a_32_byte_boundary(before: int) -> None:
+    """However long the code before it, the unchecked copy of a loop starts 32-byte aligned in
+    the code (whose pages are aligned): a short loop lies in one fetch block."""
+    source = BYTE_SUM.format(start="\n".join(["mov r6, 1", "lddw r7, 0x123456789"][i % 2] for i in range(before)),
+                             bound="")
+    with VM(assemble(source), verify=False, allow_loops=True, budget=100_000) as vm:
+        vm.jit_compile()
+        assert vm._jit is not None
+        compiled = vm._jit.compiled
+        assert vm.execute_jit(bytearray(range(1, 101))) == sum(range(1, 101))
+    unchecked = [off for off, text, _pc in compiled.marks if text.startswith("loop: unchecked copy")]
+    assert compiled.blocks % 32 == 0 and len(unchecked) == 1 and unchecked[0] % 32 == 0
+
+
 @pytest.mark.parametrize("back_edge", ["jlt r3, r4, loop", "jgt r4, r3, loop"])
 def test_a_walking_loop_runs_unchecked_inside_mem(back_edge: str) -> None:
     source = BYTE_SUM.format(start="", bound="").replace("jlt r3, r4, loop", back_edge)

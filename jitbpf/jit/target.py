@@ -46,6 +46,7 @@ class Section(enum.IntEnum):
 
 
 _PC_BASE = Section.PC << _TAG  # the location of slot 0's code (a branch target)
+BLOCK_ALIGN = 32  # where the blocks start in the code, and what a target may align loops to there
 
 
 def location(section: Section, offset: int) -> int:
@@ -75,15 +76,15 @@ class CompiledCode:
     # The marks as the target recorded them (locations), and where link put each section: only
     # listings read them, so they become offsets when asked (see marks).
     recorded_marks: tuple[tuple[int, str, int], ...]
-    layout: tuple[int, int, int]  # (head's length, blocks' length, hot code's length)
+    layout: tuple[int, int, int]  # (where the blocks start, blocks' length, hot code's length)
 
     @property
     def marks(self) -> tuple[tuple[int, str, int], ...]:
         """(offset, label, pc or -1) of prologue, stubs and routines, ascending."""
         head, body, hot_len = self.layout
         cold = location(Section.COLD, 0)  # marks are in the hot code (head or blocks) or the cold
-        return tuple(sorted([(loc + head if loc < body else loc - body if loc < cold else loc - cold + hot_len,
-                              text, pc) for loc, text, pc in self.recorded_marks]))
+        return tuple(sorted([(loc + head if loc < body else loc + head - hot_len if loc < cold
+                              else loc - cold + head + body, text, pc) for loc, text, pc in self.recorded_marks]))
 
     @property
     def pcs(self) -> tuple[tuple[int, int], ...]:
@@ -186,6 +187,7 @@ class Target(abc.ABC):
 
     name: ClassVar[str] = "generic"  # architecture name, for messages
     versions_loops: ClassVar[bool] = False  # emit_loop makes an unchecked copy behind a range check
+    filler: ClassVar[bytes] = b"\x00"  # the byte that pads code no run reaches
     loop_reach: ClassVar[int] = 0  # largest offset emit_loop's range check adds to an address exactly
     capstone_arch: ClassVar[tuple[int, int]] = (0, 0)  # capstone (arch, mode) of the listing
     # Runtime routines whose offsets CompiledCode.entries also gives ("fault": where a run whose
@@ -561,8 +563,11 @@ class Target(abc.ABC):
     def link(self) -> CompiledCode:
         hot, body = self.hot, self._head_at  # the blocks' code is hot[:body], the head the rest
         hot_len = len(hot)
-        head = hot_len - body
-        code = hot[body:] + hot[:body] + self.cold
+        # The head goes first, padded in front so that the blocks start BLOCK_ALIGN-aligned (in
+        # code whose base is page-aligned): the alignment a target gives loops in them holds.
+        pad = -(hot_len - body) % BLOCK_ALIGN
+        head = pad + hot_len - body  # where the blocks start
+        code = bytearray(self.filler * pad) + hot[body:] + hot[:body] + self.cold
         pc_off = self.pc_off
         pc_tag = Section.PC
 
@@ -574,8 +579,8 @@ class Target(abc.ABC):
                     raise AssertionError(f"branch to pc {offset}, which has no code")
                 return target + head
             if section == Section.COLD:
-                return offset + hot_len
-            return offset + head if offset < body else offset - body
+                return offset + head + body
+            return offset + head if offset < body else offset + head - hot_len
 
         # The hook's own packer when no target replaced it: one call per branch fewer.
         patch = _REL32.pack_into if type(self).patch_branch is Target.patch_branch else self.patch_branch
@@ -590,7 +595,7 @@ class Target(abc.ABC):
             pos = absolute(field_loc)
             patch(code, pos, absolute(self.labels[name]) - (pos + 4))
         entries = {name: absolute(off) for name, off in self.entries.items()}
-        entries["cold"] = hot_len  # the blocks end here (stubs and runtime routines follow)
+        entries["cold"] = head + body  # the blocks end here (stubs and runtime routines follow)
         for name in self.exported:
             entries[name] = absolute(self.labels[name])
         return CompiledCode(bytes(code), entries, tuple(pc_off), head, tuple(self.marks), (head, body, hot_len))

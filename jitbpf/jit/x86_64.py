@@ -86,6 +86,10 @@ _SIMPLE_ALU: dict[int, str] = {AluOp.ADD: "add", AluOp.SUB: "sub", AluOp.OR: "or
 _SHIFTS = {AluOp.LSH: "shl", AluOp.RSH: "shr", AluOp.ARSH: "sar"}
 _ATOMIC_ALU = {AtomicOp.ADD: "add", AtomicOp.OR: "or", AtomicOp.AND: "and", AtomicOp.XOR: "xor"}
 _C_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")  # what the C ABI has a callee keep
+# A versioned loop's unchecked copy starts on a 32-byte boundary: a short loop then lies in one
+# fetch block, not across two (1.7x on a byte loop's speed, by where the code before it ended).
+_LOOP_ALIGN = 32
+_JUMP_OVER = 8  # padding from this many bytes on is jumped over rather than run through as nops
 
 
 class _BatchSlot(enum.IntEnum):
@@ -156,6 +160,7 @@ class X86_64(Target):
 
     name: ClassVar[str] = "x86-64"
     versions_loops: ClassVar[bool] = True
+    filler: ClassVar[bytes] = b"\xcc"  # int3: padding no run reaches traps
     exported: ClassVar[tuple[str, ...]] = ("abort_fault",)
     loop_reach: ClassVar[int] = 2**31 - 1  # lea's displacement is a signed 32-bit field
     capstone_arch: ClassVar[tuple[int, int]] = (3, 8)  # CS_ARCH_X86, CS_MODE_64
@@ -1163,6 +1168,7 @@ class X86_64(Target):
             self.op(("cmp", BUDGET, ADDR))
             to_checked.append(self.forward("jb"))
             self.op(("sub", BUDGET, ADDR))
+        self._align(_LOOP_ALIGN)
         unchecked = self.here()
         self.mark("loop: unchecked copy" + (", charged on entry" if prepaid else ""), Section.HOT)
         self.unchecked, self.retarget[block.last] = plan.accesses, unchecked
@@ -1176,6 +1182,18 @@ class X86_64(Target):
         self.retarget[block.last] = self.here()
         self.emit_block(block, record=False)
         del self.retarget[block.last]
+
+    def _align(self, boundary: int) -> None:
+        """Pad the blocks' code to a multiple of ``boundary`` (from the blocks' start, which link
+        aligns): a few nops run through, a longer gap is jumped over."""
+        pad = -len(self.hot) % boundary
+        if pad < _JUMP_OVER:
+            for _ in range(pad):
+                self.op(("nop",))
+            return
+        over = self.forward("jmp")
+        self.hot += self.filler * (pad - 5)  # (a jmp rel32 is 5 bytes)
+        self.bind(over)
 
     def _saved_around(self, pc: int) -> list[str]:
         """Host registers to keep across the helper call at ``pc``: the budget, and those of r1-r5
