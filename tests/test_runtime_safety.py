@@ -431,3 +431,46 @@ def test_a_failed_helper_leaves_no_earlier_runs_stack(engine: str) -> None:
     vm = VM(assemble(LOAD_FAILS_THEN_READS), prog_type="xdp")
     assert vm.run_xdp(b"\x01" + bytes(63), engine=engine)[0] == 7
     assert vm.run_xdp(bytes(64), engine=engine)[0] == 0
+
+
+# --- interpreter exit while daemon threads are inside JIT code -----------------------------------
+
+# A child whose daemon threads run endless programs (no GIL held inside the code) when the
+# interpreter exits: exit calls the finalizers of objects still alive, which must not unmap the
+# code or retire the gate under those runs.
+DAEMONS_AT_EXIT = """
+import sys, threading, time
+from jitbpf import VM, ProgType
+from jitbpf.asm import assemble
+from jitbpf.linux.maps import HashMap
+how = sys.argv[1]
+loop = assemble("mov r0, 0\\nja -1\\nexit")
+options = dict(verify=False, allow_loops=True, budget=10**12)
+if how in ("execute_jit", "execute_records", "execute_batch", "interpreter"):
+    vm = VM(loop, **options)
+    run = {"execute_jit": vm.execute_jit, "interpreter": vm.execute,
+           "execute_records": lambda: vm.execute_records(bytearray(64), 8),
+           "execute_batch": lambda: vm.execute_batch([bytearray(8)] * 3)}[how]
+elif how == "run_xdp":
+    vm = VM(loop, prog_type=ProgType.XDP, **options)
+    run = lambda: vm.run_xdp(bytes(64), engine="jit")
+else:  # a native helper on a map in the loop
+    lookups = assemble("stw [r10-4], 1\\nloop:\\nlddw r1, map:M\\nmov r2, r10\\nadd r2, -4\\ncall 1\\nja loop\\nexit",
+                       maps={"M": 1})
+    vm = VM(lookups, **options)
+    vm.add_map(HashMap(key_size=4, value_size=8, max_entries=4, name="M"), 1)
+    vm.use_standard_helpers()
+    run = vm.execute_jit
+for _ in range(2):
+    threading.Thread(target=run, daemon=True).start()
+time.sleep(0.3)
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["execute_jit", "execute_records", "execute_batch", "run_xdp", "map_helper",
+                                 "interpreter"])
+def test_exit_with_daemon_threads_inside_the_code(how: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", DAEMONS_AT_EXIT, how], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "exiting\n", "")

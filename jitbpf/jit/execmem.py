@@ -89,6 +89,9 @@ class ExecutableMemory:
         else:
             self.fault_handled = False
             self._finalizer = weakref.finalize(self, _unmap, address, size)
+        # Not at interpreter exit, which calls the finalizers of objects still alive: a thread
+        # that exit does not wait for (a daemon) may still be running this code, without the GIL.
+        self._finalizer.atexit = False
 
     @property
     def closed(self) -> bool:

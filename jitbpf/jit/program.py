@@ -249,6 +249,7 @@ class JitProgram:
         if nat is not None and self._gate == nat.ffi.NULL:
             self._gate = None  # out of memory: no native fast paths (bind_bare, regions_binding)
         self._gate_finalizer = weakref.finalize(self, _retire_gate, self._gate, False)
+        self._gate_finalizer.atexit = False  # (as the code's: a daemon thread may be inside it at exit)
         entries = self.compiled.entries
         self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
         self._entry_mem: Callable[[Any], int] = self._code.function(entries["mem"], ENTRY_TYPE)
