@@ -474,3 +474,36 @@ def test_exit_with_daemon_threads_inside_the_code(how: str) -> None:
     proc = subprocess.run([sys.executable, "-c", DAEMONS_AT_EXIT, how], capture_output=True, text=True, timeout=120,
                           check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "exiting\n", "")
+
+
+# --- fork() while runs are inside the code -----------------------------------------------------
+
+# A child forked while another thread is inside a program's code (and, second case, while its
+# own thread is, from a helper) must be able to close that program: it has only its own runs.
+FORKED = """
+import os, sys, threading, time
+from jitbpf import VM
+from jitbpf.asm import assemble
+endless = VM(assemble("mov r0, 0\\nja -1\\nexit"), verify=False, allow_loops=True, budget=10**12)
+endless.jit_compile()
+threading.Thread(target=endless.execute_jit, daemon=True).start()
+time.sleep(0.3)
+forked = []
+forking = VM(assemble("call 9\\nmov r0, 5\\nexit"))
+forking.register_helper(9, lambda *_: forked.append(os.fork()) or 0)
+result = forking.execute_jit()
+if forked[0] == 0:  # the child, back from the helper and the run
+    print("child", result, VM(assemble("mov r0, 7\\nexit")).execute_jit(), flush=True)
+    endless.close()
+    forking.close()
+    print("child closed both", flush=True)
+    os._exit(0)
+_, status = os.waitpid(forked[0], 0)
+print("parent", result, os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_a_forked_child_closes_programs_the_parent_was_running() -> None:
+    proc = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ["child 5 7", "child closed both", "parent 5 0"]

@@ -31,8 +31,13 @@ struct jb_gate {
     uint64_t token;  /* the program's token while it is open; 0 once closed (or recycled: another) */
     uint64_t active; /* runs inside the code now */
     struct jb_gate *next_free;
+    struct jb_gate *next_all; /* every gate made, newest first (a fork's child recounts them) */
 };
+#define JB_GATE_NEST 32 /* runs inside runs (a helper running another program) a thread records */
 extern __thread uint32_t jb_gated_runs __attribute__((tls_model("initial-exec"), visibility("hidden")));
+/* The gates this thread's runs hold, outermost first (the first JB_GATE_NEST of them). */
+extern __thread struct jb_gate *jb_gates_held[JB_GATE_NEST]
+    __attribute__((tls_model("initial-exec"), visibility("hidden")));
 
 static inline int jb_gate_enter(struct jb_gate *g, uint64_t token)
 {
@@ -41,6 +46,8 @@ static inline int jb_gate_enter(struct jb_gate *g, uint64_t token)
         __atomic_sub_fetch(&g->active, 1, __ATOMIC_SEQ_CST);
         return 0;
     }
+    if (jb_gated_runs < JB_GATE_NEST)
+        jb_gates_held[jb_gated_runs] = g;
     jb_gated_runs++;
     return 1;
 }

@@ -207,19 +207,46 @@ uint64_t jb_helper_python(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4, ui
 }
 
 __thread uint32_t jb_gated_runs;
+__thread struct jb_gate *jb_gates_held[JB_GATE_NEST];
 
 /* Gates are recycled through a free list and never given back to the allocator (see jbrun.h). */
 static pthread_mutex_t g_gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct jb_gate *g_gate_free;
+static struct jb_gate *g_gates; /* every gate made (next_all), never freed */
+static pthread_once_t g_fork_once = PTHREAD_ONCE_INIT;
+
+/* fork() copies only the calling thread: the runs that other threads had inside a program's
+   code do not exist in the child, and closing the program there would wait for them forever.
+   The child's gates count the forking thread's own runs alone. The lock is held across the
+   fork, so that the child does not inherit it taken by a thread it does not have. */
+static void gates_before_fork(void) { pthread_mutex_lock(&g_gate_lock); }
+static void gates_after_fork(void) { pthread_mutex_unlock(&g_gate_lock); }
+
+static void gates_in_child(void)
+{
+    for (struct jb_gate *g = g_gates; g != NULL; g = g->next_all)
+        g->active = 0;
+    uint32_t held = jb_gated_runs < JB_GATE_NEST ? jb_gated_runs : JB_GATE_NEST;
+    for (uint32_t i = 0; i < held; i++)
+        jb_gates_held[i]->active++;
+    pthread_mutex_unlock(&g_gate_lock);
+}
+
+static void watch_forks(void) { pthread_atfork(gates_before_fork, gates_after_fork, gates_in_child); }
 
 void *jb_gate_new(uint64_t token)
 {
+    pthread_once(&g_fork_once, watch_forks);
     pthread_mutex_lock(&g_gate_lock);
     struct jb_gate *g = g_gate_free;
     if (g != NULL)
         g_gate_free = g->next_free;
+    else if ((g = calloc(1, sizeof *g)) != NULL) {
+        g->next_all = g_gates;
+        g_gates = g;
+    }
     pthread_mutex_unlock(&g_gate_lock);
-    if (g == NULL && (g = calloc(1, sizeof *g)) == NULL)
+    if (g == NULL)
         return NULL;
     g->next_free = NULL;
     __atomic_store_n(&g->token, token, __ATOMIC_SEQ_CST);
