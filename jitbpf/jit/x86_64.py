@@ -90,17 +90,6 @@ _C_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")  # what the C ABI has a ca
 # fetch block, not across two (1.7x on a byte loop's speed, by where the code before it ended).
 _LOOP_ALIGN = 32
 _JUMP_OVER = 8  # padding from this many bytes on is jumped over rather than run through as nops
-
-
-class _BatchSlot(enum.IntEnum):
-    """Where the "batch" entry keeps its loop's state, from rsp (see _emit_batch)."""
-
-    AT = 0  # where the next input's r0 goes (in the results, uint64_t[n])
-    CTX = 8  # the run context
-    DESC = 16  # the struct jitbpf_batch
-    NEXT = 24  # the next input's address
-    END = 32  # one past the last result
-    SIZES = 40  # the records' size, or where the next input's length is (uint64_t[n])
 _LOCAL_SAVED = ("rbx", "r13", "r14", "r15", "rbp")  # r6-r9 and r10, restored when a local call returns
 _LOCAL_PAD = 16  # keeps a local-call frame at 64 bytes (5 saves + pad + return address)
 LOCAL_FRAME = 8 * len(_LOCAL_SAVED) + _LOCAL_PAD + 8  # machine stack per local call
@@ -138,6 +127,17 @@ _CLASSIFIERS = (  # the stencil classifier method of each kind with stencils
     (Kind.NEG, "_exact_class"), (Kind.MOVSX, "_exact_class"), (Kind.END, "_exact_class"),
     (Kind.BSWAP, "_exact_class"),
 )
+
+
+class _BatchSlot(enum.IntEnum):
+    """Where the "batch" entry keeps its loop's state, from rsp (see _emit_batch)."""
+
+    AT = 0  # where the next input's r0 goes (in the results, uint64_t[n])
+    CTX = 8  # the run context
+    DESC = 16  # the struct jitbpf_batch
+    NEXT = 24  # the next input's address
+    END = 32  # one past the last result
+    SIZES = 40  # the records' size, or where the next input's length is (uint64_t[n])
 
 
 def mem(size: int | str, base: str, disp: int) -> tuple[str, tuple[int, ...]]:
