@@ -24,7 +24,7 @@ from jitbpf.helpers import Helper, HelperFn
 from jitbpf.interpreter import CompiledBlocks, Env, Translator, run
 from jitbpf.isa import FP, MASK64, STACK_SIZE, Instruction, Kind, Program, PseudoSrc
 from jitbpf.jit.runtime import ERROR_RESULT
-from jitbpf.linux.pktrun import split_runs
+from jitbpf.linux.pktrun import Workers
 from jitbpf.linux.programs import ENGINES, ProgramRunners, ProgType
 from jitbpf.memory import MemoryMap, PacketSource, Region, access_operand, region_of
 from jitbpf.sandbox import Pages
@@ -151,6 +151,7 @@ class VM(ProgramRunners):
         self.max_tail_calls = max_tail_calls
         self.std: Any = None  # the standard helpers' context (jitbpf.linux.stdhelpers), once enabled
         self._local = threading.local()
+        self.workers = Workers()  # the threads batches run on when split (threads > 1)
         self._blocks: CompiledBlocks | None = None
         self._checked = False
         self._proven: frozenset[int] = frozenset()
@@ -550,7 +551,7 @@ class VM(ProgramRunners):
             if not jit.batchable:
                 return self._one_by_one(items)
             regions = self.map_regions()
-            return split_runs(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
+            return self.workers.split(len(items), threads, lambda lo, hi: jit.run_batch(items[lo:hi], regions))
         finally:
             self._leave(outer)
 
@@ -585,7 +586,7 @@ class VM(ProgramRunners):
             if not jit.batchable:
                 return self._one_by_one([view[i * record_size:(i + 1) * record_size] for i in range(count)])
             regions = self.map_regions()
-            out = split_runs(count, threads, lambda lo, hi: jit.run_records(
+            out = self.workers.split(count, threads, lambda lo, hi: jit.run_records(
                 view[lo * record_size:hi * record_size], record_size, regions))
         finally:
             self._leave(outer)
@@ -737,6 +738,7 @@ class VM(ProgramRunners):
         self._release()
 
     def _release(self) -> None:
+        self.workers.close()
         self._config_changed()
         jit, self._jit = self._jit, None
         if jit is not None:

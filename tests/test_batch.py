@@ -3,7 +3,11 @@ over many inputs (execute_batch, execute_records), single- and multi-threaded.""
 
 from __future__ import annotations
 
+import array
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -224,6 +228,59 @@ def test_threads_split_the_batch(threads: int) -> None:
         assert list(vm.execute_records(data, 5, threads=threads)) == list(vm.execute_records(bytearray(range(250)), 5))
         with pytest.raises(ValueError):
             vm.execute_batch(inputs(), threads=0)
+
+
+def test_split_batches_run_on_the_same_threads_each_time() -> None:
+    """The threads a split batch runs on are the VM's own, kept between batches (each made its
+    binding once); close() lets them go."""
+    from jitbpf.linux.pktrun import Workers
+
+    seen: set[int] = set()
+    workers = Workers()
+
+    def record(lo: int, hi: int) -> array.array[int]:
+        seen.add(threading.get_ident())
+        return array.array("Q", range(lo, hi))
+
+    for _ in range(5):
+        assert list(workers.split(10, 2, record)) == list(range(10))
+    assert len(seen) == 2 and threading.get_ident() not in seen
+    # A slice that splits on the same workers does not wait for itself.
+    assert list(workers.split(4, 2, lambda lo, hi: workers.split(hi - lo, 2, record))) == [0, 1, 0, 1]
+    workers.close()
+    with VM(assemble(SUM_FIRST_BYTES)) as vm:
+        for _ in range(3):
+            vm.execute_batch(inputs(), threads=2)
+        names = {t.name for t in threading.enumerate()}
+        assert any(n.startswith("jitbpf-batch") for n in names)
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("jitbpf-batch") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name.startswith("jitbpf-batch") for t in threading.enumerate())
+
+
+FORKED_SPLIT = """
+import os
+from jitbpf import VM
+from jitbpf.asm import assemble
+vm = VM(assemble("ldxb r0, [r1]\\nexit"))
+inputs = [bytearray([i]) for i in range(8)]
+print(list(vm.execute_batch(inputs, threads=2)), flush=True)
+pid = os.fork()
+if pid == 0:  # the parent's workers do not exist here
+    print("child", list(vm.execute_batch(inputs, threads=2)), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("parent", list(vm.execute_batch(inputs, threads=2)), flush=True)
+"""
+
+
+def test_a_forked_child_splits_batches_on_its_own_threads() -> None:
+    proc = subprocess.run([sys.executable, "-c", FORKED_SPLIT], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    run = list(range(8))
+    assert proc.stdout.splitlines() == [str(run), f"child {run}", f"parent {run}"]
 
 
 PERCPU_COUNT = """

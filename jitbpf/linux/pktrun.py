@@ -7,7 +7,10 @@ from __future__ import annotations
 import array
 import functools
 import itertools
+import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -337,30 +340,69 @@ def _uint64s(nffi: Any, values: Sequence[int], lo: int, hi: int) -> Any:
     return nffi.new("uint64_t[]", values[lo:hi])
 
 
-def split_runs(n: int, threads: int, run: Callable[[int, int], array.array[int]]) -> array.array[int]:
-    """``run(lo, hi)`` over [0, n) in ``threads`` contiguous slices, one thread each (thread i
-    takes CPU id i modulo the CPU count, so per-CPU map values do not collide), concatenated."""
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
-    threads = min(threads, max(n, 1))
-    if threads == 1:
-        return run(0, n)
-    from concurrent.futures import ThreadPoolExecutor
+class Workers:
+    """The threads a VM splits its batches over, kept from one batch to the next: each thread's
+    bindings (arena, run context, stack) are made on its first slice, not on every batch. A
+    process forked from one with workers starts without them (the child has none of the
+    parent's threads) and makes its own."""
 
-    from jitbpf.linux.maps import num_cpus, set_current_cpu
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._size = 0  # its threads
+        self._owner = 0  # the pid that made it
+        self._local = threading.local()  # marks the pool's own threads
 
-    bounds = [n * i // threads for i in range(threads + 1)]
+    def _executor(self, threads: int) -> ThreadPoolExecutor | None:
+        """A pool of at least ``threads`` workers; None on one of them (a helper splitting a batch
+        of the same VM from inside a slice would wait for itself)."""
+        if getattr(self._local, "worker", False):
+            return None
+        with self._lock:
+            pool = self._pool
+            if pool is None or self._owner != os.getpid() or self._size < threads:
+                if pool is not None and self._owner == os.getpid():
+                    pool.shutdown(wait=False)
+                pool = self._pool = ThreadPoolExecutor(threads, "jitbpf-batch", self._mark)
+                self._size, self._owner = threads, os.getpid()
+            return pool
 
-    def slice_of(i: int) -> array.array[int]:
-        set_current_cpu(i % num_cpus())
-        try:
-            return run(bounds[i], bounds[i + 1])
-        finally:
-            set_current_cpu(None)
+    def _mark(self) -> None:
+        self._local.worker = True
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(slice_of, range(threads)))
-    out = array.array("Q")
-    for part in parts:
-        out.extend(part)
-    return out
+    def split(self, n: int, threads: int, run: Callable[[int, int], array.array[int]]) -> array.array[int]:
+        """``run(lo, hi)`` over [0, n) in ``threads`` contiguous slices, one thread each (slice i
+        takes CPU id i modulo the CPU count, so per-CPU map values do not collide), concatenated."""
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        threads = min(threads, max(n, 1))
+        if threads == 1:
+            return run(0, n)
+        from jitbpf.linux.maps import num_cpus, set_current_cpu
+
+        bounds = [n * i // threads for i in range(threads + 1)]
+
+        def slice_of(i: int) -> array.array[int]:
+            set_current_cpu(i % num_cpus())
+            try:
+                return run(bounds[i], bounds[i + 1])
+            finally:
+                set_current_cpu(None)
+
+        pool = self._executor(threads)
+        if pool is None:
+            with ThreadPoolExecutor(threads) as nested:
+                parts = list(nested.map(slice_of, range(threads)))
+        else:
+            parts = list(pool.map(slice_of, range(threads)))
+        out = array.array("Q")
+        for part in parts:
+            out.extend(part)
+        return out
+
+    def close(self) -> None:
+        """Let the workers end (after any slice in progress)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None and self._owner == os.getpid():
+            pool.shutdown(wait=False)

@@ -1704,7 +1704,7 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
             assert batch is not None
             return pktrun.run_slice(b, template, derive, batch, lo, hi, outcome, outcome.packets)
 
-        outcome.results = pktrun.split_runs(n, threads, run)
+        outcome.results = vm.workers.split(n, threads, run)
         return outcome
     if batch is None:
         assert items is not None
