@@ -8,6 +8,7 @@ through the same bounds-checked ``MemoryMap`` whichever engine called them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -112,14 +113,26 @@ class MemoryMap:
     program passes them; an address outside every region raises ``ExecutionError``.
     """
 
-    __slots__ = ("regions",)
+    __slots__ = ("_more", "regions")
 
-    def __init__(self, regions: list[Region]) -> None:
+    def __init__(self, regions: list[Region], more: Callable[[], Sequence[Region]] | None = None) -> None:
         self.regions = [r for r in regions if r.size]
+        # Regions that may appear during the run (the values of a map that another thread put
+        # into an outer map after the run began, which the run may look up): asked on a miss.
+        self._more = more
 
     def find(self, addr: int, size: int) -> Region | None:
         """The region holding all of [addr, addr + size), or None."""
         for r in self.regions:
+            if r.base <= addr and addr + size <= r.base + r.size:
+                return r
+        return None if self._more is None else self._find_more(addr, size)
+
+    def _find_more(self, addr: int, size: int) -> Region | None:
+        known = {r.base for r in self.regions}
+        added = [r for r in self._more() if r.size and r.base not in known] if self._more is not None else []
+        self.regions.extend(added)
+        for r in added:
             if r.base <= addr and addr + size <= r.base + r.size:
                 return r
         return None

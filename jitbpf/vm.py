@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import errno
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +48,9 @@ class RunState:
     ``memory`` is built on first use, so runs that call no Python helper never pay for it.
     """
 
-    __slots__ = ("_mm", "extra", "mem", "stack", "stack_base", "stack_view", "tail_calls_left")
+    __slots__ = ("_mm", "extra", "mem", "more", "stack", "stack_base", "stack_view", "tail_calls_left")
 
-    def __init__(self) -> None:
+    def __init__(self, more: Callable[[], Sequence[Region]] | None = None) -> None:
         self.stack = Pages(STACK_BYTES)  # in the sandbox: the JIT may access it unchecked
         self.stack_base = self.stack.address
         self.stack_view = self.stack.view[:STACK_BYTES]
@@ -57,6 +58,7 @@ class RunState:
         self.extra: Sequence[Region] = ()
         self._mm: MemoryMap | None = None
         self.tail_calls_left = 0  # set by the run loop that supports tail calls (0: they fail)
+        self.more = more  # the regions of maps that become reachable during a run (see MemoryMap)
 
     def begin(self, mem: Region, extra: Sequence[Region], tail_calls_left: int) -> None:
         """Start a run (of either engine) on ``mem`` (left out when empty) and ``extra``."""
@@ -70,7 +72,7 @@ class RunState:
             if self.mem is not None:
                 regions.insert(0, self.mem)
             regions.extend(self.extra)
-            self._mm = MemoryMap(regions)
+            self._mm = MemoryMap(regions, self.more)
         return self._mm
 
     def zero_frame(self, frame: int) -> None:
@@ -80,6 +82,15 @@ class RunState:
 
     def frame_pointer(self) -> int:
         return self.stack_base + STACK_BYTES
+
+
+def _map_regions_of(ref: weakref.ref[VM]) -> Callable[[], list[Region]]:
+    """``VM.map_regions`` of the VM ``ref`` refers to (none once it is gone)."""
+    def regions() -> list[Region]:
+        vm = ref()
+        return vm.map_regions() if vm is not None else []
+
+    return regions
 
 
 class _Interpreter:
@@ -171,6 +182,10 @@ class VM(ProgramRunners):
         self._lifetime = threading.Lock()
         self._active = 0
         self._close_pending = False
+        self._retiring: JitProgram | None = None  # the code close() is letting go of (see quiescent)
+        # Outer maps waiting for this VM's runs in progress to end before they free inner maps
+        # taken out of them (see jitbpf.linux.maps._MapOfMaps): swept when it is next idle.
+        self._sweeps: set[Any] = set()
         # Context layout, runners and type helpers (jitbpf.linux.programs); the BTF-typed types take
         # their context from the attach target (a section name, "fentry/do_unlinkat") in ``btf``.
         self._init_program_type(prog_type, attach, btf)
@@ -298,7 +313,7 @@ class VM(ProgramRunners):
     def _state(self) -> RunState:
         state: RunState | None = getattr(self._local, "state", None)
         if state is None:
-            state = RunState()
+            state = RunState(_map_regions_of(weakref.ref(self)))  # (weakly: the VM holds the state)
             self._local.state = state
         return state
 
@@ -465,7 +480,13 @@ class VM(ProgramRunners):
         self.check()
         with self._compile_lock:  # threads racing to the first run must not compile twice
             if self._jit is None:
-                self._jit = self._new_jit_program()
+                jit = self._new_jit_program()
+                with self._lifetime:  # a close() meanwhile released what there was: not this
+                    if not self._closed:
+                        self._jit = jit
+                if self._jit is not jit:
+                    jit.close()
+                    self._ensure_open()
 
     def _new_jit_program(self) -> JitProgram:
         from jitbpf.jit import JitProgram
@@ -606,7 +627,8 @@ class VM(ProgramRunners):
         start: int = got[1]
         jit = self._jit
         while start < len(out):  # the record at start stopped early: its outcome, then the rest
-            assert jit is not None  # bound: compiled
+            if jit is None:  # closed by another thread meanwhile: the record's outcome went with it
+                raise ExecutionError("the VM is closed")
             try:
                 out[start] = jit.finish(out[start])
             except BpfError as err:
@@ -724,6 +746,8 @@ class VM(ProgramRunners):
                 self._close_pending = self._close_pending and not release
             if release:
                 self._release()
+            elif self._sweeps and not self._active:
+                self._sweep()
 
     def close(self) -> None:
         """Release the machine code (unmaps the executable pages) and this VM's hold on its maps.
@@ -740,11 +764,31 @@ class VM(ProgramRunners):
     def _release(self) -> None:
         self.workers.close()
         self._config_changed()
-        jit, self._jit = self._jit, None
+        jit = self._retiring = self._jit
+        self._jit = None
         if jit is not None:
             jit.close()
+        self._retiring = None
         for m in list(self.maps.values()):
             m.unuse_by(self)
+        self._sweep()
+
+    def quiescent(self) -> bool:
+        """Whether no run of this VM is in progress on any thread: none entered through the VM,
+        none inside its compiled code (bare, batch and typed runs). A map taken out of an outer
+        map is freed only once every VM using the outer map has been quiescent since."""
+        if self._active:
+            return False
+        return all(jit is None or jit.idle() for jit in (self._jit, self._retiring))
+
+    def sweep_when_idle(self, outer: Any) -> None:
+        """Call ``outer.sweep()`` once this VM's runs in progress have ended (it waits for them)."""
+        self._sweeps.add(outer)
+
+    def _sweep(self) -> None:
+        sweeps, self._sweeps = self._sweeps, set()
+        for outer in sweeps:
+            outer.sweep()
 
     def __enter__(self) -> VM:
         return self

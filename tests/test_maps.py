@@ -314,6 +314,14 @@ def test_handles_and_close() -> None:
     assert m == m and m != HashMap(name="X")  # maps compare by identity
 
 
+@pytest.mark.parametrize("use", ["view", "value_address", "nonzero_indices"])
+def test_a_freed_arrays_memory_is_refused_with_a_map_error(use: str) -> None:
+    a = Array(value_size=8, max_entries=2, name="GONE")
+    a.close()  # no VM uses it: its storage is freed
+    with pytest.raises(MapError, match="'GONE' is closed"):
+        list(a.nonzero_indices()) if use == "nonzero_indices" else getattr(a, use)(0)
+
+
 def test_concurrent_readers_never_miss_stable_keys() -> None:
     """Lock-free lookups race with inserts and deletes of other keys in the same buckets."""
     m = HashMap(key_size=4, value_size=8, max_entries=64)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +196,99 @@ def test_an_inner_map_lives_while_an_outer_map_holds_it() -> None:
     assert run(vm, "interp", bytearray(8)) == run(vm, "jit", bytearray(8)) == 1234
     del outer[0]
     assert inner._freed
+
+
+# r6 = outer[0]; the helper 100 (the caller's control plane) runs; then inner[0] = 0x666
+# through r6, read back: what a run that looked the inner map up before it was replaced does.
+HELD_ACROSS_A_CHANGE = """
+    stw [r10-4], 0
+    lddw r1, map:OUTER
+    mov r2, r10
+    add r2, -4
+    call 1
+    jeq r0, 0, miss
+    mov r6, r0
+    call 100
+    mov r1, r6
+    mov r2, r10
+    add r2, -4
+    call 1
+    jeq r0, 0, miss
+    stdw [r0], 0x666
+    ldxdw r0, [r0]
+    exit
+miss:
+    mov r0, 99
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("change", ["replace", "delete"])
+def test_an_inner_map_taken_out_during_a_run_lives_until_the_run_ends(engine: str, change: str) -> None:
+    """As the kernel's RCU grace period: a run holding an inner map it looked up keeps using
+    that map, not freed memory (nor a map allocated there since); it is freed after the run."""
+    outer = ArrayOfMaps(inner=Array(value_size=8, max_entries=1), max_entries=1, name="OUTER")
+    old = Array(value_size=8, max_entries=1, name="OLD")
+    outer[0] = old
+    old.close()  # the outer map alone holds it
+    made: list[Array] = []
+
+    def control_plane(*_: int) -> int:
+        if change == "replace":
+            outer[0] = Array(value_size=8, max_entries=1, name="NEW")
+        else:
+            del outer[0]
+        assert not old._freed  # the run in progress holds it
+        made.extend(Array(value_size=8, max_entries=1, name=f"MINE{i}") for i in range(8))
+        return 0
+
+    vm = load(HELD_ACROSS_A_CHANGE, outer)
+    vm.register_helper(100, control_plane)
+    assert run(vm, engine, bytearray(8)) == 0x666
+    assert old._freed  # the run is over: the map went with it
+    assert all(m[0] == 0 for m in made)  # nothing the caller made since was touched
+    if change == "replace":
+        new = outer[0]
+        assert isinstance(new, Array) and new[0] == 0
+    vm.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_inner_maps_replaced_by_another_thread_during_runs(engine: str) -> None:
+    """A control-plane thread replacing the inner map while runs update it through their
+    lookup: every run ends normally, and the maps let go of are freed once runs pause."""
+    outer = ArrayOfMaps(inner=_inner(), max_entries=1, name="OUTER")
+    outer[0] = _inner()
+    text = HELD_ACROSS_A_CHANGE.replace("    call 100\n", "").replace("stdw [r0], 0x666", "stdw [r0], 5")
+    text = text.replace("    mov r1, r6\n    mov r2, r10\n    add r2, -4\n    call 1\n",
+                        "    stdw [r10-16], 5\n    mov r1, r6\n    mov r2, r10\n    add r2, -4\n"
+                        "    mov r3, r10\n    add r3, -16\n    mov r4, 0\n    call 2\n"
+                        "    mov r1, r6\n    mov r2, r10\n    add r2, -4\n    call 1\n")
+    vm = load(text, outer)
+    stop = threading.Event()
+    let_go: list[BpfMap] = []
+
+    def swap() -> None:
+        while not stop.is_set():
+            m = _inner()
+            previous = outer[0]
+            outer[0] = m
+            previous.close()
+            let_go.append(previous)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            assert run(vm, engine, bytearray(8)) == 5
+    finally:
+        stop.set()
+        swapper.join()
+    outer.sweep()  # no run in progress now
+    assert let_go and all(m._freed for m in let_go)
+    vm.close()
 
 
 @settings(max_examples=40, deadline=None)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +19,7 @@ from hypothesis import strategies as st
 
 from jitbpf import cfg
 from jitbpf.asm import assemble
-from jitbpf.errors import ExecutionError
+from jitbpf.errors import BudgetExceeded, ExecutionError
 from jitbpf.helpers import Helper
 from jitbpf.isa import Program
 from jitbpf.jit.loops import plan_loops
@@ -392,6 +395,60 @@ def test_a_closed_vm_refuses_to_run_with_an_execution_error(engine: str) -> None
         vm.run_xdp(b"\0" * 14, engine=engine)
     with pytest.raises(ExecutionError, match="the VM is closed"):
         vm.run_batch([b"\0" * 14], engine=engine)
+
+
+def test_records_whose_vm_another_thread_closes_end_with_an_execution_error() -> None:
+    """A record that stops early (its budget) after another thread closed the VM: the batch
+    ends with the closed VM's error, not an internal one."""
+    spin = "ldxb r3, [r1]\njeq r3, 0, +1\nja -1\nmov r0, 0\nexit"
+    vm = VM(assemble(spin), verify=False, budget=100_000_000)
+    vm.execute_records(bytearray(16), 8)  # binds this thread's native records loop
+    closer = threading.Timer(0.02, vm.close)
+    closer.start()
+    try:
+        with pytest.raises((ExecutionError, BudgetExceeded)) as got:
+            vm.execute_records(bytearray(b"\x01" + bytes(7)), 8)
+    finally:
+        closer.join()
+    assert "the VM is closed" in str(got.value)  # (closed long before the budget runs out)
+    with pytest.raises(ExecutionError, match="the VM is closed"):
+        vm.execute_records(bytearray(8), 8)
+
+
+def test_a_close_during_the_first_compile_leaves_no_code() -> None:
+    """close() while another thread compiles: the compile's code is let go at once (it used to
+    stay mapped on the closed VM), and that thread's run is refused."""
+    started = threading.Event()
+    for _ in range(5):
+        vm = VM(assemble("mov r0, 1\n" * 3000 + "exit"))
+        vm.check()
+        real = vm._new_jit_program
+        made: list[Any] = []
+
+        def slow_compile(real: Callable[[], Any] = real, made: list[Any] = made) -> Any:
+            started.set()
+            jit = real()
+            made.append(jit)
+            time.sleep(0.05)  # close() lands here
+            return jit
+
+        vm._new_jit_program = slow_compile  # type: ignore[method-assign]
+        errors: list[BaseException] = []
+
+        def compile_it(vm: VM = vm, errors: list[BaseException] = errors) -> None:
+            try:
+                vm.jit_compile()
+            except ExecutionError as err:
+                errors.append(err)
+
+        worker = threading.Thread(target=compile_it)
+        started.clear()
+        worker.start()
+        started.wait(10)
+        vm.close()
+        worker.join()
+        assert [str(e) for e in errors] == ["the VM is closed"]
+        assert made and made[0].closed and vm._jit is None
 
 
 # On packet byte 0 == 1 the program writes fp-16; else it asks bpf_xdp_load_bytes (which fails:

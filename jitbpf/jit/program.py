@@ -249,6 +249,7 @@ class JitProgram:
         if nat is not None and self._gate == nat.ffi.NULL:
             self._gate = None  # out of memory: no native fast paths (bind_bare, regions_binding)
         self._gate_finalizer = weakref.finalize(self, _retire_gate, self._gate, False)
+        self._gate_recycled = False  # close() gave the gate back (see idle)
         self._gate_finalizer.atexit = False  # (as the code's: a daemon thread may be inside it at exit)
         entries = self.compiled.entries
         self._entry_none: Callable[[Any], int] = self._code.function(entries["none"], ENTRY_TYPE)
@@ -669,6 +670,15 @@ class JitProgram:
     def closed(self) -> bool:
         return self._code.closed
 
+    def idle(self) -> bool:
+        """Whether no run is inside the code on any thread: no direct run, and no native run
+        holding the run gate (bare, batch and typed runs, and runs from Python alike)."""
+        if self._direct_runs:
+            return False
+        nat = runner_lib()
+        gate = self._gate
+        return gate is None or nat is None or self._gate_recycled or not nat.lib.jb_gate_active(gate)
+
     def close(self) -> None:
         """Unmap the machine code. Native runs still inside it (bare runs and single typed runs
         on other threads, which the VM does not count) are waited for; no new one starts."""
@@ -683,6 +693,7 @@ class JitProgram:
             self._gate_finalizer.detach()
             if not _retire_gate(self._gate, True):
                 return  # this very thread may be inside the code: it stays mapped (see _retire_gate)
+            self._gate_recycled = True  # another program's from now on
         self._code.close()
         if self._counting is not None:
             self._counting.close()

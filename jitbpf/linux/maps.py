@@ -88,6 +88,10 @@ class MapUser(Protocol):
 
     def regions_changed(self) -> None: ...  # an outer map it uses now holds other inner maps
 
+    def quiescent(self) -> bool: ...  # no run of it is in progress on any thread
+
+    def sweep_when_idle(self, outer: _MapOfMaps) -> None: ...  # outer.sweep() once its runs now in progress end
+
 
 class MapType(enum.IntEnum):
     """Map types, numbered as the kernel's ``enum bpf_map_type``."""
@@ -425,6 +429,9 @@ class BpfMap:
         # The outer maps holding this one (ArrayOfMaps, HashOfMaps): their values hold its
         # address, so it is not freed while any of them holds it.
         self._holders: weakref.WeakSet[BpfMap] = weakref.WeakSet()
+        # Outer maps that let go of this one while runs that may have looked it up were in
+        # progress: not freed before those end (as the kernel's RCU grace period).
+        self._grace = 0
         self._regions = self._make_regions()
 
     def _make_regions(self) -> list[Region]:
@@ -473,7 +480,14 @@ class BpfMap:
         if not 0 <= offset < self.value_size:
             raise MapError(f"offset {offset} outside the {self.value_size}-byte value of {self.name!r}",
                            errno=errno.EINVAL)
-        return self._regions[0].base + offset
+        return self._storage().base + offset
+
+    def _storage(self) -> Region:
+        """The first region of the map's memory (MapError once that is freed: closed, and no
+        VM uses it)."""
+        if self._freed:
+            raise MapError(f"map {self.name!r} is closed", errno=errno.EBADF)
+        return self._regions[0]
 
     @property
     def ptr(self) -> Any:
@@ -503,7 +517,7 @@ class BpfMap:
         # A VM leaves _users when it lets go of its maps (VM._release), not when close() is
         # called: a run still in progress (close() from a helper, or another thread) keeps using
         # the map, and its value pointers, until it ends.
-        if self._closed and not self._freed and not list(self._users) \
+        if self._closed and not self._freed and not self._grace and not list(self._users) \
                 and not any(not outer._freed for outer in list(self._holders)):
             self._freed = True
             self._regions = []
@@ -744,7 +758,7 @@ class Array(BpfMap):
     def nonzero_indices(self) -> Iterator[int]:
         """The indices whose value (on some CPU, for per-CPU arrays) is not all zeroes, found a
         block of values at a time: a large array is scanned without visiting each element."""
-        n, stride, mem = self.max_entries, self._stride, self._regions[0].view
+        n, stride, mem = self.max_entries, self._stride, self._storage().view
         block = max(1, (1 << 16) // stride)
         zero = bytes(block * stride)
         for start in range(0, n, block):
@@ -764,7 +778,7 @@ class Array(BpfMap):
         if not 0 <= index < self.max_entries or not 0 <= cpu < self.num_cpus:
             raise MapError(f"index {index} (cpu {cpu}) out of range", errno=errno.E2BIG)
         start = (cpu * self.max_entries + index) * self._stride
-        view = self._regions[0].view[start : start + self.value_size]
+        view = self._storage().view[start : start + self.value_size]
         return view.toreadonly() if self.frozen else view
 
 
@@ -1740,6 +1754,9 @@ class _MapOfMaps(BpfMap):
         super().__init__(self._TYPE, key_size, value_size, max_entries, flags, name)
         self.inner = shape  # what every inner map must look like
         self._inner: dict[bytes, BpfMap] = {}  # key bytes -> the inner map stored there
+        # Inner maps taken out while runs of VMs using this map were in progress (a run may hold
+        # one it looked up), with those VMs: each is freed once all of them have been idle since.
+        self._retired: list[tuple[BpfMap, list[MapUser]]] = []
         self._lock = threading.Lock()
 
     def _put(self, key: bytes, inner: BpfMap, flags: int, what: str) -> None:
@@ -1749,33 +1766,75 @@ class _MapOfMaps(BpfMap):
         if why:
             raise MapError(f"{what}: {inner.name!r} does not fit the inner map template: {why}", errno=errno.EINVAL)
         inner.ptr  # noqa: B018 (raises for a closed map)
+        self.sweep()
         with self._lock:
             self._update_raw(key, inner.address.to_bytes(8, "little"), flags, what)
             old = self._inner.get(key)
             self._inner[key] = inner
             inner._holders.add(self)
             if old is not None and old is not inner and old not in self._inner.values():
-                old._holders.discard(self)
-                old._free_if_unused()
+                self._let_go(old)
         self._changed_reach()
 
     def _take(self, key: bytes, what: str) -> None:
+        self.sweep()
         with self._lock:
             self._delete_raw(key, what)
             old = self._inner.pop(key, None)
             if old is not None and old not in self._inner.values():
-                old._holders.discard(self)
-                old._free_if_unused()
+                self._let_go(old)
         self._changed_reach()
 
+    def _let_go(self, old: BpfMap) -> None:
+        """This map no longer holds ``old`` (its lock held): freed once unused, but not while a
+        run that may have looked it up is in progress (its next map helper would use freed
+        memory, or another map allocated there)."""
+        old._holders.discard(self)
+        busy = [vm for vm in list(self._users) if not vm.quiescent()]
+        if not busy:
+            old._free_if_unused()
+            return
+        old._grace += 1
+        self._retired.append((old, busy))
+        for vm in busy:
+            vm.sweep_when_idle(self)
+
+    def sweep(self) -> None:
+        """Free the inner maps let go of whose VMs have all been idle since (see ``_let_go``)."""
+        if not self._retired:
+            return
+        with self._lock:
+            kept: list[tuple[BpfMap, list[MapUser]]] = []
+            done: list[BpfMap] = []
+            for m, busy in self._retired:
+                busy = [vm for vm in busy if not vm.quiescent()]
+                if busy:
+                    kept.append((m, busy))
+                else:
+                    done.append(m)
+            self._retired = kept
+        for m in done:
+            m._grace -= 1
+            m._free_if_unused()
+        if done:
+            self._changed_reach()
+
     def _freed_storage(self) -> None:
+        # No VM uses this map any more: none of their runs is in progress either.
         held, self._inner = list(self._inner.values()), {}
+        retired, self._retired = [m for m, _busy in self._retired], []
         for m in held:
             m._holders.discard(self)
             m._free_if_unused()
+        for m in retired:
+            m._grace -= 1
+            m._free_if_unused()
 
     def reachable_maps(self) -> list[BpfMap]:
-        return [self, *dict.fromkeys(self._inner.values())]
+        # Inner maps let go of but not yet freed too: a run in progress may still use them. (Under
+        # the lock: while an update is half done, the one C holds may not be in _inner yet.)
+        with self._lock:
+            return [self, *dict.fromkeys([*self._inner.values(), *(m for m, _busy in self._retired)])]
 
 
 class ArrayOfMaps(_MapOfMaps):
