@@ -314,6 +314,54 @@ def test_every_round_of_a_callback_is_covered() -> None:
     assert vm.execute(bytearray(8)) == vm.execute_jit(bytearray(8)) == 0
 
 
+# fp-8 = {before}; the helper's callback sets fp-8 = 0; then fp-8 indexes a 16-byte stack
+# buffer. Only a call that never calls back leaves fp-8 as it was before the call.
+NO_ROUND = """
+    stdw [r10-16], 0
+    stdw [r10-24], 0
+    lddw r1, {before}
+    stxdw [r10-8], r1
+    {helper}
+    lddw r2, func:cb
+    mov r3, r10
+    add r3, -8
+    mov r4, 0
+    call {hid}
+    ldxdw r1, [r10-8]
+    mov r2, r10
+    add r2, -24
+    add r2, r1
+    ldxb r0, [r2]
+    exit
+cb:
+    stdw [{ctx}], 0
+    mov r0, 1
+    exit
+"""
+NO_ROUND_HELPERS = {
+    "bpf_loop": ("mov r1, 10", 181, "r2"),  # a count of 10 may still mean no call (flags, a failure)
+    "bpf_for_each_map_elem": ("lddw r1, map:M", 164, "r4"),  # an empty map
+}
+
+
+@pytest.mark.parametrize("helper", NO_ROUND_HELPERS)
+@pytest.mark.parametrize("before", [1 << 20, 8])
+def test_the_code_after_a_callback_helper_is_verified_without_a_round_too(helper: str, before: int) -> None:
+    """As the kernel: the path after the call is verified from the state before it as well (it
+    was verified only from the states callback rounds leave, so an unsafe value the callback
+    overwrote reached a proven access when the helper called back no times)."""
+    setup, hid, ctx = NO_ROUND_HELPERS[helper]
+    m = HashMap(key_size=4, value_size=8, max_entries=4, name="M")
+    vm = load(NO_ROUND.format(before=before, helper=setup, hid=hid, ctx=ctx), m)
+    if before > 16:
+        with pytest.raises(VerifierError, match=f"invalid read from stack r2 off={before - 24} size=1") as err:
+            vm.check()
+        assert err.value.insn is not None and err.value.insn.startswith("ldxb r0")
+        return
+    vm.check()
+    assert vm.execute(bytearray(8)) == vm.execute_jit(bytearray(8)) == 0
+
+
 def test_a_callback_is_a_function_of_the_control_flow() -> None:
     flow = analyze(Program.from_bytes(assemble(loop_sum())))
     assert flow.callbacks == {2: 12}

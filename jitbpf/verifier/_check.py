@@ -2605,6 +2605,20 @@ class Checker:
             if nr.umax == 0:  # never called, so never verified (the kernel's rule too)
                 _after_callbacks(regs)
                 return pc + 1
+        # The helper may call the callback no times at all (a count of 0 or past the limit,
+        # flags other than 0, an empty map, no samples): the code after the call is verified
+        # from the state before it as well, as the kernel does, not only after a round.
+        skip = st.copy()
+        _after_callbacks(skip.frames[-1].regs)
+        skip.hist = (pc, self.aux, st.hist)
+        if skip.precise:
+            step = self.steps[pc]
+            assert step is not None
+            skip.precise = _precise_after(step[3], self.aux, skip.precise)
+        visit = self.visit
+        assert visit is not None  # (set by the walk)
+        visit.branches += 1
+        self.work.append((pc + 1, skip, visit, self.path_log))
         self.callback_rounds.setdefault(pc, []).append(self._caller_snapshot(st, pc))
         self._enter_callback(st, pc, hid)
         return st.frames[-1].entry
