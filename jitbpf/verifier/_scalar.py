@@ -524,9 +524,13 @@ Pair = tuple[Scalar, Scalar] | None  # refined (dst, src), or None when the outc
 
 def _bounded(a: Scalar, *, umin: int | None = None, umax: int | None = None, smin: int | None = None,
              smax: int | None = None, bits: int = 64) -> Scalar | None:
-    return make(a.value, a.mask, a.umin if umin is None else max(a.umin, umin),
-                a.umax if umax is None else min(a.umax, umax), a.smin if smin is None else max(a.smin, smin),
-                a.smax if smax is None else min(a.smax, smax), bits, a.low32)
+    lo = a.umin if umin is None or umin <= a.umin else umin
+    hi = a.umax if umax is None or umax >= a.umax else umax
+    slo = a.smin if smin is None or smin <= a.smin else smin
+    shi = a.smax if smax is None or smax >= a.smax else smax
+    if lo == a.umin and hi == a.umax and slo == a.smin and shi == a.smax:
+        return a  # nothing narrower (a is in its tightest form already)
+    return make(a.value, a.mask, lo, hi, slo, shi, bits, a.low32)
 
 
 def _lt(a: Scalar, b: Scalar, strict: bool, signed: bool, bits: int) -> Pair:
