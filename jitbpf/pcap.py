@@ -141,8 +141,9 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
             _check_pcapng_blocks(f, name, size)
         try:
             reader: Any = dpkt.pcapng.Reader(f) if magic == _PCAPNG_SHB else dpkt.pcap.Reader(f)
-        except (ValueError, dpkt.dpkt.Error) as exc:
-            raise PcapError(f"{name}: not a pcap or pcapng capture ({str(exc) or type(exc).__name__})") from exc
+        except _DPKT_ERRORS as exc:
+            what = "corrupt capture" if magic == _PCAPNG_SHB else "not a pcap or pcapng capture"
+            raise PcapError(f"{name}: {what} ({str(exc) or type(exc).__name__})") from exc
         convert = _link_converter(int(reader.datalink()), frames, name)
         endian = _CLASSIC_MAGICS.get(magic)
         # dpkt hands out a cut-off last packet as if it were whole: classic captures are read here.
@@ -156,12 +157,15 @@ def read_packets(path: str | os.PathLike[str], *, frames: bool = True,
         except dpkt.dpkt.NeedData:  # pcapng cut short: keep what came before, as for classic pcap
             _warn(warn, f"{name}: the capture ends in the middle of a block, after {count} packets; the rest was"
                         " left out")
-        except (ValueError, dpkt.dpkt.Error, EOFError) as exc:
+        except (*_DPKT_ERRORS, EOFError) as exc:
             raise PcapError(f"{name}: corrupt capture ({str(exc) or type(exc).__name__})") from exc
     finally:
         f.close()
 
 
+# What dpkt raises on malformed input: its own errors, and those of the parsing it leaves to
+# the struct module and to slicing (an option shorter than its field, say).
+_DPKT_ERRORS = (ValueError, struct.error, IndexError, dpkt.dpkt.Error)
 # Byte order of classic pcap files by magic (micro- and nanosecond timestamps).
 _CLASSIC_MAGICS = {bytes.fromhex("d4c3b2a1"): "<", bytes.fromhex("4d3cb2a1"): "<", bytes.fromhex("a1b2c3d4"): ">",
                    bytes.fromhex("a1b23c4d"): ">"}

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jitbpf.asm import assemble
 from jitbpf.errors import MapError
 from jitbpf.linux.maps import (
     BPF_ANY,
@@ -38,6 +39,7 @@ from jitbpf.linux.maps import (
     create_map,
     num_cpus,
 )
+from jitbpf.vm import VM
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -249,12 +251,12 @@ def test_percpu_maps_hold_one_value_per_cpu() -> None:
 
 def test_program_array_slots() -> None:
     pa = ProgramArray(max_entries=4, name="JMP")
-    sentinel = object()
-    pa[1] = sentinel  # type: ignore[assignment]
-    assert pa.get(1) is sentinel and pa.get(0) is None
+    target = VM(assemble("mov r0, 1\nexit"))
+    pa[1] = target
+    assert pa.get(1) is target and pa.get(0) is None
     assert list(pa) == [1] and pa.indices() == [1]
     with pytest.raises(MapError) as exc:
-        pa[4] = sentinel  # type: ignore[assignment]
+        pa[4] = target
     assert exc.value.errno == errno.E2BIG
     del pa[1]
     with pytest.raises(MapKeyError):

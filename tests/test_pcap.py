@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,27 @@ def test_corrupt_pcapng_block_lengths(tmp_path: Path, length: int, why: str) -> 
         path.write_bytes(bad)
         with pytest.raises(PcapError, match=f"block at offset {at - 4:#x} claims {length} bytes \\({why}\\)"):
             list(read_packets(path))
+
+
+def _pcapng_block(kind: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+
+@pytest.mark.parametrize("option", [
+    pytest.param(struct.pack("<HH", 9, 0), id="if_tsresol-empty"),
+    pytest.param(struct.pack("<HH", 14, 4) + bytes(4), id="if_tsoffset-short"),
+    pytest.param(struct.pack("<HH", 9, 200) + b"\x06", id="option-past-its-block"),
+])
+def test_pcapng_interface_options_of_the_wrong_length(tmp_path: Path, option: bytes) -> None:
+    """dpkt reads these options with struct, which raised its own error through read_packets."""
+    shb = _pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = _pcapng_block(1, struct.pack("<HHI", 1, 0, 65535) + option + struct.pack("<HH", 0, 0))
+    epb = _pcapng_block(6, struct.pack("<IIIII", 0, 0, 0, 20, 20) + bytes(20))
+    path = tmp_path / "options.pcapng"
+    path.write_bytes(shb + idb + epb)
+    with pytest.raises(PcapError, match="corrupt capture"):
+        list(read_packets(path))
 
 
 def test_pcapng_block_trailer_and_byte_order(tmp_path: Path) -> None:

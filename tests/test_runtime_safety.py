@@ -363,6 +363,42 @@ def test_a_map_closed_during_a_run_lives_until_the_run_ends(engine: str) -> None
     assert out.split("\n")[:2] == ["99", "map 'counts' is closed"], out
 
 
+RESERVE_CLOSE_SUBMIT = """
+    lddw r1, map:R
+    mov r2, 16
+    mov r3, 0
+    call 131
+    jeq r0, 0, out
+    mov r6, r0
+    call 50
+    mov r1, r6
+    mov r2, 0
+    call 132
+    mov r0, 1
+out:
+    exit
+"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_ring_closed_during_a_run_keeps_its_reserved_record(engine: str) -> None:
+    """A ring buffer closed (for Python) by a helper between reserve and submit: the open VM
+    still uses it, so the submit goes through in both engines (the interpreter's check of the
+    record refused the closed ring, the JIT's native helper did not)."""
+    from jitbpf.linux.maps import RingBuf
+
+    rb = RingBuf(max_entries=4096, name="R")
+    vm = load(RESERVE_CLOSE_SUBMIT, rb)
+    def close_the_ring(*_: int) -> int:
+        rb.close()
+        return 0
+
+    vm.register_helper(50, close_the_ring)
+    assert [vm.execute(bytearray(8)) if engine == "interp" else vm.execute_jit(bytearray(8))
+            for _ in range(2)] == [1, 1]
+    vm.close()
+
+
 @pytest.mark.parametrize("make, view", [
     ("Array(value_size=8, max_entries=4)", "m.view(1)"),
     ("PerCpuArray(value_size=8, max_entries=4)", "m.view(1, cpu=0)"),

@@ -157,3 +157,12 @@ def test_tail_call_to_a_program_of_another_type_of_helpers() -> None:
     jmp[0] = bare
     entry = load("lddw r2, map:JMP\nmov r3, 0\ncall 12\nexit", jmp)
     assert entry.execute(bytearray(4)) == 5
+
+
+@pytest.mark.parametrize("value", [5, None, "prog"])
+def test_a_program_array_holds_vms_only(value: object) -> None:
+    """Anything else was stored, and failed inside the tail call that reached it."""
+    jmp = ProgramArray(max_entries=2, name="JMP")
+    with pytest.raises(TypeError, match="are VMs"):
+        jmp[0] = value  # type: ignore[assignment]
+    assert list(jmp) == [] and jmp.get(0) is None

@@ -14,7 +14,7 @@ import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from jitbpf._native import Native, native
 from jitbpf.errors import MapError
@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 
+@runtime_checkable
 class MapUser(Protocol):
     """What a map knows of a VM that uses it, or that a program array holds: whether it is
     closed, and how to tell it that the maps it reaches changed. Maps reach no further into the
@@ -1165,8 +1166,9 @@ class RingBuf(_EventSource):
         return events
 
     def is_reserved(self, address: int) -> bool:
-        """Whether ``address`` is the data of a record reserved and not yet submitted."""
-        return bool(self._nat.lib.jb_ringbuf_reserved(self.ptr, address))
+        """Whether ``address`` is the data of a record reserved and not yet submitted (a ring
+        closed for Python that an open VM still uses keeps its records, as the JIT's helpers do)."""
+        return not self._freed and bool(self._nat.lib.jb_ringbuf_reserved(self._ptr, address))
 
 
 class UserRecord:
@@ -1276,7 +1278,10 @@ class ProgramArray(_Slots):
         self._programs: dict[int, MapUser] = {}
 
     def set(self, index: int, program: MapUser) -> None:
-        """Install ``program`` at ``index`` (E2BIG beyond ``max_entries``)."""
+        """Install ``program`` (a VM) at ``index`` (E2BIG beyond ``max_entries``)."""
+        if not isinstance(program, MapUser):
+            raise TypeError(f"the values of {self.name!r} are VMs (the programs tail calls run), "
+                            f"not {type(program).__name__}")
         self._store(index, 1, BPF_ANY, f"update of index {index} in {self.name!r}")
         self._programs[index] = program
 
