@@ -762,10 +762,20 @@ class VM(ProgramRunners):
         self._release()
 
     def _release(self) -> None:
-        self.workers.close()
-        self._config_changed()
         jit = self._retiring = self._jit
         self._jit = None
+        if jit is not None:
+            jit.shut()
+            if jit.busy_elsewhere():
+                # Native runs on other threads (bare, batch, typed) are still inside the code:
+                # the code and the maps go once the last of them leaves, close() does not wait.
+                threading.Thread(target=self._release_now, args=(jit,), name="jitbpf-close", daemon=True).start()
+                return
+        self._release_now(jit)
+
+    def _release_now(self, jit: JitProgram | None) -> None:
+        self.workers.close()
+        self._config_changed()
         if jit is not None:
             jit.close()
         self._retiring = None

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from jitbpf import cfg
 from jitbpf.asm import assemble
-from jitbpf.errors import BudgetExceeded, ExecutionError
+from jitbpf.errors import BpfError, BudgetExceeded, ExecutionError
 from jitbpf.helpers import Helper
 from jitbpf.isa import Program
 from jitbpf.jit.loops import plan_loops
@@ -449,6 +449,43 @@ def test_records_whose_vm_another_thread_closes_end_with_an_execution_error() ->
     assert "the VM is closed" in str(got.value)  # (closed long before the budget runs out)
     with pytest.raises(ExecutionError, match="the VM is closed"):
         vm.execute_records(bytearray(8), 8)
+
+
+@pytest.mark.parametrize("bound", [False, True])
+def test_close_does_not_wait_for_runs_on_other_threads(bound: bool) -> None:
+    """close() while another thread's native run is inside the code (its first run there, or a
+    bare one once bound): close() returns at once, new runs are refused, and the code goes when
+    that run ends. close() used to wait for it: as long as its budget, with a large one. (Runs
+    through the VM's own bookkeeping, with maps or Python helpers, already left the release to
+    the last of them.)"""
+    vm = VM(assemble("mov r0, 0\nja -1\nexit"), verify=False, allow_loops=True, budget=600_000_000)
+    vm.jit_compile()
+    ended: list[str] = []
+
+    def spin() -> None:
+        for _ in range(2 if bound else 1):
+            try:
+                vm.execute_jit()
+            except BpfError as err:
+                ended.append(type(err).__name__)
+
+    runner = threading.Thread(target=spin)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while len(ended) < (1 if bound else 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # inside the (last) run
+    started = time.monotonic()
+    vm.close()
+    assert time.monotonic() - started < 0.1
+    jit = vm._retiring
+    assert jit is not None and not jit.closed  # the run still holds the code
+    with pytest.raises(ExecutionError, match="the VM is closed"):
+        vm.execute_jit()
+    runner.join()
+    while not jit.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert jit.closed and ended == ["BudgetExceeded"] * (2 if bound else 1)
 
 
 def test_a_close_during_the_first_compile_leaves_no_code() -> None:

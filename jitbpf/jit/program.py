@@ -679,11 +679,23 @@ class JitProgram:
         gate = self._gate
         return gate is None or nat is None or self._gate_recycled or not nat.lib.jb_gate_active(gate)
 
+    def shut(self) -> None:
+        """Let no new run start (``close`` then waits for those inside and unmaps the code)."""
+        self._entry_none = self._entry_mem = self._entry_regions = _closed
+        self._native_entry = self._native_args = None
+        nat = runner_lib()
+        if self._gate is not None and nat is not None and not self._gate_recycled:
+            nat.lib.jb_gate_close(self._gate)  # (again in close: it only clears the token)
+
+    def busy_elsewhere(self) -> bool:
+        """Whether runs on other threads are inside the code (close() would wait for them)."""
+        nat = runner_lib()
+        return not self.idle() and not (nat is not None and nat.lib.jb_gate_running_here())
+
     def close(self) -> None:
         """Unmap the machine code. Native runs still inside it (bare runs and single typed runs
         on other threads, which the VM does not count) are waited for; no new one starts."""
-        self._entry_none = self._entry_mem = self._entry_regions = _closed
-        self._native_entry = self._native_args = None
+        self.shut()
         while True:  # direct runs (without the native library) have no helpers: none is this thread's
             with self._direct_lock:
                 if not self._direct_runs:
