@@ -378,8 +378,8 @@ def _record_batches(data: mmap.mmap, name: str, big_endian: bool, skip: int, lim
             n = int(lib.jb_pcap_records(base + at, size - at, big_endian, _MAX_PACKET, skip, native_offsets,
                                         native_lens, room, stats, corrupt))
             if n:
-                yield (Batch(view[at:], offsets[:n], lens[:n], int(stats[1])), index, min((at + stats[0]) / size, 1.0),
-                       int(stats[2]))
+                batch = Batch(view[at:], offsets[:n], lens[:n], int(stats[1]), checked=True)  # (found in it)
+                yield batch, index, min((at + stats[0]) / size, 1.0), int(stats[2])
                 index += n
                 at += int(stats[0])
             if corrupt[0] and (limit is None or index < limit):

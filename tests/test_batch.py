@@ -230,6 +230,29 @@ def test_threads_split_the_batch(threads: int) -> None:
             vm.execute_batch(inputs(), threads=0)
 
 
+class _Overlong(bytearray):
+    """A buffer whose len() claims more than its buffer holds."""
+
+    def __len__(self) -> int:
+        return 1 << 20
+
+
+def test_inputs_are_sized_by_their_bytes() -> None:
+    """r2 is an input's size in bytes, as execute_jit gives it: len() of an array counts items,
+    and a subclass may say anything (an overlong one let the program past the packed copy)."""
+    with VM(assemble("mov r0, r2\nexit")) as vm:
+        words = array.array("Q", [1, 2])
+        assert list(vm.execute_batch([words, _Overlong(16), bytearray(3)])) == [16, 16, 3]
+        assert vm.execute_jit(words) == 16
+    with VM(assemble("mov r3, r1\nadd r3, 200000\nldxdw r0, [r3]\nexit"), verify=False) as vm, \
+            pytest.raises(ExecutionError, match="in no region"):
+        vm.execute_batch([_Overlong(16)])
+    with VM(assemble("stdw [r1], 7\nmov r0, 0\nexit"), verify=False) as vm:
+        words = array.array("Q", [1, 2])
+        vm.execute_batch([words, bytearray(8)])
+        assert list(words) == [7, 2]  # written back through its bytes
+
+
 def test_split_batches_run_on_the_same_threads_each_time() -> None:
     """The threads a split batch runs on are the VM's own, kept between batches (each made its
     binding once); close() lets them go."""

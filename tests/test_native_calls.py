@@ -4,6 +4,7 @@ raised as it raises them), and program-type runs entered from Python in one nati
 
 from __future__ import annotations
 
+import array
 import enum
 from collections.abc import Callable
 from functools import partial
@@ -418,6 +419,24 @@ def test_every_packet_of_a_batch_starts_afresh() -> None:
         kept = vm.run_batch(packets, engine="jit", keep_packets=True)
         assert kept.packets == [b"\xff" * 8 + p for p in packets]
         assert vm.run_xdp(packets[0], engine="jit") == (0, b"\xff" * 8 + packets[0])
+
+
+@pytest.mark.parametrize("engine", ["interp", "jit"])
+@pytest.mark.parametrize(("offsets", "lens", "message"), [
+    ([0], [60000], "packet 0 of the batch \\(60000 bytes at offset 0\\) is not within its 64-byte buffer"),
+    ([0, 1 << 40], [8, 8], "packet 1 .* at offset 1099511627776"),
+    ([0, 2**64 - 8], [8, 16], "packet 1 "),  # (no wrap-around in the sum)
+    ([0, 8], [8], "a batch of 2 offsets has 1 lengths"),
+])
+def test_a_batch_whose_packets_lie_outside_its_buffer_is_refused(engine: str, offsets: list[int], lens: list[int],
+                                                                  message: str) -> None:
+    """A caller's Batch is checked before any run: the native loop copied each packet from
+    where the batch said (host memory past the buffer, or a crash)."""
+    with _xdp() as vm:
+        for make in (list, lambda v: array.array("Q", v)):
+            batch = pktrun.Batch(bytes(64), make(offsets), make(lens))
+            with pytest.raises(ValueError, match=message):
+                vm.run_batch(batch, engine=engine, keep_packets=True)
 
 
 @pytest.mark.parametrize("packets", [[], ()], ids=["list", "tuple"])

@@ -253,6 +253,9 @@ uint64_t jb_pkt_batch(struct jb_pkt_prog *p, const uint8_t *base, const uint64_t
    network header). Returns how many were whole; stats[0] is where the last of them ends,
    stats[1] the longest packet given, stats[2] the bytes captured. Stops at a record cut short by
    the buffer's end, or (*corrupt = 1) at one claiming more than max_packet bytes. */
+/* The first of n packets (offsets[i], lens[i]) that does not lie within a buffer of size bytes,
+   or -1 when all do: a caller's batch is checked before any run reads it. */
+int64_t jb_batch_outside(uint64_t size, const uint64_t *offsets, const uint64_t *lens, uint64_t n);
 int64_t jb_pcap_records(const uint8_t *buf, uint64_t len, int big_endian, uint64_t max_packet, uint64_t skip,
                         uint64_t *offsets, uint64_t *lens, uint64_t max, uint64_t *stats, int *corrupt);
 /* The distinct values of values[0, n) in order of first appearance, each with how many times

@@ -976,6 +976,14 @@ uint64_t jb_helper_skb_change_tail(uint64_t ctx, uint64_t new_len, uint64_t flag
 
 #define PCAP_PREFETCH 4096 /* bytes of the capture fetched ahead of the record being read */
 
+int64_t jb_batch_outside(uint64_t size, const uint64_t *offsets, const uint64_t *lens, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (offsets[i] > size || lens[i] > size - offsets[i])
+            return (int64_t)i;
+    return -1;
+}
+
 int64_t jb_pcap_records(const uint8_t *buf, uint64_t len, int big_endian, uint64_t max_packet, uint64_t skip,
                         uint64_t *offsets, uint64_t *lens, uint64_t max, uint64_t *stats, int *corrupt)
 {

@@ -402,7 +402,9 @@ class JitProgram:
         assert nat is not None
         nffi = nat.ffi  # the native library's FFI: its functions take its own cdata
         packed = bytearray().join(buffers)
-        sizes = list(map(len, buffers))
+        # Sizes in bytes, as join packs them (len() of an array counts items; a subclass may
+        # say anything): the program's bounds must be the copy's.
+        sizes = [len(b) if type(b) is bytearray else memoryview(b).nbytes for b in buffers]
         n = len(sizes)
         pin = nffi.from_buffer(packed, require_writable=True)
         lens = nffi.new("uint64_t[]", sizes)
@@ -421,7 +423,11 @@ class JitProgram:
             if self.writes_memory:
                 view = memoryview(packed)
                 for buf, lo, hi in zip(buffers, offsets, offsets[1:], strict=False):
-                    buf[:] = view[lo:hi]
+                    if type(buf) is bytearray:
+                        buf[:] = view[lo:hi]
+                    else:
+                        with memoryview(buf) as whole, whole.cast("B") as raw:
+                            raw[:] = view[lo:hi]
                 del view
             nffi.release(pin)
         return out

@@ -223,12 +223,36 @@ class Batch:
     offsets: Sequence[int]  # array("Q") is read in place
     lens: Sequence[int]
     longest: int = -1  # the longest packet's length, when known (-1: found from lens)
+    checked: bool = False  # every packet known to lie within data (see check)
+
+    def check(self) -> None:
+        """ValueError unless there is a length per offset and every packet lies within ``data``:
+        the native loops copy each packet from where the batch says it is."""
+        if self.checked:
+            return
+        n = len(self.offsets)
+        if len(self.lens) != n:
+            raise ValueError(f"a batch of {n} offsets has {len(self.lens)} lengths")
+        with memoryview(self.data) as view:
+            size = view.nbytes
+        nat = _runner_lib()
+        if nat is not None and n:
+            nffi = nat.ffi
+            outside = int(nat.lib.jb_batch_outside(size, _uint64s(nffi, self.offsets, 0, n),
+                                                   _uint64s(nffi, self.lens, 0, n), n))
+        else:
+            outside = next((i for i, (o, ln) in enumerate(zip(self.offsets, self.lens, strict=True))
+                            if not 0 <= o <= size or not 0 <= ln <= size - o), -1)
+        if outside >= 0:
+            raise ValueError(f"packet {outside} of the batch ({self.lens[outside]} bytes at offset "
+                             f"{self.offsets[outside]}) is not within its {size}-byte buffer")
+        self.checked = True
 
     @classmethod
     def of(cls, packets: Sequence[bytes | bytearray | memoryview]) -> Batch:
         """Packets from a list, packed back to back (one copy)."""
-        lens = [len(p) for p in packets]
-        return cls(b"".join(packets), list(itertools.accumulate(lens, initial=0))[:-1], lens)
+        lens = [len(p) if type(p) is bytes else memoryview(p).nbytes for p in packets]  # (bytes, as join packs)
+        return cls(b"".join(packets), list(itertools.accumulate(lens, initial=0))[:-1], lens, checked=True)
 
 
 @dataclass

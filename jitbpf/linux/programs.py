@@ -1691,6 +1691,8 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
             outcome.results = pktrun.run_items(state, b, template, derive, items, 0, len(items), outcome)
             return outcome
     batch = None if items is not None else packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
+    if isinstance(packets, pktrun.Batch):
+        packets.check()  # (a caller's: before any engine reads a packet from it)
     if batch is not None:
         longest = batch.longest if batch.longest >= 0 else max(batch.lens, default=0)
     n = len(items) if items is not None else len(batch.lens) if batch is not None else 0
