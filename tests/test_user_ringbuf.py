@@ -20,7 +20,7 @@ from jitbpf.errors import MapError, VerifierError
 from jitbpf.linux.elf import load_elf
 from jitbpf.linux.maps import UserRingBuf
 from tests.kernel import Kernel
-from tests.support import ENGINES, c_builder
+from tests.support import ENGINES, c_builder, load
 from tests.test_skb_room_helpers import UDP4
 
 Build = Callable[[str], Path]
@@ -176,3 +176,43 @@ def test_a_forged_header_fails_the_drain(build: Callable[..., Path], kernel: Ker
     einval = -errno.EINVAL & 63
     result = run_everywhere(build(), [sample(1), sample(2)], kernel, forged_len)
     assert fields(result)[:2] == (einval, einval) and fields(result)[5] == 1
+
+
+# The callback keeps a slice of its sample in the caller's stack; after the drain the caller
+# uses it (its memory, once the drain consumed the sample, is the producer's again).
+KEPT_SLICE = """
+    stdw [r10-8], 0
+    lddw r1, map:U
+    lddw r2, func:cb
+    mov r3, r10
+    add r3, -8
+    mov r4, 0
+    call 209
+    ldxdw r1, [r10-8]
+    jeq r1, 0, out
+    {use}
+out:
+    mov r0, 0
+    exit
+cb:
+    mov r6, r2
+    mov r2, 0
+    mov r3, 8
+    call 203
+    jeq r0, 0, skip
+    stxdw [r6+0], r0
+skip:
+    mov r0, 0
+    exit
+"""
+
+
+@pytest.mark.parametrize("use", ["ldxdw r0, [r1+0]", "stdw [r1+0], 77"])
+def test_a_samples_slice_does_not_outlive_its_callback(use: str) -> None:
+    """The slice was still a pointer after the drain: the JIT ran its accesses unchecked, into
+    memory the producer had back (the kernel never accepts the program)."""
+    vm = load(KEPT_SLICE.format(use=use), UserRingBuf(max_entries=4096, name="U"), prog_type="sched_cls")
+    with pytest.raises(VerifierError, match="r1 invalid mem access 'scalar'"):
+        vm.check()
+    # What is left of it is a number: that may be read.
+    load(KEPT_SLICE.format(use="mov r0, r1"), UserRingBuf(max_entries=4096, name="U"), prog_type="sched_cls").check()

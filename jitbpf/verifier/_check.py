@@ -121,6 +121,9 @@ ARG_MEMORY = 1
 Pt = RegType
 
 
+SLICES = frozenset({Pt.PTR_TO_BUF, Pt.PTR_TO_BUF_OR_NULL})  # a dynptr's memory, as bpf_dynptr_data gives it
+
+
 def _after_callbacks(regs: list[Reg]) -> None:
     """The caller's registers once a helper's calls of its callback are over: r0 the helper's
     result, r1-r5 unreadable."""
@@ -2508,7 +2511,7 @@ class Checker:
                 self.reject("cannot release unowned const bpf_dynptr")
             if reg.off or reg.var != sc.ZERO:
                 self.reject(f"dereference of modified dynptr_ptr ptr R{r} off={reg.off} disallowed")
-            return Reg(Pt.DYNPTR, aux=DynptrKind.LOCAL, range=1)  # (its slices live as long as the callback)
+            return Reg(Pt.DYNPTR, aux=DynptrKind.LOCAL, range=1, id=reg.id)  # (its slices: the round's)
         expected = f"Expected an initialized dynptr as arg #{r - 1}"
         frame, first = self._dynptr_place(st, regs, r, expected)
         if kind is ArgType.RELEASED_DYNPTR and not referenced_among(frame, 8 * first, DYNPTR_SIZE):
@@ -2641,11 +2644,14 @@ class Checker:
         caller = st.frames[-1].regs
         entry = caller[2].aux
         regs = [NOT_INIT] * 11
+        round_id = self.fresh_id()
         if self.callbacks[hid] is CallbackKind.LOOP:
             regs[1] = UNKNOWN_SCALAR  # the iteration: any number to the kernel too, whatever the count
             regs[2] = caller[3]  # the context, as passed
         elif self.callbacks[hid] is CallbackKind.USER_RINGBUF:
-            regs[1] = Reg(Pt.CONST_PTR_TO_DYNPTR)  # the sample (kept at the bottom of the callback's frame)
+            # The sample (kept at the bottom of the callback's frame), named by the round: its
+            # slices are the round's, and go when it returns (the drain consumes the sample).
+            regs[1] = Reg(Pt.CONST_PTR_TO_DYNPTR, id=round_id)
             regs[2] = caller[3]
         else:
             handle = caller[1].aux
@@ -2654,7 +2660,7 @@ class Checker:
             regs[3] = Reg(Pt.PTR_TO_MAP_VALUE, aux=handle)
             regs[4] = caller[3]
         regs[FP] = Reg(Pt.PTR_TO_STACK, aux=len(st.frames))
-        st.frames.append(Frame(regs, [None] * SLOTS, pc, entry, self.fresh_id()))
+        st.frames.append(Frame(regs, [None] * SLOTS, pc, entry, round_id))
 
     def _callback_return(self, st: State, parent: _Visit) -> int:
         """A callback's exit: r0 must say stop (1) or go on (0). Another round is verified from the
@@ -2668,7 +2674,9 @@ class Checker:
         if r0.var.smin < 0 or r0.var.smax > 1:
             self.reject(_invalid_scalar("At callback return", r0.var, 0, 1))
         callsite = st.frames[-1].callsite
+        round_id = st.frames[-1].round
         self._pop_frame(st)
+        self._forget_slices(st, round_id)
         hid = self.slots[callsite].imm  # type: ignore[union-attr]
         rounds = self.callback_rounds.setdefault(callsite, [])
         snap = self._caller_snapshot(st, callsite)
@@ -2689,6 +2697,18 @@ class Checker:
             self.work.append((again.frames[-1].entry, again, parent, self.path_log))
         _after_callbacks(st.frames[-1].regs)
         return callsite + 1
+
+    @staticmethod
+    def _forget_slices(st: State, dynptr: int) -> None:
+        """Slices of the dynptr ``dynptr`` (a user ring buffer sample, consumed as its callback
+        returns), in registers or spilled, become unusable: its memory is the producer's again."""
+        for frame in st.frames:
+            for i, reg in enumerate(frame.regs):
+                if reg.type in SLICES and reg.aux == -dynptr:
+                    frame.regs[i] = NOT_INIT
+            for i, slot in enumerate(frame.stack):
+                if type(slot) is Reg and slot.type in SLICES and slot.aux == -dynptr:
+                    frame.stack[i] = (MISC,) * 8
 
     @staticmethod
     def _pop_frame(st: State) -> None:
