@@ -483,7 +483,7 @@ class ProgramType:
                            packet_writable=self.packet_writable,
                            ld_abs=self.ld_abs, sockmap_writers=_SOCKMAP_WRITERS.get(self.prog_type, frozenset()),
                            socket_context=self.socket_context, whole_loads=self.whole_loads,
-                           packet_helpers=_PACKET_HELPERS)
+                           packet_helpers=_PACKET_HELPERS, **(_SKB_WORDS if self.ctx is SkBuff else {}))
 
 
 def _btf_context_spec(attach: AttachTarget, types: BtfTypes | None) -> ContextSpec:
@@ -524,12 +524,22 @@ _SOCK_CREATE = (_all_but(BpfSock, _SOCK_BOUND), _spans(BpfSock, _SOCK_SET))
 # (the kernel's cg_sockopt_is_valid_access); both may change the length.
 _SOCKOPT_GET = (_all_but(BpfSockopt, ()), _spans(BpfSockopt, ("optlen", "retval")))
 _SOCKOPT_SET = (_all_but(BpfSockopt, ("retval",)), _spans(BpfSockopt, ("level", "optname", "optlen")))
+# The kernel's bpf_skb_is_valid_access for every __sk_buff context: 32-bit fields (narrow reads,
+# whole writes), cb[] at any aligned width, the 8-byte timestamps whole.
+# (The socket's addresses are read a 32-bit word at a time, tc's tstamp_type a byte.)
+_SKB_WORDS: Mapping[str, Any] = MappingProxyType({
+    "word": 4, "any_width": ((SkBuff.cb.offset, SkBuff.cb.size),),
+    "whole": MappingProxyType({SkBuff.tstamp.offset: 8, SkBuff.hwtstamp.offset: 8, SkBuff.tstamp_type.offset: 1,
+                               **{SkBuff.remote_ip4.offset + 4 * i: 4 for i in range(10)}}),
+})
 _SECTION_ACCESS: Mapping[str, tuple[tuple[Span, ...], tuple[Span, ...]]] = MappingProxyType({
     "cgroup/sock_release": _SOCK_CREATE,
     "cgroup/post_bind4": (_all_but(BpfSock, (*_SOCK_SET, "src_ip6")), ()),
     "cgroup/post_bind6": (_all_but(BpfSock, (*_SOCK_SET, "src_ip4")), ()),
     "cgroup/getsockopt": _SOCKOPT_GET,
     "cgroup/setsockopt": _SOCKOPT_SET,
+    # A program a devmap runs as a device's egress hook reads the device it goes out of.
+    **{section: (_all_but(XdpMd, ()), ()) for section in ("xdp/devmap", "xdp.frags/devmap")},
 })
 
 
@@ -548,7 +558,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(
             ProgType.SCHED_CLS, "sched_cls", sk, ("tc", "tc/", "classifier", "classifier/", "tcx/"),
             _allowed(ProgType.SCHED_CLS),
-            readable=_all_but(sk, (*sk_common, "flow_keys", "tstamp_type")),
+            readable=_all_but(sk, (*sk_common, "flow_keys")),
             writable=_spans(sk, ("mark", "queue_mapping", "priority", "tc_index", "cb", "tc_classid", "tstamp")),
             pointer_fields={**skb_ptrs, SkBuff.data_meta.offset: "packet_meta"}, packet=True,
             packet_writable=True, headroom=SKB_HEADROOM, tailroom=SKB_TAILROOM, ld_abs=True,
@@ -594,7 +604,7 @@ def _build_registry() -> Mapping[ProgType, ProgramType]:
         ProgramType(
             ProgType.XDP, "xdp", XdpMd, ("xdp", "xdp/", "xdp.frags", "xdp.frags/"),
             _allowed(ProgType.XDP),
-            readable=_all_but(XdpMd, ()),
+            readable=_all_but(XdpMd, ("egress_ifindex",)),  # (that one for devmap programs only: _SECTION_ACCESS)
             pointer_fields={XdpMd.data.offset: "packet", XdpMd.data_end.offset: "packet_end",
                             XdpMd.data_meta.offset: "packet_meta"},
             packet=True, packet_writable=True, headroom=XDP_PACKET_HEADROOM, tailroom=XDP_TAILROOM,

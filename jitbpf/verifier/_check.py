@@ -1883,10 +1883,29 @@ class Checker:
         if mode is Access.READ and ctx.whole_loads and (lo, size) not in ctx.readable:
             self.reject(f"invalid bpf_context access off={lo} size={size}: a narrow or misaligned load (this "
                         "context's fields are read whole)")
+        if ctx.word:
+            self._word_access(ctx, lo, size, mode)
         self._note(True)
         if mode is Access.READ:
             return self._loaded(size, signed)
         return None
+
+    def _word_access(self, ctx: ContextSpec, lo: int, size: int, mode: Access) -> None:
+        """The kernel's rules for a context of ``ctx.word``-byte fields (see ContextSpec.word)."""
+        why = ""
+        if lo % size:
+            why = "misaligned"
+        elif any(lo < foff + width and foff < lo + size and (lo, size) != (foff, width)
+                 for foff, width in ctx.whole.items()):
+            why = "the field is accessed whole only"
+        elif (lo, size) in ctx.whole.items() or any(o <= lo and lo + size <= o + n for o, n in ctx.any_width):
+            return
+        elif mode is Access.WRITE and size != ctx.word:
+            why = f"fields are written {ctx.word} bytes at a time"
+        elif size > ctx.word:
+            why = f"fields are at most {ctx.word} bytes"
+        if why:
+            self.reject(f"invalid bpf_context access off={lo} size={size} ({why})")
 
     # -- branches ------------------------------------------------------------------------------
 

@@ -129,6 +129,13 @@ class ContextSpec:
     whole_loads: bool = False  # a load reads one of ``readable``'s spans whole (the kernel's XDP context)
     # The helpers whose memory arguments may point into the packet (the kernel's pkt_access); None: all.
     packet_helpers: frozenset[int] | None = None
+    # A context of ``word``-byte fields (the kernel's __sk_buff rules; 0: none): every access is
+    # aligned to its size, a load reads at most ``word`` bytes (a narrow one of a field) and a
+    # store writes exactly ``word``; except in ``any_width`` spans (any aligned width: cb[]) and
+    # in ``whole`` fields (offset -> width: accessed whole only, such as 8-byte timestamps).
+    word: int = 0
+    any_width: tuple[tuple[int, int], ...] = ()
+    whole: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __post_init__(self) -> None:
         for off, kind in self.fields.items():
