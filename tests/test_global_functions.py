@@ -76,6 +76,13 @@ CASES = [
      r"mem_size=4 off=400.*Validating f\(\) func#1"),
     ("never called", "__noinline int f(const int *p) { return p[100]; }\n"
      "SEC(\"xdp\") int prog(struct xdp_md *c) { return 2; }", None),
+    # The callback a global function passes to bpf_loop moves the packet: so does the function.
+    ("callback moves the packet",
+     "static int cb(__u32 i, void *c) { bpf_skb_change_tail(*(struct __sk_buff **)c, 14, 0); return 1; }\n"
+     "__noinline int shrink(struct __sk_buff *skb __arg_ctx) { void *p = skb; bpf_loop(1, cb, &p, 0); return 0; }\n"
+     "SEC(\"tc\") int prog(struct __sk_buff *skb) { unsigned char *d = (void *)(long)skb->data;\n"
+     "  if (d + 60 > (unsigned char *)(long)skb->data_end) return 1; shrink(skb); return d[50]; }",
+     r"invalid mem access 'scalar'"),
 ]
 
 

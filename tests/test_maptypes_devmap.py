@@ -4,7 +4,10 @@ BPF_F_BROADCAST for device maps only) in both engines."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -120,3 +123,31 @@ def test_redirect_map_over_every_redirect_map(engine: str, name: str, key: int, 
         assert run(broadcast, engine) == XDP_ABORTED
     unknown = load(REDIRECT_MAP.format(name=name, key=key, flags=0x20), maps[name])
     assert run(unknown, engine) == XDP_ABORTED
+
+
+@pytest.mark.parametrize("kind", [DevMap, DevMapHash])
+def test_a_broadcast_leaves_out_devices_another_thread_deletes(kind: type[DevMap] | type[DevMapHash]) -> None:
+    """The broadcast lists the devices, then reads each: one deleted in between failed the run
+    with a KeyError; the kernel's walk leaves it out."""
+    dev = kind(max_entries=64, name="DEV")
+    vm = load("lddw r1, map:DEV\nmov r2, 0\nmov r3, 8\ncall 51\nexit", dev, prog_type="xdp")
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            dev[i % 63 + 1] = 7
+            with contextlib.suppress(KeyError):
+                del dev[(i * 7) % 63 + 1]
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert vm.run_xdp(bytes(20), engine="jit")[0] == 4  # XDP_REDIRECT
+    finally:
+        stop.set()
+        worker.join()
+    vm.close()

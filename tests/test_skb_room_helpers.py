@@ -181,18 +181,29 @@ def test_growth_past_the_headroom_fails_cleanly(build: Build) -> None:
         assert bytes(after) == bytes(1000) + UDP4
 
 
-def test_packet_pointers_are_invalid_after_a_move(compile_c: Build) -> None:
-    out = compile_c("""
+# The helpers the kernel says change packet data (bpf_helper_changes_pkt_data), a few of each kind.
+MOVES = ["bpf_skb_change_head(skb, 4, 0)", "bpf_clone_redirect(skb, 1, 0)", "bpf_l3_csum_replace(skb, 0, 0, 0, 0)",
+         "bpf_skb_pull_data(skb, 0)", "bpf_skb_vlan_pop(skb)"]
+
+
+MOVED = """
 SEC("tc") int prog(struct __sk_buff *skb) {
     unsigned char *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
     if (data + 1 > end)
         return 0;
-    bpf_skb_change_head(skb, 4, 0);
+    CALL;
     return data[0];
 }
-""")
-    with pytest.raises(VerifierError):
+"""
+
+
+@pytest.mark.parametrize("call", MOVES)
+def test_packet_pointers_are_invalid_after_a_move(compile_c: Build, kernel: Kernel | None, call: str) -> None:
+    out = compile_c(MOVED.replace("CALL", call))
+    with pytest.raises(VerifierError, match="invalid mem access 'scalar'"):
         load_elf(out).programs["prog"].vm().check()
+    if kernel is not None:
+        assert isinstance(kernel.load(out, "prog", None), str)  # refused there too
 
 
 def test_only_tc_may_call_them(build: Build) -> None:

@@ -1660,10 +1660,10 @@ class DevMapHash(BpfMap, MutableMapping[int, int]):
 
     def get(self, key: int, default: Any = None) -> Any:
         """The ifindex under ``key``, or ``default`` (what a redirect to it would use)."""
-        kb = self._key(key)
-        if not self._has_raw(kb):
+        try:  # (one lookup: another thread may delete the key between a test and a read)
+            return int.from_bytes(self._lookup_raw(self._key(key), "lookup")[:4], "little")
+        except MapKeyError:
             return default
-        return int.from_bytes(self._lookup_raw(kb, "lookup")[:4], "little")
 
     def __getitem__(self, key: int) -> int:
         ifindex: int | None = self.get(key)

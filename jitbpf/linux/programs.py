@@ -1323,7 +1323,7 @@ def program_helpers(vm: VM, state: ProgramState) -> list[Helper]:
         Helper(H.SET_HASH_INVALID, "bpf_set_hash_invalid", set_hash_invalid, args=("ctx_read",)),
         Helper(H.GET_HASH_RECALC, "bpf_get_hash_recalc", get_hash_recalc, args=("ctx_read",)),
         Helper(H.CSUM_LEVEL, "bpf_csum_level", csum_level, args=("ctx_read", "scalar")),
-        Helper(H.CLONE_REDIRECT, "bpf_clone_redirect", clone_redirect, args=("ctx_read", "scalar", "scalar")),
+        Helper(H.CLONE_REDIRECT, "bpf_clone_redirect", clone_redirect, args=("ctx", "scalar", "scalar")),
         Helper(H.SKB_ECN_SET_CE, "bpf_skb_ecn_set_ce", skb_ecn_set_ce, args=("ctx_read",)),
         Helper(H.SKB_CHANGE_TYPE, "bpf_skb_change_type", skb_change_type, args=("ctx_read", "scalar")),
         Helper(H.MSG_APPLY_BYTES, "bpf_msg_apply_bytes", msg_apply_bytes, args=("ctx", "scalar")),

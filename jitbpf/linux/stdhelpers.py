@@ -500,7 +500,10 @@ def standard_helpers(vm: HelperHost, *, trace_stream: TextIO | None = None) -> l
         assert isinstance(m, DevMap | DevMapHash | SockMap)
         if r3 & BPF_F_BROADCAST:  # the key is not looked up: the target is every device of the map
             assert isinstance(m, DevMap | DevMapHash)
-            target: Any = [m[k] for k in (m.indices() if isinstance(m, DevMap) else list(m))]
+            # (Each read again: an entry another thread deletes meanwhile is left out, as the
+            # kernel's walk of the map would.)
+            found = (m.get(k) for k in (m.indices() if isinstance(m, DevMap) else list(m)))
+            target: Any = [device for device in found if device is not None]
         else:
             target = m.get(r2 & MASK32)
             if target is None:

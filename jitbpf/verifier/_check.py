@@ -2781,6 +2781,12 @@ class Checker:
                         moves.add(fn.entry)
                 elif info.kind is Kind.CALL_LOCAL:
                     calls.setdefault(fn.entry, set()).add(self.targets[pc])
+        # A callback runs inside the helper call of the function whose lddw loads its address:
+        # a callback that moves the packet moves it for that function too.
+        for pc, callback in self.flow.callbacks.items():
+            for fn in self.flow.functions:
+                if fn.entry <= pc < fn.end:
+                    calls.setdefault(fn.entry, set()).add(callback)
         grown = True
         while grown:
             grown = False
