@@ -151,3 +151,20 @@ def test_a_broadcast_leaves_out_devices_another_thread_deletes(kind: type[DevMap
         stop.set()
         worker.join()
     vm.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("kind", [DevMap, DevMapHash])
+def test_a_redirect_map_closed_for_python_still_serves_the_vms_runs(engine: str,
+                                                                    kind: type[DevMap] | type[DevMapHash]) -> None:
+    """As a lookup in a closed hash map does: the open VM's programs keep the map (its Python
+    accessors, which the redirect helpers use, refused a closed map); Python does not."""
+    dev = kind(max_entries=4, name="DEV")
+    dev[1] = 7
+    vm = load("lddw r1, map:DEV\nmov r2, 1\nmov r3, 0\ncall 51\nexit", dev, prog_type="xdp")
+    dev.close()
+    assert [vm.run_xdp(bytes(20), engine=engine)[0] for _ in range(2)] == [4, 4]  # XDP_REDIRECT
+    assert vm.std.redirect is not None and vm.std.redirect.target == 7
+    with pytest.raises(MapError, match="is closed"):
+        dev.get(1)
+    vm.close()

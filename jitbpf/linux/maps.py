@@ -492,10 +492,17 @@ class BpfMap:
 
     @property
     def ptr(self) -> Any:
-        """The C map (a cffi pointer of the native library's FFI)."""
-        if self._closed:
+        """The C map (a cffi pointer of the native library's FFI). A map closed for Python is
+        still the programs' while a run of a VM using it is in progress (their helpers' too)."""
+        if self._closed and (self._freed or not self._in_a_run()):
             raise MapError(f"map {self.name!r} is closed", errno=errno.EBADF)
         return self._ptr
+
+    def _in_a_run(self) -> bool:
+        """Whether a run of a VM that reaches this map (directly, or through an outer map) is in
+        progress on some thread."""
+        return any(not vm.quiescent() for vm in list(self._users)) \
+            or any(outer._in_a_run() for outer in list(self._holders))
 
     def close(self) -> None:
         """Close the map for Python, and free its C storage once no open VM uses it (as the
