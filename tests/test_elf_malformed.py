@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +210,82 @@ def test_a_large_array_is_scanned_by_blocks(valid: bytes) -> None:
     assert list(pairs.nonzero_indices()) == [(1 << 24) - 1]
     assert contents(obj)["maps"] == {"pairs": [[(1 << 24) - 1, {"a": 7, "b": [0, 0, 0]}]]}
 
+
+
+def _raw_btf(types: list[bytes], strings: bytes) -> bytes:
+    body = b"".join(types)
+    return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(body), len(body), len(strings)) + body + strings
+
+
+# int, then struct s { struct s; struct s; } with both members anonymous: only hostile BTF nests
+# a struct in itself, and each level doubled a search of anonymous members (depth 32: 2^33 steps).
+SELF_NESTED = _raw_btf([struct.pack("<IIII", 1, 1 << 24, 4, 32),
+                        struct.pack("<III", 5, 4 << 24 | 2, 8) + struct.pack("<III", 0, 2, 0) * 2], b"\0int\0s\0")
+
+
+def test_searches_of_anonymous_members_look_at_each_type_once() -> None:
+    from jitbpf.linux.btfctx import BtfTypes
+    from jitbpf.linux.core import _find_member
+    from jitbpf.linux.elf import Btf
+
+    btf = Btf(SELF_NESTED)
+    types = BtfTypes(btf)
+    assert types.member(2, "x") is None
+    assert types.field_names(2) == []  # (it recursed without end)
+    assert _find_member(btf, btf.resolve(2)[1], "x") is None
+
+
+NO_KEY_ROOM = """
+struct inner { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u64); };
+struct inner first SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH_OF_MAPS); __uint(max_entries, 300); __type(key, __u8);
+         __array(values, struct inner); } outer SEC(".maps") = { .values = { [257] = &first } };
+SEC("xdp") int prog(struct xdp_md *ctx) { return XDP_PASS; }
+"""
+
+
+def test_a_values_slot_past_the_outer_maps_key_is_an_elf_error(tmp_path: Path) -> None:
+    """(It was an OverflowError from int.to_bytes.)"""
+    path = c_builder(tmp_path, HEADER)(NO_KEY_ROOM)
+    with pytest.raises(ElfError, match=r"slot 257 of \.values does not fit its 1-byte key"):
+        load_elf(path)
+
+
+def values_point_at_the_outer_map(data: bytes) -> bytes:
+    """Make the pointer type of ``outer``'s ``.values`` elements point at outer's own struct."""
+    records = btf_records(data)
+    (var,) = [r for r in records if r.kind is BtfKind.VAR and r.name == "outer"]
+    (inner,) = [r for r in records if r.kind is BtfKind.STRUCT and r.name == "inner"]
+    (ptr,) = [r for r in records if r.kind is BtfKind.PTR and struct.unpack_from("<I", data, r.at + 8)[0] ==
+              inner.type_id]
+    out = bytearray(data)
+    struct.pack_into("<I", out, ptr.at + 8, struct.unpack_from("<I", data, var.at + 8)[0])
+    return bytes(out)
+
+
+def test_a_map_of_maps_whose_template_is_itself_is_an_elf_error(valid: bytes) -> None:
+    """(Reading the template read the map again: RecursionError.)"""
+    with pytest.raises(ElfError, match=r"an inner map template has no \.values"):
+        load_elf(values_point_at_the_outer_map(valid))
+
+
+@pytest.mark.parametrize("value", ["--5", "\u00b2", "5x"])
+def test_a_kconfig_value_that_is_no_number_is_an_elf_error(valid: bytes, value: str) -> None:
+    """('²' is a digit to str.isdigit, not to int(): a ValueError came out.)"""
+    with pytest.raises(ElfError, match="is not y, m, n or a number"):
+        load_elf(valid, kconfig={"CONFIG_FOO": value})
+
+
+TEMPLATE_ONLY = """
+struct inner { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u64); };
+struct { __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); __uint(max_entries, 3); __type(key, __u32);
+         __array(values, struct inner); } outer SEC(".maps");
+SEC("xdp") int prog(struct xdp_md *ctx) { return XDP_PASS; }
+"""
+
+
+def test_an_inner_map_template_of_unknown_type_is_an_elf_error(tmp_path: Path) -> None:
+    """A template that is no map of its own (its type was read as a MapType: ValueError)."""
+    data = set_nelems(MapType.ARRAY, 1000)(c_builder(tmp_path, HEADER)(TEMPLATE_ONLY).read_bytes())
+    with pytest.raises(ElfError, match="map outer: its inner map template is of unknown type 1000"):
+        load_elf(data)

@@ -130,30 +130,36 @@ class BtfTypes:
                 out.append(Member(name, mtype, bit // 8))
         return out
 
-    def member(self, type_id: int, name: str, depth: int = 0) -> Member | None:
-        """The field ``name`` of a struct, looking into anonymous members as C does."""
-        _, t = self.btf.resolve(type_id)
-        if t.kind not in _COMPOSITE or depth > 32:
+    def member(self, type_id: int, name: str, depth: int = 0, seen: set[int] | None = None) -> Member | None:
+        """The field ``name`` of a struct, looking into anonymous members as C does (each type
+        once: hostile BTF may nest an anonymous member's type in itself)."""
+        resolved, t = self.btf.resolve(type_id)
+        seen = set() if seen is None else seen
+        if t.kind not in _COMPOSITE or depth > 32 or resolved in seen:
             return None
+        seen.add(resolved)
         for m in self.members(t):
             if m.name == name:
                 return m
         for m in self.members(t):
             if not m.name:
-                inner = self.member(m.type_id, name, depth + 1)
+                inner = self.member(m.type_id, name, depth + 1, seen)
                 if inner is not None:
                     return Member(inner.name, inner.type_id, m.offset + inner.offset, inner.bits, inner.bit_shift)
         return None
 
-    def field_names(self, type_id: int) -> list[str]:
-        """The names a dict for this struct may use (those of anonymous members included)."""
-        _, t = self.btf.resolve(type_id)
+    def field_names(self, type_id: int, seen: frozenset[int] = frozenset()) -> list[str]:
+        """The names a dict for this struct may use (those of anonymous members included; a type
+        inside itself, which only hostile BTF holds, adds nothing)."""
+        resolved, t = self.btf.resolve(type_id)
+        if resolved in seen or len(seen) > 32:
+            return []
         names: list[str] = []
         for m in self.members(t):
             if m.name:
                 names.append(m.name)
             elif self.btf.resolve(m.type_id)[1].kind in _COMPOSITE:
-                names.extend(self.field_names(m.type_id))
+                names.extend(self.field_names(m.type_id, seen | {resolved}))
         return names
 
     # -- attach targets ------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class Decoder:
                 return next((name for name, v in t.enumerators if v == value), value)
             case BtfKind.PTR:
                 return int.from_bytes(data[:8], "little")
-            case BtfKind.FLOAT if t.size_or_type in _FLOATS:
+            case BtfKind.FLOAT if t.size_or_type in _FLOATS and len(data) >= t.size_or_type:
                 return _FLOATS[t.size_or_type].unpack_from(data)[0]
             case BtfKind.ARRAY:
                 return self._array(t.array, data, depth)

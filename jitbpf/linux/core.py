@@ -272,20 +272,24 @@ def _walk(btf: Btf, root: int, access: str, local: tuple[Btf, int] | None) -> _F
     return _Field(bit_off, bit_size, type_id)
 
 
-def _find_member(btf: Btf, t: BtfType, name: str, depth: int = 0) -> tuple[int, int, int, bool] | None:
+def _find_member(btf: Btf, t: BtfType, name: str, depth: int = 0,
+                 seen: set[int] | None = None) -> tuple[int, int, int, bool] | None:
     """(extra bit offset, type, raw offset word, kind_flag) of member ``name``, looking inside
-    anonymous members as C does; the extra offset is that of the anonymous members crossed."""
+    anonymous members as C does; the extra offset is that of the anonymous members crossed.
+    Each anonymous type is searched once (``seen``): hostile BTF may nest one in itself."""
     if depth > 32:
         return None
+    seen = set() if seen is None else seen
     kflag = bool(t.encoding)
     for mname, mtype, raw in t.members:
         if essential_name(mname) == name and mname:
             return 0, mtype, raw, kflag
     for mname, mtype, raw in t.members:
         if not mname:
-            _, inner = btf.resolve(mtype)
-            if inner.kind in (BtfKind.STRUCT, BtfKind.UNION):
-                found = _find_member(btf, inner, name, depth + 1)
+            inner_id, inner = btf.resolve(mtype)
+            if inner.kind in (BtfKind.STRUCT, BtfKind.UNION) and inner_id not in seen:
+                seen.add(inner_id)
+                found = _find_member(btf, inner, name, depth + 1, seen)
                 if found is not None:
                     extra, ftype, fraw, fk = found
                     return extra + (raw & 0xFFFFFF if kflag else raw), ftype, fraw, fk

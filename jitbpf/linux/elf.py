@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import enum
 import io
 import os
@@ -627,10 +628,14 @@ def _kconfig_bytes(name: str, value: int | bool | str, btf: Btf, type_id: int, s
         raw = value.encode()
         return raw[: size - 1].ljust(size, b"\0")
     if isinstance(value, str):
-        if value not in _TRISTATE and not value.lstrip("-").isdigit():
-            raise ElfError(f"__kconfig extern {name}: value {value!r} is not y, m, n or a number",
-                           section=".kconfig")
-        number = _TRISTATE[value] if value in _TRISTATE else int(value)
+        number = _TRISTATE.get(value)
+        if number is None:
+            # (A number as libbpf reads one: an optional minus, then ASCII digits only.)
+            digits = value.removeprefix("-")
+            if not (digits.isascii() and digits.isdigit()):
+                raise ElfError(f"__kconfig extern {name}: value {value!r} is not y, m, n or a number",
+                               section=".kconfig")
+            number = int(value)
     else:
         number = int(value)
     if t.kind not in (BtfKind.INT, BtfKind.ENUM, BtfKind.ENUM64) or size not in (1, 2, 4, 8):
@@ -666,6 +671,7 @@ class _Loader:
         self.sections: list[_Section] = []
         self.symbols: list[_Symbol] = []
         self.funcs: dict[int, list[_Func]] = {}  # section index -> functions, by start
+        self._func_starts: dict[int, list[int]] = {}  # ... and their starts (see _function_at)
         self.relocs: dict[int, dict[int, _Rel]] = {}  # code section index -> offset -> relocation
         self.map_at: dict[tuple[int, int], str] = {}  # (section index, offset) -> map name
         self.data_maps: dict[int, str] = {}  # data section index -> map name
@@ -968,7 +974,7 @@ class _Loader:
             self.map_at[(sec.index, s.value)] = s.name
             self.map_extent[s.name] = (s.value, s.size)
 
-    def _btf_map_def(self, btf: Btf, name: str, type_id: int, section: str) -> MapDef:
+    def _btf_map_def(self, btf: Btf, name: str, type_id: int, section: str, *, inner_map: bool = False) -> MapDef:
         _, t = btf.resolve(type_id)
         if t.kind is not BtfKind.STRUCT:
             raise ElfError(f"map {name} is declared as a {t.kind.name}, not a struct", section=section)
@@ -977,6 +983,8 @@ class _Loader:
         for member, member_type, bit_offset in t.members:
             _, ptr = btf.resolve(member_type)
             if member == "values":
+                if inner_map:  # (a template of maps of maps inside: the kernel has none, and a loop may hide here)
+                    raise ElfError(f"map {name}: an inner map template has no .values", section=section)
                 self.values_off[name] = (bit_offset & 0xFFFFFF) // 8  # initial contents: see .rel.maps
                 inner = self._inner_map_def(btf, name, ptr, section)
                 continue
@@ -1013,7 +1021,7 @@ class _Loader:
         target_id, target = btf.resolve(elem.size_or_type)
         if target.kind is not BtfKind.STRUCT:
             return None
-        return self._btf_map_def(btf, f"{name}.inner", target_id, section)
+        return self._btf_map_def(btf, f"{name}.inner", target_id, section, inner_map=True)
 
     def _add_map(self, spec: MapDef) -> None:
         spec = _libbpf_defaults(spec)
@@ -1049,6 +1057,9 @@ class _Loader:
             options: dict[str, Any] = {}
             if spec.inner is not None:
                 i = spec.inner
+                if i.map_type not in MapType._value2member_map_:
+                    raise ElfError(f"map {name}: its inner map template is of unknown type {i.map_type}",
+                                   section=spec.section)
                 options["inner"] = MapShape(MapType(i.map_type), i.key_size, i.value_size, i.max_entries, i.flags)
             try:
                 m = create_map(spec.map_type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
@@ -1102,6 +1113,9 @@ class _Loader:
         if m is None:
             raise ElfError(f"map {owner}: slot {slot} names {inner!r}, which is not a map", section=".maps")
         outer = self.obj.maps[owner]
+        if slot >= 1 << (8 * outer.key_size):
+            raise ElfError(f"map {owner}: slot {slot} of .values does not fit its {outer.key_size}-byte key",
+                           section=".maps")
         try:
             if outer.key_size == 4:
                 outer[slot] = m
@@ -1137,7 +1151,14 @@ class _Loader:
         sec = self.sections[section]
         if not sec.executable:
             raise ElfError(f"{where}: target section {sec.name} holds no code", section=sec.name)
-        for f in self.funcs[section]:
+        funcs = self.funcs[section]
+        starts = self._func_starts.get(section)
+        if starts is None:
+            starts = self._func_starts[section] = [f.start for f in funcs]
+        at = bisect.bisect_right(starts, slot) - 1  # (by start: one lookup per call, not a scan)
+        if at >= 0 and slot < funcs[at].start + funcs[at].count:
+            return funcs[at]
+        for f in funcs:  # functions that overlap (sizes that say so): the first that holds it
             if f.start <= slot < f.start + f.count:
                 return f
         raise ElfError(f"{where}: target instruction {slot} is outside every function of {sec.name}",
