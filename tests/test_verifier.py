@@ -531,6 +531,15 @@ def test_spilled_pointers_survive_aligned_stores_only() -> None:
         verify(prog(broken))
 
 
+@pytest.mark.parametrize("proven", [1, 4, 8])
+def test_a_spilled_packet_pointer_fills_back_whatever_its_range(proven: int) -> None:
+    """A pointer's range is what it may reach (here: bytes of packet proven), not the width of a
+    narrow spill as a scalar's is: with fewer than 8 proven, the fill came back a number."""
+    text = (f"ldxw r2, [r1+4]\nldxw r1, [r1+0]\nmov r3, r1\nadd r3, {proven}\njgt r3, r2, out\n"
+            "stxdw [r10-8], r1\nldxdw r1, [r10-8]\nldxb r0, [r1+0]\nmov r0, 2\nexit\nout:\nmov r0, 1\nexit")
+    assert 7 in verify(prog(text), context=XDP).proven
+
+
 def diamonds(n: int) -> str:
     lines = ["mov r6, 0", "mov r7, 0", "stdw [r10-8], 0"]
     for i in range(n):

@@ -1749,9 +1749,11 @@ class Checker:
                 frame.write_bytes(start, (MISC,) * size)
             return None
         slot: Slot = frame.stack[start // 8]
-        if size == 8 and not start % 8 and type(slot) is Reg and mode is Access.READ and not 0 < slot.range < 8:
-            # A whole register spilled there (no narrow spill, no buffer narrower than the
-            # slot): every byte was written, and the fill gives back what was spilled.
+        if size == 8 and not start % 8 and type(slot) is Reg and mode is Access.READ \
+                and not (slot.type is Pt.SCALAR and 0 < slot.range < 8):
+            # A whole register spilled there (a scalar's range is the width of a narrow spill; a
+            # pointer's is what it may reach, a packet's proven bytes): every byte was written,
+            # and the fill gives back what was spilled.
             self._stack_read(ptr.aux, start, size)
             return slot
         self._stack_read(ptr.aux, start, size)
@@ -1769,7 +1771,8 @@ class Checker:
             return None
         if (size != 8 or start % 8) and any(frame.pointer_spills(start, size)):
             self.reject(f"invalid size of register fill: {size} bytes of a spilled pointer through r{r}")
-        if start % 8 == 0 and type(slot) is Reg and size <= (slot.range or 8):
+        spilled = slot.range if type(slot) is Reg and slot.type is Pt.SCALAR and slot.range else 8  # (its width)
+        if start % 8 == 0 and type(slot) is Reg and size <= spilled:
             if size == 8:
                 return slot
             if slot.type is Pt.SCALAR:  # the low bytes of a spilled scalar
