@@ -987,6 +987,10 @@ def assemble_instructions(text: str, *, maps: Mapping[str, int] | None = None,
     r11-r15 included unless ``any_register`` (they fit the register field, and tests of decoders
     need such bytecode, but no program can use them).
     """
+    if not isinstance(text, str):
+        raise TypeError(f"assemble takes the program's text (a str), not {type(text).__name__}")
+    if maps is not None and not isinstance(maps, Mapping):
+        raise TypeError(f"maps must map names to handles (a dict), not {type(maps).__name__}")
     asm = _Assembler(maps, any_register=any_register)
     for lineno, line in enumerate(text.split("\n"), 1):
         asm.line(lineno, line)

@@ -207,6 +207,8 @@ def disassemble(
     Bytecode is decoded first, so invalid bytecode raises DecodeError. ``show_pc`` prefixes each
     line with its slot number (``  3: ``), which the assembler skips.
     """
+    if isinstance(code, str):
+        raise TypeError("disassemble takes bytecode or Instructions, not text")
     insns = decode(code) if isinstance(code, bytes | bytearray | memoryview) else list(code)
     lines: list[str] = []
     pc = 0

@@ -579,9 +579,13 @@ class Program:
 
     @classmethod
     def from_instructions(cls, insns: Sequence[Instruction]) -> Program:
+        if isinstance(insns, str):
+            raise TypeError("a program is bytecode or Instructions, not text: assemble it first (jitbpf.assemble)")
         slots: list[Instruction | None] = []
         infos: list[OpInfo | None] = []
         for insn in insns:
+            if not isinstance(insn, Instruction):
+                raise TypeError(f"a program's instructions are Instructions, not {type(insn).__name__}")
             slots.append(insn)
             infos.append(lookup(insn, len(slots) - 1))
             if insn.width == 2:

@@ -157,6 +157,11 @@ class VM(ProgramRunners):
         # off, it checks them all the same (to measure what the proofs save, or to distrust them).
         self.elide_checks = elide_checks
         self.budget = budget
+        helpers = tuple(helpers)
+        bad = next((h for h in helpers if not isinstance(h, Helper)), None)
+        if bad is not None:
+            raise TypeError(f"helpers are jitbpf.helpers.Helper objects (or use register_helper), not "
+                            f"{type(bad).__name__}")
         self.helpers: dict[int, Helper] = {h.id: h for h in helpers}
         self.maps: dict[int, Any] = {}  # map handle -> map object (see jitbpf.linux.maps)
         self.max_tail_calls = max_tail_calls
@@ -186,6 +191,8 @@ class VM(ProgramRunners):
         # Outer maps waiting for this VM's runs in progress to end before they free inner maps
         # taken out of them (see jitbpf.linux.maps._MapOfMaps): swept when it is next idle.
         self._sweeps: set[Any] = set()
+        if attach is not None and not isinstance(attach, str):
+            raise TypeError(f"attach names a section or target (a str), not {type(attach).__name__}")
         # Context layout, runners and type helpers (jitbpf.linux.programs); the BTF-typed types take
         # their context from the attach target (a section name, "fentry/do_unlinkat") in ``btf``.
         self._init_program_type(prog_type, attach, btf)
@@ -523,7 +530,7 @@ class VM(ProgramRunners):
             try:
                 # A bytearray is writable; asking cffi to check costs more than the run itself.
                 pin = pin_of(mem) if type(mem) is bytearray else pin_of(mem, require_writable=True)
-            except (TypeError, BufferError):  # read-only or odd buffers: copied on the tracked path
+            except (TypeError, BufferError, ValueError):  # read-only or odd buffers: copied on the tracked path
                 return self._jit_program().run(mem)
             size = len(pin)
             if not size:

@@ -142,9 +142,9 @@ static PyObject *pkt_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_buffer view;
     if (PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE) != 0) {
         p->tmpl = 0;
-        if (!PyErr_ExceptionMatches(PyExc_TypeError))
-            return NULL;
-        PyErr_Clear(); /* not a buffer: the ordinary path makes bytes of it, or says why not */
+        /* Not a buffer, or not one of contiguous bytes (a strided view): the ordinary path copies
+           it, or says why not. */
+        PyErr_Clear();
         Py_RETURN_NONE;
     }
     if (!jb_gate_enter(p->gate, p->gate_token)) { /* the program is closed: the ordinary path says so */
@@ -270,13 +270,9 @@ static PyObject *records(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     uint64_t token = PyLong_AsUnsignedLongLong(args[0]);
     Py_ssize_t size = PyLong_AsSsize_t(args[2]), start = PyLong_AsSsize_t(args[5]);
-    if (PyErr_Occurred())
-        return NULL;
     Py_buffer data;
-    if (size <= 0 || PyObject_GetBuffer(args[1], &data, PyBUF_WRITABLE) != 0) {
-        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_BufferError))
-            return NULL;
-        PyErr_Clear(); /* the ordinary path says what is wrong with it */
+    if (PyErr_Occurred() || size <= 0 || PyObject_GetBuffer(args[1], &data, PyBUF_WRITABLE) != 0) {
+        PyErr_Clear(); /* a size past any buffer, or no writable one: the ordinary path says what is wrong */
         Py_RETURN_NONE;
     }
     Py_ssize_t n = data.len / size;

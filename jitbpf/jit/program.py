@@ -517,7 +517,7 @@ class JitProgram:
         else:
             try:
                 buf = ffi.from_buffer(mem, require_writable=True)
-            except (TypeError, BufferError):
+            except (TypeError, BufferError, ValueError):  # (numpy says ValueError for read-only)
                 return self._run_tracked(mem)  # read-only or odd buffers: copied like the interpreter
             size = len(buf)
             if size:
@@ -556,7 +556,7 @@ class JitProgram:
         else:
             try:
                 pin = pin_of(mem, require_writable=True)
-            except (TypeError, BufferError):
+            except (TypeError, BufferError, ValueError):  # (numpy says ValueError for read-only)
                 return self._run_tracked(mem)  # read-only or odd buffers: copied like the interpreter
             size = len(pin)
         result = int(run_args(self._gate, self.token, self._args_address, rc.ctx_addr, pin if size else ffi.NULL,

@@ -251,8 +251,11 @@ class Batch:
     @classmethod
     def of(cls, packets: Sequence[bytes | bytearray | memoryview]) -> Batch:
         """Packets from a list, packed back to back (one copy)."""
-        lens = [len(p) if type(p) is bytes else memoryview(p).nbytes for p in packets]  # (bytes, as join packs)
-        return cls(b"".join(packets), list(itertools.accumulate(lens, initial=0))[:-1], lens, checked=True)
+        # (Sizes in bytes, as join packs them; checked before a run, as a caller's batch: a buffer
+        # another thread resizes between the two may not match.)
+        lens = array.array("Q", [len(p) if type(p) is bytes else memoryview(p).nbytes for p in packets])
+        offsets = array.array("Q", itertools.accumulate(lens, initial=0))
+        return cls(b"".join(packets), offsets[:-1], lens)  # (arrays: read in place by the native loops)
 
 
 @dataclass

@@ -1598,7 +1598,7 @@ def _run_context(vm: VM, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] |
         derive |= how
     if state.layout.flow_keys != NO_FIELD:  # the frame builder points flow_keys to fresh keys
         derive |= native().lib.JB_DERIVE_FLOW_KEYS
-    return _run(vm, state, raw, derive, bytes(packet) if packet is not None else b"", engine)
+    return _run(vm, state, raw, derive, packet_bytes(packet) if packet is not None else b"", engine)
 
 
 def _run(vm: VM, state: ProgramState, template: bytes, derive: int, data: bytes, engine: Engine) -> RunResult:
@@ -1685,14 +1685,33 @@ def _run_packet(vm: VM, state: ProgramState, template: bytes, derive: int, data:
     return res.retval, res.packet
 
 
+def packet_bytes(packet: Any, what: str = "packet") -> bytes:
+    """The bytes of a packet the caller gives: a buffer's (a numpy scalar's too, which bytes()
+    reads as a number), or an iterable's of byte values (a list of ints); TypeError for a
+    number, which bytes() would take as a length, and for anything else."""
+    if isinstance(packet, int):
+        raise TypeError(f"the {what} must be bytes or a buffer, not {type(packet).__name__}")
+    try:
+        with memoryview(packet) as view:
+            return view.tobytes()
+    except TypeError:
+        pass
+    try:
+        return bytes(packet)
+    except TypeError:
+        raise TypeError(f"the {what} must be bytes or a buffer, not {type(packet).__name__}") from None
+
+
 def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
-              packets: pktrun.Batch | Sequence[bytes | bytearray | memoryview], *, engine: Engine = "jit",
+              packets: pktrun.Batch | Iterable[bytes | bytearray | memoryview], *, engine: Engine = "jit",
               threads: int = 1, keep_packets: bool = False, keep_errors: bool = False) -> pktrun.BatchOutcome:
     """Every packet of ``packets`` run on the context ``template``: with the JIT (and no Python
     helper) in native loops, over ``threads`` threads; else one run at a time. Packets given
     as bytes objects are read where they are (unless kept: then they are packed first)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if not isinstance(packets, pktrun.Batch | list | tuple):
+        packets = list(packets)  # (a generator is read once: every path below reads the packets again)
     items, longest = (None, -1) if engine != "jit" or keep_packets else pktrun.in_place(packets)
     if items is not None and threads == 1:  # the common case, without the thread split's calls
         b = pktrun.binding(vm, state, longest)
@@ -1701,8 +1720,8 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
             outcome.results = pktrun.run_items(state, b, template, derive, items, 0, len(items), outcome)
             return outcome
     batch = None if items is not None else packets if isinstance(packets, pktrun.Batch) else pktrun.Batch.of(packets)
-    if isinstance(packets, pktrun.Batch):
-        packets.check()  # (a caller's: before any engine reads a packet from it)
+    if batch is not None:
+        batch.check()  # (before any engine reads a packet from where the batch says it lies)
     if batch is not None:
         longest = batch.longest if batch.longest >= 0 else max(batch.lens, default=0)
     n = len(items) if items is not None else len(batch.lens) if batch is not None else 0
@@ -2077,7 +2096,7 @@ class ProgramRunners:
             key, {"ingress_ifindex": ingress_ifindex, "rx_queue_index": rx_queue_index})
         if key == (1, 0):
             state.xdp_default = template
-        data = packet if type(packet) is bytes else bytes(packet)
+        data = packet if type(packet) is bytes else packet_bytes(packet)
         retval, after = _run_packet(self._vm(), state, template, 0, data, engine)
         return _xdp_action(retval), after
 
@@ -2134,7 +2153,7 @@ class ProgramRunners:
                     return done  # type: ignore[return-value]  # (r0, packet after)
                 return pktrun.finish(done[2], ERROR_RESULT), done[1]  # stopped early: its error
         state, template, derive = self._packet_context(skb)
-        data = packet if type(packet) is bytes else bytes(packet)
+        data = packet if type(packet) is bytes else packet_bytes(packet)
         return _run_packet(self._vm(), state, template, derive, data, engine)
 
     def _packet_context(self, fields: Mapping[str, Any]) -> tuple[ProgramState, bytes, int]:
@@ -2172,7 +2191,7 @@ class ProgramRunners:
             state.skb_default = (vm.std.socket, template, derive)
         return state, template, derive
 
-    def run_batch(self, packets: Sequence[bytes | bytearray | memoryview] | pktrun.Batch, *,
+    def run_batch(self, packets: Iterable[bytes | bytearray | memoryview] | pktrun.Batch, *,
                   engine: Engine = "jit", threads: int = 1, keep_packets: bool = False, keep_errors: bool = False,
                   **fields: Any) -> pktrun.BatchOutcome:
         """Run an XDP, tc, socket filter, cgroup_skb or sk_skb program on every packet, with the
@@ -2193,7 +2212,7 @@ class ProgramRunners:
                    **fields: Any) -> int:
         """sk_msg: ``SkAction.PASS`` or ``SkAction.DROP`` for one sendmsg payload."""
         self._expect(ProgType.SK_MSG)
-        data = bytes(message)
+        data = packet_bytes(message, "message")
         res = run_context(self._vm(), {"size": len(data), **fields}, packet=data, engine=engine)
         return _sk_action(res.retval)
 
@@ -2309,7 +2328,7 @@ class ProgramRunners:
         dissected it, BPF_DROP (2) when not; the keys start as the kernel's (the network header at
         14, ``n_proto`` the Ethernet type)."""
         self._expect(ProgType.FLOW_DISSECTOR)
-        res = run_context(self._vm(), None, packet=bytes(frame), engine=engine)
+        res = run_context(self._vm(), None, packet=packet_bytes(frame, "frame"), engine=engine)
         assert res.flow_keys is not None
         return int(res.retval) & MASK32, res.flow_keys
 
@@ -2325,7 +2344,7 @@ class ProgramRunners:
         state.local.selected = None
         fields = {"len": len(packet), "hash": hash, "ip_protocol": ip_protocol, "bind_inany": bind_inany,
                   "eth_protocol": int.from_bytes(eth_protocol.to_bytes(2, "big"), "little")}  # network order
-        res = run_context(self._vm(), fields, packet=bytes(packet), engine=engine)
+        res = run_context(self._vm(), fields, packet=packet_bytes(packet), engine=engine)
         selected, state.local.selected = getattr(state.local, "selected", None), None
         return _sk_action(res.retval), selected
 
