@@ -204,6 +204,8 @@ class VM(ProgramRunners):
         if isinstance(helper, Helper):
             h = helper
         else:
+            if isinstance(helper, bool) or not isinstance(helper, int):
+                raise TypeError(f"a helper id is an int, not {type(helper).__name__}")
             if fn is None:
                 raise TypeError("register_helper(id, fn): fn is required")
             h = Helper(int(helper), name or str(getattr(fn, "__name__", f"helper_{helper}")), fn)
@@ -239,6 +241,8 @@ class VM(ProgramRunners):
                     return h
             own = getattr(bpf_map, "handle", None)
             handle = own if own is not None and own not in self.maps else max(self.maps, default=0) + 1
+        if isinstance(handle, bool) or not isinstance(handle, int):
+            raise TypeError(f"a map handle is an int, not {type(handle).__name__}")
         if not 0 <= handle < 1 << 31:
             raise ValueError(f"map handle {handle} out of range")
         old = self.maps.get(handle)

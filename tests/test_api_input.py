@@ -76,3 +76,33 @@ def test_arguments_of_the_wrong_type_are_type_errors(make: object, message: str)
     """(They were AttributeErrors from deep inside.)"""
     with pytest.raises(TypeError, match=message):
         make()  # type: ignore[operator]
+
+
+def test_typed_runners_name_bad_fields() -> None:
+    """(AttributeError, OverflowError and IndexError came out of the context builders.)"""
+    with VM(assemble("mov r0, 1\nexit"), prog_type=ProgType.SK_LOOKUP) as vm:
+        for remote in (("1.2.3.4", 65536), ("1.2.3.4", -1), ("1.2.3.4", None), ("1.2.3.4",)):
+            with pytest.raises(ValueError, match=r"port|pair"):
+                vm.run_sk_lookup(remote=remote)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="a dict of its fields, not int"):
+            vm.run_context(5)  # type: ignore[arg-type]
+    with VM(assemble("mov r0, 1\nexit"), prog_type=ProgType.SK_REUSEPORT) as vm:
+        for protocol in (65536, None):
+            with pytest.raises(ValueError, match="0 to 65535"):
+                vm.run_sk_reuseport(b"\0" * 40, eth_protocol=protocol)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_threads_handles_and_helper_ids_are_ints(engine: str) -> None:
+    """(The interpreter's run_batch took any threads; a float handle or id was kept.)"""
+    with _xdp() as vm:
+        for threads, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError)):
+            with pytest.raises(error, match="threads must"):
+                vm.run_batch([b"\x01"], engine=engine, threads=threads)  # type: ignore[arg-type]
+    with VM(assemble("mov r0, 1\nexit")) as vm:
+        from jitbpf.linux.maps import HashMap
+
+        with pytest.raises(TypeError, match="a map handle is an int"):
+            vm.add_map(HashMap(name="H"), 1.5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="a helper id is an int"):
+            vm.register_helper(1.5, lambda *_: 0)  # type: ignore[arg-type]

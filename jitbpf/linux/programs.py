@@ -1585,6 +1585,9 @@ def run_context(
 
 def _run_context(vm: VM, ctx: ctypes.LittleEndianStructure | Mapping[str, Any] | None,
                  packet: bytes | bytearray | memoryview | None, engine: Engine) -> RunResult:
+    if ctx is not None and not isinstance(ctx, ctypes.Structure | Mapping):
+        raise TypeError(f"the context is a structure of the type's layout or a dict of its fields, not "
+                        f"{type(ctx).__name__}")
     state = _program_state(vm)
     info = state.info
     context = ctx if isinstance(ctx, ctypes.Structure) else make_context(info, ctx)
@@ -1710,6 +1713,10 @@ def run_batch(vm: VM, state: ProgramState, template: bytes, derive: int,
     as bytes objects are read where they are (unless kept: then they are packed first)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"threads must be an int, not {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
     if not isinstance(packets, pktrun.Batch | list | tuple):
         packets = list(packets)  # (a generator is read once: every path below reads the packets again)
     items, longest = (None, -1) if engine != "jit" or keep_packets else pktrun.in_place(packets)
@@ -2343,7 +2350,7 @@ class ProgramRunners:
         state = _program_state(self._vm())
         state.local.selected = None
         fields = {"len": len(packet), "hash": hash, "ip_protocol": ip_protocol, "bind_inany": bind_inany,
-                  "eth_protocol": int.from_bytes(eth_protocol.to_bytes(2, "big"), "little")}  # network order
+                  "eth_protocol": port_field(eth_protocol)}  # (a __be16 as a port is: network order)
         res = run_context(self._vm(), fields, packet=packet_bytes(packet), engine=engine)
         selected, state.local.selected = getattr(state.local, "selected", None), None
         return _sk_action(res.retval), selected
@@ -2356,6 +2363,9 @@ class ProgramRunners:
         one the usual lookup finds without a selection; DROP), and the socket bpf_sk_assign
         selected (as the caller stored it in a socket map; None for no selection)."""
         self._expect(ProgType.SK_LOOKUP)
+        for end, what in ((remote, "remote"), (local, "local")):
+            if not isinstance(end, tuple) or len(end) != 2:
+                raise ValueError(f"{what} is an (address, port) pair, not {end!r}")
         r4, r6 = ip_fields(remote[0])
         l4, l6 = ip_fields(local[0])
         fields = {"family": family, "protocol": protocol, "remote_ip4": r4, "remote_ip6": r6,

@@ -176,6 +176,8 @@ def ip_fields(addr: str) -> tuple[int, list[int]]:
 
 def port_field(port: int) -> int:
     """A port as a ``__be16`` context field holds it."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 1 << 16:
+        raise ValueError(f"a port (a __be16 field) is a number from 0 to 65535, not {port!r}")
     return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
