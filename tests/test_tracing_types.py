@@ -557,3 +557,17 @@ def test_lsm_runs_on_its_arguments(btf: BtfTypes) -> None:
                  btf, "lsm/hook")
     assert both(vm, 0, {"a": 0}, 0) == 0
     assert both(vm, 0, {"a": 1}, 0) == 0xFFFF_FFFF_FFFF_FFFF
+
+
+def test_a_number_for_a_struct_field_is_a_type_error() -> None:
+    """A struct held by value given a number: bytes() took it as a length (2**70: OverflowError)."""
+    b = BtfBuilder()
+    i32 = b.integer("int", 4, signed=True)
+    inner = b.struct("refs", 4, [("n", i32, 0)])
+    wrap = b.struct("wrap", 4, [("refcnt", inner, 0)])
+    b.func("held", b.proto(i32, [("w", b.ptr(wrap))]))
+    vm = tracing("r0 = 0\nexit", BtfTypes(Btf(b.blob())), attach="fentry/held")
+    for number in (5, 2**70):
+        with pytest.raises(TypeError, match="a struct takes a dict of its fields or bytes, not a number"):
+            vm.run_tracing({"refcnt": number})
+    assert vm.run_tracing({"refcnt": {"n": 3}}) == 0

@@ -362,6 +362,8 @@ class Objects:
             for i, element in enumerate(item):
                 self._put(index, off + i * esize, Member("", t.array[0], 0), element, f"{what}[{i}]")
         else:
+            if isinstance(item, int):  # (bytes() would take it as a length)
+                raise TypeError(f"{what}: a {t.kind.name.lower()} takes a dict of its fields or bytes, not a number")
             raw = item.encode() if isinstance(item, str) else bytes(item)
             if len(raw) > size:
                 raise ValueError(f"{what}: {len(raw)} bytes do not fit the field's {size}")
